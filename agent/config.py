@@ -1,0 +1,22 @@
+"""The agent's settings, from its command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dockyard.common.addresses import AGENT_PORT
+
+RUNTIMES = ("runc", "docker", "hollow")
+
+
+@dataclass
+class AgentConfig:
+    state_dir: Path
+    controllers: list[str] = field(default_factory=list)
+    name: str = ""
+    listen: str = f"127.0.0.1:{AGENT_PORT}"
+    advertise: str = ""
+    runtime: str = "runc"
+    cpus: float | None = None
+    memory_bytes: int | None = None

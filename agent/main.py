@@ -1,0 +1,130 @@
+"""`dockyard-agent`: the node daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from dockyard.common.addresses import AGENT_PORT, CONTROLLER_PORT, AddressError, normalize
+from dockyard.common.sizes import parse_size
+from dockyard.common.version import package_version
+
+if TYPE_CHECKING:
+    from dockyard.agent.config import AgentConfig
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_version(), prog_name="dockyard-agent")
+def main() -> None:
+    """The Dockyard agent: runs containers on this host for the controller."""
+
+
+@main.command()
+@click.option(
+    "--controller",
+    "controllers",
+    multiple=True,
+    required=True,
+    metavar="HOST:PORT",
+    help="Controller address (repeat, or comma-separate, for several).",
+)
+@click.option("--name", default="", help="Node name [hostname]; kept in --state-dir.")
+@click.option(
+    "--listen",
+    default=f"127.0.0.1:{AGENT_PORT}",
+    show_default=True,
+    help="Address of this agent's own API.",
+)
+@click.option("--advertise", default="", help="Address others reach this agent's API at.")
+@click.option(
+    "--state-dir",
+    default="/var/lib/dockyard/agent",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+@click.option(
+    "--runtime", default="runc", show_default=True, type=click.Choice(["runc", "docker", "hollow"])
+)
+@click.option(
+    "--cpus",
+    type=click.FloatRange(min=0.01),
+    default=None,
+    help="CPUs to offer [all this process may use].",
+)
+@click.option("--memory", default=None, help="Memory to offer, e.g. 4G [all of the host's].")
+@click.option(
+    "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
+)
+def run(
+    controllers: tuple[str, ...],
+    name: str,
+    listen: str,
+    advertise: str,
+    state_dir: Path,
+    runtime: str,
+    cpus: float | None,
+    memory: str | None,
+    log_level: str,
+) -> None:
+    """Run the agent until SIGTERM or SIGINT."""
+    from dockyard.agent.config import AgentConfig
+    from dockyard.common import logging as dlogging
+    from dockyard.common.validation import ValidationError, check_name
+
+    dlogging.configure(log_level)
+    try:
+        targets = [
+            normalize(c, CONTROLLER_PORT) for item in controllers for c in item.split(",") if c
+        ]
+        listen = normalize(listen, AGENT_PORT)
+        if name:
+            check_name("--name", name)
+        memory_bytes = parse_size(memory) if memory else None
+    except (AddressError, ValidationError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from exc
+    config = AgentConfig(
+        state_dir=state_dir,
+        controllers=targets,
+        name=name,
+        listen=listen,
+        advertise=advertise,
+        runtime=runtime,
+        cpus=cpus,
+        memory_bytes=memory_bytes,
+    )
+    sys.exit(asyncio.run(_serve(config)))
+
+
+async def _serve(config: AgentConfig) -> int:
+    import structlog
+
+    from dockyard.agent.daemon import AgentDaemon, AgentStartError
+    from dockyard.agent.session import SessionRefused
+
+    log = structlog.get_logger("dockyard.agent")
+    daemon = AgentDaemon(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.start()
+    except AgentStartError as exc:
+        click.echo(f"dockyard-agent: {exc}", err=True)
+        return 1
+    stopped = asyncio.create_task(stop.wait())
+    session = asyncio.create_task(daemon.wait_session())
+    await asyncio.wait({stopped, session}, return_when=asyncio.FIRST_COMPLETED)
+    code = 0
+    if session.done() and isinstance(session.exception(), SessionRefused):
+        click.echo(f"dockyard-agent: {session.exception()}", err=True)
+        code = 1
+    stopped.cancel()
+    log.info("agent.stopping")
+    await daemon.stop()
+    return code

@@ -1,0 +1,412 @@
+"""The agent's container runtime seam.
+
+A backend (runc, docker, hollow) implements :class:`ContainerRuntime`; the agent's worker
+drives it the way swarmkit's task controller drives an executor (prepare = ``create``,
+``start``, ``wait``, ``shutdown`` = ``stop``, ``terminate`` = ``kill``, ``remove``). The
+shapes follow the CRI container service: a container is created from a
+:class:`ContainerConfig`, observed through :class:`ContainerInfo` / :class:`ContainerState`,
+and its output is a stream of :class:`LogRecord`.
+
+Restart policies are carried in the config but applied by the caller: the runtime reports
+the exit (code, OOM, time) and keeps ``restart_count``; ``start`` on an exited container
+runs it again.
+"""
+
+from __future__ import annotations
+
+import builtins
+import enum
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
+
+__all__ = [
+    "ContainerConfig",
+    "ContainerInfo",
+    "ContainerNotFound",
+    "ContainerNotRunning",
+    "ContainerRuntime",
+    "ContainerRuntimeError",
+    "ContainerState",
+    "ContainerStatus",
+    "ExecChunk",
+    "ExecResult",
+    "ExecSession",
+    "ExitInfo",
+    "InvalidConfig",
+    "LogRecord",
+    "NameConflict",
+    "NetworkMode",
+    "RestartPolicy",
+    "RestartPolicyName",
+    "Stats",
+    "Stream",
+    "VolumeMount",
+]
+
+Stream = Literal["stdout", "stderr"]
+NetworkMode = Literal["none", "host"]
+"""``none``: an own network namespace with only loopback; ``host``: the host's namespace."""
+
+
+class ContainerRuntimeError(Exception):
+    """Base of every error a runtime raises; the message says what failed and why."""
+
+
+class ContainerNotFound(ContainerRuntimeError):
+    """No container with this id (or name) exists."""
+
+    def __init__(self, container_id: str) -> None:
+        super().__init__(f"no such container: {container_id}")
+        self.container_id = container_id
+
+
+class NameConflict(ContainerRuntimeError):
+    """Another container already uses the name."""
+
+    def __init__(self, name: str, holder_id: str) -> None:
+        super().__init__(f"container name {name!r} is already in use by container {holder_id}")
+        self.name = name
+        self.holder_id = holder_id
+
+
+class ContainerNotRunning(ContainerRuntimeError):
+    """The operation needs a running container."""
+
+    def __init__(self, container_id: str, status: str) -> None:
+        super().__init__(f"container {container_id} is not running (status {status})")
+        self.container_id = container_id
+        self.status = status
+
+
+class InvalidConfig(ContainerRuntimeError):
+    """The container config cannot be run (unknown user, bad volume, empty command...)."""
+
+
+class RestartPolicyName(enum.StrEnum):
+    """Docker's restart policy names."""
+
+    NO = "no"
+    ON_FAILURE = "on-failure"
+    ALWAYS = "always"
+    UNLESS_STOPPED = "unless-stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """When the caller should start an exited container again."""
+
+    name: RestartPolicyName = RestartPolicyName.NO
+    max_retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeMount:
+    """A host path bind-mounted into the container."""
+
+    host: Path
+    container: str
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerConfig:
+    """Everything needed to create one container.
+
+    Attributes:
+        id: Unique container id (the runtime's key; also the runc container id).
+        name: Unique human name.
+        image: The image reference string, kept for display.
+        lower_dirs: The image's unpacked layers, top layer first (overlayfs ``lowerdir``
+            order), as the image service hands them out.
+        image_config: The OCI image config (``Entrypoint``, ``Cmd``, ``Env``,
+            ``WorkingDir``, ``User``).
+        command: Replaces the image's ``Cmd`` when given.
+        entrypoint: Replaces the image's ``Entrypoint`` when given (``[]`` clears it).
+        env: ``KEY=value`` entries applied over the image's env.
+        workdir: Replaces the image's ``WorkingDir``.
+        user: ``name``, ``uid``, ``uid:gid`` or ``name:group``; replaces the image's user.
+        memory_bytes: Memory limit (swap limited to the same, so OOM kills); 0 = none.
+        nano_cpus: CPU limit in 1e-9 CPUs (Docker's ``--cpus``); 0 = none.
+        pids_limit: Maximum number of tasks; 0 = none.
+        read_only: Mount the root filesystem read-only.
+        volumes: Host bind mounts.
+        network: ``none`` (own namespace, loopback only) or ``host``.
+        labels: Free-form labels.
+        restart_policy: Applied by the caller, stored here.
+        cap_add: Capabilities added to Docker's default set (``NET_ADMIN`` or
+            ``CAP_NET_ADMIN``; ``ALL`` for every capability).
+        cap_drop: Capabilities removed from it (``ALL`` drops all).
+        hostname: The UTS hostname; defaults to the first 12 characters of the id.
+    """
+
+    id: str
+    name: str
+    image: str
+    lower_dirs: Sequence[Path]
+    image_config: Mapping[str, Any] = field(default_factory=dict)
+    command: Sequence[str] | None = None
+    entrypoint: Sequence[str] | None = None
+    env: Sequence[str] = ()
+    workdir: str | None = None
+    user: str | None = None
+    memory_bytes: int = 0
+    nano_cpus: int = 0
+    pids_limit: int = 0
+    read_only: bool = False
+    volumes: Sequence[VolumeMount] = ()
+    network: NetworkMode = "none"
+    labels: Mapping[str, str] = field(default_factory=dict)
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    cap_add: Sequence[str] = ()
+    cap_drop: Sequence[str] = ()
+    hostname: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reads it back."""
+        data = asdict(self)
+        data["lower_dirs"] = [str(p) for p in self.lower_dirs]
+        data["volumes"] = [
+            {"host": str(v.host), "container": v.container, "read_only": v.read_only}
+            for v in self.volumes
+        ]
+        data["restart_policy"] = {
+            "name": self.restart_policy.name.value,
+            "max_retries": self.restart_policy.max_retries,
+        }
+        for key in ("command", "entrypoint"):
+            if data[key] is not None:
+                data[key] = list(data[key])
+        for key in ("env", "cap_add", "cap_drop"):
+            data[key] = list(data[key])
+        data["labels"] = dict(self.labels)
+        data["image_config"] = dict(self.image_config)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ContainerConfig:
+        """Inverse of :meth:`to_dict`."""
+        fields = dict(data)
+        fields["lower_dirs"] = [Path(p) for p in fields.get("lower_dirs", [])]
+        fields["volumes"] = [
+            VolumeMount(Path(v["host"]), v["container"], bool(v.get("read_only", False)))
+            for v in fields.get("volumes", [])
+        ]
+        policy = fields.get("restart_policy") or {}
+        fields["restart_policy"] = RestartPolicy(
+            RestartPolicyName(policy.get("name", "no")), int(policy.get("max_retries", 0))
+        )
+        return cls(**fields)
+
+
+class ContainerStatus(enum.StrEnum):
+    """Lifecycle of a container, as Docker names it."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    EXITED = "exited"
+    DEAD = "dead"
+
+
+@dataclass(slots=True)
+class ContainerState:
+    """The observed state of a container."""
+
+    status: ContainerStatus = ContainerStatus.CREATED
+    pid: int = 0
+    exit_code: int | None = None
+    oom_killed: bool = False
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str = ""
+    restart_count: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {
+            "status": self.status.value,
+            "pid": self.pid,
+            "exit_code": self.exit_code,
+            "oom_killed": self.oom_killed,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "error": self.error,
+            "restart_count": self.restart_count,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ContainerState:
+        """Inverse of :meth:`to_dict`."""
+        started, finished = data.get("started_at"), data.get("finished_at")
+        return cls(
+            status=ContainerStatus(data.get("status", "created")),
+            pid=int(data.get("pid", 0)),
+            exit_code=data.get("exit_code"),
+            oom_killed=bool(data.get("oom_killed", False)),
+            started_at=datetime.fromisoformat(started) if started else None,
+            finished_at=datetime.fromisoformat(finished) if finished else None,
+            error=str(data.get("error", "")),
+            restart_count=int(data.get("restart_count", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ExitInfo:
+    """How a container's process ended."""
+
+    exit_code: int
+    oom_killed: bool
+    finished_at: datetime | None
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """A snapshot of one container: its config, state and where its log is."""
+
+    id: str
+    name: str
+    image: str
+    created_at: datetime
+    config: ContainerConfig
+    state: ContainerState
+    log_path: Path | None = None
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        """The config's labels."""
+        return self.config.labels
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """One resource usage sample (cgroup counters)."""
+
+    read_at: datetime
+    cpu_usage_ns: int
+    cpu_percent: float
+    """Percent of one CPU used since the previous sample (200.0 = two full CPUs)."""
+    memory_usage: int
+    memory_limit: int
+    pids: int
+
+
+class LogRecord(NamedTuple):
+    """One log line. ``timestamp`` is ``None`` unless timestamps were asked for."""
+
+    stream: Stream
+    timestamp: datetime | None
+    data: bytes
+
+
+class ExecChunk(NamedTuple):
+    """A piece of an exec'd process's output."""
+
+    stream: Stream
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """How an exec'd process ended, with the output if it was collected."""
+
+    exit_code: int
+    stdout: bytes = b""
+    stderr: bytes = b""
+
+
+@runtime_checkable
+class ExecSession(Protocol):
+    """A process started inside a running container."""
+
+    def output(self) -> AsyncIterator[ExecChunk]:
+        """Stream stdout/stderr chunks until both close (may be consumed once)."""
+        ...
+
+    async def wait(self) -> int:
+        """Wait for the process; return its exit code."""
+        ...
+
+    async def collect(self) -> ExecResult:
+        """Read all output, wait, and return both (instead of :meth:`output`)."""
+        ...
+
+
+@runtime_checkable
+class ContainerRuntime(Protocol):
+    """A node's container engine."""
+
+    async def create(self, config: ContainerConfig) -> ContainerInfo:
+        """Prepare a container (rootfs, bundle); nothing runs yet.
+
+        Raises:
+            NameConflict: the name is taken.
+            InvalidConfig: the config cannot run (unknown user, no command...).
+        """
+        ...
+
+    async def start(self, container_id: str) -> None:
+        """Start a created or exited container (an exited one counts a restart)."""
+        ...
+
+    async def wait(self, container_id: str) -> ExitInfo:
+        """Wait until the container is not running and return how it exited."""
+        ...
+
+    async def stop(
+        self,
+        container_id: str,
+        timeout: float = 10.0,
+    ) -> ExitInfo | None:
+        """SIGTERM, then SIGKILL after ``timeout`` seconds; ``None`` if it was not running."""
+        ...
+
+    async def kill(self, container_id: str, signal: int | str = "KILL") -> None:
+        """Send a signal to the container's init process."""
+        ...
+
+    async def remove(self, container_id: str, force: bool = False) -> None:
+        """Delete the container and its writable layer; ``force`` kills it first."""
+        ...
+
+    async def list(self, all: bool = False) -> builtins.list[ContainerInfo]:
+        """Running containers, or every container with ``all``."""
+        ...
+
+    async def inspect(self, container_id: str) -> ContainerInfo:
+        """One container by id or name."""
+        ...
+
+    def logs(
+        self,
+        container_id: str,
+        follow: bool = False,
+        tail: int | None = None,
+        since: datetime | None = None,
+        timestamps: bool = False,
+    ) -> AsyncIterator[LogRecord]:
+        """The container's output lines; ``follow`` keeps reading until it exits."""
+        ...
+
+    async def exec(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+    ) -> ExecSession:
+        """Start another process in a running container."""
+        ...
+
+    async def stats(self, container_id: str) -> Stats:
+        """Current resource usage of a running container."""
+        ...
+
+    async def recover(self) -> builtins.list[ContainerInfo]:
+        """Find every container again after an agent restart; call once at start."""
+        ...

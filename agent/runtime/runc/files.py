@@ -1,0 +1,97 @@
+"""Small blocking file helpers of the runc runtime (call them through ``to_thread``)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dockyard.agent.runtime.runc.spec import EtcFiles, ResolvedUser
+from dockyard.agent.runtime.runc.store import ContainerDir, write_atomic
+
+__all__ = [
+    "ResolvedUser",
+    "clear_exit_files",
+    "read_exit",
+    "read_json",
+    "read_user_db",
+    "user_from_spec",
+    "write_etc_files",
+    "write_json",
+]
+
+
+def _read_text(path: Path) -> str:
+    """A file of the rootfs; only regular files (a symlink could point at the host)."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return ""
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def read_user_db(rootfs: Path) -> tuple[str, str]:
+    """The rootfs's ``/etc/passwd`` and ``/etc/group`` text ("" when missing)."""
+    return _read_text(rootfs / "etc" / "passwd"), _read_text(rootfs / "etc" / "group")
+
+
+def write_etc_files(etc: EtcFiles, hostname: str, network: str) -> None:
+    """The container's /etc/hosts, /etc/resolv.conf and /etc/hostname."""
+    etc.hosts.parent.mkdir(parents=True, exist_ok=True)
+    if network == "host":
+        hosts = _read_text(Path("/etc/hosts"))
+    else:
+        hosts = (
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+            f"127.0.1.1\t{hostname}\n"
+        )
+    write_atomic(etc.hosts, hosts.encode())
+    write_atomic(etc.resolv_conf, _read_text(Path("/etc/resolv.conf")).encode())
+    write_atomic(etc.hostname, f"{hostname}\n".encode())
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically."""
+    write_atomic(path, json.dumps(data).encode())
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(path.read_bytes())
+
+
+def clear_exit_files(cdir: ContainerDir, container_id: str) -> None:
+    """Forget the previous run's exit and OOM markers."""
+    for path in (
+        cdir.exit_file(container_id),
+        cdir.persist / "exit",
+        cdir.persist / "oom",
+        cdir.bundle / "oom",
+    ):
+        path.unlink(missing_ok=True)
+
+
+def read_exit(cdir: ContainerDir, container_id: str) -> tuple[int | None, datetime | None, bool]:
+    """conmon's exit code (``None`` if it wrote none), when it was written, and OOM flag."""
+    oom = (cdir.persist / "oom").exists() or (cdir.bundle / "oom").exists()
+    for path in (cdir.exit_file(container_id), cdir.persist / "exit"):
+        try:
+            text = path.read_text().strip()
+            finished = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+        except OSError:
+            continue
+        if text.lstrip("-").isdigit():
+            return int(text), finished, oom
+    return None, None, oom
+
+
+def user_from_spec(process: dict[str, Any]) -> ResolvedUser:
+    """The user of an OCI process object."""
+    user = process.get("user", {})
+    return ResolvedUser(
+        uid=int(user.get("uid", 0)),
+        gid=int(user.get("gid", 0)),
+        additional_gids=tuple(int(g) for g in user.get("additionalGids", [])),
+    )

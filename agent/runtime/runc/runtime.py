@@ -1,0 +1,500 @@
+"""``RuncRuntime``: containers under runc, monitored by conmon, on overlayfs rootfs.
+
+``create`` mounts the rootfs and writes the OCI bundle; ``start`` has conmon run
+``runc create`` (conmon keeps stdio, the log and the exit code, and survives the agent)
+then runs ``runc start``. A watcher task per running container waits for its conmon to
+exit, then records the exit (code from conmon's exit file, OOM from conmon's ``oom`` file
+or the cgroup's ``oom_kill`` counter), deletes the runc container and unmounts the rootfs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import re
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from dockyard.agent.runtime.base import (
+    ContainerConfig,
+    ContainerInfo,
+    ContainerNotFound,
+    ContainerNotRunning,
+    ContainerRuntimeError,
+    ContainerState,
+    ContainerStatus,
+    ExitInfo,
+    InvalidConfig,
+    LogRecord,
+    NameConflict,
+    Stats,
+)
+from dockyard.agent.runtime.runc import files
+from dockyard.agent.runtime.runc.cgroups import CgroupV1, rmdir_tree
+from dockyard.agent.runtime.runc.conmon import conmon_alive, launch_conmon, wait_pid_exit
+from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec
+from dockyard.agent.runtime.runc.logs import read_log
+from dockyard.agent.runtime.runc.rootfs import ContainerLayer, mounted_under
+from dockyard.agent.runtime.runc.spec import (
+    EtcFiles,
+    build_process,
+    build_spec,
+    merge_env,
+    resolve_user,
+)
+from dockyard.agent.runtime.runc.store import (
+    ContainerDir,
+    ContainerRecord,
+    load_record,
+    save_record,
+)
+
+__all__ = ["RuncRuntime"]
+
+log = structlog.get_logger(__name__)
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class RuncRuntime:
+    """The runc backend of :class:`~dockyard.agent.runtime.base.ContainerRuntime`."""
+
+    def __init__(
+        self,
+        state_root: Path,
+        runc_binary: str = "runc",
+        conmon_binary: str = "conmon",
+        cgroup_parent: str = "dockyard",
+    ) -> None:
+        """Keep state under ``state_root``; runc's own state under ``state_root/runc``.
+
+        Args:
+            state_root: Directory owned by this runtime (created if missing).
+            runc_binary: runc name or path.
+            conmon_binary: conmon name or path.
+            cgroup_parent: cgroup (in every v1 hierarchy) that holds the containers'.
+        """
+        self.state_root = Path(state_root)
+        self.runc = shutil.which(runc_binary) or runc_binary
+        self.conmon = shutil.which(conmon_binary) or conmon_binary
+        self.runc_root = self.state_root / "runc"
+        self.containers_root = self.state_root / "containers"
+        self.cgroup_parent = cgroup_parent.strip("/")
+        self._records: dict[str, ContainerRecord] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._cpu_prev: dict[str, tuple[float, int]] = {}
+        self._loaded = False
+
+    # ----------------------------------------------------------------- helpers
+
+    def _dir(self, container_id: str) -> ContainerDir:
+        return ContainerDir(self.containers_root / container_id)
+
+    def _lock(self, container_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(container_id, asyncio.Lock())
+
+    def _event(self, container_id: str) -> asyncio.Event:
+        return self._exited.setdefault(container_id, asyncio.Event())
+
+    async def _ensure_loaded(self) -> None:
+        if not self._loaded:
+            await self.recover()
+
+    def _find(self, ref: str) -> ContainerRecord:
+        record = self._records.get(ref)
+        if record is None:
+            record = next((r for r in self._records.values() if r.config.name == ref), None)
+        if record is None:
+            raise ContainerNotFound(ref)
+        return record
+
+    async def _get(self, ref: str) -> ContainerRecord:
+        await self._ensure_loaded()
+        return self._find(ref)
+
+    async def _runc(self, *args: str, check: bool = True) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(
+            self.runc, "--root", str(self.runc_root), *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await proc.communicate()
+        rc = proc.returncode or 0
+        if check and rc != 0:
+            raise ContainerRuntimeError(
+                f"runc {' '.join(args)} failed ({rc}): {err.decode(errors='replace').strip()}"
+            )
+        return rc, out.decode(errors="replace")
+
+    async def _runc_delete_leftover(self, container_id: str) -> None:
+        """``runc kill KILL`` + ``runc delete`` if runc still has state for the container.
+
+        (Not ``delete -f``, which waits ~100 ms; and no runc call when there is nothing.)
+        """
+        if await asyncio.to_thread((self.runc_root / container_id).exists):
+            await self._runc("kill", container_id, "KILL", check=False)
+            await self._runc("delete", container_id, check=False)
+
+    async def _save(self, record: ContainerRecord) -> None:
+        await save_record(self._dir(record.config.id), record)
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def create(self, config: ContainerConfig) -> ContainerInfo:
+        """Mount the rootfs, write the bundle and record the container as created."""
+        await self._ensure_loaded()
+        if not _ID_RE.match(config.id):
+            raise InvalidConfig(f"invalid container id {config.id!r}")
+        if not config.name:
+            raise InvalidConfig(f"container {config.id}: empty name")
+        if config.id in self._records:
+            raise ContainerRuntimeError(f"container id {config.id} already exists")
+        holder = next((r for r in self._records.values() if r.config.name == config.name), None)
+        if holder is not None:
+            raise NameConflict(config.name, holder.config.id)
+        cdir = self._dir(config.id)
+        record = ContainerRecord(
+            config=config,
+            state=ContainerState(),
+            cgroups_path=f"/{self.cgroup_parent}/{config.id}",
+        )
+        self._records[config.id] = record  # reserve id and name while we await
+        try:
+            await asyncio.to_thread(cdir.bundle.mkdir, parents=True, exist_ok=False)
+            layer = ContainerLayer(config.lower_dirs, cdir.base)
+            rootfs = await layer.mount()
+            passwd, group = await asyncio.to_thread(files.read_user_db, rootfs)
+            user = resolve_user(config.user or config.image_config.get("User"), passwd, group)
+            hostname = config.hostname or config.id[:12]
+            etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
+            await asyncio.to_thread(files.write_etc_files, etc, hostname, config.network)
+            spec = build_spec(config, rootfs, user, etc, record.cgroups_path)
+            await asyncio.to_thread(files.write_json, cdir.spec, spec)
+            await self._save(record)
+        except BaseException:
+            self._records.pop(config.id, None)
+            await self._discard_dir(cdir, config.lower_dirs)
+            raise
+        self._event(config.id).clear()
+        log.info("container created", container_id=config.id, name=config.name)
+        return record.info(cdir.log)
+
+    async def _discard_dir(self, cdir: ContainerDir, lower_dirs: Sequence[Path]) -> None:
+        if lower_dirs:
+            with contextlib.suppress(ContainerRuntimeError, InvalidConfig):
+                await ContainerLayer(lower_dirs, cdir.base).unmount()
+        for mount in await asyncio.to_thread(mounted_under, cdir.base):
+            with contextlib.suppress(ContainerRuntimeError):
+                await ContainerLayer([mount], mount.parent).unmount()
+        await asyncio.to_thread(shutil.rmtree, cdir.base, True)
+
+    async def start(self, container_id: str) -> None:
+        """Run the container (again, counting a restart, if it had exited)."""
+        record = await self._get(container_id)
+        cid = record.config.id
+        async with self._lock(cid):
+            if record.state.status is ContainerStatus.RUNNING:
+                return
+            cdir = self._dir(cid)
+            if record.state.status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
+                record.state.restart_count += 1
+            await self._runc_delete_leftover(cid)  # of the previous run or a crash
+            await asyncio.to_thread(files.clear_exit_files, cdir, cid)
+            await ContainerLayer(record.config.lower_dirs, cdir.base).mount()
+            self._event(cid).clear()
+            try:
+                pid, conmon_pid = await launch_conmon(
+                    conmon=self.conmon, runc=self.runc, runc_root=self.runc_root,
+                    container_id=cid, paths=cdir.conmon_paths(),
+                )  # fmt: skip
+                record.conmon_pid = conmon_pid
+                await self._runc("start", cid)
+            except ContainerRuntimeError as exc:
+                await self._runc("kill", cid, "KILL", check=False)
+                await self._runc("delete", cid, check=False)
+                record.state = ContainerState(
+                    status=ContainerStatus.DEAD, exit_code=-1, error=str(exc),
+                    finished_at=datetime.now(UTC), restart_count=record.state.restart_count,
+                )  # fmt: skip
+                await self._save(record)
+                self._event(cid).set()
+                raise
+            record.state = ContainerState(
+                status=ContainerStatus.RUNNING, pid=pid, started_at=datetime.now(UTC),
+                restart_count=record.state.restart_count,
+            )  # fmt: skip
+            await self._save(record)
+            self._watch(record)
+        log.info("container started", container_id=cid, pid=pid)
+
+    def _watch(self, record: ContainerRecord) -> None:
+        cid = record.config.id
+
+        async def watcher() -> None:
+            await wait_pid_exit(record.conmon_pid)
+            await self._finalize(record)
+
+        task = asyncio.create_task(watcher(), name=f"runc-watch-{cid}")
+        self._watchers[cid] = task
+        task.add_done_callback(lambda t: self._watchers.pop(cid, None) if
+                               self._watchers.get(cid) is t else None)  # fmt: skip
+
+    async def _finalize(self, record: ContainerRecord) -> None:
+        """Record how the container exited; delete the runc container; unmount."""
+        cid = record.config.id
+        cdir = self._dir(cid)
+        code, finished, oom_file = await asyncio.to_thread(files.read_exit, cdir, cid)
+        oom = oom_file or await asyncio.to_thread(CgroupV1(record.cgroups_path).oom_killed)
+        await self._runc("delete", cid, check=False)
+        if code is None:
+            _, out = await self._runc("state", cid, check=False)
+            if '"running"' in out:  # conmon is gone but the process is not: kill it
+                await self._runc("kill", cid, "KILL", check=False)
+                await self._runc("delete", cid, check=False)
+        with contextlib.suppress(ContainerRuntimeError):
+            await ContainerLayer(record.config.lower_dirs, cdir.base).unmount()
+        if code is None:
+            record.state.status = ContainerStatus.DEAD
+            record.state.exit_code = -1
+            record.state.error = "container monitor (conmon) exited without an exit code"
+        else:
+            record.state.status = ContainerStatus.EXITED
+            record.state.exit_code = code
+        record.state.oom_killed = oom
+        record.state.pid = 0
+        record.state.finished_at = finished or datetime.now(UTC)
+        self._cpu_prev.pop(cid, None)
+        if cid in self._records:
+            await self._save(record)
+        self._event(cid).set()
+        log.info("container exited", container_id=cid, exit_code=code, oom_killed=oom)
+
+    @staticmethod
+    def _exit_info(state: ContainerState) -> ExitInfo:
+        return ExitInfo(
+            exit_code=state.exit_code if state.exit_code is not None else -1,
+            oom_killed=state.oom_killed,
+            finished_at=state.finished_at,
+            error=state.error,
+        )
+
+    async def wait(self, container_id: str) -> ExitInfo:
+        """Wait until the container has exited (a created one: until it ran and exited)."""
+        record = await self._get(container_id)
+        if record.state.status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
+            return self._exit_info(record.state)
+        await self._event(record.config.id).wait()
+        return self._exit_info(record.state)
+
+    async def stop(
+        self,
+        container_id: str,
+        timeout: float = 10.0,
+    ) -> ExitInfo | None:
+        """``runc kill TERM``, then ``KILL`` after ``timeout`` seconds."""
+        record = await self._get(container_id)
+        cid = record.config.id
+        if record.state.status is not ContainerStatus.RUNNING:
+            return None
+        event = self._event(cid)
+        await self._runc("kill", cid, "TERM", check=False)
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except TimeoutError:
+            log.info("container ignored SIGTERM; killing", container_id=cid, timeout=timeout)
+            await self._runc("kill", cid, "KILL", check=False)
+            await event.wait()
+        return self._exit_info(record.state)
+
+    async def kill(self, container_id: str, signal: int | str = "KILL") -> None:
+        """Send ``signal`` (``9``, ``KILL`` or ``SIGKILL``) to the container's init."""
+        record = await self._get(container_id)
+        if record.state.status is not ContainerStatus.RUNNING:
+            raise ContainerNotRunning(record.config.id, record.state.status.value)
+        await self._runc("kill", record.config.id, str(signal))
+
+    async def remove(self, container_id: str, force: bool = False) -> None:
+        """Delete the container, its writable layer and its state directory."""
+        record = await self._get(container_id)
+        cid = record.config.id
+        async with self._lock(cid):
+            if record.state.status is ContainerStatus.RUNNING:
+                if not force:
+                    raise ContainerRuntimeError(
+                        f"container {cid} is running: stop it first or remove with force"
+                    )
+                await self._runc("kill", cid, "KILL", check=False)
+                await self._event(cid).wait()
+            self._records.pop(cid, None)
+            watcher = self._watchers.pop(cid, None)
+            if watcher is not None:
+                watcher.cancel()
+            await self._runc_delete_leftover(cid)
+            cdir = self._dir(cid)
+            await ContainerLayer(record.config.lower_dirs, cdir.base).destroy()
+            cgroup = CgroupV1(record.cgroups_path)
+            for path in await asyncio.to_thread(cgroup.controllers_present):
+                await asyncio.to_thread(rmdir_tree, path)
+            await self._discard_dir(cdir, record.config.lower_dirs)
+        self._locks.pop(cid, None)
+        self._exited.pop(cid, None)
+        log.info("container removed", container_id=cid)
+
+    # ------------------------------------------------------------------ queries
+
+    async def list(self, all: bool = False) -> builtins.list[ContainerInfo]:
+        """Running containers, or every one with ``all``."""
+        await self._ensure_loaded()
+        return [
+            r.info(self._dir(cid).log)
+            for cid, r in self._records.items()
+            if all or r.state.status is ContainerStatus.RUNNING
+        ]
+
+    async def inspect(self, container_id: str) -> ContainerInfo:
+        """One container by id or name."""
+        record = await self._get(container_id)
+        return record.info(self._dir(record.config.id).log)
+
+    async def logs(
+        self,
+        container_id: str,
+        follow: bool = False,
+        tail: int | None = None,
+        since: datetime | None = None,
+        timestamps: bool = False,
+    ) -> AsyncIterator[LogRecord]:
+        """Lines of the k8s-file log conmon writes; ``follow`` until the container exits."""
+        record = await self._get(container_id)
+        cid = record.config.id
+
+        async def finished() -> bool:
+            return record.state.status is not ContainerStatus.RUNNING or cid not in self._records
+
+        async for line in read_log(
+            self._dir(cid).log, follow=follow, tail=tail, since=since,
+            timestamps=timestamps, finished=finished,
+        ):  # fmt: skip
+            yield line
+
+    async def exec(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+    ) -> RuncExecSession:
+        """``runc exec`` a process with the container's env/caps, overridden as given."""
+        record = await self._get(container_id)
+        cid = record.config.id
+        if record.state.status is not ContainerStatus.RUNNING:
+            raise ContainerNotRunning(cid, record.state.status.value)
+        if tty:
+            raise ContainerRuntimeError("exec with a tty is not supported by the runc runtime yet")
+        if not cmd:
+            raise InvalidConfig("exec needs a command")
+        cdir = self._dir(cid)
+        spec = await asyncio.to_thread(files.read_json, cdir.spec)
+        base = spec["process"]
+        if user is None:
+            resolved_user = files.user_from_spec(base)
+        else:
+            passwd, group = await asyncio.to_thread(files.read_user_db, cdir.rootfs)
+            resolved_user = resolve_user(user, passwd, group)
+        process = build_process(
+            cmd, merge_env(base["env"], env), workdir or base["cwd"], resolved_user,
+            caps=base["capabilities"]["bounding"], nofile=base["rlimits"][0]["hard"],
+        )  # fmt: skip
+        process_file = cdir.base / f"exec-{uuid.uuid4().hex[:12]}.json"
+        await asyncio.to_thread(files.write_json, process_file, process)
+        return await start_exec(self.runc, self.runc_root, cid, process_file)
+
+    async def stats(self, container_id: str) -> Stats:
+        """cgroup v1 counters; CPU percent over the time since the previous call."""
+        record = await self._get(container_id)
+        cid = record.config.id
+        if record.state.status is not ContainerStatus.RUNNING:
+            raise ContainerNotRunning(cid, record.state.status.value)
+        cgroup = CgroupV1(record.cgroups_path)
+        loop = asyncio.get_running_loop()
+        if cid not in self._cpu_prev:
+            first = await asyncio.to_thread(cgroup.counters)
+            self._cpu_prev[cid] = (loop.time(), first.cpu_usage_ns)
+            await asyncio.sleep(0.1)
+        now = loop.time()
+        counters = await asyncio.to_thread(cgroup.counters)
+        prev_t, prev_cpu = self._cpu_prev[cid]
+        self._cpu_prev[cid] = (now, counters.cpu_usage_ns)
+        elapsed_ns = max(1.0, (now - prev_t) * 1e9)
+        percent = max(0.0, (counters.cpu_usage_ns - prev_cpu) / elapsed_ns * 100.0)
+        return Stats(
+            read_at=datetime.now(UTC),
+            cpu_usage_ns=counters.cpu_usage_ns,
+            cpu_percent=percent,
+            memory_usage=counters.memory_usage,
+            memory_limit=counters.memory_limit,
+            pids=counters.pids,
+        )
+
+    # ----------------------------------------------------------------- recovery
+
+    async def recover(self) -> builtins.list[ContainerInfo]:
+        """Load every container record; reattach to running ones, settle exited ones.
+
+        A running container whose conmon is alive gets a watcher again; one whose conmon
+        wrote an exit file meanwhile is recorded as exited with that code; one whose
+        conmon vanished without an exit file is killed and marked dead. Mounts are left
+        as they are (a running container's rootfs is still mounted).
+        """
+        self._loaded = True
+        await asyncio.to_thread(self.containers_root.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(self.runc_root.mkdir, parents=True, exist_ok=True)
+        entries = await asyncio.to_thread(lambda: sorted(self.containers_root.iterdir()))
+        for base in entries:
+            cid = base.name
+            if cid in self._records:
+                continue
+            cdir = ContainerDir(base)
+            record = await asyncio.to_thread(load_record, cdir)
+            if record is None:  # a create that died halfway: nothing to keep
+                log.warning("discarding incomplete container dir", path=str(base))
+                await self._discard_dir(cdir, [])
+                continue
+            self._records[cid] = record
+            status = record.state.status
+            if status is ContainerStatus.RUNNING:
+                if conmon_alive(record.conmon_pid, cid):
+                    self._event(cid).clear()
+                    self._watch(record)
+                else:
+                    await self._finalize(record)
+            elif status is ContainerStatus.CREATED:
+                self._event(cid).clear()
+                if conmon_alive(record.conmon_pid, cid):  # died between create and start
+                    await self._runc("kill", cid, "KILL", check=False)
+                    await wait_pid_exit(record.conmon_pid)
+                    await self._runc("delete", cid, check=False)
+            else:
+                self._event(cid).set()
+        log.info("runtime recovered", containers=len(self._records))
+        return [r.info(self._dir(cid).log) for cid, r in self._records.items()]
+
+    async def close(self) -> None:
+        """Stop watching (containers keep running under conmon)."""
+        tasks = list(self._watchers.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._watchers.clear()

@@ -1,0 +1,350 @@
+"""Build an OCI runtime spec (``config.json``) with Docker's semantics.
+
+Pure functions: no I/O here. The runtime reads ``/etc/passwd`` and ``/etc/group`` from the
+mounted rootfs and passes their text in.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dockyard.agent.runtime.base import ContainerConfig, InvalidConfig
+
+__all__ = [
+    "ALL_CAPABILITIES",
+    "DEFAULT_CAPABILITIES",
+    "DEFAULT_PATH",
+    "EtcFiles",
+    "ResolvedUser",
+    "build_process",
+    "build_spec",
+    "capabilities",
+    "default_nofile",
+    "merge_env",
+    "process_args",
+    "resolve_user",
+]
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+DEFAULT_CAPABILITIES: tuple[str, ...] = (
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+)
+
+ALL_CAPABILITIES: tuple[str, ...] = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)  # fmt: skip
+
+MASKED_PATHS = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+)
+
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+
+def _dev(path: str, major: int, minor: int) -> dict[str, Any]:
+    return {"allow": True, "type": "c", "major": major, "minor": minor, "access": "rwm"}
+
+
+# runc's default allow list (libcontainer/specconv AllowedDevices) as Docker uses it.
+DEFAULT_DEVICES: list[dict[str, Any]] = [
+    {"allow": False, "access": "rwm"},
+    {"allow": True, "type": "c", "major": -1, "minor": -1, "access": "m"},
+    {"allow": True, "type": "b", "major": -1, "minor": -1, "access": "m"},
+    _dev("/dev/null", 1, 3),
+    _dev("/dev/random", 1, 8),
+    _dev("/dev/full", 1, 7),
+    _dev("/dev/tty", 5, 0),
+    _dev("/dev/zero", 1, 5),
+    _dev("/dev/urandom", 1, 9),
+    _dev("/dev/console", 5, 1),
+    _dev("/dev/pts/*", 136, -1),
+    _dev("/dev/ptmx", 5, 2),
+    _dev("/dev/net/tun", 10, 200),
+]
+
+STANDARD_MOUNTS: list[dict[str, Any]] = [
+    {"destination": "/proc", "type": "proc", "source": "proc",
+     "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+     "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+    {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+     "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+     "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+     "options": ["nosuid", "noexec", "nodev"]},
+    {"destination": "/sys", "type": "sysfs", "source": "sysfs",
+     "options": ["nosuid", "noexec", "nodev", "ro"]},
+    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+     "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
+]  # fmt: skip
+
+CPU_PERIOD_US = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedUser:
+    """Numeric identity of the container process."""
+
+    uid: int
+    gid: int
+    additional_gids: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EtcFiles:
+    """Host files the runtime writes and bind-mounts over the container's /etc ones."""
+
+    hosts: Path
+    resolv_conf: Path
+    hostname: Path
+
+
+def process_args(config: ContainerConfig) -> list[str]:
+    """Entrypoint + Cmd, Docker style: a given command replaces Cmd, and an entrypoint
+    override replaces the image's Entrypoint (and then drops the image's Cmd)."""
+    image = config.image_config
+    if config.entrypoint is not None:
+        entrypoint = list(config.entrypoint)
+        cmd = list(config.command) if config.command is not None else []
+    else:
+        entrypoint = list(image.get("Entrypoint") or [])
+        cmd = list(config.command if config.command is not None else image.get("Cmd") or [])
+    args = entrypoint + cmd
+    if not args:
+        raise InvalidConfig(f"container {config.id}: no command given and the image has none")
+    return args
+
+
+def merge_env(image_env: Sequence[str], user_env: Sequence[str]) -> list[str]:
+    """Image env, then user env over it (same key replaced in place); PATH defaulted."""
+    merged: dict[str, str] = {}
+    for entry in [*image_env, *user_env]:
+        key = entry.split("=", 1)[0]
+        if not key:
+            raise InvalidConfig(f"invalid environment entry {entry!r}")
+        merged[key] = entry if "=" in entry else f"{key}="
+    if "PATH" not in merged:
+        merged = {"PATH": DEFAULT_PATH, **merged}
+    return list(merged.values())
+
+
+def _parse_db(text: str, min_fields: int) -> list[list[str]]:
+    rows = []
+    for line in text.splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split(":")
+        if len(parts) >= min_fields:
+            rows.append(parts)
+    return rows
+
+
+def resolve_user(user: str | None, passwd: str, group: str) -> ResolvedUser:
+    """Resolve ``name``, ``uid``, ``uid:gid``, ``name:group`` against the rootfs databases.
+
+    A numeric uid needs no passwd entry (gid then defaults to the entry's or 0). The
+    user's supplementary groups come from ``/etc/group`` as Docker does.
+
+    Raises:
+        InvalidConfig: a name that is not in /etc/passwd or /etc/group.
+    """
+    spec = (user or "").strip() or "0"
+    user_part, _, group_part = spec.partition(":")
+    users = _parse_db(passwd, 4)
+    groups = _parse_db(group, 3)
+    entry: list[str] | None = None
+    if user_part.isdigit():
+        uid = int(user_part)
+        entry = next((row for row in users if row[2] == user_part), None)
+    else:
+        entry = next((row for row in users if row[0] == user_part), None)
+        if entry is None:
+            raise InvalidConfig(
+                f"unable to find user {user_part}: no matching entries in passwd file"
+            )
+        uid = int(entry[2])
+    gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
+    if group_part:
+        if group_part.isdigit():
+            gid = int(group_part)
+        else:
+            grow = next((row for row in groups if row[0] == group_part), None)
+            if grow is None:
+                raise InvalidConfig(
+                    f"unable to find group {group_part}: no matching entries in group file"
+                )
+            gid = int(grow[2])
+    name = entry[0] if entry is not None else None
+    extra: list[int] = []
+    if name is not None and not group_part:
+        for row in groups:
+            members = row[3].split(",") if len(row) > 3 else []
+            if name in members and row[2].isdigit() and int(row[2]) != gid:
+                extra.append(int(row[2]))
+    return ResolvedUser(uid=uid, gid=gid, additional_gids=tuple(extra))
+
+
+def _norm_cap(name: str) -> str:
+    name = name.strip().upper()
+    return name if name.startswith("CAP_") else f"CAP_{name}"
+
+
+def capabilities(cap_add: Sequence[str], cap_drop: Sequence[str]) -> list[str]:
+    """Docker's default capability set with ``cap_add`` / ``cap_drop`` (``ALL`` allowed)."""
+    adds = {_norm_cap(c) for c in cap_add}
+    drops = {_norm_cap(c) for c in cap_drop}
+    for cap in adds | drops:
+        if cap != "CAP_ALL" and cap not in ALL_CAPABILITIES:
+            raise InvalidConfig(f"unknown capability {cap}")
+    base = ALL_CAPABILITIES if "CAP_ALL" in adds else DEFAULT_CAPABILITIES
+    caps = [] if "CAP_ALL" in drops else [c for c in base if c not in drops]
+    caps += [c for c in sorted(adds) if c != "CAP_ALL" and c not in caps]
+    return caps
+
+
+def default_nofile() -> int:
+    """Docker's 1048576 open files, capped by the hard limit we may hand out."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 1048576 if hard == resource.RLIM_INFINITY else min(1048576, hard)
+
+
+def build_process(
+    args: Sequence[str],
+    env: Sequence[str],
+    cwd: str,
+    user: ResolvedUser,
+    *,
+    caps: Sequence[str],
+    nofile: int = 1048576,
+) -> dict[str, Any]:
+    """The OCI ``process`` object (also the ``runc exec --process`` file).
+
+    ``nofile`` is the RLIMIT_NOFILE (soft = hard); it may not exceed the agent's own hard
+    limit, which :func:`default_nofile` gives.
+    """
+    cap_list = list(caps)
+    return {
+        "terminal": False,
+        "user": {
+            "uid": user.uid,
+            "gid": user.gid,
+            **({"additionalGids": list(user.additional_gids)} if user.additional_gids else {}),
+        },
+        "args": list(args),
+        "env": list(env),
+        "cwd": cwd or "/",
+        "capabilities": {
+            "bounding": cap_list,
+            "effective": cap_list,
+            "permitted": cap_list,
+        },
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile}],
+        "noNewPrivileges": True,
+    }
+
+
+def _resources(config: ContainerConfig) -> dict[str, Any]:
+    resources: dict[str, Any] = {"devices": DEFAULT_DEVICES}
+    if config.memory_bytes > 0:
+        resources["memory"] = {"limit": config.memory_bytes, "swap": config.memory_bytes}
+    if config.nano_cpus > 0:
+        quota = max(1000, config.nano_cpus * CPU_PERIOD_US // 1_000_000_000)
+        resources["cpu"] = {"quota": quota, "period": CPU_PERIOD_US}
+    if config.pids_limit > 0:
+        resources["pids"] = {"limit": config.pids_limit}
+    return resources
+
+
+def _volume_mounts(config: ContainerConfig) -> list[dict[str, Any]]:
+    mounts = []
+    for volume in config.volumes:
+        if not volume.container.startswith("/"):
+            raise InvalidConfig(f"volume destination {volume.container!r} is not absolute")
+        options = ["rbind", "ro" if volume.read_only else "rw"]
+        mounts.append(
+            {"destination": volume.container, "type": "bind", "source": str(volume.host),
+             "options": options}
+        )  # fmt: skip
+    return mounts
+
+
+def build_spec(
+    config: ContainerConfig,
+    rootfs: Path,
+    user: ResolvedUser,
+    etc: EtcFiles,
+    cgroups_path: str,
+) -> dict[str, Any]:
+    """The whole OCI runtime spec for ``config`` with its rootfs mounted at ``rootfs``."""
+    image: Mapping[str, Any] = config.image_config
+    env = merge_env(list(image.get("Env") or []), list(config.env))
+    cwd = config.workdir or image.get("WorkingDir") or "/"
+    if not str(cwd).startswith("/"):
+        raise InvalidConfig(f"working directory {cwd!r} is not absolute")
+    process = build_process(
+        process_args(config), env, str(cwd), user,
+        caps=capabilities(config.cap_add, config.cap_drop), nofile=default_nofile(),
+    )  # fmt: skip
+    namespaces = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
+    if config.network != "host":
+        namespaces.append({"type": "network"})
+    etc_mounts = [
+        {"destination": dest, "type": "bind", "source": str(src),
+         "options": ["rbind", "rprivate", "ro" if config.read_only else "rw"]}
+        for dest, src in (
+            ("/etc/hosts", etc.hosts),
+            ("/etc/resolv.conf", etc.resolv_conf),
+            ("/etc/hostname", etc.hostname),
+        )
+    ]  # fmt: skip
+    return {
+        "ociVersion": "1.0.2",
+        "process": process,
+        "root": {"path": str(rootfs), "readonly": config.read_only},
+        "hostname": config.hostname or config.id[:12],
+        "mounts": [*STANDARD_MOUNTS, *etc_mounts, *_volume_mounts(config)],
+        "linux": {
+            "resources": _resources(config),
+            "cgroupsPath": cgroups_path,
+            "namespaces": namespaces,
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+        },
+        "annotations": {f"dockyard.label.{k}": v for k, v in config.labels.items()},
+    }

@@ -1,0 +1,121 @@
+"""On-disk records of the runc runtime's containers.
+
+One directory per container under ``<state_root>/containers/<id>/``; ``container.json``
+(our :class:`ContainerConfig` + :class:`ContainerState` + bookkeeping) is replaced
+atomically (write a temp file, then ``rename``) so a SIGKILLed agent never leaves a torn
+record behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dockyard.agent.runtime.base import ContainerConfig, ContainerInfo, ContainerState
+from dockyard.agent.runtime.runc.conmon import ConmonPaths
+
+__all__ = ["ContainerDir", "ContainerRecord", "load_record", "save_record"]
+
+
+class ContainerDir:
+    """The file layout of one container's state directory."""
+
+    def __init__(self, base: Path) -> None:
+        """``base`` is ``<state_root>/containers/<id>``."""
+        self.base = base
+        self.record = base / "container.json"
+        self.bundle = base / "bundle"
+        self.spec = base / "bundle" / "config.json"
+        self.rootfs = base / "rootfs"
+        self.log = base / "ctr.log"
+        self.exit_dir = base / "exit"
+        self.persist = base / "persist"
+        self.etc = base / "etc"
+
+    def conmon_paths(self) -> ConmonPaths:
+        """Where conmon reads and writes."""
+        return ConmonPaths(
+            bundle=self.bundle,
+            log=self.log,
+            exit_dir=self.exit_dir,
+            persist_dir=self.persist,
+            pid_file=self.base / "pid",
+            conmon_pid_file=self.base / "conmon.pid",
+            socket_dir=self.base / "sock",
+            conmon_log=self.base / "conmon.log",
+        )
+
+    def exit_file(self, container_id: str) -> Path:
+        """conmon's exit code file."""
+        return self.exit_dir / container_id
+
+
+@dataclass(slots=True)
+class ContainerRecord:
+    """Everything the runtime keeps about one container."""
+
+    config: ContainerConfig
+    state: ContainerState
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    cgroups_path: str = ""
+    conmon_pid: int = 0
+
+    def info(self, log_path: Path) -> ContainerInfo:
+        """A snapshot for callers (state copied so they cannot change ours)."""
+        return ContainerInfo(
+            id=self.config.id,
+            name=self.config.name,
+            image=self.config.image,
+            created_at=self.created_at,
+            config=self.config,
+            state=ContainerState.from_dict(self.state.to_dict()),
+            log_path=log_path,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "config": self.config.to_dict(),
+            "state": self.state.to_dict(),
+            "created_at": self.created_at.isoformat(),
+            "cgroups_path": self.cgroups_path,
+            "conmon_pid": self.conmon_pid,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ContainerRecord:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            config=ContainerConfig.from_dict(data["config"]),
+            state=ContainerState.from_dict(data["state"]),
+            created_at=datetime.fromisoformat(data["created_at"]),
+            cgroups_path=str(data.get("cgroups_path", "")),
+            conmon_pid=int(data.get("conmon_pid", 0)),
+        )
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` in one rename (blocking)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+async def save_record(cdir: ContainerDir, record: ContainerRecord) -> None:
+    """Persist ``record`` atomically."""
+    payload = json.dumps(record.to_dict(), indent=1).encode()
+    await asyncio.to_thread(write_atomic, cdir.record, payload)
+
+
+def load_record(cdir: ContainerDir) -> ContainerRecord | None:
+    """Read a record back (blocking); ``None`` when missing or unreadable."""
+    try:
+        return ContainerRecord.from_dict(json.loads(cdir.record.read_bytes()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

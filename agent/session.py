@@ -1,0 +1,223 @@
+"""The agent's one session to a controller: hello, heartbeats, assignments.
+
+The session reconnects by itself with exponential backoff and jitter, follows
+a "not the leader" answer to the leader, and gives up only when the controller
+refuses this node for good (its name is taken, its request is invalid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+
+from dockyard.agent.identity import NodeIdentity
+from dockyard.common.backoff import Backoff
+from dockyard.v1 import dispatcher_pb2_grpc
+from dockyard.v1.dispatcher_pb2 import (
+    AgentMessage,
+    AssignmentSet,
+    DispatcherMessage,
+    Heartbeat,
+    SessionHello,
+    TaskStatusReport,
+)
+from dockyard.v1.types_pb2 import NodeDescription
+
+log = structlog.get_logger(__name__)
+
+CONNECT_TIMEOUT = 10.0
+# Missing this many heartbeat acks in a row means the controller is gone.
+MISSED_ACKS = 3
+PERMANENT_REFUSALS = {
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.UNIMPLEMENTED,
+}
+LEADER_HINT = re.compile(r"the leader is at (\S+)")
+
+AssignmentHandler = Callable[[AssignmentSet], Awaitable[None]]
+
+
+class SessionRefused(Exception):
+    """The controller will not take this node as it is configured."""
+
+
+class SessionLost(Exception):
+    pass
+
+
+@dataclass
+class SessionStatus:
+    state: str = "connecting"  # connecting | connected | disconnected
+    controller: str = ""
+    session_id: str = ""
+    heartbeat_period: float = 0.0
+    last_ack_wall: float = 0.0
+    rtt_seconds: float = 0.0
+    rtts: list[float] = field(default_factory=list)  # recent round trips, for benchmarks
+
+
+class ControllerSession:
+    """Keeps one session open to whichever controller leads.
+
+    Args:
+        controllers: controller addresses to try in turn.
+        identity: this node's ID and requested name.
+        describe: returns the node description sent in every hello.
+        on_assignments: called with every assignment set the controller sends.
+    """
+
+    def __init__(
+        self,
+        controllers: list[str],
+        identity: NodeIdentity,
+        describe: Callable[[], NodeDescription],
+        on_assignments: AssignmentHandler | None = None,
+        backoff: Backoff | None = None,
+        keep_rtts: int = 0,
+    ) -> None:
+        if not controllers:
+            raise ValueError("at least one controller address is needed")
+        self.controllers = controllers
+        self.identity = identity
+        self._describe = describe
+        self._on_assignments = on_assignments
+        self._backoff = backoff or Backoff(initial=0.2, maximum=10.0)
+        self._keep_rtts = keep_rtts
+        self._outbox: asyncio.Queue[AgentMessage] | None = None
+        self._sent: dict[int, float] = {}
+        self.status = SessionStatus()
+        self.connected = asyncio.Event()
+
+    async def run(self) -> None:
+        """Stay connected until cancelled; raise SessionRefused on a final refusal."""
+        index = 0
+        target = self.controllers[0]
+        while True:
+            self.status.controller = target
+            try:
+                await self._run_once(target)
+                self._backoff.reset()
+            except grpc.aio.AioRpcError as exc:
+                target, index = self._after_error(exc, target, index)
+            except (SessionLost, TimeoutError) as exc:
+                log.warning("session.lost", controller=target, reason=str(exc) or "timeout")
+                self._backoff.reset()
+            finally:
+                self._mark_disconnected()
+            await asyncio.sleep(self._backoff.next_delay())
+
+    def _after_error(self, exc: grpc.aio.AioRpcError, target: str, index: int) -> tuple[str, int]:
+        details = exc.details() or ""
+        if exc.code() in PERMANENT_REFUSALS:
+            log.error("session.refused", controller=target, code=exc.code().name, reason=details)
+            raise SessionRefused(f"controller at {target} refused this node: {details}") from exc
+        hint = LEADER_HINT.search(details)
+        if hint and hint.group(1) != target:
+            log.info("session.redirect", controller=target, leader=hint.group(1))
+            self._backoff.reset()
+            return hint.group(1), index
+        log.warning("session.failed", controller=target, code=exc.code().name, reason=details)
+        index = (index + 1) % len(self.controllers)
+        return self.controllers[index], index
+
+    def report(self, report: TaskStatusReport) -> bool:
+        """Queue a task status for the controller; False while disconnected."""
+        if self._outbox is None:
+            return False
+        self._outbox.put_nowait(AgentMessage(task_status=report))
+        return True
+
+    async def _run_once(self, target: str) -> None:
+        self.status.state = "connecting"
+        outbox: asyncio.Queue[AgentMessage] = asyncio.Queue()
+        hello = SessionHello(
+            node_id=self.identity.node_id, name=self.identity.name, description=self._describe()
+        )
+        outbox.put_nowait(AgentMessage(hello=hello))
+
+        async def requests() -> AsyncIterator[AgentMessage]:
+            while True:
+                yield await outbox.get()
+
+        async with grpc.aio.insecure_channel(target) as channel:
+            call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
+            try:
+                first = await asyncio.wait_for(call.read(), CONNECT_TIMEOUT)
+                if not isinstance(first, DispatcherMessage) or not first.HasField("accepted"):
+                    raise SessionLost("controller closed the session before accepting it")
+                self._accepted(first, target)
+                self._outbox = outbox
+                self._sent.clear()
+                beating = asyncio.create_task(self._heartbeats(outbox))
+                try:
+                    await self._receive(call)
+                finally:
+                    beating.cancel()
+                    self._outbox = None
+            finally:
+                call.cancel()
+
+    def _accepted(self, message: DispatcherMessage, target: str) -> None:
+        accepted = message.accepted
+        self.status.state = "connected"
+        self.status.session_id = accepted.session_id
+        self.status.heartbeat_period = accepted.heartbeat_period_seconds
+        self.connected.set()
+        log.info(
+            "session.connected",
+            controller=target,
+            session_id=accepted.session_id,
+            node_id=self.identity.node_id,
+            heartbeat_period=accepted.heartbeat_period_seconds,
+        )
+
+    async def _heartbeats(self, outbox: asyncio.Queue[AgentMessage]) -> None:
+        sequence = 0
+        while True:
+            sequence += 1
+            self._sent[sequence] = time.monotonic()
+            outbox.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=sequence)))
+            await asyncio.sleep(self.status.heartbeat_period)
+
+    async def _receive(
+        self, call: grpc.aio.StreamStreamCall[AgentMessage, DispatcherMessage]
+    ) -> None:
+        while True:
+            timeout = max(1.0, self.status.heartbeat_period * MISSED_ACKS)
+            message = await asyncio.wait_for(call.read(), timeout)
+            if not isinstance(message, DispatcherMessage):
+                raise SessionLost("controller ended the session")
+            kind = message.WhichOneof("message")
+            if kind == "heartbeat_ack":
+                self._acked(
+                    message.heartbeat_ack.sequence, message.heartbeat_ack.heartbeat_period_seconds
+                )
+            elif kind == "assignments" and self._on_assignments is not None:
+                await self._on_assignments(message.assignments)
+
+    def _acked(self, sequence: int, period: float) -> None:
+        sent = self._sent.pop(sequence, None)
+        if sent is not None:
+            self.status.rtt_seconds = time.monotonic() - sent
+            if self._keep_rtts:
+                self.status.rtts.append(self.status.rtt_seconds)
+                del self.status.rtts[: -self._keep_rtts]
+        self.status.last_ack_wall = time.time()
+        if period > 0:
+            self.status.heartbeat_period = period
+
+    def _mark_disconnected(self) -> None:
+        if self.status.state == "connected":
+            log.warning("session.disconnected", controller=self.status.controller)
+        self.status.state = "disconnected"
+        self.status.session_id = ""
+        self.connected.clear()

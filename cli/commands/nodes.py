@@ -1,0 +1,203 @@
+"""`dockyard node ls|inspect|update|rm`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from dockyard.cli.client import CliError, call
+from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.render import emit_data, emit_table, to_data
+from dockyard.common.timestamps import human_age
+
+AVAILABILITIES = ("active", "pause", "drain")
+UPDATE_RETRIES = 5
+
+
+def _stub(channel: Any) -> Any:
+    from dockyard.v1 import control_pb2_grpc
+
+    return control_pb2_grpc.ControlStub(channel)
+
+
+@click.group("node")
+def node() -> None:
+    """Manage the cluster's nodes."""
+
+
+@node.command("ls")
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="name=N, label=K or label=K=V, state=ready|down",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Only print node IDs.")
+@output_option
+@pass_options
+def list_nodes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) -> None:
+    """List nodes with their state, resources and last heartbeat."""
+    from dockyard.v1.control_pb2 import ListNodesRequest
+    from dockyard.v1.types_pb2 import NodeStatus
+
+    request = ListNodesRequest()
+    for item in filters:
+        key, _, value = item.partition("=")
+        if key == "name" and value:
+            request.names.append(value)
+        elif key == "label" and value:
+            request.labels.append(value)
+        elif key == "state" and value.upper() in ("READY", "DOWN", "UNKNOWN"):
+            request.states.append(NodeStatus.State.Value(value.upper()))
+        else:
+            raise click.BadParameter(f"unknown filter {item!r}", param_hint="--filter")
+    nodes = sorted(
+        call(options.target(), _stub, "ListNodes", request).nodes, key=lambda n: n.spec.name
+    )
+    if quiet:
+        for n in nodes:
+            click.echo(n.id)
+    elif options.output != "table":
+        emit_data(list(nodes), options.output)
+    else:
+        emit_table(
+            [
+                "ID",
+                "NAME",
+                "STATUS",
+                "AVAILABILITY",
+                "CPUS",
+                "MEMORY",
+                "LABELS",
+                "RUNTIME",
+                "VERSION",
+                "LAST HEARTBEAT",
+            ],
+            [_row(n) for n in nodes],
+        )
+
+
+def _row(n: Any) -> list[str]:
+    from dockyard.v1.types_pb2 import NodeSpec, NodeStatus
+
+    labels = ",".join(f"{k}={v}" if v else k for k, v in sorted(n.spec.labels.items()))
+    resources = n.description.resources
+    return [
+        n.id[:12],
+        n.spec.name,
+        NodeStatus.State.Name(n.status.state),
+        NodeSpec.Availability.Name(n.spec.availability).lower(),
+        f"{resources.nano_cpus / 1e9:g}",
+        f"{resources.memory_bytes / 1024**3:.1f}GiB",
+        labels or "-",
+        n.description.runtime,
+        n.description.agent_version,
+        human_age(n.status.last_heartbeat),
+    ]
+
+
+@node.command("inspect")
+@click.argument("nodes", nargs=-1, required=True)
+@output_option
+@pass_options
+def inspect_nodes(options: GlobalOptions, nodes: tuple[str, ...]) -> None:
+    """Show whole node records (JSON by default)."""
+    from dockyard.v1.control_pb2 import GetNodeRequest
+
+    target = options.target()
+    records = [call(target, _stub, "GetNode", GetNodeRequest(node=ref)) for ref in nodes]
+    emit_data([to_data(r) for r in records], "yaml" if options.output == "yaml" else "json")
+
+
+@node.command("update")
+@click.option("--label-add", multiple=True, metavar="KEY[=VALUE]", help="Add or change a label.")
+@click.option("--label-rm", multiple=True, metavar="KEY", help="Remove a label.")
+@click.option(
+    "--availability",
+    type=click.Choice(AVAILABILITIES),
+    help="active: takes tasks; pause: takes no new tasks; drain: tasks move away.",
+)
+@click.option("--rename", default=None, help="Give the node a new name.")
+@click.argument("node_ref", metavar="NODE")
+@output_option
+@pass_options
+def update_node(
+    options: GlobalOptions,
+    label_add: tuple[str, ...],
+    label_rm: tuple[str, ...],
+    availability: str | None,
+    rename: str | None,
+    node_ref: str,
+) -> None:
+    """Change a node's labels, availability or name."""
+    from dockyard.common.validation import ValidationError, check_name, parse_label
+
+    try:
+        additions = [parse_label("--label-add", text) for text in label_add]
+        if rename is not None:
+            check_name("--rename", rename)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    target = options.target()
+    updated = _update_with_retry(target, node_ref, additions, label_rm, availability, rename)
+    click.echo(updated.id)
+
+
+def _update_with_retry(
+    target: Any,
+    node_ref: str,
+    additions: list[tuple[str, str]],
+    removals: tuple[str, ...],
+    availability: str | None,
+    rename: str | None,
+) -> Any:
+    """Read, change, write; when someone else wrote in between, apply the change again."""
+    import grpc
+
+    from dockyard.v1.control_pb2 import GetNodeRequest, UpdateNodeRequest
+    from dockyard.v1.types_pb2 import NodeSpec
+
+    for _ in range(UPDATE_RETRIES):
+        current = call(target, _stub, "GetNode", GetNodeRequest(node=node_ref))
+        spec = NodeSpec()
+        spec.CopyFrom(current.spec)
+        for key in removals:
+            if key not in spec.labels:
+                raise CliError(f"node {current.spec.name} has no label {key!r}")
+            del spec.labels[key]
+        for key, value in additions:
+            spec.labels[key] = value
+        if availability:
+            spec.availability = NodeSpec.Availability.Value(availability.upper())
+        if rename is not None:
+            spec.name = rename
+        try:
+            return call(
+                target,
+                _stub,
+                "UpdateNode",
+                UpdateNodeRequest(node=current.id, version=current.meta.version, spec=spec),
+            )
+        except CliError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.ABORTED):
+                raise
+    raise CliError(f"node {node_ref} kept changing while it was being updated; try again")
+
+
+@node.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Remove even while the node is READY.")
+@click.argument("nodes", nargs=-1, required=True)
+@output_option
+@pass_options
+def remove_nodes(options: GlobalOptions, force: bool, nodes: tuple[str, ...]) -> None:
+    """Remove nodes from the cluster."""
+    from dockyard.v1.control_pb2 import RemoveNodeRequest
+
+    target = options.target()
+    for ref in nodes:
+        call(target, _stub, "RemoveNode", RemoveNodeRequest(node=ref, force=force))
+        click.echo(ref)

@@ -1,0 +1,161 @@
+"""`dockyard version` and `dockyard info`: they work against a controller or an agent."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from dockyard.cli.client import CliError, Target, call, is_unimplemented
+from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.render import emit_data, key_values, to_data
+from dockyard.common.timestamps import human_age
+
+
+def _ask_daemon(
+    target: Target, control_method: str, control_request: Any, agent_method: str, agent_request: Any
+) -> tuple[str, Any]:
+    """Ask as a controller; if the daemon is an agent, ask it as one."""
+    from dockyard.v1 import agent_pb2_grpc, control_pb2_grpc
+
+    try:
+        return "controller", call(
+            target, control_pb2_grpc.ControlStub, control_method, control_request, what="daemon"
+        )
+    except CliError as exc:
+        if not is_unimplemented(exc):
+            raise
+    return "agent", call(
+        target, agent_pb2_grpc.AgentStub, agent_method, agent_request, what="daemon"
+    )
+
+
+@click.command()
+@output_option
+@pass_options
+def version(options: GlobalOptions) -> None:
+    """Show the client's and each addressed daemon's version."""
+    from dockyard.common.version import API_VERSION, package_version
+    from dockyard.v1.types_pb2 import GetVersionRequest
+
+    client = {"component": "dockyard", "version": package_version(), "api_version": API_VERSION}
+    servers = []
+    for target in options.targets():
+        _, info = _ask_daemon(
+            target, "GetVersion", GetVersionRequest(), "GetVersion", GetVersionRequest()
+        )
+        servers.append((target, info))
+    if options.output != "table":
+        emit_data(
+            {
+                "client": client,
+                "servers": [{"address": t.address, **to_data(v)} for t, v in servers],
+            },
+            options.output,
+        )
+        return
+    click.echo(
+        key_values(
+            [
+                ("Client", ""),
+                ("  Version", client["version"]),
+                ("  API version", client["api_version"]),
+            ]
+        )
+    )
+    for target, info in servers:
+        click.echo(
+            key_values(
+                [
+                    (f"Server {target.address}", info.component),
+                    ("  Version", info.version),
+                    ("  API version", info.api_version),
+                    ("  Python", info.python_version),
+                    ("  gRPC", info.grpc_version),
+                    ("  OS/Arch", f"{info.os}/{info.architecture}"),
+                ]
+            )
+        )
+
+
+@click.command()
+@output_option
+@pass_options
+def info(options: GlobalOptions) -> None:
+    """Summarise the cluster (controller) or the node (agent)."""
+    from dockyard.v1.agent_pb2 import GetAgentInfoRequest
+    from dockyard.v1.control_pb2 import GetInfoRequest
+
+    results = [
+        (
+            target,
+            *_ask_daemon(
+                target, "GetInfo", GetInfoRequest(), "GetAgentInfo", GetAgentInfoRequest()
+            ),
+        )
+        for target in options.targets()
+    ]
+    if options.output != "table":
+        data = [{"address": t.address, "kind": kind, **to_data(v)} for t, kind, v in results]
+        emit_data(data[0] if len(data) == 1 else data, options.output)
+        return
+    for index, (target, kind, value) in enumerate(results):
+        if index:
+            click.echo()
+        click.echo(
+            _cluster_text(target, value) if kind == "controller" else _agent_text(target, value)
+        )
+
+
+def _cluster_text(target: Target, info: Any) -> str:
+    return key_values(
+        [
+            ("Controller", f"{target.address} ({info.controller_id[:12]})"),
+            ("Cluster ID", info.cluster_id),
+            ("Leader", "this controller" if info.is_leader else (info.leader_address or "none")),
+            (
+                "Nodes",
+                f"{info.nodes_total} ({info.nodes_ready} ready, {info.nodes_down} down, "
+                f"{info.nodes_unknown} unknown)",
+            ),
+            ("Agent sessions", info.agent_sessions),
+            (
+                "Heartbeat",
+                f"every {info.heartbeat_period_seconds:g} s, down after "
+                f"{info.node_grace_seconds:g} s",
+            ),
+            (
+                "etcd",
+                f"{', '.join(info.etcd_endpoints)} (v{info.etcd_version}"
+                f"{', embedded' if info.etcd_embedded else ''})",
+            ),
+            ("Version", info.version.version),
+            ("Uptime", f"{info.uptime_seconds:.0f} s"),
+        ]
+    )
+
+
+def _agent_text(target: Target, info: Any) -> str:
+    description = info.description
+    return key_values(
+        [
+            ("Agent", f"{target.address}"),
+            ("Node", f"{info.name} ({info.node_id})"),
+            (
+                "Session",
+                f"{info.session_state}"
+                + (f" to {info.connected_controller}" if info.connected_controller else ""),
+            ),
+            ("Last heartbeat ack", human_age(info.last_heartbeat_ack)),
+            ("Runtime", f"{description.runtime} {description.runtime_version}".strip()),
+            ("CPUs", f"{description.resources.nano_cpus / 1e9:g}"),
+            ("Memory", _gib(description.resources.memory_bytes)),
+            ("Kernel", description.kernel_version),
+            ("State dir", info.state_dir),
+            ("Version", info.version.version),
+        ]
+    )
+
+
+def _gib(size: int) -> str:
+    return f"{size / 1024**3:.1f} GiB"

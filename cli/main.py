@@ -1,0 +1,56 @@
+"""`dockyard`: the command-line client.
+
+Imports stay lazy (grpc and the generated stubs load only in the commands
+that need them) so that every command starts fast.
+"""
+
+from __future__ import annotations
+
+import click
+
+from dockyard.cli.commands.contexts import context
+from dockyard.cli.commands.nodes import node
+from dockyard.cli.commands.system import info, version
+from dockyard.cli.options import GlobalOptions
+from dockyard.cli.render import FORMATS
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-H",
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Daemon to address (a controller or an agent); repeat for several.",
+)
+@click.option(
+    "-c",
+    "--context",
+    "context_name",
+    default=None,
+    envvar="DOCKYARD_CONTEXT",
+    help="Context to use (see `dockyard context ls`).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(FORMATS),
+    default="table",
+    show_default=True,
+    help="Output format.",
+)
+@click.pass_context
+def cli(ctx: click.Context, hosts: tuple[str, ...], context_name: str | None, output: str) -> None:
+    """Dockyard: run containers across many Linux hosts."""
+    ctx.obj = GlobalOptions(hosts, context_name, output)
+
+
+cli.add_command(version)
+cli.add_command(info)
+cli.add_command(node)
+cli.add_command(context)
+
+
+def main() -> None:
+    cli(prog_name="dockyard")

@@ -1,0 +1,1 @@
+"""Code shared by the controller, the agent and the CLI."""

@@ -1,0 +1,155 @@
+"""Run a real etcd server as a child process.
+
+The controller uses this when it is given no `--etcd` endpoints (the embedded
+default: data under its state dir, stopped with it); the tests use it for a
+fixture on free ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import shutil
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+PR_SET_PDEATHSIG = 1
+
+
+class EtcdServerError(RuntimeError):
+    pass
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # An embedded etcd must not outlive a controller that was SIGKILLed.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class EtcdServer:
+    """One etcd member listening on loopback.
+
+    Args:
+        data_dir: etcd's --data-dir; kept across restarts.
+        client_port / peer_port: 0 picks free ports.
+        binary: path or name of the etcd executable.
+    """
+
+    data_dir: Path
+    client_port: int = 0
+    peer_port: int = 0
+    binary: str = "etcd"
+    name: str = "dockyard"
+    log_path: Path | None = None
+    _process: asyncio.subprocess.Process | None = field(default=None, init=False)
+
+    @property
+    def endpoint(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    async def start(self, timeout: float = 20.0) -> None:
+        executable = shutil.which(self.binary)
+        if executable is None:
+            raise EtcdServerError(
+                f"etcd executable {self.binary!r} not found: install Debian's etcd-server "
+                "or pass --etcd host:port"
+            )
+        self.client_port = self.client_port or free_port()
+        self.peer_port = self.peer_port or free_port()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self.log_path or self.data_dir.parent / "etcd.log"
+        client_url = f"http://127.0.0.1:{self.client_port}"
+        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        args = [
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={client_url}",
+            f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}",
+            f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster={self.name}={peer_url}",
+            "--initial-cluster-state=new",
+            "--auto-compaction-mode=revision",
+            "--auto-compaction-retention=10000",
+        ]
+        with open(log_path, "ab") as log_file:
+            self._process = await asyncio.create_subprocess_exec(
+                executable,
+                *args,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                preexec_fn=_die_with_parent,
+                env={"ETCD_UNSUPPORTED_ARCH": "", "PATH": "/usr/bin:/bin"},
+            )
+        log.info("etcd.starting", endpoint=self.endpoint, data_dir=str(self.data_dir), pid=self.pid)
+        await self._wait_ready(timeout, log_path)
+
+    async def _wait_ready(self, timeout: float, log_path: Path) -> None:
+        assert self._process is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            if self._process.returncode is not None:
+                tail = log_path.read_text(errors="replace")[-800:]
+                raise EtcdServerError(
+                    f"etcd exited with code {self._process.returncode} (log {log_path}): {tail}"
+                )
+            if await _answers_health(self.client_port):
+                log.info("etcd.ready", endpoint=self.endpoint)
+                return
+            await asyncio.sleep(0.1)
+        await self.stop()
+        raise EtcdServerError(f"etcd did not become healthy within {timeout:g} s (log {log_path})")
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        process, self._process = self._process, None
+        if process is None or process.returncode is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+        log.info("etcd.stopped", endpoint=self.endpoint)
+
+    async def kill(self) -> None:
+        """SIGKILL, for tests of an etcd that dies under a running controller."""
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def _answers_health(port: int) -> bool:
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    try:
+        writer.write(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        body = await asyncio.wait_for(reader.read(), 2.0)
+        return b'"health":"true"' in body
+    except (OSError, TimeoutError):
+        return False
+    finally:
+        writer.close()

@@ -1,0 +1,68 @@
+"""Checks on names and labels shared by the CLI (early, friendly errors) and the
+controller (the authority: nothing unchecked reaches etcd)."""
+
+from __future__ import annotations
+
+import re
+
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+LABEL_KEY_PATTERN = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_./-]{0,126}[a-zA-Z0-9])?$")
+MAX_LABEL_VALUE = 256
+MAX_LABELS = 64
+
+
+class ValidationError(ValueError):
+    """A request field is wrong. `field` names it, the message says why."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def check_name(field: str, name: str) -> str:
+    if not name:
+        raise ValidationError(field, "must not be empty")
+    if not NAME_PATTERN.match(name):
+        raise ValidationError(
+            field,
+            f"invalid name {name!r}: use 1-63 letters, digits, '_', '.' or '-', "
+            "starting with a letter or digit",
+        )
+    return name
+
+
+def check_label_key(field: str, key: str) -> str:
+    if not key:
+        raise ValidationError(field, "label key must not be empty")
+    if not LABEL_KEY_PATTERN.match(key):
+        raise ValidationError(
+            field,
+            f"invalid label key {key!r}: use up to 128 letters, digits, '_', '.', '/' or '-', "
+            "starting and ending with a letter or digit",
+        )
+    return key
+
+
+def check_label_value(field: str, key: str, value: str) -> str:
+    if len(value) > MAX_LABEL_VALUE:
+        raise ValidationError(field, f"label {key!r}: value longer than {MAX_LABEL_VALUE} chars")
+    if any(ord(ch) < 32 for ch in value):
+        raise ValidationError(field, f"label {key!r}: value contains a control character")
+    return value
+
+
+def check_labels(field: str, labels: dict[str, str]) -> dict[str, str]:
+    if len(labels) > MAX_LABELS:
+        raise ValidationError(field, f"at most {MAX_LABELS} labels, got {len(labels)}")
+    for key, value in labels.items():
+        check_label_key(field, key)
+        check_label_value(field, key, value)
+    return labels
+
+
+def parse_label(field: str, text: str) -> tuple[str, str]:
+    """`key=value` or bare `key` (empty value), as `docker node update --label-add`."""
+    key, _, value = text.partition("=")
+    if not key:
+        raise ValidationError(field, f"malformed label {text!r}: the key before '=' is empty")
+    return check_label_key(field, key), check_label_value(field, key, value)

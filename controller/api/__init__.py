@@ -1,0 +1,1 @@
+"""The controller's client API, one module per resource."""

@@ -1,0 +1,108 @@
+"""The Control service: what `dockyard` speaks to a controller."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from dockyard.common.version import version_info
+from dockyard.controller.api.nodes import NodesAPI
+from dockyard.controller.dispatcher import Dispatcher
+from dockyard.controller.errors import grpc_errors
+from dockyard.controller.leadership import Leadership
+from dockyard.controller.store import Store, StoreError
+from dockyard.v1 import control_pb2_grpc
+from dockyard.v1.control_pb2 import (
+    ClusterInfo,
+    GetInfoRequest,
+    GetNodeRequest,
+    ListNodesRequest,
+    ListNodesResponse,
+    RemoveNodeRequest,
+    RemoveNodeResponse,
+    UpdateNodeRequest,
+)
+from dockyard.v1.types_pb2 import GetVersionRequest, Node, NodeStatus, VersionInfo
+
+Context = grpc.aio.ServicerContext[object, object]
+
+
+@dataclass
+class ControllerIdentity:
+    cluster_id: str
+    controller_id: str
+    etcd_endpoints: Sequence[str]
+    etcd_embedded: bool
+    started: float
+
+
+class ControlServicer(control_pb2_grpc.ControlServicer):
+    def __init__(
+        self,
+        identity: ControllerIdentity,
+        store: Store,
+        nodes: NodesAPI,
+        dispatcher: Dispatcher,
+        leadership: Callable[[], Leadership | None],
+    ) -> None:
+        self._identity = identity
+        self._store = store
+        self._nodes = nodes
+        self._dispatcher = dispatcher
+        self._leadership = leadership
+
+    @grpc_errors
+    async def GetVersion(self, request: GetVersionRequest, context: Context) -> VersionInfo:
+        return version_info("dockyard-controller")
+
+    @grpc_errors
+    async def GetInfo(self, request: GetInfoRequest, context: Context) -> ClusterInfo:
+        nodes = (await self._nodes.list(ListNodesRequest())).nodes
+        states = [n.status.state for n in nodes]
+        leadership = self._leadership()
+        info = ClusterInfo(
+            cluster_id=self._identity.cluster_id,
+            controller_id=self._identity.controller_id,
+            is_leader=bool(leadership and leadership.is_leader),
+            leader_address=(
+                leadership.leader.api_address if leadership and leadership.leader else ""
+            ),
+            nodes_total=len(nodes),
+            nodes_ready=states.count(NodeStatus.READY),
+            nodes_down=states.count(NodeStatus.DOWN),
+            nodes_unknown=len(nodes)
+            - states.count(NodeStatus.READY)
+            - states.count(NodeStatus.DOWN),
+            etcd_endpoints=list(self._identity.etcd_endpoints),
+            etcd_embedded=self._identity.etcd_embedded,
+            version=version_info("dockyard-controller"),
+            uptime_seconds=time.monotonic() - self._identity.started,
+            heartbeat_period_seconds=self._dispatcher.heartbeat_period,
+            node_grace_seconds=self._dispatcher.grace,
+            agent_sessions=len(self._dispatcher.sessions),
+        )
+        try:
+            info.etcd_version = await self._store.server_version()
+        except StoreError:
+            info.etcd_version = "unreachable"
+        return info
+
+    @grpc_errors
+    async def ListNodes(self, request: ListNodesRequest, context: Context) -> ListNodesResponse:
+        return await self._nodes.list(request)
+
+    @grpc_errors
+    async def GetNode(self, request: GetNodeRequest, context: Context) -> Node:
+        return await self._nodes.get(request.node)
+
+    @grpc_errors
+    async def UpdateNode(self, request: UpdateNodeRequest, context: Context) -> Node:
+        return await self._nodes.update(request)
+
+    @grpc_errors
+    async def RemoveNode(self, request: RemoveNodeRequest, context: Context) -> RemoveNodeResponse:
+        await self._nodes.remove(request)
+        return RemoveNodeResponse()

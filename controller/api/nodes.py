@@ -1,0 +1,57 @@
+"""Node requests of the Control API."""
+
+from __future__ import annotations
+
+from dockyard.common.timestamps import now_timestamp
+from dockyard.controller.dispatcher import Dispatcher
+from dockyard.controller.nodes import NodeRegistry
+from dockyard.v1.control_pb2 import (
+    ListNodesRequest,
+    ListNodesResponse,
+    RemoveNodeRequest,
+    UpdateNodeRequest,
+)
+from dockyard.v1.types_pb2 import Node
+
+
+class NodesAPI:
+    def __init__(self, registry: NodeRegistry, dispatcher: Dispatcher) -> None:
+        self._registry = registry
+        self._dispatcher = dispatcher
+
+    async def list(self, request: ListNodesRequest) -> ListNodesResponse:
+        nodes = [self._with_live_heartbeat(n) for n in await self._registry.list_all()]
+        return ListNodesResponse(nodes=[n for n in nodes if _matches(n, request)])
+
+    async def get(self, ref: str) -> Node:
+        return self._with_live_heartbeat(await self._registry.find(ref))
+
+    async def update(self, request: UpdateNodeRequest) -> Node:
+        return await self._registry.update_spec(request.node, request.version, request.spec)
+
+    async def remove(self, request: RemoveNodeRequest) -> None:
+        node = await self._registry.remove(request.node, request.force)
+        session = self._dispatcher.sessions.get(node.id)
+        if session is not None:
+            session.close()
+
+    def _with_live_heartbeat(self, node: Node) -> Node:
+        """Heartbeats are persisted coarsely; the leader knows the latest one."""
+        seen = self._dispatcher.last_seen.get(node.id)
+        if seen is not None:
+            stamp = now_timestamp()
+            stamp.FromNanoseconds(int(seen.wall * 1e9))
+            node.status.last_heartbeat.CopyFrom(stamp)
+        return node
+
+
+def _matches(node: Node, request: ListNodesRequest) -> bool:
+    if request.names and node.spec.name not in request.names and node.id not in request.names:
+        return False
+    if request.states and node.status.state not in request.states:
+        return False
+    for label in request.labels:
+        key, has_value, value = label.partition("=")
+        if key not in node.spec.labels or (has_value and node.spec.labels[key] != value):
+            return False
+    return True

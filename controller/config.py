@@ -1,0 +1,29 @@
+"""The controller's settings, from its command line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dockyard.common.addresses import CONTROLLER_PORT
+
+DEFAULT_HEARTBEAT_PERIOD = 2.0
+DEFAULT_GRACE_PERIODS = 3
+
+
+@dataclass
+class ControllerConfig:
+    state_dir: Path
+    listen: str = f"127.0.0.1:{CONTROLLER_PORT}"
+    # Empty: start an embedded etcd with its data under state_dir.
+    etcd_endpoints: list[str] = field(default_factory=list)
+    etcd_prefix: str = "/dockyard"
+    etcd_timeout: float = 10.0
+    heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD
+    node_grace: float = DEFAULT_HEARTBEAT_PERIOD * DEFAULT_GRACE_PERIODS
+    leader_ttl: int = 10
+    advertise: str = ""  # address other components reach this controller at
+
+    @property
+    def advertise_address(self) -> str:
+        return self.advertise or self.listen

@@ -1,0 +1,192 @@
+"""The dispatcher: one bidirectional session per agent.
+
+Agents send a hello, then heartbeats and task status; the dispatcher answers
+with the session's acceptance, heartbeat acks and assignment sets. Liveness is
+kept in memory here (`last_seen`); the node monitor turns it into READY/DOWN
+in the store. Only the leader accepts sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+
+from dockyard.controller.errors import status_for
+from dockyard.controller.nodes import NodeRegistry
+from dockyard.v1 import dispatcher_pb2_grpc
+from dockyard.v1.dispatcher_pb2 import (
+    AgentMessage,
+    AssignmentSet,
+    DispatcherMessage,
+    HeartbeatAck,
+    SessionAccepted,
+)
+
+log = structlog.get_logger(__name__)
+
+HELLO_TIMEOUT = 10.0
+
+
+@dataclass
+class AgentSession:
+    session_id: str
+    node_id: str
+    remote_address: str
+    outbox: asyncio.Queue[DispatcherMessage | None] = field(default_factory=asyncio.Queue)
+    opened_at: float = field(default_factory=time.monotonic)
+
+    def close(self) -> None:
+        self.outbox.put_nowait(None)
+
+
+@dataclass
+class Liveness:
+    """When the dispatcher last heard from a node: monotonic for expiry,
+    wall clock for display."""
+
+    monotonic: float
+    wall: float
+
+
+class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        cluster_id: str,
+        heartbeat_period: float,
+        grace: float,
+        leader_address: Callable[[], str | None],
+    ) -> None:
+        """
+        Args:
+            leader_address: None while this controller leads, else the leader's
+                address (or "" when no leader is known).
+        """
+        self._registry = registry
+        self._cluster_id = cluster_id
+        self.heartbeat_period = heartbeat_period
+        self.grace = grace
+        self._leader_address = leader_address
+        self.sessions: dict[str, AgentSession] = {}
+        self.last_seen: dict[str, Liveness] = {}
+        self.heartbeats_received = 0
+
+    def beat(self, node_id: str) -> None:
+        self.last_seen[node_id] = Liveness(time.monotonic(), time.time())
+        self.heartbeats_received += 1
+
+    def seconds_since_seen(self, node_id: str, default: float) -> float:
+        seen = self.last_seen.get(node_id)
+        return time.monotonic() - (seen.monotonic if seen else default)
+
+    def send(self, node_id: str, message: DispatcherMessage) -> bool:
+        session = self.sessions.get(node_id)
+        if session is None:
+            return False
+        session.outbox.put_nowait(message)
+        return True
+
+    def close_all(self) -> None:
+        for session in list(self.sessions.values()):
+            session.close()
+
+    async def Session(
+        self,
+        request_iterator: AsyncIterator[AgentMessage],
+        context: grpc.aio.ServicerContext[AgentMessage, DispatcherMessage],
+    ) -> AsyncIterator[DispatcherMessage]:
+        leader = self._leader_address()
+        if leader is not None:
+            where = f"the leader is at {leader}" if leader else "no leader is elected yet"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader: {where}")
+        hello = await self._read_hello(request_iterator, context)
+        session = await self._open(hello, context)
+        reader = asyncio.create_task(self._read(session, request_iterator))
+        try:
+            yield DispatcherMessage(
+                accepted=SessionAccepted(
+                    session_id=session.session_id,
+                    node_id=session.node_id,
+                    cluster_id=self._cluster_id,
+                    heartbeat_period_seconds=self.heartbeat_period,
+                )
+            )
+            yield DispatcherMessage(assignments=AssignmentSet(full=True))
+            while (message := await session.outbox.get()) is not None:
+                yield message
+        finally:
+            reader.cancel()
+            if self.sessions.get(session.node_id) is session:
+                del self.sessions[session.node_id]
+            log.info("session.closed", node_id=session.node_id, session_id=session.session_id)
+
+    async def _read_hello(
+        self,
+        request_iterator: AsyncIterator[AgentMessage],
+        context: grpc.aio.ServicerContext[AgentMessage, DispatcherMessage],
+    ) -> AgentMessage:
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT)
+        except (TimeoutError, StopAsyncIteration):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session must start with a hello")
+        if first.WhichOneof("message") != "hello":
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "session must start with a hello")
+        return first
+
+    async def _open(
+        self,
+        first: AgentMessage,
+        context: grpc.aio.ServicerContext[AgentMessage, DispatcherMessage],
+    ) -> AgentSession:
+        hello = first.hello
+        current = self.sessions.get(hello.node_id)
+        if current is not None:
+            if self.seconds_since_seen(hello.node_id, 0.0) < self.grace:
+                await context.abort(
+                    grpc.StatusCode.ABORTED,
+                    f"node {hello.node_id} already has a live session from {current.remote_address}",
+                )
+            current.close()
+        remote = context.peer()
+        try:
+            node = await self._registry.register(hello, remote)
+        except Exception as exc:
+            code = status_for(exc)
+            if code is None:
+                raise
+            log.warning("session.refused", name=hello.name, node_id=hello.node_id, reason=str(exc))
+            await context.abort(code, str(exc))
+        session = AgentSession(secrets.token_hex(8), node.id, remote)
+        self.sessions[node.id] = session
+        self.beat(node.id)
+        log.info("session.opened", node_id=node.id, name=node.spec.name, remote=remote)
+        return session
+
+    async def _read(self, session: AgentSession, requests: AsyncIterator[AgentMessage]) -> None:
+        try:
+            async for message in requests:
+                kind = message.WhichOneof("message")
+                if kind == "heartbeat":
+                    self.beat(session.node_id)
+                    session.outbox.put_nowait(
+                        DispatcherMessage(
+                            heartbeat_ack=HeartbeatAck(
+                                sequence=message.heartbeat.sequence,
+                                heartbeat_period_seconds=self.heartbeat_period,
+                            )
+                        )
+                    )
+                elif kind == "task_status":
+                    log.debug(
+                        "task.status", node_id=session.node_id, task_id=message.task_status.task_id
+                    )
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            session.close()

@@ -1,0 +1,139 @@
+"""`dockyard-controller`: the cluster's control plane daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
+from dockyard.common.version import package_version
+
+if TYPE_CHECKING:
+    from dockyard.controller.config import ControllerConfig
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_version(), prog_name="dockyard-controller")
+def main() -> None:
+    """The Dockyard controller: desired state in etcd, the agents' dispatcher, the API."""
+
+
+@main.command()
+@click.option(
+    "--listen",
+    default=f"127.0.0.1:{CONTROLLER_PORT}",
+    show_default=True,
+    help="gRPC address for clients and agents.",
+)
+@click.option("--advertise", default="", help="Address others reach this controller at.")
+@click.option(
+    "--etcd",
+    "etcd_endpoints",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="etcd endpoint (repeat for a cluster, or comma-separate). "
+    "None: start an embedded etcd under --state-dir.",
+)
+@click.option("--etcd-prefix", default="/dockyard", show_default=True)
+@click.option(
+    "--etcd-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to wait for etcd at start before giving up.",
+)
+@click.option(
+    "--state-dir",
+    default="/var/lib/dockyard/controller",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+@click.option(
+    "--heartbeat-period",
+    default=2.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05),
+    help="Seconds between agent heartbeats.",
+)
+@click.option(
+    "--node-grace",
+    default=None,
+    type=click.FloatRange(min=0.1),
+    help="Seconds without a heartbeat before a node is DOWN [3 heartbeat periods].",
+)
+@click.option(
+    "--leader-ttl",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=2),
+    help="Seconds the leader lease lasts without renewal.",
+)
+@click.option(
+    "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
+)
+def run(
+    listen: str,
+    advertise: str,
+    etcd_endpoints: tuple[str, ...],
+    etcd_prefix: str,
+    etcd_timeout: float,
+    state_dir: Path,
+    heartbeat_period: float,
+    node_grace: float | None,
+    leader_ttl: int,
+    log_level: str,
+) -> None:
+    """Run the controller until SIGTERM or SIGINT."""
+    from dockyard.common import logging as dlogging
+    from dockyard.controller.config import ControllerConfig
+
+    dlogging.configure(log_level)
+    endpoints = [e for item in etcd_endpoints for e in item.split(",") if e]
+    try:
+        endpoints = [normalize(e, 2379) for e in endpoints]
+        listen = normalize(listen, CONTROLLER_PORT)
+    except AddressError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    config = ControllerConfig(
+        state_dir=state_dir,
+        listen=listen,
+        advertise=advertise,
+        etcd_endpoints=endpoints,
+        etcd_prefix=etcd_prefix,
+        etcd_timeout=etcd_timeout,
+        heartbeat_period=heartbeat_period,
+        node_grace=node_grace if node_grace is not None else heartbeat_period * 3,
+        leader_ttl=leader_ttl,
+    )
+    sys.exit(asyncio.run(_serve(config)))
+
+
+async def _serve(config: ControllerConfig) -> int:
+    import structlog
+
+    from dockyard.common.etcd_server import EtcdServerError
+    from dockyard.controller.server import Controller, ControllerStartError
+    from dockyard.controller.store import StoreError
+
+    log = structlog.get_logger("dockyard.controller")
+    controller = Controller(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await controller.start()
+    except (StoreError, EtcdServerError, ControllerStartError) as exc:
+        log.error("controller.start_failed", error=str(exc))
+        await controller.stop()
+        click.echo(f"dockyard-controller: {exc}", err=True)
+        return 1
+    await stop.wait()
+    log.info("controller.stopping")
+    await controller.stop()
+    return 0

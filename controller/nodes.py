@@ -1,0 +1,230 @@
+"""The node registry: node records in the store and the name index beside them.
+
+A node's name is unique in the cluster: a second key, `names/nodes/<name>`,
+holds the owning node ID and is written in the same transaction as the node.
+"""
+
+from __future__ import annotations
+
+import re
+
+import structlog
+
+from dockyard.common.timestamps import now_timestamp
+from dockyard.common.validation import ValidationError, check_labels, check_name
+from dockyard.controller.errors import FailedPrecondition
+from dockyard.controller.store import (
+    NODE_NAMES,
+    NODES,
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    Op,
+    Store,
+)
+from dockyard.v1.dispatcher_pb2 import SessionHello
+from dockyard.v1.types_pb2 import Node, NodeSpec, NodeStatus
+
+log = structlog.get_logger(__name__)
+
+NODE_ID_PATTERN = re.compile(r"^[a-z0-9]{8,64}$")
+CONFLICT_RETRIES = 8
+
+State = NodeStatus.State
+
+
+class NodeRegistry:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def list_all(self) -> list[Node]:
+        nodes, _ = await self._store.list_all(NODES)
+        return nodes
+
+    async def get(self, node_id: str) -> Node:
+        return await self._store.get(NODES, node_id)
+
+    async def find(self, ref: str) -> Node:
+        """A node by ID, name or unique ID prefix, as docker resolves references."""
+        if not ref:
+            raise ValidationError("node", "must not be empty")
+        nodes = await self.list_all()
+        for node in nodes:
+            if node.id == ref:
+                return node
+        for node in nodes:
+            if node.spec.name == ref:
+                return node
+        matches = [node for node in nodes if node.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise ValidationError(
+                "node", f"node ID prefix {ref!r} is ambiguous ({len(matches)} nodes)"
+            )
+        raise NotFound(f"node {ref!r} not found")
+
+    # -- agent sessions --------------------------------------------------------
+
+    async def register(self, hello: SessionHello, remote_address: str) -> Node:
+        """Record that an agent opened a session: the node becomes READY.
+
+        A new node ID claims its name; a name already held by another node is
+        refused with a message saying who holds it.
+        """
+        if not NODE_ID_PATTERN.match(hello.node_id):
+            raise ValidationError("hello.node_id", f"invalid node ID {hello.node_id!r}")
+        check_name("hello.name", hello.name)
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                existing = await self._store.get(NODES, hello.node_id)
+            except NotFound:
+                return await self._create(hello, remote_address)
+            existing.description.CopyFrom(hello.description)
+            _set_state(existing.status, State.READY, "session open")
+            existing.status.last_heartbeat.CopyFrom(now_timestamp())
+            existing.status.remote_address = remote_address
+            try:
+                await self._store.update(NODES, existing.id, existing)
+                return existing
+            except Conflict:
+                continue
+        raise Conflict(f"node {hello.node_id}: too many concurrent writes, retry")
+
+    async def _create(self, hello: SessionHello, remote_address: str) -> Node:
+        await self._refuse_taken_name(hello.name, hello.node_id)
+        node = Node(id=hello.node_id)
+        node.spec.name = hello.name
+        node.spec.availability = NodeSpec.ACTIVE
+        node.description.CopyFrom(hello.description)
+        _set_state(node.status, State.READY, "session open")
+        node.status.last_heartbeat.CopyFrom(now_timestamp())
+        node.status.remote_address = remote_address
+        ops = [
+            self._store.put_op(NODES, node.id, node, expect=0),
+            self._store.raw_op(NODE_NAMES, node.spec.name, node.id.encode(), expect=0),
+        ]
+        try:
+            revision = await self._store.commit(ops)
+        except Conflict as exc:
+            await self._refuse_taken_name(hello.name, hello.node_id)
+            raise Conflict(f"node {node.id} was registered concurrently, retry") from exc
+        node.meta.version = revision
+        log.info("node.registered", node_id=node.id, name=node.spec.name)
+        return node
+
+    async def _refuse_taken_name(self, name: str, node_id: str) -> None:
+        holder = await self._store.get_raw(NODE_NAMES, name)
+        if holder is None or holder[0].decode() == node_id:
+            return
+        holder_id = holder[0].decode()
+        try:
+            owner = await self._store.get(NODES, holder_id)
+        except NotFound:
+            return
+        state = NodeStatus.State.Name(owner.status.state)
+        if owner.status.state == State.READY:
+            raise AlreadyExists(
+                f"node name {name!r} is held by live node {holder_id[:12]} ({state}); "
+                "start this agent with another --name"
+            )
+        raise AlreadyExists(
+            f"node name {name!r} belongs to node {holder_id[:12]} ({state}); remove it first "
+            f"with `dockyard node rm {name}`, or start this agent with another --name"
+        )
+
+    async def set_states(self, changes: dict[str, tuple[State.ValueType, str]]) -> list[Node]:
+        """Move nodes to new states in as few transactions as possible.
+
+        Nodes whose record changed meanwhile are read again and retried.
+        """
+        changed: list[Node] = []
+        pending = dict(changes)
+        for _ in range(CONFLICT_RETRIES):
+            if not pending:
+                break
+            nodes = [n for n in await self.list_all() if n.id in pending]
+            ops: list[Op] = []
+            for node in nodes:
+                state, message = pending[node.id]
+                _set_state(node.status, state, message)
+                ops.append(self._store.put_op(NODES, node.id, node, expect=node.meta.version))
+            results = await self._store.commit_each(ops)
+            for node, ok in zip(nodes, results, strict=True):
+                if ok:
+                    changed.append(node)
+                    del pending[node.id]
+                    log.info(
+                        "node.state",
+                        node_id=node.id,
+                        name=node.spec.name,
+                        state=NodeStatus.State.Name(node.status.state),
+                        message=node.status.message,
+                    )
+            pending = {k: v for k, v in pending.items() if k in {n.id for n in nodes}}
+        return changed
+
+    async def record_heartbeats(self, beats: dict[str, float]) -> None:
+        """Persist last-heartbeat times (wall clock seconds), coarsely and in batches."""
+        nodes = [n for n in await self.list_all() if n.id in beats]
+        ops = []
+        for node in nodes:
+            node.status.last_heartbeat.FromNanoseconds(int(beats[node.id] * 1e9))
+            ops.append(self._store.put_op(NODES, node.id, node, expect=node.meta.version))
+        if ops:
+            await self._store.commit_each(ops)
+
+    # -- operator requests -------------------------------------------------------
+
+    async def update_spec(self, ref: str, version: int, spec: NodeSpec) -> Node:
+        check_name("spec.name", spec.name)
+        check_labels("spec.labels", dict(spec.labels))
+        if spec.availability == NodeSpec.AVAILABILITY_UNSPECIFIED:
+            raise ValidationError("spec.availability", "must be active, pause or drain")
+        if spec.availability not in NodeSpec.Availability.values():
+            raise ValidationError("spec.availability", f"unknown value {spec.availability}")
+        if version <= 0:
+            raise ValidationError("version", "must be the version the node was read at")
+        node = await self.find(ref)
+        if node.meta.version != version:
+            raise Conflict(
+                f"node {node.spec.name} changed since it was read (version {version}, "
+                f"now {node.meta.version}): read it again and retry"
+            )
+        old_name = node.spec.name
+        node.spec.CopyFrom(spec)
+        ops = [self._store.put_op(NODES, node.id, node, expect=version)]
+        if spec.name != old_name:
+            await self._refuse_taken_name(spec.name, node.id)
+            ops.append(self._store.raw_op(NODE_NAMES, old_name, None, expect=None))
+            ops.append(self._store.raw_op(NODE_NAMES, spec.name, node.id.encode(), expect=0))
+        try:
+            node.meta.version = await self._store.commit(ops)
+        except Conflict as exc:
+            raise Conflict(
+                f"node {old_name} changed while it was being updated: read it again and retry"
+            ) from exc
+        log.info("node.updated", node_id=node.id, name=node.spec.name)
+        return node
+
+    async def remove(self, ref: str, force: bool) -> Node:
+        node = await self.find(ref)
+        if node.status.state == State.READY and not force:
+            raise FailedPrecondition(
+                f"node {node.spec.name} is READY: stop its agent first, or use --force"
+            )
+        await self._store.commit(
+            [
+                self._store.raw_op(NODES, node.id, None, expect=node.meta.version),
+                self._store.raw_op(NODE_NAMES, node.spec.name, None, expect=None),
+            ]
+        )
+        log.info("node.removed", node_id=node.id, name=node.spec.name, forced=force)
+        return node
+
+
+def _set_state(status: NodeStatus, state: State.ValueType, message: str) -> None:
+    if status.state != state:
+        status.state_changed_at.CopyFrom(now_timestamp())
+    status.state = state
+    status.message = message

@@ -1,0 +1,162 @@
+"""The controller process: store, leadership, dispatcher, monitor and API wired together."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from pathlib import Path
+
+import grpc
+import structlog
+
+from dockyard.common.etcd_server import EtcdServer
+from dockyard.common.timestamps import now_timestamp
+from dockyard.controller.api.control import ControllerIdentity, ControlServicer
+from dockyard.controller.api.nodes import NodesAPI
+from dockyard.controller.config import ControllerConfig
+from dockyard.controller.dispatcher import Dispatcher
+from dockyard.controller.leadership import Leadership
+from dockyard.controller.nodemonitor import NodeMonitor
+from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.store import CLUSTER, AlreadyExists, NotFound, Store
+from dockyard.v1 import control_pb2_grpc, dispatcher_pb2_grpc
+from dockyard.v1.types_pb2 import Cluster
+
+log = structlog.get_logger(__name__)
+
+
+class ControllerStartError(RuntimeError):
+    pass
+
+
+class Controller:
+    def __init__(self, config: ControllerConfig) -> None:
+        self.config = config
+        self.etcd: EtcdServer | None = None
+        self.store: Store | None = None
+        self.server: grpc.aio.Server | None = None
+        self.leadership: Leadership | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        config = self.config
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        controller_id = _load_or_create_id(config.state_dir / "controller-id")
+        endpoints = list(config.etcd_endpoints)
+        if not endpoints:
+            self.etcd = EtcdServer(
+                config.state_dir / "etcd" / "data", log_path=config.state_dir / "etcd.log"
+            )
+            await self.etcd.start()
+            endpoints = [self.etcd.endpoint]
+        self.store = Store(endpoints, config.etcd_prefix)
+        await self.store.connect(config.etcd_timeout)
+        cluster = await _load_or_create_cluster(self.store)
+        registry = NodeRegistry(self.store)
+        self.server = grpc.aio.server()
+        self.port = self.server.add_insecure_port(config.listen)
+        if self.port == 0:
+            raise ControllerStartError(
+                f"cannot listen on {config.listen}: address in use or invalid"
+            )
+        advertise = config.advertise or _with_port(config.listen, self.port)
+        self.leadership = Leadership(self.store, controller_id, advertise, config.leader_ttl)
+        self.dispatcher = Dispatcher(
+            registry,
+            cluster.id,
+            config.heartbeat_period,
+            config.node_grace,
+            self.leadership.leader_address,
+        )
+        identity = ControllerIdentity(
+            cluster.id, controller_id, endpoints, self.etcd is not None, time.monotonic()
+        )
+        control_pb2_grpc.add_ControlServicer_to_server(
+            ControlServicer(
+                identity,
+                self.store,
+                NodesAPI(registry, self.dispatcher),
+                self.dispatcher,
+                lambda: self.leadership,
+            ),
+            self.server,
+        )
+        dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, self.server)
+        await self.server.start()
+        monitor = NodeMonitor(registry, self.dispatcher, config.node_grace)
+        self._tasks.append(
+            asyncio.create_task(self.leadership.run(lambda: self._lead(monitor), self._follow))
+        )
+        log.info(
+            "controller.started",
+            listen=_with_port(config.listen, self.port),
+            controller_id=controller_id,
+            cluster_id=cluster.id,
+            etcd=endpoints,
+            embedded_etcd=self.etcd is not None,
+        )
+
+    async def _lead(self, monitor: NodeMonitor) -> None:
+        self._loops = [asyncio.create_task(monitor.run())]
+
+    async def _follow(self) -> None:
+        await _cancel(self._loops)
+        self._loops = []
+        if self.dispatcher is not None:
+            self.dispatcher.close_all()
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await _cancel(self._loops)
+        await _cancel(self._tasks)
+        if self.dispatcher is not None:
+            self.dispatcher.close_all()
+        if self.server is not None:
+            await self.server.stop(grace)
+        if self.store is not None:
+            await self.store.close()
+        if self.etcd is not None:
+            await self.etcd.stop()
+        log.info("controller.stopped")
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+        except Exception:
+            log.exception("controller.task_failed")
+
+
+def _load_or_create_id(path: Path) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    new_id = secrets.token_hex(10)
+    path.write_text(new_id + "\n")
+    return new_id
+
+
+async def _load_or_create_cluster(store: Store) -> Cluster:
+    try:
+        return await store.get(CLUSTER, "id")
+    except NotFound:
+        pass
+    cluster = Cluster(id=secrets.token_hex(10), created_at=now_timestamp())
+    try:
+        await store.create(CLUSTER, "id", cluster)
+        log.info("cluster.created", cluster_id=cluster.id)
+        return cluster
+    except AlreadyExists:
+        return await store.get(CLUSTER, "id")
+
+
+def _with_port(listen: str, port: int) -> str:
+    host = listen.rsplit(":", 1)[0]
+    return f"{host}:{port}"

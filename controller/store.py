@@ -1,0 +1,392 @@
+"""The store: the only module that talks to etcd.
+
+Values are protobuf messages stored under `<prefix>/<kind>/<id>`. Every record
+read carries its etcd mod_revision as `meta.version`; writes that depend on a
+read compare that revision in a transaction (optimistic concurrency), and many
+writes go in one transaction. Watches resume from the last revision seen after
+a reconnect; when etcd has compacted past it, `Compacted` tells the caller to
+list again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import grpc
+import structlog
+from etcd3aio import Etcd3Client, EtcdError
+from etcd3aio.kv import KVService, prefix_range_end
+from google.protobuf.message import DecodeError, Message
+
+from dockyard.common.timestamps import now_timestamp
+from dockyard.v1 import types_pb2
+
+log = structlog.get_logger(__name__)
+
+M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+
+# etcd refuses transactions with more operations than --max-txn-ops (128 by default).
+MAX_TXN_OPS = 128
+
+
+class StoreError(Exception):
+    """Base of every error the store raises."""
+
+
+class StoreUnavailable(StoreError):
+    """etcd could not be reached (after the client's bounded retries)."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class AlreadyExists(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """A compared revision changed since it was read: read again and retry."""
+
+
+class Compacted(StoreError):
+    """A watch's start revision was compacted away: list again, then watch."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted up to {compact_revision}")
+        self.compact_revision = compact_revision
+
+
+@dataclass(frozen=True)
+class Kind(Generic[M]):
+    """A collection of records of one message type."""
+
+    name: str
+    message: type[M]
+
+
+NODES: Kind[types_pb2.Node] = Kind("nodes", types_pb2.Node)
+CLUSTER: Kind[types_pb2.Cluster] = Kind("cluster", types_pb2.Cluster)
+LEADER: Kind[types_pb2.LeaderRecord] = Kind("leader", types_pb2.LeaderRecord)
+NODE_NAMES: Kind[types_pb2.Node] = Kind("names/nodes", types_pb2.Node)  # value: node id bytes
+
+
+@dataclass(frozen=True)
+class Op:
+    """One write in a transaction.
+
+    `expect` is the compare: None for none, 0 for "must not exist yet",
+    a revision for "must still be at this mod_revision".
+    """
+
+    key: str
+    value: bytes | None  # None deletes
+    expect: int | None = None
+    lease: int = 0
+
+
+@dataclass(frozen=True)
+class WatchEvent(Generic[M]):
+    kind: str
+    id: str
+    deleted: bool
+    value: M | None
+    revision: int
+
+
+class Store:
+    """Typed protobuf records in etcd.
+
+    Args:
+        endpoints: etcd client endpoints as host:port (several for a cluster).
+        prefix: key prefix so several clusters can share one etcd.
+    """
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        prefix: str = "/dockyard",
+        *,
+        ca_cert: bytes | None = None,
+        cert_key: bytes | None = None,
+        cert_chain: bytes | None = None,
+    ) -> None:
+        self.endpoints = list(endpoints)
+        self.prefix = prefix.rstrip("/")
+        self._client = Etcd3Client(
+            self.endpoints,
+            rpc_max_attempts=3,
+            watch_reconnect_backoff_seconds=0.1,
+            watch_max_reconnect_backoff_seconds=2.0,
+            ca_cert=ca_cert,
+            cert_key=cert_key,
+            cert_chain=cert_chain,
+        )
+        self._connected = False
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def connect(self, timeout: float = 10.0) -> None:
+        """Open the client and wait until etcd answers, at most `timeout` seconds."""
+        await self._client.connect()
+        self._connected = True
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            try:
+                await self._kv.get(self._key(CLUSTER, "id"), timeout=2.0, max_attempts=1)
+                return
+            except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as exc:
+                last_error = exc
+                await asyncio.sleep(0.2)
+        await self.close()
+        raise StoreUnavailable(
+            f"cannot reach etcd at {', '.join(self.endpoints)} after {timeout:g} s: "
+            f"{_short(last_error)}"
+        )
+
+    async def close(self) -> None:
+        if self._connected:
+            self._connected = False
+            await self._client.close()
+
+    async def server_version(self) -> str:
+        assert self._client.maintenance is not None
+        try:
+            status = await self._client.maintenance.status(timeout=2.0)
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as exc:
+            raise StoreUnavailable(f"etcd status: {_short(exc)}") from exc
+        return str(status.version)
+
+    # -- reads -------------------------------------------------------------
+
+    async def get(self, kind: Kind[M], record_id: str) -> M:
+        response = await self._call(self._kv.get(self._key(kind, record_id), timeout=5.0))
+        if not response.kvs:
+            raise NotFound(f"{kind.name} {record_id!r} not found")
+        return self._decode(kind, response.kvs[0])
+
+    async def get_raw(self, kind: Kind[M], record_id: str) -> tuple[bytes, int] | None:
+        """The raw value and mod_revision of one key, for index records."""
+        response = await self._call(self._kv.get(self._key(kind, record_id), timeout=5.0))
+        if not response.kvs:
+            return None
+        return bytes(response.kvs[0].value), int(response.kvs[0].mod_revision)
+
+    async def list_all(self, kind: Kind[M]) -> tuple[list[M], int]:
+        """Every record of a kind and the revision the list was read at."""
+        start = self._key(kind, "")
+        response = await self._call(self._kv.get(start, prefix_range_end(start), timeout=10.0))
+        return [self._decode(kind, kv) for kv in response.kvs], int(response.header.revision)
+
+    # -- writes ------------------------------------------------------------
+
+    def put_op(self, kind: Kind[M], record_id: str, value: M, *, expect: int | None) -> Op:
+        """An Op that writes `value`, stamping meta times; `meta.version` is not stored."""
+        stored = type(value)()
+        stored.CopyFrom(value)
+        if "meta" in stored.DESCRIPTOR.fields_by_name:
+            meta: Any = getattr(stored, "meta")  # noqa: B009 - not every kind has one
+            meta.version = 0
+            meta.updated_at.CopyFrom(now_timestamp())
+            if expect == 0 or not meta.created_at.seconds:
+                meta.created_at.CopyFrom(meta.updated_at)
+        return Op(self._key(kind, record_id), stored.SerializeToString(), expect)
+
+    def raw_op(
+        self, kind: Kind[M], record_id: str, value: bytes | None, *, expect: int | None
+    ) -> Op:
+        return Op(self._key(kind, record_id), value, expect)
+
+    async def create(self, kind: Kind[M], record_id: str, value: M) -> int:
+        try:
+            return await self.commit([self.put_op(kind, record_id, value, expect=0)])
+        except Conflict as exc:
+            raise AlreadyExists(f"{kind.name} {record_id!r} already exists") from exc
+
+    async def update(self, kind: Kind[M], record_id: str, value: M) -> int:
+        """Write `value` if the stored record is still at `value.meta.version`."""
+        version = int(getattr(value, "meta").version)  # noqa: B009
+        if version <= 0:
+            raise ValueError("update needs the version the record was read at")
+        return await self.commit([self.put_op(kind, record_id, value, expect=version)])
+
+    async def put(self, kind: Kind[M], record_id: str, value: M) -> int:
+        """Write unconditionally (for records only one writer owns)."""
+        return await self.commit([self.put_op(kind, record_id, value, expect=None)])
+
+    async def delete(self, kind: Kind[M], record_id: str, version: int | None = None) -> int:
+        return await self.commit([Op(self._key(kind, record_id), None, version)])
+
+    async def commit(self, ops: Sequence[Op]) -> int:
+        """Apply `ops` in one transaction; raise Conflict when any compare fails.
+
+        Returns the revision the transaction was committed at.
+        """
+        if not ops:
+            raise ValueError("commit needs at least one op")
+        if len(ops) > MAX_TXN_OPS:
+            raise ValueError(f"at most {MAX_TXN_OPS} ops in one transaction, got {len(ops)}")
+        compares = [_compare(op) for op in ops if op.expect is not None]
+        requests = [
+            KVService.txn_op_delete(op.key)
+            if op.value is None
+            else KVService.txn_op_put(op.key, op.value, lease=op.lease)
+            for op in ops
+        ]
+        response = await self._call(self._kv.txn(compares, requests, [], timeout=5.0))
+        if not response.succeeded:
+            raise Conflict(
+                "the record changed since it was read: "
+                + ", ".join(
+                    op.key.removeprefix(self.prefix + "/") for op in ops if op.expect is not None
+                )
+            )
+        return int(response.header.revision)
+
+    async def commit_each(self, ops: Sequence[Op]) -> list[bool]:
+        """Apply independent ops in as few transactions as possible.
+
+        Ops without a compare go in batches of MAX_TXN_OPS. Each compared op
+        goes with the batch but a failed compare only drops that op: the batch
+        is retried without it. Returns per-op success.
+        """
+        results = [False] * len(ops)
+        pending = list(range(len(ops)))
+        while pending:
+            batch, pending = pending[:MAX_TXN_OPS], pending[MAX_TXN_OPS:]
+            while batch:
+                try:
+                    await self.commit([ops[i] for i in batch])
+                    for i in batch:
+                        results[i] = True
+                    break
+                except Conflict:
+                    batch = await self._drop_failed(ops, batch)
+        return results
+
+    async def _drop_failed(self, ops: Sequence[Op], batch: list[int]) -> list[int]:
+        keep = []
+        for i in batch:
+            op = ops[i]
+            if op.expect is None:
+                keep.append(i)
+                continue
+            response = await self._call(self._kv.get(op.key, timeout=5.0))
+            revision = int(response.kvs[0].mod_revision) if response.kvs else 0
+            if revision == op.expect:
+                keep.append(i)
+        return keep
+
+    # -- leases (leader election) -------------------------------------------
+
+    async def grant_lease(self, ttl: int) -> int:
+        assert self._client.lease is not None
+        response = await self._call(self._client.lease.grant(ttl=ttl, timeout=5.0))
+        return int(response.ID)
+
+    async def refresh_lease(self, lease_id: int) -> bool:
+        """Renew a lease once; False when it has expired."""
+        assert self._client.lease is not None
+        response = await self._call(self._client.lease.time_to_live(lease_id, timeout=5.0))
+        if response.TTL <= 0:
+            return False
+        call = self._client.lease.keep_alive(lease_id)
+        try:
+            async for reply in call:
+                return int(reply.TTL) > 0
+        finally:
+            call.cancel()
+        return False
+
+    async def revoke_lease(self, lease_id: int) -> None:
+        assert self._client.lease is not None
+        await self._call(self._client.lease.revoke(lease_id, timeout=5.0))
+
+    def leased_op(self, kind: Kind[M], record_id: str, value: M, lease: int) -> Op:
+        return Op(self._key(kind, record_id), value.SerializeToString(), 0, lease)
+
+    # -- watches -----------------------------------------------------------
+
+    async def watch(self, kind: Kind[M], start_revision: int) -> AsyncIterator[WatchEvent[M]]:
+        """Events on a kind after `start_revision`, across etcd reconnects.
+
+        Raises Compacted when etcd no longer has that history.
+        """
+        assert self._client.watch is not None
+        start = self._key(kind, "")
+        stream = self._client.watch.watch(
+            start, prefix_range_end(start), start_revision=start_revision + 1
+        )
+        try:
+            async for response in stream:
+                if response.compact_revision:
+                    raise Compacted(int(response.compact_revision))
+                if response.canceled:
+                    raise StoreUnavailable(f"etcd canceled the watch: {response.cancel_reason}")
+                for event in response.events:
+                    yield self._event(kind, event)
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    # -- helpers -----------------------------------------------------------
+
+    @property
+    def _kv(self) -> KVService:
+        if self._client.kv is None:
+            raise StoreUnavailable("store is not connected")
+        return self._client.kv
+
+    def _key(self, kind: Kind[M], record_id: str) -> str:
+        return f"{self.prefix}/{kind.name}/{record_id}"
+
+    def _decode(self, kind: Kind[M], kv: Any) -> M:
+        record = kind.message()
+        try:
+            record.ParseFromString(kv.value)
+        except DecodeError as exc:
+            raise StoreError(f"corrupt {kind.name} record at {kv.key!r}") from exc
+        meta = getattr(record, "meta", None)
+        if meta is not None:
+            meta.version = int(kv.mod_revision)
+        return record
+
+    def _event(self, kind: Kind[M], event: Any) -> WatchEvent[M]:
+        kv = event.kv
+        record_id = bytes(kv.key).decode().removeprefix(self._key(kind, ""))
+        deleted = event.type == 1  # mvccpb.Event.DELETE
+        value = None if deleted else self._decode(kind, kv)
+        return WatchEvent(kind.name, record_id, deleted, value, int(kv.mod_revision))
+
+    async def _call(self, awaitable: Awaitable[T]) -> T:
+        try:
+            return await awaitable
+        except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as exc:
+            raise StoreUnavailable(
+                f"etcd is unavailable ({', '.join(self.endpoints)}): {_short(exc)}"
+            ) from exc
+
+
+def _compare(op: Op) -> Any:
+    """create_revision == 0 for "absent", else mod_revision == expected."""
+    assert op.expect is not None
+    compare = KVService.txn_compare_create_revision(op.key, 0)
+    if op.expect != 0:
+        compare.target = compare.MOD
+        compare.mod_revision = op.expect
+    return compare
+
+
+def _short(exc: BaseException | None) -> str:
+    if exc is None:
+        return "no answer"
+    if "connection refused" in str(exc).lower():
+        return "connection refused"
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc) or type(exc).__name__

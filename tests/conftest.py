@@ -1,0 +1,213 @@
+"""Shared fixtures: a real etcd on free ports, and real daemon processes.
+
+Everything a fixture starts is stopped at teardown, also when the test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from dockyard.common.etcd_server import EtcdServer, free_port
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def etcd(tmp_path: Path) -> AsyncIterator[EtcdServer]:
+    server = EtcdServer(tmp_path / "etcd" / "data", log_path=tmp_path / "etcd.log")
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+class LoopThread:
+    """An event loop in a thread, for sync tests that drive async helpers
+    (an EtcdServer they stop and start again) while they block on processes."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def loop_thread() -> Iterator[LoopThread]:
+    runner = LoopThread()
+    try:
+        yield runner
+    finally:
+        runner.close()
+
+
+@dataclass
+class Daemon:
+    """A dockyard daemon started as its own process (in its own process group)."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen(
+            self.args, stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log_file.close()
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+            self.process.wait(15)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 15 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class Cluster:
+    """A controller and agents on loopback, each with its own state dir and port."""
+
+    root: Path
+    heartbeat: float = 0.3
+    grace: float = 1.2
+    etcd_endpoints: list[str] = field(default_factory=list)
+    controller_port: int = field(default_factory=free_port)
+    controller: Daemon | None = None
+    agents: dict[str, Daemon] = field(default_factory=dict)
+    config_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config_dir = self.root / "cli-config"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.controller_port}"
+
+    def start_controller(self, extra: list[str] | None = None) -> Daemon:
+        args = [
+            str(BIN / "dockyard-controller"), "run", "--listen", self.address,
+            "--state-dir", str(self.root / "controller"),
+            "--heartbeat-period", str(self.heartbeat), "--node-grace", str(self.grace),
+            "--leader-ttl", "3", "--log-level", "debug",
+        ]
+        for endpoint in self.etcd_endpoints:
+            args += ["--etcd", endpoint]
+        self.controller = Daemon("controller", args + (extra or []),
+                                 self.root / "controller.log").start()
+        self.wait_for(lambda: self.cli_ok("info"), "controller answers", 30)
+        return self.controller
+
+    def start_agent(self, name: str, port: int | None = None) -> Daemon:
+        existing = self.agents.get(name)
+        listen = existing.args[existing.args.index("--listen") + 1] if existing else (
+            f"127.0.0.1:{port or free_port()}")
+        args = [
+            str(BIN / "dockyard-agent"), "run", "--controller", self.address, "--name", name,
+            "--listen", listen, "--state-dir", str(self.root / f"agent-{name}"),
+            "--runtime", "hollow", "--log-level", "debug",
+        ]
+        self.agents[name] = Daemon(name, args, self.root / f"agent-{name}.log").start()
+        return self.agents[name]
+
+    def agent_address(self, name: str) -> str:
+        args = self.agents[name].args
+        return args[args.index("--listen") + 1]
+
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 30, host: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `dockyard -H <controller, or host> ARGS`."""
+        env = {**os.environ, "DOCKYARD_CONFIG": str(self.config_dir)}
+        env.pop("DOCKYARD_HOST", None)
+        env.pop("DOCKYARD_CONTEXT", None)
+        result = subprocess.run(
+            [str(BIN / "dockyard"), "-H", host or self.address, *args], capture_output=True,
+            text=True,
+            env=env, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"dockyard {' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def cli_ok(self, *args: str) -> bool:
+        return self.cli(*args, check=False).returncode == 0
+
+    def nodes(self) -> dict[str, dict[str, Any]]:
+        data = json.loads(self.cli("node", "ls", "-o", "json").stdout)
+        return {node["spec"]["name"]: node for node in data}
+
+    def node_state(self, name: str) -> str | None:
+        node = self.nodes().get(name)
+        return node["status"]["state"] if node else None
+
+    def wait_for(self, predicate: Callable[[], bool], what: str, timeout: float = 20) -> float:
+        """Poll until predicate() holds; return the seconds it took."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if predicate():
+                return time.monotonic() - start
+            time.sleep(0.1)
+        logs = "\n".join(
+            f"--- {d.name} ---\n{d.log()[-3000:]}"
+            for d in [self.controller, *self.agents.values()] if d is not None
+        )
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
+
+    def stop(self) -> None:
+        for daemon in [*self.agents.values(), self.controller]:
+            if daemon is not None:
+                daemon.stop()
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def make(**kwargs: Any) -> Cluster:
+        cluster = Cluster(tmp_path / f"cluster{len(made)}", **kwargs)
+        cluster.root.mkdir(parents=True)
+        made.append(cluster)
+        return cluster
+
+    try:
+        yield make
+    finally:
+        for cluster in made:
+            cluster.stop()

@@ -20,8 +20,11 @@ def generate(out_dir: Path) -> None:
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     sources = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.glob("dockyard/v1/*.proto"))
+    bin_dir = Path(sys.executable).parent
     args = [
         "protoc",
+        f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
+        f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
         f"-I{PROTO_ROOT}",
         f"-I{include}",
         f"--python_out={out_dir}",

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN
+from tests.conftest import BIN
 
 from dockyard.common.etcd_server import free_port
 

@@ -7,7 +7,7 @@ import json
 import time
 from collections.abc import Callable
 
-from conftest import Cluster, LoopThread
+from tests.conftest import Cluster, LoopThread
 
 
 def start_cluster(cluster_factory: Callable[..., Cluster], agents: int = 3) -> Cluster:
@@ -180,7 +180,7 @@ def test_controller_carries_on_when_etcd_restarts(
 def test_controller_start_fails_clearly_without_etcd(
     cluster_factory: Callable[..., Cluster],
 ) -> None:
-    from conftest import BIN
+    from tests.conftest import BIN
 
     import subprocess
 

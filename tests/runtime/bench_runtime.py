@@ -15,9 +15,9 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from conftest import cleanup_everything, make_busybox_rootfs  # type: ignore[import-not-found]
+from tests.runtime.conftest import cleanup_everything, make_busybox_rootfs
 
 from dockyard.agent.runtime.base import ContainerConfig
 from dockyard.agent.runtime.runc.runtime import RuncRuntime

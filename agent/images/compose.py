@@ -1,0 +1,154 @@
+"""Make image content locally: layer blobs from tar streams, configs, manifests."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import shutil
+import tarfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from dockyard.agent.images.blobs import BlobSink, BlobStore
+from dockyard.agent.images.content import canonical_json
+from dockyard.agent.images.media import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST
+from dockyard.agent.images.models import ImageConfig, Layer, Platform
+from dockyard.agent.images.unpack import open_layer
+
+__all__ = ["Compression", "ImageSpec", "LayerWriter", "layer_from_tar", "write_image"]
+
+Compression = Literal["gzip", "none"]
+
+
+class LayerWriter:
+    """Writes one layer blob (blocking): a tar stream, hashed for its diff id,
+    optionally gzip'd, into the blob store.
+
+    Use `tar` to add members, or `write` for an existing uncompressed tar stream,
+    then `close()` for the `Layer`.
+    """
+
+    def __init__(self, blobs: BlobStore, compression: Compression = "gzip",
+                 level: int = 6) -> None:
+        self._sink: BlobSink = blobs.sink(what="new layer")
+        self._gzip = (gzip.GzipFile(fileobj=self._sink, mode="wb", compresslevel=level,
+                                    mtime=0) if compression == "gzip" else None)
+        self._media_type = OCI_LAYER_GZIP if compression == "gzip" else OCI_LAYER_TAR
+        self._diff = hashlib.sha256()
+        self._tar: tarfile.TarFile | None = None
+
+    @property
+    def tar(self) -> tarfile.TarFile:
+        """A PAX tar writer into this layer (opened on first use)."""
+        if self._tar is None:
+            self._tar = tarfile.open(  # noqa: SIM115 - closed by close()
+                fileobj=self, mode="w|",  # type: ignore[call-overload]
+                                     format=tarfile.PAX_FORMAT)
+        return self._tar
+
+    def write(self, data: bytes) -> int:
+        """Append uncompressed tar bytes."""
+        self._diff.update(data)
+        if self._gzip is not None:
+            self._gzip.write(data)
+        else:
+            self._sink.write(data)
+        return len(data)
+
+    def close(self) -> Layer:
+        """Finish the tar and the blob; returns the stored layer."""
+        try:
+            if self._tar is not None:
+                self._tar.close()
+            if self._gzip is not None:
+                self._gzip.close()
+            size = self._sink.written
+            digest = self._sink.commit()
+        except BaseException:
+            self._sink.discard()
+            raise
+        return Layer(digest, size, self._media_type, "sha256:" + self._diff.hexdigest())
+
+    def discard(self) -> None:
+        """Abandon the layer; nothing is stored."""
+        self._sink.discard()
+
+
+def layer_from_tar(blobs: BlobStore, tar_path: Path,
+                   compression: Compression = "gzip") -> Layer:
+    """Store a filesystem tarball (plain, gzip or zstd) as a layer blob; blocking."""
+    writer = LayerWriter(blobs, compression)
+    try:
+        with open_layer(tar_path) as stream:
+            shutil.copyfileobj(stream, _Adapter(writer), 1 << 20)
+    except BaseException:
+        writer.discard()
+        raise
+    return writer.close()
+
+
+class _Adapter:
+    def __init__(self, writer: LayerWriter) -> None:
+        self.writer = writer
+
+    def write(self, data: bytes) -> int:
+        return self.writer.write(data)
+
+
+@dataclass
+class ImageSpec:
+    """What goes into an image config besides its layers."""
+
+    config: ImageConfig = field(default_factory=ImageConfig)
+    platform: Platform = field(default_factory=Platform)
+    created: str = ""
+    history: list[str] = field(default_factory=list)
+
+
+def write_image(blobs: BlobStore, layers: list[Layer], spec: ImageSpec,
+                held: set[str] | None = None) -> str:
+    """Store an OCI config and manifest for `layers`; returns the manifest digest.
+
+    Blocking (small writes); layers must already be stored. The new digests are
+    added to `held` (a store lease) so a concurrent gc keeps them.
+    """
+    created = spec.created or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    config: dict[str, Any] = {
+        "architecture": spec.platform.architecture,
+        "os": spec.platform.os,
+        "created": created,
+        "config": spec.config.to_oci(),
+        "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
+        "history": [{"created": created, "created_by": spec.history[i]
+                     if i < len(spec.history) else "dockyard build"}
+                    for i in range(len(layers))],
+    }
+    if spec.platform.variant:
+        config["variant"] = spec.platform.variant
+    config_bytes = canonical_json(config)
+    held = held if held is not None else set()
+    config_digest = _put(blobs, config_bytes)
+    held.add(config_digest)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
+        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+                   for layer in layers],
+    }
+    digest = _put(blobs, canonical_json(manifest))
+    held.add(digest)
+    return digest
+
+
+def _put(blobs: BlobStore, data: bytes) -> str:
+    sink = blobs.sink(what="image content")
+    try:
+        sink.write(data)
+        return sink.commit()
+    except BaseException:
+        sink.discard()
+        raise
+

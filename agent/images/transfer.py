@@ -1,0 +1,179 @@
+"""Pull and push: move an image between a registry and the local store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import structlog
+
+from dockyard.agent.images.content import manifest_media_type, parse_json
+from dockyard.agent.images.errors import ImageError, ManifestNotFound, RegistryError
+from dockyard.agent.images.media import INDEX_TYPES
+from dockyard.agent.images.models import Image, Layer, Platform
+from dockyard.agent.images.progress import ProgressCallback, ProgressEvent, Status, Throttle
+from dockyard.agent.images.reference import Reference
+from dockyard.agent.images.registry import Endpoint, RegistryClient
+from dockyard.agent.images.store import ImageStore, Lease
+
+__all__ = ["pull_image", "push_image", "run_all", "select_platform"]
+
+log = structlog.get_logger(__name__)
+
+
+async def run_all(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    """Run jobs concurrently; the first failure cancels the rest and is raised as is."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for job in jobs:
+                group.create_task(job)
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+
+
+def select_platform(index: dict[str, Any], wanted: Platform, what: str) -> dict[str, Any]:
+    """Pick the descriptor of `wanted` from a manifest list / OCI index.
+
+    A missing variant in the index matches any wanted variant.
+
+    Raises:
+        ManifestNotFound: the index has no manifest for the platform.
+    """
+    candidates = []
+    for desc in index.get("manifests") or []:
+        plat = desc.get("platform") or {}
+        if plat.get("os") != wanted.os or plat.get("architecture") != wanted.architecture:
+            continue
+        variant = plat.get("variant")
+        if variant and wanted.variant and variant != wanted.variant:
+            continue
+        candidates.append(desc)
+    if not candidates:
+        available = sorted(
+            f"{(d.get('platform') or {}).get('os')}/{(d.get('platform') or {}).get('architecture')}"
+            for d in index.get("manifests") or []
+        )
+        raise ManifestNotFound(
+            f"{what} has no manifest for platform {wanted} (it has {', '.join(available)})"
+        )
+    exact = [d for d in candidates if (d.get("platform") or {}).get("variant") == wanted.variant]
+    chosen: dict[str, Any] = (exact or candidates)[0]
+    return chosen
+
+
+async def _resolve(client: RegistryClient, ref: Reference) -> tuple[Endpoint, bytes, str, str]:
+    errors: list[str] = []
+    endpoints = client.endpoints(ref.registry)
+    for ep in endpoints:
+        try:
+            reference = ref.digest or ref.tag or ""
+            body, media_type, digest = await client.get_manifest(ep, ref, reference)
+            return ep, body, media_type, digest
+        except RegistryError as exc:
+            if not ep.mirror:
+                raise
+            errors.append(str(exc))
+            log.info("mirror failed, trying next", mirror=ep.host, error=str(exc))
+    raise RegistryError("; ".join(errors))  # unreachable: the last endpoint raises
+
+
+async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
+                     progress: ProgressCallback) -> Image:
+    """Pull `ref` into the store (mirrors first), verifying every digest.
+
+    Returns:
+        The stored image, named by `ref`.
+    """
+    with store.lease() as lease:
+        ep, body, header_type, digest = await _resolve(client, ref)
+        manifest = parse_json(body, f"manifest of {ref}")
+        extra: list[str] = []
+        if manifest_media_type(manifest, header_type) in INDEX_TYPES:
+            lease.add(digest)
+            await store.blobs.put_bytes(body, digest)
+            extra.append(digest)
+            desc = select_platform(manifest, client.config.platform, f"{ref}")
+            body, header_type, digest = await client.get_manifest(ep, ref, desc["digest"])
+            manifest = parse_json(body, f"manifest of {ref}")
+        lease.add(digest)
+        if manifest_media_type(manifest, header_type) in INDEX_TYPES:
+            raise RegistryError(f"{ref}: nested indexes are not supported")
+        config_digest = manifest["config"]["digest"]
+        lease.add(config_digest)
+        if not store.blobs.has(config_digest):
+            await client.download_blob(ep, ref.repository, config_digest, store.blobs)
+        config = parse_json(await store.blobs.read(config_digest), f"config of {ref}")
+        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
+        layers = [Layer(d["digest"], int(d["size"]), d["mediaType"], diff_id)
+                  for d, diff_id in zip(manifest.get("layers") or [], diff_ids, strict=False)]
+        await _pull_layers(client, store, ep, ref=ref, layers=layers, lease=lease,
+                           progress=progress)
+        await store.blobs.put_bytes(body, digest)
+        image = await store.commit(digest, [ref], extra)
+    log.info("image pulled", ref=str(ref), digest=digest, endpoint=ep.host)
+    return image
+
+
+async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint, *,
+                       ref: Reference, layers: list[Layer], lease: Lease,
+                       progress: ProgressCallback) -> None:
+    limit = asyncio.Semaphore(client.config.max_concurrent_downloads)
+    for layer in layers:
+        lease.add(layer.digest, layer.diff_id)
+
+    async def one(layer: Layer) -> None:
+        if store.blobs.has(layer.digest) and store.has_snapshot(layer.diff_id):
+            progress(ProgressEvent(layer.digest, Status.ALREADY_EXISTS, layer.size, layer.size))
+            return
+        progress(ProgressEvent(layer.digest, Status.WAITING, 0, layer.size))
+        async with limit:
+            if not store.blobs.has(layer.digest):
+                throttle = Throttle()
+
+                def on_bytes(done: int) -> None:
+                    if throttle.ready(done >= layer.size):
+                        progress(ProgressEvent(layer.digest, Status.DOWNLOADING, done, layer.size))
+
+                await client.download_blob(ep, ref.repository, layer.digest, store.blobs, on_bytes)
+                progress(ProgressEvent(layer.digest, Status.VERIFYING, layer.size, layer.size))
+        progress(ProgressEvent(layer.digest, Status.EXTRACTING, layer.size, layer.size))
+        await store.ensure_snapshot(layer)
+        progress(ProgressEvent(layer.digest, Status.DONE, layer.size, layer.size))
+
+    await run_all([one(layer) for layer in layers])
+
+
+async def push_image(client: RegistryClient, store: ImageStore, image: Image, ref: Reference,
+                     progress: ProgressCallback) -> str:
+    """Push a local image to `ref`'s registry: blobs, then the manifest under the tag.
+
+    Returns:
+        The manifest digest.
+    """
+    ep = client.endpoints(ref.registry, pull=False)[0]
+    limit = asyncio.Semaphore(client.config.max_concurrent_uploads)
+    blobs = [(layer.digest, layer.size) for layer in image.layers]
+    blobs.append((image.config_digest, store.blobs.size(image.config_digest)))
+
+    async def one(digest: str, size: int) -> None:
+        async with limit:
+            if await client.blob_exists(ep, ref.repository, digest):
+                progress(ProgressEvent(digest, Status.ALREADY_EXISTS, size, size))
+                return
+            throttle = Throttle()
+
+            def on_bytes(done: int) -> None:
+                if throttle.ready(done >= size):
+                    progress(ProgressEvent(digest, Status.UPLOADING, done, size))
+
+            if not store.blobs.has(digest):
+                raise ImageError(f"blob {digest} of {ref} is not stored locally; cannot push")
+            await client.upload_blob(ep, ref.repository, digest, store.blobs.path(digest), on_bytes)
+            progress(ProgressEvent(digest, Status.PUSHED, size, size))
+
+    await run_all([one(digest, size) for digest, size in dict(blobs).items()])
+    body = await store.blobs.read(image.digest)
+    digest = await client.put_manifest(ep, ref, ref.tag or image.digest, body, image.media_type)
+    log.info("image pushed", ref=str(ref), digest=digest)
+    return digest

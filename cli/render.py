@@ -16,7 +16,9 @@ FORMATS = ("table", "json", "yaml")
 def to_data(value: Any) -> Any:
     """Protobuf messages (and lists/dicts of them) as plain JSON-able data."""
     if isinstance(value, Message):
-        return MessageToDict(value, preserving_proto_field_name=True)
+        return MessageToDict(
+            value, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
     if isinstance(value, dict):
         return {k: to_data(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

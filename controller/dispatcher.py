@@ -150,7 +150,8 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             if self.seconds_since_seen(hello.node_id, 0.0) < self.grace:
                 await context.abort(
                     grpc.StatusCode.ABORTED,
-                    f"node {hello.node_id} already has a live session from {current.remote_address}",
+                    f"node {hello.node_id} already has a live session "
+                    f"from {current.remote_address}",
                 )
             current.close()
         remote = context.peer()

@@ -9,6 +9,7 @@ back at once instead of waiting for the lease to expire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -113,9 +114,7 @@ class Leadership:
 
     async def _resign(self) -> None:
         if self._lease:
-            try:
+            with contextlib.suppress(StoreError):
                 await self._store.revoke_lease(self._lease)
-            except StoreError:
-                pass
             self._lease = 0
         self.is_leader = False

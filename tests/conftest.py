@@ -75,7 +75,10 @@ class Daemon:
     def start(self) -> Daemon:
         log_file = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen(
-            self.args, stdout=log_file, stderr=log_file, stdin=subprocess.DEVNULL,
+            self.args,
+            stdout=log_file,
+            stderr=log_file,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         log_file.close()
@@ -122,26 +125,51 @@ class Cluster:
 
     def start_controller(self, extra: list[str] | None = None) -> Daemon:
         args = [
-            str(BIN / "dockyard-controller"), "run", "--listen", self.address,
-            "--state-dir", str(self.root / "controller"),
-            "--heartbeat-period", str(self.heartbeat), "--node-grace", str(self.grace),
-            "--leader-ttl", "3", "--log-level", "debug",
+            str(BIN / "dockyard-controller"),
+            "run",
+            "--listen",
+            self.address,
+            "--state-dir",
+            str(self.root / "controller"),
+            "--heartbeat-period",
+            str(self.heartbeat),
+            "--node-grace",
+            str(self.grace),
+            "--leader-ttl",
+            "3",
+            "--log-level",
+            "debug",
         ]
         for endpoint in self.etcd_endpoints:
             args += ["--etcd", endpoint]
-        self.controller = Daemon("controller", args + (extra or []),
-                                 self.root / "controller.log").start()
+        self.controller = Daemon(
+            "controller", args + (extra or []), self.root / "controller.log"
+        ).start()
         self.wait_for(lambda: self.cli_ok("info"), "controller answers", 30)
         return self.controller
 
     def start_agent(self, name: str, port: int | None = None) -> Daemon:
         existing = self.agents.get(name)
-        listen = existing.args[existing.args.index("--listen") + 1] if existing else (
-            f"127.0.0.1:{port or free_port()}")
+        listen = (
+            existing.args[existing.args.index("--listen") + 1]
+            if existing
+            else (f"127.0.0.1:{port or free_port()}")
+        )
         args = [
-            str(BIN / "dockyard-agent"), "run", "--controller", self.address, "--name", name,
-            "--listen", listen, "--state-dir", str(self.root / f"agent-{name}"),
-            "--runtime", "hollow", "--log-level", "debug",
+            str(BIN / "dockyard-agent"),
+            "run",
+            "--controller",
+            self.address,
+            "--name",
+            name,
+            "--listen",
+            listen,
+            "--state-dir",
+            str(self.root / f"agent-{name}"),
+            "--runtime",
+            "hollow",
+            "--log-level",
+            "debug",
         ]
         self.agents[name] = Daemon(name, args, self.root / f"agent-{name}.log").start()
         return self.agents[name]
@@ -158,9 +186,11 @@ class Cluster:
         env.pop("DOCKYARD_HOST", None)
         env.pop("DOCKYARD_CONTEXT", None)
         result = subprocess.run(
-            [str(BIN / "dockyard"), "-H", host or self.address, *args], capture_output=True,
+            [str(BIN / "dockyard"), "-H", host or self.address, *args],
+            capture_output=True,
             text=True,
-            env=env, timeout=timeout,
+            env=env,
+            timeout=timeout,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"dockyard {' '.join(args)} failed: {result.stderr}")
@@ -186,7 +216,8 @@ class Cluster:
             time.sleep(0.1)
         logs = "\n".join(
             f"--- {d.name} ---\n{d.log()[-3000:]}"
-            for d in [self.controller, *self.agents.values()] if d is not None
+            for d in [self.controller, *self.agents.values()]
+            if d is not None
         )
         raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{logs}")
 

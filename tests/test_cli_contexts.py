@@ -8,27 +8,42 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.conftest import BIN
 
 from dockyard.common.etcd_server import free_port
+from tests.conftest import BIN
 
 
-def dockyard(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def dockyard(
+    config: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     environment = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
     environment.update({"DOCKYARD_CONFIG": str(config), **(env or {})})
-    return subprocess.run([str(BIN / "dockyard"), *args], capture_output=True, text=True,
-                          env=environment, timeout=30)
+    return subprocess.run(
+        [str(BIN / "dockyard"), *args], capture_output=True, text=True, env=environment, timeout=30
+    )
 
 
 def test_create_use_inspect_and_remove(tmp_path: Path) -> None:
-    assert dockyard(tmp_path, "context", "create", "prod", "--host", "10.0.0.5:7400",
-                    "--description", "production").returncode == 0
+    assert (
+        dockyard(
+            tmp_path,
+            "context",
+            "create",
+            "prod",
+            "--host",
+            "10.0.0.5:7400",
+            "--description",
+            "production",
+        ).returncode
+        == 0
+    )
     listed = json.loads(dockyard(tmp_path, "context", "ls", "-o", "json").stdout)
     assert [(c["name"], c["current"]) for c in listed] == [("default", True), ("prod", False)]
     assert dockyard(tmp_path, "context", "use", "prod").returncode == 0
     inspected = json.loads(dockyard(tmp_path, "context", "inspect").stdout)
-    assert inspected == [{"name": "prod", "host": "10.0.0.5:7400", "description": "production",
-                          "tls": {}}]
+    assert inspected == [
+        {"name": "prod", "host": "10.0.0.5:7400", "description": "production", "tls": {}}
+    ]
     assert (tmp_path / "config.yaml").stat().st_mode & 0o077 == 0
     assert dockyard(tmp_path, "context", "rm", "prod").returncode == 0
     listed = json.loads(dockyard(tmp_path, "context", "ls", "-o", "json").stdout)
@@ -58,7 +73,9 @@ def test_duplicate_context_needs_overwrite(tmp_path: Path) -> None:
     assert dockyard(tmp_path, "context", "create", "a", "--host", "h1").returncode == 0
     again = dockyard(tmp_path, "context", "create", "a", "--host", "h2")
     assert again.returncode == 1 and "already exists" in again.stderr
-    assert dockyard(tmp_path, "context", "create", "a", "--host", "h2", "--overwrite").returncode == 0
+    assert (
+        dockyard(tmp_path, "context", "create", "a", "--host", "h2", "--overwrite").returncode == 0
+    )
     inspected = json.loads(dockyard(tmp_path, "context", "inspect", "a").stdout)
     assert inspected[0]["host"] == "h2:7400"
 
@@ -67,7 +84,10 @@ def test_the_context_picks_the_daemon(tmp_path: Path) -> None:
     port = free_port()
     dockyard(tmp_path, "context", "create", "gone", "--host", f"127.0.0.1:{port}", "--use")
     result = dockyard(tmp_path, "node", "ls")
-    assert result.stderr.strip() == f"dockyard: cannot reach controller at 127.0.0.1:{port}: connection refused"
+    assert (
+        result.stderr.strip()
+        == f"dockyard: cannot reach controller at 127.0.0.1:{port}: connection refused"
+    )
     other = free_port()
     result = dockyard(tmp_path, "node", "ls", env={"DOCKYARD_HOST": f"127.0.0.1:{other}"})
     assert f"127.0.0.1:{other}" in result.stderr

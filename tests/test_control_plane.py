@@ -56,8 +56,17 @@ def test_node_update_is_stored_and_survives_a_controller_restart(
     cluster_factory: Callable[..., Cluster],
 ) -> None:
     cluster = start_cluster(cluster_factory)
-    cluster.cli("node", "update", "--label-add", "zone=a", "--label-add", "ssd",
-                "--availability", "drain", "n1")
+    cluster.cli(
+        "node",
+        "update",
+        "--label-add",
+        "zone=a",
+        "--label-add",
+        "ssd",
+        "--availability",
+        "drain",
+        "n1",
+    )
     node = cluster.nodes()["n1"]
     assert node["spec"]["labels"] == {"zone": "a", "ssd": ""}
     assert node["spec"]["availability"] == "DRAIN"
@@ -68,9 +77,12 @@ def test_node_update_is_stored_and_survives_a_controller_restart(
     assert node["spec"]["labels"] == {"zone": "a", "ssd": ""}
     assert node["spec"]["availability"] == "DRAIN"
     cluster.wait_for(
-        lambda: all(n["status"]["state"] == "READY" for n in cluster.nodes().values())
-        and len(cluster.nodes()) == 3,
-        "agents reconnected by themselves", 30,
+        lambda: (
+            all(n["status"]["state"] == "READY" for n in cluster.nodes().values())
+            and len(cluster.nodes()) == 3
+        ),
+        "agents reconnected by themselves",
+        30,
     )
     cluster.cli("node", "update", "--label-rm", "ssd", "--availability", "active", "n1")
     assert cluster.nodes()["n1"]["spec"]["labels"] == {"zone": "a"}
@@ -140,7 +152,9 @@ def test_info_and_version_against_controller_and_agent(
     versions = json.loads(cluster.cli("-H", agent, "version", "-o", "json").stdout)
     # -H given twice (the fixture's and this one): both daemons answer.
     assert [s["component"] for s in versions["servers"]] == [
-        "dockyard-controller", "dockyard-agent"]
+        "dockyard-controller",
+        "dockyard-agent",
+    ]
     not_controller = cluster.cli("node", "ls", check=False, host=agent)
     assert not_controller.returncode == 1
     assert f"{agent} is not a controller" in not_controller.stderr
@@ -165,8 +179,11 @@ def test_controller_carries_on_when_etcd_restarts(
         assert down.returncode != 0 and "etcd" in down.stderr
         etcd.client_port = port
         loop_thread.run(etcd.start())
-        cluster.wait_for(lambda: cluster.cli_ok("node", "update", "--label-add", "x=1", "n1"),
-                         "writes work again", 20)
+        cluster.wait_for(
+            lambda: cluster.cli_ok("node", "update", "--label-add", "x=1", "n1"),
+            "writes work again",
+            20,
+        )
         assert cluster.nodes()["n1"]["spec"]["labels"] == {"x": "1"}
         assert cluster.controller is not None and cluster.controller.process is not None
         assert cluster.controller.process.poll() is None
@@ -180,18 +197,29 @@ def test_controller_carries_on_when_etcd_restarts(
 def test_controller_start_fails_clearly_without_etcd(
     cluster_factory: Callable[..., Cluster],
 ) -> None:
-    from tests.conftest import BIN
-
     import subprocess
 
     from dockyard.common.etcd_server import free_port
+    from tests.conftest import BIN
 
     cluster = cluster_factory()
     start = time.monotonic()
     result = subprocess.run(
-        [str(BIN / "dockyard-controller"), "run", "--listen", cluster.address, "--etcd",
-         f"127.0.0.1:{free_port()}", "--etcd-timeout", "2", "--state-dir", str(cluster.root / "c")],
-        capture_output=True, text=True, timeout=60,
+        [
+            str(BIN / "dockyard-controller"),
+            "run",
+            "--listen",
+            cluster.address,
+            "--etcd",
+            f"127.0.0.1:{free_port()}",
+            "--etcd-timeout",
+            "2",
+            "--state-dir",
+            str(cluster.root / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 1
     assert "cannot reach etcd at 127.0.0.1" in result.stderr
@@ -202,4 +230,44 @@ def test_unreachable_daemon_is_one_clear_line(cluster_factory: Callable[..., Clu
     cluster = cluster_factory()
     result = cluster.cli("node", "ls", check=False)
     assert result.returncode == 1
-    assert result.stderr.strip() == f"dockyard: cannot reach controller at {cluster.address}: connection refused"
+    assert (
+        result.stderr.strip()
+        == f"dockyard: cannot reach controller at {cluster.address}: connection refused"
+    )
+
+
+def test_two_controllers_one_leads_and_the_other_takes_over(
+    cluster_factory: Callable[..., Cluster], loop_thread: LoopThread
+) -> None:
+    from dockyard.common.etcd_server import EtcdServer
+
+    first = cluster_factory()
+    second = cluster_factory()
+    etcd = EtcdServer(first.root / "shared-etcd" / "data", log_path=first.root / "etcd.log")
+    loop_thread.run(etcd.start())
+    try:
+        first.etcd_endpoints = second.etcd_endpoints = [etcd.endpoint]
+        first.start_controller()
+        second.start_controller()
+        info = json.loads(second.cli("info", "-o", "json").stdout)
+        assert info["is_leader"] is False and info["leader_address"] == first.address
+        # The agent only knows the follower: it is sent on to the leader.
+        second.start_agent("n1")
+        first.wait_for(lambda: first.node_state("n1") == "READY", "n1 READY via the leader")
+        assert second.nodes()["n1"]["status"]["state"] == "READY"  # both serve reads
+        assert first.controller is not None
+        first.controller.kill()
+        second.wait_for(
+            lambda: json.loads(second.cli("info", "-o", "json").stdout)["is_leader"],
+            "the second controller to lead",
+            20,
+        )
+        second.wait_for(
+            lambda: json.loads(second.cli("info", "-o", "json").stdout)["agent_sessions"] == 1,
+            "the agent to reconnect to the new leader",
+            30,
+        )
+    finally:
+        first.stop()
+        second.stop()
+        loop_thread.run(etcd.stop())

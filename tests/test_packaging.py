@@ -6,8 +6,13 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TOP_LEVEL = {"agent": "dockyard.agent", "controller": "dockyard.controller", "cli": "dockyard.cli",
-             "common": "dockyard.common", "proto/dockyard/v1": "dockyard.v1"}
+TOP_LEVEL = {
+    "agent": "dockyard.agent",
+    "controller": "dockyard.controller",
+    "cli": "dockyard.cli",
+    "common": "dockyard.common",
+    "proto/dockyard/v1": "dockyard.v1",
+}
 
 
 def test_every_package_folder_is_listed_in_pyproject() -> None:
@@ -26,8 +31,10 @@ def test_the_cli_imports_no_daemon_code_at_start() -> None:
     import subprocess
     import sys
 
-    code = ("import sys, dockyard.cli.main; "
-            "print(sorted(m for m in sys.modules if m.startswith(('structlog', 'etcd3aio', "
-            "'dockyard.controller', 'dockyard.agent'))))")
+    code = (
+        "import sys, dockyard.cli.main; "
+        "print(sorted(m for m in sys.modules if m.startswith(('structlog', 'etcd3aio', "
+        "'dockyard.controller', 'dockyard.agent'))))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -28,14 +28,17 @@ def test_too_many_labels() -> None:
         check_labels("spec.labels", {f"k{i}": "" for i in range(65)})
 
 
-@pytest.mark.parametrize(("text", "size"), [("64m", 64 << 20), ("1G", 1 << 30), ("512", 512),
-                                            ("1.5k", 1536), ("2gb", 2 << 30)])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("64m", 64 << 20), ("1G", 1 << 30), ("512", 512), ("1.5k", 1536), ("2gb", 2 << 30)],
+)
 def test_sizes(text: str, size: int) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("10s", 10), ("1m30s", 90), ("500ms", 0.5),
-                                               ("2", 2), ("1h", 3600)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("10s", 10), ("1m30s", 90), ("500ms", 0.5), ("2", 2), ("1h", 3600)]
+)
 def test_durations(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 

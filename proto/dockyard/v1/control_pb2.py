@@ -23,31 +23,54 @@ _sym_db = _symbol_database.Default()
 
 
 from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
+from dockyard.v1 import workloads_pb2 as dockyard_dot_v1_dot_workloads__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64ockyard/v1/control.proto\x12\x0b\x64ockyard.v1\x1a\x17\x64ockyard/v1/types.proto\"\x10\n\x0eGetInfoRequest\"\x96\x03\n\x0b\x43lusterInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x13\n\x0bnodes_total\x18\x05 \x01(\x05\x12\x13\n\x0bnodes_ready\x18\x06 \x01(\x05\x12\x12\n\nnodes_down\x18\x07 \x01(\x05\x12\x15\n\rnodes_unknown\x18\x08 \x01(\x05\x12\x16\n\x0e\x65tcd_endpoints\x18\t \x03(\t\x12\x14\n\x0c\x65tcd_version\x18\n \x01(\t\x12\x15\n\retcd_embedded\x18\x0b \x01(\x08\x12)\n\x07version\x18\x0c \x01(\x0b\x32\x18.dockyard.v1.VersionInfo\x12\x16\n\x0euptime_seconds\x18\r \x01(\x01\x12 \n\x18heartbeat_period_seconds\x18\x0e \x01(\x01\x12\x1a\n\x12node_grace_seconds\x18\x0f \x01(\x01\x12\x16\n\x0e\x61gent_sessions\x18\x10 \x01(\x05\"`\n\x10ListNodesRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12-\n\x06states\x18\x03 \x03(\x0e\x32\x1d.dockyard.v1.NodeStatus.State\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Node\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"W\n\x11UpdateNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.dockyard.v1.NodeSpec\"0\n\x11RemoveNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x14\n\x12RemoveNodeResponse2\xaa\x03\n\x07\x43ontrol\x12\x46\n\nGetVersion\x12\x1e.dockyard.v1.GetVersionRequest\x1a\x18.dockyard.v1.VersionInfo\x12@\n\x07GetInfo\x12\x1b.dockyard.v1.GetInfoRequest\x1a\x18.dockyard.v1.ClusterInfo\x12J\n\tListNodes\x12\x1d.dockyard.v1.ListNodesRequest\x1a\x1e.dockyard.v1.ListNodesResponse\x12\x39\n\x07GetNode\x12\x1b.dockyard.v1.GetNodeRequest\x1a\x11.dockyard.v1.Node\x12?\n\nUpdateNode\x12\x1e.dockyard.v1.UpdateNodeRequest\x1a\x11.dockyard.v1.Node\x12M\n\nRemoveNode\x12\x1e.dockyard.v1.RemoveNodeRequest\x1a\x1f.dockyard.v1.RemoveNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64ockyard/v1/control.proto\x12\x0b\x64ockyard.v1\x1a\x17\x64ockyard/v1/types.proto\x1a\x1b\x64ockyard/v1/workloads.proto\"\x10\n\x0eGetInfoRequest\"\x96\x03\n\x0b\x43lusterInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x13\n\x0bnodes_total\x18\x05 \x01(\x05\x12\x13\n\x0bnodes_ready\x18\x06 \x01(\x05\x12\x12\n\nnodes_down\x18\x07 \x01(\x05\x12\x15\n\rnodes_unknown\x18\x08 \x01(\x05\x12\x16\n\x0e\x65tcd_endpoints\x18\t \x03(\t\x12\x14\n\x0c\x65tcd_version\x18\n \x01(\t\x12\x15\n\retcd_embedded\x18\x0b \x01(\x08\x12)\n\x07version\x18\x0c \x01(\x0b\x32\x18.dockyard.v1.VersionInfo\x12\x16\n\x0euptime_seconds\x18\r \x01(\x01\x12 \n\x18heartbeat_period_seconds\x18\x0e \x01(\x01\x12\x1a\n\x12node_grace_seconds\x18\x0f \x01(\x01\x12\x16\n\x0e\x61gent_sessions\x18\x10 \x01(\x05\"`\n\x10ListNodesRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12-\n\x06states\x18\x03 \x03(\x0e\x32\x1d.dockyard.v1.NodeStatus.State\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Node\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"W\n\x11UpdateNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.dockyard.v1.NodeSpec\"0\n\x11RemoveNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x14\n\x12RemoveNodeResponse\">\n\x14\x43reateServiceRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\"$\n\x11GetServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"2\n\x13ListServicesRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\"Y\n\x0eServiceSummary\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Service\x12\x0f\n\x07running\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65sired\x18\x03 \x01(\x03\"E\n\x14ListServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.dockyard.v1.ServiceSummary\"\x81\x01\n\x14UpdateServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\x12\x10\n\x08rollback\x18\x05 \x01(\x08\"\'\n\x14RemoveServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x17\n\x15RemoveServiceResponse\"L\n\x10ListTasksRequest\x12\x10\n\x08services\x18\x01 \x03(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x17\n\x0finclude_history\x18\x03 \x01(\x08\"5\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Task\"\x1e\n\x0eGetTaskRequest\x12\x0c\n\x04task\x18\x01 \x01(\t2\xb6\x07\n\x07\x43ontrol\x12\x46\n\nGetVersion\x12\x1e.dockyard.v1.GetVersionRequest\x1a\x18.dockyard.v1.VersionInfo\x12@\n\x07GetInfo\x12\x1b.dockyard.v1.GetInfoRequest\x1a\x18.dockyard.v1.ClusterInfo\x12J\n\tListNodes\x12\x1d.dockyard.v1.ListNodesRequest\x1a\x1e.dockyard.v1.ListNodesResponse\x12\x39\n\x07GetNode\x12\x1b.dockyard.v1.GetNodeRequest\x1a\x11.dockyard.v1.Node\x12?\n\nUpdateNode\x12\x1e.dockyard.v1.UpdateNodeRequest\x1a\x11.dockyard.v1.Node\x12M\n\nRemoveNode\x12\x1e.dockyard.v1.RemoveNodeRequest\x1a\x1f.dockyard.v1.RemoveNodeResponse\x12H\n\rCreateService\x12!.dockyard.v1.CreateServiceRequest\x1a\x14.dockyard.v1.Service\x12\x42\n\nGetService\x12\x1e.dockyard.v1.GetServiceRequest\x1a\x14.dockyard.v1.Service\x12S\n\x0cListServices\x12 .dockyard.v1.ListServicesRequest\x1a!.dockyard.v1.ListServicesResponse\x12H\n\rUpdateService\x12!.dockyard.v1.UpdateServiceRequest\x1a\x14.dockyard.v1.Service\x12V\n\rRemoveService\x12!.dockyard.v1.RemoveServiceRequest\x1a\".dockyard.v1.RemoveServiceResponse\x12J\n\tListTasks\x12\x1d.dockyard.v1.ListTasksRequest\x1a\x1e.dockyard.v1.ListTasksResponse\x12\x39\n\x07GetTask\x12\x1b.dockyard.v1.GetTaskRequest\x1a\x11.dockyard.v1.Taskb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dockyard.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETINFOREQUEST']._serialized_start=67
-  _globals['_GETINFOREQUEST']._serialized_end=83
-  _globals['_CLUSTERINFO']._serialized_start=86
-  _globals['_CLUSTERINFO']._serialized_end=492
-  _globals['_LISTNODESREQUEST']._serialized_start=494
-  _globals['_LISTNODESREQUEST']._serialized_end=590
-  _globals['_LISTNODESRESPONSE']._serialized_start=592
-  _globals['_LISTNODESRESPONSE']._serialized_end=645
-  _globals['_GETNODEREQUEST']._serialized_start=647
-  _globals['_GETNODEREQUEST']._serialized_end=677
-  _globals['_UPDATENODEREQUEST']._serialized_start=679
-  _globals['_UPDATENODEREQUEST']._serialized_end=766
-  _globals['_REMOVENODEREQUEST']._serialized_start=768
-  _globals['_REMOVENODEREQUEST']._serialized_end=816
-  _globals['_REMOVENODERESPONSE']._serialized_start=818
-  _globals['_REMOVENODERESPONSE']._serialized_end=838
-  _globals['_CONTROL']._serialized_start=841
-  _globals['_CONTROL']._serialized_end=1267
+  _globals['_GETINFOREQUEST']._serialized_start=96
+  _globals['_GETINFOREQUEST']._serialized_end=112
+  _globals['_CLUSTERINFO']._serialized_start=115
+  _globals['_CLUSTERINFO']._serialized_end=521
+  _globals['_LISTNODESREQUEST']._serialized_start=523
+  _globals['_LISTNODESREQUEST']._serialized_end=619
+  _globals['_LISTNODESRESPONSE']._serialized_start=621
+  _globals['_LISTNODESRESPONSE']._serialized_end=674
+  _globals['_GETNODEREQUEST']._serialized_start=676
+  _globals['_GETNODEREQUEST']._serialized_end=706
+  _globals['_UPDATENODEREQUEST']._serialized_start=708
+  _globals['_UPDATENODEREQUEST']._serialized_end=795
+  _globals['_REMOVENODEREQUEST']._serialized_start=797
+  _globals['_REMOVENODEREQUEST']._serialized_end=845
+  _globals['_REMOVENODERESPONSE']._serialized_start=847
+  _globals['_REMOVENODERESPONSE']._serialized_end=867
+  _globals['_CREATESERVICEREQUEST']._serialized_start=869
+  _globals['_CREATESERVICEREQUEST']._serialized_end=931
+  _globals['_GETSERVICEREQUEST']._serialized_start=933
+  _globals['_GETSERVICEREQUEST']._serialized_end=969
+  _globals['_LISTSERVICESREQUEST']._serialized_start=971
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1021
+  _globals['_SERVICESUMMARY']._serialized_start=1023
+  _globals['_SERVICESUMMARY']._serialized_end=1112
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1114
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1183
+  _globals['_UPDATESERVICEREQUEST']._serialized_start=1186
+  _globals['_UPDATESERVICEREQUEST']._serialized_end=1315
+  _globals['_REMOVESERVICEREQUEST']._serialized_start=1317
+  _globals['_REMOVESERVICEREQUEST']._serialized_end=1356
+  _globals['_REMOVESERVICERESPONSE']._serialized_start=1358
+  _globals['_REMOVESERVICERESPONSE']._serialized_end=1381
+  _globals['_LISTTASKSREQUEST']._serialized_start=1383
+  _globals['_LISTTASKSREQUEST']._serialized_end=1459
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1461
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1514
+  _globals['_GETTASKREQUEST']._serialized_start=1516
+  _globals['_GETTASKREQUEST']._serialized_end=1546
+  _globals['_CONTROL']._serialized_start=1549
+  _globals['_CONTROL']._serialized_end=2499
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ import warnings
 
 from dockyard.v1 import control_pb2 as dockyard_dot_v1_dot_control__pb2
 from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
+from dockyard.v1 import workloads_pb2 as dockyard_dot_v1_dot_workloads__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -65,6 +66,41 @@ class ControlStub:
                 request_serializer=dockyard_dot_v1_dot_control__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_control__pb2.RemoveNodeResponse.FromString,
                 _registered_method=True)
+        self.CreateService = channel.unary_unary(
+                '/dockyard.v1.Control/CreateService',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.CreateServiceRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_workloads__pb2.Service.FromString,
+                _registered_method=True)
+        self.GetService = channel.unary_unary(
+                '/dockyard.v1.Control/GetService',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.GetServiceRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_workloads__pb2.Service.FromString,
+                _registered_method=True)
+        self.ListServices = channel.unary_unary(
+                '/dockyard.v1.Control/ListServices',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.ListServicesRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_control__pb2.ListServicesResponse.FromString,
+                _registered_method=True)
+        self.UpdateService = channel.unary_unary(
+                '/dockyard.v1.Control/UpdateService',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.UpdateServiceRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_workloads__pb2.Service.FromString,
+                _registered_method=True)
+        self.RemoveService = channel.unary_unary(
+                '/dockyard.v1.Control/RemoveService',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.RemoveServiceRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_control__pb2.RemoveServiceResponse.FromString,
+                _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/dockyard.v1.Control/ListTasks',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_control__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
+        self.GetTask = channel.unary_unary(
+                '/dockyard.v1.Control/GetTask',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.GetTaskRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_workloads__pb2.Task.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -107,6 +143,50 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateService(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetService(self, request, context):
+        """Looks a service up by ID, unique ID prefix or name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateService(self, request, context):
+        """A new spec starts a rolling update; `rollback` returns to the previous spec.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveService(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTasks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTask(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -139,6 +219,41 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=dockyard_dot_v1_dot_control__pb2.RemoveNodeRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_control__pb2.RemoveNodeResponse.SerializeToString,
+            ),
+            'CreateService': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateService,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.CreateServiceRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_workloads__pb2.Service.SerializeToString,
+            ),
+            'GetService': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetService,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.GetServiceRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_workloads__pb2.Service.SerializeToString,
+            ),
+            'ListServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServices,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.ListServicesRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_control__pb2.ListServicesResponse.SerializeToString,
+            ),
+            'UpdateService': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateService,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.UpdateServiceRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_workloads__pb2.Service.SerializeToString,
+            ),
+            'RemoveService': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveService,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.RemoveServiceRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_control__pb2.RemoveServiceResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.ListTasksRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_control__pb2.ListTasksResponse.SerializeToString,
+            ),
+            'GetTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTask,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.GetTaskRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_workloads__pb2.Task.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -303,6 +418,195 @@ class Control:
             '/dockyard.v1.Control/RemoveNode',
             dockyard_dot_v1_dot_control__pb2.RemoveNodeRequest.SerializeToString,
             dockyard_dot_v1_dot_control__pb2.RemoveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/CreateService',
+            dockyard_dot_v1_dot_control__pb2.CreateServiceRequest.SerializeToString,
+            dockyard_dot_v1_dot_workloads__pb2.Service.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/GetService',
+            dockyard_dot_v1_dot_control__pb2.GetServiceRequest.SerializeToString,
+            dockyard_dot_v1_dot_workloads__pb2.Service.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/ListServices',
+            dockyard_dot_v1_dot_control__pb2.ListServicesRequest.SerializeToString,
+            dockyard_dot_v1_dot_control__pb2.ListServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/UpdateService',
+            dockyard_dot_v1_dot_control__pb2.UpdateServiceRequest.SerializeToString,
+            dockyard_dot_v1_dot_workloads__pb2.Service.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/RemoveService',
+            dockyard_dot_v1_dot_control__pb2.RemoveServiceRequest.SerializeToString,
+            dockyard_dot_v1_dot_control__pb2.RemoveServiceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/ListTasks',
+            dockyard_dot_v1_dot_control__pb2.ListTasksRequest.SerializeToString,
+            dockyard_dot_v1_dot_control__pb2.ListTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/GetTask',
+            dockyard_dot_v1_dot_control__pb2.GetTaskRequest.SerializeToString,
+            dockyard_dot_v1_dot_workloads__pb2.Task.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,6 +6,7 @@ The controller's client API (what `dockyard` speaks)."""
 from collections import abc as _abc
 from dockyard.v1 import control_pb2 as _control_pb2
 from dockyard.v1 import types_pb2 as _types_pb2
+from dockyard.v1 import workloads_pb2 as _workloads_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -39,6 +40,15 @@ class ControlStub:
     """Looks a node up by ID, unique ID prefix or name."""
     UpdateNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateNodeRequest, _types_pb2.Node]
     RemoveNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveNodeRequest, _control_pb2.RemoveNodeResponse]
+    CreateService: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateServiceRequest, _workloads_pb2.Service]
+    GetService: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetServiceRequest, _workloads_pb2.Service]
+    """Looks a service up by ID, unique ID prefix or name."""
+    ListServices: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListServicesRequest, _control_pb2.ListServicesResponse]
+    UpdateService: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateServiceRequest, _workloads_pb2.Service]
+    """A new spec starts a rolling update; `rollback` returns to the previous spec."""
+    RemoveService: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveServiceRequest, _control_pb2.RemoveServiceResponse]
+    ListTasks: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListTasksRequest, _control_pb2.ListTasksResponse]
+    GetTask: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetTaskRequest, _workloads_pb2.Task]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -50,6 +60,15 @@ class ControlAsyncStub(ControlStub):
     """Looks a node up by ID, unique ID prefix or name."""
     UpdateNode: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateNodeRequest, _types_pb2.Node]  # type: ignore[assignment]
     RemoveNode: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveNodeRequest, _control_pb2.RemoveNodeResponse]  # type: ignore[assignment]
+    CreateService: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateServiceRequest, _workloads_pb2.Service]  # type: ignore[assignment]
+    GetService: _aio.UnaryUnaryMultiCallable[_control_pb2.GetServiceRequest, _workloads_pb2.Service]  # type: ignore[assignment]
+    """Looks a service up by ID, unique ID prefix or name."""
+    ListServices: _aio.UnaryUnaryMultiCallable[_control_pb2.ListServicesRequest, _control_pb2.ListServicesResponse]  # type: ignore[assignment]
+    UpdateService: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateServiceRequest, _workloads_pb2.Service]  # type: ignore[assignment]
+    """A new spec starts a rolling update; `rollback` returns to the previous spec."""
+    RemoveService: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveServiceRequest, _control_pb2.RemoveServiceResponse]  # type: ignore[assignment]
+    ListTasks: _aio.UnaryUnaryMultiCallable[_control_pb2.ListTasksRequest, _control_pb2.ListTasksResponse]  # type: ignore[assignment]
+    GetTask: _aio.UnaryUnaryMultiCallable[_control_pb2.GetTaskRequest, _workloads_pb2.Task]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -94,5 +113,56 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.RemoveNodeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.RemoveNodeResponse, _abc.Awaitable[_control_pb2.RemoveNodeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateService(
+        self,
+        request: _control_pb2.CreateServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workloads_pb2.Service, _abc.Awaitable[_workloads_pb2.Service]]: ...
+
+    @_abc_1.abstractmethod
+    def GetService(
+        self,
+        request: _control_pb2.GetServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workloads_pb2.Service, _abc.Awaitable[_workloads_pb2.Service]]:
+        """Looks a service up by ID, unique ID prefix or name."""
+
+    @_abc_1.abstractmethod
+    def ListServices(
+        self,
+        request: _control_pb2.ListServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListServicesResponse, _abc.Awaitable[_control_pb2.ListServicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateService(
+        self,
+        request: _control_pb2.UpdateServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workloads_pb2.Service, _abc.Awaitable[_workloads_pb2.Service]]:
+        """A new spec starts a rolling update; `rollback` returns to the previous spec."""
+
+    @_abc_1.abstractmethod
+    def RemoveService(
+        self,
+        request: _control_pb2.RemoveServiceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RemoveServiceResponse, _abc.Awaitable[_control_pb2.RemoveServiceResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTasks(
+        self,
+        request: _control_pb2.ListTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListTasksResponse, _abc.Awaitable[_control_pb2.ListTasksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetTask(
+        self,
+        request: _control_pb2.GetTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workloads_pb2.Task, _abc.Awaitable[_workloads_pb2.Task]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

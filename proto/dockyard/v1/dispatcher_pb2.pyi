@@ -5,6 +5,7 @@ What agents speak to the controller: one long-lived session per agent."""
 
 from collections import abc as _abc
 from dockyard.v1 import types_pb2 as _types_pb2
+from dockyard.v1 import workloads_pb2 as _workloads_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -216,14 +217,14 @@ class AssignmentSet(_message.Message):
     REMOVED_TASK_IDS_FIELD_NUMBER: _builtins.int
     full: _builtins.bool
     @_builtins.property
-    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Task]: ...
+    def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_workloads_pb2.Task]: ...
     @_builtins.property
     def removed_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         full: _builtins.bool = ...,
-        tasks: _abc.Iterable[_types_pb2.Task] | None = ...,
+        tasks: _abc.Iterable[_workloads_pb2.Task] | None = ...,
         removed_task_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015

@@ -312,40 +312,9 @@ class Node(_message.Message):
 Global___Node: _TypeAlias = Node  # noqa: Y015
 
 @_typing.final
-class ContainerSpec(_message.Message):
-    """A container to run. Grows with the workloads issue."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    IMAGE_FIELD_NUMBER: _builtins.int
-    COMMAND_FIELD_NUMBER: _builtins.int
-    ARGS_FIELD_NUMBER: _builtins.int
-    ENV_FIELD_NUMBER: _builtins.int
-    image: _builtins.str
-    @_builtins.property
-    def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def args(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    @_builtins.property
-    def env(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
-    def __init__(
-        self,
-        *,
-        image: _builtins.str = ...,
-        command: _abc.Iterable[_builtins.str] | None = ...,
-        args: _abc.Iterable[_builtins.str] | None = ...,
-        env: _abc.Iterable[_builtins.str] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["args", b"args", "command", b"command", "env", b"env", "image", b"image"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
-
-@_typing.final
 class TaskStatus(_message.Message):
+    """What the owning agent observed of a task (see workloads.proto for Task)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     class _State:
@@ -389,11 +358,14 @@ class TaskStatus(_message.Message):
     EXIT_CODE_FIELD_NUMBER: _builtins.int
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    OOM_KILLED_FIELD_NUMBER: _builtins.int
     state: Global___TaskStatus.State.ValueType
     message: _builtins.str
+    """why it is in this state ("no suitable node: ...")"""
     error: _builtins.str
     exit_code: _builtins.int
     container_id: _builtins.str
+    oom_killed: _builtins.bool
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -405,57 +377,15 @@ class TaskStatus(_message.Message):
         exit_code: _builtins.int = ...,
         timestamp: _timestamp_pb2.Timestamp | None = ...,
         container_id: _builtins.str = ...,
+        oom_killed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "error", b"error", "exit_code", b"exit_code", "message", b"message", "state", b"state", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "error", b"error", "exit_code", b"exit_code", "message", b"message", "oom_killed", b"oom_killed", "state", b"state", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskStatus: _TypeAlias = TaskStatus  # noqa: Y015
-
-@_typing.final
-class Task(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ID_FIELD_NUMBER: _builtins.int
-    META_FIELD_NUMBER: _builtins.int
-    SERVICE_ID_FIELD_NUMBER: _builtins.int
-    SLOT_FIELD_NUMBER: _builtins.int
-    NODE_ID_FIELD_NUMBER: _builtins.int
-    SPEC_FIELD_NUMBER: _builtins.int
-    DESIRED_STATE_FIELD_NUMBER: _builtins.int
-    STATUS_FIELD_NUMBER: _builtins.int
-    id: _builtins.str
-    service_id: _builtins.str
-    slot: _builtins.int
-    node_id: _builtins.str
-    desired_state: Global___TaskStatus.State.ValueType
-    @_builtins.property
-    def meta(self) -> Global___Meta: ...
-    @_builtins.property
-    def spec(self) -> Global___ContainerSpec: ...
-    @_builtins.property
-    def status(self) -> Global___TaskStatus: ...
-    def __init__(
-        self,
-        *,
-        id: _builtins.str = ...,
-        meta: Global___Meta | None = ...,
-        service_id: _builtins.str = ...,
-        slot: _builtins.int = ...,
-        node_id: _builtins.str = ...,
-        spec: Global___ContainerSpec | None = ...,
-        desired_state: Global___TaskStatus.State.ValueType = ...,
-        status: Global___TaskStatus | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desired_state", b"desired_state", "id", b"id", "meta", b"meta", "node_id", b"node_id", "service_id", b"service_id", "slot", b"slot", "spec", b"spec", "status", b"status"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Task: _TypeAlias = Task  # noqa: Y015
 
 @_typing.final
 class GetVersionRequest(_message.Message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dockyard.common.reference import InvalidReference
+
 __all__ = [
     "DigestMismatch",
     "ImageError",
@@ -18,10 +20,6 @@ __all__ = [
 
 class ImageError(Exception):
     """Base class of every error of the image subsystem."""
-
-
-class InvalidReference(ImageError, ValueError):
-    """An image reference does not follow Docker's grammar."""
 
 
 class ImageStoreError(ImageError):

@@ -20,3 +20,11 @@ class AgentConfig:
     runtime: str = "runc"
     cpus: float | None = None
     memory_bytes: int | None = None
+    registry_mirrors: list[str] = field(default_factory=list)
+    """Mirrors of docker.io, tried first (Docker's `registry-mirrors`)."""
+    insecure_registries: list[str] = field(default_factory=list)
+    """`host:port` registries spoken to over plain HTTP."""
+    registry_config: Path | None = None
+    """A docker `config.json` with registry credentials."""
+    cgroup_parent: str = "dockyard"
+    """The cgroup (in every v1 hierarchy) that holds the containers' cgroups."""

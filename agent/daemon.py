@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -16,7 +18,17 @@ from dockyard.agent.session import ControllerSession
 from dockyard.v1 import agent_pb2_grpc
 from dockyard.v1.types_pb2 import NodeDescription
 
+if TYPE_CHECKING:
+    from dockyard.agent.containers.manager import ContainerManager
+
 log = structlog.get_logger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""Largest gRPC message either way (a container list or an image config fits easily)."""
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
 
 
 class AgentStartError(RuntimeError):
@@ -31,12 +43,13 @@ class AgentDaemon:
         self.port = 0
         self._description: NodeDescription | None = None
         self._session_task: asyncio.Task[None] | None = None
+        self.containers: ContainerManager | None = None
 
     async def start(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         identity = load_or_create(config.state_dir, config.name or socket.gethostname())
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
         self.port = self.server.add_insecure_port(config.listen)
         if self.port == 0:
             raise AgentStartError(f"cannot listen on {config.listen}: address in use or invalid")
@@ -52,6 +65,8 @@ class AgentDaemon:
             AgentServicer(identity, self.session, self.describe, str(config.state_dir)),
             self.server,
         )
+        if config.runtime == "runc":
+            await self._start_containers(self.server)
         await self.server.start()
         self._session_task = asyncio.create_task(self.session.run())
         log.info(
@@ -62,6 +77,34 @@ class AgentDaemon:
             controllers=config.controllers,
             runtime=config.runtime,
         )
+
+    async def _start_containers(self, server: grpc.aio.Server) -> None:
+        """The runc runtime, the image store and their API; recovers containers."""
+        from dockyard.agent.containers.images_servicer import ImagesServicer
+        from dockyard.agent.containers.manager import ContainerManager
+        from dockyard.agent.containers.servicer import ContainersServicer
+        from dockyard.agent.images.registry import RegistryConfig
+        from dockyard.agent.images.service import ImageService
+        from dockyard.agent.runtime.runc.runtime import RuncRuntime
+        from dockyard.v1 import containers_pb2_grpc, images_pb2_grpc
+
+        config = self.config
+        registry = RegistryConfig(
+            mirrors={"docker.io": list(config.registry_mirrors)} if config.registry_mirrors
+            else {},
+            insecure_registries=frozenset(config.insecure_registries),
+            auth_file=config.registry_config,
+        )  # fmt: skip
+        images = await asyncio.to_thread(ImageService, config.state_dir / "images", registry)
+        runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent)
+        manager = ContainerManager(runtime, images, config.state_dir / "containers")
+        try:
+            await manager.start()
+        except Exception as exc:
+            raise AgentStartError(f"cannot recover containers: {exc}") from exc
+        self.containers = manager
+        containers_pb2_grpc.add_ContainersServicer_to_server(ContainersServicer(manager), server)
+        images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(manager), server)
 
     def describe(self) -> NodeDescription:
         assert self._description is not None
@@ -75,10 +118,10 @@ class AgentDaemon:
     async def stop(self, grace: float = 1.0) -> None:
         if self._session_task is not None:
             self._session_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._session_task
-            except (asyncio.CancelledError, Exception):
-                pass
         if self.server is not None:
             await self.server.stop(grace)
+        if self.containers is not None:  # containers keep running (live restore)
+            await self.containers.close()
         log.info("agent.stopped")

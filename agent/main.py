@@ -58,6 +58,32 @@ def main() -> None:
 )
 @click.option("--memory", default=None, help="Memory to offer, e.g. 4G [all of the host's].")
 @click.option(
+    "--registry-mirror",
+    "registry_mirrors",
+    multiple=True,
+    metavar="URL",
+    help="Mirror of docker.io, tried before it (repeatable; Docker's registry-mirrors).",
+)
+@click.option(
+    "--insecure-registry",
+    "insecure_registries",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="Registry spoken to over plain HTTP (repeatable; loopback ones always are).",
+)
+@click.option(
+    "--registry-config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Docker config.json with registry credentials.",
+)
+@click.option(
+    "--cgroup-parent",
+    default="dockyard",
+    show_default=True,
+    help="cgroup that holds the containers' cgroups (runc runtime).",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def run(
@@ -69,6 +95,10 @@ def run(
     runtime: str,
     cpus: float | None,
     memory: str | None,
+    registry_mirrors: tuple[str, ...],
+    insecure_registries: tuple[str, ...],
+    registry_config: Path | None,
+    cgroup_parent: str,
     log_level: str,
 ) -> None:
     """Run the agent until SIGTERM or SIGINT."""
@@ -85,6 +115,14 @@ def run(
         if name:
             check_name("--name", name)
         memory_bytes = parse_size(memory) if memory else None
+        for mirror in registry_mirrors:
+            if not mirror.startswith(("http://", "https://")):
+                raise ValueError(f"--registry-mirror {mirror!r}: expected an http(s):// URL")
+        for host in insecure_registries:
+            if not host or "/" in host:
+                raise ValueError(f"--insecure-registry {host!r}: expected HOST[:PORT]")
+        if not cgroup_parent.strip("/") or ".." in cgroup_parent.split("/"):
+            raise ValueError(f"--cgroup-parent {cgroup_parent!r}: expected a cgroup path")
     except (AddressError, ValidationError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     config = AgentConfig(
@@ -96,6 +134,10 @@ def run(
         runtime=runtime,
         cpus=cpus,
         memory_bytes=memory_bytes,
+        registry_mirrors=list(registry_mirrors),
+        insecure_registries=list(insecure_registries),
+        registry_config=registry_config,
+        cgroup_parent=cgroup_parent,
     )
     sys.exit(asyncio.run(_serve(config)))
 

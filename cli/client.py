@@ -6,13 +6,15 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import grpc
 
 from dockyard.cli.contexts import ContextError, ContextStore
 from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
+
+if TYPE_CHECKING:  # grpc loads in the commands that call a daemon, not at startup
+    import grpc
 
 T = TypeVar("T")
 DEFAULT_TIMEOUT = 15.0
@@ -51,6 +53,8 @@ def resolve_targets(hosts: tuple[str, ...], context_name: str | None) -> list[Ta
 
 
 def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
+    import grpc
+
     code = exc.code()
     details = exc.details() or ""
     # Only gRPC's own connection failure, not a daemon saying *its* backend is down.
@@ -60,12 +64,15 @@ def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"{what} at {target.address} did not answer in time"
     if code == grpc.StatusCode.UNIMPLEMENTED:
-        return f"{target.address} is not a {what}: it does not serve this request"
+        article = "an" if what[:1] in "aeiou" else "a"
+        return f"{target.address} is not {article} {what}: it does not serve this request"
     return details or code.name.lower()
 
 
 @contextmanager
 def channel(target: Target) -> Iterator[grpc.Channel]:
+    import grpc
+
     with grpc.insecure_channel(target.address) as chan:
         yield chan
 
@@ -76,9 +83,11 @@ def call(
     method: str,
     request: Any,
     what: str = "controller",
-    timeout: float = DEFAULT_TIMEOUT,
+    timeout: float | None = DEFAULT_TIMEOUT,
 ) -> Any:
     """One unary call; any failure becomes a CliError naming the daemon."""
+    import grpc
+
     with channel(target) as chan:
         try:
             return getattr(stub_factory(chan), method)(request, timeout=timeout)
@@ -86,6 +95,34 @@ def call(
             raise CliError(describe_rpc_error(exc, target, what)) from exc
 
 
+def stream(
+    target: Target,
+    stub_factory: Callable[[grpc.Channel], Any],
+    method: str,
+    request: Any,
+    what: str = "controller",
+    timeout: float | None = None,
+) -> Iterator[Any]:
+    """A server-streaming call, message by message; any failure becomes a CliError."""
+    import grpc
+
+    with channel(target) as chan:
+        try:
+            yield from getattr(stub_factory(chan), method)(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise CliError(describe_rpc_error(exc, target, what)) from exc
+
+
+def rpc_code(exc: CliError) -> grpc.StatusCode | None:
+    """The gRPC status behind a CliError, if a call failed."""
+    import grpc
+
+    cause = exc.__cause__
+    return cause.code() if isinstance(cause, grpc.RpcError) else None
+
+
 def is_unimplemented(exc: CliError) -> bool:
+    import grpc
+
     cause = exc.__cause__
     return isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -6,8 +6,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from dockyard.common.addresses import CONTROLLER_PORT, normalize
 from dockyard.common.validation import ValidationError, check_name
 
@@ -45,6 +43,8 @@ class ContextStore:
     def _read(self) -> dict[str, object]:
         if not self.path.exists():
             return {"current-context": DEFAULT_CONTEXT, "contexts": {}}
+        import yaml  # here, not at startup: `dockyard -H ...` never reads contexts
+
         try:
             data = yaml.safe_load(self.path.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -56,6 +56,8 @@ class ContextStore:
         return data
 
     def _write(self, data: dict[str, object]) -> None:
+        import yaml
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(yaml.safe_dump(data, sort_keys=True))

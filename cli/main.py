@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import click
 
+from dockyard.cli.commands.container_run import run
+from dockyard.cli.commands.containers import container, exec_command, list_containers, logs
 from dockyard.cli.commands.contexts import context
+from dockyard.cli.commands.images import image, list_images, pull
 from dockyard.cli.commands.nodes import node
 from dockyard.cli.commands.system import info, version
 from dockyard.cli.options import GlobalOptions
@@ -50,6 +53,15 @@ cli.add_command(version)
 cli.add_command(info)
 cli.add_command(node)
 cli.add_command(context)
+cli.add_command(container)
+cli.add_command(image)
+# docker's short forms: the same commands under a second name.
+cli.add_command(run, "run")
+cli.add_command(list_containers, "ps")
+cli.add_command(logs, "logs")
+cli.add_command(exec_command, "exec")
+cli.add_command(list_images, "images")
+cli.add_command(pull, "pull")
 
 
 def main() -> None:

@@ -7,14 +7,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.message import Message
 
 FORMATS = ("table", "json", "yaml")
 
 
 def to_data(value: Any) -> Any:
     """Protobuf messages (and lists/dicts of them) as plain JSON-able data."""
+    from google.protobuf.json_format import MessageToDict
+    from google.protobuf.message import Message
+
     if isinstance(value, Message):
         return MessageToDict(
             value, preserving_proto_field_name=True, always_print_fields_with_no_presence=True

@@ -9,7 +9,6 @@ import click
 from dockyard.cli.client import CliError, call
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, emit_table, to_data
-from dockyard.common.timestamps import human_age
 
 AVAILABILITIES = ("active", "pause", "drain")
 UPDATE_RETRIES = 5
@@ -81,6 +80,7 @@ def list_nodes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) ->
 
 
 def _row(n: Any) -> list[str]:
+    from dockyard.common.timestamps import human_age
     from dockyard.v1.types_pb2 import NodeSpec, NodeStatus
 
     labels = ",".join(f"{k}={v}" if v else k for k, v in sorted(n.spec.labels.items()))

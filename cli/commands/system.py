@@ -9,7 +9,6 @@ import click
 from dockyard.cli.client import CliError, Target, call, is_unimplemented
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, key_values, to_data
-from dockyard.common.timestamps import human_age
 
 
 def _ask_daemon(
@@ -136,6 +135,8 @@ def _cluster_text(target: Target, info: Any) -> str:
 
 
 def _agent_text(target: Target, info: Any) -> str:
+    from dockyard.common.timestamps import human_age
+
     description = info.description
     return key_values(
         [

@@ -17,10 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.runtime.conftest import cleanup_everything, make_busybox_rootfs
-
 from dockyard.agent.runtime.base import ContainerConfig
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
+from tests.runtime.conftest import cleanup_everything, make_busybox_rootfs
 
 
 def _smaps_rollup(pid: int) -> dict[str, int]:

@@ -1,0 +1,116 @@
+"""Runtime and image values to their protobuf messages."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from dockyard.agent.containers.manager import ContainerView
+from dockyard.agent.images.models import Image, ImageSummary
+from dockyard.agent.runtime.base import ContainerState, LogRecord, Stats
+from dockyard.v1 import containers_pb2 as cpb
+from dockyard.v1 import images_pb2 as ipb
+
+__all__ = [
+    "container_record",
+    "container_state",
+    "image_record",
+    "image_summary",
+    "log_line",
+    "stats_message",
+    "timestamp",
+]
+
+
+def timestamp(value: datetime | None) -> Timestamp | None:
+    """A protobuf timestamp, or None."""
+    if value is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(value)
+    return stamp
+
+
+def _parse_time(text: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+def container_state(state: ContainerState) -> cpb.ContainerState:
+    """The state message."""
+    return cpb.ContainerState(
+        status=state.status.value,
+        pid=state.pid,
+        exit_code=state.exit_code or 0,
+        has_exit_code=state.exit_code is not None,
+        oom_killed=state.oom_killed,
+        started_at=timestamp(state.started_at),
+        finished_at=timestamp(state.finished_at),
+        error=state.error,
+        restart_count=state.restart_count,
+    )
+
+
+def container_record(view: ContainerView) -> cpb.ContainerRecord:
+    """The record message of one container."""
+    info = view.info
+    return cpb.ContainerRecord(
+        id=info.id,
+        name=info.name,
+        image=info.image,
+        image_digest=view.meta.image_digest,
+        created_at=timestamp(info.created_at),
+        state=container_state(info.state),
+        config=view.meta.request,
+        log_path=str(info.log_path or ""),
+    )
+
+
+def log_line(record: LogRecord) -> cpb.LogLine:
+    """One log line message."""
+    return cpb.LogLine(stream=record.stream, timestamp=timestamp(record.timestamp),
+                       data=record.data)  # fmt: skip
+
+
+def stats_message(stats: Stats) -> cpb.ContainerStats:
+    """One stats sample message."""
+    return cpb.ContainerStats(
+        read_at=timestamp(stats.read_at),
+        cpu_usage_ns=stats.cpu_usage_ns,
+        cpu_percent=stats.cpu_percent,
+        memory_usage=stats.memory_usage,
+        memory_limit=stats.memory_limit,
+        pids=stats.pids,
+    )
+
+
+def image_record(image: Image, config_json: str = "") -> ipb.ImageRecord:
+    """The record message of one image."""
+    return ipb.ImageRecord(
+        id=image.id,
+        references=list(image.references),
+        digest=image.digest,
+        size=image.size,
+        created=timestamp(_parse_time(image.created)),
+        architecture=image.platform.architecture,
+        os=image.platform.os,
+        layers=[layer.digest for layer in image.layers],
+        config_json=config_json,
+    )
+
+
+def image_summary(row: ImageSummary) -> ipb.ImageSummaryRecord:
+    """One row of the image list."""
+    return ipb.ImageSummaryRecord(
+        repository=row.repository,
+        tag=row.tag,
+        id=row.image_id,
+        digest=row.digest,
+        size=row.size,
+        created=timestamp(_parse_time(row.created)),
+    )

@@ -1,0 +1,493 @@
+"""`ContainerManager`: the node's containers, made from its local images.
+
+It owns the runtime and the image service: `create` resolves the image and builds the
+runtime config, refs resolve by id, unique id prefix or name, restart policies and
+`--rm` are applied by one supervisor task per started container, and images that
+containers use cannot be removed without force (each container holds a store lease on
+its image's layers, so even a forced removal keeps what the container runs on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import secrets
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import structlog
+
+from dockyard.agent.containers.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from dockyard.agent.containers.meta import ContainerMeta, MetaStore
+from dockyard.agent.containers.names import generate_name
+from dockyard.agent.containers.policy import Backoff, should_restart
+from dockyard.agent.containers.request import (
+    check_create,
+    parse_image_ref,
+    parse_signal,
+    volumes_of,
+)
+from dockyard.agent.images.errors import ImageNotFound
+from dockyard.agent.images.models import Image
+from dockyard.agent.images.reference import Reference
+from dockyard.agent.images.service import ImageService
+from dockyard.agent.runtime.base import (
+    ContainerConfig,
+    ContainerInfo,
+    ContainerNotFound,
+    ContainerRuntimeError,
+    ContainerStatus,
+    ExecSession,
+    ExitInfo,
+    LogRecord,
+    NameConflict,
+    RestartPolicyName,
+    Stats,
+)
+from dockyard.agent.runtime.runc.runtime import RuncRuntime
+from dockyard.v1.containers_pb2 import CreateContainerRequest
+
+__all__ = ["ContainerManager", "ContainerView"]
+
+log = structlog.get_logger(__name__)
+
+_RECENT_EXITS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerView:
+    """A container as the API shows it: the runtime's info and the manager's record."""
+
+    info: ContainerInfo
+    meta: ContainerMeta
+
+
+class ContainerManager:
+    """Containers on this node.
+
+    Args:
+        runtime: The runc runtime (its state under `<state dir>/runtime`).
+        images: The image service (`<state dir>/images`).
+        meta_root: Where the manager keeps its per-container records.
+    """
+
+    def __init__(self, runtime: RuncRuntime, images: ImageService, meta_root: Path) -> None:
+        self.runtime = runtime
+        self.images = images
+        self._metas = MetaStore(meta_root)
+        self._meta: dict[str, ContainerMeta] = {}
+        self._supervisors: dict[str, asyncio.Task[None]] = {}
+        self._removed: OrderedDict[str, tuple[str, ExitInfo]] = OrderedDict()
+        self._creating: set[str] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Recover containers after an agent (re)start and resume supervising them.
+
+        Running ones get a supervisor again; exited ones whose policy is `always`, or
+        `unless-stopped` and not stopped by the user, are started again (as dockerd
+        does); exited `--rm` ones are removed.
+        """
+        infos = await self.runtime.recover()
+        self._meta = await asyncio.to_thread(self._metas.load_all)
+        known = {info.id for info in infos}
+        for stale in set(self._meta) - known:
+            self._meta.pop(stale)
+            await asyncio.to_thread(self._metas.delete, stale)
+        for info in infos:
+            meta = self._meta.get(info.id)
+            if meta is None:  # created by something else in this runtime root
+                meta = ContainerMeta(info.id, "", CreateContainerRequest(image=info.image,
+                                                                         name=info.name))
+                self._meta[info.id] = meta
+            self._hold_image(meta, info.config)
+            await self._resume(info, meta)
+        log.info("containers recovered", containers=len(infos))
+
+    async def _resume(self, info: ContainerInfo, meta: ContainerMeta) -> None:
+        status = info.state.status
+        if status is ContainerStatus.RUNNING:
+            self._supervise(info.id)
+        elif status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
+            policy = info.config.restart_policy.name
+            if meta.auto_remove:
+                await self._auto_remove(info.id)
+            elif policy is RestartPolicyName.ALWAYS or (
+                policy is RestartPolicyName.UNLESS_STOPPED and not meta.manually_stopped
+            ):
+                log.info("restarting container after agent restart", container_id=info.id)
+                with contextlib.suppress(ContainerRuntimeError):
+                    await self.runtime.start(info.id)
+                self._supervise(info.id)
+
+    async def close(self) -> None:
+        """Stop supervising; the containers keep running (live restore)."""
+        tasks = list(self._supervisors.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._supervisors.clear()
+        await self.runtime.close()
+
+    # --------------------------------------------------------------------- lookup
+
+    async def _resolve(self, ref: str) -> ContainerInfo:
+        ref = ref.removeprefix("/")
+        if not ref:
+            raise InvalidArgument("container", "a container ID or name is required")
+        infos = await self.runtime.list(all=True)
+        for info in infos:
+            if info.id == ref:
+                return info
+        for info in infos:
+            if info.name == ref:
+                return info
+        matches = [info for info in infos if info.id.startswith(ref)]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(
+                "container", f"{ref!r} matches {len(matches)} containers: give more of the ID"
+            )
+        raise NotFound(f"no such container: {ref}")
+
+    def _view(self, info: ContainerInfo) -> ContainerView:
+        meta = self._meta.get(info.id)
+        if meta is None:
+            meta = ContainerMeta(info.id, "", CreateContainerRequest(image=info.image,
+                                                                     name=info.name))
+        return ContainerView(info, meta)
+
+    async def inspect(self, ref: str) -> ContainerView:
+        """One container by ID, unique ID prefix or name."""
+        return self._view(await self._resolve(ref))
+
+    async def list(self, all: bool = False) -> builtins.list[ContainerView]:
+        """Running containers (every container with `all`), newest first."""
+        infos = await self.runtime.list(all=all)
+        infos.sort(key=lambda i: i.created_at, reverse=True)
+        return [self._view(info) for info in infos]
+
+    # --------------------------------------------------------------------- create
+
+    def _image(self, ref: Reference, text: str) -> Image:
+        try:
+            return self.images.resolve(ref)
+        except ImageNotFound:
+            try:
+                return self.images.resolve(text)  # an image id
+            except ImageNotFound:
+                raise NotFound(
+                    f"image {ref} not found on this node: pull it first"
+                ) from None
+
+    def _hold_image(self, meta: ContainerMeta, config: ContainerConfig) -> None:
+        """Lease the image's layers so gc keeps them while the container exists."""
+        lease = meta.lease.enter_context(self.images.store.lease())
+        image = None
+        if meta.image_digest:
+            with contextlib.suppress(ImageNotFound):
+                image = self.images.store.get(meta.image_digest)
+        if image is not None:
+            lease.add(image.digest, image.config_digest,
+                      *(layer.digest for layer in image.layers),
+                      *(layer.diff_id for layer in image.layers))  # fmt: skip
+        lease.add(*("sha256:" + Path(p).name for p in config.lower_dirs))
+
+    async def create(self, request: CreateContainerRequest) -> ContainerView:
+        """Create a container from a local image (nothing runs yet)."""
+        ref, policy, network = check_create(request)
+        image = self._image(ref, request.image)
+        taken = {info.name for info in await self.runtime.list(all=True)} | self._creating
+        name = request.name.removeprefix("/") or generate_name(taken)
+        if name in taken:
+            holder = next((i.id for i in await self.runtime.list(all=True) if i.name == name), "")
+            raise AlreadyExists(f"container name {name!r} is already in use by container "
+                                f"{holder[:12] or 'being created'}")  # fmt: skip
+        self._creating.add(name)
+        try:
+            normalized = CreateContainerRequest()
+            normalized.CopyFrom(request)
+            normalized.name = name
+            normalized.restart_policy.name = policy.name.value
+            normalized.restart_policy.max_retries = policy.max_retries
+            config = ContainerConfig(
+                id=secrets.token_hex(32),
+                name=name,
+                image=request.image,
+                lower_dirs=self.images.lower_dirs(image),
+                image_config=self.images.config(image).to_oci(),
+                command=list(request.command) or None,
+                entrypoint=[] if request.clear_entrypoint else list(request.entrypoint) or None,
+                env=list(request.env),
+                workdir=request.workdir or None,
+                user=request.user or None,
+                memory_bytes=request.memory_bytes,
+                nano_cpus=request.nano_cpus,
+                pids_limit=max(0, request.pids_limit),
+                read_only=request.read_only,
+                volumes=volumes_of(request),
+                network=network,
+                labels=dict(request.labels),
+                restart_policy=policy,
+                cap_add=list(request.cap_add),
+                cap_drop=list(request.cap_drop),
+                hostname=request.hostname or None,
+            )
+            meta = ContainerMeta(config.id, image.digest, normalized)
+            self._hold_image(meta, config)
+            try:
+                await asyncio.to_thread(self._metas.save, meta)
+                self._meta[config.id] = meta
+                info = await self.runtime.create(config)
+            except BaseException:
+                meta.lease.close()
+                self._meta.pop(config.id, None)
+                await asyncio.to_thread(self._metas.delete, config.id)
+                raise
+        except NameConflict as exc:
+            raise AlreadyExists(str(exc)) from exc
+        finally:
+            self._creating.discard(name)
+        return ContainerView(info, meta)
+
+    # ------------------------------------------------------------- start and stop
+
+    async def start_container(self, ref: str) -> ContainerView:
+        """Start a created or exited container; resets its restart policy's count."""
+        info = await self._resolve(ref)
+        meta = self._meta.get(info.id)
+        old = self._supervisors.pop(info.id, None)
+        if old is not None:
+            old.cancel()
+            await asyncio.gather(old, return_exceptions=True)
+        if meta is not None and meta.manually_stopped:
+            meta.manually_stopped = False
+            await asyncio.to_thread(self._metas.save, meta)
+        try:
+            await self.runtime.start(info.id)
+        finally:
+            self._supervise(info.id)  # applies --rm and the restart policy on exit
+        return await self.inspect(info.id)
+
+    async def _mark_stopped(self, container_id: str) -> None:
+        meta = self._meta.get(container_id)
+        if meta is not None and not meta.manually_stopped:
+            meta.manually_stopped = True
+            await asyncio.to_thread(self._metas.save, meta)
+
+    async def stop(self, ref: str, timeout: float | None = None) -> ContainerView:
+        """SIGTERM, then SIGKILL after `timeout` (10 s); no restart policy restarts it."""
+        if timeout is not None and timeout < 0:
+            raise InvalidArgument("timeout_seconds", f"must not be negative, got {timeout}")
+        info = await self._resolve(ref)
+        await self._mark_stopped(info.id)
+        await self.runtime.stop(info.id, 10.0 if timeout is None else timeout)
+        return await self._inspect_after(info)
+
+    async def kill(self, ref: str, signal: str) -> ContainerView:
+        """Send a signal to the container's init; no restart policy restarts it."""
+        number = parse_signal(signal)
+        info = await self._resolve(ref)
+        if info.state.status is not ContainerStatus.RUNNING:
+            raise FailedPrecondition(f"container {info.name} ({info.id[:12]}) is not running")
+        await self._mark_stopped(info.id)
+        await self.runtime.kill(info.id, str(number))
+        return await self._inspect_after(info)
+
+    async def _inspect_after(self, info: ContainerInfo) -> ContainerView:
+        try:
+            return await self.inspect(info.id)
+        except NotFound:  # --rm removed it meanwhile
+            return ContainerView(info, self._view(info).meta)
+
+    async def wait(self, ref: str) -> ExitInfo:
+        """Wait until the container exits (also when `--rm` removes it right away)."""
+        try:
+            info = await self._resolve(ref)
+        except NotFound:
+            removed = self._recently_removed(ref)
+            if removed is None:
+                raise
+            return removed
+        try:
+            return await self.runtime.wait(info.id)
+        except ContainerNotFound:
+            removed = self._recently_removed(info.id)
+            if removed is None:
+                raise NotFound(f"no such container: {ref}") from None
+            return removed
+
+    def _recently_removed(self, ref: str) -> ExitInfo | None:
+        ref = ref.removeprefix("/")
+        for cid, (name, exit_info) in reversed(self._removed.items()):
+            if ref and (cid.startswith(ref) or name == ref):
+                return exit_info
+        return None
+
+    async def remove(self, ref: str, force: bool = False) -> str:
+        """Delete a container; a running one needs `force` (it is killed first)."""
+        info = await self._resolve(ref)
+        if info.state.status is ContainerStatus.RUNNING and not force:
+            raise FailedPrecondition(
+                f"container {info.name} ({info.id[:12]}) is running: stop it first or "
+                "remove it with force"
+            )
+        await self._mark_stopped(info.id)
+        await self._remove(info.id, force)
+        return info.id
+
+    async def _remove(self, container_id: str, force: bool) -> None:
+        task = self._supervisors.pop(container_id, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self.runtime.remove(container_id, force=force)
+        meta = self._meta.pop(container_id, None)
+        if meta is not None:
+            meta.lease.close()
+        await asyncio.to_thread(self._metas.delete, container_id)
+
+    async def _auto_remove(self, container_id: str) -> None:
+        info = await self.runtime.inspect(container_id)
+        exit_info = ExitInfo(
+            exit_code=info.state.exit_code if info.state.exit_code is not None else -1,
+            oom_killed=info.state.oom_killed, finished_at=info.state.finished_at,
+            error=info.state.error,
+        )  # fmt: skip
+        self._removed[container_id] = (info.name, exit_info)
+        while len(self._removed) > _RECENT_EXITS:
+            self._removed.popitem(last=False)
+        await self._remove(container_id, force=True)
+        log.info("container auto-removed", container_id=container_id)
+
+    # ----------------------------------------------------------------- supervisor
+
+    def _supervise(self, container_id: str) -> None:
+        if container_id in self._supervisors:
+            return
+        task = asyncio.create_task(self._supervisor(container_id),
+                                   name=f"supervise-{container_id[:12]}")  # fmt: skip
+        self._supervisors[container_id] = task
+
+        def done(t: asyncio.Task[None]) -> None:
+            if self._supervisors.get(container_id) is t:
+                del self._supervisors[container_id]
+            if not t.cancelled() and t.exception() is not None:
+                log.error("container supervisor failed", container_id=container_id,
+                          error=repr(t.exception()))  # fmt: skip
+
+        task.add_done_callback(done)
+
+    async def _supervisor(self, container_id: str) -> None:
+        """Apply `--rm` and the restart policy each time the container exits."""
+        backoff = Backoff()
+        restarts = 0
+        while True:
+            try:
+                exit_info = await self.runtime.wait(container_id)
+                info = await self.runtime.inspect(container_id)
+            except ContainerNotFound:
+                return
+            meta = self._meta.get(container_id)
+            if meta is None:
+                return
+            if meta.auto_remove:
+                await asyncio.shield(self._auto_remove(container_id))
+                return
+            state = info.state
+            ran = 0.0
+            if state.started_at and state.finished_at:
+                ran = (state.finished_at - state.started_at).total_seconds()
+            delay = backoff.next(ran)
+            policy = info.config.restart_policy
+            if not should_restart(policy, exit_info.exit_code, meta.manually_stopped, restarts):
+                return
+            restarts += 1
+            log.info("restarting container", container_id=container_id, policy=policy.name,
+                     exit_code=exit_info.exit_code, delay=delay, restarts=restarts)  # fmt: skip
+            await asyncio.sleep(delay)
+            if meta.manually_stopped or container_id not in self._meta:
+                return
+            try:
+                await asyncio.shield(self.runtime.start(container_id))
+            except ContainerRuntimeError as exc:
+                log.warning("restart failed", container_id=container_id, error=str(exc))
+
+    # -------------------------------------------------------------- observability
+
+    async def logs(self, ref: str, follow: bool = False, tail: int | None = None,
+                   since: datetime | None = None,
+                   timestamps: bool = False) -> AsyncIterator[LogRecord]:
+        """The container's output lines."""
+        if tail is not None and tail < 0:
+            raise InvalidArgument("tail", f"must not be negative, got {tail}")
+        info = await self._resolve(ref)
+        async for line in self.runtime.logs(info.id, follow=follow, tail=tail, since=since,
+                                            timestamps=timestamps):  # fmt: skip
+            yield line
+
+    async def exec(self, ref: str, command: Sequence[str], env: Sequence[str] = (),
+                   workdir: str | None = None, user: str | None = None) -> ExecSession:
+        """Start a process in a running container."""
+        if not command:
+            raise InvalidArgument("command", "a command is required")
+        for index, entry in enumerate(env):
+            if "=" not in entry or not entry.partition("=")[0]:
+                raise InvalidArgument(f"env[{index}]", f"expected KEY=VALUE, got {entry!r}")
+        if workdir and not workdir.startswith("/"):
+            raise InvalidArgument("workdir", f"must be an absolute path, got {workdir!r}")
+        info = await self._resolve(ref)
+        if info.state.status is not ContainerStatus.RUNNING:
+            raise FailedPrecondition(f"container {info.name} ({info.id[:12]}) is not running")
+        return await self.runtime.exec(info.id, command, env=env, workdir=workdir, user=user)
+
+    async def stats(self, ref: str) -> Stats:
+        """One resource usage sample of a running container."""
+        info = await self._resolve(ref)
+        if info.state.status is not ContainerStatus.RUNNING:
+            raise FailedPrecondition(f"container {info.name} ({info.id[:12]}) is not running")
+        return await self.runtime.stats(info.id)
+
+    # --------------------------------------------------------------------- images
+
+    async def users_of(self, image: Image) -> builtins.list[ContainerView]:
+        """Containers created from `image`."""
+        return [self._view(info) for info in await self.runtime.list(all=True)
+                if (meta := self._meta.get(info.id)) is not None
+                and meta.image_digest == image.digest]  # fmt: skip
+
+    async def remove_image(self, text: str, force: bool = False) -> builtins.list[str]:
+        """`docker rmi`: untag, delete when untagged; refused while containers use it."""
+        if not text:
+            raise InvalidArgument("image", "an image reference or ID is required")
+        try:
+            image = self.images.resolve(text)
+        except ImageNotFound:
+            raise NotFound(f"image {text} not found on this node") from None
+        except ValueError:
+            parse_image_ref("image", text)
+            raise
+        untag_only = False
+        with contextlib.suppress(InvalidArgument):
+            ref = parse_image_ref("image", text)
+            untag_only = str(ref) in image.references and len(
+                [r for r in image.references if "@" not in r]) > 1
+        users = await self.users_of(image)
+        if users and not force and not untag_only:
+            user = users[0].info
+            raise FailedPrecondition(
+                f"image {text} is used by container {user.id[:12]} ({user.name}): remove the "
+                "container first or use force"
+            )
+        return await self.images.remove(text, force=force)

@@ -1,0 +1,135 @@
+"""Validate API requests and turn them into runtime values; errors name the field."""
+
+from __future__ import annotations
+
+import signal as signals
+from pathlib import Path
+
+from dockyard.agent.containers.errors import InvalidArgument
+from dockyard.agent.containers.names import NAME_RE
+from dockyard.agent.images.errors import InvalidReference
+from dockyard.agent.images.reference import Reference, parse_reference
+from dockyard.agent.runtime.base import (
+    NetworkMode,
+    RestartPolicy,
+    RestartPolicyName,
+    VolumeMount,
+)
+from dockyard.v1.containers_pb2 import CreateContainerRequest
+
+__all__ = [
+    "MIN_MEMORY",
+    "check_create",
+    "parse_image_ref",
+    "parse_restart_policy",
+    "parse_signal",
+    "volumes_of",
+]
+
+MIN_MEMORY = 6 * 1024 * 1024
+"""Docker's smallest memory limit (6 MiB)."""
+
+
+def parse_image_ref(field: str, text: str) -> Reference:
+    """Parse an image reference or fail with INVALID_ARGUMENT naming `field`."""
+    if not text:
+        raise InvalidArgument(field, "an image reference is required")
+    try:
+        return parse_reference(text)
+    except InvalidReference as exc:
+        raise InvalidArgument(field, str(exc)) from exc
+
+
+def parse_restart_policy(name: str, max_retries: int) -> RestartPolicy:
+    """`no`, `always`, `unless-stopped`, `on-failure` (or `on-failure:N`) to a policy."""
+    field = "restart_policy"
+    text = name.strip() or "no"
+    if text.startswith("on-failure:"):
+        text, _, count = text.partition(":")
+        try:
+            max_retries = int(count)
+        except ValueError:
+            raise InvalidArgument(field, f"bad maximum retry count in {name!r}") from None
+    try:
+        policy_name = RestartPolicyName(text)
+    except ValueError:
+        choices = ", ".join(p.value for p in RestartPolicyName)
+        raise InvalidArgument(
+            field, f"unknown restart policy {name!r} (one of {choices})"
+        ) from None
+    if max_retries < 0:
+        raise InvalidArgument(f"{field}.max_retries", f"must not be negative, got {max_retries}")
+    if max_retries and policy_name is not RestartPolicyName.ON_FAILURE:
+        raise InvalidArgument(
+            f"{field}.max_retries", f"only on-failure takes a retry count, not {policy_name}"
+        )
+    return RestartPolicy(policy_name, max_retries)
+
+
+def parse_signal(text: str) -> int:
+    """`KILL`, `SIGKILL`, `kill` or `9` to a signal number."""
+    value = text.strip() or "KILL"
+    if value.isdigit():
+        number = int(value)
+        if number not in {int(s) for s in signals.Signals}:
+            raise InvalidArgument("signal", f"unknown signal number {number}")
+        return number
+    upper = value.upper()
+    name = upper if upper.startswith("SIG") else f"SIG{upper}"
+    try:
+        return int(signals.Signals[name])
+    except KeyError:
+        raise InvalidArgument("signal", f"unknown signal {text!r}") from None
+
+
+def volumes_of(request: CreateContainerRequest) -> list[VolumeMount]:
+    """The request's bind mounts; both paths must be absolute."""
+    mounts = []
+    for index, volume in enumerate(request.volumes):
+        field = f"volumes[{index}]"
+        if not volume.host_path.startswith("/"):
+            raise InvalidArgument(f"{field}.host_path", f"not absolute: {volume.host_path!r}")
+        if not volume.container_path.startswith("/"):
+            raise InvalidArgument(
+                f"{field}.container_path", f"not absolute: {volume.container_path!r}"
+            )
+        mounts.append(VolumeMount(Path(volume.host_path), volume.container_path,
+                                  volume.read_only))  # fmt: skip
+    return mounts
+
+
+def check_create(request: CreateContainerRequest) -> tuple[Reference, RestartPolicy, NetworkMode]:
+    """Check every field of a create request; returns the parsed image, policy, network."""
+    ref = parse_image_ref("image", request.image)
+    name = request.name.removeprefix("/")
+    if name and not NAME_RE.match(name):
+        raise InvalidArgument("name", f"invalid container name {request.name!r}: only "
+                                      "[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")  # fmt: skip
+    for index, entry in enumerate(request.env):
+        key = entry.partition("=")[0]
+        if "=" not in entry or not key or any(c.isspace() for c in key):
+            raise InvalidArgument(f"env[{index}]", f"expected KEY=VALUE, got {entry!r}")
+    if request.workdir and not request.workdir.startswith("/"):
+        raise InvalidArgument("workdir", f"must be an absolute path, got {request.workdir!r}")
+    if request.memory_bytes < 0:
+        raise InvalidArgument("memory_bytes", f"must not be negative, got {request.memory_bytes}")
+    if 0 < request.memory_bytes < MIN_MEMORY:
+        raise InvalidArgument("memory_bytes", f"minimum memory limit is 6 MiB, got "
+                                              f"{request.memory_bytes} bytes")  # fmt: skip
+    if request.nano_cpus < 0:
+        raise InvalidArgument("nano_cpus", f"must not be negative, got {request.nano_cpus}")
+    if request.pids_limit < -1:
+        raise InvalidArgument("pids_limit", f"must be -1 (unlimited) or more, got "
+                                            f"{request.pids_limit}")  # fmt: skip
+    network = request.network or "none"
+    if network not in ("none", "host"):
+        raise InvalidArgument("network", f"unknown network {request.network!r} (none or host)")
+    policy = parse_restart_policy(request.restart_policy.name,
+                                  request.restart_policy.max_retries)  # fmt: skip
+    if request.auto_remove and policy.name is not RestartPolicyName.NO:
+        raise InvalidArgument("auto_remove", "conflicts with restart policy "
+                                             f"{policy.name}: a removed container cannot restart")
+    if request.hostname and not NAME_RE.match(request.hostname):
+        raise InvalidArgument("hostname", f"invalid hostname {request.hostname!r}")
+    volumes_of(request)
+    return ref, policy, "host" if network == "host" else "none"

@@ -1,0 +1,104 @@
+"""The `Containers` gRPC service: one agent's containers, as `docker -H` drives dockerd."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC
+
+from dockyard.agent.containers.convert import container_record, log_line, stats_message
+from dockyard.agent.containers.manager import ContainerManager
+from dockyard.agent.containers.status import Context, streaming, unary
+from dockyard.agent.runtime.runc.exec import RuncExecSession
+from dockyard.v1 import containers_pb2 as pb
+from dockyard.v1 import containers_pb2_grpc
+
+__all__ = ["ContainersServicer"]
+
+
+class ContainersServicer(containers_pb2_grpc.ContainersServicer):
+    """Thin layer over :class:`ContainerManager`: messages in, messages out."""
+
+    def __init__(self, manager: ContainerManager) -> None:
+        self._manager = manager
+
+    @unary
+    async def Create(self, request: pb.CreateContainerRequest,
+                     context: Context) -> pb.ContainerRecord:
+        return container_record(await self._manager.create(request))
+
+    @unary
+    async def Start(self, request: pb.ContainerRef, context: Context) -> pb.ContainerRecord:
+        return container_record(await self._manager.start_container(request.container))
+
+    @unary
+    async def Wait(self, request: pb.ContainerRef, context: Context) -> pb.ContainerExit:
+        exit_info = await self._manager.wait(request.container)
+        return pb.ContainerExit(exit_code=exit_info.exit_code, oom_killed=exit_info.oom_killed,
+                                error=exit_info.error)  # fmt: skip
+
+    @unary
+    async def Stop(self, request: pb.StopContainerRequest,
+                   context: Context) -> pb.ContainerRecord:
+        timeout = request.timeout_seconds if request.has_timeout else None
+        return container_record(await self._manager.stop(request.container, timeout))
+
+    @unary
+    async def Kill(self, request: pb.KillContainerRequest,
+                   context: Context) -> pb.ContainerRecord:
+        return container_record(await self._manager.kill(request.container, request.signal))
+
+    @unary
+    async def Remove(self, request: pb.RemoveContainerRequest,
+                     context: Context) -> pb.RemoveContainerResponse:
+        removed = await self._manager.remove(request.container, request.force)
+        return pb.RemoveContainerResponse(id=removed)
+
+    @unary
+    async def List(self, request: pb.ListContainersRequest,
+                   context: Context) -> pb.ListContainersResponse:
+        views = await self._manager.list(all=request.all)
+        return pb.ListContainersResponse(containers=[container_record(v) for v in views])
+
+    @unary
+    async def Inspect(self, request: pb.ContainerRef, context: Context) -> pb.ContainerRecord:
+        return container_record(await self._manager.inspect(request.container))
+
+    @streaming
+    async def Logs(self, request: pb.LogsRequest, context: Context) -> AsyncIterator[pb.LogLine]:
+        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        lines = self._manager.logs(
+            request.container, follow=request.follow,
+            tail=request.tail if request.has_tail else None, since=since,
+            timestamps=request.timestamps,
+        )  # fmt: skip
+        async for line in lines:
+            yield log_line(line)
+
+    @streaming
+    async def Exec(self, request: pb.ExecRequest,
+                   context: Context) -> AsyncIterator[pb.ExecOutput]:
+        session = await self._manager.exec(
+            request.container, list(request.command), env=list(request.env),
+            workdir=request.workdir or None, user=request.user or None,
+        )  # fmt: skip
+        finished = False
+        try:
+            async for chunk in session.output():
+                if chunk.stream == "stdout":
+                    yield pb.ExecOutput(stdout=chunk.data)
+                else:
+                    yield pb.ExecOutput(stderr=chunk.data)
+            code = await session.wait()
+            finished = True
+            yield pb.ExecOutput(exit_code=code)
+        finally:
+            if not finished and isinstance(session, RuncExecSession):  # the client went away
+                await session.kill()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(session.wait())
+
+    @unary
+    async def Stats(self, request: pb.ContainerRef, context: Context) -> pb.ContainerStats:
+        return stats_message(await self._manager.stats(request.container))

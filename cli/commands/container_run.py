@@ -1,0 +1,389 @@
+"""`dockyard container run|create`: flags checked locally, then pull, create, start, attach.
+
+Like docker, `run` exits 125 when the failure is its own (a bad flag, a daemon
+error) and with the container's exit code otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import click
+
+from dockyard.cli.client import CliError, Target, call, rpc_code, stream
+from dockyard.cli.options import GlobalOptions, pass_options
+
+F = TypeVar("F", bound=Callable[..., Any])
+AGENT = "agent"
+RUN_ERROR = 125
+RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
+PULL_POLICIES = ("missing", "always", "never")
+NETWORKS = ("none", "host")
+MIN_MEMORY = 6 * 1024 * 1024
+_ENV_KEY = re.compile(r"^[^=\s]+$")
+_CAPABILITY = re.compile(r"^[A-Za-z_]+$")
+_HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
+_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+
+
+class RunError(CliError):
+    """A failure of `run`/`create` itself: one line, exit code 125."""
+
+    exit_code = RUN_ERROR
+
+
+class RunUsageError(click.UsageError):
+    exit_code = RUN_ERROR
+
+
+class RunCommand(click.Command):
+    """Usage errors (unknown flag, missing IMAGE) exit 125 too, as docker's do."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:
+            raise RunUsageError(exc.format_message(), exc.ctx) from exc
+
+
+def _invalid(flag: str, value: str, why: str) -> RunError:
+    return RunError(f"invalid {flag} {value!r}: {why}")
+
+
+def parse_env(items: Sequence[str], environ: Mapping[str, str]) -> list[str]:
+    """`-e K=V`; a bare `-e K` takes K from this shell's environment, or is dropped."""
+    result = []
+    for item in items:
+        key, eq, _ = item.partition("=")
+        if not key:
+            raise _invalid("-e", item, "the variable name is empty (use KEY=VALUE)")
+        if not _ENV_KEY.match(key):
+            raise _invalid("-e", item, "the variable name must not contain whitespace")
+        if eq:
+            result.append(item)
+        elif key in environ:
+            result.append(f"{key}={environ[key]}")
+    return result
+
+
+@dataclass(frozen=True)
+class Volume:
+    host_path: str
+    container_path: str
+    read_only: bool
+
+
+def parse_volume(text: str) -> Volume:
+    """`-v /host:/ctr[:ro|rw]`; only bind mounts of absolute host paths."""
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not all(parts[:2]):
+        raise _invalid("-v", text, "use HOST_PATH:CONTAINER_PATH[:ro]")
+    host, container = parts[0], parts[1]
+    mode = parts[2] if len(parts) == 3 else "rw"
+    if not host.startswith("/"):
+        raise _invalid("-v", text, "the host path must be absolute (named volumes are not "
+                                   "supported)")  # fmt: skip
+    if not container.startswith("/"):
+        raise _invalid("-v", text, "the container path must be absolute")
+    if mode not in ("ro", "rw"):
+        raise _invalid("-v", text, f"unknown mode {mode!r} (ro or rw)")
+    return Volume(os.path.normpath(host), os.path.normpath(container), mode == "ro")
+
+
+def parse_restart(text: str) -> tuple[str, int]:
+    """`no`, `always`, `unless-stopped`, `on-failure` or `on-failure:N`."""
+    name, colon, count = text.partition(":")
+    if name not in RESTART_POLICIES:
+        raise _invalid("--restart", text, f"use one of {', '.join(RESTART_POLICIES)}")
+    if not colon:
+        return name, 0
+    if name != "on-failure":
+        raise _invalid("--restart", text, "only on-failure takes a maximum retry count")
+    if not count.isdigit():
+        raise _invalid("--restart", text, "the maximum retry count must be a whole number >= 0")
+    return name, int(count)
+
+
+def parse_memory(text: str) -> int:
+    from dockyard.common.sizes import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise _invalid("--memory", text, str(exc)) from None
+    if 0 < size < MIN_MEMORY:
+        raise _invalid("--memory", text, "the minimum memory limit is 6m")
+    return size
+
+
+def parse_cpus(text: str) -> int:
+    """`--cpus 0.5` to nano-CPUs."""
+    try:
+        cpus = float(text)
+    except ValueError:
+        raise _invalid("--cpus", text, "not a number") from None
+    if not (math.isfinite(cpus) and cpus > 0):
+        raise _invalid("--cpus", text, "must be a number greater than 0")
+    return round(cpus * 1e9)
+
+
+def parse_pids_limit(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        raise _invalid("--pids-limit", text, "not a whole number") from None
+    if limit < -1:
+        raise _invalid("--pids-limit", text, "use -1 or 0 for no limit, or a positive number")
+    return limit
+
+
+def parse_capability(flag: str, text: str) -> str:
+    if not _CAPABILITY.match(text):
+        raise _invalid(flag, text, "not a capability name (e.g. NET_ADMIN or ALL)")
+    upper = text.upper()
+    return upper if upper == "ALL" or upper.startswith("CAP_") else f"CAP_{upper}"
+
+
+@dataclass
+class RunFlags:
+    """Everything `run`/`create` take, before validation."""
+
+    image: str
+    command: tuple[str, ...] = ()
+    name: str | None = None
+    env: tuple[str, ...] = ()
+    workdir: str | None = None
+    user: str | None = None
+    memory: str | None = None
+    cpus: str | None = None
+    pids_limit: str | None = None
+    read_only: bool = False
+    volumes: tuple[str, ...] = ()
+    restart: str = "no"
+    network: str = "none"
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    hostname: str | None = None
+    entrypoint: str | None = None
+    pull: str = "missing"
+    rm: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> Any:
+    """Check every flag and return the CreateContainerRequest; RunError on the first bad one."""
+    if flags.name is not None and not _NAME.match(flags.name):
+        raise _invalid("--name", flags.name, "use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+    env = parse_env(flags.env, os.environ if environ is None else environ)
+    if flags.workdir is not None and not flags.workdir.startswith("/"):
+        raise _invalid("-w", flags.workdir, "the working directory must be an absolute path")
+    memory = parse_memory(flags.memory) if flags.memory is not None else 0
+    nano_cpus = parse_cpus(flags.cpus) if flags.cpus is not None else 0
+    pids_limit = parse_pids_limit(flags.pids_limit) if flags.pids_limit is not None else 0
+    volumes = [parse_volume(v) for v in flags.volumes]
+    restart, retries = parse_restart(flags.restart)
+    if flags.rm and restart != "no":
+        raise RunError(f"--rm and --restart {flags.restart} conflict: a removed container "
+                       "cannot restart")  # fmt: skip
+    if flags.network not in NETWORKS:
+        raise _invalid("--network", flags.network, f"use one of {', '.join(NETWORKS)}")
+    if flags.pull not in PULL_POLICIES:
+        raise _invalid("--pull", flags.pull, f"use one of {', '.join(PULL_POLICIES)}")
+    cap_add = [parse_capability("--cap-add", c) for c in flags.cap_add]
+    cap_drop = [parse_capability("--cap-drop", c) for c in flags.cap_drop]
+    if flags.hostname is not None and not _HOSTNAME.match(flags.hostname):
+        raise _invalid("--hostname", flags.hostname, "not a valid host name")
+    if not flags.image:
+        raise RunError("an image is required")
+
+    from dockyard.v1.containers_pb2 import CreateContainerRequest, RestartPolicySpec, VolumeSpec
+
+    request = CreateContainerRequest(
+        image=flags.image,
+        name=flags.name or "",
+        command=list(flags.command),
+        env=env,
+        workdir=flags.workdir or "",
+        user=flags.user or "",
+        memory_bytes=memory,
+        nano_cpus=nano_cpus,
+        pids_limit=pids_limit,
+        read_only=flags.read_only,
+        volumes=[VolumeSpec(host_path=v.host_path, container_path=v.container_path,
+                            read_only=v.read_only) for v in volumes],
+        restart_policy=RestartPolicySpec(name=restart, max_retries=retries),
+        network=flags.network,
+        labels=flags.labels,
+        cap_add=cap_add,
+        cap_drop=cap_drop,
+        hostname=flags.hostname or "",
+        auto_remove=flags.rm,
+    )
+    if flags.entrypoint is not None:
+        if flags.entrypoint:
+            request.entrypoint.append(flags.entrypoint)
+        else:
+            request.clear_entrypoint = True
+    return request
+
+
+def create_options(command: F) -> F:
+    """The flags `run` and `create` share, in the order --help lists them."""
+    decorators = [
+        click.option("--name", default=None, help="Name the container."),
+        click.option("-e", "--env", multiple=True, metavar="KEY=VALUE",
+                     help="Set an environment variable (repeatable)."),
+        click.option("-w", "--workdir", default=None, metavar="DIR",
+                     help="Working directory inside the container."),
+        click.option("-u", "--user", default=None, metavar="USER[:GROUP]",
+                     help="User (name or UID) to run as."),
+        click.option("-m", "--memory", default=None, metavar="SIZE",
+                     help="Memory limit, e.g. 64m or 1g."),
+        click.option("--cpus", default=None, metavar="N", help="CPUs to use, e.g. 0.5."),
+        click.option("--pids-limit", default=None, metavar="N",
+                     help="Maximum number of processes (-1: unlimited)."),
+        click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
+        click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CTR[:ro]",
+                     help="Bind-mount a host directory (repeatable)."),
+        click.option("--restart", default="no", show_default=True,
+                     metavar="no|on-failure[:N]|always|unless-stopped",
+                     help="Restart policy."),
+        click.option("--network", default="none", show_default=True, metavar="none|host",
+                     help="Network mode."),
+        click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability."),
+        click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability."),
+        click.option("--hostname", default=None, help="Container host name."),
+        click.option("--entrypoint", default=None,
+                     help="Replace the image's entrypoint ('' clears it)."),
+        click.option("--pull", default="missing", show_default=True,
+                     metavar="missing|always|never", help="When to pull the image."),
+        click.option("--rm", is_flag=True, help="Remove the container once it exits."),
+        click.argument("image", metavar="IMAGE"),
+        click.argument("command_args", nargs=-1, type=click.UNPROCESSED, metavar="[CMD]..."),
+    ]
+    for decorator in reversed(decorators):
+        command = decorator(command)
+    return command
+
+
+def _flags(kwargs: dict[str, Any]) -> RunFlags:
+    return RunFlags(
+        image=kwargs["image"], command=kwargs["command_args"], name=kwargs["name"],
+        env=kwargs["env"], workdir=kwargs["workdir"], user=kwargs["user"],
+        memory=kwargs["memory"], cpus=kwargs["cpus"], pids_limit=kwargs["pids_limit"],
+        read_only=kwargs["read_only"], volumes=kwargs["volumes"], restart=kwargs["restart"],
+        network=kwargs["network"], cap_add=kwargs["cap_add"], cap_drop=kwargs["cap_drop"],
+        hostname=kwargs["hostname"], entrypoint=kwargs["entrypoint"], pull=kwargs["pull"],
+        rm=kwargs["rm"],
+    )
+
+
+def containers_stub(channel: Any) -> Any:
+    from dockyard.v1 import containers_pb2_grpc
+
+    return containers_pb2_grpc.ContainersStub(channel)
+
+
+def ensure_image(target: Target, image: str, policy: str) -> None:
+    """`--pull missing`: pull when the agent lacks the image; `always`: pull anyway."""
+    import grpc
+
+    from dockyard.cli.commands.images import images_stub, pull_image
+    from dockyard.v1.images_pb2 import ImageRef
+
+    if policy == "never":
+        return
+    if policy == "missing":
+        try:
+            call(target, images_stub, "Inspect", ImageRef(image=image), what=AGENT)
+            return
+        except CliError as exc:
+            if rpc_code(exc) != grpc.StatusCode.NOT_FOUND:
+                raise
+        click.echo(f"Unable to find image '{image}' locally", err=True)
+    pull_image(target, image, sys.stderr)
+
+
+def _create(
+    options: GlobalOptions, flags: RunFlags, *, auto_remove: bool = True
+) -> tuple[Target, Any]:
+    request = build_request(flags)  # before any request: bad flags never reach the agent
+    request.auto_remove = flags.rm and auto_remove
+    target = options.target()
+    ensure_image(target, flags.image, flags.pull)
+    return target, call(target, containers_stub, "Create", request, what=AGENT)
+
+
+@click.command("create", cls=RunCommand, context_settings={"allow_interspersed_args": False})
+@create_options
+@pass_options
+def create(options: GlobalOptions, /, **kwargs: Any) -> None:
+    """Create a container (pulling its image if needed) and print its ID."""
+    try:
+        _, record = _create(options, _flags(kwargs))
+    except RunError:
+        raise
+    except CliError as exc:
+        raise RunError(exc.message) from exc
+    click.echo(record.id)
+
+
+@click.command("run", cls=RunCommand, context_settings={"allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="Run in the background; print the ID.")
+@create_options
+@pass_options
+def run(options: GlobalOptions, /, detach: bool, **kwargs: Any) -> None:
+    """Run a command in a new container; attached, exit with its exit code."""
+    from dockyard.v1.containers_pb2 import ContainerRef
+
+    flags = _flags(kwargs)
+    # Attached, the CLI removes the container after Wait: the agent removing it
+    # on exit could win the race with Logs and Wait, and the exit code be lost.
+    attached_rm = flags.rm and not detach
+    try:
+        target, record = _create(options, flags, auto_remove=detach)
+        call(target, containers_stub, "Start", ContainerRef(container=record.id), what=AGENT)
+    except RunError:
+        raise
+    except CliError as exc:
+        raise RunError(exc.message) from exc
+    if detach:
+        click.echo(record.id)
+        return
+    sys.exit(attach(target, record.id, remove=attached_rm))
+
+
+def write_output(stream_name: str, data: bytes) -> None:
+    out = sys.stderr.buffer if stream_name == "stderr" else sys.stdout.buffer
+    out.write(data)
+    out.flush()
+
+
+def attach(target: Target, container_id: str, *, remove: bool) -> int:
+    """Follow the logs until the container exits; return its exit code."""
+    from dockyard.v1.containers_pb2 import ContainerRef, LogsRequest, RemoveContainerRequest
+
+    try:
+        for line in stream(target, containers_stub, "Logs",
+                           LogsRequest(container=container_id, follow=True), what=AGENT):
+            write_output(line.stream, line.data)
+        result = call(target, containers_stub, "Wait", ContainerRef(container=container_id),
+                      what=AGENT, timeout=None)
+    except KeyboardInterrupt:
+        if remove:
+            call(target, containers_stub, "Remove",
+                 RemoveContainerRequest(container=container_id, force=True), what=AGENT)
+            raise CliError(f"interrupted: removed {container_id[:12]}") from None
+        raise CliError(f"detached from {container_id[:12]}; it keeps running") from None
+    if result.error:
+        click.echo(f"dockyard: {result.error}", err=True)
+    if remove:
+        call(target, containers_stub, "Remove",
+             RemoveContainerRequest(container=container_id, force=True), what=AGENT)
+    return int(result.exit_code)

@@ -1,0 +1,339 @@
+"""`dockyard container ...`: containers on one agent, as `docker -H` drives one dockerd."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from dockyard.cli.client import CliError, Target, call, stream
+from dockyard.cli.commands.container_run import AGENT, containers_stub, create, run, write_output
+from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.render import emit_data, emit_table, table
+
+COMMAND_WIDTH = 20
+
+
+@click.group("container")
+def container() -> None:
+    """Manage containers on one agent (run, ls, logs, exec, ...)."""
+
+
+container.add_command(run)
+container.add_command(create)
+
+
+def _each(refs: tuple[str, ...], action: Callable[[str], object]) -> None:
+    """Act on every reference; report failures one line each, exit 1 if any failed."""
+    failed = False
+    for ref in refs:
+        try:
+            action(ref)
+        except CliError as exc:
+            failed = True
+            click.echo(f"dockyard: {exc.message}", err=True)
+            continue
+        click.echo(ref)
+    if failed:
+        sys.exit(1)
+
+
+@container.command("start")
+@click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
+@pass_options
+def start(options: GlobalOptions, refs: tuple[str, ...]) -> None:
+    """Start created or stopped containers."""
+    from dockyard.v1.containers_pb2 import ContainerRef
+
+    target = options.target()
+    _each(refs, lambda ref: call(target, containers_stub, "Start", ContainerRef(container=ref),
+                                 what=AGENT))  # fmt: skip
+
+
+@container.command("stop")
+@click.option("-t", "--time", "seconds", type=click.FloatRange(min=0), default=None,
+              help="Seconds to wait before killing [10].")
+@click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
+@pass_options
+def stop(options: GlobalOptions, seconds: float | None, refs: tuple[str, ...]) -> None:
+    """Stop containers: SIGTERM, then SIGKILL after the grace time."""
+    from dockyard.v1.containers_pb2 import StopContainerRequest
+
+    target = options.target()
+    grace = 10.0 if seconds is None else seconds
+
+    def stop_one(ref: str) -> None:
+        request = StopContainerRequest(container=ref, timeout_seconds=grace,
+                                       has_timeout=seconds is not None)  # fmt: skip
+        call(target, containers_stub, "Stop", request, what=AGENT, timeout=grace + 30)
+
+    _each(refs, stop_one)
+
+
+@container.command("kill")
+@click.option("-s", "--signal", "signal_name", default="KILL", show_default=True,
+              help="Signal to send (name or number).")
+@click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
+@pass_options
+def kill(options: GlobalOptions, signal_name: str, refs: tuple[str, ...]) -> None:
+    """Send a signal to containers."""
+    from dockyard.v1.containers_pb2 import KillContainerRequest
+
+    target = options.target()
+    _each(refs, lambda ref: call(
+        target, containers_stub, "Kill", KillContainerRequest(container=ref, signal=signal_name),
+        what=AGENT))  # fmt: skip
+
+
+@container.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Kill running containers first.")
+@click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
+@pass_options
+def remove(options: GlobalOptions, force: bool, refs: tuple[str, ...]) -> None:
+    """Remove containers."""
+    from dockyard.v1.containers_pb2 import RemoveContainerRequest
+
+    target = options.target()
+    _each(refs, lambda ref: call(
+        target, containers_stub, "Remove", RemoveContainerRequest(container=ref, force=force),
+        what=AGENT, timeout=60))  # fmt: skip
+
+
+def command_text(record: Any) -> str:
+    """The COMMAND column: entrypoint and command, quoted, cut to 20 characters."""
+    from dockyard.cli.humanize import truncate
+
+    words = [*record.config.entrypoint, *record.config.command]
+    return f'"{truncate(" ".join(words), COMMAND_WIDTH)}"'
+
+
+def container_rows(records: list[Any], now: float | None = None) -> list[list[str]]:
+    from dockyard.cli.humanize import container_status, created_ago, short_id
+
+    return [
+        [
+            short_id(r.id),
+            r.image,
+            command_text(r),
+            created_ago(r.created_at, now),
+            container_status(r.state, now),
+            r.name,
+        ]
+        for r in records
+    ]
+
+
+CONTAINER_HEADERS = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
+
+
+@container.command("ls")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Show stopped containers too.")
+@click.option("-q", "--quiet", is_flag=True, help="Only print container IDs.")
+@output_option
+@pass_options
+def list_containers(options: GlobalOptions, show_all: bool, quiet: bool) -> None:
+    """List running containers (all of them with -a)."""
+    from dockyard.cli.humanize import short_id
+    from dockyard.v1.containers_pb2 import ListContainersRequest
+
+    response = call(options.target(), containers_stub, "List",
+                    ListContainersRequest(all=show_all), what=AGENT)  # fmt: skip
+    records = sorted(response.containers, key=lambda r: (-r.created_at.seconds,
+                                                         -r.created_at.nanos))  # fmt: skip
+    if quiet:
+        for r in records:
+            click.echo(short_id(r.id))
+    elif options.output != "table":
+        emit_data(records, options.output)
+    else:
+        emit_table(CONTAINER_HEADERS, container_rows(records))
+
+
+@container.command("inspect")
+@click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
+@output_option
+@pass_options
+def inspect(options: GlobalOptions, refs: tuple[str, ...]) -> None:
+    """Show whole container records (JSON by default)."""
+    from dockyard.v1.containers_pb2 import ContainerRef
+
+    target = options.target()
+    found, failed = [], False
+    for ref in refs:
+        try:
+            found.append(call(target, containers_stub, "Inspect", ContainerRef(container=ref),
+                              what=AGENT))  # fmt: skip
+        except CliError as exc:
+            failed = True
+            click.echo(f"dockyard: {exc.message}", err=True)
+    emit_data(found, "yaml" if options.output == "yaml" else "json")
+    if failed:
+        sys.exit(1)
+
+
+@container.command("wait")
+@click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
+@pass_options
+def wait(options: GlobalOptions, refs: tuple[str, ...]) -> None:
+    """Block until containers stop; print each exit code."""
+    from dockyard.v1.containers_pb2 import ContainerRef
+
+    target = options.target()
+    for ref in refs:
+        result = call(target, containers_stub, "Wait", ContainerRef(container=ref), what=AGENT,
+                      timeout=None)  # fmt: skip
+        click.echo(result.exit_code)
+
+
+def _tail(text: str) -> int | None:
+    if text == "all":
+        return None
+    if not text.lstrip("-").isdigit():
+        raise click.BadParameter(f"{text!r} is not a number or 'all'", param_hint="--tail")
+    number = int(text)
+    return None if number < 0 else number
+
+
+def format_timestamp(stamp: Any) -> str:
+    """RFC 3339 with nanoseconds, as `docker logs -t`."""
+    from datetime import UTC, datetime
+
+    when = datetime.fromtimestamp(stamp.seconds, UTC)
+    return f"{when:%Y-%m-%dT%H:%M:%S}.{stamp.nanos:09d}Z"
+
+
+@container.command("logs")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
+@click.option("-n", "--tail", "tail", default="all", show_default=True,
+              help="Lines to show from the end.")
+@click.option("--since", default=None, metavar="TIME",
+              help="Only output since TIME: RFC 3339, or a duration ago such as 10m.")
+@click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time.")
+@click.argument("ref", metavar="CONTAINER")
+@pass_options
+def logs(options: GlobalOptions, follow: bool, tail: str, since: str | None,
+         timestamps: bool, ref: str) -> None:  # fmt: skip
+    """Print a container's output, stdout and stderr each to its own stream."""
+    from dockyard.cli.humanize import parse_since
+    from dockyard.v1.containers_pb2 import LogsRequest
+
+    request = LogsRequest(container=ref, follow=follow, timestamps=timestamps)
+    lines = _tail(tail)
+    if lines is not None:
+        request.tail, request.has_tail = lines, True
+    if since is not None:
+        try:
+            request.since.FromNanoseconds(int(parse_since(since) * 1e9))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--since") from None
+    target = options.target()
+    try:
+        for line in stream(target, containers_stub, "Logs", request, what=AGENT):
+            data = line.data
+            if timestamps:
+                data = format_timestamp(line.timestamp).encode() + b" " + data
+            write_output(line.stream, data)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@container.command("exec", context_settings={"allow_interspersed_args": False})
+@click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="Set a variable.")
+@click.option("-w", "--workdir", default="", metavar="DIR", help="Working directory.")
+@click.option("-u", "--user", default="", metavar="USER[:GROUP]", help="User to run as.")
+@click.argument("ref", metavar="CONTAINER")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="CMD...")
+@pass_options
+def exec_command(options: GlobalOptions, env: tuple[str, ...], workdir: str, user: str,
+                 ref: str, command: tuple[str, ...]) -> None:  # fmt: skip
+    """Run a command in a running container; exit with its exit code."""
+    import os
+
+    from dockyard.cli.commands.container_run import parse_env
+    from dockyard.v1.containers_pb2 import ExecRequest
+
+    if workdir and not workdir.startswith("/"):
+        raise CliError(f"invalid -w {workdir!r}: the working directory must be an absolute path")
+    request = ExecRequest(container=ref, command=list(command), env=parse_env(env, os.environ),
+                          workdir=workdir, user=user)  # fmt: skip
+    code = 0
+    for output in stream(options.target(), containers_stub, "Exec", request, what=AGENT):
+        kind = output.WhichOneof("output")
+        if kind == "exit_code":
+            code = output.exit_code
+        elif kind is not None:
+            write_output(kind, getattr(output, kind))
+    sys.exit(code)
+
+
+STATS_HEADERS = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS"]
+
+
+def stats_row(record: Any, stats: Any, previous: Any = None) -> list[str]:
+    """One `docker stats` row; CPU % from the last two samples when there are two."""
+    from dockyard.cli.humanize import bytes_size, short_id
+
+    cpu = stats.cpu_percent
+    if previous is not None:
+        elapsed = (stats.read_at.ToNanoseconds() - previous.read_at.ToNanoseconds())
+        if elapsed > 0:
+            cpu = 100.0 * (stats.cpu_usage_ns - previous.cpu_usage_ns) / elapsed
+    limit = stats.memory_limit
+    mem_pct = 100.0 * stats.memory_usage / limit if limit > 0 else 0.0
+    return [
+        short_id(record.id),
+        record.name,
+        f"{cpu:.2f}%",
+        f"{bytes_size(stats.memory_usage)} / {bytes_size(limit) if limit > 0 else '--'}",
+        f"{mem_pct:.2f}%",
+        str(stats.pids),
+    ]
+
+
+@container.command("stats")
+@click.option("--no-stream", is_flag=True, help="Print one sample and exit.")
+@click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
+@output_option
+@pass_options
+def stats(options: GlobalOptions, no_stream: bool, refs: tuple[str, ...]) -> None:
+    """Live CPU, memory and process counts; Ctrl-C ends it."""
+    from dockyard.v1.containers_pb2 import ContainerRef
+
+    target = options.target()
+    records = [call(target, containers_stub, "Inspect", ContainerRef(container=ref), what=AGENT)
+               for ref in refs]  # fmt: skip
+    previous: dict[str, Any] = {}
+    interactive = sys.stdout.isatty()
+    try:
+        while True:
+            samples = [(r, _sample(target, r.id)) for r in records]
+            if options.output != "table":
+                emit_data([{"id": r.id, "name": r.name, **_data(s)} for r, s in samples],
+                          options.output)  # fmt: skip
+            else:
+                text = table(STATS_HEADERS,
+                             [stats_row(r, s, previous.get(r.id)) for r, s in samples])
+                click.echo(("\x1b[2J\x1b[H" if interactive else "") + text)
+            if no_stream:
+                return
+            previous = {r.id: s for r, s in samples}
+            time.sleep(1)
+    except KeyboardInterrupt:
+        return
+
+
+def _sample(target: Target, container_id: str) -> Any:
+    from dockyard.v1.containers_pb2 import ContainerRef
+
+    return call(target, containers_stub, "Stats", ContainerRef(container=container_id),
+                what=AGENT)  # fmt: skip
+
+
+def _data(message: Any) -> dict[str, Any]:
+    from dockyard.cli.render import to_data
+
+    data: dict[str, Any] = to_data(message)
+    return data

@@ -1,0 +1,218 @@
+"""`dockyard image pull|push|ls|inspect|rm|tag|load|save|import`, against one agent."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import click
+
+from dockyard.cli.client import CliError, Target, call, stream
+from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.render import emit_data, emit_table
+
+AGENT = "agent"
+
+
+def images_stub(channel: Any) -> Any:
+    from dockyard.v1 import images_pb2_grpc
+
+    return images_pb2_grpc.ImagesStub(channel)
+
+
+def pull_image(target: Target, ref: str, out: TextIO) -> Any:
+    """Pull with progress on `out`; print the digest; return the ImageRecord."""
+    from dockyard.cli.progress import follow_progress
+    from dockyard.v1.images_pb2 import PullImageRequest
+
+    events = stream(target, images_stub, "Pull", PullImageRequest(image=ref), what=AGENT)
+    image = follow_progress(events, out)
+    if image is None:
+        raise CliError(f"pull of {ref} ended without an image")
+    click.echo(f"Digest: {image.digest}", file=out)
+    return image
+
+
+@click.group("image")
+def image() -> None:
+    """Manage images on one agent (pull, push, ls, rm, ...)."""
+
+
+@image.command("pull")
+@click.argument("ref", metavar="REF")
+@pass_options
+def pull(options: GlobalOptions, ref: str) -> None:
+    """Pull an image from its registry, with a progress bar per layer."""
+    image_record = pull_image(options.target(), ref, sys.stdout)
+    click.echo(image_record.references[0] if image_record.references else ref)
+
+
+@image.command("push")
+@click.argument("ref", metavar="REF")
+@pass_options
+def push(options: GlobalOptions, ref: str) -> None:
+    """Push an image to its registry."""
+    from dockyard.cli.progress import follow_progress
+    from dockyard.v1.images_pb2 import PushImageRequest
+
+    target = options.target()
+    events = stream(target, images_stub, "Push", PushImageRequest(image=ref), what=AGENT)
+    image_record = follow_progress(events, sys.stdout)
+    if image_record is None:
+        raise CliError(f"push of {ref} ended without an image")
+    click.echo(f"{ref}: digest: {image_record.digest} size: {image_record.size}")
+
+
+@image.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only print image IDs.")
+@output_option
+@pass_options
+def list_images(options: GlobalOptions, quiet: bool) -> None:
+    """List the agent's images."""
+    from dockyard.cli.humanize import created_ago, human_size, short_id
+    from dockyard.v1.images_pb2 import ListImagesRequest
+
+    images = list(
+        call(options.target(), images_stub, "List", ListImagesRequest(), what=AGENT).images
+    )
+    images.sort(key=lambda i: (-i.created.seconds, i.repository, i.tag))
+    if quiet:
+        seen: set[str] = set()
+        for i in images:
+            if i.id not in seen:
+                seen.add(i.id)
+                click.echo(short_id(i.id))
+        return
+    if options.output != "table":
+        emit_data(images, options.output)
+        return
+    emit_table(
+        ["REPOSITORY", "TAG", "IMAGE ID", "DIGEST", "CREATED", "SIZE"],
+        [
+            [
+                i.repository or "<none>",
+                i.tag or "<none>",
+                short_id(i.id),
+                i.digest or "<none>",
+                created_ago(i.created) or "N/A",
+                human_size(i.size),
+            ]
+            for i in images
+        ],
+    )
+
+
+@image.command("inspect")
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@output_option
+@pass_options
+def inspect_images(options: GlobalOptions, refs: tuple[str, ...]) -> None:
+    """Show whole image records (JSON by default)."""
+    from dockyard.v1.images_pb2 import ImageRef
+
+    target = options.target()
+    found, failed = [], False
+    for ref in refs:
+        try:
+            found.append(call(target, images_stub, "Inspect", ImageRef(image=ref), what=AGENT))
+        except CliError as exc:
+            failed = True
+            click.echo(f"dockyard: {exc.message}", err=True)
+    emit_data(found, "yaml" if options.output == "yaml" else "json")
+    if failed:
+        sys.exit(1)
+
+
+@image.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Remove even while containers use it.")
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@pass_options
+def remove_images(options: GlobalOptions, force: bool, refs: tuple[str, ...]) -> None:
+    """Untag images and delete those no tag or container holds."""
+    from dockyard.v1.images_pb2 import RemoveImageRequest
+
+    target = options.target()
+    failed = False
+    for ref in refs:
+        try:
+            result = call(
+                target, images_stub, "Remove", RemoveImageRequest(image=ref, force=force),
+                what=AGENT,
+            )
+        except CliError as exc:
+            failed = True
+            click.echo(f"dockyard: {exc.message}", err=True)
+            continue
+        for name in result.untagged:
+            click.echo(f"Untagged: {name}")
+        for digest in result.deleted:
+            click.echo(f"Deleted: {digest}")
+    if failed:
+        sys.exit(1)
+
+
+@image.command("tag")
+@click.argument("source", metavar="SOURCE")
+@click.argument("target_ref", metavar="TARGET")
+@pass_options
+def tag(options: GlobalOptions, source: str, target_ref: str) -> None:
+    """Give an image another reference."""
+    from dockyard.v1.images_pb2 import TagImageRequest
+
+    call(
+        options.target(), images_stub, "Tag", TagImageRequest(source=source, target=target_ref),
+        what=AGENT,
+    )
+
+
+def _local_path(text: str) -> str:
+    """The agent reads and writes paths on its own host: send them absolute."""
+    return str(Path(text).expanduser().absolute())
+
+
+@image.command("load")
+@click.option("-i", "--input", "path", required=True, metavar="FILE",
+              help="Tarball (docker save or OCI layout) on the agent's host.")
+@pass_options
+def load(options: GlobalOptions, path: str) -> None:
+    """Load images from a tarball."""
+    from dockyard.v1.images_pb2 import LoadImagesRequest
+
+    result = call(
+        options.target(), images_stub, "Load", LoadImagesRequest(path=_local_path(path)),
+        what=AGENT, timeout=600,
+    )
+    for record in result.images:
+        for ref in record.references or [record.id]:
+            click.echo(f"Loaded image: {ref}")
+
+
+@image.command("save")
+@click.option("-o", "--output", "path", required=True, metavar="FILE",
+              help="Tarball to write, on the agent's host.")
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@pass_options
+def save(options: GlobalOptions, path: str, refs: tuple[str, ...]) -> None:
+    """Save images to a tarball (docker save and OCI layout in one)."""
+    from dockyard.v1.images_pb2 import SaveImagesRequest
+
+    call(
+        options.target(), images_stub, "Save",
+        SaveImagesRequest(images=list(refs), path=_local_path(path)), what=AGENT, timeout=600,
+    )
+
+
+@image.command("import")
+@click.argument("path", metavar="ROOTFS.tar")
+@click.argument("ref", metavar="REF")
+@pass_options
+def import_image(options: GlobalOptions, path: str, ref: str) -> None:
+    """Make a one-layer image from a root filesystem tarball."""
+    from dockyard.v1.images_pb2 import ImportImageRequest
+
+    record = call(
+        options.target(), images_stub, "Import",
+        ImportImageRequest(path=_local_path(path), reference=ref), what=AGENT, timeout=600,
+    )
+    click.echo(record.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from dockyard.common.addresses import CONTROLLER_PORT
 
@@ -22,6 +23,9 @@ class ControllerConfig:
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD
     node_grace: float = DEFAULT_HEARTBEAT_PERIOD * DEFAULT_GRACE_PERIODS
     leader_ttl: int = 10
+    # A DOWN node's tasks are replaced elsewhere after this long.
+    node_down_grace: float = 10.0
+    strategy: Literal["spread", "binpack"] = "spread"
     advertise: str = ""  # address other components reach this controller at
 
     @property

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import grpc
 import structlog
 
+from dockyard.controller.assignments import Assigner, StatusWriter
 from dockyard.controller.errors import status_for
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.v1 import dispatcher_pb2_grpc
@@ -26,6 +27,7 @@ from dockyard.v1.dispatcher_pb2 import (
     DispatcherMessage,
     HeartbeatAck,
     SessionAccepted,
+    TaskStatusReport,
 )
 
 log = structlog.get_logger(__name__)
@@ -76,6 +78,9 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.sessions: dict[str, AgentSession] = {}
         self.last_seen: dict[str, Liveness] = {}
         self.heartbeats_received = 0
+        # Set while this controller leads (the loops that need the cluster view).
+        self.assigner: Assigner | None = None
+        self.status_writer: StatusWriter | None = None
 
     def beat(self, node_id: str) -> None:
         self.last_seen[node_id] = Liveness(time.monotonic(), time.time())
@@ -117,13 +122,18 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                     heartbeat_period_seconds=self.heartbeat_period,
                 )
             )
-            yield DispatcherMessage(assignments=AssignmentSet(full=True))
+            if self.assigner is not None:
+                self.assigner.send_now(session.node_id)
+            else:
+                yield DispatcherMessage(assignments=AssignmentSet(full=True))
             while (message := await session.outbox.get()) is not None:
                 yield message
         finally:
             reader.cancel()
             if self.sessions.get(session.node_id) is session:
                 del self.sessions[session.node_id]
+                if self.assigner is not None:
+                    self.assigner.forget(session.node_id)
             log.info("session.closed", node_id=session.node_id, session_id=session.session_id)
 
     async def _read_hello(
@@ -168,6 +178,15 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.beat(node.id)
         log.info("session.opened", node_id=node.id, name=node.spec.name, remote=remote)
         return session
+
+    def _take_status(self, session: AgentSession, report: TaskStatusReport) -> None:
+        writer = self.status_writer
+        if writer is None:
+            return
+        rejected = writer.accept(session.node_id, report)
+        if rejected is not None:
+            log.warning("task.status_rejected", node_id=session.node_id,
+                        task_id=rejected.task_id, reason=rejected.reason)
 
     async def _read(self, session: AgentSession, requests: AsyncIterator[AgentMessage]) -> None:
         try:

@@ -74,6 +74,20 @@ def main() -> None:
     help="Seconds the leader lease lasts without renewal.",
 )
 @click.option(
+    "--node-down-grace",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="Seconds a node may be DOWN before its tasks are replaced elsewhere.",
+)
+@click.option(
+    "--strategy",
+    default="spread",
+    show_default=True,
+    type=click.Choice(["spread", "binpack"]),
+    help="How tasks are placed.",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def run(
@@ -86,6 +100,8 @@ def run(
     heartbeat_period: float,
     node_grace: float | None,
     leader_ttl: int,
+    node_down_grace: float,
+    strategy: str,
     log_level: str,
 ) -> None:
     """Run the controller until SIGTERM or SIGINT."""
@@ -109,6 +125,8 @@ def run(
         heartbeat_period=heartbeat_period,
         node_grace=node_grace if node_grace is not None else heartbeat_period * 3,
         leader_ttl=leader_ttl,
+        node_down_grace=node_down_grace,
+        strategy="binpack" if strategy == "binpack" else "spread",
     )
     sys.exit(asyncio.run(_serve(config)))
 

@@ -14,14 +14,22 @@ from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.api.control import ControllerIdentity, ControlServicer
 from dockyard.controller.api.nodes import NodesAPI
+from dockyard.controller.api.services import ServicesAPI
+from dockyard.controller.assignments import Assigner, StatusWriter
 from dockyard.controller.config import ControllerConfig
 from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.leadership import Leadership
 from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.orchestrators.loop import Orchestrator
+from dockyard.controller.scheduler.constraints import parse_constraints
+from dockyard.controller.scheduling import SchedulingLoop
+from dockyard.controller.services import ServiceRegistry
+from dockyard.controller.state import ClusterState
 from dockyard.controller.store import CLUSTER, AlreadyExists, NotFound, Store
 from dockyard.v1 import control_pb2_grpc, dispatcher_pb2_grpc
-from dockyard.v1.types_pb2 import Cluster
+from dockyard.v1.types_pb2 import Cluster, Node
+from dockyard.v1.workloads_pb2 import Service
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +49,8 @@ class Controller:
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._loops: list[asyncio.Task[None]] = []
+        self.state: ClusterState | None = None
+        self.scheduling: SchedulingLoop | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -80,6 +90,7 @@ class Controller:
                 identity,
                 self.store,
                 NodesAPI(registry, self.dispatcher),
+                ServicesAPI(self.store, ServiceRegistry(self.store), registry),
                 self.dispatcher,
                 lambda: self.leadership,
             ),
@@ -101,16 +112,37 @@ class Controller:
         )
 
     async def _lead(self, monitor: NodeMonitor) -> None:
-        self._loops = [asyncio.create_task(monitor.run())]
+        """Start the control loops; they share one cluster view."""
+        assert self.store is not None and self.dispatcher is not None
+        self.state = ClusterState(self.store)
+        await self.state.start()
+        assigner = Assigner(self.state, self.dispatcher.send)
+        writer = StatusWriter(self.store, self.state)
+        self.scheduling = SchedulingLoop(self.store, self.state, self.config.strategy)
+        orchestrator = Orchestrator(
+            self.store, self.state, self.config.node_down_grace, _eligible
+        )
+        self.dispatcher.assigner, self.dispatcher.status_writer = assigner, writer
+        self._loops = [
+            asyncio.create_task(loop)
+            for loop in (monitor.run(), assigner.run(), writer.run(), self.scheduling.run(),
+                         orchestrator.run())
+        ]
+        for node_id in list(self.dispatcher.sessions):
+            assigner.send_now(node_id)
 
     async def _follow(self) -> None:
         await _cancel(self._loops)
         self._loops = []
         if self.dispatcher is not None:
+            self.dispatcher.assigner = self.dispatcher.status_writer = None
             self.dispatcher.close_all()
+        if self.state is not None:
+            await self.state.stop()
+            self.state = None
 
     async def stop(self, grace: float = 2.0) -> None:
-        await _cancel(self._loops)
+        await self._follow()
         await _cancel(self._tasks)
         if self.dispatcher is not None:
             self.dispatcher.close_all()
@@ -133,6 +165,11 @@ async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
             pass
         except Exception:
             log.exception("controller.task_failed")
+
+
+def _eligible(service: Service, node: Node) -> bool:
+    """Whether a node satisfies a service's placement constraints (global mode)."""
+    return all(c.matches(node) for c in parse_constraints(service.spec.task.placement.constraints))
 
 
 def _load_or_create_id(path: Path) -> str:

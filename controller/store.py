@@ -23,7 +23,7 @@ from etcd3aio.kv import KVService, prefix_range_end
 from google.protobuf.message import DecodeError, Message
 
 from dockyard.common.timestamps import now_timestamp
-from dockyard.v1 import types_pb2
+from dockyard.v1 import types_pb2, workloads_pb2
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +74,9 @@ NODES: Kind[types_pb2.Node] = Kind("nodes", types_pb2.Node)
 CLUSTER: Kind[types_pb2.Cluster] = Kind("cluster", types_pb2.Cluster)
 LEADER: Kind[types_pb2.LeaderRecord] = Kind("leader", types_pb2.LeaderRecord)
 NODE_NAMES: Kind[types_pb2.Node] = Kind("names/nodes", types_pb2.Node)  # value: node id bytes
+SERVICES: Kind[workloads_pb2.Service] = Kind("services", workloads_pb2.Service)
+SERVICE_NAMES: Kind[workloads_pb2.Service] = Kind("names/services", workloads_pb2.Service)
+TASKS: Kind[workloads_pb2.Task] = Kind("tasks", workloads_pb2.Task)
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,8 @@ class Store:
             cert_chain=cert_chain,
         )
         self._connected = False
+        # The newest revision this client committed at (for read-your-writes waits).
+        self.last_revision = 0
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -178,10 +183,13 @@ class Store:
             return None
         return bytes(response.kvs[0].value), int(response.kvs[0].mod_revision)
 
-    async def list_all(self, kind: Kind[M]) -> tuple[list[M], int]:
-        """Every record of a kind and the revision the list was read at."""
+    async def list_all(self, kind: Kind[M], at_revision: int = 0) -> tuple[list[M], int]:
+        """Every record of a kind and the revision the list was read at
+        (`at_revision` reads an earlier, consistent snapshot)."""
         start = self._key(kind, "")
-        response = await self._call(self._kv.get(start, prefix_range_end(start), timeout=10.0))
+        response = await self._call(
+            self._kv.get(start, prefix_range_end(start), revision=at_revision, timeout=10.0)
+        )
         return [self._decode(kind, kv) for kv in response.kvs], int(response.header.revision)
 
     # -- writes ------------------------------------------------------------
@@ -240,6 +248,7 @@ class Store:
             for op in ops
         ]
         response = await self._call(self._kv.txn(compares, requests, [], timeout=5.0))
+        self.last_revision = max(self.last_revision, int(response.header.revision))
         if not response.succeeded:
             raise Conflict(
                 "the record changed since it was read: "
@@ -318,8 +327,16 @@ class Store:
 
         Raises Compacted when etcd no longer has that history.
         """
+        async for event in self.watch_kinds([kind], start_revision):
+            yield event
+
+    async def watch_kinds(
+        self, kinds: Sequence[Kind[Any]], start_revision: int
+    ) -> AsyncIterator[WatchEvent[Any]]:
+        """Events on several kinds in revision order, through one watch."""
         assert self._client.watch is not None
-        start = self._key(kind, "")
+        by_prefix = [(self._key(kind, ""), kind) for kind in kinds]
+        start = by_prefix[0][0] if len(kinds) == 1 else self.prefix + "/"
         stream = self._client.watch.watch(
             start, prefix_range_end(start), start_revision=start_revision + 1
         )
@@ -330,7 +347,9 @@ class Store:
                 if response.canceled:
                     raise StoreUnavailable(f"etcd canceled the watch: {response.cancel_reason}")
                 for event in response.events:
-                    yield self._event(kind, event)
+                    kind = _kind_of(bytes(event.kv.key).decode(), by_prefix)
+                    if kind is not None:
+                        yield self._event(kind, event)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
@@ -370,6 +389,14 @@ class Store:
             raise StoreUnavailable(
                 f"etcd is unavailable ({', '.join(self.endpoints)}): {_short(exc)}"
             ) from exc
+
+
+def _kind_of(key: str, by_prefix: Sequence[tuple[str, Kind[Any]]]) -> Kind[Any] | None:
+    """The kind whose records include `key` (not a deeper key such as an index)."""
+    for prefix, kind in by_prefix:
+        if key.startswith(prefix) and "/" not in key[len(prefix) :]:
+            return kind
+    return None
 
 
 def _compare(op: Op) -> Any:

@@ -10,6 +10,7 @@ import grpc
 
 from dockyard.common.version import version_info
 from dockyard.controller.api.nodes import NodesAPI
+from dockyard.controller.api.services import ServicesAPI
 from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.errors import grpc_errors
 from dockyard.controller.leadership import Leadership
@@ -17,15 +18,26 @@ from dockyard.controller.store import Store, StoreError
 from dockyard.v1 import control_pb2_grpc
 from dockyard.v1.control_pb2 import (
     ClusterInfo,
+    CreateServiceRequest,
     GetInfoRequest,
     GetNodeRequest,
+    GetServiceRequest,
+    GetTaskRequest,
     ListNodesRequest,
     ListNodesResponse,
+    ListServicesRequest,
+    ListServicesResponse,
+    ListTasksRequest,
+    ListTasksResponse,
     RemoveNodeRequest,
     RemoveNodeResponse,
+    RemoveServiceRequest,
+    RemoveServiceResponse,
     UpdateNodeRequest,
+    UpdateServiceRequest,
 )
 from dockyard.v1.types_pb2 import GetVersionRequest, Node, NodeStatus, VersionInfo
+from dockyard.v1.workloads_pb2 import Service, Task
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -45,12 +57,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         identity: ControllerIdentity,
         store: Store,
         nodes: NodesAPI,
+        services: ServicesAPI,
         dispatcher: Dispatcher,
         leadership: Callable[[], Leadership | None],
     ) -> None:
         self._identity = identity
         self._store = store
         self._nodes = nodes
+        self._services = services
         self._dispatcher = dispatcher
         self._leadership = leadership
 
@@ -106,3 +120,36 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def RemoveNode(self, request: RemoveNodeRequest, context: Context) -> RemoveNodeResponse:
         await self._nodes.remove(request)
         return RemoveNodeResponse()
+
+    @grpc_errors
+    async def CreateService(self, request: CreateServiceRequest, context: Context) -> Service:
+        return await self._services.create(request.spec)
+
+    @grpc_errors
+    async def GetService(self, request: GetServiceRequest, context: Context) -> Service:
+        return await self._services.get(request.service)
+
+    @grpc_errors
+    async def ListServices(
+        self, request: ListServicesRequest, context: Context
+    ) -> ListServicesResponse:
+        return await self._services.list(request)
+
+    @grpc_errors
+    async def UpdateService(self, request: UpdateServiceRequest, context: Context) -> Service:
+        return await self._services.update(request)
+
+    @grpc_errors
+    async def RemoveService(
+        self, request: RemoveServiceRequest, context: Context
+    ) -> RemoveServiceResponse:
+        await self._services.remove(request.service)
+        return RemoveServiceResponse()
+
+    @grpc_errors
+    async def ListTasks(self, request: ListTasksRequest, context: Context) -> ListTasksResponse:
+        return await self._services.list_tasks(request)
+
+    @grpc_errors
+    async def GetTask(self, request: GetTaskRequest, context: Context) -> Task:
+        return await self._services.get_task(request.task)

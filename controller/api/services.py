@@ -1,0 +1,97 @@
+"""Service and task requests of the Control API."""
+
+from __future__ import annotations
+
+from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.services import ServiceRegistry
+from dockyard.controller.store import TASKS, NotFound, Store
+from dockyard.v1.control_pb2 import (
+    ListServicesRequest,
+    ListServicesResponse,
+    ListTasksRequest,
+    ListTasksResponse,
+    ServiceSummary,
+    UpdateServiceRequest,
+)
+from dockyard.v1.types_pb2 import NodeStatus, TaskStatus
+from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task
+
+State = TaskStatus.State
+
+
+class ServicesAPI:
+    def __init__(self, store: Store, services: ServiceRegistry, nodes: NodeRegistry) -> None:
+        self._store = store
+        self._services = services
+        self._nodes = nodes
+
+    async def create(self, spec: ServiceSpec) -> Service:
+        return await self._services.create(spec)
+
+    async def get(self, ref: str) -> Service:
+        return await self._services.find(ref)
+
+    async def update(self, request: UpdateServiceRequest) -> Service:
+        if request.rollback:
+            return await self._services.rollback(request.service, request.version)
+        return await self._services.update(
+            request.service, request.version, request.spec, request.force
+        )
+
+    async def remove(self, ref: str) -> None:
+        await self._services.remove(ref)
+
+    async def list(self, request: ListServicesRequest) -> ListServicesResponse:
+        services = await self._services.list_all()
+        tasks, _ = await self._store.list_all(TASKS)
+        ready_nodes = sum(
+            1 for n in await self._nodes.list_all() if n.status.state == NodeStatus.READY
+        )
+        response = ListServicesResponse()
+        for service in services:
+            mode = service.spec.WhichOneof("mode") or ""
+            if request.names and service.spec.name not in request.names:
+                continue
+            if request.mode and request.mode != mode:
+                continue
+            own = [t for t in tasks if t.service_id == service.id]
+            response.services.append(_summary(service, own, ready_nodes))
+        return response
+
+    async def list_tasks(self, request: ListTasksRequest) -> ListTasksResponse:
+        tasks, _ = await self._store.list_all(TASKS)
+        if request.services:
+            wanted = {(await self._services.find(ref)).id for ref in request.services}
+            tasks = [t for t in tasks if t.service_id in wanted]
+        if request.nodes:
+            node_ids = {(await self._nodes.find(ref)).id for ref in request.nodes}
+            tasks = [t for t in tasks if t.node_id in node_ids]
+        if not request.include_history:
+            tasks = [t for t in tasks if t.desired_state <= State.RUNNING]
+        tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.meta.created_at.seconds))
+        return ListTasksResponse(tasks=tasks)
+
+    async def get_task(self, ref: str) -> Task:
+        tasks, _ = await self._store.list_all(TASKS)
+        matches = [t for t in tasks if t.id == ref] or [t for t in tasks if t.id.startswith(ref)]
+        if len(matches) != 1:
+            raise NotFound(
+                f"task {ref!r} not found" if not matches else f"task {ref!r} is ambiguous"
+            )
+        return matches[0]
+
+
+def _summary(service: Service, tasks: list[Task], ready_nodes: int) -> ServiceSummary:
+    mode = service.spec.WhichOneof("mode")
+    if mode == "job":
+        succeeded = sum(
+            1 for t in tasks if t.status.state == State.COMPLETE and t.status.exit_code == 0
+        )
+        return ServiceSummary(
+            service=service, running=succeeded, desired=service.spec.job.completions
+        )
+    running = sum(
+        1 for t in tasks if t.desired_state == State.RUNNING and t.status.state == State.RUNNING
+    )
+    desired = service.spec.replicated.replicas if mode == "replicated" else ready_nodes
+    return ServiceSummary(service=service, running=running, desired=desired)

@@ -1,0 +1,140 @@
+"""Hands each node the tasks it must act on, and takes their status back.
+
+The assigner sends a node its whole set whenever one of its tasks changes
+(or its session opens): tasks meant to run there, and tasks it must still stop.
+The status writer batches what agents report into few etcd transactions, and
+only accepts a report for a task assigned to the reporting node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from dockyard.controller.orchestrators.tasks import State, is_terminal
+from dockyard.controller.state import ClusterState
+from dockyard.controller.store import TASKS, Store, StoreError
+from dockyard.v1.dispatcher_pb2 import AssignmentSet, DispatcherMessage, TaskStatusReport
+from dockyard.v1.workloads_pb2 import Task
+
+log = structlog.get_logger(__name__)
+
+FLUSH_INTERVAL = 0.1
+Send = Callable[[str, DispatcherMessage], bool]
+
+
+def assigned_to_agent(task: Task) -> bool:
+    """Whether the node's agent must know about the task."""
+    if task.status.state < State.ASSIGNED:
+        return False
+    return task.desired_state <= State.RUNNING or not is_terminal(task)
+
+
+class Assigner:
+    def __init__(self, state: ClusterState, send: Send) -> None:
+        self._state = state
+        self._send = send
+        self._sent: dict[str, frozenset[tuple[str, int]]] = {}
+
+    def assignment_set(self, node_id: str) -> AssignmentSet:
+        tasks = [t for t in self._state.tasks_of_node(node_id) if assigned_to_agent(t)]
+        return AssignmentSet(full=True, tasks=tasks)
+
+    def send_now(self, node_id: str) -> None:
+        """Send the whole set to a node (its session just opened)."""
+        assignments = self.assignment_set(node_id)
+        if self._send(node_id, DispatcherMessage(assignments=assignments)):
+            self._sent[node_id] = _fingerprint(assignments)
+
+    async def run(self) -> None:
+        changed = self._state.subscribe()
+        tracker = self._state.track()
+        while True:
+            await changed.wait()
+            changed.clear()
+            for node_id in tracker.take().task_nodes:
+                assignments = self.assignment_set(node_id)
+                fingerprint = _fingerprint(assignments)
+                if self._sent.get(node_id) == fingerprint:
+                    continue
+                if self._send(node_id, DispatcherMessage(assignments=assignments)):
+                    self._sent[node_id] = fingerprint
+
+    def forget(self, node_id: str) -> None:
+        self._sent.pop(node_id, None)
+
+
+def _fingerprint(assignments: AssignmentSet) -> frozenset[tuple[str, int]]:
+    return frozenset((t.id, t.meta.version) for t in assignments.tasks)
+
+
+@dataclass
+class Rejected:
+    task_id: str
+    reason: str
+
+
+class StatusWriter:
+    """Collects agents' task reports and writes them in batches."""
+
+    def __init__(self, store: Store, state: ClusterState) -> None:
+        self._store = store
+        self._state = state
+        self._pending: dict[str, TaskStatusReport] = {}
+        self._wakeup = asyncio.Event()
+
+    def accept(self, node_id: str, report: TaskStatusReport) -> Rejected | None:
+        task = self._state.tasks.get(report.task_id)
+        if task is None:
+            return Rejected(report.task_id, "unknown task")
+        if task.node_id != node_id:
+            return Rejected(report.task_id, "task is not assigned to this node")
+        self._pending[report.task_id] = report
+        self._wakeup.set()
+        return None
+
+    async def run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            await asyncio.sleep(FLUSH_INTERVAL)
+            self._wakeup.clear()
+            reports, self._pending = self._pending, {}
+            try:
+                await self._write(reports)
+            except StoreError as exc:
+                log.warning("taskstatus.write_failed", error=str(exc), tasks=len(reports))
+                for task_id, report in reports.items():
+                    self._pending.setdefault(task_id, report)
+                self._wakeup.set()
+                await asyncio.sleep(0.5)
+
+    async def _write(self, reports: dict[str, TaskStatusReport]) -> None:
+        for _ in range(5):
+            tasks = []
+            for task_id, report in reports.items():
+                task = self._state.tasks.get(task_id)
+                if task is None or not _newer(report, task):
+                    continue
+                updated = Task()
+                updated.CopyFrom(task)
+                updated.status.CopyFrom(report.status)
+                tasks.append(updated)
+            if not tasks:
+                return
+            ops = [self._store.put_op(TASKS, t.id, t, expect=t.meta.version) for t in tasks]
+            results = await self._store.commit_each(ops)
+            await self._state.wait_for_revision(self._store.last_revision)
+            reports = {t.id: reports[t.id] for t, ok in zip(tasks, results, strict=True) if not ok}
+            if not reports:
+                return
+
+
+def _newer(report: TaskStatusReport, task: Task) -> bool:
+    """Agents move tasks forward only; a stale or repeated report is dropped."""
+    current = task.status
+    if report.status.state < current.state:
+        return False
+    return report.status != current

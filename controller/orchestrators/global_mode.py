@@ -1,0 +1,70 @@
+"""Global services: one task on every node that may run it, following nodes as
+they join, leave, drain or change labels."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from dockyard.controller.orchestrators.plan import Plan
+from dockyard.controller.orchestrators.replicated import settle_finished
+from dockyard.controller.orchestrators.restart import decide
+from dockyard.controller.orchestrators.tasks import new_task, shut_down
+from dockyard.controller.orchestrators.updater import UpdateProgress, plan_update
+from dockyard.v1.types_pb2 import Node, NodeSpec, NodeStatus
+from dockyard.v1.workloads_pb2 import Service, Task
+
+Eligible = Callable[[Service, Node], bool]
+
+
+def reconcile_global(
+    service: Service,
+    tasks: Sequence[Task],
+    nodes: Mapping[str, Node],
+    now: float,
+    down_grace: float,
+    progress: UpdateProgress,
+    eligible: Eligible,
+) -> Plan:
+    """`eligible(service, node)` says whether the node satisfies the placement."""
+    plan = Plan()
+    running = settle_finished(tasks, nodes, now, down_grace, plan)
+    running_nodes = set()
+    for task in running:
+        node = nodes.get(task.node_id)
+        if node is not None and not eligible(service, node):
+            plan.update(shut_down(task))
+        else:
+            running_nodes.add(task.node_id)
+    for node in nodes.values():
+        if node.id in running_nodes or not _takes_new_tasks(node) or not eligible(service, node):
+            continue
+        history = sorted(
+            (t for t in tasks if t.node_id == node.id),
+            key=lambda t: (t.status.timestamp.seconds, t.status.timestamp.nanos),
+        )
+        changed = {t.id: t for t in plan.updates}
+        history = [changed.get(t.id, t) for t in history]
+        if history:
+            decision = decide(service, history, now)
+            if not decision.restart:
+                continue
+            if decision.at > now:
+                plan.wake(decision.at)
+                continue
+        plan.creates.append(
+            new_task(service, 0, node.id, attempt=history[-1].attempt + 1 if history else 0)
+        )
+    plan_update(
+        service,
+        [t for t in running if t.node_id in running_nodes],
+        tasks,
+        plan,
+        now,
+        progress,
+        lambda svc, slot, node_id: new_task(svc, 0, node_id),
+    )
+    return plan
+
+
+def _takes_new_tasks(node: Node) -> bool:
+    return node.status.state == NodeStatus.READY and node.spec.availability == NodeSpec.ACTIVE

@@ -1,0 +1,135 @@
+"""The orchestration loop: snapshot, then react to changes; debounce; write in batches.
+
+Each round takes the services that changed (their record or one of their
+tasks), asks the mode's reconciler for a plan, writes every plan's creates and
+updates in as few etcd transactions as possible, and waits until the cluster
+view has seen its own writes before the next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import structlog
+
+from dockyard.controller.orchestrators.global_mode import reconcile_global
+from dockyard.controller.orchestrators.jobs import reconcile_job
+from dockyard.controller.orchestrators.plan import Plan
+from dockyard.controller.orchestrators.reaper import plan_reaping
+from dockyard.controller.orchestrators.replicated import reconcile_replicated
+from dockyard.controller.orchestrators.tasks import shut_down
+from dockyard.controller.orchestrators.updater import UpdateProgress
+from dockyard.controller.state import ClusterState
+from dockyard.controller.store import SERVICES, TASKS, Op, Store, StoreError
+from dockyard.v1.types_pb2 import Node, TaskStatus
+from dockyard.v1.workloads_pb2 import Service, Task
+
+log = structlog.get_logger(__name__)
+
+DEBOUNCE = 0.05
+Eligible = Callable[[Service, Node], bool]
+
+
+class Orchestrator:
+    def __init__(
+        self, store: Store, state: ClusterState, down_grace: float, eligible: Eligible
+    ) -> None:
+        self._store = store
+        self._state = state
+        self._down_grace = down_grace
+        self._eligible = eligible
+        self._progress: dict[str, UpdateProgress] = {}
+        self._wake_at: dict[str, float] = {}
+
+    async def run(self) -> None:
+        changed = self._state.subscribe()
+        tracker = self._state.track()
+        dirty = set(self._state.services) | {t.service_id for t in self._state.tasks.values()}
+        while True:
+            try:
+                await self._round(dirty)
+            except StoreError as exc:
+                log.warning("orchestrator.store_error", error=str(exc))
+                await asyncio.sleep(0.5)
+            await self._sleep_until_change(changed)
+            await asyncio.sleep(DEBOUNCE)
+            changed.clear()
+            changes = tracker.take()
+            dirty = changes.services
+            if changes.nodes:
+                dirty |= set(self._state.services)
+            now = time.time()
+            due = {sid for sid, at in self._wake_at.items() if at <= now}
+            dirty |= due
+
+    async def _sleep_until_change(self, changed: asyncio.Event) -> None:
+        timeout = None
+        if self._wake_at:
+            timeout = max(0.0, min(self._wake_at.values()) - time.time())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
+
+    async def _round(self, service_ids: set[str]) -> None:
+        now = time.time()
+        ops: list[Op] = []
+        for service_id in service_ids:
+            self._wake_at.pop(service_id, None)
+            plan = self._plan(service_id, now)
+            if plan.wake_at is not None:
+                self._wake_at[service_id] = plan.wake_at
+            ops.extend(self._ops(plan))
+        if not ops:
+            return
+        results = await self._store.commit_each(ops)
+        if not all(results):
+            log.info("orchestrator.conflicts", failed=results.count(False), total=len(ops))
+        await self._state.wait_for_revision(self._store.last_revision)
+
+    def _plan(self, service_id: str, now: float) -> Plan:
+        state = self._state
+        tasks = state.tasks_of_service(service_id)
+        service = state.services.get(service_id)
+        if service is None:
+            return _orphaned_tasks(tasks)
+        progress = self._progress.setdefault(service_id, UpdateProgress())
+        mode = service.spec.WhichOneof("mode")
+        if mode == "global":
+            plan = reconcile_global(
+                service, tasks, state.nodes, now, self._down_grace, progress, self._eligible
+            )
+        elif mode == "job":
+            plan = reconcile_job(service, tasks, state.nodes, now, self._down_grace)
+        else:
+            plan = reconcile_replicated(
+                service, tasks, state.nodes, now, self._down_grace, progress
+            )
+        plan_reaping(tasks, plan)
+        return plan
+
+    def _ops(self, plan: Plan) -> list[Op]:
+        ops = [self._store.put_op(TASKS, t.id, t, expect=0) for t in plan.creates]
+        ops += [self._store.put_op(TASKS, t.id, t, expect=t.meta.version) for t in plan.updates]
+        ops += [
+            self._store.raw_op(TASKS, task_id, None, expect=version)
+            for task_id, version in plan.deletes
+        ]
+        if plan.service is not None:
+            ops.append(
+                self._store.put_op(
+                    SERVICES, plan.service.id, plan.service, expect=plan.service.meta.version
+                )
+            )
+        return ops
+
+
+def _orphaned_tasks(tasks: list[Task]) -> Plan:
+    """A removed service's tasks: shut the live ones down, delete the ended ones."""
+    plan = Plan()
+    for task in tasks:
+        if task.desired_state <= TaskStatus.RUNNING:
+            plan.update(shut_down(task))
+    plan_reaping(tasks, plan, keep=0)
+    return plan

@@ -1,0 +1,84 @@
+"""Replicated services: keep N slots running, restart by policy, roll updates."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+from dockyard.controller.orchestrators.placement import move_off_lost_nodes
+from dockyard.controller.orchestrators.plan import Plan
+from dockyard.controller.orchestrators.restart import decide
+from dockyard.controller.orchestrators.tasks import State, is_terminal, new_task, shut_down
+from dockyard.controller.orchestrators.updater import UpdateProgress, plan_update
+from dockyard.v1.types_pb2 import Node
+from dockyard.v1.workloads_pb2 import Service, Task
+
+
+def reconcile_replicated(
+    service: Service,
+    tasks: Sequence[Task],
+    nodes: Mapping[str, Node],
+    now: float,
+    down_grace: float,
+    progress: UpdateProgress,
+) -> Plan:
+    plan = Plan()
+    running = settle_finished(tasks, nodes, now, down_grace, plan)
+    history = _history_by_slot(tasks, plan)
+    replicas = service.spec.replicated.replicas
+    running_slots = {t.slot for t in running}
+    for task in running:
+        if task.slot > replicas:
+            plan.update(shut_down(task))
+    for slot in range(1, replicas + 1):
+        if slot not in running_slots:
+            _refill(service, slot, history.get(slot, []), now, plan)
+    plan_update(
+        service,
+        [t for t in running if t.slot <= replicas],
+        tasks,
+        plan,
+        now,
+        progress,
+        new_task,
+    )
+    return plan
+
+
+def settle_finished(
+    tasks: Sequence[Task], nodes: Mapping[str, Node], now: float, down_grace: float, plan: Plan
+) -> list[Task]:
+    """Record ended tasks as history and move tasks off lost or drained nodes;
+    return the tasks that are still meant to run where they are."""
+    live = [t for t in tasks if t.desired_state <= State.RUNNING]
+    kept = move_off_lost_nodes(live, nodes, now, down_grace, plan)
+    running = []
+    for task in kept:
+        if is_terminal(task):
+            plan.update(shut_down(task))
+        else:
+            running.append(task)
+    return running
+
+
+def _history_by_slot(tasks: Sequence[Task], plan: Plan) -> dict[int, list[Task]]:
+    changed = {t.id: t for t in plan.updates}
+    by_slot: dict[int, list[Task]] = defaultdict(list)
+    for task in tasks:
+        by_slot[task.slot].append(changed.get(task.id, task))
+    for slot_tasks in by_slot.values():
+        slot_tasks.sort(key=lambda t: (t.status.timestamp.seconds, t.status.timestamp.nanos))
+    return by_slot
+
+
+def _refill(service: Service, slot: int, history: list[Task], now: float, plan: Plan) -> None:
+    if not history:
+        plan.creates.append(new_task(service, slot))
+        return
+    decision = decide(service, history, now)
+    if not decision.restart:
+        return
+    if decision.at > now:
+        plan.wake(decision.at)
+        return
+    plan.creates.append(new_task(service, slot, attempt=history[-1].attempt + 1))

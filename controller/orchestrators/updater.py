@@ -1,0 +1,154 @@
+"""Rolling updates: replace outdated tasks in batches, watch the new ones, and
+pause or roll back when too many of them fail (Docker Swarm's semantics)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from dockyard.common.timestamps import now_timestamp, to_seconds
+from dockyard.controller.orchestrators.plan import Plan
+from dockyard.controller.orchestrators.tasks import State, failed, finished_at, shut_down
+from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task, UpdateConfig, UpdateStatus
+
+Status = UpdateStatus.State
+ACTIVE = (Status.UPDATING, Status.ROLLBACK_STARTED)
+NewTask = Callable[[Service, int, str], Task]
+
+
+@dataclass
+class UpdateProgress:
+    """In-memory per service: when the last batch was started."""
+
+    last_batch_at: float = 0.0
+
+
+def plan_update(
+    service: Service,
+    running: Sequence[Task],
+    all_tasks: Sequence[Task],
+    plan: Plan,
+    now: float,
+    progress: UpdateProgress,
+    make_task: NewTask,
+) -> None:
+    """Add this round's update steps for `service` to `plan`."""
+    status = service.update_status
+    current = [t for t in running if t.spec_version >= service.spec_version]
+    outdated = [t for t in running if t.spec_version < service.spec_version]
+    _retire_replaced(current, outdated, plan)
+    if status.state not in ACTIVE:
+        return
+    config = (
+        service.spec.rollback if status.state == Status.ROLLBACK_STARTED else service.spec.update
+    )
+    failures = _failures(service, all_tasks)
+    if failures and _too_many(failures, len(current) + len(failures), config):
+        _on_failure(service, failures, config, plan)
+        return
+    if not outdated:
+        _maybe_complete(service, current, config, now, plan)
+        return
+    in_flight = [t for t in current if t.status.state < State.RUNNING]
+    next_at = progress.last_batch_at + config.delay_seconds
+    if in_flight or now < next_at:
+        if not in_flight:
+            plan.wake(next_at)
+        return
+    batch = sorted(outdated, key=lambda t: t.slot)[: config.parallelism or len(outdated)]
+    for old in batch:
+        plan.creates.append(make_task(service, old.slot, old.node_id if not old.slot else ""))
+        if config.order != UpdateConfig.START_FIRST:
+            plan.update(shut_down(old))
+    progress.last_batch_at = now
+
+
+def _retire_replaced(current: Sequence[Task], outdated: Sequence[Task], plan: Plan) -> None:
+    """start-first: an outdated task goes once its slot's new task runs."""
+    running_keys = {
+        (t.slot, t.node_id if not t.slot else "")
+        for t in current
+        if t.status.state == State.RUNNING
+    }
+    for old in outdated:
+        if (old.slot, old.node_id if not old.slot else "") in running_keys:
+            plan.update(shut_down(old))
+
+
+def _failures(service: Service, tasks: Sequence[Task]) -> list[Task]:
+    started = to_seconds(service.update_status.started_at)
+    return [
+        t
+        for t in tasks
+        if t.spec_version == service.spec_version
+        and failed(t)
+        and finished_at(t) >= started
+        and t.status.state != State.ORPHANED
+    ]
+
+
+def _too_many(failures: Sequence[Task], updated: int, config: UpdateConfig) -> bool:
+    return len(failures) / max(1, updated) > config.max_failure_ratio
+
+
+def _on_failure(
+    service: Service, failures: Sequence[Task], config: UpdateConfig, plan: Plan
+) -> None:
+    if config.failure_action == UpdateConfig.CONTINUE:
+        return
+    task = failures[-1]
+    reason = f"task {task.id[:12]} failed: {task.status.error or task.status.message}"
+    updated = Service()
+    updated.CopyFrom(service)
+    rolling_back = service.update_status.state == Status.ROLLBACK_STARTED
+    if (
+        config.failure_action == UpdateConfig.ROLLBACK
+        and not rolling_back
+        and service.HasField("previous_spec")
+    ):
+        _swap_specs(updated)
+        updated.spec_version += 1
+        _set(updated, Status.ROLLBACK_STARTED, f"update rolled back: {reason}")
+    else:
+        _set(
+            updated,
+            Status.ROLLBACK_PAUSED if rolling_back else Status.PAUSED,
+            f"{'rollback' if rolling_back else 'update'} paused: {reason}",
+        )
+    plan.service = updated
+
+
+def _maybe_complete(
+    service: Service, current: Sequence[Task], config: UpdateConfig, now: float, plan: Plan
+) -> None:
+    if any(t.status.state != State.RUNNING for t in current):
+        return
+    newest = max((to_seconds(t.status.timestamp) for t in current), default=0.0)
+    done_at = newest + config.monitor_seconds
+    if now < done_at:
+        plan.wake(done_at)
+        return
+    updated = Service()
+    updated.CopyFrom(service)
+    rolling_back = service.update_status.state == Status.ROLLBACK_STARTED
+    _set(
+        updated,
+        Status.ROLLBACK_COMPLETED if rolling_back else Status.COMPLETED,
+        "rollback completed" if rolling_back else "update completed",
+    )
+    updated.update_status.completed_at.CopyFrom(now_timestamp())
+    plan.service = updated
+
+
+def _swap_specs(service: Service) -> None:
+    current = ServiceSpec()
+    current.CopyFrom(service.spec)
+    service.spec.CopyFrom(service.previous_spec)
+    service.previous_spec.CopyFrom(current)
+
+
+def _set(service: Service, state: Status.ValueType, message: str) -> None:
+    service.update_status.state = state
+    service.update_status.message = message
+    if state == Status.ROLLBACK_STARTED:
+        service.update_status.started_at.CopyFrom(now_timestamp())

@@ -1,0 +1,164 @@
+"""NodeInfo: the scheduler's own record of a node and what is placed on it.
+
+It mirrors swarmkit's `nodeinfo.go`: the Node, its tasks by id, the sum of their
+reservations, the host ports they publish and how many tasks each service has
+there. The controller builds these from its watch-fed cache; the scheduler copies
+a NodeInfo before changing it, so the caller's records change only when it
+adopts the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from dockyard.v1.types_pb2 import Node, NodeSpec, NodeStatus, TaskStatus
+from dockyard.v1.workloads_pb2 import Task
+
+__all__ = ["Amount", "NodeInfo", "holds_resources", "task_host_ports", "task_reservation"]
+
+HostPort = tuple[str, int]  # (protocol, published port)
+
+
+@dataclass(frozen=True, slots=True)
+class Amount:
+    """CPU (in nano CPUs, 1e9 = one CPU) and memory (bytes): a reservation or capacity."""
+
+    nano_cpus: int = 0
+    memory_bytes: int = 0
+
+    def __add__(self, other: Amount) -> Amount:
+        return Amount(self.nano_cpus + other.nano_cpus, self.memory_bytes + other.memory_bytes)
+
+    def __sub__(self, other: Amount) -> Amount:
+        return Amount(self.nano_cpus - other.nano_cpus, self.memory_bytes - other.memory_bytes)
+
+    def fits_in(self, other: Amount) -> bool:
+        """Whether this amount fits inside `other` in both dimensions."""
+        return self.nano_cpus <= other.nano_cpus and self.memory_bytes <= other.memory_bytes
+
+    def __bool__(self) -> bool:
+        return bool(self.nano_cpus or self.memory_bytes)
+
+
+def task_reservation(task: Task) -> Amount:
+    """What the scheduler sets aside on a node for `task`."""
+    reservations = task.spec.resources.reservations
+    return Amount(reservations.nano_cpus, reservations.memory_bytes)
+
+
+def task_host_ports(task: Task) -> list[HostPort]:
+    """The (protocol, port) pairs `task` publishes on its node's host."""
+    return [
+        ((port.protocol or "tcp").lower(), port.published_port)
+        for port in task.spec.ports
+        if port.published_port
+    ]
+
+
+_DONE = TaskStatus.RUNNING
+
+
+def holds_resources(task: Task) -> bool:
+    """A task holds its node's resources until the agent reports it stopped."""
+    return task.status.state <= _DONE
+
+
+@dataclass(eq=False, slots=True)
+class NodeInfo:
+    """What the scheduler knows of one node: the Node and the tasks placed on it.
+
+    `total` is the node's capacity and `free` what its tasks' reservations leave;
+    `ready` (READY status) and `active` (ACTIVE availability) are read from the
+    Node when the record is made: a changed Node gets a new NodeInfo.
+    """
+
+    node: Node
+    tasks: dict[str, Task] = field(default_factory=dict)
+    reserved: Amount = Amount()
+    host_ports: dict[HostPort, int] = field(default_factory=dict)
+    service_tasks: dict[str, int] = field(default_factory=dict)
+    images: frozenset[str] = frozenset()
+    # Read from the Node once: the scheduler asks for them for every node and task.
+    id: str = field(init=False)
+    total: Amount = field(init=False)
+    free: Amount = field(init=False)
+    ready: bool = field(init=False)
+    active: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        node = self.node
+        self.id = node.id
+        resources = node.description.resources
+        self.total = Amount(resources.nano_cpus, resources.memory_bytes)
+        self.free = self.total - self.reserved
+        self.ready = node.status.state == NodeStatus.READY
+        self.active = node.spec.availability == NodeSpec.ACTIVE
+
+    @classmethod
+    def from_node(
+        cls, node: Node, tasks: Iterable[Task] = (), images: Iterable[str] = ()
+    ) -> NodeInfo:
+        """Build the record of `node` from the tasks assigned to it.
+
+        Tasks the agent reported as stopped (past RUNNING) hold nothing and are
+        skipped. `images` are the image references the node already has, used as a
+        tie-breaker by the image scorer.
+        """
+        info = cls(node=node, images=frozenset(images))
+        for task in tasks:
+            if holds_resources(task):
+                info.add_task(task)
+        return info
+
+    def add_task(self, task: Task) -> bool:
+        """Account for `task` on this node; False (and no change) when already there."""
+        if task.id in self.tasks:
+            return False
+        self.tasks[task.id] = task
+        needs = task_reservation(task)
+        self.reserved = self.reserved + needs
+        self.free = self.free - needs
+        for port in task_host_ports(task):
+            self.host_ports[port] = self.host_ports.get(port, 0) + 1
+        service = task.service_id
+        self.service_tasks[service] = self.service_tasks.get(service, 0) + 1
+        return True
+
+    def remove_task(self, task_id: str) -> bool:
+        """Release a task's resources and ports; False when it is not on this node."""
+        task = self.tasks.pop(task_id, None)
+        if task is None:
+            return False
+        needs = task_reservation(task)
+        self.reserved = self.reserved - needs
+        self.free = self.free + needs
+        for port in task_host_ports(task):
+            left = self.host_ports.get(port, 0) - 1
+            if left > 0:
+                self.host_ports[port] = left
+            else:
+                self.host_ports.pop(port, None)
+        service = task.service_id
+        left = self.service_tasks.get(service, 0) - 1
+        if left > 0:
+            self.service_tasks[service] = left
+        else:
+            self.service_tasks.pop(service, None)
+        return True
+
+    def tasks_of(self, service_id: str) -> int:
+        """How many tasks of the service are on this node."""
+        return self.service_tasks.get(service_id, 0)
+
+    def copy(self) -> NodeInfo:
+        """An independent copy (the Node and Task messages are shared, not copied)."""
+        clone = NodeInfo(
+            node=self.node,
+            tasks=dict(self.tasks),
+            reserved=self.reserved,
+            host_ports=dict(self.host_ports),
+            service_tasks=dict(self.service_tasks),
+            images=self.images,
+        )
+        return clone

@@ -1,0 +1,115 @@
+"""The scheduling loop: PENDING tasks get a node, in batches, or say why not.
+
+The loop keeps one NodeInfo per node, fed by the cluster view's changes, so a
+round costs what changed plus the batch, not the whole cluster. Decisions are
+written in as few etcd transactions as possible; a task that cannot be placed
+keeps PENDING with the pipeline's explanation as its message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+import structlog
+
+from dockyard.controller.orchestrators.tasks import State, set_status
+from dockyard.controller.scheduler.nodeinfo import NodeInfo
+from dockyard.controller.scheduler.scheduler import Scheduler
+from dockyard.controller.scheduler.scorers import Strategy
+from dockyard.controller.state import ChangeTracker, ClusterState
+from dockyard.controller.store import TASKS, Op, Store, StoreError
+from dockyard.v1.workloads_pb2 import Task
+
+log = structlog.get_logger(__name__)
+
+DEBOUNCE = 0.02
+
+
+class SchedulingLoop:
+    def __init__(self, store: Store, state: ClusterState, strategy: Strategy = "spread") -> None:
+        self._store = store
+        self._state = state
+        self._scheduler = Scheduler(strategy)
+        self._infos: dict[str, NodeInfo] = {}
+        self.placed = 0
+
+    async def run(self) -> None:
+        changed = self._state.subscribe()
+        tracker = self._state.track()
+        self._infos = {node_id: self._build(node_id) for node_id in self._state.nodes}
+        while True:
+            try:
+                await self._round()
+            except StoreError as exc:
+                log.warning("scheduler.store_error", error=str(exc))
+                await asyncio.sleep(0.5)
+            await changed.wait()
+            await asyncio.sleep(DEBOUNCE)
+            changed.clear()
+            self._refresh(tracker.take())
+
+    def _refresh(self, changes: ChangeTracker) -> None:
+        for node_id in changes.nodes | changes.task_nodes:
+            if node_id in self._state.nodes:
+                self._infos[node_id] = self._build(node_id)
+            else:
+                self._infos.pop(node_id, None)
+
+    def _build(self, node_id: str) -> NodeInfo:
+        return NodeInfo.from_node(self._state.nodes[node_id], self._state.tasks_of_node(node_id))
+
+    async def _round(self) -> None:
+        pending = [
+            t
+            for t in self._state.tasks.values()
+            if t.status.state == State.PENDING and t.desired_state <= State.RUNNING
+        ]
+        if not pending:
+            return
+        ops = self._decide(pending)
+        if not ops:
+            return
+        results = await self._store.commit_each(ops)
+        self.placed += sum(results)
+        await self._state.wait_for_revision(self._store.last_revision)
+
+    def _decide(self, pending: list[Task]) -> list[Op]:
+        free = [t for t in pending if not t.node_id]
+        pinned: dict[str, list[Task]] = defaultdict(list)  # global tasks name their node
+        for task in pending:
+            if task.node_id:
+                pinned[task.node_id].append(task)
+        decisions: dict[str, str] = {}
+        reasons: dict[str, str] = {}
+        result = self._scheduler.schedule(list(self._infos.values()), free)
+        decisions.update(result.assignments)
+        reasons.update(result.pending)
+        self._infos.update(result.nodes)
+        for node_id, tasks in pinned.items():
+            info = self._infos.get(node_id)
+            if info is None:
+                reasons.update({t.id: "its node is gone" for t in tasks})
+                continue
+            one = self._scheduler.schedule([info], tasks)
+            decisions.update(one.assignments)
+            reasons.update(one.pending)
+            self._infos.update(one.nodes)
+        return self._ops(pending, decisions, reasons)
+
+    def _ops(
+        self, pending: list[Task], decisions: dict[str, str], reasons: dict[str, str]
+    ) -> list[Op]:
+        ops = []
+        for task in pending:
+            updated = Task()
+            updated.CopyFrom(task)
+            if task.id in decisions:
+                updated.node_id = decisions[task.id]
+                set_status(updated, State.ASSIGNED, "scheduled")
+            elif reasons.get(task.id, task.status.message) != task.status.message:
+                updated.status.message = reasons[task.id]
+            else:
+                continue
+            ops.append(self._store.put_op(TASKS, task.id, updated, expect=task.meta.version))
+        return ops

@@ -1,0 +1,185 @@
+"""The service registry: service records and the name index beside them.
+
+Creating, updating and removing a service only changes its record; the
+orchestrators see the change through the store and make or replace tasks.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import structlog
+
+from dockyard.common.timestamps import now_timestamp
+from dockyard.common.validation import ValidationError
+from dockyard.controller.errors import FailedPrecondition
+from dockyard.controller.specs import check_service_spec
+from dockyard.controller.store import (
+    SERVICE_NAMES,
+    SERVICES,
+    TASKS,
+    AlreadyExists,
+    Conflict,
+    NotFound,
+    Store,
+)
+from dockyard.v1.types_pb2 import TaskStatus
+from dockyard.v1.workloads_pb2 import (
+    RestartPolicy,
+    Service,
+    ServiceSpec,
+    UpdateConfig,
+    UpdateStatus,
+)
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_STOP_GRACE = 10.0
+DEFAULT_RESTART_DELAY = 5.0
+DEFAULT_MONITOR = 5.0
+
+
+def apply_defaults(spec: ServiceSpec) -> ServiceSpec:
+    """Docker's defaults, written into the stored spec so that it says what runs."""
+    filled = ServiceSpec()
+    filled.CopyFrom(spec)
+    container = filled.task.container
+    if container.stop_grace_seconds == 0:
+        container.stop_grace_seconds = DEFAULT_STOP_GRACE
+    policy = filled.task.restart_policy
+    if policy.condition == RestartPolicy.CONDITION_UNSPECIFIED:
+        policy.condition = RestartPolicy.ON_FAILURE if filled.HasField("job") else RestartPolicy.ANY
+        if policy.delay_seconds == 0:
+            policy.delay_seconds = DEFAULT_RESTART_DELAY
+    for update in (filled.update, filled.rollback):
+        if update.order == UpdateConfig.ORDER_UNSPECIFIED:
+            update.order = UpdateConfig.STOP_FIRST
+        if update.failure_action == UpdateConfig.FAILURE_ACTION_UNSPECIFIED:
+            update.failure_action = UpdateConfig.PAUSE
+        if update.monitor_seconds == 0:
+            update.monitor_seconds = DEFAULT_MONITOR
+    if filled.update.parallelism == 0 and not spec.HasField("update"):
+        filled.update.parallelism = 1
+    if filled.rollback.parallelism == 0 and not spec.HasField("rollback"):
+        filled.rollback.parallelism = 1
+    if filled.HasField("job") and filled.job.parallelism == 0:
+        filled.job.parallelism = 1
+    return filled
+
+
+class ServiceRegistry:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    async def list_all(self) -> list[Service]:
+        services, _ = await self._store.list_all(SERVICES)
+        return services
+
+    async def find(self, ref: str) -> Service:
+        """A service by ID, name or unique ID prefix."""
+        if not ref:
+            raise ValidationError("service", "must not be empty")
+        services = await self.list_all()
+        for matches in (
+            [s for s in services if s.id == ref],
+            [s for s in services if s.spec.name == ref],
+            [s for s in services if s.id.startswith(ref)],
+        ):
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise ValidationError("service", f"{ref!r} is ambiguous ({len(matches)} services)")
+        raise NotFound(f"service {ref!r} not found")
+
+    async def create(self, spec: ServiceSpec) -> Service:
+        check_service_spec(spec)
+        service = Service(id=secrets.token_hex(12), spec=apply_defaults(spec), spec_version=1)
+        ops = [
+            self._store.put_op(SERVICES, service.id, service, expect=0),
+            self._store.raw_op(SERVICE_NAMES, spec.name, service.id.encode(), expect=0),
+        ]
+        try:
+            service.meta.version = await self._store.commit(ops)
+        except Conflict as exc:
+            raise AlreadyExists(f"service {spec.name!r} already exists") from exc
+        log.info("service.created", service_id=service.id, name=spec.name)
+        return service
+
+    async def update(self, ref: str, version: int, spec: ServiceSpec, force: bool) -> Service:
+        """A new spec (and a rolling update); `version` guards against lost updates."""
+        check_service_spec(spec)
+        service = await self._read_at(ref, version)
+        if spec.name != service.spec.name:
+            raise ValidationError("spec.name", "a service cannot be renamed")
+        if _mode(spec) != _mode(service.spec):
+            raise ValidationError("spec.mode", "the mode of a service cannot change")
+        new_spec = apply_defaults(spec)
+        if new_spec == service.spec and not force:
+            return service
+        service.previous_spec.CopyFrom(service.spec)
+        service.spec.CopyFrom(new_spec)
+        return await self._write_new_spec(service, UpdateStatus.UPDATING, "update started")
+
+    async def rollback(self, ref: str, version: int) -> Service:
+        service = await self._read_at(ref, version)
+        if not service.HasField("previous_spec"):
+            raise FailedPrecondition(f"service {service.spec.name} has no previous spec")
+        current = ServiceSpec()
+        current.CopyFrom(service.spec)
+        service.spec.CopyFrom(service.previous_spec)
+        service.previous_spec.CopyFrom(current)
+        return await self._write_new_spec(
+            service, UpdateStatus.ROLLBACK_STARTED, "manually requested rollback"
+        )
+
+    async def _read_at(self, ref: str, version: int) -> Service:
+        if version <= 0:
+            raise ValidationError("version", "must be the version the service was read at")
+        service = await self.find(ref)
+        if service.meta.version != version:
+            raise Conflict(
+                f"service {service.spec.name} changed since it was read (version {version}, "
+                f"now {service.meta.version}): read it again and retry"
+            )
+        return service
+
+    async def _write_new_spec(
+        self, service: Service, state: UpdateStatus.State.ValueType, message: str
+    ) -> Service:
+        service.spec_version += 1
+        service.update_status.state = state
+        service.update_status.started_at.CopyFrom(now_timestamp())
+        service.update_status.ClearField("completed_at")
+        service.update_status.message = message
+        try:
+            service.meta.version = await self._store.update(SERVICES, service.id, service)
+        except Conflict as exc:
+            raise Conflict(
+                f"service {service.spec.name} changed while it was being updated: read it again "
+                "and retry"
+            ) from exc
+        log.info("service.updated", service_id=service.id, spec_version=service.spec_version)
+        return service
+
+    async def remove(self, ref: str) -> Service:
+        """Delete the service; its tasks are told to shut down, then reaped."""
+        service = await self.find(ref)
+        tasks, _ = await self._store.list_all(TASKS)
+        ops = [
+            self._store.raw_op(SERVICES, service.id, None, expect=service.meta.version),
+            self._store.raw_op(SERVICE_NAMES, service.spec.name, None, expect=None),
+        ]
+        await self._store.commit(ops)
+        shutdowns = []
+        for task in tasks:
+            if task.service_id == service.id and task.desired_state != TaskStatus.SHUTDOWN:
+                task.desired_state = TaskStatus.SHUTDOWN
+                shutdowns.append(self._store.put_op(TASKS, task.id, task, expect=task.meta.version))
+        if shutdowns:
+            await self._store.commit_each(shutdowns)
+        log.info("service.removed", service_id=service.id, name=service.spec.name)
+        return service
+
+
+def _mode(spec: ServiceSpec) -> str | None:
+    return spec.WhichOneof("mode")

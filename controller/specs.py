@@ -1,0 +1,195 @@
+"""Checks on a ServiceSpec before anything is written: every error names its field.
+
+Bounds keep one request from asking for something absurd (a billion replicas,
+a megabyte of environment) and from filling etcd.
+"""
+
+from __future__ import annotations
+
+import math
+
+from dockyard.common.reference import InvalidReference, parse_reference
+from dockyard.common.validation import ValidationError, check_labels, check_name
+from dockyard.v1.workloads_pb2 import (
+    HealthCheck,
+    Placement,
+    ResourceRequirements,
+    RestartPolicy,
+    ServiceSpec,
+    TaskSpec,
+    UpdateConfig,
+)
+
+MAX_REPLICAS = 100_000
+MAX_ARGS = 1_000
+MAX_ARG_BYTES = 32 * 1024
+MAX_ENV = 1_000
+MAX_SECONDS = 7 * 24 * 3600.0
+MAX_CONSTRAINTS = 64
+MAX_PORTS = 256
+
+
+def check_service_spec(spec: ServiceSpec) -> None:
+    check_name("spec.name", spec.name)
+    check_labels("spec.labels", dict(spec.labels))
+    _check_mode(spec)
+    _check_task(spec.task)
+    _check_update("spec.update", spec.update)
+    _check_update("spec.rollback", spec.rollback)
+
+
+def _check_mode(spec: ServiceSpec) -> None:
+    mode = spec.WhichOneof("mode")
+    if mode is None:
+        raise ValidationError("spec.mode", "choose replicated, global or job")
+    if mode == "replicated":
+        _check_count("spec.replicated.replicas", spec.replicated.replicas, 0)
+    elif mode == "job":
+        job = spec.job
+        _check_count("spec.job.completions", job.completions, 1)
+        _check_count("spec.job.parallelism", job.parallelism, 0)
+        if not 0 <= job.backoff_limit <= 1_000:
+            raise ValidationError("spec.job.backoff_limit", "must be between 0 and 1000")
+
+
+def _check_count(field: str, value: int, minimum: int) -> None:
+    if not minimum <= value <= MAX_REPLICAS:
+        raise ValidationError(field, f"must be between {minimum} and {MAX_REPLICAS}, got {value}")
+
+
+def _check_task(task: TaskSpec) -> None:
+    container = task.container
+    if not container.image:
+        raise ValidationError("spec.task.container.image", "an image is required")
+    try:
+        parse_reference(container.image)
+    except InvalidReference as exc:
+        raise ValidationError("spec.task.container.image", str(exc)) from exc
+    _check_args("spec.task.container.command", list(container.command))
+    _check_args("spec.task.container.entrypoint", list(container.entrypoint))
+    _check_env(list(container.env))
+    check_labels("spec.task.container.labels", dict(container.labels))
+    if container.network not in ("", "none", "host"):
+        raise ValidationError("spec.task.container.network", "must be none or host")
+    _check_seconds("spec.task.container.stop_grace_seconds", container.stop_grace_seconds)
+    _check_health(container.healthcheck)
+    _check_resources(task.resources)
+    _check_placement(task.placement)
+    _check_restart(task.restart_policy)
+    _check_ports(task)
+
+
+def _check_args(field: str, args: list[str]) -> None:
+    if len(args) > MAX_ARGS:
+        raise ValidationError(field, f"at most {MAX_ARGS} arguments")
+    if any(len(arg.encode()) > MAX_ARG_BYTES for arg in args):
+        raise ValidationError(field, f"an argument is longer than {MAX_ARG_BYTES} bytes")
+
+
+def _check_env(env: list[str]) -> None:
+    field = "spec.task.container.env"
+    if len(env) > MAX_ENV:
+        raise ValidationError(field, f"at most {MAX_ENV} variables")
+    for entry in env:
+        key, has_value, _ = entry.partition("=")
+        if not key or not has_value:
+            raise ValidationError(field, f"{entry!r} is not KEY=VALUE")
+        if len(entry.encode()) > MAX_ARG_BYTES:
+            raise ValidationError(field, f"variable {key!r} is longer than {MAX_ARG_BYTES} bytes")
+
+
+def _check_seconds(field: str, value: float) -> None:
+    if math.isnan(value) or not 0 <= value <= MAX_SECONDS:
+        raise ValidationError(field, f"must be a duration between 0 and 7 days, got {value:g} s")
+
+
+def _check_health(health: HealthCheck) -> None:
+    field = "spec.task.container.healthcheck"
+    if not health.test:
+        return
+    if health.test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+        raise ValidationError(f"{field}.test", "must start with CMD, CMD-SHELL or NONE")
+    if health.test[0] != "NONE" and len(health.test) < 2:
+        raise ValidationError(f"{field}.test", "needs a command after CMD or CMD-SHELL")
+    for name in ("interval_seconds", "timeout_seconds", "start_period_seconds"):
+        _check_seconds(f"{field}.{name}", getattr(health, name))
+    if not 0 <= health.retries <= 100:
+        raise ValidationError(f"{field}.retries", "must be between 0 and 100")
+
+
+def _check_resources(resources: ResourceRequirements) -> None:
+    for part in ("reservations", "limits"):
+        values = getattr(resources, part)
+        if values.nano_cpus < 0:
+            raise ValidationError(f"spec.task.resources.{part}.nano_cpus", "must not be negative")
+        if values.memory_bytes < 0:
+            raise ValidationError(
+                f"spec.task.resources.{part}.memory_bytes", "must not be negative"
+            )
+    limits, reservations = resources.limits, resources.reservations
+    if limits.memory_bytes and reservations.memory_bytes > limits.memory_bytes:
+        raise ValidationError(
+            "spec.task.resources.reservations.memory_bytes", "is larger than the memory limit"
+        )
+    if limits.memory_bytes and limits.memory_bytes < 4 * 1024 * 1024:
+        raise ValidationError(
+            "spec.task.resources.limits.memory_bytes",
+            "a memory limit below 4 MiB cannot run a container",
+        )
+    if resources.pids_limit < 0:
+        raise ValidationError("spec.task.resources.pids_limit", "must not be negative")
+
+
+def _check_placement(placement: Placement) -> None:
+    from dockyard.controller.scheduler.constraints import ConstraintError, check_placement
+
+    if len(placement.constraints) > MAX_CONSTRAINTS:
+        raise ValidationError(
+            "spec.task.placement.constraints", f"at most {MAX_CONSTRAINTS} constraints"
+        )
+    if placement.max_replicas_per_node < 0:
+        raise ValidationError("spec.task.placement.max_replicas_per_node", "must not be negative")
+    try:
+        check_placement(placement)
+    except ConstraintError as exc:
+        raise ValidationError("spec.task.placement", str(exc)) from exc
+
+
+def _check_restart(policy: RestartPolicy) -> None:
+    field = "spec.task.restart_policy"
+    if policy.condition not in RestartPolicy.Condition.values():
+        raise ValidationError(f"{field}.condition", f"unknown condition {policy.condition}")
+    _check_seconds(f"{field}.delay_seconds", policy.delay_seconds)
+    _check_seconds(f"{field}.window_seconds", policy.window_seconds)
+    if policy.max_attempts < 0:
+        raise ValidationError(f"{field}.max_attempts", "must not be negative")
+
+
+def _check_ports(task: TaskSpec) -> None:
+    if len(task.ports) > MAX_PORTS:
+        raise ValidationError("spec.task.ports", f"at most {MAX_PORTS} ports")
+    seen: set[tuple[int, str]] = set()
+    for port in task.ports:
+        for name in ("target_port", "published_port"):
+            value = getattr(port, name)
+            if not 0 < value < 65536 and not (name == "published_port" and value == 0):
+                raise ValidationError(f"spec.task.ports.{name}", f"{value} is not in 1-65535")
+        if port.protocol not in ("", "tcp", "udp"):
+            raise ValidationError("spec.task.ports.protocol", "must be tcp or udp")
+        key = (port.published_port, port.protocol or "tcp")
+        if port.published_port and key in seen:
+            raise ValidationError("spec.task.ports", f"port {port.published_port} published twice")
+        seen.add(key)
+
+
+def _check_update(field: str, update: UpdateConfig) -> None:
+    if update.parallelism < 0 or update.parallelism > MAX_REPLICAS:
+        raise ValidationError(f"{field}.parallelism", f"must be between 0 and {MAX_REPLICAS}")
+    _check_seconds(f"{field}.delay_seconds", update.delay_seconds)
+    _check_seconds(f"{field}.monitor_seconds", update.monitor_seconds)
+    if not 0 <= update.max_failure_ratio <= 1 or math.isnan(update.max_failure_ratio):
+        raise ValidationError(f"{field}.max_failure_ratio", "must be between 0 and 1")
+    if update.order not in UpdateConfig.Order.values():
+        raise ValidationError(f"{field}.order", "must be stop-first or start-first")
+    if update.failure_action not in UpdateConfig.FailureAction.values():
+        raise ValidationError(f"{field}.failure_action", "must be pause, continue or rollback")

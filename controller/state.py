@@ -1,0 +1,168 @@
+"""The leader's in-memory view of the cluster, fed by etcd watches.
+
+Each control loop reads this view instead of etcd: one list per kind at start,
+then one watch per kind from the listed revision (relisting when etcd has
+compacted the history). After writing, a loop waits until the view has caught
+up with its own write (`wait_for_revision`) before it decides again, so it never
+acts twice on a state it has already changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from dockyard.controller.store import NODES, SERVICES, TASKS, Compacted, Kind, Store, StoreError
+from dockyard.v1.types_pb2 import Node
+from dockyard.v1.workloads_pb2 import Service, Task
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class ChangeTracker:
+    """What changed since a loop last looked: services whose record or tasks
+    changed, nodes whose record changed, nodes whose tasks changed."""
+
+    services: set[str] = field(default_factory=set)
+    nodes: set[str] = field(default_factory=set)
+    task_nodes: set[str] = field(default_factory=set)
+
+    def take(self) -> ChangeTracker:
+        taken = ChangeTracker(self.services, self.nodes, self.task_nodes)
+        self.services, self.nodes, self.task_nodes = set(), set(), set()
+        return taken
+
+
+class ClusterState:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.nodes: dict[str, Node] = {}
+        self.services: dict[str, Service] = {}
+        self.tasks: dict[str, Task] = {}
+        self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
+        self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
+        self.revision = 0
+        self._trackers: list[ChangeTracker] = []
+        self._watch_from = 0
+        self._subscribers: list[asyncio.Event] = []
+        self._caught_up = asyncio.Condition()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._relist()
+        self._watcher = asyncio.create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+            self._watcher = None
+
+    def subscribe(self) -> asyncio.Event:
+        """An event set on every change; the subscriber clears it."""
+        event = asyncio.Event()
+        self._subscribers.append(event)
+        return event
+
+    async def wait_for_revision(self, revision: int, timeout: float = 10.0) -> None:
+        """Wait until every watched kind has seen `revision` (our own write)."""
+        async with asyncio.timeout(timeout), self._caught_up:
+            await self._caught_up.wait_for(lambda: self.revision >= revision)
+
+    def tasks_of_service(self, service_id: str) -> list[Task]:
+        return [self.tasks[t] for t in self.tasks_by_service.get(service_id, ()) if t in self.tasks]
+
+    def tasks_of_node(self, node_id: str) -> list[Task]:
+        return [self.tasks[t] for t in self.tasks_by_node.get(node_id, ()) if t in self.tasks]
+
+    # -- internals --------------------------------------------------------------
+
+    def _kinds(self) -> list[tuple[Kind[Any], dict[str, Any]]]:
+        return [(NODES, self.nodes), (SERVICES, self.services), (TASKS, self.tasks)]
+
+    async def _relist(self) -> None:
+        """Read every kind at one revision, replacing what the view held."""
+        revision = 0
+        for kind, table in self._kinds():
+            records, revision = await self._store.list_all(kind, at_revision=revision)
+            for record_id in list(table):
+                self._remove(kind, table, record_id)
+            for record in records:
+                self._put(kind, table, record.id, record)
+        self.revision = self._watch_from = revision
+
+    async def _watch(self) -> None:
+        tables = dict(self._kinds())
+        while True:
+            try:
+                async for event in self._store.watch_kinds(list(tables), self._watch_from):
+                    kind = next(k for k in tables if k.name == event.kind)
+                    if event.deleted:
+                        self._remove(kind, tables[kind], event.id)
+                    else:
+                        self._put(kind, tables[kind], event.id, event.value)
+                    self._watch_from = event.revision
+                    await self._advance(event.revision)
+            except Compacted:
+                log.warning("state.relist")
+                await self._relist()
+                await self._advance(self.revision)
+            except StoreError as exc:
+                log.warning("state.watch_error", error=str(exc))
+                await asyncio.sleep(0.5)
+
+    async def _advance(self, revision: int) -> None:
+        self.revision = max(self.revision, revision)
+        for event in self._subscribers:
+            event.set()
+        async with self._caught_up:
+            self._caught_up.notify_all()
+
+    def track(self) -> ChangeTracker:
+        """A tracker of what changes from now on, for one loop."""
+        tracker = ChangeTracker()
+        self._trackers.append(tracker)
+        return tracker
+
+    def _mark(self, kind: Kind[Any], record_id: str, value: Any) -> None:
+        for tracker in self._trackers:
+            if kind is TASKS:
+                tracker.services.add(value.service_id)
+                if value.node_id:
+                    tracker.task_nodes.add(value.node_id)
+            elif kind is SERVICES:
+                tracker.services.add(record_id)
+            else:
+                tracker.nodes.add(record_id)
+
+    def _put(self, kind: Kind[Any], table: dict[str, Any], record_id: str, value: Any) -> None:
+        self._mark(kind, record_id, value)
+        if kind is TASKS:
+            self._unindex(record_id)
+            self.tasks_by_service[value.service_id].add(record_id)
+            if value.node_id:
+                self.tasks_by_node[value.node_id].add(record_id)
+        table[record_id] = value
+
+    def _remove(self, kind: Kind[Any], table: dict[str, Any], record_id: str) -> None:
+        old = table.get(record_id)
+        if old is not None:
+            self._mark(kind, record_id, old)
+        if kind is TASKS:
+            self._unindex(record_id)
+        table.pop(record_id, None)
+
+    def _unindex(self, task_id: str) -> None:
+        old = self.tasks.get(task_id)
+        if old is None:
+            return
+        self.tasks_by_service[old.service_id].discard(task_id)
+        if old.node_id:
+            self.tasks_by_node[old.node_id].discard(task_id)

@@ -15,11 +15,14 @@ from dockyard.agent.api import AgentServicer
 from dockyard.agent.config import AgentConfig
 from dockyard.agent.identity import load_or_create
 from dockyard.agent.session import ControllerSession
+from dockyard.agent.worker import Worker
 from dockyard.v1 import agent_pb2_grpc
+from dockyard.v1.dispatcher_pb2 import AssignmentSet
 from dockyard.v1.types_pb2 import NodeDescription
 
 if TYPE_CHECKING:
     from dockyard.agent.containers.manager import ContainerManager
+    from dockyard.agent.executor import Executor
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +47,7 @@ class AgentDaemon:
         self._description: NodeDescription | None = None
         self._session_task: asyncio.Task[None] | None = None
         self.containers: ContainerManager | None = None
+        self.worker: Worker | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -60,13 +64,23 @@ class AgentDaemon:
             api_address,
             hostinfo.host_resources(config.cpus, config.memory_bytes),
         )
-        self.session = ControllerSession(config.controllers, identity, self.describe)
+        self.session = ControllerSession(
+            config.controllers, identity, self.describe, on_assignments=self._on_assignments
+        )
         agent_pb2_grpc.add_AgentServicer_to_server(
             AgentServicer(identity, self.session, self.describe, str(config.state_dir)),
             self.server,
         )
+        executor: Executor | None = None
         if config.runtime == "runc":
-            await self._start_containers(self.server)
+            executor = await self._start_containers(self.server)
+        elif config.runtime == "hollow":
+            from dockyard.agent.runtime.hollow import HollowExecutor
+
+            executor = HollowExecutor()
+        if executor is not None:
+            self.worker = Worker(executor, self.session, config.state_dir)
+            await self.worker.start()
         await self.server.start()
         self._session_task = asyncio.create_task(self.session.run())
         log.info(
@@ -78,11 +92,19 @@ class AgentDaemon:
             runtime=config.runtime,
         )
 
-    async def _start_containers(self, server: grpc.aio.Server) -> None:
+    async def _on_assignments(self, assignments: AssignmentSet) -> None:
+        if self.worker is not None:
+            await self.worker.on_assignments(assignments)
+        else:
+            log.warning("agent.assignments_ignored", runtime=self.config.runtime,
+                        tasks=len(assignments.tasks))  # fmt: skip
+
+    async def _start_containers(self, server: grpc.aio.Server) -> Executor:
         """The runc runtime, the image store and their API; recovers containers."""
         from dockyard.agent.containers.images_servicer import ImagesServicer
         from dockyard.agent.containers.manager import ContainerManager
         from dockyard.agent.containers.servicer import ContainersServicer
+        from dockyard.agent.executors.runc import RuncExecutor
         from dockyard.agent.images.registry import RegistryConfig
         from dockyard.agent.images.service import ImageService
         from dockyard.agent.runtime.runc.runtime import RuncRuntime
@@ -105,6 +127,7 @@ class AgentDaemon:
         self.containers = manager
         containers_pb2_grpc.add_ContainersServicer_to_server(ContainersServicer(manager), server)
         images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(manager), server)
+        return RuncExecutor(manager)
 
     def describe(self) -> NodeDescription:
         assert self._description is not None
@@ -122,6 +145,8 @@ class AgentDaemon:
                 await self._session_task
         if self.server is not None:
             await self.server.stop(grace)
+        if self.worker is not None:  # its containers keep running
+            await self.worker.close()
         if self.containers is not None:  # containers keep running (live restore)
             await self.containers.close()
         log.info("agent.stopped")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from dockyard.common.version import package_version
 
 if TYPE_CHECKING:
     from dockyard.agent.config import AgentConfig
+    from dockyard.agent.runtime.hollow.fleet import HollowFleet
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -170,3 +172,79 @@ async def _serve(config: AgentConfig) -> int:
     log.info("agent.stopping")
     await daemon.stop()
     return code
+
+
+@main.command()
+@click.option(
+    "--controller",
+    "controllers",
+    multiple=True,
+    required=True,
+    metavar="HOST:PORT",
+    help="Controller address (repeat, or comma-separate, for several).",
+)
+@click.option("--count", type=click.IntRange(min=1), required=True, help="Agents to run.")
+@click.option("--name-prefix", default="hollow", show_default=True,
+              help="Agents are named PREFIX-0001, PREFIX-0002, ...")  # fmt: skip
+@click.option(
+    "--state-dir",
+    default="/var/lib/dockyard/hollow",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Each agent keeps its identity and tasks in STATE_DIR/NAME.",
+)
+@click.option("--cpus", type=click.FloatRange(min=0.01), default=4.0, show_default=True,
+              help="CPUs each agent offers.")  # fmt: skip
+@click.option("--memory", default="8G", show_default=True, help="Memory each agent offers.")
+@click.option("--stagger", type=click.FloatRange(min=0), default=0.01, show_default=True,
+              help="Seconds between two agents' starts.")  # fmt: skip
+@click.option("--start-delay", type=click.FloatRange(min=0), default=0.05, show_default=True,
+              help="Seconds a simulated container takes to start.")  # fmt: skip
+@click.option(
+    "--log-level", default="warning", type=click.Choice(["debug", "info", "warning", "error"])
+)
+def hollow(
+    controllers: tuple[str, ...],
+    count: int,
+    name_prefix: str,
+    state_dir: Path,
+    cpus: float,
+    memory: str,
+    stagger: float,
+    start_delay: float,
+    log_level: str,
+) -> None:
+    """Run COUNT simulated agents in this one process (scale tests, like kubemark)."""
+    from dockyard.agent.runtime.hollow.fleet import HollowFleet
+    from dockyard.common import logging as dlogging
+    from dockyard.common.validation import ValidationError, check_name
+    from dockyard.v1.types_pb2 import Resources
+
+    dlogging.configure(log_level)
+    try:
+        targets = [
+            normalize(c, CONTROLLER_PORT) for item in controllers for c in item.split(",") if c
+        ]
+        check_name("--name-prefix", f"{name_prefix}-{count}")
+        resources = Resources(nano_cpus=int(cpus * 1e9), memory_bytes=parse_size(memory))
+    except (AddressError, ValidationError, ValueError) as exc:
+        raise click.BadParameter(str(exc)) from exc
+    fleet = HollowFleet(targets, count, state_dir, name_prefix, resources, stagger, start_delay)
+    sys.exit(asyncio.run(_serve_fleet(fleet)))
+
+
+async def _serve_fleet(fleet: HollowFleet) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(fleet.start())
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set():
+        await stopped
+    starting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    await fleet.stop()
+    return 0

@@ -9,10 +9,12 @@ from __future__ import annotations
 import click
 
 from dockyard.cli.commands.container_run import run
-from dockyard.cli.commands.containers import container, exec_command, list_containers, logs
+from dockyard.cli.commands.containers import container, exec_command, logs
 from dockyard.cli.commands.contexts import context
 from dockyard.cli.commands.images import image, list_images, pull
+from dockyard.cli.commands.jobs import job
 from dockyard.cli.commands.nodes import node
+from dockyard.cli.commands.services import ps, service
 from dockyard.cli.commands.system import info, version
 from dockyard.cli.options import GlobalOptions
 from dockyard.cli.render import FORMATS
@@ -55,9 +57,12 @@ cli.add_command(node)
 cli.add_command(context)
 cli.add_command(container)
 cli.add_command(image)
+cli.add_command(service)
+cli.add_command(job)
 # docker's short forms: the same commands under a second name.
 cli.add_command(run, "run")
-cli.add_command(list_containers, "ps")
+# On a controller, the tasks of every service; on an agent, its containers.
+cli.add_command(ps, "ps")
 cli.add_command(logs, "logs")
 cli.add_command(exec_command, "exec")
 cli.add_command(list_images, "images")

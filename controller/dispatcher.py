@@ -23,7 +23,6 @@ from dockyard.controller.nodes import NodeRegistry
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
     AgentMessage,
-    AssignmentSet,
     DispatcherMessage,
     HeartbeatAck,
     SessionAccepted,
@@ -122,10 +121,10 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                     heartbeat_period_seconds=self.heartbeat_period,
                 )
             )
+            # A full set replaces everything the agent runs: send none until the
+            # leader's view is loaded (the assigner sends it then).
             if self.assigner is not None:
                 self.assigner.send_now(session.node_id)
-            else:
-                yield DispatcherMessage(assignments=AssignmentSet(full=True))
             while (message := await session.outbox.get()) is not None:
                 yield message
         finally:
@@ -184,7 +183,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         if writer is None:
             return
         rejected = writer.accept(session.node_id, report)
-        if rejected is not None:
+        if rejected is not None and rejected.reason != "unknown task":
             log.warning("task.status_rejected", node_id=session.node_id,
                         task_id=rejected.task_id, reason=rejected.reason)
 
@@ -203,9 +202,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                         )
                     )
                 elif kind == "task_status":
-                    log.debug(
-                        "task.status", node_id=session.node_id, task_id=message.task_status.task_id
-                    )
+                    self._take_status(session, message.task_status)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:

@@ -148,7 +148,21 @@ class Cluster:
         self.wait_for(lambda: self.cli_ok("info"), "controller answers", 30)
         return self.controller
 
-    def start_agent(self, name: str, port: int | None = None) -> Daemon:
+    def control(self) -> Any:
+        """A Control stub on the controller (close its channel with .close())."""
+        import grpc
+
+        from dockyard.v1 import control_pb2_grpc
+
+        channel = grpc.insecure_channel(self.address)
+        stub = control_pb2_grpc.ControlStub(channel)
+        stub.close = channel.close
+        return stub
+
+    def start_agent(
+        self, name: str, port: int | None = None, runtime: str = "hollow",
+        extra: list[str] | None = None,
+    ) -> Daemon:
         existing = self.agents.get(name)
         listen = (
             existing.args[existing.args.index("--listen") + 1]
@@ -167,11 +181,15 @@ class Cluster:
             "--state-dir",
             str(self.root / f"agent-{name}"),
             "--runtime",
-            "hollow",
+            runtime,
             "--log-level",
             "debug",
         ]
-        self.agents[name] = Daemon(name, args, self.root / f"agent-{name}.log").start()
+        if existing is not None:
+            args = existing.args  # a restart: the same flags as before
+        self.agents[name] = Daemon(
+            name, args + ([] if existing else extra or []), self.root / f"agent-{name}.log"
+        ).start()
         return self.agents[name]
 
     def agent_address(self, name: str) -> str:

@@ -1,0 +1,103 @@
+"""`RuncExecutor`: tasks as containers of the node's `ContainerManager` (runc runtime).
+
+The image is pulled through the manager's image service when it is not on the node;
+containers are found again by name (derived from the task) and by the
+`dockyard.task.id` label, so an agent restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+
+import structlog
+
+from dockyard.agent.containers.errors import AlreadyExists, FailedPrecondition, NotFound
+from dockyard.agent.containers.manager import ContainerManager
+from dockyard.agent.executor import (
+    LABEL_TASK_ID,
+    ExecutorError,
+    Progress,
+    container_name,
+    create_request,
+)
+from dockyard.agent.images.errors import ImageNotFound
+from dockyard.agent.runtime.base import ContainerRuntimeError, ContainerStatus, ExitInfo
+from dockyard.v1.workloads_pb2 import Task
+
+__all__ = ["RuncExecutor"]
+
+log = structlog.get_logger(__name__)
+
+_MAX_OUTPUT = 4096
+
+
+class RuncExecutor:
+    """Implements `dockyard.agent.executor.Executor` over a `ContainerManager`."""
+
+    def __init__(self, manager: ContainerManager) -> None:
+        self.manager = manager
+
+    async def prepare(self, task: Task, progress: Progress) -> None:
+        name = container_name(task)
+        with contextlib.suppress(NotFound):
+            view = await self.manager.inspect(name)
+            if view.info.labels.get(LABEL_TASK_ID) == task.id:
+                return  # made before a restart
+            raise ExecutorError(f"container name {name} is taken by another container")
+        image = task.spec.container.image
+        if not image:
+            raise ExecutorError("task spec has no image")
+        try:
+            self.manager.images.resolve(image)
+        except ImageNotFound:
+            progress(f"pulling {image}")
+            await self.manager.images.pull(image)
+            progress(f"pulled {image}")
+        try:
+            await self.manager.create(create_request(task))
+        except AlreadyExists:
+            view = await self.manager.inspect(name)
+            if view.info.labels.get(LABEL_TASK_ID) != task.id:
+                raise
+
+    async def start(self, task: Task) -> str:
+        view = await self.manager.inspect(container_name(task))
+        if view.info.state.status is ContainerStatus.CREATED:
+            await self.manager.start_container(view.info.id)
+        return view.info.id
+
+    async def wait(self, container_id: str) -> ExitInfo:
+        return await self.manager.wait(container_id)
+
+    async def stop(self, container_id: str, grace: float) -> None:
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            await self.manager.stop(container_id, max(0.0, grace))
+
+    async def remove(self, container_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.manager.remove(container_id, force=True)
+
+    async def exec(self, container_id: str, cmd: Sequence[str], timeout: float) -> tuple[int, str]:
+        try:
+            session = await self.manager.exec(container_id, list(cmd))
+        except (FailedPrecondition, NotFound, ContainerRuntimeError) as exc:
+            raise ExecutorError(str(exc)) from exc
+        try:
+            result = await asyncio.wait_for(session.collect(), timeout)
+        except TimeoutError:
+            kill = getattr(session, "kill", None)
+            if kill is not None:
+                await kill()
+            raise
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        return result.exit_code, output[-_MAX_OUTPUT:]
+
+    async def task_containers(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for view in await self.manager.list(all=True):
+            task_id = view.info.labels.get(LABEL_TASK_ID)
+            if task_id:
+                found[task_id] = view.info.id
+        return found

@@ -1,0 +1,175 @@
+"""Parsers of single flag values: each names its flag in a one-line error (exit 1)."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+
+from dockyard.cli.client import CliError
+
+__all__ = [
+    "SpecError",
+    "invalid",
+    "parse_bytes",
+    "parse_choice",
+    "parse_command",
+    "parse_constraint",
+    "parse_count",
+    "parse_env",
+    "parse_label",
+    "parse_nano_cpus",
+    "parse_port",
+    "parse_ratio",
+    "parse_seconds",
+    "parse_spread",
+]
+
+_ENV_KEY = re.compile(r"^[^=\s]+$")
+_NODE_KEYS = frozenset(
+    {"node.id", "node.hostname", "node.name", "node.role", "node.platform.os", "node.platform.arch"}
+)
+_LABEL_PREFIX = "node.labels."
+_LABEL_KEY = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_./-]*[a-zA-Z0-9])?$")
+_CONSTRAINT_VALUE = re.compile(r"^[a-zA-Z0-9:\-_\s.*()?+\[\]\\^$|/@]+$")
+_PORT = re.compile(r"^(?:(\d+):)?(\d+)(?:/([a-z]+))?$")
+
+
+class SpecError(CliError):
+    """A bad flag or spec-file value: one line naming it, exit 1, nothing sent."""
+
+
+def invalid(label: str, value: object, why: str) -> SpecError:
+    return SpecError(f"invalid {label} {value!r}: {why}")
+
+
+def parse_count(label: str, text: str, minimum: int = 0) -> int:
+    try:
+        number = int(text.strip())
+    except ValueError:
+        raise invalid(label, text, "not a whole number") from None
+    if number < minimum:
+        raise invalid(label, text, f"must be a whole number >= {minimum}")
+    return number
+
+
+def parse_seconds(label: str, text: str) -> float:
+    from dockyard.common.sizes import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise invalid(label, text, "use a duration such as 500ms, 10s or 1m30s") from None
+
+
+def parse_bytes(label: str, text: str) -> int:
+    from dockyard.common.sizes import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError:
+        raise invalid(label, text, "use a size such as 64M or 1.5G") from None
+
+
+def parse_nano_cpus(label: str, text: str) -> int:
+    try:
+        cpus = float(text)
+    except ValueError:
+        raise invalid(label, text, "not a number") from None
+    if not (math.isfinite(cpus) and cpus >= 0):
+        raise invalid(label, text, "must be a number of CPUs >= 0, such as 0.5")
+    return round(cpus * 1e9)
+
+
+def parse_ratio(label: str, text: str) -> float:
+    try:
+        ratio = float(text)
+    except ValueError:
+        raise invalid(label, text, "not a number") from None
+    if not 0 <= ratio <= 1:
+        raise invalid(label, text, "must be between 0 and 1")
+    return ratio
+
+
+def parse_choice(label: str, text: str, choices: Iterable[str]) -> str:
+    options = tuple(choices)
+    if text not in options:
+        raise invalid(label, text, f"use one of {', '.join(options)}")
+    return text
+
+
+def parse_env(label: str, text: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """`K=V`; a bare `K` takes K from this shell's environment (None: unset there)."""
+    key, eq, _ = text.partition("=")
+    if not key:
+        raise invalid(label, text, "the variable name is empty (use KEY=VALUE)")
+    if not _ENV_KEY.match(key):
+        raise invalid(label, text, "the variable name must not contain whitespace")
+    if eq:
+        return text
+    environ = os.environ if environ is None else environ
+    return f"{key}={environ[key]}" if key in environ else None
+
+
+def parse_label(label: str, text: str) -> tuple[str, str]:
+    from dockyard.common.validation import ValidationError
+    from dockyard.common.validation import parse_label as check
+
+    try:
+        return check(label, text)
+    except ValidationError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def parse_constraint(label: str, text: str) -> str:
+    """`KEY==VALUE` or `KEY!=VALUE` with the keys the scheduler knows (swarmkit's syntax)."""
+    for operator in ("==", "!="):
+        key, found, value = text.partition(operator)
+        if found:
+            break
+    else:
+        raise invalid(label, text, "use KEY==VALUE or KEY!=VALUE, e.g. node.labels.zone==a")
+    key, value = key.strip(), value.strip()
+    if key.lower().startswith(_LABEL_PREFIX):
+        if not _LABEL_KEY.match(key[len(_LABEL_PREFIX):]):
+            raise invalid(label, text, "needs a valid label key after node.labels.")
+    elif key.lower() not in _NODE_KEYS:
+        known = ", ".join(sorted(_NODE_KEYS))
+        raise invalid(label, text, f"unknown key {key!r} (use node.labels.<key>, {known})")
+    if not value or not _CONSTRAINT_VALUE.match(value):
+        raise invalid(label, text, f"needs a value after {operator} (without '=' or '!')")
+    return f"{key}{operator}{value}"
+
+
+def parse_spread(label: str, text: str) -> str:
+    """`spread=node.labels.zone` -> `node.labels.zone`."""
+    kind, eq, descriptor = text.partition("=")
+    if kind != "spread" or not eq:
+        raise invalid(label, text, "use spread=node.labels.<key>")
+    if not (descriptor.startswith(_LABEL_PREFIX)
+            and _LABEL_KEY.match(descriptor[len(_LABEL_PREFIX):])):
+        raise invalid(label, text, "spread over a node label: spread=node.labels.<key>")
+    return descriptor
+
+
+def parse_port(label: str, text: str) -> tuple[int, int, str]:
+    """`[PUBLISHED:]TARGET[/tcp|udp]` -> (published, target, protocol)."""
+    match = _PORT.match(text.strip())
+    if not match:
+        raise invalid(label, text, "use PUBLISHED:TARGET[/tcp|udp]")
+    published, target = int(match.group(1) or 0), int(match.group(2))
+    protocol = match.group(3) or "tcp"
+    if protocol not in ("tcp", "udp"):
+        raise invalid(label, text, "the protocol must be tcp or udp")
+    if not 0 < target < 65536 or not 0 <= published < 65536:
+        raise invalid(label, text, "ports must be between 1 and 65535")
+    return published, target, protocol
+
+
+def parse_command(label: str, text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise invalid(label, text, str(exc)) from None

@@ -1,0 +1,344 @@
+"""`dockyard service create|ls|ps|inspect|scale|update|rollback|rm|logs` and `dockyard ps`.
+
+Flags are checked and the whole spec built before any request (service_spec.py);
+changes are read-modify-write with the read version, retried when someone else
+wrote in between. Without -d, create/update/scale/rollback wait for convergence.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from dockyard.cli.client import CliError, Target, call, is_unimplemented, rpc_code
+from dockyard.cli.commands.service_flags import (
+    apply_edits,
+    list_edits,
+    setting_options,
+    setting_values,
+)
+from dockyard.cli.commands.service_parse import SpecError, parse_count, parse_seconds
+from dockyard.cli.commands.service_spec import apply_settings, finish_spec, new_spec
+from dockyard.cli.commands.service_wait import control_stub, wait_for_service
+from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.render import emit_data, emit_table
+
+UPDATE_RETRIES = 5
+DEFAULT_TIMEOUT = "10m"
+
+
+def detach_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    command = click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True,
+                           metavar="DURATION",
+                           help="Stop waiting after this long (0: no limit).")(command)
+    return click.option("-d", "--detach", is_flag=True,
+                        help="Return at once instead of waiting to converge.")(command)
+
+
+@click.group("service")
+def service() -> None:
+    """Manage services: replicated or global sets of tasks across the cluster."""
+
+
+def _timeout(text: str) -> float | None:
+    seconds = parse_seconds("--timeout", text)
+    return seconds or None
+
+
+def finish(target: Target, record: Any, detach: bool, timeout: float | None) -> None:
+    """Wait for convergence unless detached; print the service ID last."""
+    if not detach:
+        wait_for_service(target, record.id, sys.stderr, timeout)
+    click.echo(record.id)
+
+
+@service.command("create", context_settings={"allow_interspersed_args": False})
+@click.option("-f", "--file", "spec_file", default=None, metavar="FILE",
+              help="Read the spec from a YAML file (flags given too override it).")
+@detach_options
+@setting_options("create")
+@click.argument("image", required=False, metavar="IMAGE")
+@click.argument("command_args", nargs=-1, type=click.UNPROCESSED, metavar="[CMD]...")
+@pass_options
+def create(options: GlobalOptions, /, spec_file: str | None, detach: bool, timeout: str,
+           image: str | None, command_args: tuple[str, ...], **kwargs: Any) -> None:
+    """Create a service and wait until its tasks run."""
+    values = setting_values(kwargs)
+    wait = _timeout(timeout)
+    if spec_file is not None:
+        from dockyard.cli.commands.service_yaml import load_spec_file
+
+        spec, _ = load_spec_file(spec_file)
+        if image:
+            spec.task.container.image = image
+        if command_args:
+            spec.task.container.command[:] = list(command_args)
+    else:
+        spec = new_spec(image or "", command_args)
+    apply_settings(spec, values)
+    if not spec.name:
+        raise SpecError("a service needs a name: give --name (or name: in the spec file)")
+    finish_spec(spec)
+    from dockyard.v1.control_pb2 import CreateServiceRequest
+
+    target = options.target()
+    record = call(target, control_stub, "CreateService", CreateServiceRequest(spec=spec))
+    finish(target, record, detach, wait)
+
+
+def get_service(target: Target, ref: str) -> Any:
+    from dockyard.v1.control_pb2 import GetServiceRequest
+
+    return call(target, control_stub, "GetService", GetServiceRequest(service=ref))
+
+
+def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *,
+                      force: bool = False, rollback: bool = False) -> Any:
+    """Read, change a copy of the spec, write with the read version; on ABORTED (someone
+    wrote in between) read again and apply the change again."""
+    import grpc
+
+    from dockyard.v1.control_pb2 import UpdateServiceRequest
+    from dockyard.v1.workloads_pb2 import ServiceSpec
+
+    for _ in range(UPDATE_RETRIES):
+        current = get_service(target, ref)
+        spec = ServiceSpec()
+        spec.CopyFrom(current.spec)
+        change(spec)
+        request = UpdateServiceRequest(service=current.id, version=current.meta.version,
+                                       spec=spec, force=force, rollback=rollback)
+        try:
+            return call(target, control_stub, "UpdateService", request)
+        except CliError as exc:
+            if rpc_code(exc) != grpc.StatusCode.ABORTED:
+                raise
+    raise CliError(f"service {ref} kept changing while it was being updated; try again")
+
+
+@service.command("update")
+@click.option("--force", is_flag=True, help="Replace every task even if nothing changed.")
+@detach_options
+@setting_options("update")
+@click.argument("ref", metavar="SERVICE")
+@pass_options
+def update(options: GlobalOptions, /, force: bool, detach: bool, timeout: str, ref: str,
+           **kwargs: Any) -> None:
+    """Change a service's spec; its tasks are replaced in a rolling update."""
+    from dockyard.v1.workloads_pb2 import ServiceSpec
+
+    values = setting_values(kwargs, update=True)
+    edits = list_edits(kwargs)
+    wait = _timeout(timeout)
+    # Every flag is checked once, on an empty spec, before any request.
+    probe = ServiceSpec()
+    probe.replicated.SetInParent()
+    apply_settings(probe, values)
+    apply_edits(probe, edits)
+
+    def change(spec: Any) -> None:
+        apply_settings(spec, values)
+        apply_edits(spec, edits)
+        finish_spec(spec, job=spec.WhichOneof("mode") == "job")
+
+    target = options.target()
+    record = update_with_retry(target, ref, change, force=force)
+    finish(target, record, detach, wait)
+
+
+@service.command("rollback")
+@detach_options
+@click.argument("ref", metavar="SERVICE")
+@pass_options
+def rollback(options: GlobalOptions, detach: bool, timeout: str, ref: str) -> None:
+    """Go back to the service's previous spec."""
+    wait = _timeout(timeout)
+    target = options.target()
+    record = update_with_retry(target, ref, lambda spec: None, rollback=True)
+    finish(target, record, detach, wait)
+
+
+def parse_scale(text: str) -> tuple[str, int]:
+    name, eq, count = text.partition("=")
+    if not name or not eq:
+        raise SpecError(f"invalid scale {text!r}: use SERVICE=REPLICAS, e.g. web=5")
+    return name, parse_count(f"replicas of {name}", count)
+
+
+@service.command("scale")
+@detach_options
+@click.argument("pairs", nargs=-1, required=True, metavar="SERVICE=REPLICAS...")
+@pass_options
+def scale(options: GlobalOptions, detach: bool, timeout: str, pairs: tuple[str, ...]) -> None:
+    """Set the number of tasks of replicated services."""
+    wanted = [parse_scale(p) for p in pairs]
+    wait = _timeout(timeout)
+    target = options.target()
+    failed = False
+    for name, replicas in wanted:
+
+        def change(spec: Any, name: str = name, replicas: int = replicas) -> None:
+            if spec.WhichOneof("mode") != "replicated":
+                raise CliError(f"{name}: only replicated services can be scaled "
+                               f"(this one is {spec.WhichOneof('mode')})")
+            spec.replicated.replicas = replicas
+
+        try:
+            record = update_with_retry(target, name, change)
+            click.echo(f"{name} scaled to {replicas}", err=True)
+            finish(target, record, detach, wait)
+        except CliError as exc:
+            failed = True
+            click.echo(f"dockyard: {exc.message}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+@service.command("rm")
+@click.argument("refs", nargs=-1, required=True, metavar="SERVICE...")
+@pass_options
+def remove(options: GlobalOptions, refs: tuple[str, ...]) -> None:
+    """Remove services; their tasks shut down."""
+    remove_services(options.target(), refs)
+
+
+def remove_services(target: Target, refs: tuple[str, ...]) -> None:
+    from dockyard.v1.control_pb2 import RemoveServiceRequest
+
+    failed = False
+    for ref in refs:
+        try:
+            call(target, control_stub, "RemoveService", RemoveServiceRequest(service=ref))
+        except CliError as exc:
+            failed = True
+            click.echo(f"dockyard: {exc.message}", err=True)
+            continue
+        click.echo(ref)
+    if failed:
+        sys.exit(1)
+
+
+@service.command("inspect")
+@click.argument("refs", nargs=-1, required=True, metavar="SERVICE...")
+@output_option
+@pass_options
+def inspect(options: GlobalOptions, refs: tuple[str, ...]) -> None:
+    """Show whole service records (JSON by default)."""
+    target = options.target()
+    found, failed = [], False
+    for ref in refs:
+        try:
+            found.append(get_service(target, ref))
+        except CliError as exc:
+            failed = True
+            click.echo(f"dockyard: {exc.message}", err=True)
+    emit_data(found, "yaml" if options.output == "yaml" else "json")
+    if failed:
+        sys.exit(1)
+
+
+def list_summaries(options: GlobalOptions, mode: str, quiet: bool) -> None:
+    from dockyard.cli.commands.service_view import SERVICE_HEADERS, service_row
+    from dockyard.v1.control_pb2 import ListServicesRequest
+
+    summaries = call(options.target(), control_stub, "ListServices",
+                     ListServicesRequest(mode=mode)).services
+    summaries = sorted(summaries, key=lambda s: s.service.spec.name)
+    if quiet:
+        for s in summaries:
+            click.echo(s.service.id)
+    elif options.output != "table":
+        emit_data(list(summaries), options.output)
+    else:
+        emit_table(SERVICE_HEADERS, [service_row(s) for s in summaries])
+
+
+@service.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only print service IDs.")
+@output_option
+@pass_options
+def list_services(options: GlobalOptions, quiet: bool) -> None:
+    """List services with their replica counts and update state."""
+    list_summaries(options, "", quiet)
+
+
+def node_names(target: Target) -> dict[str, str]:
+    """Node ID -> name, looked up once."""
+    from dockyard.v1.control_pb2 import ListNodesRequest
+
+    return {n.id: n.spec.name
+            for n in call(target, control_stub, "ListNodes", ListNodesRequest()).nodes}
+
+
+def list_tasks(options: GlobalOptions, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
+               quiet: bool, target: Target | None = None) -> None:
+    from dockyard.cli.commands.service_view import TASK_HEADERS, task_rows
+    from dockyard.v1.control_pb2 import ListTasksRequest
+
+    target = target or options.target()
+    tasks = list(call(target, control_stub, "ListTasks",
+                      ListTasksRequest(services=list(refs), include_history=show_all)).tasks)
+    if quiet:
+        for t in tasks:
+            click.echo(t.id)
+    elif options.output != "table":
+        emit_data(tasks, options.output)
+    else:
+        emit_table(TASK_HEADERS, task_rows(tasks, node_names(target), no_trunc=no_trunc))
+
+
+def task_list_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed([
+        click.option("-a", "--all", "show_all", is_flag=True,
+                     help="Include earlier tasks (shut down, failed, replaced)."),
+        click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and errors."),
+        click.option("-q", "--quiet", is_flag=True, help="Only print task IDs."),
+        output_option,
+    ]):
+        command = decorator(command)
+    return command
+
+
+@service.command("ps")
+@task_list_options
+@click.argument("refs", nargs=-1, required=True, metavar="SERVICE...")
+@pass_options
+def service_ps(options: GlobalOptions, show_all: bool, no_trunc: bool, quiet: bool,
+               refs: tuple[str, ...]) -> None:
+    """List the tasks of services."""
+    list_tasks(options, refs, show_all, no_trunc, quiet)
+
+
+@click.command("ps")
+@task_list_options
+@pass_options
+@click.pass_context
+def ps(ctx: click.Context, options: GlobalOptions, show_all: bool, no_trunc: bool,
+       quiet: bool) -> None:
+    """List tasks of all services (on a controller) or containers (on an agent)."""
+    from dockyard.cli.commands.containers import list_containers
+
+    target = options.target()
+    try:
+        list_tasks(options, (), show_all, no_trunc, quiet, target)
+    except CliError as exc:
+        if not is_unimplemented(exc):
+            raise
+        ctx.invoke(list_containers, show_all=show_all, quiet=quiet)
+
+
+@service.command("logs")
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
+@click.option("-n", "--tail", "tail", default="all", show_default=True,
+              help="Lines to show from the end of each task's output.")
+@click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time.")
+@click.argument("ref", metavar="SERVICE")
+@pass_options
+def logs(options: GlobalOptions, follow: bool, tail: str, timestamps: bool, ref: str) -> None:
+    """Print the output of a service's tasks, each line prefixed with its task."""
+    from dockyard.cli.commands.service_logs import service_logs
+
+    service_logs(options.target(), ref, follow=follow, tail=tail, timestamps=timestamps)

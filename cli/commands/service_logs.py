@@ -56,6 +56,9 @@ def _request(container_id: str, follow: bool, tail: str, timestamps: bool) -> An
 
 def _stream_one(agent: Target, prefix: str, request: Any, writer: _Writer,
                 timestamps: bool, errors: list[str]) -> None:
+    import grpc
+
+    from dockyard.cli.client import rpc_code
     from dockyard.cli.commands.container_run import containers_stub
     from dockyard.cli.commands.containers import format_timestamp
 
@@ -66,7 +69,9 @@ def _stream_one(agent: Target, prefix: str, request: Any, writer: _Writer,
                 data = format_timestamp(line.timestamp).encode() + b" " + data
             writer.write(prefix, line.stream, data)
     except CliError as exc:
-        errors.append(f"{prefix.split(' |', maxsplit=1)[0]}: {exc.message}")
+        # An ended task's container may be gone already (its agent removed it): no logs left.
+        if rpc_code(exc) != grpc.StatusCode.NOT_FOUND:
+            errors.append(f"{prefix.split(' |', maxsplit=1)[0]}: {exc.message}")
 
 
 def service_logs(target: Target, ref: str, *, follow: bool, tail: str, timestamps: bool) -> None:

@@ -157,6 +157,9 @@ def wait_for_service(target: Target, service_id: str, out: TextIO,
         return snapshot.converged()
 
     snapshot = _poll(target, service_id, out, timeout, done, lambda s: int(s.summary.running))
+    status = snapshot.service.update_status
+    if "update rolled back" in status.message:
+        raise CliError(f"{snapshot.name}: {status.message}")
     click.echo(f"{snapshot.name}: converged", file=out)
     return snapshot
 

@@ -131,11 +131,16 @@ def _maybe_complete(
     updated = Service()
     updated.CopyFrom(service)
     rolling_back = service.update_status.state == Status.ROLLBACK_STARTED
-    _set(
-        updated,
-        Status.ROLLBACK_COMPLETED if rolling_back else Status.COMPLETED,
-        "rollback completed" if rolling_back else "update completed",
-    )
+    cause = service.update_status.message
+    message = "update completed"
+    if rolling_back:
+        # Keep why an automatic rollback happened: it is the news for the user.
+        message = (
+            f"rollback completed after {cause}"
+            if "rolled back" in cause
+            else ("rollback completed")
+        )
+    _set(updated, Status.ROLLBACK_COMPLETED if rolling_back else Status.COMPLETED, message)
     updated.update_status.completed_at.CopyFrom(now_timestamp())
     plan.service = updated
 

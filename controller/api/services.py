@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Callable
+
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.services import ServiceRegistry
+from dockyard.controller.state import ClusterState
 from dockyard.controller.store import TASKS, NotFound, Store
 from dockyard.v1.control_pb2 import (
     ListServicesRequest,
@@ -20,10 +24,26 @@ State = TaskStatus.State
 
 
 class ServicesAPI:
-    def __init__(self, store: Store, services: ServiceRegistry, nodes: NodeRegistry) -> None:
+    def __init__(
+        self,
+        store: Store,
+        services: ServiceRegistry,
+        nodes: NodeRegistry,
+        view: Callable[[], ClusterState | None] = lambda: None,
+    ) -> None:
+        """`view` gives the leader's in-memory cluster view (None on a follower):
+        listings read it instead of etcd, which matters with tens of thousands of tasks."""
         self._store = store
         self._services = services
         self._nodes = nodes
+        self._view = view
+
+    async def _all_tasks(self) -> list[Task]:
+        view = self._view()
+        if view is not None:
+            return list(view.tasks.values())
+        tasks, _ = await self._store.list_all(TASKS)
+        return tasks
 
     async def create(self, spec: ServiceSpec) -> Service:
         return await self._services.create(spec)
@@ -43,7 +63,9 @@ class ServicesAPI:
 
     async def list(self, request: ListServicesRequest) -> ListServicesResponse:
         services = await self._services.list_all()
-        tasks, _ = await self._store.list_all(TASKS)
+        by_service: dict[str, list[Task]] = defaultdict(list)
+        for task in await self._all_tasks():
+            by_service[task.service_id].append(task)
         ready_nodes = sum(
             1 for n in await self._nodes.list_all() if n.status.state == NodeStatus.READY
         )
@@ -54,12 +76,11 @@ class ServicesAPI:
                 continue
             if request.mode and request.mode != mode:
                 continue
-            own = [t for t in tasks if t.service_id == service.id]
-            response.services.append(_summary(service, own, ready_nodes))
+            response.services.append(_summary(service, by_service[service.id], ready_nodes))
         return response
 
     async def list_tasks(self, request: ListTasksRequest) -> ListTasksResponse:
-        tasks, _ = await self._store.list_all(TASKS)
+        tasks = await self._all_tasks()
         if request.services:
             wanted = {(await self._services.find(ref)).id for ref in request.services}
             tasks = [t for t in tasks if t.service_id in wanted]
@@ -72,7 +93,7 @@ class ServicesAPI:
         return ListTasksResponse(tasks=tasks)
 
     async def get_task(self, ref: str) -> Task:
-        tasks, _ = await self._store.list_all(TASKS)
+        tasks = await self._all_tasks()
         matches = [t for t in tasks if t.id == ref] or [t for t in tasks if t.id.startswith(ref)]
         if len(matches) != 1:
             raise NotFound(

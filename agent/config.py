@@ -26,5 +26,7 @@ class AgentConfig:
     """`host:port` registries spoken to over plain HTTP."""
     registry_config: Path | None = None
     """A docker `config.json` with registry credentials."""
+    insecure: bool = False
+    """Plaintext, unauthenticated: no node certificate needed (tests, benchmarks)."""
     cgroup_parent: str = "dockyard"
     """The cgroup (in every v1 hierarchy) that holds the containers' cgroups."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from typing import TYPE_CHECKING
 
 import grpc
@@ -12,10 +11,13 @@ import structlog
 
 from dockyard.agent import hostinfo
 from dockyard.agent.api import AgentServicer
+from dockyard.agent.certs import NodePKI, renew_loop
 from dockyard.agent.config import AgentConfig
 from dockyard.agent.identity import load_or_create
 from dockyard.agent.session import ControllerSession
 from dockyard.agent.worker import Worker
+from dockyard.common.addresses import JOIN_PORT
+from dockyard.common.authz import AuthInterceptor
 from dockyard.v1 import agent_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import AssignmentSet
 from dockyard.v1.types_pb2 import NodeDescription
@@ -46,15 +48,43 @@ class AgentDaemon:
         self.port = 0
         self._description: NodeDescription | None = None
         self._session_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
         self.containers: ContainerManager | None = None
         self.worker: Worker | None = None
 
     async def start(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        identity = load_or_create(config.state_dir, config.name or socket.gethostname())
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
-        self.port = self.server.add_insecure_port(config.listen)
+        identity = load_or_create(config.state_dir, config.name)
+        node_pki = NodePKI.of(config.state_dir)
+        controllers = config.controllers or node_pki.controllers()
+        if not controllers:
+            raise AgentStartError("no controller: give --controller, or run `dockyard-agent join`")
+        if config.insecure:
+            self.server = grpc.aio.server(options=SERVER_OPTIONS)
+            self.port = self.server.add_insecure_port(config.listen)
+            log.warning(
+                "agent.INSECURE",
+                message="--insecure: this agent's API and its session are PLAINTEXT and "
+                "UNAUTHENTICATED; anyone who reaches its port controls this host",
+            )
+        else:
+            if not node_pki.exists():
+                raise AgentStartError(
+                    f"no node certificate in {node_pki.directory}: run `dockyard-agent join "
+                    f"--token TOKEN CONTROLLER:{JOIN_PORT} --state-dir {config.state_dir}` "
+                    "first (or pass --insecure for plaintext)"
+                )
+            cert_identity = node_pki.identity()
+            if cert_identity.id != identity.node_id:
+                raise AgentStartError(
+                    f"the node certificate is for node {cert_identity.id}, but "
+                    f"{config.state_dir} holds node {identity.node_id}: join again"
+                )
+            self.server = grpc.aio.server(
+                options=SERVER_OPTIONS, interceptors=[AuthInterceptor()]
+            )
+            self.port = self.server.add_secure_port(config.listen, node_pki.server_credentials())
         if self.port == 0:
             raise AgentStartError(f"cannot listen on {config.listen}: address in use or invalid")
         api_address = config.advertise or f"{config.listen.rsplit(':', 1)[0]}:{self.port}"
@@ -65,8 +95,9 @@ class AgentDaemon:
             hostinfo.host_resources(config.cpus, config.memory_bytes),
         )
         self.session = ControllerSession(
-            config.controllers, identity, self.describe, on_assignments=self._on_assignments
-        )
+            controllers, identity, self.describe, on_assignments=self._on_assignments,
+            credentials=None if config.insecure else node_pki.channel_credentials,
+        )  # fmt: skip
         agent_pb2_grpc.add_AgentServicer_to_server(
             AgentServicer(identity, self.session, self.describe, str(config.state_dir)),
             self.server,
@@ -83,12 +114,18 @@ class AgentDaemon:
             await self.worker.start()
         await self.server.start()
         self._session_task = asyncio.create_task(self.session.run())
+        if not config.insecure:
+            session = self.session
+            self._renew_task = asyncio.create_task(
+                renew_loop(node_pki, lambda: session.status.controller or controllers[0], [])
+            )
         log.info(
             "agent.started",
             node_id=identity.node_id,
             name=identity.name,
             api=api_address,
-            controllers=config.controllers,
+            controllers=controllers,
+            tls=not config.insecure,
             runtime=config.runtime,
         )
 
@@ -139,6 +176,10 @@ class AgentDaemon:
         await self._session_task
 
     async def stop(self, grace: float = 1.0) -> None:
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._renew_task
         if self._session_task is not None:
             self._session_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +29,15 @@ def load_or_create(state_dir: Path, name: str) -> NodeIdentity:
         stored = json.loads(path.read_text())
         identity = NodeIdentity(stored["node_id"], name or stored["name"])
     else:
-        identity = NodeIdentity(secrets.token_hex(10), name)
+        identity = NodeIdentity(secrets.token_hex(10), name or socket.gethostname())
     _write_atomically(path, {"node_id": identity.node_id, "name": identity.name})
     return identity
+
+
+def save(state_dir: Path, identity: NodeIdentity) -> None:
+    """Store an identity the cluster gave this node (at join: the ID in its certificate)."""
+    _write_atomically(state_dir / IDENTITY_FILE, {"node_id": identity.node_id,
+                                                  "name": identity.name})  # fmt: skip
 
 
 def _write_atomically(path: Path, data: dict[str, str]) -> None:

@@ -31,9 +31,8 @@ def main() -> None:
     "--controller",
     "controllers",
     multiple=True,
-    required=True,
     metavar="HOST:PORT",
-    help="Controller address (repeat, or comma-separate, for several).",
+    help="Controller address (repeat, or comma-separate, for several) [the ones join gave].",
 )
 @click.option("--name", default="", help="Node name [hostname]; kept in --state-dir.")
 @click.option(
@@ -86,6 +85,11 @@ def main() -> None:
     help="cgroup that holds the containers' cgroups (runc runtime).",
 )
 @click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext, unauthenticated API and session (no join needed). Tests only.",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def run(
@@ -101,6 +105,7 @@ def run(
     insecure_registries: tuple[str, ...],
     registry_config: Path | None,
     cgroup_parent: str,
+    insecure: bool,
     log_level: str,
 ) -> None:
     """Run the agent until SIGTERM or SIGINT."""
@@ -140,8 +145,55 @@ def run(
         insecure_registries=list(insecure_registries),
         registry_config=registry_config,
         cgroup_parent=cgroup_parent,
+        insecure=insecure,
     )
     sys.exit(asyncio.run(_serve(config)))
+
+
+@main.command()
+@click.argument("address", metavar="CONTROLLER:JOIN_PORT")
+@click.option("--token", required=True, envvar="DOCKYARD_JOIN_TOKEN",
+              help="Join token (`dockyard-controller token create`).")
+@click.option("--name", default="", help="Node name [hostname]; kept in --state-dir.")
+@click.option(
+    "--state-dir",
+    default="/var/lib/dockyard/agent",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+@click.option("--api-host", "api_hosts", multiple=True, metavar="HOST",
+              help="Name or IP this agent's API is reached at (besides loopback), "
+              "put in its certificate; repeatable.")
+def join(address: str, token: str, name: str, state_dir: Path,
+         api_hosts: tuple[str, ...]) -> None:  # fmt: skip
+    """Join the cluster: pin the CA by the token's hash, get a node certificate.
+
+    ADDRESS is the controller's join port (`dockyard-controller run --join-listen`,
+    7399 by default). Then `dockyard-agent run --state-dir ...` speaks mutual TLS.
+    """
+    import socket as socket_module
+
+    from dockyard.agent.certs import JoinError, NodePKI
+    from dockyard.agent.certs import join as join_cluster
+    from dockyard.agent.identity import NodeIdentity, save
+    from dockyard.common.addresses import JOIN_PORT
+    from dockyard.common.validation import ValidationError, check_name
+
+    try:
+        address = normalize(address, JOIN_PORT)
+        if name:
+            check_name("--name", name)
+    except (AddressError, ValidationError) as exc:
+        raise click.BadParameter(str(exc)) from exc
+    node_pki = NodePKI.of(state_dir)
+    try:
+        identity = asyncio.run(join_cluster(address, token, node_pki, list(api_hosts)))
+    except JoinError as exc:
+        click.echo(f"dockyard-agent: {exc}", err=True)
+        sys.exit(1)
+    save(state_dir, NodeIdentity(identity.id, name or socket_module.gethostname()))
+    click.echo(f"joined as {identity.role} {identity.id}; certificate in {node_pki.directory}")
+    click.echo(f"next: dockyard-agent run --state-dir {state_dir}")
 
 
 async def _serve(config: AgentConfig) -> int:

@@ -73,6 +73,8 @@ class ControllerSession:
         identity: this node's ID and requested name.
         describe: returns the node description sent in every hello.
         on_assignments: called with every assignment set the controller sends.
+        credentials: mutual TLS credentials, made anew for every connection (so a
+            renewed certificate is picked up); None for plaintext (--insecure).
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class ControllerSession:
         on_assignments: AssignmentHandler | None = None,
         backoff: Backoff | None = None,
         keep_rtts: int = 0,
+        credentials: Callable[[], grpc.ChannelCredentials] | None = None,
     ) -> None:
         if not controllers:
             raise ValueError("at least one controller address is needed")
@@ -92,6 +95,7 @@ class ControllerSession:
         self._on_assignments = on_assignments
         self._backoff = backoff or Backoff(initial=0.2, maximum=10.0)
         self._keep_rtts = keep_rtts
+        self._credentials = credentials
         self._outbox: asyncio.Queue[AgentMessage] | None = None
         self._sent: dict[int, float] = {}
         self.status = SessionStatus()
@@ -148,7 +152,12 @@ class ControllerSession:
             while True:
                 yield await outbox.get()
 
-        async with grpc.aio.insecure_channel(target) as channel:
+        channel = (
+            grpc.aio.secure_channel(target, self._credentials())
+            if self._credentials is not None
+            else grpc.aio.insecure_channel(target)
+        )
+        async with channel:
             call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
             try:
                 first = await asyncio.wait_for(call.read(), CONNECT_TIMEOUT)

@@ -95,10 +95,15 @@ class Worker:
         state_dir: Where `worker.json` is kept (the agent's state dir).
     """
 
-    def __init__(self, executor: Executor, session: SessionLike, state_dir: Path) -> None:
+    def __init__(
+        self, executor: Executor, session: SessionLike, state_dir: Path, persist: bool = True
+    ) -> None:
+        """`persist=False` keeps no worker.json: for simulated agents, whose
+        containers do not outlive the process anyway."""
         self.executor = executor
         self.session = session
         self.path = state_dir / STATE_FILE
+        self._persist = persist
         self._tasks: dict[str, _Tracked] = {}
         self._containers: dict[str, str] = {}  # task id -> container id, as last listed
         self._removing: set[asyncio.Task[None]] = set()
@@ -136,7 +141,8 @@ class Worker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.to_thread(self._write, self._snapshot())
+        if self._persist:
+            await asyncio.to_thread(self._write, self._snapshot())
 
     def statuses(self) -> dict[str, TaskStatus]:
         """The latest status of every assigned task."""
@@ -439,7 +445,9 @@ class Worker:
     # ---------------------------------------------------------------- persistence
 
     def _save_soon(self) -> None:
-        if self._closed or (self._saver is not None and not self._saver.done()):
+        if not self._persist or self._closed or (
+            self._saver is not None and not self._saver.done()
+        ):
             return
         self._saver = asyncio.create_task(self._save())
 
@@ -474,7 +482,12 @@ class Worker:
 
 
 def _grace(task: Task) -> float:
-    return task.spec.container.stop_grace_seconds or DEFAULT_STOP_GRACE
+    container = task.spec.container
+    return (
+        container.stop_grace_seconds
+        if container.HasField("stop_grace_seconds")
+        else DEFAULT_STOP_GRACE
+    )
 
 
 def _text(exc: BaseException) -> str:

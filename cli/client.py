@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -17,6 +18,7 @@ if TYPE_CHECKING:  # grpc loads in the commands that call a daemon, not at start
     import grpc
 
 T = TypeVar("T")
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024
 DEFAULT_TIMEOUT = 15.0
 
 
@@ -28,28 +30,91 @@ class CliError(click.ClickException):
 
 
 @dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for mutual TLS: the cluster CA, this client's certificate and key."""
+
+    ca: str
+    cert: str
+    key: str
+
+    @classmethod
+    def from_values(cls, ca: str | None, cert: str | None, key: str | None,
+                    what: str) -> TLSFiles | None:  # fmt: skip
+        if not (ca or cert or key):
+            return None
+        if not (ca and cert and key):
+            raise CliError(f"{what}: TLS needs all three of the CA, the certificate and the key")
+        return cls(ca, cert, key)
+
+    def credentials(self) -> Any:
+        import grpc
+
+        try:
+            return grpc.ssl_channel_credentials(
+                Path(self.ca).read_bytes(), Path(self.key).read_bytes(),
+                Path(self.cert).read_bytes(),
+            )  # fmt: skip
+        except OSError as exc:
+            raise CliError(f"cannot read TLS material: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class Target:
     address: str
     origin: str  # "-H", "DOCKYARD_HOST" or the context's name
+    tls: TLSFiles | None = None
 
 
-def resolve_targets(hosts: tuple[str, ...], context_name: str | None) -> list[Target]:
-    """-H wins, then DOCKYARD_HOST, then --context / DOCKYARD_CONTEXT / the current context."""
+def tls_from_env() -> TLSFiles | None:
+    """DOCKYARD_TLS_CACERT/CERT/KEY, or DOCKYARD_CERT_PATH holding ca.pem, cert.pem, key.pem."""
+    cert_path = os.environ.get("DOCKYARD_CERT_PATH")
+    defaults = (
+        [str(Path(cert_path) / name) for name in ("ca.pem", "cert.pem", "key.pem")]
+        if cert_path else [None, None, None]
+    )  # fmt: skip
+    return TLSFiles.from_values(
+        os.environ.get("DOCKYARD_TLS_CACERT") or defaults[0],
+        os.environ.get("DOCKYARD_TLS_CERT") or defaults[1],
+        os.environ.get("DOCKYARD_TLS_KEY") or defaults[2],
+        "DOCKYARD_TLS_*",
+    )
+
+
+def resolve_targets(
+    hosts: tuple[str, ...], context_name: str | None, tls: TLSFiles | None = None
+) -> list[Target]:
+    """-H wins, then DOCKYARD_HOST, then --context / DOCKYARD_CONTEXT / the current context.
+
+    TLS material: the --tls* flags, then DOCKYARD_TLS_*, then the context's (also
+    with -H: an agent of the cluster trusts the same admin certificate).
+    """
+    tls = tls or tls_from_env()
+    addresses: list[tuple[str, str]] = []
     try:
         if hosts:
-            return [Target(normalize(h, CONTROLLER_PORT), "-H") for h in hosts]
-        env_host = os.environ.get("DOCKYARD_HOST")
-        if env_host and not context_name:
-            return [Target(normalize(env_host, CONTROLLER_PORT), "DOCKYARD_HOST")]
+            addresses = [(normalize(h, CONTROLLER_PORT), "-H") for h in hosts]
+        else:
+            env_host = os.environ.get("DOCKYARD_HOST")
+            if env_host and not context_name:
+                addresses = [(normalize(env_host, CONTROLLER_PORT), "DOCKYARD_HOST")]
     except AddressError as exc:
         raise CliError(f"-H: {exc}") from exc
+    if addresses and tls is not None:
+        return [Target(address, origin, tls) for address, origin in addresses]
     store = ContextStore()
     try:
         name = context_name or os.environ.get("DOCKYARD_CONTEXT") or store.current()
         context = store.get(name)
     except ContextError as exc:
+        if addresses:
+            return [Target(address, origin) for address, origin in addresses]
         raise CliError(str(exc)) from exc
-    return [Target(context.host, context.name)]
+    if tls is None and context.tls:
+        tls = TLSFiles.from_values(context.tls.get("ca"), context.tls.get("cert"),
+                                   context.tls.get("key"), f"context {context.name}")  # fmt: skip
+    if addresses:
+        return [Target(address, origin, tls) for address, origin in addresses]
+    return [Target(context.host, context.name, tls)]
 
 
 def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
@@ -59,7 +124,20 @@ def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
     details = exc.details() or ""
     # Only gRPC's own connection failure, not a daemon saying *its* backend is down.
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
-        reason = "connection refused" if "refused" in details.lower() else details
+        lowered = details.lower()
+        if "refused" in lowered:
+            reason = "connection refused"
+        elif any(word in lowered for word in ("ssl", "handshake", "tls", "certificate")):
+            reason = (
+                f"TLS handshake failed ({details}); check the CA, certificate and key"
+                if target.tls else "TLS handshake failed: the daemon needs TLS "
+                "(--tlscacert/--tlscert/--tlskey or a context with TLS material)"
+            )  # fmt: skip
+        elif target.tls is None and "socket closed" in lowered:
+            reason = (f"{details} (if it speaks TLS: --tlscacert/--tlscert/--tlskey, "
+                      "DOCKYARD_TLS_* or a context with TLS material)")  # fmt: skip
+        else:
+            reason = details
         return f"cannot reach {what} at {target.address}: {reason}"
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"{what} at {target.address} did not answer in time"
@@ -73,8 +151,14 @@ def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
 def channel(target: Target) -> Iterator[grpc.Channel]:
     import grpc
 
-    with grpc.insecure_channel(target.address) as chan:
-        yield chan
+    # Listings of a big cluster (30,000 tasks) are larger than gRPC's 4 MiB default.
+    options = [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
+    if target.tls is None:
+        with grpc.insecure_channel(target.address, options=options) as chan:
+            yield chan
+    else:
+        with grpc.secure_channel(target.address, target.tls.credentials(), options) as chan:
+            yield chan
 
 
 def call(

@@ -86,7 +86,8 @@ class ContextStore:
         raise ContextError(f"context {name!r} not found (see `dockyard context ls`)")
 
     def create(
-        self, name: str, host: str, description: str = "", overwrite: bool = False
+        self, name: str, host: str, description: str = "", overwrite: bool = False,
+        tls: dict[str, str] | None = None,
     ) -> Context:
         try:
             check_name("name", name)
@@ -102,7 +103,7 @@ class ContextStore:
         contexts = self._contexts(data)
         if name in contexts and not overwrite:
             raise ContextError(f"context {name!r} already exists (use --overwrite to replace it)")
-        context = Context(name, host, description)
+        context = Context(name, host, description, dict(tls or {}))
         fields = asdict(context)
         del fields["name"]
         contexts[name] = fields

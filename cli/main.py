@@ -6,21 +6,57 @@ that need them) so that every command starts fast.
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from dockyard.cli.commands.container_run import run
-from dockyard.cli.commands.containers import container, exec_command, logs
-from dockyard.cli.commands.contexts import context
-from dockyard.cli.commands.images import image, list_images, pull
-from dockyard.cli.commands.jobs import job
-from dockyard.cli.commands.nodes import node
-from dockyard.cli.commands.services import ps, service
-from dockyard.cli.commands.system import info, version
 from dockyard.cli.options import GlobalOptions
 from dockyard.cli.render import FORMATS
 
+# name -> (module, attribute, one-line help). A command's module is imported
+# only when that command runs, so `dockyard ps` does not load every command.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "container": (
+        "containers",
+        "container",
+        "Manage containers on one agent (run, ls, logs, ...).",
+    ),
+    "context": ("contexts", "context", "Manage named endpoints (like docker contexts)."),
+    "exec": ("containers", "exec_command", "Run a command in a running container."),
+    "image": ("images", "image", "Manage images on one agent (pull, push, ls, rm, ...)."),
+    "images": ("images", "list_images", "List the agent's images."),
+    "info": ("system", "info", "Summarise the cluster (controller) or the node (agent)."),
+    "job": ("jobs", "job", "Run commands to completion across the cluster."),
+    "logs": ("containers", "logs", "Print a container's output."),
+    "node": ("nodes", "node", "Manage the cluster's nodes."),
+    "ps": ("services", "ps", "List tasks (on a controller) or containers (on an agent)."),
+    "pull": ("images", "pull", "Pull an image, with a progress bar per layer."),
+    "run": ("container_run", "run", "Run a command in a new container."),
+    "service": ("services", "service", "Manage services across the cluster."),
+    "version": ("system", "version", "Show the client's and the daemons' versions."),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use (click's documented pattern)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute, _ = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(f"dockyard.cli.commands.{module}"), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][2]) for name in sorted(COMMANDS)])
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-H",
     "--host",
@@ -45,28 +81,42 @@ from dockyard.cli.render import FORMATS
     show_default=True,
     help="Output format.",
 )
+@click.option(
+    "--tlscacert",
+    default=None,
+    metavar="FILE",
+    envvar="DOCKYARD_TLS_CACERT",
+    help="Trust certificates signed by this CA (the cluster's ca.pem).",
+)
+@click.option(
+    "--tlscert",
+    default=None,
+    metavar="FILE",
+    envvar="DOCKYARD_TLS_CERT",
+    help="Client certificate (mutual TLS).",
+)
+@click.option(
+    "--tlskey",
+    default=None,
+    metavar="FILE",
+    envvar="DOCKYARD_TLS_KEY",
+    help="Client certificate's private key.",
+)
 @click.pass_context
-def cli(ctx: click.Context, hosts: tuple[str, ...], context_name: str | None, output: str) -> None:
+def cli(
+    ctx: click.Context,
+    hosts: tuple[str, ...],
+    context_name: str | None,
+    output: str,
+    tlscacert: str | None,
+    tlscert: str | None,
+    tlskey: str | None,
+) -> None:
     """Dockyard: run containers across many Linux hosts."""
-    ctx.obj = GlobalOptions(hosts, context_name, output)
+    from dockyard.cli.client import TLSFiles
 
-
-cli.add_command(version)
-cli.add_command(info)
-cli.add_command(node)
-cli.add_command(context)
-cli.add_command(container)
-cli.add_command(image)
-cli.add_command(service)
-cli.add_command(job)
-# docker's short forms: the same commands under a second name.
-cli.add_command(run, "run")
-# On a controller, the tasks of every service; on an agent, its containers.
-cli.add_command(ps, "ps")
-cli.add_command(logs, "logs")
-cli.add_command(exec_command, "exec")
-cli.add_command(list_images, "images")
-cli.add_command(pull, "pull")
+    tls = TLSFiles.from_values(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
+    ctx.obj = GlobalOptions(hosts, context_name, output, tls)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from dockyard.cli.client import Target, resolve_targets
+from dockyard.cli.client import Target, TLSFiles, resolve_targets
 from dockyard.cli.render import FORMATS
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -19,9 +19,10 @@ class GlobalOptions:
     hosts: tuple[str, ...]
     context: str | None
     output: str
+    tls: TLSFiles | None = None
 
     def targets(self) -> list[Target]:
-        return resolve_targets(self.hosts, self.context)
+        return resolve_targets(self.hosts, self.context, self.tls)
 
     def target(self) -> Target:
         targets = self.targets()

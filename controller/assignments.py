@@ -37,7 +37,7 @@ class Assigner:
     def __init__(self, state: ClusterState, send: Send) -> None:
         self._state = state
         self._send = send
-        self._sent: dict[str, frozenset[tuple[str, int]]] = {}
+        self._sent: dict[str, frozenset[tuple[str, int, int]]] = {}
 
     def assignment_set(self, node_id: str) -> AssignmentSet:
         tasks = [t for t in self._state.tasks_of_node(node_id) if assigned_to_agent(t)]
@@ -67,8 +67,10 @@ class Assigner:
         self._sent.pop(node_id, None)
 
 
-def _fingerprint(assignments: AssignmentSet) -> frozenset[tuple[str, int]]:
-    return frozenset((t.id, t.meta.version) for t in assignments.tasks)
+def _fingerprint(assignments: AssignmentSet) -> frozenset[tuple[str, int, int]]:
+    """What the agent acts on: which tasks, what they should be, which spec.
+    Status changes (the agent's own reports) do not make a new set."""
+    return frozenset((t.id, t.desired_state, t.spec_version) for t in assignments.tasks)
 
 
 @dataclass

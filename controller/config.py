@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from dockyard.common.addresses import CONTROLLER_PORT
+from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT
 
 DEFAULT_HEARTBEAT_PERIOD = 2.0
 DEFAULT_GRACE_PERIODS = 3
@@ -27,6 +27,10 @@ class ControllerConfig:
     node_down_grace: float = 10.0
     strategy: Literal["spread", "binpack"] = "spread"
     advertise: str = ""  # address other components reach this controller at
+    # Security: plaintext only with insecure; else mutual TLS with the CA in state_dir/pki.
+    insecure: bool = False
+    join_listen: str = f"127.0.0.1:{JOIN_PORT}"  # TLS without client certs: joins only
+    node_cert_validity: float = 90 * 24 * 3600.0  # seconds
 
     @property
     def advertise_address(self) -> str:

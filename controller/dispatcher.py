@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import grpc
 import structlog
 
+from dockyard.common.authz import peer_identity
+from dockyard.common.pki import NODE
 from dockyard.controller.assignments import Assigner, StatusWriter
 from dockyard.controller.errors import status_for
 from dockyard.controller.nodes import NodeRegistry
@@ -96,6 +98,12 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         session.outbox.put_nowait(message)
         return True
 
+    def close(self, node_id: str) -> None:
+        """End a node's session (its certificate was revoked, or it was removed)."""
+        session = self.sessions.get(node_id)
+        if session is not None:
+            session.close()
+
     def close_all(self) -> None:
         for session in list(self.sessions.values()):
             session.close()
@@ -154,6 +162,16 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         context: grpc.aio.ServicerContext[AgentMessage, DispatcherMessage],
     ) -> AgentSession:
         hello = first.hello
+        identity = peer_identity(context)
+        if identity is not None and identity.role == NODE and identity.id != hello.node_id:
+            # A node speaks only as itself: the ID in its certificate.
+            log.warning("session.impersonation", cert_node_id=identity.id,
+                        hello_node_id=hello.node_id, remote=context.peer())  # fmt: skip
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this certificate is node {identity.id}'s; it cannot open a session "
+                f"as node {hello.node_id}",
+            )
         current = self.sessions.get(hello.node_id)
         if current is not None:
             if self.seconds_since_seen(hello.node_id, 0.0) < self.grace:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
+from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT, AddressError, normalize
 from dockyard.common.version import package_version
 
 if TYPE_CHECKING:
@@ -88,6 +88,23 @@ def main() -> None:
     help="How tasks are placed.",
 )
 @click.option(
+    "--insecure",
+    is_flag=True,
+    help="Plaintext, unauthenticated gRPC (no init needed). For tests and benchmarks only.",
+)
+@click.option(
+    "--join-listen",
+    default="",
+    metavar="HOST:PORT",
+    help=f"TLS port (no client certificate) for `dockyard-agent join` [--listen host:{JOIN_PORT}].",
+)
+@click.option(
+    "--cert-expiry",
+    default="90d",
+    show_default=True,
+    help="Validity of the node certificates this controller issues (e.g. 90d, 12h).",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def run(
@@ -102,10 +119,15 @@ def run(
     leader_ttl: int,
     node_down_grace: float,
     strategy: str,
+    insecure: bool,
+    join_listen: str,
+    cert_expiry: str,
     log_level: str,
 ) -> None:
     """Run the controller until SIGTERM or SIGINT."""
     from dockyard.common import logging as dlogging
+    from dockyard.common.sizes import parse_duration
+    from dockyard.controller.admin import _days
     from dockyard.controller.config import ControllerConfig
 
     dlogging.configure(log_level)
@@ -113,7 +135,10 @@ def run(
     try:
         endpoints = [normalize(e, 2379) for e in endpoints]
         listen = normalize(listen, CONTROLLER_PORT)
-    except AddressError as exc:
+        join_listen = normalize(join_listen or f"{listen.rsplit(':', 1)[0]}:{JOIN_PORT}",
+                                JOIN_PORT)  # fmt: skip
+        validity = parse_duration(_days(cert_expiry))
+    except (AddressError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     config = ControllerConfig(
         state_dir=state_dir,
@@ -127,6 +152,9 @@ def run(
         leader_ttl=leader_ttl,
         node_down_grace=node_down_grace,
         strategy="binpack" if strategy == "binpack" else "spread",
+        insecure=insecure,
+        join_listen=join_listen,
+        node_cert_validity=validity,
     )
     sys.exit(asyncio.run(_serve(config)))
 
@@ -155,3 +183,14 @@ async def _serve(config: ControllerConfig) -> int:
     log.info("controller.stopping")
     await controller.stop()
     return 0
+
+
+def _add_admin_commands() -> None:
+    from dockyard.controller.admin import init, token, user
+
+    main.add_command(init)
+    main.add_command(token)
+    main.add_command(user)
+
+
+_add_admin_commands()

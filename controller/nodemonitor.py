@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import structlog
 
 from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.state import ClusterState
 from dockyard.controller.store import StoreError
 from dockyard.v1.types_pb2 import NodeStatus
 
@@ -34,11 +36,14 @@ class NodeMonitor:
         dispatcher: Dispatcher,
         grace: float,
         persist_interval: float = 15.0,
+        view: Callable[[], ClusterState | None] = lambda: None,
     ) -> None:
+        """`view` gives the leader's cluster view, read instead of etcd on every tick."""
         self._registry = registry
         self._dispatcher = dispatcher
         self._grace = grace
         self._persist_interval = persist_interval
+        self._view = view
         self._started = time.monotonic()
 
     async def run(self) -> None:
@@ -58,7 +63,9 @@ class NodeMonitor:
 
     async def check(self) -> None:
         changes: dict[str, tuple[State.ValueType, str]] = {}
-        for node in await self._registry.list_all():
+        view = self._view()
+        nodes = list(view.nodes.values()) if view is not None else await self._registry.list_all()
+        for node in nodes:
             silent = self._dispatcher.seconds_since_seen(node.id, self._started)
             has_session = node.id in self._dispatcher.sessions
             seen = node.id in self._dispatcher.last_seen

@@ -60,10 +60,11 @@ class SchedulingLoop:
         return NodeInfo.from_node(self._state.nodes[node_id], self._state.tasks_of_node(node_id))
 
     async def _round(self) -> None:
+        tasks = self._state.tasks
         pending = [
-            t
-            for t in self._state.tasks.values()
-            if t.status.state == State.PENDING and t.desired_state <= State.RUNNING
+            tasks[task_id]
+            for task_id in self._state.pending_task_ids
+            if tasks[task_id].desired_state <= State.RUNNING
         ]
         if not pending:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import secrets
 import time
 from pathlib import Path
@@ -10,12 +11,22 @@ from pathlib import Path
 import grpc
 import structlog
 
+from dockyard.common import pki
+from dockyard.common.authz import AuthInterceptor
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.api.control import ControllerIdentity, ControlServicer
 from dockyard.controller.api.nodes import NodesAPI
 from dockyard.controller.api.services import ServicesAPI
 from dockyard.controller.assignments import Assigner, StatusWriter
+from dockyard.controller.ca import (
+    CAMismatch,
+    ClusterCA,
+    NodeCAServicer,
+    has_ca,
+    pki_dir,
+    publish_ca,
+)
 from dockyard.controller.config import ControllerConfig
 from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.leadership import Leadership
@@ -27,7 +38,7 @@ from dockyard.controller.scheduling import SchedulingLoop
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import CLUSTER, AlreadyExists, NotFound, Store
-from dockyard.v1 import control_pb2_grpc, dispatcher_pb2_grpc
+from dockyard.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
 from dockyard.v1.types_pb2 import Cluster, Node
 from dockyard.v1.workloads_pb2 import Service
 
@@ -44,6 +55,8 @@ class Controller:
         self.etcd: EtcdServer | None = None
         self.store: Store | None = None
         self.server: grpc.aio.Server | None = None
+        self.join_server: grpc.aio.Server | None = None
+        self.ca: ClusterCA | None = None
         self.leadership: Leadership | None = None
         self.dispatcher: Dispatcher | None = None
         self.port = 0
@@ -55,6 +68,11 @@ class Controller:
     async def start(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        if not config.insecure and not has_ca(config.state_dir):
+            raise ControllerStartError(
+                f"no cluster CA in {pki_dir(config.state_dir)}: run `dockyard-controller init "
+                f"--state-dir {config.state_dir}` first (or pass --insecure for plaintext)"
+            )
         controller_id = _load_or_create_id(config.state_dir / "controller-id")
         endpoints = list(config.etcd_endpoints)
         if not endpoints:
@@ -67,8 +85,17 @@ class Controller:
         await self.store.connect(config.etcd_timeout)
         cluster = await _load_or_create_cluster(self.store)
         registry = NodeRegistry(self.store)
-        self.server = grpc.aio.server()
-        self.port = self.server.add_insecure_port(config.listen)
+        if config.insecure:
+            self.server = grpc.aio.server()
+            self.port = self.server.add_insecure_port(config.listen)
+            log.warning(
+                "controller.INSECURE",
+                message="--insecure: the API and the agents' sessions are PLAINTEXT and "
+                "UNAUTHENTICATED; anyone who reaches this port controls the cluster",
+            )
+        else:
+            self.port = await self._listen_tls(controller_id)
+        assert self.server is not None
         if self.port == 0:
             raise ControllerStartError(
                 f"cannot listen on {config.listen}: address in use or invalid"
@@ -90,15 +117,27 @@ class Controller:
                 identity,
                 self.store,
                 NodesAPI(registry, self.dispatcher),
-                ServicesAPI(self.store, ServiceRegistry(self.store), registry),
+                ServicesAPI(
+                    self.store, ServiceRegistry(self.store), registry, lambda: self.state
+                ),
                 self.dispatcher,
                 lambda: self.leadership,
+                self.ca,
             ),
             self.server,
         )
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, self.server)
+        if self.ca is not None:
+            ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.ca), self.server)
+            dispatcher = self.dispatcher
+            self.ca.on_revoke = lambda serial, subject: dispatcher.close(subject)
+            self._tasks.append(asyncio.create_task(self.ca.watch_revocations()))
         await self.server.start()
-        monitor = NodeMonitor(registry, self.dispatcher, config.node_grace)
+        if self.join_server is not None:
+            await self.join_server.start()
+        monitor = NodeMonitor(
+            registry, self.dispatcher, config.node_grace, view=lambda: self.state
+        )
         self._tasks.append(
             asyncio.create_task(self.leadership.run(lambda: self._lead(monitor), self._follow))
         )
@@ -109,7 +148,57 @@ class Controller:
             cluster_id=cluster.id,
             etcd=endpoints,
             embedded_etcd=self.etcd is not None,
+            tls=not config.insecure,
+            join=config.join_listen if self.join_server is not None else "",
+            ca_fingerprint=self.ca.ca.fingerprint if self.ca else "",
         )
+
+    async def _listen_tls(self, controller_id: str) -> int:
+        """The main port (mutual TLS, every method authorized by role) and the join
+        port (TLS, no client certificate, only IssueNodeCertificate). grpc can only
+        require client certificates for a whole port, hence two ports."""
+        config = self.config
+        assert self.store is not None
+        ca = pki.CertificateAuthority.load(pki_dir(config.state_dir))
+        try:
+            await publish_ca(self.store, ca)
+        except CAMismatch as exc:
+            raise ControllerStartError(str(exc)) from exc
+        self.ca = ClusterCA(
+            self.store, ca, dt.timedelta(seconds=config.node_cert_validity), self._controllers
+        )
+        cert, key = ca.issue_pair(
+            pki.CONTROLLER, controller_id, validity=dt.timedelta(days=365),
+            sans=pki.controller_sans(config.listen, config.advertise),
+        )  # fmt: skip
+        (pki_dir(config.state_dir) / "controller.pem").write_bytes(cert)
+        pki.write_private(pki_dir(config.state_dir) / "controller-key.pem", key)
+        chain = cert + ca.cert_pem  # the CA goes along, so a joining host can pin it
+        self.server = grpc.aio.server(interceptors=[AuthInterceptor(self.ca.is_revoked)])
+        port = self.server.add_secure_port(
+            config.listen,
+            grpc.ssl_server_credentials(
+                [(key, chain)], root_certificates=ca.cert_pem, require_client_auth=True
+            ),
+        )
+        self.join_server = grpc.aio.server(
+            interceptors=[AuthInterceptor(public={"/dockyard.v1.NodeCA/IssueNodeCertificate"})]
+        )
+        ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.ca), self.join_server)
+        if self.join_server.add_secure_port(
+            config.join_listen, grpc.ssl_server_credentials([(key, chain)])
+        ) == 0:
+            raise ControllerStartError(
+                f"cannot listen on {config.join_listen} (--join-listen): address in use or invalid"
+            )
+        return port
+
+    def _controllers(self) -> list[str]:
+        """Where a joining node should open its session: the leader if known, else here."""
+        leadership = self.leadership
+        if leadership is not None and leadership.leader is not None:
+            return [leadership.leader.api_address]
+        return [self.config.advertise or _with_port(self.config.listen, self.port)]
 
     async def _lead(self, monitor: NodeMonitor) -> None:
         """Start the control loops; they share one cluster view."""
@@ -146,6 +235,8 @@ class Controller:
         await _cancel(self._tasks)
         if self.dispatcher is not None:
             self.dispatcher.close_all()
+        if self.join_server is not None:
+            await self.join_server.stop(grace)
         if self.server is not None:
             await self.server.stop(grace)
         if self.store is not None:

@@ -44,7 +44,7 @@ def apply_defaults(spec: ServiceSpec) -> ServiceSpec:
     filled = ServiceSpec()
     filled.CopyFrom(spec)
     container = filled.task.container
-    if container.stop_grace_seconds == 0:
+    if not container.HasField("stop_grace_seconds"):
         container.stop_grace_seconds = DEFAULT_STOP_GRACE
     policy = filled.task.restart_policy
     if policy.condition == RestartPolicy.CONDITION_UNSPECIFIED:

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from dockyard.controller.store import NODES, SERVICES, TASKS, Compacted, Kind, Store, StoreError
-from dockyard.v1.types_pb2 import Node
+from dockyard.v1.types_pb2 import Node, TaskStatus
 from dockyard.v1.workloads_pb2 import Service, Task
 
 log = structlog.get_logger(__name__)
@@ -47,6 +47,7 @@ class ClusterState:
         self.tasks: dict[str, Task] = {}
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
+        self.pending_task_ids: set[str] = set()  # status PENDING: the scheduler's input
         self.revision = 0
         self._trackers: list[ChangeTracker] = []
         self._watch_from = 0
@@ -149,6 +150,8 @@ class ClusterState:
             self.tasks_by_service[value.service_id].add(record_id)
             if value.node_id:
                 self.tasks_by_node[value.node_id].add(record_id)
+            if value.status.state == TaskStatus.PENDING:
+                self.pending_task_ids.add(record_id)
         table[record_id] = value
 
     def _remove(self, kind: Kind[Any], table: dict[str, Any], record_id: str) -> None:
@@ -164,5 +167,6 @@ class ClusterState:
         if old is None:
             return
         self.tasks_by_service[old.service_id].discard(task_id)
+        self.pending_task_ids.discard(task_id)
         if old.node_id:
             self.tasks_by_node[old.node_id].discard(task_id)

@@ -32,6 +32,8 @@ T = TypeVar("T")
 
 # etcd refuses transactions with more operations than --max-txn-ops (128 by default).
 MAX_TXN_OPS = 128
+# Records per range request when listing (a task record is about 300 bytes).
+LIST_PAGE = 2000
 
 
 class StoreError(Exception):
@@ -77,6 +79,12 @@ NODE_NAMES: Kind[types_pb2.Node] = Kind("names/nodes", types_pb2.Node)  # value:
 SERVICES: Kind[workloads_pb2.Service] = Kind("services", workloads_pb2.Service)
 SERVICE_NAMES: Kind[workloads_pb2.Service] = Kind("names/services", workloads_pb2.Service)
 TASKS: Kind[workloads_pb2.Task] = Kind("tasks", workloads_pb2.Task)
+# Security: the cluster CA (one record, "root"), join tokens keyed by token id,
+# the certificates the CA issued and the revocation list, both keyed by serial.
+ROOT_CA: Kind[types_pb2.RootCA] = Kind("pki/ca", types_pb2.RootCA)
+JOIN_TOKENS: Kind[types_pb2.JoinTokenRecord] = Kind("pki/tokens", types_pb2.JoinTokenRecord)
+ISSUED_CERTS: Kind[types_pb2.IssuedCert] = Kind("pki/issued", types_pb2.IssuedCert)
+REVOKED_CERTS: Kind[types_pb2.RevokedCert] = Kind("pki/revoked", types_pb2.RevokedCert)
 
 
 @dataclass(frozen=True)
@@ -186,11 +194,22 @@ class Store:
     async def list_all(self, kind: Kind[M], at_revision: int = 0) -> tuple[list[M], int]:
         """Every record of a kind and the revision the list was read at
         (`at_revision` reads an earlier, consistent snapshot)."""
-        start = self._key(kind, "")
-        response = await self._call(
-            self._kv.get(start, prefix_range_end(start), revision=at_revision, timeout=10.0)
-        )
-        return [self._decode(kind, kv) for kv in response.kvs], int(response.header.revision)
+        prefix = self._key(kind, "")
+        end = prefix_range_end(prefix)
+        start: bytes = prefix.encode()
+        records: list[M] = []
+        revision = at_revision
+        # Pages keep each response under gRPC's 4 MiB message limit; every page is
+        # read at the first page's revision, so the list is one consistent snapshot.
+        while True:
+            response = await self._call(
+                self._kv.get(start, end, revision=revision, limit=LIST_PAGE, timeout=10.0)
+            )
+            revision = revision or int(response.header.revision)
+            records.extend(self._decode(kind, kv) for kv in response.kvs)
+            if not response.more or not response.kvs:
+                return records, revision
+            start = bytes(response.kvs[-1].key) + b"\0"
 
     # -- writes ------------------------------------------------------------
 

@@ -105,7 +105,12 @@ class Daemon:
 
 @dataclass
 class Cluster:
-    """A controller and agents on loopback, each with its own state dir and port."""
+    """A controller and agents on loopback, each with its own state dir and port.
+
+    By default the cluster runs with mutual TLS, set up as a user would: the
+    controller's `init`, an agent join token, `dockyard-agent join` per agent,
+    and the CLI with the admin identity. `insecure=True` runs it in plaintext.
+    """
 
     root: Path
     heartbeat: float = 0.3
@@ -115,6 +120,9 @@ class Cluster:
     controller: Daemon | None = None
     agents: dict[str, Daemon] = field(default_factory=dict)
     config_dir: Path = field(init=False)
+    insecure: bool = False
+    join_port: int = field(default_factory=free_port)
+    token: str | None = None
 
     def __post_init__(self) -> None:
         self.config_dir = self.root / "cli-config"
@@ -122,6 +130,67 @@ class Cluster:
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.controller_port}"
+
+    @property
+    def join_address(self) -> str:
+        return f"127.0.0.1:{self.join_port}"
+
+    @property
+    def pki(self) -> Path:
+        return self.root / "controller" / "pki"
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, "DOCKYARD_CONFIG": str(self.config_dir)}
+        for name in ("DOCKYARD_HOST", "DOCKYARD_CONTEXT", "DOCKYARD_TLS_CACERT",
+                     "DOCKYARD_TLS_CERT", "DOCKYARD_TLS_KEY", "DOCKYARD_CERT_PATH"):
+            env.pop(name, None)
+        return env
+
+    def tls_args(self, identity: Path | None = None) -> list[str]:
+        """--tls* flags for the CLI: the admin identity (or another identity dir)."""
+        directory = identity or self.pki / "admin"
+        if self.insecure or not directory.exists():  # not initialized: plaintext
+            return []
+        return ["--tlscacert", str(directory / "ca.pem"), "--tlscert",
+                str(directory / "cert.pem"), "--tlskey", str(directory / "key.pem")]
+
+    def run_tool(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run a dockyard binary (`dockyard-controller init`, ...) with this cluster's config."""
+        result = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True,
+                                text=True, env=self.env(), timeout=60)  # fmt: skip
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed: {result.stderr}")
+        return result
+
+    def init(self) -> None:
+        args = ["dockyard-controller", "init", "--state-dir", str(self.root / "controller"),
+                "--listen", self.address, "--context", "admin"]  # fmt: skip
+        for endpoint in self.etcd_endpoints:
+            args += ["--etcd", endpoint]
+        self.run_tool(*args)
+
+    def join_token(self) -> str:
+        if self.token is None:
+            self.token = self.run_tool(
+                "dockyard-controller", "token", "create", "--role", "agent", "--ttl", "0",
+                "-H", self.address, *self.tls_args(),
+            ).stdout.strip()
+        return self.token
+
+    def join(self, name: str, state_dir: Path, token: str | None = None,
+             check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        return self.run_tool("dockyard-agent", "join", "--token", token or self.join_token(),
+                             self.join_address, "--state-dir", str(state_dir), "--name", name,
+                             check=check)  # fmt: skip
+
+    def admin_credentials(self) -> Any:
+        import grpc
+
+        return grpc.ssl_channel_credentials(
+            (self.pki / "admin" / "ca.pem").read_bytes(),
+            (self.pki / "admin" / "key.pem").read_bytes(),
+            (self.pki / "admin" / "cert.pem").read_bytes(),
+        )
 
     def start_controller(self, extra: list[str] | None = None) -> Daemon:
         args = [
@@ -142,6 +211,11 @@ class Cluster:
         ]
         for endpoint in self.etcd_endpoints:
             args += ["--etcd", endpoint]
+        if self.insecure:
+            args.append("--insecure")
+        else:
+            self.init()
+            args += ["--join-listen", self.join_address]
         self.controller = Daemon(
             "controller", args + (extra or []), self.root / "controller.log"
         ).start()
@@ -154,7 +228,11 @@ class Cluster:
 
         from dockyard.v1 import control_pb2_grpc
 
-        channel = grpc.insecure_channel(self.address)
+        channel = (
+            grpc.insecure_channel(self.address)
+            if self.insecure
+            else grpc.secure_channel(self.address, self.admin_credentials())
+        )
         stub = control_pb2_grpc.ControlStub(channel)
         stub.close = channel.close
         return stub
@@ -187,6 +265,10 @@ class Cluster:
         ]
         if existing is not None:
             args = existing.args  # a restart: the same flags as before
+        elif self.insecure:
+            args.append("--insecure")
+        else:
+            self.join(name, self.root / f"agent-{name}")
         self.agents[name] = Daemon(
             name, args + ([] if existing else extra or []), self.root / f"agent-{name}.log"
         ).start()
@@ -199,15 +281,12 @@ class Cluster:
     def cli(
         self, *args: str, check: bool = True, timeout: float = 30, host: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        """Run `dockyard -H <controller, or host> ARGS`."""
-        env = {**os.environ, "DOCKYARD_CONFIG": str(self.config_dir)}
-        env.pop("DOCKYARD_HOST", None)
-        env.pop("DOCKYARD_CONTEXT", None)
+        """Run `dockyard -H <controller, or host> ARGS` (as admin, over TLS unless insecure)."""
         result = subprocess.run(
-            [str(BIN / "dockyard"), "-H", host or self.address, *args],
+            [str(BIN / "dockyard"), *self.tls_args(), "-H", host or self.address, *args],
             capture_output=True,
             text=True,
-            env=env,
+            env=self.env(),
             timeout=timeout,
         )
         if check and result.returncode != 0:

@@ -216,6 +216,7 @@ def test_controller_start_fails_clearly_without_etcd(
             "2",
             "--state-dir",
             str(cluster.root / "c"),
+            "--insecure",
         ],
         capture_output=True,
         text=True,

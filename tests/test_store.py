@@ -155,3 +155,18 @@ async def test_unreachable_etcd_fails_after_a_bounded_wait() -> None:
     with pytest.raises(StoreUnavailable, match=r"cannot reach etcd at 127\.0\.0\.1"):
         await store.connect(timeout=1.5)
     assert loop.time() - start < 10
+
+
+async def test_a_list_larger_than_one_page_is_one_consistent_snapshot(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dockyard.controller.store as store_module
+
+    monkeypatch.setattr(store_module, "LIST_PAGE", 7)
+    await store.commit_each([store.put_op(NODES, f"n{i:03}", make_node(f"n{i:03}"), expect=0)
+                             for i in range(50)])
+    nodes, revision = await store.list_all(NODES)
+    assert [n.id for n in nodes] == [f"n{i:03}" for i in range(50)]
+    await store.delete(NODES, "n000")
+    before, _ = await store.list_all(NODES, at_revision=revision)
+    assert len(before) == 50

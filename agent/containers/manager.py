@@ -145,6 +145,10 @@ class ContainerManager:
         ref = ref.removeprefix("/")
         if not ref:
             raise InvalidArgument("container", "a container ID or name is required")
+        try:
+            return await self.runtime.inspect(ref)  # a whole ID or a name: no listing
+        except ContainerNotFound:
+            pass
         infos = await self.runtime.list(all=True)
         for info in infos:
             if info.id == ref:

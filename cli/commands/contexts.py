@@ -24,12 +24,25 @@ def context() -> None:
 @click.option("--description", default="")
 @click.option("--overwrite", is_flag=True, help="Replace a context of the same name.")
 @click.option("--use", "use_it", is_flag=True, help="Also make it the current context.")
+@click.option("--tlscacert", default=None, metavar="FILE", help="The cluster CA (ca.pem).")
+@click.option("--tlscert", default=None, metavar="FILE", help="Client certificate.")
+@click.option("--tlskey", default=None, metavar="FILE", help="Client certificate's key.")
 @click.argument("name")
-def create(host: str, description: str, overwrite: bool, use_it: bool, name: str) -> None:
-    """Create a context named NAME."""
+def create(
+    host: str, description: str, overwrite: bool, use_it: bool,
+    tlscacert: str | None, tlscert: str | None, tlskey: str | None, name: str,
+) -> None:
+    """Create a context named NAME (with TLS material: mutual TLS to the daemon)."""
+    import os
+
+    from dockyard.cli.client import TLSFiles
+
+    files = TLSFiles.from_values(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
+    tls = ({"ca": os.path.abspath(files.ca), "cert": os.path.abspath(files.cert),
+            "key": os.path.abspath(files.key)} if files else None)  # fmt: skip
     store = ContextStore()
     try:
-        store.create(name, host, description, overwrite=overwrite)
+        store.create(name, host, description, overwrite=overwrite, tls=tls)
         if use_it:
             store.use(name)
     except ContextError as exc:

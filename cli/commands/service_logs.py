@@ -92,7 +92,7 @@ def service_logs(target: Target, ref: str, *, follow: bool, tail: str, timestamp
             where = log_prefix(task, name).split(" |", maxsplit=1)[0]
             errors.append(f"{where}: the node's agent API address is unknown")
             continue
-        agent = Target(node.description.api_address, f"node {name}")
+        agent = Target(node.description.api_address, f"node {name}", target.tls)
         request = _request(task.status.container_id, follow, tail, timestamps)
         jobs.append((agent, log_prefix(task, name), request))
     try:

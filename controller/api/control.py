@@ -11,18 +11,23 @@ import grpc
 from dockyard.common.version import version_info
 from dockyard.controller.api.nodes import NodesAPI
 from dockyard.controller.api.services import ServicesAPI
+from dockyard.controller.ca import ClusterCA
 from dockyard.controller.dispatcher import Dispatcher
-from dockyard.controller.errors import grpc_errors
+from dockyard.controller.errors import FailedPrecondition, grpc_errors
 from dockyard.controller.leadership import Leadership
 from dockyard.controller.store import Store, StoreError
 from dockyard.v1 import control_pb2_grpc
 from dockyard.v1.control_pb2 import (
     ClusterInfo,
+    CreateJoinTokenRequest,
+    CreateJoinTokenResponse,
     CreateServiceRequest,
     GetInfoRequest,
     GetNodeRequest,
     GetServiceRequest,
     GetTaskRequest,
+    ListJoinTokensRequest,
+    ListJoinTokensResponse,
     ListNodesRequest,
     ListNodesResponse,
     ListServicesRequest,
@@ -60,6 +65,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         services: ServicesAPI,
         dispatcher: Dispatcher,
         leadership: Callable[[], Leadership | None],
+        ca: ClusterCA | None = None,
     ) -> None:
         self._identity = identity
         self._store = store
@@ -67,6 +73,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._services = services
         self._dispatcher = dispatcher
         self._leadership = leadership
+        self._ca = ca
 
     @grpc_errors
     async def GetVersion(self, request: GetVersionRequest, context: Context) -> VersionInfo:
@@ -118,8 +125,39 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 
     @grpc_errors
     async def RemoveNode(self, request: RemoveNodeRequest, context: Context) -> RemoveNodeResponse:
-        await self._nodes.remove(request)
+        node = await self._nodes.remove(request)
+        if self._ca is not None:  # its certificates stop working at once
+            await self._ca.revoke_subject(node.id, "node removed")
         return RemoveNodeResponse()
+
+    def _cluster_ca(self) -> ClusterCA:
+        if self._ca is None:
+            raise FailedPrecondition("this controller runs without TLS (--insecure): no tokens")
+        return self._ca
+
+    @grpc_errors
+    async def CreateJoinToken(
+        self, request: CreateJoinTokenRequest, context: Context
+    ) -> CreateJoinTokenResponse:
+        token, record = await self._cluster_ca().create_token(
+            request.role, request.ttl_seconds, request.max_uses
+        )
+        return CreateJoinTokenResponse(token=token, record=record)
+
+    @grpc_errors
+    async def ListJoinTokens(
+        self, request: ListJoinTokensRequest, context: Context
+    ) -> ListJoinTokensResponse:
+        return ListJoinTokensResponse(tokens=await self._cluster_ca().list_tokens())
+
+    @grpc_errors
+    async def RotateJoinTokens(
+        self, request: CreateJoinTokenRequest, context: Context
+    ) -> CreateJoinTokenResponse:
+        token, record = await self._cluster_ca().rotate(
+            request.role, request.ttl_seconds, request.max_uses
+        )
+        return CreateJoinTokenResponse(token=token, record=record)
 
     @grpc_errors
     async def CreateService(self, request: CreateServiceRequest, context: Context) -> Service:

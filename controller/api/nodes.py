@@ -29,11 +29,12 @@ class NodesAPI:
     async def update(self, request: UpdateNodeRequest) -> Node:
         return await self._registry.update_spec(request.node, request.version, request.spec)
 
-    async def remove(self, request: RemoveNodeRequest) -> None:
+    async def remove(self, request: RemoveNodeRequest) -> Node:
         node = await self._registry.remove(request.node, request.force)
         session = self._dispatcher.sessions.get(node.id)
         if session is not None:
             session.close()
+        return node
 
     def _with_live_heartbeat(self, node: Node) -> Node:
         """Heartbeats are persisted coarsely; the leader knows the latest one."""

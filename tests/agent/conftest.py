@@ -87,7 +87,8 @@ class Agent:
         args = [
             str(BIN / "dockyard-agent"), "run", "--controller", f"127.0.0.1:{free_port()}",
             "--listen", self.address, "--state-dir", str(self.state_dir), "--runtime", "runc",
-            "--cgroup-parent", self.cgroup_parent, "--log-level", "debug", *self.extra,
+            "--cgroup-parent", self.cgroup_parent, "--log-level", "debug", "--insecure",
+            *self.extra,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=log,

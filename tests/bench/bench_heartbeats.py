@@ -169,7 +169,8 @@ def bench(args: argparse.Namespace) -> None:
         logs.append(open(tmp / "controller.log", "wb"))  # noqa: SIM115
         controller = subprocess.Popen(
             [str(BIN / "dockyard-controller"), "run", "--listen", address,
-             "--state-dir", str(tmp / "state"), "--heartbeat-period", str(args.heartbeat_period)],
+             "--state-dir", str(tmp / "state"), "--heartbeat-period", str(args.heartbeat_period),
+             "--insecure"],
             stdin=subprocess.DEVNULL, stdout=logs[0], stderr=logs[0], start_new_session=True,
             preexec_fn=_die_with_parent,  # noqa: PLW1509
         )

@@ -93,7 +93,12 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(f"stopped by signal {signum}")
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` cleans up
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--tasks", type=int, default=30000)
@@ -106,7 +111,7 @@ def main() -> None:
     try:
         controller = spawn([str(BIN / "dockyard-controller"), "run", "--listen", address,
                             "--state-dir", str(root / "controller"), "--heartbeat-period", "5",
-                            "--log-level", "warning"], root / "controller.log")
+                            "--log-level", "warning", "--insecure"], root / "controller.log")
         processes.append(controller)
         channel = grpc.insecure_channel(address, options=[
             ("grpc.max_receive_message_length", 512 * 1024 * 1024)])

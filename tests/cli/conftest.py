@@ -70,7 +70,7 @@ def agent(tmp_path: Path) -> Iterator[AgentUnderTest]:
     args = [str(BIN / "dockyard-agent"), "run", "--runtime", "runc",
             "--controller", f"127.0.0.1:{free_port()}", "--state-dir", str(state),
             "--listen", address, "--name", "cli-e2e", "--cgroup-parent", cgroup,
-            "--log-level", "debug"]  # fmt: skip
+            "--log-level", "debug", "--insecure"]  # fmt: skip
     daemon = Daemon("agent", args, tmp_path / "agent.log")
     under_test = AgentUnderTest(address, daemon, tmp_path / "cli-config")
     try:

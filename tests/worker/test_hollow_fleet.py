@@ -8,7 +8,7 @@ from tests.conftest import BIN, Cluster, Daemon
 
 
 def test_hollow_agents_register_as_ready_nodes(cluster_factory: Callable[..., Cluster]) -> None:
-    cluster = cluster_factory(heartbeat=1.0, grace=5.0)
+    cluster = cluster_factory(heartbeat=1.0, grace=5.0, insecure=True)  # the fleet is plaintext
     cluster.start_controller()
     args = [
         str(BIN / "dockyard-agent"), "hollow", "--controller", cluster.address, "--count", "50",

@@ -58,7 +58,9 @@ class HollowAgent:
         )
         self.session = ControllerSession(self.controllers, identity, self.describe,
                                          on_assignments=self._on_assignments)  # fmt: skip
-        self.worker = Worker(HollowExecutor(self.runtime), self.session, self.state_dir)
+        self.worker = Worker(
+            HollowExecutor(self.runtime), self.session, self.state_dir, persist=False
+        )
         await self.worker.start()
         self._task = asyncio.create_task(self._run(), name=f"hollow-{self.name}")
 

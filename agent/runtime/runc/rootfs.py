@@ -45,8 +45,12 @@ def _mount_points() -> list[str]:
 
 
 def is_mounted(path: Path) -> bool:
-    """Whether ``path`` is a mount point (blocking: call from a thread)."""
-    return str(path) in _mount_points()
+    """Whether ``path`` is a mount point (blocking: call from a thread).
+
+    An overlay has its own device number, so ``ismount`` answers without
+    reading the whole of /proc/self/mountinfo (which grows with every container).
+    """
+    return os.path.ismount(path)
 
 
 def mounted_under(root: Path) -> list[Path]:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import os
 import re
+import secrets
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -91,6 +93,7 @@ class RuncRuntime:
         self._watchers: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._cpu_prev: dict[str, tuple[float, int]] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._loaded = False
 
     # ----------------------------------------------------------------- helpers
@@ -195,7 +198,16 @@ class RuncRuntime:
         for mount in await asyncio.to_thread(mounted_under, cdir.base):
             with contextlib.suppress(ContainerRuntimeError):
                 await ContainerLayer([mount], mount.parent).unmount()
-        await asyncio.to_thread(shutil.rmtree, cdir.base, True)
+        # Deleting a writable layer can take long: move it aside (one rename) and
+        # delete it in the background; recover() finishes what a crash left there.
+        trash = self.state_root / "trash" / f"{cdir.base.name}.{secrets.token_hex(4)}"
+        await asyncio.to_thread(_move_aside, cdir.base, trash)
+        self._spawn_cleanup(trash)
+
+    def _spawn_cleanup(self, path: Path) -> None:
+        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, path, True))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     async def start(self, container_id: str) -> None:
         """Run the container (again, counting a restart, if it had exited)."""
@@ -340,7 +352,6 @@ class RuncRuntime:
                 watcher.cancel()
             await self._runc_delete_leftover(cid)
             cdir = self._dir(cid)
-            await ContainerLayer(record.config.lower_dirs, cdir.base).destroy()
             cgroup = CgroupV1(record.cgroups_path)
             for path in await asyncio.to_thread(cgroup.controllers_present):
                 await asyncio.to_thread(rmdir_tree, path)
@@ -459,6 +470,9 @@ class RuncRuntime:
         as they are (a running container's rootfs is still mounted).
         """
         self._loaded = True
+        trash = self.state_root / "trash"
+        if await asyncio.to_thread(trash.is_dir):
+            self._spawn_cleanup(trash)  # layers a crash left half deleted
         await asyncio.to_thread(self.containers_root.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(self.runc_root.mkdir, parents=True, exist_ok=True)
         entries = await asyncio.to_thread(lambda: sorted(self.containers_root.iterdir()))
@@ -498,3 +512,10 @@ class RuncRuntime:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._watchers.clear()
+        await asyncio.gather(*self._cleanups, return_exceptions=True)
+
+
+def _move_aside(source: Path, destination: Path) -> None:
+    """Rename `source` to `destination` (same filesystem: instant)."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(source, destination)

@@ -101,6 +101,21 @@ class ControlStub:
                 request_serializer=dockyard_dot_v1_dot_control__pb2.GetTaskRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_workloads__pb2.Task.FromString,
                 _registered_method=True)
+        self.CreateJoinToken = channel.unary_unary(
+                '/dockyard.v1.Control/CreateJoinToken',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenResponse.FromString,
+                _registered_method=True)
+        self.ListJoinTokens = channel.unary_unary(
+                '/dockyard.v1.Control/ListJoinTokens',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.ListJoinTokensRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_control__pb2.ListJoinTokensResponse.FromString,
+                _registered_method=True)
+        self.RotateJoinTokens = channel.unary_unary(
+                '/dockyard.v1.Control/RotateJoinTokens',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -187,6 +202,26 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJoinToken(self, request, context):
+        """Join tokens (admin only). A token's secret is shown once, at creation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListJoinTokens(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateJoinTokens(self, request, context):
+        """Removes every token of the role, then creates a new one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -254,6 +289,21 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetTask,
                     request_deserializer=dockyard_dot_v1_dot_control__pb2.GetTaskRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_workloads__pb2.Task.SerializeToString,
+            ),
+            'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJoinToken,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenResponse.SerializeToString,
+            ),
+            'ListJoinTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListJoinTokens,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.ListJoinTokensRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_control__pb2.ListJoinTokensResponse.SerializeToString,
+            ),
+            'RotateJoinTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateJoinTokens,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -607,6 +657,87 @@ class Control:
             '/dockyard.v1.Control/GetTask',
             dockyard_dot_v1_dot_control__pb2.GetTaskRequest.SerializeToString,
             dockyard_dot_v1_dot_workloads__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/CreateJoinToken',
+            dockyard_dot_v1_dot_control__pb2.CreateJoinTokenRequest.SerializeToString,
+            dockyard_dot_v1_dot_control__pb2.CreateJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListJoinTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/ListJoinTokens',
+            dockyard_dot_v1_dot_control__pb2.ListJoinTokensRequest.SerializeToString,
+            dockyard_dot_v1_dot_control__pb2.ListJoinTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateJoinTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/RotateJoinTokens',
+            dockyard_dot_v1_dot_control__pb2.CreateJoinTokenRequest.SerializeToString,
+            dockyard_dot_v1_dot_control__pb2.CreateJoinTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

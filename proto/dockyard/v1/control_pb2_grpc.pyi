@@ -49,6 +49,11 @@ class ControlStub:
     RemoveService: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveServiceRequest, _control_pb2.RemoveServiceResponse]
     ListTasks: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListTasksRequest, _control_pb2.ListTasksResponse]
     GetTask: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetTaskRequest, _workloads_pb2.Task]
+    CreateJoinToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateJoinTokenRequest, _control_pb2.CreateJoinTokenResponse]
+    """Join tokens (admin only). A token's secret is shown once, at creation."""
+    ListJoinTokens: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListJoinTokensRequest, _control_pb2.ListJoinTokensResponse]
+    RotateJoinTokens: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateJoinTokenRequest, _control_pb2.CreateJoinTokenResponse]
+    """Removes every token of the role, then creates a new one."""
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -69,6 +74,11 @@ class ControlAsyncStub(ControlStub):
     RemoveService: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveServiceRequest, _control_pb2.RemoveServiceResponse]  # type: ignore[assignment]
     ListTasks: _aio.UnaryUnaryMultiCallable[_control_pb2.ListTasksRequest, _control_pb2.ListTasksResponse]  # type: ignore[assignment]
     GetTask: _aio.UnaryUnaryMultiCallable[_control_pb2.GetTaskRequest, _workloads_pb2.Task]  # type: ignore[assignment]
+    CreateJoinToken: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateJoinTokenRequest, _control_pb2.CreateJoinTokenResponse]  # type: ignore[assignment]
+    """Join tokens (admin only). A token's secret is shown once, at creation."""
+    ListJoinTokens: _aio.UnaryUnaryMultiCallable[_control_pb2.ListJoinTokensRequest, _control_pb2.ListJoinTokensResponse]  # type: ignore[assignment]
+    RotateJoinTokens: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateJoinTokenRequest, _control_pb2.CreateJoinTokenResponse]  # type: ignore[assignment]
+    """Removes every token of the role, then creates a new one."""
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -164,5 +174,28 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.GetTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_workloads_pb2.Task, _abc.Awaitable[_workloads_pb2.Task]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateJoinToken(
+        self,
+        request: _control_pb2.CreateJoinTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.CreateJoinTokenResponse, _abc.Awaitable[_control_pb2.CreateJoinTokenResponse]]:
+        """Join tokens (admin only). A token's secret is shown once, at creation."""
+
+    @_abc_1.abstractmethod
+    def ListJoinTokens(
+        self,
+        request: _control_pb2.ListJoinTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListJoinTokensResponse, _abc.Awaitable[_control_pb2.ListJoinTokensResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateJoinTokens(
+        self,
+        request: _control_pb2.CreateJoinTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.CreateJoinTokenResponse, _abc.Awaitable[_control_pb2.CreateJoinTokenResponse]]:
+        """Removes every token of the role, then creates a new one."""
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

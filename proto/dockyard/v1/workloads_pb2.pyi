@@ -100,7 +100,7 @@ class ContainerSpec(_message.Message):
     workdir: _builtins.str
     user: _builtins.str
     stop_grace_seconds: _builtins.float
-    """SIGTERM, then SIGKILL after this (default 10)"""
+    """SIGTERM, then SIGKILL after this (unset: 10; 0: at once)"""
     read_only: _builtins.bool
     hostname: _builtins.str
     network: _builtins.str
@@ -132,18 +132,20 @@ class ContainerSpec(_message.Message):
         user: _builtins.str = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         healthcheck: Global___HealthCheck | None = ...,
-        stop_grace_seconds: _builtins.float = ...,
+        stop_grace_seconds: _builtins.float | None = ...,
         read_only: _builtins.bool = ...,
         cap_add: _abc.Iterable[_builtins.str] | None = ...,
         cap_drop: _abc.Iterable[_builtins.str] | None = ...,
         hostname: _builtins.str = ...,
         network: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["healthcheck", b"healthcheck"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds", "healthcheck", b"healthcheck", "stop_grace_seconds", b"stop_grace_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "labels", b"labels", "network", b"network", "read_only", b"read_only", "stop_grace_seconds", b"stop_grace_seconds", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "labels", b"labels", "network", b"network", "read_only", b"read_only", "stop_grace_seconds", b"stop_grace_seconds", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__stop_grace_seconds: _TypeAlias = _typing.Literal["stop_grace_seconds"]  # noqa: Y015
+    _WhichOneofArgType__stop_grace_seconds: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stop_grace_seconds) -> _WhichOneofReturnType__stop_grace_seconds | None: ...
 
 Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
 

@@ -1,0 +1,267 @@
+"""`dockyard-controller init | token | user`: the cluster's PKI from the command line.
+
+`init` and `user create` work offline on the state dir (they need the CA key);
+`token` commands are RPCs on a running controller, made with an admin identity
+(the current CLI context, or --context / -H with --tls* flags).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
+
+DEFAULT_STATE_DIR = "/var/lib/dockyard/controller"
+state_dir_option = click.option(
+    "--state-dir",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+)
+
+
+def _write_identity(directory: Path, ca_pem: bytes, cert: bytes, key: bytes) -> dict[str, str]:
+    from dockyard.common.pki import write_private
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca.pem").write_bytes(ca_pem)
+    (directory / "cert.pem").write_bytes(cert)
+    write_private(directory / "key.pem", key)
+    return {name: str((directory / f"{name}.pem").resolve()) for name in ("ca", "cert", "key")}
+
+
+def _make_context(name: str, host: str, tls: dict[str, str], description: str) -> None:
+    from dockyard.cli.contexts import DEFAULT_CONTEXT, ContextError, ContextStore
+
+    store = ContextStore()
+    try:
+        store.create(name, host, description, overwrite=True, tls=tls)
+        if store.current() == DEFAULT_CONTEXT:
+            store.use(name)
+    except ContextError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+async def _ca_from_etcd(endpoints: list[str], prefix: str, timeout: float) -> Any:
+    """The CA in etcd, or a new one published there."""
+    from dockyard.common import pki
+    from dockyard.controller.ca import fetch_ca, publish_ca
+    from dockyard.controller.store import Store
+
+    store = Store(endpoints, prefix)
+    try:
+        await store.connect(timeout)
+        ca = await fetch_ca(store)
+        if ca is None:
+            ca = pki.CertificateAuthority.create()
+            await publish_ca(store, ca)
+        return ca
+    finally:
+        await store.close()
+
+
+@click.command()
+@state_dir_option
+@click.option("--listen", default=f"127.0.0.1:{CONTROLLER_PORT}", show_default=True,
+              help="The address `run --listen` will use (in the server certificate).")
+@click.option("--advertise", default="", metavar="HOST:PORT",
+              help="Address clients reach the controller at (a SAN; the context's host).")
+@click.option("--context", "context_name", default="default-admin", show_default=True,
+              help="CLI context to write with the admin identity.")
+@click.option("--etcd", "etcd_endpoints", multiple=True, metavar="HOST:PORT",
+              help="Adopt the CA of the cluster in this etcd (or publish a new one there).")
+@click.option("--etcd-prefix", default="/dockyard", show_default=True)
+@click.option("--etcd-timeout", default=10.0, show_default=True, type=float)
+def init(
+    state_dir: Path, listen: str, advertise: str, context_name: str,
+    etcd_endpoints: tuple[str, ...], etcd_prefix: str, etcd_timeout: float,
+) -> None:
+    """Create the cluster CA, the controller's certificate and an admin identity."""
+    from dockyard.common import pki
+    from dockyard.controller.ca import has_ca, pki_dir
+
+    try:
+        listen = normalize(listen, CONTROLLER_PORT)
+        advertise = normalize(advertise, CONTROLLER_PORT) if advertise else ""
+        endpoints = [normalize(e, 2379) for item in etcd_endpoints for e in item.split(",") if e]
+    except AddressError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    directory = pki_dir(state_dir)
+    if has_ca(state_dir) and (directory / "admin" / "cert.pem").exists():
+        fingerprint = pki.fingerprint((directory / "ca.pem").read_bytes())
+        click.echo(f"{state_dir} is already initialized (CA sha256 {fingerprint})")
+        return
+    if endpoints:
+        ca = asyncio.run(_ca_from_etcd(endpoints, etcd_prefix, etcd_timeout))
+    elif has_ca(state_dir):
+        ca = pki.CertificateAuthority.load(directory)
+    else:
+        ca = pki.CertificateAuthority.create()
+    ca.save(directory)
+    cert, key = ca.issue_pair(pki.CONTROLLER, "init", validity=dt.timedelta(days=365),
+                              sans=pki.controller_sans(listen, advertise))  # fmt: skip
+    (directory / "controller.pem").write_bytes(cert)
+    pki.write_private(directory / "controller-key.pem", key)
+    host = advertise or listen
+    (directory / "cluster.json").write_text(json.dumps({"address": host}) + "\n")
+    tls = _write_identity(directory / "admin", ca.cert_pem, *ca.issue_pair(pki.ADMIN, "admin"))
+    _make_context(context_name, host, tls, f"admin of the cluster in {state_dir}")
+    click.echo(f"cluster CA: {directory / 'ca.pem'} (sha256 {ca.fingerprint})")
+    click.echo(f"admin identity: {directory / 'admin'}; CLI context {context_name!r}")
+    click.echo(f"next: dockyard-controller run --state-dir {state_dir}, then "
+               "dockyard-controller token create --role agent")  # fmt: skip
+
+
+@click.group()
+def user() -> None:
+    """Client identities (certificates with a role)."""
+
+
+@user.command("create")
+@click.argument("name")
+@click.option("--role", type=click.Choice(["admin", "read-only"]), required=True)
+@state_dir_option
+@click.option("--context", "context_name", default=None, help="Context to write [NAME].")
+@click.option("--host", default=None, metavar="HOST:PORT",
+              help="The controller's address [the one given to init].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to write ca.pem, cert.pem, key.pem [STATE_DIR/pki/users/NAME].")
+@click.option("--days", type=click.IntRange(min=1), default=365, show_default=True)
+def create_user(name: str, role: str, state_dir: Path, context_name: str | None,
+                host: str | None, out: Path | None, days: int) -> None:  # fmt: skip
+    """Issue a client identity for NAME with a role, and a CLI context for it."""
+    from dockyard.common import pki
+    from dockyard.common.validation import ValidationError, check_name
+    from dockyard.controller.ca import has_ca, pki_dir
+
+    try:
+        check_name("NAME", name)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if not has_ca(state_dir):
+        raise click.ClickException(f"no cluster CA in {pki_dir(state_dir)}: run init first")
+    directory = pki_dir(state_dir)
+    ca = pki.CertificateAuthority.load(directory)
+    if host is None:
+        cluster = directory / "cluster.json"
+        host = json.loads(cluster.read_text())["address"] if cluster.exists() else (
+            f"127.0.0.1:{CONTROLLER_PORT}")  # fmt: skip
+    cert, key = ca.issue_pair(role, name, validity=dt.timedelta(days=days))
+    tls = _write_identity(out or directory / "users" / name, ca.cert_pem, cert, key)
+    _make_context(context_name or name, host, tls, f"{role} user {name}")
+    click.echo(f"{role} identity for {name}: {Path(tls['cert']).parent}; "
+               f"CLI context {context_name or name!r}")  # fmt: skip
+
+
+def _target(host: str | None, context_name: str | None, tlscacert: str | None,
+            tlscert: str | None, tlskey: str | None) -> Any:  # fmt: skip
+    from dockyard.cli.client import TLSFiles, resolve_targets
+
+    tls = TLSFiles.from_values(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
+    return resolve_targets((host,) if host else (), context_name, tls)[0]
+
+
+def _client_options(command: Any) -> Any:
+    for option in reversed([
+        click.option("-H", "--host", default=None, metavar="HOST:PORT",
+                     help="The controller [the context's]."),
+        click.option("-c", "--context", "context_name", default=None,
+                     envvar="DOCKYARD_CONTEXT", help="CLI context with an admin identity."),
+        click.option("--tlscacert", default=None, envvar="DOCKYARD_TLS_CACERT"),
+        click.option("--tlscert", default=None, envvar="DOCKYARD_TLS_CERT"),
+        click.option("--tlskey", default=None, envvar="DOCKYARD_TLS_KEY"),
+    ]):
+        command = option(command)
+    return command
+
+
+def _ttl(text: str) -> float:
+    from dockyard.common.sizes import parse_duration
+
+    if text in ("0", "never", ""):
+        return 0.0
+    try:
+        return parse_duration(_days(text))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ttl") from exc
+
+
+def _days(text: str) -> str:
+    """parse_duration knows h, m, s; a trailing `Nd` is turned into hours."""
+    if text.endswith("d") and text[:-1].isdigit():
+        return f"{int(text[:-1]) * 24}h"
+    return text
+
+
+def _token_call(method: str, request: Any, **target: Any) -> Any:
+    from dockyard.cli.client import call
+    from dockyard.v1 import control_pb2_grpc
+
+    return call(_target(**target), control_pb2_grpc.ControlStub, method, request)
+
+
+@click.group()
+def token() -> None:
+    """Join tokens (`dockyard-agent join --token ...`); needs an admin identity."""
+
+
+@token.command("create")
+@click.option("--role", type=click.Choice(["agent", "controller"]), default="agent",
+              show_default=True)
+@click.option("--ttl", default="24h", show_default=True, help="Lifetime; 0 for none.")
+@click.option("--max-uses", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Joins the token allows; 0 for no limit.")
+@_client_options
+def create_token(role: str, ttl: str, max_uses: int, **target: Any) -> None:
+    """Make a join token and print it (the secret is shown only now)."""
+    from dockyard.v1.control_pb2 import CreateJoinTokenRequest
+
+    response = _token_call("CreateJoinToken", CreateJoinTokenRequest(
+        role=role, ttl_seconds=_ttl(ttl), max_uses=max_uses), **target)  # fmt: skip
+    click.echo(response.token)
+
+
+@token.command("rotate")
+@click.option("--role", type=click.Choice(["agent", "controller"]), required=True)
+@click.option("--ttl", default="24h", show_default=True, help="Lifetime; 0 for none.")
+@click.option("--max-uses", type=click.IntRange(min=0), default=0, show_default=True)
+@_client_options
+def rotate_token(role: str, ttl: str, max_uses: int, **target: Any) -> None:
+    """Invalidate every token of ROLE and print a new one."""
+    from dockyard.v1.control_pb2 import CreateJoinTokenRequest
+
+    response = _token_call("RotateJoinTokens", CreateJoinTokenRequest(
+        role=role, ttl_seconds=_ttl(ttl), max_uses=max_uses), **target)  # fmt: skip
+    click.echo(response.token)
+
+
+@token.command("ls")
+@_client_options
+def list_tokens(**target: Any) -> None:
+    """The join tokens (without their secrets)."""
+    from dockyard.cli.render import emit_table
+    from dockyard.v1.control_pb2 import ListJoinTokensRequest
+
+    tokens = _token_call("ListJoinTokens", ListJoinTokensRequest(), **target).tokens
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for record in tokens:
+        expires = (record.expires_at.ToDatetime(tzinfo=dt.UTC) if record.HasField("expires_at")
+                   else None)  # fmt: skip
+        rows.append((
+            record.id, record.role,
+            record.created_at.ToDatetime(tzinfo=dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            "never" if expires is None else ("expired" if expires < now
+                                             else expires.strftime("%Y-%m-%d %H:%M:%S")),
+            f"{record.uses}/{record.max_uses}" if record.max_uses else str(record.uses),
+        ))  # fmt: skip
+    emit_table(["ID", "ROLE", "CREATED", "EXPIRES", "USES"], rows)
+
+
+__all__ = ["init", "token", "user"]

@@ -119,6 +119,10 @@ def _cluster_text(target: Target, info: Any) -> str:
             ),
             ("Agent sessions", info.agent_sessions),
             (
+                "Tasks",
+                f"{info.tasks_total} ({info.tasks_running} running, {info.tasks_pending} pending)",
+            ),
+            (
                 "Heartbeat",
                 f"every {info.heartbeat_period_seconds:g} s, down after "
                 f"{info.node_grace_seconds:g} s",

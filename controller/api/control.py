@@ -105,6 +105,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             node_grace_seconds=self._dispatcher.grace,
             agent_sessions=len(self._dispatcher.sessions),
         )
+        info.tasks_total, info.tasks_running, info.tasks_pending = (
+            await self._services.task_counts()
+        )
         try:
             info.etcd_version = await self._store.server_version()
         except StoreError:

@@ -61,6 +61,13 @@ class ServicesAPI:
     async def remove(self, ref: str) -> None:
         await self._services.remove(ref)
 
+    async def task_counts(self) -> tuple[int, int, int]:
+        """How many tasks are meant to run, run, and wait for a node."""
+        wanted = [t for t in await self._all_tasks() if t.desired_state == State.RUNNING]
+        running = sum(1 for t in wanted if t.status.state == State.RUNNING)
+        pending = sum(1 for t in wanted if t.status.state == State.PENDING)
+        return len(wanted), running, pending
+
     async def list(self, request: ListServicesRequest) -> ListServicesResponse:
         services = await self._services.list_all()
         by_service: dict[str, list[Task]] = defaultdict(list)

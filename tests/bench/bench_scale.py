@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -31,6 +32,7 @@ from dockyard.common.etcd_server import free_port
 from dockyard.v1 import control_pb2_grpc
 from dockyard.v1.control_pb2 import (
     CreateServiceRequest,
+    GetInfoRequest,
     ListNodesRequest,
     ListServicesRequest,
 )
@@ -55,12 +57,12 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def wait(predicate: object, what: str, timeout: float) -> float:
+def wait(predicate: object, what: str, timeout: float, interval: float = 0.5) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if predicate():  # type: ignore[operator]
             return time.monotonic() - start
-        time.sleep(0.5)
+        time.sleep(interval)
     raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
@@ -78,12 +80,13 @@ class Sampler(threading.Thread):
     def run(self) -> None:
         while not self.done.is_set():
             self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
-            for name, call, request in (
-                ("service ls", self.stub.ListServices, ListServicesRequest()),
-                ("node ls", self.stub.ListNodes, ListNodesRequest()),
-            ):
+            calls: list[tuple[str, Any]] = [
+                ("service ls", lambda: self.stub.ListServices(ListServicesRequest(), timeout=60)),
+                ("node ls", lambda: self.stub.ListNodes(ListNodesRequest(), timeout=60)),
+            ]
+            for name, call in calls:
                 start = time.perf_counter()
-                call(request, timeout=60)
+                call()
                 self.latencies[name].append(time.perf_counter() - start)
             self.done.wait(1.0)
 
@@ -97,6 +100,136 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(f"stopped by signal {signum}")
 
 
+def start_cluster(
+    root: Path, nodes: int, timeout: float, processes: list[subprocess.Popen[bytes]]
+) -> tuple[int, Any]:
+    """A controller and a hollow fleet of `nodes` agents, all READY; (pid, stub)."""
+    address = f"127.0.0.1:{free_port()}"
+    controller = spawn(
+        [
+            str(BIN / "dockyard-controller"),
+            "run",
+            "--listen",
+            address,
+            "--state-dir",
+            str(root / "controller"),
+            "--heartbeat-period",
+            "5",
+            "--log-level",
+            "warning",
+            "--insecure",
+        ],
+        root / "controller.log",
+    )
+    processes.append(controller)
+    channel = grpc.insecure_channel(
+        address, options=[("grpc.max_receive_message_length", 512 * 1024 * 1024)]
+    )
+    stub = control_pb2_grpc.ControlStub(channel)
+
+    def answers() -> bool:
+        try:
+            stub.ListNodes(ListNodesRequest(), timeout=2)
+            return True
+        except grpc.RpcError:
+            return False
+
+    wait(answers, "the controller", 60)
+    processes.append(
+        spawn(
+            [
+                str(BIN / "dockyard-agent"),
+                "hollow",
+                "--controller",
+                address,
+                "--count",
+                str(nodes),
+                "--state-dir",
+                str(root / "hollow"),
+                "--cpus",
+                "64",
+                "--memory",
+                "256G",
+                "--log-level",
+                "warning",
+            ],
+            root / "hollow.log",
+        )
+    )
+    joined = wait(
+        lambda: (
+            sum(
+                n.status.state == NodeStatus.READY
+                for n in stub.ListNodes(ListNodesRequest(), timeout=60).nodes
+            )
+            >= nodes
+        ),
+        f"{nodes} nodes READY",
+        timeout,
+    )
+    print(f"{nodes} hollow nodes READY after {joined:.1f} s")
+    return controller.pid, stub
+
+
+def create_and_wait(
+    stub: Any, services: int, per_service: int, timeout: float
+) -> tuple[float, float]:
+    """Seconds until every task is placed and stored, and until all run."""
+    start = time.monotonic()
+    for index in range(services):
+        spec = ServiceSpec(name=f"svc{index}")
+        spec.task.container.image = "busybox"
+        spec.task.container.command.extend(["sleep", "86400"])
+        spec.replicated.replicas = per_service
+        stub.CreateService(CreateServiceRequest(spec=spec), timeout=60)
+    total = per_service * services
+    placed_at: list[float] = []
+
+    def all_running() -> bool:
+        info = stub.GetInfo(GetInfoRequest(), timeout=120)
+        if not placed_at and info.tasks_total >= total and info.tasks_pending == 0:
+            placed_at.append(time.monotonic() - start)
+        return bool(info.tasks_running >= total)
+
+    wait(all_running, f"{total} tasks RUNNING", timeout, interval=0.2)
+    took = time.monotonic() - start
+    return (placed_at[0] if placed_at else took), took
+
+
+def report(nodes: int, total: int, placed: float, took: float, sampler: Sampler) -> None:
+    result = {
+        "nodes": nodes,
+        "tasks": total,
+        "seconds_to_placed": round(placed, 1),
+        "placed_per_second": round(total / placed, 1),
+        "seconds_to_running": round(took, 1),
+        "tasks_per_second": round(total / took, 1),
+        "controller_peak_rss_mib": round(sampler.peak_rss / 2**20, 1),
+        **{
+            f"{name.replace(' ', '_')}_p{int(q * 100)}_ms": round(percentile(values, q) * 1000, 1)
+            for name, values in sampler.latencies.items()
+            for q in (0.5, 0.99)
+        },
+        "api_samples": len(sampler.latencies["node ls"]),
+    }
+    print(
+        f"{total} tasks placed and stored after {placed:.1f} s "
+        f"({result['placed_per_second']} tasks/s)"
+    )
+    print(
+        f"{total} tasks on {nodes} nodes RUNNING after {took:.1f} s "
+        f"({result['tasks_per_second']} tasks/s); controller peak RSS "
+        f"{result['controller_peak_rss_mib']} MiB"
+    )
+    for name, values in sampler.latencies.items():
+        print(
+            f"  {name}: p50 {percentile(values, 0.5) * 1000:.0f} ms, "
+            f"p99 {percentile(values, 0.99) * 1000:.0f} ms, "
+            f"median {statistics.median(values) * 1000 if values else 0:.0f} ms"
+        )
+    print(json.dumps(result))
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` cleans up
     parser = argparse.ArgumentParser(description=__doc__)
@@ -106,70 +239,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1200)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dockyard-scale-"))
-    address = f"127.0.0.1:{free_port()}"
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        controller = spawn([str(BIN / "dockyard-controller"), "run", "--listen", address,
-                            "--state-dir", str(root / "controller"), "--heartbeat-period", "5",
-                            "--log-level", "warning", "--insecure"], root / "controller.log")
-        processes.append(controller)
-        channel = grpc.insecure_channel(address, options=[
-            ("grpc.max_receive_message_length", 512 * 1024 * 1024)])
-        stub = control_pb2_grpc.ControlStub(channel)
-
-        def answers() -> bool:
-            try:
-                stub.ListNodes(ListNodesRequest(), timeout=2)
-                return True
-            except grpc.RpcError:
-                return False
-
-        wait(answers, "the controller", 60)
-        processes.append(spawn([str(BIN / "dockyard-agent"), "hollow", "--controller", address,
-                                "--count", str(args.nodes), "--state-dir", str(root / "hollow"),
-                                "--cpus", "64", "--memory", "256G", "--log-level", "warning"],
-                               root / "hollow.log"))
-        joined = wait(lambda: sum(n.status.state == NodeStatus.READY for n in
-                                  stub.ListNodes(ListNodesRequest(), timeout=60).nodes)
-                      >= args.nodes, f"{args.nodes} nodes READY", args.timeout)
-        print(f"{args.nodes} hollow nodes READY after {joined:.1f} s")
-        sampler = Sampler(controller.pid, stub)
+        pid, stub = start_cluster(root, args.nodes, args.timeout, processes)
+        sampler = Sampler(pid, stub)
         sampler.start()
         per_service = args.tasks // args.services
-        start = time.monotonic()
-        for index in range(args.services):
-            spec = ServiceSpec(name=f"svc{index}")
-            spec.task.container.image = "busybox"
-            spec.task.container.command.extend(["sleep", "86400"])
-            spec.replicated.replicas = per_service
-            stub.CreateService(CreateServiceRequest(spec=spec), timeout=60)
-        total = per_service * args.services
-
-        def all_running() -> bool:
-            summaries = stub.ListServices(ListServicesRequest(), timeout=120).services
-            return sum(s.running for s in summaries) >= total
-
-        took = wait(all_running, f"{total} tasks RUNNING", args.timeout)
-        took = time.monotonic() - start
+        placed, took = create_and_wait(stub, args.services, per_service, args.timeout)
         sampler.done.set()
         sampler.join(5)
-        result = {
-            "nodes": args.nodes, "tasks": total, "seconds_to_running": round(took, 1),
-            "tasks_per_second": round(total / took, 1),
-            "controller_peak_rss_mib": round(sampler.peak_rss / 2**20, 1),
-            **{f"{name.replace(' ', '_')}_p{int(q * 100)}_ms":
-               round(percentile(values, q) * 1000, 1)
-               for name, values in sampler.latencies.items() for q in (0.5, 0.99)},
-            "api_samples": len(sampler.latencies["node ls"]),
-        }
-        print(f"{total} tasks on {args.nodes} nodes RUNNING after {took:.1f} s "
-              f"({result['tasks_per_second']} tasks/s); controller peak RSS "
-              f"{result['controller_peak_rss_mib']} MiB")
-        for name, values in sampler.latencies.items():
-            print(f"  {name}: p50 {percentile(values, 0.5) * 1000:.0f} ms, "
-                  f"p99 {percentile(values, 0.99) * 1000:.0f} ms, "
-                  f"median {statistics.median(values) * 1000 if values else 0:.0f} ms")
-        print(json.dumps(result))
+        report(args.nodes, per_service * args.services, placed, took, sampler)
     finally:
         for process in reversed(processes):
             stop(process)

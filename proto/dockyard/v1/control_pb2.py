@@ -26,7 +26,7 @@ from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
 from dockyard.v1 import workloads_pb2 as dockyard_dot_v1_dot_workloads__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64ockyard/v1/control.proto\x12\x0b\x64ockyard.v1\x1a\x17\x64ockyard/v1/types.proto\x1a\x1b\x64ockyard/v1/workloads.proto\"M\n\x16\x43reateJoinTokenRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x12\x10\n\x08max_uses\x18\x03 \x01(\x05\"V\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.dockyard.v1.JoinTokenRecord\"\x17\n\x15ListJoinTokensRequest\"F\n\x16ListJoinTokensResponse\x12,\n\x06tokens\x18\x01 \x03(\x0b\x32\x1c.dockyard.v1.JoinTokenRecord\"\x10\n\x0eGetInfoRequest\"\x96\x03\n\x0b\x43lusterInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x13\n\x0bnodes_total\x18\x05 \x01(\x05\x12\x13\n\x0bnodes_ready\x18\x06 \x01(\x05\x12\x12\n\nnodes_down\x18\x07 \x01(\x05\x12\x15\n\rnodes_unknown\x18\x08 \x01(\x05\x12\x16\n\x0e\x65tcd_endpoints\x18\t \x03(\t\x12\x14\n\x0c\x65tcd_version\x18\n \x01(\t\x12\x15\n\retcd_embedded\x18\x0b \x01(\x08\x12)\n\x07version\x18\x0c \x01(\x0b\x32\x18.dockyard.v1.VersionInfo\x12\x16\n\x0euptime_seconds\x18\r \x01(\x01\x12 \n\x18heartbeat_period_seconds\x18\x0e \x01(\x01\x12\x1a\n\x12node_grace_seconds\x18\x0f \x01(\x01\x12\x16\n\x0e\x61gent_sessions\x18\x10 \x01(\x05\"`\n\x10ListNodesRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12-\n\x06states\x18\x03 \x03(\x0e\x32\x1d.dockyard.v1.NodeStatus.State\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Node\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"W\n\x11UpdateNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.dockyard.v1.NodeSpec\"0\n\x11RemoveNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x14\n\x12RemoveNodeResponse\">\n\x14\x43reateServiceRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\"$\n\x11GetServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"2\n\x13ListServicesRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\"Y\n\x0eServiceSummary\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Service\x12\x0f\n\x07running\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65sired\x18\x03 \x01(\x03\"E\n\x14ListServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.dockyard.v1.ServiceSummary\"\x81\x01\n\x14UpdateServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\x12\x10\n\x08rollback\x18\x05 \x01(\x08\"\'\n\x14RemoveServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x17\n\x15RemoveServiceResponse\"L\n\x10ListTasksRequest\x12\x10\n\x08services\x18\x01 \x03(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x17\n\x0finclude_history\x18\x03 \x01(\x08\"5\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Task\"\x1e\n\x0eGetTaskRequest\x12\x0c\n\x04task\x18\x01 \x01(\t2\xce\t\n\x07\x43ontrol\x12\x46\n\nGetVersion\x12\x1e.dockyard.v1.GetVersionRequest\x1a\x18.dockyard.v1.VersionInfo\x12@\n\x07GetInfo\x12\x1b.dockyard.v1.GetInfoRequest\x1a\x18.dockyard.v1.ClusterInfo\x12J\n\tListNodes\x12\x1d.dockyard.v1.ListNodesRequest\x1a\x1e.dockyard.v1.ListNodesResponse\x12\x39\n\x07GetNode\x12\x1b.dockyard.v1.GetNodeRequest\x1a\x11.dockyard.v1.Node\x12?\n\nUpdateNode\x12\x1e.dockyard.v1.UpdateNodeRequest\x1a\x11.dockyard.v1.Node\x12M\n\nRemoveNode\x12\x1e.dockyard.v1.RemoveNodeRequest\x1a\x1f.dockyard.v1.RemoveNodeResponse\x12H\n\rCreateService\x12!.dockyard.v1.CreateServiceRequest\x1a\x14.dockyard.v1.Service\x12\x42\n\nGetService\x12\x1e.dockyard.v1.GetServiceRequest\x1a\x14.dockyard.v1.Service\x12S\n\x0cListServices\x12 .dockyard.v1.ListServicesRequest\x1a!.dockyard.v1.ListServicesResponse\x12H\n\rUpdateService\x12!.dockyard.v1.UpdateServiceRequest\x1a\x14.dockyard.v1.Service\x12V\n\rRemoveService\x12!.dockyard.v1.RemoveServiceRequest\x1a\".dockyard.v1.RemoveServiceResponse\x12J\n\tListTasks\x12\x1d.dockyard.v1.ListTasksRequest\x1a\x1e.dockyard.v1.ListTasksResponse\x12\x39\n\x07GetTask\x12\x1b.dockyard.v1.GetTaskRequest\x1a\x11.dockyard.v1.Task\x12\\\n\x0f\x43reateJoinToken\x12#.dockyard.v1.CreateJoinTokenRequest\x1a$.dockyard.v1.CreateJoinTokenResponse\x12Y\n\x0eListJoinTokens\x12\".dockyard.v1.ListJoinTokensRequest\x1a#.dockyard.v1.ListJoinTokensResponse\x12]\n\x10RotateJoinTokens\x12#.dockyard.v1.CreateJoinTokenRequest\x1a$.dockyard.v1.CreateJoinTokenResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64ockyard/v1/control.proto\x12\x0b\x64ockyard.v1\x1a\x17\x64ockyard/v1/types.proto\x1a\x1b\x64ockyard/v1/workloads.proto\"M\n\x16\x43reateJoinTokenRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x12\x10\n\x08max_uses\x18\x03 \x01(\x05\"V\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.dockyard.v1.JoinTokenRecord\"\x17\n\x15ListJoinTokensRequest\"F\n\x16ListJoinTokensResponse\x12,\n\x06tokens\x18\x01 \x03(\x0b\x32\x1c.dockyard.v1.JoinTokenRecord\"\x10\n\x0eGetInfoRequest\"\xd9\x03\n\x0b\x43lusterInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x13\n\x0bnodes_total\x18\x05 \x01(\x05\x12\x13\n\x0bnodes_ready\x18\x06 \x01(\x05\x12\x12\n\nnodes_down\x18\x07 \x01(\x05\x12\x15\n\rnodes_unknown\x18\x08 \x01(\x05\x12\x16\n\x0e\x65tcd_endpoints\x18\t \x03(\t\x12\x14\n\x0c\x65tcd_version\x18\n \x01(\t\x12\x15\n\retcd_embedded\x18\x0b \x01(\x08\x12)\n\x07version\x18\x0c \x01(\x0b\x32\x18.dockyard.v1.VersionInfo\x12\x16\n\x0euptime_seconds\x18\r \x01(\x01\x12 \n\x18heartbeat_period_seconds\x18\x0e \x01(\x01\x12\x1a\n\x12node_grace_seconds\x18\x0f \x01(\x01\x12\x16\n\x0e\x61gent_sessions\x18\x10 \x01(\x05\x12\x13\n\x0btasks_total\x18\x11 \x01(\x03\x12\x15\n\rtasks_running\x18\x12 \x01(\x03\x12\x15\n\rtasks_pending\x18\x13 \x01(\x03\"`\n\x10ListNodesRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12-\n\x06states\x18\x03 \x03(\x0e\x32\x1d.dockyard.v1.NodeStatus.State\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Node\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"W\n\x11UpdateNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.dockyard.v1.NodeSpec\"0\n\x11RemoveNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x14\n\x12RemoveNodeResponse\">\n\x14\x43reateServiceRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\"$\n\x11GetServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"2\n\x13ListServicesRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\"Y\n\x0eServiceSummary\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Service\x12\x0f\n\x07running\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65sired\x18\x03 \x01(\x03\"E\n\x14ListServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.dockyard.v1.ServiceSummary\"\x81\x01\n\x14UpdateServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\x12\x10\n\x08rollback\x18\x05 \x01(\x08\"\'\n\x14RemoveServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x17\n\x15RemoveServiceResponse\"L\n\x10ListTasksRequest\x12\x10\n\x08services\x18\x01 \x03(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x17\n\x0finclude_history\x18\x03 \x01(\x08\"5\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Task\"\x1e\n\x0eGetTaskRequest\x12\x0c\n\x04task\x18\x01 \x01(\t2\xce\t\n\x07\x43ontrol\x12\x46\n\nGetVersion\x12\x1e.dockyard.v1.GetVersionRequest\x1a\x18.dockyard.v1.VersionInfo\x12@\n\x07GetInfo\x12\x1b.dockyard.v1.GetInfoRequest\x1a\x18.dockyard.v1.ClusterInfo\x12J\n\tListNodes\x12\x1d.dockyard.v1.ListNodesRequest\x1a\x1e.dockyard.v1.ListNodesResponse\x12\x39\n\x07GetNode\x12\x1b.dockyard.v1.GetNodeRequest\x1a\x11.dockyard.v1.Node\x12?\n\nUpdateNode\x12\x1e.dockyard.v1.UpdateNodeRequest\x1a\x11.dockyard.v1.Node\x12M\n\nRemoveNode\x12\x1e.dockyard.v1.RemoveNodeRequest\x1a\x1f.dockyard.v1.RemoveNodeResponse\x12H\n\rCreateService\x12!.dockyard.v1.CreateServiceRequest\x1a\x14.dockyard.v1.Service\x12\x42\n\nGetService\x12\x1e.dockyard.v1.GetServiceRequest\x1a\x14.dockyard.v1.Service\x12S\n\x0cListServices\x12 .dockyard.v1.ListServicesRequest\x1a!.dockyard.v1.ListServicesResponse\x12H\n\rUpdateService\x12!.dockyard.v1.UpdateServiceRequest\x1a\x14.dockyard.v1.Service\x12V\n\rRemoveService\x12!.dockyard.v1.RemoveServiceRequest\x1a\".dockyard.v1.RemoveServiceResponse\x12J\n\tListTasks\x12\x1d.dockyard.v1.ListTasksRequest\x1a\x1e.dockyard.v1.ListTasksResponse\x12\x39\n\x07GetTask\x12\x1b.dockyard.v1.GetTaskRequest\x1a\x11.dockyard.v1.Task\x12\\\n\x0f\x43reateJoinToken\x12#.dockyard.v1.CreateJoinTokenRequest\x1a$.dockyard.v1.CreateJoinTokenResponse\x12Y\n\x0eListJoinTokens\x12\".dockyard.v1.ListJoinTokensRequest\x1a#.dockyard.v1.ListJoinTokensResponse\x12]\n\x10RotateJoinTokens\x12#.dockyard.v1.CreateJoinTokenRequest\x1a$.dockyard.v1.CreateJoinTokenResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,41 +44,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINFOREQUEST']._serialized_start=360
   _globals['_GETINFOREQUEST']._serialized_end=376
   _globals['_CLUSTERINFO']._serialized_start=379
-  _globals['_CLUSTERINFO']._serialized_end=785
-  _globals['_LISTNODESREQUEST']._serialized_start=787
-  _globals['_LISTNODESREQUEST']._serialized_end=883
-  _globals['_LISTNODESRESPONSE']._serialized_start=885
-  _globals['_LISTNODESRESPONSE']._serialized_end=938
-  _globals['_GETNODEREQUEST']._serialized_start=940
-  _globals['_GETNODEREQUEST']._serialized_end=970
-  _globals['_UPDATENODEREQUEST']._serialized_start=972
-  _globals['_UPDATENODEREQUEST']._serialized_end=1059
-  _globals['_REMOVENODEREQUEST']._serialized_start=1061
-  _globals['_REMOVENODEREQUEST']._serialized_end=1109
-  _globals['_REMOVENODERESPONSE']._serialized_start=1111
-  _globals['_REMOVENODERESPONSE']._serialized_end=1131
-  _globals['_CREATESERVICEREQUEST']._serialized_start=1133
-  _globals['_CREATESERVICEREQUEST']._serialized_end=1195
-  _globals['_GETSERVICEREQUEST']._serialized_start=1197
-  _globals['_GETSERVICEREQUEST']._serialized_end=1233
-  _globals['_LISTSERVICESREQUEST']._serialized_start=1235
-  _globals['_LISTSERVICESREQUEST']._serialized_end=1285
-  _globals['_SERVICESUMMARY']._serialized_start=1287
-  _globals['_SERVICESUMMARY']._serialized_end=1376
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=1378
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=1447
-  _globals['_UPDATESERVICEREQUEST']._serialized_start=1450
-  _globals['_UPDATESERVICEREQUEST']._serialized_end=1579
-  _globals['_REMOVESERVICEREQUEST']._serialized_start=1581
-  _globals['_REMOVESERVICEREQUEST']._serialized_end=1620
-  _globals['_REMOVESERVICERESPONSE']._serialized_start=1622
-  _globals['_REMOVESERVICERESPONSE']._serialized_end=1645
-  _globals['_LISTTASKSREQUEST']._serialized_start=1647
-  _globals['_LISTTASKSREQUEST']._serialized_end=1723
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1725
-  _globals['_LISTTASKSRESPONSE']._serialized_end=1778
-  _globals['_GETTASKREQUEST']._serialized_start=1780
-  _globals['_GETTASKREQUEST']._serialized_end=1810
-  _globals['_CONTROL']._serialized_start=1813
-  _globals['_CONTROL']._serialized_end=3043
+  _globals['_CLUSTERINFO']._serialized_end=852
+  _globals['_LISTNODESREQUEST']._serialized_start=854
+  _globals['_LISTNODESREQUEST']._serialized_end=950
+  _globals['_LISTNODESRESPONSE']._serialized_start=952
+  _globals['_LISTNODESRESPONSE']._serialized_end=1005
+  _globals['_GETNODEREQUEST']._serialized_start=1007
+  _globals['_GETNODEREQUEST']._serialized_end=1037
+  _globals['_UPDATENODEREQUEST']._serialized_start=1039
+  _globals['_UPDATENODEREQUEST']._serialized_end=1126
+  _globals['_REMOVENODEREQUEST']._serialized_start=1128
+  _globals['_REMOVENODEREQUEST']._serialized_end=1176
+  _globals['_REMOVENODERESPONSE']._serialized_start=1178
+  _globals['_REMOVENODERESPONSE']._serialized_end=1198
+  _globals['_CREATESERVICEREQUEST']._serialized_start=1200
+  _globals['_CREATESERVICEREQUEST']._serialized_end=1262
+  _globals['_GETSERVICEREQUEST']._serialized_start=1264
+  _globals['_GETSERVICEREQUEST']._serialized_end=1300
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1302
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1352
+  _globals['_SERVICESUMMARY']._serialized_start=1354
+  _globals['_SERVICESUMMARY']._serialized_end=1443
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1445
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1514
+  _globals['_UPDATESERVICEREQUEST']._serialized_start=1517
+  _globals['_UPDATESERVICEREQUEST']._serialized_end=1646
+  _globals['_REMOVESERVICEREQUEST']._serialized_start=1648
+  _globals['_REMOVESERVICEREQUEST']._serialized_end=1687
+  _globals['_REMOVESERVICERESPONSE']._serialized_start=1689
+  _globals['_REMOVESERVICERESPONSE']._serialized_end=1712
+  _globals['_LISTTASKSREQUEST']._serialized_start=1714
+  _globals['_LISTTASKSREQUEST']._serialized_end=1790
+  _globals['_LISTTASKSRESPONSE']._serialized_start=1792
+  _globals['_LISTTASKSRESPONSE']._serialized_end=1845
+  _globals['_GETTASKREQUEST']._serialized_start=1847
+  _globals['_GETTASKREQUEST']._serialized_end=1877
+  _globals['_CONTROL']._serialized_start=1880
+  _globals['_CONTROL']._serialized_end=3110
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dockyard.common.addresses import AGENT_PORT
 
-RUNTIMES = ("runc", "docker", "hollow")
+RUNTIMES = ("runc", "hollow")  # a docker backend is planned, not built
 
 
 @dataclass

@@ -49,7 +49,7 @@ def main() -> None:
     type=click.Path(file_okay=False, path_type=Path),
 )
 @click.option(
-    "--runtime", default="runc", show_default=True, type=click.Choice(["runc", "docker", "hollow"])
+    "--runtime", default="runc", show_default=True, type=click.Choice(["runc", "hollow"])
 )
 @click.option(
     "--cpus",

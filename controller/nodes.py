@@ -10,6 +10,7 @@ import re
 
 import structlog
 
+from dockyard.common.lookup import match_reference
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.validation import ValidationError, check_labels, check_name
 from dockyard.controller.errors import FailedPrecondition
@@ -48,14 +49,9 @@ class NodeRegistry:
         """A node by ID, name or unique ID prefix, as docker resolves references."""
         if not ref:
             raise ValidationError("node", "must not be empty")
-        nodes = await self.list_all()
-        for node in nodes:
-            if node.id == ref:
-                return node
-        for node in nodes:
-            if node.spec.name == ref:
-                return node
-        matches = [node for node in nodes if node.id.startswith(ref)]
+        matches = match_reference(
+            ref, await self.list_all(), lambda n: n.id, lambda n: n.spec.name
+        )
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:

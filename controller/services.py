@@ -10,6 +10,7 @@ import secrets
 
 import structlog
 
+from dockyard.common.lookup import match_reference
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.validation import ValidationError
 from dockyard.controller.errors import FailedPrecondition
@@ -79,17 +80,14 @@ class ServiceRegistry:
         """A service by ID, name or unique ID prefix."""
         if not ref:
             raise ValidationError("service", "must not be empty")
-        services = await self.list_all()
-        for matches in (
-            [s for s in services if s.id == ref],
-            [s for s in services if s.spec.name == ref],
-            [s for s in services if s.id.startswith(ref)],
-        ):
-            if len(matches) == 1:
-                return matches[0]
-            if len(matches) > 1:
-                raise ValidationError("service", f"{ref!r} is ambiguous ({len(matches)} services)")
-        raise NotFound(f"service {ref!r} not found")
+        matches = match_reference(
+            ref, await self.list_all(), lambda s: s.id, lambda s: s.spec.name
+        )
+        if len(matches) > 1:
+            raise ValidationError("service", f"{ref!r} is ambiguous ({len(matches)} services)")
+        if not matches:
+            raise NotFound(f"service {ref!r} not found")
+        return matches[0]
 
     async def create(self, spec: ServiceSpec) -> Service:
         check_service_spec(spec)

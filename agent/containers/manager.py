@@ -54,6 +54,7 @@ from dockyard.agent.runtime.base import (
     Stats,
 )
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
+from dockyard.common.lookup import match_reference
 from dockyard.v1.containers_pb2 import CreateContainerRequest
 
 __all__ = ["ContainerManager", "ContainerView"]
@@ -150,13 +151,7 @@ class ContainerManager:
         except ContainerNotFound:
             pass
         infos = await self.runtime.list(all=True)
-        for info in infos:
-            if info.id == ref:
-                return info
-        for info in infos:
-            if info.name == ref:
-                return info
-        matches = [info for info in infos if info.id.startswith(ref)]
+        matches = match_reference(ref, infos, lambda i: i.id, lambda i: i.name)
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call, stream
 from dockyard.cli.commands.container_run import AGENT, containers_stub, create, run, write_output
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
@@ -27,17 +28,13 @@ container.add_command(create)
 
 
 def _each(refs: tuple[str, ...], action: Callable[[str], object]) -> None:
-    """Act on every reference; report failures one line each, exit 1 if any failed."""
-    failed = False
-    for ref in refs:
-        try:
-            action(ref)
-        except CliError as exc:
-            failed = True
-            click.echo(f"dockyard: {exc.message}", err=True)
-            continue
+    """Act on every reference and print it; failures one line each, exit 1 if any failed."""
+
+    def act(ref: str) -> None:
+        action(ref)
         click.echo(ref)
-    if failed:
+
+    if each_ref(refs, act)[1]:
         sys.exit(1)
 
 
@@ -161,14 +158,8 @@ def inspect(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     from dockyard.v1.containers_pb2 import ContainerRef
 
     target = options.target()
-    found, failed = [], False
-    for ref in refs:
-        try:
-            found.append(call(target, containers_stub, "Inspect", ContainerRef(container=ref),
-                              what=AGENT))  # fmt: skip
-        except CliError as exc:
-            failed = True
-            click.echo(f"dockyard: {exc.message}", err=True)
+    found, failed = each_ref(refs, lambda ref: call(
+        target, containers_stub, "Inspect", ContainerRef(container=ref), what=AGENT))
     emit_data(found, "yaml" if options.output == "yaml" else "json")
     if failed:
         sys.exit(1)

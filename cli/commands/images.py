@@ -8,6 +8,7 @@ from typing import Any, TextIO
 
 import click
 
+from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call, stream
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, emit_table
@@ -112,13 +113,9 @@ def inspect_images(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     from dockyard.v1.images_pb2 import ImageRef
 
     target = options.target()
-    found, failed = [], False
-    for ref in refs:
-        try:
-            found.append(call(target, images_stub, "Inspect", ImageRef(image=ref), what=AGENT))
-        except CliError as exc:
-            failed = True
-            click.echo(f"dockyard: {exc.message}", err=True)
+    found, failed = each_ref(
+        refs, lambda ref: call(target, images_stub, "Inspect", ImageRef(image=ref), what=AGENT)
+    )
     emit_data(found, "yaml" if options.output == "yaml" else "json")
     if failed:
         sys.exit(1)
@@ -133,22 +130,15 @@ def remove_images(options: GlobalOptions, force: bool, refs: tuple[str, ...]) ->
     from dockyard.v1.images_pb2 import RemoveImageRequest
 
     target = options.target()
-    failed = False
-    for ref in refs:
-        try:
-            result = call(
-                target, images_stub, "Remove", RemoveImageRequest(image=ref, force=force),
-                what=AGENT,
-            )
-        except CliError as exc:
-            failed = True
-            click.echo(f"dockyard: {exc.message}", err=True)
-            continue
+    def remove(ref: str) -> None:
+        result = call(target, images_stub, "Remove", RemoveImageRequest(image=ref, force=force),
+                      what=AGENT)  # fmt: skip
         for name in result.untagged:
             click.echo(f"Untagged: {name}")
         for digest in result.deleted:
             click.echo(f"Deleted: {digest}")
-    if failed:
+
+    if each_ref(refs, remove)[1]:
         sys.exit(1)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call, is_unimplemented, rpc_code
 from dockyard.cli.commands.service_flags import (
     apply_edits,
@@ -208,16 +209,11 @@ def remove(options: GlobalOptions, refs: tuple[str, ...]) -> None:
 def remove_services(target: Target, refs: tuple[str, ...]) -> None:
     from dockyard.v1.control_pb2 import RemoveServiceRequest
 
-    failed = False
-    for ref in refs:
-        try:
-            call(target, control_stub, "RemoveService", RemoveServiceRequest(service=ref))
-        except CliError as exc:
-            failed = True
-            click.echo(f"dockyard: {exc.message}", err=True)
-            continue
+    def remove(ref: str) -> None:
+        call(target, control_stub, "RemoveService", RemoveServiceRequest(service=ref))
         click.echo(ref)
-    if failed:
+
+    if each_ref(refs, remove)[1]:
         sys.exit(1)
 
 
@@ -228,13 +224,7 @@ def remove_services(target: Target, refs: tuple[str, ...]) -> None:
 def inspect(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     """Show whole service records (JSON by default)."""
     target = options.target()
-    found, failed = [], False
-    for ref in refs:
-        try:
-            found.append(get_service(target, ref))
-        except CliError as exc:
-            failed = True
-            click.echo(f"dockyard: {exc.message}", err=True)
+    found, failed = each_ref(refs, lambda ref: get_service(target, ref))
     emit_data(found, "yaml" if options.output == "yaml" else "json")
     if failed:
         sys.exit(1)

@@ -41,6 +41,7 @@ __all__ = [
     "NetworkMode",
     "RestartPolicy",
     "RestartPolicyName",
+    "SeccompMode",
     "Stats",
     "Stream",
     "VolumeMount",
@@ -49,6 +50,8 @@ __all__ = [
 Stream = Literal["stdout", "stderr"]
 NetworkMode = Literal["none", "host"]
 """``none``: an own network namespace with only loopback; ``host``: the host's namespace."""
+SeccompMode = Literal["default", "unconfined"]
+"""``default``: Dockyard's seccomp profile; ``unconfined``: no seccomp filter."""
 
 
 class ContainerRuntimeError(Exception):
@@ -140,6 +143,11 @@ class ContainerConfig:
             ``CAP_NET_ADMIN``; ``ALL`` for every capability).
         cap_drop: Capabilities removed from it (``ALL`` drops all).
         hostname: The UTS hostname; defaults to the first 12 characters of the id.
+        seccomp: ``default`` (Dockyard's profile, see ``docs/seccomp.md``) or
+            ``unconfined`` (no seccomp filter).
+        privileged: Docker's ``--privileged``: every capability, no seccomp, no masked or
+            read-only paths, writable ``/sys``, every host device. The runtime applies it
+            as asked; whether a container may be privileged is the caller's policy.
     """
 
     id: str
@@ -163,6 +171,14 @@ class ContainerConfig:
     cap_add: Sequence[str] = ()
     cap_drop: Sequence[str] = ()
     hostname: str | None = None
+    seccomp: SeccompMode = "default"
+    privileged: bool = False
+
+    def __post_init__(self) -> None:
+        if self.seccomp not in ("default", "unconfined"):
+            raise InvalidConfig(
+                f"unknown seccomp mode {self.seccomp!r} (expected 'default' or 'unconfined')"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from dockyard.agent.runtime.runc.store import ContainerDir, write_atomic
 __all__ = [
     "ResolvedUser",
     "clear_exit_files",
+    "host_devices",
     "read_exit",
     "read_json",
     "read_user_db",
@@ -50,6 +53,37 @@ def write_etc_files(etc: EtcFiles, hostname: str, network: str) -> None:
     write_atomic(etc.hosts, hosts.encode())
     write_atomic(etc.resolv_conf, _read_text(Path("/etc/resolv.conf")).encode())
     write_atomic(etc.hostname, f"{hostname}\n".encode())
+
+
+# runc creates these itself (or they are their own filesystems in the container).
+_SKIP_DEVICES = frozenset(
+    {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
+     "/dev/ptmx", "/dev/console"}
+)  # fmt: skip
+_SKIP_DEVICE_DIRS = ("/dev/pts", "/dev/shm", "/dev/mqueue")
+
+
+def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
+    """The host's device nodes as OCI ``linux.devices`` entries (for ``--privileged``)."""
+    devices: list[dict[str, Any]] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames
+                       if os.path.join(dirpath, d) not in _SKIP_DEVICE_DIRS]  # fmt: skip
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if path in _SKIP_DEVICES:
+                continue
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                devices.append({
+                    "path": path, "type": "c" if stat.S_ISCHR(st.st_mode) else "b",
+                    "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
+                    "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
+                })  # fmt: skip
+    return sorted(devices, key=lambda d: d["path"])
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -180,7 +180,8 @@ class RuncRuntime:
             hostname = config.hostname or config.id[:12]
             etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
             await asyncio.to_thread(files.write_etc_files, etc, hostname, config.network)
-            spec = build_spec(config, rootfs, user, etc, record.cgroups_path)
+            devices = await asyncio.to_thread(files.host_devices) if config.privileged else []
+            spec = build_spec(config, rootfs, user, etc, record.cgroups_path, devices)
             await asyncio.to_thread(files.write_json, cdir.spec, spec)
             await self._save(record)
         except BaseException:

@@ -6,6 +6,7 @@ mounted rootfs and passes their text in.
 
 from __future__ import annotations
 
+import functools
 import resource
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dockyard.agent.runtime.base import ContainerConfig, InvalidConfig
+from dockyard.agent.runtime.runc.seccomp import default_profile
 
 __all__ = [
     "ALL_CAPABILITIES",
@@ -20,13 +22,16 @@ __all__ = [
     "DEFAULT_PATH",
     "EtcFiles",
     "ResolvedUser",
+    "bounding_capabilities",
     "build_process",
     "build_spec",
     "capabilities",
+    "container_capabilities",
     "default_nofile",
     "merge_env",
     "process_args",
     "resolve_user",
+    "seccomp_section",
 ]
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -238,6 +243,33 @@ def capabilities(cap_add: Sequence[str], cap_drop: Sequence[str]) -> list[str]:
     return caps
 
 
+@functools.cache
+def bounding_capabilities() -> tuple[str, ...]:
+    """The capabilities in the agent's own bounding set (all we can hand out)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            line = next(x for x in f if x.startswith("CapBnd:"))
+    except (OSError, StopIteration):
+        return ALL_CAPABILITIES
+    mask = int(line.split()[1], 16)
+    # ALL_CAPABILITIES is in kernel numbering order: CAP_CHOWN is 0.
+    return tuple(cap for bit, cap in enumerate(ALL_CAPABILITIES) if mask >> bit & 1)
+
+
+def container_capabilities(config: ContainerConfig) -> list[str]:
+    """The capability set of ``config``; privileged: every one the agent holds itself."""
+    if config.privileged:
+        return list(bounding_capabilities())
+    return capabilities(config.cap_add, config.cap_drop)
+
+
+def seccomp_section(config: ContainerConfig, caps: Sequence[str]) -> dict[str, Any] | None:
+    """The OCI ``linux.seccomp`` object, or ``None`` (privileged or ``unconfined``)."""
+    if config.privileged or config.seccomp == "unconfined":
+        return None
+    return default_profile(caps)
+
+
 def default_nofile() -> int:
     """Docker's 1048576 open files, capped by the hard limit we may hand out."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -280,7 +312,8 @@ def build_process(
 
 
 def _resources(config: ContainerConfig) -> dict[str, Any]:
-    resources: dict[str, Any] = {"devices": DEFAULT_DEVICES}
+    devices = [{"allow": True, "access": "rwm"}] if config.privileged else DEFAULT_DEVICES
+    resources: dict[str, Any] = {"devices": devices}
     if config.memory_bytes > 0:
         resources["memory"] = {"limit": config.memory_bytes, "swap": config.memory_bytes}
     if config.nano_cpus > 0:
@@ -310,16 +343,21 @@ def build_spec(
     user: ResolvedUser,
     etc: EtcFiles,
     cgroups_path: str,
+    host_devices: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The whole OCI runtime spec for ``config`` with its rootfs mounted at ``rootfs``."""
+    """The whole OCI runtime spec for ``config`` with its rootfs mounted at ``rootfs``.
+
+    ``host_devices`` (OCI ``linux.devices`` entries, see ``files.host_devices``) are
+    created in a privileged container's ``/dev``; they are ignored otherwise.
+    """
     image: Mapping[str, Any] = config.image_config
     env = merge_env(list(image.get("Env") or []), list(config.env))
     cwd = config.workdir or image.get("WorkingDir") or "/"
     if not str(cwd).startswith("/"):
         raise InvalidConfig(f"working directory {cwd!r} is not absolute")
+    caps = container_capabilities(config)
     process = build_process(
-        process_args(config), env, str(cwd), user,
-        caps=capabilities(config.cap_add, config.cap_drop), nofile=default_nofile(),
+        process_args(config), env, str(cwd), user, caps=caps, nofile=default_nofile(),
     )  # fmt: skip
     namespaces = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
     if config.network != "host":
@@ -333,18 +371,33 @@ def build_spec(
             ("/etc/hostname", etc.hostname),
         )
     ]  # fmt: skip
+    linux: dict[str, Any] = {
+        "resources": _resources(config),
+        "cgroupsPath": cgroups_path,
+        "namespaces": namespaces,
+    }
+    standard_mounts = STANDARD_MOUNTS
+    if config.privileged:
+        # Docker's --privileged: no masked or read-only paths, /sys and cgroups writable.
+        standard_mounts = [
+            {**m, "options": [o for o in m["options"] if o != "ro"]}
+            if m["destination"] in ("/sys", "/sys/fs/cgroup") else m
+            for m in STANDARD_MOUNTS
+        ]  # fmt: skip
+        if host_devices:
+            linux["devices"] = [dict(d) for d in host_devices]
+    else:
+        linux["maskedPaths"] = list(MASKED_PATHS)
+        linux["readonlyPaths"] = list(READONLY_PATHS)
+    seccomp = seccomp_section(config, caps)
+    if seccomp is not None:
+        linux["seccomp"] = seccomp
     return {
         "ociVersion": "1.0.2",
         "process": process,
         "root": {"path": str(rootfs), "readonly": config.read_only},
         "hostname": config.hostname or config.id[:12],
-        "mounts": [*STANDARD_MOUNTS, *etc_mounts, *_volume_mounts(config)],
-        "linux": {
-            "resources": _resources(config),
-            "cgroupsPath": cgroups_path,
-            "namespaces": namespaces,
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-        },
+        "mounts": [*standard_mounts, *etc_mounts, *_volume_mounts(config)],
+        "linux": linux,
         "annotations": {f"dockyard.label.{k}": v for k, v in config.labels.items()},
     }

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 
-NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
-LABEL_KEY_PATTERN = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_./-]{0,126}[a-zA-Z0-9])?$")
+# \Z, not $: `$` also matches before a trailing newline, which let "web\n" through.
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
+LABEL_KEY_PATTERN = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9_./-]{0,126}[a-zA-Z0-9])?\Z")
 MAX_LABEL_VALUE = 256
 MAX_LABELS = 64
+# A reference (ID, ID prefix or name) is at most a 64-character node ID.
+MAX_REF_LENGTH = 128
 
 
 class ValidationError(ValueError):
@@ -29,6 +32,15 @@ def check_name(field: str, name: str) -> str:
             "starting with a letter or digit",
         )
     return name
+
+
+def check_ref(field: str, ref: str) -> str:
+    """A reference to a node, service or task: an ID, a unique ID prefix or a name."""
+    if not ref:
+        raise ValidationError(field, "must not be empty")
+    if len(ref) > MAX_REF_LENGTH:
+        raise ValidationError(field, f"a reference is at most {MAX_REF_LENGTH} characters")
+    return ref
 
 
 def check_label_key(field: str, key: str) -> str:

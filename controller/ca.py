@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,18 @@ log = structlog.get_logger(__name__)
 Context = grpc.aio.ServicerContext[object, object]
 
 TOKEN_ROLES = {"agent": pki.NODE, "controller": pki.CONTROLLER}
+MAX_TOKEN_TTL = 10 * 365 * 24 * 3600.0
+
+
+def check_token_request(role: str, ttl_seconds: float, max_uses: int) -> None:
+    if role not in TOKEN_ROLES:
+        raise ValidationError("role", f"expected agent or controller, got {role[:64]!r}")
+    if not math.isfinite(ttl_seconds) or not 0 <= ttl_seconds <= MAX_TOKEN_TTL:
+        raise ValidationError("ttl_seconds", f"must be between 0 and {MAX_TOKEN_TTL:.0f} s")
+    if max_uses < 0:
+        raise ValidationError("max_uses", "must not be negative")
+
+
 PKI_DIR = "pki"
 
 
@@ -129,10 +142,7 @@ class ClusterCA:
     async def create_token(
         self, role: str, ttl_seconds: float, max_uses: int
     ) -> tuple[str, JoinTokenRecord]:
-        if role not in TOKEN_ROLES:
-            raise ValidationError("role", f"expected agent or controller, got {role!r}")
-        if ttl_seconds < 0 or max_uses < 0:
-            raise ValidationError("ttl_seconds", "ttl and max uses must not be negative")
+        check_token_request(role, ttl_seconds, max_uses)
         token = pki.JoinToken.new(self.ca.fingerprint)
         record = JoinTokenRecord(
             id=token.secret_hash[:12], role=role, secret_hash=token.secret_hash,
@@ -155,8 +165,7 @@ class ClusterCA:
         self, role: str, ttl_seconds: float, max_uses: int
     ) -> tuple[str, JoinTokenRecord]:
         """Every token of `role` stops working; a new one is made."""
-        if role not in TOKEN_ROLES:
-            raise ValidationError("role", f"expected agent or controller, got {role!r}")
+        check_token_request(role, ttl_seconds, max_uses)  # before anything is removed
         for record in await self.list_tokens():
             if record.role == role:
                 await self.store.delete(JOIN_TOKENS, record.id)

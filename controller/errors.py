@@ -37,6 +37,16 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
 ]
 
 
+# Messages quote the request (a name, a reference); a huge one must not make the
+# status itself too large for gRPC's metadata limits.
+MAX_DETAILS = 1000
+
+
+def details_for(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= MAX_DETAILS else text[:MAX_DETAILS] + "... (truncated)"
+
+
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
     for kind, code in _CODES:
         if isinstance(exc, kind):
@@ -63,9 +73,11 @@ def grpc_errors(
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 log.exception("api.unhandled_error", method=method.__name__)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, f"internal error: {details_for(exc)}"
+                )
                 raise
-            await context.abort(code, str(exc))
+            await context.abort(code, details_for(exc))
             raise
 
     return wrapper

@@ -12,7 +12,7 @@ import structlog
 
 from dockyard.common.lookup import match_reference
 from dockyard.common.timestamps import now_timestamp
-from dockyard.common.validation import ValidationError, check_labels, check_name
+from dockyard.common.validation import ValidationError, check_labels, check_name, check_ref
 from dockyard.controller.errors import FailedPrecondition
 from dockyard.controller.store import (
     NODE_NAMES,
@@ -47,8 +47,7 @@ class NodeRegistry:
 
     async def find(self, ref: str) -> Node:
         """A node by ID, name or unique ID prefix, as docker resolves references."""
-        if not ref:
-            raise ValidationError("node", "must not be empty")
+        check_ref("node", ref)
         matches = match_reference(
             ref, await self.list_all(), lambda n: n.id, lambda n: n.spec.name
         )

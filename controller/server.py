@@ -44,6 +44,14 @@ from dockyard.v1.workloads_pb2 import Service
 
 log = structlog.get_logger(__name__)
 
+# The largest request the API takes (and answer it sends): a bigger one gets
+# RESOURCE_EXHAUSTED before it is parsed.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", -1),
+]
+
 
 class ControllerStartError(RuntimeError):
     pass
@@ -86,7 +94,7 @@ class Controller:
         cluster = await _load_or_create_cluster(self.store)
         registry = NodeRegistry(self.store)
         if config.insecure:
-            self.server = grpc.aio.server()
+            self.server = grpc.aio.server(options=SERVER_OPTIONS)
             self.port = self.server.add_insecure_port(config.listen)
             log.warning(
                 "controller.INSECURE",
@@ -174,7 +182,9 @@ class Controller:
         (pki_dir(config.state_dir) / "controller.pem").write_bytes(cert)
         pki.write_private(pki_dir(config.state_dir) / "controller-key.pem", key)
         chain = cert + ca.cert_pem  # the CA goes along, so a joining host can pin it
-        self.server = grpc.aio.server(interceptors=[AuthInterceptor(self.ca.is_revoked)])
+        self.server = grpc.aio.server(
+            interceptors=[AuthInterceptor(self.ca.is_revoked)], options=SERVER_OPTIONS
+        )
         port = self.server.add_secure_port(
             config.listen,
             grpc.ssl_server_credentials(
@@ -182,7 +192,8 @@ class Controller:
             ),
         )
         self.join_server = grpc.aio.server(
-            interceptors=[AuthInterceptor(public={"/dockyard.v1.NodeCA/IssueNodeCertificate"})]
+            interceptors=[AuthInterceptor(public={"/dockyard.v1.NodeCA/IssueNodeCertificate"})],
+            options=SERVER_OPTIONS,
         )
         ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.ca), self.join_server)
         if self.join_server.add_secure_port(

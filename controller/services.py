@@ -12,7 +12,7 @@ import structlog
 
 from dockyard.common.lookup import match_reference
 from dockyard.common.timestamps import now_timestamp
-from dockyard.common.validation import ValidationError
+from dockyard.common.validation import ValidationError, check_ref
 from dockyard.controller.errors import FailedPrecondition
 from dockyard.controller.specs import check_service_spec
 from dockyard.controller.store import (
@@ -78,8 +78,7 @@ class ServiceRegistry:
 
     async def find(self, ref: str) -> Service:
         """A service by ID, name or unique ID prefix."""
-        if not ref:
-            raise ValidationError("service", "must not be empty")
+        check_ref("service", ref)
         matches = match_reference(
             ref, await self.list_all(), lambda s: s.id, lambda s: s.spec.name
         )

@@ -27,9 +27,17 @@ MAX_ENV = 1_000
 MAX_SECONDS = 7 * 24 * 3600.0
 MAX_CONSTRAINTS = 64
 MAX_PORTS = 256
+MAX_CAPS = 64
+MAX_STRING = 4096  # workdir, user, hostname, a capability, a constraint, a preference
+# A stored service holds its spec and the previous one; this keeps it far below
+# etcd's request limit (1.5 MiB), whatever the per-field bounds add up to.
+MAX_SPEC_BYTES = 256 * 1024
 
 
 def check_service_spec(spec: ServiceSpec) -> None:
+    size = spec.ByteSize()
+    if size > MAX_SPEC_BYTES:
+        raise ValidationError("spec", f"is {size} bytes, at most {MAX_SPEC_BYTES} are allowed")
     check_name("spec.name", spec.name)
     check_labels("spec.labels", dict(spec.labels))
     _check_mode(spec)
@@ -69,6 +77,14 @@ def _check_task(task: TaskSpec) -> None:
     _check_args("spec.task.container.entrypoint", list(container.entrypoint))
     _check_env(list(container.env))
     check_labels("spec.task.container.labels", dict(container.labels))
+    for name in ("workdir", "user", "hostname"):
+        _check_string(f"spec.task.container.{name}", getattr(container, name))
+    for name in ("cap_add", "cap_drop"):
+        caps = getattr(container, name)
+        if len(caps) > MAX_CAPS:
+            raise ValidationError(f"spec.task.container.{name}", f"at most {MAX_CAPS} entries")
+        for cap in caps:
+            _check_string(f"spec.task.container.{name}", cap)
     if container.network not in ("", "none", "host"):
         raise ValidationError("spec.task.container.network", "must be none or host")
     _check_seconds("spec.task.container.stop_grace_seconds", container.stop_grace_seconds)
@@ -79,11 +95,20 @@ def _check_task(task: TaskSpec) -> None:
     _check_ports(task)
 
 
+def _check_string(field: str, value: str) -> None:
+    if len(value) > MAX_STRING:
+        raise ValidationError(field, f"longer than {MAX_STRING} characters")
+    if "\0" in value:
+        raise ValidationError(field, "contains a NUL character")
+
+
 def _check_args(field: str, args: list[str]) -> None:
     if len(args) > MAX_ARGS:
         raise ValidationError(field, f"at most {MAX_ARGS} arguments")
     if any(len(arg.encode()) > MAX_ARG_BYTES for arg in args):
         raise ValidationError(field, f"an argument is longer than {MAX_ARG_BYTES} bytes")
+    if any("\0" in arg for arg in args):  # execve cannot pass it
+        raise ValidationError(field, "an argument contains a NUL character")
 
 
 def _check_env(env: list[str]) -> None:
@@ -96,6 +121,8 @@ def _check_env(env: list[str]) -> None:
             raise ValidationError(field, f"{entry!r} is not KEY=VALUE")
         if len(entry.encode()) > MAX_ARG_BYTES:
             raise ValidationError(field, f"variable {key!r} is longer than {MAX_ARG_BYTES} bytes")
+        if "\0" in entry:
+            raise ValidationError(field, f"variable {key!r} contains a NUL character")
 
 
 def _check_seconds(field: str, value: float) -> None:
@@ -111,6 +138,7 @@ def _check_health(health: HealthCheck) -> None:
         raise ValidationError(f"{field}.test", "must start with CMD, CMD-SHELL or NONE")
     if health.test[0] != "NONE" and len(health.test) < 2:
         raise ValidationError(f"{field}.test", "needs a command after CMD or CMD-SHELL")
+    _check_args(f"{field}.test", list(health.test))
     for name in ("interval_seconds", "timeout_seconds", "start_period_seconds"):
         _check_seconds(f"{field}.{name}", getattr(health, name))
     if not 0 <= health.retries <= 100:
@@ -147,6 +175,14 @@ def _check_placement(placement: Placement) -> None:
         raise ValidationError(
             "spec.task.placement.constraints", f"at most {MAX_CONSTRAINTS} constraints"
         )
+    for constraint in placement.constraints:
+        _check_string("spec.task.placement.constraints", constraint)
+    if len(placement.preferences) > MAX_CONSTRAINTS:
+        raise ValidationError(
+            "spec.task.placement.preferences", f"at most {MAX_CONSTRAINTS} preferences"
+        )
+    for preference in placement.preferences:
+        _check_string("spec.task.placement.preferences.spread", preference.spread)
     if placement.max_replicas_per_node < 0:
         raise ValidationError("spec.task.placement.max_replicas_per_node", "must not be negative")
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
+from dockyard.common.validation import ValidationError, check_ref
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.state import ClusterState
@@ -21,6 +22,7 @@ from dockyard.v1.types_pb2 import NodeStatus, TaskStatus
 from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task
 
 State = TaskStatus.State
+MODES = ("replicated", "global", "job")
 
 
 class ServicesAPI:
@@ -69,6 +71,8 @@ class ServicesAPI:
         return len(wanted), running, pending
 
     async def list(self, request: ListServicesRequest) -> ListServicesResponse:
+        if request.mode not in ("", *MODES):
+            raise ValidationError("mode", f"must be {', '.join(MODES)} or empty")
         services = await self._services.list_all()
         by_service: dict[str, list[Task]] = defaultdict(list)
         for task in await self._all_tasks():
@@ -100,6 +104,7 @@ class ServicesAPI:
         return ListTasksResponse(tasks=tasks)
 
     async def get_task(self, ref: str) -> Task:
+        check_ref("task", ref)
         tasks = await self._all_tasks()
         matches = [t for t in tasks if t.id == ref] or [t for t in tasks if t.id.startswith(ref)]
         if len(matches) != 1:

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from dockyard.common.sizes import parse_duration
+from dockyard.common.timestamps import is_set, to_seconds
 
 __all__ = [
     "bytes_size",
@@ -52,21 +53,13 @@ def human_duration(seconds: float) -> str:
     return f"{int(seconds / 3600) // 24 // 365} years"
 
 
-def _seconds(stamp: Any) -> float:
-    return float(stamp.seconds) + float(stamp.nanos) / 1e9
-
-
-def _is_set(stamp: Any) -> bool:
-    return bool(stamp.seconds or stamp.nanos)
-
-
 def _since(stamp: Any, now: float | None) -> float:
-    return max(0.0, (time.time() if now is None else now) - _seconds(stamp))
+    return max(0.0, (time.time() if now is None else now) - to_seconds(stamp))
 
 
 def created_ago(stamp: Any, now: float | None = None) -> str:
     """'2 seconds ago'; '' when the timestamp is unset."""
-    if not _is_set(stamp):
+    if not is_set(stamp):
         return ""
     return f"{human_duration(_since(stamp, now))} ago"
 
@@ -75,15 +68,15 @@ def container_status(state: Any, now: float | None = None) -> str:
     """The STATUS column: 'Created', 'Up 3 minutes', 'Exited (3) 2 seconds ago'."""
     status = state.status
     if status == "running":
-        if state.restart_count and not _is_set(state.started_at):
+        if state.restart_count and not is_set(state.started_at):
             return "Restarting"
-        up = human_duration(_since(state.started_at, now)) if _is_set(state.started_at) else ""
+        up = human_duration(_since(state.started_at, now)) if is_set(state.started_at) else ""
         return f"Up {up}".rstrip()
     if status == "restarting":
         code = f" ({state.exit_code})" if state.has_exit_code else ""
         return f"Restarting{code} {created_ago(state.finished_at, now)}".rstrip()
     if status == "exited":
-        if not _is_set(state.finished_at):
+        if not is_set(state.finished_at):
             return f"Exited ({state.exit_code})"
         return f"Exited ({state.exit_code}) {created_ago(state.finished_at, now)}"
     if status == "dead":

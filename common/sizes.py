@@ -27,12 +27,3 @@ def parse_duration(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != stripped:
         raise ValueError(f"invalid duration {text!r}: use e.g. 500ms, 10s, 1m30s")
     return sum(float(n) * _SECONDS[u] for n, u in parts)
-
-
-def format_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    raise AssertionError("unreachable")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -20,12 +19,6 @@ def to_seconds(stamp: Timestamp) -> float:
 
 def is_set(stamp: Timestamp) -> bool:
     return stamp.seconds != 0 or stamp.nanos != 0
-
-
-def to_iso(stamp: Timestamp) -> str:
-    if not is_set(stamp):
-        return ""
-    return datetime.fromtimestamp(to_seconds(stamp), UTC).isoformat(timespec="seconds")
 
 
 def human_age(stamp: Timestamp, now: float | None = None) -> str:

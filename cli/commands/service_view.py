@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dockyard.cli.humanize import human_duration, short_id, truncate
+from dockyard.common.timestamps import is_set, to_seconds
 
 __all__ = [
     "SERVICE_HEADERS",
@@ -73,18 +74,14 @@ def service_row(summary: Any, no_trunc: bool = False) -> list[str]:
     ]
 
 
-def _seconds(stamp: Any) -> float:
-    return float(stamp.seconds) + float(stamp.nanos) / 1e9
-
-
 def current_state(status: Any, now: float | None = None) -> str:
     """'Running 2 minutes ago', 'Pending 3 seconds ago'; just the state when unstamped."""
     import time
 
     name = state_name(status.state)
-    if not (status.timestamp.seconds or status.timestamp.nanos):
+    if not is_set(status.timestamp):
         return name
-    ago = max(0.0, (time.time() if now is None else now) - _seconds(status.timestamp))
+    ago = max(0.0, (time.time() if now is None else now) - to_seconds(status.timestamp))
     return f"{name} {human_duration(ago)} ago"
 
 
@@ -117,7 +114,7 @@ def task_rows(
 ) -> list[list[str]]:
     """One row per task, newest first within a slot; older ones marked `\\_ ` as docker does."""
     ordered = sorted(tasks, key=lambda t: (t.service_name, t.slot, t.node_id if not t.slot else "",
-                                           -_seconds(t.meta.created_at)))
+                                           -to_seconds(t.meta.created_at)))
     rows, previous = [], None
     for task in ordered:
         slot = (task.service_id, task.slot, task.node_id if not task.slot else "")

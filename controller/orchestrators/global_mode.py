@@ -6,8 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 from dockyard.controller.orchestrators.plan import Plan
-from dockyard.controller.orchestrators.replicated import settle_finished
-from dockyard.controller.orchestrators.restart import decide
+from dockyard.controller.orchestrators.replicated import history_by, refill, settle_finished
 from dockyard.controller.orchestrators.tasks import new_task, shut_down
 from dockyard.controller.orchestrators.updater import UpdateProgress, plan_update
 from dockyard.v1.types_pb2 import Node, NodeSpec, NodeStatus
@@ -35,25 +34,11 @@ def reconcile_global(
             plan.update(shut_down(task))
         else:
             running_nodes.add(task.node_id)
+    history = history_by(tasks, plan, lambda t: t.node_id)
     for node in nodes.values():
         if node.id in running_nodes or not _takes_new_tasks(node) or not eligible(service, node):
             continue
-        history = sorted(
-            (t for t in tasks if t.node_id == node.id),
-            key=lambda t: (t.status.timestamp.seconds, t.status.timestamp.nanos),
-        )
-        changed = {t.id: t for t in plan.updates}
-        history = [changed.get(t.id, t) for t in history]
-        if history:
-            decision = decide(service, history, now)
-            if not decision.restart:
-                continue
-            if decision.at > now:
-                plan.wake(decision.at)
-                continue
-        plan.creates.append(
-            new_task(service, 0, node.id, attempt=history[-1].attempt + 1 if history else 0)
-        )
+        refill(service, history.get(node.id, []), now, plan, 0, node.id)
     plan_update(
         service,
         [t for t in running if t.node_id in running_nodes],

@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 
 import structlog
 
-from dockyard.controller.orchestrators.global_mode import reconcile_global
+from dockyard.controller.orchestrators.global_mode import Eligible, reconcile_global
 from dockyard.controller.orchestrators.jobs import reconcile_job
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.controller.orchestrators.reaper import plan_reaping
@@ -24,13 +23,12 @@ from dockyard.controller.orchestrators.tasks import shut_down
 from dockyard.controller.orchestrators.updater import UpdateProgress
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import SERVICES, TASKS, Op, Store, StoreError
-from dockyard.v1.types_pb2 import Node, TaskStatus
-from dockyard.v1.workloads_pb2 import Service, Task
+from dockyard.v1.types_pb2 import TaskStatus
+from dockyard.v1.workloads_pb2 import Task
 
 log = structlog.get_logger(__name__)
 
 DEBOUNCE = 0.05
-Eligible = Callable[[Service, Node], bool]
 
 
 class Orchestrator:

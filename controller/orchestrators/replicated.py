@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 from dockyard.controller.orchestrators.placement import move_off_lost_nodes
 from dockyard.controller.orchestrators.plan import Plan
@@ -12,6 +13,8 @@ from dockyard.controller.orchestrators.tasks import State, is_terminal, new_task
 from dockyard.controller.orchestrators.updater import UpdateProgress, plan_update
 from dockyard.v1.types_pb2 import Node
 from dockyard.v1.workloads_pb2 import Service, Task
+
+K = TypeVar("K")
 
 
 def reconcile_replicated(
@@ -24,7 +27,7 @@ def reconcile_replicated(
 ) -> Plan:
     plan = Plan()
     running = settle_finished(tasks, nodes, now, down_grace, plan)
-    history = _history_by_slot(tasks, plan)
+    history = history_by(tasks, plan, lambda t: t.slot)
     replicas = service.spec.replicated.replicas
     running_slots = {t.slot for t in running}
     for task in running:
@@ -32,7 +35,7 @@ def reconcile_replicated(
             plan.update(shut_down(task))
     for slot in range(1, replicas + 1):
         if slot not in running_slots:
-            _refill(service, slot, history.get(slot, []), now, plan)
+            refill(service, history.get(slot, []), now, plan, slot)
     plan_update(
         service,
         [t for t in running if t.slot <= replicas],
@@ -61,19 +64,26 @@ def settle_finished(
     return running
 
 
-def _history_by_slot(tasks: Sequence[Task], plan: Plan) -> dict[int, list[Task]]:
+def history_by(
+    tasks: Sequence[Task], plan: Plan, key: Callable[[Task], K]
+) -> dict[K, list[Task]]:
+    """Tasks grouped by slot (or node), as this plan leaves them, oldest first."""
     changed = {t.id: t for t in plan.updates}
-    by_slot: dict[int, list[Task]] = defaultdict(list)
+    groups: dict[K, list[Task]] = defaultdict(list)
     for task in tasks:
-        by_slot[task.slot].append(changed.get(task.id, task))
-    for slot_tasks in by_slot.values():
-        slot_tasks.sort(key=lambda t: (t.status.timestamp.seconds, t.status.timestamp.nanos))
-    return by_slot
+        groups[key(task)].append(changed.get(task.id, task))
+    for group in groups.values():
+        group.sort(key=lambda t: (t.status.timestamp.seconds, t.status.timestamp.nanos))
+    return groups
 
 
-def _refill(service: Service, slot: int, history: list[Task], now: float, plan: Plan) -> None:
+def refill(
+    service: Service, history: list[Task], now: float, plan: Plan, slot: int, node_id: str = ""
+) -> None:
+    """A new task for an empty slot (or a global service's node), when its
+    restart policy allows one now; otherwise wake the plan when it will."""
     if not history:
-        plan.creates.append(new_task(service, slot))
+        plan.creates.append(new_task(service, slot, node_id))
         return
     decision = decide(service, history, now)
     if not decision.restart:
@@ -81,4 +91,4 @@ def _refill(service: Service, slot: int, history: list[Task], now: float, plan: 
     if decision.at > now:
         plan.wake(decision.at)
         return
-    plan.creates.append(new_task(service, slot, attempt=history[-1].attempt + 1))
+    plan.creates.append(new_task(service, slot, node_id, attempt=history[-1].attempt + 1))

@@ -142,9 +142,9 @@ class AgentDaemon:
         from dockyard.agent.containers.manager import ContainerManager
         from dockyard.agent.containers.servicer import ContainersServicer
         from dockyard.agent.executors.runc import RuncExecutor
-        from dockyard.agent.images.registry import RegistryConfig
         from dockyard.agent.images.service import ImageService
         from dockyard.agent.runtime.runc.runtime import RuncRuntime
+        from dockyard.common.distribution.registry import RegistryConfig
         from dockyard.v1 import containers_pb2_grpc, images_pb2_grpc
 
         config = self.config

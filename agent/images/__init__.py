@@ -17,11 +17,12 @@ from dockyard.agent.images.errors import (
     RegistryError,
     RegistryUnreachable,
 )
-from dockyard.agent.images.models import Image, ImageConfig, ImageSummary, Layer, Platform
+from dockyard.agent.images.models import Image, ImageConfig, ImageSummary, Layer
 from dockyard.agent.images.progress import ProgressCallback, ProgressEvent, Status
 from dockyard.agent.images.reference import Reference, parse_reference
-from dockyard.agent.images.registry import RegistryConfig
 from dockyard.agent.images.service import ImageService
+from dockyard.common.distribution.platform import Platform
+from dockyard.common.distribution.registry import RegistryConfig
 
 __all__ = [
     "DigestMismatch",

@@ -24,7 +24,11 @@ import structlog
 from dockyard.agent.images.compose import ImageSpec, layer_from_tar, write_image
 from dockyard.agent.images.content import canonical_json, parse_json
 from dockyard.agent.images.errors import ImageStoreError, InvalidReference
-from dockyard.agent.images.media import (
+from dockyard.agent.images.models import Image, ImageConfig
+from dockyard.agent.images.reference import Reference, parse_reference
+from dockyard.agent.images.store import ImageStore
+from dockyard.agent.images.transfer import select_platform
+from dockyard.common.distribution.media import (
     INDEX_TYPES,
     OCI_CONFIG,
     OCI_INDEX,
@@ -34,10 +38,7 @@ from dockyard.agent.images.media import (
     OCI_MANIFEST,
     digest_hex,
 )
-from dockyard.agent.images.models import Image, ImageConfig, Platform
-from dockyard.agent.images.reference import Reference, parse_reference
-from dockyard.agent.images.store import ImageStore
-from dockyard.agent.images.transfer import select_platform
+from dockyard.common.distribution.platform import Platform
 
 __all__ = ["import_rootfs", "load", "save"]
 

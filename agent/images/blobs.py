@@ -20,7 +20,7 @@ from typing import BinaryIO
 import structlog
 
 from dockyard.agent.images.errors import DigestMismatch, ImageStoreError
-from dockyard.agent.images.media import digest_hex
+from dockyard.common.distribution.media import digest_hex
 
 __all__ = ["BlobSink", "BlobStore", "BlobWriter"]
 

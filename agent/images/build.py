@@ -26,9 +26,9 @@ from dockyard.agent.images.compose import Compression, ImageSpec, LayerWriter, w
 from dockyard.agent.images.models import Image, ImageConfig, Layer
 from dockyard.agent.images.progress import ProgressEvent
 from dockyard.agent.images.reference import Reference, parse_reference
-from dockyard.agent.images.registry import RegistryConfig
 from dockyard.agent.images.service import ImageService
 from dockyard.agent.images.store import ImageStore
+from dockyard.common.distribution.registry import RegistryConfig
 from dockyard.common.logging import configure
 
 __all__ = [

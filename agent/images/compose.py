@@ -13,9 +13,15 @@ from typing import Any, Literal
 
 from dockyard.agent.images.blobs import BlobSink, BlobStore
 from dockyard.agent.images.content import canonical_json
-from dockyard.agent.images.media import OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_TAR, OCI_MANIFEST
-from dockyard.agent.images.models import ImageConfig, Layer, Platform
+from dockyard.agent.images.models import ImageConfig, Layer
 from dockyard.agent.images.unpack import open_layer
+from dockyard.common.distribution.media import (
+    OCI_CONFIG,
+    OCI_LAYER_GZIP,
+    OCI_LAYER_TAR,
+    OCI_MANIFEST,
+)
+from dockyard.common.distribution.platform import Platform
 
 __all__ = ["Compression", "ImageSpec", "LayerWriter", "layer_from_tar", "write_image"]
 

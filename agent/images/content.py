@@ -10,8 +10,9 @@ from typing import Any
 
 from dockyard.agent.images.blobs import fsync_dir, store_error
 from dockyard.agent.images.errors import ImageStoreError
-from dockyard.agent.images.media import INDEX_TYPES, MANIFEST_TYPES, OCI_MANIFEST
-from dockyard.agent.images.models import Image, ImageConfig, Layer, Platform
+from dockyard.agent.images.models import Image, ImageConfig, Layer
+from dockyard.common.distribution.media import INDEX_TYPES, MANIFEST_TYPES, OCI_MANIFEST
+from dockyard.common.distribution.platform import Platform
 
 __all__ = [
     "canonical_json",

@@ -1,7 +1,19 @@
-"""Errors raised by the image subsystem; each message says what failed and why."""
+"""Errors raised by the image subsystem; each message says what failed and why.
+
+Registry and verification errors come from `dockyard.common.distribution.errors`
+and are re-exported, so the agent catches every image error from one place.
+"""
 
 from __future__ import annotations
 
+from dockyard.common.distribution.errors import (
+    DigestMismatch,
+    ImageError,
+    ManifestNotFound,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnreachable,
+)
 from dockyard.common.reference import InvalidReference
 
 __all__ = [
@@ -18,10 +30,6 @@ __all__ = [
 ]
 
 
-class ImageError(Exception):
-    """Base class of every error of the image subsystem."""
-
-
 class ImageStoreError(ImageError):
     """The local store could not keep or read content (disk full, corrupt record)."""
 
@@ -32,23 +40,3 @@ class ImageNotFound(ImageError):
 
 class LayerError(ImageStoreError):
     """A layer tarball is unsafe or malformed and was not unpacked."""
-
-
-class DigestMismatch(ImageError):
-    """Content did not hash to the digest it was announced with; nothing was kept."""
-
-
-class RegistryError(ImageError):
-    """A registry refused or failed a request."""
-
-
-class ManifestNotFound(RegistryError):
-    """The registry has no manifest for a reference."""
-
-
-class RegistryUnreachable(RegistryError):
-    """The registry did not answer after the bounded retries."""
-
-
-class RegistryAuthError(RegistryError):
-    """The registry refused our credentials (or we had none)."""

@@ -5,20 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Image", "ImageConfig", "ImageSummary", "Layer", "Platform"]
+from dockyard.common.distribution.platform import Platform
 
-
-@dataclass(frozen=True, slots=True)
-class Platform:
-    """An OCI platform (`linux/amd64`, `linux/arm64/v8`)."""
-
-    os: str = "linux"
-    architecture: str = "amd64"
-    variant: str | None = None
-
-    def __str__(self) -> str:
-        text = f"{self.os}/{self.architecture}"
-        return f"{text}/{self.variant}" if self.variant else text
+__all__ = ["Image", "ImageConfig", "ImageSummary", "Layer"]
 
 
 @dataclass(frozen=True, slots=True)

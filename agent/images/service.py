@@ -15,9 +15,9 @@ from dockyard.agent.images.errors import ImageError, InvalidReference
 from dockyard.agent.images.models import Image, ImageConfig, ImageSummary
 from dockyard.agent.images.progress import ProgressCallback, ignore_progress
 from dockyard.agent.images.reference import Reference, parse_reference
-from dockyard.agent.images.registry import RegistryClient, RegistryConfig
 from dockyard.agent.images.store import GcResult, ImageStore
 from dockyard.agent.images.transfer import pull_image, push_image
+from dockyard.common.distribution.registry import RegistryClient, RegistryConfig
 
 __all__ = ["ImageService"]
 

@@ -29,10 +29,11 @@ import structlog
 from dockyard.agent.images.blobs import BlobStore
 from dockyard.agent.images.content import describe_image, parse_json, write_json_atomic
 from dockyard.agent.images.errors import DigestMismatch, ImageNotFound, ImageStoreError
-from dockyard.agent.images.media import digest_hex
-from dockyard.agent.images.models import Image, ImageConfig, Layer, Platform
+from dockyard.agent.images.models import Image, ImageConfig, Layer
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.unpack import unpack_layer
+from dockyard.common.distribution.media import digest_hex
+from dockyard.common.distribution.platform import Platform
 
 __all__ = ["GcResult", "ImageStore", "Lease"]
 

@@ -10,12 +10,13 @@ import structlog
 
 from dockyard.agent.images.content import manifest_media_type, parse_json
 from dockyard.agent.images.errors import ImageError, ManifestNotFound, RegistryError
-from dockyard.agent.images.media import INDEX_TYPES
-from dockyard.agent.images.models import Image, Layer, Platform
+from dockyard.agent.images.models import Image, Layer
 from dockyard.agent.images.progress import ProgressCallback, ProgressEvent, Status, Throttle
 from dockyard.agent.images.reference import Reference
-from dockyard.agent.images.registry import Endpoint, RegistryClient
 from dockyard.agent.images.store import ImageStore, Lease
+from dockyard.common.distribution.media import INDEX_TYPES
+from dockyard.common.distribution.platform import Platform
+from dockyard.common.distribution.registry import Endpoint, RegistryClient
 
 __all__ = ["pull_image", "push_image", "run_all", "select_platform"]
 
@@ -62,22 +63,6 @@ def select_platform(index: dict[str, Any], wanted: Platform, what: str) -> dict[
     return chosen
 
 
-async def _resolve(client: RegistryClient, ref: Reference) -> tuple[Endpoint, bytes, str, str]:
-    errors: list[str] = []
-    endpoints = client.endpoints(ref.registry)
-    for ep in endpoints:
-        try:
-            reference = ref.digest or ref.tag or ""
-            body, media_type, digest = await client.get_manifest(ep, ref, reference)
-            return ep, body, media_type, digest
-        except RegistryError as exc:
-            if not ep.mirror:
-                raise
-            errors.append(str(exc))
-            log.info("mirror failed, trying next", mirror=ep.host, error=str(exc))
-    raise RegistryError("; ".join(errors))  # unreachable: the last endpoint raises
-
-
 async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
                      progress: ProgressCallback) -> Image:
     """Pull `ref` into the store (mirrors first), verifying every digest.
@@ -86,7 +71,7 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
         The stored image, named by `ref`.
     """
     with store.lease() as lease:
-        ep, body, header_type, digest = await _resolve(client, ref)
+        ep, body, header_type, digest = await client.resolve(ref)
         manifest = parse_json(body, f"manifest of {ref}")
         extra: list[str] = []
         if manifest_media_type(manifest, header_type) in INDEX_TYPES:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from dockyard.agent.images.progress import ProgressEvent, Status
-from dockyard.agent.images.registry import RegistryConfig
 from dockyard.agent.images.service import ImageService
+from dockyard.common.distribution.registry import RegistryConfig
 
 BUILD = [sys.executable, "-m", "dockyard.agent.images.build"]
 

@@ -11,9 +11,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from dockyard.agent.images.errors import DigestMismatch, RegistryUnreachable
-from dockyard.agent.images.media import OCI_CONFIG, OCI_MANIFEST, sha256_digest
-from dockyard.agent.images.registry import RegistryConfig
 from dockyard.agent.images.service import ImageService
+from dockyard.common.distribution.media import OCI_CONFIG, OCI_MANIFEST, sha256_digest
+from dockyard.common.distribution.registry import RegistryConfig
 
 CONFIG = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
                      "rootfs": {"type": "layers", "diff_ids": []}}).encode()

@@ -18,8 +18,8 @@ from dockyard.agent.images.build import (
 from dockyard.agent.images.errors import ManifestNotFound, RegistryAuthError, RegistryUnreachable
 from dockyard.agent.images.progress import ProgressEvent, Status
 from dockyard.agent.images.reference import parse_reference
-from dockyard.agent.images.registry import RegistryConfig
 from dockyard.agent.images.service import ImageService
+from dockyard.common.distribution.registry import RegistryConfig
 
 pytestmark = pytest.mark.registry
 
@@ -131,9 +131,9 @@ async def test_concurrent_pulls_share_one_transfer(registry: Any,
 
 
 async def test_index_platform_selection(registry: Any, tmp_path: Path) -> None:
-    from dockyard.agent.images.media import OCI_INDEX
-    from dockyard.agent.images.models import Platform
-    from dockyard.agent.images.registry import RegistryClient
+    from dockyard.common.distribution.media import OCI_INDEX
+    from dockyard.common.distribution.platform import Platform
+    from dockyard.common.distribution.registry import RegistryClient
 
     source = ImageService(tmp_path / "a", fast())
     amd = await build_image(source.store, [busybox_layer()],

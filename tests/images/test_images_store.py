@@ -11,10 +11,10 @@ import pytest
 
 from dockyard.agent.images.build import build_image, busybox_layer, busybox_spec, whiteout_layers
 from dockyard.agent.images.errors import DigestMismatch, ImageStoreError, LayerError
-from dockyard.agent.images.media import sha256_digest
 from dockyard.agent.images.reference import parse_reference
 from dockyard.agent.images.store import ImageStore
 from dockyard.agent.images.unpack import OPAQUE_XATTR, unpack_layer
+from dockyard.common.distribution.media import sha256_digest
 
 
 def run(args: list[str]) -> str:

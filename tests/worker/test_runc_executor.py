@@ -12,11 +12,11 @@ import pytest
 
 from dockyard.agent.containers.manager import ContainerManager
 from dockyard.agent.executors.runc import RuncExecutor
-from dockyard.agent.images.registry import RegistryConfig
 from dockyard.agent.images.service import ImageService
 from dockyard.agent.runtime.base import ContainerStatus
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
 from dockyard.agent.worker import Worker
+from dockyard.common.distribution.registry import RegistryConfig
 from tests.agent.conftest import ImageRegistry, image_registry
 from tests.runtime.conftest import _have_runc, cleanup_everything
 from tests.worker.conftest import FakeSession, State, full_set, make_task, until

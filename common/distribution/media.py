@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from dockyard.agent.images.errors import DigestMismatch
+from dockyard.common.distribution.errors import DigestMismatch
 
 __all__ = [
     "DOCKER_CONFIG",

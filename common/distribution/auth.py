@@ -13,7 +13,7 @@ from pathlib import Path
 import aiohttp
 import structlog
 
-from dockyard.agent.images.errors import RegistryAuthError
+from dockyard.common.distribution.errors import RegistryAuthError
 
 __all__ = ["Challenge", "Credentials", "load_credentials", "parse_challenge", "token_for"]
 

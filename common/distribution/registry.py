@@ -9,52 +9,63 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import platform as host_platform
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import structlog
 from yarl import URL
 
-from dockyard.agent.images.auth import Credentials, load_credentials, parse_challenge, token_for
-from dockyard.agent.images.blobs import BlobStore
-from dockyard.agent.images.errors import (
+from dockyard.common.backoff import Backoff
+from dockyard.common.distribution.auth import (
+    Credentials,
+    load_credentials,
+    parse_challenge,
+    token_for,
+)
+from dockyard.common.distribution.errors import (
     DigestMismatch,
     ManifestNotFound,
     RegistryAuthError,
     RegistryError,
     RegistryUnreachable,
 )
-from dockyard.agent.images.media import MANIFEST_ACCEPT, sha256_digest
-from dockyard.agent.images.models import Platform
-from dockyard.agent.images.reference import DEFAULT_REGISTRY, Reference
-from dockyard.common.backoff import Backoff
+from dockyard.common.distribution.media import MANIFEST_ACCEPT, sha256_digest
+from dockyard.common.distribution.platform import Platform, host_platform_default
+from dockyard.common.reference import DEFAULT_REGISTRY, Reference
 
-__all__ = ["Endpoint", "RegistryClient", "RegistryConfig", "host_platform_default"]
+__all__ = ["BlobDestination", "Endpoint", "RegistryClient", "RegistryConfig"]
 
 log = structlog.get_logger(__name__)
 
 DOCKER_HUB_HOST = "registry-1.docker.io"
 _CHUNK = 256 * 1024
-_ARCH = {"x86_64": ("amd64", None), "aarch64": ("arm64", "v8"), "arm64": ("arm64", "v8"),
-         "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"), "i686": ("386", None)}
-
 ByteProgress = Callable[[int], None]
 
 
-def host_platform_default() -> Platform:
-    """The platform of this host (`linux/amd64` on x86_64)."""
-    arch, variant = _ARCH.get(host_platform.machine(), (host_platform.machine(), None))
-    return Platform("linux", arch, variant)
+class BlobOutput(Protocol):
+    """Where one downloaded blob's bytes go (the agent's `BlobWriter`)."""
+
+    @property
+    def written(self) -> int: ...
+
+    async def write(self, data: bytes) -> None: ...
+
+
+class BlobDestination(Protocol):
+    """A content store that verifies and commits blobs (the agent's `BlobStore`)."""
+
+    def writer(self, expected: str | None = None,
+               what: str | None = None) -> AbstractAsyncContextManager[BlobOutput]: ...
 
 
 @dataclass(frozen=True)
 class RegistryConfig:
-    """Per-registry settings of the agent.
+    """Per-registry settings of a daemon (mirrors, insecure hosts, credentials, bounds).
 
     Attributes:
         mirrors: Mirror URLs per registry host, tried before it (Docker's
@@ -284,6 +295,25 @@ class RegistryClient:
             )
         return body, media_type, digest
 
+    async def resolve(self, ref: Reference) -> tuple[Endpoint, bytes, str, str]:
+        """Fetch `ref`'s manifest (or index) by its digest, else its tag, mirrors first.
+
+        A mirror that fails is skipped; the registry itself is the last word.
+
+        Returns:
+            (the endpoint that answered, body, media type, digest).
+        """
+        for ep in self.endpoints(ref.registry):
+            try:
+                body, media_type, digest = await self.get_manifest(
+                    ep, ref, ref.digest or ref.tag or "")
+                return ep, body, media_type, digest
+            except RegistryError as exc:
+                if not ep.mirror:
+                    raise
+                log.info("mirror failed, trying next", mirror=ep.host, error=str(exc))
+        raise AssertionError("endpoints() always ends with the registry itself")
+
     async def put_manifest(self, ep: Endpoint, ref: Reference, reference: str,
                            body: bytes, media_type: str) -> str:
         """Upload a manifest under a tag or digest; returns its digest."""
@@ -304,7 +334,7 @@ class RegistryClient:
     # ----- blobs ------------------------------------------------------------------------
 
     async def download_blob(self, ep: Endpoint, repository: str, digest: str,
-                            blobs: BlobStore, on_bytes: ByteProgress | None = None) -> None:
+                            blobs: BlobDestination, on_bytes: ByteProgress | None = None) -> None:
         """Download a blob into the store, verified; retried from scratch on errors.
 
         Raises:

@@ -144,16 +144,12 @@ class AgentDaemon:
         from dockyard.agent.executors.runc import RuncExecutor
         from dockyard.agent.images.service import ImageService
         from dockyard.agent.runtime.runc.runtime import RuncRuntime
-        from dockyard.common.distribution.registry import RegistryConfig
+        from dockyard.common.distribution.settings import registry_config
         from dockyard.v1 import containers_pb2_grpc, images_pb2_grpc
 
         config = self.config
-        registry = RegistryConfig(
-            mirrors={"docker.io": list(config.registry_mirrors)} if config.registry_mirrors
-            else {},
-            insecure_registries=frozenset(config.insecure_registries),
-            auth_file=config.registry_config,
-        )  # fmt: skip
+        registry = registry_config(config.registry_mirrors, config.insecure_registries,
+                                   config.registry_config)  # fmt: skip
         images = await asyncio.to_thread(ImageService, config.state_dir / "images", registry)
         runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent)
         manager = ContainerManager(runtime, images, config.state_dir / "containers")

@@ -131,6 +131,7 @@ def create_request(task: Task) -> CreateContainerRequest:
         cap_add=list(spec.cap_add),
         cap_drop=list(spec.cap_drop),
         hostname=spec.hostname,
+        privileged=spec.privileged,  # the controller checked the cluster's policy
     )
     request.restart_policy.name = "no"
     return request

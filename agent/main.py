@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dockyard.common.addresses import AGENT_PORT, CONTROLLER_PORT, AddressError, normalize
+from dockyard.common.distribution.settings import check_registry_flags, registry_options
 from dockyard.common.sizes import parse_size
 from dockyard.common.version import package_version
 
@@ -58,26 +59,7 @@ def main() -> None:
     help="CPUs to offer [all this process may use].",
 )
 @click.option("--memory", default=None, help="Memory to offer, e.g. 4G [all of the host's].")
-@click.option(
-    "--registry-mirror",
-    "registry_mirrors",
-    multiple=True,
-    metavar="URL",
-    help="Mirror of docker.io, tried before it (repeatable; Docker's registry-mirrors).",
-)
-@click.option(
-    "--insecure-registry",
-    "insecure_registries",
-    multiple=True,
-    metavar="HOST:PORT",
-    help="Registry spoken to over plain HTTP (repeatable; loopback ones always are).",
-)
-@click.option(
-    "--registry-config",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Docker config.json with registry credentials.",
-)
+@registry_options
 @click.option(
     "--cgroup-parent",
     default="dockyard",
@@ -122,12 +104,7 @@ def run(
         if name:
             check_name("--name", name)
         memory_bytes = parse_size(memory) if memory else None
-        for mirror in registry_mirrors:
-            if not mirror.startswith(("http://", "https://")):
-                raise ValueError(f"--registry-mirror {mirror!r}: expected an http(s):// URL")
-        for host in insecure_registries:
-            if not host or "/" in host:
-                raise ValueError(f"--insecure-registry {host!r}: expected HOST[:PORT]")
+        check_registry_flags(registry_mirrors, insecure_registries)
         if not cgroup_parent.strip("/") or ".." in cgroup_parent.split("/"):
             raise ValueError(f"--cgroup-parent {cgroup_parent!r}: expected a cgroup path")
     except (AddressError, ValidationError, ValueError) as exc:

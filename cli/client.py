@@ -13,6 +13,7 @@ import click
 
 from dockyard.cli.contexts import ContextError, ContextStore
 from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
+from dockyard.common.metadata import WARNING_KEY
 
 if TYPE_CHECKING:  # grpc loads in the commands that call a daemon, not at startup
     import grpc
@@ -174,9 +175,14 @@ def call(
 
     with channel(target) as chan:
         try:
-            return getattr(stub_factory(chan), method)(request, timeout=timeout)
+            response, rpc = getattr(stub_factory(chan), method).with_call(
+                request, timeout=timeout)
         except grpc.RpcError as exc:
             raise CliError(describe_rpc_error(exc, target, what)) from exc
+    for key, value in rpc.trailing_metadata() or ():
+        if key == WARNING_KEY:
+            click.echo(f"WARNING: {value}", err=True)
+    return response
 
 
 def stream(

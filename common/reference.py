@@ -13,7 +13,14 @@ from dataclasses import dataclass, replace
 class InvalidReference(ValueError):
     """An image reference that Docker's rules refuse; the message says why."""
 
-__all__ = ["DEFAULT_REGISTRY", "DEFAULT_TAG", "InvalidReference", "Reference", "parse_reference"]
+__all__ = [
+    "DEFAULT_REGISTRY",
+    "DEFAULT_TAG",
+    "InvalidReference",
+    "Reference",
+    "parse_reference",
+    "pinned_digest",
+]
 
 DEFAULT_REGISTRY = "docker.io"
 DEFAULT_TAG = "latest"
@@ -106,6 +113,16 @@ def parse_reference(text: str) -> Reference:
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return Reference(registry, repository, tag, digest)
+
+
+def pinned_digest(image: str) -> str:
+    """The manifest digest an image reference pins (`name@sha256:...`), or ""."""
+    if "@" not in image:
+        return ""
+    try:
+        return parse_reference(image).digest or ""
+    except InvalidReference:
+        return ""
 
 
 def _split_digest(text: str) -> tuple[str, str | None]:

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Literal
 
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT
+from dockyard.common.distribution.registry import RegistryConfig
+from dockyard.v1.control_pb2 import ResolveImage
 
 DEFAULT_HEARTBEAT_PERIOD = 2.0
 DEFAULT_GRACE_PERIODS = 3
@@ -31,6 +33,10 @@ class ControllerConfig:
     insecure: bool = False
     join_listen: str = f"127.0.0.1:{JOIN_PORT}"  # TLS without client certs: joins only
     node_cert_validity: float = 90 * 24 * 3600.0  # seconds
+    # Pinning image tags to digests: where to ask (as the agents do), and by default.
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    resolve_image: ResolveImage.ValueType = ResolveImage.ALWAYS
+    resolve_timeout: float = 10.0
 
     @property
     def advertise_address(self) -> str:

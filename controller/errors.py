@@ -10,6 +10,7 @@ import grpc
 import structlog
 
 from dockyard.common.validation import ValidationError
+from dockyard.controller.cluster import PolicyDenied
 from dockyard.controller.store import AlreadyExists, Conflict, NotFound, StoreUnavailable
 
 log = structlog.get_logger(__name__)
@@ -32,6 +33,7 @@ _CODES: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (Conflict, grpc.StatusCode.ABORTED),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (PolicyDenied, grpc.StatusCode.PERMISSION_DENIED),
     (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
     (NotLeader, grpc.StatusCode.UNAVAILABLE),
 ]

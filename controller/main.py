@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT, AddressError, normalize
+from dockyard.common.distribution.settings import check_registry_flags, registry_options
 from dockyard.common.version import package_version
 
 if TYPE_CHECKING:
@@ -104,6 +105,22 @@ def main() -> None:
     show_default=True,
     help="Validity of the node certificates this controller issues (e.g. 90d, 12h).",
 )
+@registry_options
+@click.option(
+    "--resolve-image",
+    default="always",
+    show_default=True,
+    type=click.Choice(["always", "changed", "never"]),
+    help="Pin service image tags to the digest the registry serves (when a request "
+    "does not say): every replica then runs the same bytes.",
+)
+@click.option(
+    "--resolve-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to wait for a registry when pinning an image.",
+)
 @click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
@@ -122,13 +139,20 @@ def run(
     insecure: bool,
     join_listen: str,
     cert_expiry: str,
+    registry_mirrors: tuple[str, ...],
+    insecure_registries: tuple[str, ...],
+    registry_config: Path | None,
+    resolve_image: str,
+    resolve_timeout: float,
     log_level: str,
 ) -> None:
     """Run the controller until SIGTERM or SIGINT."""
     from dockyard.common import logging as dlogging
+    from dockyard.common.distribution.settings import registry_config as make_registry_config
     from dockyard.common.sizes import parse_duration
     from dockyard.controller.admin import _days
     from dockyard.controller.config import ControllerConfig
+    from dockyard.v1.control_pb2 import ResolveImage
 
     dlogging.configure(log_level)
     endpoints = [e for item in etcd_endpoints for e in item.split(",") if e]
@@ -138,6 +162,7 @@ def run(
         join_listen = normalize(join_listen or f"{listen.rsplit(':', 1)[0]}:{JOIN_PORT}",
                                 JOIN_PORT)  # fmt: skip
         validity = parse_duration(_days(cert_expiry))
+        check_registry_flags(registry_mirrors, insecure_registries)
     except (AddressError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     config = ControllerConfig(
@@ -155,6 +180,9 @@ def run(
         insecure=insecure,
         join_listen=join_listen,
         node_cert_validity=validity,
+        registry=make_registry_config(registry_mirrors, insecure_registries, registry_config),
+        resolve_image=ResolveImage.Value(resolve_image.upper()),
+        resolve_timeout=resolve_timeout,
     )
     sys.exit(asyncio.run(_serve(config)))
 

@@ -27,8 +27,10 @@ from dockyard.controller.ca import (
     pki_dir,
     publish_ca,
 )
+from dockyard.controller.cluster import CLUSTER_ID, ClusterRecord
 from dockyard.controller.config import ControllerConfig
 from dockyard.controller.dispatcher import Dispatcher
+from dockyard.controller.images import ImageResolver
 from dockyard.controller.leadership import Leadership
 from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
@@ -120,16 +122,20 @@ class Controller:
         identity = ControllerIdentity(
             cluster.id, controller_id, endpoints, self.etcd is not None, time.monotonic()
         )
+        cluster_record = ClusterRecord(self.store)
+        resolver = ImageResolver(config.registry, config.resolve_image, config.resolve_timeout)
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlServicer(
                 identity,
                 self.store,
                 NodesAPI(registry, self.dispatcher),
                 ServicesAPI(
-                    self.store, ServiceRegistry(self.store), registry, lambda: self.state
+                    self.store, ServiceRegistry(self.store), registry, cluster_record, resolver,
+                    lambda: self.state,
                 ),
                 self.dispatcher,
                 lambda: self.leadership,
+                cluster_record,
                 self.ca,
             ),
             self.server,
@@ -284,16 +290,16 @@ def _load_or_create_id(path: Path) -> str:
 
 async def _load_or_create_cluster(store: Store) -> Cluster:
     try:
-        return await store.get(CLUSTER, "id")
+        return await store.get(CLUSTER, CLUSTER_ID)
     except NotFound:
         pass
     cluster = Cluster(id=secrets.token_hex(10), created_at=now_timestamp())
     try:
-        await store.create(CLUSTER, "id", cluster)
+        await store.create(CLUSTER, CLUSTER_ID, cluster)
         log.info("cluster.created", cluster_id=cluster.id)
         return cluster
     except AlreadyExists:
-        return await store.get(CLUSTER, "id")
+        return await store.get(CLUSTER, CLUSTER_ID)
 
 
 def _with_port(listen: str, port: int) -> str:

@@ -113,8 +113,11 @@ class ServiceRegistry:
         new_spec = apply_defaults(spec)
         if new_spec == service.spec and not force:
             return service
+        replace_tasks = force or new_spec.task != service.spec.task
         service.previous_spec.CopyFrom(service.spec)
         service.spec.CopyFrom(new_spec)
+        if not replace_tasks:  # scaling, labels, update settings: the tasks stay as they are
+            return await self._write(service)
         return await self._write_new_spec(service, UpdateStatus.UPDATING, "update started")
 
     async def rollback(self, ref: str, version: int) -> Service:
@@ -125,6 +128,8 @@ class ServiceRegistry:
         current.CopyFrom(service.spec)
         service.spec.CopyFrom(service.previous_spec)
         service.previous_spec.CopyFrom(current)
+        if service.spec.task == current.task:  # e.g. back to the replica count before a scale
+            return await self._write(service)
         return await self._write_new_spec(
             service, UpdateStatus.ROLLBACK_STARTED, "manually requested rollback"
         )
@@ -143,11 +148,15 @@ class ServiceRegistry:
     async def _write_new_spec(
         self, service: Service, state: UpdateStatus.State.ValueType, message: str
     ) -> Service:
+        """A new task spec: every task is outdated and replaced by a rolling update."""
         service.spec_version += 1
         service.update_status.state = state
         service.update_status.started_at.CopyFrom(now_timestamp())
         service.update_status.ClearField("completed_at")
         service.update_status.message = message
+        return await self._write(service)
+
+    async def _write(self, service: Service) -> Service:
         try:
             service.meta.version = await self._store.update(SERVICES, service.id, service)
         except Conflict as exc:

@@ -123,6 +123,9 @@ class Cluster:
     insecure: bool = False
     join_port: int = field(default_factory=free_port)
     token: str | None = None
+    # Hollow clusters name images (busybox) that no loopback registry has: asking
+    # docker.io would leave the machine. Clusters on a test registry say "always".
+    resolve_image: str = "never"
 
     def __post_init__(self) -> None:
         self.config_dir = self.root / "cli-config"
@@ -206,6 +209,8 @@ class Cluster:
             str(self.grace),
             "--leader-ttl",
             "3",
+            "--resolve-image",
+            self.resolve_image,
             "--log-level",
             "debug",
         ]

@@ -3,6 +3,7 @@ hollow runtime (simulated containers), the real gRPC API."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -76,6 +77,19 @@ def test_replicas_converge_spread_and_scale(cluster: Cluster, control: Any) -> N
     cluster.wait_for(lambda: len(tasks(control, "web")) == 2 and len(running(control, "web")) == 2,
                      "scaled down to 2")
     assert sorted(t.slot for t in tasks(control, "web")) == [1, 2]
+
+    # scaling is not an update: the tasks that run keep running, no rolling restart
+    kept = {t.id for t in running(control, "web")}
+    history = len(tasks(control, "web", history=True))
+    service = control.GetService(GetServiceRequest(service="web"))
+    service.spec.replicated.replicas = 4
+    scaled = control.UpdateService(UpdateServiceRequest(
+        service="web", version=service.meta.version, spec=service.spec))
+    assert scaled.spec_version == service.spec_version
+    cluster.wait_for(lambda: len(running(control, "web")) == 4, "scaled up to 4")
+    time.sleep(1)  # long enough for an (unwanted) rolling update to have started
+    assert kept <= {t.id for t in running(control, "web")}
+    assert len(tasks(control, "web", history=True)) == history + 2
 
 
 def test_a_killed_agents_tasks_come_back_elsewhere(cluster: Cluster, control: Any) -> None:

@@ -48,12 +48,14 @@ from dockyard.agent.runtime.base import (
     ContainerStatus,
     ExecSession,
     ExitInfo,
+    InvalidConfig,
     LogRecord,
     NameConflict,
     RestartPolicyName,
     Stats,
 )
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
+from dockyard.agent.runtime.runc.spec import process_args
 from dockyard.common.lookup import match_reference
 from dockyard.v1.containers_pb2 import CreateContainerRequest
 
@@ -62,6 +64,8 @@ __all__ = ["ContainerManager", "ContainerView"]
 log = structlog.get_logger(__name__)
 
 _RECENT_EXITS = 256
+_MAX_REF = 128
+"""Longest container reference: a name has at most 128 characters, an ID 64."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,9 @@ class ContainerManager:
         ref = ref.removeprefix("/")
         if not ref:
             raise InvalidArgument("container", "a container ID or name is required")
+        if len(ref) > _MAX_REF:
+            raise InvalidArgument("container", f"{len(ref)} characters long: an ID or a "
+                                               f"name has at most {_MAX_REF}")  # fmt: skip
         try:
             return await self.runtime.inspect(ref)  # a whole ID or a name: no listing
         except ContainerNotFound:
@@ -158,7 +165,7 @@ class ContainerManager:
             raise InvalidArgument(
                 "container", f"{ref!r} matches {len(matches)} containers: give more of the ID"
             )
-        raise NotFound(f"no such container: {ref}")
+        raise NotFound(f"no such container: {ref!r}")
 
     def _view(self, info: ContainerInfo) -> ContainerView:
         meta = self._meta.get(info.id)
@@ -242,7 +249,10 @@ class ContainerManager:
                 cap_add=list(request.cap_add),
                 cap_drop=list(request.cap_drop),
                 hostname=request.hostname or None,
+                seccomp="unconfined" if request.seccomp == "unconfined" else "default",
+                privileged=request.privileged,
             )
+            _check_command(config)
             meta = ContainerMeta(config.id, image.digest, normalized)
             self._hold_image(meta, config)
             try:
@@ -256,6 +266,8 @@ class ContainerManager:
                 raise
         except NameConflict as exc:
             raise AlreadyExists(str(exc)) from exc
+        except InvalidConfig as exc:  # past check_create, only the image's files can refuse
+            raise InvalidArgument("user" if request.user else "image", str(exc)) from exc
         finally:
             self._creating.discard(name)
         return ContainerView(info, meta)
@@ -449,7 +461,10 @@ class ContainerManager:
         info = await self._resolve(ref)
         if info.state.status is not ContainerStatus.RUNNING:
             raise FailedPrecondition(f"container {info.name} ({info.id[:12]}) is not running")
-        return await self.runtime.exec(info.id, command, env=env, workdir=workdir, user=user)
+        try:
+            return await self.runtime.exec(info.id, command, env=env, workdir=workdir, user=user)
+        except InvalidConfig as exc:  # the rest is checked above: the container has no such user
+            raise InvalidArgument("user", str(exc)) from exc
 
     async def stats(self, ref: str) -> Stats:
         """One resource usage sample of a running container."""
@@ -490,3 +505,12 @@ class ContainerManager:
                 "container first or use force"
             )
         return await self.images.remove(text, force=force)
+
+
+def _check_command(config: ContainerConfig) -> None:
+    """A container needs something to run: the request's or the image's command."""
+    try:
+        process_args(config)
+    except InvalidConfig:
+        raise InvalidArgument("command", f"no command given and image {config.image!r} has "
+                                         "none") from None  # fmt: skip

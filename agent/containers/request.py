@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal as signals
+from collections.abc import Sequence
 from pathlib import Path
 
 from dockyard.agent.containers.errors import InvalidArgument
@@ -15,6 +16,7 @@ from dockyard.agent.runtime.base import (
     RestartPolicyName,
     VolumeMount,
 )
+from dockyard.agent.runtime.runc.spec import ALL_CAPABILITIES
 from dockyard.v1.containers_pb2 import CreateContainerRequest
 
 __all__ = [
@@ -98,6 +100,14 @@ def volumes_of(request: CreateContainerRequest) -> list[VolumeMount]:
     return mounts
 
 
+def _check_capabilities(field: str, names: Sequence[str]) -> None:
+    for index, name in enumerate(names):
+        cap = name.strip().upper()
+        cap = cap if cap.startswith("CAP_") else f"CAP_{cap}"
+        if cap != "CAP_ALL" and cap not in ALL_CAPABILITIES:
+            raise InvalidArgument(f"{field}[{index}]", f"unknown capability {name!r}")
+
+
 def check_create(request: CreateContainerRequest) -> tuple[Reference, RestartPolicy, NetworkMode]:
     """Check every field of a create request; returns the parsed image, policy, network."""
     ref = parse_image_ref("image", request.image)
@@ -131,5 +141,10 @@ def check_create(request: CreateContainerRequest) -> tuple[Reference, RestartPol
                                              f"{policy.name}: a removed container cannot restart")
     if request.hostname and not NAME_RE.match(request.hostname):
         raise InvalidArgument("hostname", f"invalid hostname {request.hostname!r}")
+    _check_capabilities("cap_add", request.cap_add)
+    _check_capabilities("cap_drop", request.cap_drop)
+    if request.seccomp not in ("", "default", "unconfined"):
+        raise InvalidArgument("seccomp", f"unknown seccomp mode {request.seccomp!r} "
+                                         "(default or unconfined)")  # fmt: skip
     volumes_of(request)
     return ref, policy, "host" if network == "host" else "none"

@@ -130,8 +130,10 @@ class ImageStore:
         else:
             ref = text
         digest = self._refs.get(str(ref))
-        if digest is None and ref.digest is not None and ref.digest in self._records:
-            digest = ref.digest
+        if digest is None and ref.digest is not None:
+            digest = self._refs.get(f"{ref.name}@{ref.digest}")
+            if digest is None and ref.digest in self._records:
+                digest = ref.digest
         if digest is None:
             raise ImageNotFound(f"No such image: {ref.familiar()}")
         return self.get(digest)

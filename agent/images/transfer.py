@@ -72,6 +72,7 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
     """
     with store.lease() as lease:
         ep, body, header_type, digest = await client.resolve(ref)
+        repo_digest = Reference(ref.registry, ref.repository, None, digest)
         manifest = parse_json(body, f"manifest of {ref}")
         extra: list[str] = []
         if manifest_media_type(manifest, header_type) in INDEX_TYPES:
@@ -95,7 +96,9 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
         await _pull_layers(client, store, ep, ref=ref, layers=layers, lease=lease,
                            progress=progress)
         await store.blobs.put_bytes(body, digest)
-        image = await store.commit(digest, [ref], extra)
+        # Also `name@digest` (Docker's RepoDigests), so a spec pinned to the digest
+        # finds the image that was pulled by its tag.
+        image = await store.commit(digest, dict.fromkeys([ref, repo_digest]), extra)
     log.info("image pulled", ref=str(ref), digest=digest, endpoint=ep.host)
     return image
 

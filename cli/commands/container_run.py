@@ -150,6 +150,18 @@ def parse_capability(flag: str, text: str) -> str:
     return upper if upper == "ALL" or upper.startswith("CAP_") else f"CAP_{upper}"
 
 
+def parse_security_opts(options: tuple[str, ...]) -> str:
+    """The seccomp mode `--security-opt` asks for ("" for the default profile)."""
+    seccomp = ""
+    for option in options:
+        key, sep, value = option.partition("=")
+        if key != "seccomp" or not sep or value not in ("default", "unconfined"):
+            raise _invalid("--security-opt", option,
+                           "supported: seccomp=unconfined, seccomp=default")  # fmt: skip
+        seccomp = value
+    return seccomp
+
+
 @dataclass
 class RunFlags:
     """Everything `run`/`create` take, before validation."""
@@ -174,6 +186,8 @@ class RunFlags:
     pull: str = "missing"
     rm: bool = False
     labels: dict[str, str] = field(default_factory=dict)
+    privileged: bool = False
+    security_opt: tuple[str, ...] = ()
 
 
 def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> Any:
@@ -199,6 +213,7 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
     cap_drop = [parse_capability("--cap-drop", c) for c in flags.cap_drop]
     if flags.hostname is not None and not _HOSTNAME.match(flags.hostname):
         raise _invalid("--hostname", flags.hostname, "not a valid host name")
+    seccomp = parse_security_opts(flags.security_opt)
     if not flags.image:
         raise RunError("an image is required")
 
@@ -224,6 +239,8 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
         cap_drop=cap_drop,
         hostname=flags.hostname or "",
         auto_remove=flags.rm,
+        privileged=flags.privileged,
+        seccomp=seccomp,
     )
     if flags.entrypoint is not None:
         if flags.entrypoint:
@@ -259,6 +276,10 @@ def create_options(command: F) -> F:
         click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability."),
         click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability."),
         click.option("--hostname", default=None, help="Container host name."),
+        click.option("--privileged", is_flag=True,
+                     help="Every capability, no seccomp, no masked paths, the host's devices."),
+        click.option("--security-opt", "security_opt", multiple=True,
+                     metavar="seccomp=unconfined", help="Security option (repeatable)."),
         click.option("--entrypoint", default=None,
                      help="Replace the image's entrypoint ('' clears it)."),
         click.option("--pull", default="missing", show_default=True,
@@ -280,7 +301,7 @@ def _flags(kwargs: dict[str, Any]) -> RunFlags:
         read_only=kwargs["read_only"], volumes=kwargs["volumes"], restart=kwargs["restart"],
         network=kwargs["network"], cap_add=kwargs["cap_add"], cap_drop=kwargs["cap_drop"],
         hostname=kwargs["hostname"], entrypoint=kwargs["entrypoint"], pull=kwargs["pull"],
-        rm=kwargs["rm"],
+        rm=kwargs["rm"], privileged=kwargs["privileged"], security_opt=kwargs["security_opt"],
     )
 
 

@@ -9,7 +9,12 @@ from typing import Any
 import click
 
 from dockyard.cli.client import call
-from dockyard.cli.commands.service_flags import setting_options, setting_values
+from dockyard.cli.commands.service_flags import (
+    resolve_mode,
+    resolve_option,
+    setting_options,
+    setting_values,
+)
 from dockyard.cli.commands.service_parse import parse_count, parse_seconds
 from dockyard.cli.commands.service_spec import apply_settings, finish_spec, new_spec
 from dockyard.cli.commands.service_wait import control_stub, wait_for_job
@@ -52,13 +57,14 @@ def build_job_spec(image: str, command: tuple[str, ...], completions: str, paral
 @click.option("-d", "--detach", is_flag=True, help="Print the job ID and return at once.")
 @click.option("--timeout", default="0", show_default=True, metavar="DURATION",
               help="Stop waiting after this long (0: no limit).")
+@resolve_option
 @setting_options("job")
 @click.argument("image", metavar="IMAGE")
 @click.argument("command_args", nargs=-1, type=click.UNPROCESSED, metavar="[CMD]...")
 @pass_options
 def run(options: GlobalOptions, /, completions: str, parallelism: str, backoff_limit: str,
-        detach: bool, timeout: str, image: str, command_args: tuple[str, ...],
-        **kwargs: Any) -> None:
+        detach: bool, timeout: str, resolve_image: str | None, image: str,
+        command_args: tuple[str, ...], **kwargs: Any) -> None:
     """Run a job; wait for it and exit 0 if every completion succeeded, 1 otherwise."""
     spec = build_job_spec(image, command_args, completions, parallelism, backoff_limit,
                           setting_values(kwargs))
@@ -66,7 +72,8 @@ def run(options: GlobalOptions, /, completions: str, parallelism: str, backoff_l
     from dockyard.v1.control_pb2 import CreateServiceRequest
 
     target = options.target()
-    record = call(target, control_stub, "CreateService", CreateServiceRequest(spec=spec))
+    request = CreateServiceRequest(spec=spec, resolve_image=resolve_mode(resolve_image))
+    record = call(target, control_stub, "CreateService", request)
     if detach:
         click.echo(record.id)
         return

@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from dockyard.cli.commands.service_spec import SETTINGS, Setting, apply_list_edits
 
-__all__ = ["apply_edits", "list_edits", "setting_options", "setting_values"]
+if TYPE_CHECKING:
+    from dockyard.v1.control_pb2 import ResolveImage
+
+__all__ = [
+    "apply_edits",
+    "list_edits",
+    "resolve_mode",
+    "resolve_option",
+    "setting_options",
+    "setting_values",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 PREFIX = "set_"
@@ -82,3 +92,18 @@ def list_edits(kwargs: dict[str, Any]) -> list[tuple[str, tuple[str, ...], tuple
 def apply_edits(spec: Any, edits: list[tuple[str, tuple[str, ...], tuple[str, ...]]]) -> None:
     for flag, add, remove in edits:
         apply_list_edits(spec, flag, add, remove)
+
+
+def resolve_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--resolve-image", type=click.Choice(["always", "changed", "never"]), default=None,
+        help="Pin the image tag to the digest the registry serves now, so every task runs "
+        "the same bytes [the controller's --resolve-image, always by default].",
+    )(command)
+
+
+def resolve_mode(choice: str | None) -> ResolveImage.ValueType:
+    """The ResolveImage value of a --resolve-image choice (unset: the controller's)."""
+    from dockyard.v1.control_pb2 import ResolveImage
+
+    return ResolveImage.Value(choice.upper()) if choice else ResolveImage.RESOLVE_IMAGE_UNSPECIFIED

@@ -293,6 +293,9 @@ SETTINGS: list[Setting] = [
                        lambda label, text: parse_choice(label, text, ("none", "host")))),
     Setting("read-only", "", "Mount the root filesystem read-only.", is_bool=True,
             apply=_set("task.container.read_only", _bool)),
+    Setting("privileged", "", "Every capability, no seccomp, the host's devices (only if "
+            "the cluster's policy allows it).", is_bool=True,
+            apply=_set("task.container.privileged", _bool)),
 ]
 BY_FLAG = {s.flag: s for s in SETTINGS}
 

@@ -69,7 +69,8 @@ def service_row(summary: Any, no_trunc: bool = False) -> list[str]:
         service.spec.name,
         mode_name(service.spec),
         replicas_text(summary),
-        service.spec.task.container.image,
+        service.spec.task.container.image if no_trunc
+        else service.spec.task.container.image.split("@", 1)[0],
         update_state(service),
     ]
 

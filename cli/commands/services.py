@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,8 @@ from dockyard.cli.client import CliError, Target, call, is_unimplemented, rpc_co
 from dockyard.cli.commands.service_flags import (
     apply_edits,
     list_edits,
+    resolve_mode,
+    resolve_option,
     setting_options,
     setting_values,
 )
@@ -26,6 +28,9 @@ from dockyard.cli.commands.service_spec import apply_settings, finish_spec, new_
 from dockyard.cli.commands.service_wait import control_stub, wait_for_service
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, emit_table
+
+if TYPE_CHECKING:
+    from dockyard.v1.control_pb2 import ResolveImage
 
 UPDATE_RETRIES = 5
 DEFAULT_TIMEOUT = "10m"
@@ -60,12 +65,14 @@ def finish(target: Target, record: Any, detach: bool, timeout: float | None) -> 
 @click.option("-f", "--file", "spec_file", default=None, metavar="FILE",
               help="Read the spec from a YAML file (flags given too override it).")
 @detach_options
+@resolve_option
 @setting_options("create")
 @click.argument("image", required=False, metavar="IMAGE")
 @click.argument("command_args", nargs=-1, type=click.UNPROCESSED, metavar="[CMD]...")
 @pass_options
 def create(options: GlobalOptions, /, spec_file: str | None, detach: bool, timeout: str,
-           image: str | None, command_args: tuple[str, ...], **kwargs: Any) -> None:
+           resolve_image: str | None, image: str | None, command_args: tuple[str, ...],
+           **kwargs: Any) -> None:
     """Create a service and wait until its tasks run."""
     values = setting_values(kwargs)
     wait = _timeout(timeout)
@@ -86,7 +93,8 @@ def create(options: GlobalOptions, /, spec_file: str | None, detach: bool, timeo
     from dockyard.v1.control_pb2 import CreateServiceRequest
 
     target = options.target()
-    record = call(target, control_stub, "CreateService", CreateServiceRequest(spec=spec))
+    request = CreateServiceRequest(spec=spec, resolve_image=resolve_mode(resolve_image))
+    record = call(target, control_stub, "CreateService", request)
     finish(target, record, detach, wait)
 
 
@@ -97,7 +105,8 @@ def get_service(target: Target, ref: str) -> Any:
 
 
 def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *,
-                      force: bool = False, rollback: bool = False) -> Any:
+                      force: bool = False, rollback: bool = False,
+                      resolve_image: ResolveImage.ValueType | None = None) -> Any:
     """Read, change a copy of the spec, write with the read version; on ABORTED (someone
     wrote in between) read again and apply the change again."""
     import grpc
@@ -112,6 +121,8 @@ def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *
         change(spec)
         request = UpdateServiceRequest(service=current.id, version=current.meta.version,
                                        spec=spec, force=force, rollback=rollback)
+        if resolve_image is not None:
+            request.resolve_image = resolve_image
         try:
             return call(target, control_stub, "UpdateService", request)
         except CliError as exc:
@@ -123,11 +134,12 @@ def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *
 @service.command("update")
 @click.option("--force", is_flag=True, help="Replace every task even if nothing changed.")
 @detach_options
+@resolve_option
 @setting_options("update")
 @click.argument("ref", metavar="SERVICE")
 @pass_options
-def update(options: GlobalOptions, /, force: bool, detach: bool, timeout: str, ref: str,
-           **kwargs: Any) -> None:
+def update(options: GlobalOptions, /, force: bool, detach: bool, timeout: str,
+           resolve_image: str | None, ref: str, **kwargs: Any) -> None:
     """Change a service's spec; its tasks are replaced in a rolling update."""
     from dockyard.v1.workloads_pb2 import ServiceSpec
 
@@ -146,7 +158,8 @@ def update(options: GlobalOptions, /, force: bool, detach: bool, timeout: str, r
         finish_spec(spec, job=spec.WhichOneof("mode") == "job")
 
     target = options.target()
-    record = update_with_retry(target, ref, change, force=force)
+    record = update_with_retry(target, ref, change, force=force,
+                               resolve_image=resolve_mode(resolve_image))
     finish(target, record, detach, wait)
 
 

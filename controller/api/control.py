@@ -8,10 +8,12 @@ from dataclasses import dataclass
 
 import grpc
 
+from dockyard.common.metadata import WARNING_KEY
 from dockyard.common.version import version_info
 from dockyard.controller.api.nodes import NodesAPI
 from dockyard.controller.api.services import ServicesAPI
 from dockyard.controller.ca import ClusterCA
+from dockyard.controller.cluster import ClusterRecord
 from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.errors import FailedPrecondition, grpc_errors
 from dockyard.controller.leadership import Leadership
@@ -22,6 +24,7 @@ from dockyard.v1.control_pb2 import (
     CreateJoinTokenRequest,
     CreateJoinTokenResponse,
     CreateServiceRequest,
+    GetClusterRequest,
     GetInfoRequest,
     GetNodeRequest,
     GetServiceRequest,
@@ -38,13 +41,21 @@ from dockyard.v1.control_pb2 import (
     RemoveNodeResponse,
     RemoveServiceRequest,
     RemoveServiceResponse,
+    UpdateClusterRequest,
     UpdateNodeRequest,
     UpdateServiceRequest,
 )
-from dockyard.v1.types_pb2 import GetVersionRequest, Node, NodeStatus, VersionInfo
+from dockyard.v1.types_pb2 import Cluster, GetVersionRequest, Node, NodeStatus, VersionInfo
 from dockyard.v1.workloads_pb2 import Service, Task
 
 Context = grpc.aio.ServicerContext[object, object]
+
+
+def _send_warnings(context: Context, warnings: Sequence[str]) -> None:
+    if warnings:  # metadata values are ASCII
+        context.set_trailing_metadata(
+            tuple((WARNING_KEY, w.encode("ascii", "backslashreplace").decode()) for w in warnings)
+        )
 
 
 @dataclass
@@ -65,6 +76,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         services: ServicesAPI,
         dispatcher: Dispatcher,
         leadership: Callable[[], Leadership | None],
+        cluster: ClusterRecord,
         ca: ClusterCA | None = None,
     ) -> None:
         self._identity = identity
@@ -73,6 +85,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._services = services
         self._dispatcher = dispatcher
         self._leadership = leadership
+        self._cluster = cluster
         self._ca = ca
 
     @grpc_errors
@@ -163,8 +176,18 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         return CreateJoinTokenResponse(token=token, record=record)
 
     @grpc_errors
+    async def GetCluster(self, request: GetClusterRequest, context: Context) -> Cluster:
+        return await self._cluster.get()
+
+    @grpc_errors
+    async def UpdateCluster(self, request: UpdateClusterRequest, context: Context) -> Cluster:
+        return await self._cluster.update(request.version, request.spec)
+
+    @grpc_errors
     async def CreateService(self, request: CreateServiceRequest, context: Context) -> Service:
-        return await self._services.create(request.spec)
+        service, warnings = await self._services.create(request)
+        _send_warnings(context, warnings)
+        return service
 
     @grpc_errors
     async def GetService(self, request: GetServiceRequest, context: Context) -> Service:
@@ -178,7 +201,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 
     @grpc_errors
     async def UpdateService(self, request: UpdateServiceRequest, context: Context) -> Service:
-        return await self._services.update(request)
+        service, warnings = await self._services.update(request)
+        _send_warnings(context, warnings)
+        return service
 
     @grpc_errors
     async def RemoveService(

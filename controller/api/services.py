@@ -6,11 +6,15 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from dockyard.common.validation import ValidationError, check_ref
+from dockyard.controller.cluster import ClusterRecord
+from dockyard.controller.images import ImageResolver
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.services import ServiceRegistry
+from dockyard.controller.specs import check_service_spec
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import TASKS, NotFound, Store
 from dockyard.v1.control_pb2 import (
+    CreateServiceRequest,
     ListServicesRequest,
     ListServicesResponse,
     ListTasksRequest,
@@ -19,7 +23,7 @@ from dockyard.v1.control_pb2 import (
     UpdateServiceRequest,
 )
 from dockyard.v1.types_pb2 import NodeStatus, TaskStatus
-from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task
+from dockyard.v1.workloads_pb2 import Service, Task
 
 State = TaskStatus.State
 MODES = ("replicated", "global", "job")
@@ -31,6 +35,8 @@ class ServicesAPI:
         store: Store,
         services: ServiceRegistry,
         nodes: NodeRegistry,
+        cluster: ClusterRecord,
+        resolver: ImageResolver,
         view: Callable[[], ClusterState | None] = lambda: None,
     ) -> None:
         """`view` gives the leader's in-memory cluster view (None on a follower):
@@ -38,6 +44,8 @@ class ServicesAPI:
         self._store = store
         self._services = services
         self._nodes = nodes
+        self._cluster = cluster
+        self._resolver = resolver
         self._view = view
 
     async def _all_tasks(self) -> list[Task]:
@@ -47,18 +55,30 @@ class ServicesAPI:
         tasks, _ = await self._store.list_all(TASKS)
         return tasks
 
-    async def create(self, spec: ServiceSpec) -> Service:
-        return await self._services.create(spec)
+    async def create(self, request: CreateServiceRequest) -> tuple[Service, list[str]]:
+        """The new service, and warnings for the caller (an image left unpinned)."""
+        check_service_spec(request.spec)  # before asking a registry about it
+        await self._cluster.check_spec(request.spec)
+        pinned = await self._resolver.pin(request.spec, request.resolve_image)
+        return await self._services.create(pinned.spec), pinned.warnings
 
     async def get(self, ref: str) -> Service:
         return await self._services.find(ref)
 
-    async def update(self, request: UpdateServiceRequest) -> Service:
+    async def update(self, request: UpdateServiceRequest) -> tuple[Service, list[str]]:
+        """The updated service, and warnings for the caller (an image left unpinned)."""
         if request.rollback:
-            return await self._services.rollback(request.service, request.version)
-        return await self._services.update(
-            request.service, request.version, request.spec, request.force
-        )
+            service = await self._services.find(request.service)
+            await self._cluster.check_spec(service.previous_spec)
+            return await self._services.rollback(request.service, request.version), []
+        check_service_spec(request.spec)
+        await self._cluster.check_spec(request.spec)
+        current = await self._services.find(request.service)
+        pinned = await self._resolver.pin(request.spec, request.resolve_image,
+                                          previous=current.spec, force=request.force)
+        service = await self._services.update(request.service, request.version, pinned.spec,
+                                              request.force)  # fmt: skip
+        return service, pinned.warnings
 
     async def remove(self, ref: str) -> None:
         await self._services.remove(ref)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 
+from dockyard.common.reference import pinned_digest
 from dockyard.common.timestamps import now_timestamp, to_seconds
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Service, Task
@@ -45,6 +46,7 @@ def new_task(service: Service, slot: int, node_id: str = "", attempt: int = 0) -
         attempt=attempt,
     )
     task.spec.CopyFrom(service.spec.task)
+    task.image_digest = pinned_digest(task.spec.container.image)
     set_status(task, State.PENDING, "waiting for the scheduler")
     return task
 

@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import grpc
 import pytest
 
+from dockyard.v1 import containers_pb2_grpc
+from dockyard.v1.containers_pb2 import ContainerRef
 from dockyard.v1.control_pb2 import (
     CreateServiceRequest,
+    GetClusterRequest,
     GetServiceRequest,
     ListTasksRequest,
+    UpdateClusterRequest,
     UpdateServiceRequest,
 )
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import ServiceSpec, Task, UpdateConfig, UpdateStatus
-from tests.agent.conftest import ImageRegistry
+from tests.agent.conftest import BUILD, ImageRegistry
 from tests.conftest import Cluster
 from tests.runtime.conftest import cleanup_everything
 
@@ -28,7 +34,7 @@ NAMES = ("r1", "r2", "r3")
 def runc_cluster(
     cluster_factory: Callable[..., Cluster], image_registry: ImageRegistry
 ) -> Iterator[Cluster]:
-    cluster = cluster_factory()
+    cluster = cluster_factory(resolve_image="always")
     try:
         cluster.start_controller(["--node-down-grace", "2"])
         for name in NAMES:
@@ -109,5 +115,64 @@ def test_replicas_on_runc_survive_a_killed_agent_and_roll_back_a_bad_update(
         assert "unhealthy" in final.update_status.message
         assert not final.spec.task.container.healthcheck.test
         cluster.wait_for(lambda: len(running(control, "web")) == 6, "6 tasks after rollback", 60)
+    finally:
+        control.close()
+
+
+def containers_of(cluster: Cluster, tasks: list[Task]) -> list[Any]:
+    """The agents' own records of the tasks' containers (Containers.Inspect on each node)."""
+    names = {n["id"]: name for name, n in cluster.nodes().items()}
+    records = []
+    for task in tasks:
+        address = cluster.agent_address(names[task.node_id])
+        with grpc.secure_channel(address, cluster.admin_credentials()) as channel:
+            stub = containers_pb2_grpc.ContainersStub(channel)
+            records.append(stub.Inspect(ContainerRef(container=task.status.container_id),
+                                        timeout=10))
+    return records
+
+
+def test_replicas_run_the_pinned_digest_and_privileged_needs_the_policy(
+    runc_cluster: Cluster, image_registry: ImageRegistry
+) -> None:
+    cluster = runc_cluster
+    ref = f"{image_registry.server.host}/pin/runc:1"
+    subprocess.run([*BUILD, "busybox", "--tag", ref, "--push"], check=True,
+                   capture_output=True, timeout=120)  # fmt: skip
+    control = cluster.control()
+    try:
+        spec = ServiceSpec(name="pinned")
+        spec.task.container.image = ref
+        spec.task.container.command.extend(["sleep", "3600"])
+        spec.task.container.stop_grace_seconds = 0
+        spec.replicated.replicas = 2
+        created = control.CreateService(CreateServiceRequest(spec=spec))
+        pinned = created.spec.task.container.image.partition("@")[2]
+        cluster.wait_for(lambda: len(running(control, "pinned")) == 2, "2 pinned tasks", 60)
+        moved = subprocess.run([*BUILD, "busybox", "--tag", ref, "--push", "--compression",
+                                "none"], check=True, capture_output=True, text=True,
+                               timeout=120).stdout.strip()  # fmt: skip
+        assert moved != pinned
+        service = control.GetService(GetServiceRequest(service="pinned"))
+        spec.CopyFrom(service.spec)
+        spec.replicated.replicas = 4
+        control.UpdateService(UpdateServiceRequest(service="pinned",
+                                                   version=service.meta.version, spec=spec))
+        cluster.wait_for(lambda: len(running(control, "pinned")) == 4, "4 pinned tasks", 60)
+        records = containers_of(cluster, running(control, "pinned"))
+        assert {r.image_digest for r in records} == {pinned}  # not the moved tag's
+        assert all(not r.config.privileged for r in records)
+
+        current = control.GetCluster(GetClusterRequest())
+        current.spec.allow_privileged = True
+        control.UpdateCluster(UpdateClusterRequest(version=current.meta.version,
+                                                   spec=current.spec))
+        root = ServiceSpec(name="root")
+        root.CopyFrom(spec)
+        root.name, root.replicated.replicas = "root", 1
+        root.task.container.privileged = True
+        control.CreateService(CreateServiceRequest(spec=root))
+        cluster.wait_for(lambda: len(running(control, "root")) == 1, "a privileged task", 60)
+        assert containers_of(cluster, running(control, "root"))[0].config.privileged
     finally:
         control.close()

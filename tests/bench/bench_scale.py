@@ -118,6 +118,8 @@ def start_cluster(
             "--log-level",
             "warning",
             "--insecure",
+            "--resolve-image",
+            "never",  # hollow agents: no registry holds the image
         ],
         root / "controller.log",
     )

@@ -110,3 +110,27 @@ def test_tag_inspect_save_load_import_and_detached_rm(
     assert agent.ok("container", "start", "later").stdout == "later\n"
     assert agent.ok("container", "wait", "later").stdout == "0\n"
     assert agent.ok("container", "rm", "-f", "later").stdout == "later\n"
+
+
+def _status_fields(text: str) -> dict[str, str]:
+    pairs = (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return {key: value.strip() for key, value in pairs}
+
+
+def test_privileged_and_unconfined_containers(agent: AgentUnderTest, busybox_ref: str) -> None:
+    """--privileged: every capability the agent holds and no seccomp filter; the
+    default is Docker's capability set under our profile (mode 2: filter)."""
+    read = ("grep", "-E", "^(CapEff|Seccomp):", "/proc/self/status")
+    default = _status_fields(agent.ok("run", "--rm", busybox_ref, *read).stdout)
+    privileged = _status_fields(agent.ok("run", "--rm", "--privileged", busybox_ref, *read).stdout)
+    unconfined = _status_fields(
+        agent.ok("run", "--rm", "--security-opt", "seccomp=unconfined", busybox_ref, *read).stdout)
+    own = _status_fields(Path("/proc/self/status").read_text())
+    assert default["Seccomp"] == "2" and privileged["Seccomp"] == "0"
+    assert unconfined["Seccomp"] == "0" and unconfined["CapEff"] == default["CapEff"]
+    assert int(default["CapEff"], 16) & ~int(own["CapEff"], 16) == 0
+    assert privileged["CapEff"] == own["CapEff"] != default["CapEff"]
+
+    bad = agent.cli("run", "--rm", "--security-opt", "apparmor=x", busybox_ref, "true")
+    assert bad.returncode == 125
+    assert "invalid --security-opt 'apparmor=x'" in bad.stderr

@@ -111,6 +111,8 @@ class CreateContainerRequest(_message.Message):
     CAP_DROP_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     AUTO_REMOVE_FIELD_NUMBER: _builtins.int
+    PRIVILEGED_FIELD_NUMBER: _builtins.int
+    SECCOMP_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """image reference; must be present on the agent"""
     name: _builtins.str
@@ -127,6 +129,10 @@ class CreateContainerRequest(_message.Message):
     hostname: _builtins.str
     auto_remove: _builtins.bool
     """--rm: removed once it exits"""
+    privileged: _builtins.bool
+    """every capability, no seccomp, no masked paths, host devices"""
+    seccomp: _builtins.str
+    """"" or default: Dockyard's profile; unconfined: none"""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """replaces the image's Cmd"""
@@ -170,10 +176,12 @@ class CreateContainerRequest(_message.Message):
         cap_drop: _abc.Iterable[_builtins.str] | None = ...,
         hostname: _builtins.str = ...,
         auto_remove: _builtins.bool = ...,
+        privileged: _builtins.bool = ...,
+        seccomp: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["restart_policy", b"restart_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "clear_entrypoint", b"clear_entrypoint", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "hostname", b"hostname", "image", b"image", "labels", b"labels", "memory_bytes", b"memory_bytes", "name", b"name", "nano_cpus", b"nano_cpus", "network", b"network", "pids_limit", b"pids_limit", "read_only", b"read_only", "restart_policy", b"restart_policy", "user", b"user", "volumes", b"volumes", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "clear_entrypoint", b"clear_entrypoint", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "hostname", b"hostname", "image", b"image", "labels", b"labels", "memory_bytes", b"memory_bytes", "name", b"name", "nano_cpus", b"nano_cpus", "network", b"network", "pids_limit", b"pids_limit", "privileged", b"privileged", "read_only", b"read_only", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "user", b"user", "volumes", b"volumes", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

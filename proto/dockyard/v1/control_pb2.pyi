@@ -9,6 +9,7 @@ from dockyard.v1 import workloads_pb2 as _workloads_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +20,78 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ResolveImage:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResolveImageEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResolveImage.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESOLVE_IMAGE_UNSPECIFIED: _ResolveImage.ValueType  # 0
+    """the controller's --resolve-image default"""
+    ALWAYS: _ResolveImage.ValueType  # 1
+    """resolve every tag; `force` re-resolves a pinned one"""
+    CHANGED: _ResolveImage.ValueType  # 2
+    """resolve only an image the request changes"""
+    NEVER: _ResolveImage.ValueType  # 3
+    """keep the reference as given"""
+
+class ResolveImage(_ResolveImage, metaclass=_ResolveImageEnumTypeWrapper):
+    """Whether the controller pins a service's image tag to the digest the registry
+    serves now (as `docker service create --resolve-image`). A pinned service runs
+    the same bytes on every node, whatever the tag points to later. When the
+    registry cannot be reached the spec keeps the tag and the answer carries a
+    `dockyard-warning` trailer saying so.
+    """
+
+RESOLVE_IMAGE_UNSPECIFIED: ResolveImage.ValueType  # 0
+"""the controller's --resolve-image default"""
+ALWAYS: ResolveImage.ValueType  # 1
+"""resolve every tag; `force` re-resolves a pinned one"""
+CHANGED: ResolveImage.ValueType  # 2
+"""resolve only an image the request changes"""
+NEVER: ResolveImage.ValueType  # 3
+"""keep the reference as given"""
+Global___ResolveImage: _TypeAlias = ResolveImage  # noqa: Y015
+
+@_typing.final
+class GetClusterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetClusterRequest: _TypeAlias = GetClusterRequest  # noqa: Y015
+
+@_typing.final
+class UpdateClusterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    version: _builtins.int
+    """Meta.version the cluster was read at"""
+    @_builtins.property
+    def spec(self) -> _types_pb2.ClusterSpec: ...
+    def __init__(
+        self,
+        *,
+        version: _builtins.int = ...,
+        spec: _types_pb2.ClusterSpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateClusterRequest: _TypeAlias = UpdateClusterRequest  # noqa: Y015
 
 @_typing.final
 class CreateJoinTokenRequest(_message.Message):
@@ -338,16 +411,19 @@ class CreateServiceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    RESOLVE_IMAGE_FIELD_NUMBER: _builtins.int
+    resolve_image: Global___ResolveImage.ValueType
     @_builtins.property
     def spec(self) -> _workloads_pb2.ServiceSpec: ...
     def __init__(
         self,
         *,
         spec: _workloads_pb2.ServiceSpec | None = ...,
+        resolve_image: Global___ResolveImage.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resolve_image", b"resolve_image", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -452,6 +528,7 @@ class UpdateServiceRequest(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     FORCE_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
+    RESOLVE_IMAGE_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     version: _builtins.int
     """Meta.version the spec was read at"""
@@ -459,6 +536,7 @@ class UpdateServiceRequest(_message.Message):
     """replace every task even when the spec is unchanged"""
     rollback: _builtins.bool
     """go back to previous_spec (spec is ignored)"""
+    resolve_image: Global___ResolveImage.ValueType
     @_builtins.property
     def spec(self) -> _workloads_pb2.ServiceSpec: ...
     def __init__(
@@ -469,10 +547,11 @@ class UpdateServiceRequest(_message.Message):
         spec: _workloads_pb2.ServiceSpec | None = ...,
         force: _builtins.bool = ...,
         rollback: _builtins.bool = ...,
+        resolve_image: Global___ResolveImage.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "rollback", b"rollback", "service", b"service", "spec", b"spec", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "resolve_image", b"resolve_image", "rollback", b"rollback", "service", b"service", "spec", b"spec", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

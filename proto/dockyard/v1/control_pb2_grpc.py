@@ -116,6 +116,16 @@ class ControlStub:
                 request_serializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenResponse.FromString,
                 _registered_method=True)
+        self.GetCluster = channel.unary_unary(
+                '/dockyard.v1.Control/GetCluster',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.GetClusterRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_types__pb2.Cluster.FromString,
+                _registered_method=True)
+        self.UpdateCluster = channel.unary_unary(
+                '/dockyard.v1.Control/UpdateCluster',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.UpdateClusterRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_types__pb2.Cluster.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -222,6 +232,19 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCluster(self, request, context):
+        """The cluster's record and policy; updating it is for admins only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCluster(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -304,6 +327,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RotateJoinTokens,
                     request_deserializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_control__pb2.CreateJoinTokenResponse.SerializeToString,
+            ),
+            'GetCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCluster,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.GetClusterRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_types__pb2.Cluster.SerializeToString,
+            ),
+            'UpdateCluster': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCluster,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.UpdateClusterRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_types__pb2.Cluster.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -738,6 +771,60 @@ class Control:
             '/dockyard.v1.Control/RotateJoinTokens',
             dockyard_dot_v1_dot_control__pb2.CreateJoinTokenRequest.SerializeToString,
             dockyard_dot_v1_dot_control__pb2.CreateJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/GetCluster',
+            dockyard_dot_v1_dot_control__pb2.GetClusterRequest.SerializeToString,
+            dockyard_dot_v1_dot_types__pb2.Cluster.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCluster(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/UpdateCluster',
+            dockyard_dot_v1_dot_control__pb2.UpdateClusterRequest.SerializeToString,
+            dockyard_dot_v1_dot_types__pb2.Cluster.FromString,
             options,
             channel_credentials,
             insecure,

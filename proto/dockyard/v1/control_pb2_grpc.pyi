@@ -54,6 +54,9 @@ class ControlStub:
     ListJoinTokens: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListJoinTokensRequest, _control_pb2.ListJoinTokensResponse]
     RotateJoinTokens: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateJoinTokenRequest, _control_pb2.CreateJoinTokenResponse]
     """Removes every token of the role, then creates a new one."""
+    GetCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _types_pb2.Cluster]
+    """The cluster's record and policy; updating it is for admins only."""
+    UpdateCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateClusterRequest, _types_pb2.Cluster]
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -79,6 +82,9 @@ class ControlAsyncStub(ControlStub):
     ListJoinTokens: _aio.UnaryUnaryMultiCallable[_control_pb2.ListJoinTokensRequest, _control_pb2.ListJoinTokensResponse]  # type: ignore[assignment]
     RotateJoinTokens: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateJoinTokenRequest, _control_pb2.CreateJoinTokenResponse]  # type: ignore[assignment]
     """Removes every token of the role, then creates a new one."""
+    GetCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _types_pb2.Cluster]  # type: ignore[assignment]
+    """The cluster's record and policy; updating it is for admins only."""
+    UpdateCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateClusterRequest, _types_pb2.Cluster]  # type: ignore[assignment]
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -197,5 +203,20 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.CreateJoinTokenResponse, _abc.Awaitable[_control_pb2.CreateJoinTokenResponse]]:
         """Removes every token of the role, then creates a new one."""
+
+    @_abc_1.abstractmethod
+    def GetCluster(
+        self,
+        request: _control_pb2.GetClusterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Cluster, _abc.Awaitable[_types_pb2.Cluster]]:
+        """The cluster's record and policy; updating it is for admins only."""
+
+    @_abc_1.abstractmethod
+    def UpdateCluster(
+        self,
+        request: _control_pb2.UpdateClusterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Cluster, _abc.Awaitable[_types_pb2.Cluster]]: ...
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -442,6 +442,30 @@ class VersionInfo(_message.Message):
 Global___VersionInfo: _TypeAlias = VersionInfo  # noqa: Y015
 
 @_typing.final
+class ClusterSpec(_message.Message):
+    """What an admin sets for the whole cluster."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_PRIVILEGED_FIELD_NUMBER: _builtins.int
+    allow_privileged: _builtins.bool
+    """Services may run privileged containers (every capability, no seccomp, the
+    host's devices). Off by default: a privileged container is root on its node.
+    """
+    def __init__(
+        self,
+        *,
+        allow_privileged: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_privileged", b"allow_privileged"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterSpec: _TypeAlias = ClusterSpec  # noqa: Y015
+
+@_typing.final
 class Cluster(_message.Message):
     """Stored once per cluster at the first controller start."""
 
@@ -449,18 +473,26 @@ class Cluster(_message.Message):
 
     ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def meta(self) -> Global___Meta: ...
+    @_builtins.property
+    def spec(self) -> Global___ClusterSpec: ...
     def __init__(
         self,
         *,
         id: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
+        meta: Global___Meta | None = ...,
+        spec: Global___ClusterSpec | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "meta", b"meta", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "id", b"id", "meta", b"meta", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -96,6 +96,7 @@ class ContainerSpec(_message.Message):
     CAP_DROP_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
+    PRIVILEGED_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     workdir: _builtins.str
     user: _builtins.str
@@ -105,6 +106,10 @@ class ContainerSpec(_message.Message):
     hostname: _builtins.str
     network: _builtins.str
     """none | host"""
+    privileged: _builtins.bool
+    """Every capability, no seccomp, no masked paths, the host's devices: only when the
+    cluster's policy allows it (ClusterSpec.allow_privileged).
+    """
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """replaces the image's Cmd"""
@@ -138,10 +143,11 @@ class ContainerSpec(_message.Message):
         cap_drop: _abc.Iterable[_builtins.str] | None = ...,
         hostname: _builtins.str = ...,
         network: _builtins.str = ...,
+        privileged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds", "healthcheck", b"healthcheck", "stop_grace_seconds", b"stop_grace_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "labels", b"labels", "network", b"network", "read_only", b"read_only", "stop_grace_seconds", b"stop_grace_seconds", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "labels", b"labels", "network", b"network", "privileged", b"privileged", "read_only", b"read_only", "stop_grace_seconds", b"stop_grace_seconds", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__stop_grace_seconds: _TypeAlias = _typing.Literal["stop_grace_seconds"]  # noqa: Y015
     _WhichOneofArgType__stop_grace_seconds: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds"]  # noqa: Y015
@@ -685,7 +691,7 @@ class Task(_message.Message):
     spec_version: _builtins.int
     desired_state: _types_pb2.TaskStatus.State.ValueType
     image_digest: _builtins.str
-    """the digest the agent resolved, so replicas run the same bytes"""
+    """the manifest digest the service pins (every replica runs these bytes); empty: the tag, resolved by each node"""
     attempt: _builtins.int
     """restarts of this slot so far"""
     @_builtins.property

@@ -1,6 +1,7 @@
-"""`dockyard-controller init | token | user`: the cluster's PKI from the command line.
+"""`dockyard-controller init | join | token | user`: the cluster's PKI from the command line.
 
-`init` and `user create` work offline on the state dir (they need the CA key);
+`init` and `user create` work offline on the state dir (they need the CA key); `join`
+redeems a controller token at a running controller and takes the CA from etcd;
 `token` commands are RPCs on a running controller, made with an admin identity
 (the current CLI context, or --context / -H with --tls* flags).
 """
@@ -15,7 +16,7 @@ from typing import Any
 
 import click
 
-from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
+from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT, AddressError, normalize
 
 DEFAULT_STATE_DIR = "/var/lib/dockyard/controller"
 state_dir_option = click.option(
@@ -48,22 +49,72 @@ def _make_context(name: str, host: str, tls: dict[str, str], description: str) -
         raise click.ClickException(str(exc)) from exc
 
 
-async def _ca_from_etcd(endpoints: list[str], prefix: str, timeout: float) -> Any:
-    """The CA in etcd, or a new one published there."""
+async def _ca_from_etcd(endpoints: list[str], prefix: str, timeout: float, *,
+                        create: bool) -> Any:  # fmt: skip
+    """The CA in etcd (None if there is none); with `create`, a new one published there."""
     from dockyard.common import pki
     from dockyard.controller.ca import fetch_ca, publish_ca
-    from dockyard.controller.store import Store
+    from dockyard.controller.store import Store, StoreError
 
     store = Store(endpoints, prefix)
     try:
         await store.connect(timeout)
         ca = await fetch_ca(store)
-        if ca is None:
+        if ca is None and create:
             ca = pki.CertificateAuthority.create()
             await publish_ca(store, ca)
         return ca
+    except StoreError as exc:
+        raise click.ClickException(f"etcd at {','.join(endpoints)}: {exc}") from exc
     finally:
         await store.close()
+
+
+def _etcd_options(command: Any) -> Any:
+    for option in reversed([
+        click.option("--etcd-prefix", default="/dockyard", show_default=True),
+        click.option("--etcd-timeout", default=10.0, show_default=True, type=float),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def _addresses(listen: str, advertise: str, etcd: tuple[str, ...]) -> tuple[str, str, list[str]]:
+    try:
+        return (normalize(listen, CONTROLLER_PORT),
+                normalize(advertise, CONTROLLER_PORT) if advertise else "",
+                [normalize(e, 2379) for item in etcd for e in item.split(",") if e])
+    except AddressError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _initialized(state_dir: Path) -> bool:
+    from dockyard.common import pki
+    from dockyard.controller.ca import has_ca, pki_dir
+
+    directory = pki_dir(state_dir)
+    if has_ca(state_dir) and (directory / "admin" / "cert.pem").exists():
+        fingerprint = pki.fingerprint((directory / "ca.pem").read_bytes())
+        click.echo(f"{state_dir} is already initialized (CA sha256 {fingerprint})")
+        return True
+    return False
+
+
+def _write_controller(state_dir: Path, ca: Any, cert: bytes, key: bytes, host: str,
+                      context_name: str) -> None:  # fmt: skip
+    """The CA, this controller's certificate, an admin identity and its CLI context."""
+    from dockyard.common import pki
+    from dockyard.controller.ca import pki_dir
+
+    directory = pki_dir(state_dir)
+    ca.save(directory)
+    (directory / "controller.pem").write_bytes(cert)
+    pki.write_private(directory / "controller-key.pem", key)
+    (directory / "cluster.json").write_text(json.dumps({"address": host}) + "\n")
+    tls = _write_identity(directory / "admin", ca.cert_pem, *ca.issue_pair(pki.ADMIN, "admin"))
+    _make_context(context_name, host, tls, f"admin of the cluster in {state_dir}")
+    click.echo(f"cluster CA: {directory / 'ca.pem'} (sha256 {ca.fingerprint})")
+    click.echo(f"admin identity: {directory / 'admin'}; CLI context {context_name!r}")
 
 
 @click.command()
@@ -75,9 +126,9 @@ async def _ca_from_etcd(endpoints: list[str], prefix: str, timeout: float) -> An
 @click.option("--context", "context_name", default="default-admin", show_default=True,
               help="CLI context to write with the admin identity.")
 @click.option("--etcd", "etcd_endpoints", multiple=True, metavar="HOST:PORT",
-              help="Adopt the CA of the cluster in this etcd (or publish a new one there).")
-@click.option("--etcd-prefix", default="/dockyard", show_default=True)
-@click.option("--etcd-timeout", default=10.0, show_default=True, type=float)
+              help="The etcd the cluster will keep its state in (a new CA is published "
+                   "there; an etcd that already holds a cluster is joined with `join`).")
+@_etcd_options
 def init(
     state_dir: Path, listen: str, advertise: str, context_name: str,
     etcd_endpoints: tuple[str, ...], etcd_prefix: str, etcd_timeout: float,
@@ -86,36 +137,90 @@ def init(
     from dockyard.common import pki
     from dockyard.controller.ca import has_ca, pki_dir
 
-    try:
-        listen = normalize(listen, CONTROLLER_PORT)
-        advertise = normalize(advertise, CONTROLLER_PORT) if advertise else ""
-        endpoints = [normalize(e, 2379) for item in etcd_endpoints for e in item.split(",") if e]
-    except AddressError as exc:
-        raise click.BadParameter(str(exc)) from exc
-    directory = pki_dir(state_dir)
-    if has_ca(state_dir) and (directory / "admin" / "cert.pem").exists():
-        fingerprint = pki.fingerprint((directory / "ca.pem").read_bytes())
-        click.echo(f"{state_dir} is already initialized (CA sha256 {fingerprint})")
+    listen, advertise, endpoints = _addresses(listen, advertise, etcd_endpoints)
+    if _initialized(state_dir):
         return
+    directory = pki_dir(state_dir)
     if endpoints:
-        ca = asyncio.run(_ca_from_etcd(endpoints, etcd_prefix, etcd_timeout))
+        existing = asyncio.run(_ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=False))
+        if existing is not None and not (has_ca(state_dir) and pki.CertificateAuthority.load(
+                directory).fingerprint == existing.fingerprint):  # fmt: skip
+            raise click.ClickException(
+                f"etcd at {','.join(endpoints)} already holds a cluster (CA sha256 "
+                f"{existing.fingerprint}): join it with `dockyard-controller join --token "
+                "<controller token> CONTROLLER:7399 --etcd ...` (an admin makes the token "
+                "with `dockyard-controller token create --role controller`)"
+            )
+        ca = existing or asyncio.run(
+            _ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=True))
     elif has_ca(state_dir):
         ca = pki.CertificateAuthority.load(directory)
     else:
         ca = pki.CertificateAuthority.create()
-    ca.save(directory)
     cert, key = ca.issue_pair(pki.CONTROLLER, "init", validity=dt.timedelta(days=365),
                               sans=pki.controller_sans(listen, advertise))  # fmt: skip
-    (directory / "controller.pem").write_bytes(cert)
-    pki.write_private(directory / "controller-key.pem", key)
-    host = advertise or listen
-    (directory / "cluster.json").write_text(json.dumps({"address": host}) + "\n")
-    tls = _write_identity(directory / "admin", ca.cert_pem, *ca.issue_pair(pki.ADMIN, "admin"))
-    _make_context(context_name, host, tls, f"admin of the cluster in {state_dir}")
-    click.echo(f"cluster CA: {directory / 'ca.pem'} (sha256 {ca.fingerprint})")
-    click.echo(f"admin identity: {directory / 'admin'}; CLI context {context_name!r}")
+    _write_controller(state_dir, ca, cert, key, advertise or listen, context_name)
     click.echo(f"next: dockyard-controller run --state-dir {state_dir}, then "
                "dockyard-controller token create --role agent")  # fmt: skip
+
+
+@click.command()
+@click.argument("address", metavar="CONTROLLER:JOIN_PORT")
+@click.option("--token", required=True, envvar="DOCKYARD_JOIN_TOKEN",
+              help="A controller join token (`dockyard-controller token create --role "
+                   "controller`).")
+@state_dir_option
+@click.option("--listen", default=f"127.0.0.1:{CONTROLLER_PORT}", show_default=True,
+              help="The address `run --listen` will use (in the server certificate).")
+@click.option("--advertise", default="", metavar="HOST:PORT",
+              help="Address clients reach this controller at (a SAN; the context's host).")
+@click.option("--context", "context_name", default="default-admin", show_default=True,
+              help="CLI context to write with the admin identity.")
+@click.option("--etcd", "etcd_endpoints", multiple=True, metavar="HOST:PORT", required=True,
+              help="The cluster's etcd (repeat for several endpoints).")
+@_etcd_options
+def join(
+    address: str, token: str, state_dir: Path, listen: str, advertise: str, context_name: str,
+    etcd_endpoints: tuple[str, ...], etcd_prefix: str, etcd_timeout: float,
+) -> None:
+    """Join a running cluster as one more controller.
+
+    As `dockyard-agent join`: the CA the controller at ADDRESS (its join port) presents
+    must match the token's, and the token must be a controller token. The cluster's CA
+    is then taken from etcd, which must hold that same CA. Then `run --etcd ...`.
+    """
+    from dockyard.common import pki
+    from dockyard.common.joining import JoinError, request_certificate
+
+    listen, advertise, endpoints = _addresses(listen, advertise, etcd_endpoints)
+    try:
+        address = normalize(address, JOIN_PORT)
+    except AddressError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    if _initialized(state_dir):
+        return
+    hosts = [h for h in (listen, advertise) if h]
+    try:
+        issued, key = asyncio.run(request_certificate(address, token, hosts))
+    except JoinError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if issued.role != pki.CONTROLLER:
+        raise click.ClickException(f"this is a {issued.role} join token: an agent joins with "
+                                   "`dockyard-agent join`; ask for `token create --role "
+                                   "controller`")  # fmt: skip
+    ca = asyncio.run(_ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=False))
+    if ca is None:
+        raise click.ClickException(f"etcd at {','.join(endpoints)} holds no cluster: give the "
+                                   "etcd the cluster's controllers use")  # fmt: skip
+    if ca.fingerprint != pki.fingerprint(issued.ca_pem):
+        raise click.ClickException(
+            f"etcd at {','.join(endpoints)} holds another cluster's CA (sha256 "
+            f"{ca.fingerprint}), not the one of the controller at {address}; nothing written"
+        )
+    _write_controller(state_dir, ca, issued.cert_pem, pki.key_pem(key), advertise or listen,
+                      context_name)  # fmt: skip
+    click.echo(f"joined as controller {issued.node_id}; next: dockyard-controller run "
+               f"--state-dir {state_dir} --etcd {','.join(endpoints)}")
 
 
 @click.group()

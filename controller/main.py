@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT, AddressError, normalize
+from dockyard.controller.http import HTTP_PORT
 from dockyard.common.distribution.settings import check_registry_flags, registry_options
 from dockyard.common.version import package_version
 
@@ -122,6 +123,13 @@ def main() -> None:
     help="Seconds to wait for a registry when pinning an image.",
 )
 @click.option(
+    "--http-listen",
+    default=None,
+    metavar="HOST:PORT",
+    help=f"HTTP(S) address of the JSON read API, /v1/events, /metrics and the dashboard; "
+    f'"" disables it [127.0.0.1:{HTTP_PORT}].',
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def run(
@@ -144,6 +152,7 @@ def run(
     registry_config: Path | None,
     resolve_image: str,
     resolve_timeout: float,
+    http_listen: str | None,
     log_level: str,
 ) -> None:
     """Run the controller until SIGTERM or SIGINT."""
@@ -163,6 +172,7 @@ def run(
                                 JOIN_PORT)  # fmt: skip
         validity = parse_duration(_days(cert_expiry))
         check_registry_flags(registry_mirrors, insecure_registries)
+        http = normalize(http_listen, HTTP_PORT) if http_listen else ""
     except (AddressError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     config = ControllerConfig(
@@ -183,6 +193,8 @@ def run(
         registry=make_registry_config(registry_mirrors, insecure_registries, registry_config),
         resolve_image=ResolveImage.Value(resolve_image.upper()),
         resolve_timeout=resolve_timeout,
+        http_listen=http if http_listen is not None else f"127.0.0.1:{HTTP_PORT}",
+        http_listen_required=http_listen is not None,
     )
     sys.exit(asyncio.run(_serve(config)))
 
@@ -214,9 +226,10 @@ async def _serve(config: ControllerConfig) -> int:
 
 
 def _add_admin_commands() -> None:
-    from dockyard.controller.admin import init, token, user
+    from dockyard.controller.admin import init, join, token, user
 
     main.add_command(init)
+    main.add_command(join)
     main.add_command(token)
     main.add_command(user)
 

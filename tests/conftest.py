@@ -126,6 +126,8 @@ class Cluster:
     # Hollow clusters name images (busybox) that no loopback registry has: asking
     # docker.io would leave the machine. Clusters on a test registry say "always".
     resolve_image: str = "never"
+    # Another cluster object whose controller this one's joins (a controller token).
+    join_from: Cluster | None = None
 
     def __post_init__(self) -> None:
         self.config_dir = self.root / "cli-config"
@@ -168,6 +170,20 @@ class Cluster:
     def init(self) -> None:
         args = ["dockyard-controller", "init", "--state-dir", str(self.root / "controller"),
                 "--listen", self.address, "--context", "admin"]  # fmt: skip
+        for endpoint in self.etcd_endpoints:
+            args += ["--etcd", endpoint]
+        self.run_tool(*args)
+
+    def join_controller(self) -> None:
+        """`dockyard-controller join` this cluster's controller to `join_from`'s cluster."""
+        leader = self.join_from
+        assert leader is not None
+        token = leader.run_tool("dockyard-controller", "token", "create", "--role", "controller",
+                                "--ttl", "0", "-H", leader.address,
+                                *leader.tls_args()).stdout.strip()  # fmt: skip
+        args = ["dockyard-controller", "join", "--token", token, leader.join_address,
+                "--state-dir", str(self.root / "controller"), "--listen", self.address,
+                "--context", "admin"]  # fmt: skip
         for endpoint in self.etcd_endpoints:
             args += ["--etcd", endpoint]
         self.run_tool(*args)
@@ -219,7 +235,10 @@ class Cluster:
         if self.insecure:
             args.append("--insecure")
         else:
-            self.init()
+            if self.join_from is not None:
+                self.join_controller()
+            else:
+                self.init()
             args += ["--join-listen", self.join_address]
         self.controller = Daemon(
             "controller", args + (extra or []), self.root / "controller.log"

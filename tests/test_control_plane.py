@@ -248,6 +248,7 @@ def test_two_controllers_one_leads_and_the_other_takes_over(
     loop_thread.run(etcd.start())
     try:
         first.etcd_endpoints = second.etcd_endpoints = [etcd.endpoint]
+        second.join_from = first  # with a controller token, as a second manager joins
         first.start_controller()
         second.start_controller()
         info = json.loads(second.cli("info", "-o", "json").stdout)

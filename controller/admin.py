@@ -79,6 +79,21 @@ def _etcd_options(command: Any) -> Any:
     return command
 
 
+def _identity_options(command: Any) -> Any:
+    """--listen, --advertise and --context of `init` and `join`."""
+    for option in reversed([
+        click.option("--listen", default=f"127.0.0.1:{CONTROLLER_PORT}", show_default=True,
+                     help="The address `run --listen` will use (in the server certificate)."),
+        click.option("--advertise", default="", metavar="HOST:PORT",
+                     help="Address clients reach the controller at (a SAN; the context's "
+                          "host)."),
+        click.option("--context", "context_name", default="default-admin", show_default=True,
+                     help="CLI context to write with the admin identity."),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
 def _addresses(listen: str, advertise: str, etcd: tuple[str, ...]) -> tuple[str, str, list[str]]:
     try:
         return (normalize(listen, CONTROLLER_PORT),
@@ -119,12 +134,7 @@ def _write_controller(state_dir: Path, ca: Any, cert: bytes, key: bytes, host: s
 
 @click.command()
 @state_dir_option
-@click.option("--listen", default=f"127.0.0.1:{CONTROLLER_PORT}", show_default=True,
-              help="The address `run --listen` will use (in the server certificate).")
-@click.option("--advertise", default="", metavar="HOST:PORT",
-              help="Address clients reach the controller at (a SAN; the context's host).")
-@click.option("--context", "context_name", default="default-admin", show_default=True,
-              help="CLI context to write with the admin identity.")
+@_identity_options
 @click.option("--etcd", "etcd_endpoints", multiple=True, metavar="HOST:PORT",
               help="The etcd the cluster will keep its state in (a new CA is published "
                    "there; an etcd that already holds a cluster is joined with `join`).")
@@ -170,12 +180,7 @@ def init(
               help="A controller join token (`dockyard-controller token create --role "
                    "controller`).")
 @state_dir_option
-@click.option("--listen", default=f"127.0.0.1:{CONTROLLER_PORT}", show_default=True,
-              help="The address `run --listen` will use (in the server certificate).")
-@click.option("--advertise", default="", metavar="HOST:PORT",
-              help="Address clients reach this controller at (a SAN; the context's host).")
-@click.option("--context", "context_name", default="default-admin", show_default=True,
-              help="CLI context to write with the admin identity.")
+@_identity_options
 @click.option("--etcd", "etcd_endpoints", multiple=True, metavar="HOST:PORT", required=True,
               help="The cluster's etcd (repeat for several endpoints).")
 @_etcd_options

@@ -363,3 +363,11 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     finally:
         for cluster in made:
             cluster.stop()
+
+
+@pytest.fixture
+def control(cluster: Cluster) -> Iterator[Any]:
+    """A Control stub (admin) on the `cluster` fixture of the test's module."""
+    stub = cluster.control()
+    yield stub
+    stub.close()

@@ -56,13 +56,6 @@ def cluster(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
     yield cluster
 
 
-@pytest.fixture
-def control(cluster: Cluster) -> Iterator[Any]:
-    stub = cluster.control()
-    yield stub
-    stub.close()
-
-
 def spec(name: str, image: str, replicas: int = 2) -> ServiceSpec:
     result = ServiceSpec(name=name)
     result.task.container.image = image

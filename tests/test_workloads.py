@@ -36,13 +36,6 @@ def cluster(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
     yield cluster
 
 
-@pytest.fixture
-def control(cluster: Cluster) -> Iterator[Any]:
-    stub = cluster.control()
-    yield stub
-    stub.close()
-
-
 def spec(name: str, replicas: int = 3, command: tuple[str, ...] = ("sleep", "3600")) -> ServiceSpec:
     result = ServiceSpec(name=name)
     result.task.container.image = "busybox"

@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from dockyard.cli.client import CliError, call, rpc_code
+from dockyard.cli.commands.service_wait import control_stub
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, key_values, to_data
 
 UPDATE_RETRIES = 5
-
-
-def _stub(channel: Any) -> Any:
-    from dockyard.v1 import control_pb2_grpc
-
-    return control_pb2_grpc.ControlStub(channel)
 
 
 @click.group("cluster")
@@ -31,7 +24,7 @@ def inspect_cluster(options: GlobalOptions) -> None:
     """Show the cluster's ID and policy."""
     from dockyard.v1.control_pb2 import GetClusterRequest
 
-    record = call(options.target(), _stub, "GetCluster", GetClusterRequest())
+    record = call(options.target(), control_stub, "GetCluster", GetClusterRequest())
     if options.output != "table":
         emit_data(record, options.output)
         return
@@ -57,12 +50,12 @@ def update_cluster(options: GlobalOptions, allow_privileged: bool | None) -> Non
 
     target = options.target()
     for _ in range(UPDATE_RETRIES):
-        current = call(target, _stub, "GetCluster", GetClusterRequest())
+        current = call(target, control_stub, "GetCluster", GetClusterRequest())
         spec = current.spec
         spec.allow_privileged = allow_privileged
         request = UpdateClusterRequest(version=current.meta.version, spec=spec)
         try:
-            updated = call(target, _stub, "UpdateCluster", request)
+            updated = call(target, control_stub, "UpdateCluster", request)
         except CliError as exc:
             if rpc_code(exc) != grpc.StatusCode.ABORTED:
                 raise

@@ -28,13 +28,6 @@ def cluster(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
     yield cluster
 
 
-@pytest.fixture
-def control(cluster: Cluster) -> Iterator[Any]:
-    stub = cluster.control()
-    yield stub
-    stub.close()
-
-
 def privileged_spec(name: str) -> ServiceSpec:
     spec = ServiceSpec(name=name)
     spec.task.container.image = "busybox"

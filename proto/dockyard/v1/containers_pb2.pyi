@@ -45,6 +45,41 @@ class VolumeSpec(_message.Message):
 Global___VolumeSpec: _TypeAlias = VolumeSpec  # noqa: Y015
 
 @_typing.final
+class PortMapping(_message.Message):
+    """A published port: traffic to host_ip:host_port on the node goes to the
+    container's container_port (bridge network only).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOST_IP_FIELD_NUMBER: _builtins.int
+    HOST_PORT_FIELD_NUMBER: _builtins.int
+    CONTAINER_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    host_ip: _builtins.str
+    """"": every address of the node"""
+    host_port: _builtins.int
+    """0: a free port the agent picks"""
+    container_port: _builtins.int
+    protocol: _builtins.str
+    """tcp (default) | udp"""
+    def __init__(
+        self,
+        *,
+        host_ip: _builtins.str = ...,
+        host_port: _builtins.int = ...,
+        container_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_port", b"container_port", "host_ip", b"host_ip", "host_port", b"host_port", "protocol", b"protocol"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PortMapping: _TypeAlias = PortMapping  # noqa: Y015
+
+@_typing.final
 class RestartPolicySpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -113,6 +148,7 @@ class CreateContainerRequest(_message.Message):
     AUTO_REMOVE_FIELD_NUMBER: _builtins.int
     PRIVILEGED_FIELD_NUMBER: _builtins.int
     SECCOMP_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """image reference; must be present on the agent"""
     name: _builtins.str
@@ -125,7 +161,7 @@ class CreateContainerRequest(_message.Message):
     pids_limit: _builtins.int
     read_only: _builtins.bool
     network: _builtins.str
-    """none (default) | host"""
+    """none (default; bridge when ports are published) | host | bridge"""
     hostname: _builtins.str
     auto_remove: _builtins.bool
     """--rm: removed once it exits"""
@@ -153,6 +189,10 @@ class CreateContainerRequest(_message.Message):
     def cap_add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def cap_drop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortMapping]:
+        """published ports (-p); needs the bridge network"""
+
     def __init__(
         self,
         *,
@@ -178,14 +218,56 @@ class CreateContainerRequest(_message.Message):
         auto_remove: _builtins.bool = ...,
         privileged: _builtins.bool = ...,
         seccomp: _builtins.str = ...,
+        ports: _abc.Iterable[Global___PortMapping] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["restart_policy", b"restart_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "clear_entrypoint", b"clear_entrypoint", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "hostname", b"hostname", "image", b"image", "labels", b"labels", "memory_bytes", b"memory_bytes", "name", b"name", "nano_cpus", b"nano_cpus", "network", b"network", "pids_limit", b"pids_limit", "privileged", b"privileged", "read_only", b"read_only", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "user", b"user", "volumes", b"volumes", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "clear_entrypoint", b"clear_entrypoint", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "hostname", b"hostname", "image", b"image", "labels", b"labels", "memory_bytes", b"memory_bytes", "name", b"name", "nano_cpus", b"nano_cpus", "network", b"network", "pids_limit", b"pids_limit", "ports", b"ports", "privileged", b"privileged", "read_only", b"read_only", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "user", b"user", "volumes", b"volumes", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CreateContainerRequest: _TypeAlias = CreateContainerRequest  # noqa: Y015
+
+@_typing.final
+class ContainerNetwork(_message.Message):
+    """Where a container is reachable (bridge network: its own address on the node's bridge)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODE_FIELD_NUMBER: _builtins.int
+    IP_ADDRESS_FIELD_NUMBER: _builtins.int
+    PREFIX_LENGTH_FIELD_NUMBER: _builtins.int
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    BRIDGE_FIELD_NUMBER: _builtins.int
+    PORTS_FIELD_NUMBER: _builtins.int
+    mode: _builtins.str
+    """none | host | bridge"""
+    ip_address: _builtins.str
+    prefix_length: _builtins.int
+    gateway: _builtins.str
+    bridge: _builtins.str
+    """the node's bridge interface"""
+    @_builtins.property
+    def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortMapping]:
+        """as bound (a picked host port filled in)"""
+
+    def __init__(
+        self,
+        *,
+        mode: _builtins.str = ...,
+        ip_address: _builtins.str = ...,
+        prefix_length: _builtins.int = ...,
+        gateway: _builtins.str = ...,
+        bridge: _builtins.str = ...,
+        ports: _abc.Iterable[Global___PortMapping] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bridge", b"bridge", "gateway", b"gateway", "ip_address", b"ip_address", "mode", b"mode", "ports", b"ports", "prefix_length", b"prefix_length"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContainerNetwork: _TypeAlias = ContainerNetwork  # noqa: Y015
 
 @_typing.final
 class ContainerRef(_message.Message):
@@ -264,6 +346,7 @@ class ContainerRecord(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     LOG_PATH_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     name: _builtins.str
     image: _builtins.str
@@ -275,6 +358,8 @@ class ContainerRecord(_message.Message):
     def state(self) -> Global___ContainerState: ...
     @_builtins.property
     def config(self) -> Global___CreateContainerRequest: ...
+    @_builtins.property
+    def network(self) -> Global___ContainerNetwork: ...
     def __init__(
         self,
         *,
@@ -286,10 +371,11 @@ class ContainerRecord(_message.Message):
         state: Global___ContainerState | None = ...,
         config: Global___CreateContainerRequest | None = ...,
         log_path: _builtins.str = ...,
+        network: Global___ContainerNetwork | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "state", b"state"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "network", b"network", "state", b"state"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "id", b"id", "image", b"image", "image_digest", b"image_digest", "log_path", b"log_path", "name", b"name", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config", b"config", "created_at", b"created_at", "id", b"id", "image", b"image", "image_digest", b"image_digest", "log_path", b"log_path", "name", b"name", "network", b"network", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -105,7 +105,7 @@ class ContainerSpec(_message.Message):
     read_only: _builtins.bool
     hostname: _builtins.str
     network: _builtins.str
-    """none | host"""
+    """none | host | bridge (published ports need bridge)"""
     privileged: _builtins.bool
     """Every capability, no seccomp, no masked paths, the host's devices: only when the
     cluster's policy allows it (ClusterSpec.allow_privileged).

@@ -8,6 +8,7 @@ from typing import Literal
 
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT
 from dockyard.common.distribution.registry import RegistryConfig
+from dockyard.controller.http import HTTP_PORT
 from dockyard.v1.control_pb2 import ResolveImage
 
 DEFAULT_HEARTBEAT_PERIOD = 2.0
@@ -37,6 +38,9 @@ class ControllerConfig:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     resolve_image: ResolveImage.ValueType = ResolveImage.ALWAYS
     resolve_timeout: float = 10.0
+    # The HTTP side: HTTPS with client certificates unless insecure; "" disables it.
+    http_listen: str = f"127.0.0.1:{HTTP_PORT}"
+    http_max_streams: int = 64  # concurrent /v1/events streams
 
     @property
     def advertise_address(self) -> str:

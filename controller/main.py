@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import click
 
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT, AddressError, normalize
-from dockyard.controller.http import HTTP_PORT
 from dockyard.common.distribution.settings import check_registry_flags, registry_options
 from dockyard.common.version import package_version
+from dockyard.controller.http import HTTP_PORT
 
 if TYPE_CHECKING:
     from dockyard.controller.config import ControllerConfig
@@ -127,7 +127,14 @@ def main() -> None:
     default=None,
     metavar="HOST:PORT",
     help=f"HTTP(S) address of the JSON read API, /v1/events, /metrics and the dashboard; "
-    f'"" disables it [127.0.0.1:{HTTP_PORT}].',
+    f'"" disables it [--listen host:{HTTP_PORT}].',
+)
+@click.option(
+    "--http-max-streams",
+    default=64,
+    show_default=True,
+    type=click.IntRange(min=1, max=10_000),
+    help="Concurrent /v1/events streams; more get 503.",
 )
 @click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
@@ -153,6 +160,7 @@ def run(
     resolve_image: str,
     resolve_timeout: float,
     http_listen: str | None,
+    http_max_streams: int,
     log_level: str,
 ) -> None:
     """Run the controller until SIGTERM or SIGINT."""
@@ -172,6 +180,8 @@ def run(
                                 JOIN_PORT)  # fmt: skip
         validity = parse_duration(_days(cert_expiry))
         check_registry_flags(registry_mirrors, insecure_registries)
+        if http_listen is None:
+            http_listen = f"{listen.rsplit(':', 1)[0]}:{HTTP_PORT}"
         http = normalize(http_listen, HTTP_PORT) if http_listen else ""
     except (AddressError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
@@ -193,8 +203,8 @@ def run(
         registry=make_registry_config(registry_mirrors, insecure_registries, registry_config),
         resolve_image=ResolveImage.Value(resolve_image.upper()),
         resolve_timeout=resolve_timeout,
-        http_listen=http if http_listen is not None else f"127.0.0.1:{HTTP_PORT}",
-        http_listen_required=http_listen is not None,
+        http_listen=http,
+        http_max_streams=http_max_streams,
     )
     sys.exit(asyncio.run(_serve(config)))
 

@@ -7,6 +7,7 @@ import datetime as dt
 import secrets
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import structlog
@@ -15,7 +16,8 @@ from dockyard.common import pki
 from dockyard.common.authz import AuthInterceptor
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.timestamps import now_timestamp
-from dockyard.controller.api.control import ControllerIdentity, ControlServicer
+from dockyard.common.version import package_version
+from dockyard.controller.api.control import ControllerIdentity, ControlServicer, cluster_info
 from dockyard.controller.api.nodes import NodesAPI
 from dockyard.controller.api.services import ServicesAPI
 from dockyard.controller.assignments import Assigner, StatusWriter
@@ -30,6 +32,11 @@ from dockyard.controller.ca import (
 from dockyard.controller.cluster import CLUSTER_ID, ClusterRecord
 from dockyard.controller.config import ControllerConfig
 from dockyard.controller.dispatcher import Dispatcher
+from dockyard.controller.http.metrics import (
+    ClusterSources,
+    ControllerMetrics,
+    GrpcMetricsInterceptor,
+)
 from dockyard.controller.images import ImageResolver
 from dockyard.controller.leadership import Leadership
 from dockyard.controller.nodemonitor import NodeMonitor
@@ -43,6 +50,9 @@ from dockyard.controller.store import CLUSTER, AlreadyExists, NotFound, Store
 from dockyard.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
 from dockyard.v1.types_pb2 import Cluster, Node
 from dockyard.v1.workloads_pb2 import Service
+
+if TYPE_CHECKING:
+    from dockyard.controller.http.server import HttpServer
 
 log = structlog.get_logger(__name__)
 
@@ -74,6 +84,8 @@ class Controller:
         self._loops: list[asyncio.Task[None]] = []
         self.state: ClusterState | None = None
         self.scheduling: SchedulingLoop | None = None
+        self.metrics = ControllerMetrics(package_version())
+        self.http: HttpServer | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -96,7 +108,9 @@ class Controller:
         cluster = await _load_or_create_cluster(self.store)
         registry = NodeRegistry(self.store)
         if config.insecure:
-            self.server = grpc.aio.server(options=SERVER_OPTIONS)
+            self.server = grpc.aio.server(
+                interceptors=[GrpcMetricsInterceptor(self.metrics)], options=SERVER_OPTIONS
+            )
             self.port = self.server.add_insecure_port(config.listen)
             log.warning(
                 "controller.INSECURE",
@@ -124,15 +138,17 @@ class Controller:
         )
         cluster_record = ClusterRecord(self.store)
         resolver = ImageResolver(config.registry, config.resolve_image, config.resolve_timeout)
+        nodes_api = NodesAPI(registry, self.dispatcher)
+        services_api = ServicesAPI(
+            self.store, ServiceRegistry(self.store), registry, cluster_record, resolver,
+            lambda: self.state,
+        )
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlServicer(
                 identity,
                 self.store,
-                NodesAPI(registry, self.dispatcher),
-                ServicesAPI(
-                    self.store, ServiceRegistry(self.store), registry, cluster_record, resolver,
-                    lambda: self.state,
-                ),
+                nodes_api,
+                services_api,
                 self.dispatcher,
                 lambda: self.leadership,
                 cluster_record,
@@ -149,6 +165,7 @@ class Controller:
         await self.server.start()
         if self.join_server is not None:
             await self.join_server.start()
+        await self._start_http(identity, nodes_api, services_api)
         monitor = NodeMonitor(
             registry, self.dispatcher, config.node_grace, view=lambda: self.state
         )
@@ -167,6 +184,31 @@ class Controller:
             ca_fingerprint=self.ca.ca.fingerprint if self.ca else "",
         )
 
+    async def _start_http(
+        self, identity: ControllerIdentity, nodes: NodesAPI, services: ServicesAPI
+    ) -> None:
+        """The JSON read API, /v1/events, /metrics and the dashboard (controller/http/)."""
+        from dockyard.controller.http.server import HttpListenError, ReadSources, start_http
+
+        assert self.store is not None and self.dispatcher is not None
+        dispatcher, store, ca = self.dispatcher, self.store, self.ca
+        self.metrics.watch_cluster(ClusterSources(
+            store, lambda: self.state,
+            lambda: bool(self.leadership and self.leadership.is_leader),
+            lambda: len(dispatcher.sessions),
+        ))  # fmt: skip
+        sources = ReadSources(
+            store, nodes, services,
+            lambda: cluster_info(identity, store, nodes, services, dispatcher, self.leadership),
+            lambda: self.leadership, lambda: self.state,
+            ca.is_revoked if ca is not None else lambda serial: False,
+        )  # fmt: skip
+        try:
+            self.http = await start_http(self.config, sources, self.metrics,
+                                         ca.ca.cert_pem if ca is not None else None)  # fmt: skip
+        except HttpListenError as exc:
+            raise ControllerStartError(str(exc)) from exc
+
     async def _listen_tls(self, controller_id: str) -> int:
         """The main port (mutual TLS, every method authorized by role) and the join
         port (TLS, no client certificate, only IssueNodeCertificate). grpc can only
@@ -183,13 +225,15 @@ class Controller:
         )
         cert, key = ca.issue_pair(
             pki.CONTROLLER, controller_id, validity=dt.timedelta(days=365),
-            sans=pki.controller_sans(config.listen, config.advertise),
+            sans=pki.controller_sans(config.listen, config.advertise, config.http_listen),
         )  # fmt: skip
         (pki_dir(config.state_dir) / "controller.pem").write_bytes(cert)
         pki.write_private(pki_dir(config.state_dir) / "controller-key.pem", key)
         chain = cert + ca.cert_pem  # the CA goes along, so a joining host can pin it
         self.server = grpc.aio.server(
-            interceptors=[AuthInterceptor(self.ca.is_revoked)], options=SERVER_OPTIONS
+            interceptors=[GrpcMetricsInterceptor(self.metrics),
+                          AuthInterceptor(self.ca.is_revoked)],
+            options=SERVER_OPTIONS,
         )
         port = self.server.add_secure_port(
             config.listen,
@@ -198,7 +242,8 @@ class Controller:
             ),
         )
         self.join_server = grpc.aio.server(
-            interceptors=[AuthInterceptor(public={"/dockyard.v1.NodeCA/IssueNodeCertificate"})],
+            interceptors=[GrpcMetricsInterceptor(self.metrics),
+                          AuthInterceptor(public={"/dockyard.v1.NodeCA/IssueNodeCertificate"})],
             options=SERVER_OPTIONS,
         )
         ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.ca), self.join_server)
@@ -248,6 +293,9 @@ class Controller:
             self.state = None
 
     async def stop(self, grace: float = 2.0) -> None:
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
         await self._follow()
         await _cancel(self._tasks)
         if self.dispatcher is not None:

@@ -122,6 +122,7 @@ class Cluster:
     config_dir: Path = field(init=False)
     insecure: bool = False
     join_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
     token: str | None = None
     # Hollow clusters name images (busybox) that no loopback registry has: asking
     # docker.io would leave the machine. Clusters on a test registry say "always".
@@ -227,6 +228,8 @@ class Cluster:
             "3",
             "--resolve-image",
             self.resolve_image,
+            "--http-listen",
+            f"127.0.0.1:{self.http_port}",
             "--log-level",
             "debug",
         ]

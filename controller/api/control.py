@@ -67,6 +67,44 @@ class ControllerIdentity:
     started: float
 
 
+async def cluster_info(
+    identity: ControllerIdentity,
+    store: Store,
+    nodes_api: NodesAPI,
+    services: ServicesAPI,
+    dispatcher: Dispatcher,
+    leadership: Leadership | None,
+) -> ClusterInfo:
+    """The cluster summary `dockyard info` shows (GetInfo; the HTTP API's /v1/info)."""
+    nodes = (await nodes_api.list(ListNodesRequest())).nodes
+    states = [n.status.state for n in nodes]
+    info = ClusterInfo(
+        cluster_id=identity.cluster_id,
+        controller_id=identity.controller_id,
+        is_leader=bool(leadership and leadership.is_leader),
+        leader_address=(
+            leadership.leader.api_address if leadership and leadership.leader else ""
+        ),
+        nodes_total=len(nodes),
+        nodes_ready=states.count(NodeStatus.READY),
+        nodes_down=states.count(NodeStatus.DOWN),
+        nodes_unknown=len(nodes) - states.count(NodeStatus.READY) - states.count(NodeStatus.DOWN),
+        etcd_endpoints=list(identity.etcd_endpoints),
+        etcd_embedded=identity.etcd_embedded,
+        version=version_info("dockyard-controller"),
+        uptime_seconds=time.monotonic() - identity.started,
+        heartbeat_period_seconds=dispatcher.heartbeat_period,
+        node_grace_seconds=dispatcher.grace,
+        agent_sessions=len(dispatcher.sessions),
+    )
+    info.tasks_total, info.tasks_running, info.tasks_pending = await services.task_counts()
+    try:
+        info.etcd_version = await store.server_version()
+    except StoreError:
+        info.etcd_version = "unreachable"
+    return info
+
+
 class ControlServicer(control_pb2_grpc.ControlServicer):
     def __init__(
         self,
@@ -94,38 +132,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 
     @grpc_errors
     async def GetInfo(self, request: GetInfoRequest, context: Context) -> ClusterInfo:
-        nodes = (await self._nodes.list(ListNodesRequest())).nodes
-        states = [n.status.state for n in nodes]
-        leadership = self._leadership()
-        info = ClusterInfo(
-            cluster_id=self._identity.cluster_id,
-            controller_id=self._identity.controller_id,
-            is_leader=bool(leadership and leadership.is_leader),
-            leader_address=(
-                leadership.leader.api_address if leadership and leadership.leader else ""
-            ),
-            nodes_total=len(nodes),
-            nodes_ready=states.count(NodeStatus.READY),
-            nodes_down=states.count(NodeStatus.DOWN),
-            nodes_unknown=len(nodes)
-            - states.count(NodeStatus.READY)
-            - states.count(NodeStatus.DOWN),
-            etcd_endpoints=list(self._identity.etcd_endpoints),
-            etcd_embedded=self._identity.etcd_embedded,
-            version=version_info("dockyard-controller"),
-            uptime_seconds=time.monotonic() - self._identity.started,
-            heartbeat_period_seconds=self._dispatcher.heartbeat_period,
-            node_grace_seconds=self._dispatcher.grace,
-            agent_sessions=len(self._dispatcher.sessions),
-        )
-        info.tasks_total, info.tasks_running, info.tasks_pending = (
-            await self._services.task_counts()
-        )
-        try:
-            info.etcd_version = await self._store.server_version()
-        except StoreError:
-            info.etcd_version = "unreachable"
-        return info
+        return await cluster_info(
+            self._identity, self._store, self._nodes, self._services, self._dispatcher,
+            self._leadership(),
+        )  # fmt: skip
 
     @grpc_errors
     async def ListNodes(self, request: ListNodesRequest, context: Context) -> ListNodesResponse:

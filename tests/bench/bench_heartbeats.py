@@ -168,7 +168,7 @@ def bench(args: argparse.Namespace) -> None:
     try:
         logs.append(open(tmp / "controller.log", "wb"))  # noqa: SIM115
         controller = subprocess.Popen(
-            [str(BIN / "dockyard-controller"), "run", "--listen", address,
+            [str(BIN / "dockyard-controller"), "run", "--http-listen", "", "--listen", address,
              "--state-dir", str(tmp / "state"), "--heartbeat-period", str(args.heartbeat_period),
              "--insecure"],
             stdin=subprocess.DEVNULL, stdout=logs[0], stderr=logs[0], start_new_session=True,

@@ -109,6 +109,8 @@ def start_cluster(
         [
             str(BIN / "dockyard-controller"),
             "run",
+            "--http-listen",
+            "",
             "--listen",
             address,
             "--state-dir",

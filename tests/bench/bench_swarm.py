@@ -78,7 +78,7 @@ class Dockyard:
 
         self.controller = f"127.0.0.1:{free_port()}"
         (self.root / "logs").mkdir(parents=True)
-        proc = spawn([str(BIN / "dockyard-controller"), "run", "--insecure",
+        proc = spawn([str(BIN / "dockyard-controller"), "run", "--http-listen", "", "--insecure",
                       "--listen", self.controller,
                       "--state-dir", str(self.root / "controller"), "--log-level", "warning"],
                      self.root / "logs" / "controller.log")  # fmt: skip

@@ -277,6 +277,8 @@ class Mode:
         argv = [
             str(BIN / "dockyard-controller"),
             "run",
+            "--http-listen",
+            "",
             "--listen",
             self.address,
             "--state-dir",

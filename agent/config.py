@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dockyard.common.addresses import AGENT_PORT
 
-RUNTIMES = ("runc", "hollow")  # a docker backend is planned, not built
+RUNTIMES = ("runc", "docker", "hollow")
 
 
 @dataclass
@@ -28,5 +28,7 @@ class AgentConfig:
     """A docker `config.json` with registry credentials."""
     insecure: bool = False
     """Plaintext, unauthenticated: no node certificate needed (tests, benchmarks)."""
+    docker_host: str = "unix:///var/run/docker.sock"
+    """The Docker engine's API, for --runtime docker."""
     cgroup_parent: str = "dockyard"
     """The cgroup (in every v1 hierarchy) that holds the containers' cgroups."""

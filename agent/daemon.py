@@ -25,6 +25,7 @@ from dockyard.v1.types_pb2 import NodeDescription
 if TYPE_CHECKING:
     from dockyard.agent.containers.manager import ContainerManager
     from dockyard.agent.executor import Executor
+    from dockyard.agent.executors.docker import DockerExecutor
 
 log = structlog.get_logger(__name__)
 
@@ -51,6 +52,7 @@ class AgentDaemon:
         self._renew_task: asyncio.Task[None] | None = None
         self.containers: ContainerManager | None = None
         self.worker: Worker | None = None
+        self._docker: DockerExecutor | None = None
 
     async def start(self) -> None:
         config = self.config
@@ -105,6 +107,8 @@ class AgentDaemon:
         executor: Executor | None = None
         if config.runtime == "runc":
             executor = await self._start_containers(self.server)
+        elif config.runtime == "docker":
+            executor = await self._start_docker()
         elif config.runtime == "hollow":
             from dockyard.agent.runtime.hollow import HollowExecutor
 
@@ -135,6 +139,21 @@ class AgentDaemon:
         else:
             log.warning("agent.assignments_ignored", runtime=self.config.runtime,
                         tasks=len(assignments.tasks))  # fmt: skip
+
+    async def _start_docker(self) -> Executor:
+        """The host's Docker engine runs the tasks; it must answer now."""
+        from dockyard.agent.executor import ExecutorError
+        from dockyard.agent.executors.docker import DockerExecutor
+
+        executor = DockerExecutor(self.config.docker_host)
+        try:
+            version = await executor.version()
+        except ExecutorError as exc:
+            await executor.close()
+            raise AgentStartError(str(exc)) from exc
+        self._docker = executor
+        log.info("agent.docker", host=self.config.docker_host, version=version)
+        return executor
 
     async def _start_containers(self, server: grpc.aio.Server) -> Executor:
         """The runc runtime, the image store and their API; recovers containers."""
@@ -186,4 +205,6 @@ class AgentDaemon:
             await self.worker.close()
         if self.containers is not None:  # containers keep running (live restore)
             await self.containers.close()
+        if self._docker is not None:  # the engine keeps its containers
+            await self._docker.close()
         log.info("agent.stopped")

@@ -50,7 +50,12 @@ def main() -> None:
     type=click.Path(file_okay=False, path_type=Path),
 )
 @click.option(
-    "--runtime", default="runc", show_default=True, type=click.Choice(["runc", "hollow"])
+    "--runtime", default="runc", show_default=True, type=click.Choice(["runc", "docker", "hollow"]),
+    help="runc: Dockyard's own containers; docker: the host's Docker engine runs the tasks.",
+)
+@click.option(
+    "--docker-host", default="unix:///var/run/docker.sock", show_default=True, metavar="URL",
+    help="The Docker engine's API, for --runtime docker.",
 )
 @click.option(
     "--cpus",
@@ -81,6 +86,7 @@ def run(
     advertise: str,
     state_dir: Path,
     runtime: str,
+    docker_host: str,
     cpus: float | None,
     memory: str | None,
     registry_mirrors: tuple[str, ...],
@@ -116,6 +122,7 @@ def run(
         listen=listen,
         advertise=advertise,
         runtime=runtime,
+        docker_host=docker_host,
         cpus=cpus,
         memory_bytes=memory_bytes,
         registry_mirrors=list(registry_mirrors),

@@ -1,0 +1,127 @@
+"""`--runtime docker`: tasks run by a real Docker engine (a private dockerd this
+module starts, as the benchmarks do), with the images from the test registry."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dockyard.agent.executors.docker import DockerExecutor
+from dockyard.v1.control_pb2 import CreateServiceRequest, ListTasksRequest, RemoveServiceRequest
+from dockyard.v1.types_pb2 import TaskStatus
+from dockyard.v1.workloads_pb2 import ServiceSpec, Task
+from tests.agent.conftest import ImageRegistry
+from tests.bench.benchlib import Cleanup, Docker
+from tests.conftest import Cluster
+
+pytestmark = pytest.mark.registry
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory: pytest.TempPathFactory,
+            image_registry: ImageRegistry) -> Iterator[Docker]:  # fmt: skip
+    if shutil.which("dockerd") is None:
+        pytest.skip("dockerd is not installed (apt-get install docker.io)")
+    cleanup = Cleanup()
+    docker = Docker(tmp_path_factory.mktemp("dockerd") / "d", image_registry.server.host, cleanup)
+    try:
+        if not docker.start():
+            pytest.skip(docker.why_not)
+        yield docker
+    finally:
+        cleanup.run()
+
+
+def engine(docker: Docker) -> str:
+    return docker.env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def task(image: str, *command: str, task_id: str = "t0000000000000000000000a") -> Task:
+    result = Task(id=task_id, service_id="s1", service_name="dockertest", slot=1)
+    result.spec.container.image = image
+    result.spec.container.command.extend(command)
+    result.spec.resources.limits.memory_bytes = 64 * 1024 * 1024
+    return result
+
+
+async def test_the_executor_runs_tasks_on_the_engine(
+    dockerd: Docker, image_registry: ImageRegistry
+) -> None:
+    executor = DockerExecutor(engine(dockerd))
+    try:
+        failing = task(image_registry.busybox, "sh", "-c", "echo hi; exit 3")
+        progress: list[str] = []
+        await executor.prepare(failing, progress.append)
+        await executor.prepare(failing, progress.append)  # again after a restart: no-op
+        assert progress == [f"pulling {image_registry.busybox}",
+                            f"pulled {image_registry.busybox}"]  # fmt: skip
+        container = await executor.start(failing)
+        ended = await asyncio.wait_for(executor.wait(container), 30)
+        assert (ended.exit_code, ended.oom_killed) == (3, False) and ended.finished_at
+        assert (await executor.task_containers())[failing.id] == container
+        inspected = json.loads(dockerd.docker("inspect", container).stdout)[0]
+        assert inspected["HostConfig"]["Memory"] == 64 * 1024 * 1024
+        assert inspected["HostConfig"]["RestartPolicy"]["Name"] == "no"
+        assert inspected["Config"]["Labels"]["dockyard.task.id"] == failing.id
+        await executor.remove(container)
+        await executor.remove(container)  # gone already: fine
+        assert failing.id not in await executor.task_containers()
+
+        pinned = f"{image_registry.busybox}@{image_registry.digest}"
+        sleeper = task(pinned, "sleep", "300", task_id="t0000000000000000000000b")
+        await executor.prepare(sleeper, progress.append)
+        container = await executor.start(sleeper)
+        assert await executor.start(sleeper) == container  # running: not started twice
+        code, output = await executor.exec(container, ["sh", "-c", "echo out; exit 4"], 10)
+        assert (code, output.strip()) == (4, "out")
+        started = time.monotonic()
+        await executor.stop(container, 1)
+        ended = await asyncio.wait_for(executor.wait(container), 30)
+        assert ended.exit_code in (137, 143) and time.monotonic() - started < 15
+        await executor.remove(container)
+    finally:
+        for container in (await executor.task_containers()).values():
+            await executor.remove(container)
+        await executor.close()
+
+
+def test_an_agent_with_the_docker_runtime_runs_a_service(
+    dockerd: Docker, image_registry: ImageRegistry, cluster_factory: Callable[..., Cluster],
+    tmp_path: Path,
+) -> None:
+    cluster = cluster_factory(resolve_image="always")
+    cluster.start_controller()
+    cluster.start_agent("d1", runtime="docker", extra=["--docker-host", engine(dockerd)])
+    cluster.wait_for(lambda: cluster.node_state("d1") == "READY", "d1 READY")
+    node = cluster.nodes()["d1"]
+    assert node["description"]["runtime"] == "docker"
+    control = cluster.control()
+    try:
+        spec = ServiceSpec(name="ondocker")
+        spec.task.container.image = image_registry.busybox
+        spec.task.container.command.extend(["sleep", "300"])
+        spec.task.container.stop_grace_seconds = 0
+        spec.replicated.replicas = 2
+
+        def running() -> list[Task]:
+            tasks = control.ListTasks(ListTasksRequest(services=["ondocker"])).tasks
+            return [t for t in tasks if t.status.state == TaskStatus.RUNNING]
+
+        control.CreateService(CreateServiceRequest(spec=spec))
+        cluster.wait_for(lambda: len(running()) == 2, "2 tasks on the Docker engine", 90)
+        listed = dockerd.docker("ps", "-q", "--no-trunc", "--filter",
+                                "label=dockyard.service.name=ondocker").stdout.split()
+        assert sorted(listed) == sorted(t.status.container_id for t in running())
+        control.RemoveService(RemoveServiceRequest(service="ondocker"))
+        cluster.wait_for(
+            lambda: not dockerd.docker("ps", "-aq", "--filter",
+                                       "label=dockyard.service.name=ondocker").stdout.strip(),
+            "the engine's containers removed", 60)  # fmt: skip
+    finally:
+        control.close()

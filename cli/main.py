@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Manage containers on one agent (run, ls, logs, ...).",
     ),
     "context": ("contexts", "context", "Manage named endpoints (like docker contexts)."),
+    "events": ("events", "events", "Print the cluster's changes as they happen."),
     "exec": ("containers", "exec_command", "Run a command in a running container."),
     "image": ("images", "image", "Manage images on one agent (pull, push, ls, rm, ...)."),
     "images": ("images", "list_images", "List the agent's images."),

@@ -134,7 +134,8 @@ class Controller:
             self.leadership.leader_address,
         )
         identity = ControllerIdentity(
-            cluster.id, controller_id, endpoints, self.etcd is not None, time.monotonic()
+            cluster.id, controller_id, endpoints, self.etcd is not None, time.monotonic(),
+            config.http_listen,
         )
         cluster_record = ClusterRecord(self.store)
         resolver = ImageResolver(config.registry, config.resolve_image, config.resolve_timeout)

@@ -65,6 +65,7 @@ class ControllerIdentity:
     etcd_endpoints: Sequence[str]
     etcd_embedded: bool
     started: float
+    http_address: str = ""  # where the HTTP side listens ("": off)
 
 
 async def cluster_info(
@@ -96,6 +97,7 @@ async def cluster_info(
         heartbeat_period_seconds=dispatcher.heartbeat_period,
         node_grace_seconds=dispatcher.grace,
         agent_sessions=len(dispatcher.sessions),
+        http_address=identity.http_address,
     )
     info.tasks_total, info.tasks_running, info.tasks_pending = await services.task_counts()
     try:

@@ -26,15 +26,15 @@ from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
 from dockyard.v1 import workloads_pb2 as dockyard_dot_v1_dot_workloads__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64ockyard/v1/control.proto\x12\x0b\x64ockyard.v1\x1a\x17\x64ockyard/v1/types.proto\x1a\x1b\x64ockyard/v1/workloads.proto\"\x13\n\x11GetClusterRequest\"O\n\x14UpdateClusterRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.dockyard.v1.ClusterSpec\"M\n\x16\x43reateJoinTokenRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x12\x10\n\x08max_uses\x18\x03 \x01(\x05\"V\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.dockyard.v1.JoinTokenRecord\"\x17\n\x15ListJoinTokensRequest\"F\n\x16ListJoinTokensResponse\x12,\n\x06tokens\x18\x01 \x03(\x0b\x32\x1c.dockyard.v1.JoinTokenRecord\"\x10\n\x0eGetInfoRequest\"\xd9\x03\n\x0b\x43lusterInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x13\n\x0bnodes_total\x18\x05 \x01(\x05\x12\x13\n\x0bnodes_ready\x18\x06 \x01(\x05\x12\x12\n\nnodes_down\x18\x07 \x01(\x05\x12\x15\n\rnodes_unknown\x18\x08 \x01(\x05\x12\x16\n\x0e\x65tcd_endpoints\x18\t \x03(\t\x12\x14\n\x0c\x65tcd_version\x18\n \x01(\t\x12\x15\n\retcd_embedded\x18\x0b \x01(\x08\x12)\n\x07version\x18\x0c \x01(\x0b\x32\x18.dockyard.v1.VersionInfo\x12\x16\n\x0euptime_seconds\x18\r \x01(\x01\x12 \n\x18heartbeat_period_seconds\x18\x0e \x01(\x01\x12\x1a\n\x12node_grace_seconds\x18\x0f \x01(\x01\x12\x16\n\x0e\x61gent_sessions\x18\x10 \x01(\x05\x12\x13\n\x0btasks_total\x18\x11 \x01(\x03\x12\x15\n\rtasks_running\x18\x12 \x01(\x03\x12\x15\n\rtasks_pending\x18\x13 \x01(\x03\"`\n\x10ListNodesRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12-\n\x06states\x18\x03 \x03(\x0e\x32\x1d.dockyard.v1.NodeStatus.State\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Node\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"W\n\x11UpdateNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.dockyard.v1.NodeSpec\"0\n\x11RemoveNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x14\n\x12RemoveNodeResponse\"p\n\x14\x43reateServiceRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12\x30\n\rresolve_image\x18\x02 \x01(\x0e\x32\x19.dockyard.v1.ResolveImage\"$\n\x11GetServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"2\n\x13ListServicesRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\"Y\n\x0eServiceSummary\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Service\x12\x0f\n\x07running\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65sired\x18\x03 \x01(\x03\"E\n\x14ListServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.dockyard.v1.ServiceSummary\"\xb3\x01\n\x14UpdateServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\x12\x10\n\x08rollback\x18\x05 \x01(\x08\x12\x30\n\rresolve_image\x18\x06 \x01(\x0e\x32\x19.dockyard.v1.ResolveImage\"\'\n\x14RemoveServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x17\n\x15RemoveServiceResponse\"L\n\x10ListTasksRequest\x12\x10\n\x08services\x18\x01 \x03(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x17\n\x0finclude_history\x18\x03 \x01(\x08\"5\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Task\"\x1e\n\x0eGetTaskRequest\x12\x0c\n\x04task\x18\x01 \x01(\t*Q\n\x0cResolveImage\x12\x1d\n\x19RESOLVE_IMAGE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41LWAYS\x10\x01\x12\x0b\n\x07\x43HANGED\x10\x02\x12\t\n\x05NEVER\x10\x03\x32\xdc\n\n\x07\x43ontrol\x12\x46\n\nGetVersion\x12\x1e.dockyard.v1.GetVersionRequest\x1a\x18.dockyard.v1.VersionInfo\x12@\n\x07GetInfo\x12\x1b.dockyard.v1.GetInfoRequest\x1a\x18.dockyard.v1.ClusterInfo\x12J\n\tListNodes\x12\x1d.dockyard.v1.ListNodesRequest\x1a\x1e.dockyard.v1.ListNodesResponse\x12\x39\n\x07GetNode\x12\x1b.dockyard.v1.GetNodeRequest\x1a\x11.dockyard.v1.Node\x12?\n\nUpdateNode\x12\x1e.dockyard.v1.UpdateNodeRequest\x1a\x11.dockyard.v1.Node\x12M\n\nRemoveNode\x12\x1e.dockyard.v1.RemoveNodeRequest\x1a\x1f.dockyard.v1.RemoveNodeResponse\x12H\n\rCreateService\x12!.dockyard.v1.CreateServiceRequest\x1a\x14.dockyard.v1.Service\x12\x42\n\nGetService\x12\x1e.dockyard.v1.GetServiceRequest\x1a\x14.dockyard.v1.Service\x12S\n\x0cListServices\x12 .dockyard.v1.ListServicesRequest\x1a!.dockyard.v1.ListServicesResponse\x12H\n\rUpdateService\x12!.dockyard.v1.UpdateServiceRequest\x1a\x14.dockyard.v1.Service\x12V\n\rRemoveService\x12!.dockyard.v1.RemoveServiceRequest\x1a\".dockyard.v1.RemoveServiceResponse\x12J\n\tListTasks\x12\x1d.dockyard.v1.ListTasksRequest\x1a\x1e.dockyard.v1.ListTasksResponse\x12\x39\n\x07GetTask\x12\x1b.dockyard.v1.GetTaskRequest\x1a\x11.dockyard.v1.Task\x12\\\n\x0f\x43reateJoinToken\x12#.dockyard.v1.CreateJoinTokenRequest\x1a$.dockyard.v1.CreateJoinTokenResponse\x12Y\n\x0eListJoinTokens\x12\".dockyard.v1.ListJoinTokensRequest\x1a#.dockyard.v1.ListJoinTokensResponse\x12]\n\x10RotateJoinTokens\x12#.dockyard.v1.CreateJoinTokenRequest\x1a$.dockyard.v1.CreateJoinTokenResponse\x12\x42\n\nGetCluster\x12\x1e.dockyard.v1.GetClusterRequest\x1a\x14.dockyard.v1.Cluster\x12H\n\rUpdateCluster\x12!.dockyard.v1.UpdateClusterRequest\x1a\x14.dockyard.v1.Clusterb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x64ockyard/v1/control.proto\x12\x0b\x64ockyard.v1\x1a\x17\x64ockyard/v1/types.proto\x1a\x1b\x64ockyard/v1/workloads.proto\"\x13\n\x11GetClusterRequest\"O\n\x14UpdateClusterRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12&\n\x04spec\x18\x02 \x01(\x0b\x32\x18.dockyard.v1.ClusterSpec\"M\n\x16\x43reateJoinTokenRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x01\x12\x10\n\x08max_uses\x18\x03 \x01(\x05\"V\n\x17\x43reateJoinTokenResponse\x12\r\n\x05token\x18\x01 \x01(\t\x12,\n\x06record\x18\x02 \x01(\x0b\x32\x1c.dockyard.v1.JoinTokenRecord\"\x17\n\x15ListJoinTokensRequest\"F\n\x16ListJoinTokensResponse\x12,\n\x06tokens\x18\x01 \x03(\x0b\x32\x1c.dockyard.v1.JoinTokenRecord\"\x10\n\x0eGetInfoRequest\"\xef\x03\n\x0b\x43lusterInfo\x12\x12\n\ncluster_id\x18\x01 \x01(\t\x12\x15\n\rcontroller_id\x18\x02 \x01(\t\x12\x11\n\tis_leader\x18\x03 \x01(\x08\x12\x16\n\x0eleader_address\x18\x04 \x01(\t\x12\x13\n\x0bnodes_total\x18\x05 \x01(\x05\x12\x13\n\x0bnodes_ready\x18\x06 \x01(\x05\x12\x12\n\nnodes_down\x18\x07 \x01(\x05\x12\x15\n\rnodes_unknown\x18\x08 \x01(\x05\x12\x16\n\x0e\x65tcd_endpoints\x18\t \x03(\t\x12\x14\n\x0c\x65tcd_version\x18\n \x01(\t\x12\x15\n\retcd_embedded\x18\x0b \x01(\x08\x12)\n\x07version\x18\x0c \x01(\x0b\x32\x18.dockyard.v1.VersionInfo\x12\x16\n\x0euptime_seconds\x18\r \x01(\x01\x12 \n\x18heartbeat_period_seconds\x18\x0e \x01(\x01\x12\x1a\n\x12node_grace_seconds\x18\x0f \x01(\x01\x12\x16\n\x0e\x61gent_sessions\x18\x10 \x01(\x05\x12\x13\n\x0btasks_total\x18\x11 \x01(\x03\x12\x15\n\rtasks_running\x18\x12 \x01(\x03\x12\x15\n\rtasks_pending\x18\x13 \x01(\x03\x12\x14\n\x0chttp_address\x18\x14 \x01(\t\"`\n\x10ListNodesRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0e\n\x06labels\x18\x02 \x03(\t\x12-\n\x06states\x18\x03 \x03(\x0e\x32\x1d.dockyard.v1.NodeStatus.State\"5\n\x11ListNodesResponse\x12 \n\x05nodes\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Node\"\x1e\n\x0eGetNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"W\n\x11UpdateNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12#\n\x04spec\x18\x03 \x01(\x0b\x32\x15.dockyard.v1.NodeSpec\"0\n\x11RemoveNodeRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"\x14\n\x12RemoveNodeResponse\"p\n\x14\x43reateServiceRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12\x30\n\rresolve_image\x18\x02 \x01(\x0e\x32\x19.dockyard.v1.ResolveImage\"$\n\x11GetServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"2\n\x13ListServicesRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\x0c\n\x04mode\x18\x02 \x01(\t\"Y\n\x0eServiceSummary\x12%\n\x07service\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Service\x12\x0f\n\x07running\x18\x02 \x01(\x03\x12\x0f\n\x07\x64\x65sired\x18\x03 \x01(\x03\"E\n\x14ListServicesResponse\x12-\n\x08services\x18\x01 \x03(\x0b\x32\x1b.dockyard.v1.ServiceSummary\"\xb3\x01\n\x14UpdateServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.dockyard.v1.ServiceSpec\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\x12\x10\n\x08rollback\x18\x05 \x01(\x08\x12\x30\n\rresolve_image\x18\x06 \x01(\x0e\x32\x19.dockyard.v1.ResolveImage\"\'\n\x14RemoveServiceRequest\x12\x0f\n\x07service\x18\x01 \x01(\t\"\x17\n\x15RemoveServiceResponse\"L\n\x10ListTasksRequest\x12\x10\n\x08services\x18\x01 \x03(\t\x12\r\n\x05nodes\x18\x02 \x03(\t\x12\x17\n\x0finclude_history\x18\x03 \x01(\x08\"5\n\x11ListTasksResponse\x12 \n\x05tasks\x18\x01 \x03(\x0b\x32\x11.dockyard.v1.Task\"\x1e\n\x0eGetTaskRequest\x12\x0c\n\x04task\x18\x01 \x01(\t*Q\n\x0cResolveImage\x12\x1d\n\x19RESOLVE_IMAGE_UNSPECIFIED\x10\x00\x12\n\n\x06\x41LWAYS\x10\x01\x12\x0b\n\x07\x43HANGED\x10\x02\x12\t\n\x05NEVER\x10\x03\x32\xdc\n\n\x07\x43ontrol\x12\x46\n\nGetVersion\x12\x1e.dockyard.v1.GetVersionRequest\x1a\x18.dockyard.v1.VersionInfo\x12@\n\x07GetInfo\x12\x1b.dockyard.v1.GetInfoRequest\x1a\x18.dockyard.v1.ClusterInfo\x12J\n\tListNodes\x12\x1d.dockyard.v1.ListNodesRequest\x1a\x1e.dockyard.v1.ListNodesResponse\x12\x39\n\x07GetNode\x12\x1b.dockyard.v1.GetNodeRequest\x1a\x11.dockyard.v1.Node\x12?\n\nUpdateNode\x12\x1e.dockyard.v1.UpdateNodeRequest\x1a\x11.dockyard.v1.Node\x12M\n\nRemoveNode\x12\x1e.dockyard.v1.RemoveNodeRequest\x1a\x1f.dockyard.v1.RemoveNodeResponse\x12H\n\rCreateService\x12!.dockyard.v1.CreateServiceRequest\x1a\x14.dockyard.v1.Service\x12\x42\n\nGetService\x12\x1e.dockyard.v1.GetServiceRequest\x1a\x14.dockyard.v1.Service\x12S\n\x0cListServices\x12 .dockyard.v1.ListServicesRequest\x1a!.dockyard.v1.ListServicesResponse\x12H\n\rUpdateService\x12!.dockyard.v1.UpdateServiceRequest\x1a\x14.dockyard.v1.Service\x12V\n\rRemoveService\x12!.dockyard.v1.RemoveServiceRequest\x1a\".dockyard.v1.RemoveServiceResponse\x12J\n\tListTasks\x12\x1d.dockyard.v1.ListTasksRequest\x1a\x1e.dockyard.v1.ListTasksResponse\x12\x39\n\x07GetTask\x12\x1b.dockyard.v1.GetTaskRequest\x1a\x11.dockyard.v1.Task\x12\\\n\x0f\x43reateJoinToken\x12#.dockyard.v1.CreateJoinTokenRequest\x1a$.dockyard.v1.CreateJoinTokenResponse\x12Y\n\x0eListJoinTokens\x12\".dockyard.v1.ListJoinTokensRequest\x1a#.dockyard.v1.ListJoinTokensResponse\x12]\n\x10RotateJoinTokens\x12#.dockyard.v1.CreateJoinTokenRequest\x1a$.dockyard.v1.CreateJoinTokenResponse\x12\x42\n\nGetCluster\x12\x1e.dockyard.v1.GetClusterRequest\x1a\x14.dockyard.v1.Cluster\x12H\n\rUpdateCluster\x12!.dockyard.v1.UpdateClusterRequest\x1a\x14.dockyard.v1.Clusterb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dockyard.v1.control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESOLVEIMAGE']._serialized_start=2081
-  _globals['_RESOLVEIMAGE']._serialized_end=2162
+  _globals['_RESOLVEIMAGE']._serialized_start=2103
+  _globals['_RESOLVEIMAGE']._serialized_end=2184
   _globals['_GETCLUSTERREQUEST']._serialized_start=96
   _globals['_GETCLUSTERREQUEST']._serialized_end=115
   _globals['_UPDATECLUSTERREQUEST']._serialized_start=117
@@ -50,41 +50,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETINFOREQUEST']._serialized_start=462
   _globals['_GETINFOREQUEST']._serialized_end=478
   _globals['_CLUSTERINFO']._serialized_start=481
-  _globals['_CLUSTERINFO']._serialized_end=954
-  _globals['_LISTNODESREQUEST']._serialized_start=956
-  _globals['_LISTNODESREQUEST']._serialized_end=1052
-  _globals['_LISTNODESRESPONSE']._serialized_start=1054
-  _globals['_LISTNODESRESPONSE']._serialized_end=1107
-  _globals['_GETNODEREQUEST']._serialized_start=1109
-  _globals['_GETNODEREQUEST']._serialized_end=1139
-  _globals['_UPDATENODEREQUEST']._serialized_start=1141
-  _globals['_UPDATENODEREQUEST']._serialized_end=1228
-  _globals['_REMOVENODEREQUEST']._serialized_start=1230
-  _globals['_REMOVENODEREQUEST']._serialized_end=1278
-  _globals['_REMOVENODERESPONSE']._serialized_start=1280
-  _globals['_REMOVENODERESPONSE']._serialized_end=1300
-  _globals['_CREATESERVICEREQUEST']._serialized_start=1302
-  _globals['_CREATESERVICEREQUEST']._serialized_end=1414
-  _globals['_GETSERVICEREQUEST']._serialized_start=1416
-  _globals['_GETSERVICEREQUEST']._serialized_end=1452
-  _globals['_LISTSERVICESREQUEST']._serialized_start=1454
-  _globals['_LISTSERVICESREQUEST']._serialized_end=1504
-  _globals['_SERVICESUMMARY']._serialized_start=1506
-  _globals['_SERVICESUMMARY']._serialized_end=1595
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=1597
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=1666
-  _globals['_UPDATESERVICEREQUEST']._serialized_start=1669
-  _globals['_UPDATESERVICEREQUEST']._serialized_end=1848
-  _globals['_REMOVESERVICEREQUEST']._serialized_start=1850
-  _globals['_REMOVESERVICEREQUEST']._serialized_end=1889
-  _globals['_REMOVESERVICERESPONSE']._serialized_start=1891
-  _globals['_REMOVESERVICERESPONSE']._serialized_end=1914
-  _globals['_LISTTASKSREQUEST']._serialized_start=1916
-  _globals['_LISTTASKSREQUEST']._serialized_end=1992
-  _globals['_LISTTASKSRESPONSE']._serialized_start=1994
-  _globals['_LISTTASKSRESPONSE']._serialized_end=2047
-  _globals['_GETTASKREQUEST']._serialized_start=2049
-  _globals['_GETTASKREQUEST']._serialized_end=2079
-  _globals['_CONTROL']._serialized_start=2165
-  _globals['_CONTROL']._serialized_end=3537
+  _globals['_CLUSTERINFO']._serialized_end=976
+  _globals['_LISTNODESREQUEST']._serialized_start=978
+  _globals['_LISTNODESREQUEST']._serialized_end=1074
+  _globals['_LISTNODESRESPONSE']._serialized_start=1076
+  _globals['_LISTNODESRESPONSE']._serialized_end=1129
+  _globals['_GETNODEREQUEST']._serialized_start=1131
+  _globals['_GETNODEREQUEST']._serialized_end=1161
+  _globals['_UPDATENODEREQUEST']._serialized_start=1163
+  _globals['_UPDATENODEREQUEST']._serialized_end=1250
+  _globals['_REMOVENODEREQUEST']._serialized_start=1252
+  _globals['_REMOVENODEREQUEST']._serialized_end=1300
+  _globals['_REMOVENODERESPONSE']._serialized_start=1302
+  _globals['_REMOVENODERESPONSE']._serialized_end=1322
+  _globals['_CREATESERVICEREQUEST']._serialized_start=1324
+  _globals['_CREATESERVICEREQUEST']._serialized_end=1436
+  _globals['_GETSERVICEREQUEST']._serialized_start=1438
+  _globals['_GETSERVICEREQUEST']._serialized_end=1474
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1476
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1526
+  _globals['_SERVICESUMMARY']._serialized_start=1528
+  _globals['_SERVICESUMMARY']._serialized_end=1617
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1619
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1688
+  _globals['_UPDATESERVICEREQUEST']._serialized_start=1691
+  _globals['_UPDATESERVICEREQUEST']._serialized_end=1870
+  _globals['_REMOVESERVICEREQUEST']._serialized_start=1872
+  _globals['_REMOVESERVICEREQUEST']._serialized_end=1911
+  _globals['_REMOVESERVICERESPONSE']._serialized_start=1913
+  _globals['_REMOVESERVICERESPONSE']._serialized_end=1936
+  _globals['_LISTTASKSREQUEST']._serialized_start=1938
+  _globals['_LISTTASKSREQUEST']._serialized_end=2014
+  _globals['_LISTTASKSRESPONSE']._serialized_start=2016
+  _globals['_LISTTASKSRESPONSE']._serialized_end=2069
+  _globals['_GETTASKREQUEST']._serialized_start=2071
+  _globals['_GETTASKREQUEST']._serialized_end=2101
+  _globals['_CONTROL']._serialized_start=2187
+  _globals['_CONTROL']._serialized_end=3559
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,160 @@
+"""`dockyard events`: the cluster's changes as they happen, as `docker events` prints them.
+
+The controller says where its HTTP side listens (GetInfo); the stream is its
+Server-Sent Events (`/v1/events`), read over HTTPS with the same TLS identity the
+CLI uses for gRPC. Each event is one line; `-o json` prints each as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.client import HTTPConnection, HTTPException, HTTPSConnection
+from typing import Any
+from urllib.parse import urlencode
+
+import click
+
+from dockyard.cli.client import CliError, Target, call
+from dockyard.cli.commands.service_wait import control_stub
+from dockyard.cli.options import GlobalOptions, output_option, pass_options
+
+KINDS = ("node", "service", "task")
+READ_TIMEOUT = 60.0  # the controller sends a keep-alive every 15 s
+
+
+@dataclass
+class EventFilter:
+    kinds: set[str] = field(default_factory=set)
+    names: set[str] = field(default_factory=set)
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        if self.kinds and event.get("kind") not in self.kinds:
+            return False
+        return not self.names or name_of(event) in self.names or any(
+            name_of(event).startswith(f"{n}.") for n in self.names)
+
+
+def parse_filters(items: tuple[str, ...]) -> EventFilter:
+    """`type=node|service|task` and `name=NAME` (a service name also matches its tasks)."""
+    found = EventFilter()
+    for item in items:
+        key, eq, value = item.partition("=")
+        if key == "type" and value in KINDS:
+            found.kinds.add(value)
+        elif key in ("name", "service") and eq and value:
+            found.names.add(value)
+        else:
+            raise click.BadParameter(f"unknown filter {item!r} (type=node|service|task, "
+                                     "name=NAME)", param_hint="--filter")  # fmt: skip
+    return found
+
+
+def name_of(event: dict[str, Any]) -> str:
+    record = event.get("record") or {}
+    if not record:  # removed: only the id is left
+        return ""
+    if event.get("kind") == "task":
+        slot = record.get("slot") or record.get("node_id", "")[:12]
+        return f"{record.get('service_name', '')}.{slot}"
+    return str((record.get("spec") or {}).get("name", ""))
+
+
+def describe(event: dict[str, Any]) -> str:
+    """`2026-11-28T01:02:03Z task updated 1a2b3c4d5e6f web.1 RUNNING (desired RUNNING)`."""
+    record = event.get("record") or {}
+    meta = record.get("meta") or {}
+    when = meta.get("updated_at") or meta.get("created_at") or ""
+    detail = ""
+    if event.get("kind") == "task":
+        status = (record.get("status") or {}).get("state", "")
+        detail = f"{status} (desired {record.get('desired_state', '')})"
+    elif event.get("kind") == "node":
+        detail = str((record.get("status") or {}).get("state", ""))
+    elif event.get("kind") == "service" and event.get("type") != "removed":
+        detail = f"spec version {record.get('spec_version', '')}"
+    return " ".join(part for part in (
+        when[:19] + "Z" if when else "-", str(event.get("kind")), str(event.get("type")),
+        str(event.get("id", ""))[:12], name_of(event), detail) if part)  # fmt: skip
+
+
+def http_endpoint(target: Target, advertised: str) -> tuple[str, int]:
+    """The host to dial (the -H host when the controller listens on every address)."""
+    if not advertised:
+        raise CliError(f"the controller at {target.address} has no HTTP side "
+                       "(started with --http-listen \"\")")  # fmt: skip
+    host, _, port = advertised.rpartition(":")
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        host = target.address.rpartition(":")[0]
+    return host.strip("[]"), int(port)
+
+
+def _connection(target: Target, host: str, port: int) -> HTTPConnection:
+    if target.tls is None:
+        return HTTPConnection(host, port, timeout=READ_TIMEOUT)
+    context = ssl.create_default_context(cafile=target.tls.ca)
+    try:
+        context.load_cert_chain(target.tls.cert, target.tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot read TLS material: {exc}") from exc
+    return HTTPSConnection(host, port, timeout=READ_TIMEOUT, context=context)
+
+
+def stream_events(target: Target, since: str | None) -> Iterator[dict[str, Any]]:
+    """The controller's events, decoded, until it closes the stream."""
+    from dockyard.v1.control_pb2 import GetInfoRequest
+
+    info = call(target, control_stub, "GetInfo", GetInfoRequest())
+    host, port = http_endpoint(target, info.http_address)
+    connection = _connection(target, host, port)
+    path = "/v1/events" + (f"?{urlencode({'since': since})}" if since else "")
+    try:
+        connection.request("GET", path, headers={"Accept": "text/event-stream"})
+        response = connection.getresponse()
+        if response.status != 200:
+            body = response.read(2000).decode(errors="replace")
+            raise CliError(f"events from {host}:{port}: HTTP {response.status}: {body.strip()}")
+        name, data = "", []
+        for raw in response:
+            line = raw.decode(errors="replace").rstrip("\r\n")
+            if line.startswith("event:"):
+                name = line[6:].strip()
+            elif line.startswith("data:"):
+                data.append(line[5:].lstrip())
+            elif not line and data:
+                decoded = json.loads("\n".join(data))
+                if name in ("reset", "error"):
+                    raise CliError(f"the event stream ended: {decoded.get('reason', name)}; "
+                                   "run again to follow from now")  # fmt: skip
+                yield decoded
+                name, data = "", []
+    except (OSError, HTTPException, ssl.SSLError) as exc:
+        raise CliError(f"events from {host}:{port}: {exc}") from exc
+    finally:
+        connection.close()
+
+
+@click.command("events")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="type=node|service|task, name=NAME (a service's name also matches its tasks).")
+@click.option("--since", default=None, metavar="EVENT_ID",
+              help="Start after this event id (or etcd revision) instead of now.")
+@output_option
+@pass_options
+def events(options: GlobalOptions, filters: tuple[str, ...], since: str | None) -> None:
+    """Print the cluster's changes as they happen (Ctrl-C to stop)."""
+    wanted = parse_filters(filters)
+    try:
+        for event in stream_events(options.target(), since):
+            if "kind" not in event or not wanted.matches(event):
+                continue  # the stream's own notices (ready, reset)
+            if options.output == "table":
+                click.echo(describe(event))
+            else:
+                click.echo(json.dumps(event, separators=(",", ":")))
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        pass

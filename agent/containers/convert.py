@@ -8,11 +8,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from dockyard.agent.containers.manager import ContainerView
 from dockyard.agent.images.models import Image, ImageSummary
-from dockyard.agent.runtime.base import ContainerState, LogRecord, Stats
+from dockyard.agent.runtime.base import ContainerState, LogRecord, NetworkInfo, Stats
 from dockyard.v1 import containers_pb2 as cpb
 from dockyard.v1 import images_pb2 as ipb
 
 __all__ = [
+    "container_network",
     "container_record",
     "container_state",
     "image_record",
@@ -56,6 +57,20 @@ def container_state(state: ContainerState) -> cpb.ContainerState:
     )
 
 
+def container_network(network: NetworkInfo) -> cpb.ContainerNetwork:
+    """Where the container is reachable: mode, address and the ports as bound."""
+    return cpb.ContainerNetwork(
+        mode=network.mode,
+        ip_address=network.ip_address,
+        prefix_length=network.prefix_length,
+        gateway=network.gateway,
+        bridge=network.bridge,
+        ports=[cpb.PortMapping(host_ip=p.host_ip, host_port=p.host_port,
+                               container_port=p.container_port, protocol=p.protocol)
+               for p in network.ports],
+    )  # fmt: skip
+
+
 def container_record(view: ContainerView) -> cpb.ContainerRecord:
     """The record message of one container."""
     info = view.info
@@ -68,6 +83,7 @@ def container_record(view: ContainerView) -> cpb.ContainerRecord:
         state=container_state(info.state),
         config=view.meta.request,
         log_path=str(info.log_path or ""),
+        network=container_network(info.network) if info.network is not None else None,
     )
 
 

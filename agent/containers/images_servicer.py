@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from dockyard.agent.containers.errors import InvalidArgument, NotFound
 from dockyard.agent.containers.manager import ContainerManager
 from dockyard.agent.containers.request import parse_image_ref
 from dockyard.agent.containers.status import Context, streaming, unary
-from dockyard.agent.images.errors import ImageNotFound
+from dockyard.agent.images.errors import ImageNotFound, ImageStoreError
 from dockyard.agent.images.models import Image
 from dockyard.agent.images.progress import ProgressCallback, ProgressEvent, Status
 from dockyard.v1 import images_pb2 as pb
@@ -25,6 +26,8 @@ PROGRESS_INTERVAL = 0.1
 """At most one byte-count event per layer per this many seconds; state changes always pass."""
 
 _BYTES = (Status.DOWNLOADING, Status.UPLOADING)
+# What reading an archive's JSON raises where it has other fields or types than it should.
+_MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
 
 
 class _ProgressQueue:
@@ -150,7 +153,8 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
     async def Load(self, request: pb.LoadImagesRequest,
                    context: Context) -> pb.LoadImagesResponse:
         path = _absolute("path", request.path)
-        images = await self._images.load(path)
+        with _file_errors("path", path, (ImageStoreError, OSError, *_MALFORMED)):
+            images = await self._images.load(path)
         return pb.LoadImagesResponse(images=[await self._record(i) for i in images])
 
     @unary
@@ -161,7 +165,8 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
         for index, text in enumerate(request.images):
             self._resolve(f"images[{index}]", text)
         path = _absolute("path", request.path)
-        await self._images.save(list(request.images), path)
+        with _file_errors("path", path, (OSError,)):
+            await self._images.save(list(request.images), path)
         size = (await asyncio.to_thread(path.stat)).st_size
         return pb.SaveImagesResponse(size=size)
 
@@ -169,11 +174,30 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
     async def Import(self, request: pb.ImportImageRequest, context: Context) -> pb.ImageRecord:
         path = _absolute("path", request.path)
         ref = parse_image_ref("reference", request.reference)
-        return await self._record(await self._images.import_rootfs(path, ref))
+        with _file_errors("path", path, (ImageStoreError, OSError)):
+            image = await self._images.import_rootfs(path, ref)
+        return await self._record(image)
 
 
 def _absolute(field: str, text: str) -> Path:
     if not text.startswith("/"):
         raise InvalidArgument(field, f"must be an absolute path on the agent's host, got "
                                      f"{text!r}")  # fmt: skip
+    if "\0" in text:
+        raise InvalidArgument(field, f"must not contain a NUL character, got {text!r}")
     return Path(text)
+
+
+@contextlib.contextmanager
+def _file_errors(field: str, path: Path, kinds: tuple[type[Exception], ...]) -> Iterator[None]:
+    """What goes wrong with the file a request names is the request's error (a missing
+    file, a directory, a file that is no image archive or an unsafe tarball)."""
+    try:
+        yield
+    except kinds as exc:
+        if FileNotFoundError in (type(exc), type(exc.__cause__)):
+            raise NotFound(f"{field}: no such file or directory: {str(path)!r}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        if isinstance(exc, _MALFORMED):
+            reason = f"not a valid image archive ({type(exc).__name__}: {exc})"
+        raise InvalidArgument(field, f"{str(path)!r}: {reason}") from exc

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import math
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
@@ -32,14 +33,17 @@ from dockyard.agent.containers.names import generate_name
 from dockyard.agent.containers.policy import Backoff, should_restart
 from dockyard.agent.containers.request import (
     check_create,
+    check_user,
     parse_image_ref,
     parse_signal,
+    ports_of,
     volumes_of,
 )
 from dockyard.agent.images.errors import ImageNotFound
 from dockyard.agent.images.models import Image
 from dockyard.agent.images.reference import Reference
 from dockyard.agent.images.service import ImageService
+from dockyard.agent.network.errors import NetworkError, PortInUse
 from dockyard.agent.runtime.base import (
     ContainerConfig,
     ContainerInfo,
@@ -51,6 +55,7 @@ from dockyard.agent.runtime.base import (
     InvalidConfig,
     LogRecord,
     NameConflict,
+    PortMapping,
     RestartPolicyName,
     Stats,
 )
@@ -58,6 +63,7 @@ from dockyard.agent.runtime.runc.runtime import RuncRuntime
 from dockyard.agent.runtime.runc.spec import process_args
 from dockyard.common.lookup import match_reference
 from dockyard.v1.containers_pb2 import CreateContainerRequest
+from dockyard.v1.containers_pb2 import PortMapping as PortMappingMessage
 
 __all__ = ["ContainerManager", "ContainerView"]
 
@@ -165,7 +171,7 @@ class ContainerManager:
             raise InvalidArgument(
                 "container", f"{ref!r} matches {len(matches)} containers: give more of the ID"
             )
-        raise NotFound(f"no such container: {ref!r}")
+        raise NotFound(f"no such container: {ref}")
 
     def _view(self, info: ContainerInfo) -> ContainerView:
         meta = self._meta.get(info.id)
@@ -220,6 +226,9 @@ class ContainerManager:
             holder = next((i.id for i in await self.runtime.list(all=True) if i.name == name), "")
             raise AlreadyExists(f"container name {name!r} is already in use by container "
                                 f"{holder[:12] or 'being created'}")  # fmt: skip
+        ports = ports_of(request)
+        if network == "bridge":
+            await self._check_bridge(ports)
         self._creating.add(name)
         try:
             normalized = CreateContainerRequest()
@@ -227,6 +236,13 @@ class ContainerManager:
             normalized.name = name
             normalized.restart_policy.name = policy.name.value
             normalized.restart_policy.max_retries = policy.max_retries
+            normalized.network = network
+            del normalized.ports[:]
+            normalized.ports.extend(
+                PortMappingMessage(host_ip=p.host_ip, host_port=p.host_port,
+                                   container_port=p.container_port, protocol=p.protocol)
+                for p in ports
+            )  # fmt: skip
             config = ContainerConfig(
                 id=secrets.token_hex(32),
                 name=name,
@@ -244,6 +260,7 @@ class ContainerManager:
                 read_only=request.read_only,
                 volumes=volumes_of(request),
                 network=network,
+                ports=ports,
                 labels=dict(request.labels),
                 restart_policy=policy,
                 cap_add=list(request.cap_add),
@@ -266,11 +283,34 @@ class ContainerManager:
                 raise
         except NameConflict as exc:
             raise AlreadyExists(str(exc)) from exc
+        except PortInUse as exc:  # taken since _check_bridge looked
+            raise await self._port_in_use(exc) from exc
         except InvalidConfig as exc:  # past check_create, only the image's files can refuse
             raise InvalidArgument("user" if request.user else "image", str(exc)) from exc
         finally:
             self._creating.discard(name)
         return ContainerView(info, meta)
+
+    async def _check_bridge(self, ports: builtins.list[PortMapping]) -> None:
+        """The agent has a bridge and every host port can be published now."""
+        network = self.runtime.network
+        if network is None:
+            raise FailedPrecondition("this agent has no bridge network")
+        try:
+            network.check_ports(ports)
+        except PortInUse as exc:
+            raise await self._port_in_use(exc) from exc
+        except NetworkError as exc:
+            raise FailedPrecondition(str(exc)) from exc
+
+    async def _port_in_use(self, exc: PortInUse) -> FailedPrecondition:
+        """The error naming the port and the container that holds it, by name."""
+        holder = ""
+        if exc.holder_id:
+            with contextlib.suppress(ContainerNotFound):
+                info = await self.runtime.inspect(exc.holder_id)
+                holder = f"{info.name} ({exc.holder_id[:12]})"
+        return FailedPrecondition(str(PortInUse(exc.index, exc.mapping, exc.holder_id, holder)))
 
     # ------------------------------------------------------------- start and stop
 
@@ -299,6 +339,8 @@ class ContainerManager:
 
     async def stop(self, ref: str, timeout: float | None = None) -> ContainerView:
         """SIGTERM, then SIGKILL after `timeout` (10 s); no restart policy restarts it."""
+        if timeout is not None and not math.isfinite(timeout):  # NaN: waits forever
+            raise InvalidArgument("timeout_seconds", f"must be a number of seconds, got {timeout}")
         if timeout is not None and timeout < 0:
             raise InvalidArgument("timeout_seconds", f"must not be negative, got {timeout}")
         info = await self._resolve(ref)
@@ -458,6 +500,7 @@ class ContainerManager:
                 raise InvalidArgument(f"env[{index}]", f"expected KEY=VALUE, got {entry!r}")
         if workdir and not workdir.startswith("/"):
             raise InvalidArgument("workdir", f"must be an absolute path, got {workdir!r}")
+        check_user("user", user or "")
         info = await self._resolve(ref)
         if info.state.status is not ContainerStatus.RUNNING:
             raise FailedPrecondition(f"container {info.name} ({info.id[:12]}) is not running")

@@ -8,7 +8,8 @@ from collections.abc import Container
 
 __all__ = ["NAME_RE", "generate_name"]
 
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
+# \Z, not $: a trailing newline matches before $.
+NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
 """Docker's rule for container names (without the leading slash), capped at 128."""
 
 _LEFT = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import signal as signals
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from dockyard.agent.images.errors import InvalidReference
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.runtime.base import (
     NetworkMode,
+    PortMapping,
     RestartPolicy,
     RestartPolicyName,
     VolumeMount,
@@ -22,14 +24,18 @@ from dockyard.v1.containers_pb2 import CreateContainerRequest
 __all__ = [
     "MIN_MEMORY",
     "check_create",
+    "check_user",
     "parse_image_ref",
     "parse_restart_policy",
     "parse_signal",
+    "ports_of",
     "volumes_of",
 ]
 
 MIN_MEMORY = 6 * 1024 * 1024
 """Docker's smallest memory limit (6 MiB)."""
+MAX_PORTS = 256
+"""Most published ports of one container."""
 
 
 def parse_image_ref(field: str, text: str) -> Reference:
@@ -68,10 +74,17 @@ def parse_restart_policy(name: str, max_retries: int) -> RestartPolicy:
     return RestartPolicy(policy_name, max_retries)
 
 
+def check_user(field: str, user: str) -> None:
+    """`name`, `uid`, `name:group` or `uid:gid`, where a number is ASCII digits."""
+    for part in user.strip().split(":", 1):
+        if part.isdigit() and not part.isascii():  # "¹".isdigit(), but int() refuses it
+            raise InvalidArgument(field, f"invalid user {user!r}: a uid or gid is digits 0-9")
+
+
 def parse_signal(text: str) -> int:
     """`KILL`, `SIGKILL`, `kill` or `9` to a signal number."""
     value = text.strip() or "KILL"
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # "¹".isdigit(), but int() refuses it
         number = int(value)
         if number not in {int(s) for s in signals.Signals}:
             raise InvalidArgument("signal", f"unknown signal number {number}")
@@ -100,6 +113,54 @@ def volumes_of(request: CreateContainerRequest) -> list[VolumeMount]:
     return mounts
 
 
+def _host_ip(field: str, text: str) -> str:
+    """``""`` (every address) or one IPv4 address of the node."""
+    text = text.strip()
+    if text in ("", "0.0.0.0"):
+        return ""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        raise InvalidArgument(field, f"{text!r} is not an IP address") from None
+    if address.version != 4:
+        raise InvalidArgument(field, f"{text}: only IPv4 addresses can be published on")
+    if address.is_multicast:
+        raise InvalidArgument(field, f"{text} is a multicast address")
+    return str(address)
+
+
+def ports_of(request: CreateContainerRequest) -> list[PortMapping]:
+    """The request's published ports, checked and normalized (protocol ``tcp`` by default,
+    ``0.0.0.0`` as ``""``); no host port is published twice."""
+    if len(request.ports) > MAX_PORTS:
+        raise InvalidArgument("ports", f"at most {MAX_PORTS} published ports, got "
+                                       f"{len(request.ports)}")  # fmt: skip
+    mappings: list[PortMapping] = []
+    for index, port in enumerate(request.ports):
+        field = f"ports[{index}]"
+        if not 1 <= port.container_port <= 65535:
+            raise InvalidArgument(f"{field}.container_port",
+                                  f"{port.container_port} is not in 1-65535")  # fmt: skip
+        if not 0 <= port.host_port <= 65535:
+            raise InvalidArgument(f"{field}.host_port", f"{port.host_port} is not in 1-65535 "
+                                                        "(or 0: a free port)")  # fmt: skip
+        protocol = port.protocol.strip().lower() or "tcp"
+        if protocol not in ("tcp", "udp"):
+            raise InvalidArgument(f"{field}.protocol", f"unknown protocol {port.protocol!r} "
+                                                       "(tcp or udp)")  # fmt: skip
+        mapping = PortMapping(port.container_port, protocol, port.host_port,
+                              _host_ip(f"{field}.host_ip", port.host_ip))  # fmt: skip
+        for other_index, other in enumerate(mappings):
+            if (mapping.host_port and mapping.host_port == other.host_port
+                    and mapping.protocol == other.protocol
+                    and (not mapping.host_ip or not other.host_ip
+                         or mapping.host_ip == other.host_ip)):  # fmt: skip
+                raise InvalidArgument(f"{field}.host_port", f"{mapping.host_port}/{protocol} is "
+                                      f"already published by ports[{other_index}]")  # fmt: skip
+        mappings.append(mapping)
+    return mappings
+
+
 def _check_capabilities(field: str, names: Sequence[str]) -> None:
     for index, name in enumerate(names):
         cap = name.strip().upper()
@@ -121,6 +182,7 @@ def check_create(request: CreateContainerRequest) -> tuple[Reference, RestartPol
             raise InvalidArgument(f"env[{index}]", f"expected KEY=VALUE, got {entry!r}")
     if request.workdir and not request.workdir.startswith("/"):
         raise InvalidArgument("workdir", f"must be an absolute path, got {request.workdir!r}")
+    check_user("user", request.user)
     if request.memory_bytes < 0:
         raise InvalidArgument("memory_bytes", f"must not be negative, got {request.memory_bytes}")
     if 0 < request.memory_bytes < MIN_MEMORY:
@@ -132,8 +194,13 @@ def check_create(request: CreateContainerRequest) -> tuple[Reference, RestartPol
         raise InvalidArgument("pids_limit", f"must be -1 (unlimited) or more, got "
                                             f"{request.pids_limit}")  # fmt: skip
     network = request.network or "none"
-    if network not in ("none", "host"):
-        raise InvalidArgument("network", f"unknown network {request.network!r} (none or host)")
+    if network not in ("none", "host", "bridge"):
+        raise InvalidArgument("network", f"unknown network {request.network!r} "
+                                         "(none, host or bridge)")  # fmt: skip
+    ports = ports_of(request)
+    if ports and network == "host":
+        raise InvalidArgument("ports", "cannot publish ports with the host network: the "
+                                       "container uses the node's ports directly")  # fmt: skip
     policy = parse_restart_policy(request.restart_policy.name,
                                   request.restart_policy.max_retries)  # fmt: skip
     if request.auto_remove and policy.name is not RestartPolicyName.NO:
@@ -147,4 +214,6 @@ def check_create(request: CreateContainerRequest) -> tuple[Reference, RestartPol
         raise InvalidArgument("seccomp", f"unknown seccomp mode {request.seccomp!r} "
                                          "(default or unconfined)")  # fmt: skip
     volumes_of(request)
+    if network == "bridge" or ports:  # publishing implies the bridge
+        return ref, policy, "bridge"
     return ref, policy, "host" if network == "host" else "none"

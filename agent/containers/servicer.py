@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, datetime
 
 from dockyard.agent.containers.convert import container_record, log_line, stats_message
+from dockyard.agent.containers.errors import InvalidArgument
 from dockyard.agent.containers.manager import ContainerManager
 from dockyard.agent.containers.status import Context, streaming, unary
 from dockyard.agent.runtime.runc.exec import RuncExecSession
@@ -67,7 +68,7 @@ class ContainersServicer(containers_pb2_grpc.ContainersServicer):
 
     @streaming
     async def Logs(self, request: pb.LogsRequest, context: Context) -> AsyncIterator[pb.LogLine]:
-        since = request.since.ToDatetime(tzinfo=UTC) if request.HasField("since") else None
+        since = _since(request)
         lines = self._manager.logs(
             request.container, follow=request.follow,
             tail=request.tail if request.has_tail else None, since=since,
@@ -102,3 +103,12 @@ class ContainersServicer(containers_pb2_grpc.ContainersServicer):
     @unary
     async def Stats(self, request: pb.ContainerRef, context: Context) -> pb.ContainerStats:
         return stats_message(await self._manager.stats(request.container))
+
+
+def _since(request: pb.LogsRequest) -> datetime | None:
+    if not request.HasField("since"):
+        return None
+    try:
+        return request.since.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:  # out of the range a datetime holds
+        raise InvalidArgument("since", str(exc)) from None

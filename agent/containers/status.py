@@ -36,6 +36,9 @@ log = structlog.get_logger(__name__)
 Context = grpc.aio.ServicerContext[Any, Any]
 R = TypeVar("R")
 
+MAX_DETAILS = 1024
+"""Longest status message: one that quotes a huge request field must still fit the trailers."""
+
 _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (ContainerNotFound, grpc.StatusCode.NOT_FOUND),
     (NameConflict, grpc.StatusCode.ALREADY_EXISTS),
@@ -75,7 +78,10 @@ async def abort_with(context: Context, exc: Exception) -> NoReturn:
     if mapped is None:
         log.exception("API call failed", error=repr(exc))
         mapped = (grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
-    await context.abort(*mapped)
+    code, message = mapped
+    if len(message) > MAX_DETAILS:
+        message = message[: MAX_DETAILS - 3] + "..."
+    await context.abort(code, message)
     raise AssertionError("unreachable")  # context.abort raises
 
 

@@ -47,6 +47,7 @@ State = TaskStatus.State
 ACCEPTED, PREPARING, STARTING = State.ACCEPTED, State.PREPARING, State.STARTING
 RUNNING, COMPLETE, SHUTDOWN = State.RUNNING, State.COMPLETE, State.SHUTDOWN
 FAILED, REJECTED = State.FAILED, State.REJECTED
+Health = TaskStatus.Health
 T = TypeVar("T")
 
 
@@ -260,14 +261,25 @@ class Worker:
         elif state == PREPARING:
             await self._prepare(tracked)
         elif state == STARTING:
-            try:
-                tracked.container_id = await self.executor.start(tracked.task)
-            except Exception as exc:
-                self._report(tracked, FAILED, "starting failed", error=_text(exc))
-            else:
-                self._report(tracked, RUNNING, "started")
+            await self._start(tracked)
         else:  # RUNNING
             await self._running(tracked)
+
+    async def _start(self, tracked: _Tracked) -> None:
+        """Start the container. A task with a health check is RUNNING only once the check
+        first passes (as in Swarm), so a rolling update waits for healthy tasks."""
+        try:
+            tracked.container_id = await self.executor.start(tracked.task)
+        except Exception as exc:
+            self._report(tracked, FAILED, "starting failed", error=_text(exc))
+            return
+        if _probe_command(tracked.task.spec.container.healthcheck) is None:
+            self._report(tracked, RUNNING, "started")
+            return
+        if tracked.status.health != Health.HEALTH_STARTING:
+            self._report(tracked, STARTING, "started; waiting for the health check to pass",
+                         health=Health.HEALTH_STARTING)  # fmt: skip
+        await self._running(tracked)
 
     async def _prepare(self, tracked: _Tracked) -> None:
         task_id = tracked.task.id
@@ -308,7 +320,7 @@ class Worker:
     async def _shutdown(self, tracked: _Tracked) -> None:
         await self._stop_health(tracked)
         fields: dict[str, Any] = {}
-        if tracked.status.state == RUNNING and tracked.container_id:
+        if tracked.status.state in (STARTING, RUNNING) and tracked.container_id:
             await self.executor.stop(tracked.container_id, _grace(tracked.task))
             with contextlib.suppress(Exception):
                 exit_info = await self.executor.wait(tracked.container_id)
@@ -386,6 +398,8 @@ class Worker:
                 code, output = -1, str(exc)
             if code == 0:
                 failures, healthy_once = 0, True
+                if tracked.status.health != Health.HEALTHY:
+                    self._report(tracked, RUNNING, "started", health=Health.HEALTHY)
                 continue
             if not healthy_once and time.monotonic() - started < check.start_period_seconds:
                 continue
@@ -394,6 +408,8 @@ class Worker:
                      exit_code=code, output=output.strip()[-200:])  # fmt: skip
             if failures >= retries:
                 tracked.unhealthy = output.strip() or f"exit code {code}"
+                self._report(tracked, tracked.status.state, "unhealthy: stopping",
+                             health=Health.UNHEALTHY)  # fmt: skip
                 await self.executor.stop(container_id, 0.0)
                 return
 
@@ -401,6 +417,7 @@ class Worker:
 
     def _report(self, tracked: _Tracked, state: TaskStatus.State.ValueType, message: str,
                 **fields: Any) -> None:  # fmt: skip
+        fields.setdefault("health", tracked.status.health)  # a check's verdict stays
         status = TaskStatus(state=state, message=message,
                             container_id=tracked.container_id, **fields)  # fmt: skip
         status.timestamp.FromNanoseconds(time.time_ns())

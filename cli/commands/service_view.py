@@ -28,6 +28,8 @@ SERVICE_HEADERS = ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "UPDATE STATE"]
 TASK_HEADERS = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR",
                 "EXIT"]
 ERROR_WIDTH = 40
+# TaskStatus.Health, as `docker ps` shows it (NO_HEALTHCHECK shows nothing).
+_HEALTH = {1: "health: starting", 2: "healthy", 3: "unhealthy"}
 # States after which a task's container has stopped: an exit code means something.
 _FINAL = ("COMPLETE", "FAILED", "SHUTDOWN", "REJECTED", "ORPHANED")
 
@@ -80,10 +82,11 @@ def current_state(status: Any, now: float | None = None) -> str:
     import time
 
     name = state_name(status.state)
+    health = f" ({_HEALTH[status.health]})" if status.health in _HEALTH else ""
     if not is_set(status.timestamp):
-        return name
+        return name + health
     ago = max(0.0, (time.time() if now is None else now) - to_seconds(status.timestamp))
-    return f"{name} {human_duration(ago)} ago"
+    return f"{name} {human_duration(ago)} ago{health}"
 
 
 def task_name(task: Any) -> str:

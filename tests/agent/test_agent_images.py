@@ -26,7 +26,8 @@ def test_pull_progress(agent_factory, image_registry: ImageRegistry) -> None:
     final = events[-1]
     assert final.done and final.id == image_registry.busybox
     assert final.image.digest == image_registry.digest
-    assert final.image.references == [image_registry.busybox]
+    repo_digest = image_registry.busybox.rsplit(":", 1)[0] + "@" + image_registry.digest
+    assert final.image.references == [image_registry.busybox, repo_digest]  # docker's RepoDigests
     assert json.loads(final.image.config_json)["config"]["Cmd"] == ["sh"]
     assert all(not e.done for e in events[:-1])
     again = agent.pull(image_registry.busybox)
@@ -87,6 +88,8 @@ def test_registry_mirror_flag(agent_factory, image_registry: ImageRegistry) -> N
     agent: Agent = agent_factory(extra=["--registry-mirror", mirror]).start()
     events = agent.pull("test/busybox")
     assert events[-1].done and events[-1].image.digest == image_registry.digest
-    assert list(events[-1].image.references) == ["docker.io/test/busybox:latest"]
+    image = events[-1].image
+    assert list(image.references) == ["docker.io/test/busybox:latest",
+                                      f"docker.io/test/busybox@{image.digest}"]
     record, code = agent.run("test/busybox", "true")
     assert code == 0 and record.image == "test/busybox"

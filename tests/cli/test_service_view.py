@@ -41,6 +41,11 @@ def test_current_state_says_state_and_age() -> None:
     assert current_state(task(1, TaskStatus.FAILED, ago=7200).status, NOW) == \
         "Failed 2 hours ago"
     assert current_state(TaskStatus(state=TaskStatus.NEW), NOW) == "New"
+    healthy = task(1, TaskStatus.RUNNING).status
+    healthy.health = TaskStatus.HEALTHY
+    assert current_state(healthy, NOW) == "Running 2 minutes ago (healthy)"
+    waiting = TaskStatus(state=TaskStatus.STARTING, health=TaskStatus.HEALTH_STARTING)
+    assert current_state(waiting, NOW) == "Starting (health: starting)"
 
 
 def test_task_rows_name_nodes_and_mark_history() -> None:

@@ -13,10 +13,12 @@ from dockyard.agent.executor import LABEL_SERVICE_NAME, LABEL_SLOT, LABEL_TASK_I
 from dockyard.agent.runtime.base import ContainerConfig, ContainerStatus
 from dockyard.agent.runtime.hollow import HollowExecutor, HollowRuntime, simulate
 from dockyard.agent.worker import STATE_FILE, Worker
+from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import HealthCheck
 from tests.worker.conftest import FakeSession, State, full_set, make_task, until
 
 RUNNING_STATES = ["ACCEPTED", "PREPARING", "STARTING", "RUNNING"]
+Health = TaskStatus.Health
 
 
 @pytest.fixture
@@ -213,7 +215,7 @@ async def test_a_new_worker_on_the_same_state_dir_resumes_the_tasks(
         await second.close()
 
 
-async def test_a_task_that_turns_unhealthy_is_killed_and_failed(
+async def test_a_task_that_never_turns_healthy_is_killed_and_failed(
     worker: Worker, session: FakeSession, runtime: HollowRuntime
 ) -> None:
     check = HealthCheck(test=["CMD-SHELL", "echo not ok; exit 1"], interval_seconds=0.05,
@@ -222,16 +224,22 @@ async def test_a_task_that_turns_unhealthy_is_killed_and_failed(
     await until(lambda: session.states("t1")[-1:] == ["FAILED"], "t1 FAILED")
     status = session.last("t1")
     assert status.error == "task: unhealthy: not ok"
-    assert status.exit_code == 137
-    assert session.states("t1") == [*RUNNING_STATES, "FAILED"]
+    assert status.exit_code == 137 and status.health == Health.UNHEALTHY
+    # never RUNNING: it was STARTING (health: starting) until the check gave up on it
+    assert "RUNNING" not in session.states("t1")
+    assert session.states("t1")[:3] == RUNNING_STATES[:3]
 
 
-async def test_a_healthy_task_keeps_running(worker: Worker, session: FakeSession) -> None:
+async def test_a_task_with_a_health_check_runs_once_healthy(
+    worker: Worker, session: FakeSession
+) -> None:
     check = HealthCheck(test=["CMD", "true"], interval_seconds=0.02, retries=1)
     await worker.on_assignments(full_set(make_task("t1", ["serve"], healthcheck=check)))
     await until(lambda: session.states("t1")[-1:] == ["RUNNING"], "t1 RUNNING")
     await asyncio.sleep(0.2)
-    assert session.states("t1") == RUNNING_STATES
+    assert session.states("t1") == [*RUNNING_STATES[:3], "STARTING", "RUNNING"]
+    healths = [r.status.health for r in session.reports if r.task_id == "t1"]
+    assert healths[-2:] == [Health.HEALTH_STARTING, Health.HEALTHY]
 
 
 def test_the_command_decides_how_a_hollow_container_ends() -> None:

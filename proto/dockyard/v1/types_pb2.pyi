@@ -352,6 +352,28 @@ class TaskStatus(_message.Message):
     REJECTED: TaskStatus.State.ValueType  # 11
     ORPHANED: TaskStatus.State.ValueType  # 12
 
+    class _Health:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _HealthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[TaskStatus._Health.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        NO_HEALTHCHECK: TaskStatus._Health.ValueType  # 0
+        HEALTH_STARTING: TaskStatus._Health.ValueType  # 1
+        HEALTHY: TaskStatus._Health.ValueType  # 2
+        UNHEALTHY: TaskStatus._Health.ValueType  # 3
+
+    class Health(_Health, metaclass=_HealthEnumTypeWrapper):
+        """The container's health check, when it has one. A task with a check stays
+        STARTING (HEALTH_STARTING) until the check first passes, as in Docker Swarm:
+        rolling updates move on only once the new tasks are healthy.
+        """
+
+    NO_HEALTHCHECK: TaskStatus.Health.ValueType  # 0
+    HEALTH_STARTING: TaskStatus.Health.ValueType  # 1
+    HEALTHY: TaskStatus.Health.ValueType  # 2
+    UNHEALTHY: TaskStatus.Health.ValueType  # 3
+
     STATE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
@@ -359,6 +381,7 @@ class TaskStatus(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _builtins.int
     CONTAINER_ID_FIELD_NUMBER: _builtins.int
     OOM_KILLED_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
     state: Global___TaskStatus.State.ValueType
     message: _builtins.str
     """why it is in this state ("no suitable node: ...")"""
@@ -366,6 +389,7 @@ class TaskStatus(_message.Message):
     exit_code: _builtins.int
     container_id: _builtins.str
     oom_killed: _builtins.bool
+    health: Global___TaskStatus.Health.ValueType
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -378,10 +402,11 @@ class TaskStatus(_message.Message):
         timestamp: _timestamp_pb2.Timestamp | None = ...,
         container_id: _builtins.str = ...,
         oom_killed: _builtins.bool = ...,
+        health: Global___TaskStatus.Health.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "error", b"error", "exit_code", b"exit_code", "message", b"message", "oom_killed", b"oom_killed", "state", b"state", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "error", b"error", "exit_code", b"exit_code", "health", b"health", "message", b"message", "oom_killed", b"oom_killed", "state", b"state", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -51,7 +51,7 @@ _CODES: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (RegistryUnreachable, grpc.StatusCode.UNAVAILABLE),
     (RegistryAuthError, grpc.StatusCode.PERMISSION_DENIED),
     (DigestMismatch, grpc.StatusCode.DATA_LOSS),
-    (RegistryError, grpc.StatusCode.UNKNOWN),
+    (RegistryError, grpc.StatusCode.UNAVAILABLE),  # the registry failed or refused it
     (ImageStoreError, grpc.StatusCode.INTERNAL),
     (ImageError, grpc.StatusCode.FAILED_PRECONDITION),
     (FileNotFoundError, grpc.StatusCode.NOT_FOUND),

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "pull": ("images", "pull", "Pull an image, with a progress bar per layer."),
     "run": ("container_run", "run", "Run a command in a new container."),
     "service": ("services", "service", "Manage services across the cluster."),
+    "stack": ("stacks", "stack", "Deploy compose files as stacks of services."),
     "version": ("system", "version", "Show the client's and the daemons' versions."),
 }
 

@@ -243,13 +243,15 @@ def inspect(options: GlobalOptions, refs: tuple[str, ...]) -> None:
         sys.exit(1)
 
 
-def list_summaries(options: GlobalOptions, mode: str, quiet: bool) -> None:
+def list_summaries(options: GlobalOptions, mode: str, quiet: bool,
+                   keep: Callable[[Any], bool] = lambda _: True) -> None:  # fmt: skip
+    """`service ls`: the services `keep` accepts (all by default)."""
     from dockyard.cli.commands.service_view import SERVICE_HEADERS, service_row
     from dockyard.v1.control_pb2 import ListServicesRequest
 
     summaries = call(options.target(), control_stub, "ListServices",
                      ListServicesRequest(mode=mode)).services
-    summaries = sorted(summaries, key=lambda s: s.service.spec.name)
+    summaries = sorted((s for s in summaries if keep(s.service)), key=lambda s: s.service.spec.name)
     if quiet:
         for s in summaries:
             click.echo(s.service.id)

@@ -1,0 +1,162 @@
+"""`dockyard stack deploy|ls|services|ps|rm`: several services from compose files.
+
+As `docker stack deploy`: every service of the files becomes the service
+`<stack>_<name>` with the label `com.docker.stack.namespace=<stack>`; a service
+that exists is updated (a rolling update when its task spec changed), a new one
+is created, and with --prune the stack's services missing from the files are
+removed. Every file is read and every spec built before the first request.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from dockyard.cli.client import CliError, Target, call
+from dockyard.cli.commands.compose import STACK_LABEL, load_stack
+from dockyard.cli.commands.service_flags import resolve_mode, resolve_option
+from dockyard.cli.commands.service_wait import control_stub, wait_for_service
+from dockyard.cli.commands.services import (
+    list_summaries,
+    list_tasks,
+    task_list_options,
+    update_with_retry,
+)
+from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.render import emit_data, emit_table
+from dockyard.common.validation import ValidationError, check_name
+
+
+@click.group("stack")
+def stack() -> None:
+    """Deploy and manage stacks: groups of services from compose files."""
+
+
+def stack_services(target: Target, name: str) -> list[Any]:
+    from dockyard.v1.control_pb2 import ListServicesRequest
+
+    summaries = call(target, control_stub, "ListServices", ListServicesRequest()).services
+    return [s.service for s in summaries if s.service.spec.labels.get(STACK_LABEL) == name]
+
+
+def _check_stack_name(name: str) -> None:
+    try:
+        check_name("STACK", name)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+def _replace_with(new: Any) -> Callable[[Any], None]:
+    """An update that makes the stored spec the file's."""
+
+    def change(spec: Any) -> None:
+        spec.CopyFrom(new)
+
+    return change
+
+
+@stack.command("deploy")
+@click.option("-c", "--compose-file", "files", multiple=True, required=True, metavar="FILE",
+              help="Compose file (repeatable; `-` reads stdin). Later files override.")
+@click.option("--prune", is_flag=True, help="Remove the stack's services the files no longer have.")
+@click.option("--wait", "wait", is_flag=True, help="Wait until every service has converged.")
+@resolve_option
+@click.argument("name", metavar="STACK")
+@pass_options
+def deploy(options: GlobalOptions, files: tuple[str, ...], prune: bool, wait: bool,
+           resolve_image: str | None, name: str) -> None:  # fmt: skip
+    """Create or update the services of a stack."""
+    from dockyard.v1.control_pb2 import CreateServiceRequest, RemoveServiceRequest
+
+    _check_stack_name(name)
+    loaded = load_stack(name, list(files))
+    if loaded.ignored:
+        click.echo(f"Ignoring unsupported options: {', '.join(sorted(set(loaded.ignored)))}",
+                   err=True)  # fmt: skip
+    target = options.target()
+    existing = {s.spec.name: s for s in stack_services(target, name)}
+    mode = resolve_mode(resolve_image)
+    touched = []
+    for spec in loaded.specs.values():
+        if spec.name in existing:
+            click.echo(f"Updating service {spec.name}", err=True)
+            record = update_with_retry(target, spec.name, _replace_with(spec),
+                                       resolve_image=mode)  # fmt: skip
+        else:
+            click.echo(f"Creating service {spec.name}", err=True)
+            record = call(target, control_stub, "CreateService",
+                          CreateServiceRequest(spec=spec, resolve_image=mode))  # fmt: skip
+        touched.append(record.id)
+    if prune:
+        wanted = {spec.name for spec in loaded.specs.values()}
+        for service_name in sorted(set(existing) - wanted):
+            click.echo(f"Removing service {service_name}", err=True)
+            call(target, control_stub, "RemoveService", RemoveServiceRequest(service=service_name))
+    if wait:
+        for service_id in touched:
+            wait_for_service(target, service_id, sys.stderr, None)
+
+
+@stack.command("ls")
+@output_option
+@pass_options
+def list_stacks(options: GlobalOptions) -> None:
+    """List stacks with their number of services."""
+    from dockyard.v1.control_pb2 import ListServicesRequest
+
+    summaries = call(options.target(), control_stub, "ListServices", ListServicesRequest())
+    counts = Counter(s.service.spec.labels[STACK_LABEL] for s in summaries.services
+                     if STACK_LABEL in s.service.spec.labels)  # fmt: skip
+    rows = [{"name": n, "services": c} for n, c in sorted(counts.items())]
+    if options.output != "table":
+        emit_data(rows, options.output)
+    else:
+        emit_table(["NAME", "SERVICES"], [[r["name"], r["services"]] for r in rows])
+
+
+@stack.command("services")
+@click.option("-q", "--quiet", is_flag=True, help="Only print service IDs.")
+@click.argument("name", metavar="STACK")
+@output_option
+@pass_options
+def services(options: GlobalOptions, quiet: bool, name: str) -> None:
+    """List the services of a stack."""
+    list_summaries(options, "", quiet, keep=lambda s: s.spec.labels.get(STACK_LABEL) == name)
+
+
+@stack.command("ps")
+@task_list_options
+@click.argument("name", metavar="STACK")
+@pass_options
+def ps(options: GlobalOptions, show_all: bool, no_trunc: bool, quiet: bool, name: str) -> None:
+    """List the tasks of a stack."""
+    target = options.target()
+    ids = tuple(s.id for s in stack_services(target, name))
+    if not ids:
+        raise CliError(f"nothing found in stack: {name}")
+    list_tasks(options, ids, show_all, no_trunc, quiet, target)
+
+
+@stack.command("rm")
+@click.argument("names", nargs=-1, required=True, metavar="STACK...")
+@pass_options
+def remove(options: GlobalOptions, names: tuple[str, ...]) -> None:
+    """Remove stacks: every service they have."""
+    from dockyard.v1.control_pb2 import RemoveServiceRequest
+
+    target = options.target()
+    missing = False
+    for name in names:
+        found = stack_services(target, name)
+        if not found:
+            click.echo(f"dockyard: nothing found in stack: {name}", err=True)
+            missing = True
+        for service in sorted(found, key=lambda s: s.spec.name):
+            click.echo(f"Removing service {service.spec.name}", err=True)
+            call(target, control_stub, "RemoveService", RemoveServiceRequest(service=service.id))
+    if missing:
+        sys.exit(1)

@@ -3,6 +3,7 @@ hollow runtime (simulated containers), the real gRPC API."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -63,6 +64,11 @@ def test_replicas_converge_spread_and_scale(cluster: Cluster, control: Any) -> N
     cluster.wait_for(lambda: len(running(control, "web")) == 6, "6 tasks running")
     per_node = Counter(t.node_id for t in running(control, "web"))
     assert sorted(per_node.values()) == [2, 2, 2]
+    on_n1 = json.loads(cluster.cli("node", "ps", "n1", "-o", "json").stdout)
+    n1 = cluster.nodes()["n1"]["id"]
+    assert len(on_n1) == 2 and {t["node_id"] for t in on_n1} == {n1}
+    unknown = cluster.cli("node", "ps", "nope", check=False)
+    assert unknown.returncode == 1 and "nope" in unknown.stderr
     service = control.GetService(GetServiceRequest(service="web"))
     service.spec.replicated.replicas = 2
     control.UpdateService(UpdateServiceRequest(

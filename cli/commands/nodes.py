@@ -7,6 +7,7 @@ from typing import Any
 import click
 
 from dockyard.cli.client import CliError, call
+from dockyard.cli.commands.services import list_tasks, task_list_options
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, emit_table, to_data
 
@@ -186,6 +187,16 @@ def _update_with_retry(
             if not (isinstance(cause, grpc.RpcError) and cause.code() == grpc.StatusCode.ABORTED):
                 raise
     raise CliError(f"node {node_ref} kept changing while it was being updated; try again")
+
+
+@node.command("ps")
+@click.argument("nodes", nargs=-1, required=True, metavar="NODE...")
+@task_list_options
+@pass_options
+def node_tasks(options: GlobalOptions, nodes: tuple[str, ...], show_all: bool, no_trunc: bool,
+               quiet: bool) -> None:  # fmt: skip
+    """List the tasks on nodes (ID, ID prefix or name)."""
+    list_tasks(options, (), show_all, no_trunc, quiet, nodes=nodes)
 
 
 @node.command("rm")

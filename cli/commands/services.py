@@ -279,13 +279,14 @@ def node_names(target: Target) -> dict[str, str]:
 
 
 def list_tasks(options: GlobalOptions, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
-               quiet: bool, target: Target | None = None) -> None:
+               quiet: bool, target: Target | None = None, nodes: tuple[str, ...] = ()) -> None:
+    """`service ps` / `node ps`: the tasks of services `refs` and nodes `nodes` (all if none)."""
     from dockyard.cli.commands.service_view import TASK_HEADERS, task_rows
     from dockyard.v1.control_pb2 import ListTasksRequest
 
     target = target or options.target()
-    tasks = list(call(target, control_stub, "ListTasks",
-                      ListTasksRequest(services=list(refs), include_history=show_all)).tasks)
+    request = ListTasksRequest(services=list(refs), nodes=list(nodes), include_history=show_all)
+    tasks = list(call(target, control_stub, "ListTasks", request).tasks)
     if quiet:
         for t in tasks:
             click.echo(t.id)

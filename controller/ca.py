@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import ipaddress
 import math
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import structlog
+from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from dockyard.common import pki
@@ -210,10 +213,7 @@ class ClusterCA:
     async def issue(
         self, csr_pem: bytes, role: str, subject_id: str, hosts: list[str]
     ) -> NodeCertificate:
-        try:
-            csr_key = pki.load_csr_key(csr_pem)
-        except pki.PKIError as exc:
-            raise ValidationError("csr_pem", str(exc)) from exc
+        csr_key = check_certificate_request(csr_pem, hosts)
         sans = pki.controller_sans(*hosts) if role == pki.CONTROLLER else [
             "127.0.0.1", "::1", "localhost", *[h for h in hosts if h]]  # fmt: skip
         cert = self.ca.issue(csr_key, role, subject_id, validity=self.node_validity, sans=sans)
@@ -267,6 +267,32 @@ class ClusterCA:
                 await asyncio.sleep(1.0)
 
 
+MAX_HOSTS = 16
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62})(\.[A-Za-z0-9]([A-Za-z0-9-]{0,62}))*\Z")
+
+
+def check_certificate_request(csr_pem: bytes, hosts: list[str]) -> ec.EllipticCurvePublicKey:
+    """The CSR's public key, once the CSR and the hosts (names or IPs, with or without a
+    port) are valid; ValidationError naming the field otherwise. Checked before a join
+    token is used, so a bad request costs the token nothing."""
+    try:
+        key = pki.load_csr_key(csr_pem)
+    except pki.PKIError as exc:
+        raise ValidationError("csr_pem", str(exc)) from exc
+    if len(hosts) > MAX_HOSTS:
+        raise ValidationError("hosts", f"at most {MAX_HOSTS} names, got {len(hosts)}")
+    for index, text in enumerate(hosts):
+        host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
+        host = host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if len(host) > 253 or not _HOSTNAME.match(host):
+                raise ValidationError(f"hosts[{index}]", f"not a host name or IP: {text[:80]!r}") \
+                    from None
+    return key
+
+
 class NodeCAServicer(ca_pb2_grpc.NodeCAServicer):
     def __init__(self, ca: ClusterCA) -> None:
         self._ca = ca
@@ -275,6 +301,7 @@ class NodeCAServicer(ca_pb2_grpc.NodeCAServicer):
     async def IssueNodeCertificate(
         self, request: IssueNodeCertificateRequest, context: Context
     ) -> NodeCertificate:
+        check_certificate_request(request.csr_pem, list(request.hosts))
         try:
             role = await self._ca.redeem(request.token)
         except TokenRefused as exc:

@@ -5,8 +5,11 @@ unknown enum values, long repeated fields and maps), and the checks every answer
 
 from __future__ import annotations
 
+import base64
+import json
 import operator
 import re
+import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -25,6 +28,7 @@ __all__ = [
     "build_message",
     "check_answer",
     "edge_integers",
+    "etcd_snapshot",
     "nasty_strings",
     "run_examples",
     "settle",
@@ -222,3 +226,20 @@ def settle(snapshot: Callable[[], T], timeout: float, interval: float) -> T:
             return after
         before = after
     return before
+
+
+def etcd_snapshot(endpoint: str, prefix: str, exclude: Sequence[str] = ()) -> dict[str, int]:
+    """Every key under `prefix` with its mod revision, read with etcdctl (keys starting
+    with one of `exclude`, written by the daemon's own loops, left out)."""
+    result = subprocess.run(
+        ["etcdctl", "--endpoints", endpoint, "get", "--prefix", prefix, "--keys-only",
+         "-w", "json"],
+        capture_output=True, text=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        timeout=20, check=True,
+    )  # fmt: skip
+    keys = {}
+    for kv in json.loads(result.stdout).get("kvs", []):
+        key = base64.b64decode(kv["key"]).decode(errors="replace")
+        if not key.startswith(tuple(exclude)):
+            keys[key] = int(kv["mod_revision"])
+    return keys

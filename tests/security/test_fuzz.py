@@ -10,9 +10,7 @@ stay up, and a rejected mutating request must leave etcd as it was.
 
 from __future__ import annotations
 
-import base64
 import functools
-import json
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -42,6 +40,7 @@ from tests.security.fuzzlib import (
     MessageStrategies,
     check_answer,
     edge_integers,
+    etcd_snapshot,
     nasty_strings,
     run_examples,
     settle,
@@ -190,18 +189,7 @@ class Fuzzed:
 
     def snapshot(self) -> dict[str, int]:
         """Every key under the prefix with its mod revision (background keys left out)."""
-        result = subprocess.run(
-            ["etcdctl", "--endpoints", self.etcd, "get", "--prefix", PREFIX, "--keys-only",
-             "-w", "json"],
-            capture_output=True, text=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
-            timeout=20, check=True,
-        )  # fmt: skip
-        keys = {}
-        for kv in json.loads(result.stdout).get("kvs", []):
-            key = base64.b64decode(kv["key"]).decode(errors="replace")
-            if not key.startswith(BACKGROUND_KEYS):
-                keys[key] = int(kv["mod_revision"])
-        return keys
+        return etcd_snapshot(self.etcd, PREFIX, BACKGROUND_KEYS)
 
     def settled(self, timeout: float = 3.0) -> dict[str, int]:
         """A snapshot once the controller's own loops stopped writing (after an accepted write)."""

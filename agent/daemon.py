@@ -162,6 +162,7 @@ class AgentDaemon:
         from dockyard.agent.containers.servicer import ContainersServicer
         from dockyard.agent.executors.runc import RuncExecutor
         from dockyard.agent.images.service import ImageService
+        from dockyard.agent.network.bridge import BridgeConfig, BridgeNetwork
         from dockyard.agent.runtime.runc.runtime import RuncRuntime
         from dockyard.common.distribution.settings import registry_config
         from dockyard.v1 import containers_pb2_grpc, images_pb2_grpc
@@ -170,7 +171,11 @@ class AgentDaemon:
         registry = registry_config(config.registry_mirrors, config.insecure_registries,
                                    config.registry_config)  # fmt: skip
         images = await asyncio.to_thread(ImageService, config.state_dir / "images", registry)
-        runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent)
+        bridge = BridgeConfig(bridge=config.bridge, subnet=config.bridge_subnet,
+                              cni_path=tuple(config.cni_path))  # fmt: skip
+        network = BridgeNetwork(config.state_dir / "network", bridge)
+        runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent,
+                              network=network)  # fmt: skip
         manager = ContainerManager(runtime, images, config.state_dir / "containers")
         try:
             await manager.start()

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from dockyard.agent.runtime.base import ExitInfo
-from dockyard.v1.containers_pb2 import CreateContainerRequest
+from dockyard.v1.containers_pb2 import CreateContainerRequest, PortMapping
 from dockyard.v1.workloads_pb2 import Task
 
 __all__ = [
@@ -110,10 +110,17 @@ def create_request(task: Task) -> CreateContainerRequest:
     """The container the task runs: its spec, its name and labels, restart policy `no`.
 
     The controller's restart policy replaces failed tasks, so a container is never
-    restarted by the node.
+    restarted by the node. The task's published ports (swarm's `mode=host` publishing:
+    on the node that runs it) go on the agent's bridge: `published_port` on the node to
+    `target_port` in the container, 0 for a port the agent picks.
     """
     spec = task.spec.container
     resources = task.spec.resources
+    ports = [PortMapping(container_port=p.target_port, host_port=p.published_port,
+                         protocol=p.protocol or "tcp") for p in task.spec.ports]  # fmt: skip
+    network = spec.network
+    if ports and network in ("", "none"):
+        network = "bridge"
     request = CreateContainerRequest(
         image=spec.image,
         name=container_name(task),
@@ -126,7 +133,8 @@ def create_request(task: Task) -> CreateContainerRequest:
         nano_cpus=resources.limits.nano_cpus,
         pids_limit=resources.pids_limit,
         read_only=spec.read_only,
-        network=spec.network,
+        network=network,
+        ports=ports,
         labels=task_labels(task),
         cap_add=list(spec.cap_add),
         cap_drop=list(spec.cap_drop),

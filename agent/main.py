@@ -72,6 +72,27 @@ def main() -> None:
     help="cgroup that holds the containers' cgroups (runc runtime).",
 )
 @click.option(
+    "--bridge",
+    default="dockyard0",
+    show_default=True,
+    metavar="NAME",
+    help="Linux bridge of the bridge network (give each agent on a host its own).",
+)
+@click.option(
+    "--bridge-subnet",
+    default="10.87.0.0/16",
+    show_default=True,
+    metavar="CIDR",
+    help="IPv4 subnet of the bridge network; its first address is the bridge's.",
+)
+@click.option(
+    "--cni-path",
+    default="/usr/lib/cni:/opt/cni/bin",
+    show_default=True,
+    metavar="DIR[:DIR...]",
+    help="Where the CNI plugins (bridge, host-local, portmap, firewall) are.",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="Plaintext, unauthenticated API and session (no join needed). Tests only.",
@@ -93,11 +114,15 @@ def run(
     insecure_registries: tuple[str, ...],
     registry_config: Path | None,
     cgroup_parent: str,
+    bridge: str,
+    bridge_subnet: str,
+    cni_path: str,
     insecure: bool,
     log_level: str,
 ) -> None:
     """Run the agent until SIGTERM or SIGINT."""
     from dockyard.agent.config import AgentConfig
+    from dockyard.agent.network.bridge import check_bridge_name, check_subnet
     from dockyard.common import logging as dlogging
     from dockyard.common.validation import ValidationError, check_name
 
@@ -113,6 +138,15 @@ def run(
         check_registry_flags(registry_mirrors, insecure_registries)
         if not cgroup_parent.strip("/") or ".." in cgroup_parent.split("/"):
             raise ValueError(f"--cgroup-parent {cgroup_parent!r}: expected a cgroup path")
+        for flag, check, value in (("--bridge", check_bridge_name, bridge),
+                                   ("--bridge-subnet", check_subnet, bridge_subnet)):
+            try:
+                check(value)
+            except ValueError as exc:
+                raise ValueError(f"{flag}: {exc}") from None
+        cni_dirs = [d for d in cni_path.split(":") if d]
+        if not cni_dirs or any(not d.startswith("/") for d in cni_dirs):
+            raise ValueError(f"--cni-path {cni_path!r}: expected absolute directories")
     except (AddressError, ValidationError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     config = AgentConfig(
@@ -129,6 +163,9 @@ def run(
         insecure_registries=list(insecure_registries),
         registry_config=registry_config,
         cgroup_parent=cgroup_parent,
+        bridge=bridge,
+        bridge_subnet=bridge_subnet,
+        cni_path=cni_dirs,
         insecure=insecure,
     )
     sys.exit(asyncio.run(_serve(config)))

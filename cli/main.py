@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "job": ("jobs", "job", "Run commands to completion across the cluster."),
     "logs": ("containers", "logs", "Print a container's output."),
     "node": ("nodes", "node", "Manage the cluster's nodes."),
+    "port": ("containers", "port", "List a container's published ports."),
     "ps": ("services", "ps", "List tasks (on a controller) or containers (on an agent)."),
     "pull": ("images", "pull", "Pull an image, with a progress bar per layer."),
     "run": ("container_run", "run", "Run a command in a new container."),

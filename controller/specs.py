@@ -85,8 +85,8 @@ def _check_task(task: TaskSpec) -> None:
             raise ValidationError(f"spec.task.container.{name}", f"at most {MAX_CAPS} entries")
         for cap in caps:
             _check_string(f"spec.task.container.{name}", cap)
-    if container.network not in ("", "none", "host"):
-        raise ValidationError("spec.task.container.network", "must be none or host")
+    if container.network not in ("", "none", "host", "bridge"):
+        raise ValidationError("spec.task.container.network", "must be none, host or bridge")
     _check_seconds("spec.task.container.stop_grace_seconds", container.stop_grace_seconds)
     _check_health(container.healthcheck)
     _check_resources(task.resources)

@@ -38,7 +38,9 @@ __all__ = [
     "InvalidConfig",
     "LogRecord",
     "NameConflict",
+    "NetworkInfo",
     "NetworkMode",
+    "PortMapping",
     "RestartPolicy",
     "RestartPolicyName",
     "SeccompMode",
@@ -48,8 +50,9 @@ __all__ = [
 ]
 
 Stream = Literal["stdout", "stderr"]
-NetworkMode = Literal["none", "host"]
-"""``none``: an own network namespace with only loopback; ``host``: the host's namespace."""
+NetworkMode = Literal["none", "host", "bridge"]
+"""``none``: an own network namespace with only loopback; ``host``: the host's namespace;
+``bridge``: an own namespace joined to the agent's bridge (``dockyard.agent.network``)."""
 SeccompMode = Literal["default", "unconfined"]
 """``default``: Dockyard's seccomp profile; ``unconfined``: no seccomp filter."""
 
@@ -115,6 +118,44 @@ class VolumeMount:
 
 
 @dataclass(frozen=True, slots=True)
+class PortMapping:
+    """A published port: ``host_ip:host_port`` on the node reaches ``container_port``.
+
+    ``host_ip`` ``""`` is every address of the node; ``host_port`` 0 asks the network to
+    pick a free port (the bound mapping, in :class:`NetworkInfo`, has it filled in).
+    """
+
+    container_port: int
+    protocol: str = "tcp"
+    host_port: int = 0
+    host_ip: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict."""
+        return {"container_port": self.container_port, "protocol": self.protocol,
+                "host_port": self.host_port, "host_ip": self.host_ip}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PortMapping:
+        """Inverse of :meth:`to_dict`."""
+        return cls(int(data["container_port"]), str(data.get("protocol") or "tcp"),
+                   int(data.get("host_port", 0)), str(data.get("host_ip", "")))  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkInfo:
+    """Where a container is reachable; for ``bridge``, its address and bound ports."""
+
+    mode: str
+    ip_address: str = ""
+    prefix_length: int = 0
+    gateway: str = ""
+    bridge: str = ""
+    mac_address: str = ""
+    ports: tuple[PortMapping, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ContainerConfig:
     """Everything needed to create one container.
 
@@ -136,7 +177,8 @@ class ContainerConfig:
         pids_limit: Maximum number of tasks; 0 = none.
         read_only: Mount the root filesystem read-only.
         volumes: Host bind mounts.
-        network: ``none`` (own namespace, loopback only) or ``host``.
+        network: ``none`` (own namespace, loopback only), ``host`` or ``bridge``.
+        ports: Published ports (``bridge`` only); bound by the runtime's network.
         labels: Free-form labels.
         restart_policy: Applied by the caller, stored here.
         cap_add: Capabilities added to Docker's default set (``NET_ADMIN`` or
@@ -166,6 +208,7 @@ class ContainerConfig:
     read_only: bool = False
     volumes: Sequence[VolumeMount] = ()
     network: NetworkMode = "none"
+    ports: Sequence[PortMapping] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
     restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
     cap_add: Sequence[str] = ()
@@ -179,6 +222,10 @@ class ContainerConfig:
             raise InvalidConfig(
                 f"unknown seccomp mode {self.seccomp!r} (expected 'default' or 'unconfined')"
             )
+        if self.network not in ("none", "host", "bridge"):
+            raise InvalidConfig(f"unknown network {self.network!r} (none, host or bridge)")
+        if self.ports and self.network != "bridge":
+            raise InvalidConfig(f"published ports need the bridge network, not {self.network}")
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
@@ -188,6 +235,7 @@ class ContainerConfig:
             {"host": str(v.host), "container": v.container, "read_only": v.read_only}
             for v in self.volumes
         ]
+        data["ports"] = [p.to_dict() for p in self.ports]
         data["restart_policy"] = {
             "name": self.restart_policy.name.value,
             "max_retries": self.restart_policy.max_retries,
@@ -210,6 +258,7 @@ class ContainerConfig:
             VolumeMount(Path(v["host"]), v["container"], bool(v.get("read_only", False)))
             for v in fields.get("volumes", [])
         ]
+        fields["ports"] = [PortMapping.from_dict(p) for p in fields.get("ports") or []]
         policy = fields.get("restart_policy") or {}
         fields["restart_policy"] = RestartPolicy(
             RestartPolicyName(policy.get("name", "no")), int(policy.get("max_retries", 0))
@@ -289,6 +338,8 @@ class ContainerInfo:
     config: ContainerConfig
     state: ContainerState
     log_path: Path | None = None
+    network: NetworkInfo | None = None
+    """Set for a ``bridge`` container once its network is attached."""
 
     @property
     def labels(self) -> Mapping[str, str]:

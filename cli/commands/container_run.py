@@ -6,6 +6,7 @@ error) and with the container's exit code otherwise.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -24,7 +25,9 @@ AGENT = "agent"
 RUN_ERROR = 125
 RESTART_POLICIES = ("no", "on-failure", "always", "unless-stopped")
 PULL_POLICIES = ("missing", "always", "never")
-NETWORKS = ("none", "host")
+NETWORKS = ("none", "host", "bridge")
+MAX_PUBLISHED = 256
+"""Most ports one container publishes (the agent's limit too)."""
 MIN_MEMORY = 6 * 1024 * 1024
 _ENV_KEY = re.compile(r"^[^=\s]+$")
 _CAPABILITY = re.compile(r"^[A-Za-z_]+$")
@@ -94,6 +97,68 @@ def parse_volume(text: str) -> Volume:
     if mode not in ("ro", "rw"):
         raise _invalid("-v", text, f"unknown mode {mode!r} (ro or rw)")
     return Volume(os.path.normpath(host), os.path.normpath(container), mode == "ro")
+
+
+@dataclass(frozen=True)
+class PublishedPort:
+    host_ip: str
+    host_port: int
+    container_port: int
+    protocol: str
+
+
+PUBLISH_USAGE = "use [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]"
+
+
+def _port_range(text: str, what: str, spec: str, allow_zero: bool = False) -> tuple[int, int]:
+    """`80` or `8000-8010` to (first, last)."""
+    first, dash, last = text.partition("-")
+    if not first.isascii() or not first.isdigit() or (dash and not (
+            last.isascii() and last.isdigit())):  # fmt: skip
+        raise _invalid("-p", spec, f"{what} {text!r} is not a port number or range")
+    low, high = int(first), int(last) if dash else int(first)
+    lowest = 0 if allow_zero and not dash else 1
+    if not (lowest <= low <= 65535 and lowest <= high <= 65535):
+        raise _invalid("-p", spec, f"{what} {text} is not in 1-65535")
+    if high < low:
+        raise _invalid("-p", spec, f"{what} range {text} ends before it starts")
+    return low, high
+
+
+def parse_publish(spec: str) -> list[PublishedPort]:
+    """Docker's `-p`: `80`, `8080:80`, `127.0.0.1:8080:80`, `127.0.0.1::80`, `53:53/udp`,
+    and equal-size ranges (`8000-8001:80-81`); a missing host port is picked by the agent."""
+    text, slash, protocol = spec.partition("/")
+    protocol = protocol.lower() if slash else "tcp"
+    if protocol not in ("tcp", "udp"):
+        raise _invalid("-p", spec, f"unknown protocol {protocol!r} (tcp or udp)")
+    if text.startswith("["):
+        raise _invalid("-p", spec, "IPv6 host addresses are not supported")
+    parts = text.split(":")
+    if len(parts) > 3 or not parts[-1]:
+        raise _invalid("-p", spec, PUBLISH_USAGE)
+    host_ip = parts[0] if len(parts) == 3 else ""
+    host = parts[-2] if len(parts) >= 2 else ""
+    if host_ip:
+        try:
+            address = ipaddress.ip_address(host_ip)
+        except ValueError:
+            raise _invalid("-p", spec, f"{host_ip!r} is not an IP address") from None
+        if address.version != 4:
+            raise _invalid("-p", spec, "IPv6 host addresses are not supported")
+        host_ip = "" if address.is_unspecified else str(address)
+    first, last = _port_range(parts[-1], "container port", spec)
+    count = last - first + 1
+    if count > MAX_PUBLISHED:
+        raise _invalid("-p", spec, f"at most {MAX_PUBLISHED} ports")
+    if host:
+        host_first, host_last = _port_range(host, "host port", spec, allow_zero=True)
+        if host_last - host_first + 1 != count:
+            raise _invalid("-p", spec, "the host and container port ranges differ in size")
+        hosts = list(range(host_first, host_last + 1))
+    else:
+        hosts = [0] * count
+    return [PublishedPort(host_ip, hosts[i], first + i, protocol) for i in range(count)]
 
 
 def parse_restart(text: str) -> tuple[str, int]:
@@ -179,6 +244,7 @@ class RunFlags:
     volumes: tuple[str, ...] = ()
     restart: str = "no"
     network: str = "none"
+    publish: tuple[str, ...] = ()
     cap_add: tuple[str, ...] = ()
     cap_drop: tuple[str, ...] = ()
     hostname: str | None = None
@@ -207,6 +273,22 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
                        "cannot restart")  # fmt: skip
     if flags.network not in NETWORKS:
         raise _invalid("--network", flags.network, f"use one of {', '.join(NETWORKS)}")
+    ports = [port for spec in flags.publish for port in parse_publish(spec)]
+    if ports and flags.network == "host":
+        raise RunError("conflicting options: -p publishes ports on the bridge network, but "
+                       "with --network host the container uses the host's ports directly")
+    if len(ports) > MAX_PUBLISHED:
+        raise RunError(f"too many published ports: {len(ports)} (at most {MAX_PUBLISHED})")
+    published: list[tuple[str, PublishedPort]] = []
+    for spec in flags.publish:
+        for port in parse_publish(spec):
+            for other_spec, other in published:
+                if port.host_port and (port.host_port, port.protocol) == (
+                        other.host_port, other.protocol) and (
+                        not port.host_ip or not other.host_ip or port.host_ip == other.host_ip):
+                    raise _invalid("-p", spec, f"host port {port.host_port}/{port.protocol} is "
+                                               f"already published by -p {other_spec}")
+            published.append((spec, port))
     if flags.pull not in PULL_POLICIES:
         raise _invalid("--pull", flags.pull, f"use one of {', '.join(PULL_POLICIES)}")
     cap_add = [parse_capability("--cap-add", c) for c in flags.cap_add]
@@ -217,7 +299,12 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
     if not flags.image:
         raise RunError("an image is required")
 
-    from dockyard.v1.containers_pb2 import CreateContainerRequest, RestartPolicySpec, VolumeSpec
+    from dockyard.v1.containers_pb2 import (
+        CreateContainerRequest,
+        PortMapping,
+        RestartPolicySpec,
+        VolumeSpec,
+    )
 
     request = CreateContainerRequest(
         image=flags.image,
@@ -234,6 +321,9 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
                             read_only=v.read_only) for v in volumes],
         restart_policy=RestartPolicySpec(name=restart, max_retries=retries),
         network=flags.network,
+        ports=[PortMapping(host_ip=p.host_ip, host_port=p.host_port,
+                           container_port=p.container_port, protocol=p.protocol)
+               for p in ports],
         labels=flags.labels,
         cap_add=cap_add,
         cap_drop=cap_drop,
@@ -271,8 +361,12 @@ def create_options(command: F) -> F:
         click.option("--restart", default="no", show_default=True,
                      metavar="no|on-failure[:N]|always|unless-stopped",
                      help="Restart policy."),
-        click.option("--network", default="none", show_default=True, metavar="none|host",
-                     help="Network mode."),
+        click.option("--network", default="none", show_default=True,
+                     metavar="none|host|bridge",
+                     help="Network mode (publishing a port implies bridge)."),
+        click.option("-p", "--publish", multiple=True,
+                     metavar="[IP:][HOSTPORT:]CONTAINERPORT[/udp]",
+                     help="Publish a container port on the agent's host (repeatable)."),
         click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability."),
         click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability."),
         click.option("--hostname", default=None, help="Container host name."),
@@ -299,7 +393,8 @@ def _flags(kwargs: dict[str, Any]) -> RunFlags:
         env=kwargs["env"], workdir=kwargs["workdir"], user=kwargs["user"],
         memory=kwargs["memory"], cpus=kwargs["cpus"], pids_limit=kwargs["pids_limit"],
         read_only=kwargs["read_only"], volumes=kwargs["volumes"], restart=kwargs["restart"],
-        network=kwargs["network"], cap_add=kwargs["cap_add"], cap_drop=kwargs["cap_drop"],
+        network=kwargs["network"], publish=kwargs["publish"],
+        cap_add=kwargs["cap_add"], cap_drop=kwargs["cap_drop"],
         hostname=kwargs["hostname"], entrypoint=kwargs["entrypoint"], pull=kwargs["pull"],
         rm=kwargs["rm"], privileged=kwargs["privileged"], security_opt=kwargs["security_opt"],
     )

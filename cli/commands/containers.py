@@ -107,7 +107,20 @@ def command_text(record: Any) -> str:
     return f'"{truncate(" ".join(words), COMMAND_WIDTH)}"'
 
 
-def container_rows(records: list[Any], now: float | None = None) -> list[list[str]]:
+def port_text(port: Any) -> str:
+    """`127.0.0.1:8080->80/tcp`, as docker shows a published port."""
+    return (f"{port.host_ip or '0.0.0.0'}:{port.host_port}->{port.container_port}/"
+            f"{port.protocol or 'tcp'}")  # fmt: skip
+
+
+def ports_text(record: Any) -> str:
+    """The PORTS column: every published port, as bound."""
+    return ", ".join(port_text(p) for p in record.network.ports)
+
+
+def container_rows(records: list[Any], now: float | None = None,
+                   ports: bool = False) -> list[list[str]]:  # fmt: skip
+    """`docker ps` rows; `ports` adds the PORTS column (before NAMES)."""
     from dockyard.cli.humanize import container_status, created_ago, short_id
 
     return [
@@ -117,6 +130,7 @@ def container_rows(records: list[Any], now: float | None = None) -> list[list[st
             command_text(r),
             created_ago(r.created_at, now),
             container_status(r.state, now),
+            *([ports_text(r)] if ports else []),
             r.name,
         ]
         for r in records
@@ -124,6 +138,8 @@ def container_rows(records: list[Any], now: float | None = None) -> list[list[st
 
 
 CONTAINER_HEADERS = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
+CONTAINER_HEADERS_PORTS = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
+                           "NAMES"]  # fmt: skip
 
 
 @container.command("ls")
@@ -145,8 +161,39 @@ def list_containers(options: GlobalOptions, show_all: bool, quiet: bool) -> None
             click.echo(short_id(r.id))
     elif options.output != "table":
         emit_data(records, options.output)
+    elif any(r.network.ports for r in records):  # PORTS only when something is published
+        emit_table(CONTAINER_HEADERS_PORTS, container_rows(records, ports=True))
     else:
         emit_table(CONTAINER_HEADERS, container_rows(records))
+
+
+@container.command("port")
+@click.argument("ref", metavar="CONTAINER")
+@click.argument("private", required=False, metavar="[PRIVATE_PORT[/PROTO]]")
+@pass_options
+def port(options: GlobalOptions, ref: str, private: str | None) -> None:
+    """List a container's published ports, or where one of its ports is published."""
+    from dockyard.v1.containers_pb2 import ContainerRef
+
+    wanted: tuple[int, str] | None = None
+    if private is not None:
+        number, _, protocol = private.partition("/")
+        if not number.isascii() or not number.isdigit() or protocol not in ("", "tcp", "udp"):
+            raise click.BadParameter(f"{private!r}: use PORT or PORT/tcp|udp",
+                                     param_hint="PRIVATE_PORT")  # fmt: skip
+        wanted = (int(number), protocol or "tcp")
+    record = call(options.target(), containers_stub, "Inspect", ContainerRef(container=ref),
+                  what=AGENT)  # fmt: skip
+    found = False
+    for mapping in record.network.ports:
+        key = (mapping.container_port, mapping.protocol or "tcp")
+        if wanted is not None and key != wanted:
+            continue
+        found = True
+        address = f"{mapping.host_ip or '0.0.0.0'}:{mapping.host_port}"
+        click.echo(address if wanted is not None else f"{key[0]}/{key[1]} -> {address}")
+    if wanted is not None and not found:
+        raise CliError(f"no public port '{wanted[0]}/{wanted[1]}' published for {ref}")
 
 
 @container.command("inspect")

@@ -288,9 +288,9 @@ SETTINGS: list[Setting] = [
     *_update_settings("rollback"),
     Setting("publish", "[PUBLISHED:]TARGET[/udp]", "Publish a port on the node.", short="p",
             where=SERVICE, item=_port_item, field=lambda s: s.task.ports),
-    Setting("network", "none|host", "Network mode.",
+    Setting("network", "none|host|bridge", "Network mode (published ports imply bridge).",
             apply=_set("task.container.network",
-                       lambda label, text: parse_choice(label, text, ("none", "host")))),
+                       lambda label, text: parse_choice(label, text, ("none", "host", "bridge")))),
     Setting("read-only", "", "Mount the root filesystem read-only.", is_bool=True,
             apply=_set("task.container.read_only", _bool)),
     Setting("privileged", "", "Every capability, no seccomp, the host's devices (only if "

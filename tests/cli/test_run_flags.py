@@ -52,7 +52,7 @@ def invoke(*args: str) -> tuple[int, str, str]:
         (["--cpus", "lots"], "dockyard: invalid --cpus 'lots': not a number"),
         (["--cpus", "nan"], "dockyard: invalid --cpus 'nan': must be a number greater than 0"),
         (["--pids-limit", "-5"], "dockyard: invalid --pids-limit '-5'"),
-        (["--network", "bridge"], "dockyard: invalid --network 'bridge': use one of none, host"),
+        (["--network", "overlay"], "dockyard: invalid --network 'overlay': use one of none,"),
         (["--pull", "sometimes"], "dockyard: invalid --pull 'sometimes'"),
         (["-w", "rel/dir"], "dockyard: invalid -w 'rel/dir': the working directory must be"),
         (["--name", "-bad"], "dockyard: invalid --name '-bad'"),

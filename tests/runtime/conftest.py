@@ -1,14 +1,23 @@
-"""Fixtures for the runc runtime tests: a busybox rootfs and a runtime that cleans up."""
+"""Fixtures for the runc runtime tests: a busybox rootfs and a runtime that cleans up.
+
+`cleanup_everything` also releases the bridge network of an agent state dir (see
+`cleanup_network`), so every test that runs agents leaves no namespace, veth, bridge,
+iptables rule or IPAM reservation behind, also when it failed.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import shlex
 import shutil
 import subprocess
+import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,7 +94,8 @@ class Env:
 
 
 def cleanup_everything(state_root: Path, cgroup_parent: str) -> None:
-    """Kill and delete every container of this runc root, unmount, remove cgroups."""
+    """Kill and delete every container of this runc root, unmount, remove cgroups; then
+    release the bridge network of the agent state dir that holds it (`<state>/network`)."""
     runc_root = state_root / "runc"
     if runc_root.is_dir():
         for entry in runc_root.iterdir():
@@ -114,6 +124,122 @@ def cleanup_everything(state_root: Path, cgroup_parent: str) -> None:
                     d.rmdir()
             with contextlib.suppress(OSError):
                 cg.rmdir()
+    if (state_root.parent / "network").is_dir():
+        cleanup_network(state_root.parent / "network")
+
+
+# -- the bridge network -------------------------------------------------------------
+
+SHARED_CHAINS = frozenset({
+    "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK", "CNI-FORWARD",
+    "CNI-ADMIN", "INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING",
+})  # fmt: skip
+"""Chains the plugins share between containers (left in place, as the plugins do)."""
+
+
+def _in_thread(coro_factory: Callable[[], Coroutine[Any, Any, object]]) -> None:
+    """Run a coroutine to completion on a fresh loop in another thread (the caller may
+    itself be inside a running loop)."""
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro_factory())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join(120)
+    if errors:
+        print(f"network cleanup: {errors[0]!r}")
+
+
+def bridge_links(bridge: str) -> list[str]:
+    """The interfaces enslaved to `bridge` (its containers' host-side veths)."""
+    brif = Path("/sys/class/net") / bridge / "brif"
+    return sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
+
+
+def iptables_lines(patterns: Iterable[str]) -> list[tuple[str, str]]:
+    """`(table, rule)` of every iptables rule or chain that mentions one of `patterns`."""
+    wanted = [p for p in patterns if p]
+    if not wanted:
+        return []
+    saved = subprocess.run(["iptables-save"], capture_output=True, text=True, check=False)
+    table = ""
+    found = []
+    for line in saved.stdout.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif any(p in line for p in wanted):
+            found.append((table, line))
+    return found
+
+
+def purge_iptables(patterns: Iterable[str]) -> None:
+    """Delete every rule that mentions one of `patterns`, and the per-container chains
+    those rules jump to or live in (never the shared ones)."""
+    chains: set[tuple[str, str]] = set()
+    for table, line in iptables_lines(patterns):
+        if not line.startswith("-A "):
+            continue
+        words = shlex.split(line)
+        chain = words[1]
+        if "-j" in words:
+            chains.add((table, words[words.index("-j") + 1]))
+        chains.add((table, chain))
+        subprocess.run(["iptables", "-w", "-t", table, "-D", *words[1:]],
+                       capture_output=True, check=False)  # fmt: skip
+    for table, chain in chains:
+        if chain.startswith("CNI-") and chain not in SHARED_CHAINS:
+            subprocess.run(["iptables", "-w", "-t", table, "-F", chain], capture_output=True,
+                           check=False)  # fmt: skip
+            subprocess.run(["iptables", "-w", "-t", table, "-X", chain], capture_output=True,
+                           check=False)  # fmt: skip
+
+
+def cleanup_network(network_root: Path, bridge: str | None = None,
+                    patterns: Iterable[str] = ()) -> None:  # fmt: skip
+    """Release everything an agent's bridge network holds, as if its containers were
+    removed: CNI DEL of every recorded attachment (the agent's own code), then, in case
+    that failed, delete the namespaces of the bridge, every rule naming one of its
+    containers or addresses (or `patterns`), and the bridge itself once nothing is on it
+    (its ports are deleted when `bridge` names it: a test bridge)."""
+    from dockyard.agent.network.bridge import BridgeConfig, BridgeNetwork
+    from dockyard.agent.network.netns import list_netns
+    from dockyard.agent.network.store import AttachmentStore
+
+    records = AttachmentStore(network_root).load_all()
+    bridges = {r.bridge for r in records.values()} | ({bridge} if bridge else set())
+    leftovers = [*records, *patterns]
+    leftovers += [f"{r.ip_address}/32" for r in records.values() if r.ip_address]
+    for name in sorted(bridges):
+        network = BridgeNetwork(network_root, BridgeConfig(bridge=name))
+
+        async def release(network: BridgeNetwork = network) -> None:
+            try:
+                await network.recover({})
+            finally:
+                await network.close()  # its lock on the bridge
+
+        _in_thread(release)
+        for netns in list_netns():
+            if netns.startswith(f"dy-{name}-"):
+                subprocess.run(["ip", "netns", "delete", netns], capture_output=True,
+                               check=False)  # fmt: skip
+    purge_iptables(leftovers)
+    for name in sorted(bridges):
+        if name == bridge:
+            for link in bridge_links(name):
+                subprocess.run(["ip", "link", "delete", link], capture_output=True,
+                               check=False)  # fmt: skip
+        if Path(f"/sys/class/net/{name}").exists() and not bridge_links(name):
+            subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
+    if bridge:  # a test's own bridge: its lock file too
+        from dockyard.agent.network.bridge import LOCK_DIR
+
+        (LOCK_DIR / f"{bridge}.lock").unlink(missing_ok=True)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from dockyard.agent.runtime.runc.store import ContainerDir, write_atomic
 
 __all__ = [
     "ResolvedUser",
+    "bridge_resolv_conf",
     "clear_exit_files",
     "host_devices",
     "read_exit",
@@ -40,18 +41,61 @@ def read_user_db(rootfs: Path) -> tuple[str, str]:
     return _read_text(rootfs / "etc" / "passwd"), _read_text(rootfs / "etc" / "group")
 
 
-def write_etc_files(etc: EtcFiles, hostname: str, network: str) -> None:
-    """The container's /etc/hosts, /etc/resolv.conf and /etc/hostname."""
+SYSTEMD_RESOLV_CONF = Path("/run/systemd/resolve/resolv.conf")
+"""systemd-resolved's list of the real upstream servers (its stub is 127.0.0.53)."""
+
+
+def _loopback_nameserver(line: str) -> bool:
+    words = line.split()
+    if len(words) < 2 or words[0] != "nameserver":
+        return False
+    address = words[1].split("%", 1)[0]
+    return address.startswith("127.") or address in ("::1", "0:0:0:0:0:0:0:1")
+
+
+def bridge_resolv_conf(host_text: str, fallback_text: str = "") -> str:
+    """A resolv.conf for a container in its own network namespace.
+
+    Loopback nameservers (127.x, ::1: a local dnsmasq or systemd-resolved's stub) cannot
+    be reached from the namespace, so they are dropped. When that leaves none,
+    ``fallback_text`` (systemd-resolved's upstream list) is tried the same way; when
+    that has none either, the container gets no nameserver (search and options stay).
+    """
+    def has_nameserver(text: str) -> bool:
+        return any(line.split()[:1] == ["nameserver"] and not _loopback_nameserver(line)
+                   for line in text.splitlines())  # fmt: skip
+
+    text = host_text
+    if not has_nameserver(host_text) and has_nameserver(fallback_text):
+        text = fallback_text
+    kept = [line for line in text.splitlines() if not _loopback_nameserver(line)]
+    result = "\n".join(kept).strip("\n")
+    return f"{result}\n" if result else ""
+
+
+def write_etc_files(etc: EtcFiles, hostname: str, network: str, address: str = "",
+                    name: str = "") -> None:  # fmt: skip
+    """The container's /etc/hosts, /etc/resolv.conf and /etc/hostname.
+
+    On the bridge, ``address`` (the container's) resolves to its host name and name.
+    """
     etc.hosts.parent.mkdir(parents=True, exist_ok=True)
+    resolv = _read_text(Path("/etc/resolv.conf"))
     if network == "host":
         hosts = _read_text(Path("/etc/hosts"))
     else:
+        own = address or "127.0.1.1"
+        names = hostname
+        if network == "bridge" and name and name != hostname:
+            names = f"{hostname} {name}"
         hosts = (
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"127.0.1.1\t{hostname}\n"
+            f"{own}\t{names}\n"
         )
+    if network == "bridge":
+        resolv = bridge_resolv_conf(resolv, _read_text(SYSTEMD_RESOLV_CONF))
     write_atomic(etc.hosts, hosts.encode())
-    write_atomic(etc.resolv_conf, _read_text(Path("/etc/resolv.conf")).encode())
+    write_atomic(etc.resolv_conf, resolv.encode())
     write_atomic(etc.hostname, f"{hostname}\n".encode())
 
 

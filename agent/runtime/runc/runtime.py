@@ -23,6 +23,8 @@ from pathlib import Path
 
 import structlog
 
+from dockyard.agent.network.bridge import BridgeNetwork
+from dockyard.agent.network.errors import NetworkError
 from dockyard.agent.runtime.base import (
     ContainerConfig,
     ContainerInfo,
@@ -35,6 +37,7 @@ from dockyard.agent.runtime.base import (
     InvalidConfig,
     LogRecord,
     NameConflict,
+    NetworkInfo,
     Stats,
 )
 from dockyard.agent.runtime.runc import files
@@ -73,6 +76,7 @@ class RuncRuntime:
         runc_binary: str = "runc",
         conmon_binary: str = "conmon",
         cgroup_parent: str = "dockyard",
+        network: BridgeNetwork | None = None,
     ) -> None:
         """Keep state under ``state_root``; runc's own state under ``state_root/runc``.
 
@@ -81,6 +85,8 @@ class RuncRuntime:
             runc_binary: runc name or path.
             conmon_binary: conmon name or path.
             cgroup_parent: cgroup (in every v1 hierarchy) that holds the containers'.
+            network: The agent's bridge, for ``bridge`` containers (none: they are
+                refused).
         """
         self.state_root = Path(state_root)
         self.runc = shutil.which(runc_binary) or runc_binary
@@ -88,6 +94,7 @@ class RuncRuntime:
         self.runc_root = self.state_root / "runc"
         self.containers_root = self.state_root / "containers"
         self.cgroup_parent = cgroup_parent.strip("/")
+        self.network = network
         self._records: dict[str, ContainerRecord] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -150,6 +157,16 @@ class RuncRuntime:
     async def _save(self, record: ContainerRecord) -> None:
         await save_record(self._dir(record.config.id), record)
 
+    def _info(self, record: ContainerRecord) -> ContainerInfo:
+        return record.info(self._dir(record.config.id).log, self._network_info(record))
+
+    def _network_info(self, record: ContainerRecord) -> NetworkInfo:
+        mode = record.config.network
+        if mode == "bridge" and self.network is not None:
+            attached = self.network.info(record.config.id)
+            return attached or NetworkInfo(mode="bridge", bridge=self.network.config.bridge)
+        return NetworkInfo(mode=mode)
+
     # ---------------------------------------------------------------- lifecycle
 
     async def create(self, config: ContainerConfig) -> ContainerInfo:
@@ -171,7 +188,14 @@ class RuncRuntime:
             cgroups_path=f"/{self.cgroup_parent}/{config.id}",
         )
         self._records[config.id] = record  # reserve id and name while we await
+        network = self.network if config.network == "bridge" else None
         try:
+            address, netns = "", None
+            if config.network == "bridge":
+                if network is None:
+                    raise NetworkError("this agent has no bridge network")
+                attachment = await network.attach(config.id, config.ports)  # ports first
+                address, netns = attachment.ip_address, attachment.netns_path
             await asyncio.to_thread(cdir.bundle.mkdir, parents=True, exist_ok=False)
             layer = ContainerLayer(config.lower_dirs, cdir.base)
             rootfs = await layer.mount()
@@ -179,18 +203,21 @@ class RuncRuntime:
             user = resolve_user(config.user or config.image_config.get("User"), passwd, group)
             hostname = config.hostname or config.id[:12]
             etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
-            await asyncio.to_thread(files.write_etc_files, etc, hostname, config.network)
+            await asyncio.to_thread(files.write_etc_files, etc, hostname, config.network,
+                                    address, config.name)  # fmt: skip
             devices = await asyncio.to_thread(files.host_devices) if config.privileged else []
-            spec = build_spec(config, rootfs, user, etc, record.cgroups_path, devices)
+            spec = build_spec(config, rootfs, user, etc, record.cgroups_path, devices, netns)
             await asyncio.to_thread(files.write_json, cdir.spec, spec)
             await self._save(record)
         except BaseException:
             self._records.pop(config.id, None)
             await self._discard_dir(cdir, config.lower_dirs)
+            if network is not None:
+                await asyncio.shield(network.detach(config.id))
             raise
         self._event(config.id).clear()
         log.info("container created", container_id=config.id, name=config.name)
-        return record.info(cdir.log)
+        return self._info(record)
 
     async def _discard_dir(self, cdir: ContainerDir, lower_dirs: Sequence[Path]) -> None:
         if lower_dirs:
@@ -357,6 +384,8 @@ class RuncRuntime:
             for path in await asyncio.to_thread(cgroup.controllers_present):
                 await asyncio.to_thread(rmdir_tree, path)
             await self._discard_dir(cdir, record.config.lower_dirs)
+            if self.network is not None:  # its address, rules, ports and namespace
+                await asyncio.shield(self.network.detach(cid))
         self._locks.pop(cid, None)
         self._exited.pop(cid, None)
         log.info("container removed", container_id=cid)
@@ -367,15 +396,15 @@ class RuncRuntime:
         """Running containers, or every one with ``all``."""
         await self._ensure_loaded()
         return [
-            r.info(self._dir(cid).log)
-            for cid, r in self._records.items()
+            self._info(r)
+            for r in self._records.values()
             if all or r.state.status is ContainerStatus.RUNNING
         ]
 
     async def inspect(self, container_id: str) -> ContainerInfo:
         """One container by id or name."""
         record = await self._get(container_id)
-        return record.info(self._dir(record.config.id).log)
+        return self._info(record)
 
     async def logs(
         self,
@@ -503,8 +532,31 @@ class RuncRuntime:
                     await self._runc("delete", cid, check=False)
             else:
                 self._event(cid).set()
+        await self._recover_network()
         log.info("runtime recovered", containers=len(self._records))
-        return [r.info(self._dir(cid).log) for cid, r in self._records.items()]
+        return [self._info(r) for r in self._records.values()]
+
+    async def _recover_network(self) -> None:
+        """Bridge attachments: release those of removed containers, hold the ports of the
+        others again, set up a namespace a reboot took; rewrite /etc/hosts if an address
+        changed."""
+        if self.network is None:
+            return
+        keep = {cid: r.config.ports for cid, r in self._records.items()
+                if r.config.network == "bridge"}  # fmt: skip
+        for cid in await self.network.recover(keep):
+            record = self._records[cid]
+            attachment = self.network.get(cid)
+            if attachment is None:
+                continue
+            etc = self._dir(cid).etc
+            config = record.config
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(
+                    files.write_etc_files,
+                    EtcFiles(etc / "hosts", etc / "resolv.conf", etc / "hostname"),
+                    config.hostname or cid[:12], "bridge", attachment.ip_address, config.name,
+                )  # fmt: skip
 
     async def close(self) -> None:
         """Stop watching (containers keep running under conmon)."""
@@ -514,9 +566,14 @@ class RuncRuntime:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._watchers.clear()
         await asyncio.gather(*self._cleanups, return_exceptions=True)
+        if self.network is not None:
+            await self.network.close()
 
 
 def _move_aside(source: Path, destination: Path) -> None:
-    """Rename `source` to `destination` (same filesystem: instant)."""
+    """Rename `source` to `destination` (same filesystem: instant); nothing if it is gone
+    (a create refused before it made the directory)."""
+    if not os.path.lexists(source):
+        return
     destination.parent.mkdir(parents=True, exist_ok=True)
     os.replace(source, destination)

@@ -180,6 +180,11 @@ def _parse_db(text: str, min_fields: int) -> list[list[str]]:
     return rows
 
 
+def _is_id(text: str) -> bool:
+    """A uid or gid: ASCII digits only (str.isdigit also takes "¹" and "٣", which int() refuses)."""
+    return text.isascii() and text.isdigit()
+
+
 def resolve_user(user: str | None, passwd: str, group: str) -> ResolvedUser:
     """Resolve ``name``, ``uid``, ``uid:gid``, ``name:group`` against the rootfs databases.
 
@@ -194,7 +199,7 @@ def resolve_user(user: str | None, passwd: str, group: str) -> ResolvedUser:
     users = _parse_db(passwd, 4)
     groups = _parse_db(group, 3)
     entry: list[str] | None = None
-    if user_part.isdigit():
+    if _is_id(user_part):
         uid = int(user_part)
         entry = next((row for row in users if row[2] == user_part), None)
     else:
@@ -203,10 +208,12 @@ def resolve_user(user: str | None, passwd: str, group: str) -> ResolvedUser:
             raise InvalidConfig(
                 f"unable to find user {user_part}: no matching entries in passwd file"
             )
+        if not _is_id(entry[2]):
+            raise InvalidConfig(f"user {user_part}: the passwd file has no numeric uid for it")
         uid = int(entry[2])
-    gid = int(entry[3]) if entry is not None and entry[3].isdigit() else 0
+    gid = int(entry[3]) if entry is not None and _is_id(entry[3]) else 0
     if group_part:
-        if group_part.isdigit():
+        if _is_id(group_part):
             gid = int(group_part)
         else:
             grow = next((row for row in groups if row[0] == group_part), None)
@@ -214,13 +221,15 @@ def resolve_user(user: str | None, passwd: str, group: str) -> ResolvedUser:
                 raise InvalidConfig(
                     f"unable to find group {group_part}: no matching entries in group file"
                 )
+            if not _is_id(grow[2]):
+                raise InvalidConfig(f"group {group_part}: the group file has no numeric gid")
             gid = int(grow[2])
     name = entry[0] if entry is not None else None
     extra: list[int] = []
     if name is not None and not group_part:
         for row in groups:
             members = row[3].split(",") if len(row) > 3 else []
-            if name in members and row[2].isdigit() and int(row[2]) != gid:
+            if name in members and _is_id(row[2]) and int(row[2]) != gid:
                 extra.append(int(row[2]))
     return ResolvedUser(uid=uid, gid=gid, additional_gids=tuple(extra))
 
@@ -344,11 +353,13 @@ def build_spec(
     etc: EtcFiles,
     cgroups_path: str,
     host_devices: Sequence[Mapping[str, Any]] = (),
+    netns_path: str | None = None,
 ) -> dict[str, Any]:
     """The whole OCI runtime spec for ``config`` with its rootfs mounted at ``rootfs``.
 
     ``host_devices`` (OCI ``linux.devices`` entries, see ``files.host_devices``) are
     created in a privileged container's ``/dev``; they are ignored otherwise.
+    ``netns_path`` is the named network namespace a ``bridge`` container joins.
     """
     image: Mapping[str, Any] = config.image_config
     env = merge_env(list(image.get("Env") or []), list(config.env))
@@ -359,8 +370,12 @@ def build_spec(
     process = build_process(
         process_args(config), env, str(cwd), user, caps=caps, nofile=default_nofile(),
     )  # fmt: skip
-    namespaces = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
-    if config.network != "host":
+    namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
+    if config.network == "bridge":
+        if not netns_path:
+            raise InvalidConfig(f"container {config.id}: the bridge network needs a namespace")
+        namespaces.append({"type": "network", "path": netns_path})
+    elif config.network != "host":
         namespaces.append({"type": "network"})
     etc_mounts = [
         {"destination": dest, "type": "bind", "source": str(src),

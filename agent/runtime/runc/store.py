@@ -16,7 +16,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dockyard.agent.runtime.base import ContainerConfig, ContainerInfo, ContainerState
+from dockyard.agent.runtime.base import (
+    ContainerConfig,
+    ContainerInfo,
+    ContainerState,
+    NetworkInfo,
+)
 from dockyard.agent.runtime.runc.conmon import ConmonPaths
 
 __all__ = ["ContainerDir", "ContainerRecord", "load_record", "save_record"]
@@ -65,7 +70,7 @@ class ContainerRecord:
     cgroups_path: str = ""
     conmon_pid: int = 0
 
-    def info(self, log_path: Path) -> ContainerInfo:
+    def info(self, log_path: Path, network: NetworkInfo | None = None) -> ContainerInfo:
         """A snapshot for callers (state copied so they cannot change ours)."""
         return ContainerInfo(
             id=self.config.id,
@@ -75,6 +80,7 @@ class ContainerRecord:
             config=self.config,
             state=ContainerState.from_dict(self.state.to_dict()),
             log_path=log_path,
+            network=network,
         )
 
     def to_dict(self) -> dict[str, Any]:

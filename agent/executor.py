@@ -16,7 +16,12 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from dockyard.agent.runtime.base import ExitInfo
-from dockyard.v1.containers_pb2 import CreateContainerRequest, PortMapping
+from dockyard.v1.containers_pb2 import (
+    CreateContainerRequest,
+    PortMapping,
+    TmpfsSpec,
+    VolumeSpec,
+)
 from dockyard.v1.workloads_pb2 import Task
 
 __all__ = [
@@ -140,6 +145,10 @@ def create_request(task: Task) -> CreateContainerRequest:
         cap_drop=list(spec.cap_drop),
         hostname=spec.hostname,
         privileged=spec.privileged,  # the controller checked the cluster's policy
+        volumes=[VolumeSpec(host_path=m.source, container_path=m.target, read_only=m.read_only)
+                 for m in spec.mounts if m.type == "bind"],
+        tmpfs=[TmpfsSpec(container_path=m.target, size_bytes=m.tmpfs_size_bytes)
+               for m in spec.mounts if m.type == "tmpfs"],
     )
     request.restart_policy.name = "no"
     return request

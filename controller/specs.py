@@ -12,6 +12,7 @@ from dockyard.common.reference import InvalidReference, parse_reference
 from dockyard.common.validation import ValidationError, check_labels, check_name
 from dockyard.v1.workloads_pb2 import (
     HealthCheck,
+    Mount,
     Placement,
     ResourceRequirements,
     RestartPolicy,
@@ -87,12 +88,50 @@ def _check_task(task: TaskSpec) -> None:
             _check_string(f"spec.task.container.{name}", cap)
     if container.network not in ("", "none", "host", "bridge"):
         raise ValidationError("spec.task.container.network", "must be none, host or bridge")
+    _check_mounts(list(container.mounts))
     _check_seconds("spec.task.container.stop_grace_seconds", container.stop_grace_seconds)
     _check_health(container.healthcheck)
     _check_resources(task.resources)
     _check_placement(task.placement)
     _check_restart(task.restart_policy)
     _check_ports(task)
+
+
+MAX_MOUNTS = 64
+MAX_TMPFS_BYTES = 1 << 40
+
+
+def _check_mounts(mounts: list[Mount]) -> None:
+    """Docker's --mount: bind (an absolute source on the node) or tmpfs, absolute targets,
+    one mount per target."""
+    if len(mounts) > MAX_MOUNTS:
+        raise ValidationError("spec.task.container.mounts", f"at most {MAX_MOUNTS} mounts")
+    targets: set[str] = set()
+    for index, mount in enumerate(mounts):
+        field = f"spec.task.container.mounts[{index}]"
+        if mount.type not in ("bind", "tmpfs"):
+            raise ValidationError(f"{field}.type", f"must be bind or tmpfs, got "
+                                                   f"{mount.type[:40]!r} (named volumes are not "
+                                                   "supported)")  # fmt: skip
+        for name in ("source", "target"):
+            _check_string(f"{field}.{name}", getattr(mount, name))
+            if "\x00" in getattr(mount, name):
+                raise ValidationError(f"{field}.{name}", "contains a NUL character")
+        if not mount.target.startswith("/"):
+            raise ValidationError(f"{field}.target", f"must be an absolute path, got "
+                                                     f"{mount.target[:200]!r}")  # fmt: skip
+        if mount.type == "bind" and not mount.source.startswith("/"):
+            raise ValidationError(f"{field}.source", f"a bind source must be an absolute path "
+                                                     f"on the node, got {mount.source[:200]!r}")
+        if mount.type == "tmpfs" and (mount.source or mount.read_only):
+            raise ValidationError(f"{field}.source", "a tmpfs has no source and is writable")
+        if not 0 <= mount.tmpfs_size_bytes <= MAX_TMPFS_BYTES or (
+                mount.type == "bind" and mount.tmpfs_size_bytes):  # fmt: skip
+            raise ValidationError(f"{field}.tmpfs_size_bytes", "a tmpfs size, 0 to 1 TiB")
+        target = mount.target.rstrip("/") or "/"
+        if target in targets:
+            raise ValidationError(f"{field}.target", f"another mount is at {mount.target!r}")
+        targets.add(target)
 
 
 def _check_string(field: str, value: str) -> None:

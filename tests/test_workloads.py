@@ -201,6 +201,12 @@ def _exists(control: Any, name: str) -> bool:
          "INVALID_ARGUMENT", "memory_bytes"),
         (lambda s: setattr(s, "name", "bad name"), "INVALID_ARGUMENT", "spec.name"),
         (lambda s: s.task.container.env.append("=x"), "INVALID_ARGUMENT", "env"),
+        (lambda s: s.task.container.mounts.add(type="volume", source="data", target="/d"),
+         "INVALID_ARGUMENT", "spec.task.container.mounts[0].type"),
+        (lambda s: s.task.container.mounts.add(type="bind", source="rel", target="/d"),
+         "INVALID_ARGUMENT", "spec.task.container.mounts[0].source"),
+        (lambda s: [s.task.container.mounts.add(type="tmpfs", target="/d") for _ in range(2)],
+         "INVALID_ARGUMENT", "spec.task.container.mounts[1].target"),
     ],
 )
 def test_bad_service_specs_are_refused_and_nothing_is_written(

@@ -37,6 +37,7 @@ from dockyard.agent.containers.request import (
     parse_image_ref,
     parse_signal,
     ports_of,
+    tmpfs_of,
     volumes_of,
 )
 from dockyard.agent.images.errors import ImageNotFound
@@ -259,6 +260,7 @@ class ContainerManager:
                 pids_limit=max(0, request.pids_limit),
                 read_only=request.read_only,
                 volumes=volumes_of(request),
+                tmpfs=tmpfs_of(request),
                 network=network,
                 ports=ports,
                 labels=dict(request.labels),

@@ -16,6 +16,7 @@ from dockyard.agent.runtime.base import (
     PortMapping,
     RestartPolicy,
     RestartPolicyName,
+    TmpfsMount,
     VolumeMount,
 )
 from dockyard.agent.runtime.runc.spec import ALL_CAPABILITIES
@@ -29,6 +30,7 @@ __all__ = [
     "parse_restart_policy",
     "parse_signal",
     "ports_of",
+    "tmpfs_of",
     "volumes_of",
 ]
 
@@ -95,6 +97,38 @@ def parse_signal(text: str) -> int:
         return int(signals.Signals[name])
     except KeyError:
         raise InvalidArgument("signal", f"unknown signal {text!r}") from None
+
+
+MAX_MOUNTS = 64
+MAX_TMPFS_BYTES = 1 << 40
+
+
+def tmpfs_of(request: CreateContainerRequest) -> list[TmpfsMount]:
+    """The request's tmpfs mounts: absolute paths, sizes from 0 (the default) to 1 TiB."""
+    mounts = []
+    for index, tmpfs in enumerate(request.tmpfs):
+        field = f"tmpfs[{index}]"
+        if not tmpfs.container_path.startswith("/"):
+            raise InvalidArgument(f"{field}.container_path",
+                                  f"not absolute: {tmpfs.container_path[:200]!r}")  # fmt: skip
+        if not 0 <= tmpfs.size_bytes <= MAX_TMPFS_BYTES:
+            raise InvalidArgument(f"{field}.size_bytes", "must be 0 (default) to 1 TiB, got "
+                                                         f"{tmpfs.size_bytes}")  # fmt: skip
+        mounts.append(TmpfsMount(tmpfs.container_path, tmpfs.size_bytes))
+    return mounts
+
+
+def _check_mount_targets(request: CreateContainerRequest) -> None:
+    targets = [v.container_path for v in request.volumes] + [
+        t.container_path for t in request.tmpfs]
+    if len(targets) > MAX_MOUNTS:
+        raise InvalidArgument("volumes", f"at most {MAX_MOUNTS} mounts, got {len(targets)}")
+    seen: set[str] = set()
+    for target in targets:
+        normal = target.rstrip("/") or "/"
+        if normal in seen:
+            raise InvalidArgument("volumes", f"two mounts at {target[:200]!r}")
+        seen.add(normal)
 
 
 def volumes_of(request: CreateContainerRequest) -> list[VolumeMount]:
@@ -214,6 +248,8 @@ def check_create(request: CreateContainerRequest) -> tuple[Reference, RestartPol
         raise InvalidArgument("seccomp", f"unknown seccomp mode {request.seccomp!r} "
                                          "(default or unconfined)")  # fmt: skip
     volumes_of(request)
+    tmpfs_of(request)
+    _check_mount_targets(request)
     if network == "bridge" or ports:  # publishing implies the bridge
         return ref, policy, "bridge"
     return ref, policy, "host" if network == "host" else "none"

@@ -54,6 +54,14 @@ def _port_bindings(task: Task) -> tuple[dict[str, Any], dict[str, list[dict[str,
     return exposed, bindings
 
 
+def _mount(mount: Any) -> dict[str, Any]:
+    if mount.type == "tmpfs":
+        options = {"SizeBytes": mount.tmpfs_size_bytes} if mount.tmpfs_size_bytes else {}
+        return {"Type": "tmpfs", "Target": mount.target, "TmpfsOptions": options}
+    return {"Type": "bind", "Source": mount.source, "Target": mount.target,
+            "ReadOnly": mount.read_only}
+
+
 def container_config(task: Task) -> dict[str, Any]:
     """The engine's create body for a task (the same fields as the runc path)."""
     spec = task.spec.container
@@ -77,6 +85,9 @@ def container_config(task: Task) -> dict[str, Any]:
         host["PidsLimit"] = task.spec.resources.pids_limit
     if bindings:
         host["PortBindings"] = bindings
+    mounts = [_mount(m) for m in spec.mounts]
+    if mounts:
+        host["Mounts"] = mounts
     config: dict[str, Any] = {
         "Image": _pull_reference(spec.image),
         "Env": list(spec.env),

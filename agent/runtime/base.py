@@ -118,6 +118,14 @@ class VolumeMount:
 
 
 @dataclass(frozen=True, slots=True)
+class TmpfsMount:
+    """A tmpfs (memory-backed, gone with the container) at ``container``."""
+
+    container: str
+    size_bytes: int = 0  # 0: the kernel's default, half of the node's memory
+
+
+@dataclass(frozen=True, slots=True)
 class PortMapping:
     """A published port: ``host_ip:host_port`` on the node reaches ``container_port``.
 
@@ -177,6 +185,7 @@ class ContainerConfig:
         pids_limit: Maximum number of tasks; 0 = none.
         read_only: Mount the root filesystem read-only.
         volumes: Host bind mounts.
+        tmpfs: tmpfs mounts (``noexec,nosuid,nodev`` as Docker's ``--tmpfs``).
         network: ``none`` (own namespace, loopback only), ``host`` or ``bridge``.
         ports: Published ports (``bridge`` only); bound by the runtime's network.
         labels: Free-form labels.
@@ -207,6 +216,7 @@ class ContainerConfig:
     pids_limit: int = 0
     read_only: bool = False
     volumes: Sequence[VolumeMount] = ()
+    tmpfs: Sequence[TmpfsMount] = ()
     network: NetworkMode = "none"
     ports: Sequence[PortMapping] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
@@ -235,6 +245,8 @@ class ContainerConfig:
             {"host": str(v.host), "container": v.container, "read_only": v.read_only}
             for v in self.volumes
         ]
+        data["tmpfs"] = [{"container": t.container, "size_bytes": t.size_bytes}
+                         for t in self.tmpfs]
         data["ports"] = [p.to_dict() for p in self.ports]
         data["restart_policy"] = {
             "name": self.restart_policy.name.value,
@@ -258,6 +270,8 @@ class ContainerConfig:
             VolumeMount(Path(v["host"]), v["container"], bool(v.get("read_only", False)))
             for v in fields.get("volumes", [])
         ]
+        fields["tmpfs"] = [TmpfsMount(t["container"], int(t.get("size_bytes", 0)))
+                           for t in fields.get("tmpfs") or []]
         fields["ports"] = [PortMapping.from_dict(p) for p in fields.get("ports") or []]
         policy = fields.get("restart_policy") or {}
         fields["restart_policy"] = RestartPolicy(

@@ -2,7 +2,8 @@
 
 The subset Swarm honours: image, command, entrypoint, environment, working_dir,
 user, hostname, labels, read_only, cap_add/cap_drop, privileged, healthcheck,
-stop_grace_period, ports, network_mode and `deploy:` (mode, replicas, labels,
+stop_grace_period, ports, network_mode, volumes (bind mounts; named volumes are
+refused), tmpfs and `deploy:` (mode, replicas, labels,
 resources, restart_policy, update_config, rollback_config, placement). Compose keys
 Swarm ignores (build, depends_on, container_name, volumes, ...) are reported as
 ignored, as `docker stack deploy` does; anything else is an error naming the key.
@@ -28,12 +29,12 @@ STACK_LABEL = "com.docker.stack.namespace"  # the label docker puts on a stack's
 SERVICE_KEYS = {
     "image", "command", "entrypoint", "environment", "working_dir", "user", "hostname",
     "labels", "read_only", "cap_add", "cap_drop", "privileged", "healthcheck",
-    "stop_grace_period", "ports", "network_mode", "deploy",
+    "stop_grace_period", "ports", "network_mode", "deploy", "volumes", "tmpfs",
 }  # fmt: skip
 IGNORED_KEYS = {
-    "build", "depends_on", "container_name", "restart", "volumes", "networks", "secrets",
+    "build", "depends_on", "container_name", "restart", "networks", "secrets",
     "configs", "logging", "links", "external_links", "expose", "extra_hosts", "dns",
-    "dns_search", "tmpfs", "ulimits", "sysctls", "init", "tty", "stdin_open", "devices",
+    "dns_search", "ulimits", "sysctls", "init", "tty", "stdin_open", "devices",
     "env_file", "profiles", "pull_policy", "platform", "shm_size", "stop_signal", "isolation",
     "security_opt", "userns_mode", "pid", "ipc", "cgroup_parent", "domainname", "mac_address",
 }  # fmt: skip
@@ -106,6 +107,27 @@ def _port(where: str, value: Any) -> str:
     if text.count(":") > 1:
         raise SpecError(f"{where}: {text!r}: a host IP cannot be given for a service's port")
     return text
+
+
+def _volume(where: str, value: Any) -> str:
+    """A compose volume as a --mount text: bind mounts of absolute paths only."""
+    if isinstance(value, Mapping):
+        kind = value.get("type", "volume")
+        source, target = value.get("source", ""), value.get("target", "")
+        read_only = bool(value.get("read_only"))
+        if kind == "tmpfs":
+            size = (value.get("tmpfs") or {}).get("size")
+            return f"type=tmpfs,target={target}" + (f",tmpfs-size={size}" if size else "")
+    else:
+        parts = str(value).split(":")
+        kind = "bind"
+        source, target = (parts[0], parts[1]) if len(parts) > 1 else ("", parts[0])
+        read_only = len(parts) > 2 and "ro" in parts[2].split(",")
+    if kind != "bind" or not str(source).startswith("/"):
+        raise SpecError(f"{where}: {value!r}: named volumes and relative paths are not "
+                        "supported; use a bind mount of an absolute path on the node (or "
+                        "tmpfs)")  # fmt: skip
+    return f"type=bind,source={source},target={target}" + (",readonly" if read_only else "")
 
 
 def _duration(value: Any) -> str:
@@ -217,6 +239,11 @@ def service_spec(stack: str, name: str, doc: Any, ignored: list[str]) -> Any:
             values[flag] = bool(service[key])
     if "ports" in service:
         values["publish"] = [_port(f"{where}.ports", p) for p in service["ports"]]
+    mounts = [_volume(f"{where}.volumes", v) for v in service.get("volumes") or []]
+    tmpfs = service.get("tmpfs") or []
+    mounts += [f"type=tmpfs,target={t}" for t in ([tmpfs] if isinstance(tmpfs, str) else tmpfs)]
+    if mounts:
+        values["mount"] = mounts
     exec_test = _healthcheck(f"{where}.healthcheck", service.get("healthcheck"), values)
     _deploy(f"{where}.deploy", service.get("deploy"), values)
     try:

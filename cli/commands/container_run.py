@@ -99,6 +99,21 @@ def parse_volume(text: str) -> Volume:
     return Volume(os.path.normpath(host), os.path.normpath(container), mode == "ro")
 
 
+def parse_tmpfs(text: str) -> tuple[str, int]:
+    """`--tmpfs /path[:size=64m]` (Docker's option list; only size is taken)."""
+    path, _, options = text.partition(":")
+    if not path.startswith("/"):
+        raise _invalid("--tmpfs", text, "the container path must be absolute")
+    size = 0
+    for option in filter(None, options.split(",")):
+        key, eq, value = option.partition("=")
+        if key == "size" and eq:
+            size = _size("--tmpfs", text, value)
+        elif option not in ("rw", "noexec", "nosuid", "nodev"):
+            raise _invalid("--tmpfs", text, f"unsupported option {option!r} (size=SIZE)")
+    return os.path.normpath(path), size
+
+
 @dataclass(frozen=True)
 class PublishedPort:
     host_ip: str
@@ -175,13 +190,17 @@ def parse_restart(text: str) -> tuple[str, int]:
     return name, int(count)
 
 
-def parse_memory(text: str) -> int:
+def _size(flag: str, given: str, text: str) -> int:
     from dockyard.common.sizes import parse_size
 
     try:
-        size = parse_size(text)
+        return parse_size(text)
     except ValueError as exc:
-        raise _invalid("--memory", text, str(exc)) from None
+        raise _invalid(flag, given, str(exc)) from None
+
+
+def parse_memory(text: str) -> int:
+    size = _size("--memory", text, text)
     if 0 < size < MIN_MEMORY:
         raise _invalid("--memory", text, "the minimum memory limit is 6m")
     return size
@@ -242,6 +261,7 @@ class RunFlags:
     pids_limit: str | None = None
     read_only: bool = False
     volumes: tuple[str, ...] = ()
+    tmpfs: tuple[str, ...] = ()
     restart: str = "no"
     network: str = "none"
     publish: tuple[str, ...] = ()
@@ -267,6 +287,7 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
     nano_cpus = parse_cpus(flags.cpus) if flags.cpus is not None else 0
     pids_limit = parse_pids_limit(flags.pids_limit) if flags.pids_limit is not None else 0
     volumes = [parse_volume(v) for v in flags.volumes]
+    tmpfs = [parse_tmpfs(t) for t in flags.tmpfs]
     restart, retries = parse_restart(flags.restart)
     if flags.rm and restart != "no":
         raise RunError(f"--rm and --restart {flags.restart} conflict: a removed container "
@@ -303,6 +324,7 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
         CreateContainerRequest,
         PortMapping,
         RestartPolicySpec,
+        TmpfsSpec,
         VolumeSpec,
     )
 
@@ -319,6 +341,7 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
         read_only=flags.read_only,
         volumes=[VolumeSpec(host_path=v.host_path, container_path=v.container_path,
                             read_only=v.read_only) for v in volumes],
+        tmpfs=[TmpfsSpec(container_path=path, size_bytes=size) for path, size in tmpfs],
         restart_policy=RestartPolicySpec(name=restart, max_retries=retries),
         network=flags.network,
         ports=[PortMapping(host_ip=p.host_ip, host_port=p.host_port,
@@ -356,6 +379,8 @@ def create_options(command: F) -> F:
         click.option("--pids-limit", default=None, metavar="N",
                      help="Maximum number of processes (-1: unlimited)."),
         click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
+        click.option("--tmpfs", "tmpfs", multiple=True, metavar="PATH[:size=SIZE]",
+                     help="Mount a tmpfs (repeatable)."),
         click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CTR[:ro]",
                      help="Bind-mount a host directory (repeatable)."),
         click.option("--restart", default="no", show_default=True,
@@ -392,7 +417,8 @@ def _flags(kwargs: dict[str, Any]) -> RunFlags:
         image=kwargs["image"], command=kwargs["command_args"], name=kwargs["name"],
         env=kwargs["env"], workdir=kwargs["workdir"], user=kwargs["user"],
         memory=kwargs["memory"], cpus=kwargs["cpus"], pids_limit=kwargs["pids_limit"],
-        read_only=kwargs["read_only"], volumes=kwargs["volumes"], restart=kwargs["restart"],
+        read_only=kwargs["read_only"], volumes=kwargs["volumes"], tmpfs=kwargs["tmpfs"],
+        restart=kwargs["restart"],
         network=kwargs["network"], publish=kwargs["publish"],
         cap_add=kwargs["cap_add"], cap_drop=kwargs["cap_drop"],
         hostname=kwargs["hostname"], entrypoint=kwargs["entrypoint"], pull=kwargs["pull"],

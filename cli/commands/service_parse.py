@@ -168,6 +168,44 @@ def parse_port(label: str, text: str) -> tuple[int, int, str]:
     return published, target, protocol
 
 
+_MOUNT_KEYS = {"type": "type", "source": "source", "src": "source", "target": "target",
+               "destination": "target", "dst": "target", "readonly": "readonly",
+               "ro": "readonly", "tmpfs-size": "tmpfs-size"}  # fmt: skip
+
+
+def parse_mount(label: str, text: str) -> dict[str, str]:
+    """Docker's `--mount type=bind,source=/data,target=/data[,readonly]` or
+    `type=tmpfs,target=/cache[,tmpfs-size=64m]`, as key -> value (checked)."""
+    found: dict[str, str] = {}
+    for part in text.split(","):
+        key, eq, value = part.strip().partition("=")
+        name = _MOUNT_KEYS.get(key)
+        if name is None:
+            raise invalid(label, text, f"unknown mount option {key!r} (type, source, target, "
+                                       "readonly, tmpfs-size)")  # fmt: skip
+        if name == "readonly" and (not eq or value in ("1", "true")):
+            found[name] = "true"
+        elif name == "readonly" and value in ("0", "false"):
+            continue
+        elif not eq or not value:
+            raise invalid(label, text, f"{key} needs a value")
+        else:
+            found[name] = value
+    kind = found.get("type", "volume")
+    if kind not in ("bind", "tmpfs"):
+        raise invalid(label, text, f"type {kind!r} is not supported (bind or tmpfs)")
+    if not found.get("target", "").startswith("/"):
+        raise invalid(label, text, "target must be an absolute path in the container")
+    if kind == "bind" and not found.get("source", "").startswith("/"):
+        raise invalid(label, text, "a bind source must be an absolute path on the node")
+    if kind == "tmpfs" and "source" in found:
+        raise invalid(label, text, "a tmpfs has no source")
+    if kind == "bind" and "tmpfs-size" in found:
+        raise invalid(label, text, "tmpfs-size is for type=tmpfs")
+    found["type"] = kind
+    return found
+
+
 def parse_command(label: str, text: str) -> list[str]:
     try:
         return shlex.split(text)

@@ -24,6 +24,7 @@ from dockyard.cli.commands.service_parse import (
     parse_count,
     parse_env,
     parse_label,
+    parse_mount,
     parse_nano_cpus,
     parse_port,
     parse_ratio,
@@ -186,6 +187,17 @@ def _port_item(label: str, text: str) -> tuple[str, Any]:
             PortConfig(published_port=published, target_port=target, protocol=protocol))
 
 
+def _mount_item(label: str, text: str) -> tuple[str, Any]:
+    from dockyard.v1.workloads_pb2 import Mount
+
+    found = parse_mount(label, text)
+    mount = Mount(type=found["type"], source=found.get("source", ""), target=found["target"],
+                  read_only=found.get("readonly") == "true")  # fmt: skip
+    if "tmpfs-size" in found:
+        mount.tmpfs_size_bytes = parse_bytes(label, found["tmpfs-size"])
+    return mount.target, mount
+
+
 def _cap_item(label: str, text: str) -> tuple[str, Any]:
     if not re.fullmatch(r"[A-Za-z_]+", text):
         raise invalid(label, text, "not a capability name (e.g. NET_ADMIN or ALL)")
@@ -291,6 +303,9 @@ SETTINGS: list[Setting] = [
     Setting("network", "none|host|bridge", "Network mode (published ports imply bridge).",
             apply=_set("task.container.network",
                        lambda label, text: parse_choice(label, text, ("none", "host", "bridge")))),
+    Setting("mount", "type=bind|tmpfs,source=PATH,target=PATH[,readonly]",
+            "Mount a node's directory or a tmpfs (--mount-rm takes the target).",
+            item=_mount_item, field=lambda s: s.task.container.mounts),
     Setting("read-only", "", "Mount the root filesystem read-only.", is_bool=True,
             apply=_set("task.container.read_only", _bool)),
     Setting("privileged", "", "Every capability, no seccomp, the host's devices (only if "
@@ -348,7 +363,7 @@ def apply_list_edits(spec: Any, flag: str, add: Iterable[str], remove: Iterable[
     assert setting.item is not None and setting.field is not None
     target = setting.field(spec)
     for text in remove:
-        key = text if flag in ("env", "label", "container-label") else setting.item(
+        key = text if flag in ("env", "label", "container-label", "mount") else setting.item(
             f"--{flag}-rm", text)[0]
         if isinstance(target, MutableMapping):
             target.pop(key, None)
@@ -376,6 +391,8 @@ def _key(setting: Setting, stored: Any) -> str:
         return str(stored.spread)
     if setting.flag == "publish":
         return f"{stored.published_port or stored.target_port}/{stored.protocol or 'tcp'}"
+    if setting.flag == "mount":
+        return str(stored.target)
     return str(stored)
 
 

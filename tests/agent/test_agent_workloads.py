@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -174,5 +175,28 @@ def test_replicas_run_the_pinned_digest_and_privileged_needs_the_policy(
         control.CreateService(CreateServiceRequest(spec=root))
         cluster.wait_for(lambda: len(running(control, "root")) == 1, "a privileged task", 60)
         assert containers_of(cluster, running(control, "root"))[0].config.privileged
+    finally:
+        control.close()
+
+
+def test_a_service_mounts_a_node_directory_and_a_tmpfs(
+    runc_cluster: Cluster, image_registry: ImageRegistry, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    control = runc_cluster.control()
+    try:
+        spec = ServiceSpec(name="mounts")
+        spec.task.container.image = image_registry.busybox
+        spec.task.container.command.extend(
+            ["sh", "-c", "grep ' /cache ' /proc/mounts | cut -d' ' -f3 > /data/$(hostname); "
+                         "sleep 300"])  # fmt: skip
+        spec.task.container.stop_grace_seconds = 0
+        spec.task.container.mounts.add(type="bind", source=str(data), target="/data")
+        spec.task.container.mounts.add(type="tmpfs", target="/cache", tmpfs_size_bytes=1 << 20)
+        spec.replicated.replicas = 2
+        control.CreateService(CreateServiceRequest(spec=spec))
+        runc_cluster.wait_for(lambda: len(list(data.iterdir())) == 2, "both tasks wrote", 60)
+        assert {f.read_text().strip() for f in data.iterdir()} == {"tmpfs"}
     finally:
         control.close()

@@ -56,6 +56,7 @@ async def test_the_executor_runs_tasks_on_the_engine(
     executor = DockerExecutor(engine(dockerd))
     try:
         failing = task(image_registry.busybox, "sh", "-c", "echo hi; exit 3")
+        failing.spec.container.mounts.add(type="tmpfs", target="/cache", tmpfs_size_bytes=1 << 20)
         progress: list[str] = []
         await executor.prepare(failing, progress.append)
         await executor.prepare(failing, progress.append)  # again after a restart: no-op
@@ -68,6 +69,8 @@ async def test_the_executor_runs_tasks_on_the_engine(
         inspected = json.loads(dockerd.docker("inspect", container).stdout)[0]
         assert inspected["HostConfig"]["Memory"] == 64 * 1024 * 1024
         assert inspected["HostConfig"]["RestartPolicy"]["Name"] == "no"
+        assert inspected["HostConfig"]["Mounts"] == [
+            {"Type": "tmpfs", "Target": "/cache", "TmpfsOptions": {"SizeBytes": 1 << 20}}]
         assert inspected["Config"]["Labels"]["dockyard.task.id"] == failing.id
         await executor.remove(container)
         await executor.remove(container)  # gone already: fine

@@ -134,3 +134,13 @@ def test_privileged_and_unconfined_containers(agent: AgentUnderTest, busybox_ref
     bad = agent.cli("run", "--rm", "--security-opt", "apparmor=x", busybox_ref, "true")
     assert bad.returncode == 125
     assert "invalid --security-opt 'apparmor=x'" in bad.stderr
+
+
+def test_tmpfs_mounts(agent: AgentUnderTest, busybox_ref: str) -> None:
+    shown = agent.ok("run", "--rm", "--tmpfs", "/cache:size=1m", "--read-only", busybox_ref,
+                     "sh", "-c", "grep ' /cache ' /proc/mounts; echo x > /cache/f && echo ok")
+    mount, written = shown.stdout.splitlines()
+    assert mount.split()[2] == "tmpfs" and "size=1024k" in mount and "noexec" in mount
+    assert written == "ok"  # writable although the root filesystem is read-only
+    bad = agent.cli("run", "--rm", "--tmpfs", "cache", busybox_ref, "true")
+    assert bad.returncode == 125 and "invalid --tmpfs 'cache'" in bad.stderr

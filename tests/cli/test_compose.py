@@ -147,3 +147,17 @@ def test_stack_deploy_update_prune_and_rm(
     assert cluster.cli("stack", "ls").stdout.split() == ["NAME", "SERVICES"]
     missing = cluster.cli("stack", "rm", "shop", check=False)
     assert missing.returncode == 1 and "nothing found in stack: shop" in missing.stderr
+
+
+def test_volumes_are_bind_mounts_or_tmpfs() -> None:
+    doc = {"services": {"db": {"image": "busybox", "tmpfs": "/run", "volumes": [
+        "/srv/db:/var/lib/db:ro", {"type": "tmpfs", "target": "/cache", "tmpfs": {"size": "1m"}},
+        {"type": "bind", "source": "/srv/logs", "target": "/logs"}]}}}  # fmt: skip
+    mounts = stack_from_documents("s", [("c.yml", doc)], {}).specs["db"].task.container.mounts
+    assert [(m.type, m.source, m.target, m.read_only, m.tmpfs_size_bytes) for m in mounts] == [
+        ("bind", "/srv/db", "/var/lib/db", True, 0), ("tmpfs", "", "/cache", False, 1 << 20),
+        ("bind", "/srv/logs", "/logs", False, 0), ("tmpfs", "", "/run", False, 0)]
+    for volume in ("data:/var/lib/db", "./data:/data"):
+        named = {"services": {"db": {"image": "busybox", "volumes": [volume]}}}
+        with pytest.raises(SpecError, match="named volumes and relative paths are not supported"):
+            stack_from_documents("s", [("c.yml", named)], {})

@@ -117,6 +117,8 @@ ALL_FLAGS = [
     "--rollback-failure-action", "continue", "--rollback-monitor", "2s",
     "--rollback-max-failure-ratio", "0.5",
     "-p", "8080:80", "-p", "53:53/udp", "--network", "host", "--read-only",
+    "--mount", "type=bind,source=/srv/data,target=/data,readonly",
+    "--mount", "type=tmpfs,dst=/cache,tmpfs-size=64m",
 ]
 
 
@@ -159,6 +161,8 @@ def test_every_create_flag_lands_in_its_field(control: FakeControl) -> None:
                                       2, 0.5)  # fmt: skip
     assert [(x.published_port, x.target_port, x.protocol) for x in spec.task.ports] == [
         (8080, 80, "tcp"), (53, 53, "udp")]
+    assert [(m.type, m.source, m.target, m.read_only, m.tmpfs_size_bytes) for m in c.mounts] == [
+        ("bind", "/srv/data", "/data", True, 0), ("tmpfs", "", "/cache", False, 64 << 20)]
 
 
 def test_global_mode_and_defaults(control: FakeControl) -> None:
@@ -212,6 +216,10 @@ def test_global_mode_and_defaults(control: FakeControl) -> None:
         (["--limit-pids", "x"], "invalid --limit-pids 'x'"),
         (["--timeout", "later"], "invalid --timeout 'later'"),
         (["--cap-add", "NET ADMIN"], "invalid --cap-add 'NET ADMIN'"),
+        (["--mount", "source=data,target=/data"], "type 'volume' is not supported"),
+        (["--mount", "type=bind,source=rel,target=/d"], "a bind source must be an absolute"),
+        (["--mount", "type=tmpfs,target=cache"], "target must be an absolute path"),
+        (["--mount", "type=bind,src=/a,dst=/b,colour=red"], "unknown mount option 'colour'"),
         (["--name", "-web"], "--name: invalid name '-web'"),
     ],
 )

@@ -343,6 +343,14 @@ def _volume_mounts(config: ContainerConfig) -> list[dict[str, Any]]:
             {"destination": volume.container, "type": "bind", "source": str(volume.host),
              "options": options}
         )  # fmt: skip
+    for tmpfs in config.tmpfs:
+        if not tmpfs.container.startswith("/"):
+            raise InvalidConfig(f"tmpfs destination {tmpfs.container!r} is not absolute")
+        options = ["nosuid", "nodev", "noexec", "mode=1777"]
+        if tmpfs.size_bytes > 0:
+            options.append(f"size={tmpfs.size_bytes}")
+        mounts.append({"destination": tmpfs.container, "type": "tmpfs", "source": "tmpfs",
+                       "options": options})  # fmt: skip
     return mounts
 
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ockyard/v1/containers.proto\x12\x0b\x64ockyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n\nVolumeSpec\x12\x11\n\thost_path\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_path\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\"[\n\x0bPortMapping\x12\x0f\n\x07host_ip\x18\x01 \x01(\t\x12\x11\n\thost_port\x18\x02 \x01(\x05\x12\x16\n\x0e\x63ontainer_port\x18\x03 \x01(\x05\x12\x10\n\x08protocol\x18\x04 \x01(\t\"6\n\x11RestartPolicySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bmax_retries\x18\x02 \x01(\x05\"\xeb\x04\n\x16\x43reateContainerRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x12\n\nentrypoint\x18\x04 \x03(\t\x12\x18\n\x10\x63lear_entrypoint\x18\x05 \x01(\x08\x12\x0b\n\x03\x65nv\x18\x06 \x03(\t\x12\x0f\n\x07workdir\x18\x07 \x01(\t\x12\x0c\n\x04user\x18\x08 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\t \x01(\x03\x12\x11\n\tnano_cpus\x18\n \x01(\x03\x12\x12\n\npids_limit\x18\x0b \x01(\x03\x12\x11\n\tread_only\x18\x0c \x01(\x08\x12(\n\x07volumes\x18\r \x03(\x0b\x32\x17.dockyard.v1.VolumeSpec\x12\x36\n\x0erestart_policy\x18\x0e \x01(\x0b\x32\x1e.dockyard.v1.RestartPolicySpec\x12\x0f\n\x07network\x18\x0f \x01(\t\x12?\n\x06labels\x18\x10 \x03(\x0b\x32/.dockyard.v1.CreateContainerRequest.LabelsEntry\x12\x0f\n\x07\x63\x61p_add\x18\x11 \x03(\t\x12\x10\n\x08\x63\x61p_drop\x18\x12 \x03(\t\x12\x10\n\x08hostname\x18\x13 \x01(\t\x12\x13\n\x0b\x61uto_remove\x18\x14 \x01(\x08\x12\x12\n\nprivileged\x18\x15 \x01(\x08\x12\x0f\n\x07seccomp\x18\x16 \x01(\t\x12\'\n\x05ports\x18\x17 \x03(\x0b\x32\x18.dockyard.v1.PortMapping\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x01\n\x10\x43ontainerNetwork\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x12\n\nip_address\x18\x02 \x01(\t\x12\x15\n\rprefix_length\x18\x03 \x01(\x05\x12\x0f\n\x07gateway\x18\x04 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x05 \x01(\t\x12\'\n\x05ports\x18\x06 \x03(\x0b\x32\x18.dockyard.v1.PortMapping\"!\n\x0c\x43ontainerRef\x12\x11\n\tcontainer\x18\x01 \x01(\t\"\xf2\x01\n\x0e\x43ontainerState\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x15\n\rhas_exit_code\x18\x04 \x01(\x08\x12\x12\n\noom_killed\x18\x05 \x01(\x08\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x15\n\rrestart_count\x18\t \x01(\x05\"\xa3\x02\n\x0f\x43ontainerRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x14\n\x0cimage_digest\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x05state\x18\x06 \x01(\x0b\x32\x1b.dockyard.v1.ContainerState\x12\x33\n\x06\x63onfig\x18\x07 \x01(\x0b\x32#.dockyard.v1.CreateContainerRequest\x12\x10\n\x08log_path\x18\x08 \x01(\t\x12.\n\x07network\x18\t \x01(\x0b\x32\x1d.dockyard.v1.ContainerNetwork\"E\n\rContainerExit\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x12\n\noom_killed\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"W\n\x14StopContainerRequest\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12\x13\n\x0bhas_timeout\x18\x03 \x01(\x08\"9\n\x14KillContainerRequest\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\x0e\n\x06signal\x18\x02 \x01(\t\":\n\x16RemoveContainerRequest\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"%\n\x17RemoveContainerResponse\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x15ListContainersRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\"J\n\x16ListContainersResponse\x12\x30\n\ncontainers\x18\x01 \x03(\x0b\x32\x1c.dockyard.v1.ContainerRecord\"\x8f\x01\n\x0bLogsRequest\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0c\n\x04tail\x18\x03 \x01(\x05\x12\x10\n\x08has_tail\x18\x04 \x01(\x08\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntimestamps\x18\x06 \x01(\x08\"V\n\x07LogLine\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"]\n\x0b\x45xecRequest\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\x0b\n\x03\x65nv\x18\x03 \x03(\t\x12\x0f\n\x07workdir\x18\x04 \x01(\t\x12\x0c\n\x04user\x18\x05 \x01(\t\"O\n\nExecOutput\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12\x13\n\texit_code\x18\x03 \x01(\x05H\x00\x42\x08\n\x06output\"\xa2\x01\n\x0e\x43ontainerStats\x12+\n\x07read_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63pu_usage_ns\x18\x02 \x01(\x03\x12\x13\n\x0b\x63pu_percent\x18\x03 \x01(\x01\x12\x14\n\x0cmemory_usage\x18\x04 \x01(\x03\x12\x14\n\x0cmemory_limit\x18\x05 \x01(\x03\x12\x0c\n\x04pids\x18\x06 \x01(\x03\x32\x8e\x06\n\nContainers\x12K\n\x06\x43reate\x12#.dockyard.v1.CreateContainerRequest\x1a\x1c.dockyard.v1.ContainerRecord\x12@\n\x05Start\x12\x19.dockyard.v1.ContainerRef\x1a\x1c.dockyard.v1.ContainerRecord\x12=\n\x04Wait\x12\x19.dockyard.v1.ContainerRef\x1a\x1a.dockyard.v1.ContainerExit\x12G\n\x04Stop\x12!.dockyard.v1.StopContainerRequest\x1a\x1c.dockyard.v1.ContainerRecord\x12G\n\x04Kill\x12!.dockyard.v1.KillContainerRequest\x1a\x1c.dockyard.v1.ContainerRecord\x12S\n\x06Remove\x12#.dockyard.v1.RemoveContainerRequest\x1a$.dockyard.v1.RemoveContainerResponse\x12O\n\x04List\x12\".dockyard.v1.ListContainersRequest\x1a#.dockyard.v1.ListContainersResponse\x12\x42\n\x07Inspect\x12\x19.dockyard.v1.ContainerRef\x1a\x1c.dockyard.v1.ContainerRecord\x12\x38\n\x04Logs\x12\x18.dockyard.v1.LogsRequest\x1a\x14.dockyard.v1.LogLine0\x01\x12;\n\x04\x45xec\x12\x18.dockyard.v1.ExecRequest\x1a\x17.dockyard.v1.ExecOutput0\x01\x12?\n\x05Stats\x12\x19.dockyard.v1.ContainerRef\x1a\x1b.dockyard.v1.ContainerStatsb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ockyard/v1/containers.proto\x12\x0b\x64ockyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"J\n\nVolumeSpec\x12\x11\n\thost_path\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_path\x18\x02 \x01(\t\x12\x11\n\tread_only\x18\x03 \x01(\x08\"[\n\x0bPortMapping\x12\x0f\n\x07host_ip\x18\x01 \x01(\t\x12\x11\n\thost_port\x18\x02 \x01(\x05\x12\x16\n\x0e\x63ontainer_port\x18\x03 \x01(\x05\x12\x10\n\x08protocol\x18\x04 \x01(\t\"7\n\tTmpfsSpec\x12\x16\n\x0e\x63ontainer_path\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x03\"6\n\x11RestartPolicySpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bmax_retries\x18\x02 \x01(\x05\"\x92\x05\n\x16\x43reateContainerRequest\x12\r\n\x05image\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x03 \x03(\t\x12\x12\n\nentrypoint\x18\x04 \x03(\t\x12\x18\n\x10\x63lear_entrypoint\x18\x05 \x01(\x08\x12\x0b\n\x03\x65nv\x18\x06 \x03(\t\x12\x0f\n\x07workdir\x18\x07 \x01(\t\x12\x0c\n\x04user\x18\x08 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\t \x01(\x03\x12\x11\n\tnano_cpus\x18\n \x01(\x03\x12\x12\n\npids_limit\x18\x0b \x01(\x03\x12\x11\n\tread_only\x18\x0c \x01(\x08\x12(\n\x07volumes\x18\r \x03(\x0b\x32\x17.dockyard.v1.VolumeSpec\x12\x36\n\x0erestart_policy\x18\x0e \x01(\x0b\x32\x1e.dockyard.v1.RestartPolicySpec\x12\x0f\n\x07network\x18\x0f \x01(\t\x12?\n\x06labels\x18\x10 \x03(\x0b\x32/.dockyard.v1.CreateContainerRequest.LabelsEntry\x12\x0f\n\x07\x63\x61p_add\x18\x11 \x03(\t\x12\x10\n\x08\x63\x61p_drop\x18\x12 \x03(\t\x12\x10\n\x08hostname\x18\x13 \x01(\t\x12\x13\n\x0b\x61uto_remove\x18\x14 \x01(\x08\x12\x12\n\nprivileged\x18\x15 \x01(\x08\x12\x0f\n\x07seccomp\x18\x16 \x01(\t\x12\'\n\x05ports\x18\x17 \x03(\x0b\x32\x18.dockyard.v1.PortMapping\x12%\n\x05tmpfs\x18\x18 \x03(\x0b\x32\x16.dockyard.v1.TmpfsSpec\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x95\x01\n\x10\x43ontainerNetwork\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x12\n\nip_address\x18\x02 \x01(\t\x12\x15\n\rprefix_length\x18\x03 \x01(\x05\x12\x0f\n\x07gateway\x18\x04 \x01(\t\x12\x0e\n\x06\x62ridge\x18\x05 \x01(\t\x12\'\n\x05ports\x18\x06 \x03(\x0b\x32\x18.dockyard.v1.PortMapping\"!\n\x0c\x43ontainerRef\x12\x11\n\tcontainer\x18\x01 \x01(\t\"\xf2\x01\n\x0e\x43ontainerState\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\texit_code\x18\x03 \x01(\x05\x12\x15\n\rhas_exit_code\x18\x04 \x01(\x08\x12\x12\n\noom_killed\x18\x05 \x01(\x08\x12.\n\nstarted_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x15\n\rrestart_count\x18\t \x01(\x05\"\xa3\x02\n\x0f\x43ontainerRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x14\n\x0cimage_digest\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x05state\x18\x06 \x01(\x0b\x32\x1b.dockyard.v1.ContainerState\x12\x33\n\x06\x63onfig\x18\x07 \x01(\x0b\x32#.dockyard.v1.CreateContainerRequest\x12\x10\n\x08log_path\x18\x08 \x01(\t\x12.\n\x07network\x18\t \x01(\x0b\x32\x1d.dockyard.v1.ContainerNetwork\"E\n\rContainerExit\x12\x11\n\texit_code\x18\x01 \x01(\x05\x12\x12\n\noom_killed\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"W\n\x14StopContainerRequest\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\x17\n\x0ftimeout_seconds\x18\x02 \x01(\x01\x12\x13\n\x0bhas_timeout\x18\x03 \x01(\x08\"9\n\x14KillContainerRequest\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\x0e\n\x06signal\x18\x02 \x01(\t\":\n\x16RemoveContainerRequest\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"%\n\x17RemoveContainerResponse\x12\n\n\x02id\x18\x01 \x01(\t\"$\n\x15ListContainersRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\"J\n\x16ListContainersResponse\x12\x30\n\ncontainers\x18\x01 \x03(\x0b\x32\x1c.dockyard.v1.ContainerRecord\"\x8f\x01\n\x0bLogsRequest\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12\x0c\n\x04tail\x18\x03 \x01(\x05\x12\x10\n\x08has_tail\x18\x04 \x01(\x08\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntimestamps\x18\x06 \x01(\x08\"V\n\x07LogLine\x12\x0e\n\x06stream\x18\x01 \x01(\t\x12-\n\ttimestamp\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"]\n\x0b\x45xecRequest\x12\x11\n\tcontainer\x18\x01 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x02 \x03(\t\x12\x0b\n\x03\x65nv\x18\x03 \x03(\t\x12\x0f\n\x07workdir\x18\x04 \x01(\t\x12\x0c\n\x04user\x18\x05 \x01(\t\"O\n\nExecOutput\x12\x10\n\x06stdout\x18\x01 \x01(\x0cH\x00\x12\x10\n\x06stderr\x18\x02 \x01(\x0cH\x00\x12\x13\n\texit_code\x18\x03 \x01(\x05H\x00\x42\x08\n\x06output\"\xa2\x01\n\x0e\x43ontainerStats\x12+\n\x07read_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x63pu_usage_ns\x18\x02 \x01(\x03\x12\x13\n\x0b\x63pu_percent\x18\x03 \x01(\x01\x12\x14\n\x0cmemory_usage\x18\x04 \x01(\x03\x12\x14\n\x0cmemory_limit\x18\x05 \x01(\x03\x12\x0c\n\x04pids\x18\x06 \x01(\x03\x32\x8e\x06\n\nContainers\x12K\n\x06\x43reate\x12#.dockyard.v1.CreateContainerRequest\x1a\x1c.dockyard.v1.ContainerRecord\x12@\n\x05Start\x12\x19.dockyard.v1.ContainerRef\x1a\x1c.dockyard.v1.ContainerRecord\x12=\n\x04Wait\x12\x19.dockyard.v1.ContainerRef\x1a\x1a.dockyard.v1.ContainerExit\x12G\n\x04Stop\x12!.dockyard.v1.StopContainerRequest\x1a\x1c.dockyard.v1.ContainerRecord\x12G\n\x04Kill\x12!.dockyard.v1.KillContainerRequest\x1a\x1c.dockyard.v1.ContainerRecord\x12S\n\x06Remove\x12#.dockyard.v1.RemoveContainerRequest\x1a$.dockyard.v1.RemoveContainerResponse\x12O\n\x04List\x12\".dockyard.v1.ListContainersRequest\x1a#.dockyard.v1.ListContainersResponse\x12\x42\n\x07Inspect\x12\x19.dockyard.v1.ContainerRef\x1a\x1c.dockyard.v1.ContainerRecord\x12\x38\n\x04Logs\x12\x18.dockyard.v1.LogsRequest\x1a\x14.dockyard.v1.LogLine0\x01\x12;\n\x04\x45xec\x12\x18.dockyard.v1.ExecRequest\x1a\x17.dockyard.v1.ExecOutput0\x01\x12?\n\x05Stats\x12\x19.dockyard.v1.ContainerRef\x1a\x1b.dockyard.v1.ContainerStatsb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,44 +38,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VOLUMESPEC']._serialized_end=152
   _globals['_PORTMAPPING']._serialized_start=154
   _globals['_PORTMAPPING']._serialized_end=245
-  _globals['_RESTARTPOLICYSPEC']._serialized_start=247
-  _globals['_RESTARTPOLICYSPEC']._serialized_end=301
-  _globals['_CREATECONTAINERREQUEST']._serialized_start=304
-  _globals['_CREATECONTAINERREQUEST']._serialized_end=923
-  _globals['_CREATECONTAINERREQUEST_LABELSENTRY']._serialized_start=878
-  _globals['_CREATECONTAINERREQUEST_LABELSENTRY']._serialized_end=923
-  _globals['_CONTAINERNETWORK']._serialized_start=926
-  _globals['_CONTAINERNETWORK']._serialized_end=1075
-  _globals['_CONTAINERREF']._serialized_start=1077
-  _globals['_CONTAINERREF']._serialized_end=1110
-  _globals['_CONTAINERSTATE']._serialized_start=1113
-  _globals['_CONTAINERSTATE']._serialized_end=1355
-  _globals['_CONTAINERRECORD']._serialized_start=1358
-  _globals['_CONTAINERRECORD']._serialized_end=1649
-  _globals['_CONTAINEREXIT']._serialized_start=1651
-  _globals['_CONTAINEREXIT']._serialized_end=1720
-  _globals['_STOPCONTAINERREQUEST']._serialized_start=1722
-  _globals['_STOPCONTAINERREQUEST']._serialized_end=1809
-  _globals['_KILLCONTAINERREQUEST']._serialized_start=1811
-  _globals['_KILLCONTAINERREQUEST']._serialized_end=1868
-  _globals['_REMOVECONTAINERREQUEST']._serialized_start=1870
-  _globals['_REMOVECONTAINERREQUEST']._serialized_end=1928
-  _globals['_REMOVECONTAINERRESPONSE']._serialized_start=1930
-  _globals['_REMOVECONTAINERRESPONSE']._serialized_end=1967
-  _globals['_LISTCONTAINERSREQUEST']._serialized_start=1969
-  _globals['_LISTCONTAINERSREQUEST']._serialized_end=2005
-  _globals['_LISTCONTAINERSRESPONSE']._serialized_start=2007
-  _globals['_LISTCONTAINERSRESPONSE']._serialized_end=2081
-  _globals['_LOGSREQUEST']._serialized_start=2084
-  _globals['_LOGSREQUEST']._serialized_end=2227
-  _globals['_LOGLINE']._serialized_start=2229
-  _globals['_LOGLINE']._serialized_end=2315
-  _globals['_EXECREQUEST']._serialized_start=2317
-  _globals['_EXECREQUEST']._serialized_end=2410
-  _globals['_EXECOUTPUT']._serialized_start=2412
-  _globals['_EXECOUTPUT']._serialized_end=2491
-  _globals['_CONTAINERSTATS']._serialized_start=2494
-  _globals['_CONTAINERSTATS']._serialized_end=2656
-  _globals['_CONTAINERS']._serialized_start=2659
-  _globals['_CONTAINERS']._serialized_end=3441
+  _globals['_TMPFSSPEC']._serialized_start=247
+  _globals['_TMPFSSPEC']._serialized_end=302
+  _globals['_RESTARTPOLICYSPEC']._serialized_start=304
+  _globals['_RESTARTPOLICYSPEC']._serialized_end=358
+  _globals['_CREATECONTAINERREQUEST']._serialized_start=361
+  _globals['_CREATECONTAINERREQUEST']._serialized_end=1019
+  _globals['_CREATECONTAINERREQUEST_LABELSENTRY']._serialized_start=974
+  _globals['_CREATECONTAINERREQUEST_LABELSENTRY']._serialized_end=1019
+  _globals['_CONTAINERNETWORK']._serialized_start=1022
+  _globals['_CONTAINERNETWORK']._serialized_end=1171
+  _globals['_CONTAINERREF']._serialized_start=1173
+  _globals['_CONTAINERREF']._serialized_end=1206
+  _globals['_CONTAINERSTATE']._serialized_start=1209
+  _globals['_CONTAINERSTATE']._serialized_end=1451
+  _globals['_CONTAINERRECORD']._serialized_start=1454
+  _globals['_CONTAINERRECORD']._serialized_end=1745
+  _globals['_CONTAINEREXIT']._serialized_start=1747
+  _globals['_CONTAINEREXIT']._serialized_end=1816
+  _globals['_STOPCONTAINERREQUEST']._serialized_start=1818
+  _globals['_STOPCONTAINERREQUEST']._serialized_end=1905
+  _globals['_KILLCONTAINERREQUEST']._serialized_start=1907
+  _globals['_KILLCONTAINERREQUEST']._serialized_end=1964
+  _globals['_REMOVECONTAINERREQUEST']._serialized_start=1966
+  _globals['_REMOVECONTAINERREQUEST']._serialized_end=2024
+  _globals['_REMOVECONTAINERRESPONSE']._serialized_start=2026
+  _globals['_REMOVECONTAINERRESPONSE']._serialized_end=2063
+  _globals['_LISTCONTAINERSREQUEST']._serialized_start=2065
+  _globals['_LISTCONTAINERSREQUEST']._serialized_end=2101
+  _globals['_LISTCONTAINERSRESPONSE']._serialized_start=2103
+  _globals['_LISTCONTAINERSRESPONSE']._serialized_end=2177
+  _globals['_LOGSREQUEST']._serialized_start=2180
+  _globals['_LOGSREQUEST']._serialized_end=2323
+  _globals['_LOGLINE']._serialized_start=2325
+  _globals['_LOGLINE']._serialized_end=2411
+  _globals['_EXECREQUEST']._serialized_start=2413
+  _globals['_EXECREQUEST']._serialized_end=2506
+  _globals['_EXECOUTPUT']._serialized_start=2508
+  _globals['_EXECOUTPUT']._serialized_end=2587
+  _globals['_CONTAINERSTATS']._serialized_start=2590
+  _globals['_CONTAINERSTATS']._serialized_end=2752
+  _globals['_CONTAINERS']._serialized_start=2755
+  _globals['_CONTAINERS']._serialized_end=3537
 # @@protoc_insertion_point(module_scope)

@@ -80,6 +80,29 @@ class PortMapping(_message.Message):
 Global___PortMapping: _TypeAlias = PortMapping  # noqa: Y015
 
 @_typing.final
+class TmpfsSpec(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_PATH_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    container_path: _builtins.str
+    size_bytes: _builtins.int
+    """0: the kernel's default (half of the node's memory)"""
+    def __init__(
+        self,
+        *,
+        container_path: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_path", b"container_path", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TmpfsSpec: _TypeAlias = TmpfsSpec  # noqa: Y015
+
+@_typing.final
 class RestartPolicySpec(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -149,6 +172,7 @@ class CreateContainerRequest(_message.Message):
     PRIVILEGED_FIELD_NUMBER: _builtins.int
     SECCOMP_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
+    TMPFS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """image reference; must be present on the agent"""
     name: _builtins.str
@@ -193,6 +217,10 @@ class CreateContainerRequest(_message.Message):
     def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortMapping]:
         """published ports (-p); needs the bridge network"""
 
+    @_builtins.property
+    def tmpfs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TmpfsSpec]:
+        """--tmpfs: noexec,nosuid,nodev, gone with the container"""
+
     def __init__(
         self,
         *,
@@ -219,10 +247,11 @@ class CreateContainerRequest(_message.Message):
         privileged: _builtins.bool = ...,
         seccomp: _builtins.str = ...,
         ports: _abc.Iterable[Global___PortMapping] | None = ...,
+        tmpfs: _abc.Iterable[Global___TmpfsSpec] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["restart_policy", b"restart_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "clear_entrypoint", b"clear_entrypoint", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "hostname", b"hostname", "image", b"image", "labels", b"labels", "memory_bytes", b"memory_bytes", "name", b"name", "nano_cpus", b"nano_cpus", "network", b"network", "pids_limit", b"pids_limit", "ports", b"ports", "privileged", b"privileged", "read_only", b"read_only", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "user", b"user", "volumes", b"volumes", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "clear_entrypoint", b"clear_entrypoint", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "hostname", b"hostname", "image", b"image", "labels", b"labels", "memory_bytes", b"memory_bytes", "name", b"name", "nano_cpus", b"nano_cpus", "network", b"network", "pids_limit", b"pids_limit", "ports", b"ports", "privileged", b"privileged", "read_only", b"read_only", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "tmpfs", b"tmpfs", "user", b"user", "volumes", b"volumes", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

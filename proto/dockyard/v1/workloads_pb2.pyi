@@ -97,6 +97,7 @@ class ContainerSpec(_message.Message):
     HOSTNAME_FIELD_NUMBER: _builtins.int
     NETWORK_FIELD_NUMBER: _builtins.int
     PRIVILEGED_FIELD_NUMBER: _builtins.int
+    MOUNTS_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     workdir: _builtins.str
     user: _builtins.str
@@ -126,6 +127,8 @@ class ContainerSpec(_message.Message):
     def cap_add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def cap_drop(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def mounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Mount]: ...
     def __init__(
         self,
         *,
@@ -144,16 +147,54 @@ class ContainerSpec(_message.Message):
         hostname: _builtins.str = ...,
         network: _builtins.str = ...,
         privileged: _builtins.bool = ...,
+        mounts: _abc.Iterable[Global___Mount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds", "healthcheck", b"healthcheck", "stop_grace_seconds", b"stop_grace_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "labels", b"labels", "network", b"network", "privileged", b"privileged", "read_only", b"read_only", "stop_grace_seconds", b"stop_grace_seconds", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "labels", b"labels", "mounts", b"mounts", "network", b"network", "privileged", b"privileged", "read_only", b"read_only", "stop_grace_seconds", b"stop_grace_seconds", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__stop_grace_seconds: _TypeAlias = _typing.Literal["stop_grace_seconds"]  # noqa: Y015
     _WhichOneofArgType__stop_grace_seconds: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__stop_grace_seconds) -> _WhichOneofReturnType__stop_grace_seconds | None: ...
 
 Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
+
+@_typing.final
+class Mount(_message.Message):
+    """Docker's --mount for services: a node's directory, or a tmpfs."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    READ_ONLY_FIELD_NUMBER: _builtins.int
+    TMPFS_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    """bind | tmpfs"""
+    source: _builtins.str
+    """bind: an absolute path that exists on the node"""
+    target: _builtins.str
+    """an absolute path in the container"""
+    read_only: _builtins.bool
+    tmpfs_size_bytes: _builtins.int
+    """tmpfs: 0 is the kernel's default (half the memory)"""
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        source: _builtins.str = ...,
+        target: _builtins.str = ...,
+        read_only: _builtins.bool = ...,
+        tmpfs_size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["read_only", b"read_only", "source", b"source", "target", b"target", "tmpfs_size_bytes", b"tmpfs_size_bytes", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Mount: _TypeAlias = Mount  # noqa: Y015
 
 @_typing.final
 class ResourceRequirements(_message.Message):

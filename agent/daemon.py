@@ -160,6 +160,7 @@ class AgentDaemon:
         from dockyard.agent.containers.images_servicer import ImagesServicer
         from dockyard.agent.containers.manager import ContainerManager
         from dockyard.agent.containers.servicer import ContainersServicer
+        from dockyard.agent.containers.volumes_servicer import VolumesServicer
         from dockyard.agent.executors.runc import RuncExecutor
         from dockyard.agent.images.service import ImageService
         from dockyard.agent.network.bridge import BridgeConfig, BridgeNetwork
@@ -184,6 +185,7 @@ class AgentDaemon:
         self.containers = manager
         containers_pb2_grpc.add_ContainersServicer_to_server(ContainersServicer(manager), server)
         images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(manager), server)
+        containers_pb2_grpc.add_VolumesServicer_to_server(VolumesServicer(manager), server)
         return RuncExecutor(manager)
 
     def describe(self) -> NodeDescription:

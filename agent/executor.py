@@ -145,8 +145,10 @@ def create_request(task: Task) -> CreateContainerRequest:
         cap_drop=list(spec.cap_drop),
         hostname=spec.hostname,
         privileged=spec.privileged,  # the controller checked the cluster's policy
-        volumes=[VolumeSpec(host_path=m.source, container_path=m.target, read_only=m.read_only)
-                 for m in spec.mounts if m.type == "bind"],
+        volumes=[VolumeSpec(host_path=m.source if m.type == "bind" else "",
+                            volume=m.source if m.type == "volume" else "",
+                            container_path=m.target, read_only=m.read_only)
+                 for m in spec.mounts if m.type in ("bind", "volume")],
         tmpfs=[TmpfsSpec(container_path=m.target, size_bytes=m.tmpfs_size_bytes)
                for m in spec.mounts if m.type == "tmpfs"],
     )

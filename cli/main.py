@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("container_run", "run", "Run a command in a new container."),
     "service": ("services", "service", "Manage services across the cluster."),
     "stack": ("stacks", "stack", "Deploy compose files as stacks of services."),
+    "volume": ("volumes", "volume", "Manage an agent's named volumes."),
     "version": ("system", "version", "Show the client's and the daemons' versions."),
 }
 

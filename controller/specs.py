@@ -7,6 +7,7 @@ a megabyte of environment) and from filling etcd.
 from __future__ import annotations
 
 import math
+import re
 
 from dockyard.common.reference import InvalidReference, parse_reference
 from dockyard.common.validation import ValidationError, check_labels, check_name
@@ -99,6 +100,7 @@ def _check_task(task: TaskSpec) -> None:
 
 MAX_MOUNTS = 64
 MAX_TMPFS_BYTES = 1 << 40
+VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}\Z")
 
 
 def _check_mounts(mounts: list[Mount]) -> None:
@@ -109,10 +111,9 @@ def _check_mounts(mounts: list[Mount]) -> None:
     targets: set[str] = set()
     for index, mount in enumerate(mounts):
         field = f"spec.task.container.mounts[{index}]"
-        if mount.type not in ("bind", "tmpfs"):
-            raise ValidationError(f"{field}.type", f"must be bind or tmpfs, got "
-                                                   f"{mount.type[:40]!r} (named volumes are not "
-                                                   "supported)")  # fmt: skip
+        if mount.type not in ("bind", "volume", "tmpfs"):
+            raise ValidationError(f"{field}.type", f"must be bind, volume or tmpfs, got "
+                                                   f"{mount.type[:40]!r}")  # fmt: skip
         for name in ("source", "target"):
             _check_string(f"{field}.{name}", getattr(mount, name))
             if "\x00" in getattr(mount, name):
@@ -123,10 +124,14 @@ def _check_mounts(mounts: list[Mount]) -> None:
         if mount.type == "bind" and not mount.source.startswith("/"):
             raise ValidationError(f"{field}.source", f"a bind source must be an absolute path "
                                                      f"on the node, got {mount.source[:200]!r}")
+        if mount.type == "volume" and not VOLUME_NAME.match(mount.source):
+            raise ValidationError(f"{field}.source", f"not a volume name: {mount.source[:80]!r} "
+                                                     "(1-64 of [a-zA-Z0-9_.-], starting with a "
+                                                     "letter or digit)")  # fmt: skip
         if mount.type == "tmpfs" and (mount.source or mount.read_only):
             raise ValidationError(f"{field}.source", "a tmpfs has no source and is writable")
         if not 0 <= mount.tmpfs_size_bytes <= MAX_TMPFS_BYTES or (
-                mount.type == "bind" and mount.tmpfs_size_bytes):  # fmt: skip
+                mount.type != "tmpfs" and mount.tmpfs_size_bytes):  # fmt: skip
             raise ValidationError(f"{field}.tmpfs_size_bytes", "a tmpfs size, 0 to 1 TiB")
         target = mount.target.rstrip("/") or "/"
         if target in targets:

@@ -40,6 +40,7 @@ from dockyard.agent.containers.request import (
     tmpfs_of,
     volumes_of,
 )
+from dockyard.agent.containers.volumes import VolumeStore
 from dockyard.agent.images.errors import ImageNotFound
 from dockyard.agent.images.models import Image
 from dockyard.agent.images.reference import Reference
@@ -92,9 +93,11 @@ class ContainerManager:
         meta_root: Where the manager keeps its per-container records.
     """
 
-    def __init__(self, runtime: RuncRuntime, images: ImageService, meta_root: Path) -> None:
+    def __init__(self, runtime: RuncRuntime, images: ImageService, meta_root: Path,
+                 volumes: VolumeStore | None = None) -> None:  # fmt: skip
         self.runtime = runtime
         self.images = images
+        self.volumes = volumes or VolumeStore(meta_root.parent / "volumes")
         self._metas = MetaStore(meta_root)
         self._meta: dict[str, ContainerMeta] = {}
         self._supervisors: dict[str, asyncio.Task[None]] = {}
@@ -191,6 +194,31 @@ class ContainerManager:
         infos.sort(key=lambda i: i.created_at, reverse=True)
         return [self._view(info) for info in infos]
 
+    # -------------------------------------------------------------------- volumes
+
+    def _volume_dir(self, name: str) -> Path:
+        """A named volume's directory, the volume made first when missing (docker's way)."""
+        return self.volumes.create(name).mountpoint
+
+    async def volume_users(self, name: str) -> builtins.list[str]:
+        """The ids of the containers that mount the volume."""
+        volume = await asyncio.to_thread(self.volumes.get, name)
+        return [view.info.id for view in await self.list(all=True)
+                if any(v.host == volume.mountpoint for v in view.info.config.volumes)]
+
+    async def remove_volume(self, name: str, force: bool = False) -> None:
+        """Delete a volume nothing uses; with `force`, a missing one is no error."""
+        try:
+            users = await self.volume_users(name)
+        except NotFound:
+            if force:
+                return
+            raise
+        if users:
+            raise FailedPrecondition(f"volume {name} is in use by container "
+                                     f"{', '.join(u[:12] for u in users)}")  # fmt: skip
+        await asyncio.to_thread(self.volumes.remove, name)
+
     # --------------------------------------------------------------------- create
 
     def _image(self, ref: Reference, text: str) -> Image:
@@ -232,6 +260,7 @@ class ContainerManager:
             await self._check_bridge(ports)
         self._creating.add(name)
         try:
+            volumes = await asyncio.to_thread(volumes_of, request, self._volume_dir)
             normalized = CreateContainerRequest()
             normalized.CopyFrom(request)
             normalized.name = name
@@ -259,7 +288,7 @@ class ContainerManager:
                 nano_cpus=request.nano_cpus,
                 pids_limit=max(0, request.pids_limit),
                 read_only=request.read_only,
-                volumes=volumes_of(request),
+                volumes=volumes,
                 tmpfs=tmpfs_of(request),
                 network=network,
                 ports=ports,

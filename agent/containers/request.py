@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import signal as signals
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dockyard.agent.containers.errors import InvalidArgument
 from dockyard.agent.containers.names import NAME_RE
+from dockyard.agent.containers.volumes import check_volume_name
 from dockyard.agent.images.errors import InvalidReference
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.runtime.base import (
@@ -131,19 +132,27 @@ def _check_mount_targets(request: CreateContainerRequest) -> None:
         seen.add(normal)
 
 
-def volumes_of(request: CreateContainerRequest) -> list[VolumeMount]:
-    """The request's bind mounts; both paths must be absolute."""
+def volumes_of(request: CreateContainerRequest,
+               mountpoint: Callable[[str], Path] | None = None) -> list[VolumeMount]:  # fmt: skip
+    """The request's mounts: bind mounts of absolute paths, and named volumes, whose
+    directory `mountpoint` gives (without it, names are only checked)."""
     mounts = []
     for index, volume in enumerate(request.volumes):
         field = f"volumes[{index}]"
-        if not volume.host_path.startswith("/"):
+        if volume.volume:
+            if volume.host_path:
+                raise InvalidArgument(f"{field}.host_path", "a named volume has no host path")
+            check_volume_name(f"{field}.volume", volume.volume)
+            host = mountpoint(volume.volume) if mountpoint else Path("/")
+        elif not volume.host_path.startswith("/"):
             raise InvalidArgument(f"{field}.host_path", f"not absolute: {volume.host_path!r}")
+        else:
+            host = Path(volume.host_path)
         if not volume.container_path.startswith("/"):
             raise InvalidArgument(
                 f"{field}.container_path", f"not absolute: {volume.container_path!r}"
             )
-        mounts.append(VolumeMount(Path(volume.host_path), volume.container_path,
-                                  volume.read_only))  # fmt: skip
+        mounts.append(VolumeMount(host, volume.container_path, volume.read_only))
     return mounts
 
 

@@ -58,8 +58,8 @@ def _mount(mount: Any) -> dict[str, Any]:
     if mount.type == "tmpfs":
         options = {"SizeBytes": mount.tmpfs_size_bytes} if mount.tmpfs_size_bytes else {}
         return {"Type": "tmpfs", "Target": mount.target, "TmpfsOptions": options}
-    return {"Type": "bind", "Source": mount.source, "Target": mount.target,
-            "ReadOnly": mount.read_only}
+    return {"Type": mount.type, "Source": mount.source, "Target": mount.target,
+            "ReadOnly": mount.read_only}  # bind or volume (the engine makes a missing one)
 
 
 def container_config(task: Task) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 
 The subset Swarm honours: image, command, entrypoint, environment, working_dir,
 user, hostname, labels, read_only, cap_add/cap_drop, privileged, healthcheck,
-stop_grace_period, ports, network_mode, volumes (bind mounts; named volumes are
-refused), tmpfs and `deploy:` (mode, replicas, labels,
+stop_grace_period, ports, network_mode, volumes (absolute paths are bind mounts,
+names are the node's named volumes), tmpfs and `deploy:` (mode, replicas, labels,
 resources, restart_policy, update_config, rollback_config, placement). Compose keys
 Swarm ignores (build, depends_on, container_name, volumes, ...) are reported as
 ignored, as `docker stack deploy` does; anything else is an error naming the key.
@@ -120,14 +120,17 @@ def _volume(where: str, value: Any) -> str:
             return f"type=tmpfs,target={target}" + (f",tmpfs-size={size}" if size else "")
     else:
         parts = str(value).split(":")
-        kind = "bind"
+        kind = "volume"
         source, target = (parts[0], parts[1]) if len(parts) > 1 else ("", parts[0])
         read_only = len(parts) > 2 and "ro" in parts[2].split(",")
-    if kind != "bind" or not str(source).startswith("/"):
-        raise SpecError(f"{where}: {value!r}: named volumes and relative paths are not "
-                        "supported; use a bind mount of an absolute path on the node (or "
-                        "tmpfs)")  # fmt: skip
-    return f"type=bind,source={source},target={target}" + (",readonly" if read_only else "")
+    if str(source).startswith("/") and kind in ("bind", "volume"):
+        kind = "bind"
+    elif kind not in ("bind", "volume") or str(source).startswith("."):
+        raise SpecError(f"{where}: {value!r}: use an absolute path on the node, a volume "
+                        "name or a tmpfs (relative paths mean nothing on a node)")  # fmt: skip
+    else:
+        kind = "volume"
+    return f"type={kind},source={source},target={target}" + (",readonly" if read_only else "")
 
 
 def _duration(value: Any) -> str:
@@ -271,8 +274,10 @@ def stack_from_documents(stack: str, documents: list[tuple[str, Any]],
         for key in doc:
             if key not in TOP_KEYS and not str(key).startswith("x-"):
                 raise SpecError(f"{source}: unknown top-level key {key!r}")
-            if key in ("networks", "volumes", "secrets", "configs") and doc[key]:
+            if key in ("networks", "secrets", "configs") and doc[key]:
                 result.ignored.append(str(key))
+            elif key == "volumes" and isinstance(doc[key], Mapping) and any(doc[key].values()):
+                result.ignored.append("volumes (driver options)")
         services.update(doc["services"])
     for name, service in services.items():
         result.specs[str(name)] = service_spec(stack, str(name), service, result.ignored)

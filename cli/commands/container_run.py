@@ -80,22 +80,28 @@ class Volume:
     host_path: str
     container_path: str
     read_only: bool
+    volume: str = ""  # a named volume instead of host_path
+
+
+_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}\Z")
 
 
 def parse_volume(text: str) -> Volume:
-    """`-v /host:/ctr[:ro|rw]`; only bind mounts of absolute host paths."""
+    """`-v /host:/ctr[:ro|rw]` (a bind mount) or `-v NAME:/ctr[:ro|rw]` (a named volume)."""
     parts = text.split(":")
     if len(parts) not in (2, 3) or not all(parts[:2]):
-        raise _invalid("-v", text, "use HOST_PATH:CONTAINER_PATH[:ro]")
+        raise _invalid("-v", text, "use HOST_PATH|VOLUME:CONTAINER_PATH[:ro]")
     host, container = parts[0], parts[1]
     mode = parts[2] if len(parts) == 3 else "rw"
-    if not host.startswith("/"):
-        raise _invalid("-v", text, "the host path must be absolute (named volumes are not "
-                                   "supported)")  # fmt: skip
+    if not host.startswith("/") and not _VOLUME_NAME.match(host):
+        raise _invalid("-v", text, "the source must be an absolute host path or a volume name "
+                                   "([a-zA-Z0-9][a-zA-Z0-9_.-]*)")  # fmt: skip
     if not container.startswith("/"):
         raise _invalid("-v", text, "the container path must be absolute")
     if mode not in ("ro", "rw"):
         raise _invalid("-v", text, f"unknown mode {mode!r} (ro or rw)")
+    if not host.startswith("/"):
+        return Volume("", os.path.normpath(container), mode == "ro", volume=host)
     return Volume(os.path.normpath(host), os.path.normpath(container), mode == "ro")
 
 
@@ -340,7 +346,7 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
         pids_limit=pids_limit,
         read_only=flags.read_only,
         volumes=[VolumeSpec(host_path=v.host_path, container_path=v.container_path,
-                            read_only=v.read_only) for v in volumes],
+                            read_only=v.read_only, volume=v.volume) for v in volumes],
         tmpfs=[TmpfsSpec(container_path=path, size_bytes=size) for path, size in tmpfs],
         restart_policy=RestartPolicySpec(name=restart, max_retries=retries),
         network=flags.network,
@@ -381,8 +387,8 @@ def create_options(command: F) -> F:
         click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
         click.option("--tmpfs", "tmpfs", multiple=True, metavar="PATH[:size=SIZE]",
                      help="Mount a tmpfs (repeatable)."),
-        click.option("-v", "--volume", "volumes", multiple=True, metavar="HOST:CTR[:ro]",
-                     help="Bind-mount a host directory (repeatable)."),
+        click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:CTR[:ro]",
+                     help="Bind-mount a host directory or a named volume (repeatable)."),
         click.option("--restart", default="no", show_default=True,
                      metavar="no|on-failure[:N]|always|unless-stopped",
                      help="Restart policy."),

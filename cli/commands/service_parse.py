@@ -192,15 +192,18 @@ def parse_mount(label: str, text: str) -> dict[str, str]:
         else:
             found[name] = value
     kind = found.get("type", "volume")
-    if kind not in ("bind", "tmpfs"):
-        raise invalid(label, text, f"type {kind!r} is not supported (bind or tmpfs)")
+    if kind not in ("bind", "volume", "tmpfs"):
+        raise invalid(label, text, f"unknown type {kind!r} (bind, volume or tmpfs)")
     if not found.get("target", "").startswith("/"):
         raise invalid(label, text, "target must be an absolute path in the container")
     if kind == "bind" and not found.get("source", "").startswith("/"):
         raise invalid(label, text, "a bind source must be an absolute path on the node")
     if kind == "tmpfs" and "source" in found:
         raise invalid(label, text, "a tmpfs has no source")
-    if kind == "bind" and "tmpfs-size" in found:
+    if kind == "volume" and not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}",
+                                             found.get("source", "")):  # fmt: skip
+        raise invalid(label, text, "a volume's source is its name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
+    if kind != "tmpfs" and "tmpfs-size" in found:
         raise invalid(label, text, "tmpfs-size is for type=tmpfs")
     found["type"] = kind
     return found

@@ -303,8 +303,9 @@ SETTINGS: list[Setting] = [
     Setting("network", "none|host|bridge", "Network mode (published ports imply bridge).",
             apply=_set("task.container.network",
                        lambda label, text: parse_choice(label, text, ("none", "host", "bridge")))),
-    Setting("mount", "type=bind|tmpfs,source=PATH,target=PATH[,readonly]",
-            "Mount a node's directory or a tmpfs (--mount-rm takes the target).",
+    Setting("mount", "type=bind|volume|tmpfs,source=SRC,target=PATH[,readonly]",
+            "Mount a node's directory, a named volume of the node or a tmpfs (--mount-rm "
+            "takes the target).",
             item=_mount_item, field=lambda s: s.task.container.mounts),
     Setting("read-only", "", "Mount the root filesystem read-only.", is_bool=True,
             apply=_set("task.container.read_only", _bool)),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -190,13 +191,20 @@ def test_a_service_mounts_a_node_directory_and_a_tmpfs(
         spec.task.container.image = image_registry.busybox
         spec.task.container.command.extend(
             ["sh", "-c", "grep ' /cache ' /proc/mounts | cut -d' ' -f3 > /data/$(hostname); "
-                         "sleep 300"])  # fmt: skip
+                         "hostname > /vol/$(hostname); sleep 300"])  # fmt: skip
         spec.task.container.stop_grace_seconds = 0
         spec.task.container.mounts.add(type="bind", source=str(data), target="/data")
         spec.task.container.mounts.add(type="tmpfs", target="/cache", tmpfs_size_bytes=1 << 20)
+        spec.task.container.mounts.add(type="volume", source="svcdata", target="/vol")
         spec.replicated.replicas = 2
         control.CreateService(CreateServiceRequest(spec=spec))
         runc_cluster.wait_for(lambda: len(list(data.iterdir())) == 2, "both tasks wrote", 60)
         assert {f.read_text().strip() for f in data.iterdir()} == {"tmpfs"}
+        names = {n["id"]: name for name, n in runc_cluster.nodes().items()}
+        for task in running(control, "mounts"):  # each node made the volume it lacked
+            volumes = runc_cluster.cli("volume", "ls", "-o", "json",
+                                       host=runc_cluster.agent_address(names[task.node_id])).stdout
+            (volume,) = [v for v in json.loads(volumes) if v["name"] == "svcdata"]
+            assert Path(volume["mountpoint"]).is_dir() and volume["used_by"]
     finally:
         control.close()

@@ -144,3 +144,27 @@ def test_tmpfs_mounts(agent: AgentUnderTest, busybox_ref: str) -> None:
     assert written == "ok"  # writable although the root filesystem is read-only
     bad = agent.cli("run", "--rm", "--tmpfs", "cache", busybox_ref, "true")
     assert bad.returncode == 125 and "invalid --tmpfs 'cache'" in bad.stderr
+
+
+def test_named_volumes_outlive_their_containers(agent: AgentUnderTest, busybox_ref: str) -> None:
+    assert agent.ok("volume", "create", "--label", "app=db", "vol1").stdout == "vol1\n"
+    agent.ok("run", "--rm", "-v", "vol1:/data", busybox_ref, "sh", "-c", "echo kept > /data/f")
+    assert agent.ok("run", "--rm", "-v", "vol1:/data:ro", busybox_ref,
+                    "cat", "/data/f").stdout == "kept\n"  # fmt: skip
+    # a volume named by a run that does not exist yet is made, as docker does
+    agent.ok("run", "-d", "--name", "holder", "-v", "vol2:/data", busybox_ref, "sleep", "300")
+    listed = agent.ok("volume", "ls").stdout.splitlines()
+    assert listed[0].split() == ["VOLUME", "NAME", "MOUNTPOINT", "USED", "BY"]
+    rows = {line.split()[0]: line for line in listed[1:]}
+    assert set(rows) == {"vol1", "vol2"} and rows["vol1"].endswith("-")
+    (inspected,) = json.loads(agent.ok("volume", "inspect", "vol1").stdout)
+    assert inspected["labels"] == {"app": "db"} and inspected["mountpoint"].endswith("/_data")
+    busy = agent.cli("volume", "rm", "vol2")
+    assert busy.returncode == 1 and "volume vol2 is in use by container" in busy.stderr
+    agent.ok("container", "rm", "-f", "holder")
+    assert agent.ok("volume", "rm", "vol1", "vol2").stdout == "vol1\nvol2\n"
+    missing = agent.cli("volume", "rm", "vol1")
+    assert missing.returncode == 1 and "no such volume: vol1" in missing.stderr
+    assert agent.cli("volume", "rm", "-f", "vol1").returncode == 0
+    bad = agent.cli("volume", "create", "../x")
+    assert bad.returncode == 1 and "name: invalid volume name" in bad.stderr

@@ -157,7 +157,9 @@ def test_volumes_are_bind_mounts_or_tmpfs() -> None:
     assert [(m.type, m.source, m.target, m.read_only, m.tmpfs_size_bytes) for m in mounts] == [
         ("bind", "/srv/db", "/var/lib/db", True, 0), ("tmpfs", "", "/cache", False, 1 << 20),
         ("bind", "/srv/logs", "/logs", False, 0), ("tmpfs", "", "/run", False, 0)]
-    for volume in ("data:/var/lib/db", "./data:/data"):
-        named = {"services": {"db": {"image": "busybox", "volumes": [volume]}}}
-        with pytest.raises(SpecError, match="named volumes and relative paths are not supported"):
-            stack_from_documents("s", [("c.yml", named)], {})
+    named = {"services": {"db": {"image": "busybox", "volumes": ["data:/var/lib/db"]}}}
+    (mount,) = stack_from_documents("s", [("c.yml", named)], {}).specs["db"].task.container.mounts
+    assert (mount.type, mount.source, mount.target) == ("volume", "data", "/var/lib/db")
+    relative = {"services": {"db": {"image": "busybox", "volumes": ["./data:/data"]}}}
+    with pytest.raises(SpecError, match="relative paths mean nothing on a node"):
+        stack_from_documents("s", [("c.yml", relative)], {})

@@ -528,3 +528,212 @@ class Containers:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class VolumesStub:
+    """Named volumes: directories the agent keeps under its state dir, outliving the
+    containers that mount them (`docker volume`).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Create = channel.unary_unary(
+                '/dockyard.v1.Volumes/Create',
+                request_serializer=dockyard_dot_v1_dot_containers__pb2.CreateVolumeRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_containers__pb2.VolumeRecord.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/dockyard.v1.Volumes/List',
+                request_serializer=dockyard_dot_v1_dot_containers__pb2.ListVolumesRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_containers__pb2.ListVolumesResponse.FromString,
+                _registered_method=True)
+        self.Inspect = channel.unary_unary(
+                '/dockyard.v1.Volumes/Inspect',
+                request_serializer=dockyard_dot_v1_dot_containers__pb2.VolumeRef.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_containers__pb2.VolumeRecord.FromString,
+                _registered_method=True)
+        self.Remove = channel.unary_unary(
+                '/dockyard.v1.Volumes/Remove',
+                request_serializer=dockyard_dot_v1_dot_containers__pb2.RemoveVolumeRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_containers__pb2.RemoveVolumeResponse.FromString,
+                _registered_method=True)
+
+
+class VolumesServicer:
+    """Named volumes: directories the agent keeps under its state dir, outliving the
+    containers that mount them (`docker volume`).
+    """
+
+    def Create(self, request, context):
+        """Creating a volume that exists returns it (as docker does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Inspect(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Remove(self, request, context):
+        """Refused while a container uses the volume (even with force).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_VolumesServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Create': grpc.unary_unary_rpc_method_handler(
+                    servicer.Create,
+                    request_deserializer=dockyard_dot_v1_dot_containers__pb2.CreateVolumeRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_containers__pb2.VolumeRecord.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=dockyard_dot_v1_dot_containers__pb2.ListVolumesRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_containers__pb2.ListVolumesResponse.SerializeToString,
+            ),
+            'Inspect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Inspect,
+                    request_deserializer=dockyard_dot_v1_dot_containers__pb2.VolumeRef.FromString,
+                    response_serializer=dockyard_dot_v1_dot_containers__pb2.VolumeRecord.SerializeToString,
+            ),
+            'Remove': grpc.unary_unary_rpc_method_handler(
+                    servicer.Remove,
+                    request_deserializer=dockyard_dot_v1_dot_containers__pb2.RemoveVolumeRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_containers__pb2.RemoveVolumeResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'dockyard.v1.Volumes', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('dockyard.v1.Volumes', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Volumes:
+    """Named volumes: directories the agent keeps under its state dir, outliving the
+    containers that mount them (`docker volume`).
+    """
+
+    @staticmethod
+    def Create(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Volumes/Create',
+            dockyard_dot_v1_dot_containers__pb2.CreateVolumeRequest.SerializeToString,
+            dockyard_dot_v1_dot_containers__pb2.VolumeRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Volumes/List',
+            dockyard_dot_v1_dot_containers__pb2.ListVolumesRequest.SerializeToString,
+            dockyard_dot_v1_dot_containers__pb2.ListVolumesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Inspect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Volumes/Inspect',
+            dockyard_dot_v1_dot_containers__pb2.VolumeRef.SerializeToString,
+            dockyard_dot_v1_dot_containers__pb2.VolumeRecord.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Remove(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Volumes/Remove',
+            dockyard_dot_v1_dot_containers__pb2.RemoveVolumeRequest.SerializeToString,
+            dockyard_dot_v1_dot_containers__pb2.RemoveVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

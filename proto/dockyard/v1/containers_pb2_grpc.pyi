@@ -146,3 +146,70 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_containers_pb2.ContainerStats, _abc.Awaitable[_containers_pb2.ContainerStats]]: ...
 
 def add_ContainersServicer_to_server(servicer: ContainersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class VolumesStub:
+    """Named volumes: directories the agent keeps under its state dir, outliving the
+    containers that mount them (`docker volume`).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> VolumesAsyncStub: ...
+    Create: _grpc.UnaryUnaryMultiCallable[_containers_pb2.CreateVolumeRequest, _containers_pb2.VolumeRecord]
+    """Creating a volume that exists returns it (as docker does)."""
+    List: _grpc.UnaryUnaryMultiCallable[_containers_pb2.ListVolumesRequest, _containers_pb2.ListVolumesResponse]
+    Inspect: _grpc.UnaryUnaryMultiCallable[_containers_pb2.VolumeRef, _containers_pb2.VolumeRecord]
+    Remove: _grpc.UnaryUnaryMultiCallable[_containers_pb2.RemoveVolumeRequest, _containers_pb2.RemoveVolumeResponse]
+    """Refused while a container uses the volume (even with force)."""
+
+@_typing.type_check_only
+class VolumesAsyncStub(VolumesStub):
+    """Named volumes: directories the agent keeps under its state dir, outliving the
+    containers that mount them (`docker volume`).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Create: _aio.UnaryUnaryMultiCallable[_containers_pb2.CreateVolumeRequest, _containers_pb2.VolumeRecord]  # type: ignore[assignment]
+    """Creating a volume that exists returns it (as docker does)."""
+    List: _aio.UnaryUnaryMultiCallable[_containers_pb2.ListVolumesRequest, _containers_pb2.ListVolumesResponse]  # type: ignore[assignment]
+    Inspect: _aio.UnaryUnaryMultiCallable[_containers_pb2.VolumeRef, _containers_pb2.VolumeRecord]  # type: ignore[assignment]
+    Remove: _aio.UnaryUnaryMultiCallable[_containers_pb2.RemoveVolumeRequest, _containers_pb2.RemoveVolumeResponse]  # type: ignore[assignment]
+    """Refused while a container uses the volume (even with force)."""
+
+class VolumesServicer(metaclass=_abc_1.ABCMeta):
+    """Named volumes: directories the agent keeps under its state dir, outliving the
+    containers that mount them (`docker volume`).
+    """
+
+    @_abc_1.abstractmethod
+    def Create(
+        self,
+        request: _containers_pb2.CreateVolumeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_containers_pb2.VolumeRecord, _abc.Awaitable[_containers_pb2.VolumeRecord]]:
+        """Creating a volume that exists returns it (as docker does)."""
+
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _containers_pb2.ListVolumesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_containers_pb2.ListVolumesResponse, _abc.Awaitable[_containers_pb2.ListVolumesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Inspect(
+        self,
+        request: _containers_pb2.VolumeRef,
+        context: _ServicerContext,
+    ) -> _typing.Union[_containers_pb2.VolumeRecord, _abc.Awaitable[_containers_pb2.VolumeRecord]]: ...
+
+    @_abc_1.abstractmethod
+    def Remove(
+        self,
+        request: _containers_pb2.RemoveVolumeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_containers_pb2.RemoveVolumeResponse, _abc.Awaitable[_containers_pb2.RemoveVolumeResponse]]:
+        """Refused while a container uses the volume (even with force)."""
+
+def add_VolumesServicer_to_server(servicer: VolumesServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

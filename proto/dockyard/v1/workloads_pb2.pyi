@@ -161,7 +161,9 @@ Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
 
 @_typing.final
 class Mount(_message.Message):
-    """Docker's --mount for services: a node's directory, or a tmpfs."""
+    """Docker's --mount for services: a node's directory, a named volume of the node
+    (made there when missing), or a tmpfs.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -171,9 +173,9 @@ class Mount(_message.Message):
     READ_ONLY_FIELD_NUMBER: _builtins.int
     TMPFS_SIZE_BYTES_FIELD_NUMBER: _builtins.int
     type: _builtins.str
-    """bind | tmpfs"""
+    """bind | volume | tmpfs"""
     source: _builtins.str
-    """bind: an absolute path that exists on the node"""
+    """bind: an absolute path on the node; volume: its name"""
     target: _builtins.str
     """an absolute path in the container"""
     read_only: _builtins.bool

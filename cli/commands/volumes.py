@@ -1,0 +1,99 @@
+"""`dockyard -H AGENT volume create|ls|inspect|rm`: an agent's named volumes."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from dockyard.cli.client import CliError, call
+from dockyard.cli.commands.container_run import AGENT
+from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.render import emit_data, emit_table
+
+
+def volumes_stub(channel: Any) -> Any:
+    from dockyard.v1 import containers_pb2_grpc
+
+    return containers_pb2_grpc.VolumesStub(channel)
+
+
+@click.group("volume")
+def volume() -> None:
+    """Manage an agent's named volumes (directories that outlive containers)."""
+
+
+@volume.command("create")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Volume label.")
+@click.argument("name")
+@pass_options
+def create(options: GlobalOptions, labels: tuple[str, ...], name: str) -> None:
+    """Create a volume (an existing one is left as it is)."""
+    from dockyard.common.validation import ValidationError, parse_label
+    from dockyard.v1.containers_pb2 import CreateVolumeRequest
+
+    try:
+        pairs = dict(parse_label("--label", text) for text in labels)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    record = call(options.target(), volumes_stub, "Create",
+                  CreateVolumeRequest(name=name, labels=pairs), what=AGENT)  # fmt: skip
+    click.echo(record.name)
+
+
+@volume.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only print volume names.")
+@output_option
+@pass_options
+def list_volumes(options: GlobalOptions, quiet: bool) -> None:
+    """List the agent's volumes and the containers that use them."""
+    from dockyard.v1.containers_pb2 import ListVolumesRequest
+
+    records = call(options.target(), volumes_stub, "List", ListVolumesRequest(),
+                   what=AGENT).volumes  # fmt: skip
+    if quiet:
+        for r in records:
+            click.echo(r.name)
+    elif options.output != "table":
+        emit_data(list(records), options.output)
+    else:
+        emit_table(["VOLUME NAME", "MOUNTPOINT", "USED BY"],
+                   [[r.name, r.mountpoint, ", ".join(u[:12] for u in r.used_by) or "-"]
+                    for r in records])  # fmt: skip
+
+
+@volume.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+@output_option
+@pass_options
+def inspect(options: GlobalOptions, names: tuple[str, ...]) -> None:
+    """Show volumes (JSON unless -o yaml)."""
+    from dockyard.v1.containers_pb2 import VolumeRef
+
+    target = options.target()
+    records = [call(target, volumes_stub, "Inspect", VolumeRef(name=n), what=AGENT)
+               for n in names]  # fmt: skip
+    emit_data(records, "yaml" if options.output == "yaml" else "json")
+
+
+@volume.command("rm")
+@click.option("-f", "--force", is_flag=True, help="No error for a volume that does not exist.")
+@click.argument("names", nargs=-1, required=True)
+@pass_options
+def remove(options: GlobalOptions, force: bool, names: tuple[str, ...]) -> None:
+    """Remove volumes and their data (refused while a container uses one)."""
+    from dockyard.v1.containers_pb2 import RemoveVolumeRequest
+
+    target = options.target()
+    failed = False
+    for name in names:
+        try:
+            call(target, volumes_stub, "Remove", RemoveVolumeRequest(name=name, force=force),
+                 what=AGENT)  # fmt: skip
+            click.echo(name)
+        except CliError as exc:
+            failed = True
+            click.echo(f"dockyard: {exc.message}", err=True)
+    if failed:
+        sys.exit(1)

@@ -196,9 +196,19 @@ class ContainerManager:
 
     # -------------------------------------------------------------------- volumes
 
-    def _volume_dir(self, name: str) -> Path:
-        """A named volume's directory, the volume made first when missing (docker's way)."""
-        return self.volumes.create(name).mountpoint
+    def _volume_dir(self, name: str, made: builtins.list[str]) -> Path:
+        """A named volume's directory, the volume made first when missing (docker's way);
+        `made` collects the names made here."""
+        volume, created = self.volumes.ensure(name)
+        if created:
+            made.append(name)
+        return volume.mountpoint
+
+    async def _drop_volumes(self, names: builtins.list[str]) -> None:
+        """Remove volumes a failed create made (nothing else can use them yet)."""
+        for name in names:
+            with contextlib.suppress(NotFound):
+                await asyncio.to_thread(self.volumes.remove, name)
 
     async def volume_users(self, name: str) -> builtins.list[str]:
         """The ids of the containers that mount the volume."""
@@ -259,8 +269,10 @@ class ContainerManager:
         if network == "bridge":
             await self._check_bridge(ports)
         self._creating.add(name)
+        made: builtins.list[str] = []  # volumes this create made: gone again if it fails
         try:
-            volumes = await asyncio.to_thread(volumes_of, request, self._volume_dir)
+            volumes = await asyncio.to_thread(volumes_of, request,
+                                              lambda v: self._volume_dir(v, made))  # fmt: skip
             normalized = CreateContainerRequest()
             normalized.CopyFrom(request)
             normalized.name = name
@@ -312,6 +324,7 @@ class ContainerManager:
                 self._meta.pop(config.id, None)
                 await asyncio.to_thread(self._metas.delete, config.id)
                 raise
+            made.clear()  # created: its volumes stay
         except NameConflict as exc:
             raise AlreadyExists(str(exc)) from exc
         except PortInUse as exc:  # taken since _check_bridge looked
@@ -320,6 +333,7 @@ class ContainerManager:
             raise InvalidArgument("user" if request.user else "image", str(exc)) from exc
         finally:
             self._creating.discard(name)
+            await self._drop_volumes(made)
         return ContainerView(info, meta)
 
     async def _check_bridge(self, ports: builtins.list[PortMapping]) -> None:

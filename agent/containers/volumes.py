@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from dockyard.agent.containers.errors import AlreadyExists, InvalidArgument, NotFound
+from dockyard.agent.containers.errors import InvalidArgument, NotFound
 
 __all__ = ["VOLUME_NAME", "Volume", "VolumeStore"]
 
@@ -67,19 +67,18 @@ class VolumeStore:
                 found.append(self.get(entry.name))
         return found
 
-    def create(self, name: str, labels: dict[str, str] | None = None,
-               exist_ok: bool = True) -> Volume:  # fmt: skip
-        """Make the volume; an existing one is returned as it is (or AlreadyExists)."""
+    def create(self, name: str, labels: dict[str, str] | None = None) -> Volume:
+        """Make the volume; an existing one is returned as it is (as docker does)."""
+        return self.ensure(name, labels)[0]
+
+    def ensure(self, name: str, labels: dict[str, str] | None = None) -> tuple[Volume, bool]:
+        """The volume, and whether this call made it."""
         check_volume_name("name", name)
         with self._lock:
             try:
-                existing = self.get(name)
+                return self.get(name), False
             except NotFound:
                 pass
-            else:
-                if not exist_ok:
-                    raise AlreadyExists(f"volume {name} already exists")
-                return existing
             self.root.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=self.root))
             (staging / _DATA).mkdir(mode=0o755)
@@ -87,7 +86,7 @@ class VolumeStore:
             (staging / _RECORD).write_text(json.dumps(record))
             os.chmod(staging, 0o755)
             os.rename(staging, self.root / name)
-        return self.get(name)
+        return self.get(name), True
 
     def remove(self, name: str) -> None:
         """Delete the volume and its data (the caller checked nothing uses it)."""

@@ -69,13 +69,14 @@ SERVICES = {
     "Containers": cpb.DESCRIPTOR.services_by_name["Containers"],
     "Images": ipb.DESCRIPTOR.services_by_name["Images"],
     "Agent": agent_pb2.DESCRIPTOR.services_by_name["Agent"],
+    "Volumes": cpb.DESCRIPTOR.services_by_name["Volumes"],
 }
 CALLS = [f"{name}/{m.name}" for name, service in SERVICES.items() for m in service.methods]
 STREAMS = {"Images/Pull", "Images/Push", "Containers/Logs", "Containers/Exec"}
 READ_ONLY = {
     "Containers/List", "Containers/Inspect", "Containers/Logs", "Containers/Stats",
     "Containers/Wait", "Images/List", "Images/Inspect", "Agent/GetVersion",
-    "Agent/GetAgentInfo",
+    "Agent/GetAgentInfo", "Volumes/List", "Volumes/Inspect",
 }  # fmt: skip
 MUTATING = set(CALLS) - READ_ONLY
 TIMEOUTS = {"Containers/Wait": 1.5, "Images/Pull": 60.0, "Images/Push": 60.0}
@@ -182,7 +183,8 @@ class AgentUnderFuzz:
 
     def stub(self, service: str) -> Any:
         stubs = {"Containers": containers_pb2_grpc.ContainersStub,
-                 "Images": images_pb2_grpc.ImagesStub, "Agent": agent_pb2_grpc.AgentStub}
+                 "Images": images_pb2_grpc.ImagesStub, "Agent": agent_pb2_grpc.AgentStub,
+                 "Volumes": containers_pb2_grpc.VolumesStub}
         return stubs[service](self.channel)
 
     def call(self, call: str, request: Message,
@@ -215,6 +217,7 @@ class AgentUnderFuzz:
             "container dirs": _listing(self.state_dir / "runtime" / "containers")
             + _listing(self.state_dir / "containers"),
             "mounts": _mounts(self.state_dir),
+            "volumes": _listing(self.state_dir / "volumes"),
             "saved files": _listing(self.files / "out"),
         }
 

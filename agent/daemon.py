@@ -14,6 +14,8 @@ from dockyard.agent.api import AgentServicer
 from dockyard.agent.certs import NodePKI, renew_loop
 from dockyard.agent.config import AgentConfig
 from dockyard.agent.identity import load_or_create
+from dockyard.agent.secret_files import DEFAULT_ROOT as SECRETS_ROOT
+from dockyard.agent.secret_files import SecretFiles
 from dockyard.agent.session import ControllerSession
 from dockyard.agent.worker import Worker
 from dockyard.common.addresses import JOIN_PORT
@@ -53,11 +55,13 @@ class AgentDaemon:
         self.containers: ContainerManager | None = None
         self.worker: Worker | None = None
         self._docker: DockerExecutor | None = None
+        self._node_id = ""
 
     async def start(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
         identity = load_or_create(config.state_dir, config.name)
+        self._node_id = identity.node_id
         node_pki = NodePKI.of(config.state_dir)
         controllers = config.controllers or node_pki.controllers()
         if not controllers:
@@ -114,7 +118,8 @@ class AgentDaemon:
 
             executor = HollowExecutor()
         if executor is not None:
-            self.worker = Worker(executor, self.session, config.state_dir)
+            self.worker = Worker(executor, self.session, config.state_dir,
+                                 secrets=getattr(executor, "secrets", None))  # fmt: skip
             await self.worker.start()
         await self.server.start()
         self._session_task = asyncio.create_task(self.session.run())
@@ -145,7 +150,7 @@ class AgentDaemon:
         from dockyard.agent.executor import ExecutorError
         from dockyard.agent.executors.docker import DockerExecutor
 
-        executor = DockerExecutor(self.config.docker_host)
+        executor = DockerExecutor(self.config.docker_host, self._secret_files())
         try:
             version = await executor.version()
         except ExecutorError as exc:
@@ -186,7 +191,11 @@ class AgentDaemon:
         containers_pb2_grpc.add_ContainersServicer_to_server(ContainersServicer(manager), server)
         images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(manager), server)
         containers_pb2_grpc.add_VolumesServicer_to_server(VolumesServicer(manager), server)
-        return RuncExecutor(manager)
+        return RuncExecutor(manager, self._secret_files())
+
+    def _secret_files(self) -> SecretFiles:
+        """Where this agent's tasks' secret files go (a tmpfs, mounted on first use)."""
+        return SecretFiles(SECRETS_ROOT / self._node_id)
 
     def describe(self) -> NodeDescription:
         assert self._description is not None

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from dockyard.agent.runtime.base import ExitInfo
+from dockyard.agent.secret_files import SecretMount
 from dockyard.v1.containers_pb2 import (
     CreateContainerRequest,
     PortMapping,
@@ -111,13 +112,14 @@ def task_labels(task: Task) -> dict[str, str]:
     return labels
 
 
-def create_request(task: Task) -> CreateContainerRequest:
+def create_request(task: Task, secrets: Sequence[SecretMount] = ()) -> CreateContainerRequest:
     """The container the task runs: its spec, its name and labels, restart policy `no`.
 
     The controller's restart policy replaces failed tasks, so a container is never
     restarted by the node. The task's published ports (swarm's `mode=host` publishing:
     on the node that runs it) go on the agent's bridge: `published_port` on the node to
-    `target_port` in the container, 0 for a port the agent picks.
+    `target_port` in the container, 0 for a port the agent picks. `secrets` are the
+    task's secret files (`dockyard.agent.secret_files`), bind-mounted read-only.
     """
     spec = task.spec.container
     resources = task.spec.resources
@@ -148,7 +150,9 @@ def create_request(task: Task) -> CreateContainerRequest:
         volumes=[VolumeSpec(host_path=m.source if m.type == "bind" else "",
                             volume=m.source if m.type == "volume" else "",
                             container_path=m.target, read_only=m.read_only)
-                 for m in spec.mounts if m.type in ("bind", "volume")],
+                 for m in spec.mounts if m.type in ("bind", "volume")]
+                + [VolumeSpec(host_path=s.host_path, container_path=s.container_path,
+                              read_only=True) for s in secrets],
         tmpfs=[TmpfsSpec(container_path=m.target, size_bytes=m.tmpfs_size_bytes)
                for m in spec.mounts if m.type == "tmpfs"],
     )

@@ -31,6 +31,9 @@ from dockyard.v1.types_pb2 import NodeDescription
 
 log = structlog.get_logger(__name__)
 
+# An assignment set carries the data of the secrets its tasks use (500 KiB each at most).
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
 CONNECT_TIMEOUT = 10.0
 # Missing this many heartbeat acks in a row means the controller is gone.
 MISSED_ACKS = 3
@@ -153,9 +156,9 @@ class ControllerSession:
                 yield await outbox.get()
 
         channel = (
-            grpc.aio.secure_channel(target, self._credentials())
+            grpc.aio.secure_channel(target, self._credentials(), options=CHANNEL_OPTIONS)
             if self._credentials is not None
-            else grpc.aio.insecure_channel(target)
+            else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         )
         async with channel:
             call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
@@ -211,7 +214,11 @@ class ControllerSession:
                     message.heartbeat_ack.sequence, message.heartbeat_ack.heartbeat_period_seconds
                 )
             elif kind == "assignments" and self._on_assignments is not None:
-                await self._on_assignments(message.assignments)
+                assignments = message.assignments
+                log.debug("session.assignments", tasks=len(assignments.tasks),
+                          secrets=sorted(s.id for s in assignments.secrets),
+                          bytes=assignments.ByteSize())  # never the data  # fmt: skip
+                await self._on_assignments(assignments)
 
     def _acked(self, sequence: int, period: float) -> None:
         sent = self._sent.pop(sequence, None)

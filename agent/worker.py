@@ -30,6 +30,7 @@ import structlog
 from google.protobuf import json_format
 
 from dockyard.agent.executor import Executor, ExecutorError, ExitInfo
+from dockyard.agent.secret_files import SecretFiles
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, TaskStatusReport
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import HealthCheck, Task
@@ -97,10 +98,13 @@ class Worker:
     """
 
     def __init__(
-        self, executor: Executor, session: SessionLike, state_dir: Path, persist: bool = True
+        self, executor: Executor, session: SessionLike, state_dir: Path, persist: bool = True,
+        secrets: SecretFiles | None = None,
     ) -> None:
         """`persist=False` keeps no worker.json: for simulated agents, whose
-        containers do not outlive the process anyway."""
+        containers do not outlive the process anyway. `secrets` holds the secrets the
+        sets deliver, in memory only (worker.json keeps tasks' references, never data),
+        and the executor's files of them (removed with each task's container)."""
         self.executor = executor
         self.session = session
         self.path = state_dir / STATE_FILE
@@ -118,6 +122,7 @@ class Worker:
         self._closed = False
         self._write_lock = threading.Lock()  # a cancelled save may still be writing
         self._sequence = self._written = 0
+        self.secrets = secrets
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -125,6 +130,8 @@ class Worker:
         """Load `worker.json`, find the containers again and resume every task."""
         saved = await asyncio.to_thread(_load, self.path)
         self._containers = await self.executor.task_containers()
+        if self.secrets is not None:  # files of tasks this node no longer holds
+            await asyncio.to_thread(self.secrets.prune, [task.id for task, _ in saved])
         for task, status in saved:
             self._track(task, status)
         log.info("worker.started", tasks=len(self._tasks), containers=len(self._containers))
@@ -144,6 +151,8 @@ class Worker:
         await asyncio.gather(*tasks, return_exceptions=True)
         if self._persist:
             await asyncio.to_thread(self._write, self._snapshot())
+        if self.secrets is not None:
+            await asyncio.to_thread(self.secrets.close)
 
     def statuses(self) -> dict[str, TaskStatus]:
         """The latest status of every assigned task."""
@@ -156,6 +165,8 @@ class Worker:
         if self._closed:
             return
         incoming = {task.id: task for task in assignments.tasks}
+        if assignments.full and self.secrets is not None:
+            self.secrets.update(assignments.secrets)
         if assignments.full:
             gone = [task_id for task_id in self._tasks if task_id not in incoming]
         else:
@@ -223,6 +234,8 @@ class Worker:
         try:
             await self.executor.stop(container_id, grace)
             await self.executor.remove(container_id)
+            if self.secrets is not None:
+                self.secrets.remove(task_id)
         except Exception as exc:
             log.warning("worker.remove_failed", container_id=container_id, error=str(exc))
         finally:
@@ -241,6 +254,8 @@ class Worker:
             container_id = tracked.container_id or await self._find_container(tracked)
             if container_id:
                 await self._dispose(tracked.task.id, container_id, _grace(tracked.task))
+            elif self.secrets is not None:  # prepare may have written them
+                self.secrets.remove(tracked.task.id)
         except asyncio.CancelledError:
             await self._stop_health(tracked)
             raise

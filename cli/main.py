@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "ps": ("services", "ps", "List tasks (on a controller) or containers (on an agent)."),
     "pull": ("images", "pull", "Pull an image, with a progress bar per layer."),
     "run": ("container_run", "run", "Run a command in a new container."),
+    "secret": ("secrets", "secret", "Manage the cluster's secrets."),
     "service": ("services", "service", "Manage services across the cluster."),
     "stack": ("stacks", "stack", "Deploy compose files as stacks of services."),
     "volume": ("volumes", "volume", "Manage an agent's named volumes."),

@@ -1,7 +1,8 @@
 """Hands each node the tasks it must act on, and takes their status back.
 
 The assigner sends a node its whole set whenever one of its tasks changes
-(or its session opens): tasks meant to run there, and tasks it must still stop.
+(or its session opens): tasks meant to run there, and tasks it must still stop,
+with the data of exactly the secrets those tasks reference (and no other).
 The status writer batches what agents report into few etcd transactions, and
 only accepts a report for a task assigned to the reporting node.
 """
@@ -16,9 +17,9 @@ import structlog
 
 from dockyard.controller.orchestrators.tasks import State, is_terminal
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import TASKS, Store, StoreError
+from dockyard.controller.store import SECRET_DATA, TASKS, Store, StoreError
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, DispatcherMessage, TaskStatusReport
-from dockyard.v1.workloads_pb2 import Task
+from dockyard.v1.workloads_pb2 import Secret, Task
 
 log = structlog.get_logger(__name__)
 
@@ -34,18 +35,46 @@ def assigned_to_agent(task: Task) -> bool:
 
 
 class Assigner:
-    def __init__(self, state: ClusterState, send: Send) -> None:
+    def __init__(self, state: ClusterState, send: Send, store: Store | None = None) -> None:
+        """`store` is where secrets' data is read (None: no secret is ever sent)."""
         self._state = state
         self._send = send
+        self._store = store
         self._sent: dict[str, frozenset[tuple[str, int, int]]] = {}
+        self._secret_data: dict[str, bytes] = {}  # secrets are immutable: read once
 
-    def assignment_set(self, node_id: str) -> AssignmentSet:
+    async def assignment_set(self, node_id: str) -> AssignmentSet:
         tasks = [t for t in self._state.tasks_of_node(node_id) if assigned_to_agent(t)]
-        return AssignmentSet(full=True, tasks=tasks)
+        wanted: dict[str, str] = {}  # id -> name, each secret once
+        for task in tasks:
+            for ref in task.spec.container.secrets:
+                wanted.setdefault(ref.secret_id, ref.secret_name)
+        secrets = [s for s in [await self._secret(i, n) for i, n in wanted.items()] if s]
+        return AssignmentSet(full=True, tasks=tasks, secrets=secrets)
 
-    def send_now(self, node_id: str) -> None:
+    async def _secret(self, secret_id: str, name: str) -> Secret | None:
+        """The secret with its data; None (the agent rejects the task) when it is gone."""
+        for stale in [i for i in self._secret_data if i not in self._state.secrets]:
+            del self._secret_data[stale]
+        data = self._secret_data.get(secret_id)
+        if data is None and self._store is not None and secret_id in self._state.secrets:
+            try:
+                raw = await self._store.get_raw(SECRET_DATA, secret_id)
+            except StoreError as exc:
+                log.warning("assignments.secret_unreadable", secret_id=secret_id, error=str(exc))
+                return None
+            if raw is not None:
+                data = self._secret_data[secret_id] = raw[0]
+        if data is None:
+            log.warning("assignments.secret_missing", secret_id=secret_id, name=name)
+            return None
+        secret = Secret(id=secret_id, size_bytes=len(data))
+        secret.spec.name, secret.spec.data = name, data
+        return secret
+
+    async def send_now(self, node_id: str) -> None:
         """Send the whole set to a node (its session just opened)."""
-        assignments = self.assignment_set(node_id)
+        assignments = await self.assignment_set(node_id)
         if self._send(node_id, DispatcherMessage(assignments=assignments)):
             self._sent[node_id] = _fingerprint(assignments)
 
@@ -56,7 +85,7 @@ class Assigner:
             await changed.wait()
             changed.clear()
             for node_id in tracker.take().task_nodes:
-                assignments = self.assignment_set(node_id)
+                assignments = await self.assignment_set(node_id)
                 fingerprint = _fingerprint(assignments)
                 if self._sent.get(node_id) == fingerprint:
                     continue
@@ -70,7 +99,10 @@ class Assigner:
 def _fingerprint(assignments: AssignmentSet) -> frozenset[tuple[str, int, int]]:
     """What the agent acts on: which tasks, what they should be, which spec.
     Status changes (the agent's own reports) do not make a new set."""
-    return frozenset((t.id, t.desired_state, t.spec_version) for t in assignments.tasks)
+    return frozenset(
+        [(t.id, t.desired_state, t.spec_version) for t in assignments.tasks]
+        + [("secret:" + s.id, 0, 0) for s in assignments.secrets]
+    )
 
 
 @dataclass

@@ -132,7 +132,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             # A full set replaces everything the agent runs: send none until the
             # leader's view is loaded (the assigner sends it then).
             if self.assigner is not None:
-                self.assigner.send_now(session.node_id)
+                await self.assigner.send_now(session.node_id)
             while (message := await session.outbox.get()) is not None:
                 yield message
         finally:

@@ -268,7 +268,7 @@ class Controller:
         assert self.store is not None and self.dispatcher is not None
         self.state = ClusterState(self.store)
         await self.state.start()
-        assigner = Assigner(self.state, self.dispatcher.send)
+        assigner = Assigner(self.state, self.dispatcher.send, self.store)
         writer = StatusWriter(self.store, self.state)
         self.scheduling = SchedulingLoop(self.store, self.state, self.config.strategy)
         orchestrator = Orchestrator(
@@ -281,7 +281,7 @@ class Controller:
                          orchestrator.run())
         ]
         for node_id in list(self.dispatcher.sessions):
-            assigner.send_now(node_id)
+            await assigner.send_now(node_id)
 
     async def _follow(self) -> None:
         await _cancel(self._loops)

@@ -7,6 +7,7 @@ orchestrators see the change through the store and make or replace tasks.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 
 import structlog
 
@@ -22,6 +23,7 @@ from dockyard.controller.store import (
     AlreadyExists,
     Conflict,
     NotFound,
+    Op,
     Store,
 )
 from dockyard.v1.types_pb2 import TaskStatus
@@ -88,7 +90,8 @@ class ServiceRegistry:
             raise NotFound(f"service {ref!r} not found")
         return matches[0]
 
-    async def create(self, spec: ServiceSpec) -> Service:
+    async def create(self, spec: ServiceSpec, checks: Sequence[Op] = ()) -> Service:
+        """`checks`: compares that must hold too (the secrets the spec uses still exist)."""
         check_service_spec(spec)
         service = Service(id=secrets.token_hex(12), spec=apply_defaults(spec), spec_version=1)
         ops = [
@@ -96,13 +99,17 @@ class ServiceRegistry:
             self._store.raw_op(SERVICE_NAMES, spec.name, service.id.encode(), expect=0),
         ]
         try:
-            service.meta.version = await self._store.commit(ops)
+            service.meta.version = await self._store.commit([*ops, *checks])
         except Conflict as exc:
+            if checks:
+                raise Conflict(f"service {spec.name!r} already exists, or a secret it uses was "
+                               "just removed: read again and retry") from exc  # fmt: skip
             raise AlreadyExists(f"service {spec.name!r} already exists") from exc
         log.info("service.created", service_id=service.id, name=spec.name)
         return service
 
-    async def update(self, ref: str, version: int, spec: ServiceSpec, force: bool) -> Service:
+    async def update(self, ref: str, version: int, spec: ServiceSpec, force: bool,
+                     checks: Sequence[Op] = ()) -> Service:  # fmt: skip
         """A new spec (and a rolling update); `version` guards against lost updates."""
         check_service_spec(spec)
         service = await self._read_at(ref, version)
@@ -117,10 +124,11 @@ class ServiceRegistry:
         service.previous_spec.CopyFrom(service.spec)
         service.spec.CopyFrom(new_spec)
         if not replace_tasks:  # scaling, labels, update settings: the tasks stay as they are
-            return await self._write(service)
-        return await self._write_new_spec(service, UpdateStatus.UPDATING, "update started")
+            return await self._write(service, checks)
+        return await self._write_new_spec(service, UpdateStatus.UPDATING, "update started",
+                                          checks)  # fmt: skip
 
-    async def rollback(self, ref: str, version: int) -> Service:
+    async def rollback(self, ref: str, version: int, checks: Sequence[Op] = ()) -> Service:
         service = await self._read_at(ref, version)
         if not service.HasField("previous_spec"):
             raise FailedPrecondition(f"service {service.spec.name} has no previous spec")
@@ -129,9 +137,9 @@ class ServiceRegistry:
         service.spec.CopyFrom(service.previous_spec)
         service.previous_spec.CopyFrom(current)
         if service.spec.task == current.task:  # e.g. back to the replica count before a scale
-            return await self._write(service)
+            return await self._write(service, checks)
         return await self._write_new_spec(
-            service, UpdateStatus.ROLLBACK_STARTED, "manually requested rollback"
+            service, UpdateStatus.ROLLBACK_STARTED, "manually requested rollback", checks
         )
 
     async def _read_at(self, ref: str, version: int) -> Service:
@@ -146,7 +154,8 @@ class ServiceRegistry:
         return service
 
     async def _write_new_spec(
-        self, service: Service, state: UpdateStatus.State.ValueType, message: str
+        self, service: Service, state: UpdateStatus.State.ValueType, message: str,
+        checks: Sequence[Op] = (),
     ) -> Service:
         """A new task spec: every task is outdated and replaced by a rolling update."""
         service.spec_version += 1
@@ -154,11 +163,14 @@ class ServiceRegistry:
         service.update_status.started_at.CopyFrom(now_timestamp())
         service.update_status.ClearField("completed_at")
         service.update_status.message = message
-        return await self._write(service)
+        return await self._write(service, checks)
 
-    async def _write(self, service: Service) -> Service:
+    async def _write(self, service: Service, checks: Sequence[Op] = ()) -> Service:
+        version = service.meta.version
         try:
-            service.meta.version = await self._store.update(SERVICES, service.id, service)
+            service.meta.version = await self._store.commit(
+                [self._store.put_op(SERVICES, service.id, service, expect=version), *checks]
+            )
         except Conflict as exc:
             raise Conflict(
                 f"service {service.spec.name} changed while it was being updated: read it again "

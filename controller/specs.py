@@ -17,6 +17,7 @@ from dockyard.v1.workloads_pb2 import (
     Placement,
     ResourceRequirements,
     RestartPolicy,
+    SecretReference,
     ServiceSpec,
     TaskSpec,
     UpdateConfig,
@@ -90,6 +91,7 @@ def _check_task(task: TaskSpec) -> None:
     if container.network not in ("", "none", "host", "bridge"):
         raise ValidationError("spec.task.container.network", "must be none, host or bridge")
     _check_mounts(list(container.mounts))
+    _check_secrets(list(container.secrets))
     _check_seconds("spec.task.container.stop_grace_seconds", container.stop_grace_seconds)
     _check_health(container.healthcheck)
     _check_resources(task.resources)
@@ -137,6 +139,40 @@ def _check_mounts(mounts: list[Mount]) -> None:
         if target in targets:
             raise ValidationError(f"{field}.target", f"another mount is at {mount.target!r}")
         targets.add(target)
+
+
+MAX_SECRETS = 64
+SECRET_ID = re.compile(r"[0-9a-f]{1,64}\Z")
+SECRET_TARGET = re.compile(r"[a-zA-Z0-9_.-]{1,255}\Z")
+
+
+def _check_secrets(refs: list[SecretReference]) -> None:
+    """Each secret once, at its own file name under /run/secrets."""
+    if len(refs) > MAX_SECRETS:
+        raise ValidationError("spec.task.container.secrets", f"at most {MAX_SECRETS} secrets")
+    targets: set[str] = set()
+    ids: set[str] = set()
+    for index, ref in enumerate(refs):
+        field = f"spec.task.container.secrets[{index}]"
+        if ref.secret_name:
+            check_name(f"{field}.secret_name", ref.secret_name)
+        elif not ref.secret_id:
+            raise ValidationError(f"{field}.secret_name", "name a secret")
+        if ref.secret_id and not SECRET_ID.match(ref.secret_id):
+            raise ValidationError(f"{field}.secret_id", "not a secret ID")
+        target = ref.target or ref.secret_name
+        if target and (not SECRET_TARGET.match(target) or target in (".", "..")):
+            raise ValidationError(f"{field}.target", f"not a file name: {target[:80]!r} (1-255 "
+                                                     "of [a-zA-Z0-9_.-], put in /run/secrets)")
+        if target in targets:
+            raise ValidationError(f"{field}.target", f"another secret is at {target!r}")
+        targets.add(target)
+        key = ref.secret_name or ref.secret_id
+        if key in ids:
+            raise ValidationError(f"{field}.secret_name", f"secret {key!r} is given twice")
+        ids.add(key)
+        if ref.mode > 0o777:
+            raise ValidationError(f"{field}.mode", f"must be at most 0777, got {ref.mode:o}")
 
 
 def _check_string(field: str, value: str) -> None:

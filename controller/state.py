@@ -17,9 +17,18 @@ from typing import Any
 
 import structlog
 
-from dockyard.controller.store import NODES, SERVICES, TASKS, Compacted, Kind, Store, StoreError
+from dockyard.controller.store import (
+    NODES,
+    SECRETS,
+    SERVICES,
+    TASKS,
+    Compacted,
+    Kind,
+    Store,
+    StoreError,
+)
 from dockyard.v1.types_pb2 import Node, TaskStatus
-from dockyard.v1.workloads_pb2 import Service, Task
+from dockyard.v1.workloads_pb2 import Secret, Service, Task
 
 log = structlog.get_logger(__name__)
 
@@ -45,6 +54,7 @@ class ClusterState:
         self.nodes: dict[str, Node] = {}
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
+        self.secrets: dict[str, Secret] = {}  # records only: the data is never listed
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
         self.pending_task_ids: set[str] = set()  # status PENDING: the scheduler's input
@@ -86,7 +96,8 @@ class ClusterState:
     # -- internals --------------------------------------------------------------
 
     def _kinds(self) -> list[tuple[Kind[Any], dict[str, Any]]]:
-        return [(NODES, self.nodes), (SERVICES, self.services), (TASKS, self.tasks)]
+        return [(NODES, self.nodes), (SERVICES, self.services), (TASKS, self.tasks),
+                (SECRETS, self.secrets)]  # fmt: skip
 
     async def _relist(self) -> None:
         """Read every kind at one revision, replacing what the view held."""
@@ -133,6 +144,8 @@ class ClusterState:
         return tracker
 
     def _mark(self, kind: Kind[Any], record_id: str, value: Any) -> None:
+        if kind is SECRETS:  # immutable; tasks that use one change with their service
+            return
         for tracker in self._trackers:
             if kind is TASKS:
                 tracker.services.add(value.service_id)

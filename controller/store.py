@@ -79,6 +79,10 @@ NODE_NAMES: Kind[types_pb2.Node] = Kind("names/nodes", types_pb2.Node)  # value:
 SERVICES: Kind[workloads_pb2.Service] = Kind("services", workloads_pb2.Service)
 SERVICE_NAMES: Kind[workloads_pb2.Service] = Kind("names/services", workloads_pb2.Service)
 TASKS: Kind[workloads_pb2.Task] = Kind("tasks", workloads_pb2.Task)
+# Secrets hold their data (as swarm keeps them in raft): etcd access is cluster ownership.
+SECRETS: Kind[workloads_pb2.Secret] = Kind("secrets", workloads_pb2.Secret)
+SECRET_DATA: Kind[workloads_pb2.Secret] = Kind("secretdata", workloads_pb2.Secret)  # raw bytes
+SECRET_NAMES: Kind[workloads_pb2.Secret] = Kind("names/secrets", workloads_pb2.Secret)
 # Security: the cluster CA (one record, "root"), join tokens keyed by token id,
 # the certificates the CA issued and the revocation list, both keyed by serial.
 ROOT_CA: Kind[types_pb2.RootCA] = Kind("pki/ca", types_pb2.RootCA)
@@ -99,6 +103,8 @@ class Op:
     value: bytes | None  # None deletes
     expect: int | None = None
     lease: int = 0
+    check_only: bool = False  # only the compare: the key is neither written nor deleted
+    range_end: str | None = None  # check_only over [key, range_end): nothing modified after expect
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,17 @@ class Store:
     ) -> Op:
         return Op(self._key(kind, record_id), value, expect)
 
+    def check_op(self, kind: Kind[M], record_id: str, version: int) -> Op:
+        """A compare only: the record is still at `version` (0: still absent)."""
+        return Op(self._key(kind, record_id), None, version, check_only=True)
+
+    def unchanged_op(self, kind: Kind[M], revision: int) -> Op:
+        """A compare only: no record of the kind was created or modified after `revision`
+        (a list read at that revision is still true, deletions aside)."""
+        prefix = self._key(kind, "")
+        return Op(prefix, None, revision, check_only=True,
+                  range_end=prefix_range_end(prefix).decode())  # fmt: skip
+
     async def create(self, kind: Kind[M], record_id: str, value: M) -> int:
         try:
             return await self.commit([self.put_op(kind, record_id, value, expect=0)])
@@ -265,6 +282,7 @@ class Store:
             if op.value is None
             else KVService.txn_op_put(op.key, op.value, lease=op.lease)
             for op in ops
+            if not op.check_only
         ]
         response = await self._call(self._kv.txn(compares, requests, [], timeout=5.0))
         self.last_revision = max(self.last_revision, int(response.header.revision))
@@ -421,6 +439,12 @@ def _kind_of(key: str, by_prefix: Sequence[tuple[str, Kind[Any]]]) -> Kind[Any] 
 def _compare(op: Op) -> Any:
     """create_revision == 0 for "absent", else mod_revision == expected."""
     assert op.expect is not None
+    if op.range_end is not None:
+        compare = KVService.txn_compare_create_revision(op.key, 0, range_end=op.range_end)
+        compare.target = compare.MOD
+        compare.result = compare.LESS
+        compare.mod_revision = op.expect + 1
+        return compare
     compare = KVService.txn_compare_create_revision(op.key, 0)
     if op.expect != 0:
         compare.target = compare.MOD

@@ -26,6 +26,7 @@ from dockyard.agent.executor import (
     task_labels,
 )
 from dockyard.agent.runtime.base import ExitInfo
+from dockyard.agent.secret_files import SecretFileError, SecretFiles, SecretMount
 from dockyard.common.reference import parse_reference
 from dockyard.v1.workloads_pb2 import Task
 
@@ -62,8 +63,9 @@ def _mount(mount: Any) -> dict[str, Any]:
             "ReadOnly": mount.read_only}  # bind or volume (the engine makes a missing one)
 
 
-def container_config(task: Task) -> dict[str, Any]:
-    """The engine's create body for a task (the same fields as the runc path)."""
+def container_config(task: Task, secrets: Sequence[SecretMount] = ()) -> dict[str, Any]:
+    """The engine's create body for a task (the same fields as the runc path); `secrets`
+    are the task's secret files, bind-mounted read-only."""
     spec = task.spec.container
     limits = task.spec.resources.limits
     exposed, bindings = _port_bindings(task)
@@ -85,7 +87,10 @@ def container_config(task: Task) -> dict[str, Any]:
         host["PidsLimit"] = task.spec.resources.pids_limit
     if bindings:
         host["PortBindings"] = bindings
-    mounts = [_mount(m) for m in spec.mounts]
+    mounts = [_mount(m) for m in spec.mounts] + [
+        {"Type": "bind", "Source": s.host_path, "Target": s.container_path, "ReadOnly": True}
+        for s in secrets
+    ]
     if mounts:
         host["Mounts"] = mounts
     config: dict[str, Any] = {
@@ -124,8 +129,9 @@ class DockerExecutor:
         host: The engine's API address (`unix:///var/run/docker.sock`, `tcp://...`).
     """
 
-    def __init__(self, host: str = DEFAULT_HOST) -> None:
+    def __init__(self, host: str = DEFAULT_HOST, secrets: SecretFiles | None = None) -> None:
         self.host = host
+        self.secrets = secrets
         self._docker: aiodocker.Docker | None = None
 
     @property
@@ -154,7 +160,11 @@ class DockerExecutor:
             if existing["Config"]["Labels"].get(LABEL_TASK_ID) == task.id:
                 return  # made before a restart
             raise ExecutorError(f"container name {name} is taken by another container")
-        config = container_config(task)
+        try:
+            mounts = self.secrets.write(task) if self.secrets is not None else []
+        except (SecretFileError, OSError) as exc:
+            raise ExecutorError(f"secrets: {exc}") from exc
+        config = container_config(task, mounts)
         await self._ensure_image(config["Image"], progress)
         try:
             await self.docker.containers.create(config, name=name)

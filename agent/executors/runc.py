@@ -24,6 +24,7 @@ from dockyard.agent.executor import (
 )
 from dockyard.agent.images.errors import ImageNotFound
 from dockyard.agent.runtime.base import ContainerRuntimeError, ContainerStatus, ExitInfo
+from dockyard.agent.secret_files import SecretFileError, SecretFiles
 from dockyard.v1.workloads_pb2 import Task
 
 __all__ = ["RuncExecutor"]
@@ -36,8 +37,9 @@ _MAX_OUTPUT = 4096
 class RuncExecutor:
     """Implements `dockyard.agent.executor.Executor` over a `ContainerManager`."""
 
-    def __init__(self, manager: ContainerManager) -> None:
+    def __init__(self, manager: ContainerManager, secrets: SecretFiles | None = None) -> None:
         self.manager = manager
+        self.secrets = secrets
 
     async def prepare(self, task: Task, progress: Progress) -> None:
         name = container_name(task)
@@ -56,7 +58,11 @@ class RuncExecutor:
             await self.manager.images.pull(image)
             progress(f"pulled {image}")
         try:
-            await self.manager.create(create_request(task))
+            mounts = self.secrets.write(task) if self.secrets is not None else []
+        except (SecretFileError, OSError) as exc:
+            raise ExecutorError(f"secrets: {exc}") from exc
+        try:
+            await self.manager.create(create_request(task, mounts))
         except AlreadyExists:
             view = await self.manager.inspect(name)
             if view.info.labels.get(LABEL_TASK_ID) != task.id:

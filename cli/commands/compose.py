@@ -29,10 +29,10 @@ STACK_LABEL = "com.docker.stack.namespace"  # the label docker puts on a stack's
 SERVICE_KEYS = {
     "image", "command", "entrypoint", "environment", "working_dir", "user", "hostname",
     "labels", "read_only", "cap_add", "cap_drop", "privileged", "healthcheck",
-    "stop_grace_period", "ports", "network_mode", "deploy", "volumes", "tmpfs",
+    "stop_grace_period", "ports", "network_mode", "deploy", "volumes", "tmpfs", "secrets",
 }  # fmt: skip
 IGNORED_KEYS = {
-    "build", "depends_on", "container_name", "restart", "networks", "secrets",
+    "build", "depends_on", "container_name", "restart", "networks",
     "configs", "logging", "links", "external_links", "expose", "extra_hosts", "dns",
     "dns_search", "ulimits", "sysctls", "init", "tty", "stdin_open", "devices",
     "env_file", "profiles", "pull_policy", "platform", "shm_size", "stop_signal", "isolation",
@@ -208,7 +208,43 @@ def _deploy(where: str, value: Any, values: dict[str, Any]) -> None:
         values["max-replicas-per-node"] = str(placement["max_replicas_per_node"])
 
 
-def service_spec(stack: str, name: str, doc: Any, ignored: list[str]) -> Any:
+def top_secrets(where: str, value: Any) -> dict[str, str]:
+    """Top-level `secrets:`: each compose name -> the cluster secret it is (external ones
+    only: `stack deploy` does not create secrets from files)."""
+    found: dict[str, str] = {}
+    for key, raw in _mapping(where, value or {}).items():
+        entry = _mapping(f"{where}.{key}", raw or {})
+        if "file" in entry or "environment" in entry:
+            raise SpecError(f"{where}.{key}: stack deploy does not create secrets: run "
+                            f"`dockyard secret create {key} FILE` and declare it "
+                            "`external: true`")  # fmt: skip
+        if not entry.get("external"):
+            raise SpecError(f"{where}.{key}: declare an existing secret with `external: true`")
+        found[str(key)] = str(entry.get("name") or key)
+    return found
+
+
+def _secret(where: str, value: Any, declared: Mapping[str, str]) -> str:
+    """A service's secret (short or long form) as the text of `--secret`."""
+    entry = {"source": value} if isinstance(value, str) else dict(_mapping(where, value))
+    source = str(entry.pop("source", ""))
+    if source not in declared:
+        raise SpecError(f"{where}: secret {source!r} is not declared in the top-level secrets")
+    parts = [f"source={declared[source]}", f"target={entry.pop('target', source)}"]
+    for key in ("uid", "gid"):
+        if key in entry:
+            parts.append(f"{key}={entry.pop(key)}")
+    if "mode" in entry:  # YAML reads 0440 as an octal number
+        mode = entry.pop("mode")
+        parts.append(f"mode={format(mode, 'o') if isinstance(mode, int) else mode}")
+    if entry:
+        raise SpecError(f"{where}: unknown key {next(iter(entry))!r} (source, target, uid, "
+                        "gid, mode)")  # fmt: skip
+    return ",".join(parts)
+
+
+def service_spec(stack: str, name: str, doc: Any, ignored: list[str],
+                 secrets: Mapping[str, str] | None = None) -> Any:  # fmt: skip
     """One compose service as a ServiceSpec named `<stack>_<name>`."""
     where = f"services.{name}"
     service = _mapping(where, doc)
@@ -247,6 +283,9 @@ def service_spec(stack: str, name: str, doc: Any, ignored: list[str]) -> Any:
     mounts += [f"type=tmpfs,target={t}" for t in ([tmpfs] if isinstance(tmpfs, str) else tmpfs)]
     if mounts:
         values["mount"] = mounts
+    if service.get("secrets"):
+        values["secret"] = [_secret(f"{where}.secrets", s, secrets or {})
+                            for s in service["secrets"]]  # fmt: skip
     exec_test = _healthcheck(f"{where}.healthcheck", service.get("healthcheck"), values)
     _deploy(f"{where}.deploy", service.get("deploy"), values)
     try:
@@ -267,6 +306,7 @@ def stack_from_documents(stack: str, documents: list[tuple[str, Any]],
     """Every service of the files (a later file's service replaces an earlier one's)."""
     result = Stack()
     services: dict[str, Any] = {}
+    secrets: dict[str, str] = {}
     for source, raw in documents:
         doc = interpolate(raw, os.environ if environ is None else environ)
         if not isinstance(doc, Mapping) or not isinstance(doc.get("services"), Mapping):
@@ -274,13 +314,19 @@ def stack_from_documents(stack: str, documents: list[tuple[str, Any]],
         for key in doc:
             if key not in TOP_KEYS and not str(key).startswith("x-"):
                 raise SpecError(f"{source}: unknown top-level key {key!r}")
-            if key in ("networks", "secrets", "configs") and doc[key]:
+            if key == "secrets":
+                try:
+                    secrets.update(top_secrets("secrets", doc[key]))
+                except SpecError as exc:
+                    raise SpecError(f"{source}: {exc.message}") from None
+            elif key in ("networks", "configs") and doc[key]:
                 result.ignored.append(str(key))
             elif key == "volumes" and isinstance(doc[key], Mapping) and any(doc[key].values()):
                 result.ignored.append("volumes (driver options)")
         services.update(doc["services"])
     for name, service in services.items():
-        result.specs[str(name)] = service_spec(stack, str(name), service, result.ignored)
+        result.specs[str(name)] = service_spec(stack, str(name), service, result.ignored,
+                                               secrets)  # fmt: skip
     return result
 
 

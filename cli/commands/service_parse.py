@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from dockyard.cli.client import CliError
 
@@ -206,6 +207,50 @@ def parse_mount(label: str, text: str) -> dict[str, str]:
     if kind != "tmpfs" and "tmpfs-size" in found:
         raise invalid(label, text, "tmpfs-size is for type=tmpfs")
     found["type"] = kind
+    return found
+
+
+_SECRET_KEYS = {"source": "source", "src": "source", "target": "target", "uid": "uid",
+                "gid": "gid", "mode": "mode"}  # fmt: skip
+_SECRET_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
+_SECRET_TARGET = re.compile(r"[a-zA-Z0-9_.-]{1,255}")
+
+
+def parse_secret(label: str, text: str) -> dict[str, Any]:
+    """Docker's `--secret NAME` or `--secret source=NAME,target=FILE,uid=0,gid=0,mode=0444`:
+    source, target (a file name in /run/secrets), uid, gid, mode (octal)."""
+    if "=" not in text:
+        found: dict[str, Any] = {"source": text.strip()}
+    else:
+        found = {}
+        for part in text.split(","):
+            key, eq, value = part.strip().partition("=")
+            name = _SECRET_KEYS.get(key)
+            if name is None:
+                raise invalid(label, text, f"unknown secret option {key!r} (source, target, "
+                                           "uid, gid, mode)")  # fmt: skip
+            if not eq or not value:
+                raise invalid(label, text, f"{key} needs a value")
+            found[name] = value
+    if not _SECRET_NAME.fullmatch(found.get("source", "")):
+        raise invalid(label, text, "source must be a secret's name")
+    target = found.get("target", found["source"])
+    if target.startswith("/run/secrets/"):
+        target = target[len("/run/secrets/"):]
+    if not _SECRET_TARGET.fullmatch(target) or target in (".", ".."):
+        raise invalid(label, text, "target is a file name in /run/secrets")
+    found["target"] = target
+    for key in ("uid", "gid"):
+        if not str(found.get(key, "0")).isdigit() or int(found.get(key, 0)) >= 2**32:
+            raise invalid(label, text, f"{key} must be a number")
+        found[key] = int(found.get(key, 0))
+    try:
+        mode = int(str(found.get("mode", "0444")), 8)
+    except ValueError:
+        raise invalid(label, text, "mode is octal, e.g. 0440") from None
+    if not 0 < mode <= 0o777:
+        raise invalid(label, text, "mode is octal, from 01 to 0777")
+    found["mode"] = mode
     return found
 
 

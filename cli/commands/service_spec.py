@@ -29,6 +29,7 @@ from dockyard.cli.commands.service_parse import (
     parse_port,
     parse_ratio,
     parse_seconds,
+    parse_secret,
     parse_spread,
 )
 
@@ -198,6 +199,15 @@ def _mount_item(label: str, text: str) -> tuple[str, Any]:
     return mount.target, mount
 
 
+def _secret_item(label: str, text: str) -> tuple[str, Any]:
+    from dockyard.v1.workloads_pb2 import SecretReference
+
+    found = parse_secret(label, text)
+    return found["source"], SecretReference(
+        secret_name=found["source"], target=found["target"], uid=found["uid"],
+        gid=found["gid"], mode=found["mode"])  # fmt: skip
+
+
 def _cap_item(label: str, text: str) -> tuple[str, Any]:
     if not re.fullmatch(r"[A-Za-z_]+", text):
         raise invalid(label, text, "not a capability name (e.g. NET_ADMIN or ALL)")
@@ -307,6 +317,9 @@ SETTINGS: list[Setting] = [
             "Mount a node's directory, a named volume of the node or a tmpfs (--mount-rm "
             "takes the target).",
             item=_mount_item, field=lambda s: s.task.container.mounts),
+    Setting("secret", "NAME|source=NAME[,target=FILE,uid=0,gid=0,mode=0444]",
+            "Give the tasks a secret as /run/secrets/FILE (--secret-rm takes the name).",
+            item=_secret_item, field=lambda s: s.task.container.secrets),
     Setting("read-only", "", "Mount the root filesystem read-only.", is_bool=True,
             apply=_set("task.container.read_only", _bool)),
     Setting("privileged", "", "Every capability, no seccomp, the host's devices (only if "
@@ -364,8 +377,8 @@ def apply_list_edits(spec: Any, flag: str, add: Iterable[str], remove: Iterable[
     assert setting.item is not None and setting.field is not None
     target = setting.field(spec)
     for text in remove:
-        key = text if flag in ("env", "label", "container-label", "mount") else setting.item(
-            f"--{flag}-rm", text)[0]
+        by_text = ("env", "label", "container-label", "mount", "secret")
+        key = text if flag in by_text else setting.item(f"--{flag}-rm", text)[0]
         if isinstance(target, MutableMapping):
             target.pop(key, None)
         else:
@@ -394,6 +407,8 @@ def _key(setting: Setting, stored: Any) -> str:
         return f"{stored.published_port or stored.target_port}/{stored.protocol or 'tcp'}"
     if setting.flag == "mount":
         return str(stored.target)
+    if setting.flag == "secret":
+        return str(stored.secret_name)
     return str(stored)
 
 

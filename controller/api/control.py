@@ -17,28 +17,35 @@ from dockyard.controller.cluster import ClusterRecord
 from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.errors import FailedPrecondition, grpc_errors
 from dockyard.controller.leadership import Leadership
+from dockyard.controller.secrets import SecretRegistry, without_data
 from dockyard.controller.store import Store, StoreError
 from dockyard.v1 import control_pb2_grpc
 from dockyard.v1.control_pb2 import (
     ClusterInfo,
     CreateJoinTokenRequest,
     CreateJoinTokenResponse,
+    CreateSecretRequest,
     CreateServiceRequest,
     GetClusterRequest,
     GetInfoRequest,
     GetNodeRequest,
+    GetSecretRequest,
     GetServiceRequest,
     GetTaskRequest,
     ListJoinTokensRequest,
     ListJoinTokensResponse,
     ListNodesRequest,
     ListNodesResponse,
+    ListSecretsRequest,
+    ListSecretsResponse,
     ListServicesRequest,
     ListServicesResponse,
     ListTasksRequest,
     ListTasksResponse,
     RemoveNodeRequest,
     RemoveNodeResponse,
+    RemoveSecretRequest,
+    RemoveSecretResponse,
     RemoveServiceRequest,
     RemoveServiceResponse,
     UpdateClusterRequest,
@@ -46,7 +53,7 @@ from dockyard.v1.control_pb2 import (
     UpdateServiceRequest,
 )
 from dockyard.v1.types_pb2 import Cluster, GetVersionRequest, Node, NodeStatus, VersionInfo
-from dockyard.v1.workloads_pb2 import Service, Task
+from dockyard.v1.workloads_pb2 import Secret, Service, Task
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -127,6 +134,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._leadership = leadership
         self._cluster = cluster
         self._ca = ca
+        self._secrets = SecretRegistry(store)
 
     @grpc_errors
     async def GetVersion(self, request: GetVersionRequest, context: Context) -> VersionInfo:
@@ -231,3 +239,25 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     @grpc_errors
     async def GetTask(self, request: GetTaskRequest, context: Context) -> Task:
         return await self._services.get_task(request.task)
+
+    @grpc_errors
+    async def CreateSecret(self, request: CreateSecretRequest, context: Context) -> Secret:
+        return without_data(await self._secrets.create(request.spec))
+
+    @grpc_errors
+    async def GetSecret(self, request: GetSecretRequest, context: Context) -> Secret:
+        return without_data(await self._secrets.find(request.secret))
+
+    @grpc_errors
+    async def ListSecrets(
+        self, request: ListSecretsRequest, context: Context
+    ) -> ListSecretsResponse:
+        found = await self._secrets.list_named(list(request.names))
+        return ListSecretsResponse(secrets=[without_data(s) for s in found])
+
+    @grpc_errors
+    async def RemoveSecret(
+        self, request: RemoveSecretRequest, context: Context
+    ) -> RemoveSecretResponse:
+        await self._secrets.remove(request.secret)
+        return RemoveSecretResponse()

@@ -9,6 +9,7 @@ from dockyard.common.validation import ValidationError, check_ref
 from dockyard.controller.cluster import ClusterRecord
 from dockyard.controller.images import ImageResolver
 from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.secrets import SecretRegistry
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.specs import check_service_spec
 from dockyard.controller.state import ClusterState
@@ -38,6 +39,7 @@ class ServicesAPI:
         cluster: ClusterRecord,
         resolver: ImageResolver,
         view: Callable[[], ClusterState | None] = lambda: None,
+        secrets: SecretRegistry | None = None,
     ) -> None:
         """`view` gives the leader's in-memory cluster view (None on a follower):
         listings read it instead of etcd, which matters with tens of thousands of tasks."""
@@ -47,6 +49,7 @@ class ServicesAPI:
         self._cluster = cluster
         self._resolver = resolver
         self._view = view
+        self._secrets = secrets or SecretRegistry(store)
 
     async def _all_tasks(self) -> list[Task]:
         view = self._view()
@@ -59,8 +62,10 @@ class ServicesAPI:
         """The new service, and warnings for the caller (an image left unpinned)."""
         check_service_spec(request.spec)  # before asking a registry about it
         await self._cluster.check_spec(request.spec)
-        pinned = await self._resolver.pin(request.spec, request.resolve_image)
-        return await self._services.create(pinned.spec), pinned.warnings
+        spec, checks = await self._secrets.resolve(request.spec)
+        check_service_spec(spec)
+        pinned = await self._resolver.pin(spec, request.resolve_image)
+        return await self._services.create(pinned.spec, checks), pinned.warnings
 
     async def get(self, ref: str) -> Service:
         return await self._services.find(ref)
@@ -70,14 +75,17 @@ class ServicesAPI:
         if request.rollback:
             service = await self._services.find(request.service)
             await self._cluster.check_spec(service.previous_spec)
-            return await self._services.rollback(request.service, request.version), []
+            _, checks = await self._secrets.resolve(service.previous_spec)  # still there?
+            return await self._services.rollback(request.service, request.version, checks), []
         check_service_spec(request.spec)
         await self._cluster.check_spec(request.spec)
+        spec, checks = await self._secrets.resolve(request.spec)
+        check_service_spec(spec)
         current = await self._services.find(request.service)
-        pinned = await self._resolver.pin(request.spec, request.resolve_image,
+        pinned = await self._resolver.pin(spec, request.resolve_image,
                                           previous=current.spec, force=request.force)
         service = await self._services.update(request.service, request.version, pinned.spec,
-                                              request.force)  # fmt: skip
+                                              request.force, checks)  # fmt: skip
         return service, pinned.warnings
 
     async def remove(self, ref: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,7 @@ def runc_cluster(
     cluster_factory: Callable[..., Cluster], image_registry: ImageRegistry
 ) -> Iterator[Cluster]:
     cluster = cluster_factory(resolve_image="always")
+    node_ids: list[str] = []
     try:
         cluster.start_controller(["--node-down-grace", "2"])
         for name in NAMES:
@@ -52,6 +54,7 @@ def runc_cluster(
             ),
             "3 nodes READY",
         )
+        node_ids.extend(n["id"] for n in cluster.nodes().values())
         yield cluster
     finally:
         cluster.stop()
@@ -60,6 +63,12 @@ def runc_cluster(
                 cluster.root / f"agent-{name}" / "runtime",
                 f"dockyard-test-{cluster.root.name}-{name}",
             )
+        for node_id in node_ids:  # an agent stopped with tasks keeps its secrets' tmpfs
+            secrets = Path("/run/dockyard/secrets") / node_id
+            if any(f" {secrets} " in line for line in _secret_mounts()):
+                subprocess.run(["umount", "-l", str(secrets)], check=False)
+            if secrets.exists():
+                shutil.rmtree(secrets, ignore_errors=True)
 
 
 def running(control: Any, service: str) -> list[Task]:
@@ -208,3 +217,64 @@ def test_a_service_mounts_a_node_directory_and_a_tmpfs(
             assert Path(volume["mountpoint"]).is_dir() and volume["used_by"]
     finally:
         control.close()
+
+
+SECRET_DATA = b"runc-secret-bytes-4f1c9e\n"
+
+
+def _secret_mounts() -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if "/run/dockyard/secrets" in line]  # fmt: skip
+
+
+def test_a_task_reads_its_secret_at_run_secrets_and_no_file_outlives_it(
+    runc_cluster: Cluster, image_registry: ImageRegistry, tmp_path: Path
+) -> None:
+    from dockyard.v1.control_pb2 import CreateSecretRequest, RemoveServiceRequest
+    from dockyard.v1.workloads_pb2 import SecretReference, SecretSpec
+
+    cluster = runc_cluster
+    out = tmp_path / "out"
+    out.mkdir()
+    control = cluster.control()
+    try:
+        control.CreateSecret(CreateSecretRequest(spec=SecretSpec(name="tok", data=SECRET_DATA)))
+        spec = ServiceSpec(name="reader")
+        spec.task.container.image = image_registry.busybox
+        spec.task.container.command.extend(
+            ["sh", "-c", "cat /run/secrets/token > /out/token; "
+                         "stat -c '%u %g %a' /run/secrets/token > /out/stat; "
+                         "echo x 2> /out/write > /run/secrets/token || true; sleep 300"])
+        spec.task.container.stop_grace_seconds = 0
+        spec.task.container.mounts.add(type="bind", source=str(out), target="/out")
+        spec.task.container.secrets.append(
+            SecretReference(secret_name="tok", target="token", uid=1000, gid=1001, mode=0o440))
+        spec.replicated.replicas = 1
+        control.CreateService(CreateServiceRequest(spec=spec))
+        cluster.wait_for(lambda: bool(running(control, "reader")) and (out / "write").exists(),
+                         "the task to read its secret", 60)  # fmt: skip
+        assert (out / "token").read_bytes() == SECRET_DATA
+        assert (out / "stat").read_text().split() == ["1000", "1001", "440"]
+        assert "Read-only file system" in (out / "write").read_text()
+
+        [task] = running(control, "reader")
+        node_ids = {n["id"]: name for name, n in cluster.nodes().items()}
+        task_dir = Path("/run/dockyard/secrets") / task.node_id / task.id
+        assert (task_dir / "token").read_bytes() == SECRET_DATA
+        assert _secret_mounts(), "the secrets' directory is a tmpfs"
+        # only on the node of the task; never in an agent's state dir
+        for node_id in node_ids:
+            if node_id != task.node_id:
+                assert not (Path("/run/dockyard/secrets") / node_id).exists()
+        for name in NAMES:
+            for path in (cluster.root / f"agent-{name}").rglob("*"):
+                if path.is_file() and not path.is_symlink() and "images" not in path.parts:
+                    assert SECRET_DATA not in path.read_bytes(), path
+
+        control.RemoveService(RemoveServiceRequest(service="reader"))
+        cluster.wait_for(lambda: not task_dir.exists(), "the task's secret files removed", 60)
+    finally:
+        control.close()
+    cluster.stop()  # each agent unmounts its secrets' tmpfs once no task has files on it
+    assert not _secret_mounts()
+    assert not list(Path("/run/dockyard/secrets").glob("*"))

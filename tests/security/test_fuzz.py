@@ -54,7 +54,7 @@ SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"]
 METHODS = [m.name for m in SERVICE.methods]
 MUTATING = {
     "UpdateNode", "RemoveNode", "CreateService", "UpdateService", "RemoveService",
-    "CreateJoinToken", "RotateJoinTokens", "UpdateCluster",
+    "CreateJoinToken", "RotateJoinTokens", "UpdateCluster", "CreateSecret", "RemoveSecret",
 }  # fmt: skip
 BASE_SERVICE = "fuzz-base"
 FAKE_NODE_ID = "f0zz0000000000000000000000000001"
@@ -73,6 +73,7 @@ FIELD_HINTS: dict[str, list[str]] = {
     "network": ["none", "host"], "test": ["CMD", "CMD-SHELL", "NONE", "true"],
     "constraints": ["node.labels.zone==a", "node.name!=x", "node.platform.os==linux"],
     "spread": ["node.labels.zone"], "labels": ["zone", "zone=a"],
+    "secret": ["fz-a", "fz-b"], "secret_name": ["fz-a", "fz-b"], "target": ["a", "../x"],
 }  # fmt: skip
 MESSAGES = MessageStrategies(FIELD_HINTS)
 

@@ -126,6 +126,26 @@ class ControlStub:
                 request_serializer=dockyard_dot_v1_dot_control__pb2.UpdateClusterRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_types__pb2.Cluster.FromString,
                 _registered_method=True)
+        self.CreateSecret = channel.unary_unary(
+                '/dockyard.v1.Control/CreateSecret',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.CreateSecretRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_workloads__pb2.Secret.FromString,
+                _registered_method=True)
+        self.GetSecret = channel.unary_unary(
+                '/dockyard.v1.Control/GetSecret',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.GetSecretRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_workloads__pb2.Secret.FromString,
+                _registered_method=True)
+        self.ListSecrets = channel.unary_unary(
+                '/dockyard.v1.Control/ListSecrets',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.ListSecretsRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_control__pb2.ListSecretsResponse.FromString,
+                _registered_method=True)
+        self.RemoveSecret = channel.unary_unary(
+                '/dockyard.v1.Control/RemoveSecret',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.RemoveSecretRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_control__pb2.RemoveSecretResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -245,6 +265,33 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSecret(self, request, context):
+        """Secrets (admin writes). Get and List never return the data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSecret(self, request, context):
+        """Looks a secret up by ID, unique ID prefix or name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSecrets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSecret(self, request, context):
+        """Refused (FAILED_PRECONDITION) while a service's spec uses the secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -337,6 +384,26 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.UpdateCluster,
                     request_deserializer=dockyard_dot_v1_dot_control__pb2.UpdateClusterRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_types__pb2.Cluster.SerializeToString,
+            ),
+            'CreateSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSecret,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.CreateSecretRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_workloads__pb2.Secret.SerializeToString,
+            ),
+            'GetSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSecret,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.GetSecretRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_workloads__pb2.Secret.SerializeToString,
+            ),
+            'ListSecrets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSecrets,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.ListSecretsRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_control__pb2.ListSecretsResponse.SerializeToString,
+            ),
+            'RemoveSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSecret,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.RemoveSecretRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_control__pb2.RemoveSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -825,6 +892,114 @@ class Control:
             '/dockyard.v1.Control/UpdateCluster',
             dockyard_dot_v1_dot_control__pb2.UpdateClusterRequest.SerializeToString,
             dockyard_dot_v1_dot_types__pb2.Cluster.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/CreateSecret',
+            dockyard_dot_v1_dot_control__pb2.CreateSecretRequest.SerializeToString,
+            dockyard_dot_v1_dot_workloads__pb2.Secret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/GetSecret',
+            dockyard_dot_v1_dot_control__pb2.GetSecretRequest.SerializeToString,
+            dockyard_dot_v1_dot_workloads__pb2.Secret.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSecrets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/ListSecrets',
+            dockyard_dot_v1_dot_control__pb2.ListSecretsRequest.SerializeToString,
+            dockyard_dot_v1_dot_control__pb2.ListSecretsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/RemoveSecret',
+            dockyard_dot_v1_dot_control__pb2.RemoveSecretRequest.SerializeToString,
+            dockyard_dot_v1_dot_control__pb2.RemoveSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

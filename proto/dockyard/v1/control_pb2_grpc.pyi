@@ -57,6 +57,13 @@ class ControlStub:
     GetCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _types_pb2.Cluster]
     """The cluster's record and policy; updating it is for admins only."""
     UpdateCluster: _grpc.UnaryUnaryMultiCallable[_control_pb2.UpdateClusterRequest, _types_pb2.Cluster]
+    CreateSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateSecretRequest, _workloads_pb2.Secret]
+    """Secrets (admin writes). Get and List never return the data."""
+    GetSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetSecretRequest, _workloads_pb2.Secret]
+    """Looks a secret up by ID, unique ID prefix or name."""
+    ListSecrets: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]
+    RemoveSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveSecretRequest, _control_pb2.RemoveSecretResponse]
+    """Refused (FAILED_PRECONDITION) while a service's spec uses the secret."""
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -85,6 +92,13 @@ class ControlAsyncStub(ControlStub):
     GetCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.GetClusterRequest, _types_pb2.Cluster]  # type: ignore[assignment]
     """The cluster's record and policy; updating it is for admins only."""
     UpdateCluster: _aio.UnaryUnaryMultiCallable[_control_pb2.UpdateClusterRequest, _types_pb2.Cluster]  # type: ignore[assignment]
+    CreateSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateSecretRequest, _workloads_pb2.Secret]  # type: ignore[assignment]
+    """Secrets (admin writes). Get and List never return the data."""
+    GetSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.GetSecretRequest, _workloads_pb2.Secret]  # type: ignore[assignment]
+    """Looks a secret up by ID, unique ID prefix or name."""
+    ListSecrets: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]  # type: ignore[assignment]
+    RemoveSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveSecretRequest, _control_pb2.RemoveSecretResponse]  # type: ignore[assignment]
+    """Refused (FAILED_PRECONDITION) while a service's spec uses the secret."""
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -218,5 +232,36 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.UpdateClusterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Cluster, _abc.Awaitable[_types_pb2.Cluster]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateSecret(
+        self,
+        request: _control_pb2.CreateSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workloads_pb2.Secret, _abc.Awaitable[_workloads_pb2.Secret]]:
+        """Secrets (admin writes). Get and List never return the data."""
+
+    @_abc_1.abstractmethod
+    def GetSecret(
+        self,
+        request: _control_pb2.GetSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workloads_pb2.Secret, _abc.Awaitable[_workloads_pb2.Secret]]:
+        """Looks a secret up by ID, unique ID prefix or name."""
+
+    @_abc_1.abstractmethod
+    def ListSecrets(
+        self,
+        request: _control_pb2.ListSecretsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListSecretsResponse, _abc.Awaitable[_control_pb2.ListSecretsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveSecret(
+        self,
+        request: _control_pb2.RemoveSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RemoveSecretResponse, _abc.Awaitable[_control_pb2.RemoveSecretResponse]]:
+        """Refused (FAILED_PRECONDITION) while a service's spec uses the secret."""
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -215,21 +215,27 @@ class AssignmentSet(_message.Message):
     FULL_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     REMOVED_TASK_IDS_FIELD_NUMBER: _builtins.int
+    SECRETS_FIELD_NUMBER: _builtins.int
     full: _builtins.bool
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_workloads_pb2.Task]: ...
     @_builtins.property
     def removed_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def secrets(self) -> _containers.RepeatedCompositeFieldContainer[_workloads_pb2.Secret]:
+        """The data of exactly the secrets the node's tasks reference (kept in memory only)."""
+
     def __init__(
         self,
         *,
         full: _builtins.bool = ...,
         tasks: _abc.Iterable[_workloads_pb2.Task] | None = ...,
         removed_task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        secrets: _abc.Iterable[_workloads_pb2.Secret] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "removed_task_ids", b"removed_task_ids", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "removed_task_ids", b"removed_task_ids", "secrets", b"secrets", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,166 @@
+"""Secrets on a node: in memory, and as files on a tmpfs for the tasks that use them.
+
+The controller sends a secret's data only in the assignment set of a node that runs a
+task referencing it. The agent keeps the data in memory (never in its state dir) and,
+when such a task's container is made, writes the task's files into
+`/run/dockyard/secrets/<node id>/<task id>/` on a tmpfs (one is mounted there when the
+directory is not on a tmpfs already), with the reference's uid, gid and mode. Each file
+is bind-mounted read-only at `/run/secrets/<target>` in the container. The task's
+directory is removed with its container, and at agent start for tasks no longer held.
+The tmpfs is unmounted when the agent stops with no task directory left.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from dockyard.v1.workloads_pb2 import Secret, Task
+
+__all__ = ["CONTAINER_DIR", "DEFAULT_ROOT", "SecretFileError", "SecretFiles", "SecretMount"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_ROOT = Path("/run/dockyard/secrets")
+CONTAINER_DIR = "/run/secrets"
+TMPFS_SIZE = "64m"
+
+
+class SecretFileError(Exception):
+    """A task's secrets cannot be written (not delivered, no tmpfs); the task is rejected."""
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    host_path: str
+    container_path: str
+
+
+def filesystem_of(path: Path, mountinfo: str | None = None) -> tuple[str, str]:
+    """The mount point and the filesystem type `path` is on (/proc/self/mountinfo)."""
+    if mountinfo is None:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    resolved = str(path.resolve())
+    best, fstype = "", ""
+    for line in mountinfo.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split()
+        if len(fields) < 5 or not right:
+            continue
+        point = fields[4].replace("\\040", " ")
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, right.split()[0]
+    return best, fstype
+
+
+class SecretFiles:
+    """One agent's secrets: `root` is `/run/dockyard/secrets/<node id>`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._data: dict[str, bytes] = {}
+        self._mounted = False
+
+    def update(self, secrets: Iterable[Secret]) -> None:
+        """A full assignment set: the secrets this node may hold now (and no others)."""
+        self._data = {s.id: bytes(s.spec.data) for s in secrets}
+
+    def held(self) -> set[str]:
+        return set(self._data)
+
+    def task_dir(self, task_id: str) -> Path:
+        return self.root / task_id
+
+    def write(self, task: Task) -> list[SecretMount]:
+        """Write the task's secret files; the bind mounts that put them in its container."""
+        refs = list(task.spec.container.secrets)
+        if not refs:
+            return []
+        missing = [r.secret_name or r.secret_id for r in refs if r.secret_id not in self._data]
+        if missing:
+            raise SecretFileError(
+                f"secret {', '.join(missing)} was not delivered to this node "
+                "(removed, or the controller could not read it)"
+            )
+        self._ensure_tmpfs()
+        directory = self.task_dir(task.id)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        mounts = []
+        for ref in refs:
+            target = ref.target or ref.secret_name
+            if not target or "/" in target or target in (".", ".."):
+                raise SecretFileError(f"secret {ref.secret_name}: bad target {target!r}")
+            path = directory / target
+            tmp = directory / f".{target}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, self._data[ref.secret_id])
+                os.fchown(fd, ref.uid, ref.gid)
+                os.fchmod(fd, ref.mode or 0o444)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            mounts.append(SecretMount(str(path), f"{CONTAINER_DIR}/{target}"))
+        return mounts
+
+    def remove(self, task_id: str) -> None:
+        """The task's container is gone: so are its files."""
+        directory = self.task_dir(task_id)
+        if directory.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            log.info("secrets.removed", task_id=task_id)
+
+    def prune(self, keep: Iterable[str]) -> None:
+        """Remove the files of every task not in `keep` (at start: tasks no longer held)."""
+        wanted = set(keep)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            for child in self.root.iterdir():
+                if child.name not in wanted:
+                    self.remove(child.name)
+
+    def close(self) -> None:
+        """Forget the data; unmount the tmpfs when no task's files are left on it."""
+        self._data = {}
+        try:
+            left = any(self.root.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if left:
+            log.info("secrets.kept", root=str(self.root), reason="tasks still hold files")
+            return
+        point, _ = filesystem_of(self.root)
+        if point == str(self.root.resolve()):
+            result = subprocess.run(["umount", str(self.root)], capture_output=True, text=True)
+            if result.returncode != 0:
+                log.warning("secrets.umount_failed", root=str(self.root), error=result.stderr)
+                return
+        with contextlib.suppress(OSError):
+            self.root.rmdir()
+            self.root.parent.rmdir()  # the last agent on this host
+
+    def _ensure_tmpfs(self) -> None:
+        if self._mounted:
+            return
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _, fstype = filesystem_of(self.root)
+        if fstype != "tmpfs":
+            result = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o",
+                 f"size={TMPFS_SIZE},mode=0700,nosuid,nodev,noexec", "tmpfs", str(self.root)],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            if result.returncode != 0:
+                raise SecretFileError(
+                    f"cannot mount a tmpfs at {self.root} for secrets: {result.stderr.strip()}"
+                )
+            log.info("secrets.tmpfs_mounted", root=str(self.root), size=TMPFS_SIZE)
+        os.chmod(self.root, 0o700)
+        self._mounted = True

@@ -1,0 +1,110 @@
+"""`dockyard secret create|ls|inspect|rm`: the cluster's secrets (docs/secrets.md).
+
+The data goes to the controller once, at `create`; nothing ever shows it again.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from dockyard.cli.client import CliError, call
+from dockyard.cli.commands.service_wait import control_stub
+from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.render import emit_data, emit_table, to_data
+
+MAX_SECRET_BYTES = 500 * 1024
+
+
+@click.group("secret")
+def secret() -> None:
+    """Manage the cluster's secrets (files services get at /run/secrets)."""
+
+
+@secret.command("create")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Secret label.")
+@click.argument("name")
+@click.argument("file", metavar="FILE|-")
+@pass_options
+def create(options: GlobalOptions, labels: tuple[str, ...], name: str, file: str) -> None:
+    """Create a secret from FILE, or from standard input with `-` (at most 500 KiB)."""
+    from dockyard.common.validation import ValidationError, check_name, parse_label
+    from dockyard.v1.control_pb2 import CreateSecretRequest
+    from dockyard.v1.workloads_pb2 import SecretSpec
+
+    try:
+        check_name("NAME", name)
+        pairs = dict(parse_label("--label", text) for text in labels)
+    except ValidationError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    try:
+        if file == "-":
+            data = sys.stdin.buffer.read(MAX_SECRET_BYTES + 1)
+        else:
+            with Path(file).open("rb") as source:
+                data = source.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise CliError(f"cannot read {file}: {exc.strerror or exc}") from exc
+    if not data:
+        raise CliError(f"{'standard input' if file == '-' else file} is empty: a secret needs data")
+    if len(data) > MAX_SECRET_BYTES:
+        raise CliError(f"{file}: a secret is at most {MAX_SECRET_BYTES} bytes (500 KiB)")
+    record = call(options.target(), control_stub, "CreateSecret",
+                  CreateSecretRequest(spec=SecretSpec(name=name, labels=pairs, data=data)))
+    click.echo(record.id)
+
+
+@secret.command("ls")
+@click.option("-q", "--quiet", is_flag=True, help="Only print secret IDs.")
+@output_option
+@pass_options
+def list_secrets(options: GlobalOptions, quiet: bool) -> None:
+    """List secrets (never their data)."""
+    from dockyard.v1.control_pb2 import ListSecretsRequest
+
+    records = call(options.target(), control_stub, "ListSecrets", ListSecretsRequest()).secrets
+    if quiet:
+        for r in records:
+            click.echo(r.id)
+    elif options.output != "table":
+        emit_data(list(records), options.output)
+    else:
+        emit_table(["ID", "NAME", "SIZE", "CREATED"],
+                   [[r.id, r.spec.name, r.size_bytes,
+                     to_data(r.meta).get("created_at", "")] for r in records])  # fmt: skip
+
+
+@secret.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+@output_option
+@pass_options
+def inspect(options: GlobalOptions, names: tuple[str, ...]) -> None:
+    """Show secrets without their data (JSON unless -o yaml)."""
+    from dockyard.v1.control_pb2 import GetSecretRequest
+
+    target = options.target()
+    records = [call(target, control_stub, "GetSecret", GetSecretRequest(secret=n))
+               for n in names]  # fmt: skip
+    emit_data(records, "yaml" if options.output == "yaml" else "json")
+
+
+@secret.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@pass_options
+def remove(options: GlobalOptions, names: tuple[str, ...]) -> None:
+    """Remove secrets (refused while a service uses one)."""
+    from dockyard.v1.control_pb2 import RemoveSecretRequest
+
+    target = options.target()
+    failed = False
+    for name in names:
+        try:
+            call(target, control_stub, "RemoveSecret", RemoveSecretRequest(secret=name))
+            click.echo(name)
+        except CliError as exc:
+            failed = True
+            click.echo(f"dockyard: {exc.message}", err=True)
+    if failed:
+        sys.exit(1)

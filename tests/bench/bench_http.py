@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -42,23 +40,11 @@ from dockyard.v1.control_pb2 import (
 from dockyard.v1.types_pb2 import NodeStatus, TaskStatus
 from dockyard.v1.workloads_pb2 import ServiceSpec
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import spawn, stop_process
+
 BIN = Path(sys.executable).parent
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def wait(predicate, what: str, timeout: float) -> float:
@@ -223,7 +209,7 @@ def main() -> None:
               f"{statistics.median(t for t, _ in lists) * 1000:.0f} ms")
     finally:
         for process in reversed(procs):
-            stop(process)
+            stop_process(process, 30)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -20,6 +20,7 @@ from dockyard.agent.session import ControllerSession
 from dockyard.agent.worker import Worker
 from dockyard.common.addresses import JOIN_PORT
 from dockyard.common.authz import AuthInterceptor
+from dockyard.common.listen import bind_port
 from dockyard.v1 import agent_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import AssignmentSet
 from dockyard.v1.types_pb2 import NodeDescription
@@ -68,7 +69,7 @@ class AgentDaemon:
             raise AgentStartError("no controller: give --controller, or run `dockyard-agent join`")
         if config.insecure:
             self.server = grpc.aio.server(options=SERVER_OPTIONS)
-            self.port = self.server.add_insecure_port(config.listen)
+            self.port = bind_port(self.server, config.listen)
             log.warning(
                 "agent.INSECURE",
                 message="--insecure: this agent's API and its session are PLAINTEXT and "
@@ -90,7 +91,7 @@ class AgentDaemon:
             self.server = grpc.aio.server(
                 options=SERVER_OPTIONS, interceptors=[AuthInterceptor()]
             )
-            self.port = self.server.add_secure_port(config.listen, node_pki.server_credentials())
+            self.port = bind_port(self.server, config.listen, node_pki.server_credentials())
         if self.port == 0:
             raise AgentStartError(f"cannot listen on {config.listen}: address in use or invalid")
         api_address = config.advertise or f"{config.listen.rsplit(':', 1)[0]}:{self.port}"

@@ -15,6 +15,7 @@ import structlog
 from dockyard.common import pki
 from dockyard.common.authz import AuthInterceptor
 from dockyard.common.etcd_server import EtcdServer
+from dockyard.common.listen import bind_port
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.version import package_version
 from dockyard.controller.api.control import ControllerIdentity, ControlServicer, cluster_info
@@ -111,7 +112,7 @@ class Controller:
             self.server = grpc.aio.server(
                 interceptors=[GrpcMetricsInterceptor(self.metrics)], options=SERVER_OPTIONS
             )
-            self.port = self.server.add_insecure_port(config.listen)
+            self.port = bind_port(self.server, config.listen)
             log.warning(
                 "controller.INSECURE",
                 message="--insecure: the API and the agents' sessions are PLAINTEXT and "
@@ -236,7 +237,8 @@ class Controller:
                           AuthInterceptor(self.ca.is_revoked)],
             options=SERVER_OPTIONS,
         )
-        port = self.server.add_secure_port(
+        port = bind_port(
+            self.server,
             config.listen,
             grpc.ssl_server_credentials(
                 [(key, chain)], root_certificates=ca.cert_pem, require_client_auth=True
@@ -248,8 +250,8 @@ class Controller:
             options=SERVER_OPTIONS,
         )
         ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.ca), self.join_server)
-        if self.join_server.add_secure_port(
-            config.join_listen, grpc.ssl_server_credentials([(key, chain)])
+        if bind_port(
+            self.join_server, config.join_listen, grpc.ssl_server_credentials([(key, chain)])
         ) == 0:
             raise ControllerStartError(
                 f"cannot listen on {config.join_listen} (--join-listen): address in use or invalid"

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import Cluster, LoopThread
 
@@ -225,6 +228,29 @@ def test_controller_start_fails_clearly_without_etcd(
     assert result.returncode == 1
     assert "cannot reach etcd at 127.0.0.1" in result.stderr
     assert time.monotonic() - start < 30
+
+
+@pytest.mark.parametrize("daemon", ["dockyard-controller", "dockyard-agent"])
+def test_a_taken_listen_port_is_one_clear_line(tmp_path: Path, daemon: str) -> None:
+    import socket
+    import subprocess
+
+    from tests.conftest import BIN
+
+    with socket.socket() as holder:  # no SO_REUSEPORT: grpc cannot share it
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        args = ["--http-listen", ""] if daemon == "dockyard-controller" else [
+            "--controller", "127.0.0.1:1", "--runtime", "hollow"]
+        result = subprocess.run(
+            [str(BIN / daemon), "run", "--insecure", "--listen", f"127.0.0.1:{port}",
+             "--state-dir", str(tmp_path / "state"), *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_unreachable_daemon_is_one_clear_line(cluster_factory: Callable[..., Cluster]) -> None:

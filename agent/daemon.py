@@ -113,7 +113,7 @@ class AgentDaemon:
         if config.runtime == "runc":
             executor = await self._start_containers(self.server)
         elif config.runtime == "docker":
-            executor = await self._start_docker()
+            executor = await self._start_docker(self.server)
         elif config.runtime == "hollow":
             from dockyard.agent.runtime.hollow import HollowExecutor
 
@@ -146,10 +146,12 @@ class AgentDaemon:
             log.warning("agent.assignments_ignored", runtime=self.config.runtime,
                         tasks=len(assignments.tasks))  # fmt: skip
 
-    async def _start_docker(self) -> Executor:
-        """The host's Docker engine runs the tasks; it must answer now."""
+    async def _start_docker(self, server: grpc.aio.Server) -> Executor:
+        """The host's Docker engine runs the tasks; it must answer now. Of the
+        Containers API only Logs is served (for `service logs`)."""
         from dockyard.agent.executor import ExecutorError
         from dockyard.agent.executors.docker import DockerExecutor
+        from dockyard.agent.executors.docker_logs import DockerLogsServicer
 
         executor = DockerExecutor(self.config.docker_host, self._secret_files())
         try:
@@ -158,6 +160,7 @@ class AgentDaemon:
             await executor.close()
             raise AgentStartError(str(exc)) from exc
         self._docker = executor
+        server.add_generic_rpc_handlers((DockerLogsServicer(executor).handler(),))
         log.info("agent.docker", host=self.config.docker_host, version=version)
         return executor
 

@@ -108,7 +108,8 @@ def test_an_agent_with_the_docker_runtime_runs_a_service(
     try:
         spec = ServiceSpec(name="ondocker")
         spec.task.container.image = image_registry.busybox
-        spec.task.container.command.extend(["sleep", "300"])
+        spec.task.container.command.extend(
+            ["sh", "-c", "echo out-$(hostname); echo err-$(hostname) >&2; sleep 300"])
         spec.task.container.stop_grace_seconds = 0
         spec.replicated.replicas = 2
 
@@ -121,6 +122,8 @@ def test_an_agent_with_the_docker_runtime_runs_a_service(
         listed = dockerd.docker("ps", "-q", "--no-trunc", "--filter",
                                 "label=dockyard.service.name=ondocker").stdout.split()
         assert sorted(listed) == sorted(t.status.container_id for t in running())
+        logs = cluster.cli("service", "logs", "ondocker")  # read through the agent's API
+        assert logs.stdout.count("| out-") == 2 and logs.stderr.count("| err-") == 2, logs
         control.RemoveService(RemoveServiceRequest(service="ondocker"))
         cluster.wait_for(
             lambda: not dockerd.docker("ps", "-aq", "--filter",

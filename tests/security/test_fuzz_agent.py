@@ -50,7 +50,7 @@ from dockyard.v1 import images_pb2 as ipb
 from dockyard.v1.types_pb2 import GetVersionRequest
 from tests.conftest import Cluster, Daemon
 from tests.images.conftest import _start, free_port
-from tests.runtime.conftest import _have_runc, cleanup_everything
+from tests.runtime.conftest import _have_runc, cleanup_everything, cleanup_network
 from tests.security.fuzzlib import (
     ALLOWED,
     MessageStrategies,
@@ -544,8 +544,9 @@ def _wait_for_agent(fz: AgentUnderFuzz, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
-def _cleanup(state_dir: Path, cgroup: str) -> None:
+def _cleanup(state_dir: Path, cgroup: str, bridge: str) -> None:
     cleanup_everything(state_dir / "runtime", cgroup)
+    cleanup_network(state_dir / "network", bridge)  # its own bridge, made or not
     for mount in sorted(_mounts(state_dir), key=len, reverse=True):
         subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
 
@@ -564,16 +565,18 @@ def fz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentUnderFuzz]:
     cluster = Cluster(root / "cluster")
     cluster.root.mkdir()
     cgroup = f"dockyard-fuzz-{uuid.uuid4().hex[:8]}"
+    bridge = f"dyfz-{uuid.uuid4().hex[:8]}"  # not the default dockyard0: the test's own
     files = root / "files"
     make_inputs(files)
     (files / "auth.json").write_text("{}")  # not the credentials of the machine's user
     with contextlib.ExitStack() as stack:
         host = stack.enter_context(loopback_registry(root / "registry"))
-        stack.callback(_cleanup, cluster.root / "agent-fz", cgroup)
+        stack.callback(_cleanup, cluster.root / "agent-fz", cgroup, bridge)
         stack.callback(cluster.stop)
         cluster.start_controller()
         cluster.start_agent("fz", runtime="runc", extra=[
-            "--cgroup-parent", cgroup, "--registry-config", str(files / "auth.json")])
+            "--cgroup-parent", cgroup, "--registry-config", str(files / "auth.json"),
+            "--bridge", bridge, "--bridge-subnet", "10.250.77.0/24"])
         channel = stack.enter_context(
             grpc.secure_channel(cluster.agent_address("fz"), cluster.admin_credentials()))
         under = AgentUnderFuzz(cluster, "fz", files, host, f"127.0.0.1:{free_port()}", channel,

@@ -19,8 +19,9 @@ import structlog
 
 from dockyard.common.authz import peer_identity
 from dockyard.common.pki import NODE
+from dockyard.common.validation import MAX_REF_LENGTH
 from dockyard.controller.assignments import Assigner, StatusWriter
-from dockyard.controller.errors import status_for
+from dockyard.controller.errors import details_for, status_for
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
@@ -162,6 +163,9 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         context: grpc.aio.ServicerContext[AgentMessage, DispatcherMessage],
     ) -> AgentSession:
         hello = first.hello
+        if len(hello.node_id) > MAX_REF_LENGTH:  # it is echoed in errors: keep them small
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"hello.node_id: at most {MAX_REF_LENGTH} characters")  # fmt: skip
         identity = peer_identity(context)
         if identity is not None and identity.role == NODE and identity.id != hello.node_id:
             # A node speaks only as itself: the ID in its certificate.
@@ -188,8 +192,9 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             code = status_for(exc)
             if code is None:
                 raise
-            log.warning("session.refused", name=hello.name, node_id=hello.node_id, reason=str(exc))
-            await context.abort(code, str(exc))
+            log.warning("session.refused", name=hello.name[:200], node_id=hello.node_id,
+                        reason=details_for(exc))  # fmt: skip
+            await context.abort(code, details_for(exc))
         session = AgentSession(secrets.token_hex(8), node.id, remote)
         self.sessions[node.id] = session
         self.beat(node.id)

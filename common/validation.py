@@ -12,6 +12,11 @@ MAX_LABEL_VALUE = 256
 MAX_LABELS = 64
 # A reference (ID, ID prefix or name) is at most a 64-character node ID.
 MAX_REF_LENGTH = 128
+# Named volumes (the agent's, a service's --mount type=volume): Docker's volume names.
+VOLUME_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}\Z")
+# Mounts of one container, and the largest tmpfs: the controller and the agent agree.
+MAX_MOUNTS = 64
+MAX_TMPFS_BYTES = 1 << 40
 
 
 class ValidationError(ValueError):

@@ -10,7 +10,14 @@ import math
 import re
 
 from dockyard.common.reference import InvalidReference, parse_reference
-from dockyard.common.validation import ValidationError, check_labels, check_name
+from dockyard.common.validation import (
+    MAX_MOUNTS,
+    MAX_TMPFS_BYTES,
+    VOLUME_NAME_PATTERN,
+    ValidationError,
+    check_labels,
+    check_name,
+)
 from dockyard.v1.workloads_pb2 import (
     HealthCheck,
     Mount,
@@ -100,9 +107,6 @@ def _check_task(task: TaskSpec) -> None:
     _check_ports(task)
 
 
-MAX_MOUNTS = 64
-MAX_TMPFS_BYTES = 1 << 40
-VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}\Z")
 
 
 def _check_mounts(mounts: list[Mount]) -> None:
@@ -126,7 +130,7 @@ def _check_mounts(mounts: list[Mount]) -> None:
         if mount.type == "bind" and not mount.source.startswith("/"):
             raise ValidationError(f"{field}.source", f"a bind source must be an absolute path "
                                                      f"on the node, got {mount.source[:200]!r}")
-        if mount.type == "volume" and not VOLUME_NAME.match(mount.source):
+        if mount.type == "volume" and not VOLUME_NAME_PATTERN.match(mount.source):
             raise ValidationError(f"{field}.source", f"not a volume name: {mount.source[:80]!r} "
                                                      "(1-64 of [a-zA-Z0-9_.-], starting with a "
                                                      "letter or digit)")  # fmt: skip

@@ -21,6 +21,7 @@ from dockyard.agent.runtime.base import (
     VolumeMount,
 )
 from dockyard.agent.runtime.runc.spec import ALL_CAPABILITIES
+from dockyard.common.validation import MAX_MOUNTS, MAX_TMPFS_BYTES
 from dockyard.v1.containers_pb2 import CreateContainerRequest
 
 __all__ = [
@@ -100,8 +101,6 @@ def parse_signal(text: str) -> int:
         raise InvalidArgument("signal", f"unknown signal {text!r}") from None
 
 
-MAX_MOUNTS = 64
-MAX_TMPFS_BYTES = 1 << 40
 
 
 def tmpfs_of(request: CreateContainerRequest) -> list[TmpfsMount]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -18,10 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dockyard.agent.containers.errors import InvalidArgument, NotFound
+from dockyard.common.validation import VOLUME_NAME_PATTERN
 
-__all__ = ["VOLUME_NAME", "Volume", "VolumeStore"]
-
-VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}\Z")
+__all__ = ["Volume", "VolumeStore", "check_volume_name"]
 _RECORD = "volume.json"
 _DATA = "_data"
 
@@ -35,7 +33,7 @@ class Volume:
 
 
 def check_volume_name(field_name: str, name: str) -> str:
-    if not VOLUME_NAME.match(name):
+    if not VOLUME_NAME_PATTERN.match(name):
         raise InvalidArgument(field_name, f"invalid volume name {name[:80]!r}: use 1-64 letters, "
                                           "digits, '_', '.' or '-', starting with a letter or "
                                           "digit")  # fmt: skip
@@ -63,7 +61,8 @@ class VolumeStore:
             return []
         found = []
         for entry in sorted(self.root.iterdir()):
-            if entry.is_dir() and (entry / _RECORD).exists() and VOLUME_NAME.match(entry.name):
+            named = VOLUME_NAME_PATTERN.match(entry.name)  # not a staging or trash dir
+            if named and entry.is_dir() and (entry / _RECORD).exists():
                 found.append(self.get(entry.name))
         return found
 

@@ -19,6 +19,7 @@ import click
 
 from dockyard.cli.client import CliError, Target, call, rpc_code, stream
 from dockyard.cli.options import GlobalOptions, pass_options
+from dockyard.common.validation import VOLUME_NAME_PATTERN
 
 F = TypeVar("F", bound=Callable[..., Any])
 AGENT = "agent"
@@ -83,7 +84,6 @@ class Volume:
     volume: str = ""  # a named volume instead of host_path
 
 
-_VOLUME_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}\Z")
 
 
 def parse_volume(text: str) -> Volume:
@@ -93,7 +93,7 @@ def parse_volume(text: str) -> Volume:
         raise _invalid("-v", text, "use HOST_PATH|VOLUME:CONTAINER_PATH[:ro]")
     host, container = parts[0], parts[1]
     mode = parts[2] if len(parts) == 3 else "rw"
-    if not host.startswith("/") and not _VOLUME_NAME.match(host):
+    if not host.startswith("/") and not VOLUME_NAME_PATTERN.match(host):
         raise _invalid("-v", text, "the source must be an absolute host path or a volume name "
                                    "([a-zA-Z0-9][a-zA-Z0-9_.-]*)")  # fmt: skip
     if not container.startswith("/"):

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from dockyard.cli.client import CliError
+from dockyard.common.validation import VOLUME_NAME_PATTERN
 
 __all__ = [
     "SpecError",
@@ -201,8 +202,7 @@ def parse_mount(label: str, text: str) -> dict[str, str]:
         raise invalid(label, text, "a bind source must be an absolute path on the node")
     if kind == "tmpfs" and "source" in found:
         raise invalid(label, text, "a tmpfs has no source")
-    if kind == "volume" and not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}",
-                                             found.get("source", "")):  # fmt: skip
+    if kind == "volume" and not VOLUME_NAME_PATTERN.match(found.get("source", "")):
         raise invalid(label, text, "a volume's source is its name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
     if kind != "tmpfs" and "tmpfs-size" in found:
         raise invalid(label, text, "tmpfs-size is for type=tmpfs")

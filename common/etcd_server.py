@@ -26,6 +26,14 @@ class EtcdServerError(RuntimeError):
     pass
 
 
+class _PortTaken(EtcdServerError):
+    """etcd exited because one of its ports was already bound."""
+
+
+_PORT_ATTEMPTS = 3
+_PORT_IN_USE = "address already in use"
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -71,10 +79,26 @@ class EtcdServer:
                 f"etcd executable {self.binary!r} not found: install Debian's etcd-server "
                 "or pass --etcd host:port"
             )
+        picks_ports = not (self.client_port and self.peer_port)
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            chosen = (self.client_port, self.peer_port)
+            try:
+                await self._start_once(executable, timeout)
+                return
+            except _PortTaken as error:
+                # A port chosen here was free when chosen, but something took it
+                # before etcd bound it: choose again rather than fail the daemon.
+                if not picks_ports or attempt == _PORT_ATTEMPTS:
+                    raise EtcdServerError(str(error)) from None
+                log.warning("etcd.port_taken", error=str(error), attempt=attempt)
+                self.client_port, self.peer_port = chosen
+
+    async def _start_once(self, executable: str, timeout: float) -> None:
         self.client_port = self.client_port or free_port()
         self.peer_port = self.peer_port or free_port()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path or self.data_dir.parent / "etcd.log"
+        log_start = log_path.stat().st_size if log_path.exists() else 0
         client_url = f"http://127.0.0.1:{self.client_port}"
         peer_url = f"http://127.0.0.1:{self.peer_port}"
         args = [
@@ -100,18 +124,19 @@ class EtcdServer:
                 env={"ETCD_UNSUPPORTED_ARCH": "", "PATH": "/usr/bin:/bin"},
             )
         log.info("etcd.starting", endpoint=self.endpoint, data_dir=str(self.data_dir), pid=self.pid)
-        await self._wait_ready(timeout, log_path)
+        await self._wait_ready(timeout, log_path, log_start)
 
-    async def _wait_ready(self, timeout: float, log_path: Path) -> None:
+    async def _wait_ready(self, timeout: float, log_path: Path, log_start: int) -> None:
         assert self._process is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             if self._process.returncode is not None:
-                tail = log_path.read_text(errors="replace")[-800:]  # noqa: ASYNC240
-                raise EtcdServerError(
-                    f"etcd exited with code {self._process.returncode} (log {log_path}): {tail}"
-                )
+                output = await asyncio.to_thread(_read_from, log_path, log_start)
+                message = f"etcd exited with code {self._process.returncode} (log {log_path})"
+                if _PORT_IN_USE in output:
+                    raise _PortTaken(f"{message}: {_line_with(output, _PORT_IN_USE)}")
+                raise EtcdServerError(f"{message}: {output[-800:]}")
             if await _answers_health(self.client_port):
                 log.info("etcd.ready", endpoint=self.endpoint)
                 return
@@ -137,6 +162,17 @@ class EtcdServer:
         if process is not None and process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def _read_from(path: Path, offset: int) -> str:
+    """What etcd wrote to its log since this start (the log is shared across restarts)."""
+    with open(path, "rb") as log_file:
+        log_file.seek(offset)
+        return log_file.read().decode(errors="replace")
+
+
+def _line_with(text: str, needle: str) -> str:
+    return next((line for line in text.splitlines() if needle in line), needle)
 
 
 async def _answers_health(port: int) -> bool:

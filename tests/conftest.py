@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dockyard.common.etcd_server import EtcdServer, free_port
+from dockyard.common.etcd_server import EtcdServer
+from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")

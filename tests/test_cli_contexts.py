@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from dockyard.common.etcd_server import free_port
 from tests.conftest import BIN
+from tests.ports import free_port
 
 
 def dockyard(

@@ -202,8 +202,8 @@ def test_controller_start_fails_clearly_without_etcd(
 ) -> None:
     import subprocess
 
-    from dockyard.common.etcd_server import free_port
     from tests.conftest import BIN
+    from tests.ports import free_port
 
     cluster = cluster_factory()
     start = time.monotonic()

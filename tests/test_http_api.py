@@ -26,7 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dockyard.common import pki
-from dockyard.common.etcd_server import EtcdServer, free_port
+from dockyard.common.etcd_server import EtcdServer
 from dockyard.controller.http.events import (
     WHOLE,
     EventHub,
@@ -39,6 +39,7 @@ from dockyard.v1 import control_pb2_grpc
 from dockyard.v1.control_pb2 import UpdateNodeRequest
 from dockyard.v1.types_pb2 import Node, RevokedCert
 from tests.conftest import BIN, Cluster, LoopThread
+from tests.ports import free_port
 
 # -- HTTP helpers (stdlib only) -------------------------------------------------
 

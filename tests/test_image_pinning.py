@@ -20,7 +20,8 @@ from dockyard.v1.control_pb2 import (
 )
 from dockyard.v1.workloads_pb2 import Service, ServiceSpec
 from tests.conftest import Cluster
-from tests.images.conftest import _start, free_port
+from tests.images.conftest import _start
+from tests.ports import free_port
 
 pytestmark = pytest.mark.registry
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from dockyard.common.etcd_server import EtcdServer
+from dockyard.common import etcd_server
+from dockyard.common.etcd_server import EtcdServer, EtcdServerError
+from dockyard.common.etcd_server import free_port as real_free_port
 from dockyard.controller.store import (
     NODES,
     AlreadyExists,
@@ -147,7 +151,7 @@ async def test_watch_from_a_compacted_revision_says_so(store: Store) -> None:
 
 
 async def test_unreachable_etcd_fails_after_a_bounded_wait() -> None:
-    from dockyard.common.etcd_server import free_port
+    from tests.ports import free_port
 
     store = Store([f"127.0.0.1:{free_port()}"])
     loop = asyncio.get_running_loop()
@@ -170,3 +174,34 @@ async def test_a_list_larger_than_one_page_is_one_consistent_snapshot(
     await store.delete(NODES, "n000")
     before, _ = await store.list_all(NODES, at_revision=revision)
     assert len(before) == 50
+
+
+async def test_embedded_etcd_chooses_again_when_its_chosen_port_is_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race a daemon loses when something binds the port between choosing and binding.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        ports = iter([taken])
+        monkeypatch.setattr(
+            etcd_server, "free_port", lambda: next(ports, None) or real_free_port()
+        )
+        server = EtcdServer(tmp_path / "data", log_path=tmp_path / "etcd.log")
+        await server.start()
+        try:
+            assert server.client_port != taken
+            assert "address already in use" in (tmp_path / "etcd.log").read_text()
+        finally:
+            await server.stop()
+
+
+async def test_embedded_etcd_on_a_given_taken_port_fails_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        server = EtcdServer(tmp_path / "data", client_port=taken, log_path=tmp_path / "etcd.log")
+        with pytest.raises(EtcdServerError, match=f"{taken}.*address already in use"):
+            await server.start()

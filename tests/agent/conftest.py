@@ -26,7 +26,8 @@ import pytest
 from dockyard.v1 import containers_pb2 as cpb
 from dockyard.v1 import containers_pb2_grpc, images_pb2_grpc
 from dockyard.v1 import images_pb2 as ipb
-from tests.images.conftest import RegistryServer, _start, free_port
+from tests.images.conftest import RegistryServer, _start
+from tests.ports import free_port
 from tests.runtime.conftest import _have_runc, cleanup_everything
 
 BIN = Path(sys.executable).parent

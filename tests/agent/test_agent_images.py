@@ -12,7 +12,7 @@ from dockyard.v1 import containers_pb2 as cpb
 from dockyard.v1 import images_pb2 as ipb
 from tests.agent.conftest import Agent, ImageRegistry
 from tests.agent.test_agent_containers import code_of
-from tests.images.conftest import free_port
+from tests.ports import free_port
 
 pytestmark = [pytest.mark.runc, pytest.mark.registry]
 

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BIN, Daemon
-from tests.images.conftest import RegistryServer, free_port, registry
+from tests.images.conftest import RegistryServer, registry
+from tests.ports import free_port
 
 __all__ = ["AgentUnderTest", "registry"]
 

@@ -18,7 +18,7 @@ from dockyard.cli.commands.container_run import (
     parse_volume,
 )
 from dockyard.cli.main import cli
-from dockyard.common.etcd_server import free_port
+from tests.ports import free_port
 
 
 @pytest.fixture

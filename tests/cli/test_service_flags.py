@@ -14,7 +14,6 @@ from dockyard.cli.client import CliError
 from dockyard.cli.commands import jobs, service_wait, services
 from dockyard.cli.commands.service_yaml import load_spec_file, spec_from_document
 from dockyard.cli.main import cli
-from dockyard.common.etcd_server import free_port
 from dockyard.v1.control_pb2 import (
     ListNodesResponse,
     ListServicesResponse,
@@ -30,6 +29,7 @@ from dockyard.v1.workloads_pb2 import (
     UpdateConfig,
     UpdateStatus,
 )
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

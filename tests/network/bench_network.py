@@ -26,8 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.images.conftest import free_port
 from tests.network.conftest import free_subnet, wait_http, web_command
+from tests.ports import free_port
 from tests.runtime.conftest import cleanup_everything, cleanup_network
 
 BIN = Path(sys.executable).parent

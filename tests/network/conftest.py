@@ -28,7 +28,7 @@ import pytest
 
 from dockyard.agent.network.netns import list_netns
 from tests.agent.conftest import Agent, ImageRegistry, image_registry
-from tests.images.conftest import free_port
+from tests.ports import free_port
 from tests.runtime.conftest import (
     _have_runc,
     bridge_links,

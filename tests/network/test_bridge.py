@@ -14,8 +14,8 @@ import pytest
 
 from dockyard.v1 import containers_pb2 as cpb
 from tests.agent.conftest import ImageRegistry
-from tests.images.conftest import free_port
 from tests.network.conftest import BridgeAgent, http_get, udp_echo, wait_http, web_command
+from tests.ports import free_port
 from tests.runtime.conftest import bridge_links
 
 pytestmark = [pytest.mark.runc, pytest.mark.registry]

@@ -11,8 +11,8 @@ from dockyard.v1.control_pb2 import ListTasksRequest
 from dockyard.v1.types_pb2 import TaskStatus
 from tests.agent.conftest import ImageRegistry
 from tests.conftest import Cluster
-from tests.images.conftest import free_port
 from tests.network.conftest import free_subnet, wait_http, web_command
+from tests.ports import free_port
 from tests.runtime.conftest import cleanup_everything, cleanup_network
 
 pytestmark = [pytest.mark.runc, pytest.mark.registry]

@@ -49,7 +49,8 @@ from dockyard.v1 import containers_pb2 as cpb
 from dockyard.v1 import images_pb2 as ipb
 from dockyard.v1.types_pb2 import GetVersionRequest
 from tests.conftest import Cluster, Daemon
-from tests.images.conftest import _start, free_port
+from tests.images.conftest import _start
+from tests.ports import free_port
 from tests.runtime.conftest import _have_runc, cleanup_everything, cleanup_network
 from tests.security.fuzzlib import (
     ALLOWED,

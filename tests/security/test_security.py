@@ -271,8 +271,8 @@ def test_join_refuses_a_ca_that_does_not_match_the_token(
 def test_without_init_or_join_the_daemons_say_what_to_do(tmp_path: Path) -> None:
     import subprocess
 
-    from dockyard.common.etcd_server import free_port
     from tests.conftest import BIN
+    from tests.ports import free_port
 
     controller = subprocess.run(
         [str(BIN / "dockyard-controller"), "run", "--state-dir", str(tmp_path / "c"),

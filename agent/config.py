@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dockyard.agent.network.bridge import DEFAULT_BRIDGE, DEFAULT_CNI_PATH, DEFAULT_SUBNET
+from dockyard.agent.network.bridge import DEFAULT_BRIDGE, DEFAULT_CNI_PATH
 from dockyard.common.addresses import AGENT_PORT
 
 RUNTIMES = ("runc", "docker", "hollow")
@@ -35,7 +35,9 @@ class AgentConfig:
     """The cgroup (in every v1 hierarchy) that holds the containers' cgroups."""
     bridge: str = DEFAULT_BRIDGE
     """The Linux bridge of the agent's `bridge` network (one per agent on a host)."""
-    bridge_subnet: str = DEFAULT_SUBNET
-    """Its IPv4 subnet; the first address is the bridge's (the containers' gateway)."""
+    bridge_subnet: str = ""
+    """Its IPv4 subnet; the first address is the bridge's (the containers' gateway).
+    "": the one the controller assigns (until then the last assigned, else
+    ``DEFAULT_SUBNET``)."""
     cni_path: list[str] = field(default_factory=lambda: list(DEFAULT_CNI_PATH))
     """Where the CNI plugins are."""

@@ -22,13 +22,14 @@ from dockyard.common.addresses import JOIN_PORT
 from dockyard.common.authz import AuthInterceptor
 from dockyard.common.listen import bind_port
 from dockyard.v1 import agent_pb2_grpc
-from dockyard.v1.dispatcher_pb2 import AssignmentSet
+from dockyard.v1.dispatcher_pb2 import AssignmentSet, NetworkMap
 from dockyard.v1.types_pb2 import NodeDescription
 
 if TYPE_CHECKING:
     from dockyard.agent.containers.manager import ContainerManager
     from dockyard.agent.executor import Executor
     from dockyard.agent.executors.docker import DockerExecutor
+    from dockyard.agent.network.cluster import ClusterNetwork
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,8 @@ class AgentDaemon:
         self.containers: ContainerManager | None = None
         self.worker: Worker | None = None
         self._docker: DockerExecutor | None = None
+        self.cluster_network: ClusterNetwork | None = None
+        self._network_task: asyncio.Task[None] | None = None
         self._node_id = ""
 
     async def start(self) -> None:
@@ -103,6 +106,7 @@ class AgentDaemon:
         )
         self.session = ControllerSession(
             controllers, identity, self.describe, on_assignments=self._on_assignments,
+            on_network=self._on_network,
             credentials=None if config.insecure else node_pki.channel_credentials,
         )  # fmt: skip
         agent_pb2_grpc.add_AgentServicer_to_server(
@@ -123,6 +127,8 @@ class AgentDaemon:
                                  secrets=getattr(executor, "secrets", None))  # fmt: skip
             await self.worker.start()
         await self.server.start()
+        if self.cluster_network is not None:
+            self._network_task = asyncio.create_task(self.cluster_network.run())
         self._session_task = asyncio.create_task(self.session.run())
         if not config.insecure:
             session = self.session
@@ -145,6 +151,10 @@ class AgentDaemon:
         else:
             log.warning("agent.assignments_ignored", runtime=self.config.runtime,
                         tasks=len(assignments.tasks))  # fmt: skip
+
+    async def _on_network(self, network_map: NetworkMap) -> None:
+        if self.cluster_network is not None:
+            self.cluster_network.on_map(network_map)
 
     async def _start_docker(self, server: grpc.aio.Server) -> Executor:
         """The host's Docker engine runs the tasks; it must answer now. Of the
@@ -172,7 +182,13 @@ class AgentDaemon:
         from dockyard.agent.containers.volumes_servicer import VolumesServicer
         from dockyard.agent.executors.runc import RuncExecutor
         from dockyard.agent.images.service import ImageService
-        from dockyard.agent.network.bridge import BridgeConfig, BridgeNetwork
+        from dockyard.agent.network.bridge import (
+            DEFAULT_SUBNET,
+            BridgeConfig,
+            BridgeNetwork,
+            assigned_subnet,
+        )
+        from dockyard.agent.network.cluster import ClusterNetwork
         from dockyard.agent.runtime.runc.runtime import RuncRuntime
         from dockyard.common.distribution.settings import registry_config
         from dockyard.v1 import containers_pb2_grpc, images_pb2_grpc
@@ -181,9 +197,12 @@ class AgentDaemon:
         registry = registry_config(config.registry_mirrors, config.insecure_registries,
                                    config.registry_config)  # fmt: skip
         images = await asyncio.to_thread(ImageService, config.state_dir / "images", registry)
-        bridge = BridgeConfig(bridge=config.bridge, subnet=config.bridge_subnet,
+        network_dir = config.state_dir / "network"
+        subnet = config.bridge_subnet or assigned_subnet(network_dir) or DEFAULT_SUBNET
+        bridge = BridgeConfig(bridge=config.bridge, subnet=subnet,
                               cni_path=tuple(config.cni_path))  # fmt: skip
-        network = BridgeNetwork(config.state_dir / "network", bridge)
+        network = BridgeNetwork(network_dir, bridge, subnet_fixed=bool(config.bridge_subnet))
+        self.cluster_network = ClusterNetwork(network)
         runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent,
                               network=network)  # fmt: skip
         manager = ContainerManager(runtime, images, config.state_dir / "containers")
@@ -203,7 +222,13 @@ class AgentDaemon:
 
     def describe(self) -> NodeDescription:
         assert self._description is not None
-        return self._description
+        if self.cluster_network is None:
+            return self._description
+        described = NodeDescription()
+        described.CopyFrom(self._description)
+        described.bridge_subnet, described.bridge_subnet_fixed = (
+            self.cluster_network.bridge.subnet_claim())
+        return described
 
     async def wait_session(self) -> None:
         """Return when the session task ends (it only ends on a final refusal)."""
@@ -215,10 +240,11 @@ class AgentDaemon:
             self._renew_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._renew_task
-        if self._session_task is not None:
-            self._session_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._session_task
+        for task in (self._session_task, self._network_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.server is not None:
             await self.server.stop(grace)
         if self.worker is not None:  # its containers keep running

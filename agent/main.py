@@ -80,10 +80,10 @@ def main() -> None:
 )
 @click.option(
     "--bridge-subnet",
-    default="10.87.0.0/16",
-    show_default=True,
+    default="",
     metavar="CIDR",
-    help="IPv4 subnet of the bridge network; its first address is the bridge's.",
+    help="IPv4 subnet of the bridge network; its first address is the bridge's "
+    "[the controller assigns one from its pool; alone, 10.87.0.0/16].",
 )
 @click.option(
     "--cni-path",
@@ -140,6 +140,8 @@ def run(
             raise ValueError(f"--cgroup-parent {cgroup_parent!r}: expected a cgroup path")
         for flag, check, value in (("--bridge", check_bridge_name, bridge),
                                    ("--bridge-subnet", check_subnet, bridge_subnet)):
+            if not value:
+                continue
             try:
                 check(value)
             except ValueError as exc:

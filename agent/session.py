@@ -24,6 +24,7 @@ from dockyard.v1.dispatcher_pb2 import (
     AssignmentSet,
     DispatcherMessage,
     Heartbeat,
+    NetworkMap,
     SessionHello,
     TaskStatusReport,
 )
@@ -47,6 +48,7 @@ PERMANENT_REFUSALS = {
 LEADER_HINT = re.compile(r"the leader is at (\S+)")
 
 AssignmentHandler = Callable[[AssignmentSet], Awaitable[None]]
+NetworkHandler = Callable[[NetworkMap], Awaitable[None]]
 
 
 class SessionRefused(Exception):
@@ -76,6 +78,7 @@ class ControllerSession:
         identity: this node's ID and requested name.
         describe: returns the node description sent in every hello.
         on_assignments: called with every assignment set the controller sends.
+        on_network: called with every network map the controller sends.
         credentials: mutual TLS credentials, made anew for every connection (so a
             renewed certificate is picked up); None for plaintext (--insecure).
     """
@@ -86,6 +89,7 @@ class ControllerSession:
         identity: NodeIdentity,
         describe: Callable[[], NodeDescription],
         on_assignments: AssignmentHandler | None = None,
+        on_network: NetworkHandler | None = None,
         backoff: Backoff | None = None,
         keep_rtts: int = 0,
         credentials: Callable[[], grpc.ChannelCredentials] | None = None,
@@ -96,6 +100,7 @@ class ControllerSession:
         self.identity = identity
         self._describe = describe
         self._on_assignments = on_assignments
+        self._on_network = on_network
         self._backoff = backoff or Backoff(initial=0.2, maximum=10.0)
         self._keep_rtts = keep_rtts
         self._credentials = credentials
@@ -219,6 +224,8 @@ class ControllerSession:
                           secrets=sorted(s.id for s in assignments.secrets),
                           bytes=assignments.ByteSize())  # never the data  # fmt: skip
                 await self._on_assignments(assignments)
+            elif kind == "network" and self._on_network is not None:
+                await self._on_network(message.network)
 
     def _acked(self, sequence: int, period: float) -> None:
         sent = self._sent.pop(sequence, None)

@@ -3,6 +3,7 @@ controller (the authority: nothing unchecked reaches etcd)."""
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 # \Z, not $: `$` also matches before a trailing newline, which let "web\n" through.
@@ -83,3 +84,21 @@ def parse_label(field: str, text: str) -> tuple[str, str]:
     if not key:
         raise ValidationError(field, f"malformed label {text!r}: the key before '=' is empty")
     return check_label_key(field, key), check_label_value(field, key, value)
+
+
+def check_subnet(text: str) -> ipaddress.IPv4Network:
+    """An IPv4 network (``10.87.0.0/16``) of /8 to /29 that a bridge can use.
+
+    Raises:
+        ValueError: it is not one.
+    """
+    try:
+        network = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"bridge subnet {text!r}: {exc} (expected e.g. 10.87.0.0/16)") from None
+    if not 8 <= network.prefixlen <= 29:
+        raise ValueError(f"bridge subnet {text}: the prefix must be between /8 and /29")
+    if network.is_loopback or network.is_multicast or network.is_link_local or (
+            network.is_unspecified or network.is_reserved):  # fmt: skip
+        raise ValueError(f"bridge subnet {text}: not a usable unicast range")
+    return network

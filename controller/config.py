@@ -9,6 +9,7 @@ from typing import Literal
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT
 from dockyard.common.distribution.registry import RegistryConfig
 from dockyard.controller.http import HTTP_PORT
+from dockyard.controller.subnets import SubnetPool
 from dockyard.v1.control_pb2 import ResolveImage
 
 DEFAULT_HEARTBEAT_PERIOD = 2.0
@@ -41,6 +42,7 @@ class ControllerConfig:
     # The HTTP side: HTTPS with client certificates unless insecure; "" disables it.
     http_listen: str = f"127.0.0.1:{HTTP_PORT}"
     http_max_streams: int = 64  # concurrent /v1/events streams
+    subnets: SubnetPool = field(default_factory=SubnetPool)  # the nodes' bridge subnets
 
     @property
     def advertise_address(self) -> str:

@@ -22,6 +22,7 @@ from dockyard.common.pki import NODE
 from dockyard.common.validation import MAX_REF_LENGTH
 from dockyard.controller.assignments import Assigner, StatusWriter
 from dockyard.controller.errors import details_for, status_for
+from dockyard.controller.network_map import NetworkMapper
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
@@ -31,6 +32,7 @@ from dockyard.v1.dispatcher_pb2 import (
     SessionAccepted,
     TaskStatusReport,
 )
+from dockyard.v1.types_pb2 import Node
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +85,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         # Set while this controller leads (the loops that need the cluster view).
         self.assigner: Assigner | None = None
         self.status_writer: StatusWriter | None = None
+        self.network_mapper: NetworkMapper | None = None
 
     def beat(self, node_id: str) -> None:
         self.last_seen[node_id] = Liveness(time.monotonic(), time.time())
@@ -119,7 +122,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             where = f"the leader is at {leader}" if leader else "no leader is elected yet"
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader: {where}")
         hello = await self._read_hello(request_iterator, context)
-        session = await self._open(hello, context)
+        session, node = await self._open(hello, context)
         reader = asyncio.create_task(self._read(session, request_iterator))
         try:
             yield DispatcherMessage(
@@ -130,6 +133,8 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                     heartbeat_period_seconds=self.heartbeat_period,
                 )
             )
+            if self.network_mapper is not None:  # before tasks: they may need the bridge
+                self.network_mapper.send_now(node)
             # A full set replaces everything the agent runs: send none until the
             # leader's view is loaded (the assigner sends it then).
             if self.assigner is not None:
@@ -161,7 +166,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self,
         first: AgentMessage,
         context: grpc.aio.ServicerContext[AgentMessage, DispatcherMessage],
-    ) -> AgentSession:
+    ) -> tuple[AgentSession, Node]:
         hello = first.hello
         if len(hello.node_id) > MAX_REF_LENGTH:  # it is echoed in errors: keep them small
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -199,7 +204,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.sessions[node.id] = session
         self.beat(node.id)
         log.info("session.opened", node_id=node.id, name=node.spec.name, remote=remote)
-        return session
+        return session, node
 
     def _take_status(self, session: AgentSession, report: TaskStatusReport) -> None:
         writer = self.status_writer

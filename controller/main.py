@@ -83,6 +83,20 @@ def main() -> None:
     help="Seconds a node may be DOWN before its tasks are replaced elsewhere.",
 )
 @click.option(
+    "--node-subnet-pool",
+    default="10.87.0.0/16",
+    show_default=True,
+    metavar="CIDR",
+    help="Where each node's bridge subnet comes from (agents without --bridge-subnet).",
+)
+@click.option(
+    "--node-subnet-size",
+    default=24,
+    show_default=True,
+    type=click.IntRange(min=8, max=29),
+    help="Prefix length of each node's subnet in the pool.",
+)
+@click.option(
     "--strategy",
     default="spread",
     show_default=True,
@@ -150,6 +164,8 @@ def run(
     node_grace: float | None,
     leader_ttl: int,
     node_down_grace: float,
+    node_subnet_pool: str,
+    node_subnet_size: int,
     strategy: str,
     insecure: bool,
     join_listen: str,
@@ -169,6 +185,7 @@ def run(
     from dockyard.common.sizes import parse_duration
     from dockyard.controller.admin import _days
     from dockyard.controller.config import ControllerConfig
+    from dockyard.controller.subnets import SubnetPool
     from dockyard.v1.control_pb2 import ResolveImage
 
     dlogging.configure(log_level)
@@ -183,6 +200,7 @@ def run(
         if http_listen is None:
             http_listen = f"{listen.rsplit(':', 1)[0]}:{HTTP_PORT}"
         http = normalize(http_listen, HTTP_PORT) if http_listen else ""
+        subnets = SubnetPool(node_subnet_pool, node_subnet_size)
     except (AddressError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     config = ControllerConfig(
@@ -205,6 +223,7 @@ def run(
         resolve_timeout=resolve_timeout,
         http_listen=http,
         http_max_streams=http_max_streams,
+        subnets=subnets,
     )
     sys.exit(asyncio.run(_serve(config)))
 

@@ -6,6 +6,7 @@ holds the owning node ID and is written in the same transaction as the node.
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import structlog
@@ -23,8 +24,9 @@ from dockyard.controller.store import (
     Op,
     Store,
 )
+from dockyard.controller.subnets import SubnetPool, host_of_peer
 from dockyard.v1.dispatcher_pb2 import SessionHello
-from dockyard.v1.types_pb2 import Node, NodeSpec, NodeStatus
+from dockyard.v1.types_pb2 import Node, NodeNetwork, NodeSpec, NodeStatus
 
 log = structlog.get_logger(__name__)
 
@@ -35,8 +37,11 @@ State = NodeStatus.State
 
 
 class NodeRegistry:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, subnets: SubnetPool | None = None) -> None:
         self._store = store
+        self._subnets = subnets or SubnetPool()
+        # Subnets are handed out one registration at a time (only the leader registers).
+        self._subnet_lock = asyncio.Lock()
 
     async def list_all(self) -> list[Node]:
         nodes, _ = await self._store.list_all(NODES)
@@ -70,21 +75,39 @@ class NodeRegistry:
         if not NODE_ID_PATTERN.match(hello.node_id):
             raise ValidationError("hello.node_id", f"invalid node ID {hello.node_id!r}")
         check_name("hello.name", hello.name)
-        for _ in range(CONFLICT_RETRIES):
-            try:
-                existing = await self._store.get(NODES, hello.node_id)
-            except NotFound:
-                return await self._create(hello, remote_address)
-            existing.description.CopyFrom(hello.description)
-            _set_state(existing.status, State.READY, "session open")
-            existing.status.last_heartbeat.CopyFrom(now_timestamp())
-            existing.status.remote_address = remote_address
-            try:
-                await self._store.update(NODES, existing.id, existing)
-                return existing
-            except Conflict:
-                continue
+        async with self._subnet_lock:
+            for _ in range(CONFLICT_RETRIES):
+                try:
+                    existing = await self._store.get(NODES, hello.node_id)
+                except NotFound:
+                    return await self._create(hello, remote_address)
+                existing.description.CopyFrom(hello.description)
+                _set_state(existing.status, State.READY, "session open")
+                existing.status.last_heartbeat.CopyFrom(now_timestamp())
+                existing.status.remote_address = remote_address
+                await self._place_on_network(existing, remote_address)
+                try:
+                    await self._store.update(NODES, existing.id, existing)
+                    return existing
+                except Conflict:
+                    continue
         raise Conflict(f"node {hello.node_id}: too many concurrent writes, retry")
+
+    async def _place_on_network(self, node: Node, remote_address: str) -> None:
+        """Give the node its subnet on the cluster network and the address to route to."""
+        current, wanted = node.network, node.description
+        if not wanted.bridge_subnet:
+            network = NodeNetwork(message="the agent has no bridge network")
+        elif current.subnet and current.subnet == wanted.bridge_subnet:
+            network = NodeNetwork(subnet=current.subnet)  # what it has and uses: keep it
+        else:
+            others = [(n.id, n.network.subnet) for n in await self.list_all()]
+            network = self._subnets.assign(node.id, current, wanted, others)
+        network.address = host_of_peer(remote_address)
+        if network.subnet != current.subnet or network.message != current.message:
+            log.info("node.subnet", node_id=node.id, subnet=network.subnet,
+                     address=network.address, message=network.message)  # fmt: skip
+        node.network.CopyFrom(network)
 
     async def _create(self, hello: SessionHello, remote_address: str) -> Node:
         await self._refuse_taken_name(hello.name, hello.node_id)
@@ -95,6 +118,7 @@ class NodeRegistry:
         _set_state(node.status, State.READY, "session open")
         node.status.last_heartbeat.CopyFrom(now_timestamp())
         node.status.remote_address = remote_address
+        await self._place_on_network(node, remote_address)
         ops = [
             self._store.put_op(NODES, node.id, node, expect=0),
             self._store.raw_op(NODE_NAMES, node.spec.name, node.id.encode(), expect=0),

@@ -40,6 +40,7 @@ from dockyard.controller.http.metrics import (
 )
 from dockyard.controller.images import ImageResolver
 from dockyard.controller.leadership import Leadership
+from dockyard.controller.network_map import NetworkMapper
 from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.orchestrators.loop import Orchestrator
@@ -107,7 +108,7 @@ class Controller:
         self.store = Store(endpoints, config.etcd_prefix)
         await self.store.connect(config.etcd_timeout)
         cluster = await _load_or_create_cluster(self.store)
-        registry = NodeRegistry(self.store)
+        registry = NodeRegistry(self.store, self.config.subnets)
         if config.insecure:
             self.server = grpc.aio.server(
                 interceptors=[GrpcMetricsInterceptor(self.metrics)], options=SERVER_OPTIONS
@@ -276,13 +277,18 @@ class Controller:
         orchestrator = Orchestrator(
             self.store, self.state, self.config.node_down_grace, _eligible
         )
-        self.dispatcher.assigner, self.dispatcher.status_writer = assigner, writer
+        dispatcher = self.dispatcher
+        mapper = NetworkMapper(self.state, dispatcher.send, lambda: list(dispatcher.sessions))
+        dispatcher.assigner, dispatcher.status_writer = assigner, writer
+        dispatcher.network_mapper = mapper
         self._loops = [
             asyncio.create_task(loop)
             for loop in (monitor.run(), assigner.run(), writer.run(), self.scheduling.run(),
-                         orchestrator.run())
+                         orchestrator.run(), mapper.run())
         ]
-        for node_id in list(self.dispatcher.sessions):
+        for node_id in list(dispatcher.sessions):
+            if (node := self.state.nodes.get(node_id)) is not None:
+                mapper.send_now(node)
             await assigner.send_now(node_id)
 
     async def _follow(self) -> None:
@@ -290,6 +296,7 @@ class Controller:
         self._loops = []
         if self.dispatcher is not None:
             self.dispatcher.assigner = self.dispatcher.status_writer = None
+            self.dispatcher.network_mapper = None
             self.dispatcher.close_all()
         if self.state is not None:
             await self.state.stop()

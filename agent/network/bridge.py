@@ -26,7 +26,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from dockyard.agent.network.netns import create_netns, delete_netns, ip_command,
 from dockyard.agent.network.ports import PortReservations
 from dockyard.agent.network.store import ATTACHED, STALE, Attachment, AttachmentStore
 from dockyard.agent.runtime.base import ContainerRuntimeError, NetworkInfo, PortMapping
+from dockyard.common.validation import check_subnet
 
 __all__ = [
     "CNI_VERSION",
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_SUBNET",
     "BridgeConfig",
     "BridgeNetwork",
+    "assigned_subnet",
     "check_bridge_name",
     "check_subnet",
 ]
@@ -60,6 +62,10 @@ DEFAULT_CNI_PATH: tuple[str, ...] = ("/usr/lib/cni", "/opt/cni/bin")
 """Debian's ``containernetworking-plugins``, then the upstream tarball's location."""
 CNI_VERSION = "1.0.0"
 IFNAME = "eth0"
+
+ASSIGNED_SUBNET_FILE = "assigned-subnet"
+"""Under the network's state dir: the subnet the controller gave this node, used from the
+next start on (before the session opens) unless ``--bridge-subnet`` says otherwise."""
 
 LOCK_DIR = Path("/run/dockyard/bridges")
 """``<bridge>.lock``: held (flock) by the agent that uses the bridge."""
@@ -77,24 +83,6 @@ def check_bridge_name(name: str) -> str:
         raise ValueError(f"bridge name {name!r}: use 1-15 characters [A-Za-z0-9_.-], "
                          "starting with a letter or digit")  # fmt: skip
     return name
-
-
-def check_subnet(text: str) -> ipaddress.IPv4Network:
-    """An IPv4 network (``10.87.0.0/16``) of /8 to /29 that a bridge can use.
-
-    Raises:
-        ValueError: it is not one.
-    """
-    try:
-        network = ipaddress.IPv4Network(text, strict=True)
-    except ValueError as exc:
-        raise ValueError(f"bridge subnet {text!r}: {exc} (expected e.g. 10.87.0.0/16)") from None
-    if not 8 <= network.prefixlen <= 29:
-        raise ValueError(f"bridge subnet {text}: the prefix must be between /8 and /29")
-    if network.is_loopback or network.is_multicast or network.is_link_local or (
-            network.is_unspecified or network.is_reserved):  # fmt: skip
-        raise ValueError(f"bridge subnet {text}: not a usable unicast range")
-    return network
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,12 +117,15 @@ class BridgeNetwork:
         root: State directory of the network (``<agent state>/network``).
         config: The bridge's settings.
         runner: Runs the plugins (a test may pass its own).
+        subnet_fixed: The subnet was given (``--bridge-subnet``): the controller may not
+            hand this node another one.
     """
 
     def __init__(self, root: Path, config: BridgeConfig | None = None,
-                 runner: CniRunner | None = None) -> None:  # fmt: skip
+                 runner: CniRunner | None = None, subnet_fixed: bool = True) -> None:  # fmt: skip
         self.root = Path(root)
         self.config = config or BridgeConfig()
+        self._subnet_fixed = subnet_fixed
         self.runner = runner or CniRunner(self.config.cni_path, self.config.timeout)
         self._store = AttachmentStore(self.root)
         self._attachments: dict[str, Attachment] = {}
@@ -151,6 +142,54 @@ class BridgeNetwork:
     def netns_name(self, container_id: str) -> str:
         """``dy-<bridge>-<container id>``: under ``/run/netns``, shown by ``ip netns``."""
         return f"dy-{self.config.bridge}-{container_id}"
+
+    def subnet_claim(self) -> tuple[str, bool]:
+        """The subnet in use, and whether it is fixed: given by the operator, or
+        containers hold addresses in it."""
+        return self.config.subnet, self._subnet_fixed or bool(self._attachments)
+
+    async def use_subnet(self, subnet: str) -> bool:
+        """Take the subnet the controller assigned to this node (kept for the next start).
+
+        Returns:
+            False when the current one is kept: it is fixed (see :meth:`subnet_claim`).
+
+        Raises:
+            ValueError: ``subnet`` is not a usable one.
+        """
+        check_subnet(subnet)
+        async with self._lock:
+            if subnet == self.config.subnet:
+                await asyncio.to_thread(self._remember_subnet, subnet)
+                return True
+            if self.subnet_claim()[1]:
+                log.warning("bridge subnet kept: it is fixed", subnet=self.config.subnet,
+                            assigned=subnet, containers=len(self._attachments))  # fmt: skip
+                return False
+            await self._remove_idle_bridge()
+            self.config = replace(self.config, subnet=subnet)
+            self._mtu = None  # check the new subnet against the host's routes again
+            await asyncio.to_thread(self._remember_subnet, subnet)
+        log.info("bridge subnet assigned by the controller", bridge=self.config.bridge,
+                 subnet=subnet)  # fmt: skip
+        return True
+
+    def _remember_subnet(self, subnet: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / ASSIGNED_SUBNET_FILE
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(f"{subnet}\n")
+        tmp.replace(path)
+
+    async def _remove_idle_bridge(self) -> None:
+        """Delete this agent's bridge (nothing is attached to it) so that the plugin makes
+        it again with the new gateway address instead of adding a second one."""
+        # `ip`, not /sys/class/net: that shows the namespace that mounted /sys, not ours.
+        code, _, _ = await ip_command("link", "show", "dev", self.config.bridge, check=False)
+        if code != 0:
+            return
+        self._claim()  # never another agent's bridge
+        await ip_command("link", "delete", self.config.bridge, check=False)
 
     def get(self, container_id: str) -> Attachment | None:
         """The container's attachment, if it has one."""
@@ -407,3 +446,13 @@ def _link_mtu(dev: str) -> int:
         return int(Path(f"/sys/class/net/{dev}/mtu").read_text().strip())
     except (OSError, ValueError):
         return 0
+
+
+def assigned_subnet(root: Path) -> str:
+    """The subnet the controller last assigned (``""``: none, or unreadable)."""
+    try:
+        text = (Path(root) / ASSIGNED_SUBNET_FILE).read_text().strip()
+        check_subnet(text)
+    except (OSError, ValueError):
+        return ""
+    return text

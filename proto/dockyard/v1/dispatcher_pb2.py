@@ -27,7 +27,7 @@ from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
 from dockyard.v1 import workloads_pb2 as dockyard_dot_v1_dot_workloads__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ockyard/v1/dispatcher.proto\x12\x0b\x64ockyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x64ockyard/v1/types.proto\x1a\x1b\x64ockyard/v1/workloads.proto\"\xa8\x01\n\x0c\x41gentMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.dockyard.v1.SessionHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.dockyard.v1.HeartbeatH\x00\x12\x34\n\x0btask_status\x18\x03 \x01(\x0b\x32\x1d.dockyard.v1.TaskStatusReportH\x00\x42\t\n\x07message\"`\n\x0cSessionHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\"J\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x10TaskStatusReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\"\xb7\x01\n\x11\x44ispatcherMessage\x12\x30\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1c.dockyard.v1.SessionAcceptedH\x00\x12\x32\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x19.dockyard.v1.HeartbeatAckH\x00\x12\x31\n\x0b\x61ssignments\x18\x03 \x01(\x0b\x32\x1a.dockyard.v1.AssignmentSetH\x00\x42\t\n\x07message\"l\n\x0fSessionAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12 \n\x18heartbeat_period_seconds\x18\x04 \x01(\x01\"B\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12 \n\x18heartbeat_period_seconds\x18\x02 \x01(\x01\"\x7f\n\rAssignmentSet\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x18\n\x10removed_task_ids\x18\x03 \x03(\t\x12$\n\x07secrets\x18\x04 \x03(\x0b\x32\x13.dockyard.v1.Secret2V\n\nDispatcher\x12H\n\x07Session\x12\x19.dockyard.v1.AgentMessage\x1a\x1e.dockyard.v1.DispatcherMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ockyard/v1/dispatcher.proto\x12\x0b\x64ockyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17\x64ockyard/v1/types.proto\x1a\x1b\x64ockyard/v1/workloads.proto\"\xa8\x01\n\x0c\x41gentMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.dockyard.v1.SessionHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.dockyard.v1.HeartbeatH\x00\x12\x34\n\x0btask_status\x18\x03 \x01(\x0b\x32\x1d.dockyard.v1.TaskStatusReportH\x00\x42\t\n\x07message\"`\n\x0cSessionHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\"J\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x10TaskStatusReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\"\xe3\x01\n\x11\x44ispatcherMessage\x12\x30\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1c.dockyard.v1.SessionAcceptedH\x00\x12\x32\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x19.dockyard.v1.HeartbeatAckH\x00\x12\x31\n\x0b\x61ssignments\x18\x03 \x01(\x0b\x32\x1a.dockyard.v1.AssignmentSetH\x00\x12*\n\x07network\x18\x04 \x01(\x0b\x32\x17.dockyard.v1.NetworkMapH\x00\x42\t\n\x07message\"l\n\x0fSessionAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12 \n\x18heartbeat_period_seconds\x18\x04 \x01(\x01\"B\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12 \n\x18heartbeat_period_seconds\x18\x02 \x01(\x01\"\x7f\n\rAssignmentSet\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x18\n\x10removed_task_ids\x18\x03 \x03(\t\x12$\n\x07secrets\x18\x04 \x03(\x0b\x32\x13.dockyard.v1.Secret\"E\n\nNetworkMap\x12\x0e\n\x06subnet\x18\x01 \x01(\t\x12\'\n\x05peers\x18\x02 \x03(\x0b\x32\x18.dockyard.v1.PeerNetwork\"?\n\x0bPeerNetwork\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06subnet\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t2V\n\nDispatcher\x12H\n\x07Session\x12\x19.dockyard.v1.AgentMessage\x1a\x1e.dockyard.v1.DispatcherMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,13 +43,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKSTATUSREPORT']._serialized_start=477
   _globals['_TASKSTATUSREPORT']._serialized_end=553
   _globals['_DISPATCHERMESSAGE']._serialized_start=556
-  _globals['_DISPATCHERMESSAGE']._serialized_end=739
-  _globals['_SESSIONACCEPTED']._serialized_start=741
-  _globals['_SESSIONACCEPTED']._serialized_end=849
-  _globals['_HEARTBEATACK']._serialized_start=851
-  _globals['_HEARTBEATACK']._serialized_end=917
-  _globals['_ASSIGNMENTSET']._serialized_start=919
-  _globals['_ASSIGNMENTSET']._serialized_end=1046
-  _globals['_DISPATCHER']._serialized_start=1048
-  _globals['_DISPATCHER']._serialized_end=1134
+  _globals['_DISPATCHERMESSAGE']._serialized_end=783
+  _globals['_SESSIONACCEPTED']._serialized_start=785
+  _globals['_SESSIONACCEPTED']._serialized_end=893
+  _globals['_HEARTBEATACK']._serialized_start=895
+  _globals['_HEARTBEATACK']._serialized_end=961
+  _globals['_ASSIGNMENTSET']._serialized_start=963
+  _globals['_ASSIGNMENTSET']._serialized_end=1090
+  _globals['_NETWORKMAP']._serialized_start=1092
+  _globals['_NETWORKMAP']._serialized_end=1161
+  _globals['_PEERNETWORK']._serialized_start=1163
+  _globals['_PEERNETWORK']._serialized_end=1226
+  _globals['_DISPATCHER']._serialized_start=1228
+  _globals['_DISPATCHER']._serialized_end=1314
 # @@protoc_insertion_point(module_scope)

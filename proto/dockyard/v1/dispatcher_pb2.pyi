@@ -132,24 +132,28 @@ class DispatcherMessage(_message.Message):
     ACCEPTED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_ACK_FIELD_NUMBER: _builtins.int
     ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def accepted(self) -> Global___SessionAccepted: ...
     @_builtins.property
     def heartbeat_ack(self) -> Global___HeartbeatAck: ...
     @_builtins.property
     def assignments(self) -> Global___AssignmentSet: ...
+    @_builtins.property
+    def network(self) -> Global___NetworkMap: ...
     def __init__(
         self,
         *,
         accepted: Global___SessionAccepted | None = ...,
         heartbeat_ack: Global___HeartbeatAck | None = ...,
         assignments: Global___AssignmentSet | None = ...,
+        network: Global___NetworkMap | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "assignments", b"assignments", "heartbeat_ack", b"heartbeat_ack", "message", b"message"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "assignments", b"assignments", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "assignments", b"assignments", "heartbeat_ack", b"heartbeat_ack", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "assignments", b"assignments", "heartbeat_ack", b"heartbeat_ack", "message", b"message", "network", b"network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["accepted", "heartbeat_ack", "assignments"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["accepted", "heartbeat_ack", "assignments", "network"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -240,3 +244,57 @@ class AssignmentSet(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AssignmentSet: _TypeAlias = AssignmentSet  # noqa: Y015
+
+@_typing.final
+class NetworkMap(_message.Message):
+    """The cluster network as this node must see it: its own bridge subnet and every other
+    node's, with the host address to route it through. Sent when the session opens and
+    whenever a node's subnet or address changes; each map replaces the last.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBNET_FIELD_NUMBER: _builtins.int
+    PEERS_FIELD_NUMBER: _builtins.int
+    subnet: _builtins.str
+    """this node's bridge subnet ("": keep the one it has)"""
+    @_builtins.property
+    def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerNetwork]: ...
+    def __init__(
+        self,
+        *,
+        subnet: _builtins.str = ...,
+        peers: _abc.Iterable[Global___PeerNetwork] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peers", b"peers", "subnet", b"subnet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkMap: _TypeAlias = NetworkMap  # noqa: Y015
+
+@_typing.final
+class PeerNetwork(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    SUBNET_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    subnet: _builtins.str
+    address: _builtins.str
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        subnet: _builtins.str = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "node_id", b"node_id", "subnet", b"subnet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PeerNetwork: _TypeAlias = PeerNetwork  # noqa: Y015

@@ -114,6 +114,8 @@ class NodeDescription(_message.Message):
     RUNTIME_VERSION_FIELD_NUMBER: _builtins.int
     KERNEL_VERSION_FIELD_NUMBER: _builtins.int
     API_ADDRESS_FIELD_NUMBER: _builtins.int
+    BRIDGE_SUBNET_FIELD_NUMBER: _builtins.int
+    BRIDGE_SUBNET_FIXED_FIELD_NUMBER: _builtins.int
     hostname: _builtins.str
     agent_version: _builtins.str
     runtime: _builtins.str
@@ -122,6 +124,12 @@ class NodeDescription(_message.Message):
     kernel_version: _builtins.str
     api_address: _builtins.str
     """host:port of the agent's own local API"""
+    bridge_subnet: _builtins.str
+    """The subnet the agent's bridge network uses now ("": it has none, as with --runtime
+    docker); fixed when --bridge-subnet set it or containers hold addresses in it, else
+    the controller may hand the node another one from its pool.
+    """
+    bridge_subnet_fixed: _builtins.bool
     @_builtins.property
     def platform(self) -> Global___Platform: ...
     @_builtins.property
@@ -137,10 +145,12 @@ class NodeDescription(_message.Message):
         runtime_version: _builtins.str = ...,
         kernel_version: _builtins.str = ...,
         api_address: _builtins.str = ...,
+        bridge_subnet: _builtins.str = ...,
+        bridge_subnet_fixed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["platform", b"platform", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "api_address", b"api_address", "hostname", b"hostname", "kernel_version", b"kernel_version", "platform", b"platform", "resources", b"resources", "runtime", b"runtime", "runtime_version", b"runtime_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "api_address", b"api_address", "bridge_subnet", b"bridge_subnet", "bridge_subnet_fixed", b"bridge_subnet_fixed", "hostname", b"hostname", "kernel_version", b"kernel_version", "platform", b"platform", "resources", b"resources", "runtime", b"runtime", "runtime_version", b"runtime_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -277,6 +287,36 @@ class NodeStatus(_message.Message):
 Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
 
 @_typing.final
+class NodeNetwork(_message.Message):
+    """Where the node's containers live on the cluster network (see docs/networking.md)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBNET_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    subnet: _builtins.str
+    """the node's bridge subnet; "": none (conflict or no bridge)"""
+    address: _builtins.str
+    """the host address other nodes route that subnet through"""
+    message: _builtins.str
+    """why the node has no subnet, when it has none"""
+    def __init__(
+        self,
+        *,
+        subnet: _builtins.str = ...,
+        address: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "message", b"message", "subnet", b"subnet"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NodeNetwork: _TypeAlias = NodeNetwork  # noqa: Y015
+
+@_typing.final
 class Node(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -285,6 +325,7 @@ class Node(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    NETWORK_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     @_builtins.property
     def meta(self) -> Global___Meta: ...
@@ -294,6 +335,8 @@ class Node(_message.Message):
     def description(self) -> Global___NodeDescription: ...
     @_builtins.property
     def status(self) -> Global___NodeStatus: ...
+    @_builtins.property
+    def network(self) -> Global___NodeNetwork: ...
     def __init__(
         self,
         *,
@@ -302,10 +345,11 @@ class Node(_message.Message):
         spec: Global___NodeSpec | None = ...,
         description: Global___NodeDescription | None = ...,
         status: Global___NodeStatus | None = ...,
+        network: Global___NodeNetwork | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "meta", b"meta", "network", b"network", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "id", b"id", "meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "id", b"id", "meta", b"meta", "network", b"network", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,65 @@
+"""Tells every agent where the other nodes' containers live.
+
+Each node's map holds its own bridge subnet and every other node's subnet with the host
+address to route it through. The whole map goes out when a session opens and to every
+session whenever a node's subnet or address changes; agents replace what they had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from dockyard.controller.state import ClusterState
+from dockyard.v1.dispatcher_pb2 import DispatcherMessage, NetworkMap, PeerNetwork
+from dockyard.v1.types_pb2 import Node
+
+__all__ = ["NetworkMapper"]
+
+Send = Callable[[str, DispatcherMessage], bool]
+Routes = frozenset[tuple[str, str, str]]
+
+
+class NetworkMapper:
+    """Args:
+    state: The leader's view of the cluster (its nodes).
+    send: Queues a message on a node's session (False when it has none).
+    sessions: The nodes with an open session now.
+    """
+
+    def __init__(self, state: ClusterState, send: Send,
+                 sessions: Callable[[], Iterable[str]]) -> None:  # fmt: skip
+        self._state = state
+        self._send = send
+        self._sessions = sessions
+        self._routes: Routes = frozenset()
+
+    def network_map(self, node: Node) -> NetworkMap:
+        """``node``'s map (its record as just registered: the view may not have it yet)."""
+        peers = [PeerNetwork(node_id=node_id, subnet=subnet, address=address)
+                 for node_id, subnet, address in sorted(self._current_routes())
+                 if node_id != node.id]  # fmt: skip
+        return NetworkMap(subnet=node.network.subnet, peers=peers)
+
+    def send_now(self, node: Node) -> None:
+        """Send ``node`` its map (its session just opened)."""
+        self._send(node.id, DispatcherMessage(network=self.network_map(node)))
+
+    async def run(self) -> None:
+        changed = self._state.subscribe()
+        self._routes = self._current_routes()
+        while True:
+            await changed.wait()
+            changed.clear()
+            routes = self._current_routes()
+            if routes == self._routes:
+                continue
+            self._routes = routes
+            for node_id in list(self._sessions()):
+                node = self._state.nodes.get(node_id)
+                if node is not None:
+                    self.send_now(node)
+
+    def _current_routes(self) -> Routes:
+        return frozenset((n.id, n.network.subnet, n.network.address)
+                         for n in self._state.nodes.values()
+                         if n.network.subnet and n.network.address)  # fmt: skip

@@ -154,7 +154,7 @@ class AgentDaemon:
 
     async def _on_network(self, network_map: NetworkMap) -> None:
         if self.cluster_network is not None:
-            self.cluster_network.on_map(network_map)
+            await self.cluster_network.on_map(network_map)
 
     async def _start_docker(self, server: grpc.aio.Server) -> Executor:
         """The host's Docker engine runs the tasks; it must answer now. Of the
@@ -249,6 +249,8 @@ class AgentDaemon:
             await self.server.stop(grace)
         if self.worker is not None:  # its containers keep running
             await self.worker.close()
+        if self.cluster_network is not None:  # routes and rules stay for the containers
+            await self.cluster_network.close()
         if self.containers is not None:  # containers keep running (live restore)
             await self.containers.close()
         if self._docker is not None:  # the engine keeps its containers

@@ -76,6 +76,7 @@ class _Tracked:
     task: Task
     status: TaskStatus
     container_id: str = ""
+    address: str = ""  # the container's on the bridge network
     removed: bool = False
     unhealthy: str | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -190,7 +191,7 @@ class Worker:
         if status is None:  # new to this node: what the controller knows of it
             status = TaskStatus()
             status.CopyFrom(task.status)
-        tracked = _Tracked(task, status, self._containers.get(task.id, ""))
+        tracked = _Tracked(task, status, self._containers.get(task.id, ""), status.address)
         self._tasks[task.id] = tracked
         tracked.runner = asyncio.create_task(self._drive(tracked), name=f"task-{task.id[:12]}")
 
@@ -285,6 +286,7 @@ class Worker:
         first passes (as in Swarm), so a rolling update waits for healthy tasks."""
         try:
             tracked.container_id = await self.executor.start(tracked.task)
+            tracked.address = await self.executor.address(tracked.container_id)
         except Exception as exc:
             self._report(tracked, FAILED, "starting failed", error=_text(exc))
             return
@@ -433,8 +435,8 @@ class Worker:
     def _report(self, tracked: _Tracked, state: TaskStatus.State.ValueType, message: str,
                 **fields: Any) -> None:  # fmt: skip
         fields.setdefault("health", tracked.status.health)  # a check's verdict stays
-        status = TaskStatus(state=state, message=message,
-                            container_id=tracked.container_id, **fields)  # fmt: skip
+        status = TaskStatus(state=state, message=message, container_id=tracked.container_id,
+                            address=tracked.address, **fields)  # fmt: skip
         status.timestamp.FromNanoseconds(time.time_ns())
         tracked.status = status
         log.info("task.status", task_id=tracked.task.id, state=TaskStatus.State.Name(state),

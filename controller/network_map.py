@@ -1,22 +1,30 @@
-"""Tells every agent where the other nodes' containers live.
+"""Tells every agent where the other nodes' containers live, and what service names mean.
 
-Each node's map holds its own bridge subnet and every other node's subnet with the host
-address to route it through. The whole map goes out when a session opens and to every
-session whenever a node's subnet or address changes; agents replace what they had.
+Each node's map holds its own bridge subnet, every other node's subnet with the host
+address to route it through, and every service's name with the addresses of its running
+tasks (what the node's DNS server answers). The whole map goes out when a session opens
+and to every session whenever any of that changes; agents replace what they had.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from dockyard.controller.orchestrators.tasks import State
 from dockyard.controller.state import ClusterState
-from dockyard.v1.dispatcher_pb2 import DispatcherMessage, NetworkMap, PeerNetwork
+from dockyard.v1.dispatcher_pb2 import (
+    DispatcherMessage,
+    NetworkMap,
+    PeerNetwork,
+    ServiceAddresses,
+)
 from dockyard.v1.types_pb2 import Node
 
 __all__ = ["NetworkMapper"]
 
 Send = Callable[[str, DispatcherMessage], bool]
 Routes = frozenset[tuple[str, str, str]]
+Names = tuple[tuple[str, tuple[str, ...]], ...]
 
 
 class NetworkMapper:
@@ -32,13 +40,16 @@ class NetworkMapper:
         self._send = send
         self._sessions = sessions
         self._routes: Routes = frozenset()
+        self._names: Names = ()
 
     def network_map(self, node: Node) -> NetworkMap:
         """``node``'s map (its record as just registered: the view may not have it yet)."""
         peers = [PeerNetwork(node_id=node_id, subnet=subnet, address=address)
                  for node_id, subnet, address in sorted(self._current_routes())
                  if node_id != node.id]  # fmt: skip
-        return NetworkMap(subnet=node.network.subnet, peers=peers)
+        services = [ServiceAddresses(name=name, addresses=addresses)
+                    for name, addresses in self._current_names()]  # fmt: skip
+        return NetworkMap(subnet=node.network.subnet, peers=peers, services=services)
 
     def send_now(self, node: Node) -> None:
         """Send ``node`` its map (its session just opened)."""
@@ -46,14 +57,14 @@ class NetworkMapper:
 
     async def run(self) -> None:
         changed = self._state.subscribe()
-        self._routes = self._current_routes()
+        self._routes, self._names = self._current_routes(), self._current_names()
         while True:
             await changed.wait()
             changed.clear()
-            routes = self._current_routes()
-            if routes == self._routes:
+            routes, names = self._current_routes(), self._current_names()
+            if (routes, names) == (self._routes, self._names):
                 continue
-            self._routes = routes
+            self._routes, self._names = routes, names
             for node_id in list(self._sessions()):
                 node = self._state.nodes.get(node_id)
                 if node is not None:
@@ -63,3 +74,13 @@ class NetworkMapper:
         return frozenset((n.id, n.network.subnet, n.network.address)
                          for n in self._state.nodes.values()
                          if n.network.subnet and n.network.address)  # fmt: skip
+
+    def _current_names(self) -> Names:
+        """Every service's name with its running tasks' addresses, sorted."""
+        names = []
+        for service in self._state.services.values():
+            addresses = sorted(t.status.address for t in self._state.tasks_of_service(service.id)
+                               if t.status.state == State.RUNNING and t.status.address
+                               and t.desired_state <= State.RUNNING)  # fmt: skip
+            names.append((service.spec.name, tuple(addresses)))
+        return tuple(sorted(names))

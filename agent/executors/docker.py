@@ -252,6 +252,10 @@ class DockerExecutor:
                 chunks.append(message.data)
         return b"".join(chunks).decode(errors="replace")
 
+    async def address(self, container_id: str) -> str:
+        """None: the engine's own bridge is not the cluster network (it is not routed)."""
+        return ""
+
     async def task_containers(self) -> dict[str, str]:
         found: dict[str, str] = {}
         containers = await self.docker.containers.list(

@@ -100,6 +100,13 @@ class RuncExecutor:
         output = (result.stdout + result.stderr).decode(errors="replace")
         return result.exit_code, output[-_MAX_OUTPUT:]
 
+    async def address(self, container_id: str) -> str:
+        with contextlib.suppress(NotFound):
+            network = (await self.manager.inspect(container_id)).info.network
+            if network is not None and network.mode == "bridge":
+                return network.ip_address
+        return ""
+
     async def task_containers(self) -> dict[str, str]:
         found: dict[str, str] = {}
         for view in await self.manager.list(all=True):

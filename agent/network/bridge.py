@@ -126,6 +126,9 @@ class BridgeNetwork:
         self.root = Path(root)
         self.config = config or BridgeConfig()
         self._subnet_fixed = subnet_fixed
+        self.nameserver = ""
+        """The agent's DNS server for the bridge's containers ("": none; they get the
+        host's resolvers)."""
         self.runner = runner or CniRunner(self.config.cni_path, self.config.timeout)
         self._store = AttachmentStore(self.root)
         self._attachments: dict[str, Attachment] = {}

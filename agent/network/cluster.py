@@ -1,10 +1,18 @@
 """``ClusterNetwork``: applies the controller's network maps on this host.
 
-A map (``NetworkMap``) names this node's bridge subnet and every other node's subnet with
-the host address to route it through. The bridge takes the assigned subnet (when it is
-not fixed), and ``PeerRoutes`` makes the routes and firewall rules exactly the map's.
-Maps are applied one at a time in a task of their own, the newest replacing any not yet
-applied, so a slow ``iptables`` never holds up the session that delivered them.
+A map (``NetworkMap``) names this node's bridge subnet, every other node's subnet with
+the host address to route it through, and every service's name with its running tasks'
+addresses. On each map, before the session reads its next message (so the tasks of the
+assignment set that follows already get them):
+
+- the bridge takes the assigned subnet (when it is not fixed);
+- the node's DNS server (``ServiceDNS``) serves the bridge's gateway address, and its
+  records become the map's services; bridge containers created from then on have it as
+  their only nameserver (the rest of the names are forwarded to the host's resolvers).
+
+Then, in a task of its own, ``PeerRoutes`` makes the routes and firewall rules exactly the
+map's: the newest map replaces any not yet applied, and a slow ``iptables`` never holds up
+the session.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import asyncio
 import structlog
 
 from dockyard.agent.network.bridge import BridgeNetwork
+from dockyard.agent.network.dns import ServiceDNS
 from dockyard.agent.network.errors import NetworkError
 from dockyard.agent.network.routes import PeerRoute, PeerRoutes
 from dockyard.v1.dispatcher_pb2 import NetworkMap
@@ -23,25 +32,54 @@ __all__ = ["ClusterNetwork"]
 log = structlog.get_logger(__name__)
 
 RETRY_SECONDS = 5.0
+UPSTREAM_TIMEOUT = 1.0
+"""Seconds per upstream resolver: a few dead ones stay within a client's 5 s timeout."""
 
 
 class ClusterNetwork:
     """Args:
     bridge: The agent's bridge network.
     routes: This host's routes to the other nodes (a test may pass its own).
+    dns: The node's DNS server (a test may pass its own).
     """
 
-    def __init__(self, bridge: BridgeNetwork, routes: PeerRoutes | None = None) -> None:
+    def __init__(self, bridge: BridgeNetwork, routes: PeerRoutes | None = None,
+                 dns: ServiceDNS | None = None) -> None:  # fmt: skip
         self.bridge = bridge
         self.routes = routes or PeerRoutes()
+        self.dns = dns or ServiceDNS(timeout=UPSTREAM_TIMEOUT)
         self.routed: list[PeerRoute] = []
+        self._dns_address = ""
         self._latest: NetworkMap | None = None
         self._wakeup = asyncio.Event()
 
-    def on_map(self, network_map: NetworkMap) -> None:
-        """Take a map from the session; it is applied soon (see :meth:`run`)."""
+    async def on_map(self, network_map: NetworkMap) -> None:
+        """Take a map from the session: subnet and names now, routes soon (see :meth:`run`)."""
+        try:
+            if network_map.subnet:
+                await self.bridge.use_subnet(network_map.subnet)
+            await self._serve_dns()
+            self.dns.set_records({s.name: list(s.addresses) for s in network_map.services})
+        except (NetworkError, ValueError, TimeoutError) as exc:
+            log.error("cluster network: subnet or DNS not applied", error=str(exc))
         self._latest = network_map
         self._wakeup.set()
+
+    async def _serve_dns(self) -> None:
+        """The DNS server on the bridge's gateway (again, when the subnet changed)."""
+        gateway = self.bridge.config.gateway
+        if self._dns_address == gateway:
+            return
+        self.bridge.nameserver = ""
+        if self._dns_address:
+            await self.dns.stop()
+            self._dns_address = ""
+        await self.dns.start(gateway)
+        self._dns_address = self.bridge.nameserver = gateway
+
+    async def close(self) -> None:
+        await self.dns.stop()
+        self._dns_address = self.bridge.nameserver = ""
 
     async def run(self) -> None:
         """Apply every map that arrives, retrying a failed one, until cancelled."""
@@ -59,11 +97,10 @@ class ClusterNetwork:
                 self._wakeup.set()
 
     async def apply(self, network_map: NetworkMap) -> None:
-        """The assigned subnet, then the routes to the other nodes."""
-        if network_map.subnet:
-            await self.bridge.use_subnet(network_map.subnet)
+        """The routes and rules to the other nodes."""
         peers = [PeerRoute(node_id=p.node_id, subnet=p.subnet, via=p.address)
                  for p in network_map.peers]  # fmt: skip
         self.routed = await self.routes.sync(self.bridge.config.subnet, peers)
         log.info("cluster network applied", subnet=self.bridge.config.subnet,
-                 peers=len(peers), routed=[r.subnet for r in self.routed])  # fmt: skip
+                 peers=len(peers), routed=[r.subnet for r in self.routed],
+                 services=len(network_map.services))  # fmt: skip

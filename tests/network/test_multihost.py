@@ -189,3 +189,31 @@ def test_a_container_on_one_host_reaches_a_service_task_on_the_other(
                           "wget", "-qO-", f"http://{ip}:8080/", host=hosts["b"].address,
                           timeout=60)  # fmt: skip
     assert reached.stdout.strip() == "served-on-a"
+
+
+def test_a_service_name_resolves_to_its_tasks_on_any_host(
+    two_hosts: tuple[Cluster, dict[str, Host]], image_registry: ImageRegistry,
+) -> None:
+    cluster, hosts = two_hosts
+    cluster.cli("service", "create", "-d", "--name", "api", "--network", "bridge",
+                "--constraint", "node.name==a", image_registry.busybox,
+                *web_command("api-on-a", 8080))  # fmt: skip
+    running_task(cluster, "api")
+    ip = container_ip(cluster, hosts["a"], "api.1.")
+
+    def resolved_on_b() -> str:
+        return cluster.cli("run", "--rm", "--network", "bridge", image_registry.busybox,
+                           "nslookup", "api", host=hosts["b"].address, check=False,
+                           timeout=60).stdout  # fmt: skip
+
+    cluster.wait_for(lambda: ip in resolved_on_b(), "api resolving on host b", 30)
+    fetched = cluster.cli("run", "--rm", "--network", "bridge", image_registry.busybox,
+                          "wget", "-qO-", "http://api:8080/", host=hosts["b"].address,
+                          timeout=60)  # fmt: skip
+    assert fetched.stdout.strip() == "api-on-a"
+    resolv = cluster.cli("run", "--rm", "--network", "bridge", image_registry.busybox,
+                         "cat", "/etc/resolv.conf", host=hosts["b"].address).stdout
+    gateway = str(next(ipaddress.IPv4Network(node_networks(cluster)["b"]["subnet"]).hosts()))
+    assert resolv.splitlines()[0] == f"nameserver {gateway}"
+    cluster.cli("service", "scale", "api=0")
+    cluster.wait_for(lambda: ip not in resolved_on_b(), "api's old address gone from DNS", 30)

@@ -83,6 +83,9 @@ class HollowExecutor:
         result = await asyncio.wait_for(session.collect(), timeout)
         return result.exit_code, (result.stdout + result.stderr).decode(errors="replace")
 
+    async def address(self, container_id: str) -> str:
+        return ""
+
     async def task_containers(self) -> dict[str, str]:
         return {info.labels[LABEL_TASK_ID]: info.id
                 for info in await self.runtime.list(all=True)

@@ -14,6 +14,7 @@ from dockyard.agent.runtime.runc.store import ContainerDir, write_atomic
 
 __all__ = [
     "ResolvedUser",
+    "agent_resolv_conf",
     "bridge_resolv_conf",
     "clear_exit_files",
     "host_devices",
@@ -73,11 +74,21 @@ def bridge_resolv_conf(host_text: str, fallback_text: str = "") -> str:
     return f"{result}\n" if result else ""
 
 
+def agent_resolv_conf(host_text: str, nameserver: str) -> str:
+    """A resolv.conf that sends every query to the agent's DNS server (service names,
+    the rest forwarded to the host's resolvers), keeping the host's search domains and
+    options, as Docker's embedded DNS server does."""
+    kept = [line for line in host_text.splitlines()
+            if line.split()[:1] in (["search"], ["domain"], ["options"])]  # fmt: skip
+    return "\n".join([f"nameserver {nameserver}", *kept]) + "\n"
+
+
 def write_etc_files(etc: EtcFiles, hostname: str, network: str, address: str = "",
-                    name: str = "") -> None:  # fmt: skip
+                    name: str = "", nameserver: str = "") -> None:  # fmt: skip
     """The container's /etc/hosts, /etc/resolv.conf and /etc/hostname.
 
-    On the bridge, ``address`` (the container's) resolves to its host name and name.
+    On the bridge, ``address`` (the container's) resolves to its host name and name, and
+    ``nameserver`` (the agent's DNS server, when it runs one) is the only nameserver.
     """
     etc.hosts.parent.mkdir(parents=True, exist_ok=True)
     resolv = _read_text(Path("/etc/resolv.conf"))
@@ -92,7 +103,9 @@ def write_etc_files(etc: EtcFiles, hostname: str, network: str, address: str = "
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
             f"{own}\t{names}\n"
         )
-    if network == "bridge":
+    if network == "bridge" and nameserver:
+        resolv = agent_resolv_conf(resolv, nameserver)
+    elif network == "bridge":
         resolv = bridge_resolv_conf(resolv, _read_text(SYSTEMD_RESOLV_CONF))
     write_atomic(etc.hosts, hosts.encode())
     write_atomic(etc.resolv_conf, resolv.encode())

@@ -204,7 +204,8 @@ class RuncRuntime:
             hostname = config.hostname or config.id[:12]
             etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
             await asyncio.to_thread(files.write_etc_files, etc, hostname, config.network,
-                                    address, config.name)  # fmt: skip
+                                    address, config.name,
+                                    network.nameserver if network else "")  # fmt: skip
             devices = await asyncio.to_thread(files.host_devices) if config.privileged else []
             spec = build_spec(config, rootfs, user, etc, record.cgroups_path, devices, netns)
             await asyncio.to_thread(files.write_json, cdir.spec, spec)
@@ -556,6 +557,7 @@ class RuncRuntime:
                     files.write_etc_files,
                     EtcFiles(etc / "hosts", etc / "resolv.conf", etc / "hostname"),
                     config.hostname or cid[:12], "bridge", attachment.ip_address, config.name,
+                    self.network.nameserver,
                 )  # fmt: skip
 
     async def close(self) -> None:

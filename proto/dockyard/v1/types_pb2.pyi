@@ -426,6 +426,7 @@ class TaskStatus(_message.Message):
     CONTAINER_ID_FIELD_NUMBER: _builtins.int
     OOM_KILLED_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
     state: Global___TaskStatus.State.ValueType
     message: _builtins.str
     """why it is in this state ("no suitable node: ...")"""
@@ -434,6 +435,10 @@ class TaskStatus(_message.Message):
     container_id: _builtins.str
     oom_killed: _builtins.bool
     health: Global___TaskStatus.Health.ValueType
+    address: _builtins.str
+    """The container's address on its node's bridge network ("": none), which other
+    nodes route to (the cluster network) and service names resolve to.
+    """
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -447,10 +452,11 @@ class TaskStatus(_message.Message):
         container_id: _builtins.str = ...,
         oom_killed: _builtins.bool = ...,
         health: Global___TaskStatus.Health.ValueType = ...,
+        address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_id", b"container_id", "error", b"error", "exit_code", b"exit_code", "health", b"health", "message", b"message", "oom_killed", b"oom_killed", "state", b"state", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "container_id", b"container_id", "error", b"error", "exit_code", b"exit_code", "health", b"health", "message", b"message", "oom_killed", b"oom_killed", "state", b"state", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

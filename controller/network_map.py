@@ -8,6 +8,7 @@ and to every session whenever any of that changes; agents replace what they had.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 
 from dockyard.controller.orchestrators.tasks import State
@@ -23,6 +24,9 @@ from dockyard.v1.types_pb2 import Node
 __all__ = ["NetworkMapper"]
 
 Send = Callable[[str, DispatcherMessage], bool]
+SEND_INTERVAL = 0.5
+"""Seconds between two maps sent to every node: a burst of task starts makes one map, not
+one per task (each map goes to every session)."""
 Routes = frozenset[tuple[str, str, str]]
 Names = tuple[tuple[str, tuple[str, ...]], ...]
 
@@ -69,6 +73,7 @@ class NetworkMapper:
                 node = self._state.nodes.get(node_id)
                 if node is not None:
                     self.send_now(node)
+            await asyncio.sleep(SEND_INTERVAL)
 
     def _current_routes(self) -> Routes:
         return frozenset((n.id, n.network.subnet, n.network.address)

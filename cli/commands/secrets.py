@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, call
 from dockyard.cli.commands.service_wait import control_stub
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
@@ -98,13 +99,10 @@ def remove(options: GlobalOptions, names: tuple[str, ...]) -> None:
     from dockyard.v1.control_pb2 import RemoveSecretRequest
 
     target = options.target()
-    failed = False
-    for name in names:
-        try:
-            call(target, control_stub, "RemoveSecret", RemoveSecretRequest(secret=name))
-            click.echo(name)
-        except CliError as exc:
-            failed = True
-            click.echo(f"dockyard: {exc.message}", err=True)
-    if failed:
+
+    def remove_one(name: str) -> None:
+        call(target, control_stub, "RemoveSecret", RemoveSecretRequest(secret=name))
+        click.echo(name)
+
+    if each_ref(names, remove_one)[1]:
         sys.exit(1)

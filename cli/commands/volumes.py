@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from dockyard.cli.client import CliError, call
+from dockyard.cli.batch import each_ref
+from dockyard.cli.client import call
 from dockyard.cli.commands.container_run import AGENT
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, emit_table
@@ -86,14 +87,11 @@ def remove(options: GlobalOptions, force: bool, names: tuple[str, ...]) -> None:
     from dockyard.v1.containers_pb2 import RemoveVolumeRequest
 
     target = options.target()
-    failed = False
-    for name in names:
-        try:
-            call(target, volumes_stub, "Remove", RemoveVolumeRequest(name=name, force=force),
-                 what=AGENT)  # fmt: skip
-            click.echo(name)
-        except CliError as exc:
-            failed = True
-            click.echo(f"dockyard: {exc.message}", err=True)
-    if failed:
+
+    def remove_one(name: str) -> None:
+        call(target, volumes_stub, "Remove", RemoveVolumeRequest(name=name, force=force),
+             what=AGENT)  # fmt: skip
+        click.echo(name)
+
+    if each_ref(names, remove_one)[1]:
         sys.exit(1)

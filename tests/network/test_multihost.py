@@ -128,6 +128,22 @@ def start_agent(cluster: Cluster, host: Host, controller_ip: str) -> None:
     cluster.agents[host.name].start()
 
 
+def web_service_on(cluster: Cluster, host: Host, name: str, image: str, text: str) -> str:
+    """A one-task bridge service on ``host`` answering ``text`` on 8080; its address."""
+    cluster.cli("service", "create", "-d", "--name", name, "--network", "bridge",
+                "--constraint", f"node.name=={host.name}", image,
+                *web_command(text, 8080))  # fmt: skip
+    running_task(cluster, name)
+    return container_ip(cluster, host, f"{name}.1.")
+
+
+def run_on(cluster: Cluster, host: Host, image: str, *command: str,
+           check: bool = True) -> str:  # fmt: skip
+    """`run --rm` a bridge container on ``host``; its output."""
+    return cluster.cli("run", "--rm", "--network", "bridge", image, *command,
+                       host=host.address, check=check, timeout=60).stdout  # fmt: skip
+
+
 def node_networks(cluster: Cluster) -> dict[str, dict[str, str]]:
     return {name: node.get("network", {}) for name, node in cluster.nodes().items()}
 
@@ -174,45 +190,32 @@ def test_a_container_on_one_host_reaches_a_service_task_on_the_other(
     two_hosts: tuple[Cluster, dict[str, Host]], image_registry: ImageRegistry,
 ) -> None:
     cluster, hosts = two_hosts
-    cluster.cli("service", "create", "-d", "--name", "web", "--network", "bridge",
-                "--constraint", "node.name==a", image_registry.busybox,
-                *web_command("served-on-a", 8080))  # fmt: skip
-    running_task(cluster, "web")
-    ip = container_ip(cluster, hosts["a"], "web.1.")
+    ip = web_service_on(cluster, hosts["a"], "web", image_registry.busybox, "served-on-a")
     a_subnet = node_networks(cluster)["a"]["subnet"]
     assert ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(a_subnet)
     fetch = ("import sys,urllib.request\n"
              f"print(urllib.request.urlopen('http://{ip}:8080/', timeout=5).read().decode())")
     cluster.wait_for(lambda: "served-on-a" in hosts["b"].run(sys.executable, "-c", fetch).stdout,
                      "host b reaching the task on a", 30)  # fmt: skip
-    reached = cluster.cli("run", "--rm", "--network", "bridge", image_registry.busybox,
-                          "wget", "-qO-", f"http://{ip}:8080/", host=hosts["b"].address,
-                          timeout=60)  # fmt: skip
-    assert reached.stdout.strip() == "served-on-a"
+    reached = run_on(cluster, hosts["b"], image_registry.busybox, "wget", "-qO-",
+                     f"http://{ip}:8080/")  # fmt: skip
+    assert reached.strip() == "served-on-a"
 
 
 def test_a_service_name_resolves_to_its_tasks_on_any_host(
     two_hosts: tuple[Cluster, dict[str, Host]], image_registry: ImageRegistry,
 ) -> None:
     cluster, hosts = two_hosts
-    cluster.cli("service", "create", "-d", "--name", "api", "--network", "bridge",
-                "--constraint", "node.name==a", image_registry.busybox,
-                *web_command("api-on-a", 8080))  # fmt: skip
-    running_task(cluster, "api")
-    ip = container_ip(cluster, hosts["a"], "api.1.")
+    image = image_registry.busybox
+    ip = web_service_on(cluster, hosts["a"], "api", image, "api-on-a")
 
     def resolved_on_b() -> str:
-        return cluster.cli("run", "--rm", "--network", "bridge", image_registry.busybox,
-                           "nslookup", "api", host=hosts["b"].address, check=False,
-                           timeout=60).stdout  # fmt: skip
+        return run_on(cluster, hosts["b"], image, "nslookup", "api", check=False)
 
     cluster.wait_for(lambda: ip in resolved_on_b(), "api resolving on host b", 30)
-    fetched = cluster.cli("run", "--rm", "--network", "bridge", image_registry.busybox,
-                          "wget", "-qO-", "http://api:8080/", host=hosts["b"].address,
-                          timeout=60)  # fmt: skip
-    assert fetched.stdout.strip() == "api-on-a"
-    resolv = cluster.cli("run", "--rm", "--network", "bridge", image_registry.busybox,
-                         "cat", "/etc/resolv.conf", host=hosts["b"].address).stdout
+    assert run_on(cluster, hosts["b"], image, "wget", "-qO-", "http://api:8080/").strip() == \
+        "api-on-a"
+    resolv = run_on(cluster, hosts["b"], image, "cat", "/etc/resolv.conf")
     gateway = str(next(ipaddress.IPv4Network(node_networks(cluster)["b"]["subnet"]).hosts()))
     assert resolv.splitlines()[0] == f"nameserver {gateway}"
     cluster.cli("service", "scale", "api=0")

@@ -182,8 +182,16 @@ def test_each_node_gets_its_own_subnet_and_routes_to_the_others(
         {name: host.ip for name, host in hosts.items()}
     for name, other in (("a", "b"), ("b", "a")):
         expected = f"{subnets[other]} via {hosts[other].ip}"
-        cluster.wait_for(lambda n=name, e=expected: e in hosts[n].run(  # type: ignore[misc]
-            "ip", "-4", "route", "show", "proto", "77").stdout, f"{name}'s route to {other}")
+        cluster.wait_for(lambda n=name, e=expected: e in routes_of(hosts[n]),  # type: ignore[misc]
+                         f"{name}'s route to {other}")
+    cluster.agents["b"].stop()  # a node that leaves the cluster: its route goes
+    cluster.cli("node", "rm", "--force", "b")
+    cluster.wait_for(lambda: str(subnets["b"]) not in routes_of(hosts["a"]), "b's route gone")
+    assert "DOCKYARD-PEERS" not in hosts["a"].run("iptables-save").stdout  # no peer left
+
+
+def routes_of(host: Host) -> str:
+    return host.run("ip", "-4", "route", "show", "proto", "77").stdout
 
 
 def test_a_container_on_one_host_reaches_a_service_task_on_the_other(

@@ -199,7 +199,9 @@ def test_a_service_mounts_a_node_directory_and_a_tmpfs(
         spec = ServiceSpec(name="mounts")
         spec.task.container.image = image_registry.busybox
         spec.task.container.command.extend(
-            ["sh", "-c", "grep ' /cache ' /proc/mounts | cut -d' ' -f3 > /data/$(hostname); "
+            # Written aside, then renamed: the test reads a file as soon as it appears.
+            ["sh", "-c", "grep ' /cache ' /proc/mounts | cut -d' ' -f3 > /data/.$(hostname); "
+                         "mv /data/.$(hostname) /data/$(hostname); "
                          "hostname > /vol/$(hostname); sleep 300"])  # fmt: skip
         spec.task.container.stop_grace_seconds = 0
         spec.task.container.mounts.add(type="bind", source=str(data), target="/data")
@@ -207,8 +209,11 @@ def test_a_service_mounts_a_node_directory_and_a_tmpfs(
         spec.task.container.mounts.add(type="volume", source="svcdata", target="/vol")
         spec.replicated.replicas = 2
         control.CreateService(CreateServiceRequest(spec=spec))
-        runc_cluster.wait_for(lambda: len(list(data.iterdir())) == 2, "both tasks wrote", 60)
-        assert {f.read_text().strip() for f in data.iterdir()} == {"tmpfs"}
+        def written() -> list[Path]:
+            return [f for f in data.iterdir() if not f.name.startswith(".")]
+
+        runc_cluster.wait_for(lambda: len(written()) == 2, "both tasks wrote", 60)
+        assert {f.read_text().strip() for f in written()} == {"tmpfs"}
         names = {n["id"]: name for name, n in runc_cluster.nodes().items()}
         for task in running(control, "mounts"):  # each node made the volume it lacked
             volumes = runc_cluster.cli("volume", "ls", "-o", "json",

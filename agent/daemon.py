@@ -198,7 +198,8 @@ class AgentDaemon:
                                    config.registry_config)  # fmt: skip
         images = await asyncio.to_thread(ImageService, config.state_dir / "images", registry)
         network_dir = config.state_dir / "network"
-        subnet = config.bridge_subnet or assigned_subnet(network_dir) or DEFAULT_SUBNET
+        subnet = (config.bridge_subnet or await asyncio.to_thread(assigned_subnet, network_dir)
+                  or DEFAULT_SUBNET)  # fmt: skip
         bridge = BridgeConfig(bridge=config.bridge, subnet=subnet,
                               cni_path=tuple(config.cni_path))  # fmt: skip
         network = BridgeNetwork(network_dir, bridge, subnet_fixed=bool(config.bridge_subnet))

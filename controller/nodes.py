@@ -7,6 +7,7 @@ holds the owning node ID and is written in the same transaction as the node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 
 import structlog
@@ -26,7 +27,7 @@ from dockyard.controller.store import (
 )
 from dockyard.controller.subnets import SubnetPool, host_of_peer
 from dockyard.v1.dispatcher_pb2 import SessionHello
-from dockyard.v1.types_pb2 import Node, NodeNetwork, NodeSpec, NodeStatus
+from dockyard.v1.types_pb2 import Node, NodeDescription, NodeNetwork, NodeSpec, NodeStatus
 
 log = structlog.get_logger(__name__)
 
@@ -40,7 +41,7 @@ class NodeRegistry:
     def __init__(self, store: Store, subnets: SubnetPool | None = None) -> None:
         self._store = store
         self._subnets = subnets or SubnetPool()
-        # Subnets are handed out one registration at a time (only the leader registers).
+        # Subnets are handed out one at a time (only the leader registers nodes).
         self._subnet_lock = asyncio.Lock()
 
     async def list_all(self) -> list[Node]:
@@ -75,11 +76,15 @@ class NodeRegistry:
         if not NODE_ID_PATTERN.match(hello.node_id):
             raise ValidationError("hello.node_id", f"invalid node ID {hello.node_id!r}")
         check_name("hello.name", hello.name)
-        async with self._subnet_lock:
-            for _ in range(CONFLICT_RETRIES):
-                try:
-                    existing = await self._store.get(NODES, hello.node_id)
-                except NotFound:
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                existing: Node | None = await self._store.get(NODES, hello.node_id)
+            except NotFound:
+                existing = None
+            # Only a node that needs a subnet waits for the others' to be handed out.
+            needs = _needs_subnet(existing, hello.description)
+            async with self._subnet_lock if needs else contextlib.nullcontext():
+                if existing is None:
                     return await self._create(hello, remote_address)
                 existing.description.CopyFrom(hello.description)
                 _set_state(existing.status, State.READY, "session open")
@@ -240,6 +245,12 @@ class NodeRegistry:
         )
         log.info("node.removed", node_id=node.id, name=node.spec.name, forced=force)
         return node
+
+
+def _needs_subnet(node: Node | None, description: NodeDescription) -> bool:
+    """Whether registering the node may hand out a subnet (else it keeps what it has)."""
+    return bool(description.bridge_subnet) and (
+        node is None or node.network.subnet != description.bridge_subnet)
 
 
 def _set_state(status: NodeStatus, state: State.ValueType, message: str) -> None:

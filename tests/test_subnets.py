@@ -1,10 +1,17 @@
-"""The controller's node subnet pool (controller/subnets.py): pure allocation rules."""
+"""The controller's node subnet pool (controller/subnets.py): the allocation rules, and
+the registry handing subnets out to nodes that register at once (real etcd)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
+from dockyard.common.etcd_server import EtcdServer
+from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.store import Store
 from dockyard.controller.subnets import SubnetPool, host_of_peer
+from dockyard.v1.dispatcher_pb2 import SessionHello
 from dockyard.v1.types_pb2 import NodeDescription, NodeNetwork
 
 
@@ -72,3 +79,28 @@ def test_host_of_peer() -> None:
     assert host_of_peer("ipv4:10.0.0.2:5100") == "10.0.0.2"
     assert host_of_peer("ipv6:[::1]:5100") == "::1"
     assert host_of_peer("unix:/run/x.sock") == ""
+
+
+async def test_nodes_registering_at_once_get_distinct_subnets_and_keep_them(
+    etcd: EtcdServer,
+) -> None:
+    store = Store([etcd.endpoint], "/test")
+    await store.connect(5)
+    try:
+        registry = NodeRegistry(store, SubnetPool("10.87.0.0/16", 24))
+
+        def hello(i: int) -> SessionHello:
+            return SessionHello(node_id=f"node{i:04}abcd", name=f"n{i}",
+                                description=wants())  # fmt: skip
+
+        nodes = await asyncio.gather(*(registry.register(hello(i), f"ipv4:10.0.0.{i}:5")
+                                       for i in range(20)))  # fmt: skip
+        subnets = {node.id: node.network.subnet for node in nodes}
+        assert len(set(subnets.values())) == 20 and "" not in subnets.values()
+        assert {node.network.address for node in nodes} == {f"10.0.0.{i}" for i in range(20)}
+        again = hello(3)
+        again.description.bridge_subnet = subnets[again.node_id]  # it switched to it
+        assert (await registry.register(again, "ipv4:10.0.0.3:5")).network.subnet == \
+            subnets[again.node_id]
+    finally:
+        await store.close()

@@ -10,7 +10,7 @@ only accepts a report for a task assigned to the reporting node.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -19,6 +19,7 @@ from dockyard.controller.orchestrators.tasks import State, is_terminal
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import SECRET_DATA, TASKS, Store, StoreError
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, DispatcherMessage, TaskStatusReport
+from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Secret, Task
 
 log = structlog.get_logger(__name__)
@@ -112,11 +113,17 @@ class Rejected:
 
 
 class StatusWriter:
-    """Collects agents' task reports and writes them in batches."""
+    """Collects agents' task reports and writes them in batches.
 
-    def __init__(self, store: Store, state: ClusterState) -> None:
+    ``on_transition`` is told the new state's name of every task whose state a write
+    changed (the metrics count them).
+    """
+
+    def __init__(self, store: Store, state: ClusterState,
+                 on_transition: Callable[[str], None] | None = None) -> None:  # fmt: skip
         self._store = store
         self._state = state
+        self._on_transition = on_transition
         self._pending: dict[str, TaskStatusReport] = {}
         self._wakeup = asyncio.Event()
 
@@ -159,11 +166,22 @@ class StatusWriter:
             if not tasks:
                 return
             ops = [self._store.put_op(TASKS, t.id, t, expect=t.meta.version) for t in tasks]
+            before = {t.id: self._state.tasks[t.id].status.state for t in tasks}
             results = await self._store.commit_each(ops)
+            self._count_transitions(tasks, results, before)
             await self._state.wait_for_revision(self._store.last_revision)
             reports = {t.id: reports[t.id] for t, ok in zip(tasks, results, strict=True) if not ok}
             if not reports:
                 return
+
+
+    def _count_transitions(self, tasks: list[Task], written: list[bool],
+                           before: Mapping[str, int]) -> None:  # fmt: skip
+        if self._on_transition is None:
+            return
+        for task, ok in zip(tasks, written, strict=True):
+            if ok and task.status.state != before[task.id]:
+                self._on_transition(TaskStatus.State.Name(task.status.state))
 
 
 def _newer(report: TaskStatusReport, task: Task) -> bool:

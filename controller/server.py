@@ -272,7 +272,9 @@ class Controller:
         self.state = ClusterState(self.store)
         await self.state.start()
         assigner = Assigner(self.state, self.dispatcher.send, self.store)
-        writer = StatusWriter(self.store, self.state)
+        transitions = self.metrics.task_transitions
+        writer = StatusWriter(self.store, self.state,
+                              lambda state: transitions.labels(state).inc())  # fmt: skip
         self.scheduling = SchedulingLoop(self.store, self.state, self.config.strategy)
         orchestrator = Orchestrator(
             self.store, self.state, self.config.node_down_grace, _eligible

@@ -412,6 +412,16 @@ def test_metrics_parse_and_match_the_cluster(api: Http) -> None:
     update_node = (("code", "PERMISSION_DENIED"), ("method", "dockyard.v1.Control/UpdateNode"))
     assert found[("dockyard_grpc_requests_total", update_node)] == 1
     assert found[("process_resident_memory_bytes", ())] > 0
+    services = {s["service"]["id"]: s["service"]["spec"]["name"] for s in api.json("/v1/services")}
+    for service_id, name in services.items():
+        wanted = [t for t in tasks if t["service_id"] == service_id
+                  and t["desired_state"] == "RUNNING"]  # fmt: skip
+        up = [t for t in wanted if t["status"]["state"] == "RUNNING"]
+        assert found[("dockyard_service_tasks", (("kind", "desired"), ("service", name)))] == \
+            len(wanted)
+        assert found[("dockyard_service_tasks", (("kind", "running"), ("service", name)))] == \
+            len(up)
+    assert found[("dockyard_task_transitions_total", (("state", "RUNNING"),))] >= running > 0
 
 
 # -- the dashboard ------------------------------------------------------------------------------

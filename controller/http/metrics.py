@@ -69,6 +69,8 @@ class ClusterSnapshot:
     tasks: Tally[str] = field(default_factory=Tally)
     tasks_desired: int = 0
     services: int = 0
+    # service name -> (tasks whose desired state is RUNNING, of those RUNNING now)
+    service_tasks: dict[str, tuple[int, int]] = field(default_factory=dict)
     complete: bool = False  # False: the records could not be read (etcd down, no view)
 
 
@@ -96,6 +98,7 @@ class ClusterCollector(Collector):
             snap.tasks = Tally(TaskStatus.State.Name(t.status.state) for t in tasks)
             snap.tasks_desired = sum(1 for t in tasks if t.desired_state == TaskStatus.RUNNING)
             snap.services = len(services)
+            snap.service_tasks = _service_tasks(services, tasks)
             snap.complete = True
         self.snapshot = snap
 
@@ -146,6 +149,29 @@ class ClusterCollector(Collector):
         yield tasks
         yield _gauge("dockyard_tasks_desired", "Tasks whose desired state is RUNNING.",
                      snap.tasks_desired)  # fmt: skip
+        per_service = GaugeMetricFamily(
+            "dockyard_service_tasks",
+            "Each service's tasks whose desired state is RUNNING (kind=desired), and of "
+            "those the ones RUNNING now (kind=running).",
+            labels=["service", "kind"],
+        )  # fmt: skip
+        for name, (desired, running) in sorted(snap.service_tasks.items()):
+            per_service.add_metric([name, "desired"], desired)
+            per_service.add_metric([name, "running"], running)
+        yield per_service
+
+
+def _service_tasks(services: list[Service], tasks: list[Task]) -> dict[str, tuple[int, int]]:
+    names = {service.id: service.spec.name for service in services}
+    desired: Tally[str] = Tally()
+    running: Tally[str] = Tally()
+    for task in tasks:
+        name = names.get(task.service_id)
+        if name is None or task.desired_state != TaskStatus.RUNNING:
+            continue
+        desired[name] += 1
+        running[name] += task.status.state == TaskStatus.RUNNING
+    return {name: (desired[name], running[name]) for name in names.values()}
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -184,6 +210,11 @@ class ControllerMetrics:
             "Event streams closed because the client read too slowly.",
             registry=self.registry,
         )
+        self.task_transitions = Counter(
+            "dockyard_task_transitions",
+            "Task state changes written from agents' reports, by the new state (on the leader).",
+            ["state"], registry=self.registry,
+        )  # fmt: skip
         self.scrape_errors = Counter(
             "dockyard_metrics_refresh_errors", "Scrapes whose cluster gauges failed.",
             registry=self.registry,

@@ -48,12 +48,7 @@ class NetworkMapper:
 
     def network_map(self, node: Node) -> NetworkMap:
         """``node``'s map (its record as just registered: the view may not have it yet)."""
-        peers = [PeerNetwork(node_id=node_id, subnet=subnet, address=address)
-                 for node_id, subnet, address in sorted(self._current_routes())
-                 if node_id != node.id]  # fmt: skip
-        services = [ServiceAddresses(name=name, addresses=addresses)
-                    for name, addresses in self._current_names()]  # fmt: skip
-        return NetworkMap(subnet=node.network.subnet, peers=peers, services=services)
+        return _network_map(node, self._current_routes(), self._current_names())
 
     def send_now(self, node: Node) -> None:
         """Send ``node`` its map (its session just opened)."""
@@ -69,10 +64,11 @@ class NetworkMapper:
             if (routes, names) == (self._routes, self._names):
                 continue
             self._routes, self._names = routes, names
-            for node_id in list(self._sessions()):
+            for node_id in list(self._sessions()):  # the view computed once for them all
                 node = self._state.nodes.get(node_id)
                 if node is not None:
-                    self.send_now(node)
+                    message = DispatcherMessage(network=_network_map(node, routes, names))
+                    self._send(node.id, message)
             await asyncio.sleep(SEND_INTERVAL)
 
     def _current_routes(self) -> Routes:
@@ -89,3 +85,10 @@ class NetworkMapper:
                                and t.desired_state <= State.RUNNING)  # fmt: skip
             names.append((service.spec.name, tuple(addresses)))
         return tuple(sorted(names))
+
+
+def _network_map(node: Node, routes: Routes, names: Names) -> NetworkMap:
+    peers = [PeerNetwork(node_id=node_id, subnet=subnet, address=address)
+             for node_id, subnet, address in sorted(routes) if node_id != node.id]  # fmt: skip
+    services = [ServiceAddresses(name=name, addresses=addresses) for name, addresses in names]
+    return NetworkMap(subnet=node.network.subnet, peers=peers, services=services)

@@ -48,7 +48,6 @@ class ClusterNetwork:
         self.bridge = bridge
         self.routes = routes or PeerRoutes()
         self.dns = dns or ServiceDNS(timeout=UPSTREAM_TIMEOUT)
-        self.routed: list[PeerRoute] = []
         self._dns_address = ""
         self._latest: NetworkMap | None = None
         self._wakeup = asyncio.Event()
@@ -100,7 +99,7 @@ class ClusterNetwork:
         """The routes and rules to the other nodes."""
         peers = [PeerRoute(node_id=p.node_id, subnet=p.subnet, via=p.address)
                  for p in network_map.peers]  # fmt: skip
-        self.routed = await self.routes.sync(self.bridge.config.subnet, peers)
+        routed = await self.routes.sync(self.bridge.config.subnet, peers)
         log.info("cluster network applied", subnet=self.bridge.config.subnet,
-                 peers=len(peers), routed=[r.subnet for r in self.routed],
+                 peers=len(peers), routed=[r.subnet for r in routed],
                  services=len(network_map.services))  # fmt: skip

@@ -328,6 +328,14 @@ class Cluster:
         data = json.loads(self.cli("node", "ls", "-o", "json").stdout)
         return {node["spec"]["name"]: node for node in data}
 
+    def start_hollow_nodes(self, names: tuple[str, ...] = ("n1", "n2", "n3")) -> None:
+        """Hollow agents with these names, and wait until every node is READY."""
+        for name in names:
+            self.start_agent(name)
+        self.wait_for(lambda: len(self.nodes()) == len(names) and all(
+            n["status"]["state"] == "READY" for n in self.nodes().values()),
+            f"{len(names)} nodes READY")  # fmt: skip
+
     def node_state(self, name: str) -> str | None:
         node = self.nodes().get(name)
         return node["status"]["state"] if node else None

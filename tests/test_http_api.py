@@ -208,10 +208,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Http]:
     try:
         cluster.start_controller(["--http-listen", f"127.0.0.1:{port}",
                                   "--http-max-streams", "6"])  # fmt: skip
-        for name in ("n1", "n2"):
-            cluster.start_agent(name)
-        cluster.wait_for(lambda: [n["status"]["state"] for n in cluster.nodes().values()]
-                         == ["READY", "READY"], "2 nodes READY")  # fmt: skip
+        cluster.start_hollow_nodes(("n1", "n2"))
         cluster.cli("service", "create", "--name", "web", "--replicas", "3", "busybox",
                     "sleep", "3600")  # fmt: skip
         cluster.wait_for(lambda: [t["status"]["state"] for t in json.loads(cluster.cli(

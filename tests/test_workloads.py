@@ -30,10 +30,7 @@ State = TaskStatus.State
 def cluster(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
     cluster = cluster_factory()
     cluster.start_controller(["--node-down-grace", "2"])
-    for name in ("n1", "n2", "n3"):
-        cluster.start_agent(name)
-    cluster.wait_for(lambda: len(cluster.nodes()) == 3 and all(
-        n["status"]["state"] == "READY" for n in cluster.nodes().values()), "3 nodes READY")
+    cluster.start_hollow_nodes()
     yield cluster
 
 

@@ -13,10 +13,7 @@ from tests.conftest import Cluster
 def test_create_scale_rm_with_hollow_agents(cluster_factory: Callable[..., Cluster]) -> None:
     cluster = cluster_factory()
     cluster.start_controller()
-    for name in ("n1", "n2"):
-        cluster.start_agent(name)
-    cluster.wait_for(lambda: [n["status"]["state"] for n in cluster.nodes().values()]
-                     == ["READY"] * 2, "2 nodes READY")  # fmt: skip
+    cluster.start_hollow_nodes(("n1", "n2"))
 
     created = cluster.cli("service", "create", "--name", "web", "--replicas", "3",
                           "--timeout", "30s", "busybox:latest", "sleep", "1000", timeout=90)

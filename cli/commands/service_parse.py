@@ -6,7 +6,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from dockyard.cli.client import CliError
@@ -175,16 +175,25 @@ _MOUNT_KEYS = {"type": "type", "source": "source", "src": "source", "target": "t
                "ro": "readonly", "tmpfs-size": "tmpfs-size"}  # fmt: skip
 
 
+def _options(label: str, text: str, keys: Mapping[str, str],
+             what: str) -> Iterator[tuple[str, str, bool, str]]:  # fmt: skip
+    """The comma-separated ``key[=value]`` parts of ``text``: (the key's name in ``keys``,
+    the key as written, whether it had ``=``, the value). An unknown key is refused,
+    listing the known names."""
+    for part in text.split(","):
+        key, eq, value = part.strip().partition("=")
+        name = keys.get(key)
+        if name is None:
+            known = ", ".join(dict.fromkeys(keys.values()))
+            raise invalid(label, text, f"unknown {what} option {key!r} ({known})")
+        yield name, key, bool(eq), value
+
+
 def parse_mount(label: str, text: str) -> dict[str, str]:
     """Docker's `--mount type=bind,source=/data,target=/data[,readonly]` or
     `type=tmpfs,target=/cache[,tmpfs-size=64m]`, as key -> value (checked)."""
     found: dict[str, str] = {}
-    for part in text.split(","):
-        key, eq, value = part.strip().partition("=")
-        name = _MOUNT_KEYS.get(key)
-        if name is None:
-            raise invalid(label, text, f"unknown mount option {key!r} (type, source, target, "
-                                       "readonly, tmpfs-size)")  # fmt: skip
+    for name, key, eq, value in _options(label, text, _MOUNT_KEYS, "mount"):
         if name == "readonly" and (not eq or value in ("1", "true")):
             found[name] = "true"
         elif name == "readonly" and value in ("0", "false"):
@@ -223,12 +232,7 @@ def parse_secret(label: str, text: str) -> dict[str, Any]:
         found: dict[str, Any] = {"source": text.strip()}
     else:
         found = {}
-        for part in text.split(","):
-            key, eq, value = part.strip().partition("=")
-            name = _SECRET_KEYS.get(key)
-            if name is None:
-                raise invalid(label, text, f"unknown secret option {key!r} (source, target, "
-                                           "uid, gid, mode)")  # fmt: skip
+        for name, key, eq, value in _options(label, text, _SECRET_KEYS, "secret"):
             if not eq or not value:
                 raise invalid(label, text, f"{key} needs a value")
             found[name] = value

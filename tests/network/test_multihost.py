@@ -107,6 +107,9 @@ def two_hosts(cluster_factory: Callable[..., Cluster], image_registry: ImageRegi
                          "both nodes READY", 30)  # fmt: skip
         for host in hosts.values():  # the hosts cannot reach the loopback registry
             cluster.cli("image", "load", "-i", str(image), host=host.address)
+        for host in hosts.values():  # routes are set in the background, after the subnets
+            cluster.wait_for(lambda h=host: "via" in routes_of(h),  # type: ignore[misc]
+                             f"{host.name}'s route to the other host", 30)  # fmt: skip
         yield cluster, hosts
     finally:
         cluster.stop()
@@ -187,7 +190,9 @@ def test_each_node_gets_its_own_subnet_and_routes_to_the_others(
     cluster.agents["b"].stop()  # a node that leaves the cluster: its route goes
     cluster.cli("node", "rm", "--force", "b")
     cluster.wait_for(lambda: str(subnets["b"]) not in routes_of(hosts["a"]), "b's route gone")
-    assert "DOCKYARD-PEERS" not in hosts["a"].run("iptables-save").stdout  # no peer left
+    # The agent deletes the route, then the chains (no peer left): wait for the second step.
+    cluster.wait_for(lambda: "DOCKYARD-PEERS" not in hosts["a"].run("iptables-save").stdout,
+                     "a's peer chains gone")  # fmt: skip
 
 
 def routes_of(host: Host) -> str:

@@ -55,8 +55,25 @@ class NodePKI:
     def joined(self) -> Path:
         return self.directory / "join.json"
 
+    @property
+    def revoked(self) -> Path:
+        return self.directory / "revoked.json"
+
     def exists(self) -> bool:
         return self.ca.exists() and self.cert.exists() and self.key.exists()
+
+    def load_revoked(self) -> frozenset[str]:
+        """The revoked serials the controller last sent (none before the first map)."""
+        try:
+            return frozenset(str(s) for s in json.loads(self.revoked.read_text()))
+        except (OSError, ValueError, TypeError):
+            return frozenset()
+
+    def save_revoked(self, serials: frozenset[str]) -> None:
+        """Kept so the agent's API refuses them from its start, before a session opens."""
+        tmp = self.revoked.with_name("revoked.json.tmp")
+        tmp.write_text(json.dumps(sorted(serials)) + "\n")
+        tmp.replace(self.revoked)
 
     def identity(self) -> pki.Identity:
         return pki.identity_of(self.cert.read_bytes())

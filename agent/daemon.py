@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from dockyard.agent.containers.manager import ContainerManager
     from dockyard.agent.executor import Executor
     from dockyard.agent.executors.docker import DockerExecutor
+    from dockyard.agent.executors.runc import RuncExecutor
     from dockyard.agent.network.cluster import ClusterNetwork
 
 log = structlog.get_logger(__name__)
@@ -57,9 +58,14 @@ class AgentDaemon:
         self.containers: ContainerManager | None = None
         self.worker: Worker | None = None
         self._docker: DockerExecutor | None = None
+        self._runc: RuncExecutor | None = None
         self.cluster_network: ClusterNetwork | None = None
         self._network_task: asyncio.Task[None] | None = None
         self._node_id = ""
+        self._node_pki: NodePKI | None = None
+        self._revoked: frozenset[str] = frozenset()
+        """Serials of the cluster's revoked certificates (from the network map): the API
+        refuses them, as the controllers do."""
 
     async def start(self) -> None:
         config = self.config
@@ -91,8 +97,11 @@ class AgentDaemon:
                     f"the node certificate is for node {cert_identity.id}, but "
                     f"{config.state_dir} holds node {identity.node_id}: join again"
                 )
+            self._node_pki = node_pki
+            self._revoked = await asyncio.to_thread(node_pki.load_revoked)
             self.server = grpc.aio.server(
-                options=SERVER_OPTIONS, interceptors=[AuthInterceptor()]
+                options=SERVER_OPTIONS,
+                interceptors=[AuthInterceptor(lambda serial: serial in self._revoked)],
             )
             self.port = bind_port(self.server, config.listen, node_pki.server_credentials())
         if self.port == 0:
@@ -146,6 +155,9 @@ class AgentDaemon:
         )
 
     async def _on_assignments(self, assignments: AssignmentSet) -> None:
+        if self._runc is not None:
+            self._runc.image_sources = {s.image: tuple(s.api_addresses)
+                                        for s in assignments.image_sources}  # fmt: skip
         if self.worker is not None:
             await self.worker.on_assignments(assignments)
         else:
@@ -153,6 +165,11 @@ class AgentDaemon:
                         tasks=len(assignments.tasks))  # fmt: skip
 
     async def _on_network(self, network_map: NetworkMap) -> None:
+        revoked = frozenset(network_map.revoked_serials)
+        if revoked != self._revoked and self._node_pki is not None:
+            self._revoked = revoked
+            await asyncio.to_thread(self._node_pki.save_revoked, revoked)
+            log.info("agent.revocations", count=len(revoked))
         if self.cluster_network is not None:
             await self.cluster_network.on_map(network_map)
 
@@ -178,9 +195,11 @@ class AgentDaemon:
         """The runc runtime, the image store and their API; recovers containers."""
         from dockyard.agent.containers.images_servicer import ImagesServicer
         from dockyard.agent.containers.manager import ContainerManager
+        from dockyard.agent.containers.peer_servicer import PeerServicer
         from dockyard.agent.containers.servicer import ContainersServicer
         from dockyard.agent.containers.volumes_servicer import VolumesServicer
         from dockyard.agent.executors.runc import RuncExecutor
+        from dockyard.agent.images.peer_fetch import PeerFetcher
         from dockyard.agent.images.service import ImageService
         from dockyard.agent.network.bridge import (
             DEFAULT_SUBNET,
@@ -191,7 +210,7 @@ class AgentDaemon:
         from dockyard.agent.network.cluster import ClusterNetwork
         from dockyard.agent.runtime.runc.runtime import RuncRuntime
         from dockyard.common.distribution.settings import registry_config
-        from dockyard.v1 import containers_pb2_grpc, images_pb2_grpc
+        from dockyard.v1 import containers_pb2_grpc, images_pb2_grpc, peer_pb2_grpc
 
         config = self.config
         registry = registry_config(config.registry_mirrors, config.insecure_registries,
@@ -215,7 +234,11 @@ class AgentDaemon:
         containers_pb2_grpc.add_ContainersServicer_to_server(ContainersServicer(manager), server)
         images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(manager), server)
         containers_pb2_grpc.add_VolumesServicer_to_server(VolumesServicer(manager), server)
-        return RuncExecutor(manager, self._secret_files())
+        images.peer_fetcher = PeerFetcher(
+            None if config.insecure else NodePKI.of(config.state_dir).channel_credentials)
+        peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(images.store.blobs), server)
+        self._runc = RuncExecutor(manager, self._secret_files())
+        return self._runc
 
     def _secret_files(self) -> SecretFiles:
         """Where this agent's tasks' secret files go (a tmpfs, mounted on first use)."""

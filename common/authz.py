@@ -6,7 +6,8 @@ otherwise); this interceptor reads role (OU) and ID (CN) from it and applies:
 
 - `admin` and `controller`: every method;
 - `read-only`: methods named Get* or List* (GetInfo, GetVersion included);
-- `node`: only its dispatcher session and its own certificate's renewal;
+- `node`: only its dispatcher session, its own certificate's renewal, and other
+  agents' image blobs (Peer.FetchBlob);
 - a serial on the revocation list: UNAUTHENTICATED.
 
 grpc.aio interceptors cannot see the peer, so the interceptor wraps the method
@@ -30,7 +31,11 @@ __all__ = ["NODE_METHODS", "TOKEN_METHODS", "AuthInterceptor", "allowed", "peer_
 log = structlog.get_logger(__name__)
 
 NODE_METHODS = frozenset(
-    {"/dockyard.v1.Dispatcher/Session", "/dockyard.v1.NodeCA/RenewNodeCertificate"}
+    {
+        "/dockyard.v1.Dispatcher/Session",
+        "/dockyard.v1.NodeCA/RenewNodeCertificate",
+        "/dockyard.v1.Peer/FetchBlob",  # served by agents: other nodes fetch image layers
+    }
 )
 TOKEN_METHODS = frozenset(
     {

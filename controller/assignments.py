@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from dockyard.controller.image_sources import Holders, image_sources
 from dockyard.controller.orchestrators.tasks import State, is_terminal
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import SECRET_DATA, TASKS, Store, StoreError
@@ -44,14 +45,18 @@ class Assigner:
         self._sent: dict[str, frozenset[tuple[str, int, int]]] = {}
         self._secret_data: dict[str, bytes] = {}  # secrets are immutable: read once
 
-    async def assignment_set(self, node_id: str) -> AssignmentSet:
+    async def assignment_set(
+        self, node_id: str, sources: dict[str, Holders] | None = None
+    ) -> AssignmentSet:
+        """``sources``: image holders found for other nodes in the same round."""
         tasks = [t for t in self._state.tasks_of_node(node_id) if assigned_to_agent(t)]
         wanted: dict[str, str] = {}  # id -> name, each secret once
         for task in tasks:
             for ref in task.spec.container.secrets:
                 wanted.setdefault(ref.secret_id, ref.secret_name)
         secrets = [s for s in [await self._secret(i, n) for i, n in wanted.items()] if s]
-        return AssignmentSet(full=True, tasks=tasks, secrets=secrets)
+        found = image_sources(self._state, node_id, tasks, sources)
+        return AssignmentSet(full=True, tasks=tasks, secrets=secrets, image_sources=found)
 
     async def _secret(self, secret_id: str, name: str) -> Secret | None:
         """The secret with its data; None (the agent rejects the task) when it is gone."""
@@ -85,8 +90,9 @@ class Assigner:
         while True:
             await changed.wait()
             changed.clear()
+            sources: dict[str, Holders] = {}
             for node_id in tracker.take().task_nodes:
-                assignments = await self.assignment_set(node_id)
+                assignments = await self.assignment_set(node_id, sources)
                 fingerprint = _fingerprint(assignments)
                 if self._sent.get(node_id) == fingerprint:
                     continue

@@ -138,7 +138,11 @@ class ClusterCA:
         self.node_validity = node_validity
         self._controllers = controllers
         self.revoked: set[str] = set()
+        self._revoked_until: dict[str, float] = {}  # serial -> its certificate's expiry
         self.on_revoke: Callable[[str, str], None] = lambda serial, subject: None
+        """Called for a revocation made by another controller (serial, subject)."""
+        self.on_change: Callable[[], None] = lambda: None
+        """Called whenever the revoked set changes, here or elsewhere."""
 
     # -- tokens --------------------------------------------------------------
 
@@ -243,12 +247,20 @@ class ClusterCA:
                             not_after=cert.not_after, reason=reason),
             )  # fmt: skip
             self.revoked.add(cert.serial)
+            self._revoked_until[cert.serial] = _epoch(cert.not_after)
             serials.append(cert.serial)
         log.info("cert.revoked", subject=subject_id, serials=serials, reason=reason)
+        if serials:
+            self.on_change()
         return serials
 
     def is_revoked(self, serial: str) -> bool:
         return serial in self.revoked
+
+    def unexpired_revocations(self, now: float) -> list[str]:
+        """The revoked serials whose certificates would still be valid at ``now`` (epoch
+        seconds): what a party that checks certificates by itself must still refuse."""
+        return sorted(s for s in self.revoked if self._revoked_until.get(s, float("inf")) > now)
 
     async def watch_revocations(self) -> None:
         """Keep `revoked` in step with etcd (other controllers revoke too)."""
@@ -256,15 +268,28 @@ class ClusterCA:
             try:
                 records, revision = await self.store.list_all(REVOKED_CERTS)
                 self.revoked = {r.serial for r in records}
+                self._revoked_until = {r.serial: _epoch(r.not_after) for r in records}
+                self.on_change()
                 async for event in self.store.watch(REVOKED_CERTS, revision + 1):
                     if event.deleted:
                         self.revoked.discard(event.id)
+                        self._revoked_until.pop(event.id, None)
+                        self.on_change()
                     elif event.id not in self.revoked and event.value is not None:
                         self.revoked.add(event.id)
+                        self._revoked_until[event.id] = _epoch(event.value.not_after)
                         self.on_revoke(event.id, event.value.subject_id)
+                        self.on_change()
             except (Compacted, StoreError) as exc:
                 log.warning("ca.revocations_watch_failed", error=str(exc))
                 await asyncio.sleep(1.0)
+
+
+def _epoch(timestamp: Timestamp) -> float:
+    """Seconds since the epoch; an unset expiry counts as never."""
+    if not timestamp.seconds and not timestamp.nanos:
+        return float("inf")
+    return timestamp.ToDatetime(dt.UTC).timestamp()
 
 
 MAX_HOSTS = 16

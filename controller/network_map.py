@@ -1,14 +1,17 @@
 """Tells every agent where the other nodes' containers live, and what service names mean.
 
 Each node's map holds its own bridge subnet, every other node's subnet with the host
-address to route it through, and every service's name with the addresses of its running
-tasks (what the node's DNS server answers). The whole map goes out when a session opens
-and to every session whenever any of that changes; agents replace what they had.
+address to route it through, every service's name with the addresses of its running
+tasks (what the node's DNS server answers), and the cluster's revoked certificates that
+have not expired (which the agent's own API must refuse: a removed node's). The whole map
+goes out when a session opens and to every session whenever any of that changes; agents
+replace what they had.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable
 
 from dockyard.controller.orchestrators.tasks import State
@@ -29,6 +32,7 @@ SEND_INTERVAL = 0.5
 one per task (each map goes to every session)."""
 Routes = frozenset[tuple[str, str, str]]
 Names = tuple[tuple[str, tuple[str, ...]], ...]
+Revoked = tuple[str, ...]
 
 
 class NetworkMapper:
@@ -36,40 +40,53 @@ class NetworkMapper:
     state: The leader's view of the cluster (its nodes).
     send: Queues a message on a node's session (False when it has none).
     sessions: The nodes with an open session now.
+    revoked: The revoked certificate serials that have not expired, given the time now
+        (epoch seconds); call ``revocations_changed`` when they change.
     """
 
-    def __init__(self, state: ClusterState, send: Send,
-                 sessions: Callable[[], Iterable[str]]) -> None:  # fmt: skip
+    def __init__(self, state: ClusterState, send: Send, sessions: Callable[[], Iterable[str]],
+                 revoked: Callable[[float], Iterable[str]] = lambda now: ()) -> None:  # fmt: skip
         self._state = state
         self._send = send
         self._sessions = sessions
+        self._revoked = revoked
+        self._changed = state.subscribe()
         self._routes: Routes = frozenset()
         self._names: Names = ()
+        self._revocations: Revoked = ()
 
     def network_map(self, node: Node) -> NetworkMap:
         """``node``'s map (its record as just registered: the view may not have it yet)."""
-        return _network_map(node, self._current_routes(), self._current_names())
+        return _network_map(node, self._current_routes(), self._current_names(),
+                            self._current_revocations())  # fmt: skip
 
     def send_now(self, node: Node) -> None:
         """Send ``node`` its map (its session just opened)."""
         self._send(node.id, DispatcherMessage(network=self.network_map(node)))
 
+    def revocations_changed(self) -> None:
+        """A certificate was revoked: send every node the new list."""
+        self._changed.set()
+
     async def run(self) -> None:
-        changed = self._state.subscribe()
+        changed = self._changed
         self._routes, self._names = self._current_routes(), self._current_names()
+        self._revocations = self._current_revocations()
         while True:
             await changed.wait()
             changed.clear()
-            routes, names = self._current_routes(), self._current_names()
-            if (routes, names) == (self._routes, self._names):
+            current = (self._current_routes(), self._current_names(), self._current_revocations())
+            if current == (self._routes, self._names, self._revocations):
                 continue
-            self._routes, self._names = routes, names
+            self._routes, self._names, self._revocations = current
             for node_id in list(self._sessions()):  # the view computed once for them all
                 node = self._state.nodes.get(node_id)
                 if node is not None:
-                    message = DispatcherMessage(network=_network_map(node, routes, names))
-                    self._send(node.id, message)
+                    self._send(node.id, DispatcherMessage(network=_network_map(node, *current)))
             await asyncio.sleep(SEND_INTERVAL)
+
+    def _current_revocations(self) -> Revoked:
+        return tuple(sorted(self._revoked(time.time())))
 
     def _current_routes(self) -> Routes:
         return frozenset((n.id, n.network.subnet, n.network.address)
@@ -87,8 +104,9 @@ class NetworkMapper:
         return tuple(sorted(names))
 
 
-def _network_map(node: Node, routes: Routes, names: Names) -> NetworkMap:
+def _network_map(node: Node, routes: Routes, names: Names, revoked: Revoked) -> NetworkMap:
     peers = [PeerNetwork(node_id=node_id, subnet=subnet, address=address)
              for node_id, subnet, address in sorted(routes) if node_id != node.id]  # fmt: skip
     services = [ServiceAddresses(name=name, addresses=addresses) for name, addresses in names]
-    return NetworkMap(subnet=node.network.subnet, peers=peers, services=services)
+    return NetworkMap(subnet=node.network.subnet, peers=peers, services=services,
+                      revoked_serials=revoked)  # fmt: skip

@@ -164,6 +164,7 @@ class Controller:
             ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.ca), self.server)
             dispatcher = self.dispatcher
             self.ca.on_revoke = lambda serial, subject: dispatcher.close(subject)
+            self.ca.on_change = self._revocations_changed
             self._tasks.append(asyncio.create_task(self.ca.watch_revocations()))
         await self.server.start()
         if self.join_server is not None:
@@ -280,7 +281,9 @@ class Controller:
             self.store, self.state, self.config.node_down_grace, _eligible
         )
         dispatcher = self.dispatcher
-        mapper = NetworkMapper(self.state, dispatcher.send, lambda: list(dispatcher.sessions))
+        ca = self.ca
+        mapper = NetworkMapper(self.state, dispatcher.send, lambda: list(dispatcher.sessions),
+                               ca.unexpired_revocations if ca is not None else lambda now: ())
         dispatcher.assigner, dispatcher.status_writer = assigner, writer
         dispatcher.network_mapper = mapper
         self._loops = [
@@ -292,6 +295,11 @@ class Controller:
             if (node := self.state.nodes.get(node_id)) is not None:
                 mapper.send_now(node)
             await assigner.send_now(node_id)
+
+    def _revocations_changed(self) -> None:
+        """When leading, send every agent the new revocation list (in its network map)."""
+        if self.dispatcher is not None and self.dispatcher.network_mapper is not None:
+            self.dispatcher.network_mapper.revocations_changed()
 
     async def _follow(self) -> None:
         await _cancel(self._loops)

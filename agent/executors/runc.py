@@ -40,6 +40,9 @@ class RuncExecutor:
     def __init__(self, manager: ContainerManager, secrets: SecretFiles | None = None) -> None:
         self.manager = manager
         self.secrets = secrets
+        self.image_sources: dict[str, tuple[str, ...]] = {}
+        """Per image, the agents of other nodes that run it (from the assignment set):
+        a pull fetches the layers from them first."""
 
     async def prepare(self, task: Task, progress: Progress) -> None:
         name = container_name(task)
@@ -55,7 +58,7 @@ class RuncExecutor:
             self.manager.images.resolve(image)
         except ImageNotFound:
             progress(f"pulling {image}")
-            await self.manager.images.pull(image)
+            await self.manager.images.pull(image, peers=self.image_sources.get(image, ()))
             progress(f"pulled {image}")
         try:
             mounts = self.secrets.write(task) if self.secrets is not None else []

@@ -13,6 +13,7 @@ import structlog
 from dockyard.agent.images import archive
 from dockyard.agent.images.errors import ImageError, InvalidReference
 from dockyard.agent.images.models import Image, ImageConfig, ImageSummary
+from dockyard.agent.images.peer_fetch import PeerFetcher, PeerSources
 from dockyard.agent.images.progress import ProgressCallback, ignore_progress
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.store import GcResult, ImageStore
@@ -40,10 +41,14 @@ class ImageService:
         self.store = ImageStore(root)
         self.registry = registry or RegistryConfig()
         self._pulls: dict[str, _SharedPull] = {}
+        self.peer_fetcher: PeerFetcher | None = None
+        """Fetches blobs from other nodes (set by an agent in a cluster)."""
 
     async def pull(self, ref: str | Reference,
-                   progress: ProgressCallback = ignore_progress) -> Image:
-        """Pull an image (mirrors first for docker.io) and name it `ref`.
+                   progress: ProgressCallback = ignore_progress,
+                   peers: Sequence[str] = ()) -> Image:  # fmt: skip
+        """Pull an image (mirrors first for docker.io) and name it `ref`; the blobs it
+        lacks are asked of the agents at `peers` (host:port) first, when `peer_fetcher` is set.
 
         Concurrent pulls of the same reference share one transfer (the later
         callers get no progress events); it is cancelled when every caller is.
@@ -57,7 +62,8 @@ class ImageService:
         key = str(reference)
         shared = self._pulls.get(key)
         if shared is None:
-            shared = _SharedPull(asyncio.create_task(self._pull(reference, progress)))
+            sources = self.peer_fetcher.sources(peers) if self.peer_fetcher else None
+            shared = _SharedPull(asyncio.create_task(self._pull(reference, progress, sources)))
             self._pulls[key] = shared
             shared.task.add_done_callback(lambda _: self._pulls.pop(key, None))
         shared.waiters += 1
@@ -71,9 +77,10 @@ class ImageService:
         finally:
             shared.waiters -= 1
 
-    async def _pull(self, ref: Reference, progress: ProgressCallback) -> Image:
+    async def _pull(self, ref: Reference, progress: ProgressCallback,
+                    peers: PeerSources | None) -> Image:  # fmt: skip
         async with RegistryClient(self.registry) as client:
-            return await pull_image(client, self.store, ref, progress)
+            return await pull_image(client, self.store, ref, progress, peers)
 
     async def push(self, ref: str | Reference,
                    progress: ProgressCallback = ignore_progress) -> str:

@@ -1,4 +1,4 @@
-"""Pull and push: move an image between a registry and the local store."""
+"""Pull and push: move an image between a registry (or other nodes) and the local store."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ import structlog
 from dockyard.agent.images.content import manifest_media_type, parse_json
 from dockyard.agent.images.errors import ImageError, ManifestNotFound, RegistryError
 from dockyard.agent.images.models import Image, Layer
+from dockyard.agent.images.peer_fetch import PeerSources
 from dockyard.agent.images.progress import ProgressCallback, ProgressEvent, Status, Throttle
 from dockyard.agent.images.reference import Reference
 from dockyard.agent.images.store import ImageStore, Lease
 from dockyard.common.distribution.media import INDEX_TYPES
 from dockyard.common.distribution.platform import Platform
-from dockyard.common.distribution.registry import Endpoint, RegistryClient
+from dockyard.common.distribution.registry import ByteProgress, Endpoint, RegistryClient
 
 __all__ = ["pull_image", "push_image", "run_all", "select_platform"]
 
@@ -64,8 +65,11 @@ def select_platform(index: dict[str, Any], wanted: Platform, what: str) -> dict[
 
 
 async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
-                     progress: ProgressCallback) -> Image:
+                     progress: ProgressCallback, peers: PeerSources | None = None) -> Image:
     """Pull `ref` into the store (mirrors first), verifying every digest.
+
+    The manifest comes from the registry; each blob the store lacks is asked of `peers`
+    (other nodes' agents) first, then of the registry.
 
     Returns:
         The stored image, named by `ref`.
@@ -88,13 +92,13 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
         config_digest = manifest["config"]["digest"]
         lease.add(config_digest)
         if not store.blobs.has(config_digest):
-            await client.download_blob(ep, ref.repository, config_digest, store.blobs)
+            await _download(client, ep, ref.repository, config_digest, store, peers)
         config = parse_json(await store.blobs.read(config_digest), f"config of {ref}")
         diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
         layers = [Layer(d["digest"], int(d["size"]), d["mediaType"], diff_id)
                   for d, diff_id in zip(manifest.get("layers") or [], diff_ids, strict=False)]
         await _pull_layers(client, store, ep, ref=ref, layers=layers, lease=lease,
-                           progress=progress)
+                           progress=progress, peers=peers)  # fmt: skip
         await store.blobs.put_bytes(body, digest)
         # Also `name@digest` (Docker's RepoDigests), so a spec pinned to the digest
         # finds the image that was pulled by its tag.
@@ -105,7 +109,7 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
 
 async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint, *,
                        ref: Reference, layers: list[Layer], lease: Lease,
-                       progress: ProgressCallback) -> None:
+                       progress: ProgressCallback, peers: PeerSources | None) -> None:
     limit = asyncio.Semaphore(client.config.max_concurrent_downloads)
     for layer in layers:
         lease.add(layer.digest, layer.diff_id)
@@ -123,13 +127,22 @@ async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint, 
                     if throttle.ready(done >= layer.size):
                         progress(ProgressEvent(layer.digest, Status.DOWNLOADING, done, layer.size))
 
-                await client.download_blob(ep, ref.repository, layer.digest, store.blobs, on_bytes)
+                await _download(client, ep, ref.repository, layer.digest, store, peers, on_bytes)
                 progress(ProgressEvent(layer.digest, Status.VERIFYING, layer.size, layer.size))
         progress(ProgressEvent(layer.digest, Status.EXTRACTING, layer.size, layer.size))
         await store.ensure_snapshot(layer)
         progress(ProgressEvent(layer.digest, Status.DONE, layer.size, layer.size))
 
     await run_all([one(layer) for layer in layers])
+
+
+async def _download(client: RegistryClient, ep: Endpoint, repository: str, digest: str,
+                    store: ImageStore, peers: PeerSources | None,
+                    on_bytes: ByteProgress | None = None) -> None:  # fmt: skip
+    """Store blob `digest`: from a peer that has it, else from the registry."""
+    if peers is not None and await peers.fetch(digest, store.blobs, on_bytes):
+        return
+    await client.download_blob(ep, repository, digest, store.blobs, on_bytes)
 
 
 async def push_image(client: RegistryClient, store: ImageStore, image: Image, ref: Reference,

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,10 @@ from typing import Any
 import grpc
 import pytest
 
+from dockyard.agent.images.build import Dir, RandomFile, build_image, busybox_layer, busybox_spec
+from dockyard.agent.images.models import Image
+from dockyard.agent.images.reference import parse_reference
+from dockyard.agent.images.service import ImageService
 from dockyard.v1 import containers_pb2_grpc
 from dockyard.v1.containers_pb2 import ContainerRef
 from dockyard.v1.control_pb2 import (
@@ -22,6 +28,8 @@ from dockyard.v1.control_pb2 import (
     UpdateClusterRequest,
     UpdateServiceRequest,
 )
+from dockyard.v1.peer_pb2 import FetchBlobRequest
+from dockyard.v1.peer_pb2_grpc import PeerStub
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import ServiceSpec, Task, UpdateConfig, UpdateStatus
 from tests.agent.conftest import BUILD, ImageRegistry
@@ -283,3 +291,90 @@ def test_a_task_reads_its_secret_at_run_secrets_and_no_file_outlives_it(
     cluster.stop()  # each agent unmounts its secrets' tmpfs once no task has files on it
     assert not _secret_mounts()
     assert not list(Path("/run/dockyard/secrets").glob("*"))
+
+
+def test_a_new_replica_takes_its_layers_from_the_node_that_runs_the_image(
+    runc_cluster: Cluster, image_registry: ImageRegistry, tmp_path: Path
+) -> None:
+    """The registry loses the image's own blobs once one node runs it: a second replica
+    on another node can only start by fetching them from that node (mutual TLS)."""
+    cluster = runc_cluster
+    ref = f"{image_registry.server.host}/peer/app:1"
+    image = asyncio.run(_push_unique_image(ref, tmp_path / "build"))
+    control = cluster.control()
+    try:
+        spec = ServiceSpec(name="peered")
+        spec.task.container.image = ref
+        spec.task.container.command.extend(["sleep", "3600"])
+        spec.task.container.stop_grace_seconds = 0
+        spec.task.placement.max_replicas_per_node = 1
+        spec.replicated.replicas = 1
+        control.CreateService(CreateServiceRequest(spec=spec))
+        cluster.wait_for(lambda: len(running(control, "peered")) == 1, "the first replica", 60)
+        (first,) = running(control, "peered")
+        unique = [image.config_digest, image.layers[-1].digest]  # busybox's layer is shared
+        for digest in unique:
+            request = urllib.request.Request(
+                f"http://{image_registry.server.host}/v2/peer/app/blobs/{digest}", method="DELETE")
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                assert answer.status == 202
+        cluster.cli("service", "scale", "peered=2")
+        cluster.wait_for(lambda: len(running(control, "peered")) == 2, "the second replica", 60)
+        (second,) = [t for t in running(control, "peered") if t.id != first.id]
+        assert second.node_id != first.node_id
+        names = {n["id"]: name for name, n in cluster.nodes().items()}
+        log = cluster.agents[names[second.node_id]].log()
+        fetched = [json.loads(line) for line in log.splitlines()
+                   if "blob fetched from peer" in line]  # fmt: skip
+        assert set(unique) <= {event["digest"] for event in fetched}
+        assert {event["peer"] for event in fetched} == {
+            cluster.agent_address(names[first.node_id])}
+    finally:
+        control.close()
+
+
+async def _push_unique_image(ref: str, store: Path) -> Image:
+    """busybox plus a layer of random bytes, pushed to ``ref``."""
+    images = ImageService(store)
+    reference = parse_reference(ref)
+    layers = [busybox_layer(), [Dir("data"), RandomFile("data/unique.bin", 64 * 1024)]]
+    image = await build_image(images.store, layers, reference, busybox_spec())
+    await images.push(reference)
+    return image
+
+
+def test_a_removed_nodes_certificate_is_refused_by_the_other_agents(
+    runc_cluster: Cluster,
+) -> None:
+    """A node may fetch blobs from other agents (Peer.FetchBlob) until it is removed:
+    `node rm` revokes its certificate, and the controller sends agents the revocation."""
+    cluster = runc_cluster
+    pki_dir = cluster.root / "agent-r1" / "pki"
+    credentials = grpc.ssl_channel_credentials(
+        (pki_dir / "ca.pem").read_bytes(), (pki_dir / "node-key.pem").read_bytes(),
+        (pki_dir / "node.pem").read_bytes())  # fmt: skip
+    missing = FetchBlobRequest(digest="sha256:" + "0" * 64)
+
+    def fetch_as_r1() -> grpc.RpcError:
+        with grpc.secure_channel(cluster.agent_address("r2"), credentials,
+                                 [("grpc.ssl_target_name_override", "localhost")]) as channel:
+            try:
+                list(PeerStub(channel).FetchBlob(missing, timeout=10))
+            except grpc.RpcError as exc:
+                return exc
+        raise AssertionError("a blob no node has was served")
+
+    assert fetch_as_r1().code() == grpc.StatusCode.NOT_FOUND  # a member: let in
+    cluster.agents["r1"].stop()
+    cluster.cli("node", "rm", "--force", "r1")
+    cluster.wait_for(lambda: fetch_as_r1().code() == grpc.StatusCode.UNAUTHENTICATED,
+                     "r2 refusing r1's revoked certificate", 20)  # fmt: skip
+    assert "is revoked" in (fetch_as_r1().details() or "")
+    assert cluster.controller is not None
+    cluster.controller.stop()  # the list is kept: refused from the agent's start, before
+    cluster.agents["r2"].stop()  # any controller answers
+    cluster.start_agent("r2")
+    r2 = cluster.agent_address("r2")
+    cluster.wait_for(lambda: cluster.cli("info", host=r2, check=False).returncode == 0,
+                     "r2 answering again", 30)  # fmt: skip
+    assert fetch_as_r1().code() == grpc.StatusCode.UNAUTHENTICATED

@@ -173,8 +173,9 @@ class Cleanup:
 # -- registry -------------------------------------------------------------------
 
 
-def start_registry(root: Path, cleanup: Cleanup) -> str:
-    """Debian's docker-registry on a free loopback port; returns HOST:PORT."""
+def start_registry(root: Path, cleanup: Cleanup, access_log: bool = False) -> str:
+    """Debian's docker-registry on a free loopback port; returns HOST:PORT. With
+    ``access_log`` every request is logged to ``root/registry.log``."""
     binary = shutil.which("docker-registry") or shutil.which("registry")
     if binary is None:
         raise SystemExit("docker-registry is not installed (apt-get install docker-registry)")
@@ -182,7 +183,8 @@ def start_registry(root: Path, cleanup: Cleanup) -> str:
     port = free_port()
     config = root / "config.yml"
     config.write_text(
-        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n"
+        "version: 0.1\nlog:\n  level: warn\n"
+        f"  accesslog:\n    disabled: {'false' if access_log else 'true'}\n"
         f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"

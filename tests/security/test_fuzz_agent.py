@@ -1,6 +1,6 @@
-"""Fuzzing the agent's local API (Containers, Images, Agent): hypothesis builds requests
-from their descriptors (tests/security/fuzzlib.py) plus "almost valid" ones, and sends
-them over mutual TLS to one real `dockyard-agent --runtime runc`.
+"""Fuzzing the agent's local API (Containers, Images, Agent, Volumes, Peer): hypothesis
+builds requests from their descriptors (tests/security/fuzzlib.py) plus "almost valid"
+ones, and sends them over mutual TLS to one real `dockyard-agent --runtime runc`.
 
 Every answer must be a deliberate status (INVALID_ARGUMENT naming the field), streams end
 with one too (or are cut by the client after a bound: Wait and followed Logs block by
@@ -44,7 +44,14 @@ from hypothesis import strategies as st
 from dockyard.agent.containers.request import parse_signal
 from dockyard.agent.daemon import MAX_MESSAGE_BYTES
 from dockyard.common.reference import InvalidReference, Reference, parse_reference
-from dockyard.v1 import agent_pb2, agent_pb2_grpc, containers_pb2_grpc, images_pb2_grpc
+from dockyard.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    containers_pb2_grpc,
+    images_pb2_grpc,
+    peer_pb2,
+    peer_pb2_grpc,
+)
 from dockyard.v1 import containers_pb2 as cpb
 from dockyard.v1 import images_pb2 as ipb
 from dockyard.v1.types_pb2 import GetVersionRequest
@@ -71,13 +78,14 @@ SERVICES = {
     "Images": ipb.DESCRIPTOR.services_by_name["Images"],
     "Agent": agent_pb2.DESCRIPTOR.services_by_name["Agent"],
     "Volumes": cpb.DESCRIPTOR.services_by_name["Volumes"],
+    "Peer": peer_pb2.DESCRIPTOR.services_by_name["Peer"],
 }
 CALLS = [f"{name}/{m.name}" for name, service in SERVICES.items() for m in service.methods]
-STREAMS = {"Images/Pull", "Images/Push", "Containers/Logs", "Containers/Exec"}
+STREAMS = {"Images/Pull", "Images/Push", "Containers/Logs", "Containers/Exec", "Peer/FetchBlob"}
 READ_ONLY = {
     "Containers/List", "Containers/Inspect", "Containers/Logs", "Containers/Stats",
     "Containers/Wait", "Images/List", "Images/Inspect", "Agent/GetVersion",
-    "Agent/GetAgentInfo", "Volumes/List", "Volumes/Inspect",
+    "Agent/GetAgentInfo", "Volumes/List", "Volumes/Inspect", "Peer/FetchBlob",
 }  # fmt: skip
 MUTATING = set(CALLS) - READ_ONLY
 TIMEOUTS = {"Containers/Wait": 1.5, "Images/Pull": 60.0, "Images/Push": 60.0}
@@ -185,7 +193,7 @@ class AgentUnderFuzz:
     def stub(self, service: str) -> Any:
         stubs = {"Containers": containers_pb2_grpc.ContainersStub,
                  "Images": images_pb2_grpc.ImagesStub, "Agent": agent_pb2_grpc.AgentStub,
-                 "Volumes": containers_pb2_grpc.VolumesStub}
+                 "Volumes": containers_pb2_grpc.VolumesStub, "Peer": peer_pb2_grpc.PeerStub}
         return stubs[service](self.channel)
 
     def call(self, call: str, request: Message,
@@ -529,6 +537,8 @@ def request_strategy(fz: AgentUnderFuzz, call: str) -> st.SearchStrategy[Message
             [fz.busybox, f"{fz.registry}/fz/missing:1", f"{fz.closed}/fz/x:1"])),
         "Images/Save": st.builds(ipb.SaveImagesRequest, images=st.just([fz.busybox]),
                                  path=paths(fz.files)),
+        "Peer/FetchBlob": st.builds(peer_pb2.FetchBlobRequest, digest=st.sampled_from(
+            [fz.busybox_id, "sha256:" + "0" * 64, "sha256:" + fz.busybox_id[7:].upper()])),
     }  # fmt: skip
     return st.one_of(generic, special[call]) if call in special else generic
 

@@ -220,6 +220,7 @@ class AssignmentSet(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     REMOVED_TASK_IDS_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
+    IMAGE_SOURCES_FIELD_NUMBER: _builtins.int
     full: _builtins.bool
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_workloads_pb2.Task]: ...
@@ -229,6 +230,12 @@ class AssignmentSet(_message.Message):
     def secrets(self) -> _containers.RepeatedCompositeFieldContainer[_workloads_pb2.Secret]:
         """The data of exactly the secrets the node's tasks reference (kept in memory only)."""
 
+    @_builtins.property
+    def image_sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageSources]:
+        """For images the node's tasks use: other nodes running the same image now, whose
+        agents it may fetch layers from (Peer.FetchBlob) before the registry.
+        """
+
     def __init__(
         self,
         *,
@@ -236,14 +243,41 @@ class AssignmentSet(_message.Message):
         tasks: _abc.Iterable[_workloads_pb2.Task] | None = ...,
         removed_task_ids: _abc.Iterable[_builtins.str] | None = ...,
         secrets: _abc.Iterable[_workloads_pb2.Secret] | None = ...,
+        image_sources: _abc.Iterable[Global___ImageSources] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "removed_task_ids", b"removed_task_ids", "secrets", b"secrets", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "image_sources", b"image_sources", "removed_task_ids", b"removed_task_ids", "secrets", b"secrets", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AssignmentSet: _TypeAlias = AssignmentSet  # noqa: Y015
+
+@_typing.final
+class ImageSources(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IMAGE_FIELD_NUMBER: _builtins.int
+    API_ADDRESSES_FIELD_NUMBER: _builtins.int
+    image: _builtins.str
+    """as in the tasks' spec (pinned: name@digest)"""
+    @_builtins.property
+    def api_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """host:port of those nodes' agent APIs"""
+
+    def __init__(
+        self,
+        *,
+        image: _builtins.str = ...,
+        api_addresses: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_addresses", b"api_addresses", "image", b"image"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ImageSources: _TypeAlias = ImageSources  # noqa: Y015
 
 @_typing.final
 class NetworkMap(_message.Message):
@@ -257,6 +291,7 @@ class NetworkMap(_message.Message):
     SUBNET_FIELD_NUMBER: _builtins.int
     PEERS_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
+    REVOKED_SERIALS_FIELD_NUMBER: _builtins.int
     subnet: _builtins.str
     """this node's bridge subnet ("": keep the one it has)"""
     @_builtins.property
@@ -267,16 +302,23 @@ class NetworkMap(_message.Message):
         (a service with none is listed too): what the node's DNS server answers.
         """
 
+    @_builtins.property
+    def revoked_serials(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The serials (hex) of the cluster's revoked certificates that have not expired yet
+        (a removed node's): the agent's API refuses them as the controllers do.
+        """
+
     def __init__(
         self,
         *,
         subnet: _builtins.str = ...,
         peers: _abc.Iterable[Global___PeerNetwork] | None = ...,
         services: _abc.Iterable[Global___ServiceAddresses] | None = ...,
+        revoked_serials: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["peers", b"peers", "services", b"services", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["peers", b"peers", "revoked_serials", b"revoked_serials", "services", b"services", "subnet", b"subnet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,7 +9,12 @@ from typing import Any
 import structlog
 
 from dockyard.agent.images.content import manifest_media_type, parse_json
-from dockyard.agent.images.errors import ImageError, ManifestNotFound, RegistryError
+from dockyard.agent.images.errors import (
+    ImageError,
+    ManifestNotFound,
+    RegistryError,
+    RegistryUnreachable,
+)
 from dockyard.agent.images.models import Image, Layer
 from dockyard.agent.images.peer_fetch import PeerSources
 from dockyard.agent.images.progress import ProgressCallback, ProgressEvent, Status, Throttle
@@ -69,13 +74,15 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
     """Pull `ref` into the store (mirrors first), verifying every digest.
 
     The manifest comes from the registry; each blob the store lacks is asked of `peers`
-    (other nodes' agents) first, then of the registry.
+    (other nodes' agents) first, then of the registry. A pinned reference (`@sha256:`)
+    whose manifest the registry cannot give (down, or the manifest deleted) is taken from
+    the peers too: its digest is its content's, so the whole image then comes from them.
 
     Returns:
         The stored image, named by `ref`.
     """
     with store.lease() as lease:
-        ep, body, header_type, digest = await client.resolve(ref)
+        ep, body, header_type, digest = await _resolve(client, store, lease, ref, peers)
         repo_digest = Reference(ref.registry, ref.repository, None, digest)
         manifest = parse_json(body, f"manifest of {ref}")
         extra: list[str] = []
@@ -84,7 +91,8 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
             await store.blobs.put_bytes(body, digest)
             extra.append(digest)
             desc = select_platform(manifest, client.config.platform, f"{ref}")
-            body, header_type, digest = await client.get_manifest(ep, ref, desc["digest"])
+            body, header_type, digest = await _child_manifest(client, store, lease, ep, ref,
+                                                              desc["digest"], peers)  # fmt: skip
             manifest = parse_json(body, f"manifest of {ref}")
         lease.add(digest)
         if manifest_media_type(manifest, header_type) in INDEX_TYPES:
@@ -103,11 +111,51 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
         # Also `name@digest` (Docker's RepoDigests), so a spec pinned to the digest
         # finds the image that was pulled by its tag.
         image = await store.commit(digest, dict.fromkeys([ref, repo_digest]), extra)
-    log.info("image pulled", ref=str(ref), digest=digest, endpoint=ep.host)
+    log.info("image pulled", ref=str(ref), digest=digest, endpoint=ep.host if ep else "peers")
     return image
 
 
-async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint, *,
+Resolved = tuple[Endpoint | None, bytes, str, str]
+
+
+async def _resolve(client: RegistryClient, store: ImageStore, lease: Lease, ref: Reference,
+                   peers: PeerSources | None) -> Resolved:  # fmt: skip
+    """`ref`'s manifest or index: (the registry endpoint that gave it, or None when a
+    peer did; body; media type header; digest)."""
+    try:
+        return await client.resolve(ref)
+    except (RegistryUnreachable, ManifestNotFound) as exc:
+        if ref.digest is None or peers is None:
+            raise
+        body = await _from_peers(store, lease, peers, ref.digest)
+        if body is None:
+            raise
+        log.warning("manifest from a peer: the registry failed", ref=str(ref), error=str(exc))
+        return None, body, "", ref.digest
+
+
+async def _child_manifest(client: RegistryClient, store: ImageStore, lease: Lease,
+                          ep: Endpoint | None, ref: Reference, digest: str,
+                          peers: PeerSources | None) -> tuple[bytes, str, str]:  # fmt: skip
+    """The platform's manifest an index names: from where the index came."""
+    if ep is not None:
+        return await client.get_manifest(ep, ref, digest)
+    body = await _from_peers(store, lease, peers, digest) if peers is not None else None
+    if body is None:
+        raise RegistryUnreachable(f"{ref}: the registry failed and no peer has manifest {digest}")
+    return body, "", digest
+
+
+async def _from_peers(store: ImageStore, lease: Lease, peers: PeerSources,
+                      digest: str) -> bytes | None:  # fmt: skip
+    """A manifest fetched from the peers (verified, kept in the store), or None."""
+    lease.add(digest)
+    if store.blobs.has(digest) or await peers.fetch(digest, store.blobs):
+        return await store.blobs.read(digest)
+    return None
+
+
+async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint | None, *,
                        ref: Reference, layers: list[Layer], lease: Lease,
                        progress: ProgressCallback, peers: PeerSources | None) -> None:
     limit = asyncio.Semaphore(client.config.max_concurrent_downloads)
@@ -136,12 +184,15 @@ async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint, 
     await run_all([one(layer) for layer in layers])
 
 
-async def _download(client: RegistryClient, ep: Endpoint, repository: str, digest: str,
+async def _download(client: RegistryClient, ep: Endpoint | None, repository: str, digest: str,
                     store: ImageStore, peers: PeerSources | None,
                     on_bytes: ByteProgress | None = None) -> None:  # fmt: skip
-    """Store blob `digest`: from a peer that has it, else from the registry."""
+    """Store blob `digest`: from a peer that has it, else from the registry (`ep`; None
+    when the registry already failed)."""
     if peers is not None and await peers.fetch(digest, store.blobs, on_bytes):
         return
+    if ep is None:
+        raise RegistryUnreachable(f"blob {digest}: the registry failed and no peer has it")
     await client.download_blob(ep, repository, digest, store.blobs, on_bytes)
 
 

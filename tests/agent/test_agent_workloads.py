@@ -296,8 +296,9 @@ def test_a_task_reads_its_secret_at_run_secrets_and_no_file_outlives_it(
 def test_a_new_replica_takes_its_layers_from_the_node_that_runs_the_image(
     runc_cluster: Cluster, image_registry: ImageRegistry, tmp_path: Path
 ) -> None:
-    """The registry loses the image's own blobs once one node runs it: a second replica
-    on another node can only start by fetching them from that node (mutual TLS)."""
+    """The registry loses the image (its manifest and its own blobs) once one node runs
+    it: a second replica on another node can only start by fetching it from that node
+    (mutual TLS). The spec is pinned by digest, so the manifest may come from a peer."""
     cluster = runc_cluster
     ref = f"{image_registry.server.host}/peer/app:1"
     image = asyncio.run(_push_unique_image(ref, tmp_path / "build"))
@@ -313,9 +314,9 @@ def test_a_new_replica_takes_its_layers_from_the_node_that_runs_the_image(
         cluster.wait_for(lambda: len(running(control, "peered")) == 1, "the first replica", 60)
         (first,) = running(control, "peered")
         unique = [image.config_digest, image.layers[-1].digest]  # busybox's layer is shared
-        for digest in unique:
-            request = urllib.request.Request(
-                f"http://{image_registry.server.host}/v2/peer/app/blobs/{digest}", method="DELETE")
+        repository = f"http://{image_registry.server.host}/v2/peer/app"
+        for path in [f"manifests/{image.digest}", *(f"blobs/{d}" for d in unique)]:
+            request = urllib.request.Request(f"{repository}/{path}", method="DELETE")
             with urllib.request.urlopen(request, timeout=5) as answer:
                 assert answer.status == 202
         cluster.cli("service", "scale", "peered=2")
@@ -326,7 +327,8 @@ def test_a_new_replica_takes_its_layers_from_the_node_that_runs_the_image(
         log = cluster.agents[names[second.node_id]].log()
         fetched = [json.loads(line) for line in log.splitlines()
                    if "blob fetched from peer" in line]  # fmt: skip
-        assert set(unique) <= {event["digest"] for event in fetched}
+        assert {image.digest, *unique} <= {event["digest"] for event in fetched}
+        assert "manifest from a peer" in log
         assert {event["peer"] for event in fetched} == {
             cluster.agent_address(names[first.node_id])}
     finally:

@@ -18,7 +18,7 @@ import pytest
 from dockyard.agent.containers.peer_servicer import CHUNK_BYTES, PeerServicer
 from dockyard.agent.images.blobs import BlobStore
 from dockyard.agent.images.build import Dir, RandomFile, build_image, busybox_spec
-from dockyard.agent.images.errors import RegistryError
+from dockyard.agent.images.errors import RegistryError, RegistryUnreachable
 from dockyard.agent.images.models import Image
 from dockyard.agent.images.peer_fetch import PeerFetcher
 from dockyard.agent.images.reference import parse_reference
@@ -155,5 +155,27 @@ async def test_the_peer_service_names_what_is_wrong(tmp_path: Path) -> None:
                     [c async for c in stub.FetchBlob(pb.FetchBlobRequest(digest=digest))]
                 assert refused.value.code() == code
                 assert words in (refused.value.details() or "")
+    finally:
+        await server.stop(None)
+
+
+async def test_a_pinned_image_comes_whole_from_a_peer_while_the_registry_is_down(
+    pushed: tuple[str, Image], tmp_path: Path,
+) -> None:
+    ref, image = pushed
+    first = node(tmp_path, "first")
+    await first.pull(ref)
+    down = f"127.0.0.1:{free_port()}/test/peer"  # nothing listens there
+    server, address = await serve(PeerServicer(first.store.blobs))
+    try:
+        with pytest.raises(RegistryUnreachable):
+            await node(tmp_path, "alone").pull(f"{down}@{image.digest}")
+        with pytest.raises(RegistryUnreachable):  # a tag means what the registry says
+            await node(tmp_path, "tagged").pull(f"{down}:v1", peers=[address])
+        second = node(tmp_path, "second")
+        pulled = await second.pull(f"{down}:v1@{image.digest}", peers=[address])
+        assert pulled.digest == image.digest
+        assert second.resolve(f"{down}@{image.digest}").digest == image.digest
+        assert (second.lower_dirs(pulled)[-1] / "data" / "part0.bin").is_file()
     finally:
         await server.stop(None)

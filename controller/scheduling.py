@@ -9,7 +9,9 @@ keeps PENDING with the pipeline's explanation as its message.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import structlog
 
@@ -26,12 +28,18 @@ log = structlog.get_logger(__name__)
 DEBOUNCE = 0.02
 
 
+RoundObserver = Callable[[float, int], None]
+"""Called after each round that had pending tasks: its seconds, the tasks assigned."""
+
+
 class SchedulingLoop:
-    def __init__(self, store: Store, state: ClusterState, strategy: Strategy = "spread") -> None:
+    def __init__(self, store: Store, state: ClusterState, strategy: Strategy = "spread",
+                 on_round: RoundObserver = lambda seconds, assigned: None) -> None:  # fmt: skip
         self._store = store
         self._state = state
         self._scheduler = Scheduler(strategy)
         self._infos: dict[str, NodeInfo] = {}
+        self._on_round = on_round
         self.placed = 0
 
     async def run(self) -> None:
@@ -68,14 +76,20 @@ class SchedulingLoop:
         ]
         if not pending:
             return
-        ops = self._decide(pending)
-        if not ops:
-            return
-        results = await self._store.commit_each(ops)
-        self.placed += sum(results)
-        await self._state.wait_for_revision(self._store.last_revision)
+        started = time.perf_counter()
+        ops, assigning = self._decide(pending)
+        assigned = 0
+        if ops:
+            results = await self._store.commit_each(ops)
+            self.placed += sum(results)
+            written = zip(results, assigning, strict=True)
+            assigned = sum(ok and is_assignment for ok, is_assignment in written)
+        self._on_round(time.perf_counter() - started, assigned)
+        if ops:
+            await self._state.wait_for_revision(self._store.last_revision)
 
-    def _decide(self, pending: list[Task]) -> list[Op]:
+    def _decide(self, pending: list[Task]) -> tuple[list[Op], list[bool]]:
+        """The writes for ``pending``, and for each whether it assigns a node."""
         free = [t for t in pending if not t.node_id]
         pinned: dict[str, list[Task]] = defaultdict(list)  # global tasks name their node
         for task in pending:
@@ -100,8 +114,8 @@ class SchedulingLoop:
 
     def _ops(
         self, pending: list[Task], decisions: dict[str, str], reasons: dict[str, str]
-    ) -> list[Op]:
-        ops = []
+    ) -> tuple[list[Op], list[bool]]:
+        ops, assigning = [], []
         for task in pending:
             updated = Task()
             updated.CopyFrom(task)
@@ -113,4 +127,5 @@ class SchedulingLoop:
             else:
                 continue
             ops.append(self._store.put_op(TASKS, task.id, updated, expect=task.meta.version))
-        return ops
+            assigning.append(task.id in decisions)
+        return ops, assigning

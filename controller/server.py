@@ -106,6 +106,7 @@ class Controller:
             await self.etcd.start()
             endpoints = [self.etcd.endpoint]
         self.store = Store(endpoints, config.etcd_prefix)
+        self.store.observe = self.metrics.observe_etcd
         await self.store.connect(config.etcd_timeout)
         cluster = await _load_or_create_cluster(self.store)
         registry = NodeRegistry(self.store, self.config.subnets)
@@ -270,13 +271,15 @@ class Controller:
     async def _lead(self, monitor: NodeMonitor) -> None:
         """Start the control loops; they share one cluster view."""
         assert self.store is not None and self.dispatcher is not None
+        self.metrics.leadership_changes.labels("leader").inc()
         self.state = ClusterState(self.store)
         await self.state.start()
         assigner = Assigner(self.state, self.dispatcher.send, self.store)
         transitions = self.metrics.task_transitions
         writer = StatusWriter(self.store, self.state,
                               lambda state: transitions.labels(state).inc())  # fmt: skip
-        self.scheduling = SchedulingLoop(self.store, self.state, self.config.strategy)
+        self.scheduling = SchedulingLoop(self.store, self.state, self.config.strategy,
+                                         self.metrics.observe_scheduling_round)  # fmt: skip
         orchestrator = Orchestrator(
             self.store, self.state, self.config.node_down_grace, _eligible
         )
@@ -302,6 +305,7 @@ class Controller:
             self.dispatcher.network_mapper.revocations_changed()
 
     async def _follow(self) -> None:
+        self.metrics.leadership_changes.labels("follower").inc()
         await _cancel(self._loops)
         self._loops = []
         if self.dispatcher is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -147,6 +147,9 @@ class Store:
         self._connected = False
         # The newest revision this client committed at (for read-your-writes waits).
         self.last_revision = 0
+        self.observe: Callable[[str, float], None] = lambda op, seconds: None
+        """Called with each etcd request's kind (get, range, txn, lease) and duration,
+        failed ones included (the controller's metrics)."""
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -185,14 +188,14 @@ class Store:
     # -- reads -------------------------------------------------------------
 
     async def get(self, kind: Kind[M], record_id: str) -> M:
-        response = await self._call(self._kv.get(self._key(kind, record_id), timeout=5.0))
+        response = await self._call("get", self._kv.get(self._key(kind, record_id), timeout=5.0))
         if not response.kvs:
             raise NotFound(f"{kind.name} {record_id!r} not found")
         return self._decode(kind, response.kvs[0])
 
     async def get_raw(self, kind: Kind[M], record_id: str) -> tuple[bytes, int] | None:
         """The raw value and mod_revision of one key, for index records."""
-        response = await self._call(self._kv.get(self._key(kind, record_id), timeout=5.0))
+        response = await self._call("get", self._kv.get(self._key(kind, record_id), timeout=5.0))
         if not response.kvs:
             return None
         return bytes(response.kvs[0].value), int(response.kvs[0].mod_revision)
@@ -209,6 +212,7 @@ class Store:
         # read at the first page's revision, so the list is one consistent snapshot.
         while True:
             response = await self._call(
+                "range",
                 self._kv.get(start, end, revision=revision, limit=LIST_PAGE, timeout=10.0)
             )
             revision = revision or int(response.header.revision)
@@ -284,7 +288,7 @@ class Store:
             for op in ops
             if not op.check_only
         ]
-        response = await self._call(self._kv.txn(compares, requests, [], timeout=5.0))
+        response = await self._call("txn", self._kv.txn(compares, requests, [], timeout=5.0))
         self.last_revision = max(self.last_revision, int(response.header.revision))
         if not response.succeeded:
             raise Conflict(
@@ -323,7 +327,7 @@ class Store:
             if op.expect is None:
                 keep.append(i)
                 continue
-            response = await self._call(self._kv.get(op.key, timeout=5.0))
+            response = await self._call("get", self._kv.get(op.key, timeout=5.0))
             revision = int(response.kvs[0].mod_revision) if response.kvs else 0
             if revision == op.expect:
                 keep.append(i)
@@ -333,13 +337,14 @@ class Store:
 
     async def grant_lease(self, ttl: int) -> int:
         assert self._client.lease is not None
-        response = await self._call(self._client.lease.grant(ttl=ttl, timeout=5.0))
+        response = await self._call("lease", self._client.lease.grant(ttl=ttl, timeout=5.0))
         return int(response.ID)
 
     async def refresh_lease(self, lease_id: int) -> bool:
         """Renew a lease once; False when it has expired."""
         assert self._client.lease is not None
-        response = await self._call(self._client.lease.time_to_live(lease_id, timeout=5.0))
+        response = await self._call(
+            "lease", self._client.lease.time_to_live(lease_id, timeout=5.0))
         if response.TTL <= 0:
             return False
         call = self._client.lease.keep_alive(lease_id)
@@ -352,7 +357,7 @@ class Store:
 
     async def revoke_lease(self, lease_id: int) -> None:
         assert self._client.lease is not None
-        await self._call(self._client.lease.revoke(lease_id, timeout=5.0))
+        await self._call("lease", self._client.lease.revoke(lease_id, timeout=5.0))
 
     def leased_op(self, kind: Kind[M], record_id: str, value: M, lease: int) -> Op:
         return Op(self._key(kind, record_id), value.SerializeToString(), 0, lease)
@@ -419,13 +424,16 @@ class Store:
         value = None if deleted else self._decode(kind, kv)
         return WatchEvent(kind.name, record_id, deleted, value, int(kv.mod_revision))
 
-    async def _call(self, awaitable: Awaitable[T]) -> T:
+    async def _call(self, op: str, awaitable: Awaitable[T]) -> T:
+        started = time.perf_counter()
         try:
             return await awaitable
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as exc:
             raise StoreUnavailable(
                 f"etcd is unavailable ({', '.join(self.endpoints)}): {_short(exc)}"
             ) from exc
+        finally:
+            self.observe(op, time.perf_counter() - started)
 
 
 def _kind_of(key: str, by_prefix: Sequence[tuple[str, Kind[Any]]]) -> Kind[Any] | None:

@@ -419,6 +419,19 @@ def test_metrics_parse_and_match_the_cluster(api: Http) -> None:
         assert found[("dockyard_service_tasks", (("kind", "running"), ("service", name)))] == \
             len(up)
     assert found[("dockyard_task_transitions_total", (("state", "RUNNING"),))] >= running > 0
+    # Every task ever assigned went through the scheduler of this (the only) leader.
+    assigned = found[("dockyard_scheduler_assigned_tasks_total", ())]
+    assert assigned >= sum(1 for t in tasks if t["node_id"]) > 0
+    api.cluster.cli("service", "create", "--name", "metered", "--replicas", "3", "busybox")
+    wait_until(lambda: samples(api.get("/metrics").body.decode())[
+        ("dockyard_scheduler_assigned_tasks_total", ())] == assigned + 3, "3 more assigned", 10)
+    assert found[("dockyard_scheduler_round_duration_seconds_count", ())] >= 1
+    assert found[("dockyard_leadership_changes_total", (("to", "leader"),))] == 1
+    for op in ("get", "range", "txn", "lease"):
+        assert found[("dockyard_etcd_request_duration_seconds_count", (("op", op),))] >= 1, op
+    api.get("/v1/nodes")
+    after = samples(api.get("/metrics").body.decode())
+    assert after[("dockyard_http_request_duration_seconds_count", (("route", "nodes"),))] >= 1
 
 
 # -- the dashboard ------------------------------------------------------------------------------

@@ -202,6 +202,34 @@ class ControllerMetrics:
             "dockyard_http_requests", "HTTP requests answered, by route and status.",
             ["route", "code"], registry=self.registry,
         )  # fmt: skip
+        self.http_latency = Histogram(
+            "dockyard_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route (event streams left out).",
+            ["route"], registry=self.registry,
+        )  # fmt: skip
+        self.etcd_latency = Histogram(
+            "dockyard_etcd_request_duration_seconds",
+            "Time of this controller's etcd requests, by kind (get, range, txn, lease), "
+            "failed ones included.",
+            ["op"], registry=self.registry,
+        )  # fmt: skip
+        self.scheduler_rounds = Histogram(
+            "dockyard_scheduler_round_duration_seconds",
+            "Time of a scheduling round with pending tasks: deciding and writing the "
+            "decisions (on the leader).",
+            registry=self.registry,
+        )  # fmt: skip
+        self.scheduler_assigned = Counter(
+            "dockyard_scheduler_assigned_tasks",
+            "Tasks the scheduler assigned to a node, as written (on the leader).",
+            registry=self.registry,
+        )  # fmt: skip
+        self.leadership_changes = Counter(
+            "dockyard_leadership_changes",
+            "Times this controller became the leader (to=leader) or stopped leading "
+            "(to=follower).",
+            ["to"], registry=self.registry,
+        )  # fmt: skip
         self.event_streams = Gauge(
             "dockyard_event_streams", "Open /v1/events streams.", registry=self.registry
         )
@@ -245,6 +273,13 @@ class ControllerMetrics:
                     raise
             body = await asyncio.to_thread(encoder, self.registry)
         return body, content_type
+
+    def observe_etcd(self, op: str, seconds: float) -> None:
+        self.etcd_latency.labels(op).observe(seconds)
+
+    def observe_scheduling_round(self, seconds: float, assigned: int) -> None:
+        self.scheduler_rounds.observe(seconds)
+        self.scheduler_assigned.inc(assigned)
 
     def observe_grpc(self, method: str, code: str, seconds: float | None) -> None:
         self.grpc_requests.labels(method, code).inc()

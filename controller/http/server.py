@@ -204,10 +204,13 @@ class HttpServer:
             else:
                 response = _error_for(exc, request)
         status = response.status
+        seconds = time.perf_counter() - start
         self._metrics.http_requests.labels(route, str(status)).inc()
+        if "stream" not in request:  # a stream lasts as long as its client stays
+            self._metrics.http_latency.labels(route).observe(seconds)
         fields = {
             "method": request.method, "path": request.path, "status": status,
-            "duration_ms": round((time.perf_counter() - start) * 1000, 2),
+            "duration_ms": round(seconds * 1000, 2),
             "peer": _peer_name(identity),
             "remote": request.remote,
         }  # fmt: skip

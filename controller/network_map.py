@@ -26,10 +26,11 @@ from dockyard.v1.types_pb2 import Node
 
 __all__ = ["NetworkMapper"]
 
+RUNNING = State.RUNNING  # looked up once: an enum attribute costs on every task
 Send = Callable[[str, DispatcherMessage], bool]
 SEND_INTERVAL = 0.5
-"""Seconds between two maps sent to every node: a burst of task starts makes one map, not
-one per task (each map goes to every session)."""
+"""Seconds between two looks at the cluster (and so between two maps sent to every node):
+a burst of task starts makes one map, not one per task (each map goes to every session)."""
 Routes = frozenset[tuple[str, str, str]]
 Names = tuple[tuple[str, tuple[str, ...]], ...]
 Revoked = tuple[str, ...]
@@ -76,13 +77,15 @@ class NetworkMapper:
             await changed.wait()
             changed.clear()
             current = (self._current_routes(), self._current_names(), self._current_revocations())
-            if current == (self._routes, self._names, self._revocations):
-                continue
-            self._routes, self._names, self._revocations = current
-            for node_id in list(self._sessions()):  # the view computed once for them all
-                node = self._state.nodes.get(node_id)
-                if node is not None:
-                    self._send(node.id, DispatcherMessage(network=_network_map(node, *current)))
+            if current != (self._routes, self._names, self._revocations):
+                self._routes, self._names, self._revocations = current
+                for node_id in list(self._sessions()):  # the view computed once for them all
+                    node = self._state.nodes.get(node_id)
+                    if node is not None:
+                        message = DispatcherMessage(network=_network_map(node, *current))
+                        self._send(node.id, message)
+            # Looking costs a walk over every task: a burst of changes (a scale-up writes
+            # thousands) is looked at once per interval, whether or not a map went out.
             await asyncio.sleep(SEND_INTERVAL)
 
     def _current_revocations(self) -> Revoked:
@@ -98,8 +101,8 @@ class NetworkMapper:
         names = []
         for service in self._state.services.values():
             addresses = sorted(t.status.address for t in self._state.tasks_of_service(service.id)
-                               if t.status.state == State.RUNNING and t.status.address
-                               and t.desired_state <= State.RUNNING)  # fmt: skip
+                               if t.status.address and t.status.state == RUNNING
+                               and t.desired_state <= RUNNING)  # fmt: skip
             names.append((service.spec.name, tuple(addresses)))
         return tuple(sorted(names))
 

@@ -422,7 +422,8 @@ def test_metrics_parse_and_match_the_cluster(api: Http) -> None:
     # Every task ever assigned went through the scheduler of this (the only) leader.
     assigned = found[("dockyard_scheduler_assigned_tasks_total", ())]
     assert assigned >= sum(1 for t in tasks if t["node_id"]) > 0
-    api.cluster.cli("service", "create", "--name", "metered", "--replicas", "3", "busybox")
+    api.cluster.cli("service", "create", "--name", "metered", "--replicas", "3", "busybox",
+                    "sleep", "3600")  # fmt: skip
     wait_until(lambda: samples(api.get("/metrics").body.decode())[
         ("dockyard_scheduler_assigned_tasks_total", ())] == assigned + 3, "3 more assigned", 10)
     assert found[("dockyard_scheduler_round_duration_seconds_count", ())] >= 1

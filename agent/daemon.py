@@ -234,8 +234,8 @@ class AgentDaemon:
         containers_pb2_grpc.add_ContainersServicer_to_server(ContainersServicer(manager), server)
         images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(manager), server)
         containers_pb2_grpc.add_VolumesServicer_to_server(VolumesServicer(manager), server)
-        images.peer_fetcher = PeerFetcher(
-            None if config.insecure else NodePKI.of(config.state_dir).channel_credentials)
+        images.peer_fetcher = PeerFetcher(  # the node's certificate; None: --insecure
+            self._node_pki.channel_credentials if self._node_pki is not None else None)
         peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(images.store.blobs), server)
         self._runc = RuncExecutor(manager, self._secret_files())
         return self._runc

@@ -35,6 +35,10 @@ def split_host_port(address: str, default_port: int) -> tuple[str, int]:
     return host, int(port_text)
 
 
-def normalize(address: str, default_port: int) -> str:
-    host, port = split_host_port(address, default_port)
+def join_host_port(host: str, port: int) -> str:
+    """'host:port', with an IPv6 host in brackets."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def normalize(address: str, default_port: int) -> str:
+    return join_host_port(*split_host_port(address, default_port))

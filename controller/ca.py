@@ -26,7 +26,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from dockyard.common import pki
 from dockyard.common.authz import peer_identity
-from dockyard.common.timestamps import now_timestamp
+from dockyard.common.timestamps import is_set, now_timestamp, to_seconds
 from dockyard.common.validation import ValidationError
 from dockyard.controller.errors import grpc_errors
 from dockyard.controller.store import (
@@ -137,8 +137,8 @@ class ClusterCA:
         self.ca = ca
         self.node_validity = node_validity
         self._controllers = controllers
-        self.revoked: set[str] = set()
-        self._revoked_until: dict[str, float] = {}  # serial -> its certificate's expiry
+        self.revoked: dict[str, float] = {}
+        """Revoked serials -> their certificates' expiry (epoch seconds)."""
         self.on_revoke: Callable[[str, str], None] = lambda serial, subject: None
         """Called for a revocation made by another controller (serial, subject)."""
         self.on_change: Callable[[], None] = lambda: None
@@ -246,8 +246,7 @@ class ClusterCA:
                 RevokedCert(serial=cert.serial, subject_id=subject_id, revoked_at=now_timestamp(),
                             not_after=cert.not_after, reason=reason),
             )  # fmt: skip
-            self.revoked.add(cert.serial)
-            self._revoked_until[cert.serial] = _epoch(cert.not_after)
+            self.revoked[cert.serial] = _expiry(cert.not_after)
             serials.append(cert.serial)
         log.info("cert.revoked", subject=subject_id, serials=serials, reason=reason)
         if serials:
@@ -260,24 +259,21 @@ class ClusterCA:
     def unexpired_revocations(self, now: float) -> list[str]:
         """The revoked serials whose certificates would still be valid at ``now`` (epoch
         seconds): what a party that checks certificates by itself must still refuse."""
-        return sorted(s for s in self.revoked if self._revoked_until.get(s, float("inf")) > now)
+        return sorted(serial for serial, expiry in self.revoked.items() if expiry > now)
 
     async def watch_revocations(self) -> None:
         """Keep `revoked` in step with etcd (other controllers revoke too)."""
         while True:
             try:
                 records, revision = await self.store.list_all(REVOKED_CERTS)
-                self.revoked = {r.serial for r in records}
-                self._revoked_until = {r.serial: _epoch(r.not_after) for r in records}
+                self.revoked = {r.serial: _expiry(r.not_after) for r in records}
                 self.on_change()
                 async for event in self.store.watch(REVOKED_CERTS, revision + 1):
                     if event.deleted:
-                        self.revoked.discard(event.id)
-                        self._revoked_until.pop(event.id, None)
+                        self.revoked.pop(event.id, None)
                         self.on_change()
                     elif event.id not in self.revoked and event.value is not None:
-                        self.revoked.add(event.id)
-                        self._revoked_until[event.id] = _epoch(event.value.not_after)
+                        self.revoked[event.id] = _expiry(event.value.not_after)
                         self.on_revoke(event.id, event.value.subject_id)
                         self.on_change()
             except (Compacted, StoreError) as exc:
@@ -285,11 +281,9 @@ class ClusterCA:
                 await asyncio.sleep(1.0)
 
 
-def _epoch(timestamp: Timestamp) -> float:
-    """Seconds since the epoch; an unset expiry counts as never."""
-    if not timestamp.seconds and not timestamp.nanos:
-        return float("inf")
-    return timestamp.ToDatetime(dt.UTC).timestamp()
+def _expiry(not_after: Timestamp) -> float:
+    """A certificate's expiry in seconds since the epoch; unset counts as never."""
+    return to_seconds(not_after) if is_set(not_after) else math.inf
 
 
 MAX_HOSTS = 16

@@ -3,10 +3,10 @@
 A node about to start a task often pulls an image that other nodes already run: the
 task's siblings of the same service, or another service's tasks of that image. Those
 nodes' agents serve their blobs (Peer.FetchBlob), so the assignment set names up to
-MAX_SOURCES of them per image. Only
-nodes with a RUNNING task of the very same image reference count: that task keeps every
-layer of the image on its node. Each fetching node gets the holders in its own rotated
-order, so a fleet pulling at once spreads over the holders instead of queueing on one.
+MAX_SOURCES of them per image. Only nodes with a RUNNING task of the very same image
+reference count: that task keeps every layer of the image on its node. Each fetching
+node gets the holders in its own rotated order, so a fleet pulling at once spreads over
+the holders instead of queueing on one.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import ipaddress
 import zlib
 from collections.abc import Iterable
 
-from dockyard.common.addresses import AddressError, split_host_port
+from dockyard.common.addresses import AddressError, join_host_port, split_host_port
 from dockyard.controller.orchestrators.tasks import State
 from dockyard.controller.state import ClusterState
 from dockyard.v1.dispatcher_pb2 import ImageSources
@@ -107,4 +107,4 @@ def reachable_api_address(node: Node) -> str:
         host = node.network.address
         if not host:
             return ""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return join_host_port(host, port)

@@ -48,6 +48,7 @@ import dns.rrset
 import structlog
 
 from dockyard.agent.network.errors import NetworkError
+from dockyard.common.addresses import join_host_port
 
 __all__ = ["DNS_PORT", "TTL", "ServiceDNS", "read_resolv_conf"]
 
@@ -485,7 +486,6 @@ def _bind(family: socket.AddressFamily, kind: socket.SocketKind, address: str,
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        where = f"[{address}]:{port}" if family == socket.AF_INET6 else f"{address}:{port}"
-        raise NetworkError(f"cannot serve DNS on {where}/{proto}: "
+        raise NetworkError(f"cannot serve DNS on {join_host_port(address, port)}/{proto}: "
                            f"{exc.strerror or exc}") from exc  # fmt: skip
     return sock

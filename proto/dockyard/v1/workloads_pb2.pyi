@@ -739,12 +739,20 @@ class UpdateStatus(_message.Message):
     STARTED_AT_FIELD_NUMBER: _builtins.int
     COMPLETED_AT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    LAST_BATCH_AT_FIELD_NUMBER: _builtins.int
     state: Global___UpdateStatus.State.ValueType
     message: _builtins.str
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def completed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def last_batch_at(self) -> _timestamp_pb2.Timestamp:
+        """When the leader started the newest batch (the leader's clock). Persisted so
+        that a new leader waits out the update delay instead of starting the next
+        batch at once.
+        """
+
     def __init__(
         self,
         *,
@@ -752,10 +760,11 @@ class UpdateStatus(_message.Message):
         started_at: _timestamp_pb2.Timestamp | None = ...,
         completed_at: _timestamp_pb2.Timestamp | None = ...,
         message: _builtins.str = ...,
+        last_batch_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "started_at", b"started_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "last_batch_at", b"last_batch_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "message", b"message", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_at", b"completed_at", "last_batch_at", b"last_batch_at", "message", b"message", "started_at", b"started_at", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -851,6 +860,7 @@ class Task(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
+    OBSERVED_AT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
     service_name: _builtins.str
@@ -869,6 +879,13 @@ class Task(_message.Message):
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
     def status(self) -> _types_pb2.TaskStatus: ...
+    @_builtins.property
+    def observed_at(self) -> _timestamp_pb2.Timestamp:
+        """When a controller first saw `status.state` take its current value, on the
+        controller's clock. Restart delays, restart windows and update monitors
+        measure from this, never from `status.timestamp` (the agent's clock).
+        """
+
     def __init__(
         self,
         *,
@@ -884,10 +901,11 @@ class Task(_message.Message):
         status: _types_pb2.TaskStatus | None = ...,
         image_digest: _builtins.str = ...,
         attempt: _builtins.int = ...,
+        observed_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "observed_at", b"observed_at", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "id", b"id", "image_digest", b"image_digest", "meta", b"meta", "node_id", b"node_id", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "id", b"id", "image_digest", b"image_digest", "meta", b"meta", "node_id", b"node_id", "observed_at", b"observed_at", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.controller.orchestrators.replicated import history_by, refill, settle_finished
+from dockyard.controller.orchestrators.survivors import one_per_key
 from dockyard.controller.orchestrators.tasks import new_task, shut_down
 from dockyard.controller.orchestrators.updater import UpdateProgress, plan_update
 from dockyard.v1.types_pb2 import Node, NodeSpec, NodeStatus
@@ -26,28 +27,24 @@ def reconcile_global(
 ) -> Plan:
     """`eligible(service, node)` says whether the node satisfies the placement."""
     plan = Plan()
-    running = settle_finished(tasks, nodes, now, down_grace, plan)
-    running_nodes = set()
-    for task in running:
+    placed = []
+    for task in settle_finished(tasks, nodes, now, down_grace, plan):
         node = nodes.get(task.node_id)
         if node is not None and not eligible(service, node):
             plan.update(shut_down(task))
         else:
-            running_nodes.add(task.node_id)
+            placed.append(task)
+    running = one_per_key(service, placed, lambda t: t.node_id, plan)
+    running_nodes = {t.node_id for t in running}
     history = history_by(tasks, plan, lambda t: t.node_id)
     for node in nodes.values():
         if node.id in running_nodes or not _takes_new_tasks(node) or not eligible(service, node):
             continue
         refill(service, history.get(node.id, []), now, plan, 0, node.id)
     plan_update(
-        service,
-        [t for t in running if t.node_id in running_nodes],
-        tasks,
-        plan,
-        now,
-        progress,
+        service, running, tasks, plan, now, progress,
         lambda svc, slot, node_id: new_task(svc, 0, node_id),
-    )
+    )  # fmt: skip
     return plan
 
 

@@ -8,7 +8,8 @@ from collections.abc import Mapping, Sequence
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.controller.orchestrators.replicated import settle_finished
-from dockyard.controller.orchestrators.tasks import State, failed, new_task
+from dockyard.controller.orchestrators.survivors import best, one_per_key
+from dockyard.controller.orchestrators.tasks import State, failed, new_task, shut_down
 from dockyard.v1.types_pb2 import Node
 from dockyard.v1.workloads_pb2 import Service, Task
 
@@ -21,11 +22,12 @@ def reconcile_job(
     down_grace: float,
 ) -> Plan:
     plan = Plan()
-    running = settle_finished(tasks, nodes, now, down_grace, plan)
     job = service.spec.job
     succeeded_slots = {
         t.slot for t in tasks if t.status.state == State.COMPLETE and t.status.exit_code == 0
     }
+    running = _running(service, settle_finished(tasks, nodes, now, down_grace, plan),
+                       succeeded_slots, plan)  # fmt: skip
     failures = sum(1 for t in tasks if failed(t) and t.status.state != State.ORPHANED)
     _record_status(service, len(succeeded_slots), failures, plan)
     if len(succeeded_slots) >= job.completions or failures > job.backoff_limit:
@@ -41,6 +43,19 @@ def reconcile_job(
         plan.creates.append(new_task(service, slot, attempt=attempts))
         free -= 1
     return plan
+
+
+def _running(service: Service, running: list[Task], succeeded: set[int], plan: Plan) -> list[Task]:
+    """At most one live task per slot still to do, and at most `parallelism` of them."""
+    job = service.spec.job
+    wanted = []
+    for task in running:
+        if 1 <= task.slot <= job.completions and task.slot not in succeeded:
+            wanted.append(task)
+        else:
+            plan.update(shut_down(task))
+    one_each = one_per_key(service, wanted, lambda t: t.slot, plan)
+    return best(service, one_each, job.parallelism, plan)
 
 
 def _record_status(service: Service, succeeded: int, failures: int, plan: Plan) -> None:

@@ -9,6 +9,7 @@ from typing import TypeVar
 from dockyard.controller.orchestrators.placement import move_off_lost_nodes
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.controller.orchestrators.restart import decide
+from dockyard.controller.orchestrators.survivors import one_per_key
 from dockyard.controller.orchestrators.tasks import State, is_terminal, new_task, shut_down
 from dockyard.controller.orchestrators.updater import UpdateProgress, plan_update
 from dockyard.v1.types_pb2 import Node
@@ -26,25 +27,20 @@ def reconcile_replicated(
     progress: UpdateProgress,
 ) -> Plan:
     plan = Plan()
-    running = settle_finished(tasks, nodes, now, down_grace, plan)
-    history = history_by(tasks, plan, lambda t: t.slot)
     replicas = service.spec.replicated.replicas
-    running_slots = {t.slot for t in running}
-    for task in running:
-        if task.slot > replicas:
+    in_range = []
+    for task in settle_finished(tasks, nodes, now, down_grace, plan):
+        if 1 <= task.slot <= replicas:
+            in_range.append(task)
+        else:
             plan.update(shut_down(task))
+    running = one_per_key(service, in_range, lambda t: t.slot, plan)
+    running_slots = {t.slot for t in running}
+    history = history_by(tasks, plan, lambda t: t.slot)
     for slot in range(1, replicas + 1):
         if slot not in running_slots:
             refill(service, history.get(slot, []), now, plan, slot)
-    plan_update(
-        service,
-        [t for t in running if t.slot <= replicas],
-        tasks,
-        plan,
-        now,
-        progress,
-        new_task,
-    )
+    plan_update(service, running, tasks, plan, now, progress, new_task)
     return plan
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.image_sources import Holders, image_sources
 from dockyard.controller.orchestrators.tasks import State, is_terminal
 from dockyard.controller.state import ClusterState
@@ -168,6 +169,9 @@ class StatusWriter:
                 updated = Task()
                 updated.CopyFrom(task)
                 updated.status.CopyFrom(report.status)
+                if report.status.state != task.status.state:
+                    # On this controller's clock: planners never compare the agent's.
+                    updated.observed_at.CopyFrom(now_timestamp())
                 tasks.append(updated)
             if not tasks:
                 return

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.controller.orchestrators.replicated import history_by, refill, settle_finished
 from dockyard.controller.orchestrators.survivors import one_per_key
-from dockyard.controller.orchestrators.tasks import new_task, shut_down
+from dockyard.controller.orchestrators.tasks import new_task, shut_down, stamp_unobserved
 from dockyard.controller.orchestrators.updater import UpdateProgress, plan_update
 from dockyard.v1.types_pb2 import Node, NodeSpec, NodeStatus
 from dockyard.v1.workloads_pb2 import Service, Task
@@ -27,6 +27,7 @@ def reconcile_global(
 ) -> Plan:
     """`eligible(service, node)` says whether the node satisfies the placement."""
     plan = Plan()
+    tasks = stamp_unobserved(tasks, now, plan)
     placed = []
     for task in settle_finished(tasks, nodes, now, down_grace, plan):
         node = nodes.get(task.node_id)

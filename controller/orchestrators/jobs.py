@@ -9,7 +9,13 @@ from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.controller.orchestrators.replicated import settle_finished
 from dockyard.controller.orchestrators.survivors import best, one_per_key
-from dockyard.controller.orchestrators.tasks import State, failed, new_task, shut_down
+from dockyard.controller.orchestrators.tasks import (
+    State,
+    failed,
+    new_task,
+    shut_down,
+    stamp_unobserved,
+)
 from dockyard.v1.types_pb2 import Node
 from dockyard.v1.workloads_pb2 import Service, Task
 
@@ -22,6 +28,7 @@ def reconcile_job(
     down_grace: float,
 ) -> Plan:
     plan = Plan()
+    tasks = stamp_unobserved(tasks, now, plan)
     job = service.spec.job
     succeeded_slots = {
         t.slot for t in tasks if t.status.state == State.COMPLETE and t.status.exit_code == 0

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from dockyard.controller.orchestrators.plan import Plan
-from dockyard.controller.orchestrators.tasks import State, is_terminal
+from dockyard.controller.orchestrators.tasks import State, creation_order, is_terminal
 from dockyard.v1.workloads_pb2 import Task
 
 HISTORY_PER_SLOT = 5
@@ -21,7 +21,7 @@ def plan_reaping(tasks: Sequence[Task], plan: Plan, keep: int = HISTORY_PER_SLOT
         if current.desired_state == State.SHUTDOWN and is_terminal(current):
             by_slot[(task.slot, task.node_id if not task.slot else "")].append(task)
     for history in by_slot.values():
-        history.sort(key=lambda t: (t.status.timestamp.seconds, t.status.timestamp.nanos))
+        history.sort(key=creation_order)
         for task in history[: max(0, len(history) - keep)]:
             plan.updates = [t for t in plan.updates if t.id != task.id]
             plan.deletes.append((task.id, task.meta.version))

@@ -10,7 +10,14 @@ from dockyard.controller.orchestrators.placement import move_off_lost_nodes
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.controller.orchestrators.restart import decide
 from dockyard.controller.orchestrators.survivors import one_per_key
-from dockyard.controller.orchestrators.tasks import State, is_terminal, new_task, shut_down
+from dockyard.controller.orchestrators.tasks import (
+    State,
+    creation_order,
+    is_terminal,
+    new_task,
+    shut_down,
+    stamp_unobserved,
+)
 from dockyard.controller.orchestrators.updater import UpdateProgress, plan_update
 from dockyard.v1.types_pb2 import Node
 from dockyard.v1.workloads_pb2 import Service, Task
@@ -27,6 +34,7 @@ def reconcile_replicated(
     progress: UpdateProgress,
 ) -> Plan:
     plan = Plan()
+    tasks = stamp_unobserved(tasks, now, plan)
     replicas = service.spec.replicated.replicas
     in_range = []
     for task in settle_finished(tasks, nodes, now, down_grace, plan):
@@ -69,7 +77,7 @@ def history_by(
     for task in tasks:
         groups[key(task)].append(changed.get(task.id, task))
     for group in groups.values():
-        group.sort(key=lambda t: (t.status.timestamp.seconds, t.status.timestamp.nanos))
+        group.sort(key=creation_order)
     return groups
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dockyard.controller.orchestrators.tasks import State, failed, finished_at
+from dockyard.controller.orchestrators.tasks import State, failed, observed_at
 from dockyard.v1.workloads_pb2 import RestartPolicy, Service, Task
 
 
@@ -18,6 +18,9 @@ class RestartDecision:
 
 def decide(service: Service, history: Sequence[Task], now: float) -> RestartDecision:
     """Decide for a slot whose newest task (`history[-1]`) ended.
+
+    Every time here is a controller's (`observed_at`, `now`): an agent's clock
+    never decides when a delay is over or what falls in the window.
 
     A task that the orchestrator itself shut down or that was orphaned by a
     lost node is replaced at once; one that ended on its own follows the
@@ -36,8 +39,8 @@ def decide(service: Service, history: Sequence[Task], now: float) -> RestartDeci
         return RestartDecision(False, reason="completed successfully")
     if policy.max_attempts:
         window_start = now - policy.window_seconds if policy.window_seconds else 0.0
-        attempts = sum(1 for t in history if finished_at(t) >= window_start)
+        attempts = sum(1 for t in history if observed_at(t) >= window_start)
         if attempts > policy.max_attempts:
             return RestartDecision(False, reason=f"gave up after {policy.max_attempts} restarts")
-    due = finished_at(last) + policy.delay_seconds
+    due = observed_at(last) + policy.delay_seconds
     return RestartDecision(True, max(due, now) if due > now else now)

@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Hashable, Sequence
 
 from dockyard.controller.orchestrators.plan import Plan
-from dockyard.controller.orchestrators.tasks import shut_down
+from dockyard.controller.orchestrators.tasks import creation_order, shut_down
 from dockyard.v1.workloads_pb2 import Service, Task, UpdateConfig, UpdateStatus
 
 ACTIVE = (UpdateStatus.UPDATING, UpdateStatus.ROLLBACK_STARTED)
@@ -32,11 +32,9 @@ def is_current(service: Service, task: Task) -> bool:
     return task.spec_version >= service.spec_version
 
 
-def rank(service: Service, task: Task) -> tuple[bool, int, int, int, str]:
+def rank(service: Service, task: Task) -> tuple[bool, int, tuple[int, int, str]]:
     """Sort key: the best survivor first."""
-    created = task.meta.created_at
-    return (not is_current(service, task), -task.status.state, created.seconds,
-            created.nanos, task.id)  # fmt: skip
+    return (not is_current(service, task), -task.status.state, creation_order(task))
 
 
 def one_per_key(

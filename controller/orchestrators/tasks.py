@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 
 from dockyard.common.reference import pinned_digest
 from dockyard.common.timestamps import now_timestamp, to_seconds
+from dockyard.controller.orchestrators.plan import Plan
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Service, Task
 
@@ -29,8 +31,36 @@ def failed(task: Task) -> bool:
     )
 
 
-def finished_at(task: Task) -> float:
-    return to_seconds(task.status.timestamp)
+def observed_at(task: Task) -> float:
+    """When a controller first saw the task's current state, on the controller's
+    clock (0.0: never stamped). Planners compare only this with their `now`:
+    `status.timestamp` comes from the agent's clock, which may be hours off."""
+    return to_seconds(task.observed_at)
+
+
+def stamp_unobserved(tasks: Sequence[Task], now: float, plan: Plan) -> list[Task]:
+    """Stamp tasks that no controller stamped yet (records from before stamps
+    existed) with `now`, the earliest this leader can vouch for; return the list
+    with the stamped copies in place, so that later changes keep the stamp."""
+    result = []
+    for task in tasks:
+        if task.HasField("observed_at"):
+            result.append(task)
+            continue
+        stamped = Task()
+        stamped.CopyFrom(task)
+        stamped.observed_at.FromNanoseconds(int(now * 1e9))
+        plan.update(stamped)
+        result.append(stamped)
+    return result
+
+
+def creation_order(task: Task) -> tuple[int, int, str]:
+    """Sort key: the order the controller made the tasks (the store stamps
+    `created_at` on the controller's clock; the id breaks ties the same way
+    on every leader)."""
+    created = task.meta.created_at
+    return (created.seconds, created.nanos, task.id)
 
 
 def new_task(service: Service, slot: int, node_id: str = "", attempt: int = 0) -> Task:
@@ -56,6 +86,7 @@ def set_status(task: Task, state: State.ValueType, message: str, error: str = ""
     task.status.message = message
     task.status.error = error
     task.status.timestamp.CopyFrom(now_timestamp())
+    task.observed_at.CopyFrom(task.status.timestamp)
 
 
 def shut_down(task: Task) -> Task:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from dockyard.common.timestamps import now_timestamp, to_seconds
 from dockyard.controller.orchestrators.plan import Plan
-from dockyard.controller.orchestrators.tasks import State, failed, finished_at, shut_down
+from dockyard.controller.orchestrators.tasks import State, failed, observed_at, shut_down
 from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task, UpdateConfig, UpdateStatus
 
 Status = UpdateStatus.State
@@ -82,7 +82,7 @@ def _failures(service: Service, tasks: Sequence[Task]) -> list[Task]:
         for t in tasks
         if t.spec_version == service.spec_version
         and failed(t)
-        and finished_at(t) >= started
+        and observed_at(t) >= started
         and t.status.state != State.ORPHANED
     ]
 
@@ -123,7 +123,7 @@ def _maybe_complete(
 ) -> None:
     if any(t.status.state != State.RUNNING for t in current):
         return
-    newest = max((to_seconds(t.status.timestamp) for t in current), default=0.0)
+    newest = max((observed_at(t) for t in current), default=0.0)
     done_at = newest + config.monitor_seconds
     if now < done_at:
         plan.wake(done_at)

@@ -48,16 +48,22 @@ def running(svc: Service, slot: int, node_id: str, at: float = NOW - 100) -> Tas
     task.node_id = node_id
     set_status(task, State.RUNNING, "started")
     task.status.timestamp.FromNanoseconds(int(at * 1e9))
+    task.observed_at.FromNanoseconds(int(at * 1e9))
     task.meta.version = 5
     return task
 
 
-def ended(task: Task, state: int, exit_code: int = 0, at: float = NOW - 1) -> Task:
+def ended(
+    task: Task, state: int, exit_code: int = 0, at: float = NOW - 1, agent_skew: float = 0.0
+) -> Task:
+    """`task` ended, seen by the controller at `at`; the agent's own timestamp
+    is `agent_skew` seconds off."""
     copy = Task()
     copy.CopyFrom(task)
     copy.status.state = state  # type: ignore[assignment]
     copy.status.exit_code = exit_code
-    copy.status.timestamp.FromNanoseconds(int(at * 1e9))
+    copy.status.timestamp.FromNanoseconds(int((at + agent_skew) * 1e9))
+    copy.observed_at.FromNanoseconds(int(at * 1e9))
     return copy
 
 

@@ -12,7 +12,7 @@ from dockyard.controller.orchestrators.replicated import reconcile_replicated
 from dockyard.controller.orchestrators.tasks import State, is_live
 from dockyard.controller.orchestrators.updater import UpdateProgress
 from dockyard.v1.types_pb2 import NodeSpec
-from dockyard.v1.workloads_pb2 import Task
+from dockyard.v1.workloads_pb2 import RestartPolicy, Task
 
 from .helpers import NOW, applied, node, running, service
 
@@ -63,7 +63,11 @@ def live_by_slot(tasks: list[Task]) -> dict[int, list[str]]:
 def test_the_replicated_plan_converges_to_one_live_task_per_slot(
     facts: list[tuple[int, int, int, str, int, int]], replicas: int, version: int
 ) -> None:
-    svc = service(replicas, task__restart_policy__delay_seconds=0.0)
+    svc = service(
+        replicas,
+        task__restart_policy__condition=RestartPolicy.ANY,
+        task__restart_policy__delay_seconds=0.0,
+    )
     svc.spec_version = version
     tasks = build(facts, version)
     now = NOW

@@ -18,7 +18,12 @@ NewTask = Callable[[Service, int, str], Task]
 
 @dataclass
 class UpdateProgress:
-    """In-memory per service: when the last batch was started."""
+    """In-memory per service: when this leader last started a batch.
+
+    The service record's `update_status.last_batch_at` says the same for every
+    leader; this copy covers a round whose service write lost a race while its
+    task creates went in.
+    """
 
     last_batch_at: float = 0.0
 
@@ -50,7 +55,7 @@ def plan_update(
         _maybe_complete(service, current, config, now, plan)
         return
     in_flight = [t for t in current if t.status.state < State.RUNNING]
-    next_at = progress.last_batch_at + config.delay_seconds
+    next_at = _last_batch_at(service, progress) + config.delay_seconds
     if in_flight or now < next_at:
         if not in_flight:
             plan.wake(next_at)
@@ -61,6 +66,20 @@ def plan_update(
         if config.order != UpdateConfig.START_FIRST:
             plan.update(shut_down(old))
     progress.last_batch_at = now
+    updated = Service()
+    updated.CopyFrom(service)
+    updated.update_status.last_batch_at.FromNanoseconds(int(now * 1e9))
+    plan.service = updated
+
+
+def _last_batch_at(service: Service, progress: UpdateProgress) -> float:
+    """When the newest batch of this update (or rollback) started, on a leader's
+    clock: the record's stamp (a new leader's only source) or this leader's own
+    memory, whichever is later. A batch before the update began does not count."""
+    status = service.update_status
+    started = to_seconds(status.started_at)
+    last = max(progress.last_batch_at, to_seconds(status.last_batch_at))
+    return last if last >= started else 0.0
 
 
 def _retire_replaced(current: Sequence[Task], outdated: Sequence[Task], plan: Plan) -> None:
@@ -157,3 +176,4 @@ def _set(service: Service, state: Status.ValueType, message: str) -> None:
     service.update_status.message = message
     if state == Status.ROLLBACK_STARTED:
         service.update_status.started_at.CopyFrom(now_timestamp())
+        service.update_status.ClearField("last_batch_at")

@@ -10,6 +10,9 @@ from dockyard.controller.orchestrators.tasks import State, creation_order, is_te
 from dockyard.v1.workloads_pb2 import Task
 
 HISTORY_PER_SLOT = 5
+# A restart policy with a window counts the slot's ended tasks in it, so up to
+# max_attempts + 1 of them stay; past this many, a window stops counting.
+MAX_HISTORY_PER_SLOT = 100
 
 
 def plan_reaping(tasks: Sequence[Task], plan: Plan, keep: int = HISTORY_PER_SLOT) -> None:
@@ -22,6 +25,14 @@ def plan_reaping(tasks: Sequence[Task], plan: Plan, keep: int = HISTORY_PER_SLOT
             by_slot[(task.slot, task.node_id if not task.slot else "")].append(task)
     for history in by_slot.values():
         history.sort(key=creation_order)
-        for task in history[: max(0, len(history) - keep)]:
+        for task in history[: max(0, len(history) - _kept(history[-1], keep))]:
             plan.updates = [t for t in plan.updates if t.id != task.id]
             plan.deletes.append((task.id, task.meta.version))
+
+
+def _kept(newest: Task, keep: int) -> int:
+    """How much of a slot's history to keep: more when its restart policy counts it."""
+    policy = newest.spec.restart_policy
+    if keep and policy.max_attempts and policy.window_seconds:
+        return max(keep, min(policy.max_attempts + 1, MAX_HISTORY_PER_SLOT))
+    return keep

@@ -91,6 +91,8 @@ def refill(
         return
     decision = decide(service, history, now)
     if not decision.restart:
+        if decision.at:
+            plan.wake(decision.at)
         return
     if decision.at > now:
         plan.wake(decision.at)

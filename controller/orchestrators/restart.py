@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -12,7 +13,9 @@ from dockyard.v1.workloads_pb2 import RestartPolicy, Service, Task
 @dataclass(frozen=True)
 class RestartDecision:
     restart: bool
-    at: float = 0.0  # when the restart is due (seconds since the epoch)
+    # When the restart is due, or (no restart) when to decide again; 0.0: never.
+    # Seconds since the epoch, on the controller's clock.
+    at: float = 0.0
     reason: str = ""
 
 
@@ -38,9 +41,29 @@ def decide(service: Service, history: Sequence[Task], now: float) -> RestartDeci
     if policy.condition == RestartPolicy.ON_FAILURE and not failed(last):
         return RestartDecision(False, reason="completed successfully")
     if policy.max_attempts:
-        window_start = now - policy.window_seconds if policy.window_seconds else 0.0
-        attempts = sum(1 for t in history if observed_at(t) >= window_start)
-        if attempts > policy.max_attempts:
-            return RestartDecision(False, reason=f"gave up after {policy.max_attempts} restarts")
+        gave_up = _gave_up(policy, history, now)
+        if gave_up is not None:
+            return gave_up
     due = observed_at(last) + policy.delay_seconds
     return RestartDecision(True, max(due, now) if due > now else now)
+
+
+def _gave_up(policy: RestartPolicy, history: Sequence[Task], now: float) -> RestartDecision | None:
+    """Without a window, `attempt` (restarts of the slot so far, carried from
+    task to task) counts, so reaped history forgets nothing. With a window, the
+    tasks that ended in it count, and the slot wakes when enough have left it."""
+    reason = f"gave up after {policy.max_attempts} restarts"
+    if not policy.window_seconds:
+        return (
+            RestartDecision(False, reason=reason)
+            if history[-1].attempt >= policy.max_attempts
+            else None
+        )
+    ended = sorted(t for t in (observed_at(t) for t in history) if t >= now - policy.window_seconds)
+    if len(ended) <= policy.max_attempts:
+        return None
+    # Restarts resume once no more than max_attempts ends are left in the window.
+    resume = ended[len(ended) - policy.max_attempts - 1] + policy.window_seconds
+    return RestartDecision(
+        False, math.nextafter(resume, math.inf), f"{reason} within {policy.window_seconds:g}s"
+    )

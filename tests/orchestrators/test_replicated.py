@@ -61,6 +61,7 @@ def test_max_attempts_stops_restarting() -> None:
     for i in range(3):
         task = ended(running(svc, 1, "a"), State.FAILED, exit_code=1, at=NOW - 50 + i)
         task.id = f"old{i}"
+        task.attempt = i  # each restart carries the slot's count on
         task.desired_state = State.SHUTDOWN
         history.append(task)
     assert not reconcile(svc, history).creates

@@ -31,7 +31,9 @@ def reconcile_global(
     placed = []
     for task in settle_finished(tasks, nodes, now, down_grace, plan):
         node = nodes.get(task.node_id)
-        if node is not None and not eligible(service, node):
+        # A global task is made for one node: one without a node (however it got
+        # written) belongs nowhere.
+        if not task.node_id or (node is not None and not eligible(service, node)):
             plan.update(shut_down(task))
         else:
             placed.append(task)

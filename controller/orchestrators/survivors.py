@@ -13,7 +13,9 @@ round, keeps the same task and shuts down the same others:
    clock), then the lowest id, so that ties are broken the same way everywhere.
 
 A start-first update is the one time a slot holds two live tasks on purpose:
-its outdated task and the new one that replaces it. Then one of each is kept.
+its outdated task and the new one that replaces it. While it is under way or
+paused, one of each is kept (the updater retires the old one once the new one
+runs).
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from dockyard.controller.orchestrators.plan import Plan
 from dockyard.controller.orchestrators.tasks import creation_order, shut_down
 from dockyard.v1.workloads_pb2 import Service, Task, UpdateConfig, UpdateStatus
 
-ACTIVE = (UpdateStatus.UPDATING, UpdateStatus.ROLLBACK_STARTED)
+UNDER_WAY = (
+    UpdateStatus.UPDATING,
+    UpdateStatus.PAUSED,
+    UpdateStatus.ROLLBACK_STARTED,
+    UpdateStatus.ROLLBACK_PAUSED,
+)
 
 
 def is_current(service: Service, task: Task) -> bool:
@@ -70,9 +77,11 @@ def best(service: Service, tasks: Sequence[Task], count: int, plan: Plan) -> lis
 
 
 def _start_first(service: Service) -> bool:
+    """Whether a start-first update (or rollback) is under way or paused: a
+    paused one keeps the old task wherever the new one does not run yet."""
     status = service.update_status.state
-    if status not in ACTIVE:
+    if status not in UNDER_WAY:
         return False
-    rolling_back = status == UpdateStatus.ROLLBACK_STARTED
+    rolling_back = status in (UpdateStatus.ROLLBACK_STARTED, UpdateStatus.ROLLBACK_PAUSED)
     config = service.spec.rollback if rolling_back else service.spec.update
     return config.order == UpdateConfig.START_FIRST

@@ -97,3 +97,13 @@ def test_a_job_never_runs_more_than_parallelism_nor_a_finished_slot_again() -> N
     assert len({t.slot for t in live}) == len(live)
     assert 1 not in {t.slot for t in live}
     assert not plan.creates
+
+
+def test_a_paused_start_first_update_keeps_the_old_task_beside_the_new() -> None:
+    svc = service(1, update__order=UpdateConfig.START_FIRST)
+    old = running(svc, 1, "a")
+    svc.spec_version = 2
+    svc.update_status.state = UpdateStatus.PAUSED
+    new = running(svc, 1, "b")
+    new.status.state = State.STARTING
+    assert shut(reconcile(svc, [old, new])) == []

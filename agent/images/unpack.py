@@ -236,6 +236,7 @@ class _Unpacker:
                     follow_symlinks=False)
 
     def special(self, member: tarfile.TarInfo, parent: int, base: str, mode: int) -> None:
+        mode &= 0o1777  # set-id bits mean nothing on a device or fifo (and chown drops them)
         if member.isfifo():
             os.mkfifo(base, mode, dir_fd=parent)
         else:
@@ -243,8 +244,8 @@ class _Unpacker:
             os.mknod(base, kind | mode, os.makedev(member.devmajor, member.devminor),
                      dir_fd=parent)
         self.owner(member, parent, base)
-        if not self.exact_umask or mode & 0o6000:  # the umask or chown took bits away
-            # a node just made here, never a symlink: fchmodat cannot follow one
+        if not self.exact_umask:  # the shared umask took bits away; not chrooted here,
+            # so glibc's fchmodat(AT_SYMLINK_NOFOLLOW) works (and never follows)
             os.chmod(base, mode, dir_fd=parent, follow_symlinks=False)
         os.utime(base, (member.mtime, member.mtime), dir_fd=parent, follow_symlinks=False)
 

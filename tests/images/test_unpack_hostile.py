@@ -47,9 +47,10 @@ def write_tar(path: Path, entries: list[Entry]) -> Path:
     return path
 
 
-def tree_state(root: Path) -> dict[str, tuple[int, int, int, int, int, bytes | str | None]]:
-    """Every path under (and including) `root`: mode, uid, gid, mtime, size, content."""
-    state: dict[str, tuple[int, int, int, int, int, bytes | str | None]] = {}
+def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every path under (and including) `root`: inode, mode, owner, links, size, mtime,
+    ctime (any chmod, chown, link or xattr change moves it) and content or link target."""
+    state: dict[str, tuple[object, ...]] = {}
     for top, dirs, files in os.walk(root):
         for name in [".", *dirs, *files]:
             path = os.path.join(top, name)
@@ -59,8 +60,9 @@ def tree_state(root: Path) -> dict[str, tuple[int, int, int, int, int, bytes | s
                 content = Path(path).read_bytes()
             elif stat.S_ISLNK(st.st_mode):
                 content = os.readlink(path)
-            state[os.path.relpath(path, root)] = (st.st_mode, st.st_uid, st.st_gid,
-                                                  st.st_mtime_ns, st.st_size, content)
+            state[os.path.relpath(path, root)] = (
+                st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_size,
+                st.st_mtime_ns, st.st_ctime_ns, content)
     return state
 
 

@@ -28,6 +28,7 @@ from dockyard.agent.images.models import Image, ImageConfig
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.store import ImageStore
 from dockyard.agent.images.transfer import select_platform
+from dockyard.agent.images.unpack import BoundedTarInfo
 from dockyard.common.distribution.media import (
     INDEX_TYPES,
     OCI_CONFIG,
@@ -76,7 +77,7 @@ async def load(store: ImageStore, tar_path: Path, platform: Platform | None = No
 def _read_archive(store: ImageStore, tar_path: Path, platform: Platform,
                   held: set[str]) -> list[_Loaded]:
     try:
-        with tarfile.open(tar_path, "r:*") as tar:
+        with tarfile.open(tar_path, "r:*", tarinfo=BoundedTarInfo) as tar:
             reader = _ArchiveReader(store, tar, held)
             if "oci-layout" in reader.members and "index.json" in reader.members:
                 return reader.read_oci(platform)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import os
 import shutil
 import stat
@@ -39,7 +40,8 @@ from dockyard.agent.images.confine import Confinement, run_confined
 from dockyard.agent.images.errors import LayerError
 from dockyard.agent.images.safe_fs import Beneath, UnsafePath, split_name
 
-__all__ = ["OPAQUE_XATTR", "layer_diff_id", "open_layer", "unpack_layer"]
+__all__ = ["MAX_HEADER_BYTES", "OPAQUE_XATTR", "BoundedTarInfo", "layer_diff_id", "open_layer",
+           "unpack_layer"]
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +52,9 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 _KEPT_XATTRS = ("user.", "security.capability", "system.posix_acl_")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MAX_HEADER_BYTES = 1 << 20  # a PAX or GNU long-name header (Go's archive/tar: the same)
+_HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                 tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -69,6 +74,21 @@ class _HashingReader:
         while self.read(1 << 20):
             pass
         return "sha256:" + self.hash.hexdigest()
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose PAX and GNU long-name records are read only up to 1 MiB.
+
+    tarfile reads such a record whole into memory: without a bound, one header
+    claiming gigabytes takes the agent's memory. Pass as `tarfile.open(tarinfo=...)`.
+    """
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
+            raise LayerError(f"a tar header record of {self.size} bytes for {self.name!r} "
+                             f"is over the {MAX_HEADER_BYTES}-byte limit")
+        result: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
+        return result
 
 
 @contextlib.contextmanager
@@ -118,7 +138,8 @@ def unpack_layer(blob: Path, dest: Path, use_openat2: bool = True) -> str:
             reader = _HashingReader(stream)
             beneath = Beneath(root_fd, use_openat2)
             try:
-                with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|") as tar:
+                with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|",
+                                  tarinfo=BoundedTarInfo) as tar:
                     unpacker = _Unpacker(tar, beneath)
                     run_confined(root_fd, unpacker.run)
                 unpacker.mark_opaque()
@@ -213,7 +234,17 @@ class _Unpacker:
         if source is None:
             raise UnsafePath(f"{member.name!r} has no data")
         with os.fdopen(os.open(base, _FILE_FLAGS, 0o600, dir_fd=parent), "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
+            if member.sparse is None:
+                shutil.copyfileobj(source, out, 1 << 20)
+            else:  # only the data runs are written: the holes stay holes, not zeros
+                runs = cast(list[tuple[int, int]], member.sparse)  # typeshed says bytes
+                # the raw reader seeks forward in a stream (the buffered one cannot)
+                raw = cast(IO[bytes], cast(io.BufferedReader, source).raw)
+                for offset, size in runs:
+                    raw.seek(offset)
+                    out.seek(offset)
+                    _copy_exactly(raw, out, size)
+                out.truncate(member.size)
             out.flush()
             fd = out.fileno()
             if self.chown:
@@ -286,6 +317,15 @@ class _Unpacker:
                     os.setxattr(fd, OPAQUE_XATTR, b"y")
             except UnsafePath:
                 log.debug("unpack.opaque_dir_gone", path="/".join(parts))
+
+
+def _copy_exactly(source: IO[bytes], out: IO[bytes], size: int) -> None:
+    while size > 0:
+        chunk = source.read(min(size, 1 << 20))
+        if not chunk:
+            raise LayerError("a sparse file's data ends early")
+        out.write(chunk)
+        size -= len(chunk)
 
 
 def _ident(st: os.stat_result) -> tuple[int, int]:

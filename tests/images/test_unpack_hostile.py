@@ -12,16 +12,18 @@ import hashlib
 import io
 import os
 import stat
+import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
+from dockyard.agent.images.archive import load
 from dockyard.agent.images.confine import KEEP_CAPABILITIES, capabilities, run_confined
-from dockyard.agent.images.errors import LayerError
+from dockyard.agent.images.errors import ImageStoreError, LayerError
 from dockyard.agent.images.models import Layer
 from dockyard.agent.images.store import ImageStore
-from dockyard.agent.images.unpack import OPAQUE_XATTR, unpack_layer
+from dockyard.agent.images.unpack import MAX_HEADER_BYTES, OPAQUE_XATTR, unpack_layer
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
@@ -268,3 +270,44 @@ def test_refused_layer_leaves_no_snapshot(tmp_path: Path) -> None:
     with pytest.raises(LayerError, match="whiteout"):
         asyncio.run(store.ensure_snapshot(layer))
     assert sorted(os.listdir(store.snapshots_dir)) == before
+
+
+def test_oversized_pax_header_is_refused_before_it_is_read(site: Site) -> None:
+    info = entry("f")
+    info.pax_headers = {"comment": "x" * (MAX_HEADER_BYTES + 1)}
+    with pytest.raises(LayerError, match="header record"):
+        site.unpack([(info, b"data")])
+    site.assert_untouched()
+
+
+def test_sparse_file_keeps_its_holes(site: Site) -> None:
+    """A GNU sparse entry of 256 MiB with 6 bytes of data must not write 256 MiB of zeros."""
+    source = site.tmp / "src"
+    source.mkdir()
+    with (source / "sparse").open("wb") as out:
+        out.truncate(256 << 20)
+        out.seek((256 << 20) - 6)
+        out.write(b"tail!\n")
+    blob = site.tmp / "sparse.tar"
+    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(blob), "-C", str(source),
+                    "sparse"], check=True)
+    site.before = site.outside()
+    diff_id = unpack_layer(blob, site.dest, use_openat2=site.use_openat2)
+    assert diff_id == "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
+    unpacked = site.dest / "sparse"
+    assert unpacked.stat().st_size == 256 << 20
+    with unpacked.open("rb") as f:
+        f.seek((256 << 20) - 6)
+        assert f.read() == b"tail!\n"
+    assert unpacked.stat().st_blocks * 512 < 1 << 20
+    site.assert_untouched()
+
+
+def test_image_archive_with_an_oversized_header_is_refused(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path / "store")
+    info = entry("manifest.json")
+    info.pax_headers = {"comment": "x" * (MAX_HEADER_BYTES + 1)}
+    archive = write_tar(tmp_path / "image.tar", [(info, b"[]")])
+    with pytest.raises(ImageStoreError, match="header record"):
+        asyncio.run(load(store, archive))
+    assert store.images() == []

@@ -80,22 +80,32 @@ class Confinement:
 
     private_fs: bool = False
     chrooted: bool = False
+    capabilities_dropped: bool = False
 
 
 def _confine(root_fd: int) -> Confinement:
+    """Each step is best effort (a seccomp filter or a missing capability may refuse
+    one): the fd-relative, no-follow operations are the fence; this is a second one."""
     got = Confinement()
     try:
         _check(_libc.unshare(_CLONE_FS), "unshare(CLONE_FS)")
         got.private_fs = True
     except OSError as exc:
         log.warning("unpack.confine.unshare_failed", error=str(exc))
-    if got.private_fs:
+    if got.private_fs:  # never chroot or change the umask of the whole process
         os.umask(0)
         if os.geteuid() == 0:
-            os.fchdir(root_fd)
-            os.chroot(".")
-            got.chrooted = True
-    _drop_capabilities(KEEP_CAPABILITIES)
+            try:
+                os.fchdir(root_fd)
+                os.chroot(".")
+                got.chrooted = True
+            except OSError as exc:
+                log.warning("unpack.confine.chroot_failed", error=str(exc))
+    try:
+        _drop_capabilities(KEEP_CAPABILITIES)
+        got.capabilities_dropped = True
+    except OSError as exc:
+        log.warning("unpack.confine.capset_failed", error=str(exc))
     return got
 
 
@@ -115,7 +125,7 @@ def run_confined(root_fd: int, fn: Callable[[Confinement], T]) -> T:
             file descriptors it was given, since host paths are gone in a chroot.
 
     Raises:
-        Whatever `fn` raised; OSError if the fence could not be set up.
+        Whatever `fn` raised.
     """
     outcome: _Outcome[T] = _Outcome()
 

@@ -115,35 +115,38 @@ class Beneath:
         self.openat2 = use_openat2 and have_openat2()
 
     @contextlib.contextmanager
-    def directory(self, parts: tuple[str, ...], create: bool = False) -> Iterator[int]:
+    def directory(self, parts: tuple[str, ...], create: bool = False,
+                  at: int | None = None) -> Iterator[int]:
         """An fd of the directory `parts` (the root for `()`), closed on exit.
 
         Args:
             parts: Components from `split_name`.
             create: Make missing directories (mode 0755) on the way.
+            at: Resolve from this directory fd (one already resolved beneath the
+                root) instead of the root.
 
         Raises:
             UnsafePath: a component is a symlink or not a directory, or is missing
                 and `create` is false.
         """
-        fd = self._open_dir(parts, create)
+        fd = self._open_dir(self.root_fd if at is None else at, parts, create)
         try:
             yield fd
         finally:
             os.close(fd)
 
-    def _open_dir(self, parts: tuple[str, ...], create: bool) -> int:
+    def _open_dir(self, start: int, parts: tuple[str, ...], create: bool) -> int:
         if not parts:
-            return os.dup(self.root_fd)
+            return os.dup(start)
         if self.openat2:
             try:
-                return _openat2(self.root_fd, "/".join(parts), _DIR_FLAGS)
+                return _openat2(start, "/".join(parts), _DIR_FLAGS)
             except OSError as exc:
                 if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EXDEV,
                                      errno.EAGAIN):
                     raise
                 # walk it for the exact reason, or to create what is missing
-        current = os.dup(self.root_fd)
+        current = os.dup(start)
         try:
             for index, part in enumerate(parts):
                 nxt = self._step(current, part, create, parts[: index + 1])

@@ -215,9 +215,12 @@ class _Unpacker:
         elif member.isdir():
             with contextlib.suppress(FileExistsError):
                 os.mkdir(base, 0o700, dir_fd=parent)
-            st = os.lstat(base, dir_fd=parent)
-            self.owner(member, parent, base)
-            self.dirs.append(_DirAttrs(parts, _ident(st), mode, int(member.mtime)))
+            with self.fs.directory((base,), at=parent) as fd:  # an existing one, or new
+                if self.chown:
+                    os.fchown(fd, member.uid, member.gid)
+                self.xattrs(member, fd)
+                self.dirs.append(_DirAttrs(parts, _ident(os.fstat(fd)), mode,
+                                           int(member.mtime)))
         elif member.issym():
             os.symlink(member.linkname, base, dir_fd=parent)
             self.owner(member, parent, base)

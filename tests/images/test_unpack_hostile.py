@@ -311,3 +311,17 @@ def test_image_archive_with_an_oversized_header_is_refused(tmp_path: Path) -> No
     with pytest.raises(ImageStoreError, match="header record"):
         asyncio.run(load(store, archive))
     assert store.images() == []
+
+
+@needs_root
+def test_xattrs_kept_on_files_and_dirs_but_never_trusted_ones(site: Site) -> None:
+    d = entry("d", tarfile.DIRTYPE, mode=0o755)
+    f = entry("d/f")
+    for info in (d, f):
+        info.pax_headers = {"SCHILY.xattr.user.note": "kept",
+                            "SCHILY.xattr.trusted.overlay.redirect": "/etc",
+                            "SCHILY.xattr.trusted.overlay.opaque": "y"}
+    site.unpack([(d, None), (f, b"x")])
+    for path in (site.dest / "d", site.dest / "d" / "f"):
+        assert os.getxattr(path, "user.note") == b"kept"
+        assert not [x for x in os.listxattr(path) if x.startswith("trusted.")]

@@ -325,3 +325,11 @@ def test_xattrs_kept_on_files_and_dirs_but_never_trusted_ones(site: Site) -> Non
     for path in (site.dest / "d", site.dest / "d" / "f"):
         assert os.getxattr(path, "user.note") == b"kept"
         assert not [x for x in os.listxattr(path) if x.startswith("trusted.")]
+
+
+def test_store_is_closed_to_other_users(tmp_path: Path) -> None:
+    """A layer's 1777 /tmp must not be a door for the host's other users into a lower dir."""
+    root = tmp_path / "images"
+    root.mkdir(mode=0o755)
+    ImageStore(root)
+    assert stat.S_IMODE(os.stat(root).st_mode) == 0o700

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import posixpath
+import stat
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -67,11 +68,19 @@ async def load(store: ImageStore, tar_path: Path, platform: Platform | None = No
         DigestMismatch: a blob does not match its digest.
     """
     wanted = platform or Platform()
+    await asyncio.to_thread(_check_regular_file, tar_path)
     with store.lease() as lease:
         loaded = await asyncio.to_thread(_read_archive, store, tar_path, wanted, lease.digests)
         images = [await store.commit(item.manifest, item.refs, item.extra) for item in loaded]
     log.info("images loaded", path=str(tar_path), count=len(images))
     return images
+
+
+def _check_regular_file(path: Path) -> None:
+    """Refuse a FIFO, a device or a directory: reading one would block or never end."""
+    mode = path.stat().st_mode  # FileNotFoundError is the caller's "no such file"
+    if not stat.S_ISREG(mode):
+        raise ImageStoreError(f"{path} is not a regular file")
 
 
 def _read_archive(store: ImageStore, tar_path: Path, platform: Platform,
@@ -282,6 +291,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 async def import_rootfs(store: ImageStore, rootfs_tar: Path, ref: Reference,
                         config: ImageConfig | None = None) -> Image:
     """Make a one-layer image from a filesystem tarball, as `docker import` does."""
+    await asyncio.to_thread(_check_regular_file, rootfs_tar)
     with store.lease() as lease:
         layer = await asyncio.to_thread(layer_from_tar, store.blobs, rootfs_tar)
         lease.add(layer.digest, layer.diff_id)

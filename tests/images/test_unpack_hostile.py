@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from dockyard.agent.images.archive import load
+from dockyard.agent.images.archive import import_rootfs, load
 from dockyard.agent.images.confine import KEEP_CAPABILITIES, capabilities, run_confined
 from dockyard.agent.images.errors import ImageStoreError, LayerError
 from dockyard.agent.images.models import Layer
+from dockyard.agent.images.reference import parse_reference
 from dockyard.agent.images.store import ImageStore
 from dockyard.agent.images.unpack import MAX_HEADER_BYTES, OPAQUE_XATTR, unpack_layer
 
@@ -333,3 +334,15 @@ def test_store_is_closed_to_other_users(tmp_path: Path) -> None:
     root.mkdir(mode=0o755)
     ImageStore(root)
     assert stat.S_IMODE(os.stat(root).st_mode) == 0o700
+
+
+@pytest.mark.parametrize("verb", ["load", "import"])
+def test_archive_that_is_no_regular_file_is_refused(tmp_path: Path, verb: str) -> None:
+    """A FIFO as the archive would block a worker thread for good (and /dev/zero never end)."""
+    store = ImageStore(tmp_path / "store")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    call = (load(store, fifo) if verb == "load"
+            else import_rootfs(store, fifo, parse_reference("x/y:z")))
+    with pytest.raises(ImageStoreError, match="not a regular file"):
+        asyncio.run(asyncio.wait_for(call, 10))

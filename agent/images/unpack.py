@@ -29,12 +29,15 @@ import os
 import shutil
 import stat
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, cast
 
 import structlog
+import zstandard
+from zstandard import ZstdError
 
 from dockyard.agent.images.confine import Confinement, run_confined
 from dockyard.agent.images.errors import LayerError
@@ -101,8 +104,6 @@ def open_layer(path: Path) -> Iterator[BinaryIO]:
             with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
                 yield cast(BinaryIO, stream)
         elif magic == _ZSTD_MAGIC:
-            import zstandard
-
             with zstandard.ZstdDecompressor().stream_reader(raw) as zstream:
                 yield cast(BinaryIO, zstream)
         else:
@@ -143,7 +144,8 @@ def unpack_layer(blob: Path, dest: Path, use_openat2: bool = True) -> str:
                     unpacker = _Unpacker(tar, beneath)
                     run_confined(root_fd, unpacker.run)
                 unpacker.mark_opaque()
-            except (tarfile.TarError, EOFError, OSError) as exc:
+            except (tarfile.TarError, EOFError, OSError, zlib.error, ZstdError, OverflowError,
+                    ValueError) as exc:  # out-of-range times, owners, device numbers
                 raise LayerError(f"cannot unpack layer {blob.name}: {exc}") from exc
             return reader.drain()
     finally:

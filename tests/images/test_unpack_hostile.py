@@ -8,6 +8,7 @@ mtimes, owners) and the store's other snapshots are exactly as they were.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import io
 import os
@@ -17,6 +18,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from dockyard.agent.images.archive import import_rootfs, load
 from dockyard.agent.images.confine import KEEP_CAPABILITIES, capabilities, run_confined
@@ -346,3 +348,29 @@ def test_archive_that_is_no_regular_file_is_refused(tmp_path: Path, verb: str) -
             else import_rootfs(store, fifo, parse_reference("x/y:z")))
     with pytest.raises(ImageStoreError, match="not a regular file"):
         asyncio.run(asyncio.wait_for(call, 10))
+
+
+@pytest.mark.parametrize("headers", [{"mtime": "1e30"}, {"uid": str(1 << 40)},
+                                     {"mtime": "nan"}])
+def test_out_of_range_metadata_is_a_layer_error(site: Site, headers: dict[str, str]) -> None:
+    info = entry("f")
+    info.pax_headers = headers
+    with pytest.raises(LayerError):
+        site.unpack([(info, b"x")])
+    site.assert_untouched()
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_corrupt_compressed_layer_is_a_layer_error(tmp_path: Path, kind: str) -> None:
+    plain = write_tar(tmp_path / "l.tar", [(entry("f"), b"x" * 100_000)]).read_bytes()
+    if kind == "gzip":
+        data = bytearray(gzip.compress(plain))
+    else:
+        data = bytearray(zstandard.ZstdCompressor().compress(plain))
+    data[len(data) // 2: len(data) // 2 + 16] = b"\xff" * 16
+    blob = tmp_path / "blob"
+    blob.write_bytes(bytes(data))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(LayerError, match="cannot unpack"):
+        unpack_layer(blob, dest)

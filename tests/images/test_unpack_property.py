@@ -63,6 +63,7 @@ class Spec:
     uid: int = 0
     mtime: int = 1_000_000
     xattrs: tuple[tuple[str, str], ...] = ()
+    pax: tuple[tuple[str, str], ...] = ()  # raw PAX records (mtime, uid, ...)
 
 
 # ----- strategies ------------------------------------------------------------------
@@ -145,6 +146,15 @@ def core(attack: str) -> st.SearchStrategy[list[Spec]]:
         long = st.builds(lambda n: "x" * n, st.sampled_from([255, 256, 5000]))
         return st.lists(entries(st.one_of(deep, long), kinds=["file", "dir", "sym"]),
                         min_size=1, max_size=2)
+    if attack == "metadata extremes":
+        record = st.tuples(st.sampled_from(["mtime", "atime", "uid", "gid", "size"]),
+                           st.sampled_from(["1e30", "-1e30", "nan", "inf", "-1",
+                                            str(1 << 40), str(1 << 63), "0", "x"]))
+        return st.lists(st.builds(lambda spec, pax: Spec(**{**spec.__dict__,
+                                                            "pax": tuple(pax)}),
+                                  entries(kinds=["file", "dir", "sym", "chr", "fifo"]),
+                                  st.lists(record, min_size=1, max_size=2)),
+                        min_size=1, max_size=3)
     if attack == "xattrs":
         return st.lists(entries(kinds=["file", "dir"]).filter(lambda s: bool(s.xattrs)),
                         min_size=1, max_size=3)
@@ -153,7 +163,7 @@ def core(attack: str) -> st.SearchStrategy[list[Spec]]:
 
 ATTACKS = ["dir then symlink", "symlink then entries", "hard links", "whiteouts",
            "opaque markers", "bad names", "devices and fifos", "duplicates",
-           "long names and deep nesting", "xattrs", "mixed"]
+           "long names and deep nesting", "xattrs", "metadata extremes", "mixed"]
 
 
 def streams(attack: str) -> st.SearchStrategy[list[Spec]]:
@@ -219,7 +229,7 @@ class StoreSite:
                 info.devmajor, info.devminor = (1, 3) if spec.kind != "fifo" else (0, 0)
                 info.pax_headers = {f"SCHILY.xattr.{k}": v.replace("SENTINEL",
                                                                    str(self.sentinel))
-                                    for k, v in spec.xattrs}
+                                    for k, v in spec.xattrs} | dict(spec.pax)
                 data = b"layer data\n" if spec.kind == "file" else b""
                 info.size = len(data)
                 try:

@@ -118,7 +118,14 @@ class _ArchiveReader:
 
     def _open(self, name: str) -> Any:
         member = self.members.get(posixpath.normpath(name))
-        handle = self.tar.extractfile(member) if member is not None else None
+        if member is None:
+            raise ImageStoreError(f"image archive has no file {name!r}")
+        try:
+            handle = self.tar.extractfile(member)
+        except KeyError:  # a link: tarfile resolves it among the archive's own members
+            raise ImageStoreError(
+                f"image archive: {name!r} links to {member.linkname!r}, which is not in "
+                "the archive") from None
         if handle is None:
             raise ImageStoreError(f"image archive has no file {name!r}")
         return handle

@@ -374,3 +374,25 @@ def test_corrupt_compressed_layer_is_a_layer_error(tmp_path: Path, kind: str) ->
     dest.mkdir()
     with pytest.raises(LayerError, match="cannot unpack"):
         unpack_layer(blob, dest)
+
+
+@pytest.mark.parametrize("link", ["SENTINEL", "../../SENTINEL"])
+def test_image_archive_never_reads_host_files_through_its_links(tmp_path: Path,
+                                                                link: str) -> None:
+    """`layer.tar` in the archive is a symlink to a host file that holds a valid layer:
+    the archive must not borrow it (tarfile only resolves links among its own members)."""
+    host_layer = write_tar(tmp_path / "host-layer.tar", [(entry("stolen"), b"host data")])
+    diff_id = "sha256:" + hashlib.sha256(host_layer.read_bytes()).hexdigest()
+    config = (b'{"architecture":"amd64","os":"linux","config":{},'
+              b'"rootfs":{"type":"layers","diff_ids":["' + diff_id.encode() + b'"]}}')
+    manifest = b'[{"Config":"config.json","RepoTags":["x/y:z"],"Layers":["layer.tar"]}]'
+    target = link.replace("SENTINEL", str(host_layer))
+    archive = write_tar(tmp_path / "image.tar", [
+        (entry("config.json"), config),
+        (entry("layer.tar", tarfile.SYMTYPE, link=target), None),
+        (entry("manifest.json"), manifest)])
+    store = ImageStore(tmp_path / "store")
+    with pytest.raises(ImageStoreError, match="not in the archive"):
+        asyncio.run(load(store, archive))
+    assert store.images() == []
+    assert os.listdir(store.snapshots_dir) == []

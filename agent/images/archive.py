@@ -12,6 +12,7 @@ import io
 import json
 import os
 import posixpath
+import stat
 import tarfile
 import tempfile
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from dockyard.agent.images.models import Image, ImageConfig
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.store import ImageStore
 from dockyard.agent.images.transfer import select_platform
+from dockyard.agent.images.unpack import BoundedTarInfo
 from dockyard.common.distribution.media import (
     INDEX_TYPES,
     OCI_CONFIG,
@@ -66,6 +68,7 @@ async def load(store: ImageStore, tar_path: Path, platform: Platform | None = No
         DigestMismatch: a blob does not match its digest.
     """
     wanted = platform or Platform()
+    await asyncio.to_thread(_check_regular_file, tar_path)
     with store.lease() as lease:
         loaded = await asyncio.to_thread(_read_archive, store, tar_path, wanted, lease.digests)
         images = [await store.commit(item.manifest, item.refs, item.extra) for item in loaded]
@@ -73,10 +76,17 @@ async def load(store: ImageStore, tar_path: Path, platform: Platform | None = No
     return images
 
 
+def _check_regular_file(path: Path) -> None:
+    """Refuse a FIFO, a device or a directory: reading one would block or never end."""
+    mode = path.stat().st_mode  # FileNotFoundError is the caller's "no such file"
+    if not stat.S_ISREG(mode):
+        raise ImageStoreError(f"{path} is not a regular file")
+
+
 def _read_archive(store: ImageStore, tar_path: Path, platform: Platform,
                   held: set[str]) -> list[_Loaded]:
     try:
-        with tarfile.open(tar_path, "r:*") as tar:
+        with tarfile.open(tar_path, "r:*", tarinfo=BoundedTarInfo) as tar:
             reader = _ArchiveReader(store, tar, held)
             if "oci-layout" in reader.members and "index.json" in reader.members:
                 return reader.read_oci(platform)
@@ -108,7 +118,14 @@ class _ArchiveReader:
 
     def _open(self, name: str) -> Any:
         member = self.members.get(posixpath.normpath(name))
-        handle = self.tar.extractfile(member) if member is not None else None
+        if member is None:
+            raise ImageStoreError(f"image archive has no file {name!r}")
+        try:
+            handle = self.tar.extractfile(member)
+        except KeyError:  # a link: tarfile resolves it among the archive's own members
+            raise ImageStoreError(
+                f"image archive: {name!r} links to {member.linkname!r}, which is not in "
+                "the archive") from None
         if handle is None:
             raise ImageStoreError(f"image archive has no file {name!r}")
         return handle
@@ -281,6 +298,7 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 async def import_rootfs(store: ImageStore, rootfs_tar: Path, ref: Reference,
                         config: ImageConfig | None = None) -> Image:
     """Make a one-layer image from a filesystem tarball, as `docker import` does."""
+    await asyncio.to_thread(_check_regular_file, rootfs_tar)
     with store.lease() as lease:
         layer = await asyncio.to_thread(layer_from_tar, store.blobs, rootfs_tar)
         lease.add(layer.digest, layer.diff_id)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -74,6 +75,9 @@ class ImageStore:
         self.refs_path = root / "references.json"
         self.snapshots_dir.mkdir(parents=True, exist_ok=True)
         self.records_dir.mkdir(parents=True, exist_ok=True)
+        # Layers carry world-writable directories (every image's /tmp is 1777): the host's
+        # other users must not reach them, nor read private images' blobs.
+        os.chmod(root, 0o700)
         self._lock = asyncio.Lock()
         self._unpacking: dict[str, asyncio.Lock] = {}
         self._leases: list[Lease] = []

@@ -2,8 +2,20 @@
 
 OCI whiteouts become what overlayfs reads: `.wh.NAME` is a 0/0 character device
 named NAME and `.wh..wh..opq` is the `trusted.overlay.opaque=y` xattr on its
-directory. Paths that would leave the snapshot (`..`, absolute names, writing
-through a symlink, hard links to outside) are refused with `LayerError`.
+directory. Nothing outside the snapshot directory is ever created, changed or
+removed, whatever the entries and their order:
+
+- every name is checked (`safe_fs.split_name`: no `..`, absolute, NUL, over-long or
+  over-deep names) and every operation is relative to a directory fd, resolved with
+  openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS) or an O_NOFOLLOW walk, never
+  following a symlink (`safe_fs.Beneath`);
+- files are created fresh (O_EXCL after removing what was there) and their metadata
+  is set on the open fd; a directory's mode and mtime, applied after all entries, go
+  to the directory that was created (same inode) or nowhere;
+- the entries are written by a thread chrooted into the snapshot with only the
+  capabilities a layer needs (`confine.run_confined`); the opaque xattrs (trusted.*,
+  which needs CAP_SYS_ADMIN) are set after it, through the same resolver.
+
 Everything here blocks: callers run it with `asyncio.to_thread`.
 """
 
@@ -12,29 +24,41 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import io
 import os
-import posixpath
 import shutil
 import stat
 import tarfile
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, BinaryIO, cast
 
 import structlog
+import zstandard
+from zstandard import ZstdError
 
+from dockyard.agent.images.confine import Confinement, run_confined
 from dockyard.agent.images.errors import LayerError
+from dockyard.agent.images.safe_fs import Beneath, UnsafePath, split_name
 
-__all__ = ["OPAQUE_XATTR", "layer_diff_id", "open_layer", "unpack_layer"]
+__all__ = ["MAX_HEADER_BYTES", "OPAQUE_XATTR", "BoundedTarInfo", "layer_diff_id", "open_layer",
+           "unpack_layer"]
 
 log = structlog.get_logger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
+WHITEOUT_META_PREFIX = ".wh..wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
+_KEPT_XATTRS = ("user.", "security.capability", "system.posix_acl_")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+MAX_HEADER_BYTES = 1 << 20  # a PAX or GNU long-name header (Go's archive/tar: the same)
+_HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
+                 tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class _HashingReader:
@@ -55,6 +79,21 @@ class _HashingReader:
         return "sha256:" + self.hash.hexdigest()
 
 
+class BoundedTarInfo(tarfile.TarInfo):
+    """A tar header whose PAX and GNU long-name records are read only up to 1 MiB.
+
+    tarfile reads such a record whole into memory: without a bound, one header
+    claiming gigabytes takes the agent's memory. Pass as `tarfile.open(tarinfo=...)`.
+    """
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
+            raise LayerError(f"a tar header record of {self.size} bytes for {self.name!r} "
+                             f"is over the {MAX_HEADER_BYTES}-byte limit")
+        result: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
+        return result
+
+
 @contextlib.contextmanager
 def open_layer(path: Path) -> Iterator[BinaryIO]:
     """Open a layer blob as an uncompressed tar stream (gzip, zstd or plain)."""
@@ -65,8 +104,6 @@ def open_layer(path: Path) -> Iterator[BinaryIO]:
             with gzip.GzipFile(fileobj=raw, mode="rb") as stream:
                 yield cast(BinaryIO, stream)
         elif magic == _ZSTD_MAGIC:
-            import zstandard
-
             with zstandard.ZstdDecompressor().stream_reader(raw) as zstream:
                 yield cast(BinaryIO, zstream)
         else:
@@ -79,162 +116,222 @@ def layer_diff_id(path: Path) -> str:
         return _HashingReader(stream).drain()
 
 
-def unpack_layer(blob: Path, dest: Path) -> str:
+def unpack_layer(blob: Path, dest: Path, use_openat2: bool = True) -> str:
     """Unpack the layer `blob` into the empty directory `dest`.
+
+    On an error `dest` may hold part of the layer (the caller removes it), but nothing
+    outside `dest` was touched.
+
+    Args:
+        blob: The layer blob (plain, gzip or zstd tar).
+        dest: An empty directory on a filesystem that keeps trusted.* xattrs.
+        use_openat2: Resolve with openat2 when the kernel has it (tests turn it off).
 
     Returns:
         The layer's diff id, hashed while it was unpacked.
 
     Raises:
-        LayerError: the tarball is malformed or tries to escape `dest`.
+        LayerError: the tarball is malformed or tries to leave `dest`.
     """
-    with open_layer(blob) as stream:
-        reader = _HashingReader(stream)
-        try:
-            with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|") as tar:
-                _Unpacker(tar, dest).run()
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise LayerError(f"cannot unpack layer {blob.name}: {exc}") from exc
-        return reader.drain()
+    root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        with open_layer(blob) as stream:
+            reader = _HashingReader(stream)
+            beneath = Beneath(root_fd, use_openat2)
+            try:
+                with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|",
+                                  tarinfo=BoundedTarInfo) as tar:
+                    unpacker = _Unpacker(tar, beneath)
+                    run_confined(root_fd, unpacker.run)
+                unpacker.mark_opaque()
+            except (tarfile.TarError, EOFError, OSError, zlib.error, ZstdError, OverflowError,
+                    ValueError) as exc:  # out-of-range times, owners, device numbers
+                raise LayerError(f"cannot unpack layer {blob.name}: {exc}") from exc
+            return reader.drain()
+    finally:
+        os.close(root_fd)
 
 
 @dataclass(slots=True)
 class _DirAttrs:
-    path: Path
+    parts: tuple[str, ...]
+    ident: tuple[int, int]  # (st_dev, st_ino) of the directory this entry made or kept
     mode: int
-    mtime: float
+    mtime: int
 
 
+@dataclass
 class _Unpacker:
-    def __init__(self, tar: tarfile.TarFile, dest: Path) -> None:
-        self.tar = tar
-        self.dest = dest
-        self.safe_dirs: set[Path] = {dest}
-        self.dirs: list[_DirAttrs] = []
+    tar: tarfile.TarFile
+    fs: Beneath
+    dirs: list[_DirAttrs] = field(default_factory=list)
+    opaque: list[tuple[str, ...]] = field(default_factory=list)
+    chown: bool = field(default_factory=lambda: os.geteuid() == 0)
+    exact_umask: bool = False
 
-    def run(self) -> None:
+    def run(self, confinement: Confinement) -> None:
+        self.exact_umask = confinement.private_fs
         for member in self.tar:
-            self.entry(member)
-        for attrs in sorted(self.dirs, key=lambda d: len(d.path.parts), reverse=True):
-            os.chmod(attrs.path, attrs.mode)
-            os.utime(attrs.path, (attrs.mtime, attrs.mtime))
-
-    def relpath(self, name: str) -> str:
-        if name.startswith("/"):
-            raise LayerError(f"layer entry {name!r} has an absolute path")
-        clean = posixpath.normpath(name)
-        if clean == ".." or clean.startswith("../"):
-            raise LayerError(f"layer entry {name!r} escapes the layer root")
-        return "" if clean == "." else clean
-
-    def parent_dir(self, rel: str, create: bool) -> Path:
-        """The checked parent directory of `rel`: no component may be a symlink."""
-        current = self.dest
-        for part in Path(rel).parent.parts:
-            current = current / part
-            if current in self.safe_dirs:
-                continue
             try:
-                st = os.lstat(current)
-            except FileNotFoundError:
-                if not create:
-                    raise LayerError(f"layer entry {rel!r}: {current} does not exist") from None
-                os.mkdir(current, 0o755)
-                self.safe_dirs.add(current)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                raise LayerError(f"layer entry {rel!r} would be written through a symlink")
-            if not stat.S_ISDIR(st.st_mode):
-                raise LayerError(f"layer entry {rel!r}: a parent is not a directory")
-            self.safe_dirs.add(current)
-        return current
+                self.entry(member)
+            except UnsafePath as exc:
+                raise LayerError(f"layer entry {member.name[:200]!r} refused: {exc}") from exc
+        for attrs in sorted(self.dirs, key=lambda d: len(d.parts), reverse=True):
+            self.dir_metadata(attrs)
 
     def entry(self, member: tarfile.TarInfo) -> None:
-        rel = self.relpath(member.name)
-        if not rel:
-            self.dirs.append(_DirAttrs(self.dest, member.mode & 0o7777, member.mtime))
+        if not member.name:
+            raise UnsafePath("an entry has an empty name")
+        parts = split_name(member.name)
+        if not parts:
+            if not member.isdir():
+                raise UnsafePath(f"{member.name!r}: the layer root must be a directory")
+            self.dirs.append(_DirAttrs((), _ident(os.fstat(self.fs.root_fd)),
+                                       member.mode & 0o7777, int(member.mtime)))
             return
-        parent = self.parent_dir(rel, create=True)
-        base = posixpath.basename(rel)
-        if base == OPAQUE_MARKER:
-            os.setxattr(parent, OPAQUE_XATTR, b"y")
-            return
-        if base.startswith(WHITEOUT_PREFIX):
-            target = parent / base[len(WHITEOUT_PREFIX):]
-            self.clear(target, keep_dir=False)
-            os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-            return
-        target = parent / base
-        self.clear(target, keep_dir=member.isdir())
-        self.create(member, target, rel)
-        if member.isdir():
-            self.dirs.append(_DirAttrs(target, member.mode & 0o7777, member.mtime))
-            self.safe_dirs.add(target)
+        *parents, base = parts
+        if any(p.startswith(WHITEOUT_META_PREFIX) for p in parents) or (
+                base.startswith(WHITEOUT_META_PREFIX) and base != OPAQUE_MARKER):
+            log.debug("unpack.whiteout_meta_skipped", name=member.name)
+            return  # aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): not content
+        with self.fs.directory(tuple(parents), create=True) as parent:
+            if base == OPAQUE_MARKER:
+                self.opaque.append(tuple(parents))
+            elif base.startswith(WHITEOUT_PREFIX):
+                self.whiteout(parent, base[len(WHITEOUT_PREFIX):], member.name)
+            else:
+                self.fs.remove(parent, base, keep_dir=member.isdir())
+                self.create(member, parent, base, parts)
 
-    def clear(self, target: Path, keep_dir: bool) -> None:
-        try:
-            st = os.lstat(target)
-        except FileNotFoundError:
-            return
-        if stat.S_ISDIR(st.st_mode):
-            if keep_dir:
-                return
-            shutil.rmtree(target)
-            self.safe_dirs = {d for d in self.safe_dirs if not d.is_relative_to(target)}
-        else:
-            target.unlink()
+    def whiteout(self, parent: int, target: str, name: str) -> None:
+        if target in ("", ".", "..") or target.startswith(WHITEOUT_PREFIX):
+            raise UnsafePath(f"{name!r} is a whiteout of {target!r}, which names no entry")
+        self.fs.remove(parent, target)
+        os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
 
-    def create(self, member: tarfile.TarInfo, target: Path, rel: str) -> None:
-        if member.isdir():
-            if not target.exists():
-                os.mkdir(target, 0o700)
-        elif member.isreg():
-            self.write_file(member, target)
+    def create(self, member: tarfile.TarInfo, parent: int, base: str,
+               parts: tuple[str, ...]) -> None:
+        mode = member.mode & 0o7777
+        if member.isreg():
+            self.write_file(member, parent, base)
+        elif member.isdir():
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(base, 0o700, dir_fd=parent)
+            with self.fs.directory((base,), at=parent) as fd:  # an existing one, or new
+                if self.chown:
+                    os.fchown(fd, member.uid, member.gid)
+                self.xattrs(member, fd)
+                self.dirs.append(_DirAttrs(parts, _ident(os.fstat(fd)), mode,
+                                           int(member.mtime)))
         elif member.issym():
-            os.symlink(member.linkname, target)
+            os.symlink(member.linkname, base, dir_fd=parent)
+            self.owner(member, parent, base)
+            os.utime(base, (member.mtime, member.mtime), dir_fd=parent, follow_symlinks=False)
         elif member.islnk():
-            os.link(self.link_source(member, rel), target, follow_symlinks=False)
-            return  # a hard link shares the inode: its metadata is the source's
-        elif member.ischr() or member.isblk():
-            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            os.mknod(target, kind | 0o600, os.makedev(member.devmajor, member.devminor))
-        elif member.isfifo():
-            os.mkfifo(target)
+            self.hard_link(member, parent, base)
+        elif member.ischr() or member.isblk() or member.isfifo():
+            self.special(member, parent, base, mode)
         else:
-            log.warning("skipping unsupported layer entry", name=rel, type=member.type)
-            return
-        self.set_metadata(member, target)
+            log.warning("unpack.entry_skipped", name=member.name, type=member.type)
 
-    def write_file(self, member: tarfile.TarInfo, target: Path) -> None:
+    def write_file(self, member: tarfile.TarInfo, parent: int, base: str) -> None:
         source = self.tar.extractfile(member)
         if source is None:
-            raise LayerError(f"layer entry {member.name!r} has no data")
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-        with os.fdopen(os.open(target, flags, 0o600), "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
+            raise UnsafePath(f"{member.name!r} has no data")
+        with os.fdopen(os.open(base, _FILE_FLAGS, 0o600, dir_fd=parent), "wb") as out:
+            if member.sparse is None:
+                shutil.copyfileobj(source, out, 1 << 20)
+            else:  # only the data runs are written: the holes stay holes, not zeros
+                runs = cast(list[tuple[int, int]], member.sparse)  # typeshed says bytes
+                # the raw reader seeks forward in a stream (the buffered one cannot)
+                raw = cast(IO[bytes], cast(io.BufferedReader, source).raw)
+                for offset, size in runs:
+                    raw.seek(offset)
+                    out.seek(offset)
+                    _copy_exactly(raw, out, size)
+                out.truncate(member.size)
+            out.flush()
+            fd = out.fileno()
+            if self.chown:
+                os.fchown(fd, member.uid, member.gid)
+            os.fchmod(fd, member.mode & 0o7777)  # after chown, which clears set-id bits
+            self.xattrs(member, fd)
+            os.utime(fd, (member.mtime, member.mtime))
 
-    def link_source(self, member: tarfile.TarInfo, rel: str) -> Path:
-        link = self.relpath(member.linkname.lstrip("/"))
+    def hard_link(self, member: tarfile.TarInfo, parent: int, base: str) -> None:
+        link = split_name(member.linkname.lstrip("/"))
         if not link:
-            raise LayerError(f"hard link {rel!r} points at the layer root")
-        source = self.parent_dir(link, create=False) / posixpath.basename(link)
-        if not os.path.lexists(source):
-            raise LayerError(f"hard link {rel!r} points at {link!r}, not in this layer")
-        return source
+            raise UnsafePath(f"{member.name!r} is a hard link to the layer root")
+        with self.fs.directory(link[:-1]) as source_dir:
+            if self.fs.lstat(source_dir, link[-1]) is None:
+                raise UnsafePath(f"{member.name!r} is a hard link to {member.linkname!r}, "
+                                 "which is not in this layer")
+            # not followed: a link to a symlink links the symlink; the inode's metadata
+            # is the source's, so nothing else is set
+            os.link(link[-1], base, src_dir_fd=source_dir, dst_dir_fd=parent,
+                    follow_symlinks=False)
 
-    def set_metadata(self, member: tarfile.TarInfo, target: Path) -> None:
-        os.lchown(target, member.uid, member.gid)
+    def special(self, member: tarfile.TarInfo, parent: int, base: str, mode: int) -> None:
+        mode &= 0o1777  # set-id bits mean nothing on a device or fifo (and chown drops them)
+        if member.isfifo():
+            os.mkfifo(base, mode, dir_fd=parent)
+        else:
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            os.mknod(base, kind | mode, os.makedev(member.devmajor, member.devminor),
+                     dir_fd=parent)
+        self.owner(member, parent, base)
+        if not self.exact_umask:  # the shared umask took bits away; not chrooted here,
+            # so glibc's fchmodat(AT_SYMLINK_NOFOLLOW) works (and never follows)
+            os.chmod(base, mode, dir_fd=parent, follow_symlinks=False)
+        os.utime(base, (member.mtime, member.mtime), dir_fd=parent, follow_symlinks=False)
+
+    def owner(self, member: tarfile.TarInfo, parent: int, base: str) -> None:
+        if self.chown:
+            os.chown(base, member.uid, member.gid, dir_fd=parent, follow_symlinks=False)
+
+    def xattrs(self, member: tarfile.TarInfo, fd: int) -> None:
         for key, value in member.pax_headers.items():
-            if key.startswith("SCHILY.xattr."):
-                name = key[len("SCHILY.xattr."):]
-                try:
-                    os.setxattr(target, name, value.encode("utf-8", "surrogateescape"),
-                                follow_symlinks=False)
-                except OSError as exc:
-                    log.debug("xattr not kept", path=str(target), xattr=name, error=str(exc))
-        if member.issym():
-            os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
-            return
-        if not member.isdir():
-            os.chmod(target, member.mode & 0o7777)
-            os.utime(target, (member.mtime, member.mtime))
+            if not key.startswith("SCHILY.xattr."):
+                continue
+            name = key[len("SCHILY.xattr."):]
+            if not name.startswith(_KEPT_XATTRS):
+                log.debug("unpack.xattr_refused", name=member.name, xattr=name)
+                continue  # trusted.overlay.* and friends would steer overlayfs
+            try:
+                os.setxattr(fd, name, value.encode("utf-8", "surrogateescape"))
+            except OSError as exc:
+                log.debug("unpack.xattr_not_kept", name=member.name, xattr=name,
+                          error=str(exc))
+
+    def dir_metadata(self, attrs: _DirAttrs) -> None:
+        """Set a directory's final mode and mtime, if it is still the one its entry made."""
+        try:
+            with self.fs.directory(attrs.parts) as fd:
+                if _ident(os.fstat(fd)) != attrs.ident:
+                    return  # removed and made again by a later entry: not this one's
+                os.fchmod(fd, attrs.mode)
+                os.utime(fd, (attrs.mtime, attrs.mtime))
+        except UnsafePath:
+            return  # replaced by a symlink, a file or a whiteout: nothing to set
+
+    def mark_opaque(self) -> None:  # not confined: trusted.* needs CAP_SYS_ADMIN
+        """Set the opaque xattr on each directory that had a marker."""
+        for parts in self.opaque:
+            try:
+                with self.fs.directory(parts) as fd:
+                    os.setxattr(fd, OPAQUE_XATTR, b"y")
+            except UnsafePath:
+                log.debug("unpack.opaque_dir_gone", path="/".join(parts))
+
+
+def _copy_exactly(source: IO[bytes], out: IO[bytes], size: int) -> None:
+    while size > 0:
+        chunk = source.read(min(size, 1 << 20))
+        if not chunk:
+            raise LayerError("a sparse file's data ends early")
+        out.write(chunk)
+        size -= len(chunk)
+
+
+def _ident(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)

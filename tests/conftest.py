@@ -25,6 +25,9 @@ from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
+# A private HOME and DOCKYARD_CONFIG for the session, hypothesis' print_blob profile,
+# and DOCKYARD_REQUIRE_ALL=1 (CI) turning skips into failures.
+pytest_plugins = ["tests.session_guards"]
 
 
 @pytest.fixture

@@ -116,7 +116,9 @@ def private_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def test_h_does_not_take_the_current_contexts_tls(private_config: Path) -> None:
+def test_h_does_not_take_the_current_contexts_tls(
+    private_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """As docker: -H (or DOCKYARD_HOST) addresses a daemon with the flags' and the
     environment's TLS material only; the current context (which `deploy/quickstart`
     leaves at `local`) is not consulted, so an --insecure daemon is reached in
@@ -126,11 +128,9 @@ def test_h_does_not_take_the_current_contexts_tls(private_config: Path) -> None:
     _tls_context(private_config)
     [target] = resolve_targets(("127.0.0.1:9",), None)
     assert (target.address, target.origin, target.tls) == ("127.0.0.1:9", "-H", None)
-    os.environ["DOCKYARD_HOST"] = "127.0.0.1:10"
-    try:
+    with monkeypatch.context() as env:
+        env.setenv("DOCKYARD_HOST", "127.0.0.1:10")
         [target] = resolve_targets((), None)
-    finally:
-        del os.environ["DOCKYARD_HOST"]
     assert (target.address, target.tls) == ("127.0.0.1:10", None)
     # Without -H the current context is used, with its TLS material.
     [target] = resolve_targets((), None)
@@ -151,13 +151,12 @@ def test_h_with_a_named_context_takes_that_contexts_tls(private_config: Path) ->
     assert result.returncode == 1 and "context 'ghost' not found" in result.stderr
 
 
-def test_h_takes_the_environments_tls(private_config: Path) -> None:
+def test_h_takes_the_environments_tls(
+    private_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from dockyard.cli.client import resolve_targets
 
     _tls_context(private_config)
-    os.environ["DOCKYARD_CERT_PATH"] = "/certs"
-    try:
-        [target] = resolve_targets(("127.0.0.1:9",), None)
-    finally:
-        del os.environ["DOCKYARD_CERT_PATH"]
+    monkeypatch.setenv("DOCKYARD_CERT_PATH", "/certs")
+    [target] = resolve_targets(("127.0.0.1:9",), None)
     assert target.tls is not None and target.tls.ca == "/certs/ca.pem"

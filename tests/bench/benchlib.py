@@ -305,9 +305,10 @@ class Docker:
         self.registry = registry
         self.cleanup = cleanup
         self.private = private
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
-        if not private and "DOCKER_HOST" in os.environ:
-            self.env["DOCKER_HOST"] = os.environ["DOCKER_HOST"]
+        # A private engine is addressed by its socket only, never by the DOCKER_* of the
+        # environment (another engine's host, TLS material or config).
+        self.env = {k: v for k, v in os.environ.items()
+                    if not (private and k.startswith("DOCKER_"))}  # fmt: skip
         self.started = False
         self.available = False
         self.why_not = ""

@@ -41,3 +41,8 @@ class AgentConfig:
     ``DEFAULT_SUBNET``)."""
     cni_path: list[str] = field(default_factory=lambda: list(DEFAULT_CNI_PATH))
     """Where the CNI plugins are."""
+    peer_routes: bool = True
+    """Route the other nodes' subnets through their hosts (proto-77 routes and the
+    DOCKYARD-PEERS chains, which each sync makes exactly the map's). Off when several
+    agents share one host (deploy/local-cluster, tests): no peer is routable there, and
+    the host's routes and chains are not this agent's to rewrite."""

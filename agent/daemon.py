@@ -222,7 +222,7 @@ class AgentDaemon:
         bridge = BridgeConfig(bridge=config.bridge, subnet=subnet,
                               cni_path=tuple(config.cni_path))  # fmt: skip
         network = BridgeNetwork(network_dir, bridge, subnet_fixed=bool(config.bridge_subnet))
-        self.cluster_network = ClusterNetwork(network)
+        self.cluster_network = ClusterNetwork(network, route_peers=config.peer_routes)
         runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent,
                               network=network)  # fmt: skip
         manager = ContainerManager(runtime, images, config.state_dir / "containers")

@@ -93,6 +93,13 @@ def main() -> None:
     help="Where the CNI plugins (bridge, host-local, portmap, firewall) are.",
 )
 @click.option(
+    "--peer-routes/--no-peer-routes",
+    default=True,
+    show_default=True,
+    help="Route the other nodes' subnets through their hosts (this host's proto-77 routes "
+    "and DOCKYARD-PEERS chains). Off for several agents on one host.",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="Plaintext, unauthenticated API and session (no join needed). Tests only.",
@@ -117,6 +124,7 @@ def run(
     bridge: str,
     bridge_subnet: str,
     cni_path: str,
+    peer_routes: bool,
     insecure: bool,
     log_level: str,
 ) -> None:
@@ -168,6 +176,7 @@ def run(
         bridge=bridge,
         bridge_subnet=bridge_subnet,
         cni_path=cni_dirs,
+        peer_routes=peer_routes,
         insecure=insecure,
     )
     sys.exit(asyncio.run(_serve(config)))

@@ -86,8 +86,11 @@ def resolve_targets(
 ) -> list[Target]:
     """-H wins, then DOCKYARD_HOST, then --context / DOCKYARD_CONTEXT / the current context.
 
-    TLS material: the --tls* flags, then DOCKYARD_TLS_*, then the context's (also
-    with -H: an agent of the cluster trusts the same admin certificate).
+    TLS material: the --tls* flags, then DOCKYARD_TLS_* / DOCKYARD_CERT_PATH, then the
+    context's. As with docker, -H (or DOCKYARD_HOST) does not consult the current
+    context: it could be another cluster's (and an --insecure daemon would then be
+    dialled with TLS). A context named with --context or DOCKYARD_CONTEXT lends its
+    TLS material to -H (`dockyard -c local -H AGENT info`: one agent of that cluster).
     """
     tls = tls or tls_from_env()
     addresses: list[tuple[str, str]] = []
@@ -100,15 +103,13 @@ def resolve_targets(
                 addresses = [(normalize(env_host, CONTROLLER_PORT), "DOCKYARD_HOST")]
     except AddressError as exc:
         raise CliError(f"-H: {exc}") from exc
-    if addresses and tls is not None:
+    named = context_name or os.environ.get("DOCKYARD_CONTEXT")
+    if addresses and (tls is not None or not named):
         return [Target(address, origin, tls) for address, origin in addresses]
     store = ContextStore()
     try:
-        name = context_name or os.environ.get("DOCKYARD_CONTEXT") or store.current()
-        context = store.get(name)
+        context = store.get(named or store.current())
     except ContextError as exc:
-        if addresses:
-            return [Target(address, origin) for address, origin in addresses]
         raise CliError(str(exc)) from exc
     if tls is None and context.tls:
         tls = TLSFiles.from_values(context.tls.get("ca"), context.tls.get("cert"),
@@ -132,11 +133,11 @@ def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
             reason = (
                 f"TLS handshake failed ({details}); check the CA, certificate and key"
                 if target.tls else "TLS handshake failed: the daemon needs TLS "
-                "(--tlscacert/--tlscert/--tlskey or a context with TLS material)"
+                "(--tlscacert/--tlscert/--tlskey, DOCKYARD_TLS_* or -c CONTEXT)"
             )  # fmt: skip
         elif target.tls is None and "socket closed" in lowered:
             reason = (f"{details} (if it speaks TLS: --tlscacert/--tlscert/--tlskey, "
-                      "DOCKYARD_TLS_* or a context with TLS material)")  # fmt: skip
+                      "DOCKYARD_TLS_* or -c CONTEXT)")  # fmt: skip
         else:
             reason = details
         return f"cannot reach {what} at {target.address}: {reason}"

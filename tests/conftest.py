@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,9 @@ from tests.ports import free_port
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
+# A private HOME and DOCKYARD_CONFIG for the session, hypothesis' print_blob profile,
+# and DOCKYARD_REQUIRE_ALL=1 (CI) turning skips into failures.
+pytest_plugins = ["tests.session_guards"]
 
 
 @pytest.fixture
@@ -114,6 +118,7 @@ class Cluster:
     """
 
     root: Path
+    controller_host: str = "127.0.0.1"
     heartbeat: float = 0.3
     grace: float = 1.2
     etcd_endpoints: list[str] = field(default_factory=list)
@@ -130,13 +135,15 @@ class Cluster:
     resolve_image: str = "never"
     # Another cluster object whose controller this one's joins (a controller token).
     join_from: Cluster | None = None
+    # The private bridge and subnet of each runc agent (see start_agent).
+    networks: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.config_dir = self.root / "cli-config"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.controller_port}"
+        return f"{self.controller_host}:{self.controller_port}"
 
     @property
     def join_address(self) -> str:
@@ -291,6 +298,8 @@ class Cluster:
             "--log-level",
             "debug",
         ]
+        if existing is None and runtime == "runc":
+            extra = [*(extra or []), *self._host_network_flags(name, extra or [])]
         if existing is not None:
             args = existing.args  # a restart: the same flags as before
         elif self.insecure:
@@ -301,6 +310,32 @@ class Cluster:
             name, args + ([] if existing else extra or []), self.root / f"agent-{name}.log"
         ).start()
         return self.agents[name]
+
+    def _host_network_flags(self, name: str, extra: list[str]) -> list[str]:
+        """A runc agent in this host's namespace gets its own bridge and a free subnet
+        (not dockyard0 and the default subnet, shared by every agent of the host) and
+        leaves the host's routes and DOCKYARD-PEERS chains alone (--no-peer-routes)."""
+        from tests.network.conftest import free_subnet
+
+        flags = [] if "--peer-routes" in extra else ["--no-peer-routes"]
+        if "--bridge" in extra:
+            bridge = extra[extra.index("--bridge") + 1]
+            subnet = (extra[extra.index("--bridge-subnet") + 1]
+                      if "--bridge-subnet" in extra else "")  # fmt: skip
+        else:
+            bridge, subnet = f"dyt{uuid.uuid4().hex[:8]}", free_subnet()
+            flags += ["--bridge", bridge, "--bridge-subnet", subnet]
+        self.networks[name] = (bridge, subnet)
+        return flags
+
+    def cleanup_networks(self) -> None:
+        """Release the bridge networks of this cluster's runc agents (after their
+        containers are gone): namespaces, veths, iptables rules, IPAM, the bridge."""
+        from tests.runtime.conftest import cleanup_network
+
+        for name, (bridge, subnet) in self.networks.items():
+            cleanup_network(self.root / f"agent-{name}" / "network", bridge,
+                            [subnet.rsplit(".", 1)[0] + "."] if subnet else [])  # fmt: skip
 
     def agent_address(self, name: str) -> str:
         args = self.agents[name].args
@@ -375,6 +410,8 @@ def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     finally:
         for cluster in made:
             cluster.stop()
+        for cluster in made:
+            cluster.cleanup_networks()
 
 
 @pytest.fixture

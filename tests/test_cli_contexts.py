@@ -93,3 +93,70 @@ def test_the_context_picks_the_daemon(tmp_path: Path) -> None:
     assert f"127.0.0.1:{other}" in result.stderr
     result = dockyard(tmp_path, "-H", f"127.0.0.1:{port + 0}", "node", "ls")
     assert f"127.0.0.1:{port}" in result.stderr
+
+
+def _tls_context(config: Path, name: str = "local") -> dict[str, str]:
+    """A current context with TLS material (the files need not exist: nothing dials)."""
+    tls = {"ca": str(config / "ca.pem"), "cert": str(config / "cert.pem"),
+           "key": str(config / "key.pem")}  # fmt: skip
+    from dockyard.cli.contexts import ContextStore
+
+    store = ContextStore(config)
+    store.create(name, "127.0.0.1:7400", tls=tls)
+    store.use(name)
+    return tls
+
+
+@pytest.fixture
+def private_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("DOCKYARD_CONFIG", str(tmp_path))
+    for name in ("DOCKYARD_HOST", "DOCKYARD_CONTEXT", "DOCKYARD_TLS_CACERT",
+                 "DOCKYARD_TLS_CERT", "DOCKYARD_TLS_KEY", "DOCKYARD_CERT_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+def test_h_does_not_take_the_current_contexts_tls(
+    private_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As docker: -H (or DOCKYARD_HOST) addresses a daemon with the flags' and the
+    environment's TLS material only; the current context (which `deploy/quickstart`
+    leaves at `local`) is not consulted, so an --insecure daemon is reached in
+    plaintext."""
+    from dockyard.cli.client import resolve_targets
+
+    _tls_context(private_config)
+    [target] = resolve_targets(("127.0.0.1:9",), None)
+    assert (target.address, target.origin, target.tls) == ("127.0.0.1:9", "-H", None)
+    with monkeypatch.context() as env:
+        env.setenv("DOCKYARD_HOST", "127.0.0.1:10")
+        [target] = resolve_targets((), None)
+    assert (target.address, target.tls) == ("127.0.0.1:10", None)
+    # Without -H the current context is used, with its TLS material.
+    [target] = resolve_targets((), None)
+    assert target.origin == "local" and target.tls is not None
+
+
+def test_h_with_a_named_context_takes_that_contexts_tls(private_config: Path) -> None:
+    """`-c NAME -H AGENT` (or DOCKYARD_CONTEXT=NAME): the named context's identity for
+    another daemon of its cluster, e.g. one agent of the local cluster."""
+    from dockyard.cli.client import resolve_targets
+
+    tls = _tls_context(private_config)
+    [target] = resolve_targets(("127.0.0.1:9",), "local")
+    assert target.address == "127.0.0.1:9" and target.tls is not None
+    assert (target.tls.ca, target.tls.cert, target.tls.key) == (tls["ca"], tls["cert"],
+                                                               tls["key"])  # fmt: skip
+    result = dockyard(private_config, "-H", "127.0.0.1:9", "-c", "ghost", "info")
+    assert result.returncode == 1 and "context 'ghost' not found" in result.stderr
+
+
+def test_h_takes_the_environments_tls(
+    private_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dockyard.cli.client import resolve_targets
+
+    _tls_context(private_config)
+    monkeypatch.setenv("DOCKYARD_CERT_PATH", "/certs")
+    [target] = resolve_targets(("127.0.0.1:9",), None)
+    assert target.tls is not None and target.tls.ca == "/certs/ca.pem"

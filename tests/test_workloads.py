@@ -113,6 +113,15 @@ def test_drain_moves_tasks_and_active_takes_new_ones(cluster: Cluster, control: 
     cluster.wait_for(lambda: len(running(control, "web")) == 3
                      and n1 not in {t.node_id for t in running(control, "web")},
                      "tasks moved off the drained node")
+    # Active again: it takes new tasks (the scale-up's spread puts them on the empty node).
+    cluster.cli("node", "update", "--availability", "active", "n1")
+    service = control.GetService(GetServiceRequest(service="web"))
+    service.spec.replicated.replicas = 6
+    control.UpdateService(UpdateServiceRequest(
+        service="web", version=service.meta.version, spec=service.spec))
+    cluster.wait_for(lambda: len(running(control, "web")) == 6
+                     and n1 in {t.node_id for t in running(control, "web")},
+                     "new tasks on the active node")  # fmt: skip
 
 
 def test_a_failing_task_is_restarted_by_policy(cluster: Cluster, control: Any) -> None:
@@ -126,6 +135,13 @@ def test_a_failing_task_is_restarted_by_policy(cluster: Cluster, control: Any) -
     history = tasks(control, "crash", history=True)
     assert all(t.status.exit_code == 3 for t in history)
     assert "non-zero exit (3)" in history[0].status.error
+    # ... and no third restart: the orchestrator gives up at max_attempts. Ten restart
+    # delays and two heartbeats later there is still no new task.
+    time.sleep(10 * failing.task.restart_policy.delay_seconds + 2 * cluster.heartbeat)
+    later = tasks(control, "crash", history=True)
+    assert sorted(t.id for t in later) == sorted(t.id for t in history), [
+        (t.id, State.Name(t.status.state)) for t in later]
+    assert len(later) == 3 and all(t.status.state == State.FAILED for t in later)
 
 
 def test_global_service_follows_a_new_node(cluster: Cluster, control: Any) -> None:
@@ -166,20 +182,21 @@ def test_an_unplaceable_task_says_why(cluster: Cluster, control: Any) -> None:
 def test_removing_a_service_stops_its_tasks(cluster: Cluster, control: Any) -> None:
     control.CreateService(CreateServiceRequest(spec=spec("web", 3)))
     cluster.wait_for(lambda: len(running(control, "web")) == 3, "3 tasks running")
+    service_id = running(control, "web")[0].service_id
     control.RemoveService(RemoveServiceRequest(service="web"))
-    cluster.wait_for(lambda: not tasks(control, "web", history=True) if _exists(control, "web")
-                     else True, "tasks gone")
     with pytest.raises(grpc.RpcError) as error:
         control.GetService(GetServiceRequest(service="web"))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
 
+    def of_service() -> list[Task]:  # the name no longer resolves: list all, by service id
+        listed = control.ListTasks(ListTasksRequest(include_history=True)).tasks
+        return [t for t in listed if t.service_id == service_id]
 
-def _exists(control: Any, name: str) -> bool:
-    try:
-        control.GetService(GetServiceRequest(service=name))
-    except grpc.RpcError:
-        return False
-    return True
+    # Each task is told to shut down, its agent stops it, then it is reaped: a task is
+    # deleted only once it ended, so none left means every one really stopped.
+    cluster.wait_for(lambda: all(t.desired_state == State.SHUTDOWN for t in of_service()),
+                     "every task told to shut down")  # fmt: skip
+    cluster.wait_for(lambda: not of_service(), "the removed service's tasks gone")
 
 
 @pytest.mark.parametrize(
@@ -243,3 +260,11 @@ def test_duplicate_names_and_racing_updates(cluster: Cluster, control: Any) -> N
     with pytest.raises(grpc.RpcError) as error:
         control.UpdateService(UpdateServiceRequest(service="nope", version=1, spec=first))
     assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def _exists(control: Any, name: str) -> bool:
+    try:
+        control.GetService(GetServiceRequest(service=name))
+    except grpc.RpcError:
+        return False
+    return True

@@ -41,12 +41,15 @@ class ClusterNetwork:
     bridge: The agent's bridge network.
     routes: This host's routes to the other nodes (a test may pass its own).
     dns: The node's DNS server (a test may pass its own).
+    route_peers: False: the host's routes and firewall are left alone (several agents
+        on one host: `--no-peer-routes`); subnets and names are still applied.
     """
 
     def __init__(self, bridge: BridgeNetwork, routes: PeerRoutes | None = None,
-                 dns: ServiceDNS | None = None) -> None:  # fmt: skip
+                 dns: ServiceDNS | None = None, route_peers: bool = True) -> None:  # fmt: skip
         self.bridge = bridge
         self.routes = routes or PeerRoutes()
+        self.route_peers = route_peers
         self.dns = dns or ServiceDNS(timeout=UPSTREAM_TIMEOUT)
         self._dns_address = ""
         self._latest: NetworkMap | None = None
@@ -99,6 +102,11 @@ class ClusterNetwork:
         """The routes and rules to the other nodes."""
         peers = [PeerRoute(node_id=p.node_id, subnet=p.subnet, via=p.address)
                  for p in network_map.peers]  # fmt: skip
+        if not self.route_peers:
+            log.info("cluster network applied", subnet=self.bridge.config.subnet,
+                     peers=len(peers), routed=[], peer_routes="off",
+                     services=len(network_map.services))  # fmt: skip
+            return
         routed = await self.routes.sync(self.bridge.config.subnet, peers)
         log.info("cluster network applied", subnet=self.bridge.config.subnet,
                  peers=len(peers), routed=[r.subnet for r in routed],

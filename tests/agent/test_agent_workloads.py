@@ -7,7 +7,7 @@ import json
 import shutil
 import subprocess
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +72,8 @@ def runc_cluster(
                 f"dockyard-test-{cluster.root.name}-{name}",
             )
         for node_id in node_ids:  # an agent stopped with tasks keeps its secrets' tmpfs
-            secrets = Path("/run/dockyard/secrets") / node_id
-            if any(f" {secrets} " in line for line in _secret_mounts()):
+            secrets = SECRETS_ROOT / node_id
+            if _secret_mounts([node_id]):
                 subprocess.run(["umount", "-l", str(secrets)], check=False)
             if secrets.exists():
                 shutil.rmtree(secrets, ignore_errors=True)
@@ -235,9 +235,15 @@ def test_a_service_mounts_a_node_directory_and_a_tmpfs(
 SECRET_DATA = b"runc-secret-bytes-4f1c9e\n"
 
 
-def _secret_mounts() -> list[str]:
+SECRETS_ROOT = Path("/run/dockyard/secrets")
+"""Shared by every agent on the host: a test looks only at its own nodes' dirs."""
+
+
+def _secret_mounts(node_ids: Iterable[str]) -> list[str]:
+    """The mounts of these nodes' secret dirs (never another agent's of this host)."""
+    dirs = [f" {SECRETS_ROOT / node_id}" for node_id in node_ids]
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if "/run/dockyard/secrets" in line]  # fmt: skip
+            if any(f"{d} " in line or f"{d}/" in line for d in dirs)]  # fmt: skip
 
 
 def test_a_task_reads_its_secret_at_run_secrets_and_no_file_outlives_it(
@@ -272,13 +278,13 @@ def test_a_task_reads_its_secret_at_run_secrets_and_no_file_outlives_it(
 
         [task] = running(control, "reader")
         node_ids = {n["id"]: name for name, n in cluster.nodes().items()}
-        task_dir = Path("/run/dockyard/secrets") / task.node_id / task.id
+        task_dir = SECRETS_ROOT / task.node_id / task.id
         assert (task_dir / "token").read_bytes() == SECRET_DATA
-        assert _secret_mounts(), "the secrets' directory is a tmpfs"
+        assert _secret_mounts([task.node_id]), "the secrets' directory is a tmpfs"
         # only on the node of the task; never in an agent's state dir
         for node_id in node_ids:
             if node_id != task.node_id:
-                assert not (Path("/run/dockyard/secrets") / node_id).exists()
+                assert not (SECRETS_ROOT / node_id).exists()
         for name in NAMES:
             for path in (cluster.root / f"agent-{name}").rglob("*"):
                 if path.is_file() and not path.is_symlink() and "images" not in path.parts:
@@ -289,8 +295,8 @@ def test_a_task_reads_its_secret_at_run_secrets_and_no_file_outlives_it(
     finally:
         control.close()
     cluster.stop()  # each agent unmounts its secrets' tmpfs once no task has files on it
-    assert not _secret_mounts()
-    assert not list(Path("/run/dockyard/secrets").glob("*"))
+    assert not _secret_mounts(node_ids)
+    assert not [node_id for node_id in node_ids if (SECRETS_ROOT / node_id).exists()]
 
 
 def test_a_new_replica_takes_its_layers_from_the_node_that_runs_the_image(
@@ -380,3 +386,43 @@ def test_a_removed_nodes_certificate_is_refused_by_the_other_agents(
     cluster.wait_for(lambda: cluster.cli("info", host=r2, check=False).returncode == 0,
                      "r2 answering again", 30)  # fmt: skip
     assert fetch_as_r1().code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_the_agents_leave_the_hosts_routes_and_bridges_alone(
+    runc_cluster: Cluster, image_registry: ImageRegistry
+) -> None:
+    """Three agents on this host: each on a bridge and subnet of its own, and none
+    rewrites the host's peer routes (an agent's sync of the network map deletes every
+    proto-77 route it did not make: here, a blackhole route of a free subnet)."""
+    from tests.network.conftest import free_subnet
+
+    cluster = runc_cluster
+    bridges = {bridge for bridge, _ in cluster.networks.values()}
+    subnets = {subnet for _, subnet in cluster.networks.values()}
+    assert len(bridges) == len(subnets) == len(NAMES) and "dockyard0" not in bridges
+    sentinel = free_subnet()
+    subprocess.run(["ip", "route", "add", "blackhole", sentinel, "proto", "77"], check=True)
+    control = cluster.control()
+    try:
+        applied = {name: cluster.agents[name].log().count('"cluster network applied"')
+                   for name in NAMES}  # fmt: skip
+        spec = ServiceSpec(name="maps")
+        spec.task.container.image = image_registry.busybox
+        spec.task.container.command.extend(["sleep", "300"])
+        spec.task.container.stop_grace_seconds = 0
+        spec.replicated.replicas = 1
+        control.CreateService(CreateServiceRequest(spec=spec))  # a new map for every node
+        cluster.wait_for(lambda: all(
+            cluster.agents[name].log().count('"cluster network applied"') > applied[name]
+            for name in NAMES), "every agent applied a new map")  # fmt: skip
+        routes = subprocess.run(["ip", "-4", "route", "show", "proto", "77"],
+                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert sentinel in routes, routes
+        nodes = cluster.nodes()
+        for name in NAMES:  # each node reports the subnet of its own bridge
+            description = nodes[name]["description"]
+            assert description["bridge_subnet"] == cluster.networks[name][1], description
+    finally:
+        control.close()
+        subprocess.run(["ip", "route", "del", "blackhole", sentinel, "proto", "77"],
+                       capture_output=True, check=False)  # fmt: skip

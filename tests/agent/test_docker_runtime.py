@@ -1,13 +1,20 @@
-"""`--runtime docker`: tasks run by a real Docker engine (a private dockerd this
-module starts, as the benchmarks do), with the images from the test registry."""
+"""`--runtime docker`: tasks run by a real Docker engine (a private dockerd, with its
+own containerd and no bridge, that this module starts), with the images from the test
+registry. An engine already running on the host (CI's apt install starts one) is never
+used: while the module runs, DOCKER_HOST names a decoy engine that counts the requests
+it gets, and it must get none."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import socketserver
+import threading
 import time
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -23,13 +30,70 @@ from tests.conftest import Cluster
 pytestmark = pytest.mark.registry
 
 
+class DecoyEngine:
+    """A unix socket that answers every request as a Docker engine would answer a ping,
+    and counts them: it stands for the host's own dockerd."""
+
+    def __init__(self, path: Path) -> None:
+        self.requests: list[str] = []
+        decoy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                decoy.requests.append(f"{self.command} {self.path}")
+                body = json.dumps({"Version": "decoy", "ApiVersion": "1.41",
+                                   "MinAPIVersion": "1.12", "Os": "linux",
+                                   "Arch": "amd64"}).encode()  # fmt: skip
+                self.send_response(200)
+                self.send_header("Api-Version", "1.41")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_POST = do_DELETE = _answer
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+            daemon_threads = True
+
+        self.address = f"unix://{path}"
+        self.server = Server(str(path), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 @pytest.fixture(scope="module")
-def dockerd(tmp_path_factory: pytest.TempPathFactory,
-            image_registry: ImageRegistry) -> Iterator[Docker]:  # fmt: skip
+def decoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DecoyEngine]:
+    """DOCKER_HOST names a decoy engine while the module runs."""
+    engine = DecoyEngine(tmp_path_factory.mktemp("decoy") / "docker.sock")
+    saved = os.environ.get("DOCKER_HOST")
+    os.environ["DOCKER_HOST"] = engine.address
+    try:
+        yield engine
+    finally:
+        if saved is None:
+            os.environ.pop("DOCKER_HOST", None)
+        else:
+            os.environ["DOCKER_HOST"] = saved
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory: pytest.TempPathFactory, image_registry: ImageRegistry,
+            decoy: DecoyEngine) -> Iterator[Docker]:  # fmt: skip
     if shutil.which("dockerd") is None:
         pytest.skip("dockerd is not installed (apt-get install docker.io)")
     cleanup = Cleanup()
-    docker = Docker(tmp_path_factory.mktemp("dockerd") / "d", image_registry.server.host, cleanup)
+    docker = Docker(tmp_path_factory.mktemp("dockerd") / "d", image_registry.server.host,
+                    cleanup, private=True)  # fmt: skip
     try:
         if not docker.start():
             pytest.skip(docker.why_not)
@@ -39,7 +103,20 @@ def dockerd(tmp_path_factory: pytest.TempPathFactory,
 
 
 def engine(docker: Docker) -> str:
-    return docker.env.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    """The private engine's socket (never a default one)."""
+    return docker.env["DOCKER_HOST"]
+
+
+def test_the_engine_is_private(dockerd: Docker, decoy: DecoyEngine) -> None:
+    assert dockerd.started and engine(dockerd) == f"unix://{dockerd.root / 'docker.sock'}"
+    info = json.loads(dockerd.docker("info", "--format", "{{json .}}").stdout)
+    assert info["DockerRootDir"] == str(dockerd.root / "data")
+    assert "bridge" not in dockerd.docker("network", "ls", "--format", "{{.Name}}").stdout
+    # Its containerd is its own (dockerd would take the host's from /run/containerd).
+    assert f"--containerd {dockerd.root}" in " ".join(
+        Path(f"/proc/{int((dockerd.root / 'dockerd.pid').read_text())}/cmdline")
+        .read_text().split("\0"))  # fmt: skip
+    assert decoy.requests == []
 
 
 def task(image: str, *command: str, task_id: str = "t0000000000000000000000a") -> Task:
@@ -131,3 +208,8 @@ def test_an_agent_with_the_docker_runtime_runs_a_service(
             "the engine's containers removed", 60)  # fmt: skip
     finally:
         control.close()
+
+
+def test_the_host_engine_was_never_asked(decoy: DecoyEngine) -> None:
+    """Last in the module: nothing above talked to the engine DOCKER_HOST names."""
+    assert decoy.requests == []

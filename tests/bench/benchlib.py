@@ -275,20 +275,40 @@ def runc_cleanup(runtime_root: Path, cgroup_parent: str) -> None:
 # -- dockerd ------------------------------------------------------------------------
 
 
+CONTAINERD_CONFIG = """version = 2
+root = "{root}/root"
+state = "{root}/state"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{root}/containerd.sock"
+[ttrpc]
+  address = "{root}/containerd.sock.ttrpc"
+[debug]
+  address = "{root}/debug.sock"
+"""
+
+
 class Docker:
     """A dockerd to compare with: the running one, or a private one this script starts.
 
-    A private dockerd gets its own data-root, exec-root, socket and cgroup parent,
-    `--iptables=false --ip-forward=false` (no host firewall changes), and the
-    bench registry as `--insecure-registry`. Stopping it removes all of that,
-    and the bridges it created.
+    A private dockerd gets its own data-root, exec-root, socket, containerd (never the
+    host's, which dockerd would otherwise pick up from /run/containerd) and cgroup
+    parent, `--iptables=false --ip-forward=false` (no host firewall changes), and the
+    bench registry as `--insecure-registry`. With `private=True` (the tests) a running
+    engine is never used, and it has no bridge (`--bridge=none`: no docker0, no veth).
+    Stopping it removes all it made, and only the bridges it created (with their veths).
     """
 
-    def __init__(self, root: Path, registry: str, cleanup: Cleanup) -> None:
+    def __init__(self, root: Path, registry: str, cleanup: Cleanup,
+                 private: bool = False) -> None:  # fmt: skip
         self.root = root
         self.registry = registry
         self.cleanup = cleanup
-        self.env = dict(os.environ)
+        self.private = private
+        # A private engine is addressed by its socket only, never by the DOCKER_* of the
+        # environment (another engine's host, TLS material or config).
+        self.env = {k: v for k, v in os.environ.items()
+                    if not (private and k.startswith("DOCKER_"))}  # fmt: skip
         self.started = False
         self.available = False
         self.why_not = ""
@@ -307,12 +327,13 @@ class Docker:
             return False
 
     def start(self) -> bool:
-        if shutil.which("docker") is None or shutil.which("dockerd") is None:
+        if shutil.which("docker") is None or shutil.which("dockerd") is None or (
+                self.private and shutil.which("containerd") is None):  # fmt: skip
             self.why_not = "dockerd/docker not installed (apt-get install docker.io)"
             print(f"Docker baseline skipped: {self.why_not}")
             return False
         running = os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()
-        if running and self._answers():
+        if not self.private and running and self._answers():
             self.available = True
             print("Docker baseline: using the dockerd that is already running "
                   "(loopback registries are insecure by default there)")
@@ -321,14 +342,24 @@ class Docker:
         sock = self.root / "docker.sock"
         self.env["DOCKER_HOST"] = f"unix://{sock}"
         self.cgroup_parent = f"dockyard-bench-docker-{self.root.name[-6:]}"
-        links_before = set(os.listdir("/sys/class/net"))
+        bridges_before = set(self._bridges())
         cgroups_before = {p for p in CGROUP_ROOT.glob("*/docker")}
-        proc = spawn(["dockerd", "--data-root", str(self.root / "data"),
-                      "--exec-root", str(self.root / "exec"),
-                      "--pidfile", str(self.root / "dockerd.pid"), "-H", f"unix://{sock}",
-                      "--insecure-registry", self.registry, "--iptables=false",
-                      "--ip-forward=false", "--cgroup-parent", self.cgroup_parent],
-                     self.root / "dockerd.log")  # fmt: skip
+        args = ["dockerd", "--data-root", str(self.root / "data"),
+                "--exec-root", str(self.root / "exec"),
+                "--pidfile", str(self.root / "dockerd.pid"), "-H", f"unix://{sock}",
+                "--insecure-registry", self.registry, "--iptables=false",
+                "--ip-forward=false", "--cgroup-parent", self.cgroup_parent]  # fmt: skip
+        processes: list[subprocess.Popen[bytes]] = []
+        if self.private:
+            containerd = self.root / "containerd"
+            containerd.mkdir()
+            config = containerd / "config.toml"
+            config.write_text(CONTAINERD_CONFIG.format(root=containerd))
+            processes.append(spawn(["containerd", "--config", str(config)],
+                                   self.root / "containerd.log"))  # fmt: skip
+            args += ["--containerd", str(containerd / "containerd.sock"), "--bridge=none"]
+        proc = spawn(args, self.root / "dockerd.log")
+        processes.insert(0, proc)
         self.started = True
 
         def teardown() -> None:
@@ -337,12 +368,14 @@ class Docker:
                     ids = self.docker("ps", "-aq", timeout=30, check=False).stdout.split()
                     if ids:
                         self.docker("rm", "-f", *ids, timeout=120, check=False)
-            stop_process(proc, 30)
+            for process in processes:  # dockerd, then its containerd
+                stop_process(process, 30)
             kill_processes_mentioning(str(self.root))  # containerd, shims
             umount_under(self.root)
-            for link in set(os.listdir("/sys/class/net")) - links_before:
-                if link.startswith(("docker", "veth", "br-")):
+            for bridge in set(self._bridges()) - bridges_before:
+                for link in self._bridges()[bridge]:
                     subprocess.run(["ip", "link", "del", link], capture_output=True, check=False)
+                subprocess.run(["ip", "link", "del", bridge], capture_output=True, check=False)
             remove_cgroup(self.cgroup_parent)
             for cg in {p for p in CGROUP_ROOT.glob("*/docker")} - cgroups_before:
                 remove_cgroup(str(cg.relative_to(CGROUP_ROOT)))
@@ -361,3 +394,13 @@ class Docker:
               f"({self.docker('version', '--format', '{{.Server.Version}}').stdout.strip()}, "
               f"socket {sock})")
         return True
+
+    @staticmethod
+    def _bridges() -> dict[str, list[str]]:
+        """Docker's bridges on this host (docker0, br-*) and the veths on each."""
+        found = {}
+        for link in Path("/sys/class/net").iterdir():
+            if link.name == "docker0" or link.name.startswith("br-"):
+                brif = link / "brif"
+                found[link.name] = sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
+        return found

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+from dockyard.v1.control_pb2 import ListTasksRequest
 from tests.conftest import Cluster
 
 
@@ -33,5 +34,14 @@ def test_create_scale_rm_with_hollow_agents(cluster_factory: Callable[..., Clust
     running = json.loads(cluster.cli("service", "ps", "web", "-o", "json").stdout)
     assert len(running) == 1
 
+    full_id = json.loads(cluster.cli("service", "inspect", "web").stdout)[0]["id"]
     assert cluster.cli("service", "rm", "web").stdout.strip() == "web"
     assert cluster.cli("service", "ls", "-q").stdout.strip() == ""
+    # ... and its task really goes: stopped by its agent, then reaped.
+    control = cluster.control()
+    try:
+        cluster.wait_for(lambda: not [
+            t for t in control.ListTasks(ListTasksRequest(include_history=True)).tasks
+            if t.service_id == full_id], "the removed service's task gone")  # fmt: skip
+    finally:
+        control.close()

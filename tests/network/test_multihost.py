@@ -95,14 +95,16 @@ def two_hosts(cluster_factory: Callable[..., Cluster], image_registry: ImageRegi
         for name, (netns, ip) in zip(names, make_lan(suffix, lan, names), strict=True):
             hosts[name] = Host(name, netns, ip, free_port(), f"dyb{suffix}{name}",
                                f"dockyard-test-{suffix}{name}", cluster.root / f"agent-{name}")
-        cluster.start_controller(["--listen", f"0.0.0.0:{cluster.controller_port}",
-                                  "--node-subnet-pool", POOL])  # fmt: skip
+        # The insecure controller listens on the LAN's own address only (the hosts reach
+        # it there), never on every interface of this machine.
+        cluster.controller_host = str(next(lan.hosts()))
+        cluster.start_controller(["--node-subnet-pool", POOL])
         image = tmp_path / "busybox.tar"
         built = subprocess.run([*BUILD, "busybox", "--tag", image_registry.busybox, "--output",
                                 str(image)], capture_output=True, text=True, timeout=120)
         assert built.returncode == 0, built.stderr
         for host in hosts.values():
-            start_agent(cluster, host, str(next(lan.hosts())))
+            start_agent(cluster, host, cluster.controller_host)
         cluster.wait_for(lambda: all(cluster.node_state(n) == "READY" for n in names),
                          "both nodes READY", 30)  # fmt: skip
         for host in hosts.values():  # the hosts cannot reach the loopback registry

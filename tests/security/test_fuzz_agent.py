@@ -57,6 +57,7 @@ from dockyard.v1 import images_pb2 as ipb
 from dockyard.v1.types_pb2 import GetVersionRequest
 from tests.conftest import Cluster, Daemon
 from tests.images.conftest import _start
+from tests.network.conftest import free_subnet
 from tests.ports import free_port
 from tests.runtime.conftest import _have_runc, cleanup_everything, cleanup_network
 from tests.security.fuzzlib import (
@@ -587,7 +588,7 @@ def fz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentUnderFuzz]:
         cluster.start_controller()
         cluster.start_agent("fz", runtime="runc", extra=[
             "--cgroup-parent", cgroup, "--registry-config", str(files / "auth.json"),
-            "--bridge", bridge, "--bridge-subnet", "10.250.77.0/24"])
+            "--bridge", bridge, "--bridge-subnet", free_subnet()])  # not a fixed one
         channel = stack.enter_context(
             grpc.secure_channel(cluster.agent_address("fz"), cluster.admin_credentials()))
         under = AgentUnderFuzz(cluster, "fz", files, host, f"127.0.0.1:{free_port()}", channel,

@@ -1,0 +1,116 @@
+"""What `deploy/local-cluster down` releases after a stopped agent, and the mount
+checks before `down --purge` deletes a state dir. Standard library only; the network
+is released with the agent's own code, run by the project's Python."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+__all__ = ["mount_points", "release_agent", "remove_bridges", "remove_secret_files",
+           "unmount_under"]
+
+RELEASE_NETWORK = """
+import asyncio, sys
+from pathlib import Path
+from dockyard.agent.network.bridge import BridgeConfig, BridgeNetwork
+
+async def main() -> None:
+    network = BridgeNetwork(Path(sys.argv[1]), BridgeConfig(bridge=sys.argv[2]))
+    try:
+        await network.recover({})  # no container is kept: CNI DEL of every attachment
+    finally:
+        await network.close()
+
+asyncio.run(main())
+"""
+
+
+def release_agent(agent_state: Path, bridge: str, python: str) -> None:
+    """What a stopped agent left: its runc containers, their conmons, the mounts under
+    its state dir and its network (CNI DEL of every attachment with the agent's own
+    code: veths, published ports' DNAT rules, addresses; then the namespaces).
+    Nothing if it left nothing; never while the agent runs (its bridge lock)."""
+    name = agent_state.name
+    runc_root = agent_state / "runtime" / "runc"
+    killed = []
+    for entry in sorted(runc_root.iterdir()) if runc_root.is_dir() else []:
+        if entry.is_dir():
+            subprocess.run(["runc", "--root", str(runc_root), "kill", entry.name, "KILL"],
+                           capture_output=True, check=False)  # fmt: skip
+            subprocess.run(["runc", "--root", str(runc_root), "delete", "-f", entry.name],
+                           capture_output=True, check=False)  # fmt: skip
+            killed.append(entry.name)
+    for pid_file in (agent_state / "runtime").glob("containers/*/conmon.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"conmon" in cmdline and str(agent_state).encode() in cmdline:
+                os.kill(pid, signal.SIGKILL)
+    if killed:
+        print(f"removed {len(killed)} containers {name} left behind")
+    network = agent_state / "network"
+    if any(network.glob("containers/*.json")):
+        done = subprocess.run([python, "-c", RELEASE_NETWORK, str(network), bridge],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        if done.returncode != 0:
+            print(f"local-cluster: {name}'s network not fully released: "
+                  f"{done.stderr.strip()[-500:]}", file=sys.stderr)
+        else:
+            print(f"released the network {name} left behind")
+    for netns in list_netns(f"dy-{bridge}-"):
+        subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
+    left = unmount_under(agent_state)
+    if left:
+        print(f"local-cluster: still mounted under {agent_state}: {', '.join(left)}",
+              file=sys.stderr)
+
+
+def list_netns(prefix: str) -> list[str]:
+    netns = Path("/run/netns")
+    return sorted(p.name for p in netns.iterdir() if p.name.startswith(prefix)) \
+        if netns.is_dir() else []  # fmt: skip
+
+
+def remove_secret_files(state_dir: Path) -> None:
+    """The agents' secret tmpfs (/run/dockyard/secrets/<node id>): their containers are
+    gone, and an agent keeps the tmpfs mounted while a task's files are on it."""
+    mounted = set(mount_points())
+    for identity in sorted((state_dir / "agents").glob("node-*/node.json")):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            root = Path("/run/dockyard/secrets") / json.loads(identity.read_text())["node_id"]
+            if str(root) in mounted:
+                subprocess.run(["umount", str(root)], capture_output=True, check=False)
+            shutil.rmtree(root, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        Path("/run/dockyard/secrets").rmdir()  # the last agent on this host
+
+
+def remove_bridges(state_dir: Path, bridges: list[str]) -> None:
+    """The agents' bridges, once their containers are gone."""
+    for bridge in bridges:
+        if Path(f"/sys/class/net/{bridge}").exists():
+            subprocess.run(["ip", "link", "delete", bridge], capture_output=True, check=False)
+            print(f"removed bridge {bridge}")
+        Path(f"/run/dockyard/bridges/{bridge}.lock").unlink(missing_ok=True)
+
+
+def mount_points() -> list[str]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        return [line.split()[4] for line in mountinfo]
+
+
+def unmount_under(root: Path) -> list[str]:
+    """Unmount whatever is mounted below `root` (deepest first); what is still mounted."""
+    prefix = str(root).rstrip("/") + "/"
+    for mount in sorted((m for m in mount_points() if m.startswith(prefix)), key=len,
+                        reverse=True):  # fmt: skip
+        if subprocess.run(["umount", mount], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
+    return [m for m in mount_points() if m.startswith(prefix)]

@@ -1,0 +1,231 @@
+"""`deploy/local-cluster` end to end, on ports, subnets, bridges and a cgroup parent of
+its own: `down` after an agent was SIGKILLed leaves nothing of that agent's containers
+(processes, mounts, namespaces, veths, published ports' DNAT rules); `up` right after the
+controller was sent SIGTERM starts a new one; `down --purge` removes the state dir.
+Teardown runs `down --purge`, then removes by hand whatever that missed."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from dockyard.agent.network.netns import list_netns
+from tests.conftest import BIN
+from tests.network.conftest import _subnet_lock, _used_subnets, have_network
+from tests.ports import _HIGH, _LOW, free_port
+from tests.runtime.conftest import bridge_links, cleanup_everything, cleanup_network
+
+pytestmark = [pytest.mark.runc, pytest.mark.registry]
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "deploy" / "local-cluster"
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_base(nodes: int) -> int:
+    """A controller port P with P-1, P+2 and P+11..P+10+nodes free too."""
+    for _ in range(200):
+        base = random.randrange(_LOW + 1, _HIGH - 20)  # below the ephemeral range
+        if all(_free(p) for p in (base - 1, base, base + 2,
+                                  *range(base + 11, base + 11 + nodes))):  # fmt: skip
+            return base
+    raise AssertionError("no free block of ports")
+
+
+def _free_pool() -> str:
+    """A 10.213.X.0/22 that no route of this host overlaps (nor another test's /24s)."""
+    routes = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"],
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    taken = []
+    for line in routes.splitlines():
+        for word in line.split()[:2]:
+            try:
+                network = ipaddress.IPv4Network(word, strict=False)
+            except ValueError:
+                continue
+            if network.prefixlen > 0:
+                taken.append(network)
+            break
+    with _subnet_lock:
+        for third in random.sample(range(0, 256, 4), 64):
+            pool = ipaddress.IPv4Network(f"10.213.{third}.0/22")
+            parts = {str(s) for s in pool.subnets(new_prefix=24)}
+            if not parts & _used_subnets and not any(pool.overlaps(t) for t in taken):
+                _used_subnets.update(parts)
+                return str(pool)
+    raise AssertionError("no free 10.213.X.0/22")
+
+
+@dataclass
+class LocalCluster:
+    state_dir: Path
+    port: int
+    registry_port: int
+    sample_port: int
+    pool: str
+    prefix: str
+    cgroup: str
+    context: str
+
+    def run(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(SCRIPT), *args, "--state-dir",
+                               str(self.state_dir)], capture_output=True, text=True,
+                              timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+
+    def ok(self, *args: str) -> str:
+        done = self.run(*args)
+        assert done.returncode == 0, f"local-cluster {' '.join(args)}:\n{done.stdout}\n" \
+                                     f"{done.stderr}"  # fmt: skip
+        return done.stdout
+
+    def up(self, *extra: str) -> str:
+        return self.ok("up", "--nodes", "2", "--port", str(self.port), "--registry-port",
+                       str(self.registry_port), "--sample-port", str(self.sample_port),
+                       "--subnet-pool", self.pool, "--bridge-prefix", self.prefix,
+                       "--cgroup-parent", self.cgroup, "--context", self.context, *extra)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN / "dockyard"), "-c", self.context, *args],
+                              capture_output=True, text=True, timeout=30)  # fmt: skip
+
+    def pid(self, name: str) -> int:
+        return int((self.state_dir / "run" / f"{name}.pid").read_text())
+
+    @property
+    def patterns(self) -> list[str]:
+        """What names this cluster's addresses and CNI networks in iptables rules."""
+        subnets = ipaddress.IPv4Network(self.pool).subnets(new_prefix=24)
+        return [f"dockyard-{self.prefix}", *(f" {str(s).rsplit('.', 1)[0]}." for s in subnets)]
+
+    @property
+    def bridges(self) -> list[str]:
+        return [f"{self.prefix}node-{n}" for n in (1, 2)]
+
+    def leftovers(self) -> list[str]:
+        """Whatever of the cluster's containers still exists on this host."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+                if str(self.state_dir).encode() in cmdline:
+                    found.append(f"process {entry.name}: {cmdline.decode()[:120]}")
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        found += [f"mount {m.split()[4]}" for m in mounts if str(self.state_dir) in m]
+        found += [f"netns {n}" for n in list_netns() if n.startswith(f"dy-{self.prefix}")]
+        found += [f"veth {link} on {bridge}" for bridge in self.bridges
+                  for link in bridge_links(bridge)]  # fmt: skip
+        saved = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+        found += [f"iptables: {line}" for line in saved.splitlines()
+                  if f"dport {self.sample_port} " in line or f"dports {self.sample_port} " in line
+                  or any(p in line for p in self.patterns)]  # fmt: skip
+        for agent in sorted((self.state_dir / "agents").glob("node-*")):
+            runc = agent / "runtime" / "runc"
+            found += [f"runc {c.name}" for c in runc.iterdir()] if runc.is_dir() else []
+        return found
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    if not have_network():
+        pytest.skip("needs root, runc, conmon, busybox, iproute2, iptables and the CNI plugins")
+    tag = uuid.uuid4().hex[:3]
+    base = _port_base(2)
+    others: list[int] = []
+    while len(others) < 2:
+        port = free_port()
+        if port not in range(base - 1, base + 13):
+            others.append(port)
+    lc = LocalCluster(tmp_path / "state", base, others[0], others[1], _free_pool(),
+                      f"dyq{tag}-", f"dockyard-lc-{tag}", f"lc-{tag}")  # fmt: skip
+    try:
+        yield lc
+    finally:
+        lc.run("down")  # then, with the agents' records still there, whatever it missed
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and str(lc.state_dir).encode() in (
+                        entry / "cmdline").read_bytes():  # fmt: skip
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                continue
+        for name in ("node-1", "node-2"):
+            agent = lc.state_dir / "agents" / name
+            cleanup_everything(agent / "runtime", lc.cgroup)
+            cleanup_network(agent / "network", f"{lc.prefix}{name}",
+                            [p.strip() for p in lc.patterns])  # fmt: skip
+        lc.run("down", "--purge")
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=3) as response:
+        return str(response.read().decode())
+
+
+def _wait(predicate: object, what: str, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():  # type: ignore[operator]
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_down_after_a_killed_agent_and_up_after_a_stopped_controller(
+    local_cluster: LocalCluster,
+) -> None:
+    lc = local_cluster
+    lc.up()
+    url = f"http://127.0.0.1:{lc.sample_port}/"
+    _wait(lambda: _get(url).startswith("hello from"), "the published sample answering")
+    tasks = json.loads(lc.cli("service", "ps", "hello", "-o", "json").stdout)
+    nodes = {n["id"]: n["spec"]["name"] for n in json.loads(
+        lc.cli("node", "ls", "-o", "json").stdout)}  # fmt: skip
+    victim = nodes[next(t["node_id"] for t in tasks if t["status"]["state"] == "RUNNING")]
+    os.kill(lc.pid(victim), signal.SIGKILL)  # not restarted: its containers run on
+
+    lc.ok("down")
+    assert lc.leftovers() == []
+    with pytest.raises(OSError):
+        _get(url)
+
+    # `up` right after SIGTERM to the controller: the exiting process is not taken for
+    # a running controller; a new one is started and answers.
+    lc.up("--no-sample")
+    old = lc.pid("controller")
+    os.kill(old, signal.SIGTERM)
+    lc.up("--no-sample")
+    assert lc.pid("controller") != old
+    assert lc.cli("info").returncode == 0
+
+    lc.ok("down", "--purge")
+    assert not lc.state_dir.exists()
+    assert lc.leftovers() == []
+    assert not [b for b in lc.bridges if Path(f"/sys/class/net/{b}").exists()]

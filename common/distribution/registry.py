@@ -456,7 +456,7 @@ def _check_length(resp: aiohttp.ClientResponse, what: str, size: int | None,
                            f"refused")  # fmt: skip
     if limit is not None and length > limit:
         raise SizeMismatch(f"{what}: the registry announces {length} bytes, more than the "
-                           f"limit of {limit}; refused")  # fmt: skip
+                           f"limit of {limit} bytes; refused")  # fmt: skip
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, what: str, size: int | None,

@@ -71,6 +71,19 @@ async def test_a_growing_log_is_rotated_by_size_and_count(make_env: MakeEnv) -> 
     assert tail == lines[-4:]
 
 
+async def test_following_a_log_goes_on_across_its_rotations(make_env: MakeEnv) -> None:
+    env = await make_env(LogPolicy(max_size=16 * 1024, max_files=2, interval=0.05))
+    pad = "p" * 100
+    script = (f'sleep 0.5; i=1; while [ $i -le 1500 ]; do echo "line$i {pad}"; '
+              f'[ $((i % 20)) = 0 ] && sleep 0.02; i=$((i+1)); done')  # fmt: skip
+    info = await env.runtime.create(env.config("sh", "-c", script))
+    await env.runtime.start(info.id)
+    lines = [r.data async for r in env.runtime.logs(info.id, follow=True)]
+    numbers = [int(line.split(b" ")[0].removeprefix(b"line")) for line in lines]
+    assert numbers == list(range(1, 1501))  # every line once, though ~10 rotations ran
+    assert len(log_files(env.runtime._dir(info.id).log)) == 1
+
+
 async def test_a_line_without_end_is_handed_on_in_pieces(make_env: MakeEnv) -> None:
     env = await make_env(LogPolicy(max_size=256 * MiB))
     total = 24 * MiB

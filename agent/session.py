@@ -231,6 +231,8 @@ class ControllerSession:
 
     def _acked(self, sequence: int, period: float) -> None:
         sent = self._sent.pop(sequence, None)
+        for older in [s for s in self._sent if s < sequence]:  # acks the controller folded
+            del self._sent[older]
         if sent is not None:
             self.status.rtt_seconds = time.monotonic() - sent
             if self._keep_rtts:

@@ -344,6 +344,7 @@ class NodeCAServicer(ca_pb2_grpc.NodeCAServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "only a node renews its own certificate")  # fmt: skip
             raise AssertionError("unreachable")
+        check_certificate_request(request.csr_pem, list(request.hosts))  # a bad one costs nothing
         await self._limit_renewals(identity.id, context)
         return await self._ca.issue(request.csr_pem, identity.role, identity.id,
                                     list(request.hosts))  # fmt: skip

@@ -30,6 +30,10 @@ def test_a_node_renewing_in_a_loop_is_refused(cluster_factory: Callable[..., Clu
     details = ""
     with grpc.secure_channel(cluster.address, creds) as channel:
         stub = ca_pb2_grpc.NodeCAStub(channel)
+        for _ in range(5):  # refused requests spend nothing of the node's allowance
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.RenewNodeCertificate(RenewNodeCertificateRequest(csr_pem=b"junk"), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         for _ in range(6):
             try:
                 issued = stub.RenewNodeCertificate(

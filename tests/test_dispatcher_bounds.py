@@ -24,10 +24,13 @@ from dockyard.common.session_limits import (
     status_report_problem,
 )
 from dockyard.controller import dispatcher as dispatcher_module
+from dockyard.controller.assignments import StatusWriter
 from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.outbox import Outbox
-from dockyard.controller.store import Store
+from dockyard.controller.server import SERVER_OPTIONS
+from dockyard.controller.state import ClusterState
+from dockyard.controller.store import TASKS, Store
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
     AgentMessage,
@@ -44,30 +47,44 @@ from dockyard.v1.workloads_pb2 import Task
 from tests.ports import free_port
 
 MiB = 1024 * 1024
+MUTE = "a" * 20
 
 
 @dataclass
 class Served:
     dispatcher: Dispatcher
     address: str
+    store: Store
 
 
 @pytest.fixture
 async def served(etcd: EtcdServer) -> AsyncIterator[Served]:
+    """The dispatcher on a gRPC server with the controller's options, its status writer
+    on a cluster state fed by a real etcd."""
     store = Store([etcd.endpoint], "/test")
     await store.connect(5)
+    task = Task(id="t" * 24, node_id=MUTE, desired_state=TaskStatus.RUNNING,
+                status=TaskStatus(state=TaskStatus.ASSIGNED))  # fmt: skip
+    await store.create(TASKS, task.id, task)
+    state = ClusterState(store)
+    await state.start()
     dispatcher = Dispatcher(NodeRegistry(store), "cluster", heartbeat_period=5.0, grace=30.0,
                             leader_address=lambda: None)  # fmt: skip
-    server = grpc.aio.server()
+    dispatcher.status_writer = StatusWriter(store, state)
+    writing = asyncio.create_task(dispatcher.status_writer.run())
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
     address = f"127.0.0.1:{free_port()}"
     server.add_insecure_port(address)
     await server.start()
     try:
-        yield Served(dispatcher, address)
+        yield Served(dispatcher, address, store)
     finally:
         dispatcher.close_all()
         await server.stop(None)
+        writing.cancel()
+        await asyncio.gather(writing, return_exceptions=True)
+        await state.stop()
         await store.close()
 
 
@@ -84,7 +101,7 @@ def waiting(outbox: Any) -> int:
 
 async def test_a_node_that_never_reads_costs_one_message_of_each_kind(served: Served) -> None:
     outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
-    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id="a" * 20, name="mute")))
+    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=MUTE, name="mute")))
 
     async def requests() -> AsyncIterator[AgentMessage]:
         while True:
@@ -142,6 +159,53 @@ async def test_a_message_larger_than_a_node_takes_is_not_sent(
         assert isinstance(message, DispatcherMessage)
         assert message.assignments.tasks[0].id == "t1"
         call.cancel()
+
+
+async def test_oversized_reports_and_messages_from_a_node_write_nothing(served: Served) -> None:
+    outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
+    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=MUTE, name="mute")))
+    task_id = "t" * 24
+
+    async def requests() -> AsyncIterator[AgentMessage]:
+        while True:
+            yield await outgoing.get()
+
+    def report(**status: Any) -> AgentMessage:
+        return AgentMessage(task_status=TaskStatusReport(task_id=task_id, status=TaskStatus(
+            state=TaskStatus.RUNNING, **status)))  # fmt: skip
+
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
+        assert isinstance(await asyncio.wait_for(call.read(), 10), DispatcherMessage)
+        with structlog.testing.capture_logs() as logs:
+            outgoing.put_nowait(report(error="e" * (MAX_STATUS_TEXT + 1)))
+            outgoing.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=1)))
+            assert isinstance(await asyncio.wait_for(call.read(), 10), DispatcherMessage)  # ack
+            await asyncio.sleep(0.5)  # the writer's batch interval, and more
+        stored = await served.store.get(TASKS, task_id)
+        assert stored.status.state == TaskStatus.ASSIGNED  # nothing written
+        rejected = [e for e in logs if e["event"] == "task.status_rejected"]
+        assert rejected[0]["reason"] == (
+            f"status.error: {MAX_STATUS_TEXT + 1} characters, at most {MAX_STATUS_TEXT}")
+        outgoing.put_nowait(report(error="e" * MAX_STATUS_TEXT))  # at the bound: taken
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            stored = await served.store.get(TASKS, task_id)
+            if stored.status.state == TaskStatus.RUNNING:
+                break
+        assert stored.status.state == TaskStatus.RUNNING
+        # A message over the controller's 4 MiB receive limit ends the stream.
+        outgoing.put_nowait(report(message="m" * (5 * MiB)))
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while True:
+                await asyncio.wait_for(call.read(), 10)
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for _ in range(50):
+        if MUTE not in served.dispatcher.sessions:
+            break
+        await asyncio.sleep(0.1)
+    assert MUTE not in served.dispatcher.sessions
+    assert (await served.store.get(TASKS, task_id)).status.message == ""
 
 
 def test_the_outbox_keeps_the_newest_of_each_kind_in_first_queued_order() -> None:

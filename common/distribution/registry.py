@@ -27,6 +27,7 @@ from dockyard.common.distribution.auth import (
     parse_challenge,
     token_for,
 )
+from dockyard.common.distribution.bounded import short_text
 from dockyard.common.distribution.errors import (
     DigestMismatch,
     ManifestNotFound,
@@ -240,7 +241,7 @@ class RegistryClient:
                     continue
                 if resp.status in ok or resp.status == 404:
                     return resp
-                text = (await resp.text())[:300]
+                text = await short_text(resp, 300)
                 resp.release()
                 if resp.status in (401, 403):
                     raise RegistryAuthError(

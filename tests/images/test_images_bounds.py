@@ -22,7 +22,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from dockyard.agent.images.blobs import BlobStore
-from dockyard.agent.images.errors import ImageError, RegistryUnreachable, SizeMismatch
+from dockyard.agent.images.errors import (
+    ImageError,
+    RegistryAuthError,
+    RegistryError,
+    RegistryUnreachable,
+    SizeMismatch,
+)
 from dockyard.agent.images.peer_fetch import PeerFetcher
 from dockyard.agent.images.service import ImageService
 from dockyard.common.distribution.media import OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, sha256_digest
@@ -68,6 +74,7 @@ class Registry:
     blobs: dict[str, Handler] = field(default_factory=dict)
     sent: int = 0
     blob_requests: list[str] = field(default_factory=list)
+    token: Handler | None = None
 
     async def manifest(self, request: web.Request) -> web.StreamResponse:
         return await self.manifests[request.match_info["ref"]](request)
@@ -87,11 +94,15 @@ class Registry:
             return web.Response(body=body)
         self.blobs[sha256_digest(body)] = handler
 
+    async def token_answer(self, request: web.Request) -> web.StreamResponse:
+        assert self.token is not None
+        return await self.token(request)
+
     async def stream(self, request: web.Request, data: bytes, total: int, *,
-                     content_type: str = "application/octet-stream",
-                     pause: float = 0.0) -> web.StreamResponse:  # fmt: skip
+                     content_type: str = "application/octet-stream", pause: float = 0.0,
+                     status: int = 200) -> web.StreamResponse:  # fmt: skip
         """Send `data` repeated up to `total` bytes, chunked (no Content-Length)."""
-        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        resp = web.StreamResponse(status=status, headers={"Content-Type": content_type})
         await resp.prepare(request)
         sent = 0
         try:
@@ -113,6 +124,7 @@ async def registry() -> AsyncIterator[Registry]:
     app = web.Application()
     app.router.add_get("/v2/app/manifests/{ref}", state.manifest)
     app.router.add_get("/v2/app/blobs/{digest}", state.blob)
+    app.router.add_get("/token", state.token_answer)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     state.host = f"127.0.0.1:{server.port}"
@@ -290,6 +302,45 @@ async def test_a_trickling_registry_meets_the_pull_deadline(
         await pull(service, f"{registry.host}/app:1")
     assert list(service.store.blobs.tmp_dir.iterdir()) == []
     assert sha256_digest(LAYER) not in service.store.blobs.digests()
+
+
+async def test_an_endless_error_answer_is_read_only_in_part(
+    registry: Registry, tmp_path: Path
+) -> None:
+    async def endless_error(request: web.Request) -> web.StreamResponse:
+        return await registry.stream(request, b"e" * CHUNK, FOREVER, status=400)
+
+    registry.manifests["1"] = endless_error
+    service = images(tmp_path)
+    with pytest.raises(RegistryError, match=f"registry {registry.host} answered 400") as refused:
+        await pull(service, f"{registry.host}/app:1")
+    assert len(str(refused.value)) < 600
+    assert registry.sent < 32 * MiB
+
+
+@pytest.mark.parametrize("answer", ["endless", "list", "not json", "number token"])
+async def test_a_token_server_answering_nonsense_is_refused(
+    registry: Registry, tmp_path: Path, answer: str
+) -> None:
+    async def challenge(request: web.Request) -> web.Response:
+        realm = f"http://{request.host}/token"
+        return web.Response(status=401, headers={
+            "WWW-Authenticate": f'Bearer realm="{realm}",service="fake"'})  # fmt: skip
+
+    async def token(request: web.Request) -> web.StreamResponse:
+        if answer == "endless":
+            return await registry.stream(request, b'{"token": "' + b"t" * CHUNK, FOREVER)
+        body = {"list": b"[1, 2]", "not json": b"<html>", "number token": b'{"token": 5}'}
+        return web.Response(body=body[answer])
+
+    registry.manifests["1"] = challenge
+    registry.token = token
+    service = images(tmp_path)
+    expected = {"endless": f"larger than the limit of {MiB} bytes",
+                "number token": "sent no token"}.get(answer, "something else than a JSON object")
+    with pytest.raises(RegistryAuthError, match=expected):
+        await pull(service, f"{registry.host}/app:1")
+    assert registry.sent < 32 * MiB
 
 
 class EndlessPeer(peer_pb2_grpc.PeerServicer):

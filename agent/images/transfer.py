@@ -9,12 +9,12 @@ from typing import Any
 import structlog
 
 from dockyard.agent.images.content import manifest_media_type, parse_json
+from dockyard.agent.images.descriptors import check_diff_ids, descriptor, image_descriptors
 from dockyard.agent.images.errors import (
     ImageError,
     ManifestNotFound,
     RegistryError,
     RegistryUnreachable,
-    SizeMismatch,
 )
 from dockyard.agent.images.models import Image, Layer
 from dockyard.agent.images.peer_fetch import PeerSources
@@ -24,7 +24,6 @@ from dockyard.agent.images.store import ImageStore, Lease
 from dockyard.common.distribution.media import INDEX_TYPES
 from dockyard.common.distribution.platform import Platform
 from dockyard.common.distribution.registry import (
-    MAX_CONFIG_BYTES,
     MAX_MANIFEST_BYTES,
     ByteProgress,
     Endpoint,
@@ -119,25 +118,24 @@ async def _pull(client: RegistryClient, store: ImageStore, ref: Reference,
             lease.add(digest)
             await store.blobs.put_bytes(body, digest)
             extra.append(digest)
-            desc = select_platform(manifest, client.config.platform, f"{ref}")
+            desc = descriptor(select_platform(manifest, client.config.platform, f"{ref}"),
+                              f"index of {ref}: the {client.config.platform} manifest")
             body, header_type, digest = await _child_manifest(
-                client, store, lease, ep, ref, desc["digest"], peers,
-                declared_size(desc, f"manifest {desc['digest']} of {ref}"))
+                client, store, lease, ep, ref, desc.digest, peers, desc.size)
             manifest = parse_json(body, f"manifest of {ref}")
         lease.add(digest)
         if manifest_media_type(manifest, header_type) in INDEX_TYPES:
             raise RegistryError(f"{ref}: nested indexes are not supported")
-        config_digest = manifest["config"]["digest"]
-        config_size = _config_size(manifest["config"], f"config {config_digest} of {ref}")
+        config_desc, layer_descs = image_descriptors(manifest, f"manifest of {ref}")
+        config_digest = config_desc.digest
         lease.add(config_digest)
         if not store.blobs.has(config_digest):
             await _download(client, ep, ref.repository, config_digest, store, peers,
-                            size=config_size)  # fmt: skip
+                            size=config_desc.size)  # fmt: skip
         config = parse_json(await store.blobs.read(config_digest), f"config of {ref}")
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-        layers = [Layer(d["digest"], declared_size(d, f"layer {d['digest']} of {ref}"),
-                        d["mediaType"], diff_id)
-                  for d, diff_id in zip(manifest.get("layers") or [], diff_ids, strict=False)]
+        diff_ids = check_diff_ids(config, layer_descs, f"config {config_digest} of {ref}")
+        layers = [Layer(d.digest, d.size, d.media_type, diff_id)
+                  for d, diff_id in zip(layer_descs, diff_ids, strict=True)]
         await _pull_layers(client, store, ep, ref=ref, layers=layers, lease=lease,
                            progress=progress, peers=peers)  # fmt: skip
         await store.blobs.put_bytes(body, digest)
@@ -149,23 +147,6 @@ async def _pull(client: RegistryClient, store: ImageStore, ref: Reference,
 
 
 Resolved = tuple[Endpoint | None, bytes, str, str]
-
-
-def declared_size(desc: dict[str, Any], what: str) -> int:
-    """The byte count a descriptor declares; a missing or nonsensical one is refused."""
-    size = desc.get("size")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ImageError(f"{what}: its descriptor declares size {size!r}, not a byte count; "
-                         f"refused")  # fmt: skip
-    return size
-
-
-def _config_size(desc: dict[str, Any], what: str) -> int:
-    size = declared_size(desc, what)
-    if size > MAX_CONFIG_BYTES:
-        raise SizeMismatch(f"{what}: declared {size} bytes, more than the limit of "
-                           f"{MAX_CONFIG_BYTES} for a config; refused")  # fmt: skip
-    return size
 
 
 async def _resolve(client: RegistryClient, store: ImageStore, lease: Lease, ref: Reference,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -281,8 +282,46 @@ async def test_a_descriptor_without_a_byte_count_is_refused(
     registry.serve_manifest("1", json.dumps(body).encode())
     registry.serve_blob(config)
     service = images(tmp_path)
-    with pytest.raises(ImageError, match=f"declares size {size!r}, not a byte count"):
+    with pytest.raises(ImageError, match=f"layers\\[0\\]: its descriptor declares size "
+                                         f"{re.escape(repr(size))}, not a byte count"):
         await pull(service, f"{registry.host}/app:1")
+    assert registry.blob_requests == []  # refused before anything was fetched
+
+
+@pytest.mark.parametrize(("change", "words"), [
+    (lambda m: m.pop("config"), "manifest of .*: config: not a descriptor object"),
+    (lambda m: m["config"].update(digest="md5:abc"), "config: digest 'md5:abc' is not sha256"),
+    (lambda m: m.update(layers={"a": 1}), "layers is not a list"),
+    (lambda m: m["layers"].append("x"), r"layers\[1\]: not a descriptor object"),
+    (lambda m: m["layers"][0].update(mediaType=7), r"layers\[0\]: mediaType is not a string"),
+    (lambda m: m.update(layers=m["layers"] * 129), "129 layers, more than the limit of 128"),
+])  # fmt: skip
+async def test_a_malformed_manifest_is_refused_before_any_download(
+    registry: Registry, tmp_path: Path, change: Callable[[dict[str, Any]], object], words: str
+) -> None:
+    config = config_blob()
+    body = json.loads(manifest(config))
+    change(body)
+    registry.serve_manifest("1", json.dumps(body).encode())
+    registry.serve_blob(config)
+    service = images(tmp_path)
+    with pytest.raises(ImageError, match=words):
+        await pull(service, f"{registry.host}/app:1")
+    assert registry.blob_requests == []
+    assert_nothing_kept(service)
+
+
+async def test_a_config_with_other_diff_ids_than_layers_is_refused_before_the_layers(
+    registry: Registry, tmp_path: Path
+) -> None:
+    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
+        "type": "layers", "diff_ids": []}}).encode()  # fmt: skip
+    registry.serve_manifest("1", manifest(config))
+    registry.serve_blob(config)
+    service = images(tmp_path)
+    with pytest.raises(ImageError, match="the manifest has 1 layers but the config 0 diff_ids"):
+        await pull(service, f"{registry.host}/app:1")
+    assert registry.blob_requests == [sha256_digest(config)]  # the layer was never asked for
 
 
 async def test_a_trickling_registry_meets_the_pull_deadline(

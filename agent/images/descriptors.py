@@ -17,7 +17,8 @@ from dockyard.common.distribution.registry import MAX_CONFIG_BYTES
 __all__ = ["MAX_LAYERS", "Descriptor", "check_diff_ids", "descriptor", "image_descriptors"]
 
 MAX_LAYERS = 128
-"""The most layers an image may have (an overlay mount of more fails anyway)."""
+"""The most layers an image may have: each is a lower directory of a container's overlay
+mount (Docker stops at 125)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Coroutine
 from typing import Any
 
@@ -15,6 +16,7 @@ from dockyard.agent.images.errors import (
     ManifestNotFound,
     RegistryError,
     RegistryUnreachable,
+    SizeMismatch,
 )
 from dockyard.agent.images.models import Image, Layer
 from dockyard.agent.images.peer_fetch import PeerSources
@@ -136,6 +138,7 @@ async def _pull(client: RegistryClient, store: ImageStore, ref: Reference,
         diff_ids = check_diff_ids(config, layer_descs, f"config {config_digest} of {ref}")
         layers = [Layer(d.digest, d.size, d.media_type, diff_id)
                   for d, diff_id in zip(layer_descs, diff_ids, strict=True)]
+        await _check_space(store, layers, f"{ref}")
         await _pull_layers(client, store, ep, ref=ref, layers=layers, lease=lease,
                            progress=progress, peers=peers)  # fmt: skip
         await store.blobs.put_bytes(body, digest)
@@ -147,6 +150,18 @@ async def _pull(client: RegistryClient, store: ImageStore, ref: Reference,
 
 
 Resolved = tuple[Endpoint | None, bytes, str, str]
+
+
+async def _check_space(store: ImageStore, layers: list[Layer], what: str) -> None:
+    """Refuse a pull whose missing layers declare more bytes than the store has free."""
+    missing = {layer.digest: layer.size for layer in layers if not store.blobs.has(layer.digest)}
+    needed = sum(missing.values())
+    if not needed:
+        return
+    free = (await asyncio.to_thread(shutil.disk_usage, store.blobs.tmp_dir)).free
+    if needed > free:
+        raise SizeMismatch(f"{what}: its {len(missing)} missing layers declare {needed} bytes, "
+                           f"and the image store has {free} free; refused")  # fmt: skip
 
 
 async def _resolve(client: RegistryClient, store: ImageStore, lease: Lease, ref: Reference,

@@ -311,6 +311,20 @@ async def test_a_malformed_manifest_is_refused_before_any_download(
     assert_nothing_kept(service)
 
 
+async def test_layers_declaring_more_than_the_free_space_are_never_downloaded(
+    registry: Registry, tmp_path: Path
+) -> None:
+    config = config_blob()
+    huge = 1 << 50  # a pebibyte
+    registry.serve_manifest("1", manifest(config, layer_size=huge))
+    registry.serve_blob(config)
+    service = images(tmp_path)
+    with pytest.raises(SizeMismatch, match=f"its 1 missing layers declare {huge} bytes, and "
+                                           f"the image store has [0-9]+ free"):  # fmt: skip
+        await pull(service, f"{registry.host}/app:1")
+    assert registry.blob_requests == [sha256_digest(config)]
+
+
 async def test_a_config_with_other_diff_ids_than_layers_is_refused_before_the_layers(
     registry: Registry, tmp_path: Path
 ) -> None:

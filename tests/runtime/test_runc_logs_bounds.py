@@ -134,6 +134,17 @@ async def test_tail_reads_from_the_end_of_a_large_log(tmp_path: Path) -> None:
     assert peak < 4 * MiB
 
 
+async def test_tail_shows_a_partial_line_far_back_as_a_whole_read_does(tmp_path: Path) -> None:
+    # stderr's last output lacks a newline and came long before stdout's last lines: a
+    # whole read ends with it, so the tail does too.
+    log = tmp_path / "ctr.log"
+    entries = [("stderr", "P", b"no newline"), *[("stdout", "F", b"y" * 40)] * 20_000]
+    write_log(log, entries, datetime(2026, 1, 1, tzinfo=UTC))
+    tail = await collect(log, tail=2)
+    assert [(r.stream, r.data) for r in tail] == [("stdout", b"y" * 40 + b"\n"),
+                                                  ("stderr", b"no newline")]
+
+
 entry = st.tuples(st.sampled_from(["stdout", "stderr"]), st.sampled_from(["F", "P"]),
                   st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"_")))  # fmt: skip
 

@@ -189,9 +189,10 @@ def _tail(files: _Files, count: int, final: bool) -> tuple[list[LogRecord], LogP
     """The last `count` records (with the partial lines at the end when `final`), and the
     parser to go on with; `files` are left at their end."""
     sizes = files.sizes()
+    total = sum(sizes)
     back = _TAIL_STEP
     while True:
-        from_start = back >= sum(sizes)
+        from_start = back >= total
         index, offset = _line_start(files, sizes, back) if not from_start else (0, 0)
         files.seek(index, offset)
         parser = LogParser()
@@ -199,11 +200,82 @@ def _tail(files: _Files, count: int, final: bool) -> tuple[list[LogRecord], LogP
         ended: set[Stream] = set()
         for record in _records(files, parser):
             _keep(kept, ended, record, from_start)
-        for record in parser.flush() if final else []:
+        flushed = parser.flush() if final else []
+        for record in flushed:
             _keep(kept, ended, record, from_start)
-        if from_start or (len(kept) == count and all(whole for _, whole in kept)):
+        whole = len(kept) == count and all(whole for _, whole in kept)
+        if from_start or (whole and not final):
             return [record for record, _ in kept], parser
+        if whole:
+            # A stream with no entry here may still end in a partial line further back,
+            # which a whole read shows last: look for its last entry.
+            start = sum(sizes[:index]) + offset
+            here = {r.stream for r, _ in kept} | ended | {r.stream for r in flushed}
+            needed = _partial_before(files, sizes, start, [s for s in STREAMS if s not in here])
+            if needed is None:
+                files.seek(len(files.files) - 1, files.sizes()[-1] if files.files else 0)
+                return [record for record, _ in kept], parser
+            back = max(back, total - needed)
         back *= 4
+
+
+STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
+
+
+def _partial_before(files: _Files, sizes: list[int], end: int,
+                    streams: list[Stream]) -> int | None:  # fmt: skip
+    """Where the last entry of one of `streams` before `end` is, when that entry is a
+    partial one (P); None when each of them ends with a whole line or has no entry.
+
+    Blocks are searched from the end for the stream's field (a byte search: a log with
+    no entry of the stream is scanned quickly); a block's first, unfinished line goes
+    with the next block."""
+    wanted = {f" {stream} ".encode() for stream in streams}
+    carry = b""
+    position = end
+    while wanted and position > 0:
+        start = max(0, position - _TAIL_STEP)
+        block = _read_span(files, sizes, start, position - start) + carry
+        first = block.find(b"\n") + 1 if start > 0 else 0
+        carry = block[: max(first - 1, 0)] if len(block) <= _READ_BYTES else b""
+        for token in sorted(wanted):
+            found = _last_field(block, first, token)
+            if found is None:
+                continue
+            if block[found + len(token) : found + len(token) + 1] == b"P":
+                return start + block.rfind(b"\n", 0, found) + 1
+            wanted.discard(token)
+        position = start
+    return None
+
+
+def _last_field(block: bytes, low: int, token: bytes) -> int | None:
+    """Where `token` last stands as a line's stream field (right after the timestamp)
+    in `block`, at or after `low`."""
+    high = len(block)
+    while (found := block.rfind(token, low, high)) >= 0:
+        line = block.rfind(b"\n", 0, found) + 1
+        if line >= low and b" " not in block[line:found]:
+            return found
+        high = found
+    return None
+
+
+def _read_span(files: _Files, sizes: list[int], start: int, length: int) -> bytes:
+    """`length` bytes from virtual offset `start` of the files taken end to end."""
+    out = bytearray()
+    index = 0
+    while index < len(sizes) and start >= sizes[index]:
+        start -= sizes[index]
+        index += 1
+    while length > 0 and index < len(sizes):
+        f = files.files[index]
+        f.seek(start)
+        data = f.read(min(length, sizes[index] - start))
+        out += data
+        length -= len(data)
+        index, start = index + 1, 0
+    return bytes(out)
 
 
 def _keep(kept: deque[tuple[LogRecord, bool]], ended: set[Stream], record: LogRecord,

@@ -18,6 +18,7 @@ import structlog
 
 from dockyard.agent.identity import NodeIdentity
 from dockyard.common.backoff import Backoff
+from dockyard.common.session_limits import MAX_SESSION_MESSAGE_BYTES, assignment_set_problem
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
     AgentMessage,
@@ -33,7 +34,7 @@ from dockyard.v1.types_pb2 import NodeDescription
 log = structlog.get_logger(__name__)
 
 # An assignment set carries the data of the secrets its tasks use (500 KiB each at most).
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_SESSION_MESSAGE_BYTES)]
 
 CONNECT_TIMEOUT = 10.0
 # Missing this many heartbeat acks in a row means the controller is gone.
@@ -223,12 +224,15 @@ class ControllerSession:
                 log.debug("session.assignments", tasks=len(assignments.tasks),
                           secrets=sorted(s.id for s in assignments.secrets),
                           bytes=assignments.ByteSize())  # never the data  # fmt: skip
-                await self._on_assignments(assignments)
+                if _acceptable(assignments):
+                    await self._on_assignments(assignments)
             elif kind == "network" and self._on_network is not None:
                 await self._on_network(message.network)
 
     def _acked(self, sequence: int, period: float) -> None:
         sent = self._sent.pop(sequence, None)
+        for older in [s for s in self._sent if s < sequence]:  # acks the controller folded
+            del self._sent[older]
         if sent is not None:
             self.status.rtt_seconds = time.monotonic() - sent
             if self._keep_rtts:
@@ -244,3 +248,13 @@ class ControllerSession:
         self.status.state = "disconnected"
         self.status.session_id = ""
         self.connected.clear()
+
+
+def _acceptable(assignments: AssignmentSet) -> bool:
+    """Whether to act on a set: one over the bounds is refused whole (the node keeps
+    running what it had), never taken in part."""
+    problem = assignment_set_problem(assignments)
+    if problem is None:
+        return True
+    log.error("session.assignments_refused", reason=problem)
+    return False

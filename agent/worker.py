@@ -31,6 +31,7 @@ from google.protobuf import json_format
 
 from dockyard.agent.executor import Executor, ExecutorError, ExitInfo
 from dockyard.agent.secret_files import SecretFiles
+from dockyard.common.session_limits import clip_status
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, TaskStatusReport
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import HealthCheck, Task
@@ -437,6 +438,7 @@ class Worker:
         fields.setdefault("health", tracked.status.health)  # a check's verdict stays
         status = TaskStatus(state=state, message=message, container_id=tracked.container_id,
                             address=tracked.address, **fields)  # fmt: skip
+        clip_status(status)
         status.timestamp.FromNanoseconds(time.time_ns())
         tracked.status = status
         log.info("task.status", task_id=tracked.task.id, state=TaskStatus.State.Name(state),

@@ -29,6 +29,7 @@ from dockyard.common.authz import peer_identity
 from dockyard.common.timestamps import is_set, now_timestamp, to_seconds
 from dockyard.common.validation import ValidationError
 from dockyard.controller.errors import grpc_errors
+from dockyard.controller.ratelimit import renewal_limiter
 from dockyard.controller.store import (
     ISSUED_CERTS,
     JOIN_TOKENS,
@@ -315,6 +316,7 @@ def check_certificate_request(csr_pem: bytes, hosts: list[str]) -> ec.EllipticCu
 class NodeCAServicer(ca_pb2_grpc.NodeCAServicer):
     def __init__(self, ca: ClusterCA) -> None:
         self._ca = ca
+        self._renewals = renewal_limiter(ca.node_validity.total_seconds())
 
     @grpc_errors
     async def IssueNodeCertificate(
@@ -342,5 +344,18 @@ class NodeCAServicer(ca_pb2_grpc.NodeCAServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 "only a node renews its own certificate")  # fmt: skip
             raise AssertionError("unreachable")
+        check_certificate_request(request.csr_pem, list(request.hosts))  # a bad one costs nothing
+        await self._limit_renewals(identity.id, context)
         return await self._ca.issue(request.csr_pem, identity.role, identity.id,
                                     list(request.hosts))  # fmt: skip
+
+    async def _limit_renewals(self, node_id: str, context: Context) -> None:
+        """Refuse a renewal past the identity's rate (each one writes an issued record)."""
+        wait = self._renewals.take(node_id)
+        if wait > 0:
+            log.warning("cert.renew_limited", node_id=node_id, retry_after=round(wait, 1))
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"node {node_id} renews too often: at most {self._renewals.burst} renewals "
+                f"at once, then one every {self._renewals.interval:g} s; retry in {wait:.0f} s",
+            )

@@ -19,11 +19,13 @@ import structlog
 
 from dockyard.common.authz import peer_identity
 from dockyard.common.pki import NODE
+from dockyard.common.session_limits import MAX_SESSION_MESSAGE_BYTES, status_report_problem
 from dockyard.common.validation import MAX_REF_LENGTH
 from dockyard.controller.assignments import Assigner, StatusWriter
 from dockyard.controller.errors import details_for, status_for
 from dockyard.controller.network_map import NetworkMapper
 from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.outbox import Outbox
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
     AgentMessage,
@@ -44,11 +46,11 @@ class AgentSession:
     session_id: str
     node_id: str
     remote_address: str
-    outbox: asyncio.Queue[DispatcherMessage | None] = field(default_factory=asyncio.Queue)
+    outbox: Outbox = field(default_factory=Outbox)
     opened_at: float = field(default_factory=time.monotonic)
 
     def close(self) -> None:
-        self.outbox.put_nowait(None)
+        self.outbox.close()
 
 
 @dataclass
@@ -96,10 +98,12 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         return time.monotonic() - (seen.monotonic if seen else default)
 
     def send(self, node_id: str, message: DispatcherMessage) -> bool:
+        """Queue `message` on the node's session (replacing a waiting one of its kind);
+        False when the node has no session or the message is too large to send."""
         session = self.sessions.get(node_id)
-        if session is None:
+        if session is None or not _fits(node_id, message):
             return False
-        session.outbox.put_nowait(message)
+        session.outbox.put(message)
         return True
 
     def close(self, node_id: str) -> None:
@@ -208,7 +212,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
 
     def _take_status(self, session: AgentSession, report: TaskStatusReport) -> None:
         writer = self.status_writer
-        if writer is None:
+        if writer is None or not _report_fits(session.node_id, report):
             return
         rejected = writer.accept(session.node_id, report)
         if rejected is not None and rejected.reason != "unknown task":
@@ -221,7 +225,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                 kind = message.WhichOneof("message")
                 if kind == "heartbeat":
                     self.beat(session.node_id)
-                    session.outbox.put_nowait(
+                    session.outbox.put(
                         DispatcherMessage(
                             heartbeat_ack=HeartbeatAck(
                                 sequence=message.heartbeat.sequence,
@@ -235,3 +239,25 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             pass
         finally:
             session.close()
+
+
+def _fits(node_id: str, message: DispatcherMessage) -> bool:
+    """Whether the node can take `message` (its receive limit): a larger one is not sent,
+    and the node keeps what it had."""
+    size = message.ByteSize()
+    if size <= MAX_SESSION_MESSAGE_BYTES:
+        return True
+    log.error("session.message_too_large", node_id=node_id, kind=message.WhichOneof("message"),
+              bytes=size, limit=MAX_SESSION_MESSAGE_BYTES)  # fmt: skip
+    return False
+
+
+def _report_fits(node_id: str, report: TaskStatusReport) -> bool:
+    """Whether a status report is within the session's bounds (so it fits the etcd write
+    that records it); an oversized one is dropped, naming the field."""
+    problem = status_report_problem(report)
+    if problem is None:
+        return True
+    log.warning("task.status_rejected", node_id=node_id, task_id=report.task_id[:MAX_REF_LENGTH],
+                reason=problem)  # fmt: skip
+    return False

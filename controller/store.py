@@ -32,8 +32,19 @@ T = TypeVar("T")
 
 # etcd refuses transactions with more operations than --max-txn-ops (128 by default).
 MAX_TXN_OPS = 128
-# Records per range request when listing (a task record is about 300 bytes).
-LIST_PAGE = 2000
+# A list asks for pages of about LIST_PAGE_BYTES: the record count of each page follows
+# the sizes of the records read so far, and a page that still comes back over the
+# receive limit is asked again with half as many records. etcd has no byte limit on a
+# range, only a count, so the bound is kept here.
+LIST_PAGE_BYTES = 4 * 1024 * 1024
+LIST_FIRST_PAGE = 256
+LIST_PAGE_MAX_RECORDS = 10_000
+# The client's gRPC receive limit (gRPC's default is 4 MiB). It leaves room for a page
+# whose count was sized from small records and that meets large ones (etcd takes values
+# up to its --max-request-bytes, 1.5 MiB by default) and for large watch responses.
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
+# Bytes a record costs in a range response beyond its key and value (revisions, framing).
+_KV_OVERHEAD = 32
 
 
 class StoreError(Exception):
@@ -135,7 +146,7 @@ class Store:
     ) -> None:
         self.endpoints = list(endpoints)
         self.prefix = prefix.rstrip("/")
-        self._client = Etcd3Client(
+        self._client = _Etcd3Client(
             self.endpoints,
             rpc_max_attempts=3,
             watch_reconnect_backoff_seconds=0.1,
@@ -202,24 +213,48 @@ class Store:
 
     async def list_all(self, kind: Kind[M], at_revision: int = 0) -> tuple[list[M], int]:
         """Every record of a kind and the revision the list was read at
-        (`at_revision` reads an earlier, consistent snapshot)."""
+        (`at_revision` reads an earlier, consistent snapshot).
+
+        Read in pages of about LIST_PAGE_BYTES, every page at the first page's
+        revision, so the list is one consistent snapshot however large the kind.
+        """
         prefix = self._key(kind, "")
         end = prefix_range_end(prefix)
         start: bytes = prefix.encode()
         records: list[M] = []
         revision = at_revision
-        # Pages keep each response under gRPC's 4 MiB message limit; every page is
-        # read at the first page's revision, so the list is one consistent snapshot.
+        limit = LIST_FIRST_PAGE
         while True:
-            response = await self._call(
-                "range",
-                self._kv.get(start, end, revision=revision, limit=LIST_PAGE, timeout=10.0)
-            )
+            response, limit = await self._range_page(start, end, revision, limit)
             revision = revision or int(response.header.revision)
             records.extend(self._decode(kind, kv) for kv in response.kvs)
             if not response.more or not response.kvs:
                 return records, revision
             start = bytes(response.kvs[-1].key) + b"\0"
+            limit = _page_records(response.kvs)
+
+    async def _range_page(
+        self, start: bytes, end: bytes, revision: int, limit: int
+    ) -> tuple[Any, int]:
+        """One page of at most `limit` records; a page over the receive limit is
+        asked again with half as many. Returns the response and the count it used."""
+        while True:
+            try:
+                response = await self._call("range", self._kv.get(
+                    start, end, revision=revision, limit=limit, timeout=10.0))
+            except StoreUnavailable as exc:
+                if not _too_large(exc.__cause__):
+                    raise
+                if limit == 1:
+                    raise StoreError(
+                        f"the record at {start!r} is larger than the etcd client's receive "
+                        f"limit of {MAX_RECEIVE_BYTES} bytes: {_short(exc.__cause__)}"
+                    ) from exc
+                log.warning("store.list_page_too_large", start=start.decode(errors="replace"),
+                            records=limit, limit_bytes=MAX_RECEIVE_BYTES)
+                limit = max(1, limit // 2)
+                continue
+            return response, limit
 
     # -- writes ------------------------------------------------------------
 
@@ -434,6 +469,31 @@ class Store:
             ) from exc
         finally:
             self.observe(op, time.perf_counter() - started)
+
+
+class _Etcd3Client(Etcd3Client):
+    """etcd3aio's client with the gRPC receive limit raised to MAX_RECEIVE_BYTES.
+
+    etcd3aio 0.3 takes no channel options, but its connection manager builds every
+    channel from its `grpc_options` list, so the limit is added there before connect.
+    """
+
+    def __init__(self, endpoints: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(endpoints, **kwargs)
+        self._manager.grpc_options.append(
+            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES))
+
+
+def _page_records(kvs: Sequence[Any]) -> int:
+    """How many records of the size just read make about LIST_PAGE_BYTES."""
+    size = sum(len(kv.key) + len(kv.value) + _KV_OVERHEAD for kv in kvs) // len(kvs)
+    return max(1, min(LIST_PAGE_MAX_RECORDS, LIST_PAGE_BYTES // max(1, size)))
+
+
+def _too_large(exc: BaseException | None) -> bool:
+    """A response refused for being over the client's receive limit."""
+    return (isinstance(exc, grpc.aio.AioRpcError)
+            and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def _kind_of(key: str, by_prefix: Sequence[tuple[str, Kind[Any]]]) -> Kind[Any] | None:

@@ -166,7 +166,8 @@ async def test_a_list_larger_than_one_page_is_one_consistent_snapshot(
 ) -> None:
     import dockyard.controller.store as store_module
 
-    monkeypatch.setattr(store_module, "LIST_PAGE", 7)
+    monkeypatch.setattr(store_module, "LIST_FIRST_PAGE", 7)
+    monkeypatch.setattr(store_module, "LIST_PAGE_BYTES", 400)  # a handful of node records
     await store.commit_each([store.put_op(NODES, f"n{i:03}", make_node(f"n{i:03}"), expect=0)
                              for i in range(50)])
     nodes, revision = await store.list_all(NODES)

@@ -13,16 +13,17 @@ import errno
 import hashlib
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
 import structlog
 
-from dockyard.agent.images.errors import DigestMismatch, ImageStoreError
+from dockyard.agent.images.errors import DigestMismatch, ImageStoreError, SizeMismatch
 from dockyard.common.distribution.media import digest_hex
 
-__all__ = ["BlobSink", "BlobStore", "BlobWriter"]
+__all__ = ["BlobSink", "BlobStore", "BlobWriter", "SizeBound"]
 
 log = structlog.get_logger(__name__)
 
@@ -86,9 +87,16 @@ class BlobStore:
         """Remove a blob if present."""
         self.path(digest).unlink(missing_ok=True)
 
-    def writer(self, expected: str | None = None, what: str | None = None) -> BlobWriter:
-        """An async writer that commits a blob on a clean exit, discards it otherwise."""
-        return BlobWriter(self, expected, what or f"blob {expected or '(new)'}")
+    def writer(self, expected: str | None = None, what: str | None = None, *,
+               size: int | None = None, limit: int | None = None) -> BlobWriter:
+        """An async writer that commits a blob on a clean exit, discards it otherwise.
+
+        `size` is the size the blob was declared with (a manifest's descriptor): a byte
+        more is refused as it arrives, and so is a blob that ends short of it. `limit`
+        caps a blob whose size nobody declared (a manifest asked for by tag).
+        """
+        return BlobWriter(self, expected, what or f"blob {expected or '(new)'}",
+                          SizeBound(size, limit))  # fmt: skip
 
     async def put_bytes(self, data: bytes, expected: str | None = None) -> str:
         """Store `data`, verified against `expected` if given, and return its digest."""
@@ -167,6 +175,35 @@ class BlobSink:
         self.path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class SizeBound:
+    """The size a blob was declared with and the most bytes it may have (None: any)."""
+
+    declared: int | None = None
+    limit: int | None = None
+
+    def check(self, received: int, what: str) -> None:
+        """Raise SizeMismatch when `received` bytes are already more than allowed."""
+        if self.declared is not None and received > self.declared:
+            raise SizeMismatch(
+                f"{what}: more bytes than the {self.declared} declared (at least {received} "
+                f"received); cut off and refused"
+            )
+        if self.limit is not None and received > self.limit:
+            raise SizeMismatch(
+                f"{what}: larger than the limit of {self.limit} bytes (at least {received} "
+                f"received); cut off and refused"
+            )
+
+    def check_complete(self, received: int, what: str) -> None:
+        """Raise SizeMismatch when a finished blob is shorter than declared."""
+        self.check(received, what)
+        if self.declared is not None and received != self.declared:
+            raise SizeMismatch(
+                f"{what}: {received} bytes received, {self.declared} declared; refused"
+            )
+
+
 class BlobWriter:
     """Async, streaming, verified blob write; use as `async with store.writer(d) as w`.
 
@@ -174,10 +211,12 @@ class BlobWriter:
     with an exception, or a failed verification, deletes the temporary file.
     """
 
-    def __init__(self, store: BlobStore, expected: str | None, what: str) -> None:
+    def __init__(self, store: BlobStore, expected: str | None, what: str,
+                 bound: SizeBound | None = None) -> None:  # fmt: skip
         self._store = store
         self._expected = expected
         self._what = what
+        self._bound = bound or SizeBound()
         self._sink: BlobSink | None = None
         self._buffer: list[bytes] = []
         self._buffered = 0
@@ -193,7 +232,12 @@ class BlobWriter:
         return self
 
     async def write(self, data: bytes) -> None:
-        """Append data; it is flushed to disk in ~1 MiB batches off the event loop."""
+        """Append data; it is flushed to disk in ~1 MiB batches off the event loop.
+
+        Raises:
+            SizeMismatch: the blob grew past its declared size or its limit.
+        """
+        self._bound.check(self.written + len(data), self._what)
         self._buffer.append(data)
         self._buffered += len(data)
         if self._buffered >= _FLUSH_BYTES:
@@ -215,6 +259,7 @@ class BlobWriter:
             return
         try:
             await self._flush()
+            self._bound.check_complete(sink.written, self._what)
             self.digest = await asyncio.to_thread(sink.commit)
         except BaseException:
             sink.discard()

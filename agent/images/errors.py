@@ -13,6 +13,7 @@ from dockyard.common.distribution.errors import (
     RegistryAuthError,
     RegistryError,
     RegistryUnreachable,
+    SizeMismatch,
 )
 from dockyard.common.reference import InvalidReference
 
@@ -27,6 +28,7 @@ __all__ = [
     "RegistryAuthError",
     "RegistryError",
     "RegistryUnreachable",
+    "SizeMismatch",
 ]
 
 

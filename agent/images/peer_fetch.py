@@ -54,18 +54,24 @@ class PeerFetcher:
         return PeerSources(self, tuple(addresses)) if addresses else None
 
     async def fetch_from(self, address: str, digest: str, blobs: BlobStore,
-                         on_bytes: ByteProgress | None) -> int:  # fmt: skip
+                         on_bytes: ByteProgress | None, *, size: int | None = None,
+                         limit: int | None = None) -> int:  # fmt: skip
         """Store blob ``digest`` as ``address`` serves it; its size.
+
+        ``size`` is the size the manifest declared (a peer that sends a byte more is cut
+        off), ``limit`` caps a blob whose size is not declared.
 
         Raises:
             grpc.aio.AioRpcError: the peer refused (NOT_FOUND: it has no such blob).
             TimeoutError: the peer did not answer in time.
             DigestMismatch: the bytes were not the blob's (nothing was kept).
+            SizeMismatch: more or fewer bytes than declared, or over ``limit``.
         """
         async with self._channel(address) as channel:
             call = PeerStub(channel).FetchBlob(FetchBlobRequest(digest=digest))
             try:
-                async with blobs.writer(digest, f"blob {digest} from node {address}") as out:
+                async with blobs.writer(digest, f"blob {digest} from node {address}",
+                                        size=size, limit=limit) as out:  # fmt: skip
                     timeout = CONNECT_TIMEOUT
                     while True:
                         chunk = await asyncio.wait_for(call.read(), timeout)
@@ -93,14 +99,16 @@ class PeerSources:
     fetcher: PeerFetcher
     addresses: tuple[str, ...]
 
-    async def fetch(self, digest: str, blobs: BlobStore,
-                    on_bytes: ByteProgress | None = None) -> str:  # fmt: skip
+    async def fetch(self, digest: str, blobs: BlobStore, on_bytes: ByteProgress | None = None,
+                    *, size: int | None = None, limit: int | None = None) -> str:  # fmt: skip
         """Store blob ``digest`` from the first peer that has it; that peer's address, or
-        "" when none served it (each failure is logged)."""
+        "" when none served it (each failure is logged). ``size`` and ``limit`` bound
+        what a peer may send, as for `PeerFetcher.fetch_from`."""
         for address in self.addresses:
             started = time.monotonic()
             try:
-                size = await self.fetcher.fetch_from(address, digest, blobs, on_bytes)
+                got = await self.fetcher.fetch_from(address, digest, blobs, on_bytes,
+                                                    size=size, limit=limit)  # fmt: skip
             except grpc.aio.AioRpcError as exc:
                 log.info("peer blob fetch failed", peer=address, digest=digest,
                          code=exc.code().name, error=exc.details())  # fmt: skip
@@ -109,7 +117,7 @@ class PeerSources:
                 log.info("peer blob fetch failed", peer=address, digest=digest,
                          error=str(exc) or "timed out")  # fmt: skip
                 continue
-            log.info("blob fetched from peer", peer=address, digest=digest, size=size,
+            log.info("blob fetched from peer", peer=address, digest=digest, size=got,
                      seconds=round(time.monotonic() - started, 3))  # fmt: skip
             return address
         return ""

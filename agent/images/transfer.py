@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Coroutine
 from typing import Any
 
 import structlog
 
 from dockyard.agent.images.content import manifest_media_type, parse_json
+from dockyard.agent.images.descriptors import check_diff_ids, descriptor, image_descriptors
 from dockyard.agent.images.errors import (
     ImageError,
     ManifestNotFound,
     RegistryError,
     RegistryUnreachable,
+    SizeMismatch,
 )
 from dockyard.agent.images.models import Image, Layer
 from dockyard.agent.images.peer_fetch import PeerSources
@@ -22,7 +25,12 @@ from dockyard.agent.images.reference import Reference
 from dockyard.agent.images.store import ImageStore, Lease
 from dockyard.common.distribution.media import INDEX_TYPES
 from dockyard.common.distribution.platform import Platform
-from dockyard.common.distribution.registry import ByteProgress, Endpoint, RegistryClient
+from dockyard.common.distribution.registry import (
+    MAX_MANIFEST_BYTES,
+    ByteProgress,
+    Endpoint,
+    RegistryClient,
+)
 
 __all__ = ["pull_image", "push_image", "run_all", "select_platform"]
 
@@ -78,9 +86,31 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
     whose manifest the registry cannot give (down, or the manifest deleted) is taken from
     the peers too: its digest is its content's, so the whole image then comes from them.
 
+    Every blob is read up to the size its descriptor declares (manifests and configs
+    up to 4 MiB), and the whole pull must end within `pull_deadline` seconds.
+
     Returns:
         The stored image, named by `ref`.
+
+    Raises:
+        RegistryUnreachable: the pull did not end within the deadline.
+        SizeMismatch: a blob or manifest was not the size declared or over its cap.
     """
+    deadline = client.config.pull_deadline
+    try:
+        async with asyncio.timeout(deadline) as scope:
+            return await _pull(client, store, ref, progress, peers)
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        raise RegistryUnreachable(
+            f"pull of {ref} did not finish within its deadline of {deadline:g} s; "
+            f"nothing of the unfinished blobs was kept"
+        ) from None
+
+
+async def _pull(client: RegistryClient, store: ImageStore, ref: Reference,
+                progress: ProgressCallback, peers: PeerSources | None) -> Image:  # fmt: skip
     with store.lease() as lease:
         ep, body, header_type, digest = await _resolve(client, store, lease, ref, peers)
         repo_digest = Reference(ref.registry, ref.repository, None, digest)
@@ -90,21 +120,25 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
             lease.add(digest)
             await store.blobs.put_bytes(body, digest)
             extra.append(digest)
-            desc = select_platform(manifest, client.config.platform, f"{ref}")
-            body, header_type, digest = await _child_manifest(client, store, lease, ep, ref,
-                                                              desc["digest"], peers)  # fmt: skip
+            desc = descriptor(select_platform(manifest, client.config.platform, f"{ref}"),
+                              f"index of {ref}: the {client.config.platform} manifest")
+            body, header_type, digest = await _child_manifest(
+                client, store, lease, ep, ref, desc.digest, peers, desc.size)
             manifest = parse_json(body, f"manifest of {ref}")
         lease.add(digest)
         if manifest_media_type(manifest, header_type) in INDEX_TYPES:
             raise RegistryError(f"{ref}: nested indexes are not supported")
-        config_digest = manifest["config"]["digest"]
+        config_desc, layer_descs = image_descriptors(manifest, f"manifest of {ref}")
+        config_digest = config_desc.digest
         lease.add(config_digest)
         if not store.blobs.has(config_digest):
-            await _download(client, ep, ref.repository, config_digest, store, peers)
+            await _download(client, ep, ref.repository, config_digest, store, peers,
+                            size=config_desc.size)  # fmt: skip
         config = parse_json(await store.blobs.read(config_digest), f"config of {ref}")
-        diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
-        layers = [Layer(d["digest"], int(d["size"]), d["mediaType"], diff_id)
-                  for d, diff_id in zip(manifest.get("layers") or [], diff_ids, strict=False)]
+        diff_ids = check_diff_ids(config, layer_descs, f"config {config_digest} of {ref}")
+        layers = [Layer(d.digest, d.size, d.media_type, diff_id)
+                  for d, diff_id in zip(layer_descs, diff_ids, strict=True)]
+        await _check_space(store, layers, f"{ref}")
         await _pull_layers(client, store, ep, ref=ref, layers=layers, lease=lease,
                            progress=progress, peers=peers)  # fmt: skip
         await store.blobs.put_bytes(body, digest)
@@ -116,6 +150,18 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
 
 
 Resolved = tuple[Endpoint | None, bytes, str, str]
+
+
+async def _check_space(store: ImageStore, layers: list[Layer], what: str) -> None:
+    """Refuse a pull whose missing layers declare more bytes than the store has free."""
+    missing = {layer.digest: layer.size for layer in layers if not store.blobs.has(layer.digest)}
+    needed = sum(missing.values())
+    if not needed:
+        return
+    free = (await asyncio.to_thread(shutil.disk_usage, store.blobs.tmp_dir)).free
+    if needed > free:
+        raise SizeMismatch(f"{what}: its {len(missing)} missing layers declare {needed} bytes, "
+                           f"and the image store has {free} free; refused")  # fmt: skip
 
 
 async def _resolve(client: RegistryClient, store: ImageStore, lease: Lease, ref: Reference,
@@ -136,21 +182,25 @@ async def _resolve(client: RegistryClient, store: ImageStore, lease: Lease, ref:
 
 async def _child_manifest(client: RegistryClient, store: ImageStore, lease: Lease,
                           ep: Endpoint | None, ref: Reference, digest: str,
-                          peers: PeerSources | None) -> tuple[bytes, str, str]:  # fmt: skip
-    """The platform's manifest an index names: from where the index came."""
+                          peers: PeerSources | None,
+                          size: int) -> tuple[bytes, str, str]:  # fmt: skip
+    """The platform's manifest an index names (of the `size` it declares): from where
+    the index came."""
     if ep is not None:
-        return await client.get_manifest(ep, ref, digest)
-    body = await _from_peers(store, lease, peers, digest) if peers is not None else None
+        return await client.get_manifest(ep, ref, digest, size)
+    body = await _from_peers(store, lease, peers, digest, size) if peers is not None else None
     if body is None:
         raise RegistryUnreachable(f"{ref}: the registry failed and no peer has manifest {digest}")
     return body, "", digest
 
 
 async def _from_peers(store: ImageStore, lease: Lease, peers: PeerSources,
-                      digest: str) -> bytes | None:  # fmt: skip
-    """A manifest fetched from the peers (verified, kept in the store), or None."""
+                      digest: str, size: int | None = None) -> bytes | None:  # fmt: skip
+    """A manifest fetched from the peers (verified, at most MAX_MANIFEST_BYTES and of
+    `size` when declared, kept in the store), or None."""
     lease.add(digest)
-    if store.blobs.has(digest) or await peers.fetch(digest, store.blobs):
+    if store.blobs.has(digest) or await peers.fetch(digest, store.blobs, size=size,
+                                                    limit=MAX_MANIFEST_BYTES):
         return await store.blobs.read(digest)
     return None
 
@@ -175,7 +225,8 @@ async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint |
                     if throttle.ready(done >= layer.size):
                         progress(ProgressEvent(layer.digest, Status.DOWNLOADING, done, layer.size))
 
-                await _download(client, ep, ref.repository, layer.digest, store, peers, on_bytes)
+                await _download(client, ep, ref.repository, layer.digest, store, peers,
+                                on_bytes, size=layer.size)  # fmt: skip
                 progress(ProgressEvent(layer.digest, Status.VERIFYING, layer.size, layer.size))
         progress(ProgressEvent(layer.digest, Status.EXTRACTING, layer.size, layer.size))
         await store.ensure_snapshot(layer)
@@ -186,14 +237,14 @@ async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint |
 
 async def _download(client: RegistryClient, ep: Endpoint | None, repository: str, digest: str,
                     store: ImageStore, peers: PeerSources | None,
-                    on_bytes: ByteProgress | None = None) -> None:  # fmt: skip
-    """Store blob `digest`: from a peer that has it, else from the registry (`ep`; None
-    when the registry already failed)."""
-    if peers is not None and await peers.fetch(digest, store.blobs, on_bytes):
+                    on_bytes: ByteProgress | None = None, *, size: int) -> None:  # fmt: skip
+    """Store blob `digest` of the declared `size`: from a peer that has it, else from the
+    registry (`ep`; None when the registry already failed)."""
+    if peers is not None and await peers.fetch(digest, store.blobs, on_bytes, size=size):
         return
     if ep is None:
         raise RegistryUnreachable(f"blob {digest}: the registry failed and no peer has it")
-    await client.download_blob(ep, repository, digest, store.blobs, on_bytes)
+    await client.download_blob(ep, repository, digest, store.blobs, on_bytes, size=size)
 
 
 async def push_image(client: RegistryClient, store: ImageStore, image: Image, ref: Reference,

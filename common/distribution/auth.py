@@ -13,9 +13,17 @@ from pathlib import Path
 import aiohttp
 import structlog
 
+from dockyard.common.distribution.bounded import read_at_most, short_text
 from dockyard.common.distribution.errors import RegistryAuthError
 
-__all__ = ["Challenge", "Credentials", "load_credentials", "parse_challenge", "token_for"]
+__all__ = [
+    "MAX_TOKEN_RESPONSE",
+    "Challenge",
+    "Credentials",
+    "load_credentials",
+    "parse_challenge",
+    "token_for",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -94,6 +102,10 @@ def parse_challenge(header: str) -> Challenge:
     return Challenge(scheme.lower(), params)
 
 
+MAX_TOKEN_RESPONSE = 1024 * 1024
+"""The most of a token server's answer that is read (tokens are a few KiB)."""
+
+
 async def token_for(session: aiohttp.ClientSession, challenge: Challenge, scope: str,
                     creds: Credentials | None, host: str) -> str:
     """Fetch a bearer token from the challenge's realm for `scope`.
@@ -111,15 +123,25 @@ async def token_for(session: aiohttp.ClientSession, challenge: Challenge, scope:
     try:
         async with session.get(realm, params=params, headers=headers) as resp:
             if resp.status != 200:
-                text = (await resp.text())[:200]
+                text = await short_text(resp, 200)
                 raise RegistryAuthError(
                     f"token server {realm} for registry {host} answered {resp.status}: {text}"
                 )
-            body = await resp.json(content_type=None)
+            raw, more = await read_at_most(resp, MAX_TOKEN_RESPONSE)
     except aiohttp.ClientError as exc:
         raise RegistryAuthError(f"token server {realm} for registry {host}: {exc}") from exc
+    if more:
+        raise RegistryAuthError(f"token server {realm} for registry {host}: its answer is "
+                                f"larger than the limit of {MAX_TOKEN_RESPONSE} bytes")  # fmt: skip
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise RegistryAuthError(f"token server {realm} for registry {host} answered "
+                                f"something else than a JSON object")  # fmt: skip
     token = body.get("token") or body.get("access_token")
-    if not token:
+    if not token or not isinstance(token, str):
         raise RegistryAuthError(f"token server {realm} for registry {host} sent no token")
     log.debug("registry token obtained", registry=host, scope=scope)
     return str(token)

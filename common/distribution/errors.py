@@ -9,6 +9,7 @@ __all__ = [
     "RegistryAuthError",
     "RegistryError",
     "RegistryUnreachable",
+    "SizeMismatch",
 ]
 
 
@@ -18,6 +19,11 @@ class ImageError(Exception):
 
 class DigestMismatch(ImageError):
     """Content did not hash to the digest it was announced with; nothing was kept."""
+
+
+class SizeMismatch(ImageError):
+    """Content was larger than its declared size or a cap, or shorter than declared:
+    it was cut off where it went over, and nothing was kept."""
 
 
 class RegistryError(ImageError):

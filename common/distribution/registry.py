@@ -27,23 +27,36 @@ from dockyard.common.distribution.auth import (
     parse_challenge,
     token_for,
 )
+from dockyard.common.distribution.bounded import short_text
 from dockyard.common.distribution.errors import (
     DigestMismatch,
     ManifestNotFound,
     RegistryAuthError,
     RegistryError,
     RegistryUnreachable,
+    SizeMismatch,
 )
 from dockyard.common.distribution.media import MANIFEST_ACCEPT, sha256_digest
 from dockyard.common.distribution.platform import Platform, host_platform_default
 from dockyard.common.reference import DEFAULT_REGISTRY, Reference
 
-__all__ = ["BlobDestination", "Endpoint", "RegistryClient", "RegistryConfig"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "MAX_MANIFEST_BYTES",
+    "BlobDestination",
+    "Endpoint",
+    "RegistryClient",
+    "RegistryConfig",
+]
 
 log = structlog.get_logger(__name__)
 
 DOCKER_HUB_HOST = "registry-1.docker.io"
 _CHUNK = 256 * 1024
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+"""The most a manifest or index may weigh (containerd's limit): they are read whole."""
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+"""The most an image config may weigh: it is read whole and parsed as JSON."""
 ByteProgress = Callable[[int], None]
 
 
@@ -59,8 +72,9 @@ class BlobOutput(Protocol):
 class BlobDestination(Protocol):
     """A content store that verifies and commits blobs (the agent's `BlobStore`)."""
 
-    def writer(self, expected: str | None = None,
-               what: str | None = None) -> AbstractAsyncContextManager[BlobOutput]: ...
+    def writer(self, expected: str | None = None, what: str | None = None, *,
+               size: int | None = None,
+               limit: int | None = None) -> AbstractAsyncContextManager[BlobOutput]: ...
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,8 @@ class RegistryConfig:
         read_timeout: Seconds without data before a read fails.
         chunk_size: Upload blobs larger than this in PATCH chunks (0: monolithic).
         platform: Platform to pick from manifest lists (default: this host).
+        pull_deadline: Seconds a whole pull may take, however its registry or peers
+            trickle bytes (each read within `read_timeout` does not make it endless).
     """
 
     mirrors: Mapping[str, Sequence[str]] = field(default_factory=dict)
@@ -94,6 +110,7 @@ class RegistryConfig:
     read_timeout: float = 60.0
     chunk_size: int = 0
     platform: Platform = field(default_factory=host_platform_default)
+    pull_deadline: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +241,7 @@ class RegistryClient:
                     continue
                 if resp.status in ok or resp.status == 404:
                     return resp
-                text = (await resp.text())[:300]
+                text = await short_text(resp, 300)
                 resp.release()
                 if resp.status in (401, 403):
                     raise RegistryAuthError(
@@ -262,9 +279,12 @@ class RegistryClient:
 
     # ----- manifests -------------------------------------------------------------------
 
-    async def get_manifest(self, ep: Endpoint, ref: Reference,
-                           reference: str) -> tuple[bytes, str, str]:
+    async def get_manifest(self, ep: Endpoint, ref: Reference, reference: str,
+                           size: int | None = None) -> tuple[bytes, str, str]:
         """Fetch and verify a manifest or index by tag or digest.
+
+        The body is read up to MAX_MANIFEST_BYTES, and up to `size` when an index
+        declared it.
 
         Returns:
             (body, media type from the Content-Type header, digest).
@@ -272,6 +292,7 @@ class RegistryClient:
         Raises:
             ManifestNotFound: the registry has no such manifest.
             DigestMismatch: the body does not match the digest asked for or announced.
+            SizeMismatch: the body is over the limit or not the size declared.
         """
         scope = f"repository:{ref.repository}:pull"
         url = f"/v2/{ref.repository}/manifests/{reference}"
@@ -283,7 +304,8 @@ class RegistryClient:
                     f"manifest for {ref} not found in registry {ref.registry}"
                     + (f" (mirror {ep.host})" if ep.mirror else "")
                 )
-            body = await resp.read()
+            what = f"manifest {reference} of {ref.repository} from {ep.host}"
+            body = await _read_bounded(resp, what, size, MAX_MANIFEST_BYTES)
             media_type = resp.headers.get("Content-Type", "").split(";")[0].strip()
             announced = resp.headers.get("Docker-Content-Digest")
         digest = sha256_digest(body)
@@ -334,11 +356,16 @@ class RegistryClient:
     # ----- blobs ------------------------------------------------------------------------
 
     async def download_blob(self, ep: Endpoint, repository: str, digest: str,
-                            blobs: BlobDestination, on_bytes: ByteProgress | None = None) -> None:
+                            blobs: BlobDestination, on_bytes: ByteProgress | None = None,
+                            *, size: int | None = None, limit: int | None = None) -> None:
         """Download a blob into the store, verified; retried from scratch on errors.
+
+        `size` is the size the manifest declared: a registry that sends more is cut off
+        at the first byte over. `limit` caps a blob whose size is not declared.
 
         Raises:
             DigestMismatch: the content does not hash to `digest` (nothing is kept).
+            SizeMismatch: more or fewer bytes than declared, or over `limit`.
             RegistryError: the registry does not have it.
         """
         scope = f"repository:{repository}:pull"
@@ -351,7 +378,9 @@ class RegistryClient:
                         raise RegistryError(
                             f"blob {digest} of {repository} not found in registry {ep.host}"
                         )
-                    async with blobs.writer(digest, f"blob {digest} from {ep.host}") as out:
+                    what = f"blob {digest} from {ep.host}"
+                    _check_length(resp, what, size, limit)
+                    async with blobs.writer(digest, what, size=size, limit=limit) as out:
                         async for chunk in resp.content.iter_chunked(_CHUNK):
                             await out.write(chunk)
                             if on_bytes:
@@ -415,6 +444,38 @@ class RegistryClient:
         if not location:
             raise RegistryError(f"registry {ep.host} gave no upload Location")
         return ep.base_url.join(URL(location))
+
+
+def _check_length(resp: aiohttp.ClientResponse, what: str, size: int | None,
+                  limit: int | None) -> None:  # fmt: skip
+    """Refuse before reading when the announced Content-Length is already too much."""
+    length = resp.content_length
+    if length is None:
+        return
+    if size is not None and length > size:
+        raise SizeMismatch(f"{what}: the registry announces {length} bytes, {size} declared; "
+                           f"refused")  # fmt: skip
+    if limit is not None and length > limit:
+        raise SizeMismatch(f"{what}: the registry announces {length} bytes, more than the "
+                           f"limit of {limit} bytes; refused")  # fmt: skip
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, what: str, size: int | None,
+                        limit: int) -> bytes:  # fmt: skip
+    """A whole body of at most `limit` bytes (and exactly `size` when declared),
+    never holding more than one chunk over it."""
+    _check_length(resp, what, size, limit)
+    cap = min(limit, size) if size is not None else limit
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(_CHUNK):
+        body += chunk
+        if len(body) > cap:
+            over = f"the {size} bytes declared" if cap == size else f"the limit of {limit} bytes"
+            raise SizeMismatch(f"{what}: more than {over} (at least {len(body)} received); "
+                               f"cut off and refused")  # fmt: skip
+    if size is not None and len(body) != size:
+        raise SizeMismatch(f"{what}: {len(body)} bytes received, {size} declared; refused")
+    return bytes(body)
 
 
 def _read_range(path: Path, offset: int, length: int) -> bytes:

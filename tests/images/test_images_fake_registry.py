@@ -66,7 +66,7 @@ def service(tmp_path: Path) -> ImageService:
 
 async def test_blob_digest_mismatch_is_refused(fake: tuple[Fake, str], tmp_path: Path) -> None:
     state, host = fake
-    state.blob = CONFIG + b" "  # served content differs from the announced digest
+    state.blob = CONFIG[:-1] + b" "  # as long as declared, but not the announced digest
     images = service(tmp_path)
     with pytest.raises(DigestMismatch, match="digest mismatch"):
         await images.pull(f"{host}/app:1")

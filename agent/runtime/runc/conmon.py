@@ -74,6 +74,8 @@ async def launch_conmon(
         "-c", container_id, "-u", container_id, "-n", container_id,
         "-r", runc, "-b", str(paths.bundle),
         "-p", str(paths.pid_file), "-P", str(paths.conmon_pid_file),
+        # No --log-size-max: conmon 2.1 truncates the live file every that many bytes
+        # written, also after the agent rotated it (see logrotate), and lines are lost.
         "-l", f"k8s-file:{paths.log}",
         "--exit-dir", str(paths.exit_dir), "-0", str(paths.persist_dir),
         "--socket-dir-path", str(paths.socket_dir),

@@ -44,6 +44,7 @@ from dockyard.agent.runtime.runc import files
 from dockyard.agent.runtime.runc.cgroups import CgroupV1, rmdir_tree
 from dockyard.agent.runtime.runc.conmon import conmon_alive, launch_conmon, wait_pid_exit
 from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec
+from dockyard.agent.runtime.runc.logrotate import LogPolicy, rotate_until
 from dockyard.agent.runtime.runc.logs import read_log
 from dockyard.agent.runtime.runc.rootfs import ContainerLayer, mounted_under
 from dockyard.agent.runtime.runc.spec import (
@@ -77,6 +78,7 @@ class RuncRuntime:
         conmon_binary: str = "conmon",
         cgroup_parent: str = "dockyard",
         network: BridgeNetwork | None = None,
+        log_policy: LogPolicy | None = None,
     ) -> None:
         """Keep state under ``state_root``; runc's own state under ``state_root/runc``.
 
@@ -87,6 +89,7 @@ class RuncRuntime:
             cgroup_parent: cgroup (in every v1 hierarchy) that holds the containers'.
             network: The agent's bridge, for ``bridge`` containers (none: they are
                 refused).
+            log_policy: How much log each container keeps (size and count of files).
         """
         self.state_root = Path(state_root)
         self.runc = shutil.which(runc_binary) or runc_binary
@@ -95,6 +98,7 @@ class RuncRuntime:
         self.containers_root = self.state_root / "containers"
         self.cgroup_parent = cgroup_parent.strip("/")
         self.network = network
+        self.log_policy = log_policy or LogPolicy()
         self._records: dict[str, ContainerRecord] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
@@ -281,7 +285,9 @@ class RuncRuntime:
         cid = record.config.id
 
         async def watcher() -> None:
-            await wait_pid_exit(record.conmon_pid)
+            cdir = self._dir(cid)
+            await rotate_until(wait_pid_exit(record.conmon_pid), cdir.log,
+                               cdir.bundle / "ctl", self.log_policy)  # fmt: skip
             await self._finalize(record)
 
         task = asyncio.create_task(watcher(), name=f"runc-watch-{cid}")

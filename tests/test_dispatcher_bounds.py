@@ -1,0 +1,258 @@
+"""The dispatcher against misbehaving nodes, on a real gRPC server and a real etcd:
+a node that never reads costs at most one waiting message of each kind, a message
+larger than a node can take is never sent, oversized status reports are refused
+naming the field, and an agent refuses a set over its bounds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+import structlog
+
+from dockyard.agent import session as agent_session
+from dockyard.common.etcd_server import EtcdServer
+from dockyard.common.session_limits import (
+    MAX_ASSIGNED_TASKS,
+    MAX_STATUS_TEXT,
+    assignment_set_problem,
+    clip_status,
+    status_report_problem,
+)
+from dockyard.controller import dispatcher as dispatcher_module
+from dockyard.controller.assignments import StatusWriter
+from dockyard.controller.dispatcher import Dispatcher
+from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.outbox import Outbox
+from dockyard.controller.server import SERVER_OPTIONS
+from dockyard.controller.state import ClusterState
+from dockyard.controller.store import TASKS, Store
+from dockyard.v1 import dispatcher_pb2_grpc
+from dockyard.v1.dispatcher_pb2 import (
+    AgentMessage,
+    AssignmentSet,
+    DispatcherMessage,
+    Heartbeat,
+    HeartbeatAck,
+    NetworkMap,
+    SessionHello,
+    TaskStatusReport,
+)
+from dockyard.v1.types_pb2 import TaskStatus
+from dockyard.v1.workloads_pb2 import Task
+from tests.ports import free_port
+
+MiB = 1024 * 1024
+MUTE = "a" * 20
+
+
+@dataclass
+class Served:
+    dispatcher: Dispatcher
+    address: str
+    store: Store
+
+
+@pytest.fixture
+async def served(etcd: EtcdServer) -> AsyncIterator[Served]:
+    """The dispatcher on a gRPC server with the controller's options, its status writer
+    on a cluster state fed by a real etcd."""
+    store = Store([etcd.endpoint], "/test")
+    await store.connect(5)
+    task = Task(id="t" * 24, node_id=MUTE, desired_state=TaskStatus.RUNNING,
+                status=TaskStatus(state=TaskStatus.ASSIGNED))  # fmt: skip
+    await store.create(TASKS, task.id, task)
+    state = ClusterState(store)
+    await state.start()
+    dispatcher = Dispatcher(NodeRegistry(store), "cluster", heartbeat_period=5.0, grace=30.0,
+                            leader_address=lambda: None)  # fmt: skip
+    dispatcher.status_writer = StatusWriter(store, state)
+    writing = asyncio.create_task(dispatcher.status_writer.run())
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
+    address = f"127.0.0.1:{free_port()}"
+    server.add_insecure_port(address)
+    await server.start()
+    try:
+        yield Served(dispatcher, address, store)
+    finally:
+        dispatcher.close_all()
+        await server.stop(None)
+        writing.cancel()
+        await asyncio.gather(writing, return_exceptions=True)
+        await state.stop()
+        await store.close()
+
+
+def big_set(index: int, size: int) -> DispatcherMessage:
+    task = Task(id=f"t{index}")
+    task.spec.container.env.append("PAD=" + "x" * size)
+    return DispatcherMessage(assignments=AssignmentSet(full=True, tasks=[task]))
+
+
+def waiting(outbox: Any) -> int:
+    """Messages waiting in a session's outbox (whatever its type)."""
+    return outbox.qsize() if hasattr(outbox, "qsize") else len(outbox)
+
+
+async def test_a_node_that_never_reads_costs_one_message_of_each_kind(served: Served) -> None:
+    outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
+    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=MUTE, name="mute")))
+
+    async def requests() -> AsyncIterator[AgentMessage]:
+        while True:
+            yield await outgoing.get()
+
+    async with grpc.aio.insecure_channel(served.address, options=[
+            ("grpc.max_receive_message_length", 64 * MiB)]) as channel:  # fmt: skip
+        call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
+        accepted = await asyncio.wait_for(call.read(), 10)
+        assert isinstance(accepted, DispatcherMessage)
+        node_id = accepted.accepted.node_id
+        session = served.dispatcher.sessions[node_id]
+        # From now on the node reads nothing, and sends a heartbeat flood.
+        for sequence in range(1, 5001):
+            outgoing.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=sequence)))
+        for index in range(60):  # 60 whole sets of 1 MiB each
+            assert served.dispatcher.send(node_id, big_set(index, MiB))
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.5)  # the flood has been read
+        assert served.dispatcher.heartbeats_received > 1000
+        assert waiting(session.outbox) <= 2  # one set and one ack at most
+        # When it reads again, the newest set arrives, and not sixty.
+        sets = []
+        while not sets or sets[-1] != "t59":
+            message = await asyncio.wait_for(call.read(), 10)
+            assert isinstance(message, DispatcherMessage)
+            if message.HasField("assignments"):
+                sets.append(message.assignments.tasks[0].id)
+        assert len(sets) < 60
+        call.cancel()
+
+
+async def test_a_message_larger_than_a_node_takes_is_not_sent(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(dispatcher_module, "MAX_SESSION_MESSAGE_BYTES", MiB)
+    outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
+    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id="b" * 20, name="small")))
+
+    async def requests() -> AsyncIterator[AgentMessage]:
+        while True:
+            yield await outgoing.get()
+
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
+        accepted = await asyncio.wait_for(call.read(), 10)
+        assert isinstance(accepted, DispatcherMessage)
+        node_id = accepted.accepted.node_id
+        with structlog.testing.capture_logs() as logs:
+            assert not served.dispatcher.send(node_id, big_set(0, 2 * MiB))
+        assert waiting(served.dispatcher.sessions[node_id].outbox) == 0
+        assert next(e for e in logs if e["event"] == "session.message_too_large")["limit"] == MiB
+        assert served.dispatcher.send(node_id, big_set(1, MiB // 2))
+        message = await asyncio.wait_for(call.read(), 10)
+        assert isinstance(message, DispatcherMessage)
+        assert message.assignments.tasks[0].id == "t1"
+        call.cancel()
+
+
+async def test_oversized_reports_and_messages_from_a_node_write_nothing(served: Served) -> None:
+    outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
+    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=MUTE, name="mute")))
+    task_id = "t" * 24
+
+    async def requests() -> AsyncIterator[AgentMessage]:
+        while True:
+            yield await outgoing.get()
+
+    def report(**status: Any) -> AgentMessage:
+        return AgentMessage(task_status=TaskStatusReport(task_id=task_id, status=TaskStatus(
+            state=TaskStatus.RUNNING, **status)))  # fmt: skip
+
+    async with grpc.aio.insecure_channel(served.address) as channel:
+        call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
+        assert isinstance(await asyncio.wait_for(call.read(), 10), DispatcherMessage)
+        with structlog.testing.capture_logs() as logs:
+            outgoing.put_nowait(report(error="e" * (MAX_STATUS_TEXT + 1)))
+            outgoing.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=1)))
+            assert isinstance(await asyncio.wait_for(call.read(), 10), DispatcherMessage)  # ack
+            await asyncio.sleep(0.5)  # the writer's batch interval, and more
+        stored = await served.store.get(TASKS, task_id)
+        assert stored.status.state == TaskStatus.ASSIGNED  # nothing written
+        rejected = [e for e in logs if e["event"] == "task.status_rejected"]
+        assert rejected[0]["reason"] == (
+            f"status.error: {MAX_STATUS_TEXT + 1} characters, at most {MAX_STATUS_TEXT}")
+        outgoing.put_nowait(report(error="e" * MAX_STATUS_TEXT))  # at the bound: taken
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            stored = await served.store.get(TASKS, task_id)
+            if stored.status.state == TaskStatus.RUNNING:
+                break
+        assert stored.status.state == TaskStatus.RUNNING
+        # A message over the controller's 4 MiB receive limit ends the stream.
+        outgoing.put_nowait(report(message="m" * (5 * MiB)))
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            while True:
+                await asyncio.wait_for(call.read(), 10)
+        assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    for _ in range(50):
+        if MUTE not in served.dispatcher.sessions:
+            break
+        await asyncio.sleep(0.1)
+    assert MUTE not in served.dispatcher.sessions
+    assert (await served.store.get(TASKS, task_id)).status.message == ""
+
+
+def test_the_outbox_keeps_the_newest_of_each_kind_in_first_queued_order() -> None:
+    async def scenario() -> list[DispatcherMessage | None]:
+        outbox = Outbox()
+        for index in range(1000):
+            outbox.put(DispatcherMessage(network=NetworkMap(subnet=f"10.{index % 256}.0.0/24")))
+            outbox.put(big_set(index, 10))
+            outbox.put(DispatcherMessage(heartbeat_ack=HeartbeatAck(sequence=index)))
+        assert len(outbox) == 3
+        assert outbox.superseded == 2997
+        got = [await outbox.get() for _ in range(3)]
+        outbox.put(big_set(5000, 10))
+        outbox.close()
+        outbox.put(big_set(5001, 10))
+        got.append(await outbox.get())  # closed: nothing more, not even what waited
+        return got
+
+    network, assignments, ack, end = asyncio.run(scenario())
+    assert network is not None and network.network.subnet == "10.231.0.0/24"
+    assert assignments is not None and assignments.assignments.tasks[0].id == "t999"
+    assert ack is not None and ack.heartbeat_ack.sequence == 999
+    assert end is None
+
+
+def test_status_reports_are_bounded_and_name_the_field() -> None:
+    report = TaskStatusReport(task_id="t1", status=TaskStatus(error="e" * (MAX_STATUS_TEXT + 1)))
+    assert status_report_problem(report) == (
+        f"status.error: {MAX_STATUS_TEXT + 1} characters, at most {MAX_STATUS_TEXT}")
+    assert status_report_problem(TaskStatusReport(task_id="t" * 129)) == (
+        "task_id: 129 characters, at most 128")
+    assert status_report_problem(TaskStatusReport(task_id="t1", status=TaskStatus(
+        address="a" * 65))) == "status.address: 65 characters, at most 64"
+    # What an agent reports it clips first, so its reports always pass.
+    status = TaskStatus(message="m" * 100_000, error="short")
+    clip_status(status)
+    assert len(status.message) <= MAX_STATUS_TEXT and status.error == "short"
+    assert status.message.endswith(f"... ({100_000 - MAX_STATUS_TEXT + 48} characters cut)")
+    assert status_report_problem(TaskStatusReport(task_id="t1", status=status)) is None
+
+
+def test_an_agent_refuses_a_set_over_its_bounds_whole() -> None:
+    tasks = [Task(id=f"t{i}") for i in range(MAX_ASSIGNED_TASKS + 1)]
+    over = AssignmentSet(full=True, tasks=tasks)
+    assert assignment_set_problem(over) == (
+        f"{MAX_ASSIGNED_TASKS + 1} tasks, at most {MAX_ASSIGNED_TASKS} in one set")
+    with structlog.testing.capture_logs() as logs:
+        assert not agent_session._acceptable(over)
+    assert logs[0]["event"] == "session.assignments_refused"
+    assert agent_session._acceptable(AssignmentSet(full=True, tasks=tasks[:10]))

@@ -21,6 +21,7 @@ from dockyard.agent.worker import Worker
 from dockyard.common.addresses import JOIN_PORT
 from dockyard.common.authz import AuthInterceptor
 from dockyard.common.listen import bind_port
+from dockyard.common.statedir import ensure_private_dir
 from dockyard.v1 import agent_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, NetworkMap
 from dockyard.v1.types_pb2 import NodeDescription
@@ -69,7 +70,7 @@ class AgentDaemon:
 
     async def start(self) -> None:
         config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(config.state_dir)
         identity = load_or_create(config.state_dir, config.name)
         self._node_id = identity.node_id
         node_pki = NodePKI.of(config.state_dir)

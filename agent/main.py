@@ -200,6 +200,7 @@ def join(address: str, token: str, name: str, state_dir: Path,
     from dockyard.agent.certs import join as join_cluster
     from dockyard.agent.identity import NodeIdentity, save
     from dockyard.common.addresses import JOIN_PORT
+    from dockyard.common.statedir import ensure_private_dir
     from dockyard.common.validation import ValidationError, check_name
 
     try:
@@ -208,6 +209,7 @@ def join(address: str, token: str, name: str, state_dir: Path,
             check_name("--name", name)
     except (AddressError, ValidationError) as exc:
         raise click.BadParameter(str(exc)) from exc
+    ensure_private_dir(state_dir)
     node_pki = NodePKI.of(state_dir)
     try:
         identity = asyncio.run(join_cluster(address, token, node_pki, list(api_hosts)))

@@ -16,6 +16,7 @@ from dockyard.common import pki
 from dockyard.common.authz import AuthInterceptor
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.listen import bind_port
+from dockyard.common.statedir import ensure_private_dir
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.version import package_version
 from dockyard.controller.api.control import ControllerIdentity, ControlServicer, cluster_info
@@ -91,7 +92,7 @@ class Controller:
 
     async def start(self) -> None:
         config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(config.state_dir)
         if not config.insecure and not has_ca(config.state_dir):
             raise ControllerStartError(
                 f"no cluster CA in {pki_dir(config.state_dir)}: run `dockyard-controller init "

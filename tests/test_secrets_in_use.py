@@ -107,7 +107,7 @@ def test_a_task_that_still_runs_keeps_its_secret(cluster: Cluster, control: Any)
         try:
             control.RemoveSecret(RemoveSecretRequest(secret="api_key"))
         except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
             return False
         return True
 

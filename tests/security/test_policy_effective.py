@@ -1,0 +1,233 @@
+"""The privileged policy covers what is privileged in effect (capabilities beyond the
+default set, bind mounts of protected host paths, the host's network), for service
+create and update, and every rollback target (manual or automatic) is held to the
+policy in force when it would be restored. Real controller and hollow agents."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from dockyard.common.metadata import WARNING_KEY
+from dockyard.common.privilege import privileges
+from dockyard.controller.cluster import privileges_of
+from dockyard.v1.control_pb2 import (
+    CreateServiceRequest,
+    GetClusterRequest,
+    GetServiceRequest,
+    ListServicesRequest,
+    ListTasksRequest,
+    UpdateClusterRequest,
+    UpdateServiceRequest,
+)
+from dockyard.v1.types_pb2 import ClusterSpec, TaskStatus
+from dockyard.v1.workloads_pb2 import ServiceSpec, UpdateConfig, UpdateStatus
+from tests.conftest import Cluster
+
+State = TaskStatus.State
+
+
+@pytest.fixture
+def cluster(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
+    cluster = cluster_factory()
+    cluster.start_controller()
+    cluster.start_hollow_nodes(("n1",))
+    yield cluster
+
+
+def spec_of(name: str, *, command: tuple[str, ...] = ("sleep", "3600"),
+            change: Callable[[ServiceSpec], object] = lambda s: None) -> ServiceSpec:  # fmt: skip
+    spec = ServiceSpec(name=name)
+    spec.task.container.image = "busybox"
+    spec.task.container.command.extend(command)
+    spec.replicated.replicas = 1
+    change(spec)
+    return spec
+
+
+def set_policy(control: Any, allow: bool) -> None:
+    current = control.GetCluster(GetClusterRequest())
+    spec = ClusterSpec(allow_privileged=allow)
+    control.UpdateCluster(UpdateClusterRequest(version=current.meta.version, spec=spec))
+
+
+def refusal(call: Callable[[], Any]) -> Any:
+    with pytest.raises(grpc.RpcError) as refused:
+        call()
+    return refused.value
+
+
+def rollback(control: Any, name: str) -> None:
+    """`service rollback`, read again while the orchestrator writes the update's status."""
+    for _ in range(20):
+        service = control.GetService(GetServiceRequest(service=name))
+        try:
+            control.UpdateService(UpdateServiceRequest(service=name, version=service.meta.version,
+                                                       rollback=True))  # fmt: skip
+            return
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.ABORTED:
+                raise
+    raise AssertionError(f"service {name} kept changing")
+
+
+def cap(name: str) -> Callable[[ServiceSpec], object]:
+    return lambda s: s.task.container.cap_add.append(name)
+
+
+def bind(source: str) -> Callable[[ServiceSpec], object]:
+    return lambda s: s.task.container.mounts.add(type="bind", source=source, target="/host")
+
+
+def host_network(spec: ServiceSpec) -> None:
+    spec.task.container.network = "host"
+
+
+# (how the spec is changed, the field named, a word of the reason)
+PRIVILEGED_IN_EFFECT = [
+    (cap("ALL"), "cap_add[0]", "every capability"),
+    (cap("sys_admin"), "cap_add[0]", "SYS_ADMIN"),
+    (cap("CAP_SYS_MODULE"), "cap_add[0]", "kernel modules"),
+    (cap("NET_ADMIN"), "cap_add[0]", "routes"),
+    (cap("BPF"), "cap_add[0]", "BPF"),
+    (bind("/"), "mounts[0].source", "holds /var/lib/dockyard"),
+    (bind("//etc/./"), "mounts[0].source", "/etc is /etc"),
+    (bind("/var/run/docker.sock"), "mounts[0].source", "/run/docker.sock"),
+    (bind("/var/lib/dockyard/controller/pki"), "mounts[0].source", "inside /var/lib/dockyard"),
+    (bind("/run"), "mounts[0].source", "holds /run/dockyard"),
+    (bind("/proc/1/root"), "mounts[0].source", "inside /proc"),
+    (bind("/dev"), "mounts[0].source", "/dev"),
+    (host_network, "network", "the node's own network namespace"),
+]
+
+
+def test_privileged_in_effect_needs_the_policy_on_create_and_update(
+    cluster: Cluster, control: Any
+) -> None:
+    control.CreateService(CreateServiceRequest(spec=spec_of("plain")))
+    plain = control.GetService(GetServiceRequest(service="plain"))
+    for change, field, reason in PRIVILEGED_IN_EFFECT:
+        spec = spec_of("root", change=change)
+        request = CreateServiceRequest(spec=spec)
+        denied = refusal(functools.partial(control.CreateService, request))
+        assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, denied.details()
+        assert denied.details().startswith(f"spec.task.container.{field}: "), denied.details()
+        assert reason in denied.details() and "--allow-privileged" in denied.details()
+        update = spec_of("plain", change=change)
+        denied = refusal(functools.partial(control.UpdateService, UpdateServiceRequest(
+            service="plain", version=plain.meta.version, spec=update)))  # fmt: skip
+        assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, denied.details()
+    names = [s.service.spec.name for s in control.ListServices(ListServicesRequest()).services]
+    assert names == ["plain"]  # nothing written
+    assert control.GetService(GetServiceRequest(service="plain")).meta.version == \
+        plain.meta.version
+
+    # what stays allowed: default capabilities, bind mounts of the node's own data
+    for change in (cap("CHOWN"), cap("net_bind_service"), bind("/srv/data"), bind("/home/app"),
+                   bind("/var/lib/app"), lambda s: setattr(s.task.container, "network", "bridge")):
+        control.CreateService(CreateServiceRequest(spec=spec_of("ok", change=change)))
+        cluster.cli("service", "rm", "ok")
+
+    by_cli = cluster.cli("service", "create", "-d", "--name", "c", "--cap-add", "SYS_ADMIN",
+                         "busybox", check=False)  # fmt: skip
+    assert by_cli.returncode == 1 and "does not allow privileged" in by_cli.stderr, by_cli.stderr
+
+    set_policy(control, True)
+    for change, _, _ in PRIVILEGED_IN_EFFECT:
+        control.CreateService(CreateServiceRequest(spec=spec_of("root", change=change)))
+        cluster.cli("service", "rm", "root")
+
+
+def tasks_with_sys_admin(control: Any, name: str) -> int:
+    tasks = control.ListTasks(ListTasksRequest(services=[name], include_history=True)).tasks
+    return sum(1 for t in tasks if "CAP_SYS_ADMIN" in t.spec.container.cap_add)
+
+
+def test_an_automatic_rollback_is_held_to_the_policy_of_its_time(
+    cluster: Cluster, control: Any
+) -> None:
+    """Allowed when the policy was on, a privileged previous spec is not restored by the
+    automatic rollback once the policy is off: the update pauses instead."""
+    set_policy(control, True)
+    control.CreateService(CreateServiceRequest(spec=spec_of("app", change=cap("CAP_SYS_ADMIN"))))
+
+    def running() -> bool:
+        tasks = control.ListTasks(ListTasksRequest(services=["app"])).tasks
+        return any(t.status.state == State.RUNNING for t in tasks)
+
+    cluster.wait_for(running, "the privileged task running")
+
+    def failing(spec: ServiceSpec) -> None:
+        spec.update.failure_action = UpdateConfig.ROLLBACK
+        spec.update.monitor_seconds = 60
+
+    service = control.GetService(GetServiceRequest(service="app"))
+    control.UpdateService(UpdateServiceRequest(service="app", version=service.meta.version,
+        spec=spec_of("app", command=("sh", "-c", "sleep 3; exit 1"), change=failing)))  # fmt: skip
+    assert control.GetService(GetServiceRequest(service="app")).HasField("previous_spec")
+    set_policy(control, False)  # before the new task fails
+    assert not control.GetService(GetServiceRequest(service="app")).HasField("previous_spec")
+
+    def paused() -> bool:
+        status = control.GetService(GetServiceRequest(service="app")).update_status
+        assert status.state != UpdateStatus.ROLLBACK_STARTED, status.message
+        return bool(status.state == UpdateStatus.PAUSED)
+
+    cluster.wait_for(paused, "the update paused instead of rolling back", 30)
+    final = control.GetService(GetServiceRequest(service="app"))
+    assert not final.spec.task.container.cap_add
+    assert tasks_with_sys_admin(control, "app") == 1  # only the first, from before
+
+    denied = refusal(lambda: rollback(control, "app"))
+    assert denied.code() == grpc.StatusCode.FAILED_PRECONDITION, denied.details()
+    assert "policy" in denied.details()
+
+
+def test_a_manual_rollback_and_an_update_away_keep_no_forbidden_target(
+    cluster: Cluster, control: Any
+) -> None:
+    set_policy(control, True)
+    control.CreateService(CreateServiceRequest(spec=spec_of("legacy", change=bind("/etc"))))
+    set_policy(control, False)
+    # the running privileged service stays; moving away from it keeps no way back
+    service = control.GetService(GetServiceRequest(service="legacy"))
+    _, call = control.UpdateService.with_call(UpdateServiceRequest(
+        service="legacy", version=service.meta.version, spec=spec_of("legacy")))  # fmt: skip
+    warnings = [v for k, v in call.trailing_metadata() if k == WARNING_KEY]
+    assert any("not kept for a rollback" in w and "mounts[0].source" in w for w in warnings)
+    updated = control.GetService(GetServiceRequest(service="legacy"))
+    assert not updated.HasField("previous_spec")
+    denied = refusal(lambda: rollback(control, "legacy"))
+    assert denied.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert control.GetService(GetServiceRequest(service="legacy")).spec == updated.spec
+
+    # with the policy on again, the same steps keep the rollback target
+    set_policy(control, True)
+    service = control.GetService(GetServiceRequest(service="legacy"))
+    again = spec_of("legacy", change=bind("/etc"))
+    control.UpdateService(UpdateServiceRequest(service="legacy", version=service.meta.version,
+                                               spec=again))  # fmt: skip
+    rollback(control, "legacy")
+    rolled = control.GetService(GetServiceRequest(service="legacy"))
+    assert not rolled.spec.task.container.mounts
+    assert rolled.previous_spec.task.container.mounts[0].source == "/etc"
+
+
+def test_privileges_are_named_field_by_field() -> None:
+    found = privileges(privileged=True, cap_add=["chown", "sys_ptrace", "CAP_WHATEVER"],
+                       binds=[("v[0]", "/srv"), ("v[1]", "/var/lib")], network="host",
+                       prefix="c.", protected=["/srv/agent-state"])  # fmt: skip
+    assert [p.field for p in found] == ["c.privileged", "c.cap_add[1]", "c.cap_add[2]",
+                                        "c.v[0]", "c.v[1]", "c.network"]  # fmt: skip
+    assert "holds /srv/agent-state" in found[3].reason
+    assert "not in the default capability set" in found[2].reason
+    assert privileges(privileged=False, cap_add=["KILL", "setuid"], binds=[("b", "/data")],
+                      network="bridge") == []  # fmt: skip
+    spec = spec_of("x", change=bind("/sys/fs/cgroup"))
+    assert [str(p) for p in privileges_of(spec)] == [
+        "spec.task.container.mounts[0].source: /sys/fs/cgroup is inside /sys, a protected "
+        "host path"]  # fmt: skip

@@ -59,9 +59,9 @@ def code_of(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
     return raised.value.code(), raised.value.details() or ""
 
 
-def snapshot(control: Any) -> dict[str, int]:
+def snapshot(control: Any, cluster: Cluster) -> dict[str, int]:
     endpoint = control.GetInfo(GetInfoRequest()).etcd_endpoints[0]
-    keys = etcd_snapshot(endpoint, PREFIX)
+    keys = etcd_snapshot(endpoint, PREFIX, tls=cluster.etcd_tls)
     # the controller's own loops (leases, node heartbeats) write in the background
     return {k: v for k, v in keys.items() if "/secret" in k or "/services" in k}
 
@@ -121,13 +121,13 @@ def test_create_list_inspect_remove_never_show_the_data(
     ],
 )
 def test_bad_secrets_are_refused_naming_the_field_and_write_nothing(
-    control: Any, spec: SecretSpec, field: str
+    cluster: Cluster, control: Any, spec: SecretSpec, field: str
 ) -> None:
-    before = snapshot(control)
+    before = snapshot(control, cluster)
     code, details = code_of(lambda: control.CreateSecret(CreateSecretRequest(spec=spec)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
     assert details.startswith(f"{field}: "), details
-    assert snapshot(control) == before
+    assert snapshot(control, cluster) == before
 
 
 def test_the_largest_secret_is_accepted(control: Any) -> None:
@@ -142,12 +142,12 @@ def test_a_service_gets_its_secret_only_on_its_node_and_blocks_removal(
     secret = control.CreateSecret(CreateSecretRequest(spec=SecretSpec(name="api_key", data=DATA)))
     other = control.CreateSecret(CreateSecretRequest(spec=SecretSpec(name="unused", data=b"o")))
     # an unknown secret: NOT_FOUND naming it, nothing written
-    before = snapshot(control)
+    before = snapshot(control, cluster)
     code, details = code_of(lambda: control.CreateService(CreateServiceRequest(
         spec=service_spec("web", SecretReference(secret_name="nope")))))  # fmt: skip
     assert code == grpc.StatusCode.NOT_FOUND and "'nope'" in details, details
     assert details.startswith("spec.task.container.secrets[0].secret_name: "), details
-    assert snapshot(control) == before
+    assert snapshot(control, cluster) == before
     for bad, field in [
         (SecretReference(secret_name="api_key", target="../x"), "target"),
         (SecretReference(secret_name="api_key", mode=0o1777), "mode"),
@@ -157,7 +157,7 @@ def test_a_service_gets_its_secret_only_on_its_node_and_blocks_removal(
             CreateServiceRequest(spec=service_spec("web", bad))))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, details
         assert details.startswith(f"spec.task.container.secrets[0].{field}: "), details
-    assert snapshot(control) == before
+    assert snapshot(control, cluster) == before
     assert not control.ListServices(ListServicesRequest()).services
 
     # the CLI's Docker syntax; the controller resolves the name to the ID
@@ -178,10 +178,10 @@ def test_a_service_gets_its_secret_only_on_its_node_and_blocks_removal(
     assert task.spec.container.secrets[0].secret_id == secret.id
 
     # removal is refused while the service uses it, and writes nothing
-    before = snapshot(control)
+    before = snapshot(control, cluster)
     code, details = code_of(lambda: control.RemoveSecret(RemoveSecretRequest(secret="api_key")))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "web" in details, details
-    assert snapshot(control) == before
+    assert snapshot(control, cluster) == before
     refused = cluster.cli("secret", "rm", "api_key", check=False)
     assert refused.returncode == 1 and "in use by service web" in refused.stderr
 

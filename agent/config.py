@@ -41,3 +41,6 @@ class AgentConfig:
     ``DEFAULT_SUBNET``)."""
     cni_path: list[str] = field(default_factory=lambda: list(DEFAULT_CNI_PATH))
     """Where the CNI plugins are."""
+    allow_privileged: bool = False
+    """Whether the agent's own API may create privileged containers (`common/privilege.py`).
+    Tasks are held to the cluster's policy by the controller instead."""

@@ -194,6 +194,7 @@ class AgentDaemon:
 
     async def _start_containers(self, server: grpc.aio.Server) -> Executor:
         """The runc runtime, the image store and their API; recovers containers."""
+        from dockyard.agent.containers.admission import Admission
         from dockyard.agent.containers.images_servicer import ImagesServicer
         from dockyard.agent.containers.manager import ContainerManager
         from dockyard.agent.containers.peer_servicer import PeerServicer
@@ -232,7 +233,10 @@ class AgentDaemon:
         except Exception as exc:
             raise AgentStartError(f"cannot recover containers: {exc}") from exc
         self.containers = manager
-        containers_pb2_grpc.add_ContainersServicer_to_server(ContainersServicer(manager), server)
+        own = {str(config.state_dir.absolute()), str(config.state_dir.resolve())}
+        admission = Admission(config.allow_privileged, tuple(sorted(own)))
+        containers_pb2_grpc.add_ContainersServicer_to_server(
+            ContainersServicer(manager, admission), server)
         images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(manager), server)
         containers_pb2_grpc.add_VolumesServicer_to_server(VolumesServicer(manager), server)
         images.peer_fetcher = PeerFetcher(  # the node's certificate; None: --insecure

@@ -98,6 +98,13 @@ def main() -> None:
     help="Plaintext, unauthenticated API and session (no join needed). Tests only.",
 )
 @click.option(
+    "--allow-privileged",
+    is_flag=True,
+    help="Let this agent's own API (`dockyard -H AGENT run`) create privileged containers: "
+    "--privileged, capabilities beyond the default set, bind mounts of protected host "
+    "paths, the host network, seccomp=unconfined. Service tasks follow the cluster's policy.",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def run(
@@ -118,6 +125,7 @@ def run(
     bridge_subnet: str,
     cni_path: str,
     insecure: bool,
+    allow_privileged: bool,
     log_level: str,
 ) -> None:
     """Run the agent until SIGTERM or SIGINT."""
@@ -169,6 +177,7 @@ def run(
         bridge_subnet=bridge_subnet,
         cni_path=cni_dirs,
         insecure=insecure,
+        allow_privileged=allow_privileged,
     )
     sys.exit(asyncio.run(_serve(config)))
 

@@ -19,6 +19,9 @@ policy (`cluster update --allow-privileged`) and the agent's local API.
   can resolve the node's paths).
 - **The host's network namespace** (`network: host`): the node's interfaces and
   every loopback service (the agent's API, an embedded etcd), packet capture.
+- **No seccomp filter** (`seccomp=unconfined`, the agent's API only): the kernel's
+  whole system-call surface, user namespaces (and the capabilities inside them)
+  included.
 
 Host PID and IPC namespaces and device nodes have no field in a service spec or a
 create request: a field that adds one must be classified here.
@@ -170,6 +173,7 @@ def privileges(
     cap_add: Sequence[str],
     binds: Sequence[tuple[str, str]],
     network: str,
+    seccomp: str = "",
     prefix: str = "",
     protected: Iterable[str] = (),
 ) -> list[Privilege]:
@@ -180,6 +184,7 @@ def privileges(
         cap_add: capabilities added to the default set.
         binds: (field, host path) of each bind mount.
         network: the network mode (`host` is the node's own).
+        seccomp: the seccomp mode (`unconfined`: no filter; the agent's API has it).
         prefix: put before each field name (`spec.task.container.`).
         protected: more host paths to guard (see `bind_privilege`).
     """
@@ -199,4 +204,7 @@ def privileges(
     if network == "host":
         found.append(Privilege(f"{prefix}network", "host: the node's own network namespace "
                                                    "(its interfaces and loopback services)"))
+    if seccomp == "unconfined":
+        found.append(Privilege(f"{prefix}seccomp", "unconfined: every system call of the "
+                                                   "node's kernel, user namespaces included"))
     return found

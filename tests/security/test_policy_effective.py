@@ -6,7 +6,9 @@ policy in force when it would be restored. Real controller and hollow agents."""
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -15,6 +17,8 @@ import pytest
 from dockyard.common.metadata import WARNING_KEY
 from dockyard.common.privilege import privileges
 from dockyard.controller.cluster import privileges_of
+from dockyard.v1 import containers_pb2 as cpb
+from dockyard.v1 import containers_pb2_grpc
 from dockyard.v1.control_pb2 import (
     CreateServiceRequest,
     GetClusterRequest,
@@ -26,7 +30,10 @@ from dockyard.v1.control_pb2 import (
 )
 from dockyard.v1.types_pb2 import ClusterSpec, TaskStatus
 from dockyard.v1.workloads_pb2 import ServiceSpec, UpdateConfig, UpdateStatus
-from tests.conftest import Cluster
+from tests.cli.conftest import have_runc
+from tests.conftest import BIN, Cluster, Daemon
+from tests.ports import free_port
+from tests.runtime.conftest import cleanup_everything
 
 State = TaskStatus.State
 
@@ -121,6 +128,10 @@ def test_privileged_in_effect_needs_the_policy_on_create_and_update(
         denied = refusal(functools.partial(control.UpdateService, UpdateServiceRequest(
             service="plain", version=plain.meta.version, spec=update)))  # fmt: skip
         assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, denied.details()
+    bogus = refusal(functools.partial(control.CreateService, CreateServiceRequest(
+        spec=spec_of("root", change=cap("CAP_BOGUS")))))  # fmt: skip
+    assert bogus.code() == grpc.StatusCode.INVALID_ARGUMENT  # malformed comes before policy
+    assert bogus.details().startswith("spec.task.container.cap_add[0]: unknown capability")
     names = [s.service.spec.name for s in control.ListServices(ListServicesRequest()).services]
     assert names == ["plain"]  # nothing written
     assert control.GetService(GetServiceRequest(service="plain")).meta.version == \
@@ -231,3 +242,61 @@ def test_privileges_are_named_field_by_field() -> None:
     assert [str(p) for p in privileges_of(spec)] == [
         "spec.task.container.mounts[0].source: /sys/fs/cgroup is inside /sys, a protected "
         "host path"]  # fmt: skip
+
+
+@pytest.fixture
+def plain_agent(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A runc agent with no controller and no --allow-privileged; (address, state dir)."""
+    if not have_runc():
+        pytest.skip("needs root, runc, conmon and /bin/busybox")
+    state = tmp_path / "agent-state"
+    address = f"127.0.0.1:{free_port()}"
+    cgroup = f"dockyard-policy-test-{uuid.uuid4().hex[:8]}"
+    daemon = Daemon("agent", [
+        str(BIN / "dockyard-agent"), "run", "--runtime", "runc", "--insecure",
+        "--controller", f"127.0.0.1:{free_port()}", "--state-dir", str(state),
+        "--listen", address, "--name", "policy", "--cgroup-parent", cgroup],
+        tmp_path / "agent.log")  # fmt: skip
+    try:
+        daemon.start()
+        with grpc.insecure_channel(address) as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        yield address, state
+    finally:
+        daemon.stop()
+        daemon.kill()
+        cleanup_everything(state / "runtime", cgroup)
+
+
+def test_the_agents_own_api_refuses_privileged_containers_without_its_flag(
+    plain_agent: tuple[str, Path],
+) -> None:
+    address, state = plain_agent
+
+    def create(**fields: Any) -> Any:
+        request = cpb.CreateContainerRequest(image="busybox", name="p", **fields)
+        with grpc.insecure_channel(address) as channel:
+            return refusal(lambda: containers_pb2_grpc.ContainersStub(channel).Create(
+                request, timeout=20))  # fmt: skip
+
+    cases = [
+        ({"privileged": True}, "privileged", "every capability"),
+        ({"cap_add": ["CHOWN", "SYS_ADMIN"]}, "cap_add[1]", "SYS_ADMIN"),
+        ({"network": "host"}, "network", "host"),
+        ({"seccomp": "unconfined"}, "seccomp", "unconfined"),
+        ({"volumes": [cpb.VolumeSpec(host_path="/", container_path="/h")]},
+         "volumes[0].host_path", "holds"),
+        ({"volumes": [cpb.VolumeSpec(host_path=str(state / "containers"),
+                                     container_path="/h")]},
+         "volumes[0].host_path", f"inside {state}"),
+    ]  # fmt: skip
+    for fields, field, reason in cases:
+        denied = create(**fields)
+        assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, (fields, denied.details())
+        assert denied.details().startswith(f"{field}: "), denied.details()
+        assert reason in denied.details() and "--allow-privileged" in denied.details()
+    # a malformed request is still INVALID_ARGUMENT naming its field, policy or not
+    bogus = create(cap_add=["BOGUS"])
+    assert bogus.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bogus.details().startswith("cap_add[0]: ")
+    assert not list((state / "containers").glob("*/*"))  # nothing was created

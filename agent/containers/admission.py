@@ -3,17 +3,27 @@
 of protected host paths or of the agent's own state dir, the host network, no seccomp)
 needs `dockyard-agent run --allow-privileged`, as a service needs the cluster's
 `--allow-privileged`. Tasks the controller assigns are not checked here: the controller
-held their spec to the cluster's policy."""
+held their spec to the cluster's policy.
+
+Only this node can resolve its paths: `resolve_binds` (for every container, tasks too)
+refuses a bind source that reaches a protected path through a symlink (a container
+that can write to a bind-mounted directory can plant one there) and hands the runtime
+the resolved path."""
 
 from __future__ import annotations
 
+import os
+import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from dockyard.agent.containers.errors import PermissionDenied
-from dockyard.common.privilege import privileges
+from dockyard.agent.containers.errors import InvalidArgument, PermissionDenied
+from dockyard.agent.runtime.base import VolumeMount
+from dockyard.common.privilege import bind_privilege, privileges
 from dockyard.v1.containers_pb2 import CreateContainerRequest
 
-__all__ = ["Admission"]
+__all__ = ["Admission", "resolve_binds"]
 
 
 @dataclass(frozen=True)
@@ -43,3 +53,28 @@ class Admission:
                 "containers (its admin can allow them with `dockyard-agent run "
                 "--allow-privileged`)"
             )
+
+
+def resolve_binds(
+    volumes: Sequence[VolumeMount], protected: Sequence[str] = ()
+) -> list[VolumeMount]:
+    """`volumes` with each host path resolved on this node (blocking: run in a thread).
+
+    Raises:
+        InvalidArgument: a path that is not protected as written leads to one through a
+            symlink (`volumes[i].host_path`, in the order of the request's volumes).
+    """
+    resolved = []
+    for index, mount in enumerate(volumes):
+        written = posixpath.normpath(str(mount.host))
+        real = os.path.realpath(written)
+        if real != written:
+            why = bind_privilege(real, protected)
+            if why is not None and bind_privilege(written, protected) is None:
+                raise InvalidArgument(
+                    f"volumes[{index}].host_path",
+                    f"{written} leads through a symlink to {real} ({why}): name that path "
+                    "itself (it needs the privileged policy)",
+                )
+        resolved.append(VolumeMount(Path(real), mount.container, mount.read_only))
+    return resolved

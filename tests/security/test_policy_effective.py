@@ -14,6 +14,9 @@ from typing import Any
 import grpc
 import pytest
 
+from dockyard.agent.containers.admission import resolve_binds
+from dockyard.agent.containers.errors import InvalidArgument
+from dockyard.agent.runtime.base import VolumeMount
 from dockyard.common.metadata import WARNING_KEY
 from dockyard.common.privilege import privileges
 from dockyard.controller.cluster import privileges_of
@@ -300,3 +303,28 @@ def test_the_agents_own_api_refuses_privileged_containers_without_its_flag(
     assert bogus.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert bogus.details().startswith("cap_add[0]: ")
     assert not list((state / "containers").glob("*/*"))  # nothing was created
+
+
+def test_a_bind_source_reaching_a_protected_path_through_a_symlink_is_refused(
+    tmp_path: Path,
+) -> None:
+    """What a container could plant in a directory it may write (a bind-mounted one):
+    a symlink that the node would follow when it mounts the next container's bind."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "to-etc").symlink_to("/etc")
+    (shared / "to-root").symlink_to("/")
+    (shared / "to-state").symlink_to(tmp_path / "agent-state")
+    (shared / "data").mkdir()
+    (shared / "to-data").symlink_to(shared / "data")
+    for name in ("to-etc", "to-root", "to-state"):
+        with pytest.raises(InvalidArgument) as refused:
+            resolve_binds([VolumeMount(shared / "ok", "/a"), VolumeMount(shared / name, "/b")],
+                          (str(tmp_path / "agent-state"),))  # fmt: skip
+        assert str(refused.value).startswith("volumes[1].host_path: "), str(refused.value)
+        assert "through a symlink" in str(refused.value)
+    # a harmless link is followed, and the runtime gets the path it leads to
+    [mount] = resolve_binds([VolumeMount(shared / "to-data", "/d", True)])
+    assert mount == VolumeMount(shared / "data", "/d", True)
+    # a protected path named as such is the policy's to allow (here: allowed)
+    assert resolve_binds([VolumeMount(Path("/etc"), "/e")]) == [VolumeMount(Path("/etc"), "/e")]

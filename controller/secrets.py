@@ -158,9 +158,10 @@ class SecretRegistry:
         users = secret_users(secret.id, services, tasks)
         if users:
             raise FailedPrecondition(
-                f"secret {secret.spec.name} is in use by {'; '.join(users)}: "
-                "remove it from the service (service update --secret-rm), let the update "
-                "finish and its old tasks stop, then remove the secret"
+                f"secret {secret.spec.name} is in use by {'; '.join(users)}: remove it from "
+                "the service (service update --secret-rm) and let the update finish; a "
+                "previous spec that has it goes with the next update (service update "
+                "--force SERVICE once the new spec runs well)"
             )
         ops = [
             self._store.raw_op(SECRETS, secret.id, None, expect=secret.meta.version),

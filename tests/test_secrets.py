@@ -26,7 +26,6 @@ from dockyard.v1.control_pb2 import (
     ListTasksRequest,
     RemoveSecretRequest,
     RemoveServiceRequest,
-    UpdateServiceRequest,
 )
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import SecretReference, SecretSpec, ServiceSpec
@@ -202,19 +201,32 @@ def test_a_service_gets_its_secret_only_on_its_node_and_blocks_removal(
             if path.is_file():
                 assert DATA not in path.read_bytes(), path
 
-    # rotate: a new secret in, the old one out; then the old one can go
+    rotate_and_remove_the_old_one(cluster, control)
+    control.RemoveService(RemoveServiceRequest(service="web"))
+    cluster.cli("secret", "rm", "api_key_v2", "unused")
+
+
+def rotate_and_remove_the_old_one(cluster: Cluster, control: Any) -> None:
+    """Service web moves from api_key to api_key_v2; the old one can go in the end."""
+    # rotate: a new secret in, the old one out; the old one stays while a rollback could
+    # bring it back (the previous spec) or an old task still has it
     control.CreateSecret(CreateSecretRequest(spec=SecretSpec(name="api_key_v2", data=b"new")))
     cluster.cli("service", "update", "--secret-rm", "api_key", "--secret-add",
                 "source=api_key_v2,target=key.txt", "web")  # fmt: skip
     service = control.GetService(GetServiceRequest(service="web"))
     assert [r.secret_name for r in service.spec.task.container.secrets] == ["api_key_v2"]
-    cluster.cli("secret", "rm", "api_key")
-    # a rollback to the spec that used the removed secret is refused, naming it
-    code, details = code_of(lambda: control.UpdateService(UpdateServiceRequest(
-        service="web", version=service.meta.version, rollback=True)))  # fmt: skip
-    assert code == grpc.StatusCode.NOT_FOUND and "api_key" in details, details
-    control.RemoveService(RemoveServiceRequest(service="web"))
-    cluster.cli("secret", "rm", "api_key_v2", "unused")
+    before = snapshot(control, cluster)
+    refused = cluster.cli("secret", "rm", "api_key", check=False)
+    assert refused.returncode == 1, refused.stderr
+    assert "service web (its previous spec, the rollback target)" in refused.stderr
+    assert snapshot(control, cluster) == before
+    # once the new spec is the rollback target too and the old tasks ended, it can go
+    cluster.cli("service", "update", "--force", "web")
+
+    def removed() -> bool:
+        return cluster.cli("secret", "rm", "api_key", check=False).returncode == 0
+
+    cluster.wait_for(removed, "the old secret removable once its tasks ended", 30)
 
 
 def test_a_read_only_identity_lists_secrets_but_cannot_write_them(

@@ -17,9 +17,12 @@ import pytest
 from dockyard.agent.containers.admission import resolve_binds
 from dockyard.agent.containers.errors import InvalidArgument
 from dockyard.agent.runtime.base import VolumeMount
+from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.metadata import WARNING_KEY
 from dockyard.common.privilege import privileges
-from dockyard.controller.cluster import privileges_of
+from dockyard.controller.cluster import CLUSTER_ID, ClusterRecord, PolicyDenied, privileges_of
+from dockyard.controller.services import ServiceRegistry
+from dockyard.controller.store import CLUSTER, SERVICE_NAMES, Conflict, Store
 from dockyard.v1 import containers_pb2 as cpb
 from dockyard.v1 import containers_pb2_grpc
 from dockyard.v1.control_pb2 import (
@@ -31,6 +34,7 @@ from dockyard.v1.control_pb2 import (
     UpdateClusterRequest,
     UpdateServiceRequest,
 )
+from dockyard.v1.types_pb2 import Cluster as ClusterRecordProto
 from dockyard.v1.types_pb2 import ClusterSpec, TaskStatus
 from dockyard.v1.workloads_pb2 import ServiceSpec, UpdateConfig, UpdateStatus
 from tests.cli.conftest import have_runc
@@ -328,3 +332,28 @@ def test_a_bind_source_reaching_a_protected_path_through_a_symlink_is_refused(
     assert mount == VolumeMount(shared / "data", "/d", True)
     # a protected path named as such is the policy's to allow (here: allowed)
     assert resolve_binds([VolumeMount(Path("/etc"), "/e")]) == [VolumeMount(Path("/etc"), "/e")]
+
+
+async def test_a_write_checked_against_a_policy_that_changed_meanwhile_fails(
+    etcd: EtcdServer,
+) -> None:
+    """The fence: a spec checked while the policy allowed it cannot land after the policy
+    was turned off (and the rollback targets it forbids were dropped)."""
+    store = Store([etcd.endpoint], "/fence")
+    await store.connect(5)
+    try:
+        await store.create(CLUSTER, CLUSTER_ID, ClusterRecordProto(id="c"))
+        record = ClusterRecord(store)
+        services = ServiceRegistry(store)
+        allowing = await record.update((await record.get()).meta.version,
+                                       ClusterSpec(allow_privileged=True))  # fmt: skip
+        root = spec_of("root", change=cap("SYS_ADMIN"))
+        checked = await record.check_spec(root)  # allowed, at this revision
+        await record.update(allowing.meta.version, ClusterSpec(allow_privileged=False))
+        with pytest.raises(Conflict):
+            await services.create(root, [checked.fence(store)])
+        assert await store.get_raw(SERVICE_NAMES, "root") is None  # nothing written
+        with pytest.raises(PolicyDenied, match=r"^spec\.task\.container\.cap_add\[0\]: SYS_ADMIN"):
+            await record.check_spec(root)
+    finally:
+        await store.close()

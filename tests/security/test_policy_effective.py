@@ -75,18 +75,23 @@ def refusal(call: Callable[[], Any]) -> Any:
     return refused.value
 
 
-def rollback(control: Any, name: str) -> None:
-    """`service rollback`, read again while the orchestrator writes the update's status."""
+def update(control: Any, name: str, spec: ServiceSpec | None = None) -> Any:
+    """UpdateService with `spec` (None: a rollback), read again while the orchestrator
+    writes the update's status; returns the call (its trailing metadata)."""
     for _ in range(20):
         service = control.GetService(GetServiceRequest(service=name))
+        request = UpdateServiceRequest(service=name, version=service.meta.version,
+                                       spec=spec, rollback=spec is None)  # fmt: skip
         try:
-            control.UpdateService(UpdateServiceRequest(service=name, version=service.meta.version,
-                                                       rollback=True))  # fmt: skip
-            return
+            return control.UpdateService.with_call(request)[1]
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.ABORTED:
                 raise
     raise AssertionError(f"service {name} kept changing")
+
+
+def rollback(control: Any, name: str) -> None:
+    update(control, name)
 
 
 def cap(name: str) -> Callable[[ServiceSpec], object]:
@@ -154,6 +159,12 @@ def test_privileged_in_effect_needs_the_policy_on_create_and_update(
                          "busybox", check=False)  # fmt: skip
     assert by_cli.returncode == 1 and "does not allow privileged" in by_cli.stderr, by_cli.stderr
 
+    stack = cluster.root / "stack.yml"
+    stack.write_text("services:\n  tool:\n    image: busybox\n    volumes: ['/:/host']\n")
+    by_stack = cluster.cli("stack", "deploy", "-c", str(stack), "ops", check=False)
+    assert by_stack.returncode == 1 and "mounts[0].source: / holds" in by_stack.stderr, \
+        by_stack.stderr
+
     set_policy(control, True)
     for change, _, _ in PRIVILEGED_IN_EFFECT:
         control.CreateService(CreateServiceRequest(spec=spec_of("root", change=change)))
@@ -183,9 +194,8 @@ def test_an_automatic_rollback_is_held_to_the_policy_of_its_time(
         spec.update.failure_action = UpdateConfig.ROLLBACK
         spec.update.monitor_seconds = 60
 
-    service = control.GetService(GetServiceRequest(service="app"))
-    control.UpdateService(UpdateServiceRequest(service="app", version=service.meta.version,
-        spec=spec_of("app", command=("sh", "-c", "sleep 3; exit 1"), change=failing)))  # fmt: skip
+    update(control, "app", spec_of("app", command=("sh", "-c", "sleep 3; exit 1"),
+                                   change=failing))  # fmt: skip
     assert control.GetService(GetServiceRequest(service="app")).HasField("previous_spec")
     set_policy(control, False)  # before the new task fails
     assert not control.GetService(GetServiceRequest(service="app")).HasField("previous_spec")
@@ -212,9 +222,7 @@ def test_a_manual_rollback_and_an_update_away_keep_no_forbidden_target(
     control.CreateService(CreateServiceRequest(spec=spec_of("legacy", change=bind("/etc"))))
     set_policy(control, False)
     # the running privileged service stays; moving away from it keeps no way back
-    service = control.GetService(GetServiceRequest(service="legacy"))
-    _, call = control.UpdateService.with_call(UpdateServiceRequest(
-        service="legacy", version=service.meta.version, spec=spec_of("legacy")))  # fmt: skip
+    call = update(control, "legacy", spec_of("legacy"))
     warnings = [v for k, v in call.trailing_metadata() if k == WARNING_KEY]
     assert any("not kept for a rollback" in w and "mounts[0].source" in w for w in warnings)
     updated = control.GetService(GetServiceRequest(service="legacy"))
@@ -225,10 +233,7 @@ def test_a_manual_rollback_and_an_update_away_keep_no_forbidden_target(
 
     # with the policy on again, the same steps keep the rollback target
     set_policy(control, True)
-    service = control.GetService(GetServiceRequest(service="legacy"))
-    again = spec_of("legacy", change=bind("/etc"))
-    control.UpdateService(UpdateServiceRequest(service="legacy", version=service.meta.version,
-                                               spec=again))  # fmt: skip
+    update(control, "legacy", spec_of("legacy", change=bind("/etc")))
     rollback(control, "legacy")
     rolled = control.GetService(GetServiceRequest(service="legacy"))
     assert not rolled.spec.task.container.mounts

@@ -46,3 +46,6 @@ class AgentConfig:
     DOCKYARD-PEERS chains, which each sync makes exactly the map's). Off when several
     agents share one host (deploy/local-cluster, tests): no peer is routable there, and
     the host's routes and chains are not this agent's to rewrite."""
+    allow_privileged: bool = False
+    """Whether the agent's own API may create privileged containers (`common/privilege.py`).
+    Tasks are held to the cluster's policy by the controller instead."""

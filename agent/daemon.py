@@ -21,6 +21,7 @@ from dockyard.agent.worker import Worker
 from dockyard.common.addresses import JOIN_PORT
 from dockyard.common.authz import AuthInterceptor
 from dockyard.common.listen import bind_port
+from dockyard.common.statedir import ensure_private_dir
 from dockyard.v1 import agent_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, NetworkMap
 from dockyard.v1.types_pb2 import NodeDescription
@@ -69,7 +70,7 @@ class AgentDaemon:
 
     async def start(self) -> None:
         config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(config.state_dir)
         identity = load_or_create(config.state_dir, config.name)
         self._node_id = identity.node_id
         node_pki = NodePKI.of(config.state_dir)
@@ -193,6 +194,7 @@ class AgentDaemon:
 
     async def _start_containers(self, server: grpc.aio.Server) -> Executor:
         """The runc runtime, the image store and their API; recovers containers."""
+        from dockyard.agent.containers.admission import Admission
         from dockyard.agent.containers.images_servicer import ImagesServicer
         from dockyard.agent.containers.manager import ContainerManager
         from dockyard.agent.containers.peer_servicer import PeerServicer
@@ -231,7 +233,10 @@ class AgentDaemon:
         except Exception as exc:
             raise AgentStartError(f"cannot recover containers: {exc}") from exc
         self.containers = manager
-        containers_pb2_grpc.add_ContainersServicer_to_server(ContainersServicer(manager), server)
+        own = {str(config.state_dir.absolute()), str(config.state_dir.resolve())}
+        admission = Admission(config.allow_privileged, tuple(sorted(own)))
+        containers_pb2_grpc.add_ContainersServicer_to_server(
+            ContainersServicer(manager, admission), server)
         images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(manager), server)
         containers_pb2_grpc.add_VolumesServicer_to_server(VolumesServicer(manager), server)
         images.peer_fetcher = PeerFetcher(  # the node's certificate; None: --insecure

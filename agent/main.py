@@ -105,6 +105,13 @@ def main() -> None:
     help="Plaintext, unauthenticated API and session (no join needed). Tests only.",
 )
 @click.option(
+    "--allow-privileged",
+    is_flag=True,
+    help="Let this agent's own API (`dockyard -H AGENT run`) create privileged containers: "
+    "--privileged, capabilities beyond the default set, bind mounts of protected host "
+    "paths, the host network, seccomp=unconfined. Service tasks follow the cluster's policy.",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def run(
@@ -126,6 +133,7 @@ def run(
     cni_path: str,
     peer_routes: bool,
     insecure: bool,
+    allow_privileged: bool,
     log_level: str,
 ) -> None:
     """Run the agent until SIGTERM or SIGINT."""
@@ -178,6 +186,7 @@ def run(
         cni_path=cni_dirs,
         peer_routes=peer_routes,
         insecure=insecure,
+        allow_privileged=allow_privileged,
     )
     sys.exit(asyncio.run(_serve(config)))
 
@@ -209,6 +218,7 @@ def join(address: str, token: str, name: str, state_dir: Path,
     from dockyard.agent.certs import join as join_cluster
     from dockyard.agent.identity import NodeIdentity, save
     from dockyard.common.addresses import JOIN_PORT
+    from dockyard.common.statedir import ensure_private_dir
     from dockyard.common.validation import ValidationError, check_name
 
     try:
@@ -217,6 +227,7 @@ def join(address: str, token: str, name: str, state_dir: Path,
             check_name("--name", name)
     except (AddressError, ValidationError) as exc:
         raise click.BadParameter(str(exc)) from exc
+    ensure_private_dir(state_dir)
     node_pki = NodePKI.of(state_dir)
     try:
         identity = asyncio.run(join_cluster(address, token, node_pki, list(api_hosts)))

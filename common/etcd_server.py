@@ -1,8 +1,9 @@
 """Run a real etcd server as a child process.
 
 The controller uses this when it is given no `--etcd` endpoints (the embedded
-default: data under its state dir, stopped with it); the tests use it for a
-fixture on free ports.
+default: data under its state dir, stopped with it, client and peer ports on
+loopback with TLS and client-certificate authentication, `common/etcd_pki.py`); the
+tests use it for a fixture on free ports (plaintext unless given `tls`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import ctypes
 import shutil
 import signal
 import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
+
+from dockyard.common.etcd_pki import EtcdTLS
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +58,8 @@ class EtcdServer:
         data_dir: etcd's --data-dir; kept across restarts.
         client_port / peer_port: 0 picks free ports.
         binary: path or name of the etcd executable.
+        tls: certificates for both ports; clients and peers must present one from the
+            same CA. None: plaintext (test fixtures).
     """
 
     data_dir: Path
@@ -62,6 +68,7 @@ class EtcdServer:
     binary: str = "etcd"
     name: str = "dockyard"
     log_path: Path | None = None
+    tls: EtcdTLS | None = None
     _process: asyncio.subprocess.Process | None = field(default=None, init=False)
 
     @property
@@ -99,8 +106,9 @@ class EtcdServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_path or self.data_dir.parent / "etcd.log"
         log_start = log_path.stat().st_size if log_path.exists() else 0
-        client_url = f"http://127.0.0.1:{self.client_port}"
-        peer_url = f"http://127.0.0.1:{self.peer_port}"
+        scheme = "https" if self.tls else "http"
+        client_url = f"{scheme}://127.0.0.1:{self.client_port}"
+        peer_url = f"{scheme}://127.0.0.1:{self.peer_port}"
         args = [
             f"--name={self.name}",
             f"--data-dir={self.data_dir}",
@@ -112,6 +120,7 @@ class EtcdServer:
             "--initial-cluster-state=new",
             "--auto-compaction-mode=revision",
             "--auto-compaction-retention=10000",
+            *_tls_args(self.tls),
         ]
         with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - opening a log is instant
             self._process = await asyncio.create_subprocess_exec(
@@ -137,7 +146,7 @@ class EtcdServer:
                 if _PORT_IN_USE in output:
                     raise _PortTaken(f"{message}: {_line_with(output, _PORT_IN_USE)}")
                 raise EtcdServerError(f"{message}: {output[-800:]}")
-            if await _answers_health(self.client_port):
+            if await _answers_health(self.client_port, self.tls):
                 log.info("etcd.ready", endpoint=self.endpoint)
                 return
             await asyncio.sleep(0.1)
@@ -175,10 +184,29 @@ def _line_with(text: str, needle: str) -> str:
     return next((line for line in text.splitlines() if needle in line), needle)
 
 
-async def _answers_health(port: int) -> bool:
+def _tls_args(tls: EtcdTLS | None) -> list[str]:
+    if tls is None:
+        return []
+    return [
+        f"--cert-file={tls.server_cert}", f"--key-file={tls.server_key}",
+        f"--trusted-ca-file={tls.ca}", "--client-cert-auth=true",
+        f"--peer-cert-file={tls.server_cert}", f"--peer-key-file={tls.server_key}",
+        f"--peer-trusted-ca-file={tls.ca}", "--peer-client-cert-auth=true",
+    ]  # fmt: skip
+
+
+def _client_context(tls: EtcdTLS) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(tls.ca))
+    context.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+    return context
+
+
+async def _answers_health(port: int, tls: EtcdTLS | None = None) -> bool:
+    context = _client_context(tls) if tls else None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 1.0)
-    except (OSError, TimeoutError):
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(
+            "127.0.0.1", port, ssl=context), 1.0)  # fmt: skip
+    except (OSError, TimeoutError, ssl.SSLError):
         return False
     try:
         writer.write(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")

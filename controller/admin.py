@@ -119,8 +119,10 @@ def _write_controller(state_dir: Path, ca: Any, cert: bytes, key: bytes, host: s
                       context_name: str) -> None:  # fmt: skip
     """The CA, this controller's certificate, an admin identity and its CLI context."""
     from dockyard.common import pki
+    from dockyard.common.statedir import ensure_private_dir
     from dockyard.controller.ca import pki_dir
 
+    ensure_private_dir(state_dir)
     directory = pki_dir(state_dir)
     ca.save(directory)
     (directory / "controller.pem").write_bytes(cert)

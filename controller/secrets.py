@@ -9,8 +9,11 @@ immutable: to rotate it, create a new one and update the services.
 A service spec names its secrets; the controller resolves each name to the secret's ID
 when the spec is written, and the write compares the secret's revision, so a secret
 removed at the same moment makes the service write fail instead of pointing nowhere.
-A removal compares that no service record changed since it checked that none uses
-the secret. Only the node that runs a task gets the data, in its assignment set
+A removal is refused while a service's spec or previous spec (its rollback target)
+names the secret, or a task that has not ended has it; it compares that no service
+record changed since it checked. Tasks are not compared (their status changes all the
+time): a new task gets its secrets only from its service's spec, which is.
+Only the node that runs a task gets the data, in its assignment set
 (`controller/assignments.py`).
 """
 
@@ -29,17 +32,32 @@ from dockyard.controller.store import (
     SECRET_NAMES,
     SECRETS,
     SERVICES,
+    TASKS,
     AlreadyExists,
     Conflict,
     NotFound,
     Op,
     Store,
 )
-from dockyard.v1.workloads_pb2 import Secret, SecretSpec, ServiceSpec
+from dockyard.v1.types_pb2 import TaskStatus
+from dockyard.v1.workloads_pb2 import (
+    Secret,
+    SecretReference,
+    SecretSpec,
+    Service,
+    ServiceSpec,
+    Task,
+)
 
 log = structlog.get_logger(__name__)
 
 MAX_SECRET_BYTES = 500 * 1024  # Swarm's limit
+# A task in one of these states has stopped (or never started): its node no longer
+# holds the secret for it.
+_ENDED = frozenset({
+    TaskStatus.COMPLETE, TaskStatus.SHUTDOWN, TaskStatus.FAILED, TaskStatus.REJECTED,
+    TaskStatus.ORPHANED,
+})
 DEFAULT_MODE = 0o444
 
 
@@ -59,6 +77,34 @@ def without_data(secret: Secret) -> Secret:
     shown.CopyFrom(secret)
     shown.spec.ClearField("data")
     return shown
+
+
+def _uses(container_secrets: Sequence[SecretReference], secret_id: str) -> bool:
+    return any(r.secret_id == secret_id for r in container_secrets)
+
+
+def secret_users(secret_id: str, services: Sequence[Service], tasks: Sequence[Task]) -> list[str]:
+    """What still needs the secret, one phrase per service: its spec, its previous spec
+    (a rollback, manual or automatic, would bring it back) or its tasks that have not
+    ended (a task being stopped still has the secret's file). Empty when nothing does.
+    """
+    live: dict[str, list[str]] = {}
+    for task in tasks:
+        if task.status.state not in _ENDED and _uses(task.spec.container.secrets, secret_id):
+            live.setdefault(task.service_name or task.service_id, []).append(task.id[:12])
+    phrases: dict[str, str] = {}
+    for service in services:
+        name = service.spec.name
+        if _uses(service.spec.task.container.secrets, secret_id):
+            phrases[name] = f"service {name}"
+        elif _uses(service.previous_spec.task.container.secrets, secret_id):
+            phrases[name] = f"service {name} (its previous spec, the rollback target)"
+    for name, task_ids in live.items():
+        more = f" and {len(task_ids) - 5} more" if len(task_ids) > 5 else ""
+        shown = ", ".join(task_ids[:5]) + more
+        running = f"task{'s' if len(task_ids) > 1 else ''} {shown} of service {name}"
+        phrases[name] = f"{phrases[name]} and its {running}" if name in phrases else running
+    return [phrases[name] for name in sorted(phrases)]
 
 
 class SecretRegistry:
@@ -104,19 +150,18 @@ class SecretRegistry:
         return secret
 
     async def remove(self, ref: str) -> Secret:
-        """Delete the secret, unless a service's spec uses it."""
+        """Delete the secret, unless a service's spec or previous spec (its rollback
+        target), or a task that may still run, uses it."""
         secret = await self.find(ref)
         services, revision = await self._store.list_all(SERVICES)
-        users = sorted(
-            s.spec.name
-            for s in services
-            if any(r.secret_id == secret.id for r in s.spec.task.container.secrets)
-        )
+        tasks, _ = await self._store.list_all(TASKS)
+        users = secret_users(secret.id, services, tasks)
         if users:
             raise FailedPrecondition(
-                f"secret {secret.spec.name} is in use by service"
-                f"{'s' if len(users) > 1 else ''} {', '.join(users)}: remove it from "
-                f"{'them' if len(users) > 1 else 'it'} first (service update --secret-rm)"
+                f"secret {secret.spec.name} is in use by {'; '.join(users)}: remove it from "
+                "the service (service update --secret-rm) and let the update finish; a "
+                "previous spec that has it goes with the next update (service update "
+                "--force SERVICE once the new spec runs well)"
             )
         ops = [
             self._store.raw_op(SECRETS, secret.id, None, expect=secret.meta.version),

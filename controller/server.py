@@ -14,8 +14,10 @@ import structlog
 
 from dockyard.common import pki
 from dockyard.common.authz import AuthInterceptor
+from dockyard.common.etcd_pki import make_etcd_pki
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.listen import bind_port
+from dockyard.common.statedir import ensure_private_dir
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.version import package_version
 from dockyard.controller.api.control import ControllerIdentity, ControlServicer, cluster_info
@@ -91,7 +93,7 @@ class Controller:
 
     async def start(self) -> None:
         config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(config.state_dir)
         if not config.insecure and not has_ca(config.state_dir):
             raise ControllerStartError(
                 f"no cluster CA in {pki_dir(config.state_dir)}: run `dockyard-controller init "
@@ -99,13 +101,17 @@ class Controller:
             )
         controller_id = _load_or_create_id(config.state_dir / "controller-id")
         endpoints = list(config.etcd_endpoints)
+        credentials: dict[str, bytes] = {}
         if not endpoints:
+            tls = await asyncio.to_thread(make_etcd_pki, config.state_dir / "etcd" / "pki")
             self.etcd = EtcdServer(
-                config.state_dir / "etcd" / "data", log_path=config.state_dir / "etcd.log"
+                config.state_dir / "etcd" / "data", log_path=config.state_dir / "etcd.log",
+                tls=tls,
             )
             await self.etcd.start()
             endpoints = [self.etcd.endpoint]
-        self.store = Store(endpoints, config.etcd_prefix)
+            credentials = tls.store_credentials()
+        self.store = Store(endpoints, config.etcd_prefix, **credentials)
         self.store.observe = self.metrics.observe_etcd
         await self.store.connect(config.etcd_timeout)
         cluster = await _load_or_create_cluster(self.store)

@@ -14,6 +14,7 @@ import structlog
 from dockyard.common.lookup import match_reference
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.validation import ValidationError, check_ref
+from dockyard.controller.cluster import Policy
 from dockyard.controller.errors import FailedPrecondition
 from dockyard.controller.specs import check_service_spec
 from dockyard.controller.store import (
@@ -101,16 +102,22 @@ class ServiceRegistry:
         try:
             service.meta.version = await self._store.commit([*ops, *checks])
         except Conflict as exc:
-            if checks:
-                raise Conflict(f"service {spec.name!r} already exists, or a secret it uses was "
-                               "just removed: read again and retry") from exc  # fmt: skip
-            raise AlreadyExists(f"service {spec.name!r} already exists") from exc
+            if not checks or await self._store.get_raw(SERVICE_NAMES, spec.name) is not None:
+                raise AlreadyExists(f"service {spec.name!r} already exists") from exc
+            raise Conflict(f"a secret service {spec.name!r} uses was just removed, or the "
+                           "cluster's policy changed: read again and retry") from exc  # fmt: skip
         log.info("service.created", service_id=service.id, name=spec.name)
         return service
 
-    async def update(self, ref: str, version: int, spec: ServiceSpec, force: bool,
-                     checks: Sequence[Op] = ()) -> Service:  # fmt: skip
-        """A new spec (and a rolling update); `version` guards against lost updates."""
+    async def update(
+        self, ref: str, version: int, spec: ServiceSpec, force: bool,
+        checks: Sequence[Op] = (), policy: Policy | None = None,
+    ) -> Service:
+        """A new spec (and a rolling update); `version` guards against lost updates.
+
+        With `policy`, the old spec is kept as the rollback target only if the policy
+        allows it, and the write compares the policy's revision.
+        """
         check_service_spec(spec)
         service = await self._read_at(ref, version)
         if spec.name != service.spec.name:
@@ -123,19 +130,30 @@ class ServiceRegistry:
         replace_tasks = force or new_spec.task != service.spec.task
         service.previous_spec.CopyFrom(service.spec)
         service.spec.CopyFrom(new_spec)
+        checks = _under_policy(service, checks, policy, self._store)
         if not replace_tasks:  # scaling, labels, update settings: the tasks stay as they are
             return await self._write(service, checks)
         return await self._write_new_spec(service, UpdateStatus.UPDATING, "update started",
                                           checks)  # fmt: skip
 
-    async def rollback(self, ref: str, version: int, checks: Sequence[Op] = ()) -> Service:
+    async def rollback(self, ref: str, version: int, checks: Sequence[Op] = (),
+                       policy: Policy | None = None) -> Service:  # fmt: skip
+        """Back to the previous spec. With `policy`, that spec must be allowed by it (and
+        the write compares the policy's revision); the spec left behind is kept as the
+        next rollback target only if the policy allows it."""
         service = await self._read_at(ref, version)
         if not service.HasField("previous_spec"):
-            raise FailedPrecondition(f"service {service.spec.name} has no previous spec")
+            raise FailedPrecondition(
+                f"service {service.spec.name} has no previous spec to roll back to (a spec the "
+                "cluster's policy forbids is not kept as one)"
+            )
+        if policy is not None:
+            policy.check(service.previous_spec, "previous_spec")
         current = ServiceSpec()
         current.CopyFrom(service.spec)
         service.spec.CopyFrom(service.previous_spec)
         service.previous_spec.CopyFrom(current)
+        checks = _under_policy(service, checks, policy, self._store)
         if service.spec.task == current.task:  # e.g. back to the replica count before a scale
             return await self._write(service, checks)
         return await self._write_new_spec(
@@ -201,3 +219,16 @@ class ServiceRegistry:
 
 def _mode(spec: ServiceSpec) -> str | None:
     return spec.WhichOneof("mode")
+
+
+def _under_policy(service: Service, checks: Sequence[Op], policy: Policy | None,
+                  store: Store) -> list[Op]:  # fmt: skip
+    """Drop a rollback target `policy` forbids; add the policy's fence to `checks`."""
+    if policy is None:
+        return list(checks)
+    forbidden = policy.forbidden(service.previous_spec, "previous_spec")
+    if forbidden:
+        service.ClearField("previous_spec")
+        log.warning("service.rollback_target_dropped", service_id=service.id,
+                    name=service.spec.name, reason=str(forbidden[0]))  # fmt: skip
+    return [*checks, policy.fence(store)]

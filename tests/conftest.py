@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from dockyard.common.etcd_pki import EtcdTLS
 from dockyard.common.etcd_server import EtcdServer
 from tests.ports import free_port
 
@@ -152,6 +153,13 @@ class Cluster:
     @property
     def pki(self) -> Path:
         return self.root / "controller" / "pki"
+
+    @property
+    def etcd_tls(self) -> EtcdTLS | None:
+        """The client certificates of the controller's embedded etcd (None: no embedded
+        etcd, or it has not started yet)."""
+        tls = EtcdTLS(self.root / "controller" / "etcd" / "pki")
+        return tls if not self.etcd_endpoints and tls.ca.exists() else None
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "DOCKYARD_CONFIG": str(self.config_dir)}

@@ -513,7 +513,8 @@ def test_a_revoked_certificate_gets_403_and_loses_its_stream(api: Http) -> None:
         endpoint = api.json("/v1/info")["etcd_endpoints"][0]
 
         async def revoke() -> None:
-            store = Store([endpoint])
+            tls = cluster.etcd_tls
+            store = Store([endpoint], **(tls.store_credentials() if tls else {}))
             await store.connect(5)
             try:
                 await store.put(REVOKED_CERTS, serial, RevokedCert(

@@ -26,7 +26,6 @@ from dockyard.v1.control_pb2 import (
     ListTasksRequest,
     RemoveSecretRequest,
     RemoveServiceRequest,
-    UpdateServiceRequest,
 )
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import SecretReference, SecretSpec, ServiceSpec
@@ -59,9 +58,9 @@ def code_of(call: Callable[[], Any]) -> tuple[grpc.StatusCode, str]:
     return raised.value.code(), raised.value.details() or ""
 
 
-def snapshot(control: Any) -> dict[str, int]:
+def snapshot(control: Any, cluster: Cluster) -> dict[str, int]:
     endpoint = control.GetInfo(GetInfoRequest()).etcd_endpoints[0]
-    keys = etcd_snapshot(endpoint, PREFIX)
+    keys = etcd_snapshot(endpoint, PREFIX, tls=cluster.etcd_tls)
     # the controller's own loops (leases, node heartbeats) write in the background
     return {k: v for k, v in keys.items() if "/secret" in k or "/services" in k}
 
@@ -121,13 +120,13 @@ def test_create_list_inspect_remove_never_show_the_data(
     ],
 )
 def test_bad_secrets_are_refused_naming_the_field_and_write_nothing(
-    control: Any, spec: SecretSpec, field: str
+    cluster: Cluster, control: Any, spec: SecretSpec, field: str
 ) -> None:
-    before = snapshot(control)
+    before = snapshot(control, cluster)
     code, details = code_of(lambda: control.CreateSecret(CreateSecretRequest(spec=spec)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, details
     assert details.startswith(f"{field}: "), details
-    assert snapshot(control) == before
+    assert snapshot(control, cluster) == before
 
 
 def test_the_largest_secret_is_accepted(control: Any) -> None:
@@ -142,12 +141,12 @@ def test_a_service_gets_its_secret_only_on_its_node_and_blocks_removal(
     secret = control.CreateSecret(CreateSecretRequest(spec=SecretSpec(name="api_key", data=DATA)))
     other = control.CreateSecret(CreateSecretRequest(spec=SecretSpec(name="unused", data=b"o")))
     # an unknown secret: NOT_FOUND naming it, nothing written
-    before = snapshot(control)
+    before = snapshot(control, cluster)
     code, details = code_of(lambda: control.CreateService(CreateServiceRequest(
         spec=service_spec("web", SecretReference(secret_name="nope")))))  # fmt: skip
     assert code == grpc.StatusCode.NOT_FOUND and "'nope'" in details, details
     assert details.startswith("spec.task.container.secrets[0].secret_name: "), details
-    assert snapshot(control) == before
+    assert snapshot(control, cluster) == before
     for bad, field in [
         (SecretReference(secret_name="api_key", target="../x"), "target"),
         (SecretReference(secret_name="api_key", mode=0o1777), "mode"),
@@ -157,7 +156,7 @@ def test_a_service_gets_its_secret_only_on_its_node_and_blocks_removal(
             CreateServiceRequest(spec=service_spec("web", bad))))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, details
         assert details.startswith(f"spec.task.container.secrets[0].{field}: "), details
-    assert snapshot(control) == before
+    assert snapshot(control, cluster) == before
     assert not control.ListServices(ListServicesRequest()).services
 
     # the CLI's Docker syntax; the controller resolves the name to the ID
@@ -178,10 +177,10 @@ def test_a_service_gets_its_secret_only_on_its_node_and_blocks_removal(
     assert task.spec.container.secrets[0].secret_id == secret.id
 
     # removal is refused while the service uses it, and writes nothing
-    before = snapshot(control)
+    before = snapshot(control, cluster)
     code, details = code_of(lambda: control.RemoveSecret(RemoveSecretRequest(secret="api_key")))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "web" in details, details
-    assert snapshot(control) == before
+    assert snapshot(control, cluster) == before
     refused = cluster.cli("secret", "rm", "api_key", check=False)
     assert refused.returncode == 1 and "in use by service web" in refused.stderr
 
@@ -202,19 +201,32 @@ def test_a_service_gets_its_secret_only_on_its_node_and_blocks_removal(
             if path.is_file():
                 assert DATA not in path.read_bytes(), path
 
-    # rotate: a new secret in, the old one out; then the old one can go
+    rotate_and_remove_the_old_one(cluster, control)
+    control.RemoveService(RemoveServiceRequest(service="web"))
+    cluster.cli("secret", "rm", "api_key_v2", "unused")
+
+
+def rotate_and_remove_the_old_one(cluster: Cluster, control: Any) -> None:
+    """Service web moves from api_key to api_key_v2; the old one can go in the end."""
+    # rotate: a new secret in, the old one out; the old one stays while a rollback could
+    # bring it back (the previous spec) or an old task still has it
     control.CreateSecret(CreateSecretRequest(spec=SecretSpec(name="api_key_v2", data=b"new")))
     cluster.cli("service", "update", "--secret-rm", "api_key", "--secret-add",
                 "source=api_key_v2,target=key.txt", "web")  # fmt: skip
     service = control.GetService(GetServiceRequest(service="web"))
     assert [r.secret_name for r in service.spec.task.container.secrets] == ["api_key_v2"]
-    cluster.cli("secret", "rm", "api_key")
-    # a rollback to the spec that used the removed secret is refused, naming it
-    code, details = code_of(lambda: control.UpdateService(UpdateServiceRequest(
-        service="web", version=service.meta.version, rollback=True)))  # fmt: skip
-    assert code == grpc.StatusCode.NOT_FOUND and "api_key" in details, details
-    control.RemoveService(RemoveServiceRequest(service="web"))
-    cluster.cli("secret", "rm", "api_key_v2", "unused")
+    before = snapshot(control, cluster)
+    refused = cluster.cli("secret", "rm", "api_key", check=False)
+    assert refused.returncode == 1, refused.stderr
+    assert "service web (its previous spec, the rollback target)" in refused.stderr
+    assert snapshot(control, cluster) == before
+    # once the new spec is the rollback target too and the old tasks ended, it can go
+    cluster.cli("service", "update", "--force", "web")
+
+    def removed() -> bool:
+        return cluster.cli("secret", "rm", "api_key", check=False).returncode == 0
+
+    cluster.wait_for(removed, "the old secret removable once its tasks ended", 30)
 
 
 def test_a_read_only_identity_lists_secrets_but_cannot_write_them(

@@ -10,6 +10,7 @@ __all__ = [
     "FailedPrecondition",
     "InvalidArgument",
     "NotFound",
+    "PermissionDenied",
     "Unavailable",
 ]
 
@@ -40,6 +41,12 @@ class AlreadyExists(ApiError):
     """A name is taken."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class PermissionDenied(ApiError):
+    """The agent's policy does not allow what the request asks for."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class FailedPrecondition(ApiError):

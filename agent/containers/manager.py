@@ -22,6 +22,7 @@ from pathlib import Path
 
 import structlog
 
+from dockyard.agent.containers.admission import resolve_binds
 from dockyard.agent.containers.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -103,6 +104,7 @@ class ContainerManager:
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._removed: OrderedDict[str, tuple[str, ExitInfo]] = OrderedDict()
         self._creating: set[str] = set()
+        self._own_dirs = (str(meta_root.parent.absolute()),)  # the agent's state dir
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -273,6 +275,7 @@ class ContainerManager:
         try:
             volumes = await asyncio.to_thread(volumes_of, request,
                                               lambda v: self._volume_dir(v, made))  # fmt: skip
+            volumes = await asyncio.to_thread(resolve_binds, volumes, self._own_dirs)
             normalized = CreateContainerRequest()
             normalized.CopyFrom(request)
             normalized.name = name

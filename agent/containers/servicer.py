@@ -7,9 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+from dockyard.agent.containers.admission import Admission
 from dockyard.agent.containers.convert import container_record, log_line, stats_message
 from dockyard.agent.containers.errors import InvalidArgument
 from dockyard.agent.containers.manager import ContainerManager
+from dockyard.agent.containers.request import check_create
 from dockyard.agent.containers.status import Context, streaming, unary
 from dockyard.agent.runtime.runc.exec import RuncExecSession
 from dockyard.v1 import containers_pb2 as pb
@@ -21,12 +23,15 @@ __all__ = ["ContainersServicer"]
 class ContainersServicer(containers_pb2_grpc.ContainersServicer):
     """Thin layer over :class:`ContainerManager`: messages in, messages out."""
 
-    def __init__(self, manager: ContainerManager) -> None:
+    def __init__(self, manager: ContainerManager, admission: Admission | None = None) -> None:
         self._manager = manager
+        self._admission = admission or Admission()
 
     @unary
     async def Create(self, request: pb.CreateContainerRequest,
                      context: Context) -> pb.ContainerRecord:
+        check_create(request)  # a malformed request is INVALID_ARGUMENT, policy or not
+        self._admission.check(request)
         return container_record(await self._manager.create(request))
 
     @unary

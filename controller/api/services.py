@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from dockyard.common.validation import ValidationError, check_ref
-from dockyard.controller.cluster import ClusterRecord
+from dockyard.controller.cluster import ClusterRecord, privileges_of
 from dockyard.controller.images import ImageResolver
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.secrets import SecretRegistry
@@ -24,7 +24,7 @@ from dockyard.v1.control_pb2 import (
     UpdateServiceRequest,
 )
 from dockyard.v1.types_pb2 import NodeStatus, TaskStatus
-from dockyard.v1.workloads_pb2 import Service, Task
+from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task
 
 State = TaskStatus.State
 MODES = ("replicated", "global", "job")
@@ -61,11 +61,12 @@ class ServicesAPI:
     async def create(self, request: CreateServiceRequest) -> tuple[Service, list[str]]:
         """The new service, and warnings for the caller (an image left unpinned)."""
         check_service_spec(request.spec)  # before asking a registry about it
-        await self._cluster.check_spec(request.spec)
+        policy = await self._cluster.check_spec(request.spec)
         spec, checks = await self._secrets.resolve(request.spec)
         check_service_spec(spec)
         pinned = await self._resolver.pin(spec, request.resolve_image)
-        return await self._services.create(pinned.spec, checks), pinned.warnings
+        fenced = [*checks, policy.fence(self._store)]
+        return await self._services.create(pinned.spec, fenced), pinned.warnings
 
     async def get(self, ref: str) -> Service:
         return await self._services.find(ref)
@@ -74,19 +75,21 @@ class ServicesAPI:
         """The updated service, and warnings for the caller (an image left unpinned)."""
         if request.rollback:
             service = await self._services.find(request.service)
-            await self._cluster.check_spec(service.previous_spec)
+            policy = await self._cluster.check_spec(service.previous_spec, "previous_spec")
             _, checks = await self._secrets.resolve(service.previous_spec)  # still there?
-            return await self._services.rollback(request.service, request.version, checks), []
+            rolled = await self._services.rollback(request.service, request.version, checks,
+                                                   policy)  # fmt: skip
+            return rolled, _dropped_target(service.spec, rolled)
         check_service_spec(request.spec)
-        await self._cluster.check_spec(request.spec)
+        policy = await self._cluster.check_spec(request.spec)
         spec, checks = await self._secrets.resolve(request.spec)
         check_service_spec(spec)
         current = await self._services.find(request.service)
         pinned = await self._resolver.pin(spec, request.resolve_image,
                                           previous=current.spec, force=request.force)
         service = await self._services.update(request.service, request.version, pinned.spec,
-                                              request.force, checks)  # fmt: skip
-        return service, pinned.warnings
+                                              request.force, checks, policy)  # fmt: skip
+        return service, pinned.warnings + _dropped_target(current.spec, service)
 
     async def remove(self, ref: str) -> None:
         await self._services.remove(ref)
@@ -140,6 +143,15 @@ class ServicesAPI:
                 f"task {ref!r} not found" if not matches else f"task {ref!r} is ambiguous"
             )
         return matches[0]
+
+
+def _dropped_target(old: ServiceSpec, written: Service) -> list[str]:
+    """A warning when the spec left behind was not kept as the rollback target."""
+    if written.HasField("previous_spec") or written.spec == old:
+        return []
+    why = "; ".join(str(p) for p in privileges_of(old, "previous_spec"))
+    return [f"the previous spec is not kept for a rollback: the cluster's policy does not "
+            f"allow privileged containers ({why})"]
 
 
 def _summary(service: Service, tasks: list[Task], ready_nodes: int) -> ServiceSummary:

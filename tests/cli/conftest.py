@@ -68,10 +68,11 @@ def agent(tmp_path: Path) -> Iterator[AgentUnderTest]:
     state = tmp_path / "agent-state"
     cgroup = f"dockyard-cli-test-{uuid.uuid4().hex[:8]}"
     address = f"127.0.0.1:{free_port()}"
+    # --allow-privileged: the e2e tests run --privileged and seccomp=unconfined containers
     args = [str(BIN / "dockyard-agent"), "run", "--runtime", "runc",
             "--controller", f"127.0.0.1:{free_port()}", "--state-dir", str(state),
             "--listen", address, "--name", "cli-e2e", "--cgroup-parent", cgroup,
-            "--log-level", "debug", "--insecure"]  # fmt: skip
+            "--log-level", "debug", "--insecure", "--allow-privileged"]  # fmt: skip
     daemon = Daemon("agent", args, tmp_path / "agent.log")
     under_test = AgentUnderTest(address, daemon, tmp_path / "cli-config")
     try:

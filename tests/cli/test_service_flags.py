@@ -343,7 +343,7 @@ def test_the_example_spec_file_matches_the_same_flags(control: FakeControl) -> N
         "--update-order", "start-first", "--update-failure-action", "rollback",
         "--update-monitor", "5s", "--update-max-failure-ratio", "0.2",
         "--rollback-parallelism", "2", "--rollback-failure-action", "pause",
-        "-p", "8080:80", "--network", "host",
+        "-p", "8080:80", "--network", "bridge",
         "nginx:1.25", "nginx", "-g", "daemon off;")
     assert code == 0, err
     assert control.sent("CreateService")[0].spec == from_file

@@ -21,6 +21,8 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from dockyard.common.etcd_pki import EtcdTLS
+
 __all__ = [
     "ALLOWED",
     "FIELD_NAME",
@@ -228,12 +230,14 @@ def settle(snapshot: Callable[[], T], timeout: float, interval: float) -> T:
     return before
 
 
-def etcd_snapshot(endpoint: str, prefix: str, exclude: Sequence[str] = ()) -> dict[str, int]:
+def etcd_snapshot(endpoint: str, prefix: str, exclude: Sequence[str] = (),
+                  tls: EtcdTLS | None = None) -> dict[str, int]:  # fmt: skip
     """Every key under `prefix` with its mod revision, read with etcdctl (keys starting
-    with one of `exclude`, written by the daemon's own loops, left out)."""
+    with one of `exclude`, written by the daemon's own loops, left out). `tls`: the
+    client certificates of a controller's embedded etcd (`Cluster.etcd_tls`)."""
     result = subprocess.run(
-        ["etcdctl", "--endpoints", endpoint, "get", "--prefix", prefix, "--keys-only",
-         "-w", "json"],
+        ["etcdctl", "--endpoints", endpoint, *(tls.etcdctl_args() if tls else []), "get",
+         "--prefix", prefix, "--keys-only", "-w", "json"],
         capture_output=True, text=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
         timeout=20, check=True,
     )  # fmt: skip

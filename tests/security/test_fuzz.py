@@ -190,7 +190,7 @@ class Fuzzed:
 
     def snapshot(self) -> dict[str, int]:
         """Every key under the prefix with its mod revision (background keys left out)."""
-        return etcd_snapshot(self.etcd, PREFIX, BACKGROUND_KEYS)
+        return etcd_snapshot(self.etcd, PREFIX, BACKGROUND_KEYS, self.cluster.etcd_tls)
 
     def settled(self, timeout: float = 3.0) -> dict[str, int]:
         """A snapshot once the controller's own loops stopped writing (after an accepted write)."""
@@ -241,9 +241,10 @@ class Fuzzed:
             (f"{PREFIX}nodes/{FAKE_NODE_ID}", node.SerializeToString()),
             (f"{PREFIX}names/nodes/{FAKE_NODE}", FAKE_NODE_ID.encode()),
         ]
+        tls_args = self.cluster.etcd_tls.etcdctl_args() if self.cluster.etcd_tls else []
         for key, value in records:
             subprocess.run(
-                ["etcdctl", "--endpoints", self.etcd, "put", key], input=value,
+                ["etcdctl", "--endpoints", self.etcd, *tls_args, "put", key], input=value,
                 env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, capture_output=True,
                 timeout=20, check=True,
             )  # fmt: skip

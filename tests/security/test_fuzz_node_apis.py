@@ -50,7 +50,7 @@ class NodeSide:
     node_creds: grpc.ChannelCredentials
 
     def snapshot(self) -> dict[str, int]:
-        return etcd_snapshot(self.etcd, PREFIX, BACKGROUND)
+        return etcd_snapshot(self.etcd, PREFIX, BACKGROUND, self.cluster.etcd_tls)
 
     def alive(self) -> None:
         process = self.cluster.controller.process if self.cluster.controller else None
@@ -176,7 +176,7 @@ def _session(side: NodeSide, messages: list[AgentMessage]) -> grpc.StatusCode:
 
 def test_fuzzed_sessions_never_touch_other_nodes_or_tasks(side: NodeSide) -> None:
     strategies = _strategies(side)
-    before = etcd_snapshot(side.etcd, PREFIX, ("/dockyard/leader/",))
+    before = etcd_snapshot(side.etcd, PREFIX, ("/dockyard/leader/",), side.cluster.etcd_tls)
 
     def check(messages: list[AgentMessage]) -> None:
         code = _session(side, messages)
@@ -190,7 +190,7 @@ def test_fuzzed_sessions_never_touch_other_nodes_or_tasks(side: NodeSide) -> Non
 
     run_examples(30, check, messages=st.lists(
         strategies.message_of(AgentMessage.DESCRIPTOR), min_size=1, max_size=6))
-    after = etcd_snapshot(side.etcd, PREFIX, ("/dockyard/leader/",))
+    after = etcd_snapshot(side.etcd, PREFIX, ("/dockyard/leader/",), side.cluster.etcd_tls)
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     # only this node's own record (and its name) may have been written by a session
     assert all(side.node_id in key or key.startswith("/dockyard/names/nodes/")

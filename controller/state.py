@@ -82,10 +82,25 @@ class ClusterState:
         self._subscribers.append(event)
         return event
 
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        """Stop setting `event` (a loop that ends, or restarts, lets go of its own)."""
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(event)
+
     async def wait_for_revision(self, revision: int, timeout: float = 10.0) -> None:
-        """Wait until every watched kind has seen `revision` (our own write)."""
-        async with asyncio.timeout(timeout), self._caught_up:
-            await self._caught_up.wait_for(lambda: self.revision >= revision)
+        """Wait until every watched kind has seen `revision` (our own write).
+
+        Raises TimeoutError after `timeout` seconds: the loop that waits crashes
+        and its supervisor restarts it (controller/supervision.py).
+        """
+        try:
+            async with asyncio.timeout(timeout), self._caught_up:
+                await self._caught_up.wait_for(lambda: self.revision >= revision)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the cluster view did not reach revision {revision} in {timeout:g} s "
+                f"(it is at {self.revision})"
+            ) from None
 
     def tasks_of_service(self, service_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_service.get(service_id, ()) if t in self.tasks]
@@ -142,6 +157,10 @@ class ClusterState:
         tracker = ChangeTracker()
         self._trackers.append(tracker)
         return tracker
+
+    def untrack(self, tracker: ChangeTracker) -> None:
+        with contextlib.suppress(ValueError):
+            self._trackers.remove(tracker)
 
     def _mark(self, kind: Kind[Any], record_id: str, value: Any) -> None:
         if kind is SECRETS:  # immutable; tasks that use one change with their service

@@ -61,6 +61,16 @@ class Leadership:
         self.terms = 0
         self._lease = 0
         self._expires = 0.0  # loop time by which the lease may have expired
+        self._closed = False
+
+    def holds(self) -> bool:
+        """Whether this controller leads and its lease is provably alive now (on this
+        controller's monotonic clock): False at once after a pause longer than the
+        lease, before the keep-alive task has even run. What is sent to agents
+        (no etcd transaction to fence it) is sent only while this holds."""
+        if not self.is_leader:
+            return False
+        return asyncio.get_running_loop().time() < self._expires - EXPIRY_MARGIN
 
     def leader_address(self) -> str | None:
         """None while this controller leads; else the leader's address or ""."""
@@ -72,17 +82,24 @@ class Leadership:
         """Campaign; while elected run `lead` beside the lease keep-alive and cancel it
         the moment the term is over; campaign again; until cancelled."""
         try:
-            while True:
+            while not self._closed:
                 try:
                     elected = await self._campaign()
                 except Exception as exc:  # any failure: campaign again later
                     log.warning("leadership.campaign_failed", error=_describe(exc))
                     elected = False
-                if elected:
+                if elected and not self._closed:
                     await self._term(lead)
-                await asyncio.sleep(self._ttl / 3)
+                if not self._closed:
+                    await asyncio.sleep(self._ttl / 3)
         finally:
             await self._resign()
+
+    def close(self) -> None:
+        """Campaign no more: `run` returns after the current term, even if its
+        cancellation is lost (Python 3.11's TaskGroup can swallow a cancel that
+        arrives while it is already cancelling its children, gh-116720)."""
+        self._closed = True
 
     async def _term(self, lead: Lead) -> None:
         """One term: `lead` and the keep-alive in one task group, until either ends."""
@@ -94,11 +111,11 @@ class Leadership:
                 group.create_task(self._hold_until_lost())
                 group.create_task(self._lead_until_done(lead, self.fence))
         except* _TermOver as over:
-            reason = str(over.exceptions[0])
+            reason = _reasons(over)
         except* LeadershipLost as lost:
-            reason = str(lost.exceptions[0])
+            reason = _reasons(lost)
         except* Exception as failed:
-            reason = "; ".join(_describe(exc) for exc in failed.exceptions)
+            reason = _reasons(failed)
         finally:
             self.is_leader = False
             self.fence = None
@@ -193,6 +210,17 @@ class Leadership:
             with contextlib.suppress(StoreError, TimeoutError):
                 async with asyncio.timeout(RESIGN_TIMEOUT):
                     await self._store.revoke_lease(lease)
+
+
+def _reasons(group: BaseExceptionGroup[BaseException]) -> str:
+    """The leaf errors of a (nested) exception group, described."""
+    leaves: list[str] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            leaves.append(_reasons(exc))
+        else:
+            leaves.append(str(exc) if isinstance(exc, _TermOver) else _describe(exc))
+    return "; ".join(leaves)
 
 
 def _describe(exc: BaseException) -> str:

@@ -52,6 +52,7 @@ from dockyard.controller.state import ClusterState
 from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, NotFound, Store
 from dockyard.controller.supervision import Supervisor
 from dockyard.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
+from dockyard.v1.dispatcher_pb2 import DispatcherMessage
 from dockyard.v1.types_pb2 import Cluster, Node
 from dockyard.v1.workloads_pb2 import Service
 
@@ -293,20 +294,35 @@ class Controller:
             NodeRegistry(store, config.subnets), dispatcher, config.node_grace,
             view=lambda: self.state, term_started=became_leader,
         )  # fmt: skip
-        assigner = Assigner(state, dispatcher.send, store)
+        send = self._leader_send(dispatcher)
+        assigner = Assigner(state, send, store)
         transitions = self.metrics.task_transitions
         writer = StatusWriter(store, state,
                               lambda state: transitions.labels(state).inc())  # fmt: skip
         self.scheduling = SchedulingLoop(store, state, config.strategy,
                                          self.metrics.observe_scheduling_round)  # fmt: skip
         orchestrator = Orchestrator(store, state, config.node_down_grace, _eligible)
-        mapper = NetworkMapper(state, dispatcher.send, lambda: list(dispatcher.sessions),
+        mapper = NetworkMapper(state, send, lambda: list(dispatcher.sessions),
                                ca.unexpired_revocations if ca is not None else lambda now: ())
         dispatcher.assigner, dispatcher.status_writer = assigner, writer
         dispatcher.network_mapper = mapper
         return [("nodemonitor", monitor.run), ("assigner", assigner.run),
                 ("taskstatus", writer.run), ("scheduler", self.scheduling.run),
                 ("orchestrator", orchestrator.run), ("networkmap", mapper.run)]  # fmt: skip
+
+    def _leader_send(self, dispatcher: Dispatcher) -> Callable[[str, DispatcherMessage], bool]:
+        """The dispatcher's send, silent unless the lease is provably held: agents get
+        nothing from a leader that was paused past its lease (sends are not fenced by
+        etcd; this is their fence)."""
+        leadership = self.leadership
+        assert leadership is not None
+
+        def send(node_id: str, message: DispatcherMessage) -> bool:
+            if not leadership.holds():
+                return False
+            return dispatcher.send(node_id, message)
+
+        return send
 
     async def _end_term(self, state: ClusterState) -> None:
         """Unhook the loops, close every agent session (they reconnect to the new
@@ -332,6 +348,8 @@ class Controller:
         if self.http is not None:
             await self.http.stop()
             self.http = None
+        if self.leadership is not None:
+            self.leadership.close()
         await _cancel(self._tasks)  # leadership first: its term ends, its lease is given back
         if self.dispatcher is not None:
             self.dispatcher.close_all()

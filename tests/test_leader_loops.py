@@ -20,7 +20,7 @@ from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.server import Controller
-from dockyard.controller.store import LEADER, NODES, SERVICES, TASKS, Store
+from dockyard.controller.store import LEADER, NODES, SERVICES, TASKS, LeadershipLost, Store
 from dockyard.controller.supervision import LoopsFailing, Supervisor
 from dockyard.v1.types_pb2 import NodeStatus
 from tests.orchestrators.helpers import node, service
@@ -179,3 +179,23 @@ async def test_a_new_term_gives_every_node_a_fresh_grace(store: Store) -> None:
     down = await store.get(NODES, "n1")
     assert down.status.state == NodeStatus.DOWN, "the startup grace must still end"
     assert "no heartbeat" in down.status.message
+
+
+async def test_a_leader_paused_past_its_lease_sends_and_writes_nothing(
+    controller: Controller, store: Store
+) -> None:
+    """The whole process stops (a GC pause, SIGSTOP) for longer than the lease: etcd
+    expires it. On waking, before its keep-alive has run, the old term neither sends
+    to agents nor writes, and the controller is then elected again."""
+    leadership, base = controller.leadership, controller.store
+    assert leadership is not None and base is not None and leadership.fence is not None
+    term_store = base.fenced(leadership.fence)
+    await term_store.create(NODES, "early", node("early"))
+    assert leadership.holds()
+    time.sleep(TTL + 1.5)  # noqa: ASYNC251 - the pause under test blocks the event loop
+    assert not leadership.holds()
+    with pytest.raises(LeadershipLost):
+        await term_store.create(NODES, "late", node("late"))
+    assert [n.id for n in (await store.list_all(NODES))[0]] == ["early"]
+    await wait_until(lambda: leading(controller), "a new term", timeout=6 * TTL)
+

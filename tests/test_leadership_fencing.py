@@ -27,6 +27,7 @@ from dockyard.controller.store import (
     Conflict,
     Fence,
     LeadershipLost,
+    NotFound,
     Store,
 )
 from tests.orchestrators.helpers import node, service
@@ -153,3 +154,36 @@ async def test_a_failed_transaction_does_not_move_last_revision(
     assert store.last_revision == before
     assert await store.commit_each([store.put_op(NODES, "n1", node("n1"), expect=1)]) == [False]
     assert store.last_revision == before
+
+
+async def test_a_cancel_that_arrives_while_a_term_ends_stops_the_campaign(
+    stores: tuple[Store, Store],
+) -> None:
+    """The term ends (its key deleted) and, while its loops clean up, the controller
+    stops. Python 3.11's TaskGroup drops a cancel that arrives while it is already
+    cancelling its children: close() must still end the campaign."""
+    store, other = stores
+    leadership = Leadership(store, "a", "a:1", ttl=2)
+    cleaning = asyncio.Event()
+
+    async def lead(fence: Fence) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaning.set()
+            await asyncio.sleep(0.5)  # closing sessions, stopping the view
+
+    campaign = asyncio.create_task(leadership.run(lead))
+    try:
+        await wait_until(lambda: leadership.is_leader, "elected")
+        await other.delete(LEADER, LEADER_KEY)
+        await asyncio.wait_for(cleaning.wait(), 10)
+        leadership.close()
+        campaign.cancel()
+        await asyncio.wait_for(asyncio.gather(campaign, return_exceptions=True), 10)
+        assert not leadership.is_leader
+        with pytest.raises(NotFound):
+            await other.get(LEADER, LEADER_KEY)
+    finally:
+        campaign.cancel()
+        await asyncio.gather(campaign, return_exceptions=True)

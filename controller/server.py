@@ -277,6 +277,7 @@ class Controller:
             await state.start()
             self.state = state
             loops = self._term_loops(store, state, became_leader)
+            await self._greet_sessions(state)
             supervisor = Supervisor()
             async with asyncio.TaskGroup() as group:
                 for name, run in loops:
@@ -306,9 +307,22 @@ class Controller:
                                ca.unexpired_revocations if ca is not None else lambda now: ())
         dispatcher.assigner, dispatcher.status_writer = assigner, writer
         dispatcher.network_mapper = mapper
+        dispatcher.term_registry = NodeRegistry(store, config.subnets)
         return [("nodemonitor", monitor.run), ("assigner", assigner.run),
                 ("taskstatus", writer.run), ("scheduler", self.scheduling.run),
                 ("orchestrator", orchestrator.run), ("networkmap", mapper.run)]  # fmt: skip
+
+    async def _greet_sessions(self, state: ClusterState) -> None:
+        """Sessions opened as the term began (before the loops were hooked) get their
+        network map and full assignment set now."""
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
+        mapper, assigner = dispatcher.network_mapper, dispatcher.assigner
+        for node_id in list(dispatcher.sessions):
+            if mapper is not None and (node := state.nodes.get(node_id)) is not None:
+                mapper.send_now(node)
+            if assigner is not None:
+                await assigner.send_now(node_id)
 
     def _leader_send(self, dispatcher: Dispatcher) -> Callable[[str, DispatcherMessage], bool]:
         """The dispatcher's send, silent unless the lease is provably held: agents get
@@ -332,6 +346,7 @@ class Controller:
         if dispatcher is not None:
             dispatcher.assigner = dispatcher.status_writer = None
             dispatcher.network_mapper = None
+            dispatcher.term_registry = None
             dispatcher.close_all()
         await state.stop()
         if self.state is state:

@@ -199,3 +199,18 @@ async def test_a_leader_paused_past_its_lease_sends_and_writes_nothing(
     assert [n.id for n in (await store.list_all(NODES))[0]] == ["early"]
     await wait_until(lambda: leading(controller), "a new term", timeout=6 * TTL)
 
+
+
+async def test_etcd_stopped_ends_the_term_and_its_return_starts_another(
+    controller: Controller, etcd: EtcdServer
+) -> None:
+    assert controller.leadership is not None
+    first = controller.leadership.fence
+    await etcd.stop()
+    try:
+        await wait_until(lambda: term_over(controller), "the term to end", timeout=4 * TTL)
+        assert not controller.leadership.holds()
+    finally:
+        await etcd.start()
+    await wait_until(lambda: leading(controller), "a new term once etcd is back", timeout=30)
+    assert controller.leadership.fence != first

@@ -274,7 +274,7 @@ class Controller:
         self.metrics.leadership_changes.labels("leader").inc()
         state = ClusterState(store)
         try:
-            await state.start()
+            await state.load()
             self.state = state
             loops = self._term_loops(store, state, became_leader)
             await self._greet_sessions(state)
@@ -308,7 +308,8 @@ class Controller:
         dispatcher.assigner, dispatcher.status_writer = assigner, writer
         dispatcher.network_mapper = mapper
         dispatcher.term_registry = NodeRegistry(store, config.subnets)
-        return [("nodemonitor", monitor.run), ("assigner", assigner.run),
+        return [("view", state.watch),
+                ("nodemonitor", monitor.run), ("assigner", assigner.run),
                 ("taskstatus", writer.run), ("scheduler", self.scheduling.run),
                 ("orchestrator", orchestrator.run), ("networkmap", mapper.run)]  # fmt: skip
 

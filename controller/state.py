@@ -65,9 +65,15 @@ class ClusterState:
         self._caught_up = asyncio.Condition()
         self._watcher: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def load(self) -> None:
+        """List every kind once (the view's starting point); `watch` carries it on."""
         await self._relist()
-        self._watcher = asyncio.create_task(self._watch())
+
+    async def start(self) -> None:
+        """`load`, then `watch` in a task of its own until `stop` (the leader runs
+        `watch` among its supervised loops instead)."""
+        await self.load()
+        self._watcher = asyncio.create_task(self.watch())
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -125,7 +131,9 @@ class ClusterState:
                 self._put(kind, table, record.id, record)
         self.revision = self._watch_from = revision
 
-    async def _watch(self) -> None:
+    async def watch(self) -> None:
+        """Apply etcd's changes to the view until cancelled, from where it last was
+        (so a restarted watch resumes), relisting when etcd compacted that away."""
         tables = dict(self._kinds())
         while True:
             try:
@@ -135,7 +143,9 @@ class ClusterState:
                         self._remove(kind, tables[kind], event.id)
                     else:
                         self._put(kind, tables[kind], event.id, event.value)
-                    self._watch_from = event.revision
+                    # A transaction's events share one revision: resume at that revision
+                    # (re-applying a record is harmless), never past events not applied.
+                    self._watch_from = event.revision - 1
                     await self._advance(event.revision)
             except Compacted:
                 log.warning("state.relist")

@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,6 +21,7 @@ from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.server import Controller
+from dockyard.controller.state import ClusterState
 from dockyard.controller.store import LEADER, NODES, SERVICES, TASKS, LeadershipLost, Store
 from dockyard.controller.supervision import LoopsFailing, Supervisor
 from dockyard.v1.types_pb2 import NodeStatus
@@ -139,7 +141,7 @@ async def test_losing_the_key_stops_every_leader_loop(
     assert controller.leadership is not None
     first = controller.leadership.fence
     loops = [t for t in asyncio.all_tasks() if t.get_name().startswith("leader:")]
-    assert len(loops) == 6
+    assert len(loops) == 7
     await store.delete(LEADER, LEADER_KEY)
     await wait_until(lambda: all(t.done() for t in loops), "every leader loop to stop",
                      timeout=4 * TTL)  # fmt: skip
@@ -214,3 +216,28 @@ async def test_etcd_stopped_ends_the_term_and_its_return_starts_another(
         await etcd.start()
     await wait_until(lambda: leading(controller), "a new term once etcd is back", timeout=30)
     assert controller.leadership.fence != first
+
+
+async def test_a_crashed_view_watch_resumes_where_it_was(
+    controller: Controller, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The view's watch is a supervised loop too: when it crashes on an event, it is
+    restarted from that event's revision and nothing is missed."""
+    crashes = 0
+    real_put = ClusterState._put
+
+    def put_crashing_once(self: ClusterState, kind: Any, table: Any, record_id: str,
+                          value: Any) -> None:  # fmt: skip
+        nonlocal crashes
+        if kind is SERVICES and crashes == 0:
+            crashes += 1
+            raise RuntimeError("corrupt event (injected)")
+        real_put(self, kind, table, record_id, value)
+
+    monkeypatch.setattr(ClusterState, "_put", put_crashing_once)
+    svc = service(replicas=2)
+    svc.meta.version = 0
+    await store.create(SERVICES, svc.id, svc)
+    await wait_until(lambda: has_tasks(store, 2), "the service's tasks")
+    assert crashes == 1
+    assert leading(controller)

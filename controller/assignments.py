@@ -18,7 +18,7 @@ import structlog
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.image_sources import Holders, image_sources
 from dockyard.controller.orchestrators.tasks import State, is_terminal
-from dockyard.controller.state import ClusterState
+from dockyard.controller.state import ChangeTracker, ClusterState
 from dockyard.controller.store import SECRET_DATA, TASKS, Store, StoreError
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, DispatcherMessage, TaskStatusReport
 from dockyard.v1.types_pb2 import TaskStatus
@@ -88,6 +88,13 @@ class Assigner:
     async def run(self) -> None:
         changed = self._state.subscribe()
         tracker = self._state.track()
+        try:
+            await self._run(changed, tracker)
+        finally:
+            self._state.unsubscribe(changed)
+            self._state.untrack(tracker)
+
+    async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
         while True:
             await changed.wait()
             changed.clear()
@@ -154,10 +161,17 @@ class StatusWriter:
                 await self._write(reports)
             except StoreError as exc:
                 log.warning("taskstatus.write_failed", error=str(exc), tasks=len(reports))
-                for task_id, report in reports.items():
-                    self._pending.setdefault(task_id, report)
-                self._wakeup.set()
+                self._keep(reports)
                 await asyncio.sleep(0.5)
+            except BaseException:
+                self._keep(reports)  # for the restarted run
+                raise
+
+    def _keep(self, reports: dict[str, TaskStatusReport]) -> None:
+        """Put back reports not written, behind any newer ones taken meanwhile."""
+        for task_id, report in reports.items():
+            self._pending.setdefault(task_id, report)
+        self._wakeup.set()
 
     async def _write(self, reports: dict[str, TaskStatusReport]) -> None:
         for _ in range(5):

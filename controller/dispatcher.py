@@ -26,6 +26,7 @@ from dockyard.controller.errors import details_for, status_for
 from dockyard.controller.network_map import NetworkMapper
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.outbox import Outbox
+from dockyard.controller.store import LeadershipLost
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
     AgentMessage,
@@ -88,6 +89,9 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.assigner: Assigner | None = None
         self.status_writer: StatusWriter | None = None
         self.network_mapper: NetworkMapper | None = None
+        # The term's registry (its writes fenced by leadership); registrations before
+        # the term's loops are hooked go through the unfenced one.
+        self.term_registry: NodeRegistry | None = None
 
     def beat(self, node_id: str) -> None:
         self.last_seen[node_id] = Liveness(time.monotonic(), time.time())
@@ -196,7 +200,9 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             current.close()
         remote = context.peer()
         try:
-            node = await self._registry.register(hello, remote)
+            node = await (self.term_registry or self._registry).register(hello, remote)
+        except LeadershipLost as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader any more: {exc}")
         except Exception as exc:
             code = status_for(exc)
             if code is None:

@@ -1,9 +1,11 @@
 """The node monitor: turns the dispatcher's heartbeat times into READY/DOWN.
 
 A node the dispatcher has not heard from for `grace` seconds is DOWN; a node
-with an open session whose heartbeats are on time again is READY. Nodes never
-heard from since this controller became leader get the grace period from that
-moment, so agents can reconnect after a controller restart without flapping.
+with an open session whose heartbeats are on time again is READY. One monitor
+serves one term: a node not heard from since this controller became leader
+(`term_started`, on this controller's monotonic clock) gets at least
+`startup_grace` from that moment, whatever was heard in an earlier term, so
+agents can reconnect after a failover or an etcd blip without being marked DOWN.
 """
 
 from __future__ import annotations
@@ -37,18 +39,23 @@ class NodeMonitor:
         grace: float,
         persist_interval: float = 15.0,
         view: Callable[[], ClusterState | None] = lambda: None,
+        *,
+        term_started: float | None = None,
+        startup_grace: float = STARTUP_GRACE,
     ) -> None:
-        """`view` gives the leader's cluster view, read instead of etcd on every tick."""
+        """`view` gives the leader's cluster view, read instead of etcd on every tick;
+        `term_started` is when this controller became leader (time.monotonic(); now
+        when None)."""
         self._registry = registry
         self._dispatcher = dispatcher
         self._grace = grace
         self._persist_interval = persist_interval
         self._view = view
-        self._started = time.monotonic()
+        self._started = time.monotonic() if term_started is None else term_started
+        self._startup_grace = max(grace, startup_grace)
 
     async def run(self) -> None:
         """Check every node a few times per grace period until cancelled."""
-        self._started = time.monotonic()
         tick = max(0.1, min(1.0, self._grace / 4))
         last_persist = time.monotonic()
         while True:
@@ -65,11 +72,13 @@ class NodeMonitor:
         changes: dict[str, tuple[State.ValueType, str]] = {}
         view = self._view()
         nodes = list(view.nodes.values()) if view is not None else await self._registry.list_all()
+        now = time.monotonic()
         for node in nodes:
-            silent = self._dispatcher.seconds_since_seen(node.id, self._started)
+            seen = self._dispatcher.last_seen.get(node.id)
+            heard = seen is not None and seen.monotonic >= self._started  # in this term
+            silent = now - (seen.monotonic if heard and seen else self._started)
             has_session = node.id in self._dispatcher.sessions
-            seen = node.id in self._dispatcher.last_seen
-            allowed = self._grace if seen else max(self._grace, STARTUP_GRACE)
+            allowed = self._grace if heard else self._startup_grace
             if node.status.state == State.READY and silent > allowed:
                 changes[node.id] = (State.DOWN, f"no heartbeat for {silent:.1f} s")
             elif node.status.state != State.READY and has_session and silent <= self._grace:

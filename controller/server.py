@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,8 +51,10 @@ from dockyard.controller.scheduler.constraints import parse_constraints
 from dockyard.controller.scheduling import SchedulingLoop
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import CLUSTER, AlreadyExists, NotFound, Store
+from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, NotFound, Store
+from dockyard.controller.supervision import Supervisor
 from dockyard.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
+from dockyard.v1.dispatcher_pb2 import DispatcherMessage
 from dockyard.v1.types_pb2 import Cluster, Node
 from dockyard.v1.workloads_pb2 import Service
 
@@ -85,7 +88,6 @@ class Controller:
         self.dispatcher: Dispatcher | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._loops: list[asyncio.Task[None]] = []
         self.state: ClusterState | None = None
         self.scheduling: SchedulingLoop | None = None
         self.metrics = ControllerMetrics(package_version())
@@ -177,12 +179,7 @@ class Controller:
         if self.join_server is not None:
             await self.join_server.start()
         await self._start_http(identity, nodes_api, services_api)
-        monitor = NodeMonitor(
-            registry, self.dispatcher, config.node_grace, view=lambda: self.state
-        )
-        self._tasks.append(
-            asyncio.create_task(self.leadership.run(lambda: self._lead(monitor), self._follow))
-        )
+        self._tasks.insert(0, asyncio.create_task(self.leadership.run(self._lead)))
         log.info(
             "controller.started",
             listen=_with_port(config.listen, self.port),
@@ -274,60 +271,108 @@ class Controller:
             return [leadership.leader.api_address]
         return [self.config.advertise or _with_port(self.config.listen, self.port)]
 
-    async def _lead(self, monitor: NodeMonitor) -> None:
-        """Start the control loops; they share one cluster view."""
+    async def _lead(self, fence: Fence) -> None:
+        """One term: the control loops, supervised in one task group, until cancelled
+        (the lease is lost) or they give up. Every write of theirs is fenced."""
         assert self.store is not None and self.dispatcher is not None
+        became_leader = time.monotonic()
+        store = self.store.fenced(fence)
         self.metrics.leadership_changes.labels("leader").inc()
-        self.state = ClusterState(self.store)
-        await self.state.start()
-        assigner = Assigner(self.state, self.dispatcher.send, self.store)
+        state = ClusterState(store)
+        try:
+            await state.load()
+            self.state = state
+            loops = self._term_loops(store, state, became_leader)
+            await self._greet_sessions(state)
+            supervisor = Supervisor()
+            async with asyncio.TaskGroup() as group:
+                for name, run in loops:
+                    group.create_task(supervisor.supervise(name, run), name=f"leader:{name}")
+        finally:
+            await self._end_term(state)
+
+    def _term_loops(
+        self, store: Store, state: ClusterState, became_leader: float
+    ) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """Build one term's loops over `store` (fenced) and hook them to the dispatcher."""
+        config, dispatcher, ca = self.config, self.dispatcher, self.ca
+        assert dispatcher is not None
+        monitor = NodeMonitor(
+            NodeRegistry(store, config.subnets), dispatcher, config.node_grace,
+            view=lambda: self.state, term_started=became_leader,
+        )  # fmt: skip
+        send = self._leader_send(dispatcher)
+        assigner = Assigner(state, send, store)
         transitions = self.metrics.task_transitions
-        writer = StatusWriter(self.store, self.state,
+        writer = StatusWriter(store, state,
                               lambda state: transitions.labels(state).inc())  # fmt: skip
-        self.scheduling = SchedulingLoop(self.store, self.state, self.config.strategy,
+        self.scheduling = SchedulingLoop(store, state, config.strategy,
                                          self.metrics.observe_scheduling_round)  # fmt: skip
-        orchestrator = Orchestrator(
-            self.store, self.state, self.config.node_down_grace, _eligible
-        )
-        dispatcher = self.dispatcher
-        ca = self.ca
-        mapper = NetworkMapper(self.state, dispatcher.send, lambda: list(dispatcher.sessions),
+        orchestrator = Orchestrator(store, state, config.node_down_grace, _eligible)
+        mapper = NetworkMapper(state, send, lambda: list(dispatcher.sessions),
                                ca.unexpired_revocations if ca is not None else lambda now: ())
         dispatcher.assigner, dispatcher.status_writer = assigner, writer
         dispatcher.network_mapper = mapper
-        self._loops = [
-            asyncio.create_task(loop)
-            for loop in (monitor.run(), assigner.run(), writer.run(), self.scheduling.run(),
-                         orchestrator.run(), mapper.run())
-        ]
+        dispatcher.term_registry = NodeRegistry(store, config.subnets)
+        return [("view", state.watch),
+                ("nodemonitor", monitor.run), ("assigner", assigner.run),
+                ("taskstatus", writer.run), ("scheduler", self.scheduling.run),
+                ("orchestrator", orchestrator.run), ("networkmap", mapper.run)]  # fmt: skip
+
+    async def _greet_sessions(self, state: ClusterState) -> None:
+        """Sessions opened as the term began (before the loops were hooked) get their
+        network map and full assignment set now."""
+        dispatcher = self.dispatcher
+        assert dispatcher is not None
+        mapper, assigner = dispatcher.network_mapper, dispatcher.assigner
         for node_id in list(dispatcher.sessions):
-            if (node := self.state.nodes.get(node_id)) is not None:
+            if mapper is not None and (node := state.nodes.get(node_id)) is not None:
                 mapper.send_now(node)
-            await assigner.send_now(node_id)
+            if assigner is not None:
+                await assigner.send_now(node_id)
+
+    def _leader_send(self, dispatcher: Dispatcher) -> Callable[[str, DispatcherMessage], bool]:
+        """The dispatcher's send, silent unless the lease is provably held: agents get
+        nothing from a leader that was paused past its lease (sends are not fenced by
+        etcd; this is their fence)."""
+        leadership = self.leadership
+        assert leadership is not None
+
+        def send(node_id: str, message: DispatcherMessage) -> bool:
+            if not leadership.holds():
+                return False
+            return dispatcher.send(node_id, message)
+
+        return send
+
+    async def _end_term(self, state: ClusterState) -> None:
+        """Unhook the loops, close every agent session (they reconnect to the new
+        leader) and drop the view."""
+        self.metrics.leadership_changes.labels("follower").inc()
+        dispatcher = self.dispatcher
+        if dispatcher is not None:
+            dispatcher.assigner = dispatcher.status_writer = None
+            dispatcher.network_mapper = None
+            dispatcher.term_registry = None
+            dispatcher.close_all()
+        await state.stop()
+        if self.state is state:
+            self.state = None
+        if dispatcher is not None:
+            dispatcher.close_all()  # any opened while the view stopped
 
     def _revocations_changed(self) -> None:
         """When leading, send every agent the new revocation list (in its network map)."""
         if self.dispatcher is not None and self.dispatcher.network_mapper is not None:
             self.dispatcher.network_mapper.revocations_changed()
 
-    async def _follow(self) -> None:
-        self.metrics.leadership_changes.labels("follower").inc()
-        await _cancel(self._loops)
-        self._loops = []
-        if self.dispatcher is not None:
-            self.dispatcher.assigner = self.dispatcher.status_writer = None
-            self.dispatcher.network_mapper = None
-            self.dispatcher.close_all()
-        if self.state is not None:
-            await self.state.stop()
-            self.state = None
-
     async def stop(self, grace: float = 2.0) -> None:
         if self.http is not None:
             await self.http.stop()
             self.http = None
-        await self._follow()
-        await _cancel(self._tasks)
+        if self.leadership is not None:
+            self.leadership.close()
+        await _cancel(self._tasks)  # leadership first: its term ends, its lease is given back
         if self.dispatcher is not None:
             self.dispatcher.close_all()
         if self.join_server is not None:

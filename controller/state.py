@@ -65,9 +65,15 @@ class ClusterState:
         self._caught_up = asyncio.Condition()
         self._watcher: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def load(self) -> None:
+        """List every kind once (the view's starting point); `watch` carries it on."""
         await self._relist()
-        self._watcher = asyncio.create_task(self._watch())
+
+    async def start(self) -> None:
+        """`load`, then `watch` in a task of its own until `stop` (the leader runs
+        `watch` among its supervised loops instead)."""
+        await self.load()
+        self._watcher = asyncio.create_task(self.watch())
 
     async def stop(self) -> None:
         if self._watcher is not None:
@@ -82,10 +88,25 @@ class ClusterState:
         self._subscribers.append(event)
         return event
 
+    def unsubscribe(self, event: asyncio.Event) -> None:
+        """Stop setting `event` (a loop that ends, or restarts, lets go of its own)."""
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(event)
+
     async def wait_for_revision(self, revision: int, timeout: float = 10.0) -> None:
-        """Wait until every watched kind has seen `revision` (our own write)."""
-        async with asyncio.timeout(timeout), self._caught_up:
-            await self._caught_up.wait_for(lambda: self.revision >= revision)
+        """Wait until every watched kind has seen `revision` (our own write).
+
+        Raises TimeoutError after `timeout` seconds: the loop that waits crashes
+        and its supervisor restarts it (controller/supervision.py).
+        """
+        try:
+            async with asyncio.timeout(timeout), self._caught_up:
+                await self._caught_up.wait_for(lambda: self.revision >= revision)
+        except TimeoutError:
+            raise TimeoutError(
+                f"the cluster view did not reach revision {revision} in {timeout:g} s "
+                f"(it is at {self.revision})"
+            ) from None
 
     def tasks_of_service(self, service_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_service.get(service_id, ()) if t in self.tasks]
@@ -110,7 +131,9 @@ class ClusterState:
                 self._put(kind, table, record.id, record)
         self.revision = self._watch_from = revision
 
-    async def _watch(self) -> None:
+    async def watch(self) -> None:
+        """Apply etcd's changes to the view until cancelled, from where it last was
+        (so a restarted watch resumes), relisting when etcd compacted that away."""
         tables = dict(self._kinds())
         while True:
             try:
@@ -120,7 +143,9 @@ class ClusterState:
                         self._remove(kind, tables[kind], event.id)
                     else:
                         self._put(kind, tables[kind], event.id, event.value)
-                    self._watch_from = event.revision
+                    # A transaction's events share one revision: resume at that revision
+                    # (re-applying a record is harmless), never past events not applied.
+                    self._watch_from = event.revision - 1
                     await self._advance(event.revision)
             except Compacted:
                 log.warning("state.relist")
@@ -142,6 +167,10 @@ class ClusterState:
         tracker = ChangeTracker()
         self._trackers.append(tracker)
         return tracker
+
+    def untrack(self, tracker: ChangeTracker) -> None:
+        with contextlib.suppress(ValueError):
+            self._trackers.remove(tracker)
 
     def _mark(self, kind: Kind[Any], record_id: str, value: Any) -> None:
         if kind is SECRETS:  # immutable; tasks that use one change with their service

@@ -11,6 +11,7 @@ list again.
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,15 @@ class Conflict(StoreError):
     """A compared revision changed since it was read: read again and retry."""
 
 
+class LeadershipLost(Exception):
+    """A fenced write found the leader key gone or re-created: this controller no
+    longer leads and nothing of the transaction was written.
+
+    Not a StoreError on purpose: a loop that retries store errors must not retry
+    this one; it ends the term (see `leadership.py`).
+    """
+
+
 class Compacted(StoreError):
     """A watch's start revision was compacted away: list again, then watch."""
 
@@ -119,6 +129,20 @@ class Op:
 
 
 @dataclass(frozen=True)
+class Fence:
+    """The leader key as this controller created it when elected.
+
+    A store fenced with it (`Store.fenced`) adds to every transaction the compare
+    "the leader key's create_revision is still this one": once the key expired,
+    was deleted or was taken by another controller (or by this one in a later
+    term), every write of the term fails as a whole.
+    """
+
+    key: str
+    create_revision: int
+
+
+@dataclass(frozen=True)
 class WatchEvent(Generic[M]):
     kind: str
     id: str
@@ -156,7 +180,9 @@ class Store:
             cert_chain=cert_chain,
         )
         self._connected = False
-        # The newest revision this client committed at (for read-your-writes waits).
+        self._fence: Fence | None = None
+        # The newest revision this client committed at (for read-your-writes waits);
+        # a failed transaction never moves it.
         self.last_revision = 0
         self.observe: Callable[[str, float], None] = lambda op, seconds: None
         """Called with each etcd request's kind (get, range, txn, lease) and duration,
@@ -182,6 +208,26 @@ class Store:
             f"cannot reach etcd at {', '.join(self.endpoints)} after {timeout:g} s: "
             f"{_short(last_error)}"
         )
+
+    def fenced(self, fence: Fence) -> Store:
+        """A view of this store whose every transaction also compares `fence`
+        (the writes a leader makes because it leads), raising LeadershipLost
+        when the fence fails. It shares this store's connection (closing the
+        view closes nothing) and keeps its own `last_revision`."""
+        view = copy.copy(self)
+        view._fence = fence
+        view._connected = False
+        view.last_revision = 0
+        return view
+
+    def fence(self, kind: Kind[M], record_id: str, create_revision: int) -> Fence:
+        """The fence on one key as created at `create_revision`."""
+        return Fence(self._key(kind, record_id), create_revision)
+
+    @property
+    def max_ops(self) -> int:
+        """The most ops one `commit` takes (the fence takes one of etcd's compares)."""
+        return MAX_TXN_OPS - (1 if self._fence is not None else 0)
 
     async def close(self) -> None:
         if self._connected:
@@ -307,14 +353,15 @@ class Store:
         return await self.commit([Op(self._key(kind, record_id), None, version)])
 
     async def commit(self, ops: Sequence[Op]) -> int:
-        """Apply `ops` in one transaction; raise Conflict when any compare fails.
+        """Apply `ops` in one transaction; raise Conflict when any compare fails
+        (LeadershipLost when the store is fenced and the fence failed).
 
         Returns the revision the transaction was committed at.
         """
         if not ops:
             raise ValueError("commit needs at least one op")
-        if len(ops) > MAX_TXN_OPS:
-            raise ValueError(f"at most {MAX_TXN_OPS} ops in one transaction, got {len(ops)}")
+        if len(ops) > self.max_ops:
+            raise ValueError(f"at most {self.max_ops} ops in one transaction, got {len(ops)}")
         compares = [_compare(op) for op in ops if op.expect is not None]
         requests = [
             KVService.txn_op_delete(op.key)
@@ -323,28 +370,51 @@ class Store:
             for op in ops
             if not op.check_only
         ]
-        response = await self._call("txn", self._kv.txn(compares, requests, [], timeout=5.0))
-        self.last_revision = max(self.last_revision, int(response.header.revision))
+        failure = []
+        if self._fence is not None:
+            compares.append(
+                KVService.txn_compare_create_revision(self._fence.key, self._fence.create_revision)
+            )
+            failure.append(KVService.txn_op_get(self._fence.key))  # why it failed, same txn
+        response = await self._call("txn", self._kv.txn(compares, requests, failure, timeout=5.0))
         if not response.succeeded:
+            self._check_fence(response)
             raise Conflict(
                 "the record changed since it was read: "
                 + ", ".join(
                     op.key.removeprefix(self.prefix + "/") for op in ops if op.expect is not None
                 )
             )
+        self.last_revision = max(self.last_revision, int(response.header.revision))
         return int(response.header.revision)
+
+    def _check_fence(self, response: Any) -> None:
+        """Raise LeadershipLost when a failed transaction's fence read shows another key."""
+        fence = self._fence
+        if fence is None:
+            return
+        kvs = response.responses[0].response_range.kvs if response.responses else []
+        held = int(kvs[0].create_revision) if kvs else 0
+        if held != fence.create_revision:
+            raise LeadershipLost(
+                f"the leader key {fence.key.removeprefix(self.prefix + '/')} "
+                + (f"was re-created at revision {held}" if held else "is gone")
+                + f" (this term's was created at {fence.create_revision}): nothing was written"
+            )
 
     async def commit_each(self, ops: Sequence[Op]) -> list[bool]:
         """Apply independent ops in as few transactions as possible.
 
-        Ops without a compare go in batches of MAX_TXN_OPS. Each compared op
+        Ops without a compare go in batches of `max_ops`. Each compared op
         goes with the batch but a failed compare only drops that op: the batch
-        is retried without it. Returns per-op success.
+        is retried without it. Returns per-op success. A failed fence is not a
+        compare to drop: LeadershipLost ends the call, nothing more written.
         """
         results = [False] * len(ops)
         pending = list(range(len(ops)))
         while pending:
-            batch, pending = pending[:MAX_TXN_OPS], pending[MAX_TXN_OPS:]
+            size = self.max_ops
+            batch, pending = pending[:size], pending[size:]
             while batch:
                 try:
                     await self.commit([ops[i] for i in batch])
@@ -376,19 +446,30 @@ class Store:
         return int(response.ID)
 
     async def refresh_lease(self, lease_id: int) -> bool:
-        """Renew a lease once; False when it has expired."""
+        """Renew a lease once; False when it has expired. Any failure to ask
+        (etcd down, the keep-alive stream broken) is StoreUnavailable."""
         assert self._client.lease is not None
         response = await self._call(
             "lease", self._client.lease.time_to_live(lease_id, timeout=5.0))
         if response.TTL <= 0:
             return False
+        return await self._call("lease", self._keep_alive_once(lease_id))
+
+    async def _keep_alive_once(self, lease_id: int) -> bool:
+        assert self._client.lease is not None
         call = self._client.lease.keep_alive(lease_id)
         try:
-            async for reply in call:
-                return int(reply.TTL) > 0
+            async with asyncio.timeout(5.0):
+                async for reply in call:
+                    return int(reply.TTL) > 0
         finally:
             call.cancel()
         return False
+
+    async def fence_holds(self, fence: Fence) -> bool:
+        """Whether the fenced key still exists as created at the fence's revision."""
+        response = await self._call("get", self._kv.get(fence.key, timeout=5.0))
+        return bool(response.kvs) and int(response.kvs[0].create_revision) == fence.create_revision
 
     async def revoke_lease(self, lease_id: int) -> None:
         assert self._client.lease is not None

@@ -21,7 +21,7 @@ from dockyard.controller.orchestrators.reaper import plan_reaping
 from dockyard.controller.orchestrators.replicated import reconcile_replicated
 from dockyard.controller.orchestrators.tasks import shut_down
 from dockyard.controller.orchestrators.updater import UpdateProgress
-from dockyard.controller.state import ClusterState
+from dockyard.controller.state import ChangeTracker, ClusterState
 from dockyard.controller.store import SERVICES, TASKS, Op, Store, StoreError
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
@@ -43,8 +43,17 @@ class Orchestrator:
         self._wake_at: dict[str, float] = {}
 
     async def run(self) -> None:
+        """Reconcile until cancelled. A store error is retried here; LeadershipLost
+        and anything else end the run (its supervisor restarts it or ends the term)."""
         changed = self._state.subscribe()
         tracker = self._state.track()
+        try:
+            await self._run(changed, tracker)
+        finally:
+            self._state.unsubscribe(changed)
+            self._state.untrack(tracker)
+
+    async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
         dirty = set(self._state.services) | {t.service_id for t in self._state.tasks.values()}
         while True:
             try:

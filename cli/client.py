@@ -121,12 +121,17 @@ def resolve_targets(
 def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
     import grpc
 
+    from dockyard.common.authz import not_a_controller
+
     code = exc.code()
     details = exc.details() or ""
     # Only gRPC's own connection failure, not a daemon saying *its* backend is down.
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
         lowered = details.lower()
-        if "refused" in lowered:
+        if target.tls and not_a_controller(details):
+            reason = ("its certificate is from the cluster's CA but does not name a controller "
+                      "(a node's?): refused")  # fmt: skip
+        elif "refused" in lowered:
             reason = "connection refused"
         elif any(word in lowered for word in ("ssl", "handshake", "tls", "certificate")):
             reason = (
@@ -149,11 +154,18 @@ def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
 
 
 @contextmanager
-def channel(target: Target) -> Iterator[grpc.Channel]:
+def channel(target: Target, controller: bool = True) -> Iterator[grpc.Channel]:
+    """A channel to `target`; over TLS with `controller`, its certificate must be a
+    controller's (the role, not the address, is checked: a node's is refused), else
+    it must name the address dialled (an agent's API)."""
     import grpc
 
     # Listings of a big cluster (30,000 tasks) are larger than gRPC's 4 MiB default.
-    options = [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
+    options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
+    if controller and target.tls is not None:
+        from dockyard.common.pki import CONTROLLER_TLS_NAME
+
+        options.append(("grpc.ssl_target_name_override", CONTROLLER_TLS_NAME))
     if target.tls is None:
         with grpc.insecure_channel(target.address, options=options) as chan:
             yield chan
@@ -169,11 +181,15 @@ def call(
     request: Any,
     what: str = "controller",
     timeout: float | None = DEFAULT_TIMEOUT,
+    controller: bool | None = None,
 ) -> Any:
-    """One unary call; any failure becomes a CliError naming the daemon."""
+    """One unary call; any failure becomes a CliError naming the daemon.
+
+    `controller` (by default: `what` is "controller") requires the server's
+    certificate to be a controller's."""
     import grpc
 
-    with channel(target) as chan:
+    with channel(target, what == "controller" if controller is None else controller) as chan:
         try:
             response, rpc = getattr(stub_factory(chan), method).with_call(
                 request, timeout=timeout)
@@ -193,10 +209,11 @@ def stream(
     what: str = "controller",
     timeout: float | None = None,
 ) -> Iterator[Any]:
-    """A server-streaming call, message by message; any failure becomes a CliError."""
+    """A server-streaming call, message by message; any failure becomes a CliError.
+    A "controller" must present a controller's certificate (as in `call`)."""
     import grpc
 
-    with channel(target) as chan:
+    with channel(target, what == "controller") as chan:
         try:
             yield from getattr(stub_factory(chan), method)(request, timeout=timeout)
         except grpc.RpcError as exc:
@@ -209,6 +226,16 @@ def rpc_code(exc: CliError) -> grpc.StatusCode | None:
 
     cause = exc.__cause__
     return cause.code() if isinstance(cause, grpc.RpcError) else None
+
+
+def is_not_a_controller(exc: CliError) -> bool:
+    """The call failed because the server's certificate is not a controller's."""
+    import grpc
+
+    from dockyard.common.authz import not_a_controller
+
+    cause = exc.__cause__
+    return isinstance(cause, grpc.RpcError) and not_a_controller(cause.details() or "")
 
 
 def is_unimplemented(exc: CliError) -> bool:

@@ -5,7 +5,8 @@ to the cluster CA and is within its validity (grpc refuses the handshake
 otherwise); this interceptor reads role (OU) and ID (CN) from it and applies:
 
 - `admin` and `controller`: every method;
-- `read-only`: methods named Get* or List* (GetInfo, GetVersion included);
+- `read-only`: methods named Get* or List* (GetInfo, GetVersion included), but
+  not the join tokens' or the certificates' (TOKEN_METHODS);
 - `node`: only its dispatcher session, its own certificate's renewal, and other
   agents' image blobs (Peer.FetchBlob);
 - a serial on the revocation list: UNAUTHENTICATED.
@@ -26,7 +27,14 @@ import structlog
 
 from dockyard.common.pki import ADMIN, CONTROLLER, NODE, READ_ONLY, Identity, PKIError, identity_of
 
-__all__ = ["NODE_METHODS", "TOKEN_METHODS", "AuthInterceptor", "allowed", "peer_identity"]
+__all__ = [
+    "NODE_METHODS",
+    "TOKEN_METHODS",
+    "AuthInterceptor",
+    "allowed",
+    "not_a_controller",
+    "peer_identity",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +50,7 @@ TOKEN_METHODS = frozenset(
         "/dockyard.v1.Control/CreateJoinToken",
         "/dockyard.v1.Control/ListJoinTokens",
         "/dockyard.v1.Control/RotateJoinTokens",
+        "/dockyard.v1.NodeCA/ListCertificates",  # admin only, as tokens are
     }
 )
 
@@ -71,6 +80,13 @@ def allowed(identity: Identity, method: str) -> bool:
         name = method.rsplit("/", 1)[-1]
         return name.startswith(("Get", "List")) and method not in TOKEN_METHODS
     return False
+
+
+def not_a_controller(details: str) -> bool:
+    """Whether a gRPC connection failure means the server's certificate, though from a
+    CA the client trusts, does not name it a controller (`pki.CONTROLLER_TLS_NAME`)."""
+    lowered = details.lower()
+    return "hostname verification" in lowered or "peer name" in lowered
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

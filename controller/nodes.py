@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Awaitable, Callable
 
 import structlog
 
 from dockyard.common.lookup import match_reference
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.validation import ValidationError, check_labels, check_name, check_ref
+from dockyard.controller.cluster import PolicyDenied
 from dockyard.controller.errors import FailedPrecondition
 from dockyard.controller.store import (
     NODE_NAMES,
     NODES,
+    REMOVED_SUBJECTS,
     AlreadyExists,
     Conflict,
     NotFound,
@@ -115,6 +118,7 @@ class NodeRegistry:
         node.network.CopyFrom(network)
 
     async def _create(self, hello: SessionHello, remote_address: str) -> Node:
+        await self._refuse_removed(hello.node_id)
         await self._refuse_taken_name(hello.name, hello.node_id)
         node = Node(id=hello.node_id)
         node.spec.name = hello.name
@@ -127,15 +131,23 @@ class NodeRegistry:
         ops = [
             self._store.put_op(NODES, node.id, node, expect=0),
             self._store.raw_op(NODE_NAMES, node.spec.name, node.id.encode(), expect=0),
+            self._store.check_op(REMOVED_SUBJECTS, node.id, 0),
         ]
         try:
             revision = await self._store.commit(ops)
         except Conflict as exc:
+            await self._refuse_removed(hello.node_id)
             await self._refuse_taken_name(hello.name, hello.node_id)
             raise Conflict(f"node {node.id} was registered concurrently, retry") from exc
         node.meta.version = revision
         log.info("node.registered", node_id=node.id, name=node.spec.name)
         return node
+
+    async def _refuse_removed(self, node_id: str) -> None:
+        """A node removed with `node rm` does not come back under its ID."""
+        if await self._store.get_raw(REMOVED_SUBJECTS, node_id) is not None:
+            raise PolicyDenied(f"node {node_id} was removed from the cluster (its "
+                               "certificates are revoked): join it again with a new token")
 
     async def _refuse_taken_name(self, name: str, node_id: str) -> None:
         holder = await self._store.get_raw(NODE_NAMES, name)
@@ -231,12 +243,17 @@ class NodeRegistry:
         log.info("node.updated", node_id=node.id, name=node.spec.name)
         return node
 
-    async def remove(self, ref: str, force: bool) -> Node:
+    async def remove(self, ref: str, force: bool,
+                     revoke: Callable[[Node], Awaitable[object]] | None = None) -> Node:
+        """Remove a node's record; `revoke` (its certificates) runs first, so nothing
+        the node sends is trusted by the time its record is gone."""
         node = await self.find(ref)
         if node.status.state == State.READY and not force:
             raise FailedPrecondition(
                 f"node {node.spec.name} is READY: stop its agent first, or use --force"
             )
+        if revoke is not None:
+            await revoke(node)
         await self._store.commit(
             [
                 self._store.raw_op(NODES, node.id, None, expect=node.meta.version),

@@ -135,6 +135,7 @@ class Controller:
             config.heartbeat_period,
             config.node_grace,
             self.leadership.leader_address,
+            self.ca.is_revoked if self.ca is not None else lambda serial: False,
         )
         identity = ControllerIdentity(
             cluster.id, controller_id, endpoints, self.etcd is not None, time.monotonic(),
@@ -162,9 +163,10 @@ class Controller:
         )
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, self.server)
         if self.ca is not None:
-            ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.ca), self.server)
+            ca_pb2_grpc.add_NodeCAServicer_to_server(
+                NodeCAServicer(self.ca, config.state_dir), self.server)
             dispatcher = self.dispatcher
-            self.ca.on_revoke = lambda serial, subject: dispatcher.close(subject)
+            self.ca.on_revoke = lambda serial, subject: dispatcher.close_serial(serial)
             self.ca.on_change = self._revocations_changed
             self._tasks.append(asyncio.create_task(self.ca.watch_revocations()))
         await self.server.start()
@@ -234,6 +236,7 @@ class Controller:
         )  # fmt: skip
         (pki_dir(config.state_dir) / "controller.pem").write_bytes(cert)
         pki.write_private(pki_dir(config.state_dir) / "controller-key.pem", key)
+        await self.ca.record_offline(config.state_dir)  # this one, init's and users'
         chain = cert + ca.cert_pem  # the CA goes along, so a joining host can pin it
         self.server = grpc.aio.server(
             interceptors=[GrpcMetricsInterceptor(self.metrics),

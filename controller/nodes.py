@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
@@ -28,7 +28,13 @@ from dockyard.controller.store import (
     Op,
     Store,
 )
-from dockyard.controller.subnets import SubnetPool, host_of_peer
+from dockyard.controller.subnets import (
+    CoversAddress,
+    Protected,
+    SubnetPool,
+    host_of_peer,
+    protected_address,
+)
 from dockyard.v1.dispatcher_pb2 import SessionHello
 from dockyard.v1.types_pb2 import Node, NodeDescription, NodeNetwork, NodeSpec, NodeStatus
 
@@ -41,9 +47,15 @@ State = NodeStatus.State
 
 
 class NodeRegistry:
-    def __init__(self, store: Store, subnets: SubnetPool | None = None) -> None:
+    def __init__(self, store: Store, subnets: SubnetPool | None = None,
+                 protected: Callable[[], Iterable[str]] = lambda: ()) -> None:  # fmt: skip
+        """Args:
+        protected: The cluster's own addresses (``host:port`` of controllers and etcd
+            endpoints) that no node subnet may cover; nodes' addresses are added.
+        """
         self._store = store
         self._subnets = subnets or SubnetPool()
+        self._protected = protected
         # Subnets are handed out one at a time (only the leader registers nodes).
         self._subnet_lock = asyncio.Lock()
 
@@ -109,13 +121,26 @@ class NodeRegistry:
         elif current.subnet and current.subnet == wanted.bridge_subnet:
             network = NodeNetwork(subnet=current.subnet)  # what it has and uses: keep it
         else:
-            others = [(n.id, n.network.subnet) for n in await self.list_all()]
-            network = self._subnets.assign(node.id, current, wanted, others)
+            nodes = await self.list_all()
+            others = [(n.id, n.network.subnet) for n in nodes]
+            try:
+                network = self._subnets.assign(node.id, current, wanted, others,
+                                               self._guarded(node, nodes, remote_address))
+            except CoversAddress as exc:
+                raise ValidationError("hello.description.bridge_subnet", str(exc)) from None
         network.address = host_of_peer(remote_address)
         if network.subnet != current.subnet or network.message != current.message:
             log.info("node.subnet", node_id=node.id, subnet=network.subnet,
                      address=network.address, message=network.message)  # fmt: skip
         node.network.CopyFrom(network)
+
+    def _guarded(self, node: Node, nodes: list[Node], remote_address: str) -> list[Protected]:
+        """The addresses a node subnet may not cover: controllers', etcd's, nodes'."""
+        items = [protected_address("a controller or etcd endpoint", a) for a in self._protected()]
+        items += [protected_address(f"node {n.id[:12]}", n.network.address) for n in nodes
+                  if n.id != node.id and n.network.address]  # fmt: skip
+        items.append(protected_address("this node's host", host_of_peer(remote_address)))
+        return [item for item in items if item is not None]
 
     async def _create(self, hello: SessionHello, remote_address: str) -> Node:
         await self._refuse_removed(hello.node_id)

@@ -109,7 +109,8 @@ class Controller:
         self.store.observe = self.metrics.observe_etcd
         await self.store.connect(config.etcd_timeout)
         cluster = await _load_or_create_cluster(self.store)
-        registry = NodeRegistry(self.store, self.config.subnets)
+        registry = NodeRegistry(self.store, self.config.subnets,
+                                lambda: self._own_addresses(endpoints))  # fmt: skip
         if config.insecure:
             self.server = grpc.aio.server(
                 interceptors=[GrpcMetricsInterceptor(self.metrics)], options=SERVER_OPTIONS
@@ -263,6 +264,14 @@ class Controller:
                 f"cannot listen on {config.join_listen} (--join-listen): address in use or invalid"
             )
         return port
+
+    def _own_addresses(self, etcd_endpoints: list[str]) -> list[str]:
+        """What no node subnet may cover: etcd, this controller, the leader."""
+        config, leadership = self.config, self.leadership
+        found = [*etcd_endpoints, config.listen, config.advertise, config.http_listen]
+        if leadership is not None and leadership.leader is not None:
+            found.append(leadership.leader.api_address)
+        return [address for address in found if address]
 
     def _controllers(self) -> list[str]:
         """Where a joining node should open its session: the leader if known, else here."""

@@ -71,18 +71,21 @@ async def test_renewals_racing_with_rm_leave_no_valid_certificate(
         subject = f"{NODE_ID[:-1]}{round_}"
         await cluster_ca.issue(csr(), pki.NODE, subject, [], "127.0.0.1")
 
-        async def renew() -> str:
+        async def renew(delay: float) -> str:
+            await asyncio.sleep(delay)  # spread over the removal: before, during, after
             try:
                 issued = await cluster_ca.issue(csr(), pki.NODE, subject, [], "127.0.0.1")
             except SubjectRemoved:
                 return ""
             return pki.identity_of(issued.cert_pem).serial
 
-        results = await asyncio.gather(*(renew() for _ in range(6)),
+        results = await asyncio.gather(*(renew(i * 0.004) for i in range(8)),
                                        cluster_ca.revoke_subject(subject, "node removed"))
         granted = [serial for serial in results[:-1] if isinstance(serial, str) and serial]
+        refused = [serial for serial in results[:-1] if serial == ""]
         assert await unrevoked(cluster_ca, subject) == [], results
         assert all(cluster_ca.is_revoked(serial) for serial in granted)
+        assert len(granted) + len(refused) == 8
 
 
 async def test_a_removed_node_cannot_register_again(cluster_ca: ClusterCA) -> None:

@@ -419,8 +419,10 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 
 def _host_part(text: str) -> str:
-    host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text
-    return host.strip("[]")
+    """The host of ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
+    if text.startswith("[") and "]" in text:
+        return text[1:text.index("]")]
+    return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
 
 
 def _plain_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:

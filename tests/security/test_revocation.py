@@ -71,7 +71,7 @@ async def test_renewals_racing_with_rm_leave_no_valid_certificate(
         subject = f"{NODE_ID[:-1]}{round_}"
         await cluster_ca.issue(csr(), pki.NODE, subject, [], "127.0.0.1")
 
-        async def renew(delay: float) -> str:
+        async def renew(delay: float, subject: str = subject) -> str:
             await asyncio.sleep(delay)  # spread over the removal: before, during, after
             try:
                 issued = await cluster_ca.issue(csr(), pki.NODE, subject, [], "127.0.0.1")

@@ -9,7 +9,9 @@ otherwise); this interceptor reads role (OU) and ID (CN) from it and applies:
   not the join tokens' or the certificates' (TOKEN_METHODS);
 - `node`: only its dispatcher session, its own certificate's renewal, and other
   agents' image blobs (Peer.FetchBlob);
-- a serial on the revocation list: UNAUTHENTICATED.
+- a serial on the revocation list: UNAUTHENTICATED, also in the middle of a stream:
+  a streaming call (an agent's session, `logs -f`, `exec`, a peer's blob) checks the
+  list again at every message it sends, and ends when its certificate is revoked.
 
 grpc.aio interceptors cannot see the peer, so the interceptor wraps the method
 handler and checks the servicer context before the method runs.
@@ -114,7 +116,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method in self._public:
             return handler
-        return _wrap(handler, functools.partial(self._check, method))
+        return _wrap(handler, functools.partial(self._check, method),
+                     functools.partial(self._recheck, method))  # fmt: skip
+
+    async def _recheck(self, method: str, context: Any) -> None:
+        """In a stream: end it once the caller's certificate is revoked."""
+        identity = peer_identity(context)
+        if identity is not None and self._revoked(identity.serial):
+            log.warning("auth.revoked_stream", method=method, role=identity.role, id=identity.id)
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"certificate {identity.serial} ({identity.role} {identity.id}) is revoked",
+            )
 
     async def _check(self, method: str, context: Any) -> None:
         identity = peer_identity(context)
@@ -138,8 +151,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             )
 
 
-def _wrap(handler: Any, check: Callable[[Any], Any]) -> Any:
-    """The same handler, with `check(context)` awaited before the method runs."""
+def _wrap(handler: Any, check: Callable[[Any], Any], recheck: Callable[[Any], Any]) -> Any:
+    """The same handler, with `check(context)` awaited before the method runs and, in a
+    response stream, `recheck(context)` before every message after the first."""
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
@@ -162,20 +176,28 @@ def _wrap(handler: Any, check: Callable[[Any], Any]) -> Any:
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _streaming(handler.unary_stream, check), **kwargs
+            _streaming(handler.unary_stream, check, recheck), **kwargs
         )
     return grpc.stream_stream_rpc_method_handler(
-        _streaming(handler.stream_stream, check), **kwargs
+        _streaming(handler.stream_stream, check, recheck), **kwargs
     )
 
 
-def _streaming(inner: Callable[[Any, Any], Any], check: Callable[[Any], Any]) -> Any:
+def _streaming(inner: Callable[[Any, Any], Any], check: Callable[[Any], Any],
+               recheck: Callable[[Any], Any]) -> Any:  # fmt: skip
     async def behavior(request: Any, context: Any) -> Any:
         await check(context)
         result = inner(request, context)
         if inspect.isasyncgen(result):
-            async for response in result:
-                yield response
+            first = True
+            try:
+                async for response in result:
+                    if not first:
+                        await recheck(context)
+                    first = False
+                    yield response
+            finally:
+                await result.aclose()
         else:
             await result
 

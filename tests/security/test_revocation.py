@@ -17,6 +17,7 @@ import grpc
 import pytest
 
 from dockyard.common import pki
+from dockyard.common.authz import AuthInterceptor
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.controller.ca import ClusterCA, SubjectRemoved
 from dockyard.controller.cluster import PolicyDenied
@@ -24,6 +25,8 @@ from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.store import ISSUED_CERTS, REVOKED_CERTS, Store
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import AgentMessage, Heartbeat, SessionHello
+from dockyard.v1.peer_pb2 import BlobChunk, FetchBlobRequest
+from dockyard.v1.peer_pb2_grpc import PeerServicer, PeerStub, add_PeerServicer_to_server
 from tests.conftest import BIN, Cluster
 
 NODE_ID = "0123456789abcdef0123"
@@ -225,3 +228,45 @@ def test_node_rm_ends_a_live_session_at_once(cluster: Cluster) -> None:
         assert ended != grpc.StatusCode.DEADLINE_EXCEEDED
     assert "spare" not in cluster.nodes()
     assert json.loads(cluster.cli("node", "ls", "-o", "json").stdout) == []
+
+
+# ------------------------------------------------------- streams of a revoked identity
+
+
+class EndlessBlob(PeerServicer):
+    """A blob that never ends: a chunk every 50 ms."""
+
+    async def FetchBlob(self, request: FetchBlobRequest, context: object
+                        ) -> AsyncIterator[BlobChunk]:  # fmt: skip
+        while True:
+            yield BlobChunk(data=b"x" * 16)
+            await asyncio.sleep(0.05)
+
+
+async def test_a_stream_ends_when_its_certificate_is_revoked() -> None:
+    """Whatever the method (a `logs -f`, an `exec`, a peer's blob, a node's session):
+    the interceptor checks the list again at every message of a stream."""
+    ca = pki.CertificateAuthority.create()
+    server_cert, server_key = ca.issue_pair(pki.NODE, "server", sans=["127.0.0.1"])
+    client_cert, client_key = ca.issue_pair(pki.NODE, "reader")
+    revoked: set[str] = set()
+    server = grpc.aio.server(interceptors=[AuthInterceptor(lambda s: s in revoked)])
+    add_PeerServicer_to_server(EndlessBlob(), server)
+    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
+        [(server_key, server_cert)], root_certificates=ca.cert_pem, require_client_auth=True))
+    await server.start()
+    try:
+        credentials = grpc.ssl_channel_credentials(ca.cert_pem, client_key, client_cert)
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+            call = PeerStub(channel).FetchBlob(FetchBlobRequest(digest="sha256:" + "0" * 64),
+                                               timeout=20)  # fmt: skip
+            for _ in range(3):
+                assert isinstance(await call.read(), BlobChunk)
+            revoked.add(pki.identity_of(client_cert).serial)
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                for _ in range(100):
+                    await call.read()
+            assert ended.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "is revoked" in (ended.value.details() or "")
+    finally:
+        await server.stop(0)

@@ -64,6 +64,9 @@ class Target:
     address: str
     origin: str  # "-H", "DOCKYARD_HOST" or the context's name
     tls: TLSFiles | None = None
+    server_name: str = ""
+    """Over TLS, the name the server's certificate must carry instead of the address (a
+    node's ID, when the controller said which node is at the address)."""
 
 
 def tls_from_env() -> TLSFiles | None:
@@ -128,10 +131,11 @@ def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
     # Only gRPC's own connection failure, not a daemon saying *its* backend is down.
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
         lowered = details.lower()
-        if target.tls and not_a_controller(details):
-            reason = ("its certificate is from the cluster's CA but does not name a controller "
-                      "(a node's?): refused")  # fmt: skip
-        elif "refused" in lowered:
+        if target.tls and not_a_controller(details) and (target.server_name or what != "agent"):
+            held = repr(target.server_name) if target.server_name else "a controller"
+            return (f"{target.address} is not {held}: its certificate is from the cluster's CA "
+                    f"but does not name {held} (refused)")  # fmt: skip
+        if "refused" in lowered:
             reason = "connection refused"
         elif any(word in lowered for word in ("ssl", "handshake", "tls", "certificate")):
             reason = (
@@ -162,7 +166,9 @@ def channel(target: Target, controller: bool = True) -> Iterator[grpc.Channel]:
 
     # Listings of a big cluster (30,000 tasks) are larger than gRPC's 4 MiB default.
     options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
-    if controller and target.tls is not None:
+    if target.tls is not None and target.server_name:
+        options.append(("grpc.ssl_target_name_override", target.server_name))
+    elif controller and target.tls is not None:
         from dockyard.common.pki import CONTROLLER_TLS_NAME
 
         options.append(("grpc.ssl_target_name_override", CONTROLLER_TLS_NAME))

@@ -198,3 +198,30 @@ def test_a_renewal_keeps_only_what_the_controller_saw(cluster: Cluster, tmp_path
                for name in sans(renewed.cert_pem))
     assert dt.timedelta(0) < pki.load_cert(renewed.cert_pem).not_valid_after_utc - \
         dt.datetime.now(dt.UTC)
+
+
+def test_an_agent_named_by_the_controller_must_hold_that_nodes_certificate(
+    cluster: Cluster,
+) -> None:
+    """`service logs` dials the agent API address a node reported (its own claim): the
+    certificate there must be that node's, by the ID the controller gave it."""
+    from dockyard.cli.client import CliError, Target, TLSFiles, call
+    from dockyard.v1 import agent_pb2_grpc
+    from dockyard.v1.types_pb2 import GetVersionRequest
+
+    for name in ("n1", "n2"):
+        cluster.start_agent(name)
+    cluster.wait_for(lambda: {n["status"]["state"] for n in cluster.nodes().values()} ==
+                     {"READY"} and len(cluster.nodes()) == 2, "2 nodes READY")  # fmt: skip
+    ids = {name: node["id"] for name, node in cluster.nodes().items()}
+    admin = cluster.pki / "admin"
+    tls = TLSFiles(str(admin / "ca.pem"), str(admin / "cert.pem"), str(admin / "key.pem"))
+    n1 = cluster.agent_address("n1")
+
+    def version(server_name: str) -> object:
+        return call(Target(n1, "test", tls, server_name=server_name), agent_pb2_grpc.AgentStub,
+                    "GetVersion", GetVersionRequest(), what="agent")  # fmt: skip
+
+    assert version(ids["n1"]) is not None
+    with pytest.raises(CliError, match=rf"{n1} is not '{ids['n2']}': its certificate"):
+        version(ids["n2"])  # n2 claiming n1's address is found out

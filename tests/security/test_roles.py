@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dockyard.agent.certs import NodePKI
 from dockyard.agent.identity import NodeIdentity
@@ -59,6 +61,46 @@ def test_a_node_certificate_names_only_what_the_controller_saw() -> None:
     for claimed in ("10.9.9.9", "controller.example.com", "dockyard-controller"):
         with pytest.raises(ValidationError, match=r"hosts\[0\].*not the address this request"):
             node_sans("n", [claimed], "10.1.2.3")
+
+
+_NAMES = st.one_of(
+    st.sampled_from([pki.role_host(r) for r in pki.ROLES] + ["DOCKYARD-CONTROLLER",
+                    "127.0.0.1", "::1", "localhost", "10.0.0.1", "[10.0.0.1]:7400"]),
+    st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z]{2,5})?", fullmatch=True),
+    st.ip_addresses().map(str),
+)  # fmt: skip
+
+
+@settings(max_examples=150, deadline=None, database=None, print_blob=True)
+@given(role=st.sampled_from(pki.ROLES), names=st.lists(_NAMES, max_size=6))
+def test_no_certificate_carries_another_roles_name(role: str, names: list[str]) -> None:
+    ca = _FUZZ_CA
+    try:
+        cert, _ = ca.issue_pair(role, "subject", sans=[n for n in names if "[" not in n])
+    except pki.PKIError:
+        assert any(n.lower() in {pki.role_host(r) for r in pki.ROLES} - {pki.role_host(role)}
+                   for n in names)  # fmt: skip
+        return
+    carried = {n.lower() for n in sans(cert)} & {pki.role_host(r) for r in pki.ROLES}
+    assert carried == {pki.role_host(role)}
+
+
+@settings(max_examples=150, deadline=None, database=None, print_blob=True)
+@given(names=st.lists(_NAMES, max_size=6), observed=st.sampled_from(["10.0.0.1", "", "::1"]))
+def test_a_node_certificate_never_names_a_host_it_did_not_come_from(
+    names: list[str], observed: str,
+) -> None:
+    try:
+        granted = node_sans("0123abcd0123abcd0123", names, observed)
+    except ValidationError:
+        return
+    assert set(granted) <= {"0123abcd0123abcd0123", "127.0.0.1", "::1", "localhost",
+                            *([observed] if observed else [])}  # fmt: skip
+    cert, _ = _FUZZ_CA.issue_pair(pki.NODE, "0123abcd0123abcd0123", sans=granted)
+    assert pki.CONTROLLER_TLS_NAME not in sans(cert)
+
+
+_FUZZ_CA = pki.CertificateAuthority.create()
 
 
 # ----------------------------------------------------------------- end to end

@@ -19,7 +19,12 @@ import grpc
 import structlog
 
 from dockyard.common import pki
-from dockyard.common.joining import JOIN_TIMEOUT, JoinError, request_certificate
+from dockyard.common.joining import (
+    CONTROLLER_OPTIONS,
+    JOIN_TIMEOUT,
+    JoinError,
+    request_certificate,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -165,7 +170,8 @@ async def renew_loop(node_pki: NodePKI, controller: Callable[[], str], hosts: li
         target = controller()
         key = pki.new_key()
         try:
-            async with grpc.aio.secure_channel(target, node_pki.channel_credentials()) as channel:
+            async with grpc.aio.secure_channel(target, node_pki.channel_credentials(),
+                                               CONTROLLER_OPTIONS) as channel:
                 issued = await ca_pb2_grpc.NodeCAStub(channel).RenewNodeCertificate(
                     RenewNodeCertificateRequest(csr_pem=pki.make_csr(key), hosts=hosts),
                     timeout=JOIN_TIMEOUT,

@@ -203,8 +203,9 @@ def run(
     type=click.Path(file_okay=False, path_type=Path),
 )
 @click.option("--api-host", "api_hosts", multiple=True, metavar="HOST",
-              help="Name or IP this agent's API is reached at (besides loopback), "
-              "put in its certificate; repeatable.")
+              help="The address this agent's API is reached at, put in its certificate: "
+              "only the one the controller sees it connect from (or loopback) is "
+              "accepted, which the certificate names anyway.")
 def join(address: str, token: str, name: str, state_dir: Path,
          api_hosts: tuple[str, ...]) -> None:  # fmt: skip
     """Join the cluster: pin the CA by the token's hash, get a node certificate.

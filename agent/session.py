@@ -17,7 +17,9 @@ import grpc
 import structlog
 
 from dockyard.agent.identity import NodeIdentity
+from dockyard.common.authz import not_a_controller
 from dockyard.common.backoff import Backoff
+from dockyard.common.pki import CONTROLLER_TLS_NAME
 from dockyard.common.session_limits import MAX_SESSION_MESSAGE_BYTES, assignment_set_problem
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
@@ -35,6 +37,9 @@ log = structlog.get_logger(__name__)
 
 # An assignment set carries the data of the secrets its tasks use (500 KiB each at most).
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_SESSION_MESSAGE_BYTES)]
+# Over TLS the controller's certificate must name the controller role, whatever address
+# was dialled: a node's certificate (which names its own address) is refused.
+TLS_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", CONTROLLER_TLS_NAME)]
 
 CONNECT_TIMEOUT = 10.0
 # Missing this many heartbeat acks in a row means the controller is gone.
@@ -133,6 +138,10 @@ class ControllerSession:
         if exc.code() in PERMANENT_REFUSALS:
             log.error("session.refused", controller=target, code=exc.code().name, reason=details)
             raise SessionRefused(f"controller at {target} refused this node: {details}") from exc
+        if self._credentials is not None and not_a_controller(details):
+            log.error("session.not_a_controller", controller=target,
+                      reason=f"the server at {target} holds no controller certificate of "
+                             "this cluster (a node's?): refused, trying the next controller")
         hint = LEADER_HINT.search(details)
         if hint and hint.group(1) != target:
             log.info("session.redirect", controller=target, leader=hint.group(1))
@@ -162,7 +171,7 @@ class ControllerSession:
                 yield await outbox.get()
 
         channel = (
-            grpc.aio.secure_channel(target, self._credentials(), options=CHANNEL_OPTIONS)
+            grpc.aio.secure_channel(target, self._credentials(), options=TLS_OPTIONS)
             if self._credentials is not None
             else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         )

@@ -64,6 +64,9 @@ class Target:
     address: str
     origin: str  # "-H", "DOCKYARD_HOST" or the context's name
     tls: TLSFiles | None = None
+    server_name: str = ""
+    """Over TLS, the name the server's certificate must carry instead of the address (a
+    node's ID, when the controller said which node is at the address)."""
 
 
 def tls_from_env() -> TLSFiles | None:
@@ -122,11 +125,17 @@ def resolve_targets(
 def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
     import grpc
 
+    from dockyard.common.authz import not_a_controller
+
     code = exc.code()
     details = exc.details() or ""
     # Only gRPC's own connection failure, not a daemon saying *its* backend is down.
     if code == grpc.StatusCode.UNAVAILABLE and details.startswith("failed to connect"):
         lowered = details.lower()
+        if target.tls and not_a_controller(details) and (target.server_name or what != "agent"):
+            held = repr(target.server_name) if target.server_name else "a controller"
+            return (f"{target.address} is not {held}: its certificate is from the cluster's CA "
+                    f"but does not name {held} (refused)")  # fmt: skip
         if "refused" in lowered:
             reason = "connection refused"
         elif any(word in lowered for word in ("ssl", "handshake", "tls", "certificate")):
@@ -150,11 +159,20 @@ def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
 
 
 @contextmanager
-def channel(target: Target) -> Iterator[grpc.Channel]:
+def channel(target: Target, controller: bool = True) -> Iterator[grpc.Channel]:
+    """A channel to `target`; over TLS with `controller`, its certificate must be a
+    controller's (the role, not the address, is checked: a node's is refused), else
+    it must name the address dialled (an agent's API)."""
     import grpc
 
     # Listings of a big cluster (30,000 tasks) are larger than gRPC's 4 MiB default.
-    options = [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
+    options: list[tuple[str, Any]] = [("grpc.max_receive_message_length", MAX_RESPONSE_BYTES)]
+    if target.tls is not None and target.server_name:
+        options.append(("grpc.ssl_target_name_override", target.server_name))
+    elif controller and target.tls is not None:
+        from dockyard.common.pki import CONTROLLER_TLS_NAME
+
+        options.append(("grpc.ssl_target_name_override", CONTROLLER_TLS_NAME))
     if target.tls is None:
         with grpc.insecure_channel(target.address, options=options) as chan:
             yield chan
@@ -170,11 +188,15 @@ def call(
     request: Any,
     what: str = "controller",
     timeout: float | None = DEFAULT_TIMEOUT,
+    controller: bool | None = None,
 ) -> Any:
-    """One unary call; any failure becomes a CliError naming the daemon."""
+    """One unary call; any failure becomes a CliError naming the daemon.
+
+    `controller` (by default: `what` is "controller") requires the server's
+    certificate to be a controller's."""
     import grpc
 
-    with channel(target) as chan:
+    with channel(target, what == "controller" if controller is None else controller) as chan:
         try:
             response, rpc = getattr(stub_factory(chan), method).with_call(
                 request, timeout=timeout)
@@ -194,10 +216,11 @@ def stream(
     what: str = "controller",
     timeout: float | None = None,
 ) -> Iterator[Any]:
-    """A server-streaming call, message by message; any failure becomes a CliError."""
+    """A server-streaming call, message by message; any failure becomes a CliError.
+    A "controller" must present a controller's certificate (as in `call`)."""
     import grpc
 
-    with channel(target) as chan:
+    with channel(target, what == "controller") as chan:
         try:
             yield from getattr(stub_factory(chan), method)(request, timeout=timeout)
         except grpc.RpcError as exc:
@@ -210,6 +233,16 @@ def rpc_code(exc: CliError) -> grpc.StatusCode | None:
 
     cause = exc.__cause__
     return cause.code() if isinstance(cause, grpc.RpcError) else None
+
+
+def is_not_a_controller(exc: CliError) -> bool:
+    """The call failed because the server's certificate is not a controller's."""
+    import grpc
+
+    from dockyard.common.authz import not_a_controller
+
+    cause = exc.__cause__
+    return isinstance(cause, grpc.RpcError) and not_a_controller(cause.details() or "")
 
 
 def is_unimplemented(exc: CliError) -> bool:

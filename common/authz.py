@@ -5,10 +5,13 @@ to the cluster CA and is within its validity (grpc refuses the handshake
 otherwise); this interceptor reads role (OU) and ID (CN) from it and applies:
 
 - `admin` and `controller`: every method;
-- `read-only`: methods named Get* or List* (GetInfo, GetVersion included);
+- `read-only`: methods named Get* or List* (GetInfo, GetVersion included), but
+  not the join tokens' or the certificates' (TOKEN_METHODS);
 - `node`: only its dispatcher session, its own certificate's renewal, and other
   agents' image blobs (Peer.FetchBlob);
-- a serial on the revocation list: UNAUTHENTICATED.
+- a serial on the revocation list: UNAUTHENTICATED, also in the middle of a stream:
+  a streaming call (an agent's session, `logs -f`, `exec`, a peer's blob) checks the
+  list again at every message it sends, and ends when its certificate is revoked.
 
 grpc.aio interceptors cannot see the peer, so the interceptor wraps the method
 handler and checks the servicer context before the method runs.
@@ -26,7 +29,14 @@ import structlog
 
 from dockyard.common.pki import ADMIN, CONTROLLER, NODE, READ_ONLY, Identity, PKIError, identity_of
 
-__all__ = ["NODE_METHODS", "TOKEN_METHODS", "AuthInterceptor", "allowed", "peer_identity"]
+__all__ = [
+    "NODE_METHODS",
+    "TOKEN_METHODS",
+    "AuthInterceptor",
+    "allowed",
+    "not_a_controller",
+    "peer_identity",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +52,7 @@ TOKEN_METHODS = frozenset(
         "/dockyard.v1.Control/CreateJoinToken",
         "/dockyard.v1.Control/ListJoinTokens",
         "/dockyard.v1.Control/RotateJoinTokens",
+        "/dockyard.v1.NodeCA/ListCertificates",  # admin only, as tokens are
     }
 )
 
@@ -73,6 +84,13 @@ def allowed(identity: Identity, method: str) -> bool:
     return False
 
 
+def not_a_controller(details: str) -> bool:
+    """Whether a gRPC connection failure means the server's certificate, though from a
+    CA the client trusts, does not name it a controller (`pki.CONTROLLER_TLS_NAME`)."""
+    lowered = details.lower()
+    return "hostname verification" in lowered or "peer name" in lowered
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):
     """Authenticate by peer certificate and authorize by role, on every method.
 
@@ -98,7 +116,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method in self._public:
             return handler
-        return _wrap(handler, functools.partial(self._check, method))
+        return _wrap(handler, functools.partial(self._check, method),
+                     functools.partial(self._recheck, method))  # fmt: skip
+
+    async def _recheck(self, method: str, context: Any) -> None:
+        """In a stream: end it once the caller's certificate is revoked."""
+        identity = peer_identity(context)
+        if identity is not None and self._revoked(identity.serial):
+            log.warning("auth.revoked_stream", method=method, role=identity.role, id=identity.id)
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                f"certificate {identity.serial} ({identity.role} {identity.id}) is revoked",
+            )
 
     async def _check(self, method: str, context: Any) -> None:
         identity = peer_identity(context)
@@ -122,8 +151,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             )
 
 
-def _wrap(handler: Any, check: Callable[[Any], Any]) -> Any:
-    """The same handler, with `check(context)` awaited before the method runs."""
+def _wrap(handler: Any, check: Callable[[Any], Any], recheck: Callable[[Any], Any]) -> Any:
+    """The same handler, with `check(context)` awaited before the method runs and, in a
+    response stream, `recheck(context)` before every message after the first."""
     kwargs = {
         "request_deserializer": handler.request_deserializer,
         "response_serializer": handler.response_serializer,
@@ -146,20 +176,28 @@ def _wrap(handler: Any, check: Callable[[Any], Any]) -> Any:
         return grpc.stream_unary_rpc_method_handler(stream_unary, **kwargs)
     if handler.unary_stream is not None:
         return grpc.unary_stream_rpc_method_handler(
-            _streaming(handler.unary_stream, check), **kwargs
+            _streaming(handler.unary_stream, check, recheck), **kwargs
         )
     return grpc.stream_stream_rpc_method_handler(
-        _streaming(handler.stream_stream, check), **kwargs
+        _streaming(handler.stream_stream, check, recheck), **kwargs
     )
 
 
-def _streaming(inner: Callable[[Any, Any], Any], check: Callable[[Any], Any]) -> Any:
+def _streaming(inner: Callable[[Any, Any], Any], check: Callable[[Any], Any],
+               recheck: Callable[[Any], Any]) -> Any:  # fmt: skip
     async def behavior(request: Any, context: Any) -> Any:
         await check(context)
         result = inner(request, context)
         if inspect.isasyncgen(result):
-            async for response in result:
-                yield response
+            first = True
+            try:
+                async for response in result:
+                    if not first:
+                        await recheck(context)
+                    first = False
+                    yield response
+            finally:
+                await result.aclose()
         else:
             await result
 

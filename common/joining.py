@@ -16,11 +16,22 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from dockyard.common import pki
 from dockyard.common.addresses import split_host_port
+from dockyard.common.authz import not_a_controller
 from dockyard.v1.ca_pb2 import NodeCertificate
 
-__all__ = ["JOIN_TIMEOUT", "JoinError", "fetch_ca_chain", "pinned_ca", "request_certificate"]
+__all__ = [
+    "CONTROLLER_OPTIONS",
+    "JOIN_TIMEOUT",
+    "JoinError",
+    "fetch_ca_chain",
+    "pinned_ca",
+    "request_certificate",
+]
 
 JOIN_TIMEOUT = 15.0
+CONTROLLER_OPTIONS = [("grpc.ssl_target_name_override", pki.CONTROLLER_TLS_NAME)]
+"""Channel options that make TLS check the server for a controller's certificate (its
+role), not for the address dialled: a node's certificate is refused."""
 
 
 class JoinError(Exception):
@@ -80,12 +91,18 @@ async def request_certificate(
     request = IssueNodeCertificateRequest(
         token=token_text.strip(), csr_pem=pki.make_csr(key), hosts=hosts
     )
-    async with grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca_pem)) as channel:
+    async with grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca_pem),
+                                       CONTROLLER_OPTIONS) as channel:  # fmt: skip
         try:
             issued: NodeCertificate = await ca_pb2_grpc.NodeCAStub(channel).IssueNodeCertificate(
                 request, timeout=JOIN_TIMEOUT
             )
         except grpc.aio.AioRpcError as exc:
+            if not_a_controller(exc.details() or ""):
+                raise JoinError(
+                    f"the server at {address} holds a certificate of this cluster, but not "
+                    "a controller's: refusing to join through it. Nothing was sent."
+                ) from exc
             raise JoinError(
                 f"the controller at {address} refused the join: "
                 f"{exc.details() or exc.code().name}"

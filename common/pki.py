@@ -5,6 +5,14 @@ ID in CN and the role in OU (`admin`, `read-only`, `node`, `controller`), so the
 controller can authorize a call from the peer certificate alone. gRPC's TLS
 needs ECDSA or RSA keys, hence P-256 everywhere.
 
+Every certificate also carries its role as a DNS name (`dockyard-controller`,
+`dockyard-node`, ...; `role_host`), which only the CA puts there and only in that
+role's certificates. A client that needs a controller (an agent's session and
+renewal, a join, the CLI) checks the server's certificate for
+`dockyard-controller` rather than for the address it dialled, as swarmkit's
+agents check for `swarm-manager`: a node's certificate, whatever addresses it
+names, is refused where a controller is expected.
+
 A join token is `DYTKN-1-<sha256 of the CA's DER, hex>-<secret>`: the first part
 lets a joining host check that it talks to the right cluster before it trusts
 anything; only a hash of the secret is kept by the controller.
@@ -32,6 +40,7 @@ __all__ = [
     "CA_VALIDITY",
     "CLIENT_VALIDITY",
     "CONTROLLER",
+    "CONTROLLER_TLS_NAME",
     "NODE",
     "NODE_VALIDITY",
     "READ_ONLY",
@@ -54,6 +63,7 @@ __all__ = [
     "make_csr",
     "new_key",
     "parse_token",
+    "role_host",
     "same_hash",
     "write_private",
 ]
@@ -68,6 +78,16 @@ NODE_VALIDITY = dt.timedelta(days=90)
 CA_VALIDITY = dt.timedelta(days=3650)
 CLIENT_VALIDITY = dt.timedelta(days=365)
 _CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+def role_host(role: str) -> str:
+    """The DNS name every certificate of ``role`` carries (and no other certificate)."""
+    return f"dockyard-{role}"
+
+
+CONTROLLER_TLS_NAME = role_host(CONTROLLER)
+"""What a client checks a controller's certificate for (``grpc.ssl_target_name_override``)."""
+_ROLE_HOSTS = frozenset(role_host(role) for role in ROLES)
 
 
 class PKIError(Exception):
@@ -264,10 +284,18 @@ class CertificateAuthority:
         """A certificate for `subject_id` (CN) in `role` (OU), signed by this CA.
 
         Every certificate is good for both TLS ends: a controller's is its server
-        certificate and also what it presents to another controller.
+        certificate and also what it presents to another controller. Its SANs are
+        `role_host(role)` and then `sans`; another role's name in `sans` is a PKIError.
         """
         if role not in ROLES:
             raise PKIError(f"unknown role {role!r}")
+        names = [role_host(role)]
+        for name in sans or []:
+            if name.lower() in _ROLE_HOSTS and name.lower() != role_host(role):
+                raise PKIError(f"{name!r} names a role: only a {name.lower()[9:]} "
+                               "certificate carries it")  # fmt: skip
+            if name.lower() not in names:
+                names.append(name)
         now = dt.datetime.now(dt.UTC)
         start = not_before or now - min(_CLOCK_SKEW, validity / 10)
         end = (not_before + validity) if not_before else now + validity
@@ -297,10 +325,9 @@ class CertificateAuthority:
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
             )
         )
-        if sans:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(_san_entries(sans)), critical=False
-            )
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(_san_entries(names)), critical=False
+        )
         return builder.sign(self.key, hashes.SHA256())
 
     def sign_csr(

@@ -1,9 +1,12 @@
-"""`dockyard-controller init | join | token | user`: the cluster's PKI from the command line.
+"""`dockyard-controller init | join | token | user | cert`: the cluster's PKI from the
+command line.
 
 `init` and `user create` work offline on the state dir (they need the CA key); `join`
 redeems a controller token at a running controller and takes the CA from etcd;
-`token` commands are RPCs on a running controller, made with an admin identity
-(the current CLI context, or --context / -H with --tls* flags).
+`token`, `cert` and `user rm` are RPCs on a running controller, made with an admin
+identity (the current CLI context, or --context / -H with --tls* flags). A certificate
+made offline is recorded in etcd (so `cert ls` shows it and `cert revoke` can refuse
+it) when the controller of that state dir starts or next serves `cert ls`/`cert revoke`.
 """
 
 from __future__ import annotations
@@ -266,9 +269,13 @@ def create_user(name: str, role: str, state_dir: Path, context_name: str | None,
             f"127.0.0.1:{CONTROLLER_PORT}")  # fmt: skip
     cert, key = ca.issue_pair(role, name, validity=dt.timedelta(days=days))
     tls = _write_identity(out or directory / "users" / name, ca.cert_pem, cert, key)
+    # A copy the controller records (cert ls, cert revoke), wherever --out put the files.
+    serial = pki.identity_of(cert).serial
+    (directory / "issued").mkdir(exist_ok=True)
+    (directory / "issued" / f"{serial}.pem").write_bytes(cert)
     _make_context(context_name or name, host, tls, f"{role} user {name}")
     click.echo(f"{role} identity for {name}: {Path(tls['cert']).parent}; "
-               f"CLI context {context_name or name!r}")  # fmt: skip
+               f"CLI context {context_name or name!r}; serial {serial}")  # fmt: skip
 
 
 def _target(host: str | None, context_name: str | None, tlscacert: str | None,
@@ -376,4 +383,82 @@ def list_tokens(**target: Any) -> None:
     emit_table(["ID", "ROLE", "CREATED", "EXPIRES", "USES"], rows)
 
 
-__all__ = ["init", "token", "user"]
+def _ca_call(method: str, request: Any, **target: Any) -> Any:
+    from dockyard.cli.client import call
+    from dockyard.v1 import ca_pb2_grpc
+
+    return call(_target(**target), ca_pb2_grpc.NodeCAStub, method, request)
+
+
+@user.command("rm")
+@click.argument("name")
+@_client_options
+def remove_user(name: str, **target: Any) -> None:
+    """Revoke every certificate of the admin or read-only user NAME.
+
+    The user's next call is refused (UNAUTHENTICATED), on every controller.
+    """
+    from dockyard.common import pki
+    from dockyard.v1.ca_pb2 import ListCertificatesRequest, RevokeCertificateRequest
+
+    listed = _ca_call("ListCertificates", ListCertificatesRequest(), **target)
+    done = {r.serial for r in listed.revoked}
+    serials = [c.serial for c in listed.issued
+               if c.subject_id == name and c.role in (pki.ADMIN, pki.READ_ONLY)]  # fmt: skip
+    if not serials:
+        raise click.ClickException(f"no admin or read-only certificate was issued to {name!r} "
+                                   "(see `dockyard-controller cert ls`)")  # fmt: skip
+    for serial in serials:
+        if serial not in done:
+            _ca_call("RevokeCertificate", RevokeCertificateRequest(
+                serial=serial, reason=f"user {name} removed"), **target)  # fmt: skip
+    click.echo(f"user {name}: revoked {', '.join(serials)}")
+
+
+@click.group()
+def cert() -> None:
+    """The certificates the cluster CA issued; needs an admin identity."""
+
+
+@cert.command("ls")
+@click.option("-a", "--all", "show_all", is_flag=True,
+              help="Also expired certificates.")
+@_client_options
+def list_certs(show_all: bool, **target: Any) -> None:
+    """Every certificate the CA issued: nodes, controllers, users; revoked or not."""
+    from dockyard.cli.render import emit_table
+    from dockyard.v1.ca_pb2 import ListCertificatesRequest
+
+    listed = _ca_call("ListCertificates", ListCertificatesRequest(), **target)
+    revoked = {r.serial: r for r in listed.revoked}
+    now = dt.datetime.now(dt.UTC)
+    rows = []
+    for record in sorted(listed.issued, key=lambda c: (c.role, c.subject_id, c.not_after.seconds)):
+        expires = record.not_after.ToDatetime(tzinfo=dt.UTC)
+        if expires < now and not show_all:
+            continue
+        status = ("revoked: " + revoked[record.serial].reason if record.serial in revoked
+                  else "expired" if expires < now else "valid")  # fmt: skip
+        rows.append((record.serial, record.role, record.subject_id,
+                     expires.strftime("%Y-%m-%d %H:%M:%S"), status))  # fmt: skip
+    emit_table(["SERIAL", "ROLE", "SUBJECT", "EXPIRES", "STATUS"], rows)
+
+
+@cert.command("revoke")
+@click.argument("serial")
+@click.option("--reason", default="", help="Kept in the revocation list.")
+@_client_options
+def revoke_cert(serial: str, reason: str, **target: Any) -> None:
+    """Revoke the certificate SERIAL (hex, as `cert ls` shows it).
+
+    Its holder's next call is refused, on every controller; a node's open session
+    ends at once.
+    """
+    from dockyard.v1.ca_pb2 import RevokeCertificateRequest
+
+    response = _ca_call("RevokeCertificate", RevokeCertificateRequest(
+        serial=serial, reason=reason), **target)  # fmt: skip
+    click.echo(f"revoked {response.revoked.serial} ({response.revoked.subject_id})")
+
+
+__all__ = ["cert", "init", "token", "user"]

@@ -48,6 +48,8 @@ class AgentSession:
     node_id: str
     remote_address: str
     outbox: Outbox = field(default_factory=Outbox)
+    serial: str = ""
+    """The serial (hex) of the certificate the session was opened with; "" without TLS."""
     opened_at: float = field(default_factory=time.monotonic)
 
     def close(self) -> None:
@@ -71,17 +73,20 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         heartbeat_period: float,
         grace: float,
         leader_address: Callable[[], str | None],
+        revoked: Callable[[str], bool] = lambda serial: False,
     ) -> None:
         """
         Args:
             leader_address: None while this controller leads, else the leader's
                 address (or "" when no leader is known).
+            revoked: whether a certificate serial (hex) is revoked.
         """
         self._registry = registry
         self._cluster_id = cluster_id
         self.heartbeat_period = heartbeat_period
         self.grace = grace
         self._leader_address = leader_address
+        self._revoked = revoked
         self.sessions: dict[str, AgentSession] = {}
         self.last_seen: dict[str, Liveness] = {}
         self.heartbeats_received = 0
@@ -115,6 +120,13 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         session = self.sessions.get(node_id)
         if session is not None:
             session.close()
+
+    def close_serial(self, serial: str) -> None:
+        """End every session opened with the certificate `serial` (it was revoked)."""
+        for session in list(self.sessions.values()):
+            if session.serial == serial:
+                log.warning("session.revoked", node_id=session.node_id, serial=serial)
+                session.close()
 
     def close_all(self) -> None:
         for session in list(self.sessions.values()):
@@ -210,8 +222,11 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             log.warning("session.refused", name=hello.name[:200], node_id=hello.node_id,
                         reason=details_for(exc))  # fmt: skip
             await context.abort(code, details_for(exc))
-        session = AgentSession(secrets.token_hex(8), node.id, remote)
+        serial = identity.serial if identity is not None else ""
+        session = AgentSession(secrets.token_hex(8), node.id, remote, serial=serial)
         self.sessions[node.id] = session
+        if serial and self._revoked(serial):  # revoked while it registered: no session
+            session.close()
         self.beat(node.id)
         log.info("session.opened", node_id=node.id, name=node.spec.name, remote=remote)
         return session, node

@@ -255,12 +255,13 @@ async def _serve(config: ControllerConfig) -> int:
 
 
 def _add_admin_commands() -> None:
-    from dockyard.controller.admin import init, join, token, user
+    from dockyard.controller.admin import cert, init, join, token, user
 
     main.add_command(init)
     main.add_command(join)
     main.add_command(token)
     main.add_command(user)
+    main.add_command(cert)
 
 
 _add_admin_commands()

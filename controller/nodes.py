@@ -9,23 +9,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
 from dockyard.common.lookup import match_reference
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.validation import ValidationError, check_labels, check_name, check_ref
+from dockyard.controller.cluster import PolicyDenied
 from dockyard.controller.errors import FailedPrecondition
 from dockyard.controller.store import (
     NODE_NAMES,
     NODES,
+    REMOVED_SUBJECTS,
     AlreadyExists,
     Conflict,
     NotFound,
     Op,
     Store,
 )
-from dockyard.controller.subnets import SubnetPool, host_of_peer
+from dockyard.controller.subnets import (
+    CoversAddress,
+    Protected,
+    SubnetPool,
+    host_of_peer,
+    protected_address,
+)
 from dockyard.v1.dispatcher_pb2 import SessionHello
 from dockyard.v1.types_pb2 import Node, NodeDescription, NodeNetwork, NodeSpec, NodeStatus
 
@@ -38,9 +47,15 @@ State = NodeStatus.State
 
 
 class NodeRegistry:
-    def __init__(self, store: Store, subnets: SubnetPool | None = None) -> None:
+    def __init__(self, store: Store, subnets: SubnetPool | None = None,
+                 protected: Callable[[], Iterable[str]] = lambda: ()) -> None:  # fmt: skip
+        """Args:
+        protected: The cluster's own addresses (``host:port`` of controllers and etcd
+            endpoints) that no node subnet may cover; nodes' addresses are added.
+        """
         self._store = store
         self._subnets = subnets or SubnetPool()
+        self._protected = protected
         # Subnets are handed out one at a time (only the leader registers nodes).
         self._subnet_lock = asyncio.Lock()
 
@@ -106,15 +121,29 @@ class NodeRegistry:
         elif current.subnet and current.subnet == wanted.bridge_subnet:
             network = NodeNetwork(subnet=current.subnet)  # what it has and uses: keep it
         else:
-            others = [(n.id, n.network.subnet) for n in await self.list_all()]
-            network = self._subnets.assign(node.id, current, wanted, others)
+            nodes = await self.list_all()
+            others = [(n.id, n.network.subnet) for n in nodes]
+            try:
+                network = self._subnets.assign(node.id, current, wanted, others,
+                                               self._guarded(node, nodes, remote_address))
+            except CoversAddress as exc:
+                raise ValidationError("hello.description.bridge_subnet", str(exc)) from None
         network.address = host_of_peer(remote_address)
         if network.subnet != current.subnet or network.message != current.message:
             log.info("node.subnet", node_id=node.id, subnet=network.subnet,
                      address=network.address, message=network.message)  # fmt: skip
         node.network.CopyFrom(network)
 
+    def _guarded(self, node: Node, nodes: list[Node], remote_address: str) -> list[Protected]:
+        """The addresses a node subnet may not cover: controllers', etcd's, nodes'."""
+        items = [protected_address("a controller or etcd endpoint", a) for a in self._protected()]
+        items += [protected_address(f"node {n.id[:12]}", n.network.address) for n in nodes
+                  if n.id != node.id and n.network.address]  # fmt: skip
+        items.append(protected_address("this node's host", host_of_peer(remote_address)))
+        return [item for item in items if item is not None]
+
     async def _create(self, hello: SessionHello, remote_address: str) -> Node:
+        await self._refuse_removed(hello.node_id)
         await self._refuse_taken_name(hello.name, hello.node_id)
         node = Node(id=hello.node_id)
         node.spec.name = hello.name
@@ -127,15 +156,23 @@ class NodeRegistry:
         ops = [
             self._store.put_op(NODES, node.id, node, expect=0),
             self._store.raw_op(NODE_NAMES, node.spec.name, node.id.encode(), expect=0),
+            self._store.check_op(REMOVED_SUBJECTS, node.id, 0),
         ]
         try:
             revision = await self._store.commit(ops)
         except Conflict as exc:
+            await self._refuse_removed(hello.node_id)
             await self._refuse_taken_name(hello.name, hello.node_id)
             raise Conflict(f"node {node.id} was registered concurrently, retry") from exc
         node.meta.version = revision
         log.info("node.registered", node_id=node.id, name=node.spec.name)
         return node
+
+    async def _refuse_removed(self, node_id: str) -> None:
+        """A node removed with `node rm` does not come back under its ID."""
+        if await self._store.get_raw(REMOVED_SUBJECTS, node_id) is not None:
+            raise PolicyDenied(f"node {node_id} was removed from the cluster (its "
+                               "certificates are revoked): join it again with a new token")
 
     async def _refuse_taken_name(self, name: str, node_id: str) -> None:
         holder = await self._store.get_raw(NODE_NAMES, name)
@@ -231,12 +268,17 @@ class NodeRegistry:
         log.info("node.updated", node_id=node.id, name=node.spec.name)
         return node
 
-    async def remove(self, ref: str, force: bool) -> Node:
+    async def remove(self, ref: str, force: bool,
+                     revoke: Callable[[Node], Awaitable[object]] | None = None) -> Node:
+        """Remove a node's record; `revoke` (its certificates) runs first, so nothing
+        the node sends is trusted by the time its record is gone."""
         node = await self.find(ref)
         if node.status.state == State.READY and not force:
             raise FailedPrecondition(
                 f"node {node.spec.name} is READY: stop its agent first, or use --force"
             )
+        if revoke is not None:
+            await revoke(node)
         await self._store.commit(
             [
                 self._store.raw_op(NODES, node.id, None, expect=node.meta.version),

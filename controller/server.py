@@ -117,7 +117,8 @@ class Controller:
         self.store.observe = self.metrics.observe_etcd
         await self.store.connect(config.etcd_timeout)
         cluster = await _load_or_create_cluster(self.store)
-        registry = NodeRegistry(self.store, self.config.subnets)
+        registry = NodeRegistry(self.store, self.config.subnets,
+                                lambda: self._own_addresses(endpoints))  # fmt: skip
         if config.insecure:
             self.server = grpc.aio.server(
                 interceptors=[GrpcMetricsInterceptor(self.metrics)], options=SERVER_OPTIONS
@@ -143,6 +144,7 @@ class Controller:
             config.heartbeat_period,
             config.node_grace,
             self.leadership.leader_address,
+            self.ca.is_revoked if self.ca is not None else lambda serial: False,
         )
         identity = ControllerIdentity(
             cluster.id, controller_id, endpoints, self.etcd is not None, time.monotonic(),
@@ -170,9 +172,10 @@ class Controller:
         )
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, self.server)
         if self.ca is not None:
-            ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.ca), self.server)
+            ca_pb2_grpc.add_NodeCAServicer_to_server(
+                NodeCAServicer(self.ca, config.state_dir), self.server)
             dispatcher = self.dispatcher
-            self.ca.on_revoke = lambda serial, subject: dispatcher.close(subject)
+            self.ca.on_revoke = lambda serial, subject: dispatcher.close_serial(serial)
             self.ca.on_change = self._revocations_changed
             self._tasks.append(asyncio.create_task(self.ca.watch_revocations()))
         await self.server.start()
@@ -237,6 +240,7 @@ class Controller:
         )  # fmt: skip
         (pki_dir(config.state_dir) / "controller.pem").write_bytes(cert)
         pki.write_private(pki_dir(config.state_dir) / "controller-key.pem", key)
+        await self.ca.record_offline(config.state_dir)  # this one, init's and users'
         chain = cert + ca.cert_pem  # the CA goes along, so a joining host can pin it
         self.server = grpc.aio.server(
             interceptors=[GrpcMetricsInterceptor(self.metrics),
@@ -263,6 +267,14 @@ class Controller:
                 f"cannot listen on {config.join_listen} (--join-listen): address in use or invalid"
             )
         return port
+
+    def _own_addresses(self, etcd_endpoints: list[str]) -> list[str]:
+        """What no node subnet may cover: etcd, this controller, the leader."""
+        config, leadership = self.config, self.leadership
+        found = [*etcd_endpoints, config.listen, config.advertise, config.http_listen]
+        if leadership is not None and leadership.leader is not None:
+            found.append(leadership.leader.api_address)
+        return [address for address in found if address]
 
     def _controllers(self) -> list[str]:
         """Where a joining node should open its session: the leader if known, else here."""

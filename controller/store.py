@@ -110,6 +110,8 @@ ROOT_CA: Kind[types_pb2.RootCA] = Kind("pki/ca", types_pb2.RootCA)
 JOIN_TOKENS: Kind[types_pb2.JoinTokenRecord] = Kind("pki/tokens", types_pb2.JoinTokenRecord)
 ISSUED_CERTS: Kind[types_pb2.IssuedCert] = Kind("pki/issued", types_pb2.IssuedCert)
 REVOKED_CERTS: Kind[types_pb2.RevokedCert] = Kind("pki/revoked", types_pb2.RevokedCert)
+# Subjects (node IDs) removed from the cluster: no certificate is issued to one again.
+REMOVED_SUBJECTS: Kind[types_pb2.RevokedCert] = Kind("pki/removed", types_pb2.RevokedCert)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,13 @@ free block of the controller's pool (``--node-subnet-pool``, cut into
 ``--node-subnet-size`` blocks) and keeps it across restarts. A node whose subnet is
 fixed (``--bridge-subnet``, or containers already hold addresses in it) keeps it, unless
 it overlaps another node's: then it gets none, and a message that says with whom.
+
+Every node routes every other node's subnet, so a subnet must never cover an address
+the cluster itself talks to: a controller's, an etcd endpoint's or a node's host
+address (a node that declared a subnet holding the controller's address would draw the
+other agents' traffic to the controller). A fixed subnet that covers one is refused
+(``CoversAddress``, naming whose address); the pool skips blocks that cover one.
+Addresses given as names, not IPs, are not checked.
 """
 
 from __future__ import annotations
@@ -18,11 +25,31 @@ from dataclasses import dataclass
 from dockyard.common.validation import check_subnet
 from dockyard.v1.types_pb2 import NodeDescription, NodeNetwork
 
-__all__ = ["DEFAULT_POOL", "DEFAULT_SIZE", "SubnetPool", "host_of_peer"]
+__all__ = ["DEFAULT_POOL", "DEFAULT_SIZE", "CoversAddress", "Protected", "SubnetPool",
+           "host_of_peer", "protected_address"]  # fmt: skip
 
 DEFAULT_POOL = "10.87.0.0/16"
 """The agents' own default bridge range: a node outside a cluster keeps using it whole."""
 DEFAULT_SIZE = 24
+
+Protected = tuple[str, ipaddress.IPv4Address]
+"""Whose address (``"controller"``, ``"etcd endpoint"``, ``"node 1a2b..."``) and the address."""
+
+
+class CoversAddress(ValueError):
+    """A fixed subnet covers an address the cluster talks to."""
+
+
+def protected_address(who: str, address: str) -> Protected | None:
+    """``(who, IPv4 address)`` of ``host[:port]`` when the host is an IPv4 address that a
+    route could capture (not loopback, not unspecified); None otherwise."""
+    address = address.split("://", 1)[-1].split("/", 1)[0]  # an etcd URL's scheme, path
+    host = address.rsplit(":", 1)[0] if address.count(":") == 1 else address
+    try:
+        ip = ipaddress.IPv4Address(host.strip("[]"))
+    except ValueError:
+        return None
+    return None if ip.is_loopback or ip.is_unspecified else (who, ip)
 
 
 @dataclass(frozen=True)
@@ -46,7 +73,8 @@ class SubnetPool:
                              f"prefix (/{network.prefixlen}) and /29")  # fmt: skip
 
     def assign(self, node_id: str, current: NodeNetwork, description: NodeDescription,
-               others: Iterable[tuple[str, str]]) -> NodeNetwork:  # fmt: skip
+               others: Iterable[tuple[str, str]],
+               protected: Iterable[Protected] = ()) -> NodeNetwork:  # fmt: skip
         """The node's subnet after this registration.
 
         Args:
@@ -54,37 +82,50 @@ class SubnetPool:
             current: What its record holds (empty for a new node).
             description: What its agent reports (its bridge's subnet, fixed or not).
             others: ``(node id, subnet)`` of every other node that has one.
+            protected: Addresses no node subnet may cover (controllers, etcd, nodes).
+
+        Raises:
+            CoversAddress: the node's fixed subnet covers a protected address.
         """
         taken = [(other, ipaddress.IPv4Network(subnet)) for other, subnet in others
                  if other != node_id and subnet]  # fmt: skip
+        guarded = list(protected)
         if not description.bridge_subnet:
             return NodeNetwork(message="the agent has no bridge network")
         if description.bridge_subnet_fixed:
-            return _fixed(description.bridge_subnet, taken)
-        if current.subnet and not _overlapping(ipaddress.IPv4Network(current.subnet), taken):
+            return _fixed(description.bridge_subnet, taken, guarded)
+        if current.subnet and not _overlapping(ipaddress.IPv4Network(current.subnet), taken) \
+                and not _covered(ipaddress.IPv4Network(current.subnet), guarded):  # fmt: skip
             return NodeNetwork(subnet=current.subnet)
-        block = self._free_block(taken)
+        block = self._free_block(taken, guarded)
         if block is None:
             return NodeNetwork(message=f"no free /{self.size} left in the node subnet pool "
                                        f"{self.pool}: give the controller a larger "
                                        "--node-subnet-pool")  # fmt: skip
         return NodeNetwork(subnet=str(block))
 
-    def _free_block(self, taken: list[tuple[str, ipaddress.IPv4Network]]
-                    ) -> ipaddress.IPv4Network | None:  # fmt: skip
+    def _free_block(self, taken: list[tuple[str, ipaddress.IPv4Network]],
+                    guarded: list[Protected]) -> ipaddress.IPv4Network | None:  # fmt: skip
         for block in ipaddress.IPv4Network(self.pool).subnets(new_prefix=self.size):
-            if not _overlapping(block, taken):
+            if not _overlapping(block, taken) and not _covered(block, guarded):
                 return block
         return None
 
 
-def _fixed(subnet: str, taken: list[tuple[str, ipaddress.IPv4Network]]) -> NodeNetwork:
+def _fixed(subnet: str, taken: list[tuple[str, ipaddress.IPv4Network]],
+           guarded: list[Protected]) -> NodeNetwork:  # fmt: skip
     try:
         if len(subnet) > len("255.255.255.255/32"):
             raise ValueError(f"bridge subnet of {len(subnet)} characters")
         network = check_subnet(subnet)
     except ValueError as exc:
         return NodeNetwork(message=f"the agent's bridge subnet is not usable: {exc}")
+    covered = _covered(network, guarded)
+    if covered is not None:
+        who, ip = covered
+        raise CoversAddress(f"the agent's bridge subnet {subnet} covers the address {ip} of "
+                            f"{who}: every node would route it to this node. Give the agent "
+                            "another --bridge-subnet")  # fmt: skip
     holder = _overlapping(network, taken)
     if holder:
         return NodeNetwork(message=f"the agent's bridge subnet {subnet} overlaps node "
@@ -97,6 +138,11 @@ def _overlapping(network: ipaddress.IPv4Network,
                  taken: list[tuple[str, ipaddress.IPv4Network]]) -> str:  # fmt: skip
     """The ID of a node whose subnet overlaps ``network`` ("" when none does)."""
     return next((node for node, other in taken if other.overlaps(network)), "")
+
+
+def _covered(network: ipaddress.IPv4Network, guarded: list[Protected]) -> Protected | None:
+    """The first protected address inside ``network``."""
+    return next((item for item in guarded if item[1] in network), None)
 
 
 def host_of_peer(peer: str) -> str:

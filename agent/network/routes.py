@@ -5,7 +5,7 @@ host to reach a container on another by its address, the agents work in "host-gw
 as flannel's backend of that name: no overlay, no encapsulation, just one plain route
 per peer node in the host's network namespace,
 
-    ip route replace 10.87.4.0/24 via <the peer host's address> proto 77
+    ip route add 10.87.4.0/24 via <the peer host's address> proto 77
 
 which works as long as the nodes share a layer-2 segment (or a router that knows the
 subnets). ``proto 77`` is a routing protocol number nobody else uses: it marks the routes
@@ -32,9 +32,18 @@ jump put back at the top) is applied atomically. Nothing is rewritten when the r
 are already the wanted ones.
 
 A peer is left alone (logged) when its address is no usable host address (or is one of
-ours), when its subnet overlaps the local one or another peer's, or when this namespace
-already has a route of its own for that subnet: two agents sharing a host (a local test
-cluster) have each other's bridge as a connected route, and that works without us.
+ours), when its subnet overlaps the local one or another peer's, when its subnet holds
+another peer's host address (its route would draw the traffic to that host), or when
+this namespace already has a route of its own for that subnet: two agents sharing a host
+(a local test cluster) have each other's bridge as a connected route, and that works
+without us.
+
+Our routes never displace another's: a new one is added with ``ip route add`` (the
+kernel's ``NLM_F_EXCL``: it fails when a route for that destination and metric exists,
+also one made after we looked), and only a route that is already ours is replaced (its
+next hop moved). A broader route (the default route, a LAN aggregate through a gateway)
+is no conflict: ours is the more specific one, as intended, and the controller refuses a
+node subnet that covers a controller's, etcd's or a node's address.
 
 The host still has to forward (``net.ipv4.ip_forward=1``, which the bridge plugin's
 ``isGateway`` sets). One ``PeerRoutes`` manages one network namespace: the routes and
@@ -226,13 +235,17 @@ def _conflict(subnet: ipaddress.IPv4Network, routes: Sequence[_Route]) -> _Route
     return None
 
 
-async def _replace_route(subnet: ipaddress.IPv4Network, via: ipaddress.IPv4Address) -> str:
-    """``ip route replace SUBNET via VIA proto 77``; ``""`` or the error of a bad peer.
+async def _install_route(subnet: ipaddress.IPv4Network, via: ipaddress.IPv4Address,
+                         ours: bool) -> str:  # fmt: skip
+    """``ip route add SUBNET via VIA proto 77`` (``replace`` when ``ours``: the route there
+    is already ours); ``""`` or the error of a bad peer (or of a route that is not ours
+    and came first: ``add`` never replaces one).
 
     Raises:
         NetworkError: ip cannot run, or is not allowed to change routes.
     """
-    args = ("route", "replace", str(subnet), "via", str(via), "proto", ROUTE_PROTO)
+    verb = "replace" if ours else "add"
+    args = ("route", verb, str(subnet), "via", str(via), "proto", ROUTE_PROTO)
     code, _, err = await ip_command(*args, check=False)
     if code == 0:
         return ""
@@ -395,7 +408,7 @@ class PeerRoutes:
             routed: list[tuple[PeerRoute, ipaddress.IPv4Network]] = []
             before = {r.dst: r.via for r in routes if r.proto == ROUTE_PROTO}
             for peer, subnet, via in chosen:
-                error = await _replace_route(subnet, via)
+                error = await _install_route(subnet, via, subnet in before)
                 if error:
                     self._skip(peer, f"the route was refused: {error}", warn=True)
                     continue
@@ -454,9 +467,14 @@ class PeerRoutes:
             reason, subnet, via = _check_peer(peer, local, own)
             if subnet is not None and via is not None and not reason:
                 other = next((p for p, s, _ in chosen if s.overlaps(subnet)), None)
+                captured = next((p for p in peers if p is not peer and _address_in(p.via, subnet)),
+                                None)  # fmt: skip
                 conflict = _conflict(subnet, routes)
                 if other is not None:
                     reason = f"its subnet overlaps node {other.node_id}'s {other.subnet}"
+                elif captured is not None:
+                    reason = (f"its subnet holds node {captured.node_id}'s host address "
+                              f"{captured.via}")
                 elif conflict is not None:
                     reason = f"its subnet is already routed here: {conflict.text}"
             if reason or subnet is None or via is None:
@@ -473,6 +491,13 @@ class PeerRoutes:
         report = log.warning if warn else log.info
         report("peer not routed", node_id=peer.node_id, subnet=peer.subnet, via=peer.via,
                reason=reason)  # fmt: skip
+
+
+def _address_in(address: str, subnet: ipaddress.IPv4Network) -> bool:
+    try:
+        return ipaddress.IPv4Address(address) in subnet
+    except ValueError:
+        return False
 
 
 def _key(peer: PeerRoute) -> tuple[str, str, str]:

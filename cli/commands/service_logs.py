@@ -92,7 +92,10 @@ def service_logs(target: Target, ref: str, *, follow: bool, tail: str, timestamp
             where = log_prefix(task, name).split(" |", maxsplit=1)[0]
             errors.append(f"{where}: the node's agent API address is unknown")
             continue
-        agent = Target(node.description.api_address, f"node {name}", target.tls)
+        # The agent API address is the agent's own claim: its certificate must be the
+        # node's (its ID, which the controller chose), whatever answers there.
+        agent = Target(node.description.api_address, f"node {name}", target.tls,
+                       server_name=node.id)
         request = _request(task.status.container_id, follow, tail, timestamps)
         jobs.append((agent, log_prefix(task, name), request))
     try:

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from dockyard.cli.client import CliError, Target, call, is_unimplemented
+from dockyard.cli.client import CliError, Target, call, is_not_a_controller, is_unimplemented
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, key_values, to_data
 
@@ -14,19 +14,22 @@ from dockyard.cli.render import emit_data, key_values, to_data
 def _ask_daemon(
     target: Target, control_method: str, control_request: Any, agent_method: str, agent_request: Any
 ) -> tuple[str, Any]:
-    """Ask as a controller; if the daemon is an agent, ask it as one."""
+    """Ask as a controller (over TLS: its certificate must be a controller's); if the
+    daemon is an agent, ask it as one."""
     from dockyard.v1 import agent_pb2_grpc, control_pb2_grpc
 
     try:
         return "controller", call(
-            target, control_pb2_grpc.ControlStub, control_method, control_request, what="daemon"
-        )
+            target, control_pb2_grpc.ControlStub, control_method, control_request, what="daemon",
+            controller=True,
+        )  # fmt: skip
     except CliError as exc:
-        if not is_unimplemented(exc):
+        if not (is_unimplemented(exc) or is_not_a_controller(exc)):
             raise
     return "agent", call(
-        target, agent_pb2_grpc.AgentStub, agent_method, agent_request, what="daemon"
-    )
+        target, agent_pb2_grpc.AgentStub, agent_method, agent_request, what="daemon",
+        controller=False,
+    )  # fmt: skip
 
 
 @click.command()

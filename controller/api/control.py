@@ -161,9 +161,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 
     @grpc_errors
     async def RemoveNode(self, request: RemoveNodeRequest, context: Context) -> RemoveNodeResponse:
-        node = await self._nodes.remove(request)
-        if self._ca is not None:  # its certificates stop working at once
-            await self._ca.revoke_subject(node.id, "node removed")
+        ca = self._ca
+
+        async def revoke(node: Node) -> None:  # before the record goes and the session ends
+            if ca is not None:
+                await ca.revoke_subject(node.id, "node removed")
+
+        await self._nodes.remove(request, revoke)
         return RemoveNodeResponse()
 
     def _cluster_ca(self) -> ClusterCA:

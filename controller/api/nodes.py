@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.nodes import NodeRegistry
@@ -29,8 +31,10 @@ class NodesAPI:
     async def update(self, request: UpdateNodeRequest) -> Node:
         return await self._registry.update_spec(request.node, request.version, request.spec)
 
-    async def remove(self, request: RemoveNodeRequest) -> Node:
-        node = await self._registry.remove(request.node, request.force)
+    async def remove(self, request: RemoveNodeRequest,
+                     revoke: Callable[[Node], Awaitable[object]] | None = None) -> Node:
+        """Revoke (`revoke`), then delete the record, then end the node's session."""
+        node = await self._registry.remove(request.node, request.force, revoke)
         session = self._dispatcher.sessions.get(node.id)
         if session is not None:
             session.close()

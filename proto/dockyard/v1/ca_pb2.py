@@ -22,21 +22,30 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64ockyard/v1/ca.proto\x12\x0b\x64ockyard.v1\"L\n\x1bIssueNodeCertificateRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\r\n\x05hosts\x18\x03 \x03(\t\"=\n\x1bRenewNodeCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\x12\r\n\x05hosts\x18\x02 \x03(\t\"g\n\x0fNodeCertificate\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x03 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63ontrollers\x18\x05 \x03(\t2\xc8\x01\n\x06NodeCA\x12^\n\x14IssueNodeCertificate\x12(.dockyard.v1.IssueNodeCertificateRequest\x1a\x1c.dockyard.v1.NodeCertificate\x12^\n\x14RenewNodeCertificate\x12(.dockyard.v1.RenewNodeCertificateRequest\x1a\x1c.dockyard.v1.NodeCertificateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x64ockyard/v1/ca.proto\x12\x0b\x64ockyard.v1\x1a\x17\x64ockyard/v1/types.proto\"L\n\x1bIssueNodeCertificateRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\x12\r\n\x05hosts\x18\x03 \x03(\t\"=\n\x1bRenewNodeCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\x12\r\n\x05hosts\x18\x02 \x03(\t\"g\n\x0fNodeCertificate\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04role\x18\x02 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x03 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x04 \x01(\x0c\x12\x13\n\x0b\x63ontrollers\x18\x05 \x03(\t\"\x19\n\x17ListCertificatesRequest\"n\n\x18ListCertificatesResponse\x12\'\n\x06issued\x18\x01 \x03(\x0b\x32\x17.dockyard.v1.IssuedCert\x12)\n\x07revoked\x18\x02 \x03(\x0b\x32\x18.dockyard.v1.RevokedCert\":\n\x18RevokeCertificateRequest\x12\x0e\n\x06serial\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"F\n\x19RevokeCertificateResponse\x12)\n\x07revoked\x18\x01 \x01(\x0b\x32\x18.dockyard.v1.RevokedCert2\x8d\x03\n\x06NodeCA\x12^\n\x14IssueNodeCertificate\x12(.dockyard.v1.IssueNodeCertificateRequest\x1a\x1c.dockyard.v1.NodeCertificate\x12^\n\x14RenewNodeCertificate\x12(.dockyard.v1.RenewNodeCertificateRequest\x1a\x1c.dockyard.v1.NodeCertificate\x12_\n\x10ListCertificates\x12$.dockyard.v1.ListCertificatesRequest\x1a%.dockyard.v1.ListCertificatesResponse\x12\x62\n\x11RevokeCertificate\x12%.dockyard.v1.RevokeCertificateRequest\x1a&.dockyard.v1.RevokeCertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dockyard.v1.ca_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ISSUENODECERTIFICATEREQUEST']._serialized_start=37
-  _globals['_ISSUENODECERTIFICATEREQUEST']._serialized_end=113
-  _globals['_RENEWNODECERTIFICATEREQUEST']._serialized_start=115
-  _globals['_RENEWNODECERTIFICATEREQUEST']._serialized_end=176
-  _globals['_NODECERTIFICATE']._serialized_start=178
-  _globals['_NODECERTIFICATE']._serialized_end=281
-  _globals['_NODECA']._serialized_start=284
-  _globals['_NODECA']._serialized_end=484
+  _globals['_ISSUENODECERTIFICATEREQUEST']._serialized_start=62
+  _globals['_ISSUENODECERTIFICATEREQUEST']._serialized_end=138
+  _globals['_RENEWNODECERTIFICATEREQUEST']._serialized_start=140
+  _globals['_RENEWNODECERTIFICATEREQUEST']._serialized_end=201
+  _globals['_NODECERTIFICATE']._serialized_start=203
+  _globals['_NODECERTIFICATE']._serialized_end=306
+  _globals['_LISTCERTIFICATESREQUEST']._serialized_start=308
+  _globals['_LISTCERTIFICATESREQUEST']._serialized_end=333
+  _globals['_LISTCERTIFICATESRESPONSE']._serialized_start=335
+  _globals['_LISTCERTIFICATESRESPONSE']._serialized_end=445
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_start=447
+  _globals['_REVOKECERTIFICATEREQUEST']._serialized_end=505
+  _globals['_REVOKECERTIFICATERESPONSE']._serialized_start=507
+  _globals['_REVOKECERTIFICATERESPONSE']._serialized_end=577
+  _globals['_NODECA']._serialized_start=580
+  _globals['_NODECA']._serialized_end=977
 # @@protoc_insertion_point(module_scope)

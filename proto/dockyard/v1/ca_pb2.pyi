@@ -4,6 +4,7 @@ isort:skip_file
 The node CA: how a host gets (and renews) its node certificate."""
 
 from collections import abc as _abc
+from dockyard.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
@@ -29,7 +30,10 @@ class IssueNodeCertificateRequest(_message.Message):
     csr_pem: _builtins.bytes
     @_builtins.property
     def hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Host names or IPs the node's own API is reached at (added as SANs)."""
+        """For a node: only loopback or the address the controller sees the request come
+        from (a node certificate names its ID, loopback and that address). For a
+        controller: the names and IPs it is reached at.
+        """
 
     def __init__(
         self,
@@ -104,3 +108,85 @@ class NodeCertificate(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NodeCertificate: _TypeAlias = NodeCertificate  # noqa: Y015
+
+@_typing.final
+class ListCertificatesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCertificatesRequest: _TypeAlias = ListCertificatesRequest  # noqa: Y015
+
+@_typing.final
+class ListCertificatesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUED_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def issued(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.IssuedCert]: ...
+    @_builtins.property
+    def revoked(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.RevokedCert]: ...
+    def __init__(
+        self,
+        *,
+        issued: _abc.Iterable[_types_pb2.IssuedCert] | None = ...,
+        revoked: _abc.Iterable[_types_pb2.RevokedCert] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["issued", b"issued", "revoked", b"revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCertificatesResponse: _TypeAlias = ListCertificatesResponse  # noqa: Y015
+
+@_typing.final
+class RevokeCertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    serial: _builtins.str
+    """hex, as `cert ls` shows it"""
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        serial: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeCertificateRequest: _TypeAlias = RevokeCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RevokeCertificateResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def revoked(self) -> _types_pb2.RevokedCert: ...
+    def __init__(
+        self,
+        *,
+        revoked: _types_pb2.RevokedCert | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["revoked", b"revoked"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["revoked", b"revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeCertificateResponse: _TypeAlias = RevokeCertificateResponse  # noqa: Y015

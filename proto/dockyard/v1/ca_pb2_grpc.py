@@ -44,6 +44,16 @@ class NodeCAStub:
                 request_serializer=dockyard_dot_v1_dot_ca__pb2.RenewNodeCertificateRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_ca__pb2.NodeCertificate.FromString,
                 _registered_method=True)
+        self.ListCertificates = channel.unary_unary(
+                '/dockyard.v1.NodeCA/ListCertificates',
+                request_serializer=dockyard_dot_v1_dot_ca__pb2.ListCertificatesRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_ca__pb2.ListCertificatesResponse.FromString,
+                _registered_method=True)
+        self.RevokeCertificate = channel.unary_unary(
+                '/dockyard.v1.NodeCA/RevokeCertificate',
+                request_serializer=dockyard_dot_v1_dot_ca__pb2.RevokeCertificateRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_ca__pb2.RevokeCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class NodeCAServicer:
@@ -64,6 +74,20 @@ class NodeCAServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListCertificates(self, request, context):
+        """Admin only: every certificate the CA issued (nodes, controllers, users) and the
+        revocation list; revoking one by its serial refuses it from the next call on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeCAServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +100,16 @@ def add_NodeCAServicer_to_server(servicer, server):
                     servicer.RenewNodeCertificate,
                     request_deserializer=dockyard_dot_v1_dot_ca__pb2.RenewNodeCertificateRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_ca__pb2.NodeCertificate.SerializeToString,
+            ),
+            'ListCertificates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCertificates,
+                    request_deserializer=dockyard_dot_v1_dot_ca__pb2.ListCertificatesRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_ca__pb2.ListCertificatesResponse.SerializeToString,
+            ),
+            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCertificate,
+                    request_deserializer=dockyard_dot_v1_dot_ca__pb2.RevokeCertificateRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_ca__pb2.RevokeCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +166,60 @@ class NodeCA:
             '/dockyard.v1.NodeCA/RenewNodeCertificate',
             dockyard_dot_v1_dot_ca__pb2.RenewNodeCertificateRequest.SerializeToString,
             dockyard_dot_v1_dot_ca__pb2.NodeCertificate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCertificates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.NodeCA/ListCertificates',
+            dockyard_dot_v1_dot_ca__pb2.ListCertificatesRequest.SerializeToString,
+            dockyard_dot_v1_dot_ca__pb2.ListCertificatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.NodeCA/RevokeCertificate',
+            dockyard_dot_v1_dot_ca__pb2.RevokeCertificateRequest.SerializeToString,
+            dockyard_dot_v1_dot_ca__pb2.RevokeCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,11 @@ class NodeCAStub:
     """
     RenewNodeCertificate: _grpc.UnaryUnaryMultiCallable[_ca_pb2.RenewNodeCertificateRequest, _ca_pb2.NodeCertificate]
     """Served on the main port (mutual TLS): a node renews its own certificate."""
+    ListCertificates: _grpc.UnaryUnaryMultiCallable[_ca_pb2.ListCertificatesRequest, _ca_pb2.ListCertificatesResponse]
+    """Admin only: every certificate the CA issued (nodes, controllers, users) and the
+    revocation list; revoking one by its serial refuses it from the next call on.
+    """
+    RevokeCertificate: _grpc.UnaryUnaryMultiCallable[_ca_pb2.RevokeCertificateRequest, _ca_pb2.RevokeCertificateResponse]
 
 @_typing.type_check_only
 class NodeCAAsyncStub(NodeCAStub):
@@ -47,6 +52,11 @@ class NodeCAAsyncStub(NodeCAStub):
     """
     RenewNodeCertificate: _aio.UnaryUnaryMultiCallable[_ca_pb2.RenewNodeCertificateRequest, _ca_pb2.NodeCertificate]  # type: ignore[assignment]
     """Served on the main port (mutual TLS): a node renews its own certificate."""
+    ListCertificates: _aio.UnaryUnaryMultiCallable[_ca_pb2.ListCertificatesRequest, _ca_pb2.ListCertificatesResponse]  # type: ignore[assignment]
+    """Admin only: every certificate the CA issued (nodes, controllers, users) and the
+    revocation list; revoking one by its serial refuses it from the next call on.
+    """
+    RevokeCertificate: _aio.UnaryUnaryMultiCallable[_ca_pb2.RevokeCertificateRequest, _ca_pb2.RevokeCertificateResponse]  # type: ignore[assignment]
 
 class NodeCAServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -66,5 +76,22 @@ class NodeCAServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ca_pb2.NodeCertificate, _abc.Awaitable[_ca_pb2.NodeCertificate]]:
         """Served on the main port (mutual TLS): a node renews its own certificate."""
+
+    @_abc_1.abstractmethod
+    def ListCertificates(
+        self,
+        request: _ca_pb2.ListCertificatesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ca_pb2.ListCertificatesResponse, _abc.Awaitable[_ca_pb2.ListCertificatesResponse]]:
+        """Admin only: every certificate the CA issued (nodes, controllers, users) and the
+        revocation list; revoking one by its serial refuses it from the next call on.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeCertificate(
+        self,
+        request: _ca_pb2.RevokeCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ca_pb2.RevokeCertificateResponse, _abc.Awaitable[_ca_pb2.RevokeCertificateResponse]]: ...
 
 def add_NodeCAServicer_to_server(servicer: NodeCAServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -47,6 +47,8 @@ from dockyard.controller.network_map import NetworkMapper
 from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.orchestrators.loop import Orchestrator
+from dockyard.controller.peers import ControllerDirectory
+from dockyard.controller.registration import Registration
 from dockyard.controller.scheduler.constraints import parse_constraints
 from dockyard.controller.scheduling import SchedulingLoop
 from dockyard.controller.services import ServiceRegistry
@@ -55,7 +57,7 @@ from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, NotFound, S
 from dockyard.controller.supervision import Supervisor
 from dockyard.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import DispatcherMessage
-from dockyard.v1.types_pb2 import Cluster, Node
+from dockyard.v1.types_pb2 import Cluster, ControllerRecord, Node
 from dockyard.v1.workloads_pb2 import Service
 
 if TYPE_CHECKING:
@@ -92,6 +94,8 @@ class Controller:
         self.scheduling: SchedulingLoop | None = None
         self.metrics = ControllerMetrics(package_version())
         self.http: HttpServer | None = None
+        self.directory: ControllerDirectory | None = None
+        self._client_tls: tuple[bytes, bytes, bytes] | None = None  # CA, key, certificate
 
     async def start(self) -> None:
         config = self.config
@@ -146,10 +150,7 @@ class Controller:
             self.leadership.leader_address,
             self.ca.is_revoked if self.ca is not None else lambda serial: False,
         )
-        identity = ControllerIdentity(
-            cluster.id, controller_id, endpoints, self.etcd is not None, time.monotonic(),
-            config.http_listen,
-        )
+        identity = self._identify(cluster.id, controller_id, endpoints)
         cluster_record = ClusterRecord(self.store)
         resolver = ImageResolver(config.registry, config.resolve_image, config.resolve_timeout)
         nodes_api = NodesAPI(registry, self.dispatcher)
@@ -167,6 +168,7 @@ class Controller:
                 lambda: self.leadership,
                 cluster_record,
                 self.ca,
+                self.directory,
             ),
             self.server,
         )
@@ -183,6 +185,7 @@ class Controller:
             await self.join_server.start()
         await self._start_http(identity, nodes_api, services_api)
         self._tasks.insert(0, asyncio.create_task(self.leadership.run(self._lead)))
+        self._register(controller_id, advertise)
         log.info(
             "controller.started",
             listen=_with_port(config.listen, self.port),
@@ -194,6 +197,28 @@ class Controller:
             join=config.join_listen if self.join_server is not None else "",
             ca_fingerprint=self.ca.ca.fingerprint if self.ca else "",
         )
+
+    def _identify(
+        self, cluster_id: str, controller_id: str, endpoints: list[str]
+    ) -> ControllerIdentity:
+        """This controller as the API describes it, and its directory of the others."""
+        assert self.store is not None
+        self.directory = ControllerDirectory(self.store, controller_id, self._peer_credentials())
+        return ControllerIdentity(
+            cluster_id, controller_id, endpoints, self.etcd is not None, time.monotonic(),
+            self.config.http_listen,
+        )
+
+    def _register(self, controller_id: str, advertise: str) -> None:
+        """Publish this controller's record in etcd (on its own lease) while it runs:
+        `dockyard info` on any controller lists it (controller/registration.py)."""
+        assert self.store is not None
+        registration = Registration(self.store, ControllerRecord(
+            controller_id=controller_id, api_address=advertise,
+            http_address=self.config.http_listen, version=package_version(),
+            started_at=now_timestamp(),
+        ), self.config.leader_ttl)  # fmt: skip
+        self._tasks.append(asyncio.create_task(registration.run(), name="registration"))
 
     async def _start_http(
         self, identity: ControllerIdentity, nodes: NodesAPI, services: ServicesAPI
@@ -210,7 +235,8 @@ class Controller:
         ))  # fmt: skip
         sources = ReadSources(
             store, nodes, services,
-            lambda: cluster_info(identity, store, nodes, services, dispatcher, self.leadership),
+            lambda: cluster_info(identity, store, nodes, services, dispatcher, self.leadership,
+                                 self.directory),
             lambda: self.leadership, lambda: self.state,
             ca.is_revoked if ca is not None else lambda serial: False,
         )  # fmt: skip
@@ -242,6 +268,7 @@ class Controller:
         pki.write_private(pki_dir(config.state_dir) / "controller-key.pem", key)
         await self.ca.record_offline(config.state_dir)  # this one, init's and users'
         chain = cert + ca.cert_pem  # the CA goes along, so a joining host can pin it
+        self._client_tls = (ca.cert_pem, key, cert)
         self.server = grpc.aio.server(
             interceptors=[GrpcMetricsInterceptor(self.metrics),
                           AuthInterceptor(self.ca.is_revoked)],
@@ -267,6 +294,14 @@ class Controller:
                 f"cannot listen on {config.join_listen} (--join-listen): address in use or invalid"
             )
         return port
+
+    def _peer_credentials(self) -> grpc.ChannelCredentials | None:
+        """This controller's certificate as a client's, to dial the other controllers
+        (None with --insecure: they are dialled in plaintext)."""
+        if self._client_tls is None:
+            return None
+        ca_pem, key, cert = self._client_tls
+        return grpc.ssl_channel_credentials(ca_pem, key, cert)
 
     def _own_addresses(self, etcd_endpoints: list[str]) -> list[str]:
         """What no node subnet may cover: etcd, this controller, the leader."""

@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
 
 import grpc
 import structlog
@@ -46,6 +48,11 @@ LIST_PAGE_MAX_RECORDS = 10_000
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 # Bytes a record costs in a range response beyond its key and value (revisions, framing).
 _KV_OVERHEAD = 32
+# `etcd_members`: each member's Status is asked at its own client URL, at most this long,
+# at most this many members at once, and at most MAX_MEMBERS members reported.
+MEMBER_STATUS_TIMEOUT = 1.0
+MEMBER_STATUS_CONCURRENCY = 8
+MAX_MEMBERS = 64
 
 
 class StoreError(Exception):
@@ -96,6 +103,8 @@ class Kind(Generic[M]):
 NODES: Kind[types_pb2.Node] = Kind("nodes", types_pb2.Node)
 CLUSTER: Kind[types_pb2.Cluster] = Kind("cluster", types_pb2.Cluster)
 LEADER: Kind[types_pb2.LeaderRecord] = Kind("leader", types_pb2.LeaderRecord)
+# Each running controller's own record, on a lease of its own (controller/registration.py).
+CONTROLLERS: Kind[types_pb2.ControllerRecord] = Kind("controllers", types_pb2.ControllerRecord)
 NODE_NAMES: Kind[types_pb2.Node] = Kind("names/nodes", types_pb2.Node)  # value: node id bytes
 SERVICES: Kind[workloads_pb2.Service] = Kind("services", workloads_pb2.Service)
 SERVICE_NAMES: Kind[workloads_pb2.Service] = Kind("names/services", workloads_pb2.Service)
@@ -145,6 +154,28 @@ class Fence:
 
 
 @dataclass(frozen=True)
+class EtcdMember:
+    """One etcd member's health: from the member list, and from its own maintenance
+    Status when it answered at its first client URL (`error` says why not)."""
+
+    id: int
+    name: str
+    client_urls: tuple[str, ...]
+    is_learner: bool = False
+    reachable: bool = False
+    error: str = ""
+    leader_id: int = 0  # the raft leader as this member sees it (0: none, or not reached)
+    is_leader: bool = False  # the raft leader as most reachable members see it
+    version: str = ""
+    db_size: int = 0
+    db_size_in_use: int = 0
+    raft_term: int = 0
+    raft_index: int = 0
+    raft_applied_index: int = 0
+    errors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class WatchEvent(Generic[M]):
     kind: str
     id: str
@@ -172,14 +203,13 @@ class Store:
     ) -> None:
         self.endpoints = list(endpoints)
         self.prefix = prefix.rstrip("/")
+        self._credentials = {"ca_cert": ca_cert, "cert_key": cert_key, "cert_chain": cert_chain}
         self._client = _Etcd3Client(
             self.endpoints,
             rpc_max_attempts=3,
             watch_reconnect_backoff_seconds=0.1,
             watch_max_reconnect_backoff_seconds=2.0,
-            ca_cert=ca_cert,
-            cert_key=cert_key,
-            cert_chain=cert_chain,
+            **self._credentials,
         )
         self._connected = False
         self._fence: Fence | None = None
@@ -243,6 +273,60 @@ class Store:
         except (EtcdError, grpc.aio.AioRpcError, TimeoutError) as exc:
             raise StoreUnavailable(f"etcd status: {_short(exc)}") from exc
         return str(status.version)
+
+    async def etcd_members(self) -> list[EtcdMember]:
+        """Every etcd member with its health, each asked at its own client URL
+        (this client's round-robin channel cannot pick a member).
+
+        The member list is a serializable read, so it still answers without quorum.
+        When no endpoint gives the list, the configured endpoints are asked as
+        members (unnamed), so an unreachable etcd shows as such instead of nothing.
+        """
+        assert self._client.cluster is not None
+        try:
+            listed = await self._call("members", self._client.cluster.member_list(
+                linearizable=False, timeout=2.0, max_attempts=1))
+            members = [EtcdMember(int(m.ID), str(m.name), tuple(str(u) for u in m.clientURLs),
+                                  bool(m.isLearner)) for m in listed.members[:MAX_MEMBERS]]
+        except StoreUnavailable as exc:
+            members = [EtcdMember(0, "", (_with_scheme(e, self._credentials),), error=str(exc))
+                       for e in self.endpoints[:MAX_MEMBERS]]  # fmt: skip
+        limit = asyncio.Semaphore(MEMBER_STATUS_CONCURRENCY)
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(self._member_status(member, limit)) for member in members]
+        found = [task.result() for task in tasks]
+        seen = Counter(m.leader_id for m in found if m.reachable and m.leader_id)
+        leader = seen.most_common(1)[0][0] if seen else 0
+        return sorted((replace(m, is_leader=bool(leader) and m.id == leader) for m in found),
+                      key=lambda m: (m.name, m.client_urls))  # fmt: skip
+
+    async def _member_status(self, member: EtcdMember, limit: asyncio.Semaphore) -> EtcdMember:
+        """`member` with its own Status filled in, or with why it could not be asked."""
+        if not member.client_urls:
+            return replace(member, error=member.error or "no client URL (not started yet?)")
+        url = member.client_urls[0]
+        endpoint = _endpoint_of(url)
+        if endpoint is None:
+            return replace(member, error=f"cannot dial client URL {url!r}")
+        async with limit:
+            client = _Etcd3Client([endpoint], rpc_max_attempts=1, **self._credentials)
+            try:
+                await client.connect()
+                assert client.maintenance is not None
+                status = await self._call("status", client.maintenance.status(
+                    timeout=MEMBER_STATUS_TIMEOUT, max_attempts=1))
+            except StoreUnavailable as exc:
+                return replace(member, reachable=False, error=_short(exc.__cause__))
+            finally:
+                await client.close()
+        return replace(
+            member, id=member.id or int(status.header.member_id), reachable=True, error="",
+            leader_id=int(status.leader), version=str(status.version),
+            db_size=int(status.dbSize), db_size_in_use=int(status.dbSizeInUse),
+            raft_term=int(status.raftTerm), raft_index=int(status.raftIndex),
+            raft_applied_index=int(status.raftAppliedIndex),
+            errors=tuple(str(e) for e in status.errors), is_learner=bool(status.isLearner),
+        )  # fmt: skip
 
     # -- reads -------------------------------------------------------------
 
@@ -480,6 +564,12 @@ class Store:
     def leased_op(self, kind: Kind[M], record_id: str, value: M, lease: int) -> Op:
         return Op(self._key(kind, record_id), value.SerializeToString(), 0, lease)
 
+    async def put_leased(self, kind: Kind[M], record_id: str, value: M, lease: int) -> int:
+        """Write `value` unconditionally, attached to `lease` (a record only its owner
+        writes, such as a controller's own registration): it goes when the lease does."""
+        return await self.commit(
+            [Op(self._key(kind, record_id), value.SerializeToString(), None, lease)])
+
     # -- watches -----------------------------------------------------------
 
     async def watch(self, kind: Kind[M], start_revision: int) -> AsyncIterator[WatchEvent[M]]:
@@ -601,6 +691,21 @@ def _compare(op: Op) -> Any:
         compare.target = compare.MOD
         compare.mod_revision = op.expect
     return compare
+
+
+def _endpoint_of(url: str) -> str | None:
+    """host:port of an etcd client URL (http or https); None for what cannot be dialled
+    over TCP here (a unix socket, no port)."""
+    parsed = urlsplit(url if "://" in url else f"http://{url}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
+        return None
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{host}:{parsed.port}"
+
+
+def _with_scheme(endpoint: str, credentials: dict[str, bytes | None]) -> str:
+    """A configured endpoint as a client URL."""
+    return f"{'https' if credentials.get('ca_cert') else 'http'}://{endpoint}"
 
 
 def _short(exc: BaseException | None) -> str:

@@ -17,15 +17,18 @@ from dockyard.controller.cluster import ClusterRecord
 from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.errors import FailedPrecondition, grpc_errors
 from dockyard.controller.leadership import Leadership
+from dockyard.controller.peers import ControllerDirectory, PeerStatus
 from dockyard.controller.secrets import SecretRegistry, without_data
-from dockyard.controller.store import Store, StoreError
+from dockyard.controller.store import EtcdMember, Store, StoreError
 from dockyard.v1 import control_pb2_grpc
 from dockyard.v1.control_pb2 import (
     ClusterInfo,
+    ControllerInfo,
     CreateJoinTokenRequest,
     CreateJoinTokenResponse,
     CreateSecretRequest,
     CreateServiceRequest,
+    EtcdMemberInfo,
     GetClusterRequest,
     GetInfoRequest,
     GetNodeRequest,
@@ -82,8 +85,10 @@ async def cluster_info(
     services: ServicesAPI,
     dispatcher: Dispatcher,
     leadership: Leadership | None,
+    directory: ControllerDirectory | None = None,
 ) -> ClusterInfo:
-    """The cluster summary `dockyard info` shows (GetInfo; the HTTP API's /v1/info)."""
+    """The cluster summary `dockyard info` shows (GetInfo; the HTTP API's /v1/info):
+    with `directory`, every controller and every etcd member too."""
     nodes = (await nodes_api.list(ListNodesRequest())).nodes
     states = [n.status.state for n in nodes]
     info = ClusterInfo(
@@ -111,7 +116,37 @@ async def cluster_info(
         info.etcd_version = await store.server_version()
     except StoreError:
         info.etcd_version = "unreachable"
+    if directory is not None:
+        info.controllers.extend(_controller_info(p) for p in await directory.controllers())
+        info.etcd_members.extend(_member_info(m) for m in await store.etcd_members())
     return info
+
+
+def _controller_info(peer: PeerStatus) -> ControllerInfo:
+    record = peer.record
+    info = ControllerInfo(
+        controller_id=record.controller_id, api_address=record.api_address,
+        http_address=record.http_address, version=record.version,
+        is_leader=peer.is_leader, reachable=peer.reachable, error=peer.error,
+        is_self=peer.is_self,
+    )  # fmt: skip
+    if record.HasField("started_at"):
+        info.started_at.CopyFrom(record.started_at)
+    if peer.leader_since is not None:
+        info.leader_since.CopyFrom(peer.leader_since)
+    return info
+
+
+def _member_info(member: EtcdMember) -> EtcdMemberInfo:
+    return EtcdMemberInfo(
+        id=f"{member.id:x}" if member.id else "", name=member.name,
+        client_urls=list(member.client_urls), is_leader=member.is_leader,
+        reachable=member.reachable, error=member.error, version=member.version,
+        db_size=member.db_size, db_size_in_use=member.db_size_in_use,
+        raft_term=member.raft_term, raft_index=member.raft_index,
+        raft_applied_index=member.raft_applied_index, is_learner=member.is_learner,
+        errors=list(member.errors),
+    )  # fmt: skip
 
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
@@ -125,6 +160,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         leadership: Callable[[], Leadership | None],
         cluster: ClusterRecord,
         ca: ClusterCA | None = None,
+        directory: ControllerDirectory | None = None,
     ) -> None:
         self._identity = identity
         self._store = store
@@ -134,6 +170,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._leadership = leadership
         self._cluster = cluster
         self._ca = ca
+        self._directory = directory
         self._secrets = SecretRegistry(store)
 
     @grpc_errors
@@ -144,7 +181,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def GetInfo(self, request: GetInfoRequest, context: Context) -> ClusterInfo:
         return await cluster_info(
             self._identity, self._store, self._nodes, self._services, self._dispatcher,
-            self._leadership(),
+            self._leadership(), self._directory,
         )  # fmt: skip
 
     @grpc_errors

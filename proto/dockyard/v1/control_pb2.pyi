@@ -8,6 +8,7 @@ from dockyard.v1 import types_pb2 as _types_pb2
 from dockyard.v1 import workloads_pb2 as _workloads_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
@@ -333,6 +334,8 @@ class ClusterInfo(_message.Message):
     TASKS_RUNNING_FIELD_NUMBER: _builtins.int
     TASKS_PENDING_FIELD_NUMBER: _builtins.int
     HTTP_ADDRESS_FIELD_NUMBER: _builtins.int
+    CONTROLLERS_FIELD_NUMBER: _builtins.int
+    ETCD_MEMBERS_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
     controller_id: _builtins.str
     is_leader: _builtins.bool
@@ -358,6 +361,14 @@ class ClusterInfo(_message.Message):
     def etcd_endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def version(self) -> _types_pb2.VersionInfo: ...
+    @_builtins.property
+    def controllers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ControllerInfo]:
+        """every registered controller, by ID"""
+
+    @_builtins.property
+    def etcd_members(self) -> _containers.RepeatedCompositeFieldContainer[Global___EtcdMemberInfo]:
+        """every etcd member, by name"""
+
     def __init__(
         self,
         *,
@@ -381,14 +392,142 @@ class ClusterInfo(_message.Message):
         tasks_running: _builtins.int = ...,
         tasks_pending: _builtins.int = ...,
         http_address: _builtins.str = ...,
+        controllers: _abc.Iterable[Global___ControllerInfo] | None = ...,
+        etcd_members: _abc.Iterable[Global___EtcdMemberInfo] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_sessions", b"agent_sessions", "cluster_id", b"cluster_id", "controller_id", b"controller_id", "etcd_embedded", b"etcd_embedded", "etcd_endpoints", b"etcd_endpoints", "etcd_version", b"etcd_version", "heartbeat_period_seconds", b"heartbeat_period_seconds", "http_address", b"http_address", "is_leader", b"is_leader", "leader_address", b"leader_address", "node_grace_seconds", b"node_grace_seconds", "nodes_down", b"nodes_down", "nodes_ready", b"nodes_ready", "nodes_total", b"nodes_total", "nodes_unknown", b"nodes_unknown", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_total", b"tasks_total", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_sessions", b"agent_sessions", "cluster_id", b"cluster_id", "controller_id", b"controller_id", "controllers", b"controllers", "etcd_embedded", b"etcd_embedded", "etcd_endpoints", b"etcd_endpoints", "etcd_members", b"etcd_members", "etcd_version", b"etcd_version", "heartbeat_period_seconds", b"heartbeat_period_seconds", "http_address", b"http_address", "is_leader", b"is_leader", "leader_address", b"leader_address", "node_grace_seconds", b"node_grace_seconds", "nodes_down", b"nodes_down", "nodes_ready", b"nodes_ready", "nodes_total", b"nodes_total", "nodes_unknown", b"nodes_unknown", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_total", b"tasks_total", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClusterInfo: _TypeAlias = ClusterInfo  # noqa: Y015
+
+@_typing.final
+class ControllerInfo(_message.Message):
+    """A controller as the answering one sees it: its record in etcd (which expires
+    with the controller's lease) and whether its API answered a dial from here.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROLLER_ID_FIELD_NUMBER: _builtins.int
+    API_ADDRESS_FIELD_NUMBER: _builtins.int
+    HTTP_ADDRESS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    IS_LEADER_FIELD_NUMBER: _builtins.int
+    LEADER_SINCE_FIELD_NUMBER: _builtins.int
+    REACHABLE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    IS_SELF_FIELD_NUMBER: _builtins.int
+    controller_id: _builtins.str
+    api_address: _builtins.str
+    http_address: _builtins.str
+    version: _builtins.str
+    is_leader: _builtins.bool
+    reachable: _builtins.bool
+    """its API answered the answering controller"""
+    error: _builtins.str
+    """why not, when not reachable"""
+    is_self: _builtins.bool
+    """the controller that answered"""
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def leader_since(self) -> _timestamp_pb2.Timestamp:
+        """set while it leads"""
+
+    def __init__(
+        self,
+        *,
+        controller_id: _builtins.str = ...,
+        api_address: _builtins.str = ...,
+        http_address: _builtins.str = ...,
+        version: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        is_leader: _builtins.bool = ...,
+        leader_since: _timestamp_pb2.Timestamp | None = ...,
+        reachable: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        is_self: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["leader_since", b"leader_since", "started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_address", b"api_address", "controller_id", b"controller_id", "error", b"error", "http_address", b"http_address", "is_leader", b"is_leader", "is_self", b"is_self", "leader_since", b"leader_since", "reachable", b"reachable", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControllerInfo: _TypeAlias = ControllerInfo  # noqa: Y015
+
+@_typing.final
+class EtcdMemberInfo(_message.Message):
+    """One etcd member: from the member list, with its own maintenance Status when
+    it answered (dialled at its first client URL).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CLIENT_URLS_FIELD_NUMBER: _builtins.int
+    IS_LEADER_FIELD_NUMBER: _builtins.int
+    REACHABLE_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DB_SIZE_FIELD_NUMBER: _builtins.int
+    DB_SIZE_IN_USE_FIELD_NUMBER: _builtins.int
+    RAFT_TERM_FIELD_NUMBER: _builtins.int
+    RAFT_INDEX_FIELD_NUMBER: _builtins.int
+    RAFT_APPLIED_INDEX_FIELD_NUMBER: _builtins.int
+    IS_LEARNER_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """hex, as etcdctl shows it"""
+    name: _builtins.str
+    is_leader: _builtins.bool
+    """the raft leader, as the members that answered report it"""
+    reachable: _builtins.bool
+    error: _builtins.str
+    """why not reachable"""
+    version: _builtins.str
+    db_size: _builtins.int
+    db_size_in_use: _builtins.int
+    raft_term: _builtins.int
+    raft_index: _builtins.int
+    raft_applied_index: _builtins.int
+    is_learner: _builtins.bool
+    @_builtins.property
+    def client_urls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def errors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """what the member itself reports (alarms)"""
+
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        client_urls: _abc.Iterable[_builtins.str] | None = ...,
+        is_leader: _builtins.bool = ...,
+        reachable: _builtins.bool = ...,
+        error: _builtins.str = ...,
+        version: _builtins.str = ...,
+        db_size: _builtins.int = ...,
+        db_size_in_use: _builtins.int = ...,
+        raft_term: _builtins.int = ...,
+        raft_index: _builtins.int = ...,
+        raft_applied_index: _builtins.int = ...,
+        is_learner: _builtins.bool = ...,
+        errors: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_urls", b"client_urls", "db_size", b"db_size", "db_size_in_use", b"db_size_in_use", "error", b"error", "errors", b"errors", "id", b"id", "is_leader", b"is_leader", "is_learner", b"is_learner", "name", b"name", "raft_applied_index", b"raft_applied_index", "raft_index", b"raft_index", "raft_term", b"raft_term", "reachable", b"reachable", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EtcdMemberInfo: _TypeAlias = EtcdMemberInfo  # noqa: Y015
 
 @_typing.final
 class ListNodesRequest(_message.Message):

@@ -602,6 +602,44 @@ class LeaderRecord(_message.Message):
 Global___LeaderRecord: _TypeAlias = LeaderRecord  # noqa: Y015
 
 @_typing.final
+class ControllerRecord(_message.Message):
+    """A running controller's own record, kept under `controllers/<id>` on a lease of its
+    own (not the leader lease) that it refreshes: a controller that dies leaves the
+    list within its TTL.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTROLLER_ID_FIELD_NUMBER: _builtins.int
+    API_ADDRESS_FIELD_NUMBER: _builtins.int
+    HTTP_ADDRESS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    controller_id: _builtins.str
+    api_address: _builtins.str
+    http_address: _builtins.str
+    """"": the HTTP side is off"""
+    version: _builtins.str
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        controller_id: _builtins.str = ...,
+        api_address: _builtins.str = ...,
+        http_address: _builtins.str = ...,
+        version: _builtins.str = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["started_at", b"started_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_address", b"api_address", "controller_id", b"controller_id", "http_address", b"http_address", "started_at", b"started_at", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ControllerRecord: _TypeAlias = ControllerRecord  # noqa: Y015
+
+@_typing.final
 class RootCA(_message.Message):
     """The cluster CA, shared through etcd by every controller on it (stored as is,
     like swarm keeps its root key in the raft store: whoever reads etcd owns the

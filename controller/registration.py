@@ -1,0 +1,84 @@
+"""A controller's own record in etcd, so every controller can list the others.
+
+The record (`controllers/<id>`: API and HTTP address, version, start time) sits on
+a lease of its own, not the leader lease, refreshed every third of its TTL while the
+controller runs: a controller that dies leaves the list within one TTL, and one that
+stops gives its lease back and leaves at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from dockyard.controller.store import CONTROLLERS, Store, StoreError
+from dockyard.v1.types_pb2 import ControllerRecord
+
+log = structlog.get_logger(__name__)
+
+# Bound on giving the lease back when the controller stops (etcd may be unreachable).
+WITHDRAW_TIMEOUT = 2.0
+
+
+class Registration:
+    """Keeps `record` in etcd under its controller ID while `run` runs.
+
+    Args:
+        store: the controller's store (not fenced: this is no leader's write).
+        record: what is published; `started_at` should be set by the caller.
+        ttl: the lease's TTL in seconds (the record outlives a dead controller by at
+            most this long).
+    """
+
+    def __init__(self, store: Store, record: ControllerRecord, ttl: int) -> None:
+        self._store = store
+        self._record = record
+        self._ttl = max(2, ttl)
+        self._lease = 0
+        self.registered = False
+
+    async def run(self) -> None:
+        """Publish the record and keep its lease alive until cancelled; any failure
+        (etcd down, the lease expired meanwhile) is retried with a new lease."""
+        try:
+            while True:
+                try:
+                    await self._keep()
+                except StoreError as exc:
+                    log.warning("registration.failed", error=str(exc))
+                self.registered = False
+                await asyncio.sleep(self._ttl / 3)
+        finally:
+            await self._withdraw()
+
+    async def _keep(self) -> None:
+        """One lease: publish on it, then refresh it until it is lost."""
+        await self._publish()
+        while True:
+            await asyncio.sleep(self._ttl / 3)
+            if not await self._store.refresh_lease(self._lease):
+                log.warning("registration.lease_expired",
+                            controller_id=self._record.controller_id)  # fmt: skip
+                self._lease = 0
+                return
+
+    async def _publish(self) -> None:
+        self._lease = await self._store.grant_lease(self._ttl)
+        # Unconditional: a restart under the same ID replaces its stale record, which
+        # then follows the new lease (a key belongs to the lease of its last put).
+        await self._store.put_leased(CONTROLLERS, self._record.controller_id,
+                                     self._record, self._lease)  # fmt: skip
+        self.registered = True
+        log.info("registration.published", controller_id=self._record.controller_id,
+                 ttl=self._ttl)  # fmt: skip
+
+    async def _withdraw(self) -> None:
+        """Give the lease back (the record goes with it), within WITHDRAW_TIMEOUT."""
+        lease, self._lease = self._lease, 0
+        self.registered = False
+        if lease:
+            with contextlib.suppress(StoreError, TimeoutError):
+                async with asyncio.timeout(WITHDRAW_TIMEOUT):
+                    await self._store.revoke_lease(lease)

@@ -8,7 +8,7 @@ import click
 
 from dockyard.cli.client import CliError, Target, call, is_not_a_controller, is_unimplemented
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, key_values, to_data
+from dockyard.cli.render import emit_data, key_values, table, to_data
 
 
 def _ask_daemon(
@@ -104,9 +104,14 @@ def info(options: GlobalOptions) -> None:
     for index, (target, kind, value) in enumerate(results):
         if index:
             click.echo()
-        click.echo(
-            _cluster_text(target, value) if kind == "controller" else _agent_text(target, value)
-        )
+        if kind != "controller":
+            click.echo(_agent_text(target, value))
+            continue
+        click.echo(_cluster_text(target, value))
+        for section in (_controllers_text(value), _etcd_text(value)):
+            if section:
+                click.echo()
+                click.echo(section)
 
 
 def _cluster_text(target: Target, info: Any) -> str:
@@ -139,6 +144,67 @@ def _cluster_text(target: Target, info: Any) -> str:
             ("Uptime", f"{info.uptime_seconds:.0f} s"),
         ]
     )
+
+
+def _controllers_text(info: Any) -> str:
+    """Every registered controller (the answering one marked *), as this one sees them."""
+    from dockyard.common.timestamps import human_age, is_set
+
+    rows: list[tuple[object, ...]] = [
+        (
+            c.controller_id[:12] + (" *" if c.is_self else ""),
+            c.api_address,
+            c.http_address or "-",
+            "leader" if c.is_leader else "follower",
+            human_age(c.leader_since) if is_set(c.leader_since) else "-",
+            "yes" if c.reachable else "no",
+            human_age(c.started_at),
+            c.version,
+            c.error,
+        )
+        for c in info.controllers
+    ]
+    headers = ("ID", "API ADDRESS", "HTTP ADDRESS", "ROLE", "LEADING SINCE", "REACHABLE",
+               "STARTED", "VERSION", "ERROR")  # fmt: skip
+    return _section("Controllers", headers, rows)
+
+
+def _etcd_text(info: Any) -> str:
+    """Every etcd member with its health (raft term and index where it answered)."""
+    rows: list[tuple[object, ...]] = [
+        (
+            m.name or "-",
+            m.id or "-",
+            ", ".join(m.client_urls) or "-",
+            "yes" if m.is_leader else "no",
+            "yes" if m.reachable else "no",
+            _size(m.db_size) if m.reachable else "-",
+            m.raft_term if m.reachable else "-",
+            m.raft_index if m.reachable else "-",
+            m.version or "-",
+            m.error or "; ".join(m.errors),
+        )
+        for m in info.etcd_members
+    ]
+    headers = ("NAME", "ID", "CLIENT URL", "LEADER", "REACHABLE", "DB SIZE", "RAFT TERM",
+               "RAFT INDEX", "VERSION", "ERROR")  # fmt: skip
+    return _section("etcd members", headers, rows)
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def _section(title: str, headers: tuple[str, ...], rows: list[tuple[object, ...]]) -> str:
+    """A titled, indented table; its last column (ERROR) only when some row has one."""
+    if not rows:
+        return ""
+    if not any(row[-1] for row in rows):
+        headers, rows = headers[:-1], [row[:-1] for row in rows]
+    return f"{title}:\n" + "\n".join("  " + line for line in table(headers, rows).splitlines())
 
 
 def _agent_text(target: Target, info: Any) -> str:

@@ -1,0 +1,220 @@
+"""`dockyard info` on a multi-controller cluster: every controller (leader or not,
+reachable or not) from their lease-backed records, and every etcd member's health
+from its own maintenance Status. Real etcd (one member, and a three-member cluster
+of real etcd processes), real controller processes, the real CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockyard.common.etcd_server import EtcdServer
+from dockyard.controller.store import Store
+from tests.conftest import Cluster, LoopThread
+from tests.ports import free_port
+
+TTL = 3  # the fixture's --leader-ttl, which the registration lease follows
+
+
+def info(cluster: Cluster) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(cluster.cli("info", "-o", "json").stdout)
+    return data
+
+
+def by_id(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["controller_id"]: c for c in data["controllers"]}
+
+
+def controller_id(cluster: Cluster) -> str:
+    return (cluster.root / "controller" / "controller-id").read_text().strip()
+
+
+@pytest.fixture
+def shared_etcd(tmp_path: Path, loop_thread: LoopThread) -> Iterator[EtcdServer]:
+    etcd = EtcdServer(tmp_path / "shared-etcd" / "data", log_path=tmp_path / "etcd.log")
+    loop_thread.run(etcd.start())
+    try:
+        yield etcd
+    finally:
+        loop_thread.run(etcd.stop())
+
+
+def two_controllers(
+    cluster_factory: Callable[..., Cluster], etcd_endpoints: list[str]
+) -> tuple[Cluster, Cluster]:
+    first, second = cluster_factory(), cluster_factory()
+    first.etcd_endpoints = second.etcd_endpoints = list(etcd_endpoints)
+    second.join_from = first  # with a controller token, as a second manager joins
+    first.start_controller()
+    second.start_controller()
+    second.wait_for(lambda: len(info(second)["controllers"]) == 2, "both controllers listed")
+    return first, second
+
+
+def test_info_lists_both_controllers_and_the_etcd_member(
+    cluster_factory: Callable[..., Cluster], shared_etcd: EtcdServer
+) -> None:
+    first, second = two_controllers(cluster_factory, [shared_etcd.endpoint])
+    first_id, second_id = controller_id(first), controller_id(second)
+    for asked in (first, second):
+        data = info(asked)
+        controllers = by_id(data)
+        assert sorted(controllers) == sorted([first_id, second_id])
+        assert [c["controller_id"] for c in data["controllers"] if c["is_leader"]] == [first_id]
+        assert [c["controller_id"] for c in data["controllers"] if c["is_self"]] == [
+            data["controller_id"]]
+        assert controllers[first_id]["api_address"] == first.address
+        assert controllers[second_id]["api_address"] == second.address
+        assert controllers[second_id]["http_address"] == f"127.0.0.1:{second.http_port}"
+        # Each side dialled the other over mutual TLS with its own certificate.
+        assert all(c["reachable"] and c["error"] == "" for c in controllers.values())
+        assert controllers[first_id]["leader_since"] and "leader_since" not in controllers[
+            second_id]
+        assert all(c["started_at"] and c["version"] for c in controllers.values())
+        [member] = data["etcd_members"]
+        assert member["client_urls"] == [f"http://{shared_etcd.endpoint}"]
+        assert member["name"] == shared_etcd.name and member["id"]
+        assert member["reachable"] and member["is_leader"] and member["error"] == ""
+        assert int(member["db_size"]) > 0 and int(member["raft_term"]) >= 1
+        assert int(member["raft_index"]) > 0 and member["version"]
+    table = second.cli("info").stdout
+    assert "Controllers:" in table and "etcd members:" in table
+    assert f"{second_id[:12]} *" in table and first_id[:12] in table
+    assert f"http://{shared_etcd.endpoint}" in table
+
+
+def test_a_killed_controller_is_unreachable_then_gone_within_its_ttl(
+    cluster_factory: Callable[..., Cluster], shared_etcd: EtcdServer
+) -> None:
+    first, second = two_controllers(cluster_factory, [shared_etcd.endpoint])
+    first_id = controller_id(first)
+    assert first.controller is not None
+    first.controller.kill(signal.SIGKILL)
+    killed = time.monotonic()
+    data = info(second)
+    within_ttl = time.monotonic() - killed < TTL
+    dead = by_id(data).get(first_id)
+    # While its record lives (a SIGKILL gives no lease back) the dial says it is down.
+    assert dead is None or (not dead["reachable"] and dead["error"]), dead
+    if within_ttl and dead is not None:
+        assert dead["api_address"] == first.address
+    gone = second.wait_for(lambda: first_id not in by_id(info(second)), "the record to expire",
+                           timeout=TTL * 4)  # fmt: skip
+    assert time.monotonic() - killed < TTL * 4, gone
+    second.wait_for(lambda: [c["is_leader"] for c in info(second)["controllers"]] == [True],
+                    "the survivor to lead, alone")  # fmt: skip
+
+
+def test_a_stopped_controller_leaves_the_list_at_once(
+    cluster_factory: Callable[..., Cluster], shared_etcd: EtcdServer
+) -> None:
+    first, second = two_controllers(cluster_factory, [shared_etcd.endpoint])
+    second_id = controller_id(second)
+    assert second.controller is not None
+    second.controller.stop()  # SIGTERM: the registration lease is given back
+    assert second_id not in by_id(info(first))
+
+
+# -- a three-member etcd cluster ------------------------------------------------------
+
+
+@dataclass
+class Member:
+    name: str
+    client_port: int
+    peer_port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def client_url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+@pytest.fixture
+def etcd_cluster(tmp_path: Path) -> Iterator[list[Member]]:
+    """Three real etcd processes forming one cluster on free loopback ports."""
+    executable = shutil.which("etcd")
+    if executable is None:
+        pytest.skip("etcd is not installed")
+    members = [Member(f"m{i}", free_port(), free_port()) for i in range(3)]
+    initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in members)
+    try:
+        for member in members:
+            log = open(tmp_path / f"{member.name}.log", "ab")  # noqa: SIM115 - closed below
+            member.process = subprocess.Popen(
+                [executable, f"--name={member.name}", f"--data-dir={tmp_path / member.name}",
+                 f"--listen-client-urls={member.client_url}",
+                 f"--advertise-client-urls={member.client_url}",
+                 f"--listen-peer-urls=http://127.0.0.1:{member.peer_port}",
+                 f"--initial-advertise-peer-urls=http://127.0.0.1:{member.peer_port}",
+                 f"--initial-cluster={initial}", "--initial-cluster-state=new",
+                 "--initial-cluster-token=info-test"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                env={"ETCD_UNSUPPORTED_ARCH": "", "PATH": "/usr/bin:/bin"},
+            )  # fmt: skip
+            log.close()
+        yield members
+    finally:
+        for member in members:
+            member.stop()
+
+
+def test_each_etcd_member_s_health_and_a_dead_one(
+    cluster_factory: Callable[..., Cluster], etcd_cluster: list[Member]
+) -> None:
+    cluster = cluster_factory()
+    cluster.etcd_endpoints = [f"127.0.0.1:{m.client_port}" for m in etcd_cluster]
+    cluster.start_controller()
+
+    def members() -> dict[str, dict[str, Any]]:
+        return {m["name"]: m for m in info(cluster)["etcd_members"]}
+
+    cluster.wait_for(lambda: [m["reachable"] for m in members().values()] == [True] * 3,
+                     "three reachable members")  # fmt: skip
+    found = members()
+    assert sorted(found) == ["m0", "m1", "m2"]
+    assert sum(m["is_leader"] for m in found.values()) == 1
+    assert len({m["raft_term"] for m in found.values()}) == 1
+    for member in etcd_cluster:
+        assert found[member.name]["client_urls"] == [member.client_url]
+    # A member that is not the leader dies: it stays listed, unreachable, with why.
+    victim = next(m for m in etcd_cluster if not found[m.name]["is_leader"])
+    victim.stop(signal.SIGKILL)
+    cluster.wait_for(lambda: not members()[victim.name]["reachable"], "the dead member")
+    after = members()
+    assert after[victim.name]["error"] and not after[victim.name]["is_leader"]
+    assert sum(m["is_leader"] for m in after.values()) == 1
+    assert all(m["reachable"] for name, m in after.items() if name != victim.name)
+    assert victim.name in cluster.cli("info").stdout
+
+
+async def test_an_unreachable_etcd_is_reported_per_endpoint(etcd: EtcdServer) -> None:
+    store = Store([etcd.endpoint])
+    await store.connect()
+    try:
+        [member] = await store.etcd_members()
+        assert member.reachable and member.name == etcd.name and member.raft_index > 0
+        await etcd.stop()
+        [member] = await store.etcd_members()
+        assert not member.reachable and member.client_urls == (f"http://{etcd.endpoint}",)
+        assert "etcd" in member.error or "refused" in member.error, member.error
+    finally:
+        await store.close()

@@ -243,6 +243,26 @@ def test_json_reads_match_the_grpc_answers(api: Http) -> None:
     assert info["nodes_ready"] == 2 and info["tasks_running"] == "3"
 
 
+def test_info_lists_the_controllers_and_the_etcd_members(api: Http) -> None:
+    info, cli_info = api.json("/v1/info"), api.cli_json("info")
+    stable = ("controller_id", "api_address", "http_address", "version", "started_at",
+              "is_leader", "leader_since", "reachable", "error", "is_self")  # fmt: skip
+    assert [{k: c.get(k) for k in stable} for c in info["controllers"]] == [
+        {k: c.get(k) for k in stable} for c in cli_info["controllers"]]
+    [controller] = info["controllers"]
+    assert controller["controller_id"] == info["controller_id"]
+    assert controller["is_leader"] and controller["is_self"] and controller["reachable"]
+    assert controller["api_address"] == api.cluster.address
+    assert controller["http_address"] == api.url.removeprefix("https://")
+    member_keys = ("id", "name", "client_urls", "is_leader", "reachable", "version")
+    assert [{k: m[k] for k in member_keys} for m in info["etcd_members"]] == [
+        {k: m[k] for k in member_keys} for m in cli_info["etcd_members"]]
+    [member] = info["etcd_members"]  # the embedded etcd, over TLS
+    assert member["reachable"] and member["is_leader"] and member["error"] == ""
+    assert member["client_urls"] == ["https://" + info["etcd_endpoints"][0]]
+    assert int(member["raft_index"]) > 0 and int(member["db_size"]) > 0
+
+
 def test_lookups_by_name_and_id_prefix(api: Http) -> None:
     n1 = api.json("/v1/nodes/n1")
     assert n1["spec"]["name"] == "n1"

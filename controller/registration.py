@@ -54,7 +54,10 @@ class Registration:
             await self._withdraw()
 
     async def _keep(self) -> None:
-        """One lease: publish on it, then refresh it until it is lost."""
+        """One lease: publish on it, then refresh it until it is lost; a record gone
+        from under a live lease (deleted by hand, etcd restored from a snapshot) is
+        published again on it."""
+        self._lease = await self._store.grant_lease(self._ttl)
         await self._publish()
         while True:
             await asyncio.sleep(self._ttl / 3)
@@ -63,16 +66,19 @@ class Registration:
                             controller_id=self._record.controller_id)  # fmt: skip
                 self._lease = 0
                 return
+            if await self._store.get_raw(CONTROLLERS, self._record.controller_id) is None:
+                log.warning("registration.record_gone",
+                            controller_id=self._record.controller_id)  # fmt: skip
+                await self._publish()
 
     async def _publish(self) -> None:
-        self._lease = await self._store.grant_lease(self._ttl)
         # Unconditional: a restart under the same ID replaces its stale record, which
         # then follows the new lease (a key belongs to the lease of its last put).
         await self._store.put_leased(CONTROLLERS, self._record.controller_id,
                                      self._record, self._lease)  # fmt: skip
         self.registered = True
         log.info("registration.published", controller_id=self._record.controller_id,
-                 ttl=self._ttl)  # fmt: skip
+                 lease=self._lease, ttl=self._ttl)  # fmt: skip
 
     async def _withdraw(self) -> None:
         """Give the lease back (the record goes with it), within WITHDRAW_TIMEOUT."""

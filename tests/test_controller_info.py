@@ -5,6 +5,7 @@ of real etcd processes), real controller processes, the real CLI."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -18,7 +19,9 @@ from typing import Any
 import pytest
 
 from dockyard.common.etcd_server import EtcdServer
-from dockyard.controller.store import Store
+from dockyard.controller.registration import Registration
+from dockyard.controller.store import CONTROLLERS, Store
+from dockyard.v1.types_pb2 import ControllerRecord
 from tests.conftest import Cluster, LoopThread
 from tests.ports import free_port
 
@@ -216,5 +219,44 @@ async def test_an_unreachable_etcd_is_reported_per_endpoint(etcd: EtcdServer) ->
         [member] = await store.etcd_members()
         assert not member.reachable and member.client_urls == (f"http://{etcd.endpoint}",)
         assert "etcd" in member.error or "refused" in member.error, member.error
+    finally:
+        await store.close()
+
+
+async def wait_async(predicate: Callable[[], Any], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_the_registration_comes_back_and_leaves_with_its_controller(
+    etcd: EtcdServer,
+) -> None:
+    store = Store([etcd.endpoint])
+    await store.connect()
+    record = ControllerRecord(controller_id="c1", api_address="127.0.0.1:1")
+    registration = Registration(store, record, ttl=2)
+
+    async def listed() -> bool:
+        return await store.get_raw(CONTROLLERS, "c1") is not None
+
+    async def absent() -> bool:
+        return not await listed()
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            running = group.create_task(registration.run())
+            await wait_async(listed, "the record")
+            assert await store.get(CONTROLLERS, "c1") == record
+            await store.delete(CONTROLLERS, "c1")  # by hand, under a live lease
+            await wait_async(listed, "the record published again on its lease")
+            await store.revoke_lease(registration._lease)  # the lease lost: the key goes too
+            assert await absent()
+            await wait_async(listed, "the record on a new lease")
+            running.cancel()
+        assert await absent()  # stopping gave the lease back
     finally:
         await store.close()

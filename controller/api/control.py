@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -117,9 +118,20 @@ async def cluster_info(
     except StoreError:
         info.etcd_version = "unreachable"
     if directory is not None:
-        info.controllers.extend(_controller_info(p) for p in await directory.controllers())
-        info.etcd_members.extend(_member_info(m) for m in await store.etcd_members())
+        await _add_peers(info, directory, store)
     return info
+
+
+async def _add_peers(info: ClusterInfo, directory: ControllerDirectory, store: Store) -> None:
+    """Every controller and etcd member: the dials and the members' Status at once."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            peers = group.create_task(directory.controllers())
+            members = group.create_task(store.etcd_members())
+    except* StoreError as failed:  # as the caller would get it without the group
+        raise failed.exceptions[0] from None
+    info.controllers.extend(_controller_info(p) for p in peers.result())
+    info.etcd_members.extend(_member_info(m) for m in members.result())
 
 
 def _controller_info(peer: PeerStatus) -> ControllerInfo:

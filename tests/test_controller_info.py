@@ -52,21 +52,23 @@ def shared_etcd(tmp_path: Path, loop_thread: LoopThread) -> Iterator[EtcdServer]
 
 
 def two_controllers(
-    cluster_factory: Callable[..., Cluster], etcd_endpoints: list[str]
+    cluster_factory: Callable[..., Cluster], etcd_endpoints: list[str], insecure: bool = False
 ) -> tuple[Cluster, Cluster]:
-    first, second = cluster_factory(), cluster_factory()
+    first, second = cluster_factory(insecure=insecure), cluster_factory(insecure=insecure)
     first.etcd_endpoints = second.etcd_endpoints = list(etcd_endpoints)
-    second.join_from = first  # with a controller token, as a second manager joins
+    if not insecure:
+        second.join_from = first  # with a controller token, as a second manager joins
     first.start_controller()
     second.start_controller()
     second.wait_for(lambda: len(info(second)["controllers"]) == 2, "both controllers listed")
     return first, second
 
 
+@pytest.mark.parametrize("insecure", [False, True], ids=["mtls", "insecure"])
 def test_info_lists_both_controllers_and_the_etcd_member(
-    cluster_factory: Callable[..., Cluster], shared_etcd: EtcdServer
+    cluster_factory: Callable[..., Cluster], shared_etcd: EtcdServer, insecure: bool
 ) -> None:
-    first, second = two_controllers(cluster_factory, [shared_etcd.endpoint])
+    first, second = two_controllers(cluster_factory, [shared_etcd.endpoint], insecure)
     first_id, second_id = controller_id(first), controller_id(second)
     for asked in (first, second):
         data = info(asked)
@@ -78,7 +80,7 @@ def test_info_lists_both_controllers_and_the_etcd_member(
         assert controllers[first_id]["api_address"] == first.address
         assert controllers[second_id]["api_address"] == second.address
         assert controllers[second_id]["http_address"] == f"127.0.0.1:{second.http_port}"
-        # Each side dialled the other over mutual TLS with its own certificate.
+        # Each side dialled the other (over mutual TLS with its own certificate).
         assert all(c["reachable"] and c["error"] == "" for c in controllers.values())
         assert controllers[first_id]["leader_since"] and "leader_since" not in controllers[
             second_id]

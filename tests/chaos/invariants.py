@@ -95,6 +95,10 @@ class InvariantChecker:
         self._task = asyncio.run_coroutine_threadsafe(self._follow(ready), self._runner.loop)
         if not ready.wait(30):
             raise AssertionError("the invariant checker could not list the store")
+        self.mark_baseline()
+
+    def mark_baseline(self) -> None:
+        """The records that must all be there at the end: the store as it is now."""
         with self._changed:
             self._baseline = _copy(self.view)
 

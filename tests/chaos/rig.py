@@ -139,6 +139,12 @@ class Rig:
         self.checker.start()
         return self.checker
 
+    def steady(self, service_id: str, replicas: int, timeout: float = 60) -> None:
+        """Wait until the service runs, and take the checker's baseline then."""
+        assert self.checker is not None
+        self.wait_running(service_id, replicas, timeout)
+        self.checker.mark_baseline()
+
     def wait_running(self, service_id: str, replicas: int, timeout: float,
                      exclude_node: str = "") -> float:  # fmt: skip
         """Monotonic time at which `replicas` tasks of the service were seen RUNNING."""

@@ -70,7 +70,7 @@ def agent_sigkill(root: Path) -> Run:
         rig.start_agents(NODES)
         service = rig.create_service("web", 6)
         checker = rig.start_checker()
-        rig.wait_running(service, 6, 60)
+        rig.steady(service, 6, 60)
         victim = _node_id(checker.snapshot(), "n1")
         assert any(t.node_id == victim for t in checker.snapshot().running(service))
         killed = time.monotonic()
@@ -92,7 +92,7 @@ def agent_restart(root: Path, image: str) -> Run:
         rig.start_agents(("r1",), runtime="runc", extra=["--cgroup-parent", cgroup])
         service = rig.create_service("web", 2, image)
         checker = rig.start_checker()
-        rig.wait_running(service, 2, 90)
+        rig.steady(service, 2, 90)
         before = {t.id: t.status.container_id for t in checker.snapshot().running(service)}
         killed = time.monotonic()
         rig.agents["r1"].kill()
@@ -126,7 +126,7 @@ def leader_sigkill(root: Path) -> Run:
         rig.start_agents(NODES)
         service = rig.create_service("web", 3)
         checker = rig.start_checker()
-        rig.wait_running(service, 3, 60)
+        rig.steady(service, 3, 60)
         leader = rig.leader()
         assert leader is not None
         term = checker.snapshot().leader_revision
@@ -156,7 +156,7 @@ def leader_sigstop(root: Path) -> Run:
         rig.start_agents(NODES)
         service = rig.create_service("web", 3)
         checker = rig.start_checker()
-        rig.wait_running(service, 3, 60)
+        rig.steady(service, 3, 60)
         old = rig.leader()
         assert old is not None
         new = 1 - old
@@ -199,7 +199,7 @@ def controllers_down(root: Path, outage: float = 10.0) -> Run:
         rig.start_agents(NODES)
         service = rig.create_service("web", 6)
         checker = rig.start_checker()
-        rig.wait_running(service, 6, 60)
+        rig.steady(service, 6, 60)
         before = {t.id for t in checker.snapshot().running(service)}
         for index in (0, 1):
             rig.signal(index, signal.SIGKILL)
@@ -247,7 +247,7 @@ def etcd_member_down(root: Path) -> Run:
         rig.start_agents(NODES)
         service = rig.create_service("web", 3)
         checker = rig.start_checker()
-        rig.wait_running(service, 3, 60)
+        rig.steady(service, 3, 60)
         killed = time.monotonic()
         rig.etcd.members[0].kill()
         _retry(lambda: rig.scale("web", 4, timeout=5), "scale with one member down")
@@ -268,7 +268,7 @@ def etcd_quorum_lost(root: Path) -> Run:
         rig.start_agents(NODES)
         service = rig.create_service("web", 3)
         checker = rig.start_checker()
-        rig.wait_running(service, 3, 60)
+        rig.steady(service, 3, 60)
         for index in (1, 2):
             rig.etcd.members[index].kill()
         read = _unavailable(rig, lambda c: c.GetService(GetServiceRequest(service="web"),

@@ -17,6 +17,7 @@ leader key, listed again after any etcd error) and keeps, as events arrive:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import threading
 import time
@@ -84,7 +85,7 @@ class InvariantChecker:
         self._changed = threading.Condition()
         self._baseline: View | None = None
         self._runner = LoopThread()
-        self._task: asyncio.Future[None] | None = None
+        self._task: concurrent.futures.Future[None] | None = None
         self._store: Store | None = None
         self._recount_due = False
 
@@ -167,7 +168,8 @@ class InvariantChecker:
             found: list[tuple[int, str]] = []
             if upto <= after:
                 return found
-            watch = store._client.watch  # type: ignore[union-attr]
+            watch = store._client.watch
+            assert watch is not None
             stream = watch.watch(b"\0", b"\0", start_revision=after + 1)
             try:
                 async with asyncio.timeout(10):
@@ -179,7 +181,7 @@ class InvariantChecker:
                         if response.events and response.events[-1].kv.mod_revision >= upto:
                             return found
             finally:
-                await stream.aclose()
+                await stream.aclose()  # type: ignore[attr-defined]
             return found
 
         return self._runner.run(collect())

@@ -127,8 +127,10 @@ class Rig:
             spec = ServiceSpec()
             spec.CopyFrom(service.spec)
             spec.replicated.replicas = replicas
-            control.UpdateService(UpdateServiceRequest(
-                service=name, version=service.meta.version, spec=spec), timeout=timeout)
+            control.UpdateService(
+                UpdateServiceRequest(service=name, version=service.meta.version, spec=spec),
+                timeout=timeout,
+            )
         finally:
             control.close()
 

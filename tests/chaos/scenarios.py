@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -185,8 +186,11 @@ def leader_sigstop(root: Path) -> Run:
         rig.wait_running(service, 4, 60)
         summary = checker.finish()
         summary.violations.extend(violations)
-        return Run(placed - stopped, summary,
-                   {"new_leader": elected - stopped, "deposed_writes": float(len(writes))})
+        return Run(
+            placed - stopped,
+            summary,
+            {"new_leader": elected - stopped, "deposed_writes": float(len(writes))},
+        )
     finally:
         rig.close()
 
@@ -209,8 +213,7 @@ def controllers_down(root: Path, outage: float = 10.0) -> Run:
             rig.restart_controller(index)
         back = time.monotonic()
         rig.wait_for(lambda: _sessions(rig) == len(NODES), "every agent back in session", 60)
-        checker.wait_for(lambda v: all(n.status.state == NodeStatus.READY for n in v.nodes.values()) and
-                         len(v.nodes) == len(NODES), "every node READY", 30)  # fmt: skip
+        checker.wait_for(_all_ready, "every node READY", 30)
         recovered = time.monotonic()
         time.sleep(2)  # a replacement decided at the return would be written by now
         after = checker.snapshot()
@@ -221,6 +224,11 @@ def controllers_down(root: Path, outage: float = 10.0) -> Run:
         return Run(recovered - back, checker.finish())
     finally:
         rig.close()
+
+
+def _all_ready(view: View) -> bool:
+    states = [node.status.state for node in view.nodes.values()]
+    return len(states) == len(NODES) and all(s == NodeStatus.READY for s in states)
 
 
 def _sessions(rig: Rig) -> int:
@@ -282,20 +290,23 @@ def etcd_quorum_lost(root: Path) -> Run:
         _retry(lambda: rig.scale("web", 4, timeout=5), "scale after quorum returned", 60)
         running = rig.wait_running(service, 4, 60)
         checker.relist()  # every record still decodes
-        return Run(running - returned, checker.finish(),
-                   {"unavailable_read": read, "unavailable_write": write})
+        return Run(
+            running - returned,
+            checker.finish(),
+            {"unavailable_read": read, "unavailable_write": write},
+        )
     finally:
         rig.close()
 
 
-def _unavailable(rig: Rig, call: Callable[[object], object]) -> float:
+def _unavailable(rig: Rig, call: Callable[[Any], object]) -> float:
     """Seconds until the call failed; it must fail with UNAVAILABLE."""
     control = rig.control()
     started = time.monotonic()
     try:
         call(control)
     except grpc.RpcError as error:
-        code = error.code()  # type: ignore[attr-defined]
+        code = error.code()
         assert code == grpc.StatusCode.UNAVAILABLE, f"expected UNAVAILABLE, got {code}: {error}"
         return time.monotonic() - started
     finally:
@@ -306,13 +317,16 @@ def _unavailable(rig: Rig, call: Callable[[object], object]) -> float:
 SCENARIOS = {
     s.name: s
     for s in (
-        Scenario("agent SIGKILL", f"≤ grace + delay + 5 s ({GRACE + DOWN_GRACE + 5:g} s)",
-                 agent_sigkill),
+        Scenario(
+            "agent SIGKILL", f"≤ grace + delay + 5 s ({GRACE + DOWN_GRACE + 5:g} s)", agent_sigkill
+        ),
         Scenario("agent restart (runc)", "no container restarted", agent_restart),
-        Scenario("leader SIGKILL", f"new leader places ≤ 2 leases ({2 * LEASE} s)",
-                 leader_sigkill),
-        Scenario("leader SIGSTOP > lease", f"≤ 2 leases ({2 * LEASE} s); 0 deposed writes",
-                 leader_sigstop),
+        Scenario("leader SIGKILL", f"new leader places ≤ 2 leases ({2 * LEASE} s)", leader_sigkill),
+        Scenario(
+            "leader SIGSTOP > lease",
+            f"≤ 2 leases ({2 * LEASE} s); 0 deposed writes",
+            leader_sigstop,
+        ),
         Scenario("all controllers down", "nothing rescheduled", controllers_down),
         Scenario("one etcd member down", "keeps placing", etcd_member_down),
         Scenario("etcd quorum lost", "UNAVAILABLE, then full recovery", etcd_quorum_lost),

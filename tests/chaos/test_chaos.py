@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from dockyard.v1.workloads_pb2 import Task
 from tests.agent.conftest import ImageRegistry
 from tests.chaos.figures import RUNS_ENV, Row, Run, record
 from tests.chaos.scenarios import SCENARIOS
@@ -86,3 +87,39 @@ def test_soak(tmp_path: Path, name: str) -> None:
 def test_soak_agent_restart(tmp_path: Path, image_registry: ImageRegistry) -> None:
     name = "agent restart (runc)"
     _repeat(name, lambda root: SCENARIOS[name].run(root, image_registry.busybox), tmp_path)
+
+
+def test_checker_sees_a_duplicate_written_behind_the_controllers(tmp_path: Path) -> None:
+    """The checker can fail: a second live task in a slot, written straight into etcd."""
+    from dockyard.controller.store import TASKS, Store
+    from tests.chaos.rig import Rig
+    from tests.conftest import LoopThread
+
+    rig = Rig(tmp_path)
+    runner = LoopThread()
+    try:
+        rig.start_controllers(1)
+        rig.start_agents(("n1",))
+        service = rig.create_service("web", 1)
+        checker = rig.start_checker()
+        rig.steady(service, 1)
+        duplicate = Task()
+        duplicate.CopyFrom(checker.snapshot().running(service)[0])
+        duplicate.id = "duplicate0000000000000000"
+
+        async def write() -> None:
+            store = Store(rig.etcd.endpoints)
+            await store.connect()
+            try:
+                await store.create(TASKS, duplicate.id, duplicate)
+            finally:
+                await store.close()
+
+        runner.run(write())
+        checker.wait_for(lambda view: duplicate.id in view.tasks, "the duplicate seen", 10)
+        summary = checker.finish()
+        assert summary.max_extra == 1
+        assert summary.violations, summary
+    finally:
+        runner.close()
+        rig.close()

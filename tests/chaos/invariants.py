@@ -11,7 +11,9 @@ leader key, listed again after any etcd error) and keeps, as events arrive:
   says otherwise);
 - records lost: every service and node seen at the start must still be there at the
   end, and every task live at the start must still exist (ended or not);
-- the time each change was seen, so a scenario can ask when a condition first held.
+- the time each change was seen, so a scenario can ask when a condition first held;
+- every task change seen in etcd also on a controller's `/v1/events` stream (resumed
+  from its last id on the next controller when one stops answering).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from dockyard.controller.store import LEADER, NODES, SERVICES, TASKS, Store, StoreError
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
+from tests.chaos.events import EventFollower
 from tests.conftest import LoopThread
 
 State = TaskStatus.State
@@ -69,13 +72,20 @@ class Summary:
     max_extra: int
     extra_window: float  # the longest stretch with any extra replica, seconds
     violations: list[str]
+    task_changes: int = 0  # task changes compared with /v1/events
 
 
 class InvariantChecker:
     """Start with `start()` once the cluster has its services; `finish()` at the end."""
 
-    def __init__(self, endpoints: list[str], window: float = 0.0) -> None:
+    def __init__(
+        self, endpoints: list[str], window: float = 0.0, http_addresses: list[str] | None = None
+    ) -> None:
         self.endpoints = endpoints
+        self.http_addresses = http_addresses or []
+        self.events: EventFollower | None = None
+        self.task_changes: set[tuple[int, str]] = set()  # (revision, task id) from the watch
+        self.start_revision = 0
         self.window = window
         self.view = View()
         self.violations: list[str] = []
@@ -97,6 +107,9 @@ class InvariantChecker:
         if not ready.wait(30):
             raise AssertionError("the invariant checker could not list the store")
         self.mark_baseline()
+        if self.http_addresses:
+            self.events = EventFollower(self.http_addresses, self.start_revision)
+            self.events.start()
 
     def mark_baseline(self) -> None:
         """The records that must all be there at the end: the store as it is now."""
@@ -111,10 +124,16 @@ class InvariantChecker:
             now = _copy(self.view)
         if baseline is not None:
             self._check_lost(baseline, now)
+        self._check_events()
         self.close()
-        return Summary(self.max_extra, self.longest_extra, list(self.violations))
+        return Summary(
+            self.max_extra, self.longest_extra, list(self.violations), len(self.task_changes)
+        )
 
     def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -208,6 +227,7 @@ class InvariantChecker:
         nodes, _ = await self._store.list_all(NODES, revision)
         leaders, _ = await self._store.list_all(LEADER, revision)
         with self._changed:
+            self.start_revision = self.start_revision or revision
             self.view.tasks = {t.id: t for t in tasks}
             self.view.services = {s.id: s for s in services}
             self.view.nodes = {n.id: n for n in nodes}
@@ -225,6 +245,8 @@ class InvariantChecker:
             else:
                 records = {TASKS.name: self.view.tasks, SERVICES.name: self.view.services,
                            NODES.name: self.view.nodes}[event.kind]  # fmt: skip
+                if event.kind == TASKS.name:
+                    self.task_changes.add((event.revision, event.id))
                 if event.deleted:
                     records.pop(event.id, None)
                 else:
@@ -258,6 +280,24 @@ class InvariantChecker:
                 self.violations.append(f"extra live tasks lasted {stretch:.2f} s "
                                        f"(window {self.window:g} s)")  # fmt: skip
             self._extra_since = None
+
+    def _check_events(self, timeout: float = 15) -> None:
+        """Every task change the checker saw in etcd was on some controller's /v1/events."""
+        if self.events is None:
+            return
+        with self._changed:
+            changes = set(self.task_changes)
+        deadline = time.monotonic() + timeout
+        missing = changes
+        while time.monotonic() < deadline:
+            missing = changes - self.events.seen()[1]
+            if not missing:
+                return
+            time.sleep(0.2)
+        self.violations.append(
+            f"{len(missing)} of {len(changes)} task changes never on /v1/events, "
+            f"e.g. {sorted(missing)[:3]}"
+        )
 
     def _check_lost(self, before: View, after: View) -> None:
         for kind, old, new in (("service", before.services, after.services),

@@ -137,7 +137,8 @@ class Rig:
     # -- checking --------------------------------------------------------------
 
     def start_checker(self) -> InvariantChecker:
-        self.checker = InvariantChecker(self.etcd.endpoints, self.window)
+        http = [f"127.0.0.1:{cluster.http_port}" for cluster in self.controllers]
+        self.checker = InvariantChecker(self.etcd.endpoints, self.window, http)
         self.checker.start()
         return self.checker
 

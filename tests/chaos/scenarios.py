@@ -11,13 +11,14 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from dockyard.v1.control_pb2 import GetInfoRequest, GetServiceRequest
+from dockyard.v1.control_pb2 import GetInfoRequest, GetServiceRequest, UpdateServiceRequest
 from dockyard.v1.types_pb2 import NodeStatus
 from tests.chaos.figures import Run
 from tests.chaos.invariants import View, live
@@ -277,12 +278,17 @@ def etcd_quorum_lost(root: Path) -> Run:
         service = rig.create_service("web", 3)
         checker = rig.start_checker()
         rig.steady(service, 3, 60)
+        update = _scale_request(rig, "web", 4)
         for index in (1, 2):
             rig.etcd.members[index].kill()
-        read = _unavailable(rig, lambda c: c.GetService(GetServiceRequest(service="web"),
-                                                        timeout=30))  # fmt: skip
-        write = _unavailable(rig, lambda c: rig.scale("web", 4, timeout=30))
-        time.sleep(LEASE * 2)  # the leader's lease runs out while quorum is lost
+        lost = time.monotonic()
+        with ThreadPoolExecutor(2) as pool:
+            reading = pool.submit(_unavailable, rig, lambda c: c.GetService(
+                GetServiceRequest(service="web"), timeout=30))  # fmt: skip
+            writing = pool.submit(_unavailable, rig, lambda c: c.UpdateService(update, timeout=30))
+            read, write = reading.result(), writing.result()
+        # The leader's lease runs out while quorum is lost.
+        time.sleep(max(0.0, lost + LEASE * 2 - time.monotonic()))
         for index in (1, 2):
             rig.etcd.members[index].start()
         returned = time.monotonic()
@@ -297,6 +303,18 @@ def etcd_quorum_lost(root: Path) -> Run:
         )
     finally:
         rig.close()
+
+
+def _scale_request(rig: Rig, name: str, replicas: int) -> UpdateServiceRequest:
+    control = rig.control()
+    try:
+        service = control.GetService(GetServiceRequest(service=name), timeout=10)
+    finally:
+        control.close()
+    request = UpdateServiceRequest(service=name, version=service.meta.version)
+    request.spec.CopyFrom(service.spec)
+    request.spec.replicated.replicas = replicas
+    return request
 
 
 def _unavailable(rig: Rig, call: Callable[[Any], object]) -> float:

@@ -190,7 +190,7 @@ def leader_sigstop(root: Path) -> Run:
         return Run(
             placed - stopped,
             summary,
-            {"new_leader": elected - stopped, "deposed_writes": float(len(writes))},
+            {"new_leader": elected - stopped},
         )
     finally:
         rig.close()

@@ -8,7 +8,9 @@ figures were recorded.
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -96,15 +98,16 @@ def agent_restart(root: Path, image: str) -> Run:
         checker = rig.start_checker()
         rig.steady(service, 2, 90)
         before = {t.id: t.status.container_id for t in checker.snapshot().running(service)}
+        runc_root = rig.root / "c0" / "agent-r1" / "runtime" / "runc"
+        pids = _runc_pids(runc_root)
+        assert set(before.values()) <= pids.keys(), f"{before} not among runc's {pids}"
+        controller_log = rig.daemon(0).log_path
+        sessions = controller_log.read_text().count('"session.opened"')
         killed = time.monotonic()
         rig.agents["r1"].kill()
         rig.controllers[0].start_agent("r1")
-        control = rig.control()
-        try:
-            rig.wait_for(lambda: control.GetInfo(GetInfoRequest(), timeout=5).agent_sessions == 1,
-                         "the restarted agent's session", 60)  # fmt: skip
-        finally:
-            control.close()
+        rig.wait_for(lambda: controller_log.read_text().count('"session.opened"') > sessions,
+                     "the restarted agent's session", 60)  # fmt: skip
         back = time.monotonic()
         time.sleep(GRACE + 1)  # a report of a lost container would arrive by now
         after = checker.snapshot()
@@ -112,9 +115,20 @@ def agent_restart(root: Path, image: str) -> Run:
         assert now == before, f"containers restarted or replaced: {before} -> {now}"
         created = [t.id for t in after.tasks.values() if t.id not in before]
         assert not created, f"tasks created after the agent restart: {created}"
+        still = _runc_pids(runc_root)
+        restarted = {c for c in before.values() if still.get(c) != pids[c]}
+        assert not restarted, f"container processes restarted: {pids} -> {still}"
         return Run(back - killed, checker.finish())
     finally:
         rig.close()
+
+
+def _runc_pids(runc_root: Path) -> dict[str, int]:
+    """Container id -> pid of each container runc has running under this root."""
+    listed = subprocess.run(["runc", "--root", str(runc_root), "list", "-f", "json"],
+                            capture_output=True, text=True, check=True, timeout=30)  # fmt: skip
+    return {c["id"]: c["pid"] for c in json.loads(listed.stdout or "[]") or []
+            if c["status"] == "running"}  # fmt: skip
 
 
 # -- controllers -----------------------------------------------------------------

@@ -188,7 +188,7 @@ class _Unpacker:
         while (member := self.tar.next()) is not None:
             # tarfile keeps every header it read: a layer of a million entries would be
             # a million TarInfo objects held; hard links are resolved here, not by it
-            self.tar.members.clear()
+            self.tar.members.clear()  # type: ignore[attr-defined]
             self.budget.spend_entry(self.layer)
             try:
                 self.entry(member)

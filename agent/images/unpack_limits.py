@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from dockyard.agent.images.errors import LayerError
 
@@ -50,6 +51,14 @@ class UnpackLimits:
             raise ValueError("UnpackLimits: max_bytes and max_entries must be positive")
         if not 0 < self.free_share <= 1:
             raise ValueError("UnpackLimits: free_share must be in (0, 1]")
+
+    def budget_at(self, directory: Path) -> Budget:
+        """The budget for a layer written under ``directory`` (an import's)."""
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return self.budget(fd)
+        finally:
+            os.close(fd)
 
     def budget(self, dest_fd: int) -> Budget:
         """This layer's budget, from the free space of the filesystem holding ``dest_fd``."""

@@ -63,7 +63,7 @@ def compress(plain: Path, kind: str) -> bytes:
 async def store_layer(store: ImageStore, plain: Path, kind: str) -> Layer:
     blob = compress(plain, kind)
     digest = await store.blobs.put_bytes(blob)
-    diff_id = "sha256:" + hashlib.sha256(plain.read_bytes()).hexdigest()
+    diff_id = "sha256:" + hashlib.sha256(await asyncio.to_thread(plain.read_bytes)).hexdigest()
     return Layer(digest, len(blob), "application/vnd.oci.image.layer.v1.tar+" + kind, diff_id)
 
 

@@ -169,6 +169,7 @@ class Store:
         ca_cert: bytes | None = None,
         cert_key: bytes | None = None,
         cert_chain: bytes | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self.endpoints = list(endpoints)
         self.prefix = prefix.rstrip("/")
@@ -180,6 +181,7 @@ class Store:
             ca_cert=ca_cert,
             cert_key=cert_key,
             cert_chain=cert_chain,
+            tls_server_name=tls_server_name,
         )
         self._connected = False
         self._fence: Fence | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -67,6 +67,13 @@ class Target:
     server_name: str = ""
     """Over TLS, the name the server's certificate must carry instead of the address (a
     node's ID, when the controller said which node is at the address)."""
+    fallbacks: tuple[str, ...] = ()
+    """The other controllers of a context that names several: a call goes to the next
+    when the one before cannot be reached or says it is not the leader."""
+
+    def candidates(self) -> list[Target]:
+        """This target, then one per fallback address (the order calls try them)."""
+        return [self, *(replace(self, address=a, fallbacks=()) for a in self.fallbacks)]
 
 
 def tls_from_env() -> TLSFiles | None:
@@ -119,7 +126,8 @@ def resolve_targets(
                                    context.tls.get("key"), f"context {context.name}")  # fmt: skip
     if addresses:
         return [Target(address, origin, tls) for address, origin in addresses]
-    return [Target(context.host, context.name, tls)]
+    first, *others = context.hosts or [context.host]
+    return [Target(first, context.name, tls, fallbacks=tuple(others))]
 
 
 def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
@@ -196,12 +204,18 @@ def call(
     certificate to be a controller's."""
     import grpc
 
-    with channel(target, what == "controller" if controller is None else controller) as chan:
-        try:
-            response, rpc = getattr(stub_factory(chan), method).with_call(
-                request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise CliError(describe_rpc_error(exc, target, what)) from exc
+    candidates = target.candidates()
+    for index, candidate in enumerate(candidates):
+        with channel(candidate, what == "controller" if controller is None else controller
+                     ) as chan:  # fmt: skip
+            try:
+                response, rpc = getattr(stub_factory(chan), method).with_call(
+                    request, timeout=timeout)
+                break
+            except grpc.RpcError as exc:
+                if index + 1 < len(candidates) and _try_next(exc):
+                    continue
+                raise CliError(describe_rpc_error(exc, candidate, what)) from exc
     for key, value in rpc.trailing_metadata() or ():
         if key == WARNING_KEY:
             click.echo(f"WARNING: {value}", err=True)
@@ -220,11 +234,29 @@ def stream(
     A "controller" must present a controller's certificate (as in `call`)."""
     import grpc
 
-    with channel(target, what == "controller") as chan:
-        try:
-            yield from getattr(stub_factory(chan), method)(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise CliError(describe_rpc_error(exc, target, what)) from exc
+    candidates = target.candidates()
+    for index, candidate in enumerate(candidates):
+        received = False
+        with channel(candidate, what == "controller") as chan:
+            try:
+                for message in getattr(stub_factory(chan), method)(request, timeout=timeout):
+                    received = True
+                    yield message
+                return
+            except grpc.RpcError as exc:
+                if not received and index + 1 < len(candidates) and _try_next(exc):
+                    continue
+                raise CliError(describe_rpc_error(exc, candidate, what)) from exc
+
+
+def _try_next(exc: grpc.RpcError) -> bool:
+    """A failure after which the same request may go to another controller: this one
+    could not be reached (nothing was sent), or it said it is not the leader."""
+    import grpc
+
+    details = exc.details() or ""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and (
+        details.startswith("failed to connect") or details.startswith("not the leader"))
 
 
 def rpc_code(exc: CliError) -> grpc.StatusCode | None:

@@ -24,6 +24,12 @@ class Context:
     description: str = ""
     tls: dict[str, str] = field(default_factory=dict)  # ca, cert, key paths (security issue)
 
+    @property
+    def hosts(self) -> list[str]:
+        """Every controller of the context, in the order a client tries them: `host`
+        holds one address, or several comma-separated (the controllers of one cluster)."""
+        return [h for h in self.host.split(",") if h]
+
 
 def config_dir() -> Path:
     override = os.environ.get("DOCKYARD_CONFIG")
@@ -96,9 +102,14 @@ class ContextStore:
         if name == DEFAULT_CONTEXT:
             raise ContextError(f"context {name!r} is built in and cannot be replaced")
         try:
-            host = normalize(host, CONTROLLER_PORT)
+            hosts = [normalize(h.strip(), CONTROLLER_PORT) for h in host.split(",") if h.strip()]
         except ValueError as exc:
             raise ContextError(f"--host: {exc}") from exc
+        if not hosts:
+            raise ContextError("--host: expected at least one HOST:PORT")
+        if len(set(hosts)) != len(hosts):
+            raise ContextError(f"--host: {host!r} names one address twice")
+        host = ",".join(hosts)
         data = self._read()
         contexts = self._contexts(data)
         if name in contexts and not overwrite:

@@ -53,13 +53,13 @@ def _make_context(name: str, host: str, tls: dict[str, str], description: str) -
 
 
 async def _ca_from_etcd(endpoints: list[str], prefix: str, timeout: float, *,
-                        create: bool) -> Any:  # fmt: skip
+                        create: bool, credentials: dict[str, Any]) -> Any:  # fmt: skip
     """The CA in etcd (None if there is none); with `create`, a new one published there."""
     from dockyard.common import pki
     from dockyard.controller.ca import fetch_ca, publish_ca
     from dockyard.controller.store import Store, StoreError
 
-    store = Store(endpoints, prefix)
+    store = Store(endpoints, prefix, **credentials)
     try:
         await store.connect(timeout)
         ca = await fetch_ca(store)
@@ -73,13 +73,58 @@ async def _ca_from_etcd(endpoints: list[str], prefix: str, timeout: float, *,
         await store.close()
 
 
+def etcd_tls_options(command: Any) -> Any:
+    """--etcd-cacert, --etcd-cert, --etcd-key: client TLS to an etcd given with --etcd."""
+    for option in reversed([
+        click.option("--etcd-cacert", default=None, metavar="FILE",
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="CA that signed the etcd servers' certificates (with --etcd)."),
+        click.option("--etcd-cert", default=None, metavar="FILE",
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="Client certificate for etcd's --client-cert-auth."),
+        click.option("--etcd-key", default=None, metavar="FILE",
+                     type=click.Path(dir_okay=False, path_type=Path),
+                     help="The client certificate's key."),
+        click.option("--etcd-server-name", default=None, metavar="NAME",
+                     help="A DNS name every etcd member's certificate carries: checked "
+                          "instead of each endpoint's host (needed with several endpoints "
+                          "over TLS)."),
+    ]):  # fmt: skip
+        command = option(command)
+    return command
+
+
+def etcd_credentials(endpoints: list[str], cacert: Path | None, cert: Path | None,
+                     key: Path | None, server_name: str | None) -> dict[str, Any]:  # fmt: skip
+    """`Store(..., **these)` from the --etcd-* TLS flags: all three or none, only with
+    --etcd (an embedded etcd makes its own)."""
+    given = [f for f in (cacert, cert, key) if f is not None]
+    if not given:
+        if server_name:
+            raise click.BadParameter("--etcd-server-name needs --etcd-cacert, --etcd-cert "
+                                     "and --etcd-key")  # fmt: skip
+        return {}
+    if len(given) != 3:
+        raise click.BadParameter("TLS to etcd needs all three of --etcd-cacert, --etcd-cert "
+                                 "and --etcd-key")  # fmt: skip
+    if not endpoints:
+        raise click.BadParameter("--etcd-cacert/--etcd-cert/--etcd-key need --etcd (an "
+                                 "embedded etcd makes its own certificates)")  # fmt: skip
+    assert cacert is not None and cert is not None and key is not None
+    try:
+        return {"ca_cert": cacert.read_bytes(), "cert_chain": cert.read_bytes(),
+                "cert_key": key.read_bytes(), "tls_server_name": server_name or None}  # fmt: skip
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read etcd TLS material: {exc}") from exc
+
+
 def _etcd_options(command: Any) -> Any:
     for option in reversed([
         click.option("--etcd-prefix", default="/dockyard", show_default=True),
         click.option("--etcd-timeout", default=10.0, show_default=True, type=float),
     ]):  # fmt: skip
         command = option(command)
-    return command
+    return etcd_tls_options(command)
 
 
 def _identity_options(command: Any) -> Any:
@@ -147,17 +192,22 @@ def _write_controller(state_dir: Path, ca: Any, cert: bytes, key: bytes, host: s
 def init(
     state_dir: Path, listen: str, advertise: str, context_name: str,
     etcd_endpoints: tuple[str, ...], etcd_prefix: str, etcd_timeout: float,
+    etcd_cacert: Path | None, etcd_cert: Path | None, etcd_key: Path | None,
+    etcd_server_name: str | None,
 ) -> None:
     """Create the cluster CA, the controller's certificate and an admin identity."""
     from dockyard.common import pki
     from dockyard.controller.ca import has_ca, pki_dir
 
     listen, advertise, endpoints = _addresses(listen, advertise, etcd_endpoints)
+    credentials = etcd_credentials(endpoints, etcd_cacert, etcd_cert, etcd_key,
+                                   etcd_server_name)
     if _initialized(state_dir):
         return
     directory = pki_dir(state_dir)
     if endpoints:
-        existing = asyncio.run(_ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=False))
+        existing = asyncio.run(_ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=False,
+                                             credentials=credentials))  # fmt: skip
         if existing is not None and not (has_ca(state_dir) and pki.CertificateAuthority.load(
                 directory).fingerprint == existing.fingerprint):  # fmt: skip
             raise click.ClickException(
@@ -167,7 +217,8 @@ def init(
                 "with `dockyard-controller token create --role controller`)"
             )
         ca = existing or asyncio.run(
-            _ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=True))
+            _ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=True,
+                          credentials=credentials))
     elif has_ca(state_dir):
         ca = pki.CertificateAuthority.load(directory)
     else:
@@ -192,6 +243,8 @@ def init(
 def join(
     address: str, token: str, state_dir: Path, listen: str, advertise: str, context_name: str,
     etcd_endpoints: tuple[str, ...], etcd_prefix: str, etcd_timeout: float,
+    etcd_cacert: Path | None, etcd_cert: Path | None, etcd_key: Path | None,
+    etcd_server_name: str | None,
 ) -> None:
     """Join a running cluster as one more controller.
 
@@ -203,6 +256,8 @@ def join(
     from dockyard.common.joining import JoinError, request_certificate
 
     listen, advertise, endpoints = _addresses(listen, advertise, etcd_endpoints)
+    credentials = etcd_credentials(endpoints, etcd_cacert, etcd_cert, etcd_key,
+                                   etcd_server_name)
     try:
         address = normalize(address, JOIN_PORT)
     except AddressError as exc:
@@ -218,7 +273,8 @@ def join(
         raise click.ClickException(f"this is a {issued.role} join token: an agent joins with "
                                    "`dockyard-agent join`; ask for `token create --role "
                                    "controller`")  # fmt: skip
-    ca = asyncio.run(_ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=False))
+    ca = asyncio.run(_ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=False,
+                                   credentials=credentials))  # fmt: skip
     if ca is None:
         raise click.ClickException(f"etcd at {','.join(endpoints)} holds no cluster: give the "
                                    "etcd the cluster's controllers use")  # fmt: skip

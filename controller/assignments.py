@@ -129,6 +129,11 @@ class Rejected:
 class StatusWriter:
     """Collects agents' task reports and writes them in batches.
 
+    At most one report per task waits (the newest: a report is the task's whole status,
+    as swarmkit's dispatcher keeps its taskUpdates map), so a node that reports as fast
+    as it can costs one waiting report per task it runs and one etcd write per task
+    per batch, however many it sends.
+
     ``on_transition`` is told the new state's name of every task whose state a write
     changed (the metrics count them).
     """
@@ -140,6 +145,15 @@ class StatusWriter:
         self._on_transition = on_transition
         self._pending: dict[str, TaskStatusReport] = {}
         self._wakeup = asyncio.Event()
+        self.accepted = 0
+        """Reports taken (each for a task of the reporting node)."""
+        self.superseded = 0
+        """Reports replaced by a newer one of their task before they were written."""
+
+    @property
+    def pending(self) -> int:
+        """Reports waiting for the next batch (at most one per task)."""
+        return len(self._pending)
 
     def accept(self, node_id: str, report: TaskStatusReport) -> Rejected | None:
         task = self._state.tasks.get(report.task_id)
@@ -147,6 +161,9 @@ class StatusWriter:
             return Rejected(report.task_id, "unknown task")
         if task.node_id != node_id:
             return Rejected(report.task_id, "task is not assigned to this node")
+        self.accepted += 1
+        if report.task_id in self._pending:
+            self.superseded += 1
         self._pending[report.task_id] = report
         self._wakeup.set()
         return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT
 from dockyard.common.distribution.registry import RegistryConfig
@@ -23,6 +23,9 @@ class ControllerConfig:
     # Empty: start an embedded etcd with its data under state_dir.
     etcd_endpoints: list[str] = field(default_factory=list)
     etcd_prefix: str = "/dockyard"
+    # Client TLS to the etcd of etcd_endpoints (Store's ca_cert, cert_chain, cert_key,
+    # tls_server_name).
+    etcd_credentials: dict[str, Any] = field(default_factory=dict)
     etcd_timeout: float = 10.0
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD
     node_grace: float = DEFAULT_HEARTBEAT_PERIOD * DEFAULT_GRACE_PERIODS

@@ -51,6 +51,17 @@ class AgentSession:
     serial: str = ""
     """The serial (hex) of the certificate the session was opened with; "" without TLS."""
     opened_at: float = field(default_factory=time.monotonic)
+    refused: int = 0
+    """Status reports refused (oversized, or on another node's task)."""
+
+    def refuse(self, task_id: str, reason: str) -> None:
+        """Count a refused report; log the 1st, 2nd, 4th, 8th, ... of the session, so a
+        node sending refused reports in a loop writes a few log lines, not one each."""
+        self.refused += 1
+        if self.refused & (self.refused - 1) == 0:
+            log.warning("task.status_rejected", node_id=self.node_id,
+                        task_id=task_id[:MAX_REF_LENGTH], reason=reason,
+                        refused=self.refused)  # fmt: skip
 
     def close(self) -> None:
         self.outbox.close()
@@ -233,12 +244,15 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
 
     def _take_status(self, session: AgentSession, report: TaskStatusReport) -> None:
         writer = self.status_writer
-        if writer is None or not _report_fits(session.node_id, report):
+        if writer is None:
+            return
+        problem = status_report_problem(report)
+        if problem is not None:  # over the session's bounds (so over the etcd write's)
+            session.refuse(report.task_id, problem)
             return
         rejected = writer.accept(session.node_id, report)
         if rejected is not None and rejected.reason != "unknown task":
-            log.warning("task.status_rejected", node_id=session.node_id,
-                        task_id=rejected.task_id, reason=rejected.reason)
+            session.refuse(rejected.task_id, rejected.reason)
 
     async def _read(self, session: AgentSession, requests: AsyncIterator[AgentMessage]) -> None:
         try:
@@ -270,15 +284,4 @@ def _fits(node_id: str, message: DispatcherMessage) -> bool:
         return True
     log.error("session.message_too_large", node_id=node_id, kind=message.WhichOneof("message"),
               bytes=size, limit=MAX_SESSION_MESSAGE_BYTES)  # fmt: skip
-    return False
-
-
-def _report_fits(node_id: str, report: TaskStatusReport) -> bool:
-    """Whether a status report is within the session's bounds (so it fits the etcd write
-    that records it); an oversized one is dropped, naming the field."""
-    problem = status_report_problem(report)
-    if problem is None:
-        return True
-    log.warning("task.status_rejected", node_id=node_id, task_id=report.task_id[:MAX_REF_LENGTH],
-                reason=problem)  # fmt: skip
     return False

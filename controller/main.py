@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -17,6 +17,12 @@ from dockyard.controller.http import HTTP_PORT
 
 if TYPE_CHECKING:
     from dockyard.controller.config import ControllerConfig
+
+
+def _etcd_tls_options(command: Any) -> Any:
+    from dockyard.controller.admin import etcd_tls_options
+
+    return etcd_tls_options(command)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -42,6 +48,7 @@ def main() -> None:
     "None: start an embedded etcd under --state-dir.",
 )
 @click.option("--etcd-prefix", default="/dockyard", show_default=True)
+@_etcd_tls_options
 @click.option(
     "--etcd-timeout",
     default=10.0,
@@ -158,6 +165,10 @@ def run(
     advertise: str,
     etcd_endpoints: tuple[str, ...],
     etcd_prefix: str,
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    etcd_server_name: str | None,
     etcd_timeout: float,
     state_dir: Path,
     heartbeat_period: float,
@@ -183,7 +194,7 @@ def run(
     from dockyard.common import logging as dlogging
     from dockyard.common.distribution.settings import registry_config as make_registry_config
     from dockyard.common.sizes import parse_duration
-    from dockyard.controller.admin import _days
+    from dockyard.controller.admin import _days, etcd_credentials
     from dockyard.controller.config import ControllerConfig
     from dockyard.controller.subnets import SubnetPool
     from dockyard.v1.control_pb2 import ResolveImage
@@ -201,6 +212,8 @@ def run(
             http_listen = f"{listen.rsplit(':', 1)[0]}:{HTTP_PORT}"
         http = normalize(http_listen, HTTP_PORT) if http_listen else ""
         subnets = SubnetPool(node_subnet_pool, node_subnet_size)
+        credentials = etcd_credentials(endpoints, etcd_cacert, etcd_cert, etcd_key,
+                                       etcd_server_name)
     except (AddressError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     config = ControllerConfig(
@@ -209,6 +222,7 @@ def run(
         advertise=advertise,
         etcd_endpoints=endpoints,
         etcd_prefix=etcd_prefix,
+        etcd_credentials=credentials,
         etcd_timeout=etcd_timeout,
         heartbeat_period=heartbeat_period,
         node_grace=node_grace if node_grace is not None else heartbeat_period * 3,

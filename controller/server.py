@@ -8,7 +8,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -107,7 +107,7 @@ class Controller:
             )
         controller_id = _load_or_create_id(config.state_dir / "controller-id")
         endpoints = list(config.etcd_endpoints)
-        credentials: dict[str, bytes] = {}
+        credentials: dict[str, Any] = dict(config.etcd_credentials)
         if not endpoints:
             tls = await asyncio.to_thread(make_etcd_pki, config.state_dir / "etcd" / "pki")
             self.etcd = EtcdServer(

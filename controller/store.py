@@ -200,15 +200,18 @@ class Store:
         ca_cert: bytes | None = None,
         cert_key: bytes | None = None,
         cert_chain: bytes | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self.endpoints = list(endpoints)
         self.prefix = prefix.rstrip("/")
         self._credentials = {"ca_cert": ca_cert, "cert_key": cert_key, "cert_chain": cert_chain}
+        self._tls_server_name = tls_server_name
         self._client = _Etcd3Client(
             self.endpoints,
             rpc_max_attempts=3,
             watch_reconnect_backoff_seconds=0.1,
             watch_max_reconnect_backoff_seconds=2.0,
+            tls_server_name=tls_server_name,
             **self._credentials,
         )
         self._connected = False
@@ -309,7 +312,8 @@ class Store:
         if endpoint is None:
             return replace(member, error=f"cannot dial client URL {url!r}")
         async with limit:
-            client = _Etcd3Client([endpoint], rpc_max_attempts=1, **self._credentials)
+            client = _Etcd3Client([endpoint], rpc_max_attempts=1,
+                                  tls_server_name=self._tls_server_name, **self._credentials)
             try:
                 await client.connect()
                 assert client.maintenance is not None

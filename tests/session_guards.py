@@ -32,7 +32,9 @@ UNSET_VARIABLES = ("DOCKYARD_HOST", "DOCKYARD_CONTEXT", "DOCKYARD_CERT_PATH",
 REQUIRE_ALL = "DOCKYARD_REQUIRE_ALL"
 OPTIONAL_SKIP = "optional:"
 
-settings.register_profile("dockyard", print_blob=True)
+# Hypothesis's own "ci" profile (chosen when CI is set) derandomizes; CI should explore
+# new examples on every run, and a failure prints the blob that replays it.
+settings.register_profile("dockyard", print_blob=True, derandomize=False, database=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dockyard"))
 
 

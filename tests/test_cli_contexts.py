@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -160,3 +161,28 @@ def test_h_takes_the_environments_tls(
     monkeypatch.setenv("DOCKYARD_CERT_PATH", "/certs")
     [target] = resolve_targets(("127.0.0.1:9",), None)
     assert target.tls is not None and target.tls.ca == "/certs/ca.pem"
+
+
+def test_a_context_names_several_controllers_and_calls_go_to_one_that_answers(
+    tmp_path: Path, cluster_factory: Any
+) -> None:
+    """A context of a cluster's controllers (`--host` repeated): a call goes to the first
+    that can be reached, in order; bad or repeated addresses are refused."""
+    cluster = cluster_factory(insecure=True)
+    cluster.start_controller()
+    dead = f"127.0.0.1:{free_port()}"
+    created = dockyard(tmp_path, "context", "create", "ha", "--host", dead, "--host",
+                       f"{cluster.address},{dead.replace(':', ':0')}", "--use")  # fmt: skip
+    assert created.returncode == 1 and "names one address twice" in created.stderr
+    assert dockyard(tmp_path, "context", "create", "ha", "--host", dead, "--host",
+                    cluster.address, "--use").returncode == 0  # fmt: skip
+    inspected = json.loads(dockyard(tmp_path, "context", "inspect", "ha").stdout)
+    assert inspected[0]["host"] == f"{dead},{cluster.address}"
+    info = dockyard(tmp_path, "info", "-o", "json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["controller_id"]
+    # None answers: the error names the last one tried.
+    cluster.stop()
+    failed = dockyard(tmp_path, "node", "ls")
+    assert failed.returncode == 1
+    assert f"cannot reach controller at {cluster.address}" in failed.stderr

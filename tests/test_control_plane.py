@@ -230,6 +230,37 @@ def test_controller_start_fails_clearly_without_etcd(
     assert time.monotonic() - start < 30
 
 
+@pytest.mark.parametrize("command", ["run", "init", "join"])
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--etcd", "127.0.0.1:2379", "--etcd-cacert", "CA"], "needs all three of --etcd-cacert"),
+    (["--etcd-cacert", "CA", "--etcd-cert", "CA", "--etcd-key", "CA"], "need --etcd"),
+    (["--etcd", "127.0.0.1:2379", "--etcd-server-name", "localhost"], "--etcd-server-name needs"),
+    (["--etcd", "127.0.0.1:2379", "--etcd-cacert", "missing", "--etcd-cert", "CA",
+      "--etcd-key", "CA"], "cannot read etcd TLS material"),
+])  # fmt: skip
+def test_bad_etcd_tls_flags_are_refused_and_write_nothing(
+    tmp_path: Path, command: str, flags: list[str], message: str
+) -> None:
+    """Client TLS to an external etcd: all three files, only with --etcd, readable."""
+    import os
+    import subprocess
+
+    from tests.conftest import BIN
+
+    (tmp_path / "CA").write_text("pem")
+    flags = [str(tmp_path / f) if f in ("CA", "missing") else f for f in flags]
+    head = ["join", "--token", "x", "127.0.0.1:1"] if command == "join" else [command]
+    if command == "join" and message == "need --etcd":
+        message = "Missing option '--etcd'"  # join always needs it
+    state = tmp_path / "state"
+    env = {**os.environ, "DOCKYARD_CONFIG": str(tmp_path / "cfg")}
+    args = [str(BIN / "dockyard-controller"), *head, "--state-dir", str(state), *flags]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr
+    assert not state.exists() and not (tmp_path / "cfg").exists()
+
+
 @pytest.mark.parametrize("daemon", ["dockyard-controller", "dockyard-agent"])
 def test_a_taken_listen_port_is_one_clear_line(tmp_path: Path, daemon: str) -> None:
     import socket

@@ -2,7 +2,9 @@
 its own: `down` after an agent was SIGKILLed leaves nothing of that agent's containers
 (processes, mounts, namespaces, veths, published ports' DNAT rules); `up` right after the
 controller was sent SIGTERM starts a new one; `down --purge` removes the state dir.
-Teardown runs `down --purge`, then removes by hand whatever that missed."""
+`up --controllers 3 --etcd-members 3`: the leader SIGKILLed, another takes over and the
+CLI context follows. Teardown runs `down --purge`, then removes by hand whatever that
+missed."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import os
 import random
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -44,12 +47,21 @@ def _free(port: int) -> bool:
     return True
 
 
-def _port_base(nodes: int) -> int:
-    """A controller port P with P-1, P+2 and P+11..P+10+nodes free too."""
+def _offsets(nodes: int, controllers: int = 1, etcd_members: int = 0) -> list[int]:
+    """The ports `deploy/local-cluster` takes, as offsets from the controller port P:
+    P-1, P, P+2, node N's P+10+N; controller C >= 2 the same around P+60+4C; etcd
+    member M P+90+2M and one above."""
+    controller = [0, *(60 + 4 * c for c in range(2, controllers + 1))]
+    return [*(c + d for c in controller for d in (-1, 0, 2)),
+            *range(11, 11 + nodes),
+            *(90 + 2 * m + d for m in range(1, etcd_members + 1) for d in (0, 1))]  # fmt: skip
+
+
+def _port_base(offsets: list[int]) -> int:
+    """A controller port P with P+offset free for each offset."""
     for _ in range(200):
-        base = random.randrange(_LOW + 1, _HIGH - 20)  # below the ephemeral range
-        if all(_free(p) for p in (base - 1, base, base + 2,
-                                  *range(base + 11, base + 11 + nodes))):  # fmt: skip
+        base = random.randrange(_LOW + 1, _HIGH - 110)  # below the ephemeral range
+        if all(_free(base + offset) for offset in offsets):
             return base
     raise AssertionError("no free block of ports")
 
@@ -88,6 +100,7 @@ class LocalCluster:
     prefix: str
     cgroup: str
     context: str
+    nodes: int = 2
 
     def run(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, str(SCRIPT), *args, "--state-dir",
@@ -101,7 +114,8 @@ class LocalCluster:
         return done.stdout
 
     def up(self, *extra: str) -> str:
-        return self.ok("up", "--nodes", "2", "--port", str(self.port), "--registry-port",
+        return self.ok("up", "--nodes", str(self.nodes), "--port", str(self.port),
+                       "--registry-port",
                        str(self.registry_port), "--sample-port", str(self.sample_port),
                        "--subnet-pool", self.pool, "--bridge-prefix", self.prefix,
                        "--cgroup-parent", self.cgroup, "--context", self.context, *extra)
@@ -121,7 +135,7 @@ class LocalCluster:
 
     @property
     def bridges(self) -> list[str]:
-        return [f"{self.prefix}node-{n}" for n in (1, 2)]
+        return [f"{self.prefix}node-{n}" for n in range(1, self.nodes + 1)]
 
     def leftovers(self) -> list[str]:
         """Whatever of the cluster's containers still exists on this host."""
@@ -149,19 +163,18 @@ class LocalCluster:
         return found
 
 
-@pytest.fixture
-def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+def _local_cluster(tmp_path: Path, offsets: list[int], nodes: int) -> Iterator[LocalCluster]:
     if not have_network():
         pytest.skip("needs root, runc, conmon, busybox, iproute2, iptables and the CNI plugins")
     tag = uuid.uuid4().hex[:3]
-    base = _port_base(2)
+    base = _port_base(offsets)
     others: list[int] = []
     while len(others) < 2:
         port = free_port()
-        if port not in range(base - 1, base + 13):
+        if port - base not in offsets:
             others.append(port)
     lc = LocalCluster(tmp_path / "state", base, others[0], others[1], _free_pool(),
-                      f"dyq{tag}-", f"dockyard-lc-{tag}", f"lc-{tag}")  # fmt: skip
+                      f"dyq{tag}-", f"dockyard-lc-{tag}", f"lc-{tag}", nodes)  # fmt: skip
     try:
         yield lc
     finally:
@@ -173,12 +186,23 @@ def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
                     os.kill(int(entry.name), signal.SIGKILL)
             except OSError:
                 continue
-        for name in ("node-1", "node-2"):
+        for name in (f"node-{n}" for n in range(1, nodes + 1)):
             agent = lc.state_dir / "agents" / name
             cleanup_everything(agent / "runtime", lc.cgroup)
             cleanup_network(agent / "network", f"{lc.prefix}{name}",
                             [p.strip() for p in lc.patterns])  # fmt: skip
         lc.run("down", "--purge")
+
+
+@pytest.fixture
+def local_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    yield from _local_cluster(tmp_path, _offsets(2), 2)
+
+
+@pytest.fixture
+def ha_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Ports for three controllers, three etcd members and one node."""
+    yield from _local_cluster(tmp_path, _offsets(1, controllers=3, etcd_members=3), 1)
 
 
 def _get(url: str) -> str:
@@ -229,3 +253,57 @@ def test_down_after_a_killed_agent_and_up_after_a_stopped_controller(
     assert not lc.state_dir.exists()
     assert lc.leftovers() == []
     assert not [b for b in lc.bridges if Path(f"/sys/class/net/{b}").exists()]
+
+
+def _status(lc: LocalCluster) -> dict[str, str]:
+    """`status`, one line per daemon: its name and the rest of the line."""
+    done = lc.run("status")
+    return {line.split()[0]: line for line in done.stdout.splitlines() if line.strip()}
+
+
+def test_three_controllers_on_three_etcd_members_survive_the_leaders_death(
+    ha_cluster: LocalCluster,
+) -> None:
+    lc = ha_cluster
+    lc.up("--controllers", "3", "--etcd-members", "3", "--no-sample")
+    status = _status(lc)
+    names = ["controller", "controller-2", "controller-3", "etcd-1", "etcd-2", "etcd-3"]
+    assert all("running" in status[name] for name in names), status
+    assert all("healthy" in status[f"etcd-{m}"] for m in (1, 2, 3)), status
+    assert sum(" leader" in status[c] for c in names[:3]) == 1, status
+    # Each member has its own data dir under the state dir; a client that trusts the
+    # members' CA but has no client certificate is refused (the controllers have one).
+    assert all((lc.state_dir / "etcd" / f"etcd-{m}" / "member").is_dir() for m in (1, 2, 3))
+    trusting = ssl.create_default_context(cafile=str(lc.state_dir / "etcd" / "pki" / "ca.pem"))
+    for member in (1, 2, 3):
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"https://127.0.0.1:{lc.port + 90 + 2 * member}/health",
+                                   timeout=3, context=trusting)  # fmt: skip
+
+    created = lc.cli("service", "create", "--name", "web", "--replicas", "1", "busybox",
+                     "httpd", "-f", "-p", "8080")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    _wait(lambda: _running(lc, "web") == 1, "web running")
+
+    leader = next(c for c in names[:3] if " leader" in status[c])
+    os.kill(lc.pid(leader), signal.SIGKILL)
+    # The context names every controller: the call goes to one that answers, which
+    # writes the new replica count; the new leader (within two lease periods) runs it.
+    _wait(lambda: lc.cli("service", "scale", "web=2", "--detach").returncode == 0,
+          "service scale through the context", 60)  # fmt: skip
+    _wait(lambda: _running(lc, "web") == 2, "web scaled to 2 under a new leader", 90)
+    status = _status(lc)
+    assert "stopped" in status[leader]
+    assert sum(" leader" in status[c] for c in names[:3] if c != leader) == 1, status
+
+    lc.ok("down", "--purge")
+    assert not lc.state_dir.exists()
+    assert lc.leftovers() == []
+
+
+def _running(lc: LocalCluster, service: str) -> int:
+    listed = lc.cli("service", "ps", service, "-o", "json")
+    if listed.returncode != 0:
+        return -1
+    return sum(1 for t in json.loads(listed.stdout) if t["status"]["state"] == "RUNNING"
+               and t["desired_state"] == "RUNNING")  # fmt: skip

@@ -3,6 +3,13 @@
 `load` reads either format (an OCI layout wins when a tarball has both, as ours
 do); `save` writes both an OCI layout (`oci-layout`, `index.json`, `blobs/`) and
 docker's `manifest.json` + `repositories` over the same blobs.
+
+An archive is read with bounds, as a pull is: at most `MAX_ARCHIVE_MEMBERS` entries,
+each member's declared size at most the store's free space (and the layer byte limit),
+checked before tarfile reads past it (in a compressed archive, skipping a member means
+decompressing it), and the JSON documents (`manifest.json`, `index.json`, manifests,
+indexes, configs) at most `MAX_DOCUMENT_BYTES`, containerd's limit. An import's
+uncompressed stream spends the layer budget (`UnpackLimits`).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ import io
 import json
 import os
 import posixpath
+import shutil
 import stat
 import tarfile
 import tempfile
@@ -42,12 +50,16 @@ from dockyard.common.distribution.media import (
 )
 from dockyard.common.distribution.platform import Platform
 
-__all__ = ["import_rootfs", "load", "save"]
+__all__ = ["MAX_ARCHIVE_MEMBERS", "MAX_DOCUMENT_BYTES", "import_rootfs", "load", "save"]
 
 log = structlog.get_logger(__name__)
 
 CONTAINERD_NAME = "io.containerd.image.name"
 OCI_REF_NAME = "org.opencontainers.image.ref.name"
+MAX_DOCUMENT_BYTES = 4 << 20
+"""manifest.json, index.json, a manifest, an index or a config: containerd's 4 MiB."""
+MAX_ARCHIVE_MEMBERS = 100_000
+"""Entries in an image archive (tarfile keeps each header): 128 layers each of 700 images."""
 
 
 @dataclass
@@ -105,16 +117,34 @@ class _ArchiveReader:
         self.store = store
         self.tar = tar
         self.held = held
-        self.members = {posixpath.normpath(m.name): m for m in tar.getmembers()
-                        if m.isfile() or m.islnk() or m.issym()}
+        self.members = _scan(store, tar)
 
     def json(self, name: str) -> Any:
-        return json.loads(self.read(name))
+        try:
+            return json.loads(self.read(name))
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+            raise ImageStoreError(f"image archive: {name} is not valid JSON: {exc}") from None
 
     def read(self, name: str) -> bytes:
+        """A JSON document of the archive, read up to `MAX_DOCUMENT_BYTES`."""
+        member = self.members.get(posixpath.normpath(name))
+        if member is not None and member.size > MAX_DOCUMENT_BYTES:
+            raise ImageStoreError(f"image archive: {name} declares {member.size} bytes, "
+                                  f"over the {MAX_DOCUMENT_BYTES}-byte limit on a document")
         with self._open(name) as handle:
-            data: bytes = handle.read()
+            data: bytes = handle.read(MAX_DOCUMENT_BYTES + 1)
+        if len(data) > MAX_DOCUMENT_BYTES:  # a link's target may be larger than itself
+            raise ImageStoreError(f"image archive: {name} is over the "
+                                  f"{MAX_DOCUMENT_BYTES}-byte limit on a document")
         return data
+
+    def document(self, digest: str, what: str) -> Any:
+        """A stored manifest, index or config, parsed; refused over `MAX_DOCUMENT_BYTES`."""
+        size = self.store.blobs.size(digest)
+        if size > MAX_DOCUMENT_BYTES:
+            raise ImageStoreError(f"image archive: {what} is {size} bytes, over the "
+                                  f"{MAX_DOCUMENT_BYTES}-byte limit on a document")
+        return parse_json(self.store.blobs.read_bytes(digest), what)
 
     def _open(self, name: str) -> Any:
         member = self.members.get(posixpath.normpath(name))
@@ -152,10 +182,10 @@ class _ArchiveReader:
             extra: list[str] = []
             digest = self.blob(desc["digest"])
             if desc.get("mediaType") in INDEX_TYPES:
-                nested = parse_json(self.store.blobs.read_bytes(digest), f"index {digest}")
+                nested = self.document(digest, f"index {digest}")
                 extra.append(digest)
                 digest = self.blob(select_platform(nested, platform, f"index {digest}")["digest"])
-            manifest = parse_json(self.store.blobs.read_bytes(digest), f"manifest {digest}")
+            manifest = self.document(digest, f"manifest {digest}")
             self.blob(manifest["config"]["digest"])
             for layer in manifest.get("layers") or []:
                 self.blob(layer["digest"])
@@ -171,8 +201,8 @@ class _ArchiveReader:
     def read_docker(self) -> list[_Loaded]:
         loaded = []
         for entry in self.json("manifest.json"):
+            config_bytes = self.read(entry["Config"])
             config_digest = self.ingest(entry["Config"])
-            config_bytes = self.store.blobs.read_bytes(config_digest)
             diff_ids = (parse_json(config_bytes, "image config").get("rootfs") or {}).get(
                 "diff_ids") or []
             if len(diff_ids) != len(entry["Layers"]):
@@ -198,6 +228,27 @@ class _ArchiveReader:
             refs = [parse_reference(tag) for tag in entry.get("RepoTags") or []]
             loaded.append(_Loaded(digest, refs))
         return loaded
+
+
+def _scan(store: ImageStore, tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]:
+    """The archive's files and links by name; each member's declared size and the member
+    count checked before tarfile reads on past it."""
+    free = shutil.disk_usage(store.blobs.tmp_dir).free
+    limit, why = min((free, f"the {free} bytes free in the image store"),
+                     (store.limits.max_bytes, f"the {store.limits.max_bytes}-byte limit"))
+    members: dict[str, tarfile.TarInfo] = {}
+    count = 0
+    while (member := tar.next()) is not None:
+        count += 1
+        if count > MAX_ARCHIVE_MEMBERS:
+            raise ImageStoreError(f"image archive: more than {MAX_ARCHIVE_MEMBERS} entries, "
+                                  "over the limit")
+        if member.isfile() and member.size > limit:
+            raise ImageStoreError(f"image archive: {member.name[:200]!r} declares "
+                                  f"{member.size} bytes, over {why}")
+        if member.isfile() or member.islnk() or member.issym():
+            members[posixpath.normpath(member.name)] = member
+    return members
 
 
 def _layer_type(path: Path) -> str:
@@ -300,7 +351,8 @@ async def import_rootfs(store: ImageStore, rootfs_tar: Path, ref: Reference,
     """Make a one-layer image from a filesystem tarball, as `docker import` does."""
     await asyncio.to_thread(_check_regular_file, rootfs_tar)
     with store.lease() as lease:
-        layer = await asyncio.to_thread(layer_from_tar, store.blobs, rootfs_tar)
+        budget = await asyncio.to_thread(store.limits.budget_at, store.blobs.tmp_dir)
+        layer = await asyncio.to_thread(layer_from_tar, store.blobs, rootfs_tar, "gzip", budget)
         lease.add(layer.digest, layer.diff_id)
         spec = ImageSpec(config=config or ImageConfig(), history=[f"import {rootfs_tar.name}"])
         digest = await asyncio.to_thread(write_image, store.blobs, [layer], spec, lease.digests)

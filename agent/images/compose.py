@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import shutil
 import tarfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ from dockyard.agent.images.blobs import BlobSink, BlobStore
 from dockyard.agent.images.content import canonical_json
 from dockyard.agent.images.models import ImageConfig, Layer
 from dockyard.agent.images.unpack import open_layer
+from dockyard.agent.images.unpack_limits import Budget
 from dockyard.common.distribution.media import (
     OCI_CONFIG,
     OCI_LAYER_GZIP,
@@ -82,25 +82,23 @@ class LayerWriter:
         self._sink.discard()
 
 
-def layer_from_tar(blobs: BlobStore, tar_path: Path,
-                   compression: Compression = "gzip") -> Layer:
-    """Store a filesystem tarball (plain, gzip or zstd) as a layer blob; blocking."""
+def layer_from_tar(blobs: BlobStore, tar_path: Path, compression: Compression = "gzip",
+                   budget: Budget | None = None) -> Layer:
+    """Store a filesystem tarball (plain, gzip or zstd) as a layer blob; blocking.
+
+    ``budget`` bounds the uncompressed stream (a compressed tarball may be a bomb): past
+    it, a LayerError naming the limit, and nothing is kept."""
     writer = LayerWriter(blobs, compression)
     try:
         with open_layer(tar_path) as stream:
-            shutil.copyfileobj(stream, _Adapter(writer), 1 << 20)
+            while chunk := stream.read(1 << 20):
+                if budget is not None:
+                    budget.spend_bytes(len(chunk), tar_path.name)
+                writer.write(chunk)
     except BaseException:
         writer.discard()
         raise
     return writer.close()
-
-
-class _Adapter:
-    def __init__(self, writer: LayerWriter) -> None:
-        self.writer = writer
-
-    def write(self, data: bytes) -> int:
-        return self.writer.write(data)
 
 
 @dataclass

@@ -21,10 +21,11 @@ import structlog
 from dockyard.agent.images.blobs import BlobStore
 from dockyard.common.distribution.errors import ImageError
 from dockyard.common.distribution.registry import ByteProgress
+from dockyard.common.pki import NODE, role_host
 from dockyard.v1.peer_pb2 import BlobChunk, FetchBlobRequest
 from dockyard.v1.peer_pb2_grpc import PeerStub
 
-__all__ = ["CONNECT_TIMEOUT", "IDLE_TIMEOUT", "PeerFetcher", "PeerSources"]
+__all__ = ["CONNECT_TIMEOUT", "IDLE_TIMEOUT", "TLS_NAME", "PeerFetcher", "PeerSources"]
 
 log = structlog.get_logger(__name__)
 
@@ -32,10 +33,11 @@ CONNECT_TIMEOUT = 3.0
 """Seconds for a peer to connect and send the first chunk (or say it has no such blob)."""
 IDLE_TIMEOUT = 10.0
 """Seconds a peer may stay silent in the middle of a blob before it is given up."""
-TLS_NAME = "localhost"
-"""The name checked in a peer's certificate: every node certificate carries it. Which
-node answers does not matter, as long as the cluster's CA issued its certificate (the
-content is checked against its digest)."""
+TLS_NAME = role_host(NODE)
+"""The name checked in a peer's certificate: the node role's DNS name, which the CA puts
+in node certificates only (`pki.role_host`). Which node answers does not matter (the
+content is checked against its digest), but it must be a node: an admin's or a read-only
+user's certificate also names localhost, and its holder must not pose as a peer."""
 
 Credentials = Callable[[], grpc.ChannelCredentials]
 

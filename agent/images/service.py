@@ -18,6 +18,7 @@ from dockyard.agent.images.progress import ProgressCallback, ignore_progress
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.store import GcResult, ImageStore
 from dockyard.agent.images.transfer import pull_image, push_image
+from dockyard.agent.images.unpack_limits import UnpackLimits
 from dockyard.common.distribution.registry import RegistryClient, RegistryConfig
 
 __all__ = ["ImageService"]
@@ -35,10 +36,12 @@ class ImageService:
     Args:
         root: Store directory (the agent's `<state dir>/images`).
         registry: Mirrors, insecure registries, credentials file, concurrency.
+        limits: The bounds on what one layer unpacks to (bytes, entries).
     """
 
-    def __init__(self, root: Path, registry: RegistryConfig | None = None) -> None:
-        self.store = ImageStore(root)
+    def __init__(self, root: Path, registry: RegistryConfig | None = None,
+                 limits: UnpackLimits | None = None) -> None:
+        self.store = ImageStore(root, limits)
         self.registry = registry or RegistryConfig()
         self._pulls: dict[str, _SharedPull] = {}
         self.peer_fetcher: PeerFetcher | None = None

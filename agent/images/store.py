@@ -33,6 +33,7 @@ from dockyard.agent.images.errors import DigestMismatch, ImageNotFound, ImageSto
 from dockyard.agent.images.models import Image, ImageConfig, Layer
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.unpack import unpack_layer
+from dockyard.agent.images.unpack_limits import UnpackLimits
 from dockyard.common.distribution.media import digest_hex
 from dockyard.common.distribution.platform import Platform
 
@@ -65,10 +66,12 @@ class ImageStore:
 
     Args:
         root: Directory that holds everything (created if missing).
+        limits: The bounds on what one layer unpacks to (bytes, entries).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, limits: UnpackLimits | None = None) -> None:
         self.root = root
+        self.limits = limits or UnpackLimits()
         self.blobs = BlobStore(root)
         self.snapshots_dir = root / "snapshots"
         self.records_dir = root / "images"
@@ -191,7 +194,7 @@ class ImageStore:
         tmp = Path(tempfile.mkdtemp(dir=self.snapshots_dir, prefix=".tmp-"))
         try:
             tmp.chmod(0o755)  # the root's mode, unless the tar carries "./"; never 0700
-            diff_id = unpack_layer(self.blobs.path(layer.digest), tmp)
+            diff_id = unpack_layer(self.blobs.path(layer.digest), tmp, limits=self.limits)
             if diff_id != layer.diff_id:
                 raise DigestMismatch(
                     f"layer {layer.digest}: uncompressed content hashes to {diff_id}, "

@@ -42,6 +42,7 @@ from zstandard import ZstdError
 from dockyard.agent.images.confine import Confinement, run_confined
 from dockyard.agent.images.errors import LayerError
 from dockyard.agent.images.safe_fs import Beneath, UnsafePath, split_name
+from dockyard.agent.images.unpack_limits import Budget, UnpackLimits
 
 __all__ = ["MAX_HEADER_BYTES", "OPAQUE_XATTR", "BoundedTarInfo", "layer_diff_id", "open_layer",
            "unpack_layer"]
@@ -62,14 +63,21 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 
 
 class _HashingReader:
-    """Reads through to a stream while hashing every byte (the diff id)."""
+    """Reads through to a stream while hashing every byte (the diff id), and spending
+    them from ``budget`` when one is given (named ``layer`` in its refusal)."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes], budget: Budget | None = None, layer: str = "") -> None:
         self.raw = raw
         self.hash = hashlib.sha256()
+        self.budget = budget
+        self.layer = layer
 
     def read(self, size: int = -1) -> bytes:
+        if size < 0 or size > 1 << 20:
+            size = 1 << 20  # never one unbounded read of a stream that may be a bomb
         data = self.raw.read(size)
+        if self.budget is not None:
+            self.budget.spend_bytes(len(data), self.layer)
         self.hash.update(data)
         return data
 
@@ -116,7 +124,8 @@ def layer_diff_id(path: Path) -> str:
         return _HashingReader(stream).drain()
 
 
-def unpack_layer(blob: Path, dest: Path, use_openat2: bool = True) -> str:
+def unpack_layer(blob: Path, dest: Path, use_openat2: bool = True,
+                 limits: UnpackLimits | None = None) -> str:
     """Unpack the layer `blob` into the empty directory `dest`.
 
     On an error `dest` may hold part of the layer (the caller removes it), but nothing
@@ -126,22 +135,25 @@ def unpack_layer(blob: Path, dest: Path, use_openat2: bool = True) -> str:
         blob: The layer blob (plain, gzip or zstd tar).
         dest: An empty directory on a filesystem that keeps trusted.* xattrs.
         use_openat2: Resolve with openat2 when the kernel has it (tests turn it off).
+        limits: The bounds on the unpacked bytes and entries (`UnpackLimits()`: the
+            defaults), measured against the free space of `dest`'s filesystem.
 
     Returns:
         The layer's diff id, hashed while it was unpacked.
 
     Raises:
-        LayerError: the tarball is malformed or tries to leave `dest`.
+        LayerError: the tarball is malformed, tries to leave `dest`, or is over a limit.
     """
     root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
+        budget = (limits or UnpackLimits()).budget(root_fd)
         with open_layer(blob) as stream:
-            reader = _HashingReader(stream)
+            reader = _HashingReader(stream, budget, blob.name)
             beneath = Beneath(root_fd, use_openat2)
             try:
                 with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|",
                                   tarinfo=BoundedTarInfo) as tar:
-                    unpacker = _Unpacker(tar, beneath)
+                    unpacker = _Unpacker(tar, beneath, budget, blob.name)
                     run_confined(root_fd, unpacker.run)
                 unpacker.mark_opaque()
             except (tarfile.TarError, EOFError, OSError, zlib.error, ZstdError, OverflowError,
@@ -164,6 +176,8 @@ class _DirAttrs:
 class _Unpacker:
     tar: tarfile.TarFile
     fs: Beneath
+    budget: Budget
+    layer: str
     dirs: list[_DirAttrs] = field(default_factory=list)
     opaque: list[tuple[str, ...]] = field(default_factory=list)
     chown: bool = field(default_factory=lambda: os.geteuid() == 0)
@@ -171,7 +185,11 @@ class _Unpacker:
 
     def run(self, confinement: Confinement) -> None:
         self.exact_umask = confinement.private_fs
-        for member in self.tar:
+        while (member := self.tar.next()) is not None:
+            # tarfile keeps every header it read: a layer of a million entries would be
+            # a million TarInfo objects held; hard links are resolved here, not by it
+            self.tar.members.clear()  # type: ignore[attr-defined]
+            self.budget.spend_entry(self.layer)
             try:
                 self.entry(member)
             except UnsafePath as exc:

@@ -19,7 +19,9 @@ def context() -> None:
 
 @context.command("create")
 @click.option(
-    "--host", "host", required=True, metavar="HOST:PORT", help="The controller's address."
+    "--host", "hosts", required=True, multiple=True, metavar="HOST:PORT",
+    help="The controller's address; repeat (or comma-separate) for every controller of "
+    "one cluster: they are tried in order, the next when one cannot be reached.",
 )
 @click.option("--description", default="")
 @click.option("--overwrite", is_flag=True, help="Replace a context of the same name.")
@@ -29,7 +31,7 @@ def context() -> None:
 @click.option("--tlskey", default=None, metavar="FILE", help="Client certificate's key.")
 @click.argument("name")
 def create(
-    host: str, description: str, overwrite: bool, use_it: bool,
+    hosts: tuple[str, ...], description: str, overwrite: bool, use_it: bool,
     tlscacert: str | None, tlscert: str | None, tlskey: str | None, name: str,
 ) -> None:
     """Create a context named NAME (with TLS material: mutual TLS to the daemon)."""
@@ -42,7 +44,7 @@ def create(
             "key": os.path.abspath(files.key)} if files else None)  # fmt: skip
     store = ContextStore()
     try:
-        store.create(name, host, description, overwrite=overwrite, tls=tls)
+        store.create(name, ",".join(hosts), description, overwrite=overwrite, tls=tls)
         if use_it:
             store.use(name)
     except ContextError as exc:

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,8 @@ from dockyard.common.etcd_server import EtcdServer
 from dockyard.controller.registration import Registration
 from dockyard.controller.store import CONTROLLERS, Store
 from dockyard.v1.types_pb2 import ControllerRecord
+from tests.chaos.etcd_cluster import EtcdCluster
 from tests.conftest import Cluster, LoopThread
-from tests.ports import free_port
 
 TTL = 3  # the fixture's --leader-ttl, which the registration lease follows
 
@@ -132,61 +129,22 @@ def test_a_stopped_controller_leaves_the_list_at_once(
 # -- a three-member etcd cluster ------------------------------------------------------
 
 
-@dataclass
-class Member:
-    name: str
-    client_port: int
-    peer_port: int
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def client_url(self) -> str:
-        return f"http://127.0.0.1:{self.client_port}"
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
 @pytest.fixture
-def etcd_cluster(tmp_path: Path) -> Iterator[list[Member]]:
-    """Three real etcd processes forming one cluster on free loopback ports."""
-    executable = shutil.which("etcd")
-    if executable is None:
-        pytest.skip("etcd is not installed")
-    members = [Member(f"m{i}", free_port(), free_port()) for i in range(3)]
-    initial = ",".join(f"{m.name}=http://127.0.0.1:{m.peer_port}" for m in members)
+def etcd_cluster(tmp_path: Path) -> Iterator[EtcdCluster]:
+    """Three real etcd processes forming one cluster (the chaos suite's helper)."""
+    etcd = EtcdCluster(tmp_path / "etcd-cluster")
     try:
-        for member in members:
-            log = open(tmp_path / f"{member.name}.log", "ab")  # noqa: SIM115 - closed below
-            member.process = subprocess.Popen(
-                [executable, f"--name={member.name}", f"--data-dir={tmp_path / member.name}",
-                 f"--listen-client-urls={member.client_url}",
-                 f"--advertise-client-urls={member.client_url}",
-                 f"--listen-peer-urls=http://127.0.0.1:{member.peer_port}",
-                 f"--initial-advertise-peer-urls=http://127.0.0.1:{member.peer_port}",
-                 f"--initial-cluster={initial}", "--initial-cluster-state=new",
-                 "--initial-cluster-token=info-test"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                env={"ETCD_UNSUPPORTED_ARCH": "", "PATH": "/usr/bin:/bin"},
-            )  # fmt: skip
-            log.close()
-        yield members
+        etcd.start()
+        yield etcd
     finally:
-        for member in members:
-            member.stop()
+        etcd.close()
 
 
 def test_each_etcd_member_s_health_and_a_dead_one(
-    cluster_factory: Callable[..., Cluster], etcd_cluster: list[Member]
+    cluster_factory: Callable[..., Cluster], etcd_cluster: EtcdCluster
 ) -> None:
     cluster = cluster_factory()
-    cluster.etcd_endpoints = [f"127.0.0.1:{m.client_port}" for m in etcd_cluster]
+    cluster.etcd_endpoints = etcd_cluster.endpoints
     cluster.start_controller()
 
     def members() -> dict[str, dict[str, Any]]:
@@ -198,11 +156,11 @@ def test_each_etcd_member_s_health_and_a_dead_one(
     assert sorted(found) == ["m0", "m1", "m2"]
     assert sum(m["is_leader"] for m in found.values()) == 1
     assert len({m["raft_term"] for m in found.values()}) == 1
-    for member in etcd_cluster:
-        assert found[member.name]["client_urls"] == [member.client_url]
+    for member in etcd_cluster.members:
+        assert found[member.name]["client_urls"] == [f"http://{member.endpoint}"]
     # A member that is not the leader dies: it stays listed, unreachable, with why.
-    victim = next(m for m in etcd_cluster if not found[m.name]["is_leader"])
-    victim.stop(signal.SIGKILL)
+    victim = next(m for m in etcd_cluster.members if not found[m.name]["is_leader"])
+    victim.kill()
     cluster.wait_for(lambda: not members()[victim.name]["reachable"], "the dead member")
     after = members()
     assert after[victim.name]["error"] and not after[victim.name]["is_leader"]

@@ -282,13 +282,14 @@ class Store:
         (this client's round-robin channel cannot pick a member).
 
         The member list is a serializable read, so it still answers without quorum.
-        When no endpoint gives the list, the configured endpoints are asked as
-        members (unnamed), so an unreachable etcd shows as such instead of nothing.
+        When the list does not come (within MEMBER_STATUS_TIMEOUT), each configured
+        endpoint is asked as a member (unnamed), so an unreachable etcd shows as such
+        instead of nothing.
         """
         assert self._client.cluster is not None
         try:
             listed = await self._call("members", self._client.cluster.member_list(
-                linearizable=False, timeout=2.0, max_attempts=1))
+                linearizable=False, timeout=MEMBER_STATUS_TIMEOUT, max_attempts=1))
             members = [EtcdMember(int(m.ID), str(m.name), tuple(str(u) for u in m.clientURLs),
                                   bool(m.isLearner)) for m in listed.members[:MAX_MEMBERS]]
         except StoreUnavailable as exc:

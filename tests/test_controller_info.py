@@ -18,6 +18,7 @@ import pytest
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.controller.registration import Registration
 from dockyard.controller.store import CONTROLLERS, Store
+from dockyard.v1.control_pb2 import GetInfoRequest
 from dockyard.v1.types_pb2 import ControllerRecord
 from tests.chaos.etcd_cluster import EtcdCluster
 from tests.conftest import Cluster, LoopThread
@@ -88,6 +89,13 @@ def test_info_lists_both_controllers_and_the_etcd_member(
         assert member["reachable"] and member["is_leader"] and member["error"] == ""
         assert int(member["db_size"]) > 0 and int(member["raft_term"]) >= 1
         assert int(member["raft_index"]) > 0 and member["version"]
+    control = second.control()
+    try:  # a plain GetInfo (a poll for the leader) dials nobody
+        plain = control.GetInfo(GetInfoRequest(), timeout=10)
+        assert not plain.controllers and not plain.etcd_members and not plain.is_leader
+        assert len(control.GetInfo(GetInfoRequest(members=True), timeout=10).controllers) == 2
+    finally:
+        control.close()
     table = second.cli("info").stdout
     assert "Controllers:" in table and "etcd members:" in table
     assert f"{second_id[:12]} *" in table and first_id[:12] in table

@@ -92,7 +92,8 @@ def info(options: GlobalOptions) -> None:
         (
             target,
             *_ask_daemon(
-                target, "GetInfo", GetInfoRequest(), "GetAgentInfo", GetAgentInfoRequest()
+                target, "GetInfo", GetInfoRequest(members=True), "GetAgentInfo",
+                GetAgentInfoRequest(),
             ),
         )
         for target in options.targets()

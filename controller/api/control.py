@@ -193,7 +193,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def GetInfo(self, request: GetInfoRequest, context: Context) -> ClusterInfo:
         return await cluster_info(
             self._identity, self._store, self._nodes, self._services, self._dispatcher,
-            self._leadership(), self._directory,
+            self._leadership(), self._directory if request.members else None,
         )  # fmt: skip
 
     @grpc_errors

@@ -299,12 +299,21 @@ Global___ListJoinTokensResponse: _TypeAlias = ListJoinTokensResponse  # noqa: Y0
 class GetInfoRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    members: _builtins.bool
+    """Also list every controller and etcd member (ClusterInfo.controllers and
+    etcd_members): the answering controller dials each other controller and asks
+    each etcd member for its Status, up to about a second more. `dockyard info`
+    and the HTTP API's /v1/info ask for them; a poll for the leader need not.
+    """
     def __init__(
         self,
+        *,
+        members: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["members", b"members"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -363,7 +372,9 @@ class ClusterInfo(_message.Message):
     def version(self) -> _types_pb2.VersionInfo: ...
     @_builtins.property
     def controllers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ControllerInfo]:
-        """every registered controller, by ID"""
+        """Filled in when GetInfoRequest.members is set (always in /v1/info).
+        every registered controller, by ID
+        """
 
     @_builtins.property
     def etcd_members(self) -> _containers.RepeatedCompositeFieldContainer[Global___EtcdMemberInfo]:

@@ -49,7 +49,7 @@ from tests.security.fuzzlib import (
 PREFIX = "/dockyard/"
 # Written by the controller's own loops, not by requests: task records (the
 # orchestrators) and the leader lease.
-BACKGROUND_KEYS = ("/dockyard/tasks/", "/dockyard/leader/")
+BACKGROUND_KEYS = ("/dockyard/tasks/", "/dockyard/leader/", "/dockyard/controllers/")
 SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"]
 METHODS = [m.name for m in SERVICE.methods]
 MUTATING = {

@@ -37,7 +37,8 @@ from tests.security.fuzzlib import (
 
 PREFIX = "/dockyard/"
 # Written by the controller's loops, or by an accepted session (its own node record).
-BACKGROUND = ("/dockyard/leader/", "/dockyard/nodes/", "/dockyard/names/nodes/")
+BACKGROUND = ("/dockyard/leader/", "/dockyard/controllers/", "/dockyard/nodes/",
+              "/dockyard/names/nodes/")
 SESSION_SECONDS = 1.5
 
 

@@ -14,7 +14,14 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from dockyard.cli.batch import each_ref
-from dockyard.cli.client import CliError, Target, call, is_unimplemented, rpc_code
+from dockyard.cli.client import (
+    CliError,
+    Target,
+    call,
+    is_not_a_controller,
+    is_unimplemented,
+    rpc_code,
+)
 from dockyard.cli.commands.service_flags import (
     apply_edits,
     list_edits,
@@ -331,7 +338,8 @@ def ps(ctx: click.Context, options: GlobalOptions, show_all: bool, no_trunc: boo
     try:
         list_tasks(options, (), show_all, no_trunc, quiet, target)
     except CliError as exc:
-        if not is_unimplemented(exc):
+        # An agent: over TLS its node certificate fails the controller check first.
+        if not (is_unimplemented(exc) or is_not_a_controller(exc)):
             raise
         ctx.invoke(list_containers, show_all=show_all, quiet=quiet)
 

@@ -86,13 +86,8 @@ class Assigner:
             self._sent[node_id] = _fingerprint(assignments)
 
     async def run(self) -> None:
-        changed = self._state.subscribe()
-        tracker = self._state.track()
-        try:
+        with self._state.following() as (changed, tracker):
             await self._run(changed, tracker)
-        finally:
-            self._state.unsubscribe(changed)
-            self._state.untrack(tracker)
 
     async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
         while True:

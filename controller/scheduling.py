@@ -45,13 +45,8 @@ class SchedulingLoop:
     async def run(self) -> None:
         """Schedule until cancelled. A store error is retried here; LeadershipLost
         and anything else end the run (its supervisor restarts it or ends the term)."""
-        changed = self._state.subscribe()
-        tracker = self._state.track()
-        try:
+        with self._state.following() as (changed, tracker):
             await self._run(changed, tracker)
-        finally:
-            self._state.unsubscribe(changed)
-            self._state.untrack(tracker)
 
     async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
         self._infos = {node_id: self._build(node_id) for node_id in self._state.nodes}

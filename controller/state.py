@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,6 +172,16 @@ class ClusterState:
     def untrack(self, tracker: ChangeTracker) -> None:
         with contextlib.suppress(ValueError):
             self._trackers.remove(tracker)
+
+    @contextlib.contextmanager
+    def following(self) -> Iterator[tuple[asyncio.Event, ChangeTracker]]:
+        """A loop's change event and tracker, let go of when the loop ends (or restarts)."""
+        changed, tracker = self.subscribe(), self.track()
+        try:
+            yield changed, tracker
+        finally:
+            self.unsubscribe(changed)
+            self.untrack(tracker)
 
     def _mark(self, kind: Kind[Any], record_id: str, value: Any) -> None:
         if kind is SECRETS:  # immutable; tasks that use one change with their service

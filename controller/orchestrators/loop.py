@@ -45,13 +45,8 @@ class Orchestrator:
     async def run(self) -> None:
         """Reconcile until cancelled. A store error is retried here; LeadershipLost
         and anything else end the run (its supervisor restarts it or ends the term)."""
-        changed = self._state.subscribe()
-        tracker = self._state.track()
-        try:
+        with self._state.following() as (changed, tracker):
             await self._run(changed, tracker)
-        finally:
-            self._state.unsubscribe(changed)
-            self._state.untrack(tracker)
 
     async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
         dirty = set(self._state.services) | {t.service_id for t in self._state.tasks.values()}

@@ -18,10 +18,13 @@ import pytest
 from dockyard.v1.workloads_pb2 import Task
 from tests.agent.conftest import ImageRegistry
 from tests.chaos.figures import RUNS_ENV, Row, Run, record
-from tests.chaos.scenarios import SCENARIOS
+from tests.chaos.host_faults import FAKETIME_LIB, HOST_SCENARIOS
+from tests.chaos.scenarios import SCENARIOS as BASE_SCENARIOS
 from tests.runtime.conftest import _have_runc
 
+SCENARIOS = {**BASE_SCENARIOS, **HOST_SCENARIOS}
 RUNC = pytest.mark.skipif(not _have_runc(), reason="needs root, runc, conmon and /bin/busybox")
+FAKETIME = pytest.mark.skipif(not Path(FAKETIME_LIB).exists(), reason="needs libfaketime (faketime)")
 
 
 def _check(name: str, runs: list[Run]) -> None:
@@ -68,6 +71,23 @@ def test_one_etcd_member_down(tmp_path: Path) -> None:
 
 def test_etcd_quorum_lost(tmp_path: Path) -> None:
     _check("etcd quorum lost", [SCENARIOS["etcd quorum lost"].run(tmp_path)])
+
+
+def test_node_cut_off_then_healed(tmp_path: Path) -> None:
+    _check("node cut off, healed", [SCENARIOS["node cut off, healed"].run(tmp_path)])
+
+
+@RUNC
+@pytest.mark.runc
+@pytest.mark.registry
+def test_agent_state_disk_full(tmp_path: Path, image_registry: ImageRegistry) -> None:
+    name = "agent disk full (runc)"
+    _check(name, [SCENARIOS[name].run(tmp_path, image_registry.busybox)])
+
+
+@FAKETIME
+def test_controller_clock_jump(tmp_path: Path) -> None:
+    _check("controller clock ±1 h", [SCENARIOS["controller clock ±1 h"].run(tmp_path)])
 
 
 @pytest.mark.slow

@@ -24,7 +24,9 @@ from tests.runtime.conftest import _have_runc
 
 SCENARIOS = {**BASE_SCENARIOS, **HOST_SCENARIOS}
 RUNC = pytest.mark.skipif(not _have_runc(), reason="needs root, runc, conmon and /bin/busybox")
-FAKETIME = pytest.mark.skipif(not Path(FAKETIME_LIB).exists(), reason="needs libfaketime (faketime)")
+FAKETIME = pytest.mark.skipif(
+    not Path(FAKETIME_LIB).exists(), reason="needs libfaketime (faketime)"
+)
 
 
 def _check(name: str, runs: list[Run]) -> None:

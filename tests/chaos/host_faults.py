@@ -11,6 +11,8 @@ rules, mount) also when it failed, and returns a `Run` for the figures.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import subprocess
 import time
@@ -190,21 +192,14 @@ def _unmount(path: Path) -> None:
 def _fill(path: Path) -> Path:
     """Fill the file system of `path` up to its last byte."""
     filler = path / "filler"
-    with open(filler, "wb") as out:
-        chunk = b"\0" * (1 << 16)
-        try:
-            while True:
-                out.write(chunk)
-                out.flush()
-        except OSError:
-            pass
-    with open(filler, "ab") as out:  # the last partial chunk
-        try:
-            while True:
-                out.write(b"\0")
-                out.flush()
-        except OSError:
-            pass
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        for size in (1 << 16, 1):  # big chunks, then the last bytes one by one
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
     return filler
 
 
@@ -217,8 +212,8 @@ def disk_full(root: Path, image: str) -> Run:
     rig.cleanups.append(lambda: _unmount(state))
     rig.cleanups.append(lambda: cleanup_everything(state / "runtime", cgroup))
     try:
-        _mount_tmpfs(state)
         rig.start_controllers(1)
+        _mount_tmpfs(state)
         rig.start_agents(("r1",), runtime="runc", extra=["--cgroup-parent", cgroup])
         service = rig.create_service("web", 1, image)
         checker = rig.start_checker()
@@ -229,7 +224,11 @@ def disk_full(root: Path, image: str) -> Run:
         filler = _fill(state)
         filled = time.monotonic()
         rig.scale("web", 2)
-        failed = checker.wait_for(_failed_for_space(service, 2), "slot 2 failed: no space", 60)
+        try:
+            failed = checker.wait_for(_failed_for_space(service, 2), "slot 2 failed: no space", 60)
+        except AssertionError as error:
+            slot = [(t.id, t.status) for t in checker.snapshot().tasks.values() if t.slot == 2]
+            raise AssertionError(f"{error}: slot 2 is {slot}\n{rig.logs()}") from error
         time.sleep(GRACE * 2)  # a wedged or dead agent would be DOWN by now
         view = checker.snapshot()
         assert agent.poll() is None, f"the agent exited with the disk full:\n{rig.logs()}"

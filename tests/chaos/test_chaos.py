@@ -10,6 +10,7 @@ table of docs/reliability.md).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from tests.runtime.conftest import _have_runc
 
 SCENARIOS = {**BASE_SCENARIOS, **HOST_SCENARIOS}
 RUNC = pytest.mark.skipif(not _have_runc(), reason="needs root, runc, conmon and /bin/busybox")
+NETNS = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables"),
+    reason="needs root, iproute2 and iptables (a network namespace cut off by iptables)",
+)
 FAKETIME = pytest.mark.skipif(
     not Path(FAKETIME_LIB).exists(), reason="needs libfaketime (faketime)"
 )
@@ -75,6 +80,7 @@ def test_etcd_quorum_lost(tmp_path: Path) -> None:
     _check("etcd quorum lost", [SCENARIOS["etcd quorum lost"].run(tmp_path)])
 
 
+@NETNS
 def test_node_cut_off_then_healed(tmp_path: Path) -> None:
     _check("node cut off, healed", [SCENARIOS["node cut off, healed"].run(tmp_path)])
 

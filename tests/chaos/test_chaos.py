@@ -117,6 +117,15 @@ def test_soak_agent_restart(tmp_path: Path, image_registry: ImageRegistry) -> No
     _repeat(name, lambda root: SCENARIOS[name].run(root, image_registry.busybox), tmp_path)
 
 
+@pytest.mark.slow
+@RUNC
+@pytest.mark.runc
+@pytest.mark.registry
+def test_soak_agent_state_disk_full(tmp_path: Path, image_registry: ImageRegistry) -> None:
+    name = "agent disk full (runc)"
+    _repeat(name, lambda root: SCENARIOS[name].run(root, image_registry.busybox), tmp_path)
+
+
 def test_checker_sees_a_duplicate_written_behind_the_controllers(tmp_path: Path) -> None:
     """The checker can fail: a second live task in a slot, written straight into etcd."""
     from dockyard.controller.store import TASKS, Store

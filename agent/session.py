@@ -234,9 +234,9 @@ class ControllerSession:
                           secrets=sorted(s.id for s in assignments.secrets),
                           bytes=assignments.ByteSize())  # never the data  # fmt: skip
                 if _acceptable(assignments):
-                    await self._on_assignments(assignments)
+                    await _handle(kind, self._on_assignments(assignments))
             elif kind == "network" and self._on_network is not None:
-                await self._on_network(message.network)
+                await _handle(kind, self._on_network(message.network))
 
     def _acked(self, sequence: int, period: float) -> None:
         sent = self._sent.pop(sequence, None)
@@ -267,3 +267,15 @@ def _acceptable(assignments: AssignmentSet) -> bool:
         return True
     log.error("session.assignments_refused", reason=problem)
     return False
+
+
+async def _handle(kind: str, handling: Awaitable[None]) -> None:
+    """Apply what the controller sent; a failure to apply it (a full state disk, say) is
+    logged and the session goes on: the agent keeps heartbeating and reporting, and
+    the next message of the kind (each carries the whole set) is applied afresh. Not
+    caught, it would end the session task, and with it the agent."""
+    try:
+        await handling
+    except Exception as exc:  # any failure of a handler, logged
+        log.error("session.apply_failed", kind=kind, error=str(exc) or type(exc).__name__,
+                  exc_info=True)  # fmt: skip

@@ -238,6 +238,7 @@ class Worker:
             await self.executor.remove(container_id)
             if self.secrets is not None:
                 self.secrets.remove(task_id)
+            log.info("worker.removed", task_id=task_id, container_id=container_id)
         except Exception as exc:
             log.warning("worker.remove_failed", container_id=container_id, error=str(exc))
         finally:

@@ -6,10 +6,31 @@ import time
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+# Linux: the monotonic clock that also counts time suspended (else the monotonic clock).
+_STEADY = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+# This process's wall clock: the system's wall time when the process started, advanced
+# by the steady clock since. A step of the system clock (`date -s`, NTP stepping after
+# an outage, a VM restored from a snapshot) does not move it, so the durations a
+# controller measures between its own stamps (restart delays, node down graces,
+# update monitors) stay true: a +1 h step no longer fires a delay at once, a -1 h step
+# no longer holds one for an hour. A process started later reads the corrected clock;
+# a long-lived one keeps its offset until it restarts (slewing NTP moves neither).
+_OFFSET_NS = time.time_ns() - time.clock_gettime_ns(_STEADY)
+
+
+def wall_time_ns() -> int:
+    """Nanoseconds since the epoch on this process's step-free wall clock."""
+    return _OFFSET_NS + time.clock_gettime_ns(_STEADY)
+
+
+def wall_time() -> float:
+    """Seconds since the epoch on this process's step-free wall clock."""
+    return wall_time_ns() / 1e9
+
 
 def now_timestamp() -> Timestamp:
     stamp = Timestamp()
-    stamp.FromNanoseconds(time.time_ns())
+    stamp.FromNanoseconds(wall_time_ns())
     return stamp
 
 

@@ -20,6 +20,7 @@ import structlog
 from dockyard.common.authz import peer_identity
 from dockyard.common.pki import NODE
 from dockyard.common.session_limits import MAX_SESSION_MESSAGE_BYTES, status_report_problem
+from dockyard.common.timestamps import wall_time
 from dockyard.common.validation import MAX_REF_LENGTH
 from dockyard.controller.assignments import Assigner, StatusWriter
 from dockyard.controller.errors import details_for, status_for
@@ -110,7 +111,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self.term_registry: NodeRegistry | None = None
 
     def beat(self, node_id: str) -> None:
-        self.last_seen[node_id] = Liveness(time.monotonic(), time.time())
+        self.last_seen[node_id] = Liveness(time.monotonic(), wall_time())
         self.heartbeats_received += 1
 
     def seconds_since_seen(self, node_id: str, default: float) -> float:

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 
 import structlog
 
+from dockyard.common.timestamps import wall_time
 from dockyard.controller.orchestrators.global_mode import Eligible, reconcile_global
 from dockyard.controller.orchestrators.jobs import reconcile_job
 from dockyard.controller.orchestrators.plan import Plan
@@ -63,19 +63,19 @@ class Orchestrator:
             dirty = changes.services
             if changes.nodes:
                 dirty |= set(self._state.services)
-            now = time.time()
+            now = wall_time()
             due = {sid for sid, at in self._wake_at.items() if at <= now}
             dirty |= due
 
     async def _sleep_until_change(self, changed: asyncio.Event) -> None:
         timeout = None
         if self._wake_at:
-            timeout = max(0.0, min(self._wake_at.values()) - time.time())
+            timeout = max(0.0, min(self._wake_at.values()) - wall_time())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout)
 
     async def _round(self, service_ids: set[str]) -> None:
-        now = time.time()
+        now = wall_time()
         ops: list[Op] = []
         for service_id in service_ids:
             self._wake_at.pop(service_id, None)

@@ -11,7 +11,8 @@ import json
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ class Rig:
     etcd_members: int = 1
     down_grace: float = 1.0  # --node-down-grace
     window: float = 0.0  # the documented extra-replica window of the scenario
+    controller_host: str = "127.0.0.1"  # where controllers listen (gRPC)
+    controller_env: dict[str, str] = field(default_factory=dict)  # added to their environment
     etcd: EtcdCluster = field(init=False)
     controllers: list[Cluster] = field(default_factory=list)
     checker: InvariantChecker | None = None
@@ -55,11 +58,13 @@ class Rig:
     def start_controllers(self, count: int) -> None:
         for index in range(count):
             cluster = Cluster(self.root / f"c{index}", heartbeat=HEARTBEAT, grace=GRACE,
-                              etcd_endpoints=self.etcd.endpoints, insecure=True)  # fmt: skip
+                              etcd_endpoints=self.etcd.endpoints, insecure=True,
+                              controller_host=self.controller_host)  # fmt: skip
             cluster.root.mkdir(parents=True)
             self.controllers.append(cluster)
-            cluster.start_controller(["--leader-ttl", str(LEASE),
-                                      "--node-down-grace", str(self.down_grace)])  # fmt: skip
+            with _environment(self.controller_env):
+                cluster.start_controller(["--leader-ttl", str(LEASE),
+                                          "--node-down-grace", str(self.down_grace)])  # fmt: skip
         self.wait_for(lambda: self.leader() is not None, "a leader", 30)
 
     def daemon(self, index: int) -> Daemon:
@@ -186,3 +191,19 @@ class Rig:
         for cluster in self.controllers:
             cluster.stop()
         self.etcd.close()
+
+
+@contextmanager
+def _environment(extra: dict[str, str]) -> Iterator[None]:
+    """Processes started inside get `extra` in their environment (this process's own
+    clock and libraries are unaffected: LD_PRELOAD acts on exec)."""
+    saved = {name: os.environ.get(name) for name in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

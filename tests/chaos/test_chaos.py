@@ -10,6 +10,7 @@ table of docs/reliability.md).
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,10 +19,19 @@ import pytest
 from dockyard.v1.workloads_pb2 import Task
 from tests.agent.conftest import ImageRegistry
 from tests.chaos.figures import RUNS_ENV, Row, Run, record
-from tests.chaos.scenarios import SCENARIOS
+from tests.chaos.host_faults import FAKETIME_LIB, HOST_SCENARIOS
+from tests.chaos.scenarios import SCENARIOS as BASE_SCENARIOS
 from tests.runtime.conftest import _have_runc
 
+SCENARIOS = {**BASE_SCENARIOS, **HOST_SCENARIOS}
 RUNC = pytest.mark.skipif(not _have_runc(), reason="needs root, runc, conmon and /bin/busybox")
+NETNS = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables"),
+    reason="needs root, iproute2 and iptables (a network namespace cut off by iptables)",
+)
+FAKETIME = pytest.mark.skipif(
+    not Path(FAKETIME_LIB).exists(), reason="needs libfaketime (faketime)"
+)
 
 
 def _check(name: str, runs: list[Run]) -> None:
@@ -70,6 +80,24 @@ def test_etcd_quorum_lost(tmp_path: Path) -> None:
     _check("etcd quorum lost", [SCENARIOS["etcd quorum lost"].run(tmp_path)])
 
 
+@NETNS
+def test_node_cut_off_then_healed(tmp_path: Path) -> None:
+    _check("node cut off, healed", [SCENARIOS["node cut off, healed"].run(tmp_path)])
+
+
+@RUNC
+@pytest.mark.runc
+@pytest.mark.registry
+def test_agent_state_disk_full(tmp_path: Path, image_registry: ImageRegistry) -> None:
+    name = "agent disk full (runc)"
+    _check(name, [SCENARIOS[name].run(tmp_path, image_registry.busybox)])
+
+
+@FAKETIME
+def test_controller_clock_jump(tmp_path: Path) -> None:
+    _check("controller clock ±1 h", [SCENARIOS["controller clock ±1 h"].run(tmp_path)])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in SCENARIOS if "runc" not in n])
 def test_soak(tmp_path: Path, name: str) -> None:
@@ -86,6 +114,15 @@ def test_soak(tmp_path: Path, name: str) -> None:
 @pytest.mark.registry
 def test_soak_agent_restart(tmp_path: Path, image_registry: ImageRegistry) -> None:
     name = "agent restart (runc)"
+    _repeat(name, lambda root: SCENARIOS[name].run(root, image_registry.busybox), tmp_path)
+
+
+@pytest.mark.slow
+@RUNC
+@pytest.mark.runc
+@pytest.mark.registry
+def test_soak_agent_state_disk_full(tmp_path: Path, image_registry: ImageRegistry) -> None:
+    name = "agent disk full (runc)"
     _repeat(name, lambda root: SCENARIOS[name].run(root, image_registry.busybox), tmp_path)
 
 

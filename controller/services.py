@@ -198,14 +198,24 @@ class ServiceRegistry:
         return service
 
     async def remove(self, ref: str) -> Service:
-        """Delete the service; its tasks are told to shut down, then reaped."""
-        service = await self.find(ref)
+        """Delete the service; its tasks are told to shut down, then reaped.
+
+        The leader writes the record too (a rolling update's batch start), so a
+        removal that meets such a write reads the service again and retries: a user's
+        `service rm` is not refused because the orchestrator was at work."""
+        for attempt in range(1, _REMOVE_ATTEMPTS + 1):
+            service = await self.find(ref)
+            ops = [
+                self._store.raw_op(SERVICES, service.id, None, expect=service.meta.version),
+                self._store.raw_op(SERVICE_NAMES, service.spec.name, None, expect=None),
+            ]
+            try:
+                await self._store.commit(ops)
+                break
+            except Conflict:
+                if attempt == _REMOVE_ATTEMPTS:
+                    raise
         tasks, _ = await self._store.list_all(TASKS)
-        ops = [
-            self._store.raw_op(SERVICES, service.id, None, expect=service.meta.version),
-            self._store.raw_op(SERVICE_NAMES, service.spec.name, None, expect=None),
-        ]
-        await self._store.commit(ops)
         shutdowns = []
         for task in tasks:
             if task.service_id == service.id and task.desired_state != TaskStatus.SHUTDOWN:
@@ -215,6 +225,10 @@ class ServiceRegistry:
             await self._store.commit_each(shutdowns)
         log.info("service.removed", service_id=service.id, name=service.spec.name)
         return service
+
+
+# Removals that meet a concurrent write of the record read it again this many times.
+_REMOVE_ATTEMPTS = 5
 
 
 def _mode(spec: ServiceSpec) -> str | None:

@@ -237,6 +237,7 @@ def test_down_after_a_killed_agent_and_up_after_a_stopped_controller(
 
     lc.ok("down")
     assert lc.leftovers() == []
+    assert not [b for b in lc.bridges if Path(f"/sys/class/net/{b}").exists()]
     with pytest.raises(OSError):
         _get(url)
 

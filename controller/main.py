@@ -262,10 +262,14 @@ async def _serve(config: ControllerConfig) -> int:
         await controller.stop()
         click.echo(f"dockyard-controller: {exc}", err=True)
         return 1
-    await stop.wait()
+    async with asyncio.TaskGroup() as group:  # until a signal, or a background job fails
+        waits = [group.create_task(stop.wait()), group.create_task(controller.failed.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
     log.info("controller.stopping")
     await controller.stop()
-    return 0
+    return 1 if controller.failed.is_set() else 0
 
 
 def _add_admin_commands() -> None:

@@ -35,6 +35,7 @@ from dockyard.v1.control_pb2 import (
 from dockyard.v1.dispatcher_pb2 import TaskStatusReport
 from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task
 from tests.conftest import Cluster, LoopThread
+from tests.views import watched_view
 
 HOUR = 3600.0
 
@@ -70,9 +71,7 @@ async def test_a_state_change_is_stamped_on_the_controllers_clock(store: Store) 
     set_status(task, State.ASSIGNED, "scheduled")
     task.observed_at.FromSeconds(1)  # long ago: a change must move it
     await store.create(TASKS, task.id, task)
-    state = ClusterState(store)
-    await state.start()
-    try:
+    async with watched_view(store) as state:
         writer = StatusWriter(store, state)
         async with asyncio.TaskGroup() as group:
             runner = group.create_task(writer.run())
@@ -84,8 +83,6 @@ async def test_a_state_change_is_stamped_on_the_controllers_clock(store: Store) 
             same = await report(state, writer, "t1", State.RUNNING, "still running")
             assert same.observed_at == started.observed_at  # no change of state, no new stamp
             runner.cancel()
-    finally:
-        await state.stop()
 
 
 def live_per_slot(control: Any, name: str) -> Counter[int]:

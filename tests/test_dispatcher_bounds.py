@@ -259,3 +259,45 @@ def test_an_agent_refuses_a_set_over_its_bounds_whole() -> None:
         assert not agent_session._acceptable(over)
     assert logs[0]["event"] == "session.assignments_refused"
     assert agent_session._acceptable(AssignmentSet(full=True, tasks=tasks[:10]))
+
+
+async def test_a_node_that_stops_reading_never_delays_another_nodes_sets(served: Served) -> None:
+    """Each node has its own outbox: 1 MiB sets pile up (one at a time) for a node that
+    reads nothing, while another node gets every set posted to it, in order."""
+    streams: dict[str, asyncio.Queue[AgentMessage]] = {}
+
+    def requests(node_id: str) -> AsyncIterator[AgentMessage]:
+        outgoing = streams[node_id] = asyncio.Queue()
+        outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=node_id, name=node_id)))
+
+        async def stream() -> AsyncIterator[AgentMessage]:
+            while True:
+                yield await outgoing.get()
+
+        return stream()
+
+    options = [("grpc.max_receive_message_length", 64 * MiB)]
+    async with grpc.aio.insecure_channel(served.address, options=options) as slow_channel, \
+            grpc.aio.insecure_channel(served.address, options=options) as fast_channel:
+        slow = dispatcher_pb2_grpc.DispatcherStub(slow_channel).Session(requests("s" * 20))
+        fast = dispatcher_pb2_grpc.DispatcherStub(fast_channel).Session(requests("f" * 20))
+        for call in (slow, fast):
+            assert isinstance(await asyncio.wait_for(call.read(), 10), DispatcherMessage)
+        slow_session = served.sessions.get("s" * 20)
+        assert slow_session is not None
+        for index in range(40):
+            assert served.sessions.post("s" * 20, big_set(index, MiB))
+            assert served.sessions.post("f" * 20, big_set(index, 1000))
+            message = await asyncio.wait_for(fast.read(), 10)
+            assert isinstance(message, DispatcherMessage)
+            assert message.assignments.tasks[0].id == f"t{index}"
+        assert waiting(slow_session.outbox) <= 1
+        # The slow node reads again: what it gets ends with the newest set, not forty.
+        got = []
+        while not got or got[-1] != "t39":
+            message = await asyncio.wait_for(slow.read(), 10)
+            assert isinstance(message, DispatcherMessage)
+            got.append(message.assignments.tasks[0].id)
+        assert len(got) < 40
+        slow.cancel()
+        fast.cancel()

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import structlog
 
+from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.image_sources import Holders, image_sources
-from dockyard.controller.orchestrators.tasks import State, is_terminal
+from dockyard.controller.orchestrators.tasks import is_terminal
 from dockyard.controller.sessions import Post
 from dockyard.controller.state import ChangeTracker, ClusterState
 from dockyard.controller.store import SECRET_DATA, TASKS, Store, StoreError
@@ -32,9 +33,9 @@ FLUSH_INTERVAL = 0.1
 
 def assigned_to_agent(task: Task) -> bool:
     """Whether the node's agent must know about the task."""
-    if task.status.state < State.ASSIGNED:
+    if task.status.state < TaskState.ASSIGNED:
         return False
-    return task.desired_state <= State.RUNNING or not is_terminal(task)
+    return task.desired_state <= TaskState.RUNNING or not is_terminal(task)
 
 
 class Assigner:

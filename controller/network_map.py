@@ -14,7 +14,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-from dockyard.controller.orchestrators.tasks import State
+from dockyard.common.states import TaskState
 from dockyard.controller.sessions import Post
 from dockyard.controller.state import ClusterState
 from dockyard.v1.dispatcher_pb2 import (
@@ -27,7 +27,7 @@ from dockyard.v1.types_pb2 import Node
 
 __all__ = ["NetworkMapper"]
 
-RUNNING = State.RUNNING  # looked up once: an enum attribute costs on every task
+RUNNING = TaskState.RUNNING  # looked up once: an enum attribute costs on every task
 SEND_INTERVAL = 0.5
 """Seconds between two looks at the cluster (and so between two maps sent to every node):
 a burst of task starts makes one map, not one per task (each map goes to every session)."""

@@ -16,15 +16,14 @@ from collections.abc import Callable
 
 import structlog
 
+from dockyard.common.states import NodeState
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.sessions import SessionRegistry
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import StoreError
-from dockyard.v1.types_pb2 import NodeStatus
 
 log = structlog.get_logger(__name__)
 
-State = NodeStatus.State
 
 # A node not heard from since this controller became leader gets at least this
 # long: its agent may be waiting out a reconnect backoff (up to 10 s).
@@ -69,7 +68,7 @@ class NodeMonitor:
                 log.warning("nodemonitor.store_error", error=str(exc))
 
     async def check(self) -> None:
-        changes: dict[str, tuple[State.ValueType, str]] = {}
+        changes: dict[str, tuple[NodeState.ValueType, str]] = {}
         view = self._view()
         nodes = list(view.nodes.values()) if view is not None else await self._registry.list_all()
         now = time.monotonic()
@@ -79,10 +78,10 @@ class NodeMonitor:
             silent = now - (seen.monotonic if heard and seen else self._started)
             has_session = node.id in self._sessions
             allowed = self._grace if heard else self._startup_grace
-            if node.status.state == State.READY and silent > allowed:
-                changes[node.id] = (State.DOWN, f"no heartbeat for {silent:.1f} s")
-            elif node.status.state != State.READY and has_session and silent <= self._grace:
-                changes[node.id] = (State.READY, "heartbeats resumed")
+            if node.status.state == NodeState.READY and silent > allowed:
+                changes[node.id] = (NodeState.DOWN, f"no heartbeat for {silent:.1f} s")
+            elif node.status.state != NodeState.READY and has_session and silent <= self._grace:
+                changes[node.id] = (NodeState.READY, "heartbeats resumed")
         if changes:
             await self._registry.set_states(changes)
 

@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from dockyard.common.etcd_server import EtcdServer
+from dockyard.common.states import TaskState
 from dockyard.controller.leadership import LEADER_KEY, Leadership
 from dockyard.controller.orchestrators.loop import Orchestrator
-from dockyard.controller.orchestrators.tasks import State, new_task
+from dockyard.controller.orchestrators.tasks import new_task
 from dockyard.controller.scheduling import SchedulingLoop
 from dockyard.controller.store import (
     LEADER,
@@ -102,7 +103,7 @@ async def test_a_deposed_leaders_orchestrator_and_scheduler_write_nothing(
             await run_until_fenced(SchedulingLoop(fenced_a, view).run)
         tasks, _ = await store_b.list_all(TASKS)
         assert [t.id for t in tasks] == [pending.id], "the deposed orchestrator created tasks"
-        assert tasks[0].status.state == State.PENDING and not tasks[0].node_id
+        assert tasks[0].status.state == TaskState.PENDING and not tasks[0].node_id
         assert fenced_a.last_revision < tasks[0].meta.version
     finally:
         await a.stop()

@@ -51,7 +51,7 @@ from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.peers import ControllerDirectory
 from dockyard.controller.registration import Registration
 from dockyard.controller.scheduler.constraints import parse_constraints
-from dockyard.controller.scheduling import SchedulingLoop
+from dockyard.controller.scheduler.loop import SchedulingLoop
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.sessions import Post, SessionRegistry
 from dockyard.controller.state import ClusterState

@@ -18,7 +18,7 @@ from dockyard.common.states import TaskState
 from dockyard.controller.leadership import LEADER_KEY, Leadership
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.orchestrators.tasks import new_task
-from dockyard.controller.scheduling import SchedulingLoop
+from dockyard.controller.scheduler.loop import SchedulingLoop
 from dockyard.controller.store import (
     LEADER,
     NODES,

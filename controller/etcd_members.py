@@ -8,12 +8,13 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from etcd3aio import Etcd3Client
-
 from dockyard.controller.records import StoreUnavailable, short_error
+
+if TYPE_CHECKING:  # clients come from the store, the one module that makes them
+    from etcd3aio import Etcd3Client
 
 __all__ = ["EtcdAccess", "EtcdMember", "etcd_members"]
 

@@ -257,3 +257,32 @@ async def test_a_crashed_view_watch_resumes_where_it_was(
     await wait_until(lambda: has_tasks(store, 2), "the service's tasks")
     assert crashes == 1
     assert leading(controller)
+
+
+async def test_a_failing_background_job_is_seen_at_once_and_ends_the_others(
+    etcd: EtcdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background job that raises is logged when it fails and sets `failed` (the
+    process then exits 1); the other jobs stop with it: nothing runs on headless."""
+    from dockyard.controller import registration
+
+    async def broken(self: object) -> None:
+        raise RuntimeError("registration bug (injected)")
+
+    monkeypatch.setattr(registration.Registration, "run", broken)
+    config = ControllerConfig(
+        state_dir=tmp_path / "controller", listen="127.0.0.1:0", etcd_endpoints=[etcd.endpoint],
+        etcd_prefix="/failing", insecure=True, http_listen="", leader_ttl=TTL,
+    )  # fmt: skip
+    controller = Controller(config)
+    with structlog.testing.capture_logs() as logs:
+        await controller.start()
+        try:
+            await asyncio.wait_for(controller.failed.wait(), 10)
+            failed = [e for e in logs if e["event"] == "controller.job_failed"]
+            assert failed and "registration bug (injected)" in failed[0]["error"]
+            await wait_until(lambda: controller.leadership is not None
+                             and not controller.leadership.is_leader
+                             and controller.term is None, "leadership to stop with it")
+        finally:
+            await controller.stop()

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from dockyard.agent.executor import Executor
     from dockyard.agent.executors.docker import DockerExecutor
     from dockyard.agent.executors.runc import RuncExecutor
+    from dockyard.agent.metrics.http import MetricsServer
+    from dockyard.agent.metrics.source import ContainerRef
     from dockyard.agent.network.cluster import ClusterNetwork
 
 log = structlog.get_logger(__name__)
@@ -64,6 +66,7 @@ class AgentDaemon:
         self._network_task: asyncio.Task[None] | None = None
         self._node_id = ""
         self._node_pki: NodePKI | None = None
+        self.metrics: MetricsServer | None = None
         self._revoked: frozenset[str] = frozenset()
         """Serials of the cluster's revoked certificates (from the network map): the API
         refuses them, as the controllers do."""
@@ -136,6 +139,8 @@ class AgentDaemon:
             self.worker = Worker(executor, self.session, config.state_dir,
                                  secrets=getattr(executor, "secrets", None))  # fmt: skip
             await self.worker.start()
+        if config.metrics_listen:
+            self.metrics = await self._start_metrics(identity.name)
         await self.server.start()
         if self.cluster_network is not None:
             self._network_task = asyncio.create_task(self.cluster_network.run())
@@ -245,6 +250,55 @@ class AgentDaemon:
         self._runc = RuncExecutor(manager, self._secret_files())
         return self._runc
 
+    async def _start_metrics(self, node_name: str) -> MetricsServer:
+        """`/metrics` on --metrics-listen, over this node's containers (when it runs runc)."""
+        from prometheus_client import ProcessCollector
+        from prometheus_client.registry import Collector
+
+        from dockyard.agent.metrics.cgroups import detect_reader
+        from dockyard.agent.metrics.collector import ContainerCollector
+        from dockyard.agent.metrics.exposition import AgentMetrics
+        from dockyard.agent.metrics.http import MetricsServer, server_tls
+        from dockyard.agent.metrics.node import ConmonCollector, StoreSizeCollector
+
+        config = self.config
+        node: list[Collector] = [ProcessCollector(namespace="dockyard_agent", registry=None)]
+        if self.containers is not None:
+            runtime, store = self.containers.runtime, self.containers.images.store
+            node += [ConmonCollector(runtime.runc_root),
+                     StoreSizeCollector({"blobs": store.root / "blobs",
+                                         "snapshots": store.snapshots_dir})]  # fmt: skip
+        collector = ContainerCollector(detect_reader(), node_name, config.metrics_max_containers)
+        metrics = AgentMetrics(self._metric_containers, collector, node)
+        tls = None
+        if self._node_pki is not None:
+            pki_files = self._node_pki
+            tls = await asyncio.to_thread(server_tls, pki_files.cert, pki_files.key, pki_files.ca)
+        server = MetricsServer(config.metrics_listen, metrics, tls,
+                               lambda serial: serial in self._revoked)  # fmt: skip
+        try:
+            await server.start()
+        except OSError as exc:
+            raise AgentStartError(f"cannot listen on {config.metrics_listen} (--metrics-listen):"
+                                  f" {exc.strerror or exc}") from exc  # fmt: skip
+        return server
+
+    async def _metric_containers(self) -> list[ContainerRef]:
+        """The one place the metrics read the node's containers (runc runtime only)."""
+        from dockyard.agent.metrics.source import ContainerRef
+        from dockyard.agent.runtime.base import ContainerStatus
+
+        if self.containers is None:
+            return []
+        parent = self.containers.runtime.cgroup_parent
+        return [ContainerRef(
+            id=i.id, name=i.name, image=i.image, cgroups_path=f"/{parent}/{i.id}",
+            pid=i.state.pid, running=i.state.status is ContainerStatus.RUNNING,
+            restarts=i.state.restart_count, oom_killed=i.state.oom_killed,
+            started_at=i.state.started_at.timestamp() if i.state.started_at else 0.0,
+            host_network=i.config.network == "host", labels=i.labels,
+        ) for i in (view.info for view in await self.containers.list(all=True))]  # fmt: skip
+
     def _secret_files(self) -> SecretFiles:
         """Where this agent's tasks' secret files go (a tmpfs, mounted on first use)."""
         return SecretFiles(SECRETS_ROOT / self._node_id)
@@ -276,6 +330,8 @@ class AgentDaemon:
                     await task
         if self.server is not None:
             await self.server.stop(grace)
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.worker is not None:  # its containers keep running
             await self.worker.close()
         if self.cluster_network is not None:  # routes and rules stay for the containers

@@ -14,6 +14,7 @@ from dockyard.agent.api import AgentServicer
 from dockyard.agent.certs import NodePKI, renew_loop
 from dockyard.agent.config import AgentConfig
 from dockyard.agent.identity import load_or_create
+from dockyard.agent.metrics.pulls import PullMetrics
 from dockyard.agent.secret_files import DEFAULT_ROOT as SECRETS_ROOT
 from dockyard.agent.secret_files import SecretFiles
 from dockyard.agent.session import ControllerSession
@@ -67,6 +68,7 @@ class AgentDaemon:
         self._node_id = ""
         self._node_pki: NodePKI | None = None
         self.metrics: MetricsServer | None = None
+        self._pulls = PullMetrics()
         self._revoked: frozenset[str] = frozenset()
         """Serials of the cluster's revoked certificates (from the network map): the API
         refuses them, as the controllers do."""
@@ -222,7 +224,8 @@ class AgentDaemon:
         config = self.config
         registry = registry_config(config.registry_mirrors, config.insecure_registries,
                                    config.registry_config)  # fmt: skip
-        images = await asyncio.to_thread(ImageService, config.state_dir / "images", registry)
+        images = await asyncio.to_thread(ImageService, config.state_dir / "images", registry,
+                                         on_blob=self._pulls.observe)  # fmt: skip
         network_dir = config.state_dir / "network"
         subnet = (config.bridge_subnet or await asyncio.to_thread(assigned_subnet, network_dir)
                   or DEFAULT_SUBNET)  # fmt: skip
@@ -265,7 +268,7 @@ class AgentDaemon:
         node: list[Collector] = [ProcessCollector(namespace="dockyard_agent", registry=None)]
         if self.containers is not None:
             runtime, store = self.containers.runtime, self.containers.images.store
-            node += [ConmonCollector(runtime.runc_root),
+            node += [self._pulls, ConmonCollector(runtime.runc_root),
                      StoreSizeCollector({"blobs": store.root / "blobs",
                                          "snapshots": store.snapshots_dir})]  # fmt: skip
         collector = ContainerCollector(detect_reader(), node_name, config.metrics_max_containers)

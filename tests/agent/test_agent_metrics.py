@@ -19,7 +19,7 @@ pytestmark = pytest.mark.runc
 MiB = 2**20
 
 Samples = dict[str, dict[str, float]]
-"""metric name -> container name -> value."""
+"""metric name -> container name (or pull source, or store part) -> value."""
 
 
 @pytest.fixture
@@ -38,7 +38,9 @@ def scrape(url: str) -> Samples:
     found: Samples = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            found.setdefault(sample.name, {})[sample.labels.get("name", "")] = sample.value
+            labels = sample.labels
+            key = labels.get("name") or labels.get("source") or labels.get("part") or ""
+            found.setdefault(sample.name, {})[key] = sample.value
     return found
 
 
@@ -78,7 +80,12 @@ def test_allocated_memory_shows_in_the_working_set(metrics_agent: tuple[Agent, s
     assert found["dockyard_conmon_processes"][""] == 2
     assert found["dockyard_conmon_resident_memory_bytes"][""] > 0
     assert found["dockyard_agent_process_resident_memory_bytes"][""] > 0
-    assert found["dockyard_image_store_bytes"][""] > 0
+    assert found["dockyard_image_store_bytes"]["snapshots"] > 1_000_000  # busybox unpacked
+    assert found["dockyard_image_store_bytes"]["blobs"] > 500_000
+    # the fixture pulled busybox (config and one layer) from the registry, none from peers
+    assert found["dockyard_image_pull_blobs_total"] == {"registry": 2, "peer": 0}
+    assert found["dockyard_image_pull_bytes_total"]["registry"] > 500_000
+    assert found["dockyard_image_pull_seconds_total"]["registry"] > 0
 
 
 def test_an_oom_kill_increments_the_counter(metrics_agent: tuple[Agent, str],

@@ -150,7 +150,8 @@ def test_collector_families_parse_with_the_task_labels(tmp_path: Path) -> None:
     assert rx == [({**labels, "interface": "eth0"}, 9000)]
     oom = {labels["name"]: value for labels, value in found["container_oom_events_total"]}
     assert oom == {"web.1.abc": 2, "old": 1}  # cgroup count; the exited one's flag
-    restarts = {labels["name"]: value for labels, value in found["dockyard_container_restarts_total"]}
+    restarts = {labels["name"]: value
+                for labels, value in found["dockyard_container_restarts_total"]}
     assert restarts == {"web.1.abc": 0, "old": 2}
     running = {labels["name"]: value for labels, value in found["dockyard_container_running"]}
     assert running == {"web.1.abc": 1, "old": 0}

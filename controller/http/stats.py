@@ -27,6 +27,7 @@ __all__ = [
     "AgentStats",
     "NodeStats",
     "service_totals",
+    "totals",
 ]
 
 log = structlog.get_logger(__name__)
@@ -158,16 +159,16 @@ class AgentStats:
         return sorted((c for c in found if c is not None), key=lambda c: c["name"])
 
 
+def totals(service: str, containers: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """`containers` counted, and their CPU percent, memory and PIDs summed."""
+    found = list(containers)
+    return {"service": service, "containers": len(found),
+            "cpu_percent": round(sum(c["cpu_percent"] for c in found), 3),
+            "memory_usage": sum(c["memory_usage"] for c in found),
+            "pids": sum(c["pids"] for c in found)}  # fmt: skip
+
+
 def service_totals(containers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per service (by name; "" for containers that are no service's task): containers,
-    CPU percent and memory summed, sorted by name."""
-    totals: dict[str, dict[str, Any]] = {}
-    for c in containers:
-        entry = totals.setdefault(c["service"], {"service": c["service"], "containers": 0,
-                                                 "cpu_percent": 0.0, "memory_usage": 0,
-                                                 "pids": 0})  # fmt: skip
-        entry["containers"] += 1
-        entry["cpu_percent"] = round(entry["cpu_percent"] + c["cpu_percent"], 3)
-        entry["memory_usage"] += c["memory_usage"]
-        entry["pids"] += c["pids"]
-    return [totals[name] for name in sorted(totals)]
+    """`totals` per service name ("": containers that are no service's task), by name."""
+    names = sorted({c["service"] for c in containers})
+    return [totals(name, (c for c in containers if c["service"] == name)) for name in names]

@@ -56,6 +56,7 @@ log = structlog.get_logger(__name__)
 DASHBOARD = Path(__file__).parent / "dashboard-static"  # data, not a package
 STATIC = {  # URL name -> (file, content type); nothing else is served
     "app.js": "application/javascript; charset=utf-8",
+    "vtable.js": "application/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 # The dashboard loads nothing from anywhere else; the browser enforces it.

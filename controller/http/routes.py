@@ -34,6 +34,7 @@ from dockyard.controller.http.events import (
     record_json,
 )
 from dockyard.controller.http.metrics import ControllerMetrics
+from dockyard.controller.http.sd import agent_targets, parse_port
 from dockyard.controller.http.stats import (
     LABEL_SERVICE_ID,
     AgentStats,
@@ -150,6 +151,7 @@ class Handlers:
         get("/v1/nodes/{ref}/stats", self.node_stats, name="node_stats")
         get("/v1/services/{ref}/stats", self.service_stats, name="service_stats")
         get("/v1/stats", self.cluster_stats, name="stats")
+        get("/v1/sd/agents", self.agents_sd, name="sd_agents")
         get("/v1/services", self.list_services, name="services")
         get("/v1/services/{ref}", self.get_service, name="service")
         get("/v1/tasks", self.list_tasks, name="tasks")
@@ -285,6 +287,15 @@ class Handlers:
             "containers": containers,
             "nodes": [{"node_id": a.node_id, "node": a.node, "error": a.error} for a in answers],
         })  # fmt: skip
+
+    async def agents_sd(self, request: web.Request) -> web.Response:
+        """Prometheus HTTP service discovery of the agents' metrics endpoints."""
+        try:
+            port = parse_port(request.query.get("port", ""))
+        except ValueError as exc:
+            raise ApiError(400, "INVALID_ARGUMENT", str(exc)) from exc
+        nodes = (await self._sources.nodes.list(ListNodesRequest())).nodes
+        return web.json_response(agent_targets(nodes, port))
 
     # -- the dashboard ----------------------------------------------------------
 

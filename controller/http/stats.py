@@ -17,6 +17,7 @@ import grpc
 import structlog
 
 from dockyard.common.pki import NODE, role_host
+from dockyard.controller.image_sources import reachable_api_address
 from dockyard.v1 import containers_pb2_grpc
 from dockyard.v1.containers_pb2 import ContainerRecord, ContainerRef, ListContainersRequest
 from dockyard.v1.types_pb2 import Node, NodeStatus
@@ -114,11 +115,11 @@ class AgentStats:
     ) -> NodeStats:
         """One node's running containers that `wanted` keeps, with a sample each."""
         answer = NodeStats(node.id, node.spec.name, [])
-        address = node.description.api_address
+        address = reachable_api_address(node)
         if node.status.state == NodeStatus.DOWN:
             answer.error = "node is down"
         elif not address:
-            answer.error = "node has no API address"
+            answer.error = "node has no reachable API address"
         if answer.error:
             return answer
         async with self._nodes:

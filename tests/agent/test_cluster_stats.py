@@ -173,7 +173,15 @@ def test_agent_metrics_over_mutual_tls(stats_cluster: tuple[Cluster, dict[str, i
     ca = cluster.pki / "admin" / "ca.pem"
     create(cluster, "web", image_registry.busybox, 2, "sleep 3600")
     cluster.wait_for(lambda: len(running(cluster, "web")) == 2, "web 2/2 running", 90)
-    url = f"https://127.0.0.1:{ports['s1']}/metrics"
+    base = f"https://127.0.0.1:{cluster.http_port}"
+    status, body = get(f"{base}/v1/sd/agents?port={ports['s1']}", tls(cluster.pki / "admin", ca))
+    assert status == 200, body
+    groups = {g["labels"]["__meta_dockyard_node_name"]: g for g in json.loads(body)}
+    assert sorted(groups) == ["s1", "s2"]
+    assert groups["s1"]["targets"] == [f"127.0.0.1:{ports['s1']}"]  # what is scraped below
+    assert groups["s1"]["labels"]["__meta_dockyard_node_state"] == "READY"
+    assert get(f"{base}/v1/sd/agents?port=0", tls(cluster.pki / "admin", ca))[0] == 400
+    url = f"https://{groups['s1']['targets'][0]}/metrics"
     viewer = cluster.root / "prom"
     cluster.run_tool("dockyard-controller", "user", "create", "prom", "--role", "read-only",
                      "--state-dir", str(cluster.root / "controller"), "--out", str(viewer))

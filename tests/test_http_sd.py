@@ -43,3 +43,25 @@ def test_port_is_checked() -> None:
     for bad in ("0", "65536", "x", "-1"):
         with pytest.raises(ValueError, match="port"):
             parse_port(bad)
+
+
+def test_the_shipped_scrape_config_uses_this_endpoint() -> None:
+    import urllib.parse
+    from pathlib import Path
+
+    import yaml
+
+    from dockyard.common.addresses import AGENT_METRICS_PORT
+
+    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+                             / "prometheus.yml").read_text())  # fmt: skip
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert set(jobs) == {"dockyard-controllers", "dockyard-agents"}
+    url = urllib.parse.urlsplit(jobs["dockyard-agents"]["http_sd_configs"][0]["url"])
+    assert url.path == "/v1/sd/agents"
+    assert parse_port(urllib.parse.parse_qs(url.query)["port"][0]) == AGENT_METRICS_PORT
+    kept = {r.get("source_labels", [""])[0] for r in jobs["dockyard-agents"]["relabel_configs"]}
+    labels = agent_targets([node("a", "n1", "10.0.0.1:7401")], 7403)[0]["labels"]
+    assert kept <= set(labels)  # every relabel reads a label the endpoint gives
+    for job in jobs.values():
+        assert job["scheme"] == "https" and job["tls_config"]["cert_file"]

@@ -156,8 +156,8 @@ class AgentStats:
 
             async with asyncio.TaskGroup() as group:
                 samples = [group.create_task(sample(r)) for r in records]
-        found = [s.result() for s in samples if s.result() is not None]
-        return sorted((c for c in found if c is not None), key=lambda c: c["name"])
+        found = [c for c in (s.result() for s in samples) if c is not None]
+        return sorted(found, key=lambda c: c["name"])
 
 
 def totals(service: str, containers: Iterable[dict[str, Any]]) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The dashboard at scale, in headless Chromium: 1,000 hollow nodes (one `dockyard-agent
-hollow` process, so the cluster is plaintext) and DOCKYARD_DASHBOARD_TASKS tasks (5,000
-by default; 30,000 for the issue's figure). Reports, never asserts, the time to the first
-render, each event's time from its arrival to the render that shows it, and the time from
-a scale's write to the page showing it. Asserts only what must hold at any speed: every
-node and task is counted, and the tables keep far fewer rows in the page than they hold."""
+hollow` process, so the cluster is plaintext) and DOCKYARD_DASHBOARD_TASKS tasks (3,000 by
+default; 30,000 for the issue's figure, on a machine that can run them). Reports, never
+asserts, the time to the first render, each event's time from its arrival to the render
+that shows it, and the time from a scale's write to the page showing it. Asserts only what
+must hold at any speed: every node and task is counted, and the tables keep far fewer rows
+in the page than they hold."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from tests.dashboard.conftest import artifacts
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 NODES = int(os.environ.get("DOCKYARD_DASHBOARD_NODES", "1000"))
-TASKS = int(os.environ.get("DOCKYARD_DASHBOARD_TASKS", "5000"))
+TASKS = int(os.environ.get("DOCKYARD_DASHBOARD_TASKS", "3000"))
 WAIT = 600.0
 
 
@@ -39,6 +40,17 @@ def text(page: Any, selector: str) -> str:
     return (found.first.text_content() or "") if found.count() else ""
 
 
+def running_tasks(cluster: Cluster) -> int:
+    """RUNNING tasks as the controller counts them; -1 when it does not answer now (a
+    loaded machine's etcd may time out a read: the next poll asks again)."""
+    import json
+
+    done = cluster.cli("service", "ls", "-o", "json", check=False, timeout=60)
+    if done.returncode != 0:
+        return -1
+    return sum(int(s["running"]) for s in json.loads(done.stdout))
+
+
 def summary(values: list[float]) -> str:
     if not values:
         return "none"
@@ -50,7 +62,7 @@ def summary(values: list[float]) -> str:
 
 def test_a_thousand_nodes_stay_responsive(cluster_factory: Callable[..., Cluster],
                                           browser: Any) -> None:
-    cluster = cluster_factory(heartbeat=2.0, grace=10.0, insecure=True)
+    cluster = cluster_factory(heartbeat=5.0, grace=30.0, insecure=True)
     cluster.start_controller()
     args = [str(BIN / "dockyard-agent"), "hollow", "--controller", cluster.address,
             "--count", str(NODES), "--state-dir", str(cluster.root / "hollow"),
@@ -59,8 +71,7 @@ def test_a_thousand_nodes_stay_responsive(cluster_factory: Callable[..., Cluster
     cluster.wait_for(lambda: len(cluster.nodes()) == NODES, f"{NODES} nodes", WAIT)
     cluster.cli("service", "create", "--detach", "--name", "big", "--replicas", str(TASKS),
                 "busybox", "sleep", "3600")  # fmt: skip
-    cluster.cli("service", "scale", f"big={TASKS}", "--timeout", f"{WAIT:.0f}s",
-                timeout=WAIT + 30)  # waits until every replica runs
+    poll(f"{TASKS} tasks running", lambda: running_tasks(cluster) == TASKS)
 
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     page = context.new_page()

@@ -137,12 +137,12 @@ class AgentDaemon:
             from dockyard.agent.runtime.hollow import HollowExecutor
 
             executor = HollowExecutor()
+        if config.metrics_listen:  # before the worker: a port in use stops the start
+            self.metrics = await self._start_metrics(identity.name)
         if executor is not None:
             self.worker = Worker(executor, self.session, config.state_dir,
                                  secrets=getattr(executor, "secrets", None))  # fmt: skip
             await self.worker.start()
-        if config.metrics_listen:
-            self.metrics = await self._start_metrics(identity.name)
         await self.server.start()
         if self.cluster_network is not None:
             self._network_task = asyncio.create_task(self.cluster_network.run())

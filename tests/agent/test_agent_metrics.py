@@ -106,3 +106,15 @@ def test_an_oom_kill_increments_the_counter(metrics_agent: tuple[Agent, str],
         time.sleep(0.2)
     assert after["container_oom_events_total"]["greedy"] == 1
     assert "greedy" not in after.get("container_memory_usage_bytes", {})  # no cgroup left
+
+
+def test_a_taken_metrics_port_stops_the_start(agent_factory: Any) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        agent: Agent = agent_factory(extra=["--metrics-listen", f"127.0.0.1:{port}"])
+        with pytest.raises(AssertionError, match=r"cannot listen on .* \(--metrics-listen\)"):
+            agent.start()

@@ -262,7 +262,7 @@ class AgentDaemon:
         from dockyard.agent.metrics.collector import ContainerCollector
         from dockyard.agent.metrics.exposition import AgentMetrics
         from dockyard.agent.metrics.http import MetricsServer, server_tls
-        from dockyard.agent.metrics.node import ConmonCollector, StoreSizeCollector
+        from dockyard.agent.metrics.node import ConmonCollector, DnsCollector, StoreSizeCollector
 
         config = self.config
         node: list[Collector] = [ProcessCollector(namespace="dockyard_agent", registry=None)]
@@ -271,6 +271,8 @@ class AgentDaemon:
             node += [self._pulls, ConmonCollector(runtime.runc_root),
                      StoreSizeCollector({"blobs": store.root / "blobs",
                                          "snapshots": store.snapshots_dir})]  # fmt: skip
+        if self.cluster_network is not None:
+            node.append(DnsCollector(self.cluster_network.dns.query_counts))
         collector = ContainerCollector(detect_reader(), node_name, config.metrics_max_containers)
         metrics = AgentMetrics(self._metric_containers, collector, node)
         tls = None

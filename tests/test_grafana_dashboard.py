@@ -313,6 +313,7 @@ def test_every_metric_the_dashboard_queries_is_exported(exposition: str,
                    # the agents' node and container rows
                    "dockyard_agent_process_cpu_seconds", "dockyard_conmon_resident_memory_bytes",
                    "dockyard_image_pull_bytes", "dockyard_image_store_bytes",
+                   "dockyard_dns_queries",
                    "container_cpu_usage_seconds", "container_memory_working_set_bytes",
                    "container_spec_memory_limit_bytes", "container_oom_events",
                    "container_network_receive_bytes", "dockyard_container_restarts"):  # fmt: skip

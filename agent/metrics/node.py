@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-__all__ = ["ConmonCollector", "StoreSizeCollector", "tree_bytes"]
+__all__ = ["ConmonCollector", "DnsCollector", "StoreSizeCollector", "tree_bytes"]
 
 
 class ConmonCollector:
@@ -99,3 +99,19 @@ class StoreSizeCollector:
                                  "When the store size was last measured, Unix seconds.",
                                  value=measured)
         return [size, when]
+
+
+class DnsCollector:
+    """`dockyard_dns_queries_total{outcome}`: queries the node's DNS server answered for
+    its containers (`service`: a cluster name, `forwarded`, `failed`, `refused`)."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> list[Metric]:
+        queries = CounterMetricFamily("dockyard_dns_queries_total",
+                                      "DNS queries of the node's containers, by outcome.",
+                                      labels=["outcome"])  # fmt: skip
+        for outcome, count in sorted(self._counts().items()):
+            queries.add_metric([outcome], count)
+        return [queries]

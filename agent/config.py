@@ -49,3 +49,8 @@ class AgentConfig:
     allow_privileged: bool = False
     """Whether the agent's own API may create privileged containers (`common/privilege.py`).
     Tasks are held to the cluster's policy by the controller instead."""
+    metrics_listen: str = ""
+    """host:port of `/metrics` (Prometheus; HTTPS with the node certificate and client
+    certificates, as the API). "": not served."""
+    metrics_max_containers: int = 1000
+    """Containers one scrape reports at most (bounds the series; docs/metrics.md)."""

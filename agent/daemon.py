@@ -14,6 +14,7 @@ from dockyard.agent.api import AgentServicer
 from dockyard.agent.certs import NodePKI, renew_loop
 from dockyard.agent.config import AgentConfig
 from dockyard.agent.identity import load_or_create
+from dockyard.agent.metrics.pulls import PullMetrics
 from dockyard.agent.secret_files import DEFAULT_ROOT as SECRETS_ROOT
 from dockyard.agent.secret_files import SecretFiles
 from dockyard.agent.session import ControllerSession
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from dockyard.agent.executor import Executor
     from dockyard.agent.executors.docker import DockerExecutor
     from dockyard.agent.executors.runc import RuncExecutor
+    from dockyard.agent.metrics.http import MetricsServer
+    from dockyard.agent.metrics.source import ContainerRef
     from dockyard.agent.network.cluster import ClusterNetwork
 
 log = structlog.get_logger(__name__)
@@ -64,6 +67,8 @@ class AgentDaemon:
         self._network_task: asyncio.Task[None] | None = None
         self._node_id = ""
         self._node_pki: NodePKI | None = None
+        self.metrics: MetricsServer | None = None
+        self._pulls = PullMetrics()
         self._revoked: frozenset[str] = frozenset()
         """Serials of the cluster's revoked certificates (from the network map): the API
         refuses them, as the controllers do."""
@@ -132,6 +137,8 @@ class AgentDaemon:
             from dockyard.agent.runtime.hollow import HollowExecutor
 
             executor = HollowExecutor()
+        if config.metrics_listen:  # before the worker: a port in use stops the start
+            self.metrics = await self._start_metrics(identity.name)
         if executor is not None:
             self.worker = Worker(executor, self.session, config.state_dir,
                                  secrets=getattr(executor, "secrets", None))  # fmt: skip
@@ -217,7 +224,8 @@ class AgentDaemon:
         config = self.config
         registry = registry_config(config.registry_mirrors, config.insecure_registries,
                                    config.registry_config)  # fmt: skip
-        images = await asyncio.to_thread(ImageService, config.state_dir / "images", registry)
+        images = await asyncio.to_thread(ImageService, config.state_dir / "images", registry,
+                                         on_blob=self._pulls.observe)  # fmt: skip
         network_dir = config.state_dir / "network"
         subnet = (config.bridge_subnet or await asyncio.to_thread(assigned_subnet, network_dir)
                   or DEFAULT_SUBNET)  # fmt: skip
@@ -244,6 +252,57 @@ class AgentDaemon:
         peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(images.store.blobs), server)
         self._runc = RuncExecutor(manager, self._secret_files())
         return self._runc
+
+    async def _start_metrics(self, node_name: str) -> MetricsServer:
+        """`/metrics` on --metrics-listen, over this node's containers (when it runs runc)."""
+        from prometheus_client import ProcessCollector
+        from prometheus_client.registry import Collector
+
+        from dockyard.agent.metrics.cgroups import detect_reader
+        from dockyard.agent.metrics.collector import ContainerCollector
+        from dockyard.agent.metrics.exposition import AgentMetrics
+        from dockyard.agent.metrics.http import MetricsServer, server_tls
+        from dockyard.agent.metrics.node import ConmonCollector, DnsCollector, StoreSizeCollector
+
+        config = self.config
+        node: list[Collector] = [ProcessCollector(namespace="dockyard_agent", registry=None)]
+        if self.containers is not None:
+            runtime, store = self.containers.runtime, self.containers.images.store
+            node += [self._pulls, ConmonCollector(runtime.runc_root),
+                     StoreSizeCollector({"blobs": store.root / "blobs",
+                                         "snapshots": store.snapshots_dir})]  # fmt: skip
+        if self.cluster_network is not None:
+            node.append(DnsCollector(self.cluster_network.dns.query_counts))
+        collector = ContainerCollector(detect_reader(), node_name, config.metrics_max_containers)
+        metrics = AgentMetrics(self._metric_containers, collector, node)
+        tls = None
+        if self._node_pki is not None:
+            pki_files = self._node_pki
+            tls = await asyncio.to_thread(server_tls, pki_files.cert, pki_files.key, pki_files.ca)
+        server = MetricsServer(config.metrics_listen, metrics, tls,
+                               lambda serial: serial in self._revoked)  # fmt: skip
+        try:
+            await server.start()
+        except OSError as exc:
+            raise AgentStartError(f"cannot listen on {config.metrics_listen} (--metrics-listen):"
+                                  f" {exc.strerror or exc}") from exc  # fmt: skip
+        return server
+
+    async def _metric_containers(self) -> list[ContainerRef]:
+        """The one place the metrics read the node's containers (runc runtime only)."""
+        from dockyard.agent.metrics.source import ContainerRef
+        from dockyard.agent.runtime.base import ContainerStatus
+
+        if self.containers is None:
+            return []
+        parent = self.containers.runtime.cgroup_parent
+        return [ContainerRef(
+            id=i.id, name=i.name, image=i.image, cgroups_path=f"/{parent}/{i.id}",
+            pid=i.state.pid, running=i.state.status is ContainerStatus.RUNNING,
+            restarts=i.state.restart_count, oom_killed=i.state.oom_killed,
+            started_at=i.state.started_at.timestamp() if i.state.started_at else 0.0,
+            host_network=i.config.network == "host", labels=i.labels,
+        ) for i in (view.info for view in await self.containers.list(all=True))]  # fmt: skip
 
     def _secret_files(self) -> SecretFiles:
         """Where this agent's tasks' secret files go (a tmpfs, mounted on first use)."""
@@ -276,6 +335,8 @@ class AgentDaemon:
                     await task
         if self.server is not None:
             await self.server.stop(grace)
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.worker is not None:  # its containers keep running
             await self.worker.close()
         if self.cluster_network is not None:  # routes and rules stay for the containers

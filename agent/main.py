@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING
 
 import click
 
-from dockyard.common.addresses import AGENT_PORT, CONTROLLER_PORT, AddressError, normalize
+from dockyard.common.addresses import (
+    AGENT_METRICS_PORT as METRICS_PORT,
+)
+from dockyard.common.addresses import (
+    AGENT_PORT,
+    CONTROLLER_PORT,
+    AddressError,
+    normalize,
+)
 from dockyard.common.distribution.settings import check_registry_flags, registry_options
 from dockyard.common.sizes import parse_size
 from dockyard.common.version import package_version
@@ -112,6 +120,16 @@ def main() -> None:
     "paths, the host network, seccomp=unconfined. Service tasks follow the cluster's policy.",
 )
 @click.option(
+    "--metrics-listen", default="", metavar="HOST:PORT",
+    help=f"Serve Prometheus `/metrics` here (HTTPS with client certificates, as the API; "
+    f"admin, read-only and controller identities may scrape), e.g. 0.0.0.0:{METRICS_PORT} "
+    "[not served].",
+)
+@click.option(
+    "--metrics-max-containers", type=click.IntRange(min=1), default=1000, show_default=True,
+    help="Containers one scrape reports at most (running ones first): bounds the series.",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def run(
@@ -134,6 +152,8 @@ def run(
     peer_routes: bool,
     insecure: bool,
     allow_privileged: bool,
+    metrics_listen: str,
+    metrics_max_containers: int,
     log_level: str,
 ) -> None:
     """Run the agent until SIGTERM or SIGINT."""
@@ -148,6 +168,8 @@ def run(
             normalize(c, CONTROLLER_PORT) for item in controllers for c in item.split(",") if c
         ]
         listen = normalize(listen, AGENT_PORT)
+        if metrics_listen:
+            metrics_listen = normalize(metrics_listen, METRICS_PORT)
         if name:
             check_name("--name", name)
         memory_bytes = parse_size(memory) if memory else None
@@ -187,6 +209,8 @@ def run(
         peer_routes=peer_routes,
         insecure=insecure,
         allow_privileged=allow_privileged,
+        metrics_listen=metrics_listen,
+        metrics_max_containers=metrics_max_containers,
     )
     sys.exit(asyncio.run(_serve(config)))
 

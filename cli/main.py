@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "secret": ("secrets", "secret", "Manage the cluster's secrets."),
     "service": ("services", "service", "Manage services across the cluster."),
     "stack": ("stacks", "stack", "Deploy compose files as stacks of services."),
+    "stats": ("cluster_stats", "stats", "Show the cluster's containers by service, live."),
+    "top": ("top", "top", "Watch nodes, services and pending tasks live (terminal view)."),
     "volume": ("volumes", "volume", "Manage an agent's named volumes."),
     "version": ("system", "version", "Show the client's and the daemons' versions."),
 }

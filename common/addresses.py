@@ -4,6 +4,8 @@ from __future__ import annotations
 
 CONTROLLER_PORT = 7400
 AGENT_PORT = 7401
+# An agent's Prometheus /metrics (`dockyard-agent run --metrics-listen`), by convention.
+AGENT_METRICS_PORT = 7403
 # The controller's join port: TLS without client certificates, for `dockyard-agent join`.
 JOIN_PORT = 7399
 

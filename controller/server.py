@@ -258,6 +258,7 @@ class Controller:
     ) -> None:
         """The JSON read API, /v1/events, /metrics and the dashboard (controller/http/)."""
         from dockyard.controller.http.server import HttpListenError, ReadSources, start_http
+        from dockyard.controller.http.stats import AgentStats
 
         assert self.store is not None
         sessions, store, ca = self.sessions, self.store, self.ca
@@ -272,6 +273,7 @@ class Controller:
                                  self.directory),
             lambda: self.leadership, lambda: self.state,
             ca.is_revoked if ca is not None else lambda serial: False,
+            AgentStats(self._peer_credentials),
         )  # fmt: skip
         try:
             self.http = await start_http(self.config, sources, self.metrics,

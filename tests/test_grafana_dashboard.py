@@ -1,8 +1,9 @@
-"""deploy/grafana/dockyard.json against a real controller's /metrics.
+"""deploy/grafana/dockyard.json against a real controller's and a real agent's /metrics.
 
 Every metric name a PromQL expression of the dashboard uses (panels, rows' nested
-panels, template variables) must be a series that a live controller exports: a
-controller with one hollow agent and a small service, scraped over plain HTTP
+panels, template variables) must be a series that a live controller or agent exports: a
+controller with one hollow agent and a small service, and a runc agent with
+`--metrics-listen` (the node and container rows), scraped over plain HTTP
 (`--insecure`). The dashboard's shape is checked too: uid and title, every panel and
 query on the templated `datasource` variable, refIds, unique panel ids.
 """
@@ -20,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Cluster
+from tests.ports import free_port
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "dockyard.json"
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -173,6 +175,28 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         cluster.stop()
 
 
+@pytest.fixture(scope="module")
+def agent_exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """/metrics of a runc agent (no containers: its families are declared, empty)."""
+    import uuid
+
+    from tests.agent.conftest import Agent
+    from tests.runtime.conftest import _have_runc, cleanup_everything
+
+    if not _have_runc():
+        pytest.skip("the agent's metrics need a runc agent: root, runc and conmon")
+    root = tmp_path_factory.mktemp("grafana-agent")
+    port = free_port()
+    agent = Agent(root / "state", free_port(), f"dockyard-test-{uuid.uuid4().hex[:8]}",
+                  root / "agent.log", ["--metrics-listen", f"127.0.0.1:{port}"])  # fmt: skip
+    try:
+        agent.start()
+        yield fetch(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        agent.kill_all()
+        cleanup_everything(agent.state_dir / "runtime", agent.cgroup_parent)
+
+
 # Which series names a family of each type has in Prometheus (a counter `x` is
 # stored as `x_total`; a histogram as `x_bucket`, `x_sum`, `x_count`).
 SERIES_SUFFIXES = {
@@ -259,8 +283,9 @@ def test_the_dashboard_is_well_formed() -> None:
     assert queries >= 20
 
 
-def test_every_metric_the_dashboard_queries_is_exported(exposition: str) -> None:
-    series = exported_series(exposition)
+def test_every_metric_the_dashboard_queries_is_exported(exposition: str,
+                                                        agent_exposition: str) -> None:
+    series = {**exported_series(agent_exposition), **exported_series(exposition)}
     uses = [(where, expr, name, function)
             for where, expr in expressions(load_dashboard())
             for name, function in metric_uses(expr)]  # fmt: skip
@@ -268,7 +293,7 @@ def test_every_metric_the_dashboard_queries_is_exported(exposition: str) -> None
     assert len(used) >= 15, sorted(used)  # the tokenizer did find the names
 
     missing = sorted({(name, where) for where, _, name, _ in uses if name not in series})
-    assert not missing, "not exported by the controller: " + "; ".join(
+    assert not missing, "not exported by the controller or the agent: " + "; ".join(
         f"{name} ({where})" for name, where in missing)  # fmt: skip
 
     # Counters and histogram series only mean something as rates.
@@ -284,5 +309,12 @@ def test_every_metric_the_dashboard_queries_is_exported(exposition: str) -> None
                    "dockyard_tasks_desired", "dockyard_is_leader", "dockyard_grpc_requests",
                    "dockyard_grpc_request_duration_seconds", "dockyard_event_streams",
                    "dockyard_event_streams_dropped", "process_cpu_seconds",
-                   "process_resident_memory_bytes"):  # fmt: skip
+                   "process_resident_memory_bytes",
+                   # the agents' node and container rows
+                   "dockyard_agent_process_cpu_seconds", "dockyard_conmon_resident_memory_bytes",
+                   "dockyard_image_pull_bytes", "dockyard_image_store_bytes",
+                   "dockyard_dns_queries",
+                   "container_cpu_usage_seconds", "container_memory_working_set_bytes",
+                   "container_spec_memory_limit_bytes", "container_oom_events",
+                   "container_network_receive_bytes", "dockyard_container_restarts"):  # fmt: skip
         assert family in families, family

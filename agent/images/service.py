@@ -17,7 +17,7 @@ from dockyard.agent.images.peer_fetch import PeerFetcher, PeerSources
 from dockyard.agent.images.progress import ProgressCallback, ignore_progress
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.store import GcResult, ImageStore
-from dockyard.agent.images.transfer import pull_image, push_image
+from dockyard.agent.images.transfer import BlobObserver, pull_image, push_image
 from dockyard.agent.images.unpack_limits import UnpackLimits
 from dockyard.common.distribution.registry import RegistryClient, RegistryConfig
 
@@ -37,11 +37,14 @@ class ImageService:
         root: Store directory (the agent's `<state dir>/images`).
         registry: Mirrors, insecure registries, credentials file, concurrency.
         limits: The bounds on what one layer unpacks to (bytes, entries).
+        on_blob: Told of every blob a pull stored (source, bytes, seconds): the metrics.
     """
 
     def __init__(self, root: Path, registry: RegistryConfig | None = None,
-                 limits: UnpackLimits | None = None) -> None:
+                 limits: UnpackLimits | None = None,
+                 on_blob: BlobObserver | None = None) -> None:  # fmt: skip
         self.store = ImageStore(root, limits)
+        self._on_blob = on_blob
         self.registry = registry or RegistryConfig()
         self._pulls: dict[str, _SharedPull] = {}
         self.peer_fetcher: PeerFetcher | None = None
@@ -83,7 +86,7 @@ class ImageService:
     async def _pull(self, ref: Reference, progress: ProgressCallback,
                     peers: PeerSources | None) -> Image:  # fmt: skip
         async with RegistryClient(self.registry) as client:
-            return await pull_image(client, self.store, ref, progress, peers)
+            return await pull_image(client, self.store, ref, progress, peers, self._on_blob)
 
     async def push(self, ref: str | Reference,
                    progress: ProgressCallback = ignore_progress) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -32,9 +33,12 @@ from dockyard.common.distribution.registry import (
     RegistryClient,
 )
 
-__all__ = ["pull_image", "push_image", "run_all", "select_platform"]
+__all__ = ["BlobObserver", "pull_image", "push_image", "run_all", "select_platform"]
 
 log = structlog.get_logger(__name__)
+
+BlobObserver = Callable[[str, int, float], None]
+"""Told of every blob a pull stored: its source (`peer` or `registry`), bytes, seconds."""
 
 
 async def run_all(jobs: list[Coroutine[Any, Any, None]]) -> None:
@@ -78,7 +82,8 @@ def select_platform(index: dict[str, Any], wanted: Platform, what: str) -> dict[
 
 
 async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
-                     progress: ProgressCallback, peers: PeerSources | None = None) -> Image:
+                     progress: ProgressCallback, peers: PeerSources | None = None,
+                     observe: BlobObserver | None = None) -> Image:  # fmt: skip
     """Pull `ref` into the store (mirrors first), verifying every digest.
 
     The manifest comes from the registry; each blob the store lacks is asked of `peers`
@@ -99,7 +104,7 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
     deadline = client.config.pull_deadline
     try:
         async with asyncio.timeout(deadline) as scope:
-            return await _pull(client, store, ref, progress, peers)
+            return await _pull(client, store, ref, progress, peers, observe)
     except TimeoutError:
         if not scope.expired():
             raise
@@ -110,7 +115,8 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
 
 
 async def _pull(client: RegistryClient, store: ImageStore, ref: Reference,
-                progress: ProgressCallback, peers: PeerSources | None) -> Image:  # fmt: skip
+                progress: ProgressCallback, peers: PeerSources | None,
+                observe: BlobObserver | None) -> Image:  # fmt: skip
     with store.lease() as lease:
         ep, body, header_type, digest = await _resolve(client, store, lease, ref, peers)
         repo_digest = Reference(ref.registry, ref.repository, None, digest)
@@ -133,14 +139,14 @@ async def _pull(client: RegistryClient, store: ImageStore, ref: Reference,
         lease.add(config_digest)
         if not store.blobs.has(config_digest):
             await _download(client, ep, ref.repository, config_digest, store, peers,
-                            size=config_desc.size)  # fmt: skip
+                            size=config_desc.size, observe=observe)  # fmt: skip
         config = parse_json(await store.blobs.read(config_digest), f"config of {ref}")
         diff_ids = check_diff_ids(config, layer_descs, f"config {config_digest} of {ref}")
         layers = [Layer(d.digest, d.size, d.media_type, diff_id)
                   for d, diff_id in zip(layer_descs, diff_ids, strict=True)]
         await _check_space(store, layers, f"{ref}")
         await _pull_layers(client, store, ep, ref=ref, layers=layers, lease=lease,
-                           progress=progress, peers=peers)  # fmt: skip
+                           progress=progress, peers=peers, observe=observe)  # fmt: skip
         await store.blobs.put_bytes(body, digest)
         # Also `name@digest` (Docker's RepoDigests), so a spec pinned to the digest
         # finds the image that was pulled by its tag.
@@ -207,7 +213,8 @@ async def _from_peers(store: ImageStore, lease: Lease, peers: PeerSources,
 
 async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint | None, *,
                        ref: Reference, layers: list[Layer], lease: Lease,
-                       progress: ProgressCallback, peers: PeerSources | None) -> None:
+                       progress: ProgressCallback, peers: PeerSources | None,
+                       observe: BlobObserver | None) -> None:  # fmt: skip
     limit = asyncio.Semaphore(client.config.max_concurrent_downloads)
     for layer in layers:
         lease.add(layer.digest, layer.diff_id)
@@ -226,7 +233,7 @@ async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint |
                         progress(ProgressEvent(layer.digest, Status.DOWNLOADING, done, layer.size))
 
                 await _download(client, ep, ref.repository, layer.digest, store, peers,
-                                on_bytes, size=layer.size)  # fmt: skip
+                                on_bytes, size=layer.size, observe=observe)  # fmt: skip
                 progress(ProgressEvent(layer.digest, Status.VERIFYING, layer.size, layer.size))
         progress(ProgressEvent(layer.digest, Status.EXTRACTING, layer.size, layer.size))
         await store.ensure_snapshot(layer)
@@ -237,14 +244,21 @@ async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint |
 
 async def _download(client: RegistryClient, ep: Endpoint | None, repository: str, digest: str,
                     store: ImageStore, peers: PeerSources | None,
-                    on_bytes: ByteProgress | None = None, *, size: int) -> None:  # fmt: skip
+                    on_bytes: ByteProgress | None = None, *, size: int,
+                    observe: BlobObserver | None = None) -> None:  # fmt: skip
     """Store blob `digest` of the declared `size`: from a peer that has it, else from the
     registry (`ep`; None when the registry already failed)."""
+    start = time.monotonic()
     if peers is not None and await peers.fetch(digest, store.blobs, on_bytes, size=size):
+        if observe is not None:
+            observe("peer", size, time.monotonic() - start)
         return
     if ep is None:
         raise RegistryUnreachable(f"blob {digest}: the registry failed and no peer has it")
+    start = time.monotonic()  # the peers' misses are not the registry's time
     await client.download_blob(ep, repository, digest, store.blobs, on_bytes, size=size)
+    if observe is not None:
+        observe("registry", size, time.monotonic() - start)
 
 
 async def push_image(client: RegistryClient, store: ImageStore, image: Image, ref: Reference,

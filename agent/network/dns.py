@@ -50,9 +50,13 @@ import structlog
 from dockyard.agent.network.errors import NetworkError
 from dockyard.common.addresses import join_host_port
 
-__all__ = ["DNS_PORT", "TTL", "ServiceDNS", "read_resolv_conf"]
+__all__ = ["DNS_PORT", "QUERY_OUTCOMES", "TTL", "ServiceDNS", "read_resolv_conf"]
 
 log = structlog.get_logger(__name__)
+
+QUERY_OUTCOMES = ("service", "forwarded", "failed", "refused")
+"""How a query was answered: from the cluster's service names, by an upstream resolver,
+SERVFAIL (no upstream answered), or refused as malformed or not a query."""
 
 DNS_PORT = 53
 TTL = 5  # seconds: task addresses change as tasks move
@@ -180,6 +184,11 @@ class ServiceDNS:
         self._clients: set[asyncio.Task[Any]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._backend = dns.asyncbackend.get_backend("asyncio")
+        self._answered = dict.fromkeys(QUERY_OUTCOMES, 0)
+
+    def query_counts(self) -> dict[str, int]:
+        """Queries answered so far, by outcome (QUERY_OUTCOMES): the agent's metrics."""
+        return dict(self._answered)
 
     # ----------------------------------------------------------------- records
 
@@ -337,23 +346,28 @@ class ServiceDNS:
         if query is None:
             return None
         try:
-            response = await self._respond(query, tcp)
+            response, outcome = await self._respond(query, tcp)
+            self._answered[outcome] += 1
             limit = 65535 if tcp else _udp_limit(query)
             return _render(response, limit)
         except Exception:  # a bug must not kill the server; the client times out
             log.warning("dns query failed", exc_info=True)
             return None
 
-    async def _respond(self, query: dns.message.Message, tcp: bool) -> dns.message.Message:
+    async def _respond(self, query: dns.message.Message,
+                       tcp: bool) -> tuple[dns.message.Message, str]:  # fmt: skip
+        """The response, and its outcome (one of QUERY_OUTCOMES)."""
         if query.opcode() != dns.opcode.QUERY:
-            return _error(query, dns.rcode.NOTIMP)
+            return _error(query, dns.rcode.NOTIMP), "refused"
         if len(query.question) != 1:
-            return _error(query, dns.rcode.FORMERR)
+            return _error(query, dns.rcode.FORMERR), "refused"
         question = query.question[0]
         service = self._lookup(question.name) if question.rdclass == dns.rdataclass.IN \
             else None  # fmt: skip
         if service is None:
-            return await self._forward(query, tcp)
+            forwarded = await self._forward(query, tcp)
+            failed = forwarded.rcode() == dns.rcode.SERVFAIL
+            return forwarded, "failed" if failed else "forwarded"
         response = dns.message.make_response(query, recursion_available=True,
                                              our_payload=OUR_PAYLOAD)  # fmt: skip
         response.flags |= dns.flags.AA
@@ -361,7 +375,7 @@ class ServiceDNS:
             response.answer.append(dns.rrset.from_text_list(
                 question.name, TTL, dns.rdataclass.IN, dns.rdatatype.A,
                 service.rotated()))  # fmt: skip
-        return response
+        return response, "service"
 
     # --------------------------------------------------------------- forwarding
 

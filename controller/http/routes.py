@@ -34,6 +34,13 @@ from dockyard.controller.http.events import (
     record_json,
 )
 from dockyard.controller.http.metrics import ControllerMetrics
+from dockyard.controller.http.sd import agent_targets, parse_port
+from dockyard.controller.http.stats import (
+    LABEL_SERVICE_ID,
+    AgentStats,
+    service_totals,
+    totals,
+)
 from dockyard.controller.leadership import Leadership
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import Store, StoreError
@@ -43,13 +50,14 @@ from dockyard.v1.control_pb2 import (
     ListServicesRequest,
     ListTasksRequest,
 )
-from dockyard.v1.types_pb2 import NodeStatus
+from dockyard.v1.types_pb2 import NodeStatus, TaskStatus
 
 log = structlog.get_logger(__name__)
 
 DASHBOARD = Path(__file__).parent / "dashboard-static"  # data, not a package
 STATIC = {  # URL name -> (file, content type); nothing else is served
     "app.js": "application/javascript; charset=utf-8",
+    "vtable.js": "application/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 # The dashboard loads nothing from anywhere else; the browser enforces it.
@@ -108,6 +116,8 @@ class ReadSources:
     leadership: Callable[[], Leadership | None]
     view: Callable[[], ClusterState | None]
     revoked: Callable[[str], bool]
+    agent_stats: AgentStats | None = None
+    """Asks the agents for container stats (None: the stats routes answer 503)."""
 
 
 class Handlers:
@@ -138,6 +148,10 @@ class Handlers:
         get("/v1/info", self.info, name="info")
         get("/v1/nodes", self.list_nodes, name="nodes")
         get("/v1/nodes/{ref}", self.get_node, name="node")
+        get("/v1/nodes/{ref}/stats", self.node_stats, name="node_stats")
+        get("/v1/services/{ref}/stats", self.service_stats, name="service_stats")
+        get("/v1/stats", self.cluster_stats, name="stats")
+        get("/v1/sd/agents", self.agents_sd, name="sd_agents")
         get("/v1/services", self.list_services, name="services")
         get("/v1/services/{ref}", self.get_service, name="service")
         get("/v1/tasks", self.list_tasks, name="tasks")
@@ -228,6 +242,60 @@ class Handlers:
     async def get_task(self, request: web.Request) -> web.Response:
         return await json_response(await self._sources.services.get_task(
             request.match_info["ref"]))  # fmt: skip
+
+    # -- container stats, from the agents ----------------------------------------
+
+    def _agents(self) -> AgentStats:
+        if self._sources.agent_stats is None:
+            raise ApiError(503, "UNAVAILABLE", "this controller does not ask agents for stats")
+        return self._sources.agent_stats
+
+    async def node_stats(self, request: web.Request) -> web.Response:
+        """One node's running containers, a sample each."""
+        agents = self._agents()
+        answer = await agents.node(await self._sources.nodes.get(request.match_info["ref"]))
+        return web.json_response({**answer.json(),
+                                  "services": service_totals(answer.containers)})  # fmt: skip
+
+    async def service_stats(self, request: web.Request) -> web.Response:
+        """A service's running containers on every node that runs one of its tasks."""
+        agents = self._agents()
+        service = await self._sources.services.get(request.match_info["ref"])
+        tasks = (await self._sources.services.list_tasks(
+            ListTasksRequest(services=[service.id]))).tasks  # fmt: skip
+        on = {t.node_id for t in tasks if t.node_id and t.status.state == TaskStatus.RUNNING}
+        nodes = [n for n in (await self._sources.nodes.list(ListNodesRequest())).nodes
+                 if n.id in on]  # fmt: skip
+        answers = await agents.nodes(sorted(nodes, key=lambda n: n.spec.name),
+                                     lambda r: r.config.labels.get(LABEL_SERVICE_ID) == service.id)
+        containers = [c for a in answers for c in a.containers]
+        return web.json_response({
+            "service_id": service.id, "service": service.spec.name,
+            "totals": totals(service.spec.name, containers),
+            "containers": containers,
+            "nodes": [{"node_id": a.node_id, "node": a.node, "error": a.error} for a in answers],
+        })  # fmt: skip
+
+    async def cluster_stats(self, request: web.Request) -> web.Response:
+        """Every node's running containers, and totals by service."""
+        agents = self._agents()
+        nodes = (await self._sources.nodes.list(ListNodesRequest())).nodes
+        answers = await agents.nodes(sorted(nodes, key=lambda n: n.spec.name))
+        containers = [c for a in answers for c in a.containers]
+        return web.json_response({
+            "services": service_totals(containers),
+            "containers": containers,
+            "nodes": [{"node_id": a.node_id, "node": a.node, "error": a.error} for a in answers],
+        })  # fmt: skip
+
+    async def agents_sd(self, request: web.Request) -> web.Response:
+        """Prometheus HTTP service discovery of the agents' metrics endpoints."""
+        try:
+            port = parse_port(request.query.get("port", ""))
+        except ValueError as exc:
+            raise ApiError(400, "INVALID_ARGUMENT", str(exc)) from exc
+        nodes = (await self._sources.nodes.list(ListNodesRequest())).nodes
+        return web.json_response(agent_targets(nodes, port))
 
     # -- the dashboard ----------------------------------------------------------
 

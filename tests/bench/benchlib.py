@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,8 @@ def build_and_push(kind: str, tag: str, log: Path, *extra: str) -> None:
 
 
 def start_agent(root: Path, name: str, controller: str, registry: str, cgroup_parent: str,
-                cleanup: Cleanup, log_level: str = "warning") -> tuple[str, Path]:
+                cleanup: Cleanup, log_level: str = "warning",
+                extra: Sequence[str] = ()) -> tuple[str, Path]:  # fmt: skip
     """One runc agent with its own state dir and cgroup parent; returns (address, state dir).
 
     The cleanup removes its containers through runc, unmounts, and removes its cgroups.
@@ -230,7 +231,7 @@ def start_agent(root: Path, name: str, controller: str, registry: str, cgroup_pa
                   "--name", name, "--listen", address, "--state-dir", str(state),
                   "--runtime", "runc", "--registry-mirror", f"http://{registry}",
                   "--insecure-registry", registry, "--cgroup-parent", cgroup_parent,
-                  "--log-level", log_level], root / f"{name}.log")  # fmt: skip
+                  "--log-level", log_level, *extra], root / f"{name}.log")  # fmt: skip
 
     def teardown() -> None:
         stop_process(proc)

@@ -179,3 +179,39 @@ async def test_a_pinned_image_comes_whole_from_a_peer_while_the_registry_is_down
         assert (second.lower_dirs(pulled)[-1] / "data" / "part0.bin").is_file()
     finally:
         await server.stop(None)
+
+
+async def test_pull_metrics_count_blobs_by_source(
+    registry: Any, pushed: tuple[str, Image], tmp_path: Path,
+) -> None:
+    """The agent's `dockyard_image_pull_*` counters: the first node's blobs come from the
+    registry, the second's (the registry lost them) from the first node."""
+    from dockyard.agent.metrics.pulls import PullMetrics
+
+    ref, image = pushed
+    sizes = sum(layer.size for layer in image.layers)
+
+    def counted(metrics: PullMetrics) -> dict[tuple[str, str], float]:
+        return {(s.name, s.labels["source"]): s.value for family in metrics.collect()
+                for s in family.samples if s.name.endswith("_total")}  # fmt: skip
+
+    first_metrics, second_metrics = PullMetrics(), PullMetrics()
+    first = ImageService(tmp_path / "m1", fast(), on_blob=first_metrics.observe)
+    await first.pull(ref)
+    got = counted(first_metrics)
+    assert got[("dockyard_image_pull_blobs_total", "registry")] == 1 + len(image.layers)
+    assert got[("dockyard_image_pull_bytes_total", "registry")] > sizes
+    assert got[("dockyard_image_pull_blobs_total", "peer")] == 0
+    await asyncio.to_thread(delete_blobs, registry, image)
+    server, address = await serve(PeerServicer(first.store.blobs))
+    try:
+        second = ImageService(tmp_path / "m2", fast(), on_blob=second_metrics.observe)
+        second.peer_fetcher = PeerFetcher(None)
+        await second.pull(ref, peers=[address])
+    finally:
+        await server.stop(None)
+    got = counted(second_metrics)
+    assert got[("dockyard_image_pull_blobs_total", "peer")] == 1 + len(image.layers)
+    assert got[("dockyard_image_pull_bytes_total", "peer")] > sizes
+    assert got[("dockyard_image_pull_seconds_total", "peer")] > 0
+    assert got[("dockyard_image_pull_blobs_total", "registry")] == 0

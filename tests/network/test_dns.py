@@ -512,3 +512,24 @@ async def test_stop_twice_and_stop_unstarted(serve: Serve) -> None:
     await ServiceDNS(upstreams=[]).stop()
     with pytest.raises(dns.exception.Timeout):
         await ask(server.port, "web", timeout=0.3)
+
+
+async def test_queries_are_counted_by_outcome(serve: Serve, upstream: ServiceDNS) -> None:
+    """What the agent's `dockyard_dns_queries_total{outcome}` reads."""
+    from dockyard.agent.metrics.node import DnsCollector
+
+    server = await serve({"web": ["10.0.0.2"]}, upstreams=[(HOST, upstream.port)])
+    lonely = await serve({}, upstreams=[])
+    assert server.query_counts() == {"service": 0, "forwarded": 0, "failed": 0, "refused": 0}
+    await ask(server.port, "web")
+    await ask(server.port, "web", tcp=True)
+    await ask(server.port, "example.test")
+    await ask(lonely.port, "example.test")  # no upstream: SERVFAIL
+    notify = dns.message.make_query("web", "A")
+    notify.set_opcode(dns.opcode.NOTIFY)
+    await ask(server.port, "", query=notify)
+    assert server.query_counts() == {"service": 2, "forwarded": 1, "failed": 0, "refused": 1}
+    assert lonely.query_counts()["failed"] == 1
+    samples = {s.labels["outcome"]: s.value
+               for f in DnsCollector(server.query_counts).collect() for s in f.samples}
+    assert samples == {"service": 2, "forwarded": 1, "failed": 0, "refused": 1}

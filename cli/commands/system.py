@@ -33,16 +33,18 @@ def _ask_daemon(
 
 
 @click.command()
+@click.option("--client", "client_only", is_flag=True,
+              help="Only the client's version: no daemon is asked.")  # fmt: skip
 @output_option
 @pass_options
-def version(options: GlobalOptions) -> None:
+def version(options: GlobalOptions, client_only: bool) -> None:
     """Show the client's and each addressed daemon's version."""
     from dockyard.common.version import API_VERSION, package_version
     from dockyard.v1.types_pb2 import GetVersionRequest
 
     client = {"component": "dockyard", "version": package_version(), "api_version": API_VERSION}
     servers = []
-    for target in options.targets():
+    for target in () if client_only else options.targets():
         _, info = _ask_daemon(
             target, "GetVersion", GetVersionRequest(), "GetVersion", GetVersionRequest()
         )

@@ -83,8 +83,8 @@ def test_the_package_holds_the_virtualenv_commands_units_and_settings(
     assert field(deb, "Recommends") == "etcd-server"
     assert field(deb, "Version") == VERSION
     conffiles = subprocess.run(["dpkg-deb", "--info", str(deb), "conffiles"],
-                               capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
-    assert conffiles == [f"/etc/default/{u}" for u in UNITS]
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    assert conffiles.stdout.split() == [f"/etc/default/{u}" for u in UNITS]
 
 
 def test_the_units_run_the_packaged_commands(built: tuple[Path, Path], tmp_path: Path) -> None:

@@ -45,15 +45,17 @@ def version(options: GlobalOptions, client_only: bool) -> None:
     client = {"component": "dockyard", "version": package_version(), "api_version": API_VERSION}
     servers = []
     for target in () if client_only else options.targets():
-        _, info = _ask_daemon(
+        kind, info = _ask_daemon(
             target, "GetVersion", GetVersionRequest(), "GetVersion", GetVersionRequest()
         )
-        servers.append((target, info))
+        daemons = _cluster_versions(target, info.version) if kind == "controller" else []
+        servers.append((target, info, daemons))
     if options.output != "table":
         emit_data(
             {
                 "client": client,
-                "servers": [{"address": t.address, **to_data(v)} for t, v in servers],
+                "servers": [{"address": t.address, **to_data(v),
+                             **({"cluster": d} if d else {})} for t, v, d in servers],
             },
             options.output,
         )
@@ -67,7 +69,7 @@ def version(options: GlobalOptions, client_only: bool) -> None:
             ]
         )
     )
-    for target, info in servers:
+    for target, info, daemons in servers:
         click.echo(
             key_values(
                 [
@@ -80,6 +82,28 @@ def version(options: GlobalOptions, client_only: bool) -> None:
                 ]
             )
         )
+        rows: list[tuple[object, ...]] = [
+            (d["kind"], d["name"], d["version"], d["skew"] or "-") for d in daemons]
+        if rows:
+            click.echo(_section("Cluster daemons", ("KIND", "NAME", "VERSION", "SKEW"), rows))
+
+
+def _cluster_versions(target: Target, controller_version: str) -> list[dict[str, str]]:
+    """Every controller's and agent's version, with its skew (common/skew.py) against the
+    policy of docs/upgrades.md."""
+    from dockyard.common.skew import agent_skew, controller_skew
+    from dockyard.v1 import control_pb2_grpc
+    from dockyard.v1.control_pb2 import GetInfoRequest, ListNodesRequest
+
+    info = call(target, control_pb2_grpc.ControlStub, "GetInfo", GetInfoRequest(members=True))
+    nodes = call(target, control_pb2_grpc.ControlStub, "ListNodes", ListNodesRequest()).nodes
+    among = controller_skew([c.version for c in info.controllers])
+    daemons = [{"kind": "controller", "name": c.controller_id[:12], "version": c.version,
+                "skew": among} for c in info.controllers]  # fmt: skip
+    daemons += [{"kind": "agent", "name": n.spec.name, "version": n.description.agent_version,
+                 "skew": agent_skew(controller_version, n.description.agent_version)}
+                for n in sorted(nodes, key=lambda n: n.spec.name)]  # fmt: skip
+    return daemons
 
 
 @click.command()

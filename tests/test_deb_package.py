@@ -32,6 +32,9 @@ HOST_PATHS = [
     *(Path("/etc/systemd/system") / f"{u}.service" for u in UNITS),
 ]
 SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# The first test builds the package (pip fetches the dependencies, lintian reads every
+# file): on a loaded machine that takes longer than the default per-test timeout.
+pytestmark = pytest.mark.timeout(900)
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,10 @@ import pytest
 from dockyard.controller import schema
 from tests.test_local_cluster import LocalCluster, _get, _local_cluster, _offsets, _wait
 
-pytestmark = [pytest.mark.slow, pytest.mark.runc, pytest.mark.registry]
+# Building the previous commit's virtualenv and three local-cluster runs: over the
+# default per-test timeout on a loaded machine.
+pytestmark = [pytest.mark.slow, pytest.mark.runc, pytest.mark.registry,
+              pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parent.parent
 # Keys a restart rewrites or drops on purpose: leases (the leader, each controller's

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dockyard.common.host_service import options_value, render_settings
-from tests.conftest import BIN, Cluster
+from tests.conftest import BIN, Cluster, LoopThread
 
 
 def fake_systemctl(tmp_path: Path, fail: str = "") -> tuple[dict[str, str], Path]:
@@ -157,3 +157,37 @@ def test_controller_init_writes_its_settings_and_starts_the_unit(tmp_path: Path)
     assert log.read_text().splitlines()[-1] == "restart dockyard-controller.service"
     assert "journalctl -fu dockyard-controller" in started.stdout
     assert settings_of(settings)["DOCKYARD_CONTROLLER_OPTS"] == f"--state-dir {other.resolve()}"
+
+
+def test_controller_join_writes_the_etcd_flags_and_starts_the_unit(
+    cluster_factory: Callable[..., Cluster], loop_thread: LoopThread, tmp_path: Path
+) -> None:
+    from dockyard.common.etcd_server import EtcdServer
+
+    first = cluster_factory()
+    etcd = EtcdServer(first.root / "shared-etcd" / "data", log_path=first.root / "etcd.log")
+    loop_thread.run(etcd.start())
+    try:
+        first.etcd_endpoints = [etcd.endpoint]
+        first.start_controller()
+        token = first.run_tool("dockyard-controller", "token", "create", "--role", "controller",
+                               "--ttl", "0", "-H", first.address,
+                               *first.tls_args()).stdout.strip()  # fmt: skip
+        env, log = fake_systemctl(tmp_path)
+        settings = tmp_path / "dockyard-controller"
+        state = tmp_path / "controller-2"
+        joined = run(first, "dockyard-controller", "join", "--token", token, first.join_address,
+                     "--state-dir", str(state), "--listen", "127.0.0.1:7491", "--etcd",
+                     etcd.endpoint, "--etcd-prefix", "/dockyard", "--context", "second",
+                     "--settings-file", str(settings), "--start", env=env)  # fmt: skip
+        assert joined.returncode == 0, joined.stderr
+        assert "joined as controller" in joined.stdout
+        assert "journalctl -fu dockyard-controller" in joined.stdout
+        assert log.read_text().splitlines()[-1] == "restart dockyard-controller.service"
+        values = settings_of(settings)
+        assert values["DOCKYARD_LISTEN"] == "127.0.0.1:7491"
+        assert values["DOCKYARD_CONTROLLER_OPTS"] == (f"--state-dir {state.resolve()} "
+                                                      f"--etcd {etcd.endpoint}")  # fmt: skip
+    finally:
+        first.stop()
+        loop_thread.run(etcd.stop())

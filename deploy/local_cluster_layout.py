@@ -206,6 +206,9 @@ def apply_up_options(layout: Layout, args: argparse.Namespace, fresh: bool) -> N
     for field, value in fixed.items():
         if value is None or value == getattr(layout, field):
             continue
+        if not fresh and field == "hosts":
+            raise ValueError("--hosts: this cluster was set up on one host (see cluster.json); "
+                             "`down --purge` it first")  # fmt: skip
         if not fresh:
             raise ValueError(f"--{field.replace('_', '-')}: this cluster was set up with "
                              f"{getattr(layout, field)!r} (see cluster.json)")

@@ -63,7 +63,7 @@ def test_each_agent_on_a_host_of_its_own(cluster: LocalCluster) -> None:
     # Each host routes the other's container subnet to the other's address.
     for name, peer in (("node-1", "node-2"), ("node-2", "node-1")):
         expected = f"{subnets[peer]} via {ips[peer]}"
-        _wait(lambda n=name, e=expected: e in subprocess.run(  # type: ignore[misc]
+        _wait(lambda n=name, e=expected: e in subprocess.run(
             ["ip", "-n", netns[n], "-4", "route", "show", "proto", "77"],
             capture_output=True, text=True).stdout, f"{name}'s route to {peer}")  # fmt: skip
 

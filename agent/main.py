@@ -21,6 +21,7 @@ from dockyard.common.addresses import (
     normalize,
 )
 from dockyard.common.distribution.settings import check_registry_flags, registry_options
+from dockyard.common.host_service import HostService, service_options
 from dockyard.common.sizes import parse_size
 from dockyard.common.version import package_version
 
@@ -230,12 +231,15 @@ def run(
               help="The address this agent's API is reached at, put in its certificate: "
               "only the one the controller sees it connect from (or loopback) is "
               "accepted, which the certificate names anyway.")
+@service_options("dockyard-agent")
 def join(address: str, token: str, name: str, state_dir: Path,
-         api_hosts: tuple[str, ...]) -> None:  # fmt: skip
+         api_hosts: tuple[str, ...], service: HostService) -> None:  # fmt: skip
     """Join the cluster: pin the CA by the token's hash, get a node certificate.
 
     ADDRESS is the controller's join port (`dockyard-controller run --join-listen`,
-    7399 by default). Then `dockyard-agent run --state-dir ...` speaks mutual TLS.
+    7399 by default). Into the unit's state dir (/var/lib/dockyard/agent), the join
+    also writes /etc/default/dockyard-agent and, when systemd runs, enables and starts
+    dockyard-agent.service. Otherwise `dockyard-agent run --state-dir ...` runs it.
     """
     import socket as socket_module
 
@@ -243,6 +247,7 @@ def join(address: str, token: str, name: str, state_dir: Path,
     from dockyard.agent.certs import join as join_cluster
     from dockyard.agent.identity import NodeIdentity, save
     from dockyard.common.addresses import JOIN_PORT
+    from dockyard.common.host_service import ServiceError, options_value
     from dockyard.common.statedir import ensure_private_dir
     from dockyard.common.validation import ValidationError, check_name
 
@@ -259,9 +264,25 @@ def join(address: str, token: str, name: str, state_dir: Path,
     except JoinError as exc:
         click.echo(f"dockyard-agent: {exc}", err=True)
         sys.exit(1)
-    save(state_dir, NodeIdentity(identity.id, name or socket_module.gethostname()))
+    node_name = name or socket_module.gethostname()
+    save(state_dir, NodeIdentity(identity.id, node_name))
     click.echo(f"joined as {identity.role} {identity.id}; certificate in {node_pki.directory}")
-    click.echo(f"next: dockyard-agent run --state-dir {state_dir}")
+    click.echo(f"node name: {node_name}")
+    listen = normalize(api_hosts[0], AGENT_PORT) if api_hosts else f"127.0.0.1:{AGENT_PORT}"
+    try:
+        started = service.settle(state_dir, {
+            "DOCKYARD_LISTEN": listen,
+            "DOCKYARD_AGENT_OPTS": options_value(service.state_dir_options(state_dir)),
+        })
+    except (OSError, ValueError, ServiceError) as exc:
+        click.echo(f"dockyard-agent: joined, but {exc}", err=True)
+        sys.exit(1)
+    if started:
+        click.echo(f"watch it: journalctl -fu dockyard-agent; on a controller: "
+                   f"dockyard node inspect {node_name}")  # fmt: skip
+    else:
+        click.echo(f"next: dockyard-agent run --state-dir {state_dir}; then, on a controller: "
+                   f"dockyard node inspect {node_name}")  # fmt: skip
 
 
 async def _serve(config: AgentConfig) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT, AddressError, normalize
+from dockyard.common.host_service import HostService, service_options
 
 DEFAULT_STATE_DIR = "/var/lib/dockyard/controller"
 state_dir_option = click.option(
@@ -188,11 +189,12 @@ def _write_controller(state_dir: Path, ca: Any, cert: bytes, key: bytes, host: s
               help="The etcd the cluster will keep its state in (a new CA is published "
                    "there; an etcd that already holds a cluster is joined with `join`).")
 @_etcd_options
+@service_options("dockyard-controller")
 def init(
     state_dir: Path, listen: str, advertise: str, context_name: str,
     etcd_endpoints: tuple[str, ...], etcd_prefix: str, etcd_timeout: float,
     etcd_cacert: Path | None, etcd_cert: Path | None, etcd_key: Path | None,
-    etcd_server_name: str | None,
+    etcd_server_name: str | None, service: HostService,
 ) -> None:
     """Create the cluster CA, the controller's certificate and an admin identity."""
     from dockyard.common import pki
@@ -225,8 +227,10 @@ def init(
     cert, key = ca.issue_pair(pki.CONTROLLER, "init", validity=dt.timedelta(days=365),
                               sans=pki.controller_sans(listen, advertise))  # fmt: skip
     _write_controller(state_dir, ca, cert, key, advertise or listen, context_name)
-    click.echo(f"next: dockyard-controller run --state-dir {state_dir}, then "
-               "dockyard-controller token create --role agent")  # fmt: skip
+    started = _settle(service, state_dir, listen, advertise, endpoints, etcd_prefix,
+                      (etcd_cacert, etcd_cert, etcd_key, etcd_server_name))  # fmt: skip
+    run_first = "" if started else f"dockyard-controller run --state-dir {state_dir}, then "
+    click.echo(f"next: {run_first}dockyard-controller token create --role agent")
 
 
 @click.command()
@@ -239,11 +243,12 @@ def init(
 @click.option("--etcd", "etcd_endpoints", multiple=True, metavar="HOST:PORT", required=True,
               help="The cluster's etcd (repeat for several endpoints).")
 @_etcd_options
+@service_options("dockyard-controller")
 def join(
     address: str, token: str, state_dir: Path, listen: str, advertise: str, context_name: str,
     etcd_endpoints: tuple[str, ...], etcd_prefix: str, etcd_timeout: float,
     etcd_cacert: Path | None, etcd_cert: Path | None, etcd_key: Path | None,
-    etcd_server_name: str | None,
+    etcd_server_name: str | None, service: HostService,
 ) -> None:
     """Join a running cluster as one more controller.
 
@@ -284,8 +289,29 @@ def join(
         )
     _write_controller(state_dir, ca, issued.cert_pem, pki.key_pem(key), advertise or listen,
                       context_name)  # fmt: skip
-    click.echo(f"joined as controller {issued.node_id}; next: dockyard-controller run "
-               f"--state-dir {state_dir} --etcd {','.join(endpoints)}")
+    click.echo(f"joined as controller {issued.node_id}")
+    if not _settle(service, state_dir, listen, advertise, endpoints, etcd_prefix,
+                   (etcd_cacert, etcd_cert, etcd_key, etcd_server_name)):  # fmt: skip
+        click.echo(f"next: dockyard-controller run --state-dir {state_dir} "
+                   f"--etcd {','.join(endpoints)}")  # fmt: skip
+
+
+def _settle(service: HostService, state_dir: Path, listen: str, advertise: str,
+            endpoints: list[str], etcd_prefix: str,
+            tls: tuple[Path | None, Path | None, Path | None, str | None]) -> bool:  # fmt: skip
+    """The unit's settings and its start (common/host_service.py); whether it started."""
+    from dockyard.common.host_service import ServiceError, controller_settings
+
+    flags = ("--etcd-cacert", "--etcd-cert", "--etcd-key", "--etcd-server-name")
+    try:
+        settings = controller_settings(service, state_dir, listen, advertise, endpoints,
+                                       etcd_prefix, dict(zip(flags, tls, strict=True)))
+        started = service.settle(state_dir, settings)
+    except (OSError, ValueError, ServiceError) as exc:
+        raise click.ClickException(f"the controller's identity is written, but {exc}") from exc
+    if started:
+        click.echo("watch it: journalctl -fu dockyard-controller; dockyard info")
+    return started
 
 
 @click.group()

@@ -22,6 +22,7 @@ from dockyard.common.listen import bind_port
 from dockyard.common.statedir import ensure_private_dir
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.version import package_version
+from dockyard.controller import schema
 from dockyard.controller.api.control import ControllerIdentity, ControlServicer, cluster_info
 from dockyard.controller.api.nodes import NodesAPI
 from dockyard.controller.api.services import ServicesAPI
@@ -362,6 +363,7 @@ class Controller:
         self.metrics.leadership_changes.labels("leader").inc()
         state = ClusterState(store)
         try:
+            await schema.migrate(store)
             await state.load()
             self.state = state
             loops = self._term_loops(store, state, became_leader)
@@ -475,6 +477,9 @@ def _load_or_create_id(path: Path) -> str:
 
 
 async def _load_or_create_cluster(store: Store) -> Cluster:
+    """The cluster's record, once the records' schema is one this controller reads
+    (schema.SchemaError, a StoreError, when not)."""
+    await schema.check(store)
     try:
         return await store.get(CLUSTER, CLUSTER_ID)
     except NotFound:

@@ -32,11 +32,13 @@ asyncio.run(main())
 """
 
 
-def release_agent(agent_state: Path, bridge: str, python: str) -> None:
+def release_agent(agent_state: Path, bridge: str, python: str,
+                  in_host: tuple[str, ...] = ()) -> None:  # fmt: skip
     """What a stopped agent left: its runc containers, their conmons, the mounts under
     its state dir and its network (CNI DEL of every attachment with the agent's own
     code: veths, published ports' DNAT rules, addresses; then the namespaces).
-    Nothing if it left nothing; never while the agent runs (its bridge lock)."""
+    Nothing if it left nothing; never while the agent runs (its bridge lock). `in_host`:
+    the command prefix that enters the agent's host namespace (`--hosts`)."""
     name = agent_state.name
     runc_root = agent_state / "runtime" / "runc"
     killed = []
@@ -57,7 +59,7 @@ def release_agent(agent_state: Path, bridge: str, python: str) -> None:
         print(f"removed {len(killed)} containers {name} left behind")
     network = agent_state / "network"
     if any(network.glob("containers/*.json")):
-        done = subprocess.run([python, "-c", RELEASE_NETWORK, str(network), bridge],
+        done = subprocess.run([*in_host, python, "-c", RELEASE_NETWORK, str(network), bridge],
                               capture_output=True, text=True, check=False)  # fmt: skip
         if done.returncode != 0:
             print(f"local-cluster: {name}'s network not fully released: "

@@ -38,18 +38,37 @@ class Layout:
     context: str = "local"
     controllers: int = 1
     etcd_members: int = 0
+    # Separate hosts (`up --hosts N`): each agent in a network namespace on the LAN.
+    hosts: bool = False
+    lan: str = "10.209.0.0/24"
+
+    @property
+    def machine_ip(self) -> str:
+        """Where the controllers and the registry listen: loopback, or with separate hosts
+        the LAN's first address (the hosts reach this machine there)."""
+        return str(next(ipaddress.IPv4Network(self.lan).hosts())) if self.hosts else "127.0.0.1"
+
+    def node_ip(self, index: int) -> str:
+        """Node N's own address: the LAN's (10 + N)th with separate hosts."""
+        if not self.hosts:
+            return "127.0.0.1"
+        return str(ipaddress.IPv4Network(self.lan).network_address + 10 + index)
+
+    def netns(self, name: str) -> str:
+        """Node `name`'s host namespace (separate hosts only)."""
+        return f"{self.bridge_prefix}host-{int(name.removeprefix('node-'))}"
 
     @property
     def controller(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.machine_ip}:{self.port}"
 
     @property
     def join_address(self) -> str:
-        return f"127.0.0.1:{self.port - 1}"
+        return f"{self.machine_ip}:{self.port - 1}"
 
     @property
     def http_address(self) -> str:
-        return f"127.0.0.1:{self.port + 2}"
+        return f"{self.machine_ip}:{self.port + 2}"
 
     def controller_port(self, index: int) -> int:
         return self.port if index == 1 else self.port + 60 + 4 * index
@@ -60,7 +79,8 @@ class Layout:
                 for i in range(1, self.controllers + 1)]  # fmt: skip
 
     def controller_addresses(self) -> list[str]:
-        return [f"127.0.0.1:{self.controller_port(i)}" for i in range(1, self.controllers + 1)]
+        return [f"{self.machine_ip}:{self.controller_port(i)}"
+                for i in range(1, self.controllers + 1)]  # fmt: skip
 
     def etcd_ports(self, index: int) -> tuple[int, int]:
         """Member `index`'s client and peer ports."""
@@ -80,10 +100,11 @@ class Layout:
 
     @property
     def registry(self) -> str:
-        return f"127.0.0.1:{self.registry_port}"
+        return f"{self.machine_ip}:{self.registry_port}"
 
     def agent_address(self, name: str) -> str:
-        return f"127.0.0.1:{self.port + 10 + int(name.removeprefix('node-'))}"
+        index = int(name.removeprefix("node-"))
+        return f"{self.node_ip(index)}:{self.port + 10 + index}"
 
     def bridge(self, name: str) -> str:
         return f"{self.bridge_prefix}{name}"
@@ -105,7 +126,7 @@ class Layout:
 
 LAYOUT_FIELDS = ("nodes", "port", "registry_port", "subnet_pool", "bridge_prefix",
                  "cgroup_parent", "sample_port", "context", "controllers",
-                 "etcd_members")  # fmt: skip
+                 "etcd_members", "hosts", "lan")  # fmt: skip
 
 
 def read_layout(state_dir: Path) -> Layout:
@@ -149,6 +170,13 @@ def add_up_options(command: argparse.ArgumentParser) -> None:
     command.add_argument("--controllers", type=int, default=None,
                          help="controllers (1); more than one needs --etcd-members (3 if "
                               "not given). Set at the first `up` only")
+    command.add_argument("--hosts", type=int, default=None, metavar="N",
+                         help="N agents, each on a host of its own: a network namespace "
+                              "with its own address on a LAN bridge (needs root; else the "
+                              "agents share this host, as without it). First `up` only")
+    command.add_argument("--lan", default=None, metavar="CIDR",
+                         help="the LAN of --hosts (10.209.0.0/24): this machine at its "
+                              "first address, host N at its (10+N)th. First `up` only")
     command.add_argument("--etcd-members", type=int, default=None,
                          help="etcd members of their own (1, 3 or 5); none (the default): "
                               "the controller's embedded etcd. Set at the first `up` only")
@@ -157,6 +185,10 @@ def add_up_options(command: argparse.ArgumentParser) -> None:
 def apply_up_options(layout: Layout, args: argparse.Namespace, fresh: bool) -> None:
     """Options given to `up` over what cluster.json kept; refuses bad values. Only the
     node count and the sample can change once the cluster exists."""
+    if args.hosts is not None:
+        if args.nodes is not None and args.nodes != args.hosts:
+            raise ValueError("--hosts N runs N agents: give --hosts or --nodes")
+        args.nodes = args.hosts
     if args.nodes is not None:
         if not 1 <= args.nodes <= 50:
             raise ValueError("--nodes must be between 1 and 50")
@@ -169,10 +201,14 @@ def apply_up_options(layout: Layout, args: argparse.Namespace, fresh: bool) -> N
     fixed = {"port": args.port, "registry_port": args.registry_port,
              "subnet_pool": args.subnet_pool, "bridge_prefix": args.bridge_prefix,
              "cgroup_parent": args.cgroup_parent, "context": args.context,
-             "controllers": args.controllers, "etcd_members": members}  # fmt: skip
+             "controllers": args.controllers, "etcd_members": members,
+             "hosts": True if args.hosts is not None else None, "lan": args.lan}  # fmt: skip
     for field, value in fixed.items():
         if value is None or value == getattr(layout, field):
             continue
+        if not fresh and field == "hosts":
+            raise ValueError("--hosts: this cluster was set up on one host (see cluster.json); "
+                             "`down --purge` it first")  # fmt: skip
         if not fresh:
             raise ValueError(f"--{field.replace('_', '-')}: this cluster was set up with "
                              f"{getattr(layout, field)!r} (see cluster.json)")
@@ -197,5 +233,9 @@ def apply_up_options(layout: Layout, args: argparse.Namespace, fresh: bool) -> N
     pool = ipaddress.IPv4Network(layout.subnet_pool)
     if pool.prefixlen > 24 or 2 ** (24 - pool.prefixlen) <= layout.nodes:
         raise ValueError(f"--subnet-pool {pool} has no /24 for each of {layout.nodes} nodes")
+    lan = ipaddress.IPv4Network(layout.lan)
+    if lan.num_addresses < 64 or lan.overlaps(pool):
+        raise ValueError(f"--lan {lan}: expected a network of at least 64 addresses apart "
+                         f"from --subnet-pool {pool}")  # fmt: skip
     if not 1 <= len(layout.bridge("node-50")) <= 15:
         raise ValueError("--bridge-prefix: a bridge name has at most 15 characters")

@@ -63,6 +63,7 @@ def list_nodes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) ->
     elif options.output != "table":
         emit_data(list(nodes), options.output)
     else:
+        controller_version = _controller_version(options)
         emit_table(
             [
                 "ID",
@@ -77,11 +78,18 @@ def list_nodes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) ->
                 "VERSION",
                 "LAST HEARTBEAT",
             ],
-            [_row(n) for n in nodes],
+            [_row(n, controller_version) for n in nodes],
         )
 
 
-def _row(n: Any) -> list[str]:
+def _controller_version(options: GlobalOptions) -> str:
+    from dockyard.v1.types_pb2 import GetVersionRequest
+
+    return str(call(options.target(), _stub, "GetVersion", GetVersionRequest()).version)
+
+
+def _row(n: Any, controller_version: str) -> list[str]:
+    from dockyard.common.skew import agent_skew, short
     from dockyard.common.timestamps import human_age
     from dockyard.v1.types_pb2 import NodeSpec, NodeStatus
 
@@ -97,9 +105,14 @@ def _row(n: Any) -> list[str]:
         labels or "-",
         n.network.subnet or "-",
         n.description.runtime,
-        n.description.agent_version,
+        _version_cell(n.description.agent_version,
+                      short(agent_skew(controller_version, n.description.agent_version))),
         human_age(n.status.last_heartbeat),
     ]
+
+
+def _version_cell(version: str, skew: str) -> str:
+    return f"{version} (skew: {skew})" if skew else version
 
 
 @node.command("inspect")

@@ -33,25 +33,29 @@ def _ask_daemon(
 
 
 @click.command()
+@click.option("--client", "client_only", is_flag=True,
+              help="Only the client's version: no daemon is asked.")  # fmt: skip
 @output_option
 @pass_options
-def version(options: GlobalOptions) -> None:
+def version(options: GlobalOptions, client_only: bool) -> None:
     """Show the client's and each addressed daemon's version."""
     from dockyard.common.version import API_VERSION, package_version
     from dockyard.v1.types_pb2 import GetVersionRequest
 
     client = {"component": "dockyard", "version": package_version(), "api_version": API_VERSION}
     servers = []
-    for target in options.targets():
-        _, info = _ask_daemon(
+    for target in () if client_only else options.targets():
+        kind, info = _ask_daemon(
             target, "GetVersion", GetVersionRequest(), "GetVersion", GetVersionRequest()
         )
-        servers.append((target, info))
+        daemons = _cluster_versions(target, info.version) if kind == "controller" else []
+        servers.append((target, info, daemons))
     if options.output != "table":
         emit_data(
             {
                 "client": client,
-                "servers": [{"address": t.address, **to_data(v)} for t, v in servers],
+                "servers": [{"address": t.address, **to_data(v),
+                             **({"cluster": d} if d else {})} for t, v, d in servers],
             },
             options.output,
         )
@@ -65,7 +69,7 @@ def version(options: GlobalOptions) -> None:
             ]
         )
     )
-    for target, info in servers:
+    for target, info, daemons in servers:
         click.echo(
             key_values(
                 [
@@ -78,6 +82,28 @@ def version(options: GlobalOptions) -> None:
                 ]
             )
         )
+        rows: list[tuple[object, ...]] = [
+            (d["kind"], d["name"], d["version"], d["skew"] or "-") for d in daemons]
+        if rows:
+            click.echo(_section("Cluster daemons", ("KIND", "NAME", "VERSION", "SKEW"), rows))
+
+
+def _cluster_versions(target: Target, controller_version: str) -> list[dict[str, str]]:
+    """Every controller's and agent's version, with its skew (common/skew.py) against the
+    policy of docs/upgrades.md."""
+    from dockyard.common.skew import agent_skew, controller_skew
+    from dockyard.v1 import control_pb2_grpc
+    from dockyard.v1.control_pb2 import GetInfoRequest, ListNodesRequest
+
+    info = call(target, control_pb2_grpc.ControlStub, "GetInfo", GetInfoRequest(members=True))
+    nodes = call(target, control_pb2_grpc.ControlStub, "ListNodes", ListNodesRequest()).nodes
+    among = controller_skew([c.version for c in info.controllers])
+    daemons = [{"kind": "controller", "name": c.controller_id[:12], "version": c.version,
+                "skew": among} for c in info.controllers]  # fmt: skip
+    daemons += [{"kind": "agent", "name": n.spec.name, "version": n.description.agent_version,
+                 "skew": agent_skew(controller_version, n.description.agent_version)}
+                for n in sorted(nodes, key=lambda n: n.spec.name)]  # fmt: skip
+    return daemons
 
 
 @click.command()

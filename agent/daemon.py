@@ -272,7 +272,7 @@ class AgentDaemon:
                 if self.worker is not None:
                     group.create_task(self.worker.wait(), name="worker")
         except Exception as exc:
-            for error in _leaves(exc):
+            for error in exception_leaves(exc):
                 if not isinstance(error, SessionRefused):
                     reason = str(error) or type(error).__name__
                     log.error("agent.failed", error=reason, exc_info=error)
@@ -293,8 +293,8 @@ class AgentDaemon:
         log.info("agent.stopped")
 
 
-def _leaves(error: BaseException) -> list[BaseException]:
+def exception_leaves(error: BaseException) -> list[BaseException]:
     """The exceptions in a (nested) exception group, or the one given."""
     if isinstance(error, BaseExceptionGroup):
-        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+        return [leaf for inner in error.exceptions for leaf in exception_leaves(inner)]
     return [error]

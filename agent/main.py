@@ -243,7 +243,7 @@ def join(address: str, token: str, name: str, state_dir: Path,
 async def _serve(config: AgentConfig) -> int:
     import structlog
 
-    from dockyard.agent.daemon import AgentDaemon, AgentStartError
+    from dockyard.agent.daemon import AgentDaemon, AgentStartError, exception_leaves
     from dockyard.agent.session import SessionRefused
 
     log = structlog.get_logger("dockyard.agent")
@@ -258,7 +258,7 @@ async def _serve(config: AgentConfig) -> int:
     try:
         await _run_until(stop, daemon.run())
     except* SessionRefused as refused:
-        click.echo(f"dockyard-agent: {refused.exceptions[0]}", err=True)
+        click.echo(f"dockyard-agent: {exception_leaves(refused)[0]}", err=True)
         code = 1
     except* Exception:  # logged by the daemon (agent.failed)
         code = 1

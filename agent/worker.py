@@ -145,17 +145,7 @@ class Worker:
 
     async def on_assignments(self, assignments: AssignmentSet) -> None:
         """Reconcile with a set from the controller: it replaces everything."""
-        if self._closed:
-            return
-        if not assignments.full:  # the controller sends whole sets only
-            log.warning("worker.assignments_refused", reason="not a full set")
-            return
-        if self._group is None:
-            log.error(
-                "worker.assignments_ignored",
-                reason="the worker is not running",
-                tasks=len(assignments.tasks),
-            )
+        if not self._takes(assignments):
             return
         if self.secrets is not None:
             self.secrets.update(assignments.secrets)
@@ -173,6 +163,21 @@ class Worker:
         self._dirty.set()
         self.reporter.resync()
         self._sweep_wanted.set()
+
+    def _takes(self, assignments: AssignmentSet) -> bool:
+        if self._closed:
+            return False
+        if not assignments.full:  # the controller sends whole sets only
+            log.warning("worker.assignments_refused", reason="not a full set")
+            return False
+        if self._group is None:
+            log.error(
+                "worker.assignments_ignored",
+                reason="the worker is not running",
+                tasks=len(assignments.tasks),
+            )
+            return False
+        return True
 
     def _spawn(self, task: Task, status: TaskStatus, container_id: str) -> None:
         controller = TaskController(

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from dockyard.cli.contexts import ContextError, ContextStore
 from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
+from dockyard.common.contexts import ContextError, ContextStore
 from dockyard.common.metadata import WARNING_KEY
 
 if TYPE_CHECKING:  # grpc loads in the commands that call a daemon, not at startup

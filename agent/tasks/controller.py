@@ -30,6 +30,7 @@ from dockyard.agent.executor import Executor, ExitInfo
 from dockyard.agent.tasks.disposal import Disposer, stop_grace
 from dockyard.agent.tasks.health import HealthProbe, probe_command
 from dockyard.common.session_limits import clip_status
+from dockyard.common.states import TaskState
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
 
@@ -116,17 +117,17 @@ class TaskController:
     async def step(self) -> None:
         """Move the task one step (or wait for a change when there is none to make)."""
         state = self.status.state
-        if state >= TaskStatus.COMPLETE:
+        if state >= TaskState.COMPLETE:
             await self._changed.wait()
-        elif self.task.desired_state > TaskStatus.RUNNING:
+        elif self.task.desired_state > TaskState.RUNNING:
             await self._shutdown()
-        elif state < TaskStatus.ACCEPTED:
-            self._report(TaskStatus.ACCEPTED, "accepted")
-        elif state == TaskStatus.ACCEPTED:
-            self._report(TaskStatus.PREPARING, "preparing")
-        elif state == TaskStatus.PREPARING:
+        elif state < TaskState.ACCEPTED:
+            self._report(TaskState.ACCEPTED, "accepted")
+        elif state == TaskState.ACCEPTED:
+            self._report(TaskState.PREPARING, "preparing")
+        elif state == TaskState.PREPARING:
             await self._prepare()
-        elif state == TaskStatus.STARTING:
+        elif state == TaskState.STARTING:
             await self._start()
         else:  # RUNNING
             await self._watch()
@@ -138,9 +139,9 @@ class TaskController:
         except _Interrupted:
             return
         except Exception as exc:  # a bad image or config: whatever the backend says
-            self._report(TaskStatus.REJECTED, "rejected", error=_text(exc))
+            self._report(TaskState.REJECTED, "rejected", error=_text(exc))
             return
-        self._report(TaskStatus.STARTING, "starting")
+        self._report(TaskState.STARTING, "starting")
 
     async def _start(self) -> None:
         """Start the container. A task with a health check is RUNNING only once the check
@@ -149,14 +150,14 @@ class TaskController:
             self.container_id = await self.executor.start(self.task)
             self.address = await self.executor.address(self.container_id)
         except Exception as exc:  # whatever the backend says
-            self._report(TaskStatus.FAILED, "starting failed", error=_text(exc))
+            self._report(TaskState.FAILED, "starting failed", error=_text(exc))
             return
         if self._health_command() is None:
-            self._report(TaskStatus.RUNNING, "started")
+            self._report(TaskState.RUNNING, "started")
             return
         if self.status.health != TaskStatus.HEALTH_STARTING:
             self._report(
-                TaskStatus.STARTING,
+                TaskState.STARTING,
                 "started; waiting for the health check to pass",
                 health=TaskStatus.HEALTH_STARTING,
             )
@@ -168,7 +169,7 @@ class TaskController:
             self.container_id = await self._find_container()
             if not self.container_id:
                 self._report(
-                    TaskStatus.FAILED, "failed", error="task: container not found on this node"
+                    TaskState.FAILED, "failed", error="task: container not found on this node"
                 )
                 return
         ended: ExitInfo | Exception | None = None
@@ -186,14 +187,14 @@ class TaskController:
                 if guard is not None:
                     guard.cancel()
         if isinstance(ended, Exception):
-            self._report(TaskStatus.FAILED, "failed", error=_text(ended))
+            self._report(TaskState.FAILED, "failed", error=_text(ended))
         elif ended is not None:
             self._report_exit(ended)
 
     async def _shutdown(self) -> None:
         fields: dict[str, Any] = {}
         state = self.status.state
-        if state in (TaskStatus.STARTING, TaskStatus.RUNNING) and self.container_id:
+        if state in (TaskState.STARTING, TaskState.RUNNING) and self.container_id:
             try:
                 await self.executor.stop(self.container_id, stop_grace(self.task))
             except Exception as exc:  # whatever the backend says: the next step retries
@@ -203,8 +204,8 @@ class TaskController:
             with contextlib.suppress(Exception):
                 exit_info = await self.executor.wait(self.container_id)
                 fields = {"exit_code": exit_info.exit_code, "oom_killed": exit_info.oom_killed}
-        if state < TaskStatus.COMPLETE:
-            self._report(TaskStatus.SHUTDOWN, "shutdown", **fields)
+        if state < TaskState.COMPLETE:
+            self._report(TaskState.SHUTDOWN, "shutdown", **fields)
 
     # -------------------------------------------------------------- health checks
 
@@ -222,7 +223,7 @@ class TaskController:
 
     def _healthy(self) -> None:
         if self.status.health != TaskStatus.HEALTHY:
-            self._report(TaskStatus.RUNNING, "started", health=TaskStatus.HEALTHY)
+            self._report(TaskState.RUNNING, "started", health=TaskStatus.HEALTHY)
 
     async def _guard(self, probe: HealthProbe) -> None:
         """Run the probe; kill the container once it is unhealthy (its exit fails the task)."""
@@ -278,19 +279,19 @@ class TaskController:
         fields = {"exit_code": exit_info.exit_code, "oom_killed": exit_info.oom_killed}
         if self._unhealthy is not None:
             self._report(
-                TaskStatus.FAILED, "failed", error=f"task: unhealthy: {self._unhealthy}", **fields
+                TaskState.FAILED, "failed", error=f"task: unhealthy: {self._unhealthy}", **fields
             )
         elif exit_info.oom_killed:
-            self._report(TaskStatus.FAILED, "failed", error="task: out of memory", **fields)
+            self._report(TaskState.FAILED, "failed", error="task: out of memory", **fields)
         elif exit_info.exit_code == 0:
-            self._report(TaskStatus.COMPLETE, "finished", **fields)
+            self._report(TaskState.COMPLETE, "finished", **fields)
         else:
             error = f"task: non-zero exit ({exit_info.exit_code})"
             if exit_info.error:
                 error += f": {exit_info.error}"
-            self._report(TaskStatus.FAILED, "failed", error=error, **fields)
+            self._report(TaskState.FAILED, "failed", error=error, **fields)
 
-    def _report(self, state: TaskStatus.State.ValueType, message: str, **fields: Any) -> None:
+    def _report(self, state: TaskState.ValueType, message: str, **fields: Any) -> None:
         fields.setdefault("health", self.status.health)  # a check's verdict stays
         status = TaskStatus(
             state=state,
@@ -305,7 +306,7 @@ class TaskController:
         log.info(
             "task.status",
             task_id=self.task_id,
-            state=TaskStatus.State.Name(state),
+            state=TaskState.Name(state),
             error=status.error or None,
         )
         self._on_status(self)

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Protocol
 
+from dockyard.common.states import TaskState
 from dockyard.v1.dispatcher_pb2 import TaskStatusReport
 from dockyard.v1.types_pb2 import TaskStatus
 
@@ -72,7 +73,7 @@ class StatusReporter:
         if session_id == self._synced_session and not self._unsent.is_set():
             return
         for task_id, status in self._statuses().items():
-            if status.state < TaskStatus.ACCEPTED:
+            if status.state < TaskState.ACCEPTED:
                 continue  # nothing observed yet
             if not self.session.report(TaskStatusReport(task_id=task_id, status=status)):
                 self._unsent.set()

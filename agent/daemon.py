@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 import grpc
@@ -17,7 +16,7 @@ from dockyard.agent.identity import load_or_create
 from dockyard.agent.metrics.pulls import PullMetrics
 from dockyard.agent.secret_files import DEFAULT_ROOT as SECRETS_ROOT
 from dockyard.agent.secret_files import SecretFiles
-from dockyard.agent.session import ControllerSession
+from dockyard.agent.session import ControllerSession, SessionRefused
 from dockyard.agent.worker import Worker
 from dockyard.common.addresses import JOIN_PORT
 from dockyard.common.authz import AuthInterceptor
@@ -57,14 +56,12 @@ class AgentDaemon:
         self.session: ControllerSession | None = None
         self.port = 0
         self._description: NodeDescription | None = None
-        self._session_task: asyncio.Task[None] | None = None
-        self._renew_task: asyncio.Task[None] | None = None
         self.containers: ContainerManager | None = None
         self.worker: Worker | None = None
         self._docker: DockerExecutor | None = None
         self._runc: RuncExecutor | None = None
         self.cluster_network: ClusterNetwork | None = None
-        self._network_task: asyncio.Task[None] | None = None
+        self._controllers: list[str] = []
         self._node_id = ""
         self._node_pki: NodePKI | None = None
         self.metrics: MetricsServer | None = None
@@ -79,7 +76,7 @@ class AgentDaemon:
         identity = load_or_create(config.state_dir, config.name)
         self._node_id = identity.node_id
         node_pki = NodePKI.of(config.state_dir)
-        controllers = config.controllers or node_pki.controllers()
+        controllers = self._controllers = config.controllers or node_pki.controllers()
         if not controllers:
             raise AgentStartError("no controller: give --controller, or run `dockyard-agent join`")
         if config.insecure:
@@ -144,14 +141,6 @@ class AgentDaemon:
                                  secrets=getattr(executor, "secrets", None))  # fmt: skip
             await self.worker.start()
         await self.server.start()
-        if self.cluster_network is not None:
-            self._network_task = asyncio.create_task(self.cluster_network.run())
-        self._session_task = asyncio.create_task(self.session.run())
-        if not config.insecure:
-            session = self.session
-            self._renew_task = asyncio.create_task(
-                renew_loop(node_pki, lambda: session.status.controller or controllers[0], [])
-            )
         log.info(
             "agent.started",
             node_id=identity.node_id,
@@ -318,21 +307,38 @@ class AgentDaemon:
             self.cluster_network.bridge.subnet_claim())
         return described
 
-    async def wait_session(self) -> None:
-        """Return when the session task ends (it only ends on a final refusal)."""
-        assert self._session_task is not None
-        await self._session_task
+    async def run(self) -> None:
+        """Run the agent's loops (after `start`) until cancelled, in one task group.
+
+        Raises:
+            ExceptionGroup: what ended a loop: `SessionRefused` (the controller refused
+                this node for good) or an error no loop handles (a bug, logged here);
+                the other loops are cancelled then.
+        """
+        session = self.session
+        assert session is not None, "start() first"
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(session.run(), name="session")
+                if self.cluster_network is not None:
+                    group.create_task(self.cluster_network.run(), name="cluster-network")
+                if self._node_pki is not None:
+                    first = self._controllers[0]
+                    renewal = renew_loop(
+                        self._node_pki, lambda: session.status.controller or first, []
+                    )
+                    group.create_task(renewal, name="cert-renewal")
+                if self.worker is not None:
+                    group.create_task(self.worker.wait(), name="worker")
+        except Exception as exc:
+            for error in exception_leaves(exc):
+                if not isinstance(error, SessionRefused):
+                    reason = str(error) or type(error).__name__
+                    log.error("agent.failed", error=reason, exc_info=error)
+            raise
 
     async def stop(self, grace: float = 1.0) -> None:
-        if self._renew_task is not None:
-            self._renew_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._renew_task
-        for task in (self._session_task, self._network_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        """Stop serving and close every part (after `run` has ended)."""
         if self.server is not None:
             await self.server.stop(grace)
         if self.metrics is not None:
@@ -346,3 +352,10 @@ class AgentDaemon:
         if self._docker is not None:  # the engine keeps its containers
             await self._docker.close()
         log.info("agent.stopped")
+
+
+def exception_leaves(error: BaseException) -> list[BaseException]:
+    """The exceptions in a (nested) exception group, or the one given."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in exception_leaves(inner)]
+    return [error]

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -288,31 +288,49 @@ def join(address: str, token: str, name: str, state_dir: Path,
 async def _serve(config: AgentConfig) -> int:
     import structlog
 
-    from dockyard.agent.daemon import AgentDaemon, AgentStartError
+    from dockyard.agent.daemon import AgentDaemon, AgentStartError, exception_leaves
     from dockyard.agent.session import SessionRefused
 
     log = structlog.get_logger("dockyard.agent")
     daemon = AgentDaemon(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = _stop_on_signals()
     try:
         await daemon.start()
     except AgentStartError as exc:
         click.echo(f"dockyard-agent: {exc}", err=True)
         return 1
-    stopped = asyncio.create_task(stop.wait())
-    session = asyncio.create_task(daemon.wait_session())
-    await asyncio.wait({stopped, session}, return_when=asyncio.FIRST_COMPLETED)
     code = 0
-    if session.done() and isinstance(session.exception(), SessionRefused):
-        click.echo(f"dockyard-agent: {session.exception()}", err=True)
+    try:
+        await _run_until(stop, daemon.run())
+    except* SessionRefused as refused:
+        click.echo(f"dockyard-agent: {exception_leaves(refused)[0]}", err=True)
         code = 1
-    stopped.cancel()
+    except* Exception:  # logged by the daemon (agent.failed)
+        code = 1
     log.info("agent.stopping")
     await daemon.stop()
     return code
+
+
+def _stop_on_signals() -> asyncio.Event:
+    """An event SIGTERM and SIGINT set."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _run_until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` until `stop` is set (then cancel it, unless it ended already).
+
+    Raises:
+        ExceptionGroup: what `work` raised; it ends the wait at once.
+    """
+    async with asyncio.TaskGroup() as group:
+        job = group.create_task(work)
+        await stop.wait()  # the group cancels this wait when `work` fails
+        job.cancel()
 
 
 @main.command()
@@ -375,17 +393,9 @@ def hollow(
 
 
 async def _serve_fleet(fleet: HollowFleet) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    starting = asyncio.create_task(fleet.start())
-    stopped = asyncio.create_task(stop.wait())
-    await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    if not stop.is_set():
-        await stopped
-    starting.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await starting
-    await fleet.stop()
+    stop = _stop_on_signals()
+    try:
+        await _run_until(stop, fleet.start())
+    finally:
+        await fleet.stop()
     return 0

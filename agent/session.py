@@ -184,14 +184,28 @@ class ControllerSession:
                 self._accepted(first, target)
                 self._outbox = outbox
                 self._sent.clear()
-                beating = asyncio.create_task(self._heartbeats(outbox))
-                try:
-                    await self._receive(call)
-                finally:
-                    beating.cancel()
-                    self._outbox = None
+                await self._converse(call, outbox)
             finally:
+                self._outbox = None
                 call.cancel()
+
+    async def _converse(
+        self,
+        call: grpc.aio.StreamStreamCall[AgentMessage, DispatcherMessage],
+        outbox: asyncio.Queue[AgentMessage],
+    ) -> None:
+        """Heartbeat while receiving, until the session ends (always with an error)."""
+        ended: Exception | None = None
+        async with asyncio.TaskGroup() as group:
+            beating = group.create_task(self._heartbeats(outbox), name="session-heartbeats")
+            try:
+                await self._receive(call)
+            except Exception as exc:  # raised below, outside the group, as it came
+                ended = exc
+            finally:
+                beating.cancel()
+        if ended is not None:
+            raise ended
 
     def _accepted(self, message: DispatcherMessage, target: str) -> None:
         accepted = message.accepted

@@ -1,0 +1,316 @@
+"""One task's controller: it drives the task through its states, one step at a time.
+
+Swarmkit's `exec.Do` is the model: each step looks at the observed state and the
+desired one, does one thing on the executor, and reports the state it reached.
+
+    ACCEPTED → PREPARING (pull, create) → STARTING → RUNNING → COMPLETE | FAILED
+    any state before COMPLETE → SHUTDOWN when the controller asks for it
+
+An error before STARTING rejects the task (REJECTED), a later one fails it. A task with a
+health check stays STARTING until the check first passes, and fails when it turns
+unhealthy (its container is killed). The node never restarts a container: the
+controller's restart policy replaces the task.
+
+The executor's calls are idempotent, so a controller made from a saved status (after an
+agent restart) simply repeats the step it was in. A step that waits (prepare, a running
+container) is cut short when the task changes: its desired state, or it left the set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import structlog
+
+from dockyard.agent.executor import Executor, ExitInfo
+from dockyard.agent.tasks.disposal import Disposer, stop_grace
+from dockyard.agent.tasks.health import HealthProbe, probe_command
+from dockyard.common.session_limits import clip_status
+from dockyard.common.states import TaskState
+from dockyard.v1.types_pb2 import TaskStatus
+from dockyard.v1.workloads_pb2 import Task
+
+__all__ = ["STOP_RETRY_DELAY", "TaskController"]
+
+log = structlog.get_logger(__name__)
+
+STOP_RETRY_DELAY = 1.0
+"""Seconds before a failed stop (shutdown, or an unhealthy container) is tried again."""
+
+
+class _Interrupted(Exception):
+    """The task changed while a step waited."""
+
+
+class TaskController:
+    """Drives one assigned task; `run` returns once the task has left the set and its
+    container is removed.
+
+    Args:
+        task: the task as assigned (its desired state comes from the controller).
+        status: the status to resume from: the controller's (new task) or the saved one.
+        executor: the backend that makes and runs the container.
+        disposer: removes the container once the task leaves the set.
+        on_status: called after every status change (the worker saves and reports it).
+        container_id: the task's container, when the node has one already.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        status: TaskStatus,
+        executor: Executor,
+        disposer: Disposer,
+        on_status: Callable[[TaskController], None],
+        container_id: str = "",
+    ) -> None:
+        self.task = task
+        self.status = status
+        self.container_id = container_id
+        self.address = status.address  # the container's, on the bridge network
+        self.executor = executor
+        self._disposer = disposer
+        self._on_status = on_status
+        self._unhealthy: str | None = None
+        self._removed = False
+        self._changed = asyncio.Event()
+        self._interrupt: asyncio.Timeout | None = None
+
+    @property
+    def task_id(self) -> str:
+        return self.task.id
+
+    # ------------------------------------------------------------ from the worker
+
+    def update(self, task: Task) -> None:
+        """The task as the latest set has it; a new desired state interrupts the step."""
+        desired_before, self.task = self.task.desired_state, task
+        if task.desired_state != desired_before:
+            self._wake()
+
+    def remove(self) -> None:
+        """The task left the set: stop driving it and remove its container."""
+        self._removed = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        if self._interrupt is not None:  # cut the waiting step short now
+            self._interrupt.reschedule(asyncio.get_running_loop().time())
+
+    # --------------------------------------------------------------------- steps
+
+    async def run(self) -> None:
+        while not self._removed:
+            self._changed.clear()
+            await self.step()
+        container_id = self.container_id or await self._find_container()
+        if container_id:
+            await self._disposer.dispose(self.task_id, container_id, stop_grace(self.task))
+        else:  # prepare may have written its secret files
+            await self._disposer.remove_secrets(self.task_id)
+
+    async def step(self) -> None:
+        """Move the task one step (or wait for a change when there is none to make)."""
+        state = self.status.state
+        if state >= TaskState.COMPLETE:
+            await self._changed.wait()
+        elif self.task.desired_state > TaskState.RUNNING:
+            await self._shutdown()
+        elif state < TaskState.ACCEPTED:
+            self._report(TaskState.ACCEPTED, "accepted")
+        elif state == TaskState.ACCEPTED:
+            self._report(TaskState.PREPARING, "preparing")
+        elif state == TaskState.PREPARING:
+            await self._prepare()
+        elif state == TaskState.STARTING:
+            await self._start()
+        else:  # RUNNING
+            await self._watch()
+
+    async def _prepare(self) -> None:
+        try:
+            async with self._interruptible():
+                await self.executor.prepare(self.task, self._progress)
+        except _Interrupted:
+            return
+        except Exception as exc:  # a bad image or config: whatever the backend says
+            self._report(TaskState.REJECTED, "rejected", error=_text(exc))
+            return
+        self._report(TaskState.STARTING, "starting")
+
+    async def _start(self) -> None:
+        """Start the container. A task with a health check is RUNNING only once the check
+        first passes (as in Swarm), so a rolling update waits for healthy tasks."""
+        try:
+            self.container_id = await self.executor.start(self.task)
+            self.address = await self.executor.address(self.container_id)
+        except Exception as exc:  # whatever the backend says
+            self._report(TaskState.FAILED, "starting failed", error=_text(exc))
+            return
+        if self._health_command() is None:
+            self._report(TaskState.RUNNING, "started")
+            return
+        if self.status.health != TaskStatus.HEALTH_STARTING:
+            self._report(
+                TaskState.STARTING,
+                "started; waiting for the health check to pass",
+                health=TaskStatus.HEALTH_STARTING,
+            )
+        await self._watch()
+
+    async def _watch(self) -> None:
+        """Wait for the container to exit (probing its health meanwhile); report how."""
+        if not self.container_id:
+            self.container_id = await self._find_container()
+            if not self.container_id:
+                self._report(
+                    TaskState.FAILED, "failed", error="task: container not found on this node"
+                )
+                return
+        ended: ExitInfo | Exception | None = None
+        async with asyncio.TaskGroup() as group:
+            probe = self._health_probe()
+            guard = group.create_task(self._guard(probe)) if probe is not None else None
+            try:
+                async with self._interruptible():
+                    ended = await self.executor.wait(self.container_id)
+            except _Interrupted:
+                ended = None
+            except Exception as exc:  # whatever the backend says
+                ended = exc
+            finally:
+                if guard is not None:
+                    guard.cancel()
+        if isinstance(ended, Exception):
+            self._report(TaskState.FAILED, "failed", error=_text(ended))
+        elif ended is not None:
+            self._report_exit(ended)
+
+    async def _shutdown(self) -> None:
+        fields: dict[str, Any] = {}
+        state = self.status.state
+        if state in (TaskState.STARTING, TaskState.RUNNING) and self.container_id:
+            try:
+                await self.executor.stop(self.container_id, stop_grace(self.task))
+            except Exception as exc:  # whatever the backend says: the next step retries
+                log.warning("task.stop_failed", task_id=self.task_id, error=_text(exc))
+                await self._pause(STOP_RETRY_DELAY)
+                return
+            with contextlib.suppress(Exception):
+                exit_info = await self.executor.wait(self.container_id)
+                fields = {"exit_code": exit_info.exit_code, "oom_killed": exit_info.oom_killed}
+        if state < TaskState.COMPLETE:
+            self._report(TaskState.SHUTDOWN, "shutdown", **fields)
+
+    # -------------------------------------------------------------- health checks
+
+    def _health_command(self) -> list[str] | None:
+        return probe_command(self.task.spec.container.healthcheck)
+
+    def _health_probe(self) -> HealthProbe | None:
+        command = self._health_command()
+        if command is None:
+            return None
+        check = self.task.spec.container.healthcheck
+        return HealthProbe(
+            self.executor, self.task_id, self.container_id, check, command, self._healthy
+        )
+
+    def _healthy(self) -> None:
+        if self.status.health != TaskStatus.HEALTHY:
+            self._report(TaskState.RUNNING, "started", health=TaskStatus.HEALTHY)
+
+    async def _guard(self, probe: HealthProbe) -> None:
+        """Run the probe; kill the container once it is unhealthy (its exit fails the task)."""
+        self._unhealthy = await probe.run()
+        self._report(self.status.state, "unhealthy: stopping", health=TaskStatus.UNHEALTHY)
+        while True:
+            try:
+                await self.executor.stop(probe.container_id, 0.0)
+                return
+            except Exception as exc:  # whatever the backend says: try again
+                log.warning("task.stop_failed", task_id=self.task_id, error=_text(exc))
+                await asyncio.sleep(STOP_RETRY_DELAY)
+
+    # ------------------------------------------------------------------- helpers
+
+    @contextlib.asynccontextmanager
+    async def _interruptible(self) -> AsyncIterator[None]:
+        """Run the block unless the task changes first (then raise `_Interrupted`).
+
+        The block runs in a timeout scope with no deadline; `_wake` moves the deadline
+        to now, which cancels the block where it waits."""
+        if self._changed.is_set():
+            raise _Interrupted
+        try:
+            async with asyncio.timeout(None) as scope:
+                self._interrupt = scope
+                try:
+                    yield
+                finally:
+                    self._interrupt = None
+        except TimeoutError:
+            if scope.expired():
+                raise _Interrupted from None
+            raise  # the backend's own timeout
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, or less when the task changes."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._changed.wait()
+
+    async def _find_container(self) -> str:
+        try:
+            containers = await self.executor.task_containers()
+        except Exception:  # the backend cannot list now: as if there were none
+            return ""
+        return containers.get(self.task_id, "")
+
+    def _progress(self, line: str) -> None:
+        log.info("task.progress", task_id=self.task_id, progress=line)
+
+    def _report_exit(self, exit_info: ExitInfo) -> None:
+        fields = {"exit_code": exit_info.exit_code, "oom_killed": exit_info.oom_killed}
+        if self._unhealthy is not None:
+            self._report(
+                TaskState.FAILED, "failed", error=f"task: unhealthy: {self._unhealthy}", **fields
+            )
+        elif exit_info.oom_killed:
+            self._report(TaskState.FAILED, "failed", error="task: out of memory", **fields)
+        elif exit_info.exit_code == 0:
+            self._report(TaskState.COMPLETE, "finished", **fields)
+        else:
+            error = f"task: non-zero exit ({exit_info.exit_code})"
+            if exit_info.error:
+                error += f": {exit_info.error}"
+            self._report(TaskState.FAILED, "failed", error=error, **fields)
+
+    def _report(self, state: TaskState.ValueType, message: str, **fields: Any) -> None:
+        fields.setdefault("health", self.status.health)  # a check's verdict stays
+        status = TaskStatus(
+            state=state,
+            message=message,
+            container_id=self.container_id,
+            address=self.address,
+            **fields,
+        )
+        clip_status(status)
+        status.timestamp.FromNanoseconds(time.time_ns())
+        self.status = status
+        log.info(
+            "task.status",
+            task_id=self.task_id,
+            state=TaskState.Name(state),
+            error=status.error or None,
+        )
+        self._on_status(self)
+
+
+def _text(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__

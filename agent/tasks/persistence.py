@@ -1,0 +1,125 @@
+"""`worker.json`: the node's assignment set and the latest status of each task.
+
+After an agent restart the worker resumes every task from here, even when no controller
+answers. Every write is atomic (a temporary file in the same directory, fsynced, renamed
+over the old one, the directory fsynced), so a write cut in the middle (a crash, a full
+disk) leaves the previous file whole. Snapshots carry a sequence number: a slow write of
+an older snapshot never replaces a newer one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+from google.protobuf import json_format
+
+from dockyard.v1.types_pb2 import TaskStatus
+from dockyard.v1.workloads_pb2 import Task
+
+__all__ = ["STATE_FILE", "SavedTask", "Snapshot", "StateFile", "write_atomically"]
+
+log = structlog.get_logger(__name__)
+
+STATE_FILE = "worker.json"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class SavedTask:
+    task: Task
+    status: TaskStatus
+    container_id: str = ""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    sequence: int
+    data: dict[str, Any]
+
+
+class StateFile:
+    """Reads and writes one `worker.json`. `snapshot` runs on the event loop, `load` and
+    `write` in a thread (they touch the disk)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sequence = 0
+        self._written = 0
+        self._lock = threading.Lock()  # a cancelled save may still be writing
+
+    def snapshot(self, tasks: Iterable[SavedTask]) -> Snapshot:
+        self._sequence += 1
+        data = {
+            "version": VERSION,
+            "sequence": self._sequence,
+            "tasks": [
+                {
+                    "task": json_format.MessageToDict(saved.task),
+                    "status": json_format.MessageToDict(saved.status),
+                    "container_id": saved.container_id,
+                }
+                for saved in tasks
+            ],
+        }
+        return Snapshot(self._sequence, data)
+
+    def write(self, snapshot: Snapshot) -> None:
+        """Write `snapshot` unless a newer one is on disk already."""
+        with self._lock:
+            if snapshot.sequence < self._written:
+                return
+            encoded = json.dumps(snapshot.data, separators=(",", ":")).encode()
+            write_atomically(self.path, encoded)
+            self._written = snapshot.sequence
+
+    def load(self) -> list[SavedTask]:
+        """The saved tasks; none when there is no file or it cannot be read (logged)."""
+        try:
+            data = json.loads(self.path.read_text())
+            entries = data.get("tasks", [])
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError, AttributeError) as exc:
+            log.error("worker.state_unreadable", path=str(self.path), error=str(exc))
+            return []
+        return [_parse(entry) for entry in entries]
+
+
+def _parse(entry: dict[str, Any]) -> SavedTask:
+    task = json_format.ParseDict(entry.get("task", {}), Task(), ignore_unknown_fields=True)
+    status = json_format.ParseDict(
+        entry.get("status", {}), TaskStatus(), ignore_unknown_fields=True
+    )
+    if entry.get("container_id") and not status.container_id:
+        status.container_id = entry["container_id"]
+    return SavedTask(task, status, status.container_id)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`: the old content or the new, never a part of either."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)  # the rename itself survives a power cut
+    finally:
+        os.close(directory)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -27,11 +28,12 @@ from dockyard.v1.dispatcher_pb2 import AssignmentSet, NetworkMap
 from dockyard.v1.types_pb2 import NodeDescription
 
 if TYPE_CHECKING:
-    from dockyard.agent.containers.manager import ContainerManager
+    from dockyard.agent.containers.service import ContainerService
     from dockyard.agent.executor import Executor
     from dockyard.agent.executors.docker import DockerExecutor
-    from dockyard.agent.executors.runc import RuncExecutor
+    from dockyard.agent.executors.task import TaskExecutor
     from dockyard.agent.network.cluster import ClusterNetwork
+    from dockyard.agent.runtime.hollow import HollowRuntime
 
 log = structlog.get_logger(__name__)
 
@@ -56,10 +58,10 @@ class AgentDaemon:
         self._description: NodeDescription | None = None
         self._session_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
-        self.containers: ContainerManager | None = None
+        self.containers: ContainerService | None = None
         self.worker: Worker | None = None
         self._docker: DockerExecutor | None = None
-        self._runc: RuncExecutor | None = None
+        self._runc: TaskExecutor | None = None
         self.cluster_network: ClusterNetwork | None = None
         self._network_task: asyncio.Task[None] | None = None
         self._node_id = ""
@@ -129,9 +131,9 @@ class AgentDaemon:
         elif config.runtime == "docker":
             executor = await self._start_docker(self.server)
         elif config.runtime == "hollow":
-            from dockyard.agent.runtime.hollow import HollowExecutor
+            from dockyard.agent.runtime.hollow import HollowRuntime
 
-            executor = HollowExecutor()
+            executor = hollow_executor(HollowRuntime(), config.state_dir)
         if executor is not None:
             self.worker = Worker(executor, self.session, config.state_dir,
                                  secrets=getattr(executor, "secrets", None))  # fmt: skip
@@ -193,14 +195,16 @@ class AgentDaemon:
         return executor
 
     async def _start_containers(self, server: grpc.aio.Server) -> Executor:
-        """The runc runtime, the image store and their API; recovers containers."""
+        """The runc backend (runtime, the node's image store, its bridge as the network
+        step) under the container service, and their API; recovers containers."""
         from dockyard.agent.containers.admission import Admission
+        from dockyard.agent.containers.backends import BridgeAttacher, LocalImages
         from dockyard.agent.containers.images_servicer import ImagesServicer
-        from dockyard.agent.containers.manager import ContainerManager
         from dockyard.agent.containers.peer_servicer import PeerServicer
+        from dockyard.agent.containers.service import ContainerService
         from dockyard.agent.containers.servicer import ContainersServicer
         from dockyard.agent.containers.volumes_servicer import VolumesServicer
-        from dockyard.agent.executors.runc import RuncExecutor
+        from dockyard.agent.executors.task import TaskExecutor
         from dockyard.agent.images.peer_fetch import PeerFetcher
         from dockyard.agent.images.service import ImageService
         from dockyard.agent.network.bridge import (
@@ -225,9 +229,9 @@ class AgentDaemon:
                               cni_path=tuple(config.cni_path))  # fmt: skip
         network = BridgeNetwork(network_dir, bridge, subnet_fixed=bool(config.bridge_subnet))
         self.cluster_network = ClusterNetwork(network, route_peers=config.peer_routes)
-        runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent,
-                              network=network)  # fmt: skip
-        manager = ContainerManager(runtime, images, config.state_dir / "containers")
+        runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent)
+        manager = ContainerService(runtime, LocalImages(images), config.state_dir / "containers",
+                                   network=BridgeAttacher(network))  # fmt: skip
         try:
             await manager.start()
         except Exception as exc:
@@ -237,12 +241,12 @@ class AgentDaemon:
         admission = Admission(config.allow_privileged, tuple(sorted(own)))
         containers_pb2_grpc.add_ContainersServicer_to_server(
             ContainersServicer(manager, admission), server)
-        images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(manager), server)
+        images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(images, manager), server)
         containers_pb2_grpc.add_VolumesServicer_to_server(VolumesServicer(manager), server)
         images.peer_fetcher = PeerFetcher(  # the node's certificate; None: --insecure
             self._node_pki.channel_credentials if self._node_pki is not None else None)
         peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(images.store.blobs), server)
-        self._runc = RuncExecutor(manager, self._secret_files())
+        self._runc = TaskExecutor(manager, self._secret_files())
         return self._runc
 
     def _secret_files(self) -> SecretFiles:
@@ -285,3 +289,16 @@ class AgentDaemon:
         if self._docker is not None:  # the engine keeps its containers
             await self._docker.close()
         log.info("agent.stopped")
+
+
+def hollow_executor(runtime: HollowRuntime, state_dir: Path | None) -> TaskExecutor:
+    """The hollow backend: simulated containers, images and networking under the container
+    service (records in memory; named volumes under `state_dir`, if any)."""
+    from dockyard.agent.containers.backends import EngineImages, EngineNetwork
+    from dockyard.agent.containers.service import ContainerService
+    from dockyard.agent.containers.volumes import VolumeStore
+    from dockyard.agent.executors.task import TaskExecutor
+
+    volumes = VolumeStore(state_dir / "volumes") if state_dir is not None else None
+    service = ContainerService(runtime, EngineImages(), None, volumes, EngineNetwork())
+    return TaskExecutor(service)

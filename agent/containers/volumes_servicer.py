@@ -6,7 +6,7 @@ import asyncio
 
 from dockyard.agent.containers.convert import timestamp
 from dockyard.agent.containers.errors import InvalidArgument
-from dockyard.agent.containers.manager import ContainerManager
+from dockyard.agent.containers.service import ContainerService
 from dockyard.agent.containers.status import Context, unary
 from dockyard.agent.containers.volumes import Volume
 from dockyard.common.validation import ValidationError, check_labels
@@ -23,7 +23,7 @@ def volume_record(volume: Volume, used_by: list[str]) -> pb.VolumeRecord:
 
 
 class VolumesServicer(containers_pb2_grpc.VolumesServicer):
-    def __init__(self, manager: ContainerManager) -> None:
+    def __init__(self, manager: ContainerService) -> None:
         self._manager = manager
 
     @unary

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from dockyard.agent.runtime.base import ContainerConfig
+from dockyard.agent.runtime.base import ContainerSpec
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
 
 BUSYBOX = Path("/bin/busybox")
@@ -80,9 +80,9 @@ class Env:
         self.state_root = state_root
         self.cgroup_parent = cg
 
-    def config(self, *command: str, **kwargs: object) -> ContainerConfig:
+    def config(self, *command: str, **kwargs: object) -> ContainerSpec:
         cid = str(kwargs.pop("id", f"t{uuid.uuid4().hex[:16]}"))
-        return ContainerConfig(
+        return ContainerSpec(
             id=cid,
             name=str(kwargs.pop("name", cid)),
             image="busybox-test",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
@@ -30,9 +29,9 @@ from dockyard.v1.types_pb2 import NodeDescription
 if TYPE_CHECKING:
     from dockyard.agent.containers.service import ContainerService
     from dockyard.agent.executor import Executor
-    from dockyard.agent.executors.docker import DockerExecutor
     from dockyard.agent.executors.task import TaskExecutor
     from dockyard.agent.network.cluster import ClusterNetwork
+    from dockyard.agent.runtime.docker import DockerRuntime
     from dockyard.agent.runtime.hollow import HollowRuntime
 
 log = structlog.get_logger(__name__)
@@ -60,7 +59,7 @@ class AgentDaemon:
         self._renew_task: asyncio.Task[None] | None = None
         self.containers: ContainerService | None = None
         self.worker: Worker | None = None
-        self._docker: DockerExecutor | None = None
+        self._docker: TaskExecutor | None = None
         self._runc: TaskExecutor | None = None
         self.cluster_network: ClusterNetwork | None = None
         self._network_task: asyncio.Task[None] | None = None
@@ -133,7 +132,7 @@ class AgentDaemon:
         elif config.runtime == "hollow":
             from dockyard.agent.runtime.hollow import HollowRuntime
 
-            executor = hollow_executor(HollowRuntime(), config.state_dir)
+            executor = hollow_executor(HollowRuntime())
         if executor is not None:
             self.worker = Worker(executor, self.session, config.state_dir,
                                  secrets=getattr(executor, "secrets", None))  # fmt: skip
@@ -179,18 +178,19 @@ class AgentDaemon:
     async def _start_docker(self, server: grpc.aio.Server) -> Executor:
         """The host's Docker engine runs the tasks; it must answer now. Of the
         Containers API only Logs is served (for `service logs`)."""
-        from dockyard.agent.executor import ExecutorError
-        from dockyard.agent.executors.docker import DockerExecutor
-        from dockyard.agent.executors.docker_logs import DockerLogsServicer
+        from dockyard.agent.containers.docker_logs import DockerLogsServicer
+        from dockyard.agent.runtime.base import ContainerRuntimeError
+        from dockyard.agent.runtime.docker import DockerRuntime
 
-        executor = DockerExecutor(self.config.docker_host, self._secret_files())
+        runtime = DockerRuntime(self.config.docker_host)
         try:
-            version = await executor.version()
-        except ExecutorError as exc:
-            await executor.close()
+            version = await runtime.version()
+        except ContainerRuntimeError as exc:
+            await runtime.close()
             raise AgentStartError(str(exc)) from exc
+        executor = docker_executor(runtime, self._secret_files())
         self._docker = executor
-        server.add_generic_rpc_handlers((DockerLogsServicer(executor).handler(),))
+        server.add_generic_rpc_handlers((DockerLogsServicer(runtime).handler(),))
         log.info("agent.docker", host=self.config.docker_host, version=version)
         return executor
 
@@ -291,14 +291,23 @@ class AgentDaemon:
         log.info("agent.stopped")
 
 
-def hollow_executor(runtime: HollowRuntime, state_dir: Path | None) -> TaskExecutor:
+def hollow_executor(runtime: HollowRuntime) -> TaskExecutor:
     """The hollow backend: simulated containers, images and networking under the container
-    service (records in memory; named volumes under `state_dir`, if any)."""
+    service (its records in memory: nothing outlives the process)."""
     from dockyard.agent.containers.backends import EngineImages, EngineNetwork
     from dockyard.agent.containers.service import ContainerService
-    from dockyard.agent.containers.volumes import VolumeStore
     from dockyard.agent.executors.task import TaskExecutor
 
-    volumes = VolumeStore(state_dir / "volumes") if state_dir is not None else None
-    service = ContainerService(runtime, EngineImages(), None, volumes, EngineNetwork())
-    return TaskExecutor(service)
+    return TaskExecutor(ContainerService(runtime, EngineImages(), None, None, EngineNetwork()))
+
+
+def docker_executor(runtime: DockerRuntime, secrets: SecretFiles | None = None) -> TaskExecutor:
+    """The docker backend: the engine keeps images, networking and named volumes, so the
+    container service pairs its runtime with `EngineImages` and `EngineNetwork` (its
+    records in memory: the engine keeps the containers, with their task labels)."""
+    from dockyard.agent.containers.backends import EngineImages, EngineNetwork
+    from dockyard.agent.containers.service import ContainerService
+    from dockyard.agent.executors.task import TaskExecutor
+
+    images = EngineImages(runtime.has_image, runtime.pull)
+    return TaskExecutor(ContainerService(runtime, images, None, None, EngineNetwork()), secrets)

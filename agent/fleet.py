@@ -60,7 +60,7 @@ class HollowAgent:
         self.session = ControllerSession(self.controllers, identity, self.describe,
                                          on_assignments=self._on_assignments)  # fmt: skip
         self.worker = Worker(
-            hollow_executor(self.runtime, self.state_dir), self.session, self.state_dir,
+            hollow_executor(self.runtime), self.session, self.state_dir,
             persist=False,
         )
         await self.worker.start()

@@ -35,6 +35,7 @@ __all__ = [
     "LocalImages",
     "NetworkAttacher",
     "ResolvedImage",
+    "engine_ref",
 ]
 
 
@@ -47,18 +48,22 @@ class ResolvedImage:
         references: The names it has on the node.
         lower_dirs: Its unpacked layers, top first (empty: the backend has its own).
         config: The OCI image config, or ``None`` when only the backend knows it.
+        runtime_ref: How the runtime names the image when it fetches it itself (the
+            Docker engine: ``name@digest`` for a pinned reference); "" when the runtime
+            takes the layers and ``spec.image`` is only shown.
     """
 
     digest: str
     references: tuple[str, ...] = ()
     lower_dirs: tuple[Path, ...] = ()
     config: Mapping[str, Any] | None = None
+    runtime_ref: str = ""
 
 
 class ImageProvider(Protocol):
     """The images containers are made from."""
 
-    def resolve(self, ref: Reference | str) -> ResolvedImage:
+    async def resolve(self, ref: Reference | str) -> ResolvedImage:
         """A local image by reference or (short) id.
 
         Raises:
@@ -116,7 +121,7 @@ class LocalImages:
     def __init__(self, service: ImageService) -> None:
         self.service = service
 
-    def resolve(self, ref: Reference | str) -> ResolvedImage:
+    async def resolve(self, ref: Reference | str) -> ResolvedImage:
         image = self.service.resolve(ref)
         return ResolvedImage(image.digest, tuple(image.references),
                              tuple(self.service.lower_dirs(image)),
@@ -140,19 +145,36 @@ class LocalImages:
         return await self.service.remove(text, force=force)
 
 
-class EngineImages:
-    """Images a backend keeps itself: hollow (simulated, "pulled" at once) or the Docker
-    engine (``pull`` asks it; ``resolve`` leaves the image to it at create)."""
+def engine_ref(ref: Reference | str) -> str:
+    """What to ask an engine for: ``name@digest`` when the reference pins one."""
+    if isinstance(ref, str):
+        return ref
+    return f"{ref.name}@{ref.digest}" if ref.digest else str(ref)
 
-    def __init__(self, pull: Callable[[Reference], Awaitable[None]] | None = None) -> None:
+
+class EngineImages:
+    """Images a backend keeps itself: hollow (simulated: every image is there) or the
+    Docker engine (``has`` and ``pull`` ask it; it takes the image at create).
+
+    Args:
+        has: Whether the engine has the image (None: always).
+        pull: Has the engine pull it.
+    """
+
+    def __init__(self, has: Callable[[str], Awaitable[bool]] | None = None,
+                 pull: Callable[[str], Awaitable[None]] | None = None) -> None:  # fmt: skip
+        self._has = has
         self._pull = pull
 
-    def resolve(self, ref: Reference | str) -> ResolvedImage:
-        return ResolvedImage("", (str(ref),))
+    async def resolve(self, ref: Reference | str) -> ResolvedImage:
+        name = engine_ref(ref)
+        if self._has is not None and not await self._has(name):
+            raise ImageNotFound(f"image {name} is not in the engine")
+        return ResolvedImage("", (str(ref),), runtime_ref=name)
 
     async def pull(self, ref: Reference, peers: Sequence[str] = ()) -> None:
         if self._pull is not None:
-            await self._pull(ref)
+            await self._pull(engine_ref(ref))
 
     def hold(self, stack: contextlib.ExitStack, image: ResolvedImage) -> None:
         """Nothing to hold: the backend keeps what its containers use."""

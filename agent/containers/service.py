@@ -90,7 +90,8 @@ class ContainerService:
         runtime: The backend's runtime (runc: its state under `<state dir>/runtime`).
         images: Where images come from (runc: the node's image store).
         meta_root: Where the service keeps its per-container records (None: in memory).
-        volumes: Named volumes (default: `<meta_root>/../volumes`).
+        volumes: Named volumes (default: `<meta_root>/../volumes`; none without a
+            meta_root: the backend keeps named volumes itself, as the Docker engine does).
         network: The network step for `bridge` containers (None: they are refused).
     """
 
@@ -101,9 +102,9 @@ class ContainerService:
         self.images = images
         self.network = network
         state_dir = meta_root.parent if meta_root is not None else None
-        if volumes is None and state_dir is None:
-            raise ValueError("the container service needs a volume store or a meta_root")
-        self.volumes = volumes or VolumeStore(state_dir / "volumes")  # type: ignore[operator]
+        if volumes is None and state_dir is not None:
+            volumes = VolumeStore(state_dir / "volumes")
+        self.volumes = volumes
         self._metas = MetaStore(meta_root)
         self._meta: dict[str, ContainerMeta] = {}
         self._supervisors: dict[str, asyncio.Task[None]] = {}
@@ -225,6 +226,7 @@ class ContainerService:
     def _volume_dir(self, name: str, made: builtins.list[str]) -> Path:
         """A named volume's directory, the volume made first when missing (docker's way);
         `made` collects the names made here."""
+        assert self.volumes is not None
         volume, created = self.volumes.ensure(name)
         if created:
             made.append(name)
@@ -234,11 +236,11 @@ class ContainerService:
         """Remove volumes a failed create made (nothing else can use them yet)."""
         for name in names:
             with contextlib.suppress(NotFound):
-                await asyncio.to_thread(self.volumes.remove, name)
+                await asyncio.to_thread(self.volume_store().remove, name)
 
     async def volume_users(self, name: str) -> builtins.list[str]:
         """The ids of the containers that mount the volume."""
-        volume = await asyncio.to_thread(self.volumes.get, name)
+        volume = await asyncio.to_thread(self.volume_store().get, name)
         return [view.info.id for view in await self.list(all=True)
                 if any(v.host == volume.mountpoint for v in view.info.config.volumes)]
 
@@ -253,16 +255,22 @@ class ContainerService:
         if users:
             raise FailedPrecondition(f"volume {name} is in use by container "
                                      f"{', '.join(u[:12] for u in users)}")  # fmt: skip
-        await asyncio.to_thread(self.volumes.remove, name)
+        await asyncio.to_thread(self.volume_store().remove, name)
+
+    def volume_store(self) -> VolumeStore:
+        """The named volumes this service keeps (FAILED_PRECONDITION: the backend's own)."""
+        if self.volumes is None:
+            raise FailedPrecondition("this agent's backend keeps named volumes itself")
+        return self.volumes
 
     # --------------------------------------------------------------------- create
 
-    def _image(self, ref: Reference, text: str) -> ResolvedImage:
+    async def _image(self, ref: Reference, text: str) -> ResolvedImage:
         try:
-            return self.images.resolve(ref)
+            return await self.images.resolve(ref)
         except ImageNotFound:
             try:
-                return self.images.resolve(text)  # an image id
+                return await self.images.resolve(text)  # an image id
             except ImageNotFound:
                 raise NotFound(
                     f"image {ref} not found on this node: pull it first"
@@ -287,19 +295,21 @@ class ContainerService:
 
     def _mounts(self, spec: ContainerSpec, made: builtins.list[str]) -> builtins.list[VolumeMount]:
         """The spec's mounts with named volumes' directories (blocking: run in a thread)."""
-        volumes = [replace(v, host=self._volume_dir(v.volume, made)) if v.volume else v
+        volumes = [replace(v, host=self._volume_dir(v.volume, made))
+                   if v.volume and self.volumes is not None else v
                    for v in spec.volumes]  # fmt: skip
         return resolve_binds(volumes, self._own_dirs)
 
     async def create(self, request: ContainerRequest) -> ContainerView:
         """Create a container from a local image (nothing runs yet)."""
-        image = self._image(request.image, request.spec.image)
+        image = await self._image(request.image, request.spec.image)
         if request.spec.network == "bridge":
             await self._check_bridge(request.spec.ports)
         name = await self._take_name(request.spec.name)
         made: builtins.list[str] = []  # volumes this create made: gone again if it fails
         try:
             spec = replace(request.spec, id=secrets.token_hex(32), name=name,
+                           image=image.runtime_ref or request.spec.image,
                            lower_dirs=image.lower_dirs, image_config=image.config or {},
                            volumes=await asyncio.to_thread(self._mounts, request.spec, made))
             if image.config is not None:  # else only the backend knows the image's command
@@ -330,7 +340,10 @@ class ContainerService:
                 attached = True
                 endpoint = await self.network.attach(spec.id, spec.ports)  # ports first
                 spec = replace(spec, endpoint=endpoint)
-            return self._networked(await self.runtime.create(spec))
+            info = await self.runtime.create(spec)
+            if info.id != spec.id:  # the backend names its containers itself (docker)
+                await self._rekey(meta, info.id)
+            return self._networked(info)
         except BaseException:
             meta.lease.close()
             self._meta.pop(spec.id, None)
@@ -338,6 +351,13 @@ class ContainerService:
             if attached and self.network is not None:
                 await asyncio.shield(self.network.detach(spec.id))
             raise
+
+    async def _rekey(self, meta: ContainerMeta, container_id: str) -> None:
+        old = meta.id
+        meta.id = container_id
+        self._meta[container_id] = self._meta.pop(old)
+        await asyncio.to_thread(self._metas.save, meta)
+        await asyncio.to_thread(self._metas.delete, old)
 
     async def _check_bridge(self, ports: Sequence[PortMapping]) -> None:
         """The agent has a bridge and every host port can be published now."""
@@ -579,7 +599,7 @@ class ContainerService:
         if not text:
             raise InvalidArgument("image", "an image reference or ID is required")
         try:
-            image = self.images.resolve(text)
+            image = await self.images.resolve(text)
         except ImageNotFound:
             raise NotFound(f"image {text} not found on this node") from None
         except ValueError:

@@ -32,20 +32,20 @@ class VolumesServicer(containers_pb2_grpc.VolumesServicer):
             check_labels("labels", dict(request.labels))
         except ValidationError as exc:
             raise InvalidArgument(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
-        volume = await asyncio.to_thread(self._manager.volumes.create, request.name,
+        volume = await asyncio.to_thread(self._manager.volume_store().create, request.name,
                                          dict(request.labels))  # fmt: skip
         return volume_record(volume, await self._manager.volume_users(volume.name))
 
     @unary
     async def List(self, request: pb.ListVolumesRequest,
                    context: Context) -> pb.ListVolumesResponse:  # fmt: skip
-        volumes = await asyncio.to_thread(self._manager.volumes.list)
+        volumes = await asyncio.to_thread(self._manager.volume_store().list)
         return pb.ListVolumesResponse(volumes=[
             volume_record(v, await self._manager.volume_users(v.name)) for v in volumes])
 
     @unary
     async def Inspect(self, request: pb.VolumeRef, context: Context) -> pb.VolumeRecord:
-        volume = await asyncio.to_thread(self._manager.volumes.get, request.name)
+        volume = await asyncio.to_thread(self._manager.volume_store().get, request.name)
         return volume_record(volume, await self._manager.volume_users(volume.name))
 
     @unary

@@ -129,11 +129,15 @@ class TaskExecutor:
     async def _ensure_image(self, request: ContainerRequest, progress: Progress) -> None:
         text = request.spec.image
         try:
-            self.service.images.resolve(request.image)
+            await self.service.images.resolve(request.image)
         except ImageNotFound:
             progress(f"pulling {text}")
             await self.service.images.pull(request.image, self.image_sources.get(text, ()))
             progress(f"pulled {text}")
+
+    async def close(self) -> None:
+        """Close the service (its containers keep running)."""
+        await self.service.close()
 
     async def start(self, task: Task) -> str:
         view = await self.service.inspect(container_name(task))

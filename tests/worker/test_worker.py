@@ -38,7 +38,7 @@ def session() -> FakeSession:
 async def worker(
     tmp_path: Path, runtime: HollowRuntime, session: FakeSession
 ) -> AsyncIterator[Worker]:
-    made = Worker(hollow_executor(runtime, tmp_path), session, tmp_path)
+    made = Worker(hollow_executor(runtime), session, tmp_path)
     await made.start()
     try:
         yield made
@@ -184,7 +184,7 @@ async def test_a_new_worker_on_the_same_state_dir_resumes_the_tasks(
 ) -> None:
     session = FakeSession()
     session.connect()
-    first = Worker(hollow_executor(runtime, tmp_path), session, tmp_path)
+    first = Worker(hollow_executor(runtime), session, tmp_path)
     await first.start()
     task = make_task("t1", ["serve"])
     await first.on_assignments(full_set(task, make_task("t2", ["true"])))
@@ -197,7 +197,7 @@ async def test_a_new_worker_on_the_same_state_dir_resumes_the_tasks(
 
     # the agent restarts with no controller: the container keeps running
     offline = FakeSession()
-    second = Worker(hollow_executor(runtime, tmp_path), offline, tmp_path)
+    second = Worker(hollow_executor(runtime), offline, tmp_path)
     await second.start()
     try:
         await asyncio.sleep(0.1)

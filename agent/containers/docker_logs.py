@@ -89,16 +89,16 @@ class DockerLogsServicer:
             finally:
                 await queue.put(None)
 
-        pumps = [asyncio.create_task(pump(stream)) for stream in _STREAMS]
-        try:
-            ended = 0
-            while ended < len(pumps):
-                item = await queue.get()
-                if item is None:
-                    ended += 1
-                else:
-                    yield item
-        finally:
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+        async with asyncio.TaskGroup() as group:  # a failing pump ends the stream with it
+            pumps = [group.create_task(pump(stream)) for stream in _STREAMS]
+            try:
+                ended = 0
+                while ended < len(pumps):
+                    item = await queue.get()
+                    if item is None:
+                        ended += 1
+                    else:
+                        yield item
+            finally:
+                for task in pumps:
+                    task.cancel()

@@ -27,7 +27,7 @@ from dockyard.agent.runtime.base import (
     TmpfsMount,
     VolumeMount,
 )
-from dockyard.common.privilege import ALL_CAPABILITIES
+from dockyard.common.privilege import parse_capability
 from dockyard.common.validation import MAX_MOUNTS, MAX_TMPFS_BYTES
 from dockyard.v1.containers_pb2 import CreateContainerRequest
 
@@ -202,10 +202,10 @@ def _check_ports(ports: Sequence[PortMapping]) -> None:
 
 def _check_capabilities(field: str, names: Sequence[str]) -> None:
     for index, name in enumerate(names):
-        cap = name.strip().upper()
-        cap = cap if cap.startswith("CAP_") else f"CAP_{cap}"
-        if cap != "CAP_ALL" and cap not in ALL_CAPABILITIES:
-            raise InvalidArgument(f"{field}[{index}]", f"unknown capability {name!r}")
+        try:
+            parse_capability(name)
+        except ValueError as exc:
+            raise InvalidArgument(f"{field}[{index}]", str(exc)) from None
 
 
 def _check_mounts(spec: ContainerSpec) -> None:

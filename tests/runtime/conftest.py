@@ -206,9 +206,9 @@ def cleanup_network(network_root: Path, bridge: str | None = None,
     that failed, delete the namespaces of the bridge, every rule naming one of its
     containers or addresses (or `patterns`), and the bridge itself once nothing is on it
     (its ports are deleted when `bridge` names it: a test bridge)."""
+    from dockyard.agent.network.attachments import AttachmentStore
     from dockyard.agent.network.bridge import BridgeConfig, BridgeNetwork
     from dockyard.agent.network.netns import list_netns
-    from dockyard.agent.network.store import AttachmentStore
 
     records = AttachmentStore(network_root).load_all()
     bridges = {r.bridge for r in records.values()} | ({bridge} if bridge else set())

@@ -50,6 +50,12 @@ from dockyard.agent.runtime.runc.conmon import conmon_alive, launch_conmon, wait
 from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec
 from dockyard.agent.runtime.runc.logrotate import LogPolicy, rotate_until
 from dockyard.agent.runtime.runc.logs import read_log
+from dockyard.agent.runtime.runc.records import (
+    ContainerDir,
+    ContainerRecord,
+    load_record,
+    save_record,
+)
 from dockyard.agent.runtime.runc.rootfs import ContainerLayer, mounted_under
 from dockyard.agent.runtime.runc.spec import (
     EtcFiles,
@@ -57,12 +63,6 @@ from dockyard.agent.runtime.runc.spec import (
     build_spec,
     merge_env,
     resolve_user,
-)
-from dockyard.agent.runtime.runc.store import (
-    ContainerDir,
-    ContainerRecord,
-    load_record,
-    save_record,
 )
 
 __all__ = ["RuncRuntime"]

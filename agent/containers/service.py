@@ -30,6 +30,7 @@ from dockyard.agent.containers.backends import ImageProvider, NetworkAttacher, R
 from dockyard.agent.containers.errors import (
     AlreadyExists,
     FailedPrecondition,
+    ImageMissing,
     InvalidArgument,
     NotFound,
 )
@@ -272,7 +273,7 @@ class ContainerService:
             try:
                 return await self.images.resolve(text)  # an image id
             except ImageNotFound:
-                raise NotFound(
+                raise ImageMissing(
                     f"image {ref} not found on this node: pull it first"
                 ) from None
 

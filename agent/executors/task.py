@@ -15,7 +15,12 @@ from pathlib import Path
 
 import structlog
 
-from dockyard.agent.containers.errors import AlreadyExists, FailedPrecondition, NotFound
+from dockyard.agent.containers.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    ImageMissing,
+    NotFound,
+)
 from dockyard.agent.containers.request import ContainerRequest, check_spec, parse_image_ref
 from dockyard.agent.containers.service import ContainerService
 from dockyard.agent.executor import (
@@ -25,7 +30,6 @@ from dockyard.agent.executor import (
     container_name,
     task_labels,
 )
-from dockyard.agent.images.errors import ImageNotFound
 from dockyard.agent.runtime.base import (
     ContainerRuntimeError,
     ContainerSpec,
@@ -118,22 +122,25 @@ class TaskExecutor:
         except (SecretFileError, OSError) as exc:
             raise ExecutorError(f"secrets: {exc}") from exc
         request = task_request(task, mounts)
-        await self._ensure_image(request, progress)
         try:
-            await self.service.create(request)
+            await self._create(request, progress)
         except AlreadyExists:
             view = await self.service.inspect(name)
             if view.info.labels.get(LABEL_TASK_ID) != task.id:
                 raise
 
-    async def _ensure_image(self, request: ContainerRequest, progress: Progress) -> None:
-        text = request.spec.image
+    async def _create(self, request: ContainerRequest, progress: Progress) -> None:
+        """Create the container; pull its image first when the node lacks it."""
         try:
-            await self.service.images.resolve(request.image)
-        except ImageNotFound:
-            progress(f"pulling {text}")
-            await self.service.images.pull(request.image, self.image_sources.get(text, ()))
-            progress(f"pulled {text}")
+            await self.service.create(request)
+            return
+        except ImageMissing:
+            pass
+        text = request.spec.image
+        progress(f"pulling {text}")
+        await self.service.images.pull(request.image, self.image_sources.get(text, ()))
+        progress(f"pulled {text}")
+        await self.service.create(request)
 
     async def close(self) -> None:
         """Close the service (its containers keep running)."""

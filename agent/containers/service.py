@@ -36,13 +36,13 @@ from dockyard.agent.containers.errors import (
 )
 from dockyard.agent.containers.meta import ContainerMeta, MetaStore
 from dockyard.agent.containers.names import generate_name
-from dockyard.agent.containers.policy import Backoff, should_restart
 from dockyard.agent.containers.request import (
     ContainerRequest,
     check_user,
     parse_image_ref,
     parse_signal,
 )
+from dockyard.agent.containers.supervisor import Supervisor
 from dockyard.agent.containers.volumes import VolumeStore
 from dockyard.agent.images.errors import ImageNotFound
 from dockyard.agent.images.reference import Reference
@@ -108,7 +108,7 @@ class ContainerService:
         self.volumes = volumes
         self._metas = MetaStore(meta_root)
         self._meta: dict[str, ContainerMeta] = {}
-        self._supervisors: dict[str, asyncio.Task[None]] = {}
+        self._supervisor = Supervisor(runtime, self._meta.get, self._auto_remove)
         self._removed: OrderedDict[str, tuple[str, ExitInfo]] = OrderedDict()
         self._creating: set[str] = set()
         self._own_dirs = (str(state_dir.absolute()),) if state_dir else ()  # the agent's
@@ -123,7 +123,7 @@ class ContainerService:
         does); exited `--rm` ones are removed.
         """
         infos = await self.runtime.recover()
-        self._meta = await asyncio.to_thread(self._metas.load_all)
+        self._meta.update(await asyncio.to_thread(self._metas.load_all))  # the supervisor reads it
         known = {info.id for info in infos}
         for stale in set(self._meta) - known:
             self._meta.pop(stale)
@@ -153,7 +153,7 @@ class ContainerService:
     async def _resume(self, info: ContainerInfo, meta: ContainerMeta) -> None:
         status = info.state.status
         if status is ContainerStatus.RUNNING:
-            self._supervise(info.id)
+            self._supervisor.watch(info.id)
         elif status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
             policy = info.config.restart_policy.name
             if meta.auto_remove:
@@ -164,15 +164,11 @@ class ContainerService:
                 log.info("container.restarting_after_agent_restart", container_id=info.id)
                 with contextlib.suppress(ContainerRuntimeError):
                     await self.runtime.start(info.id)
-                self._supervise(info.id)
+                self._supervisor.watch(info.id)
 
     async def close(self) -> None:
         """Stop supervising; the containers keep running (live restore)."""
-        tasks = list(self._supervisors.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._supervisors.clear()
+        await self._supervisor.close()
         await self.runtime.close()
         if self.network is not None:
             await self.network.close()
@@ -387,17 +383,14 @@ class ContainerService:
         """Start a created or exited container; resets its restart policy's count."""
         info = await self._resolve(ref)
         meta = self._meta.get(info.id)
-        old = self._supervisors.pop(info.id, None)
-        if old is not None:
-            old.cancel()
-            await asyncio.gather(old, return_exceptions=True)
+        await self._supervisor.forget(info.id)
         if meta is not None and meta.manually_stopped:
             meta.manually_stopped = False
             await asyncio.to_thread(self._metas.save, meta)
         try:
             await self.runtime.start(info.id)
         finally:
-            self._supervise(info.id)  # applies --rm and the restart policy on exit
+            self._supervisor.watch(info.id)  # applies --rm and the restart policy on exit
         return await self.inspect(info.id)
 
     async def _mark_stopped(self, container_id: str) -> None:
@@ -470,10 +463,7 @@ class ContainerService:
         return info.id
 
     async def _remove(self, container_id: str, force: bool) -> None:
-        task = self._supervisors.pop(container_id, None)
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._supervisor.forget(container_id)
         await self.runtime.remove(container_id, force=force)
         if self.network is not None:  # its address, rules, ports and namespace
             await asyncio.shield(self.network.detach(container_id))
@@ -494,59 +484,6 @@ class ContainerService:
             self._removed.popitem(last=False)
         await self._remove(container_id, force=True)
         log.info("container.auto_removed", container_id=container_id)
-
-    # ----------------------------------------------------------------- supervisor
-
-    def _supervise(self, container_id: str) -> None:
-        if container_id in self._supervisors:
-            return
-        task = asyncio.create_task(self._supervisor(container_id),
-                                   name=f"supervise-{container_id[:12]}")  # fmt: skip
-        self._supervisors[container_id] = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            if self._supervisors.get(container_id) is t:
-                del self._supervisors[container_id]
-            if not t.cancelled() and t.exception() is not None:
-                log.error("container.supervisor_failed", container_id=container_id,
-                          error=repr(t.exception()))  # fmt: skip
-
-        task.add_done_callback(done)
-
-    async def _supervisor(self, container_id: str) -> None:
-        """Apply `--rm` and the restart policy each time the container exits."""
-        backoff = Backoff()
-        restarts = 0
-        while True:
-            try:
-                exit_info = await self.runtime.wait(container_id)
-                info = await self.runtime.inspect(container_id)
-            except ContainerNotFound:
-                return
-            meta = self._meta.get(container_id)
-            if meta is None:
-                return
-            if meta.auto_remove:
-                await asyncio.shield(self._auto_remove(container_id))
-                return
-            state = info.state
-            ran = 0.0
-            if state.started_at and state.finished_at:
-                ran = (state.finished_at - state.started_at).total_seconds()
-            delay = backoff.next(ran)
-            policy = info.config.restart_policy
-            if not should_restart(policy, exit_info.exit_code, meta.manually_stopped, restarts):
-                return
-            restarts += 1
-            log.info("container.restarting", container_id=container_id, policy=policy.name,
-                     exit_code=exit_info.exit_code, delay=delay, restarts=restarts)  # fmt: skip
-            await asyncio.sleep(delay)
-            if meta.manually_stopped or container_id not in self._meta:
-                return
-            try:
-                await asyncio.shield(self.runtime.start(container_id))
-            except ContainerRuntimeError as exc:
-                log.warning("container.restart_failed", container_id=container_id, error=str(exc))
 
     # -------------------------------------------------------------- observability
 

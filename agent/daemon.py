@@ -27,13 +27,16 @@ from dockyard.v1.dispatcher_pb2 import AssignmentSet, NetworkMap
 from dockyard.v1.types_pb2 import NodeDescription
 
 if TYPE_CHECKING:
-    from dockyard.agent.containers.manager import ContainerManager
+    from dockyard.agent.containers.service import ContainerService
     from dockyard.agent.executor import Executor
-    from dockyard.agent.executors.docker import DockerExecutor
-    from dockyard.agent.executors.runc import RuncExecutor
+    from dockyard.agent.executors.task import TaskExecutor
+    from dockyard.agent.images.service import ImageService
     from dockyard.agent.metrics.http import MetricsServer
     from dockyard.agent.metrics.source import ContainerRef
     from dockyard.agent.network.cluster import ClusterNetwork
+    from dockyard.agent.runtime.docker import DockerRuntime
+    from dockyard.agent.runtime.hollow import HollowRuntime
+    from dockyard.agent.runtime.runc.runtime import RuncRuntime
 
 log = structlog.get_logger(__name__)
 
@@ -56,10 +59,12 @@ class AgentDaemon:
         self.session: ControllerSession | None = None
         self.port = 0
         self._description: NodeDescription | None = None
-        self.containers: ContainerManager | None = None
+        self.containers: ContainerService | None = None
+        self._runc_runtime: RuncRuntime | None = None
+        self._images: ImageService | None = None
         self.worker: Worker | None = None
-        self._docker: DockerExecutor | None = None
-        self._runc: RuncExecutor | None = None
+        self._docker: TaskExecutor | None = None
+        self._runc: TaskExecutor | None = None
         self.cluster_network: ClusterNetwork | None = None
         self._controllers: list[str] = []
         self._node_id = ""
@@ -131,9 +136,9 @@ class AgentDaemon:
         elif config.runtime == "docker":
             executor = await self._start_docker(self.server)
         elif config.runtime == "hollow":
-            from dockyard.agent.runtime.hollow import HollowExecutor
+            from dockyard.agent.runtime.hollow import HollowRuntime
 
-            executor = HollowExecutor()
+            executor = hollow_executor(HollowRuntime())
         if config.metrics_listen:  # before the worker: a port in use stops the start
             self.metrics = await self._start_metrics(identity.name)
         if executor is not None:
@@ -173,30 +178,33 @@ class AgentDaemon:
     async def _start_docker(self, server: grpc.aio.Server) -> Executor:
         """The host's Docker engine runs the tasks; it must answer now. Of the
         Containers API only Logs is served (for `service logs`)."""
-        from dockyard.agent.executor import ExecutorError
-        from dockyard.agent.executors.docker import DockerExecutor
-        from dockyard.agent.executors.docker_logs import DockerLogsServicer
+        from dockyard.agent.containers.docker_logs import DockerLogsServicer
+        from dockyard.agent.runtime.base import ContainerRuntimeError
+        from dockyard.agent.runtime.docker import DockerRuntime
 
-        executor = DockerExecutor(self.config.docker_host, self._secret_files())
+        runtime = DockerRuntime(self.config.docker_host)
         try:
-            version = await executor.version()
-        except ExecutorError as exc:
-            await executor.close()
+            version = await runtime.version()
+        except ContainerRuntimeError as exc:
+            await runtime.close()
             raise AgentStartError(str(exc)) from exc
+        executor = docker_executor(runtime, self._secret_files())
         self._docker = executor
-        server.add_generic_rpc_handlers((DockerLogsServicer(executor).handler(),))
+        server.add_generic_rpc_handlers((DockerLogsServicer(runtime).handler(),))
         log.info("agent.docker", host=self.config.docker_host, version=version)
         return executor
 
     async def _start_containers(self, server: grpc.aio.Server) -> Executor:
-        """The runc runtime, the image store and their API; recovers containers."""
+        """The runc backend (runtime, the node's image store, its bridge as the network
+        step) under the container service, and their API; recovers containers."""
         from dockyard.agent.containers.admission import Admission
+        from dockyard.agent.containers.backends import BridgeAttacher, LocalImages
         from dockyard.agent.containers.images_servicer import ImagesServicer
-        from dockyard.agent.containers.manager import ContainerManager
         from dockyard.agent.containers.peer_servicer import PeerServicer
+        from dockyard.agent.containers.service import ContainerService
         from dockyard.agent.containers.servicer import ContainersServicer
         from dockyard.agent.containers.volumes_servicer import VolumesServicer
-        from dockyard.agent.executors.runc import RuncExecutor
+        from dockyard.agent.executors.task import TaskExecutor
         from dockyard.agent.images.peer_fetch import PeerFetcher
         from dockyard.agent.images.service import ImageService
         from dockyard.agent.network.bridge import (
@@ -222,24 +230,24 @@ class AgentDaemon:
                               cni_path=tuple(config.cni_path))  # fmt: skip
         network = BridgeNetwork(network_dir, bridge, subnet_fixed=bool(config.bridge_subnet))
         self.cluster_network = ClusterNetwork(network, route_peers=config.peer_routes)
-        runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent,
-                              network=network)  # fmt: skip
-        manager = ContainerManager(runtime, images, config.state_dir / "containers")
+        runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent)
+        manager = ContainerService(runtime, LocalImages(images), config.state_dir / "containers",
+                                   network=BridgeAttacher(network))  # fmt: skip
         try:
             await manager.start()
         except Exception as exc:
             raise AgentStartError(f"cannot recover containers: {exc}") from exc
-        self.containers = manager
+        self.containers, self._runc_runtime, self._images = manager, runtime, images
         own = {str(config.state_dir.absolute()), str(config.state_dir.resolve())}
         admission = Admission(config.allow_privileged, tuple(sorted(own)))
         containers_pb2_grpc.add_ContainersServicer_to_server(
             ContainersServicer(manager, admission), server)
-        images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(manager), server)
+        images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(images, manager), server)
         containers_pb2_grpc.add_VolumesServicer_to_server(VolumesServicer(manager), server)
         images.peer_fetcher = PeerFetcher(  # the node's certificate; None: --insecure
             self._node_pki.channel_credentials if self._node_pki is not None else None)
         peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(images.store.blobs), server)
-        self._runc = RuncExecutor(manager, self._secret_files())
+        self._runc = TaskExecutor(manager, self._secret_files())
         return self._runc
 
     async def _start_metrics(self, node_name: str) -> MetricsServer:
@@ -255,8 +263,8 @@ class AgentDaemon:
 
         config = self.config
         node: list[Collector] = [ProcessCollector(namespace="dockyard_agent", registry=None)]
-        if self.containers is not None:
-            runtime, store = self.containers.runtime, self.containers.images.store
+        if self._runc_runtime is not None and self._images is not None:
+            runtime, store = self._runc_runtime, self._images.store
             node += [self._pulls, ConmonCollector(runtime.runc_root),
                      StoreSizeCollector({"blobs": store.root / "blobs",
                                          "snapshots": store.snapshots_dir})]  # fmt: skip
@@ -282,9 +290,9 @@ class AgentDaemon:
         from dockyard.agent.metrics.source import ContainerRef
         from dockyard.agent.runtime.base import ContainerStatus
 
-        if self.containers is None:
+        if self.containers is None or self._runc_runtime is None:
             return []
-        parent = self.containers.runtime.cgroup_parent
+        parent = self._runc_runtime.cgroup_parent
         return [ContainerRef(
             id=i.id, name=i.name, image=i.image, cgroups_path=f"/{parent}/{i.id}",
             pid=i.state.pid, running=i.state.status is ContainerStatus.RUNNING,
@@ -359,3 +367,25 @@ def exception_leaves(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in exception_leaves(inner)]
     return [error]
+
+
+def hollow_executor(runtime: HollowRuntime) -> TaskExecutor:
+    """The hollow backend: simulated containers, images and networking under the container
+    service (its records in memory: nothing outlives the process)."""
+    from dockyard.agent.containers.backends import EngineImages, EngineNetwork
+    from dockyard.agent.containers.service import ContainerService
+    from dockyard.agent.executors.task import TaskExecutor
+
+    return TaskExecutor(ContainerService(runtime, EngineImages(), None, None, EngineNetwork()))
+
+
+def docker_executor(runtime: DockerRuntime, secrets: SecretFiles | None = None) -> TaskExecutor:
+    """The docker backend: the engine keeps images, networking and named volumes, so the
+    container service pairs its runtime with `EngineImages` and `EngineNetwork` (its
+    records in memory: the engine keeps the containers, with their task labels)."""
+    from dockyard.agent.containers.backends import EngineImages, EngineNetwork
+    from dockyard.agent.containers.service import ContainerService
+    from dockyard.agent.executors.task import TaskExecutor
+
+    images = EngineImages(runtime.has_image, runtime.pull)
+    return TaskExecutor(ContainerService(runtime, images, None, None, EngineNetwork()), secrets)

@@ -1,9 +1,9 @@
 """The worker's runtime seam: what a backend does for one task.
 
-Swarmkit's `Executor`/`Controller` idea, cut to what the worker needs. A backend
-(`dockyard.agent.executors.runc`, `dockyard.agent.runtime.hollow`) turns a task into a
-container and reports how it ended; the worker (`dockyard.agent.worker`) owns the task's
-state machine and never talks to a runtime directly.
+Swarmkit's `Executor`/`Controller` idea, cut to what the worker needs. The task executor
+(`dockyard.agent.executors.task`, over the container service, for every runtime) turns a
+task into a container and reports how it ended; the worker (`dockyard.agent.worker`) owns
+the task's state machine and never talks to a runtime directly.
 
 Every call is idempotent per task, so a worker that restarts in the middle of a step can
 repeat it: `prepare` of a task whose container exists does nothing, `start` of a running
@@ -16,13 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from dockyard.agent.runtime.base import ExitInfo
-from dockyard.agent.secret_files import SecretMount
-from dockyard.v1.containers_pb2 import (
-    CreateContainerRequest,
-    PortMapping,
-    TmpfsSpec,
-    VolumeSpec,
-)
 from dockyard.v1.workloads_pb2 import Task
 
 __all__ = [
@@ -35,7 +28,6 @@ __all__ = [
     "ExitInfo",
     "Progress",
     "container_name",
-    "create_request",
     "task_labels",
 ]
 
@@ -114,51 +106,3 @@ def task_labels(task: Task) -> dict[str, str]:
         LABEL_SLOT: str(task.slot) if task.slot else task.node_id,
     })  # fmt: skip
     return labels
-
-
-def create_request(task: Task, secrets: Sequence[SecretMount] = ()) -> CreateContainerRequest:
-    """The container the task runs: its spec, its name and labels, restart policy `no`.
-
-    The controller's restart policy replaces failed tasks, so a container is never
-    restarted by the node. The task's published ports (swarm's `mode=host` publishing:
-    on the node that runs it) go on the agent's bridge: `published_port` on the node to
-    `target_port` in the container, 0 for a port the agent picks. `secrets` are the
-    task's secret files (`dockyard.agent.secret_files`), bind-mounted read-only.
-    """
-    spec = task.spec.container
-    resources = task.spec.resources
-    ports = [PortMapping(container_port=p.target_port, host_port=p.published_port,
-                         protocol=p.protocol or "tcp") for p in task.spec.ports]  # fmt: skip
-    network = spec.network
-    if ports and network in ("", "none"):
-        network = "bridge"
-    request = CreateContainerRequest(
-        image=spec.image,
-        name=container_name(task),
-        command=list(spec.command),
-        entrypoint=list(spec.entrypoint),
-        env=list(spec.env),
-        workdir=spec.workdir,
-        user=spec.user,
-        memory_bytes=resources.limits.memory_bytes,
-        nano_cpus=resources.limits.nano_cpus,
-        pids_limit=resources.pids_limit,
-        read_only=spec.read_only,
-        network=network,
-        ports=ports,
-        labels=task_labels(task),
-        cap_add=list(spec.cap_add),
-        cap_drop=list(spec.cap_drop),
-        hostname=spec.hostname,
-        privileged=spec.privileged,  # the controller checked the cluster's policy
-        volumes=[VolumeSpec(host_path=m.source if m.type == "bind" else "",
-                            volume=m.source if m.type == "volume" else "",
-                            container_path=m.target, read_only=m.read_only)
-                 for m in spec.mounts if m.type in ("bind", "volume")]
-                + [VolumeSpec(host_path=s.host_path, container_path=s.container_path,
-                              read_only=True) for s in secrets],
-        tmpfs=[TmpfsSpec(container_path=m.target, size_bytes=m.tmpfs_size_bytes)
-               for m in spec.mounts if m.type == "tmpfs"],
-    )
-    request.restart_policy.name = "no"
-    return request

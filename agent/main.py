@@ -27,7 +27,7 @@ from dockyard.common.version import package_version
 
 if TYPE_CHECKING:
     from dockyard.agent.config import AgentConfig
-    from dockyard.agent.runtime.hollow.fleet import HollowFleet
+    from dockyard.agent.fleet import HollowFleet
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -374,7 +374,7 @@ def hollow(
     log_level: str,
 ) -> None:
     """Run COUNT simulated agents in this one process (scale tests, like kubemark)."""
-    from dockyard.agent.runtime.hollow.fleet import HollowFleet
+    from dockyard.agent.fleet import HollowFleet
     from dockyard.common import logging as dlogging
     from dockyard.common.validation import ValidationError, check_name
     from dockyard.v1.types_pb2 import Resources

@@ -41,6 +41,7 @@ __all__ = [
     "bind_privilege",
     "capability_privilege",
     "normalize_capability",
+    "parse_capability",
     "privileges",
 ]
 
@@ -127,6 +128,22 @@ def normalize_capability(name: str) -> str:
     """`sys_admin`, `SYS_ADMIN` and `CAP_SYS_ADMIN` are `CAP_SYS_ADMIN`."""
     cap = name.strip().upper()
     return cap if cap.startswith("CAP_") else f"CAP_{cap}"
+
+
+def parse_capability(text: str) -> str:
+    """A capability as given to `--cap-add`/`--cap-drop`: `net_admin`, `NET_ADMIN` or
+    `CAP_NET_ADMIN` is `CAP_NET_ADMIN`; `all` is `ALL`. The one check of the CLI, the
+    controller and the agent.
+
+    Raises:
+        ValueError: not a capability Linux knows (the message says so).
+    """
+    cap = normalize_capability(text)
+    if cap == "CAP_ALL":
+        return "ALL"
+    if cap not in ALL_CAPABILITIES:
+        raise ValueError(f"unknown capability {text[:40]!r} (e.g. NET_ADMIN or ALL)")
+    return cap
 
 
 def capability_privilege(name: str) -> str | None:

@@ -13,6 +13,9 @@ MAX_LABEL_VALUE = 256
 MAX_LABELS = 64
 # A reference (ID, ID prefix or name) is at most a 64-character node ID.
 MAX_REF_LENGTH = 128
+# Docker's rule for container names (without the leading slash), capped at 128: the CLI
+# and the agent check the same one.
+CONTAINER_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
 # Named volumes (the agent's, a service's --mount type=volume): Docker's volume names.
 VOLUME_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}\Z")
 # Mounts of one container, and the largest tmpfs: the controller and the agent agree.

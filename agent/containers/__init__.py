@@ -1,11 +1,11 @@
 """The agent's local container and image API (the node daemon's `docker -H` surface).
 
-`ContainerManager` owns the runc runtime and the image service; `ContainersServicer`
-and `ImagesServicer` expose it over gRPC.
+`ContainerService` is the only caller of the runtime (runc, docker or hollow) and of the
+image and network steps; `ContainersServicer` and `ImagesServicer` expose it over gRPC.
 """
 
 from dockyard.agent.containers.images_servicer import ImagesServicer
-from dockyard.agent.containers.manager import ContainerManager, ContainerView
+from dockyard.agent.containers.service import ContainerService, ContainerView
 from dockyard.agent.containers.servicer import ContainersServicer
 
-__all__ = ["ContainerManager", "ContainerView", "ContainersServicer", "ImagesServicer"]
+__all__ = ["ContainerService", "ContainerView", "ContainersServicer", "ImagesServicer"]

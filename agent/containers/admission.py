@@ -12,6 +12,7 @@ the resolved path."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 from collections.abc import Sequence
@@ -76,5 +77,5 @@ def resolve_binds(
                     f"{written} leads through a symlink to {real} ({why}): name that path "
                     "itself (it needs the privileged policy)",
                 )
-        resolved.append(VolumeMount(Path(real), mount.container, mount.read_only))
+        resolved.append(dataclasses.replace(mount, host=Path(real)))
     return resolved

@@ -6,9 +6,9 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from dockyard.agent.containers.manager import ContainerView
+from dockyard.agent.containers.service import ContainerView
 from dockyard.agent.images.models import Image, ImageSummary
-from dockyard.agent.runtime.base import ContainerState, LogRecord, NetworkInfo, Stats
+from dockyard.agent.runtime.base import ContainerSpec, ContainerState, LogRecord, NetworkInfo, Stats
 from dockyard.v1 import containers_pb2 as cpb
 from dockyard.v1 import images_pb2 as ipb
 
@@ -16,6 +16,7 @@ __all__ = [
     "container_network",
     "container_record",
     "container_state",
+    "create_request",
     "image_record",
     "image_summary",
     "log_line",
@@ -71,6 +72,31 @@ def container_network(network: NetworkInfo) -> cpb.ContainerNetwork:
     )  # fmt: skip
 
 
+def create_request(spec: ContainerSpec, auto_remove: bool = False) -> cpb.CreateContainerRequest:
+    """The request that would create the container again (shown as its `config`)."""
+    return cpb.CreateContainerRequest(
+        image=spec.image, name=spec.name, command=list(spec.command or ()),
+        entrypoint=list(spec.entrypoint or ()),
+        clear_entrypoint=spec.entrypoint is not None and not spec.entrypoint,
+        env=list(spec.env), workdir=spec.workdir or "", user=spec.user or "",
+        memory_bytes=spec.memory_bytes, nano_cpus=spec.nano_cpus, pids_limit=spec.pids_limit,
+        read_only=spec.read_only,
+        volumes=[cpb.VolumeSpec(host_path="" if v.volume else str(v.host), volume=v.volume,
+                                container_path=v.container, read_only=v.read_only)
+                 for v in spec.volumes],
+        restart_policy=cpb.RestartPolicySpec(name=spec.restart_policy.name.value,
+                                             max_retries=spec.restart_policy.max_retries),
+        network=spec.network, labels=dict(spec.labels), cap_add=list(spec.cap_add),
+        cap_drop=list(spec.cap_drop), hostname=spec.hostname or "", auto_remove=auto_remove,
+        privileged=spec.privileged, seccomp=spec.seccomp,
+        ports=[cpb.PortMapping(host_ip=p.host_ip, host_port=p.host_port,
+                               container_port=p.container_port, protocol=p.protocol)
+               for p in spec.ports],
+        tmpfs=[cpb.TmpfsSpec(container_path=t.container, size_bytes=t.size_bytes)
+               for t in spec.tmpfs],
+    )  # fmt: skip
+
+
 def container_record(view: ContainerView) -> cpb.ContainerRecord:
     """The record message of one container."""
     info = view.info
@@ -81,7 +107,7 @@ def container_record(view: ContainerView) -> cpb.ContainerRecord:
         image_digest=view.meta.image_digest,
         created_at=timestamp(info.created_at),
         state=container_state(info.state),
-        config=view.meta.request,
+        config=create_request(info.config, view.meta.auto_remove),
         log_path=str(info.log_path or ""),
         network=container_network(info.network) if info.network is not None else None,
     )

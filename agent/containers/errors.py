@@ -8,6 +8,7 @@ __all__ = [
     "AlreadyExists",
     "ApiError",
     "FailedPrecondition",
+    "ImageMissing",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",
@@ -35,6 +36,10 @@ class NotFound(ApiError):
     """No such container or image."""
 
     code = grpc.StatusCode.NOT_FOUND
+
+
+class ImageMissing(NotFound):
+    """The image of a container to create is not on the node (pull it first)."""
 
 
 class AlreadyExists(ApiError):

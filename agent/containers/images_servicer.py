@@ -11,12 +11,13 @@ from typing import Any
 
 from dockyard.agent.containers.convert import image_record, image_summary
 from dockyard.agent.containers.errors import InvalidArgument, NotFound
-from dockyard.agent.containers.manager import ContainerManager
 from dockyard.agent.containers.request import parse_image_ref
+from dockyard.agent.containers.service import ContainerService
 from dockyard.agent.containers.status import Context, streaming, unary
 from dockyard.agent.images.errors import ImageNotFound, ImageStoreError
 from dockyard.agent.images.models import Image
 from dockyard.agent.images.progress import ProgressCallback, ProgressEvent, Status
+from dockyard.agent.images.service import ImageService
 from dockyard.v1 import images_pb2 as pb
 from dockyard.v1 import images_pb2_grpc
 
@@ -54,11 +55,12 @@ def _progress_message(event: ProgressEvent) -> pb.ImageProgress:
 
 
 class ImagesServicer(images_pb2_grpc.ImagesServicer):
-    """The node's images, through the manager (which knows which containers use them)."""
+    """The node's images; removals through the container service (which knows which
+    containers use them)."""
 
-    def __init__(self, manager: ContainerManager) -> None:
-        self._manager = manager
-        self._images = manager.images
+    def __init__(self, images: ImageService, containers: ContainerService) -> None:
+        self._manager = containers
+        self._images = images
 
     async def _record(self, image: Image) -> pb.ImageRecord:
         config = await self._images.store.blobs.read(image.config_digest)

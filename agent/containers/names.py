@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Container
 
+from dockyard.common.validation import CONTAINER_NAME_PATTERN
+
 __all__ = ["NAME_RE", "generate_name"]
 
-# \Z, not $: a trailing newline matches before $.
-NAME_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}\Z")
-"""Docker's rule for container names (without the leading slash), capped at 128."""
+NAME_RE = CONTAINER_NAME_PATTERN
+"""Docker's rule for container names (`dockyard.common.validation`, shared with the CLI)."""
 
 _LEFT = (
     "admiring", "adoring", "agitated", "amazing", "angry", "awesome", "blissful", "bold",

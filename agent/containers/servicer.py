@@ -10,10 +10,9 @@ from datetime import UTC, datetime
 from dockyard.agent.containers.admission import Admission
 from dockyard.agent.containers.convert import container_record, log_line, stats_message
 from dockyard.agent.containers.errors import InvalidArgument
-from dockyard.agent.containers.manager import ContainerManager
-from dockyard.agent.containers.request import check_create
+from dockyard.agent.containers.request import parse_create
+from dockyard.agent.containers.service import ContainerService
 from dockyard.agent.containers.status import Context, streaming, unary
-from dockyard.agent.runtime.runc.exec import RuncExecSession
 from dockyard.v1 import containers_pb2 as pb
 from dockyard.v1 import containers_pb2_grpc
 
@@ -21,18 +20,18 @@ __all__ = ["ContainersServicer"]
 
 
 class ContainersServicer(containers_pb2_grpc.ContainersServicer):
-    """Thin layer over :class:`ContainerManager`: messages in, messages out."""
+    """Thin layer over :class:`ContainerService`: messages in, messages out."""
 
-    def __init__(self, manager: ContainerManager, admission: Admission | None = None) -> None:
+    def __init__(self, manager: ContainerService, admission: Admission | None = None) -> None:
         self._manager = manager
         self._admission = admission or Admission()
 
     @unary
     async def Create(self, request: pb.CreateContainerRequest,
                      context: Context) -> pb.ContainerRecord:
-        check_create(request)  # a malformed request is INVALID_ARGUMENT, policy or not
+        parsed = parse_create(request)  # a malformed request is INVALID_ARGUMENT, policy or not
         self._admission.check(request)
-        return container_record(await self._manager.create(request))
+        return container_record(await self._manager.create(parsed))
 
     @unary
     async def Start(self, request: pb.ContainerRef, context: Context) -> pb.ContainerRecord:
@@ -100,7 +99,7 @@ class ContainersServicer(containers_pb2_grpc.ContainersServicer):
             finished = True
             yield pb.ExecOutput(exit_code=code)
         finally:
-            if not finished and isinstance(session, RuncExecSession):  # the client went away
+            if not finished:  # the client went away
                 await session.kill()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(session.wait())

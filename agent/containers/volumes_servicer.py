@@ -6,7 +6,7 @@ import asyncio
 
 from dockyard.agent.containers.convert import timestamp
 from dockyard.agent.containers.errors import InvalidArgument
-from dockyard.agent.containers.manager import ContainerManager
+from dockyard.agent.containers.service import ContainerService
 from dockyard.agent.containers.status import Context, unary
 from dockyard.agent.containers.volumes import Volume
 from dockyard.common.validation import ValidationError, check_labels
@@ -23,7 +23,7 @@ def volume_record(volume: Volume, used_by: list[str]) -> pb.VolumeRecord:
 
 
 class VolumesServicer(containers_pb2_grpc.VolumesServicer):
-    def __init__(self, manager: ContainerManager) -> None:
+    def __init__(self, manager: ContainerService) -> None:
         self._manager = manager
 
     @unary
@@ -32,20 +32,20 @@ class VolumesServicer(containers_pb2_grpc.VolumesServicer):
             check_labels("labels", dict(request.labels))
         except ValidationError as exc:
             raise InvalidArgument(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
-        volume = await asyncio.to_thread(self._manager.volumes.create, request.name,
+        volume = await asyncio.to_thread(self._manager.volume_store().create, request.name,
                                          dict(request.labels))  # fmt: skip
         return volume_record(volume, await self._manager.volume_users(volume.name))
 
     @unary
     async def List(self, request: pb.ListVolumesRequest,
                    context: Context) -> pb.ListVolumesResponse:  # fmt: skip
-        volumes = await asyncio.to_thread(self._manager.volumes.list)
+        volumes = await asyncio.to_thread(self._manager.volume_store().list)
         return pb.ListVolumesResponse(volumes=[
             volume_record(v, await self._manager.volume_users(v.name)) for v in volumes])
 
     @unary
     async def Inspect(self, request: pb.VolumeRef, context: Context) -> pb.VolumeRecord:
-        volume = await asyncio.to_thread(self._manager.volumes.get, request.name)
+        volume = await asyncio.to_thread(self._manager.volume_store().get, request.name)
         return volume_record(volume, await self._manager.volume_users(volume.name))
 
     @unary

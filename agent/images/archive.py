@@ -30,12 +30,12 @@ from typing import Any
 
 import structlog
 
-from dockyard.agent.images.compose import ImageSpec, layer_from_tar, write_image
+from dockyard.agent.images.authoring import ImageSpec, layer_from_tar, write_image
 from dockyard.agent.images.content import canonical_json, parse_json
 from dockyard.agent.images.errors import ImageStoreError, InvalidReference
+from dockyard.agent.images.image_store import ImageStore
 from dockyard.agent.images.models import Image, ImageConfig
 from dockyard.agent.images.reference import Reference, parse_reference
-from dockyard.agent.images.store import ImageStore
 from dockyard.agent.images.transfer import select_platform
 from dockyard.agent.images.unpack import BoundedTarInfo
 from dockyard.common.distribution.media import (

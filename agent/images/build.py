@@ -22,12 +22,12 @@ from pathlib import Path
 
 import structlog
 
-from dockyard.agent.images.compose import Compression, ImageSpec, LayerWriter, write_image
+from dockyard.agent.images.authoring import Compression, ImageSpec, LayerWriter, write_image
+from dockyard.agent.images.image_store import ImageStore
 from dockyard.agent.images.models import Image, ImageConfig, Layer
 from dockyard.agent.images.progress import ProgressEvent
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.service import ImageService
-from dockyard.agent.images.store import ImageStore
 from dockyard.common.distribution.registry import RegistryConfig
 from dockyard.common.logging import configure
 

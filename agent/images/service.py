@@ -12,11 +12,11 @@ import structlog
 
 from dockyard.agent.images import archive
 from dockyard.agent.images.errors import ImageError, InvalidReference
+from dockyard.agent.images.image_store import GcResult, ImageStore
 from dockyard.agent.images.models import Image, ImageConfig, ImageSummary
 from dockyard.agent.images.peer_fetch import PeerFetcher, PeerSources
 from dockyard.agent.images.progress import ProgressCallback, ignore_progress
 from dockyard.agent.images.reference import Reference, parse_reference
-from dockyard.agent.images.store import GcResult, ImageStore
 from dockyard.agent.images.transfer import BlobObserver, pull_image, push_image
 from dockyard.agent.images.unpack_limits import UnpackLimits
 from dockyard.common.distribution.registry import RegistryClient, RegistryConfig

@@ -19,11 +19,11 @@ from dockyard.agent.images.errors import (
     RegistryUnreachable,
     SizeMismatch,
 )
+from dockyard.agent.images.image_store import ImageStore, Lease
 from dockyard.agent.images.models import Image, Layer
 from dockyard.agent.images.peer_fetch import PeerSources
 from dockyard.agent.images.progress import ProgressCallback, ProgressEvent, Status, Throttle
 from dockyard.agent.images.reference import Reference
-from dockyard.agent.images.store import ImageStore, Lease
 from dockyard.common.distribution.media import INDEX_TYPES
 from dockyard.common.distribution.platform import Platform
 from dockyard.common.distribution.registry import (

@@ -5,6 +5,7 @@ bridge, with published ports, set up by the standard CNI plugins (``bridge``,
 See ``docs/networking.md``.
 """
 
+from dockyard.agent.network.attachments import Attachment
 from dockyard.agent.network.bridge import (
     DEFAULT_BRIDGE,
     DEFAULT_CNI_PATH,
@@ -15,7 +16,6 @@ from dockyard.agent.network.bridge import (
     check_subnet,
 )
 from dockyard.agent.network.errors import CniError, NetworkError, PortInUse
-from dockyard.agent.network.store import Attachment
 
 __all__ = [
     "DEFAULT_BRIDGE",

@@ -32,11 +32,11 @@ from typing import Any
 
 import structlog
 
+from dockyard.agent.network.attachments import ATTACHED, STALE, Attachment, AttachmentStore
 from dockyard.agent.network.cni import CniRunner, CniTarget
 from dockyard.agent.network.errors import CniError, NetworkError
 from dockyard.agent.network.netns import create_netns, delete_netns, ip_command, netns_path
 from dockyard.agent.network.ports import PortReservations
-from dockyard.agent.network.store import ATTACHED, STALE, Attachment, AttachmentStore
 from dockyard.agent.runtime.base import ContainerRuntimeError, NetworkInfo, PortMapping
 from dockyard.common.validation import check_subnet
 

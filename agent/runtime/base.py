@@ -1,13 +1,16 @@
-"""The agent's container runtime seam.
+"""The agent's container runtime seam: a leaf that runs a prepared :class:`ContainerSpec`.
 
-A backend (runc, docker, hollow) implements :class:`ContainerRuntime`; the agent's worker
-drives it the way swarmkit's task controller drives an executor (prepare = ``create``,
-``start``, ``wait``, ``shutdown`` = ``stop``, ``terminate`` = ``kill``, ``remove``). The
-shapes follow the CRI container service: a container is created from a
-:class:`ContainerConfig`, observed through :class:`ContainerInfo` / :class:`ContainerState`,
-and its output is a stream of :class:`LogRecord`.
+A backend (``runtime/runc``, ``runtime/docker``, ``runtime/hollow``) implements
+:class:`ContainerRuntime`. Its only caller is the container service
+(``dockyard.agent.containers.service``), which resolves the image, attaches the network,
+mounts volumes and secrets and supervises restarts; the runtime receives the result as
+plain values (layer paths, a network namespace path, host paths to bind) and knows
+nothing of images, networks or the API. The shapes follow the CRI container service: a
+container is created from a :class:`ContainerSpec`, observed through
+:class:`ContainerInfo` / :class:`ContainerState`, and its output is a stream of
+:class:`LogRecord`.
 
-Restart policies are carried in the config but applied by the caller: the runtime reports
+Restart policies are carried in the spec but applied by the service: the runtime reports
 the exit (code, OOM, time) and keeps ``restart_count``; ``start`` on an exited container
 runs it again.
 """
@@ -23,12 +26,12 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
 
 __all__ = [
-    "ContainerConfig",
     "ContainerInfo",
     "ContainerNotFound",
     "ContainerNotRunning",
     "ContainerRuntime",
     "ContainerRuntimeError",
+    "ContainerSpec",
     "ContainerState",
     "ContainerStatus",
     "ExecChunk",
@@ -38,6 +41,7 @@ __all__ = [
     "InvalidConfig",
     "LogRecord",
     "NameConflict",
+    "NetworkEndpoint",
     "NetworkInfo",
     "NetworkMode",
     "PortMapping",
@@ -46,7 +50,9 @@ __all__ = [
     "SeccompMode",
     "Stats",
     "Stream",
+    "TmpfsMount",
     "VolumeMount",
+    "process_args",
 ]
 
 Stream = Literal["stdout", "stderr"]
@@ -110,11 +116,16 @@ class RestartPolicy:
 
 @dataclass(frozen=True, slots=True)
 class VolumeMount:
-    """A host path bind-mounted into the container."""
+    """A host path bind-mounted into the container.
+
+    ``volume`` names the named volume whose directory ``host`` is ("" for a bind mount of
+    a host path); the runtime only reads ``host``.
+    """
 
     host: Path
     container: str
     read_only: bool = False
+    volume: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +175,22 @@ class NetworkInfo:
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerConfig:
+class NetworkEndpoint:
+    """Where the network step put a ``bridge`` container, as plain values for the runtime.
+
+    Attributes:
+        netns_path: The network namespace the container joins.
+        ip_address: Its address there (written into its ``/etc/hosts``).
+        nameserver: The resolver its ``/etc/resolv.conf`` names ("" for the host's).
+    """
+
+    netns_path: str
+    ip_address: str
+    nameserver: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
     """Everything needed to create one container.
 
     Attributes:
@@ -187,7 +213,7 @@ class ContainerConfig:
         volumes: Host bind mounts.
         tmpfs: tmpfs mounts (``noexec,nosuid,nodev`` as Docker's ``--tmpfs``).
         network: ``none`` (own namespace, loopback only), ``host`` or ``bridge``.
-        ports: Published ports (``bridge`` only); bound by the runtime's network.
+        ports: Published ports (``bridge`` only); bound by the service's network step.
         labels: Free-form labels.
         restart_policy: Applied by the caller, stored here.
         cap_add: Capabilities added to Docker's default set (``NET_ADMIN`` or
@@ -199,6 +225,8 @@ class ContainerConfig:
         privileged: Docker's ``--privileged``: every capability, no seccomp, no masked or
             read-only paths, writable ``/sys``, every host device. The runtime applies it
             as asked; whether a container may be privileged is the caller's policy.
+        endpoint: For ``bridge``, the namespace and address the service's network step
+            attached (set by the service before ``create``); ``None`` otherwise.
     """
 
     id: str
@@ -226,6 +254,7 @@ class ContainerConfig:
     hostname: str | None = None
     seccomp: SeccompMode = "default"
     privileged: bool = False
+    endpoint: NetworkEndpoint | None = None
 
     def __post_init__(self) -> None:
         if self.seccomp not in ("default", "unconfined"):
@@ -242,7 +271,8 @@ class ContainerConfig:
         data = asdict(self)
         data["lower_dirs"] = [str(p) for p in self.lower_dirs]
         data["volumes"] = [
-            {"host": str(v.host), "container": v.container, "read_only": v.read_only}
+            {"host": str(v.host), "container": v.container, "read_only": v.read_only,
+             "volume": v.volume}
             for v in self.volumes
         ]
         data["tmpfs"] = [{"container": t.container, "size_bytes": t.size_bytes}
@@ -262,22 +292,45 @@ class ContainerConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ContainerConfig:
+    def from_dict(cls, data: Mapping[str, Any]) -> ContainerSpec:
         """Inverse of :meth:`to_dict`."""
         fields = dict(data)
         fields["lower_dirs"] = [Path(p) for p in fields.get("lower_dirs", [])]
         fields["volumes"] = [
-            VolumeMount(Path(v["host"]), v["container"], bool(v.get("read_only", False)))
+            VolumeMount(Path(v["host"]), v["container"], bool(v.get("read_only", False)),
+                        str(v.get("volume", "")))
             for v in fields.get("volumes", [])
         ]
         fields["tmpfs"] = [TmpfsMount(t["container"], int(t.get("size_bytes", 0)))
                            for t in fields.get("tmpfs") or []]
         fields["ports"] = [PortMapping.from_dict(p) for p in fields.get("ports") or []]
+        endpoint = fields.get("endpoint")
+        fields["endpoint"] = NetworkEndpoint(**endpoint) if endpoint else None
         policy = fields.get("restart_policy") or {}
         fields["restart_policy"] = RestartPolicy(
             RestartPolicyName(policy.get("name", "no")), int(policy.get("max_retries", 0))
         )
         return cls(**fields)
+
+
+def process_args(spec: ContainerSpec) -> list[str]:
+    """Entrypoint + Cmd, Docker style: a given command replaces Cmd, and an entrypoint
+    override replaces the image's Entrypoint (and then drops the image's Cmd).
+
+    Raises:
+        InvalidConfig: neither the spec nor the image gives a command.
+    """
+    image = spec.image_config
+    if spec.entrypoint is not None:
+        entrypoint = list(spec.entrypoint)
+        cmd = list(spec.command) if spec.command is not None else []
+    else:
+        entrypoint = list(image.get("Entrypoint") or [])
+        cmd = list(spec.command if spec.command is not None else image.get("Cmd") or [])
+    args = entrypoint + cmd
+    if not args:
+        raise InvalidConfig(f"container {spec.id}: no command given and the image has none")
+    return args
 
 
 class ContainerStatus(enum.StrEnum):
@@ -349,7 +402,7 @@ class ContainerInfo:
     name: str
     image: str
     created_at: datetime
-    config: ContainerConfig
+    config: ContainerSpec
     state: ContainerState
     log_path: Path | None = None
     network: NetworkInfo | None = None
@@ -414,12 +467,16 @@ class ExecSession(Protocol):
         """Read all output, wait, and return both (instead of :meth:`output`)."""
         ...
 
+    async def kill(self) -> None:
+        """Kill the process (its caller went away or gave up waiting)."""
+        ...
+
 
 @runtime_checkable
 class ContainerRuntime(Protocol):
     """A node's container engine."""
 
-    async def create(self, config: ContainerConfig) -> ContainerInfo:
+    async def create(self, config: ContainerSpec) -> ContainerInfo:
         """Prepare a container (rootfs, bundle); nothing runs yet.
 
         Raises:
@@ -490,4 +547,13 @@ class ContainerRuntime(Protocol):
 
     async def recover(self) -> builtins.list[ContainerInfo]:
         """Find every container again after an agent restart; call once at start."""
+        ...
+
+    async def set_endpoint(self, container_id: str, endpoint: NetworkEndpoint) -> None:
+        """The network step moved the container (a reboot took its namespace): rewrite
+        what the runtime derived from its endpoint (``/etc/hosts``)."""
+        ...
+
+    async def close(self) -> None:
+        """Stop watching; the containers keep running (live restore)."""
         ...

@@ -19,7 +19,8 @@ import click
 
 from dockyard.cli.client import CliError, Target, call, rpc_code, stream
 from dockyard.cli.options import GlobalOptions, pass_options
-from dockyard.common.validation import VOLUME_NAME_PATTERN
+from dockyard.common.privilege import parse_capability as capability
+from dockyard.common.validation import CONTAINER_NAME_PATTERN, VOLUME_NAME_PATTERN
 
 F = TypeVar("F", bound=Callable[..., Any])
 AGENT = "agent"
@@ -31,9 +32,7 @@ MAX_PUBLISHED = 256
 """Most ports one container publishes (the agent's limit too)."""
 MIN_MEMORY = 6 * 1024 * 1024
 _ENV_KEY = re.compile(r"^[^=\s]+$")
-_CAPABILITY = re.compile(r"^[A-Za-z_]+$")
 _HOSTNAME = re.compile(r"^[a-zA-Z0-9]([a-zA-Z0-9.-]{0,62})$")
-_NAME = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 
 
 class RunError(CliError):
@@ -234,10 +233,10 @@ def parse_pids_limit(text: str) -> int:
 
 
 def parse_capability(flag: str, text: str) -> str:
-    if not _CAPABILITY.match(text):
-        raise _invalid(flag, text, "not a capability name (e.g. NET_ADMIN or ALL)")
-    upper = text.upper()
-    return upper if upper == "ALL" or upper.startswith("CAP_") else f"CAP_{upper}"
+    try:
+        return capability(text)
+    except ValueError as exc:
+        raise _invalid(flag, text, str(exc)) from None
 
 
 def parse_security_opts(options: tuple[str, ...]) -> str:
@@ -284,8 +283,8 @@ class RunFlags:
 
 def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> Any:
     """Check every flag and return the CreateContainerRequest; RunError on the first bad one."""
-    if flags.name is not None and not _NAME.match(flags.name):
-        raise _invalid("--name", flags.name, "use [a-zA-Z0-9][a-zA-Z0-9_.-]*")
+    if flags.name is not None and not CONTAINER_NAME_PATTERN.match(flags.name.removeprefix("/")):
+        raise _invalid("--name", flags.name, "use [a-zA-Z0-9][a-zA-Z0-9_.-], at most 128")
     env = parse_env(flags.env, os.environ if environ is None else environ)
     if flags.workdir is not None and not flags.workdir.startswith("/"):
         raise _invalid("-w", flags.workdir, "the working directory must be an absolute path")

@@ -9,7 +9,6 @@ The file format is described in service_yaml.py.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +31,7 @@ from dockyard.cli.commands.service_parse import (
     parse_secret,
     parse_spread,
 )
+from dockyard.common.privilege import parse_capability
 
 __all__ = [
     "BY_FLAG",
@@ -209,10 +209,10 @@ def _secret_item(label: str, text: str) -> tuple[str, Any]:
 
 
 def _cap_item(label: str, text: str) -> tuple[str, Any]:
-    if not re.fullmatch(r"[A-Za-z_]+", text):
-        raise invalid(label, text, "not a capability name (e.g. NET_ADMIN or ALL)")
-    upper = text.upper()
-    value = upper if upper == "ALL" or upper.startswith("CAP_") else f"CAP_{upper}"
+    try:
+        value = parse_capability(text)
+    except ValueError as exc:
+        raise invalid(label, text, str(exc)) from None
     return value, value
 
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from dockyard.agent.executors.docker import DockerExecutor
+from dockyard.agent.daemon import docker_executor
+from dockyard.agent.runtime.docker import DockerRuntime
 from dockyard.v1.control_pb2 import CreateServiceRequest, ListTasksRequest, RemoveServiceRequest
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import ServiceSpec, Task
@@ -130,7 +131,7 @@ def task(image: str, *command: str, task_id: str = "t0000000000000000000000a") -
 async def test_the_executor_runs_tasks_on_the_engine(
     dockerd: Docker, image_registry: ImageRegistry
 ) -> None:
-    executor = DockerExecutor(engine(dockerd))
+    executor = docker_executor(DockerRuntime(engine(dockerd)))
     try:
         failing = task(image_registry.busybox, "sh", "-c", "echo hi; exit 3")
         failing.spec.container.mounts.add(type="tmpfs", target="/cache", tmpfs_size_bytes=1 << 20)

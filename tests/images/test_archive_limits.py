@@ -18,8 +18,8 @@ import pytest
 from dockyard.agent.images import archive
 from dockyard.agent.images.archive import MAX_DOCUMENT_BYTES, import_rootfs, load
 from dockyard.agent.images.errors import ImageStoreError, LayerError
+from dockyard.agent.images.image_store import ImageStore
 from dockyard.agent.images.reference import parse_reference
-from dockyard.agent.images.store import ImageStore
 from dockyard.agent.images.unpack_limits import UnpackLimits
 from tests.images.test_unpack_hostile import needs_root
 from tests.images.test_unpack_limits import MiB, Zeros, plain_tar, small_fs

@@ -11,8 +11,8 @@ import pytest
 
 from dockyard.agent.images.build import build_image, busybox_layer, busybox_spec, whiteout_layers
 from dockyard.agent.images.errors import DigestMismatch, ImageStoreError, LayerError
+from dockyard.agent.images.image_store import ImageStore
 from dockyard.agent.images.reference import parse_reference
-from dockyard.agent.images.store import ImageStore
 from dockyard.agent.images.unpack import OPAQUE_XATTR, unpack_layer
 from dockyard.common.distribution.media import sha256_digest
 

@@ -23,9 +23,9 @@ import zstandard
 from dockyard.agent.images.archive import import_rootfs, load
 from dockyard.agent.images.confine import KEEP_CAPABILITIES, capabilities, run_confined
 from dockyard.agent.images.errors import ImageStoreError, LayerError
+from dockyard.agent.images.image_store import ImageStore
 from dockyard.agent.images.models import Layer
 from dockyard.agent.images.reference import parse_reference
-from dockyard.agent.images.store import ImageStore
 from dockyard.agent.images.unpack import MAX_HEADER_BYTES, OPAQUE_XATTR, unpack_layer
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

@@ -18,8 +18,8 @@ import pytest
 import zstandard
 
 from dockyard.agent.images.errors import LayerError
+from dockyard.agent.images.image_store import ImageStore
 from dockyard.agent.images.models import Layer
-from dockyard.agent.images.store import ImageStore
 from dockyard.agent.images.unpack_limits import UnpackLimits
 from tests.images.test_unpack_hostile import needs_root
 

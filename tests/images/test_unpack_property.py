@@ -39,8 +39,8 @@ from hypothesis import strategies as st
 from dockyard.agent.images import safe_fs, unpack
 from dockyard.agent.images.confine import Confinement
 from dockyard.agent.images.errors import LayerError
+from dockyard.agent.images.image_store import ImageStore
 from dockyard.agent.images.models import Layer
-from dockyard.agent.images.store import ImageStore
 from tests.images.test_unpack_hostile import tree_state
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, devices)")

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from dockyard.agent.images.authoring import ImageSpec, LayerWriter, write_image
 from dockyard.agent.images.build import busybox_spec
-from dockyard.agent.images.compose import ImageSpec, LayerWriter, write_image
 from dockyard.agent.images.content import describe_image, parse_json
 from dockyard.agent.images.errors import LayerError
 from dockyard.agent.images.reference import parse_reference

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dockyard.agent.runtime.base import ContainerConfig
+from dockyard.agent.runtime.base import ContainerSpec
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
 from tests.runtime.conftest import cleanup_everything, make_busybox_rootfs
 
@@ -38,9 +38,9 @@ async def main(n: int) -> None:
     runtime = RuncRuntime(state, cgroup_parent=cgroup_parent)
     await runtime.recover()
 
-    def config(*cmd: str) -> ContainerConfig:
+    def config(*cmd: str) -> ContainerSpec:
         cid = f"b{uuid.uuid4().hex[:12]}"
-        return ContainerConfig(id=cid, name=cid, image="busybox", lower_dirs=[layer],
+        return ContainerSpec(id=cid, name=cid, image="busybox", lower_dirs=[layer],
                                command=list(cmd))  # fmt: skip
 
     try:

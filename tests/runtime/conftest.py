@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from dockyard.agent.runtime.base import ContainerConfig
+from dockyard.agent.runtime.base import ContainerSpec
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
 
 BUSYBOX = Path("/bin/busybox")
@@ -80,9 +80,9 @@ class Env:
         self.state_root = state_root
         self.cgroup_parent = cg
 
-    def config(self, *command: str, **kwargs: object) -> ContainerConfig:
+    def config(self, *command: str, **kwargs: object) -> ContainerSpec:
         cid = str(kwargs.pop("id", f"t{uuid.uuid4().hex[:16]}"))
-        return ContainerConfig(
+        return ContainerSpec(
             id=cid,
             name=str(kwargs.pop("name", cid)),
             image="busybox-test",
@@ -206,9 +206,9 @@ def cleanup_network(network_root: Path, bridge: str | None = None,
     that failed, delete the namespaces of the bridge, every rule naming one of its
     containers or addresses (or `patterns`), and the bridge itself once nothing is on it
     (its ports are deleted when `bridge` names it: a test bridge)."""
+    from dockyard.agent.network.attachments import AttachmentStore
     from dockyard.agent.network.bridge import BridgeConfig, BridgeNetwork
     from dockyard.agent.network.netns import list_netns
-    from dockyard.agent.network.store import AttachmentStore
 
     records = AttachmentStore(network_root).load_all()
     bridges = {r.bridge for r in records.values()} | ({bridge} if bridge else set())

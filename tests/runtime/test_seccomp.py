@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from dockyard.agent.runtime.base import ContainerConfig, InvalidConfig
+from dockyard.agent.runtime.base import ContainerSpec, InvalidConfig
 from dockyard.agent.runtime.runc.files import host_devices
 from dockyard.agent.runtime.runc.seccomp import CLONE_NAMESPACE_FLAGS, default_profile
 from dockyard.agent.runtime.runc.spec import (
@@ -23,8 +23,8 @@ from dockyard.agent.runtime.runc.spec import (
 ETC = EtcFiles(Path("/e/hosts"), Path("/e/resolv.conf"), Path("/e/hostname"))
 
 
-def _config(**kwargs: Any) -> ContainerConfig:
-    return ContainerConfig(id="c1", name="c1", image="img", lower_dirs=[Path("/l")],
+def _config(**kwargs: Any) -> ContainerSpec:
+    return ContainerSpec(id="c1", name="c1", image="img", lower_dirs=[Path("/l")],
                            command=["sh"], **kwargs)  # fmt: skip
 
 
@@ -123,10 +123,10 @@ def test_unconfined_and_privileged() -> None:
 def test_config_fields_round_trip_and_old_records() -> None:
     config = _config(seccomp="unconfined", privileged=True)
     data = json.loads(json.dumps(config.to_dict()))
-    assert ContainerConfig.from_dict(data).to_dict() == config.to_dict()
+    assert ContainerSpec.from_dict(data).to_dict() == config.to_dict()
     old = _config().to_dict()
     del old["seccomp"], old["privileged"]
-    restored = ContainerConfig.from_dict(old)
+    restored = ContainerSpec.from_dict(old)
     assert (restored.seccomp, restored.privileged) == ("default", False)
     with pytest.raises(InvalidConfig, match="seccomp mode"):
         _config(seccomp="bogus")

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from dockyard.agent.containers.manager import ContainerManager
-from dockyard.agent.executors.runc import RuncExecutor
+from dockyard.agent.containers.backends import LocalImages
+from dockyard.agent.containers.service import ContainerService
+from dockyard.agent.executors.task import TaskExecutor
 from dockyard.agent.images.service import ImageService
 from dockyard.agent.runtime.base import ContainerStatus
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
@@ -32,7 +33,7 @@ pytestmark = [
 
 @dataclass
 class Node:
-    manager: ContainerManager
+    manager: ContainerService
     worker: Worker
     session: FakeSession
 
@@ -52,11 +53,11 @@ async def node(state: tuple[Path, str]) -> AsyncIterator[Node]:
     root, cgroup = state
     images = await asyncio.to_thread(ImageService, root / "images", RegistryConfig())
     runtime = RuncRuntime(root / "runtime", cgroup_parent=cgroup)
-    manager = ContainerManager(runtime, images, root / "containers")
+    manager = ContainerService(runtime, LocalImages(images), root / "containers")
     await manager.start()
     session = FakeSession()
     session.connect()
-    worker = Worker(RuncExecutor(manager), session, root)
+    worker = Worker(TaskExecutor(manager), session, root)
     await worker.start()
     try:
         yield Node(manager, worker, session)
@@ -84,7 +85,7 @@ async def test_runc_tasks_pull_run_fail_and_stop(node: Node, image_registry: Ima
     view = await node.manager.inspect(container_id)
     assert view.info.name == "web.1.sleeptask000"
     assert view.info.labels["dockyard.task.id"] == sleeper.id
-    assert view.meta.request.restart_policy.name == "no"
+    assert view.info.config.restart_policy.name == "no"
 
     sleeper.desired_state = State.SHUTDOWN
     await node.worker.on_assignments(full_set(failing, sleeper))

@@ -1,4 +1,4 @@
-"""The worker's state machine, driven with the hollow executor and a fake session."""
+"""The worker's state machine, driven over the hollow runtime and a fake session."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from dockyard.agent.daemon import hollow_executor
 from dockyard.agent.executor import LABEL_SERVICE_NAME, LABEL_SLOT, LABEL_TASK_ID
-from dockyard.agent.runtime.base import ContainerConfig, ContainerStatus
-from dockyard.agent.runtime.hollow import HollowExecutor, HollowRuntime, simulate
+from dockyard.agent.runtime.base import ContainerSpec, ContainerStatus
+from dockyard.agent.runtime.hollow import HollowRuntime, simulate
 from dockyard.agent.worker import STATE_FILE, Worker
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import HealthCheck
@@ -37,7 +38,7 @@ def session() -> FakeSession:
 async def worker(
     tmp_path: Path, runtime: HollowRuntime, session: FakeSession
 ) -> AsyncIterator[Worker]:
-    made = Worker(HollowExecutor(runtime), session, tmp_path)
+    made = Worker(hollow_executor(runtime), session, tmp_path)
     await made.start()
     try:
         yield made
@@ -88,7 +89,7 @@ async def test_a_bad_image_is_rejected(worker: Worker, session: FakeSession) -> 
     await worker.on_assignments(full_set(make_task("r1", ["true"], image="Bad//Image")))
     await until(lambda: session.states("r1")[-1:] == ["REJECTED"], "r1 REJECTED")
     assert session.states("r1") == ["ACCEPTED", "PREPARING", "REJECTED"]
-    assert "invalid image reference" in session.last("r1").error
+    assert "image: invalid reference format" in session.last("r1").error
 
 
 async def test_desired_shutdown_stops_the_container_and_reports_shutdown(
@@ -135,7 +136,7 @@ async def test_a_task_removed_from_the_set_loses_its_container(
 async def test_a_container_of_no_assigned_task_is_removed(
     worker: Worker, runtime: HollowRuntime
 ) -> None:
-    await runtime.create(ContainerConfig(id="", name="old.1.zzz", image="busybox",
+    await runtime.create(ContainerSpec(id="", name="old.1.zzz", image="busybox",
                                          lower_dirs=(), labels={LABEL_TASK_ID: "zzz"}))  # fmt: skip
     await worker.on_assignments(full_set())
     await until(lambda: not runtime._containers, "orphan removed")
@@ -183,7 +184,7 @@ async def test_a_new_worker_on_the_same_state_dir_resumes_the_tasks(
 ) -> None:
     session = FakeSession()
     session.connect()
-    first = Worker(HollowExecutor(runtime), session, tmp_path)
+    first = Worker(hollow_executor(runtime), session, tmp_path)
     await first.start()
     task = make_task("t1", ["serve"])
     await first.on_assignments(full_set(task, make_task("t2", ["true"])))
@@ -196,7 +197,7 @@ async def test_a_new_worker_on_the_same_state_dir_resumes_the_tasks(
 
     # the agent restarts with no controller: the container keeps running
     offline = FakeSession()
-    second = Worker(HollowExecutor(runtime), offline, tmp_path)
+    second = Worker(hollow_executor(runtime), offline, tmp_path)
     await second.start()
     try:
         await asyncio.sleep(0.1)

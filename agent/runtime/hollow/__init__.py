@@ -5,7 +5,6 @@ Nothing runs: a container is a small record whose command decides how it ends
 `sleep N` exits 0 after N seconds, anything else runs until stopped).
 """
 
-from dockyard.agent.runtime.hollow.executor import HollowExecutor
 from dockyard.agent.runtime.hollow.runtime import HollowRuntime, simulate
 
-__all__ = ["HollowExecutor", "HollowRuntime", "simulate"]
+__all__ = ["HollowRuntime", "simulate"]

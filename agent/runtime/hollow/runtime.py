@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from dockyard.agent.runtime.base import (
-    ContainerConfig,
     ContainerInfo,
     ContainerNotFound,
     ContainerNotRunning,
+    ContainerSpec,
     ContainerState,
     ContainerStatus,
     ExecChunk,
@@ -28,6 +28,7 @@ from dockyard.agent.runtime.base import (
     InvalidConfig,
     LogRecord,
     NameConflict,
+    NetworkEndpoint,
     Stats,
 )
 
@@ -105,7 +106,7 @@ def _int(text: str) -> int:
 class _Container:
     __slots__ = ("config", "created_at", "event", "state", "timer")
 
-    def __init__(self, config: ContainerConfig) -> None:
+    def __init__(self, config: ContainerSpec) -> None:
         self.config = config
         self.created_at = datetime.now(UTC)
         self.state = ContainerState()
@@ -127,6 +128,7 @@ class HollowExecSession:
 
     def __init__(self, outcome: Outcome) -> None:
         self._outcome = outcome
+        self._killed = asyncio.Event()
 
     async def output(self) -> AsyncIterator[ExecChunk]:
         if self._outcome.output:
@@ -134,13 +136,17 @@ class HollowExecSession:
 
     async def wait(self) -> int:
         if self._outcome.seconds is None:
-            await asyncio.Event().wait()  # never ends: the caller times out
-        await asyncio.sleep(self._outcome.seconds or 0.0)
+            await self._killed.wait()  # never ends by itself: the caller times out
+            return _SIGKILL_EXIT
+        await asyncio.sleep(self._outcome.seconds)
         return self._outcome.exit_code
 
     async def collect(self) -> ExecResult:
         code = await self.wait()
         return ExecResult(code, self._outcome.output.encode())
+
+    async def kill(self) -> None:
+        self._killed.set()
 
 
 class HollowRuntime:
@@ -163,7 +169,7 @@ class HollowRuntime:
             raise ContainerNotFound(ref)
         return container
 
-    async def create(self, config: ContainerConfig) -> ContainerInfo:
+    async def create(self, config: ContainerSpec) -> ContainerInfo:
         if config.name in self._names:
             raise NameConflict(config.name, self._names[config.name][:12])
         if not config.image:
@@ -289,6 +295,10 @@ class HollowRuntime:
 
     async def recover(self) -> builtins.list[ContainerInfo]:
         return await self.list(all=True)
+
+    async def set_endpoint(self, container_id: str, endpoint: NetworkEndpoint) -> None:
+        """Nothing derives from a simulated container's endpoint."""
+        self._get(container_id)
 
     async def close(self) -> None:
         """Nothing to release: simulated containers end with the process."""

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from dockyard.agent.runtime.runc.records import ContainerDir, write_atomic
 from dockyard.agent.runtime.runc.spec import EtcFiles, ResolvedUser
-from dockyard.agent.runtime.runc.store import ContainerDir, write_atomic
 
 __all__ = [
     "ResolvedUser",

@@ -13,7 +13,6 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -111,14 +110,3 @@ class ContainerLayer:
     async def unmount(self) -> None:
         """Unmount the overlay if mounted (the writable layer stays)."""
         await asyncio.to_thread(_unmount, self.target)
-
-    async def destroy(self) -> None:
-        """Unmount and delete the writable layer."""
-        await self.unmount()
-
-        def _rm() -> None:
-            for d in (self.upper, self.work):
-                shutil.rmtree(d, ignore_errors=True)
-
-        await asyncio.to_thread(_rm)
-        log.debug("container layer removed", target=str(self.target))

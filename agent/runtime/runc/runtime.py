@@ -5,6 +5,10 @@
 then runs ``runc start``. A watcher task per running container waits for its conmon to
 exit, then records the exit (code from conmon's exit file, OOM from conmon's ``oom`` file
 or the cgroup's ``oom_kill`` counter), deletes the runc container and unmounts the rootfs.
+
+A leaf: a ``bridge`` container's namespace and address come in the spec's ``endpoint``
+(the container service's network step made them); the runtime only joins the namespace
+and writes the address into the container's ``/etc/hosts``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import dataclasses
 import os
 import re
 import secrets
@@ -23,20 +28,19 @@ from pathlib import Path
 
 import structlog
 
-from dockyard.agent.network.bridge import BridgeNetwork
-from dockyard.agent.network.errors import NetworkError
 from dockyard.agent.runtime.base import (
-    ContainerConfig,
     ContainerInfo,
     ContainerNotFound,
     ContainerNotRunning,
     ContainerRuntimeError,
+    ContainerSpec,
     ContainerState,
     ContainerStatus,
     ExitInfo,
     InvalidConfig,
     LogRecord,
     NameConflict,
+    NetworkEndpoint,
     NetworkInfo,
     Stats,
 )
@@ -46,6 +50,12 @@ from dockyard.agent.runtime.runc.conmon import conmon_alive, launch_conmon, wait
 from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec
 from dockyard.agent.runtime.runc.logrotate import LogPolicy, rotate_until
 from dockyard.agent.runtime.runc.logs import read_log
+from dockyard.agent.runtime.runc.records import (
+    ContainerDir,
+    ContainerRecord,
+    load_record,
+    save_record,
+)
 from dockyard.agent.runtime.runc.rootfs import ContainerLayer, mounted_under
 from dockyard.agent.runtime.runc.spec import (
     EtcFiles,
@@ -53,12 +63,6 @@ from dockyard.agent.runtime.runc.spec import (
     build_spec,
     merge_env,
     resolve_user,
-)
-from dockyard.agent.runtime.runc.store import (
-    ContainerDir,
-    ContainerRecord,
-    load_record,
-    save_record,
 )
 
 __all__ = ["RuncRuntime"]
@@ -77,7 +81,6 @@ class RuncRuntime:
         runc_binary: str = "runc",
         conmon_binary: str = "conmon",
         cgroup_parent: str = "dockyard",
-        network: BridgeNetwork | None = None,
         log_policy: LogPolicy | None = None,
     ) -> None:
         """Keep state under ``state_root``; runc's own state under ``state_root/runc``.
@@ -87,8 +90,6 @@ class RuncRuntime:
             runc_binary: runc name or path.
             conmon_binary: conmon name or path.
             cgroup_parent: cgroup (in every v1 hierarchy) that holds the containers'.
-            network: The agent's bridge, for ``bridge`` containers (none: they are
-                refused).
             log_policy: How much log each container keeps (size and count of files).
         """
         self.state_root = Path(state_root)
@@ -97,7 +98,6 @@ class RuncRuntime:
         self.runc_root = self.state_root / "runc"
         self.containers_root = self.state_root / "containers"
         self.cgroup_parent = cgroup_parent.strip("/")
-        self.network = network
         self.log_policy = log_policy or LogPolicy()
         self._records: dict[str, ContainerRecord] = {}
         self._exited: dict[str, asyncio.Event] = {}
@@ -162,18 +162,19 @@ class RuncRuntime:
         await save_record(self._dir(record.config.id), record)
 
     def _info(self, record: ContainerRecord) -> ContainerInfo:
-        return record.info(self._dir(record.config.id).log, self._network_info(record))
+        return record.info(self._dir(record.config.id).log,
+                           NetworkInfo(mode=record.config.network))  # fmt: skip
 
-    def _network_info(self, record: ContainerRecord) -> NetworkInfo:
-        mode = record.config.network
-        if mode == "bridge" and self.network is not None:
-            attached = self.network.info(record.config.id)
-            return attached or NetworkInfo(mode="bridge", bridge=self.network.config.bridge)
-        return NetworkInfo(mode=mode)
+    async def _write_etc(self, cdir: ContainerDir, spec: ContainerSpec) -> None:
+        endpoint = spec.endpoint
+        etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
+        await asyncio.to_thread(files.write_etc_files, etc, spec.hostname or spec.id[:12],
+                                spec.network, endpoint.ip_address if endpoint else "",
+                                spec.name, endpoint.nameserver if endpoint else "")  # fmt: skip
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def create(self, config: ContainerConfig) -> ContainerInfo:
+    async def create(self, config: ContainerSpec) -> ContainerInfo:
         """Mount the rootfs, write the bundle and record the container as created."""
         await self._ensure_loaded()
         if not _ID_RE.match(config.id):
@@ -191,37 +192,28 @@ class RuncRuntime:
             state=ContainerState(),
             cgroups_path=f"/{self.cgroup_parent}/{config.id}",
         )
+        if config.network == "bridge" and config.endpoint is None:
+            raise InvalidConfig(f"container {config.id}: a bridge container needs an endpoint")
         self._records[config.id] = record  # reserve id and name while we await
-        network = self.network if config.network == "bridge" else None
         try:
-            address, netns = "", None
-            if config.network == "bridge":
-                if network is None:
-                    raise NetworkError("this agent has no bridge network")
-                attachment = await network.attach(config.id, config.ports)  # ports first
-                address, netns = attachment.ip_address, attachment.netns_path
             await asyncio.to_thread(cdir.bundle.mkdir, parents=True, exist_ok=False)
             layer = ContainerLayer(config.lower_dirs, cdir.base)
             rootfs = await layer.mount()
             passwd, group = await asyncio.to_thread(files.read_user_db, rootfs)
             user = resolve_user(config.user or config.image_config.get("User"), passwd, group)
-            hostname = config.hostname or config.id[:12]
+            await self._write_etc(cdir, config)
             etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
-            await asyncio.to_thread(files.write_etc_files, etc, hostname, config.network,
-                                    address, config.name,
-                                    network.nameserver if network else "")  # fmt: skip
             devices = await asyncio.to_thread(files.host_devices) if config.privileged else []
+            netns = config.endpoint.netns_path if config.endpoint else None
             spec = build_spec(config, rootfs, user, etc, record.cgroups_path, devices, netns)
             await asyncio.to_thread(files.write_json, cdir.spec, spec)
             await self._save(record)
         except BaseException:
             self._records.pop(config.id, None)
             await self._discard_dir(cdir, config.lower_dirs)
-            if network is not None:
-                await asyncio.shield(network.detach(config.id))
             raise
         self._event(config.id).clear()
-        log.info("container created", container_id=config.id, name=config.name)
+        log.info("container.created", container_id=config.id, name=config.name)
         return self._info(record)
 
     async def _discard_dir(self, cdir: ContainerDir, lower_dirs: Sequence[Path]) -> None:
@@ -279,7 +271,7 @@ class RuncRuntime:
             )  # fmt: skip
             await self._save(record)
             self._watch(record)
-        log.info("container started", container_id=cid, pid=pid)
+        log.info("container.started", container_id=cid, pid=pid)
 
     def _watch(self, record: ContainerRecord) -> None:
         cid = record.config.id
@@ -323,7 +315,7 @@ class RuncRuntime:
         if cid in self._records:
             await self._save(record)
         self._event(cid).set()
-        log.info("container exited", container_id=cid, exit_code=code, oom_killed=oom)
+        log.info("container.exited", container_id=cid, exit_code=code, oom_killed=oom)
 
     @staticmethod
     def _exit_info(state: ContainerState) -> ExitInfo:
@@ -357,7 +349,7 @@ class RuncRuntime:
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
-            log.info("container ignored SIGTERM; killing", container_id=cid, timeout=timeout)
+            log.info("container.kill_after_grace", container_id=cid, timeout=timeout)
             await self._runc("kill", cid, "KILL", check=False)
             await event.wait()
         return self._exit_info(record.state)
@@ -391,11 +383,9 @@ class RuncRuntime:
             for path in await asyncio.to_thread(cgroup.controllers_present):
                 await asyncio.to_thread(rmdir_tree, path)
             await self._discard_dir(cdir, record.config.lower_dirs)
-            if self.network is not None:  # its address, rules, ports and namespace
-                await asyncio.shield(self.network.detach(cid))
         self._locks.pop(cid, None)
         self._exited.pop(cid, None)
-        log.info("container removed", container_id=cid)
+        log.info("container.removed", container_id=cid)
 
     # ------------------------------------------------------------------ queries
 
@@ -520,7 +510,7 @@ class RuncRuntime:
             cdir = ContainerDir(base)
             record = await asyncio.to_thread(load_record, cdir)
             if record is None:  # a create that died halfway: nothing to keep
-                log.warning("discarding incomplete container dir", path=str(base))
+                log.warning("container.incomplete_discarded", path=str(base))
                 await self._discard_dir(cdir, [])
                 continue
             self._records[cid] = record
@@ -539,32 +529,15 @@ class RuncRuntime:
                     await self._runc("delete", cid, check=False)
             else:
                 self._event(cid).set()
-        await self._recover_network()
-        log.info("runtime recovered", containers=len(self._records))
+        log.info("runtime.recovered", containers=len(self._records))
         return [self._info(r) for r in self._records.values()]
 
-    async def _recover_network(self) -> None:
-        """Bridge attachments: release those of removed containers, hold the ports of the
-        others again, set up a namespace a reboot took; rewrite /etc/hosts if an address
-        changed."""
-        if self.network is None:
-            return
-        keep = {cid: r.config.ports for cid, r in self._records.items()
-                if r.config.network == "bridge"}  # fmt: skip
-        for cid in await self.network.recover(keep):
-            record = self._records[cid]
-            attachment = self.network.get(cid)
-            if attachment is None:
-                continue
-            etc = self._dir(cid).etc
-            config = record.config
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(
-                    files.write_etc_files,
-                    EtcFiles(etc / "hosts", etc / "resolv.conf", etc / "hostname"),
-                    config.hostname or cid[:12], "bridge", attachment.ip_address, config.name,
-                    self.network.nameserver,
-                )  # fmt: skip
+    async def set_endpoint(self, container_id: str, endpoint: NetworkEndpoint) -> None:
+        """Record the container's new endpoint and rewrite its ``/etc/hosts``."""
+        record = await self._get(container_id)
+        record.config = dataclasses.replace(record.config, endpoint=endpoint)
+        await self._save(record)
+        await self._write_etc(self._dir(record.config.id), record.config)
 
     async def close(self) -> None:
         """Stop watching (containers keep running under conmon)."""
@@ -574,8 +547,6 @@ class RuncRuntime:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._watchers.clear()
         await asyncio.gather(*self._cleanups, return_exceptions=True)
-        if self.network is not None:
-            await self.network.close()
 
 
 def _move_aside(source: Path, destination: Path) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dockyard.agent.runtime.base import ContainerConfig, InvalidConfig
+from dockyard.agent.runtime.base import ContainerSpec, InvalidConfig, process_args
 from dockyard.agent.runtime.runc.seccomp import default_profile
 from dockyard.common.privilege import ALL_CAPABILITIES, DEFAULT_CAPABILITIES
 
@@ -110,22 +110,6 @@ class EtcFiles:
     hosts: Path
     resolv_conf: Path
     hostname: Path
-
-
-def process_args(config: ContainerConfig) -> list[str]:
-    """Entrypoint + Cmd, Docker style: a given command replaces Cmd, and an entrypoint
-    override replaces the image's Entrypoint (and then drops the image's Cmd)."""
-    image = config.image_config
-    if config.entrypoint is not None:
-        entrypoint = list(config.entrypoint)
-        cmd = list(config.command) if config.command is not None else []
-    else:
-        entrypoint = list(image.get("Entrypoint") or [])
-        cmd = list(config.command if config.command is not None else image.get("Cmd") or [])
-    args = entrypoint + cmd
-    if not args:
-        raise InvalidConfig(f"container {config.id}: no command given and the image has none")
-    return args
 
 
 def merge_env(image_env: Sequence[str], user_env: Sequence[str]) -> list[str]:
@@ -237,14 +221,14 @@ def bounding_capabilities() -> tuple[str, ...]:
     return tuple(cap for bit, cap in enumerate(ALL_CAPABILITIES) if mask >> bit & 1)
 
 
-def container_capabilities(config: ContainerConfig) -> list[str]:
+def container_capabilities(config: ContainerSpec) -> list[str]:
     """The capability set of ``config``; privileged: every one the agent holds itself."""
     if config.privileged:
         return list(bounding_capabilities())
     return capabilities(config.cap_add, config.cap_drop)
 
 
-def seccomp_section(config: ContainerConfig, caps: Sequence[str]) -> dict[str, Any] | None:
+def seccomp_section(config: ContainerSpec, caps: Sequence[str]) -> dict[str, Any] | None:
     """The OCI ``linux.seccomp`` object, or ``None`` (privileged or ``unconfined``)."""
     if config.privileged or config.seccomp == "unconfined":
         return None
@@ -292,7 +276,7 @@ def build_process(
     }
 
 
-def _resources(config: ContainerConfig) -> dict[str, Any]:
+def _resources(config: ContainerSpec) -> dict[str, Any]:
     devices = [{"allow": True, "access": "rwm"}] if config.privileged else DEFAULT_DEVICES
     resources: dict[str, Any] = {"devices": devices}
     if config.memory_bytes > 0:
@@ -305,7 +289,7 @@ def _resources(config: ContainerConfig) -> dict[str, Any]:
     return resources
 
 
-def _volume_mounts(config: ContainerConfig) -> list[dict[str, Any]]:
+def _volume_mounts(config: ContainerSpec) -> list[dict[str, Any]]:
     mounts = []
     for volume in config.volumes:
         if not volume.container.startswith("/"):
@@ -327,7 +311,7 @@ def _volume_mounts(config: ContainerConfig) -> list[dict[str, Any]]:
 
 
 def build_spec(
-    config: ContainerConfig,
+    config: ContainerSpec,
     rootfs: Path,
     user: ResolvedUser,
     etc: EtcFiles,

@@ -1,7 +1,7 @@
 """On-disk records of the runc runtime's containers.
 
 One directory per container under ``<state_root>/containers/<id>/``; ``container.json``
-(our :class:`ContainerConfig` + :class:`ContainerState` + bookkeeping) is replaced
+(our :class:`ContainerSpec` + :class:`ContainerState` + bookkeeping) is replaced
 atomically (write a temp file, then ``rename``) so a SIGKILLed agent never leaves a torn
 record behind.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from dockyard.agent.runtime.base import (
-    ContainerConfig,
     ContainerInfo,
+    ContainerSpec,
     ContainerState,
     NetworkInfo,
 )
@@ -64,7 +64,7 @@ class ContainerDir:
 class ContainerRecord:
     """Everything the runtime keeps about one container."""
 
-    config: ContainerConfig
+    config: ContainerSpec
     state: ContainerState
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     cgroups_path: str = ""
@@ -97,7 +97,7 @@ class ContainerRecord:
     def from_dict(cls, data: dict[str, Any]) -> ContainerRecord:
         """Inverse of :meth:`to_dict`."""
         return cls(
-            config=ContainerConfig.from_dict(data["config"]),
+            config=ContainerSpec.from_dict(data["config"]),
             state=ContainerState.from_dict(data["state"]),
             created_at=datetime.fromisoformat(data["created_at"]),
             cgroups_path=str(data.get("cgroups_path", "")),

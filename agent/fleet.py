@@ -1,7 +1,8 @@
 """Many hollow agents in one process, for scale tests (kubemark's hollow nodes).
 
-Each agent has its own identity (`<state dir>/<name>/node.json`), session and worker
-over its own `HollowRuntime`; they share the event loop and nothing else. There is no
+A test harness of whole agents, not a runtime: each agent has its own identity
+(`<state dir>/<name>/node.json`), session, worker and container service over its own
+`HollowRuntime`; they share the event loop and nothing else. There is no
 local API. Session starts are staggered so a thousand agents do not say hello at once.
 """
 
@@ -15,8 +16,8 @@ from pathlib import Path
 import structlog
 
 from dockyard.agent import hostinfo
+from dockyard.agent.daemon import hollow_executor
 from dockyard.agent.identity import load_or_create
-from dockyard.agent.runtime.hollow.executor import HollowExecutor
 from dockyard.agent.runtime.hollow.runtime import HollowRuntime
 from dockyard.agent.session import ControllerSession, SessionRefused
 from dockyard.agent.worker import Worker
@@ -59,7 +60,8 @@ class HollowAgent:
         self.session = ControllerSession(self.controllers, identity, self.describe,
                                          on_assignments=self._on_assignments)  # fmt: skip
         self.worker = Worker(
-            HollowExecutor(self.runtime), self.session, self.state_dir, persist=False
+            hollow_executor(self.runtime), self.session, self.state_dir,
+            persist=False,
         )
         await self.worker.start()
         self._task = asyncio.create_task(self._run(), name=f"hollow-{self.name}")

@@ -1,4 +1,5 @@
-"""Make image content locally: layer blobs from tar streams, configs, manifests."""
+"""Author image content locally: layer blobs from tar streams, configs, manifests (for
+`docker build`-like images and `docker load` archives; not compose files)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from typing import Any
 import aiodocker
 import grpc
 
-from dockyard.agent.executors.docker import DockerExecutor
+from dockyard.agent.runtime.docker import DockerRuntime
 from dockyard.v1.containers_pb2 import LogLine, LogsRequest
 
 __all__ = ["DockerLogsServicer", "parse_line"]
@@ -35,8 +35,8 @@ def parse_line(stream: str, text: str) -> LogLine:
 class DockerLogsServicer:
     """Containers.Logs over the engine's API."""
 
-    def __init__(self, executor: DockerExecutor) -> None:
-        self._executor = executor
+    def __init__(self, runtime: DockerRuntime) -> None:
+        self._runtime = runtime
 
     def handler(self) -> grpc.GenericRpcHandler:
         """Only Logs: grpc answers UNIMPLEMENTED for the other Containers methods."""
@@ -50,7 +50,7 @@ class DockerLogsServicer:
         if not request.container or len(request.container) > 128:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "container: a container ID or name is required")  # fmt: skip
-        container = self._executor.docker.containers.container(request.container)
+        container = self._runtime.docker.containers.container(request.container)
         params: dict[str, Any] = {"timestamps": True,
                                   "tail": str(request.tail) if request.has_tail else "all"}
         if request.HasField("since"):
@@ -89,16 +89,16 @@ class DockerLogsServicer:
             finally:
                 await queue.put(None)
 
-        pumps = [asyncio.create_task(pump(stream)) for stream in _STREAMS]
-        try:
-            ended = 0
-            while ended < len(pumps):
-                item = await queue.get()
-                if item is None:
-                    ended += 1
-                else:
-                    yield item
-        finally:
-            for task in pumps:
-                task.cancel()
-            await asyncio.gather(*pumps, return_exceptions=True)
+        async with asyncio.TaskGroup() as group:  # a failing pump ends the stream with it
+            pumps = [group.create_task(pump(stream)) for stream in _STREAMS]
+            try:
+                ended = 0
+                while ended < len(pumps):
+                    item = await queue.get()
+                    if item is None:
+                        ended += 1
+                    else:
+                        yield item
+            finally:
+                for task in pumps:
+                    task.cancel()

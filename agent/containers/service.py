@@ -1,10 +1,13 @@
-"""`ContainerManager`: the node's containers, made from its local images.
+"""`ContainerService`: the node's containers; the only caller of the runtime.
 
-It owns the runtime and the image service: `create` resolves the image and builds the
-runtime config, refs resolve by id, unique id prefix or name, restart policies and
-`--rm` are applied by one supervisor task per started container, and images that
-containers use cannot be removed without force (each container holds a store lease on
-its image's layers, so even a forced removal keeps what the container runs on).
+Typed against the `ContainerRuntime` protocol, so runc, docker and hollow are driven the
+same way. `create` takes a parsed `ContainerRequest` (from the gRPC servicer or the task
+executor, both thin adapters), resolves the image through the backend's `ImageProvider`,
+finds named volumes, attaches the network through the backend's `NetworkAttacher` and
+hands the runtime a complete `ContainerSpec`. Refs resolve by id, unique id prefix or
+name; restart policies and `--rm` are applied by one supervisor task per started
+container; images that containers use cannot be removed without force (each container
+holds a lease on its image's layers, so even a forced removal keeps what it runs on).
 """
 
 from __future__ import annotations
@@ -16,42 +19,40 @@ import math
 import secrets
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 import structlog
 
 from dockyard.agent.containers.admission import resolve_binds
+from dockyard.agent.containers.backends import ImageProvider, NetworkAttacher, ResolvedImage
 from dockyard.agent.containers.errors import (
     AlreadyExists,
     FailedPrecondition,
+    ImageMissing,
     InvalidArgument,
     NotFound,
 )
 from dockyard.agent.containers.meta import ContainerMeta, MetaStore
 from dockyard.agent.containers.names import generate_name
-from dockyard.agent.containers.policy import Backoff, should_restart
 from dockyard.agent.containers.request import (
-    check_create,
+    ContainerRequest,
     check_user,
     parse_image_ref,
     parse_signal,
-    ports_of,
-    tmpfs_of,
-    volumes_of,
 )
+from dockyard.agent.containers.supervisor import Supervisor
 from dockyard.agent.containers.volumes import VolumeStore
 from dockyard.agent.images.errors import ImageNotFound
-from dockyard.agent.images.models import Image
 from dockyard.agent.images.reference import Reference
-from dockyard.agent.images.service import ImageService
 from dockyard.agent.network.errors import NetworkError, PortInUse
 from dockyard.agent.runtime.base import (
-    ContainerConfig,
     ContainerInfo,
     ContainerNotFound,
+    ContainerRuntime,
     ContainerRuntimeError,
+    ContainerSpec,
     ContainerStatus,
     ExecSession,
     ExitInfo,
@@ -61,14 +62,12 @@ from dockyard.agent.runtime.base import (
     PortMapping,
     RestartPolicyName,
     Stats,
+    VolumeMount,
+    process_args,
 )
-from dockyard.agent.runtime.runc.runtime import RuncRuntime
-from dockyard.agent.runtime.runc.spec import process_args
 from dockyard.common.lookup import match_reference
-from dockyard.v1.containers_pb2 import CreateContainerRequest
-from dockyard.v1.containers_pb2 import PortMapping as PortMappingMessage
 
-__all__ = ["ContainerManager", "ContainerView"]
+__all__ = ["ContainerService", "ContainerView"]
 
 log = structlog.get_logger(__name__)
 
@@ -79,32 +78,40 @@ _MAX_REF = 128
 
 @dataclass(frozen=True, slots=True)
 class ContainerView:
-    """A container as the API shows it: the runtime's info and the manager's record."""
+    """A container as the API shows it: the runtime's info and the service's record."""
 
     info: ContainerInfo
     meta: ContainerMeta
 
 
-class ContainerManager:
+class ContainerService:
     """Containers on this node.
 
     Args:
-        runtime: The runc runtime (its state under `<state dir>/runtime`).
-        images: The image service (`<state dir>/images`).
-        meta_root: Where the manager keeps its per-container records.
+        runtime: The backend's runtime (runc: its state under `<state dir>/runtime`).
+        images: Where images come from (runc: the node's image store).
+        meta_root: Where the service keeps its per-container records (None: in memory).
+        volumes: Named volumes (default: `<meta_root>/../volumes`; none without a
+            meta_root: the backend keeps named volumes itself, as the Docker engine does).
+        network: The network step for `bridge` containers (None: they are refused).
     """
 
-    def __init__(self, runtime: RuncRuntime, images: ImageService, meta_root: Path,
-                 volumes: VolumeStore | None = None) -> None:  # fmt: skip
+    def __init__(self, runtime: ContainerRuntime, images: ImageProvider,
+                 meta_root: Path | None, volumes: VolumeStore | None = None,
+                 network: NetworkAttacher | None = None) -> None:  # fmt: skip
         self.runtime = runtime
         self.images = images
-        self.volumes = volumes or VolumeStore(meta_root.parent / "volumes")
+        self.network = network
+        state_dir = meta_root.parent if meta_root is not None else None
+        if volumes is None and state_dir is not None:
+            volumes = VolumeStore(state_dir / "volumes")
+        self.volumes = volumes
         self._metas = MetaStore(meta_root)
         self._meta: dict[str, ContainerMeta] = {}
-        self._supervisors: dict[str, asyncio.Task[None]] = {}
+        self._supervisor = Supervisor(runtime, self._meta.get, self._auto_remove)
         self._removed: OrderedDict[str, tuple[str, ExitInfo]] = OrderedDict()
         self._creating: set[str] = set()
-        self._own_dirs = (str(meta_root.parent.absolute()),)  # the agent's state dir
+        self._own_dirs = (str(state_dir.absolute()),) if state_dir else ()  # the agent's
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -116,25 +123,37 @@ class ContainerManager:
         does); exited `--rm` ones are removed.
         """
         infos = await self.runtime.recover()
-        self._meta = await asyncio.to_thread(self._metas.load_all)
+        self._meta.update(await asyncio.to_thread(self._metas.load_all))  # the supervisor reads it
         known = {info.id for info in infos}
         for stale in set(self._meta) - known:
             self._meta.pop(stale)
             await asyncio.to_thread(self._metas.delete, stale)
+        await self._recover_network(infos)
         for info in infos:
             meta = self._meta.get(info.id)
             if meta is None:  # created by something else in this runtime root
-                meta = ContainerMeta(info.id, "", CreateContainerRequest(image=info.image,
-                                                                         name=info.name))
+                meta = ContainerMeta(info.id, "")
                 self._meta[info.id] = meta
             self._hold_image(meta, info.config)
             await self._resume(info, meta)
-        log.info("containers recovered", containers=len(infos))
+        log.info("containers.recovered", containers=len(infos))
+
+    async def _recover_network(self, infos: builtins.list[ContainerInfo]) -> None:
+        """Release the attachments of removed containers, hold the ports of the others
+        again; tell the runtime of an endpoint a reboot changed."""
+        if self.network is None:
+            return
+        bridged = {i.id: i.config for i in infos if i.config.network == "bridge"}
+        changed = await self.network.recover({cid: s.ports for cid, s in bridged.items()})
+        for cid, endpoint in changed.items():
+            if bridged[cid].endpoint != endpoint:
+                with contextlib.suppress(ContainerRuntimeError, OSError):
+                    await self.runtime.set_endpoint(cid, endpoint)
 
     async def _resume(self, info: ContainerInfo, meta: ContainerMeta) -> None:
         status = info.state.status
         if status is ContainerStatus.RUNNING:
-            self._supervise(info.id)
+            self._supervisor.watch(info.id)
         elif status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
             policy = info.config.restart_policy.name
             if meta.auto_remove:
@@ -142,19 +161,17 @@ class ContainerManager:
             elif policy is RestartPolicyName.ALWAYS or (
                 policy is RestartPolicyName.UNLESS_STOPPED and not meta.manually_stopped
             ):
-                log.info("restarting container after agent restart", container_id=info.id)
+                log.info("container.restarting_after_agent_restart", container_id=info.id)
                 with contextlib.suppress(ContainerRuntimeError):
                     await self.runtime.start(info.id)
-                self._supervise(info.id)
+                self._supervisor.watch(info.id)
 
     async def close(self) -> None:
         """Stop supervising; the containers keep running (live restore)."""
-        tasks = list(self._supervisors.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._supervisors.clear()
+        await self._supervisor.close()
         await self.runtime.close()
+        if self.network is not None:
+            await self.network.close()
 
     # --------------------------------------------------------------------- lookup
 
@@ -166,10 +183,10 @@ class ContainerManager:
             raise InvalidArgument("container", f"{len(ref)} characters long: an ID or a "
                                                f"name has at most {_MAX_REF}")  # fmt: skip
         try:
-            return await self.runtime.inspect(ref)  # a whole ID or a name: no listing
+            return self._networked(await self.runtime.inspect(ref))  # a whole ID or a name
         except ContainerNotFound:
             pass
-        infos = await self.runtime.list(all=True)
+        infos = await self._list(all=True)
         matches = match_reference(ref, infos, lambda i: i.id, lambda i: i.name)
         if len(matches) == 1:
             return matches[0]
@@ -179,12 +196,17 @@ class ContainerManager:
             )
         raise NotFound(f"no such container: {ref}")
 
+    def _networked(self, info: ContainerInfo) -> ContainerInfo:
+        """The runtime's info with where the network step put a `bridge` container."""
+        if info.config.network != "bridge" or self.network is None:
+            return info
+        return replace(info, network=self.network.info(info.id))
+
+    async def _list(self, all: bool) -> builtins.list[ContainerInfo]:
+        return [self._networked(info) for info in await self.runtime.list(all=all)]
+
     def _view(self, info: ContainerInfo) -> ContainerView:
-        meta = self._meta.get(info.id)
-        if meta is None:
-            meta = ContainerMeta(info.id, "", CreateContainerRequest(image=info.image,
-                                                                     name=info.name))
-        return ContainerView(info, meta)
+        return ContainerView(info, self._meta.get(info.id) or ContainerMeta(info.id, ""))
 
     async def inspect(self, ref: str) -> ContainerView:
         """One container by ID, unique ID prefix or name."""
@@ -192,7 +214,7 @@ class ContainerManager:
 
     async def list(self, all: bool = False) -> builtins.list[ContainerView]:
         """Running containers (every container with `all`), newest first."""
-        infos = await self.runtime.list(all=all)
+        infos = await self._list(all=all)
         infos.sort(key=lambda i: i.created_at, reverse=True)
         return [self._view(info) for info in infos]
 
@@ -201,6 +223,7 @@ class ContainerManager:
     def _volume_dir(self, name: str, made: builtins.list[str]) -> Path:
         """A named volume's directory, the volume made first when missing (docker's way);
         `made` collects the names made here."""
+        assert self.volumes is not None
         volume, created = self.volumes.ensure(name)
         if created:
             made.append(name)
@@ -210,11 +233,11 @@ class ContainerManager:
         """Remove volumes a failed create made (nothing else can use them yet)."""
         for name in names:
             with contextlib.suppress(NotFound):
-                await asyncio.to_thread(self.volumes.remove, name)
+                await asyncio.to_thread(self.volume_store().remove, name)
 
     async def volume_users(self, name: str) -> builtins.list[str]:
         """The ids of the containers that mount the volume."""
-        volume = await asyncio.to_thread(self.volumes.get, name)
+        volume = await asyncio.to_thread(self.volume_store().get, name)
         return [view.info.id for view in await self.list(all=True)
                 if any(v.host == volume.mountpoint for v in view.info.config.volumes)]
 
@@ -229,119 +252,113 @@ class ContainerManager:
         if users:
             raise FailedPrecondition(f"volume {name} is in use by container "
                                      f"{', '.join(u[:12] for u in users)}")  # fmt: skip
-        await asyncio.to_thread(self.volumes.remove, name)
+        await asyncio.to_thread(self.volume_store().remove, name)
+
+    def volume_store(self) -> VolumeStore:
+        """The named volumes this service keeps (FAILED_PRECONDITION: the backend's own)."""
+        if self.volumes is None:
+            raise FailedPrecondition("this agent's backend keeps named volumes itself")
+        return self.volumes
 
     # --------------------------------------------------------------------- create
 
-    def _image(self, ref: Reference, text: str) -> Image:
+    async def _image(self, ref: Reference, text: str) -> ResolvedImage:
         try:
-            return self.images.resolve(ref)
+            return await self.images.resolve(ref)
         except ImageNotFound:
             try:
-                return self.images.resolve(text)  # an image id
+                return await self.images.resolve(text)  # an image id
             except ImageNotFound:
-                raise NotFound(
+                raise ImageMissing(
                     f"image {ref} not found on this node: pull it first"
                 ) from None
 
-    def _hold_image(self, meta: ContainerMeta, config: ContainerConfig) -> None:
+    def _hold_image(self, meta: ContainerMeta, spec: ContainerSpec) -> None:
         """Lease the image's layers so gc keeps them while the container exists."""
-        lease = meta.lease.enter_context(self.images.store.lease())
-        image = None
-        if meta.image_digest:
-            with contextlib.suppress(ImageNotFound):
-                image = self.images.store.get(meta.image_digest)
-        if image is not None:
-            lease.add(image.digest, image.config_digest,
-                      *(layer.digest for layer in image.layers),
-                      *(layer.diff_id for layer in image.layers))  # fmt: skip
-        lease.add(*("sha256:" + Path(p).name for p in config.lower_dirs))
+        self.images.hold(meta.lease, ResolvedImage(meta.image_digest,
+                                                   lower_dirs=tuple(spec.lower_dirs)))
 
-    async def create(self, request: CreateContainerRequest) -> ContainerView:
-        """Create a container from a local image (nothing runs yet)."""
-        ref, policy, network = check_create(request)
-        image = self._image(ref, request.image)
-        taken = {info.name for info in await self.runtime.list(all=True)} | self._creating
-        name = request.name.removeprefix("/") or generate_name(taken)
+    async def _take_name(self, wanted: str) -> str:
+        """The container's name: `wanted`, or a generated one; reserved until released."""
+        infos = await self.runtime.list(all=True)
+        taken = {info.name for info in infos} | self._creating
+        name = wanted or generate_name(taken)
         if name in taken:
-            holder = next((i.id for i in await self.runtime.list(all=True) if i.name == name), "")
+            holder = next((i.id for i in infos if i.name == name), "")
             raise AlreadyExists(f"container name {name!r} is already in use by container "
                                 f"{holder[:12] or 'being created'}")  # fmt: skip
-        ports = ports_of(request)
-        if network == "bridge":
-            await self._check_bridge(ports)
         self._creating.add(name)
+        return name
+
+    def _mounts(self, spec: ContainerSpec, made: builtins.list[str]) -> builtins.list[VolumeMount]:
+        """The spec's mounts with named volumes' directories (blocking: run in a thread)."""
+        volumes = [replace(v, host=self._volume_dir(v.volume, made))
+                   if v.volume and self.volumes is not None else v
+                   for v in spec.volumes]  # fmt: skip
+        return resolve_binds(volumes, self._own_dirs)
+
+    async def create(self, request: ContainerRequest) -> ContainerView:
+        """Create a container from a local image (nothing runs yet)."""
+        image = await self._image(request.image, request.spec.image)
+        if request.spec.network == "bridge":
+            await self._check_bridge(request.spec.ports)
+        name = await self._take_name(request.spec.name)
         made: builtins.list[str] = []  # volumes this create made: gone again if it fails
         try:
-            volumes = await asyncio.to_thread(volumes_of, request,
-                                              lambda v: self._volume_dir(v, made))  # fmt: skip
-            volumes = await asyncio.to_thread(resolve_binds, volumes, self._own_dirs)
-            normalized = CreateContainerRequest()
-            normalized.CopyFrom(request)
-            normalized.name = name
-            normalized.restart_policy.name = policy.name.value
-            normalized.restart_policy.max_retries = policy.max_retries
-            normalized.network = network
-            del normalized.ports[:]
-            normalized.ports.extend(
-                PortMappingMessage(host_ip=p.host_ip, host_port=p.host_port,
-                                   container_port=p.container_port, protocol=p.protocol)
-                for p in ports
-            )  # fmt: skip
-            config = ContainerConfig(
-                id=secrets.token_hex(32),
-                name=name,
-                image=request.image,
-                lower_dirs=self.images.lower_dirs(image),
-                image_config=self.images.config(image).to_oci(),
-                command=list(request.command) or None,
-                entrypoint=[] if request.clear_entrypoint else list(request.entrypoint) or None,
-                env=list(request.env),
-                workdir=request.workdir or None,
-                user=request.user or None,
-                memory_bytes=request.memory_bytes,
-                nano_cpus=request.nano_cpus,
-                pids_limit=max(0, request.pids_limit),
-                read_only=request.read_only,
-                volumes=volumes,
-                tmpfs=tmpfs_of(request),
-                network=network,
-                ports=ports,
-                labels=dict(request.labels),
-                restart_policy=policy,
-                cap_add=list(request.cap_add),
-                cap_drop=list(request.cap_drop),
-                hostname=request.hostname or None,
-                seccomp="unconfined" if request.seccomp == "unconfined" else "default",
-                privileged=request.privileged,
-            )
-            _check_command(config)
-            meta = ContainerMeta(config.id, image.digest, normalized)
-            self._hold_image(meta, config)
-            try:
-                await asyncio.to_thread(self._metas.save, meta)
-                self._meta[config.id] = meta
-                info = await self.runtime.create(config)
-            except BaseException:
-                meta.lease.close()
-                self._meta.pop(config.id, None)
-                await asyncio.to_thread(self._metas.delete, config.id)
-                raise
+            spec = replace(request.spec, id=secrets.token_hex(32), name=name,
+                           image=image.runtime_ref or request.spec.image,
+                           lower_dirs=image.lower_dirs, image_config=image.config or {},
+                           volumes=await asyncio.to_thread(self._mounts, request.spec, made))
+            if image.config is not None:  # else only the backend knows the image's command
+                _check_command(spec)
+            meta = ContainerMeta(spec.id, image.digest, request.auto_remove)
+            info = await self._create(spec, meta)
             made.clear()  # created: its volumes stay
         except NameConflict as exc:
             raise AlreadyExists(str(exc)) from exc
         except PortInUse as exc:  # taken since _check_bridge looked
             raise await self._port_in_use(exc) from exc
-        except InvalidConfig as exc:  # past check_create, only the image's files can refuse
-            raise InvalidArgument("user" if request.user else "image", str(exc)) from exc
+        except InvalidConfig as exc:  # past check_spec, only the image's files can refuse
+            raise InvalidArgument("user" if request.spec.user else "image", str(exc)) from exc
         finally:
             self._creating.discard(name)
             await self._drop_volumes(made)
         return ContainerView(info, meta)
 
-    async def _check_bridge(self, ports: builtins.list[PortMapping]) -> None:
+    async def _create(self, spec: ContainerSpec, meta: ContainerMeta) -> ContainerInfo:
+        """Record, attach the network, have the runtime create; all undone on failure."""
+        self._hold_image(meta, spec)
+        attached = False
+        try:
+            await asyncio.to_thread(self._metas.save, meta)
+            self._meta[spec.id] = meta
+            if spec.network == "bridge":
+                assert self.network is not None  # _check_bridge refused it otherwise
+                attached = True
+                endpoint = await self.network.attach(spec.id, spec.ports)  # ports first
+                spec = replace(spec, endpoint=endpoint)
+            info = await self.runtime.create(spec)
+            if info.id != spec.id:  # the backend names its containers itself (docker)
+                await self._rekey(meta, info.id)
+            return self._networked(info)
+        except BaseException:
+            meta.lease.close()
+            self._meta.pop(spec.id, None)
+            await asyncio.to_thread(self._metas.delete, spec.id)
+            if attached and self.network is not None:
+                await asyncio.shield(self.network.detach(spec.id))
+            raise
+
+    async def _rekey(self, meta: ContainerMeta, container_id: str) -> None:
+        old = meta.id
+        meta.id = container_id
+        self._meta[container_id] = self._meta.pop(old)
+        await asyncio.to_thread(self._metas.save, meta)
+        await asyncio.to_thread(self._metas.delete, old)
+
+    async def _check_bridge(self, ports: Sequence[PortMapping]) -> None:
         """The agent has a bridge and every host port can be published now."""
-        network = self.runtime.network
+        network = self.network
         if network is None:
             raise FailedPrecondition("this agent has no bridge network")
         try:
@@ -366,17 +383,14 @@ class ContainerManager:
         """Start a created or exited container; resets its restart policy's count."""
         info = await self._resolve(ref)
         meta = self._meta.get(info.id)
-        old = self._supervisors.pop(info.id, None)
-        if old is not None:
-            old.cancel()
-            await asyncio.gather(old, return_exceptions=True)
+        await self._supervisor.forget(info.id)
         if meta is not None and meta.manually_stopped:
             meta.manually_stopped = False
             await asyncio.to_thread(self._metas.save, meta)
         try:
             await self.runtime.start(info.id)
         finally:
-            self._supervise(info.id)  # applies --rm and the restart policy on exit
+            self._supervisor.watch(info.id)  # applies --rm and the restart policy on exit
         return await self.inspect(info.id)
 
     async def _mark_stopped(self, container_id: str) -> None:
@@ -449,11 +463,10 @@ class ContainerManager:
         return info.id
 
     async def _remove(self, container_id: str, force: bool) -> None:
-        task = self._supervisors.pop(container_id, None)
-        if task is not None and task is not asyncio.current_task():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        await self._supervisor.forget(container_id)
         await self.runtime.remove(container_id, force=force)
+        if self.network is not None:  # its address, rules, ports and namespace
+            await asyncio.shield(self.network.detach(container_id))
         meta = self._meta.pop(container_id, None)
         if meta is not None:
             meta.lease.close()
@@ -470,60 +483,7 @@ class ContainerManager:
         while len(self._removed) > _RECENT_EXITS:
             self._removed.popitem(last=False)
         await self._remove(container_id, force=True)
-        log.info("container auto-removed", container_id=container_id)
-
-    # ----------------------------------------------------------------- supervisor
-
-    def _supervise(self, container_id: str) -> None:
-        if container_id in self._supervisors:
-            return
-        task = asyncio.create_task(self._supervisor(container_id),
-                                   name=f"supervise-{container_id[:12]}")  # fmt: skip
-        self._supervisors[container_id] = task
-
-        def done(t: asyncio.Task[None]) -> None:
-            if self._supervisors.get(container_id) is t:
-                del self._supervisors[container_id]
-            if not t.cancelled() and t.exception() is not None:
-                log.error("container supervisor failed", container_id=container_id,
-                          error=repr(t.exception()))  # fmt: skip
-
-        task.add_done_callback(done)
-
-    async def _supervisor(self, container_id: str) -> None:
-        """Apply `--rm` and the restart policy each time the container exits."""
-        backoff = Backoff()
-        restarts = 0
-        while True:
-            try:
-                exit_info = await self.runtime.wait(container_id)
-                info = await self.runtime.inspect(container_id)
-            except ContainerNotFound:
-                return
-            meta = self._meta.get(container_id)
-            if meta is None:
-                return
-            if meta.auto_remove:
-                await asyncio.shield(self._auto_remove(container_id))
-                return
-            state = info.state
-            ran = 0.0
-            if state.started_at and state.finished_at:
-                ran = (state.finished_at - state.started_at).total_seconds()
-            delay = backoff.next(ran)
-            policy = info.config.restart_policy
-            if not should_restart(policy, exit_info.exit_code, meta.manually_stopped, restarts):
-                return
-            restarts += 1
-            log.info("restarting container", container_id=container_id, policy=policy.name,
-                     exit_code=exit_info.exit_code, delay=delay, restarts=restarts)  # fmt: skip
-            await asyncio.sleep(delay)
-            if meta.manually_stopped or container_id not in self._meta:
-                return
-            try:
-                await asyncio.shield(self.runtime.start(container_id))
-            except ContainerRuntimeError as exc:
-                log.warning("restart failed", container_id=container_id, error=str(exc))
+        log.info("container.auto_removed", container_id=container_id)
 
     # -------------------------------------------------------------- observability
 
@@ -566,7 +526,7 @@ class ContainerManager:
 
     # --------------------------------------------------------------------- images
 
-    async def users_of(self, image: Image) -> builtins.list[ContainerView]:
+    async def users_of(self, image: ResolvedImage) -> builtins.list[ContainerView]:
         """Containers created from `image`."""
         return [self._view(info) for info in await self.runtime.list(all=True)
                 if (meta := self._meta.get(info.id)) is not None
@@ -577,7 +537,7 @@ class ContainerManager:
         if not text:
             raise InvalidArgument("image", "an image reference or ID is required")
         try:
-            image = self.images.resolve(text)
+            image = await self.images.resolve(text)
         except ImageNotFound:
             raise NotFound(f"image {text} not found on this node") from None
         except ValueError:
@@ -598,10 +558,10 @@ class ContainerManager:
         return await self.images.remove(text, force=force)
 
 
-def _check_command(config: ContainerConfig) -> None:
+def _check_command(spec: ContainerSpec) -> None:
     """A container needs something to run: the request's or the image's command."""
     try:
-        process_args(config)
+        process_args(spec)
     except InvalidConfig:
-        raise InvalidArgument("command", f"no command given and image {config.image!r} has "
+        raise InvalidArgument("command", f"no command given and image {spec.image!r} has "
                                          "none") from None  # fmt: skip

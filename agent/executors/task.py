@@ -1,0 +1,192 @@
+"""`TaskExecutor`: the worker's `Executor` as a thin adapter over the `ContainerService`.
+
+One adapter for every backend whose runtime sits behind the container service (runc,
+hollow): a task becomes a typed `ContainerRequest` straight from its spec, checked once
+by the service's `check_spec`. Containers are found again by name (derived from the task)
+and by the `dockyard.task.id` label, so an agent restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from dockyard.agent.containers.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    ImageMissing,
+    NotFound,
+)
+from dockyard.agent.containers.request import ContainerRequest, check_spec, parse_image_ref
+from dockyard.agent.containers.service import ContainerService
+from dockyard.agent.executor import (
+    LABEL_TASK_ID,
+    ExecutorError,
+    Progress,
+    container_name,
+    task_labels,
+)
+from dockyard.agent.runtime.base import (
+    ContainerRuntimeError,
+    ContainerSpec,
+    ContainerStatus,
+    ExitInfo,
+    NetworkMode,
+    PortMapping,
+    TmpfsMount,
+    VolumeMount,
+)
+from dockyard.agent.secret_files import SecretFileError, SecretFiles, SecretMount
+from dockyard.v1.workloads_pb2 import Task
+
+__all__ = ["TaskExecutor", "task_request"]
+
+log = structlog.get_logger(__name__)
+
+_MAX_OUTPUT = 4096
+
+
+def _network(task: Task, published: bool) -> NetworkMode:
+    network = task.spec.container.network
+    if network == "host":
+        return "host"
+    return "bridge" if network == "bridge" or published else "none"
+
+
+def _mounts(task: Task, secrets: Sequence[SecretMount]) -> list[VolumeMount]:
+    mounts = [VolumeMount(Path("/") if m.type == "volume" else Path(m.source), m.target,
+                          m.read_only, m.source if m.type == "volume" else "")
+              for m in task.spec.container.mounts if m.type in ("bind", "volume")]  # fmt: skip
+    return mounts + [VolumeMount(Path(s.host_path), s.container_path, True) for s in secrets]
+
+
+def task_request(task: Task, secrets: Sequence[SecretMount] = ()) -> ContainerRequest:
+    """The container the task runs: its spec, its name and labels, restart policy `no`.
+
+    The controller's restart policy replaces failed tasks, so a container is never
+    restarted by the node. The task's published ports (swarm's `mode=host` publishing:
+    on the node that runs it) go on the agent's bridge: `published_port` on the node to
+    `target_port` in the container, 0 for a port the agent picks. `secrets` are the
+    task's secret files (`dockyard.agent.secret_files`), bind-mounted read-only.
+
+    Raises:
+        InvalidArgument: naming the first bad field.
+    """
+    container, limits = task.spec.container, task.spec.resources.limits
+    ports = [PortMapping(p.target_port, (p.protocol or "tcp").lower(), p.published_port)
+             for p in task.spec.ports]  # fmt: skip
+    spec = ContainerSpec(
+        id="", name=container_name(task), image=container.image, lower_dirs=(),
+        command=list(container.command) or None, entrypoint=list(container.entrypoint) or None,
+        env=list(container.env), workdir=container.workdir or None,
+        user=container.user or None, memory_bytes=limits.memory_bytes,
+        nano_cpus=limits.nano_cpus, pids_limit=max(0, task.spec.resources.pids_limit),
+        read_only=container.read_only, volumes=_mounts(task, secrets),
+        tmpfs=[TmpfsMount(m.target, m.tmpfs_size_bytes)
+               for m in container.mounts if m.type == "tmpfs"],
+        network=_network(task, bool(ports)), ports=ports, labels=task_labels(task),
+        cap_add=list(container.cap_add), cap_drop=list(container.cap_drop),
+        hostname=container.hostname or None,
+        privileged=container.privileged,  # the controller checked the cluster's policy
+    )  # fmt: skip
+    check_spec(spec)
+    return ContainerRequest(spec, parse_image_ref("image", container.image))
+
+
+class TaskExecutor:
+    """Implements `dockyard.agent.executor.Executor` over a `ContainerService`."""
+
+    def __init__(self, service: ContainerService, secrets: SecretFiles | None = None) -> None:
+        self.service = service
+        self.secrets = secrets
+        self.image_sources: dict[str, tuple[str, ...]] = {}
+        """Per image, the agents of other nodes that run it (from the assignment set):
+        a pull fetches the layers from them first."""
+
+    async def prepare(self, task: Task, progress: Progress) -> None:
+        name = container_name(task)
+        with contextlib.suppress(NotFound):
+            view = await self.service.inspect(name)
+            if view.info.labels.get(LABEL_TASK_ID) == task.id:
+                return  # made before a restart
+            raise ExecutorError(f"container name {name} is taken by another container")
+        image = task.spec.container.image
+        if not image:
+            raise ExecutorError("task spec has no image")
+        try:
+            mounts = self.secrets.write(task) if self.secrets is not None else []
+        except (SecretFileError, OSError) as exc:
+            raise ExecutorError(f"secrets: {exc}") from exc
+        request = task_request(task, mounts)
+        try:
+            await self._create(request, progress)
+        except AlreadyExists:
+            view = await self.service.inspect(name)
+            if view.info.labels.get(LABEL_TASK_ID) != task.id:
+                raise
+
+    async def _create(self, request: ContainerRequest, progress: Progress) -> None:
+        """Create the container; pull its image first when the node lacks it."""
+        try:
+            await self.service.create(request)
+            return
+        except ImageMissing:
+            pass
+        text = request.spec.image
+        progress(f"pulling {text}")
+        await self.service.images.pull(request.image, self.image_sources.get(text, ()))
+        progress(f"pulled {text}")
+        await self.service.create(request)
+
+    async def close(self) -> None:
+        """Close the service (its containers keep running)."""
+        await self.service.close()
+
+    async def start(self, task: Task) -> str:
+        view = await self.service.inspect(container_name(task))
+        if view.info.state.status is ContainerStatus.CREATED:
+            await self.service.start_container(view.info.id)
+        return view.info.id
+
+    async def wait(self, container_id: str) -> ExitInfo:
+        return await self.service.wait(container_id)
+
+    async def stop(self, container_id: str, grace: float) -> None:
+        with contextlib.suppress(NotFound, FailedPrecondition):
+            await self.service.stop(container_id, max(0.0, grace))
+
+    async def remove(self, container_id: str) -> None:
+        with contextlib.suppress(NotFound):
+            await self.service.remove(container_id, force=True)
+
+    async def exec(self, container_id: str, cmd: Sequence[str], timeout: float) -> tuple[int, str]:
+        try:
+            session = await self.service.exec(container_id, list(cmd))
+        except (FailedPrecondition, NotFound, ContainerRuntimeError) as exc:
+            raise ExecutorError(str(exc)) from exc
+        try:
+            result = await asyncio.wait_for(session.collect(), timeout)
+        except TimeoutError:
+            await session.kill()
+            raise
+        output = (result.stdout + result.stderr).decode(errors="replace")
+        return result.exit_code, output[-_MAX_OUTPUT:]
+
+    async def address(self, container_id: str) -> str:
+        with contextlib.suppress(NotFound):
+            network = (await self.service.inspect(container_id)).info.network
+            if network is not None and network.mode == "bridge":
+                return network.ip_address
+        return ""
+
+    async def task_containers(self) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for view in await self.service.list(all=True):
+            task_id = view.info.labels.get(LABEL_TASK_ID)
+            if task_id:
+                found[task_id] = view.info.id
+        return found

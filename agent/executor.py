@@ -2,8 +2,9 @@
 
 Swarmkit's `Executor`/`Controller` idea, cut to what the worker needs. The task executor
 (`dockyard.agent.executors.task`, over the container service, for every runtime) turns a
-task into a container and reports how it ended; the worker (`dockyard.agent.worker`) owns
-the task's state machine and never talks to a runtime directly.
+task into a container and reports how it ended; each task's controller
+(`dockyard.agent.tasks.controller`, run by the worker) owns the task's states and never
+talks to a runtime directly.
 
 Every call is idempotent per task, so a worker that restarts in the middle of a step can
 repeat it: `prepare` of a task whose container exists does nothing, `start` of a running

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from dockyard.common.privilege import ALL_CAPABILITIES, normalize_capability
+from dockyard.common.privilege import parse_capability
 from dockyard.common.reference import InvalidReference, parse_reference
 from dockyard.common.validation import (
     MAX_MOUNTS,
@@ -96,9 +96,10 @@ def _check_task(task: TaskSpec) -> None:
             raise ValidationError(f"spec.task.container.{name}", f"at most {MAX_CAPS} entries")
         for index, cap in enumerate(caps):
             _check_string(f"spec.task.container.{name}", cap)
-            if normalize_capability(cap) not in ("CAP_ALL", *ALL_CAPABILITIES):
-                raise ValidationError(f"spec.task.container.{name}[{index}]",
-                                      f"unknown capability {cap[:40]!r}")  # fmt: skip
+            try:
+                parse_capability(cap)
+            except ValueError as exc:
+                raise ValidationError(f"spec.task.container.{name}[{index}]", str(exc)) from None
     if container.network not in ("", "none", "host", "bridge"):
         raise ValidationError("spec.task.container.network", "must be none, host or bridge")
     _check_mounts(list(container.mounts))

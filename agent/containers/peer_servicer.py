@@ -56,7 +56,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                 yield pb.BlobChunk(size=0)
         finally:
             blob.close()
-        log.debug("peer blob served", digest=request.digest, size=sent,
+        log.debug("peer.blob_served", digest=request.digest, size=sent,
                   peer=context.peer())  # fmt: skip
 
 

@@ -76,7 +76,7 @@ async def abort_with(context: Context, exc: Exception) -> NoReturn:
     """Abort the call with the status of `exc` (INTERNAL, logged, for unknown errors)."""
     mapped = status_of(exc)
     if mapped is None:
-        log.exception("API call failed", error=repr(exc))
+        log.exception("api.call_failed", error=repr(exc))
         mapped = (grpc.StatusCode.INTERNAL, f"internal error: {exc!r}")
     code, message = mapped
     if len(message) > MAX_DETAILS:

@@ -84,7 +84,7 @@ async def load(store: ImageStore, tar_path: Path, platform: Platform | None = No
     with store.lease() as lease:
         loaded = await asyncio.to_thread(_read_archive, store, tar_path, wanted, lease.digests)
         images = [await store.commit(item.manifest, item.refs, item.extra) for item in loaded]
-    log.info("images loaded", path=str(tar_path), count=len(images))
+    log.info("image.loaded", path=str(tar_path), count=len(images))
     return images
 
 
@@ -269,7 +269,7 @@ def _annotated_ref(annotations: dict[str, str]) -> Reference | None:
         try:
             return parse_reference(name)
         except InvalidReference:
-            log.warning("ignoring unparseable image name in archive", name=name)
+            log.warning("archive.bad_image_name", name=name)
     return None
 
 
@@ -294,7 +294,7 @@ async def save(store: ImageStore, refs: Sequence[str], tar_path: Path) -> None:
         if ref is not None and ref.tag and str(ref) in image.references:
             names.append(ref)
     await asyncio.to_thread(_write_archive, store, list(images.values()), named, tar_path)
-    log.info("images saved", path=str(tar_path), count=len(images))
+    log.info("image.saved", path=str(tar_path), count=len(images))
 
 
 def _write_archive(store: ImageStore, images: list[Image], named: dict[str, list[Reference]],

@@ -264,4 +264,4 @@ class BlobWriter:
         except BaseException:
             sink.discard()
             raise
-        log.debug("blob stored", digest=self.digest, size=sink.written)
+        log.debug("blob.stored", digest=self.digest, size=sink.written)

@@ -198,7 +198,7 @@ async def build_image(store: ImageStore, layers: Sequence[Sequence[Entry]], ref:
             built.append(layer)
         digest = await asyncio.to_thread(write_image, store.blobs, built, spec, lease.digests)
         image = await store.commit(digest, [ref])
-    log.info("image built", ref=str(ref), digest=image.digest, layers=len(built))
+    log.info("image.built", ref=str(ref), digest=image.digest, layers=len(built))
     return image
 
 

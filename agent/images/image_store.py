@@ -204,7 +204,7 @@ class ImageStore:
         except BaseException:
             _remove_path(tmp)
             raise
-        log.debug("layer unpacked", layer=layer.digest, snapshot=str(target))
+        log.debug("layer.unpacked", layer=layer.digest, snapshot=str(target))
 
     def snapshot_refcounts(self) -> Counter[str]:
         """How many images use each snapshot (keyed by diff id)."""
@@ -243,7 +243,7 @@ class ImageStore:
             for ref in refs:
                 self._refs[str(ref)] = image.digest
             await self._save_refs()
-        log.info("image stored", digest=image.digest, refs=[str(r) for r in refs])
+        log.info("image.stored", digest=image.digest, refs=[str(r) for r in refs])
         return self.get(image.digest)
 
     async def tag(self, image: Image, ref: Reference) -> None:
@@ -319,7 +319,7 @@ class ImageStore:
                     continue
                 await asyncio.to_thread(_remove_path, path)
                 result.snapshots.append(diff_id)
-        log.info("image gc", blobs=len(result.blobs), snapshots=len(result.snapshots))
+        log.info("image.gc", blobs=len(result.blobs), snapshots=len(result.snapshots))
         return result
 
 

@@ -112,14 +112,14 @@ class PeerSources:
                 got = await self.fetcher.fetch_from(address, digest, blobs, on_bytes,
                                                     size=size, limit=limit)  # fmt: skip
             except grpc.aio.AioRpcError as exc:
-                log.info("peer blob fetch failed", peer=address, digest=digest,
+                log.info("peer.blob_fetch_failed", peer=address, digest=digest,
                          code=exc.code().name, error=exc.details())  # fmt: skip
                 continue
             except (TimeoutError, ImageError) as exc:
-                log.info("peer blob fetch failed", peer=address, digest=digest,
+                log.info("peer.blob_fetch_failed", peer=address, digest=digest,
                          error=str(exc) or "timed out")  # fmt: skip
                 continue
-            log.info("blob fetched from peer", peer=address, digest=digest, size=got,
+            log.info("blob.fetched_from_peer", peer=address, digest=digest, size=got,
                      seconds=round(time.monotonic() - started, 3))  # fmt: skip
             return address
         return ""

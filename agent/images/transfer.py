@@ -151,7 +151,7 @@ async def _pull(client: RegistryClient, store: ImageStore, ref: Reference,
         # Also `name@digest` (Docker's RepoDigests), so a spec pinned to the digest
         # finds the image that was pulled by its tag.
         image = await store.commit(digest, dict.fromkeys([ref, repo_digest]), extra)
-    log.info("image pulled", ref=str(ref), digest=digest, endpoint=ep.host if ep else "peers")
+    log.info("image.pulled", ref=str(ref), digest=digest, endpoint=ep.host if ep else "peers")
     return image
 
 
@@ -182,7 +182,7 @@ async def _resolve(client: RegistryClient, store: ImageStore, lease: Lease, ref:
         body = await _from_peers(store, lease, peers, ref.digest)
         if body is None:
             raise
-        log.warning("manifest from a peer: the registry failed", ref=str(ref), error=str(exc))
+        log.warning("image.manifest_from_peer", ref=str(ref), error=str(exc))
         return None, body, "", ref.digest
 
 
@@ -292,5 +292,5 @@ async def push_image(client: RegistryClient, store: ImageStore, image: Image, re
     await run_all([one(digest, size) for digest, size in dict(blobs).items()])
     body = await store.blobs.read(image.digest)
     digest = await client.put_manifest(ep, ref, ref.tag or image.digest, body, image.media_type)
-    log.info("image pushed", ref=str(ref), digest=digest)
+    log.info("image.pushed", ref=str(ref), digest=digest)
     return digest

@@ -166,14 +166,14 @@ class BridgeNetwork:
                 await asyncio.to_thread(self._remember_subnet, subnet)
                 return True
             if self.subnet_claim()[1]:
-                log.warning("bridge subnet kept: it is fixed", subnet=self.config.subnet,
+                log.warning("bridge.subnet_fixed", subnet=self.config.subnet,
                             assigned=subnet, containers=len(self._attachments))  # fmt: skip
                 return False
             await self._remove_idle_bridge()
             self.config = replace(self.config, subnet=subnet)
             self._mtu = None  # check the new subnet against the host's routes again
             await asyncio.to_thread(self._remember_subnet, subnet)
-        log.info("bridge subnet assigned by the controller", bridge=self.config.bridge,
+        log.info("bridge.subnet_assigned", bridge=self.config.bridge,
                  subnet=subnet)  # fmt: skip
         return True
 
@@ -263,7 +263,7 @@ class BridgeNetwork:
         except BaseException:
             await asyncio.shield(self.detach(container_id))
             raise
-        log.info("container attached to the bridge", container_id=container_id,
+        log.info("network.attached", container_id=container_id,
                  ip=attachment.ip_address, bridge=attachment.bridge,
                  ports=[p.to_dict() for p in attachment.ports])  # fmt: skip
         return attachment
@@ -300,18 +300,18 @@ class BridgeNetwork:
         try:
             await delete_netns(attachment.netns)
         except NetworkError as exc:
-            log.warning("cannot delete network namespace", container_id=cid, error=str(exc))
+            log.warning("network.netns_delete_failed", container_id=cid, error=str(exc))
         self._ports.release(cid)
         self._attachments.pop(cid, None)
         if failures and attachment.result is not None:
             attachment.state = STALE
             await asyncio.to_thread(self._store.save, attachment)
-            log.error("network of a removed container not fully released; retried at the "
-                      "next agent start", container_id=cid,
+            log.error("network.release_incomplete", container_id=cid,
+                      retried="at the next agent start",
                       errors=[str(f) for f in failures])  # fmt: skip
         else:
             await asyncio.to_thread(self._store.delete, cid)
-            log.info("container detached from the bridge", container_id=cid)
+            log.info("network.detached", container_id=cid)
 
     async def recover(self, keep: Mapping[str, Sequence[PortMapping]]) -> set[str]:
         """Find the attachments again after an agent start.
@@ -333,7 +333,7 @@ class BridgeNetwork:
             self._claim()
         for cid, attachment in records.items():
             if cid not in keep or attachment.state != ATTACHED:
-                log.info("releasing the network of a container that is gone",
+                log.info("network.release_gone_container",
                          container_id=cid, state=attachment.state)  # fmt: skip
                 self._attachments[cid] = attachment
                 await self._release(attachment)
@@ -351,13 +351,13 @@ class BridgeNetwork:
                     await self.attach(cid, ports)
                     changed.add(cid)
                 except ContainerRuntimeError as exc:
-                    log.error("cannot attach a recovered container to the bridge",
+                    log.error("network.recover_attach_failed",
                               container_id=cid, error=str(exc))  # fmt: skip
         return changed
 
     async def _reattach(self, attachment: Attachment) -> None:
         cid = attachment.container_id
-        log.info("network namespace is gone; setting it up again", container_id=cid,
+        log.info("network.netns_recreated", container_id=cid,
                  ip=attachment.ip_address)  # fmt: skip
         target = CniTarget(cid, attachment.netns_path, attachment.ifname)
         async with self._cni_lock:
@@ -366,14 +366,14 @@ class BridgeNetwork:
         try:
             await self._setup(attachment, ip=attachment.ip_address)
         except CniError as exc:
-            log.warning("cannot get the old address back", container_id=cid, error=str(exc))
+            log.warning("network.address_lost", container_id=cid, error=str(exc))
             async with self._cni_lock:
                 await self.runner.del_list(attachment.conflist, target,
                                            attachment.runtime_config(), None)  # fmt: skip
             try:
                 await self._setup(attachment)
             except ContainerRuntimeError as again:
-                log.error("cannot set the container's network up again", container_id=cid,
+                log.error("network.restore_failed", container_id=cid,
                           error=str(again))  # fmt: skip
 
     async def close(self) -> None:

@@ -63,7 +63,7 @@ class ClusterNetwork:
             await self._serve_dns()
             self.dns.set_records({s.name: list(s.addresses) for s in network_map.services})
         except (NetworkError, ValueError, TimeoutError) as exc:
-            log.error("cluster network: subnet or DNS not applied", error=str(exc))
+            log.error("cluster_network.apply_failed", error=str(exc))
         self._latest = network_map
         self._wakeup.set()
 
@@ -94,7 +94,7 @@ class ClusterNetwork:
             try:
                 await self.apply(network_map)
             except (NetworkError, ValueError, TimeoutError) as exc:
-                log.error("cluster network not applied; retrying", error=str(exc))
+                log.error("cluster_network.retrying", error=str(exc))
                 await asyncio.sleep(RETRY_SECONDS)
                 self._wakeup.set()
 
@@ -103,11 +103,11 @@ class ClusterNetwork:
         peers = [PeerRoute(node_id=p.node_id, subnet=p.subnet, via=p.address)
                  for p in network_map.peers]  # fmt: skip
         if not self.route_peers:
-            log.info("cluster network applied", subnet=self.bridge.config.subnet,
+            log.info("cluster_network.applied", subnet=self.bridge.config.subnet,
                      peers=len(peers), routed=[], peer_routes="off",
                      services=len(network_map.services))  # fmt: skip
             return
         routed = await self.routes.sync(self.bridge.config.subnet, peers)
-        log.info("cluster network applied", subnet=self.bridge.config.subnet,
+        log.info("cluster_network.applied", subnet=self.bridge.config.subnet,
                  peers=len(peers), routed=[r.subnet for r in routed],
                  services=len(network_map.services))  # fmt: skip

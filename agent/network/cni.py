@@ -189,7 +189,7 @@ class CniRunner:
             try:
                 await self.exec("DEL", config, target)
             except CniError as exc:
-                log.warning("CNI DEL failed", container_id=target.container_id,
+                log.warning("cni.del_failed", container_id=target.container_id,
                             plugin=exc.plugin, error=str(exc))  # fmt: skip
                 failures.append(exc)
         return failures

@@ -91,7 +91,7 @@ def read_resolv_conf(path: Path | None = None) -> list[tuple[str, int]]:
     try:
         text = (path or RESOLV_CONF).read_text(errors="replace")
     except OSError as exc:
-        log.warning("cannot read the host's resolvers", path=str(path or RESOLV_CONF),
+        log.warning("dns.resolvers_unreadable", path=str(path or RESOLV_CONF),
                     error=str(exc))  # fmt: skip
         return []
     found: list[tuple[str, int]] = []
@@ -149,7 +149,7 @@ class _UdpProtocol(asyncio.DatagramProtocol):
         self._server._on_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
-        log.debug("dns udp socket error", error=str(exc))
+        log.debug("dns.udp_error", error=str(exc))
 
 
 class ServiceDNS:
@@ -217,7 +217,7 @@ class ServiceDNS:
             with contextlib.suppress(dns.name.NameTooLong):
                 services.setdefault(_TASKS.concatenate(key), service)
         self._records = services
-        log.debug("dns records set", services=len(records))
+        log.debug("dns.records_set", services=len(records))
 
     def _lookup(self, name: dns.name.Name) -> _Service | None:
         return self._records.get(name)
@@ -263,7 +263,7 @@ class ServiceDNS:
         self._port = int(udp_sock.getsockname()[1])
         # Never forward to ourselves (the host's resolv.conf naming this address).
         self._upstreams = tuple(u for u in self._upstreams if u != (address, self._port))
-        log.info("service dns started", address=address, port=self._port,
+        log.info("dns.started", address=address, port=self._port,
                  upstreams=[f"{ip}:{p}" for ip, p in self._upstreams])  # fmt: skip
 
     async def stop(self) -> None:
@@ -282,7 +282,7 @@ class ServiceDNS:
         await asyncio.gather(*pending, return_exceptions=True)
         if tcp is not None:
             await tcp.wait_closed()
-        log.info("service dns stopped", address=self._address, port=self._port)
+        log.info("dns.stopped", address=self._address, port=self._port)
 
     # ------------------------------------------------------------------ serving
 
@@ -290,7 +290,7 @@ class ServiceDNS:
         if self._loop is None or self._udp is None:
             return
         if len(self._queries) >= MAX_IN_FLIGHT:
-            log.debug("dns query dropped: too many in flight", client=str(addr[0]))
+            log.debug("dns.query_dropped", client=str(addr[0]))
             return
         task = self._loop.create_task(self._serve_udp(data, addr))
         self._queries.add(task)
@@ -309,7 +309,7 @@ class ServiceDNS:
         task = asyncio.current_task()
         try:
             if task is None or len(self._clients) >= MAX_TCP_CLIENTS:
-                log.debug("dns tcp connection refused: too many clients")
+                log.debug("dns.tcp_refused")
                 return
             self._clients.add(task)
             while await self._serve_one_tcp(reader, writer):
@@ -351,7 +351,7 @@ class ServiceDNS:
             limit = 65535 if tcp else _udp_limit(query)
             return _render(response, limit)
         except Exception:  # a bug must not kill the server; the client times out
-            log.warning("dns query failed", exc_info=True)
+            log.warning("dns.query_failed", exc_info=True)
             return None
 
     async def _respond(self, query: dns.message.Message,
@@ -386,7 +386,7 @@ class ServiceDNS:
             try:
                 reply = await self._ask(query, ip, port, tcp)
             except _FORWARD_ERRORS as exc:
-                log.debug("dns upstream failed", upstream=f"{ip}:{port}",
+                log.debug("dns.upstream_failed", upstream=f"{ip}:{port}",
                           error=str(exc) or type(exc).__name__)  # fmt: skip
                 continue
             reply.id = query.id
@@ -417,11 +417,11 @@ def _parse(data: bytes) -> dns.message.Message | None:
     try:
         message = dns.message.from_wire(data)
     except Exception as exc:  # untrusted bytes: whatever the parser raises
-        log.debug("dns packet dropped: malformed", size=len(data),
+        log.debug("dns.packet_malformed", size=len(data),
                   error=str(exc) or type(exc).__name__)  # fmt: skip
         return None
     if message.flags & dns.flags.QR:
-        log.debug("dns packet dropped: a response, not a query", size=len(data))
+        log.debug("dns.packet_not_query", size=len(data))
         return None
     return message
 

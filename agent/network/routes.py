@@ -414,18 +414,18 @@ class PeerRoutes:
                     continue
                 routed.append((peer, subnet))
                 if before.get(subnet) != str(via):
-                    log.info("peer route set", node_id=peer.node_id, subnet=str(subnet),
+                    log.info("peer.route_set", node_id=peer.node_id, subnet=str(subnet),
                              via=str(via), previous_via=before.get(subnet, ""))  # fmt: skip
             keep = {subnet for _, subnet in routed}
             for route in routes:
                 if route.proto == ROUTE_PROTO and route.dst not in keep:
                     await _delete_route(route)
-                    log.info("peer route removed", subnet=str(route.dst))
+                    log.info("peer.route_removed", subnet=str(route.dst))
             if routed:
                 wanted = _wanted_rules(local, [subnet for _, subnet in routed])
                 for table, rules in wanted.items():
                     if await _write_table(table, rules):
-                        log.info("peer rules written", table=table, chain=CHAIN,
+                        log.info("peer.rules_written", table=table, chain=CHAIN,
                                  peers=len(routed))  # fmt: skip
             else:
                 await self._remove_rules()
@@ -444,7 +444,7 @@ class PeerRoutes:
             for route in await _main_routes():
                 if route.proto == ROUTE_PROTO:
                     await _delete_route(route)
-                    log.info("peer route removed", subnet=str(route.dst))
+                    log.info("peer.route_removed", subnet=str(route.dst))
             await self._remove_rules()
             self._reported.clear()
 
@@ -454,7 +454,7 @@ class PeerRoutes:
     async def _remove_rules() -> None:
         for table in _JUMPS:
             if await _remove_table(table):
-                log.info("peer rules removed", table=table, chain=CHAIN)
+                log.info("peer.rules_removed", table=table, chain=CHAIN)
 
     def _choose(
         self, local: ipaddress.IPv4Network, peers: Sequence[PeerRoute],

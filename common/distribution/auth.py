@@ -143,5 +143,5 @@ async def token_for(session: aiohttp.ClientSession, challenge: Challenge, scope:
     token = body.get("token") or body.get("access_token")
     if not token or not isinstance(token, str):
         raise RegistryAuthError(f"token server {realm} for registry {host} sent no token")
-    log.debug("registry token obtained", registry=host, scope=scope)
+    log.debug("registry.token_obtained", registry=host, scope=scope)
     return str(token)

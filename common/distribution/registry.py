@@ -255,7 +255,7 @@ class RegistryClient:
                 last = f"HTTP {resp.status}: {text}"
             attempt += 1
             if attempt < self.config.attempts:
-                log.debug("registry request retry", registry=ep.host, error=last)
+                log.debug("registry.request_retry", registry=ep.host, error=last)
                 await asyncio.sleep(backoff.next_delay())
         raise RegistryUnreachable(
             f"registry {ep.host} unreachable after {self.config.attempts} attempts: {last}"
@@ -333,7 +333,7 @@ class RegistryClient:
             except RegistryError as exc:
                 if not ep.mirror:
                     raise
-                log.info("mirror failed, trying next", mirror=ep.host, error=str(exc))
+                log.info("registry.mirror_failed", mirror=ep.host, error=str(exc))
         raise AssertionError("endpoints() always ends with the registry itself")
 
     async def put_manifest(self, ep: Endpoint, ref: Reference, reference: str,
@@ -393,7 +393,7 @@ class RegistryClient:
                         f"registry {ep.host}: download of {digest} failed after "
                         f"{attempt} attempts: {exc}"
                     ) from exc
-                log.warning("blob download interrupted, retrying", digest=digest, error=str(exc))
+                log.warning("blob.download_retry", digest=digest, error=str(exc))
 
     async def blob_exists(self, ep: Endpoint, repository: str, digest: str) -> bool:
         """HEAD a blob."""

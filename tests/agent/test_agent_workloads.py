@@ -332,7 +332,7 @@ def test_a_new_replica_takes_its_layers_from_the_node_that_runs_the_image(
         names = {n["id"]: name for name, n in cluster.nodes().items()}
         log = cluster.agents[names[second.node_id]].log()
         fetched = [json.loads(line) for line in log.splitlines()
-                   if "blob fetched from peer" in line]  # fmt: skip
+                   if "blob.fetched_from_peer" in line]  # fmt: skip
         assert {image.digest, *unique} <= {event["digest"] for event in fetched}
         assert "manifest from a peer" in log
         assert {event["peer"] for event in fetched} == {
@@ -404,7 +404,7 @@ def test_the_agents_leave_the_hosts_routes_and_bridges_alone(
     subprocess.run(["ip", "route", "add", "blackhole", sentinel, "proto", "77"], check=True)
     control = cluster.control()
     try:
-        applied = {name: cluster.agents[name].log().count('"cluster network applied"')
+        applied = {name: cluster.agents[name].log().count('"cluster_network.applied"')
                    for name in NAMES}  # fmt: skip
         spec = ServiceSpec(name="maps")
         spec.task.container.image = image_registry.busybox
@@ -413,7 +413,7 @@ def test_the_agents_leave_the_hosts_routes_and_bridges_alone(
         spec.replicated.replicas = 1
         control.CreateService(CreateServiceRequest(spec=spec))  # a new map for every node
         cluster.wait_for(lambda: all(
-            cluster.agents[name].log().count('"cluster network applied"') > applied[name]
+            cluster.agents[name].log().count('"cluster_network.applied"') > applied[name]
             for name in NAMES), "every agent applied a new map")  # fmt: skip
         routes = subprocess.run(["ip", "-4", "route", "show", "proto", "77"],
                                 capture_output=True, text=True, check=True).stdout  # fmt: skip

@@ -123,7 +123,7 @@ async def launch_conmon(
         message = str(answer.get("message", "")).strip() or _tail(paths.conmon_log)
         raise ContainerRuntimeError(f"runc create {container_id} failed: {message}")
     conmon_pid = int(paths.conmon_pid_file.read_text().strip())
-    log.debug("conmon started", container_id=container_id, pid=pid, conmon_pid=conmon_pid)
+    log.debug("conmon.started", container_id=container_id, pid=pid, conmon_pid=conmon_pid)
     return pid, conmon_pid
 
 

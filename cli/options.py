@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import click
@@ -14,20 +14,36 @@ from dockyard.cli.render import FORMATS
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+DEFAULT_TARGET_TIMEOUT = 20.0
+
+
 @dataclass
 class GlobalOptions:
     hosts: tuple[str, ...]
     context: str | None
     output: str
     tls: TLSFiles | None = None
+    all_contexts: bool = False
+    target_timeout: float = DEFAULT_TARGET_TIMEOUT
+    concurrency: int = 8
+    _resolved: list[Target] | None = field(default=None, init=False, repr=False)
 
     def targets(self) -> list[Target]:
-        return resolve_targets(self.hosts, self.context, self.tls)
+        if self._resolved is None:
+            self._resolved = resolve_targets(self.hosts, self.context, self.tls,
+                                             self.all_contexts)  # fmt: skip
+        return self._resolved
+
+    @property
+    def many(self) -> bool:
+        """The call fans out: output names each answer's target."""
+        return self.all_contexts or len(self.targets()) > 1
 
     def target(self) -> Target:
         targets = self.targets()
         if len(targets) > 1:
-            raise click.UsageError("this command addresses one daemon: give -H once")
+            raise click.UsageError(
+                "this command addresses one daemon: give one -H or one context")
         return targets[0]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,7 +13,10 @@ from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call, stream
 from dockyard.cli.commands.container_run import AGENT, containers_stub, create, run, write_output
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, emit_table, table
+from dockyard.cli.render import emit_data, table
+
+if TYPE_CHECKING:
+    from dockyard.cli.listing import Listing
 
 COMMAND_WIDTH = 20
 
@@ -149,22 +152,25 @@ CONTAINER_HEADERS_PORTS = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATU
 @pass_options
 def list_containers(options: GlobalOptions, show_all: bool, quiet: bool) -> None:
     """List running containers (all of them with -a)."""
+    from dockyard.cli.listing import show_listing
+
+    show_listing(options, lambda target: container_listing(target, show_all), quiet)
+
+
+def container_listing(target: Target, show_all: bool) -> Listing:
+    """`docker ps` of one agent (PORTS only when something is published)."""
     from dockyard.cli.humanize import short_id
+    from dockyard.cli.listing import Listing
     from dockyard.v1.containers_pb2 import ListContainersRequest
 
-    response = call(options.target(), containers_stub, "List",
-                    ListContainersRequest(all=show_all), what=AGENT)  # fmt: skip
+    response = call(target, containers_stub, "List", ListContainersRequest(all=show_all),
+                    what=AGENT)  # fmt: skip
     records = sorted(response.containers, key=lambda r: (-r.created_at.seconds,
                                                          -r.created_at.nanos))  # fmt: skip
-    if quiet:
-        for r in records:
-            click.echo(short_id(r.id))
-    elif options.output != "table":
-        emit_data(records, options.output)
-    elif any(r.network.ports for r in records):  # PORTS only when something is published
-        emit_table(CONTAINER_HEADERS_PORTS, container_rows(records, ports=True))
-    else:
-        emit_table(CONTAINER_HEADERS, container_rows(records))
+    ports = any(r.network.ports for r in records)
+    return Listing(CONTAINER_HEADERS_PORTS if ports else CONTAINER_HEADERS,
+                   container_rows(records, ports=ports), records,
+                   [short_id(r.id) for r in records])  # fmt: skip
 
 
 @container.command("port")
@@ -202,14 +208,11 @@ def port(options: GlobalOptions, ref: str, private: str | None) -> None:
 @pass_options
 def inspect(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     """Show whole container records (JSON by default)."""
+    from dockyard.cli.listing import show_records
     from dockyard.v1.containers_pb2 import ContainerRef
 
-    target = options.target()
-    found, failed = each_ref(refs, lambda ref: call(
+    show_records(options, refs, lambda target, ref: call(
         target, containers_stub, "Inspect", ContainerRef(container=ref), what=AGENT))
-    emit_data(found, "yaml" if options.output == "yaml" else "json")
-    if failed:
-        sys.exit(1)
 
 
 @container.command("wait")

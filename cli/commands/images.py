@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
 from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call, stream
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, emit_table
+
+if TYPE_CHECKING:
+    from dockyard.cli.listing import Listing
 
 AGENT = "agent"
 
@@ -71,37 +73,26 @@ def push(options: GlobalOptions, ref: str) -> None:
 @pass_options
 def list_images(options: GlobalOptions, quiet: bool) -> None:
     """List the agent's images."""
+    from dockyard.cli.listing import show_listing
+
+    show_listing(options, image_listing, quiet)
+
+
+IMAGE_HEADERS = ["REPOSITORY", "TAG", "IMAGE ID", "DIGEST", "CREATED", "SIZE"]
+
+
+def image_listing(target: Target) -> Listing:
+    """`docker images` of one agent; -q prints each image ID once."""
     from dockyard.cli.humanize import created_ago, human_size, short_id
+    from dockyard.cli.listing import Listing
     from dockyard.v1.images_pb2 import ListImagesRequest
 
-    images = list(
-        call(options.target(), images_stub, "List", ListImagesRequest(), what=AGENT).images
-    )
+    images = list(call(target, images_stub, "List", ListImagesRequest(), what=AGENT).images)
     images.sort(key=lambda i: (-i.created.seconds, i.repository, i.tag))
-    if quiet:
-        seen: set[str] = set()
-        for i in images:
-            if i.id not in seen:
-                seen.add(i.id)
-                click.echo(short_id(i.id))
-        return
-    if options.output != "table":
-        emit_data(images, options.output)
-        return
-    emit_table(
-        ["REPOSITORY", "TAG", "IMAGE ID", "DIGEST", "CREATED", "SIZE"],
-        [
-            [
-                i.repository or "<none>",
-                i.tag or "<none>",
-                short_id(i.id),
-                i.digest or "<none>",
-                created_ago(i.created) or "N/A",
-                human_size(i.size),
-            ]
-            for i in images
-        ],
-    )
+    rows = [[i.repository or "<none>", i.tag or "<none>", short_id(i.id), i.digest or "<none>",
+             created_ago(i.created) or "N/A", human_size(i.size)] for i in images]  # fmt: skip
+    ids = list(dict.fromkeys(short_id(i.id) for i in images))
+    return Listing(IMAGE_HEADERS, rows, images, ids)
 
 
 @image.command("inspect")
@@ -110,15 +101,11 @@ def list_images(options: GlobalOptions, quiet: bool) -> None:
 @pass_options
 def inspect_images(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     """Show whole image records (JSON by default)."""
+    from dockyard.cli.listing import show_records
     from dockyard.v1.images_pb2 import ImageRef
 
-    target = options.target()
-    found, failed = each_ref(
-        refs, lambda ref: call(target, images_stub, "Inspect", ImageRef(image=ref), what=AGENT)
-    )
-    emit_data(found, "yaml" if options.output == "yaml" else "json")
-    if failed:
-        sys.exit(1)
+    show_records(options, refs, lambda target, ref: call(
+        target, images_stub, "Inspect", ImageRef(image=ref), what=AGENT))
 
 
 @image.command("rm")

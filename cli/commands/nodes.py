@@ -6,10 +6,10 @@ from typing import Any
 
 import click
 
-from dockyard.cli.client import CliError, call
+from dockyard.cli.client import CliError, Target, call
 from dockyard.cli.commands.services import list_tasks, task_list_options
+from dockyard.cli.listing import Listing, show_listing, show_records
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, emit_table, to_data
 
 AVAILABILITIES = ("active", "pause", "drain")
 UPDATE_RETRIES = 5
@@ -54,31 +54,18 @@ def list_nodes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) ->
             request.states.append(NodeStatus.State.Value(value.upper()))
         else:
             raise click.BadParameter(f"unknown filter {item!r}", param_hint="--filter")
-    nodes = sorted(
-        call(options.target(), _stub, "ListNodes", request).nodes, key=lambda n: n.spec.name
-    )
-    if quiet:
-        for n in nodes:
-            click.echo(n.id)
-    elif options.output != "table":
-        emit_data(list(nodes), options.output)
-    else:
-        emit_table(
-            [
-                "ID",
-                "NAME",
-                "STATUS",
-                "AVAILABILITY",
-                "CPUS",
-                "MEMORY",
-                "LABELS",
-                "SUBNET",
-                "RUNTIME",
-                "VERSION",
-                "LAST HEARTBEAT",
-            ],
-            [_row(n) for n in nodes],
-        )
+
+    def fetch(target: Target) -> Listing:
+        nodes = sorted(call(target, _stub, "ListNodes", request).nodes,
+                       key=lambda n: n.spec.name)  # fmt: skip
+        return Listing(NODE_HEADERS, [_row(n) for n in nodes], list(nodes),
+                       [n.id for n in nodes])  # fmt: skip
+
+    show_listing(options, fetch, quiet)
+
+
+NODE_HEADERS = ["ID", "NAME", "STATUS", "AVAILABILITY", "CPUS", "MEMORY", "LABELS", "SUBNET",
+                "RUNTIME", "VERSION", "LAST HEARTBEAT"]
 
 
 def _row(n: Any) -> list[str]:
@@ -110,9 +97,8 @@ def inspect_nodes(options: GlobalOptions, nodes: tuple[str, ...]) -> None:
     """Show whole node records (JSON by default)."""
     from dockyard.v1.control_pb2 import GetNodeRequest
 
-    target = options.target()
-    records = [call(target, _stub, "GetNode", GetNodeRequest(node=ref)) for ref in nodes]
-    emit_data([to_data(r) for r in records], "yaml" if options.output == "yaml" else "json")
+    show_records(options, nodes,
+                 lambda target, ref: call(target, _stub, "GetNode", GetNodeRequest(node=ref)))
 
 
 @node.command("update")

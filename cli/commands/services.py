@@ -34,9 +34,9 @@ from dockyard.cli.commands.service_parse import SpecError, parse_count, parse_se
 from dockyard.cli.commands.service_spec import apply_settings, finish_spec, new_spec
 from dockyard.cli.commands.service_wait import control_stub, wait_for_service
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, emit_table
 
 if TYPE_CHECKING:
+    from dockyard.cli.listing import Listing
     from dockyard.v1.control_pb2 import ResolveImage
 
 UPDATE_RETRIES = 5
@@ -243,29 +243,27 @@ def remove_services(target: Target, refs: tuple[str, ...]) -> None:
 @pass_options
 def inspect(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     """Show whole service records (JSON by default)."""
-    target = options.target()
-    found, failed = each_ref(refs, lambda ref: get_service(target, ref))
-    emit_data(found, "yaml" if options.output == "yaml" else "json")
-    if failed:
-        sys.exit(1)
+    from dockyard.cli.listing import show_records
+
+    show_records(options, refs, get_service)
 
 
 def list_summaries(options: GlobalOptions, mode: str, quiet: bool,
                    keep: Callable[[Any], bool] = lambda _: True) -> None:  # fmt: skip
     """`service ls`: the services `keep` accepts (all by default)."""
     from dockyard.cli.commands.service_view import SERVICE_HEADERS, service_row
+    from dockyard.cli.listing import Listing, show_listing
     from dockyard.v1.control_pb2 import ListServicesRequest
 
-    summaries = call(options.target(), control_stub, "ListServices",
-                     ListServicesRequest(mode=mode)).services
-    summaries = sorted((s for s in summaries if keep(s.service)), key=lambda s: s.service.spec.name)
-    if quiet:
-        for s in summaries:
-            click.echo(s.service.id)
-    elif options.output != "table":
-        emit_data(list(summaries), options.output)
-    else:
-        emit_table(SERVICE_HEADERS, [service_row(s) for s in summaries])
+    def fetch(target: Target) -> Listing:
+        summaries = call(target, control_stub, "ListServices",
+                         ListServicesRequest(mode=mode)).services
+        kept = sorted((s for s in summaries if keep(s.service)),
+                      key=lambda s: s.service.spec.name)  # fmt: skip
+        return Listing(SERVICE_HEADERS, [service_row(s) for s in kept], kept,
+                       [s.service.id for s in kept])  # fmt: skip
+
+    show_listing(options, fetch, quiet)
 
 
 @service.command("ls")
@@ -285,22 +283,26 @@ def node_names(target: Target) -> dict[str, str]:
             for n in call(target, control_stub, "ListNodes", ListNodesRequest()).nodes}
 
 
-def list_tasks(options: GlobalOptions, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
-               quiet: bool, target: Target | None = None, nodes: tuple[str, ...] = ()) -> None:
-    """`service ps` / `node ps`: the tasks of services `refs` and nodes `nodes` (all if none)."""
+def task_listing(target: Target, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
+                 nodes: tuple[str, ...] = ()) -> Listing:  # fmt: skip
+    """The tasks of services `refs` and nodes `nodes` (all if none) on one controller."""
     from dockyard.cli.commands.service_view import TASK_HEADERS, task_rows
+    from dockyard.cli.listing import Listing
     from dockyard.v1.control_pb2 import ListTasksRequest
 
-    target = target or options.target()
     request = ListTasksRequest(services=list(refs), nodes=list(nodes), include_history=show_all)
     tasks = list(call(target, control_stub, "ListTasks", request).tasks)
-    if quiet:
-        for t in tasks:
-            click.echo(t.id)
-    elif options.output != "table":
-        emit_data(tasks, options.output)
-    else:
-        emit_table(TASK_HEADERS, task_rows(tasks, node_names(target), no_trunc=no_trunc))
+    rows = task_rows(tasks, node_names(target), no_trunc=no_trunc)
+    return Listing(TASK_HEADERS, rows, tasks, [t.id for t in tasks])
+
+
+def list_tasks(options: GlobalOptions, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
+               quiet: bool, nodes: tuple[str, ...] = ()) -> None:
+    """`service ps` / `node ps`: the tasks of services `refs` and nodes `nodes` (all if none)."""
+    from dockyard.cli.listing import show_listing
+
+    show_listing(options, lambda target: task_listing(target, refs, show_all, no_trunc, nodes),
+                 quiet)  # fmt: skip
 
 
 def task_list_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -328,20 +330,21 @@ def service_ps(options: GlobalOptions, show_all: bool, no_trunc: bool, quiet: bo
 @click.command("ps")
 @task_list_options
 @pass_options
-@click.pass_context
-def ps(ctx: click.Context, options: GlobalOptions, show_all: bool, no_trunc: bool,
-       quiet: bool) -> None:
+def ps(options: GlobalOptions, show_all: bool, no_trunc: bool, quiet: bool) -> None:
     """List tasks of all services (on a controller) or containers (on an agent)."""
-    from dockyard.cli.commands.containers import list_containers
+    from dockyard.cli.commands.containers import container_listing
+    from dockyard.cli.listing import show_listing
 
-    target = options.target()
-    try:
-        list_tasks(options, (), show_all, no_trunc, quiet, target)
-    except CliError as exc:
-        # An agent: over TLS its node certificate fails the controller check first.
-        if not (is_unimplemented(exc) or is_not_a_controller(exc)):
-            raise
-        ctx.invoke(list_containers, show_all=show_all, quiet=quiet)
+    def fetch(target: Target) -> Listing:
+        try:
+            return task_listing(target, (), show_all, no_trunc)
+        except CliError as exc:
+            # An agent: over TLS its node certificate fails the controller check first.
+            if not (is_unimplemented(exc) or is_not_a_controller(exc)):
+                raise
+        return container_listing(target, show_all)
+
+    show_listing(options, fetch, quiet)
 
 
 @service.command("logs")

@@ -8,10 +8,9 @@ from typing import Any
 import click
 
 from dockyard.cli.batch import each_ref
-from dockyard.cli.client import call
+from dockyard.cli.client import Target, call
 from dockyard.cli.commands.container_run import AGENT
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, emit_table
 
 
 def volumes_stub(channel: Any) -> Any:
@@ -49,19 +48,18 @@ def create(options: GlobalOptions, labels: tuple[str, ...], name: str) -> None:
 @pass_options
 def list_volumes(options: GlobalOptions, quiet: bool) -> None:
     """List the agent's volumes and the containers that use them."""
+    from dockyard.cli.listing import Listing, show_listing
     from dockyard.v1.containers_pb2 import ListVolumesRequest
 
-    records = call(options.target(), volumes_stub, "List", ListVolumesRequest(),
-                   what=AGENT).volumes  # fmt: skip
-    if quiet:
-        for r in records:
-            click.echo(r.name)
-    elif options.output != "table":
-        emit_data(list(records), options.output)
-    else:
-        emit_table(["VOLUME NAME", "MOUNTPOINT", "USED BY"],
-                   [[r.name, r.mountpoint, ", ".join(u[:12] for u in r.used_by) or "-"]
-                    for r in records])  # fmt: skip
+    def fetch(target: Target) -> Listing:
+        records = list(call(target, volumes_stub, "List", ListVolumesRequest(),
+                            what=AGENT).volumes)  # fmt: skip
+        rows = [[r.name, r.mountpoint, ", ".join(u[:12] for u in r.used_by) or "-"]
+                for r in records]  # fmt: skip
+        return Listing(["VOLUME NAME", "MOUNTPOINT", "USED BY"], rows, records,
+                       [r.name for r in records])  # fmt: skip
+
+    show_listing(options, fetch, quiet)
 
 
 @volume.command("inspect")
@@ -70,12 +68,11 @@ def list_volumes(options: GlobalOptions, quiet: bool) -> None:
 @pass_options
 def inspect(options: GlobalOptions, names: tuple[str, ...]) -> None:
     """Show volumes (JSON unless -o yaml)."""
+    from dockyard.cli.listing import show_records
     from dockyard.v1.containers_pb2 import VolumeRef
 
-    target = options.target()
-    records = [call(target, volumes_stub, "Inspect", VolumeRef(name=n), what=AGENT)
-               for n in names]  # fmt: skip
-    emit_data(records, "yaml" if options.output == "yaml" else "json")
+    show_records(options, names, lambda target, ref: call(
+        target, volumes_stub, "Inspect", VolumeRef(name=ref), what=AGENT))
 
 
 @volume.command("rm")

@@ -97,25 +97,7 @@ class ContextStore:
     def expand(self, names: builtins.list[str]) -> builtins.list[Context]:
         """The contexts `names` address: a group stands for its members (groups of
         groups too); each context once, in the order first named."""
-        known = {c.name: c for c in self.list()}
-        found: dict[str, Context] = {}
-
-        def visit(name: str, path: tuple[str, ...]) -> None:
-            if name in path:
-                raise ContextError(f"context group {path[0]!r} contains itself: "
-                                   f"{' -> '.join((*path, name))}")  # fmt: skip
-            if name not in known:
-                where = f" (a member of group {path[-1]!r})" if path else ""
-                raise ContextError(f"context {name!r} not found{where} (see `dockyard context ls`)")
-            context = known[name]
-            if not context.members:
-                found.setdefault(name, context)
-            for member in context.members:
-                visit(member, (*path, name))
-
-        for name in names:
-            visit(name, ())
-        return list(found.values())
+        return _expand({c.name: c for c in self.list()}, names)
 
     def every(self) -> builtins.list[Context]:
         """Every stored context that names endpoints (groups stand for their members;
@@ -143,9 +125,10 @@ class ContextStore:
                 raise ContextError(f"--member: context {member!r} not found")
         contexts[name] = {"host": "", "description": description, "tls": {},
                           "members": list(members)}  # fmt: skip
-        self.expand([name])  # refuses a cycle before it is written
+        group = Context(name, "", description, {}, list(members))
+        _expand({**{c.name: c for c in self.list()}, name: group}, [name])  # refuses a cycle
         self._write(data)
-        return Context(name, "", description, {}, list(members))
+        return group
 
     def _check_new_name(self, name: str) -> None:
         try:
@@ -197,6 +180,28 @@ class ContextStore:
         if data["current-context"] == name:
             data["current-context"] = DEFAULT_CONTEXT
         self._write(data)
+
+
+def _expand(known: dict[str, Context], names: list[str]) -> list[Context]:
+    """The endpoint contexts `names` stand for, each once (see ContextStore.expand)."""
+    found: dict[str, Context] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise ContextError(f"context group {path[0]!r} contains itself: "
+                               f"{' -> '.join((*path, name))}")  # fmt: skip
+        if name not in known:
+            where = f" (a member of group {path[-1]!r})" if path else ""
+            raise ContextError(f"context {name!r} not found{where} (see `dockyard context ls`)")
+        context = known[name]
+        if not context.members:
+            found.setdefault(name, context)
+        for member in context.members:
+            visit(member, (*path, name))
+
+    for name in names:
+        visit(name, ())
+    return list(found.values())
 
 
 def _from_fields(name: str, fields: dict[str, object]) -> Context:

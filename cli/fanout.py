@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+import click
+
 from dockyard.cli.client import CliError, Target
 from dockyard.cli.deadline import set_deadline
 
@@ -42,6 +44,8 @@ def _run_one(target: Target, action: Callable[[Target], T], deadline: float) -> 
         return Outcome(target, value=action(target))
     except CliError as exc:
         return Outcome(target, error=exc.message)
+    except click.ClickException as exc:
+        return Outcome(target, error=exc.format_message())
     except OSError as exc:
         return Outcome(target, error=str(exc))
 

@@ -33,6 +33,18 @@ class Listing:
     """The whole records (protobuf messages or plain data) for -o json|yaml."""
     ids: list[str] = field(default_factory=list)
     """What -q prints, one per line."""
+    names: Sequence[str] = ()
+    """The --format field name of each column (docker's, e.g. `.ID`, `.Names`); by
+    default the header in CamelCase (`DESIRED STATE` -> `.DesiredState`)."""
+
+    def fields(self) -> list[dict[str, str]]:
+        """Each row as --format sees it."""
+        names = list(self.names) or [field_name(h) for h in self.headers]
+        return [dict(zip(names, row, strict=True)) for row in self.rows]
+
+
+def field_name(header: str) -> str:
+    return "".join(word if word == "ID" else word.capitalize() for word in header.split())
 
 
 def ask_all(options: GlobalOptions, fetch: Callable[[Target], Any]) -> list[Outcome[Any]]:
@@ -65,6 +77,8 @@ def show_listing(options: GlobalOptions, fetch: Callable[[Target], Listing],
         for _, listing in answered:
             for ident in listing.ids:
                 click.echo(ident)
+    elif options.format and options.format != "table":
+        _emit_formatted(options, answered)
     elif options.output != "table":
         if options.many:
             emit_data([{"target": t.label, "record": to_data(r)}
@@ -77,6 +91,23 @@ def show_listing(options: GlobalOptions, fetch: Callable[[Target], Listing],
     elif answered:
         emit_table(*merge_tables([(t.label, listing) for t, listing in answered]))
     finish(outcomes)
+
+
+def _emit_formatted(options: GlobalOptions, answered: Sequence[tuple[Target, Listing]]) -> None:
+    from dockyard.cli.template import TemplateError, render_all
+
+    assert options.format is not None
+    text = options.format
+    records = [{**({"Target": t.label} if options.many else {}), **row}
+               for t, listing in answered for row in listing.fields()]  # fmt: skip
+    if options.many and text.startswith("table") and ".Target" not in text:
+        text = "table {{.Target}}\t" + text[len("table"):].lstrip(" ")
+    try:
+        lines = render_all(text, records)
+    except TemplateError as exc:
+        raise click.BadParameter(str(exc), param_hint="--format") from exc
+    for line in lines:
+        click.echo(line)
 
 
 def merge_tables(parts: Sequence[tuple[str, Listing]]) -> tuple[list[str], list[list[str]]]:

@@ -26,6 +26,7 @@ class GlobalOptions:
     all_contexts: bool = False
     target_timeout: float = DEFAULT_TARGET_TIMEOUT
     concurrency: int = 8
+    format: str | None = None
     _resolved: list[Target] | None = field(default=None, init=False, repr=False)
 
     def targets(self) -> list[Target]:
@@ -61,4 +62,28 @@ def output_option(command: F) -> F:
     return click.option(
         "-o", "--output", type=click.Choice(FORMATS), default=None, expose_value=False,
         callback=_set_output, help="Output format: table, json or yaml.",
+    )(command)
+
+
+def _set_format(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is None:
+        return
+    if value not in ("table", "json"):
+        from dockyard.cli.template import TemplateError, parse
+
+        try:
+            parse(value)
+        except TemplateError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    ctx.ensure_object(GlobalOptions).format = value
+
+
+def format_option(command: F) -> F:
+    """`--format`: `table`, `json` (a JSON object per line) or a Go template over the
+    listed fields (`{{.Name}}`, `{{json .}}`, `table {{.ID}}\\t{{.Name}}`)."""
+    return click.option(
+        "--format", default=None, expose_value=False, callback=_set_format,
+        metavar="FORMAT",
+        help="table, json, or a Go template: '{{.Name}}', '{{json .}}', "
+        "'table {{.ID}}\\t{{.Name}}' (see docs/cli-format.md).",
     )(command)

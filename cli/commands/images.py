@@ -10,9 +10,10 @@ import click
 
 from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call, stream
-from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 
 if TYPE_CHECKING:
+    from dockyard.cli.filters import Filters
     from dockyard.cli.listing import Listing
 
 AGENT = "agent"
@@ -67,32 +68,53 @@ def push(options: GlobalOptions, ref: str) -> None:
     click.echo(f"{ref}: digest: {image_record.digest} size: {image_record.size}")
 
 
+IMAGE_FILTERS = ("dangling", "reference")
+
+
 @image.command("ls")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only matching images: dangling=true|false, reference=PATTERN.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print image IDs.")
+@click.option("--no-trunc", is_flag=True, help="Do not shorten image IDs.")
+@format_option
 @output_option
 @pass_options
-def list_images(options: GlobalOptions, quiet: bool) -> None:
+def list_images(options: GlobalOptions, filters: tuple[str, ...], quiet: bool,
+                no_trunc: bool) -> None:  # fmt: skip
     """List the agent's images."""
+    from dockyard.cli.filters import Filters
     from dockyard.cli.listing import show_listing
 
-    show_listing(options, image_listing, quiet)
+    wanted = Filters(filters, IMAGE_FILTERS)
+    wanted.flag("dangling")  # a bad value is refused before any daemon is asked
+    show_listing(options, lambda target: image_listing(target, wanted, no_trunc), quiet)
 
 
 IMAGE_HEADERS = ["REPOSITORY", "TAG", "IMAGE ID", "DIGEST", "CREATED", "SIZE"]
 
 
-def image_listing(target: Target) -> Listing:
-    """`docker images` of one agent; -q prints each image ID once."""
+IMAGE_FIELDS = ["Repository", "Tag", "ID", "Digest", "CreatedSince", "Size"]
+
+
+def image_listing(target: Target, wanted: Filters, no_trunc: bool = False) -> Listing:
+    """`docker images` of one agent; -q prints each image ID once. Dangling: no tag."""
     from dockyard.cli.humanize import created_ago, human_size, short_id
     from dockyard.cli.listing import Listing
     from dockyard.v1.images_pb2 import ListImagesRequest
 
-    images = list(call(target, images_stub, "List", ListImagesRequest(), what=AGENT).images)
+    dangling = wanted.flag("dangling")
+    images = [i for i in call(target, images_stub, "List", ListImagesRequest(), what=AGENT).images
+              if (dangling is None or dangling == (not i.repository))
+              and wanted.glob("reference", f"{i.repository}:{i.tag}", i.repository)]  # fmt: skip
     images.sort(key=lambda i: (-i.created.seconds, i.repository, i.tag))
-    rows = [[i.repository or "<none>", i.tag or "<none>", short_id(i.id), i.digest or "<none>",
+
+    def ident(image_id: str) -> str:
+        return image_id if no_trunc else short_id(image_id)
+
+    rows = [[i.repository or "<none>", i.tag or "<none>", ident(i.id), i.digest or "<none>",
              created_ago(i.created) or "N/A", human_size(i.size)] for i in images]  # fmt: skip
-    ids = list(dict.fromkeys(short_id(i.id) for i in images))
-    return Listing(IMAGE_HEADERS, rows, images, ids)
+    ids = list(dict.fromkeys(ident(i.id) for i in images))
+    return Listing(IMAGE_HEADERS, rows, images, ids, IMAGE_FIELDS)
 
 
 @image.command("inspect")

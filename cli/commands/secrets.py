@@ -13,7 +13,7 @@ import click
 from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call
 from dockyard.cli.commands.service_wait import control_stub
-from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 from dockyard.cli.render import to_data
 
 MAX_SECRET_BYTES = 500 * 1024
@@ -57,20 +57,33 @@ def create(options: GlobalOptions, labels: tuple[str, ...], name: str, file: str
     click.echo(record.id)
 
 
+SECRET_FILTERS = ("id", "name", "label")
+
+
 @secret.command("ls")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help=f"Only matching secrets; keys: {', '.join(SECRET_FILTERS)}.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print secret IDs.")
+@format_option
 @output_option
 @pass_options
-def list_secrets(options: GlobalOptions, quiet: bool) -> None:
+def list_secrets(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) -> None:
     """List secrets (never their data)."""
+    from dockyard.cli.filters import Filters
     from dockyard.cli.listing import Listing, show_listing
     from dockyard.v1.control_pb2 import ListSecretsRequest
 
+    wanted = Filters(filters, SECRET_FILTERS)
+
     def fetch(target: Target) -> Listing:
-        records = list(call(target, control_stub, "ListSecrets", ListSecretsRequest()).secrets)
+        records = [r for r in call(target, control_stub, "ListSecrets",
+                                   ListSecretsRequest()).secrets
+                   if wanted.prefix("id", r.id) and wanted.substring("name", r.spec.name)
+                   and wanted.labels(r.spec.labels)]  # fmt: skip
         rows = [[r.id, r.spec.name, str(r.size_bytes), to_data(r.meta).get("created_at", "")]
                 for r in records]  # fmt: skip
-        return Listing(["ID", "NAME", "SIZE", "CREATED"], rows, records, [r.id for r in records])
+        return Listing(["ID", "NAME", "SIZE", "CREATED"], rows, records, [r.id for r in records],
+                       ["ID", "Name", "Size", "CreatedAt"])  # fmt: skip
 
     show_listing(options, fetch, quiet)
 

@@ -8,7 +8,7 @@ wrote in between. Without -d, create/update/scale/rollback wait for convergence.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -33,7 +33,7 @@ from dockyard.cli.commands.service_flags import (
 from dockyard.cli.commands.service_parse import SpecError, parse_count, parse_seconds
 from dockyard.cli.commands.service_spec import apply_settings, finish_spec, new_spec
 from dockyard.cli.commands.service_wait import control_stub, wait_for_service
-from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 
 if TYPE_CHECKING:
     from dockyard.cli.listing import Listing
@@ -248,31 +248,51 @@ def inspect(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     show_records(options, refs, get_service)
 
 
+SERVICE_FILTERS = ("id", "name", "label", "mode")
+TASK_FILTERS = ("id", "name", "node", "desired-state")
+DESIRED_STATES = ("running", "shutdown", "accepted", "ready", "complete")
+
+
 def list_summaries(options: GlobalOptions, mode: str, quiet: bool,
-                   keep: Callable[[Any], bool] = lambda _: True) -> None:  # fmt: skip
-    """`service ls`: the services `keep` accepts (all by default)."""
-    from dockyard.cli.commands.service_view import SERVICE_HEADERS, service_row
+                   keep: Callable[[Any], bool] = lambda _: True,
+                   filters: Sequence[str] = (), no_trunc: bool = False) -> None:  # fmt: skip
+    """`service ls`: the services `keep` and `filters` accept (all by default)."""
+    from dockyard.cli.commands.service_view import SERVICE_HEADERS, mode_name, service_row
+    from dockyard.cli.filters import Filters
     from dockyard.cli.listing import Listing, show_listing
     from dockyard.v1.control_pb2 import ListServicesRequest
+
+    wanted = Filters(filters, SERVICE_FILTERS)
+
+    def accept(service: Any) -> bool:
+        return (keep(service) and wanted.prefix("id", service.id)
+                and wanted.substring("name", service.spec.name)
+                and wanted.labels(service.spec.labels)
+                and wanted.exact("mode", mode_name(service.spec)))  # fmt: skip
 
     def fetch(target: Target) -> Listing:
         summaries = call(target, control_stub, "ListServices",
                          ListServicesRequest(mode=mode)).services
-        kept = sorted((s for s in summaries if keep(s.service)),
+        kept = sorted((s for s in summaries if accept(s.service)),
                       key=lambda s: s.service.spec.name)  # fmt: skip
-        return Listing(SERVICE_HEADERS, [service_row(s) for s in kept], kept,
+        return Listing(SERVICE_HEADERS, [service_row(s, no_trunc) for s in kept], kept,
                        [s.service.id for s in kept])  # fmt: skip
 
     show_listing(options, fetch, quiet)
 
 
 @service.command("ls")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help=f"Only matching services; keys: {', '.join(SERVICE_FILTERS)}.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print service IDs.")
+@click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and image digests.")
+@format_option
 @output_option
 @pass_options
-def list_services(options: GlobalOptions, quiet: bool) -> None:
+def list_services(options: GlobalOptions, filters: tuple[str, ...], quiet: bool,
+                  no_trunc: bool) -> None:  # fmt: skip
     """List services with their replica counts and update state."""
-    list_summaries(options, "", quiet)
+    list_summaries(options, "", quiet, filters=filters, no_trunc=no_trunc)
 
 
 def node_names(target: Target) -> dict[str, str]:
@@ -284,33 +304,49 @@ def node_names(target: Target) -> dict[str, str]:
 
 
 def task_listing(target: Target, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
-                 nodes: tuple[str, ...] = ()) -> Listing:  # fmt: skip
-    """The tasks of services `refs` and nodes `nodes` (all if none) on one controller."""
-    from dockyard.cli.commands.service_view import TASK_HEADERS, task_rows
+                 nodes: tuple[str, ...] = (), filters: Sequence[str] = ()) -> Listing:
+    """The tasks of services `refs` and nodes `nodes` (all if none) on one controller,
+    narrowed by `filters` (docker's keys: id, name, node, desired-state)."""
+    from dockyard.cli.commands.service_view import TASK_HEADERS, state_name, task_name, task_rows
+    from dockyard.cli.filters import Filters
     from dockyard.cli.listing import Listing
     from dockyard.v1.control_pb2 import ListTasksRequest
 
+    wanted = Filters(filters, TASK_FILTERS)
+    for value in wanted.get("desired-state"):
+        if value not in DESIRED_STATES:
+            raise click.BadParameter(f"desired-state={value}: use {', '.join(DESIRED_STATES)}",
+                                     param_hint="--filter")  # fmt: skip
     request = ListTasksRequest(services=list(refs), nodes=list(nodes), include_history=show_all)
     tasks = list(call(target, control_stub, "ListTasks", request).tasks)
-    rows = task_rows(tasks, node_names(target), no_trunc=no_trunc)
+    names = node_names(target)
+    tasks = [t for t in tasks if wanted.prefix("id", t.id)
+             and wanted.substring("name", task_name(t))
+             and wanted.exact("node", t.node_id, names.get(t.node_id, ""))
+             and wanted.exact("desired-state", state_name(t.desired_state).lower())]  # fmt: skip
+    rows = task_rows(tasks, names, no_trunc=no_trunc)
     return Listing(TASK_HEADERS, rows, tasks, [t.id for t in tasks])
 
 
 def list_tasks(options: GlobalOptions, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
-               quiet: bool, nodes: tuple[str, ...] = ()) -> None:
+               quiet: bool, nodes: tuple[str, ...] = (), filters: Sequence[str] = ()) -> None:
     """`service ps` / `node ps`: the tasks of services `refs` and nodes `nodes` (all if none)."""
     from dockyard.cli.listing import show_listing
 
-    show_listing(options, lambda target: task_listing(target, refs, show_all, no_trunc, nodes),
-                 quiet)  # fmt: skip
+    show_listing(options, lambda target: task_listing(target, refs, show_all, no_trunc, nodes,
+                                                      filters), quiet)  # fmt: skip
 
 
 def task_list_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags of every task list (`-a` is accepted where history is the default)."""
     for decorator in reversed([
         click.option("-a", "--all", "show_all", is_flag=True,
                      help="Include earlier tasks (shut down, failed, replaced)."),
+        click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+                     help=f"Only matching tasks; keys: {', '.join(TASK_FILTERS)}."),
         click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and errors."),
         click.option("-q", "--quiet", is_flag=True, help="Only print task IDs."),
+        format_option,
         output_option,
     ]):
         command = decorator(command)
@@ -321,29 +357,38 @@ def task_list_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @task_list_options
 @click.argument("refs", nargs=-1, required=True, metavar="SERVICE...")
 @pass_options
-def service_ps(options: GlobalOptions, show_all: bool, no_trunc: bool, quiet: bool,
-               refs: tuple[str, ...]) -> None:
-    """List the tasks of services."""
-    list_tasks(options, refs, show_all, no_trunc, quiet)
+def service_ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trunc: bool,
+               quiet: bool, refs: tuple[str, ...]) -> None:  # fmt: skip
+    """List the tasks of services, earlier ones too (as docker does; narrow with
+    --filter desired-state=running)."""
+    list_tasks(options, refs, True, no_trunc, quiet, filters=filters)
 
 
 @click.command("ps")
 @task_list_options
 @pass_options
-def ps(options: GlobalOptions, show_all: bool, no_trunc: bool, quiet: bool) -> None:
+def ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trunc: bool,
+       quiet: bool) -> None:  # fmt: skip
     """List tasks of all services (on a controller) or containers (on an agent)."""
-    from dockyard.cli.commands.containers import container_listing
+    from dockyard.cli.commands.containers import CONTAINER_FILTERS, container_listing
     from dockyard.cli.listing import show_listing
 
     def fetch(target: Target) -> Listing:
         try:
-            return task_listing(target, (), show_all, no_trunc)
+            return task_listing(target, (), show_all, no_trunc, filters=filters)
         except CliError as exc:
             # An agent: over TLS its node certificate fails the controller check first.
             if not (is_unimplemented(exc) or is_not_a_controller(exc)):
                 raise
-        return container_listing(target, show_all)
+        return container_listing(target, show_all, filters, no_trunc)
 
+    # Filters are checked against both kinds before any daemon is asked.
+    from dockyard.cli.filters import Filters
+
+    for item in filters:
+        key = item.partition("=")[0].strip().lower()
+        if key not in TASK_FILTERS and key not in CONTAINER_FILTERS:
+            Filters([item], (*TASK_FILTERS, *CONTAINER_FILTERS))
     show_listing(options, fetch, quiet)
 
 

@@ -132,15 +132,16 @@ def services(options: GlobalOptions, quiet: bool, name: str) -> None:
 @task_list_options
 @click.argument("name", metavar="STACK")
 @pass_options
-def ps(options: GlobalOptions, show_all: bool, no_trunc: bool, quiet: bool, name: str) -> None:
-    """List the tasks of a stack."""
+def ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trunc: bool,
+       quiet: bool, name: str) -> None:  # fmt: skip
+    """List the tasks of a stack, earlier ones too."""
     from dockyard.cli.listing import Listing, show_listing
 
     def fetch(target: Target) -> Listing:
         ids = tuple(s.id for s in stack_services(target, name))
         if not ids:
             raise CliError(f"nothing found in stack: {name}")
-        return task_listing(target, ids, show_all, no_trunc)
+        return task_listing(target, ids, True, no_trunc, filters=filters)
 
     show_listing(options, fetch, quiet)
 

@@ -10,7 +10,7 @@ import click
 from dockyard.cli.batch import each_ref
 from dockyard.cli.client import Target, call
 from dockyard.cli.commands.container_run import AGENT
-from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 
 
 def volumes_stub(channel: Any) -> Any:
@@ -42,22 +42,34 @@ def create(options: GlobalOptions, labels: tuple[str, ...], name: str) -> None:
     click.echo(record.name)
 
 
+VOLUME_FILTERS = ("name", "label", "dangling")
+
+
 @volume.command("ls")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help=f"Only matching volumes; keys: {', '.join(VOLUME_FILTERS)}.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print volume names.")
+@format_option
 @output_option
 @pass_options
-def list_volumes(options: GlobalOptions, quiet: bool) -> None:
+def list_volumes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) -> None:
     """List the agent's volumes and the containers that use them."""
+    from dockyard.cli.filters import Filters
     from dockyard.cli.listing import Listing, show_listing
     from dockyard.v1.containers_pb2 import ListVolumesRequest
 
+    wanted = Filters(filters, VOLUME_FILTERS)
+    dangling = wanted.flag("dangling")
+
     def fetch(target: Target) -> Listing:
-        records = list(call(target, volumes_stub, "List", ListVolumesRequest(),
-                            what=AGENT).volumes)  # fmt: skip
+        records = [r for r in call(target, volumes_stub, "List", ListVolumesRequest(),
+                                   what=AGENT).volumes
+                   if wanted.substring("name", r.name) and wanted.labels(r.labels)
+                   and (dangling is None or dangling == (not r.used_by))]  # fmt: skip
         rows = [[r.name, r.mountpoint, ", ".join(u[:12] for u in r.used_by) or "-"]
                 for r in records]  # fmt: skip
         return Listing(["VOLUME NAME", "MOUNTPOINT", "USED BY"], rows, records,
-                       [r.name for r in records])  # fmt: skip
+                       [r.name for r in records], ["Name", "Mountpoint", "UsedBy"])  # fmt: skip
 
     show_listing(options, fetch, quiet)
 

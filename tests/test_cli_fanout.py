@@ -154,3 +154,48 @@ def test_a_target_that_never_answers_times_out_and_the_others_print(
     [failure] = result.stderr.splitlines()
     assert failure.startswith("dockyard: silent: ")
     assert "did not answer in time" in failure or "no answer within 2 s" in failure
+
+
+def test_events_of_several_clusters_lead_with_their_target(config: Path,
+                                                           clusters: list[Cluster]) -> None:
+    """`-c all events`: both live clusters' changes, each line led by its context; the
+    stopped one's failure is its own stderr line."""
+    import os
+    import queue
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
+    env["DOCKYARD_CONFIG"] = str(config)
+    process = subprocess.Popen([str(BIN / "dockyard"), "-c", "all", "events", "-f",
+                                "type=service"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.put(line.rstrip("\n"))
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    try:
+        time.sleep(2)  # the streams are open (no event is replayed: they start from now)
+        for index in (0, 1):
+            created = dockyard(config, "-c", f"c{index}", "service", "create", "-d", "--name",
+                               f"ev{index}", "busybox", "sleep", "60")  # fmt: skip
+            assert created.returncode == 0, created.stderr
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (
+                any(s.startswith("c0 ") and " ev0 " in s for s in seen)
+                and any(s.startswith("c1 ") and " ev1 " in s for s in seen)):
+            try:
+                seen.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                continue
+    finally:
+        process.kill()
+        _, stderr = process.communicate(timeout=10)
+    assert any(s.startswith("c0 ") and "service created" in s and " ev0 " in s for s in seen), seen
+    assert any(s.startswith("c1 ") and "service created" in s and " ev1 " in s for s in seen), seen
+    assert not any(" ev1 " in s for s in seen if s.startswith("c0 "))
+    assert f"dockyard: c2: cannot reach controller at {clusters[2].address}" in stderr

@@ -84,3 +84,20 @@ def test_merged_tables_put_the_target_first_and_union_different_columns() -> Non
     headers, rows = merge_tables([("prod", tasks), ("agent", containers)])
     assert headers == ["TARGET", "ID", "NAME", "CONTAINER ID"]
     assert rows == [["prod", "t1", "web.1", ""], ["agent", "", "db", "c1"]]
+
+
+def test_events_of_several_controllers_are_merged_by_time() -> None:
+    from dockyard.cli.commands.events import Merger
+
+    def event(stamp: str, name: str) -> dict[str, object]:
+        return {"kind": "node", "record": {"meta": {"updated_at": stamp}, "spec": {"name": name}}}
+
+    merger = Merger(window=0.5)
+    merger.add("b", event("2026-01-01T00:00:02Z", "late"), arrived=10.0)
+    merger.add("a", event("2026-01-01T00:00:01.500000001Z", "early"), arrived=10.2)
+    assert merger.ready(now=10.3) == []  # still within the window
+    released = merger.ready(now=10.6)
+    assert [(label, e["record"]["spec"]["name"]) for label, e in released] == [  # type: ignore[index]
+        ("a", "early"), ("b", "late")]
+    merger.add("a", event("2026-01-01T00:00:03Z", "last"), arrived=11.0)
+    assert [label for label, _ in merger.ready(now=11.0, flush=True)] == ["a"]

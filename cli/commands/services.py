@@ -396,11 +396,49 @@ def ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trun
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
 @click.option("-n", "--tail", "tail", default="all", show_default=True,
               help="Lines to show from the end of each task's output.")
+@click.option("--since", default=None, metavar="TIME",
+              help="Only output since TIME: RFC 3339, a Unix time, or a duration ago (10m).")
 @click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time.")
+@click.option("--raw", is_flag=True, help="Do not prefix lines with their task.")
 @click.argument("ref", metavar="SERVICE")
 @pass_options
-def logs(options: GlobalOptions, follow: bool, tail: str, timestamps: bool, ref: str) -> None:
-    """Print the output of a service's tasks, each line prefixed with its task."""
-    from dockyard.cli.commands.service_logs import service_logs
+def logs(options: GlobalOptions, follow: bool, tail: str, since: str | None, timestamps: bool,
+         raw: bool, ref: str) -> None:  # fmt: skip
+    """Print the output of a service's tasks, each line prefixed with its task (and, with
+    several targets, with the target)."""
+    import threading
 
-    service_logs(options.target(), ref, follow=follow, tail=tail, timestamps=timestamps)
+    from dockyard.cli.commands.service_logs import service_logs
+    from dockyard.cli.humanize import parse_since
+
+    try:
+        since_time = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    if not options.many:
+        if service_logs(options.target(), ref, follow=follow, tail=tail, timestamps=timestamps,
+                        since=since_time, raw=raw):  # fmt: skip
+            sys.exit(1)
+        return
+    failed: list[str] = []
+
+    def one(target: Target) -> None:
+        try:
+            if service_logs(target, ref, follow=follow, tail=tail, timestamps=timestamps,
+                            since=since_time, raw=raw, label=target.label):  # fmt: skip
+                failed.append(target.label)
+        except CliError as exc:
+            failed.append(target.label)
+            click.echo(f"dockyard: {target.label}: {exc.message}", err=True)
+
+    threads = [threading.Thread(target=one, args=(t,), daemon=True) for t in options.targets()]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if failed:
+        sys.exit(1)

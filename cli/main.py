@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "images": ("images", "list_images", "List the agent's images."),
     "info": ("system", "info", "Summarise the cluster (controller) or the node (agent)."),
     "job": ("jobs", "job", "Run commands to completion across the cluster."),
+    "login": ("registry_login", "login", "Log in to a registry (docker's config.json)."),
+    "logout": ("registry_login", "logout", "Log out from a registry."),
     "logs": ("containers", "logs", "Print a container's output."),
     "node": ("nodes", "node", "Manage the cluster's nodes."),
     "port": ("containers", "port", "List a container's published ports."),

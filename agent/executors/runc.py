@@ -25,7 +25,8 @@ from dockyard.agent.executor import (
 from dockyard.agent.images.errors import ImageNotFound
 from dockyard.agent.runtime.base import ContainerRuntimeError, ContainerStatus, ExitInfo
 from dockyard.agent.secret_files import SecretFileError, SecretFiles
-from dockyard.v1.workloads_pb2 import Task
+from dockyard.common.distribution.auth import Credentials
+from dockyard.v1.workloads_pb2 import RegistryAuth, Task
 
 __all__ = ["RuncExecutor"]
 
@@ -41,6 +42,8 @@ class RuncExecutor:
         self.manager = manager
         self.secrets = secrets
         self.image_sources: dict[str, tuple[str, ...]] = {}
+        self.registry_auths: dict[str, RegistryAuth] = {}
+        """Service ID -> the credentials its tasks pull with (`--with-registry-auth`)."""
         """Per image, the agents of other nodes that run it (from the assignment set):
         a pull fetches the layers from them first."""
 
@@ -58,7 +61,11 @@ class RuncExecutor:
             self.manager.images.resolve(image)
         except ImageNotFound:
             progress(f"pulling {image}")
-            await self.manager.images.pull(image, peers=self.image_sources.get(image, ()))
+            auth = self.registry_auths.get(task.service_id)
+            credentials = ({auth.registry: Credentials(auth.username, auth.password)}
+                           if auth is not None else None)  # fmt: skip
+            await self.manager.images.pull(image, peers=self.image_sources.get(image, ()),
+                                           credentials=credentials)  # fmt: skip
             progress(f"pulled {image}")
         try:
             mounts = self.secrets.write(task) if self.secrets is not None else []

@@ -38,6 +38,7 @@ from dockyard.cli.options import GlobalOptions, format_option, output_option, pa
 if TYPE_CHECKING:
     from dockyard.cli.listing import Listing
     from dockyard.v1.control_pb2 import ResolveImage
+    from dockyard.v1.workloads_pb2 import RegistryAuth
 
 UPDATE_RETRIES = 5
 DEFAULT_TIMEOUT = "10m"
@@ -68,16 +69,45 @@ def finish(target: Target, record: Any, detach: bool, timeout: float | None) -> 
     click.echo(record.id)
 
 
+def registry_auth_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--with-registry-auth", is_flag=True,
+        help="Send your credentials for the image's registry (dockyard/docker login) with "
+        "the service: the nodes pull with them.")(command)
+
+
+def registry_auth_for(image: str) -> RegistryAuth:
+    """The caller's login for the registry of `image`, as a RegistryAuth."""
+    from dockyard.cli.docker_config import CredentialsError, get_login
+    from dockyard.common.reference import InvalidReference, parse_reference
+    from dockyard.v1.workloads_pb2 import RegistryAuth
+
+    try:
+        registry = parse_reference(image).registry
+    except InvalidReference as exc:
+        raise SpecError(f"--with-registry-auth: {exc}") from exc
+    try:
+        login = get_login(registry)
+    except CredentialsError as exc:
+        raise CliError(f"--with-registry-auth: {exc}") from exc
+    if login is None:
+        raise CliError(f"--with-registry-auth: no credentials for {registry} "
+                       f"(run `dockyard login {registry}` first)")  # fmt: skip
+    return RegistryAuth(registry=registry, username=login.username, password=login.secret)
+
+
 @service.command("create", context_settings={"allow_interspersed_args": False})
 @click.option("-f", "--file", "spec_file", default=None, metavar="FILE",
               help="Read the spec from a YAML file (flags given too override it).")
+@registry_auth_option
 @detach_options
 @resolve_option
 @setting_options("create")
 @click.argument("image", required=False, metavar="IMAGE")
 @click.argument("command_args", nargs=-1, type=click.UNPROCESSED, metavar="[CMD]...")
 @pass_options
-def create(options: GlobalOptions, /, spec_file: str | None, detach: bool, timeout: str,
+def create(options: GlobalOptions, /, spec_file: str | None, with_registry_auth: bool,
+           detach: bool, timeout: str,
            resolve_image: str | None, image: str | None, command_args: tuple[str, ...],
            **kwargs: Any) -> None:
     """Create a service and wait until its tasks run."""
@@ -101,6 +131,8 @@ def create(options: GlobalOptions, /, spec_file: str | None, detach: bool, timeo
 
     target = options.target()
     request = CreateServiceRequest(spec=spec, resolve_image=resolve_mode(resolve_image))
+    if with_registry_auth:
+        request.registry_auth.CopyFrom(registry_auth_for(spec.task.container.image))
     record = call(target, control_stub, "CreateService", request)
     finish(target, record, detach, wait)
 
@@ -113,7 +145,8 @@ def get_service(target: Target, ref: str) -> Any:
 
 def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *,
                       force: bool = False, rollback: bool = False,
-                      resolve_image: ResolveImage.ValueType | None = None) -> Any:
+                      resolve_image: ResolveImage.ValueType | None = None,
+                      with_registry_auth: bool = False) -> Any:
     """Read, change a copy of the spec, write with the read version; on ABORTED (someone
     wrote in between) read again and apply the change again."""
     import grpc
@@ -130,6 +163,8 @@ def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *
                                        spec=spec, force=force, rollback=rollback)
         if resolve_image is not None:
             request.resolve_image = resolve_image
+        if with_registry_auth:
+            request.registry_auth.CopyFrom(registry_auth_for(spec.task.container.image))
         try:
             return call(target, control_stub, "UpdateService", request)
         except CliError as exc:
@@ -140,12 +175,14 @@ def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *
 
 @service.command("update")
 @click.option("--force", is_flag=True, help="Replace every task even if nothing changed.")
+@registry_auth_option
 @detach_options
 @resolve_option
 @setting_options("update")
 @click.argument("ref", metavar="SERVICE")
 @pass_options
-def update(options: GlobalOptions, /, force: bool, detach: bool, timeout: str,
+def update(options: GlobalOptions, /, force: bool, with_registry_auth: bool, detach: bool,
+           timeout: str,
            resolve_image: str | None, ref: str, **kwargs: Any) -> None:
     """Change a service's spec; its tasks are replaced in a rolling update."""
     from dockyard.v1.workloads_pb2 import ServiceSpec
@@ -166,7 +203,8 @@ def update(options: GlobalOptions, /, force: bool, detach: bool, timeout: str,
 
     target = options.target()
     record = update_with_retry(target, ref, change, force=force,
-                               resolve_image=resolve_mode(resolve_image))
+                               resolve_image=resolve_mode(resolve_image),
+                               with_registry_auth=with_registry_auth)
     finish(target, record, detach, wait)
 
 

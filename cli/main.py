@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "secret": ("secrets", "secret", "Manage the cluster's secrets."),
     "service": ("services", "service", "Manage services across the cluster."),
     "stack": ("stacks", "stack", "Deploy compose files as stacks of services."),
+    "system": ("prune", "system", "Disk usage and cleanup on one agent (df, prune)."),
     "volume": ("volumes", "volume", "Manage an agent's named volumes."),
     "version": ("system", "version", "Show the client's and the daemons' versions."),
 }

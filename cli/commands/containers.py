@@ -12,6 +12,7 @@ import click
 from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call, stream
 from dockyard.cli.commands.container_run import AGENT, containers_stub, create, run, write_output
+from dockyard.cli.commands.prune import container_prune
 from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 from dockyard.cli.render import emit_data, table
 
@@ -24,6 +25,9 @@ COMMAND_WIDTH = 20
 @click.group("container")
 def container() -> None:
     """Manage containers on one agent (run, ls, logs, exec, ...)."""
+
+
+container.add_command(container_prune)
 
 
 container.add_command(run)

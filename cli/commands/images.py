@@ -10,6 +10,7 @@ import click
 
 from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call, stream
+from dockyard.cli.commands.prune import image_prune
 from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ def pull_image(target: Target, ref: str, out: TextIO) -> Any:
 @click.group("image")
 def image() -> None:
     """Manage images on one agent (pull, push, ls, rm, ...)."""
+
+
+image.add_command(image_prune)
 
 
 @image.command("pull")

@@ -10,6 +10,7 @@ import click
 from dockyard.cli.batch import each_ref
 from dockyard.cli.client import Target, call
 from dockyard.cli.commands.container_run import AGENT
+from dockyard.cli.commands.prune import volume_prune
 from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 
 
@@ -22,6 +23,9 @@ def volumes_stub(channel: Any) -> Any:
 @click.group("volume")
 def volume() -> None:
     """Manage an agent's named volumes (directories that outlive containers)."""
+
+
+volume.add_command(volume_prune)
 
 
 @volume.command("create")

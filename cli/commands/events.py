@@ -202,27 +202,33 @@ def _print(label: str | None, event: dict[str, Any], output: str) -> None:
 
 
 def follow_many(targets: list[Target], since: str | None, wanted: EventFilter,
-                output: str) -> bool:  # fmt: skip
-    """Every target's events merged by time, each line led by its target; a target whose
-    stream fails gets one stderr line. Returns whether any failed."""
+                output: str, labelled: bool = True, until: float | None = None) -> bool:
+    """Every target's events merged by time, each line led by its target (`labelled`); a
+    target whose stream fails gets one stderr line. With `until` (epoch seconds) it stops
+    then, and leaves out events stamped after it. Returns whether any failed."""
     incoming: queue.Queue[Any] = queue.Queue()
     for target in targets:
         threading.Thread(target=_pump, args=(target, since, incoming), daemon=True).start()
     merger, open_streams, failed = Merger(), len(targets), False
     while open_streams:
+        ended = until is not None and time.time() >= until
         try:
             target, item, arrived = incoming.get(timeout=0.1)
             if item is None:
                 open_streams -= 1
             elif isinstance(item, CliError):
                 failed = True
-                click.echo(f"dockyard: {target.label}: {item.message}", err=True)
-            elif "kind" in item and wanted.matches(item):
+                prefix = f"{target.label}: " if labelled else ""
+                click.echo(f"dockyard: {prefix}{item.message}", err=True)
+            elif ("kind" in item and wanted.matches(item)
+                  and (until is None or event_time(item) <= until)):  # fmt: skip
                 merger.add(target.label, item, arrived)
         except queue.Empty:
             pass
-        for label, event in merger.ready(time.monotonic(), flush=not open_streams):
-            _print(label, event, output)
+        for label, event in merger.ready(time.monotonic(), flush=ended or not open_streams):
+            _print(label if labelled else None, event, output)
+        if ended:
+            break
     return failed
 
 
@@ -231,14 +237,24 @@ def follow_many(targets: list[Target], since: str | None, wanted: EventFilter,
               help="type=node|service|task, name=NAME (a service's name also matches its tasks).")
 @click.option("--since", default=None, metavar="EVENT_ID",
               help="Start after this event id (or etcd revision) instead of now.")
+@click.option("--until", default=None, metavar="TIME",
+              help="Stop at TIME (RFC 3339, a Unix time, or a duration ago such as 10m).")
 @output_option
 @pass_options
-def events(options: GlobalOptions, filters: tuple[str, ...], since: str | None) -> None:
+def events(options: GlobalOptions, filters: tuple[str, ...], since: str | None,
+           until: str | None) -> None:  # fmt: skip
     """Print the cluster's changes as they happen (Ctrl-C to stop)."""
+    from dockyard.cli.humanize import parse_since
+
     wanted = parse_filters(filters)
     try:
-        if options.many:
-            if follow_many(options.targets(), since, wanted, options.output):
+        stop = parse_since(until) if until is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--until") from None
+    try:
+        if options.many or stop is not None:
+            if follow_many(options.targets(), since, wanted, options.output,
+                           labelled=options.many, until=stop):  # fmt: skip
                 sys.exit(1)
             return
         for event in stream_events(options.target(), since):

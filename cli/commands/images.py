@@ -12,6 +12,7 @@ from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call, stream
 from dockyard.cli.commands.prune import image_prune
 from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
+from dockyard.cli.render import emit_table
 
 if TYPE_CHECKING:
     from dockyard.cli.filters import Filters
@@ -48,12 +49,48 @@ image.add_command(image_prune)
 
 
 @image.command("pull")
+@click.option("--all-nodes", is_flag=True,
+              help="Pull on every READY node of the cluster (the target is a controller).")
+@click.option("--timeout", "timeout", type=click.FloatRange(min=1, max=86400), default=600,
+              show_default=True, metavar="SECONDS",
+              help="With several nodes or targets: give up on one after this long.")
 @click.argument("ref", metavar="REF")
 @pass_options
-def pull(options: GlobalOptions, ref: str) -> None:
-    """Pull an image from its registry, with a progress bar per layer."""
-    image_record = pull_image(options.target(), ref, sys.stdout)
-    click.echo(image_record.references[0] if image_record.references else ref)
+def pull(options: GlobalOptions, all_nodes: bool, timeout: float, ref: str) -> None:
+    """Pull an image from its registry, with a progress bar per layer; with several
+    agents (-H twice, contexts) or --all-nodes, on each at once: one row per target."""
+    if not all_nodes and not options.many:
+        image_record = pull_image(options.target(), ref, sys.stdout)
+        click.echo(image_record.references[0] if image_record.references else ref)
+        return
+    import io
+
+    from dockyard.cli.fanout import run_each
+    from dockyard.cli.listing import finish
+
+    targets = node_targets(options.target()) if all_nodes else options.targets()
+    if not targets:
+        raise CliError("no READY node to pull on")
+    outcomes = run_each(targets, lambda target: pull_image(target, ref, io.StringIO()),
+                        timeout, options.concurrency)  # fmt: skip
+    rows = [[o.target.label, o.value.references[0] if o.value.references else ref,
+             o.value.digest] for o in outcomes if o.value is not None]  # fmt: skip
+    if rows:
+        emit_table(["TARGET", "IMAGE", "DIGEST"], rows)
+    finish(outcomes)
+
+
+def node_targets(controller: Target) -> list[Target]:
+    """Each READY node's agent API, as a target named after the node; over TLS its
+    certificate must be that node's (the controller chose its ID)."""
+    from dockyard.v1 import control_pb2_grpc
+    from dockyard.v1.control_pb2 import ListNodesRequest
+    from dockyard.v1.types_pb2 import NodeStatus
+
+    nodes = call(controller, control_pb2_grpc.ControlStub, "ListNodes", ListNodesRequest()).nodes
+    return [Target(n.description.api_address, n.spec.name, controller.tls, server_name=n.id)
+            for n in sorted(nodes, key=lambda n: n.spec.name)
+            if n.status.state == NodeStatus.READY and n.description.api_address]  # fmt: skip
 
 
 @image.command("push")

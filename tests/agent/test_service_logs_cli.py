@@ -1,5 +1,5 @@
 """`dockyard service logs` on real runc tasks: the task prefix, --raw, --tail, --since,
---timestamps, and with two targets each line led by its target."""
+--timestamps, and with two targets each line led by its target; `image pull --all-nodes`."""
 
 from __future__ import annotations
 
@@ -57,3 +57,15 @@ def test_service_logs_flags_and_fan_out(runc_cluster: Cluster,
     both = cluster.cli("-H", cluster.address, "service", "logs", "--raw", "talk").stdout
     assert sorted(both.splitlines()) == sorted([f"{cluster.address} one",
                                                 f"{cluster.address} two"] * 2)
+
+
+def test_image_pull_on_every_node(runc_cluster: Cluster, image_registry: ImageRegistry) -> None:
+    cluster = runc_cluster
+    pulled = cluster.cli("image", "pull", "--all-nodes", image_registry.busybox, timeout=120)
+    lines = pulled.stdout.splitlines()
+    assert lines[0].split() == ["TARGET", "IMAGE", "DIGEST"]
+    assert [line.split()[:2] for line in lines[1:]] == [["lg1", image_registry.busybox]]
+    assert lines[1].split()[2] == image_registry.digest
+    agent = cluster.agent_address("lg1")
+    listed = cluster.cli("images", "--format", "{{.Repository}}:{{.Tag}}", host=agent).stdout
+    assert image_registry.busybox in listed.split()

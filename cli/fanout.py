@@ -48,6 +48,8 @@ def _run_one(target: Target, action: Callable[[Target], T], deadline: float) -> 
         return Outcome(target, error=exc.format_message())
     except OSError as exc:
         return Outcome(target, error=str(exc))
+    except Exception as exc:  # one target's bug is its own line, not a hang
+        return Outcome(target, error=f"{type(exc).__name__}: {exc}")
 
 
 def run_each(
@@ -93,5 +95,5 @@ def run_each(
                            if i not in outcomes and now >= begin + timeout]  # fmt: skip
             for i in overdue:
                 outcomes[i] = Outcome(targets[i],
-                                      error=f"no answer within {timeout:g} s (--target-timeout)")
+                                      error=f"no answer within {timeout:g} s")
     return [outcomes[i] for i in range(len(targets))]

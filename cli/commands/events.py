@@ -186,7 +186,7 @@ def _pump(target: Target, since: str | None, out: queue.Queue[Any]) -> None:
             out.put((target, event, time.monotonic()))
     except CliError as exc:
         out.put((target, exc, time.monotonic()))
-    except Exception as exc:
+    except Exception as exc:  # any failure of one stream is that target's own line
         out.put((target, CliError(str(exc)), time.monotonic()))
     finally:
         out.put((target, None, time.monotonic()))

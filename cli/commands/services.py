@@ -420,13 +420,10 @@ def ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trun
                 raise
         return container_listing(target, show_all, filters, no_trunc)
 
-    # Filters are checked against both kinds before any daemon is asked.
     from dockyard.cli.filters import Filters
 
-    for item in filters:
-        key = item.partition("=")[0].strip().lower()
-        if key not in TASK_FILTERS and key not in CONTAINER_FILTERS:
-            Filters([item], (*TASK_FILTERS, *CONTAINER_FILTERS))
+    # A key that neither tasks nor containers know is refused before any daemon is asked.
+    Filters(filters, tuple(dict.fromkeys((*TASK_FILTERS, *CONTAINER_FILTERS))))
     show_listing(options, fetch, quiet)
 
 

@@ -61,6 +61,12 @@ def test_service_ls_filters(cluster: Cluster) -> None:
     assert lines(cluster, "service", "ls", "-f", "name=d", *fmt) == ["db"]
     assert lines(cluster, "service", "ls", "-f", "mode=global", *fmt) == []
     assert lines(cluster, "service", "ls", "-f", "mode=replicated", *fmt) == ["db", "web"]
+    cluster.cli("job", "run", "-d", "--name", "once", "--label", "batch=1", "busybox", "true")
+    cluster.cli("job", "run", "-d", "--name", "twice", "busybox", "true")
+    assert lines(cluster, "job", "ls", *fmt) == ["once", "twice"]
+    assert lines(cluster, "job", "ls", "-f", "label=batch", *fmt) == ["once"]
+    assert lines(cluster, "service", "ls", "-f", "mode=replicated-job", *fmt) == ["once",
+                                                                                 "twice"]
 
 
 def test_service_ps_shows_history_and_filters_narrow_it(cluster: Cluster) -> None:

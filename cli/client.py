@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from dockyard.cli.contexts import Context, ContextError, ContextStore
 from dockyard.cli.deadline import remaining
 from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
+from dockyard.common.contexts import Context, ContextError, ContextStore
 from dockyard.common.metadata import WARNING_KEY
 
 if TYPE_CHECKING:  # grpc loads in the commands that call a daemon, not at startup

@@ -16,9 +16,11 @@ from dataclasses import dataclass
 
 import structlog
 
+from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.image_sources import Holders, image_sources
-from dockyard.controller.orchestrators.tasks import State, is_terminal
+from dockyard.controller.orchestrators.tasks import is_terminal
+from dockyard.controller.sessions import Post
 from dockyard.controller.state import ChangeTracker, ClusterState
 from dockyard.controller.store import REGISTRY_AUTHS, SECRET_DATA, TASKS, Store, StoreError
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, DispatcherMessage, TaskStatusReport
@@ -28,21 +30,21 @@ from dockyard.v1.workloads_pb2 import RegistryAuth, Secret, Task
 log = structlog.get_logger(__name__)
 
 FLUSH_INTERVAL = 0.1
-Send = Callable[[str, DispatcherMessage], bool]
 
 
 def assigned_to_agent(task: Task) -> bool:
     """Whether the node's agent must know about the task."""
-    if task.status.state < State.ASSIGNED:
+    if task.status.state < TaskState.ASSIGNED:
         return False
-    return task.desired_state <= State.RUNNING or not is_terminal(task)
+    return task.desired_state <= TaskState.RUNNING or not is_terminal(task)
 
 
 class Assigner:
-    def __init__(self, state: ClusterState, send: Send, store: Store | None = None) -> None:
-        """`store` is where secrets' data is read (None: no secret is ever sent)."""
+    def __init__(self, state: ClusterState, post: Post, store: Store | None = None) -> None:
+        """`post` queues a set on a node's outbox (controller/sessions.py); `store` is
+        where secrets' data is read (None: no secret is ever sent)."""
         self._state = state
-        self._send = send
+        self._post = post
         self._store = store
         self._sent: dict[str, frozenset[tuple[str, int, int]]] = {}
         self._secret_data: dict[str, bytes] = {}  # secrets are immutable: read once
@@ -111,7 +113,7 @@ class Assigner:
     async def send_now(self, node_id: str) -> None:
         """Send the whole set to a node (its session just opened)."""
         assignments = await self.assignment_set(node_id)
-        if self._send(node_id, DispatcherMessage(assignments=assignments)):
+        if self._post(node_id, DispatcherMessage(assignments=assignments)):
             self._sent[node_id] = _fingerprint(assignments)
 
     async def run(self) -> None:
@@ -128,7 +130,7 @@ class Assigner:
                 fingerprint = _fingerprint(assignments)
                 if self._sent.get(node_id) == fingerprint:
                     continue
-                if self._send(node_id, DispatcherMessage(assignments=assignments)):
+                if self._post(node_id, DispatcherMessage(assignments=assignments)):
                     self._sent[node_id] = fingerprint
 
     def forget(self, node_id: str) -> None:
@@ -148,7 +150,7 @@ def _fingerprint(assignments: AssignmentSet) -> frozenset[tuple[str, int, int]]:
 
 def _to_start(task: Task) -> bool:
     """The task may still pull its image on its node."""
-    return task.status.state < State.RUNNING and task.desired_state <= State.RUNNING
+    return task.status.state < TaskState.RUNNING and task.desired_state <= TaskState.RUNNING
 
 
 @dataclass

@@ -46,7 +46,3 @@ class ControllerConfig:
     http_listen: str = f"127.0.0.1:{HTTP_PORT}"
     http_max_streams: int = 64  # concurrent /v1/events streams
     subnets: SubnetPool = field(default_factory=SubnetPool)  # the nodes' bridge subnets
-
-    @property
-    def advertise_address(self) -> str:
-        return self.advertise or self.listen

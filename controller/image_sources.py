@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterable
 
 from dockyard.common.addresses import AddressError, join_host_port, split_host_port
-from dockyard.controller.orchestrators.tasks import State
+from dockyard.common.states import TaskState
 from dockyard.controller.state import ClusterState
 from dockyard.v1.dispatcher_pb2 import ImageSources
 from dockyard.v1.types_pb2 import Node, NodeStatus
@@ -49,7 +49,8 @@ def image_sources(state: ClusterState, node_id: str, tasks: Iterable[Task],
     wanted: dict[str, str] = {}  # image -> a service that uses it
     for task in tasks:
         image = task.spec.container.image
-        if image and task.status.state < State.RUNNING and task.desired_state <= State.RUNNING:
+        running = TaskState.RUNNING
+        if image and task.status.state < running and task.desired_state <= running:
             wanted.setdefault(image, task.service_id)
     cache = {} if cache is None else cache
     found = []
@@ -71,7 +72,7 @@ def _holders(state: ClusterState, image: str, service_id: str) -> Holders:
     for service in sorted(services):
         for task_id in state.tasks_by_service.get(service, ()):
             task = state.tasks.get(task_id)
-            if (task is None or task.node_id in holders or task.status.state != State.RUNNING
+            if (task is None or task.node_id in holders or task.status.state != TaskState.RUNNING
                     or task.spec.container.image != image):  # fmt: skip
                 continue
             node = state.nodes.get(task.node_id)

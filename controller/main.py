@@ -194,7 +194,7 @@ def run(
     from dockyard.common import logging as dlogging
     from dockyard.common.distribution.settings import registry_config as make_registry_config
     from dockyard.common.sizes import parse_duration
-    from dockyard.controller.admin import _days, etcd_credentials
+    from dockyard.controller.admin import days_as_hours, etcd_credentials
     from dockyard.controller.config import ControllerConfig
     from dockyard.controller.subnets import SubnetPool
     from dockyard.v1.control_pb2 import ResolveImage
@@ -206,7 +206,7 @@ def run(
         listen = normalize(listen, CONTROLLER_PORT)
         join_listen = normalize(join_listen or f"{listen.rsplit(':', 1)[0]}:{JOIN_PORT}",
                                 JOIN_PORT)  # fmt: skip
-        validity = parse_duration(_days(cert_expiry))
+        validity = parse_duration(days_as_hours(cert_expiry))
         check_registry_flags(registry_mirrors, insecure_registries)
         if http_listen is None:
             http_listen = f"{listen.rsplit(':', 1)[0]}:{HTTP_PORT}"
@@ -262,20 +262,22 @@ async def _serve(config: ControllerConfig) -> int:
         await controller.stop()
         click.echo(f"dockyard-controller: {exc}", err=True)
         return 1
-    await stop.wait()
+    async with asyncio.TaskGroup() as group:  # until a signal, or a background job fails
+        waits = [group.create_task(stop.wait()), group.create_task(controller.failed.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
     log.info("controller.stopping")
     await controller.stop()
-    return 0
+    return 1 if controller.failed.is_set() else 0
 
 
 def _add_admin_commands() -> None:
-    from dockyard.controller.admin import cert, init, join, token, user
+    from dockyard.controller.admin import init, join, user
 
     main.add_command(init)
     main.add_command(join)
-    main.add_command(token)
     main.add_command(user)
-    main.add_command(cert)
 
 
 _add_admin_commands()

@@ -14,7 +14,8 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 
-from dockyard.controller.orchestrators.tasks import State
+from dockyard.common.states import TaskState
+from dockyard.controller.sessions import Post
 from dockyard.controller.state import ClusterState
 from dockyard.v1.dispatcher_pb2 import (
     DispatcherMessage,
@@ -26,8 +27,7 @@ from dockyard.v1.types_pb2 import Node
 
 __all__ = ["NetworkMapper"]
 
-RUNNING = State.RUNNING  # looked up once: an enum attribute costs on every task
-Send = Callable[[str, DispatcherMessage], bool]
+RUNNING = TaskState.RUNNING  # looked up once: an enum attribute costs on every task
 SEND_INTERVAL = 0.5
 """Seconds between two looks at the cluster (and so between two maps sent to every node):
 a burst of task starts makes one map, not one per task (each map goes to every session)."""
@@ -39,16 +39,16 @@ Revoked = tuple[str, ...]
 class NetworkMapper:
     """Args:
     state: The leader's view of the cluster (its nodes).
-    send: Queues a message on a node's session (False when it has none).
+    post: Queues a message on a node's outbox (False when it has no session).
     sessions: The nodes with an open session now.
     revoked: The revoked certificate serials that have not expired, given the time now
         (epoch seconds); call ``revocations_changed`` when they change.
     """
 
-    def __init__(self, state: ClusterState, send: Send, sessions: Callable[[], Iterable[str]],
+    def __init__(self, state: ClusterState, post: Post, sessions: Callable[[], Iterable[str]],
                  revoked: Callable[[float], Iterable[str]] = lambda now: ()) -> None:  # fmt: skip
         self._state = state
-        self._send = send
+        self._post = post
         self._sessions = sessions
         self._revoked = revoked
         self._changed = state.subscribe()
@@ -63,7 +63,7 @@ class NetworkMapper:
 
     def send_now(self, node: Node) -> None:
         """Send ``node`` its map (its session just opened)."""
-        self._send(node.id, DispatcherMessage(network=self.network_map(node)))
+        self._post(node.id, DispatcherMessage(network=self.network_map(node)))
 
     def revocations_changed(self) -> None:
         """A certificate was revoked: send every node the new list."""
@@ -83,7 +83,7 @@ class NetworkMapper:
                     node = self._state.nodes.get(node_id)
                     if node is not None:
                         message = DispatcherMessage(network=_network_map(node, *current))
-                        self._send(node.id, message)
+                        self._post(node.id, message)
             # Looking costs a walk over every task: a burst of changes (a scale-up writes
             # thousands) is looked at once per interval, whether or not a map went out.
             await asyncio.sleep(SEND_INTERVAL)

@@ -1,6 +1,6 @@
-"""The node monitor: turns the dispatcher's heartbeat times into READY/DOWN.
+"""The node monitor: turns the session registry's heartbeat times into READY/DOWN.
 
-A node the dispatcher has not heard from for `grace` seconds is DOWN; a node
+A node not heard from for `grace` seconds is DOWN; a node
 with an open session whose heartbeats are on time again is READY. One monitor
 serves one term: a node not heard from since this controller became leader
 (`term_started`, on this controller's monotonic clock) gets at least
@@ -16,15 +16,14 @@ from collections.abc import Callable
 
 import structlog
 
-from dockyard.controller.dispatcher import Dispatcher
+from dockyard.common.states import NodeState
 from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.sessions import SessionRegistry
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import StoreError
-from dockyard.v1.types_pb2 import NodeStatus
 
 log = structlog.get_logger(__name__)
 
-State = NodeStatus.State
 
 # A node not heard from since this controller became leader gets at least this
 # long: its agent may be waiting out a reconnect backoff (up to 10 s).
@@ -35,7 +34,7 @@ class NodeMonitor:
     def __init__(
         self,
         registry: NodeRegistry,
-        dispatcher: Dispatcher,
+        sessions: SessionRegistry,
         grace: float,
         persist_interval: float = 15.0,
         view: Callable[[], ClusterState | None] = lambda: None,
@@ -47,7 +46,7 @@ class NodeMonitor:
         `term_started` is when this controller became leader (time.monotonic(); now
         when None)."""
         self._registry = registry
-        self._dispatcher = dispatcher
+        self._sessions = sessions
         self._grace = grace
         self._persist_interval = persist_interval
         self._view = view
@@ -69,27 +68,27 @@ class NodeMonitor:
                 log.warning("nodemonitor.store_error", error=str(exc))
 
     async def check(self) -> None:
-        changes: dict[str, tuple[State.ValueType, str]] = {}
+        changes: dict[str, tuple[NodeState.ValueType, str]] = {}
         view = self._view()
         nodes = list(view.nodes.values()) if view is not None else await self._registry.list_all()
         now = time.monotonic()
         for node in nodes:
-            seen = self._dispatcher.last_seen.get(node.id)
+            seen = self._sessions.last_seen(node.id)
             heard = seen is not None and seen.monotonic >= self._started  # in this term
             silent = now - (seen.monotonic if heard and seen else self._started)
-            has_session = node.id in self._dispatcher.sessions
+            has_session = node.id in self._sessions
             allowed = self._grace if heard else self._startup_grace
-            if node.status.state == State.READY and silent > allowed:
-                changes[node.id] = (State.DOWN, f"no heartbeat for {silent:.1f} s")
-            elif node.status.state != State.READY and has_session and silent <= self._grace:
-                changes[node.id] = (State.READY, "heartbeats resumed")
+            if node.status.state == NodeState.READY and silent > allowed:
+                changes[node.id] = (NodeState.DOWN, f"no heartbeat for {silent:.1f} s")
+            elif node.status.state != NodeState.READY and has_session and silent <= self._grace:
+                changes[node.id] = (NodeState.READY, "heartbeats resumed")
         if changes:
             await self._registry.set_states(changes)
 
     async def _persist_heartbeats(self) -> None:
         beats = {
-            node_id: self._dispatcher.last_seen[node_id].wall
-            for node_id in self._dispatcher.sessions
-            if node_id in self._dispatcher.last_seen
+            node_id: seen.wall
+            for node_id in self._sessions.node_ids()
+            if (seen := self._sessions.last_seen(node_id)) is not None
         }
         await self._registry.record_heartbeats(beats)

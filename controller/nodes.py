@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import structlog
 
 from dockyard.common.lookup import match_reference
+from dockyard.common.states import NodeState
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.validation import ValidationError, check_labels, check_name, check_ref
 from dockyard.controller.cluster import PolicyDenied
@@ -43,7 +44,6 @@ log = structlog.get_logger(__name__)
 NODE_ID_PATTERN = re.compile(r"^[a-z0-9]{8,64}$")
 CONFLICT_RETRIES = 8
 
-State = NodeStatus.State
 
 
 class NodeRegistry:
@@ -102,7 +102,7 @@ class NodeRegistry:
                 if existing is None:
                     return await self._create(hello, remote_address)
                 existing.description.CopyFrom(hello.description)
-                _set_state(existing.status, State.READY, "session open")
+                _set_state(existing.status, NodeState.READY, "session open")
                 existing.status.last_heartbeat.CopyFrom(now_timestamp())
                 existing.status.remote_address = remote_address
                 await self._place_on_network(existing, remote_address)
@@ -149,7 +149,7 @@ class NodeRegistry:
         node.spec.name = hello.name
         node.spec.availability = NodeSpec.ACTIVE
         node.description.CopyFrom(hello.description)
-        _set_state(node.status, State.READY, "session open")
+        _set_state(node.status, NodeState.READY, "session open")
         node.status.last_heartbeat.CopyFrom(now_timestamp())
         node.status.remote_address = remote_address
         await self._place_on_network(node, remote_address)
@@ -184,7 +184,7 @@ class NodeRegistry:
         except NotFound:
             return
         state = NodeStatus.State.Name(owner.status.state)
-        if owner.status.state == State.READY:
+        if owner.status.state == NodeState.READY:
             raise AlreadyExists(
                 f"node name {name!r} is held by live node {holder_id[:12]} ({state}); "
                 "start this agent with another --name"
@@ -194,7 +194,7 @@ class NodeRegistry:
             f"with `dockyard node rm {name}`, or start this agent with another --name"
         )
 
-    async def set_states(self, changes: dict[str, tuple[State.ValueType, str]]) -> list[Node]:
+    async def set_states(self, changes: dict[str, tuple[NodeState.ValueType, str]]) -> list[Node]:
         """Move nodes to new states in as few transactions as possible.
 
         Nodes whose record changed meanwhile are read again and retried.
@@ -273,7 +273,7 @@ class NodeRegistry:
         """Remove a node's record; `revoke` (its certificates) runs first, so nothing
         the node sends is trusted by the time its record is gone."""
         node = await self.find(ref)
-        if node.status.state == State.READY and not force:
+        if node.status.state == NodeState.READY and not force:
             raise FailedPrecondition(
                 f"node {node.spec.name} is READY: stop its agent first, or use --force"
             )
@@ -295,7 +295,7 @@ def _needs_subnet(node: Node | None, description: NodeDescription) -> bool:
         node is None or node.network.subnet != description.bridge_subnet)
 
 
-def _set_state(status: NodeStatus, state: State.ValueType, message: str) -> None:
+def _set_state(status: NodeStatus, state: NodeState.ValueType, message: str) -> None:
     if status.state != state:
         status.state_changed_at.CopyFrom(now_timestamp())
     status.state = state

@@ -41,13 +41,14 @@ class Registration:
 
     async def run(self) -> None:
         """Publish the record and keep its lease alive until cancelled; any failure
-        (etcd down, the lease expired meanwhile) is retried with a new lease."""
+        (etcd down, the lease expired meanwhile, a broken keep-alive stream's raw gRPC
+        error) is retried with a new lease."""
         try:
             while True:
                 try:
                     await self._keep()
-                except StoreError as exc:
-                    log.warning("registration.failed", error=str(exc))
+                except Exception as exc:  # every failure: publish again on a new lease
+                    log.warning("registration.failed", error=f"{type(exc).__name__}: {exc}")
                 self.registered = False
                 await asyncio.sleep(self._ttl / 3)
         finally:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,7 @@ from dockyard.controller.ca import (
 )
 from dockyard.controller.cluster import CLUSTER_ID, ClusterRecord
 from dockyard.controller.config import ControllerConfig
-from dockyard.controller.dispatcher import Dispatcher
+from dockyard.controller.dispatcher import Dispatcher, Term
 from dockyard.controller.http.metrics import (
     ClusterSources,
     ControllerMetrics,
@@ -50,8 +51,9 @@ from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.peers import ControllerDirectory
 from dockyard.controller.registration import Registration
 from dockyard.controller.scheduler.constraints import parse_constraints
-from dockyard.controller.scheduling import SchedulingLoop
+from dockyard.controller.scheduler.loop import SchedulingLoop
 from dockyard.controller.services import ServiceRegistry
+from dockyard.controller.sessions import Post, SessionRegistry
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, NotFound, Store
 from dockyard.controller.supervision import Supervisor
@@ -88,8 +90,14 @@ class Controller:
         self.ca: ClusterCA | None = None
         self.leadership: Leadership | None = None
         self.dispatcher: Dispatcher | None = None
+        self.sessions = SessionRegistry()
+        self.term: Term | None = None
+        """What the current leader term lends the dispatcher (None between terms)."""
         self.port = 0
-        self._tasks: list[asyncio.Task[None]] = []
+        self._jobs: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+        self._background: asyncio.Task[None] | None = None
+        self.failed = asyncio.Event()
+        """Set when a background job (leadership, registration, revocations) failed."""
         self.state: ClusterState | None = None
         self.scheduling: SchedulingLoop | None = None
         self.metrics = ControllerMetrics(package_version())
@@ -106,6 +114,43 @@ class Controller:
                 f"--state-dir {config.state_dir}` first (or pass --insecure for plaintext)"
             )
         controller_id = _load_or_create_id(config.state_dir / "controller-id")
+        store, endpoints = await self._connect_store()
+        cluster = await _load_or_create_cluster(store)
+        registry = NodeRegistry(store, self.config.subnets,
+                                lambda: self._own_addresses(endpoints))  # fmt: skip
+        server = await self._listen(controller_id)
+        advertise = config.advertise or _with_port(config.listen, self.port)
+        self.leadership = Leadership(store, controller_id, advertise, config.leader_ttl)
+        self.dispatcher = Dispatcher(
+            registry, self.sessions, cluster.id, config.heartbeat_period, config.node_grace,
+            self.leadership.leader_address, lambda: self.term,
+            self.ca.is_revoked if self.ca is not None else lambda serial: False,
+        )  # fmt: skip
+        identity = self._identify(cluster.id, controller_id, endpoints)
+        nodes_api, services_api = self._add_servicers(server, store, registry, identity)
+        await server.start()
+        if self.join_server is not None:
+            await self.join_server.start()
+        await self._start_http(identity, nodes_api, services_api)
+        leadership = self.leadership
+        self._jobs.insert(0, ("leadership", lambda: leadership.run(self._lead)))
+        self._register(controller_id, advertise)
+        self._background = asyncio.create_task(self._run_jobs(), name="controller.jobs")
+        log.info(
+            "controller.started",
+            listen=_with_port(config.listen, self.port),
+            controller_id=controller_id,
+            cluster_id=cluster.id,
+            etcd=endpoints,
+            embedded_etcd=self.etcd is not None,
+            tls=not config.insecure,
+            join=config.join_listen if self.join_server is not None else "",
+            ca_fingerprint=self.ca.ca.fingerprint if self.ca else "",
+        )
+
+    async def _connect_store(self) -> tuple[Store, list[str]]:
+        """The store on the configured etcd, or on an embedded one started here."""
+        config = self.config
         endpoints = list(config.etcd_endpoints)
         credentials: dict[str, Any] = dict(config.etcd_credentials)
         if not endpoints:
@@ -120,9 +165,11 @@ class Controller:
         self.store = Store(endpoints, config.etcd_prefix, **credentials)
         self.store.observe = self.metrics.observe_etcd
         await self.store.connect(config.etcd_timeout)
-        cluster = await _load_or_create_cluster(self.store)
-        registry = NodeRegistry(self.store, self.config.subnets,
-                                lambda: self._own_addresses(endpoints))  # fmt: skip
+        return self.store, endpoints
+
+    async def _listen(self, controller_id: str) -> grpc.aio.Server:
+        """The API's server, bound (plaintext with --insecure, else mutual TLS)."""
+        config = self.config
         if config.insecure:
             self.server = grpc.aio.server(
                 interceptors=[GrpcMetricsInterceptor(self.metrics)], options=SERVER_OPTIONS
@@ -140,63 +187,35 @@ class Controller:
             raise ControllerStartError(
                 f"cannot listen on {config.listen}: address in use or invalid"
             )
-        advertise = config.advertise or _with_port(config.listen, self.port)
-        self.leadership = Leadership(self.store, controller_id, advertise, config.leader_ttl)
-        self.dispatcher = Dispatcher(
-            registry,
-            cluster.id,
-            config.heartbeat_period,
-            config.node_grace,
-            self.leadership.leader_address,
-            self.ca.is_revoked if self.ca is not None else lambda serial: False,
-        )
-        identity = self._identify(cluster.id, controller_id, endpoints)
-        cluster_record = ClusterRecord(self.store)
+        return self.server
+
+    def _add_servicers(
+        self, server: grpc.aio.Server, store: Store, registry: NodeRegistry,
+        identity: ControllerIdentity,
+    ) -> tuple[NodesAPI, ServicesAPI]:  # fmt: skip
+        """The Control, Dispatcher and NodeCA services on `server`."""
+        config = self.config
+        assert self.dispatcher is not None
+        cluster_record = ClusterRecord(store)
         resolver = ImageResolver(config.registry, config.resolve_image, config.resolve_timeout)
-        nodes_api = NodesAPI(registry, self.dispatcher)
+        nodes_api = NodesAPI(registry, self.sessions)
         services_api = ServicesAPI(
-            self.store, ServiceRegistry(self.store), registry, cluster_record, resolver,
+            store, ServiceRegistry(store), registry, cluster_record, resolver,
             lambda: self.state,
         )
-        control_pb2_grpc.add_ControlServicer_to_server(
-            ControlServicer(
-                identity,
-                self.store,
-                nodes_api,
-                services_api,
-                self.dispatcher,
-                lambda: self.leadership,
-                cluster_record,
-                self.ca,
-                self.directory,
-            ),
-            self.server,
-        )
-        dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, self.server)
+        control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(
+            identity, store, nodes_api, services_api, self.sessions, lambda: self.leadership,
+            cluster_record, self.ca, self.directory,
+        ), server)  # fmt: skip
+        dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, server)
         if self.ca is not None:
-            ca_pb2_grpc.add_NodeCAServicer_to_server(
-                NodeCAServicer(self.ca, config.state_dir), self.server)
-            dispatcher = self.dispatcher
-            self.ca.on_revoke = lambda serial, subject: dispatcher.close_serial(serial)
+            ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.ca, config.state_dir),
+                                                     server)  # fmt: skip
+            sessions = self.sessions
+            self.ca.on_revoke = lambda serial, subject: sessions.close_serial(serial)
             self.ca.on_change = self._revocations_changed
-            self._tasks.append(asyncio.create_task(self.ca.watch_revocations()))
-        await self.server.start()
-        if self.join_server is not None:
-            await self.join_server.start()
-        await self._start_http(identity, nodes_api, services_api)
-        self._tasks.insert(0, asyncio.create_task(self.leadership.run(self._lead)))
-        self._register(controller_id, advertise)
-        log.info(
-            "controller.started",
-            listen=_with_port(config.listen, self.port),
-            controller_id=controller_id,
-            cluster_id=cluster.id,
-            etcd=endpoints,
-            embedded_etcd=self.etcd is not None,
-            tls=not config.insecure,
-            join=config.join_listen if self.join_server is not None else "",
-            ca_fingerprint=self.ca.ca.fingerprint if self.ca else "",
-        )
+            self._jobs.append(("revocations", self.ca.watch_revocations))
+        return nodes_api, services_api
 
     def _identify(
         self, cluster_id: str, controller_id: str, endpoints: list[str]
@@ -206,7 +225,7 @@ class Controller:
         self.directory = ControllerDirectory(self.store, controller_id, self._peer_credentials())
         return ControllerIdentity(
             cluster_id, controller_id, endpoints, self.etcd is not None, time.monotonic(),
-            self.config.http_listen,
+            self.config.http_listen, self.config.heartbeat_period, self.config.node_grace,
         )
 
     def _register(self, controller_id: str, advertise: str) -> None:
@@ -218,7 +237,21 @@ class Controller:
             http_address=self.config.http_listen, version=package_version(),
             started_at=now_timestamp(),
         ), self.config.leader_ttl)  # fmt: skip
-        self._tasks.append(asyncio.create_task(registration.run(), name="registration"))
+        self._jobs.append(("registration", registration.run))
+
+    async def _run_jobs(self) -> None:
+        """The controller's background jobs in one task group, until `stop`: one that
+        fails is logged at once, ends the others and sets `failed` (the process exits),
+        instead of waiting unseen until the controller stops."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for name, job in self._jobs:
+                    group.create_task(job(), name=f"controller:{name}")
+        except* Exception as failed:
+            for exc in failed.exceptions:
+                log.error("controller.job_failed", error=f"{type(exc).__name__}: {exc}",
+                          exc_info=exc)  # fmt: skip
+            self.failed.set()
 
     async def _start_http(
         self, identity: ControllerIdentity, nodes: NodesAPI, services: ServicesAPI
@@ -226,16 +259,16 @@ class Controller:
         """The JSON read API, /v1/events, /metrics and the dashboard (controller/http/)."""
         from dockyard.controller.http.server import HttpListenError, ReadSources, start_http
 
-        assert self.store is not None and self.dispatcher is not None
-        dispatcher, store, ca = self.dispatcher, self.store, self.ca
+        assert self.store is not None
+        sessions, store, ca = self.sessions, self.store, self.ca
         self.metrics.watch_cluster(ClusterSources(
             store, lambda: self.state,
             lambda: bool(self.leadership and self.leadership.is_leader),
-            lambda: len(dispatcher.sessions),
+            lambda: len(sessions),
         ))  # fmt: skip
         sources = ReadSources(
             store, nodes, services,
-            lambda: cluster_info(identity, store, nodes, services, dispatcher, self.leadership,
+            lambda: cluster_info(identity, store, nodes, services, sessions, self.leadership,
                                  self.directory),
             lambda: self.leadership, lambda: self.state,
             ca.is_revoked if ca is not None else lambda serial: False,
@@ -321,7 +354,7 @@ class Controller:
     async def _lead(self, fence: Fence) -> None:
         """One term: the control loops, supervised in one task group, until cancelled
         (the lease is lost) or they give up. Every write of theirs is fenced."""
-        assert self.store is not None and self.dispatcher is not None
+        assert self.store is not None
         became_leader = time.monotonic()
         store = self.store.fenced(fence)
         self.metrics.leadership_changes.labels("leader").inc()
@@ -336,31 +369,29 @@ class Controller:
                 for name, run in loops:
                     group.create_task(supervisor.supervise(name, run), name=f"leader:{name}")
         finally:
-            await self._end_term(state)
+            self._end_term(state)
 
     def _term_loops(
         self, store: Store, state: ClusterState, became_leader: float
     ) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
-        """Build one term's loops over `store` (fenced) and hook them to the dispatcher."""
-        config, dispatcher, ca = self.config, self.dispatcher, self.ca
-        assert dispatcher is not None
+        """Build one term's loops over `store` (fenced), and what the term lends the
+        dispatcher (`term`)."""
+        config, ca = self.config, self.ca
         monitor = NodeMonitor(
-            NodeRegistry(store, config.subnets), dispatcher, config.node_grace,
+            NodeRegistry(store, config.subnets), self.sessions, config.node_grace,
             view=lambda: self.state, term_started=became_leader,
         )  # fmt: skip
-        send = self._leader_send(dispatcher)
-        assigner = Assigner(state, send, store)
+        post = self._leader_post()
+        assigner = Assigner(state, post, store)
         transitions = self.metrics.task_transitions
         writer = StatusWriter(store, state,
                               lambda state: transitions.labels(state).inc())  # fmt: skip
         self.scheduling = SchedulingLoop(store, state, config.strategy,
                                          self.metrics.observe_scheduling_round)  # fmt: skip
         orchestrator = Orchestrator(store, state, config.node_down_grace, _eligible)
-        mapper = NetworkMapper(state, send, lambda: list(dispatcher.sessions),
+        mapper = NetworkMapper(state, post, self.sessions.node_ids,
                                ca.unexpired_revocations if ca is not None else lambda now: ())
-        dispatcher.assigner, dispatcher.status_writer = assigner, writer
-        dispatcher.network_mapper = mapper
-        dispatcher.term_registry = NodeRegistry(store, config.subnets)
+        self.term = Term(writer, NodeRegistry(store, config.subnets), assigner, mapper)
         return [("view", state.watch),
                 ("nodemonitor", monitor.run), ("assigner", assigner.run),
                 ("taskstatus", writer.run), ("scheduler", self.scheduling.run),
@@ -369,49 +400,38 @@ class Controller:
     async def _greet_sessions(self, state: ClusterState) -> None:
         """Sessions opened as the term began (before the loops were hooked) get their
         network map and full assignment set now."""
-        dispatcher = self.dispatcher
-        assert dispatcher is not None
-        mapper, assigner = dispatcher.network_mapper, dispatcher.assigner
-        for node_id in list(dispatcher.sessions):
-            if mapper is not None and (node := state.nodes.get(node_id)) is not None:
-                mapper.send_now(node)
-            if assigner is not None:
-                await assigner.send_now(node_id)
+        term = self.term
+        assert term is not None and term.assigner is not None
+        for node_id in self.sessions.node_ids():
+            if term.network_mapper is not None and (node := state.nodes.get(node_id)):
+                term.network_mapper.send_now(node)
+            await term.assigner.send_now(node_id)
 
-    def _leader_send(self, dispatcher: Dispatcher) -> Callable[[str, DispatcherMessage], bool]:
-        """The dispatcher's send, silent unless the lease is provably held: agents get
-        nothing from a leader that was paused past its lease (sends are not fenced by
-        etcd; this is their fence)."""
-        leadership = self.leadership
+    def _leader_post(self) -> Post:
+        """Posting to a node's outbox, silent unless the lease is provably held: agents
+        get nothing from a leader that was paused past its lease (messages are not
+        fenced by etcd; this is their fence)."""
+        leadership, sessions = self.leadership, self.sessions
         assert leadership is not None
 
-        def send(node_id: str, message: DispatcherMessage) -> bool:
-            if not leadership.holds():
-                return False
-            return dispatcher.send(node_id, message)
+        def post(node_id: str, message: DispatcherMessage) -> bool:
+            return leadership.holds() and sessions.post(node_id, message)
 
-        return send
+        return post
 
-    async def _end_term(self, state: ClusterState) -> None:
+    def _end_term(self, state: ClusterState) -> None:
         """Unhook the loops, close every agent session (they reconnect to the new
         leader) and drop the view."""
         self.metrics.leadership_changes.labels("follower").inc()
-        dispatcher = self.dispatcher
-        if dispatcher is not None:
-            dispatcher.assigner = dispatcher.status_writer = None
-            dispatcher.network_mapper = None
-            dispatcher.term_registry = None
-            dispatcher.close_all()
-        await state.stop()
+        self.term = None
+        self.sessions.close_all()
         if self.state is state:
             self.state = None
-        if dispatcher is not None:
-            dispatcher.close_all()  # any opened while the view stopped
 
     def _revocations_changed(self) -> None:
         """When leading, send every agent the new revocation list (in its network map)."""
-        if self.dispatcher is not None and self.dispatcher.network_mapper is not None:
-            self.dispatcher.network_mapper.revocations_changed()
+        if self.term is not None and self.term.network_mapper is not None:
+            self.term.network_mapper.revocations_changed()
 
     async def stop(self, grace: float = 2.0) -> None:
         if self.http is not None:
@@ -419,9 +439,8 @@ class Controller:
             self.http = None
         if self.leadership is not None:
             self.leadership.close()
-        await _cancel(self._tasks)  # leadership first: its term ends, its lease is given back
-        if self.dispatcher is not None:
-            self.dispatcher.close_all()
+        await self._stop_jobs()  # leadership's term ends, its lease is given back
+        self.sessions.close_all()
         if self.join_server is not None:
             await self.join_server.stop(grace)
         if self.server is not None:
@@ -432,17 +451,12 @@ class Controller:
             await self.etcd.stop()
         log.info("controller.stopped")
 
-
-async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
-        except Exception:
-            log.exception("controller.task_failed")
+    async def _stop_jobs(self) -> None:
+        background, self._background = self._background, None
+        if background is not None:
+            background.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await background
 
 
 def _eligible(service: Service, node: Node) -> bool:

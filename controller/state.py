@@ -64,24 +64,11 @@ class ClusterState:
         self._watch_from = 0
         self._subscribers: list[asyncio.Event] = []
         self._caught_up = asyncio.Condition()
-        self._watcher: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
-        """List every kind once (the view's starting point); `watch` carries it on."""
+        """List every kind once (the view's starting point); `watch` carries it on
+        (the leader runs it among its supervised loops)."""
         await self._relist()
-
-    async def start(self) -> None:
-        """`load`, then `watch` in a task of its own until `stop` (the leader runs
-        `watch` among its supervised loops instead)."""
-        await self.load()
-        self._watcher = asyncio.create_task(self.watch())
-
-    async def stop(self) -> None:
-        if self._watcher is not None:
-            self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watcher
-            self._watcher = None
 
     def subscribe(self) -> asyncio.Event:
         """An event set on every change; the subscriber clears it."""

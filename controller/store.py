@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import copy
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Generic, TypeVar
-from urllib.parse import urlsplit
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -26,9 +23,50 @@ from etcd3aio.kv import KVService, prefix_range_end
 from google.protobuf.message import DecodeError, Message
 
 from dockyard.common.timestamps import now_timestamp
-from dockyard.v1 import types_pb2, workloads_pb2
+from dockyard.controller.etcd_members import EtcdAccess, EtcdMember, etcd_members
+from dockyard.controller.records import (
+    CLUSTER,
+    CONTROLLERS,
+    ISSUED_CERTS,
+    JOIN_TOKENS,
+    LEADER,
+    NODE_NAMES,
+    NODES,
+    REGISTRY_AUTHS,
+    REMOVED_SUBJECTS,
+    REVOKED_CERTS,
+    ROOT_CA,
+    SECRET_DATA,
+    SECRET_NAMES,
+    SECRETS,
+    SERVICE_NAMES,
+    SERVICES,
+    TASKS,
+    AlreadyExists,
+    Compacted,
+    Conflict,
+    Fence,
+    Kind,
+    LeadershipLost,
+    NotFound,
+    Op,
+    StoreError,
+    StoreUnavailable,
+    WatchEvent,
+)
+from dockyard.controller.records import short_error as _short
 
 log = structlog.get_logger(__name__)
+
+# The store's public surface: what it holds and raises is defined in records.py,
+# the etcd members' health in etcd_members.py.
+__all__ = [
+    "CLUSTER", "CONTROLLERS", "ISSUED_CERTS", "JOIN_TOKENS", "LEADER", "NODES", "NODE_NAMES",
+    "REGISTRY_AUTHS", "REMOVED_SUBJECTS", "REVOKED_CERTS", "ROOT_CA", "SECRETS", "SECRET_DATA",
+    "SECRET_NAMES", "SERVICES", "SERVICE_NAMES", "TASKS", "AlreadyExists", "Compacted", "Conflict",
+    "EtcdMember", "Fence", "Kind", "LeadershipLost", "NotFound", "Op", "Store", "StoreError",
+    "StoreUnavailable", "WatchEvent",
+]  # fmt: skip
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -48,143 +86,6 @@ LIST_PAGE_MAX_RECORDS = 10_000
 MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 # Bytes a record costs in a range response beyond its key and value (revisions, framing).
 _KV_OVERHEAD = 32
-# `etcd_members`: each member's Status is asked at its own client URL, at most this long,
-# at most this many members at once, and at most MAX_MEMBERS members reported.
-MEMBER_STATUS_TIMEOUT = 1.0
-MEMBER_STATUS_CONCURRENCY = 8
-MAX_MEMBERS = 64
-
-
-class StoreError(Exception):
-    """Base of every error the store raises."""
-
-
-class StoreUnavailable(StoreError):
-    """etcd could not be reached (after the client's bounded retries)."""
-
-
-class NotFound(StoreError):
-    pass
-
-
-class AlreadyExists(StoreError):
-    pass
-
-
-class Conflict(StoreError):
-    """A compared revision changed since it was read: read again and retry."""
-
-
-class LeadershipLost(Exception):
-    """A fenced write found the leader key gone or re-created: this controller no
-    longer leads and nothing of the transaction was written.
-
-    Not a StoreError on purpose: a loop that retries store errors must not retry
-    this one; it ends the term (see `leadership.py`).
-    """
-
-
-class Compacted(StoreError):
-    """A watch's start revision was compacted away: list again, then watch."""
-
-    def __init__(self, compact_revision: int) -> None:
-        super().__init__(f"revision compacted up to {compact_revision}")
-        self.compact_revision = compact_revision
-
-
-@dataclass(frozen=True)
-class Kind(Generic[M]):
-    """A collection of records of one message type."""
-
-    name: str
-    message: type[M]
-
-
-NODES: Kind[types_pb2.Node] = Kind("nodes", types_pb2.Node)
-CLUSTER: Kind[types_pb2.Cluster] = Kind("cluster", types_pb2.Cluster)
-LEADER: Kind[types_pb2.LeaderRecord] = Kind("leader", types_pb2.LeaderRecord)
-# Each running controller's own record, on a lease of its own (controller/registration.py).
-CONTROLLERS: Kind[types_pb2.ControllerRecord] = Kind("controllers", types_pb2.ControllerRecord)
-NODE_NAMES: Kind[types_pb2.Node] = Kind("names/nodes", types_pb2.Node)  # value: node id bytes
-SERVICES: Kind[workloads_pb2.Service] = Kind("services", workloads_pb2.Service)
-SERVICE_NAMES: Kind[workloads_pb2.Service] = Kind("names/services", workloads_pb2.Service)
-TASKS: Kind[workloads_pb2.Task] = Kind("tasks", workloads_pb2.Task)
-# Secrets hold their data (as swarm keeps them in raft): etcd access is cluster ownership.
-SECRETS: Kind[workloads_pb2.Secret] = Kind("secrets", workloads_pb2.Secret)
-SECRET_DATA: Kind[workloads_pb2.Secret] = Kind("secretdata", workloads_pb2.Secret)  # raw bytes
-SECRET_NAMES: Kind[workloads_pb2.Secret] = Kind("names/secrets", workloads_pb2.Secret)
-# A service's `--with-registry-auth` credentials, keyed by service ID, kept apart from
-# the service record (as a secret's data) so that no listing or Get returns them.
-REGISTRY_AUTHS: Kind[workloads_pb2.RegistryAuth] = Kind("registryauth", workloads_pb2.RegistryAuth)
-# Security: the cluster CA (one record, "root"), join tokens keyed by token id,
-# the certificates the CA issued and the revocation list, both keyed by serial.
-ROOT_CA: Kind[types_pb2.RootCA] = Kind("pki/ca", types_pb2.RootCA)
-JOIN_TOKENS: Kind[types_pb2.JoinTokenRecord] = Kind("pki/tokens", types_pb2.JoinTokenRecord)
-ISSUED_CERTS: Kind[types_pb2.IssuedCert] = Kind("pki/issued", types_pb2.IssuedCert)
-REVOKED_CERTS: Kind[types_pb2.RevokedCert] = Kind("pki/revoked", types_pb2.RevokedCert)
-# Subjects (node IDs) removed from the cluster: no certificate is issued to one again.
-REMOVED_SUBJECTS: Kind[types_pb2.RevokedCert] = Kind("pki/removed", types_pb2.RevokedCert)
-
-
-@dataclass(frozen=True)
-class Op:
-    """One write in a transaction.
-
-    `expect` is the compare: None for none, 0 for "must not exist yet",
-    a revision for "must still be at this mod_revision".
-    """
-
-    key: str
-    value: bytes | None  # None deletes
-    expect: int | None = None
-    lease: int = 0
-    check_only: bool = False  # only the compare: the key is neither written nor deleted
-    range_end: str | None = None  # check_only over [key, range_end): nothing modified after expect
-
-
-@dataclass(frozen=True)
-class Fence:
-    """The leader key as this controller created it when elected.
-
-    A store fenced with it (`Store.fenced`) adds to every transaction the compare
-    "the leader key's create_revision is still this one": once the key expired,
-    was deleted or was taken by another controller (or by this one in a later
-    term), every write of the term fails as a whole.
-    """
-
-    key: str
-    create_revision: int
-
-
-@dataclass(frozen=True)
-class EtcdMember:
-    """One etcd member's health: from the member list, and from its own maintenance
-    Status when it answered at its first client URL (`error` says why not)."""
-
-    id: int
-    name: str
-    client_urls: tuple[str, ...]
-    is_learner: bool = False
-    reachable: bool = False
-    error: str = ""
-    leader_id: int = 0  # the raft leader as this member sees it (0: none, or not reached)
-    is_leader: bool = False  # the raft leader as most reachable members see it
-    version: str = ""
-    db_size: int = 0
-    db_size_in_use: int = 0
-    raft_term: int = 0
-    raft_index: int = 0
-    raft_applied_index: int = 0
-    errors: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class WatchEvent(Generic[M]):
-    kind: str
-    id: str
-    deleted: bool
-    value: M | None
-    revision: int
 
 
 class Store:
@@ -281,60 +182,15 @@ class Store:
         return str(status.version)
 
     async def etcd_members(self) -> list[EtcdMember]:
-        """Every etcd member with its health, each asked at its own client URL
-        (this client's round-robin channel cannot pick a member).
-
-        The member list is a serializable read, so it still answers without quorum.
-        When the list does not come (within MEMBER_STATUS_TIMEOUT), each configured
-        endpoint is asked as a member (unnamed), so an unreachable etcd shows as such
-        instead of nothing.
-        """
-        assert self._client.cluster is not None
-        try:
-            listed = await self._call("members", self._client.cluster.member_list(
-                linearizable=False, timeout=MEMBER_STATUS_TIMEOUT, max_attempts=1))
-            members = [EtcdMember(int(m.ID), str(m.name), tuple(str(u) for u in m.clientURLs),
-                                  bool(m.isLearner)) for m in listed.members[:MAX_MEMBERS]]
-        except StoreUnavailable as exc:
-            members = [EtcdMember(0, "", (_with_scheme(e, self._credentials),), error=str(exc))
-                       for e in self.endpoints[:MAX_MEMBERS]]  # fmt: skip
-        limit = asyncio.Semaphore(MEMBER_STATUS_CONCURRENCY)
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(self._member_status(member, limit)) for member in members]
-        found = [task.result() for task in tasks]
-        seen = Counter(m.leader_id for m in found if m.reachable and m.leader_id)
-        leader = seen.most_common(1)[0][0] if seen else 0
-        return sorted((replace(m, is_leader=bool(leader) and m.id == leader) for m in found),
-                      key=lambda m: (m.name, m.client_urls))  # fmt: skip
-
-    async def _member_status(self, member: EtcdMember, limit: asyncio.Semaphore) -> EtcdMember:
-        """`member` with its own Status filled in, or with why it could not be asked."""
-        if not member.client_urls:
-            return replace(member, error=member.error or "no client URL (not started yet?)")
-        url = member.client_urls[0]
-        endpoint = _endpoint_of(url)
-        if endpoint is None:
-            return replace(member, error=f"cannot dial client URL {url!r}")
-        async with limit:
-            client = _Etcd3Client([endpoint], rpc_max_attempts=1,
-                                  tls_server_name=self._tls_server_name, **self._credentials)
-            try:
-                await client.connect()
-                assert client.maintenance is not None
-                status = await self._call("status", client.maintenance.status(
-                    timeout=MEMBER_STATUS_TIMEOUT, max_attempts=1))
-            except StoreUnavailable as exc:
-                return replace(member, reachable=False, error=_short(exc.__cause__))
-            finally:
-                await client.close()
-        return replace(
-            member, id=member.id or int(status.header.member_id), reachable=True, error="",
-            leader_id=int(status.leader), version=str(status.version),
-            db_size=int(status.dbSize), db_size_in_use=int(status.dbSizeInUse),
-            raft_term=int(status.raftTerm), raft_index=int(status.raftIndex),
-            raft_applied_index=int(status.raftAppliedIndex),
-            errors=tuple(str(e) for e in status.errors), is_learner=bool(status.isLearner),
-        )  # fmt: skip
+        """Every etcd member with its health (controller/etcd_members.py)."""
+        assert self._client is not None
+        return await etcd_members(EtcdAccess(
+            self._client, self.endpoints, self._credentials,
+            lambda endpoint: _Etcd3Client([endpoint], rpc_max_attempts=1,
+                                          tls_server_name=self._tls_server_name,
+                                          **self._credentials),
+            self._call,
+        ))  # fmt: skip
 
     # -- reads -------------------------------------------------------------
 
@@ -699,28 +555,3 @@ def _compare(op: Op) -> Any:
         compare.target = compare.MOD
         compare.mod_revision = op.expect
     return compare
-
-
-def _endpoint_of(url: str) -> str | None:
-    """host:port of an etcd client URL (http or https); None for what cannot be dialled
-    over TCP here (a unix socket, no port)."""
-    parsed = urlsplit(url if "://" in url else f"http://{url}")
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or not parsed.port:
-        return None
-    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-    return f"{host}:{parsed.port}"
-
-
-def _with_scheme(endpoint: str, credentials: dict[str, bytes | None]) -> str:
-    """A configured endpoint as a client URL."""
-    return f"{'https' if credentials.get('ca_cert') else 'http'}://{endpoint}"
-
-
-def _short(exc: BaseException | None) -> str:
-    if exc is None:
-        return "no answer"
-    if "connection refused" in str(exc).lower():
-        return "connection refused"
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc) or type(exc).__name__

@@ -100,7 +100,7 @@ def _tls_context(config: Path, name: str = "local") -> dict[str, str]:
     """A current context with TLS material (the files need not exist: nothing dials)."""
     tls = {"ca": str(config / "ca.pem"), "cert": str(config / "cert.pem"),
            "key": str(config / "key.pem")}  # fmt: skip
-    from dockyard.cli.contexts import ContextStore
+    from dockyard.common.contexts import ContextStore
 
     store = ContextStore(config)
     store.create(name, "127.0.0.1:7400", tls=tls)

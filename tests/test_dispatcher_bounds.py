@@ -23,13 +23,13 @@ from dockyard.common.session_limits import (
     clip_status,
     status_report_problem,
 )
-from dockyard.controller import dispatcher as dispatcher_module
+from dockyard.controller import sessions as sessions_module
 from dockyard.controller.assignments import StatusWriter
-from dockyard.controller.dispatcher import Dispatcher
+from dockyard.controller.dispatcher import Dispatcher, Term
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.outbox import Outbox
 from dockyard.controller.server import SERVER_OPTIONS
-from dockyard.controller.state import ClusterState
+from dockyard.controller.sessions import SessionRegistry
 from dockyard.controller.store import TASKS, Store
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
@@ -45,6 +45,7 @@ from dockyard.v1.dispatcher_pb2 import (
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
 from tests.ports import free_port
+from tests.views import watched_view
 
 MiB = 1024 * 1024
 MUTE = "a" * 20
@@ -53,6 +54,7 @@ MUTE = "a" * 20
 @dataclass
 class Served:
     dispatcher: Dispatcher
+    sessions: SessionRegistry
     address: str
     store: Store
 
@@ -66,26 +68,25 @@ async def served(etcd: EtcdServer) -> AsyncIterator[Served]:
     task = Task(id="t" * 24, node_id=MUTE, desired_state=TaskStatus.RUNNING,
                 status=TaskStatus(state=TaskStatus.ASSIGNED))  # fmt: skip
     await store.create(TASKS, task.id, task)
-    state = ClusterState(store)
-    await state.start()
-    dispatcher = Dispatcher(NodeRegistry(store), "cluster", heartbeat_period=5.0, grace=30.0,
-                            leader_address=lambda: None)  # fmt: skip
-    dispatcher.status_writer = StatusWriter(store, state)
-    writing = asyncio.create_task(dispatcher.status_writer.run())
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
-    address = f"127.0.0.1:{free_port()}"
-    server.add_insecure_port(address)
-    await server.start()
-    try:
-        yield Served(dispatcher, address, store)
-    finally:
-        dispatcher.close_all()
-        await server.stop(None)
-        writing.cancel()
-        await asyncio.gather(writing, return_exceptions=True)
-        await state.stop()
-        await store.close()
+    async with watched_view(store) as state:
+        sessions = SessionRegistry()
+        term = Term(StatusWriter(store, state))
+        dispatcher = Dispatcher(NodeRegistry(store), sessions, "cluster", heartbeat_period=5.0,
+                                grace=30.0, leader_address=lambda: None, term=lambda: term)
+        writing = asyncio.create_task(term.status_writer.run())
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
+        address = f"127.0.0.1:{free_port()}"
+        server.add_insecure_port(address)
+        await server.start()
+        try:
+            yield Served(dispatcher, sessions, address, store)
+        finally:
+            sessions.close_all()
+            await server.stop(None)
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
+    await store.close()
 
 
 def big_set(index: int, size: int) -> DispatcherMessage:
@@ -113,15 +114,16 @@ async def test_a_node_that_never_reads_costs_one_message_of_each_kind(served: Se
         accepted = await asyncio.wait_for(call.read(), 10)
         assert isinstance(accepted, DispatcherMessage)
         node_id = accepted.accepted.node_id
-        session = served.dispatcher.sessions[node_id]
+        session = served.sessions.get(node_id)
+        assert session is not None
         # From now on the node reads nothing, and sends a heartbeat flood.
         for sequence in range(1, 5001):
             outgoing.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=sequence)))
         for index in range(60):  # 60 whole sets of 1 MiB each
-            assert served.dispatcher.send(node_id, big_set(index, MiB))
+            assert served.sessions.post(node_id, big_set(index, MiB))
             await asyncio.sleep(0)
         await asyncio.sleep(0.5)  # the flood has been read
-        assert served.dispatcher.heartbeats_received > 1000
+        assert served.sessions.heartbeats_received > 1000
         assert waiting(session.outbox) <= 2  # one set and one ack at most
         # When it reads again, the newest set arrives, and not sixty.
         sets = []
@@ -137,7 +139,7 @@ async def test_a_node_that_never_reads_costs_one_message_of_each_kind(served: Se
 async def test_a_message_larger_than_a_node_takes_is_not_sent(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(dispatcher_module, "MAX_SESSION_MESSAGE_BYTES", MiB)
+    monkeypatch.setattr(sessions_module, "MAX_SESSION_MESSAGE_BYTES", MiB)
     outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
     outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id="b" * 20, name="small")))
 
@@ -151,10 +153,11 @@ async def test_a_message_larger_than_a_node_takes_is_not_sent(
         assert isinstance(accepted, DispatcherMessage)
         node_id = accepted.accepted.node_id
         with structlog.testing.capture_logs() as logs:
-            assert not served.dispatcher.send(node_id, big_set(0, 2 * MiB))
-        assert waiting(served.dispatcher.sessions[node_id].outbox) == 0
+            assert not served.sessions.post(node_id, big_set(0, 2 * MiB))
+        session = served.sessions.get(node_id)
+        assert session is not None and waiting(session.outbox) == 0
         assert next(e for e in logs if e["event"] == "session.message_too_large")["limit"] == MiB
-        assert served.dispatcher.send(node_id, big_set(1, MiB // 2))
+        assert served.sessions.post(node_id, big_set(1, MiB // 2))
         message = await asyncio.wait_for(call.read(), 10)
         assert isinstance(message, DispatcherMessage)
         assert message.assignments.tasks[0].id == "t1"
@@ -201,10 +204,10 @@ async def test_oversized_reports_and_messages_from_a_node_write_nothing(served: 
                 await asyncio.wait_for(call.read(), 10)
         assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     for _ in range(50):
-        if MUTE not in served.dispatcher.sessions:
+        if MUTE not in served.sessions:
             break
         await asyncio.sleep(0.1)
-    assert MUTE not in served.dispatcher.sessions
+    assert MUTE not in served.sessions
     assert (await served.store.get(TASKS, task_id)).status.message == ""
 
 
@@ -256,3 +259,45 @@ def test_an_agent_refuses_a_set_over_its_bounds_whole() -> None:
         assert not agent_session._acceptable(over)
     assert logs[0]["event"] == "session.assignments_refused"
     assert agent_session._acceptable(AssignmentSet(full=True, tasks=tasks[:10]))
+
+
+async def test_a_node_that_stops_reading_never_delays_another_nodes_sets(served: Served) -> None:
+    """Each node has its own outbox: 1 MiB sets pile up (one at a time) for a node that
+    reads nothing, while another node gets every set posted to it, in order."""
+    streams: dict[str, asyncio.Queue[AgentMessage]] = {}
+
+    def requests(node_id: str) -> AsyncIterator[AgentMessage]:
+        outgoing = streams[node_id] = asyncio.Queue()
+        outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=node_id, name=node_id)))
+
+        async def stream() -> AsyncIterator[AgentMessage]:
+            while True:
+                yield await outgoing.get()
+
+        return stream()
+
+    options = [("grpc.max_receive_message_length", 64 * MiB)]
+    async with grpc.aio.insecure_channel(served.address, options=options) as slow_channel, \
+            grpc.aio.insecure_channel(served.address, options=options) as fast_channel:
+        slow = dispatcher_pb2_grpc.DispatcherStub(slow_channel).Session(requests("s" * 20))
+        fast = dispatcher_pb2_grpc.DispatcherStub(fast_channel).Session(requests("f" * 20))
+        for call in (slow, fast):
+            assert isinstance(await asyncio.wait_for(call.read(), 10), DispatcherMessage)
+        slow_session = served.sessions.get("s" * 20)
+        assert slow_session is not None
+        for index in range(40):
+            assert served.sessions.post("s" * 20, big_set(index, MiB))
+            assert served.sessions.post("f" * 20, big_set(index, 1000))
+            message = await asyncio.wait_for(fast.read(), 10)
+            assert isinstance(message, DispatcherMessage)
+            assert message.assignments.tasks[0].id == f"t{index}"
+        assert waiting(slow_session.outbox) <= 1
+        # The slow node reads again: what it gets ends with the newest set, not forty.
+        got = []
+        while not got or got[-1] != "t39":
+            message = await asyncio.wait_for(slow.read(), 10)
+            assert isinstance(message, DispatcherMessage)
+            got.append(message.assignments.tasks[0].id)
+        assert len(got) < 40
+        slow.cancel()
+        fast.cancel()

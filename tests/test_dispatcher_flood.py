@@ -16,10 +16,10 @@ import structlog
 
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.controller.assignments import StatusWriter
-from dockyard.controller.dispatcher import Dispatcher
+from dockyard.controller.dispatcher import Dispatcher, Term
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.server import SERVER_OPTIONS
-from dockyard.controller.state import ClusterState
+from dockyard.controller.sessions import SessionRegistry
 from dockyard.controller.store import TASKS, Store
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
@@ -32,6 +32,7 @@ from dockyard.v1.dispatcher_pb2 import (
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
 from tests.ports import free_port
+from tests.views import watched_view
 
 FLOOD, CALM = "f" * 20, "c" * 20
 FLOOD_TASK, CALM_TASK = "a" * 24, "b" * 24
@@ -55,26 +56,26 @@ async def served(etcd: EtcdServer) -> AsyncIterator[Served]:
         await store.create(TASKS, task_id, Task(
             id=task_id, node_id=node_id, desired_state=TaskStatus.RUNNING,
             status=TaskStatus(state=TaskStatus.ASSIGNED)))  # fmt: skip
-    state = ClusterState(store)
-    await state.start()
-    dispatcher = Dispatcher(NodeRegistry(store), "cluster", heartbeat_period=5.0, grace=30.0,
-                            leader_address=lambda: None)  # fmt: skip
-    writer = dispatcher.status_writer = StatusWriter(store, state)
-    writing = asyncio.create_task(writer.run())
-    server = grpc.aio.server(options=SERVER_OPTIONS)
-    dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
-    address = f"127.0.0.1:{free_port()}"
-    server.add_insecure_port(address)
-    await server.start()
-    try:
-        yield Served(dispatcher, writer, address, store)
-    finally:
-        dispatcher.close_all()
-        await server.stop(None)
-        writing.cancel()
-        await asyncio.gather(writing, return_exceptions=True)
-        await state.stop()
-        await store.close()
+    async with watched_view(store) as state:
+        sessions = SessionRegistry()
+        writer = StatusWriter(store, state)
+        term = Term(writer)
+        dispatcher = Dispatcher(NodeRegistry(store), sessions, "cluster", heartbeat_period=5.0,
+                                grace=30.0, leader_address=lambda: None, term=lambda: term)
+        writing = asyncio.create_task(writer.run())
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
+        address = f"127.0.0.1:{free_port()}"
+        server.add_insecure_port(address)
+        await server.start()
+        try:
+            yield Served(dispatcher, writer, address, store)
+        finally:
+            sessions.close_all()
+            await server.stop(None)
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)
+    await store.close()
 
 
 def flood() -> list[AgentMessage]:

@@ -32,11 +32,11 @@ def test_the_session_has_a_private_home_and_config() -> None:
 def test_the_cli_in_process_and_in_a_subprocess_reads_the_private_config() -> None:
     """What the CLI flag tests (CliRunner, no -H) and the e2e tests (a subprocess with
     the session's environment) read."""
-    from dockyard.cli.contexts import config_dir
+    from dockyard.common.contexts import config_dir
 
     private = Path(os.environ["DOCKYARD_CONFIG"]).resolve()
     assert config_dir().resolve() == private
-    code = "from dockyard.cli.contexts import config_dir; print(config_dir())"
+    code = "from dockyard.common.contexts import config_dir; print(config_dir())"
     seen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, timeout=30).stdout.strip()  # fmt: skip
     assert Path(seen).resolve() == private

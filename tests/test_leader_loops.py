@@ -15,14 +15,22 @@ import structlog
 
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.controller.config import ControllerConfig
-from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.leadership import LEADER_KEY
 from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.server import Controller
+from dockyard.controller.sessions import SessionRegistry
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import LEADER, NODES, SERVICES, TASKS, LeadershipLost, Store
+from dockyard.controller.store import (
+    CONTROLLERS,
+    LEADER,
+    NODES,
+    SERVICES,
+    TASKS,
+    LeadershipLost,
+    Store,
+)
 from dockyard.controller.supervision import LoopsFailing, Supervisor
 from dockyard.v1.types_pb2 import NodeStatus
 from tests.orchestrators.helpers import node, service
@@ -62,13 +70,11 @@ def leading(controller: Controller) -> bool:
 
 
 def term_over(controller: Controller) -> bool:
-    dispatcher = controller.dispatcher
-    assert dispatcher is not None and controller.leadership is not None
+    assert controller.leadership is not None
     return (
         not controller.leadership.is_leader
         and controller.state is None
-        and dispatcher.assigner is None
-        and dispatcher.status_writer is None
+        and controller.term is None
     )
 
 
@@ -131,6 +137,16 @@ async def test_a_keep_alive_error_ends_the_term_and_the_controller_leads_again(
     fence = controller.leadership.fence
     assert fence is not None and first_fence is not None
     assert fence.create_revision > first_fence.create_revision
+    # The controller's own record (on a lease of its own, refreshed the same way)
+    # outlived the errors too: `dockyard info` still lists it.
+    await wait_until(lambda: registered(controller), "the controller's record", timeout=6 * TTL)
+    assert not controller.failed.is_set()
+
+
+async def registered(controller: Controller) -> bool:
+    assert controller.store is not None
+    records, _ = await controller.store.list_all(CONTROLLERS)
+    return len(records) == 1
 
 
 async def test_losing_the_key_stops_every_leader_loop(
@@ -169,10 +185,10 @@ async def test_a_new_term_gives_every_node_a_fresh_grace(store: Store) -> None:
     grace, startup = 0.3, 1.5
     registry = NodeRegistry(store)
     await store.create(NODES, "n1", node("n1"))
-    dispatcher = Dispatcher(registry, "cluster", 0.1, grace, lambda: None)
-    dispatcher.beat("n1")  # the earlier term heard it
+    sessions = SessionRegistry()
+    sessions.beat("n1")  # the earlier term heard it
     await asyncio.sleep(2 * grace)
-    monitor = NodeMonitor(registry, dispatcher, grace, term_started=time.monotonic(),
+    monitor = NodeMonitor(registry, sessions, grace, term_started=time.monotonic(),
                           startup_grace=startup)  # fmt: skip
     await monitor.check()
     assert (await store.get(NODES, "n1")).status.state == NodeStatus.READY
@@ -241,3 +257,32 @@ async def test_a_crashed_view_watch_resumes_where_it_was(
     await wait_until(lambda: has_tasks(store, 2), "the service's tasks")
     assert crashes == 1
     assert leading(controller)
+
+
+async def test_a_failing_background_job_is_seen_at_once_and_ends_the_others(
+    etcd: EtcdServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background job that raises is logged when it fails and sets `failed` (the
+    process then exits 1); the other jobs stop with it: nothing runs on headless."""
+    from dockyard.controller import registration
+
+    async def broken(self: object) -> None:
+        raise RuntimeError("registration bug (injected)")
+
+    monkeypatch.setattr(registration.Registration, "run", broken)
+    config = ControllerConfig(
+        state_dir=tmp_path / "controller", listen="127.0.0.1:0", etcd_endpoints=[etcd.endpoint],
+        etcd_prefix="/failing", insecure=True, http_listen="", leader_ttl=TTL,
+    )  # fmt: skip
+    controller = Controller(config)
+    with structlog.testing.capture_logs() as logs:
+        await controller.start()
+        try:
+            await asyncio.wait_for(controller.failed.wait(), 10)
+            failed = [e for e in logs if e["event"] == "controller.job_failed"]
+            assert failed and "registration bug (injected)" in failed[0]["error"]
+            await wait_until(lambda: controller.leadership is not None
+                             and not controller.leadership.is_leader
+                             and controller.term is None, "leadership to stop with it")
+        finally:
+            await controller.stop()

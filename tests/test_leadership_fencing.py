@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from dockyard.common.etcd_server import EtcdServer
+from dockyard.common.states import TaskState
 from dockyard.controller.leadership import LEADER_KEY, Leadership
 from dockyard.controller.orchestrators.loop import Orchestrator
-from dockyard.controller.orchestrators.tasks import State, new_task
-from dockyard.controller.scheduling import SchedulingLoop
-from dockyard.controller.state import ClusterState
+from dockyard.controller.orchestrators.tasks import new_task
+from dockyard.controller.scheduler.loop import SchedulingLoop
 from dockyard.controller.store import (
     LEADER,
     NODES,
@@ -32,6 +32,7 @@ from dockyard.controller.store import (
 )
 from tests.orchestrators.helpers import node, service
 from tests.polling import wait_until
+from tests.views import watched_view
 
 PREFIX = "/fence"
 
@@ -96,17 +97,13 @@ async def test_a_deposed_leaders_orchestrator_and_scheduler_write_nothing(
         pending = new_task(svc, 1)
         await store_b.create(TASKS, pending.id, pending)
         # A's loops, started on A's fenced store as a paused leader's would still run.
-        view = ClusterState(fenced_a)
-        await view.start()
-        try:
+        async with watched_view(fenced_a) as view:
             orchestrator = Orchestrator(fenced_a, view, 10.0, lambda s, n: True)
             await run_until_fenced(orchestrator.run)
             await run_until_fenced(SchedulingLoop(fenced_a, view).run)
-        finally:
-            await view.stop()
         tasks, _ = await store_b.list_all(TASKS)
         assert [t.id for t in tasks] == [pending.id], "the deposed orchestrator created tasks"
-        assert tasks[0].status.state == State.PENDING and not tasks[0].node_id
+        assert tasks[0].status.state == TaskState.PENDING and not tasks[0].node_id
         assert fenced_a.last_revision < tasks[0].meta.version
     finally:
         await a.stop()

@@ -16,10 +16,9 @@ from typing import Any
 import pytest
 
 from dockyard.common.etcd_server import EtcdServer
+from dockyard.common.states import TaskState
 from dockyard.controller.assignments import StatusWriter
 from dockyard.controller.orchestrators.tasks import (
-    State,
-    is_live,
     new_task,
     observed_at,
     set_status,
@@ -35,6 +34,8 @@ from dockyard.v1.control_pb2 import (
 from dockyard.v1.dispatcher_pb2 import TaskStatusReport
 from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task
 from tests.conftest import Cluster, LoopThread
+from tests.orchestrators.helpers import is_live
+from tests.views import watched_view
 
 HOUR = 3600.0
 
@@ -66,26 +67,22 @@ async def report(state: ClusterState, writer: StatusWriter, task_id: str, status
 
 
 async def test_a_state_change_is_stamped_on_the_controllers_clock(store: Store) -> None:
-    task = Task(id="t1", service_id="svc", slot=1, node_id="n1", desired_state=State.RUNNING)
-    set_status(task, State.ASSIGNED, "scheduled")
+    task = Task(id="t1", service_id="svc", slot=1, node_id="n1", desired_state=TaskState.RUNNING)
+    set_status(task, TaskState.ASSIGNED, "scheduled")
     task.observed_at.FromSeconds(1)  # long ago: a change must move it
     await store.create(TASKS, task.id, task)
-    state = ClusterState(store)
-    await state.start()
-    try:
+    async with watched_view(store) as state:
         writer = StatusWriter(store, state)
         async with asyncio.TaskGroup() as group:
             runner = group.create_task(writer.run())
             before = time.time()
-            started = await report(state, writer, "t1", State.RUNNING, "started")
+            started = await report(state, writer, "t1", TaskState.RUNNING, "started")
             after = time.time()
             assert before - 1 <= observed_at(started) <= after + 1
             assert started.status.timestamp.seconds > after + HOUR / 2  # the agent's own
-            same = await report(state, writer, "t1", State.RUNNING, "still running")
+            same = await report(state, writer, "t1", TaskState.RUNNING, "still running")
             assert same.observed_at == started.observed_at  # no change of state, no new stamp
             runner.cancel()
-    finally:
-        await state.stop()
 
 
 def live_per_slot(control: Any, name: str) -> Counter[int]:
@@ -95,7 +92,7 @@ def live_per_slot(control: Any, name: str) -> Counter[int]:
 
 def running_count(control: Any, name: str) -> int:
     listed = control.ListTasks(ListTasksRequest(services=[name])).tasks
-    return sum(1 for t in listed if t.status.state == State.RUNNING)
+    return sum(1 for t in listed if t.status.state == TaskState.RUNNING)
 
 
 def test_a_duplicate_in_a_slot_is_reaped_and_scaling_adds_only_missing_slots(

@@ -7,9 +7,9 @@ from dataclasses import asdict
 import click
 
 from dockyard.cli.client import CliError
-from dockyard.cli.contexts import Context, ContextError, ContextStore
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, emit_table
+from dockyard.common.contexts import Context, ContextError, ContextStore
 
 
 @click.group("context")

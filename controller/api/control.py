@@ -15,11 +15,11 @@ from dockyard.controller.api.nodes import NodesAPI
 from dockyard.controller.api.services import ServicesAPI
 from dockyard.controller.ca import ClusterCA
 from dockyard.controller.cluster import ClusterRecord
-from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.errors import FailedPrecondition, grpc_errors
 from dockyard.controller.leadership import Leadership
 from dockyard.controller.peers import ControllerDirectory, PeerStatus
 from dockyard.controller.secrets import SecretRegistry, without_data
+from dockyard.controller.sessions import SessionRegistry
 from dockyard.controller.store import EtcdMember, Store, StoreError
 from dockyard.v1 import control_pb2_grpc
 from dockyard.v1.control_pb2 import (
@@ -77,6 +77,8 @@ class ControllerIdentity:
     etcd_embedded: bool
     started: float
     http_address: str = ""  # where the HTTP side listens ("": off)
+    heartbeat_period: float = 0.0
+    node_grace: float = 0.0
 
 
 async def cluster_info(
@@ -84,7 +86,7 @@ async def cluster_info(
     store: Store,
     nodes_api: NodesAPI,
     services: ServicesAPI,
-    dispatcher: Dispatcher,
+    sessions: SessionRegistry,
     leadership: Leadership | None,
     directory: ControllerDirectory | None = None,
 ) -> ClusterInfo:
@@ -107,9 +109,9 @@ async def cluster_info(
         etcd_embedded=identity.etcd_embedded,
         version=version_info("dockyard-controller"),
         uptime_seconds=time.monotonic() - identity.started,
-        heartbeat_period_seconds=dispatcher.heartbeat_period,
-        node_grace_seconds=dispatcher.grace,
-        agent_sessions=len(dispatcher.sessions),
+        heartbeat_period_seconds=identity.heartbeat_period,
+        node_grace_seconds=identity.node_grace,
+        agent_sessions=len(sessions),
         http_address=identity.http_address,
     )
     info.tasks_total, info.tasks_running, info.tasks_pending = await services.task_counts()
@@ -168,7 +170,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         store: Store,
         nodes: NodesAPI,
         services: ServicesAPI,
-        dispatcher: Dispatcher,
+        sessions: SessionRegistry,
         leadership: Callable[[], Leadership | None],
         cluster: ClusterRecord,
         ca: ClusterCA | None = None,
@@ -178,7 +180,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._store = store
         self._nodes = nodes
         self._services = services
-        self._dispatcher = dispatcher
+        self._sessions = sessions
         self._leadership = leadership
         self._cluster = cluster
         self._ca = ca
@@ -192,7 +194,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     @grpc_errors
     async def GetInfo(self, request: GetInfoRequest, context: Context) -> ClusterInfo:
         return await cluster_info(
-            self._identity, self._store, self._nodes, self._services, self._dispatcher,
+            self._identity, self._store, self._nodes, self._services, self._sessions,
             self._leadership(), self._directory if request.members else None,
         )  # fmt: skip
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from dockyard.common.timestamps import now_timestamp
-from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.sessions import SessionRegistry
 from dockyard.v1.control_pb2 import (
     ListNodesRequest,
     ListNodesResponse,
@@ -17,9 +17,9 @@ from dockyard.v1.types_pb2 import Node
 
 
 class NodesAPI:
-    def __init__(self, registry: NodeRegistry, dispatcher: Dispatcher) -> None:
+    def __init__(self, registry: NodeRegistry, sessions: SessionRegistry) -> None:
         self._registry = registry
-        self._dispatcher = dispatcher
+        self._sessions = sessions
 
     async def list(self, request: ListNodesRequest) -> ListNodesResponse:
         nodes = [self._with_live_heartbeat(n) for n in await self._registry.list_all()]
@@ -35,14 +35,12 @@ class NodesAPI:
                      revoke: Callable[[Node], Awaitable[object]] | None = None) -> Node:
         """Revoke (`revoke`), then delete the record, then end the node's session."""
         node = await self._registry.remove(request.node, request.force, revoke)
-        session = self._dispatcher.sessions.get(node.id)
-        if session is not None:
-            session.close()
+        self._sessions.close(node.id)
         return node
 
     def _with_live_heartbeat(self, node: Node) -> Node:
         """Heartbeats are persisted coarsely; the leader knows the latest one."""
-        seen = self._dispatcher.last_seen.get(node.id)
+        seen = self._sessions.last_seen(node.id)
         if seen is not None:
             stamp = now_timestamp()
             stamp.FromNanoseconds(int(seen.wall * 1e9))

@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from dockyard.common.distribution.auth import Credentials
+from dockyard.common.states import TaskState
 from dockyard.common.validation import ValidationError, check_ref
 from dockyard.controller.cluster import ClusterRecord, privileges_of
 from dockyard.controller.images import ImageResolver
@@ -24,10 +25,9 @@ from dockyard.v1.control_pb2 import (
     ServiceSummary,
     UpdateServiceRequest,
 )
-from dockyard.v1.types_pb2 import NodeStatus, TaskStatus
+from dockyard.v1.types_pb2 import NodeStatus
 from dockyard.v1.workloads_pb2 import RegistryAuth, Service, ServiceSpec, Task
 
-State = TaskStatus.State
 MODES = ("replicated", "global", "job")
 
 
@@ -125,9 +125,9 @@ class ServicesAPI:
 
     async def task_counts(self) -> tuple[int, int, int]:
         """How many tasks are meant to run, run, and wait for a node."""
-        wanted = [t for t in await self._all_tasks() if t.desired_state == State.RUNNING]
-        running = sum(1 for t in wanted if t.status.state == State.RUNNING)
-        pending = sum(1 for t in wanted if t.status.state == State.PENDING)
+        wanted = [t for t in await self._all_tasks() if t.desired_state == TaskState.RUNNING]
+        running = sum(1 for t in wanted if t.status.state == TaskState.RUNNING)
+        pending = sum(1 for t in wanted if t.status.state == TaskState.PENDING)
         return len(wanted), running, pending
 
     async def list(self, request: ListServicesRequest) -> ListServicesResponse:
@@ -159,7 +159,7 @@ class ServicesAPI:
             node_ids = {(await self._nodes.find(ref)).id for ref in request.nodes}
             tasks = [t for t in tasks if t.node_id in node_ids]
         if not request.include_history:
-            tasks = [t for t in tasks if t.desired_state <= State.RUNNING]
+            tasks = [t for t in tasks if t.desired_state <= TaskState.RUNNING]
         tasks.sort(key=lambda t: (t.service_name, t.slot, t.node_id, -t.meta.created_at.seconds))
         return ListTasksResponse(tasks=tasks)
 
@@ -187,13 +187,14 @@ def _summary(service: Service, tasks: list[Task], ready_nodes: int) -> ServiceSu
     mode = service.spec.WhichOneof("mode")
     if mode == "job":
         succeeded = sum(
-            1 for t in tasks if t.status.state == State.COMPLETE and t.status.exit_code == 0
+            1 for t in tasks if t.status.state == TaskState.COMPLETE and t.status.exit_code == 0
         )
         return ServiceSummary(
             service=service, running=succeeded, desired=service.spec.job.completions
         )
     running = sum(
-        1 for t in tasks if t.desired_state == State.RUNNING and t.status.state == State.RUNNING
+        1 for t in tasks
+        if t.desired_state == TaskState.RUNNING and t.status.state == TaskState.RUNNING
     )
     desired = service.spec.replicated.replicas if mode == "replicated" else ready_nodes
     return ServiceSummary(service=service, running=running, desired=desired)

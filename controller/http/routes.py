@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,15 +263,14 @@ class Handlers:
                            headers={"Retry-After": "5"})  # fmt: skip
         self._open += 1  # the slot is taken before anything awaits
         self._metrics.event_streams.inc()
-        pump: asyncio.Task[None] | None = None
+        pump: Coroutine[Any, Any, None] | None = None
         subscriber: Subscriber | None = None
         try:
             subscription = await self.hub.subscribe(after)
             if subscription is None:  # older than the hub's history: our own etcd watch
                 assert after is not None
                 subscriber, start = Subscriber(256), after
-                pump = asyncio.create_task(pump_from_etcd(self._sources.store, after,
-                                                          subscriber))  # fmt: skip
+                pump = pump_from_etcd(self._sources.store, after, subscriber)
             else:
                 subscriber, start = subscription
             self._streams.add(subscriber)
@@ -285,7 +284,7 @@ class Handlers:
             ready = json.dumps({"position": str(start), "resumed": after is not None})
             await response.write(f"retry: 3000\nid: {start}\nevent: ready\ndata: {ready}\n\n"
                                  .encode())  # fmt: skip
-            await self._pour(request, response, subscriber)
+            await self._pour_beside(request, response, subscriber, pump)
             return response
         finally:
             self._open -= 1
@@ -294,8 +293,20 @@ class Handlers:
                 self._streams.discard(subscriber)
                 self.hub.unsubscribe(subscriber)
             if pump is not None:
-                pump.cancel()
-                await asyncio.gather(pump, return_exceptions=True)
+                pump.close()  # not started, or done: a no-op
+
+    async def _pour_beside(self, request: web.Request, response: web.StreamResponse,
+                           subscriber: Subscriber,
+                           pump: Coroutine[Any, Any, None] | None) -> None:  # fmt: skip
+        """`_pour`, with the stream's own etcd watch (`pump`) beside it in one task group:
+        a pump that fails ends the stream with its error instead of leaving it silent."""
+        if pump is None:
+            await self._pour(request, response, subscriber)
+            return
+        async with asyncio.TaskGroup() as group:
+            feeding = group.create_task(pump)
+            await self._pour(request, response, subscriber)
+            feeding.cancel()
 
     async def _pour(self, request: web.Request, response: web.StreamResponse,
                     subscriber: Subscriber) -> None:  # fmt: skip

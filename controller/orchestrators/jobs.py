@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.controller.orchestrators.replicated import settle_finished
 from dockyard.controller.orchestrators.survivors import best, one_per_key
 from dockyard.controller.orchestrators.tasks import (
-    State,
     failed,
     new_task,
     shut_down,
@@ -31,11 +31,11 @@ def reconcile_job(
     tasks = stamp_unobserved(tasks, now, plan)
     job = service.spec.job
     succeeded_slots = {
-        t.slot for t in tasks if t.status.state == State.COMPLETE and t.status.exit_code == 0
+        t.slot for t in tasks if t.status.state == TaskState.COMPLETE and t.status.exit_code == 0
     }
     running = _running(service, settle_finished(tasks, nodes, now, down_grace, plan),
                        succeeded_slots, plan)  # fmt: skip
-    failures = sum(1 for t in tasks if failed(t) and t.status.state != State.ORPHANED)
+    failures = sum(1 for t in tasks if failed(t) and t.status.state != TaskState.ORPHANED)
     _record_status(service, len(succeeded_slots), failures, plan)
     if len(succeeded_slots) >= job.completions or failures > job.backoff_limit:
         return plan

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from dockyard.common.states import TaskState
 from dockyard.common.timestamps import to_seconds
 from dockyard.controller.orchestrators.plan import Plan
-from dockyard.controller.orchestrators.tasks import State, is_terminal, set_status, shut_down
+from dockyard.controller.orchestrators.tasks import is_terminal, set_status, shut_down
 from dockyard.v1.types_pb2 import Node, NodeSpec, NodeStatus
 from dockyard.v1.workloads_pb2 import Task
 
@@ -25,9 +26,9 @@ def move_off_lost_nodes(
         if node is None or _down_too_long(node, now, down_grace, plan):
             orphan = shut_down(task)
             reason = "node removed" if node is None else f"node {node.spec.name} is down"
-            set_status(orphan, State.ORPHANED, reason)
+            set_status(orphan, TaskState.ORPHANED, reason)
             plan.update(orphan)
-        elif node.spec.availability == NodeSpec.DRAIN and task.desired_state <= State.RUNNING:
+        elif node.spec.availability == NodeSpec.DRAIN and task.desired_state <= TaskState.RUNNING:
             plan.update(shut_down(task))
         else:
             kept.append(task)

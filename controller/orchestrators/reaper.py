@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.plan import Plan
-from dockyard.controller.orchestrators.tasks import State, creation_order, is_terminal
+from dockyard.controller.orchestrators.tasks import creation_order, is_terminal
 from dockyard.v1.workloads_pb2 import Task
 
 HISTORY_PER_SLOT = 5
@@ -21,7 +22,7 @@ def plan_reaping(tasks: Sequence[Task], plan: Plan, keep: int = HISTORY_PER_SLOT
     by_slot: dict[tuple[int, str], list[Task]] = defaultdict(list)
     for task in tasks:
         current = changed.get(task.id, task)
-        if current.desired_state == State.SHUTDOWN and is_terminal(current):
+        if current.desired_state == TaskState.SHUTDOWN and is_terminal(current):
             by_slot[(task.slot, task.node_id if not task.slot else "")].append(task)
     for history in by_slot.values():
         history.sort(key=creation_order)

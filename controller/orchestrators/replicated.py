@@ -6,12 +6,12 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
+from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.placement import move_off_lost_nodes
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.controller.orchestrators.restart import decide
 from dockyard.controller.orchestrators.survivors import one_per_key
 from dockyard.controller.orchestrators.tasks import (
-    State,
     creation_order,
     is_terminal,
     new_task,
@@ -57,7 +57,7 @@ def settle_finished(
 ) -> list[Task]:
     """Record ended tasks as history and move tasks off lost or drained nodes;
     return the tasks that are still meant to run where they are."""
-    live = [t for t in tasks if t.desired_state <= State.RUNNING]
+    live = [t for t in tasks if t.desired_state <= TaskState.RUNNING]
     kept = move_off_lost_nodes(live, nodes, now, down_grace, plan)
     running = []
     for task in kept:

@@ -6,7 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dockyard.controller.orchestrators.tasks import State, failed, observed_at
+from dockyard.common.states import TaskState
+from dockyard.controller.orchestrators.tasks import failed, observed_at
 from dockyard.v1.workloads_pb2 import RestartPolicy, Service, Task
 
 
@@ -30,9 +31,9 @@ def decide(service: Service, history: Sequence[Task], now: float) -> RestartDeci
     service's restart policy (condition, delay, attempts within a window).
     """
     last = history[-1]
-    if last.status.state == State.ORPHANED or (
-        last.desired_state == State.SHUTDOWN
-        and last.status.state not in (State.FAILED, State.COMPLETE)
+    if last.status.state == TaskState.ORPHANED or (
+        last.desired_state == TaskState.SHUTDOWN
+        and last.status.state not in (TaskState.FAILED, TaskState.COMPLETE)
     ):
         return RestartDecision(True, now, "replacing a task that was moved away")
     policy = service.spec.task.restart_policy

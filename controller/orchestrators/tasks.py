@@ -6,28 +6,24 @@ import secrets
 from collections.abc import Sequence
 
 from dockyard.common.reference import pinned_digest
+from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp, to_seconds
 from dockyard.controller.orchestrators.plan import Plan
-from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Service, Task
 
-State = TaskStatus.State
-
-TERMINAL = frozenset({State.COMPLETE, State.SHUTDOWN, State.FAILED, State.REJECTED, State.ORPHANED})
+TERMINAL = frozenset({
+    TaskState.COMPLETE, TaskState.SHUTDOWN, TaskState.FAILED, TaskState.REJECTED,
+    TaskState.ORPHANED,
+})  # fmt: skip
 
 
 def is_terminal(task: Task) -> bool:
     return task.status.state in TERMINAL
 
 
-def is_live(task: Task) -> bool:
-    """Meant to run, and not finished."""
-    return task.desired_state <= State.RUNNING and not is_terminal(task)
-
-
 def failed(task: Task) -> bool:
-    return task.status.state in (State.FAILED, State.REJECTED, State.ORPHANED) or (
-        task.status.state == State.COMPLETE and task.status.exit_code != 0
+    return task.status.state in (TaskState.FAILED, TaskState.REJECTED, TaskState.ORPHANED) or (
+        task.status.state == TaskState.COMPLETE and task.status.exit_code != 0
     )
 
 
@@ -72,16 +68,16 @@ def new_task(service: Service, slot: int, node_id: str = "", attempt: int = 0) -
         slot=slot,
         node_id=node_id,
         spec_version=service.spec_version,
-        desired_state=State.RUNNING,
+        desired_state=TaskState.RUNNING,
         attempt=attempt,
     )
     task.spec.CopyFrom(service.spec.task)
     task.image_digest = pinned_digest(task.spec.container.image)
-    set_status(task, State.PENDING, "waiting for the scheduler")
+    set_status(task, TaskState.PENDING, "waiting for the scheduler")
     return task
 
 
-def set_status(task: Task, state: State.ValueType, message: str, error: str = "") -> None:
+def set_status(task: Task, state: TaskState.ValueType, message: str, error: str = "") -> None:
     task.status.state = state
     task.status.message = message
     task.status.error = error
@@ -93,7 +89,7 @@ def shut_down(task: Task) -> Task:
     """A copy of `task` whose desired state is SHUTDOWN (its agent stops it)."""
     copy = Task()
     copy.CopyFrom(task)
-    copy.desired_state = State.SHUTDOWN
-    if copy.status.state in (State.NEW, State.PENDING):
-        set_status(copy, State.SHUTDOWN, "shut down before it was assigned")
+    copy.desired_state = TaskState.SHUTDOWN
+    if copy.status.state in (TaskState.NEW, TaskState.PENDING):
+        set_status(copy, TaskState.SHUTDOWN, "shut down before it was assigned")
     return copy

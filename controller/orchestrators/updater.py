@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp, to_seconds
 from dockyard.controller.orchestrators.plan import Plan
-from dockyard.controller.orchestrators.tasks import State, failed, observed_at, shut_down
+from dockyard.controller.orchestrators.tasks import failed, observed_at, shut_down
 from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task, UpdateConfig, UpdateStatus
 
 Status = UpdateStatus.State
@@ -54,7 +55,7 @@ def plan_update(
     if not outdated:
         _maybe_complete(service, current, config, now, plan)
         return
-    in_flight = [t for t in current if t.status.state < State.RUNNING]
+    in_flight = [t for t in current if t.status.state < TaskState.RUNNING]
     next_at = _last_batch_at(service, progress) + config.delay_seconds
     if in_flight or now < next_at:
         if not in_flight:
@@ -87,7 +88,7 @@ def _retire_replaced(current: Sequence[Task], outdated: Sequence[Task], plan: Pl
     running_keys = {
         (t.slot, t.node_id if not t.slot else "")
         for t in current
-        if t.status.state == State.RUNNING
+        if t.status.state == TaskState.RUNNING
     }
     for old in outdated:
         if (old.slot, old.node_id if not old.slot else "") in running_keys:
@@ -102,7 +103,7 @@ def _failures(service: Service, tasks: Sequence[Task]) -> list[Task]:
         if t.spec_version == service.spec_version
         and failed(t)
         and observed_at(t) >= started
-        and t.status.state != State.ORPHANED
+        and t.status.state != TaskState.ORPHANED
     ]
 
 
@@ -140,7 +141,7 @@ def _on_failure(
 def _maybe_complete(
     service: Service, current: Sequence[Task], config: UpdateConfig, now: float, plan: Plan
 ) -> None:
-    if any(t.status.state != State.RUNNING for t in current):
+    if any(t.status.state != TaskState.RUNNING for t in current):
         return
     newest = max((observed_at(t) for t in current), default=0.0)
     done_at = newest + config.monitor_seconds

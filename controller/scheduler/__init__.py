@@ -1,9 +1,11 @@
-"""The scheduler as a pure library: filters, scorers and placement decisions.
+"""The scheduler: a pure library of filters, scorers and placement decisions, and
+the loop that runs it (`loop.py`, as orchestrators/ has its planners and their loop).
 
-It never touches etcd or the network. The controller's scheduling loop feeds it
+The library never touches etcd or the network. The loop (`SchedulingLoop`) feeds it
 `NodeInfo` records and the tasks waiting for a node, and writes the decisions of
 `Scheduler.schedule` in batches. `check_placement` validates a service's
-placement for the API.
+placement for the API. The loop is not imported here: the library stays importable
+without the store.
 """
 
 from __future__ import annotations

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.plan import Plan
-from dockyard.controller.orchestrators.tasks import State, new_task, set_status
+from dockyard.controller.orchestrators.tasks import is_terminal, new_task, set_status
 from dockyard.controller.services import apply_defaults
 from dockyard.v1.types_pb2 import Node, NodeSpec, NodeStatus
 from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task
 
 NOW = 1_000_000.0
+
+
+def is_live(task: Task) -> bool:
+    """Meant to run, and not finished (the tests' count of what runs)."""
+    return task.desired_state <= TaskState.RUNNING and not is_terminal(task)
 
 
 def node(
@@ -46,7 +52,7 @@ def running(svc: Service, slot: int, node_id: str, at: float = NOW - 100) -> Tas
     task = new_task(svc, slot, node_id)
     task.id = f"t{slot}-{node_id}-{task.id[:4]}"
     task.node_id = node_id
-    set_status(task, State.RUNNING, "started")
+    set_status(task, TaskState.RUNNING, "started")
     task.status.timestamp.FromNanoseconds(int(at * 1e9))
     task.observed_at.FromNanoseconds(int(at * 1e9))
     task.meta.version = 5
@@ -75,4 +81,4 @@ def applied(tasks: list[Task], plan: Plan) -> list[Task]:
 
 
 def live_slots(tasks: list[Task]) -> list[int]:
-    return sorted(t.slot for t in tasks if t.desired_state <= State.RUNNING)
+    return sorted(t.slot for t in tasks if t.desired_state <= TaskState.RUNNING)

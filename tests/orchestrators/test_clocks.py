@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.replicated import reconcile_replicated
-from dockyard.controller.orchestrators.tasks import State
 from dockyard.controller.orchestrators.updater import UpdateProgress
 from dockyard.v1.workloads_pb2 import RestartPolicy, Service, Task, UpdateStatus
 
@@ -24,7 +24,7 @@ def reconcile(svc: Service, tasks: list[Task], now: float = NOW):
 @SKEWS
 def test_a_restart_delay_is_measured_on_the_controllers_clock(skew: float) -> None:
     svc = service(1, task__restart_policy__delay_seconds=5.0)
-    failed = ended(running(svc, 1, "a"), State.FAILED, exit_code=1, at=NOW - 2, agent_skew=skew)
+    failed = ended(running(svc, 1, "a"), TaskState.FAILED, exit_code=1, at=NOW - 2, agent_skew=skew)
     plan = reconcile(svc, [failed])
     assert not plan.creates
     assert plan.wake_at == NOW + 3
@@ -41,10 +41,10 @@ def test_a_restart_window_counts_what_the_controller_saw_in_it(skew: float) -> N
         task__restart_policy__window_seconds=60.0,
         task__restart_policy__delay_seconds=0.0,
     )
-    old = ended(running(svc, 1, "a"), State.FAILED, exit_code=1, at=NOW - 600, agent_skew=skew)
-    old.id, old.desired_state = "old", State.SHUTDOWN
+    old = ended(running(svc, 1, "a"), TaskState.FAILED, exit_code=1, at=NOW - 600, agent_skew=skew)
+    old.id, old.desired_state = "old", TaskState.SHUTDOWN
     old.meta.created_at.FromSeconds(int(NOW - 700))
-    new = ended(running(svc, 1, "a"), State.FAILED, exit_code=1, at=NOW - 1, agent_skew=skew)
+    new = ended(running(svc, 1, "a"), TaskState.FAILED, exit_code=1, at=NOW - 1, agent_skew=skew)
     new.id, new.attempt = "new", 1
     new.meta.created_at.FromSeconds(int(NOW - 500))
     # One failure in the last minute: one restart is still allowed.
@@ -53,10 +53,10 @@ def test_a_restart_window_counts_what_the_controller_saw_in_it(skew: float) -> N
 
 def test_history_order_is_the_order_the_controller_made_the_tasks() -> None:
     svc = service(1, task__restart_policy__condition=RestartPolicy.ON_FAILURE)
-    first = ended(running(svc, 1, "b"), State.FAILED, exit_code=1, at=NOW - 60, agent_skew=HOUR)
-    first.id, first.desired_state = "first", State.SHUTDOWN
+    first = ended(running(svc, 1, "b"), TaskState.FAILED, exit_code=1, at=NOW - 60, agent_skew=HOUR)
+    first.id, first.desired_state = "first", TaskState.SHUTDOWN
     first.meta.created_at.FromSeconds(int(NOW - 100))
-    second = ended(running(svc, 1, "a"), State.COMPLETE, exit_code=0, at=NOW - 5)
+    second = ended(running(svc, 1, "a"), TaskState.COMPLETE, exit_code=0, at=NOW - 5)
     second.id = "second"
     second.meta.created_at.FromSeconds(int(NOW - 50))
     # The newest task completed cleanly: on-failure leaves the slot empty,
@@ -90,11 +90,12 @@ def test_an_update_monitor_is_measured_on_the_controllers_clock(skew: float) -> 
 def test_update_failures_are_those_the_controller_saw_after_the_start(skew: float) -> None:
     svc = updating(2, started=NOW - 10)
     ok = running(svc, 1, "a")
-    after = ended(running(svc, 2, "b"), State.FAILED, exit_code=1, at=NOW - 1, agent_skew=skew)
+    after = ended(running(svc, 2, "b"), TaskState.FAILED, exit_code=1, at=NOW - 1, agent_skew=skew)
     plan = reconcile(svc, [ok, after])
     assert plan.service is not None and plan.service.update_status.state == UpdateStatus.PAUSED
-    before = ended(running(svc, 2, "b"), State.FAILED, exit_code=1, at=NOW - 20, agent_skew=skew)
-    before.desired_state = State.SHUTDOWN
+    before = ended(running(svc, 2, "b"), TaskState.FAILED, exit_code=1, at=NOW - 20,
+                   agent_skew=skew)  # fmt: skip
+    before.desired_state = TaskState.SHUTDOWN
     replacement = running(svc, 2, "c")
     plan = reconcile(svc, [ok, before, replacement])
     assert plan.service is None or plan.service.update_status.state != UpdateStatus.PAUSED
@@ -102,7 +103,8 @@ def test_update_failures_are_those_the_controller_saw_after_the_start(skew: floa
 
 def test_a_task_no_controller_stamped_is_stamped_now_and_waits_its_delay() -> None:
     svc = service(1, task__restart_policy__delay_seconds=5.0)
-    failed = ended(running(svc, 1, "a"), State.FAILED, exit_code=1, at=NOW - 2, agent_skew=-HOUR)
+    failed = ended(running(svc, 1, "a"), TaskState.FAILED, exit_code=1, at=NOW - 2,
+                   agent_skew=-HOUR)  # fmt: skip
     failed.ClearField("observed_at")
     plan = reconcile(svc, [failed])
     assert not plan.creates

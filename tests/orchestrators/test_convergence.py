@@ -8,27 +8,27 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.global_mode import reconcile_global
 from dockyard.controller.orchestrators.jobs import reconcile_job
 from dockyard.controller.orchestrators.reaper import plan_reaping
 from dockyard.controller.orchestrators.replicated import reconcile_replicated
-from dockyard.controller.orchestrators.tasks import State, is_live
 from dockyard.controller.orchestrators.updater import UpdateProgress
 from dockyard.controller.server import _eligible
 from dockyard.v1.types_pb2 import NodeSpec, NodeStatus
 from dockyard.v1.workloads_pb2 import RestartPolicy, Task
 
-from .helpers import NOW, applied, node, running, service
+from .helpers import NOW, applied, is_live, node, running, service
 from .test_global_and_jobs import job, make_global
 
 SETTINGS = settings(max_examples=150, deadline=None, database=None, print_blob=True)
 NODES = {n.id: n for n in (node("a"), node("b"), node("c"), node("d", availability=NodeSpec.DRAIN))}
-STATES = [s for s in State.values() if s != State.STATE_UNSPECIFIED]
+STATES = [s for s in TaskState.values() if s != TaskState.STATE_UNSPECIFIED]
 
 task_facts = st.tuples(
     st.integers(min_value=0, max_value=7),  # slot
     st.sampled_from(STATES),  # observed state
-    st.sampled_from([State.RUNNING, State.SHUTDOWN]),  # desired state
+    st.sampled_from([TaskState.RUNNING, TaskState.SHUTDOWN]),  # desired state
     st.sampled_from(["a", "b", "c", "d", "gone", ""]),  # node
     st.integers(min_value=1, max_value=2),  # spec version
     st.integers(min_value=0, max_value=1000),  # created, seconds before NOW
@@ -116,7 +116,7 @@ GLOBAL_NODES = {
 
 global_facts = st.tuples(
     st.sampled_from(STATES),
-    st.sampled_from([State.RUNNING, State.SHUTDOWN]),
+    st.sampled_from([TaskState.RUNNING, TaskState.SHUTDOWN]),
     st.sampled_from(["a", "b", "c", "d", "e", "gone", ""]),
     st.integers(min_value=1, max_value=2),
     st.integers(min_value=0, max_value=1000),
@@ -175,7 +175,8 @@ def test_a_job_never_runs_more_than_parallelism_or_a_slot_twice(
         plan_reaping(tasks, plan)
         tasks = applied(tasks, plan)
         succeeded = {
-            t.slot for t in tasks if t.status.state == State.COMPLETE and t.status.exit_code == 0
+            t.slot for t in tasks
+            if t.status.state == TaskState.COMPLETE and t.status.exit_code == 0
         }
         live = [t for t in tasks if is_live(t)]
         assert len(live) <= parallelism

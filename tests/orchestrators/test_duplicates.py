@@ -3,15 +3,15 @@ per node) survives, the same one on every leader."""
 
 from __future__ import annotations
 
+from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.global_mode import reconcile_global
 from dockyard.controller.orchestrators.jobs import reconcile_job
 from dockyard.controller.orchestrators.replicated import reconcile_replicated
-from dockyard.controller.orchestrators.tasks import State, is_live
 from dockyard.controller.orchestrators.updater import UpdateProgress
 from dockyard.controller.server import _eligible
 from dockyard.v1.workloads_pb2 import Task, UpdateConfig, UpdateStatus
 
-from .helpers import NOW, applied, ended, node, running, service
+from .helpers import NOW, applied, ended, is_live, node, running, service
 from .test_global_and_jobs import job, make_global
 
 NODES = {n.id: n for n in (node("a"), node("b"), node("c"))}
@@ -22,7 +22,7 @@ def reconcile(svc, tasks, progress=None):
 
 
 def shut(plan) -> list[str]:
-    return sorted(t.id for t in plan.updates if t.desired_state == State.SHUTDOWN)
+    return sorted(t.id for t in plan.updates if t.desired_state == TaskState.SHUTDOWN)
 
 
 def created(task: Task, at: float) -> Task:
@@ -53,7 +53,7 @@ def test_the_survivor_is_running_and_current_before_older() -> None:
     outdated = created(running(svc, 1, "a"), NOW - 90)
     outdated.spec_version = 1
     pending = created(running(svc, 1, "b"), NOW - 80)
-    pending.status.state = State.PENDING
+    pending.status.state = TaskState.PENDING
     current = created(running(svc, 1, "c"), NOW - 10)
     tasks = [outdated, pending, current]
     for order in (tasks, tasks[::-1], [pending, current, outdated]):
@@ -66,9 +66,9 @@ def test_a_start_first_update_keeps_its_old_and_new_task_in_a_slot() -> None:
     svc.spec_version = 2
     svc.update_status.state = UpdateStatus.UPDATING
     new = running(svc, 1, "b")
-    new.status.state = State.STARTING
+    new.status.state = TaskState.STARTING
     twin = created(running(svc, 1, "c"), NOW - 5)
-    twin.status.state = State.STARTING
+    twin.status.state = TaskState.STARTING
     new = created(new, NOW - 6)
     plan = reconcile(svc, [old, new, twin])
     assert shut(plan) == [twin.id]
@@ -85,7 +85,7 @@ def test_a_global_service_keeps_one_task_per_node() -> None:
 
 def test_a_job_never_runs_more_than_parallelism_nor_a_finished_slot_again() -> None:
     svc = job(4, 2)
-    done = ended(running(svc, 1, "a"), State.COMPLETE)
+    done = ended(running(svc, 1, "a"), TaskState.COMPLETE)
     again = running(svc, 1, "b")  # a second copy of a slot that already succeeded
     twins = [running(svc, 2, "a"), running(svc, 2, "b")]
     extra = running(svc, 3, "c")
@@ -105,5 +105,5 @@ def test_a_paused_start_first_update_keeps_the_old_task_beside_the_new() -> None
     svc.spec_version = 2
     svc.update_status.state = UpdateStatus.PAUSED
     new = running(svc, 1, "b")
-    new.status.state = State.STARTING
+    new.status.state = TaskState.STARTING
     assert shut(reconcile(svc, [old, new])) == []

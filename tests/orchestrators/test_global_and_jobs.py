@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.global_mode import reconcile_global
 from dockyard.controller.orchestrators.jobs import reconcile_job
-from dockyard.controller.orchestrators.tasks import State
 from dockyard.controller.orchestrators.updater import UpdateProgress
 from dockyard.controller.server import _eligible
 from dockyard.v1.types_pb2 import NodeSpec, NodeStatus
@@ -44,7 +44,7 @@ def test_global_follows_label_changes_and_drain() -> None:
         n.id: n for n in (node("a", zone="b"), node("b", availability=NodeSpec.DRAIN, zone="a"))
     }
     plan = reconcile_global(svc, tasks, nodes, NOW, 10.0, UpdateProgress(), _eligible)
-    assert sorted(t.node_id for t in plan.updates if t.desired_state == State.SHUTDOWN) == [
+    assert sorted(t.node_id for t in plan.updates if t.desired_state == TaskState.SHUTDOWN) == [
         "a",
         "b",
     ]
@@ -67,7 +67,7 @@ def test_a_job_runs_at_most_parallelism_tasks() -> None:
 
 def test_a_job_completes_when_every_slot_succeeded() -> None:
     svc = job(2, 2)
-    tasks = [ended(running(svc, slot, "a"), State.COMPLETE) for slot in (1, 2)]
+    tasks = [ended(running(svc, slot, "a"), TaskState.COMPLETE) for slot in (1, 2)]
     plan = reconcile_job(svc, tasks, {"a": node("a")}, NOW, 10.0)
     assert not plan.creates
     assert plan.service is not None
@@ -76,10 +76,10 @@ def test_a_job_completes_when_every_slot_succeeded() -> None:
 
 def test_a_job_retries_failures_up_to_the_backoff_limit() -> None:
     svc = job(1, 1, backoff_limit=1)
-    first = ended(running(svc, 1, "a"), State.FAILED, exit_code=1)
+    first = ended(running(svc, 1, "a"), TaskState.FAILED, exit_code=1)
     plan = reconcile_job(svc, [first], {"a": node("a")}, NOW, 10.0)
     assert [t.slot for t in plan.creates] == [1]
-    second = ended(running(svc, 1, "a"), State.FAILED, exit_code=1)
+    second = ended(running(svc, 1, "a"), TaskState.FAILED, exit_code=1)
     second.id = "second"
     plan = reconcile_job(svc, [first, second], {"a": node("a")}, NOW, 10.0)
     assert not plan.creates

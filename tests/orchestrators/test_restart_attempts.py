@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.reaper import HISTORY_PER_SLOT, plan_reaping
 from dockyard.controller.orchestrators.replicated import reconcile_replicated
-from dockyard.controller.orchestrators.tasks import State
 from dockyard.controller.orchestrators.updater import UpdateProgress
 from dockyard.v1.workloads_pb2 import RestartPolicy, Task
 
@@ -34,7 +34,7 @@ def crash_loop(max_attempts: int, window: float, rounds: int = 40) -> list[Task]
         plan_reaping(tasks, plan)
         for task in plan.creates:
             task.node_id = "a"
-            task.status.state = State.FAILED
+            task.status.state = TaskState.FAILED
             task.status.exit_code = 1
             task.observed_at.FromNanoseconds(int(now * 1e9))
             task.meta.created_at.FromNanoseconds(int(now * 1e9))
@@ -71,8 +71,8 @@ def test_a_slot_that_gave_up_within_a_window_wakes_when_it_may_restart() -> None
     for i, at in enumerate((NOW - 30, NOW - 10)):
         task = Task(id=f"t{i}", service_id="svc", slot=1, node_id="a", attempt=i)
         task.spec.CopyFrom(svc.spec.task)
-        task.desired_state = State.SHUTDOWN
-        task.status.state = State.FAILED
+        task.desired_state = TaskState.SHUTDOWN
+        task.status.state = TaskState.FAILED
         task.status.exit_code = 1
         task.observed_at.FromNanoseconds(int(at * 1e9))
         task.meta.created_at.FromNanoseconds(int(at * 1e9))

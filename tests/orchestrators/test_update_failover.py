@@ -3,8 +3,8 @@ it waits out the delay after the last batch and remembers the failures."""
 
 from __future__ import annotations
 
+from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.replicated import reconcile_replicated
-from dockyard.controller.orchestrators.tasks import State
 from dockyard.controller.orchestrators.updater import UpdateProgress
 from dockyard.v1.workloads_pb2 import Service, Task, UpdateStatus
 
@@ -55,7 +55,7 @@ def test_a_batch_of_an_earlier_update_does_not_delay_this_one() -> None:
 
 def test_a_new_leader_still_counts_the_failures_of_the_update() -> None:
     svc, tasks = mid_update(last_batch=NOW - 10)
-    tasks[0] = ended(tasks[0], State.FAILED, exit_code=1, at=NOW - 5)
+    tasks[0] = ended(tasks[0], TaskState.FAILED, exit_code=1, at=NOW - 5)
     plan = reconcile(svc, tasks, progress=UpdateProgress())
     assert plan.service is not None
     assert plan.service.update_status.state == UpdateStatus.PAUSED

@@ -1,4 +1,6 @@
-"""Named endpoints the CLI can address, kept in the user's config dir (like docker contexts)."""
+"""Named endpoints a client can address (like docker contexts), kept in the user's config
+dir: the CLI reads and edits them, `dockyard-controller init | join | user create` write
+the admin's."""
 
 from __future__ import annotations
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import structlog
 
-from dockyard.controller.orchestrators.tasks import State, set_status
+from dockyard.common.states import TaskState
+from dockyard.controller.orchestrators.tasks import set_status
 from dockyard.controller.scheduler.nodeinfo import NodeInfo
 from dockyard.controller.scheduler.scheduler import Scheduler
 from dockyard.controller.scheduler.scorers import Strategy
@@ -76,7 +77,7 @@ class SchedulingLoop:
         pending = [
             tasks[task_id]
             for task_id in self._state.pending_task_ids
-            if tasks[task_id].desired_state <= State.RUNNING
+            if tasks[task_id].desired_state <= TaskState.RUNNING
         ]
         if not pending:
             return
@@ -125,7 +126,7 @@ class SchedulingLoop:
             updated.CopyFrom(task)
             if task.id in decisions:
                 updated.node_id = decisions[task.id]
-                set_status(updated, State.ASSIGNED, "scheduled")
+                set_status(updated, TaskState.ASSIGNED, "scheduled")
             elif reasons.get(task.id, task.status.message) != task.status.message:
                 updated.status.message = reasons[task.id]
             else:

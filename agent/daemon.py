@@ -160,6 +160,7 @@ class AgentDaemon:
         if self._runc is not None:
             self._runc.image_sources = {s.image: tuple(s.api_addresses)
                                         for s in assignments.image_sources}  # fmt: skip
+            self._runc.registry_auths = dict(assignments.registry_auths)
         if self.worker is not None:
             await self.worker.on_assignments(assignments)
         else:

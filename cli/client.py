@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from dockyard.cli.deadline import remaining
 from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
-from dockyard.common.contexts import ContextError, ContextStore
+from dockyard.common.contexts import Context, ContextError, ContextStore
 from dockyard.common.metadata import WARNING_KEY
 
 if TYPE_CHECKING:  # grpc loads in the commands that call a daemon, not at startup
@@ -71,6 +72,11 @@ class Target:
     """The other controllers of a context that names several: a call goes to the next
     when the one before cannot be reached or says it is not the leader."""
 
+    @property
+    def label(self) -> str:
+        """How output names this target: its context's name, else its address."""
+        return self.address if self.origin in ("-H", "DOCKYARD_HOST") else self.origin
+
     def candidates(self) -> list[Target]:
         """This target, then one per fallback address (the order calls try them)."""
         return [self, *(replace(self, address=a, fallbacks=()) for a in self.fallbacks)]
@@ -92,7 +98,8 @@ def tls_from_env() -> TLSFiles | None:
 
 
 def resolve_targets(
-    hosts: tuple[str, ...], context_name: str | None, tls: TLSFiles | None = None
+    hosts: tuple[str, ...], context_name: str | None, tls: TLSFiles | None = None,
+    all_contexts: bool = False,
 ) -> list[Target]:
     """-H wins, then DOCKYARD_HOST, then --context / DOCKYARD_CONTEXT / the current context.
 
@@ -101,33 +108,53 @@ def resolve_targets(
     context: it could be another cluster's (and an --insecure daemon would then be
     dialled with TLS). A context named with --context or DOCKYARD_CONTEXT lends its
     TLS material to -H (`dockyard -c local -H AGENT info`: one agent of that cluster).
+    Several contexts (`--context a,b`, a group, `--all-contexts`) give one target each.
     """
+    if all_contexts and (hosts or context_name):
+        raise click.UsageError("--all-contexts addresses every context: give no -H or --context")
     tls = tls or tls_from_env()
     addresses: list[tuple[str, str]] = []
     try:
         if hosts:
             addresses = [(normalize(h, CONTROLLER_PORT), "-H") for h in hosts]
-        else:
+        elif not all_contexts:
             env_host = os.environ.get("DOCKYARD_HOST")
             if env_host and not context_name:
                 addresses = [(normalize(env_host, CONTROLLER_PORT), "DOCKYARD_HOST")]
     except AddressError as exc:
         raise CliError(f"-H: {exc}") from exc
-    named = context_name or os.environ.get("DOCKYARD_CONTEXT")
+    named = None if all_contexts else context_name or os.environ.get("DOCKYARD_CONTEXT")
     if addresses and (tls is not None or not named):
         return [Target(address, origin, tls) for address, origin in addresses]
     store = ContextStore()
     try:
-        context = store.get(named or store.current())
+        if all_contexts:
+            contexts = store.every()
+        else:
+            names = [n.strip() for n in (named or store.current()).split(",") if n.strip()]
+            if not names:
+                raise ContextError(f"--context {named!r}: expected a context name")
+            contexts = store.expand(names)
     except ContextError as exc:
         raise CliError(str(exc)) from exc
-    if tls is None and context.tls:
-        tls = TLSFiles.from_values(context.tls.get("ca"), context.tls.get("cert"),
-                                   context.tls.get("key"), f"context {context.name}")  # fmt: skip
     if addresses:
+        if len(contexts) != 1:
+            raise click.UsageError("-H takes its TLS material from one context, not several")
+        tls = tls or _context_tls(contexts[0])
         return [Target(address, origin, tls) for address, origin in addresses]
-    first, *others = context.hosts or [context.host]
-    return [Target(first, context.name, tls, fallbacks=tuple(others))]
+    targets = []
+    for context in contexts:
+        first, *others = context.hosts or [context.host]
+        targets.append(Target(first, context.name, tls or _context_tls(context),
+                              fallbacks=tuple(others)))  # fmt: skip
+    return targets
+
+
+def _context_tls(context: Context) -> TLSFiles | None:
+    if not context.tls:
+        return None
+    return TLSFiles.from_values(context.tls.get("ca"), context.tls.get("cert"),
+                                context.tls.get("key"), f"context {context.name}")  # fmt: skip
 
 
 def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
@@ -210,7 +237,7 @@ def call(
                      ) as chan:  # fmt: skip
             try:
                 response, rpc = getattr(stub_factory(chan), method).with_call(
-                    request, timeout=timeout)
+                    request, timeout=remaining(timeout))
                 break
             except grpc.RpcError as exc:
                 if index + 1 < len(candidates) and _try_next(exc):
@@ -239,7 +266,8 @@ def stream(
         received = False
         with channel(candidate, what == "controller") as chan:
             try:
-                for message in getattr(stub_factory(chan), method)(request, timeout=timeout):
+                for message in getattr(stub_factory(chan), method)(
+                        request, timeout=remaining(timeout)):
                     received = True
                     yield message
                 return

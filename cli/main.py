@@ -10,7 +10,7 @@ import importlib
 
 import click
 
-from dockyard.cli.options import GlobalOptions
+from dockyard.cli.options import DEFAULT_TARGET_TIMEOUT, GlobalOptions
 from dockyard.cli.render import FORMATS
 
 # name -> (module, attribute, one-line help). A command's module is imported
@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "images": ("images", "list_images", "List the agent's images."),
     "info": ("system", "info", "Summarise the cluster (controller) or the node (agent)."),
     "job": ("jobs", "job", "Run commands to completion across the cluster."),
+    "login": ("registry_login", "login", "Log in to a registry (docker's config.json)."),
+    "logout": ("registry_login", "logout", "Log out from a registry."),
     "logs": ("containers", "logs", "Print a container's output."),
     "node": ("nodes", "node", "Manage the cluster's nodes."),
     "port": ("containers", "port", "List a container's published ports."),
@@ -40,6 +42,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "stack": ("stacks", "stack", "Deploy compose files as stacks of services."),
     "stats": ("cluster_stats", "stats", "Show the cluster's containers by service, live."),
     "top": ("top", "top", "Watch nodes, services and pending tasks live (terminal view)."),
+    "system": ("prune", "system", "Disk usage and cleanup on one agent (df, prune)."),
     "volume": ("volumes", "volume", "Manage an agent's named volumes."),
     "version": ("system", "version", "Show the client's and the daemons' versions."),
 }
@@ -64,7 +67,19 @@ class LazyGroup(click.Group):
             formatter.write_dl([(name, COMMANDS[name][2]) for name in sorted(COMMANDS)])
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    """`dockyard --version`: the client's version, asking no daemon."""
+    if not value or ctx.resilient_parsing:
+        return
+    from dockyard.common.version import API_VERSION, package_version
+
+    click.echo(f"dockyard version {package_version()}, API {API_VERSION}")
+    ctx.exit()
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
+              callback=_print_version, help="Print the client's version and exit.")
 @click.option(
     "-H",
     "--host",
@@ -79,7 +94,27 @@ class LazyGroup(click.Group):
     "context_name",
     default=None,
     envvar="DOCKYARD_CONTEXT",
-    help="Context to use (see `dockyard context ls`).",
+    help="Context to use (see `dockyard context ls`); several: a,b.",
+)
+@click.option(
+    "--all-contexts",
+    is_flag=True,
+    help="Address every context at once (a group stands for its members).",
+)
+@click.option(
+    "--target-timeout",
+    type=click.FloatRange(min=0.1, max=3600),
+    default=DEFAULT_TARGET_TIMEOUT,
+    show_default=True,
+    metavar="SECONDS",
+    help="With several targets: give up on one that has not answered in this long.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1, max=64),
+    default=8,
+    show_default=True,
+    help="With several targets: how many are asked at the same time.",
 )
 @click.option(
     "-o",
@@ -115,6 +150,9 @@ def cli(
     ctx: click.Context,
     hosts: tuple[str, ...],
     context_name: str | None,
+    all_contexts: bool,
+    target_timeout: float,
+    concurrency: int,
     output: str,
     tlscacert: str | None,
     tlscert: str | None,
@@ -124,7 +162,8 @@ def cli(
     from dockyard.cli.client import TLSFiles
 
     tls = TLSFiles.from_values(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
-    ctx.obj = GlobalOptions(hosts, context_name, output, tls)
+    ctx.obj = GlobalOptions(hosts, context_name, output, tls, all_contexts, target_timeout,
+                            concurrency)
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ the admin's."""
 
 from __future__ import annotations
 
+import builtins
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ class Context:
     host: str
     description: str = ""
     tls: dict[str, str] = field(default_factory=dict)  # ca, cert, key paths (security issue)
+    members: list[str] = field(default_factory=list)
+    """A group: the names of other contexts, addressed together (its `host` is empty)."""
 
     @property
     def hosts(self) -> list[str]:
@@ -93,16 +96,55 @@ class ContextStore:
                 return context
         raise ContextError(f"context {name!r} not found (see `dockyard context ls`)")
 
-    def create(
-        self, name: str, host: str, description: str = "", overwrite: bool = False,
-        tls: dict[str, str] | None = None,
-    ) -> Context:
+    def expand(self, names: builtins.list[str]) -> builtins.list[Context]:
+        """The contexts `names` address: a group stands for its members (groups of
+        groups too); each context once, in the order first named."""
+        return _expand({c.name: c for c in self.list()}, names)
+
+    def every(self) -> builtins.list[Context]:
+        """Every stored context that names endpoints (groups stand for their members;
+        the built-in `default` only when nothing else is stored)."""
+        stored = [c for c in self.list() if c.name != DEFAULT_CONTEXT]
+        if not stored:
+            return self.list()
+        return self.expand([c.name for c in stored])
+
+    def create_group(self, name: str, members: builtins.list[str], description: str = "",
+                     overwrite: bool = False) -> Context:  # fmt: skip
+        """A context naming other contexts: a call through it goes to all of them."""
+        self._check_new_name(name)
+        if not members:
+            raise ContextError("--member: a group needs at least one context")
+        if len(set(members)) != len(members):
+            raise ContextError(f"--member: {','.join(members)!r} names one context twice")
+        data = self._read()
+        contexts = self._contexts(data)
+        if name in contexts and not overwrite:
+            raise ContextError(f"context {name!r} already exists (use --overwrite to replace it)")
+        known = {c.name for c in self.list()}
+        for member in members:
+            if member not in known:
+                raise ContextError(f"--member: context {member!r} not found")
+        contexts[name] = {"host": "", "description": description, "tls": {},
+                          "members": list(members)}  # fmt: skip
+        group = Context(name, "", description, {}, list(members))
+        _expand({**{c.name: c for c in self.list()}, name: group}, [name])  # refuses a cycle
+        self._write(data)
+        return group
+
+    def _check_new_name(self, name: str) -> None:
         try:
             check_name("name", name)
         except ValidationError as exc:
             raise ContextError(f"context {exc}") from exc
         if name == DEFAULT_CONTEXT:
             raise ContextError(f"context {name!r} is built in and cannot be replaced")
+
+    def create(
+        self, name: str, host: str, description: str = "", overwrite: bool = False,
+        tls: dict[str, str] | None = None,
+    ) -> Context:
+        self._check_new_name(name)
         try:
             hosts = [normalize(h.strip(), CONTROLLER_PORT) for h in host.split(",") if h.strip()]
         except ValueError as exc:
@@ -118,7 +160,7 @@ class ContextStore:
             raise ContextError(f"context {name!r} already exists (use --overwrite to replace it)")
         context = Context(name, host, description, dict(tls or {}))
         fields = asdict(context)
-        del fields["name"]
+        del fields["name"], fields["members"]
         contexts[name] = fields
         self._write(data)
         return context
@@ -142,11 +184,35 @@ class ContextStore:
         self._write(data)
 
 
+def _expand(known: dict[str, Context], names: list[str]) -> list[Context]:
+    """The endpoint contexts `names` stand for, each once (see ContextStore.expand)."""
+    found: dict[str, Context] = {}
+
+    def visit(name: str, path: tuple[str, ...]) -> None:
+        if name in path:
+            raise ContextError(f"context group {path[0]!r} contains itself: "
+                               f"{' -> '.join((*path, name))}")  # fmt: skip
+        if name not in known:
+            where = f" (a member of group {path[-1]!r})" if path else ""
+            raise ContextError(f"context {name!r} not found{where} (see `dockyard context ls`)")
+        context = known[name]
+        if not context.members:
+            found.setdefault(name, context)
+        for member in context.members:
+            visit(member, (*path, name))
+
+    for name in names:
+        visit(name, ())
+    return list(found.values())
+
+
 def _from_fields(name: str, fields: dict[str, object]) -> Context:
     tls = fields.get("tls")
+    members = fields.get("members")
     return Context(
         name=name,
         host=str(fields.get("host", "")),
         description=str(fields.get("description", "")),
         tls={str(k): str(v) for k, v in tls.items()} if isinstance(tls, dict) else {},
+        members=[str(m) for m in members] if isinstance(members, list) else [],
     )

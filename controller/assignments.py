@@ -10,6 +10,7 @@ only accepts a report for a task assigned to the reporting node.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -21,10 +22,10 @@ from dockyard.controller.image_sources import Holders, image_sources
 from dockyard.controller.orchestrators.tasks import is_terminal
 from dockyard.controller.sessions import Post
 from dockyard.controller.state import ChangeTracker, ClusterState
-from dockyard.controller.store import SECRET_DATA, TASKS, Store, StoreError
+from dockyard.controller.store import REGISTRY_AUTHS, SECRET_DATA, TASKS, Store, StoreError
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, DispatcherMessage, TaskStatusReport
 from dockyard.v1.types_pb2 import TaskStatus
-from dockyard.v1.workloads_pb2 import Secret, Task
+from dockyard.v1.workloads_pb2 import RegistryAuth, Secret, Task
 
 log = structlog.get_logger(__name__)
 
@@ -47,6 +48,8 @@ class Assigner:
         self._store = store
         self._sent: dict[str, frozenset[tuple[str, int, int]]] = {}
         self._secret_data: dict[str, bytes] = {}  # secrets are immutable: read once
+        # service ID -> (the service record's version it was read at, its credentials)
+        self._auths: dict[str, tuple[int, RegistryAuth | None]] = {}
 
     async def assignment_set(
         self, node_id: str, sources: dict[str, Holders] | None = None
@@ -59,7 +62,33 @@ class Assigner:
                 wanted.setdefault(ref.secret_id, ref.secret_name)
         secrets = [s for s in [await self._secret(i, n) for i, n in wanted.items()] if s]
         found = image_sources(self._state, node_id, tasks, sources)
-        return AssignmentSet(full=True, tasks=tasks, secrets=secrets, image_sources=found)
+        assignments = AssignmentSet(full=True, tasks=tasks, secrets=secrets, image_sources=found)
+        for service_id in sorted({t.service_id for t in tasks if _to_start(t)}):
+            auth = await self._registry_auth(service_id)
+            if auth is not None:
+                assignments.registry_auths[service_id].CopyFrom(auth)
+        return assignments
+
+    async def _registry_auth(self, service_id: str) -> RegistryAuth | None:
+        """The `--with-registry-auth` credentials of a service (None: it has none, or
+        they cannot be read now: the node then pulls with its own)."""
+        service = self._state.services.get(service_id)
+        for stale in [i for i in self._auths if i not in self._state.services]:
+            del self._auths[stale]
+        if service is None or not service.registry_auth or self._store is None:
+            return None
+        cached = self._auths.get(service_id)
+        if cached is not None and cached[0] == service.meta.version:
+            return cached[1]
+        try:
+            raw = await self._store.get_raw(REGISTRY_AUTHS, service_id)
+        except StoreError as exc:
+            log.warning("assignments.registry_auth_unreadable", service_id=service_id,
+                        error=str(exc))  # fmt: skip
+            return None
+        auth = RegistryAuth.FromString(raw[0]) if raw is not None else None
+        self._auths[service_id] = (service.meta.version, auth)
+        return auth
 
     async def _secret(self, secret_id: str, name: str) -> Secret | None:
         """The secret with its data; None (the agent rejects the task) when it is gone."""
@@ -114,7 +143,14 @@ def _fingerprint(assignments: AssignmentSet) -> frozenset[tuple[str, int, int]]:
     return frozenset(
         [(t.id, t.desired_state, t.spec_version) for t in assignments.tasks]
         + [("secret:" + s.id, 0, 0) for s in assignments.secrets]
+        + [("auth:" + service_id + ":" + hashlib.sha256(auth.SerializeToString()).hexdigest(),
+            0, 0) for service_id, auth in assignments.registry_auths.items()]
     )
+
+
+def _to_start(task: Task) -> bool:
+    """The task may still pull its image on its node."""
+    return task.status.state < TaskState.RUNNING and task.desired_state <= TaskState.RUNNING
 
 
 @dataclass

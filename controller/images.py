@@ -9,11 +9,13 @@ warning; each node then resolves the tag by itself.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
 import structlog
 
+from dockyard.common.distribution.auth import Credentials
 from dockyard.common.distribution.errors import ImageError
 from dockyard.common.distribution.registry import RegistryClient, RegistryConfig
 from dockyard.common.reference import InvalidReference, Reference, parse_reference
@@ -54,12 +56,14 @@ class ImageResolver:
         return self.default if asked == ResolveImage.RESOLVE_IMAGE_UNSPECIFIED else asked
 
     async def pin(self, spec: ServiceSpec, asked: Mode, *, previous: ServiceSpec | None = None,
-                  force: bool = False) -> Pinned:  # fmt: skip
+                  force: bool = False,
+                  credentials: Mapping[str, Credentials] | None = None) -> Pinned:  # fmt: skip
         """`spec` with its image pinned as `asked` says.
 
         On an update (`previous` is the stored spec) an image the request leaves as it
         was is not looked up again, so scaling never moves a tag; a `force`d update
         with ALWAYS re-resolves the tag, as `docker service update --force` does.
+        `credentials` (registry -> login) are the caller's `--with-registry-auth`.
         """
         pinned = ServiceSpec()
         pinned.CopyFrom(spec)
@@ -79,7 +83,7 @@ class ImageResolver:
         if target is None:
             return Pinned(pinned)
         try:
-            digest = await asyncio.wait_for(self._resolve(target), self.timeout)
+            digest = await asyncio.wait_for(self._resolve(target, credentials), self.timeout)
         except (ImageError, TimeoutError, OSError) as exc:
             reason = str(exc) or f"no answer in {self.timeout:g} s"
             log.warning("image.resolve_failed", image=image, error=reason)
@@ -88,8 +92,9 @@ class ImageResolver:
         log.info("image.pinned", image=image, digest=digest)
         return Pinned(pinned)
 
-    async def _resolve(self, ref: Reference) -> str:
-        async with RegistryClient(self.registry) as client:
+    async def _resolve(self, ref: Reference,
+                       credentials: Mapping[str, Credentials] | None = None) -> str:
+        async with RegistryClient(self.registry, credentials) as client:
             _, _, _, digest = await client.resolve(ref)
         return digest
 

@@ -75,6 +75,9 @@ TASKS: Kind[workloads_pb2.Task] = Kind("tasks", workloads_pb2.Task)
 SECRETS: Kind[workloads_pb2.Secret] = Kind("secrets", workloads_pb2.Secret)
 SECRET_DATA: Kind[workloads_pb2.Secret] = Kind("secretdata", workloads_pb2.Secret)  # raw bytes
 SECRET_NAMES: Kind[workloads_pb2.Secret] = Kind("names/secrets", workloads_pb2.Secret)
+# A service's `--with-registry-auth` credentials, keyed by service ID, kept apart from
+# the service record (as a secret's data) so that no listing or Get returns them.
+REGISTRY_AUTHS: Kind[workloads_pb2.RegistryAuth] = Kind("registryauth", workloads_pb2.RegistryAuth)
 # Security: the cluster CA (one record, "root"), join tokens keyed by token id,
 # the certificates the CA issued and the revocation list, both keyed by serial.
 ROOT_CA: Kind[types_pb2.RootCA] = Kind("pki/ca", types_pb2.RootCA)

@@ -18,6 +18,7 @@ from dockyard.controller.cluster import Policy
 from dockyard.controller.errors import FailedPrecondition
 from dockyard.controller.specs import check_service_spec
 from dockyard.controller.store import (
+    REGISTRY_AUTHS,
     SERVICE_NAMES,
     SERVICES,
     TASKS,
@@ -29,6 +30,7 @@ from dockyard.controller.store import (
 )
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import (
+    RegistryAuth,
     RestartPolicy,
     Service,
     ServiceSpec,
@@ -91,13 +93,18 @@ class ServiceRegistry:
             raise NotFound(f"service {ref!r} not found")
         return matches[0]
 
-    async def create(self, spec: ServiceSpec, checks: Sequence[Op] = ()) -> Service:
-        """`checks`: compares that must hold too (the secrets the spec uses still exist)."""
+    async def create(self, spec: ServiceSpec, checks: Sequence[Op] = (),
+                     auth: RegistryAuth | None = None) -> Service:
+        """`checks`: compares that must hold too (the secrets the spec uses still exist);
+        `auth`: registry credentials its tasks pull with, written in the same commit."""
         check_service_spec(spec)
         service = Service(id=secrets.token_hex(12), spec=apply_defaults(spec), spec_version=1)
+        if auth is not None:
+            service.registry_auth = auth.registry
         ops = [
             self._store.put_op(SERVICES, service.id, service, expect=0),
             self._store.raw_op(SERVICE_NAMES, spec.name, service.id.encode(), expect=0),
+            *self.auth_ops(service.id, auth),
         ]
         try:
             service.meta.version = await self._store.commit([*ops, *checks])
@@ -109,14 +116,23 @@ class ServiceRegistry:
         log.info("service.created", service_id=service.id, name=spec.name)
         return service
 
+    def auth_ops(self, service_id: str, auth: RegistryAuth | None) -> list[Op]:
+        """Write (or, with None, nothing) a service's registry credentials."""
+        if auth is None:
+            return []
+        return [self._store.raw_op(REGISTRY_AUTHS, service_id, auth.SerializeToString(),
+                                   expect=None)]  # fmt: skip
+
     async def update(
         self, ref: str, version: int, spec: ServiceSpec, force: bool,
         checks: Sequence[Op] = (), policy: Policy | None = None,
+        auth: RegistryAuth | None = None,
     ) -> Service:
         """A new spec (and a rolling update); `version` guards against lost updates.
 
         With `policy`, the old spec is kept as the rollback target only if the policy
-        allows it, and the write compares the policy's revision.
+        allows it, and the write compares the policy's revision. `auth`: new registry
+        credentials for its tasks (None: it keeps those it has).
         """
         check_service_spec(spec)
         service = await self._read_at(ref, version)
@@ -125,8 +141,12 @@ class ServiceRegistry:
         if _mode(spec) != _mode(service.spec):
             raise ValidationError("spec.mode", "the mode of a service cannot change")
         new_spec = apply_defaults(spec)
+        if auth is not None:
+            service.registry_auth = auth.registry
+            checks = [*checks, *self.auth_ops(service.id, auth)]
         if new_spec == service.spec and not force:
-            return service
+            # New credentials alone: the spec and its rollback target stay as they are.
+            return await self._write(service, checks) if auth is not None else service
         replace_tasks = force or new_spec.task != service.spec.task
         service.previous_spec.CopyFrom(service.spec)
         service.spec.CopyFrom(new_spec)
@@ -208,6 +228,7 @@ class ServiceRegistry:
             ops = [
                 self._store.raw_op(SERVICES, service.id, None, expect=service.meta.version),
                 self._store.raw_op(SERVICE_NAMES, service.spec.name, None, expect=None),
+                self._store.raw_op(REGISTRY_AUTHS, service.id, None, expect=None),
             ]
             try:
                 await self._store.commit(ops)

@@ -32,6 +32,7 @@ from dockyard.controller.records import (
     LEADER,
     NODE_NAMES,
     NODES,
+    REGISTRY_AUTHS,
     REMOVED_SUBJECTS,
     REVOKED_CERTS,
     ROOT_CA,
@@ -61,8 +62,8 @@ log = structlog.get_logger(__name__)
 # the etcd members' health in etcd_members.py.
 __all__ = [
     "CLUSTER", "CONTROLLERS", "ISSUED_CERTS", "JOIN_TOKENS", "LEADER", "NODES", "NODE_NAMES",
-    "REMOVED_SUBJECTS", "REVOKED_CERTS", "ROOT_CA", "SECRETS", "SECRET_DATA", "SECRET_NAMES",
-    "SERVICES", "SERVICE_NAMES", "TASKS", "AlreadyExists", "Compacted", "Conflict",
+    "REGISTRY_AUTHS", "REMOVED_SUBJECTS", "REVOKED_CERTS", "ROOT_CA", "SECRETS", "SECRET_DATA",
+    "SECRET_NAMES", "SERVICES", "SERVICE_NAMES", "TASKS", "AlreadyExists", "Compacted", "Conflict",
     "EtcdMember", "Fence", "Kind", "LeadershipLost", "NotFound", "Op", "Store", "StoreError",
     "StoreUnavailable", "WatchEvent",
 ]  # fmt: skip

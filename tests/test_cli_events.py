@@ -83,6 +83,24 @@ def test_events_follow_services_and_their_tasks(cluster: Cluster) -> None:
         as_json.stop()
 
 
+def test_events_until_a_time_stop_by_themselves(cluster: Cluster) -> None:
+    """--until: the stream ends at that time (exit 0) with what happened before it."""
+    from datetime import UTC, datetime
+
+    until = datetime.fromtimestamp(time.time() + 6, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    followed = Lines(cluster, "-f", "type=service", "--until", until)
+    try:
+        time.sleep(1.5)
+        cluster.cli("service", "create", "-d", "--name", "brief", "busybox", "sleep", "300")
+        lines = followed.until(lambda line: " service created " in line and " brief " in line)
+        assert followed.process.wait(20) == 0  # ended by itself at --until
+    finally:
+        followed.stop()
+    assert lines
+    bad = cluster.cli("events", "--until", "soon", check=False)
+    assert bad.returncode == 2 and "invalid time 'soon'" in bad.stderr
+
+
 def test_events_need_the_http_side(cluster_factory: Callable[..., Cluster]) -> None:
     cluster = cluster_factory()
     cluster.start_controller(["--http-listen", ""])

@@ -26,6 +26,7 @@ from dockyard.agent.images.reference import Reference
 from dockyard.agent.images.service import ImageService
 from dockyard.agent.network.bridge import BridgeNetwork
 from dockyard.agent.runtime.base import NetworkEndpoint, NetworkInfo, PortMapping
+from dockyard.common.distribution.auth import Credentials
 
 __all__ = [
     "BridgeAttacher",
@@ -71,8 +72,10 @@ class ImageProvider(Protocol):
         """
         ...
 
-    async def pull(self, ref: Reference, peers: Sequence[str] = ()) -> None:
-        """Fetch the image (its layers from the agents at ``peers`` first, if any)."""
+    async def pull(self, ref: Reference, peers: Sequence[str] = (),
+                   credentials: Mapping[str, Credentials] | None = None) -> None:  # fmt: skip
+        """Fetch the image (its layers from the agents at ``peers`` first, if any), with
+        ``credentials`` per registry host before the node's own (``--with-registry-auth``)."""
         ...
 
     def hold(self, stack: contextlib.ExitStack, image: ResolvedImage) -> None:
@@ -127,8 +130,9 @@ class LocalImages:
                              tuple(self.service.lower_dirs(image)),
                              self.service.config(image).to_oci())  # fmt: skip
 
-    async def pull(self, ref: Reference, peers: Sequence[str] = ()) -> None:
-        await self.service.pull(ref, peers=peers)
+    async def pull(self, ref: Reference, peers: Sequence[str] = (),
+                   credentials: Mapping[str, Credentials] | None = None) -> None:  # fmt: skip
+        await self.service.pull(ref, peers=peers, credentials=credentials)
 
     def hold(self, stack: contextlib.ExitStack, image: ResolvedImage) -> None:
         store = self.service.store
@@ -172,7 +176,9 @@ class EngineImages:
             raise ImageNotFound(f"image {name} is not in the engine")
         return ResolvedImage("", (str(ref),), runtime_ref=name)
 
-    async def pull(self, ref: Reference, peers: Sequence[str] = ()) -> None:
+    async def pull(self, ref: Reference, peers: Sequence[str] = (),
+                   credentials: Mapping[str, Credentials] | None = None) -> None:  # fmt: skip
+        # The engine pulls with its own registry settings (docker login on that host).
         if self._pull is not None:
             await self._pull(engine_ref(ref))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -41,7 +41,8 @@ from dockyard.agent.runtime.base import (
     VolumeMount,
 )
 from dockyard.agent.secret_files import SecretFileError, SecretFiles, SecretMount
-from dockyard.v1.workloads_pb2 import Task
+from dockyard.common.distribution.auth import Credentials
+from dockyard.v1.workloads_pb2 import RegistryAuth, Task
 
 __all__ = ["TaskExecutor", "task_request"]
 
@@ -106,6 +107,8 @@ class TaskExecutor:
         self.image_sources: dict[str, tuple[str, ...]] = {}
         """Per image, the agents of other nodes that run it (from the assignment set):
         a pull fetches the layers from them first."""
+        self.registry_auths: dict[str, RegistryAuth] = {}
+        """Service ID -> the credentials its tasks pull with (`--with-registry-auth`)."""
 
     async def prepare(self, task: Task, progress: Progress) -> None:
         name = container_name(task)
@@ -123,13 +126,18 @@ class TaskExecutor:
             raise ExecutorError(f"secrets: {exc}") from exc
         request = task_request(task, mounts)
         try:
-            await self._create(request, progress)
+            await self._create(request, progress, self._credentials(task))
         except AlreadyExists:
             view = await self.service.inspect(name)
             if view.info.labels.get(LABEL_TASK_ID) != task.id:
                 raise
 
-    async def _create(self, request: ContainerRequest, progress: Progress) -> None:
+    def _credentials(self, task: Task) -> dict[str, Credentials] | None:
+        auth = self.registry_auths.get(task.service_id)
+        return {auth.registry: Credentials(auth.username, auth.password)} if auth else None
+
+    async def _create(self, request: ContainerRequest, progress: Progress,
+                      credentials: Mapping[str, Credentials] | None = None) -> None:  # fmt: skip
         """Create the container; pull its image first when the node lacks it."""
         try:
             await self.service.create(request)
@@ -138,7 +146,8 @@ class TaskExecutor:
             pass
         text = request.spec.image
         progress(f"pulling {text}")
-        await self.service.images.pull(request.image, self.image_sources.get(text, ()))
+        await self.service.images.pull(request.image, self.image_sources.get(text, ()),
+                                       credentials)  # fmt: skip
         progress(f"pulled {text}")
         await self.service.create(request)
 

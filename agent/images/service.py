@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from dockyard.agent.images.progress import ProgressCallback, ignore_progress
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.transfer import BlobObserver, pull_image, push_image
 from dockyard.agent.images.unpack_limits import UnpackLimits
+from dockyard.common.distribution.auth import Credentials
 from dockyard.common.distribution.registry import RegistryClient, RegistryConfig
 
 __all__ = ["ImageService"]
@@ -52,12 +54,14 @@ class ImageService:
 
     async def pull(self, ref: str | Reference,
                    progress: ProgressCallback = ignore_progress,
-                   peers: Sequence[str] = ()) -> Image:  # fmt: skip
+                   peers: Sequence[str] = (),
+                   credentials: Mapping[str, Credentials] | None = None) -> Image:  # fmt: skip
         """Pull an image (mirrors first for docker.io) and name it `ref`; the blobs it
         lacks are asked of the agents at `peers` (host:port) first, when `peer_fetcher` is set.
 
-        Concurrent pulls of the same reference share one transfer (the later
-        callers get no progress events); it is cancelled when every caller is.
+        Concurrent pulls of the same reference with the same `credentials` (registry ->
+        login, over the configured file's) share one transfer (the later callers get no
+        progress events); it is cancelled when every caller is.
 
         Raises:
             ManifestNotFound: the registry has no such image.
@@ -65,11 +69,14 @@ class ImageService:
             DigestMismatch: content did not match its digest; nothing was stored.
         """
         reference = _ref(ref)
-        key = str(reference)
+        key = str(reference) + "".join(
+            f"|{registry}=" + hashlib.sha256(f"{c.username}\0{c.password}".encode()).hexdigest()
+            for registry, c in sorted((credentials or {}).items()))  # fmt: skip
         shared = self._pulls.get(key)
         if shared is None:
             sources = self.peer_fetcher.sources(peers) if self.peer_fetcher else None
-            shared = _SharedPull(asyncio.create_task(self._pull(reference, progress, sources)))
+            shared = _SharedPull(asyncio.create_task(
+                self._pull(reference, progress, sources, credentials)))
             self._pulls[key] = shared
             shared.task.add_done_callback(lambda _: self._pulls.pop(key, None))
         shared.waiters += 1
@@ -84,8 +91,9 @@ class ImageService:
             shared.waiters -= 1
 
     async def _pull(self, ref: Reference, progress: ProgressCallback,
-                    peers: PeerSources | None) -> Image:  # fmt: skip
-        async with RegistryClient(self.registry) as client:
+                    peers: PeerSources | None,
+                    credentials: Mapping[str, Credentials] | None = None) -> Image:  # fmt: skip
+        async with RegistryClient(self.registry, credentials) as client:
             return await pull_image(client, self.store, ref, progress, peers, self._on_blob)
 
     async def push(self, ref: str | Reference,

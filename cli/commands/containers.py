@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call, stream
 from dockyard.cli.commands.container_run import AGENT, containers_stub, create, run, write_output
-from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, emit_table, table
+from dockyard.cli.commands.prune import container_prune
+from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
+from dockyard.cli.render import emit_data, table
+
+if TYPE_CHECKING:
+    from dockyard.cli.listing import Listing
 
 COMMAND_WIDTH = 20
 
@@ -21,6 +25,9 @@ COMMAND_WIDTH = 20
 @click.group("container")
 def container() -> None:
     """Manage containers on one agent (run, ls, logs, exec, ...)."""
+
+
+container.add_command(container_prune)
 
 
 container.add_command(run)
@@ -142,29 +149,71 @@ CONTAINER_HEADERS_PORTS = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATU
                            "NAMES"]  # fmt: skip
 
 
+CONTAINER_FILTERS = ("id", "name", "status", "label", "ancestor", "exited")
+CONTAINER_STATUSES = ("created", "running", "restarting", "exited", "dead")
+CONTAINER_FIELDS = ["ID", "Image", "Command", "RunningFor", "Status", "Names"]
+CONTAINER_FIELDS_PORTS = ["ID", "Image", "Command", "RunningFor", "Status", "Ports", "Names"]
+
+
 @container.command("ls")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show stopped containers too.")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help=f"Only matching containers; keys: {', '.join(CONTAINER_FILTERS)}.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print container IDs.")
+@click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and commands.")
+@format_option
 @output_option
 @pass_options
-def list_containers(options: GlobalOptions, show_all: bool, quiet: bool) -> None:
+def list_containers(options: GlobalOptions, show_all: bool, filters: tuple[str, ...],
+                    quiet: bool, no_trunc: bool) -> None:  # fmt: skip
     """List running containers (all of them with -a)."""
+    from dockyard.cli.filters import Filters
+    from dockyard.cli.listing import show_listing
+
+    Filters(filters, CONTAINER_FILTERS)  # refuses a bad key before any daemon is asked
+    show_listing(options, lambda target: container_listing(target, show_all, filters, no_trunc),
+                 quiet)  # fmt: skip
+
+
+def container_listing(target: Target, show_all: bool, filters: Sequence[str] = (),
+                      no_trunc: bool = False) -> Listing:  # fmt: skip
+    """`docker ps` of one agent (PORTS only when something is published)."""
+    from dockyard.cli.filters import Filters
     from dockyard.cli.humanize import short_id
+    from dockyard.cli.listing import Listing
     from dockyard.v1.containers_pb2 import ListContainersRequest
 
-    response = call(options.target(), containers_stub, "List",
-                    ListContainersRequest(all=show_all), what=AGENT)  # fmt: skip
-    records = sorted(response.containers, key=lambda r: (-r.created_at.seconds,
-                                                         -r.created_at.nanos))  # fmt: skip
-    if quiet:
-        for r in records:
-            click.echo(short_id(r.id))
-    elif options.output != "table":
-        emit_data(records, options.output)
-    elif any(r.network.ports for r in records):  # PORTS only when something is published
-        emit_table(CONTAINER_HEADERS_PORTS, container_rows(records, ports=True))
-    else:
-        emit_table(CONTAINER_HEADERS, container_rows(records))
+    wanted = Filters(filters, CONTAINER_FILTERS)
+    for value in wanted.get("status"):
+        if value not in CONTAINER_STATUSES:
+            raise click.BadParameter(f"status={value}: use {', '.join(CONTAINER_STATUSES)}",
+                                     param_hint="--filter")  # fmt: skip
+    # A status or exit-code filter looks at stopped containers too, as docker's does.
+    everything = show_all or any(k in wanted for k in ("status", "exited"))
+    response = call(target, containers_stub, "List", ListContainersRequest(all=everything),
+                    what=AGENT)  # fmt: skip
+    records = sorted((r for r in response.containers if _keep(r, wanted)),
+                     key=lambda r: (-r.created_at.seconds, -r.created_at.nanos))  # fmt: skip
+    ports = any(r.network.ports for r in records)
+    rows = container_rows(records, ports=ports)
+    if no_trunc:
+        for row, record in zip(rows, records, strict=True):
+            row[0] = record.id
+            row[2] = '"' + " ".join([*record.config.entrypoint, *record.config.command]) + '"'
+    return Listing(CONTAINER_HEADERS_PORTS if ports else CONTAINER_HEADERS, rows, records,
+                   [r.id if no_trunc else short_id(r.id) for r in records],
+                   CONTAINER_FIELDS_PORTS if ports else CONTAINER_FIELDS)  # fmt: skip
+
+
+def _keep(record: Any, wanted: Any) -> bool:
+    exited = str(record.state.exit_code) if record.state.status == "exited" else None
+    return bool(
+        wanted.prefix("id", record.id) and wanted.substring("name", record.name)
+        and wanted.exact("status", record.state.status)
+        and wanted.labels(record.config.labels)
+        and wanted.glob("ancestor", record.image, record.image.split(":", 1)[0],
+                        record.image_digest)
+        and ("exited" not in wanted or (exited is not None and wanted.exact("exited", exited))))
 
 
 @container.command("port")
@@ -202,14 +251,11 @@ def port(options: GlobalOptions, ref: str, private: str | None) -> None:
 @pass_options
 def inspect(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     """Show whole container records (JSON by default)."""
+    from dockyard.cli.listing import show_records
     from dockyard.v1.containers_pb2 import ContainerRef
 
-    target = options.target()
-    found, failed = each_ref(refs, lambda ref: call(
+    show_records(options, refs, lambda target, ref: call(
         target, containers_stub, "Inspect", ContainerRef(container=ref), what=AGENT))
-    emit_data(found, "yaml" if options.output == "yaml" else "json")
-    if failed:
-        sys.exit(1)
 
 
 @container.command("wait")

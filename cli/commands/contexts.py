@@ -9,7 +9,7 @@ import click
 from dockyard.cli.client import CliError
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, emit_table
-from dockyard.common.contexts import ContextError, ContextStore
+from dockyard.common.contexts import Context, ContextError, ContextStore
 
 
 @click.group("context")
@@ -19,9 +19,14 @@ def context() -> None:
 
 @context.command("create")
 @click.option(
-    "--host", "hosts", required=True, multiple=True, metavar="HOST:PORT",
+    "--host", "hosts", multiple=True, metavar="HOST:PORT",
     help="The controller's address; repeat (or comma-separate) for every controller of "
     "one cluster: they are tried in order, the next when one cannot be reached.",
+)
+@click.option(
+    "--member", "members", multiple=True, metavar="CONTEXT",
+    help="Make a group of other contexts instead (repeat or comma-separate): a command "
+    "run with this context goes to every member at once.",
 )
 @click.option("--description", default="")
 @click.option("--overwrite", is_flag=True, help="Replace a context of the same name.")
@@ -31,14 +36,30 @@ def context() -> None:
 @click.option("--tlskey", default=None, metavar="FILE", help="Client certificate's key.")
 @click.argument("name")
 def create(
-    hosts: tuple[str, ...], description: str, overwrite: bool, use_it: bool,
+    hosts: tuple[str, ...], members: tuple[str, ...], description: str, overwrite: bool,
+    use_it: bool,
     tlscacert: str | None, tlscert: str | None, tlskey: str | None, name: str,
 ) -> None:
-    """Create a context named NAME (with TLS material: mutual TLS to the daemon)."""
+    """Create a context named NAME (with TLS material: mutual TLS to the daemon), or a
+    group of contexts (--member)."""
     import os
 
     from dockyard.cli.client import TLSFiles
 
+    if bool(hosts) == bool(members):
+        raise click.UsageError("give --host (an endpoint) or --member (a group), not both")
+    if members:
+        if tlscacert or tlscert or tlskey:
+            raise click.UsageError("a group takes its TLS material from its members")
+        names = [m.strip() for text in members for m in text.split(",") if m.strip()]
+        try:
+            ContextStore().create_group(name, names, description, overwrite=overwrite)
+            if use_it:
+                ContextStore().use(name)
+        except ContextError as exc:
+            raise CliError(str(exc)) from exc
+        click.echo(name)
+        return
     files = TLSFiles.from_values(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
     tls = ({"ca": os.path.abspath(files.ca), "cert": os.path.abspath(files.cert),
             "key": os.path.abspath(files.key)} if files else None)  # fmt: skip
@@ -64,12 +85,14 @@ def list_contexts(options: GlobalOptions) -> None:
     except ContextError as exc:
         raise CliError(str(exc)) from exc
     if options.output != "table":
-        emit_data([{**asdict(c), "current": c.name == current} for c in contexts], options.output)
+        emit_data([{**_fields(c), "current": c.name == current} for c in contexts],
+                  options.output)
         return
     emit_table(
         ["NAME", "HOST", "DESCRIPTION"],
-        [(c.name + (" *" if c.name == current else ""), c.host, c.description) for c in contexts],
-    )
+        [(c.name + (" *" if c.name == current else ""),
+          c.host or "group: " + ",".join(c.members), c.description) for c in contexts],
+    )  # fmt: skip
 
 
 @context.command("inspect")
@@ -83,7 +106,15 @@ def inspect(options: GlobalOptions, names: tuple[str, ...]) -> None:
         chosen = [store.get(n) for n in (names or (store.current(),))]
     except ContextError as exc:
         raise CliError(str(exc)) from exc
-    emit_data([asdict(c) for c in chosen], "yaml" if options.output == "yaml" else "json")
+    emit_data([_fields(c) for c in chosen], "yaml" if options.output == "yaml" else "json")
+
+
+def _fields(context: Context) -> dict[str, object]:
+    """A context as data; `members` only for a group."""
+    fields = asdict(context)
+    if not context.members:
+        del fields["members"]
+    return fields
 
 
 @context.command("use")

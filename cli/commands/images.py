@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import click
 
 from dockyard.cli.batch import each_ref
 from dockyard.cli.client import CliError, Target, call, stream
-from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, emit_table
+from dockyard.cli.commands.prune import image_prune
+from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
+from dockyard.cli.render import emit_table
+
+if TYPE_CHECKING:
+    from dockyard.cli.filters import Filters
+    from dockyard.cli.listing import Listing
 
 AGENT = "agent"
 
@@ -40,13 +45,52 @@ def image() -> None:
     """Manage images on one agent (pull, push, ls, rm, ...)."""
 
 
+image.add_command(image_prune)
+
+
 @image.command("pull")
+@click.option("--all-nodes", is_flag=True,
+              help="Pull on every READY node of the cluster (the target is a controller).")
+@click.option("--timeout", "timeout", type=click.FloatRange(min=1, max=86400), default=600,
+              show_default=True, metavar="SECONDS",
+              help="With several nodes or targets: give up on one after this long.")
 @click.argument("ref", metavar="REF")
 @pass_options
-def pull(options: GlobalOptions, ref: str) -> None:
-    """Pull an image from its registry, with a progress bar per layer."""
-    image_record = pull_image(options.target(), ref, sys.stdout)
-    click.echo(image_record.references[0] if image_record.references else ref)
+def pull(options: GlobalOptions, all_nodes: bool, timeout: float, ref: str) -> None:
+    """Pull an image from its registry, with a progress bar per layer; with several
+    agents (-H twice, contexts) or --all-nodes, on each at once: one row per target."""
+    if not all_nodes and not options.many:
+        image_record = pull_image(options.target(), ref, sys.stdout)
+        click.echo(image_record.references[0] if image_record.references else ref)
+        return
+    import io
+
+    from dockyard.cli.fanout import run_each
+    from dockyard.cli.listing import finish
+
+    targets = node_targets(options.target()) if all_nodes else options.targets()
+    if not targets:
+        raise CliError("no READY node to pull on")
+    outcomes = run_each(targets, lambda target: pull_image(target, ref, io.StringIO()),
+                        timeout, options.concurrency)  # fmt: skip
+    rows = [[o.target.label, o.value.references[0] if o.value.references else ref,
+             o.value.digest] for o in outcomes if o.value is not None]  # fmt: skip
+    if rows:
+        emit_table(["TARGET", "IMAGE", "DIGEST"], rows)
+    finish(outcomes)
+
+
+def node_targets(controller: Target) -> list[Target]:
+    """Each READY node's agent API, as a target named after the node; over TLS its
+    certificate must be that node's (the controller chose its ID)."""
+    from dockyard.v1 import control_pb2_grpc
+    from dockyard.v1.control_pb2 import ListNodesRequest
+    from dockyard.v1.types_pb2 import NodeStatus
+
+    nodes = call(controller, control_pb2_grpc.ControlStub, "ListNodes", ListNodesRequest()).nodes
+    return [Target(n.description.api_address, n.spec.name, controller.tls, server_name=n.id)
+            for n in sorted(nodes, key=lambda n: n.spec.name)
+            if n.status.state == NodeStatus.READY and n.description.api_address]  # fmt: skip
 
 
 @image.command("push")
@@ -65,43 +109,53 @@ def push(options: GlobalOptions, ref: str) -> None:
     click.echo(f"{ref}: digest: {image_record.digest} size: {image_record.size}")
 
 
+IMAGE_FILTERS = ("dangling", "reference")
+
+
 @image.command("ls")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only matching images: dangling=true|false, reference=PATTERN.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print image IDs.")
+@click.option("--no-trunc", is_flag=True, help="Do not shorten image IDs.")
+@format_option
 @output_option
 @pass_options
-def list_images(options: GlobalOptions, quiet: bool) -> None:
+def list_images(options: GlobalOptions, filters: tuple[str, ...], quiet: bool,
+                no_trunc: bool) -> None:  # fmt: skip
     """List the agent's images."""
+    from dockyard.cli.filters import Filters
+    from dockyard.cli.listing import show_listing
+
+    wanted = Filters(filters, IMAGE_FILTERS)
+    wanted.flag("dangling")  # a bad value is refused before any daemon is asked
+    show_listing(options, lambda target: image_listing(target, wanted, no_trunc), quiet)
+
+
+IMAGE_HEADERS = ["REPOSITORY", "TAG", "IMAGE ID", "DIGEST", "CREATED", "SIZE"]
+
+
+IMAGE_FIELDS = ["Repository", "Tag", "ID", "Digest", "CreatedSince", "Size"]
+
+
+def image_listing(target: Target, wanted: Filters, no_trunc: bool = False) -> Listing:
+    """`docker images` of one agent; -q prints each image ID once. Dangling: no tag."""
     from dockyard.cli.humanize import created_ago, human_size, short_id
+    from dockyard.cli.listing import Listing
     from dockyard.v1.images_pb2 import ListImagesRequest
 
-    images = list(
-        call(options.target(), images_stub, "List", ListImagesRequest(), what=AGENT).images
-    )
+    dangling = wanted.flag("dangling")
+    images = [i for i in call(target, images_stub, "List", ListImagesRequest(), what=AGENT).images
+              if (dangling is None or dangling == (not i.repository))
+              and wanted.glob("reference", f"{i.repository}:{i.tag}", i.repository)]  # fmt: skip
     images.sort(key=lambda i: (-i.created.seconds, i.repository, i.tag))
-    if quiet:
-        seen: set[str] = set()
-        for i in images:
-            if i.id not in seen:
-                seen.add(i.id)
-                click.echo(short_id(i.id))
-        return
-    if options.output != "table":
-        emit_data(images, options.output)
-        return
-    emit_table(
-        ["REPOSITORY", "TAG", "IMAGE ID", "DIGEST", "CREATED", "SIZE"],
-        [
-            [
-                i.repository or "<none>",
-                i.tag or "<none>",
-                short_id(i.id),
-                i.digest or "<none>",
-                created_ago(i.created) or "N/A",
-                human_size(i.size),
-            ]
-            for i in images
-        ],
-    )
+
+    def ident(image_id: str) -> str:
+        return image_id if no_trunc else short_id(image_id)
+
+    rows = [[i.repository or "<none>", i.tag or "<none>", ident(i.id), i.digest or "<none>",
+             created_ago(i.created) or "N/A", human_size(i.size)] for i in images]  # fmt: skip
+    ids = list(dict.fromkeys(ident(i.id) for i in images))
+    return Listing(IMAGE_HEADERS, rows, images, ids, IMAGE_FIELDS)
 
 
 @image.command("inspect")
@@ -110,15 +164,11 @@ def list_images(options: GlobalOptions, quiet: bool) -> None:
 @pass_options
 def inspect_images(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     """Show whole image records (JSON by default)."""
+    from dockyard.cli.listing import show_records
     from dockyard.v1.images_pb2 import ImageRef
 
-    target = options.target()
-    found, failed = each_ref(
-        refs, lambda ref: call(target, images_stub, "Inspect", ImageRef(image=ref), what=AGENT)
-    )
-    emit_data(found, "yaml" if options.output == "yaml" else "json")
-    if failed:
-        sys.exit(1)
+    show_records(options, refs, lambda target, ref: call(
+        target, images_stub, "Inspect", ImageRef(image=ref), what=AGENT))
 
 
 @image.command("rm")

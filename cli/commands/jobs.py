@@ -18,7 +18,7 @@ from dockyard.cli.commands.service_flags import (
 from dockyard.cli.commands.service_parse import parse_count, parse_seconds
 from dockyard.cli.commands.service_spec import apply_settings, finish_spec, new_spec
 from dockyard.cli.commands.service_wait import control_stub, wait_for_job
-from dockyard.cli.options import GlobalOptions, output_option, pass_options
+from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 
 __all__ = ["job", "job_summary"]
 
@@ -85,14 +85,19 @@ def run(options: GlobalOptions, /, completions: str, parallelism: str, backoff_l
 
 
 @job.command("ls")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help="Only matching jobs; keys: id, name, label.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print job IDs.")
+@click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and image digests.")
+@format_option
 @output_option
 @pass_options
-def list_jobs(options: GlobalOptions, quiet: bool) -> None:
+def list_jobs(options: GlobalOptions, filters: tuple[str, ...], quiet: bool,
+              no_trunc: bool) -> None:  # fmt: skip
     """List jobs: succeeded/completions and whether they are complete."""
     from dockyard.cli.commands.services import list_summaries
 
-    list_summaries(options, "job", quiet)
+    list_summaries(options, "job", quiet, filters=filters, no_trunc=no_trunc)
 
 
 @job.command("ps")

@@ -6,13 +6,19 @@ from typing import Any
 
 import click
 
-from dockyard.cli.client import CliError, call
+from dockyard.cli.client import CliError, Target, call
 from dockyard.cli.commands.services import list_tasks, task_list_options
-from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, emit_table, to_data
+from dockyard.cli.filters import Filters, filter_option
+from dockyard.cli.listing import Listing, show_listing, show_records
+from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 
 AVAILABILITIES = ("active", "pause", "drain")
 UPDATE_RETRIES = 5
+NODE_HEADERS = ["ID", "NAME", "STATUS", "AVAILABILITY", "CPUS", "MEMORY", "LABELS", "SUBNET",
+                "RUNTIME", "VERSION", "LAST HEARTBEAT"]
+NODE_FIELDS = ["ID", "Hostname", "Status", "Availability", "CPUs", "Memory", "Labels", "Subnet",
+               "Runtime", "EngineVersion", "LastHeartbeat"]
+NODE_FILTERS = ("id", "name", "label", "node.label", "state", "availability", "role")
 
 
 def _stub(channel: Any) -> Any:
@@ -27,68 +33,53 @@ def node() -> None:
 
 
 @node.command("ls")
-@click.option(
-    "-f",
-    "--filter",
-    "filters",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="name=N, label=K or label=K=V, state=ready|down",
-)
+@filter_option(NODE_FILTERS)
 @click.option("-q", "--quiet", is_flag=True, help="Only print node IDs.")
+@click.option("--no-trunc", is_flag=True, help="Do not shorten IDs.")
+@format_option
 @output_option
 @pass_options
-def list_nodes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) -> None:
+def list_nodes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool,
+               no_trunc: bool) -> None:  # fmt: skip
     """List nodes with their state, resources and last heartbeat."""
     from dockyard.v1.control_pb2 import ListNodesRequest
-    from dockyard.v1.types_pb2 import NodeStatus
+    from dockyard.v1.types_pb2 import NodeSpec, NodeStatus
 
-    request = ListNodesRequest()
-    for item in filters:
-        key, _, value = item.partition("=")
-        if key == "name" and value:
-            request.names.append(value)
-        elif key == "label" and value:
-            request.labels.append(value)
-        elif key == "state" and value.upper() in ("READY", "DOWN", "UNKNOWN"):
-            request.states.append(NodeStatus.State.Value(value.upper()))
-        else:
-            raise click.BadParameter(f"unknown filter {item!r}", param_hint="--filter")
-    nodes = sorted(
-        call(options.target(), _stub, "ListNodes", request).nodes, key=lambda n: n.spec.name
-    )
-    if quiet:
-        for n in nodes:
-            click.echo(n.id)
-    elif options.output != "table":
-        emit_data(list(nodes), options.output)
-    else:
-        controller_version = _controller_version(options)
-        emit_table(
-            [
-                "ID",
-                "NAME",
-                "STATUS",
-                "AVAILABILITY",
-                "CPUS",
-                "MEMORY",
-                "LABELS",
-                "SUBNET",
-                "RUNTIME",
-                "VERSION",
-                "LAST HEARTBEAT",
-            ],
-            [_row(n, controller_version) for n in nodes],
-        )
+    wanted = Filters(filters, NODE_FILTERS)
+    request = ListNodesRequest(names=wanted.get("name"), labels=wanted.get("label"))
+    for value in wanted.get("state"):
+        if value.upper() not in ("READY", "DOWN", "UNKNOWN"):
+            raise click.BadParameter(f"state={value}: use ready, down or unknown",
+                                     param_hint="--filter")  # fmt: skip
+        request.states.append(NodeStatus.State.Value(value.upper()))
+    for value in wanted.get("availability"):
+        if value not in AVAILABILITIES:
+            raise click.BadParameter(f"availability={value}: use {', '.join(AVAILABILITIES)}",
+                                     param_hint="--filter")  # fmt: skip
+
+    def keep(n: Any) -> bool:
+        availability = NodeSpec.Availability.Name(n.spec.availability).lower()
+        return (wanted.prefix("id", n.id) and wanted.labels(n.spec.labels, "node.label")
+                and wanted.exact("availability", availability)
+                and wanted.exact("role", "worker"))  # fmt: skip
+
+    def fetch(target: Target) -> Listing:
+        nodes = sorted((n for n in call(target, _stub, "ListNodes", request).nodes if keep(n)),
+                       key=lambda n: n.spec.name)  # fmt: skip
+        version = _controller_version(target)
+        return Listing(NODE_HEADERS, [_row(n, version, no_trunc) for n in nodes], list(nodes),
+                       [n.id for n in nodes], NODE_FIELDS)  # fmt: skip
+
+    show_listing(options, fetch, quiet)
 
 
-def _controller_version(options: GlobalOptions) -> str:
+def _controller_version(target: Target) -> str:
     from dockyard.v1.types_pb2 import GetVersionRequest
 
-    return str(call(options.target(), _stub, "GetVersion", GetVersionRequest()).version)
+    return str(call(target, _stub, "GetVersion", GetVersionRequest()).version)
 
 
-def _row(n: Any, controller_version: str) -> list[str]:
+def _row(n: Any, controller_version: str, no_trunc: bool = False) -> list[str]:
     from dockyard.common.skew import agent_skew, short
     from dockyard.common.timestamps import human_age
     from dockyard.v1.types_pb2 import NodeSpec, NodeStatus
@@ -96,7 +87,7 @@ def _row(n: Any, controller_version: str) -> list[str]:
     labels = ",".join(f"{k}={v}" if v else k for k, v in sorted(n.spec.labels.items()))
     resources = n.description.resources
     return [
-        n.id[:12],
+        n.id if no_trunc else n.id[:12],
         n.spec.name,
         NodeStatus.State.Name(n.status.state),
         NodeSpec.Availability.Name(n.spec.availability).lower(),
@@ -123,9 +114,8 @@ def inspect_nodes(options: GlobalOptions, nodes: tuple[str, ...]) -> None:
     """Show whole node records (JSON by default)."""
     from dockyard.v1.control_pb2 import GetNodeRequest
 
-    target = options.target()
-    records = [call(target, _stub, "GetNode", GetNodeRequest(node=ref)) for ref in nodes]
-    emit_data([to_data(r) for r in records], "yaml" if options.output == "yaml" else "json")
+    show_records(options, nodes,
+                 lambda target, ref: call(target, _stub, "GetNode", GetNodeRequest(node=ref)))
 
 
 @node.command("update")
@@ -208,10 +198,10 @@ def _update_with_retry(
 @click.argument("nodes", nargs=-1, required=True, metavar="NODE...")
 @task_list_options
 @pass_options
-def node_tasks(options: GlobalOptions, nodes: tuple[str, ...], show_all: bool, no_trunc: bool,
-               quiet: bool) -> None:  # fmt: skip
-    """List the tasks on nodes (ID, ID prefix or name)."""
-    list_tasks(options, (), show_all, no_trunc, quiet, nodes=nodes)
+def node_tasks(options: GlobalOptions, nodes: tuple[str, ...], show_all: bool,
+               filters: tuple[str, ...], no_trunc: bool, quiet: bool) -> None:  # fmt: skip
+    """List the tasks on nodes (ID, ID prefix or name), earlier ones too."""
+    list_tasks(options, (), True, no_trunc, quiet, nodes=nodes, filters=filters)
 
 
 @node.command("rm")

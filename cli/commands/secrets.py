@@ -11,10 +11,10 @@ from pathlib import Path
 import click
 
 from dockyard.cli.batch import each_ref
-from dockyard.cli.client import CliError, call
+from dockyard.cli.client import CliError, Target, call
 from dockyard.cli.commands.service_wait import control_stub
-from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, emit_table, to_data
+from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
+from dockyard.cli.render import to_data
 
 MAX_SECRET_BYTES = 500 * 1024
 
@@ -57,24 +57,35 @@ def create(options: GlobalOptions, labels: tuple[str, ...], name: str, file: str
     click.echo(record.id)
 
 
+SECRET_FILTERS = ("id", "name", "label")
+
+
 @secret.command("ls")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help=f"Only matching secrets; keys: {', '.join(SECRET_FILTERS)}.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print secret IDs.")
+@format_option
 @output_option
 @pass_options
-def list_secrets(options: GlobalOptions, quiet: bool) -> None:
+def list_secrets(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) -> None:
     """List secrets (never their data)."""
+    from dockyard.cli.filters import Filters
+    from dockyard.cli.listing import Listing, show_listing
     from dockyard.v1.control_pb2 import ListSecretsRequest
 
-    records = call(options.target(), control_stub, "ListSecrets", ListSecretsRequest()).secrets
-    if quiet:
-        for r in records:
-            click.echo(r.id)
-    elif options.output != "table":
-        emit_data(list(records), options.output)
-    else:
-        emit_table(["ID", "NAME", "SIZE", "CREATED"],
-                   [[r.id, r.spec.name, r.size_bytes,
-                     to_data(r.meta).get("created_at", "")] for r in records])  # fmt: skip
+    wanted = Filters(filters, SECRET_FILTERS)
+
+    def fetch(target: Target) -> Listing:
+        records = [r for r in call(target, control_stub, "ListSecrets",
+                                   ListSecretsRequest()).secrets
+                   if wanted.prefix("id", r.id) and wanted.substring("name", r.spec.name)
+                   and wanted.labels(r.spec.labels)]  # fmt: skip
+        rows = [[r.id, r.spec.name, str(r.size_bytes), to_data(r.meta).get("created_at", "")]
+                for r in records]  # fmt: skip
+        return Listing(["ID", "NAME", "SIZE", "CREATED"], rows, records, [r.id for r in records],
+                       ["ID", "Name", "Size", "CreatedAt"])  # fmt: skip
+
+    show_listing(options, fetch, quiet)
 
 
 @secret.command("inspect")
@@ -83,12 +94,11 @@ def list_secrets(options: GlobalOptions, quiet: bool) -> None:
 @pass_options
 def inspect(options: GlobalOptions, names: tuple[str, ...]) -> None:
     """Show secrets without their data (JSON unless -o yaml)."""
+    from dockyard.cli.listing import show_records
     from dockyard.v1.control_pb2 import GetSecretRequest
 
-    target = options.target()
-    records = [call(target, control_stub, "GetSecret", GetSecretRequest(secret=n))
-               for n in names]  # fmt: skip
-    emit_data(records, "yaml" if options.output == "yaml" else "json")
+    show_records(options, names, lambda target, ref: call(
+        target, control_stub, "GetSecret", GetSecretRequest(secret=ref)))
 
 
 @secret.command("rm")

@@ -42,7 +42,8 @@ class _Writer:
             out.flush()
 
 
-def _request(container_id: str, follow: bool, tail: str, timestamps: bool) -> Any:
+def _request(container_id: str, follow: bool, tail: str, timestamps: bool,
+             since: float | None = None) -> Any:  # fmt: skip
     from dockyard.v1.containers_pb2 import LogsRequest
 
     request = LogsRequest(container=container_id, follow=follow, timestamps=timestamps)
@@ -51,6 +52,8 @@ def _request(container_id: str, follow: bool, tail: str, timestamps: bool) -> An
             raise CliError(f"invalid --tail {tail!r}: a number or 'all'")
         if int(tail) >= 0:
             request.tail, request.has_tail = int(tail), True
+    if since is not None:
+        request.since.FromNanoseconds(int(since * 1e9))
     return request
 
 
@@ -74,11 +77,15 @@ def _stream_one(agent: Target, prefix: str, request: Any, writer: _Writer,
             errors.append(f"{prefix.split(' |', maxsplit=1)[0]}: {exc.message}")
 
 
-def service_logs(target: Target, ref: str, *, follow: bool, tail: str, timestamps: bool) -> None:
+def service_logs(target: Target, ref: str, *, follow: bool, tail: str, timestamps: bool,
+                 since: float | None = None, raw: bool = False, label: str = "") -> bool:
+    """Every task's output; `raw`: without the task prefix; `label`: each line led by
+    the target's name (several targets at once). Returns whether nothing could be read."""
     from dockyard.cli.commands.service_wait import control_stub
     from dockyard.v1.control_pb2 import ListNodesRequest, ListTasksRequest
 
     _request("", follow, tail, timestamps)  # a bad --tail fails before any request
+    lead = f"{label} " if label else ""
     tasks = [t for t in call(target, control_stub, "ListTasks",
                              ListTasksRequest(services=[ref], include_history=True)).tasks
              if t.status.container_id and t.node_id]
@@ -96,8 +103,8 @@ def service_logs(target: Target, ref: str, *, follow: bool, tail: str, timestamp
         # node's (its ID, which the controller chose), whatever answers there.
         agent = Target(node.description.api_address, f"node {name}", target.tls,
                        server_name=node.id)
-        request = _request(task.status.container_id, follow, tail, timestamps)
-        jobs.append((agent, log_prefix(task, name), request))
+        request = _request(task.status.container_id, follow, tail, timestamps, since)
+        jobs.append((agent, lead + ("" if raw else log_prefix(task, name)), request))
     try:
         if not follow:
             for agent, prefix, request in jobs:
@@ -113,6 +120,5 @@ def service_logs(target: Target, ref: str, *, follow: bool, tail: str, timestamp
     except KeyboardInterrupt:
         sys.exit(130)
     for error in errors:
-        click.echo(f"dockyard: {error}", err=True)
-    if errors and not jobs:
-        sys.exit(1)
+        click.echo(f"dockyard: {lead.replace(' ', ': ')}{error}", err=True)
+    return bool(errors and not jobs)

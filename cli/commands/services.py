@@ -8,7 +8,7 @@ wrote in between. Without -d, create/update/scale/rollback wait for convergence.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -33,11 +33,12 @@ from dockyard.cli.commands.service_flags import (
 from dockyard.cli.commands.service_parse import SpecError, parse_count, parse_seconds
 from dockyard.cli.commands.service_spec import apply_settings, finish_spec, new_spec
 from dockyard.cli.commands.service_wait import control_stub, wait_for_service
-from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, emit_table
+from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 
 if TYPE_CHECKING:
+    from dockyard.cli.listing import Listing
     from dockyard.v1.control_pb2 import ResolveImage
+    from dockyard.v1.workloads_pb2 import RegistryAuth
 
 UPDATE_RETRIES = 5
 DEFAULT_TIMEOUT = "10m"
@@ -68,16 +69,45 @@ def finish(target: Target, record: Any, detach: bool, timeout: float | None) -> 
     click.echo(record.id)
 
 
+def registry_auth_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--with-registry-auth", is_flag=True,
+        help="Send your credentials for the image's registry (dockyard/docker login) with "
+        "the service: the nodes pull with them.")(command)
+
+
+def registry_auth_for(image: str) -> RegistryAuth:
+    """The caller's login for the registry of `image`, as a RegistryAuth."""
+    from dockyard.cli.docker_config import CredentialsError, get_login
+    from dockyard.common.reference import InvalidReference, parse_reference
+    from dockyard.v1.workloads_pb2 import RegistryAuth
+
+    try:
+        registry = parse_reference(image).registry
+    except InvalidReference as exc:
+        raise SpecError(f"--with-registry-auth: {exc}") from exc
+    try:
+        login = get_login(registry)
+    except CredentialsError as exc:
+        raise CliError(f"--with-registry-auth: {exc}") from exc
+    if login is None:
+        raise CliError(f"--with-registry-auth: no credentials for {registry} "
+                       f"(run `dockyard login {registry}` first)")  # fmt: skip
+    return RegistryAuth(registry=registry, username=login.username, password=login.secret)
+
+
 @service.command("create", context_settings={"allow_interspersed_args": False})
 @click.option("-f", "--file", "spec_file", default=None, metavar="FILE",
               help="Read the spec from a YAML file (flags given too override it).")
+@registry_auth_option
 @detach_options
 @resolve_option
 @setting_options("create")
 @click.argument("image", required=False, metavar="IMAGE")
 @click.argument("command_args", nargs=-1, type=click.UNPROCESSED, metavar="[CMD]...")
 @pass_options
-def create(options: GlobalOptions, /, spec_file: str | None, detach: bool, timeout: str,
+def create(options: GlobalOptions, /, spec_file: str | None, with_registry_auth: bool,
+           detach: bool, timeout: str,
            resolve_image: str | None, image: str | None, command_args: tuple[str, ...],
            **kwargs: Any) -> None:
     """Create a service and wait until its tasks run."""
@@ -101,6 +131,8 @@ def create(options: GlobalOptions, /, spec_file: str | None, detach: bool, timeo
 
     target = options.target()
     request = CreateServiceRequest(spec=spec, resolve_image=resolve_mode(resolve_image))
+    if with_registry_auth:
+        request.registry_auth.CopyFrom(registry_auth_for(spec.task.container.image))
     record = call(target, control_stub, "CreateService", request)
     finish(target, record, detach, wait)
 
@@ -113,7 +145,8 @@ def get_service(target: Target, ref: str) -> Any:
 
 def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *,
                       force: bool = False, rollback: bool = False,
-                      resolve_image: ResolveImage.ValueType | None = None) -> Any:
+                      resolve_image: ResolveImage.ValueType | None = None,
+                      with_registry_auth: bool = False) -> Any:
     """Read, change a copy of the spec, write with the read version; on ABORTED (someone
     wrote in between) read again and apply the change again."""
     import grpc
@@ -130,6 +163,8 @@ def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *
                                        spec=spec, force=force, rollback=rollback)
         if resolve_image is not None:
             request.resolve_image = resolve_image
+        if with_registry_auth:
+            request.registry_auth.CopyFrom(registry_auth_for(spec.task.container.image))
         try:
             return call(target, control_stub, "UpdateService", request)
         except CliError as exc:
@@ -140,12 +175,14 @@ def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *
 
 @service.command("update")
 @click.option("--force", is_flag=True, help="Replace every task even if nothing changed.")
+@registry_auth_option
 @detach_options
 @resolve_option
 @setting_options("update")
 @click.argument("ref", metavar="SERVICE")
 @pass_options
-def update(options: GlobalOptions, /, force: bool, detach: bool, timeout: str,
+def update(options: GlobalOptions, /, force: bool, with_registry_auth: bool, detach: bool,
+           timeout: str,
            resolve_image: str | None, ref: str, **kwargs: Any) -> None:
     """Change a service's spec; its tasks are replaced in a rolling update."""
     from dockyard.v1.workloads_pb2 import ServiceSpec
@@ -166,7 +203,8 @@ def update(options: GlobalOptions, /, force: bool, detach: bool, timeout: str,
 
     target = options.target()
     record = update_with_retry(target, ref, change, force=force,
-                               resolve_image=resolve_mode(resolve_image))
+                               resolve_image=resolve_mode(resolve_image),
+                               with_registry_auth=with_registry_auth)
     finish(target, record, detach, wait)
 
 
@@ -243,38 +281,56 @@ def remove_services(target: Target, refs: tuple[str, ...]) -> None:
 @pass_options
 def inspect(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     """Show whole service records (JSON by default)."""
-    target = options.target()
-    found, failed = each_ref(refs, lambda ref: get_service(target, ref))
-    emit_data(found, "yaml" if options.output == "yaml" else "json")
-    if failed:
-        sys.exit(1)
+    from dockyard.cli.listing import show_records
+
+    show_records(options, refs, get_service)
+
+
+SERVICE_FILTERS = ("id", "name", "label", "mode")
+TASK_FILTERS = ("id", "name", "node", "desired-state")
+DESIRED_STATES = ("running", "shutdown", "accepted", "ready", "complete")
 
 
 def list_summaries(options: GlobalOptions, mode: str, quiet: bool,
-                   keep: Callable[[Any], bool] = lambda _: True) -> None:  # fmt: skip
-    """`service ls`: the services `keep` accepts (all by default)."""
-    from dockyard.cli.commands.service_view import SERVICE_HEADERS, service_row
+                   keep: Callable[[Any], bool] = lambda _: True,
+                   filters: Sequence[str] = (), no_trunc: bool = False) -> None:  # fmt: skip
+    """`service ls`: the services `keep` and `filters` accept (all by default)."""
+    from dockyard.cli.commands.service_view import SERVICE_HEADERS, mode_name, service_row
+    from dockyard.cli.filters import Filters
+    from dockyard.cli.listing import Listing, show_listing
     from dockyard.v1.control_pb2 import ListServicesRequest
 
-    summaries = call(options.target(), control_stub, "ListServices",
-                     ListServicesRequest(mode=mode)).services
-    summaries = sorted((s for s in summaries if keep(s.service)), key=lambda s: s.service.spec.name)
-    if quiet:
-        for s in summaries:
-            click.echo(s.service.id)
-    elif options.output != "table":
-        emit_data(list(summaries), options.output)
-    else:
-        emit_table(SERVICE_HEADERS, [service_row(s) for s in summaries])
+    wanted = Filters(filters, SERVICE_FILTERS)
+
+    def accept(service: Any) -> bool:
+        return (keep(service) and wanted.prefix("id", service.id)
+                and wanted.substring("name", service.spec.name)
+                and wanted.labels(service.spec.labels)
+                and wanted.exact("mode", mode_name(service.spec)))  # fmt: skip
+
+    def fetch(target: Target) -> Listing:
+        summaries = call(target, control_stub, "ListServices",
+                         ListServicesRequest(mode=mode)).services
+        kept = sorted((s for s in summaries if accept(s.service)),
+                      key=lambda s: s.service.spec.name)  # fmt: skip
+        return Listing(SERVICE_HEADERS, [service_row(s, no_trunc) for s in kept], kept,
+                       [s.service.id for s in kept])  # fmt: skip
+
+    show_listing(options, fetch, quiet)
 
 
 @service.command("ls")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help=f"Only matching services; keys: {', '.join(SERVICE_FILTERS)}.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print service IDs.")
+@click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and image digests.")
+@format_option
 @output_option
 @pass_options
-def list_services(options: GlobalOptions, quiet: bool) -> None:
+def list_services(options: GlobalOptions, filters: tuple[str, ...], quiet: bool,
+                  no_trunc: bool) -> None:  # fmt: skip
     """List services with their replica counts and update state."""
-    list_summaries(options, "", quiet)
+    list_summaries(options, "", quiet, filters=filters, no_trunc=no_trunc)
 
 
 def node_names(target: Target) -> dict[str, str]:
@@ -285,30 +341,50 @@ def node_names(target: Target) -> dict[str, str]:
             for n in call(target, control_stub, "ListNodes", ListNodesRequest()).nodes}
 
 
-def list_tasks(options: GlobalOptions, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
-               quiet: bool, target: Target | None = None, nodes: tuple[str, ...] = ()) -> None:
-    """`service ps` / `node ps`: the tasks of services `refs` and nodes `nodes` (all if none)."""
-    from dockyard.cli.commands.service_view import TASK_HEADERS, task_rows
+def task_listing(target: Target, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
+                 nodes: tuple[str, ...] = (), filters: Sequence[str] = ()) -> Listing:
+    """The tasks of services `refs` and nodes `nodes` (all if none) on one controller,
+    narrowed by `filters` (docker's keys: id, name, node, desired-state)."""
+    from dockyard.cli.commands.service_view import TASK_HEADERS, state_name, task_name, task_rows
+    from dockyard.cli.filters import Filters
+    from dockyard.cli.listing import Listing
     from dockyard.v1.control_pb2 import ListTasksRequest
 
-    target = target or options.target()
+    wanted = Filters(filters, TASK_FILTERS)
+    for value in wanted.get("desired-state"):
+        if value not in DESIRED_STATES:
+            raise click.BadParameter(f"desired-state={value}: use {', '.join(DESIRED_STATES)}",
+                                     param_hint="--filter")  # fmt: skip
     request = ListTasksRequest(services=list(refs), nodes=list(nodes), include_history=show_all)
     tasks = list(call(target, control_stub, "ListTasks", request).tasks)
-    if quiet:
-        for t in tasks:
-            click.echo(t.id)
-    elif options.output != "table":
-        emit_data(tasks, options.output)
-    else:
-        emit_table(TASK_HEADERS, task_rows(tasks, node_names(target), no_trunc=no_trunc))
+    names = node_names(target)
+    tasks = [t for t in tasks if wanted.prefix("id", t.id)
+             and wanted.substring("name", task_name(t))
+             and wanted.exact("node", t.node_id, names.get(t.node_id, ""))
+             and wanted.exact("desired-state", state_name(t.desired_state).lower())]  # fmt: skip
+    rows = task_rows(tasks, names, no_trunc=no_trunc)
+    return Listing(TASK_HEADERS, rows, tasks, [t.id for t in tasks])
+
+
+def list_tasks(options: GlobalOptions, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
+               quiet: bool, nodes: tuple[str, ...] = (), filters: Sequence[str] = ()) -> None:
+    """`service ps` / `node ps`: the tasks of services `refs` and nodes `nodes` (all if none)."""
+    from dockyard.cli.listing import show_listing
+
+    show_listing(options, lambda target: task_listing(target, refs, show_all, no_trunc, nodes,
+                                                      filters), quiet)  # fmt: skip
 
 
 def task_list_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The flags of every task list (`-a` is accepted where history is the default)."""
     for decorator in reversed([
         click.option("-a", "--all", "show_all", is_flag=True,
                      help="Include earlier tasks (shut down, failed, replaced)."),
+        click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+                     help=f"Only matching tasks; keys: {', '.join(TASK_FILTERS)}."),
         click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and errors."),
         click.option("-q", "--quiet", is_flag=True, help="Only print task IDs."),
+        format_option,
         output_option,
     ]):
         command = decorator(command)
@@ -319,40 +395,85 @@ def task_list_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @task_list_options
 @click.argument("refs", nargs=-1, required=True, metavar="SERVICE...")
 @pass_options
-def service_ps(options: GlobalOptions, show_all: bool, no_trunc: bool, quiet: bool,
-               refs: tuple[str, ...]) -> None:
-    """List the tasks of services."""
-    list_tasks(options, refs, show_all, no_trunc, quiet)
+def service_ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trunc: bool,
+               quiet: bool, refs: tuple[str, ...]) -> None:  # fmt: skip
+    """List the tasks of services, earlier ones too (as docker does; narrow with
+    --filter desired-state=running)."""
+    list_tasks(options, refs, True, no_trunc, quiet, filters=filters)
 
 
 @click.command("ps")
 @task_list_options
 @pass_options
-@click.pass_context
-def ps(ctx: click.Context, options: GlobalOptions, show_all: bool, no_trunc: bool,
-       quiet: bool) -> None:
+def ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trunc: bool,
+       quiet: bool) -> None:  # fmt: skip
     """List tasks of all services (on a controller) or containers (on an agent)."""
-    from dockyard.cli.commands.containers import list_containers
+    from dockyard.cli.commands.containers import CONTAINER_FILTERS, container_listing
+    from dockyard.cli.listing import show_listing
 
-    target = options.target()
-    try:
-        list_tasks(options, (), show_all, no_trunc, quiet, target)
-    except CliError as exc:
-        # An agent: over TLS its node certificate fails the controller check first.
-        if not (is_unimplemented(exc) or is_not_a_controller(exc)):
-            raise
-        ctx.invoke(list_containers, show_all=show_all, quiet=quiet)
+    def fetch(target: Target) -> Listing:
+        try:
+            return task_listing(target, (), show_all, no_trunc, filters=filters)
+        except CliError as exc:
+            # An agent: over TLS its node certificate fails the controller check first.
+            if not (is_unimplemented(exc) or is_not_a_controller(exc)):
+                raise
+        return container_listing(target, show_all, filters, no_trunc)
+
+    from dockyard.cli.filters import Filters
+
+    # A key that neither tasks nor containers know is refused before any daemon is asked.
+    Filters(filters, tuple(dict.fromkeys((*TASK_FILTERS, *CONTAINER_FILTERS))))
+    show_listing(options, fetch, quiet)
 
 
 @service.command("logs")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
 @click.option("-n", "--tail", "tail", default="all", show_default=True,
               help="Lines to show from the end of each task's output.")
+@click.option("--since", default=None, metavar="TIME",
+              help="Only output since TIME: RFC 3339, a Unix time, or a duration ago (10m).")
 @click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time.")
+@click.option("--raw", is_flag=True, help="Do not prefix lines with their task.")
 @click.argument("ref", metavar="SERVICE")
 @pass_options
-def logs(options: GlobalOptions, follow: bool, tail: str, timestamps: bool, ref: str) -> None:
-    """Print the output of a service's tasks, each line prefixed with its task."""
-    from dockyard.cli.commands.service_logs import service_logs
+def logs(options: GlobalOptions, follow: bool, tail: str, since: str | None, timestamps: bool,
+         raw: bool, ref: str) -> None:  # fmt: skip
+    """Print the output of a service's tasks, each line prefixed with its task (and, with
+    several targets, with the target)."""
+    import threading
 
-    service_logs(options.target(), ref, follow=follow, tail=tail, timestamps=timestamps)
+    from dockyard.cli.commands.service_logs import service_logs
+    from dockyard.cli.humanize import parse_since
+
+    try:
+        since_time = parse_since(since) if since is not None else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+    if not options.many:
+        if service_logs(options.target(), ref, follow=follow, tail=tail, timestamps=timestamps,
+                        since=since_time, raw=raw):  # fmt: skip
+            sys.exit(1)
+        return
+    failed: list[str] = []
+
+    def one(target: Target) -> None:
+        try:
+            if service_logs(target, ref, follow=follow, tail=tail, timestamps=timestamps,
+                            since=since_time, raw=raw, label=target.label):  # fmt: skip
+                failed.append(target.label)
+        except CliError as exc:
+            failed.append(target.label)
+            click.echo(f"dockyard: {target.label}: {exc.message}", err=True)
+
+    threads = [threading.Thread(target=one, args=(t,), daemon=True) for t in options.targets()]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if failed:
+        sys.exit(1)

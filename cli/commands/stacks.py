@@ -22,8 +22,8 @@ from dockyard.cli.commands.service_flags import resolve_mode, resolve_option
 from dockyard.cli.commands.service_wait import control_stub, wait_for_service
 from dockyard.cli.commands.services import (
     list_summaries,
-    list_tasks,
     task_list_options,
+    task_listing,
     update_with_retry,
 )
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
@@ -132,13 +132,18 @@ def services(options: GlobalOptions, quiet: bool, name: str) -> None:
 @task_list_options
 @click.argument("name", metavar="STACK")
 @pass_options
-def ps(options: GlobalOptions, show_all: bool, no_trunc: bool, quiet: bool, name: str) -> None:
-    """List the tasks of a stack."""
-    target = options.target()
-    ids = tuple(s.id for s in stack_services(target, name))
-    if not ids:
-        raise CliError(f"nothing found in stack: {name}")
-    list_tasks(options, ids, show_all, no_trunc, quiet, target)
+def ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trunc: bool,
+       quiet: bool, name: str) -> None:  # fmt: skip
+    """List the tasks of a stack, earlier ones too."""
+    from dockyard.cli.listing import Listing, show_listing
+
+    def fetch(target: Target) -> Listing:
+        ids = tuple(s.id for s in stack_services(target, name))
+        if not ids:
+            raise CliError(f"nothing found in stack: {name}")
+        return task_listing(target, ids, True, no_trunc, filters=filters)
+
+    show_listing(options, fetch, quiet)
 
 
 @stack.command("rm")

@@ -7,6 +7,8 @@ from typing import Any
 import click
 
 from dockyard.cli.client import CliError, Target, call, is_not_a_controller, is_unimplemented
+from dockyard.cli.fanout import run_each
+from dockyard.cli.listing import ask_all, finish
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, key_values, table, to_data
 
@@ -38,54 +40,55 @@ def _ask_daemon(
 @output_option
 @pass_options
 def version(options: GlobalOptions, client_only: bool) -> None:
-    """Show the client's and each addressed daemon's version."""
-    from dockyard.common.version import API_VERSION, package_version
+    """Show the client's and each addressed daemon's version (the client's even when
+    no daemon answers); against a controller, every controller's and agent's version with
+    its skew (docs/upgrades.md)."""
     from dockyard.v1.types_pb2 import GetVersionRequest
 
-    client = {"component": "dockyard", "version": package_version(), "api_version": API_VERSION}
-    servers = []
-    for target in () if client_only else options.targets():
-        kind, info = _ask_daemon(
-            target, "GetVersion", GetVersionRequest(), "GetVersion", GetVersionRequest()
-        )
-        daemons = _cluster_versions(target, info.version) if kind == "controller" else []
-        servers.append((target, info, daemons))
+    client = client_version()
+
+    def ask(target: Target) -> tuple[Any, list[dict[str, str]]]:
+        kind, info = _ask_daemon(target, "GetVersion", GetVersionRequest(), "GetVersion",
+                                 GetVersionRequest())  # fmt: skip
+        return info, _cluster_versions(target, info.version) if kind == "controller" else []
+
+    targets = [] if client_only else options.targets()
+    outcomes = run_each(targets, ask, options.target_timeout, options.concurrency)
+    servers = [(o.target, *o.value) for o in outcomes if o.value is not None]
     if options.output != "table":
-        emit_data(
-            {
-                "client": client,
-                "servers": [{"address": t.address, **to_data(v),
-                             **({"cluster": d} if d else {})} for t, v, d in servers],
-            },
-            options.output,
-        )
-        return
-    click.echo(
-        key_values(
-            [
-                ("Client", ""),
-                ("  Version", client["version"]),
-                ("  API version", client["api_version"]),
-            ]
-        )
-    )
-    for target, info, daemons in servers:
-        click.echo(
-            key_values(
-                [
-                    (f"Server {target.address}", info.component),
-                    ("  Version", info.version),
-                    ("  API version", info.api_version),
-                    ("  Python", info.python_version),
-                    ("  gRPC", info.grpc_version),
-                    ("  OS/Arch", f"{info.os}/{info.architecture}"),
-                ]
-            )
-        )
-        rows: list[tuple[object, ...]] = [
-            (d["kind"], d["name"], d["version"], d["skew"] or "-") for d in daemons]
-        if rows:
-            click.echo(_section("Cluster daemons", ("KIND", "NAME", "VERSION", "SKEW"), rows))
+        emit_data({"client": client,
+                   "servers": [{"target": t.label, "address": t.address, **to_data(v),
+                                **({"cluster": d} if d else {})}
+                               for t, v, d in servers]}, options.output)  # fmt: skip
+    else:
+        click.echo(key_values([("Client", ""), ("  Version", client["version"]),
+                               ("  API version", client["api_version"])]))  # fmt: skip
+        for target, info, daemons in servers:
+            click.echo(key_values([
+                (f"Server {_server_name(target)}", info.component),
+                ("  Version", info.version),
+                ("  API version", info.api_version),
+                ("  Python", info.python_version),
+                ("  gRPC", info.grpc_version),
+                ("  OS/Arch", f"{info.os}/{info.architecture}"),
+            ]))  # fmt: skip
+            rows: list[tuple[object, ...]] = [
+                (d["kind"], d["name"], d["version"], d["skew"] or "-") for d in daemons]
+            if rows:
+                click.echo(_section("Cluster daemons", ("KIND", "NAME", "VERSION", "SKEW"), rows))
+    finish(outcomes)
+
+
+def client_version() -> dict[str, str]:
+    from dockyard.common.version import API_VERSION, package_version
+
+    return {"component": "dockyard", "version": package_version(), "api_version": API_VERSION}
+
+
+def _server_name(target: Target) -> str:
+    if target.label == target.address:
+        return target.address
+    return f"{target.label} ({target.address})"
 
 
 def _cluster_versions(target: Target, controller_version: str) -> list[dict[str, str]]:
@@ -114,23 +117,20 @@ def info(options: GlobalOptions) -> None:
     from dockyard.v1.agent_pb2 import GetAgentInfoRequest
     from dockyard.v1.control_pb2 import GetInfoRequest
 
-    results = [
-        (
-            target,
-            *_ask_daemon(
-                target, "GetInfo", GetInfoRequest(members=True), "GetAgentInfo",
-                GetAgentInfoRequest(),
-            ),
-        )
-        for target in options.targets()
-    ]
+    outcomes = ask_all(options, lambda target: _ask_daemon(
+        target, "GetInfo", GetInfoRequest(members=True), "GetAgentInfo", GetAgentInfoRequest()))
+    results = [(o.target, *o.value) for o in outcomes if o.ok and o.value is not None]
     if options.output != "table":
-        data = [{"address": t.address, "kind": kind, **to_data(v)} for t, kind, v in results]
-        emit_data(data[0] if len(data) == 1 else data, options.output)
+        data = [{**({"target": t.label} if options.many else {}), "address": t.address,
+                 "kind": kind, **to_data(v)} for t, kind, v in results]  # fmt: skip
+        emit_data(data[0] if len(data) == 1 and not options.many else data, options.output)
+        finish(outcomes)
         return
     for index, (target, kind, value) in enumerate(results):
         if index:
             click.echo()
+        if options.many:
+            click.echo(f"Target: {target.label}")
         if kind != "controller":
             click.echo(_agent_text(target, value))
             continue
@@ -139,6 +139,7 @@ def info(options: GlobalOptions) -> None:
             if section:
                 click.echo()
                 click.echo(section)
+    finish(outcomes)
 
 
 def _cluster_text(target: Target, info: Any) -> str:

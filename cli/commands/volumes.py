@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from dockyard.cli.batch import each_ref
-from dockyard.cli.client import call
+from dockyard.cli.client import Target, call
 from dockyard.cli.commands.container_run import AGENT
-from dockyard.cli.options import GlobalOptions, output_option, pass_options
-from dockyard.cli.render import emit_data, emit_table
+from dockyard.cli.commands.prune import volume_prune
+from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 
 
 def volumes_stub(channel: Any) -> Any:
@@ -23,6 +23,9 @@ def volumes_stub(channel: Any) -> Any:
 @click.group("volume")
 def volume() -> None:
     """Manage an agent's named volumes (directories that outlive containers)."""
+
+
+volume.add_command(volume_prune)
 
 
 @volume.command("create")
@@ -43,25 +46,36 @@ def create(options: GlobalOptions, labels: tuple[str, ...], name: str) -> None:
     click.echo(record.name)
 
 
+VOLUME_FILTERS = ("name", "label", "dangling")
+
+
 @volume.command("ls")
+@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
+              help=f"Only matching volumes; keys: {', '.join(VOLUME_FILTERS)}.")
 @click.option("-q", "--quiet", is_flag=True, help="Only print volume names.")
+@format_option
 @output_option
 @pass_options
-def list_volumes(options: GlobalOptions, quiet: bool) -> None:
+def list_volumes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) -> None:
     """List the agent's volumes and the containers that use them."""
+    from dockyard.cli.filters import Filters
+    from dockyard.cli.listing import Listing, show_listing
     from dockyard.v1.containers_pb2 import ListVolumesRequest
 
-    records = call(options.target(), volumes_stub, "List", ListVolumesRequest(),
-                   what=AGENT).volumes  # fmt: skip
-    if quiet:
-        for r in records:
-            click.echo(r.name)
-    elif options.output != "table":
-        emit_data(list(records), options.output)
-    else:
-        emit_table(["VOLUME NAME", "MOUNTPOINT", "USED BY"],
-                   [[r.name, r.mountpoint, ", ".join(u[:12] for u in r.used_by) or "-"]
-                    for r in records])  # fmt: skip
+    wanted = Filters(filters, VOLUME_FILTERS)
+    dangling = wanted.flag("dangling")
+
+    def fetch(target: Target) -> Listing:
+        records = [r for r in call(target, volumes_stub, "List", ListVolumesRequest(),
+                                   what=AGENT).volumes
+                   if wanted.substring("name", r.name) and wanted.labels(r.labels)
+                   and (dangling is None or dangling == (not r.used_by))]  # fmt: skip
+        rows = [[r.name, r.mountpoint, ", ".join(u[:12] for u in r.used_by) or "-"]
+                for r in records]  # fmt: skip
+        return Listing(["VOLUME NAME", "MOUNTPOINT", "USED BY"], rows, records,
+                       [r.name for r in records], ["Name", "Mountpoint", "UsedBy"])  # fmt: skip
+
+    show_listing(options, fetch, quiet)
 
 
 @volume.command("inspect")
@@ -70,12 +84,11 @@ def list_volumes(options: GlobalOptions, quiet: bool) -> None:
 @pass_options
 def inspect(options: GlobalOptions, names: tuple[str, ...]) -> None:
     """Show volumes (JSON unless -o yaml)."""
+    from dockyard.cli.listing import show_records
     from dockyard.v1.containers_pb2 import VolumeRef
 
-    target = options.target()
-    records = [call(target, volumes_stub, "Inspect", VolumeRef(name=n), what=AGENT)
-               for n in names]  # fmt: skip
-    emit_data(records, "yaml" if options.output == "yaml" else "json")
+    show_records(options, names, lambda target, ref: call(
+        target, volumes_stub, "Inspect", VolumeRef(name=ref), what=AGENT))
 
 
 @volume.command("rm")

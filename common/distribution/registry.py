@@ -151,16 +151,21 @@ class RegistryClient:
 
     Args:
         config: Mirrors, insecure registries, credentials, retry bounds.
+        credentials: Credentials by registry host that take precedence over the config's
+            file (a service's `--with-registry-auth`, a `dockyard login` to check).
     """
 
-    def __init__(self, config: RegistryConfig) -> None:
+    def __init__(self, config: RegistryConfig,
+                 credentials: Mapping[str, Credentials] | None = None) -> None:  # fmt: skip
         self.config = config
         self._session: aiohttp.ClientSession | None = None
         self._credentials: dict[str, Credentials] | None = None
+        self._given = dict(credentials or {})
         self._auth: dict[tuple[str, str], str] = {}
 
     async def __aenter__(self) -> RegistryClient:
-        self._credentials = await asyncio.to_thread(load_credentials, self.config.auth_file)
+        from_file = await asyncio.to_thread(load_credentials, self.config.auth_file)
+        self._credentials = {**from_file, **self._given}
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.config.connect_timeout,
             sock_read=self.config.read_timeout,

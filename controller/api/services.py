@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 
+from dockyard.common.distribution.auth import Credentials
 from dockyard.common.states import TaskState
 from dockyard.common.validation import ValidationError, check_ref
 from dockyard.controller.cluster import ClusterRecord, privileges_of
@@ -25,9 +26,33 @@ from dockyard.v1.control_pb2 import (
     UpdateServiceRequest,
 )
 from dockyard.v1.types_pb2 import NodeStatus
-from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task
+from dockyard.v1.workloads_pb2 import RegistryAuth, Service, ServiceSpec, Task
 
 MODES = ("replicated", "global", "job")
+
+
+MAX_AUTH_FIELD = 64 * 1024
+MAX_REGISTRY_NAME = 255
+
+
+def _registry_auth(auth: RegistryAuth) -> RegistryAuth:
+    """Checked `--with-registry-auth` credentials (bounded; a registry and a secret)."""
+    if not auth.registry or len(auth.registry) > MAX_REGISTRY_NAME or any(
+            c.isspace() or c == "/" for c in auth.registry):  # fmt: skip
+        raise ValidationError("registry_auth.registry",
+                              "must be a registry host[:port] such as docker.io")  # fmt: skip
+    if len(auth.username) > MAX_AUTH_FIELD:
+        raise ValidationError("registry_auth.username", f"longer than {MAX_AUTH_FIELD} bytes")
+    if not auth.password or len(auth.password) > MAX_AUTH_FIELD:
+        raise ValidationError("registry_auth.password",
+                              f"must be 1 to {MAX_AUTH_FIELD} bytes")  # fmt: skip
+    return auth
+
+
+def _as_credentials(auth: RegistryAuth | None) -> dict[str, Credentials] | None:
+    if auth is None:
+        return None
+    return {auth.registry: Credentials(auth.username, auth.password)}
 
 
 class ServicesAPI:
@@ -64,9 +89,11 @@ class ServicesAPI:
         policy = await self._cluster.check_spec(request.spec)
         spec, checks = await self._secrets.resolve(request.spec)
         check_service_spec(spec)
-        pinned = await self._resolver.pin(spec, request.resolve_image)
+        auth = _registry_auth(request.registry_auth) if request.HasField("registry_auth") else None
+        pinned = await self._resolver.pin(spec, request.resolve_image,
+                                          credentials=_as_credentials(auth))  # fmt: skip
         fenced = [*checks, policy.fence(self._store)]
-        return await self._services.create(pinned.spec, fenced), pinned.warnings
+        return await self._services.create(pinned.spec, fenced, auth), pinned.warnings
 
     async def get(self, ref: str) -> Service:
         return await self._services.find(ref)
@@ -84,11 +111,13 @@ class ServicesAPI:
         policy = await self._cluster.check_spec(request.spec)
         spec, checks = await self._secrets.resolve(request.spec)
         check_service_spec(spec)
+        auth = _registry_auth(request.registry_auth) if request.HasField("registry_auth") else None
         current = await self._services.find(request.service)
         pinned = await self._resolver.pin(spec, request.resolve_image,
-                                          previous=current.spec, force=request.force)
+                                          previous=current.spec, force=request.force,
+                                          credentials=_as_credentials(auth))  # fmt: skip
         service = await self._services.update(request.service, request.version, pinned.spec,
-                                              request.force, checks, policy)  # fmt: skip
+                                              request.force, checks, policy, auth)  # fmt: skip
         return service, pinned.warnings + _dropped_target(current.spec, service)
 
     async def remove(self, ref: str) -> None:

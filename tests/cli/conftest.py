@@ -41,13 +41,16 @@ class AgentUnderTest:
     daemon: Daemon
     config_dir: Path
 
-    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        """`dockyard -H <agent> ARGS`, as a user runs it (not a terminal: plain output)."""
+    def cli(self, *args: str, timeout: float = 60,
+            input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        """`dockyard -H <agent> ARGS`, as a user runs it (not a terminal: plain output);
+        `input_text` is its stdin (none by default)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
         env["DOCKYARD_CONFIG"] = str(self.config_dir)
+        stdin = {"input": input_text} if input_text is not None else {"stdin": subprocess.DEVNULL}
         return subprocess.run([str(BIN / "dockyard"), "-H", self.address, *args],
                               capture_output=True, text=True, env=env, timeout=timeout,
-                              stdin=subprocess.DEVNULL)  # fmt: skip
+                              **stdin)  # type: ignore[call-overload]  # fmt: skip
 
     def ok(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         result = self.cli(*args, timeout=timeout)

@@ -31,7 +31,8 @@ def test_create_scale_rm_with_hollow_agents(cluster_factory: Callable[..., Clust
 
     scaled = cluster.cli("service", "scale", "web=1", "--timeout", "30s", timeout=90)
     assert scaled.stdout.strip() == service_id and "web: 1/1 running" in scaled.stderr
-    running = json.loads(cluster.cli("service", "ps", "web", "-o", "json").stdout)
+    running = json.loads(cluster.cli("service", "ps", "web", "-f", "desired-state=running",
+                                     "-o", "json").stdout)  # fmt: skip
     assert len(running) == 1
 
     full_id = json.loads(cluster.cli("service", "inspect", "web").stdout)[0]["id"]

@@ -681,18 +681,24 @@ class CreateServiceRequest(_message.Message):
 
     SPEC_FIELD_NUMBER: _builtins.int
     RESOLVE_IMAGE_FIELD_NUMBER: _builtins.int
+    REGISTRY_AUTH_FIELD_NUMBER: _builtins.int
     resolve_image: Global___ResolveImage.ValueType
     @_builtins.property
     def spec(self) -> _workloads_pb2.ServiceSpec: ...
+    @_builtins.property
+    def registry_auth(self) -> _workloads_pb2.RegistryAuth:
+        """unset: the nodes' own credentials"""
+
     def __init__(
         self,
         *,
         spec: _workloads_pb2.ServiceSpec | None = ...,
         resolve_image: Global___ResolveImage.ValueType = ...,
+        registry_auth: _workloads_pb2.RegistryAuth | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registry_auth", b"registry_auth", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["resolve_image", b"resolve_image", "spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["registry_auth", b"registry_auth", "resolve_image", b"resolve_image", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -798,6 +804,7 @@ class UpdateServiceRequest(_message.Message):
     FORCE_FIELD_NUMBER: _builtins.int
     ROLLBACK_FIELD_NUMBER: _builtins.int
     RESOLVE_IMAGE_FIELD_NUMBER: _builtins.int
+    REGISTRY_AUTH_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     version: _builtins.int
     """Meta.version the spec was read at"""
@@ -808,6 +815,10 @@ class UpdateServiceRequest(_message.Message):
     resolve_image: Global___ResolveImage.ValueType
     @_builtins.property
     def spec(self) -> _workloads_pb2.ServiceSpec: ...
+    @_builtins.property
+    def registry_auth(self) -> _workloads_pb2.RegistryAuth:
+        """unset: the service keeps the credentials it has"""
+
     def __init__(
         self,
         *,
@@ -817,10 +828,11 @@ class UpdateServiceRequest(_message.Message):
         force: _builtins.bool = ...,
         rollback: _builtins.bool = ...,
         resolve_image: Global___ResolveImage.ValueType = ...,
+        registry_auth: _workloads_pb2.RegistryAuth | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["registry_auth", b"registry_auth", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "resolve_image", b"resolve_image", "rollback", b"rollback", "service", b"service", "spec", b"spec", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["force", b"force", "registry_auth", b"registry_auth", "resolve_image", b"resolve_image", "rollback", b"rollback", "service", b"service", "spec", b"spec", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -216,11 +216,33 @@ class AssignmentSet(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class RegistryAuthsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        @_builtins.property
+        def value(self) -> _workloads_pb2.RegistryAuth: ...
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _workloads_pb2.RegistryAuth | None = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     FULL_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     REMOVED_TASK_IDS_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
     IMAGE_SOURCES_FIELD_NUMBER: _builtins.int
+    REGISTRY_AUTHS_FIELD_NUMBER: _builtins.int
     full: _builtins.bool
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_workloads_pb2.Task]: ...
@@ -236,6 +258,12 @@ class AssignmentSet(_message.Message):
         agents it may fetch layers from (Peer.FetchBlob) before the registry.
         """
 
+    @_builtins.property
+    def registry_auths(self) -> _containers.MessageMap[_builtins.str, _workloads_pb2.RegistryAuth]:
+        """Service ID -> the registry credentials its tasks pull with (`--with-registry-auth`),
+        only for services with a task here that has yet to start (kept in memory only).
+        """
+
     def __init__(
         self,
         *,
@@ -244,10 +272,11 @@ class AssignmentSet(_message.Message):
         removed_task_ids: _abc.Iterable[_builtins.str] | None = ...,
         secrets: _abc.Iterable[_workloads_pb2.Secret] | None = ...,
         image_sources: _abc.Iterable[Global___ImageSources] | None = ...,
+        registry_auths: _abc.Mapping[_builtins.str, _workloads_pb2.RegistryAuth] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "image_sources", b"image_sources", "removed_task_ids", b"removed_task_ids", "secrets", b"secrets", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "image_sources", b"image_sources", "registry_auths", b"registry_auths", "removed_task_ids", b"removed_task_ids", "secrets", b"secrets", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

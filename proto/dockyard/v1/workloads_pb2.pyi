@@ -810,9 +810,14 @@ class Service(_message.Message):
     SPEC_VERSION_FIELD_NUMBER: _builtins.int
     UPDATE_STATUS_FIELD_NUMBER: _builtins.int
     JOB_STATUS_FIELD_NUMBER: _builtins.int
+    REGISTRY_AUTH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     spec_version: _builtins.int
     """bumped by every spec change"""
+    registry_auth: _builtins.str
+    """The registry whose credentials (`--with-registry-auth`) its tasks pull with; the
+    credentials themselves are kept apart (as a secret's data) and never returned.
+    """
     @_builtins.property
     def meta(self) -> _types_pb2.Meta: ...
     @_builtins.property
@@ -835,14 +840,46 @@ class Service(_message.Message):
         spec_version: _builtins.int = ...,
         update_status: Global___UpdateStatus | None = ...,
         job_status: Global___JobStatus | None = ...,
+        registry_auth: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["job_status", b"job_status", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "update_status", b"update_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "job_status", b"job_status", "meta", b"meta", "previous_spec", b"previous_spec", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "job_status", b"job_status", "meta", b"meta", "previous_spec", b"previous_spec", "registry_auth", b"registry_auth", "spec", b"spec", "spec_version", b"spec_version", "update_status", b"update_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Service: _TypeAlias = Service  # noqa: Y015
+
+@_typing.final
+class RegistryAuth(_message.Message):
+    """Credentials for one registry, as `service create --with-registry-auth` sends the
+    caller's: stored apart from the service, handed only to nodes that pull its image.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_FIELD_NUMBER: _builtins.int
+    USERNAME_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    registry: _builtins.str
+    """as image references name it: docker.io, host:port"""
+    username: _builtins.str
+    password: _builtins.str
+    """or an identity token"""
+    def __init__(
+        self,
+        *,
+        registry: _builtins.str = ...,
+        username: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["password", b"password", "registry", b"registry", "username", b"username"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegistryAuth: _TypeAlias = RegistryAuth  # noqa: Y015
 
 @_typing.final
 class Task(_message.Message):

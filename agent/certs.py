@@ -121,8 +121,9 @@ class NodePKI:
         # None means "no change" (grpc's documented contract; the stub says otherwise).
         return grpc.dynamic_ssl_server_credentials(configuration(), fetch, True)  # type: ignore[arg-type]
 
-    def save(self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes,
-             controllers: list[str] | None = None) -> None:  # fmt: skip
+    def save(
+        self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, controllers: list[str] | None = None
+    ) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.ca.write_bytes(ca_pem)
         pki.write_private(self.key, key_pem)  # the key first: the cert's mtime marks a change
@@ -133,14 +134,14 @@ class NodePKI:
             self.joined.write_text(json.dumps({"controllers": controllers}, indent=2) + "\n")
 
 
-async def join(
-    address: str, token_text: str, node_pki: NodePKI, hosts: list[str]
-) -> pki.Identity:
+async def join(address: str, token_text: str, node_pki: NodePKI, hosts: list[str]) -> pki.Identity:
     """Exchange a join token and a CSR for a node certificate; save it all."""
     issued, key = await request_certificate(address, token_text, hosts)
     if issued.role != pki.NODE:
-        raise JoinError(f"this is a {issued.role} join token: a controller joins with "
-                        "`dockyard-controller join`")  # fmt: skip
+        raise JoinError(
+            f"this is a {issued.role} join token: a controller joins with "
+            "`dockyard-controller join`"
+        )
     node_pki.save(issued.ca_pem, issued.cert_pem, pki.key_pem(key), list(issued.controllers))
     return node_pki.identity()
 
@@ -170,17 +171,22 @@ async def renew_loop(node_pki: NodePKI, controller: Callable[[], str], hosts: li
         target = controller()
         key = pki.new_key()
         try:
-            async with grpc.aio.secure_channel(target, node_pki.channel_credentials(),
-                                               CONTROLLER_OPTIONS) as channel:
+            async with grpc.aio.secure_channel(
+                target, node_pki.channel_credentials(), CONTROLLER_OPTIONS
+            ) as channel:
                 issued = await ca_pb2_grpc.NodeCAStub(channel).RenewNodeCertificate(
                     RenewNodeCertificateRequest(csr_pem=pki.make_csr(key), hosts=hosts),
                     timeout=JOIN_TIMEOUT,
                 )
         except grpc.aio.AioRpcError as exc:
-            log.warning("cert.renew_failed", controller=target, code=exc.code().name,
-                        reason=exc.details())  # fmt: skip
+            log.warning(
+                "cert.renew_failed", controller=target, code=exc.code().name, reason=exc.details()
+            )
             await asyncio.sleep(min(RETRY_SECONDS, max(1.0, -wait / 10 + 1)))
             continue
         node_pki.save(issued.ca_pem, issued.cert_pem, pki.key_pem(key))
-        log.info("cert.renewed", serial=node_pki.identity().serial,
-                 renew_at=renew_at(issued.cert_pem).isoformat())  # fmt: skip
+        log.info(
+            "cert.renewed",
+            serial=node_pki.identity().serial,
+            renew_at=renew_at(issued.cert_pem).isoformat(),
+        )

@@ -122,10 +122,13 @@ class AgentDaemon:
             hostinfo.host_resources(config.cpus, config.memory_bytes),
         )
         self.session = ControllerSession(
-            controllers, identity, self.describe, on_assignments=self._on_assignments,
+            controllers,
+            identity,
+            self.describe,
+            on_assignments=self._on_assignments,
             on_network=self._on_network,
             credentials=None if config.insecure else node_pki.channel_credentials,
-        )  # fmt: skip
+        )
         agent_pb2_grpc.add_AgentServicer_to_server(
             AgentServicer(identity, self.session, self.describe, str(config.state_dir)),
             self.server,
@@ -142,8 +145,9 @@ class AgentDaemon:
         if config.metrics_listen:  # before the worker: a port in use stops the start
             self.metrics = await self._start_metrics(identity.name)
         if executor is not None:
-            self.worker = Worker(executor, self.session, config.state_dir,
-                                 secrets=getattr(executor, "secrets", None))  # fmt: skip
+            self.worker = Worker(
+                executor, self.session, config.state_dir, secrets=getattr(executor, "secrets", None)
+            )
             await self.worker.start()
         await self.server.start()
         log.info(
@@ -158,14 +162,18 @@ class AgentDaemon:
 
     async def _on_assignments(self, assignments: AssignmentSet) -> None:
         if self._runc is not None:
-            self._runc.image_sources = {s.image: tuple(s.api_addresses)
-                                        for s in assignments.image_sources}  # fmt: skip
+            self._runc.image_sources = {
+                s.image: tuple(s.api_addresses) for s in assignments.image_sources
+            }
             self._runc.registry_auths = dict(assignments.registry_auths)
         if self.worker is not None:
             await self.worker.on_assignments(assignments)
         else:
-            log.warning("agent.assignments_ignored", runtime=self.config.runtime,
-                        tasks=len(assignments.tasks))  # fmt: skip
+            log.warning(
+                "agent.assignments_ignored",
+                runtime=self.config.runtime,
+                tasks=len(assignments.tasks),
+            )
 
     async def _on_network(self, network_map: NetworkMap) -> None:
         revoked = frozenset(network_map.revoked_serials)
@@ -220,20 +228,28 @@ class AgentDaemon:
         from dockyard.v1 import containers_pb2_grpc, images_pb2_grpc, peer_pb2_grpc
 
         config = self.config
-        registry = registry_config(config.registry_mirrors, config.insecure_registries,
-                                   config.registry_config)  # fmt: skip
-        images = await asyncio.to_thread(ImageService, config.state_dir / "images", registry,
-                                         on_blob=self._pulls.observe)  # fmt: skip
+        registry = registry_config(
+            config.registry_mirrors, config.insecure_registries, config.registry_config
+        )
+        images = await asyncio.to_thread(
+            ImageService, config.state_dir / "images", registry, on_blob=self._pulls.observe
+        )
         network_dir = config.state_dir / "network"
-        subnet = (config.bridge_subnet or await asyncio.to_thread(assigned_subnet, network_dir)
-                  or DEFAULT_SUBNET)  # fmt: skip
-        bridge = BridgeConfig(bridge=config.bridge, subnet=subnet,
-                              cni_path=tuple(config.cni_path))  # fmt: skip
+        subnet = (
+            config.bridge_subnet
+            or await asyncio.to_thread(assigned_subnet, network_dir)
+            or DEFAULT_SUBNET
+        )
+        bridge = BridgeConfig(bridge=config.bridge, subnet=subnet, cni_path=tuple(config.cni_path))
         network = BridgeNetwork(network_dir, bridge, subnet_fixed=bool(config.bridge_subnet))
         self.cluster_network = ClusterNetwork(network, route_peers=config.peer_routes)
         runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent)
-        manager = ContainerService(runtime, LocalImages(images), config.state_dir / "containers",
-                                   network=BridgeAttacher(network))  # fmt: skip
+        manager = ContainerService(
+            runtime,
+            LocalImages(images),
+            config.state_dir / "containers",
+            network=BridgeAttacher(network),
+        )
         try:
             await manager.start()
         except Exception as exc:
@@ -242,11 +258,13 @@ class AgentDaemon:
         own = {str(config.state_dir.absolute()), str(config.state_dir.resolve())}
         admission = Admission(config.allow_privileged, tuple(sorted(own)))
         containers_pb2_grpc.add_ContainersServicer_to_server(
-            ContainersServicer(manager, admission), server)
+            ContainersServicer(manager, admission), server
+        )
         images_pb2_grpc.add_ImagesServicer_to_server(ImagesServicer(images, manager), server)
         containers_pb2_grpc.add_VolumesServicer_to_server(VolumesServicer(manager), server)
         images.peer_fetcher = PeerFetcher(  # the node's certificate; None: --insecure
-            self._node_pki.channel_credentials if self._node_pki is not None else None)
+            self._node_pki.channel_credentials if self._node_pki is not None else None
+        )
         peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(images.store.blobs), server)
         self._runc = TaskExecutor(manager, self._secret_files())
         return self._runc
@@ -266,9 +284,13 @@ class AgentDaemon:
         node: list[Collector] = [ProcessCollector(namespace="dockyard_agent", registry=None)]
         if self._runc_runtime is not None and self._images is not None:
             runtime, store = self._runc_runtime, self._images.store
-            node += [self._pulls, ConmonCollector(runtime.runc_root),
-                     StoreSizeCollector({"blobs": store.root / "blobs",
-                                         "snapshots": store.snapshots_dir})]  # fmt: skip
+            node += [
+                self._pulls,
+                ConmonCollector(runtime.runc_root),
+                StoreSizeCollector(
+                    {"blobs": store.root / "blobs", "snapshots": store.snapshots_dir}
+                ),
+            ]
         if self.cluster_network is not None:
             node.append(DnsCollector(self.cluster_network.dns.query_counts))
         collector = ContainerCollector(detect_reader(), node_name, config.metrics_max_containers)
@@ -277,13 +299,16 @@ class AgentDaemon:
         if self._node_pki is not None:
             pki_files = self._node_pki
             tls = await asyncio.to_thread(server_tls, pki_files.cert, pki_files.key, pki_files.ca)
-        server = MetricsServer(config.metrics_listen, metrics, tls,
-                               lambda serial: serial in self._revoked)  # fmt: skip
+        server = MetricsServer(
+            config.metrics_listen, metrics, tls, lambda serial: serial in self._revoked
+        )
         try:
             await server.start()
         except OSError as exc:
-            raise AgentStartError(f"cannot listen on {config.metrics_listen} (--metrics-listen):"
-                                  f" {exc.strerror or exc}") from exc  # fmt: skip
+            raise AgentStartError(
+                f"cannot listen on {config.metrics_listen} (--metrics-listen):"
+                f" {exc.strerror or exc}"
+            ) from exc
         return server
 
     async def _metric_containers(self) -> list[ContainerRef]:
@@ -294,13 +319,22 @@ class AgentDaemon:
         if self.containers is None or self._runc_runtime is None:
             return []
         parent = self._runc_runtime.cgroup_parent
-        return [ContainerRef(
-            id=i.id, name=i.name, image=i.image, cgroups_path=f"/{parent}/{i.id}",
-            pid=i.state.pid, running=i.state.status is ContainerStatus.RUNNING,
-            restarts=i.state.restart_count, oom_killed=i.state.oom_killed,
-            started_at=i.state.started_at.timestamp() if i.state.started_at else 0.0,
-            host_network=i.config.network == "host", labels=i.labels,
-        ) for i in (view.info for view in await self.containers.list(all=True))]  # fmt: skip
+        return [
+            ContainerRef(
+                id=i.id,
+                name=i.name,
+                image=i.image,
+                cgroups_path=f"/{parent}/{i.id}",
+                pid=i.state.pid,
+                running=i.state.status is ContainerStatus.RUNNING,
+                restarts=i.state.restart_count,
+                oom_killed=i.state.oom_killed,
+                started_at=i.state.started_at.timestamp() if i.state.started_at else 0.0,
+                host_network=i.config.network == "host",
+                labels=i.labels,
+            )
+            for i in (view.info for view in await self.containers.list(all=True))
+        ]
 
     def _secret_files(self) -> SecretFiles:
         """Where this agent's tasks' secret files go (a tmpfs, mounted on first use)."""
@@ -313,7 +347,8 @@ class AgentDaemon:
         described = NodeDescription()
         described.CopyFrom(self._description)
         described.bridge_subnet, described.bridge_subnet_fixed = (
-            self.cluster_network.bridge.subnet_claim())
+            self.cluster_network.bridge.subnet_claim()
+        )
         return described
 
     async def run(self) -> None:

@@ -100,10 +100,12 @@ def container_name(task: Task) -> str:
 def task_labels(task: Task) -> dict[str, str]:
     """The labels that tie a container to its task (the spec's labels come first)."""
     labels = dict(task.spec.container.labels)
-    labels.update({
-        LABEL_TASK_ID: task.id,
-        LABEL_SERVICE_ID: task.service_id,
-        LABEL_SERVICE_NAME: task.service_name,
-        LABEL_SLOT: str(task.slot) if task.slot else task.node_id,
-    })  # fmt: skip
+    labels.update(
+        {
+            LABEL_TASK_ID: task.id,
+            LABEL_SERVICE_ID: task.service_id,
+            LABEL_SERVICE_NAME: task.service_name,
+            LABEL_SLOT: str(task.slot) if task.slot else task.node_id,
+        }
+    )
     return labels

@@ -39,8 +39,14 @@ def agent_names(prefix: str, count: int) -> list[str]:
 class HollowAgent:
     """One simulated node: identity, session and worker, no local API."""
 
-    def __init__(self, name: str, state_dir: Path, controllers: list[str],
-                 resources: Resources, start_delay: float = 0.05) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        state_dir: Path,
+        controllers: list[str],
+        resources: Resources,
+        start_delay: float = 0.05,
+    ) -> None:
         self.name = name
         self.state_dir = state_dir
         self.controllers = controllers
@@ -57,10 +63,13 @@ class HollowAgent:
         self._description = hostinfo.describe_host(
             "hollow", package_version(), "", self.resources, hostname=self.name
         )
-        self.session = ControllerSession(self.controllers, identity, self.describe,
-                                         on_assignments=self._on_assignments)  # fmt: skip
+        self.session = ControllerSession(
+            self.controllers, identity, self.describe, on_assignments=self._on_assignments
+        )
         self.worker = Worker(
-            hollow_executor(self.runtime), self.session, self.state_dir,
+            hollow_executor(self.runtime),
+            self.session,
+            self.state_dir,
             persist=False,
         )
         await self.worker.start()

@@ -36,8 +36,9 @@ def load_or_create(state_dir: Path, name: str) -> NodeIdentity:
 
 def save(state_dir: Path, identity: NodeIdentity) -> None:
     """Store an identity the cluster gave this node (at join: the ID in its certificate)."""
-    _write_atomically(state_dir / IDENTITY_FILE, {"node_id": identity.node_id,
-                                                  "name": identity.name})  # fmt: skip
+    _write_atomically(
+        state_dir / IDENTITY_FILE, {"node_id": identity.node_id, "name": identity.name}
+    )
 
 
 def _write_atomically(path: Path, data: dict[str, str]) -> None:

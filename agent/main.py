@@ -59,11 +59,17 @@ def main() -> None:
     type=click.Path(file_okay=False, path_type=Path),
 )
 @click.option(
-    "--runtime", default="runc", show_default=True, type=click.Choice(["runc", "docker", "hollow"]),
+    "--runtime",
+    default="runc",
+    show_default=True,
+    type=click.Choice(["runc", "docker", "hollow"]),
     help="runc: Dockyard's own containers; docker: the host's Docker engine runs the tasks.",
 )
 @click.option(
-    "--docker-host", default="unix:///var/run/docker.sock", show_default=True, metavar="URL",
+    "--docker-host",
+    default="unix:///var/run/docker.sock",
+    show_default=True,
+    metavar="URL",
     help="The Docker engine's API, for --runtime docker.",
 )
 @click.option(
@@ -121,13 +127,18 @@ def main() -> None:
     "paths, the host network, seccomp=unconfined. Service tasks follow the cluster's policy.",
 )
 @click.option(
-    "--metrics-listen", default="", metavar="HOST:PORT",
+    "--metrics-listen",
+    default="",
+    metavar="HOST:PORT",
     help=f"Serve Prometheus `/metrics` here (HTTPS with client certificates, as the API; "
     f"admin, read-only and controller identities may scrape), e.g. 0.0.0.0:{METRICS_PORT} "
     "[not served].",
 )
 @click.option(
-    "--metrics-max-containers", type=click.IntRange(min=1), default=1000, show_default=True,
+    "--metrics-max-containers",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
     help="Containers one scrape reports at most (running ones first): bounds the series.",
 )
 @click.option(
@@ -177,8 +188,10 @@ def run(
         check_registry_flags(registry_mirrors, insecure_registries)
         if not cgroup_parent.strip("/") or ".." in cgroup_parent.split("/"):
             raise ValueError(f"--cgroup-parent {cgroup_parent!r}: expected a cgroup path")
-        for flag, check, value in (("--bridge", check_bridge_name, bridge),
-                                   ("--bridge-subnet", check_subnet, bridge_subnet)):
+        for flag, check, value in (
+            ("--bridge", check_bridge_name, bridge),
+            ("--bridge-subnet", check_subnet, bridge_subnet),
+        ):
             if not value:
                 continue
             try:
@@ -218,8 +231,12 @@ def run(
 
 @main.command()
 @click.argument("address", metavar="CONTROLLER:JOIN_PORT")
-@click.option("--token", required=True, envvar="DOCKYARD_JOIN_TOKEN",
-              help="Join token (`dockyard-controller token create`).")
+@click.option(
+    "--token",
+    required=True,
+    envvar="DOCKYARD_JOIN_TOKEN",
+    help="Join token (`dockyard-controller token create`).",
+)
 @click.option("--name", default="", help="Node name [hostname]; kept in --state-dir.")
 @click.option(
     "--state-dir",
@@ -227,13 +244,24 @@ def run(
     show_default=True,
     type=click.Path(file_okay=False, path_type=Path),
 )
-@click.option("--api-host", "api_hosts", multiple=True, metavar="HOST",
-              help="The address this agent's API is reached at, put in its certificate: "
-              "only the one the controller sees it connect from (or loopback) is "
-              "accepted, which the certificate names anyway.")
+@click.option(
+    "--api-host",
+    "api_hosts",
+    multiple=True,
+    metavar="HOST",
+    help="The address this agent's API is reached at, put in its certificate: "
+    "only the one the controller sees it connect from (or loopback) is "
+    "accepted, which the certificate names anyway.",
+)
 @service_options("dockyard-agent")
-def join(address: str, token: str, name: str, state_dir: Path,
-         api_hosts: tuple[str, ...], service: HostService) -> None:  # fmt: skip
+def join(
+    address: str,
+    token: str,
+    name: str,
+    state_dir: Path,
+    api_hosts: tuple[str, ...],
+    service: HostService,
+) -> None:
     """Join the cluster: pin the CA by the token's hash, get a node certificate.
 
     ADDRESS is the controller's join port (`dockyard-controller run --join-listen`,
@@ -270,19 +298,26 @@ def join(address: str, token: str, name: str, state_dir: Path,
     click.echo(f"node name: {node_name}")
     listen = normalize(api_hosts[0], AGENT_PORT) if api_hosts else f"127.0.0.1:{AGENT_PORT}"
     try:
-        started = service.settle(state_dir, {
-            "DOCKYARD_LISTEN": listen,
-            "DOCKYARD_AGENT_OPTS": options_value(service.state_dir_options(state_dir)),
-        })
+        started = service.settle(
+            state_dir,
+            {
+                "DOCKYARD_LISTEN": listen,
+                "DOCKYARD_AGENT_OPTS": options_value(service.state_dir_options(state_dir)),
+            },
+        )
     except (OSError, ValueError, ServiceError) as exc:
         click.echo(f"dockyard-agent: joined, but {exc}", err=True)
         sys.exit(1)
     if started:
-        click.echo(f"watch it: journalctl -fu dockyard-agent; on a controller: "
-                   f"dockyard node inspect {node_name}")  # fmt: skip
+        click.echo(
+            f"watch it: journalctl -fu dockyard-agent; on a controller: "
+            f"dockyard node inspect {node_name}"
+        )
     else:
-        click.echo(f"next: dockyard-agent run --state-dir {state_dir}; then, on a controller: "
-                   f"dockyard node inspect {node_name}")  # fmt: skip
+        click.echo(
+            f"next: dockyard-agent run --state-dir {state_dir}; then, on a controller: "
+            f"dockyard node inspect {node_name}"
+        )
 
 
 async def _serve(config: AgentConfig) -> int:
@@ -343,8 +378,12 @@ async def _run_until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> No
     help="Controller address (repeat, or comma-separate, for several).",
 )
 @click.option("--count", type=click.IntRange(min=1), required=True, help="Agents to run.")
-@click.option("--name-prefix", default="hollow", show_default=True,
-              help="Agents are named PREFIX-0001, PREFIX-0002, ...")  # fmt: skip
+@click.option(
+    "--name-prefix",
+    default="hollow",
+    show_default=True,
+    help="Agents are named PREFIX-0001, PREFIX-0002, ...",
+)
 @click.option(
     "--state-dir",
     default="/var/lib/dockyard/hollow",
@@ -352,13 +391,28 @@ async def _run_until(stop: asyncio.Event, work: Coroutine[Any, Any, None]) -> No
     type=click.Path(file_okay=False, path_type=Path),
     help="Each agent keeps its identity and tasks in STATE_DIR/NAME.",
 )
-@click.option("--cpus", type=click.FloatRange(min=0.01), default=4.0, show_default=True,
-              help="CPUs each agent offers.")  # fmt: skip
+@click.option(
+    "--cpus",
+    type=click.FloatRange(min=0.01),
+    default=4.0,
+    show_default=True,
+    help="CPUs each agent offers.",
+)
 @click.option("--memory", default="8G", show_default=True, help="Memory each agent offers.")
-@click.option("--stagger", type=click.FloatRange(min=0), default=0.01, show_default=True,
-              help="Seconds between two agents' starts.")  # fmt: skip
-@click.option("--start-delay", type=click.FloatRange(min=0), default=0.05, show_default=True,
-              help="Seconds a simulated container takes to start.")  # fmt: skip
+@click.option(
+    "--stagger",
+    type=click.FloatRange(min=0),
+    default=0.01,
+    show_default=True,
+    help="Seconds between two agents' starts.",
+)
+@click.option(
+    "--start-delay",
+    type=click.FloatRange(min=0),
+    default=0.05,
+    show_default=True,
+    help="Seconds a simulated container takes to start.",
+)
 @click.option(
     "--log-level", default="warning", type=click.Choice(["debug", "info", "warning", "error"])
 )

@@ -153,10 +153,18 @@ class SecretFiles:
         _, fstype = filesystem_of(self.root)
         if fstype != "tmpfs":
             result = subprocess.run(
-                ["mount", "-t", "tmpfs", "-o",
-                 f"size={TMPFS_SIZE},mode=0700,nosuid,nodev,noexec", "tmpfs", str(self.root)],
-                capture_output=True, text=True,
-            )  # fmt: skip
+                [
+                    "mount",
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    f"size={TMPFS_SIZE},mode=0700,nosuid,nodev,noexec",
+                    "tmpfs",
+                    str(self.root),
+                ],
+                capture_output=True,
+                text=True,
+            )
             if result.returncode != 0:
                 raise SecretFileError(
                     f"cannot mount a tmpfs at {self.root} for secrets: {result.stderr.strip()}"

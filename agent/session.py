@@ -139,9 +139,12 @@ class ControllerSession:
             log.error("session.refused", controller=target, code=exc.code().name, reason=details)
             raise SessionRefused(f"controller at {target} refused this node: {details}") from exc
         if self._credentials is not None and not_a_controller(details):
-            log.error("session.not_a_controller", controller=target,
-                      reason=f"the server at {target} holds no controller certificate of "
-                             "this cluster (a node's?): refused, trying the next controller")
+            log.error(
+                "session.not_a_controller",
+                controller=target,
+                reason=f"the server at {target} holds no controller certificate of "
+                "this cluster (a node's?): refused, trying the next controller",
+            )
         hint = LEADER_HINT.search(details)
         if hint and hint.group(1) != target:
             log.info("session.redirect", controller=target, leader=hint.group(1))
@@ -244,9 +247,12 @@ class ControllerSession:
                 )
             elif kind == "assignments" and self._on_assignments is not None:
                 assignments = message.assignments
-                log.debug("session.assignments", tasks=len(assignments.tasks),
-                          secrets=sorted(s.id for s in assignments.secrets),
-                          bytes=assignments.ByteSize())  # never the data  # fmt: skip
+                log.debug(
+                    "session.assignments",
+                    tasks=len(assignments.tasks),
+                    secrets=sorted(s.id for s in assignments.secrets),
+                    bytes=assignments.ByteSize(),
+                )  # never the data
                 if _acceptable(assignments):
                     await _handle(kind, self._on_assignments(assignments))
             elif kind == "network" and self._on_network is not None:
@@ -291,5 +297,6 @@ async def _handle(kind: str, handling: Awaitable[None]) -> None:
     try:
         await handling
     except Exception as exc:  # any failure of a handler, logged
-        log.error("session.apply_failed", kind=kind, error=str(exc) or type(exc).__name__,
-                  exc_info=True)  # fmt: skip
+        log.error(
+            "session.apply_failed", kind=kind, error=str(exc) or type(exc).__name__, exc_info=True
+        )

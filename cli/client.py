@@ -40,8 +40,9 @@ class TLSFiles:
     key: str
 
     @classmethod
-    def from_values(cls, ca: str | None, cert: str | None, key: str | None,
-                    what: str) -> TLSFiles | None:  # fmt: skip
+    def from_values(
+        cls, ca: str | None, cert: str | None, key: str | None, what: str
+    ) -> TLSFiles | None:
         if not (ca or cert or key):
             return None
         if not (ca and cert and key):
@@ -53,9 +54,10 @@ class TLSFiles:
 
         try:
             return grpc.ssl_channel_credentials(
-                Path(self.ca).read_bytes(), Path(self.key).read_bytes(),
+                Path(self.ca).read_bytes(),
+                Path(self.key).read_bytes(),
                 Path(self.cert).read_bytes(),
-            )  # fmt: skip
+            )
         except OSError as exc:
             raise CliError(f"cannot read TLS material: {exc}") from exc
 
@@ -87,8 +89,9 @@ def tls_from_env() -> TLSFiles | None:
     cert_path = os.environ.get("DOCKYARD_CERT_PATH")
     defaults = (
         [str(Path(cert_path) / name) for name in ("ca.pem", "cert.pem", "key.pem")]
-        if cert_path else [None, None, None]
-    )  # fmt: skip
+        if cert_path
+        else [None, None, None]
+    )
     return TLSFiles.from_values(
         os.environ.get("DOCKYARD_TLS_CACERT") or defaults[0],
         os.environ.get("DOCKYARD_TLS_CERT") or defaults[1],
@@ -98,7 +101,9 @@ def tls_from_env() -> TLSFiles | None:
 
 
 def resolve_targets(
-    hosts: tuple[str, ...], context_name: str | None, tls: TLSFiles | None = None,
+    hosts: tuple[str, ...],
+    context_name: str | None,
+    tls: TLSFiles | None = None,
     all_contexts: bool = False,
 ) -> list[Target]:
     """-H wins, then DOCKYARD_HOST, then --context / DOCKYARD_CONTEXT / the current context.
@@ -145,16 +150,21 @@ def resolve_targets(
     targets = []
     for context in contexts:
         first, *others = context.hosts or [context.host]
-        targets.append(Target(first, context.name, tls or _context_tls(context),
-                              fallbacks=tuple(others)))  # fmt: skip
+        targets.append(
+            Target(first, context.name, tls or _context_tls(context), fallbacks=tuple(others))
+        )
     return targets
 
 
 def _context_tls(context: Context) -> TLSFiles | None:
     if not context.tls:
         return None
-    return TLSFiles.from_values(context.tls.get("ca"), context.tls.get("cert"),
-                                context.tls.get("key"), f"context {context.name}")  # fmt: skip
+    return TLSFiles.from_values(
+        context.tls.get("ca"),
+        context.tls.get("cert"),
+        context.tls.get("key"),
+        f"context {context.name}",
+    )
 
 
 def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
@@ -169,19 +179,24 @@ def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
         lowered = details.lower()
         if target.tls and not_a_controller(details) and (target.server_name or what != "agent"):
             held = repr(target.server_name) if target.server_name else "a controller"
-            return (f"{target.address} is not {held}: its certificate is from the cluster's CA "
-                    f"but does not name {held} (refused)")  # fmt: skip
+            return (
+                f"{target.address} is not {held}: its certificate is from the cluster's CA "
+                f"but does not name {held} (refused)"
+            )
         if "refused" in lowered:
             reason = "connection refused"
         elif any(word in lowered for word in ("ssl", "handshake", "tls", "certificate")):
             reason = (
                 f"TLS handshake failed ({details}); check the CA, certificate and key"
-                if target.tls else "TLS handshake failed: the daemon needs TLS "
+                if target.tls
+                else "TLS handshake failed: the daemon needs TLS "
                 "(--tlscacert/--tlscert/--tlskey, DOCKYARD_TLS_* or -c CONTEXT)"
-            )  # fmt: skip
+            )
         elif target.tls is None and "socket closed" in lowered:
-            reason = (f"{details} (if it speaks TLS: --tlscacert/--tlscert/--tlskey, "
-                      "DOCKYARD_TLS_* or -c CONTEXT)")  # fmt: skip
+            reason = (
+                f"{details} (if it speaks TLS: --tlscacert/--tlscert/--tlskey, "
+                "DOCKYARD_TLS_* or -c CONTEXT)"
+            )
         else:
             reason = details
         return f"cannot reach {what} at {target.address}: {reason}"
@@ -233,11 +248,11 @@ def call(
 
     candidates = target.candidates()
     for index, candidate in enumerate(candidates):
-        with channel(candidate, what == "controller" if controller is None else controller
-                     ) as chan:  # fmt: skip
+        with channel(candidate, what == "controller" if controller is None else controller) as chan:
             try:
                 response, rpc = getattr(stub_factory(chan), method).with_call(
-                    request, timeout=remaining(timeout))
+                    request, timeout=remaining(timeout)
+                )
                 break
             except grpc.RpcError as exc:
                 if index + 1 < len(candidates) and _try_next(exc):
@@ -267,7 +282,8 @@ def stream(
         with channel(candidate, what == "controller") as chan:
             try:
                 for message in getattr(stub_factory(chan), method)(
-                        request, timeout=remaining(timeout)):
+                    request, timeout=remaining(timeout)
+                ):
                     received = True
                     yield message
                 return
@@ -284,7 +300,8 @@ def _try_next(exc: grpc.RpcError) -> bool:
 
     details = exc.details() or ""
     return exc.code() == grpc.StatusCode.UNAVAILABLE and (
-        details.startswith("failed to connect") or details.startswith("not the leader"))
+        details.startswith("failed to connect") or details.startswith("not the leader")
+    )
 
 
 def rpc_code(exc: CliError) -> grpc.StatusCode | None:

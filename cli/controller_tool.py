@@ -18,8 +18,13 @@ from dockyard.controller.admin import days_as_hours, user
 from dockyard.controller.main import main as controller_main
 
 
-def _target(host: str | None, context_name: str | None, tlscacert: str | None,
-            tlscert: str | None, tlskey: str | None) -> Any:  # fmt: skip
+def _target(
+    host: str | None,
+    context_name: str | None,
+    tlscacert: str | None,
+    tlscert: str | None,
+    tlskey: str | None,
+) -> Any:
     from dockyard.cli.client import TLSFiles, resolve_targets
 
     tls = TLSFiles.from_values(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
@@ -27,15 +32,28 @@ def _target(host: str | None, context_name: str | None, tlscacert: str | None,
 
 
 def _client_options(command: Any) -> Any:
-    for option in reversed([
-        click.option("-H", "--host", default=None, metavar="HOST:PORT",
-                     help="The controller [the context's]."),
-        click.option("-c", "--context", "context_name", default=None,
-                     envvar="DOCKYARD_CONTEXT", help="CLI context with an admin identity."),
-        click.option("--tlscacert", default=None, envvar="DOCKYARD_TLS_CACERT"),
-        click.option("--tlscert", default=None, envvar="DOCKYARD_TLS_CERT"),
-        click.option("--tlskey", default=None, envvar="DOCKYARD_TLS_KEY"),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "-H",
+                "--host",
+                default=None,
+                metavar="HOST:PORT",
+                help="The controller [the context's].",
+            ),
+            click.option(
+                "-c",
+                "--context",
+                "context_name",
+                default=None,
+                envvar="DOCKYARD_CONTEXT",
+                help="CLI context with an admin identity.",
+            ),
+            click.option("--tlscacert", default=None, envvar="DOCKYARD_TLS_CACERT"),
+            click.option("--tlscert", default=None, envvar="DOCKYARD_TLS_CERT"),
+            click.option("--tlskey", default=None, envvar="DOCKYARD_TLS_KEY"),
+        ]
+    ):
         command = option(command)
     return command
 
@@ -51,7 +69,6 @@ def _ttl(text: str) -> float:
         raise click.BadParameter(str(exc), param_hint="--ttl") from exc
 
 
-
 def _token_call(method: str, request: Any, **target: Any) -> Any:
     from dockyard.cli.client import call
     from dockyard.v1 import control_pb2_grpc
@@ -65,18 +82,27 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--role", type=click.Choice(["agent", "controller"]), default="agent",
-              show_default=True)
+@click.option(
+    "--role", type=click.Choice(["agent", "controller"]), default="agent", show_default=True
+)
 @click.option("--ttl", default="24h", show_default=True, help="Lifetime; 0 for none.")
-@click.option("--max-uses", type=click.IntRange(min=0), default=0, show_default=True,
-              help="Joins the token allows; 0 for no limit.")
+@click.option(
+    "--max-uses",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Joins the token allows; 0 for no limit.",
+)
 @_client_options
 def create_token(role: str, ttl: str, max_uses: int, **target: Any) -> None:
     """Make a join token and print it (the secret is shown only now)."""
     from dockyard.v1.control_pb2 import CreateJoinTokenRequest
 
-    response = _token_call("CreateJoinToken", CreateJoinTokenRequest(
-        role=role, ttl_seconds=_ttl(ttl), max_uses=max_uses), **target)  # fmt: skip
+    response = _token_call(
+        "CreateJoinToken",
+        CreateJoinTokenRequest(role=role, ttl_seconds=_ttl(ttl), max_uses=max_uses),
+        **target,
+    )
     click.echo(response.token)
 
 
@@ -89,8 +115,11 @@ def rotate_token(role: str, ttl: str, max_uses: int, **target: Any) -> None:
     """Invalidate every token of ROLE and print a new one."""
     from dockyard.v1.control_pb2 import CreateJoinTokenRequest
 
-    response = _token_call("RotateJoinTokens", CreateJoinTokenRequest(
-        role=role, ttl_seconds=_ttl(ttl), max_uses=max_uses), **target)  # fmt: skip
+    response = _token_call(
+        "RotateJoinTokens",
+        CreateJoinTokenRequest(role=role, ttl_seconds=_ttl(ttl), max_uses=max_uses),
+        **target,
+    )
     click.echo(response.token)
 
 
@@ -105,15 +134,20 @@ def list_tokens(**target: Any) -> None:
     now = dt.datetime.now(dt.UTC)
     rows = []
     for record in tokens:
-        expires = (record.expires_at.ToDatetime(tzinfo=dt.UTC) if record.HasField("expires_at")
-                   else None)  # fmt: skip
-        rows.append((
-            record.id, record.role,
-            record.created_at.ToDatetime(tzinfo=dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            "never" if expires is None else ("expired" if expires < now
-                                             else expires.strftime("%Y-%m-%d %H:%M:%S")),
-            f"{record.uses}/{record.max_uses}" if record.max_uses else str(record.uses),
-        ))  # fmt: skip
+        expires = (
+            record.expires_at.ToDatetime(tzinfo=dt.UTC) if record.HasField("expires_at") else None
+        )
+        rows.append(
+            (
+                record.id,
+                record.role,
+                record.created_at.ToDatetime(tzinfo=dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+                "never"
+                if expires is None
+                else ("expired" if expires < now else expires.strftime("%Y-%m-%d %H:%M:%S")),
+                f"{record.uses}/{record.max_uses}" if record.max_uses else str(record.uses),
+            )
+        )
     emit_table(["ID", "ROLE", "CREATED", "EXPIRES", "USES"], rows)
 
 
@@ -137,15 +171,23 @@ def remove_user(name: str, **target: Any) -> None:
 
     listed = _ca_call("ListCertificates", ListCertificatesRequest(), **target)
     done = {r.serial for r in listed.revoked}
-    serials = [c.serial for c in listed.issued
-               if c.subject_id == name and c.role in (pki.ADMIN, pki.READ_ONLY)]  # fmt: skip
+    serials = [
+        c.serial
+        for c in listed.issued
+        if c.subject_id == name and c.role in (pki.ADMIN, pki.READ_ONLY)
+    ]
     if not serials:
-        raise click.ClickException(f"no admin or read-only certificate was issued to {name!r} "
-                                   "(see `dockyard-controller cert ls`)")  # fmt: skip
+        raise click.ClickException(
+            f"no admin or read-only certificate was issued to {name!r} "
+            "(see `dockyard-controller cert ls`)"
+        )
     for serial in serials:
         if serial not in done:
-            _ca_call("RevokeCertificate", RevokeCertificateRequest(
-                serial=serial, reason=f"user {name} removed"), **target)  # fmt: skip
+            _ca_call(
+                "RevokeCertificate",
+                RevokeCertificateRequest(serial=serial, reason=f"user {name} removed"),
+                **target,
+            )
     click.echo(f"user {name}: revoked {', '.join(serials)}")
 
 
@@ -155,8 +197,7 @@ def cert() -> None:
 
 
 @cert.command("ls")
-@click.option("-a", "--all", "show_all", is_flag=True,
-              help="Also expired certificates.")
+@click.option("-a", "--all", "show_all", is_flag=True, help="Also expired certificates.")
 @_client_options
 def list_certs(show_all: bool, **target: Any) -> None:
     """Every certificate the CA issued: nodes, controllers, users; revoked or not."""
@@ -171,10 +212,22 @@ def list_certs(show_all: bool, **target: Any) -> None:
         expires = record.not_after.ToDatetime(tzinfo=dt.UTC)
         if expires < now and not show_all:
             continue
-        status = ("revoked: " + revoked[record.serial].reason if record.serial in revoked
-                  else "expired" if expires < now else "valid")  # fmt: skip
-        rows.append((record.serial, record.role, record.subject_id,
-                     expires.strftime("%Y-%m-%d %H:%M:%S"), status))  # fmt: skip
+        status = (
+            "revoked: " + revoked[record.serial].reason
+            if record.serial in revoked
+            else "expired"
+            if expires < now
+            else "valid"
+        )
+        rows.append(
+            (
+                record.serial,
+                record.role,
+                record.subject_id,
+                expires.strftime("%Y-%m-%d %H:%M:%S"),
+                status,
+            )
+        )
     emit_table(["SERIAL", "ROLE", "SUBJECT", "EXPIRES", "STATUS"], rows)
 
 
@@ -190,8 +243,9 @@ def revoke_cert(serial: str, reason: str, **target: Any) -> None:
     """
     from dockyard.v1.ca_pb2 import RevokeCertificateRequest
 
-    response = _ca_call("RevokeCertificate", RevokeCertificateRequest(
-        serial=serial, reason=reason), **target)  # fmt: skip
+    response = _ca_call(
+        "RevokeCertificate", RevokeCertificateRequest(serial=serial, reason=reason), **target
+    )
     click.echo(f"revoked {response.revoked.serial} ({response.revoked.subject_id})")
 
 

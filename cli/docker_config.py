@@ -93,16 +93,23 @@ def helper_for(data: dict[str, Any], key: str) -> str | None:
 def _run_helper(name: str, action: str, stdin: str) -> str:
     program = f"docker-credential-{name}"
     try:
-        result = subprocess.run([program, action], input=stdin, capture_output=True, text=True,
-                                timeout=HELPER_TIMEOUT, check=False)  # fmt: skip
+        result = subprocess.run(
+            [program, action],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=HELPER_TIMEOUT,
+            check=False,
+        )
     except FileNotFoundError as exc:
         raise CredentialsError(f"credential helper {program} is not on PATH") from exc
     except subprocess.TimeoutExpired as exc:
-        raise CredentialsError(f"{program} {action} did not finish in {HELPER_TIMEOUT:g} s"
-                               ) from exc  # fmt: skip
+        raise CredentialsError(
+            f"{program} {action} did not finish in {HELPER_TIMEOUT:g} s"
+        ) from exc
     output = result.stdout[:MAX_HELPER_OUTPUT]
     if result.returncode != 0:
-        message = (output.strip() or result.stderr[:500].strip() or f"exit {result.returncode}")
+        message = output.strip() or result.stderr[:500].strip() or f"exit {result.returncode}"
         if NOT_FOUND in message:
             raise KeyError(stdin)
         raise CredentialsError(f"{program} {action}: {message}")
@@ -118,8 +125,11 @@ def store_login(registry: str, login: Login) -> str:
     if not isinstance(auths, dict):
         raise CredentialsError(f"{config_path()}: `auths` is not an object")
     if helper:
-        _run_helper(helper, "store", json.dumps(
-            {"ServerURL": key, "Username": login.username, "Secret": login.secret}))
+        _run_helper(
+            helper,
+            "store",
+            json.dumps({"ServerURL": key, "Username": login.username, "Secret": login.secret}),
+        )
         auths[key] = {}
         where = f"credential helper docker-credential-{helper}"
     else:
@@ -153,8 +163,9 @@ def get_login(registry: str) -> Login | None:
         try:
             user, _, secret = base64.b64decode(entry["auth"]).decode().partition(":")
         except (binascii.Error, UnicodeDecodeError) as exc:
-            raise CredentialsError(f"{config_path()}: the auth of {key} is not base64 "
-                                   "user:password") from exc  # fmt: skip
+            raise CredentialsError(
+                f"{config_path()}: the auth of {key} is not base64 user:password"
+            ) from exc
         return Login(user, secret)
     if entry.get("username"):
         return Login(str(entry["username"]), str(entry.get("password", "")))

@@ -76,8 +76,9 @@ def run_each(
             results.put((index, _run_one(target, action, begin + timeout)))
 
     for index, target in enumerate(targets):
-        threading.Thread(target=work, args=(index, target), daemon=True,
-                         name=f"dockyard-target-{index}").start()  # fmt: skip
+        threading.Thread(
+            target=work, args=(index, target), daemon=True, name=f"dockyard-target-{index}"
+        ).start()
     outcomes: dict[int, Outcome[T]] = {}
     while len(outcomes) < len(targets):
         with lock:
@@ -91,9 +92,11 @@ def run_each(
         except queue.Empty:
             now = time.monotonic()
             with lock:
-                overdue = [i for i, begin in started.items()
-                           if i not in outcomes and now >= begin + timeout]  # fmt: skip
+                overdue = [
+                    i
+                    for i, begin in started.items()
+                    if i not in outcomes and now >= begin + timeout
+                ]
             for i in overdue:
-                outcomes[i] = Outcome(targets[i],
-                                      error=f"no answer within {timeout:g} s")
+                outcomes[i] = Outcome(targets[i], error=f"no answer within {timeout:g} s")
     return [outcomes[i] for i in range(len(targets))]

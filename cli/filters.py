@@ -30,8 +30,9 @@ class Filters:
             if not eq or not key:
                 raise click.BadParameter(f"{item!r}: use KEY=VALUE", param_hint="--filter")
             if key not in allowed:
-                raise click.BadParameter(f"unknown filter {key!r} (known: {', '.join(allowed)})",
-                                         param_hint="--filter")  # fmt: skip
+                raise click.BadParameter(
+                    f"unknown filter {key!r} (known: {', '.join(allowed)})", param_hint="--filter"
+                )
             self.values.setdefault(key, []).append(value)
 
     def __contains__(self, key: str) -> bool:
@@ -55,7 +56,8 @@ class Filters:
     def glob(self, key: str, *actual: str) -> bool:
         """`reference=busybox:*`: a shell pattern matching one of `actual`."""
         return key not in self.values or any(
-            fnmatch.fnmatchcase(a, v) for v in self.values[key] for a in actual)
+            fnmatch.fnmatchcase(a, v) for v in self.values[key] for a in actual
+        )
 
     def labels(self, labels: Mapping[str, str], key: str = "label") -> bool:
         """Every label filter holds (K present, or K=V)."""
@@ -77,5 +79,11 @@ class Filters:
 
 def filter_option(keys: Sequence[str]) -> Callable[[F], F]:
     """`-f/--filter KEY=VALUE` (repeatable), documenting the keys."""
-    return click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-                        help=f"Only matching items; keys: {', '.join(keys)} (repeat to add).")
+    return click.option(
+        "-f",
+        "--filter",
+        "filters",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help=f"Only matching items; keys: {', '.join(keys)} (repeat to add).",
+    )

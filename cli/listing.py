@@ -68,8 +68,9 @@ def finish(outcomes: Sequence[Outcome[Any]]) -> None:
         sys.exit(1)
 
 
-def show_listing(options: GlobalOptions, fetch: Callable[[Target], Listing],
-                 quiet: bool = False) -> None:  # fmt: skip
+def show_listing(
+    options: GlobalOptions, fetch: Callable[[Target], Listing], quiet: bool = False
+) -> None:
     """Ask every target and print what they answered (see the module's docstring)."""
     outcomes = ask_all(options, fetch)
     answered = [(o.target, o.value) for o in outcomes if o.ok and o.value is not None]
@@ -81,8 +82,14 @@ def show_listing(options: GlobalOptions, fetch: Callable[[Target], Listing],
         _emit_formatted(options, answered)
     elif options.output != "table":
         if options.many:
-            emit_data([{"target": t.label, "record": to_data(r)}
-                       for t, listing in answered for r in listing.records], options.output)
+            emit_data(
+                [
+                    {"target": t.label, "record": to_data(r)}
+                    for t, listing in answered
+                    for r in listing.records
+                ],
+                options.output,
+            )
         else:
             emit_data(answered[0][1].records, options.output)
     elif not options.many:
@@ -98,10 +105,13 @@ def _emit_formatted(options: GlobalOptions, answered: Sequence[tuple[Target, Lis
 
     assert options.format is not None
     text = options.format
-    records = [{**({"Target": t.label} if options.many else {}), **row}
-               for t, listing in answered for row in listing.fields()]  # fmt: skip
+    records = [
+        {**({"Target": t.label} if options.many else {}), **row}
+        for t, listing in answered
+        for row in listing.fields()
+    ]
     if options.many and text.startswith("table") and ".Target" not in text:
-        text = "table {{.Target}}\t" + text[len("table"):].lstrip(" ")
+        text = "table {{.Target}}\t" + text[len("table") :].lstrip(" ")
     try:
         lines = render_all(text, records)
     except TemplateError as exc:
@@ -119,13 +129,15 @@ def merge_tables(parts: Sequence[tuple[str, Listing]]) -> tuple[list[str], list[
     rows = []
     for label, listing in parts:
         index = {h: i for i, h in enumerate(listing.headers)}
-        rows += [[label, *(row[index[h]] if h in index else "" for h in headers)]
-                 for row in listing.rows]  # fmt: skip
+        rows += [
+            [label, *(row[index[h]] if h in index else "" for h in headers)] for row in listing.rows
+        ]
     return [TARGET_HEADER, *headers], rows
 
 
-def show_records(options: GlobalOptions, refs: Sequence[str],
-                 get: Callable[[Target, str], Any]) -> None:  # fmt: skip
+def show_records(
+    options: GlobalOptions, refs: Sequence[str], get: Callable[[Target, str], Any]
+) -> None:
     """`inspect`: the whole record of every reference (JSON unless -o yaml). A reference
     that one target lacks is one stderr line; the others still print."""
     output = "yaml" if options.output == "yaml" else "json"

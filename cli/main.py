@@ -78,8 +78,14 @@ def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--version", is_flag=True, expose_value=False, is_eager=True,
-              callback=_print_version, help="Print the client's version and exit.")
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_print_version,
+    help="Print the client's version and exit.",
+)
 @click.option(
     "-H",
     "--host",
@@ -162,8 +168,9 @@ def cli(
     from dockyard.cli.client import TLSFiles
 
     tls = TLSFiles.from_values(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
-    ctx.obj = GlobalOptions(hosts, context_name, output, tls, all_contexts, target_timeout,
-                            concurrency)
+    ctx.obj = GlobalOptions(
+        hosts, context_name, output, tls, all_contexts, target_timeout, concurrency
+    )
 
 
 def main() -> None:

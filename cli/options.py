@@ -31,8 +31,7 @@ class GlobalOptions:
 
     def targets(self) -> list[Target]:
         if self._resolved is None:
-            self._resolved = resolve_targets(self.hosts, self.context, self.tls,
-                                             self.all_contexts)  # fmt: skip
+            self._resolved = resolve_targets(self.hosts, self.context, self.tls, self.all_contexts)
         return self._resolved
 
     @property
@@ -43,8 +42,7 @@ class GlobalOptions:
     def target(self) -> Target:
         targets = self.targets()
         if len(targets) > 1:
-            raise click.UsageError(
-                "this command addresses one daemon: give one -H or one context")
+            raise click.UsageError("this command addresses one daemon: give one -H or one context")
         return targets[0]
 
 
@@ -60,8 +58,13 @@ def output_option(command: F) -> F:
     """`-o` on the command itself, so `dockyard node ls -o json` works as well as
     `dockyard -o json node ls`."""
     return click.option(
-        "-o", "--output", type=click.Choice(FORMATS), default=None, expose_value=False,
-        callback=_set_output, help="Output format: table, json or yaml.",
+        "-o",
+        "--output",
+        type=click.Choice(FORMATS),
+        default=None,
+        expose_value=False,
+        callback=_set_output,
+        help="Output format: table, json or yaml.",
     )(command)
 
 
@@ -82,7 +85,10 @@ def format_option(command: F) -> F:
     """`--format`: `table`, `json` (a JSON object per line) or a Go template over the
     listed fields (`{{.Name}}`, `{{json .}}`, `table {{.ID}}\\t{{.Name}}`)."""
     return click.option(
-        "--format", default=None, expose_value=False, callback=_set_format,
+        "--format",
+        default=None,
+        expose_value=False,
+        callback=_set_format,
         metavar="FORMAT",
         help="table, json, or a Go template: '{{.Name}}', '{{json .}}', "
         "'table {{.ID}}\\t{{.Name}}' (see docs/cli-format.md).",

@@ -105,8 +105,10 @@ def _tokens(action: str) -> list[list[_Term]]:
             elif word in _FUNCTIONS:
                 commands[-1].append(_Term("function", word))
             else:
-                raise TemplateError(f"{{{{{action}}}}}: unknown function or value {word!r} "
-                                    f"(supported: {', '.join(sorted(_FUNCTIONS))})")  # fmt: skip
+                raise TemplateError(
+                    f"{{{{{action}}}}}: unknown function or value {word!r} "
+                    f"(supported: {', '.join(sorted(_FUNCTIONS))})"
+                )
     if any(not command for command in commands):
         raise TemplateError(f"{{{{{action}}}}}: empty command in the pipeline")
     return commands
@@ -117,13 +119,16 @@ def _evaluate(commands: list[list[_Term]], record: Any, action: str) -> Any:
     result: Any = None
     for command in commands:
         head, *rest = command
-        args = [_lookup(record, t.value, action) if t.kind == "field" else t.value
-                for t in rest] + piped  # fmt: skip
+        args = [
+            _lookup(record, t.value, action) if t.kind == "field" else t.value for t in rest
+        ] + piped
         if head.kind == "function":
             arity, function = _FUNCTIONS[head.value]
             if len(args) != arity:
-                raise TemplateError(f"{{{{{action}}}}}: {head.value} takes {arity} "
-                                    f"argument{'s' if arity > 1 else ''}, got {len(args)}")
+                raise TemplateError(
+                    f"{{{{{action}}}}}: {head.value} takes {arity} "
+                    f"argument{'s' if arity > 1 else ''}, got {len(args)}"
+                )
             if any(t.kind == "function" for t in rest):
                 raise TemplateError(f"{{{{{action}}}}}: use a pipeline to nest functions")
             result = function(*args)
@@ -147,8 +152,9 @@ class Template:
         out = []
         action = iter(self.actions)
         for part in self.parts:
-            out.append(part if isinstance(part, str)
-                       else _text(_evaluate(part, record, next(action))))  # fmt: skip
+            out.append(
+                part if isinstance(part, str) else _text(_evaluate(part, record, next(action)))
+            )
         return "".join(out)
 
     def header(self) -> str:
@@ -177,14 +183,14 @@ def parse(text: str) -> Template:
         raise TemplateError(f"--format is {len(text)} characters long; at most {MAX_TEMPLATE}")
     is_table = text.startswith("table ") or text.startswith("table\t")
     if is_table:
-        text = text[len("table"):].lstrip(" ")
+        text = text[len("table") :].lstrip(" ")
     text = text.replace("\\t", "\t").replace("\\n", "\n")
     parts: list[str | list[list[_Term]]] = []
     actions: list[str] = []
     position = 0
     for match in _ACTION.finditer(text):
         if match.start() > position:
-            parts.append(text[position:match.start()])
+            parts.append(text[position : match.start()])
         action = match.group(1)
         if not action:
             raise TemplateError("--format: empty action {{}}")

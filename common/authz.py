@@ -116,8 +116,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or method in self._public:
             return handler
-        return _wrap(handler, functools.partial(self._check, method),
-                     functools.partial(self._recheck, method))  # fmt: skip
+        return _wrap(
+            handler,
+            functools.partial(self._check, method),
+            functools.partial(self._recheck, method),
+        )
 
     async def _recheck(self, method: str, context: Any) -> None:
         """In a stream: end it once the caller's certificate is revoked."""
@@ -183,8 +186,9 @@ def _wrap(handler: Any, check: Callable[[Any], Any], recheck: Callable[[Any], An
     )
 
 
-def _streaming(inner: Callable[[Any, Any], Any], check: Callable[[Any], Any],
-               recheck: Callable[[Any], Any]) -> Any:  # fmt: skip
+def _streaming(
+    inner: Callable[[Any, Any], Any], check: Callable[[Any], Any], recheck: Callable[[Any], Any]
+) -> Any:
     async def behavior(request: Any, context: Any) -> Any:
         await check(context)
         result = inner(request, context)

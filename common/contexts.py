@@ -109,8 +109,9 @@ class ContextStore:
             return self.list()
         return self.expand([c.name for c in stored])
 
-    def create_group(self, name: str, members: builtins.list[str], description: str = "",
-                     overwrite: bool = False) -> Context:  # fmt: skip
+    def create_group(
+        self, name: str, members: builtins.list[str], description: str = "", overwrite: bool = False
+    ) -> Context:
         """A context naming other contexts: a call through it goes to all of them."""
         self._check_new_name(name)
         if not members:
@@ -125,8 +126,12 @@ class ContextStore:
         for member in members:
             if member not in known:
                 raise ContextError(f"--member: context {member!r} not found")
-        contexts[name] = {"host": "", "description": description, "tls": {},
-                          "members": list(members)}  # fmt: skip
+        contexts[name] = {
+            "host": "",
+            "description": description,
+            "tls": {},
+            "members": list(members),
+        }
         group = Context(name, "", description, {}, list(members))
         _expand({**{c.name: c for c in self.list()}, name: group}, [name])  # refuses a cycle
         self._write(data)
@@ -141,7 +146,11 @@ class ContextStore:
             raise ContextError(f"context {name!r} is built in and cannot be replaced")
 
     def create(
-        self, name: str, host: str, description: str = "", overwrite: bool = False,
+        self,
+        name: str,
+        host: str,
+        description: str = "",
+        overwrite: bool = False,
         tls: dict[str, str] | None = None,
     ) -> Context:
         self._check_new_name(name)
@@ -190,8 +199,9 @@ def _expand(known: dict[str, Context], names: list[str]) -> list[Context]:
 
     def visit(name: str, path: tuple[str, ...]) -> None:
         if name in path:
-            raise ContextError(f"context group {path[0]!r} contains itself: "
-                               f"{' -> '.join((*path, name))}")  # fmt: skip
+            raise ContextError(
+                f"context group {path[0]!r} contains itself: {' -> '.join((*path, name))}"
+            )
         if name not in known:
             where = f" (a member of group {path[-1]!r})" if path else ""
             raise ContextError(f"context {name!r} not found{where} (see `dockyard context ls`)")

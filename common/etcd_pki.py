@@ -73,11 +73,16 @@ def make_etcd_pki(directory: Path) -> EtcdTLS:
     ensure_private_dir(directory)
     tls = EtcdTLS(directory)
     ca = pki.CertificateAuthority.create("dockyard-etcd")
-    server_cert, server_key = ca.issue_pair(pki.CONTROLLER, "embedded-etcd",
-                                            validity=_VALIDITY, sans=_HOSTS)  # fmt: skip
+    server_cert, server_key = ca.issue_pair(
+        pki.CONTROLLER, "embedded-etcd", validity=_VALIDITY, sans=_HOSTS
+    )
     client_cert, client_key = ca.issue_pair(pki.CONTROLLER, "etcd-client", validity=_VALIDITY)
-    for path, data in ((tls.ca, ca.cert_pem), (tls.server_cert, server_cert),
-                       (tls.server_key, server_key), (tls.client_cert, client_cert),
-                       (tls.client_key, client_key)):  # fmt: skip
+    for path, data in (
+        (tls.ca, ca.cert_pem),
+        (tls.server_cert, server_cert),
+        (tls.server_key, server_key),
+        (tls.client_cert, client_cert),
+        (tls.client_key, client_key),
+    ):
         pki.write_private(path, data)
     return tls

@@ -188,11 +188,15 @@ def _tls_args(tls: EtcdTLS | None) -> list[str]:
     if tls is None:
         return []
     return [
-        f"--cert-file={tls.server_cert}", f"--key-file={tls.server_key}",
-        f"--trusted-ca-file={tls.ca}", "--client-cert-auth=true",
-        f"--peer-cert-file={tls.server_cert}", f"--peer-key-file={tls.server_key}",
-        f"--peer-trusted-ca-file={tls.ca}", "--peer-client-cert-auth=true",
-    ]  # fmt: skip
+        f"--cert-file={tls.server_cert}",
+        f"--key-file={tls.server_key}",
+        f"--trusted-ca-file={tls.ca}",
+        "--client-cert-auth=true",
+        f"--peer-cert-file={tls.server_cert}",
+        f"--peer-key-file={tls.server_key}",
+        f"--peer-trusted-ca-file={tls.ca}",
+        "--peer-client-cert-auth=true",
+    ]
 
 
 def _client_context(tls: EtcdTLS) -> ssl.SSLContext:
@@ -204,8 +208,9 @@ def _client_context(tls: EtcdTLS) -> ssl.SSLContext:
 async def _answers_health(port: int, tls: EtcdTLS | None = None) -> bool:
     context = _client_context(tls) if tls else None
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(
-            "127.0.0.1", port, ssl=context), 1.0)  # fmt: skip
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", port, ssl=context), 1.0
+        )
     except (OSError, TimeoutError, ssl.SSLError):
         return False
     try:

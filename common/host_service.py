@@ -64,8 +64,11 @@ class HostService:
 
     def state_dir_options(self, state_dir: Path) -> list[str]:
         """`--state-dir` for the unit's options when it is not the unit's own."""
-        return [] if _same(state_dir, self.default_state_dir) else ["--state-dir",
-                                                                    str(state_dir.resolve())]
+        return (
+            []
+            if _same(state_dir, self.default_state_dir)
+            else ["--state-dir", str(state_dir.resolve())]
+        )
 
     def settle(self, state_dir: Path, values: dict[str, str]) -> bool:
         """Write the settings and, when asked (or systemd runs), enable and start the unit.
@@ -73,17 +76,21 @@ class HostService:
         Returns whether the unit was started. Says on stdout what it did or why not.
         """
         if not self.applies_to(state_dir):
-            click.echo(f"settings not written: --state-dir {state_dir} is not the "
-                       f"{self.unit} unit's ({self.default_state_dir}); give --settings-file "
-                       "to write them")  # fmt: skip
+            click.echo(
+                f"settings not written: --state-dir {state_dir} is not the "
+                f"{self.unit} unit's ({self.default_state_dir}); give --settings-file "
+                "to write them"
+            )
             return False
         path = self.settings_file or SETTINGS_DIR / self.unit
         write_settings(path, values)
         click.echo(f"settings: {path}")
         start = systemd_runs() if self.start is None else self.start
         if not start:
-            click.echo(f"not started{'' if self.start is False else ' (systemd does not run)'}:"
-                       f" systemctl enable --now {self.unit}")  # fmt: skip
+            click.echo(
+                f"not started{'' if self.start is False else ' (systemd does not run)'}:"
+                f" systemctl enable --now {self.unit}"
+            )
             return False
         start_unit(self.unit)
         click.echo(f"started: {self.unit}.service (enabled)")
@@ -148,13 +155,14 @@ def start_unit(unit: str) -> None:
     systemctl = shutil.which("systemctl")
     if systemctl is None:
         raise ServiceError("systemctl is not on the PATH: start the daemon yourself")
-    for args in (["daemon-reload"], ["enable", f"{unit}.service"],
-                 ["restart", f"{unit}.service"]):  # fmt: skip
-        done = subprocess.run([systemctl, *args], capture_output=True, text=True,
-                              timeout=SYSTEMCTL_TIMEOUT)  # fmt: skip
+    for args in (["daemon-reload"], ["enable", f"{unit}.service"], ["restart", f"{unit}.service"]):
+        done = subprocess.run(
+            [systemctl, *args], capture_output=True, text=True, timeout=SYSTEMCTL_TIMEOUT
+        )
         if done.returncode != 0:
-            raise ServiceError(f"systemctl {' '.join(args)} failed: "
-                               f"{(done.stderr or done.stdout).strip()}")  # fmt: skip
+            raise ServiceError(
+                f"systemctl {' '.join(args)} failed: {(done.stderr or done.stdout).strip()}"
+            )
 
 
 def service_options(unit: str) -> Callable[[Any], Any]:
@@ -167,13 +175,19 @@ def service_options(unit: str) -> Callable[[Any], Any]:
             return HostService(unit, settings, value)
 
         command = click.option(
-            "--start/--no-start", "service", default=None, callback=to_service,
+            "--start/--no-start",
+            "service",
+            default=None,
+            callback=to_service,
             help=f"Enable and start {unit}.service after writing its settings "
             "[when systemd runs]; --no-start only writes them.",
         )(command)
         return click.option(
-            "--settings-file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-            is_eager=True, metavar="PATH",
+            "--settings-file",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            is_eager=True,
+            metavar="PATH",
             help=f"Where the unit's settings go [{SETTINGS_DIR / unit}, written only for "
             f"--state-dir {STATE_ROOT / unit.removeprefix('dockyard-')}].",
         )(command)
@@ -182,8 +196,13 @@ def service_options(unit: str) -> Callable[[Any], Any]:
 
 
 def controller_settings(
-    service: HostService, state_dir: Path, listen: str, advertise: str, endpoints: list[str],
-    etcd_prefix: str, etcd_tls: dict[str, Path | str | None],
+    service: HostService,
+    state_dir: Path,
+    listen: str,
+    advertise: str,
+    endpoints: list[str],
+    etcd_prefix: str,
+    etcd_tls: dict[str, Path | str | None],
 ) -> dict[str, str]:
     """DOCKYARD_LISTEN and DOCKYARD_CONTROLLER_OPTS for what `init`/`join` was given."""
     words = service.state_dir_options(state_dir)

@@ -46,8 +46,10 @@ def fetch_ca_chain(address: str, timeout: float = JOIN_TIMEOUT) -> list[bytes]:
     context.verify_mode = ssl.CERT_NONE
     context.set_alpn_protocols(["h2"])
     try:
-        with socket.create_connection((host, port), timeout) as sock, \
-                context.wrap_socket(sock, server_hostname=host) as tls:  # fmt: skip
+        with (
+            socket.create_connection((host, port), timeout) as sock,
+            context.wrap_socket(sock, server_hostname=host) as tls,
+        ):
             unverified = getattr(tls, "get_unverified_chain", None)
             chain = unverified() if unverified else tls._sslobj.get_unverified_chain()  # type: ignore[attr-defined]
     except OSError as exc:
@@ -91,8 +93,9 @@ async def request_certificate(
     request = IssueNodeCertificateRequest(
         token=token_text.strip(), csr_pem=pki.make_csr(key), hosts=hosts
     )
-    async with grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(ca_pem),
-                                       CONTROLLER_OPTIONS) as channel:  # fmt: skip
+    async with grpc.aio.secure_channel(
+        address, grpc.ssl_channel_credentials(ca_pem), CONTROLLER_OPTIONS
+    ) as channel:
         try:
             issued: NodeCertificate = await ca_pb2_grpc.NodeCAStub(channel).IssueNodeCertificate(
                 request, timeout=JOIN_TIMEOUT
@@ -104,8 +107,7 @@ async def request_certificate(
                     "a controller's: refusing to join through it. Nothing was sent."
                 ) from exc
             raise JoinError(
-                f"the controller at {address} refused the join: "
-                f"{exc.details() or exc.code().name}"
+                f"the controller at {address} refused the join: {exc.details() or exc.code().name}"
             ) from exc
     if pki.fingerprint(issued.ca_pem) != token.ca_fingerprint:
         raise JoinError("the controller answered with another CA than the token's")

@@ -238,9 +238,15 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -255,8 +261,9 @@ class CertificateAuthority:
 
     @classmethod
     def load(cls, directory: Path) -> CertificateAuthority:
-        return cls.from_pem((directory / "ca.pem").read_bytes(),
-                            (directory / "ca-key.pem").read_bytes())  # fmt: skip
+        return cls.from_pem(
+            (directory / "ca.pem").read_bytes(), (directory / "ca-key.pem").read_bytes()
+        )
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -292,8 +299,9 @@ class CertificateAuthority:
         names = [role_host(role)]
         for name in sans or []:
             if name.lower() in _ROLE_HOSTS and name.lower() != role_host(role):
-                raise PKIError(f"{name!r} names a role: only a {name.lower()[9:]} "
-                               "certificate carries it")  # fmt: skip
+                raise PKIError(
+                    f"{name!r} names a role: only a {name.lower()[9:]} certificate carries it"
+                )
             if name.lower() not in names:
                 names.append(name)
         now = dt.datetime.now(dt.UTC)
@@ -337,13 +345,19 @@ class CertificateAuthority:
         return self.issue(load_csr_key(csr_pem), role, subject_id, validity=validity)
 
     def issue_pair(
-        self, role: str, subject_id: str, *, validity: dt.timedelta = CLIENT_VALIDITY,
-        sans: list[str] | None = None, not_before: dt.datetime | None = None,
+        self,
+        role: str,
+        subject_id: str,
+        *,
+        validity: dt.timedelta = CLIENT_VALIDITY,
+        sans: list[str] | None = None,
+        not_before: dt.datetime | None = None,
     ) -> tuple[bytes, bytes]:
         """A new key and its certificate, both PEM (for identities made on this host)."""
         key = new_key()
-        cert = self.issue(key.public_key(), role, subject_id, validity=validity, sans=sans,
-                          not_before=not_before)  # fmt: skip
+        cert = self.issue(
+            key.public_key(), role, subject_id, validity=validity, sans=sans, not_before=not_before
+        )
         return cert_pem(cert), key_pem(key)
 
 
@@ -368,7 +382,7 @@ def parse_token(text: str) -> JoinToken:
     text = text.strip()
     if not text.startswith(TOKEN_PREFIX):
         raise TokenError(f"a join token starts with {TOKEN_PREFIX}")
-    parts = text[len(TOKEN_PREFIX):].split("-")
+    parts = text[len(TOKEN_PREFIX) :].split("-")
     if len(parts) != 2 or len(parts[0]) != 64 or not parts[1]:
         raise TokenError("a join token is DYTKN-1-<CA sha256, 64 hex digits>-<secret>")
     fp, secret = parts

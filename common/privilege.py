@@ -64,22 +64,54 @@ DEFAULT_CAPABILITIES: tuple[str, ...] = (
 """Docker's default capability set: every container has these."""
 
 ALL_CAPABILITIES: tuple[str, ...] = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
-    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
-    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-)  # fmt: skip
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+)
 """Every capability, in kernel numbering order (CAP_CHOWN is bit 0)."""
 
 _WHY: dict[str, str] = {
     "CAP_ALL": "every capability: root on the node",
     "CAP_SYS_ADMIN": "mounts, namespaces and most of the kernel's admin interfaces: the "
-                     "classic way out of a container",
+    "classic way out of a container",
     "CAP_SYS_MODULE": "loads kernel modules: any code in the node's kernel",
     "CAP_SYS_RAWIO": "raw I/O ports and /dev/mem: the node's memory and hardware",
     "CAP_SYS_PTRACE": "traces and injects code into other processes",
@@ -88,8 +120,7 @@ _WHY: dict[str, str] = {
     "CAP_NET_ADMIN": "reconfigures interfaces, routes and firewall rules",
     "CAP_MAC_ADMIN": "changes the node's LSM (AppArmor, SELinux) policy",
     "CAP_MAC_OVERRIDE": "bypasses the node's LSM policy",
-    "CAP_DAC_READ_SEARCH": "opens host files by handle (open_by_handle_at: the "
-                           "'shocker' escape)",
+    "CAP_DAC_READ_SEARCH": "opens host files by handle (open_by_handle_at: the 'shocker' escape)",
     "CAP_BPF": "loads BPF programs into the node's kernel",
     "CAP_PERFMON": "reads kernel and other processes' data through perf",
     "CAP_SYSLOG": "reads the kernel's log and its addresses",
@@ -100,15 +131,36 @@ _WHY: dict[str, str] = {
 
 PROTECTED_HOST_PATHS: tuple[str, ...] = (
     # the agent's, the controller's and the runtimes' own state, config and sockets
-    "/var/lib/dockyard", "/run/dockyard", "/etc/dockyard", "/run/runc", "/run/containerd",
-    "/var/lib/containerd", "/var/lib/docker", "/run/docker.sock", "/run/docker",
-    "/var/lib/etcd", "/var/lib/cni", "/opt/cni", "/run/netns",
-    "/run/systemd", "/run/dbus",
+    "/var/lib/dockyard",
+    "/run/dockyard",
+    "/etc/dockyard",
+    "/run/runc",
+    "/run/containerd",
+    "/var/lib/containerd",
+    "/var/lib/docker",
+    "/run/docker.sock",
+    "/run/docker",
+    "/var/lib/etcd",
+    "/var/lib/cni",
+    "/opt/cni",
+    "/run/netns",
+    "/run/systemd",
+    "/run/dbus",
     # the kernel's interfaces
-    "/proc", "/sys", "/dev",
+    "/proc",
+    "/sys",
+    "/dev",
     # the host's configuration, boot files, home of root and what host root runs
-    "/etc", "/boot", "/root", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64",
-)  # fmt: skip
+    "/etc",
+    "/boot",
+    "/root",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+)
 """Host paths a container may bind only under the privileged policy (`/var/run` is
 read as `/run`, as it is a link to it on every current distribution)."""
 
@@ -207,8 +259,11 @@ def privileges(
     """
     found: list[Privilege] = []
     if privileged:
-        found.append(Privilege(f"{prefix}privileged", "every capability, no seccomp "
-                                                      "filter and the node's devices"))
+        found.append(
+            Privilege(
+                f"{prefix}privileged", "every capability, no seccomp filter and the node's devices"
+            )
+        )
     for index, cap in enumerate(cap_add):
         why = capability_privilege(cap)
         if why is not None:
@@ -219,9 +274,17 @@ def privileges(
         if why is not None:
             found.append(Privilege(f"{prefix}{field}", why))
     if network == "host":
-        found.append(Privilege(f"{prefix}network", "host: the node's own network namespace "
-                                                   "(its interfaces and loopback services)"))
+        found.append(
+            Privilege(
+                f"{prefix}network",
+                "host: the node's own network namespace (its interfaces and loopback services)",
+            )
+        )
     if seccomp == "unconfined":
-        found.append(Privilege(f"{prefix}seccomp", "unconfined: every system call of the "
-                                                   "node's kernel, user namespaces included"))
+        found.append(
+            Privilege(
+                f"{prefix}seccomp",
+                "unconfined: every system call of the node's kernel, user namespaces included",
+            )
+        )
     return found

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 class InvalidReference(ValueError):
     """An image reference that Docker's rules refuse; the message says why."""
 
+
 __all__ = [
     "DEFAULT_REGISTRY",
     "DEFAULT_TAG",
@@ -63,8 +64,8 @@ class Reference:
         if self.registry != DEFAULT_REGISTRY:
             return self.name
         prefix = OFFICIAL_NAMESPACE + "/"
-        if self.repository.startswith(prefix) and "/" not in self.repository[len(prefix):]:
-            return self.repository[len(prefix):]
+        if self.repository.startswith(prefix) and "/" not in self.repository[len(prefix) :]:
+            return self.repository[len(prefix) :]
         return self.repository
 
     def familiar(self) -> str:
@@ -139,13 +140,12 @@ def _split_digest(text: str) -> tuple[str, str | None]:
 
 def _split_tag(text: str, remainder: str) -> tuple[str, str | None]:
     colon = remainder.rfind(":")
-    if colon == -1 or "/" in remainder[colon + 1:]:
+    if colon == -1 or "/" in remainder[colon + 1 :]:
         return remainder, None
-    tag = remainder[colon + 1:]
+    tag = remainder[colon + 1 :]
     if len(tag) > 128:
         raise InvalidReference(
-            f"invalid reference format: tag in {text!r} is {len(tag)} characters "
-            "long (at most 128)"
+            f"invalid reference format: tag in {text!r} is {len(tag)} characters long (at most 128)"
         )
     if not _TAG_RE.fullmatch(tag):
         raise InvalidReference(
@@ -165,8 +165,7 @@ def _split_domain(name: str) -> tuple[str, str]:
         return DEFAULT_REGISTRY, repository
     if not _DOMAIN_RE.fullmatch(first):
         raise InvalidReference(
-            f"invalid reference format: registry host {first!r} is not a valid "
-            "hostname[:port]"
+            f"invalid reference format: registry host {first!r} is not a valid hostname[:port]"
         )
     if first == LEGACY_REGISTRY:
         first = DEFAULT_REGISTRY

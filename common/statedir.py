@@ -39,7 +39,6 @@ def ensure_private_dir(path: Path) -> None:
         mode = stat.S_IMODE(os.fstat(fd).st_mode)
         if mode != PRIVATE_MODE:
             os.fchmod(fd, PRIVATE_MODE)
-            log.warning("state_dir.tightened", path=str(path), was=oct(mode),
-                        now=oct(PRIVATE_MODE))  # fmt: skip
+            log.warning("state_dir.tightened", path=str(path), was=oct(mode), now=oct(PRIVATE_MODE))
     finally:
         os.close(fd)

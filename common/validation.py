@@ -101,7 +101,11 @@ def check_subnet(text: str) -> ipaddress.IPv4Network:
         raise ValueError(f"bridge subnet {text!r}: {exc} (expected e.g. 10.87.0.0/16)") from None
     if not 8 <= network.prefixlen <= 29:
         raise ValueError(f"bridge subnet {text}: the prefix must be between /8 and /29")
-    if network.is_loopback or network.is_multicast or network.is_link_local or (
-            network.is_unspecified or network.is_reserved):  # fmt: skip
+    if (
+        network.is_loopback
+        or network.is_multicast
+        or network.is_link_local
+        or (network.is_unspecified or network.is_reserved)
+    ):
         raise ValueError(f"bridge subnet {text}: not a usable unicast range")
     return network

@@ -52,8 +52,9 @@ def _make_context(name: str, host: str, tls: dict[str, str], description: str) -
         raise click.ClickException(str(exc)) from exc
 
 
-async def _ca_from_etcd(endpoints: list[str], prefix: str, timeout: float, *,
-                        create: bool, credentials: dict[str, Any]) -> Any:  # fmt: skip
+async def _ca_from_etcd(
+    endpoints: list[str], prefix: str, timeout: float, *, create: bool, credentials: dict[str, Any]
+) -> Any:
     """The CA in etcd (None if there is none); with `create`, a new one published there."""
     from dockyard.common import pki
     from dockyard.controller.ca import fetch_ca, publish_ca
@@ -75,78 +76,127 @@ async def _ca_from_etcd(endpoints: list[str], prefix: str, timeout: float, *,
 
 def etcd_tls_options(command: Any) -> Any:
     """--etcd-cacert, --etcd-cert, --etcd-key: client TLS to an etcd given with --etcd."""
-    for option in reversed([
-        click.option("--etcd-cacert", default=None, metavar="FILE",
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="CA that signed the etcd servers' certificates (with --etcd)."),
-        click.option("--etcd-cert", default=None, metavar="FILE",
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="Client certificate for etcd's --client-cert-auth."),
-        click.option("--etcd-key", default=None, metavar="FILE",
-                     type=click.Path(dir_okay=False, path_type=Path),
-                     help="The client certificate's key."),
-        click.option("--etcd-server-name", default=None, metavar="NAME",
-                     help="A DNS name every etcd member's certificate carries: checked "
-                          "instead of each endpoint's host (needed with several endpoints "
-                          "over TLS)."),
-    ]):  # fmt: skip
+    for option in reversed(
+        [
+            click.option(
+                "--etcd-cacert",
+                default=None,
+                metavar="FILE",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="CA that signed the etcd servers' certificates (with --etcd).",
+            ),
+            click.option(
+                "--etcd-cert",
+                default=None,
+                metavar="FILE",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="Client certificate for etcd's --client-cert-auth.",
+            ),
+            click.option(
+                "--etcd-key",
+                default=None,
+                metavar="FILE",
+                type=click.Path(dir_okay=False, path_type=Path),
+                help="The client certificate's key.",
+            ),
+            click.option(
+                "--etcd-server-name",
+                default=None,
+                metavar="NAME",
+                help="A DNS name every etcd member's certificate carries: checked "
+                "instead of each endpoint's host (needed with several endpoints "
+                "over TLS).",
+            ),
+        ]
+    ):
         command = option(command)
     return command
 
 
-def etcd_credentials(endpoints: list[str], cacert: Path | None, cert: Path | None,
-                     key: Path | None, server_name: str | None) -> dict[str, Any]:  # fmt: skip
+def etcd_credentials(
+    endpoints: list[str],
+    cacert: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    server_name: str | None,
+) -> dict[str, Any]:
     """`Store(..., **these)` from the --etcd-* TLS flags: all three or none, only with
     --etcd (an embedded etcd makes its own)."""
     given = [f for f in (cacert, cert, key) if f is not None]
     if not given:
         if server_name:
-            raise click.BadParameter("--etcd-server-name needs --etcd-cacert, --etcd-cert "
-                                     "and --etcd-key")  # fmt: skip
+            raise click.BadParameter(
+                "--etcd-server-name needs --etcd-cacert, --etcd-cert and --etcd-key"
+            )
         return {}
     if len(given) != 3:
-        raise click.BadParameter("TLS to etcd needs all three of --etcd-cacert, --etcd-cert "
-                                 "and --etcd-key")  # fmt: skip
+        raise click.BadParameter(
+            "TLS to etcd needs all three of --etcd-cacert, --etcd-cert and --etcd-key"
+        )
     if not endpoints:
-        raise click.BadParameter("--etcd-cacert/--etcd-cert/--etcd-key need --etcd (an "
-                                 "embedded etcd makes its own certificates)")  # fmt: skip
+        raise click.BadParameter(
+            "--etcd-cacert/--etcd-cert/--etcd-key need --etcd (an "
+            "embedded etcd makes its own certificates)"
+        )
     assert cacert is not None and cert is not None and key is not None
     try:
-        return {"ca_cert": cacert.read_bytes(), "cert_chain": cert.read_bytes(),
-                "cert_key": key.read_bytes(), "tls_server_name": server_name or None}  # fmt: skip
+        return {
+            "ca_cert": cacert.read_bytes(),
+            "cert_chain": cert.read_bytes(),
+            "cert_key": key.read_bytes(),
+            "tls_server_name": server_name or None,
+        }
     except OSError as exc:
         raise click.BadParameter(f"cannot read etcd TLS material: {exc}") from exc
 
 
 def _etcd_options(command: Any) -> Any:
-    for option in reversed([
-        click.option("--etcd-prefix", default="/dockyard", show_default=True),
-        click.option("--etcd-timeout", default=10.0, show_default=True, type=float),
-    ]):  # fmt: skip
+    for option in reversed(
+        [
+            click.option("--etcd-prefix", default="/dockyard", show_default=True),
+            click.option("--etcd-timeout", default=10.0, show_default=True, type=float),
+        ]
+    ):
         command = option(command)
     return etcd_tls_options(command)
 
 
 def _identity_options(command: Any) -> Any:
     """--listen, --advertise and --context of `init` and `join`."""
-    for option in reversed([
-        click.option("--listen", default=f"127.0.0.1:{CONTROLLER_PORT}", show_default=True,
-                     help="The address `run --listen` will use (in the server certificate)."),
-        click.option("--advertise", default="", metavar="HOST:PORT",
-                     help="Address clients reach the controller at (a SAN; the context's "
-                          "host)."),
-        click.option("--context", "context_name", default="default-admin", show_default=True,
-                     help="CLI context to write with the admin identity."),
-    ]):  # fmt: skip
+    for option in reversed(
+        [
+            click.option(
+                "--listen",
+                default=f"127.0.0.1:{CONTROLLER_PORT}",
+                show_default=True,
+                help="The address `run --listen` will use (in the server certificate).",
+            ),
+            click.option(
+                "--advertise",
+                default="",
+                metavar="HOST:PORT",
+                help="Address clients reach the controller at (a SAN; the context's host).",
+            ),
+            click.option(
+                "--context",
+                "context_name",
+                default="default-admin",
+                show_default=True,
+                help="CLI context to write with the admin identity.",
+            ),
+        ]
+    ):
         command = option(command)
     return command
 
 
 def _addresses(listen: str, advertise: str, etcd: tuple[str, ...]) -> tuple[str, str, list[str]]:
     try:
-        return (normalize(listen, CONTROLLER_PORT),
-                normalize(advertise, CONTROLLER_PORT) if advertise else "",
-                [normalize(e, 2379) for item in etcd for e in item.split(",") if e])
+        return (
+            normalize(listen, CONTROLLER_PORT),
+            normalize(advertise, CONTROLLER_PORT) if advertise else "",
+            [normalize(e, 2379) for item in etcd for e in item.split(",") if e],
+        )
     except AddressError as exc:
         raise click.BadParameter(str(exc)) from exc
 
@@ -163,8 +213,9 @@ def _initialized(state_dir: Path) -> bool:
     return False
 
 
-def _write_controller(state_dir: Path, ca: Any, cert: bytes, key: bytes, host: str,
-                      context_name: str) -> None:  # fmt: skip
+def _write_controller(
+    state_dir: Path, ca: Any, cert: bytes, key: bytes, host: str, context_name: str
+) -> None:
     """The CA, this controller's certificate, an admin identity and its CLI context."""
     from dockyard.common import pki
     from dockyard.common.statedir import ensure_private_dir
@@ -185,32 +236,49 @@ def _write_controller(state_dir: Path, ca: Any, cert: bytes, key: bytes, host: s
 @click.command()
 @state_dir_option
 @_identity_options
-@click.option("--etcd", "etcd_endpoints", multiple=True, metavar="HOST:PORT",
-              help="The etcd the cluster will keep its state in (a new CA is published "
-                   "there; an etcd that already holds a cluster is joined with `join`).")
+@click.option(
+    "--etcd",
+    "etcd_endpoints",
+    multiple=True,
+    metavar="HOST:PORT",
+    help="The etcd the cluster will keep its state in (a new CA is published "
+    "there; an etcd that already holds a cluster is joined with `join`).",
+)
 @_etcd_options
 @service_options("dockyard-controller")
 def init(
-    state_dir: Path, listen: str, advertise: str, context_name: str,
-    etcd_endpoints: tuple[str, ...], etcd_prefix: str, etcd_timeout: float,
-    etcd_cacert: Path | None, etcd_cert: Path | None, etcd_key: Path | None,
-    etcd_server_name: str | None, service: HostService,
+    state_dir: Path,
+    listen: str,
+    advertise: str,
+    context_name: str,
+    etcd_endpoints: tuple[str, ...],
+    etcd_prefix: str,
+    etcd_timeout: float,
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    etcd_server_name: str | None,
+    service: HostService,
 ) -> None:
     """Create the cluster CA, the controller's certificate and an admin identity."""
     from dockyard.common import pki
     from dockyard.controller.ca import has_ca, pki_dir
 
     listen, advertise, endpoints = _addresses(listen, advertise, etcd_endpoints)
-    credentials = etcd_credentials(endpoints, etcd_cacert, etcd_cert, etcd_key,
-                                   etcd_server_name)
+    credentials = etcd_credentials(endpoints, etcd_cacert, etcd_cert, etcd_key, etcd_server_name)
     if _initialized(state_dir):
         return
     directory = pki_dir(state_dir)
     if endpoints:
-        existing = asyncio.run(_ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=False,
-                                             credentials=credentials))  # fmt: skip
-        if existing is not None and not (has_ca(state_dir) and pki.CertificateAuthority.load(
-                directory).fingerprint == existing.fingerprint):  # fmt: skip
+        existing = asyncio.run(
+            _ca_from_etcd(
+                endpoints, etcd_prefix, etcd_timeout, create=False, credentials=credentials
+            )
+        )
+        if existing is not None and not (
+            has_ca(state_dir)
+            and pki.CertificateAuthority.load(directory).fingerprint == existing.fingerprint
+        ):
             raise click.ClickException(
                 f"etcd at {','.join(endpoints)} already holds a cluster (CA sha256 "
                 f"{existing.fingerprint}): join it with `dockyard-controller join --token "
@@ -218,37 +286,69 @@ def init(
                 "with `dockyard-controller token create --role controller`)"
             )
         ca = existing or asyncio.run(
-            _ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=True,
-                          credentials=credentials))
+            _ca_from_etcd(
+                endpoints, etcd_prefix, etcd_timeout, create=True, credentials=credentials
+            )
+        )
     elif has_ca(state_dir):
         ca = pki.CertificateAuthority.load(directory)
     else:
         ca = pki.CertificateAuthority.create()
-    cert, key = ca.issue_pair(pki.CONTROLLER, "init", validity=dt.timedelta(days=365),
-                              sans=pki.controller_sans(listen, advertise))  # fmt: skip
+    cert, key = ca.issue_pair(
+        pki.CONTROLLER,
+        "init",
+        validity=dt.timedelta(days=365),
+        sans=pki.controller_sans(listen, advertise),
+    )
     _write_controller(state_dir, ca, cert, key, advertise or listen, context_name)
-    started = _settle(service, state_dir, listen, advertise, endpoints, etcd_prefix,
-                      (etcd_cacert, etcd_cert, etcd_key, etcd_server_name))  # fmt: skip
+    started = _settle(
+        service,
+        state_dir,
+        listen,
+        advertise,
+        endpoints,
+        etcd_prefix,
+        (etcd_cacert, etcd_cert, etcd_key, etcd_server_name),
+    )
     run_first = "" if started else f"dockyard-controller run --state-dir {state_dir}, then "
     click.echo(f"next: {run_first}dockyard-controller token create --role agent")
 
 
 @click.command()
 @click.argument("address", metavar="CONTROLLER:JOIN_PORT")
-@click.option("--token", required=True, envvar="DOCKYARD_JOIN_TOKEN",
-              help="A controller join token (`dockyard-controller token create --role "
-                   "controller`).")
+@click.option(
+    "--token",
+    required=True,
+    envvar="DOCKYARD_JOIN_TOKEN",
+    help="A controller join token (`dockyard-controller token create --role controller`).",
+)
 @state_dir_option
 @_identity_options
-@click.option("--etcd", "etcd_endpoints", multiple=True, metavar="HOST:PORT", required=True,
-              help="The cluster's etcd (repeat for several endpoints).")
+@click.option(
+    "--etcd",
+    "etcd_endpoints",
+    multiple=True,
+    metavar="HOST:PORT",
+    required=True,
+    help="The cluster's etcd (repeat for several endpoints).",
+)
 @_etcd_options
 @service_options("dockyard-controller")
 def join(
-    address: str, token: str, state_dir: Path, listen: str, advertise: str, context_name: str,
-    etcd_endpoints: tuple[str, ...], etcd_prefix: str, etcd_timeout: float,
-    etcd_cacert: Path | None, etcd_cert: Path | None, etcd_key: Path | None,
-    etcd_server_name: str | None, service: HostService,
+    address: str,
+    token: str,
+    state_dir: Path,
+    listen: str,
+    advertise: str,
+    context_name: str,
+    etcd_endpoints: tuple[str, ...],
+    etcd_prefix: str,
+    etcd_timeout: float,
+    etcd_cacert: Path | None,
+    etcd_cert: Path | None,
+    etcd_key: Path | None,
+    etcd_server_name: str | None,
+    service: HostService,
 ) -> None:
     """Join a running cluster as one more controller.
 
@@ -260,8 +360,7 @@ def join(
     from dockyard.common.joining import JoinError, request_certificate
 
     listen, advertise, endpoints = _addresses(listen, advertise, etcd_endpoints)
-    credentials = etcd_credentials(endpoints, etcd_cacert, etcd_cert, etcd_key,
-                                   etcd_server_name)
+    credentials = etcd_credentials(endpoints, etcd_cacert, etcd_cert, etcd_key, etcd_server_name)
     try:
         address = normalize(address, JOIN_PORT)
     except AddressError as exc:
@@ -274,38 +373,65 @@ def join(
     except JoinError as exc:
         raise click.ClickException(str(exc)) from exc
     if issued.role != pki.CONTROLLER:
-        raise click.ClickException(f"this is a {issued.role} join token: an agent joins with "
-                                   "`dockyard-agent join`; ask for `token create --role "
-                                   "controller`")  # fmt: skip
-    ca = asyncio.run(_ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=False,
-                                   credentials=credentials))  # fmt: skip
+        raise click.ClickException(
+            f"this is a {issued.role} join token: an agent joins with "
+            "`dockyard-agent join`; ask for `token create --role "
+            "controller`"
+        )
+    ca = asyncio.run(
+        _ca_from_etcd(endpoints, etcd_prefix, etcd_timeout, create=False, credentials=credentials)
+    )
     if ca is None:
-        raise click.ClickException(f"etcd at {','.join(endpoints)} holds no cluster: give the "
-                                   "etcd the cluster's controllers use")  # fmt: skip
+        raise click.ClickException(
+            f"etcd at {','.join(endpoints)} holds no cluster: give the "
+            "etcd the cluster's controllers use"
+        )
     if ca.fingerprint != pki.fingerprint(issued.ca_pem):
         raise click.ClickException(
             f"etcd at {','.join(endpoints)} holds another cluster's CA (sha256 "
             f"{ca.fingerprint}), not the one of the controller at {address}; nothing written"
         )
-    _write_controller(state_dir, ca, issued.cert_pem, pki.key_pem(key), advertise or listen,
-                      context_name)  # fmt: skip
+    _write_controller(
+        state_dir, ca, issued.cert_pem, pki.key_pem(key), advertise or listen, context_name
+    )
     click.echo(f"joined as controller {issued.node_id}")
-    if not _settle(service, state_dir, listen, advertise, endpoints, etcd_prefix,
-                   (etcd_cacert, etcd_cert, etcd_key, etcd_server_name)):  # fmt: skip
-        click.echo(f"next: dockyard-controller run --state-dir {state_dir} "
-                   f"--etcd {','.join(endpoints)}")  # fmt: skip
+    if not _settle(
+        service,
+        state_dir,
+        listen,
+        advertise,
+        endpoints,
+        etcd_prefix,
+        (etcd_cacert, etcd_cert, etcd_key, etcd_server_name),
+    ):
+        click.echo(
+            f"next: dockyard-controller run --state-dir {state_dir} --etcd {','.join(endpoints)}"
+        )
 
 
-def _settle(service: HostService, state_dir: Path, listen: str, advertise: str,
-            endpoints: list[str], etcd_prefix: str,
-            tls: tuple[Path | None, Path | None, Path | None, str | None]) -> bool:  # fmt: skip
+def _settle(
+    service: HostService,
+    state_dir: Path,
+    listen: str,
+    advertise: str,
+    endpoints: list[str],
+    etcd_prefix: str,
+    tls: tuple[Path | None, Path | None, Path | None, str | None],
+) -> bool:
     """The unit's settings and its start (common/host_service.py); whether it started."""
     from dockyard.common.host_service import ServiceError, controller_settings
 
     flags = ("--etcd-cacert", "--etcd-cert", "--etcd-key", "--etcd-server-name")
     try:
-        settings = controller_settings(service, state_dir, listen, advertise, endpoints,
-                                       etcd_prefix, dict(zip(flags, tls, strict=True)))
+        settings = controller_settings(
+            service,
+            state_dir,
+            listen,
+            advertise,
+            endpoints,
+            etcd_prefix,
+            dict(zip(flags, tls, strict=True)),
+        )
         started = service.settle(state_dir, settings)
     except (OSError, ValueError, ServiceError) as exc:
         raise click.ClickException(f"the controller's identity is written, but {exc}") from exc
@@ -324,13 +450,28 @@ def user() -> None:
 @click.option("--role", type=click.Choice(["admin", "read-only"]), required=True)
 @state_dir_option
 @click.option("--context", "context_name", default=None, help="Context to write [NAME].")
-@click.option("--host", default=None, metavar="HOST:PORT",
-              help="The controller's address [the one given to init].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to write ca.pem, cert.pem, key.pem [STATE_DIR/pki/users/NAME].")
+@click.option(
+    "--host",
+    default=None,
+    metavar="HOST:PORT",
+    help="The controller's address [the one given to init].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write ca.pem, cert.pem, key.pem [STATE_DIR/pki/users/NAME].",
+)
 @click.option("--days", type=click.IntRange(min=1), default=365, show_default=True)
-def create_user(name: str, role: str, state_dir: Path, context_name: str | None,
-                host: str | None, out: Path | None, days: int) -> None:  # fmt: skip
+def create_user(
+    name: str,
+    role: str,
+    state_dir: Path,
+    context_name: str | None,
+    host: str | None,
+    out: Path | None,
+    days: int,
+) -> None:
     """Issue a client identity for NAME with a role, and a CLI context for it."""
     from dockyard.common import pki
     from dockyard.common.validation import ValidationError, check_name
@@ -346,8 +487,11 @@ def create_user(name: str, role: str, state_dir: Path, context_name: str | None,
     ca = pki.CertificateAuthority.load(directory)
     if host is None:
         cluster = directory / "cluster.json"
-        host = json.loads(cluster.read_text())["address"] if cluster.exists() else (
-            f"127.0.0.1:{CONTROLLER_PORT}")  # fmt: skip
+        host = (
+            json.loads(cluster.read_text())["address"]
+            if cluster.exists()
+            else (f"127.0.0.1:{CONTROLLER_PORT}")
+        )
     cert, key = ca.issue_pair(role, name, validity=dt.timedelta(days=days))
     tls = _write_identity(out or directory / "users" / name, ca.cert_pem, cert, key)
     # A copy the controller records (cert ls, cert revoke), wherever --out put the files.
@@ -355,8 +499,10 @@ def create_user(name: str, role: str, state_dir: Path, context_name: str | None,
     (directory / "issued").mkdir(exist_ok=True)
     (directory / "issued" / f"{serial}.pem").write_bytes(cert)
     _make_context(context_name or name, host, tls, f"{role} user {name}")
-    click.echo(f"{role} identity for {name}: {Path(tls['cert']).parent}; "
-               f"CLI context {context_name or name!r}; serial {serial}")  # fmt: skip
+    click.echo(
+        f"{role} identity for {name}: {Path(tls['cert']).parent}; "
+        f"CLI context {context_name or name!r}; serial {serial}"
+    )
 
 
 def days_as_hours(text: str) -> str:

@@ -83,8 +83,9 @@ class Assigner:
         try:
             raw = await self._store.get_raw(REGISTRY_AUTHS, service_id)
         except StoreError as exc:
-            log.warning("assignments.registry_auth_unreadable", service_id=service_id,
-                        error=str(exc))  # fmt: skip
+            log.warning(
+                "assignments.registry_auth_unreadable", service_id=service_id, error=str(exc)
+            )
             return None
         auth = RegistryAuth.FromString(raw[0]) if raw is not None else None
         self._auths[service_id] = (service.meta.version, auth)
@@ -143,8 +144,14 @@ def _fingerprint(assignments: AssignmentSet) -> frozenset[tuple[str, int, int]]:
     return frozenset(
         [(t.id, t.desired_state, t.spec_version) for t in assignments.tasks]
         + [("secret:" + s.id, 0, 0) for s in assignments.secrets]
-        + [("auth:" + service_id + ":" + hashlib.sha256(auth.SerializeToString()).hexdigest(),
-            0, 0) for service_id, auth in assignments.registry_auths.items()]
+        + [
+            (
+                "auth:" + service_id + ":" + hashlib.sha256(auth.SerializeToString()).hexdigest(),
+                0,
+                0,
+            )
+            for service_id, auth in assignments.registry_auths.items()
+        ]
     )
 
 
@@ -171,8 +178,9 @@ class StatusWriter:
     changed (the metrics count them).
     """
 
-    def __init__(self, store: Store, state: ClusterState,
-                 on_transition: Callable[[str], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, store: Store, state: ClusterState, on_transition: Callable[[str], None] | None = None
+    ) -> None:
         self._store = store
         self._state = state
         self._on_transition = on_transition
@@ -248,9 +256,9 @@ class StatusWriter:
             if not reports:
                 return
 
-
-    def _count_transitions(self, tasks: list[Task], written: list[bool],
-                           before: Mapping[str, int]) -> None:  # fmt: skip
+    def _count_transitions(
+        self, tasks: list[Task], written: list[bool], before: Mapping[str, int]
+    ) -> None:
         if self._on_transition is None:
             return
         for task, ok in zip(tasks, written, strict=True):

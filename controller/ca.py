@@ -98,9 +98,7 @@ def has_ca(state_dir: Path) -> bool:
 
 async def publish_ca(store: Store, ca: pki.CertificateAuthority) -> None:
     """Make `ca` the cluster's CA in etcd, or check that it already is."""
-    record = RootCA(
-        cert_pem=ca.cert_pem, key_pem=pki.key_pem(ca.key), fingerprint=ca.fingerprint
-    )
+    record = RootCA(cert_pem=ca.cert_pem, key_pem=pki.key_pem(ca.key), fingerprint=ca.fingerprint)
     try:
         await store.create(ROOT_CA, "root", record)
         log.info("ca.published", fingerprint=ca.fingerprint)
@@ -164,16 +162,18 @@ class ClusterCA:
         check_token_request(role, ttl_seconds, max_uses)
         token = pki.JoinToken.new(self.ca.fingerprint)
         record = JoinTokenRecord(
-            id=token.secret_hash[:12], role=role, secret_hash=token.secret_hash,
-            created_at=now_timestamp(), max_uses=max_uses,
-        )  # fmt: skip
+            id=token.secret_hash[:12],
+            role=role,
+            secret_hash=token.secret_hash,
+            created_at=now_timestamp(),
+            max_uses=max_uses,
+        )
         if ttl_seconds:
             record.expires_at.CopyFrom(
                 _timestamp(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=ttl_seconds))
             )
         await self.store.create(JOIN_TOKENS, record.id, record)
-        log.info("token.created", token_id=record.id, role=role, ttl=ttl_seconds,
-                 max_uses=max_uses)  # fmt: skip
+        log.info("token.created", token_id=record.id, role=role, ttl=ttl_seconds, max_uses=max_uses)
         return str(token), record
 
     async def list_tokens(self) -> list[JoinTokenRecord]:
@@ -231,8 +231,7 @@ class ClusterCA:
             if record.max_uses and record.uses >= record.max_uses:
                 raise TokenRefused("the join token is used up")
             record.uses += 1
-            op = self.store.raw_op(JOIN_TOKENS, token_id, record.SerializeToString(),
-                                   expect=raw[1])  # fmt: skip
+            op = self.store.raw_op(JOIN_TOKENS, token_id, record.SerializeToString(), expect=raw[1])
             try:
                 await self.store.commit([op])
             except Conflict:
@@ -254,25 +253,41 @@ class ClusterCA:
         so a renewal racing with `node rm` is either refused or seen (and revoked) by it.
         """
         csr_key = check_certificate_request(csr_pem, hosts)
-        sans = (pki.controller_sans(*hosts) if role == pki.CONTROLLER
-                else node_sans(subject_id, hosts, observed))  # fmt: skip
+        sans = (
+            pki.controller_sans(*hosts)
+            if role == pki.CONTROLLER
+            else node_sans(subject_id, hosts, observed)
+        )
         cert = self.ca.issue(csr_key, role, subject_id, validity=self.node_validity, sans=sans)
         serial = format(cert.serial_number, "x")
         try:
-            await self.store.commit([
-                self.store.check_op(REMOVED_SUBJECTS, subject_id, 0),
-                self.store.put_op(ISSUED_CERTS, serial, _issued_record(cert), expect=None),
-            ])  # fmt: skip
+            await self.store.commit(
+                [
+                    self.store.check_op(REMOVED_SUBJECTS, subject_id, 0),
+                    self.store.put_op(ISSUED_CERTS, serial, _issued_record(cert), expect=None),
+                ]
+            )
         except Conflict as exc:
             log.warning("cert.refused_removed", role=role, subject=subject_id)
-            raise SubjectRemoved(f"{role} {subject_id} was removed from the cluster: its "
-                                 "certificates are revoked and none is issued again") from exc
-        log.info("cert.issued", role=role, subject=subject_id, serial=serial, sans=sans,
-                 not_after=cert.not_valid_after_utc.isoformat())  # fmt: skip
+            raise SubjectRemoved(
+                f"{role} {subject_id} was removed from the cluster: its "
+                "certificates are revoked and none is issued again"
+            ) from exc
+        log.info(
+            "cert.issued",
+            role=role,
+            subject=subject_id,
+            serial=serial,
+            sans=sans,
+            not_after=cert.not_valid_after_utc.isoformat(),
+        )
         return NodeCertificate(
-            node_id=subject_id, role=role, cert_pem=pki.cert_pem(cert), ca_pem=self.ca.cert_pem,
+            node_id=subject_id,
+            role=role,
+            cert_pem=pki.cert_pem(cert),
+            ca_pem=self.ca.cert_pem,
             controllers=self._controllers(),
-        )  # fmt: skip
+        )
 
     async def record(self, cert_pem: bytes) -> bool:
         """Record a certificate this CA issued elsewhere (a controller's own, `init`'s,
@@ -313,8 +328,11 @@ class ClusterCA:
     async def revoke_subject(self, subject_id: str, reason: str) -> list[str]:
         """Remove `subject_id` from the cluster: no certificate is issued to it again,
         and every certificate issued to it is revoked; return their serials."""
-        await self.store.put(REMOVED_SUBJECTS, subject_id, RevokedCert(
-            subject_id=subject_id, revoked_at=now_timestamp(), reason=reason))  # fmt: skip
+        await self.store.put(
+            REMOVED_SUBJECTS,
+            subject_id,
+            RevokedCert(subject_id=subject_id, revoked_at=now_timestamp(), reason=reason),
+        )
         # Listed after the mark: a certificate recorded before it is in this list, one
         # after it was refused (`issue`).
         issued, _ = await self.store.list_all(ISSUED_CERTS)
@@ -335,18 +353,29 @@ class ClusterCA:
         try:
             cert = await self.store.get(ISSUED_CERTS, serial)
         except NotFound:
-            raise NotFound(f"no certificate with serial {serial} was issued by this cluster "
-                           "(see `dockyard-controller cert ls`)") from None  # fmt: skip
+            raise NotFound(
+                f"no certificate with serial {serial} was issued by this cluster "
+                "(see `dockyard-controller cert ls`)"
+            ) from None
         record = await self._revoke(cert, reason or "revoked by an admin")
-        log.info("cert.revoked", subject=cert.subject_id, role=cert.role, serials=[serial],
-                 reason=record.reason)  # fmt: skip
+        log.info(
+            "cert.revoked",
+            subject=cert.subject_id,
+            role=cert.role,
+            serials=[serial],
+            reason=record.reason,
+        )
         self.on_change()
         return record
 
     async def _revoke(self, cert: IssuedCert, reason: str) -> RevokedCert:
-        record = RevokedCert(serial=cert.serial, subject_id=cert.subject_id,
-                             revoked_at=now_timestamp(), not_after=cert.not_after,
-                             reason=reason)  # fmt: skip
+        record = RevokedCert(
+            serial=cert.serial,
+            subject_id=cert.subject_id,
+            revoked_at=now_timestamp(),
+            not_after=cert.not_after,
+            reason=reason,
+        )
         await self.store.put(REVOKED_CERTS, cert.serial, record)
         self.revoked[cert.serial] = _expiry(cert.not_after)
         self.on_revoke(cert.serial, cert.subject_id)
@@ -382,8 +411,12 @@ class ClusterCA:
 
 def _issued_record(cert: x509.Certificate) -> IssuedCert:
     identity = pki.identity_of(cert)
-    return IssuedCert(serial=identity.serial, subject_id=identity.id, role=identity.role,
-                      not_after=_timestamp(cert.not_valid_after_utc))  # fmt: skip
+    return IssuedCert(
+        serial=identity.serial,
+        subject_id=identity.id,
+        role=identity.role,
+        not_after=_timestamp(cert.not_valid_after_utc),
+    )
 
 
 def offline_certificates(directory: Path) -> list[Path]:
@@ -422,7 +455,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 def _host_part(text: str) -> str:
     """The host of ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``."""
     if text.startswith("[") and "]" in text:
-        return text[1:text.index("]")]
+        return text[1 : text.index("]")]
     return text.rsplit(":", 1)[0] if text.count(":") == 1 else text
 
 
@@ -462,8 +495,9 @@ def check_certificate_request(csr_pem: bytes, hosts: list[str]) -> ec.EllipticCu
             ipaddress.ip_address(host)
         except ValueError:
             if len(host) > 253 or not _HOSTNAME.match(host):
-                raise ValidationError(f"hosts[{index}]", f"not a host name or IP: {text[:80]!r}") \
-                    from None
+                raise ValidationError(
+                    f"hosts[{index}]", f"not a host name or IP: {text[:80]!r}"
+                ) from None
     return key
 
 
@@ -504,14 +538,20 @@ class NodeCAServicer(ca_pb2_grpc.NodeCAServicer):
     ) -> NodeCertificate:
         identity = peer_identity(context)
         if identity is None or identity.role not in (pki.NODE, pki.CONTROLLER):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                "only a node renews its own certificate")  # fmt: skip
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, "only a node renews its own certificate"
+            )
             raise AssertionError("unreachable")
         check_certificate_request(request.csr_pem, list(request.hosts))  # a bad one costs nothing
         await self._limit_renewals(identity.id, context)
         try:
-            return await self._ca.issue(request.csr_pem, identity.role, identity.id,
-                                        list(request.hosts), host_of_peer(context.peer()))
+            return await self._ca.issue(
+                request.csr_pem,
+                identity.role,
+                identity.id,
+                list(request.hosts),
+                host_of_peer(context.peer()),
+            )
         except SubjectRemoved as exc:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
             raise AssertionError("unreachable") from exc
@@ -534,7 +574,8 @@ class NodeCAServicer(ca_pb2_grpc.NodeCAServicer):
         identity = peer_identity(context)
         by = f"{identity.role} {identity.id}" if identity is not None else "unknown"
         revoked = await self._ca.revoke_serial(
-            request.serial, request.reason[:200] or f"revoked by {by}")
+            request.serial, request.reason[:200] or f"revoked by {by}"
+        )
         return RevokeCertificateResponse(revoked=revoked)
 
     async def _limit_renewals(self, node_id: str, context: Context) -> None:

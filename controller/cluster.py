@@ -33,8 +33,10 @@ log = structlog.get_logger(__name__)
 
 CLUSTER_ID = "id"  # the one record's key
 _ATTEMPTS = 3  # of a policy change racing service writes
-HOW_TO_ALLOW = ("the cluster's policy does not allow privileged containers (an admin can "
-                "allow them with `dockyard cluster update --allow-privileged=true`)")  # fmt: skip
+HOW_TO_ALLOW = (
+    "the cluster's policy does not allow privileged containers (an admin can "
+    "allow them with `dockyard cluster update --allow-privileged=true`)"
+)
 
 
 class PolicyDenied(Exception):
@@ -44,11 +46,18 @@ class PolicyDenied(Exception):
 def privileges_of(spec: ServiceSpec, field: str = "spec") -> list[Privilege]:
     """What makes a service spec's containers privileged in effect (empty: nothing)."""
     container = spec.task.container
-    binds = [(f"mounts[{i}].source", m.source) for i, m in enumerate(container.mounts)
-             if m.type == "bind"]  # fmt: skip
-    return privileges(privileged=container.privileged, cap_add=list(container.cap_add),
-                      binds=binds, network=container.network,
-                      prefix=f"{field}.task.container.")  # fmt: skip
+    binds = [
+        (f"mounts[{i}].source", m.source)
+        for i, m in enumerate(container.mounts)
+        if m.type == "bind"
+    ]
+    return privileges(
+        privileged=container.privileged,
+        cap_add=list(container.cap_add),
+        binds=binds,
+        network=container.network,
+        prefix=f"{field}.task.container.",
+    )
 
 
 @dataclass(frozen=True)
@@ -104,9 +113,13 @@ class ClusterRecord:
             services, _ = await self._store.list_all(SERVICES)
             dropped = _forbidden_rollbacks(Policy(spec, version), services)
             if len(dropped) >= MAX_TXN_OPS:
-                raise ValidationError("spec.allow_privileged", (
-                    f"{len(dropped)} services keep a privileged previous spec, more than "
-                    f"{MAX_TXN_OPS - 1} can be dropped at once: update some of them first"))
+                raise ValidationError(
+                    "spec.allow_privileged",
+                    (
+                        f"{len(dropped)} services keep a privileged previous spec, more than "
+                        f"{MAX_TXN_OPS - 1} can be dropped at once: update some of them first"
+                    ),
+                )
             ops = [self._store.put_op(CLUSTER, CLUSTER_ID, cluster, expect=version)]
             ops += [self._store.put_op(SERVICES, s.id, s, expect=s.meta.version) for s in dropped]
             try:
@@ -116,10 +129,17 @@ class ClusterRecord:
                     raise
                 continue  # a service changed meanwhile (or the cluster: caught above)
             for service in dropped:
-                log.warning("service.rollback_target_dropped", service_id=service.id,
-                            name=service.spec.name, reason="the cluster's policy forbids it")
-            log.info("cluster.updated", allow_privileged=spec.allow_privileged,
-                     rollback_targets_dropped=len(dropped))  # fmt: skip
+                log.warning(
+                    "service.rollback_target_dropped",
+                    service_id=service.id,
+                    name=service.spec.name,
+                    reason="the cluster's policy forbids it",
+                )
+            log.info(
+                "cluster.updated",
+                allow_privileged=spec.allow_privileged,
+                rollback_targets_dropped=len(dropped),
+            )
             return cluster
         raise AssertionError("unreachable")
 

@@ -121,10 +121,14 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             log.info("session.closed", node_id=session.node_id, session_id=session.session_id)
 
     def _accepted(self, session: AgentSession) -> DispatcherMessage:
-        return DispatcherMessage(accepted=SessionAccepted(
-            session_id=session.session_id, node_id=session.node_id,
-            cluster_id=self._cluster_id, heartbeat_period_seconds=self.heartbeat_period,
-        ))  # fmt: skip
+        return DispatcherMessage(
+            accepted=SessionAccepted(
+                session_id=session.session_id,
+                node_id=session.node_id,
+                cluster_id=self._cluster_id,
+                heartbeat_period_seconds=self.heartbeat_period,
+            )
+        )
 
     async def _greet(self, session: AgentSession, node: Node) -> None:
         """The node's network map, then its whole set, into its outbox. A full set
@@ -158,13 +162,19 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
     ) -> tuple[AgentSession, Node]:
         hello = first.hello
         if len(hello.node_id) > MAX_REF_LENGTH:  # it is echoed in errors: keep them small
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                f"hello.node_id: at most {MAX_REF_LENGTH} characters")  # fmt: skip
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"hello.node_id: at most {MAX_REF_LENGTH} characters",
+            )
         identity = peer_identity(context)
         if identity is not None and identity.role == NODE and identity.id != hello.node_id:
             # A node speaks only as itself: the ID in its certificate.
-            log.warning("session.impersonation", cert_node_id=identity.id,
-                        hello_node_id=hello.node_id, remote=context.peer())  # fmt: skip
+            log.warning(
+                "session.impersonation",
+                cert_node_id=identity.id,
+                hello_node_id=hello.node_id,
+                remote=context.peer(),
+            )
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"this certificate is node {identity.id}'s; it cannot open a session "
@@ -188,8 +198,12 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             code = status_for(exc)
             if code is None:
                 raise
-            log.warning("session.refused", name=hello.name[:200], node_id=hello.node_id,
-                        reason=details_for(exc))  # fmt: skip
+            log.warning(
+                "session.refused",
+                name=hello.name[:200],
+                node_id=hello.node_id,
+                reason=details_for(exc),
+            )
             await context.abort(code, details_for(exc))
         serial = identity.serial if identity is not None else ""
         session = AgentSession(secrets.token_hex(8), node.id, remote, serial=serial)
@@ -239,4 +253,3 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             pass  # the stream broke: the session ends
         finally:
             session.close()
-

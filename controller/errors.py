@@ -75,9 +75,7 @@ def grpc_errors(
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
                 log.exception("api.unhandled_error", method=method.__name__)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, f"internal error: {details_for(exc)}"
-                )
+                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {details_for(exc)}")
                 raise
             await context.abort(code, details_for(exc))
             raise

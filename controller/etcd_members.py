@@ -77,24 +77,38 @@ async def etcd_members(etcd: EtcdAccess) -> list[EtcdMember]:
     """
     assert etcd.client.cluster is not None
     try:
-        listed = await etcd.call("members", etcd.client.cluster.member_list(
-            linearizable=False, timeout=MEMBER_STATUS_TIMEOUT, max_attempts=1))
-        members = [EtcdMember(int(m.ID), str(m.name), tuple(str(u) for u in m.clientURLs),
-                              bool(m.isLearner)) for m in listed.members[:MAX_MEMBERS]]
+        listed = await etcd.call(
+            "members",
+            etcd.client.cluster.member_list(
+                linearizable=False, timeout=MEMBER_STATUS_TIMEOUT, max_attempts=1
+            ),
+        )
+        members = [
+            EtcdMember(
+                int(m.ID), str(m.name), tuple(str(u) for u in m.clientURLs), bool(m.isLearner)
+            )
+            for m in listed.members[:MAX_MEMBERS]
+        ]
     except StoreUnavailable as exc:
-        members = [EtcdMember(0, "", (_with_scheme(e, etcd.credentials),), error=str(exc))
-                   for e in etcd.endpoints[:MAX_MEMBERS]]  # fmt: skip
+        members = [
+            EtcdMember(0, "", (_with_scheme(e, etcd.credentials),), error=str(exc))
+            for e in etcd.endpoints[:MAX_MEMBERS]
+        ]
     limit = asyncio.Semaphore(MEMBER_STATUS_CONCURRENCY)
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(_member_status(etcd, member, limit)) for member in members]
     found = [task.result() for task in tasks]
     seen = Counter(m.leader_id for m in found if m.reachable and m.leader_id)
     leader = seen.most_common(1)[0][0] if seen else 0
-    return sorted((replace(m, is_leader=bool(leader) and m.id == leader) for m in found),
-                  key=lambda m: (m.name, m.client_urls))  # fmt: skip
+    return sorted(
+        (replace(m, is_leader=bool(leader) and m.id == leader) for m in found),
+        key=lambda m: (m.name, m.client_urls),
+    )
 
-async def _member_status(etcd: EtcdAccess, member: EtcdMember,
-                         limit: asyncio.Semaphore) -> EtcdMember:  # fmt: skip
+
+async def _member_status(
+    etcd: EtcdAccess, member: EtcdMember, limit: asyncio.Semaphore
+) -> EtcdMember:
     """`member` with its own Status filled in, or with why it could not be asked."""
     if not member.client_urls:
         return replace(member, error=member.error or "no client URL (not started yet?)")
@@ -107,20 +121,28 @@ async def _member_status(etcd: EtcdAccess, member: EtcdMember,
         try:
             await client.connect()
             assert client.maintenance is not None
-            status = await etcd.call("status", client.maintenance.status(
-                timeout=MEMBER_STATUS_TIMEOUT, max_attempts=1))
+            status = await etcd.call(
+                "status", client.maintenance.status(timeout=MEMBER_STATUS_TIMEOUT, max_attempts=1)
+            )
         except StoreUnavailable as exc:
             return replace(member, reachable=False, error=short_error(exc.__cause__))
         finally:
             await client.close()
     return replace(
-        member, id=member.id or int(status.header.member_id), reachable=True, error="",
-        leader_id=int(status.leader), version=str(status.version),
-        db_size=int(status.dbSize), db_size_in_use=int(status.dbSizeInUse),
-        raft_term=int(status.raftTerm), raft_index=int(status.raftIndex),
+        member,
+        id=member.id or int(status.header.member_id),
+        reachable=True,
+        error="",
+        leader_id=int(status.leader),
+        version=str(status.version),
+        db_size=int(status.dbSize),
+        db_size_in_use=int(status.dbSizeInUse),
+        raft_term=int(status.raftTerm),
+        raft_index=int(status.raftIndex),
         raft_applied_index=int(status.raftAppliedIndex),
-        errors=tuple(str(e) for e in status.errors), is_learner=bool(status.isLearner),
-    )  # fmt: skip
+        errors=tuple(str(e) for e in status.errors),
+        is_learner=bool(status.isLearner),
+    )
 
 
 def _endpoint_of(url: str) -> str | None:

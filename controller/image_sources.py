@@ -36,8 +36,12 @@ Holders = list[tuple[str, str]]
 """(node ID, API address) of nodes running an image, sorted."""
 
 
-def image_sources(state: ClusterState, node_id: str, tasks: Iterable[Task],
-                  cache: dict[str, Holders] | None = None) -> list[ImageSources]:  # fmt: skip
+def image_sources(
+    state: ClusterState,
+    node_id: str,
+    tasks: Iterable[Task],
+    cache: dict[str, Holders] | None = None,
+) -> list[ImageSources]:
     """The sources of every image that ``node_id``'s tasks still have to start with (none
     for a node whose runtime pulls by itself or not at all: docker, hollow).
 
@@ -66,18 +70,26 @@ def image_sources(state: ClusterState, node_id: str, tasks: Iterable[Task],
 def _holders(state: ClusterState, image: str, service_id: str) -> Holders:
     """Up to CANDIDATES + 1 ready nodes running ``image`` (one may be the asking node):
     tasks of ``service_id`` and of every service whose spec names the same image."""
-    services = {service_id} | {s.id for s in state.services.values()
-                               if s.spec.task.container.image == image}  # fmt: skip
+    services = {service_id} | {
+        s.id for s in state.services.values() if s.spec.task.container.image == image
+    }
     holders: dict[str, str] = {}
     for service in sorted(services):
         for task_id in state.tasks_by_service.get(service, ()):
             task = state.tasks.get(task_id)
-            if (task is None or task.node_id in holders or task.status.state != TaskState.RUNNING
-                    or task.spec.container.image != image):  # fmt: skip
+            if (
+                task is None
+                or task.node_id in holders
+                or task.status.state != TaskState.RUNNING
+                or task.spec.container.image != image
+            ):
                 continue
             node = state.nodes.get(task.node_id)
-            if (node is None or node.status.state != NodeStatus.State.READY
-                    or node.description.runtime not in SERVING_RUNTIMES):  # fmt: skip
+            if (
+                node is None
+                or node.status.state != NodeStatus.State.READY
+                or node.description.runtime not in SERVING_RUNTIMES
+            ):
                 continue
             if address := reachable_api_address(node):
                 holders[node.id] = address

@@ -46,8 +46,9 @@ class ImageResolver:
         timeout: Seconds one resolution may take before the tag is kept as is.
     """
 
-    def __init__(self, registry: RegistryConfig, default: Mode = ResolveImage.ALWAYS,
-                 timeout: float = 10.0) -> None:  # fmt: skip
+    def __init__(
+        self, registry: RegistryConfig, default: Mode = ResolveImage.ALWAYS, timeout: float = 10.0
+    ) -> None:
         self.registry = registry
         self.default = default
         self.timeout = timeout
@@ -55,9 +56,15 @@ class ImageResolver:
     def mode(self, asked: Mode) -> Mode:
         return self.default if asked == ResolveImage.RESOLVE_IMAGE_UNSPECIFIED else asked
 
-    async def pin(self, spec: ServiceSpec, asked: Mode, *, previous: ServiceSpec | None = None,
-                  force: bool = False,
-                  credentials: Mapping[str, Credentials] | None = None) -> Pinned:  # fmt: skip
+    async def pin(
+        self,
+        spec: ServiceSpec,
+        asked: Mode,
+        *,
+        previous: ServiceSpec | None = None,
+        force: bool = False,
+        credentials: Mapping[str, Credentials] | None = None,
+    ) -> Pinned:
         """`spec` with its image pinned as `asked` says.
 
         On an update (`previous` is the stored spec) an image the request leaves as it
@@ -92,8 +99,9 @@ class ImageResolver:
         log.info("image.pinned", image=image, digest=digest)
         return Pinned(pinned)
 
-    async def _resolve(self, ref: Reference,
-                       credentials: Mapping[str, Credentials] | None = None) -> str:
+    async def _resolve(
+        self, ref: Reference, credentials: Mapping[str, Credentials] | None = None
+    ) -> str:
         async with RegistryClient(self.registry, credentials) as client:
             _, _, _, digest = await client.resolve(ref)
         return digest

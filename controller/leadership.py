@@ -156,8 +156,9 @@ class Leadership:
         self.fence = self._store.fence(LEADER, LEADER_KEY, revision)
         self.is_leader = True
         self.leader = self._record
-        log.info("leadership.elected", controller_id=self._record.controller_id,
-                 fence_revision=revision)  # fmt: skip
+        log.info(
+            "leadership.elected", controller_id=self._record.controller_id, fence_revision=revision
+        )
         return True
 
     async def _take_back_own_key(self) -> None:

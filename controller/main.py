@@ -204,16 +204,16 @@ def run(
     try:
         endpoints = [normalize(e, 2379) for e in endpoints]
         listen = normalize(listen, CONTROLLER_PORT)
-        join_listen = normalize(join_listen or f"{listen.rsplit(':', 1)[0]}:{JOIN_PORT}",
-                                JOIN_PORT)  # fmt: skip
+        join_listen = normalize(join_listen or f"{listen.rsplit(':', 1)[0]}:{JOIN_PORT}", JOIN_PORT)
         validity = parse_duration(days_as_hours(cert_expiry))
         check_registry_flags(registry_mirrors, insecure_registries)
         if http_listen is None:
             http_listen = f"{listen.rsplit(':', 1)[0]}:{HTTP_PORT}"
         http = normalize(http_listen, HTTP_PORT) if http_listen else ""
         subnets = SubnetPool(node_subnet_pool, node_subnet_size)
-        credentials = etcd_credentials(endpoints, etcd_cacert, etcd_cert, etcd_key,
-                                       etcd_server_name)
+        credentials = etcd_credentials(
+            endpoints, etcd_cacert, etcd_cert, etcd_key, etcd_server_name
+        )
     except (AddressError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     config = ControllerConfig(

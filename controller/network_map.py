@@ -45,8 +45,13 @@ class NetworkMapper:
         (epoch seconds); call ``revocations_changed`` when they change.
     """
 
-    def __init__(self, state: ClusterState, post: Post, sessions: Callable[[], Iterable[str]],
-                 revoked: Callable[[float], Iterable[str]] = lambda now: ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        state: ClusterState,
+        post: Post,
+        sessions: Callable[[], Iterable[str]],
+        revoked: Callable[[float], Iterable[str]] = lambda now: (),
+    ) -> None:
         self._state = state
         self._post = post
         self._sessions = sessions
@@ -58,8 +63,9 @@ class NetworkMapper:
 
     def network_map(self, node: Node) -> NetworkMap:
         """``node``'s map (its record as just registered: the view may not have it yet)."""
-        return _network_map(node, self._current_routes(), self._current_names(),
-                            self._current_revocations())  # fmt: skip
+        return _network_map(
+            node, self._current_routes(), self._current_names(), self._current_revocations()
+        )
 
     def send_now(self, node: Node) -> None:
         """Send ``node`` its map (its session just opened)."""
@@ -92,24 +98,32 @@ class NetworkMapper:
         return tuple(sorted(self._revoked(time.time())))
 
     def _current_routes(self) -> Routes:
-        return frozenset((n.id, n.network.subnet, n.network.address)
-                         for n in self._state.nodes.values()
-                         if n.network.subnet and n.network.address)  # fmt: skip
+        return frozenset(
+            (n.id, n.network.subnet, n.network.address)
+            for n in self._state.nodes.values()
+            if n.network.subnet and n.network.address
+        )
 
     def _current_names(self) -> Names:
         """Every service's name with its running tasks' addresses, sorted."""
         names = []
         for service in self._state.services.values():
-            addresses = sorted(t.status.address for t in self._state.tasks_of_service(service.id)
-                               if t.status.address and t.status.state == RUNNING
-                               and t.desired_state <= RUNNING)  # fmt: skip
+            addresses = sorted(
+                t.status.address
+                for t in self._state.tasks_of_service(service.id)
+                if t.status.address and t.status.state == RUNNING and t.desired_state <= RUNNING
+            )
             names.append((service.spec.name, tuple(addresses)))
         return tuple(sorted(names))
 
 
 def _network_map(node: Node, routes: Routes, names: Names, revoked: Revoked) -> NetworkMap:
-    peers = [PeerNetwork(node_id=node_id, subnet=subnet, address=address)
-             for node_id, subnet, address in sorted(routes) if node_id != node.id]  # fmt: skip
+    peers = [
+        PeerNetwork(node_id=node_id, subnet=subnet, address=address)
+        for node_id, subnet, address in sorted(routes)
+        if node_id != node.id
+    ]
     services = [ServiceAddresses(name=name, addresses=addresses) for name, addresses in names]
-    return NetworkMap(subnet=node.network.subnet, peers=peers, services=services,
-                      revoked_serials=revoked)  # fmt: skip
+    return NetworkMap(
+        subnet=node.network.subnet, peers=peers, services=services, revoked_serials=revoked
+    )

@@ -45,10 +45,13 @@ NODE_ID_PATTERN = re.compile(r"^[a-z0-9]{8,64}$")
 CONFLICT_RETRIES = 8
 
 
-
 class NodeRegistry:
-    def __init__(self, store: Store, subnets: SubnetPool | None = None,
-                 protected: Callable[[], Iterable[str]] = lambda: ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        subnets: SubnetPool | None = None,
+        protected: Callable[[], Iterable[str]] = lambda: (),
+    ) -> None:
         """Args:
         protected: The cluster's own addresses (``host:port`` of controllers and etcd
             endpoints) that no node subnet may cover; nodes' addresses are added.
@@ -69,9 +72,7 @@ class NodeRegistry:
     async def find(self, ref: str) -> Node:
         """A node by ID, name or unique ID prefix, as docker resolves references."""
         check_ref("node", ref)
-        matches = match_reference(
-            ref, await self.list_all(), lambda n: n.id, lambda n: n.spec.name
-        )
+        matches = match_reference(ref, await self.list_all(), lambda n: n.id, lambda n: n.spec.name)
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
@@ -124,21 +125,30 @@ class NodeRegistry:
             nodes = await self.list_all()
             others = [(n.id, n.network.subnet) for n in nodes]
             try:
-                network = self._subnets.assign(node.id, current, wanted, others,
-                                               self._guarded(node, nodes, remote_address))
+                network = self._subnets.assign(
+                    node.id, current, wanted, others, self._guarded(node, nodes, remote_address)
+                )
             except CoversAddress as exc:
                 raise ValidationError("hello.description.bridge_subnet", str(exc)) from None
         network.address = host_of_peer(remote_address)
         if network.subnet != current.subnet or network.message != current.message:
-            log.info("node.subnet", node_id=node.id, subnet=network.subnet,
-                     address=network.address, message=network.message)  # fmt: skip
+            log.info(
+                "node.subnet",
+                node_id=node.id,
+                subnet=network.subnet,
+                address=network.address,
+                message=network.message,
+            )
         node.network.CopyFrom(network)
 
     def _guarded(self, node: Node, nodes: list[Node], remote_address: str) -> list[Protected]:
         """The addresses a node subnet may not cover: controllers', etcd's, nodes'."""
         items = [protected_address("a controller or etcd endpoint", a) for a in self._protected()]
-        items += [protected_address(f"node {n.id[:12]}", n.network.address) for n in nodes
-                  if n.id != node.id and n.network.address]  # fmt: skip
+        items += [
+            protected_address(f"node {n.id[:12]}", n.network.address)
+            for n in nodes
+            if n.id != node.id and n.network.address
+        ]
         items.append(protected_address("this node's host", host_of_peer(remote_address)))
         return [item for item in items if item is not None]
 
@@ -171,8 +181,10 @@ class NodeRegistry:
     async def _refuse_removed(self, node_id: str) -> None:
         """A node removed with `node rm` does not come back under its ID."""
         if await self._store.get_raw(REMOVED_SUBJECTS, node_id) is not None:
-            raise PolicyDenied(f"node {node_id} was removed from the cluster (its "
-                               "certificates are revoked): join it again with a new token")
+            raise PolicyDenied(
+                f"node {node_id} was removed from the cluster (its "
+                "certificates are revoked): join it again with a new token"
+            )
 
     async def _refuse_taken_name(self, name: str, node_id: str) -> None:
         holder = await self._store.get_raw(NODE_NAMES, name)
@@ -268,8 +280,9 @@ class NodeRegistry:
         log.info("node.updated", node_id=node.id, name=node.spec.name)
         return node
 
-    async def remove(self, ref: str, force: bool,
-                     revoke: Callable[[Node], Awaitable[object]] | None = None) -> Node:
+    async def remove(
+        self, ref: str, force: bool, revoke: Callable[[Node], Awaitable[object]] | None = None
+    ) -> Node:
         """Remove a node's record; `revoke` (its certificates) runs first, so nothing
         the node sends is trusted by the time its record is gone."""
         node = await self.find(ref)
@@ -292,7 +305,8 @@ class NodeRegistry:
 def _needs_subnet(node: Node | None, description: NodeDescription) -> bool:
     """Whether registering the node may hand out a subnet (else it keeps what it has)."""
     return bool(description.bridge_subnet) and (
-        node is None or node.network.subnet != description.bridge_subnet)
+        node is None or node.network.subnet != description.bridge_subnet
+    )
 
 
 def _set_state(status: NodeStatus, state: NodeState.ValueType, message: str) -> None:

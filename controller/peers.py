@@ -53,8 +53,9 @@ class ControllerDirectory:
             the cluster CA); None dials in plaintext (`--insecure`).
     """
 
-    def __init__(self, store: Store, self_id: str,
-                 credentials: grpc.ChannelCredentials | None) -> None:  # fmt: skip
+    def __init__(
+        self, store: Store, self_id: str, credentials: grpc.ChannelCredentials | None
+    ) -> None:
         self._store = store
         self._self_id = self_id
         self._credentials = credentials
@@ -69,10 +70,16 @@ class ControllerDirectory:
         found = []
         for record, probe in zip(records, probes, strict=True):
             leads = leader is not None and leader.controller_id == record.controller_id
-            found.append(PeerStatus(
-                record, leads, leader.since if leads and leader is not None else None,
-                probe.result() == "", probe.result(), record.controller_id == self._self_id,
-            ))  # fmt: skip
+            found.append(
+                PeerStatus(
+                    record,
+                    leads,
+                    leader.since if leads and leader is not None else None,
+                    probe.result() == "",
+                    probe.result(),
+                    record.controller_id == self._self_id,
+                )
+            )
         return found
 
     async def _leader(self) -> LeaderRecord | None:
@@ -82,7 +89,7 @@ class ControllerDirectory:
             return None
 
     async def _probe(self, record: ControllerRecord, limit: asyncio.Semaphore) -> str:
-        """"" when the controller's API answered GetVersion, else why not."""
+        """ "" when the controller's API answered GetVersion, else why not."""
         if record.controller_id == self._self_id:
             return ""  # this one is answering
         if not record.api_address:
@@ -94,10 +101,12 @@ class ControllerDirectory:
 async def dial(address: str, credentials: grpc.ChannelCredentials | None) -> str:
     """Ask a controller's API for its version; "" when it answered, else the reason."""
     channel = (
-        grpc.aio.secure_channel(address, credentials,
-                                [("grpc.ssl_target_name_override", CONTROLLER_TLS_NAME)])
-        if credentials is not None else grpc.aio.insecure_channel(address)
-    )  # fmt: skip
+        grpc.aio.secure_channel(
+            address, credentials, [("grpc.ssl_target_name_override", CONTROLLER_TLS_NAME)]
+        )
+        if credentials is not None
+        else grpc.aio.insecure_channel(address)
+    )
     try:
         stub = control_pb2_grpc.ControlStub(channel)
         await stub.GetVersion(GetVersionRequest(), timeout=PROBE_TIMEOUT)
@@ -112,4 +121,3 @@ async def dial(address: str, credentials: grpc.ChannelCredentials | None) -> str
 
 def _first_line(text: str, limit: int = 200) -> str:
     return text.splitlines()[0][:limit] if text else ""
-

@@ -23,8 +23,14 @@ class RateLimiter:
     keys (a full bucket) are forgotten once more than `max_keys` are held.
     """
 
-    def __init__(self, burst: int, interval: float, *, max_keys: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        burst: int,
+        interval: float,
+        *,
+        max_keys: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if burst < 1 or interval <= 0:
             raise ValueError("a rate limit needs burst >= 1 and interval > 0")
         self.burst = burst
@@ -43,8 +49,9 @@ class RateLimiter:
         if bucket is None:
             self._forget_idle(now)
             bucket = self._buckets[key] = _Bucket(float(self.burst), now)
-        bucket.tokens = min(float(self.burst),
-                            bucket.tokens + (now - bucket.updated) / self.interval)  # fmt: skip
+        bucket.tokens = min(
+            float(self.burst), bucket.tokens + (now - bucket.updated) / self.interval
+        )
         bucket.updated = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
@@ -55,8 +62,11 @@ class RateLimiter:
         if len(self._buckets) < self._max_keys:
             return
         full = self.burst * self.interval
-        for key in [k for k, b in self._buckets.items() if now - b.updated + b.tokens
-                    * self.interval >= full]:  # fmt: skip
+        for key in [
+            k
+            for k, b in self._buckets.items()
+            if now - b.updated + b.tokens * self.interval >= full
+        ]:
             del self._buckets[key]
 
 

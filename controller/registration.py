@@ -63,23 +63,26 @@ class Registration:
         while True:
             await asyncio.sleep(self._ttl / 3)
             if not await self._store.refresh_lease(self._lease):
-                log.warning("registration.lease_expired",
-                            controller_id=self._record.controller_id)  # fmt: skip
+                log.warning("registration.lease_expired", controller_id=self._record.controller_id)
                 self._lease = 0
                 return
             if await self._store.get_raw(CONTROLLERS, self._record.controller_id) is None:
-                log.warning("registration.record_gone",
-                            controller_id=self._record.controller_id)  # fmt: skip
+                log.warning("registration.record_gone", controller_id=self._record.controller_id)
                 await self._publish()
 
     async def _publish(self) -> None:
         # Unconditional: a restart under the same ID replaces its stale record, which
         # then follows the new lease (a key belongs to the lease of its last put).
-        await self._store.put_leased(CONTROLLERS, self._record.controller_id,
-                                     self._record, self._lease)  # fmt: skip
+        await self._store.put_leased(
+            CONTROLLERS, self._record.controller_id, self._record, self._lease
+        )
         self.registered = True
-        log.info("registration.published", controller_id=self._record.controller_id,
-                 lease=self._lease, ttl=self._ttl)  # fmt: skip
+        log.info(
+            "registration.published",
+            controller_id=self._record.controller_id,
+            lease=self._lease,
+            ttl=self._ttl,
+        )
 
     async def _withdraw(self) -> None:
         """Give the lease back (the record goes with it), within WITHDRAW_TIMEOUT."""

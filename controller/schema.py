@@ -61,9 +61,7 @@ async def _record_version(store: Store) -> None:
     """Clusters made before the schema record had none: version 1 is that layout."""
 
 
-MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, 0, "record the schema version", _record_version),
-)
+MIGRATIONS: tuple[Migration, ...] = (Migration(1, 0, "record the schema version", _record_version),)
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
@@ -75,15 +73,23 @@ async def read(store: Store) -> SchemaState:
     raw, revision = found
     try:
         data = json.loads(raw[:MAX_RECORD_BYTES])
-        state = SchemaState(int(data["version"]), int(data["readable_by"]),
-                            str(data.get("written_by", "")), revision)  # fmt: skip
+        state = SchemaState(
+            int(data["version"]),
+            int(data["readable_by"]),
+            str(data.get("written_by", "")),
+            revision,
+        )
     except (ValueError, KeyError, TypeError) as exc:
-        raise SchemaError(f"the schema record in etcd ({store.prefix}/meta/schema) is "
-                          f"damaged: {exc}; restore etcd from a backup") from exc  # fmt: skip
+        raise SchemaError(
+            f"the schema record in etcd ({store.prefix}/meta/schema) is "
+            f"damaged: {exc}; restore etcd from a backup"
+        ) from exc
     if not 0 <= state.readable_by <= state.version:
-        raise SchemaError(f"the schema record in etcd says version {state.version}, "
-                          f"readable by {state.readable_by}: damaged; restore etcd from a "
-                          "backup")  # fmt: skip
+        raise SchemaError(
+            f"the schema record in etcd says version {state.version}, "
+            f"readable by {state.readable_by}: damaged; restore etcd from a "
+            "backup"
+        )
     return state
 
 
@@ -125,12 +131,17 @@ async def migrate(store: Store, migrations: Sequence[Migration] = MIGRATIONS) ->
 
 
 async def _write(store: Store, before: SchemaState, migration: Migration) -> SchemaState:
-    record = {"version": migration.version, "readable_by": migration.readable_by,
-              "written_by": package_version()}  # fmt: skip
+    record = {
+        "version": migration.version,
+        "readable_by": migration.readable_by,
+        "written_by": package_version(),
+    }
     op = store.raw_op(META, SCHEMA_RECORD, json.dumps(record).encode(), expect=before.revision)
     try:
         revision = await store.commit([op])
     except Conflict as exc:
-        raise SchemaError("the schema record changed while this leader migrated (another "
-                          "controller led in between): the next term migrates again") from exc
+        raise SchemaError(
+            "the schema record changed while this leader migrated (another "
+            "controller led in between): the next term migrates again"
+        ) from exc
     return SchemaState(migration.version, migration.readable_by, package_version(), revision)

@@ -54,10 +54,15 @@ log = structlog.get_logger(__name__)
 MAX_SECRET_BYTES = 500 * 1024  # Swarm's limit
 # A task in one of these states has stopped (or never started): its node no longer
 # holds the secret for it.
-_ENDED = frozenset({
-    TaskStatus.COMPLETE, TaskStatus.SHUTDOWN, TaskStatus.FAILED, TaskStatus.REJECTED,
-    TaskStatus.ORPHANED,
-})
+_ENDED = frozenset(
+    {
+        TaskStatus.COMPLETE,
+        TaskStatus.SHUTDOWN,
+        TaskStatus.FAILED,
+        TaskStatus.REJECTED,
+        TaskStatus.ORPHANED,
+    }
+)
 DEFAULT_MODE = 0o444
 
 

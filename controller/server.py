@@ -117,16 +117,20 @@ class Controller:
         controller_id = _load_or_create_id(config.state_dir / "controller-id")
         store, endpoints = await self._connect_store()
         cluster = await _load_or_create_cluster(store)
-        registry = NodeRegistry(store, self.config.subnets,
-                                lambda: self._own_addresses(endpoints))  # fmt: skip
+        registry = NodeRegistry(store, self.config.subnets, lambda: self._own_addresses(endpoints))
         server = await self._listen(controller_id)
         advertise = config.advertise or _with_port(config.listen, self.port)
         self.leadership = Leadership(store, controller_id, advertise, config.leader_ttl)
         self.dispatcher = Dispatcher(
-            registry, self.sessions, cluster.id, config.heartbeat_period, config.node_grace,
-            self.leadership.leader_address, lambda: self.term,
+            registry,
+            self.sessions,
+            cluster.id,
+            config.heartbeat_period,
+            config.node_grace,
+            self.leadership.leader_address,
+            lambda: self.term,
             self.ca.is_revoked if self.ca is not None else lambda serial: False,
-        )  # fmt: skip
+        )
         identity = self._identify(cluster.id, controller_id, endpoints)
         nodes_api, services_api = self._add_servicers(server, store, registry, identity)
         await server.start()
@@ -157,7 +161,8 @@ class Controller:
         if not endpoints:
             tls = await asyncio.to_thread(make_etcd_pki, config.state_dir / "etcd" / "pki")
             self.etcd = EtcdServer(
-                config.state_dir / "etcd" / "data", log_path=config.state_dir / "etcd.log",
+                config.state_dir / "etcd" / "data",
+                log_path=config.state_dir / "etcd.log",
                 tls=tls,
             )
             await self.etcd.start()
@@ -191,9 +196,12 @@ class Controller:
         return self.server
 
     def _add_servicers(
-        self, server: grpc.aio.Server, store: Store, registry: NodeRegistry,
+        self,
+        server: grpc.aio.Server,
+        store: Store,
+        registry: NodeRegistry,
         identity: ControllerIdentity,
-    ) -> tuple[NodesAPI, ServicesAPI]:  # fmt: skip
+    ) -> tuple[NodesAPI, ServicesAPI]:
         """The Control, Dispatcher and NodeCA services on `server`."""
         config = self.config
         assert self.dispatcher is not None
@@ -201,17 +209,32 @@ class Controller:
         resolver = ImageResolver(config.registry, config.resolve_image, config.resolve_timeout)
         nodes_api = NodesAPI(registry, self.sessions)
         services_api = ServicesAPI(
-            store, ServiceRegistry(store), registry, cluster_record, resolver,
+            store,
+            ServiceRegistry(store),
+            registry,
+            cluster_record,
+            resolver,
             lambda: self.state,
         )
-        control_pb2_grpc.add_ControlServicer_to_server(ControlServicer(
-            identity, store, nodes_api, services_api, self.sessions, lambda: self.leadership,
-            cluster_record, self.ca, self.directory,
-        ), server)  # fmt: skip
+        control_pb2_grpc.add_ControlServicer_to_server(
+            ControlServicer(
+                identity,
+                store,
+                nodes_api,
+                services_api,
+                self.sessions,
+                lambda: self.leadership,
+                cluster_record,
+                self.ca,
+                self.directory,
+            ),
+            server,
+        )
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(self.dispatcher, server)
         if self.ca is not None:
-            ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.ca, config.state_dir),
-                                                     server)  # fmt: skip
+            ca_pb2_grpc.add_NodeCAServicer_to_server(
+                NodeCAServicer(self.ca, config.state_dir), server
+            )
             sessions = self.sessions
             self.ca.on_revoke = lambda serial, subject: sessions.close_serial(serial)
             self.ca.on_change = self._revocations_changed
@@ -225,19 +248,31 @@ class Controller:
         assert self.store is not None
         self.directory = ControllerDirectory(self.store, controller_id, self._peer_credentials())
         return ControllerIdentity(
-            cluster_id, controller_id, endpoints, self.etcd is not None, time.monotonic(),
-            self.config.http_listen, self.config.heartbeat_period, self.config.node_grace,
+            cluster_id,
+            controller_id,
+            endpoints,
+            self.etcd is not None,
+            time.monotonic(),
+            self.config.http_listen,
+            self.config.heartbeat_period,
+            self.config.node_grace,
         )
 
     def _register(self, controller_id: str, advertise: str) -> None:
         """Publish this controller's record in etcd (on its own lease) while it runs:
         `dockyard info` on any controller lists it (controller/registration.py)."""
         assert self.store is not None
-        registration = Registration(self.store, ControllerRecord(
-            controller_id=controller_id, api_address=advertise,
-            http_address=self.config.http_listen, version=package_version(),
-            started_at=now_timestamp(),
-        ), self.config.leader_ttl)  # fmt: skip
+        registration = Registration(
+            self.store,
+            ControllerRecord(
+                controller_id=controller_id,
+                api_address=advertise,
+                http_address=self.config.http_listen,
+                version=package_version(),
+                started_at=now_timestamp(),
+            ),
+            self.config.leader_ttl,
+        )
         self._jobs.append(("registration", registration.run))
 
     async def _run_jobs(self) -> None:
@@ -250,8 +285,9 @@ class Controller:
                     group.create_task(job(), name=f"controller:{name}")
         except* Exception as failed:
             for exc in failed.exceptions:
-                log.error("controller.job_failed", error=f"{type(exc).__name__}: {exc}",
-                          exc_info=exc)  # fmt: skip
+                log.error(
+                    "controller.job_failed", error=f"{type(exc).__name__}: {exc}", exc_info=exc
+                )
             self.failed.set()
 
     async def _start_http(
@@ -263,22 +299,30 @@ class Controller:
 
         assert self.store is not None
         sessions, store, ca = self.sessions, self.store, self.ca
-        self.metrics.watch_cluster(ClusterSources(
-            store, lambda: self.state,
-            lambda: bool(self.leadership and self.leadership.is_leader),
-            lambda: len(sessions),
-        ))  # fmt: skip
+        self.metrics.watch_cluster(
+            ClusterSources(
+                store,
+                lambda: self.state,
+                lambda: bool(self.leadership and self.leadership.is_leader),
+                lambda: len(sessions),
+            )
+        )
         sources = ReadSources(
-            store, nodes, services,
-            lambda: cluster_info(identity, store, nodes, services, sessions, self.leadership,
-                                 self.directory),
-            lambda: self.leadership, lambda: self.state,
+            store,
+            nodes,
+            services,
+            lambda: cluster_info(
+                identity, store, nodes, services, sessions, self.leadership, self.directory
+            ),
+            lambda: self.leadership,
+            lambda: self.state,
             ca.is_revoked if ca is not None else lambda serial: False,
             AgentStats(self._peer_credentials),
-        )  # fmt: skip
+        )
         try:
-            self.http = await start_http(self.config, sources, self.metrics,
-                                         ca.ca.cert_pem if ca is not None else None)  # fmt: skip
+            self.http = await start_http(
+                self.config, sources, self.metrics, ca.ca.cert_pem if ca is not None else None
+            )
         except HttpListenError as exc:
             raise ControllerStartError(str(exc)) from exc
 
@@ -297,17 +341,21 @@ class Controller:
             self.store, ca, dt.timedelta(seconds=config.node_cert_validity), self._controllers
         )
         cert, key = ca.issue_pair(
-            pki.CONTROLLER, controller_id, validity=dt.timedelta(days=365),
+            pki.CONTROLLER,
+            controller_id,
+            validity=dt.timedelta(days=365),
             sans=pki.controller_sans(config.listen, config.advertise, config.http_listen),
-        )  # fmt: skip
+        )
         (pki_dir(config.state_dir) / "controller.pem").write_bytes(cert)
         pki.write_private(pki_dir(config.state_dir) / "controller-key.pem", key)
         await self.ca.record_offline(config.state_dir)  # this one, init's and users'
         chain = cert + ca.cert_pem  # the CA goes along, so a joining host can pin it
         self._client_tls = (ca.cert_pem, key, cert)
         self.server = grpc.aio.server(
-            interceptors=[GrpcMetricsInterceptor(self.metrics),
-                          AuthInterceptor(self.ca.is_revoked)],
+            interceptors=[
+                GrpcMetricsInterceptor(self.metrics),
+                AuthInterceptor(self.ca.is_revoked),
+            ],
             options=SERVER_OPTIONS,
         )
         port = bind_port(
@@ -318,14 +366,19 @@ class Controller:
             ),
         )
         self.join_server = grpc.aio.server(
-            interceptors=[GrpcMetricsInterceptor(self.metrics),
-                          AuthInterceptor(public={"/dockyard.v1.NodeCA/IssueNodeCertificate"})],
+            interceptors=[
+                GrpcMetricsInterceptor(self.metrics),
+                AuthInterceptor(public={"/dockyard.v1.NodeCA/IssueNodeCertificate"}),
+            ],
             options=SERVER_OPTIONS,
         )
         ca_pb2_grpc.add_NodeCAServicer_to_server(NodeCAServicer(self.ca), self.join_server)
-        if bind_port(
-            self.join_server, config.join_listen, grpc.ssl_server_credentials([(key, chain)])
-        ) == 0:
+        if (
+            bind_port(
+                self.join_server, config.join_listen, grpc.ssl_server_credentials([(key, chain)])
+            )
+            == 0
+        ):
             raise ControllerStartError(
                 f"cannot listen on {config.join_listen} (--join-listen): address in use or invalid"
             )
@@ -382,24 +435,36 @@ class Controller:
         dispatcher (`term`)."""
         config, ca = self.config, self.ca
         monitor = NodeMonitor(
-            NodeRegistry(store, config.subnets), self.sessions, config.node_grace,
-            view=lambda: self.state, term_started=became_leader,
-        )  # fmt: skip
+            NodeRegistry(store, config.subnets),
+            self.sessions,
+            config.node_grace,
+            view=lambda: self.state,
+            term_started=became_leader,
+        )
         post = self._leader_post()
         assigner = Assigner(state, post, store)
         transitions = self.metrics.task_transitions
-        writer = StatusWriter(store, state,
-                              lambda state: transitions.labels(state).inc())  # fmt: skip
-        self.scheduling = SchedulingLoop(store, state, config.strategy,
-                                         self.metrics.observe_scheduling_round)  # fmt: skip
+        writer = StatusWriter(store, state, lambda state: transitions.labels(state).inc())
+        self.scheduling = SchedulingLoop(
+            store, state, config.strategy, self.metrics.observe_scheduling_round
+        )
         orchestrator = Orchestrator(store, state, config.node_down_grace, _eligible)
-        mapper = NetworkMapper(state, post, self.sessions.node_ids,
-                               ca.unexpired_revocations if ca is not None else lambda now: ())
+        mapper = NetworkMapper(
+            state,
+            post,
+            self.sessions.node_ids,
+            ca.unexpired_revocations if ca is not None else lambda now: (),
+        )
         self.term = Term(writer, NodeRegistry(store, config.subnets), assigner, mapper)
-        return [("view", state.watch),
-                ("nodemonitor", monitor.run), ("assigner", assigner.run),
-                ("taskstatus", writer.run), ("scheduler", self.scheduling.run),
-                ("orchestrator", orchestrator.run), ("networkmap", mapper.run)]  # fmt: skip
+        return [
+            ("view", state.watch),
+            ("nodemonitor", monitor.run),
+            ("assigner", assigner.run),
+            ("taskstatus", writer.run),
+            ("scheduler", self.scheduling.run),
+            ("orchestrator", orchestrator.run),
+            ("networkmap", mapper.run),
+        ]
 
     async def _greet_sessions(self, state: ClusterState) -> None:
         """Sessions opened as the term began (before the loops were hooked) get their

@@ -84,17 +84,16 @@ class ServiceRegistry:
     async def find(self, ref: str) -> Service:
         """A service by ID, name or unique ID prefix."""
         check_ref("service", ref)
-        matches = match_reference(
-            ref, await self.list_all(), lambda s: s.id, lambda s: s.spec.name
-        )
+        matches = match_reference(ref, await self.list_all(), lambda s: s.id, lambda s: s.spec.name)
         if len(matches) > 1:
             raise ValidationError("service", f"{ref!r} is ambiguous ({len(matches)} services)")
         if not matches:
             raise NotFound(f"service {ref!r} not found")
         return matches[0]
 
-    async def create(self, spec: ServiceSpec, checks: Sequence[Op] = (),
-                     auth: RegistryAuth | None = None) -> Service:
+    async def create(
+        self, spec: ServiceSpec, checks: Sequence[Op] = (), auth: RegistryAuth | None = None
+    ) -> Service:
         """`checks`: compares that must hold too (the secrets the spec uses still exist);
         `auth`: registry credentials its tasks pull with, written in the same commit."""
         check_service_spec(spec)
@@ -111,8 +110,10 @@ class ServiceRegistry:
         except Conflict as exc:
             if not checks or await self._store.get_raw(SERVICE_NAMES, spec.name) is not None:
                 raise AlreadyExists(f"service {spec.name!r} already exists") from exc
-            raise Conflict(f"a secret service {spec.name!r} uses was just removed, or the "
-                           "cluster's policy changed: read again and retry") from exc  # fmt: skip
+            raise Conflict(
+                f"a secret service {spec.name!r} uses was just removed, or the "
+                "cluster's policy changed: read again and retry"
+            ) from exc
         log.info("service.created", service_id=service.id, name=spec.name)
         return service
 
@@ -120,12 +121,18 @@ class ServiceRegistry:
         """Write (or, with None, nothing) a service's registry credentials."""
         if auth is None:
             return []
-        return [self._store.raw_op(REGISTRY_AUTHS, service_id, auth.SerializeToString(),
-                                   expect=None)]  # fmt: skip
+        return [
+            self._store.raw_op(REGISTRY_AUTHS, service_id, auth.SerializeToString(), expect=None)
+        ]
 
     async def update(
-        self, ref: str, version: int, spec: ServiceSpec, force: bool,
-        checks: Sequence[Op] = (), policy: Policy | None = None,
+        self,
+        ref: str,
+        version: int,
+        spec: ServiceSpec,
+        force: bool,
+        checks: Sequence[Op] = (),
+        policy: Policy | None = None,
         auth: RegistryAuth | None = None,
     ) -> Service:
         """A new spec (and a rolling update); `version` guards against lost updates.
@@ -153,11 +160,11 @@ class ServiceRegistry:
         checks = _under_policy(service, checks, policy, self._store)
         if not replace_tasks:  # scaling, labels, update settings: the tasks stay as they are
             return await self._write(service, checks)
-        return await self._write_new_spec(service, UpdateStatus.UPDATING, "update started",
-                                          checks)  # fmt: skip
+        return await self._write_new_spec(service, UpdateStatus.UPDATING, "update started", checks)
 
-    async def rollback(self, ref: str, version: int, checks: Sequence[Op] = (),
-                       policy: Policy | None = None) -> Service:  # fmt: skip
+    async def rollback(
+        self, ref: str, version: int, checks: Sequence[Op] = (), policy: Policy | None = None
+    ) -> Service:
         """Back to the previous spec. With `policy`, that spec must be allowed by it (and
         the write compares the policy's revision); the spec left behind is kept as the
         next rollback target only if the policy allows it."""
@@ -192,7 +199,10 @@ class ServiceRegistry:
         return service
 
     async def _write_new_spec(
-        self, service: Service, state: UpdateStatus.State.ValueType, message: str,
+        self,
+        service: Service,
+        state: UpdateStatus.State.ValueType,
+        message: str,
         checks: Sequence[Op] = (),
     ) -> Service:
         """A new task spec: every task is outdated and replaced by a rolling update."""
@@ -256,14 +266,19 @@ def _mode(spec: ServiceSpec) -> str | None:
     return spec.WhichOneof("mode")
 
 
-def _under_policy(service: Service, checks: Sequence[Op], policy: Policy | None,
-                  store: Store) -> list[Op]:  # fmt: skip
+def _under_policy(
+    service: Service, checks: Sequence[Op], policy: Policy | None, store: Store
+) -> list[Op]:
     """Drop a rollback target `policy` forbids; add the policy's fence to `checks`."""
     if policy is None:
         return list(checks)
     forbidden = policy.forbidden(service.previous_spec, "previous_spec")
     if forbidden:
         service.ClearField("previous_spec")
-        log.warning("service.rollback_target_dropped", service_id=service.id,
-                    name=service.spec.name, reason=str(forbidden[0]))  # fmt: skip
+        log.warning(
+            "service.rollback_target_dropped",
+            service_id=service.id,
+            name=service.spec.name,
+            reason=str(forbidden[0]),
+        )
     return [*checks, policy.fence(store)]

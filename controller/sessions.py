@@ -47,9 +47,13 @@ class AgentSession:
         node sending refused reports in a loop writes a few log lines, not one each."""
         self.refused += 1
         if self.refused & (self.refused - 1) == 0:
-            log.warning("task.status_rejected", node_id=self.node_id,
-                        task_id=task_id[:MAX_REF_LENGTH], reason=reason,
-                        refused=self.refused)  # fmt: skip
+            log.warning(
+                "task.status_rejected",
+                node_id=self.node_id,
+                task_id=task_id[:MAX_REF_LENGTH],
+                reason=reason,
+                refused=self.refused,
+            )
 
     def close(self) -> None:
         self.outbox.close()
@@ -140,6 +144,11 @@ def _fits(node_id: str, message: DispatcherMessage) -> bool:
     size = message.ByteSize()
     if size <= MAX_SESSION_MESSAGE_BYTES:
         return True
-    log.error("session.message_too_large", node_id=node_id, kind=message.WhichOneof("message"),
-              bytes=size, limit=MAX_SESSION_MESSAGE_BYTES)  # fmt: skip
+    log.error(
+        "session.message_too_large",
+        node_id=node_id,
+        kind=message.WhichOneof("message"),
+        bytes=size,
+        limit=MAX_SESSION_MESSAGE_BYTES,
+    )
     return False

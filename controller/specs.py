@@ -112,8 +112,6 @@ def _check_task(task: TaskSpec) -> None:
     _check_ports(task)
 
 
-
-
 def _check_mounts(mounts: list[Mount]) -> None:
     """Docker's --mount: bind (an absolute source on the node) or tmpfs, absolute targets,
     one mount per target."""
@@ -123,26 +121,34 @@ def _check_mounts(mounts: list[Mount]) -> None:
     for index, mount in enumerate(mounts):
         field = f"spec.task.container.mounts[{index}]"
         if mount.type not in ("bind", "volume", "tmpfs"):
-            raise ValidationError(f"{field}.type", f"must be bind, volume or tmpfs, got "
-                                                   f"{mount.type[:40]!r}")  # fmt: skip
+            raise ValidationError(
+                f"{field}.type", f"must be bind, volume or tmpfs, got {mount.type[:40]!r}"
+            )
         for name in ("source", "target"):
             _check_string(f"{field}.{name}", getattr(mount, name))
             if "\x00" in getattr(mount, name):
                 raise ValidationError(f"{field}.{name}", "contains a NUL character")
         if not mount.target.startswith("/"):
-            raise ValidationError(f"{field}.target", f"must be an absolute path, got "
-                                                     f"{mount.target[:200]!r}")  # fmt: skip
+            raise ValidationError(
+                f"{field}.target", f"must be an absolute path, got {mount.target[:200]!r}"
+            )
         if mount.type == "bind" and not mount.source.startswith("/"):
-            raise ValidationError(f"{field}.source", f"a bind source must be an absolute path "
-                                                     f"on the node, got {mount.source[:200]!r}")
+            raise ValidationError(
+                f"{field}.source",
+                f"a bind source must be an absolute path on the node, got {mount.source[:200]!r}",
+            )
         if mount.type == "volume" and not VOLUME_NAME_PATTERN.match(mount.source):
-            raise ValidationError(f"{field}.source", f"not a volume name: {mount.source[:80]!r} "
-                                                     "(1-64 of [a-zA-Z0-9_.-], starting with a "
-                                                     "letter or digit)")  # fmt: skip
+            raise ValidationError(
+                f"{field}.source",
+                f"not a volume name: {mount.source[:80]!r} "
+                "(1-64 of [a-zA-Z0-9_.-], starting with a "
+                "letter or digit)",
+            )
         if mount.type == "tmpfs" and (mount.source or mount.read_only):
             raise ValidationError(f"{field}.source", "a tmpfs has no source and is writable")
         if not 0 <= mount.tmpfs_size_bytes <= MAX_TMPFS_BYTES or (
-                mount.type != "tmpfs" and mount.tmpfs_size_bytes):  # fmt: skip
+            mount.type != "tmpfs" and mount.tmpfs_size_bytes
+        ):
             raise ValidationError(f"{field}.tmpfs_size_bytes", "a tmpfs size, 0 to 1 TiB")
         target = mount.target.rstrip("/") or "/"
         if target in targets:
@@ -171,8 +177,10 @@ def _check_secrets(refs: list[SecretReference]) -> None:
             raise ValidationError(f"{field}.secret_id", "not a secret ID")
         target = ref.target or ref.secret_name
         if target and (not SECRET_TARGET.match(target) or target in (".", "..")):
-            raise ValidationError(f"{field}.target", f"not a file name: {target[:80]!r} (1-255 "
-                                                     "of [a-zA-Z0-9_.-], put in /run/secrets)")
+            raise ValidationError(
+                f"{field}.target",
+                f"not a file name: {target[:80]!r} (1-255 of [a-zA-Z0-9_.-], put in /run/secrets)",
+            )
         if target in targets:
             raise ValidationError(f"{field}.target", f"another secret is at {target!r}")
         targets.add(target)

@@ -105,8 +105,12 @@ class ClusterState:
     # -- internals --------------------------------------------------------------
 
     def _kinds(self) -> list[tuple[Kind[Any], dict[str, Any]]]:
-        return [(NODES, self.nodes), (SERVICES, self.services), (TASKS, self.tasks),
-                (SECRETS, self.secrets)]  # fmt: skip
+        return [
+            (NODES, self.nodes),
+            (SERVICES, self.services),
+            (TASKS, self.tasks),
+            (SECRETS, self.secrets),
+        ]
 
     async def _relist(self) -> None:
         """Read every kind at one revision, replacing what the view held."""

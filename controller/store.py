@@ -61,12 +61,37 @@ log = structlog.get_logger(__name__)
 # The store's public surface: what it holds and raises is defined in records.py,
 # the etcd members' health in etcd_members.py.
 __all__ = [
-    "CLUSTER", "CONTROLLERS", "ISSUED_CERTS", "JOIN_TOKENS", "LEADER", "NODES", "NODE_NAMES",
-    "REGISTRY_AUTHS", "REMOVED_SUBJECTS", "REVOKED_CERTS", "ROOT_CA", "SECRETS", "SECRET_DATA",
-    "SECRET_NAMES", "SERVICES", "SERVICE_NAMES", "TASKS", "AlreadyExists", "Compacted", "Conflict",
-    "EtcdMember", "Fence", "Kind", "LeadershipLost", "NotFound", "Op", "Store", "StoreError",
-    "StoreUnavailable", "WatchEvent",
-]  # fmt: skip
+    "CLUSTER",
+    "CONTROLLERS",
+    "ISSUED_CERTS",
+    "JOIN_TOKENS",
+    "LEADER",
+    "NODES",
+    "NODE_NAMES",
+    "REGISTRY_AUTHS",
+    "REMOVED_SUBJECTS",
+    "REVOKED_CERTS",
+    "ROOT_CA",
+    "SECRETS",
+    "SECRET_DATA",
+    "SECRET_NAMES",
+    "SERVICES",
+    "SERVICE_NAMES",
+    "TASKS",
+    "AlreadyExists",
+    "Compacted",
+    "Conflict",
+    "EtcdMember",
+    "Fence",
+    "Kind",
+    "LeadershipLost",
+    "NotFound",
+    "Op",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "WatchEvent",
+]
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -184,13 +209,20 @@ class Store:
     async def etcd_members(self) -> list[EtcdMember]:
         """Every etcd member with its health (controller/etcd_members.py)."""
         assert self._client is not None
-        return await etcd_members(EtcdAccess(
-            self._client, self.endpoints, self._credentials,
-            lambda endpoint: _Etcd3Client([endpoint], rpc_max_attempts=1,
-                                          tls_server_name=self._tls_server_name,
-                                          **self._credentials),
-            self._call,
-        ))  # fmt: skip
+        return await etcd_members(
+            EtcdAccess(
+                self._client,
+                self.endpoints,
+                self._credentials,
+                lambda endpoint: _Etcd3Client(
+                    [endpoint],
+                    rpc_max_attempts=1,
+                    tls_server_name=self._tls_server_name,
+                    **self._credentials,
+                ),
+                self._call,
+            )
+        )
 
     # -- reads -------------------------------------------------------------
 
@@ -236,8 +268,9 @@ class Store:
         asked again with half as many. Returns the response and the count it used."""
         while True:
             try:
-                response = await self._call("range", self._kv.get(
-                    start, end, revision=revision, limit=limit, timeout=10.0))
+                response = await self._call(
+                    "range", self._kv.get(start, end, revision=revision, limit=limit, timeout=10.0)
+                )
             except StoreUnavailable as exc:
                 if not _too_large(exc.__cause__):
                     raise
@@ -246,8 +279,12 @@ class Store:
                         f"the record at {start!r} is larger than the etcd client's receive "
                         f"limit of {MAX_RECEIVE_BYTES} bytes: {_short(exc.__cause__)}"
                     ) from exc
-                log.warning("store.list_page_too_large", start=start.decode(errors="replace"),
-                            records=limit, limit_bytes=MAX_RECEIVE_BYTES)
+                log.warning(
+                    "store.list_page_too_large",
+                    start=start.decode(errors="replace"),
+                    records=limit,
+                    limit_bytes=MAX_RECEIVE_BYTES,
+                )
                 limit = max(1, limit // 2)
                 continue
             return response, limit
@@ -279,8 +316,9 @@ class Store:
         """A compare only: no record of the kind was created or modified after `revision`
         (a list read at that revision is still true, deletions aside)."""
         prefix = self._key(kind, "")
-        return Op(prefix, None, revision, check_only=True,
-                  range_end=prefix_range_end(prefix).decode())  # fmt: skip
+        return Op(
+            prefix, None, revision, check_only=True, range_end=prefix_range_end(prefix).decode()
+        )
 
     async def create(self, kind: Kind[M], record_id: str, value: M) -> int:
         try:
@@ -399,8 +437,7 @@ class Store:
         """Renew a lease once; False when it has expired. Any failure to ask
         (etcd down, the keep-alive stream broken) is StoreUnavailable."""
         assert self._client.lease is not None
-        response = await self._call(
-            "lease", self._client.lease.time_to_live(lease_id, timeout=5.0))
+        response = await self._call("lease", self._client.lease.time_to_live(lease_id, timeout=5.0))
         if response.TTL <= 0:
             return False
         return await self._call("lease", self._keep_alive_once(lease_id))
@@ -432,7 +469,8 @@ class Store:
         """Write `value` unconditionally, attached to `lease` (a record only its owner
         writes, such as a controller's own registration): it goes when the lease does."""
         return await self.commit(
-            [Op(self._key(kind, record_id), value.SerializeToString(), None, lease)])
+            [Op(self._key(kind, record_id), value.SerializeToString(), None, lease)]
+        )
 
     # -- watches -----------------------------------------------------------
 
@@ -517,8 +555,7 @@ class _Etcd3Client(Etcd3Client):
 
     def __init__(self, endpoints: Sequence[str], **kwargs: Any) -> None:
         super().__init__(endpoints, **kwargs)
-        self._manager.grpc_options.append(
-            ("grpc.max_receive_message_length", MAX_RECEIVE_BYTES))
+        self._manager.grpc_options.append(("grpc.max_receive_message_length", MAX_RECEIVE_BYTES))
 
 
 def _page_records(kvs: Sequence[Any]) -> int:
@@ -529,8 +566,9 @@ def _page_records(kvs: Sequence[Any]) -> int:
 
 def _too_large(exc: BaseException | None) -> bool:
     """A response refused for being over the client's receive limit."""
-    return (isinstance(exc, grpc.aio.AioRpcError)
-            and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+    return (
+        isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
 
 
 def _kind_of(key: str, by_prefix: Sequence[tuple[str, Kind[Any]]]) -> Kind[Any] | None:

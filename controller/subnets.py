@@ -25,8 +25,15 @@ from dataclasses import dataclass
 from dockyard.common.validation import check_subnet
 from dockyard.v1.types_pb2 import NodeDescription, NodeNetwork
 
-__all__ = ["DEFAULT_POOL", "DEFAULT_SIZE", "CoversAddress", "Protected", "SubnetPool",
-           "host_of_peer", "protected_address"]  # fmt: skip
+__all__ = [
+    "DEFAULT_POOL",
+    "DEFAULT_SIZE",
+    "CoversAddress",
+    "Protected",
+    "SubnetPool",
+    "host_of_peer",
+    "protected_address",
+]
 
 DEFAULT_POOL = "10.87.0.0/16"
 """The agents' own default bridge range: a node outside a cluster keeps using it whole."""
@@ -69,12 +76,19 @@ class SubnetPool:
         except ValueError as exc:
             raise ValueError(f"--node-subnet-pool {self.pool!r}: {exc}") from None
         if not network.prefixlen <= self.size <= 29:
-            raise ValueError(f"--node-subnet-size {self.size}: must be between the pool's "
-                             f"prefix (/{network.prefixlen}) and /29")  # fmt: skip
+            raise ValueError(
+                f"--node-subnet-size {self.size}: must be between the pool's "
+                f"prefix (/{network.prefixlen}) and /29"
+            )
 
-    def assign(self, node_id: str, current: NodeNetwork, description: NodeDescription,
-               others: Iterable[tuple[str, str]],
-               protected: Iterable[Protected] = ()) -> NodeNetwork:  # fmt: skip
+    def assign(
+        self,
+        node_id: str,
+        current: NodeNetwork,
+        description: NodeDescription,
+        others: Iterable[tuple[str, str]],
+        protected: Iterable[Protected] = (),
+    ) -> NodeNetwork:
         """The node's subnet after this registration.
 
         Args:
@@ -87,33 +101,43 @@ class SubnetPool:
         Raises:
             CoversAddress: the node's fixed subnet covers a protected address.
         """
-        taken = [(other, ipaddress.IPv4Network(subnet)) for other, subnet in others
-                 if other != node_id and subnet]  # fmt: skip
+        taken = [
+            (other, ipaddress.IPv4Network(subnet))
+            for other, subnet in others
+            if other != node_id and subnet
+        ]
         guarded = list(protected)
         if not description.bridge_subnet:
             return NodeNetwork(message="the agent has no bridge network")
         if description.bridge_subnet_fixed:
             return _fixed(description.bridge_subnet, taken, guarded)
-        if current.subnet and not _overlapping(ipaddress.IPv4Network(current.subnet), taken) \
-                and not _covered(ipaddress.IPv4Network(current.subnet), guarded):  # fmt: skip
+        if (
+            current.subnet
+            and not _overlapping(ipaddress.IPv4Network(current.subnet), taken)
+            and not _covered(ipaddress.IPv4Network(current.subnet), guarded)
+        ):
             return NodeNetwork(subnet=current.subnet)
         block = self._free_block(taken, guarded)
         if block is None:
-            return NodeNetwork(message=f"no free /{self.size} left in the node subnet pool "
-                                       f"{self.pool}: give the controller a larger "
-                                       "--node-subnet-pool")  # fmt: skip
+            return NodeNetwork(
+                message=f"no free /{self.size} left in the node subnet pool "
+                f"{self.pool}: give the controller a larger "
+                "--node-subnet-pool"
+            )
         return NodeNetwork(subnet=str(block))
 
-    def _free_block(self, taken: list[tuple[str, ipaddress.IPv4Network]],
-                    guarded: list[Protected]) -> ipaddress.IPv4Network | None:  # fmt: skip
+    def _free_block(
+        self, taken: list[tuple[str, ipaddress.IPv4Network]], guarded: list[Protected]
+    ) -> ipaddress.IPv4Network | None:
         for block in ipaddress.IPv4Network(self.pool).subnets(new_prefix=self.size):
             if not _overlapping(block, taken) and not _covered(block, guarded):
                 return block
         return None
 
 
-def _fixed(subnet: str, taken: list[tuple[str, ipaddress.IPv4Network]],
-           guarded: list[Protected]) -> NodeNetwork:  # fmt: skip
+def _fixed(
+    subnet: str, taken: list[tuple[str, ipaddress.IPv4Network]], guarded: list[Protected]
+) -> NodeNetwork:
     try:
         if len(subnet) > len("255.255.255.255/32"):
             raise ValueError(f"bridge subnet of {len(subnet)} characters")
@@ -123,19 +147,24 @@ def _fixed(subnet: str, taken: list[tuple[str, ipaddress.IPv4Network]],
     covered = _covered(network, guarded)
     if covered is not None:
         who, ip = covered
-        raise CoversAddress(f"the agent's bridge subnet {subnet} covers the address {ip} of "
-                            f"{who}: every node would route it to this node. Give the agent "
-                            "another --bridge-subnet")  # fmt: skip
+        raise CoversAddress(
+            f"the agent's bridge subnet {subnet} covers the address {ip} of "
+            f"{who}: every node would route it to this node. Give the agent "
+            "another --bridge-subnet"
+        )
     holder = _overlapping(network, taken)
     if holder:
-        return NodeNetwork(message=f"the agent's bridge subnet {subnet} overlaps node "
-                                   f"{holder[:12]}'s: give it another --bridge-subnet; its "
-                                   "containers are not routed from other nodes")  # fmt: skip
+        return NodeNetwork(
+            message=f"the agent's bridge subnet {subnet} overlaps node "
+            f"{holder[:12]}'s: give it another --bridge-subnet; its "
+            "containers are not routed from other nodes"
+        )
     return NodeNetwork(subnet=subnet)
 
 
-def _overlapping(network: ipaddress.IPv4Network,
-                 taken: list[tuple[str, ipaddress.IPv4Network]]) -> str:  # fmt: skip
+def _overlapping(
+    network: ipaddress.IPv4Network, taken: list[tuple[str, ipaddress.IPv4Network]]
+) -> str:
     """The ID of a node whose subnet overlaps ``network`` ("" when none does)."""
     return next((node for node, other in taken if other.overlaps(network)), "")
 

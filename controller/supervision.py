@@ -74,8 +74,13 @@ class Supervisor:
         while self.crashes and now - self.crashes[0] > self.window:
             self.crashes.popleft()
         if len(self.crashes) >= self.max_crashes:
-            log.error("leader_loop.gave_up", loop=name, crashes=len(self.crashes),
-                      window=self.window, error=error)  # fmt: skip
+            log.error(
+                "leader_loop.gave_up",
+                loop=name,
+                crashes=len(self.crashes),
+                window=self.window,
+                error=error,
+            )
             raise LoopsFailing(
                 f"leader loops crashed {len(self.crashes)} times in {self.window:g} s "
                 f"(last: {name}: {error}): giving up leadership"

@@ -13,8 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["mount_points", "release_agent", "remove_bridges", "remove_secret_files",
-           "unmount_under"]
+__all__ = [
+    "mount_points",
+    "release_agent",
+    "remove_bridges",
+    "remove_secret_files",
+    "unmount_under",
+]
 
 RELEASE_NETWORK = """
 import asyncio, sys
@@ -32,8 +37,9 @@ asyncio.run(main())
 """
 
 
-def release_agent(agent_state: Path, bridge: str, python: str,
-                  in_host: tuple[str, ...] = ()) -> None:  # fmt: skip
+def release_agent(
+    agent_state: Path, bridge: str, python: str, in_host: tuple[str, ...] = ()
+) -> None:
     """What a stopped agent left: its runc containers, their conmons, the mounts under
     its state dir and its network (CNI DEL of every attachment with the agent's own
     code: veths, published ports' DNAT rules, addresses; then the namespaces).
@@ -44,10 +50,16 @@ def release_agent(agent_state: Path, bridge: str, python: str,
     killed = []
     for entry in sorted(runc_root.iterdir()) if runc_root.is_dir() else []:
         if entry.is_dir():
-            subprocess.run(["runc", "--root", str(runc_root), "kill", entry.name, "KILL"],
-                           capture_output=True, check=False)  # fmt: skip
-            subprocess.run(["runc", "--root", str(runc_root), "delete", "-f", entry.name],
-                           capture_output=True, check=False)  # fmt: skip
+            subprocess.run(
+                ["runc", "--root", str(runc_root), "kill", entry.name, "KILL"],
+                capture_output=True,
+                check=False,
+            )
+            subprocess.run(
+                ["runc", "--root", str(runc_root), "delete", "-f", entry.name],
+                capture_output=True,
+                check=False,
+            )
             killed.append(entry.name)
     for pid_file in (agent_state / "runtime").glob("containers/*/conmon.pid"):
         with contextlib.suppress(OSError, ValueError):
@@ -59,25 +71,35 @@ def release_agent(agent_state: Path, bridge: str, python: str,
         print(f"removed {len(killed)} containers {name} left behind")
     network = agent_state / "network"
     if any(network.glob("containers/*.json")):
-        done = subprocess.run([*in_host, python, "-c", RELEASE_NETWORK, str(network), bridge],
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        done = subprocess.run(
+            [*in_host, python, "-c", RELEASE_NETWORK, str(network), bridge],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode != 0:
-            print(f"local-cluster: {name}'s network not fully released: "
-                  f"{done.stderr.strip()[-500:]}", file=sys.stderr)
+            print(
+                f"local-cluster: {name}'s network not fully released: {done.stderr.strip()[-500:]}",
+                file=sys.stderr,
+            )
         else:
             print(f"released the network {name} left behind")
     for netns in list_netns(f"dy-{bridge}-"):
         subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
     left = unmount_under(agent_state)
     if left:
-        print(f"local-cluster: still mounted under {agent_state}: {', '.join(left)}",
-              file=sys.stderr)
+        print(
+            f"local-cluster: still mounted under {agent_state}: {', '.join(left)}", file=sys.stderr
+        )
 
 
 def list_netns(prefix: str) -> list[str]:
     netns = Path("/run/netns")
-    return sorted(p.name for p in netns.iterdir() if p.name.startswith(prefix)) \
-        if netns.is_dir() else []  # fmt: skip
+    return (
+        sorted(p.name for p in netns.iterdir() if p.name.startswith(prefix))
+        if netns.is_dir()
+        else []
+    )
 
 
 def remove_secret_files(state_dir: Path) -> None:
@@ -111,8 +133,7 @@ def mount_points() -> list[str]:
 def unmount_under(root: Path) -> list[str]:
     """Unmount whatever is mounted below `root` (deepest first); what is still mounted."""
     prefix = str(root).rstrip("/") + "/"
-    for mount in sorted((m for m in mount_points() if m.startswith(prefix)), key=len,
-                        reverse=True):  # fmt: skip
+    for mount in sorted((m for m in mount_points() if m.startswith(prefix)), key=len, reverse=True):
         if subprocess.run(["umount", mount], capture_output=True, check=False).returncode:
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
     return [m for m in mount_points() if m.startswith(prefix)]

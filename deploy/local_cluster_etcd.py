@@ -44,31 +44,47 @@ def client_flags(pki_dir: Path) -> list[str]:
     """The controller's flags (run, init, join) for client TLS to these members; the
     name checked is `localhost`, which every member's certificate carries (one name for
     several endpoints: the etcd client dials them all on one channel)."""
-    return ["--etcd-cacert", str(pki_dir / "ca.pem"), "--etcd-cert", str(pki_dir / "client.pem"),
-            "--etcd-key", str(pki_dir / "client-key.pem"),
-            "--etcd-server-name", "localhost"]  # fmt: skip
+    return [
+        "--etcd-cacert",
+        str(pki_dir / "ca.pem"),
+        "--etcd-cert",
+        str(pki_dir / "client.pem"),
+        "--etcd-key",
+        str(pki_dir / "client-key.pem"),
+        "--etcd-server-name",
+        "localhost",
+    ]
 
 
-def member_args(name: str, data_dir: Path, ports: tuple[int, int],
-                cluster: dict[str, int], pki_dir: Path) -> list[str]:  # fmt: skip
+def member_args(
+    name: str, data_dir: Path, ports: tuple[int, int], cluster: dict[str, int], pki_dir: Path
+) -> list[str]:
     """etcd's flags for member `name` on (client, peer) `ports`; `cluster` maps every
     member's name to its peer port. The initial-cluster flags count only on the first
     start: later starts take the membership from the data dir."""
     client, peer = (f"https://127.0.0.1:{port}" for port in ports)
     initial = ",".join(f"{member}=https://127.0.0.1:{port}" for member, port in cluster.items())
     return [
-        f"--name={name}", f"--data-dir={data_dir}",
-        f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-        f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-        f"--initial-cluster={initial}", "--initial-cluster-state=new",
+        f"--name={name}",
+        f"--data-dir={data_dir}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster={initial}",
+        "--initial-cluster-state=new",
         f"--initial-cluster-token=dockyard-local-{pki_dir.parent.parent.name}",
-        "--auto-compaction-mode=revision", "--auto-compaction-retention=10000",
-        f"--cert-file={pki_dir / 'server.pem'}", f"--key-file={pki_dir / 'server-key.pem'}",
-        f"--trusted-ca-file={pki_dir / 'ca.pem'}", "--client-cert-auth=true",
+        "--auto-compaction-mode=revision",
+        "--auto-compaction-retention=10000",
+        f"--cert-file={pki_dir / 'server.pem'}",
+        f"--key-file={pki_dir / 'server-key.pem'}",
+        f"--trusted-ca-file={pki_dir / 'ca.pem'}",
+        "--client-cert-auth=true",
         f"--peer-cert-file={pki_dir / 'server.pem'}",
         f"--peer-key-file={pki_dir / 'server-key.pem'}",
-        f"--peer-trusted-ca-file={pki_dir / 'ca.pem'}", "--peer-client-cert-auth=true",
-    ]  # fmt: skip
+        f"--peer-trusted-ca-file={pki_dir / 'ca.pem'}",
+        "--peer-client-cert-auth=true",
+    ]
 
 
 def etcd_health(client_port: int, pki_dir: Path) -> str:
@@ -76,8 +92,9 @@ def etcd_health(client_port: int, pki_dir: Path) -> str:
     try:
         context = ssl.create_default_context(cafile=str(pki_dir / "ca.pem"))
         context.load_cert_chain(str(pki_dir / "client.pem"), str(pki_dir / "client-key.pem"))
-        with urllib.request.urlopen(f"https://127.0.0.1:{client_port}/health", timeout=2,
-                                    context=context) as response:  # fmt: skip
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{client_port}/health", timeout=2, context=context
+        ) as response:
             body = json.loads(response.read())
     except urllib.error.HTTPError:
         return "unhealthy"  # 503: it answers, but has no leader

@@ -56,8 +56,7 @@ def make_hosts(prefix: str, gateway: str, prefixlen: int, addresses: list[str]) 
         _ip("addr", "add", f"{gateway}/{prefixlen}", "dev", lan)
         print(f"made the LAN: bridge {lan}, this machine at {gateway}")
     _ip("link", "set", lan, "up")
-    for (netns, veth), address in zip(host_names(prefix, len(addresses)), addresses,
-                                      strict=True):  # fmt: skip
+    for (netns, veth), address in zip(host_names(prefix, len(addresses)), addresses, strict=True):
         if (NETNS_DIR / netns).exists():
             continue
         _ip("netns", "add", netns)

@@ -11,8 +11,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["LAYOUT_FIELDS", "Layout", "add_up_options", "apply_up_options", "read_layout",
-           "write_layout"]
+__all__ = [
+    "LAYOUT_FIELDS",
+    "Layout",
+    "add_up_options",
+    "apply_up_options",
+    "read_layout",
+    "write_layout",
+]
 
 
 @dataclass
@@ -75,12 +81,14 @@ class Layout:
 
     def controller_names(self) -> list[str]:
         """Daemon (and state dir) names: `controller`, `controller-2`, ..."""
-        return ["controller" if i == 1 else f"controller-{i}"
-                for i in range(1, self.controllers + 1)]  # fmt: skip
+        return [
+            "controller" if i == 1 else f"controller-{i}" for i in range(1, self.controllers + 1)
+        ]
 
     def controller_addresses(self) -> list[str]:
-        return [f"{self.machine_ip}:{self.controller_port(i)}"
-                for i in range(1, self.controllers + 1)]  # fmt: skip
+        return [
+            f"{self.machine_ip}:{self.controller_port(i)}" for i in range(1, self.controllers + 1)
+        ]
 
     def etcd_ports(self, index: int) -> tuple[int, int]:
         """Member `index`'s client and peer ports."""
@@ -94,9 +102,15 @@ class Layout:
         return self.state_dir / "etcd" / "pki"
 
     def controller_ports(self) -> list[int]:
-        return [p for i in range(1, self.controllers + 1)
-                for p in (self.controller_port(i) - 1, self.controller_port(i),
-                          self.controller_port(i) + 2)]  # fmt: skip
+        return [
+            p
+            for i in range(1, self.controllers + 1)
+            for p in (
+                self.controller_port(i) - 1,
+                self.controller_port(i),
+                self.controller_port(i) + 2,
+            )
+        ]
 
     @property
     def registry(self) -> str:
@@ -118,15 +132,34 @@ class Layout:
         the host, and all the agents here share one host: only one task on it can
         publish it. So `web` (3 replicas) stays unpublished, and `hello` publishes on
         the node that runs it: `curl http://127.0.0.1:8080/`."""
-        return ["--name", "hello", "--replicas", "1", "--publish",
-                f"{self.sample_port}:8080", "busybox", "sh", "-c",
-                "echo hello from $(hostname) > /tmp/index.html && "
-                "exec httpd -f -p 8080 -h /tmp"]  # fmt: skip
+        return [
+            "--name",
+            "hello",
+            "--replicas",
+            "1",
+            "--publish",
+            f"{self.sample_port}:8080",
+            "busybox",
+            "sh",
+            "-c",
+            "echo hello from $(hostname) > /tmp/index.html && exec httpd -f -p 8080 -h /tmp",
+        ]
 
 
-LAYOUT_FIELDS = ("nodes", "port", "registry_port", "subnet_pool", "bridge_prefix",
-                 "cgroup_parent", "sample_port", "context", "controllers",
-                 "etcd_members", "hosts", "lan")  # fmt: skip
+LAYOUT_FIELDS = (
+    "nodes",
+    "port",
+    "registry_port",
+    "subnet_pool",
+    "bridge_prefix",
+    "cgroup_parent",
+    "sample_port",
+    "context",
+    "controllers",
+    "etcd_members",
+    "hosts",
+    "lan",
+)
 
 
 def read_layout(state_dir: Path) -> Layout:
@@ -151,35 +184,65 @@ def write_layout(layout: Layout) -> None:
 
 
 def add_up_options(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--nodes", type=int, default=None,
-                         help="number of agents (default 3, or as last time)")
-    command.add_argument("--no-sample", action="store_true",
-                         help="do not create the sample services `web` and `hello`")
-    command.add_argument("--port", type=int, default=None,
-                         help="controller port (7400); joins on PORT-1, HTTP on PORT+2, "
-                              "node N on PORT+10+N. Set at the first `up` only")
+    command.add_argument(
+        "--nodes", type=int, default=None, help="number of agents (default 3, or as last time)"
+    )
+    command.add_argument(
+        "--no-sample",
+        action="store_true",
+        help="do not create the sample services `web` and `hello`",
+    )
+    command.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="controller port (7400); joins on PORT-1, HTTP on PORT+2, "
+        "node N on PORT+10+N. Set at the first `up` only",
+    )
     command.add_argument("--registry-port", type=int, default=None, help="registry (5000)")
-    command.add_argument("--sample-port", type=int, default=None,
-                         help="host port `hello` publishes (8080)")
-    command.add_argument("--subnet-pool", default=None,
-                         help="node N's bridge gets the N-th /24 of it (10.210.0.0/16)")
-    command.add_argument("--bridge-prefix", default=None,
-                         help="node N's bridge is PREFIXnode-N (dy-)")
+    command.add_argument(
+        "--sample-port", type=int, default=None, help="host port `hello` publishes (8080)"
+    )
+    command.add_argument(
+        "--subnet-pool",
+        default=None,
+        help="node N's bridge gets the N-th /24 of it (10.210.0.0/16)",
+    )
+    command.add_argument(
+        "--bridge-prefix", default=None, help="node N's bridge is PREFIXnode-N (dy-)"
+    )
     command.add_argument("--cgroup-parent", default=None, help="the agents' (dockyard)")
     command.add_argument("--context", default=None, help="CLI context to create (local)")
-    command.add_argument("--controllers", type=int, default=None,
-                         help="controllers (1); more than one needs --etcd-members (3 if "
-                              "not given). Set at the first `up` only")
-    command.add_argument("--hosts", type=int, default=None, metavar="N",
-                         help="N agents, each on a host of its own: a network namespace "
-                              "with its own address on a LAN bridge (needs root; else the "
-                              "agents share this host, as without it). First `up` only")
-    command.add_argument("--lan", default=None, metavar="CIDR",
-                         help="the LAN of --hosts (10.209.0.0/24): this machine at its "
-                              "first address, host N at its (10+N)th. First `up` only")
-    command.add_argument("--etcd-members", type=int, default=None,
-                         help="etcd members of their own (1, 3 or 5); none (the default): "
-                              "the controller's embedded etcd. Set at the first `up` only")
+    command.add_argument(
+        "--controllers",
+        type=int,
+        default=None,
+        help="controllers (1); more than one needs --etcd-members (3 if "
+        "not given). Set at the first `up` only",
+    )
+    command.add_argument(
+        "--hosts",
+        type=int,
+        default=None,
+        metavar="N",
+        help="N agents, each on a host of its own: a network namespace "
+        "with its own address on a LAN bridge (needs root; else the "
+        "agents share this host, as without it). First `up` only",
+    )
+    command.add_argument(
+        "--lan",
+        default=None,
+        metavar="CIDR",
+        help="the LAN of --hosts (10.209.0.0/24): this machine at its "
+        "first address, host N at its (10+N)th. First `up` only",
+    )
+    command.add_argument(
+        "--etcd-members",
+        type=int,
+        default=None,
+        help="etcd members of their own (1, 3 or 5); none (the default): "
+        "the controller's embedded etcd. Set at the first `up` only",
+    )
 
 
 def apply_up_options(layout: Layout, args: argparse.Namespace, fresh: bool) -> None:
@@ -198,33 +261,52 @@ def apply_up_options(layout: Layout, args: argparse.Namespace, fresh: bool) -> N
     members = args.etcd_members
     if members is None and args.controllers is not None and args.controllers > 1 and fresh:
         members = 3  # several controllers need an etcd that none of them runs
-    fixed = {"port": args.port, "registry_port": args.registry_port,
-             "subnet_pool": args.subnet_pool, "bridge_prefix": args.bridge_prefix,
-             "cgroup_parent": args.cgroup_parent, "context": args.context,
-             "controllers": args.controllers, "etcd_members": members,
-             "hosts": True if args.hosts is not None else None, "lan": args.lan}  # fmt: skip
+    fixed = {
+        "port": args.port,
+        "registry_port": args.registry_port,
+        "subnet_pool": args.subnet_pool,
+        "bridge_prefix": args.bridge_prefix,
+        "cgroup_parent": args.cgroup_parent,
+        "context": args.context,
+        "controllers": args.controllers,
+        "etcd_members": members,
+        "hosts": True if args.hosts is not None else None,
+        "lan": args.lan,
+    }
     for field, value in fixed.items():
         if value is None or value == getattr(layout, field):
             continue
         if not fresh and field == "hosts":
-            raise ValueError("--hosts: this cluster was set up on one host (see cluster.json); "
-                             "`down --purge` it first")  # fmt: skip
+            raise ValueError(
+                "--hosts: this cluster was set up on one host (see cluster.json); "
+                "`down --purge` it first"
+            )
         if not fresh:
-            raise ValueError(f"--{field.replace('_', '-')}: this cluster was set up with "
-                             f"{getattr(layout, field)!r} (see cluster.json)")
+            raise ValueError(
+                f"--{field.replace('_', '-')}: this cluster was set up with "
+                f"{getattr(layout, field)!r} (see cluster.json)"
+            )
         setattr(layout, field, value)
     if not 1 <= layout.controllers <= 5:
         raise ValueError("--controllers must be between 1 and 5")
     if layout.etcd_members not in (0, 1, 3, 5):
-        raise ValueError("--etcd-members must be 1, 3 or 5 (an even count survives no more "
-                         "member failures than one fewer)")  # fmt: skip
+        raise ValueError(
+            "--etcd-members must be 1, 3 or 5 (an even count survives no more "
+            "member failures than one fewer)"
+        )
     if layout.controllers > 1 and not layout.etcd_members:
-        raise ValueError("--controllers: several controllers need an etcd that no controller "
-                         "runs (an embedded etcd dies with its controller): add "
-                         "--etcd-members 3")  # fmt: skip
-    ports = [layout.port - 1, layout.port + 10 + layout.nodes, layout.registry_port,
-             *layout.controller_ports(),
-             *(p for i in range(1, layout.etcd_members + 1) for p in layout.etcd_ports(i))]
+        raise ValueError(
+            "--controllers: several controllers need an etcd that no controller "
+            "runs (an embedded etcd dies with its controller): add "
+            "--etcd-members 3"
+        )
+    ports = [
+        layout.port - 1,
+        layout.port + 10 + layout.nodes,
+        layout.registry_port,
+        *layout.controller_ports(),
+        *(p for i in range(1, layout.etcd_members + 1) for p in layout.etcd_ports(i)),
+    ]
     for port in ports:
         if not 1 <= port <= 65535:
             raise ValueError(f"port {port} is out of range")
@@ -235,7 +317,9 @@ def apply_up_options(layout: Layout, args: argparse.Namespace, fresh: bool) -> N
         raise ValueError(f"--subnet-pool {pool} has no /24 for each of {layout.nodes} nodes")
     lan = ipaddress.IPv4Network(layout.lan)
     if lan.num_addresses < 64 or lan.overlaps(pool):
-        raise ValueError(f"--lan {lan}: expected a network of at least 64 addresses apart "
-                         f"from --subnet-pool {pool}")  # fmt: skip
+        raise ValueError(
+            f"--lan {lan}: expected a network of at least 64 addresses apart "
+            f"from --subnet-pool {pool}"
+        )
     if not 1 <= len(layout.bridge("node-50")) <= 15:
         raise ValueError("--bridge-prefix: a bridge name has at most 15 characters")

@@ -163,8 +163,14 @@ class Cluster:
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "DOCKYARD_CONFIG": str(self.config_dir)}
-        for name in ("DOCKYARD_HOST", "DOCKYARD_CONTEXT", "DOCKYARD_TLS_CACERT",
-                     "DOCKYARD_TLS_CERT", "DOCKYARD_TLS_KEY", "DOCKYARD_CERT_PATH"):
+        for name in (
+            "DOCKYARD_HOST",
+            "DOCKYARD_CONTEXT",
+            "DOCKYARD_TLS_CACERT",
+            "DOCKYARD_TLS_CERT",
+            "DOCKYARD_TLS_KEY",
+            "DOCKYARD_CERT_PATH",
+        ):
             env.pop(name, None)
         return env
 
@@ -173,20 +179,39 @@ class Cluster:
         directory = identity or self.pki / "admin"
         if self.insecure or not directory.exists():  # not initialized: plaintext
             return []
-        return ["--tlscacert", str(directory / "ca.pem"), "--tlscert",
-                str(directory / "cert.pem"), "--tlskey", str(directory / "key.pem")]
+        return [
+            "--tlscacert",
+            str(directory / "ca.pem"),
+            "--tlscert",
+            str(directory / "cert.pem"),
+            "--tlskey",
+            str(directory / "key.pem"),
+        ]
 
     def run_tool(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a dockyard binary (`dockyard-controller init`, ...) with this cluster's config."""
-        result = subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True,
-                                text=True, env=self.env(), timeout=60)  # fmt: skip
+        result = subprocess.run(
+            [str(BIN / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            env=self.env(),
+            timeout=60,
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed: {result.stderr}")
         return result
 
     def init(self) -> None:
-        args = ["dockyard-controller", "init", "--state-dir", str(self.root / "controller"),
-                "--listen", self.address, "--context", "admin"]  # fmt: skip
+        args = [
+            "dockyard-controller",
+            "init",
+            "--state-dir",
+            str(self.root / "controller"),
+            "--listen",
+            self.address,
+            "--context",
+            "admin",
+        ]
         for endpoint in self.etcd_endpoints:
             args += ["--etcd", endpoint]
         self.run_tool(*args)
@@ -195,12 +220,31 @@ class Cluster:
         """`dockyard-controller join` this cluster's controller to `join_from`'s cluster."""
         leader = self.join_from
         assert leader is not None
-        token = leader.run_tool("dockyard-controller", "token", "create", "--role", "controller",
-                                "--ttl", "0", "-H", leader.address,
-                                *leader.tls_args()).stdout.strip()  # fmt: skip
-        args = ["dockyard-controller", "join", "--token", token, leader.join_address,
-                "--state-dir", str(self.root / "controller"), "--listen", self.address,
-                "--context", "admin"]  # fmt: skip
+        token = leader.run_tool(
+            "dockyard-controller",
+            "token",
+            "create",
+            "--role",
+            "controller",
+            "--ttl",
+            "0",
+            "-H",
+            leader.address,
+            *leader.tls_args(),
+        ).stdout.strip()
+        args = [
+            "dockyard-controller",
+            "join",
+            "--token",
+            token,
+            leader.join_address,
+            "--state-dir",
+            str(self.root / "controller"),
+            "--listen",
+            self.address,
+            "--context",
+            "admin",
+        ]
         for endpoint in self.etcd_endpoints:
             args += ["--etcd", endpoint]
         self.run_tool(*args)
@@ -208,16 +252,34 @@ class Cluster:
     def join_token(self) -> str:
         if self.token is None:
             self.token = self.run_tool(
-                "dockyard-controller", "token", "create", "--role", "agent", "--ttl", "0",
-                "-H", self.address, *self.tls_args(),
+                "dockyard-controller",
+                "token",
+                "create",
+                "--role",
+                "agent",
+                "--ttl",
+                "0",
+                "-H",
+                self.address,
+                *self.tls_args(),
             ).stdout.strip()
         return self.token
 
-    def join(self, name: str, state_dir: Path, token: str | None = None,
-             check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
-        return self.run_tool("dockyard-agent", "join", "--token", token or self.join_token(),
-                             self.join_address, "--state-dir", str(state_dir), "--name", name,
-                             check=check)  # fmt: skip
+    def join(
+        self, name: str, state_dir: Path, token: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.run_tool(
+            "dockyard-agent",
+            "join",
+            "--token",
+            token or self.join_token(),
+            self.join_address,
+            "--state-dir",
+            str(state_dir),
+            "--name",
+            name,
+            check=check,
+        )
 
     def admin_credentials(self) -> Any:
         import grpc
@@ -281,7 +343,10 @@ class Cluster:
         return stub
 
     def start_agent(
-        self, name: str, port: int | None = None, runtime: str = "hollow",
+        self,
+        name: str,
+        port: int | None = None,
+        runtime: str = "hollow",
         extra: list[str] | None = None,
     ) -> Daemon:
         existing = self.agents.get(name)
@@ -328,8 +393,7 @@ class Cluster:
         flags = [] if "--peer-routes" in extra else ["--no-peer-routes"]
         if "--bridge" in extra:
             bridge = extra[extra.index("--bridge") + 1]
-            subnet = (extra[extra.index("--bridge-subnet") + 1]
-                      if "--bridge-subnet" in extra else "")  # fmt: skip
+            subnet = extra[extra.index("--bridge-subnet") + 1] if "--bridge-subnet" in extra else ""
         else:
             bridge, subnet = f"dyt{uuid.uuid4().hex[:8]}", free_subnet()
             flags += ["--bridge", bridge, "--bridge-subnet", subnet]
@@ -342,8 +406,11 @@ class Cluster:
         from tests.runtime.conftest import cleanup_network
 
         for name, (bridge, subnet) in self.networks.items():
-            cleanup_network(self.root / f"agent-{name}" / "network", bridge,
-                            [subnet.rsplit(".", 1)[0] + "."] if subnet else [])  # fmt: skip
+            cleanup_network(
+                self.root / f"agent-{name}" / "network",
+                bridge,
+                [subnet.rsplit(".", 1)[0] + "."] if subnet else [],
+            )
 
     def agent_address(self, name: str) -> str:
         args = self.agents[name].args
@@ -375,9 +442,13 @@ class Cluster:
         """Hollow agents with these names, and wait until every node is READY."""
         for name in names:
             self.start_agent(name)
-        self.wait_for(lambda: len(self.nodes()) == len(names) and all(
-            n["status"]["state"] == "READY" for n in self.nodes().values()),
-            f"{len(names)} nodes READY")  # fmt: skip
+        self.wait_for(
+            lambda: (
+                len(self.nodes()) == len(names)
+                and all(n["status"]["state"] == "READY" for n in self.nodes().values())
+            ),
+            f"{len(names)} nodes READY",
+        )
 
     def node_state(self, name: str) -> str | None:
         node = self.nodes().get(name)

@@ -25,10 +25,21 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-PRIVATE_VARIABLES = ("HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME",
-                     "DOCKYARD_CONFIG")  # fmt: skip
-UNSET_VARIABLES = ("DOCKYARD_HOST", "DOCKYARD_CONTEXT", "DOCKYARD_CERT_PATH",
-                   "DOCKYARD_TLS_CACERT", "DOCKYARD_TLS_CERT", "DOCKYARD_TLS_KEY")  # fmt: skip
+PRIVATE_VARIABLES = (
+    "HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_CACHE_HOME",
+    "DOCKYARD_CONFIG",
+)
+UNSET_VARIABLES = (
+    "DOCKYARD_HOST",
+    "DOCKYARD_CONTEXT",
+    "DOCKYARD_CERT_PATH",
+    "DOCKYARD_TLS_CACERT",
+    "DOCKYARD_TLS_CERT",
+    "DOCKYARD_TLS_KEY",
+)
 REQUIRE_ALL = "DOCKYARD_REQUIRE_ALL"
 OPTIONAL_SKIP = "optional:"
 
@@ -40,9 +51,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dockyard"))
 
 def pytest_configure(config: pytest.Config) -> None:
     home = Path(tempfile.mkdtemp(prefix="dockyard-test-home-"))
-    values = {"HOME": home, "XDG_CONFIG_HOME": home / ".config",
-              "XDG_DATA_HOME": home / ".local" / "share", "XDG_CACHE_HOME": home / ".cache",
-              "DOCKYARD_CONFIG": home / ".config" / "dockyard"}  # fmt: skip
+    values = {
+        "HOME": home,
+        "XDG_CONFIG_HOME": home / ".config",
+        "XDG_DATA_HOME": home / ".local" / "share",
+        "XDG_CACHE_HOME": home / ".cache",
+        "DOCKYARD_CONFIG": home / ".config" / "dockyard",
+    }
     saved = {name: os.environ.get(name) for name in (*PRIVATE_VARIABLES, *UNSET_VARIABLES)}
     for name, path in values.items():
         path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -78,8 +93,9 @@ def _unexpected(report: pytest.TestReport | pytest.CollectReport) -> str | None:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Generator[None, Any, None]:  # fmt: skip
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     reason = _unexpected(report)

@@ -23,8 +23,14 @@ class Answering(containers_pb2_grpc.ContainersServicer):
     async def List(self, request: Any, context: Any) -> cpb.ListContainersResponse:
         web = cpb.ContainerRecord(id="c1", name="web.1.x", image="busybox")
         web.state.status = "running"
-        web.config.labels.update({"dockyard.service.name": "web", "dockyard.service.id": "s1",
-                                  "dockyard.task.id": "t1", "dockyard.slot": "1"})
+        web.config.labels.update(
+            {
+                "dockyard.service.name": "web",
+                "dockyard.service.id": "s1",
+                "dockyard.task.id": "t1",
+                "dockyard.slot": "1",
+            }
+        )
         gone = cpb.ContainerRecord(id="c2", name="gone")
         gone.state.status = "running"
         done = cpb.ContainerRecord(id="c3", name="done")
@@ -34,8 +40,9 @@ class Answering(containers_pb2_grpc.ContainersServicer):
     async def Stats(self, request: Any, context: Any) -> cpb.ContainerStats:
         if request.container == "c2":
             await context.abort(grpc.StatusCode.NOT_FOUND, "no such container")
-        return cpb.ContainerStats(cpu_usage_ns=5, cpu_percent=12.5, memory_usage=1000,
-                                  memory_limit=4000, pids=2)  # fmt: skip
+        return cpb.ContainerStats(
+            cpu_usage_ns=5, cpu_percent=12.5, memory_usage=1000, memory_limit=4000, pids=2
+        )
 
 
 class Hanging(containers_pb2_grpc.ContainersServicer):
@@ -70,24 +77,37 @@ def node(node_id: str, address: str, state: NodeStatus.State.ValueType = NodeSta
 
 async def test_each_node_answers_or_says_why(agents: dict[str, str]) -> None:
     stats = AgentStats(lambda: None, timeout=0.5)
-    answers = await stats.nodes([node("fast", agents["fast"]), node("slow", agents["slow"]),
-                                 node("down", f"127.0.0.1:{free_port()}", NodeStatus.DOWN),
-                                 node("none", "")])  # fmt: skip
+    answers = await stats.nodes(
+        [
+            node("fast", agents["fast"]),
+            node("slow", agents["slow"]),
+            node("down", f"127.0.0.1:{free_port()}", NodeStatus.DOWN),
+            node("none", ""),
+        ]
+    )
     errors = {a.node: a.error for a in answers}
-    assert errors == {"fast": "", "slow": "no answer within 0.5 s", "down": "node is down",
-                      "none": "node has no reachable API address"}  # fmt: skip
+    assert errors == {
+        "fast": "",
+        "slow": "no answer within 0.5 s",
+        "down": "node is down",
+        "none": "node has no reachable API address",
+    }
     (container,) = answers[0].containers  # the exited one is not asked, the gone one left out
     assert container["id"] == "c1" and container["service"] == "web"
     assert container["task_id"] == "t1" and container["slot"] == "1"
     assert (container["cpu_percent"], container["memory_usage"], container["pids"]) == (
-        12.5, 1000, 2)  # fmt: skip
+        12.5,
+        1000,
+        2,
+    )
     assert service_totals(answers[0].containers) == [
-        {"service": "web", "containers": 1, "cpu_percent": 12.5, "memory_usage": 1000,
-         "pids": 2}]  # fmt: skip
+        {"service": "web", "containers": 1, "cpu_percent": 12.5, "memory_usage": 1000, "pids": 2}
+    ]
 
 
 async def test_a_filter_keeps_only_the_wanted_containers(agents: dict[str, str]) -> None:
     stats = AgentStats(lambda: None)
-    answer = await stats.node(node("fast", agents["fast"]),
-                              lambda r: r.config.labels.get("dockyard.service.id") == "s2")
+    answer = await stats.node(
+        node("fast", agents["fast"]), lambda r: r.config.labels.get("dockyard.service.id") == "s2"
+    )
     assert answer.error == "" and answer.containers == []

@@ -98,8 +98,11 @@ def test_the_context_picks_the_daemon(tmp_path: Path) -> None:
 
 def _tls_context(config: Path, name: str = "local") -> dict[str, str]:
     """A current context with TLS material (the files need not exist: nothing dials)."""
-    tls = {"ca": str(config / "ca.pem"), "cert": str(config / "cert.pem"),
-           "key": str(config / "key.pem")}  # fmt: skip
+    tls = {
+        "ca": str(config / "ca.pem"),
+        "cert": str(config / "cert.pem"),
+        "key": str(config / "key.pem"),
+    }
     from dockyard.common.contexts import ContextStore
 
     store = ContextStore(config)
@@ -111,8 +114,14 @@ def _tls_context(config: Path, name: str = "local") -> dict[str, str]:
 @pytest.fixture
 def private_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("DOCKYARD_CONFIG", str(tmp_path))
-    for name in ("DOCKYARD_HOST", "DOCKYARD_CONTEXT", "DOCKYARD_TLS_CACERT",
-                 "DOCKYARD_TLS_CERT", "DOCKYARD_TLS_KEY", "DOCKYARD_CERT_PATH"):
+    for name in (
+        "DOCKYARD_HOST",
+        "DOCKYARD_CONTEXT",
+        "DOCKYARD_TLS_CACERT",
+        "DOCKYARD_TLS_CERT",
+        "DOCKYARD_TLS_KEY",
+        "DOCKYARD_CERT_PATH",
+    ):
         monkeypatch.delenv(name, raising=False)
     return tmp_path
 
@@ -146,8 +155,7 @@ def test_h_with_a_named_context_takes_that_contexts_tls(private_config: Path) ->
     tls = _tls_context(private_config)
     [target] = resolve_targets(("127.0.0.1:9",), "local")
     assert target.address == "127.0.0.1:9" and target.tls is not None
-    assert (target.tls.ca, target.tls.cert, target.tls.key) == (tls["ca"], tls["cert"],
-                                                               tls["key"])  # fmt: skip
+    assert (target.tls.ca, target.tls.cert, target.tls.key) == (tls["ca"], tls["cert"], tls["key"])
     result = dockyard(private_config, "-H", "127.0.0.1:9", "-c", "ghost", "info")
     assert result.returncode == 1 and "context 'ghost' not found" in result.stderr
 
@@ -171,11 +179,24 @@ def test_a_context_names_several_controllers_and_calls_go_to_one_that_answers(
     cluster = cluster_factory(insecure=True)
     cluster.start_controller()
     dead = f"127.0.0.1:{free_port()}"
-    created = dockyard(tmp_path, "context", "create", "ha", "--host", dead, "--host",
-                       f"{cluster.address},{dead.replace(':', ':0')}", "--use")  # fmt: skip
+    created = dockyard(
+        tmp_path,
+        "context",
+        "create",
+        "ha",
+        "--host",
+        dead,
+        "--host",
+        f"{cluster.address},{dead.replace(':', ':0')}",
+        "--use",
+    )
     assert created.returncode == 1 and "names one address twice" in created.stderr
-    assert dockyard(tmp_path, "context", "create", "ha", "--host", dead, "--host",
-                    cluster.address, "--use").returncode == 0  # fmt: skip
+    assert (
+        dockyard(
+            tmp_path, "context", "create", "ha", "--host", dead, "--host", cluster.address, "--use"
+        ).returncode
+        == 0
+    )
     inspected = json.loads(dockyard(tmp_path, "context", "inspect", "ha").stdout)
     assert inspected[0]["host"] == f"{dead},{cluster.address}"
     info = dockyard(tmp_path, "info", "-o", "json")

@@ -31,7 +31,11 @@ class Lines:
     def __init__(self, cluster: Cluster, *args: str) -> None:
         self.process = subprocess.Popen(
             [str(BIN / "dockyard"), *cluster.tls_args(), "-H", cluster.address, "events", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cluster.env())
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cluster.env(),
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -69,8 +73,9 @@ def test_events_follow_services_and_their_tasks(cluster: Cluster) -> None:
     as_json = Lines(cluster, "-f", "type=service", "-o", "json")
     try:
         time.sleep(1)  # both streams open
-        cluster.cli("service", "create", "-d", "--name", "web", "--replicas", "2",
-                    "busybox", "sleep", "300")  # fmt: skip
+        cluster.cli(
+            "service", "create", "-d", "--name", "web", "--replicas", "2", "busybox", "sleep", "300"
+        )
         cluster.cli("service", "create", "-d", "--name", "other", "busybox", "true")
         lines = followed.until(lambda line: " web.2 RUNNING " in line)
         assert any(" service created " in line and " web " in line for line in lines)
@@ -110,14 +115,24 @@ def test_events_need_the_http_side(cluster_factory: Callable[..., Cluster]) -> N
 
 def test_filters_and_lines() -> None:
     wanted = parse_filters(("type=task", "name=web"))
-    task = {"kind": "task", "type": "updated", "id": "0123456789abcdef",
-            "record": {"service_name": "web", "slot": 2, "desired_state": "RUNNING",
-                       "status": {"state": "RUNNING"},
-                       "meta": {"updated_at": "2026-11-28T01:02:03.456Z"}}}
+    task = {
+        "kind": "task",
+        "type": "updated",
+        "id": "0123456789abcdef",
+        "record": {
+            "service_name": "web",
+            "slot": 2,
+            "desired_state": "RUNNING",
+            "status": {"state": "RUNNING"},
+            "meta": {"updated_at": "2026-11-28T01:02:03.456Z"},
+        },
+    }
     assert wanted.matches(task)
     assert not wanted.matches({**task, "kind": "node"})
-    assert describe(task) == "2026-11-28T01:02:03Z task updated 0123456789ab web.2 RUNNING " \
-                             "(desired RUNNING)"
+    assert (
+        describe(task) == "2026-11-28T01:02:03Z task updated 0123456789ab web.2 RUNNING "
+        "(desired RUNNING)"
+    )
     assert describe({"kind": "service", "type": "removed", "id": "ab"}) == "- service removed ab"
     with pytest.raises(click.BadParameter, match="unknown filter 'colour=red'"):
         parse_filters(("colour=red",))

@@ -27,16 +27,23 @@ def clusters(cluster_factory: Callable[..., Cluster]) -> Iterator[list[Cluster]]
         cluster.start_agent(f"node-of-c{index}")
         made.append(cluster)
     for index, cluster in enumerate(made[:2]):
-        cluster.wait_for(lambda c=cluster, i=index: c.node_state(f"node-of-c{i}") == "READY",
-                         "node READY")  # fmt: skip
+        cluster.wait_for(
+            lambda c=cluster, i=index: c.node_state(f"node-of-c{i}") == "READY", "node READY"
+        )
     yield made
 
 
 def dockyard(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = Cluster(config).env()  # a clean environment with DOCKYARD_CONFIG = config
     env["DOCKYARD_CONFIG"] = str(config)
-    return subprocess.run([str(BIN / "dockyard"), *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "dockyard"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture
@@ -46,9 +53,20 @@ def config(tmp_path: Path, clusters: list[Cluster]) -> Path:
     directory = tmp_path / "fanout-config"
     for index, cluster in enumerate(clusters):
         pki = cluster.pki / "admin"
-        created = dockyard(directory, "context", "create", f"c{index}", "--host", cluster.address,
-                           "--tlscacert", str(pki / "ca.pem"), "--tlscert", str(pki / "cert.pem"),
-                           "--tlskey", str(pki / "key.pem"))  # fmt: skip
+        created = dockyard(
+            directory,
+            "context",
+            "create",
+            f"c{index}",
+            "--host",
+            cluster.address,
+            "--tlscacert",
+            str(pki / "ca.pem"),
+            "--tlscert",
+            str(pki / "cert.pem"),
+            "--tlskey",
+            str(pki / "key.pem"),
+        )
         assert created.returncode == 0, created.stderr
     group = dockyard(directory, "context", "create", "all", "--member", "c0,c1", "--member", "c2")
     assert group.returncode == 0, group.stderr
@@ -63,8 +81,9 @@ def check_table(result: subprocess.CompletedProcess[str], clusters: list[Cluster
     rows = sorted(line.split()[0] + " " + line.split()[2] for line in lines[1:])
     assert rows == ["c0 node-of-c0", "c1 node-of-c1"]
     [failure] = result.stderr.splitlines()
-    assert failure == (f"dockyard: c2: cannot reach controller at {clusters[2].address}: "
-                       "connection refused")  # fmt: skip
+    assert failure == (
+        f"dockyard: c2: cannot reach controller at {clusters[2].address}: connection refused"
+    )
 
 
 def test_node_ls_on_three_clusters_one_stopped(config: Path, clusters: list[Cluster]) -> None:
@@ -76,21 +95,26 @@ def test_node_ls_on_three_clusters_one_stopped(config: Path, clusters: list[Clus
     assert result.returncode == 1
     data = json.loads(result.stdout)
     assert sorted((d["target"], d["record"]["spec"]["name"]) for d in data) == [
-        ("c0", "node-of-c0"), ("c1", "node-of-c1")]
+        ("c0", "node-of-c0"),
+        ("c1", "node-of-c1"),
+    ]
     assert "dockyard: c2: cannot reach controller" in result.stderr
     # all live: exit 0; -q prints the IDs
     result = dockyard(config, "-c", "c0,c1", "node", "ls", "-q")
     assert result.returncode == 0, result.stderr
-    nodes = {c: json.loads(dockyard(config, "-c", c, "node", "ls", "-o", "json").stdout)[0]["id"]
-             for c in ("c0", "c1")}  # fmt: skip
+    nodes = {
+        c: json.loads(dockyard(config, "-c", c, "node", "ls", "-o", "json").stdout)[0]["id"]
+        for c in ("c0", "c1")
+    }
     assert sorted(result.stdout.split()) == sorted(nodes.values())
     # every read command
     for args in (["service", "ls"], ["ps"], ["secret", "ls"], ["info"], ["version"]):
         result = dockyard(config, "-c", "all", *args)
         assert result.returncode == 1, (args, result.stderr)
         what = "daemon" if args[0] in ("info", "version") else "controller"
-        assert (f"dockyard: c2: cannot reach {what} at {clusters[2].address}: "
-                "connection refused") in result.stderr  # fmt: skip
+        assert (
+            f"dockyard: c2: cannot reach {what} at {clusters[2].address}: connection refused"
+        ) in result.stderr
     info = dockyard(config, "-c", "all", "info", "-o", "json")
     assert sorted(d["target"] for d in json.loads(info.stdout)) == ["c0", "c1"]
     version = dockyard(config, "-c", "all", "version", "-o", "json")
@@ -114,7 +138,8 @@ def test_several_agents_of_one_cluster_with_h(config: Path, clusters: list[Clust
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert sorted((d["target"], d["name"]) for d in data) == sorted(
-        [(first, "node-of-c0"), (second, "second")])
+        [(first, "node-of-c0"), (second, "second")]
+    )
 
 
 def test_a_target_that_never_answers_times_out_and_the_others_print(
@@ -156,8 +181,9 @@ def test_a_target_that_never_answers_times_out_and_the_others_print(
     assert "did not answer in time" in failure or "no answer within 2 s" in failure
 
 
-def test_events_of_several_clusters_lead_with_their_target(config: Path,
-                                                           clusters: list[Cluster]) -> None:
+def test_events_of_several_clusters_lead_with_their_target(
+    config: Path, clusters: list[Cluster]
+) -> None:
     """`-c all events`: both live clusters' changes, each line led by its context; the
     stopped one's failure is its own stderr line."""
     import os
@@ -166,9 +192,13 @@ def test_events_of_several_clusters_lead_with_their_target(config: Path,
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
     env["DOCKYARD_CONFIG"] = str(config)
-    process = subprocess.Popen([str(BIN / "dockyard"), "-c", "all", "events", "-f",
-                                "type=service"], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, env=env)  # fmt: skip
+    process = subprocess.Popen(
+        [str(BIN / "dockyard"), "-c", "all", "events", "-f", "type=service"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     lines: queue.Queue[str] = queue.Queue()
 
     def read() -> None:
@@ -181,13 +211,25 @@ def test_events_of_several_clusters_lead_with_their_target(config: Path,
     try:
         time.sleep(2)  # the streams are open (no event is replayed: they start from now)
         for index in (0, 1):
-            created = dockyard(config, "-c", f"c{index}", "service", "create", "-d", "--name",
-                               f"ev{index}", "busybox", "sleep", "60")  # fmt: skip
+            created = dockyard(
+                config,
+                "-c",
+                f"c{index}",
+                "service",
+                "create",
+                "-d",
+                "--name",
+                f"ev{index}",
+                "busybox",
+                "sleep",
+                "60",
+            )
             assert created.returncode == 0, created.stderr
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (
-                any(s.startswith("c0 ") and " ev0 " in s for s in seen)
-                and any(s.startswith("c1 ") and " ev1 " in s for s in seen)):
+            any(s.startswith("c0 ") and " ev0 " in s for s in seen)
+            and any(s.startswith("c1 ") and " ev1 " in s for s in seen)
+        ):
             try:
                 seen.append(lines.get(timeout=0.5))
             except queue.Empty:

@@ -231,13 +231,30 @@ def test_controller_start_fails_clearly_without_etcd(
 
 
 @pytest.mark.parametrize("command", ["run", "init", "join"])
-@pytest.mark.parametrize(("flags", "message"), [
-    (["--etcd", "127.0.0.1:2379", "--etcd-cacert", "CA"], "needs all three of --etcd-cacert"),
-    (["--etcd-cacert", "CA", "--etcd-cert", "CA", "--etcd-key", "CA"], "need --etcd"),
-    (["--etcd", "127.0.0.1:2379", "--etcd-server-name", "localhost"], "--etcd-server-name needs"),
-    (["--etcd", "127.0.0.1:2379", "--etcd-cacert", "missing", "--etcd-cert", "CA",
-      "--etcd-key", "CA"], "cannot read etcd TLS material"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--etcd", "127.0.0.1:2379", "--etcd-cacert", "CA"], "needs all three of --etcd-cacert"),
+        (["--etcd-cacert", "CA", "--etcd-cert", "CA", "--etcd-key", "CA"], "need --etcd"),
+        (
+            ["--etcd", "127.0.0.1:2379", "--etcd-server-name", "localhost"],
+            "--etcd-server-name needs",
+        ),
+        (
+            [
+                "--etcd",
+                "127.0.0.1:2379",
+                "--etcd-cacert",
+                "missing",
+                "--etcd-cert",
+                "CA",
+                "--etcd-key",
+                "CA",
+            ],
+            "cannot read etcd TLS material",
+        ),
+    ],
+)
 def test_bad_etcd_tls_flags_are_refused_and_write_nothing(
     tmp_path: Path, command: str, flags: list[str], message: str
 ) -> None:
@@ -272,13 +289,26 @@ def test_a_taken_listen_port_is_one_clear_line(tmp_path: Path, daemon: str) -> N
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        args = ["--http-listen", ""] if daemon == "dockyard-controller" else [
-            "--controller", "127.0.0.1:1", "--runtime", "hollow"]
+        args = (
+            ["--http-listen", ""]
+            if daemon == "dockyard-controller"
+            else ["--controller", "127.0.0.1:1", "--runtime", "hollow"]
+        )
         result = subprocess.run(
-            [str(BIN / daemon), "run", "--insecure", "--listen", f"127.0.0.1:{port}",
-             "--state-dir", str(tmp_path / "state"), *args],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [
+                str(BIN / daemon),
+                "run",
+                "--insecure",
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--state-dir",
+                str(tmp_path / "state"),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 1, result.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.stderr

@@ -74,14 +74,16 @@ def test_info_lists_both_controllers_and_the_etcd_member(
         assert sorted(controllers) == sorted([first_id, second_id])
         assert [c["controller_id"] for c in data["controllers"] if c["is_leader"]] == [first_id]
         assert [c["controller_id"] for c in data["controllers"] if c["is_self"]] == [
-            data["controller_id"]]
+            data["controller_id"]
+        ]
         assert controllers[first_id]["api_address"] == first.address
         assert controllers[second_id]["api_address"] == second.address
         assert controllers[second_id]["http_address"] == f"127.0.0.1:{second.http_port}"
         # Each side dialled the other (over mutual TLS with its own certificate).
         assert all(c["reachable"] and c["error"] == "" for c in controllers.values())
-        assert controllers[first_id]["leader_since"] and "leader_since" not in controllers[
-            second_id]
+        assert (
+            controllers[first_id]["leader_since"] and "leader_since" not in controllers[second_id]
+        )
         assert all(c["started_at"] and c["version"] for c in controllers.values())
         [member] = data["etcd_members"]
         assert member["client_urls"] == [f"http://{shared_etcd.endpoint}"]
@@ -117,11 +119,14 @@ def test_a_killed_controller_is_unreachable_then_gone_within_its_ttl(
     assert dead is None or (not dead["reachable"] and dead["error"]), dead
     if within_ttl and dead is not None:
         assert dead["api_address"] == first.address
-    gone = second.wait_for(lambda: first_id not in by_id(info(second)), "the record to expire",
-                           timeout=TTL * 4)  # fmt: skip
+    gone = second.wait_for(
+        lambda: first_id not in by_id(info(second)), "the record to expire", timeout=TTL * 4
+    )
     assert time.monotonic() - killed < TTL * 4, gone
-    second.wait_for(lambda: [c["is_leader"] for c in info(second)["controllers"]] == [True],
-                    "the survivor to lead, alone")  # fmt: skip
+    second.wait_for(
+        lambda: [c["is_leader"] for c in info(second)["controllers"]] == [True],
+        "the survivor to lead, alone",
+    )
 
 
 def test_a_stopped_controller_leaves_the_list_at_once(
@@ -158,8 +163,10 @@ def test_each_etcd_member_s_health_and_a_dead_one(
     def members() -> dict[str, dict[str, Any]]:
         return {m["name"]: m for m in info(cluster)["etcd_members"]}
 
-    cluster.wait_for(lambda: [m["reachable"] for m in members().values()] == [True] * 3,
-                     "three reachable members")  # fmt: skip
+    cluster.wait_for(
+        lambda: [m["reachable"] for m in members().values()] == [True] * 3,
+        "three reachable members",
+    )
     found = members()
     assert sorted(found) == ["m0", "m1", "m2"]
     assert sum(m["is_leader"] for m in found.values()) == 1

@@ -43,11 +43,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (deploy/install installs it)")
     out = tmp_path_factory.mktemp("dist")
-    done = subprocess.run([str(ROOT / "deploy" / "package"), "--out", str(out), "--lintian"],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    done = subprocess.run(
+        [str(ROOT / "deploy" / "package"), "--out", str(out), "--lintian"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
-                          check=True).stdout.strip()  # fmt: skip
+    arch = subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     deb = out / f"dockyard_{VERSION}_{arch}.deb"
     wheel = out / f"dockyard-{VERSION}-py3-none-any.whl"
     assert deb.is_file() and wheel.is_file(), sorted(p.name for p in out.iterdir())
@@ -56,16 +61,18 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 def field(deb: Path, name: str) -> str:
-    return subprocess.run(["dpkg-deb", "--field", str(deb), name], capture_output=True,
-                          text=True, check=True).stdout.strip()  # fmt: skip
+    return subprocess.run(
+        ["dpkg-deb", "--field", str(deb), name], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_the_package_holds_the_virtualenv_commands_units_and_settings(
     built: tuple[Path, Path],
 ) -> None:
     _, deb = built
-    listing = subprocess.run(["dpkg-deb", "--contents", str(deb)], capture_output=True,
-                             text=True, check=True).stdout.splitlines()  # fmt: skip
+    listing = subprocess.run(
+        ["dpkg-deb", "--contents", str(deb)], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
     entries = {line.split()[5].removeprefix("."): line for line in listing}
     for command in COMMANDS:
         line = entries[f"/usr/bin/{command}"]
@@ -75,8 +82,10 @@ def test_the_package_holds_the_virtualenv_commands_units_and_settings(
         assert f"/lib/systemd/system/{unit}.service" in entries
         assert f"/etc/default/{unit}" in entries
     assert "/opt/dockyard/bin/python" in entries
-    assert any(p.startswith("/opt/dockyard/lib/python3") and p.endswith("/dockyard/cli/main.py")
-               for p in entries)  # fmt: skip
+    assert any(
+        p.startswith("/opt/dockyard/lib/python3") and p.endswith("/dockyard/cli/main.py")
+        for p in entries
+    )
     assert not any(p.endswith(".pyc") or "__pycache__" in p for p in entries)
     assert all(line.split()[1] == "root/root" for line in listing)
 
@@ -85,8 +94,9 @@ def test_the_package_holds_the_virtualenv_commands_units_and_settings(
         assert package in depends.replace(",", " ").split(), depends
     assert field(deb, "Recommends") == "etcd-server"
     assert field(deb, "Version") == VERSION
-    conffiles = subprocess.run(["dpkg-deb", "--info", str(deb), "conffiles"],
-                               capture_output=True, text=True, check=True)  # fmt: skip
+    conffiles = subprocess.run(
+        ["dpkg-deb", "--info", str(deb), "conffiles"], capture_output=True, text=True, check=True
+    )
     assert conffiles.stdout.split() == [f"/etc/default/{u}" for u in UNITS]
 
 
@@ -103,8 +113,13 @@ def test_the_units_run_the_packaged_commands(built: tuple[Path, Path], tmp_path:
     # The virtualenv runs from wherever it lies (its python finds its own site-packages).
     python = tmp_path / "opt/dockyard/bin/python"
     code = "from dockyard.common.version import package_version; print(package_version())"
-    answered = subprocess.run([str(python), "-c", code], capture_output=True, text=True,
-                              timeout=60, env={"PATH": SYSTEM_PATH})  # fmt: skip
+    answered = subprocess.run(
+        [str(python), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": SYSTEM_PATH},
+    )
     assert answered.stdout.strip() == VERSION, answered.stderr
 
 
@@ -123,8 +138,9 @@ def installable() -> Iterator[None]:
     if os.geteuid() != 0:
         pytest.skip("dpkg -i needs root")
     present = [str(p) for p in HOST_PATHS if p.exists() or p.is_symlink()]
-    status = subprocess.run(["dpkg-query", "-W", "-f=${Status}", "dockyard"],
-                            capture_output=True, text=True)  # fmt: skip
+    status = subprocess.run(
+        ["dpkg-query", "-W", "-f=${Status}", "dockyard"], capture_output=True, text=True
+    )
     if present or "installed" in status.stdout:
         pytest.skip(f"this host already has Dockyard installed: {present or 'package'}")
     try:
@@ -137,23 +153,31 @@ def test_dpkg_installs_it_and_the_commands_answer_from_the_path(
     built: tuple[Path, Path], installable: None
 ) -> None:
     _, deb = built
-    installed = subprocess.run(["dpkg", "-i", str(deb)], capture_output=True, text=True,
-                               timeout=300)  # fmt: skip
+    installed = subprocess.run(
+        ["dpkg", "-i", str(deb)], capture_output=True, text=True, timeout=300
+    )
     assert installed.returncode == 0, installed.stdout + installed.stderr
     env = {"PATH": SYSTEM_PATH, "HOME": os.environ.get("HOME", "/root"), "LC_ALL": "C.UTF-8"}
     for command in COMMANDS:
         assert shutil.which(command, path=SYSTEM_PATH) == f"/usr/bin/{command}"
-    answered = subprocess.run(["dockyard", "version", "--client", "-o", "json"],
-                              capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    answered = subprocess.run(
+        ["dockyard", "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert answered.returncode == 0, answered.stderr
     assert json.loads(answered.stdout)["client"]["version"] == VERSION
     for daemon in ("dockyard-controller", "dockyard-agent"):
-        shown = subprocess.run([daemon, "--version"], capture_output=True, text=True,
-                               timeout=60, env=env)  # fmt: skip
+        shown = subprocess.run(
+            [daemon, "--version"], capture_output=True, text=True, timeout=60, env=env
+        )
         assert shown.returncode == 0 and VERSION in shown.stdout, shown.stdout + shown.stderr
     # postinst compiled the byte code; removing the package takes it away again.
     assert list(Path("/opt/dockyard/lib").rglob("__pycache__"))
-    removed = subprocess.run(["dpkg", "--purge", "dockyard"], capture_output=True, text=True,
-                             timeout=120)  # fmt: skip
+    removed = subprocess.run(
+        ["dpkg", "--purge", "dockyard"], capture_output=True, text=True, timeout=120
+    )
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert not [str(p) for p in HOST_PATHS if p.exists() or p.is_symlink()]

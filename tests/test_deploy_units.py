@@ -35,8 +35,9 @@ def example_options(unit: str) -> list[str]:
 def test_every_flag_is_one_the_daemon_accepts(unit: str) -> None:
     command = exec_start(unit)
     assert command[0] == f"/usr/local/bin/{unit}" and command[1] == "run"
-    usage = subprocess.run([str(BIN / unit), "run", "--help"], capture_output=True, text=True,
-                           check=True).stdout  # fmt: skip
+    usage = subprocess.run(
+        [str(BIN / unit), "run", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     accepted = set(re.findall(r"(--[a-z][a-z0-9-]*)", usage))
     used = {word for word in command[2:] + example_options(unit) if word.startswith("--")}
     assert used, "no flags found"
@@ -51,10 +52,14 @@ def test_systemd_reads_the_unit_without_a_complaint(unit: str, tmp_path: Path) -
     text = (SYSTEMD / f"{unit}.service").read_text()
     copy = tmp_path / f"{unit}.service"
     copy.write_text(text.replace(f"/usr/local/bin/{unit}", str(BIN / unit)))
-    checked = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
-                             text=True, timeout=60)  # fmt: skip
-    complaints = [line for line in (checked.stdout + checked.stderr).splitlines()
-                  if str(copy) in line or unit in line]  # fmt: skip
+    checked = subprocess.run(
+        ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60
+    )
+    complaints = [
+        line
+        for line in (checked.stdout + checked.stderr).splitlines()
+        if str(copy) in line or unit in line
+    ]
     assert checked.returncode == 0 and not complaints, checked.stdout + checked.stderr
 
 

@@ -65,14 +65,25 @@ async def served(etcd: EtcdServer) -> AsyncIterator[Served]:
     on a cluster state fed by a real etcd."""
     store = Store([etcd.endpoint], "/test")
     await store.connect(5)
-    task = Task(id="t" * 24, node_id=MUTE, desired_state=TaskStatus.RUNNING,
-                status=TaskStatus(state=TaskStatus.ASSIGNED))  # fmt: skip
+    task = Task(
+        id="t" * 24,
+        node_id=MUTE,
+        desired_state=TaskStatus.RUNNING,
+        status=TaskStatus(state=TaskStatus.ASSIGNED),
+    )
     await store.create(TASKS, task.id, task)
     async with watched_view(store) as state:
         sessions = SessionRegistry()
         term = Term(StatusWriter(store, state))
-        dispatcher = Dispatcher(NodeRegistry(store), sessions, "cluster", heartbeat_period=5.0,
-                                grace=30.0, leader_address=lambda: None, term=lambda: term)
+        dispatcher = Dispatcher(
+            NodeRegistry(store),
+            sessions,
+            "cluster",
+            heartbeat_period=5.0,
+            grace=30.0,
+            leader_address=lambda: None,
+            term=lambda: term,
+        )
         writing = asyncio.create_task(term.status_writer.run())
         server = grpc.aio.server(options=SERVER_OPTIONS)
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
@@ -108,8 +119,9 @@ async def test_a_node_that_never_reads_costs_one_message_of_each_kind(served: Se
         while True:
             yield await outgoing.get()
 
-    async with grpc.aio.insecure_channel(served.address, options=[
-            ("grpc.max_receive_message_length", 64 * MiB)]) as channel:  # fmt: skip
+    async with grpc.aio.insecure_channel(
+        served.address, options=[("grpc.max_receive_message_length", 64 * MiB)]
+    ) as channel:
         call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
         accepted = await asyncio.wait_for(call.read(), 10)
         assert isinstance(accepted, DispatcherMessage)
@@ -174,8 +186,11 @@ async def test_oversized_reports_and_messages_from_a_node_write_nothing(served: 
             yield await outgoing.get()
 
     def report(**status: Any) -> AgentMessage:
-        return AgentMessage(task_status=TaskStatusReport(task_id=task_id, status=TaskStatus(
-            state=TaskStatus.RUNNING, **status)))  # fmt: skip
+        return AgentMessage(
+            task_status=TaskStatusReport(
+                task_id=task_id, status=TaskStatus(state=TaskStatus.RUNNING, **status)
+            )
+        )
 
     async with grpc.aio.insecure_channel(served.address) as channel:
         call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
@@ -189,7 +204,8 @@ async def test_oversized_reports_and_messages_from_a_node_write_nothing(served: 
         assert stored.status.state == TaskStatus.ASSIGNED  # nothing written
         rejected = [e for e in logs if e["event"] == "task.status_rejected"]
         assert rejected[0]["reason"] == (
-            f"status.error: {MAX_STATUS_TEXT + 1} characters, at most {MAX_STATUS_TEXT}")
+            f"status.error: {MAX_STATUS_TEXT + 1} characters, at most {MAX_STATUS_TEXT}"
+        )
         outgoing.put_nowait(report(error="e" * MAX_STATUS_TEXT))  # at the bound: taken
         for _ in range(50):
             await asyncio.sleep(0.1)
@@ -237,11 +253,15 @@ def test_the_outbox_keeps_the_newest_of_each_kind_in_first_queued_order() -> Non
 def test_status_reports_are_bounded_and_name_the_field() -> None:
     report = TaskStatusReport(task_id="t1", status=TaskStatus(error="e" * (MAX_STATUS_TEXT + 1)))
     assert status_report_problem(report) == (
-        f"status.error: {MAX_STATUS_TEXT + 1} characters, at most {MAX_STATUS_TEXT}")
+        f"status.error: {MAX_STATUS_TEXT + 1} characters, at most {MAX_STATUS_TEXT}"
+    )
     assert status_report_problem(TaskStatusReport(task_id="t" * 129)) == (
-        "task_id: 129 characters, at most 128")
-    assert status_report_problem(TaskStatusReport(task_id="t1", status=TaskStatus(
-        address="a" * 65))) == "status.address: 65 characters, at most 64"
+        "task_id: 129 characters, at most 128"
+    )
+    assert (
+        status_report_problem(TaskStatusReport(task_id="t1", status=TaskStatus(address="a" * 65)))
+        == "status.address: 65 characters, at most 64"
+    )
     # What an agent reports it clips first, so its reports always pass.
     status = TaskStatus(message="m" * 100_000, error="short")
     clip_status(status)
@@ -254,7 +274,8 @@ def test_an_agent_refuses_a_set_over_its_bounds_whole() -> None:
     tasks = [Task(id=f"t{i}") for i in range(MAX_ASSIGNED_TASKS + 1)]
     over = AssignmentSet(full=True, tasks=tasks)
     assert assignment_set_problem(over) == (
-        f"{MAX_ASSIGNED_TASKS + 1} tasks, at most {MAX_ASSIGNED_TASKS} in one set")
+        f"{MAX_ASSIGNED_TASKS + 1} tasks, at most {MAX_ASSIGNED_TASKS} in one set"
+    )
     with structlog.testing.capture_logs() as logs:
         assert not agent_session._acceptable(over)
     assert logs[0]["event"] == "session.assignments_refused"
@@ -277,8 +298,10 @@ async def test_a_node_that_stops_reading_never_delays_another_nodes_sets(served:
         return stream()
 
     options = [("grpc.max_receive_message_length", 64 * MiB)]
-    async with grpc.aio.insecure_channel(served.address, options=options) as slow_channel, \
-            grpc.aio.insecure_channel(served.address, options=options) as fast_channel:
+    async with (
+        grpc.aio.insecure_channel(served.address, options=options) as slow_channel,
+        grpc.aio.insecure_channel(served.address, options=options) as fast_channel,
+    ):
         slow = dispatcher_pb2_grpc.DispatcherStub(slow_channel).Session(requests("s" * 20))
         fast = dispatcher_pb2_grpc.DispatcherStub(fast_channel).Session(requests("f" * 20))
         for call in (slow, fast):

@@ -53,15 +53,29 @@ async def served(etcd: EtcdServer) -> AsyncIterator[Served]:
     store = Store([etcd.endpoint], "/flood")
     await store.connect(5)
     for task_id, node_id in ((FLOOD_TASK, FLOOD), (CALM_TASK, CALM)):
-        await store.create(TASKS, task_id, Task(
-            id=task_id, node_id=node_id, desired_state=TaskStatus.RUNNING,
-            status=TaskStatus(state=TaskStatus.ASSIGNED)))  # fmt: skip
+        await store.create(
+            TASKS,
+            task_id,
+            Task(
+                id=task_id,
+                node_id=node_id,
+                desired_state=TaskStatus.RUNNING,
+                status=TaskStatus(state=TaskStatus.ASSIGNED),
+            ),
+        )
     async with watched_view(store) as state:
         sessions = SessionRegistry()
         writer = StatusWriter(store, state)
         term = Term(writer)
-        dispatcher = Dispatcher(NodeRegistry(store), sessions, "cluster", heartbeat_period=5.0,
-                                grace=30.0, leader_address=lambda: None, term=lambda: term)
+        dispatcher = Dispatcher(
+            NodeRegistry(store),
+            sessions,
+            "cluster",
+            heartbeat_period=5.0,
+            grace=30.0,
+            leader_address=lambda: None,
+            term=lambda: term,
+        )
         writing = asyncio.create_task(writer.run())
         server = grpc.aio.server(options=SERVER_OPTIONS)
         dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
@@ -83,12 +97,22 @@ def flood() -> list[AgentMessage]:
     with 5,000 on the other node's task among them."""
     messages = [AgentMessage(hello=SessionHello(node_id=FLOOD, name="flood"))]
     for index in range(REPORTS):
-        messages.append(AgentMessage(task_status=TaskStatusReport(
-            task_id=FLOOD_TASK, status=TaskStatus(state=TaskStatus.RUNNING,
-                                                  message=f"report {index}"))))  # fmt: skip
+        messages.append(
+            AgentMessage(
+                task_status=TaskStatusReport(
+                    task_id=FLOOD_TASK,
+                    status=TaskStatus(state=TaskStatus.RUNNING, message=f"report {index}"),
+                )
+            )
+        )
         if index % (REPORTS // FOREIGN) == 0:
-            messages.append(AgentMessage(task_status=TaskStatusReport(
-                task_id=CALM_TASK, status=TaskStatus(state=TaskStatus.FAILED))))
+            messages.append(
+                AgentMessage(
+                    task_status=TaskStatusReport(
+                        task_id=CALM_TASK, status=TaskStatus(state=TaskStatus.FAILED)
+                    )
+                )
+            )
     return messages
 
 
@@ -111,10 +135,11 @@ async def test_a_flooding_node_costs_one_waiting_report_per_task(served: Served)
     pending_seen: list[int] = []
     acked_mid_flood: list[int] = []
     with structlog.testing.capture_logs() as logs:
-        async with grpc.aio.insecure_channel(served.address) as flood_channel, \
-                grpc.aio.insecure_channel(served.address) as calm_channel:
-            calm_call = dispatcher_pb2_grpc.DispatcherStub(calm_channel).Session(
-                calm_requests())
+        async with (
+            grpc.aio.insecure_channel(served.address) as flood_channel,
+            grpc.aio.insecure_channel(served.address) as calm_channel,
+        ):
+            calm_call = dispatcher_pb2_grpc.DispatcherStub(calm_channel).Session(calm_requests())
             assert isinstance(await asyncio.wait_for(calm_call.read(), 10), DispatcherMessage)
             flood_call = dispatcher_pb2_grpc.DispatcherStub(flood_channel).Session(flooding())
             sequence = 0

@@ -29,9 +29,13 @@ def mode_of(path: Path) -> int:
 
 
 def etcdctl(endpoint: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["etcdctl", "--endpoints", endpoint, "--dial-timeout=2s",
-                           "--command-timeout=3s", *args], capture_output=True, text=True,
-                          env=ETCDCTL_ENV, timeout=30)  # fmt: skip
+    return subprocess.run(
+        ["etcdctl", "--endpoints", endpoint, "--dial-timeout=2s", "--command-timeout=3s", *args],
+        capture_output=True,
+        text=True,
+        env=ETCDCTL_ENV,
+        timeout=30,
+    )
 
 
 def plain_store_refused(endpoint: str, **credentials: bytes) -> bool:
@@ -49,16 +53,22 @@ def plain_store_refused(endpoint: str, **credentials: bytes) -> bool:
 
 def tls_handshake(port: int, context: ssl.SSLContext) -> bytes:
     """Send an HTTP request over TLS and return what came back (raises on refusal)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:  # fmt: skip
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+        context.wrap_socket(raw, server_hostname="127.0.0.1") as conn,
+    ):
         conn.sendall(b"GET /members HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
         return conn.recv(4096)
 
 
 def etcd_ports(state_dir: Path) -> tuple[int, int]:
     """The client and peer ports of the etcd whose data is under `state_dir`."""
-    found = subprocess.run(["pgrep", "-a", "-f", "--", f"--data-dir={state_dir}/etcd/data"],
-                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    found = subprocess.run(
+        ["pgrep", "-a", "-f", "--", f"--data-dir={state_dir}/etcd/data"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     args = found.split()
     client = next(a for a in args if a.startswith("--listen-client-urls="))
     peer = next(a for a in args if a.startswith("--listen-peer-urls="))
@@ -92,9 +102,12 @@ def test_only_the_controller_reaches_its_embedded_etcd(cluster: Cluster, control
     assert plain_store_refused(endpoint, ca_cert=tls.ca.read_bytes())
     # a certificate from the cluster CA (the admin's; every node has one too): refused
     admin = cluster.pki / "admin"
-    assert plain_store_refused(endpoint, ca_cert=tls.ca.read_bytes(),
-                               cert_key=(admin / "key.pem").read_bytes(),
-                               cert_chain=(admin / "cert.pem").read_bytes())  # fmt: skip
+    assert plain_store_refused(
+        endpoint,
+        ca_cert=tls.ca.read_bytes(),
+        cert_key=(admin / "key.pem").read_bytes(),
+        cert_chain=(admin / "cert.pem").read_bytes(),
+    )
     # the peer port: loopback, TLS, and a client certificate too
     with pytest.raises((ssl.SSLError, OSError)):
         tls_handshake(peer_port, with_ca_only)
@@ -103,8 +116,9 @@ def test_only_the_controller_reaches_its_embedded_etcd(cluster: Cluster, control
         assert b'"peerURLs"' not in raw.recv(4096)
 
     # the controller's own certificate works, and the controller does
-    allowed = etcdctl(endpoint, *tls.etcdctl_args(), "get", "--prefix", "--keys-only",
-                     "/dockyard/pki/ca")
+    allowed = etcdctl(
+        endpoint, *tls.etcdctl_args(), "get", "--prefix", "--keys-only", "/dockyard/pki/ca"
+    )
     assert allowed.returncode == 0 and "/dockyard/pki/ca" in allowed.stdout, allowed.stderr
     cluster.cli("service", "create", "-d", "--name", "web", "busybox", "sleep", "60")
     assert "web" in cluster.cli("service", "ls").stdout
@@ -131,9 +145,12 @@ async def test_an_etcd_with_tls_refuses_a_plain_client_and_serves_its_own(tmp_pa
         with pytest.raises(StoreUnavailable):
             await plain.connect(2)
         other = await asyncio.to_thread(make_etcd_pki, tmp_path / "other")
-        stranger = Store([server.endpoint], ca_cert=tls.ca.read_bytes(),
-                         cert_key=other.client_key.read_bytes(),
-                         cert_chain=other.client_cert.read_bytes())  # fmt: skip
+        stranger = Store(
+            [server.endpoint],
+            ca_cert=tls.ca.read_bytes(),
+            cert_key=other.client_key.read_bytes(),
+            cert_chain=other.client_cert.read_bytes(),
+        )
         with pytest.raises(StoreUnavailable):
             await stranger.connect(2)
     finally:

@@ -33,10 +33,24 @@ STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 VARIABLE = re.compile(r"\$\{[^}]*\}|\$\w+")
 NUMBER = re.compile(r"[0-9.][0-9a-zA-Z_.]*")  # 0.99, 1e3, 0x1f, durations (5m)
 # Aggregations may take their `by (...)` clause before the parenthesis.
-AGGREGATIONS = frozenset({
-    "sum", "avg", "min", "max", "count", "group", "stddev", "stdvar", "topk", "bottomk",
-    "quantile", "count_values", "limitk", "limit_ratio",
-})  # fmt: skip
+AGGREGATIONS = frozenset(
+    {
+        "sum",
+        "avg",
+        "min",
+        "max",
+        "count",
+        "group",
+        "stddev",
+        "stdvar",
+        "topk",
+        "bottomk",
+        "quantile",
+        "count_values",
+        "limitk",
+        "limit_ratio",
+    }
+)
 # Followed by a label list in parentheses, which holds no metric names.
 CLAUSES = frozenset({"by", "without", "on", "ignoring", "group_left", "group_right"})
 KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan"})
@@ -164,10 +178,25 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         cluster.start_controller()
         cluster.start_agent("n1")
         cluster.wait_for(lambda: cluster.node_state("n1") == "READY", "n1 READY")
-        cluster.cli("service", "create", "-d", "--name", "web", "--replicas", "2", "busybox",
-                    "sleep", "3600")  # fmt: skip
-        cluster.wait_for(lambda: [t["status"]["state"] for t in json.loads(cluster.cli(
-            "ps", "-o", "json").stdout)] == ["RUNNING"] * 2, "web 2/2 RUNNING")  # fmt: skip
+        cluster.cli(
+            "service",
+            "create",
+            "-d",
+            "--name",
+            "web",
+            "--replicas",
+            "2",
+            "busybox",
+            "sleep",
+            "3600",
+        )
+        cluster.wait_for(
+            lambda: (
+                [t["status"]["state"] for t in json.loads(cluster.cli("ps", "-o", "json").stdout)]
+                == ["RUNNING"] * 2
+            ),
+            "web 2/2 RUNNING",
+        )
         url = f"http://127.0.0.1:{cluster.http_port}"
         fetch(url + "/v1/nodes")  # an HTTP request, so that its counter has a series
         yield fetch(url + "/metrics")
@@ -187,8 +216,13 @@ def agent_exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("the agent's metrics need a runc agent: root, runc and conmon")
     root = tmp_path_factory.mktemp("grafana-agent")
     port = free_port()
-    agent = Agent(root / "state", free_port(), f"dockyard-test-{uuid.uuid4().hex[:8]}",
-                  root / "agent.log", ["--metrics-listen", f"127.0.0.1:{port}"])  # fmt: skip
+    agent = Agent(
+        root / "state",
+        free_port(),
+        f"dockyard-test-{uuid.uuid4().hex[:8]}",
+        root / "agent.log",
+        ["--metrics-listen", f"127.0.0.1:{port}"],
+    )
     try:
         agent.start()
         yield fetch(f"http://127.0.0.1:{port}/metrics")
@@ -234,11 +268,14 @@ def test_the_promql_tokenizer_finds_metric_names_only() -> None:
         'sum(rate(a_total{x="rate(b)"}[5m] offset 1h)) by (instance) / on (instance) '
         "group_left(version) max without (le) (c) > bool 0.5e3 and time() - d"
     ) == [("a_total", "rate"), ("c", "max"), ("d", None)]
-    assert metric_names("process_open_fds{job=~\"$job\"} / process_max_fds") == {
-        "process_open_fds", "process_max_fds"}  # fmt: skip
+    assert metric_names('process_open_fds{job=~"$job"} / process_max_fds') == {
+        "process_open_fds",
+        "process_max_fds",
+    }
     assert metric_names("count(dockyard_bogus_metric)") == {"dockyard_bogus_metric"}
     assert variable_selector('label_values(dockyard_build_info{job=~"$job"}, instance)') == (
-        'dockyard_build_info{job=~"$job"}')  # fmt: skip
+        'dockyard_build_info{job=~"$job"}'
+    )
     assert variable_selector("label_values(job)") == ""
 
 
@@ -283,38 +320,58 @@ def test_the_dashboard_is_well_formed() -> None:
     assert queries >= 20
 
 
-def test_every_metric_the_dashboard_queries_is_exported(exposition: str,
-                                                        agent_exposition: str) -> None:
+def test_every_metric_the_dashboard_queries_is_exported(
+    exposition: str, agent_exposition: str
+) -> None:
     series = {**exported_series(agent_exposition), **exported_series(exposition)}
-    uses = [(where, expr, name, function)
-            for where, expr in expressions(load_dashboard())
-            for name, function in metric_uses(expr)]  # fmt: skip
+    uses = [
+        (where, expr, name, function)
+        for where, expr in expressions(load_dashboard())
+        for name, function in metric_uses(expr)
+    ]
     used = {name for _, _, name, _ in uses}
     assert len(used) >= 15, sorted(used)  # the tokenizer did find the names
 
     missing = sorted({(name, where) for where, _, name, _ in uses if name not in series})
     assert not missing, "not exported by the controller or the agent: " + "; ".join(
-        f"{name} ({where})" for name, where in missing)  # fmt: skip
+        f"{name} ({where})" for name, where in missing
+    )
 
     # Counters and histogram series only mean something as rates.
-    not_rated = sorted({
-        (name, where) for where, _, name, function in uses
-        if series[name][1] in CUMULATIVE and function not in RATES
-    })  # fmt: skip
+    not_rated = sorted(
+        {
+            (name, where)
+            for where, _, name, function in uses
+            if series[name][1] in CUMULATIVE and function not in RATES
+        }
+    )
     assert not not_rated, f"counter series outside rate()/increase(): {not_rated}"
 
     # The families an operator needs are all on the dashboard.
     families = {series[name][0] for name in used}
-    for family in ("dockyard_nodes", "dockyard_services", "dockyard_tasks",
-                   "dockyard_tasks_desired", "dockyard_is_leader", "dockyard_grpc_requests",
-                   "dockyard_grpc_request_duration_seconds", "dockyard_event_streams",
-                   "dockyard_event_streams_dropped", "process_cpu_seconds",
-                   "process_resident_memory_bytes",
-                   # the agents' node and container rows
-                   "dockyard_agent_process_cpu_seconds", "dockyard_conmon_resident_memory_bytes",
-                   "dockyard_image_pull_bytes", "dockyard_image_store_bytes",
-                   "dockyard_dns_queries",
-                   "container_cpu_usage_seconds", "container_memory_working_set_bytes",
-                   "container_spec_memory_limit_bytes", "container_oom_events",
-                   "container_network_receive_bytes", "dockyard_container_restarts"):  # fmt: skip
+    for family in (
+        "dockyard_nodes",
+        "dockyard_services",
+        "dockyard_tasks",
+        "dockyard_tasks_desired",
+        "dockyard_is_leader",
+        "dockyard_grpc_requests",
+        "dockyard_grpc_request_duration_seconds",
+        "dockyard_event_streams",
+        "dockyard_event_streams_dropped",
+        "process_cpu_seconds",
+        "process_resident_memory_bytes",
+        # the agents' node and container rows
+        "dockyard_agent_process_cpu_seconds",
+        "dockyard_conmon_resident_memory_bytes",
+        "dockyard_image_pull_bytes",
+        "dockyard_image_store_bytes",
+        "dockyard_dns_queries",
+        "container_cpu_usage_seconds",
+        "container_memory_working_set_bytes",
+        "container_spec_memory_limit_bytes",
+        "container_oom_events",
+        "container_network_receive_bytes",
+        "dockyard_container_restarts",
+    ):
         assert family in families, family

@@ -42,19 +42,32 @@ def settings_of(path: Path) -> dict[str, str]:
     return values
 
 
-def run(cluster: Cluster, *args: str, env: dict[str, str] | None = None,
-        ) -> subprocess.CompletedProcess[str]:  # fmt: skip
-    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True,
-                          env={**cluster.env(), **(env or {})}, timeout=60)  # fmt: skip
+def run(
+    cluster: Cluster,
+    *args: str,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        env={**cluster.env(), **(env or {})},
+        timeout=60,
+    )
 
 
 def test_settings_replace_what_the_file_shows_and_keep_the_rest() -> None:
-    current = ("# the agent's settings\n#DOCKYARD_LISTEN=10.0.0.11:7401\n"
-               "OTHER=1\nDOCKYARD_AGENT_OPTS=\"--runtime runc\"\n")  # fmt: skip
-    text = render_settings(current, {"DOCKYARD_LISTEN": "10.0.0.5:7401",
-                                     "DOCKYARD_AGENT_OPTS": "--state-dir /srv/a b"})  # fmt: skip
-    assert text == ("# the agent's settings\nDOCKYARD_LISTEN=10.0.0.5:7401\nOTHER=1\n"
-                    'DOCKYARD_AGENT_OPTS="--state-dir /srv/a b"\n')  # fmt: skip
+    current = (
+        "# the agent's settings\n#DOCKYARD_LISTEN=10.0.0.11:7401\n"
+        'OTHER=1\nDOCKYARD_AGENT_OPTS="--runtime runc"\n'
+    )
+    text = render_settings(
+        current, {"DOCKYARD_LISTEN": "10.0.0.5:7401", "DOCKYARD_AGENT_OPTS": "--state-dir /srv/a b"}
+    )
+    assert text == (
+        "# the agent's settings\nDOCKYARD_LISTEN=10.0.0.5:7401\nOTHER=1\n"
+        'DOCKYARD_AGENT_OPTS="--state-dir /srv/a b"\n'
+    )
     assert render_settings("", {"DOCKYARD_X": ""}) == 'DOCKYARD_X=""\n'
     with pytest.raises(ValueError, match="quote or space"):
         options_value(["--state-dir", "/srv/with space"])
@@ -73,10 +86,24 @@ def test_agent_join_no_start_writes_the_settings_and_starts_nothing(
     env, log = fake_systemctl(tmp_path)
     settings = tmp_path / "etc" / "default" / "dockyard-agent"
     state = tmp_path / "agent-a"
-    joined = run(cluster, "dockyard-agent", "join", "--token", cluster.join_token(),
-                 cluster.join_address, "--state-dir", str(state), "--name", "host-a",
-                 "--api-host", "127.0.0.1", "--settings-file", str(settings), "--no-start",
-                 env=env)  # fmt: skip
+    joined = run(
+        cluster,
+        "dockyard-agent",
+        "join",
+        "--token",
+        cluster.join_token(),
+        cluster.join_address,
+        "--state-dir",
+        str(state),
+        "--name",
+        "host-a",
+        "--api-host",
+        "127.0.0.1",
+        "--settings-file",
+        str(settings),
+        "--no-start",
+        env=env,
+    )
     assert joined.returncode == 0, joined.stderr
     assert "node name: host-a" in joined.stdout
     assert "not started: systemctl enable --now dockyard-agent" in joined.stdout
@@ -92,12 +119,28 @@ def test_agent_join_starts_the_unit_with_systemctl(cluster: Cluster, tmp_path: P
     env, log = fake_systemctl(tmp_path)
     settings = tmp_path / "dockyard-agent"
     settings.write_text("# kept\n#DOCKYARD_LISTEN=10.0.0.11:7401\nEXTRA=yes\n")
-    joined = run(cluster, "dockyard-agent", "join", "--token", cluster.join_token(),
-                 cluster.join_address, "--state-dir", str(tmp_path / "agent-b"), "--name",
-                 "host-b", "--settings-file", str(settings), "--start", env=env)  # fmt: skip
+    joined = run(
+        cluster,
+        "dockyard-agent",
+        "join",
+        "--token",
+        cluster.join_token(),
+        cluster.join_address,
+        "--state-dir",
+        str(tmp_path / "agent-b"),
+        "--name",
+        "host-b",
+        "--settings-file",
+        str(settings),
+        "--start",
+        env=env,
+    )
     assert joined.returncode == 0, joined.stderr
     assert log.read_text().splitlines() == [
-        "daemon-reload", "enable dockyard-agent.service", "restart dockyard-agent.service"]
+        "daemon-reload",
+        "enable dockyard-agent.service",
+        "restart dockyard-agent.service",
+    ]
     assert "started: dockyard-agent.service" in joined.stdout
     assert "journalctl -fu dockyard-agent" in joined.stdout
     text = settings.read_text()
@@ -106,22 +149,44 @@ def test_agent_join_starts_the_unit_with_systemctl(cluster: Cluster, tmp_path: P
 
 def test_a_failing_systemctl_is_one_clear_line(cluster: Cluster, tmp_path: Path) -> None:
     env, _ = fake_systemctl(tmp_path, fail="enable")
-    joined = run(cluster, "dockyard-agent", "join", "--token", cluster.join_token(),
-                 cluster.join_address, "--state-dir", str(tmp_path / "agent-c"),
-                 "--settings-file", str(tmp_path / "s"), "--start", env=env)  # fmt: skip
+    joined = run(
+        cluster,
+        "dockyard-agent",
+        "join",
+        "--token",
+        cluster.join_token(),
+        cluster.join_address,
+        "--state-dir",
+        str(tmp_path / "agent-c"),
+        "--settings-file",
+        str(tmp_path / "s"),
+        "--start",
+        env=env,
+    )
     assert joined.returncode == 1
-    assert joined.stderr.strip() == ("dockyard-agent: joined, but systemctl enable "
-                                     "dockyard-agent.service failed: Failed to enable: unit "
-                                     "masked")  # fmt: skip
+    assert joined.stderr.strip() == (
+        "dockyard-agent: joined, but systemctl enable "
+        "dockyard-agent.service failed: Failed to enable: unit "
+        "masked"
+    )
 
 
 def test_a_join_outside_the_units_state_dir_leaves_etc_and_systemd_alone(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     env, log = fake_systemctl(tmp_path)
-    joined = run(cluster, "dockyard-agent", "join", "--token", cluster.join_token(),
-                 cluster.join_address, "--state-dir", str(tmp_path / "agent-d"), "--start",
-                 env=env)  # fmt: skip
+    joined = run(
+        cluster,
+        "dockyard-agent",
+        "join",
+        "--token",
+        cluster.join_token(),
+        cluster.join_address,
+        "--state-dir",
+        str(tmp_path / "agent-d"),
+        "--start",
+        env=env,
+    )
     assert joined.returncode == 0, joined.stderr
     assert "settings not written: --state-dir" in joined.stdout
     assert not log.exists()
@@ -132,27 +197,57 @@ def test_controller_init_writes_its_settings_and_starts_the_unit(tmp_path: Path)
     settings = tmp_path / "dockyard-controller"
     state = tmp_path / "controller"
     base = {**os.environ, "DOCKYARD_CONFIG": str(tmp_path / "cli"), **env}
-    common = ["init", "--state-dir", str(state), "--listen", "127.0.0.1:7490",
-              "--advertise", "10.9.9.9:7490", "--settings-file", str(settings)]  # fmt: skip
-    done = subprocess.run([str(BIN / "dockyard-controller"), *common, "--no-start"],
-                          capture_output=True, text=True, env=base, timeout=60)  # fmt: skip
+    common = [
+        "init",
+        "--state-dir",
+        str(state),
+        "--listen",
+        "127.0.0.1:7490",
+        "--advertise",
+        "10.9.9.9:7490",
+        "--settings-file",
+        str(settings),
+    ]
+    done = subprocess.run(
+        [str(BIN / "dockyard-controller"), *common, "--no-start"],
+        capture_output=True,
+        text=True,
+        env=base,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert not log.exists()
     values = settings_of(settings)
     assert values["DOCKYARD_LISTEN"] == "127.0.0.1:7490"
-    assert values["DOCKYARD_CONTROLLER_OPTS"] == (f"--state-dir {state.resolve()} "
-                                                  "--advertise 10.9.9.9:7490")  # fmt: skip
+    assert values["DOCKYARD_CONTROLLER_OPTS"] == (
+        f"--state-dir {state.resolve()} --advertise 10.9.9.9:7490"
+    )
     # The unit's flags are ones `run` accepts.
-    usage = subprocess.run([str(BIN / "dockyard-controller"), "run", "--help"],
-                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    usage = subprocess.run(
+        [str(BIN / "dockyard-controller"), "run", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for word in values["DOCKYARD_CONTROLLER_OPTS"].split():
         assert not word.startswith("--") or word in usage, word
 
     other = tmp_path / "controller-2"
     started = subprocess.run(
-        [str(BIN / "dockyard-controller"), "init", "--state-dir", str(other),
-         "--settings-file", str(settings), "--start"],
-        capture_output=True, text=True, env=base, timeout=60)  # fmt: skip
+        [
+            str(BIN / "dockyard-controller"),
+            "init",
+            "--state-dir",
+            str(other),
+            "--settings-file",
+            str(settings),
+            "--start",
+        ],
+        capture_output=True,
+        text=True,
+        env=base,
+        timeout=60,
+    )
     assert started.returncode == 0, started.stderr
     assert log.read_text().splitlines()[-1] == "restart dockyard-controller.service"
     assert "journalctl -fu dockyard-controller" in started.stdout
@@ -170,24 +265,52 @@ def test_controller_join_writes_the_etcd_flags_and_starts_the_unit(
     try:
         first.etcd_endpoints = [etcd.endpoint]
         first.start_controller()
-        token = first.run_tool("dockyard-controller", "token", "create", "--role", "controller",
-                               "--ttl", "0", "-H", first.address,
-                               *first.tls_args()).stdout.strip()  # fmt: skip
+        token = first.run_tool(
+            "dockyard-controller",
+            "token",
+            "create",
+            "--role",
+            "controller",
+            "--ttl",
+            "0",
+            "-H",
+            first.address,
+            *first.tls_args(),
+        ).stdout.strip()
         env, log = fake_systemctl(tmp_path)
         settings = tmp_path / "dockyard-controller"
         state = tmp_path / "controller-2"
-        joined = run(first, "dockyard-controller", "join", "--token", token, first.join_address,
-                     "--state-dir", str(state), "--listen", "127.0.0.1:7491", "--etcd",
-                     etcd.endpoint, "--etcd-prefix", "/dockyard", "--context", "second",
-                     "--settings-file", str(settings), "--start", env=env)  # fmt: skip
+        joined = run(
+            first,
+            "dockyard-controller",
+            "join",
+            "--token",
+            token,
+            first.join_address,
+            "--state-dir",
+            str(state),
+            "--listen",
+            "127.0.0.1:7491",
+            "--etcd",
+            etcd.endpoint,
+            "--etcd-prefix",
+            "/dockyard",
+            "--context",
+            "second",
+            "--settings-file",
+            str(settings),
+            "--start",
+            env=env,
+        )
         assert joined.returncode == 0, joined.stderr
         assert "joined as controller" in joined.stdout
         assert "journalctl -fu dockyard-controller" in joined.stdout
         assert log.read_text().splitlines()[-1] == "restart dockyard-controller.service"
         values = settings_of(settings)
         assert values["DOCKYARD_LISTEN"] == "127.0.0.1:7491"
-        assert values["DOCKYARD_CONTROLLER_OPTS"] == (f"--state-dir {state.resolve()} "
-                                                      f"--etcd {etcd.endpoint}")  # fmt: skip
+        assert values["DOCKYARD_CONTROLLER_OPTS"] == (
+            f"--state-dir {state.resolve()} --etcd {etcd.endpoint}"
+        )
     finally:
         first.stop()
         loop_thread.run(etcd.stop())

@@ -62,8 +62,13 @@ class Reply:
         return json.loads(self.body)
 
 
-def fetch(url: str, context: ssl.SSLContext | None = None, method: str = "GET",
-          headers: dict[str, str] | None = None, timeout: float = 20) -> Reply:  # fmt: skip
+def fetch(
+    url: str,
+    context: ssl.SSLContext | None = None,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    timeout: float = 20,
+) -> Reply:
     request = urllib.request.Request(url, method=method, headers=headers or {})
     # No proxy from the environment may stand between the tests and loopback.
     handlers: list[Any] = [urllib.request.ProxyHandler({})]
@@ -92,14 +97,16 @@ class EventStream:
     read only times out when the server is stuck.
     """
 
-    def __init__(self, url: str, context: ssl.SSLContext | None = None,
-                 last_event_id: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, url: str, context: ssl.SSLContext | None = None, last_event_id: str | None = None
+    ) -> None:
         parsed = urllib.parse.urlsplit(url)
         host, port = parsed.hostname or "", parsed.port or 0
         self.connection: http.client.HTTPConnection = (
             http.client.HTTPSConnection(host, port, context=context, timeout=20)
-            if parsed.scheme == "https" else http.client.HTTPConnection(host, port, timeout=20)
-        )  # fmt: skip
+            if parsed.scheme == "https"
+            else http.client.HTTPConnection(host, port, timeout=20)
+        )
         headers = {"Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
@@ -119,8 +126,11 @@ class EventStream:
             text = line.decode().rstrip("\n")
             if not text:
                 if "event" in fields or "data" in fields:
-                    event = Event(fields.get("id", ""), fields.get("event", "message"),
-                                  json.loads(fields.get("data", "null")))  # fmt: skip
+                    event = Event(
+                        fields.get("id", ""),
+                        fields.get("event", "message"),
+                        json.loads(fields.get("data", "null")),
+                    )
                     self.seen.append(event)
                     return event
                 continue
@@ -137,8 +147,9 @@ class EventStream:
                 break
             if done(self.seen[start:]):
                 return self.seen[start:]
-        raise AssertionError(f"events did not arrive in {timeout} s: "
-                             f"{[(e.id, e.name) for e in self.seen[start:]]}")  # fmt: skip
+        raise AssertionError(
+            f"events did not arrive in {timeout} s: {[(e.id, e.name) for e in self.seen[start:]]}"
+        )
 
     def close(self) -> None:
         self.connection.close()
@@ -146,9 +157,20 @@ class EventStream:
 
 def cert_identity(cluster: Cluster, name: str, role: str) -> Path:
     out = cluster.root / name
-    cluster.run_tool("dockyard-controller", "user", "create", name, "--role", role,
-                     "--state-dir", str(cluster.root / "controller"), "--context", name,
-                     "--out", str(out))  # fmt: skip
+    cluster.run_tool(
+        "dockyard-controller",
+        "user",
+        "create",
+        name,
+        "--role",
+        role,
+        "--state-dir",
+        str(cluster.root / "controller"),
+        "--context",
+        name,
+        "--out",
+        str(out),
+    )
     return out
 
 
@@ -195,8 +217,12 @@ class Http:
     def cli_json(self, *args: str) -> Any:
         return json.loads(self.cluster.cli(*args, "-o", "json").stdout)
 
-    def stream(self, path: str = "/v1/events", context: ssl.SSLContext | None = None,
-               last_event_id: str | None = None) -> EventStream:  # fmt: skip
+    def stream(
+        self,
+        path: str = "/v1/events",
+        context: ssl.SSLContext | None = None,
+        last_event_id: str | None = None,
+    ) -> EventStream:
         return EventStream(self.url + path, context or self.admin, last_event_id)
 
 
@@ -206,16 +232,20 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Http]:
     cluster.root.mkdir(parents=True)
     port = free_port()
     try:
-        cluster.start_controller(["--http-listen", f"127.0.0.1:{port}",
-                                  "--http-max-streams", "6"])  # fmt: skip
+        cluster.start_controller(["--http-listen", f"127.0.0.1:{port}", "--http-max-streams", "6"])
         cluster.start_hollow_nodes(("n1", "n2"))
-        cluster.cli("service", "create", "--name", "web", "--replicas", "3", "busybox",
-                    "sleep", "3600")  # fmt: skip
-        cluster.wait_for(lambda: [t["status"]["state"] for t in json.loads(cluster.cli(
-            "ps", "-o", "json").stdout)] == ["RUNNING"] * 3, "web 3/3 RUNNING")  # fmt: skip
+        cluster.cli(
+            "service", "create", "--name", "web", "--replicas", "3", "busybox", "sleep", "3600"
+        )
+        cluster.wait_for(
+            lambda: (
+                [t["status"]["state"] for t in json.loads(cluster.cli("ps", "-o", "json").stdout)]
+                == ["RUNNING"] * 3
+            ),
+            "web 3/3 RUNNING",
+        )
         ca = cluster.pki / "admin" / "ca.pem"
-        yield Http(cluster, f"https://127.0.0.1:{port}", tls_context(cluster.pki / "admin", ca),
-                   ca)  # fmt: skip
+        yield Http(cluster, f"https://127.0.0.1:{port}", tls_context(cluster.pki / "admin", ca), ca)
     finally:
         cluster.stop()
 
@@ -229,7 +259,8 @@ VOLATILE_NODE = ("status.last_heartbeat", "meta.version", "meta.updated_at")
 def test_json_reads_match_the_grpc_answers(api: Http) -> None:
     nodes = api.json("/v1/nodes")
     assert [without(n, *VOLATILE_NODE) for n in nodes] == [
-        without(n, *VOLATILE_NODE) for n in api.cli_json("node", "ls")]
+        without(n, *VOLATILE_NODE) for n in api.cli_json("node", "ls")
+    ]
     assert [n["spec"]["name"] for n in nodes] == ["n1", "n2"]
     assert api.json("/v1/services") == api.cli_json("service", "ls")
     assert api.json("/v1/tasks") == api.cli_json("ps")
@@ -237,18 +268,39 @@ def test_json_reads_match_the_grpc_answers(api: Http) -> None:
     assert api.json("/v1/services/web") == api.cli_json("service", "inspect", "web")[0]
 
     info, cli_info = api.json("/v1/info"), api.cli_json("info")
-    for key in ("cluster_id", "controller_id", "is_leader", "leader_address", "nodes_total",
-                "nodes_ready", "tasks_total", "tasks_running", "etcd_endpoints", "version"):
+    for key in (
+        "cluster_id",
+        "controller_id",
+        "is_leader",
+        "leader_address",
+        "nodes_total",
+        "nodes_ready",
+        "tasks_total",
+        "tasks_running",
+        "etcd_endpoints",
+        "version",
+    ):
         assert info[key] == cli_info[key], key
     assert info["nodes_ready"] == 2 and info["tasks_running"] == "3"
 
 
 def test_info_lists_the_controllers_and_the_etcd_members(api: Http) -> None:
     info, cli_info = api.json("/v1/info"), api.cli_json("info")
-    stable = ("controller_id", "api_address", "http_address", "version", "started_at",
-              "is_leader", "leader_since", "reachable", "error", "is_self")  # fmt: skip
+    stable = (
+        "controller_id",
+        "api_address",
+        "http_address",
+        "version",
+        "started_at",
+        "is_leader",
+        "leader_since",
+        "reachable",
+        "error",
+        "is_self",
+    )
     assert [{k: c.get(k) for k in stable} for c in info["controllers"]] == [
-        {k: c.get(k) for k in stable} for c in cli_info["controllers"]]
+        {k: c.get(k) for k in stable} for c in cli_info["controllers"]
+    ]
     [controller] = info["controllers"]
     assert controller["controller_id"] == info["controller_id"]
     assert controller["is_leader"] and controller["is_self"] and controller["reachable"]
@@ -256,7 +308,8 @@ def test_info_lists_the_controllers_and_the_etcd_members(api: Http) -> None:
     assert controller["http_address"] == api.url.removeprefix("https://")
     member_keys = ("id", "name", "client_urls", "is_leader", "reachable", "version")
     assert [{k: m[k] for k in member_keys} for m in info["etcd_members"]] == [
-        {k: m[k] for k in member_keys} for m in cli_info["etcd_members"]]
+        {k: m[k] for k in member_keys} for m in cli_info["etcd_members"]
+    ]
     [member] = info["etcd_members"]  # the embedded etcd, over TLS
     assert member["reachable"] and member["is_leader"] and member["error"] == ""
     assert member["client_urls"] == ["https://" + info["etcd_endpoints"][0]]
@@ -277,19 +330,23 @@ def test_lookups_by_name_and_id_prefix(api: Http) -> None:
     assert api.json(f"/v1/tasks/{tasks[0]['id'][:10]}") == tasks[0]
 
 
-@pytest.mark.parametrize(("path", "status", "code", "message"), [
-    ("/v1/nodes/nope", 404, "NOT_FOUND", "node 'nope' not found"),
-    ("/v1/services/nope", 404, "NOT_FOUND", "service 'nope' not found"),
-    ("/v1/tasks/ffffffff", 404, "NOT_FOUND", "task 'ffffffff' not found"),
-    ("/v1/tasks?service=nope", 404, "NOT_FOUND", "service 'nope' not found"),
-    ("/v1/tasks?node=nope", 404, "NOT_FOUND", "node 'nope' not found"),
-    ("/v1/nodes?state=sideways", 400, "INVALID_ARGUMENT", "state"),
-    ("/v1/services?mode=sideways", 400, "INVALID_ARGUMENT", "mode"),
-    ("/v1/events?since=yesterday", 400, "INVALID_ARGUMENT", "not an event id"),
-    ("/v1/nothing", 404, "NOT_FOUND", "no route"),
-])  # fmt: skip
-def test_errors_are_json_naming_what_failed(api: Http, path: str, status: int, code: str,
-                                            message: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("path", "status", "code", "message"),
+    [
+        ("/v1/nodes/nope", 404, "NOT_FOUND", "node 'nope' not found"),
+        ("/v1/services/nope", 404, "NOT_FOUND", "service 'nope' not found"),
+        ("/v1/tasks/ffffffff", 404, "NOT_FOUND", "task 'ffffffff' not found"),
+        ("/v1/tasks?service=nope", 404, "NOT_FOUND", "service 'nope' not found"),
+        ("/v1/tasks?node=nope", 404, "NOT_FOUND", "node 'nope' not found"),
+        ("/v1/nodes?state=sideways", 400, "INVALID_ARGUMENT", "state"),
+        ("/v1/services?mode=sideways", 400, "INVALID_ARGUMENT", "mode"),
+        ("/v1/events?since=yesterday", 400, "INVALID_ARGUMENT", "not an event id"),
+        ("/v1/nothing", 404, "NOT_FOUND", "no route"),
+    ],
+)
+def test_errors_are_json_naming_what_failed(
+    api: Http, path: str, status: int, code: str, message: str
+) -> None:
     reply = api.get(path)
     assert reply.status == status, reply.body
     assert reply.json()["code"] == code
@@ -308,8 +365,14 @@ def test_nothing_writes(api: Http) -> None:
 
 def named(name: str, count: int = 1, **data: Any) -> Callable[[list[Event]], bool]:
     def done(events: list[Event]) -> bool:
-        return sum(1 for e in events if e.name == name and all(
-            e.data.get(k) == v for k, v in data.items())) >= count  # fmt: skip
+        return (
+            sum(
+                1
+                for e in events
+                if e.name == name and all(e.data.get(k) == v for k, v in data.items())
+            )
+            >= count
+        )
 
     return done
 
@@ -321,11 +384,22 @@ def test_events_stream_changes_and_resume_from_last_event_id(api: Http) -> None:
         assert stream.response.headers["Content-Type"] == "text/event-stream"
         ready = stream.next_event()
         assert ready is not None and ready.name == "ready" and ready.data["resumed"] is False
-        api.cluster.cli("service", "create", "--name", "api", "--replicas", "2", "busybox",
-                        "sleep", "3600")  # fmt: skip
-        events = stream.read_until(lambda es: named("service.created")(es) and sum(
-            1 for e in es if e.name == "task.updated" and e.data["record"]["service_name"] == "api"
-            and e.data["record"]["status"]["state"] == "RUNNING") == 2)  # fmt: skip
+        api.cluster.cli(
+            "service", "create", "--name", "api", "--replicas", "2", "busybox", "sleep", "3600"
+        )
+        events = stream.read_until(
+            lambda es: (
+                named("service.created")(es)
+                and sum(
+                    1
+                    for e in es
+                    if e.name == "task.updated"
+                    and e.data["record"]["service_name"] == "api"
+                    and e.data["record"]["status"]["state"] == "RUNNING"
+                )
+                == 2
+            )
+        )
     finally:
         stream.close()
     created = next(e for e in events if e.name == "service.created")
@@ -348,7 +422,7 @@ def test_events_stream_changes_and_resume_from_last_event_id(api: Http) -> None:
         again = resumed.read_until(lambda es: len(es) >= len(events) - after - 1)
     finally:
         resumed.close()
-    expected = [(e.id, e.name) for e in events[after + 1:]]
+    expected = [(e.id, e.name) for e in events[after + 1 :]]
     assert [(e.id, e.name) for e in again[: len(expected)]] == expected
 
     # From before the hub's history (revision 1): the controller reads etcd's own
@@ -359,7 +433,9 @@ def test_events_stream_changes_and_resume_from_last_event_id(api: Http) -> None:
     finally:
         old.close()
     assert [e.data["record"]["spec"]["name"] for e in replay if e.name == "node.created"] == [
-        "n1", "n2"]
+        "n1",
+        "n2",
+    ]
     api.cluster.cli("service", "rm", "api")
 
 
@@ -399,12 +475,15 @@ def test_metrics_parse_and_match_the_cluster(api: Http) -> None:
     # A call the authorization interceptor refuses is counted with its code too.
     files = cert_identity(api.cluster, "scraper", "read-only")
     credentials = grpc.ssl_channel_credentials(
-        (files / "ca.pem").read_bytes(), (files / "key.pem").read_bytes(),
-        (files / "cert.pem").read_bytes())  # fmt: skip
+        (files / "ca.pem").read_bytes(),
+        (files / "key.pem").read_bytes(),
+        (files / "cert.pem").read_bytes(),
+    )
     with grpc.secure_channel(api.cluster.address, credentials) as channel:
         with pytest.raises(grpc.RpcError) as raised:
-            control_pb2_grpc.ControlStub(channel).UpdateNode(UpdateNodeRequest(node="n1"),
-                                                             timeout=5)  # fmt: skip
+            control_pb2_grpc.ControlStub(channel).UpdateNode(
+                UpdateNodeRequest(node="n1"), timeout=5
+            )
         assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
     reply = api.get("/metrics")
     assert reply.status == 200
@@ -417,35 +496,55 @@ def test_metrics_parse_and_match_the_cluster(api: Http) -> None:
     assert found[("dockyard_tasks", (("state", "RUNNING"),))] == running
     assert sum(v for (name, _), v in found.items() if name == "dockyard_tasks") == len(tasks)
     assert found[("dockyard_tasks_desired", ())] == sum(
-        1 for t in tasks if t["desired_state"] == "RUNNING")
+        1 for t in tasks if t["desired_state"] == "RUNNING"
+    )
     assert found[("dockyard_services", ())] == len(api.json("/v1/services"))
     assert found[("dockyard_is_leader", ())] == 1
     assert found[("dockyard_etcd_up", ())] == 1
     assert found[("dockyard_agent_sessions", ())] == 2
     list_nodes = (("code", "OK"), ("method", "dockyard.v1.Control/ListNodes"))
     assert found[("dockyard_grpc_requests_total", list_nodes)] >= 1
-    assert found[("dockyard_grpc_request_duration_seconds_count",
-                  (("method", "dockyard.v1.Control/ListNodes"),))] >= 1  # fmt: skip
+    assert (
+        found[
+            (
+                "dockyard_grpc_request_duration_seconds_count",
+                (("method", "dockyard.v1.Control/ListNodes"),),
+            )
+        ]
+        >= 1
+    )
     update_node = (("code", "PERMISSION_DENIED"), ("method", "dockyard.v1.Control/UpdateNode"))
     assert found[("dockyard_grpc_requests_total", update_node)] == 1
     assert found[("process_resident_memory_bytes", ())] > 0
     services = {s["service"]["id"]: s["service"]["spec"]["name"] for s in api.json("/v1/services")}
     for service_id, name in services.items():
-        wanted = [t for t in tasks if t["service_id"] == service_id
-                  and t["desired_state"] == "RUNNING"]  # fmt: skip
+        wanted = [
+            t for t in tasks if t["service_id"] == service_id and t["desired_state"] == "RUNNING"
+        ]
         up = [t for t in wanted if t["status"]["state"] == "RUNNING"]
-        assert found[("dockyard_service_tasks", (("kind", "desired"), ("service", name)))] == \
-            len(wanted)
-        assert found[("dockyard_service_tasks", (("kind", "running"), ("service", name)))] == \
-            len(up)
+        assert found[("dockyard_service_tasks", (("kind", "desired"), ("service", name)))] == len(
+            wanted
+        )
+        assert found[("dockyard_service_tasks", (("kind", "running"), ("service", name)))] == len(
+            up
+        )
     assert found[("dockyard_task_transitions_total", (("state", "RUNNING"),))] >= running > 0
     # Every task ever assigned went through the scheduler of this (the only) leader.
     assigned = found[("dockyard_scheduler_assigned_tasks_total", ())]
     assert assigned >= sum(1 for t in tasks if t["node_id"]) > 0
-    api.cluster.cli("service", "create", "--name", "metered", "--replicas", "3", "busybox",
-                    "sleep", "3600")  # fmt: skip
-    wait_until(lambda: samples(api.get("/metrics").body.decode())[
-        ("dockyard_scheduler_assigned_tasks_total", ())] == assigned + 3, "3 more assigned", 10)
+    api.cluster.cli(
+        "service", "create", "--name", "metered", "--replicas", "3", "busybox", "sleep", "3600"
+    )
+    wait_until(
+        lambda: (
+            samples(api.get("/metrics").body.decode())[
+                ("dockyard_scheduler_assigned_tasks_total", ())
+            ]
+            == assigned + 3
+        ),
+        "3 more assigned",
+        10,
+    )
     assert found[("dockyard_scheduler_round_duration_seconds_count", ())] >= 1
     assert found[("dockyard_leadership_changes_total", (("to", "leader"),))] == 1
     for op in ("get", "range", "txn", "lease"):
@@ -465,8 +564,9 @@ def test_the_dashboard_is_served_with_local_assets_only(api: Http) -> None:
     assert "default-src 'none'" in csp and "script-src 'self'" in csp
     html = page.body.decode()
     refs = re.findall(r'(?:src|href)="([^"]*)"', html)
-    assert refs and all((r.startswith("/") and not r.startswith("//")) or r == "data:,"
-                        for r in refs), refs  # fmt: skip
+    assert refs and all(
+        (r.startswith("/") and not r.startswith("//")) or r == "data:," for r in refs
+    ), refs
     for ref in refs:
         if ref.startswith("/"):
             asset = api.get(ref)
@@ -537,8 +637,11 @@ def test_a_revoked_certificate_gets_403_and_loses_its_stream(api: Http) -> None:
             store = Store([endpoint], **(tls.store_credentials() if tls else {}))
             await store.connect(5)
             try:
-                await store.put(REVOKED_CERTS, serial, RevokedCert(
-                    serial=serial, subject_id="leaver", reason="test"))  # fmt: skip
+                await store.put(
+                    REVOKED_CERTS,
+                    serial,
+                    RevokedCert(serial=serial, subject_id="leaver", reason="test"),
+                )
             finally:
                 await store.close()
 
@@ -557,9 +660,7 @@ def test_a_revoked_certificate_gets_403_and_loses_its_stream(api: Http) -> None:
 # -- insecure mode, etcd outages, a taken port ------------------------------------------------
 
 
-def test_insecure_is_plain_http_and_says_so(
-    tmp_path: Path, loop_thread: LoopThread
-) -> None:
+def test_insecure_is_plain_http_and_says_so(tmp_path: Path, loop_thread: LoopThread) -> None:
     etcd = EtcdServer(tmp_path / "etcd" / "data", log_path=tmp_path / "etcd.log")
     loop_thread.run(etcd.start())
     cluster = Cluster(tmp_path / "plain", insecure=True, etcd_endpoints=[etcd.endpoint])
@@ -571,8 +672,11 @@ def test_insecure_is_plain_http_and_says_so(
         assert fetch(url + "/v1/nodes").json() == []
         assert fetch(url + "/readyz").json()["ready"] is True
         assert cluster.controller is not None
-        warnings = [json.loads(line) for line in cluster.controller.log().splitlines()
-                    if "controller.INSECURE" in line]  # fmt: skip
+        warnings = [
+            json.loads(line)
+            for line in cluster.controller.log().splitlines()
+            if "controller.INSECURE" in line
+        ]
         assert any("HTTP API" in w["message"] and w["level"] == "warning" for w in warnings)
 
         loop_thread.run(etcd.stop())  # etcd goes away: reads say so, liveness holds
@@ -593,11 +697,21 @@ def test_an_explicit_http_address_in_use_stops_the_start(tmp_path: Path) -> None
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [str(BIN / "dockyard-controller"), "run", "--insecure", "--state-dir",
-             str(tmp_path / "c"), "--listen", f"127.0.0.1:{free_port()}",
-             "--http-listen", f"127.0.0.1:{port}"],
-            capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            [
+                str(BIN / "dockyard-controller"),
+                "run",
+                "--insecure",
+                "--state-dir",
+                str(tmp_path / "c"),
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+                "--http-listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port} (--http-listen)" in result.stderr
 
@@ -645,12 +759,21 @@ async def test_the_hub_replays_its_history_and_drops_a_slow_subscriber() -> None
         await store.delivered()
         frames = await live.take(1)
         assert [f.split(b"\n")[0] for f in frames] == [
-            b"id: 11-0", b"id: 11-1", b"id: 12-0", b"id: 13-0", b"id: 14-0"]
+            b"id: 11-0",
+            b"id: 11-1",
+            b"id: 12-0",
+            b"id: 13-0",
+            b"id: 14-0",
+        ]
         # History keeps the last 4: a resume after 11-0 is served from it ...
         resumed = await hub.subscribe(parse_position("11-0"))
         assert resumed is not None
         assert [f.split(b"\n")[0] for f in await resumed[0].take(1)] == [
-            b"id: 11-1", b"id: 12-0", b"id: 13-0", b"id: 14-0"]
+            b"id: 11-1",
+            b"id: 12-0",
+            b"id: 13-0",
+            b"id: 14-0",
+        ]
         # ... one from before it is not (the caller reads etcd).
         assert await hub.subscribe(parse_position("10")) is None
         # A subscriber that does not read is dropped when its queue is full; the

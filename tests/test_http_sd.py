@@ -9,8 +9,13 @@ from dockyard.controller.http.sd import agent_targets, parse_port
 from dockyard.v1.types_pb2 import Node, NodeSpec, NodeStatus
 
 
-def node(node_id: str, name: str, api: str, observed: str = "",
-         state: NodeStatus.State.ValueType = NodeStatus.READY) -> Node:  # fmt: skip
+def node(
+    node_id: str,
+    name: str,
+    api: str,
+    observed: str = "",
+    state: NodeStatus.State.ValueType = NodeStatus.READY,
+) -> Node:
     made = Node(id=node_id)
     made.spec.name = name
     made.spec.availability = NodeSpec.ACTIVE
@@ -23,19 +28,28 @@ def node(node_id: str, name: str, api: str, observed: str = "",
 
 
 def test_one_group_per_reachable_node() -> None:
-    groups = agent_targets([
-        node("b", "n2", "0.0.0.0:7401", observed="10.0.0.2", state=NodeStatus.DOWN),
-        node("a", "n1", "10.0.0.1:7401"),
-        node("c", "n3", "0.0.0.0:7401"),  # unspecified, and no session address: left out
-        node("d", "n4", "[fd00::4]:7401"),
-    ], 7403)  # fmt: skip
-    assert [g["targets"] for g in groups] == [["10.0.0.1:7403"], ["10.0.0.2:7403"],
-                                              ["[fd00::4]:7403"]]  # fmt: skip
+    groups = agent_targets(
+        [
+            node("b", "n2", "0.0.0.0:7401", observed="10.0.0.2", state=NodeStatus.DOWN),
+            node("a", "n1", "10.0.0.1:7401"),
+            node("c", "n3", "0.0.0.0:7401"),  # unspecified, and no session address: left out
+            node("d", "n4", "[fd00::4]:7401"),
+        ],
+        7403,
+    )
+    assert [g["targets"] for g in groups] == [
+        ["10.0.0.1:7403"],
+        ["10.0.0.2:7403"],
+        ["[fd00::4]:7403"],
+    ]
     assert groups[1]["labels"] == {
-        "__meta_dockyard_node_id": "b", "__meta_dockyard_node_name": "n2",
-        "__meta_dockyard_node_state": "DOWN", "__meta_dockyard_node_availability": "ACTIVE",
-        "__meta_dockyard_node_runtime": "runc", "__meta_dockyard_node_label_zone": "eu-1",
-    }  # fmt: skip
+        "__meta_dockyard_node_id": "b",
+        "__meta_dockyard_node_name": "n2",
+        "__meta_dockyard_node_state": "DOWN",
+        "__meta_dockyard_node_availability": "ACTIVE",
+        "__meta_dockyard_node_runtime": "runc",
+        "__meta_dockyard_node_label_zone": "eu-1",
+    }
 
 
 def test_port_is_checked() -> None:
@@ -53,8 +67,11 @@ def test_the_shipped_scrape_config_uses_this_endpoint() -> None:
 
     from dockyard.common.addresses import AGENT_METRICS_PORT
 
-    config = yaml.safe_load((Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
-                             / "prometheus.yml").read_text())  # fmt: skip
+    config = yaml.safe_load(
+        (
+            Path(__file__).resolve().parent.parent / "deploy" / "prometheus" / "prometheus.yml"
+        ).read_text()
+    )
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == {"dockyard-controllers", "dockyard-agents"}
     url = urllib.parse.urlsplit(jobs["dockyard-agents"]["http_sd_configs"][0]["url"])

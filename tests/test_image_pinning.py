@@ -36,8 +36,13 @@ def registry_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def push(ref: str, kind: str = "busybox", *extra: str) -> str:
     """Build a test image, push it as `ref` and return its manifest digest."""
-    done = subprocess.run([*BUILD, kind, "--tag", ref, "--push", *extra], capture_output=True,
-                          text=True, timeout=120, check=False)  # fmt: skip
+    done = subprocess.run(
+        [*BUILD, kind, "--tag", ref, "--push", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
@@ -65,15 +70,22 @@ def spec(name: str, image: str, replicas: int = 2) -> ServiceSpec:
     return result
 
 
-def update(control: Any, name: str, change: Callable[[ServiceSpec], None],
-           mode: int = 0, force: bool = False) -> Service:  # fmt: skip
+def update(
+    control: Any,
+    name: str,
+    change: Callable[[ServiceSpec], None],
+    mode: int = 0,
+    force: bool = False,
+) -> Service:
     current = control.GetService(GetServiceRequest(service=name))
     new = ServiceSpec()
     new.CopyFrom(current.spec)
     change(new)
-    return control.UpdateService(UpdateServiceRequest(
-        service=name, version=current.meta.version, spec=new, force=force,
-        resolve_image=mode))  # type: ignore[arg-type]
+    return control.UpdateService(
+        UpdateServiceRequest(
+            service=name, version=current.meta.version, spec=new, force=force, resolve_image=mode
+        )
+    )  # type: ignore[arg-type]
 
 
 def task_digests(control: Any, name: str) -> list[str]:
@@ -115,8 +127,9 @@ def test_never_keeps_the_tag_and_a_digest_alone_is_kept(
 ) -> None:
     ref = f"{registry_host}/pin/never:1"
     digest = push(ref)
-    kept = control.CreateService(CreateServiceRequest(spec=spec("never", ref),
-                                                      resolve_image=ResolveImage.NEVER))
+    kept = control.CreateService(
+        CreateServiceRequest(spec=spec("never", ref), resolve_image=ResolveImage.NEVER)
+    )
     assert kept.spec.task.container.image == ref
     cluster.wait_for(lambda: task_digests(control, "never") == ["", ""], "unpinned tasks")
 
@@ -138,8 +151,9 @@ def test_an_unreachable_registry_keeps_the_tag_and_warns(
 
     created = cluster.cli("service", "create", "-d", "--name", "gone2", ref)
     assert "WARNING: image " in created.stderr and "different versions" in created.stderr
-    never = cluster.cli("service", "create", "-d", "--name", "gone3", "--resolve-image",
-                        "never", ref)  # fmt: skip
+    never = cluster.cli(
+        "service", "create", "-d", "--name", "gone3", "--resolve-image", "never", ref
+    )
     assert "WARNING" not in never.stderr
 
 

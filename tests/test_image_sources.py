@@ -31,10 +31,15 @@ def cluster(nodes: dict[str, tuple[str, str, NodeStatus.State.ValueType]]) -> Cl
     return state
 
 
-def add_task(state: ClusterState, task_id: str, node_id: str, task_state: Any,
-             image: str = IMAGE, service_id: str = "web") -> Task:  # fmt: skip
-    task = Task(id=task_id, node_id=node_id, service_id=service_id,
-                desired_state=State.RUNNING)  # fmt: skip
+def add_task(
+    state: ClusterState,
+    task_id: str,
+    node_id: str,
+    task_state: Any,
+    image: str = IMAGE,
+    service_id: str = "web",
+) -> Task:
+    task = Task(id=task_id, node_id=node_id, service_id=service_id, desired_state=State.RUNNING)
     task.spec.container.image = image
     task.status.state = task_state
     state.tasks[task_id] = task
@@ -48,8 +53,13 @@ DOWN = NodeStatus.State.DOWN
 
 
 def test_nodes_running_the_image_are_named_for_a_task_that_has_yet_to_start() -> None:
-    state = cluster({"a": ("runc", "10.0.0.1:7401", READY), "b": ("runc", "0.0.0.0:7401", READY),
-                     "new": ("runc", "10.0.0.3:7401", READY)})  # fmt: skip
+    state = cluster(
+        {
+            "a": ("runc", "10.0.0.1:7401", READY),
+            "b": ("runc", "0.0.0.0:7401", READY),
+            "new": ("runc", "10.0.0.3:7401", READY),
+        }
+    )
     add_task(state, "t1", "a", State.RUNNING)
     add_task(state, "t2", "b", State.RUNNING)
     starting = add_task(state, "t3", "new", State.ASSIGNED)
@@ -60,11 +70,15 @@ def test_nodes_running_the_image_are_named_for_a_task_that_has_yet_to_start() ->
 
 
 def test_only_ready_runc_nodes_with_a_running_task_of_the_same_image_count() -> None:
-    state = cluster({"down": ("runc", "10.0.0.1:7401", DOWN),
-                     "docker": ("docker", "10.0.0.2:7401", READY),
-                     "pulling": ("runc", "10.0.0.3:7401", READY),
-                     "other": ("runc", "10.0.0.4:7401", READY),
-                     "new": ("runc", "10.0.0.5:7401", READY)})  # fmt: skip
+    state = cluster(
+        {
+            "down": ("runc", "10.0.0.1:7401", DOWN),
+            "docker": ("docker", "10.0.0.2:7401", READY),
+            "pulling": ("runc", "10.0.0.3:7401", READY),
+            "other": ("runc", "10.0.0.4:7401", READY),
+            "new": ("runc", "10.0.0.5:7401", READY),
+        }
+    )
     add_task(state, "t1", "down", State.RUNNING)
     add_task(state, "t2", "docker", State.RUNNING)
     add_task(state, "t3", "pulling", State.PREPARING)
@@ -109,10 +123,14 @@ def test_at_most_a_few_sources_each_fetching_node_in_its_own_order() -> None:
 def test_reachable_api_address() -> None:
     node = Node()
     node.network.address = "192.0.2.7"
-    for api, expected in (("10.0.0.1:7401", "10.0.0.1:7401"),
-                          ("0.0.0.0:7401", "192.0.2.7:7401"), ("[::]:7401", "192.0.2.7:7401"),
-                          ("host.example:7401", "host.example:7401"),
-                          ("", ""), ("10.0.0.1", "")):  # fmt: skip
+    for api, expected in (
+        ("10.0.0.1:7401", "10.0.0.1:7401"),
+        ("0.0.0.0:7401", "192.0.2.7:7401"),
+        ("[::]:7401", "192.0.2.7:7401"),
+        ("host.example:7401", "host.example:7401"),
+        ("", ""),
+        ("10.0.0.1", ""),
+    ):
         node.description.api_address = api
         assert reachable_api_address(node) == expected, api
     node.network.address = ""
@@ -121,9 +139,13 @@ def test_reachable_api_address() -> None:
 
 
 def test_a_node_that_pulls_by_itself_gets_no_sources() -> None:
-    state = cluster({"a": ("runc", "10.0.0.1:7401", READY),
-                     "engine": ("docker", "10.0.0.2:7401", READY),
-                     "sim": ("hollow", "10.0.0.3:7401", READY)})  # fmt: skip
+    state = cluster(
+        {
+            "a": ("runc", "10.0.0.1:7401", READY),
+            "engine": ("docker", "10.0.0.2:7401", READY),
+            "sim": ("hollow", "10.0.0.3:7401", READY),
+        }
+    )
     add_task(state, "t1", "a", State.RUNNING)
     for name in ("engine", "sim"):
         starting = add_task(state, f"s-{name}", name, State.ASSIGNED)
@@ -131,8 +153,10 @@ def test_a_node_that_pulls_by_itself_gets_no_sources() -> None:
 
 
 def test_one_round_looks_for_an_images_holders_once_and_stops_early() -> None:
-    state = cluster({f"h{i:02}": ("runc", f"10.1.0.{i}:7401", READY) for i in range(40)}
-                    | {"new1": ("runc", "h1:7401", READY), "new2": ("runc", "h2:7401", READY)})
+    state = cluster(
+        {f"h{i:02}": ("runc", f"10.1.0.{i}:7401", READY) for i in range(40)}
+        | {"new1": ("runc", "h1:7401", READY), "new2": ("runc", "h2:7401", READY)}
+    )
     for i in range(40):
         add_task(state, f"t{i}", f"h{i:02}", State.RUNNING)
     cache: dict[str, Holders] = {}

@@ -24,8 +24,14 @@ def test_the_session_has_a_private_home_and_config() -> None:
     for name in ("HOME", "XDG_CONFIG_HOME", "DOCKYARD_CONFIG"):
         value = Path(os.environ[name]).resolve()
         assert not value.is_relative_to(real), f"{name}={value} is under {real}"
-    for name in ("DOCKYARD_HOST", "DOCKYARD_CONTEXT", "DOCKYARD_CERT_PATH",
-                 "DOCKYARD_TLS_CACERT", "DOCKYARD_TLS_CERT", "DOCKYARD_TLS_KEY"):  # fmt: skip
+    for name in (
+        "DOCKYARD_HOST",
+        "DOCKYARD_CONTEXT",
+        "DOCKYARD_CERT_PATH",
+        "DOCKYARD_TLS_CACERT",
+        "DOCKYARD_TLS_CERT",
+        "DOCKYARD_TLS_KEY",
+    ):
         assert name not in os.environ, name
 
 
@@ -37,13 +43,20 @@ def test_the_cli_in_process_and_in_a_subprocess_reads_the_private_config() -> No
     private = Path(os.environ["DOCKYARD_CONFIG"]).resolve()
     assert config_dir().resolve() == private
     code = "from dockyard.common.contexts import config_dir; print(config_dir())"
-    seen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, timeout=30).stdout.strip()  # fmt: skip
+    seen = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=30
+    ).stdout.strip()
     assert Path(seen).resolve() == private
     # Even with DOCKYARD_CONFIG unset, the platform default is under the private home.
     env = {k: v for k, v in os.environ.items() if k != "DOCKYARD_CONFIG"}
-    seen = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          check=True, timeout=30, env=env).stdout.strip()  # fmt: skip
+    seen = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env=env,
+    ).stdout.strip()
     assert not Path(seen).resolve().is_relative_to(_real_home())
 
 
@@ -85,10 +98,25 @@ def test_expected_failure():
 def test_require_all_turns_skips_into_failures(tmp_path: Path, require_all: str) -> None:
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     env = {**os.environ, "PYTHONPATH": str(REPO), "DOCKYARD_REQUIRE_ALL": require_all}
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "tests.session_guards",
-                           "-p", "no:cacheprovider", "-q", "-rA", str(tmp_path)],
-                          capture_output=True, text=True, cwd=tmp_path, env=env,
-                          timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "tests.session_guards",
+            "-p",
+            "no:cacheprovider",
+            "-q",
+            "-rA",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=120,
+    )
     summary = done.stdout.strip().splitlines()[-1]
     if require_all:
         assert done.returncode == 1, done.stdout

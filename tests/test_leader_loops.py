@@ -52,9 +52,14 @@ async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
 @pytest.fixture
 async def controller(etcd: EtcdServer, tmp_path: Path) -> AsyncIterator[Controller]:
     config = ControllerConfig(
-        state_dir=tmp_path / "controller", listen="127.0.0.1:0", etcd_endpoints=[etcd.endpoint],
-        etcd_prefix="/loops", insecure=True, http_listen="", leader_ttl=TTL,
-    )  # fmt: skip
+        state_dir=tmp_path / "controller",
+        listen="127.0.0.1:0",
+        etcd_endpoints=[etcd.endpoint],
+        etcd_prefix="/loops",
+        insecure=True,
+        http_listen="",
+        leader_ttl=TTL,
+    )
     controller = Controller(config)
     await controller.start()
     try:
@@ -72,9 +77,7 @@ def leading(controller: Controller) -> bool:
 def term_over(controller: Controller) -> bool:
     assert controller.leadership is not None
     return (
-        not controller.leadership.is_leader
-        and controller.state is None
-        and controller.term is None
+        not controller.leadership.is_leader and controller.state is None and controller.term is None
     )
 
 
@@ -124,9 +127,11 @@ async def test_a_keep_alive_error_ends_the_term_and_the_controller_leads_again(
     async def refresh(lease_id: int) -> bool:
         if broken:
             raise grpc.aio.AioRpcError(
-                grpc.StatusCode.UNAVAILABLE, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.aio.Metadata(),
+                grpc.aio.Metadata(),
                 details="keep-alive stream broken (injected)",
-            )  # fmt: skip
+            )
         return await real_refresh(lease_id)
 
     monkeypatch.setattr(controller.store, "refresh_lease", refresh)
@@ -149,9 +154,7 @@ async def registered(controller: Controller) -> bool:
     return len(records) == 1
 
 
-async def test_losing_the_key_stops_every_leader_loop(
-    controller: Controller, store: Store
-) -> None:
+async def test_losing_the_key_stops_every_leader_loop(controller: Controller, store: Store) -> None:
     """Another writer deletes the leader key while the lease is alive: the term ends,
     the leader loops are cancelled, and the controller is elected again."""
     assert controller.leadership is not None
@@ -159,8 +162,9 @@ async def test_losing_the_key_stops_every_leader_loop(
     loops = [t for t in asyncio.all_tasks() if t.get_name().startswith("leader:")]
     assert len(loops) == 7
     await store.delete(LEADER, LEADER_KEY)
-    await wait_until(lambda: all(t.done() for t in loops), "every leader loop to stop",
-                     timeout=4 * TTL)  # fmt: skip
+    await wait_until(
+        lambda: all(t.done() for t in loops), "every leader loop to stop", timeout=4 * TTL
+    )
     await wait_until(lambda: leading(controller), "a new term", timeout=6 * TTL)
     assert controller.leadership.fence != first
 
@@ -188,8 +192,9 @@ async def test_a_new_term_gives_every_node_a_fresh_grace(store: Store) -> None:
     sessions = SessionRegistry()
     sessions.beat("n1")  # the earlier term heard it
     await asyncio.sleep(2 * grace)
-    monitor = NodeMonitor(registry, sessions, grace, term_started=time.monotonic(),
-                          startup_grace=startup)  # fmt: skip
+    monitor = NodeMonitor(
+        registry, sessions, grace, term_started=time.monotonic(), startup_grace=startup
+    )
     await monitor.check()
     assert (await store.get(NODES, "n1")).status.state == NodeStatus.READY
     await asyncio.sleep(startup + 0.2)
@@ -218,7 +223,6 @@ async def test_a_leader_paused_past_its_lease_sends_and_writes_nothing(
     await wait_until(lambda: leading(controller), "a new term", timeout=6 * TTL)
 
 
-
 async def test_etcd_stopped_ends_the_term_and_its_return_starts_another(
     controller: Controller, etcd: EtcdServer
 ) -> None:
@@ -242,8 +246,9 @@ async def test_a_crashed_view_watch_resumes_where_it_was(
     crashes = 0
     real_put = ClusterState._put
 
-    def put_crashing_once(self: ClusterState, kind: Any, table: Any, record_id: str,
-                          value: Any) -> None:  # fmt: skip
+    def put_crashing_once(
+        self: ClusterState, kind: Any, table: Any, record_id: str, value: Any
+    ) -> None:
         nonlocal crashes
         if kind is SERVICES and crashes == 0:
             crashes += 1
@@ -271,9 +276,14 @@ async def test_a_failing_background_job_is_seen_at_once_and_ends_the_others(
 
     monkeypatch.setattr(registration.Registration, "run", broken)
     config = ControllerConfig(
-        state_dir=tmp_path / "controller", listen="127.0.0.1:0", etcd_endpoints=[etcd.endpoint],
-        etcd_prefix="/failing", insecure=True, http_listen="", leader_ttl=TTL,
-    )  # fmt: skip
+        state_dir=tmp_path / "controller",
+        listen="127.0.0.1:0",
+        etcd_endpoints=[etcd.endpoint],
+        etcd_prefix="/failing",
+        insecure=True,
+        http_listen="",
+        leader_ttl=TTL,
+    )
     controller = Controller(config)
     with structlog.testing.capture_logs() as logs:
         await controller.start()
@@ -281,8 +291,13 @@ async def test_a_failing_background_job_is_seen_at_once_and_ends_the_others(
             await asyncio.wait_for(controller.failed.wait(), 10)
             failed = [e for e in logs if e["event"] == "controller.job_failed"]
             assert failed and "registration bug (injected)" in failed[0]["error"]
-            await wait_until(lambda: controller.leadership is not None
-                             and not controller.leadership.is_leader
-                             and controller.term is None, "leadership to stop with it")
+            await wait_until(
+                lambda: (
+                    controller.leadership is not None
+                    and not controller.leadership.is_leader
+                    and controller.term is None
+                ),
+                "leadership to stop with it",
+            )
         finally:
             await controller.stop()

@@ -1,4 +1,4 @@
-"""The tree is ruff-clean and mypy --strict clean (the style guide's tooling)."""
+"""The tree is ruff-clean, ruff-formatted and mypy --strict clean (the style guide's tooling)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_ruff_finds_nothing() -> None:
     result = run(str(BIN / "ruff"), "check", "--no-cache", ".")
     assert result.returncode == 0, result.stdout[-5000:]
+
+
+def test_the_tree_is_ruff_formatted() -> None:
+    result = run(str(BIN / "ruff"), "format", "--check", "--no-cache", ".")
+    assert result.returncode == 0, "run `.venv/bin/ruff format .`:\n" + result.stdout[-5000:]
 
 
 def test_mypy_strict_finds_nothing(tmp_path: Path) -> None:

@@ -52,9 +52,11 @@ def _offsets(nodes: int, controllers: int = 1, etcd_members: int = 0) -> list[in
     P-1, P, P+2, node N's P+10+N; controller C >= 2 the same around P+60+4C; etcd
     member M P+90+2M and one above."""
     controller = [0, *(60 + 4 * c for c in range(2, controllers + 1))]
-    return [*(c + d for c in controller for d in (-1, 0, 2)),
-            *range(11, 11 + nodes),
-            *(90 + 2 * m + d for m in range(1, etcd_members + 1) for d in (0, 1))]  # fmt: skip
+    return [
+        *(c + d for c in controller for d in (-1, 0, 2)),
+        *range(11, 11 + nodes),
+        *(90 + 2 * m + d for m in range(1, etcd_members + 1) for d in (0, 1)),
+    ]
 
 
 def _port_base(offsets: list[int]) -> int:
@@ -68,8 +70,12 @@ def _port_base(offsets: list[int]) -> int:
 
 def _free_pool() -> str:
     """A 10.213.X.0/22 that no route of this host overlaps (nor another test's /24s)."""
-    routes = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"],
-                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    routes = subprocess.run(
+        ["ip", "-4", "-o", "route", "show", "table", "all"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     taken = []
     for line in routes.splitlines():
         for word in line.split()[:2]:
@@ -103,26 +109,50 @@ class LocalCluster:
     nodes: int = 2
 
     def run(self, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, str(SCRIPT), *args, "--state-dir",
-                               str(self.state_dir)], capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)  # fmt: skip
+        return subprocess.run(
+            [sys.executable, str(SCRIPT), *args, "--state-dir", str(self.state_dir)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def ok(self, *args: str) -> str:
         done = self.run(*args)
-        assert done.returncode == 0, f"local-cluster {' '.join(args)}:\n{done.stdout}\n" \
-                                     f"{done.stderr}"  # fmt: skip
+        assert done.returncode == 0, (
+            f"local-cluster {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+        )
         return done.stdout
 
     def up(self, *extra: str) -> str:
-        return self.ok("up", "--nodes", str(self.nodes), "--port", str(self.port),
-                       "--registry-port",
-                       str(self.registry_port), "--sample-port", str(self.sample_port),
-                       "--subnet-pool", self.pool, "--bridge-prefix", self.prefix,
-                       "--cgroup-parent", self.cgroup, "--context", self.context, *extra)
+        return self.ok(
+            "up",
+            "--nodes",
+            str(self.nodes),
+            "--port",
+            str(self.port),
+            "--registry-port",
+            str(self.registry_port),
+            "--sample-port",
+            str(self.sample_port),
+            "--subnet-pool",
+            self.pool,
+            "--bridge-prefix",
+            self.prefix,
+            "--cgroup-parent",
+            self.cgroup,
+            "--context",
+            self.context,
+            *extra,
+        )
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([str(BIN / "dockyard"), "-c", self.context, *args],
-                              capture_output=True, text=True, timeout=30)  # fmt: skip
+        return subprocess.run(
+            [str(BIN / "dockyard"), "-c", self.context, *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def pid(self, name: str) -> int:
         return int((self.state_dir / "run" / f"{name}.pid").read_text())
@@ -151,12 +181,17 @@ class LocalCluster:
         mounts = Path("/proc/self/mountinfo").read_text().splitlines()
         found += [f"mount {m.split()[4]}" for m in mounts if str(self.state_dir) in m]
         found += [f"netns {n}" for n in list_netns() if n.startswith(f"dy-{self.prefix}")]
-        found += [f"veth {link} on {bridge}" for bridge in self.bridges
-                  for link in bridge_links(bridge)]  # fmt: skip
+        found += [
+            f"veth {link} on {bridge}" for bridge in self.bridges for link in bridge_links(bridge)
+        ]
         saved = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
-        found += [f"iptables: {line}" for line in saved.splitlines()
-                  if f"dport {self.sample_port} " in line or f"dports {self.sample_port} " in line
-                  or any(p in line for p in self.patterns)]  # fmt: skip
+        found += [
+            f"iptables: {line}"
+            for line in saved.splitlines()
+            if f"dport {self.sample_port} " in line
+            or f"dports {self.sample_port} " in line
+            or any(p in line for p in self.patterns)
+        ]
         for agent in sorted((self.state_dir / "agents").glob("node-*")):
             runc = agent / "runtime" / "runc"
             found += [f"runc {c.name}" for c in runc.iterdir()] if runc.is_dir() else []
@@ -173,24 +208,36 @@ def _local_cluster(tmp_path: Path, offsets: list[int], nodes: int) -> Iterator[L
         port = free_port()
         if port - base not in offsets:
             others.append(port)
-    lc = LocalCluster(tmp_path / "state", base, others[0], others[1], _free_pool(),
-                      f"dyq{tag}-", f"dockyard-lc-{tag}", f"lc-{tag}", nodes)  # fmt: skip
+    lc = LocalCluster(
+        tmp_path / "state",
+        base,
+        others[0],
+        others[1],
+        _free_pool(),
+        f"dyq{tag}-",
+        f"dockyard-lc-{tag}",
+        f"lc-{tag}",
+        nodes,
+    )
     try:
         yield lc
     finally:
         lc.run("down")  # then, with the agents' records still there, whatever it missed
         for entry in Path("/proc").iterdir():
             try:
-                if entry.name.isdigit() and str(lc.state_dir).encode() in (
-                        entry / "cmdline").read_bytes():  # fmt: skip
+                if (
+                    entry.name.isdigit()
+                    and str(lc.state_dir).encode() in (entry / "cmdline").read_bytes()
+                ):
                     os.kill(int(entry.name), signal.SIGKILL)
             except OSError:
                 continue
         for name in (f"node-{n}" for n in range(1, nodes + 1)):
             agent = lc.state_dir / "agents" / name
             cleanup_everything(agent / "runtime", lc.cgroup)
-            cleanup_network(agent / "network", f"{lc.prefix}{name}",
-                            [p.strip() for p in lc.patterns])  # fmt: skip
+            cleanup_network(
+                agent / "network", f"{lc.prefix}{name}", [p.strip() for p in lc.patterns]
+            )
         lc.run("down", "--purge")
 
 
@@ -230,8 +277,9 @@ def test_down_after_a_killed_agent_and_up_after_a_stopped_controller(
     url = f"http://127.0.0.1:{lc.sample_port}/"
     _wait(lambda: _get(url).startswith("hello from"), "the published sample answering")
     tasks = json.loads(lc.cli("service", "ps", "hello", "-o", "json").stdout)
-    nodes = {n["id"]: n["spec"]["name"] for n in json.loads(
-        lc.cli("node", "ls", "-o", "json").stdout)}  # fmt: skip
+    nodes = {
+        n["id"]: n["spec"]["name"] for n in json.loads(lc.cli("node", "ls", "-o", "json").stdout)
+    }
     victim = nodes[next(t["node_id"] for t in tasks if t["status"]["state"] == "RUNNING")]
     os.kill(lc.pid(victim), signal.SIGKILL)  # not restarted: its containers run on
 
@@ -278,11 +326,23 @@ def test_three_controllers_on_three_etcd_members_survive_the_leaders_death(
     trusting = ssl.create_default_context(cafile=str(lc.state_dir / "etcd" / "pki" / "ca.pem"))
     for member in (1, 2, 3):
         with pytest.raises(OSError):
-            urllib.request.urlopen(f"https://127.0.0.1:{lc.port + 90 + 2 * member}/health",
-                                   timeout=3, context=trusting)  # fmt: skip
+            urllib.request.urlopen(
+                f"https://127.0.0.1:{lc.port + 90 + 2 * member}/health", timeout=3, context=trusting
+            )
 
-    created = lc.cli("service", "create", "--name", "web", "--replicas", "1", "busybox",
-                     "httpd", "-f", "-p", "8080")  # fmt: skip
+    created = lc.cli(
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "1",
+        "busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "8080",
+    )
     assert created.returncode == 0, created.stderr
     _wait(lambda: _running(lc, "web") == 1, "web running")
 
@@ -290,8 +350,11 @@ def test_three_controllers_on_three_etcd_members_survive_the_leaders_death(
     os.kill(lc.pid(leader), signal.SIGKILL)
     # The context names every controller: the call goes to one that answers, which
     # writes the new replica count; the new leader (within two lease periods) runs it.
-    _wait(lambda: lc.cli("service", "scale", "web=2", "--detach").returncode == 0,
-          "service scale through the context", 60)  # fmt: skip
+    _wait(
+        lambda: lc.cli("service", "scale", "web=2", "--detach").returncode == 0,
+        "service scale through the context",
+        60,
+    )
     _wait(lambda: _running(lc, "web") == 2, "web scaled to 2 under a new leader", 90)
     status = _status(lc)
     assert "stopped" in status[leader]
@@ -306,5 +369,8 @@ def _running(lc: LocalCluster, service: str) -> int:
     listed = lc.cli("service", "ps", service, "-o", "json")
     if listed.returncode != 0:
         return -1
-    return sum(1 for t in json.loads(listed.stdout) if t["status"]["state"] == "RUNNING"
-               and t["desired_state"] == "RUNNING")  # fmt: skip
+    return sum(
+        1
+        for t in json.loads(listed.stdout)
+        if t["status"]["state"] == "RUNNING" and t["desired_state"] == "RUNNING"
+    )

@@ -46,8 +46,7 @@ def test_each_agent_on_a_host_of_its_own(cluster: LocalCluster) -> None:
     assert f"mode: separate hosts: each agent in a network namespace on the LAN {lan}" in out
     ips = {f"node-{n}": str(lan.network_address + 10 + n) for n in (1, 2)}
     netns = {name: f"{lc.prefix}host-{name.removeprefix('node-')}" for name in ips}
-    nodes = {n["spec"]["name"]: n for n in json.loads(lc.cli("node", "ls", "-o",
-                                                             "json").stdout)}  # fmt: skip
+    nodes = {n["spec"]["name"]: n for n in json.loads(lc.cli("node", "ls", "-o", "json").stdout)}
     assert {name: n["network"]["address"] for name, n in nodes.items()} == ips
     subnets = {name: n["network"]["subnet"] for name, n in nodes.items()}
 
@@ -56,16 +55,26 @@ def test_each_agent_on_a_host_of_its_own(cluster: LocalCluster) -> None:
     ids = {n["id"]: name for name, n in nodes.items()}
     on = ids[next(t["node_id"] for t in tasks if t["status"]["state"] == "RUNNING")]
     other = next(name for name in ips if name != on)
-    _wait(lambda: _get(f"http://{ips[on]}:{lc.sample_port}/").startswith("hello from"),
-          "hello answering on its host")  # fmt: skip
+    _wait(
+        lambda: _get(f"http://{ips[on]}:{lc.sample_port}/").startswith("hello from"),
+        "hello answering on its host",
+    )
     assert refused(f"http://{ips[other]}:{lc.sample_port}/")
 
     # Each host routes the other's container subnet to the other's address.
     for name, peer in (("node-1", "node-2"), ("node-2", "node-1")):
         expected = f"{subnets[peer]} via {ips[peer]}"
-        _wait(lambda n=name, e=expected: e in subprocess.run(
-            ["ip", "-n", netns[n], "-4", "route", "show", "proto", "77"],
-            capture_output=True, text=True).stdout, f"{name}'s route to {peer}")  # fmt: skip
+        _wait(
+            lambda n=name, e=expected: (
+                e
+                in subprocess.run(
+                    ["ip", "-n", netns[n], "-4", "route", "show", "proto", "77"],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+            ),
+            f"{name}'s route to {peer}",
+        )
 
     # A host cut off from the LAN goes DOWN; back on it, READY again.
     veth = f"{lc.prefix}h{other.removeprefix('node-')}"

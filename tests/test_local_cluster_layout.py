@@ -39,10 +39,12 @@ def test_one_host_and_separate_hosts_addresses(
     layouts, _ = deploy_modules
     one = layouts.Layout(tmp_path)
     assert (one.controller, one.registry, one.agent_address("node-2")) == (
-        "127.0.0.1:7400", "127.0.0.1:5000", "127.0.0.1:7412")
+        "127.0.0.1:7400",
+        "127.0.0.1:5000",
+        "127.0.0.1:7412",
+    )
     hosts = layouts.Layout(tmp_path)
-    layouts.apply_up_options(hosts, parse(layouts, "--hosts", "2", "--lan", "10.77.5.0/24"),
-                             True)  # fmt: skip
+    layouts.apply_up_options(hosts, parse(layouts, "--hosts", "2", "--lan", "10.77.5.0/24"), True)
     assert hosts.hosts and hosts.nodes == 2
     assert hosts.controller_addresses() == ["10.77.5.1:7400"]
     assert hosts.registry == "10.77.5.1:5000" and hosts.join_address == "10.77.5.1:7399"
@@ -52,13 +54,18 @@ def test_one_host_and_separate_hosts_addresses(
     assert layouts.read_layout(tmp_path).agent_address("node-1") == "10.77.5.11:7411"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--hosts", "2", "--nodes", "3"], "give --hosts or --nodes"),
-    (["--hosts", "2", "--lan", "10.210.0.0/24"], "apart from --subnet-pool"),
-    (["--hosts", "2", "--lan", "10.77.5.0/28"], "at least 64 addresses"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--hosts", "2", "--nodes", "3"], "give --hosts or --nodes"),
+        (["--hosts", "2", "--lan", "10.210.0.0/24"], "apart from --subnet-pool"),
+        (["--hosts", "2", "--lan", "10.77.5.0/28"], "at least 64 addresses"),
+    ],
+)
 def test_bad_hosts_options_are_refused(
-    deploy_modules: tuple[ModuleType, ModuleType], tmp_path: Path, args: list[str],
+    deploy_modules: tuple[ModuleType, ModuleType],
+    tmp_path: Path,
+    args: list[str],
     message: str,
 ) -> None:
     layouts, _ = deploy_modules

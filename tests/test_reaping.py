@@ -50,8 +50,9 @@ async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
         await store.close()
 
 
-async def report(state: ClusterState, writer: StatusWriter, task_id: str, status: int,
-                 message: str) -> Task:  # fmt: skip
+async def report(
+    state: ClusterState, writer: StatusWriter, task_id: str, status: int, message: str
+) -> Task:
     """Send one report from node n1, as an agent a whole hour ahead would."""
     sent = TaskStatusReport(task_id=task_id)
     sent.status.state = status  # type: ignore[assignment]
@@ -116,17 +117,21 @@ def test_a_duplicate_in_a_slot_is_reaped_and_scaling_adds_only_missing_slots(
 
         # A double create, as a deposed leader or a half-committed plan leaves it.
         service = control.GetService(GetServiceRequest(service="web"))
-        twin = new_task(Service(id=service.id, spec=service.spec,
-                                spec_version=service.spec_version), slot=1)  # fmt: skip
+        twin = new_task(
+            Service(id=service.id, spec=service.spec, spec_version=service.spec_version), slot=1
+        )
         twin.id = secrets.token_hex(12)
         loop_thread.run(store.create(TASKS, twin.id, twin))
-        cluster.wait_for(lambda: live_per_slot(control, "web") == Counter({1: 1, 2: 1}),
-                         "one live task per slot again")  # fmt: skip
+        cluster.wait_for(
+            lambda: live_per_slot(control, "web") == Counter({1: 1, 2: 1}),
+            "one live task per slot again",
+        )
 
         service = control.GetService(GetServiceRequest(service="web"))
         service.spec.replicated.replicas = 3
-        control.UpdateService(UpdateServiceRequest(
-            service="web", version=service.meta.version, spec=service.spec))  # fmt: skip
+        control.UpdateService(
+            UpdateServiceRequest(service="web", version=service.meta.version, spec=service.spec)
+        )
         cluster.wait_for(lambda: running_count(control, "web") == 3, "3 tasks running")
         assert live_per_slot(control, "web") == Counter({1: 1, 2: 1, 3: 1})
         control.close()

@@ -34,8 +34,11 @@ def cluster(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
 
 def auth_keys(control: Any, cluster: Cluster) -> dict[str, int]:
     endpoint = control.GetInfo(GetInfoRequest()).etcd_endpoints[0]
-    return {k: v for k, v in etcd_snapshot(endpoint, "/dockyard/", tls=cluster.etcd_tls).items()
-            if "/registryauth/" in k}  # fmt: skip
+    return {
+        k: v
+        for k, v in etcd_snapshot(endpoint, "/dockyard/", tls=cluster.etcd_tls).items()
+        if "/registryauth/" in k
+    }
 
 
 def spec(name: str) -> ServiceSpec:
@@ -48,8 +51,11 @@ def spec(name: str) -> ServiceSpec:
 def test_registry_auth_is_kept_apart_and_never_returned(cluster: Cluster, control: Any) -> None:
     auth = RegistryAuth(registry="registry.example:5000", username="me", password=PASSWORD)
     with pytest.raises(grpc.RpcError) as raised:
-        control.CreateService(CreateServiceRequest(
-            spec=spec("bad"), registry_auth=RegistryAuth(registry="registry.example:5000")))
+        control.CreateService(
+            CreateServiceRequest(
+                spec=spec("bad"), registry_auth=RegistryAuth(registry="registry.example:5000")
+            )
+        )
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "registry_auth.password" in (raised.value.details() or "")
     assert auth_keys(control, cluster) == {}
@@ -65,8 +71,11 @@ def test_registry_auth_is_kept_apart_and_never_returned(cluster: Cluster, contro
 
     before = auth_keys(control, cluster)[key]
     newer = RegistryAuth(registry="registry.example:5000", username="me", password="rotated")
-    updated = control.UpdateService(UpdateServiceRequest(
-        service="app", version=got.meta.version, spec=got.spec, registry_auth=newer))
+    updated = control.UpdateService(
+        UpdateServiceRequest(
+            service="app", version=got.meta.version, spec=got.spec, registry_auth=newer
+        )
+    )
     assert updated.meta.version > got.meta.version
     assert updated.spec_version == got.spec_version  # the same spec: no rolling update
     assert not updated.HasField("previous_spec")  # and no rollback target made of it

@@ -29,8 +29,7 @@ from tests.test_local_cluster import LocalCluster, _get, _local_cluster, _offset
 
 # Building the previous commit's virtualenv and three local-cluster runs: over the
 # default per-test timeout on a loaded machine.
-pytestmark = [pytest.mark.slow, pytest.mark.runc, pytest.mark.registry,
-              pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.slow, pytest.mark.runc, pytest.mark.registry, pytest.mark.timeout(1200)]
 
 REPO = Path(__file__).resolve().parent.parent
 # Keys a restart rewrites or drops on purpose: leases (the leader, each controller's
@@ -42,9 +41,21 @@ def previous_commit() -> str:
     chosen = os.environ.get("DOCKYARD_UPGRADE_FROM")
     if chosen:
         return chosen
-    added = subprocess.run(["git", "-C", str(REPO), "log", "--diff-filter=A", "--format=%H",
-                            "--", "controller/schema.py"], capture_output=True, text=True,
-                           check=True).stdout.split()  # fmt: skip
+    added = subprocess.run(
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "log",
+            "--diff-filter=A",
+            "--format=%H",
+            "--",
+            "controller/schema.py",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     if not added:
         pytest.skip("optional: no git history here to take the previous commit from")
     return f"{added[-1]}^"
@@ -55,13 +66,25 @@ def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The previous commit's tree with its own .venv (where its local-cluster looks)."""
     root = tmp_path_factory.mktemp("old-release")
     commit = previous_commit()
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", commit],
-                             capture_output=True, check=True)  # fmt: skip
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "--format=tar", commit], capture_output=True, check=True
+    )
     subprocess.run(["tar", "-x", "-C", str(root)], input=archive.stdout, check=True)
     subprocess.run(["/usr/bin/python3", "-m", "venv", str(root / ".venv")], check=True)
-    installed = subprocess.run([str(root / ".venv/bin/python"), "-m", "pip", "install", "-q",
-                                "--disable-pip-version-check", str(root)],
-                               capture_output=True, text=True, timeout=600)  # fmt: skip
+    installed = subprocess.run(
+        [
+            str(root / ".venv/bin/python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            str(root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert installed.returncode == 0, installed.stderr[-3000:]
     (root / "COMMIT").write_text(commit)
     return root
@@ -75,20 +98,49 @@ def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
 def run_script(tree: Path, lc: LocalCluster, *args: str) -> str:
     """`deploy/local-cluster` of `tree` (its .venv's binaries) on the cluster's state dir."""
     python = tree / ".venv" / "bin" / "python" if tree != REPO else Path(sys.executable)
-    done = subprocess.run([str(python), str(tree / "deploy" / "local-cluster"), *args,
-                           "--state-dir", str(lc.state_dir)], capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
-    assert done.returncode == 0, f"{tree} local-cluster {' '.join(args)}:\n{done.stdout}\n" \
-                                 f"{done.stderr}"  # fmt: skip
+    done = subprocess.run(
+        [
+            str(python),
+            str(tree / "deploy" / "local-cluster"),
+            *args,
+            "--state-dir",
+            str(lc.state_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert done.returncode == 0, (
+        f"{tree} local-cluster {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    )
     return done.stdout
 
 
 def up_args(lc: LocalCluster) -> list[str]:
-    return ["up", "--nodes", "2", "--controllers", "2", "--etcd-members", "1",
-            "--port", str(lc.port), "--registry-port", str(lc.registry_port),
-            "--sample-port", str(lc.sample_port), "--subnet-pool", lc.pool,
-            "--bridge-prefix", lc.prefix, "--cgroup-parent", lc.cgroup,
-            "--context", lc.context]  # fmt: skip
+    return [
+        "up",
+        "--nodes",
+        "2",
+        "--controllers",
+        "2",
+        "--etcd-members",
+        "1",
+        "--port",
+        str(lc.port),
+        "--registry-port",
+        str(lc.registry_port),
+        "--sample-port",
+        str(lc.sample_port),
+        "--subnet-pool",
+        lc.pool,
+        "--bridge-prefix",
+        lc.prefix,
+        "--cgroup-parent",
+        lc.cgroup,
+        "--context",
+        lc.context,
+    ]
 
 
 def containers(lc: LocalCluster) -> dict[str, tuple[int, str]]:
@@ -96,8 +148,10 @@ def containers(lc: LocalCluster) -> dict[str, tuple[int, str]]:
     found = {}
     for state in sorted(lc.state_dir.glob("agents/node-*/runtime/runc/*/state.json")):
         data = json.loads(state.read_text())
-        found[f"{state.parts[-5]}/{data['id']}"] = (int(data["init_process_pid"]),
-                                                    str(data["created"]))  # fmt: skip
+        found[f"{state.parts[-5]}/{data['id']}"] = (
+            int(data["init_process_pid"]),
+            str(data["created"]),
+        )
     return found
 
 
@@ -105,11 +159,23 @@ def etcdctl(lc: LocalCluster, *args: str) -> str:
     """etcdctl on the cluster's etcd member (member 1: client port P+92), mutual TLS."""
     pki = lc.state_dir / "etcd" / "pki"
     done = subprocess.run(
-        ["etcdctl", "--endpoints", f"https://127.0.0.1:{lc.port + 92}", "--cacert",
-         str(pki / "ca.pem"), "--cert", str(pki / "client.pem"), "--key",
-         str(pki / "client-key.pem"), *args],
-        capture_output=True, text=True, timeout=30, env={**os.environ, "ETCDCTL_API": "3"},
-    )  # fmt: skip
+        [
+            "etcdctl",
+            "--endpoints",
+            f"https://127.0.0.1:{lc.port + 92}",
+            "--cacert",
+            str(pki / "ca.pem"),
+            "--cert",
+            str(pki / "client.pem"),
+            "--key",
+            str(pki / "client-key.pem"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "ETCDCTL_API": "3"},
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -144,8 +210,10 @@ def test_a_rolling_upgrade_keeps_the_services_running(
     run_script(old_tree, lc, *up_args(lc))
     url = f"http://127.0.0.1:{lc.sample_port}/"
     _wait(lambda: _get(url).startswith("hello from"), "the published sample answering")
-    _wait(lambda: len(running(lc, "web")) == 3 and len(running(lc, "hello")) >= 1,
-          "the sample services running")  # fmt: skip
+    _wait(
+        lambda: len(running(lc, "web")) == 3 and len(running(lc, "hello")) >= 1,
+        "the sample services running",
+    )
     before = containers(lc)
     assert len(before) >= 4, before
     keys = etcd_keys(lc)
@@ -154,8 +222,9 @@ def test_a_rolling_upgrade_keeps_the_services_running(
 
     # Controllers first, one at a time (the other leads meanwhile), then the agents.
     names = sorted(p.stem for p in (lc.state_dir / "run").glob("*.pid"))
-    order = [n for n in names if n.startswith("controller")] + \
-            [n for n in names if n.startswith("node-")]  # fmt: skip
+    order = [n for n in names if n.startswith("controller")] + [
+        n for n in names if n.startswith("node-")
+    ]
     assert len(order) == 4, names
     for name in order:
         restart(lc, name)
@@ -164,19 +233,29 @@ def test_a_rolling_upgrade_keeps_the_services_running(
         assert str(REPO / ".venv").encode() in command or sys.executable.encode() in command
         assert _get(url).startswith("hello from")
 
-    _wait(lambda: all(n["status"]["state"] == "READY" for n in json.loads(
-        lc.cli("node", "ls", "-o", "json").stdout)), "both nodes READY again")  # fmt: skip
+    _wait(
+        lambda: all(
+            n["status"]["state"] == "READY"
+            for n in json.loads(lc.cli("node", "ls", "-o", "json").stdout)
+        ),
+        "both nodes READY again",
+    )
     assert containers(lc) == before, "a container was restarted by the upgrade"
     after = etcd_keys(lc)
     assert keys - after == set(), "keys lost in the upgrade"
     assert "meta/schema" in after
-    assert json.loads(lc.cli("service", "inspect", "hello", "-o", "json").stdout)[0]["spec"] \
-        == hello["spec"]  # fmt: skip
+    assert (
+        json.loads(lc.cli("service", "inspect", "hello", "-o", "json").stdout)[0]["spec"]
+        == hello["spec"]
+    )
     stored = json.loads(etcdctl(lc, "get", "/dockyard/meta/schema", "--print-value-only"))
     assert stored["version"] == schema.SCHEMA_VERSION
 
     # The service made before the upgrade is updated after it: new tasks run.
     updated = lc.cli("service", "update", "web", "--env-add", "UPGRADED=1")
     assert updated.returncode == 0, updated.stderr
-    _wait(lambda: len([t for t in running(lc, "web") if "UPGRADED=1" in json.dumps(t)]) == 3,
-          "web's three tasks running the updated spec", timeout=120)  # fmt: skip
+    _wait(
+        lambda: len([t for t in running(lc, "web") if "UPGRADED=1" in json.dumps(t)]) == 3,
+        "web's three tasks running the updated spec",
+        timeout=120,
+    )

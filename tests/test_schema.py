@@ -39,8 +39,9 @@ async def leader_store(store: Store) -> Store:
 
 
 async def put_record(store: Store, record: dict[str, object]) -> None:
-    await store.commit([store.raw_op(schema.META, schema.SCHEMA_RECORD,
-                                     json.dumps(record).encode(), expect=None)])  # fmt: skip
+    await store.commit(
+        [store.raw_op(schema.META, schema.SCHEMA_RECORD, json.dumps(record).encode(), expect=None)]
+    )
 
 
 async def test_a_cluster_without_a_record_is_migrated_once_by_the_leader(store: Store) -> None:
@@ -96,10 +97,25 @@ async def test_the_controller_refuses_to_start_on_a_newer_schema(
     await put_record(store, {"version": 9, "readable_by": 9, "written_by": "1.4.0"})
     done = await asyncio.to_thread(
         subprocess.run,
-        [str(BIN / "dockyard-controller"), "run", "--insecure", "--etcd", etcd.endpoint,
-         "--etcd-prefix", PREFIX, "--listen", f"127.0.0.1:{free_port()}", "--http-listen", "",
-         "--state-dir", str(tmp_path / "c")],
-        capture_output=True, text=True, timeout=60)  # fmt: skip
+        [
+            str(BIN / "dockyard-controller"),
+            "run",
+            "--insecure",
+            "--etcd",
+            etcd.endpoint,
+            "--etcd-prefix",
+            PREFIX,
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--http-listen",
+            "",
+            "--state-dir",
+            str(tmp_path / "c"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 1
     assert "A downgrade across an incompatible schema is refused: run 1.4.0" in done.stderr
 
@@ -110,11 +126,26 @@ async def test_a_new_controller_records_the_schema_when_it_leads(
     from tests.polling import wait_until
 
     process = await asyncio.create_subprocess_exec(
-        str(BIN / "dockyard-controller"), "run", "--insecure", "--etcd", etcd.endpoint,
-        "--etcd-prefix", PREFIX, "--listen", f"127.0.0.1:{free_port()}", "--http-listen", "",
-        "--join-listen", f"127.0.0.1:{free_port()}", "--state-dir", str(tmp_path / "c"),
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)  # fmt: skip
+        str(BIN / "dockyard-controller"),
+        "run",
+        "--insecure",
+        "--etcd",
+        etcd.endpoint,
+        "--etcd-prefix",
+        PREFIX,
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        "--http-listen",
+        "",
+        "--join-listen",
+        f"127.0.0.1:{free_port()}",
+        "--state-dir",
+        str(tmp_path / "c"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
     try:
+
         async def recorded() -> bool:
             return (await schema.read(store)).version == schema.SCHEMA_VERSION
 

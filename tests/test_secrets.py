@@ -97,9 +97,21 @@ def test_create_list_inspect_remove_never_show_the_data(
     assert again.returncode == 1 and "already exists" in again.stderr
     # from standard input
     piped = subprocess.run(
-        [str(BIN / "dockyard"), *cluster.tls_args(), "-H", cluster.address, "secret", "create",
-         "piped", "-"], input=b"x", capture_output=True, env=cluster.env(), timeout=30,
-    )  # fmt: skip
+        [
+            str(BIN / "dockyard"),
+            *cluster.tls_args(),
+            "-H",
+            cluster.address,
+            "secret",
+            "create",
+            "piped",
+            "-",
+        ],
+        input=b"x",
+        capture_output=True,
+        env=cluster.env(),
+        timeout=30,
+    )
     assert piped.returncode == 0, piped.stderr
     removed = cluster.cli("secret", "rm", "db_password", "piped")
     assert removed.stdout.split() == ["db_password", "piped"]
@@ -142,8 +154,11 @@ def test_a_service_gets_its_secret_only_on_its_node_and_blocks_removal(
     other = control.CreateSecret(CreateSecretRequest(spec=SecretSpec(name="unused", data=b"o")))
     # an unknown secret: NOT_FOUND naming it, nothing written
     before = snapshot(control, cluster)
-    code, details = code_of(lambda: control.CreateService(CreateServiceRequest(
-        spec=service_spec("web", SecretReference(secret_name="nope")))))  # fmt: skip
+    code, details = code_of(
+        lambda: control.CreateService(
+            CreateServiceRequest(spec=service_spec("web", SecretReference(secret_name="nope")))
+        )
+    )
     assert code == grpc.StatusCode.NOT_FOUND and "'nope'" in details, details
     assert details.startswith("spec.task.container.secrets[0].secret_name: "), details
     assert snapshot(control, cluster) == before
@@ -152,21 +167,39 @@ def test_a_service_gets_its_secret_only_on_its_node_and_blocks_removal(
         (SecretReference(secret_name="api_key", mode=0o1777), "mode"),
         (SecretReference(), "secret_name"),
     ]:
-        code, details = code_of(lambda bad=bad: control.CreateService(  # type: ignore[misc]
-            CreateServiceRequest(spec=service_spec("web", bad))))
+        code, details = code_of(
+            lambda bad=bad: control.CreateService(  # type: ignore[misc]
+                CreateServiceRequest(spec=service_spec("web", bad))
+            )
+        )
         assert code == grpc.StatusCode.INVALID_ARGUMENT, details
         assert details.startswith(f"spec.task.container.secrets[0].{field}: "), details
     assert snapshot(control, cluster) == before
     assert not control.ListServices(ListServicesRequest()).services
 
     # the CLI's Docker syntax; the controller resolves the name to the ID
-    cluster.cli("service", "create", "--name", "web", "--constraint", "node.name==n1",
-                "--secret", "source=api_key,target=key.txt,uid=1000,mode=0400",
-                "busybox", "sleep", "3600")  # fmt: skip
+    cluster.cli(
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--constraint",
+        "node.name==n1",
+        "--secret",
+        "source=api_key,target=key.txt,uid=1000,mode=0400",
+        "busybox",
+        "sleep",
+        "3600",
+    )
     service = control.GetService(GetServiceRequest(service="web"))
     [ref] = service.spec.task.container.secrets
     assert (ref.secret_id, ref.secret_name, ref.target, ref.uid, ref.mode) == (
-        secret.id, "api_key", "key.txt", 1000, 0o400)
+        secret.id,
+        "api_key",
+        "key.txt",
+        1000,
+        0o400,
+    )
 
     def running() -> bool:
         tasks = control.ListTasks(ListTasksRequest(services=["web"])).tasks
@@ -211,8 +244,15 @@ def rotate_and_remove_the_old_one(cluster: Cluster, control: Any) -> None:
     # rotate: a new secret in, the old one out; the old one stays while a rollback could
     # bring it back (the previous spec) or an old task still has it
     control.CreateSecret(CreateSecretRequest(spec=SecretSpec(name="api_key_v2", data=b"new")))
-    cluster.cli("service", "update", "--secret-rm", "api_key", "--secret-add",
-                "source=api_key_v2,target=key.txt", "web")  # fmt: skip
+    cluster.cli(
+        "service",
+        "update",
+        "--secret-rm",
+        "api_key",
+        "--secret-add",
+        "source=api_key_v2,target=key.txt",
+        "web",
+    )
     service = control.GetService(GetServiceRequest(service="web"))
     assert [r.secret_name for r in service.spec.task.container.secrets] == ["api_key_v2"]
     before = snapshot(control, cluster)
@@ -234,11 +274,21 @@ def test_a_read_only_identity_lists_secrets_but_cannot_write_them(
 ) -> None:
     control.CreateSecret(CreateSecretRequest(spec=SecretSpec(name="ro_test", data=DATA)))
     out = cluster.root / "viewer"
-    cluster.run_tool("dockyard-controller", "user", "create", "viewer", "--role", "read-only",
-                     "--state-dir", str(cluster.root / "controller"),
-                     "--out", str(out))  # fmt: skip
+    cluster.run_tool(
+        "dockyard-controller",
+        "user",
+        "create",
+        "viewer",
+        "--role",
+        "read-only",
+        "--state-dir",
+        str(cluster.root / "controller"),
+        "--out",
+        str(out),
+    )
     credentials = grpc.ssl_channel_credentials(
-        (out / "ca.pem").read_bytes(), (out / "key.pem").read_bytes(),
+        (out / "ca.pem").read_bytes(),
+        (out / "key.pem").read_bytes(),
         (out / "cert.pem").read_bytes(),
     )
     with grpc.secure_channel(cluster.address, credentials) as channel:
@@ -247,9 +297,10 @@ def test_a_read_only_identity_lists_secrets_but_cannot_write_them(
         assert listed.spec.name == "ro_test" and not listed.spec.data
         assert not stub.GetSecret(GetSecretRequest(secret="ro_test"), timeout=5).spec.data
         for call in (
-            lambda: stub.CreateSecret(CreateSecretRequest(
-                spec=SecretSpec(name="x", data=b"x")), timeout=5),
+            lambda: stub.CreateSecret(
+                CreateSecretRequest(spec=SecretSpec(name="x", data=b"x")), timeout=5
+            ),
             lambda: stub.RemoveSecret(RemoveSecretRequest(secret="ro_test"), timeout=5),
-        ):  # fmt: skip
+        ):
             assert code_of(call)[0] == grpc.StatusCode.PERMISSION_DENIED
     assert [s.spec.name for s in control.ListSecrets(ListSecretsRequest()).secrets] == ["ro_test"]

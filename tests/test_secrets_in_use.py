@@ -43,8 +43,9 @@ def cluster(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
     yield cluster
 
 
-def spec_of(name: str, *, secret: str = "", replicas: int = 1, node: str = "n1",
-            step: int = 0) -> ServiceSpec:  # fmt: skip
+def spec_of(
+    name: str, *, secret: str = "", replicas: int = 1, node: str = "n1", step: int = 0
+) -> ServiceSpec:
     spec = ServiceSpec(name=name, labels={"step": str(step)})
     spec.task.container.image = "busybox"
     spec.task.container.command.extend(["sleep", "3600"])
@@ -72,8 +73,9 @@ def update(control: Any, name: str, spec: ServiceSpec) -> None:
     for _ in range(20):
         service = control.GetService(GetServiceRequest(service=name))
         try:
-            control.UpdateService(UpdateServiceRequest(service=name, version=service.meta.version,
-                                                       spec=spec))  # fmt: skip
+            control.UpdateService(
+                UpdateServiceRequest(service=name, version=service.meta.version, spec=spec)
+            )
             return
         except grpc.RpcError as error:
             if error.code() != grpc.StatusCode.ABORTED:
@@ -83,8 +85,7 @@ def update(control: Any, name: str, spec: ServiceSpec) -> None:
 
 def test_a_previous_spec_keeps_its_secret(cluster: Cluster, control: Any) -> None:
     control.CreateSecret(CreateSecretRequest(spec=SecretSpec(name="old_key", data=b"k")))
-    control.CreateService(CreateServiceRequest(spec=spec_of("web", secret="old_key",
-                                                            replicas=0)))  # fmt: skip
+    control.CreateService(CreateServiceRequest(spec=spec_of("web", secret="old_key", replicas=0)))
     update(control, "web", spec_of("web", replicas=0))  # the secret is only the rollback's now
     details = refused_removal(control, "old_key")
     assert "service web (its previous spec, the rollback target)" in details, details
@@ -141,6 +142,7 @@ def test_secret_users_names_spec_previous_spec_and_tasks_not_ended() -> None:
     service.previous_spec.task.container.secrets.append(SecretReference(secret_id="x"))
     assert secret_users("x", [service], [running]) == [
         f"service web (its previous spec, the rollback target) and its task {'a' * 12} "
-        "of service web"]  # fmt: skip
+        "of service web"
+    ]
     many = [_task(f"{i:020d}", State.STARTING, "x") for i in range(7)]
     assert secret_users("x", [], many)[0].endswith("and 2 more of service web")

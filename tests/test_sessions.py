@@ -115,5 +115,6 @@ async def test_closing_by_serial_ends_only_that_certificates_sessions() -> None:
     assert kept.outbox.closed
     opened(registry, "n3")
     registry.close_all()
-    assert all(s is not None and s.outbox.closed
-               for s in (registry.get(n) for n in registry.node_ids()))  # fmt: skip
+    assert all(
+        s is not None and s.outbox.closed for s in (registry.get(n) for n in registry.node_ids())
+    )

@@ -61,7 +61,20 @@ def test_controller_init_makes_its_state_dir_private(tmp_path: Path) -> None:
     state.mkdir()
     state.chmod(0o755)
     env = {**os.environ, "DOCKYARD_CONFIG": str(tmp_path / "cli-config")}
-    subprocess.run([str(BIN / "dockyard-controller"), "init", "--state-dir", str(state),
-                    "--listen", "127.0.0.1:1", "--context", "t"], check=True, env=env,
-                   capture_output=True, timeout=60)  # fmt: skip
+    subprocess.run(
+        [
+            str(BIN / "dockyard-controller"),
+            "init",
+            "--state-dir",
+            str(state),
+            "--listen",
+            "127.0.0.1:1",
+            "--context",
+            "t",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     assert mode_of(state) == 0o700

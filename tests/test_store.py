@@ -168,8 +168,9 @@ async def test_a_list_larger_than_one_page_is_one_consistent_snapshot(
 
     monkeypatch.setattr(store_module, "LIST_FIRST_PAGE", 7)
     monkeypatch.setattr(store_module, "LIST_PAGE_BYTES", 400)  # a handful of node records
-    await store.commit_each([store.put_op(NODES, f"n{i:03}", make_node(f"n{i:03}"), expect=0)
-                             for i in range(50)])
+    await store.commit_each(
+        [store.put_op(NODES, f"n{i:03}", make_node(f"n{i:03}"), expect=0) for i in range(50)]
+    )
     nodes, revision = await store.list_all(NODES)
     assert [n.id for n in nodes] == [f"n{i:03}" for i in range(50)]
     await store.delete(NODES, "n000")
@@ -186,9 +187,7 @@ async def test_embedded_etcd_chooses_again_when_its_chosen_port_is_taken(
         holder.listen()
         taken = holder.getsockname()[1]
         ports = iter([taken])
-        monkeypatch.setattr(
-            etcd_server, "free_port", lambda: next(ports, None) or real_free_port()
-        )
+        monkeypatch.setattr(etcd_server, "free_port", lambda: next(ports, None) or real_free_port())
         server = EtcdServer(tmp_path / "data", log_path=tmp_path / "etcd.log")
         await server.start()
         try:

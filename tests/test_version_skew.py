@@ -12,15 +12,18 @@ from dockyard.common.skew import agent_skew, controller_skew, minor_of, short
 from tests.conftest import Cluster
 
 
-@pytest.mark.parametrize(("controller", "agent", "expected"), [
-    ("0.2.0", "0.2.0", ""),
-    ("0.2.3", "0.2.0", ""),             # patch versions never matter
-    ("0.2.0", "0.1.9", "behind"),       # one minor behind: supported
-    ("0.3.0", "0.1.0", "unsupported"),  # two behind
-    ("0.2.0", "0.3.0", "unsupported"),  # agents never ahead of the controllers
-    ("1.0.0", "0.9.0", "unsupported"),  # another major
-    ("dev", "0.1.0", ""),               # not a release: not judged
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("controller", "agent", "expected"),
+    [
+        ("0.2.0", "0.2.0", ""),
+        ("0.2.3", "0.2.0", ""),  # patch versions never matter
+        ("0.2.0", "0.1.9", "behind"),  # one minor behind: supported
+        ("0.3.0", "0.1.0", "unsupported"),  # two behind
+        ("0.2.0", "0.3.0", "unsupported"),  # agents never ahead of the controllers
+        ("1.0.0", "0.9.0", "unsupported"),  # another major
+        ("dev", "0.1.0", ""),  # not a release: not judged
+    ],
+)
 def test_agent_skew(controller: str, agent: str, expected: str) -> None:
     assert short(agent_skew(controller, agent)) == expected
 
@@ -28,7 +31,8 @@ def test_agent_skew(controller: str, agent: str, expected: str) -> None:
 def test_agent_skew_says_what_to_do() -> None:
     assert "upgrade the controllers first" in agent_skew("0.2.0", "0.3.0")
     assert "more than one minor version behind the controller (0.4.1)" in agent_skew(
-        "0.4.1", "0.2.0")
+        "0.4.1", "0.2.0"
+    )
 
 
 def test_controller_skew() -> None:
@@ -44,8 +48,10 @@ def test_version_lists_every_daemon_and_node_ls_its_version(
     cluster = cluster_factory()
     cluster.start_controller()
     cluster.start_agent("v1")
-    cluster.wait_for(lambda: [n["status"]["state"] for n in cluster.nodes().values()] == ["READY"],
-                     "the node READY")  # fmt: skip
+    cluster.wait_for(
+        lambda: [n["status"]["state"] for n in cluster.nodes().values()] == ["READY"],
+        "the node READY",
+    )
     data = json.loads(cluster.cli("version", "-o", "json").stdout)
     (server,) = data["servers"]
     kinds = [(d["kind"], d["skew"]) for d in server["cluster"]]

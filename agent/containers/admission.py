@@ -43,11 +43,19 @@ class Admission:
         """Raises PermissionDenied naming each field that makes the container privileged."""
         if self.allow_privileged:
             return
-        binds = [(f"volumes[{i}].host_path", v.host_path)
-                 for i, v in enumerate(request.volumes) if v.host_path]  # fmt: skip
-        found = privileges(privileged=request.privileged, cap_add=list(request.cap_add),
-                           binds=binds, network=request.network, seccomp=request.seccomp,
-                           protected=self.protected)  # fmt: skip
+        binds = [
+            (f"volumes[{i}].host_path", v.host_path)
+            for i, v in enumerate(request.volumes)
+            if v.host_path
+        ]
+        found = privileges(
+            privileged=request.privileged,
+            cap_add=list(request.cap_add),
+            binds=binds,
+            network=request.network,
+            seccomp=request.seccomp,
+            protected=self.protected,
+        )
         if found:
             raise PermissionDenied(
                 f"{'; '.join(str(p) for p in found)}: this agent does not allow privileged "

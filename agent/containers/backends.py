@@ -72,8 +72,12 @@ class ImageProvider(Protocol):
         """
         ...
 
-    async def pull(self, ref: Reference, peers: Sequence[str] = (),
-                   credentials: Mapping[str, Credentials] | None = None) -> None:  # fmt: skip
+    async def pull(
+        self,
+        ref: Reference,
+        peers: Sequence[str] = (),
+        credentials: Mapping[str, Credentials] | None = None,
+    ) -> None:
         """Fetch the image (its layers from the agents at ``peers`` first, if any), with
         ``credentials`` per registry host before the node's own (``--with-registry-auth``)."""
         ...
@@ -126,12 +130,19 @@ class LocalImages:
 
     async def resolve(self, ref: Reference | str) -> ResolvedImage:
         image = self.service.resolve(ref)
-        return ResolvedImage(image.digest, tuple(image.references),
-                             tuple(self.service.lower_dirs(image)),
-                             self.service.config(image).to_oci())  # fmt: skip
+        return ResolvedImage(
+            image.digest,
+            tuple(image.references),
+            tuple(self.service.lower_dirs(image)),
+            self.service.config(image).to_oci(),
+        )
 
-    async def pull(self, ref: Reference, peers: Sequence[str] = (),
-                   credentials: Mapping[str, Credentials] | None = None) -> None:  # fmt: skip
+    async def pull(
+        self,
+        ref: Reference,
+        peers: Sequence[str] = (),
+        credentials: Mapping[str, Credentials] | None = None,
+    ) -> None:
         await self.service.pull(ref, peers=peers, credentials=credentials)
 
     def hold(self, stack: contextlib.ExitStack, image: ResolvedImage) -> None:
@@ -140,9 +151,12 @@ class LocalImages:
         if image.digest:
             with contextlib.suppress(ImageNotFound):
                 found = store.get(image.digest)
-                lease.add(found.digest, found.config_digest,
-                          *(layer.digest for layer in found.layers),
-                          *(layer.diff_id for layer in found.layers))  # fmt: skip
+                lease.add(
+                    found.digest,
+                    found.config_digest,
+                    *(layer.digest for layer in found.layers),
+                    *(layer.diff_id for layer in found.layers),
+                )
         lease.add(*("sha256:" + path.name for path in image.lower_dirs))
 
     async def remove(self, text: str, force: bool = False) -> list[str]:
@@ -165,8 +179,11 @@ class EngineImages:
         pull: Has the engine pull it.
     """
 
-    def __init__(self, has: Callable[[str], Awaitable[bool]] | None = None,
-                 pull: Callable[[str], Awaitable[None]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        has: Callable[[str], Awaitable[bool]] | None = None,
+        pull: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self._has = has
         self._pull = pull
 
@@ -176,8 +193,12 @@ class EngineImages:
             raise ImageNotFound(f"image {name} is not in the engine")
         return ResolvedImage("", (str(ref),), runtime_ref=name)
 
-    async def pull(self, ref: Reference, peers: Sequence[str] = (),
-                   credentials: Mapping[str, Credentials] | None = None) -> None:  # fmt: skip
+    async def pull(
+        self,
+        ref: Reference,
+        peers: Sequence[str] = (),
+        credentials: Mapping[str, Credentials] | None = None,
+    ) -> None:
         # The engine pulls with its own registry settings (docker login on that host).
         if self._pull is not None:
             await self._pull(engine_ref(ref))
@@ -202,13 +223,11 @@ class BridgeAttacher:
         attachment = self.bridge.get(container_id)
         if attachment is None:
             return None
-        return NetworkEndpoint(attachment.netns_path, attachment.ip_address,
-                               self.bridge.nameserver)  # fmt: skip
+        return NetworkEndpoint(attachment.netns_path, attachment.ip_address, self.bridge.nameserver)
 
     async def attach(self, container_id: str, ports: Sequence[PortMapping]) -> NetworkEndpoint:
         attachment = await self.bridge.attach(container_id, ports)
-        return NetworkEndpoint(attachment.netns_path, attachment.ip_address,
-                               self.bridge.nameserver)  # fmt: skip
+        return NetworkEndpoint(attachment.netns_path, attachment.ip_address, self.bridge.nameserver)
 
     async def detach(self, container_id: str) -> None:
         await self.bridge.detach(container_id)

@@ -66,35 +66,66 @@ def container_network(network: NetworkInfo) -> cpb.ContainerNetwork:
         prefix_length=network.prefix_length,
         gateway=network.gateway,
         bridge=network.bridge,
-        ports=[cpb.PortMapping(host_ip=p.host_ip, host_port=p.host_port,
-                               container_port=p.container_port, protocol=p.protocol)
-               for p in network.ports],
-    )  # fmt: skip
+        ports=[
+            cpb.PortMapping(
+                host_ip=p.host_ip,
+                host_port=p.host_port,
+                container_port=p.container_port,
+                protocol=p.protocol,
+            )
+            for p in network.ports
+        ],
+    )
 
 
 def create_request(spec: ContainerSpec, auto_remove: bool = False) -> cpb.CreateContainerRequest:
     """The request that would create the container again (shown as its `config`)."""
     return cpb.CreateContainerRequest(
-        image=spec.image, name=spec.name, command=list(spec.command or ()),
+        image=spec.image,
+        name=spec.name,
+        command=list(spec.command or ()),
         entrypoint=list(spec.entrypoint or ()),
         clear_entrypoint=spec.entrypoint is not None and not spec.entrypoint,
-        env=list(spec.env), workdir=spec.workdir or "", user=spec.user or "",
-        memory_bytes=spec.memory_bytes, nano_cpus=spec.nano_cpus, pids_limit=spec.pids_limit,
+        env=list(spec.env),
+        workdir=spec.workdir or "",
+        user=spec.user or "",
+        memory_bytes=spec.memory_bytes,
+        nano_cpus=spec.nano_cpus,
+        pids_limit=spec.pids_limit,
         read_only=spec.read_only,
-        volumes=[cpb.VolumeSpec(host_path="" if v.volume else str(v.host), volume=v.volume,
-                                container_path=v.container, read_only=v.read_only)
-                 for v in spec.volumes],
-        restart_policy=cpb.RestartPolicySpec(name=spec.restart_policy.name.value,
-                                             max_retries=spec.restart_policy.max_retries),
-        network=spec.network, labels=dict(spec.labels), cap_add=list(spec.cap_add),
-        cap_drop=list(spec.cap_drop), hostname=spec.hostname or "", auto_remove=auto_remove,
-        privileged=spec.privileged, seccomp=spec.seccomp,
-        ports=[cpb.PortMapping(host_ip=p.host_ip, host_port=p.host_port,
-                               container_port=p.container_port, protocol=p.protocol)
-               for p in spec.ports],
-        tmpfs=[cpb.TmpfsSpec(container_path=t.container, size_bytes=t.size_bytes)
-               for t in spec.tmpfs],
-    )  # fmt: skip
+        volumes=[
+            cpb.VolumeSpec(
+                host_path="" if v.volume else str(v.host),
+                volume=v.volume,
+                container_path=v.container,
+                read_only=v.read_only,
+            )
+            for v in spec.volumes
+        ],
+        restart_policy=cpb.RestartPolicySpec(
+            name=spec.restart_policy.name.value, max_retries=spec.restart_policy.max_retries
+        ),
+        network=spec.network,
+        labels=dict(spec.labels),
+        cap_add=list(spec.cap_add),
+        cap_drop=list(spec.cap_drop),
+        hostname=spec.hostname or "",
+        auto_remove=auto_remove,
+        privileged=spec.privileged,
+        seccomp=spec.seccomp,
+        ports=[
+            cpb.PortMapping(
+                host_ip=p.host_ip,
+                host_port=p.host_port,
+                container_port=p.container_port,
+                protocol=p.protocol,
+            )
+            for p in spec.ports
+        ],
+        tmpfs=[
+            cpb.TmpfsSpec(container_path=t.container, size_bytes=t.size_bytes) for t in spec.tmpfs
+        ],
+    )
 
 
 def container_record(view: ContainerView) -> cpb.ContainerRecord:
@@ -115,8 +146,9 @@ def container_record(view: ContainerView) -> cpb.ContainerRecord:
 
 def log_line(record: LogRecord) -> cpb.LogLine:
     """One log line message."""
-    return cpb.LogLine(stream=record.stream, timestamp=timestamp(record.timestamp),
-                       data=record.data)  # fmt: skip
+    return cpb.LogLine(
+        stream=record.stream, timestamp=timestamp(record.timestamp), data=record.data
+    )
 
 
 def stats_message(stats: Stats) -> cpb.ContainerStats:

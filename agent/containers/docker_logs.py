@@ -40,19 +40,27 @@ class DockerLogsServicer:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """Only Logs: grpc answers UNIMPLEMENTED for the other Containers methods."""
-        return grpc.method_handlers_generic_handler("dockyard.v1.Containers", {
-            "Logs": grpc.unary_stream_rpc_method_handler(
-                self.Logs, request_deserializer=LogsRequest.FromString,
-                response_serializer=LogLine.SerializeToString),
-        })  # fmt: skip
+        return grpc.method_handlers_generic_handler(
+            "dockyard.v1.Containers",
+            {
+                "Logs": grpc.unary_stream_rpc_method_handler(
+                    self.Logs,
+                    request_deserializer=LogsRequest.FromString,
+                    response_serializer=LogLine.SerializeToString,
+                ),
+            },
+        )
 
     async def Logs(self, request: LogsRequest, context: Context) -> AsyncIterator[LogLine]:
         if not request.container or len(request.container) > 128:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "container: a container ID or name is required")  # fmt: skip
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "container: a container ID or name is required"
+            )
         container = self._runtime.docker.containers.container(request.container)
-        params: dict[str, Any] = {"timestamps": True,
-                                  "tail": str(request.tail) if request.has_tail else "all"}
+        params: dict[str, Any] = {
+            "timestamps": True,
+            "tail": str(request.tail) if request.has_tail else "all",
+        }
         if request.HasField("since"):
             params["since"] = request.since.seconds
         try:
@@ -66,8 +74,9 @@ class DockerLogsServicer:
             return
         lines = []
         for stream in _STREAMS:
-            chunks = await container.log(stdout=stream == "stdout", stderr=stream == "stderr",
-                                         **params)  # fmt: skip
+            chunks = await container.log(
+                stdout=stream == "stdout", stderr=stream == "stderr", **params
+            )
             lines += [parse_line(stream, t) for c in chunks for t in c.splitlines() if t]
         lines.sort(key=lambda line: (line.timestamp.seconds, line.timestamp.nanos))
         for line in lines:
@@ -80,9 +89,9 @@ class DockerLogsServicer:
 
         async def pump(stream: str) -> None:
             try:
-                async for chunk in container.log(stdout=stream == "stdout",
-                                                 stderr=stream == "stderr", follow=True,
-                                                 **params):  # fmt: skip
+                async for chunk in container.log(
+                    stdout=stream == "stdout", stderr=stream == "stderr", follow=True, **params
+                ):
                     for text in chunk.splitlines():
                         if text:
                             await queue.put(parse_line(stream, text))

@@ -41,17 +41,22 @@ class _ProgressQueue:
     def __call__(self, event: ProgressEvent) -> None:
         now = time.monotonic()
         last = self._last.get(event.digest)
-        if (last is not None and event.status in _BYTES and last[0] == event.status
-                and now - last[1] < PROGRESS_INTERVAL
-                and not (event.total and event.current >= event.total)):  # fmt: skip
+        if (
+            last is not None
+            and event.status in _BYTES
+            and last[0] == event.status
+            and now - last[1] < PROGRESS_INTERVAL
+            and not (event.total and event.current >= event.total)
+        ):
             return
         self._last[event.digest] = (event.status, now)
         self.queue.put_nowait(event)
 
 
 def _progress_message(event: ProgressEvent) -> pb.ImageProgress:
-    return pb.ImageProgress(id=event.id, status=event.status.value, current=event.current,
-                            total=event.total)  # fmt: skip
+    return pb.ImageProgress(
+        id=event.id, status=event.status.value, current=event.current, total=event.total
+    )
 
 
 class ImagesServicer(images_pb2_grpc.ImagesServicer):
@@ -82,23 +87,26 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
             while not progress.queue.empty():
                 yield _progress_message(progress.queue.get_nowait())
             image = task.result()
-            yield pb.ImageProgress(id=label, status="done", done=True,
-                                   image=await self._record(image))  # fmt: skip
+            yield pb.ImageProgress(
+                id=label, status="done", done=True, image=await self._record(image)
+            )
         finally:
             if not task.done():  # the client went away: stop the transfer
                 task.cancel()
                 await asyncio.wait([task])
 
     @streaming
-    async def Pull(self, request: pb.PullImageRequest,
-                   context: Context) -> AsyncIterator[pb.ImageProgress]:
+    async def Pull(
+        self, request: pb.PullImageRequest, context: Context
+    ) -> AsyncIterator[pb.ImageProgress]:
         ref = parse_image_ref("image", request.image)
         async for message in self._transfer(lambda cb: self._images.pull(ref, cb), str(ref)):
             yield message
 
     @streaming
-    async def Push(self, request: pb.PushImageRequest,
-                   context: Context) -> AsyncIterator[pb.ImageProgress]:
+    async def Push(
+        self, request: pb.PushImageRequest, context: Context
+    ) -> AsyncIterator[pb.ImageProgress]:
         ref = parse_image_ref("image", request.image)
         try:
             image = self._images.resolve(ref)
@@ -113,8 +121,7 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
             yield message
 
     @unary
-    async def List(self, request: pb.ListImagesRequest,
-                   context: Context) -> pb.ListImagesResponse:
+    async def List(self, request: pb.ListImagesRequest, context: Context) -> pb.ListImagesResponse:
         return pb.ListImagesResponse(images=[image_summary(r) for r in self._images.list()])
 
     def _resolve(self, field: str, text: str) -> Image:
@@ -132,15 +139,18 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
         return await self._record(self._resolve("image", request.image))
 
     @unary
-    async def Remove(self, request: pb.RemoveImageRequest,
-                     context: Context) -> pb.RemoveImageResponse:
+    async def Remove(
+        self, request: pb.RemoveImageRequest, context: Context
+    ) -> pb.RemoveImageResponse:
         lines = await self._manager.remove_image(request.image, request.force)
         return pb.RemoveImageResponse(
-            untagged=[line.removeprefix("Untagged: ") for line in lines
-                      if line.startswith("Untagged: ")],
-            deleted=[line.removeprefix("Deleted: ") for line in lines
-                     if line.startswith("Deleted: ")],
-        )  # fmt: skip
+            untagged=[
+                line.removeprefix("Untagged: ") for line in lines if line.startswith("Untagged: ")
+            ],
+            deleted=[
+                line.removeprefix("Deleted: ") for line in lines if line.startswith("Deleted: ")
+            ],
+        )
 
     @unary
     async def Tag(self, request: pb.TagImageRequest, context: Context) -> pb.ImageRecord:
@@ -152,16 +162,14 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
         return await self._record(self._images.store.get(image.digest))
 
     @unary
-    async def Load(self, request: pb.LoadImagesRequest,
-                   context: Context) -> pb.LoadImagesResponse:
+    async def Load(self, request: pb.LoadImagesRequest, context: Context) -> pb.LoadImagesResponse:
         path = _absolute("path", request.path)
         with _file_errors("path", path, (ImageStoreError, OSError, *_MALFORMED)):
             images = await self._images.load(path)
         return pb.LoadImagesResponse(images=[await self._record(i) for i in images])
 
     @unary
-    async def Save(self, request: pb.SaveImagesRequest,
-                   context: Context) -> pb.SaveImagesResponse:
+    async def Save(self, request: pb.SaveImagesRequest, context: Context) -> pb.SaveImagesResponse:
         if not request.images:
             raise InvalidArgument("images", "at least one image is required")
         for index, text in enumerate(request.images):
@@ -183,8 +191,7 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
 
 def _absolute(field: str, text: str) -> Path:
     if not text.startswith("/"):
-        raise InvalidArgument(field, f"must be an absolute path on the agent's host, got "
-                                     f"{text!r}")  # fmt: skip
+        raise InvalidArgument(field, f"must be an absolute path on the agent's host, got {text!r}")
     if "\0" in text:
         raise InvalidArgument(field, f"must not contain a NUL character, got {text!r}")
     return Path(text)

@@ -37,8 +37,9 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         self._blobs = blobs
 
     @streaming
-    async def FetchBlob(self, request: pb.FetchBlobRequest,
-                        context: Context) -> AsyncIterator[pb.BlobChunk]:  # fmt: skip
+    async def FetchBlob(
+        self, request: pb.FetchBlobRequest, context: Context
+    ) -> AsyncIterator[pb.BlobChunk]:
         try:
             digest_hex(request.digest)
         except ValueError as exc:
@@ -56,8 +57,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                 yield pb.BlobChunk(size=0)
         finally:
             blob.close()
-        log.debug("peer.blob_served", digest=request.digest, size=sent,
-                  peer=context.peer())  # fmt: skip
+        log.debug("peer.blob_served", digest=request.digest, size=sent, peer=context.peer())
 
 
 def _open(path: Path) -> tuple[BinaryIO, int]:

@@ -123,8 +123,6 @@ def parse_signal(text: str) -> int:
         raise InvalidArgument("signal", f"unknown signal {text!r}") from None
 
 
-
-
 def _tmpfs_of(request: CreateContainerRequest) -> list[TmpfsMount]:
     return [TmpfsMount(t.container_path, t.size_bytes) for t in request.tmpfs]
 
@@ -161,14 +159,21 @@ def _ports_of(request: CreateContainerRequest) -> list[PortMapping]:
     """The request's published ports, normalized (protocol ``tcp`` by default, ``0.0.0.0``
     as ``""``); :func:`check_spec` checks their numbers."""
     if len(request.ports) > MAX_PORTS:
-        raise InvalidArgument("ports", f"at most {MAX_PORTS} published ports, got "
-                                       f"{len(request.ports)}")  # fmt: skip
+        raise InvalidArgument(
+            "ports", f"at most {MAX_PORTS} published ports, got {len(request.ports)}"
+        )
     mappings = []
     for index, port in enumerate(request.ports):
         field = f"ports[{index}]"
         _check_port_numbers(field, port.container_port, port.host_port)
-        mappings.append(PortMapping(port.container_port, port.protocol.strip().lower() or "tcp",
-                                    port.host_port, _host_ip(f"{field}.host_ip", port.host_ip)))
+        mappings.append(
+            PortMapping(
+                port.container_port,
+                port.protocol.strip().lower() or "tcp",
+                port.host_port,
+                _host_ip(f"{field}.host_ip", port.host_ip),
+            )
+        )
     return mappings
 
 
@@ -176,8 +181,9 @@ def _check_port_numbers(field: str, container_port: int, host_port: int) -> None
     if not 1 <= container_port <= 65535:
         raise InvalidArgument(f"{field}.container_port", f"{container_port} is not in 1-65535")
     if not 0 <= host_port <= 65535:
-        raise InvalidArgument(f"{field}.host_port", f"{host_port} is not in 1-65535 "
-                                                    "(or 0: a free port)")  # fmt: skip
+        raise InvalidArgument(
+            f"{field}.host_port", f"{host_port} is not in 1-65535 (or 0: a free port)"
+        )
 
 
 def _check_ports(ports: Sequence[PortMapping]) -> None:
@@ -188,16 +194,22 @@ def _check_ports(ports: Sequence[PortMapping]) -> None:
         field = f"ports[{index}]"
         _check_port_numbers(field, mapping.container_port, mapping.host_port)
         if mapping.protocol not in ("tcp", "udp"):
-            raise InvalidArgument(f"{field}.protocol", f"unknown protocol {mapping.protocol!r} "
-                                                       "(tcp or udp)")  # fmt: skip
+            raise InvalidArgument(
+                f"{field}.protocol", f"unknown protocol {mapping.protocol!r} (tcp or udp)"
+            )
         for other_index, other in enumerate(ports[:index]):
-            if (mapping.host_port and mapping.host_port == other.host_port
-                    and mapping.protocol == other.protocol
-                    and (not mapping.host_ip or not other.host_ip
-                         or mapping.host_ip == other.host_ip)):  # fmt: skip
-                raise InvalidArgument(f"{field}.host_port", f"{mapping.host_port}/"
-                                      f"{mapping.protocol} is already published by "
-                                      f"ports[{other_index}]")  # fmt: skip
+            if (
+                mapping.host_port
+                and mapping.host_port == other.host_port
+                and mapping.protocol == other.protocol
+                and (not mapping.host_ip or not other.host_ip or mapping.host_ip == other.host_ip)
+            ):
+                raise InvalidArgument(
+                    f"{field}.host_port",
+                    f"{mapping.host_port}/"
+                    f"{mapping.protocol} is already published by "
+                    f"ports[{other_index}]",
+                )
 
 
 def _check_capabilities(field: str, names: Sequence[str]) -> None:
@@ -220,11 +232,13 @@ def _check_mounts(spec: ContainerSpec) -> None:
     for index, tmpfs in enumerate(spec.tmpfs):
         field = f"tmpfs[{index}]"
         if not tmpfs.container.startswith("/"):
-            raise InvalidArgument(f"{field}.container_path",
-                                  f"not absolute: {tmpfs.container[:200]!r}")  # fmt: skip
+            raise InvalidArgument(
+                f"{field}.container_path", f"not absolute: {tmpfs.container[:200]!r}"
+            )
         if not 0 <= tmpfs.size_bytes <= MAX_TMPFS_BYTES:
-            raise InvalidArgument(f"{field}.size_bytes", "must be 0 (default) to 1 TiB, got "
-                                                         f"{tmpfs.size_bytes}")  # fmt: skip
+            raise InvalidArgument(
+                f"{field}.size_bytes", f"must be 0 (default) to 1 TiB, got {tmpfs.size_bytes}"
+            )
     targets = [v.container for v in spec.volumes] + [t.container for t in spec.tmpfs]
     if len(targets) > MAX_MOUNTS:
         raise InvalidArgument("volumes", f"at most {MAX_MOUNTS} mounts, got {len(targets)}")
@@ -254,8 +268,9 @@ def _check_limits(spec: ContainerSpec) -> None:
     if spec.memory_bytes < 0:
         raise InvalidArgument("memory_bytes", f"must not be negative, got {spec.memory_bytes}")
     if 0 < spec.memory_bytes < MIN_MEMORY:
-        raise InvalidArgument("memory_bytes", f"minimum memory limit is 6 MiB, got "
-                                              f"{spec.memory_bytes} bytes")  # fmt: skip
+        raise InvalidArgument(
+            "memory_bytes", f"minimum memory limit is 6 MiB, got {spec.memory_bytes} bytes"
+        )
     if spec.nano_cpus < 0:
         raise InvalidArgument("nano_cpus", f"must not be negative, got {spec.nano_cpus}")
     if spec.pids_limit < 0:
@@ -269,8 +284,10 @@ def check_spec(spec: ContainerSpec) -> None:
         InvalidArgument: naming the first bad field.
     """
     if spec.name and not NAME_RE.match(spec.name):
-        raise InvalidArgument("name", f"invalid container name {spec.name!r}: only "
-                                      "[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")  # fmt: skip
+        raise InvalidArgument(
+            "name",
+            f"invalid container name {spec.name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+        )
     _check_process(spec)
     _check_limits(spec)
     _check_ports(spec.ports)
@@ -280,11 +297,15 @@ def check_spec(spec: ContainerSpec) -> None:
 def _network_of(request: CreateContainerRequest, published: bool) -> NetworkMode:
     network = request.network or "none"
     if network not in ("none", "host", "bridge"):
-        raise InvalidArgument("network", f"unknown network {request.network!r} "
-                                         "(none, host or bridge)")  # fmt: skip
+        raise InvalidArgument(
+            "network", f"unknown network {request.network!r} (none, host or bridge)"
+        )
     if published and network == "host":
-        raise InvalidArgument("ports", "cannot publish ports with the host network: the "
-                                       "container uses the node's ports directly")  # fmt: skip
+        raise InvalidArgument(
+            "ports",
+            "cannot publish ports with the host network: the "
+            "container uses the node's ports directly",
+        )
     if network == "bridge" or published:  # publishing implies the bridge
         return "bridge"
     return "host" if network == "host" else "none"
@@ -299,33 +320,51 @@ def parse_create(request: CreateContainerRequest) -> ContainerRequest:
     ref = parse_image_ref("image", request.image)
     name = request.name.removeprefix("/")
     if name and not NAME_RE.match(name):
-        raise InvalidArgument("name", f"invalid container name {request.name!r}: only "
-                                      "[a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")  # fmt: skip
+        raise InvalidArgument(
+            "name",
+            f"invalid container name {request.name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+        )
     if request.pids_limit < -1:
-        raise InvalidArgument("pids_limit", f"must be -1 (unlimited) or more, got "
-                                            f"{request.pids_limit}")  # fmt: skip
+        raise InvalidArgument(
+            "pids_limit", f"must be -1 (unlimited) or more, got {request.pids_limit}"
+        )
     ports = _ports_of(request)
     network = _network_of(request, bool(ports))
-    policy = parse_restart_policy(request.restart_policy.name,
-                                  request.restart_policy.max_retries)  # fmt: skip
+    policy = parse_restart_policy(request.restart_policy.name, request.restart_policy.max_retries)
     if request.auto_remove and policy.name is not RestartPolicyName.NO:
-        raise InvalidArgument("auto_remove", "conflicts with restart policy "
-                                             f"{policy.name}: a removed container cannot restart")
+        raise InvalidArgument(
+            "auto_remove",
+            f"conflicts with restart policy {policy.name}: a removed container cannot restart",
+        )
     if request.seccomp not in ("", "default", "unconfined"):
-        raise InvalidArgument("seccomp", f"unknown seccomp mode {request.seccomp!r} "
-                                         "(default or unconfined)")  # fmt: skip
+        raise InvalidArgument(
+            "seccomp", f"unknown seccomp mode {request.seccomp!r} (default or unconfined)"
+        )
     spec = ContainerSpec(
-        id="", name=name, image=request.image, lower_dirs=(),
+        id="",
+        name=name,
+        image=request.image,
+        lower_dirs=(),
         command=list(request.command) or None,
         entrypoint=[] if request.clear_entrypoint else list(request.entrypoint) or None,
-        env=list(request.env), workdir=request.workdir or None, user=request.user or None,
-        memory_bytes=request.memory_bytes, nano_cpus=request.nano_cpus,
-        pids_limit=max(0, request.pids_limit), read_only=request.read_only,
-        volumes=_volumes_of(request), tmpfs=_tmpfs_of(request), network=network, ports=ports,
-        labels=dict(request.labels), restart_policy=policy, cap_add=list(request.cap_add),
-        cap_drop=list(request.cap_drop), hostname=request.hostname or None,
+        env=list(request.env),
+        workdir=request.workdir or None,
+        user=request.user or None,
+        memory_bytes=request.memory_bytes,
+        nano_cpus=request.nano_cpus,
+        pids_limit=max(0, request.pids_limit),
+        read_only=request.read_only,
+        volumes=_volumes_of(request),
+        tmpfs=_tmpfs_of(request),
+        network=network,
+        ports=ports,
+        labels=dict(request.labels),
+        restart_policy=policy,
+        cap_add=list(request.cap_add),
+        cap_drop=list(request.cap_drop),
+        hostname=request.hostname or None,
         seccomp="unconfined" if request.seccomp == "unconfined" else "default",
         privileged=request.privileged,
-    )  # fmt: skip
+    )
     check_spec(spec)
     return ContainerRequest(spec, ref, request.auto_remove)

@@ -96,9 +96,14 @@ class ContainerService:
         network: The network step for `bridge` containers (None: they are refused).
     """
 
-    def __init__(self, runtime: ContainerRuntime, images: ImageProvider,
-                 meta_root: Path | None, volumes: VolumeStore | None = None,
-                 network: NetworkAttacher | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        images: ImageProvider,
+        meta_root: Path | None,
+        volumes: VolumeStore | None = None,
+        network: NetworkAttacher | None = None,
+    ) -> None:
         self.runtime = runtime
         self.images = images
         self.network = network
@@ -180,8 +185,9 @@ class ContainerService:
         if not ref:
             raise InvalidArgument("container", "a container ID or name is required")
         if len(ref) > _MAX_REF:
-            raise InvalidArgument("container", f"{len(ref)} characters long: an ID or a "
-                                               f"name has at most {_MAX_REF}")  # fmt: skip
+            raise InvalidArgument(
+                "container", f"{len(ref)} characters long: an ID or a name has at most {_MAX_REF}"
+            )
         try:
             return self._networked(await self.runtime.inspect(ref))  # a whole ID or a name
         except ContainerNotFound:
@@ -238,8 +244,11 @@ class ContainerService:
     async def volume_users(self, name: str) -> builtins.list[str]:
         """The ids of the containers that mount the volume."""
         volume = await asyncio.to_thread(self.volume_store().get, name)
-        return [view.info.id for view in await self.list(all=True)
-                if any(v.host == volume.mountpoint for v in view.info.config.volumes)]
+        return [
+            view.info.id
+            for view in await self.list(all=True)
+            if any(v.host == volume.mountpoint for v in view.info.config.volumes)
+        ]
 
     async def remove_volume(self, name: str, force: bool = False) -> None:
         """Delete a volume nothing uses; with `force`, a missing one is no error."""
@@ -250,8 +259,9 @@ class ContainerService:
                 return
             raise
         if users:
-            raise FailedPrecondition(f"volume {name} is in use by container "
-                                     f"{', '.join(u[:12] for u in users)}")  # fmt: skip
+            raise FailedPrecondition(
+                f"volume {name} is in use by container {', '.join(u[:12] for u in users)}"
+            )
         await asyncio.to_thread(self.volume_store().remove, name)
 
     def volume_store(self) -> VolumeStore:
@@ -269,14 +279,13 @@ class ContainerService:
             try:
                 return await self.images.resolve(text)  # an image id
             except ImageNotFound:
-                raise ImageMissing(
-                    f"image {ref} not found on this node: pull it first"
-                ) from None
+                raise ImageMissing(f"image {ref} not found on this node: pull it first") from None
 
     def _hold_image(self, meta: ContainerMeta, spec: ContainerSpec) -> None:
         """Lease the image's layers so gc keeps them while the container exists."""
-        self.images.hold(meta.lease, ResolvedImage(meta.image_digest,
-                                                   lower_dirs=tuple(spec.lower_dirs)))
+        self.images.hold(
+            meta.lease, ResolvedImage(meta.image_digest, lower_dirs=tuple(spec.lower_dirs))
+        )
 
     async def _take_name(self, wanted: str) -> str:
         """The container's name: `wanted`, or a generated one; reserved until released."""
@@ -285,16 +294,21 @@ class ContainerService:
         name = wanted or generate_name(taken)
         if name in taken:
             holder = next((i.id for i in infos if i.name == name), "")
-            raise AlreadyExists(f"container name {name!r} is already in use by container "
-                                f"{holder[:12] or 'being created'}")  # fmt: skip
+            raise AlreadyExists(
+                f"container name {name!r} is already in use by container "
+                f"{holder[:12] or 'being created'}"
+            )
         self._creating.add(name)
         return name
 
     def _mounts(self, spec: ContainerSpec, made: builtins.list[str]) -> builtins.list[VolumeMount]:
         """The spec's mounts with named volumes' directories (blocking: run in a thread)."""
-        volumes = [replace(v, host=self._volume_dir(v.volume, made))
-                   if v.volume and self.volumes is not None else v
-                   for v in spec.volumes]  # fmt: skip
+        volumes = [
+            replace(v, host=self._volume_dir(v.volume, made))
+            if v.volume and self.volumes is not None
+            else v
+            for v in spec.volumes
+        ]
         return resolve_binds(volumes, self._own_dirs)
 
     async def create(self, request: ContainerRequest) -> ContainerView:
@@ -305,10 +319,15 @@ class ContainerService:
         name = await self._take_name(request.spec.name)
         made: builtins.list[str] = []  # volumes this create made: gone again if it fails
         try:
-            spec = replace(request.spec, id=secrets.token_hex(32), name=name,
-                           image=image.runtime_ref or request.spec.image,
-                           lower_dirs=image.lower_dirs, image_config=image.config or {},
-                           volumes=await asyncio.to_thread(self._mounts, request.spec, made))
+            spec = replace(
+                request.spec,
+                id=secrets.token_hex(32),
+                name=name,
+                image=image.runtime_ref or request.spec.image,
+                lower_dirs=image.lower_dirs,
+                image_config=image.config or {},
+                volumes=await asyncio.to_thread(self._mounts, request.spec, made),
+            )
             if image.config is not None:  # else only the backend knows the image's command
                 _check_command(spec)
             meta = ContainerMeta(spec.id, image.digest, request.auto_remove)
@@ -476,9 +495,10 @@ class ContainerService:
         info = await self.runtime.inspect(container_id)
         exit_info = ExitInfo(
             exit_code=info.state.exit_code if info.state.exit_code is not None else -1,
-            oom_killed=info.state.oom_killed, finished_at=info.state.finished_at,
+            oom_killed=info.state.oom_killed,
+            finished_at=info.state.finished_at,
             error=info.state.error,
-        )  # fmt: skip
+        )
         self._removed[container_id] = (info.name, exit_info)
         while len(self._removed) > _RECENT_EXITS:
             self._removed.popitem(last=False)
@@ -487,19 +507,31 @@ class ContainerService:
 
     # -------------------------------------------------------------- observability
 
-    async def logs(self, ref: str, follow: bool = False, tail: int | None = None,
-                   since: datetime | None = None,
-                   timestamps: bool = False) -> AsyncIterator[LogRecord]:
+    async def logs(
+        self,
+        ref: str,
+        follow: bool = False,
+        tail: int | None = None,
+        since: datetime | None = None,
+        timestamps: bool = False,
+    ) -> AsyncIterator[LogRecord]:
         """The container's output lines."""
         if tail is not None and tail < 0:
             raise InvalidArgument("tail", f"must not be negative, got {tail}")
         info = await self._resolve(ref)
-        async for line in self.runtime.logs(info.id, follow=follow, tail=tail, since=since,
-                                            timestamps=timestamps):  # fmt: skip
+        async for line in self.runtime.logs(
+            info.id, follow=follow, tail=tail, since=since, timestamps=timestamps
+        ):
             yield line
 
-    async def exec(self, ref: str, command: Sequence[str], env: Sequence[str] = (),
-                   workdir: str | None = None, user: str | None = None) -> ExecSession:
+    async def exec(
+        self,
+        ref: str,
+        command: Sequence[str],
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+    ) -> ExecSession:
         """Start a process in a running container."""
         if not command:
             raise InvalidArgument("command", "a command is required")
@@ -528,9 +560,11 @@ class ContainerService:
 
     async def users_of(self, image: ResolvedImage) -> builtins.list[ContainerView]:
         """Containers created from `image`."""
-        return [self._view(info) for info in await self.runtime.list(all=True)
-                if (meta := self._meta.get(info.id)) is not None
-                and meta.image_digest == image.digest]  # fmt: skip
+        return [
+            self._view(info)
+            for info in await self.runtime.list(all=True)
+            if (meta := self._meta.get(info.id)) is not None and meta.image_digest == image.digest
+        ]
 
     async def remove_image(self, text: str, force: bool = False) -> builtins.list[str]:
         """`docker rmi`: untag, delete when untagged; refused while containers use it."""
@@ -546,8 +580,10 @@ class ContainerService:
         untag_only = False
         with contextlib.suppress(InvalidArgument):
             ref = parse_image_ref("image", text)
-            untag_only = str(ref) in image.references and len(
-                [r for r in image.references if "@" not in r]) > 1
+            untag_only = (
+                str(ref) in image.references
+                and len([r for r in image.references if "@" not in r]) > 1
+            )
         users = await self.users_of(image)
         if users and not force and not untag_only:
             user = users[0].info
@@ -563,5 +599,6 @@ def _check_command(spec: ContainerSpec) -> None:
     try:
         process_args(spec)
     except InvalidConfig:
-        raise InvalidArgument("command", f"no command given and image {spec.image!r} has "
-                                         "none") from None  # fmt: skip
+        raise InvalidArgument(
+            "command", f"no command given and image {spec.image!r} has none"
+        ) from None

@@ -27,8 +27,9 @@ class ContainersServicer(containers_pb2_grpc.ContainersServicer):
         self._admission = admission or Admission()
 
     @unary
-    async def Create(self, request: pb.CreateContainerRequest,
-                     context: Context) -> pb.ContainerRecord:
+    async def Create(
+        self, request: pb.CreateContainerRequest, context: Context
+    ) -> pb.ContainerRecord:
         parsed = parse_create(request)  # a malformed request is INVALID_ARGUMENT, policy or not
         self._admission.check(request)
         return container_record(await self._manager.create(parsed))
@@ -40,29 +41,30 @@ class ContainersServicer(containers_pb2_grpc.ContainersServicer):
     @unary
     async def Wait(self, request: pb.ContainerRef, context: Context) -> pb.ContainerExit:
         exit_info = await self._manager.wait(request.container)
-        return pb.ContainerExit(exit_code=exit_info.exit_code, oom_killed=exit_info.oom_killed,
-                                error=exit_info.error)  # fmt: skip
+        return pb.ContainerExit(
+            exit_code=exit_info.exit_code, oom_killed=exit_info.oom_killed, error=exit_info.error
+        )
 
     @unary
-    async def Stop(self, request: pb.StopContainerRequest,
-                   context: Context) -> pb.ContainerRecord:
+    async def Stop(self, request: pb.StopContainerRequest, context: Context) -> pb.ContainerRecord:
         timeout = request.timeout_seconds if request.has_timeout else None
         return container_record(await self._manager.stop(request.container, timeout))
 
     @unary
-    async def Kill(self, request: pb.KillContainerRequest,
-                   context: Context) -> pb.ContainerRecord:
+    async def Kill(self, request: pb.KillContainerRequest, context: Context) -> pb.ContainerRecord:
         return container_record(await self._manager.kill(request.container, request.signal))
 
     @unary
-    async def Remove(self, request: pb.RemoveContainerRequest,
-                     context: Context) -> pb.RemoveContainerResponse:
+    async def Remove(
+        self, request: pb.RemoveContainerRequest, context: Context
+    ) -> pb.RemoveContainerResponse:
         removed = await self._manager.remove(request.container, request.force)
         return pb.RemoveContainerResponse(id=removed)
 
     @unary
-    async def List(self, request: pb.ListContainersRequest,
-                   context: Context) -> pb.ListContainersResponse:
+    async def List(
+        self, request: pb.ListContainersRequest, context: Context
+    ) -> pb.ListContainersResponse:
         views = await self._manager.list(all=request.all)
         return pb.ListContainersResponse(containers=[container_record(v) for v in views])
 
@@ -74,20 +76,24 @@ class ContainersServicer(containers_pb2_grpc.ContainersServicer):
     async def Logs(self, request: pb.LogsRequest, context: Context) -> AsyncIterator[pb.LogLine]:
         since = _since(request)
         lines = self._manager.logs(
-            request.container, follow=request.follow,
-            tail=request.tail if request.has_tail else None, since=since,
+            request.container,
+            follow=request.follow,
+            tail=request.tail if request.has_tail else None,
+            since=since,
             timestamps=request.timestamps,
-        )  # fmt: skip
+        )
         async for line in lines:
             yield log_line(line)
 
     @streaming
-    async def Exec(self, request: pb.ExecRequest,
-                   context: Context) -> AsyncIterator[pb.ExecOutput]:
+    async def Exec(self, request: pb.ExecRequest, context: Context) -> AsyncIterator[pb.ExecOutput]:
         session = await self._manager.exec(
-            request.container, list(request.command), env=list(request.env),
-            workdir=request.workdir or None, user=request.user or None,
-        )  # fmt: skip
+            request.container,
+            list(request.command),
+            env=list(request.env),
+            workdir=request.workdir or None,
+            user=request.user or None,
+        )
         finished = False
         try:
             async for chunk in session.output():

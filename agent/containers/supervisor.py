@@ -30,9 +30,12 @@ class Supervisor:
         auto_remove: Removes an exited `--rm` container.
     """
 
-    def __init__(self, runtime: ContainerRuntime,
-                 meta_of: Callable[[str], ContainerMeta | None],
-                 auto_remove: Callable[[str], Awaitable[None]]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        runtime: ContainerRuntime,
+        meta_of: Callable[[str], ContainerMeta | None],
+        auto_remove: Callable[[str], Awaitable[None]],
+    ) -> None:
         self._runtime = runtime
         self._meta_of = meta_of
         self._auto_remove = auto_remove
@@ -42,16 +45,18 @@ class Supervisor:
         """Watch the container (nothing if it is watched already)."""
         if container_id in self._watchers:
             return
-        task = asyncio.create_task(self._watch(container_id),
-                                   name=f"supervise-{container_id[:12]}")  # fmt: skip
+        task = asyncio.create_task(self._watch(container_id), name=f"supervise-{container_id[:12]}")
         self._watchers[container_id] = task
 
         def done(t: asyncio.Task[None]) -> None:
             if self._watchers.get(container_id) is t:
                 del self._watchers[container_id]
             if not t.cancelled() and t.exception() is not None:
-                log.error("container.supervisor_failed", container_id=container_id,
-                          error=repr(t.exception()))  # fmt: skip
+                log.error(
+                    "container.supervisor_failed",
+                    container_id=container_id,
+                    error=repr(t.exception()),
+                )
 
         task.add_done_callback(done)
 
@@ -94,8 +99,14 @@ class Supervisor:
             if not should_restart(policy, exit_info.exit_code, meta.manually_stopped, restarts):
                 return
             restarts += 1
-            log.info("container.restarting", container_id=container_id, policy=policy.name,
-                     exit_code=exit_info.exit_code, delay=delay, restarts=restarts)  # fmt: skip
+            log.info(
+                "container.restarting",
+                container_id=container_id,
+                policy=policy.name,
+                exit_code=exit_info.exit_code,
+                delay=delay,
+                restarts=restarts,
+            )
             await asyncio.sleep(delay)
             if meta.manually_stopped or self._meta_of(container_id) is None:
                 return

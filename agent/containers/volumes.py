@@ -34,9 +34,12 @@ class Volume:
 
 def check_volume_name(field_name: str, name: str) -> str:
     if not VOLUME_NAME_PATTERN.match(name):
-        raise InvalidArgument(field_name, f"invalid volume name {name[:80]!r}: use 1-64 letters, "
-                                          "digits, '_', '.' or '-', starting with a letter or "
-                                          "digit")  # fmt: skip
+        raise InvalidArgument(
+            field_name,
+            f"invalid volume name {name[:80]!r}: use 1-64 letters, "
+            "digits, '_', '.' or '-', starting with a letter or "
+            "digit",
+        )
     return name
 
 
@@ -53,8 +56,12 @@ class VolumeStore:
             record = json.loads((directory / _RECORD).read_text())
         except FileNotFoundError:
             raise NotFound(f"no such volume: {name}") from None
-        return Volume(name, directory / _DATA,
-                      datetime.fromisoformat(record["created_at"]), dict(record.get("labels", {})))
+        return Volume(
+            name,
+            directory / _DATA,
+            datetime.fromisoformat(record["created_at"]),
+            dict(record.get("labels", {})),
+        )
 
     def list(self) -> list[Volume]:
         if not self.root.is_dir():

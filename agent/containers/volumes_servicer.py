@@ -17,9 +17,13 @@ __all__ = ["VolumesServicer"]
 
 
 def volume_record(volume: Volume, used_by: list[str]) -> pb.VolumeRecord:
-    return pb.VolumeRecord(name=volume.name, mountpoint=str(volume.mountpoint),
-                           created_at=timestamp(volume.created_at), labels=volume.labels,
-                           used_by=used_by)  # fmt: skip
+    return pb.VolumeRecord(
+        name=volume.name,
+        mountpoint=str(volume.mountpoint),
+        created_at=timestamp(volume.created_at),
+        labels=volume.labels,
+        used_by=used_by,
+    )
 
 
 class VolumesServicer(containers_pb2_grpc.VolumesServicer):
@@ -32,16 +36,19 @@ class VolumesServicer(containers_pb2_grpc.VolumesServicer):
             check_labels("labels", dict(request.labels))
         except ValidationError as exc:
             raise InvalidArgument(exc.field, str(exc).removeprefix(f"{exc.field}: ")) from None
-        volume = await asyncio.to_thread(self._manager.volume_store().create, request.name,
-                                         dict(request.labels))  # fmt: skip
+        volume = await asyncio.to_thread(
+            self._manager.volume_store().create, request.name, dict(request.labels)
+        )
         return volume_record(volume, await self._manager.volume_users(volume.name))
 
     @unary
-    async def List(self, request: pb.ListVolumesRequest,
-                   context: Context) -> pb.ListVolumesResponse:  # fmt: skip
+    async def List(
+        self, request: pb.ListVolumesRequest, context: Context
+    ) -> pb.ListVolumesResponse:
         volumes = await asyncio.to_thread(self._manager.volume_store().list)
-        return pb.ListVolumesResponse(volumes=[
-            volume_record(v, await self._manager.volume_users(v.name)) for v in volumes])
+        return pb.ListVolumesResponse(
+            volumes=[volume_record(v, await self._manager.volume_users(v.name)) for v in volumes]
+        )
 
     @unary
     async def Inspect(self, request: pb.VolumeRef, context: Context) -> pb.VolumeRecord:
@@ -49,7 +56,8 @@ class VolumesServicer(containers_pb2_grpc.VolumesServicer):
         return volume_record(volume, await self._manager.volume_users(volume.name))
 
     @unary
-    async def Remove(self, request: pb.RemoveVolumeRequest,
-                     context: Context) -> pb.RemoveVolumeResponse:  # fmt: skip
+    async def Remove(
+        self, request: pb.RemoveVolumeRequest, context: Context
+    ) -> pb.RemoveVolumeResponse:
         await self._manager.remove_volume(request.name, request.force)
         return pb.RemoveVolumeResponse(name=request.name)

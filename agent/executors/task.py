@@ -59,9 +59,16 @@ def _network(task: Task, published: bool) -> NetworkMode:
 
 
 def _mounts(task: Task, secrets: Sequence[SecretMount]) -> list[VolumeMount]:
-    mounts = [VolumeMount(Path("/") if m.type == "volume" else Path(m.source), m.target,
-                          m.read_only, m.source if m.type == "volume" else "")
-              for m in task.spec.container.mounts if m.type in ("bind", "volume")]  # fmt: skip
+    mounts = [
+        VolumeMount(
+            Path("/") if m.type == "volume" else Path(m.source),
+            m.target,
+            m.read_only,
+            m.source if m.type == "volume" else "",
+        )
+        for m in task.spec.container.mounts
+        if m.type in ("bind", "volume")
+    ]
     return mounts + [VolumeMount(Path(s.host_path), s.container_path, True) for s in secrets]
 
 
@@ -78,22 +85,36 @@ def task_request(task: Task, secrets: Sequence[SecretMount] = ()) -> ContainerRe
         InvalidArgument: naming the first bad field.
     """
     container, limits = task.spec.container, task.spec.resources.limits
-    ports = [PortMapping(p.target_port, (p.protocol or "tcp").lower(), p.published_port)
-             for p in task.spec.ports]  # fmt: skip
+    ports = [
+        PortMapping(p.target_port, (p.protocol or "tcp").lower(), p.published_port)
+        for p in task.spec.ports
+    ]
     spec = ContainerSpec(
-        id="", name=container_name(task), image=container.image, lower_dirs=(),
-        command=list(container.command) or None, entrypoint=list(container.entrypoint) or None,
-        env=list(container.env), workdir=container.workdir or None,
-        user=container.user or None, memory_bytes=limits.memory_bytes,
-        nano_cpus=limits.nano_cpus, pids_limit=max(0, task.spec.resources.pids_limit),
-        read_only=container.read_only, volumes=_mounts(task, secrets),
-        tmpfs=[TmpfsMount(m.target, m.tmpfs_size_bytes)
-               for m in container.mounts if m.type == "tmpfs"],
-        network=_network(task, bool(ports)), ports=ports, labels=task_labels(task),
-        cap_add=list(container.cap_add), cap_drop=list(container.cap_drop),
+        id="",
+        name=container_name(task),
+        image=container.image,
+        lower_dirs=(),
+        command=list(container.command) or None,
+        entrypoint=list(container.entrypoint) or None,
+        env=list(container.env),
+        workdir=container.workdir or None,
+        user=container.user or None,
+        memory_bytes=limits.memory_bytes,
+        nano_cpus=limits.nano_cpus,
+        pids_limit=max(0, task.spec.resources.pids_limit),
+        read_only=container.read_only,
+        volumes=_mounts(task, secrets),
+        tmpfs=[
+            TmpfsMount(m.target, m.tmpfs_size_bytes) for m in container.mounts if m.type == "tmpfs"
+        ],
+        network=_network(task, bool(ports)),
+        ports=ports,
+        labels=task_labels(task),
+        cap_add=list(container.cap_add),
+        cap_drop=list(container.cap_drop),
         hostname=container.hostname or None,
         privileged=container.privileged,  # the controller checked the cluster's policy
-    )  # fmt: skip
+    )
     check_spec(spec)
     return ContainerRequest(spec, parse_image_ref("image", container.image))
 
@@ -136,8 +157,12 @@ class TaskExecutor:
         auth = self.registry_auths.get(task.service_id)
         return {auth.registry: Credentials(auth.username, auth.password)} if auth else None
 
-    async def _create(self, request: ContainerRequest, progress: Progress,
-                      credentials: Mapping[str, Credentials] | None = None) -> None:  # fmt: skip
+    async def _create(
+        self,
+        request: ContainerRequest,
+        progress: Progress,
+        credentials: Mapping[str, Credentials] | None = None,
+    ) -> None:
         """Create the container; pull its image first when the node lacks it."""
         try:
             await self.service.create(request)
@@ -146,8 +171,7 @@ class TaskExecutor:
             pass
         text = request.spec.image
         progress(f"pulling {text}")
-        await self.service.images.pull(request.image, self.image_sources.get(text, ()),
-                                       credentials)  # fmt: skip
+        await self.service.images.pull(request.image, self.image_sources.get(text, ()), credentials)
         progress(f"pulled {text}")
         await self.service.create(request)
 

@@ -95,8 +95,9 @@ def _check_regular_file(path: Path) -> None:
         raise ImageStoreError(f"{path} is not a regular file")
 
 
-def _read_archive(store: ImageStore, tar_path: Path, platform: Platform,
-                  held: set[str]) -> list[_Loaded]:
+def _read_archive(
+    store: ImageStore, tar_path: Path, platform: Platform, held: set[str]
+) -> list[_Loaded]:
     try:
         with tarfile.open(tar_path, "r:*", tarinfo=BoundedTarInfo) as tar:
             reader = _ArchiveReader(store, tar, held)
@@ -129,21 +130,26 @@ class _ArchiveReader:
         """A JSON document of the archive, read up to `MAX_DOCUMENT_BYTES`."""
         member = self.members.get(posixpath.normpath(name))
         if member is not None and member.size > MAX_DOCUMENT_BYTES:
-            raise ImageStoreError(f"image archive: {name} declares {member.size} bytes, "
-                                  f"over the {MAX_DOCUMENT_BYTES}-byte limit on a document")
+            raise ImageStoreError(
+                f"image archive: {name} declares {member.size} bytes, "
+                f"over the {MAX_DOCUMENT_BYTES}-byte limit on a document"
+            )
         with self._open(name) as handle:
             data: bytes = handle.read(MAX_DOCUMENT_BYTES + 1)
         if len(data) > MAX_DOCUMENT_BYTES:  # a link's target may be larger than itself
-            raise ImageStoreError(f"image archive: {name} is over the "
-                                  f"{MAX_DOCUMENT_BYTES}-byte limit on a document")
+            raise ImageStoreError(
+                f"image archive: {name} is over the {MAX_DOCUMENT_BYTES}-byte limit on a document"
+            )
         return data
 
     def document(self, digest: str, what: str) -> Any:
         """A stored manifest, index or config, parsed; refused over `MAX_DOCUMENT_BYTES`."""
         size = self.store.blobs.size(digest)
         if size > MAX_DOCUMENT_BYTES:
-            raise ImageStoreError(f"image archive: {what} is {size} bytes, over the "
-                                  f"{MAX_DOCUMENT_BYTES}-byte limit on a document")
+            raise ImageStoreError(
+                f"image archive: {what} is {size} bytes, over the "
+                f"{MAX_DOCUMENT_BYTES}-byte limit on a document"
+            )
         return parse_json(self.store.blobs.read_bytes(digest), what)
 
     def _open(self, name: str) -> Any:
@@ -154,8 +160,8 @@ class _ArchiveReader:
             handle = self.tar.extractfile(member)
         except KeyError:  # a link: tarfile resolves it among the archive's own members
             raise ImageStoreError(
-                f"image archive: {name!r} links to {member.linkname!r}, which is not in "
-                "the archive") from None
+                f"image archive: {name!r} links to {member.linkname!r}, which is not in the archive"
+            ) from None
         if handle is None:
             raise ImageStoreError(f"image archive has no file {name!r}")
         return handle
@@ -204,7 +210,8 @@ class _ArchiveReader:
             config_bytes = self.read(entry["Config"])
             config_digest = self.ingest(entry["Config"])
             diff_ids = (parse_json(config_bytes, "image config").get("rootfs") or {}).get(
-                "diff_ids") or []
+                "diff_ids"
+            ) or []
             if len(diff_ids) != len(entry["Layers"]):
                 raise ImageStoreError(
                     f"docker archive: {entry['Config']} lists {len(diff_ids)} diff ids for "
@@ -213,12 +220,21 @@ class _ArchiveReader:
             layers = []
             for name in entry["Layers"]:
                 digest = self.ingest(name)
-                layers.append({"mediaType": _layer_type(self.store.blobs.path(digest)),
-                               "digest": digest, "size": self.store.blobs.size(digest)})
+                layers.append(
+                    {
+                        "mediaType": _layer_type(self.store.blobs.path(digest)),
+                        "digest": digest,
+                        "size": self.store.blobs.size(digest),
+                    }
+                )
             manifest = {
-                "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                "config": {"mediaType": OCI_CONFIG, "digest": config_digest,
-                           "size": len(config_bytes)},
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {
+                    "mediaType": OCI_CONFIG,
+                    "digest": config_digest,
+                    "size": len(config_bytes),
+                },
                 "layers": layers,
             }
             sink = self.store.blobs.sink(what="manifest of a docker archive image")
@@ -234,18 +250,22 @@ def _scan(store: ImageStore, tar: tarfile.TarFile) -> dict[str, tarfile.TarInfo]
     """The archive's files and links by name; each member's declared size and the member
     count checked before tarfile reads on past it."""
     free = shutil.disk_usage(store.blobs.tmp_dir).free
-    limit, why = min((free, f"the {free} bytes free in the image store"),
-                     (store.limits.max_bytes, f"the {store.limits.max_bytes}-byte limit"))
+    limit, why = min(
+        (free, f"the {free} bytes free in the image store"),
+        (store.limits.max_bytes, f"the {store.limits.max_bytes}-byte limit"),
+    )
     members: dict[str, tarfile.TarInfo] = {}
     count = 0
     while (member := tar.next()) is not None:
         count += 1
         if count > MAX_ARCHIVE_MEMBERS:
-            raise ImageStoreError(f"image archive: more than {MAX_ARCHIVE_MEMBERS} entries, "
-                                  "over the limit")
+            raise ImageStoreError(
+                f"image archive: more than {MAX_ARCHIVE_MEMBERS} entries, over the limit"
+            )
         if member.isfile() and member.size > limit:
-            raise ImageStoreError(f"image archive: {member.name[:200]!r} declares "
-                                  f"{member.size} bytes, over {why}")
+            raise ImageStoreError(
+                f"image archive: {member.name[:200]!r} declares {member.size} bytes, over {why}"
+            )
         if member.isfile() or member.islnk() or member.issym():
             members[posixpath.normpath(member.name)] = member
     return members
@@ -297,8 +317,9 @@ async def save(store: ImageStore, refs: Sequence[str], tar_path: Path) -> None:
     log.info("image.saved", path=str(tar_path), count=len(images))
 
 
-def _write_archive(store: ImageStore, images: list[Image], named: dict[str, list[Reference]],
-                   tar_path: Path) -> None:
+def _write_archive(
+    store: ImageStore, images: list[Image], named: dict[str, list[Reference]], tar_path: Path
+) -> None:
     fd, tmp = tempfile.mkstemp(dir=tar_path.parent, prefix=f".{tar_path.name}.")
     os.close(fd)
     try:
@@ -309,28 +330,47 @@ def _write_archive(store: ImageStore, images: list[Image], named: dict[str, list
             docker: list[dict[str, Any]] = []
             repos: dict[str, dict[str, str]] = {}
             for image in images:
-                for digest in [image.digest, image.config_digest,
-                               *(layer.digest for layer in image.layers)]:
+                for digest in [
+                    image.digest,
+                    image.config_digest,
+                    *(layer.digest for layer in image.layers),
+                ]:
                     if digest not in written:
                         tar.add(store.blobs.path(digest), f"blobs/sha256/{digest_hex(digest)}")
                         written.add(digest)
                 refs = named.get(image.digest, [])
-                desc = {"mediaType": image.media_type, "digest": image.digest,
-                        "size": store.blobs.size(image.digest)}
-                index.extend([{**desc, "annotations": {CONTAINERD_NAME: str(ref),
-                                                       OCI_REF_NAME: ref.tag or ""}}
-                              for ref in refs] or [desc])
-                docker.append({
-                    "Config": f"blobs/sha256/{digest_hex(image.config_digest)}",
-                    "RepoTags": [ref.familiar() for ref in refs],
-                    "Layers": [f"blobs/sha256/{digest_hex(layer.digest)}"
-                               for layer in image.layers],
-                })
+                desc = {
+                    "mediaType": image.media_type,
+                    "digest": image.digest,
+                    "size": store.blobs.size(image.digest),
+                }
+                index.extend(
+                    [
+                        {
+                            **desc,
+                            "annotations": {CONTAINERD_NAME: str(ref), OCI_REF_NAME: ref.tag or ""},
+                        }
+                        for ref in refs
+                    ]
+                    or [desc]
+                )
+                docker.append(
+                    {
+                        "Config": f"blobs/sha256/{digest_hex(image.config_digest)}",
+                        "RepoTags": [ref.familiar() for ref in refs],
+                        "Layers": [
+                            f"blobs/sha256/{digest_hex(layer.digest)}" for layer in image.layers
+                        ],
+                    }
+                )
                 for ref in refs:
                     top = digest_hex(image.layers[-1].digest) if image.layers else ""
                     repos.setdefault(ref.familiar_name(), {})[ref.tag or "latest"] = top
-            _add_bytes(tar, "index.json", canonical_json(
-                {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index}))
+            _add_bytes(
+                tar,
+                "index.json",
+                canonical_json({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": index}),
+            )
             _add_bytes(tar, "manifest.json", json.dumps(docker).encode())
             _add_bytes(tar, "repositories", json.dumps(repos).encode())
         os.replace(tmp, tar_path)
@@ -346,8 +386,9 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-async def import_rootfs(store: ImageStore, rootfs_tar: Path, ref: Reference,
-                        config: ImageConfig | None = None) -> Image:
+async def import_rootfs(
+    store: ImageStore, rootfs_tar: Path, ref: Reference, config: ImageConfig | None = None
+) -> Image:
     """Make a one-layer image from a filesystem tarball, as `docker import` does."""
     await asyncio.to_thread(_check_regular_file, rootfs_tar)
     with store.lease() as lease:
@@ -357,4 +398,3 @@ async def import_rootfs(store: ImageStore, rootfs_tar: Path, ref: Reference,
         spec = ImageSpec(config=config or ImageConfig(), history=[f"import {rootfs_tar.name}"])
         digest = await asyncio.to_thread(write_image, store.blobs, [layer], spec, lease.digests)
         return await store.commit(digest, [ref])
-

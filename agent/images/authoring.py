@@ -37,11 +37,13 @@ class LayerWriter:
     then `close()` for the `Layer`.
     """
 
-    def __init__(self, blobs: BlobStore, compression: Compression = "gzip",
-                 level: int = 6) -> None:
+    def __init__(self, blobs: BlobStore, compression: Compression = "gzip", level: int = 6) -> None:
         self._sink: BlobSink = blobs.sink(what="new layer")
-        self._gzip = (gzip.GzipFile(fileobj=self._sink, mode="wb", compresslevel=level,
-                                    mtime=0) if compression == "gzip" else None)
+        self._gzip = (
+            gzip.GzipFile(fileobj=self._sink, mode="wb", compresslevel=level, mtime=0)
+            if compression == "gzip"
+            else None
+        )
         self._media_type = OCI_LAYER_GZIP if compression == "gzip" else OCI_LAYER_TAR
         self._diff = hashlib.sha256()
         self._tar: tarfile.TarFile | None = None
@@ -51,8 +53,10 @@ class LayerWriter:
         """A PAX tar writer into this layer (opened on first use)."""
         if self._tar is None:
             self._tar = tarfile.open(  # noqa: SIM115 - closed by close()
-                fileobj=self, mode="w|",  # type: ignore[call-overload]
-                                     format=tarfile.PAX_FORMAT)
+                fileobj=self,
+                mode="w|",  # type: ignore[call-overload]
+                format=tarfile.PAX_FORMAT,
+            )
         return self._tar
 
     def write(self, data: bytes) -> int:
@@ -83,8 +87,12 @@ class LayerWriter:
         self._sink.discard()
 
 
-def layer_from_tar(blobs: BlobStore, tar_path: Path, compression: Compression = "gzip",
-                   budget: Budget | None = None) -> Layer:
+def layer_from_tar(
+    blobs: BlobStore,
+    tar_path: Path,
+    compression: Compression = "gzip",
+    budget: Budget | None = None,
+) -> Layer:
     """Store a filesystem tarball (plain, gzip or zstd) as a layer blob; blocking.
 
     ``budget`` bounds the uncompressed stream (a compressed tarball may be a bomb): past
@@ -112,8 +120,9 @@ class ImageSpec:
     history: list[str] = field(default_factory=list)
 
 
-def write_image(blobs: BlobStore, layers: list[Layer], spec: ImageSpec,
-                held: set[str] | None = None) -> str:
+def write_image(
+    blobs: BlobStore, layers: list[Layer], spec: ImageSpec, held: set[str] | None = None
+) -> str:
     """Store an OCI config and manifest for `layers`; returns the manifest digest.
 
     Blocking (small writes); layers must already be stored. The new digests are
@@ -126,9 +135,13 @@ def write_image(blobs: BlobStore, layers: list[Layer], spec: ImageSpec,
         "created": created,
         "config": spec.config.to_oci(),
         "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]},
-        "history": [{"created": created, "created_by": spec.history[i]
-                     if i < len(spec.history) else "dockyard build"}
-                    for i in range(len(layers))],
+        "history": [
+            {
+                "created": created,
+                "created_by": spec.history[i] if i < len(spec.history) else "dockyard build",
+            }
+            for i in range(len(layers))
+        ],
     }
     if spec.platform.variant:
         config["variant"] = spec.platform.variant
@@ -140,8 +153,10 @@ def write_image(blobs: BlobStore, layers: list[Layer], spec: ImageSpec,
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
-        "layers": [{"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
-                   for layer in layers],
+        "layers": [
+            {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
+            for layer in layers
+        ],
     }
     digest = _put(blobs, canonical_json(manifest))
     held.add(digest)
@@ -156,4 +171,3 @@ def _put(blobs: BlobStore, data: bytes) -> str:
     except BaseException:
         sink.discard()
         raise
-

@@ -87,16 +87,23 @@ class BlobStore:
         """Remove a blob if present."""
         self.path(digest).unlink(missing_ok=True)
 
-    def writer(self, expected: str | None = None, what: str | None = None, *,
-               size: int | None = None, limit: int | None = None) -> BlobWriter:
+    def writer(
+        self,
+        expected: str | None = None,
+        what: str | None = None,
+        *,
+        size: int | None = None,
+        limit: int | None = None,
+    ) -> BlobWriter:
         """An async writer that commits a blob on a clean exit, discards it otherwise.
 
         `size` is the size the blob was declared with (a manifest's descriptor): a byte
         more is refused as it arrives, and so is a blob that ends short of it. `limit`
         caps a blob whose size nobody declared (a manifest asked for by tag).
         """
-        return BlobWriter(self, expected, what or f"blob {expected or '(new)'}",
-                          SizeBound(size, limit))  # fmt: skip
+        return BlobWriter(
+            self, expected, what or f"blob {expected or '(new)'}", SizeBound(size, limit)
+        )
 
     async def put_bytes(self, data: bytes, expected: str | None = None) -> str:
         """Store `data`, verified against `expected` if given, and return its digest."""
@@ -108,8 +115,7 @@ class BlobStore:
         """A blocking writer (for threads): `write()`, then `commit()` or `discard()`."""
         return BlobSink(self, expected, what)
 
-    def ingest(self, reader: BinaryIO, expected: str | None = None,
-               what: str | None = None) -> str:
+    def ingest(self, reader: BinaryIO, expected: str | None = None, what: str | None = None) -> str:
         """Store what `reader` yields (blocking; call it in a thread). Returns the digest."""
         sink = BlobSink(self, expected, what or f"blob {expected or '(new)'}")
         try:
@@ -211,8 +217,9 @@ class BlobWriter:
     with an exception, or a failed verification, deletes the temporary file.
     """
 
-    def __init__(self, store: BlobStore, expected: str | None, what: str,
-                 bound: SizeBound | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, store: BlobStore, expected: str | None, what: str, bound: SizeBound | None = None
+    ) -> None:
         self._store = store
         self._expected = expected
         self._what = what
@@ -250,8 +257,12 @@ class BlobWriter:
         self._buffered = 0
         await asyncio.to_thread(self._sink.write, data)
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         sink = self._sink
         assert sink is not None
         if exc_type is not None:

@@ -172,8 +172,9 @@ def _add(tar: tarfile.TarFile, entry: Entry) -> None:
         tar.add(entry.source, arcname=entry.dest.strip("/") or ".", recursive=True)
 
 
-def write_layer(store: ImageStore, entries: Sequence[Entry],
-                compression: Compression = "gzip") -> Layer:
+def write_layer(
+    store: ImageStore, entries: Sequence[Entry], compression: Compression = "gzip"
+) -> Layer:
     """Write one layer blob into the store (blocking; run it in a thread)."""
     writer = LayerWriter(store.blobs, compression, level=1)
     try:
@@ -185,9 +186,13 @@ def write_layer(store: ImageStore, entries: Sequence[Entry],
     return writer.close()
 
 
-async def build_image(store: ImageStore, layers: Sequence[Sequence[Entry]], ref: Reference,
-                      spec: ImageSpec | None = None,
-                      compression: Compression = "gzip") -> Image:
+async def build_image(
+    store: ImageStore,
+    layers: Sequence[Sequence[Entry]],
+    ref: Reference,
+    spec: ImageSpec | None = None,
+    compression: Compression = "gzip",
+) -> Image:
     """Build an image from layer descriptions (bottom first) into the store, named `ref`."""
     spec = spec or ImageSpec()
     with store.lease() as lease:
@@ -204,22 +209,37 @@ async def build_image(store: ImageStore, layers: Sequence[Sequence[Entry]], ref:
 
 def busybox_layer(busybox: Path = Path("/bin/busybox")) -> list[Entry]:
     """A busybox rootfs: /bin/busybox, its applet symlinks, /etc/passwd+group, /tmp."""
-    applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
-                             check=True).stdout.split()
-    entries: list[Entry] = [Dir(d) for d in ("bin", "sbin", "usr", "usr/bin", "usr/sbin",
-                                              "etc", "home", "var", "proc", "sys", "dev")]
+    applets = subprocess.run(
+        [str(busybox), "--list-full"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    entries: list[Entry] = [
+        Dir(d)
+        for d in (
+            "bin",
+            "sbin",
+            "usr",
+            "usr/bin",
+            "usr/sbin",
+            "etc",
+            "home",
+            "var",
+            "proc",
+            "sys",
+            "dev",
+        )
+    ]
     entries += [Dir("root", 0o700), Dir("tmp", 0o1777), Dir("var/tmp", 0o1777)]
     entries.append(File("bin/busybox", busybox.read_bytes(), 0o755))
-    entries += [Symlink(path, "/bin/busybox") for path in sorted(set(applets))
-                if path != "bin/busybox"]
+    entries += [
+        Symlink(path, "/bin/busybox") for path in sorted(set(applets)) if path != "bin/busybox"
+    ]
     entries += [File("etc/passwd", PASSWD.encode()), File("etc/group", GROUP.encode())]
     return entries
 
 
 def busybox_spec() -> ImageSpec:
     """Config of the busybox image: `Cmd ["sh"]` and the default PATH."""
-    return ImageSpec(config=ImageConfig(cmd=["sh"], env=[DEFAULT_PATH]),
-                     history=["busybox rootfs"])
+    return ImageSpec(config=ImageConfig(cmd=["sh"], env=[DEFAULT_PATH]), history=["busybox rootfs"])
 
 
 def whiteout_layers() -> list[list[Entry]]:
@@ -229,13 +249,23 @@ def whiteout_layers() -> list[list[Entry]]:
     /data/opq holds only `new` (opaque); /data/replaced is a file again.
     """
     data: list[Entry] = [
-        Dir("data"), Dir("data/keep"), File("data/keep/a", b"a\n"), File("data/keep/b", b"b\n"),
-        Dir("data/gone"), File("data/gone/x", b"x\n"), File("data/file-gone", b"bye\n"),
-        Dir("data/opq"), File("data/opq/old1", b"1\n"), File("data/opq/old2", b"2\n"),
+        Dir("data"),
+        Dir("data/keep"),
+        File("data/keep/a", b"a\n"),
+        File("data/keep/b", b"b\n"),
+        Dir("data/gone"),
+        File("data/gone/x", b"x\n"),
+        File("data/file-gone", b"bye\n"),
+        Dir("data/opq"),
+        File("data/opq/old1", b"1\n"),
+        File("data/opq/old2", b"2\n"),
     ]
     delete: list[Entry] = [
-        Whiteout("data/file-gone"), Whiteout("data/gone"),
-        Dir("data/opq"), Opaque("data/opq"), File("data/opq/new", b"new\n"),
+        Whiteout("data/file-gone"),
+        Whiteout("data/gone"),
+        Dir("data/opq"),
+        Opaque("data/opq"),
+        File("data/opq/new", b"new\n"),
     ]
     return [busybox_layer(), data, delete]
 
@@ -254,22 +284,38 @@ def _size(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m dockyard.agent.images.build",
-        description="Build a test image and put it in a store, a tarball or a registry.")
-    parser.add_argument("kind", choices=["busybox", "whiteout", "big"],
-                        help="busybox: static busybox rootfs; whiteout: 3 layers with "
-                             "deletions and an opaque dir; big: random-data layers")
+        description="Build a test image and put it in a store, a tarball or a registry.",
+    )
+    parser.add_argument(
+        "kind",
+        choices=["busybox", "whiteout", "big"],
+        help="busybox: static busybox rootfs; whiteout: 3 layers with "
+        "deletions and an opaque dir; big: random-data layers",
+    )
     parser.add_argument("--tag", "-t", default=None, help="image reference (default: KIND:latest)")
     parser.add_argument("--layers", type=int, default=5, help="big: number of layers")
     parser.add_argument("--layer-size", default="20M", help="big: bytes per layer (K/M/G)")
-    parser.add_argument("--compression", choices=["gzip", "none"], default=None,
-                        help="layer compression (default: gzip; none for big)")
+    parser.add_argument(
+        "--compression",
+        choices=["gzip", "none"],
+        default=None,
+        help="layer compression (default: gzip; none for big)",
+    )
     out = parser.add_mutually_exclusive_group(required=True)
     out.add_argument("--store", type=Path, help="image store directory to build into")
-    out.add_argument("--output", "-o", type=Path,
-                     help="tarball with both an OCI layout and docker save's manifest.json")
+    out.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        help="tarball with both an OCI layout and docker save's manifest.json",
+    )
     out.add_argument("--push", action="store_true", help="push to the tag's registry")
-    parser.add_argument("--insecure-registry", action="append", default=[],
-                        help="registry host spoken to over plain HTTP (repeatable)")
+    parser.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        help="registry host spoken to over plain HTTP (repeatable)",
+    )
     parser.add_argument("--auth-file", type=Path, default=None, help="docker config.json")
     parser.add_argument("--verbose", "-v", action="store_true", help="log to stderr")
     return parser
@@ -291,8 +337,9 @@ def _print_progress(event: ProgressEvent) -> None:
 async def _run(args: argparse.Namespace) -> str:
     ref = parse_reference(args.tag or f"{args.kind}:latest")
     layers, spec, compression = _layers_for(args)
-    config = RegistryConfig(insecure_registries=frozenset(args.insecure_registry),
-                            auth_file=args.auth_file)
+    config = RegistryConfig(
+        insecure_registries=frozenset(args.insecure_registry), auth_file=args.auth_file
+    )
     with tempfile.TemporaryDirectory(prefix="dockyard-build-") as tmp:
         service = ImageService(args.store or Path(tmp), config)
         image = await build_image(service.store, layers, ref, spec, compression)

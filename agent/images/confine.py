@@ -28,8 +28,9 @@ T = TypeVar("T")
 
 CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID = 0, 1, 3, 4
 CAP_MKNOD, CAP_SETFCAP = 27, 31
-KEEP_CAPABILITIES = frozenset({CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID,
-                               CAP_MKNOD, CAP_SETFCAP})
+KEEP_CAPABILITIES = frozenset(
+    {CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_FOWNER, CAP_FSETID, CAP_MKNOD, CAP_SETFCAP}
+)
 _CLONE_FS = 0x00000200
 _CAP_VERSION_3 = 0x20080522
 
@@ -39,8 +40,11 @@ class _CapHeader(ctypes.Structure):
 
 
 class _CapData(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -57,8 +61,10 @@ def capabilities() -> tuple[int, int]:
     header = _CapHeader(_CAP_VERSION_3, 0)
     data = (_CapData * 2)()
     _check(_libc.capget(ctypes.byref(header), data), "capget")
-    return (data[0].effective | data[1].effective << 32,
-            data[0].permitted | data[1].permitted << 32)
+    return (
+        data[0].effective | data[1].effective << 32,
+        data[0].permitted | data[1].permitted << 32,
+    )
 
 
 def _drop_capabilities(keep: frozenset[int]) -> None:

@@ -55,8 +55,9 @@ def manifest_media_type(manifest: dict[str, Any], header: str | None = None) -> 
     raise ImageStoreError(f"unsupported manifest media type {media_type!r}")
 
 
-def describe_image(digest: str, manifest: dict[str, Any], config: dict[str, Any],
-                   references: tuple[str, ...] = ()) -> Image:
+def describe_image(
+    digest: str, manifest: dict[str, Any], config: dict[str, Any], references: tuple[str, ...] = ()
+) -> Image:
     """Build an `Image` from its manifest and config JSON.
 
     Raises:

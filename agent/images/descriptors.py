@@ -36,12 +36,14 @@ def descriptor(value: Any, what: str) -> Descriptor:
     try:
         digest_hex(digest if isinstance(digest, str) else "")
     except ValueError:
-        raise ImageError(f"{what}: digest {str(digest)[:80]!r} is not sha256:<64 hex>; "
-                         f"refused") from None  # fmt: skip
+        raise ImageError(
+            f"{what}: digest {str(digest)[:80]!r} is not sha256:<64 hex>; refused"
+        ) from None
     size = value.get("size")
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ImageError(f"{what}: its descriptor declares size {size!r}, not a byte count; "
-                         f"refused")  # fmt: skip
+        raise ImageError(
+            f"{what}: its descriptor declares size {size!r}, not a byte count; refused"
+        )
     media_type = value.get("mediaType", "")
     if not isinstance(media_type, str):
         raise ImageError(f"{what}: mediaType is not a string; refused")
@@ -57,14 +59,17 @@ def image_descriptors(manifest: dict[str, Any], what: str) -> tuple[Descriptor, 
     """
     config = descriptor(manifest.get("config"), f"{what}: config")
     if config.size > MAX_CONFIG_BYTES:
-        raise SizeMismatch(f"config {config.digest} of {what}: declared {config.size} bytes, "
-                           f"more than the limit of {MAX_CONFIG_BYTES} for a config; refused")
+        raise SizeMismatch(
+            f"config {config.digest} of {what}: declared {config.size} bytes, "
+            f"more than the limit of {MAX_CONFIG_BYTES} for a config; refused"
+        )
     layers = manifest.get("layers") or []
     if not isinstance(layers, list):
         raise ImageError(f"{what}: layers is not a list; refused")
     if len(layers) > MAX_LAYERS:
-        raise ImageError(f"{what}: {len(layers)} layers, more than the limit of {MAX_LAYERS}; "
-                         f"refused")  # fmt: skip
+        raise ImageError(
+            f"{what}: {len(layers)} layers, more than the limit of {MAX_LAYERS}; refused"
+        )
     return config, [descriptor(d, f"{what}: layers[{i}]") for i, d in enumerate(layers)]
 
 
@@ -74,8 +79,10 @@ def check_diff_ids(config: dict[str, Any], layers: list[Descriptor], what: str) 
     if not isinstance(diff_ids, list) or not all(isinstance(d, str) for d in diff_ids):
         raise ImageError(f"{what}: rootfs.diff_ids is not a list of digests; refused")
     if len(diff_ids) != len(layers):
-        raise ImageError(f"{what}: the manifest has {len(layers)} layers but the config "
-                         f"{len(diff_ids)} diff_ids; refused")  # fmt: skip
+        raise ImageError(
+            f"{what}: the manifest has {len(layers)} layers but the config "
+            f"{len(diff_ids)} diff_ids; refused"
+        )
     for index, diff_id in enumerate(diff_ids):
         descriptor({"digest": diff_id, "size": 0}, f"{what}: rootfs.diff_ids[{index}]")
     return list(diff_ids)

@@ -150,7 +150,8 @@ class ImageStore:
         if len(hex_part) < 12 or any(c not in "0123456789abcdef" for c in hex_part):
             return None
         matches = {
-            image.digest for image in self._records.values()
+            image.digest
+            for image in self._records.values()
             if digest_hex(image.config_digest).startswith(hex_part)
             or digest_hex(image.digest).startswith(hex_part)
         }
@@ -208,13 +209,17 @@ class ImageStore:
 
     def snapshot_refcounts(self) -> Counter[str]:
         """How many images use each snapshot (keyed by diff id)."""
-        return Counter(layer.diff_id for image in self._records.values()
-                       for layer in {lay.diff_id: lay for lay in image.layers}.values())
+        return Counter(
+            layer.diff_id
+            for image in self._records.values()
+            for layer in {lay.diff_id: lay for lay in image.layers}.values()
+        )
 
     # ----- records ---------------------------------------------------------------
 
-    async def commit(self, manifest_digest: str, refs: Iterable[Reference] = (),
-                     extra_blobs: Iterable[str] = ()) -> Image:
+    async def commit(
+        self, manifest_digest: str, refs: Iterable[Reference] = (), extra_blobs: Iterable[str] = ()
+    ) -> Image:
         """Record an image whose manifest, config and layer blobs are stored.
 
         Unpacks layers that are not unpacked yet, then writes the record and points
@@ -350,4 +355,3 @@ def _image_from_record(record: dict[str, Any]) -> Image:
         )
     except (KeyError, TypeError) as exc:
         raise ImageStoreError(f"corrupt image record: {exc!r}") from exc
-

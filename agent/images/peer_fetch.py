@@ -55,9 +55,16 @@ class PeerFetcher:
         """The peers to ask for one pull; None when there are none."""
         return PeerSources(self, tuple(addresses)) if addresses else None
 
-    async def fetch_from(self, address: str, digest: str, blobs: BlobStore,
-                         on_bytes: ByteProgress | None, *, size: int | None = None,
-                         limit: int | None = None) -> int:  # fmt: skip
+    async def fetch_from(
+        self,
+        address: str,
+        digest: str,
+        blobs: BlobStore,
+        on_bytes: ByteProgress | None,
+        *,
+        size: int | None = None,
+        limit: int | None = None,
+    ) -> int:
         """Store blob ``digest`` as ``address`` serves it; its size.
 
         ``size`` is the size the manifest declared (a peer that sends a byte more is cut
@@ -72,8 +79,9 @@ class PeerFetcher:
         async with self._channel(address) as channel:
             call = PeerStub(channel).FetchBlob(FetchBlobRequest(digest=digest))
             try:
-                async with blobs.writer(digest, f"blob {digest} from node {address}",
-                                        size=size, limit=limit) as out:  # fmt: skip
+                async with blobs.writer(
+                    digest, f"blob {digest} from node {address}", size=size, limit=limit
+                ) as out:
                     timeout = CONNECT_TIMEOUT
                     while True:
                         chunk = await asyncio.wait_for(call.read(), timeout)
@@ -90,8 +98,9 @@ class PeerFetcher:
     def _channel(self, address: str) -> grpc.aio.Channel:
         if self._credentials is None:
             return grpc.aio.insecure_channel(address)
-        return grpc.aio.secure_channel(address, self._credentials(),
-                                       [("grpc.ssl_target_name_override", TLS_NAME)])  # fmt: skip
+        return grpc.aio.secure_channel(
+            address, self._credentials(), [("grpc.ssl_target_name_override", TLS_NAME)]
+        )
 
 
 @dataclass(frozen=True)
@@ -101,25 +110,47 @@ class PeerSources:
     fetcher: PeerFetcher
     addresses: tuple[str, ...]
 
-    async def fetch(self, digest: str, blobs: BlobStore, on_bytes: ByteProgress | None = None,
-                    *, size: int | None = None, limit: int | None = None) -> str:  # fmt: skip
+    async def fetch(
+        self,
+        digest: str,
+        blobs: BlobStore,
+        on_bytes: ByteProgress | None = None,
+        *,
+        size: int | None = None,
+        limit: int | None = None,
+    ) -> str:
         """Store blob ``digest`` from the first peer that has it; that peer's address, or
         "" when none served it (each failure is logged). ``size`` and ``limit`` bound
         what a peer may send, as for `PeerFetcher.fetch_from`."""
         for address in self.addresses:
             started = time.monotonic()
             try:
-                got = await self.fetcher.fetch_from(address, digest, blobs, on_bytes,
-                                                    size=size, limit=limit)  # fmt: skip
+                got = await self.fetcher.fetch_from(
+                    address, digest, blobs, on_bytes, size=size, limit=limit
+                )
             except grpc.aio.AioRpcError as exc:
-                log.info("peer.blob_fetch_failed", peer=address, digest=digest,
-                         code=exc.code().name, error=exc.details())  # fmt: skip
+                log.info(
+                    "peer.blob_fetch_failed",
+                    peer=address,
+                    digest=digest,
+                    code=exc.code().name,
+                    error=exc.details(),
+                )
                 continue
             except (TimeoutError, ImageError) as exc:
-                log.info("peer.blob_fetch_failed", peer=address, digest=digest,
-                         error=str(exc) or "timed out")  # fmt: skip
+                log.info(
+                    "peer.blob_fetch_failed",
+                    peer=address,
+                    digest=digest,
+                    error=str(exc) or "timed out",
+                )
                 continue
-            log.info("blob.fetched_from_peer", peer=address, digest=digest, size=got,
-                     seconds=round(time.monotonic() - started, 3))  # fmt: skip
+            log.info(
+                "blob.fetched_from_peer",
+                peer=address,
+                digest=digest,
+                size=got,
+                seconds=round(time.monotonic() - started, 3),
+            )
             return address
         return ""

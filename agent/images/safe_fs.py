@@ -45,8 +45,7 @@ class UnsafePath(ValueError):
 
 
 class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
-                ("resolve", ctypes.c_uint64)]
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -55,8 +54,11 @@ _openat2_state: list[bool] = []  # probed once: [available]
 
 def _openat2(dir_fd: int, path: str, flags: int) -> int:
     how = _OpenHow(flags, 0, _RESOLVE)
-    fd = int(_libc.syscall(_SYS_OPENAT2, dir_fd, os.fsencode(path), ctypes.byref(how),
-                           ctypes.sizeof(how)))
+    fd = int(
+        _libc.syscall(
+            _SYS_OPENAT2, dir_fd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how)
+        )
+    )
     if fd < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
@@ -115,8 +117,9 @@ class Beneath:
         self.openat2 = use_openat2 and have_openat2()
 
     @contextlib.contextmanager
-    def directory(self, parts: tuple[str, ...], create: bool = False,
-                  at: int | None = None) -> Iterator[int]:
+    def directory(
+        self, parts: tuple[str, ...], create: bool = False, at: int | None = None
+    ) -> Iterator[int]:
         """An fd of the directory `parts` (the root for `()`), closed on exit.
 
         Args:
@@ -142,8 +145,13 @@ class Beneath:
             try:
                 return _openat2(start, "/".join(parts), _DIR_FLAGS)
             except OSError as exc:
-                if exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EXDEV,
-                                     errno.EAGAIN):
+                if exc.errno not in (
+                    errno.ENOENT,
+                    errno.ELOOP,
+                    errno.ENOTDIR,
+                    errno.EXDEV,
+                    errno.EAGAIN,
+                ):
                     raise
                 # walk it for the exact reason, or to create what is missing
         current = os.dup(start)
@@ -168,8 +176,9 @@ class Beneath:
             if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                 raise
             if stat.S_ISLNK(os.lstat(part, dir_fd=parent).st_mode):
-                raise UnsafePath(f"{where!r} is a symlink: it would be written through a "
-                                 "symlink") from None
+                raise UnsafePath(
+                    f"{where!r} is a symlink: it would be written through a symlink"
+                ) from None
             raise UnsafePath(f"{where!r} is not a directory") from None
         with contextlib.suppress(FileExistsError):
             os.mkdir(part, 0o755, dir_fd=parent)

@@ -42,9 +42,13 @@ class ImageService:
         on_blob: Told of every blob a pull stored (source, bytes, seconds): the metrics.
     """
 
-    def __init__(self, root: Path, registry: RegistryConfig | None = None,
-                 limits: UnpackLimits | None = None,
-                 on_blob: BlobObserver | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: Path,
+        registry: RegistryConfig | None = None,
+        limits: UnpackLimits | None = None,
+        on_blob: BlobObserver | None = None,
+    ) -> None:
         self.store = ImageStore(root, limits)
         self._on_blob = on_blob
         self.registry = registry or RegistryConfig()
@@ -52,10 +56,13 @@ class ImageService:
         self.peer_fetcher: PeerFetcher | None = None
         """Fetches blobs from other nodes (set by an agent in a cluster)."""
 
-    async def pull(self, ref: str | Reference,
-                   progress: ProgressCallback = ignore_progress,
-                   peers: Sequence[str] = (),
-                   credentials: Mapping[str, Credentials] | None = None) -> Image:  # fmt: skip
+    async def pull(
+        self,
+        ref: str | Reference,
+        progress: ProgressCallback = ignore_progress,
+        peers: Sequence[str] = (),
+        credentials: Mapping[str, Credentials] | None = None,
+    ) -> Image:
         """Pull an image (mirrors first for docker.io) and name it `ref`; the blobs it
         lacks are asked of the agents at `peers` (host:port) first, when `peer_fetcher` is set.
 
@@ -71,12 +78,14 @@ class ImageService:
         reference = _ref(ref)
         key = str(reference) + "".join(
             f"|{registry}=" + hashlib.sha256(f"{c.username}\0{c.password}".encode()).hexdigest()
-            for registry, c in sorted((credentials or {}).items()))  # fmt: skip
+            for registry, c in sorted((credentials or {}).items())
+        )
         shared = self._pulls.get(key)
         if shared is None:
             sources = self.peer_fetcher.sources(peers) if self.peer_fetcher else None
-            shared = _SharedPull(asyncio.create_task(
-                self._pull(reference, progress, sources, credentials)))
+            shared = _SharedPull(
+                asyncio.create_task(self._pull(reference, progress, sources, credentials))
+            )
             self._pulls[key] = shared
             shared.task.add_done_callback(lambda _: self._pulls.pop(key, None))
         shared.waiters += 1
@@ -90,14 +99,17 @@ class ImageService:
         finally:
             shared.waiters -= 1
 
-    async def _pull(self, ref: Reference, progress: ProgressCallback,
-                    peers: PeerSources | None,
-                    credentials: Mapping[str, Credentials] | None = None) -> Image:  # fmt: skip
+    async def _pull(
+        self,
+        ref: Reference,
+        progress: ProgressCallback,
+        peers: PeerSources | None,
+        credentials: Mapping[str, Credentials] | None = None,
+    ) -> Image:
         async with RegistryClient(self.registry, credentials) as client:
             return await pull_image(client, self.store, ref, progress, peers, self._on_blob)
 
-    async def push(self, ref: str | Reference,
-                   progress: ProgressCallback = ignore_progress) -> str:
+    async def push(self, ref: str | Reference, progress: ProgressCallback = ignore_progress) -> str:
         """Push the local image named `ref` to its registry; returns the manifest digest."""
         reference = _ref(ref)
         image = self.store.resolve(reference)
@@ -108,16 +120,19 @@ class ImageService:
         """One row per tag (untagged images get one `<none>` row), newest first."""
         rows = []
         for image in self.store.images():
-            refs: builtins.list[Reference | None] = [
-                parse_reference(r) for r in image.references]
+            refs: builtins.list[Reference | None] = [parse_reference(r) for r in image.references]
             tagged = [r for r in refs if r and r.tag and not r.digest]
             for ref in tagged or refs[:1] or [None]:
-                rows.append(ImageSummary(
-                    repository=ref.familiar_name() if ref else "<none>",
-                    tag=(ref.tag or "<none>") if ref and not ref.digest else "<none>",
-                    digest=image.digest, image_id=image.id, size=image.size,
-                    created=image.created,
-                ))
+                rows.append(
+                    ImageSummary(
+                        repository=ref.familiar_name() if ref else "<none>",
+                        tag=(ref.tag or "<none>") if ref and not ref.digest else "<none>",
+                        digest=image.digest,
+                        image_id=image.id,
+                        size=image.size,
+                        created=image.created,
+                    )
+                )
         return sorted(rows, key=lambda r: (r.created, r.repository, r.tag), reverse=True)
 
     def resolve(self, ref: str | Reference) -> Image:
@@ -176,8 +191,9 @@ class ImageService:
         """Save images to a tarball that `docker load` and `load` accept."""
         await archive.save(self.store, refs, path)
 
-    async def import_rootfs(self, path: Path, ref: str | Reference,
-                            config: ImageConfig | None = None) -> Image:
+    async def import_rootfs(
+        self, path: Path, ref: str | Reference, config: ImageConfig | None = None
+    ) -> Image:
         """Make a one-layer image from a filesystem tarball (docker import)."""
         return await archive.import_rootfs(self.store, path, _ref(ref), config)
 

@@ -81,9 +81,14 @@ def select_platform(index: dict[str, Any], wanted: Platform, what: str) -> dict[
     return chosen
 
 
-async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
-                     progress: ProgressCallback, peers: PeerSources | None = None,
-                     observe: BlobObserver | None = None) -> Image:  # fmt: skip
+async def pull_image(
+    client: RegistryClient,
+    store: ImageStore,
+    ref: Reference,
+    progress: ProgressCallback,
+    peers: PeerSources | None = None,
+    observe: BlobObserver | None = None,
+) -> Image:
     """Pull `ref` into the store (mirrors first), verifying every digest.
 
     The manifest comes from the registry; each blob the store lacks is asked of `peers`
@@ -114,9 +119,14 @@ async def pull_image(client: RegistryClient, store: ImageStore, ref: Reference,
         ) from None
 
 
-async def _pull(client: RegistryClient, store: ImageStore, ref: Reference,
-                progress: ProgressCallback, peers: PeerSources | None,
-                observe: BlobObserver | None) -> Image:  # fmt: skip
+async def _pull(
+    client: RegistryClient,
+    store: ImageStore,
+    ref: Reference,
+    progress: ProgressCallback,
+    peers: PeerSources | None,
+    observe: BlobObserver | None,
+) -> Image:
     with store.lease() as lease:
         ep, body, header_type, digest = await _resolve(client, store, lease, ref, peers)
         repo_digest = Reference(ref.registry, ref.repository, None, digest)
@@ -126,10 +136,13 @@ async def _pull(client: RegistryClient, store: ImageStore, ref: Reference,
             lease.add(digest)
             await store.blobs.put_bytes(body, digest)
             extra.append(digest)
-            desc = descriptor(select_platform(manifest, client.config.platform, f"{ref}"),
-                              f"index of {ref}: the {client.config.platform} manifest")
+            desc = descriptor(
+                select_platform(manifest, client.config.platform, f"{ref}"),
+                f"index of {ref}: the {client.config.platform} manifest",
+            )
             body, header_type, digest = await _child_manifest(
-                client, store, lease, ep, ref, desc.digest, peers, desc.size)
+                client, store, lease, ep, ref, desc.digest, peers, desc.size
+            )
             manifest = parse_json(body, f"manifest of {ref}")
         lease.add(digest)
         if manifest_media_type(manifest, header_type) in INDEX_TYPES:
@@ -138,15 +151,34 @@ async def _pull(client: RegistryClient, store: ImageStore, ref: Reference,
         config_digest = config_desc.digest
         lease.add(config_digest)
         if not store.blobs.has(config_digest):
-            await _download(client, ep, ref.repository, config_digest, store, peers,
-                            size=config_desc.size, observe=observe)  # fmt: skip
+            await _download(
+                client,
+                ep,
+                ref.repository,
+                config_digest,
+                store,
+                peers,
+                size=config_desc.size,
+                observe=observe,
+            )
         config = parse_json(await store.blobs.read(config_digest), f"config of {ref}")
         diff_ids = check_diff_ids(config, layer_descs, f"config {config_digest} of {ref}")
-        layers = [Layer(d.digest, d.size, d.media_type, diff_id)
-                  for d, diff_id in zip(layer_descs, diff_ids, strict=True)]
+        layers = [
+            Layer(d.digest, d.size, d.media_type, diff_id)
+            for d, diff_id in zip(layer_descs, diff_ids, strict=True)
+        ]
         await _check_space(store, layers, f"{ref}")
-        await _pull_layers(client, store, ep, ref=ref, layers=layers, lease=lease,
-                           progress=progress, peers=peers, observe=observe)  # fmt: skip
+        await _pull_layers(
+            client,
+            store,
+            ep,
+            ref=ref,
+            layers=layers,
+            lease=lease,
+            progress=progress,
+            peers=peers,
+            observe=observe,
+        )
         await store.blobs.put_bytes(body, digest)
         # Also `name@digest` (Docker's RepoDigests), so a spec pinned to the digest
         # finds the image that was pulled by its tag.
@@ -166,12 +198,19 @@ async def _check_space(store: ImageStore, layers: list[Layer], what: str) -> Non
         return
     free = (await asyncio.to_thread(shutil.disk_usage, store.blobs.tmp_dir)).free
     if needed > free:
-        raise SizeMismatch(f"{what}: its {len(missing)} missing layers declare {needed} bytes, "
-                           f"and the image store has {free} free; refused")  # fmt: skip
+        raise SizeMismatch(
+            f"{what}: its {len(missing)} missing layers declare {needed} bytes, "
+            f"and the image store has {free} free; refused"
+        )
 
 
-async def _resolve(client: RegistryClient, store: ImageStore, lease: Lease, ref: Reference,
-                   peers: PeerSources | None) -> Resolved:  # fmt: skip
+async def _resolve(
+    client: RegistryClient,
+    store: ImageStore,
+    lease: Lease,
+    ref: Reference,
+    peers: PeerSources | None,
+) -> Resolved:
     """`ref`'s manifest or index: (the registry endpoint that gave it, or None when a
     peer did; body; media type header; digest)."""
     try:
@@ -186,10 +225,16 @@ async def _resolve(client: RegistryClient, store: ImageStore, lease: Lease, ref:
         return None, body, "", ref.digest
 
 
-async def _child_manifest(client: RegistryClient, store: ImageStore, lease: Lease,
-                          ep: Endpoint | None, ref: Reference, digest: str,
-                          peers: PeerSources | None,
-                          size: int) -> tuple[bytes, str, str]:  # fmt: skip
+async def _child_manifest(
+    client: RegistryClient,
+    store: ImageStore,
+    lease: Lease,
+    ep: Endpoint | None,
+    ref: Reference,
+    digest: str,
+    peers: PeerSources | None,
+    size: int,
+) -> tuple[bytes, str, str]:
     """The platform's manifest an index names (of the `size` it declares): from where
     the index came."""
     if ep is not None:
@@ -200,21 +245,31 @@ async def _child_manifest(client: RegistryClient, store: ImageStore, lease: Leas
     return body, "", digest
 
 
-async def _from_peers(store: ImageStore, lease: Lease, peers: PeerSources,
-                      digest: str, size: int | None = None) -> bytes | None:  # fmt: skip
+async def _from_peers(
+    store: ImageStore, lease: Lease, peers: PeerSources, digest: str, size: int | None = None
+) -> bytes | None:
     """A manifest fetched from the peers (verified, at most MAX_MANIFEST_BYTES and of
     `size` when declared, kept in the store), or None."""
     lease.add(digest)
-    if store.blobs.has(digest) or await peers.fetch(digest, store.blobs, size=size,
-                                                    limit=MAX_MANIFEST_BYTES):
+    if store.blobs.has(digest) or await peers.fetch(
+        digest, store.blobs, size=size, limit=MAX_MANIFEST_BYTES
+    ):
         return await store.blobs.read(digest)
     return None
 
 
-async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint | None, *,
-                       ref: Reference, layers: list[Layer], lease: Lease,
-                       progress: ProgressCallback, peers: PeerSources | None,
-                       observe: BlobObserver | None) -> None:  # fmt: skip
+async def _pull_layers(
+    client: RegistryClient,
+    store: ImageStore,
+    ep: Endpoint | None,
+    *,
+    ref: Reference,
+    layers: list[Layer],
+    lease: Lease,
+    progress: ProgressCallback,
+    peers: PeerSources | None,
+    observe: BlobObserver | None,
+) -> None:
     limit = asyncio.Semaphore(client.config.max_concurrent_downloads)
     for layer in layers:
         lease.add(layer.digest, layer.diff_id)
@@ -232,8 +287,17 @@ async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint |
                     if throttle.ready(done >= layer.size):
                         progress(ProgressEvent(layer.digest, Status.DOWNLOADING, done, layer.size))
 
-                await _download(client, ep, ref.repository, layer.digest, store, peers,
-                                on_bytes, size=layer.size, observe=observe)  # fmt: skip
+                await _download(
+                    client,
+                    ep,
+                    ref.repository,
+                    layer.digest,
+                    store,
+                    peers,
+                    on_bytes,
+                    size=layer.size,
+                    observe=observe,
+                )
                 progress(ProgressEvent(layer.digest, Status.VERIFYING, layer.size, layer.size))
         progress(ProgressEvent(layer.digest, Status.EXTRACTING, layer.size, layer.size))
         await store.ensure_snapshot(layer)
@@ -242,10 +306,18 @@ async def _pull_layers(client: RegistryClient, store: ImageStore, ep: Endpoint |
     await run_all([one(layer) for layer in layers])
 
 
-async def _download(client: RegistryClient, ep: Endpoint | None, repository: str, digest: str,
-                    store: ImageStore, peers: PeerSources | None,
-                    on_bytes: ByteProgress | None = None, *, size: int,
-                    observe: BlobObserver | None = None) -> None:  # fmt: skip
+async def _download(
+    client: RegistryClient,
+    ep: Endpoint | None,
+    repository: str,
+    digest: str,
+    store: ImageStore,
+    peers: PeerSources | None,
+    on_bytes: ByteProgress | None = None,
+    *,
+    size: int,
+    observe: BlobObserver | None = None,
+) -> None:
     """Store blob `digest` of the declared `size`: from a peer that has it, else from the
     registry (`ep`; None when the registry already failed)."""
     start = time.monotonic()
@@ -261,8 +333,13 @@ async def _download(client: RegistryClient, ep: Endpoint | None, repository: str
         observe("registry", size, time.monotonic() - start)
 
 
-async def push_image(client: RegistryClient, store: ImageStore, image: Image, ref: Reference,
-                     progress: ProgressCallback) -> str:
+async def push_image(
+    client: RegistryClient,
+    store: ImageStore,
+    image: Image,
+    ref: Reference,
+    progress: ProgressCallback,
+) -> str:
     """Push a local image to `ref`'s registry: blobs, then the manifest under the tag.
 
     Returns:

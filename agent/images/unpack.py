@@ -44,8 +44,14 @@ from dockyard.agent.images.errors import LayerError
 from dockyard.agent.images.safe_fs import Beneath, UnsafePath, split_name
 from dockyard.agent.images.unpack_limits import Budget, UnpackLimits
 
-__all__ = ["MAX_HEADER_BYTES", "OPAQUE_XATTR", "BoundedTarInfo", "layer_diff_id", "open_layer",
-           "unpack_layer"]
+__all__ = [
+    "MAX_HEADER_BYTES",
+    "OPAQUE_XATTR",
+    "BoundedTarInfo",
+    "layer_diff_id",
+    "open_layer",
+    "unpack_layer",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -57,8 +63,13 @@ _KEPT_XATTRS = ("user.", "security.capability", "system.posix_acl_")
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 MAX_HEADER_BYTES = 1 << 20  # a PAX or GNU long-name header (Go's archive/tar: the same)
-_HEADER_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE,
-                 tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+_HEADER_TYPES = (
+    tarfile.XHDTYPE,
+    tarfile.XGLTYPE,
+    tarfile.SOLARIS_XHDTYPE,
+    tarfile.GNUTYPE_LONGNAME,
+    tarfile.GNUTYPE_LONGLINK,
+)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -96,8 +107,10 @@ class BoundedTarInfo(tarfile.TarInfo):
 
     def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
         if self.type in _HEADER_TYPES and self.size > MAX_HEADER_BYTES:
-            raise LayerError(f"a tar header record of {self.size} bytes for {self.name!r} "
-                             f"is over the {MAX_HEADER_BYTES}-byte limit")
+            raise LayerError(
+                f"a tar header record of {self.size} bytes for {self.name!r} "
+                f"is over the {MAX_HEADER_BYTES}-byte limit"
+            )
         result: tarfile.TarInfo = super()._proc_member(tar)  # type: ignore[misc]
         return result
 
@@ -124,8 +137,9 @@ def layer_diff_id(path: Path) -> str:
         return _HashingReader(stream).drain()
 
 
-def unpack_layer(blob: Path, dest: Path, use_openat2: bool = True,
-                 limits: UnpackLimits | None = None) -> str:
+def unpack_layer(
+    blob: Path, dest: Path, use_openat2: bool = True, limits: UnpackLimits | None = None
+) -> str:
     """Unpack the layer `blob` into the empty directory `dest`.
 
     On an error `dest` may hold part of the layer (the caller removes it), but nothing
@@ -151,13 +165,21 @@ def unpack_layer(blob: Path, dest: Path, use_openat2: bool = True,
             reader = _HashingReader(stream, budget, blob.name)
             beneath = Beneath(root_fd, use_openat2)
             try:
-                with tarfile.open(fileobj=cast(IO[bytes], reader), mode="r|",
-                                  tarinfo=BoundedTarInfo) as tar:
+                with tarfile.open(
+                    fileobj=cast(IO[bytes], reader), mode="r|", tarinfo=BoundedTarInfo
+                ) as tar:
                     unpacker = _Unpacker(tar, beneath, budget, blob.name)
                     run_confined(root_fd, unpacker.run)
                 unpacker.mark_opaque()
-            except (tarfile.TarError, EOFError, OSError, zlib.error, ZstdError, OverflowError,
-                    ValueError) as exc:  # out-of-range times, owners, device numbers
+            except (
+                tarfile.TarError,
+                EOFError,
+                OSError,
+                zlib.error,
+                ZstdError,
+                OverflowError,
+                ValueError,
+            ) as exc:  # out-of-range times, owners, device numbers
                 raise LayerError(f"cannot unpack layer {blob.name}: {exc}") from exc
             return reader.drain()
     finally:
@@ -204,19 +226,23 @@ class _Unpacker:
         if not parts:
             if not member.isdir():
                 raise UnsafePath(f"{member.name!r}: the layer root must be a directory")
-            self.dirs.append(_DirAttrs((), _ident(os.fstat(self.fs.root_fd)),
-                                       member.mode & 0o7777, int(member.mtime)))
+            self.dirs.append(
+                _DirAttrs(
+                    (), _ident(os.fstat(self.fs.root_fd)), member.mode & 0o7777, int(member.mtime)
+                )
+            )
             return
         *parents, base = parts
         if any(p.startswith(WHITEOUT_META_PREFIX) for p in parents) or (
-                base.startswith(WHITEOUT_META_PREFIX) and base != OPAQUE_MARKER):
+            base.startswith(WHITEOUT_META_PREFIX) and base != OPAQUE_MARKER
+        ):
             log.debug("unpack.whiteout_meta_skipped", name=member.name)
             return  # aufs bookkeeping (.wh..wh.plnk, .wh..wh.aufs): not content
         with self.fs.directory(tuple(parents), create=True) as parent:
             if base == OPAQUE_MARKER:
                 self.opaque.append(tuple(parents))
             elif base.startswith(WHITEOUT_PREFIX):
-                self.whiteout(parent, base[len(WHITEOUT_PREFIX):], member.name)
+                self.whiteout(parent, base[len(WHITEOUT_PREFIX) :], member.name)
             else:
                 self.fs.remove(parent, base, keep_dir=member.isdir())
                 self.create(member, parent, base, parts)
@@ -227,8 +253,9 @@ class _Unpacker:
         self.fs.remove(parent, target)
         os.mknod(target, stat.S_IFCHR | 0o000, os.makedev(0, 0), dir_fd=parent)
 
-    def create(self, member: tarfile.TarInfo, parent: int, base: str,
-               parts: tuple[str, ...]) -> None:
+    def create(
+        self, member: tarfile.TarInfo, parent: int, base: str, parts: tuple[str, ...]
+    ) -> None:
         mode = member.mode & 0o7777
         if member.isreg():
             self.write_file(member, parent, base)
@@ -239,8 +266,7 @@ class _Unpacker:
                 if self.chown:
                     os.fchown(fd, member.uid, member.gid)
                 self.xattrs(member, fd)
-                self.dirs.append(_DirAttrs(parts, _ident(os.fstat(fd)), mode,
-                                           int(member.mtime)))
+                self.dirs.append(_DirAttrs(parts, _ident(os.fstat(fd)), mode, int(member.mtime)))
         elif member.issym():
             os.symlink(member.linkname, base, dir_fd=parent)
             self.owner(member, parent, base)
@@ -282,12 +308,13 @@ class _Unpacker:
             raise UnsafePath(f"{member.name!r} is a hard link to the layer root")
         with self.fs.directory(link[:-1]) as source_dir:
             if self.fs.lstat(source_dir, link[-1]) is None:
-                raise UnsafePath(f"{member.name!r} is a hard link to {member.linkname!r}, "
-                                 "which is not in this layer")
+                raise UnsafePath(
+                    f"{member.name!r} is a hard link to {member.linkname!r}, "
+                    "which is not in this layer"
+                )
             # not followed: a link to a symlink links the symlink; the inode's metadata
             # is the source's, so nothing else is set
-            os.link(link[-1], base, src_dir_fd=source_dir, dst_dir_fd=parent,
-                    follow_symlinks=False)
+            os.link(link[-1], base, src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False)
 
     def special(self, member: tarfile.TarInfo, parent: int, base: str, mode: int) -> None:
         mode &= 0o1777  # set-id bits mean nothing on a device or fifo (and chown drops them)
@@ -295,8 +322,7 @@ class _Unpacker:
             os.mkfifo(base, mode, dir_fd=parent)
         else:
             kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
-            os.mknod(base, kind | mode, os.makedev(member.devmajor, member.devminor),
-                     dir_fd=parent)
+            os.mknod(base, kind | mode, os.makedev(member.devmajor, member.devminor), dir_fd=parent)
         self.owner(member, parent, base)
         if not self.exact_umask:  # the shared umask took bits away; not chrooted here,
             # so glibc's fchmodat(AT_SYMLINK_NOFOLLOW) works (and never follows)
@@ -311,15 +337,14 @@ class _Unpacker:
         for key, value in member.pax_headers.items():
             if not key.startswith("SCHILY.xattr."):
                 continue
-            name = key[len("SCHILY.xattr."):]
+            name = key[len("SCHILY.xattr.") :]
             if not name.startswith(_KEPT_XATTRS):
                 log.debug("unpack.xattr_refused", name=member.name, xattr=name)
                 continue  # trusted.overlay.* and friends would steer overlayfs
             try:
                 os.setxattr(fd, name, value.encode("utf-8", "surrogateescape"))
             except OSError as exc:
-                log.debug("unpack.xattr_not_kept", name=member.name, xattr=name,
-                          error=str(exc))
+                log.debug("unpack.xattr_not_kept", name=member.name, xattr=name, error=str(exc))
 
     def dir_metadata(self, attrs: _DirAttrs) -> None:
         """Set a directory's final mode and mtime, if it is still the one its entry made."""

@@ -65,16 +65,21 @@ class UnpackLimits:
         fs = os.fstatvfs(dest_fd)
         free_bytes = int(fs.f_bavail * fs.f_frsize * self.free_share)
         if free_bytes < self.max_bytes:
-            bytes_limit = (free_bytes, f"{self.free_share:.0%} of the "
-                           f"{fs.f_bavail * fs.f_frsize} bytes free in the image store")
+            bytes_limit = (
+                free_bytes,
+                f"{self.free_share:.0%} of the "
+                f"{fs.f_bavail * fs.f_frsize} bytes free in the image store",
+            )
         else:
             bytes_limit = (self.max_bytes, f"the {self.max_bytes}-byte limit on a layer")
         entries_limit = (self.max_entries, f"the {self.max_entries}-entry limit on a layer")
         if fs.f_files:  # 0: the filesystem has no fixed inode count (btrfs)
             free_inodes = int(fs.f_favail * self.free_share)
             if free_inodes < self.max_entries:
-                entries_limit = (free_inodes, f"{self.free_share:.0%} of the "
-                                 f"{fs.f_favail} inodes free in the image store")
+                entries_limit = (
+                    free_inodes,
+                    f"{self.free_share:.0%} of the {fs.f_favail} inodes free in the image store",
+                )
         return Budget(*bytes_limit, *entries_limit)
 
 
@@ -92,11 +97,15 @@ class Budget:
     def spend_bytes(self, count: int, layer: str) -> None:
         self.bytes_read += count
         if self.bytes_read > self.max_bytes:
-            raise LayerError(f"layer {layer} unpacks to more than {self.max_bytes} bytes, "
-                             f"over {self.bytes_reason}; refused")
+            raise LayerError(
+                f"layer {layer} unpacks to more than {self.max_bytes} bytes, "
+                f"over {self.bytes_reason}; refused"
+            )
 
     def spend_entry(self, layer: str) -> None:
         self.entries += 1
         if self.entries > self.max_entries:
-            raise LayerError(f"layer {layer} has more than {self.max_entries} entries, "
-                             f"over {self.entries_reason}; refused")
+            raise LayerError(
+                f"layer {layer} has more than {self.max_entries} entries, "
+                f"over {self.entries_reason}; refused"
+            )

@@ -96,49 +96,78 @@ class _Families:
         labels = list(CONTAINER_LABELS)
         net = [*labels, "interface"]
         c, g = CounterMetricFamily, GaugeMetricFamily
-        self.cpu = c("container_cpu_usage_seconds_total",
-                     "Cumulative CPU time consumed, in seconds.", labels=labels)
-        self.cpu_user = c("container_cpu_user_seconds_total",
-                          "Cumulative user CPU time consumed, in seconds.", labels=labels)
-        self.cpu_system = c("container_cpu_system_seconds_total",
-                            "Cumulative system CPU time consumed, in seconds.", labels=labels)
-        self.usage = g("container_memory_usage_bytes",
-                       "Current memory usage, page cache included, in bytes.", labels=labels)
-        self.working_set = g("container_memory_working_set_bytes",
-                             "Current working set (usage less inactive file cache), in bytes.",
-                             labels=labels)
+        self.cpu = c(
+            "container_cpu_usage_seconds_total",
+            "Cumulative CPU time consumed, in seconds.",
+            labels=labels,
+        )
+        self.cpu_user = c(
+            "container_cpu_user_seconds_total",
+            "Cumulative user CPU time consumed, in seconds.",
+            labels=labels,
+        )
+        self.cpu_system = c(
+            "container_cpu_system_seconds_total",
+            "Cumulative system CPU time consumed, in seconds.",
+            labels=labels,
+        )
+        self.usage = g(
+            "container_memory_usage_bytes",
+            "Current memory usage, page cache included, in bytes.",
+            labels=labels,
+        )
+        self.working_set = g(
+            "container_memory_working_set_bytes",
+            "Current working set (usage less inactive file cache), in bytes.",
+            labels=labels,
+        )
         self.rss = g("container_memory_rss", "Anonymous memory (RSS), in bytes.", labels=labels)
         self.cache = g("container_memory_cache", "Page cache memory, in bytes.", labels=labels)
-        self.limit = g("container_spec_memory_limit_bytes",
-                       "Memory limit, in bytes (0: none).", labels=labels)
-        self.oom = c("container_oom_events_total",
-                     "OOM kills in the container (over its restarts, while this agent ran).",
-                     labels=labels)
-        self.threads = g("container_threads", "Tasks (threads) in the container's cgroup.",
-                         labels=labels)
-        self.threads_max = g("container_threads_max", "Limit on the container's tasks (0: none).",
-                             labels=labels)
+        self.limit = g(
+            "container_spec_memory_limit_bytes", "Memory limit, in bytes (0: none).", labels=labels
+        )
+        self.oom = c(
+            "container_oom_events_total",
+            "OOM kills in the container (over its restarts, while this agent ran).",
+            labels=labels,
+        )
+        self.threads = g(
+            "container_threads", "Tasks (threads) in the container's cgroup.", labels=labels
+        )
+        self.threads_max = g(
+            "container_threads_max", "Limit on the container's tasks (0: none).", labels=labels
+        )
         self.rx_bytes = c("container_network_receive_bytes_total", "Bytes received.", labels=net)
         self.tx_bytes = c("container_network_transmit_bytes_total", "Bytes sent.", labels=net)
-        self.rx_packets = c("container_network_receive_packets_total", "Packets received.",
-                            labels=net)
-        self.tx_packets = c("container_network_transmit_packets_total", "Packets sent.",
-                            labels=net)
-        self.rx_errors = c("container_network_receive_errors_total", "Receive errors.",
-                           labels=net)
-        self.tx_errors = c("container_network_transmit_errors_total", "Transmit errors.",
-                           labels=net)
-        self.rx_dropped = c("container_network_receive_packets_dropped_total",
-                            "Received packets dropped.", labels=net)
-        self.tx_dropped = c("container_network_transmit_packets_dropped_total",
-                            "Sent packets dropped.", labels=net)
-        self.start_time = g("container_start_time_seconds",
-                            "When the container last started, Unix seconds.", labels=labels)
-        self.restarts = c("dockyard_container_restarts_total",
-                          "Times the container was started again after it exited.",
-                          labels=labels)
-        self.running = g("dockyard_container_running", "1 while the container runs, else 0.",
-                         labels=labels)  # fmt: skip
+        self.rx_packets = c(
+            "container_network_receive_packets_total", "Packets received.", labels=net
+        )
+        self.tx_packets = c("container_network_transmit_packets_total", "Packets sent.", labels=net)
+        self.rx_errors = c("container_network_receive_errors_total", "Receive errors.", labels=net)
+        self.tx_errors = c(
+            "container_network_transmit_errors_total", "Transmit errors.", labels=net
+        )
+        self.rx_dropped = c(
+            "container_network_receive_packets_dropped_total",
+            "Received packets dropped.",
+            labels=net,
+        )
+        self.tx_dropped = c(
+            "container_network_transmit_packets_dropped_total", "Sent packets dropped.", labels=net
+        )
+        self.start_time = g(
+            "container_start_time_seconds",
+            "When the container last started, Unix seconds.",
+            labels=labels,
+        )
+        self.restarts = c(
+            "dockyard_container_restarts_total",
+            "Times the container was started again after it exited.",
+            labels=labels,
+        )
+        self.running = g(
+            "dockyard_container_running", "1 while the container runs, else 0.", labels=labels
+        )
 
     def add_cgroup(self, values: list[str], s: CgroupSample) -> None:
         self.cpu.add_metric(values, s.cpu_usage_seconds)
@@ -154,13 +183,16 @@ class _Families:
 
     def add_interface(self, values: list[str], i: InterfaceCounters) -> None:
         labelled = [*values, i.interface]
-        for family, value in ((self.rx_bytes, i.receive_bytes), (self.tx_bytes, i.transmit_bytes),
-                              (self.rx_packets, i.receive_packets),
-                              (self.tx_packets, i.transmit_packets),
-                              (self.rx_errors, i.receive_errors),
-                              (self.tx_errors, i.transmit_errors),
-                              (self.rx_dropped, i.receive_dropped),
-                              (self.tx_dropped, i.transmit_dropped)):  # fmt: skip
+        for family, value in (
+            (self.rx_bytes, i.receive_bytes),
+            (self.tx_bytes, i.transmit_bytes),
+            (self.rx_packets, i.receive_packets),
+            (self.tx_packets, i.transmit_packets),
+            (self.rx_errors, i.receive_errors),
+            (self.tx_errors, i.transmit_errors),
+            (self.rx_dropped, i.receive_dropped),
+            (self.tx_dropped, i.transmit_dropped),
+        ):
             family.add_metric(labelled, value)
 
     def all(self) -> list[Metric]:
@@ -208,15 +240,17 @@ class ContainerCollector:
             if ref.running and ref.pid > 0 and not ref.host_network:
                 for interface in self._net_dev(ref.pid):
                     families.add_interface(values, interface)
-            families.oom.add_metric(values, self._oom.count(ref, sample.oom_kills if sample
-                                                            else 0))  # fmt: skip
+            families.oom.add_metric(values, self._oom.count(ref, sample.oom_kills if sample else 0))
             families.restarts.add_metric(values, ref.restarts)
             families.running.add_metric(values, 1 if ref.running else 0)
             if ref.started_at:
                 families.start_time.add_metric(values, ref.started_at)
-        counted = GaugeMetricFamily("dockyard_metrics_containers",
-                                    "Containers on this node, by whether this scrape reports "
-                                    "them (the rest are over the limit).", labels=["reported"])
+        counted = GaugeMetricFamily(
+            "dockyard_metrics_containers",
+            "Containers on this node, by whether this scrape reports "
+            "them (the rest are over the limit).",
+            labels=["reported"],
+        )
         counted.add_metric(["true"], len(chosen))
         counted.add_metric(["false"], len(refs) - len(chosen))
         return [*families.all(), counted]

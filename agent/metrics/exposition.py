@@ -28,17 +28,20 @@ TEXT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class _Scrape:
     """The container families of one container list, and how long the scrape took."""
 
-    def __init__(self, containers: ContainerCollector, refs: Sequence[ContainerRef],
-                 previous_seconds: float) -> None:  # fmt: skip
+    def __init__(
+        self, containers: ContainerCollector, refs: Sequence[ContainerRef], previous_seconds: float
+    ) -> None:
         self._containers = containers
         self._refs = refs
         self._previous = previous_seconds
 
     def collect(self) -> Iterable[Metric]:
         yield from self._containers.collect(self._refs)
-        yield GaugeMetricFamily("dockyard_metrics_scrape_duration_seconds",
-                                "How long the previous scrape of this endpoint took.",
-                                value=self._previous)  # fmt: skip
+        yield GaugeMetricFamily(
+            "dockyard_metrics_scrape_duration_seconds",
+            "How long the previous scrape of this endpoint took.",
+            value=self._previous,
+        )
 
 
 class AgentMetrics:
@@ -50,8 +53,12 @@ class AgentMetrics:
         node_collectors: The node's own families (process, conmon, image store, pulls).
     """
 
-    def __init__(self, source: ContainerSource, containers: ContainerCollector,
-                 node_collectors: Sequence[Collector] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        source: ContainerSource,
+        containers: ContainerCollector,
+        node_collectors: Sequence[Collector] = (),
+    ) -> None:
         self._source = source
         self._containers = containers
         self._node = tuple(node_collectors)

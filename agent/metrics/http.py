@@ -81,8 +81,13 @@ class MetricsServer:
         revoked: Whether a certificate serial (hex) is revoked.
     """
 
-    def __init__(self, listen: str, metrics: AgentMetrics, tls: ReloadingTLS | None,
-                 revoked: Callable[[str], bool] = lambda serial: False) -> None:  # fmt: skip
+    def __init__(
+        self,
+        listen: str,
+        metrics: AgentMetrics,
+        tls: ReloadingTLS | None,
+        revoked: Callable[[str], bool] = lambda serial: False,
+    ) -> None:
         self._listen = listen
         self._metrics = metrics
         self._tls = tls
@@ -95,12 +100,16 @@ class MetricsServer:
         app = web.Application(middlewares=[self._authorize])
         app.router.add_get("/metrics", self._scrape, name="metrics")
         app.router.add_get("/healthz", self._healthz, name="healthz")
-        runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               shutdown_timeout=2.0)  # fmt: skip
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         host, _, port = self._listen.rpartition(":")
-        site = web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True,
-                           ssl_context=self._tls.context if self._tls else None)  # fmt: skip
+        site = web.TCPSite(
+            runner,
+            host.strip("[]"),
+            int(port),
+            reuse_address=True,
+            ssl_context=self._tls.context if self._tls else None,
+        )
         try:
             await site.start()
         except OSError:
@@ -121,12 +130,15 @@ class MetricsServer:
     async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._tls is not None and request.match_info.route.name != "healthz":
             identity = _peer(request)
-            reason = ("a client certificate from this cluster's CA is required"
-                      if identity is None else
-                      f"certificate {identity.serial} is revoked"
-                      if self._revoked(identity.serial) else
-                      f"{identity.role} {identity.id!r} may not read this agent's metrics"
-                      if identity.role not in SCRAPERS else "")  # fmt: skip
+            reason = (
+                "a client certificate from this cluster's CA is required"
+                if identity is None
+                else f"certificate {identity.serial} is revoked"
+                if self._revoked(identity.serial)
+                else f"{identity.role} {identity.id!r} may not read this agent's metrics"
+                if identity.role not in SCRAPERS
+                else ""
+            )
             if reason:
                 log.warning("metrics.refused", reason=reason, remote=request.remote)
                 return web.Response(status=403, text=reason + "\n")

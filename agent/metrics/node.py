@@ -41,14 +41,22 @@ class ConmonCollector:
             except psutil.Error:  # it exited meanwhile
                 continue
         return [
-            GaugeMetricFamily("dockyard_conmon_processes",
-                              "conmon monitors of this agent's containers.", value=count),
-            GaugeMetricFamily("dockyard_conmon_resident_memory_bytes",
-                              "Resident memory of those monitors, summed, in bytes.", value=rss),
-            CounterMetricFamily("dockyard_conmon_cpu_seconds_total",
-                                "CPU time of the running monitors, summed, in seconds.",
-                                value=cpu),
-        ]  # fmt: skip
+            GaugeMetricFamily(
+                "dockyard_conmon_processes",
+                "conmon monitors of this agent's containers.",
+                value=count,
+            ),
+            GaugeMetricFamily(
+                "dockyard_conmon_resident_memory_bytes",
+                "Resident memory of those monitors, summed, in bytes.",
+                value=rss,
+            ),
+            CounterMetricFamily(
+                "dockyard_conmon_cpu_seconds_total",
+                "CPU time of the running monitors, summed, in seconds.",
+                value=cpu,
+            ),
+        ]
 
 
 def tree_bytes(root: Path) -> int:
@@ -73,8 +81,9 @@ class StoreSizeCollector:
     snapshots. Walking a big store costs, so a size is measured at most every `ttl`
     seconds; the age of the figure is `dockyard_image_store_measured_seconds`."""
 
-    def __init__(self, parts: dict[str, Path], ttl: float = 60.0,
-                 measure: Callable[[Path], int] = tree_bytes) -> None:  # fmt: skip
+    def __init__(
+        self, parts: dict[str, Path], ttl: float = 60.0, measure: Callable[[Path], int] = tree_bytes
+    ) -> None:
         self._parts = parts
         self._ttl = ttl
         self._measure = measure
@@ -85,19 +94,24 @@ class StoreSizeCollector:
         with self._lock:
             now = time.time()
             if self._cached is None or now - self._cached[0] >= self._ttl:
-                self._cached = (now, {part: self._measure(path)
-                                      for part, path in self._parts.items()})  # fmt: skip
+                self._cached = (
+                    now,
+                    {part: self._measure(path) for part, path in self._parts.items()},
+                )
             return self._cached
 
     def collect(self) -> list[Metric]:
         measured, sizes = self._sizes()
-        size = GaugeMetricFamily("dockyard_image_store_bytes",
-                                 "Disk used by the image store, by part.", labels=["part"])
+        size = GaugeMetricFamily(
+            "dockyard_image_store_bytes", "Disk used by the image store, by part.", labels=["part"]
+        )
         for part, value in sorted(sizes.items()):
             size.add_metric([part], value)
-        when = GaugeMetricFamily("dockyard_image_store_measured_seconds",
-                                 "When the store size was last measured, Unix seconds.",
-                                 value=measured)
+        when = GaugeMetricFamily(
+            "dockyard_image_store_measured_seconds",
+            "When the store size was last measured, Unix seconds.",
+            value=measured,
+        )
         return [size, when]
 
 
@@ -109,9 +123,11 @@ class DnsCollector:
         self._counts = counts
 
     def collect(self) -> list[Metric]:
-        queries = CounterMetricFamily("dockyard_dns_queries_total",
-                                      "DNS queries of the node's containers, by outcome.",
-                                      labels=["outcome"])  # fmt: skip
+        queries = CounterMetricFamily(
+            "dockyard_dns_queries_total",
+            "DNS queries of the node's containers, by outcome.",
+            labels=["outcome"],
+        )
         for outcome, count in sorted(self._counts().items()):
             queries.add_metric([outcome], count)
         return [queries]

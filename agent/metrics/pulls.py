@@ -17,13 +17,21 @@ class PullMetrics:
     """Counters of pulled blobs, bytes and seconds by source (a collector itself)."""
 
     def __init__(self) -> None:
-        self._blobs = Counter("dockyard_image_pull_blobs", "Blobs pulled, by source.",
-                              ["source"], registry=None)  # fmt: skip
-        self._bytes = Counter("dockyard_image_pull_bytes", "Bytes of blobs pulled, by source.",
-                              ["source"], registry=None)  # fmt: skip
-        self._seconds = Counter("dockyard_image_pull_seconds",
-                                "Seconds spent fetching blobs, by source.", ["source"],
-                                registry=None)  # fmt: skip
+        self._blobs = Counter(
+            "dockyard_image_pull_blobs", "Blobs pulled, by source.", ["source"], registry=None
+        )
+        self._bytes = Counter(
+            "dockyard_image_pull_bytes",
+            "Bytes of blobs pulled, by source.",
+            ["source"],
+            registry=None,
+        )
+        self._seconds = Counter(
+            "dockyard_image_pull_seconds",
+            "Seconds spent fetching blobs, by source.",
+            ["source"],
+            registry=None,
+        )
         for source in SOURCES:  # both series exist from the start, at 0
             for counter in (self._blobs, self._bytes, self._seconds):
                 counter.labels(source)

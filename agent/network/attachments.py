@@ -47,18 +47,28 @@ class Attachment:
     def info(self) -> NetworkInfo:
         """The runtime's view of it."""
         return NetworkInfo(
-            mode="bridge", ip_address=self.ip_address, prefix_length=self.prefix_length,
-            gateway=self.gateway, bridge=self.bridge, mac_address=self.mac_address,
+            mode="bridge",
+            ip_address=self.ip_address,
+            prefix_length=self.prefix_length,
+            gateway=self.gateway,
+            bridge=self.bridge,
+            mac_address=self.mac_address,
             ports=tuple(self.ports),
-        )  # fmt: skip
+        )
 
     def runtime_config(self) -> dict[str, Any]:
         """CNI ``runtimeConfig`` (``portMappings`` for portmap)."""
-        return {"portMappings": [
-            {"hostPort": p.host_port, "containerPort": p.container_port,
-             "protocol": p.protocol, **({"hostIP": p.host_ip} if p.host_ip else {})}
-            for p in self.ports
-        ]}  # fmt: skip
+        return {
+            "portMappings": [
+                {
+                    "hostPort": p.host_port,
+                    "containerPort": p.container_port,
+                    "protocol": p.protocol,
+                    **({"hostIP": p.host_ip} if p.host_ip else {}),
+                }
+                for p in self.ports
+            ]
+        }
 
     def take_result(self, result: dict[str, Any]) -> None:
         """Fill in the address, gateway and MAC from a CNI (1.0) ADD result."""
@@ -79,27 +89,39 @@ class Attachment:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
-            "container_id": self.container_id, "netns": self.netns,
-            "netns_path": self.netns_path, "bridge": self.bridge, "ifname": self.ifname,
-            "conflist": self.conflist, "ports": [p.to_dict() for p in self.ports],
-            "state": self.state, "result": self.result, "ip_address": self.ip_address,
-            "prefix_length": self.prefix_length, "gateway": self.gateway,
+            "container_id": self.container_id,
+            "netns": self.netns,
+            "netns_path": self.netns_path,
+            "bridge": self.bridge,
+            "ifname": self.ifname,
+            "conflist": self.conflist,
+            "ports": [p.to_dict() for p in self.ports],
+            "state": self.state,
+            "result": self.result,
+            "ip_address": self.ip_address,
+            "prefix_length": self.prefix_length,
+            "gateway": self.gateway,
             "mac_address": self.mac_address,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Attachment:
         """Inverse of :meth:`to_dict`."""
         return cls(
-            container_id=str(data["container_id"]), netns=str(data["netns"]),
-            netns_path=str(data["netns_path"]), bridge=str(data.get("bridge", "")),
-            conflist=dict(data["conflist"]), ifname=str(data.get("ifname", "eth0")),
+            container_id=str(data["container_id"]),
+            netns=str(data["netns"]),
+            netns_path=str(data["netns_path"]),
+            bridge=str(data.get("bridge", "")),
+            conflist=dict(data["conflist"]),
+            ifname=str(data.get("ifname", "eth0")),
             ports=[PortMapping.from_dict(p) for p in data.get("ports") or []],
-            state=str(data.get("state", ATTACHING)), result=data.get("result"),
+            state=str(data.get("state", ATTACHING)),
+            result=data.get("result"),
             ip_address=str(data.get("ip_address", "")),
             prefix_length=int(data.get("prefix_length", 0)),
-            gateway=str(data.get("gateway", "")), mac_address=str(data.get("mac_address", "")),
-        )  # fmt: skip
+            gateway=str(data.get("gateway", "")),
+            mac_address=str(data.get("mac_address", "")),
+        )
 
 
 class AttachmentStore:

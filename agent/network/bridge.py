@@ -80,8 +80,10 @@ def check_bridge_name(name: str) -> str:
         ValueError: it is not.
     """
     if not _BRIDGE_NAME.match(name):
-        raise ValueError(f"bridge name {name!r}: use 1-15 characters [A-Za-z0-9_.-], "
-                         "starting with a letter or digit")  # fmt: skip
+        raise ValueError(
+            f"bridge name {name!r}: use 1-15 characters [A-Za-z0-9_.-], "
+            "starting with a letter or digit"
+        )
     return name
 
 
@@ -121,8 +123,13 @@ class BridgeNetwork:
             hand this node another one.
     """
 
-    def __init__(self, root: Path, config: BridgeConfig | None = None,
-                 runner: CniRunner | None = None, subnet_fixed: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: Path,
+        config: BridgeConfig | None = None,
+        runner: CniRunner | None = None,
+        subnet_fixed: bool = True,
+    ) -> None:
         self.root = Path(root)
         self.config = config or BridgeConfig()
         self._subnet_fixed = subnet_fixed
@@ -166,15 +173,18 @@ class BridgeNetwork:
                 await asyncio.to_thread(self._remember_subnet, subnet)
                 return True
             if self.subnet_claim()[1]:
-                log.warning("bridge.subnet_fixed", subnet=self.config.subnet,
-                            assigned=subnet, containers=len(self._attachments))  # fmt: skip
+                log.warning(
+                    "bridge.subnet_fixed",
+                    subnet=self.config.subnet,
+                    assigned=subnet,
+                    containers=len(self._attachments),
+                )
                 return False
             await self._remove_idle_bridge()
             self.config = replace(self.config, subnet=subnet)
             self._mtu = None  # check the new subnet against the host's routes again
             await asyncio.to_thread(self._remember_subnet, subnet)
-        log.info("bridge.subnet_assigned", bridge=self.config.bridge,
-                 subnet=subnet)  # fmt: skip
+        log.info("bridge.subnet_assigned", bridge=self.config.bridge, subnet=subnet)
         return True
 
     def _remember_subnet(self, subnet: str) -> None:
@@ -215,7 +225,10 @@ class BridgeNetwork:
         """The CNI network configuration list of one attachment."""
         config = self.config
         bridge: dict[str, Any] = {
-            "type": "bridge", "bridge": config.bridge, "isGateway": True, "ipMasq": True,
+            "type": "bridge",
+            "bridge": config.bridge,
+            "isGateway": True,
+            "ipMasq": True,
             "hairpinMode": True,
             "ipam": {
                 "type": "host-local",
@@ -223,13 +236,14 @@ class BridgeNetwork:
                 "routes": [{"dst": "0.0.0.0/0"}],
                 "dataDir": str(self.root / "ipam"),
             },
-        }  # fmt: skip
+        }
         if self._mtu:
             bridge["mtu"] = self._mtu
         plugins: list[dict[str, Any]] = [bridge]
         if with_ports:
-            plugins.append({"type": "portmap", "capabilities": {"portMappings": True},
-                            "snat": True})  # fmt: skip
+            plugins.append(
+                {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}
+            )
         plugins.append({"type": "firewall", "backend": "iptables"})
         return {"cniVersion": CNI_VERSION, "name": config.network_name, "plugins": plugins}
 
@@ -252,10 +266,13 @@ class BridgeNetwork:
             held = self._ports.reserve(container_id, ports)
             name = self.netns_name(container_id)
             attachment = Attachment(
-                container_id=container_id, netns=name, netns_path=str(netns_path(name)),
-                bridge=self.config.bridge, conflist=self.conflist(bool(ports)),
+                container_id=container_id,
+                netns=name,
+                netns_path=str(netns_path(name)),
+                bridge=self.config.bridge,
+                conflist=self.conflist(bool(ports)),
                 ports=self._ports.bound(held),
-            )  # fmt: skip
+            )
             self._attachments[container_id] = attachment
         try:
             await asyncio.to_thread(self._store.save, attachment)
@@ -263,9 +280,13 @@ class BridgeNetwork:
         except BaseException:
             await asyncio.shield(self.detach(container_id))
             raise
-        log.info("network.attached", container_id=container_id,
-                 ip=attachment.ip_address, bridge=attachment.bridge,
-                 ports=[p.to_dict() for p in attachment.ports])  # fmt: skip
+        log.info(
+            "network.attached",
+            container_id=container_id,
+            ip=attachment.ip_address,
+            bridge=attachment.bridge,
+            ports=[p.to_dict() for p in attachment.ports],
+        )
         return attachment
 
     async def _setup(self, attachment: Attachment, ip: str = "") -> None:
@@ -274,12 +295,14 @@ class BridgeNetwork:
         target = CniTarget(attachment.container_id, attachment.netns_path, attachment.ifname)
         cni_args = {"bridge": f"IgnoreUnknown=1;IP={ip}"} if ip else None
         async with self._cni_lock:
-            result = await self.runner.add_list(attachment.conflist, target,
-                                                attachment.runtime_config(), cni_args)
+            result = await self.runner.add_list(
+                attachment.conflist, target, attachment.runtime_config(), cni_args
+            )
         attachment.take_result(result)
         if not attachment.ip_address:
-            raise NetworkError(f"the bridge plugin gave container {attachment.container_id} "
-                               "no IPv4 address")  # fmt: skip
+            raise NetworkError(
+                f"the bridge plugin gave container {attachment.container_id} no IPv4 address"
+            )
         attachment.state = ATTACHED
         await asyncio.to_thread(self._store.save, attachment)
 
@@ -294,9 +317,9 @@ class BridgeNetwork:
         cid = attachment.container_id
         target = CniTarget(cid, attachment.netns_path, attachment.ifname)
         async with self._cni_lock:
-            failures = await self.runner.del_list(attachment.conflist, target,
-                                                  attachment.runtime_config(),
-                                                  attachment.result)  # fmt: skip
+            failures = await self.runner.del_list(
+                attachment.conflist, target, attachment.runtime_config(), attachment.result
+            )
         try:
             await delete_netns(attachment.netns)
         except NetworkError as exc:
@@ -306,9 +329,12 @@ class BridgeNetwork:
         if failures and attachment.result is not None:
             attachment.state = STALE
             await asyncio.to_thread(self._store.save, attachment)
-            log.error("network.release_incomplete", container_id=cid,
-                      retried="at the next agent start",
-                      errors=[str(f) for f in failures])  # fmt: skip
+            log.error(
+                "network.release_incomplete",
+                container_id=cid,
+                retried="at the next agent start",
+                errors=[str(f) for f in failures],
+            )
         else:
             await asyncio.to_thread(self._store.delete, cid)
             log.info("network.detached", container_id=cid)
@@ -333,8 +359,7 @@ class BridgeNetwork:
             self._claim()
         for cid, attachment in records.items():
             if cid not in keep or attachment.state != ATTACHED:
-                log.info("network.release_gone_container",
-                         container_id=cid, state=attachment.state)  # fmt: skip
+                log.info("network.release_gone_container", container_id=cid, state=attachment.state)
                 self._attachments[cid] = attachment
                 await self._release(attachment)
                 continue
@@ -351,30 +376,29 @@ class BridgeNetwork:
                     await self.attach(cid, ports)
                     changed.add(cid)
                 except ContainerRuntimeError as exc:
-                    log.error("network.recover_attach_failed",
-                              container_id=cid, error=str(exc))  # fmt: skip
+                    log.error("network.recover_attach_failed", container_id=cid, error=str(exc))
         return changed
 
     async def _reattach(self, attachment: Attachment) -> None:
         cid = attachment.container_id
-        log.info("network.netns_recreated", container_id=cid,
-                 ip=attachment.ip_address)  # fmt: skip
+        log.info("network.netns_recreated", container_id=cid, ip=attachment.ip_address)
         target = CniTarget(cid, attachment.netns_path, attachment.ifname)
         async with self._cni_lock:
-            await self.runner.del_list(attachment.conflist, target, attachment.runtime_config(),
-                                       attachment.result)  # fmt: skip
+            await self.runner.del_list(
+                attachment.conflist, target, attachment.runtime_config(), attachment.result
+            )
         try:
             await self._setup(attachment, ip=attachment.ip_address)
         except CniError as exc:
             log.warning("network.address_lost", container_id=cid, error=str(exc))
             async with self._cni_lock:
-                await self.runner.del_list(attachment.conflist, target,
-                                           attachment.runtime_config(), None)  # fmt: skip
+                await self.runner.del_list(
+                    attachment.conflist, target, attachment.runtime_config(), None
+                )
             try:
                 await self._setup(attachment)
             except ContainerRuntimeError as again:
-                log.error("network.restore_failed", container_id=cid,
-                          error=str(again))  # fmt: skip
+                log.error("network.restore_failed", container_id=cid, error=str(again))
 
     async def close(self) -> None:
         """Let go of the held ports (the agent stops; its containers keep their rules)."""
@@ -415,10 +439,10 @@ class BridgeNetwork:
         overlaps a route of the host (another agent's bridge, the LAN)."""
         bridge = self.config.bridge
         if self._mtu is not None and await asyncio.to_thread(
-                os.path.exists, f"/sys/class/net/{bridge}"):  # fmt: skip
+            os.path.exists, f"/sys/class/net/{bridge}"
+        ):
             return
-        _, routes, _ = await ip_command("-4", "-o", "route", "show", "table", "main",
-                                        check=False)  # fmt: skip
+        _, routes, _ = await ip_command("-4", "-o", "route", "show", "table", "main", check=False)
         subnet = ipaddress.IPv4Network(self.config.subnet)
         mtu = 0
         for line in routes.splitlines():

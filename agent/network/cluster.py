@@ -45,8 +45,13 @@ class ClusterNetwork:
         on one host: `--no-peer-routes`); subnets and names are still applied.
     """
 
-    def __init__(self, bridge: BridgeNetwork, routes: PeerRoutes | None = None,
-                 dns: ServiceDNS | None = None, route_peers: bool = True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        bridge: BridgeNetwork,
+        routes: PeerRoutes | None = None,
+        dns: ServiceDNS | None = None,
+        route_peers: bool = True,
+    ) -> None:
         self.bridge = bridge
         self.routes = routes or PeerRoutes()
         self.route_peers = route_peers
@@ -100,14 +105,24 @@ class ClusterNetwork:
 
     async def apply(self, network_map: NetworkMap) -> None:
         """The routes and rules to the other nodes."""
-        peers = [PeerRoute(node_id=p.node_id, subnet=p.subnet, via=p.address)
-                 for p in network_map.peers]  # fmt: skip
+        peers = [
+            PeerRoute(node_id=p.node_id, subnet=p.subnet, via=p.address) for p in network_map.peers
+        ]
         if not self.route_peers:
-            log.info("cluster_network.applied", subnet=self.bridge.config.subnet,
-                     peers=len(peers), routed=[], peer_routes="off",
-                     services=len(network_map.services))  # fmt: skip
+            log.info(
+                "cluster_network.applied",
+                subnet=self.bridge.config.subnet,
+                peers=len(peers),
+                routed=[],
+                peer_routes="off",
+                services=len(network_map.services),
+            )
             return
         routed = await self.routes.sync(self.bridge.config.subnet, peers)
-        log.info("cluster_network.applied", subnet=self.bridge.config.subnet,
-                 peers=len(peers), routed=[r.subnet for r in routed],
-                 services=len(network_map.services))  # fmt: skip
+        log.info(
+            "cluster_network.applied",
+            subnet=self.bridge.config.subnet,
+            peers=len(peers),
+            routed=[r.subnet for r in routed],
+            services=len(network_map.services),
+        )

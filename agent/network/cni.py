@@ -68,8 +68,9 @@ class CniRunner:
             if os.access(candidate, os.X_OK) and candidate.is_file():
                 return candidate
         dirs = ":".join(str(d) for d in self.plugin_dirs)
-        raise CniError(plugin, "lookup", f"not found in {dirs} (install Debian's "
-                                         "containernetworking-plugins)")  # fmt: skip
+        raise CniError(
+            plugin, "lookup", f"not found in {dirs} (install Debian's containernetworking-plugins)"
+        )
 
     async def exec(
         self,
@@ -102,9 +103,12 @@ class CniRunner:
         stdin = json.dumps(config).encode()
         try:
             proc = await asyncio.create_subprocess_exec(
-                str(path), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE, env=env,
-            )  # fmt: skip
+                str(path),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+            )
         except OSError as exc:
             raise CniError(plugin, command, f"cannot execute {path}: {exc}") from exc
         try:
@@ -123,9 +127,12 @@ class CniRunner:
         try:
             result = json.loads(out)
         except ValueError:
-            raise CniError(plugin, command, f"answered with no JSON result: {out[:200]!r}"
-                                            f"{'; stderr: ' + stderr if stderr else ''}"
-                           ) from None  # fmt: skip
+            raise CniError(
+                plugin,
+                command,
+                f"answered with no JSON result: {out[:200]!r}"
+                f"{'; stderr: ' + stderr if stderr else ''}",
+            ) from None
         if not isinstance(result, dict):
             raise CniError(plugin, command, f"answered {type(result).__name__}, not an object")
         return result
@@ -143,8 +150,7 @@ class CniRunner:
         config["name"] = conflist["name"]
         config["cniVersion"] = conflist["cniVersion"]
         capabilities = plugin.get("capabilities") or {}
-        wanted = {key: value for key, value in runtime_config.items()
-                  if capabilities.get(key)}  # fmt: skip
+        wanted = {key: value for key, value in runtime_config.items() if capabilities.get(key)}
         if wanted:
             config["runtimeConfig"] = wanted
         if prev_result is not None:
@@ -167,8 +173,9 @@ class CniRunner:
         result: dict[str, Any] | None = None
         for plugin in conflist["plugins"]:
             config = self.plugin_config(conflist, plugin, runtime_config or {}, result)
-            answer = await self.exec("ADD", config, target,
-                                     (cni_args or {}).get(plugin["type"], ""))  # fmt: skip
+            answer = await self.exec(
+                "ADD", config, target, (cni_args or {}).get(plugin["type"], "")
+            )
             result = answer if answer is not None else result
         if result is None:
             raise CniError(str(conflist.get("name")), "ADD", "the list has no plugins")
@@ -189,8 +196,12 @@ class CniRunner:
             try:
                 await self.exec("DEL", config, target)
             except CniError as exc:
-                log.warning("cni.del_failed", container_id=target.container_id,
-                            plugin=exc.plugin, error=str(exc))  # fmt: skip
+                log.warning(
+                    "cni.del_failed",
+                    container_id=target.container_id,
+                    plugin=exc.plugin,
+                    error=str(exc),
+                )
                 failures.append(exc)
         return failures
 

@@ -91,8 +91,7 @@ def read_resolv_conf(path: Path | None = None) -> list[tuple[str, int]]:
     try:
         text = (path or RESOLV_CONF).read_text(errors="replace")
     except OSError as exc:
-        log.warning("dns.resolvers_unreadable", path=str(path or RESOLV_CONF),
-                    error=str(exc))  # fmt: skip
+        log.warning("dns.resolvers_unreadable", path=str(path or RESOLV_CONF), error=str(exc))
         return []
     found: list[tuple[str, int]] = []
     for line in text.splitlines():
@@ -166,8 +165,9 @@ class ServiceDNS:
         ValueError: an upstream is not an IP address and port.
     """
 
-    def __init__(self, upstreams: Sequence[tuple[str, int]] | None = None,
-                 timeout: float = 2.0) -> None:  # fmt: skip
+    def __init__(
+        self, upstreams: Sequence[tuple[str, int]] | None = None, timeout: float = 2.0
+    ) -> None:
         if upstreams is not None:
             for ip, port in upstreams:
                 if not _is_ip(ip) or not 0 < port < 65536:
@@ -245,14 +245,16 @@ class ServiceDNS:
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _UdpProtocol(self), sock=udp_sock)  # fmt: skip
+                lambda: _UdpProtocol(self), sock=udp_sock
+            )
         except BaseException:
             udp_sock.close()
             tcp_sock.close()
             raise
         try:
-            self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp_sock,
-                                                   backlog=TCP_BACKLOG)  # fmt: skip
+            self._tcp = await asyncio.start_server(
+                self._serve_tcp, sock=tcp_sock, backlog=TCP_BACKLOG
+            )
         except BaseException:
             transport.close()
             tcp_sock.close()
@@ -263,8 +265,12 @@ class ServiceDNS:
         self._port = int(udp_sock.getsockname()[1])
         # Never forward to ourselves (the host's resolv.conf naming this address).
         self._upstreams = tuple(u for u in self._upstreams if u != (address, self._port))
-        log.info("dns.started", address=address, port=self._port,
-                 upstreams=[f"{ip}:{p}" for ip, p in self._upstreams])  # fmt: skip
+        log.info(
+            "dns.started",
+            address=address,
+            port=self._port,
+            upstreams=[f"{ip}:{p}" for ip, p in self._upstreams],
+        )
 
     async def stop(self) -> None:
         """Close both sockets and drop the queries in flight; a second call does nothing."""
@@ -302,8 +308,7 @@ class ServiceDNS:
         if reply is not None and transport is not None and not transport.is_closing():
             transport.sendto(reply, addr)
 
-    async def _serve_tcp(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:  # fmt: skip
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Queries, each with its 2-byte length, answered in turn until the client closes,
         sends something that is no DNS query, or idles."""
         task = asyncio.current_task()
@@ -321,8 +326,9 @@ class ServiceDNS:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
-    async def _serve_one_tcp(self, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> bool:  # fmt: skip
+    async def _serve_one_tcp(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> bool:
         """Answer one query; False when the connection is to be closed."""
         try:
             async with asyncio.timeout(TCP_IDLE_TIMEOUT):
@@ -354,27 +360,30 @@ class ServiceDNS:
             log.warning("dns.query_failed", exc_info=True)
             return None
 
-    async def _respond(self, query: dns.message.Message,
-                       tcp: bool) -> tuple[dns.message.Message, str]:  # fmt: skip
+    async def _respond(
+        self, query: dns.message.Message, tcp: bool
+    ) -> tuple[dns.message.Message, str]:
         """The response, and its outcome (one of QUERY_OUTCOMES)."""
         if query.opcode() != dns.opcode.QUERY:
             return _error(query, dns.rcode.NOTIMP), "refused"
         if len(query.question) != 1:
             return _error(query, dns.rcode.FORMERR), "refused"
         question = query.question[0]
-        service = self._lookup(question.name) if question.rdclass == dns.rdataclass.IN \
-            else None  # fmt: skip
+        service = self._lookup(question.name) if question.rdclass == dns.rdataclass.IN else None
         if service is None:
             forwarded = await self._forward(query, tcp)
             failed = forwarded.rcode() == dns.rcode.SERVFAIL
             return forwarded, "failed" if failed else "forwarded"
-        response = dns.message.make_response(query, recursion_available=True,
-                                             our_payload=OUR_PAYLOAD)  # fmt: skip
+        response = dns.message.make_response(
+            query, recursion_available=True, our_payload=OUR_PAYLOAD
+        )
         response.flags |= dns.flags.AA
         if question.rdtype == dns.rdatatype.A and service.addresses:
-            response.answer.append(dns.rrset.from_text_list(
-                question.name, TTL, dns.rdataclass.IN, dns.rdatatype.A,
-                service.rotated()))  # fmt: skip
+            response.answer.append(
+                dns.rrset.from_text_list(
+                    question.name, TTL, dns.rdataclass.IN, dns.rdatatype.A, service.rotated()
+                )
+            )
         return response, "service"
 
     # --------------------------------------------------------------- forwarding
@@ -386,8 +395,11 @@ class ServiceDNS:
             try:
                 reply = await self._ask(query, ip, port, tcp)
             except _FORWARD_ERRORS as exc:
-                log.debug("dns.upstream_failed", upstream=f"{ip}:{port}",
-                          error=str(exc) or type(exc).__name__)  # fmt: skip
+                log.debug(
+                    "dns.upstream_failed",
+                    upstream=f"{ip}:{port}",
+                    error=str(exc) or type(exc).__name__,
+                )
                 continue
             reply.id = query.id
             if reply.rcode() not in _TRY_NEXT:
@@ -395,18 +407,25 @@ class ServiceDNS:
             last = reply
         return last if last is not None else _error(query, dns.rcode.SERVFAIL)
 
-    async def _ask(self, query: dns.message.Message, ip: str, port: int,
-                   tcp: bool) -> dns.message.Message:  # fmt: skip
+    async def _ask(
+        self, query: dns.message.Message, ip: str, port: int, tcp: bool
+    ) -> dns.message.Message:
         """One upstream: over UDP, then TCP when the reply is truncated (or over TCP only,
         for a query that came over TCP)."""
         if not tcp:
-            reply = await dns.asyncquery.udp(query, ip, timeout=self._timeout, port=port,
-                                             ignore_unexpected=True,
-                                             backend=self._backend)  # fmt: skip
+            reply = await dns.asyncquery.udp(
+                query,
+                ip,
+                timeout=self._timeout,
+                port=port,
+                ignore_unexpected=True,
+                backend=self._backend,
+            )
             if not reply.flags & dns.flags.TC:
                 return reply
-        return await dns.asyncquery.tcp(query, ip, timeout=self._timeout, port=port,
-                                        backend=self._backend)  # fmt: skip
+        return await dns.asyncquery.tcp(
+            query, ip, timeout=self._timeout, port=port, backend=self._backend
+        )
 
 
 # ---------------------------------------------------------------- wire format
@@ -417,8 +436,7 @@ def _parse(data: bytes) -> dns.message.Message | None:
     try:
         message = dns.message.from_wire(data)
     except Exception as exc:  # untrusted bytes: whatever the parser raises
-        log.debug("dns.packet_malformed", size=len(data),
-                  error=str(exc) or type(exc).__name__)  # fmt: skip
+        log.debug("dns.packet_malformed", size=len(data), error=str(exc) or type(exc).__name__)
         return None
     if message.flags & dns.flags.QR:
         log.debug("dns.packet_not_query", size=len(data))
@@ -427,8 +445,7 @@ def _parse(data: bytes) -> dns.message.Message | None:
 
 
 def _error(query: dns.message.Message, rcode: dns.rcode.Rcode) -> dns.message.Message:
-    response = dns.message.make_response(query, recursion_available=True,
-                                         our_payload=OUR_PAYLOAD)  # fmt: skip
+    response = dns.message.make_response(query, recursion_available=True, our_payload=OUR_PAYLOAD)
     response.set_rcode(rcode)
     return response
 
@@ -468,8 +485,7 @@ def _bind_pair(address: str, port: int) -> tuple[socket.socket, socket.socket]:
         NetworkError: ``address`` is no IP address, or a bind failed.
     """
     try:
-        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 \
-            else socket.AF_INET  # fmt: skip
+        family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
     except ValueError:
         raise NetworkError(f"DNS server address {address!r} is no IP address") from None
     attempts = 20 if port == 0 else 1
@@ -485,8 +501,9 @@ def _bind_pair(address: str, port: int) -> tuple[socket.socket, socket.socket]:
     raise AssertionError("unreachable")
 
 
-def _bind(family: socket.AddressFamily, kind: socket.SocketKind, address: str,
-          port: int) -> socket.socket:  # fmt: skip
+def _bind(
+    family: socket.AddressFamily, kind: socket.SocketKind, address: str, port: int
+) -> socket.socket:
     """A non-blocking socket bound with IP_FREEBIND (TCP: SO_REUSEADDR, listening)."""
     proto = "tcp" if kind == socket.SOCK_STREAM else "udp"
     sock = socket.socket(family, kind)
@@ -500,6 +517,7 @@ def _bind(family: socket.AddressFamily, kind: socket.SocketKind, address: str,
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise NetworkError(f"cannot serve DNS on {join_host_port(address, port)}/{proto}: "
-                           f"{exc.strerror or exc}") from exc  # fmt: skip
+        raise NetworkError(
+            f"cannot serve DNS on {join_host_port(address, port)}/{proto}: {exc.strerror or exc}"
+        ) from exc
     return sock

@@ -34,8 +34,9 @@ class PortInUse(NetworkError):
         holder_id: The container that holds it; ``""`` when something else on the host does.
     """
 
-    def __init__(self, index: int, mapping: PortMapping, holder_id: str = "",
-                 holder: str = "") -> None:  # fmt: skip
+    def __init__(
+        self, index: int, mapping: PortMapping, holder_id: str = "", holder: str = ""
+    ) -> None:
         self.index = index
         self.mapping = mapping
         self.holder_id = holder_id

@@ -35,9 +35,12 @@ async def ip_command(*args: str, check: bool = True) -> tuple[int, str, str]:
     binary = shutil.which("ip") or "/usr/sbin/ip"
     try:
         proc = await asyncio.create_subprocess_exec(
-            binary, *args, stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            binary,
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
     except OSError as exc:
         raise NetworkError(f"cannot run ip (install iproute2): {exc}") from exc
     try:

@@ -69,8 +69,9 @@ class PortReservations:
         bound = self.reserve("", mappings)
         self._release_list(bound)
 
-    def reserve(self, container_id: str, mappings: Sequence[PortMapping],
-                strict: bool = True) -> list[_Held]:  # fmt: skip
+    def reserve(
+        self, container_id: str, mappings: Sequence[PortMapping], strict: bool = True
+    ) -> list[_Held]:
         """Bind every mapping for ``container_id``; all or nothing.
 
         Args:
@@ -96,10 +97,13 @@ class PortReservations:
                     if exc.errno == errno.EADDRINUSE:
                         raise PortInUse(index, mapping) from None
                     if exc.errno == errno.EADDRNOTAVAIL:
-                        raise NetworkError(f"ports[{index}].host_ip: {mapping.host_ip} is not "
-                                           "an address of this host") from None  # fmt: skip
-                    raise NetworkError(f"ports[{index}]: cannot bind host port "
-                                       f"{mapping.host_port}: {exc}") from None  # fmt: skip
+                        raise NetworkError(
+                            f"ports[{index}].host_ip: {mapping.host_ip} is not "
+                            "an address of this host"
+                        ) from None
+                    raise NetworkError(
+                        f"ports[{index}]: cannot bind host port {mapping.host_port}: {exc}"
+                    ) from None
                 port = sock.getsockname()[1]
                 taken.append(_Held(replace(mapping, host_port=port), sock))
                 # a port the kernel picked must not clash with ports held unbound

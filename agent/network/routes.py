@@ -100,8 +100,9 @@ class PeerRoute:
 # --------------------------------------------------------------------- commands
 
 
-async def iptables_command(*args: str, check: bool = True, tool: str = "iptables",
-                           stdin: str | None = None) -> tuple[int, str, str]:  # fmt: skip
+async def iptables_command(
+    *args: str, check: bool = True, tool: str = "iptables", stdin: str | None = None
+) -> tuple[int, str, str]:
     """Run ``iptables ARGS`` (or ``tool``, e.g. ``iptables-restore``, fed ``stdin``);
     ``(status, stdout, stderr)``. It is killed when cancelled or after 30 seconds.
 
@@ -111,10 +112,12 @@ async def iptables_command(*args: str, check: bool = True, tool: str = "iptables
     binary = shutil.which(tool) or f"/usr/sbin/{tool}"
     try:
         proc = await asyncio.create_subprocess_exec(
-            binary, *args,
+            binary,
+            *args,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
     except OSError as exc:
         raise NetworkError(f"cannot run {tool} (install iptables): {exc}") from exc
     data = stdin.encode() if stdin is not None else None
@@ -122,8 +125,7 @@ async def iptables_command(*args: str, check: bool = True, tool: str = "iptables
         out, err = await asyncio.wait_for(proc.communicate(data), _TIMEOUT)
     except TimeoutError:
         await _kill(proc)
-        raise NetworkError(f"{tool} {' '.join(args)} did not finish in {_TIMEOUT:.0f}s") \
-            from None  # fmt: skip
+        raise NetworkError(f"{tool} {' '.join(args)} did not finish in {_TIMEOUT:.0f}s") from None
     except BaseException:
         await _kill(proc)
         raise
@@ -131,8 +133,9 @@ async def iptables_command(*args: str, check: bool = True, tool: str = "iptables
     stdout, stderr = out.decode(errors="replace"), err.decode(errors="replace").strip()
     stderr = "\n".join(line for line in stderr.splitlines() if not line.startswith("Try `"))
     if check and code != 0:
-        raise NetworkError(f"{tool} {' '.join(args)} failed ({code}): {stderr}"
-                           f"{_failed_line(stdin, stderr)}")  # fmt: skip
+        raise NetworkError(
+            f"{tool} {' '.join(args)} failed ({code}): {stderr}{_failed_line(stdin, stderr)}"
+        )
     return code, stdout, stderr
 
 
@@ -180,19 +183,24 @@ async def _main_routes() -> list[_Route]:
     for entry in _json_list(out):
         dst = str(entry.get("dst", ""))
         try:
-            network = ipaddress.IPv4Network("0.0.0.0/0" if dst == "default" else dst,
-                                            strict=False)  # fmt: skip
+            network = ipaddress.IPv4Network("0.0.0.0/0" if dst == "default" else dst, strict=False)
         except ValueError:
             continue
         metric = entry.get("metric")
-        words = [dst, *(f"{key} {entry[key]}" for key in ("gateway", "dev", "protocol")
-                        if key in entry)]  # fmt: skip
-        routes.append(_Route(
-            dst=network, proto=str(entry.get("protocol", "")),
-            gateway=any(key in entry for key in ("gateway", "nexthops", "nhid")),
-            via=str(entry.get("gateway", "")),
-            metric=metric if isinstance(metric, int) else None, text=" ".join(words),
-        ))  # fmt: skip
+        words = [
+            dst,
+            *(f"{key} {entry[key]}" for key in ("gateway", "dev", "protocol") if key in entry),
+        ]
+        routes.append(
+            _Route(
+                dst=network,
+                proto=str(entry.get("protocol", "")),
+                gateway=any(key in entry for key in ("gateway", "nexthops", "nhid")),
+                via=str(entry.get("gateway", "")),
+                metric=metric if isinstance(metric, int) else None,
+                text=" ".join(words),
+            )
+        )
     return routes
 
 
@@ -235,8 +243,9 @@ def _conflict(subnet: ipaddress.IPv4Network, routes: Sequence[_Route]) -> _Route
     return None
 
 
-async def _install_route(subnet: ipaddress.IPv4Network, via: ipaddress.IPv4Address,
-                         ours: bool) -> str:  # fmt: skip
+async def _install_route(
+    subnet: ipaddress.IPv4Network, via: ipaddress.IPv4Address, ours: bool
+) -> str:
     """``ip route add SUBNET via VIA proto 77`` (``replace`` when ``ours``: the route there
     is already ours); ``""`` or the error of a bad peer (or of a route that is not ours
     and came first: ``add`` never replaces one).
@@ -281,8 +290,9 @@ def _rule(chain: str, *match: str, target: str) -> str:
     return _format("-A", chain, *match, "-m", "comment", "--comment", COMMENT, "-j", target)
 
 
-def _wanted_rules(local: ipaddress.IPv4Network,
-                  peers: Sequence[ipaddress.IPv4Network]) -> dict[str, list[str]]:  # fmt: skip
+def _wanted_rules(
+    local: ipaddress.IPv4Network, peers: Sequence[ipaddress.IPv4Network]
+) -> dict[str, list[str]]:
     """Per table, the rules of our chain for ``peers`` (in ``-S`` form)."""
     filter_rules, nat_rules = [], []
     for peer in peers:
@@ -328,14 +338,14 @@ def _jumps_to_chain(line: str) -> bool:
         words = shlex.split(line)
     except ValueError:
         return False
-    return any(a in ("-j", "--jump", "-g", "--goto") and b == CHAIN
-               for a, b in itertools.pairwise(words))  # fmt: skip
+    return any(
+        a in ("-j", "--jump", "-g", "--goto") and b == CHAIN for a, b in itertools.pairwise(words)
+    )
 
 
 def _jump_line(table: str) -> str:
     """Insert the jump to our chain as the built-in chain's first rule."""
-    return _format("-I", _JUMPS[table], "1", "-m", "comment", "--comment", COMMENT,
-                   "-j", CHAIN)  # fmt: skip
+    return _format("-I", _JUMPS[table], "1", "-m", "comment", "--comment", COMMENT, "-j", CHAIN)
 
 
 def _deletions(state: _TableState) -> list[str]:
@@ -414,8 +424,13 @@ class PeerRoutes:
                     continue
                 routed.append((peer, subnet))
                 if before.get(subnet) != str(via):
-                    log.info("peer.route_set", node_id=peer.node_id, subnet=str(subnet),
-                             via=str(via), previous_via=before.get(subnet, ""))  # fmt: skip
+                    log.info(
+                        "peer.route_set",
+                        node_id=peer.node_id,
+                        subnet=str(subnet),
+                        via=str(via),
+                        previous_via=before.get(subnet, ""),
+                    )
             keep = {subnet for _, subnet in routed}
             for route in routes:
                 if route.proto == ROUTE_PROTO and route.dst not in keep:
@@ -425,8 +440,7 @@ class PeerRoutes:
                 wanted = _wanted_rules(local, [subnet for _, subnet in routed])
                 for table, rules in wanted.items():
                     if await _write_table(table, rules):
-                        log.info("peer.rules_written", table=table, chain=CHAIN,
-                                 peers=len(routed))  # fmt: skip
+                        log.info("peer.rules_written", table=table, chain=CHAIN, peers=len(routed))
             else:
                 await self._remove_rules()
             skipped = {_key(p) for p in peers} - {_key(peer) for peer, _ in routed}
@@ -457,9 +471,12 @@ class PeerRoutes:
                 log.info("peer.rules_removed", table=table, chain=CHAIN)
 
     def _choose(
-        self, local: ipaddress.IPv4Network, peers: Sequence[PeerRoute],
-        routes: Sequence[_Route], own: set[ipaddress.IPv4Address],
-    ) -> list[tuple[PeerRoute, ipaddress.IPv4Network, ipaddress.IPv4Address]]:  # fmt: skip
+        self,
+        local: ipaddress.IPv4Network,
+        peers: Sequence[PeerRoute],
+        routes: Sequence[_Route],
+        own: set[ipaddress.IPv4Address],
+    ) -> list[tuple[PeerRoute, ipaddress.IPv4Network, ipaddress.IPv4Address]]:
         """The peers to route, with their parsed subnet and address; the others are
         logged with the reason."""
         chosen: list[tuple[PeerRoute, ipaddress.IPv4Network, ipaddress.IPv4Address]] = []
@@ -467,14 +484,16 @@ class PeerRoutes:
             reason, subnet, via = _check_peer(peer, local, own)
             if subnet is not None and via is not None and not reason:
                 other = next((p for p, s, _ in chosen if s.overlaps(subnet)), None)
-                captured = next((p for p in peers if p is not peer and _address_in(p.via, subnet)),
-                                None)  # fmt: skip
+                captured = next(
+                    (p for p in peers if p is not peer and _address_in(p.via, subnet)), None
+                )
                 conflict = _conflict(subnet, routes)
                 if other is not None:
                     reason = f"its subnet overlaps node {other.node_id}'s {other.subnet}"
                 elif captured is not None:
-                    reason = (f"its subnet holds node {captured.node_id}'s host address "
-                              f"{captured.via}")
+                    reason = (
+                        f"its subnet holds node {captured.node_id}'s host address {captured.via}"
+                    )
                 elif conflict is not None:
                     reason = f"its subnet is already routed here: {conflict.text}"
             if reason or subnet is None or via is None:
@@ -489,8 +508,9 @@ class PeerRoutes:
             return
         self._reported[key] = reason
         report = log.warning if warn else log.info
-        report("peer not routed", node_id=peer.node_id, subnet=peer.subnet, via=peer.via,
-               reason=reason)  # fmt: skip
+        report(
+            "peer not routed", node_id=peer.node_id, subnet=peer.subnet, via=peer.via, reason=reason
+        )
 
 
 def _address_in(address: str, subnet: ipaddress.IPv4Network) -> bool:
@@ -512,8 +532,12 @@ def _check_peer(
         via = ipaddress.IPv4Address(peer.via)
     except ValueError:
         return f"its address {peer.via!r} is not an IPv4 address", None, None
-    if via.is_loopback or via.is_unspecified or via.is_multicast or (
-            via == ipaddress.IPv4Address("255.255.255.255")):  # fmt: skip
+    if (
+        via.is_loopback
+        or via.is_unspecified
+        or via.is_multicast
+        or (via == ipaddress.IPv4Address("255.255.255.255"))
+    ):
         return f"its address {via} is not a host address", None, None
     if via in own:
         return f"its address {via} is this host's own", None, None

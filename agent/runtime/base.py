@@ -151,14 +151,22 @@ class PortMapping:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
-        return {"container_port": self.container_port, "protocol": self.protocol,
-                "host_port": self.host_port, "host_ip": self.host_ip}  # fmt: skip
+        return {
+            "container_port": self.container_port,
+            "protocol": self.protocol,
+            "host_port": self.host_port,
+            "host_ip": self.host_ip,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> PortMapping:
         """Inverse of :meth:`to_dict`."""
-        return cls(int(data["container_port"]), str(data.get("protocol") or "tcp"),
-                   int(data.get("host_port", 0)), str(data.get("host_ip", "")))  # fmt: skip
+        return cls(
+            int(data["container_port"]),
+            str(data.get("protocol") or "tcp"),
+            int(data.get("host_port", 0)),
+            str(data.get("host_ip", "")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,12 +279,15 @@ class ContainerSpec:
         data = asdict(self)
         data["lower_dirs"] = [str(p) for p in self.lower_dirs]
         data["volumes"] = [
-            {"host": str(v.host), "container": v.container, "read_only": v.read_only,
-             "volume": v.volume}
+            {
+                "host": str(v.host),
+                "container": v.container,
+                "read_only": v.read_only,
+                "volume": v.volume,
+            }
             for v in self.volumes
         ]
-        data["tmpfs"] = [{"container": t.container, "size_bytes": t.size_bytes}
-                         for t in self.tmpfs]
+        data["tmpfs"] = [{"container": t.container, "size_bytes": t.size_bytes} for t in self.tmpfs]
         data["ports"] = [p.to_dict() for p in self.ports]
         data["restart_policy"] = {
             "name": self.restart_policy.name.value,
@@ -297,12 +308,18 @@ class ContainerSpec:
         fields = dict(data)
         fields["lower_dirs"] = [Path(p) for p in fields.get("lower_dirs", [])]
         fields["volumes"] = [
-            VolumeMount(Path(v["host"]), v["container"], bool(v.get("read_only", False)),
-                        str(v.get("volume", "")))
+            VolumeMount(
+                Path(v["host"]),
+                v["container"],
+                bool(v.get("read_only", False)),
+                str(v.get("volume", "")),
+            )
             for v in fields.get("volumes", [])
         ]
-        fields["tmpfs"] = [TmpfsMount(t["container"], int(t.get("size_bytes", 0)))
-                           for t in fields.get("tmpfs") or []]
+        fields["tmpfs"] = [
+            TmpfsMount(t["container"], int(t.get("size_bytes", 0)))
+            for t in fields.get("tmpfs") or []
+        ]
         fields["ports"] = [PortMapping.from_dict(p) for p in fields.get("ports") or []]
         endpoint = fields.get("endpoint")
         fields["endpoint"] = NetworkEndpoint(**endpoint) if endpoint else None

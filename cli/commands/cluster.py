@@ -29,16 +29,25 @@ def inspect_cluster(options: GlobalOptions) -> None:
         emit_data(record, options.output)
         return
     data = to_data(record)
-    click.echo(key_values([
-        ("ID", record.id),
-        ("Created", data.get("created_at", "")),
-        ("Allow privileged", "yes" if record.spec.allow_privileged else "no"),
-    ]))  # fmt: skip
+    click.echo(
+        key_values(
+            [
+                ("ID", record.id),
+                ("Created", data.get("created_at", "")),
+                ("Allow privileged", "yes" if record.spec.allow_privileged else "no"),
+            ]
+        )
+    )
 
 
 @cluster.command("update")
-@click.option("--allow-privileged", type=click.BOOL, default=None, metavar="true|false",
-              help="Whether services may run privileged containers (off by default).")
+@click.option(
+    "--allow-privileged",
+    type=click.BOOL,
+    default=None,
+    metavar="true|false",
+    help="Whether services may run privileged containers (off by default).",
+)
 @pass_options
 def update_cluster(options: GlobalOptions, allow_privileged: bool | None) -> None:
     """Change the cluster's policy (admins only)."""

@@ -36,13 +36,30 @@ def rows(answer: dict[str, Any]) -> list[list[str]]:
     for total in answer.get("services", []):
         service = total["service"]
         mine = [c for c in containers if c["service"] == service]
-        found.append([service or "(no service)", f"{total['containers']} running", "",
-                      f"{float(total['cpu_percent']):.2f}%",
-                      bytes_size(int(total["memory_usage"])), "", str(total["pids"])])
+        found.append(
+            [
+                service or "(no service)",
+                f"{total['containers']} running",
+                "",
+                f"{float(total['cpu_percent']):.2f}%",
+                bytes_size(int(total["memory_usage"])),
+                "",
+                str(total["pids"]),
+            ]
+        )
         for c in mine:
             memory, percent = _memory(int(c["memory_usage"]), int(c["memory_limit"]))
-            found.append(["", c["name"], c["node"], f"{float(c['cpu_percent']):.2f}%", memory,
-                          percent, str(c["pids"])])  # fmt: skip
+            found.append(
+                [
+                    "",
+                    c["name"],
+                    c["node"],
+                    f"{float(c['cpu_percent']):.2f}%",
+                    memory,
+                    percent,
+                    str(c["pids"]),
+                ]
+            )
     return found
 
 

@@ -27,20 +27,66 @@ __all__ = ["STACK_LABEL", "Stack", "load_stack", "stack_from_documents"]
 
 STACK_LABEL = "com.docker.stack.namespace"  # the label docker puts on a stack's services
 SERVICE_KEYS = {
-    "image", "command", "entrypoint", "environment", "working_dir", "user", "hostname",
-    "labels", "read_only", "cap_add", "cap_drop", "privileged", "healthcheck",
-    "stop_grace_period", "ports", "network_mode", "deploy", "volumes", "tmpfs", "secrets",
-}  # fmt: skip
+    "image",
+    "command",
+    "entrypoint",
+    "environment",
+    "working_dir",
+    "user",
+    "hostname",
+    "labels",
+    "read_only",
+    "cap_add",
+    "cap_drop",
+    "privileged",
+    "healthcheck",
+    "stop_grace_period",
+    "ports",
+    "network_mode",
+    "deploy",
+    "volumes",
+    "tmpfs",
+    "secrets",
+}
 IGNORED_KEYS = {
-    "build", "depends_on", "container_name", "restart", "networks",
-    "configs", "logging", "links", "external_links", "expose", "extra_hosts", "dns",
-    "dns_search", "ulimits", "sysctls", "init", "tty", "stdin_open", "devices",
-    "env_file", "profiles", "pull_policy", "platform", "shm_size", "stop_signal", "isolation",
-    "security_opt", "userns_mode", "pid", "ipc", "cgroup_parent", "domainname", "mac_address",
-}  # fmt: skip
+    "build",
+    "depends_on",
+    "container_name",
+    "restart",
+    "networks",
+    "configs",
+    "logging",
+    "links",
+    "external_links",
+    "expose",
+    "extra_hosts",
+    "dns",
+    "dns_search",
+    "ulimits",
+    "sysctls",
+    "init",
+    "tty",
+    "stdin_open",
+    "devices",
+    "env_file",
+    "profiles",
+    "pull_policy",
+    "platform",
+    "shm_size",
+    "stop_signal",
+    "isolation",
+    "security_opt",
+    "userns_mode",
+    "pid",
+    "ipc",
+    "cgroup_parent",
+    "domainname",
+    "mac_address",
+}
 TOP_KEYS = {"version", "name", "services", "networks", "volumes", "secrets", "configs"}
 _VARIABLE = re.compile(  # $$ | ${NAME} | ${NAME:-default} | $NAME
-    r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
+    r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?::?-([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))"
+)
 
 
 @dataclass
@@ -54,6 +100,7 @@ class Stack:
 def interpolate(value: Any, environ: Mapping[str, str]) -> Any:
     """`${VAR}`, `${VAR:-default}`, `$VAR` and `$$` in every string of a document."""
     if isinstance(value, str):
+
         def one(match: re.Match[str]) -> str:
             if match.group(1):
                 return "$"
@@ -61,6 +108,7 @@ def interpolate(value: Any, environ: Mapping[str, str]) -> Any:
             default = match.group(3)
             found = environ.get(name)
             return found if found else (default if default is not None else "")
+
         return _VARIABLE.sub(one, value)
     if isinstance(value, Mapping):
         return {k: interpolate(v, environ) for k, v in value.items()}
@@ -126,8 +174,10 @@ def _volume(where: str, value: Any) -> str:
     if str(source).startswith("/") and kind in ("bind", "volume"):
         kind = "bind"
     elif kind not in ("bind", "volume") or str(source).startswith("."):
-        raise SpecError(f"{where}: {value!r}: use an absolute path on the node, a volume "
-                        "name or a tmpfs (relative paths mean nothing on a node)")  # fmt: skip
+        raise SpecError(
+            f"{where}: {value!r}: use an absolute path on the node, a volume "
+            "name or a tmpfs (relative paths mean nothing on a node)"
+        )
     else:
         kind = "volume"
     return f"type={kind},source={source},target={target}" + (",readonly" if read_only else "")
@@ -143,8 +193,11 @@ def _healthcheck(where: str, value: Any, values: dict[str, Any]) -> list[str] | 
     if check.get("disable"):
         values["no-healthcheck"] = True
         return None
-    for key, flag in (("interval", "health-interval"), ("timeout", "health-timeout"),
-                      ("start_period", "health-start-period")):  # fmt: skip
+    for key, flag in (
+        ("interval", "health-interval"),
+        ("timeout", "health-timeout"),
+        ("start_period", "health-start-period"),
+    ):
         if key in check:
             values[flag] = _duration(check[key])
     if "retries" in check:
@@ -166,13 +219,22 @@ def _healthcheck(where: str, value: Any, values: dict[str, Any]) -> list[str] | 
         return None
     if kind == "CMD" and rest:
         return ["CMD", *rest]
-    raise SpecError(f"{where}.test: use [\"CMD\", ...], [\"CMD-SHELL\", \"...\"] or a string")
+    raise SpecError(f'{where}.test: use ["CMD", ...], ["CMD-SHELL", "..."] or a string')
 
 
 def _deploy(where: str, value: Any, values: dict[str, Any]) -> None:
     deploy = _mapping(where, value)
-    unknown = set(deploy) - {"mode", "replicas", "labels", "resources", "restart_policy",
-                             "update_config", "rollback_config", "placement", "endpoint_mode"}
+    unknown = set(deploy) - {
+        "mode",
+        "replicas",
+        "labels",
+        "resources",
+        "restart_policy",
+        "update_config",
+        "rollback_config",
+        "placement",
+        "endpoint_mode",
+    }
     if unknown:
         raise SpecError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     if "mode" in deploy:
@@ -193,8 +255,14 @@ def _deploy(where: str, value: Any, values: dict[str, Any]) -> None:
             values[f"restart-{key.replace('_', '-')}"] = str(policy[key])
     for section_key, prefix in (("update_config", "update"), ("rollback_config", "rollback")):
         section = _mapping(f"{where}.{section_key}", deploy.get(section_key))
-        for key in ("parallelism", "delay", "failure_action", "monitor", "max_failure_ratio",
-                    "order"):  # fmt: skip
+        for key in (
+            "parallelism",
+            "delay",
+            "failure_action",
+            "monitor",
+            "max_failure_ratio",
+            "order",
+        ):
             if key in section:
                 values[f"{prefix}-{key.replace('_', '-')}"] = str(section[key])
     placement = _mapping(f"{where}.placement", deploy.get("placement"))
@@ -203,7 +271,8 @@ def _deploy(where: str, value: Any, values: dict[str, Any]) -> None:
     if "preferences" in placement:
         values["placement-pref"] = [
             f"spread={_mapping(f'{where}.placement.preferences', p).get('spread', '')}"
-            for p in placement["preferences"]]
+            for p in placement["preferences"]
+        ]
     if "max_replicas_per_node" in placement:
         values["max-replicas-per-node"] = str(placement["max_replicas_per_node"])
 
@@ -215,9 +284,11 @@ def top_secrets(where: str, value: Any) -> dict[str, str]:
     for key, raw in _mapping(where, value or {}).items():
         entry = _mapping(f"{where}.{key}", raw or {})
         if "file" in entry or "environment" in entry:
-            raise SpecError(f"{where}.{key}: stack deploy does not create secrets: run "
-                            f"`dockyard secret create {key} FILE` and declare it "
-                            "`external: true`")  # fmt: skip
+            raise SpecError(
+                f"{where}.{key}: stack deploy does not create secrets: run "
+                f"`dockyard secret create {key} FILE` and declare it "
+                "`external: true`"
+            )
         if not entry.get("external"):
             raise SpecError(f"{where}.{key}: declare an existing secret with `external: true`")
         found[str(key)] = str(entry.get("name") or key)
@@ -238,13 +309,15 @@ def _secret(where: str, value: Any, declared: Mapping[str, str]) -> str:
         mode = entry.pop("mode")
         parts.append(f"mode={format(mode, 'o') if isinstance(mode, int) else mode}")
     if entry:
-        raise SpecError(f"{where}: unknown key {next(iter(entry))!r} (source, target, uid, "
-                        "gid, mode)")  # fmt: skip
+        raise SpecError(
+            f"{where}: unknown key {next(iter(entry))!r} (source, target, uid, gid, mode)"
+        )
     return ",".join(parts)
 
 
-def service_spec(stack: str, name: str, doc: Any, ignored: list[str],
-                 secrets: Mapping[str, str] | None = None) -> Any:  # fmt: skip
+def service_spec(
+    stack: str, name: str, doc: Any, ignored: list[str], secrets: Mapping[str, str] | None = None
+) -> Any:
     """One compose service as a ServiceSpec named `<stack>_<name>`."""
     where = f"services.{name}"
     service = _mapping(where, doc)
@@ -262,9 +335,13 @@ def service_spec(stack: str, name: str, doc: Any, ignored: list[str],
         values["args"] = _command(f"{where}.command", command)
     if "entrypoint" in service:
         values["entrypoint"] = _command(f"{where}.entrypoint", service["entrypoint"])
-    for key, flag in (("working_dir", "workdir"), ("user", "user"), ("hostname", "hostname"),
-                      ("stop_grace_period", "stop-grace-period"),
-                      ("network_mode", "network")):  # fmt: skip
+    for key, flag in (
+        ("working_dir", "workdir"),
+        ("user", "user"),
+        ("hostname", "hostname"),
+        ("stop_grace_period", "stop-grace-period"),
+        ("network_mode", "network"),
+    ):
         if key in service:
             values[flag] = str(service[key])
     for key, flag in (("environment", "env"), ("labels", "container-label")):
@@ -284,8 +361,9 @@ def service_spec(stack: str, name: str, doc: Any, ignored: list[str],
     if mounts:
         values["mount"] = mounts
     if service.get("secrets"):
-        values["secret"] = [_secret(f"{where}.secrets", s, secrets or {})
-                            for s in service["secrets"]]  # fmt: skip
+        values["secret"] = [
+            _secret(f"{where}.secrets", s, secrets or {}) for s in service["secrets"]
+        ]
     exec_test = _healthcheck(f"{where}.healthcheck", service.get("healthcheck"), values)
     _deploy(f"{where}.deploy", service.get("deploy"), values)
     try:
@@ -301,8 +379,9 @@ def service_spec(stack: str, name: str, doc: Any, ignored: list[str],
     return spec
 
 
-def stack_from_documents(stack: str, documents: list[tuple[str, Any]],
-                         environ: Mapping[str, str] | None = None) -> Stack:  # fmt: skip
+def stack_from_documents(
+    stack: str, documents: list[tuple[str, Any]], environ: Mapping[str, str] | None = None
+) -> Stack:
     """Every service of the files (a later file's service replaces an earlier one's)."""
     result = Stack()
     services: dict[str, Any] = {}
@@ -325,8 +404,7 @@ def stack_from_documents(stack: str, documents: list[tuple[str, Any]],
                 result.ignored.append("volumes (driver options)")
         services.update(doc["services"])
     for name, service in services.items():
-        result.specs[str(name)] = service_spec(stack, str(name), service, result.ignored,
-                                               secrets)  # fmt: skip
+        result.specs[str(name)] = service_spec(stack, str(name), service, result.ignored, secrets)
     return result
 
 

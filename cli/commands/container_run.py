@@ -83,8 +83,6 @@ class Volume:
     volume: str = ""  # a named volume instead of host_path
 
 
-
-
 def parse_volume(text: str) -> Volume:
     """`-v /host:/ctr[:ro|rw]` (a bind mount) or `-v NAME:/ctr[:ro|rw]` (a named volume)."""
     parts = text.split(":")
@@ -93,8 +91,12 @@ def parse_volume(text: str) -> Volume:
     host, container = parts[0], parts[1]
     mode = parts[2] if len(parts) == 3 else "rw"
     if not host.startswith("/") and not VOLUME_NAME_PATTERN.match(host):
-        raise _invalid("-v", text, "the source must be an absolute host path or a volume name "
-                                   "([a-zA-Z0-9][a-zA-Z0-9_.-]*)")  # fmt: skip
+        raise _invalid(
+            "-v",
+            text,
+            "the source must be an absolute host path or a volume name "
+            "([a-zA-Z0-9][a-zA-Z0-9_.-]*)",
+        )
     if not container.startswith("/"):
         raise _invalid("-v", text, "the container path must be absolute")
     if mode not in ("ro", "rw"):
@@ -133,8 +135,11 @@ PUBLISH_USAGE = "use [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|udp]"
 def _port_range(text: str, what: str, spec: str, allow_zero: bool = False) -> tuple[int, int]:
     """`80` or `8000-8010` to (first, last)."""
     first, dash, last = text.partition("-")
-    if not first.isascii() or not first.isdigit() or (dash and not (
-            last.isascii() and last.isdigit())):  # fmt: skip
+    if (
+        not first.isascii()
+        or not first.isdigit()
+        or (dash and not (last.isascii() and last.isdigit()))
+    ):
         raise _invalid("-p", spec, f"{what} {text!r} is not a port number or range")
     low, high = int(first), int(last) if dash else int(first)
     lowest = 0 if allow_zero and not dash else 1
@@ -245,8 +250,9 @@ def parse_security_opts(options: tuple[str, ...]) -> str:
     for option in options:
         key, sep, value = option.partition("=")
         if key != "seccomp" or not sep or value not in ("default", "unconfined"):
-            raise _invalid("--security-opt", option,
-                           "supported: seccomp=unconfined, seccomp=default")  # fmt: skip
+            raise _invalid(
+                "--security-opt", option, "supported: seccomp=unconfined, seccomp=default"
+            )
         seccomp = value
     return seccomp
 
@@ -295,25 +301,34 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
     tmpfs = [parse_tmpfs(t) for t in flags.tmpfs]
     restart, retries = parse_restart(flags.restart)
     if flags.rm and restart != "no":
-        raise RunError(f"--rm and --restart {flags.restart} conflict: a removed container "
-                       "cannot restart")  # fmt: skip
+        raise RunError(
+            f"--rm and --restart {flags.restart} conflict: a removed container cannot restart"
+        )
     if flags.network not in NETWORKS:
         raise _invalid("--network", flags.network, f"use one of {', '.join(NETWORKS)}")
     ports = [port for spec in flags.publish for port in parse_publish(spec)]
     if ports and flags.network == "host":
-        raise RunError("conflicting options: -p publishes ports on the bridge network, but "
-                       "with --network host the container uses the host's ports directly")
+        raise RunError(
+            "conflicting options: -p publishes ports on the bridge network, but "
+            "with --network host the container uses the host's ports directly"
+        )
     if len(ports) > MAX_PUBLISHED:
         raise RunError(f"too many published ports: {len(ports)} (at most {MAX_PUBLISHED})")
     published: list[tuple[str, PublishedPort]] = []
     for spec in flags.publish:
         for port in parse_publish(spec):
             for other_spec, other in published:
-                if port.host_port and (port.host_port, port.protocol) == (
-                        other.host_port, other.protocol) and (
-                        not port.host_ip or not other.host_ip or port.host_ip == other.host_ip):
-                    raise _invalid("-p", spec, f"host port {port.host_port}/{port.protocol} is "
-                                               f"already published by -p {other_spec}")
+                if (
+                    port.host_port
+                    and (port.host_port, port.protocol) == (other.host_port, other.protocol)
+                    and (not port.host_ip or not other.host_ip or port.host_ip == other.host_ip)
+                ):
+                    raise _invalid(
+                        "-p",
+                        spec,
+                        f"host port {port.host_port}/{port.protocol} is "
+                        f"already published by -p {other_spec}",
+                    )
             published.append((spec, port))
     if flags.pull not in PULL_POLICIES:
         raise _invalid("--pull", flags.pull, f"use one of {', '.join(PULL_POLICIES)}")
@@ -344,14 +359,27 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
         nano_cpus=nano_cpus,
         pids_limit=pids_limit,
         read_only=flags.read_only,
-        volumes=[VolumeSpec(host_path=v.host_path, container_path=v.container_path,
-                            read_only=v.read_only, volume=v.volume) for v in volumes],
+        volumes=[
+            VolumeSpec(
+                host_path=v.host_path,
+                container_path=v.container_path,
+                read_only=v.read_only,
+                volume=v.volume,
+            )
+            for v in volumes
+        ],
         tmpfs=[TmpfsSpec(container_path=path, size_bytes=size) for path, size in tmpfs],
         restart_policy=RestartPolicySpec(name=restart, max_retries=retries),
         network=flags.network,
-        ports=[PortMapping(host_ip=p.host_ip, host_port=p.host_port,
-                           container_port=p.container_port, protocol=p.protocol)
-               for p in ports],
+        ports=[
+            PortMapping(
+                host_ip=p.host_ip,
+                host_port=p.host_port,
+                container_port=p.container_port,
+                protocol=p.protocol,
+            )
+            for p in ports
+        ],
         labels=flags.labels,
         cap_add=cap_add,
         cap_drop=cap_drop,
@@ -372,42 +400,99 @@ def create_options(command: F) -> F:
     """The flags `run` and `create` share, in the order --help lists them."""
     decorators = [
         click.option("--name", default=None, help="Name the container."),
-        click.option("-e", "--env", multiple=True, metavar="KEY=VALUE",
-                     help="Set an environment variable (repeatable)."),
-        click.option("-w", "--workdir", default=None, metavar="DIR",
-                     help="Working directory inside the container."),
-        click.option("-u", "--user", default=None, metavar="USER[:GROUP]",
-                     help="User (name or UID) to run as."),
-        click.option("-m", "--memory", default=None, metavar="SIZE",
-                     help="Memory limit, e.g. 64m or 1g."),
+        click.option(
+            "-e",
+            "--env",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Set an environment variable (repeatable).",
+        ),
+        click.option(
+            "-w",
+            "--workdir",
+            default=None,
+            metavar="DIR",
+            help="Working directory inside the container.",
+        ),
+        click.option(
+            "-u",
+            "--user",
+            default=None,
+            metavar="USER[:GROUP]",
+            help="User (name or UID) to run as.",
+        ),
+        click.option(
+            "-m", "--memory", default=None, metavar="SIZE", help="Memory limit, e.g. 64m or 1g."
+        ),
         click.option("--cpus", default=None, metavar="N", help="CPUs to use, e.g. 0.5."),
-        click.option("--pids-limit", default=None, metavar="N",
-                     help="Maximum number of processes (-1: unlimited)."),
+        click.option(
+            "--pids-limit",
+            default=None,
+            metavar="N",
+            help="Maximum number of processes (-1: unlimited).",
+        ),
         click.option("--read-only", is_flag=True, help="Mount the root filesystem read-only."),
-        click.option("--tmpfs", "tmpfs", multiple=True, metavar="PATH[:size=SIZE]",
-                     help="Mount a tmpfs (repeatable)."),
-        click.option("-v", "--volume", "volumes", multiple=True, metavar="SRC:CTR[:ro]",
-                     help="Bind-mount a host directory or a named volume (repeatable)."),
-        click.option("--restart", default="no", show_default=True,
-                     metavar="no|on-failure[:N]|always|unless-stopped",
-                     help="Restart policy."),
-        click.option("--network", default="none", show_default=True,
-                     metavar="none|host|bridge",
-                     help="Network mode (publishing a port implies bridge)."),
-        click.option("-p", "--publish", multiple=True,
-                     metavar="[IP:][HOSTPORT:]CONTAINERPORT[/udp]",
-                     help="Publish a container port on the agent's host (repeatable)."),
+        click.option(
+            "--tmpfs",
+            "tmpfs",
+            multiple=True,
+            metavar="PATH[:size=SIZE]",
+            help="Mount a tmpfs (repeatable).",
+        ),
+        click.option(
+            "-v",
+            "--volume",
+            "volumes",
+            multiple=True,
+            metavar="SRC:CTR[:ro]",
+            help="Bind-mount a host directory or a named volume (repeatable).",
+        ),
+        click.option(
+            "--restart",
+            default="no",
+            show_default=True,
+            metavar="no|on-failure[:N]|always|unless-stopped",
+            help="Restart policy.",
+        ),
+        click.option(
+            "--network",
+            default="none",
+            show_default=True,
+            metavar="none|host|bridge",
+            help="Network mode (publishing a port implies bridge).",
+        ),
+        click.option(
+            "-p",
+            "--publish",
+            multiple=True,
+            metavar="[IP:][HOSTPORT:]CONTAINERPORT[/udp]",
+            help="Publish a container port on the agent's host (repeatable).",
+        ),
         click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability."),
         click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability."),
         click.option("--hostname", default=None, help="Container host name."),
-        click.option("--privileged", is_flag=True,
-                     help="Every capability, no seccomp, no masked paths, the host's devices."),
-        click.option("--security-opt", "security_opt", multiple=True,
-                     metavar="seccomp=unconfined", help="Security option (repeatable)."),
-        click.option("--entrypoint", default=None,
-                     help="Replace the image's entrypoint ('' clears it)."),
-        click.option("--pull", default="missing", show_default=True,
-                     metavar="missing|always|never", help="When to pull the image."),
+        click.option(
+            "--privileged",
+            is_flag=True,
+            help="Every capability, no seccomp, no masked paths, the host's devices.",
+        ),
+        click.option(
+            "--security-opt",
+            "security_opt",
+            multiple=True,
+            metavar="seccomp=unconfined",
+            help="Security option (repeatable).",
+        ),
+        click.option(
+            "--entrypoint", default=None, help="Replace the image's entrypoint ('' clears it)."
+        ),
+        click.option(
+            "--pull",
+            default="missing",
+            show_default=True,
+            metavar="missing|always|never",
+            help="When to pull the image.",
+        ),
         click.option("--rm", is_flag=True, help="Remove the container once it exits."),
         click.argument("image", metavar="IMAGE"),
         click.argument("command_args", nargs=-1, type=click.UNPROCESSED, metavar="[CMD]..."),
@@ -419,15 +504,29 @@ def create_options(command: F) -> F:
 
 def _flags(kwargs: dict[str, Any]) -> RunFlags:
     return RunFlags(
-        image=kwargs["image"], command=kwargs["command_args"], name=kwargs["name"],
-        env=kwargs["env"], workdir=kwargs["workdir"], user=kwargs["user"],
-        memory=kwargs["memory"], cpus=kwargs["cpus"], pids_limit=kwargs["pids_limit"],
-        read_only=kwargs["read_only"], volumes=kwargs["volumes"], tmpfs=kwargs["tmpfs"],
+        image=kwargs["image"],
+        command=kwargs["command_args"],
+        name=kwargs["name"],
+        env=kwargs["env"],
+        workdir=kwargs["workdir"],
+        user=kwargs["user"],
+        memory=kwargs["memory"],
+        cpus=kwargs["cpus"],
+        pids_limit=kwargs["pids_limit"],
+        read_only=kwargs["read_only"],
+        volumes=kwargs["volumes"],
+        tmpfs=kwargs["tmpfs"],
         restart=kwargs["restart"],
-        network=kwargs["network"], publish=kwargs["publish"],
-        cap_add=kwargs["cap_add"], cap_drop=kwargs["cap_drop"],
-        hostname=kwargs["hostname"], entrypoint=kwargs["entrypoint"], pull=kwargs["pull"],
-        rm=kwargs["rm"], privileged=kwargs["privileged"], security_opt=kwargs["security_opt"],
+        network=kwargs["network"],
+        publish=kwargs["publish"],
+        cap_add=kwargs["cap_add"],
+        cap_drop=kwargs["cap_drop"],
+        hostname=kwargs["hostname"],
+        entrypoint=kwargs["entrypoint"],
+        pull=kwargs["pull"],
+        rm=kwargs["rm"],
+        privileged=kwargs["privileged"],
+        security_opt=kwargs["security_opt"],
     )
 
 
@@ -517,20 +616,41 @@ def attach(target: Target, container_id: str, *, remove: bool) -> int:
     from dockyard.v1.containers_pb2 import ContainerRef, LogsRequest, RemoveContainerRequest
 
     try:
-        for line in stream(target, containers_stub, "Logs",
-                           LogsRequest(container=container_id, follow=True), what=AGENT):
+        for line in stream(
+            target,
+            containers_stub,
+            "Logs",
+            LogsRequest(container=container_id, follow=True),
+            what=AGENT,
+        ):
             write_output(line.stream, line.data)
-        result = call(target, containers_stub, "Wait", ContainerRef(container=container_id),
-                      what=AGENT, timeout=None)
+        result = call(
+            target,
+            containers_stub,
+            "Wait",
+            ContainerRef(container=container_id),
+            what=AGENT,
+            timeout=None,
+        )
     except KeyboardInterrupt:
         if remove:
-            call(target, containers_stub, "Remove",
-                 RemoveContainerRequest(container=container_id, force=True), what=AGENT)
+            call(
+                target,
+                containers_stub,
+                "Remove",
+                RemoveContainerRequest(container=container_id, force=True),
+                what=AGENT,
+            )
             raise CliError(f"interrupted: removed {container_id[:12]}") from None
         raise CliError(f"detached from {container_id[:12]}; it keeps running") from None
     if result.error:
         click.echo(f"dockyard: {result.error}", err=True)
     if remove:
-        call(target, containers_stub, "Remove",
-             RemoveContainerRequest(container=container_id, force=True), what=AGENT)
+        call(
+            target,
+            containers_stub,
+            "Remove",
+            RemoveContainerRequest(container=container_id, force=True),
+            what=AGENT,
+        )
     return int(result.exit_code)

@@ -53,13 +53,21 @@ def start(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     from dockyard.v1.containers_pb2 import ContainerRef
 
     target = options.target()
-    _each(refs, lambda ref: call(target, containers_stub, "Start", ContainerRef(container=ref),
-                                 what=AGENT))  # fmt: skip
+    _each(
+        refs,
+        lambda ref: call(target, containers_stub, "Start", ContainerRef(container=ref), what=AGENT),
+    )
 
 
 @container.command("stop")
-@click.option("-t", "--time", "seconds", type=click.FloatRange(min=0), default=None,
-              help="Seconds to wait before killing [10].")
+@click.option(
+    "-t",
+    "--time",
+    "seconds",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Seconds to wait before killing [10].",
+)
 @click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
 @pass_options
 def stop(options: GlobalOptions, seconds: float | None, refs: tuple[str, ...]) -> None:
@@ -70,16 +78,23 @@ def stop(options: GlobalOptions, seconds: float | None, refs: tuple[str, ...]) -
     grace = 10.0 if seconds is None else seconds
 
     def stop_one(ref: str) -> None:
-        request = StopContainerRequest(container=ref, timeout_seconds=grace,
-                                       has_timeout=seconds is not None)  # fmt: skip
+        request = StopContainerRequest(
+            container=ref, timeout_seconds=grace, has_timeout=seconds is not None
+        )
         call(target, containers_stub, "Stop", request, what=AGENT, timeout=grace + 30)
 
     _each(refs, stop_one)
 
 
 @container.command("kill")
-@click.option("-s", "--signal", "signal_name", default="KILL", show_default=True,
-              help="Signal to send (name or number).")
+@click.option(
+    "-s",
+    "--signal",
+    "signal_name",
+    default="KILL",
+    show_default=True,
+    help="Signal to send (name or number).",
+)
 @click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
 @pass_options
 def kill(options: GlobalOptions, signal_name: str, refs: tuple[str, ...]) -> None:
@@ -87,9 +102,16 @@ def kill(options: GlobalOptions, signal_name: str, refs: tuple[str, ...]) -> Non
     from dockyard.v1.containers_pb2 import KillContainerRequest
 
     target = options.target()
-    _each(refs, lambda ref: call(
-        target, containers_stub, "Kill", KillContainerRequest(container=ref, signal=signal_name),
-        what=AGENT))  # fmt: skip
+    _each(
+        refs,
+        lambda ref: call(
+            target,
+            containers_stub,
+            "Kill",
+            KillContainerRequest(container=ref, signal=signal_name),
+            what=AGENT,
+        ),
+    )
 
 
 @container.command("rm")
@@ -101,9 +123,17 @@ def remove(options: GlobalOptions, force: bool, refs: tuple[str, ...]) -> None:
     from dockyard.v1.containers_pb2 import RemoveContainerRequest
 
     target = options.target()
-    _each(refs, lambda ref: call(
-        target, containers_stub, "Remove", RemoveContainerRequest(container=ref, force=force),
-        what=AGENT, timeout=60))  # fmt: skip
+    _each(
+        refs,
+        lambda ref: call(
+            target,
+            containers_stub,
+            "Remove",
+            RemoveContainerRequest(container=ref, force=force),
+            what=AGENT,
+            timeout=60,
+        ),
+    )
 
 
 def command_text(record: Any) -> str:
@@ -116,8 +146,10 @@ def command_text(record: Any) -> str:
 
 def port_text(port: Any) -> str:
     """`127.0.0.1:8080->80/tcp`, as docker shows a published port."""
-    return (f"{port.host_ip or '0.0.0.0'}:{port.host_port}->{port.container_port}/"
-            f"{port.protocol or 'tcp'}")  # fmt: skip
+    return (
+        f"{port.host_ip or '0.0.0.0'}:{port.host_port}->{port.container_port}/"
+        f"{port.protocol or 'tcp'}"
+    )
 
 
 def ports_text(record: Any) -> str:
@@ -125,8 +157,9 @@ def ports_text(record: Any) -> str:
     return ", ".join(port_text(p) for p in record.network.ports)
 
 
-def container_rows(records: list[Any], now: float | None = None,
-                   ports: bool = False) -> list[list[str]]:  # fmt: skip
+def container_rows(
+    records: list[Any], now: float | None = None, ports: bool = False
+) -> list[list[str]]:
     """`docker ps` rows; `ports` adds the PORTS column (before NAMES)."""
     from dockyard.cli.humanize import container_status, created_ago, short_id
 
@@ -145,8 +178,15 @@ def container_rows(records: list[Any], now: float | None = None,
 
 
 CONTAINER_HEADERS = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
-CONTAINER_HEADERS_PORTS = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS",
-                           "NAMES"]  # fmt: skip
+CONTAINER_HEADERS_PORTS = [
+    "CONTAINER ID",
+    "IMAGE",
+    "COMMAND",
+    "CREATED",
+    "STATUS",
+    "PORTS",
+    "NAMES",
+]
 
 
 CONTAINER_FILTERS = ("id", "name", "status", "label", "ancestor", "exited")
@@ -157,26 +197,35 @@ CONTAINER_FIELDS_PORTS = ["ID", "Image", "Command", "RunningFor", "Status", "Por
 
 @container.command("ls")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show stopped containers too.")
-@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help=f"Only matching containers; keys: {', '.join(CONTAINER_FILTERS)}.")
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"Only matching containers; keys: {', '.join(CONTAINER_FILTERS)}.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only print container IDs.")
 @click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and commands.")
 @format_option
 @output_option
 @pass_options
-def list_containers(options: GlobalOptions, show_all: bool, filters: tuple[str, ...],
-                    quiet: bool, no_trunc: bool) -> None:  # fmt: skip
+def list_containers(
+    options: GlobalOptions, show_all: bool, filters: tuple[str, ...], quiet: bool, no_trunc: bool
+) -> None:
     """List running containers (all of them with -a)."""
     from dockyard.cli.filters import Filters
     from dockyard.cli.listing import show_listing
 
     Filters(filters, CONTAINER_FILTERS)  # refuses a bad key before any daemon is asked
-    show_listing(options, lambda target: container_listing(target, show_all, filters, no_trunc),
-                 quiet)  # fmt: skip
+    show_listing(
+        options, lambda target: container_listing(target, show_all, filters, no_trunc), quiet
+    )
 
 
-def container_listing(target: Target, show_all: bool, filters: Sequence[str] = (),
-                      no_trunc: bool = False) -> Listing:  # fmt: skip
+def container_listing(
+    target: Target, show_all: bool, filters: Sequence[str] = (), no_trunc: bool = False
+) -> Listing:
     """`docker ps` of one agent (PORTS only when something is published)."""
     from dockyard.cli.filters import Filters
     from dockyard.cli.humanize import short_id
@@ -186,34 +235,45 @@ def container_listing(target: Target, show_all: bool, filters: Sequence[str] = (
     wanted = Filters(filters, CONTAINER_FILTERS)
     for value in wanted.get("status"):
         if value not in CONTAINER_STATUSES:
-            raise click.BadParameter(f"status={value}: use {', '.join(CONTAINER_STATUSES)}",
-                                     param_hint="--filter")  # fmt: skip
+            raise click.BadParameter(
+                f"status={value}: use {', '.join(CONTAINER_STATUSES)}", param_hint="--filter"
+            )
     # A status or exit-code filter looks at stopped containers too, as docker's does.
     everything = show_all or any(k in wanted for k in ("status", "exited"))
-    response = call(target, containers_stub, "List", ListContainersRequest(all=everything),
-                    what=AGENT)  # fmt: skip
-    records = sorted((r for r in response.containers if _keep(r, wanted)),
-                     key=lambda r: (-r.created_at.seconds, -r.created_at.nanos))  # fmt: skip
+    response = call(
+        target, containers_stub, "List", ListContainersRequest(all=everything), what=AGENT
+    )
+    records = sorted(
+        (r for r in response.containers if _keep(r, wanted)),
+        key=lambda r: (-r.created_at.seconds, -r.created_at.nanos),
+    )
     ports = any(r.network.ports for r in records)
     rows = container_rows(records, ports=ports)
     if no_trunc:
         for row, record in zip(rows, records, strict=True):
             row[0] = record.id
             row[2] = '"' + " ".join([*record.config.entrypoint, *record.config.command]) + '"'
-    return Listing(CONTAINER_HEADERS_PORTS if ports else CONTAINER_HEADERS, rows, records,
-                   [r.id if no_trunc else short_id(r.id) for r in records],
-                   CONTAINER_FIELDS_PORTS if ports else CONTAINER_FIELDS)  # fmt: skip
+    return Listing(
+        CONTAINER_HEADERS_PORTS if ports else CONTAINER_HEADERS,
+        rows,
+        records,
+        [r.id if no_trunc else short_id(r.id) for r in records],
+        CONTAINER_FIELDS_PORTS if ports else CONTAINER_FIELDS,
+    )
 
 
 def _keep(record: Any, wanted: Any) -> bool:
     exited = str(record.state.exit_code) if record.state.status == "exited" else None
     return bool(
-        wanted.prefix("id", record.id) and wanted.substring("name", record.name)
+        wanted.prefix("id", record.id)
+        and wanted.substring("name", record.name)
         and wanted.exact("status", record.state.status)
         and wanted.labels(record.config.labels)
-        and wanted.glob("ancestor", record.image, record.image.split(":", 1)[0],
-                        record.image_digest)
-        and ("exited" not in wanted or (exited is not None and wanted.exact("exited", exited))))
+        and wanted.glob(
+            "ancestor", record.image, record.image.split(":", 1)[0], record.image_digest
+        )
+        and ("exited" not in wanted or (exited is not None and wanted.exact("exited", exited)))
+    )
 
 
 @container.command("port")
@@ -228,11 +288,13 @@ def port(options: GlobalOptions, ref: str, private: str | None) -> None:
     if private is not None:
         number, _, protocol = private.partition("/")
         if not number.isascii() or not number.isdigit() or protocol not in ("", "tcp", "udp"):
-            raise click.BadParameter(f"{private!r}: use PORT or PORT/tcp|udp",
-                                     param_hint="PRIVATE_PORT")  # fmt: skip
+            raise click.BadParameter(
+                f"{private!r}: use PORT or PORT/tcp|udp", param_hint="PRIVATE_PORT"
+            )
         wanted = (int(number), protocol or "tcp")
-    record = call(options.target(), containers_stub, "Inspect", ContainerRef(container=ref),
-                  what=AGENT)  # fmt: skip
+    record = call(
+        options.target(), containers_stub, "Inspect", ContainerRef(container=ref), what=AGENT
+    )
     found = False
     for mapping in record.network.ports:
         key = (mapping.container_port, mapping.protocol or "tcp")
@@ -254,8 +316,13 @@ def inspect(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     from dockyard.cli.listing import show_records
     from dockyard.v1.containers_pb2 import ContainerRef
 
-    show_records(options, refs, lambda target, ref: call(
-        target, containers_stub, "Inspect", ContainerRef(container=ref), what=AGENT))
+    show_records(
+        options,
+        refs,
+        lambda target, ref: call(
+            target, containers_stub, "Inspect", ContainerRef(container=ref), what=AGENT
+        ),
+    )
 
 
 @container.command("wait")
@@ -267,8 +334,9 @@ def wait(options: GlobalOptions, refs: tuple[str, ...]) -> None:
 
     target = options.target()
     for ref in refs:
-        result = call(target, containers_stub, "Wait", ContainerRef(container=ref), what=AGENT,
-                      timeout=None)  # fmt: skip
+        result = call(
+            target, containers_stub, "Wait", ContainerRef(container=ref), what=AGENT, timeout=None
+        )
         click.echo(result.exit_code)
 
 
@@ -291,15 +359,21 @@ def format_timestamp(stamp: Any) -> str:
 
 @container.command("logs")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
-@click.option("-n", "--tail", "tail", default="all", show_default=True,
-              help="Lines to show from the end.")
-@click.option("--since", default=None, metavar="TIME",
-              help="Only output since TIME: RFC 3339, or a duration ago such as 10m.")
+@click.option(
+    "-n", "--tail", "tail", default="all", show_default=True, help="Lines to show from the end."
+)
+@click.option(
+    "--since",
+    default=None,
+    metavar="TIME",
+    help="Only output since TIME: RFC 3339, or a duration ago such as 10m.",
+)
 @click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time.")
 @click.argument("ref", metavar="CONTAINER")
 @pass_options
-def logs(options: GlobalOptions, follow: bool, tail: str, since: str | None,
-         timestamps: bool, ref: str) -> None:  # fmt: skip
+def logs(
+    options: GlobalOptions, follow: bool, tail: str, since: str | None, timestamps: bool, ref: str
+) -> None:
     """Print a container's output, stdout and stderr each to its own stream."""
     from dockyard.cli.humanize import parse_since
     from dockyard.v1.containers_pb2 import LogsRequest
@@ -331,8 +405,14 @@ def logs(options: GlobalOptions, follow: bool, tail: str, since: str | None,
 @click.argument("ref", metavar="CONTAINER")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="CMD...")
 @pass_options
-def exec_command(options: GlobalOptions, env: tuple[str, ...], workdir: str, user: str,
-                 ref: str, command: tuple[str, ...]) -> None:  # fmt: skip
+def exec_command(
+    options: GlobalOptions,
+    env: tuple[str, ...],
+    workdir: str,
+    user: str,
+    ref: str,
+    command: tuple[str, ...],
+) -> None:
     """Run a command in a running container; exit with its exit code."""
     import os
 
@@ -341,8 +421,13 @@ def exec_command(options: GlobalOptions, env: tuple[str, ...], workdir: str, use
 
     if workdir and not workdir.startswith("/"):
         raise CliError(f"invalid -w {workdir!r}: the working directory must be an absolute path")
-    request = ExecRequest(container=ref, command=list(command), env=parse_env(env, os.environ),
-                          workdir=workdir, user=user)  # fmt: skip
+    request = ExecRequest(
+        container=ref,
+        command=list(command),
+        env=parse_env(env, os.environ),
+        workdir=workdir,
+        user=user,
+    )
     code = 0
     for output in stream(options.target(), containers_stub, "Exec", request, what=AGENT):
         kind = output.WhichOneof("output")
@@ -362,7 +447,7 @@ def stats_row(record: Any, stats: Any, previous: Any = None) -> list[str]:
 
     cpu = stats.cpu_percent
     if previous is not None:
-        elapsed = (stats.read_at.ToNanoseconds() - previous.read_at.ToNanoseconds())
+        elapsed = stats.read_at.ToNanoseconds() - previous.read_at.ToNanoseconds()
         if elapsed > 0:
             cpu = 100.0 * (stats.cpu_usage_ns - previous.cpu_usage_ns) / elapsed
     limit = stats.memory_limit
@@ -387,19 +472,23 @@ def stats(options: GlobalOptions, no_stream: bool, refs: tuple[str, ...]) -> Non
     from dockyard.v1.containers_pb2 import ContainerRef
 
     target = options.target()
-    records = [call(target, containers_stub, "Inspect", ContainerRef(container=ref), what=AGENT)
-               for ref in refs]  # fmt: skip
+    records = [
+        call(target, containers_stub, "Inspect", ContainerRef(container=ref), what=AGENT)
+        for ref in refs
+    ]
     previous: dict[str, Any] = {}
     interactive = sys.stdout.isatty()
     try:
         while True:
             samples = [(r, _sample(target, r.id)) for r in records]
             if options.output != "table":
-                emit_data([{"id": r.id, "name": r.name, **_data(s)} for r, s in samples],
-                          options.output)  # fmt: skip
+                emit_data(
+                    [{"id": r.id, "name": r.name, **_data(s)} for r, s in samples], options.output
+                )
             else:
-                text = table(STATS_HEADERS,
-                             [stats_row(r, s, previous.get(r.id)) for r, s in samples])
+                text = table(
+                    STATS_HEADERS, [stats_row(r, s, previous.get(r.id)) for r, s in samples]
+                )
                 click.echo(("\x1b[2J\x1b[H" if interactive else "") + text)
             if no_stream:
                 return
@@ -412,8 +501,7 @@ def stats(options: GlobalOptions, no_stream: bool, refs: tuple[str, ...]) -> Non
 def _sample(target: Target, container_id: str) -> Any:
     from dockyard.v1.containers_pb2 import ContainerRef
 
-    return call(target, containers_stub, "Stats", ContainerRef(container=container_id),
-                what=AGENT)  # fmt: skip
+    return call(target, containers_stub, "Stats", ContainerRef(container=container_id), what=AGENT)
 
 
 def _data(message: Any) -> dict[str, Any]:

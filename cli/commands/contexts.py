@@ -19,12 +19,18 @@ def context() -> None:
 
 @context.command("create")
 @click.option(
-    "--host", "hosts", multiple=True, metavar="HOST:PORT",
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="HOST:PORT",
     help="The controller's address; repeat (or comma-separate) for every controller of "
     "one cluster: they are tried in order, the next when one cannot be reached.",
 )
 @click.option(
-    "--member", "members", multiple=True, metavar="CONTEXT",
+    "--member",
+    "members",
+    multiple=True,
+    metavar="CONTEXT",
     help="Make a group of other contexts instead (repeat or comma-separate): a command "
     "run with this context goes to every member at once.",
 )
@@ -36,9 +42,15 @@ def context() -> None:
 @click.option("--tlskey", default=None, metavar="FILE", help="Client certificate's key.")
 @click.argument("name")
 def create(
-    hosts: tuple[str, ...], members: tuple[str, ...], description: str, overwrite: bool,
+    hosts: tuple[str, ...],
+    members: tuple[str, ...],
+    description: str,
+    overwrite: bool,
     use_it: bool,
-    tlscacert: str | None, tlscert: str | None, tlskey: str | None, name: str,
+    tlscacert: str | None,
+    tlscert: str | None,
+    tlskey: str | None,
+    name: str,
 ) -> None:
     """Create a context named NAME (with TLS material: mutual TLS to the daemon), or a
     group of contexts (--member)."""
@@ -61,8 +73,15 @@ def create(
         click.echo(name)
         return
     files = TLSFiles.from_values(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
-    tls = ({"ca": os.path.abspath(files.ca), "cert": os.path.abspath(files.cert),
-            "key": os.path.abspath(files.key)} if files else None)  # fmt: skip
+    tls = (
+        {
+            "ca": os.path.abspath(files.ca),
+            "cert": os.path.abspath(files.cert),
+            "key": os.path.abspath(files.key),
+        }
+        if files
+        else None
+    )
     store = ContextStore()
     try:
         store.create(name, ",".join(hosts), description, overwrite=overwrite, tls=tls)
@@ -85,14 +104,19 @@ def list_contexts(options: GlobalOptions) -> None:
     except ContextError as exc:
         raise CliError(str(exc)) from exc
     if options.output != "table":
-        emit_data([{**_fields(c), "current": c.name == current} for c in contexts],
-                  options.output)
+        emit_data([{**_fields(c), "current": c.name == current} for c in contexts], options.output)
         return
     emit_table(
         ["NAME", "HOST", "DESCRIPTION"],
-        [(c.name + (" *" if c.name == current else ""),
-          c.host or "group: " + ",".join(c.members), c.description) for c in contexts],
-    )  # fmt: skip
+        [
+            (
+                c.name + (" *" if c.name == current else ""),
+                c.host or "group: " + ",".join(c.members),
+                c.description,
+            )
+            for c in contexts
+        ],
+    )
 
 
 @context.command("inspect")

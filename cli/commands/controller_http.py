@@ -68,8 +68,7 @@ class ControllerHttp:
         try:
             data = json.loads(body)
         except ValueError as exc:
-            raise CliError(f"{path} from {host}:{port}: not JSON (HTTP {response.status})") \
-                from exc
+            raise CliError(f"{path} from {host}:{port}: not JSON (HTTP {response.status})") from exc
         if response.status != 200:
             message = data.get("error") if isinstance(data, dict) else None
             raise CliError(f"{path}: {message or f'HTTP {response.status}'}")

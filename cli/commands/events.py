@@ -39,8 +39,11 @@ class EventFilter:
     def matches(self, event: dict[str, Any]) -> bool:
         if self.kinds and event.get("kind") not in self.kinds:
             return False
-        return not self.names or name_of(event) in self.names or any(
-            name_of(event).startswith(f"{n}.") for n in self.names)
+        return (
+            not self.names
+            or name_of(event) in self.names
+            or any(name_of(event).startswith(f"{n}.") for n in self.names)
+        )
 
 
 def parse_filters(items: tuple[str, ...]) -> EventFilter:
@@ -53,8 +56,10 @@ def parse_filters(items: tuple[str, ...]) -> EventFilter:
         elif key in ("name", "service") and eq and value:
             found.names.add(value)
         else:
-            raise click.BadParameter(f"unknown filter {item!r} (type=node|service|task, "
-                                     "name=NAME)", param_hint="--filter")  # fmt: skip
+            raise click.BadParameter(
+                f"unknown filter {item!r} (type=node|service|task, name=NAME)",
+                param_hint="--filter",
+            )
     return found
 
 
@@ -81,16 +86,26 @@ def describe(event: dict[str, Any]) -> str:
         detail = str((record.get("status") or {}).get("state", ""))
     elif event.get("kind") == "service" and event.get("type") != "removed":
         detail = f"spec version {record.get('spec_version', '')}"
-    return " ".join(part for part in (
-        when[:19] + "Z" if when else "-", str(event.get("kind")), str(event.get("type")),
-        str(event.get("id", ""))[:12], name_of(event), detail) if part)  # fmt: skip
+    return " ".join(
+        part
+        for part in (
+            when[:19] + "Z" if when else "-",
+            str(event.get("kind")),
+            str(event.get("type")),
+            str(event.get("id", ""))[:12],
+            name_of(event),
+            detail,
+        )
+        if part
+    )
 
 
 def http_endpoint(target: Target, advertised: str) -> tuple[str, int]:
     """The host to dial (the -H host when the controller listens on every address)."""
     if not advertised:
-        raise CliError(f"the controller at {target.address} has no HTTP side "
-                       "(started with --http-listen \"\")")  # fmt: skip
+        raise CliError(
+            f'the controller at {target.address} has no HTTP side (started with --http-listen "")'
+        )
     host, _, port = advertised.rpartition(":")
     if host in ("0.0.0.0", "[::]", "::", ""):
         host = target.address.rpartition(":")[0]
@@ -132,8 +147,10 @@ def stream_events(target: Target, since: str | None) -> Iterator[dict[str, Any]]
             elif not line and data:
                 decoded = json.loads("\n".join(data))
                 if name in ("reset", "error"):
-                    raise CliError(f"the event stream ended: {decoded.get('reason', name)}; "
-                                   "run again to follow from now")  # fmt: skip
+                    raise CliError(
+                        f"the event stream ended: {decoded.get('reason', name)}; "
+                        "run again to follow from now"
+                    )
                 yield decoded
                 name, data = "", []
     except (OSError, HTTPException, ssl.SSLError) as exc:
@@ -201,8 +218,14 @@ def _print(label: str | None, event: dict[str, Any], output: str) -> None:
     sys.stdout.flush()
 
 
-def follow_many(targets: list[Target], since: str | None, wanted: EventFilter,
-                output: str, labelled: bool = True, until: float | None = None) -> bool:
+def follow_many(
+    targets: list[Target],
+    since: str | None,
+    wanted: EventFilter,
+    output: str,
+    labelled: bool = True,
+    until: float | None = None,
+) -> bool:
     """Every target's events merged by time, each line led by its target (`labelled`); a
     target whose stream fails gets one stderr line. With `until` (epoch seconds) it stops
     then, and leaves out events stamped after it. Returns whether any failed."""
@@ -220,8 +243,11 @@ def follow_many(targets: list[Target], since: str | None, wanted: EventFilter,
                 failed = True
                 prefix = f"{target.label}: " if labelled else ""
                 click.echo(f"dockyard: {prefix}{item.message}", err=True)
-            elif ("kind" in item and wanted.matches(item)
-                  and (until is None or event_time(item) <= until)):  # fmt: skip
+            elif (
+                "kind" in item
+                and wanted.matches(item)
+                and (until is None or event_time(item) <= until)
+            ):
                 merger.add(target.label, item, arrived)
         except queue.Empty:
             pass
@@ -233,16 +259,31 @@ def follow_many(targets: list[Target], since: str | None, wanted: EventFilter,
 
 
 @click.command("events")
-@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help="type=node|service|task, name=NAME (a service's name also matches its tasks).")
-@click.option("--since", default=None, metavar="EVENT_ID",
-              help="Start after this event id (or etcd revision) instead of now.")
-@click.option("--until", default=None, metavar="TIME",
-              help="Stop at TIME (RFC 3339, a Unix time, or a duration ago such as 10m).")
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="type=node|service|task, name=NAME (a service's name also matches its tasks).",
+)
+@click.option(
+    "--since",
+    default=None,
+    metavar="EVENT_ID",
+    help="Start after this event id (or etcd revision) instead of now.",
+)
+@click.option(
+    "--until",
+    default=None,
+    metavar="TIME",
+    help="Stop at TIME (RFC 3339, a Unix time, or a duration ago such as 10m).",
+)
 @output_option
 @pass_options
-def events(options: GlobalOptions, filters: tuple[str, ...], since: str | None,
-           until: str | None) -> None:  # fmt: skip
+def events(
+    options: GlobalOptions, filters: tuple[str, ...], since: str | None, until: str | None
+) -> None:
     """Print the cluster's changes as they happen (Ctrl-C to stop)."""
     from dockyard.cli.humanize import parse_since
 
@@ -253,8 +294,9 @@ def events(options: GlobalOptions, filters: tuple[str, ...], since: str | None,
         raise click.BadParameter(str(exc), param_hint="--until") from None
     try:
         if options.many or stop is not None:
-            if follow_many(options.targets(), since, wanted, options.output,
-                           labelled=options.many, until=stop):  # fmt: skip
+            if follow_many(
+                options.targets(), since, wanted, options.output, labelled=options.many, until=stop
+            ):
                 sys.exit(1)
             return
         for event in stream_events(options.target(), since):

@@ -49,11 +49,20 @@ image.add_command(image_prune)
 
 
 @image.command("pull")
-@click.option("--all-nodes", is_flag=True,
-              help="Pull on every READY node of the cluster (the target is a controller).")
-@click.option("--timeout", "timeout", type=click.FloatRange(min=1, max=86400), default=600,
-              show_default=True, metavar="SECONDS",
-              help="With several nodes or targets: give up on one after this long.")
+@click.option(
+    "--all-nodes",
+    is_flag=True,
+    help="Pull on every READY node of the cluster (the target is a controller).",
+)
+@click.option(
+    "--timeout",
+    "timeout",
+    type=click.FloatRange(min=1, max=86400),
+    default=600,
+    show_default=True,
+    metavar="SECONDS",
+    help="With several nodes or targets: give up on one after this long.",
+)
 @click.argument("ref", metavar="REF")
 @pass_options
 def pull(options: GlobalOptions, all_nodes: bool, timeout: float, ref: str) -> None:
@@ -71,10 +80,14 @@ def pull(options: GlobalOptions, all_nodes: bool, timeout: float, ref: str) -> N
     targets = node_targets(options.target()) if all_nodes else options.targets()
     if not targets:
         raise CliError("no READY node to pull on")
-    outcomes = run_each(targets, lambda target: pull_image(target, ref, io.StringIO()),
-                        timeout, options.concurrency)  # fmt: skip
-    rows = [[o.target.label, o.value.references[0] if o.value.references else ref,
-             o.value.digest] for o in outcomes if o.value is not None]  # fmt: skip
+    outcomes = run_each(
+        targets, lambda target: pull_image(target, ref, io.StringIO()), timeout, options.concurrency
+    )
+    rows = [
+        [o.target.label, o.value.references[0] if o.value.references else ref, o.value.digest]
+        for o in outcomes
+        if o.value is not None
+    ]
     if rows:
         emit_table(["TARGET", "IMAGE", "DIGEST"], rows)
     finish(outcomes)
@@ -88,9 +101,11 @@ def node_targets(controller: Target) -> list[Target]:
     from dockyard.v1.types_pb2 import NodeStatus
 
     nodes = call(controller, control_pb2_grpc.ControlStub, "ListNodes", ListNodesRequest()).nodes
-    return [Target(n.description.api_address, n.spec.name, controller.tls, server_name=n.id)
-            for n in sorted(nodes, key=lambda n: n.spec.name)
-            if n.status.state == NodeStatus.READY and n.description.api_address]  # fmt: skip
+    return [
+        Target(n.description.api_address, n.spec.name, controller.tls, server_name=n.id)
+        for n in sorted(nodes, key=lambda n: n.spec.name)
+        if n.status.state == NodeStatus.READY and n.description.api_address
+    ]
 
 
 @image.command("push")
@@ -113,15 +128,22 @@ IMAGE_FILTERS = ("dangling", "reference")
 
 
 @image.command("ls")
-@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help="Only matching images: dangling=true|false, reference=PATTERN.")
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only matching images: dangling=true|false, reference=PATTERN.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only print image IDs.")
 @click.option("--no-trunc", is_flag=True, help="Do not shorten image IDs.")
 @format_option
 @output_option
 @pass_options
-def list_images(options: GlobalOptions, filters: tuple[str, ...], quiet: bool,
-                no_trunc: bool) -> None:  # fmt: skip
+def list_images(
+    options: GlobalOptions, filters: tuple[str, ...], quiet: bool, no_trunc: bool
+) -> None:
     """List the agent's images."""
     from dockyard.cli.filters import Filters
     from dockyard.cli.listing import show_listing
@@ -144,16 +166,28 @@ def image_listing(target: Target, wanted: Filters, no_trunc: bool = False) -> Li
     from dockyard.v1.images_pb2 import ListImagesRequest
 
     dangling = wanted.flag("dangling")
-    images = [i for i in call(target, images_stub, "List", ListImagesRequest(), what=AGENT).images
-              if (dangling is None or dangling == (not i.repository))
-              and wanted.glob("reference", f"{i.repository}:{i.tag}", i.repository)]  # fmt: skip
+    images = [
+        i
+        for i in call(target, images_stub, "List", ListImagesRequest(), what=AGENT).images
+        if (dangling is None or dangling == (not i.repository))
+        and wanted.glob("reference", f"{i.repository}:{i.tag}", i.repository)
+    ]
     images.sort(key=lambda i: (-i.created.seconds, i.repository, i.tag))
 
     def ident(image_id: str) -> str:
         return image_id if no_trunc else short_id(image_id)
 
-    rows = [[i.repository or "<none>", i.tag or "<none>", ident(i.id), i.digest or "<none>",
-             created_ago(i.created) or "N/A", human_size(i.size)] for i in images]  # fmt: skip
+    rows = [
+        [
+            i.repository or "<none>",
+            i.tag or "<none>",
+            ident(i.id),
+            i.digest or "<none>",
+            created_ago(i.created) or "N/A",
+            human_size(i.size),
+        ]
+        for i in images
+    ]
     ids = list(dict.fromkeys(ident(i.id) for i in images))
     return Listing(IMAGE_HEADERS, rows, images, ids, IMAGE_FIELDS)
 
@@ -167,8 +201,11 @@ def inspect_images(options: GlobalOptions, refs: tuple[str, ...]) -> None:
     from dockyard.cli.listing import show_records
     from dockyard.v1.images_pb2 import ImageRef
 
-    show_records(options, refs, lambda target, ref: call(
-        target, images_stub, "Inspect", ImageRef(image=ref), what=AGENT))
+    show_records(
+        options,
+        refs,
+        lambda target, ref: call(target, images_stub, "Inspect", ImageRef(image=ref), what=AGENT),
+    )
 
 
 @image.command("rm")
@@ -180,9 +217,11 @@ def remove_images(options: GlobalOptions, force: bool, refs: tuple[str, ...]) ->
     from dockyard.v1.images_pb2 import RemoveImageRequest
 
     target = options.target()
+
     def remove(ref: str) -> None:
-        result = call(target, images_stub, "Remove", RemoveImageRequest(image=ref, force=force),
-                      what=AGENT)  # fmt: skip
+        result = call(
+            target, images_stub, "Remove", RemoveImageRequest(image=ref, force=force), what=AGENT
+        )
         for name in result.untagged:
             click.echo(f"Untagged: {name}")
         for digest in result.deleted:
@@ -201,7 +240,10 @@ def tag(options: GlobalOptions, source: str, target_ref: str) -> None:
     from dockyard.v1.images_pb2 import TagImageRequest
 
     call(
-        options.target(), images_stub, "Tag", TagImageRequest(source=source, target=target_ref),
+        options.target(),
+        images_stub,
+        "Tag",
+        TagImageRequest(source=source, target=target_ref),
         what=AGENT,
     )
 
@@ -212,16 +254,26 @@ def _local_path(text: str) -> str:
 
 
 @image.command("load")
-@click.option("-i", "--input", "path", required=True, metavar="FILE",
-              help="Tarball (docker save or OCI layout) on the agent's host.")
+@click.option(
+    "-i",
+    "--input",
+    "path",
+    required=True,
+    metavar="FILE",
+    help="Tarball (docker save or OCI layout) on the agent's host.",
+)
 @pass_options
 def load(options: GlobalOptions, path: str) -> None:
     """Load images from a tarball."""
     from dockyard.v1.images_pb2 import LoadImagesRequest
 
     result = call(
-        options.target(), images_stub, "Load", LoadImagesRequest(path=_local_path(path)),
-        what=AGENT, timeout=600,
+        options.target(),
+        images_stub,
+        "Load",
+        LoadImagesRequest(path=_local_path(path)),
+        what=AGENT,
+        timeout=600,
     )
     for record in result.images:
         for ref in record.references or [record.id]:
@@ -229,8 +281,14 @@ def load(options: GlobalOptions, path: str) -> None:
 
 
 @image.command("save")
-@click.option("-o", "--output", "path", required=True, metavar="FILE",
-              help="Tarball to write, on the agent's host.")
+@click.option(
+    "-o",
+    "--output",
+    "path",
+    required=True,
+    metavar="FILE",
+    help="Tarball to write, on the agent's host.",
+)
 @click.argument("refs", nargs=-1, required=True, metavar="REF...")
 @pass_options
 def save(options: GlobalOptions, path: str, refs: tuple[str, ...]) -> None:
@@ -238,8 +296,12 @@ def save(options: GlobalOptions, path: str, refs: tuple[str, ...]) -> None:
     from dockyard.v1.images_pb2 import SaveImagesRequest
 
     call(
-        options.target(), images_stub, "Save",
-        SaveImagesRequest(images=list(refs), path=_local_path(path)), what=AGENT, timeout=600,
+        options.target(),
+        images_stub,
+        "Save",
+        SaveImagesRequest(images=list(refs), path=_local_path(path)),
+        what=AGENT,
+        timeout=600,
     )
 
 
@@ -252,7 +314,11 @@ def import_image(options: GlobalOptions, path: str, ref: str) -> None:
     from dockyard.v1.images_pb2 import ImportImageRequest
 
     record = call(
-        options.target(), images_stub, "Import",
-        ImportImageRequest(path=_local_path(path), reference=ref), what=AGENT, timeout=600,
+        options.target(),
+        images_stub,
+        "Import",
+        ImportImageRequest(path=_local_path(path), reference=ref),
+        what=AGENT,
+        timeout=600,
     )
     click.echo(record.id)

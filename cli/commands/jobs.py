@@ -31,12 +31,20 @@ def job() -> None:
 def job_summary(service: Any) -> str:
     """'web: 3 succeeded, 1 failed (of 3 completions)'."""
     status = service.job_status
-    return (f"{service.spec.name}: {status.succeeded} succeeded, {status.failed} failed "
-            f"(of {service.spec.job.completions} completions)")
+    return (
+        f"{service.spec.name}: {status.succeeded} succeeded, {status.failed} failed "
+        f"(of {service.spec.job.completions} completions)"
+    )
 
 
-def build_job_spec(image: str, command: tuple[str, ...], completions: str, parallelism: str,
-                   backoff_limit: str, values: dict[str, Any]) -> Any:
+def build_job_spec(
+    image: str,
+    command: tuple[str, ...],
+    completions: str,
+    parallelism: str,
+    backoff_limit: str,
+    values: dict[str, Any],
+) -> Any:
     spec = new_spec(image, command)
     spec.job.completions = parse_count("--completions", completions, 1)
     spec.job.parallelism = parse_count("--parallelism", parallelism)
@@ -48,26 +56,49 @@ def build_job_spec(image: str, command: tuple[str, ...], completions: str, paral
 
 
 @job.command("run", context_settings={"allow_interspersed_args": False})
-@click.option("--completions", default="1", show_default=True, metavar="N",
-              help="Tasks that must succeed.")
-@click.option("--parallelism", default="1", show_default=True, metavar="N",
-              help="Tasks running at once.")
-@click.option("--backoff-limit", default="6", show_default=True, metavar="N",
-              help="Failures after which the job gives up.")
+@click.option(
+    "--completions", default="1", show_default=True, metavar="N", help="Tasks that must succeed."
+)
+@click.option(
+    "--parallelism", default="1", show_default=True, metavar="N", help="Tasks running at once."
+)
+@click.option(
+    "--backoff-limit",
+    default="6",
+    show_default=True,
+    metavar="N",
+    help="Failures after which the job gives up.",
+)
 @click.option("-d", "--detach", is_flag=True, help="Print the job ID and return at once.")
-@click.option("--timeout", default="0", show_default=True, metavar="DURATION",
-              help="Stop waiting after this long (0: no limit).")
+@click.option(
+    "--timeout",
+    default="0",
+    show_default=True,
+    metavar="DURATION",
+    help="Stop waiting after this long (0: no limit).",
+)
 @resolve_option
 @setting_options("job")
 @click.argument("image", metavar="IMAGE")
 @click.argument("command_args", nargs=-1, type=click.UNPROCESSED, metavar="[CMD]...")
 @pass_options
-def run(options: GlobalOptions, /, completions: str, parallelism: str, backoff_limit: str,
-        detach: bool, timeout: str, resolve_image: str | None, image: str,
-        command_args: tuple[str, ...], **kwargs: Any) -> None:
+def run(
+    options: GlobalOptions,
+    /,
+    completions: str,
+    parallelism: str,
+    backoff_limit: str,
+    detach: bool,
+    timeout: str,
+    resolve_image: str | None,
+    image: str,
+    command_args: tuple[str, ...],
+    **kwargs: Any,
+) -> None:
     """Run a job; wait for it and exit 0 if every completion succeeded, 1 otherwise."""
-    spec = build_job_spec(image, command_args, completions, parallelism, backoff_limit,
-                          setting_values(kwargs))
+    spec = build_job_spec(
+        image, command_args, completions, parallelism, backoff_limit, setting_values(kwargs)
+    )
     wait = parse_seconds("--timeout", timeout) or None
     from dockyard.v1.control_pb2 import CreateServiceRequest
 
@@ -85,15 +116,22 @@ def run(options: GlobalOptions, /, completions: str, parallelism: str, backoff_l
 
 
 @job.command("ls")
-@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help="Only matching jobs; keys: id, name, label.")
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Only matching jobs; keys: id, name, label.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only print job IDs.")
 @click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and image digests.")
 @format_option
 @output_option
 @pass_options
-def list_jobs(options: GlobalOptions, filters: tuple[str, ...], quiet: bool,
-              no_trunc: bool) -> None:  # fmt: skip
+def list_jobs(
+    options: GlobalOptions, filters: tuple[str, ...], quiet: bool, no_trunc: bool
+) -> None:
     """List jobs: succeeded/completions and whether they are complete."""
     from dockyard.cli.commands.services import list_summaries
 

@@ -14,10 +14,32 @@ from dockyard.cli.options import GlobalOptions, format_option, output_option, pa
 
 AVAILABILITIES = ("active", "pause", "drain")
 UPDATE_RETRIES = 5
-NODE_HEADERS = ["ID", "NAME", "STATUS", "AVAILABILITY", "CPUS", "MEMORY", "LABELS", "SUBNET",
-                "RUNTIME", "VERSION", "LAST HEARTBEAT"]
-NODE_FIELDS = ["ID", "Hostname", "Status", "Availability", "CPUs", "Memory", "Labels", "Subnet",
-               "Runtime", "EngineVersion", "LastHeartbeat"]
+NODE_HEADERS = [
+    "ID",
+    "NAME",
+    "STATUS",
+    "AVAILABILITY",
+    "CPUS",
+    "MEMORY",
+    "LABELS",
+    "SUBNET",
+    "RUNTIME",
+    "VERSION",
+    "LAST HEARTBEAT",
+]
+NODE_FIELDS = [
+    "ID",
+    "Hostname",
+    "Status",
+    "Availability",
+    "CPUs",
+    "Memory",
+    "Labels",
+    "Subnet",
+    "Runtime",
+    "EngineVersion",
+    "LastHeartbeat",
+]
 NODE_FILTERS = ("id", "name", "label", "node.label", "state", "availability", "role")
 
 
@@ -39,8 +61,9 @@ def node() -> None:
 @format_option
 @output_option
 @pass_options
-def list_nodes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool,
-               no_trunc: bool) -> None:  # fmt: skip
+def list_nodes(
+    options: GlobalOptions, filters: tuple[str, ...], quiet: bool, no_trunc: bool
+) -> None:
     """List nodes with their state, resources and last heartbeat."""
     from dockyard.v1.control_pb2 import ListNodesRequest
     from dockyard.v1.types_pb2 import NodeSpec, NodeStatus
@@ -49,26 +72,38 @@ def list_nodes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool,
     request = ListNodesRequest(names=wanted.get("name"), labels=wanted.get("label"))
     for value in wanted.get("state"):
         if value.upper() not in ("READY", "DOWN", "UNKNOWN"):
-            raise click.BadParameter(f"state={value}: use ready, down or unknown",
-                                     param_hint="--filter")  # fmt: skip
+            raise click.BadParameter(
+                f"state={value}: use ready, down or unknown", param_hint="--filter"
+            )
         request.states.append(NodeStatus.State.Value(value.upper()))
     for value in wanted.get("availability"):
         if value not in AVAILABILITIES:
-            raise click.BadParameter(f"availability={value}: use {', '.join(AVAILABILITIES)}",
-                                     param_hint="--filter")  # fmt: skip
+            raise click.BadParameter(
+                f"availability={value}: use {', '.join(AVAILABILITIES)}", param_hint="--filter"
+            )
 
     def keep(n: Any) -> bool:
         availability = NodeSpec.Availability.Name(n.spec.availability).lower()
-        return (wanted.prefix("id", n.id) and wanted.labels(n.spec.labels, "node.label")
-                and wanted.exact("availability", availability)
-                and wanted.exact("role", "worker"))  # fmt: skip
+        return (
+            wanted.prefix("id", n.id)
+            and wanted.labels(n.spec.labels, "node.label")
+            and wanted.exact("availability", availability)
+            and wanted.exact("role", "worker")
+        )
 
     def fetch(target: Target) -> Listing:
-        nodes = sorted((n for n in call(target, _stub, "ListNodes", request).nodes if keep(n)),
-                       key=lambda n: n.spec.name)  # fmt: skip
+        nodes = sorted(
+            (n for n in call(target, _stub, "ListNodes", request).nodes if keep(n)),
+            key=lambda n: n.spec.name,
+        )
         version = _controller_version(target)
-        return Listing(NODE_HEADERS, [_row(n, version, no_trunc) for n in nodes], list(nodes),
-                       [n.id for n in nodes], NODE_FIELDS)  # fmt: skip
+        return Listing(
+            NODE_HEADERS,
+            [_row(n, version, no_trunc) for n in nodes],
+            list(nodes),
+            [n.id for n in nodes],
+            NODE_FIELDS,
+        )
 
     show_listing(options, fetch, quiet)
 
@@ -96,8 +131,10 @@ def _row(n: Any, controller_version: str, no_trunc: bool = False) -> list[str]:
         labels or "-",
         n.network.subnet or "-",
         n.description.runtime,
-        _version_cell(n.description.agent_version,
-                      short(agent_skew(controller_version, n.description.agent_version))),
+        _version_cell(
+            n.description.agent_version,
+            short(agent_skew(controller_version, n.description.agent_version)),
+        ),
         human_age(n.status.last_heartbeat),
     ]
 
@@ -114,8 +151,9 @@ def inspect_nodes(options: GlobalOptions, nodes: tuple[str, ...]) -> None:
     """Show whole node records (JSON by default)."""
     from dockyard.v1.control_pb2 import GetNodeRequest
 
-    show_records(options, nodes,
-                 lambda target, ref: call(target, _stub, "GetNode", GetNodeRequest(node=ref)))
+    show_records(
+        options, nodes, lambda target, ref: call(target, _stub, "GetNode", GetNodeRequest(node=ref))
+    )
 
 
 @node.command("update")
@@ -198,8 +236,14 @@ def _update_with_retry(
 @click.argument("nodes", nargs=-1, required=True, metavar="NODE...")
 @task_list_options
 @pass_options
-def node_tasks(options: GlobalOptions, nodes: tuple[str, ...], show_all: bool,
-               filters: tuple[str, ...], no_trunc: bool, quiet: bool) -> None:  # fmt: skip
+def node_tasks(
+    options: GlobalOptions,
+    nodes: tuple[str, ...],
+    show_all: bool,
+    filters: tuple[str, ...],
+    no_trunc: bool,
+    quiet: bool,
+) -> None:
     """List the tasks on nodes (ID, ID prefix or name), earlier ones too."""
     list_tasks(options, (), True, no_trunc, quiet, nodes=nodes, filters=filters)
 

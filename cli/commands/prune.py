@@ -58,8 +58,8 @@ def _older(stamp: Any, until: float | None) -> bool:
 
 def _confirm(what: str, force: bool) -> None:
     if not force and not click.confirm(
-            f"WARNING! This will remove {what}.\nAre you sure you want to continue?",
-            default=False):  # fmt: skip
+        f"WARNING! This will remove {what}.\nAre you sure you want to continue?", default=False
+    ):
         raise click.Abort()
 
 
@@ -73,8 +73,10 @@ def _remove_each(names: Sequence[str], remove: Callable[[str], Any], result: Pru
             remove(name)
             result.removed.append(name)
         except CliError as exc:
-            if rpc_code(exc) not in (grpc.StatusCode.FAILED_PRECONDITION,
-                                     grpc.StatusCode.NOT_FOUND):  # fmt: skip
+            if rpc_code(exc) not in (
+                grpc.StatusCode.FAILED_PRECONDITION,
+                grpc.StatusCode.NOT_FOUND,
+            ):
                 raise
             result.kept.append(f"{name}: {exc.message}")
 
@@ -84,14 +86,29 @@ def prune_containers(target: Target, wanted: Filters) -> Pruned:
     from dockyard.v1.containers_pb2 import ListContainersRequest, RemoveContainerRequest
 
     until = _until(wanted)
-    records = call(target, containers_stub, "List", ListContainersRequest(all=True),
-                   what=AGENT).containers  # fmt: skip
-    doomed = [r.id for r in records if r.state.status in STOPPED
-              and _older(r.created_at, until) and wanted.labels(r.config.labels)]  # fmt: skip
+    records = call(
+        target, containers_stub, "List", ListContainersRequest(all=True), what=AGENT
+    ).containers
+    doomed = [
+        r.id
+        for r in records
+        if r.state.status in STOPPED
+        and _older(r.created_at, until)
+        and wanted.labels(r.config.labels)
+    ]
     result = Pruned()
-    _remove_each(doomed, lambda ref: call(target, containers_stub, "Remove",
-                                          RemoveContainerRequest(container=ref), what=AGENT,
-                                          timeout=60), result)  # fmt: skip
+    _remove_each(
+        doomed,
+        lambda ref: call(
+            target,
+            containers_stub,
+            "Remove",
+            RemoveContainerRequest(container=ref),
+            what=AGENT,
+            timeout=60,
+        ),
+        result,
+    )
     return result
 
 
@@ -104,15 +121,14 @@ def prune_images(target: Target, wanted: Filters, every: bool) -> Pruned:
 
     until = _until(wanted)
     rows = call(target, images_stub, "List", ListImagesRequest(), what=AGENT).images
-    containers = call(target, containers_stub, "List", ListContainersRequest(all=True),
-                      what=AGENT).containers  # fmt: skip
+    containers = call(
+        target, containers_stub, "List", ListContainersRequest(all=True), what=AGENT
+    ).containers
     used = {c.image_digest for c in containers} | {c.image for c in containers}
-    in_use = {row.id for row in rows
-              if {row.id, row.digest, f"{row.repository}:{row.tag}"} & used}  # fmt: skip
+    in_use = {row.id for row in rows if {row.id, row.digest, f"{row.repository}:{row.tag}"} & used}
     names, sizes = [], {}
     for row in rows:
-        if (not _older(row.created, until) or (row.repository and not every)
-                or row.id in in_use):  # fmt: skip
+        if not _older(row.created, until) or (row.repository and not every) or row.id in in_use:
             continue
         name = f"{row.repository}:{row.tag}" if row.repository else row.id
         names.append(name)
@@ -121,8 +137,9 @@ def prune_images(target: Target, wanted: Filters, every: bool) -> Pruned:
     freed: dict[str, int] = {}
 
     def remove(name: str) -> None:
-        answer = call(target, images_stub, "Remove", RemoveImageRequest(image=name),
-                      what=AGENT, timeout=60)  # fmt: skip
+        answer = call(
+            target, images_stub, "Remove", RemoveImageRequest(image=name), what=AGENT, timeout=60
+        )
         image_id, size = sizes[name]
         if image_id in answer.deleted or any(d.endswith(image_id) for d in answer.deleted):
             freed[image_id] = size
@@ -138,12 +155,19 @@ def prune_volumes(target: Target, wanted: Filters) -> Pruned:
 
     until = _until(wanted)
     records = call(target, volumes_stub, "List", ListVolumesRequest(), what=AGENT).volumes
-    doomed = [r.name for r in records if not r.used_by and _older(r.created_at, until)
-              and wanted.labels(r.labels)]  # fmt: skip
+    doomed = [
+        r.name
+        for r in records
+        if not r.used_by and _older(r.created_at, until) and wanted.labels(r.labels)
+    ]
     result = Pruned()
-    _remove_each(doomed, lambda name: call(target, volumes_stub, "Remove",
-                                           RemoveVolumeRequest(name=name), what=AGENT),
-                 result)  # fmt: skip
+    _remove_each(
+        doomed,
+        lambda name: call(
+            target, volumes_stub, "Remove", RemoveVolumeRequest(name=name), what=AGENT
+        ),
+        result,
+    )
     return result
 
 
@@ -163,11 +187,17 @@ def _report(kind: str, result: Pruned, show_space: bool = False) -> None:
 
 def _prune_options(keys: Sequence[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        command = click.option("-f", "--force", is_flag=True,
-                               help="Do not ask for confirmation.")(command)
-        return click.option("--filter", "filters", multiple=True, metavar="KEY=VALUE",
-                            help=f"Only prune matching items; keys: {', '.join(keys)} "
-                            "(until=TIME: created before it).")(command)
+        command = click.option("-f", "--force", is_flag=True, help="Do not ask for confirmation.")(
+            command
+        )
+        return click.option(
+            "--filter",
+            "filters",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help=f"Only prune matching items; keys: {', '.join(keys)} "
+            "(until=TIME: created before it).",
+        )(command)
 
     return decorate
 
@@ -184,17 +214,25 @@ def container_prune(options: GlobalOptions, filters: tuple[str, ...], force: boo
 
 
 @click.command("prune")
-@click.option("-a", "--all", "every", is_flag=True,
-              help="Remove every image no container uses, not only dangling ones.")
+@click.option(
+    "-a",
+    "--all",
+    "every",
+    is_flag=True,
+    help="Remove every image no container uses, not only dangling ones.",
+)
 @_prune_options(IMAGE_PRUNE_FILTERS)
 @pass_options
-def image_prune(options: GlobalOptions, every: bool, filters: tuple[str, ...],
-                force: bool) -> None:  # fmt: skip
+def image_prune(options: GlobalOptions, every: bool, filters: tuple[str, ...], force: bool) -> None:
     """Remove dangling (untagged) images; with -a, every image no container uses."""
     wanted = Filters(filters, IMAGE_PRUNE_FILTERS)
     _until(wanted)
-    _confirm("all images without at least one container associated to them" if every
-             else "all dangling images", force)  # fmt: skip
+    _confirm(
+        "all images without at least one container associated to them"
+        if every
+        else "all dangling images",
+        force,
+    )
     _report("Images", prune_images(options.target(), wanted, every), show_space=True)
 
 
@@ -215,13 +253,15 @@ def system() -> None:
 
 
 @system.command("prune")
-@click.option("-a", "--all", "every", is_flag=True,
-              help="Remove every unused image, not only dangling ones.")
+@click.option(
+    "-a", "--all", "every", is_flag=True, help="Remove every unused image, not only dangling ones."
+)
 @click.option("--volumes", is_flag=True, help="Prune unused volumes too.")
 @_prune_options(("until", "label"))
 @pass_options
-def system_prune(options: GlobalOptions, every: bool, volumes: bool, filters: tuple[str, ...],
-                 force: bool) -> None:  # fmt: skip
+def system_prune(
+    options: GlobalOptions, every: bool, volumes: bool, filters: tuple[str, ...], force: bool
+) -> None:
     """Remove stopped containers, dangling images (all unused with -a) and, with
     --volumes, unused volumes."""
     wanted = Filters(filters, ("until", "label"))
@@ -229,15 +269,19 @@ def system_prune(options: GlobalOptions, every: bool, volumes: bool, filters: tu
     parts = ["all stopped containers"]
     if volumes:
         parts.append("all volumes not used by at least one container")
-    parts.append("all images without at least one container associated to them" if every
-                 else "all dangling images")  # fmt: skip
+    parts.append(
+        "all images without at least one container associated to them"
+        if every
+        else "all dangling images"
+    )
     _confirm(",\n  - ".join(["", *parts]).lstrip(","), force)
     target = options.target()
     _report("Containers", prune_containers(target, wanted))
     if volumes:
         _report("Volumes", prune_volumes(target, wanted))
-    images = Filters([f for f in filters if f.partition("=")[0].strip() == "until"],
-                     IMAGE_PRUNE_FILTERS)  # images carry no labels here
+    images = Filters(
+        [f for f in filters if f.partition("=")[0].strip() == "until"], IMAGE_PRUNE_FILTERS
+    )  # images carry no labels here
     _report("Images", prune_images(target, images, every), show_space=True)
 
 
@@ -255,34 +299,65 @@ def disk_usage(options: GlobalOptions) -> None:
     from dockyard.v1.images_pb2 import ListImagesRequest
 
     target = options.target()
-    images = {i.id: i for i in call(target, images_stub, "List", ListImagesRequest(),
-                                    what=AGENT).images}  # fmt: skip
-    containers = list(call(target, containers_stub, "List", ListContainersRequest(all=True),
-                           what=AGENT).containers)  # fmt: skip
+    images = {
+        i.id: i for i in call(target, images_stub, "List", ListImagesRequest(), what=AGENT).images
+    }
+    containers = list(
+        call(
+            target, containers_stub, "List", ListContainersRequest(all=True), what=AGENT
+        ).containers
+    )
     volumes = list(call(target, volumes_stub, "List", ListVolumesRequest(), what=AGENT).volumes)
     used_digests = {c.image_digest for c in containers} | {c.image for c in containers}
-    active_images = {i for i, row in images.items()
-                     if row.digest in used_digests or i in used_digests
-                     or f"{row.repository}:{row.tag}" in used_digests}  # fmt: skip
+    active_images = {
+        i
+        for i, row in images.items()
+        if row.digest in used_digests
+        or i in used_digests
+        or f"{row.repository}:{row.tag}" in used_digests
+    }
     image_size = sum(row.size for row in images.values())
     reclaimable = sum(row.size for i, row in images.items() if i not in active_images)
     running = sum(1 for c in containers if c.state.status == "running")
     rows = [
-        {"type": "Images", "total": len(images), "active": len(active_images),
-         "size": image_size, "reclaimable": reclaimable},
-        {"type": "Containers", "total": len(containers), "active": running,
-         "size": None, "reclaimable": None},
-        {"type": "Local Volumes", "total": len(volumes),
-         "active": sum(1 for v in volumes if v.used_by), "size": None, "reclaimable": None},
-    ]  # fmt: skip
+        {
+            "type": "Images",
+            "total": len(images),
+            "active": len(active_images),
+            "size": image_size,
+            "reclaimable": reclaimable,
+        },
+        {
+            "type": "Containers",
+            "total": len(containers),
+            "active": running,
+            "size": None,
+            "reclaimable": None,
+        },
+        {
+            "type": "Local Volumes",
+            "total": len(volumes),
+            "active": sum(1 for v in volumes if v.used_by),
+            "size": None,
+            "reclaimable": None,
+        },
+    ]
     if options.output != "table":
         emit_data(rows, options.output)
         return
     percent = f" ({100 * reclaimable // image_size}%)" if image_size else ""
-    emit_table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], [
-        ["Images", len(images), len(active_images), human_size(image_size),
-         human_size(reclaimable) + percent],
-        ["Containers", len(containers), running, "N/A", "N/A"],
-        ["Local Volumes", len(volumes), rows[2]["active"], "N/A", "N/A"],
-    ])  # fmt: skip
+    emit_table(
+        ["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"],
+        [
+            [
+                "Images",
+                len(images),
+                len(active_images),
+                human_size(image_size),
+                human_size(reclaimable) + percent,
+            ],
+            ["Containers", len(containers), running, "N/A", "N/A"],
+            ["Local Volumes", len(volumes), rows[2]["active"], "N/A", "N/A"],
+        ],
+    )
     sys.stdout.flush()

@@ -39,8 +39,9 @@ def check_login(registry: str, login: Login) -> None:
 
     async def ping() -> int:
         config = RegistryConfig(attempts=2, connect_timeout=10, read_timeout=20)
-        async with RegistryClient(config, {registry: Credentials(login.username,
-                                                                 login.secret)}) as client:
+        async with RegistryClient(
+            config, {registry: Credentials(login.username, login.secret)}
+        ) as client:
             endpoint = client.endpoints(registry, pull=False)[-1]
             response = await client.request(endpoint, "GET", "/v2/", scope="", ok=(200,))
             response.release()
@@ -61,8 +62,7 @@ def check_login(registry: str, login: Login) -> None:
 @click.option("-p", "--password", default=None, help="Password (prefer --password-stdin).")
 @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
 @click.argument("server", required=False, default=DOCKER_HUB_SERVER, metavar="[SERVER]")
-def login(username: str | None, password: str | None, password_stdin: bool,
-          server: str) -> None:  # fmt: skip
+def login(username: str | None, password: str | None, password_stdin: bool, server: str) -> None:
     """Log in to a registry (Docker Hub by default): check the credentials and keep them
     in docker's config.json ($DOCKER_CONFIG) or its credential helper."""
     if password is not None and password_stdin:
@@ -74,8 +74,9 @@ def login(username: str | None, password: str | None, password_stdin: bool,
         if len(password) > MAX_PASSWORD:
             raise click.UsageError(f"the password on stdin is longer than {MAX_PASSWORD} bytes")
     elif password is not None:
-        click.echo("WARNING! Using --password via the CLI is insecure. Use --password-stdin.",
-                   err=True)  # fmt: skip
+        click.echo(
+            "WARNING! Using --password via the CLI is insecure. Use --password-stdin.", err=True
+        )
     if username is None:
         username = click.prompt("Username")
     if password is None:
@@ -101,5 +102,4 @@ def logout(server: str) -> None:
     except CredentialsError as exc:
         raise CliError(str(exc)) from exc
     key = server_key(server)
-    click.echo(f"Removing login credentials for {key}" if found
-               else f"Not logged in to {key}")  # fmt: skip
+    click.echo(f"Removing login credentials for {key}" if found else f"Not logged in to {key}")

@@ -52,8 +52,12 @@ def create(options: GlobalOptions, labels: tuple[str, ...], name: str, file: str
         raise CliError(f"{'standard input' if file == '-' else file} is empty: a secret needs data")
     if len(data) > MAX_SECRET_BYTES:
         raise CliError(f"{file}: a secret is at most {MAX_SECRET_BYTES} bytes (500 KiB)")
-    record = call(options.target(), control_stub, "CreateSecret",
-                  CreateSecretRequest(spec=SecretSpec(name=name, labels=pairs, data=data)))
+    record = call(
+        options.target(),
+        control_stub,
+        "CreateSecret",
+        CreateSecretRequest(spec=SecretSpec(name=name, labels=pairs, data=data)),
+    )
     click.echo(record.id)
 
 
@@ -61,8 +65,14 @@ SECRET_FILTERS = ("id", "name", "label")
 
 
 @secret.command("ls")
-@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help=f"Only matching secrets; keys: {', '.join(SECRET_FILTERS)}.")
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"Only matching secrets; keys: {', '.join(SECRET_FILTERS)}.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only print secret IDs.")
 @format_option
 @output_option
@@ -76,14 +86,24 @@ def list_secrets(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) 
     wanted = Filters(filters, SECRET_FILTERS)
 
     def fetch(target: Target) -> Listing:
-        records = [r for r in call(target, control_stub, "ListSecrets",
-                                   ListSecretsRequest()).secrets
-                   if wanted.prefix("id", r.id) and wanted.substring("name", r.spec.name)
-                   and wanted.labels(r.spec.labels)]  # fmt: skip
-        rows = [[r.id, r.spec.name, str(r.size_bytes), to_data(r.meta).get("created_at", "")]
-                for r in records]  # fmt: skip
-        return Listing(["ID", "NAME", "SIZE", "CREATED"], rows, records, [r.id for r in records],
-                       ["ID", "Name", "Size", "CreatedAt"])  # fmt: skip
+        records = [
+            r
+            for r in call(target, control_stub, "ListSecrets", ListSecretsRequest()).secrets
+            if wanted.prefix("id", r.id)
+            and wanted.substring("name", r.spec.name)
+            and wanted.labels(r.spec.labels)
+        ]
+        rows = [
+            [r.id, r.spec.name, str(r.size_bytes), to_data(r.meta).get("created_at", "")]
+            for r in records
+        ]
+        return Listing(
+            ["ID", "NAME", "SIZE", "CREATED"],
+            rows,
+            records,
+            [r.id for r in records],
+            ["ID", "Name", "Size", "CreatedAt"],
+        )
 
     show_listing(options, fetch, quiet)
 
@@ -97,8 +117,11 @@ def inspect(options: GlobalOptions, names: tuple[str, ...]) -> None:
     from dockyard.cli.listing import show_records
     from dockyard.v1.control_pb2 import GetSecretRequest
 
-    show_records(options, names, lambda target, ref: call(
-        target, control_stub, "GetSecret", GetSecretRequest(secret=ref)))
+    show_records(
+        options,
+        names,
+        lambda target, ref: call(target, control_stub, "GetSecret", GetSecretRequest(secret=ref)),
+    )
 
 
 @secret.command("rm")

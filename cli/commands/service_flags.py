@@ -33,21 +33,47 @@ def _options(setting: Setting, where: str) -> list[Callable[[F], F]]:
     names = [f"--{setting.flag}"] + ([f"-{setting.short}"] if setting.short else [])
     if setting.is_list and where == "update":
         return [
-            click.option(f"--{setting.flag}-add", _dest(setting, "_add"), multiple=True,
-                         metavar=setting.metavar, help=f"Add: {setting.help}"),
-            click.option(f"--{setting.flag}-rm", _dest(setting, "_rm"), multiple=True,
-                         metavar="KEY", help="Remove one (by key or as written)."),
+            click.option(
+                f"--{setting.flag}-add",
+                _dest(setting, "_add"),
+                multiple=True,
+                metavar=setting.metavar,
+                help=f"Add: {setting.help}",
+            ),
+            click.option(
+                f"--{setting.flag}-rm",
+                _dest(setting, "_rm"),
+                multiple=True,
+                metavar="KEY",
+                help="Remove one (by key or as written).",
+            ),
         ]
     if setting.is_list:
-        return [click.option(*names, _dest(setting), multiple=True, metavar=setting.metavar,
-                             help=f"{setting.help} (repeatable)")]
+        return [
+            click.option(
+                *names,
+                _dest(setting),
+                multiple=True,
+                metavar=setting.metavar,
+                help=f"{setting.help} (repeatable)",
+            )
+        ]
     if setting.is_bool and where == "update" and not setting.flag.startswith("no-"):
-        return [click.option(f"--{setting.flag}/--no-{setting.flag}", _dest(setting),
-                             default=None, help=setting.help)]
+        return [
+            click.option(
+                f"--{setting.flag}/--no-{setting.flag}",
+                _dest(setting),
+                default=None,
+                help=setting.help,
+            )
+        ]
     if setting.is_bool:
         return [click.option(*names, _dest(setting), is_flag=True, help=setting.help)]
-    return [click.option(*names, _dest(setting), default=None, metavar=setting.metavar,
-                         help=setting.help)]
+    return [
+        click.option(
+            *names, _dest(setting), default=None, metavar=setting.metavar, help=setting.help
+        )
+    ]
 
 
 def setting_options(where: str) -> Callable[[F], F]:
@@ -96,7 +122,9 @@ def apply_edits(spec: Any, edits: list[tuple[str, tuple[str, ...], tuple[str, ..
 
 def resolve_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--resolve-image", type=click.Choice(["always", "changed", "never"]), default=None,
+        "--resolve-image",
+        type=click.Choice(["always", "changed", "never"]),
+        default=None,
         help="Pin the image tag to the digest the registry serves now, so every task runs "
         "the same bytes [the controller's --resolve-image, always by default].",
     )(command)

@@ -35,15 +35,17 @@ class _Writer:
     def write(self, prefix: str, stream_name: str, data: bytes) -> None:
         out = sys.stderr.buffer if stream_name == "stderr" else sys.stdout.buffer
         lines = data.splitlines(keepends=True)
-        text = b"".join(prefix.encode() + (line if line.endswith(b"\n") else line + b"\n")
-                        for line in lines)
+        text = b"".join(
+            prefix.encode() + (line if line.endswith(b"\n") else line + b"\n") for line in lines
+        )
         with self._lock:
             out.write(text)
             out.flush()
 
 
-def _request(container_id: str, follow: bool, tail: str, timestamps: bool,
-             since: float | None = None) -> Any:  # fmt: skip
+def _request(
+    container_id: str, follow: bool, tail: str, timestamps: bool, since: float | None = None
+) -> Any:
     from dockyard.v1.containers_pb2 import LogsRequest
 
     request = LogsRequest(container=container_id, follow=follow, timestamps=timestamps)
@@ -57,8 +59,9 @@ def _request(container_id: str, follow: bool, tail: str, timestamps: bool,
     return request
 
 
-def _stream_one(agent: Target, prefix: str, request: Any, writer: _Writer,
-                timestamps: bool, errors: list[str]) -> None:
+def _stream_one(
+    agent: Target, prefix: str, request: Any, writer: _Writer, timestamps: bool, errors: list[str]
+) -> None:
     import grpc
 
     from dockyard.cli.client import rpc_code
@@ -77,8 +80,17 @@ def _stream_one(agent: Target, prefix: str, request: Any, writer: _Writer,
             errors.append(f"{prefix.split(' |', maxsplit=1)[0]}: {exc.message}")
 
 
-def service_logs(target: Target, ref: str, *, follow: bool, tail: str, timestamps: bool,
-                 since: float | None = None, raw: bool = False, label: str = "") -> bool:
+def service_logs(
+    target: Target,
+    ref: str,
+    *,
+    follow: bool,
+    tail: str,
+    timestamps: bool,
+    since: float | None = None,
+    raw: bool = False,
+    label: str = "",
+) -> bool:
     """Every task's output; `raw`: without the task prefix; `label`: each line led by
     the target's name (several targets at once). Returns whether nothing could be read."""
     from dockyard.cli.commands.service_wait import control_stub
@@ -86,9 +98,16 @@ def service_logs(target: Target, ref: str, *, follow: bool, tail: str, timestamp
 
     _request("", follow, tail, timestamps)  # a bad --tail fails before any request
     lead = f"{label} " if label else ""
-    tasks = [t for t in call(target, control_stub, "ListTasks",
-                             ListTasksRequest(services=[ref], include_history=True)).tasks
-             if t.status.container_id and t.node_id]
+    tasks = [
+        t
+        for t in call(
+            target,
+            control_stub,
+            "ListTasks",
+            ListTasksRequest(services=[ref], include_history=True),
+        ).tasks
+        if t.status.container_id and t.node_id
+    ]
     nodes = {n.id: n for n in call(target, control_stub, "ListNodes", ListNodesRequest()).nodes}
     writer, errors = _Writer(), []
     jobs = []
@@ -101,8 +120,9 @@ def service_logs(target: Target, ref: str, *, follow: bool, tail: str, timestamp
             continue
         # The agent API address is the agent's own claim: its certificate must be the
         # node's (its ID, which the controller chose), whatever answers there.
-        agent = Target(node.description.api_address, f"node {name}", target.tls,
-                       server_name=node.id)
+        agent = Target(
+            node.description.api_address, f"node {name}", target.tls, server_name=node.id
+        )
         request = _request(task.status.container_id, follow, tail, timestamps, since)
         jobs.append((agent, lead + ("" if raw else log_prefix(task, name)), request))
     try:
@@ -110,9 +130,14 @@ def service_logs(target: Target, ref: str, *, follow: bool, tail: str, timestamp
             for agent, prefix, request in jobs:
                 _stream_one(agent, prefix, request, writer, timestamps, errors)
         else:
-            threads = [threading.Thread(target=_stream_one, daemon=True,
-                                        args=(agent, prefix, request, writer, timestamps,
-                                              errors)) for agent, prefix, request in jobs]
+            threads = [
+                threading.Thread(
+                    target=_stream_one,
+                    daemon=True,
+                    args=(agent, prefix, request, writer, timestamps, errors),
+                )
+                for agent, prefix, request in jobs
+            ]
             for thread in threads:
                 thread.start()
             while any(thread.is_alive() for thread in threads):

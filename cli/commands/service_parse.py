@@ -135,7 +135,7 @@ def parse_constraint(label: str, text: str) -> str:
         raise invalid(label, text, "use KEY==VALUE or KEY!=VALUE, e.g. node.labels.zone==a")
     key, value = key.strip(), value.strip()
     if key.lower().startswith(_LABEL_PREFIX):
-        if not _LABEL_KEY.match(key[len(_LABEL_PREFIX):]):
+        if not _LABEL_KEY.match(key[len(_LABEL_PREFIX) :]):
             raise invalid(label, text, "needs a valid label key after node.labels.")
     elif key.lower() not in _NODE_KEYS:
         known = ", ".join(sorted(_NODE_KEYS))
@@ -150,8 +150,9 @@ def parse_spread(label: str, text: str) -> str:
     kind, eq, descriptor = text.partition("=")
     if kind != "spread" or not eq:
         raise invalid(label, text, "use spread=node.labels.<key>")
-    if not (descriptor.startswith(_LABEL_PREFIX)
-            and _LABEL_KEY.match(descriptor[len(_LABEL_PREFIX):])):
+    if not (
+        descriptor.startswith(_LABEL_PREFIX) and _LABEL_KEY.match(descriptor[len(_LABEL_PREFIX) :])
+    ):
         raise invalid(label, text, "spread over a node label: spread=node.labels.<key>")
     return descriptor
 
@@ -170,13 +171,22 @@ def parse_port(label: str, text: str) -> tuple[int, int, str]:
     return published, target, protocol
 
 
-_MOUNT_KEYS = {"type": "type", "source": "source", "src": "source", "target": "target",
-               "destination": "target", "dst": "target", "readonly": "readonly",
-               "ro": "readonly", "tmpfs-size": "tmpfs-size"}  # fmt: skip
+_MOUNT_KEYS = {
+    "type": "type",
+    "source": "source",
+    "src": "source",
+    "target": "target",
+    "destination": "target",
+    "dst": "target",
+    "readonly": "readonly",
+    "ro": "readonly",
+    "tmpfs-size": "tmpfs-size",
+}
 
 
-def _options(label: str, text: str, keys: Mapping[str, str],
-             what: str) -> Iterator[tuple[str, str, bool, str]]:  # fmt: skip
+def _options(
+    label: str, text: str, keys: Mapping[str, str], what: str
+) -> Iterator[tuple[str, str, bool, str]]:
     """The comma-separated ``key[=value]`` parts of ``text``: (the key's name in ``keys``,
     the key as written, whether it had ``=``, the value). An unknown key is refused,
     listing the known names."""
@@ -219,8 +229,14 @@ def parse_mount(label: str, text: str) -> dict[str, str]:
     return found
 
 
-_SECRET_KEYS = {"source": "source", "src": "source", "target": "target", "uid": "uid",
-                "gid": "gid", "mode": "mode"}  # fmt: skip
+_SECRET_KEYS = {
+    "source": "source",
+    "src": "source",
+    "target": "target",
+    "uid": "uid",
+    "gid": "gid",
+    "mode": "mode",
+}
 _SECRET_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 _SECRET_TARGET = re.compile(r"[a-zA-Z0-9_.-]{1,255}")
 
@@ -240,7 +256,7 @@ def parse_secret(label: str, text: str) -> dict[str, Any]:
         raise invalid(label, text, "source must be a secret's name")
     target = found.get("target", found["source"])
     if target.startswith("/run/secrets/"):
-        target = target[len("/run/secrets/"):]
+        target = target[len("/run/secrets/") :]
     if not _SECRET_TARGET.fullmatch(target) or target in (".", ".."):
         raise invalid(label, text, "target is a file name in /run/secrets")
     found["target"] = target

@@ -184,16 +184,22 @@ def _port_item(label: str, text: str) -> tuple[str, Any]:
     from dockyard.v1.workloads_pb2 import PortConfig
 
     published, target, protocol = parse_port(label, text)
-    return (f"{published or target}/{protocol}",
-            PortConfig(published_port=published, target_port=target, protocol=protocol))
+    return (
+        f"{published or target}/{protocol}",
+        PortConfig(published_port=published, target_port=target, protocol=protocol),
+    )
 
 
 def _mount_item(label: str, text: str) -> tuple[str, Any]:
     from dockyard.v1.workloads_pb2 import Mount
 
     found = parse_mount(label, text)
-    mount = Mount(type=found["type"], source=found.get("source", ""), target=found["target"],
-                  read_only=found.get("readonly") == "true")  # fmt: skip
+    mount = Mount(
+        type=found["type"],
+        source=found.get("source", ""),
+        target=found["target"],
+        read_only=found.get("readonly") == "true",
+    )
     if "tmpfs-size" in found:
         mount.tmpfs_size_bytes = parse_bytes(label, found["tmpfs-size"])
     return mount.target, mount
@@ -204,8 +210,12 @@ def _secret_item(label: str, text: str) -> tuple[str, Any]:
 
     found = parse_secret(label, text)
     return found["source"], SecretReference(
-        secret_name=found["source"], target=found["target"], uid=found["uid"],
-        gid=found["gid"], mode=found["mode"])  # fmt: skip
+        secret_name=found["source"],
+        target=found["target"],
+        uid=found["uid"],
+        gid=found["gid"],
+        mode=found["mode"],
+    )
 
 
 def _cap_item(label: str, text: str) -> tuple[str, Any]:
@@ -221,110 +231,305 @@ def _update_settings(prefix: str) -> list[Setting]:
     actions = ("pause", "continue", "rollback") if prefix == "update" else ("pause", "continue")
     what = "an update" if prefix == "update" else "a rollback"
     return [
-        Setting(f"{prefix}-parallelism", "N", f"Tasks replaced at once in {what} (0: all).",
-                where=SERVICE, apply=_set(f"{path}.parallelism", parse_count)),
-        Setting(f"{prefix}-delay", "DURATION", f"Pause between batches of {what}.",
-                where=SERVICE, apply=_set(f"{path}.delay_seconds", parse_seconds)),
-        Setting(f"{prefix}-order", "stop-first|start-first", "Stop the old task first, or "
-                "start the new one first.", where=SERVICE,
-                apply=_enum(f"{path}.order", "UpdateConfig.Order",
-                            ("stop-first", "start-first"))),
-        Setting(f"{prefix}-failure-action", "|".join(actions), f"When {what} fails.",
-                where=SERVICE, apply=_enum(f"{path}.failure_action",
-                                           "UpdateConfig.FailureAction", actions)),
-        Setting(f"{prefix}-monitor", "DURATION", "How long a new task must stay up to count.",
-                where=SERVICE, apply=_set(f"{path}.monitor_seconds", parse_seconds)),
-        Setting(f"{prefix}-max-failure-ratio", "RATIO", "Failures tolerated (0 to 1).",
-                where=SERVICE, apply=_set(f"{path}.max_failure_ratio", parse_ratio)),
+        Setting(
+            f"{prefix}-parallelism",
+            "N",
+            f"Tasks replaced at once in {what} (0: all).",
+            where=SERVICE,
+            apply=_set(f"{path}.parallelism", parse_count),
+        ),
+        Setting(
+            f"{prefix}-delay",
+            "DURATION",
+            f"Pause between batches of {what}.",
+            where=SERVICE,
+            apply=_set(f"{path}.delay_seconds", parse_seconds),
+        ),
+        Setting(
+            f"{prefix}-order",
+            "stop-first|start-first",
+            "Stop the old task first, or start the new one first.",
+            where=SERVICE,
+            apply=_enum(f"{path}.order", "UpdateConfig.Order", ("stop-first", "start-first")),
+        ),
+        Setting(
+            f"{prefix}-failure-action",
+            "|".join(actions),
+            f"When {what} fails.",
+            where=SERVICE,
+            apply=_enum(f"{path}.failure_action", "UpdateConfig.FailureAction", actions),
+        ),
+        Setting(
+            f"{prefix}-monitor",
+            "DURATION",
+            "How long a new task must stay up to count.",
+            where=SERVICE,
+            apply=_set(f"{path}.monitor_seconds", parse_seconds),
+        ),
+        Setting(
+            f"{prefix}-max-failure-ratio",
+            "RATIO",
+            "Failures tolerated (0 to 1).",
+            where=SERVICE,
+            apply=_set(f"{path}.max_failure_ratio", parse_ratio),
+        ),
     ]
 
 
 SETTINGS: list[Setting] = [
-    Setting("name", "NAME", "Service name.", where=frozenset({"create", "job"}),
-            apply=_set("name", _name)),
-    Setting("mode", "replicated|global", "replicated: --replicas tasks; global: one per node.",
-            where=frozenset({"create"}), apply=_mode),
+    Setting(
+        "name",
+        "NAME",
+        "Service name.",
+        where=frozenset({"create", "job"}),
+        apply=_set("name", _name),
+    ),
+    Setting(
+        "mode",
+        "replicated|global",
+        "replicated: --replicas tasks; global: one per node.",
+        where=frozenset({"create"}),
+        apply=_mode,
+    ),
     Setting("replicas", "N", "Number of tasks.", where=SERVICE, apply=_replicas),
-    Setting("image", "REF", "Run this image.", where=frozenset({"update"}),
-            apply=_set("task.container.image", _image)),
-    Setting("args", "COMMAND", "Replace the command (split like a shell).",
-            where=frozenset({"update"}),
-            apply=lambda spec, label, text: spec.task.container.command.__setitem__(
-                slice(None), parse_command(label, text))),
-    Setting("constraint", "EXPR", "Placement constraint, e.g. node.labels.zone==a.",
-            item=_constraint_item, field=lambda s: s.task.placement.constraints),
-    Setting("placement-pref", "spread=node.labels.KEY", "Spread tasks over a node label.",
-            item=_pref_item, field=lambda s: s.task.placement.preferences),
-    Setting("max-replicas-per-node", "N", "At most N tasks on one node (0: no limit).",
-            apply=_set("task.placement.max_replicas_per_node", parse_count)),
-    Setting("reserve-cpu", "CPUS", "CPUs set aside per task.",
-            apply=_set("task.resources.reservations.nano_cpus", parse_nano_cpus)),
-    Setting("reserve-memory", "SIZE", "Memory set aside per task.",
-            apply=_set("task.resources.reservations.memory_bytes", parse_bytes)),
-    Setting("limit-cpu", "CPUS", "CPU limit per task.",
-            apply=_set("task.resources.limits.nano_cpus", parse_nano_cpus)),
-    Setting("limit-memory", "SIZE", "Memory limit per task.",
-            apply=_set("task.resources.limits.memory_bytes", parse_bytes)),
-    Setting("limit-pids", "N", "Process limit per task (0: none).",
-            apply=_set("task.resources.pids_limit", parse_count)),
-    Setting("env", "KEY=VALUE", "Environment variable.", short="e",
-            item=_env_item, field=lambda s: s.task.container.env),
-    Setting("workdir", "DIR", "Working directory.", short="w",
-            apply=_set("task.container.workdir", _workdir)),
-    Setting("user", "USER[:GROUP]", "User to run as.", short="u",
-            apply=_set("task.container.user", lambda _label, text: text)),
+    Setting(
+        "image",
+        "REF",
+        "Run this image.",
+        where=frozenset({"update"}),
+        apply=_set("task.container.image", _image),
+    ),
+    Setting(
+        "args",
+        "COMMAND",
+        "Replace the command (split like a shell).",
+        where=frozenset({"update"}),
+        apply=lambda spec, label, text: spec.task.container.command.__setitem__(
+            slice(None), parse_command(label, text)
+        ),
+    ),
+    Setting(
+        "constraint",
+        "EXPR",
+        "Placement constraint, e.g. node.labels.zone==a.",
+        item=_constraint_item,
+        field=lambda s: s.task.placement.constraints,
+    ),
+    Setting(
+        "placement-pref",
+        "spread=node.labels.KEY",
+        "Spread tasks over a node label.",
+        item=_pref_item,
+        field=lambda s: s.task.placement.preferences,
+    ),
+    Setting(
+        "max-replicas-per-node",
+        "N",
+        "At most N tasks on one node (0: no limit).",
+        apply=_set("task.placement.max_replicas_per_node", parse_count),
+    ),
+    Setting(
+        "reserve-cpu",
+        "CPUS",
+        "CPUs set aside per task.",
+        apply=_set("task.resources.reservations.nano_cpus", parse_nano_cpus),
+    ),
+    Setting(
+        "reserve-memory",
+        "SIZE",
+        "Memory set aside per task.",
+        apply=_set("task.resources.reservations.memory_bytes", parse_bytes),
+    ),
+    Setting(
+        "limit-cpu",
+        "CPUS",
+        "CPU limit per task.",
+        apply=_set("task.resources.limits.nano_cpus", parse_nano_cpus),
+    ),
+    Setting(
+        "limit-memory",
+        "SIZE",
+        "Memory limit per task.",
+        apply=_set("task.resources.limits.memory_bytes", parse_bytes),
+    ),
+    Setting(
+        "limit-pids",
+        "N",
+        "Process limit per task (0: none).",
+        apply=_set("task.resources.pids_limit", parse_count),
+    ),
+    Setting(
+        "env",
+        "KEY=VALUE",
+        "Environment variable.",
+        short="e",
+        item=_env_item,
+        field=lambda s: s.task.container.env,
+    ),
+    Setting(
+        "workdir",
+        "DIR",
+        "Working directory.",
+        short="w",
+        apply=_set("task.container.workdir", _workdir),
+    ),
+    Setting(
+        "user",
+        "USER[:GROUP]",
+        "User to run as.",
+        short="u",
+        apply=_set("task.container.user", lambda _label, text: text),
+    ),
     Setting("entrypoint", "CMD", "Replace the image's entrypoint.", apply=_entrypoint),
-    Setting("hostname", "NAME", "Container host name.",
-            apply=_set("task.container.hostname", lambda _label, text: text)),
-    Setting("label", "KEY=VALUE", "Service label.", where=SERVICE | {"job"},
-            item=_label_item, field=lambda s: s.labels),
-    Setting("container-label", "KEY=VALUE", "Container label.",
-            item=_label_item, field=lambda s: s.task.container.labels),
-    Setting("cap-add", "CAP", "Add a capability.", item=_cap_item, where=CREATE_ONLY,
-            field=lambda s: s.task.container.cap_add),
-    Setting("cap-drop", "CAP", "Drop a capability.", item=_cap_item, where=CREATE_ONLY,
-            field=lambda s: s.task.container.cap_drop),
-    Setting("restart-condition", "any|on-failure|none", "When to restart a task.",
-            apply=_enum("task.restart_policy.condition", "RestartPolicy.Condition",
-                        ("any", "on-failure", "none"))),
-    Setting("restart-delay", "DURATION", "Wait between restarts.",
-            apply=_set("task.restart_policy.delay_seconds", parse_seconds)),
-    Setting("restart-max-attempts", "N", "Give up after N restarts (0: never).",
-            apply=_set("task.restart_policy.max_attempts", parse_count)),
-    Setting("restart-window", "DURATION", "Window the attempts are counted in.",
-            apply=_set("task.restart_policy.window_seconds", parse_seconds)),
+    Setting(
+        "hostname",
+        "NAME",
+        "Container host name.",
+        apply=_set("task.container.hostname", lambda _label, text: text),
+    ),
+    Setting(
+        "label",
+        "KEY=VALUE",
+        "Service label.",
+        where=SERVICE | {"job"},
+        item=_label_item,
+        field=lambda s: s.labels,
+    ),
+    Setting(
+        "container-label",
+        "KEY=VALUE",
+        "Container label.",
+        item=_label_item,
+        field=lambda s: s.task.container.labels,
+    ),
+    Setting(
+        "cap-add",
+        "CAP",
+        "Add a capability.",
+        item=_cap_item,
+        where=CREATE_ONLY,
+        field=lambda s: s.task.container.cap_add,
+    ),
+    Setting(
+        "cap-drop",
+        "CAP",
+        "Drop a capability.",
+        item=_cap_item,
+        where=CREATE_ONLY,
+        field=lambda s: s.task.container.cap_drop,
+    ),
+    Setting(
+        "restart-condition",
+        "any|on-failure|none",
+        "When to restart a task.",
+        apply=_enum(
+            "task.restart_policy.condition",
+            "RestartPolicy.Condition",
+            ("any", "on-failure", "none"),
+        ),
+    ),
+    Setting(
+        "restart-delay",
+        "DURATION",
+        "Wait between restarts.",
+        apply=_set("task.restart_policy.delay_seconds", parse_seconds),
+    ),
+    Setting(
+        "restart-max-attempts",
+        "N",
+        "Give up after N restarts (0: never).",
+        apply=_set("task.restart_policy.max_attempts", parse_count),
+    ),
+    Setting(
+        "restart-window",
+        "DURATION",
+        "Window the attempts are counted in.",
+        apply=_set("task.restart_policy.window_seconds", parse_seconds),
+    ),
     Setting("health-cmd", "CMD", "Health check command (run by /bin/sh).", apply=_health_cmd),
-    Setting("health-interval", "DURATION", "Time between health checks.",
-            apply=_set("task.container.healthcheck.interval_seconds", parse_seconds)),
-    Setting("health-timeout", "DURATION", "Time one health check may take.",
-            apply=_set("task.container.healthcheck.timeout_seconds", parse_seconds)),
-    Setting("health-retries", "N", "Failures in a row that make a task unhealthy.",
-            apply=_set("task.container.healthcheck.retries", parse_count)),
-    Setting("health-start-period", "DURATION", "Grace time before failures count.",
-            apply=_set("task.container.healthcheck.start_period_seconds", parse_seconds)),
-    Setting("no-healthcheck", "", "Disable the image's health check.", is_bool=True,
-            apply=_no_health),
-    Setting("stop-grace-period", "DURATION", "SIGTERM, then SIGKILL after this.",
-            apply=_set("task.container.stop_grace_seconds", parse_seconds)),
+    Setting(
+        "health-interval",
+        "DURATION",
+        "Time between health checks.",
+        apply=_set("task.container.healthcheck.interval_seconds", parse_seconds),
+    ),
+    Setting(
+        "health-timeout",
+        "DURATION",
+        "Time one health check may take.",
+        apply=_set("task.container.healthcheck.timeout_seconds", parse_seconds),
+    ),
+    Setting(
+        "health-retries",
+        "N",
+        "Failures in a row that make a task unhealthy.",
+        apply=_set("task.container.healthcheck.retries", parse_count),
+    ),
+    Setting(
+        "health-start-period",
+        "DURATION",
+        "Grace time before failures count.",
+        apply=_set("task.container.healthcheck.start_period_seconds", parse_seconds),
+    ),
+    Setting(
+        "no-healthcheck", "", "Disable the image's health check.", is_bool=True, apply=_no_health
+    ),
+    Setting(
+        "stop-grace-period",
+        "DURATION",
+        "SIGTERM, then SIGKILL after this.",
+        apply=_set("task.container.stop_grace_seconds", parse_seconds),
+    ),
     *_update_settings("update"),
     *_update_settings("rollback"),
-    Setting("publish", "[PUBLISHED:]TARGET[/udp]", "Publish a port on the node.", short="p",
-            where=SERVICE, item=_port_item, field=lambda s: s.task.ports),
-    Setting("network", "none|host|bridge", "Network mode (published ports imply bridge).",
-            apply=_set("task.container.network",
-                       lambda label, text: parse_choice(label, text, ("none", "host", "bridge")))),
-    Setting("mount", "type=bind|volume|tmpfs,source=SRC,target=PATH[,readonly]",
-            "Mount a node's directory, a named volume of the node or a tmpfs (--mount-rm "
-            "takes the target).",
-            item=_mount_item, field=lambda s: s.task.container.mounts),
-    Setting("secret", "NAME|source=NAME[,target=FILE,uid=0,gid=0,mode=0444]",
-            "Give the tasks a secret as /run/secrets/FILE (--secret-rm takes the name).",
-            item=_secret_item, field=lambda s: s.task.container.secrets),
-    Setting("read-only", "", "Mount the root filesystem read-only.", is_bool=True,
-            apply=_set("task.container.read_only", _bool)),
-    Setting("privileged", "", "Every capability, no seccomp, the host's devices (only if "
-            "the cluster's policy allows it).", is_bool=True,
-            apply=_set("task.container.privileged", _bool)),
+    Setting(
+        "publish",
+        "[PUBLISHED:]TARGET[/udp]",
+        "Publish a port on the node.",
+        short="p",
+        where=SERVICE,
+        item=_port_item,
+        field=lambda s: s.task.ports,
+    ),
+    Setting(
+        "network",
+        "none|host|bridge",
+        "Network mode (published ports imply bridge).",
+        apply=_set(
+            "task.container.network",
+            lambda label, text: parse_choice(label, text, ("none", "host", "bridge")),
+        ),
+    ),
+    Setting(
+        "mount",
+        "type=bind|volume|tmpfs,source=SRC,target=PATH[,readonly]",
+        "Mount a node's directory, a named volume of the node or a tmpfs (--mount-rm "
+        "takes the target).",
+        item=_mount_item,
+        field=lambda s: s.task.container.mounts,
+    ),
+    Setting(
+        "secret",
+        "NAME|source=NAME[,target=FILE,uid=0,gid=0,mode=0444]",
+        "Give the tasks a secret as /run/secrets/FILE (--secret-rm takes the name).",
+        item=_secret_item,
+        field=lambda s: s.task.container.secrets,
+    ),
+    Setting(
+        "read-only",
+        "",
+        "Mount the root filesystem read-only.",
+        is_bool=True,
+        apply=_set("task.container.read_only", _bool),
+    ),
+    Setting(
+        "privileged",
+        "",
+        "Every capability, no seccomp, the host's devices (only if "
+        "the cluster's policy allows it).",
+        is_bool=True,
+        apply=_set("task.container.privileged", _bool),
+    ),
 ]
 BY_FLAG = {s.flag: s for s in SETTINGS}
 
@@ -353,8 +558,11 @@ def _set_list(spec: Any, setting: Setting, label: str, texts: Iterable[str]) -> 
         target.extend(value for _, value in items if value is not None)
 
 
-def apply_settings(spec: Any, values: Mapping[str, Any], labels: Mapping[str, str] | None = None,
-                   ) -> Any:
+def apply_settings(
+    spec: Any,
+    values: Mapping[str, Any],
+    labels: Mapping[str, str] | None = None,
+) -> Any:
     """Apply `values` (flag name -> text, list of texts for list settings, bool for
     flags) in table order; raise SpecError on the first bad one."""
     for setting in SETTINGS:
@@ -421,8 +629,7 @@ def finish_spec(spec: Any, *, job: bool = False) -> Any:
     resources = spec.task.resources
     limit, reserve = resources.limits.memory_bytes, resources.reservations.memory_bytes
     if 0 < limit < MIN_MEMORY_LIMIT:
-        raise invalid("--limit-memory", limit, "a memory limit below 4 MiB cannot run a "
-                                               "container")
+        raise invalid("--limit-memory", limit, "a memory limit below 4 MiB cannot run a container")
     if limit and reserve > limit:
         raise SpecError("--reserve-memory is larger than --limit-memory")
     return spec

@@ -25,8 +25,7 @@ __all__ = [
 ]
 
 SERVICE_HEADERS = ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "UPDATE STATE"]
-TASK_HEADERS = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR",
-                "EXIT"]
+TASK_HEADERS = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "EXIT"]
 ERROR_WIDTH = 40
 # TaskStatus.Health, as `docker ps` shows it (NO_HEALTHCHECK shows nothing).
 _HEALTH = {1: "health: starting", 2: "healthy", 3: "unhealthy"}
@@ -71,7 +70,8 @@ def service_row(summary: Any, no_trunc: bool = False) -> list[str]:
         service.spec.name,
         mode_name(service.spec),
         replicas_text(summary),
-        service.spec.task.container.image if no_trunc
+        service.spec.task.container.image
+        if no_trunc
         else service.spec.task.container.image.split("@", 1)[0],
         update_state(service),
     ]
@@ -113,12 +113,22 @@ def _exit(task: Any) -> str:
 
 
 def task_rows(
-    tasks: Sequence[Any], node_names: Mapping[str, str], *, no_trunc: bool = False,
+    tasks: Sequence[Any],
+    node_names: Mapping[str, str],
+    *,
+    no_trunc: bool = False,
     now: float | None = None,
 ) -> list[list[str]]:
     """One row per task, newest first within a slot; older ones marked `\\_ ` as docker does."""
-    ordered = sorted(tasks, key=lambda t: (t.service_name, t.slot, t.node_id if not t.slot else "",
-                                           -to_seconds(t.meta.created_at)))
+    ordered = sorted(
+        tasks,
+        key=lambda t: (
+            t.service_name,
+            t.slot,
+            t.node_id if not t.slot else "",
+            -to_seconds(t.meta.created_at),
+        ),
+    )
     rows, previous = [], None
     for task in ordered:
         slot = (task.service_id, task.slot, task.node_id if not task.slot else "")
@@ -133,37 +143,43 @@ def task_rows(
         error = _error(task)
         if error and not no_trunc:
             error = f'"{truncate(error, ERROR_WIDTH)}"'
-        rows.append([
-            task.id if no_trunc else short_id(task.id),
-            name,
-            image,
-            node,
-            state_name(task.desired_state),
-            current_state(task.status, now),
-            error,
-            _exit(task),
-        ])
+        rows.append(
+            [
+                task.id if no_trunc else short_id(task.id),
+                name,
+                image,
+                node,
+                state_name(task.desired_state),
+                current_state(task.status, now),
+                error,
+                _exit(task),
+            ]
+        )
     return rows
 
 
-def progress_line(name: str, mode: str, tasks: Sequence[Any], running: int, desired: int,
-                  updating: str = "") -> str:
+def progress_line(
+    name: str, mode: str, tasks: Sequence[Any], running: int, desired: int, updating: str = ""
+) -> str:
     """'web: 3/5 running (2 preparing)' and, for a pending task, why it waits."""
     from collections import Counter
 
     from dockyard.v1.types_pb2 import TaskStatus
 
     verb = "succeeded" if mode == "job" else "running"
-    counts = Counter(state_name(t.status.state).lower() for t in tasks
-                     if t.status.state != TaskStatus.RUNNING
-                     and t.desired_state <= TaskStatus.RUNNING)
+    counts = Counter(
+        state_name(t.status.state).lower()
+        for t in tasks
+        if t.status.state != TaskStatus.RUNNING and t.desired_state <= TaskStatus.RUNNING
+    )
     line = f"{name}: {running}/{desired} {verb}"
     if updating:
         line += f", {updating}"
     if counts:
         line += " (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ")"
-    reasons = sorted({_error(t) for t in tasks if _error(t)
-                      and t.desired_state <= TaskStatus.RUNNING})
+    reasons = sorted(
+        {_error(t) for t in tasks if _error(t) and t.desired_state <= TaskStatus.RUNNING}
+    )
     if reasons:
         line += f": {reasons[0]}"
     return line

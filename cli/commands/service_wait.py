@@ -41,14 +41,23 @@ class ProgressView:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-            self._progress = Progress(TextColumn("overall progress:"), MofNCompleteColumn(),
-                                      BarColumn(), TextColumn("{task.description}"),
-                                      console=Console(file=self.out), transient=False)
+            self._progress = Progress(
+                TextColumn("overall progress:"),
+                MofNCompleteColumn(),
+                BarColumn(),
+                TextColumn("{task.description}"),
+                console=Console(file=self.out),
+                transient=False,
+            )
             self._progress.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         if self._progress is not None:
             self._progress.stop()
 
@@ -75,8 +84,9 @@ class Snapshot:
             raise CliError(f"service {service_id[:12]} was removed while waiting for it")
         self.summary = found[0]
         self.service = self.summary.service
-        self.tasks = list(call(target, control_stub, "ListTasks",
-                               ListTasksRequest(services=[service_id])).tasks)
+        self.tasks = list(
+            call(target, control_stub, "ListTasks", ListTasksRequest(services=[service_id])).tasks
+        )
 
     @property
     def name(self) -> str:
@@ -85,9 +95,13 @@ class Snapshot:
     def updated(self) -> int:
         from dockyard.v1.types_pb2 import TaskStatus
 
-        return sum(1 for t in self.tasks if t.status.state == TaskStatus.RUNNING
-                   and t.desired_state == TaskStatus.RUNNING
-                   and t.spec_version >= self.service.spec_version)
+        return sum(
+            1
+            for t in self.tasks
+            if t.status.state == TaskStatus.RUNNING
+            and t.desired_state == TaskStatus.RUNNING
+            and t.spec_version >= self.service.spec_version
+        )
 
     def line(self) -> str:
         from dockyard.cli.commands.service_view import progress_line, update_state
@@ -97,8 +111,14 @@ class Snapshot:
         if state in ("updating", "rollback_started"):
             verb = "updated" if state == "updating" else "rolled back"
             updating = f"{self.updated()}/{self.summary.desired} {verb}"
-        return progress_line(self.name, self.service.spec.WhichOneof("mode") or "",
-                             self.tasks, self.summary.running, self.summary.desired, updating)
+        return progress_line(
+            self.name,
+            self.service.spec.WhichOneof("mode") or "",
+            self.tasks,
+            self.summary.running,
+            self.summary.desired,
+            updating,
+        )
 
     def converged(self) -> bool:
         """Every wanted task runs, none is left over, and no update is under way."""
@@ -109,8 +129,9 @@ class Snapshot:
         if state in (UpdateStatus.UPDATING, UpdateStatus.ROLLBACK_STARTED):
             return False
         wanted = [t for t in self.tasks if t.desired_state == TaskStatus.RUNNING]
-        return (self.summary.running == self.summary.desired == len(wanted)
-                and all(t.status.state == TaskStatus.RUNNING for t in wanted))
+        return self.summary.running == self.summary.desired == len(wanted) and all(
+            t.status.state == TaskStatus.RUNNING for t in wanted
+        )
 
     def paused(self) -> str | None:
         from dockyard.v1.workloads_pb2 import UpdateStatus
@@ -125,8 +146,14 @@ class Snapshot:
         return None
 
 
-def _poll(target: Target, service_id: str, out: TextIO, timeout: float | None,
-          done: Callable[[Snapshot], bool], progress: Callable[[Snapshot], int]) -> Snapshot:
+def _poll(
+    target: Target,
+    service_id: str,
+    out: TextIO,
+    timeout: float | None,
+    done: Callable[[Snapshot], bool],
+    progress: Callable[[Snapshot], int],
+) -> Snapshot:
     deadline = None if not timeout else time.monotonic() + timeout
     snapshot = Snapshot(target, service_id)
     try:
@@ -136,18 +163,22 @@ def _poll(target: Target, service_id: str, out: TextIO, timeout: float | None,
                 if done(snapshot):
                     return snapshot
                 if deadline is not None and time.monotonic() > deadline:
-                    raise CliError(f"{snapshot.name} did not converge within {timeout:g} s "
-                                   f"({snapshot.summary.running}/{snapshot.summary.desired}); "
-                                   "it keeps going in the background")
+                    raise CliError(
+                        f"{snapshot.name} did not converge within {timeout:g} s "
+                        f"({snapshot.summary.running}/{snapshot.summary.desired}); "
+                        "it keeps going in the background"
+                    )
                 time.sleep(POLL_SECONDS)
                 snapshot = Snapshot(target, service_id)
     except KeyboardInterrupt:
-        raise CliError(f"stopped waiting: {snapshot.name} keeps converging in the "
-                       "background") from None
+        raise CliError(
+            f"stopped waiting: {snapshot.name} keeps converging in the background"
+        ) from None
 
 
-def wait_for_service(target: Target, service_id: str, out: TextIO,
-                     timeout: float | None) -> Snapshot:
+def wait_for_service(
+    target: Target, service_id: str, out: TextIO, timeout: float | None
+) -> Snapshot:
     """Until the service converges; CliError when its update pauses or time runs out."""
 
     def done(snapshot: Snapshot) -> bool:
@@ -166,7 +197,12 @@ def wait_for_service(target: Target, service_id: str, out: TextIO,
 
 def wait_for_job(target: Target, service_id: str, out: TextIO, timeout: float | None) -> Any:
     """Until the job completes (or gives up); returns the final Service record."""
-    snapshot = _poll(target, service_id, out, timeout,
-                     lambda s: bool(s.service.job_status.complete),
-                     lambda s: int(s.service.job_status.succeeded))
+    snapshot = _poll(
+        target,
+        service_id,
+        out,
+        timeout,
+        lambda s: bool(s.service.job_status.complete),
+        lambda s: int(s.service.job_status.succeeded),
+    )
     return snapshot.service

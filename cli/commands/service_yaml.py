@@ -19,15 +19,33 @@ from dockyard.cli.commands.service_spec import BY_FLAG, apply_settings, new_spec
 __all__ = ["load_spec_file", "spec_from_document"]
 
 
-_GROUPS = {"update": "update", "rollback": "rollback", "restart": "restart", "restart-policy":
-           "restart", "health": "health", "healthcheck": "health", "limit": "limit", "limits":
-           "limit", "reserve": "reserve", "reservations": "reserve"}
-_ALIASES = {"constraints": "constraint", "labels": "label", "container-labels": "container-label",
-            "ports": "publish", "preferences": "placement-pref", "placement-prefs":
-            "placement-pref", "stop-grace": "stop-grace-period", "pids-limit": "limit-pids",
-            "limit-pids-limit": "limit-pids", "limit-memory-bytes": "limit-memory",
-            "reserve-memory-bytes": "reserve-memory", "limit-nano-cpus": "limit-cpu",
-            "reserve-nano-cpus": "reserve-cpu"}
+_GROUPS = {
+    "update": "update",
+    "rollback": "rollback",
+    "restart": "restart",
+    "restart-policy": "restart",
+    "health": "health",
+    "healthcheck": "health",
+    "limit": "limit",
+    "limits": "limit",
+    "reserve": "reserve",
+    "reservations": "reserve",
+}
+_ALIASES = {
+    "constraints": "constraint",
+    "labels": "label",
+    "container-labels": "container-label",
+    "ports": "publish",
+    "preferences": "placement-pref",
+    "placement-prefs": "placement-pref",
+    "stop-grace": "stop-grace-period",
+    "pids-limit": "limit-pids",
+    "limit-pids-limit": "limit-pids",
+    "limit-memory-bytes": "limit-memory",
+    "reserve-memory-bytes": "reserve-memory",
+    "limit-nano-cpus": "limit-cpu",
+    "reserve-nano-cpus": "reserve-cpu",
+}
 _TOP = {"image", "command", "args"}
 
 

@@ -45,11 +45,16 @@ DEFAULT_TIMEOUT = "10m"
 
 
 def detach_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    command = click.option("--timeout", default=DEFAULT_TIMEOUT, show_default=True,
-                           metavar="DURATION",
-                           help="Stop waiting after this long (0: no limit).")(command)
-    return click.option("-d", "--detach", is_flag=True,
-                        help="Return at once instead of waiting to converge.")(command)
+    command = click.option(
+        "--timeout",
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        metavar="DURATION",
+        help="Stop waiting after this long (0: no limit).",
+    )(command)
+    return click.option(
+        "-d", "--detach", is_flag=True, help="Return at once instead of waiting to converge."
+    )(command)
 
 
 @click.group("service")
@@ -71,9 +76,11 @@ def finish(target: Target, record: Any, detach: bool, timeout: float | None) -> 
 
 def registry_auth_option(command: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
-        "--with-registry-auth", is_flag=True,
+        "--with-registry-auth",
+        is_flag=True,
         help="Send your credentials for the image's registry (dockyard/docker login) with "
-        "the service: the nodes pull with them.")(command)
+        "the service: the nodes pull with them.",
+    )(command)
 
 
 def registry_auth_for(image: str) -> RegistryAuth:
@@ -91,14 +98,22 @@ def registry_auth_for(image: str) -> RegistryAuth:
     except CredentialsError as exc:
         raise CliError(f"--with-registry-auth: {exc}") from exc
     if login is None:
-        raise CliError(f"--with-registry-auth: no credentials for {registry} "
-                       f"(run `dockyard login {registry}` first)")  # fmt: skip
+        raise CliError(
+            f"--with-registry-auth: no credentials for {registry} "
+            f"(run `dockyard login {registry}` first)"
+        )
     return RegistryAuth(registry=registry, username=login.username, password=login.secret)
 
 
 @service.command("create", context_settings={"allow_interspersed_args": False})
-@click.option("-f", "--file", "spec_file", default=None, metavar="FILE",
-              help="Read the spec from a YAML file (flags given too override it).")
+@click.option(
+    "-f",
+    "--file",
+    "spec_file",
+    default=None,
+    metavar="FILE",
+    help="Read the spec from a YAML file (flags given too override it).",
+)
 @registry_auth_option
 @detach_options
 @resolve_option
@@ -106,10 +121,18 @@ def registry_auth_for(image: str) -> RegistryAuth:
 @click.argument("image", required=False, metavar="IMAGE")
 @click.argument("command_args", nargs=-1, type=click.UNPROCESSED, metavar="[CMD]...")
 @pass_options
-def create(options: GlobalOptions, /, spec_file: str | None, with_registry_auth: bool,
-           detach: bool, timeout: str,
-           resolve_image: str | None, image: str | None, command_args: tuple[str, ...],
-           **kwargs: Any) -> None:
+def create(
+    options: GlobalOptions,
+    /,
+    spec_file: str | None,
+    with_registry_auth: bool,
+    detach: bool,
+    timeout: str,
+    resolve_image: str | None,
+    image: str | None,
+    command_args: tuple[str, ...],
+    **kwargs: Any,
+) -> None:
     """Create a service and wait until its tasks run."""
     values = setting_values(kwargs)
     wait = _timeout(timeout)
@@ -143,10 +166,16 @@ def get_service(target: Target, ref: str) -> Any:
     return call(target, control_stub, "GetService", GetServiceRequest(service=ref))
 
 
-def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *,
-                      force: bool = False, rollback: bool = False,
-                      resolve_image: ResolveImage.ValueType | None = None,
-                      with_registry_auth: bool = False) -> Any:
+def update_with_retry(
+    target: Target,
+    ref: str,
+    change: Callable[[Any], None],
+    *,
+    force: bool = False,
+    rollback: bool = False,
+    resolve_image: ResolveImage.ValueType | None = None,
+    with_registry_auth: bool = False,
+) -> Any:
     """Read, change a copy of the spec, write with the read version; on ABORTED (someone
     wrote in between) read again and apply the change again."""
     import grpc
@@ -159,8 +188,13 @@ def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *
         spec = ServiceSpec()
         spec.CopyFrom(current.spec)
         change(spec)
-        request = UpdateServiceRequest(service=current.id, version=current.meta.version,
-                                       spec=spec, force=force, rollback=rollback)
+        request = UpdateServiceRequest(
+            service=current.id,
+            version=current.meta.version,
+            spec=spec,
+            force=force,
+            rollback=rollback,
+        )
         if resolve_image is not None:
             request.resolve_image = resolve_image
         if with_registry_auth:
@@ -181,9 +215,17 @@ def update_with_retry(target: Target, ref: str, change: Callable[[Any], None], *
 @setting_options("update")
 @click.argument("ref", metavar="SERVICE")
 @pass_options
-def update(options: GlobalOptions, /, force: bool, with_registry_auth: bool, detach: bool,
-           timeout: str,
-           resolve_image: str | None, ref: str, **kwargs: Any) -> None:
+def update(
+    options: GlobalOptions,
+    /,
+    force: bool,
+    with_registry_auth: bool,
+    detach: bool,
+    timeout: str,
+    resolve_image: str | None,
+    ref: str,
+    **kwargs: Any,
+) -> None:
     """Change a service's spec; its tasks are replaced in a rolling update."""
     from dockyard.v1.workloads_pb2 import ServiceSpec
 
@@ -202,9 +244,14 @@ def update(options: GlobalOptions, /, force: bool, with_registry_auth: bool, det
         finish_spec(spec, job=spec.WhichOneof("mode") == "job")
 
     target = options.target()
-    record = update_with_retry(target, ref, change, force=force,
-                               resolve_image=resolve_mode(resolve_image),
-                               with_registry_auth=with_registry_auth)
+    record = update_with_retry(
+        target,
+        ref,
+        change,
+        force=force,
+        resolve_image=resolve_mode(resolve_image),
+        with_registry_auth=with_registry_auth,
+    )
     finish(target, record, detach, wait)
 
 
@@ -241,8 +288,10 @@ def scale(options: GlobalOptions, detach: bool, timeout: str, pairs: tuple[str, 
 
         def change(spec: Any, name: str = name, replicas: int = replicas) -> None:
             if spec.WhichOneof("mode") != "replicated":
-                raise CliError(f"{name}: only replicated services can be scaled "
-                               f"(this one is {spec.WhichOneof('mode')})")
+                raise CliError(
+                    f"{name}: only replicated services can be scaled "
+                    f"(this one is {spec.WhichOneof('mode')})"
+                )
             spec.replicated.replicas = replicas
 
         try:
@@ -291,9 +340,14 @@ TASK_FILTERS = ("id", "name", "node", "desired-state")
 DESIRED_STATES = ("running", "shutdown", "accepted", "ready", "complete")
 
 
-def list_summaries(options: GlobalOptions, mode: str, quiet: bool,
-                   keep: Callable[[Any], bool] = lambda _: True,
-                   filters: Sequence[str] = (), no_trunc: bool = False) -> None:  # fmt: skip
+def list_summaries(
+    options: GlobalOptions,
+    mode: str,
+    quiet: bool,
+    keep: Callable[[Any], bool] = lambda _: True,
+    filters: Sequence[str] = (),
+    no_trunc: bool = False,
+) -> None:
     """`service ls`: the services `keep` and `filters` accept (all by default)."""
     from dockyard.cli.commands.service_view import SERVICE_HEADERS, mode_name, service_row
     from dockyard.cli.filters import Filters
@@ -303,32 +357,48 @@ def list_summaries(options: GlobalOptions, mode: str, quiet: bool,
     wanted = Filters(filters, SERVICE_FILTERS)
 
     def accept(service: Any) -> bool:
-        return (keep(service) and wanted.prefix("id", service.id)
-                and wanted.substring("name", service.spec.name)
-                and wanted.labels(service.spec.labels)
-                and wanted.exact("mode", mode_name(service.spec)))  # fmt: skip
+        return (
+            keep(service)
+            and wanted.prefix("id", service.id)
+            and wanted.substring("name", service.spec.name)
+            and wanted.labels(service.spec.labels)
+            and wanted.exact("mode", mode_name(service.spec))
+        )
 
     def fetch(target: Target) -> Listing:
-        summaries = call(target, control_stub, "ListServices",
-                         ListServicesRequest(mode=mode)).services
-        kept = sorted((s for s in summaries if accept(s.service)),
-                      key=lambda s: s.service.spec.name)  # fmt: skip
-        return Listing(SERVICE_HEADERS, [service_row(s, no_trunc) for s in kept], kept,
-                       [s.service.id for s in kept])  # fmt: skip
+        summaries = call(
+            target, control_stub, "ListServices", ListServicesRequest(mode=mode)
+        ).services
+        kept = sorted(
+            (s for s in summaries if accept(s.service)), key=lambda s: s.service.spec.name
+        )
+        return Listing(
+            SERVICE_HEADERS,
+            [service_row(s, no_trunc) for s in kept],
+            kept,
+            [s.service.id for s in kept],
+        )
 
     show_listing(options, fetch, quiet)
 
 
 @service.command("ls")
-@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help=f"Only matching services; keys: {', '.join(SERVICE_FILTERS)}.")
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"Only matching services; keys: {', '.join(SERVICE_FILTERS)}.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only print service IDs.")
 @click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and image digests.")
 @format_option
 @output_option
 @pass_options
-def list_services(options: GlobalOptions, filters: tuple[str, ...], quiet: bool,
-                  no_trunc: bool) -> None:  # fmt: skip
+def list_services(
+    options: GlobalOptions, filters: tuple[str, ...], quiet: bool, no_trunc: bool
+) -> None:
     """List services with their replica counts and update state."""
     list_summaries(options, "", quiet, filters=filters, no_trunc=no_trunc)
 
@@ -337,12 +407,19 @@ def node_names(target: Target) -> dict[str, str]:
     """Node ID -> name, looked up once."""
     from dockyard.v1.control_pb2 import ListNodesRequest
 
-    return {n.id: n.spec.name
-            for n in call(target, control_stub, "ListNodes", ListNodesRequest()).nodes}
+    return {
+        n.id: n.spec.name for n in call(target, control_stub, "ListNodes", ListNodesRequest()).nodes
+    }
 
 
-def task_listing(target: Target, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
-                 nodes: tuple[str, ...] = (), filters: Sequence[str] = ()) -> Listing:
+def task_listing(
+    target: Target,
+    refs: tuple[str, ...],
+    show_all: bool,
+    no_trunc: bool,
+    nodes: tuple[str, ...] = (),
+    filters: Sequence[str] = (),
+) -> Listing:
     """The tasks of services `refs` and nodes `nodes` (all if none) on one controller,
     narrowed by `filters` (docker's keys: id, name, node, desired-state)."""
     from dockyard.cli.commands.service_view import TASK_HEADERS, state_name, task_name, task_rows
@@ -353,40 +430,68 @@ def task_listing(target: Target, refs: tuple[str, ...], show_all: bool, no_trunc
     wanted = Filters(filters, TASK_FILTERS)
     for value in wanted.get("desired-state"):
         if value not in DESIRED_STATES:
-            raise click.BadParameter(f"desired-state={value}: use {', '.join(DESIRED_STATES)}",
-                                     param_hint="--filter")  # fmt: skip
+            raise click.BadParameter(
+                f"desired-state={value}: use {', '.join(DESIRED_STATES)}", param_hint="--filter"
+            )
     request = ListTasksRequest(services=list(refs), nodes=list(nodes), include_history=show_all)
     tasks = list(call(target, control_stub, "ListTasks", request).tasks)
     names = node_names(target)
-    tasks = [t for t in tasks if wanted.prefix("id", t.id)
-             and wanted.substring("name", task_name(t))
-             and wanted.exact("node", t.node_id, names.get(t.node_id, ""))
-             and wanted.exact("desired-state", state_name(t.desired_state).lower())]  # fmt: skip
+    tasks = [
+        t
+        for t in tasks
+        if wanted.prefix("id", t.id)
+        and wanted.substring("name", task_name(t))
+        and wanted.exact("node", t.node_id, names.get(t.node_id, ""))
+        and wanted.exact("desired-state", state_name(t.desired_state).lower())
+    ]
     rows = task_rows(tasks, names, no_trunc=no_trunc)
     return Listing(TASK_HEADERS, rows, tasks, [t.id for t in tasks])
 
 
-def list_tasks(options: GlobalOptions, refs: tuple[str, ...], show_all: bool, no_trunc: bool,
-               quiet: bool, nodes: tuple[str, ...] = (), filters: Sequence[str] = ()) -> None:
+def list_tasks(
+    options: GlobalOptions,
+    refs: tuple[str, ...],
+    show_all: bool,
+    no_trunc: bool,
+    quiet: bool,
+    nodes: tuple[str, ...] = (),
+    filters: Sequence[str] = (),
+) -> None:
     """`service ps` / `node ps`: the tasks of services `refs` and nodes `nodes` (all if none)."""
     from dockyard.cli.listing import show_listing
 
-    show_listing(options, lambda target: task_listing(target, refs, show_all, no_trunc, nodes,
-                                                      filters), quiet)  # fmt: skip
+    show_listing(
+        options,
+        lambda target: task_listing(target, refs, show_all, no_trunc, nodes, filters),
+        quiet,
+    )
 
 
 def task_list_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The flags of every task list (`-a` is accepted where history is the default)."""
-    for decorator in reversed([
-        click.option("-a", "--all", "show_all", is_flag=True,
-                     help="Include earlier tasks (shut down, failed, replaced)."),
-        click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-                     help=f"Only matching tasks; keys: {', '.join(TASK_FILTERS)}."),
-        click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and errors."),
-        click.option("-q", "--quiet", is_flag=True, help="Only print task IDs."),
-        format_option,
-        output_option,
-    ]):
+    for decorator in reversed(
+        [
+            click.option(
+                "-a",
+                "--all",
+                "show_all",
+                is_flag=True,
+                help="Include earlier tasks (shut down, failed, replaced).",
+            ),
+            click.option(
+                "-f",
+                "--filter",
+                "filters",
+                multiple=True,
+                metavar="KEY=VALUE",
+                help=f"Only matching tasks; keys: {', '.join(TASK_FILTERS)}.",
+            ),
+            click.option("--no-trunc", is_flag=True, help="Do not shorten IDs and errors."),
+            click.option("-q", "--quiet", is_flag=True, help="Only print task IDs."),
+            format_option,
+            output_option,
+        ]
+    ):
         command = decorator(command)
     return command
 
@@ -395,8 +500,14 @@ def task_list_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @task_list_options
 @click.argument("refs", nargs=-1, required=True, metavar="SERVICE...")
 @pass_options
-def service_ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trunc: bool,
-               quiet: bool, refs: tuple[str, ...]) -> None:  # fmt: skip
+def service_ps(
+    options: GlobalOptions,
+    show_all: bool,
+    filters: tuple[str, ...],
+    no_trunc: bool,
+    quiet: bool,
+    refs: tuple[str, ...],
+) -> None:
     """List the tasks of services, earlier ones too (as docker does; narrow with
     --filter desired-state=running)."""
     list_tasks(options, refs, True, no_trunc, quiet, filters=filters)
@@ -405,8 +516,9 @@ def service_ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...],
 @click.command("ps")
 @task_list_options
 @pass_options
-def ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trunc: bool,
-       quiet: bool) -> None:  # fmt: skip
+def ps(
+    options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trunc: bool, quiet: bool
+) -> None:
     """List tasks of all services (on a controller) or containers (on an agent)."""
     from dockyard.cli.commands.containers import CONTAINER_FILTERS, container_listing
     from dockyard.cli.listing import show_listing
@@ -429,16 +541,33 @@ def ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trun
 
 @service.command("logs")
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming new output.")
-@click.option("-n", "--tail", "tail", default="all", show_default=True,
-              help="Lines to show from the end of each task's output.")
-@click.option("--since", default=None, metavar="TIME",
-              help="Only output since TIME: RFC 3339, a Unix time, or a duration ago (10m).")
+@click.option(
+    "-n",
+    "--tail",
+    "tail",
+    default="all",
+    show_default=True,
+    help="Lines to show from the end of each task's output.",
+)
+@click.option(
+    "--since",
+    default=None,
+    metavar="TIME",
+    help="Only output since TIME: RFC 3339, a Unix time, or a duration ago (10m).",
+)
 @click.option("-t", "--timestamps", is_flag=True, help="Prefix each line with its time.")
 @click.option("--raw", is_flag=True, help="Do not prefix lines with their task.")
 @click.argument("ref", metavar="SERVICE")
 @pass_options
-def logs(options: GlobalOptions, follow: bool, tail: str, since: str | None, timestamps: bool,
-         raw: bool, ref: str) -> None:  # fmt: skip
+def logs(
+    options: GlobalOptions,
+    follow: bool,
+    tail: str,
+    since: str | None,
+    timestamps: bool,
+    raw: bool,
+    ref: str,
+) -> None:
     """Print the output of a service's tasks, each line prefixed with its task (and, with
     several targets, with the target)."""
     import threading
@@ -451,16 +580,31 @@ def logs(options: GlobalOptions, follow: bool, tail: str, since: str | None, tim
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
     if not options.many:
-        if service_logs(options.target(), ref, follow=follow, tail=tail, timestamps=timestamps,
-                        since=since_time, raw=raw):  # fmt: skip
+        if service_logs(
+            options.target(),
+            ref,
+            follow=follow,
+            tail=tail,
+            timestamps=timestamps,
+            since=since_time,
+            raw=raw,
+        ):
             sys.exit(1)
         return
     failed: list[str] = []
 
     def one(target: Target) -> None:
         try:
-            if service_logs(target, ref, follow=follow, tail=tail, timestamps=timestamps,
-                            since=since_time, raw=raw, label=target.label):  # fmt: skip
+            if service_logs(
+                target,
+                ref,
+                follow=follow,
+                tail=tail,
+                timestamps=timestamps,
+                since=since_time,
+                raw=raw,
+                label=target.label,
+            ):
                 failed.append(target.label)
         except CliError as exc:
             failed.append(target.label)

@@ -60,23 +60,37 @@ def _replace_with(new: Any) -> Callable[[Any], None]:
 
 
 @stack.command("deploy")
-@click.option("-c", "--compose-file", "files", multiple=True, required=True, metavar="FILE",
-              help="Compose file (repeatable; `-` reads stdin). Later files override.")
+@click.option(
+    "-c",
+    "--compose-file",
+    "files",
+    multiple=True,
+    required=True,
+    metavar="FILE",
+    help="Compose file (repeatable; `-` reads stdin). Later files override.",
+)
 @click.option("--prune", is_flag=True, help="Remove the stack's services the files no longer have.")
 @click.option("--wait", "wait", is_flag=True, help="Wait until every service has converged.")
 @resolve_option
 @click.argument("name", metavar="STACK")
 @pass_options
-def deploy(options: GlobalOptions, files: tuple[str, ...], prune: bool, wait: bool,
-           resolve_image: str | None, name: str) -> None:  # fmt: skip
+def deploy(
+    options: GlobalOptions,
+    files: tuple[str, ...],
+    prune: bool,
+    wait: bool,
+    resolve_image: str | None,
+    name: str,
+) -> None:
     """Create or update the services of a stack."""
     from dockyard.v1.control_pb2 import CreateServiceRequest, RemoveServiceRequest
 
     _check_stack_name(name)
     loaded = load_stack(name, list(files))
     if loaded.ignored:
-        click.echo(f"Ignoring unsupported options: {', '.join(sorted(set(loaded.ignored)))}",
-                   err=True)  # fmt: skip
+        click.echo(
+            f"Ignoring unsupported options: {', '.join(sorted(set(loaded.ignored)))}", err=True
+        )
     target = options.target()
     existing = {s.spec.name: s for s in stack_services(target, name)}
     mode = resolve_mode(resolve_image)
@@ -84,12 +98,15 @@ def deploy(options: GlobalOptions, files: tuple[str, ...], prune: bool, wait: bo
     for spec in loaded.specs.values():
         if spec.name in existing:
             click.echo(f"Updating service {spec.name}", err=True)
-            record = update_with_retry(target, spec.name, _replace_with(spec),
-                                       resolve_image=mode)  # fmt: skip
+            record = update_with_retry(target, spec.name, _replace_with(spec), resolve_image=mode)
         else:
             click.echo(f"Creating service {spec.name}", err=True)
-            record = call(target, control_stub, "CreateService",
-                          CreateServiceRequest(spec=spec, resolve_image=mode))  # fmt: skip
+            record = call(
+                target,
+                control_stub,
+                "CreateService",
+                CreateServiceRequest(spec=spec, resolve_image=mode),
+            )
         touched.append(record.id)
     if prune:
         wanted = {spec.name for spec in loaded.specs.values()}
@@ -109,8 +126,11 @@ def list_stacks(options: GlobalOptions) -> None:
     from dockyard.v1.control_pb2 import ListServicesRequest
 
     summaries = call(options.target(), control_stub, "ListServices", ListServicesRequest())
-    counts = Counter(s.service.spec.labels[STACK_LABEL] for s in summaries.services
-                     if STACK_LABEL in s.service.spec.labels)  # fmt: skip
+    counts = Counter(
+        s.service.spec.labels[STACK_LABEL]
+        for s in summaries.services
+        if STACK_LABEL in s.service.spec.labels
+    )
     rows = [{"name": n, "services": c} for n, c in sorted(counts.items())]
     if options.output != "table":
         emit_data(rows, options.output)
@@ -132,8 +152,14 @@ def services(options: GlobalOptions, quiet: bool, name: str) -> None:
 @task_list_options
 @click.argument("name", metavar="STACK")
 @pass_options
-def ps(options: GlobalOptions, show_all: bool, filters: tuple[str, ...], no_trunc: bool,
-       quiet: bool, name: str) -> None:  # fmt: skip
+def ps(
+    options: GlobalOptions,
+    show_all: bool,
+    filters: tuple[str, ...],
+    no_trunc: bool,
+    quiet: bool,
+    name: str,
+) -> None:
     """List the tasks of a stack, earlier ones too."""
     from dockyard.cli.listing import Listing, show_listing
 

@@ -22,21 +22,30 @@ def _ask_daemon(
 
     try:
         return "controller", call(
-            target, control_pb2_grpc.ControlStub, control_method, control_request, what="daemon",
+            target,
+            control_pb2_grpc.ControlStub,
+            control_method,
+            control_request,
+            what="daemon",
             controller=True,
-        )  # fmt: skip
+        )
     except CliError as exc:
         if not (is_unimplemented(exc) or is_not_a_controller(exc)):
             raise
     return "agent", call(
-        target, agent_pb2_grpc.AgentStub, agent_method, agent_request, what="daemon",
+        target,
+        agent_pb2_grpc.AgentStub,
+        agent_method,
+        agent_request,
+        what="daemon",
         controller=False,
-    )  # fmt: skip
+    )
 
 
 @click.command()
-@click.option("--client", "client_only", is_flag=True,
-              help="Only the client's version: no daemon is asked.")  # fmt: skip
+@click.option(
+    "--client", "client_only", is_flag=True, help="Only the client's version: no daemon is asked."
+)
 @output_option
 @pass_options
 def version(options: GlobalOptions, client_only: bool) -> None:
@@ -48,32 +57,56 @@ def version(options: GlobalOptions, client_only: bool) -> None:
     client = client_version()
 
     def ask(target: Target) -> tuple[Any, list[dict[str, str]]]:
-        kind, info = _ask_daemon(target, "GetVersion", GetVersionRequest(), "GetVersion",
-                                 GetVersionRequest())  # fmt: skip
+        kind, info = _ask_daemon(
+            target, "GetVersion", GetVersionRequest(), "GetVersion", GetVersionRequest()
+        )
         return info, _cluster_versions(target, info.version) if kind == "controller" else []
 
     targets = [] if client_only else options.targets()
     outcomes = run_each(targets, ask, options.target_timeout, options.concurrency)
     servers = [(o.target, *o.value) for o in outcomes if o.value is not None]
     if options.output != "table":
-        emit_data({"client": client,
-                   "servers": [{"target": t.label, "address": t.address, **to_data(v),
-                                **({"cluster": d} if d else {})}
-                               for t, v, d in servers]}, options.output)  # fmt: skip
+        emit_data(
+            {
+                "client": client,
+                "servers": [
+                    {
+                        "target": t.label,
+                        "address": t.address,
+                        **to_data(v),
+                        **({"cluster": d} if d else {}),
+                    }
+                    for t, v, d in servers
+                ],
+            },
+            options.output,
+        )
     else:
-        click.echo(key_values([("Client", ""), ("  Version", client["version"]),
-                               ("  API version", client["api_version"])]))  # fmt: skip
+        click.echo(
+            key_values(
+                [
+                    ("Client", ""),
+                    ("  Version", client["version"]),
+                    ("  API version", client["api_version"]),
+                ]
+            )
+        )
         for target, info, daemons in servers:
-            click.echo(key_values([
-                (f"Server {_server_name(target)}", info.component),
-                ("  Version", info.version),
-                ("  API version", info.api_version),
-                ("  Python", info.python_version),
-                ("  gRPC", info.grpc_version),
-                ("  OS/Arch", f"{info.os}/{info.architecture}"),
-            ]))  # fmt: skip
+            click.echo(
+                key_values(
+                    [
+                        (f"Server {_server_name(target)}", info.component),
+                        ("  Version", info.version),
+                        ("  API version", info.api_version),
+                        ("  Python", info.python_version),
+                        ("  gRPC", info.grpc_version),
+                        ("  OS/Arch", f"{info.os}/{info.architecture}"),
+                    ]
+                )
+            )
             rows: list[tuple[object, ...]] = [
-                (d["kind"], d["name"], d["version"], d["skew"] or "-") for d in daemons]
+                (d["kind"], d["name"], d["version"], d["skew"] or "-") for d in daemons
+            ]
             if rows:
                 click.echo(_section("Cluster daemons", ("KIND", "NAME", "VERSION", "SKEW"), rows))
     finish(outcomes)
@@ -101,11 +134,19 @@ def _cluster_versions(target: Target, controller_version: str) -> list[dict[str,
     info = call(target, control_pb2_grpc.ControlStub, "GetInfo", GetInfoRequest(members=True))
     nodes = call(target, control_pb2_grpc.ControlStub, "ListNodes", ListNodesRequest()).nodes
     among = controller_skew([c.version for c in info.controllers])
-    daemons = [{"kind": "controller", "name": c.controller_id[:12], "version": c.version,
-                "skew": among} for c in info.controllers]  # fmt: skip
-    daemons += [{"kind": "agent", "name": n.spec.name, "version": n.description.agent_version,
-                 "skew": agent_skew(controller_version, n.description.agent_version)}
-                for n in sorted(nodes, key=lambda n: n.spec.name)]  # fmt: skip
+    daemons = [
+        {"kind": "controller", "name": c.controller_id[:12], "version": c.version, "skew": among}
+        for c in info.controllers
+    ]
+    daemons += [
+        {
+            "kind": "agent",
+            "name": n.spec.name,
+            "version": n.description.agent_version,
+            "skew": agent_skew(controller_version, n.description.agent_version),
+        }
+        for n in sorted(nodes, key=lambda n: n.spec.name)
+    ]
     return daemons
 
 
@@ -117,12 +158,23 @@ def info(options: GlobalOptions) -> None:
     from dockyard.v1.agent_pb2 import GetAgentInfoRequest
     from dockyard.v1.control_pb2 import GetInfoRequest
 
-    outcomes = ask_all(options, lambda target: _ask_daemon(
-        target, "GetInfo", GetInfoRequest(members=True), "GetAgentInfo", GetAgentInfoRequest()))
+    outcomes = ask_all(
+        options,
+        lambda target: _ask_daemon(
+            target, "GetInfo", GetInfoRequest(members=True), "GetAgentInfo", GetAgentInfoRequest()
+        ),
+    )
     results = [(o.target, *o.value) for o in outcomes if o.ok and o.value is not None]
     if options.output != "table":
-        data = [{**({"target": t.label} if options.many else {}), "address": t.address,
-                 "kind": kind, **to_data(v)} for t, kind, v in results]  # fmt: skip
+        data = [
+            {
+                **({"target": t.label} if options.many else {}),
+                "address": t.address,
+                "kind": kind,
+                **to_data(v),
+            }
+            for t, kind, v in results
+        ]
         emit_data(data[0] if len(data) == 1 and not options.many else data, options.output)
         finish(outcomes)
         return
@@ -192,8 +244,17 @@ def _controllers_text(info: Any) -> str:
         )
         for c in info.controllers
     ]
-    headers = ("ID", "API ADDRESS", "HTTP ADDRESS", "ROLE", "LEADING SINCE", "REACHABLE",
-               "STARTED", "VERSION", "ERROR")  # fmt: skip
+    headers = (
+        "ID",
+        "API ADDRESS",
+        "HTTP ADDRESS",
+        "ROLE",
+        "LEADING SINCE",
+        "REACHABLE",
+        "STARTED",
+        "VERSION",
+        "ERROR",
+    )
     return _section("Controllers", headers, rows)
 
 
@@ -214,8 +275,18 @@ def _etcd_text(info: Any) -> str:
         )
         for m in info.etcd_members
     ]
-    headers = ("NAME", "ID", "CLIENT URL", "LEADER", "REACHABLE", "DB SIZE", "RAFT TERM",
-               "RAFT INDEX", "VERSION", "ERROR")  # fmt: skip
+    headers = (
+        "NAME",
+        "ID",
+        "CLIENT URL",
+        "LEADER",
+        "REACHABLE",
+        "DB SIZE",
+        "RAFT TERM",
+        "RAFT INDEX",
+        "VERSION",
+        "ERROR",
+    )
     return _section("etcd members", headers, rows)
 
 

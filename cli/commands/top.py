@@ -41,30 +41,41 @@ def render(model: ClusterModel, height: int = 40, note: str = "") -> Any:
     node_rows = model.node_rows()
     for n in node_rows[:share]:
         style = "" if n.state == "READY" else "red"
-        nodes.add_row(n.name, Text(n.state, style=style), n.availability, str(n.tasks),
-                      f"{n.cpus_reserved:g} / {n.cpus:g}",
-                      f"{_gib(n.memory_reserved)} / {_gib(n.memory)}")  # fmt: skip
-    services = Table(title=f"Services ({len(model.services)})", title_justify="left",
-                     expand=True)  # fmt: skip
+        nodes.add_row(
+            n.name,
+            Text(n.state, style=style),
+            n.availability,
+            str(n.tasks),
+            f"{n.cpus_reserved:g} / {n.cpus:g}",
+            f"{_gib(n.memory_reserved)} / {_gib(n.memory)}",
+        )
+    services = Table(title=f"Services ({len(model.services)})", title_justify="left", expand=True)
     for column in ("NAME", "MODE", "REPLICAS", "IMAGE", "UPDATE"):
         services.add_column(column, no_wrap=column != "UPDATE")
     service_rows = model.service_rows()
     for s in service_rows[:share]:
         style = "yellow" if s.running < s.desired else ""
-        services.add_row(s.name, s.mode, Text(f"{s.running}/{s.desired}", style=style),
-                         s.image, s.update)  # fmt: skip
+        services.add_row(
+            s.name, s.mode, Text(f"{s.running}/{s.desired}", style=style), s.image, s.update
+        )
     pending_rows = model.pending_rows()
-    pending = Table(title=f"Pending tasks ({len(pending_rows)})", title_justify="left",
-                    expand=True)  # fmt: skip
+    pending = Table(title=f"Pending tasks ({len(pending_rows)})", title_justify="left", expand=True)
     for column in ("TASK", "STATE", "REASON"):
         pending.add_column(column, no_wrap=column != "REASON")
     for p in pending_rows[:share]:
         pending.add_row(p.task, Text(p.state, style="yellow"), p.reason)
-    more = [f"{len(rows) - share} more {what}" for what, rows in
-            (("nodes", node_rows), ("services", service_rows), ("pending tasks", pending_rows))
-            if len(rows) > share]  # fmt: skip
-    footer = Text(" · ".join([f"{model.events} events", *more, *([note] if note else [])]),
-                  style="dim")  # fmt: skip
+    more = [
+        f"{len(rows) - share} more {what}"
+        for what, rows in (
+            ("nodes", node_rows),
+            ("services", service_rows),
+            ("pending tasks", pending_rows),
+        )
+        if len(rows) > share
+    ]
+    footer = Text(
+        " · ".join([f"{model.events} events", *more, *([note] if note else [])]), style="dim"
+    )
     return Group(nodes, services, pending, footer)
 
 
@@ -82,8 +93,9 @@ class _Follower:
         self._target = target
 
     def load(self) -> None:
-        nodes, services, tasks = (self._http.get(p) for p in
-                                  ("/v1/nodes", "/v1/services", "/v1/tasks"))  # fmt: skip
+        nodes, services, tasks = (
+            self._http.get(p) for p in ("/v1/nodes", "/v1/services", "/v1/tasks")
+        )
         with self.lock:
             self.model.load(nodes, services, tasks)
         self.loaded.set()

@@ -10,8 +10,7 @@ from typing import Any
 
 __all__ = ["CURRENT", "ClusterModel", "NodeRow", "PendingRow", "ServiceRow"]
 
-CURRENT = frozenset({"NEW", "PENDING", "ASSIGNED", "ACCEPTED", "PREPARING", "STARTING",
-                     "RUNNING"})  # fmt: skip
+CURRENT = frozenset({"NEW", "PENDING", "ASSIGNED", "ACCEPTED", "PREPARING", "STARTING", "RUNNING"})
 HOLDING = frozenset({"ASSIGNED", "ACCEPTED", "PREPARING", "STARTING", "RUNNING"})
 WAITING = frozenset({"NEW", "PENDING"})
 
@@ -58,8 +57,12 @@ class ClusterModel:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: int = 0
 
-    def load(self, nodes: Iterable[dict[str, Any]], services: Iterable[dict[str, Any]],
-             tasks: Iterable[dict[str, Any]]) -> None:  # fmt: skip
+    def load(
+        self,
+        nodes: Iterable[dict[str, Any]],
+        services: Iterable[dict[str, Any]],
+        tasks: Iterable[dict[str, Any]],
+    ) -> None:
         """Replace everything: `/v1/nodes`, `/v1/services` (summaries), `/v1/tasks`."""
         self.nodes = {n["id"]: n for n in nodes}
         self.services = {s["service"]["id"]: s["service"] for s in services}
@@ -68,7 +71,8 @@ class ClusterModel:
     def apply(self, event: dict[str, Any]) -> bool:
         """One `/v1/events` event; whether it changed anything."""
         held = {"node": self.nodes, "service": self.services, "task": self.tasks}.get(
-            str(event.get("kind")))  # fmt: skip
+            str(event.get("kind"))
+        )
         if held is None:
             return False
         key = str(event.get("id"))
@@ -100,11 +104,18 @@ class ClusterModel:
         for n in self.nodes.values():
             total = (n.get("description") or {}).get("resources") or {}
             count, cpus, memory = reserved.get(n["id"], [0, 0.0, 0])
-            rows.append(NodeRow(
-                n["spec"]["name"], (n.get("status") or {}).get("state", ""),
-                n["spec"].get("availability", ""), int(count), float(cpus),
-                int(total.get("nano_cpus") or 0) / 1e9, int(memory),
-                int(total.get("memory_bytes") or 0)))  # fmt: skip
+            rows.append(
+                NodeRow(
+                    n["spec"]["name"],
+                    (n.get("status") or {}).get("state", ""),
+                    n["spec"].get("availability", ""),
+                    int(count),
+                    float(cpus),
+                    int(total.get("nano_cpus") or 0) / 1e9,
+                    int(memory),
+                    int(total.get("memory_bytes") or 0),
+                )
+            )
         return sorted(rows, key=lambda r: (r.state == "READY", r.name))
 
     def service_rows(self) -> list[ServiceRow]:
@@ -141,6 +152,11 @@ class ClusterModel:
             if status.get("state") not in WAITING:
                 continue
             slot = t.get("slot") or (t.get("node_id") or "")[:12]
-            rows.append(PendingRow(f"{t.get('service_name', '')}.{slot}", status["state"],
-                                   status.get("error") or status.get("message") or ""))
+            rows.append(
+                PendingRow(
+                    f"{t.get('service_name', '')}.{slot}",
+                    status["state"],
+                    status.get("error") or status.get("message") or "",
+                )
+            )
         return sorted(rows, key=lambda r: r.task)

@@ -41,8 +41,13 @@ def create(options: GlobalOptions, labels: tuple[str, ...], name: str) -> None:
         pairs = dict(parse_label("--label", text) for text in labels)
     except ValidationError as exc:
         raise click.BadParameter(str(exc)) from exc
-    record = call(options.target(), volumes_stub, "Create",
-                  CreateVolumeRequest(name=name, labels=pairs), what=AGENT)  # fmt: skip
+    record = call(
+        options.target(),
+        volumes_stub,
+        "Create",
+        CreateVolumeRequest(name=name, labels=pairs),
+        what=AGENT,
+    )
     click.echo(record.name)
 
 
@@ -50,8 +55,14 @@ VOLUME_FILTERS = ("name", "label", "dangling")
 
 
 @volume.command("ls")
-@click.option("-f", "--filter", "filters", multiple=True, metavar="KEY=VALUE",
-              help=f"Only matching volumes; keys: {', '.join(VOLUME_FILTERS)}.")
+@click.option(
+    "-f",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help=f"Only matching volumes; keys: {', '.join(VOLUME_FILTERS)}.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Only print volume names.")
 @format_option
 @output_option
@@ -66,14 +77,23 @@ def list_volumes(options: GlobalOptions, filters: tuple[str, ...], quiet: bool) 
     dangling = wanted.flag("dangling")
 
     def fetch(target: Target) -> Listing:
-        records = [r for r in call(target, volumes_stub, "List", ListVolumesRequest(),
-                                   what=AGENT).volumes
-                   if wanted.substring("name", r.name) and wanted.labels(r.labels)
-                   and (dangling is None or dangling == (not r.used_by))]  # fmt: skip
-        rows = [[r.name, r.mountpoint, ", ".join(u[:12] for u in r.used_by) or "-"]
-                for r in records]  # fmt: skip
-        return Listing(["VOLUME NAME", "MOUNTPOINT", "USED BY"], rows, records,
-                       [r.name for r in records], ["Name", "Mountpoint", "UsedBy"])  # fmt: skip
+        records = [
+            r
+            for r in call(target, volumes_stub, "List", ListVolumesRequest(), what=AGENT).volumes
+            if wanted.substring("name", r.name)
+            and wanted.labels(r.labels)
+            and (dangling is None or dangling == (not r.used_by))
+        ]
+        rows = [
+            [r.name, r.mountpoint, ", ".join(u[:12] for u in r.used_by) or "-"] for r in records
+        ]
+        return Listing(
+            ["VOLUME NAME", "MOUNTPOINT", "USED BY"],
+            rows,
+            records,
+            [r.name for r in records],
+            ["Name", "Mountpoint", "UsedBy"],
+        )
 
     show_listing(options, fetch, quiet)
 
@@ -87,8 +107,11 @@ def inspect(options: GlobalOptions, names: tuple[str, ...]) -> None:
     from dockyard.cli.listing import show_records
     from dockyard.v1.containers_pb2 import VolumeRef
 
-    show_records(options, names, lambda target, ref: call(
-        target, volumes_stub, "Inspect", VolumeRef(name=ref), what=AGENT))
+    show_records(
+        options,
+        names,
+        lambda target, ref: call(target, volumes_stub, "Inspect", VolumeRef(name=ref), what=AGENT),
+    )
 
 
 @volume.command("rm")
@@ -102,8 +125,9 @@ def remove(options: GlobalOptions, force: bool, names: tuple[str, ...]) -> None:
     target = options.target()
 
     def remove_one(name: str) -> None:
-        call(target, volumes_stub, "Remove", RemoveVolumeRequest(name=name, force=force),
-             what=AGENT)  # fmt: skip
+        call(
+            target, volumes_stub, "Remove", RemoveVolumeRequest(name=name, force=force), what=AGENT
+        )
         click.echo(name)
 
     if each_ref(names, remove_one)[1]:

@@ -97,8 +97,10 @@ def _entry_credentials(entry: Mapping[str, str]) -> Credentials | None:
 def parse_challenge(header: str) -> Challenge:
     """Parse `Bearer realm="...",service="...",scope="..."` (or `Basic realm=...`)."""
     scheme, _, rest = header.strip().partition(" ")
-    params = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-              for m in _PARAM_RE.finditer(rest)}
+    params = {
+        m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+        for m in _PARAM_RE.finditer(rest)
+    }
     return Challenge(scheme.lower(), params)
 
 
@@ -106,8 +108,13 @@ MAX_TOKEN_RESPONSE = 1024 * 1024
 """The most of a token server's answer that is read (tokens are a few KiB)."""
 
 
-async def token_for(session: aiohttp.ClientSession, challenge: Challenge, scope: str,
-                    creds: Credentials | None, host: str) -> str:
+async def token_for(
+    session: aiohttp.ClientSession,
+    challenge: Challenge,
+    scope: str,
+    creds: Credentials | None,
+    host: str,
+) -> str:
     """Fetch a bearer token from the challenge's realm for `scope`.
 
     Raises:
@@ -131,15 +138,18 @@ async def token_for(session: aiohttp.ClientSession, challenge: Challenge, scope:
     except aiohttp.ClientError as exc:
         raise RegistryAuthError(f"token server {realm} for registry {host}: {exc}") from exc
     if more:
-        raise RegistryAuthError(f"token server {realm} for registry {host}: its answer is "
-                                f"larger than the limit of {MAX_TOKEN_RESPONSE} bytes")  # fmt: skip
+        raise RegistryAuthError(
+            f"token server {realm} for registry {host}: its answer is "
+            f"larger than the limit of {MAX_TOKEN_RESPONSE} bytes"
+        )
     try:
         body = json.loads(raw)
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        raise RegistryAuthError(f"token server {realm} for registry {host} answered "
-                                f"something else than a JSON object")  # fmt: skip
+        raise RegistryAuthError(
+            f"token server {realm} for registry {host} answered something else than a JSON object"
+        )
     token = body.get("token") or body.get("access_token")
     if not token or not isinstance(token, str):
         raise RegistryAuthError(f"token server {realm} for registry {host} sent no token")

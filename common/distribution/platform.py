@@ -7,8 +7,14 @@ from dataclasses import dataclass
 
 __all__ = ["Platform", "host_platform_default"]
 
-_ARCH = {"x86_64": ("amd64", None), "aarch64": ("arm64", "v8"), "arm64": ("arm64", "v8"),
-         "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"), "i686": ("386", None)}
+_ARCH = {
+    "x86_64": ("amd64", None),
+    "aarch64": ("arm64", "v8"),
+    "arm64": ("arm64", "v8"),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i686": ("386", None),
+}
 
 
 @dataclass(frozen=True, slots=True)

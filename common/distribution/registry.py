@@ -72,9 +72,14 @@ class BlobOutput(Protocol):
 class BlobDestination(Protocol):
     """A content store that verifies and commits blobs (the agent's `BlobStore`)."""
 
-    def writer(self, expected: str | None = None, what: str | None = None, *,
-               size: int | None = None,
-               limit: int | None = None) -> AbstractAsyncContextManager[BlobOutput]: ...
+    def writer(
+        self,
+        expected: str | None = None,
+        what: str | None = None,
+        *,
+        size: int | None = None,
+        limit: int | None = None,
+    ) -> AbstractAsyncContextManager[BlobOutput]: ...
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,7 @@ def _is_insecure(host: str, config: RegistryConfig) -> bool:
     if host in config.insecure_registries:
         return True
     if host.startswith("["):
-        name = host[1:host.find("]")]
+        name = host[1 : host.find("]")]
     else:
         name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
     if name == "localhost":
@@ -155,8 +160,9 @@ class RegistryClient:
             file (a service's `--with-registry-auth`, a `dockyard login` to check).
     """
 
-    def __init__(self, config: RegistryConfig,
-                 credentials: Mapping[str, Credentials] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, config: RegistryConfig, credentials: Mapping[str, Credentials] | None = None
+    ) -> None:
         self.config = config
         self._session: aiohttp.ClientSession | None = None
         self._credentials: dict[str, Credentials] | None = None
@@ -167,14 +173,19 @@ class RegistryClient:
         from_file = await asyncio.to_thread(load_credentials, self.config.auth_file)
         self._credentials = {**from_file, **self._given}
         timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.config.connect_timeout,
+            total=None,
+            sock_connect=self.config.connect_timeout,
             sock_read=self.config.read_timeout,
         )
         self._session = aiohttp.ClientSession(timeout=timeout)
         return self
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         await self.close()
 
     async def close(self) -> None:
@@ -196,8 +207,10 @@ class RegistryClient:
         """Where to pull from (mirrors first, then the registry) or push to."""
         found = []
         if pull:
-            found = [_endpoint(registry, m, self.config, True)
-                     for m in self.config.mirrors.get(registry, ())]
+            found = [
+                _endpoint(registry, m, self.config, True)
+                for m in self.config.mirrors.get(registry, ())
+            ]
         host = DOCKER_HUB_HOST if registry == DEFAULT_REGISTRY else registry
         found.append(_endpoint(registry, host, self.config, False))
         return found
@@ -208,9 +221,17 @@ class RegistryClient:
 
     # ----- requests ------------------------------------------------------------------
 
-    async def request(self, ep: Endpoint, method: str, url: URL | str, scope: str,
-                      ok: Sequence[int], *, headers: Mapping[str, str] | None = None,
-                      body: Callable[[], Any] | None = None) -> aiohttp.ClientResponse:
+    async def request(
+        self,
+        ep: Endpoint,
+        method: str,
+        url: URL | str,
+        scope: str,
+        ok: Sequence[int],
+        *,
+        headers: Mapping[str, str] | None = None,
+        body: Callable[[], Any] | None = None,
+    ) -> aiohttp.ClientResponse:
         """One request with auth and bounded retries; the caller releases the response.
 
         Returns:
@@ -284,8 +305,9 @@ class RegistryClient:
 
     # ----- manifests -------------------------------------------------------------------
 
-    async def get_manifest(self, ep: Endpoint, ref: Reference, reference: str,
-                           size: int | None = None) -> tuple[bytes, str, str]:
+    async def get_manifest(
+        self, ep: Endpoint, ref: Reference, reference: str, size: int | None = None
+    ) -> tuple[bytes, str, str]:
         """Fetch and verify a manifest or index by tag or digest.
 
         The body is read up to MAX_MANIFEST_BYTES, and up to `size` when an index
@@ -301,8 +323,9 @@ class RegistryClient:
         """
         scope = f"repository:{ref.repository}:pull"
         url = f"/v2/{ref.repository}/manifests/{reference}"
-        resp = await self.request(ep, "GET", url, scope, (200,),
-                                  headers={"Accept": MANIFEST_ACCEPT})
+        resp = await self.request(
+            ep, "GET", url, scope, (200,), headers={"Accept": MANIFEST_ACCEPT}
+        )
         async with resp:
             if resp.status == 404:
                 raise ManifestNotFound(
@@ -333,7 +356,8 @@ class RegistryClient:
         for ep in self.endpoints(ref.registry):
             try:
                 body, media_type, digest = await self.get_manifest(
-                    ep, ref, ref.digest or ref.tag or "")
+                    ep, ref, ref.digest or ref.tag or ""
+                )
                 return ep, body, media_type, digest
             except RegistryError as exc:
                 if not ep.mirror:
@@ -341,13 +365,19 @@ class RegistryClient:
                 log.info("registry.mirror_failed", mirror=ep.host, error=str(exc))
         raise AssertionError("endpoints() always ends with the registry itself")
 
-    async def put_manifest(self, ep: Endpoint, ref: Reference, reference: str,
-                           body: bytes, media_type: str) -> str:
+    async def put_manifest(
+        self, ep: Endpoint, ref: Reference, reference: str, body: bytes, media_type: str
+    ) -> str:
         """Upload a manifest under a tag or digest; returns its digest."""
         scope = f"repository:{ref.repository}:pull,push"
         resp = await self.request(
-            ep, "PUT", f"/v2/{ref.repository}/manifests/{reference}", scope, (200, 201),
-            headers={"Content-Type": media_type}, body=lambda: body,
+            ep,
+            "PUT",
+            f"/v2/{ref.repository}/manifests/{reference}",
+            scope,
+            (200, 201),
+            headers={"Content-Type": media_type},
+            body=lambda: body,
         )
         async with resp:
             if resp.status == 404:
@@ -360,9 +390,17 @@ class RegistryClient:
 
     # ----- blobs ------------------------------------------------------------------------
 
-    async def download_blob(self, ep: Endpoint, repository: str, digest: str,
-                            blobs: BlobDestination, on_bytes: ByteProgress | None = None,
-                            *, size: int | None = None, limit: int | None = None) -> None:
+    async def download_blob(
+        self,
+        ep: Endpoint,
+        repository: str,
+        digest: str,
+        blobs: BlobDestination,
+        on_bytes: ByteProgress | None = None,
+        *,
+        size: int | None = None,
+        limit: int | None = None,
+    ) -> None:
         """Download a blob into the store, verified; retried from scratch on errors.
 
         `size` is the size the manifest declared: a registry that sends more is cut off
@@ -391,8 +429,7 @@ class RegistryClient:
                             if on_bytes:
                                 on_bytes(out.written)
                 return
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
-                    TimeoutError) as exc:
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
                 if attempt == self.config.attempts:
                     raise RegistryUnreachable(
                         f"registry {ep.host}: download of {digest} failed after "
@@ -407,8 +444,14 @@ class RegistryClient:
         resp.release()
         return resp.status == 200
 
-    async def upload_blob(self, ep: Endpoint, repository: str, digest: str, path: Path,
-                          on_bytes: ByteProgress | None = None) -> None:
+    async def upload_blob(
+        self,
+        ep: Endpoint,
+        repository: str,
+        digest: str,
+        path: Path,
+        on_bytes: ByteProgress | None = None,
+    ) -> None:
         """Upload a stored blob: one PUT, or PATCH chunks when it exceeds `chunk_size`."""
         scope = f"repository:{repository}:pull,push"
         resp = await self.request(ep, "POST", f"/v2/{repository}/blobs/uploads/", scope, (202,))
@@ -421,9 +464,16 @@ class RegistryClient:
                 length = min(chunk, size - offset)
                 data = await asyncio.to_thread(_read_range, path, offset, length)
                 resp = await self.request(
-                    ep, "PATCH", location, scope, (202,), body=lambda d=data: d,  # type: ignore[misc]
-                    headers={"Content-Type": "application/octet-stream",
-                             "Content-Range": f"{offset}-{offset + length - 1}"},
+                    ep,
+                    "PATCH",
+                    location,
+                    scope,
+                    (202,),
+                    body=lambda d=data: d,  # type: ignore[misc]
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{offset + length - 1}",
+                    },
                 )
                 location = self._location(ep, resp)
                 offset += length
@@ -432,11 +482,20 @@ class RegistryClient:
             body: Callable[[], Any] | None = None
             headers = {"Content-Length": "0"}
         else:
+
             def body() -> Any:
                 return _file_chunks(path, on_bytes)
+
             headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        resp = await self.request(ep, "PUT", location.update_query(digest=digest), scope,
-                                  (201, 204), headers=headers, body=body)
+        resp = await self.request(
+            ep,
+            "PUT",
+            location.update_query(digest=digest),
+            scope,
+            (201, 204),
+            headers=headers,
+            body=body,
+        )
         resp.release()
         if resp.status == 404:
             raise RegistryError(f"registry {ep.host} lost the upload of {digest}")
@@ -451,22 +510,27 @@ class RegistryClient:
         return ep.base_url.join(URL(location))
 
 
-def _check_length(resp: aiohttp.ClientResponse, what: str, size: int | None,
-                  limit: int | None) -> None:  # fmt: skip
+def _check_length(
+    resp: aiohttp.ClientResponse, what: str, size: int | None, limit: int | None
+) -> None:
     """Refuse before reading when the announced Content-Length is already too much."""
     length = resp.content_length
     if length is None:
         return
     if size is not None and length > size:
-        raise SizeMismatch(f"{what}: the registry announces {length} bytes, {size} declared; "
-                           f"refused")  # fmt: skip
+        raise SizeMismatch(
+            f"{what}: the registry announces {length} bytes, {size} declared; refused"
+        )
     if limit is not None and length > limit:
-        raise SizeMismatch(f"{what}: the registry announces {length} bytes, more than the "
-                           f"limit of {limit} bytes; refused")  # fmt: skip
+        raise SizeMismatch(
+            f"{what}: the registry announces {length} bytes, more than the "
+            f"limit of {limit} bytes; refused"
+        )
 
 
-async def _read_bounded(resp: aiohttp.ClientResponse, what: str, size: int | None,
-                        limit: int) -> bytes:  # fmt: skip
+async def _read_bounded(
+    resp: aiohttp.ClientResponse, what: str, size: int | None, limit: int
+) -> bytes:
     """A whole body of at most `limit` bytes (and exactly `size` when declared),
     never holding more than one chunk over it."""
     _check_length(resp, what, size, limit)
@@ -476,8 +540,9 @@ async def _read_bounded(resp: aiohttp.ClientResponse, what: str, size: int | Non
         body += chunk
         if len(body) > cap:
             over = f"the {size} bytes declared" if cap == size else f"the limit of {limit} bytes"
-            raise SizeMismatch(f"{what}: more than {over} (at least {len(body)} received); "
-                               f"cut off and refused")  # fmt: skip
+            raise SizeMismatch(
+                f"{what}: more than {over} (at least {len(body)} received); cut off and refused"
+            )
     if size is not None and len(body) != size:
         raise SizeMismatch(f"{what}: {len(body)} bytes received, {size} declared; refused")
     return bytes(body)

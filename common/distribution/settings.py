@@ -22,18 +22,26 @@ def registry_options(func: F) -> F:
     insecure_registries and registry_config)."""
     options = [
         click.option(
-            "--registry-mirror", "registry_mirrors", multiple=True, metavar="URL",
+            "--registry-mirror",
+            "registry_mirrors",
+            multiple=True,
+            metavar="URL",
             help="Mirror of docker.io, tried before it (repeatable; Docker's registry-mirrors).",
         ),
         click.option(
-            "--insecure-registry", "insecure_registries", multiple=True, metavar="HOST:PORT",
+            "--insecure-registry",
+            "insecure_registries",
+            multiple=True,
+            metavar="HOST:PORT",
             help="Registry spoken to over plain HTTP (repeatable; loopback ones always are).",
         ),
         click.option(
-            "--registry-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+            "--registry-config",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
             help="Docker config.json with registry credentials.",
         ),
-    ]  # fmt: skip
+    ]
     for option in reversed(options):
         func = option(func)
     return func
@@ -49,8 +57,9 @@ def check_registry_flags(mirrors: Sequence[str], insecure: Sequence[str]) -> Non
             raise ValueError(f"--insecure-registry {host!r}: expected HOST[:PORT]")
 
 
-def registry_config(mirrors: Sequence[str], insecure: Sequence[str],
-                    auth_file: Path | None) -> RegistryConfig:
+def registry_config(
+    mirrors: Sequence[str], insecure: Sequence[str], auth_file: Path | None
+) -> RegistryConfig:
     """The client settings for docker.io mirrors, plaintext hosts and a credentials file."""
     from dockyard.common.distribution.registry import RegistryConfig
 

@@ -98,9 +98,7 @@ async def cluster_info(
         cluster_id=identity.cluster_id,
         controller_id=identity.controller_id,
         is_leader=bool(leadership and leadership.is_leader),
-        leader_address=(
-            leadership.leader.api_address if leadership and leadership.leader else ""
-        ),
+        leader_address=(leadership.leader.api_address if leadership and leadership.leader else ""),
         nodes_total=len(nodes),
         nodes_ready=states.count(NodeStatus.READY),
         nodes_down=states.count(NodeStatus.DOWN),
@@ -139,11 +137,15 @@ async def _add_peers(info: ClusterInfo, directory: ControllerDirectory, store: S
 def _controller_info(peer: PeerStatus) -> ControllerInfo:
     record = peer.record
     info = ControllerInfo(
-        controller_id=record.controller_id, api_address=record.api_address,
-        http_address=record.http_address, version=record.version,
-        is_leader=peer.is_leader, reachable=peer.reachable, error=peer.error,
+        controller_id=record.controller_id,
+        api_address=record.api_address,
+        http_address=record.http_address,
+        version=record.version,
+        is_leader=peer.is_leader,
+        reachable=peer.reachable,
+        error=peer.error,
         is_self=peer.is_self,
-    )  # fmt: skip
+    )
     if record.HasField("started_at"):
         info.started_at.CopyFrom(record.started_at)
     if peer.leader_since is not None:
@@ -153,14 +155,21 @@ def _controller_info(peer: PeerStatus) -> ControllerInfo:
 
 def _member_info(member: EtcdMember) -> EtcdMemberInfo:
     return EtcdMemberInfo(
-        id=f"{member.id:x}" if member.id else "", name=member.name,
-        client_urls=list(member.client_urls), is_leader=member.is_leader,
-        reachable=member.reachable, error=member.error, version=member.version,
-        db_size=member.db_size, db_size_in_use=member.db_size_in_use,
-        raft_term=member.raft_term, raft_index=member.raft_index,
-        raft_applied_index=member.raft_applied_index, is_learner=member.is_learner,
+        id=f"{member.id:x}" if member.id else "",
+        name=member.name,
+        client_urls=list(member.client_urls),
+        is_leader=member.is_leader,
+        reachable=member.reachable,
+        error=member.error,
+        version=member.version,
+        db_size=member.db_size,
+        db_size_in_use=member.db_size_in_use,
+        raft_term=member.raft_term,
+        raft_index=member.raft_index,
+        raft_applied_index=member.raft_applied_index,
+        is_learner=member.is_learner,
         errors=list(member.errors),
-    )  # fmt: skip
+    )
 
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
@@ -194,9 +203,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     @grpc_errors
     async def GetInfo(self, request: GetInfoRequest, context: Context) -> ClusterInfo:
         return await cluster_info(
-            self._identity, self._store, self._nodes, self._services, self._sessions,
-            self._leadership(), self._directory if request.members else None,
-        )  # fmt: skip
+            self._identity,
+            self._store,
+            self._nodes,
+            self._services,
+            self._sessions,
+            self._leadership(),
+            self._directory if request.members else None,
+        )
 
     @grpc_errors
     async def ListNodes(self, request: ListNodesRequest, context: Context) -> ListNodesResponse:

@@ -31,8 +31,9 @@ class NodesAPI:
     async def update(self, request: UpdateNodeRequest) -> Node:
         return await self._registry.update_spec(request.node, request.version, request.spec)
 
-    async def remove(self, request: RemoveNodeRequest,
-                     revoke: Callable[[Node], Awaitable[object]] | None = None) -> Node:
+    async def remove(
+        self, request: RemoveNodeRequest, revoke: Callable[[Node], Awaitable[object]] | None = None
+    ) -> Node:
         """Revoke (`revoke`), then delete the record, then end the node's session."""
         node = await self._registry.remove(request.node, request.force, revoke)
         self._sessions.close(node.id)

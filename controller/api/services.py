@@ -37,15 +37,18 @@ MAX_REGISTRY_NAME = 255
 
 def _registry_auth(auth: RegistryAuth) -> RegistryAuth:
     """Checked `--with-registry-auth` credentials (bounded; a registry and a secret)."""
-    if not auth.registry or len(auth.registry) > MAX_REGISTRY_NAME or any(
-            c.isspace() or c == "/" for c in auth.registry):  # fmt: skip
-        raise ValidationError("registry_auth.registry",
-                              "must be a registry host[:port] such as docker.io")  # fmt: skip
+    if (
+        not auth.registry
+        or len(auth.registry) > MAX_REGISTRY_NAME
+        or any(c.isspace() or c == "/" for c in auth.registry)
+    ):
+        raise ValidationError(
+            "registry_auth.registry", "must be a registry host[:port] such as docker.io"
+        )
     if len(auth.username) > MAX_AUTH_FIELD:
         raise ValidationError("registry_auth.username", f"longer than {MAX_AUTH_FIELD} bytes")
     if not auth.password or len(auth.password) > MAX_AUTH_FIELD:
-        raise ValidationError("registry_auth.password",
-                              f"must be 1 to {MAX_AUTH_FIELD} bytes")  # fmt: skip
+        raise ValidationError("registry_auth.password", f"must be 1 to {MAX_AUTH_FIELD} bytes")
     return auth
 
 
@@ -90,8 +93,9 @@ class ServicesAPI:
         spec, checks = await self._secrets.resolve(request.spec)
         check_service_spec(spec)
         auth = _registry_auth(request.registry_auth) if request.HasField("registry_auth") else None
-        pinned = await self._resolver.pin(spec, request.resolve_image,
-                                          credentials=_as_credentials(auth))  # fmt: skip
+        pinned = await self._resolver.pin(
+            spec, request.resolve_image, credentials=_as_credentials(auth)
+        )
         fenced = [*checks, policy.fence(self._store)]
         return await self._services.create(pinned.spec, fenced, auth), pinned.warnings
 
@@ -104,8 +108,7 @@ class ServicesAPI:
             service = await self._services.find(request.service)
             policy = await self._cluster.check_spec(service.previous_spec, "previous_spec")
             _, checks = await self._secrets.resolve(service.previous_spec)  # still there?
-            rolled = await self._services.rollback(request.service, request.version, checks,
-                                                   policy)  # fmt: skip
+            rolled = await self._services.rollback(request.service, request.version, checks, policy)
             return rolled, _dropped_target(service.spec, rolled)
         check_service_spec(request.spec)
         policy = await self._cluster.check_spec(request.spec)
@@ -113,11 +116,16 @@ class ServicesAPI:
         check_service_spec(spec)
         auth = _registry_auth(request.registry_auth) if request.HasField("registry_auth") else None
         current = await self._services.find(request.service)
-        pinned = await self._resolver.pin(spec, request.resolve_image,
-                                          previous=current.spec, force=request.force,
-                                          credentials=_as_credentials(auth))  # fmt: skip
-        service = await self._services.update(request.service, request.version, pinned.spec,
-                                              request.force, checks, policy, auth)  # fmt: skip
+        pinned = await self._resolver.pin(
+            spec,
+            request.resolve_image,
+            previous=current.spec,
+            force=request.force,
+            credentials=_as_credentials(auth),
+        )
+        service = await self._services.update(
+            request.service, request.version, pinned.spec, request.force, checks, policy, auth
+        )
         return service, pinned.warnings + _dropped_target(current.spec, service)
 
     async def remove(self, ref: str) -> None:
@@ -179,8 +187,10 @@ def _dropped_target(old: ServiceSpec, written: Service) -> list[str]:
     if written.HasField("previous_spec") or written.spec == old:
         return []
     why = "; ".join(str(p) for p in privileges_of(old, "previous_spec"))
-    return [f"the previous spec is not kept for a rollback: the cluster's policy does not "
-            f"allow privileged containers ({why})"]
+    return [
+        f"the previous spec is not kept for a rollback: the cluster's policy does not "
+        f"allow privileged containers ({why})"
+    ]
 
 
 def _summary(service: Service, tasks: list[Task], ready_nodes: int) -> ServiceSummary:
@@ -193,7 +203,8 @@ def _summary(service: Service, tasks: list[Task], ready_nodes: int) -> ServiceSu
             service=service, running=succeeded, desired=service.spec.job.completions
         )
     running = sum(
-        1 for t in tasks
+        1
+        for t in tasks
         if t.desired_state == TaskState.RUNNING and t.status.state == TaskState.RUNNING
     )
     desired = service.spec.replicated.replicas if mode == "replicated" else ready_nodes

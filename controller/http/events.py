@@ -344,9 +344,14 @@ async def pump_from_etcd(store: Store, after: Position, subscriber: Subscriber) 
             if subscriber.closed:
                 return
     except Compacted as exc:
-        subscriber.close(control_frame(
-            "reset", {"reason": f"event {after} is no longer in etcd's history ({exc}): "
-                      "list again, then resume from the new revision"},
-        ))  # fmt: skip
+        subscriber.close(
+            control_frame(
+                "reset",
+                {
+                    "reason": f"event {after} is no longer in etcd's history ({exc}): "
+                    "list again, then resume from the new revision"
+                },
+            )
+        )
     except StoreError as exc:
         subscriber.close(control_frame("error", {"reason": str(exc)}))

@@ -43,10 +43,14 @@ from dockyard.v1.workloads_pb2 import Service, Task
 __all__ = ["ClusterCollector", "ClusterSources", "ControllerMetrics", "GrpcMetricsInterceptor"]
 
 NODE_STATES = [
-    name for name in NodeStatus.State.keys() if name != "STATE_UNSPECIFIED"  # noqa: SIM118
+    name
+    for name in NodeStatus.State.keys()  # noqa: SIM118 (a protobuf enum, not a dict)
+    if name != "STATE_UNSPECIFIED"
 ]
 TASK_STATES = [
-    name for name in TaskStatus.State.keys() if name != "STATE_UNSPECIFIED"  # noqa: SIM118
+    name
+    for name in TaskStatus.State.keys()  # noqa: SIM118 (a protobuf enum, not a dict)
+    if name != "STATE_UNSPECIFIED"
 ]
 
 
@@ -102,13 +106,13 @@ class ClusterCollector(Collector):
             snap.complete = True
         self.snapshot = snap
 
-    async def _records(
-        self, etcd_up: bool
-    ) -> tuple[list[Node], list[Service], list[Task]] | None:
+    async def _records(self, etcd_up: bool) -> tuple[list[Node], list[Service], list[Task]] | None:
         view = self._sources.view()
         if view is not None and view.revision > 0:  # the leader: no etcd read
-            return list(view.nodes.values()), list(view.services.values()), list(
-                view.tasks.values()
+            return (
+                list(view.nodes.values()),
+                list(view.services.values()),
+                list(view.tasks.values()),
             )
         if not etcd_up:
             return None
@@ -127,12 +131,21 @@ class ClusterCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         snap = self.snapshot
-        yield _gauge("dockyard_is_leader", "1 if this controller holds the leader lease.",
-                     int(snap.is_leader))  # fmt: skip
-        yield _gauge("dockyard_agent_sessions", "Agent sessions open on this controller.",
-                     snap.agent_sessions)  # fmt: skip
-        yield _gauge("dockyard_etcd_up", "1 if etcd answered this scrape's status request.",
-                     int(snap.etcd_up))  # fmt: skip
+        yield _gauge(
+            "dockyard_is_leader",
+            "1 if this controller holds the leader lease.",
+            int(snap.is_leader),
+        )
+        yield _gauge(
+            "dockyard_agent_sessions",
+            "Agent sessions open on this controller.",
+            snap.agent_sessions,
+        )
+        yield _gauge(
+            "dockyard_etcd_up",
+            "1 if etcd answered this scrape's status request.",
+            int(snap.etcd_up),
+        )
         if not snap.complete:
             return
         nodes = GaugeMetricFamily("dockyard_nodes", "Nodes by state.", labels=["state"])
@@ -141,20 +154,22 @@ class ClusterCollector(Collector):
         yield nodes
         yield _gauge("dockyard_services", "Services (and jobs).", snap.services)
         tasks = GaugeMetricFamily(
-            "dockyard_tasks", "Tasks in the store by observed state (history included).",
+            "dockyard_tasks",
+            "Tasks in the store by observed state (history included).",
             labels=["state"],
-        )  # fmt: skip
+        )
         for state in TASK_STATES:
             tasks.add_metric([state], snap.tasks.get(state, 0))
         yield tasks
-        yield _gauge("dockyard_tasks_desired", "Tasks whose desired state is RUNNING.",
-                     snap.tasks_desired)  # fmt: skip
+        yield _gauge(
+            "dockyard_tasks_desired", "Tasks whose desired state is RUNNING.", snap.tasks_desired
+        )
         per_service = GaugeMetricFamily(
             "dockyard_service_tasks",
             "Each service's tasks whose desired state is RUNNING (kind=desired), and of "
             "those the ones RUNNING now (kind=running).",
             labels=["service", "kind"],
-        )  # fmt: skip
+        )
         for name, (desired, running) in sorted(snap.service_tasks.items()):
             per_service.add_metric([name, "desired"], desired)
             per_service.add_metric([name, "running"], running)
@@ -190,46 +205,53 @@ class ControllerMetrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.grpc_requests = Counter(
-            "dockyard_grpc_requests", "gRPC calls handled, by method and status code.",
-            ["method", "code"], registry=self.registry,
-        )  # fmt: skip
+            "dockyard_grpc_requests",
+            "gRPC calls handled, by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
         self.grpc_latency = Histogram(
             "dockyard_grpc_request_duration_seconds",
             "Time to answer a unary gRPC call, by method.",
-            ["method"], registry=self.registry,
-        )  # fmt: skip
+            ["method"],
+            registry=self.registry,
+        )
         self.http_requests = Counter(
-            "dockyard_http_requests", "HTTP requests answered, by route and status.",
-            ["route", "code"], registry=self.registry,
-        )  # fmt: skip
+            "dockyard_http_requests",
+            "HTTP requests answered, by route and status.",
+            ["route", "code"],
+            registry=self.registry,
+        )
         self.http_latency = Histogram(
             "dockyard_http_request_duration_seconds",
             "Time to answer an HTTP request, by route (event streams left out).",
-            ["route"], registry=self.registry,
-        )  # fmt: skip
+            ["route"],
+            registry=self.registry,
+        )
         self.etcd_latency = Histogram(
             "dockyard_etcd_request_duration_seconds",
             "Time of this controller's etcd requests, by kind (get, range, txn, lease), "
             "failed ones included.",
-            ["op"], registry=self.registry,
-        )  # fmt: skip
+            ["op"],
+            registry=self.registry,
+        )
         self.scheduler_rounds = Histogram(
             "dockyard_scheduler_round_duration_seconds",
             "Time of a scheduling round with pending tasks: deciding and writing the "
             "decisions (on the leader).",
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.scheduler_assigned = Counter(
             "dockyard_scheduler_assigned_tasks",
             "Tasks the scheduler assigned to a node, as written (on the leader).",
             registry=self.registry,
-        )  # fmt: skip
+        )
         self.leadership_changes = Counter(
             "dockyard_leadership_changes",
-            "Times this controller became the leader (to=leader) or stopped leading "
-            "(to=follower).",
-            ["to"], registry=self.registry,
-        )  # fmt: skip
+            "Times this controller became the leader (to=leader) or stopped leading (to=follower).",
+            ["to"],
+            registry=self.registry,
+        )
         self.event_streams = Gauge(
             "dockyard_event_streams", "Open /v1/events streams.", registry=self.registry
         )
@@ -241,14 +263,20 @@ class ControllerMetrics:
         self.task_transitions = Counter(
             "dockyard_task_transitions",
             "Task state changes written from agents' reports, by the new state (on the leader).",
-            ["state"], registry=self.registry,
-        )  # fmt: skip
-        self.scrape_errors = Counter(
-            "dockyard_metrics_refresh_errors", "Scrapes whose cluster gauges failed.",
+            ["state"],
             registry=self.registry,
-        )  # fmt: skip
-        Gauge("dockyard_build_info", "The controller's version (always 1).", ["version"],
-              registry=self.registry).labels(version).set(1)  # fmt: skip
+        )
+        self.scrape_errors = Counter(
+            "dockyard_metrics_refresh_errors",
+            "Scrapes whose cluster gauges failed.",
+            registry=self.registry,
+        )
+        Gauge(
+            "dockyard_build_info",
+            "The controller's version (always 1).",
+            ["version"],
+            registry=self.registry,
+        ).labels(version).set(1)
         self.cluster: ClusterCollector | None = None
         self._lock = asyncio.Lock()
 
@@ -332,8 +360,7 @@ def _wrap(handler: Any, method: str, metrics: ControllerMetrics) -> Any:
         "response_serializer": handler.response_serializer,
     }
 
-    async def unary(inner: Callable[[Any, Any], Awaitable[Any]], request: Any,
-                    context: Any) -> Any:  # fmt: skip
+    async def unary(inner: Callable[[Any, Any], Awaitable[Any]], request: Any, context: Any) -> Any:
         start = time.perf_counter()
         code = ""
         try:
@@ -348,8 +375,9 @@ def _wrap(handler: Any, method: str, metrics: ControllerMetrics) -> Any:
             code = "UNKNOWN"
             raise
         finally:
-            metrics.observe_grpc(method, code or _code_name(context, "OK"),
-                                 time.perf_counter() - start)  # fmt: skip
+            metrics.observe_grpc(
+                method, code or _code_name(context, "OK"), time.perf_counter() - start
+            )
 
     if handler.unary_unary is not None:
         inner_uu = handler.unary_unary

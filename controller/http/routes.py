@@ -73,20 +73,24 @@ MAX_QUERY_VALUES = 64  # repeated ?service=&node= filters
 class ApiError(Exception):
     """An answer other than 200, with its JSON error body."""
 
-    def __init__(self, status: int, code: str, message: str,
-                 headers: dict[str, str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> web.Response:
     return web.json_response(
-        {"error": message, "code": code}, status=status, headers=headers,
+        {"error": message, "code": code},
+        status=status,
+        headers=headers,
         dumps=lambda data: json.dumps(data, separators=(",", ":")),
-    )  # fmt: skip
+    )
 
 
 def to_json(value: Any) -> bytes:
@@ -164,8 +168,10 @@ class Handlers:
 
         def read() -> dict[str, tuple[bytes, str]]:
             files = {name: ((DASHBOARD / name).read_bytes(), kind) for name, kind in STATIC.items()}
-            files["index.html"] = ((DASHBOARD / "index.html").read_bytes(),
-                                   "text/html; charset=utf-8")  # fmt: skip
+            files["index.html"] = (
+                (DASHBOARD / "index.html").read_bytes(),
+                "text/html; charset=utf-8",
+            )
             return files
 
         self._static = await asyncio.to_thread(read)
@@ -210,8 +216,11 @@ class Handlers:
         query = ListNodesRequest(names=_values(request, "name"), labels=_values(request, "label"))
         for state in _values(request, "state"):
             if state.upper() not in ("READY", "DOWN", "UNKNOWN"):
-                raise ApiError(400, "INVALID_ARGUMENT", f"state: expected ready, down or "
-                               f"unknown, got {state[:64]!r}")  # fmt: skip
+                raise ApiError(
+                    400,
+                    "INVALID_ARGUMENT",
+                    f"state: expected ready, down or unknown, got {state[:64]!r}",
+                )
             query.states.append(NodeStatus.State.Value(state.upper()))
         nodes = (await self._sources.nodes.list(query)).nodes
         return await json_response(sorted(nodes, key=lambda n: n.spec.name))
@@ -220,8 +229,9 @@ class Handlers:
         return await json_response(await self._sources.nodes.get(request.match_info["ref"]))
 
     async def list_services(self, request: web.Request) -> web.Response:
-        query = ListServicesRequest(mode=request.query.get("mode", ""),
-                                    names=_values(request, "name"))  # fmt: skip
+        query = ListServicesRequest(
+            mode=request.query.get("mode", ""), names=_values(request, "name")
+        )
         summaries = (await self._sources.services.list(query)).services
         return await json_response(sorted(summaries, key=lambda s: s.service.spec.name))
 
@@ -233,15 +243,15 @@ class Handlers:
         if history not in ("", "0", "1", "true", "false"):
             raise ApiError(400, "INVALID_ARGUMENT", "history: expected 1 or 0")
         query = ListTasksRequest(
-            services=_values(request, "service"), nodes=_values(request, "node"),
+            services=_values(request, "service"),
+            nodes=_values(request, "node"),
             include_history=history in ("1", "true"),
-        )  # fmt: skip
+        )
         tasks = (await self._sources.services.list_tasks(query)).tasks
         return await json_response(list(tasks))
 
     async def get_task(self, request: web.Request) -> web.Response:
-        return await json_response(await self._sources.services.get_task(
-            request.match_info["ref"]))  # fmt: skip
+        return await json_response(await self._sources.services.get_task(request.match_info["ref"]))
 
     # -- container stats, from the agents ----------------------------------------
 
@@ -254,27 +264,35 @@ class Handlers:
         """One node's running containers, a sample each."""
         agents = self._agents()
         answer = await agents.node(await self._sources.nodes.get(request.match_info["ref"]))
-        return web.json_response({**answer.json(),
-                                  "services": service_totals(answer.containers)})  # fmt: skip
+        return web.json_response({**answer.json(), "services": service_totals(answer.containers)})
 
     async def service_stats(self, request: web.Request) -> web.Response:
         """A service's running containers on every node that runs one of its tasks."""
         agents = self._agents()
         service = await self._sources.services.get(request.match_info["ref"])
-        tasks = (await self._sources.services.list_tasks(
-            ListTasksRequest(services=[service.id]))).tasks  # fmt: skip
+        tasks = (
+            await self._sources.services.list_tasks(ListTasksRequest(services=[service.id]))
+        ).tasks
         on = {t.node_id for t in tasks if t.node_id and t.status.state == TaskStatus.RUNNING}
-        nodes = [n for n in (await self._sources.nodes.list(ListNodesRequest())).nodes
-                 if n.id in on]  # fmt: skip
-        answers = await agents.nodes(sorted(nodes, key=lambda n: n.spec.name),
-                                     lambda r: r.config.labels.get(LABEL_SERVICE_ID) == service.id)
+        nodes = [
+            n for n in (await self._sources.nodes.list(ListNodesRequest())).nodes if n.id in on
+        ]
+        answers = await agents.nodes(
+            sorted(nodes, key=lambda n: n.spec.name),
+            lambda r: r.config.labels.get(LABEL_SERVICE_ID) == service.id,
+        )
         containers = [c for a in answers for c in a.containers]
-        return web.json_response({
-            "service_id": service.id, "service": service.spec.name,
-            "totals": totals(service.spec.name, containers),
-            "containers": containers,
-            "nodes": [{"node_id": a.node_id, "node": a.node, "error": a.error} for a in answers],
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "service_id": service.id,
+                "service": service.spec.name,
+                "totals": totals(service.spec.name, containers),
+                "containers": containers,
+                "nodes": [
+                    {"node_id": a.node_id, "node": a.node, "error": a.error} for a in answers
+                ],
+            }
+        )
 
     async def cluster_stats(self, request: web.Request) -> web.Response:
         """Every node's running containers, and totals by service."""
@@ -282,11 +300,15 @@ class Handlers:
         nodes = (await self._sources.nodes.list(ListNodesRequest())).nodes
         answers = await agents.nodes(sorted(nodes, key=lambda n: n.spec.name))
         containers = [c for a in answers for c in a.containers]
-        return web.json_response({
-            "services": service_totals(containers),
-            "containers": containers,
-            "nodes": [{"node_id": a.node_id, "node": a.node, "error": a.error} for a in answers],
-        })  # fmt: skip
+        return web.json_response(
+            {
+                "services": service_totals(containers),
+                "containers": containers,
+                "nodes": [
+                    {"node_id": a.node_id, "node": a.node, "error": a.error} for a in answers
+                ],
+            }
+        )
 
     async def agents_sd(self, request: web.Request) -> web.Response:
         """Prometheus HTTP service discovery of the agents' metrics endpoints."""
@@ -311,8 +333,12 @@ class Handlers:
     def _file(self, request: web.Request, name: str) -> web.Response:
         body, content_type = self._static[name]
         etag = '"' + hashlib.sha256(body).hexdigest()[:16] + '"'
-        headers = {"ETag": etag, "Cache-Control": "no-cache", "Content-Security-Policy":
-                   DASHBOARD_CSP, "Content-Type": content_type}  # fmt: skip
+        headers = {
+            "ETag": etag,
+            "Cache-Control": "no-cache",
+            "Content-Security-Policy": DASHBOARD_CSP,
+            "Content-Type": content_type,
+        }
         if request.headers.get("If-None-Match") == etag:
             return web.Response(status=304, headers=headers)
         return web.Response(body=body, headers=headers)
@@ -326,9 +352,12 @@ class Handlers:
         except ValueError as exc:
             raise ApiError(400, "INVALID_ARGUMENT", f"Last-Event-ID or since: {exc}") from exc
         if self._open >= self._max_streams:
-            raise ApiError(503, "RESOURCE_EXHAUSTED",
-                           f"too many event streams (at most {self._max_streams}); retry later",
-                           headers={"Retry-After": "5"})  # fmt: skip
+            raise ApiError(
+                503,
+                "RESOURCE_EXHAUSTED",
+                f"too many event streams (at most {self._max_streams}); retry later",
+                headers={"Retry-After": "5"},
+            )
         self._open += 1  # the slot is taken before anything awaits
         self._metrics.event_streams.inc()
         pump: Coroutine[Any, Any, None] | None = None
@@ -342,16 +371,20 @@ class Handlers:
             else:
                 subscriber, start = subscription
             self._streams.add(subscriber)
-            response = web.StreamResponse(headers={
-                "Content-Type": "text/event-stream", "Cache-Control": "no-store",
-                "X-Accel-Buffering": "no",
-            })  # fmt: skip
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": "text/event-stream",
+                    "Cache-Control": "no-store",
+                    "X-Accel-Buffering": "no",
+                }
+            )
             await response.prepare(request)
             request["stream"] = response
             # `retry` paces reconnects; the id makes a reconnect resume from here.
             ready = json.dumps({"position": str(start), "resumed": after is not None})
-            await response.write(f"retry: 3000\nid: {start}\nevent: ready\ndata: {ready}\n\n"
-                                 .encode())  # fmt: skip
+            await response.write(
+                f"retry: 3000\nid: {start}\nevent: ready\ndata: {ready}\n\n".encode()
+            )
             await self._pour_beside(request, response, subscriber, pump)
             return response
         finally:
@@ -363,9 +396,13 @@ class Handlers:
             if pump is not None:
                 pump.close()  # not started, or done: a no-op
 
-    async def _pour_beside(self, request: web.Request, response: web.StreamResponse,
-                           subscriber: Subscriber,
-                           pump: Coroutine[Any, Any, None] | None) -> None:  # fmt: skip
+    async def _pour_beside(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        subscriber: Subscriber,
+        pump: Coroutine[Any, Any, None] | None,
+    ) -> None:
         """`_pour`, with the stream's own etcd watch (`pump`) beside it in one task group:
         a pump that fails ends the stream with its error instead of leaving it silent."""
         if pump is None:
@@ -376,8 +413,9 @@ class Handlers:
             await self._pour(request, response, subscriber)
             feeding.cancel()
 
-    async def _pour(self, request: web.Request, response: web.StreamResponse,
-                    subscriber: Subscriber) -> None:  # fmt: skip
+    async def _pour(
+        self, request: web.Request, response: web.StreamResponse, subscriber: Subscriber
+    ) -> None:
         """Write the subscriber's frames until it ends, the client goes or is revoked."""
         identity: Identity | None = request.get("identity")
         started = time.monotonic()
@@ -394,8 +432,11 @@ class Handlers:
                     async with asyncio.timeout(WRITE_TIMEOUT):
                         await response.write(chunk)
             except TimeoutError:
-                log.warning("http.events_slow_client", peer=request.remote,
-                            seconds=round(time.monotonic() - started, 1))  # fmt: skip
+                log.warning(
+                    "http.events_slow_client",
+                    peer=request.remote,
+                    seconds=round(time.monotonic() - started, 1),
+                )
                 if not subscriber.overflowed:  # (the hub counted that one)
                     self._metrics.event_streams_dropped.inc()
                 if request.transport is not None:
@@ -405,8 +446,11 @@ class Handlers:
                 return
             if subscriber.finished:
                 if subscriber.overflowed:
-                    log.warning("http.events_dropped", peer=request.remote,
-                                reason="the client reads more slowly than the cluster changes")
+                    log.warning(
+                        "http.events_dropped",
+                        peer=request.remote,
+                        reason="the client reads more slowly than the cluster changes",
+                    )
                 return
 
     async def _close_streams(self, app: web.Application) -> None:

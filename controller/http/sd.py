@@ -40,8 +40,7 @@ def agent_targets(nodes: Iterable[Node], port: int) -> list[dict[str, Any]]:
             "__meta_dockyard_node_id": node.id,
             "__meta_dockyard_node_name": node.spec.name,
             "__meta_dockyard_node_state": NodeStatus.State.Name(node.status.state),
-            "__meta_dockyard_node_availability": NodeSpec.Availability.Name(
-                node.spec.availability),
+            "__meta_dockyard_node_availability": NodeSpec.Availability.Name(node.spec.availability),
             "__meta_dockyard_node_runtime": node.description.runtime,
         }
         for key, value in node.spec.labels.items():

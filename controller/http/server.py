@@ -101,10 +101,12 @@ async def start_http(
     tls = None
     if ca_pem is not None:
         directory = pki_dir(config.state_dir)
-        tls = await asyncio.to_thread(server_tls, directory / "controller.pem",
-                                      directory / "controller-key.pem", ca_pem)  # fmt: skip
-    server = HttpServer(config.http_listen, sources, metrics, tls=tls,
-                        max_streams=config.http_max_streams)  # fmt: skip
+        tls = await asyncio.to_thread(
+            server_tls, directory / "controller.pem", directory / "controller-key.pem", ca_pem
+        )
+    server = HttpServer(
+        config.http_listen, sources, metrics, tls=tls, max_streams=config.http_max_streams
+    )
     try:
         await server.start()
     except OSError as exc:
@@ -150,12 +152,18 @@ class HttpServer:
         app.on_response_prepare.append(_common_headers)
         # handler_cancellation: a client that goes away ends its handler at once (an
         # event stream frees its slot without waiting for its next write).
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
-                               handler_cancellation=True)  # fmt: skip
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            handler_cancellation=True,
+        )
         await runner.setup()
         host, _, port = self._listen.rpartition(":")
-        site = web.TCPSite(runner, host.strip("[]"), int(port), ssl_context=self._tls,
-                           reuse_address=True)  # fmt: skip
+        site = web.TCPSite(
+            runner, host.strip("[]"), int(port), ssl_context=self._tls, reuse_address=True
+        )
         try:
             await site.start()
         except OSError:
@@ -165,8 +173,11 @@ class HttpServer:
         bound = runner.addresses[0]
         self.address = f"{host}:{bound[1]}"
         scheme = "https" if self._tls is not None else "http"
-        log.info("http.started", url=f"{scheme}://{self.address}/",
-                 client_certificates="required" if self._tls is not None else "none")  # fmt: skip
+        log.info(
+            "http.started",
+            url=f"{scheme}://{self.address}/",
+            client_certificates="required" if self._tls is not None else "none",
+        )
         return self.address
 
     async def stop(self) -> None:
@@ -185,18 +196,27 @@ class HttpServer:
             self._authorize(identity, route)
             response = await handler(request)
         except asyncio.CancelledError:  # the client went away (or the server stops)
-            log.debug("http.request", method=request.method, path=request.path, status=499,
-                      duration_ms=round((time.perf_counter() - start) * 1000, 2),
-                      peer=_peer_name(identity), remote=request.remote)  # fmt: skip
+            log.debug(
+                "http.request",
+                method=request.method,
+                path=request.path,
+                status=499,
+                duration_ms=round((time.perf_counter() - start) * 1000, 2),
+                peer=_peer_name(identity),
+                remote=request.remote,
+            )
             raise
         except ApiError as exc:
             response = error_response(exc.status, exc.code, str(exc), exc.headers)
         except web.HTTPException as exc:  # aiohttp's own: no such path, method not allowed
-            message = ("this API is read-only: only GET" if exc.status == 405
-                       else f"no route {request.path[:200]!r}" if exc.status == 404
-                       else exc.reason)  # fmt: skip
-            response = error_response(exc.status, HTTP_CODES.get(exc.status, "UNKNOWN"),
-                                      message)  # fmt: skip
+            message = (
+                "this API is read-only: only GET"
+                if exc.status == 405
+                else f"no route {request.path[:200]!r}"
+                if exc.status == 404
+                else exc.reason
+            )
+            response = error_response(exc.status, HTTP_CODES.get(exc.status, "UNKNOWN"), message)
         except Exception as exc:
             if "stream" in request:  # the event stream had started: nothing left to say
                 log.exception("http.stream_failed", path=request.path)
@@ -209,11 +229,13 @@ class HttpServer:
         if "stream" not in request:  # a stream lasts as long as its client stays
             self._metrics.http_latency.labels(route).observe(seconds)
         fields = {
-            "method": request.method, "path": request.path, "status": status,
+            "method": request.method,
+            "path": request.path,
+            "status": status,
             "duration_ms": round(seconds * 1000, 2),
             "peer": _peer_name(identity),
             "remote": request.remote,
-        }  # fmt: skip
+        }
         if status >= 400:
             log.warning("http.request", **fields)
         else:
@@ -224,14 +246,21 @@ class HttpServer:
         if self._tls is None or route in PUBLIC_ROUTES:
             return
         if identity is None:  # not reached with CERT_REQUIRED; kept as a second lock
-            raise ApiError(401, "UNAUTHENTICATED",
-                           "a client certificate from this cluster's CA is required")
+            raise ApiError(
+                401, "UNAUTHENTICATED", "a client certificate from this cluster's CA is required"
+            )
         if self._sources.revoked(identity.serial):
-            raise ApiError(403, "PERMISSION_DENIED", f"certificate {identity.serial} "
-                           f"({identity.role} {identity.id}) is revoked")  # fmt: skip
+            raise ApiError(
+                403,
+                "PERMISSION_DENIED",
+                f"certificate {identity.serial} ({identity.role} {identity.id}) is revoked",
+            )
         if identity.role not in READERS:
-            raise ApiError(403, "PERMISSION_DENIED",
-                           f"{identity.role} {identity.id!r} may not read the cluster API")
+            raise ApiError(
+                403,
+                "PERMISSION_DENIED",
+                f"{identity.role} {identity.id!r} may not read the cluster API",
+            )
 
 
 def _peer_name(identity: pki.Identity | None) -> str:

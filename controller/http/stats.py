@@ -58,23 +58,33 @@ class NodeStats:
     error: str = ""
 
     def json(self) -> dict[str, Any]:
-        return {"node_id": self.node_id, "node": self.node, "error": self.error,
-                "containers": self.containers}  # fmt: skip
+        return {
+            "node_id": self.node_id,
+            "node": self.node,
+            "error": self.error,
+            "containers": self.containers,
+        }
 
 
 def _container(record: ContainerRecord, stats: Any, node: Node) -> dict[str, Any]:
     labels = record.config.labels
     return {
-        "id": record.id, "name": record.name, "image": record.image,
+        "id": record.id,
+        "name": record.name,
+        "image": record.image,
         "service_id": labels.get(LABEL_SERVICE_ID, ""),
         "service": labels.get(LABEL_SERVICE_NAME, ""),
-        "task_id": labels.get(LABEL_TASK_ID, ""), "slot": labels.get(LABEL_SLOT, ""),
-        "node_id": node.id, "node": node.spec.name,
+        "task_id": labels.get(LABEL_TASK_ID, ""),
+        "slot": labels.get(LABEL_SLOT, ""),
+        "node_id": node.id,
+        "node": node.spec.name,
         "read_at": stats.read_at.ToJsonString(),
-        "cpu_percent": round(stats.cpu_percent, 3), "cpu_usage_ns": stats.cpu_usage_ns,
-        "memory_usage": stats.memory_usage, "memory_limit": stats.memory_limit,
+        "cpu_percent": round(stats.cpu_percent, 3),
+        "cpu_usage_ns": stats.cpu_usage_ns,
+        "memory_usage": stats.memory_usage,
+        "memory_limit": stats.memory_limit,
         "pids": stats.pids,
-    }  # fmt: skip
+    }
 
 
 def _first_line(text: str, limit: int = 200) -> str:
@@ -102,9 +112,11 @@ class AgentStats:
         options = [("grpc.ssl_target_name_override", AGENT_TLS_NAME)]
         return grpc.aio.secure_channel(address, credentials, options)
 
-    async def nodes(self, nodes: Iterable[Node],
-                    wanted: Callable[[ContainerRecord], bool] = lambda r: True,
-                    ) -> list[NodeStats]:  # fmt: skip
+    async def nodes(
+        self,
+        nodes: Iterable[Node],
+        wanted: Callable[[ContainerRecord], bool] = lambda r: True,
+    ) -> list[NodeStats]:
         """Every node's answer, in the order given, with the containers `wanted` keeps."""
         async with asyncio.TaskGroup() as group:
             asked = [group.create_task(self.node(n, wanted)) for n in nodes]
@@ -134,13 +146,13 @@ class AgentStats:
             log.info("stats.node_failed", node=node.spec.name, error=answer.error)
         return answer
 
-    async def _ask(self, node: Node, address: str,
-                   wanted: Callable[[ContainerRecord], bool]) -> list[dict[str, Any]]:  # fmt: skip
+    async def _ask(
+        self, node: Node, address: str, wanted: Callable[[ContainerRecord], bool]
+    ) -> list[dict[str, Any]]:
         async with self._channel(address) as channel:
             stub = containers_pb2_grpc.ContainersStub(channel)
             listed = await stub.List(ListContainersRequest())
-            records = [r for r in listed.containers
-                       if r.state.status == "running" and wanted(r)]  # fmt: skip
+            records = [r for r in listed.containers if r.state.status == "running" and wanted(r)]
             limit = asyncio.Semaphore(MAX_CONTAINERS_AT_ONCE)
 
             async def sample(record: ContainerRecord) -> dict[str, Any] | None:
@@ -148,8 +160,10 @@ class AgentStats:
                     try:
                         stats = await stub.Stats(ContainerRef(container=record.id))
                     except grpc.aio.AioRpcError as exc:  # it exited since the list
-                        if exc.code() in (grpc.StatusCode.NOT_FOUND,
-                                          grpc.StatusCode.FAILED_PRECONDITION):  # fmt: skip
+                        if exc.code() in (
+                            grpc.StatusCode.NOT_FOUND,
+                            grpc.StatusCode.FAILED_PRECONDITION,
+                        ):
                             return None
                         raise
                 return _container(record, stats, node)
@@ -163,10 +177,13 @@ class AgentStats:
 def totals(service: str, containers: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """`containers` counted, and their CPU percent, memory and PIDs summed."""
     found = list(containers)
-    return {"service": service, "containers": len(found),
-            "cpu_percent": round(sum(c["cpu_percent"] for c in found), 3),
-            "memory_usage": sum(c["memory_usage"] for c in found),
-            "pids": sum(c["pids"] for c in found)}  # fmt: skip
+    return {
+        "service": service,
+        "containers": len(found),
+        "cpu_percent": round(sum(c["cpu_percent"] for c in found), 3),
+        "memory_usage": sum(c["memory_usage"] for c in found),
+        "pids": sum(c["pids"] for c in found),
+    }
 
 
 def service_totals(containers: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -45,9 +45,14 @@ def reconcile_global(
             continue
         refill(service, history.get(node.id, []), now, plan, 0, node.id)
     plan_update(
-        service, running, tasks, plan, now, progress,
+        service,
+        running,
+        tasks,
+        plan,
+        now,
+        progress,
         lambda svc, slot, node_id: new_task(svc, 0, node_id),
-    )  # fmt: skip
+    )
     return plan
 
 

@@ -33,8 +33,9 @@ def reconcile_job(
     succeeded_slots = {
         t.slot for t in tasks if t.status.state == TaskState.COMPLETE and t.status.exit_code == 0
     }
-    running = _running(service, settle_finished(tasks, nodes, now, down_grace, plan),
-                       succeeded_slots, plan)  # fmt: skip
+    running = _running(
+        service, settle_finished(tasks, nodes, now, down_grace, plan), succeeded_slots, plan
+    )
     failures = sum(1 for t in tasks if failed(t) and t.status.state != TaskState.ORPHANED)
     _record_status(service, len(succeeded_slots), failures, plan)
     if len(succeeded_slots) >= job.completions or failures > job.backoff_limit:

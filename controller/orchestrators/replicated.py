@@ -68,9 +68,7 @@ def settle_finished(
     return running
 
 
-def history_by(
-    tasks: Sequence[Task], plan: Plan, key: Callable[[Task], K]
-) -> dict[K, list[Task]]:
+def history_by(tasks: Sequence[Task], plan: Plan, key: Callable[[Task], K]) -> dict[K, list[Task]]:
     """Tasks grouped by slot (or node), as this plan leaves them, oldest first."""
     changed = {t.id: t for t in plan.updates}
     groups: dict[K, list[Task]] = defaultdict(list)

@@ -11,10 +11,15 @@ from dockyard.common.timestamps import now_timestamp, to_seconds
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.v1.workloads_pb2 import Service, Task
 
-TERMINAL = frozenset({
-    TaskState.COMPLETE, TaskState.SHUTDOWN, TaskState.FAILED, TaskState.REJECTED,
-    TaskState.ORPHANED,
-})  # fmt: skip
+TERMINAL = frozenset(
+    {
+        TaskState.COMPLETE,
+        TaskState.SHUTDOWN,
+        TaskState.FAILED,
+        TaskState.REJECTED,
+        TaskState.ORPHANED,
+    }
+)
 
 
 def is_terminal(task: Task) -> bool:

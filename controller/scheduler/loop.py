@@ -34,8 +34,13 @@ RoundObserver = Callable[[float, int], None]
 
 
 class SchedulingLoop:
-    def __init__(self, store: Store, state: ClusterState, strategy: Strategy = "spread",
-                 on_round: RoundObserver = lambda seconds, assigned: None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        store: Store,
+        state: ClusterState,
+        strategy: Strategy = "spread",
+        on_round: RoundObserver = lambda seconds, assigned: None,
+    ) -> None:
         self._store = store
         self._state = state
         self._scheduler = Scheduler(strategy)

@@ -58,8 +58,13 @@ def image_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ImageRe
     tmp = tmp_path_factory.mktemp("agent-registry")
     for host, root in _start(tmp):
         ref = f"{host}/test/busybox:latest"
-        done = subprocess.run([*BUILD, "busybox", "--tag", ref, "--push"], check=False,
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        done = subprocess.run(
+            [*BUILD, "busybox", "--tag", ref, "--push"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
         yield ImageRegistry(RegistryServer(host, root), ref, done.stdout.strip())
 
@@ -86,14 +91,27 @@ class Agent:
 
     def start(self, timeout: float = 30) -> Agent:
         args = [
-            str(BIN / "dockyard-agent"), "run", "--controller", f"127.0.0.1:{free_port()}",
-            "--listen", self.address, "--state-dir", str(self.state_dir), "--runtime", "runc",
-            "--cgroup-parent", self.cgroup_parent, "--log-level", "debug", "--insecure",
+            str(BIN / "dockyard-agent"),
+            "run",
+            "--controller",
+            f"127.0.0.1:{free_port()}",
+            "--listen",
+            self.address,
+            "--state-dir",
+            str(self.state_dir),
+            "--runtime",
+            "runc",
+            "--cgroup-parent",
+            self.cgroup_parent,
+            "--log-level",
+            "debug",
+            "--insecure",
             *self.extra,
-        ]  # fmt: skip
+        ]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(args, stdout=log, stderr=log,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+            self.process = subprocess.Popen(
+                args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         self.channel = grpc.insecure_channel(self.address)
         deadline = time.monotonic() + timeout
         while True:
@@ -183,8 +201,12 @@ def agent_factory(tmp_path: Path) -> Iterator[Any]:
     """Makes agents; teardown kills them and everything their containers left behind."""
     made: list[Agent] = []
 
-    def make(state_dir: Path | None = None, port: int | None = None,
-             extra: list[str] | None = None, cgroup_parent: str | None = None) -> Agent:
+    def make(
+        state_dir: Path | None = None,
+        port: int | None = None,
+        extra: list[str] | None = None,
+        cgroup_parent: str | None = None,
+    ) -> Agent:
         agent = Agent(
             state_dir=state_dir or tmp_path / f"agent{len(made)}",
             port=port or free_port(),

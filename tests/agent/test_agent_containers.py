@@ -52,28 +52,37 @@ def test_run_true_end_to_end_timing(agent: Agent, image_registry: ImageRegistry)
         _, code = agent.run(image_registry.busybox, "true", auto_remove=True)
         timings.append(time.perf_counter() - started)
         assert code == 0
-    print(f"\nAPI run of `true` (create+start+wait, --rm): "
-          f"{', '.join(f'{t * 1000:.0f}' for t in timings)} ms")
+    print(
+        f"\nAPI run of `true` (create+start+wait, --rm): "
+        f"{', '.join(f'{t * 1000:.0f}' for t in timings)} ms"
+    )
     assert min(timings) < 5
 
 
 def test_env_workdir_user(agent: Agent, image_registry: ImageRegistry) -> None:
     record, code = agent.run(
-        image_registry.busybox, "sh", "-c", 'echo "$FOO $IMAGE_PATH"; pwd; id -u; id -g',
-        env=["FOO=bar", "IMAGE_PATH=x"], workdir="/tmp", user="nobody",
-    )  # fmt: skip
+        image_registry.busybox,
+        "sh",
+        "-c",
+        'echo "$FOO $IMAGE_PATH"; pwd; id -u; id -g',
+        env=["FOO=bar", "IMAGE_PATH=x"],
+        workdir="/tmp",
+        user="nobody",
+    )
     assert code == 0
     assert agent.logs(record.id).decode().split("\n") == ["bar x", "/tmp", "65534", "65534", ""]
-    record, _ = agent.run(image_registry.busybox, "sh", "-c", "echo $PATH; id -u",
-                          user="1234:50", hostname="box1")  # fmt: skip
+    record, _ = agent.run(
+        image_registry.busybox, "sh", "-c", "echo $PATH; id -u", user="1234:50", hostname="box1"
+    )
     assert agent.logs(record.id).decode().split("\n")[1:] == ["1234", ""]
     assert "/bin" in agent.logs(record.id).decode()
 
 
 def test_memory_limit_oom(agent: Agent, image_registry: ImageRegistry) -> None:
     script = "x=$(head -c 64m /dev/zero | tr '\\0' a); echo survived"
-    record, code = agent.run(image_registry.busybox, "sh", "-c", script,
-                             memory_bytes=8 * 1024 * 1024)  # fmt: skip
+    record, code = agent.run(
+        image_registry.busybox, "sh", "-c", script, memory_bytes=8 * 1024 * 1024
+    )
     assert code == 137
     state = agent.inspect(record.id).state
     assert state.oom_killed and state.exit_code == 137
@@ -81,32 +90,48 @@ def test_memory_limit_oom(agent: Agent, image_registry: ImageRegistry) -> None:
 
 
 def test_exec_stats_stop(agent: Agent, image_registry: ImageRegistry) -> None:
-    record = agent.containers.Create(cpb.CreateContainerRequest(
-        image=image_registry.busybox, name="worker", command=["sleep", "60"],
-        env=["FROM_CREATE=1"]))  # fmt: skip
+    record = agent.containers.Create(
+        cpb.CreateContainerRequest(
+            image=image_registry.busybox,
+            name="worker",
+            command=["sleep", "60"],
+            env=["FROM_CREATE=1"],
+        )
+    )
     started = agent.containers.Start(cpb.ContainerRef(container="worker"))
     assert started.state.status == "running" and started.state.pid > 0
-    outputs = list(agent.containers.Exec(cpb.ExecRequest(
-        container="worker", command=["sh", "-c", "echo out $FROM_CREATE $X; echo err >&2; exit 4"],
-        env=["X=y"])))  # fmt: skip
+    outputs = list(
+        agent.containers.Exec(
+            cpb.ExecRequest(
+                container="worker",
+                command=["sh", "-c", "echo out $FROM_CREATE $X; echo err >&2; exit 4"],
+                env=["X=y"],
+            )
+        )
+    )
     assert outputs[-1].WhichOneof("output") == "exit_code" and outputs[-1].exit_code == 4
     assert b"".join(o.stdout for o in outputs) == b"out 1 y\n"
     assert b"".join(o.stderr for o in outputs) == b"err\n"
     stats = agent.containers.Stats(cpb.ContainerRef(container="worker"))
     assert stats.memory_usage > 0 and stats.pids >= 1 and stats.cpu_usage_ns > 0
     started_at = time.monotonic()
-    stopped = agent.containers.Stop(cpb.StopContainerRequest(
-        container=record.id, timeout_seconds=0.5, has_timeout=True))  # fmt: skip
+    stopped = agent.containers.Stop(
+        cpb.StopContainerRequest(container=record.id, timeout_seconds=0.5, has_timeout=True)
+    )
     assert time.monotonic() - started_at < 5
     assert stopped.state.status == "exited" and stopped.state.exit_code == 137
-    assert code_of(lambda: agent.containers.Stats(cpb.ContainerRef(container="worker")))[0] \
+    assert (
+        code_of(lambda: agent.containers.Stats(cpb.ContainerRef(container="worker")))[0]
         == grpc.StatusCode.FAILED_PRECONDITION
+    )
 
 
 def test_errors(agent: Agent, image_registry: ImageRegistry) -> None:
     c = agent.containers
     assert code_of(lambda: agent.inspect("nope")) == (
-        grpc.StatusCode.NOT_FOUND, "no such container: nope")
+        grpc.StatusCode.NOT_FOUND,
+        "no such container: nope",
+    )
     missing = f"{image_registry.server.host}/x:latest"
     code, message = code_of(lambda: c.Create(cpb.CreateContainerRequest(image=missing)))
     assert code == grpc.StatusCode.NOT_FOUND
@@ -118,8 +143,10 @@ def test_errors(agent: Agent, image_registry: ImageRegistry) -> None:
         ({"env": ["NOEQUALS"]}, "env[0]"),
         ({"name": "bad name"}, "name"),
         ({"network": "bridge0"}, "network"),
-        ({"auto_remove": True, "restart_policy": cpb.RestartPolicySpec(name="always")},
-         "auto_remove"),
+        (
+            {"auto_remove": True, "restart_policy": cpb.RestartPolicySpec(name="always")},
+            "auto_remove",
+        ),
     ]
     for fields, field in bad:
         request = cpb.CreateContainerRequest(image=image_registry.busybox, command=["true"])
@@ -134,14 +161,19 @@ def test_errors(agent: Agent, image_registry: ImageRegistry) -> None:
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (fields, message)
         assert message.startswith(f"{field}:"), message
 
-    c.Create(cpb.CreateContainerRequest(image=image_registry.busybox, name="taken",
-                                        command=["sleep", "30"]))  # fmt: skip
-    code, message = code_of(lambda: c.Create(cpb.CreateContainerRequest(
-        image=image_registry.busybox, name="taken")))  # fmt: skip
+    c.Create(
+        cpb.CreateContainerRequest(
+            image=image_registry.busybox, name="taken", command=["sleep", "30"]
+        )
+    )
+    code, message = code_of(
+        lambda: c.Create(cpb.CreateContainerRequest(image=image_registry.busybox, name="taken"))
+    )
     assert code == grpc.StatusCode.ALREADY_EXISTS and "taken" in message
     c.Start(cpb.ContainerRef(container="taken"))
-    code, message = code_of(lambda: c.Kill(cpb.KillContainerRequest(container="taken",
-                                                                    signal="SIGNOPE")))
+    code, message = code_of(
+        lambda: c.Kill(cpb.KillContainerRequest(container="taken", signal="SIGNOPE"))
+    )
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("signal:")
     code, message = code_of(lambda: c.Remove(cpb.RemoveContainerRequest(container="taken")))
     assert code == grpc.StatusCode.FAILED_PRECONDITION and "running" in message
@@ -152,8 +184,9 @@ def test_errors(agent: Agent, image_registry: ImageRegistry) -> None:
 
 
 def test_auto_remove(agent: Agent, image_registry: ImageRegistry) -> None:
-    record, code = agent.run(image_registry.busybox, "sh", "-c", "exit 2", auto_remove=True,
-                             name="ephemeral")  # fmt: skip
+    record, code = agent.run(
+        image_registry.busybox, "sh", "-c", "exit 2", auto_remove=True, name="ephemeral"
+    )
     assert code == 2
 
     def gone() -> bool:
@@ -169,18 +202,26 @@ def test_auto_remove(agent: Agent, image_registry: ImageRegistry) -> None:
     # The agent's own record goes right after the runtime's (same Remove call).
     wait_until(lambda: not list((agent.state_dir / "containers").iterdir()), "its record to go")
     # a container that is still running when its caller waits
-    record = agent.containers.Create(cpb.CreateContainerRequest(
-        image=image_registry.busybox, command=["sh", "-c", "sleep 0.3; exit 5"],
-        auto_remove=True))  # fmt: skip
+    record = agent.containers.Create(
+        cpb.CreateContainerRequest(
+            image=image_registry.busybox,
+            command=["sh", "-c", "sleep 0.3; exit 5"],
+            auto_remove=True,
+        )
+    )
     agent.containers.Start(cpb.ContainerRef(container=record.id))
     assert agent.containers.Wait(cpb.ContainerRef(container=record.id)).exit_code == 5
     wait_until(gone, "the second --rm container to be removed")
 
 
 def test_restart_policy_on_failure(agent: Agent, image_registry: ImageRegistry) -> None:
-    record = agent.containers.Create(cpb.CreateContainerRequest(
-        image=image_registry.busybox, command=["sh", "-c", "echo run; exit 1"],
-        restart_policy=cpb.RestartPolicySpec(name="on-failure", max_retries=2)))  # fmt: skip
+    record = agent.containers.Create(
+        cpb.CreateContainerRequest(
+            image=image_registry.busybox,
+            command=["sh", "-c", "echo run; exit 1"],
+            restart_policy=cpb.RestartPolicySpec(name="on-failure", max_retries=2),
+        )
+    )
     agent.containers.Start(cpb.ContainerRef(container=record.id))
 
     def settled() -> bool:
@@ -193,17 +234,22 @@ def test_restart_policy_on_failure(agent: Agent, image_registry: ImageRegistry) 
     assert (state.restart_count, state.status, state.exit_code) == (2, "exited", 1)
     assert agent.logs(record.id) == b"run\nrun\nrun\n"
     # success is not restarted under on-failure
-    ok, code = agent.run(image_registry.busybox, "true",
-                         restart_policy=cpb.RestartPolicySpec(name="on-failure:3"))
+    ok, code = agent.run(
+        image_registry.busybox, "true", restart_policy=cpb.RestartPolicySpec(name="on-failure:3")
+    )
     assert code == 0
     time.sleep(0.5)
     assert agent.inspect(ok.id).state.restart_count == 0
 
 
 def test_restart_always_until_stopped(agent: Agent, image_registry: ImageRegistry) -> None:
-    record = agent.containers.Create(cpb.CreateContainerRequest(
-        image=image_registry.busybox, command=["sh", "-c", "sleep 0.2"],
-        restart_policy=cpb.RestartPolicySpec(name="always")))  # fmt: skip
+    record = agent.containers.Create(
+        cpb.CreateContainerRequest(
+            image=image_registry.busybox,
+            command=["sh", "-c", "sleep 0.2"],
+            restart_policy=cpb.RestartPolicySpec(name="always"),
+        )
+    )
     agent.containers.Start(cpb.ContainerRef(container=record.id))
     wait_until(lambda: agent.inspect(record.id).state.restart_count >= 2, "restarts")
     agent.containers.Stop(cpb.StopContainerRequest(container=record.id))

@@ -34,7 +34,8 @@ def test_pull_progress(agent_factory, image_registry: ImageRegistry) -> None:
     assert again[-1].done and any(e.status == "already exists" for e in again[:-1])
     listed = agent.images.List(ipb.ListImagesRequest()).images
     assert [(i.repository, i.tag) for i in listed] == [
-        (image_registry.busybox.rsplit(":", 1)[0], "latest")]
+        (image_registry.busybox.rsplit(":", 1)[0], "latest")
+    ]
     inspected = agent.images.Inspect(ipb.ImageRef(image=image_registry.digest))
     assert inspected.layers == final.image.layers
 
@@ -52,8 +53,9 @@ def test_pull_errors(agent: Agent, image_registry: ImageRegistry) -> None:
 
 def test_image_rm_refused_while_in_use(agent: Agent, image_registry: ImageRegistry) -> None:
     ref = image_registry.busybox
-    record = agent.containers.Create(cpb.CreateContainerRequest(image=ref, name="user1",
-                                                                command=["true"]))
+    record = agent.containers.Create(
+        cpb.CreateContainerRequest(image=ref, name="user1", command=["true"])
+    )
     code, message = code_of(lambda: agent.images.Remove(ipb.RemoveImageRequest(image=ref)))
     assert code == grpc.StatusCode.FAILED_PRECONDITION
     assert f"image {ref} is used by container {record.id[:12]} (user1)" in message
@@ -71,8 +73,7 @@ def test_image_rm_refused_while_in_use(agent: Agent, image_registry: ImageRegist
 
 def test_save_load_tag(agent: Agent, image_registry: ImageRegistry, tmp_path: Path) -> None:
     out = tmp_path / "saved.tar"
-    saved = agent.images.Save(ipb.SaveImagesRequest(images=[image_registry.busybox],
-                                                    path=str(out)))
+    saved = agent.images.Save(ipb.SaveImagesRequest(images=[image_registry.busybox], path=str(out)))
     assert saved.size == out.stat().st_size > 0
     code, message = code_of(lambda: agent.images.Load(ipb.LoadImagesRequest(path="rel.tar")))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and message.startswith("path:")
@@ -89,7 +90,9 @@ def test_registry_mirror_flag(agent_factory, image_registry: ImageRegistry) -> N
     events = agent.pull("test/busybox")
     assert events[-1].done and events[-1].image.digest == image_registry.digest
     image = events[-1].image
-    assert list(image.references) == ["docker.io/test/busybox:latest",
-                                      f"docker.io/test/busybox@{image.digest}"]
+    assert list(image.references) == [
+        "docker.io/test/busybox:latest",
+        f"docker.io/test/busybox@{image.digest}",
+    ]
     record, code = agent.run("test/busybox", "true")
     assert code == 0 and record.image == "test/busybox"

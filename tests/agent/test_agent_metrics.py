@@ -45,29 +45,43 @@ def scrape(url: str) -> Samples:
 
 
 def start(agent: Agent, image: str, name: str, script: str, memory: int) -> str:
-    record = agent.containers.Create(cpb.CreateContainerRequest(
-        image=image, name=name, command=["sh", "-c", script], memory_bytes=memory), timeout=30)
+    record = agent.containers.Create(
+        cpb.CreateContainerRequest(
+            image=image, name=name, command=["sh", "-c", script], memory_bytes=memory
+        ),
+        timeout=30,
+    )
     agent.containers.Start(cpb.ContainerRef(container=record.id), timeout=30)
     return record.id
 
 
 def exec_code(agent: Agent, container: str, *command: str) -> int:
-    outputs = list(agent.containers.Exec(cpb.ExecRequest(container=container,
-                                                         command=list(command))))
+    outputs = list(
+        agent.containers.Exec(cpb.ExecRequest(container=container, command=list(command)))
+    )
     return outputs[-1].exit_code
 
 
-def test_allocated_memory_shows_in_the_working_set(metrics_agent: tuple[Agent, str],
-                                                   image_registry: ImageRegistry) -> None:
+def test_allocated_memory_shows_in_the_working_set(
+    metrics_agent: tuple[Agent, str], image_registry: ImageRegistry
+) -> None:
     agent, url = metrics_agent
     busybox = image_registry.busybox
     # The shell keeps 48 MiB in a variable, then idles (a command after the sleep keeps it
     # from exec'ing into the sleep); its neighbour only idles.
-    start(agent, busybox, "hog", "x=$(head -c 48m /dev/zero | tr '\\0' a); touch /ready; "
-          "sleep 120; echo $x | head -c 1", 256 * MiB)
+    start(
+        agent,
+        busybox,
+        "hog",
+        "x=$(head -c 48m /dev/zero | tr '\\0' a); touch /ready; sleep 120; echo $x | head -c 1",
+        256 * MiB,
+    )
     start(agent, busybox, "idle", "sleep 120", 0)
-    wait_until(lambda: exec_code(agent, "hog", "test", "-e", "/ready") == 0,
-               "the hog to fill its memory", timeout=60)
+    wait_until(
+        lambda: exec_code(agent, "hog", "test", "-e", "/ready") == 0,
+        "the hog to fill its memory",
+        timeout=60,
+    )
     found = scrape(url)
     working = found["container_memory_working_set_bytes"]
     assert working["hog"] >= 48 * MiB, working
@@ -88,12 +102,17 @@ def test_allocated_memory_shows_in_the_working_set(metrics_agent: tuple[Agent, s
     assert found["dockyard_image_pull_seconds_total"]["registry"] > 0
 
 
-def test_an_oom_kill_increments_the_counter(metrics_agent: tuple[Agent, str],
-                                            image_registry: ImageRegistry) -> None:
+def test_an_oom_kill_increments_the_counter(
+    metrics_agent: tuple[Agent, str], image_registry: ImageRegistry
+) -> None:
     agent, url = metrics_agent
-    cid = start(agent, image_registry.busybox, "greedy",
-                "while [ ! -e /go ]; do sleep 0.1; done; x=$(head -c 64m /dev/zero | tr '\\0' a)",
-                16 * MiB)
+    cid = start(
+        agent,
+        image_registry.busybox,
+        "greedy",
+        "while [ ! -e /go ]; do sleep 0.1; done; x=$(head -c 64m /dev/zero | tr '\\0' a)",
+        16 * MiB,
+    )
     before = scrape(url)
     assert before["container_oom_events_total"]["greedy"] == 0
     assert before["dockyard_container_running"]["greedy"] == 1

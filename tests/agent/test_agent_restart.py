@@ -13,8 +13,12 @@ pytestmark = [pytest.mark.runc, pytest.mark.registry]
 
 
 def runc_status(agent: Agent, container_id: str) -> str:
-    done = subprocess.run(["runc", "--root", str(agent.runc_root), "state", container_id],
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        ["runc", "--root", str(agent.runc_root), "state", container_id],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     return "running" if '"running"' in done.stdout else done.stdout or done.stderr
 
 
@@ -22,14 +26,18 @@ def test_container_survives_agent_sigkill(agent_factory, image_registry: ImageRe
     first: Agent = agent_factory().start()
     first.pull(image_registry.busybox)
     script = "echo before; sleep 2; echo after; exit 7"
-    record = first.containers.Create(cpb.CreateContainerRequest(
-        image=image_registry.busybox, name="survivor", command=["sh", "-c", script]))
+    record = first.containers.Create(
+        cpb.CreateContainerRequest(
+            image=image_registry.busybox, name="survivor", command=["sh", "-c", script]
+        )
+    )
     first.containers.Start(cpb.ContainerRef(container="survivor"))
     wait_until(lambda: first.logs("survivor") == b"before\n", "the first line")
     first.crash()
     assert runc_status(first, record.id) == "running"
-    second: Agent = agent_factory(state_dir=first.state_dir, port=first.port,
-                                  cgroup_parent=first.cgroup_parent).start()
+    second: Agent = agent_factory(
+        state_dir=first.state_dir, port=first.port, cgroup_parent=first.cgroup_parent
+    ).start()
     assert second.inspect("survivor").state.status == "running"
     exit_info = second.containers.Wait(cpb.ContainerRef(container="survivor"), timeout=30)
     assert exit_info.exit_code == 7
@@ -43,21 +51,30 @@ def test_sigterm_leaves_containers_and_restarts_always(
 ) -> None:
     first: Agent = agent_factory().start()
     first.pull(image_registry.busybox)
-    long = first.containers.Create(cpb.CreateContainerRequest(
-        image=image_registry.busybox, command=["sleep", "60"]))  # fmt: skip
+    long = first.containers.Create(
+        cpb.CreateContainerRequest(image=image_registry.busybox, command=["sleep", "60"])
+    )
     first.containers.Start(cpb.ContainerRef(container=long.id))
-    short = first.containers.Create(cpb.CreateContainerRequest(
-        image=image_registry.busybox, command=["sh", "-c", "sleep 0.5; exit 1"],
-        restart_policy=cpb.RestartPolicySpec(name="unless-stopped")))  # fmt: skip
+    short = first.containers.Create(
+        cpb.CreateContainerRequest(
+            image=image_registry.busybox,
+            command=["sh", "-c", "sleep 0.5; exit 1"],
+            restart_policy=cpb.RestartPolicySpec(name="unless-stopped"),
+        )
+    )
     first.containers.Start(cpb.ContainerRef(container=short.id))
     assert first.terminate() == 0
     assert runc_status(first, long.id) == "running"
     subprocess.run(["sleep", "1"], check=True)  # `short` exits while no agent is up
-    second: Agent = agent_factory(state_dir=first.state_dir, port=first.port,
-                                  cgroup_parent=first.cgroup_parent).start()
+    second: Agent = agent_factory(
+        state_dir=first.state_dir, port=first.port, cgroup_parent=first.cgroup_parent
+    ).start()
     assert second.inspect(long.id).state.status == "running"
-    wait_until(lambda: second.inspect(short.id).state.restart_count >= 1,
-               "the unless-stopped container to be started again")
-    second.containers.Stop(cpb.StopContainerRequest(container=long.id, timeout_seconds=0.2,
-                                                    has_timeout=True))  # fmt: skip
+    wait_until(
+        lambda: second.inspect(short.id).state.restart_count >= 1,
+        "the unless-stopped container to be started again",
+    )
+    second.containers.Stop(
+        cpb.StopContainerRequest(container=long.id, timeout_seconds=0.2, has_timeout=True)
+    )
     second.containers.Stop(cpb.StopContainerRequest(container=short.id))

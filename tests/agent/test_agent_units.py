@@ -41,8 +41,7 @@ def test_names() -> None:
 
 
 def test_parse_restart_policy_and_signal() -> None:
-    assert parse_restart_policy("on-failure:3", 0) == RestartPolicy(RestartPolicyName.ON_FAILURE,
-                                                                    3)
+    assert parse_restart_policy("on-failure:3", 0) == RestartPolicy(RestartPolicyName.ON_FAILURE, 3)
     assert parse_restart_policy("", 0) == RestartPolicy()
     for bad in ("sometimes", "on-failure:x", "always:2"):
         with pytest.raises(InvalidArgument, match=r"^restart_policy"):

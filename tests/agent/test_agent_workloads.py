@@ -146,8 +146,9 @@ def containers_of(cluster: Cluster, tasks: list[Task]) -> list[Any]:
         address = cluster.agent_address(names[task.node_id])
         with grpc.secure_channel(address, cluster.admin_credentials()) as channel:
             stub = containers_pb2_grpc.ContainersStub(channel)
-            records.append(stub.Inspect(ContainerRef(container=task.status.container_id),
-                                        timeout=10))
+            records.append(
+                stub.Inspect(ContainerRef(container=task.status.container_id), timeout=10)
+            )
     return records
 
 
@@ -156,8 +157,9 @@ def test_replicas_run_the_pinned_digest_and_privileged_needs_the_policy(
 ) -> None:
     cluster = runc_cluster
     ref = f"{image_registry.server.host}/pin/runc:1"
-    subprocess.run([*BUILD, "busybox", "--tag", ref, "--push"], check=True,
-                   capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [*BUILD, "busybox", "--tag", ref, "--push"], check=True, capture_output=True, timeout=120
+    )
     control = cluster.control()
     try:
         spec = ServiceSpec(name="pinned")
@@ -168,15 +170,20 @@ def test_replicas_run_the_pinned_digest_and_privileged_needs_the_policy(
         created = control.CreateService(CreateServiceRequest(spec=spec))
         pinned = created.spec.task.container.image.partition("@")[2]
         cluster.wait_for(lambda: len(running(control, "pinned")) == 2, "2 pinned tasks", 60)
-        moved = subprocess.run([*BUILD, "busybox", "--tag", ref, "--push", "--compression",
-                                "none"], check=True, capture_output=True, text=True,
-                               timeout=120).stdout.strip()  # fmt: skip
+        moved = subprocess.run(
+            [*BUILD, "busybox", "--tag", ref, "--push", "--compression", "none"],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout.strip()
         assert moved != pinned
         service = control.GetService(GetServiceRequest(service="pinned"))
         spec.CopyFrom(service.spec)
         spec.replicated.replicas = 4
-        control.UpdateService(UpdateServiceRequest(service="pinned",
-                                                   version=service.meta.version, spec=spec))
+        control.UpdateService(
+            UpdateServiceRequest(service="pinned", version=service.meta.version, spec=spec)
+        )
         cluster.wait_for(lambda: len(running(control, "pinned")) == 4, "4 pinned tasks", 60)
         records = containers_of(cluster, running(control, "pinned"))
         assert {r.image_digest for r in records} == {pinned}  # not the moved tag's
@@ -184,8 +191,7 @@ def test_replicas_run_the_pinned_digest_and_privileged_needs_the_policy(
 
         current = control.GetCluster(GetClusterRequest())
         current.spec.allow_privileged = True
-        control.UpdateCluster(UpdateClusterRequest(version=current.meta.version,
-                                                   spec=current.spec))
+        control.UpdateCluster(UpdateClusterRequest(version=current.meta.version, spec=current.spec))
         root = ServiceSpec(name="root")
         root.CopyFrom(spec)
         root.name, root.replicated.replicas = "root", 1
@@ -208,15 +214,21 @@ def test_a_service_mounts_a_node_directory_and_a_tmpfs(
         spec.task.container.image = image_registry.busybox
         spec.task.container.command.extend(
             # Written aside, then renamed: the test reads a file as soon as it appears.
-            ["sh", "-c", "grep ' /cache ' /proc/mounts | cut -d' ' -f3 > /data/.$(hostname); "
-                         "mv /data/.$(hostname) /data/$(hostname); "
-                         "hostname > /vol/$(hostname); sleep 300"])  # fmt: skip
+            [
+                "sh",
+                "-c",
+                "grep ' /cache ' /proc/mounts | cut -d' ' -f3 > /data/.$(hostname); "
+                "mv /data/.$(hostname) /data/$(hostname); "
+                "hostname > /vol/$(hostname); sleep 300",
+            ]
+        )
         spec.task.container.stop_grace_seconds = 0
         spec.task.container.mounts.add(type="bind", source=str(data), target="/data")
         spec.task.container.mounts.add(type="tmpfs", target="/cache", tmpfs_size_bytes=1 << 20)
         spec.task.container.mounts.add(type="volume", source="svcdata", target="/vol")
         spec.replicated.replicas = 2
         control.CreateService(CreateServiceRequest(spec=spec))
+
         def written() -> list[Path]:
             return [f for f in data.iterdir() if not f.name.startswith(".")]
 
@@ -224,8 +236,9 @@ def test_a_service_mounts_a_node_directory_and_a_tmpfs(
         assert {f.read_text().strip() for f in written()} == {"tmpfs"}
         names = {n["id"]: name for name, n in runc_cluster.nodes().items()}
         for task in running(control, "mounts"):  # each node made the volume it lacked
-            volumes = runc_cluster.cli("volume", "ls", "-o", "json",
-                                       host=runc_cluster.agent_address(names[task.node_id])).stdout
+            volumes = runc_cluster.cli(
+                "volume", "ls", "-o", "json", host=runc_cluster.agent_address(names[task.node_id])
+            ).stdout
             (volume,) = [v for v in json.loads(volumes) if v["name"] == "svcdata"]
             assert Path(volume["mountpoint"]).is_dir() and volume["used_by"]
     finally:
@@ -242,8 +255,11 @@ SECRETS_ROOT = Path("/run/dockyard/secrets")
 def _secret_mounts(node_ids: Iterable[str]) -> list[str]:
     """The mounts of these nodes' secret dirs (never another agent's of this host)."""
     dirs = [f" {SECRETS_ROOT / node_id}" for node_id in node_ids]
-    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
-            if any(f"{d} " in line or f"{d}/" in line for d in dirs)]  # fmt: skip
+    return [
+        line
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if any(f"{d} " in line or f"{d}/" in line for d in dirs)
+    ]
 
 
 def test_a_task_reads_its_secret_at_run_secrets_and_no_file_outlives_it(
@@ -261,17 +277,26 @@ def test_a_task_reads_its_secret_at_run_secrets_and_no_file_outlives_it(
         spec = ServiceSpec(name="reader")
         spec.task.container.image = image_registry.busybox
         spec.task.container.command.extend(
-            ["sh", "-c", "cat /run/secrets/token > /out/token; "
-                         "stat -c '%u %g %a' /run/secrets/token > /out/stat; "
-                         "echo x 2> /out/write > /run/secrets/token || true; sleep 300"])
+            [
+                "sh",
+                "-c",
+                "cat /run/secrets/token > /out/token; "
+                "stat -c '%u %g %a' /run/secrets/token > /out/stat; "
+                "echo x 2> /out/write > /run/secrets/token || true; sleep 300",
+            ]
+        )
         spec.task.container.stop_grace_seconds = 0
         spec.task.container.mounts.add(type="bind", source=str(out), target="/out")
         spec.task.container.secrets.append(
-            SecretReference(secret_name="tok", target="token", uid=1000, gid=1001, mode=0o440))
+            SecretReference(secret_name="tok", target="token", uid=1000, gid=1001, mode=0o440)
+        )
         spec.replicated.replicas = 1
         control.CreateService(CreateServiceRequest(spec=spec))
-        cluster.wait_for(lambda: bool(running(control, "reader")) and (out / "write").exists(),
-                         "the task to read its secret", 60)  # fmt: skip
+        cluster.wait_for(
+            lambda: bool(running(control, "reader")) and (out / "write").exists(),
+            "the task to read its secret",
+            60,
+        )
         assert (out / "token").read_bytes() == SECRET_DATA
         assert (out / "stat").read_text().split() == ["1000", "1001", "440"]
         assert "Read-only file system" in (out / "write").read_text()
@@ -331,12 +356,12 @@ def test_a_new_replica_takes_its_layers_from_the_node_that_runs_the_image(
         assert second.node_id != first.node_id
         names = {n["id"]: name for name, n in cluster.nodes().items()}
         log = cluster.agents[names[second.node_id]].log()
-        fetched = [json.loads(line) for line in log.splitlines()
-                   if "blob.fetched_from_peer" in line]  # fmt: skip
+        fetched = [
+            json.loads(line) for line in log.splitlines() if "blob.fetched_from_peer" in line
+        ]
         assert {image.digest, *unique} <= {event["digest"] for event in fetched}
         assert "manifest from a peer" in log
-        assert {event["peer"] for event in fetched} == {
-            cluster.agent_address(names[first.node_id])}
+        assert {event["peer"] for event in fetched} == {cluster.agent_address(names[first.node_id])}
     finally:
         control.close()
 
@@ -359,13 +384,18 @@ def test_a_removed_nodes_certificate_is_refused_by_the_other_agents(
     cluster = runc_cluster
     pki_dir = cluster.root / "agent-r1" / "pki"
     credentials = grpc.ssl_channel_credentials(
-        (pki_dir / "ca.pem").read_bytes(), (pki_dir / "node-key.pem").read_bytes(),
-        (pki_dir / "node.pem").read_bytes())  # fmt: skip
+        (pki_dir / "ca.pem").read_bytes(),
+        (pki_dir / "node-key.pem").read_bytes(),
+        (pki_dir / "node.pem").read_bytes(),
+    )
     missing = FetchBlobRequest(digest="sha256:" + "0" * 64)
 
     def fetch_as_r1() -> grpc.RpcError:
-        with grpc.secure_channel(cluster.agent_address("r2"), credentials,
-                                 [("grpc.ssl_target_name_override", "localhost")]) as channel:
+        with grpc.secure_channel(
+            cluster.agent_address("r2"),
+            credentials,
+            [("grpc.ssl_target_name_override", "localhost")],
+        ) as channel:
             try:
                 list(PeerStub(channel).FetchBlob(missing, timeout=10))
             except grpc.RpcError as exc:
@@ -375,16 +405,20 @@ def test_a_removed_nodes_certificate_is_refused_by_the_other_agents(
     assert fetch_as_r1().code() == grpc.StatusCode.NOT_FOUND  # a member: let in
     cluster.agents["r1"].stop()
     cluster.cli("node", "rm", "--force", "r1")
-    cluster.wait_for(lambda: fetch_as_r1().code() == grpc.StatusCode.UNAUTHENTICATED,
-                     "r2 refusing r1's revoked certificate", 20)  # fmt: skip
+    cluster.wait_for(
+        lambda: fetch_as_r1().code() == grpc.StatusCode.UNAUTHENTICATED,
+        "r2 refusing r1's revoked certificate",
+        20,
+    )
     assert "is revoked" in (fetch_as_r1().details() or "")
     assert cluster.controller is not None
     cluster.controller.stop()  # the list is kept: refused from the agent's start, before
     cluster.agents["r2"].stop()  # any controller answers
     cluster.start_agent("r2")
     r2 = cluster.agent_address("r2")
-    cluster.wait_for(lambda: cluster.cli("info", host=r2, check=False).returncode == 0,
-                     "r2 answering again", 30)  # fmt: skip
+    cluster.wait_for(
+        lambda: cluster.cli("info", host=r2, check=False).returncode == 0, "r2 answering again", 30
+    )
     assert fetch_as_r1().code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -404,19 +438,25 @@ def test_the_agents_leave_the_hosts_routes_and_bridges_alone(
     subprocess.run(["ip", "route", "add", "blackhole", sentinel, "proto", "77"], check=True)
     control = cluster.control()
     try:
-        applied = {name: cluster.agents[name].log().count('"cluster_network.applied"')
-                   for name in NAMES}  # fmt: skip
+        applied = {
+            name: cluster.agents[name].log().count('"cluster_network.applied"') for name in NAMES
+        }
         spec = ServiceSpec(name="maps")
         spec.task.container.image = image_registry.busybox
         spec.task.container.command.extend(["sleep", "300"])
         spec.task.container.stop_grace_seconds = 0
         spec.replicated.replicas = 1
         control.CreateService(CreateServiceRequest(spec=spec))  # a new map for every node
-        cluster.wait_for(lambda: all(
-            cluster.agents[name].log().count('"cluster_network.applied"') > applied[name]
-            for name in NAMES), "every agent applied a new map")  # fmt: skip
-        routes = subprocess.run(["ip", "-4", "route", "show", "proto", "77"],
-                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+        cluster.wait_for(
+            lambda: all(
+                cluster.agents[name].log().count('"cluster_network.applied"') > applied[name]
+                for name in NAMES
+            ),
+            "every agent applied a new map",
+        )
+        routes = subprocess.run(
+            ["ip", "-4", "route", "show", "proto", "77"], capture_output=True, text=True, check=True
+        ).stdout
         assert sentinel in routes, routes
         nodes = cluster.nodes()
         for name in NAMES:  # each node reports the subnet of its own bridge
@@ -424,5 +464,8 @@ def test_the_agents_leave_the_hosts_routes_and_bridges_alone(
             assert description["bridge_subnet"] == cluster.networks[name][1], description
     finally:
         control.close()
-        subprocess.run(["ip", "route", "del", "blackhole", sentinel, "proto", "77"],
-                       capture_output=True, check=False)  # fmt: skip
+        subprocess.run(
+            ["ip", "route", "del", "blackhole", sentinel, "proto", "77"],
+            capture_output=True,
+            check=False,
+        )

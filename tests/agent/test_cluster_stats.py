@@ -32,18 +32,31 @@ MiB = 2**20
 
 
 @pytest.fixture
-def stats_cluster(cluster_factory: Callable[..., Cluster],
-                  image_registry: ImageRegistry) -> Iterator[tuple[Cluster, dict[str, int]]]:
+def stats_cluster(
+    cluster_factory: Callable[..., Cluster], image_registry: ImageRegistry
+) -> Iterator[tuple[Cluster, dict[str, int]]]:
     cluster = cluster_factory(resolve_image="always")
     metrics_ports = {name: free_port() for name in NAMES}
     try:
         cluster.start_controller(["--node-down-grace", "30"])
         for name in NAMES:
-            cluster.start_agent(name, runtime="runc", extra=[
-                "--cgroup-parent", f"dockyard-test-{cluster.root.name}-{name}",
-                "--metrics-listen", f"127.0.0.1:{metrics_ports[name]}"])  # fmt: skip
-        cluster.wait_for(lambda: len(cluster.nodes()) == 2 and all(
-            n["status"]["state"] == "READY" for n in cluster.nodes().values()), "2 nodes READY")
+            cluster.start_agent(
+                name,
+                runtime="runc",
+                extra=[
+                    "--cgroup-parent",
+                    f"dockyard-test-{cluster.root.name}-{name}",
+                    "--metrics-listen",
+                    f"127.0.0.1:{metrics_ports[name]}",
+                ],
+            )
+        cluster.wait_for(
+            lambda: (
+                len(cluster.nodes()) == 2
+                and all(n["status"]["state"] == "READY" for n in cluster.nodes().values())
+            ),
+            "2 nodes READY",
+        )
         yield cluster, metrics_ports
     finally:
         for daemon in cluster.agents.values():  # a stopped agent must not stay stopped
@@ -51,8 +64,10 @@ def stats_cluster(cluster_factory: Callable[..., Cluster],
                 os.kill(daemon.process.pid, signal.SIGCONT)
         cluster.stop()
         for name in NAMES:
-            cleanup_everything(cluster.root / f"agent-{name}" / "runtime",
-                               f"dockyard-test-{cluster.root.name}-{name}")  # fmt: skip
+            cleanup_everything(
+                cluster.root / f"agent-{name}" / "runtime",
+                f"dockyard-test-{cluster.root.name}-{name}",
+            )
 
 
 def tls(identity: Path | None, ca: Path) -> ssl.SSLContext:
@@ -63,8 +78,9 @@ def tls(identity: Path | None, ca: Path) -> ssl.SSLContext:
 
 
 def get(url: str, context: ssl.SSLContext, timeout: float = 30) -> tuple[int, bytes]:
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
-                                         urllib.request.HTTPSHandler(context=context))
+    opener = urllib.request.build_opener(
+        urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=context)
+    )
     try:
         with opener.open(url, timeout=timeout) as response:
             return response.status, response.read()
@@ -73,8 +89,9 @@ def get(url: str, context: ssl.SSLContext, timeout: float = 30) -> tuple[int, by
             return error.code, error.read()
 
 
-def create(cluster: Cluster, name: str, image: str, replicas: int, script: str,
-           memory: int = 0) -> None:  # fmt: skip
+def create(
+    cluster: Cluster, name: str, image: str, replicas: int, script: str, memory: int = 0
+) -> None:
     spec = ServiceSpec(name=name)
     spec.task.container.image = image
     spec.task.container.command.extend(["sh", "-c", script])
@@ -90,17 +107,26 @@ def running(cluster: Cluster, service: str) -> list[Any]:
     return [t for t in tasks if t.status.state == TaskStatus.RUNNING]
 
 
-def test_stats_by_node_service_and_cluster(stats_cluster: tuple[Cluster, dict[str, int]],
-                                           image_registry: ImageRegistry) -> None:
+def test_stats_by_node_service_and_cluster(
+    stats_cluster: tuple[Cluster, dict[str, int]], image_registry: ImageRegistry
+) -> None:
     cluster, _ = stats_cluster
     admin = tls(cluster.pki / "admin", cluster.pki / "admin" / "ca.pem")
     base = f"https://127.0.0.1:{cluster.http_port}"
     create(cluster, "web", image_registry.busybox, 3, "sleep 3600")
     # 24 MiB held by each hog's shell (the echo keeps sh from exec'ing into the sleep)
-    create(cluster, "hog", image_registry.busybox, 1,
-           "x=$(head -c 24m /dev/zero | tr '\\0' a); sleep 3600; echo $x | head -c 1")
-    cluster.wait_for(lambda: len(running(cluster, "web")) == 3 and len(
-        running(cluster, "hog")) == 1, "web 3/3 and hog 1/1 running", 90)
+    create(
+        cluster,
+        "hog",
+        image_registry.busybox,
+        1,
+        "x=$(head -c 24m /dev/zero | tr '\\0' a); sleep 3600; echo $x | head -c 1",
+    )
+    cluster.wait_for(
+        lambda: len(running(cluster, "web")) == 3 and len(running(cluster, "hog")) == 1,
+        "web 3/3 and hog 1/1 running",
+        90,
+    )
 
     status, body = get(f"{base}/v1/services/web/stats", admin)
     assert status == 200, body
@@ -125,12 +151,24 @@ def test_stats_by_node_service_and_cluster(stats_cluster: tuple[Cluster, dict[st
     s1 = json.loads(body)
     assert s1["node_id"] == node_ids["s1"] and s1["error"] == ""
     assert {c["id"] for c in s1["containers"]} == {
-        t.status.container_id for t in [*running(cluster, "web"), *running(cluster, "hog")]
-        if t.node_id == node_ids["s1"]}
+        t.status.container_id
+        for t in [*running(cluster, "web"), *running(cluster, "hog")]
+        if t.node_id == node_ids["s1"]
+    }
 
     viewer = cluster.root / "viewer"  # a read-only identity reads the stats too
-    cluster.run_tool("dockyard-controller", "user", "create", "viewer", "--role", "read-only",
-                     "--state-dir", str(cluster.root / "controller"), "--out", str(viewer))
+    cluster.run_tool(
+        "dockyard-controller",
+        "user",
+        "create",
+        "viewer",
+        "--role",
+        "read-only",
+        "--state-dir",
+        str(cluster.root / "controller"),
+        "--out",
+        str(viewer),
+    )
     status, body = get(f"{base}/v1/stats", tls(viewer, cluster.pki / "admin" / "ca.pem"))
     assert status == 200, body
     whole = json.loads(body)
@@ -167,8 +205,9 @@ def check_a_stopped_node(cluster: Cluster, base: str, admin: ssl.SSLContext) -> 
     print(f"\n/v1/stats with one agent stopped answered in {took:.1f} s ({errors['s2']})")
 
 
-def test_agent_metrics_over_mutual_tls(stats_cluster: tuple[Cluster, dict[str, int]],
-                                       image_registry: ImageRegistry) -> None:
+def test_agent_metrics_over_mutual_tls(
+    stats_cluster: tuple[Cluster, dict[str, int]], image_registry: ImageRegistry
+) -> None:
     cluster, ports = stats_cluster
     ca = cluster.pki / "admin" / "ca.pem"
     create(cluster, "web", image_registry.busybox, 2, "sleep 3600")
@@ -183,8 +222,18 @@ def test_agent_metrics_over_mutual_tls(stats_cluster: tuple[Cluster, dict[str, i
     assert get(f"{base}/v1/sd/agents?port=0", tls(cluster.pki / "admin", ca))[0] == 400
     url = f"https://{groups['s1']['targets'][0]}/metrics"
     viewer = cluster.root / "prom"
-    cluster.run_tool("dockyard-controller", "user", "create", "prom", "--role", "read-only",
-                     "--state-dir", str(cluster.root / "controller"), "--out", str(viewer))
+    cluster.run_tool(
+        "dockyard-controller",
+        "user",
+        "create",
+        "prom",
+        "--role",
+        "read-only",
+        "--state-dir",
+        str(cluster.root / "controller"),
+        "--out",
+        str(viewer),
+    )
     status, body = get(url, tls(viewer, ca))
     assert status == 200, body
     samples = [s for f in text_string_to_metric_families(body.decode()) for s in f.samples]

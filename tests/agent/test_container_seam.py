@@ -49,8 +49,13 @@ def _imports(path: Path) -> set[str]:
 
 def test_runtimes_are_leaves() -> None:
     """No runtime module imports the network, images, containers or the API's messages."""
-    banned = ("dockyard.agent.network", "dockyard.agent.images", "dockyard.agent.containers",
-              "dockyard.agent.executor", "dockyard.v1")  # fmt: skip
+    banned = (
+        "dockyard.agent.network",
+        "dockyard.agent.images",
+        "dockyard.agent.containers",
+        "dockyard.agent.executor",
+        "dockyard.v1",
+    )
     for path in (AGENT / "runtime").rglob("*.py"):
         bad = [m for m in _imports(path) if m.startswith(banned)]
         assert not bad, f"{path.relative_to(AGENT)} imports {bad}"
@@ -77,7 +82,9 @@ def test_a_task_becomes_a_spec_without_the_local_api() -> None:
     assert spec.name == "web.1.t1" and spec.labels["dockyard.task.id"] == "t1"
     assert spec.network == "bridge" and spec.ports == [PortMapping(80, "tcp", 8080)]
     assert [(v.volume, v.container, v.read_only) for v in spec.volumes] == [
-        ("data", "/data", False), ("", "/run/secrets/x", True)]
+        ("data", "/data", False),
+        ("", "/run/secrets/x", True),
+    ]
     assert spec.restart_policy.name.value == "no" and spec.tmpfs[0].size_bytes == 1024
     assert "containers_pb2" not in (AGENT / "executors" / "task.py").read_text()
 
@@ -90,8 +97,9 @@ def test_a_bad_task_names_its_field() -> None:
 
 
 def test_a_request_and_its_record_round_trip() -> None:
-    request = CreateContainerRequest(image="busybox", name="/web", command=["true"],
-                                     cap_add=["net_admin"], auto_remove=True)
+    request = CreateContainerRequest(
+        image="busybox", name="/web", command=["true"], cap_add=["net_admin"], auto_remove=True
+    )
     parsed = parse_create(request)
     assert parsed.spec.name == "web" and str(parsed.image) == "docker.io/library/busybox:latest"
     with pytest.raises(InvalidArgument, match=r"^cap_add\[0\]: unknown capability"):
@@ -136,13 +144,21 @@ async def test_the_service_attaches_before_the_runtime_and_detaches_after() -> N
     network = RecordingNetwork()
     runtime = HollowRuntime(start_delay=0)
     service = ContainerService(runtime, EngineImages(), None, None, network)
-    spec = ContainerSpec(id="", name="web", image="busybox", lower_dirs=(), network="bridge",
-                         ports=[PortMapping(80)], command=["sleep", "5"])  # fmt: skip
+    spec = ContainerSpec(
+        id="",
+        name="web",
+        image="busybox",
+        lower_dirs=(),
+        network="bridge",
+        ports=[PortMapping(80)],
+        command=["sleep", "5"],
+    )
     view = await service.create(ContainerRequest(spec, parse_reference("busybox")))
     cid = view.info.id
     assert network.calls == [("attach", cid)]
     assert (await runtime.inspect(cid)).config.endpoint == NetworkEndpoint(
-        "/run/netns/x", "10.0.0.2", "10.0.0.1")  # the runtime got plain values
+        "/run/netns/x", "10.0.0.2", "10.0.0.1"
+    )  # the runtime got plain values
     assert (await service.inspect("web")).info.network == NetworkInfo("bridge", "10.0.0.2")
     await service.remove(cid, force=True)
     assert network.calls == [("attach", cid), ("detach", cid)]
@@ -159,16 +175,27 @@ async def test_a_bridge_container_needs_a_network_step() -> None:
 def test_the_engine_gets_a_pinned_image_and_the_spec_fields() -> None:
     ref = parse_reference("registry.local/app:1@sha256:" + "b" * 64)
     assert engine_ref(ref) == "registry.local/app@sha256:" + "b" * 64
-    spec = ContainerSpec(id="x", name="web", image="busybox", lower_dirs=(), memory_bytes=1 << 26,
-                         command=["true"], labels={"dockyard.task.id": "t"})  # fmt: skip
+    spec = ContainerSpec(
+        id="x",
+        name="web",
+        image="busybox",
+        lower_dirs=(),
+        memory_bytes=1 << 26,
+        command=["true"],
+        labels={"dockyard.task.id": "t"},
+    )
     body = engine_body(spec)
     assert body["HostConfig"]["Memory"] == 1 << 26 and body["Cmd"] == ["true"]
     assert body["HostConfig"]["RestartPolicy"] == {"Name": "no"} and "Entrypoint" not in body
 
 
 def test_old_service_records_still_read() -> None:
-    old = {"id": "c1", "image_digest": "sha256:1", "manually_stopped": True,
-           "request": {"image": "busybox", "autoRemove": True}}  # fmt: skip
+    old = {
+        "id": "c1",
+        "image_digest": "sha256:1",
+        "manually_stopped": True,
+        "request": {"image": "busybox", "autoRemove": True},
+    }
     meta = ContainerMeta.from_dict(json.loads(json.dumps(old)))
     assert (meta.auto_remove, meta.manually_stopped) == (True, True)
     assert ContainerMeta.from_dict(meta.to_dict()).auto_remove

@@ -42,9 +42,15 @@ class DecoyEngine:
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 decoy.requests.append(f"{self.command} {self.path}")
-                body = json.dumps({"Version": "decoy", "ApiVersion": "1.41",
-                                   "MinAPIVersion": "1.12", "Os": "linux",
-                                   "Arch": "amd64"}).encode()  # fmt: skip
+                body = json.dumps(
+                    {
+                        "Version": "decoy",
+                        "ApiVersion": "1.41",
+                        "MinAPIVersion": "1.12",
+                        "Os": "linux",
+                        "Arch": "amd64",
+                    }
+                ).encode()
                 self.send_response(200)
                 self.send_header("Api-Version", "1.41")
                 self.send_header("Content-Type", "application/json")
@@ -88,13 +94,15 @@ def decoy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DecoyEngine]:
 
 
 @pytest.fixture(scope="module")
-def dockerd(tmp_path_factory: pytest.TempPathFactory, image_registry: ImageRegistry,
-            decoy: DecoyEngine) -> Iterator[Docker]:  # fmt: skip
+def dockerd(
+    tmp_path_factory: pytest.TempPathFactory, image_registry: ImageRegistry, decoy: DecoyEngine
+) -> Iterator[Docker]:
     if shutil.which("dockerd") is None:
         pytest.skip("dockerd is not installed (apt-get install docker.io)")
     cleanup = Cleanup()
-    docker = Docker(tmp_path_factory.mktemp("dockerd") / "d", image_registry.server.host,
-                    cleanup, private=True)  # fmt: skip
+    docker = Docker(
+        tmp_path_factory.mktemp("dockerd") / "d", image_registry.server.host, cleanup, private=True
+    )
     try:
         if not docker.start():
             pytest.skip(docker.why_not)
@@ -116,7 +124,9 @@ def test_the_engine_is_private(dockerd: Docker, decoy: DecoyEngine) -> None:
     # Its containerd is its own (dockerd would take the host's from /run/containerd).
     assert f"--containerd {dockerd.root}" in " ".join(
         Path(f"/proc/{int((dockerd.root / 'dockerd.pid').read_text())}/cmdline")
-        .read_text().split("\0"))  # fmt: skip
+        .read_text()
+        .split("\0")
+    )
     assert decoy.requests == []
 
 
@@ -138,8 +148,7 @@ async def test_the_executor_runs_tasks_on_the_engine(
         progress: list[str] = []
         await executor.prepare(failing, progress.append)
         await executor.prepare(failing, progress.append)  # again after a restart: no-op
-        assert progress == [f"pulling {image_registry.busybox}",
-                            f"pulled {image_registry.busybox}"]  # fmt: skip
+        assert progress == [f"pulling {image_registry.busybox}", f"pulled {image_registry.busybox}"]
         container = await executor.start(failing)
         ended = await asyncio.wait_for(executor.wait(container), 30)
         assert (ended.exit_code, ended.oom_killed) == (3, False) and ended.finished_at
@@ -148,7 +157,8 @@ async def test_the_executor_runs_tasks_on_the_engine(
         assert inspected["HostConfig"]["Memory"] == 64 * 1024 * 1024
         assert inspected["HostConfig"]["RestartPolicy"]["Name"] == "no"
         assert inspected["HostConfig"]["Mounts"] == [
-            {"Type": "tmpfs", "Target": "/cache", "TmpfsOptions": {"SizeBytes": 1 << 20}}]
+            {"Type": "tmpfs", "Target": "/cache", "TmpfsOptions": {"SizeBytes": 1 << 20}}
+        ]
         assert inspected["Config"]["Labels"]["dockyard.task.id"] == failing.id
         await executor.remove(container)
         await executor.remove(container)  # gone already: fine
@@ -173,7 +183,9 @@ async def test_the_executor_runs_tasks_on_the_engine(
 
 
 def test_an_agent_with_the_docker_runtime_runs_a_service(
-    dockerd: Docker, image_registry: ImageRegistry, cluster_factory: Callable[..., Cluster],
+    dockerd: Docker,
+    image_registry: ImageRegistry,
+    cluster_factory: Callable[..., Cluster],
     tmp_path: Path,
 ) -> None:
     cluster = cluster_factory(resolve_image="always")
@@ -187,7 +199,8 @@ def test_an_agent_with_the_docker_runtime_runs_a_service(
         spec = ServiceSpec(name="ondocker")
         spec.task.container.image = image_registry.busybox
         spec.task.container.command.extend(
-            ["sh", "-c", "echo out-$(hostname); echo err-$(hostname) >&2; sleep 300"])
+            ["sh", "-c", "echo out-$(hostname); echo err-$(hostname) >&2; sleep 300"]
+        )
         spec.task.container.stop_grace_seconds = 0
         spec.replicated.replicas = 2
 
@@ -197,16 +210,22 @@ def test_an_agent_with_the_docker_runtime_runs_a_service(
 
         control.CreateService(CreateServiceRequest(spec=spec))
         cluster.wait_for(lambda: len(running()) == 2, "2 tasks on the Docker engine", 90)
-        listed = dockerd.docker("ps", "-q", "--no-trunc", "--filter",
-                                "label=dockyard.service.name=ondocker").stdout.split()
+        listed = dockerd.docker(
+            "ps", "-q", "--no-trunc", "--filter", "label=dockyard.service.name=ondocker"
+        ).stdout.split()
         assert sorted(listed) == sorted(t.status.container_id for t in running())
         logs = cluster.cli("service", "logs", "ondocker")  # read through the agent's API
         assert logs.stdout.count("| out-") == 2 and logs.stderr.count("| err-") == 2, logs
         control.RemoveService(RemoveServiceRequest(service="ondocker"))
         cluster.wait_for(
-            lambda: not dockerd.docker("ps", "-aq", "--filter",
-                                       "label=dockyard.service.name=ondocker").stdout.strip(),
-            "the engine's containers removed", 60)  # fmt: skip
+            lambda: (
+                not dockerd.docker(
+                    "ps", "-aq", "--filter", "label=dockyard.service.name=ondocker"
+                ).stdout.strip()
+            ),
+            "the engine's containers removed",
+            60,
+        )
     finally:
         control.close()
 

@@ -33,18 +33,21 @@ def write(root: Path, files: dict[str, str]) -> None:
 
 
 def v2_tree(root: Path, group: str = f"dockyard/{CID}") -> None:
-    write(root, {
-        "cgroup.controllers": "cpu memory pids\n",
-        f"{group}/cpu.stat": "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n"
-                             "nr_periods 0\n",
-        f"{group}/memory.current": "52428800\n",
-        f"{group}/memory.max": "134217728\n",
-        f"{group}/memory.stat": "anon 41943040\nfile 10485760\ninactive_file 8388608\n"
-                                "active_file 2097152\n",
-        f"{group}/memory.events": "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n",
-        f"{group}/pids.current": "7\n",
-        f"{group}/pids.max": "max\n",
-    })  # fmt: skip
+    write(
+        root,
+        {
+            "cgroup.controllers": "cpu memory pids\n",
+            f"{group}/cpu.stat": "usage_usec 2500000\nuser_usec 2000000\nsystem_usec 500000\n"
+            "nr_periods 0\n",
+            f"{group}/memory.current": "52428800\n",
+            f"{group}/memory.max": "134217728\n",
+            f"{group}/memory.stat": "anon 41943040\nfile 10485760\ninactive_file 8388608\n"
+            "active_file 2097152\n",
+            f"{group}/memory.events": "low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n",
+            f"{group}/pids.current": "7\n",
+            f"{group}/pids.max": "max\n",
+        },
+    )
 
 
 def test_v2_reader_reads_the_unified_hierarchy(tmp_path: Path) -> None:
@@ -67,17 +70,20 @@ def test_v2_reader_reads_the_unified_hierarchy(tmp_path: Path) -> None:
 
 def test_v1_reader_reads_each_controller(tmp_path: Path) -> None:
     group = f"dockyard/{CID}"
-    write(tmp_path, {
-        f"cpuacct/{group}/cpuacct.usage": "3000000000\n",
-        f"cpuacct/{group}/cpuacct.stat": "user 250\nsystem 50\n",
-        f"memory/{group}/memory.usage_in_bytes": "20971520\n",
-        f"memory/{group}/memory.limit_in_bytes": "9223372036854771712\n",
-        f"memory/{group}/memory.stat": "cache 1\nrss 2\ntotal_cache 4194304\n"
-                                       "total_rss 16777216\ntotal_inactive_file 3145728\n",
-        f"memory/{group}/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
-        f"pids/{group}/pids.current": "3\n",
-        f"pids/{group}/pids.max": "100\n",
-    })  # fmt: skip
+    write(
+        tmp_path,
+        {
+            f"cpuacct/{group}/cpuacct.usage": "3000000000\n",
+            f"cpuacct/{group}/cpuacct.stat": "user 250\nsystem 50\n",
+            f"memory/{group}/memory.usage_in_bytes": "20971520\n",
+            f"memory/{group}/memory.limit_in_bytes": "9223372036854771712\n",
+            f"memory/{group}/memory.stat": "cache 1\nrss 2\ntotal_cache 4194304\n"
+            "total_rss 16777216\ntotal_inactive_file 3145728\n",
+            f"memory/{group}/memory.oom_control": "oom_kill_disable 0\nunder_oom 0\noom_kill 1\n",
+            f"pids/{group}/pids.current": "3\n",
+            f"pids/{group}/pids.max": "100\n",
+        },
+    )
     reader = detect_reader(tmp_path)
     assert isinstance(reader, CgroupV1Reader)
     sample = reader.read(f"/{group}")
@@ -106,11 +112,20 @@ def test_net_dev_skips_loopback() -> None:
 
 def ref(cid: str = CID, **fields: object) -> ContainerRef:
     base: dict[str, object] = {
-        "id": cid, "name": "web.1.abc", "image": "busybox", "cgroups_path": f"/dockyard/{cid}",
-        "pid": 4242, "running": True, "started_at": 1000.0,
-        "labels": {"dockyard.service.name": "web", "dockyard.task.id": "t1",
-                   "dockyard.slot": "1", "free.form": "not a metric label"},
-    }  # fmt: skip
+        "id": cid,
+        "name": "web.1.abc",
+        "image": "busybox",
+        "cgroups_path": f"/dockyard/{cid}",
+        "pid": 4242,
+        "running": True,
+        "started_at": 1000.0,
+        "labels": {
+            "dockyard.service.name": "web",
+            "dockyard.task.id": "t1",
+            "dockyard.slot": "1",
+            "free.form": "not a metric label",
+        },
+    }
     base.update(fields)
     return ContainerRef(**base)  # type: ignore[arg-type]
 
@@ -123,8 +138,9 @@ def families(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
     return found
 
 
-def render(collector: ContainerCollector, refs: list[ContainerRef]) -> dict[str, list[
-        tuple[dict[str, str], float]]]:  # fmt: skip
+def render(
+    collector: ContainerCollector, refs: list[ContainerRef]
+) -> dict[str, list[tuple[dict[str, str], float]]]:
     async def source() -> list[ContainerRef]:
         return refs
 
@@ -135,14 +151,24 @@ def render(collector: ContainerCollector, refs: list[ContainerRef]) -> dict[str,
 
 def test_collector_families_parse_with_the_task_labels(tmp_path: Path) -> None:
     v2_tree(tmp_path)
-    collector = ContainerCollector(CgroupV2Reader(tmp_path), "node-1",
-                                   net_dev=lambda pid: parse_net_dev(NET_DEV))  # fmt: skip
-    found = render(collector, [ref(), ref("dead" * 16, running=False, pid=0, restarts=2,
-                                          oom_killed=True, name="old")])
+    collector = ContainerCollector(
+        CgroupV2Reader(tmp_path), "node-1", net_dev=lambda pid: parse_net_dev(NET_DEV)
+    )
+    found = render(
+        collector,
+        [ref(), ref("dead" * 16, running=False, pid=0, restarts=2, oom_killed=True, name="old")],
+    )
     labels, value = found["container_memory_working_set_bytes"][0]
     assert value == 42 * 2**20
-    assert labels == {"id": CID, "name": "web.1.abc", "image": "busybox", "service": "web",
-                      "task": "t1", "slot": "1", "node": "node-1"}  # fmt: skip
+    assert labels == {
+        "id": CID,
+        "name": "web.1.abc",
+        "image": "busybox",
+        "service": "web",
+        "task": "t1",
+        "slot": "1",
+        "node": "node-1",
+    }
     assert found["container_cpu_usage_seconds_total"][0][1] == 2.5
     assert found["container_spec_memory_limit_bytes"][0][1] == 128 * 2**20
     assert found["container_threads"][0][1] == 7
@@ -150,8 +176,9 @@ def test_collector_families_parse_with_the_task_labels(tmp_path: Path) -> None:
     assert rx == [({**labels, "interface": "eth0"}, 9000)]
     oom = {labels["name"]: value for labels, value in found["container_oom_events_total"]}
     assert oom == {"web.1.abc": 2, "old": 1}  # cgroup count; the exited one's flag
-    restarts = {labels["name"]: value
-                for labels, value in found["dockyard_container_restarts_total"]}
+    restarts = {
+        labels["name"]: value for labels, value in found["dockyard_container_restarts_total"]
+    }
     assert restarts == {"web.1.abc": 0, "old": 2}
     running = {labels["name"]: value for labels, value in found["dockyard_container_running"]}
     assert running == {"web.1.abc": 1, "old": 0}
@@ -172,8 +199,9 @@ def test_oom_count_survives_restarts(tmp_path: Path) -> None:
 
 def test_containers_over_the_limit_are_counted_not_reported(tmp_path: Path) -> None:
     v2_tree(tmp_path)
-    collector = ContainerCollector(CgroupV2Reader(tmp_path), "n", max_containers=2,
-                                   net_dev=lambda pid: [])  # fmt: skip
+    collector = ContainerCollector(
+        CgroupV2Reader(tmp_path), "n", max_containers=2, net_dev=lambda pid: []
+    )
     refs = [ref(f"{i:064x}", running=False, pid=0, started_at=float(i)) for i in range(5)]
     refs.append(ref())
     found = render(collector, refs)
@@ -225,25 +253,32 @@ def _get(url: str, context: ssl.SSLContext | None) -> tuple[int, str]:
 async def test_endpoint_requires_a_scraping_role(tmp_path: Path) -> None:
     ca = pki.CertificateAuthority.create("metrics-test")
     (tmp_path / "ca.pem").write_bytes(ca.cert_pem)
-    server_cert, server_key = _files(tmp_path, "node", ca.issue_pair(
-        pki.NODE, "n1", sans=["127.0.0.1"]))  # fmt: skip
+    server_cert, server_key = _files(
+        tmp_path, "node", ca.issue_pair(pki.NODE, "n1", sans=["127.0.0.1"])
+    )
 
     async def source() -> list[ContainerRef]:
         return []
 
     metrics = AgentMetrics(source, ContainerCollector(CgroupV2Reader(tmp_path), "n1"))
     revoked: set[str] = set()
-    server = MetricsServer(f"127.0.0.1:{free_port()}", metrics,
-                           server_tls(server_cert, server_key, tmp_path / "ca.pem"),
-                           revoked.__contains__)  # fmt: skip
+    server = MetricsServer(
+        f"127.0.0.1:{free_port()}",
+        metrics,
+        server_tls(server_cert, server_key, tmp_path / "ca.pem"),
+        revoked.__contains__,
+    )
     await server.start()
     url = f"https://{server.address}/metrics"
 
     def client(role: str | None, authority: pki.CertificateAuthority = ca) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
         if role is not None:
-            context.load_cert_chain(*_files(tmp_path, f"c-{role}-{id(authority)}",
-                                            authority.issue_pair(role, f"{role}-1")))
+            context.load_cert_chain(
+                *_files(
+                    tmp_path, f"c-{role}-{id(authority)}", authority.issue_pair(role, f"{role}-1")
+                )
+            )
         return context
 
     def get(context: ssl.SSLContext | None, target: str = url) -> tuple[int, str]:
@@ -255,14 +290,16 @@ async def test_endpoint_requires_a_scraping_role(tmp_path: Path) -> None:
         assert (await asyncio.to_thread(get, client(pki.ADMIN)))[0] == 200
         status, body = await asyncio.to_thread(get, client(pki.NODE))
         assert status == 403 and "node" in body
-        assert (await asyncio.to_thread(get, client(pki.NODE),
-                                        url.replace("metrics", "healthz")))[0] == 200
+        assert (await asyncio.to_thread(get, client(pki.NODE), url.replace("metrics", "healthz")))[
+            0
+        ] == 200
         for stranger in (client(None), client(pki.ADMIN, pki.CertificateAuthority.create("x"))):
             with pytest.raises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
                 await asyncio.to_thread(get, stranger)
         viewer = client(pki.READ_ONLY)
-        revoked.add(pki.identity_of((tmp_path / f"c-{pki.READ_ONLY}-{id(ca)}.pem")
-                                    .read_bytes()).serial)  # fmt: skip
+        revoked.add(
+            pki.identity_of((tmp_path / f"c-{pki.READ_ONLY}-{id(ca)}.pem").read_bytes()).serial
+        )
         status, body = await asyncio.to_thread(get, viewer)
         assert status == 403 and "revoked" in body
     finally:

@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.runc, pytest.mark.registry]
 
 
 @pytest.fixture
-def runc_cluster(cluster_factory: Callable[..., Cluster],
-                 image_registry: ImageRegistry) -> Iterator[Cluster]:  # fmt: skip
+def runc_cluster(
+    cluster_factory: Callable[..., Cluster], image_registry: ImageRegistry
+) -> Iterator[Cluster]:
     cluster = cluster_factory(resolve_image="always")
     cgroup = f"dockyard-test-{cluster.root.name}-lg1"
     try:
@@ -31,11 +32,23 @@ def runc_cluster(cluster_factory: Callable[..., Cluster],
         cleanup_everything(cluster.root / "agent-lg1" / "runtime", cgroup)
 
 
-def test_service_logs_flags_and_fan_out(runc_cluster: Cluster,
-                                        image_registry: ImageRegistry) -> None:  # fmt: skip
+def test_service_logs_flags_and_fan_out(
+    runc_cluster: Cluster, image_registry: ImageRegistry
+) -> None:
     cluster = runc_cluster
-    cluster.cli("service", "create", "--name", "talk", "--timeout", "60s", image_registry.busybox,
-                "sh", "-c", "echo one; echo two; sleep 300", timeout=90)  # fmt: skip
+    cluster.cli(
+        "service",
+        "create",
+        "--name",
+        "talk",
+        "--timeout",
+        "60s",
+        image_registry.busybox,
+        "sh",
+        "-c",
+        "echo one; echo two; sleep 300",
+        timeout=90,
+    )
 
     def logs(*args: str) -> list[str]:
         return cluster.cli("service", "logs", *args, "talk").stdout.splitlines()
@@ -46,17 +59,21 @@ def test_service_logs_flags_and_fan_out(runc_cluster: Cluster,
     assert logs("--raw") == ["one", "two"]
     prefixed = logs()
     assert [re.sub(r"^talk\.1\.[0-9a-f]{12}@lg1 \| ", "", line) for line in prefixed] == [
-        "one", "two"], prefixed
+        "one",
+        "two",
+    ], prefixed
     assert logs("--raw", "--tail", "1") == ["two"]
     assert logs("--raw", "--since", "1h") == ["one", "two"]
     future = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 3600))
     assert logs("--raw", "--since", future) == []
     stamped = logs("--raw", "-t")
-    assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (one|two)$", line)
-               for line in stamped), stamped
+    assert all(
+        re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z (one|two)$", line) for line in stamped
+    ), stamped
     both = cluster.cli("-H", cluster.address, "service", "logs", "--raw", "talk").stdout
-    assert sorted(both.splitlines()) == sorted([f"{cluster.address} one",
-                                                f"{cluster.address} two"] * 2)
+    assert sorted(both.splitlines()) == sorted(
+        [f"{cluster.address} one", f"{cluster.address} two"] * 2
+    )
 
 
 def test_image_pull_on_every_node(runc_cluster: Cluster, image_registry: ImageRegistry) -> None:

@@ -78,13 +78,19 @@ class Bench:
         self.big = f"{self.registry}/bench/big:latest"
         build_and_push("busybox", self.busybox, self.root / "build.log")
         if "pull" not in self.args.skip:
-            build_and_push("big", self.big, self.root / "build.log",
-                           "--layers", "5", "--layer-size", "20M")  # fmt: skip
+            build_and_push(
+                "big", self.big, self.root / "build.log", "--layers", "5", "--layer-size", "20M"
+            )
         self.cgroup_parent = f"dockyard-bench-{secrets.token_hex(3)}"
         # No controller: the agent's own API is what is measured; its session retries quietly.
         self.agent, self.state = start_agent(
-            self.root / "agents", "bench-agent", f"127.0.0.1:{free_port()}", self.registry,
-            self.cgroup_parent, self.cleanup)  # fmt: skip
+            self.root / "agents",
+            "bench-agent",
+            f"127.0.0.1:{free_port()}",
+            self.registry,
+            self.cgroup_parent,
+            self.cleanup,
+        )
         self.channel = grpc.insecure_channel(self.agent)
         self.cleanup.add("grpc channel", self.channel.close)
         self.containers = containers_pb2_grpc.ContainersStub(self.channel)
@@ -108,8 +114,11 @@ class Bench:
     def create(self, *command: str) -> str:
         from dockyard.v1.containers_pb2 import CreateContainerRequest
 
-        return str(self.containers.Create(
-            CreateContainerRequest(image=self.busybox, command=list(command)), timeout=60).id)
+        return str(
+            self.containers.Create(
+                CreateContainerRequest(image=self.busybox, command=list(command)), timeout=60
+            ).id
+        )
 
     def remove(self, cid: str) -> None:
         from dockyard.v1.containers_pb2 import RemoveContainerRequest
@@ -141,17 +150,29 @@ class Bench:
         spec["linux"]["cgroupsPath"] = f"/{self.raw_cgroup}/{rid}"
         (bundle / "config.json").write_text(json.dumps(spec))
         start = time.perf_counter()
-        subprocess.run(["runc", "--root", str(raw_root), "run", *args, "-b", str(bundle), rid],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, check=True,
-                       timeout=60)  # fmt: skip
+        subprocess.run(
+            ["runc", "--root", str(raw_root), "run", *args, "-b", str(bundle), rid],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            check=True,
+            timeout=60,
+        )
         return time.perf_counter() - start
 
     def raw_delete(self, rid: str) -> None:
         raw_root = self.root / "raw-runc"
-        subprocess.run(["runc", "--root", str(raw_root), "kill", rid, "KILL"],
-                       capture_output=True, check=False, timeout=30)  # fmt: skip
-        subprocess.run(["runc", "--root", str(raw_root), "delete", "-f", rid],
-                       capture_output=True, check=False, timeout=30)  # fmt: skip
+        subprocess.run(
+            ["runc", "--root", str(raw_root), "kill", rid, "KILL"],
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+        subprocess.run(
+            ["runc", "--root", str(raw_root), "delete", "-f", rid],
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
 
     def raw_cleanup(self) -> None:
         raw_root = self.root / "raw-runc"
@@ -194,11 +215,16 @@ class Bench:
         print(f"  agent API Create+Start+Wait+Remove {ms(m_ours)}")
         print(f"  raw runc run (same rootfs)         {ms(m_raw)}   ratio {ratio(m_ours, m_raw)}")
         if docker:
-            print(f"  docker run --rm --network none    {ms(m_docker)}   "
-                  f"(reference; agent/docker {ratio(m_ours, m_docker)})")
-        self.results["run"] = {"agent_ms": m_ours * 1e3, "raw_runc_ms": m_raw * 1e3,
-                               "docker_ms": m_docker * 1e3 if docker else None,
-                               "ratio_vs_runc": m_ours / m_raw}  # fmt: skip
+            print(
+                f"  docker run --rm --network none    {ms(m_docker)}   "
+                f"(reference; agent/docker {ratio(m_ours, m_docker)})"
+            )
+        self.results["run"] = {
+            "agent_ms": m_ours * 1e3,
+            "raw_runc_ms": m_raw * 1e3,
+            "docker_ms": m_docker * 1e3 if docker else None,
+            "ratio_vs_runc": m_ours / m_raw,
+        }
 
     def bench_detach(self) -> None:
         from dockyard.v1.containers_pb2 import ContainerRef
@@ -223,8 +249,11 @@ class Bench:
         print(f"\n(b) create+start of a detached `sleep`, median of {n}:")
         print(f"  agent API Create+Start            {ms(m_ours)}")
         print(f"  raw runc run -d                   {ms(m_raw)}   ratio {ratio(m_ours, m_raw)}")
-        self.results["detach"] = {"agent_ms": m_ours * 1e3, "raw_runc_ms": m_raw * 1e3,
-                                  "ratio_vs_runc": m_ours / m_raw}  # fmt: skip
+        self.results["detach"] = {
+            "agent_ms": m_ours * 1e3,
+            "raw_runc_ms": m_raw * 1e3,
+            "ratio_vs_runc": m_ours / m_raw,
+        }
 
     def bench_pull(self) -> None:
         import grpc
@@ -253,22 +282,34 @@ class Bench:
                 self.docker.docker("pull", "-q", self.big, timeout=300)
                 docker.append(time.perf_counter() - start)
                 self.docker.docker("rmi", "-f", self.big, check=False)
-        leftover = sum(f.lstat().st_size for f in (self.state / "images").rglob("*")
-                       if f.is_file() and not f.is_symlink())
+        leftover = sum(
+            f.lstat().st_size
+            for f in (self.state / "images").rglob("*")
+            if f.is_file() and not f.is_symlink()
+        )
         m_ours, m_docker = median(ours), median(docker)
         print(f"\n(c) pull of a 100 MiB 5-layer image from the local registry, median of {n}:")
-        print(f"  agent Images.Pull                 {m_ours:8.2f} s   ({100 / m_ours:.0f} MiB/s)"
-              f"   runs {', '.join(f'{t:.2f}' for t in ours)}")
+        print(
+            f"  agent Images.Pull                 {m_ours:8.2f} s   ({100 / m_ours:.0f} MiB/s)"
+            f"   runs {', '.join(f'{t:.2f}' for t in ours)}"
+        )
         if docker:
-            print(f"  docker pull                       {m_docker:8.2f} s   "
-                  f"({100 / m_docker:.0f} MiB/s)   runs {', '.join(f'{t:.2f}' for t in docker)}"
-                  f"   ratio {ratio(m_ours, m_docker)}")
+            print(
+                f"  docker pull                       {m_docker:8.2f} s   "
+                f"({100 / m_docker:.0f} MiB/s)   runs {', '.join(f'{t:.2f}' for t in docker)}"
+                f"   ratio {ratio(m_ours, m_docker)}"
+            )
         else:
             print(f"  docker pull: skipped ({self.docker.why_not or 'no dockerd'})")
-        print(f"  (agent image store after the last remove, busybox still in it: "
-              f"{leftover / 2**20:.1f} MiB)")
-        self.results["pull"] = {"agent_s": m_ours, "docker_s": m_docker if docker else None,
-                                "ratio_vs_docker": m_ours / m_docker if docker else None}
+        print(
+            f"  (agent image store after the last remove, busybox still in it: "
+            f"{leftover / 2**20:.1f} MiB)"
+        )
+        self.results["pull"] = {
+            "agent_s": m_ours,
+            "docker_s": m_docker if docker else None,
+            "ratio_vs_docker": m_ours / m_docker if docker else None,
+        }
 
     def bench_memory(self) -> None:
         import psutil
@@ -276,9 +317,13 @@ class Bench:
         from dockyard.v1.containers_pb2 import ContainerRef
 
         count = self.args.containers
-        agent_pid = next(p.pid for p in psutil.process_iter(["cmdline"])
-                         if p.info["cmdline"] and "--state-dir" in p.info["cmdline"]
-                         and str(self.state) in p.info["cmdline"])  # fmt: skip
+        agent_pid = next(
+            p.pid
+            for p in psutil.process_iter(["cmdline"])
+            if p.info["cmdline"]
+            and "--state-dir" in p.info["cmdline"]
+            and str(self.state) in p.info["cmdline"]
+        )
         agent_rss_before = psutil.Process(agent_pid).memory_info().rss
         ids = []
         try:
@@ -300,11 +345,16 @@ class Bench:
         pss = sum(m["Pss"] for m in mems) / count
         rss = sum(m["Rss"] for m in mems) / count
         print(f"\n(d) memory per running container ({count} detached sleeps):")
-        print(f"  conmon (agent)                    PSS {pss:7.0f} KiB  RSS {rss:7.0f} KiB"
-              f"   (agent RSS {agent_rss_before / 2**20:.0f} -> {agent_rss_after / 2**20:.0f}"
-              f" MiB; {count} started in {started:.1f} s)")
-        self.results["memory"] = {"conmon_pss_kib": pss, "conmon_rss_kib": rss,
-                                  "agent_rss_mib": agent_rss_after / 2**20}  # fmt: skip
+        print(
+            f"  conmon (agent)                    PSS {pss:7.0f} KiB  RSS {rss:7.0f} KiB"
+            f"   (agent RSS {agent_rss_before / 2**20:.0f} -> {agent_rss_after / 2**20:.0f}"
+            f" MiB; {count} started in {started:.1f} s)"
+        )
+        self.results["memory"] = {
+            "conmon_pss_kib": pss,
+            "conmon_rss_kib": rss,
+            "agent_rss_mib": agent_rss_after / 2**20,
+        }
         if not self.docker.available:
             print(f"  containerd-shim: skipped ({self.docker.why_not or 'no dockerd'})")
             return
@@ -312,8 +362,11 @@ class Bench:
         try:
             start = time.perf_counter()
             for _ in range(count):
-                dids.append(self.docker.docker("run", "-d", "--network", "none", self.busybox,
-                                               "sleep", "3600").stdout.strip())  # fmt: skip
+                dids.append(
+                    self.docker.docker(
+                        "run", "-d", "--network", "none", self.busybox, "sleep", "3600"
+                    ).stdout.strip()
+                )
             dstarted = time.perf_counter() - start
             time.sleep(1)
             shims = []
@@ -330,8 +383,10 @@ class Bench:
         per = len(set(shims))
         dpss = sum(m["Pss"] for m in dmems) / count
         drss = sum(m["Rss"] for m in dmems) / count
-        print(f"  containerd-shim-runc-v2 (docker)  PSS {dpss:7.0f} KiB  RSS {drss:7.0f} KiB"
-              f"   ({per} shims for {count} containers; started in {dstarted:.1f} s)")
+        print(
+            f"  containerd-shim-runc-v2 (docker)  PSS {dpss:7.0f} KiB  RSS {drss:7.0f} KiB"
+            f"   ({per} shims for {count} containers; started in {dstarted:.1f} s)"
+        )
         print(f"  ratio conmon/shim: PSS {ratio(pss, dpss)}, RSS {ratio(rss, drss)}")
         self.results["memory"].update(shim_pss_kib=dpss, shim_rss_kib=drss)
 
@@ -343,8 +398,14 @@ class Bench:
             times = []
             for i in range(n + 1):
                 start = time.perf_counter()
-                subprocess.run(cmd, check=True, capture_output=True, timeout=60, env=env,
-                               stdin=subprocess.DEVNULL)  # fmt: skip
+                subprocess.run(
+                    cmd,
+                    check=True,
+                    capture_output=True,
+                    timeout=60,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                )
                 if i:
                     times.append(time.perf_counter() - start)
             return median(times)
@@ -359,11 +420,13 @@ class Bench:
         if self.docker.available:
             help_docker = timed("docker", "--help", env=self.docker.env)
             ps_docker = timed("docker", "ps", env=self.docker.env)
-            line_help += (f"   docker --help {ms(help_docker)}   "
-                          f"ratio {ratio(help_ours, help_docker)}")
+            line_help += (
+                f"   docker --help {ms(help_docker)}   ratio {ratio(help_ours, help_docker)}"
+            )
             line_ps += f"   docker ps     {ms(ps_docker)}   ratio {ratio(ps_ours, ps_docker)}"
-            self.results["cli"].update(docker_help_ms=help_docker * 1e3,
-                                       docker_ps_ms=ps_docker * 1e3)
+            self.results["cli"].update(
+                docker_help_ms=help_docker * 1e3, docker_ps_ms=ps_docker * 1e3
+            )
         print(line_help)
         print(line_ps)
 
@@ -375,17 +438,22 @@ def keep_logs(root: Path, target: Path) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=20, help="runs of (a) and (b)")
     parser.add_argument("--pulls", type=int, default=3, help="pulls in (c)")
     parser.add_argument("--containers", type=int, default=20, help="sleeps in (d)")
     parser.add_argument("--cli-runs", type=int, default=10, help="runs of each CLI command")
     parser.add_argument("--timeout", type=float, default=900, help="global limit, seconds")
-    parser.add_argument("--skip", default="",
-                        help=f"comma-separated: {', '.join(SECTIONS)}, nodocker")
-    parser.add_argument("--keep-logs", action="store_true",
-                        help="copy the daemons' logs to ./bench-agent-logs before cleaning up")
+    parser.add_argument(
+        "--skip", default="", help=f"comma-separated: {', '.join(SECTIONS)}, nodocker"
+    )
+    parser.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="copy the daemons' logs to ./bench-agent-logs before cleaning up",
+    )
     args = parser.parse_args()
     args.skip = {s for s in args.skip.split(",") if s}
     if os.geteuid() != 0 or shutil.which("runc") is None or shutil.which("conmon") is None:
@@ -406,9 +474,15 @@ def main() -> int:
         for section in SECTIONS:
             if section not in args.skip:
                 getattr(bench, f"bench_{section}")()
-        print("\n" + json.dumps({k: {n: round(v, 2) if isinstance(v, float) else v
-                                     for n, v in section.items()}
-                                 for k, section in bench.results.items()}))
+        print(
+            "\n"
+            + json.dumps(
+                {
+                    k: {n: round(v, 2) if isinstance(v, float) else v for n, v in section.items()}
+                    for k, section in bench.results.items()
+                }
+            )
+        )
         print(f"total {time.monotonic() - started:.0f} s")
         return 0
     except KeyboardInterrupt:

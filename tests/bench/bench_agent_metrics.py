@@ -55,13 +55,20 @@ def start_containers(address: str, image: str, count: int) -> float:
 
     started = time.monotonic()
     with grpc.insecure_channel(address) as channel:
-        list(images_pb2_grpc.ImagesStub(channel).Pull(ipb.PullImageRequest(image=image),
-                                                      timeout=120))  # fmt: skip
+        list(
+            images_pb2_grpc.ImagesStub(channel).Pull(ipb.PullImageRequest(image=image), timeout=120)
+        )
         stub = containers_pb2_grpc.ContainersStub(channel)
         for i in range(count):
-            record = stub.Create(cpb.CreateContainerRequest(
-                image=image, name=f"m{i:04d}", command=["sleep", "3600"],
-                memory_bytes=64 * 2**20), timeout=60)  # fmt: skip
+            record = stub.Create(
+                cpb.CreateContainerRequest(
+                    image=image,
+                    name=f"m{i:04d}",
+                    command=["sleep", "3600"],
+                    memory_bytes=64 * 2**20,
+                ),
+                timeout=60,
+            )
             stub.Start(cpb.ContainerRef(container=record.id), timeout=60)
     return time.monotonic() - started
 
@@ -77,18 +84,30 @@ def measure(url: str, scrapes: int) -> dict[str, float | int]:
         sizes.append(len(body))
     families = list(text_string_to_metric_families(body.decode()))
     series = sum(len(f.samples) for f in families)
-    own = next(s.value for f in families for s in f.samples
-               if s.name == "dockyard_metrics_scrape_duration_seconds")  # fmt: skip
-    running = sum(s.value for f in families for s in f.samples
-                  if s.name == "dockyard_container_running")  # fmt: skip
-    return {"scrape_median_ms": median(times) * 1000, "scrape_max_ms": max(times) * 1000,
-            "agent_side_ms": own * 1000, "bytes": sizes[-1], "series": series,
-            "families": len(families), "running": int(running)}  # fmt: skip
+    own = next(
+        s.value
+        for f in families
+        for s in f.samples
+        if s.name == "dockyard_metrics_scrape_duration_seconds"
+    )
+    running = sum(
+        s.value for f in families for s in f.samples if s.name == "dockyard_container_running"
+    )
+    return {
+        "scrape_median_ms": median(times) * 1000,
+        "scrape_max_ms": max(times) * 1000,
+        "agent_side_ms": own * 1000,
+        "bytes": sizes[-1],
+        "series": series,
+        "families": len(families),
+        "running": int(running),
+    }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--containers", type=int, default=100)
     parser.add_argument("--scrapes", type=int, default=20)
     parser.add_argument("--timeout", type=float, default=900, help="global limit, seconds")
@@ -105,21 +124,35 @@ def main() -> int:
         image = f"{registry}/bench/busybox:latest"
         build_and_push("busybox", image, root / "build.log")
         port = free_port()
-        address, _ = start_agent(root / "agents", "metrics", f"127.0.0.1:{free_port()}",
-                                 registry, f"dockyard-bench-metrics-{secrets.token_hex(3)}",
-                                 cleanup, extra=["--metrics-listen", f"127.0.0.1:{port}"])
+        address, _ = start_agent(
+            root / "agents",
+            "metrics",
+            f"127.0.0.1:{free_port()}",
+            registry,
+            f"dockyard-bench-metrics-{secrets.token_hex(3)}",
+            cleanup,
+            extra=["--metrics-listen", f"127.0.0.1:{port}"],
+        )
         url = f"http://127.0.0.1:{port}/metrics"
         results = {"idle": measure(url, args.scrapes)}
         took = start_containers(address, image, args.containers)
         print(f"started {args.containers} containers in {took:.1f} s")
         results[f"{args.containers}_containers"] = measure(url, args.scrapes)
         for name, numbers in results.items():
-            print(f"{name:>16}: scrape median {numbers['scrape_median_ms']:7.1f} ms, "
-                  f"max {numbers['scrape_max_ms']:7.1f} ms, agent-side "
-                  f"{numbers['agent_side_ms']:7.1f} ms, {numbers['bytes']:>8} bytes, "
-                  f"{numbers['series']:>6} series, {numbers['running']} running")
-        print(json.dumps({k: {n: round(v, 2) if isinstance(v, float) else v
-                              for n, v in r.items()} for k, r in results.items()}))
+            print(
+                f"{name:>16}: scrape median {numbers['scrape_median_ms']:7.1f} ms, "
+                f"max {numbers['scrape_max_ms']:7.1f} ms, agent-side "
+                f"{numbers['agent_side_ms']:7.1f} ms, {numbers['bytes']:>8} bytes, "
+                f"{numbers['series']:>6} series, {numbers['running']} running"
+            )
+        print(
+            json.dumps(
+                {
+                    k: {n: round(v, 2) if isinstance(v, float) else v for n, v in r.items()}
+                    for k, r in results.items()
+                }
+            )
+        )
         return 0
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)

@@ -46,30 +46,67 @@ CLUSTERS = 3
 
 
 def dockyard(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "dockyard"), *args], capture_output=True, text=True,
-                          env=env, timeout=60, check=False)  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "dockyard"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
 
 
-def start_cluster(root: Path, index: int, agents: int, env: dict[str, str],
-                  cleanup: Cleanup) -> str:  # fmt: skip
+def start_cluster(
+    root: Path, index: int, agents: int, env: dict[str, str], cleanup: Cleanup
+) -> str:
     address = f"127.0.0.1:{free_port()}"
     state = root / f"cluster{index}"
     state.mkdir()
-    controller = spawn([str(BIN / "dockyard-controller"), "run", "--insecure", "--listen", address,
-                        "--state-dir", str(state / "controller"), "--http-listen",
-                        f"127.0.0.1:{free_port()}", "--heartbeat-period", "0.5"],
-                       state / "controller.log")  # fmt: skip
+    controller = spawn(
+        [
+            str(BIN / "dockyard-controller"),
+            "run",
+            "--insecure",
+            "--listen",
+            address,
+            "--state-dir",
+            str(state / "controller"),
+            "--http-listen",
+            f"127.0.0.1:{free_port()}",
+            "--heartbeat-period",
+            "0.5",
+        ],
+        state / "controller.log",
+    )
     cleanup.add(f"controller {index}", lambda: stop_process(controller))
-    wait_for(lambda: dockyard(env, "-H", address, "info").returncode == 0,
-             f"controller {index}", 60)  # fmt: skip
+    wait_for(
+        lambda: dockyard(env, "-H", address, "info").returncode == 0, f"controller {index}", 60
+    )
     for n in range(agents):
-        agent = spawn([str(BIN / "dockyard-agent"), "run", "--insecure", "--runtime", "hollow",
-                       "--controller", address, "--name", f"c{index}-n{n}", "--listen",
-                       f"127.0.0.1:{free_port()}", "--state-dir", str(state / f"agent{n}")],
-                      state / f"agent{n}.log")  # fmt: skip
+        agent = spawn(
+            [
+                str(BIN / "dockyard-agent"),
+                "run",
+                "--insecure",
+                "--runtime",
+                "hollow",
+                "--controller",
+                address,
+                "--name",
+                f"c{index}-n{n}",
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+                "--state-dir",
+                str(state / f"agent{n}"),
+            ],
+            state / f"agent{n}.log",
+        )
         cleanup.add(f"agent {index}/{n}", lambda agent=agent: stop_process(agent))
-    wait_for(lambda: dockyard(env, "-H", address, "node", "ls", "-q").stdout.count("\n") == agents,
-             f"{agents} nodes on cluster {index}", 60)  # fmt: skip
+    wait_for(
+        lambda: dockyard(env, "-H", address, "node", "ls", "-q").stdout.count("\n") == agents,
+        f"{agents} nodes on cluster {index}",
+        60,
+    )
     created = dockyard(env, "context", "create", f"c{index}", "--host", address)
     if created.returncode:
         raise RuntimeError(created.stderr)
@@ -95,8 +132,12 @@ def in_process(runs: int) -> tuple[float, float]:
     targets = resolve_targets((), ",".join(f"c{i}" for i in range(CLUSTERS)))
 
     def ask(target: object) -> object:
-        return call(target, control_pb2_grpc.ControlStub, "ListNodes",  # type: ignore[arg-type]
-                    ListNodesRequest())  # fmt: skip
+        return call(
+            target,
+            control_pb2_grpc.ControlStub,
+            "ListNodes",  # type: ignore[arg-type]
+            ListNodesRequest(),
+        )
 
     sequential, fanned = [], []
     for _ in range(runs):
@@ -133,18 +174,23 @@ def main() -> None:
         for _ in range(args.runs):
             for index in range(CLUSTERS):
                 singles[index].append(timed(env, "-c", f"c{index}", "node", "ls"))
-            fanout.append(timed(env, "-c", ",".join(f"c{i}" for i in range(CLUSTERS)),
-                                "node", "ls"))  # fmt: skip
+            fanout.append(
+                timed(env, "-c", ",".join(f"c{i}" for i in range(CLUSTERS)), "node", "ls")
+            )
         each = [median(times) for times in singles]
         total, slowest, fanned = sum(each), max(each), median(fanout)
         print(f"node ls, {CLUSTERS} clusters x {args.agents} nodes, median of {args.runs} runs")
         print("  single calls: " + ", ".join(f"c{i} {t * 1000:.0f} ms" for i, t in enumerate(each)))
         print(f"  sum {total * 1000:.0f} ms, slowest {slowest * 1000:.0f} ms")
-        print(f"  fan-out call {fanned * 1000:.0f} ms: {ratio(fanned, total)} of the sum, "
-              f"{ratio(fanned, slowest)} of the slowest")  # fmt: skip
+        print(
+            f"  fan-out call {fanned * 1000:.0f} ms: {ratio(fanned, total)} of the sum, "
+            f"{ratio(fanned, slowest)} of the slowest"
+        )
         sequential, concurrent = in_process(args.runs)
-        print(f"  in one process: sequential {sequential * 1000:.1f} ms, run_each "
-              f"{concurrent * 1000:.1f} ms ({ratio(concurrent, sequential)})")  # fmt: skip
+        print(
+            f"  in one process: sequential {sequential * 1000:.1f} ms, run_each "
+            f"{concurrent * 1000:.1f} ms ({ratio(concurrent, sequential)})"
+        )
     except (KeyboardInterrupt, BenchTimeout) as exc:
         print(f"interrupted: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -38,9 +38,13 @@ from dockyard.v1.types_pb2 import NodeDescription, NodeStatus, Platform, Resourc
 BIN = Path(sys.executable).parent
 READY = NodeStatus.State.READY
 DESCRIPTION = NodeDescription(
-    hostname="bench", platform=Platform(os="linux", architecture="amd64"),
+    hostname="bench",
+    platform=Platform(os="linux", architecture="amd64"),
     resources=Resources(nano_cpus=4_000_000_000, memory_bytes=8 << 30),
-    agent_version="bench", runtime="hollow", runtime_version="bench", kernel_version="bench",
+    agent_version="bench",
+    runtime="hollow",
+    runtime_version="bench",
+    kernel_version="bench",
 )
 
 
@@ -60,8 +64,12 @@ async def run_agents(controller: str, count: int) -> None:
 
     dlogging.configure("warning", json=True)
     sessions = [
-        ControllerSession([controller], NodeIdentity(secrets.token_hex(10), f"bench-{i}"),
-                          lambda: DESCRIPTION, keep_rtts=1000)
+        ControllerSession(
+            [controller],
+            NodeIdentity(secrets.token_hex(10), f"bench-{i}"),
+            lambda: DESCRIPTION,
+            keep_rtts=1000,
+        )
         for i in range(count)
     ]
     tasks = [asyncio.create_task(s.run()) for s in sessions]
@@ -74,8 +82,10 @@ async def run_agents(controller: str, count: int) -> None:
         print("reset", flush=True)
     rtts = [r for s in sessions for r in s.status.rtts]
     summary = {
-        "acks": len(rtts), "p50_ms": _quantile(rtts, 0.50) * 1e3,
-        "p99_ms": _quantile(rtts, 0.99) * 1e3, "max_ms": max(rtts, default=float("nan")) * 1e3,
+        "acks": len(rtts),
+        "p50_ms": _quantile(rtts, 0.50) * 1e3,
+        "p99_ms": _quantile(rtts, 0.99) * 1e3,
+        "max_ms": max(rtts, default=float("nan")) * 1e3,
         "mean_ms": statistics.fmean(rtts) * 1e3 if rtts else float("nan"),
         "not_connected": sum(s.status.state != "connected" for s in sessions),
         "failed_tasks": sum(t.done() for t in tasks),
@@ -95,9 +105,11 @@ def _die_with_parent() -> None:
 
 def measure(procs: dict[str, psutil.Process], seconds: float) -> dict[str, dict[str, float]]:
     """CPU % of one core, peak/avg RSS and PSS (MiB) of each process over `seconds`."""
+
     def cpu(p: psutil.Process) -> float:
         t = p.cpu_times()
         return t.user + t.system
+
     start = {k: cpu(p) for k, p in procs.items()}
     mem: dict[str, list[tuple[int, int]]] = {k: [] for k in procs}
     began = time.monotonic()
@@ -168,10 +180,23 @@ def bench(args: argparse.Namespace) -> None:
     try:
         logs.append(open(tmp / "controller.log", "wb"))  # noqa: SIM115
         controller = subprocess.Popen(
-            [str(BIN / "dockyard-controller"), "run", "--http-listen", "", "--listen", address,
-             "--state-dir", str(tmp / "state"), "--heartbeat-period", str(args.heartbeat_period),
-             "--insecure"],
-            stdin=subprocess.DEVNULL, stdout=logs[0], stderr=logs[0], start_new_session=True,
+            [
+                str(BIN / "dockyard-controller"),
+                "run",
+                "--http-listen",
+                "",
+                "--listen",
+                address,
+                "--state-dir",
+                str(tmp / "state"),
+                "--heartbeat-period",
+                str(args.heartbeat_period),
+                "--insecure",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=logs[0],
+            stderr=logs[0],
+            start_new_session=True,
             preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
         wait_until("controller", lambda: node_states(address) == [], 60, controller)
@@ -184,18 +209,31 @@ def bench(args: argparse.Namespace) -> None:
 
         logs.append(open(tmp / "agents.log", "wb"))  # noqa: SIM115
         agents = subprocess.Popen(
-            [sys.executable, __file__, "--agents-only", "--controller", address,
-             "--agents", str(args.agents)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=logs[1], text=True,
+            [
+                sys.executable,
+                __file__,
+                "--agents-only",
+                "--controller",
+                address,
+                "--agents",
+                str(args.agents),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=logs[1],
+            text=True,
             start_new_session=True,
         )
         took = wait_until(
             f"{args.agents} nodes READY",
             lambda: sum(s == READY for s in node_states(address)) == args.agents,
-            120, agents,
+            120,
+            agents,
         )
-        print(f"{args.agents} nodes READY after {took:.1f} s; loaded: {args.duration:g} s ...",
-              flush=True)
+        print(
+            f"{args.agents} nodes READY after {took:.1f} s; loaded: {args.duration:g} s ...",
+            flush=True,
+        )
         assert agents.stdout is not None and agents.stdout.readline().strip() == "connected"
         assert command(agents, "reset") == "reset"
         agents_ps = psutil.Process(agents.pid)
@@ -215,30 +253,55 @@ def bench(args: argparse.Namespace) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def report(args: argparse.Namespace, idle: dict[str, dict[str, float]],
-           loaded: dict[str, dict[str, float]], rtt: dict[str, float], ready: int) -> None:
+def report(
+    args: argparse.Namespace,
+    idle: dict[str, dict[str, float]],
+    loaded: dict[str, dict[str, float]],
+    rtt: dict[str, float],
+    ready: int,
+) -> None:
     n = args.agents
-    print(f"\nDockyard heartbeat benchmark: {n} agents, period {args.heartbeat_period:g} s, "
-          f"{args.duration:g} s per phase, {os.cpu_count()} CPUs")
-    print(f"{'process / phase':<22}{'CPU %':>8}{'RSS peak':>10}{'RSS avg':>9}"
-          f"{'PSS peak':>10}{'PSS avg':>9}  (MiB)")
+    print(
+        f"\nDockyard heartbeat benchmark: {n} agents, period {args.heartbeat_period:g} s, "
+        f"{args.duration:g} s per phase, {os.cpu_count()} CPUs"
+    )
+    print(
+        f"{'process / phase':<22}{'CPU %':>8}{'RSS peak':>10}{'RSS avg':>9}"
+        f"{'PSS peak':>10}{'PSS avg':>9}  (MiB)"
+    )
     for phase, data in (("idle", idle), ("loaded", loaded)):
         for name, m in data.items():
-            print(f"{name + ' ' + phase:<22}{m['cpu_pct']:>8.2f}{m['rss_peak']:>10.1f}"
-                  f"{m['rss_avg']:>9.1f}{m['pss_peak']:>10.1f}{m['pss_avg']:>9.1f}")
+            print(
+                f"{name + ' ' + phase:<22}{m['cpu_pct']:>8.2f}{m['rss_peak']:>10.1f}"
+                f"{m['rss_avg']:>9.1f}{m['pss_peak']:>10.1f}{m['pss_avg']:>9.1f}"
+            )
     c_idle, c_load = idle["controller"]["cpu_pct"], loaded["controller"]["cpu_pct"]
     per100 = (c_load - c_idle) * 100 / n
     ratio = c_load / c_idle if c_idle > 0 else float("inf")
-    print(f"controller CPU: idle {c_idle:.2f} %, loaded {c_load:.2f} %, "
-          f"+{per100:.2f} % per 100 agents; loaded/idle = {ratio:.1f}x")
-    print(f"heartbeat RTT over {rtt['acks']:.0f} acks: p50 {rtt['p50_ms']:.2f} ms, "
-          f"p99 {rtt['p99_ms']:.2f} ms, max {rtt['max_ms']:.2f} ms; "
-          f"READY at end {ready}/{n}, sessions not connected {rtt['not_connected']:.0f}")
-    print(json.dumps({
-        "agents": n, "heartbeat_period": args.heartbeat_period, "duration": args.duration,
-        "idle": idle, "loaded": loaded, "rtt": rtt, "ready_at_end": ready,
-        "controller_cpu_per_100_agents": per100, "controller_cpu_loaded_over_idle": ratio,
-    }))
+    print(
+        f"controller CPU: idle {c_idle:.2f} %, loaded {c_load:.2f} %, "
+        f"+{per100:.2f} % per 100 agents; loaded/idle = {ratio:.1f}x"
+    )
+    print(
+        f"heartbeat RTT over {rtt['acks']:.0f} acks: p50 {rtt['p50_ms']:.2f} ms, "
+        f"p99 {rtt['p99_ms']:.2f} ms, max {rtt['max_ms']:.2f} ms; "
+        f"READY at end {ready}/{n}, sessions not connected {rtt['not_connected']:.0f}"
+    )
+    print(
+        json.dumps(
+            {
+                "agents": n,
+                "heartbeat_period": args.heartbeat_period,
+                "duration": args.duration,
+                "idle": idle,
+                "loaded": loaded,
+                "rtt": rtt,
+                "ready_at_end": ready,
+                "controller_cpu_per_100_agents": per100,
+                "controller_cpu_loaded_over_idle": ratio,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -255,6 +318,7 @@ def main() -> None:
 
     def interrupted(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
+
     signal.signal(signal.SIGTERM, interrupted)
     try:
         bench(args)

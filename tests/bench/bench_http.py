@@ -75,8 +75,9 @@ class Reader:
         self.last_at = 0.0
 
 
-async def read_stream(session: aiohttp.ClientSession, url: str, reader: Reader,
-                      stop_event: asyncio.Event) -> None:
+async def read_stream(
+    session: aiohttp.ClientSession, url: str, reader: Reader, stop_event: asyncio.Event
+) -> None:
     """Count frames cheaply (chunks, not lines): the bench must not be the bottleneck."""
     async with session.get(url) as response:
         assert response.status == 200, response.status
@@ -93,8 +94,9 @@ async def read_stream(session: aiohttp.ClientSession, url: str, reader: Reader,
 def scale(control, name: str, replicas: int) -> None:
     service = control.GetService(GetServiceRequest(service=name))
     service.spec.replicated.replicas = replicas
-    control.UpdateService(UpdateServiceRequest(service=name, version=service.meta.version,
-                                                spec=service.spec))
+    control.UpdateService(
+        UpdateServiceRequest(service=name, version=service.meta.version, spec=service.spec)
+    )
 
 
 def running(control, name: str) -> int:
@@ -102,22 +104,66 @@ def running(control, name: str) -> int:
     return sum(1 for t in tasks if t.status.state == TaskStatus.RUNNING)
 
 
-def start_cluster(root: Path, nodes: int, grpc_port: int, http_port: int,
-                  procs: list[subprocess.Popen[bytes]]) -> Any:  # fmt: skip
+def start_cluster(
+    root: Path, nodes: int, grpc_port: int, http_port: int, procs: list[subprocess.Popen[bytes]]
+) -> Any:
     """An insecure controller and a hollow fleet, all READY; a Control stub."""
     url = f"http://127.0.0.1:{http_port}"
-    procs.append(spawn([str(BIN / "dockyard-controller"), "run", "--insecure", "--state-dir",
-                        str(root / "c"), "--listen", f"127.0.0.1:{grpc_port}", "--http-listen",
-                        f"127.0.0.1:{http_port}", "--http-max-streams", "1000",
-                        "--resolve-image", "never", "--log-level", "info"], root / "c.log"))
+    procs.append(
+        spawn(
+            [
+                str(BIN / "dockyard-controller"),
+                "run",
+                "--insecure",
+                "--state-dir",
+                str(root / "c"),
+                "--listen",
+                f"127.0.0.1:{grpc_port}",
+                "--http-listen",
+                f"127.0.0.1:{http_port}",
+                "--http-max-streams",
+                "1000",
+                "--resolve-image",
+                "never",
+                "--log-level",
+                "info",
+            ],
+            root / "c.log",
+        )
+    )
     wait(lambda: _ok(url + "/healthz"), "controller", 30)
-    procs.append(spawn([str(BIN / "dockyard-agent"), "hollow", "--controller",
-                        f"127.0.0.1:{grpc_port}", "--count", str(nodes), "--state-dir",
-                        str(root / "h"), "--stagger", "0.005", "--log-level", "warning"],
-                       root / "h.log"))
+    procs.append(
+        spawn(
+            [
+                str(BIN / "dockyard-agent"),
+                "hollow",
+                "--controller",
+                f"127.0.0.1:{grpc_port}",
+                "--count",
+                str(nodes),
+                "--state-dir",
+                str(root / "h"),
+                "--stagger",
+                "0.005",
+                "--log-level",
+                "warning",
+            ],
+            root / "h.log",
+        )
+    )
     control = control_pb2_grpc.ControlStub(grpc.insecure_channel(f"127.0.0.1:{grpc_port}"))
-    wait(lambda: sum(1 for n in control.ListNodes(ListNodesRequest()).nodes
-                     if n.status.state == NodeStatus.READY) == nodes, "nodes", 120)
+    wait(
+        lambda: (
+            sum(
+                1
+                for n in control.ListNodes(ListNodesRequest()).nodes
+                if n.status.state == NodeStatus.READY
+            )
+            == nodes
+        ),
+        "nodes",
+        120,
+    )
     spec = ServiceSpec(name="web")
     spec.task.container.image = "busybox"
     spec.task.container.command.extend(["sleep", "3600"])
@@ -149,15 +195,19 @@ async def settle_readers(readers: list[Reader]) -> list[int]:
     return [r.count for r in readers]
 
 
-async def with_streams(control: Any, proc: psutil.Process, url: str, http_port: int,
-                       args: argparse.Namespace) -> tuple[float, float]:  # fmt: skip
+async def with_streams(
+    control: Any, proc: psutil.Process, url: str, http_port: int, args: argparse.Namespace
+) -> tuple[float, float]:
     """The same scale-up with `clients` streams open (and one that never reads)."""
     stop_event = asyncio.Event()
     readers = [Reader() for _ in range(args.clients)]
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                     timeout=aiohttp.ClientTimeout(total=None)) as session:
-        tasks = [asyncio.create_task(read_stream(session, url + "/v1/events", r, stop_event))
-                 for r in readers]  # fmt: skip
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0), timeout=aiohttp.ClientTimeout(total=None)
+    ) as session:
+        tasks = [
+            asyncio.create_task(read_stream(session, url + "/v1/events", r, stop_event))
+            for r in readers
+        ]
         lazy = socket.create_connection(("127.0.0.1", http_port))  # must be dropped
         lazy.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         lazy.sendall(b"GET /v1/events HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -169,10 +219,12 @@ async def with_streams(control: Any, proc: psutil.Process, url: str, http_port: 
         up, cpu = time.monotonic() - start, sum(proc.cpu_times()[:2]) - cpu_a
         counts = await settle_readers(readers)
         last = [r.last_at for r in readers]
-        print(f"{args.clients} streams: every event to every client {max(last) - start:.1f} s "
-              f"after the scale-up; events per client {min(counts) - 1}..{max(counts) - 1}; "
-              f"last event spread {(max(last) - min(last)) * 1000:.0f} ms; RSS "
-              f"{rss_before / 2**20:.0f} -> {proc.memory_info().rss / 2**20:.0f} MiB")
+        print(
+            f"{args.clients} streams: every event to every client {max(last) - start:.1f} s "
+            f"after the scale-up; events per client {min(counts) - 1}..{max(counts) - 1}; "
+            f"last event spread {(max(last) - min(last)) * 1000:.0f} ms; RSS "
+            f"{rss_before / 2**20:.0f} -> {proc.memory_info().rss / 2**20:.0f} MiB"
+        )
         await asyncio.sleep(12)  # the lazy client's write times out (10 s)
         for line in get(url + "/metrics")[1].decode().splitlines():
             if line.startswith(("dockyard_event_streams", "process_resident")):
@@ -198,15 +250,21 @@ def main() -> None:
         proc = psutil.Process(procs[0].pid)
         up0, cpu0 = baseline(control, proc, args.replicas)
         up1, cpu1 = asyncio.run(with_streams(control, proc, url, http_port, args))
-        print(f"{args.replicas} replicas RUNNING: {up1:.1f} s with {args.clients} streams "
-              f"against {up0:.1f} s with none ({up1 / up0:.2f}x); controller CPU {cpu1:.1f} s "
-              f"against {cpu0:.1f} s ({cpu1 / max(cpu0, 0.01):.2f}x)")
+        print(
+            f"{args.replicas} replicas RUNNING: {up1:.1f} s with {args.clients} streams "
+            f"against {up0:.1f} s with none ({up1 / up0:.2f}x); controller CPU {cpu1:.1f} s "
+            f"against {cpu0:.1f} s ({cpu1 / max(cpu0, 0.01):.2f}x)"
+        )
         scrapes = [get(url + "/metrics")[0] for _ in range(20)]
-        print(f"/metrics ({args.replicas} tasks, {args.nodes} nodes): p50 "
-              f"{statistics.median(scrapes) * 1000:.1f} ms, p95 {pct(scrapes, .95) * 1000:.1f} ms")
+        print(
+            f"/metrics ({args.replicas} tasks, {args.nodes} nodes): p50 "
+            f"{statistics.median(scrapes) * 1000:.1f} ms, p95 {pct(scrapes, 0.95) * 1000:.1f} ms"
+        )
         lists = [get(url + "/v1/tasks?history=1") for _ in range(5)]
-        print(f"/v1/tasks?history=1 ({len(lists[0][1]) / 2**20:.1f} MiB): p50 "
-              f"{statistics.median(t for t, _ in lists) * 1000:.0f} ms")
+        print(
+            f"/v1/tasks?history=1 ({len(lists[0][1]) / 2**20:.1f} MiB): p50 "
+            f"{statistics.median(t for t, _ in lists) * 1000:.0f} ms"
+        )
     finally:
         for process in reversed(procs):
             stop_process(process, 30)

@@ -51,12 +51,16 @@ from dockyard.v1 import peer_pb2_grpc
 
 
 def blob_gets(log: Path) -> int:
-    return sum(1 for line in log.read_text(errors="replace").splitlines()
-               if '"GET /v2/' in line and "/blobs/sha256:" in line)  # fmt: skip
+    return sum(
+        1
+        for line in log.read_text(errors="replace").splitlines()
+        if '"GET /v2/' in line and "/blobs/sha256:" in line
+    )
 
 
-async def serve(blobs: BlobStore,
-                credentials: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, str]:
+async def serve(
+    blobs: BlobStore, credentials: grpc.ServerCredentials | None
+) -> tuple[grpc.aio.Server, str]:
     server = grpc.aio.server()
     peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(blobs), server)
     address = f"127.0.0.1:{free_port()}"
@@ -98,8 +102,9 @@ async def bench(args: argparse.Namespace, root: Path, cleanup: Cleanup) -> None:
     holder = ImageService(root / "holder")
     size = parse_size(args.layer_size)
     print(f"building and pushing {args.layers} x {args.layer_size} random layers ...", flush=True)
-    await build_image(holder.store, big_layers(args.layers, size), parse_reference(ref),
-                      compression="none")  # fmt: skip
+    await build_image(
+        holder.store, big_layers(args.layers, size), parse_reference(ref), compression="none"
+    )
     await holder.push(ref)
     server_tls, client_tls = tls_pair()
     plain, plain_address = await serve(holder.store.blobs, None)
@@ -118,9 +123,12 @@ async def bench(args: argparse.Namespace, root: Path, cleanup: Cleanup) -> None:
             times = [await timed_pull(root, ref, fetcher, peers) for _ in range(args.runs)]
             results[name] = statistics.median(times)
             gets = (blob_gets(log) - before) / args.runs
-            print(f"  {name:10} {results[name] * 1000:8.0f} ms  "
-                  f"{ratio(results[name], results['registry']):>8} of the registry pull  "
-                  f"registry blob GETs per pull: {gets:.0f}", flush=True)  # fmt: skip
+            print(
+                f"  {name:10} {results[name] * 1000:8.0f} ms  "
+                f"{ratio(results[name], results['registry']):>8} of the registry pull  "
+                f"registry blob GETs per pull: {gets:.0f}",
+                flush=True,
+            )
     finally:
         for server in (plain, secure, empty):
             await server.stop(None)
@@ -130,8 +138,9 @@ async def bench(args: argparse.Namespace, root: Path, cleanup: Cleanup) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--layers", type=int, default=5)
     parser.add_argument("--layer-size", default="20M")
     parser.add_argument("--runs", type=int, default=3)

@@ -60,8 +60,9 @@ POLL = 0.25
 
 
 class Dockyard:
-    def __init__(self, args: argparse.Namespace, root: Path, registry: str,
-                 cleanup: Cleanup) -> None:
+    def __init__(
+        self, args: argparse.Namespace, root: Path, registry: str, cleanup: Cleanup
+    ) -> None:
         self.args = args
         self.root = root
         self.registry = registry
@@ -78,10 +79,22 @@ class Dockyard:
 
         self.controller = f"127.0.0.1:{free_port()}"
         (self.root / "logs").mkdir(parents=True)
-        proc = spawn([str(BIN / "dockyard-controller"), "run", "--http-listen", "", "--insecure",
-                      "--listen", self.controller,
-                      "--state-dir", str(self.root / "controller"), "--log-level", "warning"],
-                     self.root / "logs" / "controller.log")  # fmt: skip
+        proc = spawn(
+            [
+                str(BIN / "dockyard-controller"),
+                "run",
+                "--http-listen",
+                "",
+                "--insecure",
+                "--listen",
+                self.controller,
+                "--state-dir",
+                str(self.root / "controller"),
+                "--log-level",
+                "warning",
+            ],
+            self.root / "logs" / "controller.log",
+        )
         self.cleanup.add("controller", lambda: stop_process(proc, 30))
         self.channel = grpc.insecure_channel(self.controller)
         self.cleanup.add("controller channel", self.channel.close)
@@ -89,8 +102,10 @@ class Dockyard:
 
         def nodes_ready(count: int) -> bool:
             if proc.poll() is not None:
-                raise SystemExit("controller exited: "
-                                 + (self.root / "logs" / "controller.log").read_text()[-2000:])
+                raise SystemExit(
+                    "controller exited: "
+                    + (self.root / "logs" / "controller.log").read_text()[-2000:]
+                )
             try:
                 nodes = self.control.ListNodes(ListNodesRequest(), timeout=5).nodes
             except grpc.RpcError:
@@ -102,21 +117,32 @@ class Dockyard:
         self.cleanup.add("cgroup parent", lambda: remove_cgroup(self.cgroup_parent))
         self.agents = []
         for index in range(self.args.agents):
-            address, _ = start_agent(self.root / "agents", f"bench-node-{index + 1}",
-                                     self.controller, self.registry,
-                                     f"{self.cgroup_parent}/node{index + 1}", self.cleanup)
+            address, _ = start_agent(
+                self.root / "agents",
+                f"bench-node-{index + 1}",
+                self.controller,
+                self.registry,
+                f"{self.cgroup_parent}/node{index + 1}",
+                self.cleanup,
+            )
             channel = grpc.insecure_channel(address)
             self.cleanup.add("agent channel", channel.close)
             self.agents.append(containers_pb2_grpc.ContainersStub(channel))
             for _ in images_pb2_grpc.ImagesStub(channel).Pull(
-                    PullImageRequest(image=self.image), timeout=120):
+                PullImageRequest(image=self.image), timeout=120
+            ):
                 pass
         wait_for(lambda: nodes_ready(self.args.agents), f"{self.args.agents} nodes READY", 60)
 
     def cli(self, *args: str) -> None:
-        subprocess.run([str(BIN / "dockyard"), "-H", self.controller, *args], check=True,
-                       capture_output=True, timeout=120, stdin=subprocess.DEVNULL,
-                       env=dict(os.environ, DOCKYARD_CONFIG=str(self.root / "cli")))  # fmt: skip
+        subprocess.run(
+            [str(BIN / "dockyard"), "-H", self.controller, *args],
+            check=True,
+            capture_output=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+            env=dict(os.environ, DOCKYARD_CONFIG=str(self.root / "cli")),
+        )
 
     def containers(self) -> tuple[int, int]:
         """(running, all) containers over the agents."""
@@ -138,16 +164,35 @@ class Dockyard:
     def run_once(self, name: str, replicas: int, limit: float) -> dict[str, float]:
         start = time.monotonic()
         grace = self.args.stop_grace
-        self.cli("service", "create", "-d", "--name", name, "--replicas", str(replicas),
-                 "--stop-grace-period", grace, self.image, "sleep", "3600")  # fmt: skip
-        wait_for(lambda: self.service_running(name) >= replicas
-                 and self.containers()[0] >= replicas, f"dockyard: {replicas} running", limit,
-                 POLL)  # fmt: skip
+        self.cli(
+            "service",
+            "create",
+            "-d",
+            "--name",
+            name,
+            "--replicas",
+            str(replicas),
+            "--stop-grace-period",
+            grace,
+            self.image,
+            "sleep",
+            "3600",
+        )
+        wait_for(
+            lambda: self.service_running(name) >= replicas and self.containers()[0] >= replicas,
+            f"dockyard: {replicas} running",
+            limit,
+            POLL,
+        )
         up = time.monotonic() - start
         start = time.monotonic()
         self.cli("service", "scale", "-d", f"{name}=0")
-        wait_for(lambda: self.service_running(name) == 0 and self.containers()[0] == 0,
-                 "dockyard: 0 running", limit, POLL)  # fmt: skip
+        wait_for(
+            lambda: self.service_running(name) == 0 and self.containers()[0] == 0,
+            "dockyard: 0 running",
+            limit,
+            POLL,
+        )
         down = time.monotonic() - start
         wait_for(lambda: self.containers()[1] == 0, "dockyard: no containers", limit, POLL)
         gone = time.monotonic() - start
@@ -170,14 +215,17 @@ class Swarm:
         if not self.docker.started and self.docker.docker("ps", "-aq").stdout.strip():
             print("note: the running dockerd has other containers; `gone` counts only ours")
         self.docker.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
-        cleanup.add("swarm", lambda: self.docker.docker("swarm", "leave", "--force",
-                                                        check=False, timeout=120))
+        cleanup.add(
+            "swarm",
+            lambda: self.docker.docker("swarm", "leave", "--force", check=False, timeout=120),
+        )
         self.docker.docker("pull", "-q", self.image)
         return True
 
     def replicas(self, name: str) -> str:
-        return self.docker.docker("service", "ls", "--filter", f"name={name}", "--format",
-                                  "{{.Replicas}}").stdout.strip()  # fmt: skip
+        return self.docker.docker(
+            "service", "ls", "--filter", f"name={name}", "--format", "{{.Replicas}}"
+        ).stdout.strip()
 
     def containers(self, name: str, all: bool = False) -> int:
         args = ["ps", "-q", "--filter", f"label=com.docker.swarm.service.name={name}"]
@@ -185,39 +233,64 @@ class Swarm:
 
     def run_once(self, name: str, replicas: int, limit: float) -> dict[str, float]:
         start = time.monotonic()
-        self.docker.docker("service", "create", "-d", "--name", name, "--replicas", str(replicas),
-                           "--stop-grace-period", self.grace, self.image, "sleep", "3600")
-        wait_for(lambda: self.replicas(name).startswith(f"{replicas}/{replicas}")
-                 and self.containers(name) >= replicas, f"swarm: {replicas} running", limit,
-                 POLL)  # fmt: skip
+        self.docker.docker(
+            "service",
+            "create",
+            "-d",
+            "--name",
+            name,
+            "--replicas",
+            str(replicas),
+            "--stop-grace-period",
+            self.grace,
+            self.image,
+            "sleep",
+            "3600",
+        )
+        wait_for(
+            lambda: (
+                self.replicas(name).startswith(f"{replicas}/{replicas}")
+                and self.containers(name) >= replicas
+            ),
+            f"swarm: {replicas} running",
+            limit,
+            POLL,
+        )
         up = time.monotonic() - start
         start = time.monotonic()
         self.docker.docker("service", "scale", "-d", f"{name}=0")
         wait_for(lambda: self.containers(name) == 0, "swarm: 0 running", limit, POLL)
         down = time.monotonic() - start
         try:
-            wait_for(lambda: self.containers(name, all=True) == 0, "swarm: no containers",
-                     limit, POLL)  # fmt: skip
+            wait_for(
+                lambda: self.containers(name, all=True) == 0, "swarm: no containers", limit, POLL
+            )
             gone = time.monotonic() - start
         except TimeoutError:
             gone = float("nan")
         self.docker.docker("service", "rm", name)
-        wait_for(lambda: self.containers(name, all=True) == 0, "swarm: service removed", limit,
-                 POLL)  # fmt: skip
+        wait_for(
+            lambda: self.containers(name, all=True) == 0, "swarm: service removed", limit, POLL
+        )
         return {"up": up, "down": down, "gone": gone}
 
 
 def main() -> int:  # noqa: PLR0915 - one linear script
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--replicas", type=int, default=100)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--agents", type=int, default=1, help="runc agent processes")
-    parser.add_argument("--wait-timeout", type=float, default=300,
-                        help="limit for each convergence, seconds")
+    parser.add_argument(
+        "--wait-timeout", type=float, default=300, help="limit for each convergence, seconds"
+    )
     parser.add_argument("--timeout", type=float, default=1800, help="global limit, seconds")
-    parser.add_argument("--stop-grace", default="0s",
-                        help="--stop-grace-period on both sides (a duration: 0s, 1s, ...)")
+    parser.add_argument(
+        "--stop-grace",
+        default="0s",
+        help="--stop-grace-period on both sides (a duration: 0s, 1s, ...)",
+    )
     parser.add_argument("--no-docker", action="store_true", help="skip the Docker baseline")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("runc") is None or shutil.which("conmon") is None:
@@ -241,29 +314,42 @@ def main() -> int:  # noqa: PLR0915 - one linear script
             swarm = Swarm(docker, args.stop_grace)
             if not swarm.start(cleanup):
                 swarm = None
-        print(f"dockyard: 1 controller + {args.agents} runc agent process(es); "
-              f"{args.replicas} replicas of busybox `sleep 3600`, "
-              f"--stop-grace-period {args.stop_grace} on both sides, "
-              f"{args.runs} runs each")
+        print(
+            f"dockyard: 1 controller + {args.agents} runc agent process(es); "
+            f"{args.replicas} replicas of busybox `sleep 3600`, "
+            f"--stop-grace-period {args.stop_grace} on both sides, "
+            f"{args.runs} runs each"
+        )
         results: dict[str, list[dict[str, float]]] = {"dockyard": [], "swarm": []}
         for run in range(args.runs):
             r = dockyard.run_once(f"bench{run}", args.replicas, args.wait_timeout)
             results["dockyard"].append(r)
-            print(f"  run {run + 1} dockyard: up {r['up']:.1f} s, down {r['down']:.1f} s, "
-                  f"gone {r['gone']:.1f} s", flush=True)
+            print(
+                f"  run {run + 1} dockyard: up {r['up']:.1f} s, down {r['down']:.1f} s, "
+                f"gone {r['gone']:.1f} s",
+                flush=True,
+            )
             if swarm is not None:
                 r = swarm.run_once(f"bench{run}", args.replicas, args.wait_timeout)
                 results["swarm"].append(r)
-                print(f"  run {run + 1} swarm:    up {r['up']:.1f} s, down {r['down']:.1f} s, "
-                      f"gone {r['gone']:.1f} s", flush=True)
+                print(
+                    f"  run {run + 1} swarm:    up {r['up']:.1f} s, down {r['down']:.1f} s, "
+                    f"gone {r['gone']:.1f} s",
+                    flush=True,
+                )
         print(f"\nmedians of {args.runs} ({args.replicas} replicas):")
         summary = {}
-        for phase, text in (("up", "create -> all running"), ("down", "scale 0 -> 0 running"),
-                            ("gone", "scale 0 -> no containers")):
+        for phase, text in (
+            ("up", "create -> all running"),
+            ("down", "scale 0 -> 0 running"),
+            ("gone", "scale 0 -> no containers"),
+        ):
             ours = median([r[phase] for r in results["dockyard"]])
             base = median([r[phase] for r in results["swarm"]])
-            summary[phase] = {"dockyard_s": round(ours, 2),
-                              "swarm_s": round(base, 2) if results["swarm"] else None}
+            summary[phase] = {
+                "dockyard_s": round(ours, 2),
+                "swarm_s": round(base, 2) if results["swarm"] else None,
+            }
             line = f"  {text:26} dockyard {ours:6.1f} s"
             if results["swarm"]:
                 line += f"   docker swarm {base:6.1f} s   ratio {ratio(ours, base)}"

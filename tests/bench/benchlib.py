@@ -64,8 +64,9 @@ def ratio(ours: float, base: float) -> str:
     return f"{ours / base:.2f}x"
 
 
-def wait_for(predicate: Callable[[], Any], what: str, timeout: float,
-             interval: float = 0.1) -> float:
+def wait_for(
+    predicate: Callable[[], Any], what: str, timeout: float, interval: float = 0.1
+) -> float:
     """Seconds until `predicate()` is true; raises TimeoutError after `timeout`."""
     start = time.monotonic()
     while True:
@@ -78,8 +79,9 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float,
 
 def spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
-        return subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=env)
+        return subprocess.Popen(
+            args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True, env=env
+        )
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
@@ -210,16 +212,37 @@ def start_registry(root: Path, cleanup: Cleanup, access_log: bool = False) -> st
 def build_and_push(kind: str, tag: str, log: Path, *extra: str) -> None:
     """`python -m dockyard.agent.images.build KIND --tag TAG --push`."""
     with open(log, "ab") as out:
-        subprocess.run([sys.executable, "-m", "dockyard.agent.images.build", kind, "--tag", tag,
-                        "--push", *extra], check=True, stdout=out, stderr=out, timeout=300)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dockyard.agent.images.build",
+                kind,
+                "--tag",
+                tag,
+                "--push",
+                *extra,
+            ],
+            check=True,
+            stdout=out,
+            stderr=out,
+            timeout=300,
+        )
 
 
 # -- dockyard daemons --------------------------------------------------------------
 
 
-def start_agent(root: Path, name: str, controller: str, registry: str, cgroup_parent: str,
-                cleanup: Cleanup, log_level: str = "warning",
-                extra: Sequence[str] = ()) -> tuple[str, Path]:  # fmt: skip
+def start_agent(
+    root: Path,
+    name: str,
+    controller: str,
+    registry: str,
+    cgroup_parent: str,
+    cleanup: Cleanup,
+    log_level: str = "warning",
+    extra: Sequence[str] = (),
+) -> tuple[str, Path]:
     """One runc agent with its own state dir and cgroup parent; returns (address, state dir).
 
     The cleanup removes its containers through runc, unmounts, and removes its cgroups.
@@ -227,11 +250,33 @@ def start_agent(root: Path, name: str, controller: str, registry: str, cgroup_pa
     state = root / name
     root.mkdir(parents=True, exist_ok=True)
     address = f"127.0.0.1:{free_port()}"
-    proc = spawn([str(BIN / "dockyard-agent"), "run", "--insecure", "--controller", controller,
-                  "--name", name, "--listen", address, "--state-dir", str(state),
-                  "--runtime", "runc", "--registry-mirror", f"http://{registry}",
-                  "--insecure-registry", registry, "--cgroup-parent", cgroup_parent,
-                  "--log-level", log_level, *extra], root / f"{name}.log")  # fmt: skip
+    proc = spawn(
+        [
+            str(BIN / "dockyard-agent"),
+            "run",
+            "--insecure",
+            "--controller",
+            controller,
+            "--name",
+            name,
+            "--listen",
+            address,
+            "--state-dir",
+            str(state),
+            "--runtime",
+            "runc",
+            "--registry-mirror",
+            f"http://{registry}",
+            "--insecure-registry",
+            registry,
+            "--cgroup-parent",
+            cgroup_parent,
+            "--log-level",
+            log_level,
+            *extra,
+        ],
+        root / f"{name}.log",
+    )
 
     def teardown() -> None:
         stop_process(proc)
@@ -266,8 +311,12 @@ def runc_cleanup(runtime_root: Path, cgroup_parent: str) -> None:
         for entry in runc_root.iterdir():
             if entry.is_dir():
                 for args in (["kill", entry.name, "KILL"], ["delete", "-f", entry.name]):
-                    subprocess.run(["runc", "--root", str(runc_root), *args],
-                                   capture_output=True, check=False, timeout=30)  # fmt: skip
+                    subprocess.run(
+                        ["runc", "--root", str(runc_root), *args],
+                        capture_output=True,
+                        check=False,
+                        timeout=30,
+                    )
     kill_processes_mentioning(str(runtime_root), ["conmon"])
     umount_under(runtime_root)
     remove_cgroup(cgroup_parent)
@@ -300,44 +349,60 @@ class Docker:
     Stopping it removes all it made, and only the bridges it created (with their veths).
     """
 
-    def __init__(self, root: Path, registry: str, cleanup: Cleanup,
-                 private: bool = False) -> None:  # fmt: skip
+    def __init__(self, root: Path, registry: str, cleanup: Cleanup, private: bool = False) -> None:
         self.root = root
         self.registry = registry
         self.cleanup = cleanup
         self.private = private
         # A private engine is addressed by its socket only, never by the DOCKER_* of the
         # environment (another engine's host, TLS material or config).
-        self.env = {k: v for k, v in os.environ.items()
-                    if not (private and k.startswith("DOCKER_"))}  # fmt: skip
+        self.env = {
+            k: v for k, v in os.environ.items() if not (private and k.startswith("DOCKER_"))
+        }
         self.started = False
         self.available = False
         self.why_not = ""
 
-    def docker(self, *args: str, timeout: float = 120, check: bool = True,
-               capture: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["docker", *args], env=self.env, text=True, timeout=timeout,
-                              check=check, capture_output=capture,
-                              stdin=subprocess.DEVNULL)  # fmt: skip
+    def docker(
+        self, *args: str, timeout: float = 120, check: bool = True, capture: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", *args],
+            env=self.env,
+            text=True,
+            timeout=timeout,
+            check=check,
+            capture_output=capture,
+            stdin=subprocess.DEVNULL,
+        )
 
     def _answers(self) -> bool:
         try:
-            return self.docker("version", "--format", "{{.Server.Version}}",
-                               timeout=10, check=False).returncode == 0  # fmt: skip
+            return (
+                self.docker(
+                    "version", "--format", "{{.Server.Version}}", timeout=10, check=False
+                ).returncode
+                == 0
+            )
         except subprocess.TimeoutExpired:
             return False
 
     def start(self) -> bool:
-        if shutil.which("docker") is None or shutil.which("dockerd") is None or (
-                self.private and shutil.which("containerd") is None):  # fmt: skip
+        if (
+            shutil.which("docker") is None
+            or shutil.which("dockerd") is None
+            or (self.private and shutil.which("containerd") is None)
+        ):
             self.why_not = "dockerd/docker not installed (apt-get install docker.io)"
             print(f"Docker baseline skipped: {self.why_not}")
             return False
         running = os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()
         if not self.private and running and self._answers():
             self.available = True
-            print("Docker baseline: using the dockerd that is already running "
-                  "(loopback registries are insecure by default there)")
+            print(
+                "Docker baseline: using the dockerd that is already running "
+                "(loopback registries are insecure by default there)"
+            )
             return True
         self.root.mkdir(parents=True)
         sock = self.root / "docker.sock"
@@ -345,19 +410,32 @@ class Docker:
         self.cgroup_parent = f"dockyard-bench-docker-{self.root.name[-6:]}"
         bridges_before = set(self._bridges())
         cgroups_before = {p for p in CGROUP_ROOT.glob("*/docker")}
-        args = ["dockerd", "--data-root", str(self.root / "data"),
-                "--exec-root", str(self.root / "exec"),
-                "--pidfile", str(self.root / "dockerd.pid"), "-H", f"unix://{sock}",
-                "--insecure-registry", self.registry, "--iptables=false",
-                "--ip-forward=false", "--cgroup-parent", self.cgroup_parent]  # fmt: skip
+        args = [
+            "dockerd",
+            "--data-root",
+            str(self.root / "data"),
+            "--exec-root",
+            str(self.root / "exec"),
+            "--pidfile",
+            str(self.root / "dockerd.pid"),
+            "-H",
+            f"unix://{sock}",
+            "--insecure-registry",
+            self.registry,
+            "--iptables=false",
+            "--ip-forward=false",
+            "--cgroup-parent",
+            self.cgroup_parent,
+        ]
         processes: list[subprocess.Popen[bytes]] = []
         if self.private:
             containerd = self.root / "containerd"
             containerd.mkdir()
             config = containerd / "config.toml"
             config.write_text(CONTAINERD_CONFIG.format(root=containerd))
-            processes.append(spawn(["containerd", "--config", str(config)],
-                                   self.root / "containerd.log"))  # fmt: skip
+            processes.append(
+                spawn(["containerd", "--config", str(config)], self.root / "containerd.log")
+            )
             args += ["--containerd", str(containerd / "containerd.sock"), "--bridge=none"]
         proc = spawn(args, self.root / "dockerd.log")
         processes.insert(0, proc)
@@ -391,9 +469,11 @@ class Docker:
             print(f"Docker baseline skipped: {self.why_not}")
             return False
         self.available = True
-        print(f"Docker baseline: started a private dockerd "
-              f"({self.docker('version', '--format', '{{.Server.Version}}').stdout.strip()}, "
-              f"socket {sock})")
+        print(
+            f"Docker baseline: started a private dockerd "
+            f"({self.docker('version', '--format', '{{.Server.Version}}').stdout.strip()}, "
+            f"socket {sock})"
+        )
         return True
 
     @staticmethod

@@ -47,21 +47,30 @@ class EtcdMember:
             raise AssertionError("etcd not found: install Debian's etcd-server")
         client_url = f"http://{self.endpoint}"
         args = [
-            executable, f"--name={self.name}", f"--data-dir={self.data_dir}",
-            f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}",
+            executable,
+            f"--name={self.name}",
+            f"--data-dir={self.data_dir}",
+            f"--listen-client-urls={client_url}",
+            f"--advertise-client-urls={client_url}",
             f"--listen-peer-urls={self.peer_url}",
             f"--initial-advertise-peer-urls={self.peer_url}",
-            f"--initial-cluster={self.initial_cluster}", "--initial-cluster-state=new",
+            f"--initial-cluster={self.initial_cluster}",
+            "--initial-cluster-state=new",
             "--initial-cluster-token=dockyard-chaos",
             # A lost member is noticed and a new raft leader elected quickly.
-            "--heartbeat-interval=50", "--election-timeout=500",
-        ]  # fmt: skip
+            "--heartbeat-interval=50",
+            "--election-timeout=500",
+        ]
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
+                args,
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
                 env={"ETCD_UNSUPPORTED_ARCH": "", "PATH": "/usr/bin:/bin"},
-            )  # fmt: skip
+            )
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -121,8 +130,11 @@ class EtcdCluster:
         while not all(member.healthy() for member in members):
             dead = [m.name for m in members if not m.running]
             if dead or time.monotonic() - started > timeout:
-                logs = "\n".join(m.log_path.read_text(errors="replace")[-1500:] for m in members
-                                 if m.log_path.exists())  # fmt: skip
+                logs = "\n".join(
+                    m.log_path.read_text(errors="replace")[-1500:]
+                    for m in members
+                    if m.log_path.exists()
+                )
                 raise AssertionError(f"etcd members not healthy (exited: {dead}):\n{logs}")
             time.sleep(0.1)
         return time.monotonic() - started

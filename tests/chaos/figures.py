@@ -54,14 +54,16 @@ class Row:
             extra[f"{name}_p50"] = round(percentile(values, 0.5), 3)
             extra[f"{name}_p99"] = round(percentile(values, 0.99), 3)
         return cls(
-            scenario=scenario, runs=len(runs),
+            scenario=scenario,
+            runs=len(runs),
             recovery_p50=round(percentile(recoveries, 0.5), 3),
             recovery_p99=round(percentile(recoveries, 0.99), 3),
             max_extra_replicas=max(run.summary.max_extra for run in runs),
             extra_replica_window=round(max(run.summary.extra_window for run in runs), 3),
             violations=sum(len(run.summary.violations) for run in runs),
-            target=target, extra=extra,
-        )  # fmt: skip
+            target=target,
+            extra=extra,
+        )
 
 
 def record(row: Row) -> None:

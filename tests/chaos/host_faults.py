@@ -82,8 +82,19 @@ class HostNamespace:
     def create(self) -> None:
         prefix = IPv4Network(self.subnet).prefixlen
         _sh("ip", "netns", "add", self.name)
-        _sh("ip", "link", "add", self.veth, "type", "veth", "peer", "name", "eth0",
-            "netns", self.name)  # fmt: skip
+        _sh(
+            "ip",
+            "link",
+            "add",
+            self.veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            self.name,
+        )
         _sh("ip", "addr", "add", f"{self.host_ip}/{prefix}", "dev", self.veth)
         _sh("ip", "link", "set", self.veth, "up")
         self.inside("ip", "addr", "add", f"{self.inner_ip}/{prefix}", "dev", "eth0")
@@ -135,10 +146,26 @@ def _running_on_agent(log: Path, task_ids: set[str]) -> set[str]:
 def start_agent_in(rig: Rig, host: HostNamespace, name: str) -> Daemon:
     """A hollow agent running inside the namespace (`ip netns exec` execs it)."""
     controllers = [arg for c in rig.controllers for arg in ("--controller", c.address)]
-    args = ["ip", "netns", "exec", host.name, str(BIN / "dockyard-agent"), "run",
-            *controllers, "--name", name, "--listen", f"{host.inner_ip}:{free_port()}",
-            "--state-dir", str(rig.root / f"agent-{name}"), "--runtime", "hollow",
-            "--log-level", "debug", "--insecure"]  # fmt: skip
+    args = [
+        "ip",
+        "netns",
+        "exec",
+        host.name,
+        str(BIN / "dockyard-agent"),
+        "run",
+        *controllers,
+        "--name",
+        name,
+        "--listen",
+        f"{host.inner_ip}:{free_port()}",
+        "--state-dir",
+        str(rig.root / f"agent-{name}"),
+        "--runtime",
+        "hollow",
+        "--log-level",
+        "debug",
+        "--insecure",
+    ]
     daemon = Daemon(name, args, rig.root / f"agent-{name}.log").start()
     rig.agents[name] = daemon  # stopped with the first controller's cluster
     return daemon
@@ -179,8 +206,11 @@ def node_cut_off(root: Path) -> Run:
             "the healed node READY",
             RECONNECT_CAP + 30,
         )
-        rig.wait_for(lambda: not _running_on_agent(rig.agents[NODES[2]].log_path, stale),
-                     "the agent stopped its stale copies", 30)  # fmt: skip
+        rig.wait_for(
+            lambda: not _running_on_agent(rig.agents[NODES[2]].log_path, stale),
+            "the agent stopped its stale copies",
+            30,
+        )
         stopped = time.monotonic()
         assert not any(live(checker.snapshot().tasks[t]) for t in stale), "stale tasks live"
         rig.wait_running(service, 6, 30)
@@ -267,8 +297,7 @@ def disk_full(root: Path, image: str) -> Run:
         freed = time.monotonic()
         running = rig.wait_running(service, 2, 90)
         _saved(rig, state, "worker.json", service, checker.snapshot())
-        return Run(running - freed, checker.finish(),
-                   {"full_to_failed": failed - filled})  # fmt: skip
+        return Run(running - freed, checker.finish(), {"full_to_failed": failed - filled})
     finally:
         rig.close()
         assert _sh("mountpoint", "-q", str(state), check=False).returncode != 0
@@ -276,9 +305,12 @@ def disk_full(root: Path, image: str) -> Run:
 
 def _failed_for_space(service_id: str, slot: int) -> Callable[[View], bool]:
     def check(view: View) -> bool:
-        return any(t.service_id == service_id and t.slot == slot
-                   and "No space left on device" in t.status.error
-                   for t in view.tasks.values())  # fmt: skip
+        return any(
+            t.service_id == service_id
+            and t.slot == slot
+            and "No space left on device" in t.status.error
+            for t in view.tasks.values()
+        )
 
     return check
 
@@ -312,8 +344,12 @@ def clock_jump(root: Path) -> Run:
     root.mkdir(parents=True, exist_ok=True)
     offset = root / "faketime"
     offset.write_text("+0\n")
-    env = {"LD_PRELOAD": FAKETIME_LIB, "FAKETIME_TIMESTAMP_FILE": str(offset),
-           "FAKETIME_NO_CACHE": "1", "DONT_FAKE_MONOTONIC": "1"}  # fmt: skip
+    env = {
+        "LD_PRELOAD": FAKETIME_LIB,
+        "FAKETIME_TIMESTAMP_FILE": str(offset),
+        "FAKETIME_NO_CACHE": "1",
+        "DONT_FAKE_MONOTONIC": "1",
+    }
     rig = Rig(root, down_grace=DOWN_GRACE, controller_env=env)
     try:
         rig.start_controllers(2)
@@ -372,8 +408,9 @@ def _create_crashing(rig: Rig) -> str:
 
 
 def _ended_tasks(service_id: str, count: int) -> Callable[[View], bool]:
-    return lambda view: sum(1 for t in view.tasks.values()
-                            if t.service_id == service_id and not live(t)) >= count  # fmt: skip
+    return lambda view: (
+        sum(1 for t in view.tasks.values() if t.service_id == service_id and not live(t)) >= count
+    )
 
 
 def _created_tasks(service_id: str, count: int) -> Callable[[View], bool]:
@@ -384,8 +421,11 @@ def _watch_nodes(snapshot: Callable[[], View], seen: list[str], seconds: float) 
     """For `seconds`, note every node that is not READY."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        seen += [n.spec.name for n in snapshot().nodes.values()
-                 if n.status.state != NodeStatus.READY and n.spec.name not in seen]  # fmt: skip
+        seen += [
+            n.spec.name
+            for n in snapshot().nodes.values()
+            if n.status.state != NodeStatus.READY and n.spec.name not in seen
+        ]
         time.sleep(0.1)
 
 

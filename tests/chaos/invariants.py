@@ -56,8 +56,14 @@ class View:
     leader_revision: int = 0  # mod_revision of the leader key's last put
 
     def running(self, service_id: str, exclude_node: str = "") -> list[Task]:
-        return [t for t in self.tasks.values() if t.service_id == service_id and live(t)
-                and t.status.state == State.RUNNING and t.node_id != exclude_node]  # fmt: skip
+        return [
+            t
+            for t in self.tasks.values()
+            if t.service_id == service_id
+            and live(t)
+            and t.status.state == State.RUNNING
+            and t.node_id != exclude_node
+        ]
 
     def live_per_slot(self) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = {}
@@ -195,8 +201,9 @@ class InvariantChecker:
                     async for response in stream:
                         for event in response.events:
                             if event.kv.mod_revision <= upto:
-                                found.append((int(event.kv.mod_revision),
-                                              bytes(event.kv.key).decode()))  # fmt: skip
+                                found.append(
+                                    (int(event.kv.mod_revision), bytes(event.kv.key).decode())
+                                )
                         if response.events and response.events[-1].kv.mod_revision >= upto:
                             return found
             finally:
@@ -214,8 +221,9 @@ class InvariantChecker:
             try:
                 revision = await self._list()
                 ready.set()
-                async for event in self._store.watch_kinds([TASKS, SERVICES, NODES, LEADER],
-                                                           revision):  # fmt: skip
+                async for event in self._store.watch_kinds(
+                    [TASKS, SERVICES, NODES, LEADER], revision
+                ):
                     self._apply(event)
             except StoreError:
                 await asyncio.sleep(0.2)
@@ -243,8 +251,11 @@ class InvariantChecker:
                 if not event.deleted:
                     self.view.leader_revision = event.revision
             else:
-                records = {TASKS.name: self.view.tasks, SERVICES.name: self.view.services,
-                           NODES.name: self.view.nodes}[event.kind]  # fmt: skip
+                records = {
+                    TASKS.name: self.view.tasks,
+                    SERVICES.name: self.view.services,
+                    NODES.name: self.view.nodes,
+                }[event.kind]
                 if event.kind == TASKS.name:
                     self.task_changes.add((event.revision, event.id))
                 if event.deleted:
@@ -277,8 +288,9 @@ class InvariantChecker:
             stretch = now - self._extra_since
             self.longest_extra = max(self.longest_extra, stretch)
             if stretch > self.window:
-                self.violations.append(f"extra live tasks lasted {stretch:.2f} s "
-                                       f"(window {self.window:g} s)")  # fmt: skip
+                self.violations.append(
+                    f"extra live tasks lasted {stretch:.2f} s (window {self.window:g} s)"
+                )
             self._extra_since = None
 
     def _check_events(self, timeout: float = 15) -> None:
@@ -300,8 +312,10 @@ class InvariantChecker:
         )
 
     def _check_lost(self, before: View, after: View) -> None:
-        for kind, old, new in (("service", before.services, after.services),
-                               ("node", before.nodes, after.nodes)):  # fmt: skip
+        for kind, old, new in (
+            ("service", before.services, after.services),
+            ("node", before.nodes, after.nodes),
+        ):
             for record_id in old.keys() - new.keys():
                 self.violations.append(f"{kind} {record_id} lost")
         for task_id, task in before.tasks.items():
@@ -310,5 +324,6 @@ class InvariantChecker:
 
 
 def _copy(view: View) -> View:
-    return View(dict(view.tasks), dict(view.services), dict(view.nodes), view.leader,
-                view.leader_revision)  # fmt: skip
+    return View(
+        dict(view.tasks), dict(view.services), dict(view.nodes), view.leader, view.leader_revision
+    )

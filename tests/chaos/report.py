@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HEADER = ("| Scenario | Runs | Recovery p50 | Recovery p99 | Target | Max extra replicas "
-          "| Extra-replica window | Violations | Other (p50 / p99) |\n"
-          "|---|---:|---:|---:|---|---:|---:|---:|---|")  # fmt: skip
+HEADER = (
+    "| Scenario | Runs | Recovery p50 | Recovery p99 | Target | Max extra replicas "
+    "| Extra-replica window | Violations | Other (p50 / p99) |\n"
+    "|---|---:|---:|---:|---|---:|---:|---:|---|"
+)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -24,8 +26,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     for row in latest.values():
         extra = row.get("extra", {})
         names = sorted({key.rsplit("_", 1)[0] for key in extra})
-        other = "; ".join(f"{name}: {extra[name + '_p50']:.2f} / {extra[name + '_p99']:.2f} s"
-                          for name in names)  # fmt: skip
+        other = "; ".join(
+            f"{name}: {extra[name + '_p50']:.2f} / {extra[name + '_p99']:.2f} s" for name in names
+        )
         lines.append(
             f"| {row['scenario']} | {row['runs']} | {row['recovery_p50']:.2f} s "
             f"| {row['recovery_p99']:.2f} s | {row['target']} | {row['max_extra_replicas']} "

@@ -57,14 +57,20 @@ class Rig:
 
     def start_controllers(self, count: int) -> None:
         for index in range(count):
-            cluster = Cluster(self.root / f"c{index}", heartbeat=HEARTBEAT, grace=GRACE,
-                              etcd_endpoints=self.etcd.endpoints, insecure=True,
-                              controller_host=self.controller_host)  # fmt: skip
+            cluster = Cluster(
+                self.root / f"c{index}",
+                heartbeat=HEARTBEAT,
+                grace=GRACE,
+                etcd_endpoints=self.etcd.endpoints,
+                insecure=True,
+                controller_host=self.controller_host,
+            )
             cluster.root.mkdir(parents=True)
             self.controllers.append(cluster)
             with _environment(self.controller_env):
-                cluster.start_controller(["--leader-ttl", str(LEASE),
-                                          "--node-down-grace", str(self.down_grace)])  # fmt: skip
+                cluster.start_controller(
+                    ["--leader-ttl", str(LEASE), "--node-down-grace", str(self.down_grace)]
+                )
         self.wait_for(lambda: self.leader() is not None, "a leader", 30)
 
     def daemon(self, index: int) -> Daemon:
@@ -99,8 +105,9 @@ class Rig:
     def agents(self) -> dict[str, Daemon]:
         return self.controllers[0].agents
 
-    def start_agents(self, names: tuple[str, ...], runtime: str = "hollow",
-                     extra: list[str] | None = None) -> None:  # fmt: skip
+    def start_agents(
+        self, names: tuple[str, ...], runtime: str = "hollow", extra: list[str] | None = None
+    ) -> None:
         others = [arg for c in self.controllers[1:] for arg in ("--controller", c.address)]
         for name in names:
             self.controllers[0].start_agent(name, runtime=runtime, extra=others + (extra or []))
@@ -153,8 +160,9 @@ class Rig:
         self.wait_running(service_id, replicas, timeout)
         self.checker.mark_baseline()
 
-    def wait_running(self, service_id: str, replicas: int, timeout: float,
-                     exclude_node: str = "") -> float:  # fmt: skip
+    def wait_running(
+        self, service_id: str, replicas: int, timeout: float, exclude_node: str = ""
+    ) -> float:
         """Monotonic time at which `replicas` tasks of the service were seen RUNNING."""
         assert self.checker is not None
 
@@ -169,15 +177,17 @@ class Rig:
         started = time.monotonic()
         while not predicate():
             if time.monotonic() - started > timeout:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n"
-                                     + self.logs())  # fmt: skip
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what}\n" + self.logs()
+                )
             time.sleep(0.1)
         return time.monotonic() - started
 
     def logs(self) -> str:
         daemons = [c.controller for c in self.controllers] + list(self.agents.values())
-        return "\n".join(f"--- {d.name} {d.log_path} ---\n{d.log()[-2000:]}"
-                         for d in daemons if d is not None)  # fmt: skip
+        return "\n".join(
+            f"--- {d.name} {d.log_path} ---\n{d.log()[-2000:]}" for d in daemons if d is not None
+        )
 
     def close(self) -> None:
         for cleanup in reversed(self.cleanups):

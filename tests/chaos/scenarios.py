@@ -89,8 +89,9 @@ def agent_restart(root: Path, image: str) -> Run:
     """SIGKILL a runc agent and start it again: its containers ran on, none restarted."""
     rig = Rig(root, down_grace=10.0)
     cgroup = f"dockyard-chaos-{root.name}"
-    rig.cleanups.append(lambda: cleanup_everything(
-        rig.root / "c0" / "agent-r1" / "runtime", cgroup))  # fmt: skip
+    rig.cleanups.append(
+        lambda: cleanup_everything(rig.root / "c0" / "agent-r1" / "runtime", cgroup)
+    )
     try:
         rig.start_controllers(1)
         rig.start_agents(("r1",), runtime="runc", extra=["--cgroup-parent", cgroup])
@@ -106,8 +107,11 @@ def agent_restart(root: Path, image: str) -> Run:
         killed = time.monotonic()
         rig.agents["r1"].kill()
         rig.controllers[0].start_agent("r1")
-        rig.wait_for(lambda: controller_log.read_text().count('"session.opened"') > sessions,
-                     "the restarted agent's session", 60)  # fmt: skip
+        rig.wait_for(
+            lambda: controller_log.read_text().count('"session.opened"') > sessions,
+            "the restarted agent's session",
+            60,
+        )
         back = time.monotonic()
         time.sleep(GRACE + 1)  # a report of a lost container would arrive by now
         after = checker.snapshot()
@@ -125,10 +129,18 @@ def agent_restart(root: Path, image: str) -> Run:
 
 def _runc_pids(runc_root: Path) -> dict[str, int]:
     """Container id -> pid of each container runc has running under this root."""
-    listed = subprocess.run(["runc", "--root", str(runc_root), "list", "-f", "json"],
-                            capture_output=True, text=True, check=True, timeout=30)  # fmt: skip
-    return {c["id"]: c["pid"] for c in json.loads(listed.stdout or "[]") or []
-            if c["status"] == "running"}  # fmt: skip
+    listed = subprocess.run(
+        ["runc", "--root", str(runc_root), "list", "-f", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return {
+        c["id"]: c["pid"]
+        for c in json.loads(listed.stdout or "[]") or []
+        if c["status"] == "running"
+    }
 
 
 # -- controllers -----------------------------------------------------------------
@@ -152,8 +164,11 @@ def leader_sigkill(root: Path) -> Run:
         elected = checker.wait_for(lambda v: v.leader_revision > term, "a new leader", 30)
         placed = checker.wait_for(_placed(service, 4), "slot 4 placed", 30)
         running = rig.wait_running(service, 4, 60)
-        return Run(placed - killed, checker.finish(),
-                   {"new_leader": elected - killed, "running": running - killed})  # fmt: skip
+        return Run(
+            placed - killed,
+            checker.finish(),
+            {"new_leader": elected - killed, "running": running - killed},
+        )
     finally:
         rig.close()
 
@@ -197,9 +212,11 @@ def leader_sigstop(root: Path) -> Run:
         # Not leader writes: the leader key, and each controller's own registration
         # (controllers/<id>, on its own lease: expired while stopped, published again
         # on resuming, as any controller does, leader or not).
-        writes = [(rev, key) for rev, key in checker.writes_between(mark, upto)
-                  if not key.endswith("/leader/current")
-                  and "/controllers/" not in key]  # fmt: skip
+        writes = [
+            (rev, key)
+            for rev, key in checker.writes_between(mark, upto)
+            if not key.endswith("/leader/current") and "/controllers/" not in key
+        ]
         violations += [f"the deposed leader wrote {key} at revision {rev}" for rev, key in writes]
         rig.signal(new, signal.SIGCONT)
         rig.wait_running(service, 4, 60)
@@ -301,8 +318,11 @@ def etcd_quorum_lost(root: Path) -> Run:
             rig.etcd.members[index].kill()
         lost = time.monotonic()
         with ThreadPoolExecutor(2) as pool:
-            reading = pool.submit(_unavailable, rig, lambda c: c.GetService(
-                GetServiceRequest(service="web"), timeout=30))  # fmt: skip
+            reading = pool.submit(
+                _unavailable,
+                rig,
+                lambda c: c.GetService(GetServiceRequest(service="web"), timeout=30),
+            )
             writing = pool.submit(_unavailable, rig, lambda c: c.UpdateService(update, timeout=30))
             read, write = reading.result(), writing.result()
         # The leader's lease runs out while quorum is lost.

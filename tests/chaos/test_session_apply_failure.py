@@ -46,9 +46,12 @@ def test_session_survives_handlers_failing_with_a_full_disk(tmp_path: Path) -> N
 
         async def run() -> tuple[bool, str, list[str]]:
             session = ControllerSession(
-                [address], identity, NodeDescription, on_assignments=on_assignments,
+                [address],
+                identity,
+                NodeDescription,
+                on_assignments=on_assignments,
                 on_network=on_network,
-            )  # fmt: skip
+            )
             task = asyncio.create_task(session.run())
             try:
                 await asyncio.wait_for(session.connected.wait(), 30)

@@ -22,8 +22,12 @@ __all__ = ["AgentUnderTest", "registry"]
 
 
 def have_runc() -> bool:
-    return (os.geteuid() == 0 and shutil.which("runc") is not None
-            and shutil.which("conmon") is not None and Path("/bin/busybox").exists())  # fmt: skip
+    return (
+        os.geteuid() == 0
+        and shutil.which("runc") is not None
+        and shutil.which("conmon") is not None
+        and Path("/bin/busybox").exists()
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -41,16 +45,22 @@ class AgentUnderTest:
     daemon: Daemon
     config_dir: Path
 
-    def cli(self, *args: str, timeout: float = 60,
-            input_text: str | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 60, input_text: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """`dockyard -H <agent> ARGS`, as a user runs it (not a terminal: plain output);
         `input_text` is its stdin (none by default)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
         env["DOCKYARD_CONFIG"] = str(self.config_dir)
         stdin = {"input": input_text} if input_text is not None else {"stdin": subprocess.DEVNULL}
-        return subprocess.run([str(BIN / "dockyard"), "-H", self.address, *args],
-                              capture_output=True, text=True, env=env, timeout=timeout,
-                              **stdin)  # type: ignore[call-overload]  # fmt: skip
+        return subprocess.run(
+            [str(BIN / "dockyard"), "-H", self.address, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            **stdin,
+        )  # type: ignore[call-overload]
 
     def ok(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         result = self.cli(*args, timeout=timeout)
@@ -72,10 +82,26 @@ def agent(tmp_path: Path) -> Iterator[AgentUnderTest]:
     cgroup = f"dockyard-cli-test-{uuid.uuid4().hex[:8]}"
     address = f"127.0.0.1:{free_port()}"
     # --allow-privileged: the e2e tests run --privileged and seccomp=unconfined containers
-    args = [str(BIN / "dockyard-agent"), "run", "--runtime", "runc",
-            "--controller", f"127.0.0.1:{free_port()}", "--state-dir", str(state),
-            "--listen", address, "--name", "cli-e2e", "--cgroup-parent", cgroup,
-            "--log-level", "debug", "--insecure", "--allow-privileged"]  # fmt: skip
+    args = [
+        str(BIN / "dockyard-agent"),
+        "run",
+        "--runtime",
+        "runc",
+        "--controller",
+        f"127.0.0.1:{free_port()}",
+        "--state-dir",
+        str(state),
+        "--listen",
+        address,
+        "--name",
+        "cli-e2e",
+        "--cgroup-parent",
+        cgroup,
+        "--log-level",
+        "debug",
+        "--insecure",
+        "--allow-privileged",
+    ]
     daemon = Daemon("agent", args, tmp_path / "agent.log")
     under_test = AgentUnderTest(address, daemon, tmp_path / "cli-config")
     try:
@@ -93,8 +119,7 @@ def agent(tmp_path: Path) -> Iterator[AgentUnderTest]:
         cleanup_everything(state / "runtime", cgroup)
         with open("/proc/self/mountinfo", encoding="utf-8") as f:
             mounts = [line.split()[4] for line in f]
-        for mount in sorted((m for m in mounts if m.startswith(str(state))), key=len,
-                            reverse=True):  # fmt: skip
+        for mount in sorted((m for m in mounts if m.startswith(str(state))), key=len, reverse=True):
             subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
 
 
@@ -102,6 +127,10 @@ def agent(tmp_path: Path) -> Iterator[AgentUnderTest]:
 def busybox_ref(registry: RegistryServer) -> str:
     """A busybox image built locally and pushed to the test registry."""
     ref = f"{registry.host}/cli/busybox:latest"
-    subprocess.run([sys.executable, "-m", "dockyard.agent.images.build", "busybox", "--tag", ref,
-                    "--push"], check=True, capture_output=True, timeout=120)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "dockyard.agent.images.build", "busybox", "--tag", ref, "--push"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return ref

@@ -38,8 +38,20 @@ def test_pull_run_ps_logs_exec_stop_rm(agent: AgentUnderTest, busybox_ref: str) 
     assert attached.stdout == "hi\n" and attached.stderr == "oops\n"
     assert agent.ok("ps", "-a", "-q").stdout == ""
 
-    started = agent.ok("run", "-d", "--name", "web", "-e", "GREETING=hello", "--memory", "64m",
-                       busybox_ref, "sh", "-c", "echo $GREETING; sleep 300")
+    started = agent.ok(
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-e",
+        "GREETING=hello",
+        "--memory",
+        "64m",
+        busybox_ref,
+        "sh",
+        "-c",
+        "echo $GREETING; sleep 300",
+    )
     container_id = started.stdout.strip()
     assert re.fullmatch(r"[0-9a-f]{64}", container_id)
     ps = agent.ok("ps").stdout.splitlines()
@@ -124,7 +136,8 @@ def test_privileged_and_unconfined_containers(agent: AgentUnderTest, busybox_ref
     default = _status_fields(agent.ok("run", "--rm", busybox_ref, *read).stdout)
     privileged = _status_fields(agent.ok("run", "--rm", "--privileged", busybox_ref, *read).stdout)
     unconfined = _status_fields(
-        agent.ok("run", "--rm", "--security-opt", "seccomp=unconfined", busybox_ref, *read).stdout)
+        agent.ok("run", "--rm", "--security-opt", "seccomp=unconfined", busybox_ref, *read).stdout
+    )
     own = _status_fields(Path("/proc/self/status").read_text())
     assert default["Seccomp"] == "2" and privileged["Seccomp"] == "0"
     assert unconfined["Seccomp"] == "0" and unconfined["CapEff"] == default["CapEff"]
@@ -137,8 +150,17 @@ def test_privileged_and_unconfined_containers(agent: AgentUnderTest, busybox_ref
 
 
 def test_tmpfs_mounts(agent: AgentUnderTest, busybox_ref: str) -> None:
-    shown = agent.ok("run", "--rm", "--tmpfs", "/cache:size=1m", "--read-only", busybox_ref,
-                     "sh", "-c", "grep ' /cache ' /proc/mounts; echo x > /cache/f && echo ok")
+    shown = agent.ok(
+        "run",
+        "--rm",
+        "--tmpfs",
+        "/cache:size=1m",
+        "--read-only",
+        busybox_ref,
+        "sh",
+        "-c",
+        "grep ' /cache ' /proc/mounts; echo x > /cache/f && echo ok",
+    )
     mount, written = shown.stdout.splitlines()
     assert mount.split()[2] == "tmpfs" and "size=1024k" in mount and "noexec" in mount
     assert written == "ok"  # writable although the root filesystem is read-only
@@ -149,8 +171,10 @@ def test_tmpfs_mounts(agent: AgentUnderTest, busybox_ref: str) -> None:
 def test_named_volumes_outlive_their_containers(agent: AgentUnderTest, busybox_ref: str) -> None:
     assert agent.ok("volume", "create", "--label", "app=db", "vol1").stdout == "vol1\n"
     agent.ok("run", "--rm", "-v", "vol1:/data", busybox_ref, "sh", "-c", "echo kept > /data/f")
-    assert agent.ok("run", "--rm", "-v", "vol1:/data:ro", busybox_ref,
-                    "cat", "/data/f").stdout == "kept\n"  # fmt: skip
+    assert (
+        agent.ok("run", "--rm", "-v", "vol1:/data:ro", busybox_ref, "cat", "/data/f").stdout
+        == "kept\n"
+    )
     # a volume named by a run that does not exist yet is made, as docker does
     agent.ok("run", "-d", "--name", "holder", "-v", "vol2:/data", busybox_ref, "sleep", "300")
     listed = agent.ok("volume", "ls").stdout.splitlines()

@@ -65,8 +65,10 @@ def test_a_compose_file_becomes_specs() -> None:
     assert list(container.healthcheck.test) == ["CMD", "true"]
     assert (container.healthcheck.interval_seconds, container.healthcheck.retries) == (5, 2)
     assert container.stop_grace_seconds == 3
-    assert [(p.published_port, p.target_port, p.protocol) for p in web.task.ports] == \
-        [(8080, 8080, "tcp"), (5353, 53, "udp")]
+    assert [(p.published_port, p.target_port, p.protocol) for p in web.task.ports] == [
+        (8080, 8080, "tcp"),
+        (5353, 53, "udp"),
+    ]
     assert web.replicated.replicas == 3
     resources = web.task.resources
     assert (resources.limits.nano_cpus, resources.limits.memory_bytes) == (5 * 10**8, 64 << 20)
@@ -84,15 +86,18 @@ def test_a_compose_file_becomes_specs() -> None:
     assert stack.ignored == ["services.web.depends_on"]
 
 
-@pytest.mark.parametrize(("doc", "message"), [
-    ({"services": {"a": {"image": "b", "colour": "red"}}}, "services.a: unknown key 'colour'"),
-    ({"services": {"a": {"build": "."}}}, "services.a: an image is required"),
-    ({"services": {"a": {"image": "busybox", "deploy": {"replicas": -1}}}}, "services.a: "),
-    ({"services": {"a": {"image": "busybox", "ports": ["1.2.3.4:80:80"]}}}, "host IP"),
-    ({"servces": {}}, "needs a `services:` mapping"),
-    ({"services": {}, "wat": 1}, "unknown top-level key 'wat'"),
-    ({"services": {"a": {"image": "b", "healthcheck": {"test": ["CMD"]}}}}, "healthcheck.test"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"services": {"a": {"image": "b", "colour": "red"}}}, "services.a: unknown key 'colour'"),
+        ({"services": {"a": {"build": "."}}}, "services.a: an image is required"),
+        ({"services": {"a": {"image": "busybox", "deploy": {"replicas": -1}}}}, "services.a: "),
+        ({"services": {"a": {"image": "busybox", "ports": ["1.2.3.4:80:80"]}}}, "host IP"),
+        ({"servces": {}}, "needs a `services:` mapping"),
+        ({"services": {}, "wat": 1}, "unknown top-level key 'wat'"),
+        ({"services": {"a": {"image": "b", "healthcheck": {"test": ["CMD"]}}}}, "healthcheck.test"),
+    ],
+)
 def test_bad_compose_files_name_the_key(doc: Any, message: str) -> None:
     with pytest.raises(SpecError, match=message.replace("(", r"\(")):
         stack_from_documents("s", [("c.yml", doc)], {})
@@ -112,10 +117,16 @@ def test_stack_deploy_update_prune_and_rm(
     cluster.start_agent("n1")
     cluster.wait_for(lambda: cluster.node_state("n1") == "READY", "n1 READY")
     first = tmp_path / "v1.yml"
-    first.write_text(yaml.safe_dump({"services": {
-        "web": {"image": "busybox", "command": "sleep 300", "deploy": {"replicas": 2}},
-        "worker": {"image": "busybox", "command": "sleep 300"},
-    }}))  # fmt: skip
+    first.write_text(
+        yaml.safe_dump(
+            {
+                "services": {
+                    "web": {"image": "busybox", "command": "sleep 300", "deploy": {"replicas": 2}},
+                    "worker": {"image": "busybox", "command": "sleep 300"},
+                }
+            }
+        )
+    )
     deployed = cluster.cli("stack", "deploy", "-c", str(first), "--wait", "shop", timeout=60)
     assert "Creating service shop_web" in deployed.stderr
     assert cluster.cli("stack", "ls").stdout.split() == ["NAME", "SERVICES", "shop", "2"]
@@ -125,22 +136,34 @@ def test_stack_deploy_update_prune_and_rm(
     assert len(json.loads(tasks)) == 3
 
     second = tmp_path / "v2.yml"
-    second.write_text(yaml.safe_dump({"services": {
-        "web": {"image": "busybox", "command": "sleep 300", "deploy": {"replicas": 3}},
-    }}))  # fmt: skip
+    second.write_text(
+        yaml.safe_dump(
+            {
+                "services": {
+                    "web": {"image": "busybox", "command": "sleep 300", "deploy": {"replicas": 3}},
+                }
+            }
+        )
+    )
     redeployed = cluster.cli("stack", "deploy", "-c", str(second), "--prune", "shop")
     assert "Updating service shop_web" in redeployed.stderr
     assert "Removing service shop_worker" in redeployed.stderr
     listed = json.loads(cluster.cli("stack", "services", "shop", "-o", "json").stdout)
-    assert [(s["service"]["spec"]["name"], s["service"]["spec"]["replicated"]["replicas"])
-            for s in listed] == [("shop_web", "3")]  # fmt: skip
+    assert [
+        (s["service"]["spec"]["name"], s["service"]["spec"]["replicated"]["replicas"])
+        for s in listed
+    ] == [("shop_web", "3")]
 
     bad = tmp_path / "bad.yml"
     bad.write_text("services:\n  web:\n    image: busybox\n    deploy: {replicas: lots}\n")
     refused = cluster.cli("stack", "deploy", "-c", str(bad), "shop", check=False)
     assert refused.returncode == 1 and "services.web" in refused.stderr
-    assert json.loads(cluster.cli("stack", "services", "shop", "-o", "json").stdout)[0][
-        "service"]["spec"]["replicated"]["replicas"] == "3"  # nothing written
+    assert (
+        json.loads(cluster.cli("stack", "services", "shop", "-o", "json").stdout)[0]["service"][
+            "spec"
+        ]["replicated"]["replicas"]
+        == "3"
+    )  # nothing written
 
     removed = cluster.cli("stack", "rm", "shop")
     assert "Removing service shop_web" in removed.stderr
@@ -150,13 +173,26 @@ def test_stack_deploy_update_prune_and_rm(
 
 
 def test_volumes_are_bind_mounts_or_tmpfs() -> None:
-    doc = {"services": {"db": {"image": "busybox", "tmpfs": "/run", "volumes": [
-        "/srv/db:/var/lib/db:ro", {"type": "tmpfs", "target": "/cache", "tmpfs": {"size": "1m"}},
-        {"type": "bind", "source": "/srv/logs", "target": "/logs"}]}}}  # fmt: skip
+    doc = {
+        "services": {
+            "db": {
+                "image": "busybox",
+                "tmpfs": "/run",
+                "volumes": [
+                    "/srv/db:/var/lib/db:ro",
+                    {"type": "tmpfs", "target": "/cache", "tmpfs": {"size": "1m"}},
+                    {"type": "bind", "source": "/srv/logs", "target": "/logs"},
+                ],
+            }
+        }
+    }
     mounts = stack_from_documents("s", [("c.yml", doc)], {}).specs["db"].task.container.mounts
     assert [(m.type, m.source, m.target, m.read_only, m.tmpfs_size_bytes) for m in mounts] == [
-        ("bind", "/srv/db", "/var/lib/db", True, 0), ("tmpfs", "", "/cache", False, 1 << 20),
-        ("bind", "/srv/logs", "/logs", False, 0), ("tmpfs", "", "/run", False, 0)]
+        ("bind", "/srv/db", "/var/lib/db", True, 0),
+        ("tmpfs", "", "/cache", False, 1 << 20),
+        ("bind", "/srv/logs", "/logs", False, 0),
+        ("tmpfs", "", "/run", False, 0),
+    ]
     named = {"services": {"db": {"image": "busybox", "volumes": ["data:/var/lib/db"]}}}
     (mount,) = stack_from_documents("s", [("c.yml", named)], {}).specs["db"].task.container.mounts
     assert (mount.type, mount.source, mount.target) == ("volume", "data", "/var/lib/db")

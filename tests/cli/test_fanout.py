@@ -98,6 +98,8 @@ def test_events_of_several_controllers_are_merged_by_time() -> None:
     assert merger.ready(now=10.3) == []  # still within the window
     released = merger.ready(now=10.6)
     assert [(label, e["record"]["spec"]["name"]) for label, e in released] == [  # type: ignore[index]
-        ("a", "early"), ("b", "late")]
+        ("a", "early"),
+        ("b", "late"),
+    ]
     merger.add("a", event("2026-01-01T00:00:03Z", "last"), arrived=11.0)
     assert [label for label, _ in merger.ready(now=11.0, flush=True)] == ["a"]

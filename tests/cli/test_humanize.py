@@ -28,10 +28,22 @@ def at(seconds_ago: float) -> Timestamp:
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(0.4, "Less than a second"), (1, "1 second"), (59, "59 seconds"), (60, "About a minute"),
-     (119, "About a minute"), (180, "3 minutes"), (3599, "59 minutes"), (3600, "About an hour"),
-     (5400, "2 hours"), (47 * 3600, "47 hours"), (3 * 86400, "3 days"),
-     (20 * 86400, "2 weeks"), (90 * 86400, "3 months"), (800 * 86400, "2 years")],
+    [
+        (0.4, "Less than a second"),
+        (1, "1 second"),
+        (59, "59 seconds"),
+        (60, "About a minute"),
+        (119, "About a minute"),
+        (180, "3 minutes"),
+        (3599, "59 minutes"),
+        (3600, "About an hour"),
+        (5400, "2 hours"),
+        (47 * 3600, "47 hours"),
+        (3 * 86400, "3 days"),
+        (20 * 86400, "2 weeks"),
+        (90 * 86400, "3 months"),
+        (800 * 86400, "2 years"),
+    ],
 )
 def test_human_duration(seconds: float, text: str) -> None:
     assert human_duration(seconds) == text
@@ -50,14 +62,24 @@ def test_statuses() -> None:
 
 def test_ls_row() -> None:
     record = ContainerRecord(
-        id="0123456789abcdef" * 4, name="web", image="busybox", created_at=at(30),
+        id="0123456789abcdef" * 4,
+        name="web",
+        image="busybox",
+        created_at=at(30),
         state=ContainerState(status="running", started_at=at(29)),
     )
     record.config.command.extend(["sh", "-c", "while true; do sleep 1; done"])
     assert command_text(record) == '"sh -c while true; d…"'
     assert container_rows([record], NOW) == [
-        ["0123456789ab", "busybox", '"sh -c while true; d…"', "30 seconds ago", "Up 29 seconds",
-         "web"]]
+        [
+            "0123456789ab",
+            "busybox",
+            '"sh -c while true; d…"',
+            "30 seconds ago",
+            "Up 29 seconds",
+            "web",
+        ]
+    ]
 
 
 def test_sizes_and_ids() -> None:
@@ -69,12 +91,29 @@ def test_sizes_and_ids() -> None:
 
 def test_stats_row_uses_two_samples_for_cpu() -> None:
     record = ContainerRecord(id="f" * 64, name="web")
-    first = ContainerStats(cpu_usage_ns=1_000_000_000, cpu_percent=3.0, memory_usage=1024**2,
-                           memory_limit=64 * 1024**2, pids=2, read_at=at(1))
-    second = ContainerStats(cpu_usage_ns=1_500_000_000, memory_usage=1024**2,
-                            memory_limit=64 * 1024**2, pids=3, read_at=at(0))
-    assert stats_row(record, first) == ["ffffffffffff", "web", "3.00%", "1MiB / 64MiB", "1.56%",
-                                        "2"]
+    first = ContainerStats(
+        cpu_usage_ns=1_000_000_000,
+        cpu_percent=3.0,
+        memory_usage=1024**2,
+        memory_limit=64 * 1024**2,
+        pids=2,
+        read_at=at(1),
+    )
+    second = ContainerStats(
+        cpu_usage_ns=1_500_000_000,
+        memory_usage=1024**2,
+        memory_limit=64 * 1024**2,
+        pids=3,
+        read_at=at(0),
+    )
+    assert stats_row(record, first) == [
+        "ffffffffffff",
+        "web",
+        "3.00%",
+        "1MiB / 64MiB",
+        "1.56%",
+        "2",
+    ]
     assert stats_row(record, second, first)[2] == "50.00%"
 
 

@@ -54,8 +54,14 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def dockyard(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "dockyard"), *args], input=stdin, capture_output=True,
-                          text=True, env=env, timeout=60)  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "dockyard"), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
 
 
 def make_helper(tmp_path: Path, name: str) -> Path:
@@ -80,8 +86,9 @@ def test_login_checks_and_keeps_credentials_in_config_json(
     assert wrong.returncode == 1 and f"login to {host} refused" in wrong.stderr
     assert not (Path(env["DOCKER_CONFIG"]) / "config.json").exists()
     Path(env["DOCKER_CONFIG"]).mkdir()
-    (Path(env["DOCKER_CONFIG"]) / "config.json").write_text(json.dumps(
-        {"auths": {"other.example:5000": {"auth": "eDp5"}}, "detachKeys": "ctrl-x"}))
+    (Path(env["DOCKER_CONFIG"]) / "config.json").write_text(
+        json.dumps({"auths": {"other.example:5000": {"auth": "eDp5"}}, "detachKeys": "ctrl-x"})
+    )
     done = dockyard(env, "login", "-u", "dock", "--password-stdin", host, stdin="yard-secret\n")
     assert done.returncode == 0, done.stderr
     assert "Login Succeeded" in done.stdout
@@ -109,12 +116,12 @@ def test_creds_store_and_cred_helpers_speak_the_helper_protocol(
     per_host = make_helper(tmp_path, "perhost")
     Path(env["DOCKER_CONFIG"]).mkdir()
     (Path(env["DOCKER_CONFIG"]) / "config.json").write_text(
-        json.dumps({"credsStore": "testkeychain"}))
+        json.dumps({"credsStore": "testkeychain"})
+    )
     done = dockyard(env, "login", "-u", "dock", "--password-stdin", host, stdin="yard-secret")
     assert done.returncode == 0, done.stderr
     assert "docker-credential-testkeychain" in done.stdout
-    assert json.loads(keychain.read_text()) == {host: {"Username": "dock",
-                                                       "Secret": "yard-secret"}}
+    assert json.loads(keychain.read_text()) == {host: {"Username": "dock", "Secret": "yard-secret"}}
     assert config(env)["auths"] == {host: {}}  # as docker writes it: no secret in the file
     os.environ["DOCKER_CONFIG"], saved_path = env["DOCKER_CONFIG"], os.environ["PATH"]
     os.environ["PATH"] = env["PATH"]
@@ -138,11 +145,13 @@ def test_creds_store_and_cred_helpers_speak_the_helper_protocol(
     assert per_host.with_suffix(".calls").read_text().split() == ["get", "store", "erase"]
 
 
-def test_a_missing_helper_is_named(tmp_path: Path, env: dict[str, str],
-                                   auth_registry: RegistryServer) -> None:  # fmt: skip
+def test_a_missing_helper_is_named(
+    tmp_path: Path, env: dict[str, str], auth_registry: RegistryServer
+) -> None:
     Path(env["DOCKER_CONFIG"]).mkdir()
     (Path(env["DOCKER_CONFIG"]) / "config.json").write_text(json.dumps({"credsStore": "gone"}))
-    out = dockyard(env, "login", "-u", "dock", "--password-stdin", auth_registry.host,
-                   stdin="yard-secret")  # fmt: skip
+    out = dockyard(
+        env, "login", "-u", "dock", "--password-stdin", auth_registry.host, stdin="yard-secret"
+    )
     assert out.returncode == 1
     assert "credential helper docker-credential-gone is not on PATH" in out.stderr

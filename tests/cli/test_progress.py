@@ -16,8 +16,12 @@ def events() -> list[ImageProgress]:
         ImageProgress(id="71cd98504628", status="downloading", current=60, total=100),
         ImageProgress(id="71cd98504628", status="extracting", current=100, total=100),
         ImageProgress(id="71cd98504628", status="done"),
-        ImageProgress(id="reg/busybox:latest", status="done", done=True,
-                      image=ImageRecord(id="sha256:abc", digest="sha256:def")),
+        ImageProgress(
+            id="reg/busybox:latest",
+            status="done",
+            done=True,
+            image=ImageRecord(id="sha256:abc", digest="sha256:def"),
+        ),
     ]
 
 
@@ -26,8 +30,11 @@ def test_plain_lines_once_per_status() -> None:
     image = follow_progress(events(), out)
     assert image is not None and image.digest == "sha256:def"
     assert out.getvalue().splitlines() == [
-        "71cd98504628: waiting", "71cd98504628: downloading", "71cd98504628: extracting",
-        "71cd98504628: done"]
+        "71cd98504628: waiting",
+        "71cd98504628: downloading",
+        "71cd98504628: extracting",
+        "71cd98504628: done",
+    ]
 
 
 def test_bars_draw_and_rich_loads_only_then() -> None:

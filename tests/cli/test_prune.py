@@ -13,8 +13,9 @@ def names(agent: AgentUnderTest, *args: str) -> set[str]:
     return set(agent.ok(*args).stdout.split())
 
 
-def test_prune_asks_filters_and_keeps_what_is_in_use(agent: AgentUnderTest,
-                                                     busybox_ref: str) -> None:
+def test_prune_asks_filters_and_keeps_what_is_in_use(
+    agent: AgentUnderTest, busybox_ref: str
+) -> None:
     agent.ok("pull", busybox_ref)
     extra = busybox_ref.rsplit(":", 1)[0] + ":extra"
     agent.ok("image", "tag", busybox_ref, extra)
@@ -51,8 +52,7 @@ def test_prune_asks_filters_and_keeps_what_is_in_use(agent: AgentUnderTest,
 
     # every image is in use by `sleeper`: -a removes nothing
     agent.ok("image", "prune", "-a", "-f")
-    assert {busybox_ref, extra} <= names(agent, "images", "--format",
-                                         "{{.Repository}}:{{.Tag}}")  # fmt: skip
+    assert {busybox_ref, extra} <= names(agent, "images", "--format", "{{.Repository}}:{{.Tag}}")
     agent.ok("container", "rm", "-f", "sleeper")
     pruned = agent.ok("system", "prune", "-a", "-f").stdout
     assert "Deleted Images:" in pruned and "Total reclaimed space:" in pruned

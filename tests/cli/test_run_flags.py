@@ -27,8 +27,9 @@ def closed() -> str:
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), env={"DOCKYARD_HOST": None,
-                                                      "DOCKYARD_CONTEXT": None})
+    result = CliRunner().invoke(
+        cli, list(args), env={"DOCKYARD_HOST": None, "DOCKYARD_CONTEXT": None}
+    )
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -79,9 +80,25 @@ def test_usage_errors_of_run_exit_125(closed: str) -> None:
 
 
 def test_good_flags_reach_the_agent_and_a_daemon_error_exits_125(closed: str) -> None:
-    code, _, err = invoke("-H", closed, "run", "--memory", "64m", "--cpus", "0.5", "-e", "A=1",
-                          "-v", "/tmp:/mnt:ro", "--restart", "on-failure:3", "busybox",
-                          "sh", "-c", "echo hi")
+    code, _, err = invoke(
+        "-H",
+        closed,
+        "run",
+        "--memory",
+        "64m",
+        "--cpus",
+        "0.5",
+        "-e",
+        "A=1",
+        "-v",
+        "/tmp:/mnt:ro",
+        "--restart",
+        "on-failure:3",
+        "busybox",
+        "sh",
+        "-c",
+        "echo hi",
+    )
     assert code == 125
     assert err == f"dockyard: cannot reach agent at {closed}: connection refused\n"
 
@@ -95,11 +112,24 @@ def test_command_words_after_the_image_are_not_flags() -> None:
 def test_build_request_maps_every_flag() -> None:
     request = build_request(
         RunFlags(
-            image="busybox", command=("sh", "-c", "true"), name="web", env=("A=1", "HOME", "B"),
-            workdir="/srv", user="nobody", memory="64m", cpus="0.5", pids_limit="32",
-            read_only=True, volumes=("/data/:/data:ro", "/tmp:/scratch"),
-            restart="on-failure:3", network="host", cap_add=("net_admin", "CAP_SYS_TIME"),
-            cap_drop=("ALL",), hostname="box", entrypoint="", rm=False,
+            image="busybox",
+            command=("sh", "-c", "true"),
+            name="web",
+            env=("A=1", "HOME", "B"),
+            workdir="/srv",
+            user="nobody",
+            memory="64m",
+            cpus="0.5",
+            pids_limit="32",
+            read_only=True,
+            volumes=("/data/:/data:ro", "/tmp:/scratch"),
+            restart="on-failure:3",
+            network="host",
+            cap_add=("net_admin", "CAP_SYS_TIME"),
+            cap_drop=("ALL",),
+            hostname="box",
+            entrypoint="",
+            rm=False,
         ),
         environ={"HOME": "/root"},
     )
@@ -108,7 +138,9 @@ def test_build_request_maps_every_flag() -> None:
     assert request.memory_bytes == 64 * 1024**2 and request.nano_cpus == 500_000_000
     assert request.pids_limit == 32 and request.read_only and request.network == "host"
     assert [(v.host_path, v.container_path, v.read_only) for v in request.volumes] == [
-        ("/data", "/data", True), ("/tmp", "/scratch", False)]
+        ("/data", "/data", True),
+        ("/tmp", "/scratch", False),
+    ]
     assert (request.restart_policy.name, request.restart_policy.max_retries) == ("on-failure", 3)
     assert list(request.cap_add) == ["CAP_NET_ADMIN", "CAP_SYS_TIME"]
     assert list(request.cap_drop) == ["ALL"]
@@ -140,8 +172,16 @@ def not_an_agent() -> Iterator[str]:
 
 @pytest.mark.parametrize(
     "args",
-    [["ps"], ["container", "ls", "-a"], ["images"], ["logs", "web"], ["exec", "web", "true"],
-     ["container", "stop", "web"], ["image", "rm", "busybox"], ["pull", "busybox"]],
+    [
+        ["ps"],
+        ["container", "ls", "-a"],
+        ["images"],
+        ["logs", "web"],
+        ["exec", "web", "true"],
+        ["container", "stop", "web"],
+        ["image", "rm", "busybox"],
+        ["pull", "busybox"],
+    ],
 )
 def test_a_controller_is_told_apart(not_an_agent: str, args: list[str]) -> None:
     code, _, err = invoke("-H", not_an_agent, *args)

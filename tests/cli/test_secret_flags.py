@@ -13,20 +13,31 @@ from dockyard.cli.commands.service_spec import apply_list_edits, apply_settings,
 
 
 def refs(spec: Any) -> list[tuple[str, str, int, int, int]]:
-    return [(r.secret_name, r.target, r.uid, r.gid, r.mode)
-            for r in spec.task.container.secrets]  # fmt: skip
+    return [(r.secret_name, r.target, r.uid, r.gid, r.mode) for r in spec.task.container.secrets]
 
 
 def test_secret_flags_short_and_long_form_and_update_edits() -> None:
-    spec = apply_settings(new_spec("busybox"), {"secret": [
-        "db", "source=api,target=key.txt,uid=1000,gid=1001,mode=0400"]})  # fmt: skip
+    spec = apply_settings(
+        new_spec("busybox"),
+        {"secret": ["db", "source=api,target=key.txt,uid=1000,gid=1001,mode=0400"]},
+    )
     assert refs(spec) == [("db", "db", 0, 0, 0o444), ("api", "key.txt", 1000, 1001, 0o400)]
     apply_list_edits(spec, "secret", ["source=api_v2,target=key.txt"], ["api"])
     assert refs(spec) == [("db", "db", 0, 0, 0o444), ("api_v2", "key.txt", 0, 0, 0o444)]
 
 
-@pytest.mark.parametrize("text", ["", "source=", "source=a,bogus=1", "source=a,target=../x",
-                                  "source=a,mode=999", "source=a,uid=x", "-a"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "source=",
+        "source=a,bogus=1",
+        "source=a,target=../x",
+        "source=a,mode=999",
+        "source=a,uid=x",
+        "-a",
+    ],
+)
 def test_bad_secret_flags_are_refused(text: str) -> None:
     with pytest.raises(SpecError, match="--secret"):
         apply_settings(new_spec("busybox"), {"secret": [text]})
@@ -53,16 +64,21 @@ secrets:
 
 def test_compose_secrets_map_to_existing_secrets() -> None:
     stack = stack_from_documents("shop", [("c.yml", yaml.safe_load(COMPOSE))], {})
-    assert refs(stack.specs["web"]) == [("db", "db", 0, 0, 0o444),
-                                        ("api_key_v3", "key.txt", 1000, 0, 0o440)]
+    assert refs(stack.specs["web"]) == [
+        ("db", "db", 0, 0, 0o444),
+        ("api_key_v3", "key.txt", 1000, 0, 0o440),
+    ]
     assert stack.ignored == []
 
 
-@pytest.mark.parametrize(("top", "message"), [
-    ({"db": {"file": "./db.txt"}}, "stack deploy does not create secrets"),
-    ({"db": {}}, "external: true"),
-    ({}, "not declared"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("top", "message"),
+    [
+        ({"db": {"file": "./db.txt"}}, "stack deploy does not create secrets"),
+        ({"db": {}}, "external: true"),
+        ({}, "not declared"),
+    ],
+)
 def test_compose_secrets_that_cannot_be_honoured_are_refused(top: Any, message: str) -> None:
     doc = {"services": {"web": {"image": "busybox", "secrets": ["db"]}}, "secrets": top}
     with pytest.raises(SpecError, match=message):

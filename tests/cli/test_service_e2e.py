@@ -16,8 +16,20 @@ def test_create_scale_rm_with_hollow_agents(cluster_factory: Callable[..., Clust
     cluster.start_controller()
     cluster.start_hollow_nodes(("n1", "n2"))
 
-    created = cluster.cli("service", "create", "--name", "web", "--replicas", "3",
-                          "--timeout", "30s", "busybox:latest", "sleep", "1000", timeout=90)
+    created = cluster.cli(
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "--timeout",
+        "30s",
+        "busybox:latest",
+        "sleep",
+        "1000",
+        timeout=90,
+    )
     service_id = created.stdout.strip()
     assert len(service_id) >= 12 and "web: 3/3 running" in created.stderr, created.stderr
     table = cluster.cli("service", "ls").stdout.splitlines()
@@ -31,8 +43,9 @@ def test_create_scale_rm_with_hollow_agents(cluster_factory: Callable[..., Clust
 
     scaled = cluster.cli("service", "scale", "web=1", "--timeout", "30s", timeout=90)
     assert scaled.stdout.strip() == service_id and "web: 1/1 running" in scaled.stderr
-    running = json.loads(cluster.cli("service", "ps", "web", "-f", "desired-state=running",
-                                     "-o", "json").stdout)  # fmt: skip
+    running = json.loads(
+        cluster.cli("service", "ps", "web", "-f", "desired-state=running", "-o", "json").stdout
+    )
     assert len(running) == 1
 
     full_id = json.loads(cluster.cli("service", "inspect", "web").stdout)[0]["id"]
@@ -41,8 +54,15 @@ def test_create_scale_rm_with_hollow_agents(cluster_factory: Callable[..., Clust
     # ... and its task really goes: stopped by its agent, then reaped.
     control = cluster.control()
     try:
-        cluster.wait_for(lambda: not [
-            t for t in control.ListTasks(ListTasksRequest(include_history=True)).tasks
-            if t.service_id == full_id], "the removed service's task gone")  # fmt: skip
+        cluster.wait_for(
+            lambda: (
+                not [
+                    t
+                    for t in control.ListTasks(ListTasksRequest(include_history=True)).tasks
+                    if t.service_id == full_id
+                ]
+            ),
+            "the removed service's task gone",
+        )
     finally:
         control.close()

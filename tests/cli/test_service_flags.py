@@ -40,8 +40,9 @@ def closed() -> str:
 
 
 def invoke(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args), env={"DOCKYARD_HOST": None,
-                                                      "DOCKYARD_CONTEXT": None})
+    result = CliRunner().invoke(
+        cli, list(args), env={"DOCKYARD_HOST": None, "DOCKYARD_CONTEXT": None}
+    )
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -66,13 +67,20 @@ class FakeControl:
             self.service.meta.version += 1
             raise CliError("changed since it was read") from Aborted()
         if method in ("CreateService", "UpdateService"):
-            return Service(id="s" * 24, spec=request.spec if request.spec.name else
-                           self.service.spec)
+            return Service(
+                id="s" * 24, spec=request.spec if request.spec.name else self.service.spec
+            )
         if method == "ListServices":
-            desired = (self.service.spec.job.completions if self.service.spec.HasField("job")
-                       else self.service.spec.replicated.replicas)
-            return ListServicesResponse(services=[ServiceSummary(
-                service=self.service, running=self.running, desired=desired)])
+            desired = (
+                self.service.spec.job.completions
+                if self.service.spec.HasField("job")
+                else self.service.spec.replicated.replicas
+            )
+            return ListServicesResponse(
+                services=[
+                    ServiceSummary(service=self.service, running=self.running, desired=desired)
+                ]
+            )
         if method == "ListTasks":
             return ListTasksResponse(tasks=self.tasks)
         if method == "ListNodes":
@@ -97,46 +105,129 @@ def control(monkeypatch: pytest.MonkeyPatch) -> FakeControl:
 
 
 ALL_FLAGS = [
-    "--name", "web", "--replicas", "5",
-    "--constraint", "node.labels.zone==a", "--constraint", "node.hostname!=n3",
-    "--placement-pref", "spread=node.labels.zone", "--max-replicas-per-node", "2",
-    "--reserve-cpu", "0.5", "--reserve-memory", "64M", "--limit-cpu", "1",
-    "--limit-memory", "128M", "--limit-pids", "100",
-    "-e", "A=1", "--env", "B=two words", "-w", "/srv", "-u", "app:app",
-    "--entrypoint", "/bin/sh -c", "--hostname", "box",
-    "--label", "tier=front", "--container-label", "team=web",
-    "--cap-add", "net_admin", "--cap-drop", "ALL",
-    "--restart-condition", "on-failure", "--restart-delay", "5s",
-    "--restart-max-attempts", "3", "--restart-window", "1m",
-    "--health-cmd", "wget -q localhost", "--health-interval", "5s", "--health-timeout", "2s",
-    "--health-retries", "3", "--health-start-period", "10s", "--stop-grace-period", "20s",
-    "--update-parallelism", "2", "--update-delay", "10s", "--update-order", "start-first",
-    "--update-failure-action", "rollback", "--update-monitor", "5s",
-    "--update-max-failure-ratio", "0.2",
-    "--rollback-parallelism", "3", "--rollback-delay", "1s", "--rollback-order", "stop-first",
-    "--rollback-failure-action", "continue", "--rollback-monitor", "2s",
-    "--rollback-max-failure-ratio", "0.5",
-    "-p", "8080:80", "-p", "53:53/udp", "--network", "host", "--read-only",
-    "--mount", "type=bind,source=/srv/data,target=/data,readonly",
-    "--mount", "type=tmpfs,dst=/cache,tmpfs-size=64m",
+    "--name",
+    "web",
+    "--replicas",
+    "5",
+    "--constraint",
+    "node.labels.zone==a",
+    "--constraint",
+    "node.hostname!=n3",
+    "--placement-pref",
+    "spread=node.labels.zone",
+    "--max-replicas-per-node",
+    "2",
+    "--reserve-cpu",
+    "0.5",
+    "--reserve-memory",
+    "64M",
+    "--limit-cpu",
+    "1",
+    "--limit-memory",
+    "128M",
+    "--limit-pids",
+    "100",
+    "-e",
+    "A=1",
+    "--env",
+    "B=two words",
+    "-w",
+    "/srv",
+    "-u",
+    "app:app",
+    "--entrypoint",
+    "/bin/sh -c",
+    "--hostname",
+    "box",
+    "--label",
+    "tier=front",
+    "--container-label",
+    "team=web",
+    "--cap-add",
+    "net_admin",
+    "--cap-drop",
+    "ALL",
+    "--restart-condition",
+    "on-failure",
+    "--restart-delay",
+    "5s",
+    "--restart-max-attempts",
+    "3",
+    "--restart-window",
+    "1m",
+    "--health-cmd",
+    "wget -q localhost",
+    "--health-interval",
+    "5s",
+    "--health-timeout",
+    "2s",
+    "--health-retries",
+    "3",
+    "--health-start-period",
+    "10s",
+    "--stop-grace-period",
+    "20s",
+    "--update-parallelism",
+    "2",
+    "--update-delay",
+    "10s",
+    "--update-order",
+    "start-first",
+    "--update-failure-action",
+    "rollback",
+    "--update-monitor",
+    "5s",
+    "--update-max-failure-ratio",
+    "0.2",
+    "--rollback-parallelism",
+    "3",
+    "--rollback-delay",
+    "1s",
+    "--rollback-order",
+    "stop-first",
+    "--rollback-failure-action",
+    "continue",
+    "--rollback-monitor",
+    "2s",
+    "--rollback-max-failure-ratio",
+    "0.5",
+    "-p",
+    "8080:80",
+    "-p",
+    "53:53/udp",
+    "--network",
+    "host",
+    "--read-only",
+    "--mount",
+    "type=bind,source=/srv/data,target=/data,readonly",
+    "--mount",
+    "type=tmpfs,dst=/cache,tmpfs-size=64m",
 ]
 
 
 def test_every_create_flag_lands_in_its_field(control: FakeControl) -> None:
-    code, out, err = invoke("-H", "127.0.0.1:1", "service", "create", "-d", *ALL_FLAGS,
-                            "busybox:1.36", "sleep", "60")
+    code, out, err = invoke(
+        "-H", "127.0.0.1:1", "service", "create", "-d", *ALL_FLAGS, "busybox:1.36", "sleep", "60"
+    )
     assert code == 0, err
     assert out.strip() == "s" * 24
     (request,) = control.sent("CreateService")
     spec = request.spec
     c, r, p = spec.task.container, spec.task.resources, spec.task.placement
-    assert (spec.name, spec.replicated.replicas, dict(spec.labels)) == ("web", 5,
-                                                                        {"tier": "front"})
-    assert (c.image, list(c.command), list(c.entrypoint)) == ("busybox:1.36", ["sleep", "60"],
-                                                             ["/bin/sh", "-c"])
+    assert (spec.name, spec.replicated.replicas, dict(spec.labels)) == ("web", 5, {"tier": "front"})
+    assert (c.image, list(c.command), list(c.entrypoint)) == (
+        "busybox:1.36",
+        ["sleep", "60"],
+        ["/bin/sh", "-c"],
+    )
     assert list(c.env) == ["A=1", "B=two words"]
-    assert (c.workdir, c.user, c.hostname, c.network, c.read_only) == ("/srv", "app:app", "box",
-                                                                      "host", True)
+    assert (c.workdir, c.user, c.hostname, c.network, c.read_only) == (
+        "/srv",
+        "app:app",
+        "box",
+        "host",
+        True,
+    )
     assert dict(c.labels) == {"team": "web"}
     assert (list(c.cap_add), list(c.cap_drop)) == (["CAP_NET_ADMIN"], ["ALL"])
     assert list(p.constraints) == ["node.labels.zone==a", "node.hostname!=n3"]
@@ -146,28 +237,51 @@ def test_every_create_flag_lands_in_its_field(control: FakeControl) -> None:
     assert (r.limits.nano_cpus, r.limits.memory_bytes, r.pids_limit) == (10**9, 128 << 20, 100)
     rp = spec.task.restart_policy
     assert (rp.condition, rp.delay_seconds, rp.max_attempts, rp.window_seconds) == (
-        RestartPolicy.ON_FAILURE, 5, 3, 60)
+        RestartPolicy.ON_FAILURE,
+        5,
+        3,
+        60,
+    )
     hc = c.healthcheck
     assert list(hc.test) == ["CMD-SHELL", "wget -q localhost"]
     assert (hc.interval_seconds, hc.timeout_seconds, hc.retries, hc.start_period_seconds) == (
-        5, 2, 3, 10)
+        5,
+        2,
+        3,
+        10,
+    )
     assert c.stop_grace_seconds == 20
     u, rb = spec.update, spec.rollback
-    assert (u.parallelism, u.delay_seconds, u.order, u.failure_action, u.monitor_seconds,
-            u.max_failure_ratio) == (2, 10, UpdateConfig.START_FIRST, UpdateConfig.ROLLBACK,
-                                     5, 0.2)  # fmt: skip
-    assert (rb.parallelism, rb.delay_seconds, rb.order, rb.failure_action, rb.monitor_seconds,
-            rb.max_failure_ratio) == (3, 1, UpdateConfig.STOP_FIRST, UpdateConfig.CONTINUE,
-                                      2, 0.5)  # fmt: skip
+    assert (
+        u.parallelism,
+        u.delay_seconds,
+        u.order,
+        u.failure_action,
+        u.monitor_seconds,
+        u.max_failure_ratio,
+    ) == (2, 10, UpdateConfig.START_FIRST, UpdateConfig.ROLLBACK, 5, 0.2)
+    assert (
+        rb.parallelism,
+        rb.delay_seconds,
+        rb.order,
+        rb.failure_action,
+        rb.monitor_seconds,
+        rb.max_failure_ratio,
+    ) == (3, 1, UpdateConfig.STOP_FIRST, UpdateConfig.CONTINUE, 2, 0.5)
     assert [(x.published_port, x.target_port, x.protocol) for x in spec.task.ports] == [
-        (8080, 80, "tcp"), (53, 53, "udp")]
+        (8080, 80, "tcp"),
+        (53, 53, "udp"),
+    ]
     assert [(m.type, m.source, m.target, m.read_only, m.tmpfs_size_bytes) for m in c.mounts] == [
-        ("bind", "/srv/data", "/data", True, 0), ("tmpfs", "", "/cache", False, 64 << 20)]
+        ("bind", "/srv/data", "/data", True, 0),
+        ("tmpfs", "", "/cache", False, 64 << 20),
+    ]
 
 
 def test_global_mode_and_defaults(control: FakeControl) -> None:
-    assert invoke("service", "create", "-d", "--name", "agent", "--mode", "global",
-                  "busybox")[0] == 0
+    assert (
+        invoke("service", "create", "-d", "--name", "agent", "--mode", "global", "busybox")[0] == 0
+    )
     assert invoke("service", "create", "-d", "--name", "one", "busybox")[0] == 0
     glob, one = (r.spec for r in control.sent("CreateService"))
     assert glob.WhichOneof("mode") == "global"
@@ -180,21 +294,27 @@ def test_global_mode_and_defaults(control: FakeControl) -> None:
     [
         (["--replicas", "-1"], "invalid --replicas '-1': must be a whole number >= 0"),
         (["--replicas", "many"], "invalid --replicas 'many': not a whole number"),
-        (["--constraint", "node.labels.zone=a"],
-         "invalid --constraint 'node.labels.zone=a': use KEY==VALUE or KEY!=VALUE"),
+        (
+            ["--constraint", "node.labels.zone=a"],
+            "invalid --constraint 'node.labels.zone=a': use KEY==VALUE or KEY!=VALUE",
+        ),
         (["--constraint", "node.colour==red"], "unknown key 'node.colour'"),
         (["--constraint", "node.labels.==a"], "needs a valid label key"),
         (["--constraint", "node.name=="], "needs a value after =="),
-        (["--update-failure-action", "explode"],
-         "invalid --update-failure-action 'explode': use one of pause, continue, rollback"),
+        (
+            ["--update-failure-action", "explode"],
+            "invalid --update-failure-action 'explode': use one of pause, continue, rollback",
+        ),
         (["--rollback-failure-action", "rollback"], "use one of pause, continue"),
         (["--update-order", "random"], "invalid --update-order 'random'"),
         (["--update-max-failure-ratio", "2"], "must be between 0 and 1"),
         (["--limit-memory", "12q"], "invalid --limit-memory '12q': use a size such as 64M"),
         (["--reserve-memory", "lots"], "invalid --reserve-memory 'lots'"),
         (["--limit-memory", "1k"], "a memory limit below 4 MiB"),
-        (["--reserve-memory", "1G", "--limit-memory", "64M"],
-         "--reserve-memory is larger than --limit-memory"),
+        (
+            ["--reserve-memory", "1G", "--limit-memory", "64M"],
+            "--reserve-memory is larger than --limit-memory",
+        ),
         (["--limit-cpu", "-1"], "invalid --limit-cpu '-1'"),
         (["--reserve-cpu", "x"], "invalid --reserve-cpu 'x': not a number"),
         (["--restart-delay", "5x"], "invalid --restart-delay '5x': use a duration such as"),
@@ -241,22 +361,34 @@ def test_bad_create_flags_fail_before_any_request(
         (["service", "create", "busybox"], "a service needs a name"),
         (["service", "create", "--name", "web"], "an image is required"),
         (["service", "update", "--replicas", "-1", "web"], "invalid --replicas '-1'"),
-        (["service", "update", "--constraint-add", "zone=a", "web"],
-         "invalid --constraint-add 'zone=a'"),
+        (
+            ["service", "update", "--constraint-add", "zone=a", "web"],
+            "invalid --constraint-add 'zone=a'",
+        ),
         (["service", "update", "--env-add", "=1", "web"], "invalid --env-add '=1'"),
-        (["service", "update", "--update-failure-action", "explode", "web"],
-         "invalid --update-failure-action 'explode'"),
+        (
+            ["service", "update", "--update-failure-action", "explode", "web"],
+            "invalid --update-failure-action 'explode'",
+        ),
         (["service", "scale", "web"], "invalid scale 'web': use SERVICE=REPLICAS"),
         (["service", "scale", "web=-1"], "invalid replicas of web '-1'"),
-        (["job", "run", "--completions", "0", "busybox", "true"],
-         "invalid --completions '0': must be a whole number >= 1"),
+        (
+            ["job", "run", "--completions", "0", "busybox", "true"],
+            "invalid --completions '0': must be a whole number >= 1",
+        ),
         (["job", "run", "--parallelism", "x", "busybox", "true"], "invalid --parallelism 'x'"),
-        (["job", "run", "--backoff-limit", "-1", "busybox", "true"],
-         "invalid --backoff-limit '-1'"),
-        (["job", "run", "--limit-memory", "12q", "busybox", "true"],
-         "invalid --limit-memory '12q'"),
-        (["job", "run", "--constraint", "node.labels.zone=a", "busybox", "true"],
-         "invalid --constraint 'node.labels.zone=a'"),
+        (
+            ["job", "run", "--backoff-limit", "-1", "busybox", "true"],
+            "invalid --backoff-limit '-1'",
+        ),
+        (
+            ["job", "run", "--limit-memory", "12q", "busybox", "true"],
+            "invalid --limit-memory '12q'",
+        ),
+        (
+            ["job", "run", "--constraint", "node.labels.zone=a", "busybox", "true"],
+            "invalid --constraint 'node.labels.zone=a'",
+        ),
         (["service", "logs", "--tail", "x", "web"], "invalid --tail 'x'"),
     ],
 )
@@ -277,11 +409,31 @@ def test_update_reads_modifies_and_retries_on_aborted(control: FakeControl) -> N
     spec.task.placement.constraints.append("node.labels.zone==a")
     spec.labels["old"] = "x"
     control.aborts = 1
-    code, _, err = invoke("service", "update", "-d", "--image", "busybox:2", "--replicas", "4",
-                            "--env-add", "A=9", "--env-add", "C=3", "--env-rm", "B",
-                            "--constraint-rm", "node.labels.zone==a",
-                            "--constraint-add", "node.name!=n1", "--label-add", "new=y",
-                            "--label-rm", "old", "--force", "web")
+    code, _, err = invoke(
+        "service",
+        "update",
+        "-d",
+        "--image",
+        "busybox:2",
+        "--replicas",
+        "4",
+        "--env-add",
+        "A=9",
+        "--env-add",
+        "C=3",
+        "--env-rm",
+        "B",
+        "--constraint-rm",
+        "node.labels.zone==a",
+        "--constraint-add",
+        "node.name!=n1",
+        "--label-add",
+        "new=y",
+        "--label-rm",
+        "old",
+        "--force",
+        "web",
+    )
     assert code == 0, err
     first, second = control.sent("UpdateService")
     assert (first.version, second.version) == (7, 8)  # read again after ABORTED
@@ -314,9 +466,27 @@ def test_rollback_sends_rollback(control: FakeControl) -> None:
 
 
 def test_job_run_builds_a_job(control: FakeControl) -> None:
-    code, out, err = invoke("job", "run", "-d", "--name", "batch", "--completions", "5",
-                            "--parallelism", "2", "--backoff-limit", "1", "-e", "X=1",
-                            "--limit-memory", "64m", "busybox", "sh", "-c", "exit 0")
+    code, out, err = invoke(
+        "job",
+        "run",
+        "-d",
+        "--name",
+        "batch",
+        "--completions",
+        "5",
+        "--parallelism",
+        "2",
+        "--backoff-limit",
+        "1",
+        "-e",
+        "X=1",
+        "--limit-memory",
+        "64m",
+        "busybox",
+        "sh",
+        "-c",
+        "exit 0",
+    )
     assert code == 0, err
     assert out == "s" * 24 + "\n"
     (request,) = control.sent("CreateService")
@@ -330,29 +500,92 @@ def test_job_run_builds_a_job(control: FakeControl) -> None:
 def test_the_example_spec_file_matches_the_same_flags(control: FakeControl) -> None:
     from_file, _ = load_spec_file(str(REPO / "deploy/examples/web.yaml"))
     code, _, err = invoke(
-        "service", "create", "-d", "--name", "web", "--replicas", "3", "-e", "GREETING=hello",
-        "-w", "/usr/share/nginx/html", "--label", "tier=frontend", "--container-label", "team=web",
-        "--constraint", "node.labels.zone!=maintenance", "--placement-pref",
-        "spread=node.labels.zone", "--max-replicas-per-node", "2", "--reserve-cpu", "0.25",
-        "--reserve-memory", "64M", "--limit-cpu", "1", "--limit-memory", "128M",
-        "--limit-pids", "256", "--restart-condition", "any", "--restart-delay", "5s",
-        "--restart-max-attempts", "3", "--restart-window", "1m",
-        "--health-cmd", "wget -q -O /dev/null http://localhost/", "--health-interval", "5s",
-        "--health-timeout", "2s", "--health-retries", "3", "--health-start-period", "10s",
-        "--stop-grace-period", "10s", "--update-parallelism", "1", "--update-delay", "10s",
-        "--update-order", "start-first", "--update-failure-action", "rollback",
-        "--update-monitor", "5s", "--update-max-failure-ratio", "0.2",
-        "--rollback-parallelism", "2", "--rollback-failure-action", "pause",
-        "-p", "8080:80", "--network", "bridge",
-        "nginx:1.25", "nginx", "-g", "daemon off;")
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "web",
+        "--replicas",
+        "3",
+        "-e",
+        "GREETING=hello",
+        "-w",
+        "/usr/share/nginx/html",
+        "--label",
+        "tier=frontend",
+        "--container-label",
+        "team=web",
+        "--constraint",
+        "node.labels.zone!=maintenance",
+        "--placement-pref",
+        "spread=node.labels.zone",
+        "--max-replicas-per-node",
+        "2",
+        "--reserve-cpu",
+        "0.25",
+        "--reserve-memory",
+        "64M",
+        "--limit-cpu",
+        "1",
+        "--limit-memory",
+        "128M",
+        "--limit-pids",
+        "256",
+        "--restart-condition",
+        "any",
+        "--restart-delay",
+        "5s",
+        "--restart-max-attempts",
+        "3",
+        "--restart-window",
+        "1m",
+        "--health-cmd",
+        "wget -q -O /dev/null http://localhost/",
+        "--health-interval",
+        "5s",
+        "--health-timeout",
+        "2s",
+        "--health-retries",
+        "3",
+        "--health-start-period",
+        "10s",
+        "--stop-grace-period",
+        "10s",
+        "--update-parallelism",
+        "1",
+        "--update-delay",
+        "10s",
+        "--update-order",
+        "start-first",
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        "5s",
+        "--update-max-failure-ratio",
+        "0.2",
+        "--rollback-parallelism",
+        "2",
+        "--rollback-failure-action",
+        "pause",
+        "-p",
+        "8080:80",
+        "--network",
+        "bridge",
+        "nginx:1.25",
+        "nginx",
+        "-g",
+        "daemon off;",
+    )
     assert code == 0, err
     assert control.sent("CreateService")[0].spec == from_file
 
 
 def test_flags_override_the_spec_file(control: FakeControl, tmp_path: Path) -> None:
     path = tmp_path / "s.yaml"
-    path.write_text("name: api\nimage: busybox\ncommand: sleep 60\nreplicas: 2\n"
-                    "update_delay_seconds: 3\nrestart_policy: {condition: none}\n")
+    path.write_text(
+        "name: api\nimage: busybox\ncommand: sleep 60\nreplicas: 2\n"
+        "update_delay_seconds: 3\nrestart_policy: {condition: none}\n"
+    )
     code, _, err = invoke("service", "create", "-d", "-f", str(path), "--replicas", "4")
     assert code == 0, err
     spec = control.sent("CreateService")[0].spec
@@ -363,8 +596,10 @@ def test_flags_override_the_spec_file(control: FakeControl, tmp_path: Path) -> N
 
 
 def test_a_proto_shaped_document_is_read_as_a_service_spec() -> None:
-    spec, _ = spec_from_document({"name": "web", "replicated": {"replicas": 2},
-                                  "task": {"container": {"image": "busybox"}}}, "s.yaml")
+    spec, _ = spec_from_document(
+        {"name": "web", "replicated": {"replicas": 2}, "task": {"container": {"image": "busybox"}}},
+        "s.yaml",
+    )
     assert spec.replicated.replicas == 2 and spec.task.container.image == "busybox"
 
 
@@ -372,10 +607,11 @@ def test_a_proto_shaped_document_is_read_as_a_service_spec() -> None:
     ("text", "message"),
     [
         ("name: web\nimage: busybox\nreplicaz: 3\n", "s.yaml: unknown key 'replicaz'"),
-        ("name: web\nimage: busybox\nlimit: {memory: 12q}\n",
-         "s.yaml: invalid limit-memory '12q'"),
-        ("name: web\nimage: busybox\nconstraints: [node.labels.zone=a]\n",
-         "s.yaml: invalid constraint 'node.labels.zone=a'"),
+        ("name: web\nimage: busybox\nlimit: {memory: 12q}\n", "s.yaml: invalid limit-memory '12q'"),
+        (
+            "name: web\nimage: busybox\nconstraints: [node.labels.zone=a]\n",
+            "s.yaml: invalid constraint 'node.labels.zone=a'",
+        ),
         ("name: web\nimage: busybox\nread-only: maybe\n", "s.yaml: invalid read-only 'maybe'"),
         ("- just\n- a list\n", "the spec must be a mapping"),
         ("name: [unclosed\n", "s.yaml: not valid YAML"),
@@ -401,8 +637,10 @@ def test_a_missing_spec_file_is_one_line(closed: str, tmp_path: Path) -> None:
 def test_create_waits_until_converged_then_prints_the_id(control: FakeControl) -> None:
     control.service.spec.replicated.replicas = 2
     control.running = 2
-    control.tasks = [Task(slot=i, desired_state=TaskStatus.RUNNING,
-                          status=TaskStatus(state=TaskStatus.RUNNING)) for i in (1, 2)]
+    control.tasks = [
+        Task(slot=i, desired_state=TaskStatus.RUNNING, status=TaskStatus(state=TaskStatus.RUNNING))
+        for i in (1, 2)
+    ]
     code, out, err = invoke("service", "create", "--name", "web", "--replicas", "2", "busybox")
     assert code == 0, err
     assert out == "s" * 24 + "\n"
@@ -420,8 +658,9 @@ def test_a_paused_update_ends_the_wait_with_its_message(control: FakeControl) ->
 
 def test_create_gives_up_at_the_timeout(control: FakeControl) -> None:
     control.service.spec.replicated.replicas = 2
-    code, _, err = invoke("service", "create", "--name", "web", "--replicas", "2",
-                          "--timeout", "10ms", "busybox")
+    code, _, err = invoke(
+        "service", "create", "--name", "web", "--replicas", "2", "--timeout", "10ms", "busybox"
+    )
     assert code == 1
     assert "web did not converge within 0.01 s (0/2)" in err.splitlines()[-1]
 
@@ -458,13 +697,27 @@ def test_ls_and_ps_print_tables_json_and_yaml(control: FakeControl) -> None:
 
     control.service.spec.replicated.replicas = 2
     control.running = 1
-    control.tasks = [Task(id="t" * 25, service_name="web", slot=1, node_id="n" * 20,
-                          desired_state=TaskStatus.RUNNING,
-                          status=TaskStatus(state=TaskStatus.RUNNING))]
+    control.tasks = [
+        Task(
+            id="t" * 25,
+            service_name="web",
+            slot=1,
+            node_id="n" * 20,
+            desired_state=TaskStatus.RUNNING,
+            status=TaskStatus(state=TaskStatus.RUNNING),
+        )
+    ]
     code, out, _ = invoke("service", "ls")
     assert code == 0
-    assert out.splitlines()[0].split() == ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "UPDATE",
-                                           "STATE"]
+    assert out.splitlines()[0].split() == [
+        "ID",
+        "NAME",
+        "MODE",
+        "REPLICAS",
+        "IMAGE",
+        "UPDATE",
+        "STATE",
+    ]
     assert out.splitlines()[1].split() == ["s" * 12, "web", "replicated", "1/2", "busybox"]
     listed = json.loads(invoke("service", "ls", "-o", "json")[1])
     assert listed[0]["service"]["spec"]["name"] == "web" and listed[0]["running"] == "1"

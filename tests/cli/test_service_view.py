@@ -21,10 +21,25 @@ from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task, UpdateStatus
 NOW = 1_800_000_000.0
 
 
-def task(slot: int, state: int, *, desired: int = TaskStatus.RUNNING, ago: float = 120,
-         created_ago: float = 300, node: str = "n" * 20, tid: str = "", **status: object) -> Task:
-    t = Task(id=tid or f"{slot}" * 25, service_id="svc", service_name="web", slot=slot,
-             node_id=node, desired_state=desired)  # fmt: skip
+def task(
+    slot: int,
+    state: int,
+    *,
+    desired: int = TaskStatus.RUNNING,
+    ago: float = 120,
+    created_ago: float = 300,
+    node: str = "n" * 20,
+    tid: str = "",
+    **status: object,
+) -> Task:
+    t = Task(
+        id=tid or f"{slot}" * 25,
+        service_id="svc",
+        service_name="web",
+        slot=slot,
+        node_id=node,
+        desired_state=desired,
+    )
     t.spec.container.image = "busybox:1.36@sha256:" + "a" * 64
     t.status.state = state
     t.status.timestamp.FromSeconds(int(NOW - ago))
@@ -36,10 +51,8 @@ def task(slot: int, state: int, *, desired: int = TaskStatus.RUNNING, ago: float
 
 def test_current_state_says_state_and_age() -> None:
     assert current_state(task(1, TaskStatus.RUNNING).status, NOW) == "Running 2 minutes ago"
-    assert current_state(task(1, TaskStatus.PENDING, ago=3).status, NOW) == \
-        "Pending 3 seconds ago"
-    assert current_state(task(1, TaskStatus.FAILED, ago=7200).status, NOW) == \
-        "Failed 2 hours ago"
+    assert current_state(task(1, TaskStatus.PENDING, ago=3).status, NOW) == "Pending 3 seconds ago"
+    assert current_state(task(1, TaskStatus.FAILED, ago=7200).status, NOW) == "Failed 2 hours ago"
     assert current_state(TaskStatus(state=TaskStatus.NEW), NOW) == "New"
     healthy = task(1, TaskStatus.RUNNING).status
     healthy.health = TaskStatus.HEALTHY
@@ -49,17 +62,46 @@ def test_current_state_says_state_and_age() -> None:
 
 
 def test_task_rows_name_nodes_and_mark_history() -> None:
-    old = task(1, TaskStatus.FAILED, desired=TaskStatus.SHUTDOWN, created_ago=900, ago=600,
-               tid="f" * 25, error="task: non-zero exit (3)", exit_code=3,
-               container_id="c1")
+    old = task(
+        1,
+        TaskStatus.FAILED,
+        desired=TaskStatus.SHUTDOWN,
+        created_ago=900,
+        ago=600,
+        tid="f" * 25,
+        error="task: non-zero exit (3)",
+        exit_code=3,
+        container_id="c1",
+    )
     new = task(1, TaskStatus.RUNNING, container_id="c2")
-    pending = task(2, TaskStatus.PENDING, node="", ago=5,
-                   message="no suitable node (insufficient memory on 3 nodes)")
+    pending = task(
+        2,
+        TaskStatus.PENDING,
+        node="",
+        ago=5,
+        message="no suitable node (insufficient memory on 3 nodes)",
+    )
     rows = task_rows([old, pending, new], {"n" * 20: "node-1"}, now=NOW)
-    assert rows[0] == ["111111111111", "web.1", "busybox:1.36", "node-1", "Running",
-                       "Running 2 minutes ago", "", ""]
-    assert rows[1] == ["ffffffffffff", " \\_ web.1", "busybox:1.36", "node-1", "Shutdown",
-                       "Failed 10 minutes ago", '"task: non-zero exit (3)"', "3"]
+    assert rows[0] == [
+        "111111111111",
+        "web.1",
+        "busybox:1.36",
+        "node-1",
+        "Running",
+        "Running 2 minutes ago",
+        "",
+        "",
+    ]
+    assert rows[1] == [
+        "ffffffffffff",
+        " \\_ web.1",
+        "busybox:1.36",
+        "node-1",
+        "Shutdown",
+        "Failed 10 minutes ago",
+        '"task: non-zero exit (3)"',
+        "3",
+    ]
     assert rows[2][1:4] == ["web.2", "busybox:1.36", ""]
     assert rows[2][5] == "Pending 5 seconds ago"
     assert rows[2][6].startswith('"no suitable node (insufficient') and rows[2][6].endswith('…"')
@@ -81,7 +123,13 @@ def test_service_rows_by_mode() -> None:
     web.spec.task.container.image = "nginx:1.25"
     web.update_status.state = UpdateStatus.UPDATING
     assert service_row(ServiceSummary(service=web, running=3, desired=5)) == [
-        "a" * 12, "web", "replicated", "3/5", "nginx:1.25", "updating"]
+        "a" * 12,
+        "web",
+        "replicated",
+        "3/5",
+        "nginx:1.25",
+        "updating",
+    ]
     agent = Service(id="b" * 24, spec=ServiceSpec(name="agent"))
     agent.spec.__getattribute__("global").SetInParent()
     row = service_row(ServiceSummary(service=agent, running=2, desired=3))
@@ -98,12 +146,18 @@ def test_service_rows_by_mode() -> None:
 
 
 def test_progress_line_counts_states_and_says_why() -> None:
-    tasks = [task(1, TaskStatus.RUNNING), task(2, TaskStatus.PREPARING),
-             task(3, TaskStatus.PENDING, message="no suitable node (port 80 in use on 2 nodes)")]
+    tasks = [
+        task(1, TaskStatus.RUNNING),
+        task(2, TaskStatus.PREPARING),
+        task(3, TaskStatus.PENDING, message="no suitable node (port 80 in use on 2 nodes)"),
+    ]
     assert progress_line("web", "replicated", tasks, 1, 3) == (
-        "web: 1/3 running (1 pending, 1 preparing): no suitable node (port 80 in use on 2 nodes)")
-    assert progress_line("web", "replicated", tasks[:1], 1, 1, "1/1 updated") == \
-        "web: 1/1 running, 1/1 updated"
+        "web: 1/3 running (1 pending, 1 preparing): no suitable node (port 80 in use on 2 nodes)"
+    )
+    assert (
+        progress_line("web", "replicated", tasks[:1], 1, 1, "1/1 updated")
+        == "web: 1/1 running, 1/1 updated"
+    )
     assert progress_line("job", "job", [], 2, 5) == "job: 2/5 succeeded"
 
 
@@ -125,8 +179,7 @@ def test_convergence_waits_for_the_update_and_for_extra_tasks_to_go() -> None:
     assert not snapshot(web, up, 2, 2).converged()
     web.update_status.state = UpdateStatus.PAUSED
     web.update_status.message = "update paused: 1 of 2 tasks failed"
-    assert snapshot(web, up, 2, 2).paused() == \
-        "web: update paused: 1 of 2 tasks failed"
+    assert snapshot(web, up, 2, 2).paused() == "web: update paused: 1 of 2 tasks failed"
     web.update_status.message = "2 tasks failed"
     assert snapshot(web, up, 2, 2).paused() == "web: update paused: 2 tasks failed"
 

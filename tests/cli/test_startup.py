@@ -7,8 +7,10 @@ import sys
 
 
 def test_the_cli_loads_nothing_heavy_at_start() -> None:
-    code = ("import sys, dockyard.cli.main; "
-            "print(sorted({m.split('.')[0] for m in sys.modules "
-            "if m.startswith(('grpc', 'google', 'rich', 'yaml', 'dockyard.v1'))}))")
+    code = (
+        "import sys, dockyard.cli.main; "
+        "print(sorted({m.split('.')[0] for m in sys.modules "
+        "if m.startswith(('grpc', 'google', 'rich', 'yaml', 'dockyard.v1'))}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -13,8 +13,14 @@ from tests.ports import free_port
 
 def dockyard(*args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
-    return subprocess.run([str(BIN / "dockyard"), *args], capture_output=True, text=True,
-                          env=env, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "dockyard"), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_version_prints_the_client_block_when_no_daemon_answers() -> None:
@@ -22,12 +28,21 @@ def test_version_prints_the_client_block_when_no_daemon_answers() -> None:
     result = dockyard("-H", closed, "version")
     assert result.returncode == 1
     assert [line.split(":", 1)[0].strip() for line in result.stdout.splitlines()] == [
-        "Client", "Version", "API version"]
+        "Client",
+        "Version",
+        "API version",
+    ]
     assert package_version() in result.stdout and API_VERSION in result.stdout
     assert f"cannot reach daemon at {closed}: connection refused" in result.stderr
     data = json.loads(dockyard("-H", closed, "version", "-o", "json").stdout)
-    assert data == {"client": {"component": "dockyard", "version": package_version(),
-                               "api_version": API_VERSION}, "servers": []}
+    assert data == {
+        "client": {
+            "component": "dockyard",
+            "version": package_version(),
+            "api_version": API_VERSION,
+        },
+        "servers": [],
+    }
 
 
 def test_dash_dash_version_asks_no_daemon() -> None:

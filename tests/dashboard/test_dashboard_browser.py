@@ -25,8 +25,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         made.start_controller()
         made.start_hollow_nodes(("n1", "n2", "n3"))
-        made.cli("service", "create", "--name", "web", "--replicas", "2", "busybox",
-                 "sleep", "3600")  # fmt: skip
+        made.cli(
+            "service", "create", "--name", "web", "--replicas", "2", "busybox", "sleep", "3600"
+        )
         yield made
     finally:
         made.stop()
@@ -37,11 +38,16 @@ def page(browser: Any, cluster: Cluster) -> Iterator[Any]:
     origin = f"https://127.0.0.1:{cluster.http_port}"
     admin = cluster.pki / "admin"
     context = browser.new_context(
-        client_certificates=[{"origin": origin, "certPath": str(admin / "cert.pem"),
-                              "keyPath": str(admin / "key.pem")}],
+        client_certificates=[
+            {
+                "origin": origin,
+                "certPath": str(admin / "cert.pem"),
+                "keyPath": str(admin / "key.pem"),
+            }
+        ],
         ignore_https_errors=True,  # the cluster CA is not the browser's
         viewport={"width": 1400, "height": 1000},
-    )  # fmt: skip
+    )
     opened = context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -104,8 +110,9 @@ def test_a_scale_shows_up_from_the_event_stream(page: Any, cluster: Cluster) -> 
     seconds = wait_text(page, WEB_REPLICAS, lambda t: t.endswith("/5"), time.monotonic())
     print(f"\nscale web=5 shown {seconds * 1000:.0f} ms after the CLI returned")
     wait_text(page, WEB_REPLICAS, lambda t: t == "5/5", time.monotonic())
-    wait_text(page, '#chart [data-state="RUNNING"] .bar-count', lambda t: t == "5",
-              time.monotonic())
+    wait_text(
+        page, '#chart [data-state="RUNNING"] .bar-count', lambda t: t == "5", time.monotonic()
+    )
     assert page.evaluate("() => window.dockyardStats.renders") > renders  # events, no reload
     assert "service updated web" in (text_of(page, "#events") or "")
     shot(page, "2-scaled")
@@ -116,16 +123,31 @@ def test_a_node_going_down_shows_up(page: Any, cluster: Cluster) -> None:
     stopped = time.monotonic()
     cluster.wait_for(lambda: cluster.node_state("n3") == "DOWN", "n3 DOWN", 30)
     marked = time.monotonic()
-    seconds = wait_text(page, '#nodes tr[data-id="n3"] td:nth-child(3)',
-                        lambda t: t == "DOWN", marked)
-    print(f"\nn3 DOWN ({marked - stopped:.1f} s after its agent stopped) shown "
-          f"{seconds * 1000:.0f} ms after the CLI saw it")
+    seconds = wait_text(
+        page, '#nodes tr[data-id="n3"] td:nth-child(3)', lambda t: t == "DOWN", marked
+    )
+    print(
+        f"\nn3 DOWN ({marked - stopped:.1f} s after its agent stopped) shown "
+        f"{seconds * 1000:.0f} ms after the CLI saw it"
+    )
     shot(page, "3-node-down")
 
 
 def test_a_pending_task_shows_its_reason(page: Any, cluster: Cluster) -> None:
-    cluster.cli("service", "create", "--detach", "--name", "mars", "--replicas", "1",
-                "--constraint", "node.labels.zone==mars", "busybox", "sleep", "3600")
+    cluster.cli(
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "mars",
+        "--replicas",
+        "1",
+        "--constraint",
+        "node.labels.zone==mars",
+        "busybox",
+        "sleep",
+        "3600",
+    )
     task = json.loads(cluster.cli("service", "ps", "mars", "-o", "json").stdout)[0]
     page.fill("#task-filter", "mars")
     row = f'#tasks tr[data-id="{task["id"]}"]'

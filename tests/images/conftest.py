@@ -71,8 +71,9 @@ def _start(tmp: Path, htpasswd: str | None = None) -> Iterator[tuple[str, Path]]
     (tmp / "config.yml").write_text(config)
     log = tmp / "registry.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen([REGISTRY_BIN, "serve", str(tmp / "config.yml")],
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(tmp / "config.yml")], stdout=out, stderr=subprocess.STDOUT
+        )
     try:
         _wait_ready(f"http://127.0.0.1:{port}", proc, log)
         yield f"127.0.0.1:{port}", tmp

@@ -26,6 +26,7 @@ from tests.images.test_unpack_limits import MiB, Zeros, plain_tar, small_fs
 
 __all__ = ["small_fs"]  # the fixture, used here
 
+
 def layer_bytes() -> bytes:
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
@@ -37,17 +38,39 @@ def layer_bytes() -> bytes:
 
 def config_bytes(pad: int = 0) -> bytes:
     diff_id = "sha256:" + hashlib.sha256(layer_bytes()).hexdigest()
-    return json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                       "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode() + b" " * pad
+    return (
+        json.dumps(
+            {
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {},
+                "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+            }
+        ).encode()
+        + b" " * pad
+    )
 
 
-def docker_archive(path: Path, *, manifest_pad: int = 0, config_pad: int = 0,
-                   extra: dict[str, int] | None = None, compress: bool = False) -> Path:
+def docker_archive(
+    path: Path,
+    *,
+    manifest_pad: int = 0,
+    config_pad: int = 0,
+    extra: dict[str, int] | None = None,
+    compress: bool = False,
+) -> Path:
     """A docker-save archive of one image; ``extra`` adds zero-filled members."""
-    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["x/y:z"],
-                            "Layers": ["layer.tar"]}]).encode() + b" " * manifest_pad
-    members = [("manifest.json", manifest), ("config.json", config_bytes(config_pad)),
-               ("layer.tar", layer_bytes())]
+    manifest = (
+        json.dumps(
+            [{"Config": "config.json", "RepoTags": ["x/y:z"], "Layers": ["layer.tar"]}]
+        ).encode()
+        + b" " * manifest_pad
+    )
+    members = [
+        ("manifest.json", manifest),
+        ("config.json", config_bytes(config_pad)),
+        ("layer.tar", layer_bytes()),
+    ]
     with tarfile.open(path, "w:gz" if compress else "w") as tar:
         for name, size in (extra or {}).items():
             info = tarfile.TarInfo(name)
@@ -69,8 +92,11 @@ def test_a_well_formed_archive_loads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("document", ["manifest.json", "config"])
 def test_a_document_over_4_mib_is_refused(tmp_path: Path, document: str) -> None:
     pad = MAX_DOCUMENT_BYTES  # valid JSON padded with spaces past the limit
-    path = docker_archive(tmp_path / "a.tar", manifest_pad=pad if document != "config" else 0,
-                          config_pad=pad if document == "config" else 0)
+    path = docker_archive(
+        tmp_path / "a.tar",
+        manifest_pad=pad if document != "config" else 0,
+        config_pad=pad if document == "config" else 0,
+    )
     store = ImageStore(tmp_path / "store")
     with pytest.raises(ImageStoreError, match=f"over the {MAX_DOCUMENT_BYTES}-byte limit"):
         asyncio.run(load(store, path))
@@ -81,8 +107,10 @@ def test_an_oci_index_over_4_mib_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "oci.tar"
     index = json.dumps({"schemaVersion": 2, "manifests": []}).encode() + b" " * MAX_DOCUMENT_BYTES
     with tarfile.open(path, "w") as tar:
-        for name, data in (("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
-                           ("index.json", index)):
+        for name, data in (
+            ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+            ("index.json", index),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
@@ -95,8 +123,9 @@ def test_a_member_over_the_layer_limit_is_refused_before_it_is_read(tmp_path: Pa
     path = docker_archive(tmp_path / "bomb.tar.gz", extra={"bomb": 64 * MiB}, compress=True)
     assert path.stat().st_size < MiB
     store = ImageStore(tmp_path / "store", UnpackLimits(max_bytes=8 * MiB))
-    with pytest.raises(ImageStoreError, match=f"'bomb' declares {64 * MiB} bytes, over the "
-                                              f"{8 * MiB}-byte limit"):
+    with pytest.raises(
+        ImageStoreError, match=f"'bomb' declares {64 * MiB} bytes, over the {8 * MiB}-byte limit"
+    ):
         asyncio.run(load(store, path))
 
 

@@ -21,15 +21,17 @@ needs_skopeo = pytest.mark.skipif(SKOPEO is None, reason="skopeo is not installe
 
 def skopeo(*args: str) -> str:
     assert SKOPEO is not None
-    return subprocess.run([SKOPEO, "--insecure-policy", *args], check=True,
-                          capture_output=True, text=True, timeout=60).stdout
+    return subprocess.run(
+        [SKOPEO, "--insecure-policy", *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
 
 
 @pytest.fixture
 async def busybox(tmp_path: Path) -> ImageService:
     service = ImageService(tmp_path / "src")
-    await build_image(service.store, whiteout_layers(), parse_reference("example/wh:1"),
-                      busybox_spec())
+    await build_image(
+        service.store, whiteout_layers(), parse_reference("example/wh:1"), busybox_spec()
+    )
     return service
 
 
@@ -83,8 +85,9 @@ async def test_load_oci_layout_tarball(busybox: ImageService, tmp_path: Path) ->
 
 
 @needs_skopeo
-async def test_saved_tarball_reads_as_docker_archive_and_oci(busybox: ImageService,
-                                                             tmp_path: Path) -> None:
+async def test_saved_tarball_reads_as_docker_archive_and_oci(
+    busybox: ImageService, tmp_path: Path
+) -> None:
     ours = tmp_path / "ours.tar"
     await busybox.save(["example/wh:1"], ours)
     docker_view = json.loads(skopeo("inspect", "--raw", "--config", f"docker-archive:{ours}"))
@@ -138,7 +141,8 @@ async def test_remove_and_gc_leave_no_orphans(tmp_path: Path) -> None:
     kept = {base.digest, base.config_digest, *(lay.digest for lay in base.layers)}
     assert store.blobs.digests() == kept
     assert {p.name for p in store.snapshots_dir.iterdir()} == {
-        lay.diff_id[7:] for lay in base.layers}
+        lay.diff_id[7:] for lay in base.layers
+    }
 
     assert await service.remove("bb:1") == ["Untagged: bb:1", f"Deleted: {base.digest}"]
     assert store.blobs.digests() == set()

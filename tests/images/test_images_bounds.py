@@ -47,20 +47,34 @@ LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar"
 
 
 def config_blob(pad: int = 0) -> bytes:
-    return json.dumps({"architecture": "amd64", "os": "linux", "config": {}, "pad": "p" * pad,
-                       "rootfs": {"type": "layers",
-                                  "diff_ids": [sha256_digest(b"diff")]}}).encode()
+    return json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "pad": "p" * pad,
+            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(b"diff")]},
+        }
+    ).encode()
 
 
-def manifest(config: bytes, *, config_size: int | None = None,
-             layer_size: int = len(LAYER)) -> bytes:  # fmt: skip
-    return json.dumps({
-        "schemaVersion": 2, "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config),
-                   "size": len(config) if config_size is None else config_size},
-        "layers": [{"mediaType": LAYER_TYPE, "digest": sha256_digest(LAYER),
-                    "size": layer_size}],
-    }).encode()  # fmt: skip
+def manifest(
+    config: bytes, *, config_size: int | None = None, layer_size: int = len(LAYER)
+) -> bytes:
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": sha256_digest(config),
+                "size": len(config) if config_size is None else config_size,
+            },
+            "layers": [
+                {"mediaType": LAYER_TYPE, "digest": sha256_digest(LAYER), "size": layer_size}
+            ],
+        }
+    ).encode()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -88,20 +102,29 @@ class Registry:
     def serve_manifest(self, ref: str, body: bytes, media_type: str = OCI_MANIFEST) -> None:
         async def handler(request: web.Request) -> web.Response:
             return web.Response(body=body, content_type=media_type)
+
         self.manifests[ref] = handler
 
     def serve_blob(self, body: bytes) -> None:
         async def handler(request: web.Request) -> web.Response:
             return web.Response(body=body)
+
         self.blobs[sha256_digest(body)] = handler
 
     async def token_answer(self, request: web.Request) -> web.StreamResponse:
         assert self.token is not None
         return await self.token(request)
 
-    async def stream(self, request: web.Request, data: bytes, total: int, *,
-                     content_type: str = "application/octet-stream", pause: float = 0.0,
-                     status: int = 200) -> web.StreamResponse:  # fmt: skip
+    async def stream(
+        self,
+        request: web.Request,
+        data: bytes,
+        total: int,
+        *,
+        content_type: str = "application/octet-stream",
+        pause: float = 0.0,
+        status: int = 200,
+    ) -> web.StreamResponse:
         """Send `data` repeated up to `total` bytes, chunked (no Content-Length)."""
         resp = web.StreamResponse(status=status, headers={"Content-Type": content_type})
         await resp.prepare(request)
@@ -136,8 +159,7 @@ async def registry() -> AsyncIterator[Registry]:
 
 
 def images(tmp_path: Path, **config: Any) -> ImageService:
-    return ImageService(tmp_path / "store", RegistryConfig(attempts=2, retry_delay=0.01,
-                                                           **config))  # fmt: skip
+    return ImageService(tmp_path / "store", RegistryConfig(attempts=2, retry_delay=0.01, **config))
 
 
 def assert_nothing_kept(service: ImageService, *verified: bytes) -> None:
@@ -188,8 +210,9 @@ async def test_a_content_length_over_the_declared_size_is_refused_before_reading
 
     registry.blobs[sha256_digest(LAYER)] = too_long
     service = images(tmp_path)
-    with pytest.raises(SizeMismatch, match=f"announces {2 * len(LAYER)} bytes, "
-                                           f"{len(LAYER)} declared"):  # fmt: skip
+    with pytest.raises(
+        SizeMismatch, match=f"announces {2 * len(LAYER)} bytes, {len(LAYER)} declared"
+    ):
         await pull(service, f"{registry.host}/app:1")
     assert_nothing_kept(service, config)
 
@@ -203,8 +226,9 @@ async def test_a_layer_that_ends_short_of_its_declared_size_is_refused(
     registry.serve_blob(config)
     registry.serve_blob(LAYER)
     service = images(tmp_path)
-    with pytest.raises(SizeMismatch, match=f"{len(LAYER)} bytes received, "
-                                           f"{len(LAYER) + 10} declared"):  # fmt: skip
+    with pytest.raises(
+        SizeMismatch, match=f"{len(LAYER)} bytes received, {len(LAYER) + 10} declared"
+    ):
         await pull(service, f"{registry.host}/app:1")
     assert_nothing_kept(service, config)
 
@@ -239,16 +263,15 @@ async def test_a_config_declared_over_4_mib_is_never_downloaded(
     registry.serve_manifest("1", manifest(config))
     registry.serve_blob(config)
     service = images(tmp_path)
-    with pytest.raises(SizeMismatch, match=f"declared {len(config)} bytes, more than the "
-                                           f"limit of {4 * MiB}"):  # fmt: skip
+    with pytest.raises(
+        SizeMismatch, match=f"declared {len(config)} bytes, more than the limit of {4 * MiB}"
+    ):
         await pull(service, f"{registry.host}/app:1")
     assert registry.blob_requests == []
     assert_nothing_kept(service)
 
 
-async def test_a_config_larger_than_declared_is_cut_off(
-    registry: Registry, tmp_path: Path
-) -> None:
+async def test_a_config_larger_than_declared_is_cut_off(registry: Registry, tmp_path: Path) -> None:
     config = config_blob(pad=MiB)
     registry.serve_manifest("1", manifest(config, config_size=1000))
     registry.serve_blob(config)
@@ -262,9 +285,20 @@ async def test_an_index_whose_manifest_is_not_the_size_it_declares_is_refused(
     registry: Registry, tmp_path: Path
 ) -> None:
     child = manifest(config_blob())
-    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": OCI_MANIFEST, "digest": sha256_digest(child), "size": 100,
-         "platform": {"os": "linux", "architecture": "amd64"}}]}).encode()  # fmt: skip
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": [
+                {
+                    "mediaType": OCI_MANIFEST,
+                    "digest": sha256_digest(child),
+                    "size": 100,
+                    "platform": {"os": "linux", "architecture": "amd64"},
+                }
+            ],
+        }
+    ).encode()
     registry.serve_manifest("1", index, OCI_INDEX)
     registry.serve_manifest(sha256_digest(child), child)
     service = images(tmp_path)
@@ -282,20 +316,26 @@ async def test_a_descriptor_without_a_byte_count_is_refused(
     registry.serve_manifest("1", json.dumps(body).encode())
     registry.serve_blob(config)
     service = images(tmp_path)
-    with pytest.raises(ImageError, match=f"layers\\[0\\]: its descriptor declares size "
-                                         f"{re.escape(repr(size))}, not a byte count"):
+    with pytest.raises(
+        ImageError,
+        match=f"layers\\[0\\]: its descriptor declares size "
+        f"{re.escape(repr(size))}, not a byte count",
+    ):
         await pull(service, f"{registry.host}/app:1")
     assert registry.blob_requests == []  # refused before anything was fetched
 
 
-@pytest.mark.parametrize(("change", "words"), [
-    (lambda m: m.pop("config"), "manifest of .*: config: not a descriptor object"),
-    (lambda m: m["config"].update(digest="md5:abc"), "config: digest 'md5:abc' is not sha256"),
-    (lambda m: m.update(layers={"a": 1}), "layers is not a list"),
-    (lambda m: m["layers"].append("x"), r"layers\[1\]: not a descriptor object"),
-    (lambda m: m["layers"][0].update(mediaType=7), r"layers\[0\]: mediaType is not a string"),
-    (lambda m: m.update(layers=m["layers"] * 129), "129 layers, more than the limit of 128"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda m: m.pop("config"), "manifest of .*: config: not a descriptor object"),
+        (lambda m: m["config"].update(digest="md5:abc"), "config: digest 'md5:abc' is not sha256"),
+        (lambda m: m.update(layers={"a": 1}), "layers is not a list"),
+        (lambda m: m["layers"].append("x"), r"layers\[1\]: not a descriptor object"),
+        (lambda m: m["layers"][0].update(mediaType=7), r"layers\[0\]: mediaType is not a string"),
+        (lambda m: m.update(layers=m["layers"] * 129), "129 layers, more than the limit of 128"),
+    ],
+)
 async def test_a_malformed_manifest_is_refused_before_any_download(
     registry: Registry, tmp_path: Path, change: Callable[[dict[str, Any]], object], words: str
 ) -> None:
@@ -319,8 +359,10 @@ async def test_layers_declaring_more_than_the_free_space_are_never_downloaded(
     registry.serve_manifest("1", manifest(config, layer_size=huge))
     registry.serve_blob(config)
     service = images(tmp_path)
-    with pytest.raises(SizeMismatch, match=f"its 1 missing layers declare {huge} bytes, and "
-                                           f"the image store has [0-9]+ free"):  # fmt: skip
+    with pytest.raises(
+        SizeMismatch,
+        match=f"its 1 missing layers declare {huge} bytes, and the image store has [0-9]+ free",
+    ):
         await pull(service, f"{registry.host}/app:1")
     assert registry.blob_requests == [sha256_digest(config)]
 
@@ -328,8 +370,9 @@ async def test_layers_declaring_more_than_the_free_space_are_never_downloaded(
 async def test_a_config_with_other_diff_ids_than_layers_is_refused_before_the_layers(
     registry: Registry, tmp_path: Path
 ) -> None:
-    config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {
-        "type": "layers", "diff_ids": []}}).encode()  # fmt: skip
+    config = json.dumps(
+        {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
     registry.serve_manifest("1", manifest(config))
     registry.serve_blob(config)
     service = images(tmp_path)
@@ -377,8 +420,9 @@ async def test_a_token_server_answering_nonsense_is_refused(
 ) -> None:
     async def challenge(request: web.Request) -> web.Response:
         realm = f"http://{request.host}/token"
-        return web.Response(status=401, headers={
-            "WWW-Authenticate": f'Bearer realm="{realm}",service="fake"'})  # fmt: skip
+        return web.Response(
+            status=401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="fake"'}
+        )
 
     async def token(request: web.Request) -> web.StreamResponse:
         if answer == "endless":
@@ -389,8 +433,10 @@ async def test_a_token_server_answering_nonsense_is_refused(
     registry.manifests["1"] = challenge
     registry.token = token
     service = images(tmp_path)
-    expected = {"endless": f"larger than the limit of {MiB} bytes",
-                "number token": "sent no token"}.get(answer, "something else than a JSON object")
+    expected = {
+        "endless": f"larger than the limit of {MiB} bytes",
+        "number token": "sent no token",
+    }.get(answer, "something else than a JSON object")
     with pytest.raises(RegistryAuthError, match=expected):
         await pull(service, f"{registry.host}/app:1")
     assert registry.sent < 32 * MiB
@@ -402,8 +448,11 @@ class EndlessPeer(peer_pb2_grpc.PeerServicer):
     def __init__(self) -> None:
         self.sent = 0
 
-    async def FetchBlob(self, request: pb.FetchBlobRequest,  # type: ignore[override]
-                        context: Any) -> AsyncIterator[pb.BlobChunk]:  # fmt: skip
+    async def FetchBlob(
+        self,
+        request: pb.FetchBlobRequest,  # type: ignore[override]
+        context: Any,
+    ) -> AsyncIterator[pb.BlobChunk]:
         while self.sent < FOREVER:
             self.sent += CHUNK
             yield pb.BlobChunk(data=b"x" * CHUNK)
@@ -419,10 +468,13 @@ async def test_a_peer_streaming_past_the_declared_size_is_cut_off(tmp_path: Path
     blobs = BlobStore(tmp_path / "blobs")
     try:
         digest = sha256_digest(LAYER)
-        with pytest.raises(SizeMismatch, match=f"blob {digest} from node {address}: more bytes "
-                                               f"than the {len(LAYER)} declared"):  # fmt: skip
+        with pytest.raises(
+            SizeMismatch,
+            match=f"blob {digest} from node {address}: more bytes than the {len(LAYER)} declared",
+        ):
             await asyncio.wait_for(
-                PeerFetcher(None).fetch_from(address, digest, blobs, None, size=len(LAYER)), 60)
+                PeerFetcher(None).fetch_from(address, digest, blobs, None, size=len(LAYER)), 60
+            )
         assert peer.sent < 32 * MiB
         source = PeerFetcher(None).sources([address])
         assert source is not None

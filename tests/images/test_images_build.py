@@ -41,8 +41,9 @@ async def test_cli_busybox_tarball_loads(tmp_path: Path) -> None:
 
 
 def test_cli_into_store(tmp_path: Path) -> None:
-    digest = run_build("big", "--layers", "3", "--layer-size", "64K", "--tag", "big:3",
-                       "--store", str(tmp_path))
+    digest = run_build(
+        "big", "--layers", "3", "--layer-size", "64K", "--tag", "big:3", "--store", str(tmp_path)
+    )
     image = ImageService(tmp_path).resolve("big:3")
     assert image.digest == digest and len(image.layers) == 3
 

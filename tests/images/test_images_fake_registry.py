@@ -15,15 +15,29 @@ from dockyard.agent.images.service import ImageService
 from dockyard.common.distribution.media import OCI_CONFIG, OCI_MANIFEST, sha256_digest
 from dockyard.common.distribution.registry import RegistryConfig
 
-CONFIG = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                     "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+CONFIG = json.dumps(
+    {
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": []},
+    }
+).encode()
 
 
 def manifest(config: bytes) -> bytes:
-    return json.dumps({"schemaVersion": 2, "mediaType": OCI_MANIFEST,
-                       "config": {"mediaType": OCI_CONFIG, "digest": sha256_digest(config),
-                                  "size": len(config)},
-                       "layers": []}).encode()
+    return json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {
+                "mediaType": OCI_CONFIG,
+                "digest": sha256_digest(config),
+                "size": len(config),
+            },
+            "layers": [],
+        }
+    ).encode()
 
 
 class Fake:
@@ -75,8 +89,7 @@ async def test_blob_digest_mismatch_is_refused(fake: tuple[Fake, str], tmp_path:
     assert images.list() == []
 
 
-async def test_manifest_digest_mismatch_is_refused(fake: tuple[Fake, str],
-                                                   tmp_path: Path) -> None:
+async def test_manifest_digest_mismatch_is_refused(fake: tuple[Fake, str], tmp_path: Path) -> None:
     state, host = fake
     state.announce = sha256_digest(b"something else")
     images = service(tmp_path)
@@ -108,16 +121,26 @@ async def test_5xx_retries_are_bounded(fake: tuple[Fake, str], tmp_path: Path) -
     assert state.calls == 3
 
 
-
 async def test_cancelled_download_leaves_no_temp_file(tmp_path: Path) -> None:
     import asyncio
 
     big = b"x" * (4 << 20)
-    config = json.dumps({"architecture": "amd64", "os": "linux", "config": {},
-                         "rootfs": {"type": "layers", "diff_ids": [sha256_digest(big)]}}).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": [sha256_digest(big)]},
+        }
+    ).encode()
     body = json.loads(manifest(config))
-    body["layers"] = [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                       "digest": sha256_digest(big), "size": len(big)}]
+    body["layers"] = [
+        {
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": sha256_digest(big),
+            "size": len(big),
+        }
+    ]
     started = asyncio.Event()
     release = asyncio.Event()
 

@@ -27,8 +27,9 @@ DIGEST = "sha256:" + "ab" * 32
         ("a__b/c-d--e.f_g", "docker.io", "a__b/c-d--e.f_g", "latest", None),
     ],
 )
-def test_valid(text: str, registry: str, repository: str, tag: str | None,
-               digest: str | None) -> None:
+def test_valid(
+    text: str, registry: str, repository: str, tag: str | None, digest: str | None
+) -> None:
     assert parse_reference(text) == Reference(registry, repository, tag, digest)
 
 
@@ -66,12 +67,17 @@ def test_familiar_and_str() -> None:
 
 _component = st.from_regex(r"[a-z0-9]{1,8}(?:[._-][a-z0-9]{1,8}){0,2}", fullmatch=True)
 _tag = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True)
-_host = st.sampled_from(["", "localhost/", "localhost:5000/", "reg.example.com/",
-                         "127.0.0.1:5000/"])
+_host = st.sampled_from(
+    ["", "localhost/", "localhost:5000/", "reg.example.com/", "127.0.0.1:5000/"]
+)
 
 
-@given(_host, st.lists(_component, min_size=1, max_size=3), st.none() | _tag,
-       st.none() | st.from_regex(r"sha256:[0-9a-f]{64}", fullmatch=True))
+@given(
+    _host,
+    st.lists(_component, min_size=1, max_size=3),
+    st.none() | _tag,
+    st.none() | st.from_regex(r"sha256:[0-9a-f]{64}", fullmatch=True),
+)
 def test_roundtrip(host: str, parts: list[str], tag: str | None, digest: str | None) -> None:
     # a first component with '.' is a registry host by Docker's rules, not a path
     assume(host or len(parts) == 1 or "." not in parts[0])

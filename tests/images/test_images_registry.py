@@ -71,8 +71,7 @@ async def test_chunked_push(registry: Any, tmp_path: Path) -> None:
     assert pulled.digest == built.digest
 
 
-async def test_missing_image_names_ref_and_registry(registry: Any,
-                                                    tmp_path: Path) -> None:
+async def test_missing_image_names_ref_and_registry(registry: Any, tmp_path: Path) -> None:
     service = ImageService(tmp_path, fast())
     with pytest.raises(ManifestNotFound) as info:
         await service.pull(f"{registry.host}/library/nope")
@@ -119,8 +118,7 @@ async def test_basic_auth_with_config_json(auth_registry: Any, tmp_path: Path) -
     assert pulled.digest == digest
 
 
-async def test_concurrent_pulls_share_one_transfer(registry: Any,
-                                                   tmp_path: Path) -> None:
+async def test_concurrent_pulls_share_one_transfer(registry: Any, tmp_path: Path) -> None:
     ref = parse_reference(f"{registry.host}/test/bb:1")
     source = ImageService(tmp_path / "a", fast())
     await build_image(source.store, [busybox_layer()], ref, busybox_spec())
@@ -136,18 +134,33 @@ async def test_index_platform_selection(registry: Any, tmp_path: Path) -> None:
     from dockyard.common.distribution.registry import RegistryClient
 
     source = ImageService(tmp_path / "a", fast())
-    amd = await build_image(source.store, [busybox_layer()],
-                            parse_reference(f"{registry.host}/multi/app:amd64"), busybox_spec())
-    arm = await build_image(source.store, whiteout_layers(),
-                            parse_reference(f"{registry.host}/multi/app:arm64"), busybox_spec())
+    amd = await build_image(
+        source.store,
+        [busybox_layer()],
+        parse_reference(f"{registry.host}/multi/app:amd64"),
+        busybox_spec(),
+    )
+    arm = await build_image(
+        source.store,
+        whiteout_layers(),
+        parse_reference(f"{registry.host}/multi/app:arm64"),
+        busybox_spec(),
+    )
     await source.push(f"{registry.host}/multi/app:amd64")
     await source.push(f"{registry.host}/multi/app:arm64")
-    index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
-        {"mediaType": image.media_type, "digest": image.digest,
-         "size": source.store.blobs.size(image.digest),
-         "platform": {"os": "linux", "architecture": arch, **extra}}
-        for image, arch, extra in ((arm, "arm64", {"variant": "v8"}), (amd, "amd64", {}))
-    ]}
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [
+            {
+                "mediaType": image.media_type,
+                "digest": image.digest,
+                "size": source.store.blobs.size(image.digest),
+                "platform": {"os": "linux", "architecture": arch, **extra},
+            }
+            for image, arch, extra in ((arm, "arm64", {"variant": "v8"}), (amd, "amd64", {}))
+        ],
+    }
     ref = parse_reference(f"{registry.host}/multi/app:latest")
     async with RegistryClient(fast()) as client:
         endpoint = client.endpoints(ref.registry, pull=False)[0]
@@ -165,13 +178,17 @@ async def test_index_platform_selection(registry: Any, tmp_path: Path) -> None:
     # as docker rmi: the tag, then the repo digest (the index's) it was pulled at
     lines = await arm_service.remove(ref)
     repo_digest = ref.with_tag("").with_digest(sha256_digest(body)).familiar()
-    assert lines == ["Untagged: " + ref.familiar(), "Untagged: " + repo_digest,
-                     f"Deleted: {arm.digest}"]
+    assert lines == [
+        "Untagged: " + ref.familiar(),
+        "Untagged: " + repo_digest,
+        f"Deleted: {arm.digest}",
+    ]
     assert arm_service.store.blobs.digests() == set()
 
 
-async def test_mirror_without_the_image_falls_back(registry: Any, mirror_registry: Any,
-                                                   tmp_path: Path) -> None:
+async def test_mirror_without_the_image_falls_back(
+    registry: Any, mirror_registry: Any, tmp_path: Path
+) -> None:
     ref = parse_reference(f"{registry.host}/only/upstream:1")
     source = ImageService(tmp_path / "a", fast())
     built = await build_image(source.store, [busybox_layer()], ref, busybox_spec())

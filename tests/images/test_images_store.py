@@ -101,15 +101,20 @@ def _member(name: str, kind: bytes = tarfile.REGTYPE, link: str = "") -> tarfile
         ([(_member("../evil"), b"x")], "escapes"),
         ([(_member("a/../../evil"), b"x")], "escapes"),
         ([(_member("/etc/evil"), b"x")], "absolute"),
-        ([(_member("link", tarfile.SYMTYPE, "/tmp"), None), (_member("link/evil"), b"x")],
-         "through a symlink"),
-        ([(_member("up", tarfile.SYMTYPE, ".."), None), (_member("up/evil"), b"x")],
-         "through a symlink"),
+        (
+            [(_member("link", tarfile.SYMTYPE, "/tmp"), None), (_member("link/evil"), b"x")],
+            "through a symlink",
+        ),
+        (
+            [(_member("up", tarfile.SYMTYPE, ".."), None), (_member("up/evil"), b"x")],
+            "through a symlink",
+        ),
         ([(_member("hl", tarfile.LNKTYPE, "../../etc/passwd"), None)], "escapes"),
     ],
 )
-def test_unsafe_layers_are_refused(tmp_path: Path, members: list[tuple[tarfile.TarInfo,
-                                   bytes | None]], reason: str) -> None:
+def test_unsafe_layers_are_refused(
+    tmp_path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]], reason: str
+) -> None:
     blob = _tar(tmp_path, *members)
     dest = tmp_path / "root" / "snap"
     dest.mkdir(parents=True)
@@ -125,8 +130,13 @@ def test_ownership_modes_links_devices(tmp_path: Path) -> None:
     owned.uid, owned.gid, owned.mode = 1234, 5678, 0o4755
     dev = _member("null", tarfile.CHRTYPE)
     dev.devmajor, dev.devminor = 1, 3
-    blob = _tar(tmp_path, (owned, b"data"), (_member("hard", tarfile.LNKTYPE, "owned"), None),
-                (_member("sym", tarfile.SYMTYPE, "/nowhere"), None), (dev, None))
+    blob = _tar(
+        tmp_path,
+        (owned, b"data"),
+        (_member("hard", tarfile.LNKTYPE, "owned"), None),
+        (_member("sym", tarfile.SYMTYPE, "/nowhere"), None),
+        (dev, None),
+    )
     dest = tmp_path / "snap"
     dest.mkdir()
     diff_id = unpack_layer(blob, dest)

@@ -62,8 +62,9 @@ async def pushed(registry: Any, tmp_path: Path) -> AsyncIterator[tuple[str, Imag
 def delete_blobs(registry: Any, image: Image) -> None:
     """Remove the image's config and layers from the registry (its manifest stays)."""
     for digest in [image.config_digest, *(layer.digest for layer in image.layers)]:
-        request = urllib.request.Request(f"{registry.url}/v2/test/peer/blobs/{digest}",
-                                         method="DELETE")  # fmt: skip
+        request = urllib.request.Request(
+            f"{registry.url}/v2/test/peer/blobs/{digest}", method="DELETE"
+        )
         with urllib.request.urlopen(request, timeout=5) as answer:
             assert answer.status == 202
 
@@ -75,7 +76,9 @@ def node(tmp_path: Path, name: str) -> ImageService:
 
 
 async def test_a_pull_takes_the_blobs_a_registry_lost_from_a_peer(
-    registry: Any, pushed: tuple[str, Image], tmp_path: Path,
+    registry: Any,
+    pushed: tuple[str, Image],
+    tmp_path: Path,
 ) -> None:
     ref, image = pushed
     first = node(tmp_path, "first")
@@ -96,7 +99,8 @@ async def test_a_pull_takes_the_blobs_a_registry_lost_from_a_peer(
 
 
 async def test_a_peer_that_is_down_or_lacks_the_blob_leaves_it_to_the_registry(
-    pushed: tuple[str, Image], tmp_path: Path,
+    pushed: tuple[str, Image],
+    tmp_path: Path,
 ) -> None:
     ref, image = pushed
     empty, address = await serve(PeerServicer(BlobStore(tmp_path / "empty")))
@@ -113,13 +117,17 @@ async def test_a_peer_that_is_down_or_lacks_the_blob_leaves_it_to_the_registry(
 class LyingPeer(PeerServicer):
     """Serves other bytes than the digest's for every blob it is asked for."""
 
-    async def FetchBlob(self, request: pb.FetchBlobRequest,  # type: ignore[override]
-                        context: Any) -> AsyncIterator[pb.BlobChunk]:  # fmt: skip
+    async def FetchBlob(
+        self,
+        request: pb.FetchBlobRequest,  # type: ignore[override]
+        context: Any,
+    ) -> AsyncIterator[pb.BlobChunk]:
         yield pb.BlobChunk(data=b"not the layer you asked for", size=27)
 
 
 async def test_a_peer_sending_other_bytes_is_refused_and_nothing_of_it_is_kept(
-    pushed: tuple[str, Image], tmp_path: Path,
+    pushed: tuple[str, Image],
+    tmp_path: Path,
 ) -> None:
     ref, image = pushed
     liar, address = await serve(LyingPeer(BlobStore(tmp_path / "liar")))
@@ -160,7 +168,8 @@ async def test_the_peer_service_names_what_is_wrong(tmp_path: Path) -> None:
 
 
 async def test_a_pinned_image_comes_whole_from_a_peer_while_the_registry_is_down(
-    pushed: tuple[str, Image], tmp_path: Path,
+    pushed: tuple[str, Image],
+    tmp_path: Path,
 ) -> None:
     ref, image = pushed
     first = node(tmp_path, "first")
@@ -182,7 +191,9 @@ async def test_a_pinned_image_comes_whole_from_a_peer_while_the_registry_is_down
 
 
 async def test_pull_metrics_count_blobs_by_source(
-    registry: Any, pushed: tuple[str, Image], tmp_path: Path,
+    registry: Any,
+    pushed: tuple[str, Image],
+    tmp_path: Path,
 ) -> None:
     """The agent's `dockyard_image_pull_*` counters: the first node's blobs come from the
     registry, the second's (the registry lost them) from the first node."""
@@ -192,8 +203,12 @@ async def test_pull_metrics_count_blobs_by_source(
     sizes = sum(layer.size for layer in image.layers)
 
     def counted(metrics: PullMetrics) -> dict[tuple[str, str], float]:
-        return {(s.name, s.labels["source"]): s.value for family in metrics.collect()
-                for s in family.samples if s.name.endswith("_total")}  # fmt: skip
+        return {
+            (s.name, s.labels["source"]): s.value
+            for family in metrics.collect()
+            for s in family.samples
+            if s.name.endswith("_total")
+        }
 
     first_metrics, second_metrics = PullMetrics(), PullMetrics()
     first = ImageService(tmp_path / "m1", fast(), on_blob=first_metrics.observe)

@@ -20,15 +20,20 @@ from tests.ports import free_port
 LOCAL = ["localhost", "127.0.0.1", "::1"]
 
 
-async def serve_as(ca: pki.CertificateAuthority, role: str, blobs: BlobStore
-                   ) -> tuple[grpc.aio.Server, str]:
+async def serve_as(
+    ca: pki.CertificateAuthority, role: str, blobs: BlobStore
+) -> tuple[grpc.aio.Server, str]:
     """A Peer service presenting a certificate of ``role`` that names localhost."""
     cert, key = ca.issue_pair(role, f"{role}-server", sans=LOCAL)
     server = grpc.aio.server()
     peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(blobs), server)
     address = f"127.0.0.1:{free_port()}"
-    server.add_secure_port(address, grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca.cert_pem, require_client_auth=True))
+    server.add_secure_port(
+        address,
+        grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=ca.cert_pem, require_client_auth=True
+        ),
+    )
     await server.start()
     return server, address
 

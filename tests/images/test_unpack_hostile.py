@@ -33,8 +33,13 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 Entry = tuple[tarfile.TarInfo, bytes | None]
 
 
-def entry(name: str, kind: bytes = tarfile.REGTYPE, link: str = "", mode: int = 0o644,
-          mtime: int = 1_000_000) -> tarfile.TarInfo:
+def entry(
+    name: str,
+    kind: bytes = tarfile.REGTYPE,
+    link: str = "",
+    mode: int = 0o644,
+    mtime: int = 1_000_000,
+) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.linkname = link
@@ -66,8 +71,16 @@ def tree_state(root: Path) -> dict[str, tuple[object, ...]]:
             elif stat.S_ISLNK(st.st_mode):
                 content = os.readlink(path)
             state[os.path.relpath(path, root)] = (
-                st.st_ino, st.st_mode, st.st_uid, st.st_gid, st.st_nlink, st.st_size,
-                st.st_mtime_ns, st.st_ctime_ns, content)
+                st.st_ino,
+                st.st_mode,
+                st.st_uid,
+                st.st_gid,
+                st.st_nlink,
+                st.st_size,
+                st.st_mtime_ns,
+                st.st_ctime_ns,
+                content,
+            )
     return state
 
 
@@ -91,10 +104,12 @@ class Site:
         self.before = self.outside()
 
     def outside(self) -> dict[str, object]:
-        return {"sentinel": tree_state(self.sentinel),
-                "other": tree_state(self.snapshots / "other"),
-                "snapshots": sorted(os.listdir(self.snapshots)),
-                "tmp": sorted(os.listdir(self.tmp))}
+        return {
+            "sentinel": tree_state(self.sentinel),
+            "other": tree_state(self.snapshots / "other"),
+            "snapshots": sorted(os.listdir(self.snapshots)),
+            "tmp": sorted(os.listdir(self.tmp)),
+        }
 
     def unpack(self, entries: list[Entry]) -> str:
         blob = write_tar(self.tmp / "layer.tar", entries)
@@ -245,8 +260,7 @@ def test_unpacking_thread_is_chrooted_with_fewer_capabilities(tmp_path: Path) ->
     before = capabilities()
     fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        seen = run_confined(fd, lambda got: (got, capabilities(), os.listdir("/"),
-                                             os.umask(0o22)))
+        seen = run_confined(fd, lambda got: (got, capabilities(), os.listdir("/"), os.umask(0o22)))
     finally:
         os.close(fd)
     got, (effective, permitted), listing, umask = seen
@@ -263,9 +277,10 @@ def test_unpacking_thread_is_chrooted_with_fewer_capabilities(tmp_path: Path) ->
 def test_refused_layer_leaves_no_snapshot(tmp_path: Path) -> None:
     store = ImageStore(tmp_path / "store")
     before = sorted(os.listdir(store.snapshots_dir))
-    blob = write_tar(tmp_path / "bad.tar", [(entry("a/b", tarfile.DIRTYPE), None),
-                                            (entry("a/b/c"), b"x"),
-                                            (entry("a/.wh..."), b"")])
+    blob = write_tar(
+        tmp_path / "bad.tar",
+        [(entry("a/b", tarfile.DIRTYPE), None), (entry("a/b/c"), b"x"), (entry("a/.wh..."), b"")],
+    )
     data = blob.read_bytes()
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     store.blobs.path(digest).write_bytes(data)
@@ -292,8 +307,10 @@ def test_sparse_file_keeps_its_holes(site: Site) -> None:
         out.seek((256 << 20) - 6)
         out.write(b"tail!\n")
     blob = site.tmp / "sparse.tar"
-    subprocess.run(["tar", "--sparse", "--format=gnu", "-cf", str(blob), "-C", str(source),
-                    "sparse"], check=True)
+    subprocess.run(
+        ["tar", "--sparse", "--format=gnu", "-cf", str(blob), "-C", str(source), "sparse"],
+        check=True,
+    )
     site.before = site.outside()
     diff_id = unpack_layer(blob, site.dest, use_openat2=site.use_openat2)
     assert diff_id == "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest()
@@ -321,9 +338,11 @@ def test_xattrs_kept_on_files_and_dirs_but_never_trusted_ones(site: Site) -> Non
     d = entry("d", tarfile.DIRTYPE, mode=0o755)
     f = entry("d/f")
     for info in (d, f):
-        info.pax_headers = {"SCHILY.xattr.user.note": "kept",
-                            "SCHILY.xattr.trusted.overlay.redirect": "/etc",
-                            "SCHILY.xattr.trusted.overlay.opaque": "y"}
+        info.pax_headers = {
+            "SCHILY.xattr.user.note": "kept",
+            "SCHILY.xattr.trusted.overlay.redirect": "/etc",
+            "SCHILY.xattr.trusted.overlay.opaque": "y",
+        }
     site.unpack([(d, None), (f, b"x")])
     for path in (site.dest / "d", site.dest / "d" / "f"):
         assert os.getxattr(path, "user.note") == b"kept"
@@ -344,14 +363,16 @@ def test_archive_that_is_no_regular_file_is_refused(tmp_path: Path, verb: str) -
     store = ImageStore(tmp_path / "store")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
-    call = (load(store, fifo) if verb == "load"
-            else import_rootfs(store, fifo, parse_reference("x/y:z")))
+    call = (
+        load(store, fifo)
+        if verb == "load"
+        else import_rootfs(store, fifo, parse_reference("x/y:z"))
+    )
     with pytest.raises(ImageStoreError, match="not a regular file"):
         asyncio.run(asyncio.wait_for(call, 10))
 
 
-@pytest.mark.parametrize("headers", [{"mtime": "1e30"}, {"uid": str(1 << 40)},
-                                     {"mtime": "nan"}])
+@pytest.mark.parametrize("headers", [{"mtime": "1e30"}, {"uid": str(1 << 40)}, {"mtime": "nan"}])
 def test_out_of_range_metadata_is_a_layer_error(site: Site, headers: dict[str, str]) -> None:
     info = entry("f")
     info.pax_headers = headers
@@ -367,7 +388,7 @@ def test_corrupt_compressed_layer_is_a_layer_error(tmp_path: Path, kind: str) ->
         data = bytearray(gzip.compress(plain))
     else:
         data = bytearray(zstandard.ZstdCompressor().compress(plain))
-    data[len(data) // 2: len(data) // 2 + 16] = b"\xff" * 16
+    data[len(data) // 2 : len(data) // 2 + 16] = b"\xff" * 16
     blob = tmp_path / "blob"
     blob.write_bytes(bytes(data))
     dest = tmp_path / "dest"
@@ -377,20 +398,25 @@ def test_corrupt_compressed_layer_is_a_layer_error(tmp_path: Path, kind: str) ->
 
 
 @pytest.mark.parametrize("link", ["SENTINEL", "../../SENTINEL"])
-def test_image_archive_never_reads_host_files_through_its_links(tmp_path: Path,
-                                                                link: str) -> None:
+def test_image_archive_never_reads_host_files_through_its_links(tmp_path: Path, link: str) -> None:
     """`layer.tar` in the archive is a symlink to a host file that holds a valid layer:
     the archive must not borrow it (tarfile only resolves links among its own members)."""
     host_layer = write_tar(tmp_path / "host-layer.tar", [(entry("stolen"), b"host data")])
     diff_id = "sha256:" + hashlib.sha256(host_layer.read_bytes()).hexdigest()
-    config = (b'{"architecture":"amd64","os":"linux","config":{},'
-              b'"rootfs":{"type":"layers","diff_ids":["' + diff_id.encode() + b'"]}}')
+    config = (
+        b'{"architecture":"amd64","os":"linux","config":{},'
+        b'"rootfs":{"type":"layers","diff_ids":["' + diff_id.encode() + b'"]}}'
+    )
     manifest = b'[{"Config":"config.json","RepoTags":["x/y:z"],"Layers":["layer.tar"]}]'
     target = link.replace("SENTINEL", str(host_layer))
-    archive = write_tar(tmp_path / "image.tar", [
-        (entry("config.json"), config),
-        (entry("layer.tar", tarfile.SYMTYPE, link=target), None),
-        (entry("manifest.json"), manifest)])
+    archive = write_tar(
+        tmp_path / "image.tar",
+        [
+            (entry("config.json"), config),
+            (entry("layer.tar", tarfile.SYMTYPE, link=target), None),
+            (entry("manifest.json"), manifest),
+        ],
+    )
     store = ImageStore(tmp_path / "store")
     with pytest.raises(ImageStoreError, match="not in the archive"):
         asyncio.run(load(store, archive))

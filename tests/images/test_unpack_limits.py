@@ -73,11 +73,15 @@ def assert_nothing_left(store: ImageStore) -> None:
 
 @pytest.mark.parametrize("kind", ["gzip", "zstd"])
 @pytest.mark.parametrize("shape", ["file", "trailing"])
-def test_a_decompression_bomb_stops_at_the_byte_limit(tmp_path: Path, kind: str,
-                                                      shape: str) -> None:
+def test_a_decompression_bomb_stops_at_the_byte_limit(
+    tmp_path: Path, kind: str, shape: str
+) -> None:
     """64 MiB of zeros (in a file, or after the archive's end) from a blob of some KiB."""
-    plain = plain_tar(tmp_path / "bomb.tar", {"zeros": 64 * MiB} if shape == "file"
-                      else {"small": 10}, trailing=64 * MiB if shape == "trailing" else 0)
+    plain = plain_tar(
+        tmp_path / "bomb.tar",
+        {"zeros": 64 * MiB} if shape == "file" else {"small": 10},
+        trailing=64 * MiB if shape == "trailing" else 0,
+    )
     store = ImageStore(tmp_path / "store", UnpackLimits(max_bytes=8 * MiB))
 
     async def unpack() -> None:
@@ -85,8 +89,9 @@ def test_a_decompression_bomb_stops_at_the_byte_limit(tmp_path: Path, kind: str,
         assert layer.size < MiB
         await store.ensure_snapshot(layer)
 
-    with pytest.raises(LayerError, match=f"more than {8 * MiB} bytes, over the "
-                                         f"{8 * MiB}-byte limit on a layer"):
+    with pytest.raises(
+        LayerError, match=f"more than {8 * MiB} bytes, over the {8 * MiB}-byte limit on a layer"
+    ):
         asyncio.run(unpack())
     assert_nothing_left(store)
 
@@ -121,8 +126,18 @@ def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A tmpfs of 32 MiB and 400 inodes, unmounted however the test ends."""
     mount = tmp_path / "small"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m,nr_inodes=400,mode=0700",
-                    "dockyard-test", str(mount)], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            "mount",
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=32m,nr_inodes=400,mode=0700",
+            "dockyard-test",
+            str(mount),
+        ],
+        check=True,
+    )
     try:
         yield mount
     finally:
@@ -143,8 +158,9 @@ def test_a_bomb_never_fills_the_store_filesystem(small_fs: Path, tmp_path: Path)
 
 
 @needs_root
-def test_a_layer_of_empty_entries_never_takes_the_last_inodes(small_fs: Path,
-                                                              tmp_path: Path) -> None:
+def test_a_layer_of_empty_entries_never_takes_the_last_inodes(
+    small_fs: Path, tmp_path: Path
+) -> None:
     plain = plain_tar(tmp_path / "many.tar", {f"f{i}": 0 for i in range(500)})
     store = ImageStore(small_fs / "store")
 

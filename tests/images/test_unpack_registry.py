@@ -25,8 +25,10 @@ from dockyard.agent.images.transfer import push_image
 from dockyard.common.distribution.registry import RegistryClient, RegistryConfig
 from tests.images.test_unpack_hostile import tree_state
 
-pytestmark = [pytest.mark.registry,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, devices)")]
+pytestmark = [
+    pytest.mark.registry,
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root (owners, devices)"),
+]
 
 ATTACKS: dict[str, list[tuple[str, str, str]]] = {  # kind, name, link
     "whiteout-dotdot": [("file", ".wh...", "")],
@@ -40,14 +42,14 @@ def fast() -> RegistryConfig:
     return RegistryConfig(attempts=2, retry_delay=0.05, connect_timeout=2)
 
 
-async def push_unpacked(service: ImageService, ref: str, items: list[tuple[str, str, str]],
-                        sentinel: Path) -> None:
+async def push_unpacked(
+    service: ImageService, ref: str, items: list[tuple[str, str, str]], sentinel: Path
+) -> None:
     """Write a one-layer image's blobs and push them, never unpacking the layer here."""
     writer = LayerWriter(service.store.blobs)
     for kind, name, link in items:
         info = tarfile.TarInfo(name)
-        info.type = {"file": tarfile.REGTYPE, "sym": tarfile.SYMTYPE,
-                     "link": tarfile.LNKTYPE}[kind]
+        info.type = {"file": tarfile.REGTYPE, "sym": tarfile.SYMTYPE, "link": tarfile.LNKTYPE}[kind]
         info.linkname = link.replace("@SENTINEL@", str(sentinel))
         info.mode = 0o4777
         data = b"pwned\n" if kind == "file" else b""
@@ -64,8 +66,9 @@ async def push_unpacked(service: ImageService, ref: str, items: list[tuple[str, 
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS))
-async def test_hostile_layer_from_a_registry_is_refused(registry: Any, tmp_path: Path,
-                                                        attack: str) -> None:
+async def test_hostile_layer_from_a_registry_is_refused(
+    registry: Any, tmp_path: Path, attack: str
+) -> None:
     sentinel = tmp_path / "sentinel"
     (sentinel / "dir").mkdir(parents=True)
     (sentinel / "file").write_bytes(b"host file\n")

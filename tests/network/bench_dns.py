@@ -77,8 +77,9 @@ async def run(queries: int, concurrency: int) -> None:
     upstream.set_records({"example.test": ["192.0.2.7", "192.0.2.8", "192.0.2.9"]})
     await upstream.start("127.0.0.1", free_port())
     agent = ServiceDNS(upstreams=[("127.0.0.1", upstream.port)])
-    agent.set_records({f"svc{i}": [f"10.87.{i % 250}.{j + 2}" for j in range(3)]
-                       for i in range(200)})  # fmt: skip
+    agent.set_records(
+        {f"svc{i}": [f"10.87.{i % 250}.{j + 2}" for j in range(3)] for i in range(200)}
+    )
     await agent.start("127.0.0.1", free_port())
     cases = {
         "service name, answered by the agent": asker("svc42", agent.port),
@@ -92,11 +93,11 @@ async def run(queries: int, concurrency: int) -> None:
         results = {label: await latency(ask, queries) for label, ask in cases.items()}
         baseline = results["the same name, asked of the upstream"][0]
         for label, (median, p99) in results.items():
-            print(f"   {label:40} {median:6.3f} ms / {p99:6.3f} ms   "
-                  f"ratio {median / baseline:4.2f}x")  # fmt: skip
+            print(
+                f"   {label:40} {median:6.3f} ms / {p99:6.3f} ms   ratio {median / baseline:4.2f}x"
+            )
         print(f"2. throughput, {queries} queries, {concurrency} in flight:")
-        rates = {label: await throughput(ask, queries, concurrency)
-                 for label, ask in cases.items()}  # fmt: skip
+        rates = {label: await throughput(ask, queries, concurrency) for label, ask in cases.items()}
         base_rate = rates["the same name, asked of the upstream"]
         for label, rate in rates.items():
             print(f"   {label:40} {rate:8.0f} q/s   ratio {rate / base_rate:4.2f}x")
@@ -109,8 +110,9 @@ def main() -> None:
     from dockyard.common import logging as dlogging
 
     dlogging.configure("warning")
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()

@@ -34,8 +34,9 @@ BIN = Path(sys.executable).parent
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args()
@@ -47,31 +48,73 @@ def run(tmp: Path, runs: int, seconds: float) -> None:
     bridge, subnet = f"dyb{uuid.uuid4().hex[:8]}", free_subnet()
     cgroup = f"dockyard-bench-{uuid.uuid4().hex[:8]}"
     state, address = tmp / "agent", f"127.0.0.1:{free_port()}"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")},
-           "DOCKYARD_CONFIG": str(tmp / "cli")}  # fmt: skip
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")},
+        "DOCKYARD_CONFIG": str(tmp / "cli"),
+    }
 
     def cli(*words: str) -> str:
-        done = subprocess.run([str(BIN / "dockyard"), "-H", address, *words], env=env,
-                              capture_output=True, text=True, check=False)  # fmt: skip
+        done = subprocess.run(
+            [str(BIN / "dockyard"), "-H", address, *words],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if done.returncode:
             raise SystemExit(f"dockyard {' '.join(words)}: {done.stderr}")
         return done.stdout
 
-    subprocess.run([sys.executable, "-m", "dockyard.agent.images.build", "busybox",
-                    "--tag", "bench/busybox:latest", "--output", str(tmp / "bb.tar")],
-                   check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dockyard.agent.images.build",
+            "busybox",
+            "--tag",
+            "bench/busybox:latest",
+            "--output",
+            str(tmp / "bb.tar"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     log = (tmp / "agent.log").open("wb")
     agent = subprocess.Popen(
-        [str(BIN / "dockyard-agent"), "run", "--insecure", "--runtime", "runc",
-         "--controller", f"127.0.0.1:{free_port()}", "--listen", address,
-         "--state-dir", str(state), "--cgroup-parent", cgroup, "--bridge", bridge,
-         "--bridge-subnet", subnet, "--log-level", "warning"],
-        stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(BIN / "dockyard-agent"),
+            "run",
+            "--insecure",
+            "--runtime",
+            "runc",
+            "--controller",
+            f"127.0.0.1:{free_port()}",
+            "--listen",
+            address,
+            "--state-dir",
+            str(state),
+            "--cgroup-parent",
+            cgroup,
+            "--bridge",
+            bridge,
+            "--bridge-subnet",
+            subnet,
+            "--log-level",
+            "warning",
+        ],
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
-        while subprocess.run([str(BIN / "dockyard"), "-H", address, "images"], env=env,
-                             capture_output=True, check=False).returncode:  # fmt: skip
+        while subprocess.run(
+            [str(BIN / "dockyard"), "-H", address, "images"],
+            env=env,
+            capture_output=True,
+            check=False,
+        ).returncode:
             if time.monotonic() > deadline:
                 raise SystemExit("the agent did not answer")
             time.sleep(0.1)
@@ -88,16 +131,20 @@ def run(tmp: Path, runs: int, seconds: float) -> None:
         print(f"dockyard run --rm busybox true, {runs} runs each (median / p90):")
         for mode, values in timings.items():
             values.sort()
-            print(f"  --network {mode:<7} {statistics.median(values) * 1000:6.0f} ms  "
-                  f"{values[int(len(values) * 0.9) - 1] * 1000:6.0f} ms")
+            print(
+                f"  --network {mode:<7} {statistics.median(values) * 1000:6.0f} ms  "
+                f"{values[int(len(values) * 0.9) - 1] * 1000:6.0f} ms"
+            )
         port = free_port()
         web = cli("run", "-d", "-p", f"127.0.0.1:{port}:80", image, *web_command("x")).strip()
         ip = cli("container", "inspect", web, "-o", "json").split('"ip_address": "')[1]
         ip = ip.split('"', 1)[0]
         wait_http(f"http://127.0.0.1:{port}/")
         print(f"HTTP GET, one client, a connection per request, {seconds:g} s each:")
-        for label, host, target in (("published port 127.0.0.1", "127.0.0.1", port),
-                                    ("container address", ip, 80)):  # fmt: skip
+        for label, host, target in (
+            ("published port 127.0.0.1", "127.0.0.1", port),
+            ("container address", ip, 80),
+        ):
             rate = requests_per_second(host, target, seconds)
             print(f"  {label:<26} {host}:{target:<6} {rate:8.0f} requests/s")
         cli("container", "rm", "-f", web)

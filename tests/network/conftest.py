@@ -46,16 +46,21 @@ _subnet_lock = threading.Lock()
 
 
 def have_network() -> bool:
-    return _have_runc() and all((CNI_DIR / p).exists() for p in (
-        "bridge", "host-local", "portmap", "firewall")) and shutil.which("iptables-save") \
-        is not None and shutil.which("ip") is not None  # fmt: skip
+    return (
+        _have_runc()
+        and all((CNI_DIR / p).exists() for p in ("bridge", "host-local", "portmap", "firewall"))
+        and shutil.which("iptables-save") is not None
+        and shutil.which("ip") is not None
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     if have_network():
         return
-    skip = pytest.mark.skip(reason="needs root, runc, conmon, busybox, iproute2, iptables "
-                                   "and the CNI plugins (containernetworking-plugins)")
+    skip = pytest.mark.skip(
+        reason="needs root, runc, conmon, busybox, iproute2, iptables "
+        "and the CNI plugins (containernetworking-plugins)"
+    )
     for item in items:
         if "runc" in item.keywords and "tests/network/" in str(item.fspath):
             item.add_marker(skip)
@@ -63,8 +68,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def free_subnet() -> str:
     """A 10.213.X.0/24 that no route of this host overlaps (nor another test's)."""
-    routes = subprocess.run(["ip", "-4", "-o", "route", "show", "table", "all"],
-                            capture_output=True, text=True, check=False).stdout  # fmt: skip
+    routes = subprocess.run(
+        ["ip", "-4", "-o", "route", "show", "table", "all"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
     taken = []
     for line in routes.splitlines():
         word = line.split()[0] if line.split() else ""
@@ -78,7 +87,8 @@ def free_subnet() -> str:
         for third in random.sample(range(256), 256):
             subnet = ipaddress.IPv4Network(f"10.213.{third}.0/24")
             if str(subnet) not in _used_subnets and not any(
-                    subnet.overlaps(t) for t in taken if t.prefixlen > 0):  # fmt: skip
+                subnet.overlaps(t) for t in taken if t.prefixlen > 0
+            ):
                 _used_subnets.add(str(subnet))
                 return str(subnet)
     raise AssertionError("no free 10.213.X.0/24 for a test bridge")
@@ -101,15 +111,21 @@ class BridgeAgent:
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
         env["DOCKYARD_CONFIG"] = str(self.config_dir)
-        return subprocess.run([str(BIN / "dockyard"), "-H", self.agent.address, *args],
-                              capture_output=True, text=True, env=env, timeout=timeout,
-                              stdin=subprocess.DEVNULL)  # fmt: skip
+        return subprocess.run(
+            [str(BIN / "dockyard"), "-H", self.agent.address, *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def ok(self, *args: str, timeout: float = 60) -> str:
         result = self.cli(*args, timeout=timeout)
         assert result.returncode == 0, (
             f"dockyard {' '.join(args)} exited {result.returncode}: {result.stderr}\n"
-            f"--- agent log ---\n{self.agent.log()}")
+            f"--- agent log ---\n{self.agent.log()}"
+        )
         return result.stdout
 
     def netns_of(self, container_id: str) -> str:
@@ -118,12 +134,16 @@ class BridgeAgent:
     def serve_udp_echo(self, container_id: str, port: int) -> None:
         """A UDP echo server in the container's network namespace (busybox has none):
         the host's python, run with `ip netns exec`; killed at teardown."""
-        code = ("import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-                f"s.bind(('0.0.0.0',{port}))\nprint('ready',flush=True)\n"
-                "while True:\n d,a=s.recvfrom(2048)\n s.sendto(b'echo:'+d,a)\n")  # fmt: skip
-        server = subprocess.Popen(["ip", "netns", "exec", self.netns_of(container_id),
-                                   sys.executable, "-c", code], stdout=subprocess.PIPE,
-                                  stdin=subprocess.DEVNULL)  # fmt: skip
+        code = (
+            "import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            f"s.bind(('0.0.0.0',{port}))\nprint('ready',flush=True)\n"
+            "while True:\n d,a=s.recvfrom(2048)\n s.sendto(b'echo:'+d,a)\n"
+        )
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns_of(container_id), sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
         self.servers.append(server)
         assert server.stdout is not None and server.stdout.readline() == b"ready\n"
 
@@ -133,8 +153,13 @@ class BridgeAgent:
 
         path = self.network_root / "containers" / f"{container_id}.json"
         result = json.loads(path.read_text())["result"]
-        return str(next(i["name"] for i in result["interfaces"]
-                        if i["name"].startswith("veth") and not i.get("sandbox")))  # fmt: skip
+        return str(
+            next(
+                i["name"]
+                for i in result["interfaces"]
+                if i["name"].startswith("veth") and not i.get("sandbox")
+            )
+        )
 
     def leftovers(self, container_id: str, ip: str = "", veth: str = "") -> list[str]:
         """Whatever of the container's network still exists."""
@@ -145,8 +170,11 @@ class BridgeAgent:
         found += [f"iptables {table}: {line}" for table, line in iptables_lines(patterns)]
         ipam = self.network_root / "ipam" / f"dockyard-{self.bridge}"
         if ipam.is_dir():
-            found += [f"IPAM {p.name}" for p in ipam.iterdir() if p.name == ip or (
-                p.is_file() and container_id in p.read_text(errors="replace"))]  # fmt: skip
+            found += [
+                f"IPAM {p.name}"
+                for p in ipam.iterdir()
+                if p.name == ip or (p.is_file() and container_id in p.read_text(errors="replace"))
+            ]
         if (self.network_root / "containers" / f"{container_id}.json").exists():
             found.append("network record")
         return found
@@ -171,10 +199,13 @@ def bridge_agent_factory(
         root = tmp_path_factory.mktemp("bridge-agent")
         bridge = bridge or f"dyt{uuid.uuid4().hex[:8]}"
         subnet = subnet or free_subnet()
-        agent = Agent(state_dir=root / "state", port=free_port(),
-                      cgroup_parent=f"dockyard-test-{uuid.uuid4().hex[:8]}",
-                      log_path=root / "agent.log",
-                      extra=["--bridge", bridge, "--bridge-subnet", subnet])  # fmt: skip
+        agent = Agent(
+            state_dir=root / "state",
+            port=free_port(),
+            cgroup_parent=f"dockyard-test-{uuid.uuid4().hex[:8]}",
+            log_path=root / "agent.log",
+            extra=["--bridge", bridge, "--bridge-subnet", subnet],
+        )
         under_test = BridgeAgent(agent, bridge, subnet, root / "cli-config")
         made.append(under_test)
         agent.start()
@@ -188,10 +219,14 @@ def bridge_agent_factory(
         for under_test in made:
             under_test.stop_servers()
             under_test.agent.kill_all()
-            cleanup_everything(under_test.agent.state_dir / "runtime",
-                               under_test.agent.cgroup_parent)  # fmt: skip
-            cleanup_network(under_test.network_root, under_test.bridge,
-                            [under_test.subnet.rsplit(".", 1)[0] + "."])  # fmt: skip
+            cleanup_everything(
+                under_test.agent.state_dir / "runtime", under_test.agent.cgroup_parent
+            )
+            cleanup_network(
+                under_test.network_root,
+                under_test.bridge,
+                [under_test.subnet.rsplit(".", 1)[0] + "."],
+            )
 
 
 @pytest.fixture(scope="module")
@@ -228,5 +263,8 @@ def udp_echo(host: str, port: int, payload: bytes, timeout: float = 2) -> bytes:
 
 def web_command(text: str, port: int = 80) -> list[str]:
     """busybox httpd serving `text` at / on `port`."""
-    return ["sh", "-c", f"mkdir -p /www && echo {text} > /www/index.html && "
-                        f"exec httpd -f -p {port} -h /www"]  # fmt: skip
+    return [
+        "sh",
+        "-c",
+        f"mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p {port} -h /www",
+    ]

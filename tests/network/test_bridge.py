@@ -21,35 +21,41 @@ from tests.runtime.conftest import bridge_links
 pytestmark = [pytest.mark.runc, pytest.mark.registry]
 
 
-def wait_exec_output(agent: BridgeAgent, ref: str, command: list[str], expected: str,
-                     timeout: float = 15) -> str:  # fmt: skip
+def wait_exec_output(
+    agent: BridgeAgent, ref: str, command: list[str], expected: str, timeout: float = 15
+) -> str:
     deadline = time.monotonic() + timeout
     while True:
         result = agent.cli("exec", ref, *command)
         if result.returncode == 0 and result.stdout == expected:
             return result.stdout
         if time.monotonic() > deadline:
-            raise AssertionError(f"{command} in {ref}: {result.returncode} {result.stdout!r} "
-                                 f"{result.stderr!r}")  # fmt: skip
+            raise AssertionError(
+                f"{command} in {ref}: {result.returncode} {result.stdout!r} {result.stderr!r}"
+            )
         time.sleep(0.2)
 
 
 def records(agent: BridgeAgent) -> list[str]:
     """Every file the agent keeps per container (runtime, manager, network)."""
     state = agent.agent.state_dir
-    return sorted(str(p.relative_to(state)) for pattern in (
-        "runtime/containers/*", "containers/*.json", "network/containers/*.json")
-        for p in state.glob(pattern))  # fmt: skip
+    return sorted(
+        str(p.relative_to(state))
+        for pattern in ("runtime/containers/*", "containers/*.json", "network/containers/*.json")
+        for p in state.glob(pattern)
+    )
 
 
 def test_bridge_containers_get_an_address_and_reach_each_other(
     bridge_agent: BridgeAgent, image_registry: ImageRegistry
 ) -> None:
     a, busybox = bridge_agent, image_registry.busybox
-    web = a.ok("run", "-d", "--name", "net-web", "--network", "bridge", busybox,
-               *web_command("hello-web")).strip()  # fmt: skip
-    client = a.ok("run", "-d", "--name", "net-client", "--network", "bridge", busybox,
-                  "sleep", "300").strip()  # fmt: skip
+    web = a.ok(
+        "run", "-d", "--name", "net-web", "--network", "bridge", busybox, *web_command("hello-web")
+    ).strip()
+    client = a.ok(
+        "run", "-d", "--name", "net-client", "--network", "bridge", busybox, "sleep", "300"
+    ).strip()
     network = a.agent.inspect(web).network
     subnet = ipaddress.IPv4Network(a.subnet)
     assert network.mode == "bridge" and network.bridge == a.bridge
@@ -60,8 +66,9 @@ def test_bridge_containers_get_an_address_and_reach_each_other(
     assert a.agent.inspect(client).config.network == "bridge"
 
     # one container reaches the other by address, across the bridge
-    wait_exec_output(a, "net-client", ["wget", "-q", "-O", "-", f"http://{network.ip_address}/"],
-                     "hello-web\n")  # fmt: skip
+    wait_exec_output(
+        a, "net-client", ["wget", "-q", "-O", "-", f"http://{network.ip_address}/"], "hello-web\n"
+    )
     # its /etc/hosts names it; no loopback nameserver (unreachable from a namespace)
     hosts = a.ok("exec", "net-web", "cat", "/etc/hosts")
     assert f"{network.ip_address}\t{web[:12]} net-web\n" in hosts
@@ -84,12 +91,24 @@ def test_published_ports_tcp_udp_picked_and_taken(
     a, busybox = bridge_agent, image_registry.busybox
     host_port = free_port()
     # no --network: publishing implies the bridge
-    web = a.ok("run", "-d", "--name", "net-pub", "-p", f"127.0.0.1:{host_port}:80",
-               "-p", "127.0.0.1::80", "-p", "127.0.0.1::5353/udp", busybox,
-               *web_command("published")).strip()  # fmt: skip
+    web = a.ok(
+        "run",
+        "-d",
+        "--name",
+        "net-pub",
+        "-p",
+        f"127.0.0.1:{host_port}:80",
+        "-p",
+        "127.0.0.1::80",
+        "-p",
+        "127.0.0.1::5353/udp",
+        busybox,
+        *web_command("published"),
+    ).strip()
     record = a.agent.inspect(web)
-    ports = {(p.container_port, p.protocol, p.host_port == host_port): p
-             for p in record.network.ports}  # fmt: skip
+    ports = {
+        (p.container_port, p.protocol, p.host_port == host_port): p for p in record.network.ports
+    }
     picked, udp = ports[(80, "tcp", False)], ports[(5353, "udp", False)]
     assert picked.host_port > 0 and udp.host_port > 0 and picked.host_ip == "127.0.0.1"
     assert wait_http(f"http://127.0.0.1:{host_port}/") == "published\n"
@@ -106,11 +125,12 @@ def test_published_ports_tcp_udp_picked_and_taken(
 
     # a host port this agent gave another container: refused by name, nothing written
     before = records(a)
-    taken = a.cli("run", "-d", "--name", "net-taken", "-p", f"{host_port}:8080", busybox,
-                  "true")  # fmt: skip
+    taken = a.cli("run", "-d", "--name", "net-taken", "-p", f"{host_port}:8080", busybox, "true")
     assert taken.returncode == 125
-    assert f"ports[0].host_port: host port {host_port}/tcp is already allocated to " \
-           f"container net-pub ({web[:12]})" in taken.stderr
+    assert (
+        f"ports[0].host_port: host port {host_port}/tcp is already allocated to "
+        f"container net-pub ({web[:12]})" in taken.stderr
+    )
     # a port another process of the host holds
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
@@ -128,18 +148,22 @@ def test_published_ports_tcp_udp_picked_and_taken(
         http_get(f"http://127.0.0.1:{host_port}/", timeout=2)
 
 
-@pytest.mark.parametrize(("spec", "message"), [
-    ("70000:80", "host port 70000 is not in 1-65535"),
-    ("80/sctp", "unknown protocol 'sctp'"),
-    ("[::1]:8080:80", "IPv6 host addresses are not supported"),
-    ("1.2.3:80:80", "'1.2.3' is not an IP address"),
-    ("8000-8002:80-81", "ranges differ in size"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("70000:80", "host port 70000 is not in 1-65535"),
+        ("80/sctp", "unknown protocol 'sctp'"),
+        ("[::1]:8080:80", "IPv6 host addresses are not supported"),
+        ("1.2.3:80:80", "'1.2.3' is not an IP address"),
+        ("8000-8002:80-81", "ranges differ in size"),
+    ],
+)
 def test_bad_publish_flags_exit_125(bridge_agent: BridgeAgent, spec: str, message: str) -> None:
     result = bridge_agent.cli("run", "-p", spec, "busybox", "true")
     assert result.returncode == 125
     assert result.stderr == f"dockyard: invalid -p {spec!r}: {message}\n" or (
-        message in result.stderr), result.stderr
+        message in result.stderr
+    ), result.stderr
 
 
 def test_bad_ports_refused_by_the_api_with_nothing_written(
@@ -162,18 +186,23 @@ def test_bad_ports_refused_by_the_api_with_nothing_written(
         ([port(container_port=80, protocol="sctp")], "", "ports[0].protocol"),
         ([port(container_port=80, host_ip="::1")], "", "ports[0].host_ip"),
         ([port(container_port=80, host_ip="not-an-ip")], "", "ports[0].host_ip"),
-        ([port(container_port=80, host_port=9000),
-          port(container_port=81, host_port=9000, host_ip="127.0.0.1")], "",
-         "ports[1].host_port"),
+        (
+            [
+                port(container_port=80, host_port=9000),
+                port(container_port=81, host_port=9000, host_ip="127.0.0.1"),
+            ],
+            "",
+            "ports[1].host_port",
+        ),
         ([port(container_port=80)], "host", "ports"),
-    ]  # fmt: skip
+    ]
     before = records(a)
     listed = len(a.agent.containers.List(cpb.ListContainersRequest(all=True)).containers)
     for ports, network, field in bad:
-        request = cpb.CreateContainerRequest(image=image_registry.busybox, command=["true"],
-                                             ports=ports, network=network)  # fmt: skip
-        code, message = code_of(functools.partial(a.agent.containers.Create, request,
-                                                  timeout=30))  # fmt: skip
+        request = cpb.CreateContainerRequest(
+            image=image_registry.busybox, command=["true"], ports=ports, network=network
+        )
+        code, message = code_of(functools.partial(a.agent.containers.Create, request, timeout=30))
         assert code == grpc.StatusCode.INVALID_ARGUMENT, message
         assert message.startswith(f"{field}: "), message
     assert records(a) == before
@@ -186,8 +215,16 @@ def test_killed_agent_restarts_and_releases_everything(
     a = bridge_agent_factory()
     busybox = image_registry.busybox
     host_port = free_port()
-    web = a.ok("run", "-d", "--name", "web", "-p", f"127.0.0.1:{host_port}:80", busybox,
-               *web_command("survivor")).strip()  # fmt: skip
+    web = a.ok(
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "-p",
+        f"127.0.0.1:{host_port}:80",
+        busybox,
+        *web_command("survivor"),
+    ).strip()
     ip = a.agent.inspect(web).network.ip_address
     assert wait_http(f"http://127.0.0.1:{host_port}/") == "survivor\n"
     # stopped and started again: the same namespace, address and port
@@ -229,16 +266,17 @@ def test_killed_agent_restarts_and_releases_everything(
 
 
 def test_a_second_agent_on_the_same_bridge_is_refused(
-    bridge_agent: BridgeAgent, bridge_agent_factory: Callable[..., BridgeAgent],
+    bridge_agent: BridgeAgent,
+    bridge_agent_factory: Callable[..., BridgeAgent],
     image_registry: ImageRegistry,
 ) -> None:
     first = bridge_agent
-    holder = first.ok("run", "-d", "--network", "bridge", image_registry.busybox, "sleep",
-                      "60").strip()  # fmt: skip
+    holder = first.ok(
+        "run", "-d", "--network", "bridge", image_registry.busybox, "sleep", "60"
+    ).strip()
     second = bridge_agent_factory(bridge=first.bridge, subnet=first.subnet)
     refused = second.cli("run", "--network", "bridge", image_registry.busybox, "true")
     assert refused.returncode == 125
     assert f"bridge {first.bridge} is in use by another agent (pid " in refused.stderr
-    assert second.ok("run", "--rm", image_registry.busybox, "echo", "none works") == \
-        "none works\n"
+    assert second.ok("run", "--rm", image_registry.busybox, "echo", "none works") == "none works\n"
     first.ok("container", "rm", "-f", holder)

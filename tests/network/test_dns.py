@@ -44,8 +44,9 @@ async def serve() -> AsyncIterator[Serve]:
     all at teardown."""
     started: list[ServiceDNS] = []
 
-    async def start(records: Mapping[str, Sequence[str]] | None = None,
-                    **kwargs: Any) -> ServiceDNS:  # fmt: skip
+    async def start(
+        records: Mapping[str, Sequence[str]] | None = None, **kwargs: Any
+    ) -> ServiceDNS:
         server = ServiceDNS(**kwargs)
         server.set_records(records or {})
         started.append(server)
@@ -76,9 +77,15 @@ def blackhole() -> Iterator[int]:
         sock.close()
 
 
-async def ask(port: int, name: str, rdtype: str = "A", *, tcp: bool = False,
-              query: dns.message.Message | None = None,
-              timeout: float = 3.0) -> dns.message.Message:  # fmt: skip
+async def ask(
+    port: int,
+    name: str,
+    rdtype: str = "A",
+    *,
+    tcp: bool = False,
+    query: dns.message.Message | None = None,
+    timeout: float = 3.0,
+) -> dns.message.Message:
     """The server's reply to a query for ``name`` (or to ``query``)."""
     query = query or dns.message.make_query(name, rdtype)
     if tcp:
@@ -128,8 +135,9 @@ class FakeUpstream:
             response.flags |= dns.flags.TC
         else:
             address = "192.0.2.1" if transport == "udp" else "192.0.2.2"
-            response.answer.append(dns.rrset.from_text(
-                query.question[0].name, 60, "IN", "A", address))  # fmt: skip
+            response.answer.append(
+                dns.rrset.from_text(query.question[0].name, 60, "IN", "A", address)
+            )
         return response.to_wire()
 
     async def start(self) -> None:
@@ -202,8 +210,10 @@ async def test_tasks_name_and_any_case_answer(serve: Serve, name: str) -> None:
     server = await serve({"web": WEB}, upstreams=[])
     reply = await ask(server.port, name)
     assert sorted(addresses(reply)) == sorted(WEB)
-    assert reply.question[0].name.to_text() == dns.message.make_query(name, "A") \
-        .question[0].name.to_text()  # fmt: skip
+    assert (
+        reply.question[0].name.to_text()
+        == dns.message.make_query(name, "A").question[0].name.to_text()
+    )
 
 
 @pytest.mark.parametrize("rdtype", ["AAAA", "MX", "TXT", "ANY"])
@@ -353,8 +363,7 @@ async def test_queries_beyond_the_bound_are_dropped(
 ) -> None:
     monkeypatch.setattr(service_dns, "MAX_IN_FLIGHT", 2)
     server = await serve({"web": WEB}, upstreams=[(HOST, blackhole)], timeout=5)
-    pending = [asyncio.create_task(ask(server.port, "example.test", timeout=6))
-               for _ in range(2)]  # fmt: skip
+    pending = [asyncio.create_task(ask(server.port, "example.test", timeout=6)) for _ in range(2)]
     try:
         await asyncio.sleep(0.1)
         with pytest.raises(dns.exception.Timeout):
@@ -368,11 +377,12 @@ async def test_queries_beyond_the_bound_are_dropped(
 
 def test_read_resolv_conf(tmp_path: Path) -> None:
     path = tmp_path / "resolv.conf"
-    path.write_text("# generated\nsearch example.test\nnameserver 127.0.0.53\n"
-                    "nameserver   10.0.0.2  # office\nnameserver bogus\noptions edns0\n"
-                    "nameserver 2001:db8::53\n")  # fmt: skip
-    assert read_resolv_conf(path) == [("127.0.0.53", 53), ("10.0.0.2", 53),
-                                      ("2001:db8::53", 53)]  # fmt: skip
+    path.write_text(
+        "# generated\nsearch example.test\nnameserver 127.0.0.53\n"
+        "nameserver   10.0.0.2  # office\nnameserver bogus\noptions edns0\n"
+        "nameserver 2001:db8::53\n"
+    )
+    assert read_resolv_conf(path) == [("127.0.0.53", 53), ("10.0.0.2", 53), ("2001:db8::53", 53)]
     assert read_resolv_conf(tmp_path / "missing") == []
 
 
@@ -423,8 +433,12 @@ async def test_formerr_and_notimp(serve: Serve) -> None:
 async def test_garbage_does_not_kill_the_server(serve: Serve) -> None:
     server = await serve({"web": WEB}, upstreams=[])
     answer = dns.message.make_response(dns.message.make_query("web", "A")).to_wire()
-    assert await raw_udp(server.port, [b"", b"\x00", b"garbage!" * 10, b"\xff" * 12 + b"\x01",
-                                       answer], 0.3) is None  # fmt: skip
+    assert (
+        await raw_udp(
+            server.port, [b"", b"\x00", b"garbage!" * 10, b"\xff" * 12 + b"\x01", answer], 0.3
+        )
+        is None
+    )
     for junk in (b"\x00\x05hello", b"\x00\x00", b"\x00\x10short"):
         reader, writer = await asyncio.open_connection(HOST, server.port)
         try:
@@ -530,6 +544,9 @@ async def test_queries_are_counted_by_outcome(serve: Serve, upstream: ServiceDNS
     await ask(server.port, "", query=notify)
     assert server.query_counts() == {"service": 2, "forwarded": 1, "failed": 0, "refused": 1}
     assert lonely.query_counts()["failed"] == 1
-    samples = {s.labels["outcome"]: s.value
-               for f in DnsCollector(server.query_counts).collect() for s in f.samples}
+    samples = {
+        s.labels["outcome"]: s.value
+        for f in DnsCollector(server.query_counts).collect()
+        for s in f.samples
+    }
     assert samples == {"service": 2, "forwarded": 1, "failed": 0, "refused": 1}

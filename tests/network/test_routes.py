@@ -27,10 +27,13 @@ from dockyard.agent.network.routes import CHAIN, PeerRoute, PeerRoutes
 pytestmark = [
     pytest.mark.runc,
     pytest.mark.skipif(
-        os.geteuid() != 0 or not all(shutil.which(tool) for tool in (
-            "ip", "iptables", "iptables-save", "iptables-restore")),
-        reason="needs root, iproute2 and iptables"),
-]  # fmt: skip
+        os.geteuid() != 0
+        or not all(
+            shutil.which(tool) for tool in ("ip", "iptables", "iptables-save", "iptables-restore")
+        ),
+        reason="needs root, iproute2 and iptables",
+    ),
+]
 
 LOCAL = "10.213.50.0/24"
 COMMENT = '-m comment --comment "dockyard peer route"'
@@ -59,8 +62,9 @@ asyncio.run(main())
 
 
 def run(*args: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(list(args), capture_output=True, text=True, timeout=timeout,
-                            stdin=subprocess.DEVNULL)  # fmt: skip
+    result = subprocess.run(
+        list(args), capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} exited {result.returncode}: {result.stderr}")
     return result
@@ -81,8 +85,9 @@ class Host:
     def ip(self, *args: str, check: bool = True) -> str:
         return run("ip", "-n", self.name, *args, check=check).stdout
 
-    def exec(self, *args: str, check: bool = True,
-             timeout: float = 30) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    def exec(
+        self, *args: str, check: bool = True, timeout: float = 30
+    ) -> subprocess.CompletedProcess[str]:
         return run("ip", "netns", "exec", self.name, *args, check=check, timeout=timeout)
 
     def link(self, name: str, cidr: str) -> None:
@@ -94,15 +99,15 @@ class Host:
         self.ip("link", "set", name, "up")
 
     def forward(self) -> None:
-        self.exec(sys.executable, "-c", "open('/proc/sys/net/ipv4/ip_forward', 'w')"
-                                        ".write('1')")  # fmt: skip
+        self.exec(sys.executable, "-c", "open('/proc/sys/net/ipv4/ip_forward', 'w').write('1')")
 
     def ops(self, *ops: dict[str, Any]) -> list[Any]:
         """Run sync/clear in the namespace, in one process; their results."""
         result = self.exec(sys.executable, "-c", RUNNER, json.dumps(list(ops)), check=False)
         assert result.returncode == 0, f"PeerRoutes failed: {result.stderr}"
-        self.logs.append([json.loads(line) for line in result.stderr.splitlines()
-                          if line.startswith("{")])  # fmt: skip
+        self.logs.append(
+            [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
+        )
         return list(json.loads(result.stdout))
 
     def sync(self, peers: list[dict[str, str]], local: str = LOCAL) -> list[dict[str, str]]:
@@ -112,12 +117,18 @@ class Host:
         self.ops({"op": "clear"})
 
     def our_routes(self) -> list[str]:
-        return sorted(" ".join(line.split()) for line in self.ip(
-            "-4", "route", "show", "proto", "77").splitlines() if line.strip())  # fmt: skip
+        return sorted(
+            " ".join(line.split())
+            for line in self.ip("-4", "route", "show", "proto", "77").splitlines()
+            if line.strip()
+        )
 
     def routes(self) -> list[str]:
-        return sorted(" ".join(line.split()) for line in self.ip(
-            "-4", "route", "show", "table", "main").splitlines() if line.strip())  # fmt: skip
+        return sorted(
+            " ".join(line.split())
+            for line in self.ip("-4", "route", "show", "table", "main").splitlines()
+            if line.strip()
+        )
 
     def chains(self, table: str) -> dict[str, list[str]]:
         """``{chain: [rule, ...]}`` of ``table`` (``:CHAIN`` declarations give [])."""
@@ -165,8 +176,9 @@ def host(hosts: Callable[[str], Host]) -> Host:
     made.link("br0", "10.213.50.1/24")
     made.iptables("-P", "FORWARD", "DROP")
     made.iptables("-A", "FORWARD", "-i", "up0", "-j", "DROP")
-    made.iptables("-t", "nat", "-A", "POSTROUTING", "-s", LOCAL, "!", "-d", LOCAL,
-                  "-j", "MASQUERADE")  # fmt: skip
+    made.iptables(
+        "-t", "nat", "-A", "POSTROUTING", "-s", LOCAL, "!", "-d", LOCAL, "-j", "MASQUERADE"
+    )
     return made
 
 
@@ -186,8 +198,10 @@ def assert_rules(host: Host, *subnets: str) -> None:
     """Our chains hold exactly the rules for ``subnets``, jumped to once, first."""
     filter_rules, nat_rules = peer_rules(*subnets)
     jump = f"{COMMENT} -j {CHAIN}"
-    for table, builtin, rules in (("filter", "FORWARD", filter_rules),
-                                  ("nat", "POSTROUTING", nat_rules)):  # fmt: skip
+    for table, builtin, rules in (
+        ("filter", "FORWARD", filter_rules),
+        ("nat", "POSTROUTING", nat_rules),
+    ):
         chains = host.chains(table)
         assert chains.get(CHAIN) == rules, (table, chains)
         listed = chains[builtin]
@@ -207,8 +221,10 @@ def assert_no_rules(host: Host) -> None:
 def test_two_peers_routed_with_rules_once(host: Host) -> None:
     host.ip("route", "add", "10.99.0.0/16", "via", "192.168.77.9", "proto", "static")
     before = [r for r in host.routes() if "proto 77" not in r]
-    peers = [peer("n2", "10.213.51.0/24", "192.168.77.2"),
-             peer("n3", "10.213.52.0/24", "192.168.77.3")]  # fmt: skip
+    peers = [
+        peer("n2", "10.213.51.0/24", "192.168.77.2"),
+        peer("n3", "10.213.52.0/24", "192.168.77.3"),
+    ]
     sync = {"op": "sync", "local": LOCAL, "peers": peers}
 
     # twice in one process, then once more in another: nothing doubles
@@ -232,8 +248,10 @@ def test_two_peers_routed_with_rules_once(host: Host) -> None:
 
 
 def test_sync_follows_peers_that_leave_or_move(host: Host) -> None:
-    n2, n3 = peer("n2", "10.213.51.0/24", "192.168.77.2"), peer("n3", "10.213.52.0/24",
-                                                               "192.168.77.3")  # fmt: skip
+    n2, n3 = (
+        peer("n2", "10.213.51.0/24", "192.168.77.2"),
+        peer("n3", "10.213.52.0/24", "192.168.77.3"),
+    )
     assert host.sync([n2, n3]) == [n2, n3]
     # n3 left: its route and rules go
     assert host.sync([n2]) == [n2]
@@ -256,8 +274,10 @@ def test_sync_follows_peers_that_leave_or_move(host: Host) -> None:
 
 def test_skipped_peers_do_not_stop_the_others(host: Host) -> None:
     host.link("br1", "10.213.53.1/24")  # another agent's bridge in this namespace
-    good = [peer("good1", "10.213.51.0/24", "192.168.77.2"),
-            peer("good2", "10.213.54.0/24", "192.168.77.4")]  # fmt: skip
+    good = [
+        peer("good1", "10.213.51.0/24", "192.168.77.2"),
+        peer("good2", "10.213.54.0/24", "192.168.77.4"),
+    ]
     bad = {
         "loopback": peer("loopback", "10.213.55.0/24", "127.0.0.1"),
         "unspecified": peer("unspecified", "10.213.56.0/24", "0.0.0.0"),
@@ -315,8 +335,9 @@ def test_a_bad_local_subnet_is_a_network_error() -> None:
     import asyncio
 
     with pytest.raises(NetworkError, match="local subnet"):
-        asyncio.run(PeerRoutes().sync("10.213.50.1/33", [PeerRoute("n2", "10.213.51.0/24",
-                                                                   "192.168.77.2")]))  # fmt: skip
+        asyncio.run(
+            PeerRoutes().sync("10.213.50.1/33", [PeerRoute("n2", "10.213.51.0/24", "192.168.77.2")])
+        )
 
 
 ERRORS = """
@@ -378,10 +399,11 @@ def test_packets_cross_hosts_with_the_container_address(hosts: Callable[[str], H
     and the bridge plugin's MASQUERADE on both. After a sync on each, a container
     reaches the other host's container, which sees its real address."""
     host_a, host_b, ctr_a, ctr_b = hosts("ha"), hosts("hb"), hosts("ca"), hosts("cb")
-    host_a.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
-              host_b.name)  # fmt: skip
-    sides = ((host_a, ctr_a, "192.168.77.1", "10.213.50"),
-             (host_b, ctr_b, "192.168.77.2", "10.213.51"))  # fmt: skip
+    host_a.ip("link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", host_b.name)
+    sides = (
+        (host_a, ctr_a, "192.168.77.1", "10.213.50"),
+        (host_b, ctr_b, "192.168.77.2", "10.213.51"),
+    )
     for h, ctr, address, prefix in sides:
         h.ip("addr", "add", f"{address}/24", "dev", "eth0")
         h.ip("link", "set", "eth0", "up")
@@ -393,12 +415,25 @@ def test_packets_cross_hosts_with_the_container_address(hosts: Callable[[str], H
         ctr.ip("route", "add", "default", "via", f"{prefix}.1")
         h.forward()
         h.iptables("-P", "FORWARD", "DROP")
-        h.iptables("-t", "nat", "-A", "POSTROUTING", "-s", f"{prefix}.0/24", "!", "-d",
-                   f"{prefix}.0/24", "-j", "MASQUERADE")  # fmt: skip
+        h.iptables(
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-s",
+            f"{prefix}.0/24",
+            "!",
+            "-d",
+            f"{prefix}.0/24",
+            "-j",
+            "MASQUERADE",
+        )
 
-    server = subprocess.Popen(["ip", "netns", "exec", ctr_b.name, sys.executable, "-c",
-                               SERVER, "7777"], stdout=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL)  # fmt: skip
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ctr_b.name, sys.executable, "-c", SERVER, "7777"],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert server.stdout is not None and server.stdout.readline() == b"ready\n"
 
@@ -417,8 +452,9 @@ def test_packets_cross_hosts_with_the_container_address(hosts: Callable[[str], H
             host_a.exec("ping", "-c1", "-W2", "10.213.51.1")
         # without the rules (routes kept), FORWARD drops it again
         for h in (host_a, host_b):
-            h.iptables("-D", "FORWARD", "-m", "comment", "--comment", "dockyard peer route",
-                       "-j", CHAIN)  # fmt: skip
+            h.iptables(
+                "-D", "FORWARD", "-m", "comment", "--comment", "dockyard peer route", "-j", CHAIN
+            )
         assert ask().startswith("error:")
         # a sync puts the jump back
         assert host_a.sync(a_peers, local="10.213.50.0/24") == a_peers

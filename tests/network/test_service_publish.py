@@ -27,15 +27,19 @@ def bridge_cluster(
     cgroup = f"dockyard-test-{uuid.uuid4().hex[:8]}"
     try:
         cluster.start_controller()
-        cluster.start_agent("n1", runtime="runc", extra=[
-            "--cgroup-parent", cgroup, "--bridge", bridge, "--bridge-subnet", subnet])
+        cluster.start_agent(
+            "n1",
+            runtime="runc",
+            extra=["--cgroup-parent", cgroup, "--bridge", bridge, "--bridge-subnet", subnet],
+        )
         cluster.wait_for(lambda: cluster.node_state("n1") == "READY", "the node READY")
         yield cluster, subnet
     finally:
         cluster.stop()
         cleanup_everything(cluster.root / "agent-n1" / "runtime", cgroup)
-        cleanup_network(cluster.root / "agent-n1" / "network", bridge,
-                        [subnet.rsplit(".", 1)[0] + "."])  # fmt: skip
+        cleanup_network(
+            cluster.root / "agent-n1" / "network", bridge, [subnet.rsplit(".", 1)[0] + "."]
+        )
 
 
 def test_a_published_service_port_answers_on_the_node(
@@ -43,10 +47,20 @@ def test_a_published_service_port_answers_on_the_node(
 ) -> None:
     cluster, subnet = bridge_cluster
     port = free_port()
-    cluster.cli("service", "create", "-d", "--name", "hello", "--publish", f"{port}:8080",
-                image_registry.busybox, *web_command("hello-service", 8080))  # fmt: skip
+    cluster.cli(
+        "service",
+        "create",
+        "-d",
+        "--name",
+        "hello",
+        "--publish",
+        f"{port}:8080",
+        image_registry.busybox,
+        *web_command("hello-service", 8080),
+    )
     control = cluster.control()
     try:
+
         def running() -> list[object]:
             tasks = control.ListTasks(ListTasksRequest(services=["hello"])).tasks
             return [t for t in tasks if t.status.state == TaskStatus.State.RUNNING]
@@ -58,6 +72,7 @@ def test_a_published_service_port_answers_on_the_node(
     agent = cluster.agent_address("n1")
     listed = cluster.cli("ps", host=agent).stdout
     assert f"0.0.0.0:{port}->8080/tcp" in listed and "hello.1." in listed
-    assert subnet.rsplit(".", 1)[0] + "." in cluster.cli("container", "inspect",
-                                                         listed.splitlines()[1].split()[0],
-                                                         host=agent).stdout  # fmt: skip
+    assert (
+        subnet.rsplit(".", 1)[0] + "."
+        in cluster.cli("container", "inspect", listed.splitlines()[1].split()[0], host=agent).stdout
+    )

@@ -93,8 +93,9 @@ def test_update_failures_are_those_the_controller_saw_after_the_start(skew: floa
     after = ended(running(svc, 2, "b"), TaskState.FAILED, exit_code=1, at=NOW - 1, agent_skew=skew)
     plan = reconcile(svc, [ok, after])
     assert plan.service is not None and plan.service.update_status.state == UpdateStatus.PAUSED
-    before = ended(running(svc, 2, "b"), TaskState.FAILED, exit_code=1, at=NOW - 20,
-                   agent_skew=skew)  # fmt: skip
+    before = ended(
+        running(svc, 2, "b"), TaskState.FAILED, exit_code=1, at=NOW - 20, agent_skew=skew
+    )
     before.desired_state = TaskState.SHUTDOWN
     replacement = running(svc, 2, "c")
     plan = reconcile(svc, [ok, before, replacement])
@@ -103,8 +104,9 @@ def test_update_failures_are_those_the_controller_saw_after_the_start(skew: floa
 
 def test_a_task_no_controller_stamped_is_stamped_now_and_waits_its_delay() -> None:
     svc = service(1, task__restart_policy__delay_seconds=5.0)
-    failed = ended(running(svc, 1, "a"), TaskState.FAILED, exit_code=1, at=NOW - 2,
-                   agent_skew=-HOUR)  # fmt: skip
+    failed = ended(
+        running(svc, 1, "a"), TaskState.FAILED, exit_code=1, at=NOW - 2, agent_skew=-HOUR
+    )
     failed.ClearField("observed_at")
     plan = reconcile(svc, [failed])
     assert not plan.creates

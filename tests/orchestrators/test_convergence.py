@@ -175,7 +175,8 @@ def test_a_job_never_runs_more_than_parallelism_or_a_slot_twice(
         plan_reaping(tasks, plan)
         tasks = applied(tasks, plan)
         succeeded = {
-            t.slot for t in tasks
+            t.slot
+            for t in tasks
             if t.status.state == TaskState.COMPLETE and t.status.exit_code == 0
         }
         live = [t for t in tasks if is_live(t)]

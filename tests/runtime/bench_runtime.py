@@ -40,8 +40,9 @@ async def main(n: int) -> None:
 
     def config(*cmd: str) -> ContainerSpec:
         cid = f"b{uuid.uuid4().hex[:12]}"
-        return ContainerSpec(id=cid, name=cid, image="busybox", lower_dirs=[layer],
-                               command=list(cmd))  # fmt: skip
+        return ContainerSpec(
+            id=cid, name=cid, image="busybox", lower_dirs=[layer], command=list(cmd)
+        )
 
     try:
         ours = []
@@ -62,9 +63,15 @@ async def main(n: int) -> None:
         for _ in range(n):
             t0 = time.perf_counter()
             proc = await asyncio.create_subprocess_exec(
-                "runc", "--root", str(raw_root), "run", "-b", str(bundle),
-                f"raw{uuid.uuid4().hex[:8]}", stdin=subprocess.DEVNULL,
-            )  # fmt: skip
+                "runc",
+                "--root",
+                str(raw_root),
+                "run",
+                "-b",
+                str(bundle),
+                f"raw{uuid.uuid4().hex[:8]}",
+                stdin=subprocess.DEVNULL,
+            )
             assert await proc.wait() == 0
             raw.append(time.perf_counter() - t0)
         await runtime.remove(info.id)

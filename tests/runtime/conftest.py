@@ -100,10 +100,16 @@ def cleanup_everything(state_root: Path, cgroup_parent: str) -> None:
     if runc_root.is_dir():
         for entry in runc_root.iterdir():
             if entry.is_dir():
-                subprocess.run(["runc", "--root", str(runc_root), "kill", entry.name, "KILL"],
-                               capture_output=True, check=False)  # fmt: skip
-                subprocess.run(["runc", "--root", str(runc_root), "delete", "-f", entry.name],
-                               capture_output=True, check=False)  # fmt: skip
+                subprocess.run(
+                    ["runc", "--root", str(runc_root), "kill", entry.name, "KILL"],
+                    capture_output=True,
+                    check=False,
+                )
+                subprocess.run(
+                    ["runc", "--root", str(runc_root), "delete", "-f", entry.name],
+                    capture_output=True,
+                    check=False,
+                )
     # conmon processes of this state root
     for pid_file in state_root.glob("containers/*/conmon.pid"):
         with contextlib.suppress(OSError, ValueError):
@@ -113,8 +119,9 @@ def cleanup_everything(state_root: Path, cgroup_parent: str) -> None:
                 os.kill(pid, 9)
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         mounts = [line.split()[4] for line in f]
-    for mount in sorted((m for m in mounts if m.startswith(str(state_root))),
-                        key=len, reverse=True):  # fmt: skip
+    for mount in sorted(
+        (m for m in mounts if m.startswith(str(state_root))), key=len, reverse=True
+    ):
         subprocess.run(["umount", "-l", mount], capture_output=True, check=False)
     for controller in Path("/sys/fs/cgroup").iterdir():
         cg = controller / cgroup_parent
@@ -130,10 +137,20 @@ def cleanup_everything(state_root: Path, cgroup_parent: str) -> None:
 
 # -- the bridge network -------------------------------------------------------------
 
-SHARED_CHAINS = frozenset({
-    "CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK", "CNI-FORWARD",
-    "CNI-ADMIN", "INPUT", "OUTPUT", "FORWARD", "PREROUTING", "POSTROUTING",
-})  # fmt: skip
+SHARED_CHAINS = frozenset(
+    {
+        "CNI-HOSTPORT-DNAT",
+        "CNI-HOSTPORT-MASQ",
+        "CNI-HOSTPORT-SETMARK",
+        "CNI-FORWARD",
+        "CNI-ADMIN",
+        "INPUT",
+        "OUTPUT",
+        "FORWARD",
+        "PREROUTING",
+        "POSTROUTING",
+    }
+)
 """Chains the plugins share between containers (left in place, as the plugins do)."""
 
 
@@ -189,18 +206,22 @@ def purge_iptables(patterns: Iterable[str]) -> None:
         if "-j" in words:
             chains.add((table, words[words.index("-j") + 1]))
         chains.add((table, chain))
-        subprocess.run(["iptables", "-w", "-t", table, "-D", *words[1:]],
-                       capture_output=True, check=False)  # fmt: skip
+        subprocess.run(
+            ["iptables", "-w", "-t", table, "-D", *words[1:]], capture_output=True, check=False
+        )
     for table, chain in chains:
         if chain.startswith("CNI-") and chain not in SHARED_CHAINS:
-            subprocess.run(["iptables", "-w", "-t", table, "-F", chain], capture_output=True,
-                           check=False)  # fmt: skip
-            subprocess.run(["iptables", "-w", "-t", table, "-X", chain], capture_output=True,
-                           check=False)  # fmt: skip
+            subprocess.run(
+                ["iptables", "-w", "-t", table, "-F", chain], capture_output=True, check=False
+            )
+            subprocess.run(
+                ["iptables", "-w", "-t", table, "-X", chain], capture_output=True, check=False
+            )
 
 
-def cleanup_network(network_root: Path, bridge: str | None = None,
-                    patterns: Iterable[str] = ()) -> None:  # fmt: skip
+def cleanup_network(
+    network_root: Path, bridge: str | None = None, patterns: Iterable[str] = ()
+) -> None:
     """Release everything an agent's bridge network holds, as if its containers were
     removed: CNI DEL of every recorded attachment (the agent's own code), then, in case
     that failed, delete the namespaces of the bridge, every rule naming one of its
@@ -226,14 +247,12 @@ def cleanup_network(network_root: Path, bridge: str | None = None,
         _in_thread(release)
         for netns in list_netns():
             if netns.startswith(f"dy-{name}-"):
-                subprocess.run(["ip", "netns", "delete", netns], capture_output=True,
-                               check=False)  # fmt: skip
+                subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
     purge_iptables(leftovers)
     for name in sorted(bridges):
         if name == bridge:
             for link in bridge_links(name):
-                subprocess.run(["ip", "link", "delete", link], capture_output=True,
-                               check=False)  # fmt: skip
+                subprocess.run(["ip", "link", "delete", link], capture_output=True, check=False)
         if Path(f"/sys/class/net/{name}").exists() and not bridge_links(name):
             subprocess.run(["ip", "link", "delete", name], capture_output=True, check=False)
     if bridge:  # a test's own bridge: its lock file too

@@ -53,8 +53,10 @@ async def test_a_growing_log_is_rotated_by_size_and_count(make_env: MakeEnv) -> 
     env = await make_env(policy)
     # About 450 KB, paced so the checks keep up: seven rotations or so.
     pad = "p" * 100
-    script = (f'i=1; while [ $i -le 3000 ]; do echo "line$i {pad}"; '
-              f'[ $((i % 50)) = 0 ] && sleep 0.05; i=$((i+1)); done')  # fmt: skip
+    script = (
+        f'i=1; while [ $i -le 3000 ]; do echo "line$i {pad}"; '
+        f"[ $((i % 50)) = 0 ] && sleep 0.05; i=$((i+1)); done"
+    )
     cid = await run_to_end(env, script)
     log = env.runtime._dir(cid).log
     rotated = log_files(log)
@@ -74,8 +76,10 @@ async def test_a_growing_log_is_rotated_by_size_and_count(make_env: MakeEnv) -> 
 async def test_following_a_log_goes_on_across_its_rotations(make_env: MakeEnv) -> None:
     env = await make_env(LogPolicy(max_size=16 * 1024, max_files=2, interval=0.05))
     pad = "p" * 100
-    script = (f'sleep 0.5; i=1; while [ $i -le 1500 ]; do echo "line$i {pad}"; '
-              f'[ $((i % 20)) = 0 ] && sleep 0.02; i=$((i+1)); done')  # fmt: skip
+    script = (
+        f'sleep 0.5; i=1; while [ $i -le 1500 ]; do echo "line$i {pad}"; '
+        f"[ $((i % 20)) = 0 ] && sleep 0.02; i=$((i+1)); done"
+    )
     info = await env.runtime.create(env.config("sh", "-c", script))
     await env.runtime.start(info.id)
     lines = [r.data async for r in env.runtime.logs(info.id, follow=True)]
@@ -129,8 +133,9 @@ async def test_tail_reads_from_the_end_of_a_large_log(tmp_path: Path) -> None:
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert [r.data for r in tail] == [line + str(i).encode() + b"\n"
-                                      for i in range(1_199_997, 1_200_000)]
+    assert [r.data for r in tail] == [
+        line + str(i).encode() + b"\n" for i in range(1_199_997, 1_200_000)
+    ]
     assert peak < 4 * MiB
 
 
@@ -141,21 +146,38 @@ async def test_tail_shows_a_partial_line_far_back_as_a_whole_read_does(tmp_path:
     entries = [("stderr", "P", b"no newline"), *[("stdout", "F", b"y" * 40)] * 20_000]
     write_log(log, entries, datetime(2026, 1, 1, tzinfo=UTC))
     tail = await collect(log, tail=2)
-    assert [(r.stream, r.data) for r in tail] == [("stdout", b"y" * 40 + b"\n"),
-                                                  ("stderr", b"no newline")]
+    assert [(r.stream, r.data) for r in tail] == [
+        ("stdout", b"y" * 40 + b"\n"),
+        ("stderr", b"no newline"),
+    ]
 
 
-entry = st.tuples(st.sampled_from(["stdout", "stderr"]), st.sampled_from(["F", "P"]),
-                  st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"_")))  # fmt: skip
+entry = st.tuples(
+    st.sampled_from(["stdout", "stderr"]),
+    st.sampled_from(["F", "P"]),
+    st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"_")),
+)
 
 
-@settings(max_examples=150, deadline=None, print_blob=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
-@given(entries=st.lists(entry, max_size=120), tail=st.integers(0, 30),
-       cuts=st.lists(st.integers(0, 120), max_size=2), max_line=st.sampled_from([16, 4096]))
+@settings(
+    max_examples=150,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    entries=st.lists(entry, max_size=120),
+    tail=st.integers(0, 30),
+    cuts=st.lists(st.integers(0, 120), max_size=2),
+    max_line=st.sampled_from([16, 4096]),
+)
 def test_tail_equals_the_end_of_a_whole_read(
-    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
-    entries: list[tuple[str, str, bytes]], tail: int, cuts: list[int], max_line: int,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    entries: list[tuple[str, str, bytes]],
+    tail: int,
+    cuts: list[int],
+    max_line: int,
 ) -> None:
     # Small steps and a small join limit, so every path of the backward read is taken;
     # the entries are spread over rotated files at the cuts.

@@ -135,7 +135,13 @@ async def test_logs_tail_timestamps_and_streams(env: Any) -> None:
     await env.runtime.wait(info.id)
     records = [r async for r in env.runtime.logs(info.id)]
     assert [r.data for r in records if r.stream == "stdout"] == [
-        b"out1\n", b"out2\n", b"out3\n", b"out4\n", b"out5\n", b"partial"]  # fmt: skip
+        b"out1\n",
+        b"out2\n",
+        b"out3\n",
+        b"out4\n",
+        b"out5\n",
+        b"partial",
+    ]
     assert [r.data for r in records if r.stream == "stderr"] == [b"err\n"]
     assert all(r.timestamp is None for r in records)
     tail = [r async for r in env.runtime.logs(info.id, tail=2, timestamps=True)]
@@ -177,9 +183,12 @@ async def test_exec_output_and_exit_code(env: Any) -> None:
     info = await env.runtime.create(env.config("sleep", "30", env=["CTR=1"]))
     await env.runtime.start(info.id)
     session = await env.runtime.exec(
-        info.id, ["sh", "-c", "echo $CTR $X; pwd; id -u; echo oops >&2; exit 5"],
-        env=["X=2"], workdir="/tmp", user="nobody",
-    )  # fmt: skip
+        info.id,
+        ["sh", "-c", "echo $CTR $X; pwd; id -u; echo oops >&2; exit 5"],
+        env=["X=2"],
+        workdir="/tmp",
+        user="nobody",
+    )
     result = await session.collect()
     assert result.exit_code == 5
     assert result.stdout == b"1 2\n/tmp\n65534\n"

@@ -24,8 +24,9 @@ ETC = EtcFiles(Path("/e/hosts"), Path("/e/resolv.conf"), Path("/e/hostname"))
 
 
 def _config(**kwargs: Any) -> ContainerSpec:
-    return ContainerSpec(id="c1", name="c1", image="img", lower_dirs=[Path("/l")],
-                           command=["sh"], **kwargs)  # fmt: skip
+    return ContainerSpec(
+        id="c1", name="c1", image="img", lower_dirs=[Path("/l")], command=["sh"], **kwargs
+    )
 
 
 def _spec(**kwargs: Any) -> dict[str, Any]:
@@ -54,29 +55,62 @@ def test_default_spec_has_the_profile() -> None:
     assert seccomp["architectures"][0] in ("SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64")
     allowed = _unconditional(seccomp)
     assert {"read", "write", "execve", "openat", "futex", "exit_group"} <= allowed
-    denied = {"kexec_load", "init_module", "finit_module", "delete_module", "mount",
-              "umount2", "pivot_root", "reboot", "swapon", "keyctl", "add_key", "bpf",
-              "perf_event_open", "ptrace", "userfaultfd", "open_by_handle_at",
-              "clock_settime", "settimeofday", "unshare", "setns", "clone", "clone3"}  # fmt: skip
+    denied = {
+        "kexec_load",
+        "init_module",
+        "finit_module",
+        "delete_module",
+        "mount",
+        "umount2",
+        "pivot_root",
+        "reboot",
+        "swapon",
+        "keyctl",
+        "add_key",
+        "bpf",
+        "perf_event_open",
+        "ptrace",
+        "userfaultfd",
+        "open_by_handle_at",
+        "clock_settime",
+        "settimeofday",
+        "unshare",
+        "setns",
+        "clone",
+        "clone3",
+    }
     assert not denied & allowed
     assert spec["linux"]["maskedPaths"] and spec["linux"]["readonlyPaths"]
 
 
 def test_clone_is_allowed_only_without_namespace_flags() -> None:
     rules = [r for r in default_profile(DEFAULT_CAPABILITIES)["syscalls"] if "clone" in r["names"]]
-    assert rules == [{
-        "names": ["clone"], "action": "SCMP_ACT_ALLOW",
-        "args": [{"index": 0, "value": CLONE_NAMESPACE_FLAGS, "valueTwo": 0,
-                  "op": "SCMP_CMP_MASKED_EQ"}],
-    }]  # fmt: skip
-    clone3 = [r for r in default_profile(DEFAULT_CAPABILITIES)["syscalls"]
-              if "clone3" in r["names"]]  # fmt: skip
+    assert rules == [
+        {
+            "names": ["clone"],
+            "action": "SCMP_ACT_ALLOW",
+            "args": [
+                {
+                    "index": 0,
+                    "value": CLONE_NAMESPACE_FLAGS,
+                    "valueTwo": 0,
+                    "op": "SCMP_CMP_MASKED_EQ",
+                }
+            ],
+        }
+    ]
+    clone3 = [
+        r for r in default_profile(DEFAULT_CAPABILITIES)["syscalls"] if "clone3" in r["names"]
+    ]
     assert clone3 == [{"names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38}]
 
 
 def test_architectures() -> None:
     assert default_profile([], "x86_64")["architectures"] == [
-        "SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]  # fmt: skip
+        "SCMP_ARCH_X86_64",
+        "SCMP_ARCH_X86",
+        "SCMP_ARCH_X32",
+    ]
     assert default_profile([], "arm64")["architectures"] == ["SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM"]
     assert "modify_ldt" not in _unconditional(default_profile([], "aarch64"))
     with pytest.raises(ValueError, match="riscv64"):
@@ -147,12 +181,15 @@ async def _run(e: Any, script: str, **kwargs: object) -> tuple[int, bytes]:
 @pytest.mark.runc
 @pytest.mark.timeout(60)
 async def test_default_profile_runs_ordinary_commands(env: Any) -> None:
-    script = ("ls / >/dev/null && ps >/dev/null && wget --help 2>/dev/null; date >/dev/null"
-              " && sh -c 'echo sub' && (sleep 0.1 & wait) && echo ok")  # fmt: skip
+    script = (
+        "ls / >/dev/null && ps >/dev/null && wget --help 2>/dev/null; date >/dev/null"
+        " && sh -c 'echo sub' && (sleep 0.1 & wait) && echo ok"
+    )
     code, out = await _run(env, script)
     assert (code, out) == (0, b"sub\nok\n")
-    spec = json.loads((env.state_root / "containers").glob("*/bundle/config.json").__next__()
-                      .read_text())  # fmt: skip
+    spec = json.loads(
+        (env.state_root / "containers").glob("*/bundle/config.json").__next__().read_text()
+    )
     assert spec["linux"]["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
 
 
@@ -174,8 +211,12 @@ async def test_default_profile_denies_namespaces_and_mounts(env: Any) -> None:
 @pytest.mark.runc
 @pytest.mark.timeout(60)
 async def test_unconfined_with_sys_admin_can_mount(env: Any) -> None:
-    code, out = await _run(env, "mount -t tmpfs none /tmp && grep -c ' /tmp tmpfs' /proc/mounts",
-                           seccomp="unconfined", cap_add=["SYS_ADMIN"])  # fmt: skip
+    code, out = await _run(
+        env,
+        "mount -t tmpfs none /tmp && grep -c ' /tmp tmpfs' /proc/mounts",
+        seccomp="unconfined",
+        cap_add=["SYS_ADMIN"],
+    )
     assert (code, out) == (0, b"1\n")
 
 
@@ -201,15 +242,17 @@ async def test_filter_denies_what_the_kernel_would_allow(env: Any) -> None:
 @pytest.mark.runc
 @pytest.mark.timeout(60)
 async def test_privileged_can_mount_and_see_devices(env: Any) -> None:
-    script = ("mount -t tmpfs none /tmp && unshare -m true && echo ok; "
-              "grep '^Seccomp:' /proc/self/status")  # fmt: skip
+    script = (
+        "mount -t tmpfs none /tmp && unshare -m true && echo ok; grep '^Seccomp:' /proc/self/status"
+    )
     code, out = await _run(env, script, privileged=True)
     assert (code, out) == (0, b"ok\nSeccomp:\t0\n")
     devices = host_devices()
     if devices:
         path = devices[0]["path"]
-        code, out = await _run(env, f"test -{devices[0]['type']} {path} && echo {path}",
-                               privileged=True)  # fmt: skip
+        code, out = await _run(
+            env, f"test -{devices[0]['type']} {path} && echo {path}", privileged=True
+        )
         assert (code, out) == (0, f"{path}\n".encode())
 
 
@@ -228,6 +271,16 @@ async def test_exec_is_filtered_too(env: Any) -> None:
 def test_never_allowed_even_with_every_capability() -> None:
     allowed = _unconditional(default_profile(ALL_CAPABILITIES))
     assert {"mount", "ptrace", "clone", "bpf"} <= allowed
-    never = {"kexec_load", "kexec_file_load", "pivot_root", "swapon", "swapoff", "keyctl",
-             "add_key", "request_key", "userfaultfd", "io_uring_setup"}  # fmt: skip
+    never = {
+        "kexec_load",
+        "kexec_file_load",
+        "pivot_root",
+        "swapon",
+        "swapoff",
+        "keyctl",
+        "add_key",
+        "request_key",
+        "userfaultfd",
+        "io_uring_setup",
+    }
     assert not never & allowed

@@ -38,16 +38,18 @@ __all__ = [
 
 T = TypeVar("T")
 
-ALLOWED = frozenset({
-    grpc.StatusCode.OK,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNAVAILABLE,
-})  # fmt: skip
+ALLOWED = frozenset(
+    {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAVAILABLE,
+    }
+)
 """Deliberate answers: never UNKNOWN or INTERNAL, which mean an unhandled error."""
 FIELD_NAME = re.compile(r"^[a-z_][\w.\[\]]*: ")
 MAX_DETAILS = 4096
@@ -56,12 +58,34 @@ _chars = st.characters(exclude_categories=("Cs",))  # proto3 strings are valid U
 nasty_strings = st.one_of(
     st.text(_chars, max_size=40),
     st.text(st.characters(max_codepoint=0x1F), max_size=8),  # control characters only
-    st.sampled_from(["", " ", "a", "-", "web", "a\n", "\na", "a\x00b", "é", "名前", "a" * 63,
-                     "a" * 64, "a" * 129, "../../etc", "=", "a=b", "%s%n", "\u202e", "*"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "a",
+            "-",
+            "web",
+            "a\n",
+            "\na",
+            "a\x00b",
+            "é",
+            "名前",
+            "a" * 63,
+            "a" * 64,
+            "a" * 129,
+            "../../etc",
+            "=",
+            "a=b",
+            "%s%n",
+            "\u202e",
+            "*",
+        ]
+    ),
     # huge: up to 40 000 characters, so a request with 50 of them stays under 4 MiB
-    st.builds(operator.mul, st.sampled_from(["a", "é", "\x00", "=", "ab=", "\n"]),
-              st.integers(0, 40_000)),
-)  # fmt: skip
+    st.builds(
+        operator.mul, st.sampled_from(["a", "é", "\x00", "=", "ab=", "\n"]), st.integers(0, 40_000)
+    ),
+)
 
 _INT_RANGES = {
     FieldDescriptor.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -207,8 +231,9 @@ def run_examples(
 ) -> None:
     """Call `check` with `examples` drawings of the keyword strategies."""
 
-    @settings(max_examples=examples, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(
+        max_examples=examples, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
     @given(**strategies)
     def run(**values: Any) -> None:
         check(**values)
@@ -230,17 +255,31 @@ def settle(snapshot: Callable[[], T], timeout: float, interval: float) -> T:
     return before
 
 
-def etcd_snapshot(endpoint: str, prefix: str, exclude: Sequence[str] = (),
-                  tls: EtcdTLS | None = None) -> dict[str, int]:  # fmt: skip
+def etcd_snapshot(
+    endpoint: str, prefix: str, exclude: Sequence[str] = (), tls: EtcdTLS | None = None
+) -> dict[str, int]:
     """Every key under `prefix` with its mod revision, read with etcdctl (keys starting
     with one of `exclude`, written by the daemon's own loops, left out). `tls`: the
     client certificates of a controller's embedded etcd (`Cluster.etcd_tls`)."""
     result = subprocess.run(
-        ["etcdctl", "--endpoints", endpoint, *(tls.etcdctl_args() if tls else []), "get",
-         "--prefix", prefix, "--keys-only", "-w", "json"],
-        capture_output=True, text=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
-        timeout=20, check=True,
-    )  # fmt: skip
+        [
+            "etcdctl",
+            "--endpoints",
+            endpoint,
+            *(tls.etcdctl_args() if tls else []),
+            "get",
+            "--prefix",
+            prefix,
+            "--keys-only",
+            "-w",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        timeout=20,
+        check=True,
+    )
     keys = {}
     for kv in json.loads(result.stdout).get("kvs", []):
         key = base64.b64decode(kv["key"]).decode(errors="replace")

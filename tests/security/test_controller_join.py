@@ -40,28 +40,56 @@ def test_a_controller_joins_with_a_controller_token_only(
     admin = ["-H", first.address, *first.tls_args()]
 
     def join(token: str, etcd_endpoint: str, state: Path) -> tuple[int, str]:
-        result = first.run_tool("dockyard-controller", "join", "--token", token,
-                                first.join_address, "--state-dir", str(state), "--etcd",
-                                etcd_endpoint, "--context", "joined", check=False)  # fmt: skip
+        result = first.run_tool(
+            "dockyard-controller",
+            "join",
+            "--token",
+            token,
+            first.join_address,
+            "--state-dir",
+            str(state),
+            "--etcd",
+            etcd_endpoint,
+            "--context",
+            "joined",
+            check=False,
+        )
         return result.returncode, result.stderr
 
-    agent_token = first.run_tool("dockyard-controller", "token", "create", "--role", "agent",
-                                 *admin).stdout.strip()  # fmt: skip
+    agent_token = first.run_tool(
+        "dockyard-controller", "token", "create", "--role", "agent", *admin
+    ).stdout.strip()
     code, err = join(agent_token, shared, tmp_path / "a")
     assert code == 1 and "this is a node join token" in err, err
     assert not (tmp_path / "a" / "pki" / "ca-key.pem").exists()
 
-    token = first.run_tool("dockyard-controller", "token", "create", "--role", "controller",
-                           "--max-uses", "2", *admin).stdout.strip()  # fmt: skip
+    token = first.run_tool(
+        "dockyard-controller", "token", "create", "--role", "controller", "--max-uses", "2", *admin
+    ).stdout.strip()
     other = etcd("other")  # another cluster's etcd
-    first.run_tool("dockyard-controller", "init", "--state-dir", str(tmp_path / "o"),
-                   "--etcd", other, "--context", "other")  # fmt: skip
+    first.run_tool(
+        "dockyard-controller",
+        "init",
+        "--state-dir",
+        str(tmp_path / "o"),
+        "--etcd",
+        other,
+        "--context",
+        "other",
+    )
     code, err = join(token, other, tmp_path / "b")
     assert code == 1 and "holds another cluster's CA" in err, err
     assert not (tmp_path / "b" / "pki" / "ca-key.pem").exists()
 
-    refused = first.run_tool("dockyard-controller", "init", "--state-dir", str(tmp_path / "c"),
-                             "--etcd", shared, check=False)  # fmt: skip
+    refused = first.run_tool(
+        "dockyard-controller",
+        "init",
+        "--state-dir",
+        str(tmp_path / "c"),
+        "--etcd",
+        shared,
+        check=False,
+    )
     assert refused.returncode == 1 and "dockyard-controller join --token" in refused.stderr
 
     code, err = join(token, shared, tmp_path / "d")  # the token's second use

@@ -53,9 +53,17 @@ BACKGROUND_KEYS = ("/dockyard/tasks/", "/dockyard/leader/", "/dockyard/controlle
 SERVICE = control_pb2.DESCRIPTOR.services_by_name["Control"]
 METHODS = [m.name for m in SERVICE.methods]
 MUTATING = {
-    "UpdateNode", "RemoveNode", "CreateService", "UpdateService", "RemoveService",
-    "CreateJoinToken", "RotateJoinTokens", "UpdateCluster", "CreateSecret", "RemoveSecret",
-}  # fmt: skip
+    "UpdateNode",
+    "RemoveNode",
+    "CreateService",
+    "UpdateService",
+    "RemoveService",
+    "CreateJoinToken",
+    "RotateJoinTokens",
+    "UpdateCluster",
+    "CreateSecret",
+    "RemoveSecret",
+}
 BASE_SERVICE = "fuzz-base"
 FAKE_NODE_ID = "f0zz0000000000000000000000000001"
 FAKE_NODE = "fuzz-node"
@@ -64,17 +72,27 @@ FAKE_NODE = "fuzz-node"
 
 # Values that get a request past the first checks, so the fuzzer reaches the later ones.
 FIELD_HINTS: dict[str, list[str]] = {
-    "service": [BASE_SERVICE], "services": [BASE_SERVICE], "names": [BASE_SERVICE, FAKE_NODE],
-    "node": [FAKE_NODE, FAKE_NODE_ID, FAKE_NODE_ID[:6]], "nodes": [FAKE_NODE, FAKE_NODE_ID],
+    "service": [BASE_SERVICE],
+    "services": [BASE_SERVICE],
+    "names": [BASE_SERVICE, FAKE_NODE],
+    "node": [FAKE_NODE, FAKE_NODE_ID, FAKE_NODE_ID[:6]],
+    "nodes": [FAKE_NODE, FAKE_NODE_ID],
     "name": ["fz-a", "fz-b", BASE_SERVICE, FAKE_NODE],
-    "role": ["agent", "controller"], "mode": ["replicated", "global", "job"],
+    "role": ["agent", "controller"],
+    "mode": ["replicated", "global", "job"],
     "image": ["alpine", "alpine:3.19", "docker.io/library/busybox:latest"],
-    "command": ["sh", "-c"], "env": ["A=1", "B="], "protocol": ["tcp", "udp"],
-    "network": ["none", "host"], "test": ["CMD", "CMD-SHELL", "NONE", "true"],
+    "command": ["sh", "-c"],
+    "env": ["A=1", "B="],
+    "protocol": ["tcp", "udp"],
+    "network": ["none", "host"],
+    "test": ["CMD", "CMD-SHELL", "NONE", "true"],
     "constraints": ["node.labels.zone==a", "node.name!=x", "node.platform.os==linux"],
-    "spread": ["node.labels.zone"], "labels": ["zone", "zone=a"],
-    "secret": ["fz-a", "fz-b"], "secret_name": ["fz-a", "fz-b"], "target": ["a", "../x"],
-}  # fmt: skip
+    "spread": ["node.labels.zone"],
+    "labels": ["zone", "zone=a"],
+    "secret": ["fz-a", "fz-b"],
+    "secret_name": ["fz-a", "fz-b"],
+    "target": ["a", "../x"],
+}
 MESSAGES = MessageStrategies(FIELD_HINTS)
 
 names = st.one_of(
@@ -82,11 +100,28 @@ names = st.one_of(
     st.sampled_from(["", "a\n", "fz-b\n", "-a", "a b", "a" * 64, "é", BASE_SERVICE]),
 )
 images = st.one_of(
-    st.sampled_from(["alpine", "alpine:3.19", "docker.io/library/busybox:latest",
-                     "localhost:5000/a/b@sha256:" + "a" * 64]),
-    st.sampled_from(["ALPINE", "alpine:", ":tag", "a b", "alpine@sha256:xyz", "a" * 600,
-                     "a/" * 300 + "b", "alpine:" + "t" * 200, "alpine\n"]),
-)  # fmt: skip
+    st.sampled_from(
+        [
+            "alpine",
+            "alpine:3.19",
+            "docker.io/library/busybox:latest",
+            "localhost:5000/a/b@sha256:" + "a" * 64,
+        ]
+    ),
+    st.sampled_from(
+        [
+            "ALPINE",
+            "alpine:",
+            ":tag",
+            "a b",
+            "alpine@sha256:xyz",
+            "a" * 600,
+            "a/" * 300 + "b",
+            "alpine:" + "t" * 200,
+            "alpine\n",
+        ]
+    ),
+)
 small_counts = st.one_of(st.integers(0, 2), st.sampled_from([-1, 100_001, 2**62, -(2**63)]))
 label_maps = st.one_of(
     st.dictionaries(st.from_regex(r"\A[a-z]{1,5}\Z"), st.text(max_size=5), max_size=3),
@@ -112,24 +147,45 @@ def _perturb_spec(spec: ServiceSpec, draw: Callable[..., Any]) -> None:
     elif part == 5:
         container.labels.update(draw(label_maps))
     elif part == 6:
-        spec.task.placement.constraints.extend(draw(st.lists(
-            st.one_of(nasty_strings, st.sampled_from(FIELD_HINTS["constraints"])), max_size=70)))
+        spec.task.placement.constraints.extend(
+            draw(
+                st.lists(
+                    st.one_of(nasty_strings, st.sampled_from(FIELD_HINTS["constraints"])),
+                    max_size=70,
+                )
+            )
+        )
     elif part == 7:
-        spec.task.ports.extend(draw(st.lists(st.builds(
-            PortConfig, target_port=edge_integers(-(2**31), 2**31 - 1),
-            published_port=edge_integers(-(2**31), 2**31 - 1),
-            protocol=st.sampled_from(["", "tcp", "udp", "sctp", "TCP"])), max_size=5)))
+        spec.task.ports.extend(
+            draw(
+                st.lists(
+                    st.builds(
+                        PortConfig,
+                        target_port=edge_integers(-(2**31), 2**31 - 1),
+                        published_port=edge_integers(-(2**31), 2**31 - 1),
+                        protocol=st.sampled_from(["", "tcp", "udp", "sctp", "TCP"]),
+                    ),
+                    max_size=5,
+                )
+            )
+        )
     elif part == 8:
         for text in draw(st.lists(nasty_strings, max_size=5)):
             getattr(container, draw(st.sampled_from(["cap_add", "cap_drop", "entrypoint"]))).append(
                 text
             )
     elif part == 9:
-        setattr(container, draw(st.sampled_from(["workdir", "user", "hostname", "network"])),
-                draw(nasty_strings))  # fmt: skip
+        setattr(
+            container,
+            draw(st.sampled_from(["workdir", "user", "hostname", "network"])),
+            draw(nasty_strings),
+        )
     elif part == 10:
-        container.healthcheck.test.extend(draw(st.lists(
-            st.one_of(st.sampled_from(FIELD_HINTS["test"]), nasty_strings), max_size=5)))
+        container.healthcheck.test.extend(
+            draw(
+                st.lists(st.one_of(st.sampled_from(FIELD_HINTS["test"]), nasty_strings), max_size=5)
+            )
+        )
         container.healthcheck.interval_seconds = draw(st.floats())
     elif part == 11:
         spec.task.placement.preferences.add(spread=draw(nasty_strings))
@@ -168,9 +224,16 @@ def request_strategy(method: str) -> st.SearchStrategy[Message]:
     if method == "CreateService":
         return st.one_of(generic, st.builds(CreateServiceRequest, spec=almost_valid_specs()))
     if method == "UpdateService":
-        return st.one_of(generic, st.builds(
-            UpdateServiceRequest, service=st.just(BASE_SERVICE), spec=almost_valid_specs(),
-            force=st.booleans(), rollback=st.booleans()))  # fmt: skip
+        return st.one_of(
+            generic,
+            st.builds(
+                UpdateServiceRequest,
+                service=st.just(BASE_SERVICE),
+                spec=almost_valid_specs(),
+                force=st.booleans(),
+                rollback=st.booleans(),
+            ),
+        )
     if method == "UpdateNode":
         return st.one_of(
             generic, st.builds(UpdateNodeRequest, node=st.just(FAKE_NODE), spec=node_specs)
@@ -244,10 +307,13 @@ class Fuzzed:
         tls_args = self.cluster.etcd_tls.etcdctl_args() if self.cluster.etcd_tls else []
         for key, value in records:
             subprocess.run(
-                ["etcdctl", "--endpoints", self.etcd, *tls_args, "put", key], input=value,
-                env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"}, capture_output=True,
-                timeout=20, check=True,
-            )  # fmt: skip
+                ["etcdctl", "--endpoints", self.etcd, *tls_args, "put", key],
+                input=value,
+                env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+                capture_output=True,
+                timeout=20,
+                check=True,
+            )
 
     def check(self, method: str, request: Any, fix_version: bool) -> None:
         wrote = self.ensure_base()
@@ -263,9 +329,7 @@ class Fuzzed:
         check_answer(method, request, code, details, MAX_MESSAGE_BYTES)
         if mutating and code != grpc.StatusCode.OK:
             after = self.snapshot()
-            changed = {
-                k for k in before.keys() | after.keys() if before.get(k) != after.get(k)
-            }
+            changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
             assert not changed, f"rejected {method} ({code.name}: {details[:300]}) wrote {changed}"
         elif mutating:
             self.settled()
@@ -291,8 +355,12 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
 
 
 def _fuzz(fuzzed: Fuzzed, method: str, examples: int) -> None:
-    run_examples(examples, functools.partial(fuzzed.check, method),
-                 request=request_strategy(method), fix_version=st.booleans())  # fmt: skip
+    run_examples(
+        examples,
+        functools.partial(fuzzed.check, method),
+        request=request_strategy(method),
+        fix_version=st.booleans(),
+    )
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -356,22 +424,37 @@ def _spec(name: str = "fz-regress", **container: Any) -> ServiceSpec:
     ("method", "request_", "field_name"),
     [
         ("CreateService", CreateServiceRequest(spec=_spec("fz-nl\n")), "spec.name"),
-        ("CreateService", CreateServiceRequest(spec=_spec(command=["a\0b"])),
-         "spec.task.container.command"),
-        ("CreateService", CreateServiceRequest(spec=_spec(env=["A=\0"])),
-         "spec.task.container.env"),
-        ("RotateJoinTokens",
-         control_pb2.CreateJoinTokenRequest(role="agent", ttl_seconds=float("nan")), "ttl_seconds"),
-        ("CreateJoinToken", control_pb2.CreateJoinTokenRequest(role="agent", ttl_seconds=1e300),
-         "ttl_seconds"),
-        ("CreateJoinToken", control_pb2.CreateJoinTokenRequest(role="agent", max_uses=-1),
-         "max_uses"),
+        (
+            "CreateService",
+            CreateServiceRequest(spec=_spec(command=["a\0b"])),
+            "spec.task.container.command",
+        ),
+        (
+            "CreateService",
+            CreateServiceRequest(spec=_spec(env=["A=\0"])),
+            "spec.task.container.env",
+        ),
+        (
+            "RotateJoinTokens",
+            control_pb2.CreateJoinTokenRequest(role="agent", ttl_seconds=float("nan")),
+            "ttl_seconds",
+        ),
+        (
+            "CreateJoinToken",
+            control_pb2.CreateJoinTokenRequest(role="agent", ttl_seconds=1e300),
+            "ttl_seconds",
+        ),
+        (
+            "CreateJoinToken",
+            control_pb2.CreateJoinTokenRequest(role="agent", max_uses=-1),
+            "max_uses",
+        ),
         ("GetService", GetServiceRequest(service="\0" * 20_000), "service"),
         ("RemoveNode", control_pb2.RemoveNodeRequest(node="n" * 200), "node"),
         ("ListServices", control_pb2.ListServicesRequest(mode="bogus"), "mode"),
         ("GetTask", control_pb2.GetTaskRequest(task=""), "task"),
     ],
-)  # fmt: skip
+)
 def test_what_the_fuzzer_found_is_refused_naming_the_field(
     fuzzed: Fuzzed, method: str, request_: Message, field_name: str
 ) -> None:

@@ -84,10 +84,19 @@ SERVICES = {
 CALLS = [f"{name}/{m.name}" for name, service in SERVICES.items() for m in service.methods]
 STREAMS = {"Images/Pull", "Images/Push", "Containers/Logs", "Containers/Exec", "Peer/FetchBlob"}
 READ_ONLY = {
-    "Containers/List", "Containers/Inspect", "Containers/Logs", "Containers/Stats",
-    "Containers/Wait", "Images/List", "Images/Inspect", "Agent/GetVersion",
-    "Agent/GetAgentInfo", "Volumes/List", "Volumes/Inspect", "Peer/FetchBlob",
-}  # fmt: skip
+    "Containers/List",
+    "Containers/Inspect",
+    "Containers/Logs",
+    "Containers/Stats",
+    "Containers/Wait",
+    "Images/List",
+    "Images/Inspect",
+    "Agent/GetVersion",
+    "Agent/GetAgentInfo",
+    "Volumes/List",
+    "Volumes/Inspect",
+    "Peer/FetchBlob",
+}
 MUTATING = set(CALLS) - READ_ONLY
 TIMEOUTS = {"Containers/Wait": 1.5, "Images/Pull": 60.0, "Images/Push": 60.0}
 ENDING_SIGNALS = (signal.SIGTERM, signal.SIGKILL)  # fz-base traps TERM; init ignores the rest
@@ -95,20 +104,31 @@ DELIBERATE = ALLOWED | {grpc.StatusCode.DATA_LOSS}  # a blob that does not match
 
 # The containers every example starts from: name -> (command, status).
 BASE = {
-    "fz-base": (["sh", "-c", "echo fz-out; echo fz-err >&2; trap 'exit 0' TERM; "
-                 "while :; do sleep 0.2; done"], "running"),
+    "fz-base": (
+        [
+            "sh",
+            "-c",
+            "echo fz-out; echo fz-err >&2; trap 'exit 0' TERM; while :; do sleep 0.2; done",
+        ],
+        "running",
+    ),
     "fz-created": (["true"], "created"),
     "fz-exited": (["sh", "-c", "echo done; exit 3"], "exited"),
-}  # fmt: skip
+}
 # str.isdigit() holds for them, but int() takes only some: superscript one, an
 # Arabic-Indic one after a uid, a fullwidth one.
 UNICODE_DIGITS = ["\u00b9", "0:\u0661", "\uff11"]
 STUBBORN = "fz-stubborn"  # runs `sleep`, which as a container's init ignores SIGTERM
 SAFE_PROGRAMS = frozenset({"true", "false", "echo", "id", "pwd", "printenv", "whoami", "uname"})
 SAFE_COMMANDS = [
-    ["true"], ["false"], ["echo", "fz"], ["id"], ["printenv"],
-    ["sh", "-c", "echo out; echo err >&2; exit 3"], ["sh", "-c", "head -c 300000 /dev/zero"],
-]  # fmt: skip
+    ["true"],
+    ["false"],
+    ["echo", "fz"],
+    ["id"],
+    ["printenv"],
+    ["sh", "-c", "echo out; echo err >&2; exit 3"],
+    ["sh", "-c", "head -c 300000 /dev/zero"],
+]
 
 
 @functools.cache
@@ -192,13 +212,18 @@ class AgentUnderFuzz:
         return self.files / "base" / "busybox.tar"
 
     def stub(self, service: str) -> Any:
-        stubs = {"Containers": containers_pb2_grpc.ContainersStub,
-                 "Images": images_pb2_grpc.ImagesStub, "Agent": agent_pb2_grpc.AgentStub,
-                 "Volumes": containers_pb2_grpc.VolumesStub, "Peer": peer_pb2_grpc.PeerStub}
+        stubs = {
+            "Containers": containers_pb2_grpc.ContainersStub,
+            "Images": images_pb2_grpc.ImagesStub,
+            "Agent": agent_pb2_grpc.AgentStub,
+            "Volumes": containers_pb2_grpc.VolumesStub,
+            "Peer": peer_pb2_grpc.PeerStub,
+        }
         return stubs[service](self.channel)
 
-    def call(self, call: str, request: Message,
-             timeout: float | None = None) -> tuple[grpc.StatusCode, str, list[Any]]:
+    def call(
+        self, call: str, request: Message, timeout: float | None = None
+    ) -> tuple[grpc.StatusCode, str, list[Any]]:
         """Send one request; a stream is read to its end (its deadline bounds it)."""
         service, method = call.split("/")
         if timeout is None:
@@ -255,8 +280,9 @@ class AgentUnderFuzz:
                 self._restore(name, command, status, current.get(name))
                 changed = True
         if self.signalled and current.get("fz-base") == "running":  # after a STOP, say
-            self.call("Containers/Kill", cpb.KillContainerRequest(container="fz-base",
-                                                                  signal="CONT"))
+            self.call(
+                "Containers/Kill", cpb.KillContainerRequest(container="fz-base", signal="CONT")
+            )
         self.signalled = False
         return changed
 
@@ -274,8 +300,10 @@ class AgentUnderFuzz:
             self.ok("Containers/Remove", cpb.RemoveContainerRequest(container=name, force=True))
             now = None
         if now is None:
-            self.ok("Containers/Create", cpb.CreateContainerRequest(
-                image=self.busybox, name=name, command=command))  # fmt: skip
+            self.ok(
+                "Containers/Create",
+                cpb.CreateContainerRequest(image=self.busybox, name=name, command=command),
+            )
         ref = cpb.ContainerRef(container=name)
         if status != "created" and now != "running":
             self.ok("Containers/Start", ref)
@@ -351,10 +379,11 @@ class AgentUnderFuzz:
         cid = replies[0].id
         ref = cpb.ContainerRef(container=cid)
         for call, message in (
-            ("Containers/Start", ref), ("Containers/Wait", ref),
+            ("Containers/Start", ref),
+            ("Containers/Wait", ref),
             ("Containers/Logs", cpb.LogsRequest(container=cid)),
             ("Containers/Remove", cpb.RemoveContainerRequest(container=cid, force=True)),
-        ):  # fmt: skip
+        ):
             code, details, _ = self.call(call, message, timeout=30)
             check_answer(call, message, code, details, MAX_MESSAGE_BYTES, DELIBERATE)
         self.alive()
@@ -367,8 +396,9 @@ class AgentUnderFuzz:
         """Stop fz-stubborn (which ignores SIGTERM): an accepted Stop returns once its
         timeout is over, never later."""
         self.ok("Containers/Start", cpb.ContainerRef(container=STUBBORN))
-        request = cpb.StopContainerRequest(container=STUBBORN, timeout_seconds=timeout,
-                                           has_timeout=True)  # fmt: skip
+        request = cpb.StopContainerRequest(
+            container=STUBBORN, timeout_seconds=timeout, has_timeout=True
+        )
         started = time.monotonic()
         code, details, _ = self.call("Containers/Stop", request, timeout=10)
         check_answer("Containers/Stop", request, code, details, MAX_MESSAGE_BYTES, DELIBERATE)
@@ -377,10 +407,14 @@ class AgentUnderFuzz:
 
     def leftovers(self, cid: str) -> list[str]:
         """What a removed container left: state dirs, mounts, cgroups."""
-        dirs = [*self.state_dir.glob(f"runtime/containers/{cid}*"),
-                *self.state_dir.glob(f"containers/{cid}*")]
-        cgroups = [*Path("/sys/fs/cgroup").glob(f"{self.cgroup}/{cid}"),
-                   *Path("/sys/fs/cgroup").glob(f"*/{self.cgroup}/{cid}")]
+        dirs = [
+            *self.state_dir.glob(f"runtime/containers/{cid}*"),
+            *self.state_dir.glob(f"containers/{cid}*"),
+        ]
+        cgroups = [
+            *Path("/sys/fs/cgroup").glob(f"{self.cgroup}/{cid}"),
+            *Path("/sys/fs/cgroup").glob(f"*/{self.cgroup}/{cid}"),
+        ]
         mounts = [m for m in _mounts(self.state_dir) if cid in m]
         return [str(p) for p in [*dirs, *cgroups]] + mounts
 
@@ -412,8 +446,13 @@ def make_inputs(files: Path) -> None:
     _tar(inputs / "escape.tar", {"../escape.txt": b"out\n"})
     _tar(inputs / "absolute.tar", {"/abs.txt": b"out\n"})
     _tar(inputs / "oci-bad-json.tar", {"oci-layout": b"{}", "index.json": b"{"})
-    _tar(inputs / "oci-no-digest.tar", {"oci-layout": b"{}", "index.json": json.dumps(
-        {"manifests": [{"mediaType": "x"}]}).encode()})  # fmt: skip
+    _tar(
+        inputs / "oci-no-digest.tar",
+        {
+            "oci-layout": b"{}",
+            "index.json": json.dumps({"manifests": [{"mediaType": "x"}]}).encode(),
+        },
+    )
     _tar(inputs / "docker-dict.tar", {"manifest.json": b"{}"})
     _tar(inputs / "docker-list.tar", {"manifest.json": b'[{"Config": 1}]'})
     _tar(inputs / "docker-missing.tar", {"manifest.json": b'[{"Config": "c", "Layers": []}]'})
@@ -425,73 +464,148 @@ def paths(files: Path) -> st.SearchStrategy[str]:
     """Paths for Load, Save and Import: the inputs, places in out/, garbage."""
     inputs = sorted(str(p) for p in (files / "in").iterdir())
     out = files / "out"
-    special = [str(files / "in"), str(out), f"{out}/", f"{out}/fz.tar", f"{out}/no/fz.tar",
-               f"{out}/fz\x00.tar", f"{out}/{'a' * 300}", f"{out}/../in/rootfs.tar", str(files)]
+    special = [
+        str(files / "in"),
+        str(out),
+        f"{out}/",
+        f"{out}/fz.tar",
+        f"{out}/no/fz.tar",
+        f"{out}/fz\x00.tar",
+        f"{out}/{'a' * 300}",
+        f"{out}/../in/rootfs.tar",
+        str(files),
+    ]
     return st.one_of(
         st.sampled_from(inputs + special),
         nasty_strings.map(lambda s: f"{out}/{s}"),
         nasty_strings,  # relative, mostly: refused (absolute ones are confined)
-    )  # fmt: skip
+    )
 
 
 # -- strategies -----------------------------------------------------------------------
 
 
 def messages(fz: AgentUnderFuzz) -> MessageStrategies:
-    images = [fz.busybox, fz.busybox_id[7:19], fz.busybox_id, "busybox",
-              f"{fz.registry}/fz/missing:1"]
+    images = [
+        fz.busybox,
+        fz.busybox_id[7:19],
+        fz.busybox_id,
+        "busybox",
+        f"{fz.registry}/fz/missing:1",
+    ]
     refs = [f"{fz.registry}/fz/tagged:1", "fz-tag:v1", f"fz-tag@sha256:{'a' * 64}", fz.busybox]
     hints = {
         "container": [*BASE, "/fz-base", "fz-nosuch", "fz"],
-        "name": ["fz-new", "fz-base", "/fz-new", "no", "always", "on-failure", "on-failure:2",
-                 "unless-stopped", "on-failure:x"],
-        "image": images, "images": images, "source": images, "target": refs,
-        "reference": refs, "command": ["true", "echo", "sh", "-c"], "entrypoint": ["sh"],
-        "env": ["A=1", "B=", "=x", "A", "PATH=/bin"], "workdir": ["/", "/tmp", "tmp"],
-        "user": ["root", "0", "0:0", "nobody", "65534:65534", "nosuchuser", "1:2:3", ":",
-                 *UNICODE_DIGITS],
-        "network": ["none", "host", "bridge"], "hostname": ["fz-host", "a" * 64, "-a"],
+        "name": [
+            "fz-new",
+            "fz-base",
+            "/fz-new",
+            "no",
+            "always",
+            "on-failure",
+            "on-failure:2",
+            "unless-stopped",
+            "on-failure:x",
+        ],
+        "image": images,
+        "images": images,
+        "source": images,
+        "target": refs,
+        "reference": refs,
+        "command": ["true", "echo", "sh", "-c"],
+        "entrypoint": ["sh"],
+        "env": ["A=1", "B=", "=x", "A", "PATH=/bin"],
+        "workdir": ["/", "/tmp", "tmp"],
+        "user": [
+            "root",
+            "0",
+            "0:0",
+            "nobody",
+            "65534:65534",
+            "nosuchuser",
+            "1:2:3",
+            ":",
+            *UNICODE_DIGITS,
+        ],
+        "network": ["none", "host", "bridge"],
+        "hostname": ["fz-host", "a" * 64, "-a"],
         "cap_add": ["NET_ADMIN", "CAP_SYS_ADMIN", "ALL", "chown", "BOGUS"],
-        "cap_drop": ["ALL", "CHOWN", "BOGUS"], "host_path": [str(fz.files / "vol")],
+        "cap_drop": ["ALL", "CHOWN", "BOGUS"],
+        "host_path": [str(fz.files / "vol")],
         "container_path": ["/data", "data", "/"],
-        "signal": ["KILL", "TERM", "HUP", "9", "SIGUSR1", "0", "65", "STOP", "sigterm", "-1",
-                   *UNICODE_DIGITS],
-    }  # fmt: skip
+        "signal": [
+            "KILL",
+            "TERM",
+            "HUP",
+            "9",
+            "SIGUSR1",
+            "0",
+            "65",
+            "STOP",
+            "sigterm",
+            "-1",
+            *UNICODE_DIGITS,
+        ],
+    }
     return MessageStrategies(hints, {"path": paths(fz.files)})
 
 
 def _create_fields(fz: AgentUnderFuzz) -> dict[str, st.SearchStrategy[Any]]:
     """One strategy per create field, for "almost valid" requests (one or two set)."""
-    sizes = st.one_of(edge_integers(-(2**63), 2**63 - 1),
-                      st.sampled_from([6 * 2**20 - 1, 6 * 2**20, 2**40]))  # fmt: skip
-    volumes = st.builds(cpb.VolumeSpec, host_path=st.sampled_from(
-        [str(fz.files / "vol"), str(fz.files / "vol" / "missing"), "vol", ""]),
+    sizes = st.one_of(
+        edge_integers(-(2**63), 2**63 - 1), st.sampled_from([6 * 2**20 - 1, 6 * 2**20, 2**40])
+    )
+    volumes = st.builds(
+        cpb.VolumeSpec,
+        host_path=st.sampled_from(
+            [str(fz.files / "vol"), str(fz.files / "vol" / "missing"), "vol", ""]
+        ),
         container_path=st.sampled_from(["/data", "data", "/", "/proc/x", "/data\x00"]),
-        read_only=st.booleans())  # fmt: skip
+        read_only=st.booleans(),
+    )
     return {
         "name": st.one_of(st.from_regex(r"\Afz-[a-z0-9]{1,8}\Z"), nasty_strings),
-        "env": st.lists(st.one_of(st.sampled_from(["A=1", "B=", "=x", "A"]), nasty_strings),
-                        max_size=5),
-        "workdir": st.one_of(st.sampled_from(["/", "/tmp", "/nonexistent", "tmp"]),
-                             nasty_strings),
-        "user": st.one_of(st.sampled_from(["nobody", "65534:65534", "nosuchuser", "1:2:3",
-                                           *UNICODE_DIGITS]), nasty_strings),
-        "memory_bytes": sizes, "nano_cpus": sizes, "pids_limit": sizes,
-        "read_only": st.booleans(), "auto_remove": st.booleans(),
+        "env": st.lists(
+            st.one_of(st.sampled_from(["A=1", "B=", "=x", "A"]), nasty_strings), max_size=5
+        ),
+        "workdir": st.one_of(st.sampled_from(["/", "/tmp", "/nonexistent", "tmp"]), nasty_strings),
+        "user": st.one_of(
+            st.sampled_from(["nobody", "65534:65534", "nosuchuser", "1:2:3", *UNICODE_DIGITS]),
+            nasty_strings,
+        ),
+        "memory_bytes": sizes,
+        "nano_cpus": sizes,
+        "pids_limit": sizes,
+        "read_only": st.booleans(),
+        "auto_remove": st.booleans(),
         "volumes": st.lists(volumes, max_size=3),
-        "restart_policy": st.builds(cpb.RestartPolicySpec, name=st.sampled_from(
-            ["", "no", "always", "on-failure", "on-failure:3", "unless-stopped", "on-failure:x",
-             "bogus"]), max_retries=edge_integers(-(2**31), 2**31 - 1)),
+        "restart_policy": st.builds(
+            cpb.RestartPolicySpec,
+            name=st.sampled_from(
+                [
+                    "",
+                    "no",
+                    "always",
+                    "on-failure",
+                    "on-failure:3",
+                    "unless-stopped",
+                    "on-failure:x",
+                    "bogus",
+                ]
+            ),
+            max_retries=edge_integers(-(2**31), 2**31 - 1),
+        ),
         "network": st.one_of(st.sampled_from(["none", "host", "bridge"]), nasty_strings),
         "labels": st.dictionaries(nasty_strings, nasty_strings, max_size=5),
-        "cap_add": st.lists(st.sampled_from(["NET_ADMIN", "ALL", "chown", "BOGUS", ""]),
-                            max_size=3),
+        "cap_add": st.lists(
+            st.sampled_from(["NET_ADMIN", "ALL", "chown", "BOGUS", ""]), max_size=3
+        ),
         "cap_drop": st.lists(st.sampled_from(["ALL", "CHOWN", "BOGUS"]), max_size=3),
         "hostname": st.one_of(st.sampled_from(["fz-host", "a" * 64, "-a"]), nasty_strings),
         "entrypoint": st.lists(nasty_strings, max_size=3),
         "clear_entrypoint": st.booleans(),
         "command": st.lists(nasty_strings, min_size=1, max_size=3),
-    }  # fmt: skip
+    }
 
 
 @st.composite
@@ -509,8 +623,9 @@ def almost_valid_creates(
     return build_message(cpb.CreateContainerRequest, values)
 
 
-timestamps = st.builds(Timestamp, seconds=edge_integers(-(2**63), 2**63 - 1),
-                       nanos=edge_integers(-(2**31), 2**31 - 1))  # fmt: skip
+timestamps = st.builds(
+    Timestamp, seconds=edge_integers(-(2**63), 2**63 - 1), nanos=edge_integers(-(2**31), 2**31 - 1)
+)
 bases = st.sampled_from(sorted(BASE))
 
 
@@ -520,27 +635,49 @@ def request_strategy(fz: AgentUnderFuzz, call: str) -> st.SearchStrategy[Message
     special: dict[str, st.SearchStrategy[Message]] = {
         "Containers/Create": almost_valid_creates(fz),
         "Containers/Exec": st.builds(
-            cpb.ExecRequest, container=bases, command=st.sampled_from(SAFE_COMMANDS),
+            cpb.ExecRequest,
+            container=bases,
+            command=st.sampled_from(SAFE_COMMANDS),
             env=st.lists(st.sampled_from(["A=1", "B=", "=x", "A\x00=1"]), max_size=2),
             user=st.sampled_from(["", "nobody", "0:0", "nosuchuser", "1:2:3", *UNICODE_DIGITS]),
-            workdir=st.sampled_from(["", "/", "/tmp", "/nonexistent", "tmp"])),
+            workdir=st.sampled_from(["", "/", "/tmp", "/nonexistent", "tmp"]),
+        ),
         "Containers/Logs": st.builds(
-            cpb.LogsRequest, container=bases, follow=st.booleans(),
-            tail=edge_integers(-(2**31), 2**31 - 1), has_tail=st.booleans(),
-            since=timestamps, timestamps=st.booleans()),
+            cpb.LogsRequest,
+            container=bases,
+            follow=st.booleans(),
+            tail=edge_integers(-(2**31), 2**31 - 1),
+            has_tail=st.booleans(),
+            since=timestamps,
+            timestamps=st.booleans(),
+        ),
         "Containers/Stop": st.builds(
-            cpb.StopContainerRequest, container=bases, has_timeout=st.booleans(),
-            timeout_seconds=st.one_of(st.floats(), st.sampled_from([0.0, 2.0, 1e300]))),
-        "Images/Tag": st.builds(ipb.TagImageRequest, source=st.just(fz.busybox),
-                                target=st.one_of(st.sampled_from(
-                                    [f"{fz.registry}/fz/t:1", "fz-t:1"]), nasty_strings)),
-        "Images/Pull": st.builds(ipb.PullImageRequest, image=st.sampled_from(
-            [fz.busybox, f"{fz.registry}/fz/missing:1", f"{fz.closed}/fz/x:1"])),
-        "Images/Save": st.builds(ipb.SaveImagesRequest, images=st.just([fz.busybox]),
-                                 path=paths(fz.files)),
-        "Peer/FetchBlob": st.builds(peer_pb2.FetchBlobRequest, digest=st.sampled_from(
-            [fz.busybox_id, "sha256:" + "0" * 64, "sha256:" + fz.busybox_id[7:].upper()])),
-    }  # fmt: skip
+            cpb.StopContainerRequest,
+            container=bases,
+            has_timeout=st.booleans(),
+            timeout_seconds=st.one_of(st.floats(), st.sampled_from([0.0, 2.0, 1e300])),
+        ),
+        "Images/Tag": st.builds(
+            ipb.TagImageRequest,
+            source=st.just(fz.busybox),
+            target=st.one_of(st.sampled_from([f"{fz.registry}/fz/t:1", "fz-t:1"]), nasty_strings),
+        ),
+        "Images/Pull": st.builds(
+            ipb.PullImageRequest,
+            image=st.sampled_from(
+                [fz.busybox, f"{fz.registry}/fz/missing:1", f"{fz.closed}/fz/x:1"]
+            ),
+        ),
+        "Images/Save": st.builds(
+            ipb.SaveImagesRequest, images=st.just([fz.busybox]), path=paths(fz.files)
+        ),
+        "Peer/FetchBlob": st.builds(
+            peer_pb2.FetchBlobRequest,
+            digest=st.sampled_from(
+                [fz.busybox_id, "sha256:" + "0" * 64, "sha256:" + fz.busybox_id[7:].upper()]
+            ),
+        ),
+    }
     return st.one_of(generic, special[call]) if call in special else generic
 
 
@@ -586,13 +723,26 @@ def fz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentUnderFuzz]:
         stack.callback(_cleanup, cluster.root / "agent-fz", cgroup, bridge)
         stack.callback(cluster.stop)
         cluster.start_controller()
-        cluster.start_agent("fz", runtime="runc", extra=[
-            "--cgroup-parent", cgroup, "--registry-config", str(files / "auth.json"),
-            "--bridge", bridge, "--bridge-subnet", free_subnet()])  # not a fixed one
+        cluster.start_agent(
+            "fz",
+            runtime="runc",
+            extra=[
+                "--cgroup-parent",
+                cgroup,
+                "--registry-config",
+                str(files / "auth.json"),
+                "--bridge",
+                bridge,
+                "--bridge-subnet",
+                free_subnet(),
+            ],
+        )  # not a fixed one
         channel = stack.enter_context(
-            grpc.secure_channel(cluster.agent_address("fz"), cluster.admin_credentials()))
-        under = AgentUnderFuzz(cluster, "fz", files, host, f"127.0.0.1:{free_port()}", channel,
-                               cgroup)
+            grpc.secure_channel(cluster.agent_address("fz"), cluster.admin_credentials())
+        )
+        under = AgentUnderFuzz(
+            cluster, "fz", files, host, f"127.0.0.1:{free_port()}", channel, cgroup
+        )
         _wait_for_agent(under)
         _load_busybox(under)
         under.ensure_base()
@@ -603,10 +753,20 @@ def _load_busybox(fz: AgentUnderFuzz) -> None:
     """Build busybox into a tarball, load it, and push it to the test registry."""
     fz.busybox = f"{fz.registry}/fz/busybox:latest"
     built = subprocess.run(
-        [sys.executable, "-m", "dockyard.agent.images.build", "busybox", "--tag", fz.busybox,
-         "--output", str(fz.base_archive)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "dockyard.agent.images.build",
+            "busybox",
+            "--tag",
+            fz.busybox,
+            "--output",
+            str(fz.base_archive),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert built.returncode == 0, built.stderr
     loaded = fz.ok("Images/Load", ipb.LoadImagesRequest(path=str(fz.base_archive)))
     fz.busybox_id = loaded.images[0].id
@@ -641,8 +801,9 @@ def test_fuzzed_requests_longer(fz: AgentUnderFuzz, call: str) -> None:
 
 def test_the_fuzzer_reaches_past_validation(fz: AgentUnderFuzz) -> None:
     """Almost-valid creates are accepted sometimes: not only the first check is tested."""
-    run_examples(15, functools.partial(fz.check, "Containers/Create"),
-                 request=almost_valid_creates(fz))  # fmt: skip
+    run_examples(
+        15, functools.partial(fz.check, "Containers/Create"), request=almost_valid_creates(fz)
+    )
     assert "OK" in fz.results["Containers/Create"], fz.results
     assert "INVALID_ARGUMENT" in fz.results["Containers/Create"], fz.results
 
@@ -664,11 +825,14 @@ def test_almost_valid_containers_run_longer(fz: AgentUnderFuzz) -> None:
 
 def test_stop_waits_no_longer_than_its_timeout(fz: AgentUnderFuzz) -> None:
     fz.ensure_base()
-    fz.ok("Containers/Create", cpb.CreateContainerRequest(
-        image=fz.busybox, name=STUBBORN, command=["sleep", "3600"]))  # fmt: skip
+    fz.ok(
+        "Containers/Create",
+        cpb.CreateContainerRequest(image=fz.busybox, name=STUBBORN, command=["sleep", "3600"]),
+    )
     fz.dirty = True
-    timeouts = st.one_of(st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 0.0]),
-                         st.floats(0, 1))  # fmt: skip
+    timeouts = st.one_of(
+        st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 0.0]), st.floats(0, 1)
+    )
     try:
         run_examples(10, fz.stop_stubborn, timeout=timeouts)
     finally:
@@ -692,33 +856,61 @@ def _file(call: str, name: str) -> Callable[[AgentUnderFuzz], Message]:
 
 
 REGRESSIONS: dict[str, tuple[str, Callable[[AgentUnderFuzz], Message], str]] = {
-    "huge container ref": ("Containers/Start", lambda _: cpb.ContainerRef(container="é" * 3000),
-                           "container"),
+    "huge container ref": (
+        "Containers/Start",
+        lambda _: cpb.ContainerRef(container="é" * 3000),
+        "container",
+    ),
     "name with a newline": ("Containers/Create", _busybox_create(name="fz-nl\n"), "name"),
-    "unknown capability": ("Containers/Create", _busybox_create(cap_add=["BOGUS"]),
-                           "cap_add[0]"),
+    "unknown capability": ("Containers/Create", _busybox_create(cap_add=["BOGUS"]), "cap_add[0]"),
     "unknown user": ("Containers/Create", _busybox_create(user="nosuchuser"), "user"),
     "nothing to run": ("Containers/Create", _busybox_create(clear_entrypoint=True), "command"),
-    "since out of range": ("Containers/Logs", lambda _: cpb.LogsRequest(
-        container="fz-exited", since=Timestamp(seconds=-(2**63))), "since"),
-    "stop with a NaN timeout": ("Containers/Stop", lambda _: cpb.StopContainerRequest(
-        container="fz-base", timeout_seconds=math.nan, has_timeout=True), "timeout_seconds"),
-    "superscript signal number": ("Containers/Kill", lambda _: cpb.KillContainerRequest(
-        container="fz-base", signal="\u00b9"), "signal"),
+    "since out of range": (
+        "Containers/Logs",
+        lambda _: cpb.LogsRequest(container="fz-exited", since=Timestamp(seconds=-(2**63))),
+        "since",
+    ),
+    "stop with a NaN timeout": (
+        "Containers/Stop",
+        lambda _: cpb.StopContainerRequest(
+            container="fz-base", timeout_seconds=math.nan, has_timeout=True
+        ),
+        "timeout_seconds",
+    ),
+    "superscript signal number": (
+        "Containers/Kill",
+        lambda _: cpb.KillContainerRequest(container="fz-base", signal="\u00b9"),
+        "signal",
+    ),
     "superscript uid": ("Containers/Create", _busybox_create(user="\u00b9"), "user"),
-    "exec as a superscript uid": ("Containers/Exec", lambda _: cpb.ExecRequest(
-        container="fz-base", command=["true"], user="0:\u00b9"), "user"),
-    "exec as unknown user": ("Containers/Exec", lambda _: cpb.ExecRequest(
-        container="fz-base", command=["true"], user="nosuchuser"), "user"),
-    "load a file that is no archive": ("Images/Load", _file("Images/Load", "in/garbage.bin"),
-                                       "path"),
+    "exec as a superscript uid": (
+        "Containers/Exec",
+        lambda _: cpb.ExecRequest(container="fz-base", command=["true"], user="0:\u00b9"),
+        "user",
+    ),
+    "exec as unknown user": (
+        "Containers/Exec",
+        lambda _: cpb.ExecRequest(container="fz-base", command=["true"], user="nosuchuser"),
+        "user",
+    ),
+    "load a file that is no archive": (
+        "Images/Load",
+        _file("Images/Load", "in/garbage.bin"),
+        "path",
+    ),
     "load an archive of the wrong shape": (
-        "Images/Load", _file("Images/Load", "in/docker-list.tar"), "path"),
+        "Images/Load",
+        _file("Images/Load", "in/docker-list.tar"),
+        "path",
+    ),
     "save onto a directory": ("Images/Save", _file("Images/Save", "out"), "path"),
     "save to a path with NUL": ("Images/Save", _file("Images/Save", "out/a\0b"), "path"),
-    "import an escaping tarball": ("Images/Import", _file("Images/Import", "in/escape.tar"),
-                                   "path"),
-}  # fmt: skip
+    "import an escaping tarball": (
+        "Images/Import",
+        _file("Images/Import", "in/escape.tar"),
+        "path",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(REGRESSIONS))

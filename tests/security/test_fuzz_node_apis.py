@@ -37,8 +37,12 @@ from tests.security.fuzzlib import (
 
 PREFIX = "/dockyard/"
 # Written by the controller's loops, or by an accepted session (its own node record).
-BACKGROUND = ("/dockyard/leader/", "/dockyard/controllers/", "/dockyard/nodes/",
-              "/dockyard/names/nodes/")
+BACKGROUND = (
+    "/dockyard/leader/",
+    "/dockyard/controllers/",
+    "/dockyard/nodes/",
+    "/dockyard/names/nodes/",
+)
 SESSION_SECONDS = 1.5
 
 
@@ -73,8 +77,9 @@ def side(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeSide]:
         cluster.join("fuzz-node", state)
         directory = state / "pki"
         cert = (directory / "node.pem").read_bytes()
-        creds = grpc.ssl_channel_credentials((directory / "ca.pem").read_bytes(),
-                                             (directory / "node-key.pem").read_bytes(), cert)
+        creds = grpc.ssl_channel_credentials(
+            (directory / "ca.pem").read_bytes(), (directory / "node-key.pem").read_bytes(), cert
+        )
         yield NodeSide(cluster, etcd, cluster.join_token(), pki.identity_of(cert).id, creds)
     finally:
         cluster.stop()
@@ -86,9 +91,11 @@ def _valid_csr() -> bytes:
 
 def _strategies(side: NodeSide) -> MessageStrategies:
     return MessageStrategies(
-        hints={"token": [side.token, side.token[:-1] + "0", "DYTKN-1-" + "0" * 64 + "-x"],
-               "node_id": [side.node_id, "f0zz0000000000000000000000000001"],
-               "task_id": ["t" * 24]},
+        hints={
+            "token": [side.token, side.token[:-1] + "0", "DYTKN-1-" + "0" * 64 + "-x"],
+            "node_id": [side.node_id, "f0zz0000000000000000000000000001"],
+            "task_id": ["t" * 24],
+        },
         fields={"csr_pem": st.one_of(st.binary(max_size=300), st.builds(_valid_csr))},
     )
 
@@ -101,36 +108,55 @@ def _call(stub_method: Any, request: Any) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.OK, ""
 
 
-def _check_unary(side: NodeSide, method: str, stub_method: Any, request: Any,
-                 rate_limited: str = "") -> None:  # fmt: skip
+def _check_unary(
+    side: NodeSide, method: str, stub_method: Any, request: Any, rate_limited: str = ""
+) -> None:
     """`rate_limited`: the words of a deliberate RESOURCE_EXHAUSTED (a rate limit)."""
     before = side.snapshot()
     code, details = _call(stub_method, request)
     side.alive()
-    if not (rate_limited and code == grpc.StatusCode.RESOURCE_EXHAUSTED
-            and rate_limited in details):  # fmt: skip
-        check_answer(method, request, code, details, MAX_MESSAGE_BYTES,
-                     allowed=frozenset({*_ALLOWED, grpc.StatusCode.UNAUTHENTICATED}))
+    if not (
+        rate_limited and code == grpc.StatusCode.RESOURCE_EXHAUSTED and rate_limited in details
+    ):
+        check_answer(
+            method,
+            request,
+            code,
+            details,
+            MAX_MESSAGE_BYTES,
+            allowed=frozenset({*_ALLOWED, grpc.StatusCode.UNAUTHENTICATED}),
+        )
     if code != grpc.StatusCode.OK:
         after = settle(side.snapshot, 1.0, 0.1)
         assert after == before, f"{method} refused ({code.name}) but changed etcd"
 
 
-_ALLOWED = frozenset({
-    grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED,
-    grpc.StatusCode.UNAVAILABLE,
-})  # fmt: skip
+_ALLOWED = frozenset(
+    {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNAVAILABLE,
+    }
+)
 
 
 def test_fuzzed_joins_get_a_deliberate_answer(side: NodeSide) -> None:
     strategies = _strategies(side)
-    with grpc.secure_channel(side.cluster.join_address, grpc.ssl_channel_credentials(
-            (side.cluster.pki / "ca.pem").read_bytes())) as channel:  # fmt: skip
+    with grpc.secure_channel(
+        side.cluster.join_address,
+        grpc.ssl_channel_credentials((side.cluster.pki / "ca.pem").read_bytes()),
+    ) as channel:
         stub = ca_pb2_grpc.NodeCAStub(channel)
-        run_examples(60, functools.partial(_check_unary, side, "IssueNodeCertificate",
-                                           stub.IssueNodeCertificate),
-                     request=strategies.message_of(IssueNodeCertificateRequest.DESCRIPTOR))
+        run_examples(
+            60,
+            functools.partial(
+                _check_unary, side, "IssueNodeCertificate", stub.IssueNodeCertificate
+            ),
+            request=strategies.message_of(IssueNodeCertificateRequest.DESCRIPTOR),
+        )
 
 
 def test_fuzzed_renewals_get_a_deliberate_answer(side: NodeSide) -> None:
@@ -138,10 +164,17 @@ def test_fuzzed_renewals_get_a_deliberate_answer(side: NodeSide) -> None:
     with grpc.secure_channel(side.cluster.address, side.node_creds) as channel:
         stub = ca_pb2_grpc.NodeCAStub(channel)
         # One node renewing in a loop is rate-limited (its valid requests after three).
-        run_examples(40, functools.partial(_check_unary, side, "RenewNodeCertificate",
-                                           stub.RenewNodeCertificate,
-                                           rate_limited="renews too often"),
-                     request=strategies.message_of(RenewNodeCertificateRequest.DESCRIPTOR))
+        run_examples(
+            40,
+            functools.partial(
+                _check_unary,
+                side,
+                "RenewNodeCertificate",
+                stub.RenewNodeCertificate,
+                rate_limited="renews too often",
+            ),
+            request=strategies.message_of(RenewNodeCertificateRequest.DESCRIPTOR),
+        )
 
 
 def _session(side: NodeSide, messages: list[AgentMessage]) -> grpc.StatusCode:
@@ -160,8 +193,9 @@ def _session(side: NodeSide, messages: list[AgentMessage]) -> grpc.StatusCode:
 
     with grpc.secure_channel(side.cluster.address, side.node_creds) as channel:
         call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests(), timeout=20)
-        timer = threading.Timer(SESSION_SECONDS, lambda: (done.set(), outgoing.put(None),
-                                                          call.cancel()))  # fmt: skip
+        timer = threading.Timer(
+            SESSION_SECONDS, lambda: (done.set(), outgoing.put(None), call.cancel())
+        )
         timer.start()
         try:
             for _ in call:
@@ -186,33 +220,50 @@ def test_fuzzed_sessions_never_touch_other_nodes_or_tasks(side: NodeSide) -> Non
             assert max(m.ByteSize() for m in messages) > MAX_MESSAGE_BYTES
             return
         # ABORTED: the previous example's session may still count as live for the grace
-        assert code in {*_ALLOWED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.ABORTED}, \
+        assert code in {*_ALLOWED, grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.ABORTED}, (
             f"Session ended {code.name}"
+        )
 
-    run_examples(30, check, messages=st.lists(
-        strategies.message_of(AgentMessage.DESCRIPTOR), min_size=1, max_size=6))
+    run_examples(
+        30,
+        check,
+        messages=st.lists(strategies.message_of(AgentMessage.DESCRIPTOR), min_size=1, max_size=6),
+    )
     after = etcd_snapshot(side.etcd, PREFIX, ("/dockyard/leader/",), side.cluster.etcd_tls)
     changed = {k for k in before.keys() | after.keys() if before.get(k) != after.get(k)}
     # only this node's own record (and its name) may have been written by a session
-    assert all(side.node_id in key or key.startswith("/dockyard/names/nodes/")
-               for key in changed), changed
+    assert all(
+        side.node_id in key or key.startswith("/dockyard/names/nodes/") for key in changed
+    ), changed
     assert not any(key.startswith("/dockyard/tasks/") for key in after)
 
 
 def test_a_bad_join_request_costs_the_token_nothing(side: NodeSide, tmp_path: Path) -> None:
     """Found by the fuzzer: the token's use was counted before the CSR was checked."""
     cluster = side.cluster
-    once = cluster.run_tool("dockyard-controller", "token", "create", "--role", "agent",
-                            "--max-uses", "1", "-H", cluster.address,
-                            *cluster.tls_args()).stdout.strip()  # fmt: skip
-    with grpc.secure_channel(cluster.join_address, grpc.ssl_channel_credentials(
-            (cluster.pki / "ca.pem").read_bytes())) as channel:  # fmt: skip
+    once = cluster.run_tool(
+        "dockyard-controller",
+        "token",
+        "create",
+        "--role",
+        "agent",
+        "--max-uses",
+        "1",
+        "-H",
+        cluster.address,
+        *cluster.tls_args(),
+    ).stdout.strip()
+    with grpc.secure_channel(
+        cluster.join_address, grpc.ssl_channel_credentials((cluster.pki / "ca.pem").read_bytes())
+    ) as channel:
         stub = ca_pb2_grpc.NodeCAStub(channel)
-        for request, field in ((IssueNodeCertificateRequest(token=once, csr_pem=b"junk"),
-                                "csr_pem: "),
-                               (IssueNodeCertificateRequest(token=once, csr_pem=_valid_csr(),
-                                                            hosts=["bad host"]),
-                                "hosts[0]: ")):  # fmt: skip
+        for request, field in (
+            (IssueNodeCertificateRequest(token=once, csr_pem=b"junk"), "csr_pem: "),
+            (
+                IssueNodeCertificateRequest(token=once, csr_pem=_valid_csr(), hosts=["bad host"]),
+                "hosts[0]: ",
+            ),
+        ):
             code, details = _call(stub.IssueNodeCertificate, request)
             assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(field)
     assert cluster.join("after-bad", tmp_path / "n", token=once).returncode == 0

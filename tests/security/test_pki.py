@@ -13,8 +13,9 @@ from dockyard.common.authz import allowed
 def test_a_signed_csr_gets_the_cas_subject_not_its_own() -> None:
     ca = pki.CertificateAuthority.create()
     key = pki.new_key()
-    cert = ca.sign_csr(pki.make_csr(key, "somebody-else"), pki.NODE, "n123",
-                       validity=dt.timedelta(days=90))  # fmt: skip
+    cert = ca.sign_csr(
+        pki.make_csr(key, "somebody-else"), pki.NODE, "n123", validity=dt.timedelta(days=90)
+    )
     identity = pki.identity_of(pki.cert_pem(cert))
     assert (identity.role, identity.id) == (pki.NODE, "n123")
     lifetime = cert.not_valid_after_utc - dt.datetime.now(dt.UTC)

@@ -43,8 +43,9 @@ def refusal(call: Callable[[], Any]) -> grpc.RpcError:
 
 
 def test_privileged_services_need_the_policy(cluster: Cluster, control: Any) -> None:
-    denied = refusal(lambda: control.CreateService(
-        CreateServiceRequest(spec=privileged_spec("root"))))  # fmt: skip
+    denied = refusal(
+        lambda: control.CreateService(CreateServiceRequest(spec=privileged_spec("root")))
+    )
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     assert denied.details().startswith("spec.task.container.privileged: ")
     assert "--allow-privileged" in denied.details()
@@ -62,14 +63,18 @@ def test_privileged_services_need_the_policy(cluster: Cluster, control: Any) -> 
     scaled = ServiceSpec()
     scaled.CopyFrom(service.spec)
     scaled.replicated.replicas = 2
-    denied = refusal(lambda: control.UpdateService(UpdateServiceRequest(
-        service="root", version=service.meta.version, spec=scaled)))  # fmt: skip
+    denied = refusal(
+        lambda: control.UpdateService(
+            UpdateServiceRequest(service="root", version=service.meta.version, spec=scaled)
+        )
+    )
     assert denied.code() == grpc.StatusCode.PERMISSION_DENIED
     after = control.GetService(GetServiceRequest(service="root"))
     assert after.spec.replicated.replicas == 1 and after.meta.version == service.meta.version
 
-    by_cli = cluster.cli("service", "create", "-d", "--name", "root2", "--privileged", "busybox",
-                         check=False)  # fmt: skip
+    by_cli = cluster.cli(
+        "service", "create", "-d", "--name", "root2", "--privileged", "busybox", check=False
+    )
     assert by_cli.returncode == 1 and "does not allow privileged" in by_cli.stderr
 
 
@@ -78,21 +83,46 @@ def test_the_policy_is_for_admins_and_guards_against_lost_updates(
 ) -> None:
     current = control.GetCluster(GetClusterRequest())
     assert current.id and current.meta.version > 0
-    stale = refusal(lambda: control.UpdateCluster(UpdateClusterRequest(
-        version=current.meta.version - 1, spec=ClusterSpec(allow_privileged=True))))  # fmt: skip
+    stale = refusal(
+        lambda: control.UpdateCluster(
+            UpdateClusterRequest(
+                version=current.meta.version - 1, spec=ClusterSpec(allow_privileged=True)
+            )
+        )
+    )
     assert stale.code() == grpc.StatusCode.ABORTED
-    unread = refusal(lambda: control.UpdateCluster(UpdateClusterRequest(
-        spec=ClusterSpec(allow_privileged=True))))  # fmt: skip
+    unread = refusal(
+        lambda: control.UpdateCluster(UpdateClusterRequest(spec=ClusterSpec(allow_privileged=True)))
+    )
     assert unread.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert not control.GetCluster(GetClusterRequest()).spec.allow_privileged
 
     out = cluster.root / "viewer"
-    cluster.run_tool("dockyard-controller", "user", "create", "viewer", "--role", "read-only",
-                     "--state-dir", str(cluster.root / "controller"), "--out", str(out))
+    cluster.run_tool(
+        "dockyard-controller",
+        "user",
+        "create",
+        "viewer",
+        "--role",
+        "read-only",
+        "--state-dir",
+        str(cluster.root / "controller"),
+        "--out",
+        str(out),
+    )
     viewer = cluster.tls_args(out)
     shown = cluster.run_tool("dockyard", *viewer, "-H", cluster.address, "cluster", "inspect")
     assert current.id in shown.stdout
-    denied = cluster.run_tool("dockyard", *viewer, "-H", cluster.address, "cluster", "update",
-                              "--allow-privileged", "true", check=False)  # fmt: skip
+    denied = cluster.run_tool(
+        "dockyard",
+        *viewer,
+        "-H",
+        cluster.address,
+        "cluster",
+        "update",
+        "--allow-privileged",
+        "true",
+        check=False,
+    )
     assert denied.returncode == 1 and "may not call UpdateCluster" in denied.stderr
     assert not control.GetCluster(GetClusterRequest()).spec.allow_privileged

@@ -53,8 +53,12 @@ def cluster(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
     yield cluster
 
 
-def spec_of(name: str, *, command: tuple[str, ...] = ("sleep", "3600"),
-            change: Callable[[ServiceSpec], object] = lambda s: None) -> ServiceSpec:  # fmt: skip
+def spec_of(
+    name: str,
+    *,
+    command: tuple[str, ...] = ("sleep", "3600"),
+    change: Callable[[ServiceSpec], object] = lambda s: None,
+) -> ServiceSpec:
     spec = ServiceSpec(name=name)
     spec.task.container.image = "busybox"
     spec.task.container.command.extend(command)
@@ -80,8 +84,9 @@ def update(control: Any, name: str, spec: ServiceSpec | None = None) -> Any:
     writes the update's status; returns the call (its trailing metadata)."""
     for _ in range(20):
         service = control.GetService(GetServiceRequest(service=name))
-        request = UpdateServiceRequest(service=name, version=service.meta.version,
-                                       spec=spec, rollback=spec is None)  # fmt: skip
+        request = UpdateServiceRequest(
+            service=name, version=service.meta.version, spec=spec, rollback=spec is None
+        )
         try:
             return control.UpdateService.with_call(request)[1]
         except grpc.RpcError as error:
@@ -137,33 +142,48 @@ def test_privileged_in_effect_needs_the_policy_on_create_and_update(
         assert denied.details().startswith(f"spec.task.container.{field}: "), denied.details()
         assert reason in denied.details() and "--allow-privileged" in denied.details()
         update = spec_of("plain", change=change)
-        denied = refusal(functools.partial(control.UpdateService, UpdateServiceRequest(
-            service="plain", version=plain.meta.version, spec=update)))  # fmt: skip
+        denied = refusal(
+            functools.partial(
+                control.UpdateService,
+                UpdateServiceRequest(service="plain", version=plain.meta.version, spec=update),
+            )
+        )
         assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, denied.details()
-    bogus = refusal(functools.partial(control.CreateService, CreateServiceRequest(
-        spec=spec_of("root", change=cap("CAP_BOGUS")))))  # fmt: skip
+    bogus = refusal(
+        functools.partial(
+            control.CreateService,
+            CreateServiceRequest(spec=spec_of("root", change=cap("CAP_BOGUS"))),
+        )
+    )
     assert bogus.code() == grpc.StatusCode.INVALID_ARGUMENT  # malformed comes before policy
     assert bogus.details().startswith("spec.task.container.cap_add[0]: unknown capability")
     names = [s.service.spec.name for s in control.ListServices(ListServicesRequest()).services]
     assert names == ["plain"]  # nothing written
-    assert control.GetService(GetServiceRequest(service="plain")).meta.version == \
-        plain.meta.version
+    assert control.GetService(GetServiceRequest(service="plain")).meta.version == plain.meta.version
 
     # what stays allowed: default capabilities, bind mounts of the node's own data
-    for change in (cap("CHOWN"), cap("net_bind_service"), bind("/srv/data"), bind("/home/app"),
-                   bind("/var/lib/app"), lambda s: setattr(s.task.container, "network", "bridge")):
+    for change in (
+        cap("CHOWN"),
+        cap("net_bind_service"),
+        bind("/srv/data"),
+        bind("/home/app"),
+        bind("/var/lib/app"),
+        lambda s: setattr(s.task.container, "network", "bridge"),
+    ):
         control.CreateService(CreateServiceRequest(spec=spec_of("ok", change=change)))
         cluster.cli("service", "rm", "ok")
 
-    by_cli = cluster.cli("service", "create", "-d", "--name", "c", "--cap-add", "SYS_ADMIN",
-                         "busybox", check=False)  # fmt: skip
+    by_cli = cluster.cli(
+        "service", "create", "-d", "--name", "c", "--cap-add", "SYS_ADMIN", "busybox", check=False
+    )
     assert by_cli.returncode == 1 and "does not allow privileged" in by_cli.stderr, by_cli.stderr
 
     stack = cluster.root / "stack.yml"
     stack.write_text("services:\n  tool:\n    image: busybox\n    volumes: ['/:/host']\n")
     by_stack = cluster.cli("stack", "deploy", "-c", str(stack), "ops", check=False)
-    assert by_stack.returncode == 1 and "mounts[0].source: / holds" in by_stack.stderr, \
+    assert by_stack.returncode == 1 and "mounts[0].source: / holds" in by_stack.stderr, (
         by_stack.stderr
+    )
 
     set_policy(control, True)
     for change, _, _ in PRIVILEGED_IN_EFFECT:
@@ -194,8 +214,7 @@ def test_an_automatic_rollback_is_held_to_the_policy_of_its_time(
         spec.update.failure_action = UpdateConfig.ROLLBACK
         spec.update.monitor_seconds = 60
 
-    update(control, "app", spec_of("app", command=("sh", "-c", "sleep 3; exit 1"),
-                                   change=failing))  # fmt: skip
+    update(control, "app", spec_of("app", command=("sh", "-c", "sleep 3; exit 1"), change=failing))
     assert control.GetService(GetServiceRequest(service="app")).HasField("previous_spec")
     set_policy(control, False)  # before the new task fails
     assert not control.GetService(GetServiceRequest(service="app")).HasField("previous_spec")
@@ -241,19 +260,34 @@ def test_a_manual_rollback_and_an_update_away_keep_no_forbidden_target(
 
 
 def test_privileges_are_named_field_by_field() -> None:
-    found = privileges(privileged=True, cap_add=["chown", "sys_ptrace", "CAP_WHATEVER"],
-                       binds=[("v[0]", "/srv"), ("v[1]", "/var/lib")], network="host",
-                       prefix="c.", protected=["/srv/agent-state"])  # fmt: skip
-    assert [p.field for p in found] == ["c.privileged", "c.cap_add[1]", "c.cap_add[2]",
-                                        "c.v[0]", "c.v[1]", "c.network"]  # fmt: skip
+    found = privileges(
+        privileged=True,
+        cap_add=["chown", "sys_ptrace", "CAP_WHATEVER"],
+        binds=[("v[0]", "/srv"), ("v[1]", "/var/lib")],
+        network="host",
+        prefix="c.",
+        protected=["/srv/agent-state"],
+    )
+    assert [p.field for p in found] == [
+        "c.privileged",
+        "c.cap_add[1]",
+        "c.cap_add[2]",
+        "c.v[0]",
+        "c.v[1]",
+        "c.network",
+    ]
     assert "holds /srv/agent-state" in found[3].reason
     assert "not in the default capability set" in found[2].reason
-    assert privileges(privileged=False, cap_add=["KILL", "setuid"], binds=[("b", "/data")],
-                      network="bridge") == []  # fmt: skip
+    assert (
+        privileges(
+            privileged=False, cap_add=["KILL", "setuid"], binds=[("b", "/data")], network="bridge"
+        )
+        == []
+    )
     spec = spec_of("x", change=bind("/sys/fs/cgroup"))
     assert [str(p) for p in privileges_of(spec)] == [
-        "spec.task.container.mounts[0].source: /sys/fs/cgroup is inside /sys, a protected "
-        "host path"]  # fmt: skip
+        "spec.task.container.mounts[0].source: /sys/fs/cgroup is inside /sys, a protected host path"
+    ]
 
 
 @pytest.fixture
@@ -264,11 +298,27 @@ def plain_agent(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     state = tmp_path / "agent-state"
     address = f"127.0.0.1:{free_port()}"
     cgroup = f"dockyard-policy-test-{uuid.uuid4().hex[:8]}"
-    daemon = Daemon("agent", [
-        str(BIN / "dockyard-agent"), "run", "--runtime", "runc", "--insecure",
-        "--controller", f"127.0.0.1:{free_port()}", "--state-dir", str(state),
-        "--listen", address, "--name", "policy", "--cgroup-parent", cgroup],
-        tmp_path / "agent.log")  # fmt: skip
+    daemon = Daemon(
+        "agent",
+        [
+            str(BIN / "dockyard-agent"),
+            "run",
+            "--runtime",
+            "runc",
+            "--insecure",
+            "--controller",
+            f"127.0.0.1:{free_port()}",
+            "--state-dir",
+            str(state),
+            "--listen",
+            address,
+            "--name",
+            "policy",
+            "--cgroup-parent",
+            cgroup,
+        ],
+        tmp_path / "agent.log",
+    )
     try:
         daemon.start()
         with grpc.insecure_channel(address) as channel:
@@ -288,20 +338,26 @@ def test_the_agents_own_api_refuses_privileged_containers_without_its_flag(
     def create(**fields: Any) -> Any:
         request = cpb.CreateContainerRequest(image="busybox", name="p", **fields)
         with grpc.insecure_channel(address) as channel:
-            return refusal(lambda: containers_pb2_grpc.ContainersStub(channel).Create(
-                request, timeout=20))  # fmt: skip
+            return refusal(
+                lambda: containers_pb2_grpc.ContainersStub(channel).Create(request, timeout=20)
+            )
 
     cases = [
         ({"privileged": True}, "privileged", "every capability"),
         ({"cap_add": ["CHOWN", "SYS_ADMIN"]}, "cap_add[1]", "SYS_ADMIN"),
         ({"network": "host"}, "network", "host"),
         ({"seccomp": "unconfined"}, "seccomp", "unconfined"),
-        ({"volumes": [cpb.VolumeSpec(host_path="/", container_path="/h")]},
-         "volumes[0].host_path", "holds"),
-        ({"volumes": [cpb.VolumeSpec(host_path=str(state / "containers"),
-                                     container_path="/h")]},
-         "volumes[0].host_path", f"inside {state}"),
-    ]  # fmt: skip
+        (
+            {"volumes": [cpb.VolumeSpec(host_path="/", container_path="/h")]},
+            "volumes[0].host_path",
+            "holds",
+        ),
+        (
+            {"volumes": [cpb.VolumeSpec(host_path=str(state / "containers"), container_path="/h")]},
+            "volumes[0].host_path",
+            f"inside {state}",
+        ),
+    ]
     for fields, field, reason in cases:
         denied = create(**fields)
         assert denied.code() == grpc.StatusCode.PERMISSION_DENIED, (fields, denied.details())
@@ -328,8 +384,10 @@ def test_a_bind_source_reaching_a_protected_path_through_a_symlink_is_refused(
     (shared / "to-data").symlink_to(shared / "data")
     for name in ("to-etc", "to-root", "to-state"):
         with pytest.raises(InvalidArgument) as refused:
-            resolve_binds([VolumeMount(shared / "ok", "/a"), VolumeMount(shared / name, "/b")],
-                          (str(tmp_path / "agent-state"),))  # fmt: skip
+            resolve_binds(
+                [VolumeMount(shared / "ok", "/a"), VolumeMount(shared / name, "/b")],
+                (str(tmp_path / "agent-state"),),
+            )
         assert str(refused.value).startswith("volumes[1].host_path: "), str(refused.value)
         assert "through a symlink" in str(refused.value)
     # a harmless link is followed, and the runtime gets the path it leads to
@@ -350,8 +408,9 @@ async def test_a_write_checked_against_a_policy_that_changed_meanwhile_fails(
         await store.create(CLUSTER, CLUSTER_ID, ClusterRecordProto(id="c"))
         record = ClusterRecord(store)
         services = ServiceRegistry(store)
-        allowing = await record.update((await record.get()).meta.version,
-                                       ClusterSpec(allow_privileged=True))  # fmt: skip
+        allowing = await record.update(
+            (await record.get()).meta.version, ClusterSpec(allow_privileged=True)
+        )
         root = spec_of("root", change=cap("SYS_ADMIN"))
         checked = await record.check_spec(root)  # allowed, at this revision
         await record.update(allowing.meta.version, ClusterSpec(allow_privileged=False))

@@ -23,9 +23,11 @@ def test_a_node_renewing_in_a_loop_is_refused(cluster_factory: Callable[..., Clu
     cluster.join("looper", state)
     files = state / "pki"
     node_id = pki.identity_of((files / "node.pem").read_bytes()).id
-    creds = grpc.ssl_channel_credentials((files / "ca.pem").read_bytes(),
-                                         (files / "node-key.pem").read_bytes(),
-                                         (files / "node.pem").read_bytes())  # fmt: skip
+    creds = grpc.ssl_channel_credentials(
+        (files / "ca.pem").read_bytes(),
+        (files / "node-key.pem").read_bytes(),
+        (files / "node.pem").read_bytes(),
+    )
     codes = []
     details = ""
     with grpc.secure_channel(cluster.address, creds) as channel:
@@ -37,7 +39,8 @@ def test_a_node_renewing_in_a_loop_is_refused(cluster_factory: Callable[..., Clu
         for _ in range(6):
             try:
                 issued = stub.RenewNodeCertificate(
-                    RenewNodeCertificateRequest(csr_pem=pki.make_csr(pki.new_key())), timeout=10)
+                    RenewNodeCertificateRequest(csr_pem=pki.make_csr(pki.new_key())), timeout=10
+                )
                 assert pki.identity_of(issued.cert_pem).id == node_id
                 codes.append(grpc.StatusCode.OK)
             except grpc.RpcError as exc:

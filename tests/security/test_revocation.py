@@ -37,8 +37,12 @@ async def cluster_ca(etcd: EtcdServer) -> AsyncIterator[ClusterCA]:
     store = Store([etcd.endpoint], "/trust")
     await store.connect()
     try:
-        yield ClusterCA(store, pki.CertificateAuthority.create(), dt.timedelta(days=1),
-                        lambda: ["127.0.0.1:7390"])  # fmt: skip
+        yield ClusterCA(
+            store,
+            pki.CertificateAuthority.create(),
+            dt.timedelta(days=1),
+            lambda: ["127.0.0.1:7390"],
+        )
     finally:
         await store.close()
 
@@ -82,8 +86,10 @@ async def test_renewals_racing_with_rm_leave_no_valid_certificate(
                 return ""
             return pki.identity_of(issued.cert_pem).serial
 
-        results = await asyncio.gather(*(renew(i * 0.004) for i in range(8)),
-                                       cluster_ca.revoke_subject(subject, "node removed"))
+        results = await asyncio.gather(
+            *(renew(i * 0.004) for i in range(8)),
+            cluster_ca.revoke_subject(subject, "node removed"),
+        )
         granted = [serial for serial in results[:-1] if isinstance(serial, str) and serial]
         refused = [serial for serial in results[:-1] if serial == ""]
         assert await unrevoked(cluster_ca, subject) == [], results
@@ -130,17 +136,31 @@ def certs(cluster: Cluster) -> list[list[str]]:
 
 
 def as_user(cluster: Cluster, identity: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "dockyard"),
-                           *cluster.tls_args(identity), "-H", cluster.address, *args],
-                          capture_output=True, text=True, env=cluster.env(),
-                          timeout=30)  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "dockyard"), *cluster.tls_args(identity), "-H", cluster.address, *args],
+        capture_output=True,
+        text=True,
+        env=cluster.env(),
+        timeout=30,
+    )
 
 
 def make_user(cluster: Cluster, name: str, role: str) -> tuple[Path, str]:
     out = cluster.root / "users" / name
-    created = cluster.run_tool("dockyard-controller", "user", "create", name, "--role", role,
-                               "--state-dir", str(cluster.root / "controller"), "--out",
-                               str(out), "--context", name).stdout  # fmt: skip
+    created = cluster.run_tool(
+        "dockyard-controller",
+        "user",
+        "create",
+        name,
+        "--role",
+        role,
+        "--state-dir",
+        str(cluster.root / "controller"),
+        "--out",
+        str(out),
+        "--context",
+        name,
+    ).stdout
     return out, created.rsplit("serial ", 1)[1].strip()
 
 
@@ -152,15 +172,17 @@ def test_a_revoked_admin_certificate_is_refused_on_its_next_call(cluster: Cluste
     roles = {row[1] for row in listed.values()}
     assert {"admin", "controller"} <= roles, listed  # init's admin and the running controller
 
-    cluster.run_tool("dockyard-controller", "cert", "revoke", serial, "--reason", "left",
-                     *admin(cluster))  # fmt: skip
+    cluster.run_tool(
+        "dockyard-controller", "cert", "revoke", serial, "--reason", "left", *admin(cluster)
+    )
     refused = as_user(cluster, eve, "node", "ls")
     assert refused.returncode == 1 and "is revoked" in refused.stderr, refused.stderr
     assert {row[0]: row for row in certs(cluster)}[serial][5] == "revoked: left"
     assert cluster.cli_ok("node", "ls")  # the other admin is untouched
 
-    unknown = cluster.run_tool("dockyard-controller", "cert", "revoke", "abc123",
-                               *admin(cluster), check=False)  # fmt: skip
+    unknown = cluster.run_tool(
+        "dockyard-controller", "cert", "revoke", "abc123", *admin(cluster), check=False
+    )
     assert unknown.returncode == 1 and "no certificate with serial abc123" in unknown.stderr
 
 
@@ -170,16 +192,27 @@ def test_user_rm_revokes_a_read_only_user_and_read_only_cannot_list_certs(
     viewer, serial = make_user(cluster, "viewer", "read-only")
     assert as_user(cluster, viewer, "node", "ls").returncode == 0
     denied = subprocess.run(
-        [str(BIN / "dockyard-controller"), "cert", "ls",
-         "-H", cluster.address, *cluster.tls_args(viewer)],
-        capture_output=True, text=True, env=cluster.env(), timeout=30)  # fmt: skip
+        [
+            str(BIN / "dockyard-controller"),
+            "cert",
+            "ls",
+            "-H",
+            cluster.address,
+            *cluster.tls_args(viewer),
+        ],
+        capture_output=True,
+        text=True,
+        env=cluster.env(),
+        timeout=30,
+    )
     assert denied.returncode == 1 and "may not call ListCertificates" in denied.stderr
     removed = cluster.run_tool("dockyard-controller", "user", "rm", "viewer", *admin(cluster))
     assert serial in removed.stdout
     refused = as_user(cluster, viewer, "node", "ls")
     assert refused.returncode == 1 and "is revoked" in refused.stderr, refused.stderr
-    missing = cluster.run_tool("dockyard-controller", "user", "rm", "nobody", *admin(cluster),
-                               check=False)  # fmt: skip
+    missing = cluster.run_tool(
+        "dockyard-controller", "user", "rm", "nobody", *admin(cluster), check=False
+    )
     assert missing.returncode == 1 and "no admin or read-only certificate" in missing.stderr
 
 
@@ -203,8 +236,10 @@ def test_node_rm_ends_a_live_session_at_once(cluster: Cluster) -> None:
     node_id = pki.identity_of((spare / "pki" / "node.pem").read_bytes()).id
     files = spare / "pki"
     credentials = grpc.ssl_channel_credentials(
-        (files / "ca.pem").read_bytes(), (files / "node-key.pem").read_bytes(),
-        (files / "node.pem").read_bytes())  # fmt: skip
+        (files / "ca.pem").read_bytes(),
+        (files / "node-key.pem").read_bytes(),
+        (files / "node.pem").read_bytes(),
+    )
 
     def messages() -> Iterator[AgentMessage]:
         yield AgentMessage(hello=SessionHello(node_id=node_id, name="spare"))
@@ -212,8 +247,9 @@ def test_node_rm_ends_a_live_session_at_once(cluster: Cluster) -> None:
             yield AgentMessage(heartbeat=Heartbeat(sequence=sequence))
             time.sleep(0.1)
 
-    with grpc.secure_channel(cluster.address, credentials, [
-            ("grpc.ssl_target_name_override", pki.CONTROLLER_TLS_NAME)]) as channel:
+    with grpc.secure_channel(
+        cluster.address, credentials, [("grpc.ssl_target_name_override", pki.CONTROLLER_TLS_NAME)]
+    ) as channel:
         responses = dispatcher_pb2_grpc.DispatcherStub(channel).Session(messages(), timeout=15)
         assert next(responses).HasField("accepted")
         cluster.wait_for(lambda: "spare" in cluster.nodes(), "spare registered")
@@ -236,8 +272,9 @@ def test_node_rm_ends_a_live_session_at_once(cluster: Cluster) -> None:
 class EndlessBlob(PeerServicer):
     """A blob that never ends: a chunk every 50 ms."""
 
-    async def FetchBlob(self, request: FetchBlobRequest, context: object
-                        ) -> AsyncIterator[BlobChunk]:  # fmt: skip
+    async def FetchBlob(
+        self, request: FetchBlobRequest, context: object
+    ) -> AsyncIterator[BlobChunk]:
         while True:
             yield BlobChunk(data=b"x" * 16)
             await asyncio.sleep(0.05)
@@ -252,14 +289,19 @@ async def test_a_stream_ends_when_its_certificate_is_revoked() -> None:
     revoked: set[str] = set()
     server = grpc.aio.server(interceptors=[AuthInterceptor(lambda s: s in revoked)])
     add_PeerServicer_to_server(EndlessBlob(), server)
-    port = server.add_secure_port("127.0.0.1:0", grpc.ssl_server_credentials(
-        [(server_key, server_cert)], root_certificates=ca.cert_pem, require_client_auth=True))
+    port = server.add_secure_port(
+        "127.0.0.1:0",
+        grpc.ssl_server_credentials(
+            [(server_key, server_cert)], root_certificates=ca.cert_pem, require_client_auth=True
+        ),
+    )
     await server.start()
     try:
         credentials = grpc.ssl_channel_credentials(ca.cert_pem, client_key, client_cert)
         async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
-            call = PeerStub(channel).FetchBlob(FetchBlobRequest(digest="sha256:" + "0" * 64),
-                                               timeout=20)  # fmt: skip
+            call = PeerStub(channel).FetchBlob(
+                FetchBlobRequest(digest="sha256:" + "0" * 64), timeout=20
+            )
             for _ in range(3):
                 assert isinstance(await call.read(), BlobChunk)
             revoked.add(pki.identity_of(client_cert).serial)

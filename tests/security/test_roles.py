@@ -37,7 +37,8 @@ from tests.ports import free_port
 def sans(pem: bytes) -> set[str]:
     names = pki.load_cert(pem).extensions.get_extension_for_class(x509.SubjectAlternativeName)
     return {str(v) for v in names.value.get_values_for_type(x509.DNSName)} | {
-        str(v) for v in names.value.get_values_for_type(x509.IPAddress)}
+        str(v) for v in names.value.get_values_for_type(x509.IPAddress)
+    }
 
 
 def test_every_certificate_names_its_role_and_no_other() -> None:
@@ -53,8 +54,9 @@ def test_every_certificate_names_its_role_and_no_other() -> None:
 
 
 def test_a_node_certificate_names_only_what_the_controller_saw() -> None:
-    names = node_sans("0123abcd0123abcd0123", ["127.0.0.1", "[::1]:5000", "10.1.2.3:7400"],
-                      "10.1.2.3")  # fmt: skip
+    names = node_sans(
+        "0123abcd0123abcd0123", ["127.0.0.1", "[::1]:5000", "10.1.2.3:7400"], "10.1.2.3"
+    )
     assert names == ["0123abcd0123abcd0123", "127.0.0.1", "::1", "localhost", "10.1.2.3"]
     mapped = node_sans("n", [], "::ffff:10.1.2.3")
     assert mapped[-1] == "10.1.2.3"
@@ -64,11 +66,13 @@ def test_a_node_certificate_names_only_what_the_controller_saw() -> None:
 
 
 _NAMES = st.one_of(
-    st.sampled_from([pki.role_host(r) for r in pki.ROLES] + ["DOCKYARD-CONTROLLER",
-                    "127.0.0.1", "::1", "localhost", "10.0.0.1", "[10.0.0.1]:7400"]),
+    st.sampled_from(
+        [pki.role_host(r) for r in pki.ROLES]
+        + ["DOCKYARD-CONTROLLER", "127.0.0.1", "::1", "localhost", "10.0.0.1", "[10.0.0.1]:7400"]
+    ),
     st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z]{2,5})?", fullmatch=True),
     st.ip_addresses().map(str),
-)  # fmt: skip
+)
 
 
 @settings(max_examples=150, deadline=None, database=None, print_blob=True)
@@ -78,8 +82,10 @@ def test_no_certificate_carries_another_roles_name(role: str, names: list[str]) 
     try:
         cert, _ = ca.issue_pair(role, "subject", sans=[n for n in names if "[" not in n])
     except pki.PKIError:
-        assert any(n.lower() in {pki.role_host(r) for r in pki.ROLES} - {pki.role_host(role)}
-                   for n in names)  # fmt: skip
+        assert any(
+            n.lower() in {pki.role_host(r) for r in pki.ROLES} - {pki.role_host(role)}
+            for n in names
+        )
         return
     carried = {n.lower() for n in sans(cert)} & {pki.role_host(r) for r in pki.ROLES}
     assert carried == {pki.role_host(role)}
@@ -88,14 +94,20 @@ def test_no_certificate_carries_another_roles_name(role: str, names: list[str]) 
 @settings(max_examples=150, deadline=None, database=None, print_blob=True)
 @given(names=st.lists(_NAMES, max_size=6), observed=st.sampled_from(["10.0.0.1", "", "::1"]))
 def test_a_node_certificate_never_names_a_host_it_did_not_come_from(
-    names: list[str], observed: str,
+    names: list[str],
+    observed: str,
 ) -> None:
     try:
         granted = node_sans("0123abcd0123abcd0123", names, observed)
     except ValidationError:
         return
-    assert set(granted) <= {"0123abcd0123abcd0123", "127.0.0.1", "::1", "localhost",
-                            *([observed] if observed else [])}  # fmt: skip
+    assert set(granted) <= {
+        "0123abcd0123abcd0123",
+        "127.0.0.1",
+        "::1",
+        "localhost",
+        *([observed] if observed else []),
+    }
     cert, _ = _FUZZ_CA.issue_pair(pki.NODE, "0123abcd0123abcd0123", sans=granted)
     assert pki.CONTROLLER_TLS_NAME not in sans(cert)
 
@@ -113,18 +125,38 @@ def cluster(cluster_factory: Callable[..., Cluster]) -> Iterator[Cluster]:
     yield cluster
 
 
-def test_join_refuses_hosts_the_controller_cannot_vouch_for(cluster: Cluster,
-                                                            tmp_path: Path) -> None:  # fmt: skip
+def test_join_refuses_hosts_the_controller_cannot_vouch_for(
+    cluster: Cluster, tmp_path: Path
+) -> None:
     token = cluster.join_token()
-    refused = cluster.run_tool("dockyard-agent", "join", "--token", token, cluster.join_address,
-                               "--state-dir", str(tmp_path / "a"), "--api-host", "10.20.30.40",
-                               check=False)  # fmt: skip
+    refused = cluster.run_tool(
+        "dockyard-agent",
+        "join",
+        "--token",
+        token,
+        cluster.join_address,
+        "--state-dir",
+        str(tmp_path / "a"),
+        "--api-host",
+        "10.20.30.40",
+        check=False,
+    )
     assert refused.returncode == 1
-    assert "hosts[0]" in refused.stderr and "not the address this request came from" in \
-        refused.stderr, refused.stderr
+    assert (
+        "hosts[0]" in refused.stderr and "not the address this request came from" in refused.stderr
+    ), refused.stderr
     assert not (tmp_path / "a" / "pki" / "node.pem").exists()
-    cluster.run_tool("dockyard-agent", "join", "--token", token, cluster.join_address,
-                     "--state-dir", str(tmp_path / "b"), "--api-host", "127.0.0.1")  # fmt: skip
+    cluster.run_tool(
+        "dockyard-agent",
+        "join",
+        "--token",
+        token,
+        cluster.join_address,
+        "--state-dir",
+        str(tmp_path / "b"),
+        "--api-host",
+        "127.0.0.1",
+    )
     cert = (tmp_path / "b" / "pki" / "node.pem").read_bytes()
     node_id = pki.identity_of(cert).id
     assert sans(cert) == {node_id, "dockyard-node", "127.0.0.1", "::1", "localhost"}
@@ -141,11 +173,13 @@ class ForgedCA(ca_pb2_grpc.NodeCAServicer):
 
 
 class ForgedDispatcher(dispatcher_pb2_grpc.DispatcherServicer):
-    def Session(self, request_iterator: Iterator[object], context: object
-                ) -> Iterator[DispatcherMessage]:  # fmt: skip
+    def Session(
+        self, request_iterator: Iterator[object], context: object
+    ) -> Iterator[DispatcherMessage]:
         next(request_iterator)
-        yield DispatcherMessage(accepted=SessionAccepted(session_id="forged",
-                                                         heartbeat_period_seconds=1.0))
+        yield DispatcherMessage(
+            accepted=SessionAccepted(session_id="forged", heartbeat_period_seconds=1.0)
+        )
 
 
 @pytest.fixture
@@ -160,8 +194,12 @@ def impostor(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[str, NodePKI]]:
     dispatcher_pb2_grpc.add_DispatcherServicer_to_server(ForgedDispatcher(), server)
     chain = files.cert.read_bytes() + files.ca.read_bytes()
     address = f"127.0.0.1:{free_port()}"
-    server.add_secure_port(address, grpc.ssl_server_credentials(
-        [(files.key.read_bytes(), chain)], root_certificates=files.ca.read_bytes()))
+    server.add_secure_port(
+        address,
+        grpc.ssl_server_credentials(
+            [(files.key.read_bytes(), chain)], root_certificates=files.ca.read_bytes()
+        ),
+    )
     server.start()
     assert "127.0.0.1" in sans(files.cert.read_bytes())  # it would pass an address check
     try:
@@ -171,21 +209,24 @@ def impostor(cluster: Cluster, tmp_path: Path) -> Iterator[tuple[str, NodePKI]]:
 
 
 def test_the_cli_refuses_a_node_certificate_where_a_controller_is_expected(
-    cluster: Cluster, impostor: tuple[str, NodePKI],
+    cluster: Cluster,
+    impostor: tuple[str, NodePKI],
 ) -> None:
     address, _ = impostor
     result = cluster.cli("node", "ls", check=False, host=address)
     assert result.returncode == 1, result.stdout
     assert "f" * 20 not in result.stdout
     assert "does not name a controller" in result.stderr, result.stderr
-    token = cluster.run_tool("dockyard-controller", "token", "ls", "-H", address,
-                             *cluster.tls_args(), check=False)  # fmt: skip
+    token = cluster.run_tool(
+        "dockyard-controller", "token", "ls", "-H", address, *cluster.tls_args(), check=False
+    )
     assert token.returncode == 1 and "does not name a controller" in token.stderr
     assert cluster.cli_ok("node", "ls")  # the real controller passes
 
 
 def test_a_join_refuses_a_node_certificate_on_the_join_port(
-    cluster: Cluster, impostor: tuple[str, NodePKI],
+    cluster: Cluster,
+    impostor: tuple[str, NodePKI],
 ) -> None:
     address, _ = impostor
     with pytest.raises(JoinError, match="not a controller's"):
@@ -193,7 +234,9 @@ def test_a_join_refuses_a_node_certificate_on_the_join_port(
 
 
 def test_an_agent_session_refuses_a_node_certificate(
-    cluster: Cluster, impostor: tuple[str, NodePKI], tmp_path: Path,
+    cluster: Cluster,
+    impostor: tuple[str, NodePKI],
+    tmp_path: Path,
 ) -> None:
     address, _ = impostor
     cluster.join("victim", tmp_path / "victim")
@@ -201,8 +244,13 @@ def test_an_agent_session_refuses_a_node_certificate(
     identity = NodeIdentity(files.identity().id, "victim")
 
     async def attempt(target: str) -> bool:
-        session = ControllerSession([target], identity, NodeDescription, backoff=Backoff(
-            initial=0.05, maximum=0.1), credentials=files.channel_credentials)  # fmt: skip
+        session = ControllerSession(
+            [target],
+            identity,
+            NodeDescription,
+            backoff=Backoff(initial=0.05, maximum=0.1),
+            credentials=files.channel_credentials,
+        )
         running = asyncio.create_task(session.run())
         try:
             await asyncio.wait_for(session.connected.wait(), 4)
@@ -226,20 +274,31 @@ def test_a_renewal_keeps_only_what_the_controller_saw(cluster: Cluster, tmp_path
 
     cluster.join("n", tmp_path / "n")
     files = NodePKI.of(tmp_path / "n")
-    with grpc.secure_channel(cluster.address, files.channel_credentials(), [
-            ("grpc.ssl_target_name_override", pki.CONTROLLER_TLS_NAME)]) as channel:
+    with grpc.secure_channel(
+        cluster.address,
+        files.channel_credentials(),
+        [("grpc.ssl_target_name_override", pki.CONTROLLER_TLS_NAME)],
+    ) as channel:
         stub = ca_pb2_grpc.NodeCAStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
-            stub.RenewNodeCertificate(RenewNodeCertificateRequest(
-                csr_pem=pki.make_csr(pki.new_key()), hosts=["10.0.0.1"]), timeout=10)
+            stub.RenewNodeCertificate(
+                RenewNodeCertificateRequest(
+                    csr_pem=pki.make_csr(pki.new_key()), hosts=["10.0.0.1"]
+                ),
+                timeout=10,
+            )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-        renewed = stub.RenewNodeCertificate(RenewNodeCertificateRequest(
-            csr_pem=pki.make_csr(pki.new_key())), timeout=10)
+        renewed = stub.RenewNodeCertificate(
+            RenewNodeCertificateRequest(csr_pem=pki.make_csr(pki.new_key())), timeout=10
+        )
     assert pki.CONTROLLER_TLS_NAME not in sans(renewed.cert_pem)
-    assert all(name in {files.identity().id, "dockyard-node", "127.0.0.1", "::1", "localhost"}
-               for name in sans(renewed.cert_pem))
-    assert dt.timedelta(0) < pki.load_cert(renewed.cert_pem).not_valid_after_utc - \
-        dt.datetime.now(dt.UTC)
+    assert all(
+        name in {files.identity().id, "dockyard-node", "127.0.0.1", "::1", "localhost"}
+        for name in sans(renewed.cert_pem)
+    )
+    assert dt.timedelta(0) < pki.load_cert(renewed.cert_pem).not_valid_after_utc - dt.datetime.now(
+        dt.UTC
+    )
 
 
 def test_an_agent_named_by_the_controller_must_hold_that_nodes_certificate(
@@ -253,16 +312,26 @@ def test_an_agent_named_by_the_controller_must_hold_that_nodes_certificate(
 
     for name in ("n1", "n2"):
         cluster.start_agent(name)
-    cluster.wait_for(lambda: {n["status"]["state"] for n in cluster.nodes().values()} ==
-                     {"READY"} and len(cluster.nodes()) == 2, "2 nodes READY")  # fmt: skip
+    cluster.wait_for(
+        lambda: (
+            {n["status"]["state"] for n in cluster.nodes().values()} == {"READY"}
+            and len(cluster.nodes()) == 2
+        ),
+        "2 nodes READY",
+    )
     ids = {name: node["id"] for name, node in cluster.nodes().items()}
     admin = cluster.pki / "admin"
     tls = TLSFiles(str(admin / "ca.pem"), str(admin / "cert.pem"), str(admin / "key.pem"))
     n1 = cluster.agent_address("n1")
 
     def version(server_name: str) -> object:
-        return call(Target(n1, "test", tls, server_name=server_name), agent_pb2_grpc.AgentStub,
-                    "GetVersion", GetVersionRequest(), what="agent")  # fmt: skip
+        return call(
+            Target(n1, "test", tls, server_name=server_name),
+            agent_pb2_grpc.AgentStub,
+            "GetVersion",
+            GetVersionRequest(),
+            what="agent",
+        )
 
     assert version(ids["n1"]) is not None
     with pytest.raises(CliError, match=rf"{n1} is not '{ids['n2']}': its certificate"):

@@ -35,20 +35,29 @@ def fixed(subnet: str) -> NodeDescription:
 
 def test_a_fixed_subnet_covering_a_protected_address_is_refused_by_name() -> None:
     pool = SubnetPool()
-    guarded = [g for g in (protected_address("a controller", "10.40.0.5:7390"),
-                           protected_address("etcd", "http://10.41.0.9:2379"),
-                           protected_address("loopback", "127.0.0.1:7390"),
-                           protected_address("a name", "ctl.example:7390")) if g]  # fmt: skip
+    guarded = [
+        g
+        for g in (
+            protected_address("a controller", "10.40.0.5:7390"),
+            protected_address("etcd", "http://10.41.0.9:2379"),
+            protected_address("loopback", "127.0.0.1:7390"),
+            protected_address("a name", "ctl.example:7390"),
+        )
+        if g
+    ]
     assert [who for who, _ in guarded] == ["a controller", "etcd"]
     for subnet, who in (("10.40.0.0/24", "a controller"), ("10.41.0.0/16", "etcd")):
         with pytest.raises(CoversAddress, match=rf"{subnet} covers the address .* of {who}"):
             pool.assign("n1", NodeNetwork(), fixed(subnet), [], guarded)
-    assert pool.assign("n1", NodeNetwork(), fixed("10.42.0.0/24"), [], guarded).subnet == \
-        "10.42.0.0/24"
+    assert (
+        pool.assign("n1", NodeNetwork(), fixed("10.42.0.0/24"), [], guarded).subnet
+        == "10.42.0.0/24"
+    )
     # The pool skips a block that holds one.
     small = SubnetPool("10.40.0.0/23", 24)
-    got = small.assign("n1", NodeNetwork(), NodeDescription(bridge_subnet="10.87.0.0/16"), [],
-                       guarded)  # fmt: skip
+    got = small.assign(
+        "n1", NodeNetwork(), NodeDescription(bridge_subnet="10.87.0.0/16"), [], guarded
+    )
     assert got.subnet == "10.40.1.0/24"
 
 
@@ -66,29 +75,44 @@ async def test_registration_refuses_a_subnet_over_the_controller_or_another_node
     store: Store,
 ) -> None:
     registry = NodeRegistry(store, SubnetPool(), lambda: ["10.50.0.1:7390", "10.51.0.2:2379"])
-    honest = await registry.register(SessionHello(
-        node_id="aaaaaaaaaaaaaaaaaaaa", name="honest",
-        description=NodeDescription(bridge_subnet="10.87.0.0/16")), "ipv4:10.60.3.4:5000")
+    honest = await registry.register(
+        SessionHello(
+            node_id="aaaaaaaaaaaaaaaaaaaa",
+            name="honest",
+            description=NodeDescription(bridge_subnet="10.87.0.0/16"),
+        ),
+        "ipv4:10.60.3.4:5000",
+    )
     assert honest.network.address == "10.60.3.4"
-    for subnet, whose in (("10.50.0.0/16", "a controller or etcd endpoint"),
-                          ("10.51.0.0/24", "a controller or etcd endpoint"),
-                          ("10.60.0.0/16", "node aaaaaaaaaaaa")):  # fmt: skip
+    for subnet, whose in (
+        ("10.50.0.0/16", "a controller or etcd endpoint"),
+        ("10.51.0.0/24", "a controller or etcd endpoint"),
+        ("10.60.0.0/16", "node aaaaaaaaaaaa"),
+    ):
         with pytest.raises(ValidationError, match=rf"bridge_subnet.*covers .* of {whose}"):
-            await registry.register(SessionHello(
-                node_id="bbbbbbbbbbbbbbbbbbbb", name="rogue", description=fixed(subnet)),
-                "ipv4:10.70.0.2:5000")  # fmt: skip
+            await registry.register(
+                SessionHello(
+                    node_id="bbbbbbbbbbbbbbbbbbbb", name="rogue", description=fixed(subnet)
+                ),
+                "ipv4:10.70.0.2:5000",
+            )
     assert [n.spec.name for n in await registry.list_all()] == ["honest"]  # nothing written
-    fine = await registry.register(SessionHello(
-        node_id="bbbbbbbbbbbbbbbbbbbb", name="rogue", description=fixed("10.61.0.0/24")),
-        "ipv4:10.70.0.2:5000")  # fmt: skip
+    fine = await registry.register(
+        SessionHello(
+            node_id="bbbbbbbbbbbbbbbbbbbb", name="rogue", description=fixed("10.61.0.0/24")
+        ),
+        "ipv4:10.70.0.2:5000",
+    )
     assert fine.network.subnet == "10.61.0.0/24"
 
 
 def test_a_peer_subnet_holding_another_peers_host_is_not_routed() -> None:
     routes = PeerRoutes()
     local = ipaddress.IPv4Network(LOCAL)
-    peers = [PeerRoute("good", "10.213.51.0/24", "192.168.77.2"),
-             PeerRoute("rogue", "192.168.77.0/28", "192.168.77.3")]  # fmt: skip
+    peers = [
+        PeerRoute("good", "10.213.51.0/24", "192.168.77.2"),
+        PeerRoute("rogue", "192.168.77.0/28", "192.168.77.3"),
+    ]
     chosen = routes._choose(local, peers, [], set())
     assert [p.node_id for p, _, _ in chosen] == ["good"]
 
@@ -116,13 +140,24 @@ print(json.dumps([p.node_id for p in done]))
 def test_a_route_made_after_the_agent_looked_is_not_replaced(host: Host) -> None:
     host.ip("route", "add", "10.213.60.0/24", "via", "192.168.77.9")
     before = host.routes()
-    result = host.exec(sys.executable, "-c", STALE_VIEW, "10.213.60.0/24", json.dumps([
-        peer("rogue", "10.213.60.0/24", "192.168.77.2"),
-        peer("good", "10.213.61.0/24", "192.168.77.3")]), LOCAL, check=False)  # fmt: skip
+    result = host.exec(
+        sys.executable,
+        "-c",
+        STALE_VIEW,
+        "10.213.60.0/24",
+        json.dumps(
+            [
+                peer("rogue", "10.213.60.0/24", "192.168.77.2"),
+                peer("good", "10.213.61.0/24", "192.168.77.3"),
+            ]
+        ),
+        LOCAL,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == ["good"]
     assert "10.213.60.0/24 via 192.168.77.9 dev up0" in before
-    assert [r for r in host.routes() if r.startswith("10.213.60.0/24")] == \
-        [r for r in before if r.startswith("10.213.60.0/24")]
+    assert [r for r in host.routes() if r.startswith("10.213.60.0/24")] == [
+        r for r in before if r.startswith("10.213.60.0/24")
+    ]
     assert host.our_routes() == ["10.213.61.0/24 via 192.168.77.3 dev up0"]
-

@@ -57,8 +57,14 @@ def make_task(
     slot: int = 1,
     grace: float = 0.0,
 ) -> Task:
-    task = Task(id=task_id, service_id="svc" + task_id, service_name="web", slot=slot,
-                node_id="node0123456789abcdef", desired_state=desired)  # fmt: skip
+    task = Task(
+        id=task_id,
+        service_id="svc" + task_id,
+        service_name="web",
+        slot=slot,
+        node_id="node0123456789abcdef",
+        desired_state=desired,
+    )
     task.status.state = State.ASSIGNED
     container = task.spec.container
     container.image = image

@@ -11,10 +11,21 @@ def test_hollow_agents_register_as_ready_nodes(cluster_factory: Callable[..., Cl
     cluster = cluster_factory(heartbeat=1.0, grace=5.0, insecure=True)  # the fleet is plaintext
     cluster.start_controller()
     args = [
-        str(BIN / "dockyard-agent"), "hollow", "--controller", cluster.address, "--count", "50",
-        "--name-prefix", "hollow", "--state-dir", str(cluster.root / "hollow"),
-        "--cpus", "2", "--memory", "4G",
-    ]  # fmt: skip
+        str(BIN / "dockyard-agent"),
+        "hollow",
+        "--controller",
+        cluster.address,
+        "--count",
+        "50",
+        "--name-prefix",
+        "hollow",
+        "--state-dir",
+        str(cluster.root / "hollow"),
+        "--cpus",
+        "2",
+        "--memory",
+        "4G",
+    ]
     cluster.agents["hollow"] = Daemon("hollow", args, cluster.root / "hollow.log").start()
 
     def all_ready() -> bool:

@@ -75,8 +75,7 @@ async def test_runc_tasks_pull_run_fail_and_stop(node: Node, image_registry: Ima
     await node.worker.on_assignments(full_set(failing, sleeper))
 
     await until(lambda: session.states(failing.id)[-1:] == ["FAILED"], "exit 3 FAILED", 60)
-    assert session.states(failing.id) == ["ACCEPTED", "PREPARING", "STARTING", "RUNNING",
-                                          "FAILED"]  # fmt: skip
+    assert session.states(failing.id) == ["ACCEPTED", "PREPARING", "STARTING", "RUNNING", "FAILED"]
     status = session.last(failing.id)
     assert status.exit_code == 3 and status.error == "task: non-zero exit (3)"
 

@@ -136,8 +136,11 @@ async def test_a_task_removed_from_the_set_loses_its_container(
 async def test_a_container_of_no_assigned_task_is_removed(
     worker: Worker, runtime: HollowRuntime
 ) -> None:
-    await runtime.create(ContainerSpec(id="", name="old.1.zzz", image="busybox",
-                                         lower_dirs=(), labels={LABEL_TASK_ID: "zzz"}))  # fmt: skip
+    await runtime.create(
+        ContainerSpec(
+            id="", name="old.1.zzz", image="busybox", lower_dirs=(), labels={LABEL_TASK_ID: "zzz"}
+        )
+    )
     await worker.on_assignments(full_set())
     await until(lambda: not runtime._containers, "orphan removed")
 
@@ -219,8 +222,12 @@ async def test_a_new_worker_on_the_same_state_dir_resumes_the_tasks(
 async def test_a_task_that_never_turns_healthy_is_killed_and_failed(
     worker: Worker, session: FakeSession, runtime: HollowRuntime
 ) -> None:
-    check = HealthCheck(test=["CMD-SHELL", "echo not ok; exit 1"], interval_seconds=0.05,
-                        timeout_seconds=1, retries=2)  # fmt: skip
+    check = HealthCheck(
+        test=["CMD-SHELL", "echo not ok; exit 1"],
+        interval_seconds=0.05,
+        timeout_seconds=1,
+        retries=2,
+    )
     await worker.on_assignments(full_set(make_task("t1", ["serve"], healthcheck=check)))
     await until(lambda: session.states("t1")[-1:] == ["FAILED"], "t1 FAILED")
     status = session.last("t1")

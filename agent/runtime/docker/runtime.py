@@ -52,10 +52,18 @@ _STREAMS = {1: "stdout", 2: "stderr"}
 
 def _mount(volume: VolumeMount) -> dict[str, Any]:
     if volume.volume:  # the engine makes a missing named volume
-        return {"Type": "volume", "Source": volume.volume, "Target": volume.container,
-                "ReadOnly": volume.read_only}  # fmt: skip
-    return {"Type": "bind", "Source": str(volume.host), "Target": volume.container,
-            "ReadOnly": volume.read_only}  # fmt: skip
+        return {
+            "Type": "volume",
+            "Source": volume.volume,
+            "Target": volume.container,
+            "ReadOnly": volume.read_only,
+        }
+    return {
+        "Type": "bind",
+        "Source": str(volume.host),
+        "Target": volume.container,
+        "ReadOnly": volume.read_only,
+    }
 
 
 def _ports(ports: Sequence[PortMapping]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
@@ -65,8 +73,9 @@ def _ports(ports: Sequence[PortMapping]) -> tuple[dict[str, Any], dict[str, list
         key = f"{port.container_port}/{port.protocol}"
         exposed[key] = {}
         if port.host_port:
-            bindings.setdefault(key, []).append({"HostIp": port.host_ip,
-                                                 "HostPort": str(port.host_port)})
+            bindings.setdefault(key, []).append(
+                {"HostIp": port.host_ip, "HostPort": str(port.host_port)}
+            )
     return exposed, bindings
 
 
@@ -89,10 +98,13 @@ def _host_config(spec: ContainerSpec) -> dict[str, Any]:
     if spec.seccomp == "unconfined":
         host["SecurityOpt"] = ["seccomp=unconfined"]
     mounts = [_mount(v) for v in spec.volumes] + [
-        {"Type": "tmpfs", "Target": t.container,
-         "TmpfsOptions": {"SizeBytes": t.size_bytes} if t.size_bytes else {}}
+        {
+            "Type": "tmpfs",
+            "Target": t.container,
+            "TmpfsOptions": {"SizeBytes": t.size_bytes} if t.size_bytes else {},
+        }
         for t in spec.tmpfs
-    ]  # fmt: skip
+    ]
     if mounts:
         host["Mounts"] = mounts
     return host
@@ -104,10 +116,19 @@ def engine_body(spec: ContainerSpec) -> dict[str, Any]:
     exposed, bindings = _ports(spec.ports)
     if bindings:
         host["PortBindings"] = bindings
-    body: dict[str, Any] = {"Image": spec.image, "Env": list(spec.env),
-                            "Labels": dict(spec.labels), "HostConfig": host}  # fmt: skip
-    optional = {"Cmd": spec.command, "Entrypoint": spec.entrypoint, "WorkingDir": spec.workdir,
-                "User": spec.user, "Hostname": spec.hostname}  # fmt: skip
+    body: dict[str, Any] = {
+        "Image": spec.image,
+        "Env": list(spec.env),
+        "Labels": dict(spec.labels),
+        "HostConfig": host,
+    }
+    optional = {
+        "Cmd": spec.command,
+        "Entrypoint": spec.entrypoint,
+        "WorkingDir": spec.workdir,
+        "User": spec.user,
+        "Hostname": spec.hostname,
+    }
     body.update({key: value for key, value in optional.items() if value})
     if exposed:
         body["ExposedPorts"] = exposed
@@ -122,22 +143,30 @@ def _time(text: str | None) -> datetime | None:
     return None
 
 
-_STATUS = {"created": ContainerStatus.CREATED, "running": ContainerStatus.RUNNING,
-           "paused": ContainerStatus.RUNNING, "restarting": ContainerStatus.RUNNING,
-           "exited": ContainerStatus.EXITED, "removing": ContainerStatus.EXITED,
-           "dead": ContainerStatus.DEAD}  # fmt: skip
+_STATUS = {
+    "created": ContainerStatus.CREATED,
+    "running": ContainerStatus.RUNNING,
+    "paused": ContainerStatus.RUNNING,
+    "restarting": ContainerStatus.RUNNING,
+    "exited": ContainerStatus.EXITED,
+    "removing": ContainerStatus.EXITED,
+    "dead": ContainerStatus.DEAD,
+}
 
 
 def _state(state: Mapping[str, Any], restarts: int) -> ContainerState:
     status = _STATUS.get(str(state.get("Status", "")), ContainerStatus.DEAD)
     exited = status in (ContainerStatus.EXITED, ContainerStatus.DEAD)
     return ContainerState(
-        status=status, pid=int(state.get("Pid") or 0),
+        status=status,
+        pid=int(state.get("Pid") or 0),
         exit_code=int(state.get("ExitCode") or 0) if exited else None,
-        oom_killed=bool(state.get("OOMKilled")), started_at=_time(state.get("StartedAt")),
-        finished_at=_time(state.get("FinishedAt")), error=str(state.get("Error") or ""),
+        oom_killed=bool(state.get("OOMKilled")),
+        started_at=_time(state.get("StartedAt")),
+        finished_at=_time(state.get("FinishedAt")),
+        error=str(state.get("Error") or ""),
         restart_count=restarts,
-    )  # fmt: skip
+    )
 
 
 def _spec(found: Mapping[str, Any]) -> ContainerSpec:
@@ -146,27 +175,42 @@ def _spec(found: Mapping[str, Any]) -> ContainerSpec:
     mode = str(host.get("NetworkMode") or "none")
     network: NetworkMode = mode if mode in ("none", "host") else "bridge"  # type: ignore[assignment]
     return ContainerSpec(
-        id=str(found["Id"]), name=str(found.get("Name", "")).removeprefix("/"),
-        image=str(config.get("Image", "")), lower_dirs=(), command=config.get("Cmd"),
-        entrypoint=config.get("Entrypoint"), env=list(config.get("Env") or ()),
-        workdir=config.get("WorkingDir") or None, user=config.get("User") or None,
-        memory_bytes=int(host.get("Memory") or 0), nano_cpus=int(host.get("NanoCpus") or 0),
+        id=str(found["Id"]),
+        name=str(found.get("Name", "")).removeprefix("/"),
+        image=str(config.get("Image", "")),
+        lower_dirs=(),
+        command=config.get("Cmd"),
+        entrypoint=config.get("Entrypoint"),
+        env=list(config.get("Env") or ()),
+        workdir=config.get("WorkingDir") or None,
+        user=config.get("User") or None,
+        memory_bytes=int(host.get("Memory") or 0),
+        nano_cpus=int(host.get("NanoCpus") or 0),
         pids_limit=max(0, int(host.get("PidsLimit") or 0)),
-        read_only=bool(host.get("ReadonlyRootfs")), network=network,
-        labels=dict(config.get("Labels") or {}), cap_add=list(host.get("CapAdd") or ()),
-        cap_drop=list(host.get("CapDrop") or ()), hostname=config.get("Hostname") or None,
+        read_only=bool(host.get("ReadonlyRootfs")),
+        network=network,
+        labels=dict(config.get("Labels") or {}),
+        cap_add=list(host.get("CapAdd") or ()),
+        cap_drop=list(host.get("CapDrop") or ()),
+        hostname=config.get("Hostname") or None,
         privileged=bool(host.get("Privileged")),
-    )  # fmt: skip
+    )
 
 
 def _info(found: Mapping[str, Any]) -> ContainerInfo:
     spec = _spec(found)
     created = _time(found.get("Created")) or datetime.now(UTC)
     log_path = found.get("LogPath")
-    return ContainerInfo(spec.id, spec.name, spec.image, created, spec,
-                         _state(found.get("State") or {}, int(found.get("RestartCount") or 0)),
-                         Path(log_path) if log_path else None,
-                         NetworkInfo(mode=spec.network))  # fmt: skip
+    return ContainerInfo(
+        spec.id,
+        spec.name,
+        spec.image,
+        created,
+        spec,
+        _state(found.get("State") or {}, int(found.get("RestartCount") or 0)),
+        Path(log_path) if log_path else None,
+        NetworkInfo(mode=spec.network),
+    )
 
 
 def _exit(state: ContainerState) -> ExitInfo:
@@ -230,7 +274,8 @@ class DockerRuntime:
             info = await self.docker.version()
         except (aiodocker.DockerError, OSError) as exc:
             raise ContainerRuntimeError(
-                f"the Docker engine at {self.host} does not answer: {exc}") from exc
+                f"the Docker engine at {self.host} does not answer: {exc}"
+            ) from exc
         return str(info.get("Version", ""))
 
     async def has_image(self, image: str) -> bool:
@@ -240,8 +285,9 @@ class DockerRuntime:
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 return False
-            raise ContainerRuntimeError(f"the engine failed to inspect {image}: "
-                                        f"{exc.message}") from exc  # fmt: skip
+            raise ContainerRuntimeError(
+                f"the engine failed to inspect {image}: {exc.message}"
+            ) from exc
         return True
 
     async def pull(self, image: str) -> None:
@@ -257,8 +303,9 @@ class DockerRuntime:
         except aiodocker.DockerError as exc:
             if exc.status == 404:
                 raise ContainerNotFound(ref) from None
-            raise ContainerRuntimeError(f"the engine failed to inspect {ref}: {exc.message}") \
-                from exc
+            raise ContainerRuntimeError(
+                f"the engine failed to inspect {ref}: {exc.message}"
+            ) from exc
         found = dict(container._container)
         if self.owner_label not in ((found.get("Config") or {}).get("Labels") or {}):
             raise ContainerNotFound(ref)  # the host's own container: not ours
@@ -291,8 +338,9 @@ class DockerRuntime:
             await self.docker.containers.container(found["Id"]).wait()
         except aiodocker.DockerError as exc:
             if exc.status != 404:
-                raise ContainerRuntimeError(f"waiting for {container_id[:12]} failed: "
-                                            f"{exc.message}") from exc  # fmt: skip
+                raise ContainerRuntimeError(
+                    f"waiting for {container_id[:12]} failed: {exc.message}"
+                ) from exc
         try:
             return _exit(_info(await self._found(found["Id"])).state)
         except ContainerNotFound:
@@ -320,12 +368,14 @@ class DockerRuntime:
             if exc.status == 404:
                 raise ContainerNotFound(container_id) from None
             if exc.status != 409:  # 409: already being removed
-                raise ContainerRuntimeError(f"removing {container_id[:12]} failed: "
-                                            f"{exc.message}") from exc  # fmt: skip
+                raise ContainerRuntimeError(
+                    f"removing {container_id[:12]} failed: {exc.message}"
+                ) from exc
 
     async def list(self, all: bool = False) -> builtins.list[ContainerInfo]:
         containers = await self.docker.containers.list(
-            all=all, filters={"label": [self.owner_label]})
+            all=all, filters={"label": [self.owner_label]}
+        )
         infos = []
         for container in containers:
             with contextlib.suppress(ContainerNotFound):  # removed since the listing
@@ -335,9 +385,14 @@ class DockerRuntime:
     async def inspect(self, container_id: str) -> ContainerInfo:
         return _info(await self._found(container_id))
 
-    async def logs(self, container_id: str, follow: bool = False, tail: int | None = None,
-                   since: datetime | None = None,
-                   timestamps: bool = False) -> AsyncIterator[LogRecord]:  # fmt: skip
+    async def logs(
+        self,
+        container_id: str,
+        follow: bool = False,
+        tail: int | None = None,
+        since: datetime | None = None,
+        timestamps: bool = False,
+    ) -> AsyncIterator[LogRecord]:
         """Each stream in turn (the engine sends them apart); the Containers API's Logs
         of a docker agent reads the engine itself (`containers/docker_logs.py`)."""
         found = await self._found(container_id)
@@ -347,24 +402,39 @@ class DockerRuntime:
             params["since"] = int(since.timestamp())
         streams: tuple[Stream, Stream] = ("stdout", "stderr")
         for stream in streams:
-            chunks = await container.log(stdout=stream == "stdout", stderr=stream == "stderr",
-                                         **params)  # fmt: skip
+            chunks = await container.log(
+                stdout=stream == "stdout", stderr=stream == "stderr", **params
+            )
             for text in (t for chunk in chunks for t in chunk.splitlines() if t):
                 stamp, _, rest = text.partition(" ")
                 yield LogRecord(stream, _time(stamp) if timestamps else None, rest.encode())
 
-    async def exec(self, container_id: str, cmd: Sequence[str], *, env: Sequence[str] = (),
-                   workdir: str | None = None, user: str | None = None,
-                   tty: bool = False) -> DockerExecSession:  # fmt: skip
+    async def exec(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+    ) -> DockerExecSession:
         found = await self._found(container_id)
         container = self.docker.containers.container(found["Id"])
         try:
-            execution = await container.exec(list(cmd), stdout=True, stderr=True,
-                                             environment=list(env) or None,
-                                             workdir=workdir, user=user or "", tty=tty)
+            execution = await container.exec(
+                list(cmd),
+                stdout=True,
+                stderr=True,
+                environment=list(env) or None,
+                workdir=workdir,
+                user=user or "",
+                tty=tty,
+            )
         except aiodocker.DockerError as exc:
-            raise ContainerRuntimeError(f"exec in {container_id[:12]} failed: {exc.message}") \
-                from exc
+            raise ContainerRuntimeError(
+                f"exec in {container_id[:12]} failed: {exc.message}"
+            ) from exc
         return DockerExecSession(execution)
 
     async def stats(self, container_id: str) -> Stats:
@@ -377,10 +447,14 @@ class DockerRuntime:
         system = int(cpu.get("system_cpu_usage") or 0) - int(pre.get("system_cpu_usage") or 0)
         cpus = int(cpu.get("online_cpus") or 1)
         memory = raw.get("memory_stats") or {}
-        return Stats(datetime.now(UTC), used,
-                     delta / system * cpus * 100.0 if system > 0 else 0.0,
-                     int(memory.get("usage") or 0), int(memory.get("limit") or 0),
-                     int((raw.get("pids_stats") or {}).get("current") or 0))  # fmt: skip
+        return Stats(
+            datetime.now(UTC),
+            used,
+            delta / system * cpus * 100.0 if system > 0 else 0.0,
+            int(memory.get("usage") or 0),
+            int(memory.get("limit") or 0),
+            int((raw.get("pids_stats") or {}).get("current") or 0),
+        )
 
     async def recover(self) -> builtins.list[ContainerInfo]:
         """The engine keeps its containers: they are simply listed."""

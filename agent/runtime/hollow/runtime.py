@@ -114,8 +114,14 @@ class _Container:
         self.timer: asyncio.TimerHandle | None = None
 
     def info(self) -> ContainerInfo:
-        return ContainerInfo(self.config.id, self.config.name, self.config.image,
-                             self.created_at, self.config, replace(self.state))  # fmt: skip
+        return ContainerInfo(
+            self.config.id,
+            self.config.name,
+            self.config.image,
+            self.created_at,
+            self.config,
+            replace(self.state),
+        )
 
     def exit_info(self) -> ExitInfo:
         state = self.state
@@ -252,8 +258,11 @@ class HollowRuntime:
         self._names.pop(container.config.name, None)
 
     async def list(self, all: bool = False) -> builtins.list[ContainerInfo]:
-        return [c.info() for c in self._containers.values()
-                if all or c.state.status is ContainerStatus.RUNNING]  # fmt: skip
+        return [
+            c.info()
+            for c in self._containers.values()
+            if all or c.state.status is ContainerStatus.RUNNING
+        ]
 
     async def inspect(self, container_id: str) -> ContainerInfo:
         return self._get(container_id).info()

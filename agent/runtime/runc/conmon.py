@@ -70,21 +70,46 @@ async def launch_conmon(
     for d in (paths.exit_dir, paths.persist_dir, paths.socket_dir):
         d.mkdir(parents=True, exist_ok=True)
     args = [
-        conmon, "--api-version", "1",
-        "-c", container_id, "-u", container_id, "-n", container_id,
-        "-r", runc, "-b", str(paths.bundle),
-        "-p", str(paths.pid_file), "-P", str(paths.conmon_pid_file),
+        conmon,
+        "--api-version",
+        "1",
+        "-c",
+        container_id,
+        "-u",
+        container_id,
+        "-n",
+        container_id,
+        "-r",
+        runc,
+        "-b",
+        str(paths.bundle),
+        "-p",
+        str(paths.pid_file),
+        "-P",
+        str(paths.conmon_pid_file),
         # No --log-size-max: conmon 2.1 truncates the live file every that many bytes
         # written, also after the agent rotated it (see logrotate), and lines are lost.
-        "-l", f"k8s-file:{paths.log}",
-        "--exit-dir", str(paths.exit_dir), "-0", str(paths.persist_dir),
-        "--socket-dir-path", str(paths.socket_dir),
-        "--runtime-arg", "--root", "--runtime-arg", str(runc_root),
-        "--log-level", "error", "--no-sync-log",
-    ]  # fmt: skip
+        "-l",
+        f"k8s-file:{paths.log}",
+        "--exit-dir",
+        str(paths.exit_dir),
+        "-0",
+        str(paths.persist_dir),
+        "--socket-dir-path",
+        str(paths.socket_dir),
+        "--runtime-arg",
+        "--root",
+        "--runtime-arg",
+        str(runc_root),
+        "--log-level",
+        "error",
+        "--no-sync-log",
+    ]
     read_fd, write_fd = os.pipe()
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-           "_OCI_SYNCPIPE": str(write_fd)}  # fmt: skip
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+        "_OCI_SYNCPIPE": str(write_fd),
+    }
     try:
         with open(paths.conmon_log, "ab") as errlog:  # noqa: ASYNC230 - open is instant
             proc = await asyncio.create_subprocess_exec(

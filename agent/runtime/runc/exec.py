@@ -71,9 +71,15 @@ async def start_exec(
 ) -> RuncExecSession:
     """Start ``runc exec`` of the process described in ``process_file``."""
     proc = await asyncio.create_subprocess_exec(
-        runc, "--root", str(runc_root), "exec", "--process", str(process_file), container_id,
+        runc,
+        "--root",
+        str(runc_root),
+        "exec",
+        "--process",
+        str(process_file),
+        container_id,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
+    )
     return RuncExecSession(proc, process_file)

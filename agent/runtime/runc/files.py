@@ -62,9 +62,12 @@ def bridge_resolv_conf(host_text: str, fallback_text: str = "") -> str:
     ``fallback_text`` (systemd-resolved's upstream list) is tried the same way; when
     that has none either, the container gets no nameserver (search and options stay).
     """
+
     def has_nameserver(text: str) -> bool:
-        return any(line.split()[:1] == ["nameserver"] and not _loopback_nameserver(line)
-                   for line in text.splitlines())  # fmt: skip
+        return any(
+            line.split()[:1] == ["nameserver"] and not _loopback_nameserver(line)
+            for line in text.splitlines()
+        )
 
     text = host_text
     if not has_nameserver(host_text) and has_nameserver(fallback_text):
@@ -78,13 +81,22 @@ def agent_resolv_conf(host_text: str, nameserver: str) -> str:
     """A resolv.conf that sends every query to the agent's DNS server (service names,
     the rest forwarded to the host's resolvers), keeping the host's search domains and
     options, as Docker's embedded DNS server does."""
-    kept = [line for line in host_text.splitlines()
-            if line.split()[:1] in (["search"], ["domain"], ["options"])]  # fmt: skip
+    kept = [
+        line
+        for line in host_text.splitlines()
+        if line.split()[:1] in (["search"], ["domain"], ["options"])
+    ]
     return "\n".join([f"nameserver {nameserver}", *kept]) + "\n"
 
 
-def write_etc_files(etc: EtcFiles, hostname: str, network: str, address: str = "",
-                    name: str = "", nameserver: str = "") -> None:  # fmt: skip
+def write_etc_files(
+    etc: EtcFiles,
+    hostname: str,
+    network: str,
+    address: str = "",
+    name: str = "",
+    nameserver: str = "",
+) -> None:
     """The container's /etc/hosts, /etc/resolv.conf and /etc/hostname.
 
     On the bridge, ``address`` (the container's) resolves to its host name and name, and
@@ -99,10 +111,7 @@ def write_etc_files(etc: EtcFiles, hostname: str, network: str, address: str = "
         names = hostname
         if network == "bridge" and name and name != hostname:
             names = f"{hostname} {name}"
-        hosts = (
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-            f"{own}\t{names}\n"
-        )
+        hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{names}\n"
     if network == "bridge" and nameserver:
         resolv = agent_resolv_conf(resolv, nameserver)
     elif network == "bridge":
@@ -114,9 +123,17 @@ def write_etc_files(etc: EtcFiles, hostname: str, network: str, address: str = "
 
 # runc creates these itself (or they are their own filesystems in the container).
 _SKIP_DEVICES = frozenset(
-    {"/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty",
-     "/dev/ptmx", "/dev/console"}
-)  # fmt: skip
+    {
+        "/dev/null",
+        "/dev/zero",
+        "/dev/full",
+        "/dev/random",
+        "/dev/urandom",
+        "/dev/tty",
+        "/dev/ptmx",
+        "/dev/console",
+    }
+)
 _SKIP_DEVICE_DIRS = ("/dev/pts", "/dev/shm", "/dev/mqueue")
 
 
@@ -124,8 +141,7 @@ def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
     """The host's device nodes as OCI ``linux.devices`` entries (for ``--privileged``)."""
     devices: list[dict[str, Any]] = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames
-                       if os.path.join(dirpath, d) not in _SKIP_DEVICE_DIRS]  # fmt: skip
+        dirnames[:] = [d for d in dirnames if os.path.join(dirpath, d) not in _SKIP_DEVICE_DIRS]
         for name in filenames:
             path = os.path.join(dirpath, name)
             if path in _SKIP_DEVICES:
@@ -135,11 +151,17 @@ def host_devices(root: str = "/dev") -> list[dict[str, Any]]:
             except OSError:
                 continue
             if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                devices.append({
-                    "path": path, "type": "c" if stat.S_ISCHR(st.st_mode) else "b",
-                    "major": os.major(st.st_rdev), "minor": os.minor(st.st_rdev),
-                    "fileMode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid,
-                })  # fmt: skip
+                devices.append(
+                    {
+                        "path": path,
+                        "type": "c" if stat.S_ISCHR(st.st_mode) else "b",
+                        "major": os.major(st.st_rdev),
+                        "minor": os.minor(st.st_rdev),
+                        "fileMode": stat.S_IMODE(st.st_mode),
+                        "uid": st.st_uid,
+                        "gid": st.st_gid,
+                    }
+                )
     return sorted(devices, key=lambda d: d["path"])
 
 

@@ -67,6 +67,7 @@ def rotate_if_due(log_path: Path, ctl_fifo: Path, policy: LogPolicy) -> bool:
     if size < policy.max_size:
         return False
     if policy.max_files > 1:
+
         def rotated(index: int) -> Path:
             return log_path.with_name(f"{log_path.name}.{index}")
 
@@ -95,8 +96,9 @@ def _reopen(ctl_fifo: Path) -> None:
         os.close(fd)
 
 
-async def rotate_until(done: Awaitable[None], log_path: Path, ctl_fifo: Path,
-                       policy: LogPolicy) -> None:  # fmt: skip
+async def rotate_until(
+    done: Awaitable[None], log_path: Path, ctl_fifo: Path, policy: LogPolicy
+) -> None:
     """Check and rotate the log every `policy.interval` until `done` completes."""
     async with asyncio.TaskGroup() as group:
         finished = group.create_task(_wait(done))

@@ -116,7 +116,7 @@ class _Files:
         self.index = index
         if index < len(self.files):
             self.files[index].seek(offset)
-        for f in self.files[index + 1:]:
+        for f in self.files[index + 1 :]:
             f.seek(0)
 
     def read(self) -> bytes:
@@ -222,8 +222,7 @@ def _tail(files: _Files, count: int, final: bool) -> tuple[list[LogRecord], LogP
 STREAMS: tuple[Stream, ...] = ("stdout", "stderr")
 
 
-def _partial_before(files: _Files, sizes: list[int], end: int,
-                    streams: list[Stream]) -> int | None:  # fmt: skip
+def _partial_before(files: _Files, sizes: list[int], end: int, streams: list[Stream]) -> int | None:
     """Where the last entry of one of `streams` before `end` is, when that entry is a
     partial one (P); None when each of them ends with a whole line or has no entry.
 
@@ -278,8 +277,9 @@ def _read_span(files: _Files, sizes: list[int], start: int, length: int) -> byte
     return bytes(out)
 
 
-def _keep(kept: deque[tuple[LogRecord, bool]], ended: set[Stream], record: LogRecord,
-          from_start: bool) -> None:  # fmt: skip
+def _keep(
+    kept: deque[tuple[LogRecord, bool]], ended: set[Stream], record: LogRecord, from_start: bool
+) -> None:
     """Keep `record`, marked whole when its stream ended a line since the read began (an
     earlier one may have begun before it, or be cut in other pieces than from the start)."""
     kept.append((record, from_start or record.stream in ended))

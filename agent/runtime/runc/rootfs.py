@@ -26,8 +26,13 @@ log = structlog.get_logger(__name__)
 
 _MNT_DETACH = 2
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                        ctypes.c_char_p]  # fmt: skip
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 
 
@@ -103,8 +108,7 @@ class ContainerLayer:
 
     async def mount(self) -> Path:
         """Mount the overlay unless it is already mounted; return the mount point."""
-        await asyncio.to_thread(_mount_overlay, self.lower_dirs, self.upper, self.work,
-                                self.target)  # fmt: skip
+        await asyncio.to_thread(_mount_overlay, self.lower_dirs, self.upper, self.work, self.target)
         return self.target
 
     async def unmount(self) -> None:

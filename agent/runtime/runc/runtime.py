@@ -136,11 +136,14 @@ class RuncRuntime:
 
     async def _runc(self, *args: str, check: bool = True) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(
-            self.runc, "--root", str(self.runc_root), *args,
+            self.runc,
+            "--root",
+            str(self.runc_root),
+            *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
         out, err = await proc.communicate()
         rc = proc.returncode or 0
         if check and rc != 0:
@@ -162,15 +165,20 @@ class RuncRuntime:
         await save_record(self._dir(record.config.id), record)
 
     def _info(self, record: ContainerRecord) -> ContainerInfo:
-        return record.info(self._dir(record.config.id).log,
-                           NetworkInfo(mode=record.config.network))  # fmt: skip
+        return record.info(self._dir(record.config.id).log, NetworkInfo(mode=record.config.network))
 
     async def _write_etc(self, cdir: ContainerDir, spec: ContainerSpec) -> None:
         endpoint = spec.endpoint
         etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
-        await asyncio.to_thread(files.write_etc_files, etc, spec.hostname or spec.id[:12],
-                                spec.network, endpoint.ip_address if endpoint else "",
-                                spec.name, endpoint.nameserver if endpoint else "")  # fmt: skip
+        await asyncio.to_thread(
+            files.write_etc_files,
+            etc,
+            spec.hostname or spec.id[:12],
+            spec.network,
+            endpoint.ip_address if endpoint else "",
+            spec.name,
+            endpoint.nameserver if endpoint else "",
+        )
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -250,25 +258,33 @@ class RuncRuntime:
             self._event(cid).clear()
             try:
                 pid, conmon_pid = await launch_conmon(
-                    conmon=self.conmon, runc=self.runc, runc_root=self.runc_root,
-                    container_id=cid, paths=cdir.conmon_paths(),
-                )  # fmt: skip
+                    conmon=self.conmon,
+                    runc=self.runc,
+                    runc_root=self.runc_root,
+                    container_id=cid,
+                    paths=cdir.conmon_paths(),
+                )
                 record.conmon_pid = conmon_pid
                 await self._runc("start", cid)
             except ContainerRuntimeError as exc:
                 await self._runc("kill", cid, "KILL", check=False)
                 await self._runc("delete", cid, check=False)
                 record.state = ContainerState(
-                    status=ContainerStatus.DEAD, exit_code=-1, error=str(exc),
-                    finished_at=datetime.now(UTC), restart_count=record.state.restart_count,
-                )  # fmt: skip
+                    status=ContainerStatus.DEAD,
+                    exit_code=-1,
+                    error=str(exc),
+                    finished_at=datetime.now(UTC),
+                    restart_count=record.state.restart_count,
+                )
                 await self._save(record)
                 self._event(cid).set()
                 raise
             record.state = ContainerState(
-                status=ContainerStatus.RUNNING, pid=pid, started_at=datetime.now(UTC),
+                status=ContainerStatus.RUNNING,
+                pid=pid,
+                started_at=datetime.now(UTC),
                 restart_count=record.state.restart_count,
-            )  # fmt: skip
+            )
             await self._save(record)
             self._watch(record)
         log.info("container.started", container_id=cid, pid=pid)
@@ -278,14 +294,16 @@ class RuncRuntime:
 
         async def watcher() -> None:
             cdir = self._dir(cid)
-            await rotate_until(wait_pid_exit(record.conmon_pid), cdir.log,
-                               cdir.bundle / "ctl", self.log_policy)  # fmt: skip
+            await rotate_until(
+                wait_pid_exit(record.conmon_pid), cdir.log, cdir.bundle / "ctl", self.log_policy
+            )
             await self._finalize(record)
 
         task = asyncio.create_task(watcher(), name=f"runc-watch-{cid}")
         self._watchers[cid] = task
-        task.add_done_callback(lambda t: self._watchers.pop(cid, None) if
-                               self._watchers.get(cid) is t else None)  # fmt: skip
+        task.add_done_callback(
+            lambda t: self._watchers.pop(cid, None) if self._watchers.get(cid) is t else None
+        )
 
     async def _finalize(self, record: ContainerRecord) -> None:
         """Record how the container exited; delete the runc container; unmount."""
@@ -419,9 +437,13 @@ class RuncRuntime:
             return record.state.status is not ContainerStatus.RUNNING or cid not in self._records
 
         async for line in read_log(
-            self._dir(cid).log, follow=follow, tail=tail, since=since,
-            timestamps=timestamps, finished=finished,
-        ):  # fmt: skip
+            self._dir(cid).log,
+            follow=follow,
+            tail=tail,
+            since=since,
+            timestamps=timestamps,
+            finished=finished,
+        ):
             yield line
 
     async def exec(
@@ -452,9 +474,13 @@ class RuncRuntime:
             passwd, group = await asyncio.to_thread(files.read_user_db, cdir.rootfs)
             resolved_user = resolve_user(user, passwd, group)
         process = build_process(
-            cmd, merge_env(base["env"], env), workdir or base["cwd"], resolved_user,
-            caps=base["capabilities"]["bounding"], nofile=base["rlimits"][0]["hard"],
-        )  # fmt: skip
+            cmd,
+            merge_env(base["env"], env),
+            workdir or base["cwd"],
+            resolved_user,
+            caps=base["capabilities"]["bounding"],
+            nofile=base["rlimits"][0]["hard"],
+        )
         process_file = cdir.base / f"exec-{uuid.uuid4().hex[:12]}.json"
         await asyncio.to_thread(files.write_json, process_file, process)
         return await start_exec(self.runc, self.runc_root, cid, process_file)

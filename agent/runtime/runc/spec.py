@@ -75,21 +75,49 @@ DEFAULT_DEVICES: list[dict[str, Any]] = [
 ]
 
 STANDARD_MOUNTS: list[dict[str, Any]] = [
-    {"destination": "/proc", "type": "proc", "source": "proc",
-     "options": ["nosuid", "noexec", "nodev"]},
-    {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
-     "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-    {"destination": "/dev/pts", "type": "devpts", "source": "devpts",
-     "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-    {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
-     "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-    {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-     "options": ["nosuid", "noexec", "nodev"]},
-    {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-     "options": ["nosuid", "noexec", "nodev", "ro"]},
-    {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
-     "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-]  # fmt: skip
+    {
+        "destination": "/proc",
+        "type": "proc",
+        "source": "proc",
+        "options": ["nosuid", "noexec", "nodev"],
+    },
+    {
+        "destination": "/dev",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+    },
+    {
+        "destination": "/dev/pts",
+        "type": "devpts",
+        "source": "devpts",
+        "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+    },
+    {
+        "destination": "/dev/shm",
+        "type": "tmpfs",
+        "source": "shm",
+        "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+    },
+    {
+        "destination": "/dev/mqueue",
+        "type": "mqueue",
+        "source": "mqueue",
+        "options": ["nosuid", "noexec", "nodev"],
+    },
+    {
+        "destination": "/sys",
+        "type": "sysfs",
+        "source": "sysfs",
+        "options": ["nosuid", "noexec", "nodev", "ro"],
+    },
+    {
+        "destination": "/sys/fs/cgroup",
+        "type": "cgroup",
+        "source": "cgroup",
+        "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+    },
+]
 
 CPU_PERIOD_US = 100_000
 
@@ -296,17 +324,22 @@ def _volume_mounts(config: ContainerSpec) -> list[dict[str, Any]]:
             raise InvalidConfig(f"volume destination {volume.container!r} is not absolute")
         options = ["rbind", "ro" if volume.read_only else "rw"]
         mounts.append(
-            {"destination": volume.container, "type": "bind", "source": str(volume.host),
-             "options": options}
-        )  # fmt: skip
+            {
+                "destination": volume.container,
+                "type": "bind",
+                "source": str(volume.host),
+                "options": options,
+            }
+        )
     for tmpfs in config.tmpfs:
         if not tmpfs.container.startswith("/"):
             raise InvalidConfig(f"tmpfs destination {tmpfs.container!r} is not absolute")
         options = ["nosuid", "nodev", "noexec", "mode=1777"]
         if tmpfs.size_bytes > 0:
             options.append(f"size={tmpfs.size_bytes}")
-        mounts.append({"destination": tmpfs.container, "type": "tmpfs", "source": "tmpfs",
-                       "options": options})  # fmt: skip
+        mounts.append(
+            {"destination": tmpfs.container, "type": "tmpfs", "source": "tmpfs", "options": options}
+        )
     return mounts
 
 
@@ -332,8 +365,13 @@ def build_spec(
         raise InvalidConfig(f"working directory {cwd!r} is not absolute")
     caps = container_capabilities(config)
     process = build_process(
-        process_args(config), env, str(cwd), user, caps=caps, nofile=default_nofile(),
-    )  # fmt: skip
+        process_args(config),
+        env,
+        str(cwd),
+        user,
+        caps=caps,
+        nofile=default_nofile(),
+    )
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
     if config.network == "bridge":
         if not netns_path:
@@ -342,14 +380,18 @@ def build_spec(
     elif config.network != "host":
         namespaces.append({"type": "network"})
     etc_mounts = [
-        {"destination": dest, "type": "bind", "source": str(src),
-         "options": ["rbind", "rprivate", "ro" if config.read_only else "rw"]}
+        {
+            "destination": dest,
+            "type": "bind",
+            "source": str(src),
+            "options": ["rbind", "rprivate", "ro" if config.read_only else "rw"],
+        }
         for dest, src in (
             ("/etc/hosts", etc.hosts),
             ("/etc/resolv.conf", etc.resolv_conf),
             ("/etc/hostname", etc.hostname),
         )
-    ]  # fmt: skip
+    ]
     linux: dict[str, Any] = {
         "resources": _resources(config),
         "cgroupsPath": cgroups_path,
@@ -360,9 +402,10 @@ def build_spec(
         # Docker's --privileged: no masked or read-only paths, /sys and cgroups writable.
         standard_mounts = [
             {**m, "options": [o for o in m["options"] if o != "ro"]}
-            if m["destination"] in ("/sys", "/sys/fs/cgroup") else m
+            if m["destination"] in ("/sys", "/sys/fs/cgroup")
+            else m
             for m in STANDARD_MOUNTS
-        ]  # fmt: skip
+        ]
         if host_devices:
             linux["devices"] = [dict(d) for d in host_devices]
     else:

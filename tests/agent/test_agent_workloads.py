@@ -360,7 +360,7 @@ def test_a_new_replica_takes_its_layers_from_the_node_that_runs_the_image(
             json.loads(line) for line in log.splitlines() if "blob.fetched_from_peer" in line
         ]
         assert {image.digest, *unique} <= {event["digest"] for event in fetched}
-        assert "manifest from a peer" in log
+        assert "image.manifest_from_peer" in log
         assert {event["peer"] for event in fetched} == {cluster.agent_address(names[first.node_id])}
     finally:
         control.close()

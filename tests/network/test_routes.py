@@ -243,7 +243,7 @@ def test_two_peers_routed_with_rules_once(host: Host) -> None:
     # the host's own routes are untouched
     assert [r for r in host.routes() if "proto 77" not in r] == before
     events = [[e["event"] for e in log] for log in host.logs]
-    assert events[0].count("peer route set") == 2 and "peer route set" not in events[1]
+    assert events[0].count("peer.route_set") == 2 and "peer.route_set" not in events[1]
     assert events[1] == []  # nothing to do: nothing rewritten, nothing logged
 
 

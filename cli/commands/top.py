@@ -50,13 +50,20 @@ def render(model: ClusterModel, height: int = 40, note: str = "") -> Any:
             f"{_gib(n.memory_reserved)} / {_gib(n.memory)}",
         )
     services = Table(title=f"Services ({len(model.services)})", title_justify="left", expand=True)
-    for column in ("NAME", "MODE", "REPLICAS", "IMAGE", "UPDATE"):
-        services.add_column(column, no_wrap=column != "UPDATE")
+    for column in ("NAME", "MODE", "REPLICAS"):
+        services.add_column(column, no_wrap=True, min_width=len(column))
+    # the image without its pinned digest (as `service ls` shows it), cut before the names are
+    services.add_column("IMAGE", no_wrap=True, overflow="ellipsis", max_width=40)
+    services.add_column("UPDATE")
     service_rows = model.service_rows()
     for s in service_rows[:share]:
         style = "yellow" if s.running < s.desired else ""
         services.add_row(
-            s.name, s.mode, Text(f"{s.running}/{s.desired}", style=style), s.image, s.update
+            s.name,
+            s.mode,
+            Text(f"{s.running}/{s.desired}", style=style),
+            s.image.split("@", 1)[0],
+            s.update,
         )
     pending_rows = model.pending_rows()
     pending = Table(title=f"Pending tasks ({len(pending_rows)})", title_justify="left", expand=True)

@@ -77,11 +77,16 @@ async def test_name_conflict_and_not_found(env: Any) -> None:
     assert (await env.runtime.inspect("web")).state.status is ContainerStatus.CREATED
 
 
-async def test_oom_kill_is_reported(env: Any) -> None:
+async def test_oom_kill_is_reported(env: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    workdir = tmp_path / "agent-cwd"  # the agent's working directory
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
     script = "x=$(head -c 64m /dev/zero | tr '\\0' a); echo survived"
     code, out, oom = await run(env, "sh", "-c", script, memory_bytes=8 * 1024 * 1024)
     assert (code, oom) == (137, True)
     assert b"survived" not in out
+    # conmon's `oom` marker stays in the container's bundle, not in the agent's cwd
+    assert list(workdir.iterdir()) == []
 
 
 async def test_pids_limit_bounds_a_fork_bomb(env: Any) -> None:

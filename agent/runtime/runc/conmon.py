@@ -120,6 +120,7 @@ async def launch_conmon(
                 env=env,
                 pass_fds=(write_fd,),
                 start_new_session=True,
+                cwd=paths.bundle,  # conmon writes its `oom` marker in its working directory
             )
         os.close(write_fd)
         write_fd = -1

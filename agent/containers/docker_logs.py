@@ -6,15 +6,14 @@ those containers is the engine's own (use `docker` against it): UNIMPLEMENTED he
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import aiodocker
 import grpc
 
 from dockyard.agent.runtime.docker import DockerRuntime
+from dockyard.agent.runtime.docker.runtime import engine_time
 from dockyard.v1.containers_pb2 import LogLine, LogsRequest
 
 __all__ = ["DockerLogsServicer", "parse_line"]
@@ -27,8 +26,9 @@ def parse_line(stream: str, text: str) -> LogLine:
     """One engine log line (`--timestamps`: `2026-11-28T01:02:03.123456789Z text`)."""
     stamp, _, rest = text.partition(" ")
     line = LogLine(stream=stream, data=rest.encode())
-    with contextlib.suppress(ValueError):
-        line.timestamp.FromDatetime(datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00"))
+    when = engine_time(stamp)
+    if when is not None:
+        line.timestamp.FromDatetime(when)
     return line
 
 

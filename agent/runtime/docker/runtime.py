@@ -44,7 +44,7 @@ from dockyard.agent.runtime.base import (
     VolumeMount,
 )
 
-__all__ = ["DEFAULT_HOST", "DockerExecSession", "DockerRuntime", "engine_body"]
+__all__ = ["DEFAULT_HOST", "DockerExecSession", "DockerRuntime", "engine_body", "engine_time"]
 
 DEFAULT_HOST = "unix:///var/run/docker.sock"
 _STREAMS = {1: "stdout", 2: "stderr"}
@@ -135,7 +135,8 @@ def engine_body(spec: ContainerSpec) -> dict[str, Any]:
     return body
 
 
-def _time(text: str | None) -> datetime | None:
+def engine_time(text: str | None) -> datetime | None:
+    """A time as the engine writes it (RFC 3339 with nanoseconds); None for its zero time."""
     if not text or text.startswith("0001-"):
         return None
     with contextlib.suppress(ValueError):
@@ -162,8 +163,8 @@ def _state(state: Mapping[str, Any], restarts: int) -> ContainerState:
         pid=int(state.get("Pid") or 0),
         exit_code=int(state.get("ExitCode") or 0) if exited else None,
         oom_killed=bool(state.get("OOMKilled")),
-        started_at=_time(state.get("StartedAt")),
-        finished_at=_time(state.get("FinishedAt")),
+        started_at=engine_time(state.get("StartedAt")),
+        finished_at=engine_time(state.get("FinishedAt")),
         error=str(state.get("Error") or ""),
         restart_count=restarts,
     )
@@ -199,7 +200,7 @@ def _spec(found: Mapping[str, Any]) -> ContainerSpec:
 
 def _info(found: Mapping[str, Any]) -> ContainerInfo:
     spec = _spec(found)
-    created = _time(found.get("Created")) or datetime.now(UTC)
+    created = engine_time(found.get("Created")) or datetime.now(UTC)
     log_path = found.get("LogPath")
     return ContainerInfo(
         spec.id,
@@ -407,7 +408,7 @@ class DockerRuntime:
             )
             for text in (t for chunk in chunks for t in chunk.splitlines() if t):
                 stamp, _, rest = text.partition(" ")
-                yield LogRecord(stream, _time(stamp) if timestamps else None, rest.encode())
+                yield LogRecord(stream, engine_time(stamp) if timestamps else None, rest.encode())
 
     async def exec(
         self,

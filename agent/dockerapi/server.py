@@ -37,8 +37,9 @@ from typing import Final
 
 import structlog
 from aiohttp import web
+from yarl import URL
 
-from dockyard.agent.dockerapi import containers, system
+from dockyard.agent.dockerapi import container_observe, containers, system
 from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError
 from dockyard.agent.dockerapi.responses import json_response
@@ -59,6 +60,7 @@ log = structlog.get_logger(__name__)
 ROUTE_MODULES: tuple[ModuleType, ...] = (
     system,
     containers,
+    container_observe,
     # one line per module, each with `add_routes(routes, ctx)`: attach, exec, images, ...
 )
 
@@ -99,7 +101,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return error_response(exc.status, exc.text or exc.reason)
-    except ConnectionResetError:
+    except ConnectionResetError:  # the client went away: nobody to answer
+        log.debug("dockerapi.client_gone", method=request.method, path=request.path)
         raise
     except Exception as exc:
         log.error("dockerapi.failed", method=request.method, path=request.path, exc_info=exc)
@@ -127,7 +130,8 @@ async def _versions(request: web.Request, handler: Handler) -> web.StreamRespons
             f"client version {shown} is too old. Minimum supported API version is "
             f"{MIN_API_VERSION}, please upgrade your client to a newer version",
         )
-    inner = request.clone(rel_url=request.rel_url.with_path(match[3], encoded=True))
+    url = URL.build(path=match[3], query_string=request.rel_url.raw_query_string, encoded=True)
+    inner = request.clone(rel_url=url)
     resolved = await request.app.router.resolve(inner)
     resolved.add_app(request.app)
     resolved.freeze()

@@ -39,7 +39,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from dockyard.agent.dockerapi import container_observe, containers, system
+from dockyard.agent.dockerapi import archive, container_observe, containers, system
 from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError
 from dockyard.agent.dockerapi.responses import json_response
@@ -61,6 +61,7 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     system,
     containers,
     container_observe,
+    archive,
     # one line per module, each with `add_routes(routes, ctx)`: attach, exec, images, ...
 )
 

@@ -150,6 +150,11 @@ def test_errors_are_dockers(docker_agent: DockerAgent) -> None:
     docker_agent.ok("rm", "-f", name)
     bad = docker_agent.docker("run", "-d", "--network", "container:x", BUSYBOX, "true")
     assert bad.returncode != 0 and "not supported by dockyard" in bad.stderr
+    no_net = docker_agent.docker("run", "-d", "--network", "no-such-net", BUSYBOX, "true")
+    assert no_net.returncode != 0 and "network no-such-net not found" in no_net.stderr
+    assert "Unable to find image" not in no_net.stderr  # a 404 would send the CLI pulling
+    policy = docker_agent.docker("run", "-d", "--privileged", BUSYBOX, "true")
+    assert policy.returncode != 0 and "does not allow privileged containers" in policy.stderr
 
 
 def test_publish_port_and_docker_port(docker_agent: DockerAgent) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -304,3 +305,17 @@ def test_service_task_containers_are_read_only(docker_agent: DockerAgent) -> Non
         docker_agent.agent.containers.Remove(
             cpb.RemoveContainerRequest(container=task.id, force=True), timeout=30
         )
+
+
+def test_cp_out_of_an_exited_container(docker_agent: DockerAgent, tmp_path) -> None:
+    name = unique("cpexit")
+    docker_agent.ok("run", "-d", "--name", name, BUSYBOX, "sh", "-c", "echo result > /out")
+    assert docker_agent.ok("wait", name).strip() == "0"
+    docker_agent.ok("cp", f"{name}:/out", str(tmp_path / "result"))
+    assert (tmp_path / "result").read_text() == "result\n"
+    container_id = docker_agent.ok("inspect", "-f", "{{.Id}}", name).strip()
+    wait_for(  # mounted for the copy only (the exit's own unmount may still be under way)
+        lambda: f"{container_id}/rootfs" not in Path("/proc/self/mountinfo").read_text(),
+        "the rootfs unmounted",
+    )
+    docker_agent.ok("rm", name)

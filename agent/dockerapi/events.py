@@ -23,7 +23,7 @@ from dockyard.agent.dockerapi.errors import bad_request
 from dockyard.agent.dockerapi.filters import parse_filters
 from dockyard.agent.events import Event, EventBus
 
-__all__ = ["EventFilters", "add_routes", "docker_event", "parse_timestamp"]
+__all__ = ["EventFilters", "add_routes", "docker_event", "event_bus", "parse_timestamp"]
 
 log = structlog.get_logger(__name__)
 
@@ -140,14 +140,18 @@ def _encode(event: Event) -> bytes:
     return json.dumps(docker_event(event), separators=(",", ":")).encode() + b"\n"
 
 
+def event_bus(ctx: DockerApiContext) -> EventBus | None:
+    """The node's event bus: the container service's (None: a runtime without one)."""
+    return ctx.containers.events if ctx.containers is not None else None
+
+
 def add_routes(routes: web.RouteTableDef, ctx: DockerApiContext) -> None:
     """The events endpoint."""
+    quiet = EventBus()  # a runtime without a container service: a stream with no events
 
     @routes.get("/events")
     async def events(request: web.Request) -> web.StreamResponse:
-        bus: EventBus | None = getattr(ctx, "events", None)
-        if bus is None:
-            bus = ctx.containers.events if ctx.containers is not None else EventBus()
+        bus = event_bus(ctx) or quiet
         wanted = EventFilters(parse_filters(request.query.get("filters")))
         since = parse_timestamp(request.query["since"]) if request.query.get("since") else None
         until = parse_timestamp(request.query["until"]) if request.query.get("until") else None

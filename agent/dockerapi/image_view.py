@@ -152,8 +152,8 @@ def history(image: Image, config_json: bytes) -> list[dict[str, Any]]:
     sizes = [layer.size for layer in image.layers]
     rows = []
     layer_index = 0
-    for step in steps:
-        step = step if isinstance(step, dict) else {}
+    for item in steps:
+        step = item if isinstance(item, dict) else {}
         size = 0
         if not step.get("empty_layer") and layer_index < len(sizes):
             size = sizes[layer_index]

@@ -133,7 +133,7 @@ class NetworkStore:
     def find(self, ref: str) -> NetworkRecord | None:
         """A user-defined network by name, full id or unique id prefix."""
         for record in self.networks.values():
-            if record.id == ref or record.name == ref:
+            if ref in (record.id, record.name):
                 return record
         matches = [r for r in self.networks.values() if ref and r.id.startswith(ref)]
         return matches[0] if len(matches) == 1 else None
@@ -180,7 +180,9 @@ class NetworkStore:
 
     def users(self, network_id: str) -> list[str]:
         """The containers on a user-defined network."""
-        return [cid for cid, eps in self.endpoints.items() if any(e.network == network_id for e in eps)]
+        return [
+            cid for cid, eps in self.endpoints.items() if any(e.network == network_id for e in eps)
+        ]
 
     def connect(self, container_id: str, network_id: str, aliases: list[str]) -> None:
         """Put a container on a network (again: its aliases are replaced)."""

@@ -39,6 +39,8 @@ import structlog
 from aiohttp import web
 
 from dockyard.agent.dockerapi import containers, system
+from dockyard.agent.dockerapi import events as docker_events
+from dockyard.agent.dockerapi import images, volumes
 from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError
 from dockyard.agent.dockerapi.responses import json_response
@@ -59,6 +61,9 @@ log = structlog.get_logger(__name__)
 ROUTE_MODULES: tuple[ModuleType, ...] = (
     system,
     containers,
+    images,
+    volumes,
+    docker_events,
     # one line per module, each with `add_routes(routes, ctx)`: attach, exec, images, ...
 )
 
@@ -127,7 +132,12 @@ async def _versions(request: web.Request, handler: Handler) -> web.StreamRespons
             f"client version {shown} is too old. Minimum supported API version is "
             f"{MIN_API_VERSION}, please upgrade your client to a newer version",
         )
-    inner = request.clone(rel_url=request.rel_url.with_path(match[3], encoded=True))
+    # with_path drops the query string: keep it (`/images/create?fromImage=...`).
+    inner = request.clone(
+        rel_url=request.rel_url.with_path(match[3], encoded=True).with_query(
+            request.rel_url.query
+        )
+    )
     resolved = await request.app.router.resolve(inner)
     resolved.add_app(request.app)
     resolved.freeze()

@@ -38,9 +38,8 @@ from typing import Final
 import structlog
 from aiohttp import web
 
-from dockyard.agent.dockerapi import containers, system
+from dockyard.agent.dockerapi import containers, images, system, volumes
 from dockyard.agent.dockerapi import events as docker_events
-from dockyard.agent.dockerapi import images, volumes
 from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError
 from dockyard.agent.dockerapi.responses import json_response
@@ -134,9 +133,7 @@ async def _versions(request: web.Request, handler: Handler) -> web.StreamRespons
         )
     # with_path drops the query string: keep it (`/images/create?fromImage=...`).
     inner = request.clone(
-        rel_url=request.rel_url.with_path(match[3], encoded=True).with_query(
-            request.rel_url.query
-        )
+        rel_url=request.rel_url.with_path(match[3], encoded=True).with_query(request.rel_url.query)
     )
     resolved = await request.app.router.resolve(inner)
     resolved.add_app(request.app)

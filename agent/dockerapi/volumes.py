@@ -20,7 +20,7 @@ from dockyard.agent.dockerapi.filters import parse_filters, query_bool
 from dockyard.agent.dockerapi.responses import json_response
 from dockyard.common.validation import ValidationError, check_labels
 
-__all__ = ["ANONYMOUS_LABEL", "add_routes", "volume_json"]
+__all__ = ["ANONYMOUS_LABEL", "add_routes", "volume_json", "volume_size"]
 
 ANONYMOUS_LABEL = "com.docker.volume.anonymous"
 """What Docker 23+ marks a volume made without a name with (what `prune` removes)."""
@@ -43,7 +43,7 @@ def volume_json(volume: Volume, ref_count: int = -1) -> dict[str, Any]:
     }
 
 
-def _size(path: Path) -> int:
+def volume_size(path: Path) -> int:
     """Bytes under a directory (blocking; symlinks not followed)."""
     total = 0
     for root, _dirs, files in os.walk(path):
@@ -169,7 +169,7 @@ async def _prune(request: web.Request, ctx: DockerApiContext) -> web.StreamRespo
             continue
         if not _matches(volume, filters, 0) or await _users(ctx, volume.name):
             continue
-        size = await _store_call(_size, volume.mountpoint)
+        size = await _store_call(volume_size, volume.mountpoint)
         try:
             await containers.remove_volume(volume.name)
         except ApiError:

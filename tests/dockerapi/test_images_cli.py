@@ -109,3 +109,30 @@ def test_volume_create_ls_inspect_rm(docker_agent: DockerAgent) -> None:
     docker_agent.docker("volume", "rm", "dockyard-vol")
     missing = docker_agent.docker("volume", "inspect", "dockyard-vol", check=False)
     assert missing.returncode != 0 and b"no such volume" in missing.stderr.lower()
+
+
+def test_network_ls_inspect_create_rm(docker_agent: DockerAgent) -> None:
+    names = docker_agent.docker("network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout
+    rows = names.decode().splitlines()
+    assert {"bridge bridge", "host host", "none null"} <= set(rows)
+    [bridge] = docker_agent.docker_json("network", "inspect", "bridge")
+    assert bridge["IPAM"]["Config"][0]["Subnet"] == docker_agent.subnet
+    docker_agent.docker("network", "create", "--label", "app=test", "dockyard-net")
+    [made] = docker_agent.docker_json("network", "inspect", "dockyard-net")
+    assert made["Driver"] == "bridge" and made["Labels"] == {"app": "test"}
+    [by_id] = docker_agent.docker_json("network", "inspect", made["Id"][:12])
+    assert by_id["Name"] == "dockyard-net"
+    again = docker_agent.docker("network", "create", "dockyard-net", check=False)
+    assert again.returncode != 0 and b"already exists" in again.stderr
+    refused = docker_agent.docker("network", "rm", "bridge", check=False)
+    assert refused.returncode != 0 and b"pre-defined" in refused.stderr
+    docker_agent.docker("network", "rm", "dockyard-net")
+    assert b"dockyard-net" not in docker_agent.docker("network", "ls").stdout
+
+
+def test_system_df(docker_agent: DockerAgent, pulled: str) -> None:
+    out = docker_agent.docker("system", "df").stdout.decode()
+    assert out.splitlines()[0].split()[:2] == ["TYPE", "TOTAL"]
+    assert "Images" in out and "Local Volumes" in out
+    verbose = docker_agent.docker("system", "df", "-v").stdout.decode()
+    assert docker_agent.busybox.rsplit(":", 1)[0] in verbose

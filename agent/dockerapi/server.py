@@ -39,8 +39,17 @@ from typing import Final
 
 import structlog
 from aiohttp import web
+from yarl import URL
 
-from dockyard.agent.dockerapi import containers, disk_usage, images, networks, system, volumes
+from dockyard.agent.dockerapi import (
+    container_observe,
+    containers,
+    disk_usage,
+    images,
+    networks,
+    system,
+    volumes,
+)
 from dockyard.agent.dockerapi import events as docker_events
 from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError
@@ -62,6 +71,7 @@ log = structlog.get_logger(__name__)
 ROUTE_MODULES: tuple[ModuleType, ...] = (
     system,
     containers,
+    container_observe,
     images,
     volumes,
     docker_events,
@@ -107,7 +117,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status < 400:
             raise
         return error_response(exc.status, exc.text or exc.reason)
-    except ConnectionResetError:
+    except ConnectionResetError:  # the client went away: nobody to answer
+        log.debug("dockerapi.client_gone", method=request.method, path=request.path)
         raise
     except Exception as exc:
         log.error("dockerapi.failed", method=request.method, path=request.path, exc_info=exc)
@@ -135,10 +146,8 @@ async def _versions(request: web.Request, handler: Handler) -> web.StreamRespons
             f"client version {shown} is too old. Minimum supported API version is "
             f"{MIN_API_VERSION}, please upgrade your client to a newer version",
         )
-    # with_path drops the query string: keep it (`/images/create?fromImage=...`).
-    inner = request.clone(
-        rel_url=request.rel_url.with_path(match[3], encoded=True).with_query(request.rel_url.query)
-    )
+    url = URL.build(path=match[3], query_string=request.rel_url.raw_query_string, encoded=True)
+    inner = request.clone(rel_url=url)
     resolved = await request.app.router.resolve(inner)
     resolved.add_app(request.app)
     resolved.freeze()

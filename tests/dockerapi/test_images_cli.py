@@ -4,13 +4,70 @@ progress, images, inspect, tag, rm, history, save | load, and volumes."""
 from __future__ import annotations
 
 import json
+import subprocess
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.dockerapi.conftest import DockerAgent
+from tests.agent.conftest import BUILD, ImageRegistry
+from tests.dockerapi.conftest import DockerAgent as ApiAgent
 
 pytestmark = [pytest.mark.runc, pytest.mark.registry]
+
+
+@dataclass
+class DockerAgent:
+    """The module's agent, and a busybox copy of our own in the registry to pull."""
+
+    api: ApiAgent
+    busybox: str
+    subnet: str
+
+    def docker(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[bytes]:
+        done = subprocess.run(
+            ["/usr/bin/docker", "-H", self.api.host, *args],
+            capture_output=True,
+            env=self.api.env(),
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(
+                f"docker {' '.join(args)} exited {done.returncode}:\n"
+                f"{done.stdout.decode(errors='replace')}\n{done.stderr.decode(errors='replace')}"
+                f"\nagent log:\n{self.api.agent.log()}"
+            )
+        return done
+
+    def docker_json(self, *args: str) -> Any:
+        return json.loads(self.docker(*args).stdout)
+
+
+@pytest.fixture(scope="module")
+def agent(docker_agent: ApiAgent, image_registry: ImageRegistry) -> DockerAgent:
+    """An image of random layers in the registry (none of them in the agent's store: a
+    pull downloads them), and the busybox the agent has pushed with `docker push`."""
+    registry = image_registry.busybox.split("/", 1)[0]
+    own = f"{registry}/dockerapi-images/random-{uuid.uuid4().hex[:8]}:latest"
+    built = subprocess.run(
+        [*BUILD, "big", "--layers", "2", "--layer-size", "300K", "--tag", own, "--push"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert built.returncode == 0, built.stderr
+    under_test = DockerAgent(docker_agent, own, docker_agent.subnet)
+    copy = f"{registry}/dockerapi-images/busybox-copy:v1"
+    under_test.docker("tag", "busybox:latest", copy)
+    pushed = under_test.docker("push", copy).stdout.decode()
+    assert "v1: digest: sha256:" in pushed, pushed
+    assert "Pushed" in pushed or "Layer already exists" in pushed, pushed
+    return under_test
 
 
 def _images(agent: DockerAgent, *args: str) -> list[dict[str, str]]:
@@ -19,120 +76,121 @@ def _images(agent: DockerAgent, *args: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def pulled(docker_agent: DockerAgent) -> str:
-    done = docker_agent.docker("pull", docker_agent.busybox)
+def pulled(agent: DockerAgent) -> str:
+    done = agent.docker("pull", agent.busybox)
     return done.stdout.decode()
 
 
-def test_pull_streams_dockerd_progress(docker_agent: DockerAgent, pulled: str) -> None:
-    assert "Pulling from test/busybox" in pulled
+def test_pull_streams_dockerd_progress(agent: DockerAgent, pulled: str) -> None:
+    repository = agent.busybox.split("/", 1)[1].rsplit(":", 1)[0]
+    assert f"Pulling from {repository}" in pulled
     assert "Pull complete" in pulled
     assert "Digest: sha256:" in pulled
-    assert f"Status: Downloaded newer image for {docker_agent.busybox}" in pulled
-    again = docker_agent.docker("pull", docker_agent.busybox).stdout.decode()
-    assert f"Status: Image is up to date for {docker_agent.busybox}" in again
+    assert f"Status: Downloaded newer image for {agent.busybox}" in pulled
+    again = agent.docker("pull", agent.busybox).stdout.decode()
+    assert f"Status: Image is up to date for {agent.busybox}" in again
 
 
-def test_pull_of_a_missing_image_is_an_error(docker_agent: DockerAgent) -> None:
-    registry = docker_agent.busybox.split("/", 1)[0]
-    done = docker_agent.docker("pull", f"{registry}/test/nothing-here:1", check=False)
+def test_pull_of_a_missing_image_is_an_error(agent: DockerAgent) -> None:
+    registry = agent.busybox.split("/", 1)[0]
+    done = agent.docker("pull", f"{registry}/test/nothing-here:1", check=False)
     assert done.returncode != 0
     assert b"not found" in done.stderr
 
 
-def test_images_lists_and_matches_names(docker_agent: DockerAgent, pulled: str) -> None:
-    repository = docker_agent.busybox.rsplit(":", 1)[0]
-    rows = _images(docker_agent)
+def test_images_lists_and_matches_names(agent: DockerAgent, pulled: str) -> None:
+    repository = agent.busybox.rsplit(":", 1)[0]
+    rows = _images(agent)
     assert any(r["Repository"] == repository and r["Tag"] == "latest" for r in rows)
-    assert [r["Repository"] for r in _images(docker_agent, repository)] == [repository]
-    assert [r["Tag"] for r in _images(docker_agent, f"{repository}:latest")] == ["latest"]
-    assert _images(docker_agent, f"{repository}:nope") == []
-    image_id = docker_agent.docker("images", "-q", repository).stdout.decode().strip()
+    assert [r["Repository"] for r in _images(agent, repository)] == [repository]
+    assert [r["Tag"] for r in _images(agent, f"{repository}:latest")] == ["latest"]
+    assert _images(agent, f"{repository}:nope") == []
+    image_id = agent.docker("images", "-q", repository).stdout.decode().strip()
     assert len(image_id) == 12
-    assert _images(docker_agent, "--filter", "dangling=true") == []
+    assert _images(agent, "--filter", "dangling=true") == []
 
 
-def test_inspect_tag_history_and_rm(docker_agent: DockerAgent, pulled: str) -> None:
-    [image] = docker_agent.docker_json("image", "inspect", docker_agent.busybox)
+def test_inspect_tag_history_and_rm(agent: DockerAgent, pulled: str) -> None:
+    [image] = agent.docker_json("image", "inspect", agent.busybox)
     assert image["Id"].startswith("sha256:")
-    assert docker_agent.busybox in image["RepoTags"]
-    assert image["RepoDigests"][0].startswith(docker_agent.busybox.rsplit(":", 1)[0] + "@sha256:")
+    assert agent.busybox in image["RepoTags"]
+    assert image["RepoDigests"][0].startswith(agent.busybox.rsplit(":", 1)[0] + "@sha256:")
     assert image["RootFS"]["Type"] == "layers" and image["RootFS"]["Layers"]
     assert image["Os"] == "linux" and image["Architecture"]
     # By short id, as docker resolves it.
-    [again] = docker_agent.docker_json("image", "inspect", image["Id"][7:15])
+    [again] = agent.docker_json("image", "inspect", image["Id"][7:15])
     assert again["Id"] == image["Id"]
 
-    docker_agent.docker("tag", docker_agent.busybox, "dockyard-test/copy:v1")
-    [tagged] = docker_agent.docker_json("image", "inspect", "dockyard-test/copy:v1")
+    agent.docker("tag", agent.busybox, "dockyard-test/copy:v1")
+    [tagged] = agent.docker_json("image", "inspect", "dockyard-test/copy:v1")
     assert tagged["Id"] == image["Id"]
-    history = docker_agent.docker("history", "--no-trunc", "dockyard-test/copy:v1").stdout
+    history = agent.docker("history", "--no-trunc", "dockyard-test/copy:v1").stdout
     assert image["Id"].encode() in history
 
-    removed = docker_agent.docker("rmi", "dockyard-test/copy:v1").stdout.decode()
+    removed = agent.docker("rmi", "dockyard-test/copy:v1").stdout.decode()
     assert "Untagged: dockyard-test/copy:v1" in removed
-    missing = docker_agent.docker("image", "inspect", "dockyard-test/copy:v1", check=False)
+    missing = agent.docker("image", "inspect", "dockyard-test/copy:v1", check=False)
     assert missing.returncode != 0 and b"No such image" in missing.stderr
-    docker_agent.docker("image", "inspect", docker_agent.busybox)  # the other tag stays
+    agent.docker("image", "inspect", agent.busybox)  # the other tag stays
 
 
-def test_save_and_load_round_trip(docker_agent: DockerAgent, pulled: str, tmp_path: Path) -> None:
-    docker_agent.docker("tag", docker_agent.busybox, "dockyard-test/saved:v2")
+def test_save_and_load_round_trip(agent: DockerAgent, pulled: str, tmp_path: Path) -> None:
+    agent.docker("tag", agent.busybox, "dockyard-test/saved:v2")
     archive = tmp_path / "saved.tar"
-    docker_agent.docker("save", "-o", str(archive), "dockyard-test/saved:v2")
+    agent.docker("save", "-o", str(archive), "dockyard-test/saved:v2")
     assert archive.stat().st_size > 0
-    docker_agent.docker("rmi", "dockyard-test/saved:v2")
-    loaded = docker_agent.docker("load", "-i", str(archive)).stdout.decode()
+    agent.docker("rmi", "dockyard-test/saved:v2")
+    loaded = agent.docker("load", "-i", str(archive)).stdout.decode()
     assert "Loaded image: dockyard-test/saved:v2" in loaded
-    [image] = docker_agent.docker_json("image", "inspect", "dockyard-test/saved:v2")
+    [image] = agent.docker_json("image", "inspect", "dockyard-test/saved:v2")
     assert image["RepoTags"]
-    docker_agent.docker("rmi", "dockyard-test/saved:v2")
+    agent.docker("rmi", "dockyard-test/saved:v2")
 
 
-def test_load_refuses_what_is_no_image_archive(docker_agent: DockerAgent, tmp_path: Path) -> None:
+def test_load_refuses_what_is_no_image_archive(agent: DockerAgent, tmp_path: Path) -> None:
     junk = tmp_path / "junk.tar"
     junk.write_bytes(b"this is no tarball" * 100)
-    done = docker_agent.docker("load", "-i", str(junk), check=False)
+    done = agent.docker("load", "-i", str(junk), check=False)
     assert done.returncode != 0
     assert b"archive" in done.stderr
 
 
-def test_volume_create_ls_inspect_rm(docker_agent: DockerAgent) -> None:
-    docker_agent.docker("volume", "create", "--label", "purpose=test", "dockyard-vol")
-    names = docker_agent.docker("volume", "ls", "-q").stdout.decode().split()
+def test_volume_create_ls_inspect_rm(agent: DockerAgent) -> None:
+    agent.docker("volume", "create", "--label", "purpose=test", "dockyard-vol")
+    names = agent.docker("volume", "ls", "-q").stdout.decode().split()
     assert "dockyard-vol" in names
-    [volume] = docker_agent.docker_json("volume", "inspect", "dockyard-vol")
+    [volume] = agent.docker_json("volume", "inspect", "dockyard-vol")
     assert volume["Driver"] == "local" and volume["Labels"] == {"purpose": "test"}
     assert Path(volume["Mountpoint"]).is_dir()
-    filtered = docker_agent.docker("volume", "ls", "-q", "--filter", "label=purpose=test")
+    filtered = agent.docker("volume", "ls", "-q", "--filter", "label=purpose=test")
     assert filtered.stdout.decode().split() == ["dockyard-vol"]
-    docker_agent.docker("volume", "rm", "dockyard-vol")
-    missing = docker_agent.docker("volume", "inspect", "dockyard-vol", check=False)
+    agent.docker("volume", "rm", "dockyard-vol")
+    missing = agent.docker("volume", "inspect", "dockyard-vol", check=False)
     assert missing.returncode != 0 and b"no such volume" in missing.stderr.lower()
 
 
-def test_network_ls_inspect_create_rm(docker_agent: DockerAgent) -> None:
-    names = docker_agent.docker("network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout
+def test_network_ls_inspect_create_rm(agent: DockerAgent) -> None:
+    names = agent.docker("network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout
     rows = names.decode().splitlines()
     assert {"bridge bridge", "host host", "none null"} <= set(rows)
-    [bridge] = docker_agent.docker_json("network", "inspect", "bridge")
-    assert bridge["IPAM"]["Config"][0]["Subnet"] == docker_agent.subnet
-    docker_agent.docker("network", "create", "--label", "app=test", "dockyard-net")
-    [made] = docker_agent.docker_json("network", "inspect", "dockyard-net")
+    [bridge] = agent.docker_json("network", "inspect", "bridge")
+    assert bridge["IPAM"]["Config"][0]["Subnet"] == agent.subnet
+    agent.docker("network", "create", "--label", "app=test", "dockyard-net")
+    [made] = agent.docker_json("network", "inspect", "dockyard-net")
     assert made["Driver"] == "bridge" and made["Labels"] == {"app": "test"}
-    [by_id] = docker_agent.docker_json("network", "inspect", made["Id"][:12])
+    [by_id] = agent.docker_json("network", "inspect", made["Id"][:12])
     assert by_id["Name"] == "dockyard-net"
-    again = docker_agent.docker("network", "create", "dockyard-net", check=False)
+    again = agent.docker("network", "create", "dockyard-net", check=False)
     assert again.returncode != 0 and b"already exists" in again.stderr
-    refused = docker_agent.docker("network", "rm", "bridge", check=False)
+    refused = agent.docker("network", "rm", "bridge", check=False)
     assert refused.returncode != 0 and b"pre-defined" in refused.stderr
-    docker_agent.docker("network", "rm", "dockyard-net")
-    assert b"dockyard-net" not in docker_agent.docker("network", "ls").stdout
+    agent.docker("network", "rm", "dockyard-net")
+    assert b"dockyard-net" not in agent.docker("network", "ls").stdout
 
 
-def test_system_df(docker_agent: DockerAgent, pulled: str) -> None:
-    out = docker_agent.docker("system", "df").stdout.decode()
+def test_system_df(agent: DockerAgent, pulled: str) -> None:
+    out = agent.docker("system", "df").stdout.decode()
     assert out.splitlines()[0].split()[:2] == ["TYPE", "TOTAL"]
     assert "Images" in out and "Local Volumes" in out
-    verbose = docker_agent.docker("system", "df", "-v").stdout.decode()
-    assert docker_agent.busybox.rsplit(":", 1)[0] in verbose
+    verbose = agent.docker("system", "df", "-v").stdout.decode()
+    assert agent.busybox.rsplit(":", 1)[0] in verbose

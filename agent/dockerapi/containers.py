@@ -28,6 +28,7 @@ from dockyard.agent.containers.errors import (
 )
 from dockyard.agent.containers.request import parse_create
 from dockyard.agent.containers.service import ContainerView
+from dockyard.agent.dockerapi import networks
 from dockyard.agent.dockerapi.container_config import parse_create_body
 from dockyard.agent.dockerapi.container_view import (
     inspect_body,
@@ -139,7 +140,8 @@ def matches(view: ContainerView, filters: Mapping[str, list[str]]) -> bool:
 async def _create(ctx: DockerApiContext, request: web.Request) -> web.StreamResponse:
     service = ctx.require_containers()
     name = request.query.get("name", "")
-    parsed = parse_create_body(await _json_body(request), name)
+    body, network, aliases = networks.prepare_create(ctx, await _json_body(request))
+    parsed = parse_create_body(body, name)
     try:
         checked = parse_create(parsed.request)
         ctx.admission.check(parsed.request)
@@ -150,6 +152,7 @@ async def _create(ctx: DockerApiContext, request: web.Request) -> web.StreamResp
         raise DockerApiError(403, str(exc)) from exc
     except ApiError as exc:
         raise docker_error(exc, name) from exc
+    networks.join_created(ctx, view.info.id, network, aliases)
     log.info("dockerapi.container_created", container_id=view.info.id, name=view.info.name)
     return json_response({"Id": view.info.id, "Warnings": []}, status=201)
 
@@ -287,7 +290,9 @@ async def _list(ctx: DockerApiContext, request: web.Request) -> web.StreamRespon
     if limit is not None and limit > 0:
         views = views[:limit]
     now = datetime.now(UTC)
-    return json_response([list_row(v, image_id_of(ctx, v), now) for v in views])
+    return json_response(
+        [networks.decorate(ctx, v, list_row(v, image_id_of(ctx, v), now)) for v in views]
+    )
 
 
 async def _prune(ctx: DockerApiContext, request: web.Request) -> web.StreamResponse:
@@ -346,7 +351,9 @@ def add_routes(routes: web.RouteTableDef, ctx: DockerApiContext) -> None:
     @routes.get("/containers/{id}/json")
     async def inspect(request: web.Request) -> web.StreamResponse:
         view = await find_container(ctx, request.match_info["id"])
-        return json_response(inspect_body(view, image_id_of(ctx, view)))
+        return json_response(
+            networks.decorate(ctx, view, inspect_body(view, image_id_of(ctx, view)))
+        )
 
     @routes.post("/containers/{id}/start")
     async def start(request: web.Request) -> web.StreamResponse:

@@ -472,3 +472,66 @@ def _is_ipv4(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# ----- what container create, inspect and list ask of the networks -----------------------
+
+
+def prepare_create(ctx: DockerApiContext, body: Any) -> tuple[Any, NetworkRecord | None, list[str]]:
+    """A create body whose `HostConfig.NetworkMode` names a user-defined network: the body
+    with `bridge` in its place, that network, and the aliases asked for on it
+    (`NetworkingConfig.EndpointsConfig[network].Aliases`). Other bodies pass unchanged.
+
+    Raises:
+        DockerApiError: 400 for malformed aliases.
+    """
+    if not isinstance(body, dict):
+        return body, None, []
+    host = body.get("HostConfig")
+    mode = host.get("NetworkMode") if isinstance(host, dict) else None
+    if not isinstance(mode, str) or mode in ("", "default", *BUILTIN) or ":" in mode:
+        return body, None, []
+    _name, record = resolve_network(ctx, mode)
+    if record is None:  # a predefined network named by id
+        return body, None, []
+    assert isinstance(host, dict)
+    aliases: list[str] = []
+    networking = body.get("NetworkingConfig")
+    endpoints = networking.get("EndpointsConfig") if isinstance(networking, dict) else None
+    if isinstance(endpoints, dict):
+        for key in (mode, record.name, record.id):
+            endpoint = endpoints.get(key)
+            if isinstance(endpoint, dict) and endpoint.get("Aliases"):
+                found = endpoint["Aliases"]
+                if not isinstance(found, list) or not all(isinstance(a, str) for a in found):
+                    raise bad_request("NetworkingConfig.EndpointsConfig.Aliases: a list of names")
+                aliases = list(found)
+    return {**body, "HostConfig": {**host, "NetworkMode": "bridge"}}, record, aliases
+
+
+def join_created(
+    ctx: DockerApiContext, container_id: str, record: NetworkRecord | None, aliases: list[str]
+) -> None:
+    """Record a new container on the user-defined network its create body named."""
+    if record is None:
+        return
+    try:
+        ctx.network_store().connect(container_id, record.id, aliases)
+    except NetworkStoreError as exc:
+        raise bad_request(str(exc)) from None
+    _publish(ctx, "connect", record.id, name=record.name, container=container_id)
+
+
+def decorate(ctx: DockerApiContext, view: ContainerView, body: dict[str, Any]) -> dict[str, Any]:
+    """An inspect body or a list row with the container's user-defined networks in
+    `NetworkSettings.Networks` and `HostConfig.NetworkMode`."""
+    memberships = ctx.network_store().of(view.info.id)
+    if not memberships:
+        return body
+    settings = body.get("NetworkSettings")
+    if isinstance(settings, dict):
+        settings["Networks"] = container_networks(ctx, view)
+    host = body.get("HostConfig")
+    if isinstance(host, dict):
+        host["NetworkMode"] = memberships[0][0].name
+    return body

@@ -127,12 +127,15 @@ FILTERS: dict[str, Callable[[ContainerView, str], bool]] = {
 
 
 def matches(view: ContainerView, filters: Mapping[str, list[str]]) -> bool:
-    """Every filter key matches (any of its values)."""
+    """Every filter key matches (any of its values; every one of `label`'s)."""
     for key, values in filters.items():
         test = FILTERS.get(key)
         if test is None:
             raise bad_request(f"invalid filter '{key}'")
-        if values and not any(test(view, value) for value in values):
+        if key == "label":  # labels all apply (docker-compose filters on three)
+            if not all(test(view, value) for value in values):
+                return False
+        elif values and not any(test(view, value) for value in values):
             return False
     return True
 

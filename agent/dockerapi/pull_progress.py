@@ -70,13 +70,13 @@ def _human(size: float) -> str:
 
 
 def progress_bar(current: int, total: int) -> str:
-    """`[=====>     ]  1.2MB/2.5MB`, as dockerd's jsonmessage renders it."""
-    if total <= 0:
-        return _human(current)
-    filled = min(_BAR_WIDTH, _BAR_WIDTH * current // total)
-    arrow = ">" if filled < _BAR_WIDTH else ""
-    bar = "=" * max(0, filled - (1 if arrow else 0)) + arrow
-    return f"[{bar.ljust(_BAR_WIDTH)}] {_human(current).rjust(8)}/{_human(total)}"
+    """`[=====>      ]  1.2MB/2.5MB`, as dockerd's jsonmessage renders it (a 50-wide bar:
+    one `=` per 2 %, then `>`)."""
+    if total <= 0 or current > total:
+        return _human(current).rjust(8)
+    percentage = (current * 100 // total) // 2
+    bar = "=" * percentage + ">" + " " * max(0, _BAR_WIDTH - percentage)
+    return f"[{bar}] {_human(current).rjust(8)}/{_human(total)}"
 
 
 def _layer_message(status: str, event: ProgressEvent, with_bytes: bool) -> dict[str, Any]:

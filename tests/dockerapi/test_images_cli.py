@@ -3,6 +3,7 @@ progress, images, inspect, tag, rm, history, save | load, and volumes."""
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import uuid
@@ -14,6 +15,9 @@ import pytest
 
 from tests.agent.conftest import BUILD, ImageRegistry
 from tests.dockerapi.conftest import DockerAgent as ApiAgent
+from tests.images.conftest import RegistryServer, auth_registry
+
+__all__ = ["auth_registry"]  # the fixture, for this module's tests
 
 pytestmark = [pytest.mark.runc, pytest.mark.registry]
 
@@ -194,3 +198,39 @@ def test_system_df(agent: DockerAgent, pulled: str) -> None:
     assert "Images" in out and "Local Volumes" in out
     verbose = agent.docker("system", "df", "-v").stdout.decode()
     assert agent.busybox.rsplit(":", 1)[0] in verbose
+
+
+def test_credentials_of_the_clients_config_reach_the_registry(
+    agent: DockerAgent, auth_registry: RegistryServer, tmp_path: Path
+) -> None:
+    """docker sends the login of its config.json as X-Registry-Auth; the agent uses it."""
+    auth = base64.b64encode(b"dock:yard-secret").decode()
+    config = {"auths": {auth_registry.host: {"auth": auth}}}
+    config_dir = tmp_path / "logged-in"
+    config_dir.mkdir()
+    (config_dir / "config.json").write_text(json.dumps(config))
+    ref = f"{auth_registry.host}/private/busybox:v1"
+    logged_in = {**agent.api.env(), "DOCKER_CONFIG": str(config_dir)}
+
+    def docker(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            ["/usr/bin/docker", "-H", agent.api.host, *args],
+            env=env,
+            capture_output=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+
+    agent.docker("tag", "busybox:latest", ref)
+    refused = docker("push", ref, env=agent.api.env())
+    assert refused.returncode != 0 or b"error" in refused.stdout.lower(), refused
+    pushed = docker("push", ref, env=logged_in)
+    assert pushed.returncode == 0 and b"v1: digest: sha256:" in pushed.stdout, pushed
+    agent.docker("rmi", ref)
+    anonymous = docker("pull", ref, env=agent.api.env())
+    assert anonymous.returncode != 0
+    # The CLI asks for a login on Docker's 401, as it does against dockerd.
+    assert b"Please login prior to pull" in anonymous.stdout, anonymous
+    pulled = docker("pull", ref, env=logged_in)
+    assert pulled.returncode == 0, pulled
+    assert f"Downloaded newer image for {ref}".encode() in pulled.stdout

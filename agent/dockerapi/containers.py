@@ -378,6 +378,18 @@ def add_routes(routes: web.RouteTableDef, ctx: DockerApiContext) -> None:
     async def wait(request: web.Request) -> web.StreamResponse:
         return await _wait(ctx, request, request.match_info["id"])
 
+    @routes.post("/containers/{id}/rename")
+    async def rename(request: web.Request) -> web.StreamResponse:
+        ref = request.match_info["id"]
+        name = request.query.get("name", "")
+        if not name:
+            raise bad_request("name: a new name is required")
+        view = await find_container(ctx, ref)
+        check_not_task(view, "rename")
+        with docker_errors(ref):
+            await ctx.require_containers().rename(view.info.id, name)
+        return web.Response(status=204)
+
     @routes.delete("/containers/{id}")
     async def remove(request: web.Request) -> web.StreamResponse:
         return await _remove(ctx, request, request.match_info["id"])

@@ -42,6 +42,7 @@ from aiohttp import web
 from yarl import URL
 
 from dockyard.agent.dockerapi import (
+    archive,
     container_observe,
     containers,
     disk_usage,
@@ -72,6 +73,7 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     system,
     containers,
     container_observe,
+    archive,
     images,
     volumes,
     docker_events,

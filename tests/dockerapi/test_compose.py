@@ -69,8 +69,7 @@ def test_compose_up_and_down(docker_agent: DockerAgent, tmp_path: Path) -> None:
         logs = docker_agent.ok("logs", f"{name}_client_1")
         assert code == "0", logs
         assert "hello-from-web" in logs
-        ps = _compose(docker_agent, tmp_path, name, "ps")
-        assert f"{name}_web_1" in ps
+        assert f"{name}_web_1" in docker_agent.ok("ps", "--format", "{{.Names}}")
     finally:
         _compose(docker_agent, tmp_path, name, "down", "-v")
     assert f"{name}_" not in docker_agent.ok("ps", "-a", "--format", "{{.Names}}")

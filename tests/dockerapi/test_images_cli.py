@@ -234,3 +234,21 @@ def test_credentials_of_the_clients_config_reach_the_registry(
     pulled = docker("pull", ref, env=logged_in)
     assert pulled.returncode == 0, pulled
     assert f"Downloaded newer image for {ref}".encode() in pulled.stdout
+
+
+def test_prune_images_and_volumes_last(agent: DockerAgent) -> None:
+    """Last in the module: `image prune -a` removes every image no container uses."""
+    agent.docker("volume", "create", "prunable")
+    agent.docker("run", "-d", "--name", "holder", "-v", "kept:/data", "busybox:latest", "true")
+    agent.docker("wait", "holder")
+    pruned = agent.docker("volume", "prune", "-f").stdout.decode()
+    assert "prunable" in pruned
+    assert "kept" not in pruned  # the stopped container still uses it
+    out = agent.docker("image", "prune", "-a", "-f").stdout.decode()
+    assert "Total reclaimed space" in out
+    assert agent.busybox in out or "Deleted: sha256:" in out
+    [busybox] = agent.docker_json("image", "inspect", "busybox:latest")
+    left = agent.docker("images", "-q", "--no-trunc").stdout.decode().split()
+    assert set(left) == {busybox["Id"]}  # the container's image stays, with its tags
+    agent.docker("rm", "holder")
+    agent.docker("volume", "rm", "kept")

@@ -167,7 +167,7 @@ async def _start(ctx: DockerApiContext, ref: str) -> web.StreamResponse:
         return web.Response(status=304)
     with docker_errors(ref):
         await ctx.require_containers().start_container(view.info.id)
-    _started(ctx).notify(view.info.id)
+    ctx.started(view.info.id)
     return web.Response(status=204)
 
 
@@ -193,7 +193,7 @@ async def _restart(ctx: DockerApiContext, request: web.Request, ref: str) -> web
         if view.info.state.status is ContainerStatus.RUNNING:
             await service.stop(view.info.id, None if timeout is None else float(max(0, timeout)))
         await service.start_container(view.info.id)
-    _started(ctx).notify(view.info.id)
+    ctx.started(view.info.id)
     return web.Response(status=204)
 
 
@@ -221,35 +221,12 @@ async def _remove(ctx: DockerApiContext, request: web.Request, ref: str) -> web.
     return web.Response(status=204)
 
 
-class _Starts:
-    """Containers started through this API, for `wait?condition=next-exit` on an
-    exited container (its next run begins with the next start)."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-
-    def event(self, container_id: str) -> asyncio.Event:
-        return self._events.setdefault(container_id, asyncio.Event())
-
-    def notify(self, container_id: str) -> None:
-        event = self._events.pop(container_id, None)
-        if event is not None:
-            event.set()
-
-
-_STARTS: dict[int, _Starts] = {}
-
-
-def _started(ctx: DockerApiContext) -> _Starts:
-    return _STARTS.setdefault(id(ctx), _Starts())
-
-
 async def _wait_exit(ctx: DockerApiContext, view: ContainerView, condition: str) -> ExitInfo:
     service = ctx.require_containers()
     container_id = view.info.id
     status = view.info.state.status
     if condition == "next-exit" and status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
-        await _started(ctx).event(container_id).wait()
+        await ctx.next_start(container_id).wait()
     with docker_errors(view.info.name):
         exit_info = await service.wait(container_id)
     if condition == "removed":

@@ -267,3 +267,35 @@ def test_cp_both_ways(docker_agent: DockerAgent, tmp_path) -> None:
     docker_agent.ok("cp", f"{name}:/tmp/link", str(tmp_path / "link"))  # the link itself
     assert (tmp_path / "link").is_symlink()
     docker_agent.ok("rm", "-f", name)
+
+
+def test_service_task_containers_are_read_only(docker_agent: DockerAgent) -> None:
+    from dockyard.v1 import containers_pb2 as cpb
+
+    # a task's container as the agent's executor makes it (the controller assigns tasks;
+    # here the agent's own API stands in for it)
+    task = docker_agent.agent.containers.Create(
+        cpb.CreateContainerRequest(
+            image=BUSYBOX,
+            name=unique("web.1"),
+            command=["sh", "-c", "echo serving; sleep 300"],
+            labels={"dockyard.task.id": "t-" + uuid.uuid4().hex[:8]},
+        ),
+        timeout=30,
+    )
+    docker_agent.agent.containers.Start(cpb.ContainerRef(container=task.id), timeout=30)
+    try:
+        assert task.id in docker_agent.ok("ps", "-q", "--no-trunc").split()
+        wait_for(lambda: docker_agent.ok("logs", task.id) == "serving\n", "its log")
+        for args in (("stop", task.id), ("rm", "-f", task.id), ("rename", task.id, "x")):
+            refused = docker_agent.docker(*args)
+            assert refused.returncode != 0, args
+            assert "it runs a task of a dockyard service" in refused.stderr
+        forged = docker_agent.docker(
+            "create", "--label", "dockyard.task.id=forged", BUSYBOX, "true"
+        )
+        assert forged.returncode != 0 and "reserved" in forged.stderr
+    finally:
+        docker_agent.agent.containers.Remove(
+            cpb.RemoveContainerRequest(container=task.id, force=True), timeout=30
+        )

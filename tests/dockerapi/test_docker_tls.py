@@ -4,8 +4,11 @@ containers needed: /_ping, /version, /info and a listing answer)."""
 
 from __future__ import annotations
 
+import contextlib
+import grp
 import json
 import os
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -140,9 +143,13 @@ def test_plain_tcp_needs_the_insecure_flag(tmp_path: Path) -> None:
     assert refused.returncode != 0
     assert "--docker-api-insecure" in refused.stderr
     log = tmp_path / "agent.log"
+    sock = tmp_path / "run" / "docker.sock"
     with log.open("wb") as out:
         agent = subprocess.Popen(
-            [*args, "--docker-api-insecure"], stdout=out, stderr=out, stdin=subprocess.DEVNULL
+            [*args, "--docker-api-insecure", "--docker-api-socket", str(sock)],
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
         )
     try:
         config = tmp_path / "docker-config"
@@ -152,6 +159,14 @@ def test_plain_tcp_needs_the_insecure_flag(tmp_path: Path) -> None:
             assert time.monotonic() < deadline and agent.poll() is None, log.read_text()
             time.sleep(0.1)
         assert "INSECURE" in log.read_text()
+        # the socket as docker.sock is: 0660, the docker group when the host has one
+        mode = sock.stat()
+        assert stat.S_ISSOCK(mode.st_mode) and stat.S_IMODE(mode.st_mode) == 0o660
+        with contextlib.suppress(KeyError):
+            assert mode.st_gid == grp.getgrnam("docker").gr_gid
+        assert docker("-H", f"unix://{sock}", "version", config=config).returncode == 0
     finally:
         agent.terminate()
         agent.wait(15)
+    assert agent.returncode == 0
+    assert not sock.exists()  # stopping removes it

@@ -192,6 +192,56 @@ def test_network_ls_inspect_create_rm(agent: DockerAgent) -> None:
     assert b"dockyard-net" not in agent.docker("network", "ls").stdout
 
 
+def test_user_network_names_resolve_and_connect(agent: DockerAgent) -> None:
+    """A container on a user-defined network answers to its name and aliases through
+    the agent's DNS; connect and disconnect change its aliases."""
+    agent.docker("network", "create", "dockyard-dns")
+    try:
+        agent.docker(
+            "run",
+            "-d",
+            "--name",
+            "named",
+            "--network",
+            "dockyard-dns",
+            "--network-alias",
+            "first",
+            "busybox:latest",
+            "sleep",
+            "60",
+        )
+        [net] = agent.docker_json("network", "inspect", "dockyard-dns")
+        [(_cid, member)] = net["Containers"].items()
+        assert member["Name"] == "named" and member["IPv4Address"]
+        address = member["IPv4Address"].split("/")[0]
+        [inspected] = agent.docker_json("inspect", "named")
+        assert inspected["NetworkSettings"]["Networks"]["dockyard-dns"]["Aliases"] == ["first"]
+        agent.docker("network", "disconnect", "dockyard-dns", "named")
+        agent.docker("network", "connect", "--alias", "second", "dockyard-dns", "named")
+        script = "for n in named second first; do nslookup $n || echo MISSING $n; done"
+        agent.docker(
+            "run",
+            "-d",
+            "--name",
+            "asker",
+            "--network",
+            "dockyard-dns",
+            "busybox:latest",
+            "sh",
+            "-c",
+            script,
+        )
+        agent.docker("wait", "asker")
+        answers = agent.docker("logs", "asker").stdout.decode()
+        assert answers.count(address) == 2, answers
+        assert "MISSING first" in answers, answers
+        busy = agent.docker("network", "rm", "dockyard-dns", check=False)
+        assert busy.returncode != 0 and b"active endpoints" in busy.stderr
+    finally:
+        agent.docker("rm", "-f", "named", "asker", check=False)
+    agent.docker("network", "rm", "dockyard-dns")
+
+
 def test_system_df(agent: DockerAgent, pulled: str) -> None:
     out = agent.docker("system", "df").stdout.decode()
     assert out.splitlines()[0].split()[:2] == ["TYPE", "TOTAL"]
@@ -241,13 +291,15 @@ def test_prune_images_and_volumes_last(agent: DockerAgent) -> None:
     agent.docker("volume", "create", "prunable")
     agent.docker("run", "-d", "--name", "holder", "-v", "kept:/data", "busybox:latest", "true")
     agent.docker("wait", "holder")
+    [busybox] = agent.docker_json("image", "inspect", "busybox:latest")
+    in_use = agent.docker("rmi", busybox["Id"][7:19], check=False)
+    assert in_use.returncode != 0 and b"used by container" in in_use.stderr, in_use
     pruned = agent.docker("volume", "prune", "-f").stdout.decode()
     assert "prunable" in pruned
     assert "kept" not in pruned  # the stopped container still uses it
     out = agent.docker("image", "prune", "-a", "-f").stdout.decode()
     assert "Total reclaimed space" in out
     assert agent.busybox in out or "Deleted: sha256:" in out
-    [busybox] = agent.docker_json("image", "inspect", "busybox:latest")
     left = agent.docker("images", "-q", "--no-trunc").stdout.decode().split()
     assert set(left) == {busybox["Id"]}  # the container's image stays, with its tags
     agent.docker("rm", "holder")

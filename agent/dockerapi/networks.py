@@ -43,6 +43,7 @@ from dockyard.agent.dockerapi.network_store import (
     builtin_id,
 )
 from dockyard.agent.dockerapi.responses import json_response
+from dockyard.agent.events import Subscription
 from dockyard.agent.runtime.base import ContainerStatus
 
 __all__ = [
@@ -443,7 +444,7 @@ def lifespan(
     return serve
 
 
-async def _keep_names(ctx: DockerApiContext, subscription: Any) -> None:
+async def _keep_names(ctx: DockerApiContext, subscription: Subscription) -> None:
     assert ctx.cluster_network is not None
     await _renew_names(ctx)
     while True:

@@ -492,10 +492,13 @@ def prepare_create(ctx: DockerApiContext, body: Any) -> tuple[Any, NetworkRecord
     mode = host.get("NetworkMode") if isinstance(host, dict) else None
     if not isinstance(mode, str) or mode in ("", "default", *BUILTIN) or ":" in mode:
         return body, None, []
-    _name, record = resolve_network(ctx, mode)
-    if record is None:  # a predefined network named by id
-        return body, None, []
     assert isinstance(host, dict)
+    try:
+        name, record = resolve_network(ctx, mode)
+    except DockerApiError:  # no such network: create's own 400 (a 404 means "no image")
+        return body, None, []
+    if record is None:  # a predefined network named by its id
+        return {**body, "HostConfig": {**host, "NetworkMode": name}}, None, []
     aliases: list[str] = []
     networking = body.get("NetworkingConfig")
     endpoints = networking.get("EndpointsConfig") if isinstance(networking, dict) else None

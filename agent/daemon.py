@@ -346,6 +346,7 @@ class AgentDaemon:
             admission=self._admission or Admission(config.allow_privileged),
             session=self.session.status,
             controllers=list(self._controllers),
+            cluster_network=self.cluster_network,
         )
         tls = None
         if self._node_pki is not None and config.docker_api_listen:

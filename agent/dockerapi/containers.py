@@ -28,6 +28,7 @@ from dockyard.agent.containers.errors import (
 )
 from dockyard.agent.containers.request import parse_create
 from dockyard.agent.containers.service import ContainerView
+from dockyard.agent.dockerapi import networks
 from dockyard.agent.dockerapi.container_config import parse_create_body
 from dockyard.agent.dockerapi.container_view import (
     inspect_body,
@@ -126,12 +127,15 @@ FILTERS: dict[str, Callable[[ContainerView, str], bool]] = {
 
 
 def matches(view: ContainerView, filters: Mapping[str, list[str]]) -> bool:
-    """Every filter key matches (any of its values)."""
+    """Every filter key matches (any of its values; every one of `label`'s)."""
     for key, values in filters.items():
         test = FILTERS.get(key)
         if test is None:
             raise bad_request(f"invalid filter '{key}'")
-        if values and not any(test(view, value) for value in values):
+        if key == "label":  # labels all apply (docker-compose filters on three)
+            if not all(test(view, value) for value in values):
+                return False
+        elif values and not any(test(view, value) for value in values):
             return False
     return True
 
@@ -139,7 +143,8 @@ def matches(view: ContainerView, filters: Mapping[str, list[str]]) -> bool:
 async def _create(ctx: DockerApiContext, request: web.Request) -> web.StreamResponse:
     service = ctx.require_containers()
     name = request.query.get("name", "")
-    parsed = parse_create_body(await _json_body(request), name)
+    body, network, aliases = networks.prepare_create(ctx, await _json_body(request))
+    parsed = parse_create_body(body, name)
     try:
         checked = parse_create(parsed.request)
         ctx.admission.check(parsed.request)
@@ -150,6 +155,7 @@ async def _create(ctx: DockerApiContext, request: web.Request) -> web.StreamResp
         raise DockerApiError(403, str(exc)) from exc
     except ApiError as exc:
         raise docker_error(exc, name) from exc
+    networks.join_created(ctx, view.info.id, network, aliases)
     log.info("dockerapi.container_created", container_id=view.info.id, name=view.info.name)
     return json_response({"Id": view.info.id, "Warnings": []}, status=201)
 
@@ -264,7 +270,9 @@ async def _list(ctx: DockerApiContext, request: web.Request) -> web.StreamRespon
     if limit is not None and limit > 0:
         views = views[:limit]
     now = datetime.now(UTC)
-    return json_response([list_row(v, image_id_of(ctx, v), now) for v in views])
+    return json_response(
+        [networks.decorate(ctx, v, list_row(v, image_id_of(ctx, v), now)) for v in views]
+    )
 
 
 async def _prune(ctx: DockerApiContext, request: web.Request) -> web.StreamResponse:
@@ -323,7 +331,9 @@ def add_routes(routes: web.RouteTableDef, ctx: DockerApiContext) -> None:
     @routes.get("/containers/{id}/json")
     async def inspect(request: web.Request) -> web.StreamResponse:
         view = await find_container(ctx, request.match_info["id"])
-        return json_response(inspect_body(view, image_id_of(ctx, view)))
+        return json_response(
+            networks.decorate(ctx, view, inspect_body(view, image_id_of(ctx, view)))
+        )
 
     @routes.post("/containers/{id}/start")
     async def start(request: web.Request) -> web.StreamResponse:

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING
 
 from dockyard.agent.containers.admission import Admission
 from dockyard.agent.dockerapi.errors import DockerApiError
+from dockyard.agent.dockerapi.network_store import NetworkStore
 
 if TYPE_CHECKING:
     from dockyard.agent.containers.service import ContainerService
     from dockyard.agent.images.service import ImageService
+    from dockyard.agent.network.cluster import ClusterNetwork
     from dockyard.agent.session import SessionStatus
     from dockyard.v1.types_pb2 import NodeDescription
 
@@ -42,6 +44,7 @@ class DockerApiContext:
         session: The controller session's status (the ``Swarm`` section of ``/info``).
         controllers: The controllers this agent talks to.
         started_at: When the API started (``SystemTime`` is the current time).
+        cluster_network: The node's bridge and DNS (None: a runtime without a bridge).
         start_waiters: Per container id, an event the next start through this API sets
             (``wait?condition=next-exit`` on an exited container waits for it).
     """
@@ -57,7 +60,15 @@ class DockerApiContext:
     session: SessionStatus | None = None
     controllers: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    cluster_network: ClusterNetwork | None = None
     start_waiters: dict[str, asyncio.Event] = field(default_factory=dict)
+    _networks: NetworkStore | None = field(default=None, repr=False)
+
+    def network_store(self) -> NetworkStore:
+        """The Docker API's user-defined networks (`network_store.py`), read on first use."""
+        if self._networks is None:
+            self._networks = NetworkStore(self.state_dir / "dockerapi" / "networks.json")
+        return self._networks
 
     def next_start(self, container_id: str) -> asyncio.Event:
         """The event the container's next start sets."""

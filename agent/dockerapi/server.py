@@ -15,6 +15,8 @@ handlers that close over ``ctx`` (or read ``request.app[CONTEXT]``). Register th
 with one line in :data:`ROUTE_MODULES` below; nothing else changes. Handlers raise
 ``errors.DockerApiError`` (``not_found``, ``conflict``, ...) and never format errors
 themselves. The API version a client asked for is ``request[API_VERSION_KEY]``.
+A module that works in the background while the app serves (``networks.py`` keeps the
+DNS names of its containers) also defines ``lifespan(ctx)``, an aiohttp cleanup context.
 
 What every request gets
 -----------------------
@@ -39,7 +41,17 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from dockyard.agent.dockerapi import archive, container_observe, containers, system
+from dockyard.agent.dockerapi import (
+    archive,
+    container_observe,
+    containers,
+    disk_usage,
+    images,
+    networks,
+    system,
+    volumes,
+)
+from dockyard.agent.dockerapi import events as docker_events
 from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError
 from dockyard.agent.dockerapi.responses import json_response
@@ -62,6 +74,11 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     containers,
     container_observe,
     archive,
+    images,
+    volumes,
+    docker_events,
+    networks,
+    disk_usage,
     # one line per module, each with `add_routes(routes, ctx)`: attach, exec, images, ...
 )
 
@@ -156,5 +173,9 @@ def build_app(ctx: DockerApiContext) -> web.Application:
     for module in ROUTE_MODULES:
         module.add_routes(routes, ctx)
     app.add_routes(routes)
+    for module in ROUTE_MODULES:  # background work a module runs while the app serves
+        lifespan = getattr(module, "lifespan", None)
+        if lifespan is not None:
+            app.cleanup_ctx.append(lifespan(ctx))
     app.on_response_prepare.append(_headers)
     return app

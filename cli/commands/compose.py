@@ -24,6 +24,7 @@ from dockyard.cli.commands.compose_schema import validate_document
 from dockyard.cli.commands.compose_service import (
     STACK_LABEL,
     StackObject,
+    logging_ignored,
     service_spec,
     top_objects,
 )
@@ -114,6 +115,7 @@ def stack_from_documents(
     for name, raw_service in merged["services"].items():
         service = dict(raw_service or {})
         spec = service_spec(stack, str(name), service, result.secrets, result.configs)
+        result.ignored += logging_ignored(f"services.{name}", service)
         result.services[str(name)] = LoadedService(
             name=str(name),
             spec=spec,

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["as_mapping", "merge_documents"]
+__all__ = ["as_mapping", "hosts_mapping", "merge_documents"]
 
 REPLACED = {"command", "entrypoint", "test"}
 BY_KEY = {"environment", "labels", "sysctls", "extra_hosts", "ulimits", "annotations", "args"}
@@ -31,7 +31,7 @@ def as_mapping(value: Any, separator: str = "=") -> dict[str, Any]:
     return found
 
 
-def _hosts(value: Any) -> dict[str, Any]:
+def hosts_mapping(value: Any) -> dict[str, Any]:
     if isinstance(value, Mapping):
         return dict(value)
     found: dict[str, Any] = {}
@@ -92,7 +92,7 @@ def _merge(key: str, old: Any, new: Any) -> Any:
     if key in REPLACED or new is None or old is None:
         return new
     if key in BY_KEY:
-        pair = _hosts if key == "extra_hosts" else as_mapping
+        pair = hosts_mapping if key == "extra_hosts" else as_mapping
         return {**pair(old), **pair(new)}
     if key in BY_NAME and (isinstance(old, list) or isinstance(new, list)):
         return merge_mappings(as_mapping(old), as_mapping(new))

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from dockyard.cli.commands.compose_merge import as_mapping, hosts_mapping
 from dockyard.cli.commands.service_parse import SpecError
 from dockyard.cli.commands.service_spec import BY_FLAG, apply_settings, finish_spec, new_spec
 
@@ -289,9 +290,50 @@ def service_values(
         values["config"] = [
             _file_ref(f"{where}.configs", "configs", c, configs) for c in service["configs"]
         ]
+    _extras(where, service, values)
     exec_test = _healthcheck(f"{where}.healthcheck", service.get("healthcheck"), values)
     _deploy(f"{where}.deploy", service.get("deploy"), values)
     return values, exec_test
+
+
+def _ulimit_texts(where: str, value: Any) -> list[str]:
+    texts = []
+    for name, limit in _mapping(where, value).items():
+        if isinstance(limit, Mapping):
+            texts.append(f"{name}={limit.get('soft')}:{limit.get('hard')}")
+        else:
+            texts.append(f"{name}={limit}")
+    return texts
+
+
+def _extras(where: str, service: Mapping[str, Any], values: dict[str, Any]) -> None:
+    """extra_hosts, dns, dns_search, init, ulimits, sysctls, stop_signal, logging."""
+    if service.get("extra_hosts"):
+        values["host"] = [f"{k}:{v}" for k, v in hosts_mapping(service["extra_hosts"]).items()]
+    for key, flag in (("dns", "dns"), ("dns_search", "dns-search")):
+        if service.get(key):
+            found = service[key]
+            values[flag] = [str(v) for v in ([found] if isinstance(found, str) else found)]
+    if "init" in service:
+        values["init"] = bool(service["init"])
+    if service.get("ulimits"):
+        values["ulimit"] = _ulimit_texts(f"{where}.ulimits", service["ulimits"])
+    if service.get("sysctls"):
+        values["sysctl"] = [f"{k}={v}" for k, v in as_mapping(service["sysctls"]).items()]
+    if service.get("stop_signal"):
+        values["stop-signal"] = str(service["stop_signal"])
+    options = (service.get("logging") or {}).get("options") or {}
+    rotation = [f"{k}={options[k]}" for k in ("max-size", "max-file") if k in options]
+    if rotation:
+        values["log-opt"] = ",".join(rotation)
+
+
+def logging_ignored(where: str, service: Mapping[str, Any]) -> list[str]:
+    """A logging driver other than json-file/local: the agent keeps its own log files."""
+    driver = (service.get("logging") or {}).get("driver")
+    if driver and driver not in ("json-file", "local"):
+        return [f"{where}.logging.driver ({driver}: the agent keeps json-file-like logs)"]
+    return []
 
 
 def service_spec(

@@ -49,7 +49,6 @@ HONOURED: dict[str, Any] = {
             "dns_search",
             "init",
             "stop_signal",
-            "tty",
             "ulimits",
             "sysctls",
         )

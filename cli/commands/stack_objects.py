@@ -8,6 +8,7 @@ in the compose file to roll out new data, as with docker).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from dockyard.cli.commands.service_wait import control_stub
 __all__ = ["KINDS", "create_objects", "read_objects", "remove_objects"]
 
 MAX_OBJECT_BYTES = 500 * 1024
+REMOVE_WAIT = 60.0  # seconds the tasks of removed services get to stop
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,25 @@ def create_objects(target: Target, stack: str, kind_key: str, data: Mapping[str,
         call(target, control_stub, kind.create, create_request(spec=spec))
 
 
-def remove_objects(target: Target, stack: str, kind_key: str) -> None:
-    """Remove the stack's objects of one kind (after its services are gone)."""
+def remove_objects(
+    target: Target, stack: str, kind_key: str, wait_seconds: float = REMOVE_WAIT
+) -> None:
+    """Remove the stack's objects of one kind, once its services are gone. The tasks of
+    a removed service keep an object in use until they have stopped: wait for them (at
+    most `wait_seconds`, then the controller's refusal is the error)."""
     kind = KINDS[kind_key]
     _, _, remove_request, _ = kind.messages()
     for record in sorted(_records(target, kind), key=lambda r: r.spec.name):
-        if record.spec.labels.get(STACK_LABEL) == stack:
-            click.echo(f"Removing {kind.name} {record.spec.name}", err=True)
-            call(target, control_stub, kind.remove, remove_request(**{kind.name: record.id}))
+        if record.spec.labels.get(STACK_LABEL) != stack:
+            continue
+        click.echo(f"Removing {kind.name} {record.spec.name}", err=True)
+        request = remove_request(**{kind.name: record.id})
+        deadline = time.monotonic() + wait_seconds
+        while True:
+            try:
+                call(target, control_stub, kind.remove, request)
+                break
+            except CliError as exc:
+                if "in use" not in exc.message or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)

@@ -194,5 +194,6 @@ def remove(options: GlobalOptions, names: tuple[str, ...]) -> None:
             click.echo(f"Removing service {service.spec.name}", err=True)
             call(target, control_stub, "RemoveService", RemoveServiceRequest(service=service.id))
         remove_objects(target, name, "secrets")
+        remove_objects(target, name, "configs")
     if missing:
         sys.exit(1)

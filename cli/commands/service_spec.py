@@ -592,7 +592,17 @@ def apply_list_edits(spec: Any, flag: str, add: Iterable[str], remove: Iterable[
     assert setting.item is not None and setting.field is not None
     target = setting.field(spec)
     for text in remove:
-        by_text = ("env", "label", "container-label", "mount", "secret", "config", "host")
+        by_text = (
+            "env",
+            "label",
+            "container-label",
+            "mount",
+            "secret",
+            "config",
+            "host",
+            "ulimit",
+            "sysctl",
+        )
         key = text if flag in by_text else setting.item(f"--{flag}-rm", text)[0]
         if isinstance(target, MutableMapping):
             target.pop(key, None)

@@ -9,6 +9,7 @@ checked by the same code. Top-level `secrets:` and `configs:` are either `extern
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -130,11 +131,10 @@ def _volume(where: str, value: Any) -> str:
         raise SpecError(f"{where}: {value!r}: type {kind} is not supported (bind, volume, tmpfs)")
     if source.startswith("/"):
         kind = "bind"
-    if not source:
-        raise SpecError(
-            f"{where}: {value!r}: anonymous volumes are not supported: name the volume "
-            "(`NAME:{target}`) or use a tmpfs"
-        )
+    if not source:  # anonymous: the node's volume of this task's slot, made on first use
+        digest = hashlib.sha256(target.encode()).hexdigest()[:8]
+        source = f"{{{{.Service.Name}}}}-{{{{.Task.Slot}}}}-{digest}"
+        kind = "volume"
     return f"type={kind},source={source},target={target}" + (",readonly" if read_only else "")
 
 

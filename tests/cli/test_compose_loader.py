@@ -319,3 +319,11 @@ def test_port_ranges_and_long_form_ports() -> None:
     ]
     with pytest.raises(SpecError, match="differ in length"):
         stack_from_documents("s", [("c.yml", doc(ports=["1-3:1-2"]))], {})
+
+
+def test_anonymous_volumes_are_the_slots_own_named_volumes() -> None:
+    document = doc(volumes=["/data", {"type": "volume", "target": "/cache"}])
+    mounts = stack_from_documents("s", [("c.yml", document)], {}).specs["web"].task.container.mounts
+    assert [(m.type, m.target) for m in mounts] == [("volume", "/data"), ("volume", "/cache")]
+    assert all(m.source.startswith("{{.Service.Name}}-{{.Task.Slot}}-") for m in mounts)
+    assert mounts[0].source != mounts[1].source

@@ -40,8 +40,10 @@ def top_objects(stack: str, kind: str, value: Any) -> dict[str, StackObject]:
     for key, raw in (value or {}).items():
         entry = raw or {}
         where = f"{kind}.{key}"
-        if entry.get("external"):
-            found[str(key)] = StackObject(str(key), str(entry.get("name") or key))
+        external = entry.get("external")
+        if external:  # `external: {name: N}` is the older form of `name: N`
+            named = external.get("name") if isinstance(external, Mapping) else None
+            found[str(key)] = StackObject(str(key), str(entry.get("name") or named or key))
         elif entry.get("file"):
             name = str(entry.get("name") or f"{stack}_{key}")
             found[str(key)] = StackObject(str(key), name, str(entry["file"]))

@@ -94,3 +94,16 @@ def test_compose_secrets_from_files_are_the_stacks() -> None:
     assert stack.secrets["db"].name == "shop_db"
     assert stack.secrets["db"].file == "/srv/app/db.txt"
     assert refs(stack.specs["web"]) == [("shop_db", "db", 0, 0, 0o444)]
+
+
+def test_external_objects_by_their_name() -> None:
+    doc = {
+        "services": {"web": {"image": "busybox", "secrets": ["a", "b", "c"]}},
+        "secrets": {
+            "a": {"external": True},
+            "b": {"external": True, "name": "real_b"},
+            "c": {"external": {"name": "old_style_c"}},
+        },
+    }
+    stack = stack_from_documents("shop", [("c.yml", doc)], {})
+    assert [r[0] for r in refs(stack.specs["web"])] == ["a", "real_b", "old_style_c"]

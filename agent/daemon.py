@@ -57,6 +57,7 @@ class AgentStartError(RuntimeError):
 class AgentDaemon:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        self._node_name = ""
         self.server: grpc.aio.Server | None = None
         self.session: ControllerSession | None = None
         self.port = 0
@@ -84,6 +85,7 @@ class AgentDaemon:
         ensure_private_dir(config.state_dir)
         identity = load_or_create(config.state_dir, config.name)
         self._node_id = identity.node_id
+        self._node_name = identity.name
         node_pki = NodePKI.of(config.state_dir)
         controllers = self._controllers = config.controllers or node_pki.controllers()
         if not controllers:
@@ -275,6 +277,7 @@ class AgentDaemon:
         )
         peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(images.store.blobs), server)
         self._runc = TaskExecutor(manager, self._secret_files())
+        self._runc.node_hostname = self._node_name
         return self._runc
 
     async def _start_metrics(self, node_name: str) -> MetricsServer:

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from dockyard.controller.store import (
+    CONFIGS,
     NODES,
     SECRETS,
     SERVICES,
@@ -29,7 +30,7 @@ from dockyard.controller.store import (
     StoreError,
 )
 from dockyard.v1.types_pb2 import Node, TaskStatus
-from dockyard.v1.workloads_pb2 import Secret, Service, Task
+from dockyard.v1.workloads_pb2 import Config, Secret, Service, Task
 
 log = structlog.get_logger(__name__)
 
@@ -56,6 +57,7 @@ class ClusterState:
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
         self.secrets: dict[str, Secret] = {}  # records only: the data is never listed
+        self.configs: dict[str, Config] = {}  # records only, as secrets
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
         self.pending_task_ids: set[str] = set()  # status PENDING: the scheduler's input
@@ -110,6 +112,7 @@ class ClusterState:
             (SERVICES, self.services),
             (TASKS, self.tasks),
             (SECRETS, self.secrets),
+            (CONFIGS, self.configs),
         ]
 
     async def _relist(self) -> None:
@@ -175,7 +178,7 @@ class ClusterState:
             self.untrack(tracker)
 
     def _mark(self, kind: Kind[Any], record_id: str, value: Any) -> None:
-        if kind is SECRETS:  # immutable; tasks that use one change with their service
+        if kind in (SECRETS, CONFIGS):  # immutable; tasks that use one change with their service
             return
         for tracker in self._trackers:
             if kind is TASKS:

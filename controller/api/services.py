@@ -11,7 +11,7 @@ from dockyard.common.validation import ValidationError, check_ref
 from dockyard.controller.cluster import ClusterRecord, privileges_of
 from dockyard.controller.images import ImageResolver
 from dockyard.controller.nodes import NodeRegistry
-from dockyard.controller.secrets import SecretRegistry
+from dockyard.controller.secrets import ObjectRegistries, SecretRegistry
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.specs import check_service_spec
 from dockyard.controller.state import ClusterState
@@ -77,7 +77,8 @@ class ServicesAPI:
         self._cluster = cluster
         self._resolver = resolver
         self._view = view
-        self._secrets = secrets or SecretRegistry(store)
+        # The secrets and configs a spec refers to (`secrets` for tests that pass one).
+        self._secrets: SecretRegistry | ObjectRegistries = secrets or ObjectRegistries(store)
 
     async def _all_tasks(self) -> list[Task]:
         view = self._view()

@@ -64,6 +64,12 @@ class ControlStub:
     ListSecrets: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]
     RemoveSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveSecretRequest, _control_pb2.RemoveSecretResponse]
     """Refused (FAILED_PRECONDITION) while a service's spec uses the secret."""
+    CreateConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateConfigRequest, _workloads_pb2.Config]
+    """Configs (admin writes): as secrets, but Get returns the data (List never does)."""
+    GetConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetConfigRequest, _workloads_pb2.Config]
+    ListConfigs: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListConfigsRequest, _control_pb2.ListConfigsResponse]
+    RemoveConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveConfigRequest, _control_pb2.RemoveConfigResponse]
+    """Refused (FAILED_PRECONDITION) while a service's spec uses the config."""
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -99,6 +105,12 @@ class ControlAsyncStub(ControlStub):
     ListSecrets: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]  # type: ignore[assignment]
     RemoveSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveSecretRequest, _control_pb2.RemoveSecretResponse]  # type: ignore[assignment]
     """Refused (FAILED_PRECONDITION) while a service's spec uses the secret."""
+    CreateConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateConfigRequest, _workloads_pb2.Config]  # type: ignore[assignment]
+    """Configs (admin writes): as secrets, but Get returns the data (List never does)."""
+    GetConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.GetConfigRequest, _workloads_pb2.Config]  # type: ignore[assignment]
+    ListConfigs: _aio.UnaryUnaryMultiCallable[_control_pb2.ListConfigsRequest, _control_pb2.ListConfigsResponse]  # type: ignore[assignment]
+    RemoveConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveConfigRequest, _control_pb2.RemoveConfigResponse]  # type: ignore[assignment]
+    """Refused (FAILED_PRECONDITION) while a service's spec uses the config."""
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -263,5 +275,35 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.RemoveSecretResponse, _abc.Awaitable[_control_pb2.RemoveSecretResponse]]:
         """Refused (FAILED_PRECONDITION) while a service's spec uses the secret."""
+
+    @_abc_1.abstractmethod
+    def CreateConfig(
+        self,
+        request: _control_pb2.CreateConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workloads_pb2.Config, _abc.Awaitable[_workloads_pb2.Config]]:
+        """Configs (admin writes): as secrets, but Get returns the data (List never does)."""
+
+    @_abc_1.abstractmethod
+    def GetConfig(
+        self,
+        request: _control_pb2.GetConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workloads_pb2.Config, _abc.Awaitable[_workloads_pb2.Config]]: ...
+
+    @_abc_1.abstractmethod
+    def ListConfigs(
+        self,
+        request: _control_pb2.ListConfigsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListConfigsResponse, _abc.Awaitable[_control_pb2.ListConfigsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveConfig(
+        self,
+        request: _control_pb2.RemoveConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RemoveConfigResponse, _abc.Awaitable[_control_pb2.RemoveConfigResponse]]:
+        """Refused (FAILED_PRECONDITION) while a service's spec uses the config."""
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,6 +17,7 @@ from dockyard.controller.ca import ClusterCA
 from dockyard.controller.cluster import ClusterRecord
 from dockyard.controller.errors import FailedPrecondition, grpc_errors
 from dockyard.controller.leadership import Leadership
+from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.peers import ControllerDirectory, PeerStatus
 from dockyard.controller.secrets import SecretRegistry, without_data
 from dockyard.controller.sessions import SessionRegistry
@@ -55,6 +56,15 @@ from dockyard.v1.control_pb2 import (
     UpdateClusterRequest,
     UpdateNodeRequest,
     UpdateServiceRequest,
+)
+from dockyard.v1.networks_pb2 import (
+    CreateNetworkRequest,
+    GetNetworkRequest,
+    ListNetworksRequest,
+    ListNetworksResponse,
+    Network,
+    RemoveNetworkRequest,
+    RemoveNetworkResponse,
 )
 from dockyard.v1.types_pb2 import Cluster, GetVersionRequest, Node, NodeStatus, VersionInfo
 from dockyard.v1.workloads_pb2 import Secret, Service, Task
@@ -184,6 +194,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         cluster: ClusterRecord,
         ca: ClusterCA | None = None,
         directory: ControllerDirectory | None = None,
+        networks: NetworkRegistry | None = None,
     ) -> None:
         self._identity = identity
         self._store = store
@@ -195,6 +206,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._ca = ca
         self._directory = directory
         self._secrets = SecretRegistry(store)
+        self._networks = networks or NetworkRegistry(store)
 
     @grpc_errors
     async def GetVersion(self, request: GetVersionRequest, context: Context) -> VersionInfo:
@@ -330,3 +342,24 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> RemoveSecretResponse:
         await self._secrets.remove(request.secret)
         return RemoveSecretResponse()
+
+    @grpc_errors
+    async def CreateNetwork(self, request: CreateNetworkRequest, context: Context) -> Network:
+        return await self._networks.create(request.spec)
+
+    @grpc_errors
+    async def GetNetwork(self, request: GetNetworkRequest, context: Context) -> Network:
+        return await self._networks.find(request.network)
+
+    @grpc_errors
+    async def ListNetworks(
+        self, request: ListNetworksRequest, context: Context
+    ) -> ListNetworksResponse:
+        return ListNetworksResponse(networks=await self._networks.list_named(list(request.names)))
+
+    @grpc_errors
+    async def RemoveNetwork(
+        self, request: RemoveNetworkRequest, context: Context
+    ) -> RemoveNetworkResponse:
+        await self._networks.remove(request.network)
+        return RemoveNetworkResponse()

@@ -10,12 +10,13 @@ from dockyard.common.states import TaskState
 from dockyard.common.validation import ValidationError, check_ref
 from dockyard.controller.cluster import ClusterRecord, privileges_of
 from dockyard.controller.images import ImageResolver
+from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.secrets import SecretRegistry
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.specs import check_service_spec
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import TASKS, NotFound, Store
+from dockyard.controller.store import TASKS, NotFound, Op, Store
 from dockyard.v1.control_pb2 import (
     CreateServiceRequest,
     ListServicesRequest,
@@ -68,6 +69,7 @@ class ServicesAPI:
         resolver: ImageResolver,
         view: Callable[[], ClusterState | None] = lambda: None,
         secrets: SecretRegistry | None = None,
+        networks: NetworkRegistry | None = None,
     ) -> None:
         """`view` gives the leader's in-memory cluster view (None on a follower):
         listings read it instead of etcd, which matters with tens of thousands of tasks."""
@@ -78,6 +80,13 @@ class ServicesAPI:
         self._resolver = resolver
         self._view = view
         self._secrets = secrets or SecretRegistry(store)
+        self._networks = networks or NetworkRegistry(store)
+
+    async def _resolve(self, spec: ServiceSpec) -> tuple[ServiceSpec, list[Op]]:
+        """The spec with its secrets' and networks' IDs, and the compares keeping them."""
+        spec, secret_checks = await self._secrets.resolve(spec)
+        spec, network_checks = await self._networks.resolve(spec)
+        return spec, secret_checks + network_checks
 
     async def _all_tasks(self) -> list[Task]:
         view = self._view()
@@ -90,7 +99,7 @@ class ServicesAPI:
         """The new service, and warnings for the caller (an image left unpinned)."""
         check_service_spec(request.spec)  # before asking a registry about it
         policy = await self._cluster.check_spec(request.spec)
-        spec, checks = await self._secrets.resolve(request.spec)
+        spec, checks = await self._resolve(request.spec)
         check_service_spec(spec)
         auth = _registry_auth(request.registry_auth) if request.HasField("registry_auth") else None
         pinned = await self._resolver.pin(
@@ -107,12 +116,12 @@ class ServicesAPI:
         if request.rollback:
             service = await self._services.find(request.service)
             policy = await self._cluster.check_spec(service.previous_spec, "previous_spec")
-            _, checks = await self._secrets.resolve(service.previous_spec)  # still there?
+            _, checks = await self._resolve(service.previous_spec)  # still there?
             rolled = await self._services.rollback(request.service, request.version, checks, policy)
             return rolled, _dropped_target(service.spec, rolled)
         check_service_spec(request.spec)
         policy = await self._cluster.check_spec(request.spec)
-        spec, checks = await self._secrets.resolve(request.spec)
+        spec, checks = await self._resolve(request.spec)
         check_service_spec(spec)
         auth = _registry_auth(request.registry_auth) if request.HasField("registry_auth") else None
         current = await self._services.find(request.service)

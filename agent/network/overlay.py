@@ -218,9 +218,7 @@ class OverlayDevices:
                     _ignore_gone(ipr.neigh, "del", dst=address, ifindex=vxlan)
             for mac, host in have_fdb.items():
                 if mac not in keep_macs:
-                    _ignore_gone(
-                        lambda m=mac, h=host: ipr.fdb("del", ifindex=vxlan, lladdr=m, dst=h)
-                    )
+                    _ignore_gone(ipr.fdb, "del", ifindex=vxlan, lladdr=mac, dst=host)
             for peer in wanted.values():
                 if have_fdb.get(peer.mac) not in (None, peer.host):
                     _ignore_gone(

@@ -5,8 +5,11 @@ entries pushed (no multicast, no learning). One topology for the module.
 
 from __future__ import annotations
 
+import subprocess
+import time
 from collections.abc import Iterator
 from functools import partial
+from pathlib import Path
 
 import pytest
 from pyroute2 import NetNS
@@ -18,6 +21,7 @@ from dockyard.agent.network.overlay import (
     bridge_name,
     mac_for,
 )
+from dockyard.agent.network.vip import VirtualIP, apply_vips
 from tests.network.overlay_topology import Topology, unavailable
 
 RED = OverlayNetwork("red", 5001, "10.242.1.0/24")
@@ -92,3 +96,62 @@ async def test_containers_reach_across_segments_only_on_shared_networks(
     assert await a.remove_all() == [RED.vni, BLUE.vni]
     assert bridge_name(RED.vni) not in topology.run(topology.host("a"), "ip", "link").stdout
     assert not topology.reaches(both_a, "10.242.2.3")
+
+
+async def test_a_vip_spreads_across_hosts_and_follows_its_backends(
+    world: tuple[Topology, dict[str, OverlayDevices]], tmp_path: Path
+) -> None:
+    topology, devices = world
+    net = OverlayNetwork("green", 5003, "10.242.3.0/24")
+    vip = "10.242.3.250"
+    backends = {"web-a": ("a", "10.242.3.2"), "web-b": ("b", "10.242.3.3")}
+    for node in devices.values():
+        await node.ensure(net)
+    client = topology.container("client")
+    await devices["a"].attach(net, client, "eth1", "10.242.3.9")
+    servers = []
+    try:
+        for name, (host, address) in backends.items():
+            netns = topology.container(name)
+            await devices[host].attach(net, netns, "eth1", address)
+            root = tmp_path / name
+            root.mkdir()
+            (root / "who").write_text(name)
+            servers.append(serve(netns, root))
+        peers = [Peer(a, mac_for(a), topology.underlay(h)) for h, a in backends.values()]
+        peers.append(Peer("10.242.3.9", mac_for("10.242.3.9"), topology.underlay("a")))
+        for node in devices.values():
+            await node.set_peers(net, peers)
+        await apply_vips(client, [VirtualIP(vip, ("10.242.3.2", "10.242.3.3"))])
+
+        answers = {fetch(topology, client, vip) for _ in range(30)}
+        assert answers == {"web-a", "web-b"}  # both hosts serve the one address
+
+        await apply_vips(client, [VirtualIP(vip, ("10.242.3.2",))])
+        assert {fetch(topology, client, vip) for _ in range(10)} == {"web-a"}
+
+        await apply_vips(client, [VirtualIP(vip, ())])
+        refused = topology.run(
+            client, "timeout", "2", "busybox", "wget", "-qO-", f"http://{vip}/who"
+        )
+        assert refused.returncode != 0 and "refused" in refused.stderr.lower()
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait()
+        await devices["a"].remove(net)
+        await devices["b"].remove(net)
+
+
+def serve(netns: str, root: Path) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", netns, "busybox", "httpd", "-f", "-p", "80", "-h", str(root)]
+    )
+    time.sleep(0.2)
+    return server
+
+
+def fetch(topology: Topology, netns: str, address: str) -> str:
+    got = topology.run(netns, "timeout", "3", "busybox", "wget", "-qO-", f"http://{address}/who")
+    assert got.returncode == 0, got.stderr
+    return got.stdout.strip()

@@ -24,6 +24,7 @@ import structlog
 from dockyard.common.lookup import match_reference
 from dockyard.common.validation import ValidationError, check_labels, check_name, check_ref
 from dockyard.controller.errors import FailedPrecondition
+from dockyard.controller.network_addresses import AddressExhausted, next_vip, used_addresses
 from dockyard.controller.network_pool import (
     NetworkPool,
     PoolExhausted,
@@ -256,9 +257,15 @@ class NetworkRegistry:
         log.info("network.removed", network_id=network.id, name=network.spec.name)
         return network
 
-    async def resolve(self, spec: ServiceSpec) -> tuple[ServiceSpec, list[Op]]:
-        """The spec with every network attachment's ID and name filled in, and the
+    async def resolve(
+        self, spec: ServiceSpec, current: Service | None = None
+    ) -> tuple[ServiceSpec, list[Op]]:
+        """The spec with every network attachment's ID, name and VIP filled in, and the
         compares that keep those networks alive until the spec is written.
+
+        A VIP the service already has on a network (in ``current``'s spec or previous
+        spec) is kept; a new one is allocated, and then the write also compares that no
+        service changed meanwhile (another one could have taken the same address).
 
         Raises:
             NotFound: a named network does not exist (the message names the field).
@@ -291,4 +298,34 @@ class NetworkRegistry:
             seen.add(network.id)
             attachment.network_id, attachment.target = network.id, network.spec.name
             checks[network.id] = self._store.check_op(NETWORKS, network.id, network.meta.version)
-        return resolved, list(checks.values())
+        by_id = {n.id: n for n in networks}
+        return resolved, list(checks.values()) + await self._vips(resolved, current, by_id)
+
+    async def _vips(
+        self, spec: ServiceSpec, current: Service | None, networks: dict[str, Network]
+    ) -> list[Op]:
+        kept: dict[str, set[str]] = {}
+        if current is not None:
+            for old in (current.spec, current.previous_spec):
+                for attachment in old.task.networks:
+                    if attachment.vip:
+                        kept.setdefault(attachment.network_id, set()).add(attachment.vip)
+        wanted = spec.task.endpoint_mode != "dnsrr"
+        missing = []
+        for attachment in spec.task.networks:
+            if not wanted:
+                attachment.vip = ""
+            elif attachment.vip not in kept.get(attachment.network_id, set()):
+                missing.append(attachment)
+        if not missing:
+            return []
+        services, revision = await self._store.list_all(SERVICES)
+        tasks, _ = await self._store.list_all(TASKS)
+        used = used_addresses(services, tasks)
+        for attachment in missing:
+            network = networks[attachment.network_id]
+            try:
+                attachment.vip = next_vip(network, used.setdefault(network.id, set()))
+            except AddressExhausted as exc:
+                raise FailedPrecondition(str(exc)) from exc
+        return [self._store.unchanged_op(SERVICES, revision)]

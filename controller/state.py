@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from dockyard.controller.store import (
+    NETWORKS,
     NODES,
     SECRETS,
     SERVICES,
@@ -28,6 +29,7 @@ from dockyard.controller.store import (
     Store,
     StoreError,
 )
+from dockyard.v1.networks_pb2 import Network
 from dockyard.v1.types_pb2 import Node, TaskStatus
 from dockyard.v1.workloads_pb2 import Secret, Service, Task
 
@@ -56,6 +58,7 @@ class ClusterState:
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
         self.secrets: dict[str, Secret] = {}  # records only: the data is never listed
+        self.networks: dict[str, Network] = {}
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
         self.pending_task_ids: set[str] = set()  # status PENDING: the scheduler's input
@@ -110,6 +113,7 @@ class ClusterState:
             (SERVICES, self.services),
             (TASKS, self.tasks),
             (SECRETS, self.secrets),
+            (NETWORKS, self.networks),
         ]
 
     async def _relist(self) -> None:
@@ -175,7 +179,7 @@ class ClusterState:
             self.untrack(tracker)
 
     def _mark(self, kind: Kind[Any], record_id: str, value: Any) -> None:
-        if kind is SECRETS:  # immutable; tasks that use one change with their service
+        if kind is SECRETS or kind is NETWORKS:  # tasks change with their service
             return
         for tracker in self._trackers:
             if kind is TASKS:

@@ -113,3 +113,35 @@ def test_services_name_networks_and_keep_them_from_removal(cluster: Cluster) -> 
     cluster.wait_for(
         lambda: cluster.cli_ok("network", "rm", "app"), timeout=20, what="app removable"
     )
+
+
+def test_tasks_get_addresses_and_the_service_a_vip_it_keeps(cluster: Cluster) -> None:
+    cluster.cli("network", "create", "--subnet", "10.131.0.0/28", "small")
+    cluster.cli(
+        "service", "create", "--name", "web", "--replicas", "3", "--network", "small",
+        "busybox", "sleep", "3600",
+    )  # fmt: skip
+    try:
+        vip = service_vip(cluster, "web")
+        assert vip == "10.131.0.14"  # the top of the subnet
+        addresses = task_addresses(cluster, "web")
+        assert sorted(addresses) == ["10.131.0.2", "10.131.0.3", "10.131.0.4"]  # .1: gateway
+        cluster.cli("service", "update", "--env-add", "A=1", "web")
+        assert service_vip(cluster, "web") == vip  # an update keeps it
+        cluster.cli("service", "update", "--endpoint-mode", "dnsrr", "web")
+        assert service_vip(cluster, "web") == ""
+    finally:
+        cluster.cli("service", "rm", "web")
+    cluster.wait_for(
+        lambda: cluster.cli_ok("network", "rm", "small"), timeout=20, what="small removable"
+    )
+
+
+def service_vip(cluster: Cluster, name: str) -> str:
+    service = json.loads(cluster.cli("service", "inspect", name).stdout)[0]
+    return str(service["spec"]["task"]["networks"][0].get("vip", ""))
+
+
+def task_addresses(cluster: Cluster, name: str) -> list[str]:
+    tasks = json.loads(cluster.cli("service", "ps", name, "-o", "json").stdout)
+    return [n["address"] for t in tasks for n in t.get("networks", [])]

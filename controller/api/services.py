@@ -82,10 +82,13 @@ class ServicesAPI:
         self._secrets = secrets or SecretRegistry(store)
         self._networks = networks or NetworkRegistry(store)
 
-    async def _resolve(self, spec: ServiceSpec) -> tuple[ServiceSpec, list[Op]]:
-        """The spec with its secrets' and networks' IDs, and the compares keeping them."""
+    async def _resolve(
+        self, spec: ServiceSpec, current: Service | None = None
+    ) -> tuple[ServiceSpec, list[Op]]:
+        """The spec with its secrets' and networks' IDs (and VIPs), and the compares
+        that keep them."""
         spec, secret_checks = await self._secrets.resolve(spec)
-        spec, network_checks = await self._networks.resolve(spec)
+        spec, network_checks = await self._networks.resolve(spec, current)
         return spec, secret_checks + network_checks
 
     async def _all_tasks(self) -> list[Task]:
@@ -116,15 +119,15 @@ class ServicesAPI:
         if request.rollback:
             service = await self._services.find(request.service)
             policy = await self._cluster.check_spec(service.previous_spec, "previous_spec")
-            _, checks = await self._resolve(service.previous_spec)  # still there?
+            _, checks = await self._resolve(service.previous_spec, service)  # still there?
             rolled = await self._services.rollback(request.service, request.version, checks, policy)
             return rolled, _dropped_target(service.spec, rolled)
         check_service_spec(request.spec)
         policy = await self._cluster.check_spec(request.spec)
-        spec, checks = await self._resolve(request.spec)
+        current = await self._services.find(request.service)
+        spec, checks = await self._resolve(request.spec, current)
         check_service_spec(spec)
         auth = _registry_auth(request.registry_auth) if request.HasField("registry_auth") else None
-        current = await self._services.find(request.service)
         pinned = await self._resolver.pin(
             spec,
             request.resolve_image,

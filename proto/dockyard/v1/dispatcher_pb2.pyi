@@ -4,6 +4,7 @@ isort:skip_file
 What agents speak to the controller: one long-lived session per agent."""
 
 from collections import abc as _abc
+from dockyard.v1 import networks_pb2 as _networks_pb2
 from dockyard.v1 import types_pb2 as _types_pb2
 from dockyard.v1 import workloads_pb2 as _workloads_pb2
 from google.protobuf import descriptor as _descriptor
@@ -321,6 +322,7 @@ class NetworkMap(_message.Message):
     PEERS_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
     REVOKED_SERIALS_FIELD_NUMBER: _builtins.int
+    OVERLAYS_FIELD_NUMBER: _builtins.int
     subnet: _builtins.str
     """this node's bridge subnet ("": keep the one it has)"""
     @_builtins.property
@@ -337,6 +339,10 @@ class NetworkMap(_message.Message):
         (a removed node's): the agent's API refuses them as the controllers do.
         """
 
+    @_builtins.property
+    def overlays(self) -> _containers.RepeatedCompositeFieldContainer[_networks_pb2.OverlayNetworkMap]:
+        """The overlay networks this node's tasks are on, with every endpoint and name."""
+
     def __init__(
         self,
         *,
@@ -344,10 +350,11 @@ class NetworkMap(_message.Message):
         peers: _abc.Iterable[Global___PeerNetwork] | None = ...,
         services: _abc.Iterable[Global___ServiceAddresses] | None = ...,
         revoked_serials: _abc.Iterable[_builtins.str] | None = ...,
+        overlays: _abc.Iterable[_networks_pb2.OverlayNetworkMap] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["peers", b"peers", "revoked_serials", b"revoked_serials", "services", b"services", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["overlays", b"overlays", "peers", b"peers", "revoked_serials", b"revoked_serials", "services", b"services", "subnet", b"subnet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

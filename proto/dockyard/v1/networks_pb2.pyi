@@ -135,8 +135,11 @@ class NetworkAttachmentConfig(_message.Message):
     TARGET_FIELD_NUMBER: _builtins.int
     ALIASES_FIELD_NUMBER: _builtins.int
     NETWORK_ID_FIELD_NUMBER: _builtins.int
+    VIP_FIELD_NUMBER: _builtins.int
     target: _builtins.str
     network_id: _builtins.str
+    vip: _builtins.str
+    """the service's virtual IP there (controller-set; dnsrr: none)"""
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -145,14 +148,135 @@ class NetworkAttachmentConfig(_message.Message):
         target: _builtins.str = ...,
         aliases: _abc.Iterable[_builtins.str] | None = ...,
         network_id: _builtins.str = ...,
+        vip: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "network_id", b"network_id", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "network_id", b"network_id", "target", b"target", "vip", b"vip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NetworkAttachmentConfig: _TypeAlias = NetworkAttachmentConfig  # noqa: Y015
+
+@_typing.final
+class NetworkAttachment(_message.Message):
+    """A task's address on one network (the controller allocates it when it creates the task)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    network_id: _builtins.str
+    address: _builtins.str
+    """IPv4, no prefix (the network's)"""
+    def __init__(
+        self,
+        *,
+        network_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "network_id", b"network_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkAttachment: _TypeAlias = NetworkAttachment  # noqa: Y015
+
+@_typing.final
+class OverlayNetworkMap(_message.Message):
+    """What one node needs of one overlay network (in the NetworkMap): the network, every
+    container on it (to write forwarding entries for the remote ones), and its names.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NETWORK_FIELD_NUMBER: _builtins.int
+    ENDPOINTS_FIELD_NUMBER: _builtins.int
+    NAMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def network(self) -> Global___Network: ...
+    @_builtins.property
+    def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlayEndpoint]: ...
+    @_builtins.property
+    def names(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlayName]: ...
+    def __init__(
+        self,
+        *,
+        network: Global___Network | None = ...,
+        endpoints: _abc.Iterable[Global___OverlayEndpoint] | None = ...,
+        names: _abc.Iterable[Global___OverlayName] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "names", b"names", "network", b"network"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlayNetworkMap: _TypeAlias = OverlayNetworkMap  # noqa: Y015
+
+@_typing.final
+class OverlayEndpoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    HOST_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    address: _builtins.str
+    """the container's address on the network"""
+    host: _builtins.str
+    """its node's underlay address"""
+    task_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        address: _builtins.str = ...,
+        host: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "host", b"host", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlayEndpoint: _TypeAlias = OverlayEndpoint  # noqa: Y015
+
+@_typing.final
+class OverlayName(_message.Message):
+    """A name on a network: NAME (the VIP, or the tasks' addresses for dnsrr), tasks.NAME,
+    and each alias; `vip` set when the name is load-balanced by it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    ADDRESSES_FIELD_NUMBER: _builtins.int
+    VIP_FIELD_NUMBER: _builtins.int
+    BACKENDS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    vip: _builtins.str
+    @_builtins.property
+    def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the VIP's running tasks' addresses"""
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        addresses: _abc.Iterable[_builtins.str] | None = ...,
+        vip: _builtins.str = ...,
+        backends: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "backends", b"backends", "name", b"name", "vip", b"vip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverlayName: _TypeAlias = OverlayName  # noqa: Y015
 
 @_typing.final
 class CreateNetworkRequest(_message.Message):

@@ -909,6 +909,7 @@ class Task(_message.Message):
     IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
     service_name: _builtins.str
@@ -934,6 +935,10 @@ class Task(_message.Message):
         measure from this, never from `status.timestamp` (the agent's clock).
         """
 
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[_networks_pb2.NetworkAttachment]:
+        """Its address on each cluster network of spec.networks (controller-allocated)."""
+
     def __init__(
         self,
         *,
@@ -950,10 +955,11 @@ class Task(_message.Message):
         image_digest: _builtins.str = ...,
         attempt: _builtins.int = ...,
         observed_at: _timestamp_pb2.Timestamp | None = ...,
+        networks: _abc.Iterable[_networks_pb2.NetworkAttachment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "observed_at", b"observed_at", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "id", b"id", "image_digest", b"image_digest", "meta", b"meta", "node_id", b"node_id", "observed_at", b"observed_at", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "id", b"id", "image_digest", b"image_digest", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "observed_at", b"observed_at", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

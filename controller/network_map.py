@@ -149,4 +149,5 @@ def _network_map(
         services=services,
         revoked_serials=revoked,
         overlays=node_overlays(node.id, *overlay),
+        address=node.network.address,
     )

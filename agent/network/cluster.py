@@ -24,6 +24,7 @@ import structlog
 from dockyard.agent.network.bridge import BridgeNetwork
 from dockyard.agent.network.dns import ServiceDNS
 from dockyard.agent.network.errors import NetworkError
+from dockyard.agent.network.overlays import OverlayManager
 from dockyard.agent.network.routes import PeerRoute, PeerRoutes
 from dockyard.v1.dispatcher_pb2 import NetworkMap
 
@@ -51,8 +52,10 @@ class ClusterNetwork:
         routes: PeerRoutes | None = None,
         dns: ServiceDNS | None = None,
         route_peers: bool = True,
+        overlays: OverlayManager | None = None,
     ) -> None:
         self.bridge = bridge
+        self.overlays = overlays or OverlayManager()
         self.routes = routes or PeerRoutes()
         self.route_peers = route_peers
         self.dns = dns or ServiceDNS(timeout=UPSTREAM_TIMEOUT)
@@ -69,8 +72,18 @@ class ClusterNetwork:
             self.dns.set_records({s.name: list(s.addresses) for s in network_map.services})
         except (NetworkError, ValueError, TimeoutError) as exc:
             log.error("cluster_network.apply_failed", error=str(exc))
+        try:
+            self.overlays.set_address(network_map.address)
+            await self.overlays.on_maps(network_map.overlays)
+        except Exception as exc:
+            log.error("cluster_network.overlays_failed", error=str(exc), exc_info=True)
+        self.scope_names()
         self._latest = network_map
         self._wakeup.set()
+
+    def scope_names(self) -> None:
+        """Give the DNS server the names each overlay container may resolve."""
+        self.dns.set_scoped(self.overlays.names_by_client())
 
     async def _serve_dns(self) -> None:
         """The DNS server on the bridge's gateway (again, when the subnet changed)."""
@@ -85,6 +98,7 @@ class ClusterNetwork:
         self._dns_address = self.bridge.nameserver = gateway
 
     async def close(self) -> None:
+        await self.overlays.close()
         await self.dns.stop()
         self._dns_address = self.bridge.nameserver = ""
 

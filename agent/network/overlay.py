@@ -23,16 +23,21 @@ namespace in the agent, a "host" namespace (``pyroute2.NetNS``) in tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import hashlib
 import ipaddress
-from collections.abc import Callable, Iterable
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
-from pyroute2 import IPRoute, NetNS
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ndmsg import NUD_NOARP, NUD_PERMANENT
+
+from dockyard.agent.network.netns import netns_path
 
 __all__ = [
     "VXLAN_OVERHEAD",
@@ -51,6 +56,7 @@ VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 _ENOENT, _EEXIST, _ENODEV = 2, 17, 19
 NTF_SELF = 0x02
 
+T = TypeVar("T")
 Netlink = Callable[[], Any]
 """Opens a pyroute2 IPRoute-like socket (closed by the caller)."""
 
@@ -108,28 +114,30 @@ class OverlayDevices:
 
     async def ensure(self, network: OverlayNetwork) -> None:
         """The network's bridge and VXLAN device exist and are up."""
-        await asyncio.to_thread(self._ensure, network)
+        await asyncio.to_thread(_netlink_errors, self._ensure, network)
 
     async def attach(self, network: OverlayNetwork, netns: str, ifname: str, address: str) -> str:
         """A veth from the network's bridge into the named namespace ``netns`` as
         ``ifname`` with ``address`` (no prefix: the network's); returns its MAC."""
-        return await asyncio.to_thread(self._attach, network, netns, ifname, address)
+        return await asyncio.to_thread(
+            _netlink_errors, self._attach, network, netns, ifname, address
+        )
 
     async def detach(self, netns: str, ifname: str) -> None:
         """Delete the container's veth (its namespace's end goes with it)."""
-        await asyncio.to_thread(self._detach, netns, ifname)
+        await asyncio.to_thread(_netlink_errors, self._detach, netns, ifname)
 
     async def set_peers(self, network: OverlayNetwork, peers: Iterable[Peer]) -> None:
         """The network's remote entries are exactly ``peers`` (stale ones deleted)."""
-        await asyncio.to_thread(self._set_peers, network, list(peers))
+        await asyncio.to_thread(_netlink_errors, self._set_peers, network, list(peers))
 
     async def remove(self, network: OverlayNetwork) -> None:
         """Delete the network's VXLAN device and bridge (ports and entries go with them)."""
-        await asyncio.to_thread(self._remove, network.vni)
+        await asyncio.to_thread(_netlink_errors, self._remove, network.vni)
 
     async def remove_all(self) -> list[int]:
         """Delete every overlay network of this node (the agent's stop); their VNIs."""
-        return await asyncio.to_thread(self._remove_all)
+        return await asyncio.to_thread(_netlink_errors, self._remove_all)
 
     # -- the netlink side (threads) -----------------------------------------------
 
@@ -176,7 +184,7 @@ class OverlayDevices:
                 )
             index = _index(ipr, host_end)
             ipr.link("set", index=index, master=bridge, state="up")
-        with NetNS(netns) as inside:
+        with _entered(netns), IPRoute() as inside:
             index = _index(inside, ifname)
             if index is None:
                 raise RuntimeError(f"{ifname} did not reach namespace {netns}")
@@ -258,6 +266,48 @@ class OverlayDevices:
         for vni in vnis:
             self._remove(vni)
         return vnis
+
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@contextlib.contextmanager
+def _entered(netns: str) -> Iterator[None]:
+    """This thread inside the named namespace ``netns``, and back after.
+
+    ``setns`` moves only the calling thread, and a netlink socket stays in the namespace
+    it was opened in. pyroute2's own ``NetNS`` forks a helper process instead, which a
+    process with gRPC threads must not do (gRPC's fork handlers are skipped and its
+    channels break: the agent's session ended at the first container).
+    """
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(netns_path(netns), os.O_RDONLY)
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"setns: {os.strerror(error)}")
+
+
+def _netlink_errors(action: Callable[..., T], *args: Any) -> T:
+    """``action(*args)`` with a refused netlink request as RuntimeError naming it."""
+    try:
+        return action(*args)
+    except NetlinkError as exc:
+        raise RuntimeError(f"netlink ({action.__name__.lstrip('_')}): {exc}") from exc
 
 
 def _index(ipr: Any, name: str) -> int | None:

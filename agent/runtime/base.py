@@ -233,6 +233,8 @@ class ContainerSpec:
         privileged: Docker's ``--privileged``: every capability, no seccomp, no masked or
             read-only paths, writable ``/sys``, every host device. The runtime applies it
             as asked; whether a container may be privileged is the caller's policy.
+        overlays: ``(network id, address)`` of each cluster network a task's container
+            joins (``bridge`` only: the bridge gives it its namespace first).
         endpoint: For ``bridge``, the namespace and address the service's network step
             attached (set by the service before ``create``); ``None`` otherwise.
     """
@@ -263,6 +265,7 @@ class ContainerSpec:
     seccomp: SeccompMode = "default"
     privileged: bool = False
     endpoint: NetworkEndpoint | None = None
+    overlays: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self) -> None:
         if self.seccomp not in ("default", "unconfined"):

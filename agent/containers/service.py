@@ -380,8 +380,9 @@ class ContainerService:
     async def _join_overlays(
         self, container_id: str, endpoint: NetworkEndpoint, overlays: Sequence[tuple[str, str]]
     ) -> None:
-        if self.overlays is None:
-            raise FailedPrecondition("this agent has no overlay networks (not in a cluster)")
+        if self.overlays is None:  # a backend with its own networking (hollow, docker)
+            log.info("container.overlays_skipped", container_id=container_id)
+            return
         try:
             await self.overlays.attach(
                 container_id, endpoint.netns_path, endpoint.ip_address, overlays

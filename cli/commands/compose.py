@@ -95,6 +95,7 @@ class Stack:
 
     specs: dict[str, Any] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
+    documents: list[tuple[str, Any]] = field(default_factory=list)  # (source, interpolated)
 
 
 def interpolate(value: Any, environ: Mapping[str, str]) -> Any:
@@ -340,10 +341,11 @@ def service_spec(
         ("user", "user"),
         ("hostname", "hostname"),
         ("stop_grace_period", "stop-grace-period"),
-        ("network_mode", "network"),
     ):
         if key in service:
             values[flag] = str(service[key])
+    if "network_mode" in service:  # `--network` is a list (cluster networks, or one mode)
+        values["network"] = [str(service["network_mode"])]
     for key, flag in (("environment", "env"), ("labels", "container-label")):
         if key in service:
             values[flag] = _pairs(f"{where}.{key}", service[key])
@@ -390,6 +392,7 @@ def stack_from_documents(
         doc = interpolate(raw, os.environ if environ is None else environ)
         if not isinstance(doc, Mapping) or not isinstance(doc.get("services"), Mapping):
             raise SpecError(f"{source}: a compose file needs a `services:` mapping")
+        result.documents.append((source, doc))
         for key in doc:
             if key not in TOP_KEYS and not str(key).startswith("x-"):
                 raise SpecError(f"{source}: unknown top-level key {key!r}")

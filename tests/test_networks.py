@@ -98,7 +98,7 @@ def test_services_name_networks_and_keep_them_from_removal(cluster: Cluster) -> 
         service = json.loads(cluster.cli("service", "inspect", "api").stdout)[0]
         task = service["spec"]["task"]
         assert task["networks"] == [
-            {"target": "app", "aliases": ["backend"], "network_id": network_id}
+            {"target": "app", "aliases": ["backend"], "network_id": network_id, "vip": ""}
         ]
         assert task["endpoint_mode"] == "dnsrr"
         refused = cluster.cli("network", "rm", "app", check=False)

@@ -91,7 +91,7 @@ def test_services_name_networks_and_keep_them_from_removal(cluster: Cluster) -> 
     cluster.cli("network", "create", "app")
     network_id = inspect(cluster, "app")[0]["id"]
     cluster.cli(
-        "service", "create", "--name", "api", "--network", "name=app,alias=backend",
+        "service", "create", "-d", "--name", "api", "--network", "name=app,alias=backend",
         "--endpoint-mode", "dnsrr", "busybox", "sleep", "3600",
     )  # fmt: skip
     try:
@@ -118,7 +118,7 @@ def test_services_name_networks_and_keep_them_from_removal(cluster: Cluster) -> 
 def test_tasks_get_addresses_and_the_service_a_vip_it_keeps(cluster: Cluster) -> None:
     cluster.cli("network", "create", "--subnet", "10.131.0.0/28", "small")
     cluster.cli(
-        "service", "create", "--name", "web", "--replicas", "3", "--network", "small",
+        "service", "create", "-d", "--name", "web", "--replicas", "3", "--network", "small",
         "busybox", "sleep", "3600",
     )  # fmt: skip
     try:

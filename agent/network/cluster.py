@@ -98,7 +98,8 @@ class ClusterNetwork:
         self._dns_address = self.bridge.nameserver = gateway
 
     async def close(self) -> None:
-        await self.overlays.close()
+        # Overlay devices stay, as routes do: running containers keep their networks
+        # while the agent is down, and the next start finds the devices as they are.
         await self.dns.stop()
         self._dns_address = self.bridge.nameserver = ""
 

@@ -27,7 +27,9 @@ from dockyard.v1.dispatcher_pb2 import AssignmentSet, NetworkMap
 from dockyard.v1.types_pb2 import NodeDescription
 
 if TYPE_CHECKING:
+    from dockyard.agent.containers.admission import Admission
     from dockyard.agent.containers.service import ContainerService
+    from dockyard.agent.dockerapi.listen import DockerApiServer
     from dockyard.agent.executor import Executor
     from dockyard.agent.executors.task import TaskExecutor
     from dockyard.agent.images.service import ImageService
@@ -55,6 +57,7 @@ class AgentStartError(RuntimeError):
 class AgentDaemon:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
+        self._node_name = ""
         self.server: grpc.aio.Server | None = None
         self.session: ControllerSession | None = None
         self.port = 0
@@ -70,6 +73,8 @@ class AgentDaemon:
         self._node_id = ""
         self._node_pki: NodePKI | None = None
         self.metrics: MetricsServer | None = None
+        self.docker_api: DockerApiServer | None = None
+        self._admission: Admission | None = None
         self._pulls = PullMetrics()
         self._revoked: frozenset[str] = frozenset()
         """Serials of the cluster's revoked certificates (from the network map): the API
@@ -80,6 +85,7 @@ class AgentDaemon:
         ensure_private_dir(config.state_dir)
         identity = load_or_create(config.state_dir, config.name)
         self._node_id = identity.node_id
+        self._node_name = identity.name
         node_pki = NodePKI.of(config.state_dir)
         controllers = self._controllers = config.controllers or node_pki.controllers()
         if not controllers:
@@ -144,6 +150,10 @@ class AgentDaemon:
             executor = hollow_executor(HollowRuntime())
         if config.metrics_listen:  # before the worker: a port in use stops the start
             self.metrics = await self._start_metrics(identity.name)
+        if config.docker_api_socket is not None or config.docker_api_listen:
+            # runc: the node's container service; hollow and docker: their executor's
+            service = self.containers or getattr(executor, "service", None)
+            self.docker_api = await self._start_docker_api(identity.name, service)
         if executor is not None:
             self.worker = Worker(
                 executor, self.session, config.state_dir, secrets=getattr(executor, "secrets", None)
@@ -261,7 +271,7 @@ class AgentDaemon:
             raise AgentStartError(f"cannot recover containers: {exc}") from exc
         self.containers, self._runc_runtime, self._images = manager, runtime, images
         own = {str(config.state_dir.absolute()), str(config.state_dir.resolve())}
-        admission = Admission(config.allow_privileged, tuple(sorted(own)))
+        admission = self._admission = Admission(config.allow_privileged, tuple(sorted(own)))
         containers_pb2_grpc.add_ContainersServicer_to_server(
             ContainersServicer(manager, admission), server
         )
@@ -272,6 +282,7 @@ class AgentDaemon:
         )
         peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(images.store.blobs), server)
         self._runc = TaskExecutor(manager, self._secret_files())
+        self._runc.node_hostname = self._node_name
         return self._runc
 
     async def _start_metrics(self, node_name: str) -> MetricsServer:
@@ -314,6 +325,55 @@ class AgentDaemon:
                 f"cannot listen on {config.metrics_listen} (--metrics-listen):"
                 f" {exc.strerror or exc}"
             ) from exc
+        return server
+
+    async def _start_docker_api(
+        self, node_name: str, containers: ContainerService | None
+    ) -> DockerApiServer:
+        """The Docker Engine API (`agent/dockerapi/`) over this node's services."""
+        from dockyard.agent.containers.admission import Admission
+        from dockyard.agent.dockerapi.context import DockerApiContext
+        from dockyard.agent.dockerapi.listen import (
+            DockerApiListenError,
+            DockerApiServer,
+            ListenConfig,
+        )
+        from dockyard.agent.dockerapi.server import build_app
+        from dockyard.agent.metrics.http import server_tls
+
+        config = self.config
+        assert self.session is not None
+        context = DockerApiContext(
+            node_id=self._node_id,
+            node_name=node_name,
+            runtime=config.runtime,
+            state_dir=config.state_dir,
+            describe=self.describe,
+            containers=containers,
+            images=self._images,
+            admission=self._admission or Admission(config.allow_privileged),
+            session=self.session.status,
+            controllers=list(self._controllers),
+            cluster_network=self.cluster_network,
+        )
+        tls = None
+        if self._node_pki is not None and config.docker_api_listen:
+            pki_files = self._node_pki
+            tls = await asyncio.to_thread(server_tls, pki_files.cert, pki_files.key, pki_files.ca)
+        listen = ListenConfig(
+            socket=config.docker_api_socket,
+            group=config.docker_api_group,
+            group_required=config.docker_api_group_required,
+            tcp=config.docker_api_listen,
+            insecure=config.docker_api_insecure,
+        )
+        try:
+            server = DockerApiServer(
+                build_app(context), listen, tls, lambda serial: serial in self._revoked
+            )
+            await server.start()
+        except DockerApiListenError as exc:
+            raise AgentStartError(str(exc)) from exc
         return server
 
     async def _metric_containers(self) -> list[ContainerRef]:
@@ -379,6 +439,8 @@ class AgentDaemon:
                     group.create_task(renewal, name="cert-renewal")
                 if self.worker is not None:
                     group.create_task(self.worker.wait(), name="worker")
+                if self.docker_api is not None:
+                    group.create_task(self.docker_api.refresh_tls(), name="docker-api-tls")
         except Exception as exc:
             for error in exception_leaves(exc):
                 if not isinstance(error, SessionRefused):
@@ -392,6 +454,8 @@ class AgentDaemon:
             await self.server.stop(grace)
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.docker_api is not None:  # its listeners, connections and socket
+            await self.docker_api.stop()
         if self.worker is not None:  # its containers keep running
             await self.worker.close()
         if self.cluster_network is not None:  # routes and rules stay for the containers

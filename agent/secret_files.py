@@ -8,6 +8,10 @@ directory is not on a tmpfs already), with the reference's uid, gid and mode. Ea
 is bind-mounted read-only at `/run/secrets/<target>` in the container. The task's
 directory is removed with its container, and at agent start for tasks no longer held.
 The tmpfs is unmounted when the agent stops with no task directory left.
+
+Configs (docs/configs.md) take the same path: their data comes in the same sets, their
+files are written in the task's directory (under `configs/`) and bind-mounted
+read-only at the reference's absolute target (default `/<config name>`).
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
-from dockyard.v1.workloads_pb2 import Secret, Task
+from dockyard.v1.workloads_pb2 import Config, Secret, Task
 
 __all__ = ["CONTAINER_DIR", "DEFAULT_ROOT", "SecretFileError", "SecretFiles", "SecretMount"]
 
@@ -69,9 +74,11 @@ class SecretFiles:
         self._data: dict[str, bytes] = {}
         self._mounted = False
 
-    def update(self, secrets: Iterable[Secret]) -> None:
-        """A full assignment set: the secrets this node may hold now (and no others)."""
+    def update(self, secrets: Iterable[Secret], configs: Iterable[Config] = ()) -> None:
+        """A full assignment set: the secrets and configs this node may hold now (and no
+        others)."""
         self._data = {s.id: bytes(s.spec.data) for s in secrets}
+        self._data.update({c.id: bytes(c.spec.data) for c in configs})
 
     def held(self) -> set[str]:
         return set(self._data)
@@ -82,12 +89,17 @@ class SecretFiles:
     def write(self, task: Task) -> list[SecretMount]:
         """Write the task's secret files; the bind mounts that put them in its container."""
         refs = list(task.spec.container.secrets)
-        if not refs:
+        configs = list(task.spec.container.configs)
+        if not refs and not configs:
             return []
-        missing = [r.secret_name or r.secret_id for r in refs if r.secret_id not in self._data]
+        missing = [f"secret {r.secret_name or r.secret_id}" for r in refs] + [
+            f"config {c.config_name or c.config_id}" for c in configs
+        ]
+        ids = [r.secret_id for r in refs] + [c.config_id for c in configs]
+        missing = [what for what, i in zip(missing, ids, strict=True) if i not in self._data]
         if missing:
             raise SecretFileError(
-                f"secret {', '.join(missing)} was not delivered to this node "
+                f"{', '.join(missing)} was not delivered to this node "
                 "(removed, or the controller could not read it)"
             )
         self._ensure_tmpfs()
@@ -98,18 +110,33 @@ class SecretFiles:
             target = ref.target or ref.secret_name
             if not target or "/" in target or target in (".", ".."):
                 raise SecretFileError(f"secret {ref.secret_name}: bad target {target!r}")
-            path = directory / target
-            tmp = directory / f".{target}.tmp"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            try:
-                os.write(fd, self._data[ref.secret_id])
-                os.fchown(fd, ref.uid, ref.gid)
-                os.fchmod(fd, ref.mode or 0o444)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+            path = self._write_file(directory, target, self._data[ref.secret_id], ref)
             mounts.append(SecretMount(str(path), f"{CONTAINER_DIR}/{target}"))
+        if configs:
+            (directory / "configs").mkdir(mode=0o700, exist_ok=True)
+        for index, config in enumerate(configs):
+            target = config.target or f"/{config.config_name}"
+            if not target.startswith("/") or ".." in target.split("/"):
+                raise SecretFileError(f"config {config.config_name}: bad target {target!r}")
+            data = self._data[config.config_id]
+            path = self._write_file(directory / "configs", str(index), data, config)
+            mounts.append(SecretMount(str(path), target))
         return mounts
+
+    @staticmethod
+    def _write_file(directory: Path, name: str, data: bytes, ref: Any) -> Path:
+        """One file, written whole then renamed, with the reference's owner and mode."""
+        path = directory / name
+        tmp = directory / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, data)
+            os.fchown(fd, ref.uid, ref.gid)
+            os.fchmod(fd, ref.mode or 0o444)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        return path
 
     def remove(self, task_id: str) -> None:
         """The task's container is gone: so are its files."""

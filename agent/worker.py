@@ -148,7 +148,7 @@ class Worker:
         if not self._takes(assignments):
             return
         if self.secrets is not None:
-            self.secrets.update(assignments.secrets)
+            self.secrets.update(assignments.secrets, assignments.configs)
         incoming = {task.id: task for task in assignments.tasks}
         for task_id in [t for t in self._controllers if t not in incoming]:
             self._controllers.pop(task_id).remove()

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "container",
         "Manage containers on one agent (run, ls, logs, ...).",
     ),
+    "config": ("configs", "config", "Manage the cluster's configs."),
     "context": ("contexts", "context", "Manage named endpoints (like docker contexts)."),
     "events": ("events", "events", "Print the cluster's changes as they happen."),
     "exec": ("containers", "exec_command", "Run a command in a running container."),

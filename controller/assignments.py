@@ -22,10 +22,17 @@ from dockyard.controller.image_sources import Holders, image_sources
 from dockyard.controller.orchestrators.tasks import is_terminal
 from dockyard.controller.sessions import Post
 from dockyard.controller.state import ChangeTracker, ClusterState
-from dockyard.controller.store import REGISTRY_AUTHS, SECRET_DATA, TASKS, Store, StoreError
+from dockyard.controller.store import (
+    CONFIG_DATA,
+    REGISTRY_AUTHS,
+    SECRET_DATA,
+    TASKS,
+    Store,
+    StoreError,
+)
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, DispatcherMessage, TaskStatusReport
 from dockyard.v1.types_pb2 import TaskStatus
-from dockyard.v1.workloads_pb2 import RegistryAuth, Secret, Task
+from dockyard.v1.workloads_pb2 import Config, RegistryAuth, Secret, Task
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +70,14 @@ class Assigner:
         secrets = [s for s in [await self._secret(i, n) for i, n in wanted.items()] if s]
         found = image_sources(self._state, node_id, tasks, sources)
         assignments = AssignmentSet(full=True, tasks=tasks, secrets=secrets, image_sources=found)
+        configs: dict[str, str] = {}
+        for task in tasks:
+            for config_ref in task.spec.container.configs:
+                configs.setdefault(config_ref.config_id, config_ref.config_name)
+        for config_id, name in configs.items():
+            config = await self._config(config_id, name)
+            if config is not None:
+                assignments.configs.append(config)
         for service_id in sorted({t.service_id for t in tasks if _to_start(t)}):
             auth = await self._registry_auth(service_id)
             if auth is not None:
@@ -93,8 +108,7 @@ class Assigner:
 
     async def _secret(self, secret_id: str, name: str) -> Secret | None:
         """The secret with its data; None (the agent rejects the task) when it is gone."""
-        for stale in [i for i in self._secret_data if i not in self._state.secrets]:
-            del self._secret_data[stale]
+        self._drop_stale()
         data = self._secret_data.get(secret_id)
         if data is None and self._store is not None and secret_id in self._state.secrets:
             try:
@@ -110,6 +124,32 @@ class Assigner:
         secret = Secret(id=secret_id, size_bytes=len(data))
         secret.spec.name, secret.spec.data = name, data
         return secret
+
+    def _drop_stale(self) -> None:
+        state = self._state
+        for stale in [i for i in self._secret_data if i not in state.secrets]:
+            if stale not in state.configs:
+                del self._secret_data[stale]
+
+    async def _config(self, config_id: str, name: str) -> Config | None:
+        """A config with its data, read as a secret's is (kept in the same cache: the IDs
+        of both are random tokens and never meet)."""
+        self._drop_stale()
+        data = self._secret_data.get(config_id)
+        if data is None and self._store is not None and config_id in self._state.configs:
+            try:
+                raw = await self._store.get_raw(CONFIG_DATA, config_id)
+            except StoreError as exc:
+                log.warning("assignments.config_unreadable", config_id=config_id, error=str(exc))
+                return None
+            if raw is not None:
+                data = self._secret_data[config_id] = raw[0]
+        if data is None:
+            log.warning("assignments.config_missing", config_id=config_id, name=name)
+            return None
+        config = Config(id=config_id, size_bytes=len(data))
+        config.spec.name, config.spec.data = name, data
+        return config
 
     async def send_now(self, node_id: str) -> None:
         """Send the whole set to a node (its session just opened)."""
@@ -144,6 +184,7 @@ def _fingerprint(assignments: AssignmentSet) -> frozenset[tuple[str, int, int]]:
     return frozenset(
         [(t.id, t.desired_state, t.spec_version) for t in assignments.tasks]
         + [("secret:" + s.id, 0, 0) for s in assignments.secrets]
+        + [("config:" + c.id, 0, 0) for c in assignments.configs]
         + [
             (
                 "auth:" + service_id + ":" + hashlib.sha256(auth.SerializeToString()).hexdigest(),

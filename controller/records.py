@@ -75,6 +75,10 @@ TASKS: Kind[workloads_pb2.Task] = Kind("tasks", workloads_pb2.Task)
 SECRETS: Kind[workloads_pb2.Secret] = Kind("secrets", workloads_pb2.Secret)
 SECRET_DATA: Kind[workloads_pb2.Secret] = Kind("secretdata", workloads_pb2.Secret)  # raw bytes
 SECRET_NAMES: Kind[workloads_pb2.Secret] = Kind("names/secrets", workloads_pb2.Secret)
+# Configs are kept as secrets are (controller/secrets.py), under their own keys.
+CONFIGS: Kind[workloads_pb2.Config] = Kind("configs", workloads_pb2.Config)
+CONFIG_DATA: Kind[workloads_pb2.Config] = Kind("configdata", workloads_pb2.Config)  # raw bytes
+CONFIG_NAMES: Kind[workloads_pb2.Config] = Kind("names/configs", workloads_pb2.Config)
 # A service's `--with-registry-auth` credentials, keyed by service ID, kept apart from
 # the service record (as a secret's data) so that no listing or Get returns them.
 REGISTRY_AUTHS: Kind[workloads_pb2.RegistryAuth] = Kind("registryauth", workloads_pb2.RegistryAuth)

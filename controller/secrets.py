@@ -15,12 +15,18 @@ record changed since it checked. Tasks are not compared (their status changes al
 time): a new task gets its secrets only from its service's spec, which is.
 Only the node that runs a task gets the data, in its assignment set
 (`controller/assignments.py`).
+
+Configs (docs/configs.md) are kept, resolved, guarded and delivered by the same code:
+an `ObjectKind` names the keys, messages and reference field of each. Unlike a
+secret's, a config's data is returned by Get.
 """
 
 from __future__ import annotations
 
 import secrets as token_source
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -28,6 +34,9 @@ from dockyard.common.lookup import match_reference
 from dockyard.common.validation import ValidationError, check_labels, check_name, check_ref
 from dockyard.controller.errors import FailedPrecondition
 from dockyard.controller.store import (
+    CONFIG_DATA,
+    CONFIG_NAMES,
+    CONFIGS,
     SECRET_DATA,
     SECRET_NAMES,
     SECRETS,
@@ -35,14 +44,17 @@ from dockyard.controller.store import (
     TASKS,
     AlreadyExists,
     Conflict,
+    Kind,
     NotFound,
     Op,
     Store,
 )
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import (
+    Config,
+    ConfigSpec,
+    ContainerSpec,
     Secret,
-    SecretReference,
     SecretSpec,
     Service,
     ServiceSpec,
@@ -66,7 +78,49 @@ _ENDED = frozenset(
 DEFAULT_MODE = 0o444
 
 
-def check_secret_spec(spec: SecretSpec) -> None:
+@dataclass(frozen=True)
+class ObjectKind:
+    """Secrets or configs: where they are kept and how a container spec refers to them."""
+
+    word: str  # "secret" | "config"
+    records: Kind[Any]
+    data: Kind[Any]
+    names: Kind[Any]
+    record: Callable[..., Any]  # Secret | Config
+    refs: Callable[[ContainerSpec], Any]  # the repeated reference field
+    id_field: str  # secret_id | config_id
+    name_field: str
+    default_target: Callable[[str], str]  # the target of a reference that names none
+    rm_flag: str
+
+
+SECRET_KIND = ObjectKind(
+    "secret",
+    SECRETS,
+    SECRET_DATA,
+    SECRET_NAMES,
+    Secret,
+    lambda c: c.secrets,
+    "secret_id",
+    "secret_name",
+    lambda name: name,
+    "--secret-rm",
+)
+CONFIG_KIND = ObjectKind(
+    "config",
+    CONFIGS,
+    CONFIG_DATA,
+    CONFIG_NAMES,
+    Config,
+    lambda c: c.configs,
+    "config_id",
+    "config_name",
+    lambda name: f"/{name}",
+    "--config-rm",
+)
+
+
+def check_secret_spec(spec: SecretSpec | ConfigSpec) -> None:
     check_name("spec.name", spec.name)
     check_labels("spec.labels", dict(spec.labels))
     if not spec.data:
@@ -84,25 +138,31 @@ def without_data(secret: Secret) -> Secret:
     return shown
 
 
-def _uses(container_secrets: Sequence[SecretReference], secret_id: str) -> bool:
-    return any(r.secret_id == secret_id for r in container_secrets)
+def _uses(refs: Sequence[Any], secret_id: str, kind: ObjectKind = SECRET_KIND) -> bool:
+    return any(getattr(r, kind.id_field) == secret_id for r in refs)
 
 
-def secret_users(secret_id: str, services: Sequence[Service], tasks: Sequence[Task]) -> list[str]:
+def secret_users(
+    secret_id: str,
+    services: Sequence[Service],
+    tasks: Sequence[Task],
+    kind: ObjectKind = SECRET_KIND,
+) -> list[str]:
     """What still needs the secret, one phrase per service: its spec, its previous spec
     (a rollback, manual or automatic, would bring it back) or its tasks that have not
     ended (a task being stopped still has the secret's file). Empty when nothing does.
     """
     live: dict[str, list[str]] = {}
     for task in tasks:
-        if task.status.state not in _ENDED and _uses(task.spec.container.secrets, secret_id):
+        in_use = _uses(kind.refs(task.spec.container), secret_id, kind)
+        if task.status.state not in _ENDED and in_use:
             live.setdefault(task.service_name or task.service_id, []).append(task.id[:12])
     phrases: dict[str, str] = {}
     for service in services:
         name = service.spec.name
-        if _uses(service.spec.task.container.secrets, secret_id):
+        if _uses(kind.refs(service.spec.task.container), secret_id, kind):
             phrases[name] = f"service {name}"
-        elif _uses(service.previous_spec.task.container.secrets, secret_id):
+        elif _uses(kind.refs(service.previous_spec.task.container), secret_id, kind):
             phrases[name] = f"service {name} (its previous spec, the rollback target)"
     for name, task_ids in live.items():
         more = f" and {len(task_ids) - 5} more" if len(task_ids) > 5 else ""
@@ -113,104 +173,137 @@ def secret_users(secret_id: str, services: Sequence[Service], tasks: Sequence[Ta
 
 
 class SecretRegistry:
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    """The secrets (or, with CONFIG_KIND, the configs) of the cluster."""
 
-    async def list_all(self) -> list[Secret]:
-        """Every secret's record (no data)."""
-        found, _ = await self._store.list_all(SECRETS)
+    def __init__(self, store: Store, kind: ObjectKind = SECRET_KIND) -> None:
+        self._store = store
+        self.kind = kind
+
+    async def list_all(self) -> list[Any]:
+        """Every record (no data)."""
+        found, _ = await self._store.list_all(self.kind.records)
         return found
 
-    async def find(self, ref: str) -> Secret:
-        """A secret (no data) by ID, name or unique ID prefix."""
-        check_ref("secret", ref)
+    async def find(self, ref: str) -> Any:
+        """A record (no data) by ID, name or unique ID prefix."""
+        word = self.kind.word
+        check_ref(word, ref)
         matches = match_reference(ref, await self.list_all(), lambda s: s.id, lambda s: s.spec.name)
         if len(matches) > 1:
-            raise ValidationError("secret", f"{ref!r} is ambiguous ({len(matches)} secrets)")
+            raise ValidationError(word, f"{ref!r} is ambiguous ({len(matches)} {word}s)")
         if not matches:
-            raise NotFound(f"secret {ref!r} not found")
+            raise NotFound(f"{word} {ref!r} not found")
         return matches[0]
 
-    async def list_named(self, names: Sequence[str]) -> list[Secret]:
+    async def data(self, record_id: str) -> bytes:
+        """The data of a record (configs show it; a secret's is only ever dispatched)."""
+        raw = await self._store.get_raw(self.kind.data, record_id)
+        return b"" if raw is None else bytes(raw[0])
+
+    async def list_named(self, names: Sequence[str]) -> list[Any]:
         for index, name in enumerate(names):
             check_ref(f"names[{index}]", name)
         found = [s for s in await self.list_all() if not names or s.spec.name in names]
         return sorted(found, key=lambda s: s.spec.name)
 
-    async def create(self, spec: SecretSpec) -> Secret:
+    async def create(self, spec: SecretSpec | ConfigSpec) -> Any:
         check_secret_spec(spec)
-        secret = Secret(id=token_source.token_hex(12), size_bytes=len(spec.data))
-        secret.spec.CopyFrom(spec)
-        secret.spec.ClearField("data")
+        kind = self.kind
+        record = kind.record(id=token_source.token_hex(12), size_bytes=len(spec.data))
+        record.spec.CopyFrom(spec)
+        record.spec.ClearField("data")
         ops = [
-            self._store.put_op(SECRETS, secret.id, secret, expect=0),
-            self._store.raw_op(SECRET_DATA, secret.id, bytes(spec.data), expect=0),
-            self._store.raw_op(SECRET_NAMES, spec.name, secret.id.encode(), expect=0),
+            self._store.put_op(kind.records, record.id, record, expect=0),
+            self._store.raw_op(kind.data, record.id, bytes(spec.data), expect=0),
+            self._store.raw_op(kind.names, spec.name, record.id.encode(), expect=0),
         ]
         try:
-            secret.meta.version = await self._store.commit(ops)
+            record.meta.version = await self._store.commit(ops)
         except Conflict as exc:
-            raise AlreadyExists(f"secret {spec.name!r} already exists") from exc
-        log.info("secret.created", secret_id=secret.id, name=spec.name, size=secret.size_bytes)
-        return secret
+            raise AlreadyExists(f"{kind.word} {spec.name!r} already exists") from exc
+        log.info(f"{kind.word}.created", id=record.id, name=spec.name, size=record.size_bytes)
+        return record
 
-    async def remove(self, ref: str) -> Secret:
-        """Delete the secret, unless a service's spec or previous spec (its rollback
+    async def remove(self, ref: str) -> Any:
+        """Delete the record, unless a service's spec or previous spec (its rollback
         target), or a task that may still run, uses it."""
-        secret = await self.find(ref)
+        kind = self.kind
+        record = await self.find(ref)
         services, revision = await self._store.list_all(SERVICES)
         tasks, _ = await self._store.list_all(TASKS)
-        users = secret_users(secret.id, services, tasks)
+        users = secret_users(record.id, services, tasks, kind)
         if users:
             raise FailedPrecondition(
-                f"secret {secret.spec.name} is in use by {'; '.join(users)}: remove it from "
-                "the service (service update --secret-rm) and let the update finish; a "
-                "previous spec that has it goes with the next update (service update "
-                "--force SERVICE once the new spec runs well)"
+                f"{kind.word} {record.spec.name} is in use by {'; '.join(users)}: remove it "
+                f"from the service (service update {kind.rm_flag}) and let the update "
+                "finish; a previous spec that has it goes with the next update (service "
+                "update --force SERVICE once the new spec runs well)"
             )
         ops = [
-            self._store.raw_op(SECRETS, secret.id, None, expect=secret.meta.version),
-            self._store.raw_op(SECRET_DATA, secret.id, None, expect=None),
-            self._store.raw_op(SECRET_NAMES, secret.spec.name, None, expect=None),
+            self._store.raw_op(kind.records, record.id, None, expect=record.meta.version),
+            self._store.raw_op(kind.data, record.id, None, expect=None),
+            self._store.raw_op(kind.names, record.spec.name, None, expect=None),
             self._store.unchanged_op(SERVICES, revision),
         ]
         try:
             await self._store.commit(ops)
         except Conflict as exc:
             raise Conflict(
-                f"secret {secret.spec.name} or the services changed while it was being "
+                f"{kind.word} {record.spec.name} or the services changed while it was being "
                 "removed: try again"
             ) from exc
-        log.info("secret.removed", secret_id=secret.id, name=secret.spec.name)
-        return secret
+        log.info(f"{kind.word}.removed", id=record.id, name=record.spec.name)
+        return record
 
     async def resolve(self, spec: ServiceSpec) -> tuple[ServiceSpec, list[Op]]:
-        """The spec with every secret reference's ID, name, target and mode filled in,
-        and the compares that keep those secrets alive until the spec is written.
+        """The spec with every reference's ID, name, target and mode filled in, and the
+        compares that keep those records alive until the spec is written.
 
         Raises:
-            NotFound: a referenced secret does not exist (the message names the field).
+            NotFound: a referenced record does not exist (the message names the field).
         """
         resolved = ServiceSpec()
         resolved.CopyFrom(spec)
-        refs = resolved.task.container.secrets
+        checks = await self._resolve_into(resolved)
+        return resolved, checks
+
+    async def _resolve_into(self, resolved: ServiceSpec) -> list[Op]:
+        kind = self.kind
+        refs = kind.refs(resolved.task.container)
         if not refs:
-            return resolved, []
+            return []
         by_id = {s.id: s for s in await self.list_all()}
         by_name = {s.spec.name: s for s in by_id.values()}
         checks: dict[str, Op] = {}
         for index, ref in enumerate(refs):
-            field = f"spec.task.container.secrets[{index}]"
-            if ref.secret_name:
-                secret = by_name.get(ref.secret_name)
-                if secret is None:
-                    raise NotFound(f"{field}.secret_name: secret {ref.secret_name!r} not found")
+            field = f"spec.task.container.{kind.word}s[{index}]"
+            name, record_id = getattr(ref, kind.name_field), getattr(ref, kind.id_field)
+            if name:
+                record = by_name.get(name)
+                if record is None:
+                    raise NotFound(f"{field}.{kind.name_field}: {kind.word} {name!r} not found")
             else:
-                secret = by_id.get(ref.secret_id)
-                if secret is None:
-                    raise NotFound(f"{field}.secret_id: secret {ref.secret_id!r} not found")
-            ref.secret_id, ref.secret_name = secret.id, secret.spec.name
-            ref.target = ref.target or secret.spec.name
+                record = by_id.get(record_id)
+                if record is None:
+                    raise NotFound(f"{field}.{kind.id_field}: {kind.word} {record_id!r} not found")
+            setattr(ref, kind.id_field, record.id)
+            setattr(ref, kind.name_field, record.spec.name)
+            ref.target = ref.target or kind.default_target(record.spec.name)
             ref.mode = ref.mode or DEFAULT_MODE
-            checks[secret.id] = self._store.check_op(SECRETS, secret.id, secret.meta.version)
-        return resolved, list(checks.values())
+            checks[record.id] = self._store.check_op(kind.records, record.id, record.meta.version)
+        return list(checks.values())
+
+
+class ObjectRegistries:
+    """Secrets and configs together: what a service spec refers to."""
+
+    def __init__(self, store: Store) -> None:
+        self.secrets = SecretRegistry(store, SECRET_KIND)
+        self.configs = SecretRegistry(store, CONFIG_KIND)
+
+    async def resolve(self, spec: ServiceSpec) -> tuple[ServiceSpec, list[Op]]:
+        resolved = ServiceSpec()
+        resolved.CopyFrom(spec)
+        checks = await self.secrets._resolve_into(resolved)
+        checks += await self.configs._resolve_into(resolved)
+        return resolved, checks

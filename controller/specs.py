@@ -6,6 +6,7 @@ a megabyte of environment) and from filling etcd.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 
@@ -20,6 +21,8 @@ from dockyard.common.validation import (
     check_name,
 )
 from dockyard.v1.workloads_pb2 import (
+    ConfigReference,
+    ContainerSpec,
     HealthCheck,
     Mount,
     Placement,
@@ -104,6 +107,8 @@ def _check_task(task: TaskSpec) -> None:
         raise ValidationError("spec.task.container.network", "must be none, host or bridge")
     _check_mounts(list(container.mounts))
     _check_secrets(list(container.secrets))
+    _check_configs(list(container.configs))
+    _check_extras(container)
     _check_seconds("spec.task.container.stop_grace_seconds", container.stop_grace_seconds)
     _check_health(container.healthcheck)
     _check_resources(task.resources)
@@ -137,7 +142,7 @@ def _check_mounts(mounts: list[Mount]) -> None:
                 f"{field}.source",
                 f"a bind source must be an absolute path on the node, got {mount.source[:200]!r}",
             )
-        if mount.type == "volume" and not VOLUME_NAME_PATTERN.match(mount.source):
+        if mount.type == "volume" and not VOLUME_NAME_PATTERN.match(untemplated(mount.source)):
             raise ValidationError(
                 f"{field}.source",
                 f"not a volume name: {mount.source[:80]!r} "
@@ -188,6 +193,122 @@ def _check_secrets(refs: list[SecretReference]) -> None:
         if key in ids:
             raise ValidationError(f"{field}.secret_name", f"secret {key!r} is given twice")
         ids.add(key)
+        if ref.mode > 0o777:
+            raise ValidationError(f"{field}.mode", f"must be at most 0777, got {ref.mode:o}")
+
+
+# Swarm's service templates ({{.Task.Slot}}, ...), expanded by the agent that runs a task.
+_TEMPLATE = re.compile(r"\{\{\s*\.(Service|Task|Node)\.(Name|ID|Slot|Hostname)\s*\}\}")
+
+
+def untemplated(text: str) -> str:
+    """The text with every service template as a plain word, to check its shape."""
+    return _TEMPLATE.sub("x", text)
+
+
+MAX_EXTRA_ITEMS = 64
+_SYSCTL_KEY = re.compile(r"(kernel\.(msg|sem|shm)\w*|fs\.mqueue\.[\w.]+|net\.[\w.\-/]+)\Z")
+_HOSTS_LINE = re.compile(r"[0-9a-fA-F:.]+( [a-zA-Z0-9][a-zA-Z0-9._-]{0,252})+\Z")
+_DOMAIN = re.compile(r"(\.|[a-zA-Z0-9][a-zA-Z0-9._-]{0,252})\Z")
+_SIGNAL = re.compile(r"(SIG[A-Z0-9]{2,10}(\+[0-9]{1,2})?|[0-9]{1,2})\Z")
+_ULIMITS = frozenset(
+    [
+        "as",
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    ]
+)
+
+
+def _check_extras(container: ContainerSpec) -> None:
+    """/etc/hosts lines, DNS, ulimits, sysctls, the stop signal, log rotation: bounded
+    and in the shapes the agent writes into the container's files and OCI spec."""
+    where = "spec.task.container"
+    lists = {
+        "extra_hosts": (container.extra_hosts, _HOSTS_LINE),
+        "dns_search": (container.dns_search, _DOMAIN),
+    }
+    for name, (values, pattern) in lists.items():
+        if len(values) > MAX_EXTRA_ITEMS:
+            raise ValidationError(f"{where}.{name}", f"at most {MAX_EXTRA_ITEMS} entries")
+        for index, value in enumerate(values):
+            if not pattern.match(value):
+                raise ValidationError(f"{where}.{name}[{index}]", f"not valid: {value[:80]!r}")
+    if len(container.dns_servers) > MAX_EXTRA_ITEMS:
+        raise ValidationError(f"{where}.dns_servers", f"at most {MAX_EXTRA_ITEMS} entries")
+    for index, server in enumerate(container.dns_servers):
+        try:
+            ipaddress.ip_address(server)
+        except ValueError:
+            raise ValidationError(
+                f"{where}.dns_servers[{index}]", f"not an IP address: {server[:80]!r}"
+            ) from None
+    if len(container.ulimits) > len(_ULIMITS):
+        raise ValidationError(f"{where}.ulimits", "one entry per resource")
+    for index, ulimit in enumerate(container.ulimits):
+        if ulimit.name not in _ULIMITS or ulimit.soft < -1 or ulimit.hard < -1:
+            raise ValidationError(
+                f"{where}.ulimits[{index}]", f"not a ulimit: {ulimit.name[:40]!r}"
+            )
+        if ulimit.hard != -1 and (ulimit.soft == -1 or ulimit.soft > ulimit.hard):
+            raise ValidationError(f"{where}.ulimits[{index}]", "soft above hard")
+    if len(container.sysctls) > MAX_EXTRA_ITEMS:
+        raise ValidationError(f"{where}.sysctls", f"at most {MAX_EXTRA_ITEMS} entries")
+    for key, value in container.sysctls.items():
+        if not _SYSCTL_KEY.match(key) or len(value) > 256 or "\n" in value:
+            raise ValidationError(f"{where}.sysctls", f"not a namespaced sysctl: {key[:80]!r}")
+    if container.stop_signal and not _SIGNAL.match(container.stop_signal):
+        raise ValidationError(
+            f"{where}.stop_signal", f"not a signal: {container.stop_signal[:40]!r}"
+        )
+    if container.log_max_size_bytes < 0 or container.log_max_files < 0:
+        raise ValidationError(f"{where}.log_max_size_bytes", "must not be negative")
+
+
+def _check_configs(refs: list[ConfigReference]) -> None:
+    """Each config once, at its own absolute path (empty: /<name>)."""
+    if len(refs) > MAX_SECRETS:
+        raise ValidationError("spec.task.container.configs", f"at most {MAX_SECRETS} configs")
+    targets: set[str] = set()
+    keys: set[str] = set()
+    for index, ref in enumerate(refs):
+        field = f"spec.task.container.configs[{index}]"
+        if ref.config_name:
+            check_name(f"{field}.config_name", ref.config_name)
+        elif not ref.config_id:
+            raise ValidationError(f"{field}.config_name", "name a config")
+        if ref.config_id and not SECRET_ID.match(ref.config_id):
+            raise ValidationError(f"{field}.config_id", "not a config ID")
+        target = ref.target or f"/{ref.config_name}"
+        parts = target.split("/")
+        if (
+            not target.startswith("/")
+            or len(target) > 4096
+            or "\x00" in target
+            or any(p in (".", "..") for p in parts)
+            or target.endswith("/")
+        ):
+            raise ValidationError(f"{field}.target", f"not an absolute file path: {target[:200]!r}")
+        if target in targets:
+            raise ValidationError(f"{field}.target", f"another config is at {target!r}")
+        targets.add(target)
+        key = ref.config_name or ref.config_id
+        if key in keys:
+            raise ValidationError(f"{field}.config_name", f"config {key!r} is given twice")
+        keys.add(key)
         if ref.mode > 0o777:
             raise ValidationError(f"{field}.mode", f"must be at most 0777, got {ref.mode:o}")
 

@@ -19,6 +19,7 @@ from typing import Any
 import structlog
 
 from dockyard.controller.store import (
+    CONFIGS,
     NETWORKS,
     NODES,
     SECRETS,
@@ -31,7 +32,7 @@ from dockyard.controller.store import (
 )
 from dockyard.v1.networks_pb2 import Network
 from dockyard.v1.types_pb2 import Node, TaskStatus
-from dockyard.v1.workloads_pb2 import Secret, Service, Task
+from dockyard.v1.workloads_pb2 import Config, Secret, Service, Task
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +60,7 @@ class ClusterState:
         self.tasks: dict[str, Task] = {}
         self.secrets: dict[str, Secret] = {}  # records only: the data is never listed
         self.networks: dict[str, Network] = {}
+        self.configs: dict[str, Config] = {}  # records only, as secrets
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
         self.pending_task_ids: set[str] = set()  # status PENDING: the scheduler's input
@@ -114,6 +116,7 @@ class ClusterState:
             (TASKS, self.tasks),
             (SECRETS, self.secrets),
             (NETWORKS, self.networks),
+            (CONFIGS, self.configs),
         ]
 
     async def _relist(self) -> None:
@@ -179,7 +182,7 @@ class ClusterState:
             self.untrack(tracker)
 
     def _mark(self, kind: Kind[Any], record_id: str, value: Any) -> None:
-        if kind is SECRETS or kind is NETWORKS:  # tasks change with their service
+        if kind in (SECRETS, CONFIGS, NETWORKS):  # tasks change with their service
             return
         for tracker in self._trackers:
             if kind is TASKS:

@@ -26,6 +26,9 @@ from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.etcd_members import EtcdAccess, EtcdMember, etcd_members
 from dockyard.controller.records import (
     CLUSTER,
+    CONFIG_DATA,
+    CONFIG_NAMES,
+    CONFIGS,
     CONTROLLERS,
     ISSUED_CERTS,
     JOIN_TOKENS,
@@ -64,6 +67,9 @@ log = structlog.get_logger(__name__)
 # the etcd members' health in etcd_members.py.
 __all__ = [
     "CLUSTER",
+    "CONFIGS",
+    "CONFIG_DATA",
+    "CONFIG_NAMES",
     "CONTROLLERS",
     "ISSUED_CERTS",
     "JOIN_TOKENS",

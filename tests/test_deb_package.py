@@ -92,7 +92,7 @@ def test_the_package_holds_the_virtualenv_commands_units_and_settings(
     depends = field(deb, "Depends")
     for package in ("runc", "conmon", "containernetworking-plugins", "iptables", "python3"):
         assert package in depends.replace(",", " ").split(), depends
-    assert field(deb, "Recommends") == "etcd-server"
+    assert field(deb, "Recommends") == "etcd-server, tini"  # tini: `--init`
     assert field(deb, "Version") == VERSION
     conffiles = subprocess.run(
         ["dpkg-deb", "--info", str(deb), "conffiles"], capture_output=True, text=True, check=True

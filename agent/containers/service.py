@@ -36,7 +36,7 @@ from dockyard.agent.containers.errors import (
     NotFound,
 )
 from dockyard.agent.containers.meta import ContainerMeta, MetaStore
-from dockyard.agent.containers.names import generate_name
+from dockyard.agent.containers.names import NAME_RE, generate_name
 from dockyard.agent.containers.request import (
     ContainerRequest,
     check_user,
@@ -45,6 +45,7 @@ from dockyard.agent.containers.request import (
 )
 from dockyard.agent.containers.supervisor import Supervisor
 from dockyard.agent.containers.volumes import VolumeStore
+from dockyard.agent.events import EventBus
 from dockyard.agent.images.errors import ImageNotFound
 from dockyard.agent.images.reference import Reference
 from dockyard.agent.network.errors import NetworkError, PortInUse
@@ -99,6 +100,7 @@ class ContainerService:
         volumes: Named volumes (default: `<meta_root>/../volumes`; none without a
             meta_root: the backend keeps named volumes itself, as the Docker engine does).
         network: The network step for `bridge` containers (None: they are refused).
+        events: Where the service tells what it did (create, start, die, destroy, ...).
     """
 
     def __init__(
@@ -109,8 +111,10 @@ class ContainerService:
         volumes: VolumeStore | None = None,
         network: NetworkAttacher | None = None,
         overlays: OverlayManager | None = None,
+        events: EventBus | None = None,
     ) -> None:
         self.runtime = runtime
+        self.events = events or EventBus()
         self.images = images
         self.network = network
         self.overlays = overlays
@@ -120,7 +124,9 @@ class ContainerService:
         self.volumes = volumes
         self._metas = MetaStore(meta_root)
         self._meta: dict[str, ContainerMeta] = {}
-        self._supervisor = Supervisor(runtime, self._meta.get, self._auto_remove)
+        self._supervisor = Supervisor(
+            runtime, self._meta.get, self._auto_remove, on_exit=self._on_exit
+        )
         self._removed: OrderedDict[str, tuple[str, ExitInfo]] = OrderedDict()
         self._creating: set[str] = set()
         self._own_dirs = (str(state_dir.absolute()),) if state_dir else ()  # the agent's
@@ -218,6 +224,16 @@ class ContainerService:
     async def _list(self, all: bool) -> builtins.list[ContainerInfo]:
         return [self._networked(info) for info in await self.runtime.list(all=all)]
 
+    def _publish(self, action: str, info: ContainerInfo, **extra: str) -> None:
+        """Tell subscribers what happened to a container (Docker's event attributes)."""
+        attributes = {**info.config.labels, "image": info.image, "name": info.name, **extra}
+        self.events.publish("container", action, info.id, attributes)
+
+    def _on_exit(self, info: ContainerInfo, exit_info: ExitInfo) -> None:
+        self._publish("die", info, exitCode=str(exit_info.exit_code))
+        if exit_info.oom_killed:
+            self._publish("oom", info)
+
     def _view(self, info: ContainerInfo) -> ContainerView:
         return ContainerView(info, self._meta.get(info.id) or ContainerMeta(info.id, ""))
 
@@ -240,6 +256,7 @@ class ContainerService:
         volume, created = self.volumes.ensure(name)
         if created:
             made.append(name)
+            self.events.publish("volume", "create", name, {"driver": "local"})
         return volume.mountpoint
 
     async def _drop_volumes(self, names: builtins.list[str]) -> None:
@@ -270,6 +287,7 @@ class ContainerService:
                 f"volume {name} is in use by container {', '.join(u[:12] for u in users)}"
             )
         await asyncio.to_thread(self.volume_store().remove, name)
+        self.events.publish("volume", "destroy", name, {"driver": "local"})
 
     def volume_store(self) -> VolumeStore:
         """The named volumes this service keeps (FAILED_PRECONDITION: the backend's own)."""
@@ -349,6 +367,7 @@ class ContainerService:
         finally:
             self._creating.discard(name)
             await self._drop_volumes(made)
+        self._publish("create", info)
         return ContainerView(info, meta)
 
     async def _create(self, spec: ContainerSpec, meta: ContainerMeta) -> ContainerInfo:
@@ -432,6 +451,7 @@ class ContainerService:
             await self.runtime.start(info.id)
         finally:
             self._supervisor.watch(info.id)  # applies --rm and the restart policy on exit
+        self._publish("start", info)
         return await self.inspect(info.id)
 
     async def _mark_stopped(self, container_id: str) -> None:
@@ -449,6 +469,7 @@ class ContainerService:
         info = await self._resolve(ref)
         await self._mark_stopped(info.id)
         await self.runtime.stop(info.id, 10.0 if timeout is None else timeout)
+        self._publish("stop", info)
         return await self._inspect_after(info)
 
     async def kill(self, ref: str, signal: str) -> ContainerView:
@@ -459,7 +480,29 @@ class ContainerService:
             raise FailedPrecondition(f"container {info.name} ({info.id[:12]}) is not running")
         await self._mark_stopped(info.id)
         await self.runtime.kill(info.id, str(number))
+        self._publish("kill", info, signal=str(number))
         return await self._inspect_after(info)
+
+    async def rename(self, ref: str, name: str) -> ContainerView:
+        """Give a container another name (``docker rename``)."""
+        name = name.removeprefix("/")
+        if not NAME_RE.match(name):
+            raise InvalidArgument(
+                "name",
+                f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+            )
+        info = await self._resolve(ref)
+        if name == info.name:
+            return self._view(info)
+        if name in self._creating:
+            raise AlreadyExists(
+                f"container name {name!r} is already in use by container being created"
+            )
+        try:
+            await self.runtime.rename(info.id, name)
+        except NameConflict as exc:
+            raise AlreadyExists(str(exc)) from exc
+        return await self.inspect(info.id)
 
     async def _inspect_after(self, info: ContainerInfo) -> ContainerView:
         try:
@@ -501,6 +544,7 @@ class ContainerService:
             )
         await self._mark_stopped(info.id)
         await self._remove(info.id, force)
+        self._publish("destroy", info)
         return info.id
 
     async def _remove(self, container_id: str, force: bool) -> None:
@@ -527,6 +571,7 @@ class ContainerService:
         while len(self._removed) > _RECENT_EXITS:
             self._removed.popitem(last=False)
         await self._remove(container_id, force=True)
+        self._publish("destroy", info)
         log.info("container.auto_removed", container_id=container_id)
 
     # -------------------------------------------------------------- observability

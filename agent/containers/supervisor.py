@@ -14,7 +14,13 @@ import structlog
 
 from dockyard.agent.containers.meta import ContainerMeta
 from dockyard.agent.containers.policy import Backoff, should_restart
-from dockyard.agent.runtime.base import ContainerNotFound, ContainerRuntime, ContainerRuntimeError
+from dockyard.agent.runtime.base import (
+    ContainerInfo,
+    ContainerNotFound,
+    ContainerRuntime,
+    ContainerRuntimeError,
+    ExitInfo,
+)
 
 __all__ = ["Supervisor"]
 
@@ -28,6 +34,7 @@ class Supervisor:
         runtime: Where the containers run.
         meta_of: The service's record of a container (None: it is gone).
         auto_remove: Removes an exited `--rm` container.
+        on_exit: Told of each exit (the service's `die` event); must not block.
     """
 
     def __init__(
@@ -35,7 +42,9 @@ class Supervisor:
         runtime: ContainerRuntime,
         meta_of: Callable[[str], ContainerMeta | None],
         auto_remove: Callable[[str], Awaitable[None]],
+        on_exit: Callable[[ContainerInfo, ExitInfo], None] | None = None,
     ) -> None:
+        self._on_exit = on_exit
         self._runtime = runtime
         self._meta_of = meta_of
         self._auto_remove = auto_remove
@@ -84,6 +93,8 @@ class Supervisor:
                 info = await self._runtime.inspect(container_id)
             except ContainerNotFound:
                 return
+            if self._on_exit is not None:
+                self._on_exit(info, exit_info)
             meta = self._meta_of(container_id)
             if meta is None:
                 return

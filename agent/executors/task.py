@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -30,6 +30,7 @@ from dockyard.agent.executor import (
     container_name,
     task_labels,
 )
+from dockyard.agent.executors.templates import expander
 from dockyard.agent.runtime.base import (
     ContainerRuntimeError,
     ContainerSpec,
@@ -61,13 +62,15 @@ def _network(task: Task, published: bool) -> NetworkMode:
     return "bridge" if network == "bridge" or published or joins else "none"
 
 
-def _mounts(task: Task, secrets: Sequence[SecretMount]) -> list[VolumeMount]:
+def _mounts(
+    task: Task, secrets: Sequence[SecretMount], expand: Callable[[str], str] = str
+) -> list[VolumeMount]:
     mounts = [
         VolumeMount(
-            Path("/") if m.type == "volume" else Path(m.source),
+            Path("/") if m.type == "volume" else Path(expand(m.source)),
             m.target,
             m.read_only,
-            m.source if m.type == "volume" else "",
+            expand(m.source) if m.type == "volume" else "",
         )
         for m in task.spec.container.mounts
         if m.type in ("bind", "volume")
@@ -75,7 +78,9 @@ def _mounts(task: Task, secrets: Sequence[SecretMount]) -> list[VolumeMount]:
     return mounts + [VolumeMount(Path(s.host_path), s.container_path, True) for s in secrets]
 
 
-def task_request(task: Task, secrets: Sequence[SecretMount] = ()) -> ContainerRequest:
+def task_request(
+    task: Task, secrets: Sequence[SecretMount] = (), node_hostname: str = ""
+) -> ContainerRequest:
     """The container the task runs: its spec, its name and labels, restart policy `no`.
 
     The controller's restart policy replaces failed tasks, so a container is never
@@ -88,6 +93,7 @@ def task_request(task: Task, secrets: Sequence[SecretMount] = ()) -> ContainerRe
         InvalidArgument: naming the first bad field.
     """
     container, limits = task.spec.container, task.spec.resources.limits
+    expand = expander(task, node_hostname)
     ports = [
         PortMapping(p.target_port, (p.protocol or "tcp").lower(), p.published_port)
         for p in task.spec.ports
@@ -99,14 +105,14 @@ def task_request(task: Task, secrets: Sequence[SecretMount] = ()) -> ContainerRe
         lower_dirs=(),
         command=list(container.command) or None,
         entrypoint=list(container.entrypoint) or None,
-        env=list(container.env),
+        env=[expand(e) for e in container.env],
         workdir=container.workdir or None,
         user=container.user or None,
         memory_bytes=limits.memory_bytes,
         nano_cpus=limits.nano_cpus,
         pids_limit=max(0, task.spec.resources.pids_limit),
         read_only=container.read_only,
-        volumes=_mounts(task, secrets),
+        volumes=_mounts(task, secrets, expand),
         tmpfs=[
             TmpfsMount(m.target, m.tmpfs_size_bytes) for m in container.mounts if m.type == "tmpfs"
         ],
@@ -115,9 +121,18 @@ def task_request(task: Task, secrets: Sequence[SecretMount] = ()) -> ContainerRe
         labels=task_labels(task),
         cap_add=list(container.cap_add),
         cap_drop=list(container.cap_drop),
-        hostname=container.hostname or None,
+        hostname=expand(container.hostname) or None,
         privileged=container.privileged,  # the controller checked the cluster's policy
         overlays=tuple((n.network_id, n.address) for n in task.networks),
+        extra_hosts=list(container.extra_hosts),
+        dns_servers=list(container.dns_servers),
+        dns_search=list(container.dns_search),
+        init=container.init,
+        ulimits=[(u.name, u.soft, u.hard) for u in container.ulimits],
+        sysctls=dict(container.sysctls),
+        stop_signal=container.stop_signal,
+        log_max_size=container.log_max_size_bytes,
+        log_max_files=container.log_max_files,
     )
     check_spec(spec)
     return ContainerRequest(spec, parse_image_ref("image", container.image))
@@ -129,6 +144,8 @@ class TaskExecutor:
     def __init__(self, service: ContainerService, secrets: SecretFiles | None = None) -> None:
         self.service = service
         self.secrets = secrets
+        self.node_hostname = ""
+        """The node's name, for `{{.Node.Hostname}}` in service templates."""
         self.image_sources: dict[str, tuple[str, ...]] = {}
         """Per image, the agents of other nodes that run it (from the assignment set):
         a pull fetches the layers from them first."""
@@ -149,7 +166,7 @@ class TaskExecutor:
             mounts = self.secrets.write(task) if self.secrets is not None else []
         except (SecretFileError, OSError) as exc:
             raise ExecutorError(f"secrets: {exc}") from exc
-        request = task_request(task, mounts)
+        request = task_request(task, mounts, self.node_hostname)
         try:
             await self._create(request, progress, self._credentials(task))
         except AlreadyExists:

@@ -109,11 +109,19 @@ class ImageService:
         async with RegistryClient(self.registry, credentials) as client:
             return await pull_image(client, self.store, ref, progress, peers, self._on_blob)
 
-    async def push(self, ref: str | Reference, progress: ProgressCallback = ignore_progress) -> str:
-        """Push the local image named `ref` to its registry; returns the manifest digest."""
+    async def push(
+        self,
+        ref: str | Reference,
+        progress: ProgressCallback = ignore_progress,
+        credentials: Mapping[str, Credentials] | None = None,
+    ) -> str:
+        """Push the local image named `ref` to its registry; returns the manifest digest.
+
+        `credentials` (registry -> login) go over the configured credentials file's.
+        """
         reference = _ref(ref)
         image = self.store.resolve(reference)
-        async with RegistryClient(self.registry) as client:
+        async with RegistryClient(self.registry, credentials) as client:
             return await push_image(client, self.store, image, reference, progress)
 
     def list(self) -> list[ImageSummary]:

@@ -18,6 +18,7 @@ the session.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 
 import structlog
 
@@ -62,6 +63,8 @@ class ClusterNetwork:
         self._dns_address = ""
         self._latest: NetworkMap | None = None
         self._wakeup = asyncio.Event()
+        self._service_records: dict[str, list[str]] = {}
+        self._local_records: dict[str, list[str]] = {}
 
     async def on_map(self, network_map: NetworkMap) -> None:
         """Take a map from the session: subnet and names now, routes soon (see :meth:`run`)."""
@@ -69,7 +72,8 @@ class ClusterNetwork:
             if network_map.subnet:
                 await self.bridge.use_subnet(network_map.subnet)
             await self._serve_dns()
-            self.dns.set_records({s.name: list(s.addresses) for s in network_map.services})
+            self._service_records = {s.name: list(s.addresses) for s in network_map.services}
+            self._set_records()
         except (NetworkError, ValueError, TimeoutError) as exc:
             log.error("cluster_network.apply_failed", error=str(exc))
         try:
@@ -84,6 +88,27 @@ class ClusterNetwork:
     def scope_names(self) -> None:
         """Give the DNS server the names each overlay container may resolve."""
         self.dns.set_scoped(self.overlays.names_by_client())
+
+    async def set_local_records(self, records: Mapping[str, Sequence[str]]) -> None:
+        """Names of this node's own containers (Docker API networks: container names and
+        aliases) beside the map's services, which win a clash; serves DNS if not yet."""
+        self._local_records = {name: list(addresses) for name, addresses in records.items()}
+        try:
+            await self._serve_dns()
+            self._set_records()
+        except (NetworkError, ValueError, OSError) as exc:
+            log.error("cluster_network.local_records_failed", error=str(exc))
+
+    async def serve_dns(self) -> None:
+        """Serve the node's DNS now (before any map): bridge containers created from
+        then on get it as their nameserver."""
+        try:
+            await self._serve_dns()
+        except (NetworkError, ValueError, OSError) as exc:
+            log.error("cluster_network.dns_failed", error=str(exc))
+
+    def _set_records(self) -> None:
+        self.dns.set_records({**self._local_records, **self._service_records})
 
     async def _serve_dns(self) -> None:
         """The DNS server on the bridge's gateway (again, when the subnet changed)."""

@@ -237,6 +237,15 @@ class ContainerSpec:
             joins (``bridge`` only: the bridge gives it its namespace first).
         endpoint: For ``bridge``, the namespace and address the service's network step
             attached (set by the service before ``create``); ``None`` otherwise.
+        extra_hosts: Lines added to ``/etc/hosts`` (``"IP NAME"``).
+        dns_servers: Nameservers that replace those of ``/etc/resolv.conf``.
+        dns_search: Search domains that replace those of ``/etc/resolv.conf``.
+        init: A minimal init (tini) is PID 1: it forwards signals and reaps zombies.
+        ulimits: ``(name, soft, hard)`` resource limits (``nofile``, ``nproc``, ...).
+        sysctls: Namespaced kernel parameters set in the container.
+        stop_signal: The signal ``stop`` sends first (``""``: SIGTERM).
+        log_max_size: Rotate the log at this many bytes (0: the runtime's policy).
+        log_max_files: Log files kept (0: the runtime's policy).
     """
 
     id: str
@@ -266,6 +275,15 @@ class ContainerSpec:
     privileged: bool = False
     endpoint: NetworkEndpoint | None = None
     overlays: Sequence[tuple[str, str]] = ()
+    extra_hosts: Sequence[str] = ()
+    dns_servers: Sequence[str] = ()
+    dns_search: Sequence[str] = ()
+    init: bool = False
+    ulimits: Sequence[tuple[str, int, int]] = ()
+    sysctls: Mapping[str, str] = field(default_factory=dict)
+    stop_signal: str = ""
+    log_max_size: int = 0
+    log_max_files: int = 0
 
     def __post_init__(self) -> None:
         if self.seccomp not in ("default", "unconfined"):
@@ -299,8 +317,10 @@ class ContainerSpec:
         for key in ("command", "entrypoint"):
             if data[key] is not None:
                 data[key] = list(data[key])
-        for key in ("env", "cap_add", "cap_drop"):
+        for key in ("env", "cap_add", "cap_drop", "extra_hosts", "dns_servers", "dns_search"):
             data[key] = list(data[key])
+        data["ulimits"] = [list(u) for u in self.ulimits]
+        data["sysctls"] = dict(self.sysctls)
         data["labels"] = dict(self.labels)
         data["image_config"] = dict(self.image_config)
         return data
@@ -323,6 +343,7 @@ class ContainerSpec:
             TmpfsMount(t["container"], int(t.get("size_bytes", 0)))
             for t in fields.get("tmpfs") or []
         ]
+        fields["ulimits"] = [(str(n), int(s), int(h)) for n, s, h in fields.get("ulimits") or []]
         fields["ports"] = [PortMapping.from_dict(p) for p in fields.get("ports") or []]
         endpoint = fields.get("endpoint")
         fields["endpoint"] = NetworkEndpoint(**endpoint) if endpoint else None
@@ -567,6 +588,14 @@ class ContainerRuntime(Protocol):
 
     async def recover(self) -> builtins.list[ContainerInfo]:
         """Find every container again after an agent restart; call once at start."""
+        ...
+
+    async def rename(self, container_id: str, name: str) -> None:
+        """Give the container another name (``docker rename``).
+
+        Raises:
+            NameConflict: another container has the name.
+        """
         ...
 
     async def set_endpoint(self, container_id: str, endpoint: NetworkEndpoint) -> None:

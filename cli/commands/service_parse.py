@@ -221,7 +221,8 @@ def parse_mount(label: str, text: str) -> dict[str, str]:
         raise invalid(label, text, "a bind source must be an absolute path on the node")
     if kind == "tmpfs" and "source" in found:
         raise invalid(label, text, "a tmpfs has no source")
-    if kind == "volume" and not VOLUME_NAME_PATTERN.match(found.get("source", "")):
+    source = re.sub(r"\{\{\s*\.(Service|Task|Node)\.\w+\s*\}\}", "x", found.get("source", ""))
+    if kind == "volume" and not VOLUME_NAME_PATTERN.match(source):
         raise invalid(label, text, "a volume's source is its name ([a-zA-Z0-9][a-zA-Z0-9_.-]*)")
     if kind != "tmpfs" and "tmpfs-size" in found:
         raise invalid(label, text, "tmpfs-size is for type=tmpfs")

@@ -13,6 +13,11 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from dockyard.cli.commands.service_extras import (
+    check_extras,
+    expand_env_files,
+    extra_settings,
+)
 from dockyard.cli.commands.service_parse import (
     SpecError,
     invalid,
@@ -549,6 +554,7 @@ SETTINGS: list[Setting] = [
         is_bool=True,
         apply=_set("task.container.privileged", _bool),
     ),
+    *extra_settings(),
 ]
 BY_FLAG = {s.flag: s for s in SETTINGS}
 
@@ -584,6 +590,7 @@ def apply_settings(
 ) -> Any:
     """Apply `values` (flag name -> text, list of texts for list settings, bool for
     flags) in table order; raise SpecError on the first bad one."""
+    values = expand_env_files(values)
     for setting in SETTINGS:
         if setting.flag not in values:
             continue
@@ -605,7 +612,17 @@ def apply_list_edits(spec: Any, flag: str, add: Iterable[str], remove: Iterable[
     assert setting.item is not None and setting.field is not None
     target = setting.field(spec)
     for text in remove:
-        by_text = ("env", "label", "container-label", "mount", "secret")
+        by_text = (
+            "env",
+            "label",
+            "container-label",
+            "mount",
+            "secret",
+            "config",
+            "host",
+            "ulimit",
+            "sysctl",
+        )
         key = text if flag in by_text else setting.item(f"--{flag}-rm", text)[0]
         if isinstance(target, MutableMapping):
             target.pop(key, None)
@@ -639,6 +656,12 @@ def _key(setting: Setting, stored: Any) -> str:
         return str(stored.secret_name)
     if setting.flag == "network":
         return str(stored.target or stored.network_id)
+    if setting.flag == "config":
+        return str(stored.config_name)
+    if setting.flag == "host":
+        return str(stored).split()[-1]
+    if setting.flag == "ulimit":
+        return str(stored.name)
     return str(stored)
 
 
@@ -655,6 +678,7 @@ def finish_spec(spec: Any, *, job: bool = False) -> Any:
         raise invalid("--limit-memory", limit, "a memory limit below 4 MiB cannot run a container")
     if limit and reserve > limit:
         raise SpecError("--reserve-memory is larger than --limit-memory")
+    check_extras(spec)
     return spec
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dockyard.cli.commands.compose import Stack
 from dockyard.cli.commands.service_parse import SpecError
 
 __all__ = ["StackNetworks", "plan_networks"]
@@ -27,19 +28,6 @@ class StackNetworks:
 
     create: dict[str, dict[str, Any]] = field(default_factory=dict)
     external: set[str] = field(default_factory=set)
-
-
-def _declared(documents: list[tuple[str, Any]]) -> dict[str, Mapping[str, Any]]:
-    declared: dict[str, Mapping[str, Any]] = {}
-    for source, doc in documents:
-        networks = doc.get("networks") or {}
-        if not isinstance(networks, Mapping):
-            raise SpecError(f"{source}: networks must be a mapping of names")
-        for key, value in networks.items():
-            if value is not None and not isinstance(value, Mapping):
-                raise SpecError(f"{source}: networks.{key} must be a mapping")
-            declared[str(key)] = {**declared.get(str(key), {}), **(value or {})}
-    return declared
 
 
 def _service_networks(where: str, service: Mapping[str, Any]) -> dict[str, list[str]] | None:
@@ -60,20 +48,20 @@ def _service_networks(where: str, service: Mapping[str, Any]) -> dict[str, list[
     raise SpecError(f"{where}.networks must be a list or a mapping")
 
 
-def plan_networks(
-    stack: str, documents: list[tuple[str, Any]], specs: Mapping[str, Any]
-) -> StackNetworks:
-    """Fill each spec's `task.networks` and say which networks the deploy needs.
+def plan_networks(stack: str, loaded: Stack) -> StackNetworks:
+    """Fill each service spec's `task.networks` (and endpoint mode) and say which
+    networks the deploy needs.
 
     Raises:
         SpecError: a service names a network the files do not declare (naming both).
     """
     from dockyard.v1.networks_pb2 import NetworkAttachmentConfig
 
-    declared = _declared(documents)
-    services: dict[str, Mapping[str, Any]] = {}
-    for _, doc in documents:
-        services.update({str(k): v for k, v in doc["services"].items()})
+    declared: dict[str, Mapping[str, Any]] = {}
+    for key, value in loaded.networks.items():
+        if value is not None and not isinstance(value, Mapping):
+            raise SpecError(f"networks.{key} must be a mapping")
+        declared[str(key)] = value or {}
     plan = StackNetworks()
 
     def real_name(key: str) -> str:
@@ -86,12 +74,14 @@ def plan_networks(
         plan.create[name] = _spec_fields(options)
         return name
 
-    for short, spec in specs.items():
-        service = services.get(short, {})
-        if service.get("network_mode"):
-            continue  # host / none: node-local, no cluster network
+    for short, service in loaded.services.items():
+        spec = service.spec
+        if service.endpoint_mode:
+            spec.task.endpoint_mode = service.endpoint_mode
+        if service.document.get("network_mode"):
+            continue  # host / none / bridge: node-local, no cluster network
         where = f"services.{short}"
-        named = _service_networks(where, service)
+        named = _service_networks(where, service.document)
         if named is None:
             named = {DEFAULT: []}
         for key in named:

@@ -27,6 +27,7 @@ from dockyard.cli.commands.services import (
     update_with_retry,
 )
 from dockyard.cli.commands.stack_networks import StackNetworks, plan_networks
+from dockyard.cli.commands.stack_objects import create_objects, read_objects, remove_objects
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, emit_table
 from dockyard.common.validation import ValidationError, check_name
@@ -88,13 +89,15 @@ def deploy(
 
     _check_stack_name(name)
     loaded = load_stack(name, list(files))
-    networks = plan_networks(name, loaded.documents, loaded.specs)
-    loaded.ignored = [key for key in loaded.ignored if key != "networks"]  # honoured now
-    if loaded.ignored:
-        click.echo(
-            f"Ignoring unsupported options: {', '.join(sorted(set(loaded.ignored)))}", err=True
-        )
+    networks = plan_networks(name, loaded)
+    for warning in loaded.warnings:
+        click.echo(f"WARN: {warning}", err=True)
+    for path in loaded.ignored:
+        click.echo(f"Ignoring {path}: docker stack deploy does not use it", err=True)
+    data = {kind: read_objects(getattr(loaded, kind)) for kind in ("secrets", "configs")}
     target = options.target()
+    for kind, payloads in data.items():
+        create_objects(target, name, kind, payloads)
     existing = {s.spec.name: s for s in stack_services(target, name)}
     mode = resolve_mode(resolve_image)
     _make_networks(target, name, networks)
@@ -190,6 +193,8 @@ def remove(options: GlobalOptions, names: tuple[str, ...]) -> None:
         for service in sorted(found, key=lambda s: s.spec.name):
             click.echo(f"Removing service {service.spec.name}", err=True)
             call(target, control_stub, "RemoveService", RemoveServiceRequest(service=service.id))
+        remove_objects(target, name, "secrets")
+        remove_objects(target, name, "configs")
         if not _remove_networks(target, name) and not found:
             click.echo(f"dockyard: nothing found in stack: {name}", err=True)
             missing = True

@@ -19,24 +19,28 @@ from dockyard.controller.errors import FailedPrecondition, grpc_errors
 from dockyard.controller.leadership import Leadership
 from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.peers import ControllerDirectory, PeerStatus
-from dockyard.controller.secrets import SecretRegistry, without_data
+from dockyard.controller.secrets import CONFIG_KIND, SecretRegistry, without_data
 from dockyard.controller.sessions import SessionRegistry
 from dockyard.controller.store import EtcdMember, Store, StoreError
 from dockyard.v1 import control_pb2_grpc
 from dockyard.v1.control_pb2 import (
     ClusterInfo,
     ControllerInfo,
+    CreateConfigRequest,
     CreateJoinTokenRequest,
     CreateJoinTokenResponse,
     CreateSecretRequest,
     CreateServiceRequest,
     EtcdMemberInfo,
     GetClusterRequest,
+    GetConfigRequest,
     GetInfoRequest,
     GetNodeRequest,
     GetSecretRequest,
     GetServiceRequest,
     GetTaskRequest,
+    ListConfigsRequest,
+    ListConfigsResponse,
     ListJoinTokensRequest,
     ListJoinTokensResponse,
     ListNodesRequest,
@@ -47,6 +51,8 @@ from dockyard.v1.control_pb2 import (
     ListServicesResponse,
     ListTasksRequest,
     ListTasksResponse,
+    RemoveConfigRequest,
+    RemoveConfigResponse,
     RemoveNodeRequest,
     RemoveNodeResponse,
     RemoveSecretRequest,
@@ -67,7 +73,7 @@ from dockyard.v1.networks_pb2 import (
     RemoveNetworkResponse,
 )
 from dockyard.v1.types_pb2 import Cluster, GetVersionRequest, Node, NodeStatus, VersionInfo
-from dockyard.v1.workloads_pb2 import Secret, Service, Task
+from dockyard.v1.workloads_pb2 import Config, Secret, Service, Task
 
 Context = grpc.aio.ServicerContext[object, object]
 
@@ -207,6 +213,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._directory = directory
         self._secrets = SecretRegistry(store)
         self._networks = networks or NetworkRegistry(store)
+        self._configs = SecretRegistry(store, CONFIG_KIND)
 
     @grpc_errors
     async def GetVersion(self, request: GetVersionRequest, context: Context) -> VersionInfo:
@@ -363,3 +370,28 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> RemoveNetworkResponse:
         await self._networks.remove(request.network)
         return RemoveNetworkResponse()
+
+    async def CreateConfig(self, request: CreateConfigRequest, context: Context) -> Config:
+        config: Config = await self._configs.create(request.spec)
+        return config
+
+    @grpc_errors
+    async def GetConfig(self, request: GetConfigRequest, context: Context) -> Config:
+        """With its data, as `docker config inspect` shows it."""
+        config = Config()
+        config.CopyFrom(await self._configs.find(request.config))
+        config.spec.data = await self._configs.data(config.id)
+        return config
+
+    @grpc_errors
+    async def ListConfigs(
+        self, request: ListConfigsRequest, context: Context
+    ) -> ListConfigsResponse:
+        return ListConfigsResponse(configs=await self._configs.list_named(list(request.names)))
+
+    @grpc_errors
+    async def RemoveConfig(
+        self, request: RemoveConfigRequest, context: Context
+    ) -> RemoveConfigResponse:
+        await self._configs.remove(request.config)
+        return RemoveConfigResponse()

@@ -12,7 +12,7 @@ from dockyard.controller.cluster import ClusterRecord, privileges_of
 from dockyard.controller.images import ImageResolver
 from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.nodes import NodeRegistry
-from dockyard.controller.secrets import SecretRegistry
+from dockyard.controller.secrets import ObjectRegistries, SecretRegistry
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.specs import check_service_spec
 from dockyard.controller.state import ClusterState
@@ -79,17 +79,18 @@ class ServicesAPI:
         self._cluster = cluster
         self._resolver = resolver
         self._view = view
-        self._secrets = secrets or SecretRegistry(store)
+        # The secrets and configs a spec refers to (`secrets` for tests that pass one).
+        self._secrets: SecretRegistry | ObjectRegistries = secrets or ObjectRegistries(store)
         self._networks = networks or NetworkRegistry(store)
 
     async def _resolve(
         self, spec: ServiceSpec, current: Service | None = None
     ) -> tuple[ServiceSpec, list[Op]]:
-        """The spec with its secrets' and networks' IDs (and VIPs), and the compares
-        that keep them."""
-        spec, secret_checks = await self._secrets.resolve(spec)
+        """The spec with its secrets', configs' and networks' IDs (and VIPs), and the
+        compares that keep them."""
+        spec, object_checks = await self._secrets.resolve(spec)
         spec, network_checks = await self._networks.resolve(spec, current)
-        return spec, secret_checks + network_checks
+        return spec, object_checks + network_checks
 
     async def _all_tasks(self) -> list[Task]:
         view = self._view()

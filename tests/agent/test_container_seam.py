@@ -187,6 +187,40 @@ def test_the_engine_gets_a_pinned_image_and_the_spec_fields() -> None:
     body = engine_body(spec)
     assert body["HostConfig"]["Memory"] == 1 << 26 and body["Cmd"] == ["true"]
     assert body["HostConfig"]["RestartPolicy"] == {"Name": "no"} and "Entrypoint" not in body
+    assert "ExtraHosts" not in body["HostConfig"] and "StopSignal" not in body
+
+
+def test_the_engine_gets_the_service_fields_of_compose_files() -> None:
+    spec = ContainerSpec(
+        id="x",
+        name="web",
+        image="busybox",
+        lower_dirs=(),
+        extra_hosts=["10.0.0.5 db"],
+        dns_servers=["1.1.1.1"],
+        dns_search=["corp.example"],
+        init=True,
+        ulimits=[("nofile", 10, 20)],
+        sysctls={"net.core.somaxconn": "512"},
+        stop_signal="SIGUSR1",
+        log_max_size=1 << 20,
+        log_max_files=2,
+    )
+    body = engine_body(spec)
+    host = body["HostConfig"]
+    assert (host["ExtraHosts"], host["Dns"], host["DnsSearch"], host["Init"]) == (
+        ["db:10.0.0.5"],
+        ["1.1.1.1"],
+        ["corp.example"],
+        True,
+    )
+    assert host["Ulimits"] == [{"Name": "nofile", "Soft": 10, "Hard": 20}]
+    assert host["Sysctls"] == {"net.core.somaxconn": "512"}
+    assert host["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-size": "1048576", "max-file": "2"},
+    }
+    assert body["StopSignal"] == "SIGUSR1"
 
 
 def test_old_service_records_still_read() -> None:

@@ -74,7 +74,7 @@ def test_compose_secrets_map_to_existing_secrets() -> None:
 @pytest.mark.parametrize(
     ("top", "message"),
     [
-        ({"db": {"file": "./db.txt"}}, "stack deploy does not create secrets"),
+        ({"db": {"environment": "DB"}}, "give a `file:`"),
         ({"db": {}}, "external: true"),
         ({}, "not declared"),
     ],
@@ -83,3 +83,27 @@ def test_compose_secrets_that_cannot_be_honoured_are_refused(top: Any, message: 
     doc = {"services": {"web": {"image": "busybox", "secrets": ["db"]}}, "secrets": top}
     with pytest.raises(SpecError, match=message):
         stack_from_documents("shop", [("c.yml", doc)], {})
+
+
+def test_compose_secrets_from_files_are_the_stacks() -> None:
+    doc = {
+        "services": {"web": {"image": "busybox", "secrets": ["db"]}},
+        "secrets": {"db": {"file": "./db.txt"}},
+    }
+    stack = stack_from_documents("shop", [("/srv/app/c.yml", doc)], {})
+    assert stack.secrets["db"].name == "shop_db"
+    assert stack.secrets["db"].file == "/srv/app/db.txt"
+    assert refs(stack.specs["web"]) == [("shop_db", "db", 0, 0, 0o444)]
+
+
+def test_external_objects_by_their_name() -> None:
+    doc = {
+        "services": {"web": {"image": "busybox", "secrets": ["a", "b", "c"]}},
+        "secrets": {
+            "a": {"external": True},
+            "b": {"external": True, "name": "real_b"},
+            "c": {"external": {"name": "old_style_c"}},
+        },
+    }
+    stack = stack_from_documents("shop", [("c.yml", doc)], {})
+    assert [r[0] for r in refs(stack.specs["web"])] == ["a", "real_b", "old_style_c"]

@@ -33,7 +33,7 @@ def attached(specs: dict[str, Any], short: str) -> list[tuple[str, list[str]]]:
 
 def test_the_voting_app_gets_swarm_s_networks() -> None:
     loaded = stack_from_documents("vote", [("app.yml", VOTING)], environ={})
-    plan = plan_networks("vote", loaded.documents, loaded.specs)
+    plan = plan_networks("vote", loaded)
     assert sorted(plan.create) == ["vote_backend", "vote_default", "vote_frontend"]
     assert plan.create["vote_backend"]["internal"] is True
     assert plan.create["vote_backend"]["subnet"] == "10.140.0.0/24"
@@ -52,4 +52,4 @@ def test_an_undeclared_network_is_refused_naming_it() -> None:
     doc = {"services": {"web": {"image": "busybox", "networks": ["nowhere"]}}}
     loaded = stack_from_documents("s", [("app.yml", doc)], environ={})
     with pytest.raises(SpecError, match=r"web\.networks: network .nowhere. is not declared"):
-        plan_networks("s", loaded.documents, loaded.specs)
+        plan_networks("s", loaded)

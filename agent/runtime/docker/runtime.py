@@ -132,7 +132,32 @@ def engine_body(spec: ContainerSpec) -> dict[str, Any]:
     body.update({key: value for key, value in optional.items() if value})
     if exposed:
         body["ExposedPorts"] = exposed
+    _service_extras(spec, body, host)
     return body
+
+
+def _service_extras(spec: ContainerSpec, body: dict[str, Any], host: dict[str, Any]) -> None:
+    """--host, --dns, --dns-search, --init, --ulimit, --sysctl, --stop-signal and the log
+    rotation, in the engine's own fields."""
+    if spec.init:
+        host["Init"] = True
+    if spec.extra_hosts:  # "IP NAME" -> the engine's "NAME:IP"
+        host["ExtraHosts"] = [f"{line.split()[1]}:{line.split()[0]}" for line in spec.extra_hosts]
+    if spec.dns_servers:
+        host["Dns"] = list(spec.dns_servers)
+    if spec.dns_search:
+        host["DnsSearch"] = list(spec.dns_search)
+    if spec.ulimits:
+        host["Ulimits"] = [{"Name": n, "Soft": s, "Hard": h} for n, s, h in spec.ulimits]
+    if spec.sysctls:
+        host["Sysctls"] = dict(spec.sysctls)
+    if spec.log_max_size or spec.log_max_files:
+        options = {"max-size": str(spec.log_max_size)} if spec.log_max_size else {}
+        if spec.log_max_files:
+            options["max-file"] = str(spec.log_max_files)
+        host["LogConfig"] = {"Type": "json-file", "Config": options}
+    if spec.stop_signal:
+        body["StopSignal"] = spec.stop_signal
 
 
 def engine_time(text: str | None) -> datetime | None:
@@ -460,6 +485,16 @@ class DockerRuntime:
     async def recover(self) -> builtins.list[ContainerInfo]:
         """The engine keeps its containers: they are simply listed."""
         return await self.list(all=True)
+
+    async def rename(self, container_id: str, name: str) -> None:
+        found = await self._found(container_id)
+        try:
+            await self.docker.containers.container(found["Id"]).rename(name)
+        except aiodocker.DockerError as exc:
+            if exc.status == 409:
+                holder = await self.docker.containers.get(name)
+                raise NameConflict(name, holder.id) from exc
+            raise ContainerRuntimeError(f"the engine failed to rename: {exc.message}") from exc
 
     async def set_endpoint(self, container_id: str, endpoint: NetworkEndpoint) -> None:
         """The engine's networking is its own: nothing to rewrite."""

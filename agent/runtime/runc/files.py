@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from dockyard.agent.runtime.runc.spec import EtcFiles, ResolvedUser
 __all__ = [
     "ResolvedUser",
     "agent_resolv_conf",
+    "apply_etc_extras",
     "bridge_resolv_conf",
     "clear_exit_files",
     "host_devices",
@@ -87,6 +89,42 @@ def agent_resolv_conf(host_text: str, nameserver: str) -> str:
         if line.split()[:1] in (["search"], ["domain"], ["options"])
     ]
     return "\n".join([f"nameserver {nameserver}", *kept]) + "\n"
+
+
+def apply_etc_extras(
+    etc: EtcFiles,
+    extra_hosts: Sequence[str] = (),
+    dns_servers: Sequence[str] = (),
+    dns_search: Sequence[str] = (),
+    agent_nameserver: str = "",
+) -> None:
+    """Docker's --host, --dns and --dns-search over the files write_etc_files wrote.
+
+    `extra_hosts` lines ("IP NAME") are appended to /etc/hosts. `dns_servers` replace the
+    nameservers of resolv.conf, after the agent's own when it runs one (service names
+    must still resolve); `dns_search` replaces its search domains.
+    """
+    if extra_hosts:
+        hosts = _read_text(etc.hosts)
+        lines = ["\t".join(line.split(" ", 1)) for line in extra_hosts]
+        write_atomic(etc.hosts, (hosts.rstrip("\n") + "\n" + "\n".join(lines) + "\n").encode())
+    if not dns_servers and not dns_search:
+        return
+    kept, servers, search = [], [], []
+    for line in _read_text(etc.resolv_conf).splitlines():
+        word = line.split()[:1]
+        if word == ["nameserver"]:
+            servers.append(line)
+        elif word in (["search"], ["domain"]):
+            search.append(line)
+        else:
+            kept.append(line)
+    if dns_servers:
+        own = [f"nameserver {agent_nameserver}"] if agent_nameserver else []
+        servers = own + [f"nameserver {s}" for s in dns_servers]
+    if dns_search:
+        search = [f"search {' '.join(dns_search)}"]
+    write_atomic(etc.resolv_conf, ("\n".join([*servers, *search, *kept]) + "\n").encode())
 
 
 def write_etc_files(

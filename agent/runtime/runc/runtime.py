@@ -179,6 +179,15 @@ class RuncRuntime:
             spec.name,
             endpoint.nameserver if endpoint else "",
         )
+        if spec.extra_hosts or spec.dns_servers or spec.dns_search:
+            await asyncio.to_thread(
+                files.apply_etc_extras,
+                etc,
+                spec.extra_hosts,
+                spec.dns_servers,
+                spec.dns_search,
+                endpoint.nameserver if endpoint else "",
+            )
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -295,7 +304,10 @@ class RuncRuntime:
         async def watcher() -> None:
             cdir = self._dir(cid)
             await rotate_until(
-                wait_pid_exit(record.conmon_pid), cdir.log, cdir.bundle / "ctl", self.log_policy
+                wait_pid_exit(record.conmon_pid),
+                cdir.log,
+                cdir.bundle / "ctl",
+                container_log_policy(self.log_policy, record.config),
             )
             await self._finalize(record)
 
@@ -363,7 +375,7 @@ class RuncRuntime:
         if record.state.status is not ContainerStatus.RUNNING:
             return None
         event = self._event(cid)
-        await self._runc("kill", cid, "TERM", check=False)
+        await self._runc("kill", cid, record.config.stop_signal or "TERM", check=False)
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
@@ -558,6 +570,15 @@ class RuncRuntime:
         log.info("runtime.recovered", containers=len(self._records))
         return [self._info(r) for r in self._records.values()]
 
+    async def rename(self, container_id: str, name: str) -> None:
+        """Record the new name (the record is the only place that holds it)."""
+        record = await self._get(container_id)
+        holder = next((r for r in self._records.values() if r.config.name == name), None)
+        if holder is not None and holder is not record:
+            raise NameConflict(name, holder.config.id)
+        record.config = dataclasses.replace(record.config, name=name)
+        await self._save(record)
+
     async def set_endpoint(self, container_id: str, endpoint: NetworkEndpoint) -> None:
         """Record the container's new endpoint and rewrite its ``/etc/hosts``."""
         record = await self._get(container_id)
@@ -573,6 +594,17 @@ class RuncRuntime:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._watchers.clear()
         await asyncio.gather(*self._cleanups, return_exceptions=True)
+
+
+def container_log_policy(default: LogPolicy, config: ContainerSpec) -> LogPolicy:
+    """The runtime's policy with the container's own max-size/max-file over it."""
+    if not config.log_max_size and not config.log_max_files:
+        return default
+    return dataclasses.replace(
+        default,
+        max_size=max(4096, config.log_max_size or default.max_size),
+        max_files=config.log_max_files or default.max_files,
+    )
 
 
 def _move_aside(source: Path, destination: Path) -> None:

@@ -343,6 +343,48 @@ def _volume_mounts(config: ContainerSpec) -> list[dict[str, Any]]:
     return mounts
 
 
+# Docker's --init: the node's static tini, bind-mounted read-only (docker's path for it).
+INIT_PATH = "/sbin/docker-init"
+INIT_CANDIDATES = (
+    "/usr/bin/docker-init",
+    "/usr/bin/tini-static",
+    "/usr/libexec/docker/docker-init",
+)
+
+
+def init_binary() -> Path:
+    """The node's static init (Debian's `tini` package); InvalidConfig when it has none."""
+    for candidate in INIT_CANDIDATES:
+        if Path(candidate).exists():
+            return Path(candidate).resolve()
+    raise InvalidConfig("--init: this node has no static tini (apt install tini)")
+
+
+def init_mount() -> dict[str, Any]:
+    return {
+        "destination": INIT_PATH,
+        "type": "bind",
+        "source": str(init_binary()),
+        "options": ["rbind", "rprivate", "ro"],
+    }
+
+
+def rlimits(
+    ulimits: Sequence[tuple[str, int, int]], defaults: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The OCI rlimits: the defaults with the service's ulimits over them (-1: unlimited)."""
+    unlimited = 2**64 - 1
+    found = {str(d["type"]): dict(d) for d in defaults}
+    for name, soft, hard in ulimits:
+        key = f"RLIMIT_{name.upper()}"
+        found[key] = {
+            "type": key,
+            "soft": unlimited if soft == -1 else soft,
+            "hard": unlimited if hard == -1 else hard,
+        }
+    return list(found.values())
+
+
 def build_spec(
     config: ContainerSpec,
     rootfs: Path,
@@ -364,14 +406,19 @@ def build_spec(
     if not str(cwd).startswith("/"):
         raise InvalidConfig(f"working directory {cwd!r} is not absolute")
     caps = container_capabilities(config)
+    args = process_args(config)
+    if config.init:
+        args = [INIT_PATH, "--", *args]
     process = build_process(
-        process_args(config),
+        args,
         env,
         str(cwd),
         user,
         caps=caps,
         nofile=default_nofile(),
     )
+    if config.ulimits:
+        process["rlimits"] = rlimits(config.ulimits, process["rlimits"])
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]
     if config.network == "bridge":
         if not netns_path:
@@ -397,6 +444,10 @@ def build_spec(
         "cgroupsPath": cgroups_path,
         "namespaces": namespaces,
     }
+    if config.sysctls:
+        linux["sysctl"] = dict(config.sysctls)
+    if config.init:
+        etc_mounts.append(init_mount())
     standard_mounts = STANDARD_MOUNTS
     if config.privileged:
         # Docker's --privileged: no masked or read-only paths, /sys and cgroups writable.

@@ -167,6 +167,26 @@ class ControlStub:
                 request_serializer=dockyard_dot_v1_dot_networks__pb2.RemoveNetworkRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_networks__pb2.RemoveNetworkResponse.FromString,
                 _registered_method=True)
+        self.CreateConfig = channel.unary_unary(
+                '/dockyard.v1.Control/CreateConfig',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.CreateConfigRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_workloads__pb2.Config.FromString,
+                _registered_method=True)
+        self.GetConfig = channel.unary_unary(
+                '/dockyard.v1.Control/GetConfig',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.GetConfigRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_workloads__pb2.Config.FromString,
+                _registered_method=True)
+        self.ListConfigs = channel.unary_unary(
+                '/dockyard.v1.Control/ListConfigs',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.ListConfigsRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_control__pb2.ListConfigsResponse.FromString,
+                _registered_method=True)
+        self.RemoveConfig = channel.unary_unary(
+                '/dockyard.v1.Control/RemoveConfig',
+                request_serializer=dockyard_dot_v1_dot_control__pb2.RemoveConfigRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_control__pb2.RemoveConfigResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -339,6 +359,32 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateConfig(self, request, context):
+        """Configs (admin writes): as secrets, but Get returns the data (List never does).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConfig(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListConfigs(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveConfig(self, request, context):
+        """Refused (FAILED_PRECONDITION) while a service's spec uses the config.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -471,6 +517,26 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RemoveNetwork,
                     request_deserializer=dockyard_dot_v1_dot_networks__pb2.RemoveNetworkRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_networks__pb2.RemoveNetworkResponse.SerializeToString,
+            ),
+            'CreateConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateConfig,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.CreateConfigRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_workloads__pb2.Config.SerializeToString,
+            ),
+            'GetConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfig,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.GetConfigRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_workloads__pb2.Config.SerializeToString,
+            ),
+            'ListConfigs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListConfigs,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.ListConfigsRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_control__pb2.ListConfigsResponse.SerializeToString,
+            ),
+            'RemoveConfig': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveConfig,
+                    request_deserializer=dockyard_dot_v1_dot_control__pb2.RemoveConfigRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_control__pb2.RemoveConfigResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1175,6 +1241,114 @@ class Control:
             '/dockyard.v1.Control/RemoveNetwork',
             dockyard_dot_v1_dot_networks__pb2.RemoveNetworkRequest.SerializeToString,
             dockyard_dot_v1_dot_networks__pb2.RemoveNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/CreateConfig',
+            dockyard_dot_v1_dot_control__pb2.CreateConfigRequest.SerializeToString,
+            dockyard_dot_v1_dot_workloads__pb2.Config.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/GetConfig',
+            dockyard_dot_v1_dot_control__pb2.GetConfigRequest.SerializeToString,
+            dockyard_dot_v1_dot_workloads__pb2.Config.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListConfigs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/ListConfigs',
+            dockyard_dot_v1_dot_control__pb2.ListConfigsRequest.SerializeToString,
+            dockyard_dot_v1_dot_control__pb2.ListConfigsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveConfig(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/RemoveConfig',
+            dockyard_dot_v1_dot_control__pb2.RemoveConfigRequest.SerializeToString,
+            dockyard_dot_v1_dot_control__pb2.RemoveConfigResponse.FromString,
             options,
             channel_credentials,
             insecure,

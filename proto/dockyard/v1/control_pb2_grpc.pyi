@@ -71,6 +71,12 @@ class ControlStub:
     ListNetworks: _grpc.UnaryUnaryMultiCallable[_networks_pb2.ListNetworksRequest, _networks_pb2.ListNetworksResponse]
     RemoveNetwork: _grpc.UnaryUnaryMultiCallable[_networks_pb2.RemoveNetworkRequest, _networks_pb2.RemoveNetworkResponse]
     """Refused (FAILED_PRECONDITION) while a service's spec or a live task uses it."""
+    CreateConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateConfigRequest, _workloads_pb2.Config]
+    """Configs (admin writes): as secrets, but Get returns the data (List never does)."""
+    GetConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetConfigRequest, _workloads_pb2.Config]
+    ListConfigs: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListConfigsRequest, _control_pb2.ListConfigsResponse]
+    RemoveConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveConfigRequest, _control_pb2.RemoveConfigResponse]
+    """Refused (FAILED_PRECONDITION) while a service's spec uses the config."""
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -112,6 +118,12 @@ class ControlAsyncStub(ControlStub):
     ListNetworks: _aio.UnaryUnaryMultiCallable[_networks_pb2.ListNetworksRequest, _networks_pb2.ListNetworksResponse]  # type: ignore[assignment]
     RemoveNetwork: _aio.UnaryUnaryMultiCallable[_networks_pb2.RemoveNetworkRequest, _networks_pb2.RemoveNetworkResponse]  # type: ignore[assignment]
     """Refused (FAILED_PRECONDITION) while a service's spec or a live task uses it."""
+    CreateConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateConfigRequest, _workloads_pb2.Config]  # type: ignore[assignment]
+    """Configs (admin writes): as secrets, but Get returns the data (List never does)."""
+    GetConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.GetConfigRequest, _workloads_pb2.Config]  # type: ignore[assignment]
+    ListConfigs: _aio.UnaryUnaryMultiCallable[_control_pb2.ListConfigsRequest, _control_pb2.ListConfigsResponse]  # type: ignore[assignment]
+    RemoveConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveConfigRequest, _control_pb2.RemoveConfigResponse]  # type: ignore[assignment]
+    """Refused (FAILED_PRECONDITION) while a service's spec uses the config."""
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -306,5 +318,35 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_networks_pb2.RemoveNetworkResponse, _abc.Awaitable[_networks_pb2.RemoveNetworkResponse]]:
         """Refused (FAILED_PRECONDITION) while a service's spec or a live task uses it."""
+
+    @_abc_1.abstractmethod
+    def CreateConfig(
+        self,
+        request: _control_pb2.CreateConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workloads_pb2.Config, _abc.Awaitable[_workloads_pb2.Config]]:
+        """Configs (admin writes): as secrets, but Get returns the data (List never does)."""
+
+    @_abc_1.abstractmethod
+    def GetConfig(
+        self,
+        request: _control_pb2.GetConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_workloads_pb2.Config, _abc.Awaitable[_workloads_pb2.Config]]: ...
+
+    @_abc_1.abstractmethod
+    def ListConfigs(
+        self,
+        request: _control_pb2.ListConfigsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListConfigsResponse, _abc.Awaitable[_control_pb2.ListConfigsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveConfig(
+        self,
+        request: _control_pb2.RemoveConfigRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RemoveConfigResponse, _abc.Awaitable[_control_pb2.RemoveConfigResponse]]:
+        """Refused (FAILED_PRECONDITION) while a service's spec uses the config."""
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -244,6 +244,7 @@ class AssignmentSet(_message.Message):
     SECRETS_FIELD_NUMBER: _builtins.int
     IMAGE_SOURCES_FIELD_NUMBER: _builtins.int
     REGISTRY_AUTHS_FIELD_NUMBER: _builtins.int
+    CONFIGS_FIELD_NUMBER: _builtins.int
     full: _builtins.bool
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_workloads_pb2.Task]: ...
@@ -265,6 +266,10 @@ class AssignmentSet(_message.Message):
         only for services with a task here that has yet to start (kept in memory only).
         """
 
+    @_builtins.property
+    def configs(self) -> _containers.RepeatedCompositeFieldContainer[_workloads_pb2.Config]:
+        """The data of exactly the configs the node's tasks reference."""
+
     def __init__(
         self,
         *,
@@ -274,10 +279,11 @@ class AssignmentSet(_message.Message):
         secrets: _abc.Iterable[_workloads_pb2.Secret] | None = ...,
         image_sources: _abc.Iterable[Global___ImageSources] | None = ...,
         registry_auths: _abc.Mapping[_builtins.str, _workloads_pb2.RegistryAuth] | None = ...,
+        configs: _abc.Iterable[_workloads_pb2.Config] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["full", b"full", "image_sources", b"image_sources", "registry_auths", b"registry_auths", "removed_task_ids", b"removed_task_ids", "secrets", b"secrets", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["configs", b"configs", "full", b"full", "image_sources", b"image_sources", "registry_auths", b"registry_auths", "removed_task_ids", b"removed_task_ids", "secrets", b"secrets", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

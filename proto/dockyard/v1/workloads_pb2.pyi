@@ -83,6 +83,26 @@ class ContainerSpec(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class SysctlsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     IMAGE_FIELD_NUMBER: _builtins.int
     COMMAND_FIELD_NUMBER: _builtins.int
     ENTRYPOINT_FIELD_NUMBER: _builtins.int
@@ -100,6 +120,17 @@ class ContainerSpec(_message.Message):
     PRIVILEGED_FIELD_NUMBER: _builtins.int
     MOUNTS_FIELD_NUMBER: _builtins.int
     SECRETS_FIELD_NUMBER: _builtins.int
+    CONFIGS_FIELD_NUMBER: _builtins.int
+    EXTRA_HOSTS_FIELD_NUMBER: _builtins.int
+    DNS_SERVERS_FIELD_NUMBER: _builtins.int
+    DNS_SEARCH_FIELD_NUMBER: _builtins.int
+    INIT_FIELD_NUMBER: _builtins.int
+    ULIMITS_FIELD_NUMBER: _builtins.int
+    SYSCTLS_FIELD_NUMBER: _builtins.int
+    STOP_SIGNAL_FIELD_NUMBER: _builtins.int
+    TTY_FIELD_NUMBER: _builtins.int
+    LOG_MAX_SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    LOG_MAX_FILES_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     workdir: _builtins.str
     user: _builtins.str
@@ -113,6 +144,16 @@ class ContainerSpec(_message.Message):
     """Every capability, no seccomp, no masked paths, the host's devices: only when the
     cluster's policy allows it (ClusterSpec.allow_privileged).
     """
+    init: _builtins.bool
+    """a minimal init is PID 1 and reaps zombies (--init)"""
+    stop_signal: _builtins.str
+    """the signal that stops it (--stop-signal; "": SIGTERM)"""
+    tty: _builtins.bool
+    """a terminal for its process (compose `tty: true`)"""
+    log_max_size_bytes: _builtins.int
+    """rotate its log at this size (logging max-size; 0: agent's)"""
+    log_max_files: _builtins.int
+    """log files kept (logging max-file; 0: agent's)"""
     @_builtins.property
     def command(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """replaces the image's Cmd"""
@@ -135,6 +176,30 @@ class ContainerSpec(_message.Message):
     def secrets(self) -> _containers.RepeatedCompositeFieldContainer[Global___SecretReference]:
         """Files at /run/secrets/<target>, on a tmpfs of the node, read-only (docs/secrets.md)."""
 
+    @_builtins.property
+    def configs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigReference]:
+        """Configs: files at `target`, read-only, not secret (docs/configs.md)."""
+
+    @_builtins.property
+    def extra_hosts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Lines added to the container's /etc/hosts: "IP NAME" (docker's --host NAME:IP)."""
+
+    @_builtins.property
+    def dns_servers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the container's resolv.conf nameservers (--dns)"""
+
+    @_builtins.property
+    def dns_search(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """its search domains (--dns-search)"""
+
+    @_builtins.property
+    def ulimits(self) -> _containers.RepeatedCompositeFieldContainer[Global___Ulimit]:
+        """--ulimit nofile=1024:2048"""
+
+    @_builtins.property
+    def sysctls(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """namespaced kernel parameters (--sysctl)"""
+
     def __init__(
         self,
         *,
@@ -155,16 +220,174 @@ class ContainerSpec(_message.Message):
         privileged: _builtins.bool = ...,
         mounts: _abc.Iterable[Global___Mount] | None = ...,
         secrets: _abc.Iterable[Global___SecretReference] | None = ...,
+        configs: _abc.Iterable[Global___ConfigReference] | None = ...,
+        extra_hosts: _abc.Iterable[_builtins.str] | None = ...,
+        dns_servers: _abc.Iterable[_builtins.str] | None = ...,
+        dns_search: _abc.Iterable[_builtins.str] | None = ...,
+        init: _builtins.bool = ...,
+        ulimits: _abc.Iterable[Global___Ulimit] | None = ...,
+        sysctls: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        stop_signal: _builtins.str = ...,
+        tty: _builtins.bool = ...,
+        log_max_size_bytes: _builtins.int = ...,
+        log_max_files: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds", "healthcheck", b"healthcheck", "stop_grace_seconds", b"stop_grace_seconds"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "labels", b"labels", "mounts", b"mounts", "network", b"network", "privileged", b"privileged", "read_only", b"read_only", "secrets", b"secrets", "stop_grace_seconds", b"stop_grace_seconds", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "command", b"command", "configs", b"configs", "dns_search", b"dns_search", "dns_servers", b"dns_servers", "entrypoint", b"entrypoint", "env", b"env", "extra_hosts", b"extra_hosts", "healthcheck", b"healthcheck", "hostname", b"hostname", "image", b"image", "init", b"init", "labels", b"labels", "log_max_files", b"log_max_files", "log_max_size_bytes", b"log_max_size_bytes", "mounts", b"mounts", "network", b"network", "privileged", b"privileged", "read_only", b"read_only", "secrets", b"secrets", "stop_grace_seconds", b"stop_grace_seconds", "stop_signal", b"stop_signal", "sysctls", b"sysctls", "tty", b"tty", "ulimits", b"ulimits", "user", b"user", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__stop_grace_seconds: _TypeAlias = _typing.Literal["stop_grace_seconds"]  # noqa: Y015
     _WhichOneofArgType__stop_grace_seconds: _TypeAlias = _typing.Literal["_stop_grace_seconds", b"_stop_grace_seconds"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__stop_grace_seconds) -> _WhichOneofReturnType__stop_grace_seconds | None: ...
 
 Global___ContainerSpec: _TypeAlias = ContainerSpec  # noqa: Y015
+
+@_typing.final
+class Ulimit(_message.Message):
+    """A process resource limit (setrlimit), e.g. nofile 1024:2048."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    SOFT_FIELD_NUMBER: _builtins.int
+    HARD_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """nofile, nproc, core, ... (without RLIMIT_)"""
+    soft: _builtins.int
+    hard: _builtins.int
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        soft: _builtins.int = ...,
+        hard: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hard", b"hard", "name", b"name", "soft", b"soft"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Ulimit: _TypeAlias = Ulimit  # noqa: Y015
+
+@_typing.final
+class ConfigReference(_message.Message):
+    """A service's use of a config (Docker's --config source=NAME,target=/PATH,uid,gid,mode).
+    The controller resolves `config_name` to `config_id` when the spec is written.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONFIG_ID_FIELD_NUMBER: _builtins.int
+    CONFIG_NAME_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    UID_FIELD_NUMBER: _builtins.int
+    GID_FIELD_NUMBER: _builtins.int
+    MODE_FIELD_NUMBER: _builtins.int
+    config_id: _builtins.str
+    config_name: _builtins.str
+    target: _builtins.str
+    """an absolute path in the container; empty: /<name>"""
+    uid: _builtins.int
+    gid: _builtins.int
+    mode: _builtins.int
+    """file mode bits; 0: 0444"""
+    def __init__(
+        self,
+        *,
+        config_id: _builtins.str = ...,
+        config_name: _builtins.str = ...,
+        target: _builtins.str = ...,
+        uid: _builtins.int = ...,
+        gid: _builtins.int = ...,
+        mode: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["config_id", b"config_id", "config_name", b"config_name", "gid", b"gid", "mode", b"mode", "target", b"target", "uid", b"uid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigReference: _TypeAlias = ConfigReference  # noqa: Y015
+
+@_typing.final
+class ConfigSpec(_message.Message):
+    """A config is immutable, as a secret is; unlike a secret, Get returns its data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class LabelsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    data: _builtins.bytes
+    """1 byte to 500 KiB"""
+    @_builtins.property
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "labels", b"labels", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigSpec: _TypeAlias = ConfigSpec  # noqa: Y015
+
+@_typing.final
+class Config(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    META_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    size_bytes: _builtins.int
+    @_builtins.property
+    def meta(self) -> _types_pb2.Meta: ...
+    @_builtins.property
+    def spec(self) -> Global___ConfigSpec: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        meta: _types_pb2.Meta | None = ...,
+        spec: Global___ConfigSpec | None = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "meta", b"meta", "size_bytes", b"size_bytes", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Config: _TypeAlias = Config  # noqa: Y015
 
 @_typing.final
 class SecretReference(_message.Message):

@@ -19,6 +19,7 @@ node's DNS server, as Docker's ``docker_gwbridge`` is for overlay containers.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -64,27 +65,41 @@ class OverlayManager:
         self.address = ""
 
     def set_address(self, address: str) -> None:
-        """This node's underlay address (from the map); the devices are made for it."""
-        if address and address != self.address:
-            self.address = address
+        """This node's underlay address (from the map); the devices are made for it.
+
+        A loopback address means the agent shares its host with the controller (and
+        maybe other agents: tests, ``deploy/local-cluster`` without ``--hosts``): one
+        VXLAN device per VNI fits in a network namespace, so overlays stay off there and
+        tasks run on the node's bridge alone (logged once).
+        """
+        if not address or address == self.address:
+            return
+        self.address = address
+        if ipaddress.IPv4Address(address).is_loopback:
+            self._devices = None
+            log.warning("overlay.disabled", address=address, reason="loopback host address")
+        else:
             self._devices = OverlayDevices(address)
 
     async def on_maps(self, maps: Sequence[OverlayNetworkMap]) -> None:
         """Apply the overlay part of a NetworkMap (see the module's docstring)."""
         async with self._lock:
             self._maps = {m.network.id: m for m in maps}
-            if self._devices is None:
-                return
-            for overlay in self._maps.values():
-                network = _network(overlay)
-                if network.vni not in self._ready:
-                    await self._devices.ensure(network)
-                    self._ready.add(network.vni)
-                await self._devices.set_peers(network, _peers(overlay))
-            await self._remove_unused()
-            await self._apply_vips()
+            if self._devices is not None:
+                await self._apply_maps()
         async with self._changed:
             self._changed.notify_all()
+
+    async def _apply_maps(self) -> None:
+        assert self._devices is not None
+        for overlay in self._maps.values():
+            network = _network(overlay)
+            if network.vni not in self._ready:
+                await self._devices.ensure(network)
+                self._ready.add(network.vni)
+            await self._devices.set_peers(network, _peers(overlay))
+        await self._remove_unused()
+        await self._apply_vips()
 
     async def _remove_unused(self) -> None:
         assert self._devices is not None
@@ -119,6 +134,9 @@ class OverlayManager:
         joined = Joined(netns, bridge_address)
         for index, (network_id, address) in enumerate(networks, start=1):
             overlay = await self._wait_for(network_id)
+            if overlay is None:
+                log.info("overlay.skipped", container_id=container_id, network=network_id)
+                return
             network = _network(overlay)
             assert self._devices is not None
             async with self._lock:
@@ -131,10 +149,11 @@ class OverlayManager:
         async with self._lock:
             await self._apply_vips([container_id])
 
-    async def _wait_for(self, network_id: str) -> OverlayNetworkMap:
+    async def _wait_for(self, network_id: str) -> OverlayNetworkMap | None:
+        """The network's map once it arrived; None when overlays are off here."""
         deadline = time.monotonic() + MAP_WAIT_SECONDS
         async with self._changed:
-            while network_id not in self._maps or self._devices is None:
+            while network_id not in self._maps or not self.address:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise RuntimeError(f"no map for overlay network {network_id} yet")
@@ -142,7 +161,7 @@ class OverlayManager:
                     await asyncio.wait_for(self._changed.wait(), left)
                 except TimeoutError:
                     continue
-            return self._maps[network_id]
+            return self._maps[network_id] if self._devices is not None else None
 
     def forget(self, container_id: str) -> None:
         """The container is gone (its namespace, and so its interfaces, with it)."""

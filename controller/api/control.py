@@ -371,6 +371,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         await self._networks.remove(request.network)
         return RemoveNetworkResponse()
 
+    @grpc_errors
     async def CreateConfig(self, request: CreateConfigRequest, context: Context) -> Config:
         config: Config = await self._configs.create(request.spec)
         return config

@@ -320,6 +320,7 @@ class ContainerSpec:
         for key in ("env", "cap_add", "cap_drop", "extra_hosts", "dns_servers", "dns_search"):
             data[key] = list(data[key])
         data["ulimits"] = [list(u) for u in self.ulimits]
+        data["overlays"] = [list(o) for o in self.overlays]
         data["sysctls"] = dict(self.sysctls)
         data["labels"] = dict(self.labels)
         data["image_config"] = dict(self.image_config)
@@ -344,6 +345,7 @@ class ContainerSpec:
             for t in fields.get("tmpfs") or []
         ]
         fields["ulimits"] = [(str(n), int(s), int(h)) for n, s, h in fields.get("ulimits") or []]
+        fields["overlays"] = tuple((str(n), str(a)) for n, a in fields.get("overlays") or [])
         fields["ports"] = [PortMapping.from_dict(p) for p in fields.get("ports") or []]
         endpoint = fields.get("endpoint")
         fields["endpoint"] = NetworkEndpoint(**endpoint) if endpoint else None

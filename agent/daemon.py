@@ -233,6 +233,7 @@ class AgentDaemon:
             assigned_subnet,
         )
         from dockyard.agent.network.cluster import ClusterNetwork
+        from dockyard.agent.network.overlays import OverlayManager
         from dockyard.agent.runtime.runc.runtime import RuncRuntime
         from dockyard.common.distribution.settings import registry_config
         from dockyard.v1 import containers_pb2_grpc, images_pb2_grpc, peer_pb2_grpc
@@ -252,13 +253,17 @@ class AgentDaemon:
         )
         bridge = BridgeConfig(bridge=config.bridge, subnet=subnet, cni_path=tuple(config.cni_path))
         network = BridgeNetwork(network_dir, bridge, subnet_fixed=bool(config.bridge_subnet))
-        self.cluster_network = ClusterNetwork(network, route_peers=config.peer_routes)
+        overlays = OverlayManager()
+        self.cluster_network = ClusterNetwork(
+            network, route_peers=config.peer_routes, overlays=overlays
+        )
         runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent)
         manager = ContainerService(
             runtime,
             LocalImages(images),
             config.state_dir / "containers",
             network=BridgeAttacher(network),
+            overlays=overlays,
         )
         try:
             await manager.start()

@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "login": ("registry_login", "login", "Log in to a registry (docker's config.json)."),
     "logout": ("registry_login", "logout", "Log out from a registry."),
     "logs": ("containers", "logs", "Print a container's output."),
+    "network": ("networks", "network", "Manage the cluster's overlay networks."),
     "node": ("nodes", "node", "Manage the cluster's nodes."),
     "port": ("containers", "port", "List a container's published ports."),
     "ps": ("services", "ps", "List tasks (on a controller) or containers (on an agent)."),

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT
 from dockyard.common.distribution.registry import RegistryConfig
 from dockyard.controller.http import HTTP_PORT
+from dockyard.controller.network_pool import NetworkPool
 from dockyard.controller.subnets import SubnetPool
 from dockyard.v1.control_pb2 import ResolveImage
 
@@ -46,3 +47,4 @@ class ControllerConfig:
     http_listen: str = f"127.0.0.1:{HTTP_PORT}"
     http_max_streams: int = 64  # concurrent /v1/events streams
     subnets: SubnetPool = field(default_factory=SubnetPool)  # the nodes' bridge subnets
+    networks: NetworkPool = field(default_factory=NetworkPool)  # the overlay networks' subnets

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from dockyard.common.states import TaskState
+from dockyard.controller.overlay_map import Overlays, node_overlays, overlays
 from dockyard.controller.sessions import Post
 from dockyard.controller.state import ClusterState
 from dockyard.v1.dispatcher_pb2 import (
@@ -34,6 +35,7 @@ a burst of task starts makes one map, not one per task (each map goes to every s
 Routes = frozenset[tuple[str, str, str]]
 Names = tuple[tuple[str, tuple[str, ...]], ...]
 Revoked = tuple[str, ...]
+OverlayView = tuple[Overlays, dict[str, frozenset[str]]]
 
 
 class NetworkMapper:
@@ -60,11 +62,16 @@ class NetworkMapper:
         self._routes: Routes = frozenset()
         self._names: Names = ()
         self._revocations: Revoked = ()
+        self._overlays: OverlayView = ({}, {})
 
     def network_map(self, node: Node) -> NetworkMap:
         """``node``'s map (its record as just registered: the view may not have it yet)."""
         return _network_map(
-            node, self._current_routes(), self._current_names(), self._current_revocations()
+            node,
+            self._current_routes(),
+            self._current_names(),
+            self._current_revocations(),
+            self._current_overlays(),
         )
 
     def send_now(self, node: Node) -> None:
@@ -79,12 +86,18 @@ class NetworkMapper:
         changed = self._changed
         self._routes, self._names = self._current_routes(), self._current_names()
         self._revocations = self._current_revocations()
+        self._overlays = self._current_overlays()
         while True:
             await changed.wait()
             changed.clear()
-            current = (self._current_routes(), self._current_names(), self._current_revocations())
-            if current != (self._routes, self._names, self._revocations):
-                self._routes, self._names, self._revocations = current
+            current = (
+                self._current_routes(),
+                self._current_names(),
+                self._current_revocations(),
+                self._current_overlays(),
+            )
+            if current != (self._routes, self._names, self._revocations, self._overlays):
+                self._routes, self._names, self._revocations, self._overlays = current
                 for node_id in list(self._sessions()):  # the view computed once for them all
                     node = self._state.nodes.get(node_id)
                     if node is not None:
@@ -93,6 +106,10 @@ class NetworkMapper:
             # Looking costs a walk over every task: a burst of changes (a scale-up writes
             # thousands) is looked at once per interval, whether or not a map went out.
             await asyncio.sleep(SEND_INTERVAL)
+
+    def _current_overlays(self) -> OverlayView:
+        state = self._state
+        return overlays(state.networks, state.services.values(), state.tasks.values(), state.nodes)
 
     def _current_revocations(self) -> Revoked:
         return tuple(sorted(self._revoked(time.time())))
@@ -117,7 +134,9 @@ class NetworkMapper:
         return tuple(sorted(names))
 
 
-def _network_map(node: Node, routes: Routes, names: Names, revoked: Revoked) -> NetworkMap:
+def _network_map(
+    node: Node, routes: Routes, names: Names, revoked: Revoked, overlay: OverlayView
+) -> NetworkMap:
     peers = [
         PeerNetwork(node_id=node_id, subnet=subnet, address=address)
         for node_id, subnet, address in sorted(routes)
@@ -125,5 +144,10 @@ def _network_map(node: Node, routes: Routes, names: Names, revoked: Revoked) -> 
     ]
     services = [ServiceAddresses(name=name, addresses=addresses) for name, addresses in names]
     return NetworkMap(
-        subnet=node.network.subnet, peers=peers, services=services, revoked_serials=revoked
+        subnet=node.network.subnet,
+        peers=peers,
+        services=services,
+        revoked_serials=revoked,
+        overlays=node_overlays(node.id, *overlay),
+        address=node.network.address,
     )

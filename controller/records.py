@@ -12,7 +12,7 @@ from typing import Generic, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from dockyard.v1 import types_pb2, workloads_pb2
+from dockyard.v1 import networks_pb2, types_pb2, workloads_pb2
 
 M = TypeVar("M", bound=Message)
 
@@ -82,6 +82,9 @@ CONFIG_NAMES: Kind[workloads_pb2.Config] = Kind("names/configs", workloads_pb2.C
 # A service's `--with-registry-auth` credentials, keyed by service ID, kept apart from
 # the service record (as a secret's data) so that no listing or Get returns them.
 REGISTRY_AUTHS: Kind[workloads_pb2.RegistryAuth] = Kind("registryauth", workloads_pb2.RegistryAuth)
+# Cluster networks (overlay) and their name index (controller/networks.py).
+NETWORKS: Kind[networks_pb2.Network] = Kind("networks", networks_pb2.Network)
+NETWORK_NAMES: Kind[networks_pb2.Network] = Kind("names/networks", networks_pb2.Network)
 # Security: the cluster CA (one record, "root"), join tokens keyed by token id,
 # the certificates the CA issued and the revocation list, both keyed by serial.
 ROOT_CA: Kind[types_pb2.RootCA] = Kind("pki/ca", types_pb2.RootCA)

@@ -46,6 +46,7 @@ from dockyard.controller.http.metrics import (
 from dockyard.controller.images import ImageResolver
 from dockyard.controller.leadership import Leadership
 from dockyard.controller.network_map import NetworkMapper
+from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.orchestrators.loop import Orchestrator
@@ -57,6 +58,7 @@ from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.sessions import Post, SessionRegistry
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, NotFound, Store
+from dockyard.controller.subnets import protected_address
 from dockyard.controller.supervision import Supervisor
 from dockyard.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import DispatcherMessage
@@ -208,6 +210,16 @@ class Controller:
         cluster_record = ClusterRecord(store)
         resolver = ImageResolver(config.registry, config.resolve_image, config.resolve_timeout)
         nodes_api = NodesAPI(registry, self.sessions)
+        networks = NetworkRegistry(
+            store,
+            config.networks,
+            config.subnets.pool,
+            lambda: [
+                p
+                for a in self._own_addresses(store.endpoints)
+                if (p := protected_address("controller or etcd", a)) is not None
+            ],
+        )
         services_api = ServicesAPI(
             store,
             ServiceRegistry(store),
@@ -215,6 +227,7 @@ class Controller:
             cluster_record,
             resolver,
             lambda: self.state,
+            networks=networks,
         )
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlServicer(
@@ -227,6 +240,7 @@ class Controller:
                 cluster_record,
                 self.ca,
                 self.directory,
+                networks,
             ),
             server,
         )

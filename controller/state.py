@@ -20,6 +20,7 @@ import structlog
 
 from dockyard.controller.store import (
     CONFIGS,
+    NETWORKS,
     NODES,
     SECRETS,
     SERVICES,
@@ -29,6 +30,7 @@ from dockyard.controller.store import (
     Store,
     StoreError,
 )
+from dockyard.v1.networks_pb2 import Network
 from dockyard.v1.types_pb2 import Node, TaskStatus
 from dockyard.v1.workloads_pb2 import Config, Secret, Service, Task
 
@@ -57,6 +59,7 @@ class ClusterState:
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
         self.secrets: dict[str, Secret] = {}  # records only: the data is never listed
+        self.networks: dict[str, Network] = {}
         self.configs: dict[str, Config] = {}  # records only, as secrets
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
@@ -112,6 +115,7 @@ class ClusterState:
             (SERVICES, self.services),
             (TASKS, self.tasks),
             (SECRETS, self.secrets),
+            (NETWORKS, self.networks),
             (CONFIGS, self.configs),
         ]
 
@@ -178,7 +182,7 @@ class ClusterState:
             self.untrack(tracker)
 
     def _mark(self, kind: Kind[Any], record_id: str, value: Any) -> None:
-        if kind in (SECRETS, CONFIGS):  # immutable; tasks that use one change with their service
+        if kind in (SECRETS, CONFIGS, NETWORKS):  # tasks change with their service
             return
         for tracker in self._trackers:
             if kind is TASKS:

@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -60,6 +61,7 @@ from dockyard.agent.runtime.base import (
     InvalidConfig,
     LogRecord,
     NameConflict,
+    NetworkEndpoint,
     PortMapping,
     RestartPolicyName,
     Stats,
@@ -67,6 +69,9 @@ from dockyard.agent.runtime.base import (
     process_args,
 )
 from dockyard.common.lookup import match_reference
+
+if TYPE_CHECKING:
+    from dockyard.agent.network.overlays import OverlayManager
 
 __all__ = ["ContainerService", "ContainerView"]
 
@@ -105,12 +110,14 @@ class ContainerService:
         meta_root: Path | None,
         volumes: VolumeStore | None = None,
         network: NetworkAttacher | None = None,
+        overlays: OverlayManager | None = None,
         events: EventBus | None = None,
     ) -> None:
         self.runtime = runtime
         self.events = events or EventBus()
         self.images = images
         self.network = network
+        self.overlays = overlays
         state_dir = meta_root.parent if meta_root is not None else None
         if volumes is None and state_dir is not None:
             volumes = VolumeStore(state_dir / "volumes")
@@ -375,6 +382,8 @@ class ContainerService:
                 attached = True
                 endpoint = await self.network.attach(spec.id, spec.ports)  # ports first
                 spec = replace(spec, endpoint=endpoint)
+                if spec.overlays:
+                    await self._join_overlays(spec.id, endpoint, spec.overlays)
             info = await self.runtime.create(spec)
             if info.id != spec.id:  # the backend names its containers itself (docker)
                 await self._rekey(meta, info.id)
@@ -386,6 +395,19 @@ class ContainerService:
             if attached and self.network is not None:
                 await asyncio.shield(self.network.detach(spec.id))
             raise
+
+    async def _join_overlays(
+        self, container_id: str, endpoint: NetworkEndpoint, overlays: Sequence[tuple[str, str]]
+    ) -> None:
+        if self.overlays is None:  # a backend with its own networking (hollow, docker)
+            log.info("container.overlays_skipped", container_id=container_id)
+            return
+        try:
+            await self.overlays.attach(
+                container_id, endpoint.netns_path, endpoint.ip_address, overlays
+            )
+        except (RuntimeError, OSError) as exc:
+            raise FailedPrecondition(f"cannot join the overlay networks: {exc}") from exc
 
     async def _rekey(self, meta: ContainerMeta, container_id: str) -> None:
         old = meta.id
@@ -530,6 +552,8 @@ class ContainerService:
         await self.runtime.remove(container_id, force=force)
         if self.network is not None:  # its address, rules, ports and namespace
             await asyncio.shield(self.network.detach(container_id))
+        if self.overlays is not None:  # its overlay interfaces went with the namespace
+            self.overlays.forget(container_id)
         meta = self._meta.pop(container_id, None)
         if meta is not None:
             meta.lease.close()

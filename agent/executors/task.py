@@ -56,7 +56,10 @@ def _network(task: Task, published: bool) -> NetworkMode:
     network = task.spec.container.network
     if network == "host":
         return "host"
-    return "bridge" if network == "bridge" or published else "none"
+    # On cluster networks the node's bridge is the container's way out and to the node's
+    # DNS server (eth0), as Docker's docker_gwbridge is beside its overlays.
+    joins = bool(task.networks)
+    return "bridge" if network == "bridge" or published or joins else "none"
 
 
 def _mounts(
@@ -120,6 +123,7 @@ def task_request(
         cap_drop=list(container.cap_drop),
         hostname=expand(container.hostname) or None,
         privileged=container.privileged,  # the controller checked the cluster's policy
+        overlays=tuple((n.network_id, n.address) for n in task.networks),
         extra_hosts=list(container.extra_hosts),
         dns_servers=list(container.dns_servers),
         dns_search=list(container.dns_search),

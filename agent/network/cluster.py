@@ -25,6 +25,7 @@ import structlog
 from dockyard.agent.network.bridge import BridgeNetwork
 from dockyard.agent.network.dns import ServiceDNS
 from dockyard.agent.network.errors import NetworkError
+from dockyard.agent.network.overlays import OverlayManager
 from dockyard.agent.network.routes import PeerRoute, PeerRoutes
 from dockyard.v1.dispatcher_pb2 import NetworkMap
 
@@ -52,8 +53,10 @@ class ClusterNetwork:
         routes: PeerRoutes | None = None,
         dns: ServiceDNS | None = None,
         route_peers: bool = True,
+        overlays: OverlayManager | None = None,
     ) -> None:
         self.bridge = bridge
+        self.overlays = overlays or OverlayManager()
         self.routes = routes or PeerRoutes()
         self.route_peers = route_peers
         self.dns = dns or ServiceDNS(timeout=UPSTREAM_TIMEOUT)
@@ -73,8 +76,18 @@ class ClusterNetwork:
             self._set_records()
         except (NetworkError, ValueError, TimeoutError) as exc:
             log.error("cluster_network.apply_failed", error=str(exc))
+        try:
+            self.overlays.set_address(network_map.address)
+            await self.overlays.on_maps(network_map.overlays)
+        except Exception as exc:
+            log.error("cluster_network.overlays_failed", error=str(exc), exc_info=True)
+        self.scope_names()
         self._latest = network_map
         self._wakeup.set()
+
+    def scope_names(self) -> None:
+        """Give the DNS server the names each overlay container may resolve."""
+        self.dns.set_scoped(self.overlays.names_by_client())
 
     async def set_local_records(self, records: Mapping[str, Sequence[str]]) -> None:
         """Names of this node's own containers (Docker API networks: container names and
@@ -110,6 +123,8 @@ class ClusterNetwork:
         self._dns_address = self.bridge.nameserver = gateway
 
     async def close(self) -> None:
+        # Overlay devices stay, as routes do: running containers keep their networks
+        # while the agent is down, and the next start finds the devices as they are.
         await self.dns.stop()
         self._dns_address = self.bridge.nameserver = ""
 

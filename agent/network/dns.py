@@ -176,6 +176,7 @@ class ServiceDNS:
         self._upstreams: tuple[tuple[str, int], ...] = self._configured or ()
         self._timeout = timeout
         self._records: dict[dns.name.Name, _Service] = {}
+        self._scoped: dict[str, dict[dns.name.Name, _Service]] = {}
         self._address = ""
         self._port = 0
         self._udp: asyncio.DatagramTransport | None = None
@@ -219,7 +220,18 @@ class ServiceDNS:
         self._records = services
         log.debug("dns.records_set", services=len(records))
 
-    def _lookup(self, name: dns.name.Name) -> _Service | None:
+    def set_scoped(self, scoped: Mapping[str, Mapping[str, Sequence[str]]]) -> None:
+        """Client address -> the only names that client may resolve (a container on
+        overlay networks sees the names of its networks, nothing of the others')."""
+        self._scoped = {
+            client: {_service_name(n): _Service(tuple(a)) for n, a in records.items()}
+            for client, records in scoped.items()
+        }
+
+    def _lookup(self, name: dns.name.Name, client: str = "") -> _Service | None:
+        scoped = self._scoped.get(client)
+        if scoped is not None:
+            return scoped.get(name)
         return self._records.get(name)
 
     # --------------------------------------------------------------- lifecycle
@@ -303,7 +315,7 @@ class ServiceDNS:
         task.add_done_callback(self._queries.discard)
 
     async def _serve_udp(self, data: bytes, addr: tuple[Any, ...]) -> None:
-        reply = await self._answer(data, tcp=False)
+        reply = await self._answer(data, tcp=False, client=str(addr[0]))
         transport = self._udp
         if reply is not None and transport is not None and not transport.is_closing():
             transport.sendto(reply, addr)
@@ -336,7 +348,8 @@ class ServiceDNS:
                 data = await reader.readexactly(length)
         except (asyncio.IncompleteReadError, TimeoutError, OSError):
             return False
-        reply = await self._answer(data, tcp=True)
+        peer = writer.get_extra_info("peername")
+        reply = await self._answer(data, tcp=True, client=str(peer[0]) if peer else "")
         if reply is None:
             return False
         writer.write(len(reply).to_bytes(2, "big") + reply)
@@ -346,13 +359,13 @@ class ServiceDNS:
             return False
         return True
 
-    async def _answer(self, data: bytes, tcp: bool) -> bytes | None:
+    async def _answer(self, data: bytes, tcp: bool, client: str = "") -> bytes | None:
         """The reply's wire format; None for something that is no query (dropped)."""
         query = _parse(data)
         if query is None:
             return None
         try:
-            response, outcome = await self._respond(query, tcp)
+            response, outcome = await self._respond(query, tcp, client)
             self._answered[outcome] += 1
             limit = 65535 if tcp else _udp_limit(query)
             return _render(response, limit)
@@ -361,7 +374,7 @@ class ServiceDNS:
             return None
 
     async def _respond(
-        self, query: dns.message.Message, tcp: bool
+        self, query: dns.message.Message, tcp: bool, client: str = ""
     ) -> tuple[dns.message.Message, str]:
         """The response, and its outcome (one of QUERY_OUTCOMES)."""
         if query.opcode() != dns.opcode.QUERY:
@@ -369,7 +382,8 @@ class ServiceDNS:
         if len(query.question) != 1:
             return _error(query, dns.rcode.FORMERR), "refused"
         question = query.question[0]
-        service = self._lookup(question.name) if question.rdclass == dns.rdataclass.IN else None
+        known = question.rdclass == dns.rdataclass.IN
+        service = self._lookup(question.name, client) if known else None
         if service is None:
             forwarded = await self._forward(query, tcp)
             failed = forwarded.rcode() == dns.rcode.SERVFAIL

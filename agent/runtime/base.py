@@ -233,6 +233,8 @@ class ContainerSpec:
         privileged: Docker's ``--privileged``: every capability, no seccomp, no masked or
             read-only paths, writable ``/sys``, every host device. The runtime applies it
             as asked; whether a container may be privileged is the caller's policy.
+        overlays: ``(network id, address)`` of each cluster network a task's container
+            joins (``bridge`` only: the bridge gives it its namespace first).
         endpoint: For ``bridge``, the namespace and address the service's network step
             attached (set by the service before ``create``); ``None`` otherwise.
         extra_hosts: Lines added to ``/etc/hosts`` (``"IP NAME"``).
@@ -272,6 +274,7 @@ class ContainerSpec:
     seccomp: SeccompMode = "default"
     privileged: bool = False
     endpoint: NetworkEndpoint | None = None
+    overlays: Sequence[tuple[str, str]] = ()
     extra_hosts: Sequence[str] = ()
     dns_servers: Sequence[str] = ()
     dns_search: Sequence[str] = ()
@@ -317,6 +320,7 @@ class ContainerSpec:
         for key in ("env", "cap_add", "cap_drop", "extra_hosts", "dns_servers", "dns_search"):
             data[key] = list(data[key])
         data["ulimits"] = [list(u) for u in self.ulimits]
+        data["overlays"] = [list(o) for o in self.overlays]
         data["sysctls"] = dict(self.sysctls)
         data["labels"] = dict(self.labels)
         data["image_config"] = dict(self.image_config)
@@ -341,6 +345,7 @@ class ContainerSpec:
             for t in fields.get("tmpfs") or []
         ]
         fields["ulimits"] = [(str(n), int(s), int(h)) for n, s, h in fields.get("ulimits") or []]
+        fields["overlays"] = tuple((str(n), str(a)) for n, a in fields.get("overlays") or [])
         fields["ports"] = [PortMapping.from_dict(p) for p in fields.get("ports") or []]
         endpoint = fields.get("endpoint")
         fields["endpoint"] = NetworkEndpoint(**endpoint) if endpoint else None

@@ -244,10 +244,11 @@ def _scalars(service: Mapping[str, Any], values: dict[str, Any]) -> None:
         ("user", "user"),
         ("hostname", "hostname"),
         ("stop_grace_period", "stop-grace-period"),
-        ("network_mode", "network"),
     ):
         if key in service:
             values[flag] = str(service[key])
+    if "network_mode" in service:  # `--network` is a list (cluster networks, or one mode)
+        values["network"] = [str(service["network_mode"])]
     for key, flag in (("read_only", "read-only"), ("privileged", "privileged")):
         if key in service:
             values[flag] = bool(service[key])

@@ -275,6 +275,37 @@ def parse_secret(label: str, text: str) -> dict[str, Any]:
     return found
 
 
+_NETWORK_KEYS = {"name": "name", "target": "name", "alias": "alias"}
+_NETWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+NETWORK_MODES = ("none", "host", "bridge")
+
+
+def parse_network(label: str, text: str) -> tuple[str, list[str]]:
+    """Docker's `--network NAME` or `--network name=NAME,alias=A[,alias=B]`: the network
+    (a cluster network's name or ID, or a node-local mode: none, host, bridge) and the
+    aliases its tasks answer to there."""
+    aliases: list[str] = []
+    if "=" not in text:
+        name = text.strip()
+    else:
+        name = ""
+        for key, written, eq, value in _options(label, text, _NETWORK_KEYS, "network"):
+            if not eq or not value:
+                raise invalid(label, text, f"{written} needs a value")
+            if key == "alias":
+                aliases.append(value)
+            else:
+                name = value
+    if not _NETWORK_NAME.fullmatch(name):
+        raise invalid(label, text, "name must be a network's name or ID")
+    for alias in aliases:
+        if not _NETWORK_NAME.fullmatch(alias):
+            raise invalid(label, text, f"alias {alias!r} is not a DNS name")
+    if name in NETWORK_MODES and aliases:
+        raise invalid(label, text, f"--network {name} is a node-local mode: it takes no alias")
+    return name, aliases
+
+
 def parse_command(label: str, text: str) -> list[str]:
     try:
         return shlex.split(text)

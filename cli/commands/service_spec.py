@@ -30,6 +30,7 @@ from dockyard.cli.commands.service_parse import (
     parse_label,
     parse_mount,
     parse_nano_cpus,
+    parse_network,
     parse_port,
     parse_ratio,
     parse_seconds,
@@ -221,6 +222,15 @@ def _secret_item(label: str, text: str) -> tuple[str, Any]:
         gid=found["gid"],
         mode=found["mode"],
     )
+
+
+def _network_item(label: str, text: str) -> tuple[str, Any]:
+    """A cluster network's attachment; a node-local mode (none, host, bridge) travels
+    as an attachment too and `finish_spec` moves it to `container.network`."""
+    from dockyard.v1.networks_pb2 import NetworkAttachmentConfig
+
+    name, aliases = parse_network(label, text)
+    return name, NetworkAttachmentConfig(target=name, aliases=aliases)
 
 
 def _cap_item(label: str, text: str) -> tuple[str, Any]:
@@ -498,11 +508,20 @@ SETTINGS: list[Setting] = [
     ),
     Setting(
         "network",
-        "none|host|bridge",
-        "Network mode (published ports imply bridge).",
+        "NAME|name=NAME[,alias=A]",
+        "Join a cluster network (repeatable), or a node-local mode: none, host, bridge "
+        "(published ports imply bridge).",
+        item=_network_item,
+        field=lambda s: s.task.networks,
+    ),
+    Setting(
+        "endpoint-mode",
+        "vip|dnsrr",
+        "How the service's name resolves: a virtual IP (default) or the tasks' addresses.",
+        where=SERVICE,
         apply=_set(
-            "task.container.network",
-            lambda label, text: parse_choice(label, text, ("none", "host", "bridge")),
+            "task.endpoint_mode",
+            lambda label, text: parse_choice(label, text, ("vip", "dnsrr")),
         ),
     ),
     Setting(
@@ -583,6 +602,7 @@ def apply_settings(
             assert setting.apply is not None
             text = ("true" if value else "false") if isinstance(value, bool) else str(value)
             setting.apply(spec, label, text)
+    _network_modes(spec)
     return spec
 
 
@@ -634,6 +654,8 @@ def _key(setting: Setting, stored: Any) -> str:
         return str(stored.target)
     if setting.flag == "secret":
         return str(stored.secret_name)
+    if setting.flag == "network":
+        return str(stored.target or stored.network_id)
     if setting.flag == "config":
         return str(stored.config_name)
     if setting.flag == "host":
@@ -647,6 +669,7 @@ def finish_spec(spec: Any, *, job: bool = False) -> Any:
     """Checks across fields, once every setting is in: mode, image, memory."""
     if not job and spec.WhichOneof("mode") is None:
         spec.replicated.replicas = 1
+    _network_modes(spec)
     if not spec.task.container.image:
         raise SpecError("an image is required")
     resources = spec.task.resources
@@ -657,3 +680,20 @@ def finish_spec(spec: Any, *, job: bool = False) -> Any:
         raise SpecError("--reserve-memory is larger than --limit-memory")
     check_extras(spec)
     return spec
+
+
+def _network_modes(spec: Any) -> None:
+    """`--network none|host|bridge` name a node-local mode, not a cluster network: set
+    `container.network` from it (one mode at most, and not beside cluster networks)."""
+    from dockyard.cli.commands.service_parse import NETWORK_MODES
+
+    attachments = spec.task.networks
+    modes = [a.target for a in attachments if a.target in NETWORK_MODES]
+    if not modes:
+        return
+    if len(modes) > 1 or len(modes) != len(attachments):
+        raise SpecError(
+            f"--network {modes[0]} is a node-local mode: it cannot be combined with other networks"
+        )
+    spec.task.container.network = modes[0]
+    del attachments[:]

@@ -26,6 +26,7 @@ from dockyard.cli.commands.services import (
     task_listing,
     update_with_retry,
 )
+from dockyard.cli.commands.stack_networks import StackNetworks, plan_networks
 from dockyard.cli.commands.stack_objects import create_objects, read_objects, remove_objects
 from dockyard.cli.options import GlobalOptions, output_option, pass_options
 from dockyard.cli.render import emit_data, emit_table
@@ -88,6 +89,7 @@ def deploy(
 
     _check_stack_name(name)
     loaded = load_stack(name, list(files))
+    networks = plan_networks(name, loaded)
     for warning in loaded.warnings:
         click.echo(f"WARN: {warning}", err=True)
     for path in loaded.ignored:
@@ -98,6 +100,7 @@ def deploy(
         create_objects(target, name, kind, payloads)
     existing = {s.spec.name: s for s in stack_services(target, name)}
     mode = resolve_mode(resolve_image)
+    _make_networks(target, name, networks)
     touched = []
     for spec in loaded.specs.values():
         if spec.name in existing:
@@ -187,13 +190,47 @@ def remove(options: GlobalOptions, names: tuple[str, ...]) -> None:
     missing = False
     for name in names:
         found = stack_services(target, name)
-        if not found:
-            click.echo(f"dockyard: nothing found in stack: {name}", err=True)
-            missing = True
         for service in sorted(found, key=lambda s: s.spec.name):
             click.echo(f"Removing service {service.spec.name}", err=True)
             call(target, control_stub, "RemoveService", RemoveServiceRequest(service=service.id))
         remove_objects(target, name, "secrets")
         remove_objects(target, name, "configs")
+        if not _remove_networks(target, name) and not found:
+            click.echo(f"dockyard: nothing found in stack: {name}", err=True)
+            missing = True
     if missing:
         sys.exit(1)
+
+
+def _make_networks(target: Target, stack: str, plan: StackNetworks) -> None:
+    """Create the stack's networks that do not exist yet; external ones must."""
+    from dockyard.v1.networks_pb2 import CreateNetworkRequest, ListNetworksRequest, NetworkSpec
+
+    existing = {
+        n.spec.name
+        for n in call(target, control_stub, "ListNetworks", ListNetworksRequest()).networks
+    }
+    for name in sorted(plan.external - existing):
+        raise CliError(f"network {name!r} is declared as external, but could not be found")
+    for name, fields in sorted(plan.create.items()):
+        if name in existing:
+            continue
+        click.echo(f"Creating network {name}", err=True)
+        spec = NetworkSpec(name=name, driver="overlay", **fields)
+        spec.labels[STACK_LABEL] = stack
+        call(target, control_stub, "CreateNetwork", CreateNetworkRequest(spec=spec))
+
+
+def _remove_networks(target: Target, stack: str) -> bool:
+    """Remove the networks made for the stack; False when there were none."""
+    from dockyard.v1.networks_pb2 import ListNetworksRequest, RemoveNetworkRequest
+
+    found = [
+        n
+        for n in call(target, control_stub, "ListNetworks", ListNetworksRequest()).networks
+        if n.spec.labels.get(STACK_LABEL) == stack
+    ]
+    for network in sorted(found, key=lambda n: n.spec.name):
+        click.echo(f"Removing network {network.spec.name}", err=True)
+        call(target, control_stub, "RemoveNetwork", RemoveNetworkRequest(network=network.id))
+    return bool(found)

@@ -17,6 +17,7 @@ from dockyard.controller.ca import ClusterCA
 from dockyard.controller.cluster import ClusterRecord
 from dockyard.controller.errors import FailedPrecondition, grpc_errors
 from dockyard.controller.leadership import Leadership
+from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.peers import ControllerDirectory, PeerStatus
 from dockyard.controller.secrets import CONFIG_KIND, SecretRegistry, without_data
 from dockyard.controller.sessions import SessionRegistry
@@ -61,6 +62,15 @@ from dockyard.v1.control_pb2 import (
     UpdateClusterRequest,
     UpdateNodeRequest,
     UpdateServiceRequest,
+)
+from dockyard.v1.networks_pb2 import (
+    CreateNetworkRequest,
+    GetNetworkRequest,
+    ListNetworksRequest,
+    ListNetworksResponse,
+    Network,
+    RemoveNetworkRequest,
+    RemoveNetworkResponse,
 )
 from dockyard.v1.types_pb2 import Cluster, GetVersionRequest, Node, NodeStatus, VersionInfo
 from dockyard.v1.workloads_pb2 import Config, Secret, Service, Task
@@ -190,6 +200,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         cluster: ClusterRecord,
         ca: ClusterCA | None = None,
         directory: ControllerDirectory | None = None,
+        networks: NetworkRegistry | None = None,
     ) -> None:
         self._identity = identity
         self._store = store
@@ -201,6 +212,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._ca = ca
         self._directory = directory
         self._secrets = SecretRegistry(store)
+        self._networks = networks or NetworkRegistry(store)
         self._configs = SecretRegistry(store, CONFIG_KIND)
 
     @grpc_errors
@@ -337,6 +349,27 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> RemoveSecretResponse:
         await self._secrets.remove(request.secret)
         return RemoveSecretResponse()
+
+    @grpc_errors
+    async def CreateNetwork(self, request: CreateNetworkRequest, context: Context) -> Network:
+        return await self._networks.create(request.spec)
+
+    @grpc_errors
+    async def GetNetwork(self, request: GetNetworkRequest, context: Context) -> Network:
+        return await self._networks.find(request.network)
+
+    @grpc_errors
+    async def ListNetworks(
+        self, request: ListNetworksRequest, context: Context
+    ) -> ListNetworksResponse:
+        return ListNetworksResponse(networks=await self._networks.list_named(list(request.names)))
+
+    @grpc_errors
+    async def RemoveNetwork(
+        self, request: RemoveNetworkRequest, context: Context
+    ) -> RemoveNetworkResponse:
+        await self._networks.remove(request.network)
+        return RemoveNetworkResponse()
 
     @grpc_errors
     async def CreateConfig(self, request: CreateConfigRequest, context: Context) -> Config:

@@ -10,12 +10,13 @@ from dockyard.common.states import TaskState
 from dockyard.common.validation import ValidationError, check_ref
 from dockyard.controller.cluster import ClusterRecord, privileges_of
 from dockyard.controller.images import ImageResolver
+from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.secrets import ObjectRegistries, SecretRegistry
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.specs import check_service_spec
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import TASKS, NotFound, Store
+from dockyard.controller.store import TASKS, NotFound, Op, Store
 from dockyard.v1.control_pb2 import (
     CreateServiceRequest,
     ListServicesRequest,
@@ -68,6 +69,7 @@ class ServicesAPI:
         resolver: ImageResolver,
         view: Callable[[], ClusterState | None] = lambda: None,
         secrets: SecretRegistry | None = None,
+        networks: NetworkRegistry | None = None,
     ) -> None:
         """`view` gives the leader's in-memory cluster view (None on a follower):
         listings read it instead of etcd, which matters with tens of thousands of tasks."""
@@ -79,6 +81,16 @@ class ServicesAPI:
         self._view = view
         # The secrets and configs a spec refers to (`secrets` for tests that pass one).
         self._secrets: SecretRegistry | ObjectRegistries = secrets or ObjectRegistries(store)
+        self._networks = networks or NetworkRegistry(store)
+
+    async def _resolve(
+        self, spec: ServiceSpec, current: Service | None = None
+    ) -> tuple[ServiceSpec, list[Op]]:
+        """The spec with its secrets', configs' and networks' IDs (and VIPs), and the
+        compares that keep them."""
+        spec, object_checks = await self._secrets.resolve(spec)
+        spec, network_checks = await self._networks.resolve(spec, current)
+        return spec, object_checks + network_checks
 
     async def _all_tasks(self) -> list[Task]:
         view = self._view()
@@ -91,7 +103,7 @@ class ServicesAPI:
         """The new service, and warnings for the caller (an image left unpinned)."""
         check_service_spec(request.spec)  # before asking a registry about it
         policy = await self._cluster.check_spec(request.spec)
-        spec, checks = await self._secrets.resolve(request.spec)
+        spec, checks = await self._resolve(request.spec)
         check_service_spec(spec)
         auth = _registry_auth(request.registry_auth) if request.HasField("registry_auth") else None
         pinned = await self._resolver.pin(
@@ -108,15 +120,15 @@ class ServicesAPI:
         if request.rollback:
             service = await self._services.find(request.service)
             policy = await self._cluster.check_spec(service.previous_spec, "previous_spec")
-            _, checks = await self._secrets.resolve(service.previous_spec)  # still there?
+            _, checks = await self._resolve(service.previous_spec, service)  # still there?
             rolled = await self._services.rollback(request.service, request.version, checks, policy)
             return rolled, _dropped_target(service.spec, rolled)
         check_service_spec(request.spec)
         policy = await self._cluster.check_spec(request.spec)
-        spec, checks = await self._secrets.resolve(request.spec)
+        current = await self._services.find(request.service)
+        spec, checks = await self._resolve(request.spec, current)
         check_service_spec(spec)
         auth = _registry_auth(request.registry_auth) if request.HasField("registry_auth") else None
-        current = await self._services.find(request.service)
         pinned = await self._resolver.pin(
             spec,
             request.resolve_image,

@@ -14,6 +14,11 @@ import contextlib
 import structlog
 
 from dockyard.common.timestamps import wall_time
+from dockyard.controller.network_addresses import (
+    AddressExhausted,
+    next_task_address,
+    used_addresses,
+)
 from dockyard.controller.orchestrators.global_mode import Eligible, reconcile_global
 from dockyard.controller.orchestrators.jobs import reconcile_job
 from dockyard.controller.orchestrators.plan import Plan
@@ -112,6 +117,7 @@ class Orchestrator:
         return plan
 
     def _ops(self, plan: Plan) -> list[Op]:
+        self._addresses(plan.creates)
         ops = [self._store.put_op(TASKS, t.id, t, expect=0) for t in plan.creates]
         ops += [self._store.put_op(TASKS, t.id, t, expect=t.meta.version) for t in plan.updates]
         ops += [
@@ -125,6 +131,27 @@ class Orchestrator:
                 )
             )
         return ops
+
+    def _addresses(self, creates: list[Task]) -> None:
+        """Each new task's address on each of its networks (only the leader creates
+        tasks, and its view has every live task's: no two get one address)."""
+        if not any(t.spec.networks for t in creates):
+            return
+        state = self._state
+        used = used_addresses(state.services.values(), state.tasks.values())
+        for task in creates:
+            del task.networks[:]
+            for attachment in task.spec.networks:
+                network = state.networks.get(attachment.network_id)
+                if network is None:
+                    continue  # removed meanwhile: the service's next write is refused
+                held = used.setdefault(network.id, set())
+                try:
+                    address = next_task_address(network, held)
+                except AddressExhausted as exc:
+                    log.warning("orchestrator.no_address", task_id=task.id, error=str(exc))
+                    continue
+                task.networks.add(network_id=network.id, address=address)
 
 
 def _orphaned_tasks(tasks: list[Task]) -> Plan:

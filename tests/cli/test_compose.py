@@ -133,6 +133,7 @@ def test_stack_deploy_update_prune_and_rm(
     )
     deployed = cluster.cli("stack", "deploy", "-c", str(first), "--wait", "shop", timeout=60)
     assert "Creating service shop_web" in deployed.stderr
+    assert "Creating network shop_default" in deployed.stderr
     assert cluster.cli("stack", "ls").stdout.split() == ["NAME", "SERVICES", "shop", "2"]
     services = cluster.cli("stack", "services", "shop").stdout
     assert "shop_web" in services and "2/2" in services and "shop_worker" in services
@@ -171,7 +172,9 @@ def test_stack_deploy_update_prune_and_rm(
 
     removed = cluster.cli("stack", "rm", "shop")
     assert "Removing service shop_web" in removed.stderr
+    assert "Removing network shop_default" in removed.stderr
     assert cluster.cli("stack", "ls").stdout.split() == ["NAME", "SERVICES"]
+    assert cluster.cli("network", "ls", "-q").stdout.strip() == ""
     missing = cluster.cli("stack", "rm", "shop", check=False)
     assert missing.returncode == 1 and "nothing found in stack: shop" in missing.stderr
 

@@ -330,7 +330,7 @@ def test_global_mode_and_defaults(control: FakeControl) -> None:
         (["-p", "80:http"], "invalid -p '80:http': use PUBLISHED:TARGET"),
         (["-p", "80:70000"], "ports must be between 1 and 65535"),
         (["-p", "80:80/sctp"], "the protocol must be tcp or udp"),
-        (["--network", "overlay"], "invalid --network 'overlay': use one of none, host, bridge"),
+        (["--network", "a b"], "invalid --network 'a b': name must be a network's name or ID"),
         (["--placement-pref", "spread=zone"], "spread over a node label"),
         (["--max-replicas-per-node", "-3"], "invalid --max-replicas-per-node '-3'"),
         (["--limit-pids", "x"], "invalid --limit-pids 'x'"),

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from dockyard.v1 import control_pb2 as dockyard_dot_v1_dot_control__pb2
+from dockyard.v1 import networks_pb2 as dockyard_dot_v1_dot_networks__pb2
 from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
 from dockyard.v1 import workloads_pb2 as dockyard_dot_v1_dot_workloads__pb2
 
@@ -145,6 +146,26 @@ class ControlStub:
                 '/dockyard.v1.Control/RemoveSecret',
                 request_serializer=dockyard_dot_v1_dot_control__pb2.RemoveSecretRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_control__pb2.RemoveSecretResponse.FromString,
+                _registered_method=True)
+        self.CreateNetwork = channel.unary_unary(
+                '/dockyard.v1.Control/CreateNetwork',
+                request_serializer=dockyard_dot_v1_dot_networks__pb2.CreateNetworkRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_networks__pb2.Network.FromString,
+                _registered_method=True)
+        self.GetNetwork = channel.unary_unary(
+                '/dockyard.v1.Control/GetNetwork',
+                request_serializer=dockyard_dot_v1_dot_networks__pb2.GetNetworkRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_networks__pb2.Network.FromString,
+                _registered_method=True)
+        self.ListNetworks = channel.unary_unary(
+                '/dockyard.v1.Control/ListNetworks',
+                request_serializer=dockyard_dot_v1_dot_networks__pb2.ListNetworksRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_networks__pb2.ListNetworksResponse.FromString,
+                _registered_method=True)
+        self.RemoveNetwork = channel.unary_unary(
+                '/dockyard.v1.Control/RemoveNetwork',
+                request_serializer=dockyard_dot_v1_dot_networks__pb2.RemoveNetworkRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_networks__pb2.RemoveNetworkResponse.FromString,
                 _registered_method=True)
         self.CreateConfig = channel.unary_unary(
                 '/dockyard.v1.Control/CreateConfig',
@@ -312,6 +333,32 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateNetwork(self, request, context):
+        """Cluster networks (overlay). Looks a network up by ID, unique ID prefix or name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNetworks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNetwork(self, request, context):
+        """Refused (FAILED_PRECONDITION) while a service's spec or a live task uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateConfig(self, request, context):
         """Configs (admin writes): as secrets, but Get returns the data (List never does).
         """
@@ -450,6 +497,26 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.RemoveSecret,
                     request_deserializer=dockyard_dot_v1_dot_control__pb2.RemoveSecretRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_control__pb2.RemoveSecretResponse.SerializeToString,
+            ),
+            'CreateNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateNetwork,
+                    request_deserializer=dockyard_dot_v1_dot_networks__pb2.CreateNetworkRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_networks__pb2.Network.SerializeToString,
+            ),
+            'GetNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetNetwork,
+                    request_deserializer=dockyard_dot_v1_dot_networks__pb2.GetNetworkRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_networks__pb2.Network.SerializeToString,
+            ),
+            'ListNetworks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNetworks,
+                    request_deserializer=dockyard_dot_v1_dot_networks__pb2.ListNetworksRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_networks__pb2.ListNetworksResponse.SerializeToString,
+            ),
+            'RemoveNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNetwork,
+                    request_deserializer=dockyard_dot_v1_dot_networks__pb2.RemoveNetworkRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_networks__pb2.RemoveNetworkResponse.SerializeToString,
             ),
             'CreateConfig': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateConfig,
@@ -1066,6 +1133,114 @@ class Control:
             '/dockyard.v1.Control/RemoveSecret',
             dockyard_dot_v1_dot_control__pb2.RemoveSecretRequest.SerializeToString,
             dockyard_dot_v1_dot_control__pb2.RemoveSecretResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/CreateNetwork',
+            dockyard_dot_v1_dot_networks__pb2.CreateNetworkRequest.SerializeToString,
+            dockyard_dot_v1_dot_networks__pb2.Network.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/GetNetwork',
+            dockyard_dot_v1_dot_networks__pb2.GetNetworkRequest.SerializeToString,
+            dockyard_dot_v1_dot_networks__pb2.Network.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNetworks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/ListNetworks',
+            dockyard_dot_v1_dot_networks__pb2.ListNetworksRequest.SerializeToString,
+            dockyard_dot_v1_dot_networks__pb2.ListNetworksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Control/RemoveNetwork',
+            dockyard_dot_v1_dot_networks__pb2.RemoveNetworkRequest.SerializeToString,
+            dockyard_dot_v1_dot_networks__pb2.RemoveNetworkResponse.FromString,
             options,
             channel_credentials,
             insecure,

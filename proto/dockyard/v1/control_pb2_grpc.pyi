@@ -5,6 +5,7 @@ The controller's client API (what `dockyard` speaks)."""
 
 from collections import abc as _abc
 from dockyard.v1 import control_pb2 as _control_pb2
+from dockyard.v1 import networks_pb2 as _networks_pb2
 from dockyard.v1 import types_pb2 as _types_pb2
 from dockyard.v1 import workloads_pb2 as _workloads_pb2
 from grpc import aio as _aio
@@ -64,6 +65,12 @@ class ControlStub:
     ListSecrets: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]
     RemoveSecret: _grpc.UnaryUnaryMultiCallable[_control_pb2.RemoveSecretRequest, _control_pb2.RemoveSecretResponse]
     """Refused (FAILED_PRECONDITION) while a service's spec uses the secret."""
+    CreateNetwork: _grpc.UnaryUnaryMultiCallable[_networks_pb2.CreateNetworkRequest, _networks_pb2.Network]
+    """Cluster networks (overlay). Looks a network up by ID, unique ID prefix or name."""
+    GetNetwork: _grpc.UnaryUnaryMultiCallable[_networks_pb2.GetNetworkRequest, _networks_pb2.Network]
+    ListNetworks: _grpc.UnaryUnaryMultiCallable[_networks_pb2.ListNetworksRequest, _networks_pb2.ListNetworksResponse]
+    RemoveNetwork: _grpc.UnaryUnaryMultiCallable[_networks_pb2.RemoveNetworkRequest, _networks_pb2.RemoveNetworkResponse]
+    """Refused (FAILED_PRECONDITION) while a service's spec or a live task uses it."""
     CreateConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateConfigRequest, _workloads_pb2.Config]
     """Configs (admin writes): as secrets, but Get returns the data (List never does)."""
     GetConfig: _grpc.UnaryUnaryMultiCallable[_control_pb2.GetConfigRequest, _workloads_pb2.Config]
@@ -105,6 +112,12 @@ class ControlAsyncStub(ControlStub):
     ListSecrets: _aio.UnaryUnaryMultiCallable[_control_pb2.ListSecretsRequest, _control_pb2.ListSecretsResponse]  # type: ignore[assignment]
     RemoveSecret: _aio.UnaryUnaryMultiCallable[_control_pb2.RemoveSecretRequest, _control_pb2.RemoveSecretResponse]  # type: ignore[assignment]
     """Refused (FAILED_PRECONDITION) while a service's spec uses the secret."""
+    CreateNetwork: _aio.UnaryUnaryMultiCallable[_networks_pb2.CreateNetworkRequest, _networks_pb2.Network]  # type: ignore[assignment]
+    """Cluster networks (overlay). Looks a network up by ID, unique ID prefix or name."""
+    GetNetwork: _aio.UnaryUnaryMultiCallable[_networks_pb2.GetNetworkRequest, _networks_pb2.Network]  # type: ignore[assignment]
+    ListNetworks: _aio.UnaryUnaryMultiCallable[_networks_pb2.ListNetworksRequest, _networks_pb2.ListNetworksResponse]  # type: ignore[assignment]
+    RemoveNetwork: _aio.UnaryUnaryMultiCallable[_networks_pb2.RemoveNetworkRequest, _networks_pb2.RemoveNetworkResponse]  # type: ignore[assignment]
+    """Refused (FAILED_PRECONDITION) while a service's spec or a live task uses it."""
     CreateConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateConfigRequest, _workloads_pb2.Config]  # type: ignore[assignment]
     """Configs (admin writes): as secrets, but Get returns the data (List never does)."""
     GetConfig: _aio.UnaryUnaryMultiCallable[_control_pb2.GetConfigRequest, _workloads_pb2.Config]  # type: ignore[assignment]
@@ -275,6 +288,36 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.RemoveSecretResponse, _abc.Awaitable[_control_pb2.RemoveSecretResponse]]:
         """Refused (FAILED_PRECONDITION) while a service's spec uses the secret."""
+
+    @_abc_1.abstractmethod
+    def CreateNetwork(
+        self,
+        request: _networks_pb2.CreateNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_networks_pb2.Network, _abc.Awaitable[_networks_pb2.Network]]:
+        """Cluster networks (overlay). Looks a network up by ID, unique ID prefix or name."""
+
+    @_abc_1.abstractmethod
+    def GetNetwork(
+        self,
+        request: _networks_pb2.GetNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_networks_pb2.Network, _abc.Awaitable[_networks_pb2.Network]]: ...
+
+    @_abc_1.abstractmethod
+    def ListNetworks(
+        self,
+        request: _networks_pb2.ListNetworksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_networks_pb2.ListNetworksResponse, _abc.Awaitable[_networks_pb2.ListNetworksResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveNetwork(
+        self,
+        request: _networks_pb2.RemoveNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_networks_pb2.RemoveNetworkResponse, _abc.Awaitable[_networks_pb2.RemoveNetworkResponse]]:
+        """Refused (FAILED_PRECONDITION) while a service's spec or a live task uses it."""
 
     @_abc_1.abstractmethod
     def CreateConfig(

@@ -4,6 +4,7 @@ isort:skip_file
 What agents speak to the controller: one long-lived session per agent."""
 
 from collections import abc as _abc
+from dockyard.v1 import networks_pb2 as _networks_pb2
 from dockyard.v1 import types_pb2 as _types_pb2
 from dockyard.v1 import workloads_pb2 as _workloads_pb2
 from google.protobuf import descriptor as _descriptor
@@ -327,8 +328,12 @@ class NetworkMap(_message.Message):
     PEERS_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
     REVOKED_SERIALS_FIELD_NUMBER: _builtins.int
+    OVERLAYS_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
     subnet: _builtins.str
     """this node's bridge subnet ("": keep the one it has)"""
+    address: _builtins.str
+    """this node's own host address (its overlays' VXLAN source)"""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerNetwork]: ...
     @_builtins.property
@@ -343,6 +348,10 @@ class NetworkMap(_message.Message):
         (a removed node's): the agent's API refuses them as the controllers do.
         """
 
+    @_builtins.property
+    def overlays(self) -> _containers.RepeatedCompositeFieldContainer[_networks_pb2.OverlayNetworkMap]:
+        """The overlay networks this node's tasks are on, with every endpoint and name."""
+
     def __init__(
         self,
         *,
@@ -350,10 +359,12 @@ class NetworkMap(_message.Message):
         peers: _abc.Iterable[Global___PeerNetwork] | None = ...,
         services: _abc.Iterable[Global___ServiceAddresses] | None = ...,
         revoked_serials: _abc.Iterable[_builtins.str] | None = ...,
+        overlays: _abc.Iterable[_networks_pb2.OverlayNetworkMap] | None = ...,
+        address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["peers", b"peers", "revoked_serials", b"revoked_serials", "services", b"services", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "overlays", b"overlays", "peers", b"peers", "revoked_serials", b"revoked_serials", "services", b"services", "subnet", b"subnet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,6 +7,7 @@ agent reports its observed status after ASSIGNED.
 """
 
 from collections import abc as _abc
+from dockyard.v1 import networks_pb2 as _networks_pb2
 from dockyard.v1 import types_pb2 as _types_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -710,6 +711,10 @@ class TaskSpec(_message.Message):
     PLACEMENT_FIELD_NUMBER: _builtins.int
     RESTART_POLICY_FIELD_NUMBER: _builtins.int
     PORTS_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
+    ENDPOINT_MODE_FIELD_NUMBER: _builtins.int
+    endpoint_mode: _builtins.str
+    """vip (default with networks) | dnsrr"""
     @_builtins.property
     def container(self) -> Global___ContainerSpec: ...
     @_builtins.property
@@ -722,6 +727,10 @@ class TaskSpec(_message.Message):
     def ports(self) -> _containers.RepeatedCompositeFieldContainer[Global___PortConfig]:
         """published on the host: at most one task per node per port"""
 
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[_networks_pb2.NetworkAttachmentConfig]:
+        """Cluster networks the task joins (an interface on each); see docs/networking.md."""
+
     def __init__(
         self,
         *,
@@ -730,10 +739,12 @@ class TaskSpec(_message.Message):
         placement: Global___Placement | None = ...,
         restart_policy: Global___RestartPolicy | None = ...,
         ports: _abc.Iterable[Global___PortConfig] | None = ...,
+        networks: _abc.Iterable[_networks_pb2.NetworkAttachmentConfig] | None = ...,
+        endpoint_mode: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "placement", b"placement", "resources", b"resources", "restart_policy", b"restart_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "placement", b"placement", "ports", b"ports", "resources", b"resources", "restart_policy", b"restart_policy"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "endpoint_mode", b"endpoint_mode", "networks", b"networks", "placement", b"placement", "ports", b"ports", "resources", b"resources", "restart_policy", b"restart_policy"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1121,6 +1132,7 @@ class Task(_message.Message):
     IMAGE_DIGEST_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     OBSERVED_AT_FIELD_NUMBER: _builtins.int
+    NETWORKS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     service_id: _builtins.str
     service_name: _builtins.str
@@ -1146,6 +1158,10 @@ class Task(_message.Message):
         measure from this, never from `status.timestamp` (the agent's clock).
         """
 
+    @_builtins.property
+    def networks(self) -> _containers.RepeatedCompositeFieldContainer[_networks_pb2.NetworkAttachment]:
+        """Its address on each cluster network of spec.networks (controller-allocated)."""
+
     def __init__(
         self,
         *,
@@ -1162,10 +1178,11 @@ class Task(_message.Message):
         image_digest: _builtins.str = ...,
         attempt: _builtins.int = ...,
         observed_at: _timestamp_pb2.Timestamp | None = ...,
+        networks: _abc.Iterable[_networks_pb2.NetworkAttachment] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "observed_at", b"observed_at", "spec", b"spec", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "id", b"id", "image_digest", b"image_digest", "meta", b"meta", "node_id", b"node_id", "observed_at", b"observed_at", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "desired_state", b"desired_state", "id", b"id", "image_digest", b"image_digest", "meta", b"meta", "networks", b"networks", "node_id", b"node_id", "observed_at", b"observed_at", "service_id", b"service_id", "service_name", b"service_name", "slot", b"slot", "spec", b"spec", "spec_version", b"spec_version", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

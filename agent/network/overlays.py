@@ -1,0 +1,218 @@
+"""``OverlayManager``: this node's overlay networks, kept as the controller's maps say.
+
+The controller's NetworkMap lists the overlay networks this node's tasks are on, with
+every container on each (address and host) and every name. From each map:
+
+- each listed network has its bridge and VXLAN device, and exactly the forwarding
+  entries of the containers on other hosts (``overlay.py``);
+- a network no longer listed, with no local container left on it, is removed;
+- every local container on overlays gets the VIPs of every name on its networks
+  (``vip.py``, nftables in its own namespace), and the node's DNS server gets the names
+  each container may see: only those of the networks it is on.
+
+A task's container joins its networks when it is created (``attach``, by the container
+service, after the node's bridge gave it its namespace and ``eth0``): ``eth1``, ``eth2``...
+in the order of the task's networks. The bridge's ``eth0`` stays its way out and to the
+node's DNS server, as Docker's ``docker_gwbridge`` is for overlay containers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from dockyard.agent.network.netns import netns_path
+from dockyard.agent.network.overlay import OverlayDevices, OverlayNetwork, Peer, mac_for
+from dockyard.agent.network.vip import VirtualIP, apply_vips
+from dockyard.v1.networks_pb2 import OverlayNetworkMap
+
+__all__ = ["Joined", "OverlayManager"]
+
+log = structlog.get_logger(__name__)
+
+MAP_WAIT_SECONDS = 10.0
+"""How long a container's attach waits for the map that names its network (the map of
+a new task's network may reach the node just after the task)."""
+
+
+@dataclass
+class Joined:
+    """One local container on overlays: its namespace, bridge address, networks."""
+
+    netns: str
+    bridge_address: str
+    networks: list[tuple[str, str]] = field(default_factory=list)  # (network id, address)
+
+
+class OverlayManager:
+    """Args:
+    devices: Makes the devices (the node's underlay address is set on the first map).
+    """
+
+    def __init__(self, devices: OverlayDevices | None = None) -> None:
+        self._devices = devices
+        self._maps: dict[str, OverlayNetworkMap] = {}
+        self._ready: set[int] = set()
+        self._joined: dict[str, Joined] = {}
+        self._changed = asyncio.Condition()
+        self._lock = asyncio.Lock()
+        self.address = ""
+
+    def set_address(self, address: str) -> None:
+        """This node's underlay address (from the map); the devices are made for it.
+
+        A loopback address means the agent shares its host with the controller (and
+        maybe other agents: tests, ``deploy/local-cluster`` without ``--hosts``): one
+        VXLAN device per VNI fits in a network namespace, so overlays stay off there and
+        tasks run on the node's bridge alone (logged once).
+        """
+        if not address or address == self.address:
+            return
+        self.address = address
+        if ipaddress.IPv4Address(address).is_loopback:
+            self._devices = None
+            log.warning("overlay.disabled", address=address, reason="loopback host address")
+        else:
+            self._devices = OverlayDevices(address)
+
+    async def on_maps(self, maps: Sequence[OverlayNetworkMap]) -> None:
+        """Apply the overlay part of a NetworkMap (see the module's docstring)."""
+        async with self._lock:
+            self._maps = {m.network.id: m for m in maps}
+            if self._devices is not None:
+                await self._apply_maps()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _apply_maps(self) -> None:
+        assert self._devices is not None
+        for overlay in self._maps.values():
+            network = _network(overlay)
+            if network.vni not in self._ready:
+                await self._devices.ensure(network)
+                self._ready.add(network.vni)
+            await self._devices.set_peers(network, _peers(overlay))
+        await self._remove_unused()
+        await self._apply_vips()
+
+    async def _remove_unused(self) -> None:
+        assert self._devices is not None
+        wanted = {m.network.vni for m in self._maps.values()}
+        in_use = {
+            vni
+            for joined in self._joined.values()
+            for network_id, _ in joined.networks
+            if (vni := self._vni_of(network_id)) is not None
+        }
+        for vni in sorted(self._ready - wanted - in_use):
+            await self._devices.remove(OverlayNetwork("", vni, "0.0.0.0/32"))
+            self._ready.discard(vni)
+
+    def _vni_of(self, network_id: str) -> int | None:
+        overlay = self._maps.get(network_id)
+        return overlay.network.vni if overlay is not None else None
+
+    async def attach(
+        self,
+        container_id: str,
+        netns_path: str,
+        bridge_address: str,
+        networks: Sequence[tuple[str, str]],
+    ) -> None:
+        """Give the container an interface on each ``(network id, address)``.
+
+        Raises:
+            RuntimeError: a network's map did not arrive in time, or netlink failed.
+        """
+        netns = Path(netns_path).name
+        joined = Joined(netns, bridge_address)
+        for index, (network_id, address) in enumerate(networks, start=1):
+            overlay = await self._wait_for(network_id)
+            if overlay is None:
+                log.info("overlay.skipped", container_id=container_id, network=network_id)
+                return
+            network = _network(overlay)
+            assert self._devices is not None
+            async with self._lock:
+                if network.vni not in self._ready:
+                    await self._devices.ensure(network)
+                    self._ready.add(network.vni)
+                await self._devices.attach(network, netns, f"eth{index}", address)
+            joined.networks.append((network_id, address))
+        self._joined[container_id] = joined
+        async with self._lock:
+            await self._apply_vips([container_id])
+
+    async def _wait_for(self, network_id: str) -> OverlayNetworkMap | None:
+        """The network's map once it arrived; None when overlays are off here."""
+        deadline = time.monotonic() + MAP_WAIT_SECONDS
+        async with self._changed:
+            while network_id not in self._maps or not self.address:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RuntimeError(f"no map for overlay network {network_id} yet")
+                try:
+                    await asyncio.wait_for(self._changed.wait(), left)
+                except TimeoutError:
+                    continue
+            return self._maps[network_id] if self._devices is not None else None
+
+    def forget(self, container_id: str) -> None:
+        """The container is gone (its namespace, and so its interfaces, with it)."""
+        self._joined.pop(container_id, None)
+
+    def names_by_client(self) -> dict[str, dict[str, list[str]]]:
+        """Bridge address of each local overlay container -> the names it may resolve
+        (those of its networks only), for the node's DNS server."""
+        scoped: dict[str, dict[str, list[str]]] = {}
+        for joined in self._joined.values():
+            records: dict[str, list[str]] = {}
+            for network_id, _ in joined.networks:
+                overlay = self._maps.get(network_id)
+                for name in overlay.names if overlay is not None else ():
+                    records.setdefault(name.name, []).extend(name.addresses)
+            if joined.bridge_address:
+                scoped[joined.bridge_address] = records
+        return scoped
+
+    async def _apply_vips(self, only: Sequence[str] | None = None) -> None:
+        for container_id in list(only if only is not None else self._joined):
+            joined = self._joined.get(container_id)
+            if joined is None:
+                continue
+            vips = {
+                name.vip: VirtualIP(name.vip, tuple(name.backends))
+                for network_id, _ in joined.networks
+                if (overlay := self._maps.get(network_id)) is not None
+                for name in overlay.names
+                if name.vip
+            }
+            try:
+                await apply_vips(joined.netns, vips.values())
+            except RuntimeError as exc:
+                if not await asyncio.to_thread(netns_path(joined.netns).exists):
+                    self._joined.pop(container_id, None)  # removed meanwhile
+                    continue
+                log.warning("overlay.vips_failed", container_id=container_id, error=str(exc))
+
+    async def close(self) -> None:
+        """The agent stops: every overlay device goes (containers keep their namespace
+        ends until they are removed; the next start makes the devices again)."""
+        if self._devices is not None:
+            removed = await self._devices.remove_all()
+            log.info("overlay.closed", removed=removed)
+
+
+def _network(overlay: OverlayNetworkMap) -> OverlayNetwork:
+    record = overlay.network
+    return OverlayNetwork(record.id, record.vni, record.subnet, record.spec.internal)
+
+
+def _peers(overlay: OverlayNetworkMap) -> list[Peer]:
+    return [Peer(e.address, mac_for(e.address), e.host) for e in overlay.endpoints]

@@ -1,0 +1,147 @@
+"""Cluster networks end to end: a real controller (etcd), hollow agents, the CLI.
+
+`network create|ls|inspect|rm`, the allocator's choices as the controller makes them
+(never a node's subnet, one VNI each), services naming networks (`--network
+NAME,alias=A`) and the refusal to remove a network in use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import Cluster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    cluster = Cluster(tmp_path_factory.mktemp("networks") / "cluster")
+    cluster.root.mkdir(parents=True)
+    try:
+        cluster.start_controller()
+        cluster.start_hollow_nodes(("n1", "n2"))
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def inspect(cluster: Cluster, *names: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = json.loads(cluster.cli("network", "inspect", *names).stdout)
+    return found
+
+
+def test_networks_get_their_own_subnets_and_vnis(cluster: Cluster) -> None:
+    cluster.cli("network", "create", "--label", "tier=front", "front")
+    cluster.cli("network", "create", "--internal", "back")
+    try:
+        front, back = inspect(cluster, "front", "back")
+        subnets = [ipaddress.IPv4Network(n["subnet"]) for n in (front, back)]
+        assert not subnets[0].overlaps(subnets[1])
+        assert {front["vni"], back["vni"]} == {4096, 4097}
+        assert front["spec"]["driver"] == "overlay"
+        assert back["spec"]["internal"] is True
+        assert front["gateway"] == str(subnets[0][1])
+        for node in cluster.nodes().values():
+            if not node.get("network", {}).get("subnet"):
+                continue  # a hollow node has no bridge
+            node_subnet = ipaddress.IPv4Network(node["network"]["subnet"])
+            assert not any(s.overlaps(node_subnet) for s in subnets)
+        listed = cluster.cli("network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout
+        assert listed.splitlines() == ["back overlay", "front overlay"]
+        labelled = cluster.cli("network", "ls", "-q", "-f", "label=tier=front").stdout
+        assert labelled.split() == [front["id"]]
+    finally:
+        cluster.cli("network", "rm", "front", "back")
+    assert cluster.cli("network", "ls", "-q").stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--subnet", "10.87.9.0/24", "x1"], "overlaps the node subnet pool (10.87.0.0/16)"),
+        (["--subnet", "10.300.0.0/24", "x2"], "spec.subnet"),
+        (["bridge"], "'bridge' is reserved"),
+    ],
+)
+def test_a_refused_network_is_not_written(cluster: Cluster, args: list[str], message: str) -> None:
+    result = cluster.cli("network", "create", *args, check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert cluster.cli("network", "ls", "-q").stdout.strip() == ""
+
+
+def test_a_name_is_taken_once(cluster: Cluster) -> None:
+    cluster.cli("network", "create", "--subnet", "10.130.0.0/24", "solo")
+    try:
+        again = cluster.cli("network", "create", "solo", check=False)
+        assert again.returncode != 0 and "already exists" in again.stderr
+        overlapping = cluster.cli(
+            "network", "create", "--subnet", "10.130.0.0/16", "wide", check=False
+        )
+        assert "overlaps network solo (10.130.0.0/24)" in overlapping.stderr
+    finally:
+        cluster.cli("network", "rm", "solo")
+
+
+def test_services_name_networks_and_keep_them_from_removal(cluster: Cluster) -> None:
+    cluster.cli("network", "create", "app")
+    network_id = inspect(cluster, "app")[0]["id"]
+    cluster.cli(
+        "service", "create", "-d", "--name", "api", "--network", "name=app,alias=backend",
+        "--endpoint-mode", "dnsrr", "busybox", "sleep", "3600",
+    )  # fmt: skip
+    try:
+        service = json.loads(cluster.cli("service", "inspect", "api").stdout)[0]
+        task = service["spec"]["task"]
+        assert task["networks"] == [
+            {"target": "app", "aliases": ["backend"], "network_id": network_id, "vip": ""}
+        ]
+        assert task["endpoint_mode"] == "dnsrr"
+        refused = cluster.cli("network", "rm", "app", check=False)
+        assert refused.returncode != 0
+        assert "network app is in use by service api" in refused.stderr
+        missing = cluster.cli(
+            "service", "create", "--name", "lost", "--network", "nowhere", "busybox", check=False
+        )
+        assert "network 'nowhere' not found" in missing.stderr
+    finally:
+        cluster.cli("service", "rm", "api")
+    cluster.wait_for(
+        lambda: cluster.cli_ok("network", "rm", "app"), timeout=20, what="app removable"
+    )
+
+
+def test_tasks_get_addresses_and_the_service_a_vip_it_keeps(cluster: Cluster) -> None:
+    cluster.cli("network", "create", "--subnet", "10.131.0.0/28", "small")
+    cluster.cli(
+        "service", "create", "-d", "--name", "web", "--replicas", "3", "--network", "small",
+        "busybox", "sleep", "3600",
+    )  # fmt: skip
+    try:
+        vip = service_vip(cluster, "web")
+        assert vip == "10.131.0.14"  # the top of the subnet
+        addresses = task_addresses(cluster, "web")
+        assert sorted(addresses) == ["10.131.0.2", "10.131.0.3", "10.131.0.4"]  # .1: gateway
+        cluster.cli("service", "update", "--env-add", "A=1", "web")
+        assert service_vip(cluster, "web") == vip  # an update keeps it
+        cluster.cli("service", "update", "--endpoint-mode", "dnsrr", "web")
+        assert service_vip(cluster, "web") == ""
+    finally:
+        cluster.cli("service", "rm", "web")
+    cluster.wait_for(
+        lambda: cluster.cli_ok("network", "rm", "small"), timeout=20, what="small removable"
+    )
+
+
+def service_vip(cluster: Cluster, name: str) -> str:
+    service = json.loads(cluster.cli("service", "inspect", name).stdout)[0]
+    return str(service["spec"]["task"]["networks"][0].get("vip", ""))
+
+
+def task_addresses(cluster: Cluster, name: str) -> list[str]:
+    tasks = json.loads(cluster.cli("service", "ps", name, "-o", "json").stdout)
+    return [n["address"] for t in tasks for n in t.get("networks", [])]

@@ -33,9 +33,7 @@ class Reader:
 
 
 async def test_attach_tty_before_start_echo_resize_exit(env: Any) -> None:
-    info = await env.runtime.create(
-        env.config("sh", tty=True, open_stdin=True, stdin_once=True)
-    )
+    info = await env.runtime.create(env.config("sh", tty=True, open_stdin=True, stdin_once=True))
     session = await env.runtime.attach(info.id)  # before start, as `docker run -it`
     assert session.tty
     await env.runtime.start(info.id)

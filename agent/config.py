@@ -54,3 +54,14 @@ class AgentConfig:
     certificates, as the API). "": not served."""
     metrics_max_containers: int = 1000
     """Containers one scrape reports at most (bounds the series; docs/metrics.md)."""
+    docker_api_socket: Path | None = None
+    """The Docker Engine API's unix socket (`docs/docker-api.md`); None: not served.
+    `dockyard-agent run` defaults it to /run/dockyard/docker.sock."""
+    docker_api_group: str = ""
+    """The socket's group (mode 0660); "": the agent's own."""
+    docker_api_group_required: bool = False
+    """Whether the group was named explicitly (missing on the host: the start fails)."""
+    docker_api_listen: str = ""
+    """host:port of the Docker API over TCP (mutual TLS with an admin certificate)."""
+    docker_api_insecure: bool = False
+    """Plain, unauthenticated TCP for --docker-api-listen."""

@@ -27,7 +27,9 @@ from dockyard.v1.dispatcher_pb2 import AssignmentSet, NetworkMap
 from dockyard.v1.types_pb2 import NodeDescription
 
 if TYPE_CHECKING:
+    from dockyard.agent.containers.admission import Admission
     from dockyard.agent.containers.service import ContainerService
+    from dockyard.agent.dockerapi.listen import DockerApiServer
     from dockyard.agent.executor import Executor
     from dockyard.agent.executors.task import TaskExecutor
     from dockyard.agent.images.service import ImageService
@@ -70,6 +72,8 @@ class AgentDaemon:
         self._node_id = ""
         self._node_pki: NodePKI | None = None
         self.metrics: MetricsServer | None = None
+        self.docker_api: DockerApiServer | None = None
+        self._admission: Admission | None = None
         self._pulls = PullMetrics()
         self._revoked: frozenset[str] = frozenset()
         """Serials of the cluster's revoked certificates (from the network map): the API
@@ -144,6 +148,8 @@ class AgentDaemon:
             executor = hollow_executor(HollowRuntime())
         if config.metrics_listen:  # before the worker: a port in use stops the start
             self.metrics = await self._start_metrics(identity.name)
+        if config.docker_api_socket is not None or config.docker_api_listen:
+            self.docker_api = await self._start_docker_api(identity.name)
         if executor is not None:
             self.worker = Worker(
                 executor, self.session, config.state_dir, secrets=getattr(executor, "secrets", None)
@@ -256,7 +262,7 @@ class AgentDaemon:
             raise AgentStartError(f"cannot recover containers: {exc}") from exc
         self.containers, self._runc_runtime, self._images = manager, runtime, images
         own = {str(config.state_dir.absolute()), str(config.state_dir.resolve())}
-        admission = Admission(config.allow_privileged, tuple(sorted(own)))
+        admission = self._admission = Admission(config.allow_privileged, tuple(sorted(own)))
         containers_pb2_grpc.add_ContainersServicer_to_server(
             ContainersServicer(manager, admission), server
         )
@@ -309,6 +315,52 @@ class AgentDaemon:
                 f"cannot listen on {config.metrics_listen} (--metrics-listen):"
                 f" {exc.strerror or exc}"
             ) from exc
+        return server
+
+    async def _start_docker_api(self, node_name: str) -> DockerApiServer:
+        """The Docker Engine API (`agent/dockerapi/`) over this node's services."""
+        from dockyard.agent.containers.admission import Admission
+        from dockyard.agent.dockerapi.context import DockerApiContext
+        from dockyard.agent.dockerapi.listen import (
+            DockerApiListenError,
+            DockerApiServer,
+            ListenConfig,
+        )
+        from dockyard.agent.dockerapi.server import build_app
+        from dockyard.agent.metrics.http import server_tls
+
+        config = self.config
+        assert self.session is not None
+        context = DockerApiContext(
+            node_id=self._node_id,
+            node_name=node_name,
+            runtime=config.runtime,
+            state_dir=config.state_dir,
+            describe=self.describe,
+            containers=self.containers,
+            images=self._images,
+            admission=self._admission or Admission(config.allow_privileged),
+            session=self.session.status,
+            controllers=list(self._controllers),
+        )
+        tls = None
+        if self._node_pki is not None and config.docker_api_listen:
+            pki_files = self._node_pki
+            tls = await asyncio.to_thread(server_tls, pki_files.cert, pki_files.key, pki_files.ca)
+        listen = ListenConfig(
+            socket=config.docker_api_socket,
+            group=config.docker_api_group,
+            group_required=config.docker_api_group_required,
+            tcp=config.docker_api_listen,
+            insecure=config.docker_api_insecure,
+        )
+        try:
+            server = DockerApiServer(
+                build_app(context), listen, tls, lambda serial: serial in self._revoked
+            )
+            await server.start()
+        except DockerApiListenError as exc:
+            raise AgentStartError(str(exc)) from exc
         return server
 
     async def _metric_containers(self) -> list[ContainerRef]:
@@ -374,6 +426,8 @@ class AgentDaemon:
                     group.create_task(renewal, name="cert-renewal")
                 if self.worker is not None:
                     group.create_task(self.worker.wait(), name="worker")
+                if self.docker_api is not None:
+                    group.create_task(self.docker_api.refresh_tls(), name="docker-api-tls")
         except Exception as exc:
             for error in exception_leaves(exc):
                 if not isinstance(error, SessionRefused):
@@ -387,6 +441,8 @@ class AgentDaemon:
             await self.server.stop(grace)
         if self.metrics is not None:
             await self.metrics.stop()
+        if self.docker_api is not None:  # its listeners, connections and socket
+            await self.docker_api.stop()
         if self.worker is not None:  # its containers keep running
             await self.worker.close()
         if self.cluster_network is not None:  # routes and rules stay for the containers

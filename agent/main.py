@@ -25,6 +25,9 @@ from dockyard.common.host_service import HostService, service_options
 from dockyard.common.sizes import parse_size
 from dockyard.common.version import package_version
 
+DOCKER_API_PORT = 2376
+"""dockerd's TLS port, the default port of --docker-api-listen."""
+
 if TYPE_CHECKING:
     from dockyard.agent.config import AgentConfig
     from dockyard.agent.fleet import HollowFleet
@@ -142,6 +145,33 @@ def main() -> None:
     help="Containers one scrape reports at most (running ones first): bounds the series.",
 )
 @click.option(
+    "--docker-api-socket",
+    default="/run/dockyard/docker.sock",
+    show_default=True,
+    metavar="PATH",
+    help="Serve the Docker Engine API on this unix socket (DOCKER_HOST=unix://PATH); "
+    "'' for none. Whoever can open it controls this host, as with docker.sock.",
+)
+@click.option(
+    "--docker-api-group",
+    default=None,
+    metavar="GROUP",
+    help="Group of the Docker API socket (mode 0660) [docker, when the host has it].",
+)
+@click.option(
+    "--docker-api-listen",
+    default="",
+    metavar="HOST:PORT",
+    help="Also serve the Docker API on TCP, with the cluster's mutual TLS: clients need an "
+    "admin certificate (`dockyard context export --docker DIR`; docker --tlsverify) "
+    "[not served].",
+)
+@click.option(
+    "--docker-api-insecure",
+    is_flag=True,
+    help="Serve --docker-api-listen as plain, unauthenticated TCP. Tests only.",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def run(
@@ -166,6 +196,10 @@ def run(
     allow_privileged: bool,
     metrics_listen: str,
     metrics_max_containers: int,
+    docker_api_socket: str,
+    docker_api_group: str | None,
+    docker_api_listen: str,
+    docker_api_insecure: bool,
     log_level: str,
 ) -> None:
     """Run the agent until SIGTERM or SIGINT."""
@@ -182,6 +216,14 @@ def run(
         listen = normalize(listen, AGENT_PORT)
         if metrics_listen:
             metrics_listen = normalize(metrics_listen, METRICS_PORT)
+        if docker_api_listen:
+            docker_api_listen = normalize(docker_api_listen, DOCKER_API_PORT)
+        if docker_api_socket and not docker_api_socket.startswith("/"):
+            raise ValueError(
+                f"--docker-api-socket {docker_api_socket!r}: expected an absolute path"
+            )
+        if docker_api_insecure and not docker_api_listen:
+            raise ValueError("--docker-api-insecure: only with --docker-api-listen")
         if name:
             check_name("--name", name)
         memory_bytes = parse_size(memory) if memory else None
@@ -225,6 +267,11 @@ def run(
         allow_privileged=allow_privileged,
         metrics_listen=metrics_listen,
         metrics_max_containers=metrics_max_containers,
+        docker_api_socket=Path(docker_api_socket) if docker_api_socket else None,
+        docker_api_group="docker" if docker_api_group is None else docker_api_group,
+        docker_api_group_required=docker_api_group is not None,
+        docker_api_listen=docker_api_listen,
+        docker_api_insecure=docker_api_insecure,
     )
     sys.exit(asyncio.run(_serve(config)))
 

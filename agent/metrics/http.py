@@ -21,7 +21,7 @@ from cryptography import x509
 from dockyard.agent.metrics.exposition import AgentMetrics
 from dockyard.common import pki
 
-__all__ = ["SCRAPERS", "MetricsServer", "server_tls"]
+__all__ = ["SCRAPERS", "MetricsServer", "ReloadingTLS", "peer_identity", "server_tls"]
 
 log = structlog.get_logger(__name__)
 
@@ -64,7 +64,7 @@ def _identity_from_der(der: bytes) -> pki.Identity | None:
         return None
 
 
-def _peer(request: web.Request) -> pki.Identity | None:
+def peer_identity(request: web.Request) -> pki.Identity | None:
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -129,7 +129,7 @@ class MetricsServer:
     @web.middleware
     async def _authorize(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self._tls is not None and request.match_info.route.name != "healthz":
-            identity = _peer(request)
+            identity = peer_identity(request)
             reason = (
                 "a client certificate from this cluster's CA is required"
                 if identity is None

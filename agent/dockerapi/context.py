@@ -1,0 +1,72 @@
+"""`DockerApiContext`: what the Docker API's handlers reach of the agent.
+
+The agent daemon builds one and hands it to ``server.build_app``; every route module
+reads the node's services from it (never from globals), so a test can build an app over
+any service it likes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dockyard.agent.containers.admission import Admission
+from dockyard.agent.dockerapi.errors import DockerApiError
+
+if TYPE_CHECKING:
+    from dockyard.agent.containers.service import ContainerService
+    from dockyard.agent.images.service import ImageService
+    from dockyard.agent.session import SessionStatus
+    from dockyard.v1.types_pb2 import NodeDescription
+
+__all__ = ["DockerApiContext"]
+
+
+@dataclass
+class DockerApiContext:
+    """The node's services as the Docker API sees them.
+
+    Attributes:
+        node_id: This node's id in the cluster.
+        node_name: Its name (Docker's ``Name`` in ``/info``).
+        runtime: The agent's runtime (``runc``, ``docker``, ``hollow``).
+        state_dir: The agent's state directory (Docker's ``DockerRootDir``).
+        describe: The node's description (resources, kernel, versions).
+        containers: The node's container service (None: this runtime has none to offer).
+        images: The node's image service (runc only).
+        admission: The privilege policy of containers created through the agent's API.
+        session: The controller session's status (the ``Swarm`` section of ``/info``).
+        controllers: The controllers this agent talks to.
+        started_at: When the API started (``SystemTime`` is the current time).
+    """
+
+    node_id: str
+    node_name: str
+    runtime: str
+    state_dir: Path
+    describe: Callable[[], NodeDescription]
+    containers: ContainerService | None = None
+    images: ImageService | None = None
+    admission: Admission = field(default_factory=Admission)
+    session: SessionStatus | None = None
+    controllers: list[str] = field(default_factory=list)
+    started_at: float = field(default_factory=time.time)
+
+    def require_containers(self) -> ContainerService:
+        """The container service, or 501 on a runtime without one."""
+        if self.containers is None:
+            raise DockerApiError(
+                501, f"this agent's runtime ({self.runtime}) does not serve containers here"
+            )
+        return self.containers
+
+    def require_images(self) -> ImageService:
+        """The image service, or 501 on a runtime without one."""
+        if self.images is None:
+            raise DockerApiError(
+                501, f"this agent's runtime ({self.runtime}) does not serve images here"
+            )
+        return self.images

@@ -621,7 +621,7 @@ def run(options: GlobalOptions, /, detach: bool, detach_keys: str, **kwargs: Any
 def run_interactive(options: GlobalOptions, flags: RunFlags, detach_keys: str) -> int:
     """`run -it`: create, attach (the agent holds us until the start), start, relay."""
     from dockyard.cli.commands.interactive import attach_stream, raw_terminal
-    from dockyard.v1.containers_pb2 import ContainerRef, RemoveContainerRequest
+    from dockyard.v1.containers_pb2 import ContainerRef
 
     try:
         request = build_request(flags)
@@ -649,14 +649,7 @@ def run_interactive(options: GlobalOptions, flags: RunFlags, detach_keys: str) -
     if outcome.detached:
         click.echo("read escape sequence", err=True)
         return 0
-    if flags.rm:
-        call(
-            target,
-            containers_stub,
-            "Remove",
-            RemoveContainerRequest(container=record.id, force=True),
-            what=AGENT,
-        )
+    # --rm: the agent removes it (auto_remove); the exit code came before the removal.
     return outcome.exit_code if outcome.exit_code is not None else 0
 
 

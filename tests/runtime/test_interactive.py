@@ -17,12 +17,14 @@ class Reader:
 
     def __init__(self, session: StdioSession) -> None:
         self.data = b""
+        self.streams: set[str] = set()
         self.changed = asyncio.Event()
         self.task = asyncio.create_task(self._run(session))
 
     async def _run(self, session: StdioSession) -> None:
         async for chunk in session.output():
             self.data += chunk.data
+            self.streams.add(chunk.stream)
             self.changed.set()
 
     async def expect(self, text: bytes, timeout: float = 10.0) -> None:
@@ -81,6 +83,17 @@ async def test_stdin_once_closing_stdin_ends_cat(env: Any) -> None:
     await session.close_stdin()
     assert (await asyncio.wait_for(env.runtime.wait(info.id), 10)).exit_code == 0
     await asyncio.wait_for(reader.task, 5)
+    assert reader.streams == {"stdout"}
+    await env.runtime.remove(info.id, force=True)
+
+
+async def test_attach_keeps_stdout_and_stderr_apart(env: Any) -> None:
+    info = await env.runtime.create(env.config("sh", "-c", "sleep 0.3; echo out; echo err >&2"))
+    session = await env.runtime.attach(info.id)
+    await env.runtime.start(info.id)
+    chunks = [c async for c in session.output()]
+    assert b"".join(c.data for c in chunks if c.stream == "stdout") == b"out\n"
+    assert b"".join(c.data for c in chunks if c.stream == "stderr") == b"err\n"
     await env.runtime.remove(info.id, force=True)
 
 

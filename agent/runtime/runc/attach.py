@@ -1,7 +1,7 @@
 """Attach to a container's stdio through conmon's ``attach`` socket; resize its terminal.
 
 conmon listens on ``<bundle>/attach`` (a ``SOCK_SEQPACKET`` unix socket). Every packet it
-sends is one byte naming the stream (1 stdout, 2 stderr) followed by the data; every
+sends is one byte naming the stream (2 stdout, 3 stderr) followed by the data; every
 packet a client sends goes to the container's stdin as it is. A client that shuts down
 its write side (or goes away) makes conmon close the container's stdin unless conmon was
 started with ``--leave-stdin-open``. A terminal is resized with the line ``1 H W`` on the
@@ -39,7 +39,7 @@ _STDIN_CHUNK = 4096
 """conmon reads one packet into a fixed buffer; a longer one would be cut."""
 MAX_TERMINAL_SIZE = 1000
 """conmon refuses larger sizes."""
-_STREAMS = {1: "stdout", 2: "stderr"}
+_STREAMS = {2: "stdout", 3: "stderr"}  # podman: AttachPipeStdout 2, AttachPipeStderr 3
 
 
 def check_size(height: int, width: int) -> None:

@@ -1,0 +1,146 @@
+"""Interactive containers through the Docker API, driven by clients we did not write:
+Debian's docker CLI in a pseudo-terminal (pexpect) and Docker's Python SDK."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.dockerapi.conftest import BUSYBOX, DOCKER, DockerAgent
+
+pexpect = pytest.importorskip("pexpect")
+
+pytestmark = [pytest.mark.timeout(120)]
+
+
+def spawn(agent: DockerAgent, *args: str, rows: int = 24, cols: int = 80) -> Any:
+    child = pexpect.spawn(
+        DOCKER, ["-H", agent.host, *args], env=agent.env(), dimensions=(rows, cols), timeout=30
+    )
+    child.logfile_read = io.BytesIO()
+    return child
+
+
+def expect(child: Any, pattern: Any) -> None:
+    """`child.expect`, failing with what the terminal showed."""
+    try:
+        child.expect(pattern)
+    except (pexpect.TIMEOUT, pexpect.EOF) as exc:
+        shown = child.logfile_read.getvalue().decode(errors="replace")
+        raise AssertionError(f"no {pattern!r} on the terminal; it showed:\n{shown}") from exc
+
+
+def test_docker_run_it_shell(docker_agent: DockerAgent) -> None:
+    child = spawn(docker_agent, "run", "-it", "--rm", BUSYBOX, "sh", rows=27, cols=91)
+    expect(child, "# ")
+    child.sendline("echo from-''docker; stty size")
+    expect(child, "from-docker")
+    expect(child, "27 91")  # the CLI's resize after start reached the terminal
+    child.setwinsize(33, 101)
+    child.sendline("sleep 1; stty size")
+    expect(child, "33 101")
+    child.sendline("exit 6")
+    expect(child, pexpect.EOF)
+    child.close()
+    assert child.exitstatus == 6
+
+
+def test_docker_run_i_pipes_stdin_until_it_closes(docker_agent: DockerAgent) -> None:
+    done = docker_agent.docker("run", "--rm", "-i", BUSYBOX, "cat", input="piped\nlines\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "piped\nlines\n"
+
+
+def test_docker_exec_it_and_attach_detach(docker_agent: DockerAgent) -> None:
+    name = f"dit{uuid.uuid4().hex[:8]}"
+    docker_agent.ok("run", "-d", "-it", "--name", name, BUSYBOX, "sh")
+    try:
+        child = spawn(docker_agent, "exec", "-it", name, "sh")
+        expect(child, "# ")
+        child.sendline("echo in-''exec; exit 3")
+        expect(child, "in-exec")
+        expect(child, pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 3
+
+        child = spawn(docker_agent, "attach", name)
+        time.sleep(1)  # nothing shows that the CLI attached: the shell already prompted
+        child.sendline("echo at''tached")
+        expect(child, "attached")
+        child.sendcontrol("p")
+        child.sendcontrol("q")
+        expect(child, "read escape sequence")
+        expect(child, pexpect.EOF)
+        child.close()
+        state = docker_agent.ok("inspect", "-f", "{{.State.Running}} {{.Config.Tty}}", name)
+        assert state.split() == ["true", "true"]
+    finally:
+        docker_agent.docker("rm", "-f", name)
+
+
+def test_sdk_exec_run_output_and_exit_code(docker_agent: DockerAgent) -> None:
+    client = docker_agent.client()
+    container = client.containers.run(BUSYBOX, ["sleep", "60"], detach=True)
+    try:
+        result = container.exec_run(["sh", "-c", "echo out; echo err >&2; exit 4"])
+        assert result.exit_code == 4
+        assert b"out\n" in result.output and b"err\n" in result.output
+        split = container.exec_run(["sh", "-c", "echo o; echo e >&2"], demux=True)
+        assert split.output == (b"o\n", b"e\n")
+        tty = container.exec_run(["sh", "-c", "tty"], tty=True)
+        assert tty.exit_code == 0 and tty.output.startswith(b"/dev/pts/")
+    finally:
+        container.remove(force=True)
+        client.close()
+
+
+def _read_frames(sock: socket.socket, want: bytes, timeout: float = 15) -> bytes:
+    """Payloads of multiplexed frames until `want` was seen."""
+    sock.settimeout(timeout)
+    data = b""
+    payload = b""
+    while want not in payload:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        while len(data) >= 8:
+            size = int.from_bytes(data[4:8], "big")
+            if len(data) < 8 + size:
+                break
+            assert data[0] in (1, 2), data[:8]
+            payload += data[8 : 8 + size]
+            data = data[8 + size :]
+    return payload
+
+
+def test_sdk_attach_socket_and_exec_socket(docker_agent: DockerAgent) -> None:
+    client = docker_agent.client()
+    container = client.containers.create(BUSYBOX, ["cat"], stdin_open=True)
+    try:
+        sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stream": 1})
+        raw = sock._sock  # the SDK hands back the socket of the upgraded connection
+        container.start()
+        raw.sendall(b"over the socket\n")
+        assert b"over the socket\n" in _read_frames(raw, b"over the socket\n")
+        sock.close()
+
+        api = client.api
+        exec_id = api.exec_create(container.id, ["sh", "-c", "read x; echo got $x"], stdin=True)
+        exec_sock = api.exec_start(exec_id, socket=True)
+        exec_raw = exec_sock._sock
+        exec_raw.sendall(b"hello\n")
+        assert b"got hello" in _read_frames(exec_raw, b"got hello")
+        exec_sock.close()
+        deadline = time.monotonic() + 10
+        while api.exec_inspect(exec_id)["Running"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert api.exec_inspect(exec_id)["ExitCode"] == 0
+    finally:
+        container.remove(force=True)
+        client.close()

@@ -149,7 +149,9 @@ class AgentDaemon:
         if config.metrics_listen:  # before the worker: a port in use stops the start
             self.metrics = await self._start_metrics(identity.name)
         if config.docker_api_socket is not None or config.docker_api_listen:
-            self.docker_api = await self._start_docker_api(identity.name)
+            # runc: the node's container service; hollow and docker: their executor's
+            service = self.containers or getattr(executor, "service", None)
+            self.docker_api = await self._start_docker_api(identity.name, service)
         if executor is not None:
             self.worker = Worker(
                 executor, self.session, config.state_dir, secrets=getattr(executor, "secrets", None)
@@ -317,7 +319,9 @@ class AgentDaemon:
             ) from exc
         return server
 
-    async def _start_docker_api(self, node_name: str) -> DockerApiServer:
+    async def _start_docker_api(
+        self, node_name: str, containers: ContainerService | None
+    ) -> DockerApiServer:
         """The Docker Engine API (`agent/dockerapi/`) over this node's services."""
         from dockyard.agent.containers.admission import Admission
         from dockyard.agent.dockerapi.context import DockerApiContext
@@ -337,7 +341,7 @@ class AgentDaemon:
             runtime=config.runtime,
             state_dir=config.state_dir,
             describe=self.describe,
-            containers=self.containers,
+            containers=containers,
             images=self._images,
             admission=self._admission or Admission(config.allow_privileged),
             session=self.session.status,

@@ -370,6 +370,8 @@ class Cluster:
             runtime,
             "--log-level",
             "debug",
+            "--docker-api-socket",  # not the host's /run/dockyard/docker.sock (extra may set one)
+            "",
         ]
         if existing is None and runtime == "runc":
             extra = [*(extra or []), *self._host_network_flags(name, extra or [])]

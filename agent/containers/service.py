@@ -35,7 +35,7 @@ from dockyard.agent.containers.errors import (
     NotFound,
 )
 from dockyard.agent.containers.meta import ContainerMeta, MetaStore
-from dockyard.agent.containers.names import generate_name
+from dockyard.agent.containers.names import NAME_RE, generate_name
 from dockyard.agent.containers.request import (
     ContainerRequest,
     check_user,
@@ -440,6 +440,27 @@ class ContainerService:
         await self._mark_stopped(info.id)
         await self.runtime.kill(info.id, str(number))
         return await self._inspect_after(info)
+
+    async def rename(self, ref: str, name: str) -> ContainerView:
+        """Give a container another name (``docker rename``)."""
+        name = name.removeprefix("/")
+        if not NAME_RE.match(name):
+            raise InvalidArgument(
+                "name",
+                f"invalid container name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed",
+            )
+        info = await self._resolve(ref)
+        if name == info.name:
+            return self._view(info)
+        if name in self._creating:
+            raise AlreadyExists(
+                f"container name {name!r} is already in use by container being created"
+            )
+        try:
+            await self.runtime.rename(info.id, name)
+        except NameConflict as exc:
+            raise AlreadyExists(str(exc)) from exc
+        return await self.inspect(info.id)
 
     async def _inspect_after(self, info: ContainerInfo) -> ContainerView:
         try:

@@ -96,10 +96,18 @@ def _bool(body: Mapping[str, Any], key: str) -> bool:
     return value
 
 
+RESERVED_LABEL_PREFIX = "dockyard.task."
+"""Labels the controller's task containers carry; a container made here cannot claim
+them (it would pass for a service task's)."""
+
+
 def _labels(body: Mapping[str, Any]) -> dict[str, str]:
     labels = _obj(body, "Labels")
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
         raise bad_request("Labels: expected an object of strings")
+    reserved = sorted(k for k in labels if k.startswith(RESERVED_LABEL_PREFIX))
+    if reserved:
+        raise bad_request(f"Labels: {reserved[0]} is reserved for the tasks of dockyard services")
     return dict(labels)
 
 

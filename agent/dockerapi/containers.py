@@ -161,7 +161,7 @@ async def _start(ctx: DockerApiContext, ref: str) -> web.StreamResponse:
         return web.Response(status=304)
     with docker_errors(ref):
         await ctx.require_containers().start_container(view.info.id)
-    _started(ctx).notify(view.info.id)
+    ctx.started(view.info.id)
     return web.Response(status=204)
 
 
@@ -187,7 +187,7 @@ async def _restart(ctx: DockerApiContext, request: web.Request, ref: str) -> web
         if view.info.state.status is ContainerStatus.RUNNING:
             await service.stop(view.info.id, None if timeout is None else float(max(0, timeout)))
         await service.start_container(view.info.id)
-    _started(ctx).notify(view.info.id)
+    ctx.started(view.info.id)
     return web.Response(status=204)
 
 
@@ -215,35 +215,12 @@ async def _remove(ctx: DockerApiContext, request: web.Request, ref: str) -> web.
     return web.Response(status=204)
 
 
-class _Starts:
-    """Containers started through this API, for `wait?condition=next-exit` on an
-    exited container (its next run begins with the next start)."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, asyncio.Event] = {}
-
-    def event(self, container_id: str) -> asyncio.Event:
-        return self._events.setdefault(container_id, asyncio.Event())
-
-    def notify(self, container_id: str) -> None:
-        event = self._events.pop(container_id, None)
-        if event is not None:
-            event.set()
-
-
-_STARTS: dict[int, _Starts] = {}
-
-
-def _started(ctx: DockerApiContext) -> _Starts:
-    return _STARTS.setdefault(id(ctx), _Starts())
-
-
 async def _wait_exit(ctx: DockerApiContext, view: ContainerView, condition: str) -> ExitInfo:
     service = ctx.require_containers()
     container_id = view.info.id
     status = view.info.state.status
     if condition == "next-exit" and status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
-        await _started(ctx).event(container_id).wait()
+        await ctx.next_start(container_id).wait()
     with docker_errors(view.info.name):
         exit_info = await service.wait(container_id)
     if condition == "removed":
@@ -367,6 +344,18 @@ def add_routes(routes: web.RouteTableDef, ctx: DockerApiContext) -> None:
     @routes.post("/containers/{id}/wait")
     async def wait(request: web.Request) -> web.StreamResponse:
         return await _wait(ctx, request, request.match_info["id"])
+
+    @routes.post("/containers/{id}/rename")
+    async def rename(request: web.Request) -> web.StreamResponse:
+        ref = request.match_info["id"]
+        name = request.query.get("name", "")
+        if not name:
+            raise bad_request("name: a new name is required")
+        view = await find_container(ctx, ref)
+        check_not_task(view, "rename")
+        with docker_errors(ref):
+            await ctx.require_containers().rename(view.info.id, name)
+        return web.Response(status=204)
 
     @routes.delete("/containers/{id}")
     async def remove(request: web.Request) -> web.StreamResponse:

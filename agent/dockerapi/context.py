@@ -7,6 +7,7 @@ any service it likes.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ class DockerApiContext:
         session: The controller session's status (the ``Swarm`` section of ``/info``).
         controllers: The controllers this agent talks to.
         started_at: When the API started (``SystemTime`` is the current time).
+        start_waiters: Per container id, an event the next start through this API sets
+            (``wait?condition=next-exit`` on an exited container waits for it).
     """
 
     node_id: str
@@ -54,6 +57,17 @@ class DockerApiContext:
     session: SessionStatus | None = None
     controllers: list[str] = field(default_factory=list)
     started_at: float = field(default_factory=time.time)
+    start_waiters: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def next_start(self, container_id: str) -> asyncio.Event:
+        """The event the container's next start sets."""
+        return self.start_waiters.setdefault(container_id, asyncio.Event())
+
+    def started(self, container_id: str) -> None:
+        """The container was started: wake who waits for its next run."""
+        event = self.start_waiters.pop(container_id, None)
+        if event is not None:
+            event.set()
 
     def require_containers(self) -> ContainerService:
         """The container service, or 501 on a runtime without one."""

@@ -39,7 +39,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
-from dockyard.agent.dockerapi import attach, container_observe, containers, system
+from dockyard.agent.dockerapi import archive, attach, container_observe, containers, system
 from dockyard.agent.dockerapi import exec as exec_routes
 from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError
@@ -62,6 +62,7 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     system,
     containers,
     container_observe,
+    archive,
     attach,
     exec_routes,
     # one line per module, each with `add_routes(routes, ctx)`: attach, exec, images, ...

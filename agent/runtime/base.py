@@ -647,6 +647,14 @@ class ContainerRuntime(Protocol):
         """Find every container again after an agent restart; call once at start."""
         ...
 
+    async def rename(self, container_id: str, name: str) -> None:
+        """Give the container another name (``docker rename``).
+
+        Raises:
+            NameConflict: another container has the name.
+        """
+        ...
+
     async def set_endpoint(self, container_id: str, endpoint: NetworkEndpoint) -> None:
         """The network step moved the container (a reboot took its namespace): rewrite
         what the runtime derived from its endpoint (``/etc/hosts``)."""

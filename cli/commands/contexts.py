@@ -141,6 +141,35 @@ def _fields(context: Context) -> dict[str, object]:
     return fields
 
 
+@context.command("export")
+@click.option(
+    "--docker",
+    "docker_dir",
+    required=True,
+    metavar="DIR",
+    type=click.Path(file_okay=False),
+    help="Write the context's TLS identity as Docker's DOCKER_CERT_PATH files "
+    "(ca.pem, cert.pem, key.pem) into DIR, for an agent's Docker API "
+    "(`dockyard-agent run --docker-api-listen`).",
+)
+@click.argument("name", required=False)
+def export(docker_dir: str, name: str | None) -> None:
+    """Export a context's client certificate (the current one without NAME) for Docker's
+    clients: `DOCKER_CERT_PATH=DIR DOCKER_TLS_VERIFY=1 docker -H tcp://AGENT:2376 ps`."""
+    from dockyard.cli.docker_export import export_docker_certs
+
+    store = ContextStore()
+    try:
+        chosen = store.get(name or store.current())
+    except ContextError as exc:
+        raise CliError(str(exc)) from exc
+    try:
+        written = export_docker_certs(chosen.tls, docker_dir)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"context {chosen.name}: {exc}") from exc
+    click.echo(f"export DOCKER_CERT_PATH={written} DOCKER_TLS_VERIFY=1")
+
+
 @context.command("use")
 @click.argument("name")
 def use(name: str) -> None:

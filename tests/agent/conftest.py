@@ -106,6 +106,8 @@ class Agent:
             "--log-level",
             "debug",
             "--insecure",
+            "--docker-api-socket",  # not the host's /run/dockyard/docker.sock (extra may set one)
+            "",
             *self.extra,
         ]
         with self.log_path.open("ab") as log:

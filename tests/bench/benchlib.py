@@ -273,6 +273,8 @@ def start_agent(
             cgroup_parent,
             "--log-level",
             log_level,
+            "--docker-api-socket",  # not the host's /run/dockyard/docker.sock (extra may set one)
+            "",
             *extra,
         ],
         root / f"{name}.log",

@@ -229,3 +229,73 @@ def test_container_prune(docker_agent: DockerAgent) -> None:
     out = docker_agent.ok("container", "prune", "-f", "--filter", "label=prune=me")
     assert "Deleted Containers" in out
     assert name not in docker_agent.ok("ps", "-a", "--format", "{{.Names}}")
+
+
+def test_rename(docker_agent: DockerAgent) -> None:
+    old, new, other = unique("old"), unique("new"), unique("other")
+    docker_agent.ok("create", "--name", old, BUSYBOX, "true")
+    docker_agent.ok("create", "--name", other, BUSYBOX, "true")
+    docker_agent.ok("rename", old, new)
+    names = docker_agent.ok("ps", "-a", "--format", "{{.Names}}").split()
+    assert new in names and old not in names
+    taken = docker_agent.docker("rename", new, other)
+    assert taken.returncode != 0 and "Conflict" in taken.stderr
+    docker_agent.ok("rm", new, other)
+
+
+def test_cp_both_ways(docker_agent: DockerAgent, tmp_path) -> None:
+    name = unique("cp")
+    script = "echo inside > /made; ln -s / /tmp/root; ln -s /etc/hostname /tmp/link; sleep 300"
+    docker_agent.ok("run", "-d", "--name", name, BUSYBOX, "sh", "-c", script)
+    wait_for(
+        lambda: docker_agent.docker("cp", f"{name}:/made", str(tmp_path / "out")).returncode == 0,
+        "the file to copy out",
+    )
+    assert (tmp_path / "out").read_text() == "inside\n"
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "dir" / "a.txt").write_text("copied in\n")
+    docker_agent.ok("cp", str(tmp_path / "dir"), f"{name}:/tmp/")
+    docker_agent.ok("cp", f"{name}:/tmp/dir/a.txt", str(tmp_path / "back.txt"))
+    assert (tmp_path / "back.txt").read_text() == "copied in\n"
+    missing = docker_agent.docker("cp", f"{name}:/no/such/file", str(tmp_path / "x"))
+    assert missing.returncode != 0 and "No such container:path" in missing.stderr  # a 404
+    # /tmp/root -> / inside the container: followed on the host it would be the host's
+    # root; it is refused instead
+    escape = docker_agent.docker("cp", f"{name}:/tmp/root/etc/hostname", str(tmp_path / "y"))
+    assert escape.returncode != 0 and "symlink" in escape.stderr
+    assert not (tmp_path / "y").exists()
+    docker_agent.ok("cp", f"{name}:/tmp/link", str(tmp_path / "link"))  # the link itself
+    assert (tmp_path / "link").is_symlink()
+    docker_agent.ok("rm", "-f", name)
+
+
+def test_service_task_containers_are_read_only(docker_agent: DockerAgent) -> None:
+    from dockyard.v1 import containers_pb2 as cpb
+
+    # a task's container as the agent's executor makes it (the controller assigns tasks;
+    # here the agent's own API stands in for it)
+    task = docker_agent.agent.containers.Create(
+        cpb.CreateContainerRequest(
+            image=BUSYBOX,
+            name=unique("web.1"),
+            command=["sh", "-c", "echo serving; sleep 300"],
+            labels={"dockyard.task.id": "t-" + uuid.uuid4().hex[:8]},
+        ),
+        timeout=30,
+    )
+    docker_agent.agent.containers.Start(cpb.ContainerRef(container=task.id), timeout=30)
+    try:
+        assert task.id in docker_agent.ok("ps", "-q", "--no-trunc").split()
+        wait_for(lambda: docker_agent.ok("logs", task.id) == "serving\n", "its log")
+        for args in (("stop", task.id), ("rm", "-f", task.id), ("rename", task.id, "x")):
+            refused = docker_agent.docker(*args)
+            assert refused.returncode != 0, args
+            assert "it runs a task of a dockyard service" in refused.stderr
+        forged = docker_agent.docker(
+            "create", "--label", "dockyard.task.id=forged", BUSYBOX, "true"
+        )
+        assert forged.returncode != 0 and "reserved" in forged.stderr
+    finally:
+        docker_agent.agent.containers.Remove(
+            cpb.RemoveContainerRequest(container=task.id, force=True), timeout=30
+        )

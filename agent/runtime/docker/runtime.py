@@ -486,6 +486,16 @@ class DockerRuntime:
         """The engine keeps its containers: they are simply listed."""
         return await self.list(all=True)
 
+    async def rename(self, container_id: str, name: str) -> None:
+        found = await self._found(container_id)
+        try:
+            await self.docker.containers.container(found["Id"]).rename(name)
+        except aiodocker.DockerError as exc:
+            if exc.status == 409:
+                holder = await self.docker.containers.get(name)
+                raise NameConflict(name, holder.id) from exc
+            raise ContainerRuntimeError(f"the engine failed to rename: {exc.message}") from exc
+
     async def set_endpoint(self, container_id: str, endpoint: NetworkEndpoint) -> None:
         """The engine's networking is its own: nothing to rewrite."""
 

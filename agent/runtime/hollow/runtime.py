@@ -331,6 +331,15 @@ class HollowRuntime:
     async def recover(self) -> builtins.list[ContainerInfo]:
         return await self.list(all=True)
 
+    async def rename(self, container_id: str, name: str) -> None:
+        container = self._get(container_id)
+        holder = self._names.get(name)
+        if holder is not None and holder != container.config.id:
+            raise NameConflict(name, holder[:12])
+        self._names.pop(container.config.name, None)
+        container.config = replace(container.config, name=name)
+        self._names[name] = container.config.id
+
     async def set_endpoint(self, container_id: str, endpoint: NetworkEndpoint) -> None:
         """Nothing derives from a simulated container's endpoint."""
         self._get(container_id)

@@ -639,6 +639,15 @@ class RuncRuntime:
         log.info("runtime.recovered", containers=len(self._records))
         return [self._info(r) for r in self._records.values()]
 
+    async def rename(self, container_id: str, name: str) -> None:
+        """Record the new name (the record is the only place that holds it)."""
+        record = await self._get(container_id)
+        holder = next((r for r in self._records.values() if r.config.name == name), None)
+        if holder is not None and holder is not record:
+            raise NameConflict(name, holder.config.id)
+        record.config = dataclasses.replace(record.config, name=name)
+        await self._save(record)
+
     async def set_endpoint(self, container_id: str, endpoint: NetworkEndpoint) -> None:
         """Record the container's new endpoint and rewrite its ``/etc/hosts``."""
         record = await self._get(container_id)

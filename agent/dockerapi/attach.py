@@ -125,8 +125,13 @@ async def _attach(ctx: DockerApiContext, request: web.Request, ref: str) -> web.
         raise bad_request("attach needs stream or logs")
     if info.state.status is ContainerStatus.DEAD:
         raise conflict(f"container {info.id} is dead: cannot attach")
-    with docker_errors(ref):
-        _, session = await service.attach(info.id) if flag(request, "stream") else (info, None)
+    session: StdioSession | None = None
+    if flag(request, "stream"):
+        with docker_errors(ref):
+            try:
+                _, session = await service.attach(info.id)
+            except ContainerRuntimeError as exc:  # a runtime without attach
+                raise conflict(str(exc)) from exc
     tty = info.config.tty
     try:
         response, conn = await hijack(request, tty)

@@ -153,14 +153,17 @@ async def _create(
 async def _run(ctx: DockerApiContext, record: ExecRecord, tty: bool) -> InteractiveExec:
     service = ctx.require_containers()
     with docker_errors(record.container_id):
-        session = await service.exec_interactive(
-            record.container_id,
-            record.cmd,
-            env=record.env,
-            workdir=record.workdir or None,
-            user=record.user or None,
-            tty=tty,
-        )
+        try:
+            session = await service.exec_interactive(
+                record.container_id,
+                record.cmd,
+                env=record.env,
+                workdir=record.workdir or None,
+                user=record.user or None,
+                tty=tty,
+            )
+        except ContainerRuntimeError as exc:  # no such user, a runtime without it...
+            raise conflict(str(exc)) from exc
     record.session, record.running = session, True
     return session
 

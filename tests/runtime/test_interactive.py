@@ -142,3 +142,15 @@ async def test_resize_refuses_out_of_range(env: Any) -> None:
     with pytest.raises(InvalidConfig, match="height"):
         await env.runtime.resize(info.id, 5000, 80)
     await env.runtime.remove(info.id, force=True)
+
+
+async def test_pending_attach_ends_when_the_container_is_removed(env: Any) -> None:
+    from dockyard.agent.runtime.base import ContainerNotFound
+
+    info = await env.runtime.create(env.config("sh", tty=True, open_stdin=True))
+    session = await env.runtime.attach(info.id)
+    await env.runtime.remove(info.id)
+    with pytest.raises(ContainerNotFound):
+        async with asyncio.timeout(5):
+            [c async for c in session.output()]
+    await session.close()

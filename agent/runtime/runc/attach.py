@@ -168,6 +168,12 @@ class LateAttach:
         else:
             self._connected.set_result(session)
 
+    def fail(self, error: Exception) -> None:
+        """The container went away before it started: the attach ends with `error`."""
+        if not self._connected.done():
+            self._connected.set_exception(error)
+            self._connected.exception()  # retrieved: no warning when nobody was waiting
+
     async def _session(self) -> ConmonAttach:
         return await asyncio.shield(self._connected)
 
@@ -192,8 +198,9 @@ class LateAttach:
 
     async def close(self) -> None:
         """Detach, connected or not."""
-        if self._connected.done() and not self._connected.cancelled():
-            await self._connected.result().close()
+        connected = self._connected
+        if connected.done() and not connected.cancelled() and connected.exception() is None:
+            await connected.result().close()
         else:
             self._connected.cancel()
             self._forget(self)

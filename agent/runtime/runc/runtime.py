@@ -414,6 +414,8 @@ class RuncRuntime:
                 await self._runc("kill", cid, "KILL", check=False)
                 await self._event(cid).wait()
             self._records.pop(cid, None)
+            for late in self._pending_attach.pop(cid, []):
+                late.fail(ContainerNotFound(cid))
             watcher = self._watchers.pop(cid, None)
             if watcher is not None:
                 watcher.cancel()

@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +53,7 @@ from dockyard.agent.runtime.runc.conmon import (
     launch_conmon,
     wait_pid_exit,
 )
-from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec
+from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec, write_exec_process
 from dockyard.agent.runtime.runc.interactive import PipeExec, PtyExec, start_interactive
 from dockyard.agent.runtime.runc.logrotate import LogPolicy, rotate_until
 from dockyard.agent.runtime.runc.logs import read_log
@@ -67,9 +66,7 @@ from dockyard.agent.runtime.runc.records import (
 from dockyard.agent.runtime.runc.rootfs import ContainerLayer, mounted_under
 from dockyard.agent.runtime.runc.spec import (
     EtcFiles,
-    build_process,
     build_spec,
-    merge_env,
     resolve_user,
 )
 
@@ -486,25 +483,7 @@ class RuncRuntime:
             raise ContainerNotRunning(cid, record.state.status.value)
         if not cmd:
             raise InvalidConfig("exec needs a command")
-        cdir = self._dir(cid)
-        spec = await asyncio.to_thread(files.read_json, cdir.spec)
-        base = spec["process"]
-        if user is None:
-            resolved_user = files.user_from_spec(base)
-        else:
-            passwd, group = await asyncio.to_thread(files.read_user_db, cdir.rootfs)
-            resolved_user = resolve_user(user, passwd, group)
-        process = build_process(
-            cmd,
-            merge_env(base["env"], env),
-            workdir or base["cwd"],
-            resolved_user,
-            caps=base["capabilities"]["bounding"],
-            nofile=base["rlimits"][0]["hard"],
-            terminal=tty,
-        )
-        process_file = cdir.base / f"exec-{uuid.uuid4().hex[:12]}.json"
-        await asyncio.to_thread(files.write_json, process_file, process)
+        process_file = await write_exec_process(self._dir(cid), cmd, env, workdir, user, tty)
         return cid, process_file
 
     async def exec(

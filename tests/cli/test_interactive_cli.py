@@ -4,20 +4,18 @@ CLI's exit code, the terminal size follows ours, ctrl-p ctrl-q detaches."""
 
 from __future__ import annotations
 
-import io
 import os
-import time
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from tests.conftest import BIN
 from tests.dockerapi.conftest import BUSYBOX, DockerAgent, image_registry, start_docker_agent
 from tests.network.conftest import have_network
+from tests.ptychild import PtyChild
 
-pexpect = pytest.importorskip("pexpect")
+pytest.importorskip("pexpect")
 
 pytestmark = [
     pytest.mark.runc,
@@ -42,78 +40,56 @@ def agent(
         teardown()
 
 
-def spawn(agent: DockerAgent, *args: str, rows: int = 24, cols: int = 80) -> object:
+def spawn(agent: DockerAgent, *args: str, rows: int = 24, cols: int = 80) -> PtyChild:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
-    env["DOCKYARD_CONFIG"] = str(agent.docker_config.parent / "dockyard-config")
-    child = pexpect.spawn(
-        str(BIN / "dockyard"),
-        ["-H", agent.agent.address, *args],
-        env=env,
-        dimensions=(rows, cols),
-        timeout=30,
-    )
-    child.logfile_read = io.BytesIO()  # what the terminal showed, for failures
-    return child
-
-
-def expect(child: Any, pattern: Any) -> None:
-    """`child.expect`, failing with what the terminal showed."""
-    try:
-        child.expect(pattern)
-    except (pexpect.TIMEOUT, pexpect.EOF) as exc:
-        shown = child.logfile_read.getvalue().decode(errors="replace")
-        raise AssertionError(f"no {pattern!r} on the terminal; it showed:\n{shown}") from exc
+    argv = [str(BIN / "dockyard"), "-H", agent.agent.address, *args]
+    return PtyChild(argv, env, rows, cols)
 
 
 def test_run_it_types_a_command_and_exits_with_its_code(agent: DockerAgent) -> None:
     child = spawn(agent, "run", "-it", "--rm", BUSYBOX, "sh", rows=31, cols=97)
-    expect(child, "# ")
+    child.expect("# ")
     child.sendline("echo typed-''here; stty size")
-    expect(child, "typed-here")
-    expect(child, "31 97")
+    child.expect("typed-here")
+    child.expect("31 97")
     child.sendline("exit 7")
-    expect(child, pexpect.EOF)
+    assert child.wait() == 7
     child.close()
-    assert child.exitstatus == 7
 
 
 def test_resize_follows_the_terminal(agent: DockerAgent) -> None:
     child = spawn(agent, "run", "-it", "--rm", BUSYBOX, "sh")
-    expect(child, "# ")
+    child.expect("# ")
     child.setwinsize(40, 120)  # SIGWINCH to the CLI
     child.sendline("sleep 1; stty size")
-    expect(child, "40 120")
+    child.expect("40 120")
     child.sendline("exit 0")
-    expect(child, pexpect.EOF)
+    assert child.wait() == 0
     child.close()
-    assert child.exitstatus == 0
 
 
 def test_exec_it_and_attach_then_detach(agent: DockerAgent) -> None:
     name = f"itc{uuid.uuid4().hex[:8]}"
     started = spawn(agent, "run", "-d", "-it", "--name", name, BUSYBOX, "sh")
-    expect(started, pexpect.EOF)
+    assert started.wait() == 0
     started.close()
-    assert started.exitstatus == 0
     try:
         child = spawn(agent, "exec", "-it", name, "sh")
-        expect(child, "# ")
+        child.expect("# ")
         child.sendline("echo in-''exec; exit 4")
-        expect(child, "in-exec")
-        expect(child, pexpect.EOF)
+        child.expect("in-exec")
+        assert child.wait() == 4
         child.close()
-        assert child.exitstatus == 4
 
         child = spawn(agent, "attach", name)
-        time.sleep(1)  # nothing shows that the CLI attached: the shell already prompted
+        child.until_prompt()
         child.sendline("echo at''tached")
-        expect(child, "attached")
+        child.expect("attached")
         child.sendcontrol("p")
         child.sendcontrol("q")
-        expect(child, "read escape sequence")
-        expect(child, pexpect.EOF)
+        child.expect("read escape sequence")
+        assert child.wait() == 0
         child.close()
-        assert child.exitstatus == 0
         ps = agent.docker("ps", "--filter", f"name={name}", "--format", "{{.Status}}")
         assert ps.stdout.startswith("Up"), ps  # detaching left it running
     finally:

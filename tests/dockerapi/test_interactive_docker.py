@@ -3,51 +3,36 @@ Debian's docker CLI in a pseudo-terminal (pexpect) and Docker's Python SDK."""
 
 from __future__ import annotations
 
-import io
 import socket
 import time
 import uuid
-from typing import Any
 
 import pytest
 
 from tests.dockerapi.conftest import BUSYBOX, DOCKER, DockerAgent
+from tests.ptychild import PtyChild
 
-pexpect = pytest.importorskip("pexpect")
+pytest.importorskip("pexpect")
 
 pytestmark = [pytest.mark.timeout(120)]
 
 
-def spawn(agent: DockerAgent, *args: str, rows: int = 24, cols: int = 80) -> Any:
-    child = pexpect.spawn(
-        DOCKER, ["-H", agent.host, *args], env=agent.env(), dimensions=(rows, cols), timeout=30
-    )
-    child.logfile_read = io.BytesIO()
-    return child
-
-
-def expect(child: Any, pattern: Any) -> None:
-    """`child.expect`, failing with what the terminal showed."""
-    try:
-        child.expect(pattern)
-    except (pexpect.TIMEOUT, pexpect.EOF) as exc:
-        shown = child.logfile_read.getvalue().decode(errors="replace")
-        raise AssertionError(f"no {pattern!r} on the terminal; it showed:\n{shown}") from exc
+def spawn(agent: DockerAgent, *args: str, rows: int = 24, cols: int = 80) -> PtyChild:
+    return PtyChild([DOCKER, "-H", agent.host, *args], agent.env(), rows, cols)
 
 
 def test_docker_run_it_shell(docker_agent: DockerAgent) -> None:
     child = spawn(docker_agent, "run", "-it", "--rm", BUSYBOX, "sh", rows=27, cols=91)
-    expect(child, "# ")
+    child.expect("# ")
     child.sendline("echo from-''docker; stty size")
-    expect(child, "from-docker")
-    expect(child, "27 91")  # the CLI's resize after start reached the terminal
+    child.expect("from-docker")
+    child.expect("27 91")  # the CLI's resize after start reached the terminal
     child.setwinsize(33, 101)
     child.sendline("sleep 1; stty size")
-    expect(child, "33 101")
+    child.expect("33 101")
     child.sendline("exit 6")
-    expect(child, pexpect.EOF)
+    assert child.wait() == 6
     child.close()
-    assert child.exitstatus == 6
 
 
 def test_docker_run_i_pipes_stdin_until_it_closes(docker_agent: DockerAgent) -> None:
@@ -61,21 +46,20 @@ def test_docker_exec_it_and_attach_detach(docker_agent: DockerAgent) -> None:
     docker_agent.ok("run", "-d", "-it", "--name", name, BUSYBOX, "sh")
     try:
         child = spawn(docker_agent, "exec", "-it", name, "sh")
-        expect(child, "# ")
+        child.expect("# ")
         child.sendline("echo in-''exec; exit 3")
-        expect(child, "in-exec")
-        expect(child, pexpect.EOF)
+        child.expect("in-exec")
+        assert child.wait() == 3
         child.close()
-        assert child.exitstatus == 3
 
         child = spawn(docker_agent, "attach", name)
-        time.sleep(1)  # nothing shows that the CLI attached: the shell already prompted
+        child.until_prompt()
         child.sendline("echo at''tached")
-        expect(child, "attached")
+        child.expect("attached")
         child.sendcontrol("p")
         child.sendcontrol("q")
-        expect(child, "read escape sequence")
-        expect(child, pexpect.EOF)
+        child.expect("read escape sequence")
+        child.wait()
         child.close()
         state = docker_agent.ok("inspect", "-f", "{{.State.Running}} {{.Config.Tty}}", name)
         assert state.split() == ["true", "true"]

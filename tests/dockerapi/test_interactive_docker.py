@@ -128,3 +128,48 @@ def test_sdk_attach_socket_and_exec_socket(docker_agent: DockerAgent) -> None:
     finally:
         container.remove(force=True)
         client.close()
+
+
+def _raw_attach(
+    agent: DockerAgent, container_id: str, upgrade: bool
+) -> tuple[bytes, socket.socket]:
+    """POST attach by hand on the unix socket; the response head and the socket."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(15)
+    sock.connect(str(agent.socket))
+    headers = "Connection: Upgrade\r\nUpgrade: tcp\r\n" if upgrade else ""
+    sock.sendall(
+        f"POST /v1.41/containers/{container_id}/attach?stream=1&stdin=1&stdout=1&stderr=1 "
+        f"HTTP/1.1\r\nHost: docker\r\n{headers}Content-Length: 0\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    return head, sock
+
+
+@pytest.mark.parametrize("upgrade", [True, False])
+def test_hijack_head_and_half_close(docker_agent: DockerAgent, upgrade: bool) -> None:
+    client = docker_agent.client()
+    created = client.api.create_container_from_config(
+        {"Image": BUSYBOX, "Cmd": ["cat"], "OpenStdin": True, "StdinOnce": True}
+    )
+    container = client.containers.get(created["Id"])
+    try:
+        head, sock = _raw_attach(docker_agent, container.id, upgrade)
+        status = head.split(b"\r\n", 1)[0]
+        lowered = head.lower()
+        assert status == (b"HTTP/1.1 101 UPGRADED" if upgrade else b"HTTP/1.1 200 OK"), head
+        assert b"content-type: application/vnd.docker.multiplexed-stream" in lowered
+        assert b"transfer-encoding" not in lowered  # the raw stream follows the head
+        if upgrade:
+            assert b"upgrade: tcp" in lowered
+        container.start()
+        sock.sendall(b"half closed\n")
+        sock.shutdown(socket.SHUT_WR)  # the CLI's CloseWrite: stdin ends, output goes on
+        assert _read_frames(sock, b"half closed\n") == b"half closed\n"
+        assert container.wait(timeout=15)["StatusCode"] == 0  # cat read end-of-file
+        sock.close()
+    finally:
+        container.remove(force=True)
+        client.close()

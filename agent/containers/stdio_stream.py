@@ -97,20 +97,36 @@ async def _pump(
     write: Write,
     detach_keys: str,
     stdin: bool,
-) -> bool:
-    """Both directions until the output ends (False) or the client detaches (True)."""
+    gone: asyncio.Event,
+) -> bool | None:
+    """Both directions until the output ends (False), the client detaches (True) or
+    the call ends under us (None: the client vanished; nothing more can be sent)."""
     scanner = DetachScanner(parse_detach_keys(detach_keys))
     try:
         async with asyncio.TaskGroup() as group:
             copy_in = group.create_task(_copy_in(inputs, session, scanner, stdin))
             copy_out = group.create_task(_copy_out(session, write))
-            await asyncio.wait({copy_in, copy_out}, return_when=asyncio.FIRST_COMPLETED)
-            detached = copy_in.done() and copy_in.result()
-            copy_in.cancel()
-            copy_out.cancel()
+            call_over = group.create_task(gone.wait())
+            await asyncio.wait({copy_in, copy_out, call_over}, return_when=asyncio.FIRST_COMPLETED)
+            result = None if gone.is_set() else copy_in.done() and copy_in.result()
+            for task in (copy_in, copy_out, call_over):
+                task.cancel()
     except* (ApiError, ContainerRuntimeError) as group_error:
         raise group_error.exceptions[0] from None
-    return detached
+    return result
+
+
+def _call_over(context: Context) -> asyncio.Event:
+    """Set when the call ends: a client that vanished (its stream may never say so,
+    and an idle process writes nothing that would fail)."""
+    gone = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def done(_: Context) -> None:
+        loop.call_soon_threadsafe(gone.set)
+
+    context.add_done_callback(done)  # type: ignore[arg-type]  # the stubs want a class
+    return gone
 
 
 async def _abort_on_error(context: Context, call: Awaitable[None]) -> None:
@@ -128,6 +144,7 @@ async def serve_attach(
     """The Attach call."""
 
     async def run() -> None:
+        gone = _call_over(context)
         start = await _first(inputs, "attach")
         parse_detach_keys(start.detach_keys)  # refuse bad keys before attaching
         info, session = await manager.attach(start.container)
@@ -146,9 +163,15 @@ async def serve_attach(
             if start.HasField("size"):
                 with contextlib.suppress(ContainerRuntimeError):
                     await session.resize(*_size(start.size))
-            detached = await _pump(inputs, session, context.write, start.detach_keys, start.stdin)
+            detached = await _pump(
+                inputs, session, context.write, start.detach_keys, start.stdin, gone
+            )
         finally:
             await session.close()
+            log.info("container.attach_released", container_id=info.id)
+        if detached is None:
+            log.info("container.attach_gone", container_id=info.id)
+            return
         if detached:
             log.info("container.detached", container_id=info.id)
             await context.write(pb.AttachOutput(detached=True))
@@ -165,6 +188,7 @@ async def serve_exec(
     """The ExecInteractive call."""
 
     async def run() -> None:
+        gone = _call_over(context)
         start = await _first(inputs, "exec")
         parse_detach_keys(start.detach_keys)
         session = await manager.exec_interactive(
@@ -180,7 +204,9 @@ async def serve_exec(
             await context.write(pb.AttachOutput(attached=True))
             if start.HasField("size"):
                 await session.resize(*_size(start.size))
-            detached = await _pump(inputs, session, context.write, start.detach_keys, True)
+            detached = await _pump(inputs, session, context.write, start.detach_keys, True, gone)
+            if detached is None:  # the client vanished: its process goes too (finally)
+                return
             if detached:
                 await context.write(pb.AttachOutput(detached=True))
                 finished = True  # docker leaves a detached exec running

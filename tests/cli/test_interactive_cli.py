@@ -5,8 +5,11 @@ CLI's exit code, the terminal size follows ours, ctrl-p ctrl-q detaches."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +112,66 @@ def test_run_i_pipes_stdin_and_ends_with_it(agent: DockerAgent) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == b"one\ntwo\n"
+
+
+def _conmon_sockets(agent: DockerAgent, container_id: str) -> int:
+    base = agent.agent.state_dir / "runtime" / "containers" / container_id
+    pid = int((base / "conmon.pid").read_text())
+    fds = Path(f"/proc/{pid}/fd")
+    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+
+
+def _wait_for(predicate: Any, what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_grpc_attach_released_when_the_client_vanishes_and_input_bounded(
+    agent: DockerAgent,
+) -> None:
+    import queue
+
+    import grpc
+
+    from dockyard.v1 import containers_pb2 as pb
+    from dockyard.v1 import containers_pb2_grpc
+
+    name = f"itg{uuid.uuid4().hex[:8]}"
+    # It keeps printing: conmon lets go of a client's socket when a write to it fails.
+    ticking = ["sh", "-c", "while :; do echo tick; sleep 0.2; done"]
+    container_id = agent.ok("run", "-d", "-it", "--name", name, BUSYBOX, *ticking).strip()
+    try:
+        before = _conmon_sockets(agent, container_id)
+        inputs: queue.Queue[Any] = queue.Queue()
+        inputs.put(pb.AttachInput(start=pb.AttachStart(container=name, stdin=True)))
+
+        def requests() -> Any:
+            while (message := inputs.get()) is not None:
+                yield message
+
+        with grpc.insecure_channel(agent.agent.address) as channel:
+            stub = containers_pb2_grpc.ContainersStub(channel)
+            call = stub.Attach(requests())
+            assert next(call).attached
+            _wait_for(lambda: _conmon_sockets(agent, container_id) == before + 1, "attached")
+            call.cancel()  # the client vanishes without a word
+            _wait_for(lambda: _conmon_sockets(agent, container_id) == before, "released")
+            assert "container.attach_released" in agent.agent.log()
+            inputs.put(None)
+
+            too_big = iter(
+                [
+                    pb.AttachInput(start=pb.AttachStart(container=name, stdin=True)),
+                    pb.AttachInput(stdin=b"x" * (64 * 1024 + 1)),
+                ]
+            )
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.Attach(too_big, timeout=20))
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "64 KiB" in (refused.value.details() or "")
+        _wait_for(lambda: _conmon_sockets(agent, container_id) == before, "released again")
+        assert agent.ok("inspect", "-f", "{{.State.Running}}", name).strip() == "true"
+    finally:
+        agent.docker("rm", "-f", name)

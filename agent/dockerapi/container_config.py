@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dockyard.agent.dockerapi.errors import DockerApiError, bad_request
+from dockyard.agent.dockerapi.errors import bad_request
 from dockyard.v1 import containers_pb2 as pb
 
 __all__ = ["DockerCreate", "parse_create_body"]
@@ -228,7 +228,10 @@ def _network(host: Mapping[str, Any]) -> str:
         return mode
     if mode.startswith("container:"):
         raise bad_request("HostConfig.NetworkMode: container:<name> is not supported by dockyard")
-    raise DockerApiError(404, f"network {mode} not found")
+    # 400, not Docker's 404: the docker CLI takes any 404 of a create for a missing image
+    raise bad_request(
+        f"network {mode} not found: this agent's containers join bridge, host or none"
+    )
 
 
 def _nano_cpus(host: Mapping[str, Any]) -> int:

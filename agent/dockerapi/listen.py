@@ -158,7 +158,13 @@ class DockerApiServer:
     async def start(self) -> None:
         """Listen (DockerApiListenError when it cannot)."""
         runner = web.AppRunner(
-            self._app, access_log=None, handle_signals=False, shutdown_timeout=2.0
+            self._app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=2.0,
+            # a client gone mid-stream (`logs -f` of a quiet container, `wait`) ends its
+            # handler instead of leaving it waiting for the container
+            handler_cancellation=True,
         )
         await runner.setup()
         self._runner = runner

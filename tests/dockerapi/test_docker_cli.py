@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -150,6 +151,11 @@ def test_errors_are_dockers(docker_agent: DockerAgent) -> None:
     docker_agent.ok("rm", "-f", name)
     bad = docker_agent.docker("run", "-d", "--network", "container:x", BUSYBOX, "true")
     assert bad.returncode != 0 and "not supported by dockyard" in bad.stderr
+    no_net = docker_agent.docker("run", "-d", "--network", "no-such-net", BUSYBOX, "true")
+    assert no_net.returncode != 0 and "network no-such-net not found" in no_net.stderr
+    assert "Unable to find image" not in no_net.stderr  # a 404 would send the CLI pulling
+    policy = docker_agent.docker("run", "-d", "--privileged", BUSYBOX, "true")
+    assert policy.returncode != 0 and "does not allow privileged containers" in policy.stderr
 
 
 def test_publish_port_and_docker_port(docker_agent: DockerAgent) -> None:
@@ -299,3 +305,17 @@ def test_service_task_containers_are_read_only(docker_agent: DockerAgent) -> Non
         docker_agent.agent.containers.Remove(
             cpb.RemoveContainerRequest(container=task.id, force=True), timeout=30
         )
+
+
+def test_cp_out_of_an_exited_container(docker_agent: DockerAgent, tmp_path) -> None:
+    name = unique("cpexit")
+    docker_agent.ok("run", "-d", "--name", name, BUSYBOX, "sh", "-c", "echo result > /out")
+    assert docker_agent.ok("wait", name).strip() == "0"
+    docker_agent.ok("cp", f"{name}:/out", str(tmp_path / "result"))
+    assert (tmp_path / "result").read_text() == "result\n"
+    container_id = docker_agent.ok("inspect", "-f", "{{.Id}}", name).strip()
+    wait_for(  # mounted for the copy only (the exit's own unmount may still be under way)
+        lambda: f"{container_id}/rootfs" not in Path("/proc/self/mountinfo").read_text(),
+        "the rootfs unmounted",
+    )
+    docker_agent.ok("rm", name)

@@ -105,7 +105,8 @@ def _read_frames(sock: socket.socket, want: bytes, timeout: float = 15) -> bytes
 
 def test_sdk_attach_socket_and_exec_socket(docker_agent: DockerAgent) -> None:
     client = docker_agent.client()
-    container = client.containers.create(BUSYBOX, ["cat"], stdin_open=True)
+    # The SDK's stdin_open sets StdinOnce: closing the attach ends `cat`, not the sleep.
+    container = client.containers.create(BUSYBOX, ["sh", "-c", "cat; sleep 60"], stdin_open=True)
     try:
         sock = container.attach_socket(params={"stdin": 1, "stdout": 1, "stream": 1})
         raw = sock._sock  # the SDK hands back the socket of the upgraded connection
@@ -113,6 +114,7 @@ def test_sdk_attach_socket_and_exec_socket(docker_agent: DockerAgent) -> None:
         raw.sendall(b"over the socket\n")
         assert b"over the socket\n" in _read_frames(raw, b"over the socket\n")
         sock.close()
+        raw.close()  # closing the SDK's SocketIO leaves the socket itself open
 
         api = client.api
         exec_id = api.exec_create(container.id, ["sh", "-c", "read x; echo got $x"], stdin=True)
@@ -121,6 +123,7 @@ def test_sdk_attach_socket_and_exec_socket(docker_agent: DockerAgent) -> None:
         exec_raw.sendall(b"hello\n")
         assert b"got hello" in _read_frames(exec_raw, b"got hello")
         exec_sock.close()
+        exec_raw.close()
         deadline = time.monotonic() + 10
         while api.exec_inspect(exec_id)["Running"] and time.monotonic() < deadline:
             time.sleep(0.1)

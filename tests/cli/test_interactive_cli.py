@@ -117,8 +117,13 @@ def test_run_i_pipes_stdin_and_ends_with_it(agent: DockerAgent) -> None:
 def _conmon_sockets(agent: DockerAgent, container_id: str) -> int:
     base = agent.agent.state_dir / "runtime" / "containers" / container_id
     pid = int((base / "conmon.pid").read_text())
-    fds = Path(f"/proc/{pid}/fd")
-    return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except FileNotFoundError:  # closed while we looked
+            continue
+    return count
 
 
 def _wait_for(predicate: Any, what: str, timeout: float = 10) -> None:

@@ -16,6 +16,7 @@ from dockyard.cli.render import FORMATS
 # name -> (module, attribute, one-line help). A command's module is imported
 # only when that command runs, so `dockyard ps` does not load every command.
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "attach": ("containers", "attach_command", "Attach to a running container's stdio."),
     "cluster": ("cluster", "cluster", "Show and change the cluster's policy."),
     "container": (
         "containers",

@@ -125,6 +125,9 @@ def create_request(spec: ContainerSpec, auto_remove: bool = False) -> cpb.Create
         tmpfs=[
             cpb.TmpfsSpec(container_path=t.container, size_bytes=t.size_bytes) for t in spec.tmpfs
         ],
+        tty=spec.tty,
+        open_stdin=spec.open_stdin,
+        stdin_once=spec.stdin_once,
     )
 
 

@@ -365,6 +365,9 @@ def parse_create(request: CreateContainerRequest) -> ContainerRequest:
         hostname=request.hostname or None,
         seccomp="unconfined" if request.seccomp == "unconfined" else "default",
         privileged=request.privileged,
+        tty=request.tty,
+        open_stdin=request.open_stdin,
+        stdin_once=request.stdin_once and request.open_stdin,
     )
     check_spec(spec)
     return ContainerRequest(spec, ref, request.auto_remove)

@@ -58,6 +58,7 @@ from dockyard.agent.runtime.base import (
     ContainerStatus,
     ExecSession,
     ExitInfo,
+    InteractiveExec,
     InvalidConfig,
     LogRecord,
     NameConflict,
@@ -65,6 +66,7 @@ from dockyard.agent.runtime.base import (
     PortMapping,
     RestartPolicyName,
     Stats,
+    StdioSession,
     VolumeMount,
     process_args,
 )
@@ -602,6 +604,20 @@ class ContainerService:
         user: str | None = None,
     ) -> ExecSession:
         """Start a process in a running container."""
+        info = await self._check_exec(ref, command, env, workdir, user)
+        try:
+            return await self.runtime.exec(info.id, command, env=env, workdir=workdir, user=user)
+        except InvalidConfig as exc:  # the rest is checked above: the container has no such user
+            raise InvalidArgument("user", str(exc)) from exc
+
+    async def _check_exec(
+        self,
+        ref: str,
+        command: Sequence[str],
+        env: Sequence[str],
+        workdir: str | None,
+        user: str | None,
+    ) -> ContainerInfo:
         if not command:
             raise InvalidArgument("command", "a command is required")
         for index, entry in enumerate(env):
@@ -613,9 +629,37 @@ class ContainerService:
         info = await self._resolve(ref)
         if info.state.status is not ContainerStatus.RUNNING:
             raise FailedPrecondition(f"container {info.name} ({info.id[:12]}) is not running")
+        return info
+
+    async def attach(self, ref: str) -> tuple[ContainerInfo, StdioSession]:
+        """Connect to a container's stdio (one not started yet: when it starts)."""
+        info = await self._resolve(ref)
+        return info, await self.runtime.attach(info.id)
+
+    async def resize(self, ref: str, height: int, width: int) -> ContainerView:
+        """Resize a running container's terminal."""
+        info = await self._resolve(ref)
+        if info.state.status is not ContainerStatus.RUNNING:
+            raise FailedPrecondition(f"container {info.name} ({info.id[:12]}) is not running")
+        await self.runtime.resize(info.id, height, width)
+        return self._view(info)
+
+    async def exec_interactive(
+        self,
+        ref: str,
+        command: Sequence[str],
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+    ) -> InteractiveExec:
+        """Start a process with its stdin open (and a terminal with ``tty``)."""
+        info = await self._check_exec(ref, command, env, workdir, user)
         try:
-            return await self.runtime.exec(info.id, command, env=env, workdir=workdir, user=user)
-        except InvalidConfig as exc:  # the rest is checked above: the container has no such user
+            return await self.runtime.exec_interactive(
+                info.id, command, env=env, workdir=workdir, user=user, tty=tty
+            )
+        except InvalidConfig as exc:
             raise InvalidArgument("user", str(exc)) from exc
 
     async def stats(self, ref: str) -> Stats:

@@ -13,6 +13,8 @@ from dockyard.agent.containers.errors import InvalidArgument
 from dockyard.agent.containers.request import parse_create
 from dockyard.agent.containers.service import ContainerService
 from dockyard.agent.containers.status import Context, streaming, unary
+from dockyard.agent.containers.stdio_stream import serve_attach, serve_exec
+from dockyard.agent.runtime.runc.attach import MAX_TERMINAL_SIZE
 from dockyard.v1 import containers_pb2 as pb
 from dockyard.v1 import containers_pb2_grpc
 
@@ -109,6 +111,27 @@ class ContainersServicer(containers_pb2_grpc.ContainersServicer):
                 await session.kill()
                 with contextlib.suppress(Exception):
                     await asyncio.shield(session.wait())
+
+    # grpc.aio streams a handler's answers either as an iterator or through
+    # `context.write`; these two use `write` (it waits for flow control, which bounds the
+    # output in flight) and return nothing, which the generated stubs do not describe.
+    async def Attach(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.AttachInput], context: Context
+    ) -> None:
+        await serve_attach(self._manager, request_iterator, context)
+
+    async def ExecInteractive(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[pb.ExecInput], context: Context
+    ) -> None:
+        await serve_exec(self._manager, request_iterator, context)
+
+    @unary
+    async def Resize(self, request: pb.ResizeRequest, context: Context) -> pb.ContainerRecord:
+        size = request.size
+        if not (0 <= size.height <= MAX_TERMINAL_SIZE and 0 <= size.width <= MAX_TERMINAL_SIZE):
+            raise InvalidArgument("size", f"height and width must be 0..{MAX_TERMINAL_SIZE}")
+        view = await self._manager.resize(request.container, size.height, size.width)
+        return container_record(view)
 
     @unary
     async def Stats(self, request: pb.ContainerRef, context: Context) -> pb.ContainerStats:

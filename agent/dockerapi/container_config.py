@@ -305,6 +305,9 @@ def parse_create_body(body: Any, name: str) -> DockerCreate:
         seccomp=_seccomp(host),
         ports=_ports(body, host),
         tmpfs=tmpfs,
+        tty=_bool(body, "Tty"),
+        open_stdin=_bool(body, "OpenStdin"),
+        stdin_once=_bool(body, "StdinOnce"),
     )
     if request.network == "host" and request.ports:  # docker drops them with a warning
         del request.ports[:]

@@ -43,6 +43,7 @@ from yarl import URL
 
 from dockyard.agent.dockerapi import (
     archive,
+    attach,
     container_observe,
     containers,
     disk_usage,
@@ -52,6 +53,7 @@ from dockyard.agent.dockerapi import (
     volumes,
 )
 from dockyard.agent.dockerapi import events as docker_events
+from dockyard.agent.dockerapi import exec as exec_routes
 from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError
 from dockyard.agent.dockerapi.responses import json_response
@@ -79,7 +81,9 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     docker_events,
     networks,
     disk_usage,
-    # one line per module, each with `add_routes(routes, ctx)`: attach, exec, images, ...
+    attach,
+    exec_routes,
+    # one line per module, each with `add_routes(routes, ctx)`
 )
 
 CONTEXT: Final = web.AppKey("dockyard_docker_api_context", DockerApiContext)

@@ -38,6 +38,7 @@ __all__ = [
     "ExecResult",
     "ExecSession",
     "ExitInfo",
+    "InteractiveExec",
     "InvalidConfig",
     "LogRecord",
     "NameConflict",
@@ -49,6 +50,7 @@ __all__ = [
     "RestartPolicyName",
     "SeccompMode",
     "Stats",
+    "StdioSession",
     "Stream",
     "TmpfsMount",
     "VolumeMount",
@@ -246,6 +248,11 @@ class ContainerSpec:
         stop_signal: The signal ``stop`` sends first (``""``: SIGTERM).
         log_max_size: Rotate the log at this many bytes (0: the runtime's policy).
         log_max_files: Log files kept (0: the runtime's policy).
+        tty: Give the process a pseudo-terminal (Docker's ``-t``): its output is one
+            stream, ``stdout``.
+        open_stdin: Keep the process's stdin open for attach clients (Docker's ``-i``).
+        stdin_once: Close the process's stdin when the first attach client that had it
+            goes away (Docker's ``StdinOnce``, which ``run -i`` sets).
     """
 
     id: str
@@ -284,6 +291,9 @@ class ContainerSpec:
     stop_signal: str = ""
     log_max_size: int = 0
     log_max_files: int = 0
+    tty: bool = False
+    open_stdin: bool = False
+    stdin_once: bool = False
 
     def __post_init__(self) -> None:
         if self.seccomp not in ("default", "unconfined"):
@@ -516,6 +526,52 @@ class ExecSession(Protocol):
 
 
 @runtime_checkable
+class StdioSession(Protocol):
+    """A connection to a process's stdio: the container's (attach) or an exec's.
+
+    Output is pulled: nothing is read from the process while the caller does not ask,
+    so a slow reader slows the process down instead of growing a buffer.
+    """
+
+    tty: bool
+    """The process has a terminal: its output is one stream (``stdout``)."""
+
+    def output(self) -> AsyncIterator[ExecChunk]:
+        """Output chunks until the process's side closes (it exited)."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the process's stdin (ignored when its stdin is not open)."""
+        ...
+
+    async def close_stdin(self) -> None:
+        """No more input: the process reads end-of-file (a ``StdinOnce`` container, an
+        exec without a terminal)."""
+        ...
+
+    async def resize(self, height: int, width: int) -> None:
+        """Set the terminal's size (nothing without a terminal)."""
+        ...
+
+    async def close(self) -> None:
+        """Let go of the process (detach); it keeps running."""
+        ...
+
+
+@runtime_checkable
+class InteractiveExec(StdioSession, Protocol):
+    """An exec'd process with its stdin (and maybe a terminal)."""
+
+    async def wait(self) -> int:
+        """Wait for the process; return its exit code."""
+        ...
+
+    async def kill(self) -> None:
+        """Kill the process (its caller went away)."""
+        ...
+
+
+@runtime_checkable
 class ContainerRuntime(Protocol):
     """A node's container engine."""
 
@@ -582,6 +638,31 @@ class ContainerRuntime(Protocol):
         tty: bool = False,
     ) -> ExecSession:
         """Start another process in a running container."""
+        ...
+
+    async def attach(self, container_id: str) -> StdioSession:
+        """Connect to the container's stdio.
+
+        A container that is not running yet is connected when it starts, before its
+        process runs, so no output is missed (``docker run -it`` attaches, then starts).
+        """
+        ...
+
+    async def resize(self, container_id: str, height: int, width: int) -> None:
+        """Set the size of a running container's terminal (nothing without one)."""
+        ...
+
+    async def exec_interactive(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+    ) -> InteractiveExec:
+        """Start another process in a running container, with its stdin open."""
         ...
 
     async def stats(self, container_id: str) -> Stats:

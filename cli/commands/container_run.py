@@ -285,6 +285,8 @@ class RunFlags:
     labels: dict[str, str] = field(default_factory=dict)
     privileged: bool = False
     security_opt: tuple[str, ...] = ()
+    interactive: bool = False
+    tty: bool = False
 
 
 def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> Any:
@@ -387,6 +389,8 @@ def build_request(flags: RunFlags, environ: Mapping[str, str] | None = None) -> 
         auto_remove=flags.rm,
         privileged=flags.privileged,
         seccomp=seccomp,
+        tty=flags.tty,
+        open_stdin=flags.interactive,
     )
     if flags.entrypoint is not None:
         if flags.entrypoint:
@@ -471,6 +475,8 @@ def create_options(command: F) -> F:
         click.option("--cap-add", multiple=True, metavar="CAP", help="Add a capability."),
         click.option("--cap-drop", multiple=True, metavar="CAP", help="Drop a capability."),
         click.option("--hostname", default=None, help="Container host name."),
+        click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (attach it)."),
+        click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal."),
         click.option(
             "--privileged",
             is_flag=True,
@@ -527,6 +533,8 @@ def _flags(kwargs: dict[str, Any]) -> RunFlags:
         rm=kwargs["rm"],
         privileged=kwargs["privileged"],
         security_opt=kwargs["security_opt"],
+        interactive=kwargs["interactive"],
+        tty=kwargs["tty"],
     )
 
 
@@ -582,13 +590,18 @@ def create(options: GlobalOptions, /, **kwargs: Any) -> None:
 
 @click.command("run", cls=RunCommand, context_settings={"allow_interspersed_args": False})
 @click.option("-d", "--detach", is_flag=True, help="Run in the background; print the ID.")
+@click.option(
+    "--detach-keys", default="", metavar="KEYS", help="Keys that detach (default ctrl-p,ctrl-q)."
+)
 @create_options
 @pass_options
-def run(options: GlobalOptions, /, detach: bool, **kwargs: Any) -> None:
+def run(options: GlobalOptions, /, detach: bool, detach_keys: str, **kwargs: Any) -> None:
     """Run a command in a new container; attached, exit with its exit code."""
     from dockyard.v1.containers_pb2 import ContainerRef
 
     flags = _flags(kwargs)
+    if (flags.interactive or flags.tty) and not detach:
+        sys.exit(run_interactive(options, flags, detach_keys))
     # Attached, the CLI removes the container after Wait: the agent removing it
     # on exit could win the race with Logs and Wait, and the exit code be lost.
     attached_rm = flags.rm and not detach
@@ -603,6 +616,41 @@ def run(options: GlobalOptions, /, detach: bool, **kwargs: Any) -> None:
         click.echo(record.id)
         return
     sys.exit(attach(target, record.id, remove=attached_rm))
+
+
+def run_interactive(options: GlobalOptions, flags: RunFlags, detach_keys: str) -> int:
+    """`run -it`: create, attach (the agent holds us until the start), start, relay."""
+    from dockyard.cli.commands.interactive import attach_stream, raw_terminal
+    from dockyard.v1.containers_pb2 import ContainerRef
+
+    try:
+        request = build_request(flags)
+        request.stdin_once = flags.interactive  # docker's `run -i`: StdinOnce
+        target = options.target()
+        ensure_image(target, flags.image, flags.pull)
+        record = call(target, containers_stub, "Create", request, what=AGENT)
+    except RunError:
+        raise
+    except CliError as exc:
+        raise RunError(exc.message) from exc
+
+    def start() -> None:
+        call(target, containers_stub, "Start", ContainerRef(container=record.id), what=AGENT)
+
+    with raw_terminal(flags.tty and flags.interactive):
+        outcome = attach_stream(
+            target,
+            record.id,
+            stdin=flags.interactive,
+            tty_mode=flags.tty,
+            detach_keys=detach_keys,
+            on_attached=start,
+        )
+    if outcome.detached:
+        click.echo("read escape sequence", err=True)
+        return 0
+    # --rm: the agent removes it (auto_remove); the exit code came before the removal.
+    return outcome.exit_code if outcome.exit_code is not None else 0
 
 
 def write_output(stream_name: str, data: bytes) -> None:

@@ -402,6 +402,9 @@ def logs(
 @click.option("-e", "--env", multiple=True, metavar="KEY=VALUE", help="Set a variable.")
 @click.option("-w", "--workdir", default="", metavar="DIR", help="Working directory.")
 @click.option("-u", "--user", default="", metavar="USER[:GROUP]", help="User to run as.")
+@click.option("-i", "--interactive", is_flag=True, help="Keep stdin open (send ours).")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-terminal.")
+@click.option("--detach-keys", default="", metavar="KEYS", help="Keys that detach.")
 @click.argument("ref", metavar="CONTAINER")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="CMD...")
 @pass_options
@@ -410,6 +413,9 @@ def exec_command(
     env: tuple[str, ...],
     workdir: str,
     user: str,
+    interactive: bool,
+    tty: bool,
+    detach_keys: str,
     ref: str,
     command: tuple[str, ...],
 ) -> None:
@@ -421,6 +427,8 @@ def exec_command(
 
     if workdir and not workdir.startswith("/"):
         raise CliError(f"invalid -w {workdir!r}: the working directory must be an absolute path")
+    if interactive or tty:
+        sys.exit(_exec_interactive(options, ref, command, env, workdir, user, tty, detach_keys))
     request = ExecRequest(
         container=ref,
         command=list(command),
@@ -436,6 +444,64 @@ def exec_command(
         elif kind is not None:
             write_output(kind, getattr(output, kind))
     sys.exit(code)
+
+
+def _exec_interactive(
+    options: GlobalOptions,
+    ref: str,
+    command: tuple[str, ...],
+    env: tuple[str, ...],
+    workdir: str,
+    user: str,
+    tty: bool,
+    detach_keys: str,
+) -> int:
+    import os
+
+    from dockyard.cli.commands.container_run import parse_env
+    from dockyard.cli.commands.interactive import exec_stream, raw_terminal
+
+    with raw_terminal(tty):
+        outcome = exec_stream(
+            options.target(),
+            ref,
+            list(command),
+            env=parse_env(env, os.environ),
+            workdir=workdir,
+            user=user,
+            tty_mode=tty,
+            detach_keys=detach_keys,
+        )
+    if outcome.detached:
+        click.echo("read escape sequence", err=True)
+        return 0
+    return outcome.exit_code if outcome.exit_code is not None else 0
+
+
+@container.command("attach")
+@click.option("--no-stdin", is_flag=True, help="Do not attach stdin.")
+@click.option("--detach-keys", default="", metavar="KEYS", help="Keys that detach.")
+@click.argument("ref", metavar="CONTAINER")
+@pass_options
+def attach_command(options: GlobalOptions, no_stdin: bool, detach_keys: str, ref: str) -> None:
+    """Attach to a running container's stdio (ctrl-p ctrl-q detaches)."""
+    from dockyard.cli.commands.interactive import attach_stream, raw_terminal
+    from dockyard.v1.containers_pb2 import ContainerRef
+
+    target = options.target()
+    record = call(target, containers_stub, "Inspect", ContainerRef(container=ref), what=AGENT)
+    if record.state.status != "running":
+        raise CliError("You cannot attach to a stopped container, start it first")
+    stdin = record.config.open_stdin and not no_stdin
+    tty = record.config.tty
+    with raw_terminal(tty and stdin):
+        outcome = attach_stream(
+            target, record.id, stdin=stdin, tty_mode=tty, detach_keys=detach_keys
+        )
+    if outcome.detached:
+        click.echo("read escape sequence", err=True)
+        sys.exit(0)
+    sys.exit(outcome.exit_code if outcome.exit_code is not None else 0)
 
 
 STATS_HEADERS = ["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "PIDS"]

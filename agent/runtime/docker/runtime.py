@@ -32,6 +32,7 @@ from dockyard.agent.runtime.base import (
     ExecChunk,
     ExecResult,
     ExitInfo,
+    InteractiveExec,
     InvalidConfig,
     LogRecord,
     NameConflict,
@@ -40,6 +41,7 @@ from dockyard.agent.runtime.base import (
     NetworkMode,
     PortMapping,
     Stats,
+    StdioSession,
     Stream,
     VolumeMount,
 )
@@ -462,6 +464,29 @@ class DockerRuntime:
                 f"exec in {container_id[:12]} failed: {exc.message}"
             ) from exc
         return DockerExecSession(execution)
+
+    async def attach(self, container_id: str) -> StdioSession:
+        """Not supported: interactive containers need the runc runtime."""
+        raise ContainerRuntimeError("attach is not supported by the docker runtime (use runc)")
+
+    async def resize(self, container_id: str, height: int, width: int) -> None:
+        """Not supported: interactive containers need the runc runtime."""
+        raise ContainerRuntimeError("resize is not supported by the docker runtime (use runc)")
+
+    async def exec_interactive(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+    ) -> InteractiveExec:
+        """Not supported: interactive exec needs the runc runtime."""
+        raise ContainerRuntimeError(
+            "interactive exec is not supported by the docker runtime (use runc)"
+        )
 
     async def stats(self, container_id: str) -> Stats:
         found = await self._found(container_id)

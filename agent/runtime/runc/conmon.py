@@ -21,7 +21,7 @@ import structlog
 
 from dockyard.agent.runtime.base import ContainerRuntimeError
 
-__all__ = ["ConmonPaths", "conmon_alive", "launch_conmon", "wait_pid_exit"]
+__all__ = ["ConmonPaths", "StdioMode", "conmon_alive", "launch_conmon", "wait_pid_exit"]
 
 log = structlog.get_logger(__name__)
 
@@ -38,6 +38,26 @@ class ConmonPaths:
     conmon_pid_file: Path
     socket_dir: Path
     conmon_log: Path
+
+
+@dataclass(frozen=True, slots=True)
+class StdioMode:
+    """How conmon wires the container's stdio."""
+
+    tty: bool = False
+    open_stdin: bool = False
+    stdin_once: bool = False
+
+    def conmon_args(self) -> list[str]:
+        """conmon's flags: ``-t`` (console socket), ``-i`` (stdin from the attach socket);
+        without ``--leave-stdin-open`` conmon closes the container's stdin when an attach
+        client goes away, which is Docker's ``StdinOnce``."""
+        args = ["-t"] if self.tty else []
+        if self.open_stdin:
+            args.append("-i")
+            if not self.stdin_once:
+                args.append("--leave-stdin-open")
+        return args
 
 
 def _read_sync(fd: int) -> bytes:
@@ -57,9 +77,13 @@ async def launch_conmon(
     runc_root: Path,
     container_id: str,
     paths: ConmonPaths,
+    stdio: StdioMode | None = None,
     timeout: float = 30.0,
 ) -> tuple[int, int]:
     """Start conmon for ``container_id`` and wait until ``runc create`` is done.
+
+    ``stdio`` asks for a terminal (conmon's console socket receives the pty's master
+    from runc) and an open stdin fed from conmon's ``attach`` socket.
 
     Returns:
         ``(container_pid, conmon_pid)``.
@@ -104,6 +128,7 @@ async def launch_conmon(
         "--log-level",
         "error",
         "--no-sync-log",
+        *(stdio or StdioMode()).conmon_args(),
     ]
     read_fd, write_fd = os.pipe()
     env = {

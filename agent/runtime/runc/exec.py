@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from dockyard.agent.runtime.base import ExecChunk, ExecResult, Stream
+from dockyard.agent.runtime.runc import files
+from dockyard.agent.runtime.runc.records import ContainerDir
+from dockyard.agent.runtime.runc.spec import build_process, merge_env, resolve_user
 
-__all__ = ["RuncExecSession", "start_exec"]
+__all__ = ["RuncExecSession", "start_exec", "write_exec_process"]
 
 
 class RuncExecSession:
@@ -83,3 +87,33 @@ async def start_exec(
         stderr=asyncio.subprocess.PIPE,
     )
     return RuncExecSession(proc, process_file)
+
+
+async def write_exec_process(
+    cdir: ContainerDir,
+    cmd: Sequence[str],
+    env: Sequence[str],
+    workdir: str | None,
+    user: str | None,
+    tty: bool,
+) -> Path:
+    """Write a ``runc exec --process`` file: the container's env/caps, overridden."""
+    spec = await asyncio.to_thread(files.read_json, cdir.spec)
+    base = spec["process"]
+    if user is None:
+        resolved_user = files.user_from_spec(base)
+    else:
+        passwd, group = await asyncio.to_thread(files.read_user_db, cdir.rootfs)
+        resolved_user = resolve_user(user, passwd, group)
+    process = build_process(
+        cmd,
+        merge_env(base["env"], env),
+        workdir or base["cwd"],
+        resolved_user,
+        caps=base["capabilities"]["bounding"],
+        nofile=base["rlimits"][0]["hard"],
+        terminal=tty,
+    )
+    process_file = cdir.base / f"exec-{uuid.uuid4().hex[:12]}.json"
+    await asyncio.to_thread(files.write_json, process_file, process)
+    return process_file

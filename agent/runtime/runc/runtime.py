@@ -21,7 +21,6 @@ import os
 import re
 import secrets
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,11 +42,19 @@ from dockyard.agent.runtime.base import (
     NetworkEndpoint,
     NetworkInfo,
     Stats,
+    StdioSession,
 )
 from dockyard.agent.runtime.runc import files
+from dockyard.agent.runtime.runc.attach import LateAttach, connect_attach, write_resize
 from dockyard.agent.runtime.runc.cgroups import CgroupV1, rmdir_tree
-from dockyard.agent.runtime.runc.conmon import conmon_alive, launch_conmon, wait_pid_exit
-from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec
+from dockyard.agent.runtime.runc.conmon import (
+    StdioMode,
+    conmon_alive,
+    launch_conmon,
+    wait_pid_exit,
+)
+from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec, write_exec_process
+from dockyard.agent.runtime.runc.interactive import PipeExec, PtyExec, start_interactive
 from dockyard.agent.runtime.runc.logrotate import LogPolicy, rotate_until
 from dockyard.agent.runtime.runc.logs import read_log
 from dockyard.agent.runtime.runc.records import (
@@ -59,9 +66,7 @@ from dockyard.agent.runtime.runc.records import (
 from dockyard.agent.runtime.runc.rootfs import ContainerLayer, mounted_under
 from dockyard.agent.runtime.runc.spec import (
     EtcFiles,
-    build_process,
     build_spec,
-    merge_env,
     resolve_user,
 )
 
@@ -105,6 +110,7 @@ class RuncRuntime:
         self._locks: dict[str, asyncio.Lock] = {}
         self._cpu_prev: dict[str, tuple[float, int]] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._pending_attach: dict[str, builtins.list[LateAttach]] = {}
         self._loaded = False
 
     # ----------------------------------------------------------------- helpers
@@ -266,14 +272,17 @@ class RuncRuntime:
             await ContainerLayer(record.config.lower_dirs, cdir.base).mount()
             self._event(cid).clear()
             try:
+                config = record.config
                 pid, conmon_pid = await launch_conmon(
                     conmon=self.conmon,
                     runc=self.runc,
                     runc_root=self.runc_root,
                     container_id=cid,
                     paths=cdir.conmon_paths(),
+                    stdio=StdioMode(config.tty, config.open_stdin, config.stdin_once),
                 )
                 record.conmon_pid = conmon_pid
+                await self._connect_pending(cid)
                 await self._runc("start", cid)
             except ContainerRuntimeError as exc:
                 await self._runc("kill", cid, "KILL", check=False)
@@ -297,6 +306,16 @@ class RuncRuntime:
             await self._save(record)
             self._watch(record)
         log.info("container.started", container_id=cid, pid=pid)
+
+    async def _connect_pending(self, cid: str) -> None:
+        """Connect the attaches that waited for this start (the process has not run)."""
+        pending = self._pending_attach.pop(cid, [])
+        tty = self._records[cid].config.tty
+        for late in pending:
+            try:
+                late.connect(await connect_attach(self._dir(cid).bundle, tty))
+            except ContainerRuntimeError as exc:
+                log.warning("container.attach_failed", container_id=cid, error=str(exc))
 
     def _watch(self, record: ContainerRecord) -> None:
         cid = record.config.id
@@ -404,6 +423,8 @@ class RuncRuntime:
                 await self._runc("kill", cid, "KILL", check=False)
                 await self._event(cid).wait()
             self._records.pop(cid, None)
+            for late in self._pending_attach.pop(cid, []):
+                late.fail(ContainerNotFound(cid))
             watcher = self._watchers.pop(cid, None)
             if watcher is not None:
                 watcher.cancel()
@@ -458,6 +479,25 @@ class RuncRuntime:
         ):
             yield line
 
+    async def _exec_file(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        env: Sequence[str],
+        workdir: str | None,
+        user: str | None,
+        tty: bool,
+    ) -> tuple[str, Path]:
+        """Write the ``runc exec --process`` file: the container's env/caps, overridden."""
+        record = await self._get(container_id)
+        cid = record.config.id
+        if record.state.status is not ContainerStatus.RUNNING:
+            raise ContainerNotRunning(cid, record.state.status.value)
+        if not cmd:
+            raise InvalidConfig("exec needs a command")
+        process_file = await write_exec_process(self._dir(cid), cmd, env, workdir, user, tty)
+        return cid, process_file
+
     async def exec(
         self,
         container_id: str,
@@ -469,33 +509,55 @@ class RuncRuntime:
         tty: bool = False,
     ) -> RuncExecSession:
         """``runc exec`` a process with the container's env/caps, overridden as given."""
+        if tty:
+            raise ContainerRuntimeError("exec with a tty needs exec_interactive")
+        cid, process_file = await self._exec_file(container_id, cmd, env, workdir, user, False)
+        return await start_exec(self.runc, self.runc_root, cid, process_file)
+
+    async def attach(self, container_id: str) -> StdioSession:
+        """conmon's attach socket now, or when the container starts."""
         record = await self._get(container_id)
         cid = record.config.id
+        async with self._lock(cid):  # not halfway through a start
+            if record.state.status is ContainerStatus.RUNNING:
+                return await connect_attach(self._dir(cid).bundle, record.config.tty)
+            pending = self._pending_attach.setdefault(cid, [])
+
+            def forget(late: LateAttach) -> None:
+                with contextlib.suppress(ValueError):
+                    self._pending_attach.get(cid, []).remove(late)
+
+            late = LateAttach(record.config.tty, forget)
+            pending.append(late)
+            return late
+
+    async def resize(self, container_id: str, height: int, width: int) -> None:
+        """Resize the container's terminal through conmon."""
+        record = await self._get(container_id)
         if record.state.status is not ContainerStatus.RUNNING:
-            raise ContainerNotRunning(cid, record.state.status.value)
-        if tty:
-            raise ContainerRuntimeError("exec with a tty is not supported by the runc runtime yet")
-        if not cmd:
-            raise InvalidConfig("exec needs a command")
-        cdir = self._dir(cid)
-        spec = await asyncio.to_thread(files.read_json, cdir.spec)
-        base = spec["process"]
-        if user is None:
-            resolved_user = files.user_from_spec(base)
-        else:
-            passwd, group = await asyncio.to_thread(files.read_user_db, cdir.rootfs)
-            resolved_user = resolve_user(user, passwd, group)
-        process = build_process(
-            cmd,
-            merge_env(base["env"], env),
-            workdir or base["cwd"],
-            resolved_user,
-            caps=base["capabilities"]["bounding"],
-            nofile=base["rlimits"][0]["hard"],
-        )
-        process_file = cdir.base / f"exec-{uuid.uuid4().hex[:12]}.json"
-        await asyncio.to_thread(files.write_json, process_file, process)
-        return await start_exec(self.runc, self.runc_root, cid, process_file)
+            raise ContainerNotRunning(record.config.id, record.state.status.value)
+        if record.config.tty:
+            await asyncio.to_thread(
+                write_resize, self._dir(record.config.id).bundle / "ctl", height, width
+            )
+
+    async def exec_interactive(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+    ) -> PtyExec | PipeExec:
+        """``runc exec`` with stdin open and, with ``tty``, a terminal we hold."""
+        cid, process_file = await self._exec_file(container_id, cmd, env, workdir, user, tty)
+        try:
+            return await start_interactive(self.runc, self.runc_root, cid, process_file, tty)
+        except BaseException:
+            await asyncio.to_thread(process_file.unlink, missing_ok=True)
+            raise
 
     async def stats(self, container_id: str) -> Stats:
         """cgroup v1 counters; CPU percent over the time since the previous call."""

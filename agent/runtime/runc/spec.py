@@ -277,22 +277,27 @@ def build_process(
     *,
     caps: Sequence[str],
     nofile: int = 1048576,
+    terminal: bool = False,
 ) -> dict[str, Any]:
     """The OCI ``process`` object (also the ``runc exec --process`` file).
 
     ``nofile`` is the RLIMIT_NOFILE (soft = hard); it may not exceed the agent's own hard
-    limit, which :func:`default_nofile` gives.
+    limit, which :func:`default_nofile` gives. With ``terminal``, ``TERM=xterm`` is added
+    when the env has no ``TERM`` (as dockerd does for ``-t``).
     """
     cap_list = list(caps)
+    env = list(env)
+    if terminal and not any(e.startswith("TERM=") for e in env):
+        env.append("TERM=xterm")
     return {
-        "terminal": False,
+        "terminal": terminal,
         "user": {
             "uid": user.uid,
             "gid": user.gid,
             **({"additionalGids": list(user.additional_gids)} if user.additional_gids else {}),
         },
         "args": list(args),
-        "env": list(env),
+        "env": env,
         "cwd": cwd or "/",
         "capabilities": {
             "bounding": cap_list,
@@ -416,6 +421,7 @@ def build_spec(
         user,
         caps=caps,
         nofile=default_nofile(),
+        terminal=config.tty,
     )
     if config.ulimits:
         process["rlimits"] = rlimits(config.ulimits, process["rlimits"])

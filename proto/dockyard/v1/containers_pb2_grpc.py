@@ -84,6 +84,21 @@ class ContainersStub:
                 request_serializer=dockyard_dot_v1_dot_containers__pb2.ExecRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_containers__pb2.ExecOutput.FromString,
                 _registered_method=True)
+        self.Attach = channel.stream_stream(
+                '/dockyard.v1.Containers/Attach',
+                request_serializer=dockyard_dot_v1_dot_containers__pb2.AttachInput.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_containers__pb2.AttachOutput.FromString,
+                _registered_method=True)
+        self.ExecInteractive = channel.stream_stream(
+                '/dockyard.v1.Containers/ExecInteractive',
+                request_serializer=dockyard_dot_v1_dot_containers__pb2.ExecInput.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_containers__pb2.AttachOutput.FromString,
+                _registered_method=True)
+        self.Resize = channel.unary_unary(
+                '/dockyard.v1.Containers/Resize',
+                request_serializer=dockyard_dot_v1_dot_containers__pb2.ResizeRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_containers__pb2.ContainerRecord.FromString,
+                _registered_method=True)
         self.Stats = channel.unary_unary(
                 '/dockyard.v1.Containers/Stats',
                 request_serializer=dockyard_dot_v1_dot_containers__pb2.ContainerRef.SerializeToString,
@@ -157,6 +172,32 @@ class ContainersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Attach(self, request_iterator, context):
+        """The container's stdio, both ways (`attach`, `run -it`). The first message is
+        `start`; then stdin bytes, resizes and close_stdin. The agent answers `attached`
+        (a container not started yet is connected when it starts: start it after this),
+        then output, then `exit_code` when it exits or `detached` on the detach keys.
+        Closing the call detaches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecInteractive(self, request_iterator, context):
+        """A process in a running container with its stdin (and a terminal with tty): `exec -it`.
+        The first message is `start`; the last answer is `exit_code` (or `detached`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Resize(self, request, context):
+        """Resize a running container's terminal (`docker resize`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Stats(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -215,6 +256,21 @@ def add_ContainersServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=dockyard_dot_v1_dot_containers__pb2.ExecRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_containers__pb2.ExecOutput.SerializeToString,
+            ),
+            'Attach': grpc.stream_stream_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=dockyard_dot_v1_dot_containers__pb2.AttachInput.FromString,
+                    response_serializer=dockyard_dot_v1_dot_containers__pb2.AttachOutput.SerializeToString,
+            ),
+            'ExecInteractive': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecInteractive,
+                    request_deserializer=dockyard_dot_v1_dot_containers__pb2.ExecInput.FromString,
+                    response_serializer=dockyard_dot_v1_dot_containers__pb2.AttachOutput.SerializeToString,
+            ),
+            'Resize': grpc.unary_unary_rpc_method_handler(
+                    servicer.Resize,
+                    request_deserializer=dockyard_dot_v1_dot_containers__pb2.ResizeRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_containers__pb2.ContainerRecord.SerializeToString,
             ),
             'Stats': grpc.unary_unary_rpc_method_handler(
                     servicer.Stats,
@@ -492,6 +548,87 @@ class Containers:
             '/dockyard.v1.Containers/Exec',
             dockyard_dot_v1_dot_containers__pb2.ExecRequest.SerializeToString,
             dockyard_dot_v1_dot_containers__pb2.ExecOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dockyard.v1.Containers/Attach',
+            dockyard_dot_v1_dot_containers__pb2.AttachInput.SerializeToString,
+            dockyard_dot_v1_dot_containers__pb2.AttachOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecInteractive(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/dockyard.v1.Containers/ExecInteractive',
+            dockyard_dot_v1_dot_containers__pb2.ExecInput.SerializeToString,
+            dockyard_dot_v1_dot_containers__pb2.AttachOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Resize(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Containers/Resize',
+            dockyard_dot_v1_dot_containers__pb2.ResizeRequest.SerializeToString,
+            dockyard_dot_v1_dot_containers__pb2.ContainerRecord.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,19 @@ class ContainersStub:
     Inspect: _grpc.UnaryUnaryMultiCallable[_containers_pb2.ContainerRef, _containers_pb2.ContainerRecord]
     Logs: _grpc.UnaryStreamMultiCallable[_containers_pb2.LogsRequest, _containers_pb2.LogLine]
     Exec: _grpc.UnaryStreamMultiCallable[_containers_pb2.ExecRequest, _containers_pb2.ExecOutput]
+    Attach: _grpc.StreamStreamMultiCallable[_containers_pb2.AttachInput, _containers_pb2.AttachOutput]
+    """The container's stdio, both ways (`attach`, `run -it`). The first message is
+    `start`; then stdin bytes, resizes and close_stdin. The agent answers `attached`
+    (a container not started yet is connected when it starts: start it after this),
+    then output, then `exit_code` when it exits or `detached` on the detach keys.
+    Closing the call detaches.
+    """
+    ExecInteractive: _grpc.StreamStreamMultiCallable[_containers_pb2.ExecInput, _containers_pb2.AttachOutput]
+    """A process in a running container with its stdin (and a terminal with tty): `exec -it`.
+    The first message is `start`; the last answer is `exit_code` (or `detached`).
+    """
+    Resize: _grpc.UnaryUnaryMultiCallable[_containers_pb2.ResizeRequest, _containers_pb2.ContainerRecord]
+    """Resize a running container's terminal (`docker resize`)."""
     Stats: _grpc.UnaryUnaryMultiCallable[_containers_pb2.ContainerRef, _containers_pb2.ContainerStats]
 
 @_typing.type_check_only
@@ -62,6 +75,19 @@ class ContainersAsyncStub(ContainersStub):
     Inspect: _aio.UnaryUnaryMultiCallable[_containers_pb2.ContainerRef, _containers_pb2.ContainerRecord]  # type: ignore[assignment]
     Logs: _aio.UnaryStreamMultiCallable[_containers_pb2.LogsRequest, _containers_pb2.LogLine]  # type: ignore[assignment]
     Exec: _aio.UnaryStreamMultiCallable[_containers_pb2.ExecRequest, _containers_pb2.ExecOutput]  # type: ignore[assignment]
+    Attach: _aio.StreamStreamMultiCallable[_containers_pb2.AttachInput, _containers_pb2.AttachOutput]  # type: ignore[assignment]
+    """The container's stdio, both ways (`attach`, `run -it`). The first message is
+    `start`; then stdin bytes, resizes and close_stdin. The agent answers `attached`
+    (a container not started yet is connected when it starts: start it after this),
+    then output, then `exit_code` when it exits or `detached` on the detach keys.
+    Closing the call detaches.
+    """
+    ExecInteractive: _aio.StreamStreamMultiCallable[_containers_pb2.ExecInput, _containers_pb2.AttachOutput]  # type: ignore[assignment]
+    """A process in a running container with its stdin (and a terminal with tty): `exec -it`.
+    The first message is `start`; the last answer is `exit_code` (or `detached`).
+    """
+    Resize: _aio.UnaryUnaryMultiCallable[_containers_pb2.ResizeRequest, _containers_pb2.ContainerRecord]  # type: ignore[assignment]
+    """Resize a running container's terminal (`docker resize`)."""
     Stats: _aio.UnaryUnaryMultiCallable[_containers_pb2.ContainerRef, _containers_pb2.ContainerStats]  # type: ignore[assignment]
 
 class ContainersServicer(metaclass=_abc_1.ABCMeta):
@@ -137,6 +163,37 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         request: _containers_pb2.ExecRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_containers_pb2.ExecOutput], _abc.AsyncIterator[_containers_pb2.ExecOutput]]: ...
+
+    @_abc_1.abstractmethod
+    def Attach(
+        self,
+        request_iterator: _MaybeAsyncIterator[_containers_pb2.AttachInput],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_containers_pb2.AttachOutput], _abc.AsyncIterator[_containers_pb2.AttachOutput]]:
+        """The container's stdio, both ways (`attach`, `run -it`). The first message is
+        `start`; then stdin bytes, resizes and close_stdin. The agent answers `attached`
+        (a container not started yet is connected when it starts: start it after this),
+        then output, then `exit_code` when it exits or `detached` on the detach keys.
+        Closing the call detaches.
+        """
+
+    @_abc_1.abstractmethod
+    def ExecInteractive(
+        self,
+        request_iterator: _MaybeAsyncIterator[_containers_pb2.ExecInput],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_containers_pb2.AttachOutput], _abc.AsyncIterator[_containers_pb2.AttachOutput]]:
+        """A process in a running container with its stdin (and a terminal with tty): `exec -it`.
+        The first message is `start`; the last answer is `exit_code` (or `detached`).
+        """
+
+    @_abc_1.abstractmethod
+    def Resize(
+        self,
+        request: _containers_pb2.ResizeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_containers_pb2.ContainerRecord, _abc.Awaitable[_containers_pb2.ContainerRecord]]:
+        """Resize a running container's terminal (`docker resize`)."""
 
     @_abc_1.abstractmethod
     def Stats(

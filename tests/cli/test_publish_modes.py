@@ -13,9 +13,7 @@ from dockyard.cli.commands.service_spec import apply_list_edits, apply_settings,
 
 
 def ports_of(spec: Any) -> list[tuple[int, int, str, str]]:
-    return [
-        (p.published_port, p.target_port, p.protocol, p.publish_mode) for p in spec.task.ports
-    ]
+    return [(p.published_port, p.target_port, p.protocol, p.publish_mode) for p in spec.task.ports]
 
 
 def test_short_form_ranges_and_long_form_modes() -> None:

@@ -1,20 +1,23 @@
 """The ingress routing mesh on a node: a published port on every node's addresses
 reaches some task of its service, wherever the task runs.
 
-Swarm's design without IPVS (this kernel has none): the cluster keeps an ``ingress``
-overlay network; every task of a service with ingress ports has an address on it, and
-every node joins it with an address of its own on the network's bridge. In the node's
-namespace, one nftables table of ours:
+Swarm's design without IPVS (this kernel has none). In the node's namespace, one
+nftables table of ours:
 
     prerouting/output (nat):  fib daddr type local  tcp dport 8080
                               dnat to numgen random mod N map { 0 : T0, 1 : T1 } : 80
-    postrouting (nat):        ip daddr INGRESS ct status dnat  snat to NODE_INGRESS_ADDRESS
+    postrouting (nat):        meta l4proto tcp  ct original proto-dst 8080  ct status dnat
+                              snat to SOURCE
 
-The DNAT picks a task's ingress address (any node's: the ingress VXLAN carries it);
-the SNAT to the node's own ingress address makes the task answer through the node the
-client came to, where conntrack undoes both. The table is replaced whole in one
-``nft -f`` transaction (atomic, as the VIPs), and deleted when the node leaves the
-mesh; no other table of the host is touched.
+The DNAT picks one of the service's running tasks, on any node; the SNAT to this node's
+own address on the tasks' network makes the task answer through the node the client
+came to, where conntrack undoes both. The backends are the tasks' addresses on the
+cluster (bridge) network, reached over its host-gw routes, and SOURCE is this node's
+bridge gateway (a peer subnet for the other nodes' ``DOCKYARD-PEERS`` rules); the same
+rules work over an ``ingress`` overlay (VXLAN), with the tasks' and the node's addresses
+on it (``join_ingress``), as the namespace test shows. The table is replaced whole in one
+``nft -f`` transaction (atomic, as the VIPs), and deleted when the agent stops; no other
+table of the host is touched.
 """
 
 from __future__ import annotations
@@ -61,31 +64,31 @@ class IngressPort:
     backends: tuple[str, ...] = ()
 
 
-def ingress_ruleset(
-    network: OverlayNetwork, node_address: str, ports: Iterable[IngressPort]
-) -> dict[str, Any]:
+def ingress_ruleset(source: str, ports: Iterable[IngressPort]) -> dict[str, Any]:
     """The nftables JSON that makes ``ports`` on this node (replacing the table).
 
-    A port with no running task is rejected (TCP reset / ICMP) rather than left to
-    whatever else listens on it: the port belongs to the mesh.
+    ``source``: the address meshed connections leave this node from, which the tasks
+    answer to (the node's own address on the network the backends are on). A port with
+    no running task is rejected (TCP reset / ICMP) rather than left to whatever else
+    listens on it: the port belongs to the mesh.
 
     Raises:
         ValueError: an address or port is malformed, or a port has too many backends.
     """
-    subnet = ipaddress.IPv4Network(network.subnet)
-    node = ipaddress.IPv4Address(_ipv4("node address", node_address))
-    if node not in subnet:
-        raise ValueError(f"node address {node} is not in the ingress subnet {subnet}")
+    source = _ipv4("source address", source)
     table = {"family": "ip", "name": TABLE}
     commands: list[dict[str, Any]] = [
         {"add": {"table": table}},
         {"flush": {"table": table}},
-        _chain("prerouting", "nat", "prerouting", -100),
-        _chain("output", "nat", "output", -100),
+        # Before iptables' nat (-100): on a node that runs a task, the task's own
+        # mode=host DNAT (the CNI portmap) would otherwise keep the port to itself.
+        _chain("prerouting", "nat", "prerouting", -110),
+        _chain("output", "nat", "output", -110),
         _chain("postrouting", "nat", "postrouting", 100),
         _chain("filter", "filter", "input", 0),
     ]
     seen: set[tuple[str, int]] = set()
+    meshed: dict[str, list[int]] = {}
     for port in sorted(ports, key=lambda p: (p.protocol, p.published)):
         _check_port(port, seen)
         backends = sorted({_ipv4(f"port {port.published}: backend", b) for b in port.backends})
@@ -96,18 +99,27 @@ def ingress_ruleset(
             dnat = {"dnat": {"addr": _spread(backends), "port": port.target}}
             commands.append(_rule("prerouting", [*match, dnat]))
             commands.append(_rule("output", [_not_loopback(), *match, dnat]))
+            meshed.setdefault(port.protocol, []).append(port.published)
         else:
             commands.append(_rule("filter", [*match, _reject(port.protocol)]))
-    into_ingress = {
-        "match": {
-            "op": "==",
-            "left": {"payload": {"protocol": "ip", "field": "daddr"}},
-            "right": {"prefix": {"addr": str(subnet.network_address), "len": subnet.prefixlen}},
-        }
-    }
-    dnatted = {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}
-    commands.append(_rule("postrouting", [into_ingress, dnatted, {"snat": {"addr": str(node)}}]))
+    for protocol, published in sorted(meshed.items()):
+        commands.append(_rule("postrouting", [*_meshed(protocol, published), _snat(source)]))
     return {"nftables": commands}
+
+
+def _meshed(protocol: str, published: list[int]) -> list[dict[str, Any]]:
+    """A connection this table DNATed: only those are SNATed (a mode=host port's
+    clients keep their address)."""
+    l4 = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": protocol}}
+    original = {"ct": {"key": "proto-dst", "dir": "original"}}
+    right: Any = published[0] if len(published) == 1 else {"set": published}
+    port = {"match": {"op": "==", "left": original, "right": right}}
+    status = {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}}
+    return [l4, port, status]
+
+
+def _snat(source: str) -> dict[str, Any]:
+    return {"snat": {"addr": source}}
 
 
 def _ipv4(what: str, text: str) -> str:
@@ -192,10 +204,7 @@ async def _nft(netns: str | None, ruleset: dict[str, Any]) -> tuple[int, str]:
 
 
 async def apply_ingress(
-    network: OverlayNetwork,
-    node_address: str,
-    ports: Iterable[IngressPort],
-    netns: str | None = None,
+    source: str, ports: Iterable[IngressPort], netns: str | None = None
 ) -> None:
     """Replace the mesh's rules of this node (``netns``: a named namespace standing for
     the node, in tests) in one transaction.
@@ -205,7 +214,7 @@ async def apply_ingress(
         RuntimeError: nft refused the ruleset or did not answer (its message).
     """
     ports = list(ports)
-    code, message = await _nft(netns, ingress_ruleset(network, node_address, ports))
+    code, message = await _nft(netns, ingress_ruleset(source, ports))
     if code != 0:
         raise RuntimeError(f"nft ({TABLE}): {message}")
     log.info("ingress.applied", ports=[f"{p.published}/{p.protocol}" for p in ports])

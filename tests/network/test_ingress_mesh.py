@@ -91,7 +91,7 @@ async def test_the_published_port_answers_on_the_host_without_a_task(mesh: Topol
     host_a, host_b = mesh.host("a"), mesh.host("b")
     ports = [IngressPort(8080, 80, "tcp", (TASK,)), IngressPort(9090, 90, "tcp", ())]
     for name in ("a", "b"):
-        await apply_ingress(INGRESS, NODE[name], ports, netns=mesh.host(name))
+        await apply_ingress(NODE[name], ports, netns=mesh.host(name))
 
     for address in (mesh.underlay("a"), mesh.underlay("b")):  # A runs no task
         got = get(mesh, mesh.router, f"http://{address}:8080/who")
@@ -107,7 +107,7 @@ async def test_the_published_port_answers_on_the_host_without_a_task(mesh: Topol
     assert refused.returncode != 0 and "refused" in refused.stderr.lower()
 
     # atomically replaced: the port with no task left stops answering
-    await apply_ingress(INGRESS, NODE["a"], [IngressPort(8080, 80, "tcp", ())], netns=host_a)
+    await apply_ingress(NODE["a"], [IngressPort(8080, 80, "tcp", ())], netns=host_a)
     assert get(mesh, mesh.router, f"http://{mesh.underlay('a')}:8080/who").returncode != 0
     assert get(mesh, mesh.router, f"http://{mesh.underlay('b')}:8080/who").returncode == 0
 

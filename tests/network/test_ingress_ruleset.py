@@ -7,9 +7,6 @@ from typing import Any
 import pytest
 
 from dockyard.agent.network.ingress import TABLE, IngressPort, ingress_ruleset
-from dockyard.agent.network.overlay import OverlayNetwork
-
-INGRESS = OverlayNetwork("ingress", 4096, "10.255.0.0/24")
 
 
 def rules(ruleset: dict[str, Any], chain: str) -> list[list[dict[str, Any]]]:
@@ -22,7 +19,6 @@ def rules(ruleset: dict[str, Any], chain: str) -> list[list[dict[str, Any]]]:
 
 def test_ports_spread_over_every_task_and_answers_come_back_through_the_node() -> None:
     ruleset = ingress_ruleset(
-        INGRESS,
         "10.255.0.2",
         [
             IngressPort(8080, 80, "tcp", ("10.255.0.11", "10.255.0.10", "10.255.0.11")),
@@ -76,20 +72,24 @@ def test_ports_spread_over_every_task_and_answers_come_back_through_the_node() -
             {"reject": {"type": "tcp reset"}},
         ]
     ]
-    (snat,) = rules(ruleset, "postrouting")
-    assert snat[0]["match"]["right"] == {"prefix": {"addr": "10.255.0.0", "len": 24}}
-    assert snat[2] == {"snat": {"addr": "10.255.0.2"}}
+    # only what this table DNATed is SNATed, per protocol, by its original port
+    tcp_snat, udp_snat = rules(ruleset, "postrouting")
+    assert [m["match"]["right"] for m in tcp_snat[:3]] == ["tcp", 8080, "dnat"]
+    assert tcp_snat[1]["match"]["left"] == {"ct": {"key": "proto-dst", "dir": "original"}}
+    assert tcp_snat[3] == {"snat": {"addr": "10.255.0.2"}}
+    assert [m["match"]["right"] for m in udp_snat[:3]] == ["udp", 5353, "dnat"]
 
 
 def test_no_ports_still_replaces_the_table() -> None:
-    ruleset = ingress_ruleset(INGRESS, "10.255.0.2", [])
-    assert rules(ruleset, "prerouting") == [] and len(rules(ruleset, "postrouting")) == 1
+    ruleset = ingress_ruleset("10.255.0.2", [])
+    assert rules(ruleset, "prerouting") == [] == rules(ruleset, "postrouting")
+    assert len(ruleset["nftables"]) == 6  # the table, its flush, its four chains
 
 
 @pytest.mark.parametrize(
     ("node", "ports", "message"),
     [
-        ("10.9.0.2", [], "not in the ingress subnet"),
+        ("10.9.0", [], "source address '10.9.0' is not an IPv4 address"),
         ("10.255.0.2", [IngressPort(8080, 80, "sctp")], "is not tcp or udp"),
         ("10.255.0.2", [IngressPort(0, 80)], "not in 1-65535"),
         ("10.255.0.2", [IngressPort(8080, 80), IngressPort(8080, 81)], "given twice"),
@@ -102,4 +102,4 @@ def test_no_ports_still_replaces_the_table() -> None:
 )
 def test_malformed_input_is_refused(node: str, ports: list[IngressPort], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        ingress_ruleset(INGRESS, node, ports)
+        ingress_ruleset(node, ports)

@@ -20,6 +20,7 @@ from dockyard.controller.sessions import Post
 from dockyard.controller.state import ClusterState
 from dockyard.v1.dispatcher_pb2 import (
     DispatcherMessage,
+    IngressPort,
     NetworkMap,
     PeerNetwork,
     ServiceAddresses,
@@ -36,6 +37,8 @@ Routes = frozenset[tuple[str, str, str]]
 Names = tuple[tuple[str, tuple[str, ...]], ...]
 Revoked = tuple[str, ...]
 OverlayView = tuple[Overlays, dict[str, frozenset[str]]]
+Ingress = tuple[tuple[int, int, str, tuple[str, ...]], ...]
+"""(published, target, protocol, the RUNNING tasks' addresses) of each mode=ingress port."""
 
 
 class NetworkMapper:
@@ -63,6 +66,7 @@ class NetworkMapper:
         self._names: Names = ()
         self._revocations: Revoked = ()
         self._overlays: OverlayView = ({}, {})
+        self._ingress: Ingress = ()
 
     def network_map(self, node: Node) -> NetworkMap:
         """``node``'s map (its record as just registered: the view may not have it yet)."""
@@ -72,6 +76,7 @@ class NetworkMapper:
             self._current_names(),
             self._current_revocations(),
             self._current_overlays(),
+            self._current_ingress(),
         )
 
     def send_now(self, node: Node) -> None:
@@ -87,6 +92,7 @@ class NetworkMapper:
         self._routes, self._names = self._current_routes(), self._current_names()
         self._revocations = self._current_revocations()
         self._overlays = self._current_overlays()
+        self._ingress = self._current_ingress()
         while True:
             await changed.wait()
             changed.clear()
@@ -95,9 +101,17 @@ class NetworkMapper:
                 self._current_names(),
                 self._current_revocations(),
                 self._current_overlays(),
+                self._current_ingress(),
             )
-            if current != (self._routes, self._names, self._revocations, self._overlays):
-                self._routes, self._names, self._revocations, self._overlays = current
+            last = (self._routes, self._names, self._revocations, self._overlays, self._ingress)
+            if current != last:
+                (
+                    self._routes,
+                    self._names,
+                    self._revocations,
+                    self._overlays,
+                    self._ingress,
+                ) = current
                 for node_id in list(self._sessions()):  # the view computed once for them all
                     node = self._state.nodes.get(node_id)
                     if node is not None:
@@ -110,6 +124,29 @@ class NetworkMapper:
     def _current_overlays(self) -> OverlayView:
         state = self._state
         return overlays(state.networks, state.services.values(), state.tasks.values(), state.nodes)
+
+    def _current_ingress(self) -> Ingress:
+        """The routing mesh: each mode=ingress port with its service's running tasks."""
+        ports = []
+        for service in self._state.services.values():
+            meshed = [
+                p
+                for p in service.spec.task.ports
+                if p.publish_mode == "ingress" and p.published_port
+            ]
+            if not meshed:
+                continue
+            backends = tuple(
+                sorted(
+                    t.status.address
+                    for t in self._state.tasks_of_service(service.id)
+                    if t.status.address and t.status.state == RUNNING and t.desired_state <= RUNNING
+                )
+            )
+            for port in meshed:
+                protocol = (port.protocol or "tcp").lower()
+                ports.append((port.published_port, port.target_port, protocol, backends))
+        return tuple(sorted(ports))
 
     def _current_revocations(self) -> Revoked:
         return tuple(sorted(self._revoked(time.time())))
@@ -135,7 +172,12 @@ class NetworkMapper:
 
 
 def _network_map(
-    node: Node, routes: Routes, names: Names, revoked: Revoked, overlay: OverlayView
+    node: Node,
+    routes: Routes,
+    names: Names,
+    revoked: Revoked,
+    overlay: OverlayView,
+    ingress: Ingress,
 ) -> NetworkMap:
     peers = [
         PeerNetwork(node_id=node_id, subnet=subnet, address=address)
@@ -150,4 +192,10 @@ def _network_map(
         revoked_serials=revoked,
         overlays=node_overlays(node.id, *overlay),
         address=node.network.address,
+        ingress=[
+            IngressPort(
+                published_port=published, target_port=target, protocol=protocol, backends=backends
+            )
+            for published, target, protocol, backends in ingress
+        ],
     )

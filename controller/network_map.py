@@ -26,8 +26,9 @@ from dockyard.v1.dispatcher_pb2 import (
     ServiceAddresses,
 )
 from dockyard.v1.types_pb2 import Node
+from dockyard.v1.workloads_pb2 import Service, Task
 
-__all__ = ["NetworkMapper"]
+__all__ = ["NetworkMapper", "ingress_ports"]
 
 RUNNING = TaskState.RUNNING  # looked up once: an enum attribute costs on every task
 SEND_INTERVAL = 0.5
@@ -126,27 +127,7 @@ class NetworkMapper:
         return overlays(state.networks, state.services.values(), state.tasks.values(), state.nodes)
 
     def _current_ingress(self) -> Ingress:
-        """The routing mesh: each mode=ingress port with its service's running tasks."""
-        ports = []
-        for service in self._state.services.values():
-            meshed = [
-                p
-                for p in service.spec.task.ports
-                if p.publish_mode == "ingress" and p.published_port
-            ]
-            if not meshed:
-                continue
-            backends = tuple(
-                sorted(
-                    t.status.address
-                    for t in self._state.tasks_of_service(service.id)
-                    if t.status.address and t.status.state == RUNNING and t.desired_state <= RUNNING
-                )
-            )
-            for port in meshed:
-                protocol = (port.protocol or "tcp").lower()
-                ports.append((port.published_port, port.target_port, protocol, backends))
-        return tuple(sorted(ports))
+        return ingress_ports(self._state.services.values(), self._state.tasks_of_service)
 
     def _current_revocations(self) -> Revoked:
         return tuple(sorted(self._revoked(time.time())))
@@ -169,6 +150,31 @@ class NetworkMapper:
             )
             names.append((service.spec.name, tuple(addresses)))
         return tuple(sorted(names))
+
+
+def ingress_ports(
+    services: Iterable[Service], tasks_of_service: Callable[[str], Iterable[Task]]
+) -> Ingress:
+    """The routing mesh: each mode=ingress port with its service's running tasks'
+    cluster-network addresses, sorted (compared to the last map's to see a change)."""
+    ports = []
+    for service in services:
+        meshed = [
+            p for p in service.spec.task.ports if p.publish_mode == "ingress" and p.published_port
+        ]
+        if not meshed:
+            continue
+        backends = tuple(
+            sorted(
+                t.status.address
+                for t in tasks_of_service(service.id)
+                if t.status.address and t.status.state == RUNNING and t.desired_state <= RUNNING
+            )
+        )
+        for port in meshed:
+            protocol = (port.protocol or "tcp").lower()
+            ports.append((port.published_port, port.target_port, protocol, backends))
+    return tuple(sorted(ports))
 
 
 def _network_map(

@@ -63,3 +63,34 @@ def test_a_service_keeps_its_own_port_on_update() -> None:
 def test_spec_checks(mode: str, published: int, message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         check_service_spec(spec("x", (published, "tcp", mode)))
+
+
+def test_the_map_lists_ingress_ports_with_their_running_tasks() -> None:
+    from dockyard.common.states import TaskState
+    from dockyard.controller.network_map import ingress_ports
+    from dockyard.v1.workloads_pb2 import Task
+
+    def task(service_id: str, address: str, state: int, desired: int = TaskState.RUNNING) -> Task:
+        found = Task(id=address, service_id=service_id, desired_state=desired)  # type: ignore[arg-type]
+        found.status.state = state  # type: ignore[assignment]
+        found.status.address = address
+        return found
+
+    services = [
+        service("a", "web", (8080, "tcp", "ingress"), (8081, "", "host")),
+        service("b", "dns", (53, "UDP", "ingress")),
+        service("c", "plain", (9000, "tcp", "")),
+    ]
+    tasks = {
+        "a": [
+            task("a", "10.87.2.5", TaskState.RUNNING),
+            task("a", "10.87.1.4", TaskState.RUNNING),
+            task("a", "10.87.1.9", TaskState.STARTING),
+            task("a", "10.87.1.7", TaskState.RUNNING, desired=TaskState.SHUTDOWN),
+        ],
+        "c": [task("c", "10.87.1.8", TaskState.RUNNING)],
+    }
+    assert ingress_ports(services, lambda sid: tasks.get(sid, [])) == (
+        (53, 80, "udp", ()),  # no task yet: the nodes refuse it
+        (8080, 80, "tcp", ("10.87.1.4", "10.87.2.5")),
+    )

@@ -24,7 +24,9 @@ from dockyard.agent.network.ingress import (
     port_taken,
     remove_ingress,
 )
+from dockyard.agent.network.ingress_mesh import IngressMesh
 from dockyard.agent.network.overlay import OverlayDevices, OverlayNetwork, Peer, mac_for
+from dockyard.v1.dispatcher_pb2 import IngressPort as IngressPortMessage
 from tests.network.overlay_topology import Topology, unavailable
 
 INGRESS = OverlayNetwork("ingress", 5101, "10.243.0.0/24")
@@ -126,3 +128,24 @@ def test_a_port_held_by_another_process_is_named() -> None:
             f"published port {port}/tcp is already in use on this node"
         )
     assert port_taken("tcp", port) is None
+
+
+async def test_the_agents_mesh_follows_the_map_and_leaves_with_the_agent(mesh: Topology) -> None:
+    host_b = mesh.host("b")
+
+    def tables() -> str:
+        return mesh.run(host_b, "nft", "list", "tables").stdout
+
+    await remove_ingress(host_b)
+    agent = IngressMesh(netns=host_b)
+    await agent.apply(NODE["b"], [])
+    assert TABLE not in tables()  # never meshed: the host's nftables untouched
+    port = IngressPortMessage(published_port=8088, target_port=80, protocol="tcp")
+    port.backends.append(TASK)
+    await agent.apply(NODE["b"], [port])
+    got = get(mesh, mesh.router, f"http://{mesh.underlay('b')}:8088/who")
+    assert got.stdout.strip() == "task-b", got.stderr
+    await agent.apply(NODE["b"], [])  # the service went: the port closes
+    assert get(mesh, mesh.router, f"http://{mesh.underlay('b')}:8088/who").returncode != 0
+    await agent.close()
+    assert TABLE not in tables()

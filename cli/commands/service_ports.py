@@ -77,7 +77,9 @@ def parse_publish(label: str, text: str) -> list[PublishedPort]:
     else:
         match = _SHORT.match(text)
         if not match:
-            raise invalid(label, text, "use [PUBLISHED:]TARGET[/tcp|udp] or target=T,...")
+            raise invalid(
+                label, text, "use PUBLISHED:TARGET[/tcp|udp] (ranges too) or target=T,..."
+            )
         published, target, protocol = match.group(1) or "", match.group(2), match.group(3)
         protocol, mode = protocol or "tcp", ""
     if protocol not in ("tcp", "udp"):

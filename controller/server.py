@@ -207,7 +207,9 @@ class Controller:
         assert self.dispatcher is not None
         cluster_record = ClusterRecord(store)
         resolver = ImageResolver(config.registry, config.resolve_image, config.resolve_timeout)
-        nodes_api = NodesAPI(registry, self.sessions)
+        nodes_api = NodesAPI(
+            registry, self.sessions, lambda: self.state, lambda: store.last_revision
+        )
         services_api = ServicesAPI(
             store,
             ServiceRegistry(store),

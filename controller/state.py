@@ -236,7 +236,7 @@ class ClusterState:
             return False
         if (
             old.desired_state != new.desired_state
-            or old.node_id != new.node_id
+            or (old.node_id != new.node_id and old.node_id)  # placed: not a move
             or old.spec_version != new.spec_version
             or old.HasField("observed_at") != new.HasField("observed_at")
             or old.status.state >= TaskStatus.COMPLETE

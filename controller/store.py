@@ -241,6 +241,15 @@ class Store:
             raise NotFound(f"{kind.name} {record_id!r} not found")
         return self._decode(kind, response.kvs[0])
 
+    async def current_revision(self) -> int:
+        """etcd's revision now (one small request: a count of one key). A read served
+        from the cluster view waits for the view to reach it, so it is as fresh as a
+        read from etcd (a consistent read from the cache, as Kubernetes' KEP-2340)."""
+        response = await self._call(
+            "get", self._kv.get(self._key(CLUSTER, "id"), count_only=True, timeout=5.0)
+        )
+        return int(response.header.revision)
+
     async def get_raw(self, kind: Kind[M], record_id: str) -> tuple[bytes, int] | None:
         """The raw value and mod_revision of one key, for index records."""
         response = await self._call("get", self._kv.get(self._key(kind, record_id), timeout=5.0))

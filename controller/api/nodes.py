@@ -23,18 +23,18 @@ class NodesAPI:
         registry: NodeRegistry,
         sessions: SessionRegistry,
         view: Callable[[], ClusterState | None] = lambda: None,
-        last_write: Callable[[], int] = lambda: 0,
+        revision: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         """`view` gives the leader's cluster view (None on a follower): a listing reads
-        it, once it has seen this controller's last write (`last_write`), not etcd."""
+        it, once it has reached etcd's current revision (`revision`), not etcd."""
         self._registry = registry
         self._sessions = sessions
         self._view = view
-        self._last_write = last_write
+        self._revision = revision or _no_revision
 
     async def list(self, request: ListNodesRequest) -> ListNodesResponse:
         view = self._view()
-        if view is not None and await view.caught_up(self._last_write()):
+        if view is not None and await view.caught_up(await self._revision()):
             found = sorted(view.nodes.values(), key=lambda n: n.id)
         else:
             found = await self._registry.list_all()
@@ -66,6 +66,10 @@ class NodesAPI:
             stamp.FromNanoseconds(int(seen.wall * 1e9))
             node.status.last_heartbeat.CopyFrom(stamp)
         return node
+
+
+async def _no_revision() -> int:
+    return 0
 
 
 def _matches(node: Node, request: ListNodesRequest) -> bool:

@@ -132,10 +132,10 @@ class ServicesAPI:
         await self._services.remove(ref)
 
     async def _fresh_view(self) -> ClusterState | None:
-        """The leader's view once it has seen this controller's last write; None on a
+        """The leader's view once it has reached etcd's current revision; None on a
         follower, or when the view lags (then etcd answers)."""
         view = self._view()
-        if view is not None and await view.caught_up(self._store.last_revision):
+        if view is not None and await view.caught_up(await self._store.current_revision()):
             return view
         return None
 

@@ -109,7 +109,7 @@ class ClusterState:
                 f"(it is at {self.revision})"
             ) from None
 
-    async def caught_up(self, revision: int, timeout: float = 1.0) -> bool:
+    async def caught_up(self, revision: int, timeout: float = 5.0) -> bool:
         """Whether the view reaches `revision` within `timeout` seconds (an API read
         served from the view first waits for the API's own last write)."""
         if self.revision >= revision:

@@ -101,7 +101,7 @@ T = TypeVar("T")
 # etcd refuses transactions with more operations than --max-txn-ops (128 by default).
 MAX_TXN_OPS = 128
 # Transactions `commit_each` keeps in flight at once.
-COMMIT_CONCURRENCY = 8
+COMMIT_CONCURRENCY = 4
 # A list asks for pages of about LIST_PAGE_BYTES: the record count of each page follows
 # the sizes of the records read so far, and a page that still comes back over the
 # receive limit is asked again with half as many records. etcd has no byte limit on a

@@ -98,6 +98,7 @@ class Sampler(threading.Thread):
         self.stub = stub
         self.peak_rss = 0
         self.latencies: dict[str, list[float]] = {"service ls": [], "node ls": []}
+        self.errors: dict[str, int] = {}
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -109,7 +110,11 @@ class Sampler(threading.Thread):
             ]
             for name, call in calls:
                 start = time.perf_counter()
-                call()
+                try:
+                    call()
+                except grpc.RpcError as exc:  # counted, with the time it took to fail
+                    self.errors[name] = self.errors.get(name, 0) + 1
+                    print(f"  {name} failed: {exc.code().name}")
                 self.latencies[name].append(time.perf_counter() - start)
             self.done.wait(1.0)
 
@@ -224,7 +229,11 @@ def create_and_wait(
     placed_at: list[float] = []
 
     def all_running() -> bool:
-        info = stub.GetInfo(GetInfoRequest(), timeout=120)
+        try:
+            info = stub.GetInfo(GetInfoRequest(), timeout=120)
+        except grpc.RpcError as exc:  # an overloaded etcd: ask again
+            print(f"  GetInfo failed: {exc.code().name}")
+            return False
         if not placed_at and info.tasks_total >= total and info.tasks_pending == 0:
             placed_at.append(time.monotonic() - start)
         return bool(info.tasks_running >= total)
@@ -252,6 +261,7 @@ def report(
             for q in (0.5, 0.99)
         },
         "api_samples": len(sampler.latencies["node ls"]),
+        "api_errors": sampler.errors,
         "load_average": os.getloadavg()[0],
     }
     print(

@@ -60,12 +60,19 @@ class NetworkMapper:
         self._routes: Routes = frozenset()
         self._names: Names = ()
         self._revocations: Revoked = ()
+        # What a newly opened session is sent: computed at most once per SEND_INTERVAL
+        # (1,000 sessions opening at once would each walk every task otherwise); the run
+        # loop sends every session the newer map when the cluster changed since.
+        self._greeting: tuple[Routes, Names] | None = None
+        self._greeting_at = 0.0
 
     def network_map(self, node: Node) -> NetworkMap:
         """``node``'s map (its record as just registered: the view may not have it yet)."""
-        return _network_map(
-            node, self._current_routes(), self._current_names(), self._current_revocations()
-        )
+        now = time.monotonic()
+        if self._greeting is None or now - self._greeting_at >= SEND_INTERVAL:
+            self._greeting = (self._current_routes(), self._current_names())
+            self._greeting_at = now
+        return _network_map(node, *self._greeting, self._current_revocations())
 
     def send_now(self, node: Node) -> None:
         """Send ``node`` its map (its session just opened)."""

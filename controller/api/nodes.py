@@ -34,7 +34,8 @@ class NodesAPI:
 
     async def list(self, request: ListNodesRequest) -> ListNodesResponse:
         view = self._view()
-        if view is not None and await view.caught_up(await self._revision()):
+        if view is not None:  # as ServicesAPI._fresh_view: a bounded wait, then the view
+            await view.caught_up(await self._revision())
             found = sorted(view.nodes.values(), key=lambda n: n.id)
         else:
             found = await self._registry.list_all()

@@ -132,12 +132,14 @@ class ServicesAPI:
         await self._services.remove(ref)
 
     async def _fresh_view(self) -> ClusterState | None:
-        """The leader's view once it has reached etcd's current revision; None on a
-        follower, or when the view lags (then etcd answers)."""
+        """The leader's view once it has reached etcd's current revision (None on a
+        follower: etcd answers). A view still behind after `caught_up`'s wait answers
+        as it is: listing every task from an etcd that is already behind would only
+        make both slower. etcd unreachable fails the read, as a read from it would."""
         view = self._view()
-        if view is not None and await view.caught_up(await self._store.current_revision()):
-            return view
-        return None
+        if view is not None:
+            await view.caught_up(await self._store.current_revision())
+        return view
 
     async def task_counts(self) -> tuple[int, int, int]:
         """How many tasks are meant to run, run, and wait for a node."""

@@ -154,7 +154,8 @@ class ClusterState:
         by_name = {kind.name: kind for kind in tables}
         while True:
             try:
-                async for events in self._store.watch_batches(list(tables), self._watch_from):
+                watch = self._store.watch_batches(list(tables), self._watch_from)
+                async for events, revision in watch:
                     for event in events:
                         kind = by_name[event.kind]
                         if event.deleted:
@@ -163,8 +164,8 @@ class ClusterState:
                             self._put(kind, tables[kind], event.id, event.value)
                     # A response holds whole revisions: resume after its last one. The
                     # waiters are woken once per response, not once per record.
-                    self._watch_from = events[-1].revision
-                    await self._advance(events[-1].revision)
+                    self._watch_from = revision
+                    await self._advance(revision, changed=bool(events))
             except Compacted:
                 log.warning("state.relist")
                 await self._relist()
@@ -173,9 +174,9 @@ class ClusterState:
                 log.warning("state.watch_error", error=str(exc))
                 await asyncio.sleep(0.5)
 
-    async def _advance(self, revision: int) -> None:
+    async def _advance(self, revision: int, changed: bool = True) -> None:
         self.revision = max(self.revision, revision)
-        for event in self._subscribers:
+        for event in self._subscribers if changed else ():
             event.set()
         async with self._caught_up:
             self._caught_up.notify_all()

@@ -520,15 +520,18 @@ class Store:
         self, kinds: Sequence[Kind[Any]], start_revision: int
     ) -> AsyncIterator[WatchEvent[Any]]:
         """Events on several kinds in revision order, through one watch."""
-        async for events in self.watch_batches(kinds, start_revision):
+        async for events, _ in self.watch_batches(kinds, start_revision):
             for event in events:
                 yield event
 
     async def watch_batches(
         self, kinds: Sequence[Kind[Any]], start_revision: int
-    ) -> AsyncIterator[list[WatchEvent[Any]]]:
+    ) -> AsyncIterator[tuple[list[WatchEvent[Any]], int]]:
         """Events on several kinds in revision order, one list per etcd watch response
-        (whole revisions: a transaction's events never straddle two lists)."""
+        (whole revisions: a transaction's events never straddle two lists), with the
+        revision the response reaches: its last event's, counting the events on other
+        records of the prefix too (watched, not decoded), so that a reader waiting for
+        etcd's current revision is not held up by a write to the leader key."""
         assert self._client.watch is not None
         by_prefix = [(self._key(kind, ""), kind) for kind in kinds]
         start = by_prefix[0][0] if len(kinds) == 1 else self.prefix + "/"
@@ -546,8 +549,8 @@ class Store:
                     kind = _kind_of(bytes(event.kv.key).decode(), by_prefix)
                     if kind is not None:
                         events.append(self._event(kind, event))
-                if events:
-                    yield events
+                if response.events:
+                    yield events, int(response.events[-1].kv.mod_revision)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 

@@ -35,6 +35,7 @@ from dockyard.controller.store import (
     NotFound,
     Store,
     StoreError,
+    relative_sleep,
 )
 from dockyard.v1.types_pb2 import LeaderRecord
 
@@ -78,6 +79,7 @@ class Leadership:
         self._expires = 0.0  # monotonic time by which the lease may have expired
         self._keeper: LeaseKeeper | None = None
         self._leader_revision = 0  # the revision the leader key was last read at
+        self._key_lost = False  # the loop's renewer found the key not ours
         self._closed = False
 
     def holds(self) -> bool:
@@ -223,33 +225,66 @@ class Leadership:
     async def _hold(self) -> None:
         """Keep the lease alive; return when it is lost or the key is not ours.
 
-        The renewals run on the keeper's thread (a failed refresh, whatever the error,
-        is retried there until the lease could have expired, less a margin); this task
-        looks at what it found and ends the term when the lease is given up, the key is
-        no longer ours, or the lease's time is up.
+        Two renewers extend the same lease, and the lease holds while either succeeds:
+        the keeper's thread (blocking gRPC, so a busy event loop cannot starve it) and,
+        as before, a task on the loop (asyncio's relative timeouts, so a wall clock that
+        jumps cannot stall it: blocking gRPC's deadlines and timed thread waits follow
+        the wall clock). A failed refresh, whatever the error, is retried until the
+        lease could have expired, less a margin. This task looks every HOLD_CHECK and
+        ends the term when the lease's time is up or either renewer found the key gone.
         """
         assert self.fence is not None
         keeper = LeaseKeeper(
             self._store, self._lease, self.fence, self._ttl, self._expires, self._record
         )
         self._keeper = keeper
+        self._key_lost = False
         keeper.start()
         try:
-            while True:
-                keeper.tick()
-                if keeper.lost is not None:
-                    log.warning(keeper.lost, controller_id=self._record.controller_id)
-                    return
-                if time.monotonic() >= self._lease_expiry() - EXPIRY_MARGIN:
-                    log.warning(
-                        "leadership.lease_expiring", controller_id=self._record.controller_id
-                    )
-                    return
-                await asyncio.sleep(HOLD_CHECK)
+            async with asyncio.TaskGroup() as group:
+                renewing = group.create_task(self._renew_on_loop(self.fence))
+                await self._watch_lease(keeper)
+                renewing.cancel()
         finally:
             self._expires = self._lease_expiry()
             self._keeper = None
             await keeper.stop()
+
+    async def _watch_lease(self, keeper: LeaseKeeper) -> None:
+        while True:
+            keeper.tick()
+            if keeper.lost is not None or self._key_lost:
+                log.warning(
+                    keeper.lost or "leadership.key_lost",
+                    controller_id=self._record.controller_id,
+                )
+                return
+            if time.monotonic() >= self._lease_expiry() - EXPIRY_MARGIN:
+                log.warning("leadership.lease_expiring", controller_id=self._record.controller_id)
+                return
+            await asyncio.sleep(HOLD_CHECK)
+
+    async def _renew_on_loop(self, fence: Fence) -> None:
+        """The loop's renewer: every TTL/3 while the lease can still be renewed."""
+        while True:
+            left = self._lease_expiry() - EXPIRY_MARGIN - time.monotonic()
+            await asyncio.sleep(max(HOLD_CHECK, min(self._ttl / 3, left)))
+            asked = time.monotonic()
+            left = self._lease_expiry() - EXPIRY_MARGIN - asked
+            if left <= 0:
+                continue  # the term is ending (`_watch_lease`)
+            try:
+                async with asyncio.timeout(left):
+                    alive = await self._store.refresh_lease(self._lease)
+                    ours = alive and await self._store.fence_holds(fence)
+            except Exception as exc:  # any failure is a missed refresh
+                log.warning("leadership.refresh_failed", error=_describe(exc), on="loop")
+                continue
+            if not ours:
+                if time.monotonic() < self._lease_expiry() - EXPIRY_MARGIN:
+                    self._key_lost = True
+                return
+            self._expires = max(self._expires, asked + self._ttl)
 
     async def _resign(self) -> None:
         """Give the lease back (its key goes with it), within RESIGN_TIMEOUT."""
@@ -309,12 +344,19 @@ class LeaseKeeper:
         try:
             while not self._stop.is_set():
                 left = self.expires - EXPIRY_MARGIN - time.monotonic()
-                if self._stop.wait(max(0.0, min(self._ttl / 3, left))):
-                    return
-                if not self._refresh():
+                self._sleep(max(0.0, min(self._ttl / 3, left)))
+                if self._stop.is_set() or not self._refresh():
                     return
         finally:
             self._renewer.close()
+
+    def _sleep(self, seconds: float) -> None:
+        """Short relative sleeps (`relative_sleep`), not a timed `Event.wait`: a timed
+        wait may follow the wall clock (under libfaketime it waited out a jump of the
+        clock back by an hour) and the lease would go unrenewed."""
+        until = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := until - time.monotonic()) > 0:
+            relative_sleep(min(HOLD_CHECK, left))
 
     def _refresh(self) -> bool:
         """One renewal; False when the keeper is done (the key is not ours, the

@@ -11,9 +11,12 @@ list again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import select
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -93,6 +96,7 @@ __all__ = [
     "StoreError",
     "StoreUnavailable",
     "WatchEvent",
+    "relative_sleep",
 ]
 
 M = TypeVar("M", bound=Message)
@@ -100,6 +104,8 @@ T = TypeVar("T")
 
 # etcd refuses transactions with more operations than --max-txn-ops (128 by default).
 MAX_TXN_OPS = 128
+# How often a blocking call's monotonic deadline is looked at (LeaseRenewer).
+POLL_SECONDS = 0.05
 # Transactions `commit_each` keeps in flight at once.
 COMMIT_CONCURRENCY = 4
 # A list asks for pages of about LIST_PAGE_BYTES: the record count of each page follows
@@ -617,9 +623,10 @@ class LeaseRenewer:
         lease = LeaseStub(self._open())
         request = LeaseKeepAliveRequest(ID=lease_id)
         try:
-            replies = lease.LeaseKeepAlive(iter([request]), timeout=timeout)
-            for reply in replies:
-                return int(reply.TTL) > 0
+            replies = lease.LeaseKeepAlive(iter([request]))
+            with _cancelled_after(replies, timeout):
+                for reply in replies:
+                    return int(reply.TTL) > 0
         except grpc.RpcError as exc:
             self._next()
             raise StoreUnavailable(f"etcd lease keep-alive: {_short(exc)}") from exc
@@ -628,8 +635,10 @@ class LeaseRenewer:
     def fence_holds(self, fence: Fence, timeout: float) -> bool:
         kv = KVStub(self._open())
         try:
-            response = kv.Range(RangeRequest(key=fence.key.encode()), timeout=timeout)
-        except grpc.RpcError as exc:
+            future = kv.Range.future(RangeRequest(key=fence.key.encode()))
+            with _cancelled_after(future, timeout):
+                response = future.result()
+        except (grpc.RpcError, grpc.FutureCancelledError) as exc:
             self._next()
             raise StoreUnavailable(f"etcd range: {_short(exc)}") from exc
         kvs = response.kvs
@@ -661,6 +670,37 @@ class LeaseRenewer:
     def _next(self) -> None:
         self.close()
         self._index += 1
+
+
+def relative_sleep(seconds: float) -> None:
+    """Sleep `seconds` with a relative timeout (epoll_wait's, as asyncio's loop): under
+    libfaketime, `time.sleep` (an absolute clock_nanosleep) fails with EINVAL and timed
+    waits on locks follow the faked wall clock."""
+    with select.epoll() as poller:
+        poller.poll(max(0.0, seconds))
+
+
+@contextlib.contextmanager
+def _cancelled_after(call: Any, seconds: float) -> Iterator[None]:
+    """Cancel a blocking gRPC call after `seconds` on the monotonic clock: gRPC's own
+    timeouts are deadlines on the wall clock (time.time()), which may jump. Polled with
+    short relative sleeps (`relative_sleep`)."""
+    done = threading.Event()
+    deadline = time.monotonic() + seconds
+
+    def cancel_when_due() -> None:
+        while not done.is_set():
+            if time.monotonic() >= deadline:
+                call.cancel()
+                return
+            relative_sleep(POLL_SECONDS)
+
+    watcher = threading.Thread(target=cancel_when_due, name="etcd-call-deadline", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 class _Etcd3Client(Etcd3Client):

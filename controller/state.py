@@ -33,6 +33,9 @@ from dockyard.v1.workloads_pb2 import Secret, Service, Task, UpdateStatus
 
 log = structlog.get_logger(__name__)
 
+# Seconds an API read waits for the view to reach etcd's current revision.
+READ_WAIT = 0.05
+
 # A service in these update states watches its tasks' every step (a rolling update).
 _UPDATING = (UpdateStatus.UPDATING, UpdateStatus.ROLLBACK_STARTED)
 
@@ -108,6 +111,15 @@ class ClusterState:
                 f"the cluster view did not reach revision {revision} in {timeout:g} s "
                 f"(it is at {self.revision})"
             ) from None
+
+    async def settle_for_read(self, current: int, own_write: int) -> None:
+        """Before an API read from the view: wait briefly (READ_WAIT) for the view to
+        reach etcd's `current` revision, and at most 5 s for it to reach this
+        controller's own last write (read-your-writes). A view behind by more than the
+        brief wait answers as it is: under load it lags by the loop's backlog, and a
+        read that waited for it would be as slow as that backlog."""
+        if not await self.caught_up(current, READ_WAIT):
+            await self.caught_up(own_write)
 
     async def caught_up(self, revision: int, timeout: float = 5.0) -> bool:
         """Whether the view reaches `revision` within `timeout` seconds (an API read

@@ -24,18 +24,21 @@ class NodesAPI:
         sessions: SessionRegistry,
         view: Callable[[], ClusterState | None] = lambda: None,
         revision: Callable[[], Awaitable[int]] | None = None,
+        last_write: Callable[[], int] = lambda: 0,
     ) -> None:
         """`view` gives the leader's cluster view (None on a follower): a listing reads
-        it, once it has reached etcd's current revision (`revision`), not etcd."""
+        it, settled for a read against etcd's current revision (`revision`) and this
+        controller's last write (`last_write`), not etcd."""
         self._registry = registry
         self._sessions = sessions
         self._view = view
         self._revision = revision or _no_revision
+        self._last_write = last_write
 
     async def list(self, request: ListNodesRequest) -> ListNodesResponse:
         view = self._view()
-        if view is not None:  # as ServicesAPI._fresh_view: a bounded wait, then the view
-            await view.caught_up(await self._revision())
+        if view is not None:  # as ServicesAPI._fresh_view
+            await view.settle_for_read(await self._revision(), self._last_write())
             found = sorted(view.nodes.values(), key=lambda n: n.id)
         else:
             found = await self._registry.list_all()

@@ -132,13 +132,14 @@ class ServicesAPI:
         await self._services.remove(ref)
 
     async def _fresh_view(self) -> ClusterState | None:
-        """The leader's view once it has reached etcd's current revision (None on a
-        follower: etcd answers). A view still behind after `caught_up`'s wait answers
-        as it is: listing every task from an etcd that is already behind would only
-        make both slower. etcd unreachable fails the read, as a read from it would."""
+        """The leader's view (None on a follower: etcd answers), settled for a read
+        (`ClusterState.settle_for_read`: this controller's own writes are seen, others
+        as far as the view has got). etcd unreachable fails the read, as a read from it
+        would."""
         view = self._view()
-        if view is not None:
-            await view.caught_up(await self._store.current_revision())
+        if view is not None:  # etcd's revision first: etcd unreachable fails the read
+            current = await self._store.current_revision()
+            await view.settle_for_read(current, self._store.last_revision)
         return view
 
     async def task_counts(self) -> tuple[int, int, int]:

@@ -63,16 +63,24 @@ class NetworkMapper:
         self._names: Names = ()
         self._revocations: Revoked = ()
         self._overlays: OverlayView = ({}, {})
+        # What a newly opened session is sent: computed at most once per SEND_INTERVAL
+        # (1,000 sessions opening at once would each walk every task otherwise); the run
+        # loop sends every session the newer map when the cluster changed since.
+        self._greeting: tuple[Routes, Names, OverlayView] | None = None
+        self._greeting_at = 0.0
 
     def network_map(self, node: Node) -> NetworkMap:
         """``node``'s map (its record as just registered: the view may not have it yet)."""
-        return _network_map(
-            node,
-            self._current_routes(),
-            self._current_names(),
-            self._current_revocations(),
-            self._current_overlays(),
-        )
+        now = time.monotonic()
+        if self._greeting is None or now - self._greeting_at >= SEND_INTERVAL:
+            self._greeting = (
+                self._current_routes(),
+                self._current_names(),
+                self._current_overlays(),
+            )
+            self._greeting_at = now
+        routes, names, overlays = self._greeting
+        return _network_map(node, routes, names, self._current_revocations(), overlays)
 
     def send_now(self, node: Node) -> None:
         """Send ``node`` its map (its session just opened)."""

@@ -170,7 +170,7 @@ def _context_tls(context: Context) -> TLSFiles | None:
 def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
     import grpc
 
-    from dockyard.common.authz import not_a_controller
+    from dockyard.common.tls_errors import not_a_controller
 
     code = exc.code()
     details = exc.details() or ""
@@ -316,7 +316,7 @@ def is_not_a_controller(exc: CliError) -> bool:
     """The call failed because the server's certificate is not a controller's."""
     import grpc
 
-    from dockyard.common.authz import not_a_controller
+    from dockyard.common.tls_errors import not_a_controller
 
     cause = exc.__cause__
     return isinstance(cause, grpc.RpcError) and not_a_controller(cause.details() or "")

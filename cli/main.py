@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "network": ("networks", "network", "Manage the cluster's overlay networks."),
     "node": ("nodes", "node", "Manage the cluster's nodes."),
     "port": ("containers", "port", "List a container's published ports."),
-    "ps": ("services", "ps", "List tasks (on a controller) or containers (on an agent)."),
+    "ps": ("tasks", "ps", "List tasks (on a controller) or containers (on an agent)."),
     "pull": ("images", "pull", "Pull an image, with a progress bar per layer."),
     "run": ("container_run", "run", "Run a command in a new container."),
     "secret": ("secrets", "secret", "Manage the cluster's secrets."),

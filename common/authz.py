@@ -28,6 +28,7 @@ import grpc
 import structlog
 
 from dockyard.common.pki import ADMIN, CONTROLLER, NODE, READ_ONLY, Identity, PKIError, identity_of
+from dockyard.common.tls_errors import not_a_controller
 
 __all__ = [
     "NODE_METHODS",
@@ -82,13 +83,6 @@ def allowed(identity: Identity, method: str) -> bool:
         name = method.rsplit("/", 1)[-1]
         return name.startswith(("Get", "List")) and method not in TOKEN_METHODS
     return False
-
-
-def not_a_controller(details: str) -> bool:
-    """Whether a gRPC connection failure means the server's certificate, though from a
-    CA the client trusts, does not name it a controller (`pki.CONTROLLER_TLS_NAME`)."""
-    lowered = details.lower()
-    return "hostname verification" in lowered or "peer name" in lowered
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):

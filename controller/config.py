@@ -30,7 +30,7 @@ class ControllerConfig:
     etcd_timeout: float = 10.0
     heartbeat_period: float = DEFAULT_HEARTBEAT_PERIOD
     node_grace: float = DEFAULT_HEARTBEAT_PERIOD * DEFAULT_GRACE_PERIODS
-    leader_ttl: int = 10
+    leader_ttl: int = 3
     # A DOWN node's tasks are replaced elsewhere after this long.
     node_down_grace: float = 10.0
     strategy: Literal["spread", "binpack"] = "spread"

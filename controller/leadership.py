@@ -5,6 +5,10 @@ alive; when the leader dies its lease expires and another controller takes
 the key. A controller that restarts with the same ID takes its own stale key
 back at once instead of waiting for the lease to expire.
 
+The lease is kept alive from a thread of its own (`LeaseKeeper`: its own event loop and
+etcd client), so a busy event loop (tens of thousands of tasks to plan) cannot starve
+the renewals; a follower watches the leader key and campaigns the moment it goes.
+
 Leadership is a fence, not a flag: a term is the leader key as created at one
 revision (`Fence`). The term's loops write through a store fenced with it, so
 every write of theirs fails once the key is gone or re-created, and the term
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -29,6 +35,7 @@ from dockyard.controller.store import (
     NotFound,
     Store,
     StoreError,
+    relative_sleep,
 )
 from dockyard.v1.types_pb2 import LeaderRecord
 
@@ -40,6 +47,13 @@ LEADER_KEY = "current"
 EXPIRY_MARGIN = 1.0
 # Bound on giving a lease back when a term ends (etcd may be unreachable).
 RESIGN_TIMEOUT = 2.0
+# The default lease: short, as its renewals run on their own thread.
+DEFAULT_TTL = 3
+# How often the term's task looks at what the keeper thread found.
+HOLD_CHECK = 0.1
+# The keeper stops renewing when the controller's event loop has not run for this long
+# (hung, not merely busy): the lease then expires and another controller leads.
+LOOP_STALL_LIMIT = 30.0
 
 Lead = Callable[[Fence], Awaitable[None]]
 """Runs one term's loops, writing through a store fenced with the given Fence, until
@@ -51,7 +65,9 @@ class _TermOver(Exception):
 
 
 class Leadership:
-    def __init__(self, store: Store, controller_id: str, api_address: str, ttl: int = 10) -> None:
+    def __init__(
+        self, store: Store, controller_id: str, api_address: str, ttl: int = DEFAULT_TTL
+    ) -> None:
         self._store = store
         self._record = LeaderRecord(controller_id=controller_id, api_address=api_address)
         self._ttl = ttl
@@ -60,7 +76,10 @@ class Leadership:
         self.fence: Fence | None = None
         self.terms = 0
         self._lease = 0
-        self._expires = 0.0  # loop time by which the lease may have expired
+        self._expires = 0.0  # monotonic time by which the lease may have expired
+        self._keeper: LeaseKeeper | None = None
+        self._leader_revision = 0  # the revision the leader key was last read at
+        self._key_lost = False  # the loop's renewer found the key not ours
         self._closed = False
 
     def holds(self) -> bool:
@@ -70,7 +89,11 @@ class Leadership:
         (no etcd transaction to fence it) is sent only while this holds."""
         if not self.is_leader:
             return False
-        return asyncio.get_running_loop().time() < self._expires - EXPIRY_MARGIN
+        return time.monotonic() < self._lease_expiry() - EXPIRY_MARGIN
+
+    def _lease_expiry(self) -> float:
+        keeper = self._keeper
+        return max(self._expires, keeper.expires) if keeper is not None else self._expires
 
     def leader_address(self) -> str | None:
         """None while this controller leads; else the leader's address or ""."""
@@ -88,9 +111,12 @@ class Leadership:
                 except Exception as exc:  # any failure: campaign again later
                     log.warning("leadership.campaign_failed", error=_describe(exc))
                     elected = False
+                    self._leader_revision = 0
                 if elected and not self._closed:
                     await self._term(lead)
-                if not self._closed:
+                elif not self._closed:
+                    await self._wait_for_vacancy()
+                if not self._closed and elected:
                     await asyncio.sleep(self._ttl / 3)
         finally:
             await self._resign()
@@ -138,8 +164,7 @@ class Leadership:
 
     async def _campaign(self) -> bool:
         await self._take_back_own_key()
-        loop = asyncio.get_running_loop()
-        asked = loop.time()
+        asked = time.monotonic()
         self._lease = await self._store.grant_lease(self._ttl)
         self._expires = asked + self._ttl
         self._record.since.CopyFrom(now_timestamp())
@@ -150,7 +175,7 @@ class Leadership:
         except Conflict:
             await self._store.revoke_lease(self._lease)
             self._lease = 0
-            self.leader = await self._current_leader()
+            self.leader, self._leader_revision = await self._read_leader()
             return False
         # The key was created by this transaction: its create_revision is the txn's.
         self.fence = self._store.fence(LEADER, LEADER_KEY, revision)
@@ -172,35 +197,94 @@ class Leadership:
         except NotFound:
             return None
 
+    async def _read_leader(self) -> tuple[LeaderRecord | None, int]:
+        """The leader's record and the revision it was read at (0: no leader)."""
+        raw = await self._store.get_raw(LEADER, LEADER_KEY)
+        if raw is None:
+            return None, 0
+        return LeaderRecord.FromString(raw[0]), raw[1]
+
+    async def _wait_for_vacancy(self) -> None:
+        """Until the leader key changes (its lease expired, it resigned) or TTL/3 passed:
+        a watch on the key, so a follower campaigns as soon as the leader is gone; the
+        timeout is the fallback when the watch cannot be opened."""
+        revision = self._leader_revision
+        try:
+            async with asyncio.timeout(self._ttl / 3 if not revision else self._ttl * 3):
+                if not revision:
+                    await asyncio.sleep(self._ttl / 3)
+                    return
+                async for event in self._store.watch(LEADER, revision):
+                    if event.id == LEADER_KEY:
+                        return
+        except (TimeoutError, StoreError):
+            return
+        except Exception as exc:  # a broken watch: campaign as before
+            log.warning("leadership.watch_failed", error=_describe(exc))
+
     async def _hold(self) -> None:
         """Keep the lease alive; return when it is lost or the key is not ours.
 
-        A failed refresh, whatever the error (etcd restarting, a broken keep-alive
-        stream), is retried until the lease could have expired, less a margin: only
-        then may another controller be elected, and by then this term is over.
+        Two renewers extend the same lease, and the lease holds while either succeeds:
+        the keeper's thread (blocking gRPC, so a busy event loop cannot starve it) and,
+        as before, a task on the loop (asyncio's relative timeouts, so a wall clock that
+        jumps cannot stall it: blocking gRPC's deadlines and timed thread waits follow
+        the wall clock). A failed refresh, whatever the error, is retried until the
+        lease could have expired, less a margin. This task looks every HOLD_CHECK and
+        ends the term when the lease's time is up or either renewer found the key gone.
         """
-        loop = asyncio.get_running_loop()
         assert self.fence is not None
-        fence = self.fence
+        keeper = LeaseKeeper(
+            self._store, self._lease, self.fence, self._ttl, self._expires, self._record
+        )
+        self._keeper = keeper
+        self._key_lost = False
+        keeper.start()
+        try:
+            async with asyncio.TaskGroup() as group:
+                renewing = group.create_task(self._renew_on_loop(self.fence))
+                await self._watch_lease(keeper)
+                renewing.cancel()
+        finally:
+            self._expires = self._lease_expiry()
+            self._keeper = None
+            await keeper.stop()
+
+    async def _watch_lease(self, keeper: LeaseKeeper) -> None:
         while True:
-            left = self._expires - EXPIRY_MARGIN - loop.time()
-            await asyncio.sleep(max(0.0, min(self._ttl / 3, left)))
-            asked = loop.time()
-            left = self._expires - EXPIRY_MARGIN - asked
-            if left <= 0:
+            keeper.tick()
+            if keeper.lost is not None or self._key_lost:
+                log.warning(
+                    keeper.lost or "leadership.key_lost",
+                    controller_id=self._record.controller_id,
+                )
+                return
+            if time.monotonic() >= self._lease_expiry() - EXPIRY_MARGIN:
                 log.warning("leadership.lease_expiring", controller_id=self._record.controller_id)
                 return
+            await asyncio.sleep(HOLD_CHECK)
+
+    async def _renew_on_loop(self, fence: Fence) -> None:
+        """The loop's renewer: every TTL/3 while the lease can still be renewed."""
+        while True:
+            left = self._lease_expiry() - EXPIRY_MARGIN - time.monotonic()
+            await asyncio.sleep(max(HOLD_CHECK, min(self._ttl / 3, left)))
+            asked = time.monotonic()
+            left = self._lease_expiry() - EXPIRY_MARGIN - asked
+            if left <= 0:
+                continue  # the term is ending (`_watch_lease`)
             try:
                 async with asyncio.timeout(left):
                     alive = await self._store.refresh_lease(self._lease)
                     ours = alive and await self._store.fence_holds(fence)
             except Exception as exc:  # any failure is a missed refresh
-                log.warning("leadership.refresh_failed", error=_describe(exc))
+                log.warning("leadership.refresh_failed", error=_describe(exc), on="loop")
                 continue
             if not ours:
-                log.warning("leadership.key_lost", lease_alive=alive)
+                if time.monotonic() < self._lease_expiry() - EXPIRY_MARGIN:
+                    self._key_lost = True
                 return
-            self._expires = asked + self._ttl
+            self._expires = max(self._expires, asked + self._ttl)
 
     async def _resign(self) -> None:
         """Give the lease back (its key goes with it), within RESIGN_TIMEOUT."""
@@ -211,6 +295,94 @@ class Leadership:
             with contextlib.suppress(StoreError, TimeoutError):
                 async with asyncio.timeout(RESIGN_TIMEOUT):
                     await self._store.revoke_lease(lease)
+
+
+class LeaseKeeper:
+    """Renews one leader lease every TTL/3 from a thread of its own, over gRPC's
+    blocking API (`Store.renewer`), and checks the key is still the term's: nothing it
+    does waits on the controller's event loop.
+
+    `expires` is the monotonic time by which the lease may have expired (the time the
+    last successful refresh was asked, plus the TTL); `lost` names why the keeper gave
+    up (the key is not ours, the event loop hung). The controller's loop calls `tick`
+    while it runs: a loop that has not for LOOP_STALL_LIMIT seconds gets no more
+    renewals.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        lease: int,
+        fence: Fence,
+        ttl: int,
+        expires: float,
+        record: LeaderRecord,
+    ) -> None:
+        self._renewer = store.renewer()
+        self._lease = lease
+        self._fence = fence
+        self._ttl = ttl
+        self.expires = expires
+        self.lost: str | None = None
+        self._ticked = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"lease-keeper-{lease:x}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def tick(self) -> None:
+        self._ticked = time.monotonic()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, 10.0)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                left = self.expires - EXPIRY_MARGIN - time.monotonic()
+                self._sleep(max(0.0, min(self._ttl / 3, left)))
+                if self._stop.is_set() or not self._refresh():
+                    return
+        finally:
+            self._renewer.close()
+
+    def _sleep(self, seconds: float) -> None:
+        """Short relative sleeps (`relative_sleep`), not a timed `Event.wait`: a timed
+        wait may follow the wall clock (under libfaketime it waited out a jump of the
+        clock back by an hour) and the lease would go unrenewed."""
+        until = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := until - time.monotonic()) > 0:
+            relative_sleep(min(HOLD_CHECK, left))
+
+    def _refresh(self) -> bool:
+        """One renewal; False when the keeper is done (the key is not ours, the
+        controller's loop hung, or the lease's time is up)."""
+        asked = time.monotonic()
+        if asked - self._ticked > LOOP_STALL_LIMIT:
+            self.lost = "leadership.loop_stalled"
+            return False
+        left = self.expires - EXPIRY_MARGIN - asked
+        if left <= 0:
+            return False
+        try:
+            alive = self._renewer.refresh_lease(self._lease, left)
+            left = self.expires - EXPIRY_MARGIN - time.monotonic()
+            ours = alive and left > 0 and self._renewer.fence_holds(self._fence, left)
+        except Exception as exc:  # any failure is a missed refresh
+            log.warning("leadership.refresh_failed", error=_describe(exc))
+            return True
+        if not ours:
+            if time.monotonic() >= self.expires - EXPIRY_MARGIN:
+                return False
+            log.warning("leadership.key_lost", lease_alive=alive)
+            self.lost = "leadership.key_lost"
+            return False
+        self.expires = asked + self._ttl
+        return True
 
 
 def _reasons(group: BaseExceptionGroup[BaseException]) -> str:

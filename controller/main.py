@@ -77,7 +77,7 @@ def main() -> None:
 )
 @click.option(
     "--leader-ttl",
-    default=10,
+    default=3,
     show_default=True,
     type=click.IntRange(min=2),
     help="Seconds the leader lease lasts without renewal.",

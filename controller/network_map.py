@@ -68,17 +68,25 @@ class NetworkMapper:
         self._revocations: Revoked = ()
         self._overlays: OverlayView = ({}, {})
         self._ingress: Ingress = ()
+        # What a newly opened session is sent: computed at most once per SEND_INTERVAL
+        # (1,000 sessions opening at once would each walk every task otherwise); the run
+        # loop sends every session the newer map when the cluster changed since.
+        self._greeting: tuple[Routes, Names, OverlayView, Ingress] | None = None
+        self._greeting_at = 0.0
 
     def network_map(self, node: Node) -> NetworkMap:
         """``node``'s map (its record as just registered: the view may not have it yet)."""
-        return _network_map(
-            node,
-            self._current_routes(),
-            self._current_names(),
-            self._current_revocations(),
-            self._current_overlays(),
-            self._current_ingress(),
-        )
+        now = time.monotonic()
+        if self._greeting is None or now - self._greeting_at >= SEND_INTERVAL:
+            self._greeting = (
+                self._current_routes(),
+                self._current_names(),
+                self._current_overlays(),
+                self._current_ingress(),
+            )
+            self._greeting_at = now
+        routes, names, overlays, ingress = self._greeting
+        return _network_map(node, routes, names, self._current_revocations(), overlays, ingress)
 
     def send_now(self, node: Node) -> None:
         """Send ``node`` its map (its session just opened)."""

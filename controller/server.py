@@ -209,7 +209,13 @@ class Controller:
         assert self.dispatcher is not None
         cluster_record = ClusterRecord(store)
         resolver = ImageResolver(config.registry, config.resolve_image, config.resolve_timeout)
-        nodes_api = NodesAPI(registry, self.sessions)
+        nodes_api = NodesAPI(
+            registry,
+            self.sessions,
+            lambda: self.state,
+            store.current_revision,
+            lambda: store.last_revision,
+        )
         networks = NetworkRegistry(
             store,
             config.networks,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +32,15 @@ from dockyard.controller.store import (
 )
 from dockyard.v1.networks_pb2 import Network
 from dockyard.v1.types_pb2 import Node, TaskStatus
-from dockyard.v1.workloads_pb2 import Config, Secret, Service, Task
+from dockyard.v1.workloads_pb2 import Config, Secret, Service, Task, UpdateStatus
 
 log = structlog.get_logger(__name__)
+
+# Seconds an API read waits for the view to reach etcd's current revision.
+READ_WAIT = 0.05
+
+# A service in these update states watches its tasks' every step (a rolling update).
+_UPDATING = (UpdateStatus.UPDATING, UpdateStatus.ROLLBACK_STARTED)
 
 
 @dataclass
@@ -45,9 +51,13 @@ class ChangeTracker:
     services: set[str] = field(default_factory=set)
     nodes: set[str] = field(default_factory=set)
     task_nodes: set[str] = field(default_factory=set)
+    status_changes: bool = True
+    """False: a task's status moving on between two live states (ASSIGNED to RUNNING,
+    say) does not mark its service, unless the service is being updated (the
+    orchestrator: nothing it plans depends on those steps but a rolling update's)."""
 
     def take(self) -> ChangeTracker:
-        taken = ChangeTracker(self.services, self.nodes, self.task_nodes)
+        taken = ChangeTracker(self.services, self.nodes, self.task_nodes, self.status_changes)
         self.services, self.nodes, self.task_nodes = set(), set(), set()
         return taken
 
@@ -64,6 +74,12 @@ class ClusterState:
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
         self.pending_task_ids: set[str] = set()  # status PENDING: the scheduler's input
+        # Kept as records come and go, so the API's summaries cost no scan of every task:
+        # tasks meant to run (desired RUNNING) in all, RUNNING, PENDING; and by service,
+        # those RUNNING and the jobs' successful completions.
+        self.task_counts: Counter[str] = Counter()
+        self.running_by_service: Counter[str] = Counter()
+        self.succeeded_by_service: Counter[str] = Counter()
         self.revision = 0
         self._trackers: list[ChangeTracker] = []
         self._watch_from = 0
@@ -101,6 +117,26 @@ class ClusterState:
                 f"(it is at {self.revision})"
             ) from None
 
+    async def settle_for_read(self, current: int, own_write: int) -> None:
+        """Before an API read from the view: wait briefly (READ_WAIT) for the view to
+        reach etcd's `current` revision, and at most 5 s for it to reach this
+        controller's own last write (read-your-writes). A view behind by more than the
+        brief wait answers as it is: under load it lags by the loop's backlog, and a
+        read that waited for it would be as slow as that backlog."""
+        if not await self.caught_up(current, READ_WAIT):
+            await self.caught_up(own_write)
+
+    async def caught_up(self, revision: int, timeout: float = 5.0) -> bool:
+        """Whether the view reaches `revision` within `timeout` seconds (an API read
+        served from the view first waits for the API's own last write)."""
+        if self.revision >= revision:
+            return True
+        try:
+            await self.wait_for_revision(revision, timeout)
+        except TimeoutError:
+            return False
+        return True
+
     def tasks_of_service(self, service_id: str) -> list[Task]:
         return [self.tasks[t] for t in self.tasks_by_service.get(service_id, ()) if t in self.tasks]
 
@@ -134,18 +170,21 @@ class ClusterState:
         """Apply etcd's changes to the view until cancelled, from where it last was
         (so a restarted watch resumes), relisting when etcd compacted that away."""
         tables = dict(self._kinds())
+        by_name = {kind.name: kind for kind in tables}
         while True:
             try:
-                async for event in self._store.watch_kinds(list(tables), self._watch_from):
-                    kind = next(k for k in tables if k.name == event.kind)
-                    if event.deleted:
-                        self._remove(kind, tables[kind], event.id)
-                    else:
-                        self._put(kind, tables[kind], event.id, event.value)
-                    # A transaction's events share one revision: resume at that revision
-                    # (re-applying a record is harmless), never past events not applied.
-                    self._watch_from = event.revision - 1
-                    await self._advance(event.revision)
+                watch = self._store.watch_batches(list(tables), self._watch_from)
+                async for events, revision in watch:
+                    for event in events:
+                        kind = by_name[event.kind]
+                        if event.deleted:
+                            self._remove(kind, tables[kind], event.id)
+                        else:
+                            self._put(kind, tables[kind], event.id, event.value)
+                    # A response holds whole revisions: resume after its last one. The
+                    # waiters are woken once per response, not once per record.
+                    self._watch_from = revision
+                    await self._advance(revision, changed=bool(events))
             except Compacted:
                 log.warning("state.relist")
                 await self._relist()
@@ -154,16 +193,16 @@ class ClusterState:
                 log.warning("state.watch_error", error=str(exc))
                 await asyncio.sleep(0.5)
 
-    async def _advance(self, revision: int) -> None:
+    async def _advance(self, revision: int, changed: bool = True) -> None:
         self.revision = max(self.revision, revision)
-        for event in self._subscribers:
+        for event in self._subscribers if changed else ():
             event.set()
         async with self._caught_up:
             self._caught_up.notify_all()
 
-    def track(self) -> ChangeTracker:
+    def track(self, status_changes: bool = True) -> ChangeTracker:
         """A tracker of what changes from now on, for one loop."""
-        tracker = ChangeTracker()
+        tracker = ChangeTracker(status_changes=status_changes)
         self._trackers.append(tracker)
         return tracker
 
@@ -172,21 +211,24 @@ class ClusterState:
             self._trackers.remove(tracker)
 
     @contextlib.contextmanager
-    def following(self) -> Iterator[tuple[asyncio.Event, ChangeTracker]]:
+    def following(
+        self, status_changes: bool = True
+    ) -> Iterator[tuple[asyncio.Event, ChangeTracker]]:
         """A loop's change event and tracker, let go of when the loop ends (or restarts)."""
-        changed, tracker = self.subscribe(), self.track()
+        changed, tracker = self.subscribe(), self.track(status_changes)
         try:
             yield changed, tracker
         finally:
             self.unsubscribe(changed)
             self.untrack(tracker)
 
-    def _mark(self, kind: Kind[Any], record_id: str, value: Any) -> None:
+    def _mark(self, kind: Kind[Any], record_id: str, value: Any, status_only: bool = False) -> None:
         if kind in (SECRETS, CONFIGS, NETWORKS):  # tasks change with their service
             return
         for tracker in self._trackers:
             if kind is TASKS:
-                tracker.services.add(value.service_id)
+                if not status_only or tracker.status_changes:
+                    tracker.services.add(value.service_id)
                 if value.node_id:
                     tracker.task_nodes.add(value.node_id)
             elif kind is SERVICES:
@@ -195,7 +237,8 @@ class ClusterState:
                 tracker.nodes.add(record_id)
 
     def _put(self, kind: Kind[Any], table: dict[str, Any], record_id: str, value: Any) -> None:
-        self._mark(kind, record_id, value)
+        status_only = kind is TASKS and self._status_only(table.get(record_id), value)
+        self._mark(kind, record_id, value, status_only)
         if kind is TASKS:
             self._unindex(record_id)
             self.tasks_by_service[value.service_id].add(record_id)
@@ -203,7 +246,25 @@ class ClusterState:
                 self.tasks_by_node[value.node_id].add(record_id)
             if value.status.state == TaskStatus.PENDING:
                 self.pending_task_ids.add(record_id)
+            self._count(value, 1)
         table[record_id] = value
+
+    def _status_only(self, old: Task | None, new: Task) -> bool:
+        """Whether a task's change only moves its status on between two live states,
+        its service not being updated."""
+        if old is None:
+            return False
+        if (
+            old.desired_state != new.desired_state
+            or (old.node_id != new.node_id and old.node_id)  # placed: not a move
+            or old.spec_version != new.spec_version
+            or old.HasField("observed_at") != new.HasField("observed_at")
+            or old.status.state >= TaskStatus.COMPLETE
+            or new.status.state >= TaskStatus.COMPLETE
+        ):
+            return False
+        service = self.services.get(new.service_id)
+        return service is not None and service.update_status.state not in _UPDATING
 
     def _remove(self, kind: Kind[Any], table: dict[str, Any], record_id: str) -> None:
         old = table.get(record_id)
@@ -213,10 +274,23 @@ class ClusterState:
             self._unindex(record_id)
         table.pop(record_id, None)
 
+    def _count(self, task: Task, sign: int) -> None:
+        state = task.status.state
+        if task.desired_state == TaskStatus.RUNNING:
+            self.task_counts["wanted"] += sign
+            if state == TaskStatus.RUNNING:
+                self.task_counts["running"] += sign
+                self.running_by_service[task.service_id] += sign
+            elif state == TaskStatus.PENDING:
+                self.task_counts["pending"] += sign
+        if state == TaskStatus.COMPLETE and task.status.exit_code == 0:
+            self.succeeded_by_service[task.service_id] += sign
+
     def _unindex(self, task_id: str) -> None:
         old = self.tasks.get(task_id)
         if old is None:
             return
+        self._count(old, -1)
         self.tasks_by_service[old.service_id].discard(task_id)
         self.pending_task_ids.discard(task_id)
         if old.node_id:

@@ -11,14 +11,18 @@ list again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import select
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import grpc
 import structlog
 from etcd3aio import Etcd3Client, EtcdError
+from etcd3aio._protobuf import KVStub, LeaseKeepAliveRequest, LeaseStub, RangeRequest
 from etcd3aio.kv import KVService, prefix_range_end
 from google.protobuf.message import DecodeError, Message
 
@@ -95,12 +99,14 @@ __all__ = [
     "Fence",
     "Kind",
     "LeadershipLost",
+    "LeaseRenewer",
     "NotFound",
     "Op",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "WatchEvent",
+    "relative_sleep",
 ]
 
 M = TypeVar("M", bound=Message)
@@ -108,6 +114,10 @@ T = TypeVar("T")
 
 # etcd refuses transactions with more operations than --max-txn-ops (128 by default).
 MAX_TXN_OPS = 128
+# How often a blocking call's monotonic deadline is looked at (LeaseRenewer).
+POLL_SECONDS = 0.05
+# Transactions `commit_each` keeps in flight at once.
+COMMIT_CONCURRENCY = 4
 # A list asks for pages of about LIST_PAGE_BYTES: the record count of each page follows
 # the sizes of the records read so far, and a page that still comes back over the
 # receive limit is asked again with half as many records. etcd has no byte limit on a
@@ -183,6 +193,11 @@ class Store:
             f"{_short(last_error)}"
         )
 
+    def renewer(self) -> LeaseRenewer:
+        """A blocking client for lease renewals on the same etcd, for a thread of its
+        own (controller/leadership.py's keeper)."""
+        return LeaseRenewer(self.endpoints, self._credentials, self._tls_server_name)
+
     def fenced(self, fence: Fence) -> Store:
         """A view of this store whose every transaction also compares `fence`
         (the writes a leader makes because it leads), raising LeadershipLost
@@ -241,6 +256,15 @@ class Store:
         if not response.kvs:
             raise NotFound(f"{kind.name} {record_id!r} not found")
         return self._decode(kind, response.kvs[0])
+
+    async def current_revision(self) -> int:
+        """etcd's revision now (one small request: a count of one key). A read served
+        from the cluster view waits for the view to reach it, so it is as fresh as a
+        read from etcd (a consistent read from the cache, as Kubernetes' KEP-2340)."""
+        response = await self._call(
+            "get", self._kv.get(self._key(CLUSTER, "id"), count_only=True, timeout=5.0)
+        )
+        return int(response.header.revision)
 
     async def get_raw(self, kind: Kind[M], record_id: str) -> tuple[bytes, int] | None:
         """The raw value and mod_revision of one key, for index records."""
@@ -403,25 +427,41 @@ class Store:
     async def commit_each(self, ops: Sequence[Op]) -> list[bool]:
         """Apply independent ops in as few transactions as possible.
 
-        Ops without a compare go in batches of `max_ops`. Each compared op
-        goes with the batch but a failed compare only drops that op: the batch
-        is retried without it. Returns per-op success. A failed fence is not a
-        compare to drop: LeadershipLost ends the call, nothing more written.
+        Ops without a compare go in batches of `max_ops`, up to COMMIT_CONCURRENCY
+        transactions in flight at once (etcd batches concurrent proposals into one raft
+        round). Each compared op goes with the batch but a failed compare only drops
+        that op: the batch is retried without it. Returns per-op success. A failed fence
+        is not a compare to drop: LeadershipLost ends the call, nothing more written.
         """
         results = [False] * len(ops)
-        pending = list(range(len(ops)))
-        while pending:
-            size = self.max_ops
-            batch, pending = pending[:size], pending[size:]
-            while batch:
-                try:
-                    await self.commit([ops[i] for i in batch])
-                    for i in batch:
-                        results[i] = True
-                    break
-                except Conflict:
-                    batch = await self._drop_failed(ops, batch)
+        size = self.max_ops
+        batches = [list(range(i, min(i + size, len(ops)))) for i in range(0, len(ops), size)]
+        if len(batches) == 1:
+            await self._commit_batch(ops, batches[0], results)
+            return results
+        limit = asyncio.Semaphore(COMMIT_CONCURRENCY)
+
+        async def one(batch: list[int]) -> None:
+            async with limit:
+                await self._commit_batch(ops, batch, results)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for batch in batches:
+                    group.create_task(one(batch))
+        except BaseExceptionGroup as failed:  # as the caller would get it sequentially
+            raise failed.exceptions[0] from None
         return results
+
+    async def _commit_batch(self, ops: Sequence[Op], batch: list[int], results: list[bool]) -> None:
+        while batch:
+            try:
+                await self.commit([ops[i] for i in batch])
+                for i in batch:
+                    results[i] = True
+                return
+            except Conflict:
+                batch = await self._drop_failed(ops, batch)
 
     async def _drop_failed(self, ops: Sequence[Op], batch: list[int]) -> list[int]:
         keep = []
@@ -496,6 +536,18 @@ class Store:
         self, kinds: Sequence[Kind[Any]], start_revision: int
     ) -> AsyncIterator[WatchEvent[Any]]:
         """Events on several kinds in revision order, through one watch."""
+        async for events, _ in self.watch_batches(kinds, start_revision):
+            for event in events:
+                yield event
+
+    async def watch_batches(
+        self, kinds: Sequence[Kind[Any]], start_revision: int
+    ) -> AsyncIterator[tuple[list[WatchEvent[Any]], int]]:
+        """Events on several kinds in revision order, one list per etcd watch response
+        (whole revisions: a transaction's events never straddle two lists), with the
+        revision the response reaches: its last event's, counting the events on other
+        records of the prefix too (watched, not decoded), so that a reader waiting for
+        etcd's current revision is not held up by a write to the leader key."""
         assert self._client.watch is not None
         by_prefix = [(self._key(kind, ""), kind) for kind in kinds]
         start = by_prefix[0][0] if len(kinds) == 1 else self.prefix + "/"
@@ -508,10 +560,13 @@ class Store:
                     raise Compacted(int(response.compact_revision))
                 if response.canceled:
                     raise StoreUnavailable(f"etcd canceled the watch: {response.cancel_reason}")
+                events = []
                 for event in response.events:
                     kind = _kind_of(bytes(event.kv.key).decode(), by_prefix)
                     if kind is not None:
-                        yield self._event(kind, event)
+                        events.append(self._event(kind, event))
+                if response.events:
+                    yield events, int(response.events[-1].kv.mod_revision)
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
@@ -554,6 +609,108 @@ class Store:
             ) from exc
         finally:
             self.observe(op, time.perf_counter() - started)
+
+
+class LeaseRenewer:
+    """Lease renewals and the fence check over gRPC's blocking API, for a thread that
+    must not depend on the controller's event loop (grpc.aio calls are served by the
+    loop that made them). Tries the endpoints in turn."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        credentials: dict[str, bytes | None],
+        tls_server_name: str | None,
+    ) -> None:
+        self._endpoints = list(endpoints)
+        self._credentials = credentials
+        self._tls_server_name = tls_server_name
+        self._index = 0
+        self._channel: grpc.Channel | None = None
+
+    def refresh_lease(self, lease_id: int, timeout: float) -> bool:
+        """Renew once; False when the lease has expired. Failures raise StoreUnavailable."""
+        lease = LeaseStub(self._open())
+        request = LeaseKeepAliveRequest(ID=lease_id)
+        try:
+            replies = lease.LeaseKeepAlive(iter([request]))
+            with _cancelled_after(replies, timeout):
+                for reply in replies:
+                    return int(reply.TTL) > 0
+        except grpc.RpcError as exc:
+            self._next()
+            raise StoreUnavailable(f"etcd lease keep-alive: {_short(exc)}") from exc
+        return False
+
+    def fence_holds(self, fence: Fence, timeout: float) -> bool:
+        kv = KVStub(self._open())
+        try:
+            future = kv.Range.future(RangeRequest(key=fence.key.encode()))
+            with _cancelled_after(future, timeout):
+                response = future.result()
+        except (grpc.RpcError, grpc.FutureCancelledError) as exc:
+            self._next()
+            raise StoreUnavailable(f"etcd range: {_short(exc)}") from exc
+        kvs = response.kvs
+        return bool(kvs) and int(kvs[0].create_revision) == fence.create_revision
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def _open(self) -> grpc.Channel:
+        if self._channel is None:
+            target = self._endpoints[self._index % len(self._endpoints)]
+            ca_cert = self._credentials.get("ca_cert")
+            if ca_cert is None:
+                self._channel = grpc.insecure_channel(target)
+            else:
+                credentials = grpc.ssl_channel_credentials(
+                    root_certificates=ca_cert,
+                    private_key=self._credentials.get("cert_key"),
+                    certificate_chain=self._credentials.get("cert_chain"),
+                )
+                options = []
+                if self._tls_server_name is not None:
+                    options.append(("grpc.ssl_target_name_override", self._tls_server_name))
+                self._channel = grpc.secure_channel(target, credentials, options=options)
+        return self._channel
+
+    def _next(self) -> None:
+        self.close()
+        self._index += 1
+
+
+def relative_sleep(seconds: float) -> None:
+    """Sleep `seconds` with a relative timeout (epoll_wait's, as asyncio's loop): under
+    libfaketime, `time.sleep` (an absolute clock_nanosleep) fails with EINVAL and timed
+    waits on locks follow the faked wall clock."""
+    with select.epoll() as poller:
+        poller.poll(max(0.0, seconds))
+
+
+@contextlib.contextmanager
+def _cancelled_after(call: Any, seconds: float) -> Iterator[None]:
+    """Cancel a blocking gRPC call after `seconds` on the monotonic clock: gRPC's own
+    timeouts are deadlines on the wall clock (time.time()), which may jump. Polled with
+    short relative sleeps (`relative_sleep`)."""
+    done = threading.Event()
+    deadline = time.monotonic() + seconds
+
+    def cancel_when_due() -> None:
+        while not done.is_set():
+            if time.monotonic() >= deadline:
+                call.cancel()
+                return
+            relative_sleep(POLL_SECONDS)
+
+    watcher = threading.Thread(target=cancel_when_due, name="etcd-call-deadline", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 class _Etcd3Client(Etcd3Client):

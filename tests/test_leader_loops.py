@@ -4,6 +4,7 @@ per term. Controllers run in this process against a real etcd (insecure, no HTTP
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,7 +30,9 @@ from dockyard.controller.store import (
     SERVICES,
     TASKS,
     LeadershipLost,
+    LeaseRenewer,
     Store,
+    StoreUnavailable,
 )
 from dockyard.controller.supervision import LoopsFailing, Supervisor
 from dockyard.v1.types_pb2 import NodeStatus
@@ -122,9 +125,10 @@ async def test_a_keep_alive_error_ends_the_term_and_the_controller_leads_again(
 ) -> None:
     assert controller.store is not None and controller.leadership is not None
     broken = True
-    real_refresh = controller.store.refresh_lease
+    real_refresh = Store.refresh_lease
+    real_renew = LeaseRenewer.refresh_lease
 
-    async def refresh(lease_id: int) -> bool:
+    async def refresh(self: Store, lease_id: int) -> bool:
         if broken:
             raise grpc.aio.AioRpcError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -132,9 +136,17 @@ async def test_a_keep_alive_error_ends_the_term_and_the_controller_leads_again(
                 grpc.aio.Metadata(),
                 details="keep-alive stream broken (injected)",
             )
-        return await real_refresh(lease_id)
+        return await real_refresh(self, lease_id)
 
-    monkeypatch.setattr(controller.store, "refresh_lease", refresh)
+    def renew(self: LeaseRenewer, lease_id: int, timeout: float) -> bool:
+        if broken:
+            raise StoreUnavailable("keep-alive stream broken (injected)")
+        return real_renew(self, lease_id, timeout)
+
+    # The controller's own record is refreshed on its loop (Store); the leader lease by
+    # the keeper's thread (LeaseRenewer, controller/leadership.py).
+    monkeypatch.setattr(Store, "refresh_lease", refresh)
+    monkeypatch.setattr(LeaseRenewer, "refresh_lease", renew)
     first_fence = controller.leadership.fence
     await wait_until(lambda: term_over(controller), "the term to end", timeout=4 * TTL)
     broken = False
@@ -205,22 +217,48 @@ async def test_a_new_term_gives_every_node_a_fresh_grace(store: Store) -> None:
 
 
 async def test_a_leader_paused_past_its_lease_sends_and_writes_nothing(
-    controller: Controller, store: Store
+    controller: Controller, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The whole process stops (a GC pause, SIGSTOP) for longer than the lease: etcd
     expires it. On waking, before its keep-alive has run, the old term neither sends
-    to agents nor writes, and the controller is then elected again."""
+    to agents nor writes, and the controller is then elected again. The pause is the
+    event loop's and the lease keeper thread's at once (it renews from its own)."""
     leadership, base = controller.leadership, controller.store
     assert leadership is not None and base is not None and leadership.fence is not None
     term_store = base.fenced(leadership.fence)
     await term_store.create(NODES, "early", node("early"))
     assert leadership.holds()
+    paused = threading.Event()
+    real_renew = LeaseRenewer.refresh_lease
+
+    def frozen(self: LeaseRenewer, lease_id: int, timeout: float) -> bool:
+        paused.wait(TTL + 3)  # blocks the keeper's thread, as a paused process would
+        return real_renew(self, lease_id, timeout)
+
+    monkeypatch.setattr(LeaseRenewer, "refresh_lease", frozen)
     time.sleep(TTL + 1.5)  # noqa: ASYNC251 - the pause under test blocks the event loop
     assert not leadership.holds()
     with pytest.raises(LeadershipLost):
         await term_store.create(NODES, "late", node("late"))
+    paused.set()
+    monkeypatch.setattr(LeaseRenewer, "refresh_lease", real_renew)
     assert [n.id for n in (await store.list_all(NODES))[0]] == ["early"]
     await wait_until(lambda: leading(controller), "a new term", timeout=6 * TTL)
+
+
+async def test_a_busy_event_loop_keeps_the_lease(controller: Controller, store: Store) -> None:
+    """The event loop blocked for longer than the lease (tens of thousands of tasks to
+    plan): the keeper thread renews the lease meanwhile, so the term goes on and its
+    writes land (main's keep-alive ran on the loop and lost the term here)."""
+    leadership, base = controller.leadership, controller.store
+    assert leadership is not None and base is not None and leadership.fence is not None
+    fence = leadership.fence
+    term_store = base.fenced(fence)
+    time.sleep(TTL + 1.5)  # noqa: ASYNC251 - the busy loop under test
+    assert leadership.holds()
+    await term_store.create(NODES, "busy", node("busy"))
+    await asyncio.sleep(TTL / 2)
+    assert leadership.fence == fence and leading(controller)
 
 
 async def test_etcd_stopped_ends_the_term_and_its_return_starts_another(

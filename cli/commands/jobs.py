@@ -146,7 +146,7 @@ def list_jobs(
 @pass_options
 def job_ps(options: GlobalOptions, no_trunc: bool, quiet: bool, refs: tuple[str, ...]) -> None:
     """List the tasks of jobs, finished attempts included."""
-    from dockyard.cli.commands.services import list_tasks
+    from dockyard.cli.commands.tasks import list_tasks
 
     list_tasks(options, refs, True, no_trunc, quiet)
 

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from dockyard.cli.client import CliError, Target, call
-from dockyard.cli.commands.services import list_tasks, task_list_options
+from dockyard.cli.commands.tasks import list_tasks, task_list_options
 from dockyard.cli.filters import Filters, filter_option
 from dockyard.cli.listing import Listing, show_listing, show_records
 from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.sessions import SessionRegistry
+from dockyard.controller.state import ClusterState
 from dockyard.v1.control_pb2 import (
     ListNodesRequest,
     ListNodesResponse,
@@ -17,13 +18,35 @@ from dockyard.v1.types_pb2 import Node
 
 
 class NodesAPI:
-    def __init__(self, registry: NodeRegistry, sessions: SessionRegistry) -> None:
+    def __init__(
+        self,
+        registry: NodeRegistry,
+        sessions: SessionRegistry,
+        view: Callable[[], ClusterState | None] = lambda: None,
+        revision: Callable[[], Awaitable[int]] | None = None,
+        last_write: Callable[[], int] = lambda: 0,
+    ) -> None:
+        """`view` gives the leader's cluster view (None on a follower): a listing reads
+        it, settled for a read against etcd's current revision (`revision`) and this
+        controller's last write (`last_write`), not etcd."""
         self._registry = registry
         self._sessions = sessions
+        self._view = view
+        self._revision = revision or _no_revision
+        self._last_write = last_write
 
     async def list(self, request: ListNodesRequest) -> ListNodesResponse:
-        nodes = [self._with_live_heartbeat(n) for n in await self._registry.list_all()]
-        return ListNodesResponse(nodes=[n for n in nodes if _matches(n, request)])
+        view = self._view()
+        if view is not None:  # as ServicesAPI._fresh_view
+            await view.settle_for_read(await self._revision(), self._last_write())
+            found = sorted(view.nodes.values(), key=lambda n: n.id)
+        else:
+            found = await self._registry.list_all()
+        # The response holds copies: the view's records are never changed here.
+        response = ListNodesResponse(nodes=[n for n in found if _matches(n, request)])
+        for node in response.nodes:
+            self._with_live_heartbeat(node)
+        return response
 
     async def get(self, ref: str) -> Node:
         return self._with_live_heartbeat(await self._registry.find(ref))
@@ -47,6 +70,10 @@ class NodesAPI:
             stamp.FromNanoseconds(int(seen.wall * 1e9))
             node.status.last_heartbeat.CopyFrom(stamp)
         return node
+
+
+async def _no_revision() -> int:
+    return 0
 
 
 def _matches(node: Node, request: ListNodesRequest) -> bool:

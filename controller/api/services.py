@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from dockyard.common.distribution.auth import Credentials
 from dockyard.common.states import TaskState
@@ -27,7 +27,7 @@ from dockyard.v1.control_pb2 import (
     ServiceSummary,
     UpdateServiceRequest,
 )
-from dockyard.v1.types_pb2 import NodeStatus
+from dockyard.v1.types_pb2 import Node, NodeStatus
 from dockyard.v1.workloads_pb2 import RegistryAuth, Service, ServiceSpec, Task
 
 MODES = ("replicated", "global", "job")
@@ -148,8 +148,23 @@ class ServicesAPI:
     async def remove(self, ref: str) -> None:
         await self._services.remove(ref)
 
+    async def _fresh_view(self) -> ClusterState | None:
+        """The leader's view (None on a follower: etcd answers), settled for a read
+        (`ClusterState.settle_for_read`: this controller's own writes are seen, others
+        as far as the view has got). etcd unreachable fails the read, as a read from it
+        would."""
+        view = self._view()
+        if view is not None:  # etcd's revision first: etcd unreachable fails the read
+            current = await self._store.current_revision()
+            await view.settle_for_read(current, self._store.last_revision)
+        return view
+
     async def task_counts(self) -> tuple[int, int, int]:
         """How many tasks are meant to run, run, and wait for a node."""
+        view = await self._fresh_view()
+        if view is not None:
+            counts = view.task_counts
+            return counts["wanted"], counts["running"], counts["pending"]
         wanted = [t for t in await self._all_tasks() if t.desired_state == TaskState.RUNNING]
         running = sum(1 for t in wanted if t.status.state == TaskState.RUNNING)
         pending = sum(1 for t in wanted if t.status.state == TaskState.PENDING)
@@ -158,22 +173,25 @@ class ServicesAPI:
     async def list(self, request: ListServicesRequest) -> ListServicesResponse:
         if request.mode not in ("", *MODES):
             raise ValidationError("mode", f"must be {', '.join(MODES)} or empty")
+        view = await self._fresh_view()
+        if view is not None:  # the leader: no etcd read, no scan of every task
+            return _listing(
+                request,
+                sorted(view.services.values(), key=lambda s: s.id),
+                lambda service: _counted(service, view),
+                _ready(view.nodes.values()),
+            )
         services = await self._services.list_all()
         by_service: dict[str, list[Task]] = defaultdict(list)
         for task in await self._all_tasks():
             by_service[task.service_id].append(task)
-        ready_nodes = sum(
-            1 for n in await self._nodes.list_all() if n.status.state == NodeStatus.READY
+        ready_nodes = _ready(await self._nodes.list_all())
+        return _listing(
+            request,
+            services,
+            lambda service: _scanned(service, by_service[service.id]),
+            ready_nodes,
         )
-        response = ListServicesResponse()
-        for service in services:
-            mode = service.spec.WhichOneof("mode") or ""
-            if request.names and service.spec.name not in request.names:
-                continue
-            if request.mode and request.mode != mode:
-                continue
-            response.services.append(_summary(service, by_service[service.id], ready_nodes))
-        return response
 
     async def list_tasks(self, request: ListTasksRequest) -> ListTasksResponse:
         tasks = await self._all_tasks()
@@ -210,19 +228,49 @@ def _dropped_target(old: ServiceSpec, written: Service) -> list[str]:
     ]
 
 
-def _summary(service: Service, tasks: list[Task], ready_nodes: int) -> ServiceSummary:
-    mode = service.spec.WhichOneof("mode")
-    if mode == "job":
-        succeeded = sum(
-            1 for t in tasks if t.status.state == TaskState.COMPLETE and t.status.exit_code == 0
-        )
-        return ServiceSummary(
-            service=service, running=succeeded, desired=service.spec.job.completions
-        )
+def _ready(nodes: Iterable[Node]) -> int:
+    return sum(1 for n in nodes if n.status.state == NodeStatus.READY)
+
+
+def _listing(
+    request: ListServicesRequest,
+    services: Iterable[Service],
+    running: Callable[[Service], tuple[int, int]],
+    ready_nodes: int,
+) -> ListServicesResponse:
+    """The services the request names, each with (running, succeeded) from `running`."""
+    response = ListServicesResponse()
+    for service in services:
+        mode = service.spec.WhichOneof("mode") or ""
+        if request.names and service.spec.name not in request.names:
+            continue
+        if request.mode and request.mode != mode:
+            continue
+        response.services.append(_summary(service, *running(service), ready_nodes))
+    return response
+
+
+def _counted(service: Service, view: ClusterState) -> tuple[int, int]:
+    return view.running_by_service[service.id], view.succeeded_by_service[service.id]
+
+
+def _scanned(service: Service, tasks: list[Task]) -> tuple[int, int]:
     running = sum(
         1
         for t in tasks
         if t.desired_state == TaskState.RUNNING and t.status.state == TaskState.RUNNING
     )
+    succeeded = sum(
+        1 for t in tasks if t.status.state == TaskState.COMPLETE and t.status.exit_code == 0
+    )
+    return running, succeeded
+
+
+def _summary(service: Service, running: int, succeeded: int, ready_nodes: int) -> ServiceSummary:
+    mode = service.spec.WhichOneof("mode")
+    if mode == "job":
+        return ServiceSummary(
+            service=service, running=succeeded, desired=service.spec.job.completions
+        )
     desired = service.spec.replicated.replicas if mode == "replicated" else ready_nodes
     return ServiceSummary(service=service, running=running, desired=desired)

@@ -50,7 +50,7 @@ class Orchestrator:
     async def run(self) -> None:
         """Reconcile until cancelled. A store error is retried here; LeadershipLost
         and anything else end the run (its supervisor restarts it or ends the term)."""
-        with self._state.following() as (changed, tracker):
+        with self._state.following(status_changes=False) as (changed, tracker):
             await self._run(changed, tracker)
 
     async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
@@ -83,6 +83,7 @@ class Orchestrator:
         now = wall_time()
         ops: list[Op] = []
         for service_id in service_ids:
+            await asyncio.sleep(0)  # a round over many services lets the API answer
             self._wake_at.pop(service_id, None)
             plan = self._plan(service_id, now)
             if plan.wake_at is not None:

@@ -27,7 +27,7 @@ def plan_reaping(tasks: Sequence[Task], plan: Plan, keep: int = HISTORY_PER_SLOT
     for history in by_slot.values():
         history.sort(key=creation_order)
         for task in history[: max(0, len(history) - _kept(history[-1], keep))]:
-            plan.updates = [t for t in plan.updates if t.id != task.id]
+            plan.forget(task.id)
             plan.deletes.append((task.id, task.meta.version))
 
 

@@ -27,6 +27,9 @@ from dockyard.v1.workloads_pb2 import Task
 log = structlog.get_logger(__name__)
 
 DEBOUNCE = 0.02
+# Tasks decided in one round: a bigger backlog is placed over several rounds, each
+# written before the next is decided, so no round holds the event loop for long.
+MAX_ROUND_TASKS = 2048
 
 
 RoundObserver = Callable[[float, int], None]
@@ -57,13 +60,15 @@ class SchedulingLoop:
     async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
         self._infos = {node_id: self._build(node_id) for node_id in self._state.nodes}
         while True:
+            more = False
             try:
-                await self._round()
+                more = await self._round()
             except StoreError as exc:
                 log.warning("scheduler.store_error", error=str(exc))
                 await asyncio.sleep(0.5)
-            await changed.wait()
-            await asyncio.sleep(DEBOUNCE)
+            if not more:
+                await changed.wait()
+                await asyncio.sleep(DEBOUNCE)
             changed.clear()
             self._refresh(tracker.take())
 
@@ -77,15 +82,24 @@ class SchedulingLoop:
     def _build(self, node_id: str) -> NodeInfo:
         return NodeInfo.from_node(self._state.nodes[node_id], self._state.tasks_of_node(node_id))
 
-    async def _round(self) -> None:
+    async def _round(self) -> bool:
+        """Decide and write the pending tasks MAX_ROUND_TASKS at a time, until a batch
+        writes something; True when tasks are left for the next round."""
         tasks = self._state.tasks
         pending = [
             tasks[task_id]
             for task_id in self._state.pending_task_ids
             if tasks[task_id].desired_state <= TaskState.RUNNING
         ]
-        if not pending:
-            return
+        for start in range(0, len(pending), MAX_ROUND_TASKS):
+            if start:
+                await asyncio.sleep(0)
+            if await self._place(pending[start : start + MAX_ROUND_TASKS]):
+                return start + MAX_ROUND_TASKS < len(pending)
+        return False
+
+    async def _place(self, pending: list[Task]) -> bool:
+        """Decide and write one batch; whether it wrote anything."""
         started = time.perf_counter()
         ops, assigning = self._decide(pending)
         assigned = 0
@@ -97,6 +111,7 @@ class SchedulingLoop:
         self._on_round(time.perf_counter() - started, assigned)
         if ops:
             await self._state.wait_for_revision(self._store.last_revision)
+        return bool(ops)
 
     def _decide(self, pending: list[Task]) -> tuple[list[Op], list[bool]]:
         """The writes for ``pending``, and for each whether it assigns a node."""

@@ -1,12 +1,18 @@
 """Scale benchmark: N hollow nodes, M tasks (Swarm's 2015 test: 1,000 nodes, 30,000 containers).
 
     python tests/bench/bench_scale.py [--nodes 1000] [--tasks 30000] [--services 30]
+        [--fleet-processes 4] [--profile controller.txt] [--baseline PYTHONPATH]
 
-Starts a real controller (embedded etcd) and one `dockyard-agent hollow` process
-running N simulated agents, creates the services, and reports: seconds until
+Starts a real controller (embedded etcd) and `--fleet-processes` `dockyard-agent
+hollow` processes running N simulated agents between them (so the fleet's own CPU
+does not bound the controller), creates the services, and reports: seconds until
 every task is placed, stored and reported RUNNING; tasks per second; the
-controller's peak RSS; p50/p99 latency of ListServices and ListNodes while it
-runs. Cleans up every process and the temp dir, also on Ctrl-C.
+controller's peak RSS and CPU seconds (and etcd's, and the fleet's); p50/p99
+latency of ListServices and ListNodes while it runs. `--profile` records the
+controller with py-spy during the run (raw folded stacks). `--baseline DIR` first
+runs the same scenario with PYTHONPATH=DIR (another tree of the code, such as
+main's) and prints the ratios. Cleans up every process and the temp dir, also on
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -42,9 +48,26 @@ from dockyard.v1.workloads_pb2 import ServiceSpec
 BIN = Path(sys.executable).parent
 
 
+ENV = dict(os.environ)
+
+
 def spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
-        return subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True)
+        return subprocess.Popen(args, stdout=out, stderr=out, start_new_session=True, env=ENV)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU of the processes and their children so far."""
+    total = 0.0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            for each in [process, *process.children(recursive=True)]:
+                times = each.cpu_times()
+                total += times.user + times.system
+        except psutil.NoSuchProcess:
+            continue
+    return total
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -75,6 +98,7 @@ class Sampler(threading.Thread):
         self.stub = stub
         self.peak_rss = 0
         self.latencies: dict[str, list[float]] = {"service ls": [], "node ls": []}
+        self.errors: dict[str, int] = {}
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -86,7 +110,11 @@ class Sampler(threading.Thread):
             ]
             for name, call in calls:
                 start = time.perf_counter()
-                call()
+                try:
+                    call()
+                except grpc.RpcError as exc:  # counted, with the time it took to fail
+                    self.errors[name] = self.errors.get(name, 0) + 1
+                    print(f"  {name} failed: {exc.code().name}")
                 self.latencies[name].append(time.perf_counter() - start)
             self.done.wait(1.0)
 
@@ -101,9 +129,14 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 
 def start_cluster(
-    root: Path, nodes: int, timeout: float, processes: list[subprocess.Popen[bytes]]
-) -> tuple[int, Any]:
-    """A controller and a hollow fleet of `nodes` agents, all READY; (pid, stub)."""
+    root: Path,
+    nodes: int,
+    timeout: float,
+    processes: list[subprocess.Popen[bytes]],
+    fleet_processes: int = 1,
+) -> tuple[int, Any, list[int]]:
+    """A controller and a hollow fleet of `nodes` agents in `fleet_processes`
+    processes, all READY; (controller pid, stub, the fleet's pids)."""
     address = f"127.0.0.1:{free_port()}"
     controller = spawn(
         [
@@ -139,27 +172,33 @@ def start_cluster(
             return False
 
     wait(answers, "the controller", 60)
-    processes.append(
-        spawn(
-            [
-                str(BIN / "dockyard-agent"),
-                "hollow",
-                "--controller",
-                address,
-                "--count",
-                str(nodes),
-                "--state-dir",
-                str(root / "hollow"),
-                "--cpus",
-                "64",
-                "--memory",
-                "256G",
-                "--log-level",
-                "warning",
-            ],
-            root / "hollow.log",
+    fleet = []
+    for index in range(fleet_processes):
+        count = nodes // fleet_processes + (1 if index < nodes % fleet_processes else 0)
+        fleet.append(
+            spawn(
+                [
+                    str(BIN / "dockyard-agent"),
+                    "hollow",
+                    "--controller",
+                    address,
+                    "--count",
+                    str(count),
+                    "--name-prefix",
+                    f"hollow{index}",
+                    "--state-dir",
+                    str(root / f"hollow{index}"),
+                    "--cpus",
+                    "64",
+                    "--memory",
+                    "256G",
+                    "--log-level",
+                    "warning",
+                ],
+                root / f"hollow{index}.log",
+            )
         )
-    )
+    processes.extend(fleet)
     joined = wait(
         lambda: (
             sum(
@@ -172,7 +211,7 @@ def start_cluster(
         timeout,
     )
     print(f"{nodes} hollow nodes READY after {joined:.1f} s")
-    return controller.pid, stub
+    return controller.pid, stub, [p.pid for p in fleet]
 
 
 def create_and_wait(
@@ -190,7 +229,11 @@ def create_and_wait(
     placed_at: list[float] = []
 
     def all_running() -> bool:
-        info = stub.GetInfo(GetInfoRequest(), timeout=120)
+        try:
+            info = stub.GetInfo(GetInfoRequest(), timeout=120)
+        except grpc.RpcError as exc:  # an overloaded etcd: ask again
+            print(f"  GetInfo failed: {exc.code().name}")
+            return False
         if not placed_at and info.tasks_total >= total and info.tasks_pending == 0:
             placed_at.append(time.monotonic() - start)
         return bool(info.tasks_running >= total)
@@ -200,7 +243,9 @@ def create_and_wait(
     return (placed_at[0] if placed_at else took), took
 
 
-def report(nodes: int, total: int, placed: float, took: float, sampler: Sampler) -> None:
+def report(
+    nodes: int, total: int, placed: float, took: float, sampler: Sampler, cpu: dict[str, float]
+) -> dict[str, Any]:
     result = {
         "nodes": nodes,
         "tasks": total,
@@ -209,12 +254,15 @@ def report(nodes: int, total: int, placed: float, took: float, sampler: Sampler)
         "seconds_to_running": round(took, 1),
         "tasks_per_second": round(total / took, 1),
         "controller_peak_rss_mib": round(sampler.peak_rss / 2**20, 1),
+        **{f"{name}_cpu_seconds": round(seconds, 1) for name, seconds in cpu.items()},
         **{
             f"{name.replace(' ', '_')}_p{int(q * 100)}_ms": round(percentile(values, q) * 1000, 1)
             for name, values in sampler.latencies.items()
             for q in (0.5, 0.99)
         },
         "api_samples": len(sampler.latencies["node ls"]),
+        "api_errors": sampler.errors,
+        "load_average": os.getloadavg()[0],
     }
     print(
         f"{total} tasks placed and stored after {placed:.1f} s "
@@ -225,6 +273,11 @@ def report(nodes: int, total: int, placed: float, took: float, sampler: Sampler)
         f"({result['tasks_per_second']} tasks/s); controller peak RSS "
         f"{result['controller_peak_rss_mib']} MiB"
     )
+    print(
+        "CPU seconds during the run: "
+        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu.items())
+        + f" (controller {cpu['controller'] / took * 100:.0f}% of one core)"
+    )
     for name, values in sampler.latencies.items():
         print(
             f"  {name}: p50 {percentile(values, 0.5) * 1000:.0f} ms, "
@@ -232,6 +285,47 @@ def report(nodes: int, total: int, placed: float, took: float, sampler: Sampler)
             f"median {statistics.median(values) * 1000 if values else 0:.0f} ms"
         )
     print(json.dumps(result))
+    return result
+
+
+def run_once(args: argparse.Namespace) -> dict[str, Any]:
+    root = Path(tempfile.mkdtemp(prefix="dockyard-scale-"))
+    processes: list[subprocess.Popen[bytes]] = []
+    profiler: subprocess.Popen[bytes] | None = None
+    try:
+        pid, stub, fleet = start_cluster(
+            root, args.nodes, args.timeout, processes, args.fleet_processes
+        )
+        etcd = [c.pid for c in psutil.Process(pid).children() if "etcd" in c.name()]
+        sampler = Sampler(pid, stub)
+        sampler.start()
+        if args.profile:
+            profiler = subprocess.Popen(
+                [
+                    *(str(BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "50"),
+                    *("--nonblocking", "--format", "raw", "--output", args.profile),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        before = {"controller": cpu_seconds([pid]), "etcd": cpu_seconds(etcd)}
+        before["fleet"] = cpu_seconds(fleet)
+        per_service = args.tasks // args.services
+        placed, took = create_and_wait(stub, args.services, per_service, args.timeout)
+        cpu = {"controller": cpu_seconds([pid]), "etcd": cpu_seconds(etcd)}
+        cpu["fleet"] = cpu_seconds(fleet)
+        cpu = {name: seconds - before[name] for name, seconds in cpu.items()}
+        cpu["controller"] -= cpu["etcd"]  # etcd is the controller's child
+        sampler.done.set()
+        sampler.join(5)
+        return report(args.nodes, per_service * args.services, placed, took, sampler, cpu)
+    finally:
+        if profiler is not None:
+            profiler.send_signal(signal.SIGINT)
+            profiler.wait(30)
+        for process in reversed(processes):
+            stop(process)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def main() -> None:
@@ -241,22 +335,25 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=30000)
     parser.add_argument("--services", type=int, default=30)
     parser.add_argument("--timeout", type=float, default=1200)
+    parser.add_argument("--fleet-processes", type=int, default=4)
+    parser.add_argument("--profile", default="", help="py-spy's raw output for the controller")
+    parser.add_argument("--baseline", default="", help="PYTHONPATH of the code to compare with")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="dockyard-scale-"))
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        pid, stub = start_cluster(root, args.nodes, args.timeout, processes)
-        sampler = Sampler(pid, stub)
-        sampler.start()
-        per_service = args.tasks // args.services
-        placed, took = create_and_wait(stub, args.services, per_service, args.timeout)
-        sampler.done.set()
-        sampler.join(5)
-        report(args.nodes, per_service * args.services, placed, took, sampler)
-    finally:
-        for process in reversed(processes):
-            stop(process)
-        shutil.rmtree(root, ignore_errors=True)
+    baseline = None
+    if args.baseline:
+        print(f"baseline (PYTHONPATH={args.baseline}):")
+        ENV["PYTHONPATH"] = args.baseline
+        profile, args.profile = args.profile, ""
+        baseline = run_once(args)
+        ENV.pop("PYTHONPATH")
+        args.profile = profile
+        print("this tree:")
+    result = run_once(args)
+    if baseline is not None:
+        for key in ("seconds_to_placed", "seconds_to_running", "controller_cpu_seconds"):
+            print(f"  {key}: {result[key]} vs {baseline[key]} ({result[key] / baseline[key]:.2f}x)")
+        for key in ("service_ls_p99_ms", "node_ls_p99_ms"):
+            print(f"  {key}: {result[key]} vs {baseline[key]} ({result[key] / baseline[key]:.2f}x)")
 
 
 if __name__ == "__main__":

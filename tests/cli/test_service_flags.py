@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from dockyard.cli.client import CliError
-from dockyard.cli.commands import jobs, service_wait, services
+from dockyard.cli.commands import jobs, service_wait, services, tasks
 from dockyard.cli.commands.service_yaml import load_spec_file, spec_from_document
 from dockyard.cli.main import cli
 from dockyard.v1.control_pb2 import (
@@ -99,7 +99,7 @@ class Aborted(grpc.RpcError):
 @pytest.fixture
 def control(monkeypatch: pytest.MonkeyPatch) -> FakeControl:
     fake = FakeControl()
-    for module in (services, jobs, service_wait):
+    for module in (services, jobs, service_wait, tasks):
         monkeypatch.setattr(module, "call", fake)
     return fake
 

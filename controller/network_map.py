@@ -20,13 +20,15 @@ from dockyard.controller.sessions import Post
 from dockyard.controller.state import ClusterState
 from dockyard.v1.dispatcher_pb2 import (
     DispatcherMessage,
+    IngressPort,
     NetworkMap,
     PeerNetwork,
     ServiceAddresses,
 )
 from dockyard.v1.types_pb2 import Node
+from dockyard.v1.workloads_pb2 import Service, Task
 
-__all__ = ["NetworkMapper"]
+__all__ = ["NetworkMapper", "ingress_ports"]
 
 RUNNING = TaskState.RUNNING  # looked up once: an enum attribute costs on every task
 SEND_INTERVAL = 0.5
@@ -36,6 +38,8 @@ Routes = frozenset[tuple[str, str, str]]
 Names = tuple[tuple[str, tuple[str, ...]], ...]
 Revoked = tuple[str, ...]
 OverlayView = tuple[Overlays, dict[str, frozenset[str]]]
+Ingress = tuple[tuple[int, int, str, tuple[str, ...]], ...]
+"""(published, target, protocol, the RUNNING tasks' addresses) of each mode=ingress port."""
 
 
 class NetworkMapper:
@@ -63,10 +67,11 @@ class NetworkMapper:
         self._names: Names = ()
         self._revocations: Revoked = ()
         self._overlays: OverlayView = ({}, {})
+        self._ingress: Ingress = ()
         # What a newly opened session is sent: computed at most once per SEND_INTERVAL
         # (1,000 sessions opening at once would each walk every task otherwise); the run
         # loop sends every session the newer map when the cluster changed since.
-        self._greeting: tuple[Routes, Names, OverlayView] | None = None
+        self._greeting: tuple[Routes, Names, OverlayView, Ingress] | None = None
         self._greeting_at = 0.0
 
     def network_map(self, node: Node) -> NetworkMap:
@@ -77,10 +82,11 @@ class NetworkMapper:
                 self._current_routes(),
                 self._current_names(),
                 self._current_overlays(),
+                self._current_ingress(),
             )
             self._greeting_at = now
-        routes, names, overlays = self._greeting
-        return _network_map(node, routes, names, self._current_revocations(), overlays)
+        routes, names, overlays, ingress = self._greeting
+        return _network_map(node, routes, names, self._current_revocations(), overlays, ingress)
 
     def send_now(self, node: Node) -> None:
         """Send ``node`` its map (its session just opened)."""
@@ -95,6 +101,7 @@ class NetworkMapper:
         self._routes, self._names = self._current_routes(), self._current_names()
         self._revocations = self._current_revocations()
         self._overlays = self._current_overlays()
+        self._ingress = self._current_ingress()
         while True:
             await changed.wait()
             changed.clear()
@@ -103,9 +110,17 @@ class NetworkMapper:
                 self._current_names(),
                 self._current_revocations(),
                 self._current_overlays(),
+                self._current_ingress(),
             )
-            if current != (self._routes, self._names, self._revocations, self._overlays):
-                self._routes, self._names, self._revocations, self._overlays = current
+            last = (self._routes, self._names, self._revocations, self._overlays, self._ingress)
+            if current != last:
+                (
+                    self._routes,
+                    self._names,
+                    self._revocations,
+                    self._overlays,
+                    self._ingress,
+                ) = current
                 for node_id in list(self._sessions()):  # the view computed once for them all
                     node = self._state.nodes.get(node_id)
                     if node is not None:
@@ -118,6 +133,9 @@ class NetworkMapper:
     def _current_overlays(self) -> OverlayView:
         state = self._state
         return overlays(state.networks, state.services.values(), state.tasks.values(), state.nodes)
+
+    def _current_ingress(self) -> Ingress:
+        return ingress_ports(self._state.services.values(), self._state.tasks_of_service)
 
     def _current_revocations(self) -> Revoked:
         return tuple(sorted(self._revoked(time.time())))
@@ -142,8 +160,38 @@ class NetworkMapper:
         return tuple(sorted(names))
 
 
+def ingress_ports(
+    services: Iterable[Service], tasks_of_service: Callable[[str], Iterable[Task]]
+) -> Ingress:
+    """The routing mesh: each mode=ingress port with its service's running tasks'
+    cluster-network addresses, sorted (compared to the last map's to see a change)."""
+    ports = []
+    for service in services:
+        meshed = [
+            p for p in service.spec.task.ports if p.publish_mode == "ingress" and p.published_port
+        ]
+        if not meshed:
+            continue
+        backends = tuple(
+            sorted(
+                t.status.address
+                for t in tasks_of_service(service.id)
+                if t.status.address and t.status.state == RUNNING and t.desired_state <= RUNNING
+            )
+        )
+        for port in meshed:
+            protocol = (port.protocol or "tcp").lower()
+            ports.append((port.published_port, port.target_port, protocol, backends))
+    return tuple(sorted(ports))
+
+
 def _network_map(
-    node: Node, routes: Routes, names: Names, revoked: Revoked, overlay: OverlayView
+    node: Node,
+    routes: Routes,
+    names: Names,
+    revoked: Revoked,
+    overlay: OverlayView,
+    ingress: Ingress,
 ) -> NetworkMap:
     peers = [
         PeerNetwork(node_id=node_id, subnet=subnet, address=address)
@@ -158,4 +206,10 @@ def _network_map(
         revoked_serials=revoked,
         overlays=node_overlays(node.id, *overlay),
         address=node.network.address,
+        ingress=[
+            IngressPort(
+                published_port=published, target_port=target, protocol=protocol, backends=backends
+            )
+            for published, target, protocol, backends in ingress
+        ],
     )

@@ -145,3 +145,35 @@ def service_vip(cluster: Cluster, name: str) -> str:
 def task_addresses(cluster: Cluster, name: str) -> list[str]:
     tasks = json.loads(cluster.cli("service", "ps", name, "-o", "json").stdout)
     return [n["address"] for t in tasks for n in t.get("networks", [])]
+
+
+def test_an_ingress_port_is_unique_in_the_cluster(cluster: Cluster) -> None:
+    def create(name: str, publish: str) -> Any:
+        return cluster.cli(
+            "service", "create", "-d", "--name", name, "--publish", publish,
+            "busybox", "sleep", "3600", check=False,
+        )  # fmt: skip
+
+    made = []
+    try:
+        assert create("mesh1", "published=18080,target=80,mode=ingress").returncode == 0
+        made.append("mesh1")
+        taken = create("mesh2", "18080:80")
+        assert taken.returncode != 0
+        assert "port 18080/tcp is already published by service mesh1 (ingress mode)" in (
+            taken.stderr
+        )
+        assert create("mesh3", "18081-18082:80-81").returncode == 0  # host mode, a range
+        made.append("mesh3")
+        assert create("mesh4", "18081:80").returncode == 0  # host next to host: allowed
+        made.append("mesh4")
+        refused = create("mesh5", "published=18082,target=80,mode=ingress")
+        assert "already published by service mesh3 (host mode)" in refused.stderr
+        # an update keeps the service's own port
+        cluster.cli("service", "update", "-d", "--env-add", "A=1", "mesh1")
+        spec = json.loads(cluster.cli("service", "inspect", "mesh1").stdout)[0]["spec"]
+        (port,) = spec["task"]["ports"]
+        assert (port["published_port"], port["publish_mode"]) == (18080, "ingress")
+    finally:
+        for name in made:
+            cluster.cli("service", "rm", name, check=False)

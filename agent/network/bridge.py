@@ -221,6 +221,11 @@ class BridgeNetwork:
         cannot be published now; nothing is kept."""
         self._ports.check(ports)
 
+    def holds_port(self, protocol: str, port: int) -> bool:
+        """A container of this agent publishes ``port`` (the routing mesh asks: that
+        holder is a task of its own, not "something else")."""
+        return bool(self._ports.holder(PortMapping(0, protocol, port)))
+
     def conflist(self, with_ports: bool) -> dict[str, Any]:
         """The CNI network configuration list of one attachment."""
         config = self.config

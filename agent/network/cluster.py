@@ -25,6 +25,7 @@ import structlog
 from dockyard.agent.network.bridge import BridgeNetwork
 from dockyard.agent.network.dns import ServiceDNS
 from dockyard.agent.network.errors import NetworkError
+from dockyard.agent.network.ingress_mesh import IngressMesh
 from dockyard.agent.network.overlays import OverlayManager
 from dockyard.agent.network.routes import PeerRoute, PeerRoutes
 from dockyard.v1.dispatcher_pb2 import NetworkMap
@@ -60,6 +61,7 @@ class ClusterNetwork:
         self.routes = routes or PeerRoutes()
         self.route_peers = route_peers
         self.dns = dns or ServiceDNS(timeout=UPSTREAM_TIMEOUT)
+        self.mesh = IngressMesh(held_here=bridge.holds_port)
         self._dns_address = ""
         self._latest: NetworkMap | None = None
         self._wakeup = asyncio.Event()
@@ -127,6 +129,7 @@ class ClusterNetwork:
         # while the agent is down, and the next start finds the devices as they are.
         await self.dns.stop()
         self._dns_address = self.bridge.nameserver = ""
+        await self.mesh.close()
 
     async def run(self) -> None:
         """Apply every map that arrives, retrying a failed one, until cancelled."""
@@ -159,10 +162,14 @@ class ClusterNetwork:
             )
             return
         routed = await self.routes.sync(self.bridge.config.subnet, peers)
+        # The mesh reaches other nodes' tasks over these routes, from the bridge's
+        # gateway: agents sharing a host (no peer routes) have no mesh.
+        await self.mesh.apply(self.bridge.config.gateway, network_map.ingress)
         log.info(
             "cluster_network.applied",
             subnet=self.bridge.config.subnet,
             peers=len(peers),
             routed=[r.subnet for r in routed],
             services=len(network_map.services),
+            ingress=len(network_map.ingress),
         )

@@ -109,6 +109,12 @@ def _ports(where: str, value: Any) -> list[str]:
         if len(targets) != 1:
             raise SpecError(f"{where}: {value!r}: the two ranges differ in length")
         targets = targets * len(publisheds)  # docker: 8000-8002:80 publishes three ports
+    mode = str(value.get("mode") or "") if isinstance(value, Mapping) else ""
+    if mode:  # the long form of --publish carries it, one text a port
+        return [
+            f"published={p},target={t},protocol={protocol},mode={mode}"
+            for p, t in zip(publisheds or [0] * len(targets), targets, strict=True)
+        ]
     suffix = "" if protocol == "tcp" else f"/{protocol}"
     if not publisheds:
         return [f"{t}{suffix}" for t in targets]

@@ -31,12 +31,12 @@ from dockyard.cli.commands.service_parse import (
     parse_mount,
     parse_nano_cpus,
     parse_network,
-    parse_port,
     parse_ratio,
     parse_seconds,
     parse_secret,
     parse_spread,
 )
+from dockyard.cli.commands.service_ports import parse_publish
 from dockyard.common.privilege import parse_capability
 
 __all__ = [
@@ -189,11 +189,31 @@ def _pref_item(label: str, text: str) -> tuple[str, Any]:
 def _port_item(label: str, text: str) -> tuple[str, Any]:
     from dockyard.v1.workloads_pb2 import PortConfig
 
-    published, target, protocol = parse_port(label, text)
-    return (
-        f"{published or target}/{protocol}",
-        PortConfig(published_port=published, target_port=target, protocol=protocol),
+    ports = parse_publish(label, text)
+    if len(ports) != 1:
+        raise SpecError(f"invalid {label} {text!r}: one port here, not a range")
+    port = ports[0]
+    config = PortConfig(
+        published_port=port.published,
+        target_port=port.target,
+        protocol=port.protocol,
+        publish_mode=port.mode,
     )
+    return port.key, config
+
+
+def _one_port_texts(setting: Setting, label: str, texts: Iterable[str]) -> list[str]:
+    """`--publish` texts with ranges cut into one text per port (the other flags as given)."""
+    if setting.flag != "publish":
+        return list(texts)
+    out = []
+    for text in texts:
+        for port in parse_publish(label, text):
+            mode = f",mode={port.mode}" if port.mode else ""
+            out.append(
+                f"published={port.published},target={port.target},protocol={port.protocol}{mode}"
+            )
+    return out
 
 
 def _mount_item(label: str, text: str) -> tuple[str, Any]:
@@ -499,8 +519,9 @@ SETTINGS: list[Setting] = [
     *_update_settings("rollback"),
     Setting(
         "publish",
-        "[PUBLISHED:]TARGET[/udp]",
-        "Publish a port on the node.",
+        "[PUBLISHED:]TARGET[/udp]|published=P,target=T[,protocol=udp][,mode=ingress|host]",
+        "Publish a port (ranges: 8080-8081:80-81); mode=host on the task's node, "
+        "mode=ingress on every node (the routing mesh).",
         short="p",
         where=SERVICE,
         item=_port_item,
@@ -573,7 +594,7 @@ def new_spec(image: str = "", command: Iterable[str] = ()) -> Any:
 
 def _set_list(spec: Any, setting: Setting, label: str, texts: Iterable[str]) -> None:
     assert setting.item is not None and setting.field is not None
-    items = [setting.item(label, text) for text in texts]
+    items = [setting.item(label, text) for text in _one_port_texts(setting, label, texts)]
     target = setting.field(spec)
     if isinstance(target, MutableMapping):
         target.clear()
@@ -611,7 +632,8 @@ def apply_list_edits(spec: Any, flag: str, add: Iterable[str], remove: Iterable[
     setting = BY_FLAG[flag]
     assert setting.item is not None and setting.field is not None
     target = setting.field(spec)
-    for text in remove:
+    add = _one_port_texts(setting, f"--{flag}-add", add)
+    for text in _one_port_texts(setting, f"--{flag}-rm", remove):
         by_text = (
             "env",
             "label",

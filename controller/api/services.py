@@ -10,6 +10,7 @@ from dockyard.common.states import TaskState
 from dockyard.common.validation import ValidationError, check_ref
 from dockyard.controller.cluster import ClusterRecord, privileges_of
 from dockyard.controller.images import ImageResolver
+from dockyard.controller.ingress_ports import check_ingress_ports
 from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.secrets import ObjectRegistries, SecretRegistry
@@ -90,7 +91,10 @@ class ServicesAPI:
         compares that keep them."""
         spec, object_checks = await self._secrets.resolve(spec)
         spec, network_checks = await self._networks.resolve(spec, current)
-        return spec, object_checks + network_checks
+        port_checks = await check_ingress_ports(
+            self._store, spec, current.id if current is not None else ""
+        )
+        return spec, object_checks + network_checks + port_checks
 
     async def _all_tasks(self) -> list[Task]:
         view = self._view()

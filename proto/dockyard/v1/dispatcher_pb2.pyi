@@ -330,6 +330,7 @@ class NetworkMap(_message.Message):
     REVOKED_SERIALS_FIELD_NUMBER: _builtins.int
     OVERLAYS_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
+    INGRESS_FIELD_NUMBER: _builtins.int
     subnet: _builtins.str
     """this node's bridge subnet ("": keep the one it has)"""
     address: _builtins.str
@@ -352,6 +353,12 @@ class NetworkMap(_message.Message):
     def overlays(self) -> _containers.RepeatedCompositeFieldContainer[_networks_pb2.OverlayNetworkMap]:
         """The overlay networks this node's tasks are on, with every endpoint and name."""
 
+    @_builtins.property
+    def ingress(self) -> _containers.RepeatedCompositeFieldContainer[Global___IngressPort]:
+        """The routing mesh: every port published with mode=ingress, with the cluster-network
+        addresses of its service's RUNNING tasks (on any node): open on every node.
+        """
+
     def __init__(
         self,
         *,
@@ -361,14 +368,45 @@ class NetworkMap(_message.Message):
         revoked_serials: _abc.Iterable[_builtins.str] | None = ...,
         overlays: _abc.Iterable[_networks_pb2.OverlayNetworkMap] | None = ...,
         address: _builtins.str = ...,
+        ingress: _abc.Iterable[Global___IngressPort] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "overlays", b"overlays", "peers", b"peers", "revoked_serials", b"revoked_serials", "services", b"services", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ingress", b"ingress", "overlays", b"overlays", "peers", b"peers", "revoked_serials", b"revoked_serials", "services", b"services", "subnet", b"subnet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NetworkMap: _TypeAlias = NetworkMap  # noqa: Y015
+
+@_typing.final
+class IngressPort(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLISHED_PORT_FIELD_NUMBER: _builtins.int
+    TARGET_PORT_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
+    BACKENDS_FIELD_NUMBER: _builtins.int
+    published_port: _builtins.int
+    target_port: _builtins.int
+    protocol: _builtins.str
+    """tcp | udp"""
+    @_builtins.property
+    def backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        published_port: _builtins.int = ...,
+        target_port: _builtins.int = ...,
+        protocol: _builtins.str = ...,
+        backends: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "protocol", b"protocol", "published_port", b"published_port", "target_port", b"target_port"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IngressPort: _TypeAlias = IngressPort  # noqa: Y015
 
 @_typing.final
 class ServiceAddresses(_message.Message):

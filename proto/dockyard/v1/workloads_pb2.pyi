@@ -683,20 +683,26 @@ class PortConfig(_message.Message):
     TARGET_PORT_FIELD_NUMBER: _builtins.int
     PUBLISHED_PORT_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
+    PUBLISH_MODE_FIELD_NUMBER: _builtins.int
     target_port: _builtins.int
     published_port: _builtins.int
     protocol: _builtins.str
     """tcp | udp"""
+    publish_mode: _builtins.str
+    """ingress: the routing mesh, the port on every node (unique in the cluster);
+    host or empty: published on the node that runs the task (docs/networking.md).
+    """
     def __init__(
         self,
         *,
         target_port: _builtins.int = ...,
         published_port: _builtins.int = ...,
         protocol: _builtins.str = ...,
+        publish_mode: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["protocol", b"protocol", "published_port", b"published_port", "target_port", b"target_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["protocol", b"protocol", "publish_mode", b"publish_mode", "published_port", b"published_port", "target_port", b"target_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

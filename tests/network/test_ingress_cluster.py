@@ -1,0 +1,83 @@
+"""The routing mesh end to end: `deploy/local-cluster up --hosts 2` (each runc agent in a
+network namespace of its own, on a LAN bridge). A port published with `mode=ingress`
+answers on both hosts' addresses, including the host that runs no task, and spreads
+over the tasks on both hosts once scaled."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import shutil
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from tests.network.conftest import free_subnet
+from tests.network.test_overlay_cluster import ok, running, wait
+from tests.test_local_cluster import LocalCluster, _local_cluster, _offsets
+
+pytestmark = [pytest.mark.runc, pytest.mark.registry, pytest.mark.slow]
+
+WEB = "mkdir -p /w && hostname > /w/index.html && exec httpd -f -p 80 -h /w"
+PORT = 18480
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    tmp_path = tmp_path_factory.mktemp("ingress-cluster")
+    for lc in _local_cluster(tmp_path, _offsets(2), 2):
+        lan = ipaddress.IPv4Network(free_subnet())
+        lc.up("--hosts", "2", "--lan", str(lan), "--no-sample")
+        try:
+            yield lc
+        finally:  # kept for a failure's post-mortem (the state dir goes with `down`)
+            shutil.copytree(lc.state_dir / "logs", tmp_path / "logs", dirs_exist_ok=True)
+
+
+def answer(address: str) -> str:
+    try:
+        with urllib.request.urlopen(f"http://{address}:{PORT}/", timeout=3) as response:
+            return str(response.read().decode().strip())
+    except OSError as exc:
+        return f"error: {exc}"
+
+
+def test_an_ingress_port_answers_on_every_host(cluster: LocalCluster) -> None:
+    lc = cluster
+    nodes = json.loads(ok(lc, "node", "ls", "-o", "json"))
+    hosts = {n["id"]: n["network"]["address"] for n in nodes}
+    assert len(hosts) == 2
+    publish = f"published={PORT},target=80,mode=ingress"
+    ok(lc, "service", "create", "-d", "--name", "meshweb", "--max-replicas-per-node", "1",
+       "--publish", publish, "busybox", "sh", "-c", WEB)  # fmt: skip
+    wait(lambda: running(lc, "meshweb", 1), "meshweb running")
+    (task,) = [
+        t
+        for t in json.loads(ok(lc, "service", "ps", "meshweb", "-o", "json"))
+        if t["status"]["state"] == "RUNNING"
+    ]
+    without = next(address for node, address in hosts.items() if node != task["node_id"])
+    served: list[str] = []
+    for address in hosts.values():  # the host without a task answers too
+        wait(
+            lambda a=address: not answer(a).startswith("error"),
+            f"port {PORT} on {address}",
+            explain=lambda a=address: answer(a),
+        )
+        served.append(answer(address))
+    assert len(set(served)) == 1
+
+    ok(lc, "service", "scale", "-d", "meshweb=2")
+    wait(lambda: running(lc, "meshweb", 2), "meshweb on both hosts")
+    wait(
+        lambda: len({answer(without) for _ in range(20)}) == 2,
+        "both tasks behind one host's port",
+        explain=lambda: str({answer(without) for _ in range(20)}),
+    )
+
+    taken = lc.cli("service", "create", "-d", "--name", "other", "-p", f"{PORT}:80", "busybox")
+    assert taken.returncode != 0 and "already published by service meshweb" in taken.stderr
+
+    ok(lc, "service", "rm", "meshweb")
+    wait(lambda: answer(without).startswith("error"), "the port closed with its service")

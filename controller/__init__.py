@@ -1,0 +1,3 @@
+"""The cluster daemon: dockyard-controller."""
+
+import dockyard.common  # noqa: F401  (gRPC settings that must precede its import)

@@ -24,6 +24,7 @@ import structlog
 from dockyard.common.lookup import match_reference
 from dockyard.common.validation import ValidationError, check_labels, check_name, check_ref
 from dockyard.controller.errors import FailedPrecondition
+from dockyard.controller.ingress_network import publishes_ingress
 from dockyard.controller.network_addresses import AddressExhausted, next_vip, used_addresses
 from dockyard.controller.network_pool import (
     NetworkPool,
@@ -237,6 +238,12 @@ class NetworkRegistry:
         services, revision = await self._store.list_all(SERVICES)
         tasks, _ = await self._store.list_all(TASKS)
         users = network_users(network.id, services, tasks)
+        if network.spec.ingress:
+            users += [
+                f"service {s.spec.name} (a port published with mode=ingress)"
+                for s in services
+                if publishes_ingress(s.spec) or publishes_ingress(s.previous_spec)
+            ]
         if users:
             raise FailedPrecondition(
                 f"network {network.spec.name} is in use by {'; '.join(users)}: remove the "

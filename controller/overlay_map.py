@@ -52,6 +52,7 @@ def overlays(
                 )
             if task.status.state == TaskState.RUNNING:
                 running.setdefault((task.service_id, network.id), []).append(held.address)
+    _ingress_nodes(networks, nodes, maps, members)
     for service in services:
         for attachment in service.spec.task.networks:
             named = maps.get(attachment.network_id)
@@ -64,6 +65,26 @@ def overlays(
         overlay.names.sort(key=lambda n: n.name)
     serialized = {nid: m.SerializeToString(deterministic=True) for nid, m in maps.items()}
     return serialized, {node: frozenset(ids) for node, ids in members.items()}
+
+
+def _ingress_nodes(
+    networks: Mapping[str, Network],
+    nodes: Mapping[str, Node],
+    maps: dict[str, OverlayNetworkMap],
+    members: dict[str, set[str]],
+) -> None:
+    """Every node with an ingress address is on the ingress network (the routing mesh
+    answers on nodes that run no task), its address an endpoint for the others."""
+    ingress = next((n for n in networks.values() if n.spec.ingress), None)
+    if ingress is None or not ingress.node_addresses:
+        return
+    overlay = maps.setdefault(ingress.id, OverlayNetworkMap(network=ingress))
+    for node_id, address in ingress.node_addresses.items():
+        node = nodes.get(node_id)
+        if node is None or not node.network.address:
+            continue
+        members.setdefault(node_id, set()).add(ingress.id)
+        overlay.endpoints.append(OverlayEndpoint(address=address, host=node.network.address))
 
 
 def _names(

@@ -112,6 +112,11 @@ class OverlayDevices:
         self._mtu = mtu - VXLAN_OVERHEAD
         self._netlink = netlink
 
+    @property
+    def netlink(self) -> Netlink:
+        """Opens a netlink socket in the node's namespace."""
+        return self._netlink
+
     async def ensure(self, network: OverlayNetwork) -> None:
         """The network's bridge and VXLAN device exist and are up."""
         await asyncio.to_thread(_netlink_errors, self._ensure, network)

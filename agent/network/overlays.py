@@ -27,6 +27,7 @@ from pathlib import Path
 
 import structlog
 
+from dockyard.agent.network.ingress import join_ingress
 from dockyard.agent.network.netns import netns_path
 from dockyard.agent.network.overlay import OverlayDevices, OverlayNetwork, Peer, mac_for
 from dockyard.agent.network.vip import VirtualIP, apply_vips
@@ -200,6 +201,25 @@ class OverlayManager:
                     self._joined.pop(container_id, None)  # removed meanwhile
                     continue
                 log.warning("overlay.vips_failed", container_id=container_id, error=str(exc))
+
+    async def join_ingress(self, maps: Sequence[OverlayNetworkMap], address: str) -> bool:
+        """Give this node ``address`` on the ingress network (its map among ``maps``,
+        applied by ``on_maps``): True when the routing mesh can run over it here (False:
+        no ingress network or address, or overlays are off on this node).
+
+        Raises:
+            RuntimeError: netlink failed.
+        """
+        overlay = next((m for m in maps if m.network.spec.ingress), None)
+        devices = self._devices
+        if overlay is None or not address or devices is None:
+            return False
+        network = _network(overlay)
+        async with self._lock:
+            if network.vni not in self._ready:
+                return False  # its devices are not made yet (on_maps failed): next map
+            await join_ingress(devices.netlink, network, address)
+        return True
 
     async def close(self) -> None:
         """The agent stops: every overlay device goes (containers keep their namespace

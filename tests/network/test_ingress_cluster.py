@@ -1,7 +1,7 @@
 """The routing mesh end to end: `deploy/local-cluster up --hosts 2` (each runc agent in a
 network namespace of its own, on a LAN bridge). A port published with `mode=ingress`
-answers on both hosts' addresses, including the host that runs no task, and spreads
-over the tasks on both hosts once scaled."""
+answers on both hosts' addresses, including the host that runs no task (over the ingress
+overlay network's VXLAN), and spreads over the tasks on both hosts once scaled."""
 
 from __future__ import annotations
 
@@ -67,6 +67,9 @@ def test_an_ingress_port_answers_on_every_host(cluster: LocalCluster) -> None:
         )
         served.append(answer(address))
     assert len(set(served)) == 1
+    # carried by the ingress overlay network (Swarm's), made with the first mesh port
+    (ingress,) = json.loads(ok(lc, "network", "inspect", "ingress"))
+    assert sorted(ingress["node_addresses"]) == sorted(hosts)
 
     ok(lc, "service", "scale", "-d", "meshweb=2")
     wait(lambda: running(lc, "meshweb", 2), "meshweb on both hosts")

@@ -5,8 +5,9 @@ and its node's underlay address: the forwarding entries the other nodes write) a
 names (a service's name with its VIP and the running tasks behind it, or the tasks'
 addresses for ``dnsrr``; ``tasks.NAME``; each alias). A node gets the networks its own
 live tasks are on, and every node the ``ingress`` network (the routing mesh's) once it
-has an address there, with every node's address on it as an endpoint. Containers are listed from ASSIGNED on, so a container's entries are
-on the other nodes before it starts; names list RUNNING tasks only.
+has an address there, with every node's address on it as an endpoint. Containers are
+listed from ASSIGNED on, so a container's entries are on the other nodes before it
+starts; names list RUNNING tasks only.
 """
 
 from __future__ import annotations

@@ -217,7 +217,7 @@ async def apply_ingress(
     code, message = await _nft(netns, ingress_ruleset(source, ports))
     if code != 0:
         raise RuntimeError(f"nft ({TABLE}): {message}")
-    log.info("ingress.applied", ports=[f"{p.published}/{p.protocol}" for p in ports])
+    log.info("ingress.applied", source=source, ports=[f"{p.published}/{p.protocol}" for p in ports])
 
 
 async def remove_ingress(netns: str | None = None) -> None:

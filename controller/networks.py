@@ -300,6 +300,12 @@ class NetworkRegistry:
             if len(found) != 1:
                 raise NotFound(f"{field}[{index}].target: network {ref!r} not found")
             network = found[0]
+            if network.spec.ingress:  # as Swarm: the mesh's tasks are put on it, not named
+                raise ValidationError(
+                    f"{field}[{index}].target",
+                    f"network {network.spec.name!r} is the routing mesh's (ingress): a "
+                    "service is on it by publishing a port with mode=ingress",
+                )
             if network.id in seen:
                 raise ValidationError(f"{field}[{index}].target", f"network {ref!r} given twice")
             seen.add(network.id)

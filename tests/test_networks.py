@@ -205,6 +205,10 @@ def test_the_mesh_has_its_ingress_network_with_every_task_and_node_on_it(
         held = inspect(cluster, "ingress")[0]["node_addresses"]
         assert all(ipaddress.ip_address(a) in subnet for a in held.values())
         assert not set(held.values()) & set(addresses)
+        named = cluster.cli(
+            "service", "create", "--name", "x", "--network", "ingress", "busybox", check=False
+        )
+        assert named.returncode != 0 and "is the routing mesh's (ingress)" in named.stderr
         refused = cluster.cli("network", "rm", "ingress", check=False)
         assert refused.returncode != 0
         assert "service meshed (a port published with mode=ingress)" in refused.stderr

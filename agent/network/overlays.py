@@ -173,9 +173,18 @@ class OverlayManager:
         (those of its networks only), for the node's DNS server."""
         scoped: dict[str, dict[str, list[str]]] = {}
         for joined in self._joined.values():
+            # The ingress network (the mesh's) names nothing and scopes nothing: a task
+            # on it alone resolves what a bridge container does.
+            named = [
+                overlay
+                for network_id, _ in joined.networks
+                if (overlay := self._maps.get(network_id)) is None
+                or not overlay.network.spec.ingress
+            ]
+            if not named:
+                continue
             records: dict[str, list[str]] = {}
-            for network_id, _ in joined.networks:
-                overlay = self._maps.get(network_id)
+            for overlay in named:
                 for name in overlay.names if overlay is not None else ():
                     records.setdefault(name.name, []).extend(name.addresses)
             if joined.bridge_address:

@@ -114,7 +114,9 @@ def network_users(network_id: str, services: Sequence[Service], tasks: Sequence[
     for task in tasks:
         if task.status.state in _ENDED or task.desired_state > TaskStatus.RUNNING:
             continue
-        if any(a.network_id == network_id for a in task.spec.networks):
+        held = {a.network_id for a in task.spec.networks}
+        held.update(a.network_id for a in task.networks)  # the ingress network is here only
+        if network_id in held:
             name = task.service_name or task.service_id
             phrases.setdefault(name, f"tasks of service {name}")
     return [phrases[name] for name in sorted(phrases)]

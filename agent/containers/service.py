@@ -160,7 +160,8 @@ class ContainerService:
 
     async def _recover_network(self, infos: builtins.list[ContainerInfo]) -> None:
         """Release the attachments of removed containers, hold the ports of the others
-        again; tell the runtime of an endpoint a reboot changed."""
+        again; tell the runtime of an endpoint a reboot changed; hand the overlay
+        manager back the containers on overlay networks."""
         if self.network is None:
             return
         bridged = {i.id: i.config for i in infos if i.config.network == "bridge"}
@@ -169,6 +170,12 @@ class ContainerService:
             if bridged[cid].endpoint != endpoint:
                 with contextlib.suppress(ContainerRuntimeError, OSError):
                     await self.runtime.set_endpoint(cid, endpoint)
+        if self.overlays is None:
+            return
+        for cid, spec in bridged.items():  # their overlay networks, from their own spec
+            current = changed.get(cid) or spec.endpoint
+            if spec.overlays and current is not None:
+                self.overlays.adopt(cid, current.netns_path, current.ip_address, spec.overlays)
 
     async def _resume(self, info: ContainerInfo, meta: ContainerMeta) -> None:
         status = info.state.status

@@ -89,7 +89,7 @@ class ClusterNetwork:
 
     def scope_names(self) -> None:
         """Give the DNS server the names each overlay container may resolve."""
-        self.dns.set_scoped(self.overlays.names_by_client())
+        self.dns.set_scoped(self.overlays.names_by_client(), self.overlays.isolated_clients())
 
     async def set_local_records(self, records: Mapping[str, Sequence[str]]) -> None:
         """Names of this node's own containers (Docker API networks: container names and

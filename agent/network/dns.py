@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import ipaddress
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -177,6 +177,7 @@ class ServiceDNS:
         self._timeout = timeout
         self._records: dict[dns.name.Name, _Service] = {}
         self._scoped: dict[str, dict[dns.name.Name, _Service]] = {}
+        self._isolated: frozenset[str] = frozenset()
         self._address = ""
         self._port = 0
         self._udp: asyncio.DatagramTransport | None = None
@@ -220,13 +221,20 @@ class ServiceDNS:
         self._records = services
         log.debug("dns.records_set", services=len(records))
 
-    def set_scoped(self, scoped: Mapping[str, Mapping[str, Sequence[str]]]) -> None:
+    def set_scoped(
+        self,
+        scoped: Mapping[str, Mapping[str, Sequence[str]]],
+        isolated: Collection[str] = (),
+    ) -> None:
         """Client address -> the only names that client may resolve (a container on
-        overlay networks sees the names of its networks, nothing of the others')."""
+        overlay networks sees the names of its networks, nothing of the others').
+        ``isolated`` clients (on ``--internal`` networks only) get no name forwarded
+        upstream: REFUSED, as they have no way out to reach what it names anyway."""
         self._scoped = {
             client: {_service_name(n): _Service(tuple(a)) for n, a in records.items()}
             for client, records in scoped.items()
         }
+        self._isolated = frozenset(isolated)
 
     def _lookup(self, name: dns.name.Name, client: str = "") -> _Service | None:
         scoped = self._scoped.get(client)
@@ -384,6 +392,8 @@ class ServiceDNS:
         question = query.question[0]
         known = question.rdclass == dns.rdataclass.IN
         service = self._lookup(question.name, client) if known else None
+        if service is None and client in self._isolated:
+            return _error(query, dns.rcode.REFUSED), "refused"
         if service is None:
             forwarded = await self._forward(query, tcp)
             failed = forwarded.rcode() == dns.rcode.SERVFAIL

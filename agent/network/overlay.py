@@ -28,6 +28,7 @@ import ctypes
 import hashlib
 import ipaddress
 import os
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -53,7 +54,8 @@ log = structlog.get_logger(__name__)
 
 VXLAN_PORT = 4789  # IANA's, as Docker and the kernel's default
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
-_ENOENT, _EEXIST, _ENODEV = 2, 17, 19
+_ESRCH, _ENOENT, _EEXIST, _ENODEV = 3, 2, 17, 19
+_MAIN_TABLE = 254
 NTF_SELF = 0x02
 
 T = TypeVar("T")
@@ -132,6 +134,11 @@ class OverlayDevices:
         """Delete the container's veth (its namespace's end goes with it)."""
         await asyncio.to_thread(_netlink_errors, self._detach, netns, ifname)
 
+    async def isolate(self, netns: str) -> int:
+        """No route out of the named namespace ``netns``: its default routes deleted (a
+        container on ``--internal`` networks only); the number deleted."""
+        return await asyncio.to_thread(_netlink_errors, self._isolate, netns)
+
     async def set_peers(self, network: OverlayNetwork, peers: Iterable[Peer]) -> None:
         """The network's remote entries are exactly ``peers`` (stale ones deleted)."""
         await asyncio.to_thread(_netlink_errors, self._set_peers, network, list(peers))
@@ -208,6 +215,30 @@ class OverlayDevices:
             index = _index(ipr, veth_name(netns, ifname))
             if index is not None:
                 _ignore_gone(ipr.link, "del", index=index)
+
+    def _isolate(self, netns: str) -> int:
+        # Only the default routes go: the bridge's connected route stays, so the node's
+        # DNS server (the bridge's gateway) still answers the container.
+        deleted = 0
+        with _entered(netns), IPRoute() as inside:
+            for route in inside.get_routes(family=socket.AF_INET, table=_MAIN_TABLE):
+                if route["dst_len"] != 0:
+                    continue
+                try:
+                    inside.route(
+                        "del",
+                        dst="0.0.0.0/0",
+                        table=_MAIN_TABLE,
+                        gateway=route.get_attr("RTA_GATEWAY"),
+                        oif=route.get_attr("RTA_OIF"),
+                    )
+                    deleted += 1
+                except NetlinkError as exc:
+                    if exc.code != _ESRCH:
+                        raise
+        if deleted:
+            log.info("overlay.isolated", netns=netns, routes=deleted)
+        return deleted
 
     def _set_peers(self, network: OverlayNetwork, peers: list[Peer]) -> None:
         wanted = {p.address: p for p in peers if p.host != self._underlay}

@@ -13,7 +13,15 @@ every container on each (address and host) and every name. From each map:
 A task's container joins its networks when it is created (``attach``, by the container
 service, after the node's bridge gave it its namespace and ``eth0``): ``eth1``, ``eth2``...
 in the order of the task's networks. The bridge's ``eth0`` stays its way out and to the
-node's DNS server, as Docker's ``docker_gwbridge`` is for overlay containers.
+node's DNS server, as Docker's ``docker_gwbridge`` is for overlay containers; a container
+whose networks are all ``--internal`` keeps ``eth0`` for DNS but loses its default route
+(no way out, as Docker's ``--internal`` drops the ``docker_gwbridge`` leg).
+
+After an agent restart the container service hands back each surviving container with
+its networks (``adopt``, from the container's own spec, which the runtime keeps): the
+first map re-attaches it (idempotent: a missing veth or address is made again, an
+internal-only container loses a default route a recreated namespace got back) and its
+VIPs and names are kept up to date again.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ class OverlayManager:
         self._maps: dict[str, OverlayNetworkMap] = {}
         self._ready: set[int] = set()
         self._joined: dict[str, Joined] = {}
+        self._adopted: set[str] = set()  # recovered, not re-attached since the restart
         self._changed = asyncio.Condition()
         self._lock = asyncio.Lock()
         self.address = ""
@@ -88,6 +97,10 @@ class OverlayManager:
             self._maps = {m.network.id: m for m in maps}
             if self._devices is not None:
                 await self._apply_maps()
+            else:  # overlays off here: no interface to come back to
+                for container_id in self._adopted:
+                    self._joined.pop(container_id, None)
+                self._adopted.clear()
         async with self._changed:
             self._changed.notify_all()
 
@@ -99,6 +112,7 @@ class OverlayManager:
                 await self._devices.ensure(network)
                 self._ready.add(network.vni)
             await self._devices.set_peers(network, _peers(overlay))
+        await self._reattach_adopted()
         await self._remove_unused()
         await self._apply_vips()
 
@@ -133,6 +147,7 @@ class OverlayManager:
         """
         netns = Path(netns_path).name
         joined = Joined(netns, bridge_address)
+        attached: list[OverlayNetwork] = []
         for index, (network_id, address) in enumerate(networks, start=1):
             overlay = await self._wait_for(network_id)
             if overlay is None:
@@ -146,9 +161,63 @@ class OverlayManager:
                     self._ready.add(network.vni)
                 await self._devices.attach(network, netns, f"eth{index}", address)
             joined.networks.append((network_id, address))
+            attached.append(network)
+        await self._isolate_if_internal(netns, attached)
         self._joined[container_id] = joined
         async with self._lock:
             await self._apply_vips([container_id])
+
+    def adopt(
+        self,
+        container_id: str,
+        netns_path: str,
+        bridge_address: str,
+        networks: Sequence[tuple[str, str]],
+    ) -> None:
+        """A container that survived an agent restart, on ``(network id, address)`` each:
+        known again at once (its DNS names), re-attached and given its VIPs by the next
+        map (see the module's docstring)."""
+        if not networks:
+            return
+        self._joined[container_id] = Joined(Path(netns_path).name, bridge_address, list(networks))
+        self._adopted.add(container_id)
+        log.info("overlay.adopted", container_id=container_id, networks=len(networks))
+
+    async def _reattach_adopted(self) -> None:
+        assert self._devices is not None
+        for container_id in sorted(self._adopted):
+            joined = self._joined.get(container_id)
+            if joined is None or not await asyncio.to_thread(netns_path(joined.netns).exists):
+                self._joined.pop(container_id, None)  # removed meanwhile
+                self._adopted.discard(container_id)
+                continue
+            try:
+                await self._join(joined)
+            except RuntimeError as exc:  # tried again with the next map
+                log.warning("overlay.reattach_failed", container_id=container_id, error=str(exc))
+                continue
+            self._adopted.discard(container_id)
+
+    async def _join(self, joined: Joined) -> None:
+        """Re-attach an adopted container to each of its networks with a map here."""
+        assert self._devices is not None
+        networks = []
+        for index, (network_id, address) in enumerate(joined.networks, start=1):
+            overlay = self._maps.get(network_id)
+            if overlay is None:  # no local task on it any more: its task is ending
+                continue
+            network = _network(overlay)
+            await self._devices.attach(network, joined.netns, f"eth{index}", address)
+            networks.append(network)
+        if networks and len(networks) == len(joined.networks):
+            await self._isolate_if_internal(joined.netns, networks)
+
+    async def _isolate_if_internal(self, netns: str, networks: Sequence[OverlayNetwork]) -> None:
+        # On an internal and a normal network at once, the normal one's way out wins
+        # (as Docker's: the container keeps its docker_gwbridge leg).
+        if networks and all(n.internal for n in networks):
+            assert self._devices is not None
+            await self._devices.isolate(netns)
 
     async def _wait_for(self, network_id: str) -> OverlayNetworkMap | None:
         """The network's map once it arrived; None when overlays are off here."""
@@ -167,6 +236,7 @@ class OverlayManager:
     def forget(self, container_id: str) -> None:
         """The container is gone (its namespace, and so its interfaces, with it)."""
         self._joined.pop(container_id, None)
+        self._adopted.discard(container_id)
 
     def names_by_client(self) -> dict[str, dict[str, list[str]]]:
         """Bridge address of each local overlay container -> the names it may resolve
@@ -190,6 +260,21 @@ class OverlayManager:
             if joined.bridge_address:
                 scoped[joined.bridge_address] = records
         return scoped
+
+    def isolated_clients(self) -> set[str]:
+        """Bridge addresses of the local containers on ``--internal`` networks only: the
+        node's DNS server forwards none of their queries upstream."""
+        return {
+            joined.bridge_address
+            for joined in self._joined.values()
+            if joined.bridge_address
+            and joined.networks
+            and all(
+                (overlay := self._maps.get(network_id)) is not None
+                and overlay.network.spec.internal
+                for network_id, _ in joined.networks
+            )
+        }
 
     async def _apply_vips(self, only: Sequence[str] | None = None) -> None:
         for container_id in list(only if only is not None else self._joined):

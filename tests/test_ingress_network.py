@@ -122,17 +122,24 @@ async def test_the_ingress_network_is_made_once() -> None:
     assert len(registry.created) == 1
 
 
-async def test_a_task_on_the_ingress_network_alone_keeps_the_nodes_names() -> None:
+async def test_the_ingress_network_scopes_no_names_and_opens_no_way_out() -> None:
     from dockyard.agent.network.overlays import Joined, OverlayManager
     from dockyard.v1.networks_pb2 import OverlayName, OverlayNetworkMap
 
     red = Network(id="red", subnet="10.112.0.0/24", vni=4096)
     named = OverlayNetworkMap(network=red, names=[OverlayName(name="db", addresses=["10.112.0.2"])])
+    walled = Network(id="walled", subnet="10.112.1.0/24", vni=4097)
+    walled.spec.internal = True
     manager = OverlayManager()  # no devices: the maps are kept, nothing is made
-    await manager.on_maps([OverlayNetworkMap(network=INGRESS), named])
+    await manager.on_maps(
+        [OverlayNetworkMap(network=INGRESS), named, OverlayNetworkMap(network=walled)]
+    )
     manager._joined = {
         "meshed": Joined("ns1", "10.87.0.2", [("ing", "10.113.0.2")]),
         "both": Joined("ns2", "10.87.0.3", [("ing", "10.113.0.3"), ("red", "10.112.0.3")]),
+        "internal": Joined("ns3", "10.87.0.4", [("walled", "10.112.1.2"), ("ing", "10.113.0.4")]),
     }
     # the first is not scoped (it resolves every service, as a bridge container does)
-    assert manager.names_by_client() == {"10.87.0.3": {"db": ["10.112.0.2"]}}
+    assert manager.names_by_client() == {"10.87.0.3": {"db": ["10.112.0.2"]}, "10.87.0.4": {}}
+    # an internal-only task stays internal when it also publishes a port through the mesh
+    assert manager.isolated_clients() == {"10.87.0.4"}

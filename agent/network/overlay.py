@@ -71,6 +71,7 @@ class OverlayNetwork:
     vni: int
     subnet: str
     internal: bool = False
+    ingress: bool = False  # the routing mesh's: neither a way out nor a way in for names
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,9 @@ class OverlayManager:
 
     async def _isolate_if_internal(self, netns: str, networks: Sequence[OverlayNetwork]) -> None:
         # On an internal and a normal network at once, the normal one's way out wins
-        # (as Docker's: the container keeps its docker_gwbridge leg).
+        # (as Docker's: the container keeps its docker_gwbridge leg). The ingress network
+        # counts for neither: the mesh's replies go to a node's address on it.
+        networks = [n for n in networks if not n.ingress]
         if networks and all(n.internal for n in networks):
             assert self._devices is not None
             await self._devices.isolate(netns)
@@ -248,8 +250,7 @@ class OverlayManager:
             named = [
                 overlay
                 for network_id, _ in joined.networks
-                if (overlay := self._maps.get(network_id)) is None
-                or not overlay.network.spec.ingress
+                if not _is_ingress(overlay := self._maps.get(network_id))
             ]
             if not named:
                 continue
@@ -264,17 +265,17 @@ class OverlayManager:
     def isolated_clients(self) -> set[str]:
         """Bridge addresses of the local containers on ``--internal`` networks only: the
         node's DNS server forwards none of their queries upstream."""
-        return {
-            joined.bridge_address
-            for joined in self._joined.values()
-            if joined.bridge_address
-            and joined.networks
-            and all(
-                (overlay := self._maps.get(network_id)) is not None
-                and overlay.network.spec.internal
-                for network_id, _ in joined.networks
-            )
-        }
+        isolated = set()
+        for joined in self._joined.values():
+            maps = [self._maps.get(network_id) for network_id, _ in joined.networks]
+            named = [m for m in maps if not _is_ingress(m)]  # the mesh's counts for neither
+            if (
+                joined.bridge_address
+                and named
+                and all(m and m.network.spec.internal for m in named)
+            ):
+                isolated.add(joined.bridge_address)
+        return isolated
 
     async def _apply_vips(self, only: Sequence[str] | None = None) -> None:
         for container_id in list(only if only is not None else self._joined):
@@ -325,8 +326,14 @@ class OverlayManager:
 
 def _network(overlay: OverlayNetworkMap) -> OverlayNetwork:
     record = overlay.network
-    return OverlayNetwork(record.id, record.vni, record.subnet, record.spec.internal)
+    return OverlayNetwork(
+        record.id, record.vni, record.subnet, record.spec.internal, record.spec.ingress
+    )
 
 
 def _peers(overlay: OverlayNetworkMap) -> list[Peer]:
     return [Peer(e.address, mac_for(e.address), e.host) for e in overlay.endpoints]
+
+
+def _is_ingress(overlay: OverlayNetworkMap | None) -> bool:
+    return overlay is not None and overlay.network.spec.ingress

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from dockyard.common.states import TaskState
+from dockyard.controller.ingress_network import find_ingress
 from dockyard.controller.overlay_map import Overlays, node_overlays, overlays
 from dockyard.controller.sessions import Post
 from dockyard.controller.state import ClusterState
@@ -38,8 +39,11 @@ Routes = frozenset[tuple[str, str, str]]
 Names = tuple[tuple[str, tuple[str, ...]], ...]
 Revoked = tuple[str, ...]
 OverlayView = tuple[Overlays, dict[str, frozenset[str]]]
-Ingress = tuple[tuple[int, int, str, tuple[str, ...]], ...]
-"""(published, target, protocol, the RUNNING tasks' addresses) of each mode=ingress port."""
+Ingress = tuple[tuple[int, int, str, tuple[str, ...], tuple[str, ...]], ...]
+"""(published, target, protocol, the RUNNING tasks' cluster-network addresses, and their
+ingress-network addresses) of each mode=ingress port."""
+IngressView = tuple[Ingress, tuple[tuple[str, str], ...]]
+"""The ports, and (node ID, its ingress address) of every node that has one."""
 
 
 class NetworkMapper:
@@ -67,11 +71,11 @@ class NetworkMapper:
         self._names: Names = ()
         self._revocations: Revoked = ()
         self._overlays: OverlayView = ({}, {})
-        self._ingress: Ingress = ()
+        self._ingress: IngressView = ((), ())
         # What a newly opened session is sent: computed at most once per SEND_INTERVAL
         # (1,000 sessions opening at once would each walk every task otherwise); the run
         # loop sends every session the newer map when the cluster changed since.
-        self._greeting: tuple[Routes, Names, OverlayView, Ingress] | None = None
+        self._greeting: tuple[Routes, Names, OverlayView, IngressView] | None = None
         self._greeting_at = 0.0
 
     def network_map(self, node: Node) -> NetworkMap:
@@ -134,8 +138,14 @@ class NetworkMapper:
         state = self._state
         return overlays(state.networks, state.services.values(), state.tasks.values(), state.nodes)
 
-    def _current_ingress(self) -> Ingress:
-        return ingress_ports(self._state.services.values(), self._state.tasks_of_service)
+    def _current_ingress(self) -> IngressView:
+        state = self._state
+        network = find_ingress(state.networks.values())
+        ports = ingress_ports(
+            state.services.values(), state.tasks_of_service, network.id if network else ""
+        )
+        nodes = tuple(sorted(network.node_addresses.items())) if network is not None else ()
+        return ports, nodes
 
     def _current_revocations(self) -> Revoked:
         return tuple(sorted(self._revoked(time.time())))
@@ -161,10 +171,13 @@ class NetworkMapper:
 
 
 def ingress_ports(
-    services: Iterable[Service], tasks_of_service: Callable[[str], Iterable[Task]]
+    services: Iterable[Service],
+    tasks_of_service: Callable[[str], Iterable[Task]],
+    ingress_id: str = "",
 ) -> Ingress:
     """The routing mesh: each mode=ingress port with its service's running tasks'
-    cluster-network addresses, sorted (compared to the last map's to see a change)."""
+    cluster-network addresses and their addresses on the ingress network ``ingress_id``,
+    sorted (compared to the last map's to see a change)."""
     ports = []
     for service in services:
         meshed = [
@@ -172,16 +185,23 @@ def ingress_ports(
         ]
         if not meshed:
             continue
-        backends = tuple(
+        running = [
+            t
+            for t in tasks_of_service(service.id)
+            if t.status.state == RUNNING and t.desired_state <= RUNNING
+        ]
+        backends = tuple(sorted(t.status.address for t in running if t.status.address))
+        overlay = tuple(
             sorted(
-                t.status.address
-                for t in tasks_of_service(service.id)
-                if t.status.address and t.status.state == RUNNING and t.desired_state <= RUNNING
+                held.address
+                for t in running
+                for held in t.networks
+                if held.network_id == ingress_id
             )
         )
         for port in meshed:
             protocol = (port.protocol or "tcp").lower()
-            ports.append((port.published_port, port.target_port, protocol, backends))
+            ports.append((port.published_port, port.target_port, protocol, backends, overlay))
     return tuple(sorted(ports))
 
 
@@ -191,7 +211,7 @@ def _network_map(
     names: Names,
     revoked: Revoked,
     overlay: OverlayView,
-    ingress: Ingress,
+    ingress: IngressView,
 ) -> NetworkMap:
     peers = [
         PeerNetwork(node_id=node_id, subnet=subnet, address=address)
@@ -208,8 +228,13 @@ def _network_map(
         address=node.network.address,
         ingress=[
             IngressPort(
-                published_port=published, target_port=target, protocol=protocol, backends=backends
+                published_port=published,
+                target_port=target,
+                protocol=protocol,
+                backends=backends,
+                ingress_backends=overlay,
             )
-            for published, target, protocol, backends in ingress
+            for published, target, protocol, backends, overlay in ingress[0]
         ],
+        ingress_address=dict(ingress[1]).get(node.id, ""),
     )

@@ -24,6 +24,7 @@ import structlog
 from dockyard.common.lookup import match_reference
 from dockyard.common.validation import ValidationError, check_labels, check_name, check_ref
 from dockyard.controller.errors import FailedPrecondition
+from dockyard.controller.ingress_network import publishes_ingress
 from dockyard.controller.network_addresses import AddressExhausted, next_vip, used_addresses
 from dockyard.controller.network_pool import (
     NetworkPool,
@@ -113,7 +114,9 @@ def network_users(network_id: str, services: Sequence[Service], tasks: Sequence[
     for task in tasks:
         if task.status.state in _ENDED or task.desired_state > TaskStatus.RUNNING:
             continue
-        if any(a.network_id == network_id for a in task.spec.networks):
+        held = {a.network_id for a in task.spec.networks}
+        held.update(a.network_id for a in task.networks)  # the ingress network is here only
+        if network_id in held:
             name = task.service_name or task.service_id
             phrases.setdefault(name, f"tasks of service {name}")
     return [phrases[name] for name in sorted(phrases)]
@@ -237,6 +240,12 @@ class NetworkRegistry:
         services, revision = await self._store.list_all(SERVICES)
         tasks, _ = await self._store.list_all(TASKS)
         users = network_users(network.id, services, tasks)
+        if network.spec.ingress:
+            users += [
+                f"service {s.spec.name} (a port published with mode=ingress)"
+                for s in services
+                if publishes_ingress(s.spec) or publishes_ingress(s.previous_spec)
+            ]
         if users:
             raise FailedPrecondition(
                 f"network {network.spec.name} is in use by {'; '.join(users)}: remove the "
@@ -293,6 +302,12 @@ class NetworkRegistry:
             if len(found) != 1:
                 raise NotFound(f"{field}[{index}].target: network {ref!r} not found")
             network = found[0]
+            if network.spec.ingress:  # as Swarm: the mesh's tasks are put on it, not named
+                raise ValidationError(
+                    f"{field}[{index}].target",
+                    f"network {network.spec.name!r} is the routing mesh's (ingress): a "
+                    "service is on it by publishing a port with mode=ingress",
+                )
             if network.id in seen:
                 raise ValidationError(f"{field}[{index}].target", f"network {ref!r} given twice")
             seen.add(network.id)

@@ -4,8 +4,10 @@ For every cluster network some task uses: the network, every container on it (ad
 and its node's underlay address: the forwarding entries the other nodes write) and its
 names (a service's name with its VIP and the running tasks behind it, or the tasks'
 addresses for ``dnsrr``; ``tasks.NAME``; each alias). A node gets the networks its own
-live tasks are on. Containers are listed from ASSIGNED on, so a container's entries are
-on the other nodes before it starts; names list RUNNING tasks only.
+live tasks are on, and every node the ``ingress`` network (the routing mesh's) once it
+has an address there, with every node's address on it as an endpoint. Containers are
+listed from ASSIGNED on, so a container's entries are on the other nodes before it
+starts; names list RUNNING tasks only.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ def overlays(
                 )
             if task.status.state == TaskState.RUNNING:
                 running.setdefault((task.service_id, network.id), []).append(held.address)
+    _ingress_nodes(networks, nodes, maps, members)
     for service in services:
         for attachment in service.spec.task.networks:
             named = maps.get(attachment.network_id)
@@ -64,6 +67,26 @@ def overlays(
         overlay.names.sort(key=lambda n: n.name)
     serialized = {nid: m.SerializeToString(deterministic=True) for nid, m in maps.items()}
     return serialized, {node: frozenset(ids) for node, ids in members.items()}
+
+
+def _ingress_nodes(
+    networks: Mapping[str, Network],
+    nodes: Mapping[str, Node],
+    maps: dict[str, OverlayNetworkMap],
+    members: dict[str, set[str]],
+) -> None:
+    """Every node with an ingress address is on the ingress network (the routing mesh
+    answers on nodes that run no task), its address an endpoint for the others."""
+    ingress = next((n for n in networks.values() if n.spec.ingress), None)
+    if ingress is None or not ingress.node_addresses:
+        return
+    overlay = maps.setdefault(ingress.id, OverlayNetworkMap(network=ingress))
+    for node_id, address in ingress.node_addresses.items():
+        node = nodes.get(node_id)
+        if node is None or not node.network.address:
+            continue
+        members.setdefault(node_id, set()).add(ingress.id)
+        overlay.endpoints.append(OverlayEndpoint(address=address, host=node.network.address))
 
 
 def _names(

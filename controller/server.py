@@ -44,6 +44,7 @@ from dockyard.controller.http.metrics import (
     GrpcMetricsInterceptor,
 )
 from dockyard.controller.images import ImageResolver
+from dockyard.controller.ingress_network import NodeAddresses
 from dockyard.controller.leadership import Leadership
 from dockyard.controller.network_map import NetworkMapper
 from dockyard.controller.networks import NetworkRegistry
@@ -484,6 +485,7 @@ class Controller:
             ("scheduler", self.scheduling.run),
             ("orchestrator", orchestrator.run),
             ("networkmap", mapper.run),
+            ("ingressaddresses", NodeAddresses(store, state).run),
         ]
 
     async def _greet_sessions(self, state: ClusterState) -> None:

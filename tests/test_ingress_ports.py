@@ -74,6 +74,8 @@ def test_the_map_lists_ingress_ports_with_their_running_tasks() -> None:
         found = Task(id=address, service_id=service_id, desired_state=desired)  # type: ignore[arg-type]
         found.status.state = state  # type: ignore[assignment]
         found.status.address = address
+        # its address on the ingress network: the same host part, in 10.255.0.0/24
+        found.networks.add(network_id="ing", address="10.255.0." + address.rsplit(".", 1)[1])
         return found
 
     services = [
@@ -90,7 +92,7 @@ def test_the_map_lists_ingress_ports_with_their_running_tasks() -> None:
         ],
         "c": [task("c", "10.87.1.8", TaskState.RUNNING)],
     }
-    assert ingress_ports(services, lambda sid: tasks.get(sid, [])) == (
-        (53, 80, "udp", ()),  # no task yet: the nodes refuse it
-        (8080, 80, "tcp", ("10.87.1.4", "10.87.2.5")),
+    assert ingress_ports(services, lambda sid: tasks.get(sid, []), "ing") == (
+        (53, 80, "udp", (), ()),  # no task yet: the nodes refuse it
+        (8080, 80, "tcp", ("10.87.1.4", "10.87.2.5"), ("10.255.0.4", "10.255.0.5")),
     )

@@ -177,3 +177,40 @@ def test_an_ingress_port_is_unique_in_the_cluster(cluster: Cluster) -> None:
     finally:
         for name in made:
             cluster.cli("service", "rm", name, check=False)
+
+
+def test_the_mesh_has_its_ingress_network_with_every_task_and_node_on_it(
+    cluster: Cluster,
+) -> None:
+    cluster.cli(
+        "service", "create", "-d", "--name", "meshed", "--replicas", "2",
+        "--publish", "published=18090,target=80,mode=ingress", "busybox", "sleep", "3600",
+    )  # fmt: skip
+    try:
+        assert "ingress" in cluster.cli("network", "ls").stdout
+        (ingress,) = inspect(cluster, "ingress")
+        assert ingress["spec"]["ingress"] is True and ingress["vni"]
+        subnet = ipaddress.ip_network(ingress["subnet"])
+        cluster.wait_for(
+            lambda: len(task_addresses(cluster, "meshed")) == 2, timeout=20, what="tasks"
+        )
+        addresses = task_addresses(cluster, "meshed")  # as any network attachment
+        assert len(addresses) == 2 and all(ipaddress.ip_address(a) in subnet for a in addresses)
+
+        def nodes_addressed() -> bool:
+            held = inspect(cluster, "ingress")[0].get("node_addresses", {})
+            return len(held) == 2
+
+        cluster.wait_for(nodes_addressed, timeout=20, what="the nodes' ingress addresses")
+        held = inspect(cluster, "ingress")[0]["node_addresses"]
+        assert all(ipaddress.ip_address(a) in subnet for a in held.values())
+        assert not set(held.values()) & set(addresses)
+        named = cluster.cli(
+            "service", "create", "--name", "x", "--network", "ingress", "busybox", check=False
+        )
+        assert named.returncode != 0 and "is the routing mesh's (ingress)" in named.stderr
+        refused = cluster.cli("network", "rm", "ingress", check=False)
+        assert refused.returncode != 0
+        assert "service meshed (a port published with mode=ingress)" in refused.stderr
+    finally:
+        cluster.cli("service", "rm", "meshed")

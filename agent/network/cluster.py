@@ -124,6 +124,15 @@ class ClusterNetwork:
         await self.dns.start(gateway)
         self._dns_address = self.bridge.nameserver = gateway
 
+    async def _join_ingress(self, network_map: NetworkMap) -> bool:
+        """This node's address on the ingress overlay: True when the mesh runs over it."""
+        try:
+            return await self.overlays.join_ingress(
+                network_map.overlays, network_map.ingress_address
+            )
+        except RuntimeError as exc:
+            raise NetworkError(f"ingress network: {exc}") from exc
+
     async def close(self) -> None:
         # Overlay devices stay, as routes do: running containers keep their networks
         # while the agent is down, and the next start finds the devices as they are.
@@ -151,6 +160,9 @@ class ClusterNetwork:
         peers = [
             PeerRoute(node_id=p.node_id, subnet=p.subnet, via=p.address) for p in network_map.peers
         ]
+        over_ingress = await self._join_ingress(network_map)
+        if over_ingress:
+            await self.mesh.apply(network_map.ingress_address, network_map.ingress, overlay=True)
         if not self.route_peers:
             log.info(
                 "cluster_network.applied",
@@ -162,9 +174,11 @@ class ClusterNetwork:
             )
             return
         routed = await self.routes.sync(self.bridge.config.subnet, peers)
-        # The mesh reaches other nodes' tasks over these routes, from the bridge's
-        # gateway: agents sharing a host (no peer routes) have no mesh.
-        await self.mesh.apply(self.bridge.config.gateway, network_map.ingress)
+        if not over_ingress:
+            # No ingress overlay here (overlays off on a loopback host address): the mesh
+            # reaches other nodes' tasks over these routes, from the bridge's gateway
+            # (agents sharing a host have no peer routes, and so no mesh).
+            await self.mesh.apply(self.bridge.config.gateway, network_map.ingress)
         log.info(
             "cluster_network.applied",
             subnet=self.bridge.config.subnet,

@@ -12,10 +12,10 @@ nftables table of ours:
 The DNAT picks one of the service's running tasks, on any node; the SNAT to this node's
 own address on the tasks' network makes the task answer through the node the client
 came to, where conntrack undoes both. The backends are the tasks' addresses on the
-cluster (bridge) network, reached over its host-gw routes, and SOURCE is this node's
-bridge gateway (a peer subnet for the other nodes' ``DOCKYARD-PEERS`` rules); the same
-rules work over an ``ingress`` overlay (VXLAN), with the tasks' and the node's addresses
-on it (``join_ingress``), as the namespace test shows. The table is replaced whole in one
+``ingress`` overlay network (VXLAN), and SOURCE is this node's own address there
+(``join_ingress``); where overlays are off, the tasks' cluster (bridge) network
+addresses over its host-gw routes, from this node's bridge gateway (a peer subnet for
+the other nodes' ``DOCKYARD-PEERS`` rules). The table is replaced whole in one
 ``nft -f`` transaction (atomic, as the VIPs), and deleted when the agent stops; no other
 table of the host is touched.
 """
@@ -217,7 +217,7 @@ async def apply_ingress(
     code, message = await _nft(netns, ingress_ruleset(source, ports))
     if code != 0:
         raise RuntimeError(f"nft ({TABLE}): {message}")
-    log.info("ingress.applied", ports=[f"{p.published}/{p.protocol}" for p in ports])
+    log.info("ingress.applied", source=source, ports=[f"{p.published}/{p.protocol}" for p in ports])
 
 
 async def remove_ingress(netns: str | None = None) -> None:

@@ -1,9 +1,11 @@
 """``IngressMesh``: this node's part of the routing mesh, kept as the controller's maps say.
 
-Each NetworkMap lists every port published with ``mode=ingress`` and the cluster-network
-addresses of its service's running tasks. The node's table (``ingress.py``) is replaced
-when that list changes, with this node's bridge gateway as the address meshed
-connections leave from. A port another process of the node already holds is logged
+Each NetworkMap lists every port published with ``mode=ingress`` with the addresses of
+its service's running tasks: on the ``ingress`` overlay network (reached over its VXLAN,
+from this node's own address there) and on the cluster network (reached over the host-gw
+routes, from the bridge gateway: only where the overlay cannot be used, as on agents
+sharing a loopback host address). The node's table (``ingress.py``) is replaced when that
+list changes. A port another process of the node already holds is logged
 naming it (once): the mesh's DNAT would shadow that listener.
 """
 
@@ -36,9 +38,13 @@ class IngressMesh:
         self._applied: tuple[str, tuple[IngressPort, ...]] | None = None
         self._reported: set[tuple[str, int]] = set()
 
-    async def apply(self, source: str, ports: Sequence[IngressPortMessage]) -> None:
+    async def apply(
+        self, source: str, ports: Sequence[IngressPortMessage], overlay: bool = False
+    ) -> None:
         """The node's mesh is ``ports`` (a no-op when nothing changed, or when the node
         never had a mesh and still has none: the host's nftables stay untouched).
+        ``overlay``: ``source`` is the node's ingress address and the backends are the
+        tasks' ingress addresses; else the bridge gateway and cluster-network addresses.
 
         Raises:
             NetworkError: nft refused the ruleset (the caller retries).
@@ -46,7 +52,12 @@ class IngressMesh:
         wanted = tuple(
             sorted(
                 (
-                    IngressPort(p.published_port, p.target_port, p.protocol, tuple(p.backends))
+                    IngressPort(
+                        p.published_port,
+                        p.target_port,
+                        p.protocol,
+                        tuple(p.ingress_backends if overlay else p.backends),
+                    )
                     for p in ports
                 ),
                 key=lambda p: (p.protocol, p.published),

@@ -71,6 +71,7 @@ class OverlayNetwork:
     vni: int
     subnet: str
     internal: bool = False
+    ingress: bool = False  # the routing mesh's: neither a way out nor a way in for names
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ class OverlayDevices:
         self._underlay = str(ipaddress.IPv4Address(underlay))
         self._mtu = mtu - VXLAN_OVERHEAD
         self._netlink = netlink
+
+    @property
+    def netlink(self) -> Netlink:
+        """Opens a netlink socket in the node's namespace."""
+        return self._netlink
 
     async def ensure(self, network: OverlayNetwork) -> None:
         """The network's bridge and VXLAN device exist and are up."""

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import structlog
 
+from dockyard.agent.network.ingress import join_ingress
 from dockyard.agent.network.netns import netns_path
 from dockyard.agent.network.overlay import OverlayDevices, OverlayNetwork, Peer, mac_for
 from dockyard.agent.network.vip import VirtualIP, apply_vips
@@ -213,7 +214,9 @@ class OverlayManager:
 
     async def _isolate_if_internal(self, netns: str, networks: Sequence[OverlayNetwork]) -> None:
         # On an internal and a normal network at once, the normal one's way out wins
-        # (as Docker's: the container keeps its docker_gwbridge leg).
+        # (as Docker's: the container keeps its docker_gwbridge leg). The ingress network
+        # counts for neither: the mesh's replies go to a node's address on it.
+        networks = [n for n in networks if not n.ingress]
         if networks and all(n.internal for n in networks):
             assert self._devices is not None
             await self._devices.isolate(netns)
@@ -242,9 +245,17 @@ class OverlayManager:
         (those of its networks only), for the node's DNS server."""
         scoped: dict[str, dict[str, list[str]]] = {}
         for joined in self._joined.values():
+            # The ingress network (the mesh's) names nothing and scopes nothing: a task
+            # on it alone resolves what a bridge container does.
+            named = [
+                overlay
+                for network_id, _ in joined.networks
+                if not _is_ingress(overlay := self._maps.get(network_id))
+            ]
+            if not named:
+                continue
             records: dict[str, list[str]] = {}
-            for network_id, _ in joined.networks:
-                overlay = self._maps.get(network_id)
+            for overlay in named:
                 for name in overlay.names if overlay is not None else ():
                     records.setdefault(name.name, []).extend(name.addresses)
             if joined.bridge_address:
@@ -254,17 +265,17 @@ class OverlayManager:
     def isolated_clients(self) -> set[str]:
         """Bridge addresses of the local containers on ``--internal`` networks only: the
         node's DNS server forwards none of their queries upstream."""
-        return {
-            joined.bridge_address
-            for joined in self._joined.values()
-            if joined.bridge_address
-            and joined.networks
-            and all(
-                (overlay := self._maps.get(network_id)) is not None
-                and overlay.network.spec.internal
-                for network_id, _ in joined.networks
-            )
-        }
+        isolated = set()
+        for joined in self._joined.values():
+            maps = [self._maps.get(network_id) for network_id, _ in joined.networks]
+            named = [m for m in maps if not _is_ingress(m)]  # the mesh's counts for neither
+            if (
+                joined.bridge_address
+                and named
+                and all(m and m.network.spec.internal for m in named)
+            ):
+                isolated.add(joined.bridge_address)
+        return isolated
 
     async def _apply_vips(self, only: Sequence[str] | None = None) -> None:
         for container_id in list(only if only is not None else self._joined):
@@ -286,6 +297,25 @@ class OverlayManager:
                     continue
                 log.warning("overlay.vips_failed", container_id=container_id, error=str(exc))
 
+    async def join_ingress(self, maps: Sequence[OverlayNetworkMap], address: str) -> bool:
+        """Give this node ``address`` on the ingress network (its map among ``maps``,
+        applied by ``on_maps``): True when the routing mesh can run over it here (False:
+        no ingress network or address, or overlays are off on this node).
+
+        Raises:
+            RuntimeError: netlink failed.
+        """
+        overlay = next((m for m in maps if m.network.spec.ingress), None)
+        devices = self._devices
+        if overlay is None or not address or devices is None:
+            return False
+        network = _network(overlay)
+        async with self._lock:
+            if network.vni not in self._ready:
+                return False  # its devices are not made yet (on_maps failed): next map
+            await join_ingress(devices.netlink, network, address)
+        return True
+
     async def close(self) -> None:
         """The agent stops: every overlay device goes (containers keep their namespace
         ends until they are removed; the next start makes the devices again)."""
@@ -296,8 +326,14 @@ class OverlayManager:
 
 def _network(overlay: OverlayNetworkMap) -> OverlayNetwork:
     record = overlay.network
-    return OverlayNetwork(record.id, record.vni, record.subnet, record.spec.internal)
+    return OverlayNetwork(
+        record.id, record.vni, record.subnet, record.spec.internal, record.spec.ingress
+    )
 
 
 def _peers(overlay: OverlayNetworkMap) -> list[Peer]:
     return [Peer(e.address, mac_for(e.address), e.host) for e in overlay.endpoints]
+
+
+def _is_ingress(overlay: OverlayNetworkMap | None) -> bool:
+    return overlay is not None and overlay.network.spec.ingress

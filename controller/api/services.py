@@ -10,6 +10,7 @@ from dockyard.common.states import TaskState
 from dockyard.common.validation import ValidationError, check_ref
 from dockyard.controller.cluster import ClusterRecord, privileges_of
 from dockyard.controller.images import ImageResolver
+from dockyard.controller.ingress_network import ensure_ingress_network, publishes_ingress
 from dockyard.controller.ingress_ports import check_ingress_ports
 from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.nodes import NodeRegistry
@@ -94,6 +95,8 @@ class ServicesAPI:
         port_checks = await check_ingress_ports(
             self._store, spec, current.id if current is not None else ""
         )
+        if publishes_ingress(spec):
+            await ensure_ingress_network(self._networks)  # the mesh's carrier, as Swarm's
         return spec, object_checks + network_checks + port_checks
 
     async def _all_tasks(self) -> list[Task]:

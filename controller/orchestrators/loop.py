@@ -14,6 +14,7 @@ import contextlib
 import structlog
 
 from dockyard.common.timestamps import wall_time
+from dockyard.controller.ingress_network import find_ingress
 from dockyard.controller.network_addresses import (
     AddressExhausted,
     next_task_address,
@@ -136,14 +137,21 @@ class Orchestrator:
     def _addresses(self, creates: list[Task]) -> None:
         """Each new task's address on each of its networks (only the leader creates
         tasks, and its view has every live task's: no two get one address)."""
-        if not any(t.spec.networks for t in creates):
-            return
         state = self._state
+        ingress = find_ingress(state.networks.values())
+        meshed = ingress is not None and any(_meshed(t) for t in creates)
+        if not meshed and not any(t.spec.networks for t in creates):
+            return
         used = used_addresses(state.services.values(), state.tasks.values())
+        if ingress is not None:  # the nodes' own addresses there
+            used.setdefault(ingress.id, set()).update(ingress.node_addresses.values())
         for task in creates:
             del task.networks[:]
-            for attachment in task.spec.networks:
-                network = state.networks.get(attachment.network_id)
+            wanted = [a.network_id for a in task.spec.networks]
+            if ingress is not None and _meshed(task) and ingress.id not in wanted:
+                wanted.append(ingress.id)  # the routing mesh's backends (as Swarm's)
+            for network_id in wanted:
+                network = state.networks.get(network_id)
                 if network is None:
                     continue  # removed meanwhile: the service's next write is refused
                 held = used.setdefault(network.id, set())
@@ -153,6 +161,11 @@ class Orchestrator:
                     log.warning("orchestrator.no_address", task_id=task.id, error=str(exc))
                     continue
                 task.networks.add(network_id=network.id, address=address)
+
+
+def _meshed(task: Task) -> bool:
+    """The task's service publishes a port through the routing mesh."""
+    return any(p.publish_mode == "ingress" and p.published_port for p in task.spec.ports)
 
 
 def _orphaned_tasks(tasks: list[Task]) -> Plan:

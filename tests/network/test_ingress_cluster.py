@@ -1,7 +1,7 @@
 """The routing mesh end to end: `deploy/local-cluster up --hosts 2` (each runc agent in a
 network namespace of its own, on a LAN bridge). A port published with `mode=ingress`
-answers on both hosts' addresses, including the host that runs no task, and spreads
-over the tasks on both hosts once scaled."""
+answers on both hosts' addresses, including the host that runs no task (over the ingress
+overlay network's VXLAN), and spreads over the tasks on both hosts once scaled."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import shutil
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +44,16 @@ def answer(address: str) -> str:
         return f"error: {exc}"
 
 
+def last_mesh_source(log: Path) -> str:
+    """The source address of the node's last mesh with a port (from its log)."""
+    applied = [
+        event["source"]
+        for line in log.read_text().splitlines()
+        if '"ingress.applied"' in line and (event := json.loads(line)).get("ports")
+    ]
+    return applied[-1] if applied else ""
+
+
 def test_an_ingress_port_answers_on_every_host(cluster: LocalCluster) -> None:
     lc = cluster
     nodes = json.loads(ok(lc, "node", "ls", "-o", "json"))
@@ -67,6 +78,15 @@ def test_an_ingress_port_answers_on_every_host(cluster: LocalCluster) -> None:
         )
         served.append(answer(address))
     assert len(set(served)) == 1
+    # carried by the ingress overlay network (Swarm's), made with the first mesh port
+    (ingress,) = json.loads(ok(lc, "network", "inspect", "ingress"))
+    assert sorted(ingress["node_addresses"]) == sorted(hosts)
+    subnet = ipaddress.IPv4Network(ingress["subnet"])
+    sources = {last_mesh_source(log) for log in (lc.state_dir / "logs").glob("node-*.log")}
+    # each node meshes from its ingress address (its bridge gateway only for the moment
+    # before the leader gave it one: the host-gw fallback)
+    assert sources == set(ingress["node_addresses"].values()), sources
+    assert all(ipaddress.IPv4Address(s) in subnet for s in sources)
 
     ok(lc, "service", "scale", "-d", "meshweb=2")
     wait(lambda: running(lc, "meshweb", 2), "meshweb on both hosts")

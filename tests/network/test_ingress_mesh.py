@@ -26,7 +26,9 @@ from dockyard.agent.network.ingress import (
 )
 from dockyard.agent.network.ingress_mesh import IngressMesh
 from dockyard.agent.network.overlay import OverlayDevices, OverlayNetwork, Peer, mac_for
+from dockyard.agent.network.overlays import OverlayManager
 from dockyard.v1.dispatcher_pb2 import IngressPort as IngressPortMessage
+from dockyard.v1.networks_pb2 import Network, NetworkSpec, OverlayEndpoint, OverlayNetworkMap
 from tests.network.overlay_topology import Topology, unavailable
 
 INGRESS = OverlayNetwork("ingress", 5101, "10.243.0.0/24")
@@ -117,6 +119,41 @@ async def test_the_published_port_answers_on_the_host_without_a_task(mesh: Topol
     await remove_ingress(host_a)  # gone already: no error
     assert TABLE not in mesh.run(host_a, "nft", "list", "tables").stdout
     assert TABLE in mesh.run(host_b, "nft", "list", "tables").stdout
+
+
+def ingress_map(topology: Topology) -> OverlayNetworkMap:
+    """The ingress network's part of a NetworkMap, as the controller sends it."""
+    record = Network(id=INGRESS.network_id, subnet=INGRESS.subnet, vni=INGRESS.vni)
+    record.spec.CopyFrom(NetworkSpec(name="ingress", ingress=True))
+    endpoints = [OverlayEndpoint(address=NODE[n], host=topology.underlay(n)) for n in NODE]
+    endpoints.append(OverlayEndpoint(address=TASK, host=topology.underlay("b"), task_id="t"))
+    return OverlayNetworkMap(network=record, endpoints=endpoints)
+
+
+async def test_the_agent_meshes_over_the_ingress_network_not_the_host_routes(
+    mesh: Topology,
+) -> None:
+    host_a = mesh.host("a")
+    # no host-gw path: host A has no route to B's containers but the ingress subnet's
+    assert "10.243.0.0/24 dev dyb" in mesh.run(host_a, "ip", "-4", "route").stdout
+    assert [
+        r.strip() for r in mesh.run(host_a, "ip", "-4", "route").stdout.splitlines() if " via " in r
+    ] == ["default via 10.241.1.1 dev eth0"]
+    overlays = OverlayManager(OverlayDevices(mesh.underlay("a"), netlink=partial(NetNS, host_a)))
+    maps = [ingress_map(mesh)]
+    await overlays.on_maps(maps)
+    assert await overlays.join_ingress(maps, NODE["a"])
+    assert not await overlays.join_ingress([], NODE["a"])  # no ingress network: host-gw
+    port = IngressPortMessage(published_port=8090, target_port=80, protocol="tcp")
+    port.backends.append("10.99.0.9")  # the cluster-network address: unreachable here
+    port.ingress_backends.append(TASK)
+    agent = IngressMesh(netns=host_a)
+    try:
+        await agent.apply(NODE["a"], [port], overlay=True)
+        got = get(mesh, mesh.router, f"http://{mesh.underlay('a')}:8090/who")
+        assert (got.returncode, got.stdout.strip()) == (0, "task-b"), got.stderr
+    finally:
+        await agent.close()
 
 
 def test_a_port_held_by_another_process_is_named() -> None:

@@ -331,10 +331,16 @@ class NetworkMap(_message.Message):
     OVERLAYS_FIELD_NUMBER: _builtins.int
     ADDRESS_FIELD_NUMBER: _builtins.int
     INGRESS_FIELD_NUMBER: _builtins.int
+    INGRESS_ADDRESS_FIELD_NUMBER: _builtins.int
     subnet: _builtins.str
     """this node's bridge subnet ("": keep the one it has)"""
     address: _builtins.str
     """this node's own host address (its overlays' VXLAN source)"""
+    ingress_address: _builtins.str
+    """This node's address on the ingress overlay network (listed in ``overlays``): the
+    mesh reaches the tasks' ``ingress_backends`` over the VXLAN, from this address.
+    "": no ingress network (yet); the mesh uses the host-gw routes and ``backends``.
+    """
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerNetwork]: ...
     @_builtins.property
@@ -369,10 +375,11 @@ class NetworkMap(_message.Message):
         overlays: _abc.Iterable[_networks_pb2.OverlayNetworkMap] | None = ...,
         address: _builtins.str = ...,
         ingress: _abc.Iterable[Global___IngressPort] | None = ...,
+        ingress_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ingress", b"ingress", "overlays", b"overlays", "peers", b"peers", "revoked_serials", b"revoked_serials", "services", b"services", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ingress", b"ingress", "ingress_address", b"ingress_address", "overlays", b"overlays", "peers", b"peers", "revoked_serials", b"revoked_serials", "services", b"services", "subnet", b"subnet"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -386,12 +393,17 @@ class IngressPort(_message.Message):
     TARGET_PORT_FIELD_NUMBER: _builtins.int
     PROTOCOL_FIELD_NUMBER: _builtins.int
     BACKENDS_FIELD_NUMBER: _builtins.int
+    INGRESS_BACKENDS_FIELD_NUMBER: _builtins.int
     published_port: _builtins.int
     target_port: _builtins.int
     protocol: _builtins.str
     """tcp | udp"""
     @_builtins.property
     def backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def ingress_backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The same tasks' addresses on the ingress overlay network (those that have one)."""
+
     def __init__(
         self,
         *,
@@ -399,10 +411,11 @@ class IngressPort(_message.Message):
         target_port: _builtins.int = ...,
         protocol: _builtins.str = ...,
         backends: _abc.Iterable[_builtins.str] | None = ...,
+        ingress_backends: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "protocol", b"protocol", "published_port", b"published_port", "target_port", b"target_port"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "ingress_backends", b"ingress_backends", "protocol", b"protocol", "published_port", b"published_port", "target_port", b"target_port"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -89,12 +89,33 @@ Global___NetworkSpec: _TypeAlias = NetworkSpec  # noqa: Y015
 class Network(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class NodeAddressesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     ID_FIELD_NUMBER: _builtins.int
     META_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     SUBNET_FIELD_NUMBER: _builtins.int
     GATEWAY_FIELD_NUMBER: _builtins.int
     VNI_FIELD_NUMBER: _builtins.int
+    NODE_ADDRESSES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     subnet: _builtins.str
     """the allocated subnet (spec.subnet when given)"""
@@ -106,6 +127,12 @@ class Network(_message.Message):
     def meta(self) -> _types_pb2.Meta: ...
     @_builtins.property
     def spec(self) -> Global___NetworkSpec: ...
+    @_builtins.property
+    def node_addresses(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The ingress network only: node ID -> the node's own address on it (the routing
+        mesh's source; the leader allocates them, from the top down).
+        """
+
     def __init__(
         self,
         *,
@@ -115,10 +142,11 @@ class Network(_message.Message):
         subnet: _builtins.str = ...,
         gateway: _builtins.str = ...,
         vni: _builtins.int = ...,
+        node_addresses: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway", "id", b"id", "meta", b"meta", "spec", b"spec", "subnet", b"subnet", "vni", b"vni"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway", "id", b"id", "meta", b"meta", "node_addresses", b"node_addresses", "spec", b"spec", "subnet", b"subnet", "vni", b"vni"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

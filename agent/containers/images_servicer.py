@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,12 @@ from dockyard.agent.containers.service import ContainerService
 from dockyard.agent.containers.status import Context, streaming, unary
 from dockyard.agent.images.errors import ImageNotFound, ImageStoreError
 from dockyard.agent.images.models import Image
-from dockyard.agent.images.progress import ProgressCallback, ProgressEvent, Status
+from dockyard.agent.images.progress import (
+    ProgressCallback,
+    ProgressEvent,
+    QueuedProgress,
+    Status,
+)
 from dockyard.agent.images.service import ImageService
 from dockyard.v1 import images_pb2 as pb
 from dockyard.v1 import images_pb2_grpc
@@ -29,28 +33,6 @@ PROGRESS_INTERVAL = 0.1
 _BYTES = (Status.DOWNLOADING, Status.UPLOADING)
 # What reading an archive's JSON raises where it has other fields or types than it should.
 _MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
-
-
-class _ProgressQueue:
-    """Collects progress callbacks into a queue, dropping too-frequent byte counts."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[ProgressEvent] = asyncio.Queue()
-        self._last: dict[str, tuple[Status, float]] = {}
-
-    def __call__(self, event: ProgressEvent) -> None:
-        now = time.monotonic()
-        last = self._last.get(event.digest)
-        if (
-            last is not None
-            and event.status in _BYTES
-            and last[0] == event.status
-            and now - last[1] < PROGRESS_INTERVAL
-            and not (event.total and event.current >= event.total)
-        ):
-            return
-        self._last[event.digest] = (event.status, now)
-        self.queue.put_nowait(event)
 
 
 def _progress_message(event: ProgressEvent) -> pb.ImageProgress:
@@ -74,7 +56,7 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
     async def _transfer(
         self, work: Callable[[ProgressCallback], Coroutine[Any, Any, Image]], label: str
     ) -> AsyncIterator[pb.ImageProgress]:
-        progress = _ProgressQueue()
+        progress = QueuedProgress(PROGRESS_INTERVAL, _BYTES)
         task = asyncio.create_task(work(progress))
         try:
             while not task.done():

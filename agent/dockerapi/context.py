@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from aiohttp import web
 
 from dockyard.agent.containers.admission import Admission
 from dockyard.agent.dockerapi.errors import DockerApiError
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from dockyard.agent.session import SessionStatus
     from dockyard.v1.types_pb2 import NodeDescription
 
-__all__ = ["DockerApiContext"]
+__all__ = ["DockerApiContext", "with_context"]
 
 
 @dataclass
@@ -95,3 +97,17 @@ class DockerApiContext:
                 501, f"this agent's runtime ({self.runtime}) does not serve images here"
             )
         return self.images
+
+
+ContextHandler = Callable[[web.Request, DockerApiContext], Awaitable[web.StreamResponse]]
+
+
+def with_context(
+    ctx: DockerApiContext, handler: ContextHandler
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """``handler`` as an aiohttp handler, given ``ctx`` with each request."""
+
+    async def bound(request: web.Request) -> web.StreamResponse:
+        return await handler(request, ctx)
+
+    return bound

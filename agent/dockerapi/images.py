@@ -12,8 +12,7 @@ import asyncio
 import contextlib
 import shutil
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from aiohttp import web
 
 from dockyard.agent.containers.errors import ApiError
 from dockyard.agent.dockerapi import image_view
-from dockyard.agent.dockerapi.context import DockerApiContext
+from dockyard.agent.dockerapi.context import DockerApiContext, with_context
 from dockyard.agent.dockerapi.errors import (
     DockerApiError,
     bad_request,
@@ -52,7 +51,12 @@ from dockyard.agent.images.errors import (
     RegistryAuthError,
 )
 from dockyard.agent.images.models import Image
-from dockyard.agent.images.progress import ProgressCallback, ProgressEvent, Status
+from dockyard.agent.images.progress import (
+    ProgressCallback,
+    ProgressEvent,
+    QueuedProgress,
+    Status,
+)
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.service import ImageService
 from dockyard.common.distribution.auth import Credentials
@@ -104,34 +108,12 @@ def _credentials(request: web.Request, ref: Reference) -> dict[str, Credentials]
     return {ref.registry: credentials} if credentials is not None else None
 
 
-class _Throttled:
-    """Progress callbacks into a queue, byte counts at most every PROGRESS_INTERVAL."""
-
-    def __init__(self) -> None:
-        self.queue: asyncio.Queue[ProgressEvent] = asyncio.Queue()
-        self._last: dict[str, tuple[Status, float]] = {}
-
-    def __call__(self, event: ProgressEvent) -> None:
-        now = time.monotonic()
-        last = self._last.get(event.digest)
-        if (
-            last is not None
-            and event.status in _BYTES
-            and last[0] == event.status
-            and now - last[1] < PROGRESS_INTERVAL
-            and not (event.total and event.current >= event.total)
-        ):
-            return
-        self._last[event.digest] = (event.status, now)
-        self.queue.put_nowait(event)
-
-
 async def _run_with_progress(
     work: Callable[[ProgressCallback], Coroutine[Any, Any, Any]],
 ) -> AsyncIterator[ProgressEvent | _Done]:
     """The work's progress events as they come, then `_Done` with its result; the work
     is cancelled when the consumer stops early (the client went away)."""
-    progress = _Throttled()
+    progress = QueuedProgress(PROGRESS_INTERVAL, _BYTES)
     task = asyncio.ensure_future(work(progress))
     try:
         while not task.done():
@@ -390,27 +372,17 @@ async def _prune(request: web.Request, ctx: DockerApiContext) -> web.StreamRespo
 
 def add_routes(routes: web.RouteTableDef, ctx: DockerApiContext) -> None:
     """The image endpoints."""
-    routes.post("/images/create")(_bind(ctx, _pull))
-    routes.post("/images/{name:.+}/push")(_bind(ctx, _push))
-    routes.get("/images/json")(_bind(ctx, _list_images))
-    routes.get("/images/{name:.+}/json")(_bind(ctx, _inspect))
-    routes.get("/images/{name:.+}/history")(_bind(ctx, _history))
-    routes.post("/images/{name:.+}/tag")(_bind(ctx, _tag))
-    routes.delete("/images/{name:.+}")(_bind(ctx, _remove))
-    routes.get("/images/get")(_bind(ctx, _save_many))
-    routes.get("/images/{name:.+}/get")(_bind(ctx, _save_one))
-    routes.post("/images/load")(_bind(ctx, _load))
-    routes.post("/images/prune")(_bind(ctx, _prune))
-
-
-def _bind(
-    ctx: DockerApiContext,
-    handler: Callable[[web.Request, DockerApiContext], Awaitable[web.StreamResponse]],
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def bound(request: web.Request) -> web.StreamResponse:
-        return await handler(request, ctx)
-
-    return bound
+    routes.post("/images/create")(with_context(ctx, _pull))
+    routes.post("/images/{name:.+}/push")(with_context(ctx, _push))
+    routes.get("/images/json")(with_context(ctx, _list_images))
+    routes.get("/images/{name:.+}/json")(with_context(ctx, _inspect))
+    routes.get("/images/{name:.+}/history")(with_context(ctx, _history))
+    routes.post("/images/{name:.+}/tag")(with_context(ctx, _tag))
+    routes.delete("/images/{name:.+}")(with_context(ctx, _remove))
+    routes.get("/images/get")(with_context(ctx, _save_many))
+    routes.get("/images/{name:.+}/get")(with_context(ctx, _save_one))
+    routes.post("/images/load")(with_context(ctx, _load))
+    routes.post("/images/prune")(with_context(ctx, _prune))
 
 
 def _names_reference(images: ImageService, name: str, image: Image) -> bool:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -25,7 +25,7 @@ from aiohttp import web
 
 from dockyard.agent.containers.errors import ApiError
 from dockyard.agent.containers.service import ContainerView
-from dockyard.agent.dockerapi.context import DockerApiContext
+from dockyard.agent.dockerapi.context import DockerApiContext, with_context
 from dockyard.agent.dockerapi.errors import (
     DockerApiError,
     bad_request,
@@ -400,23 +400,13 @@ def _str_map(value: Any) -> bool:
 
 def add_routes(routes: web.RouteTableDef, ctx: DockerApiContext) -> None:
     """The network endpoints."""
-    routes.get("/networks")(_bind(ctx, _list))
-    routes.post("/networks/create")(_bind(ctx, _create))
-    routes.post("/networks/prune")(_bind(ctx, _prune))
-    routes.get("/networks/{id}")(_bind(ctx, _inspect))
-    routes.delete("/networks/{id}")(_bind(ctx, _remove))
-    routes.post("/networks/{id}/connect")(_bind(ctx, _connect))
-    routes.post("/networks/{id}/disconnect")(_bind(ctx, _disconnect))
-
-
-def _bind(
-    ctx: DockerApiContext,
-    handler: Callable[[web.Request, DockerApiContext], Awaitable[web.StreamResponse]],
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def bound(request: web.Request) -> web.StreamResponse:
-        return await handler(request, ctx)
-
-    return bound
+    routes.get("/networks")(with_context(ctx, _list))
+    routes.post("/networks/create")(with_context(ctx, _create))
+    routes.post("/networks/prune")(with_context(ctx, _prune))
+    routes.get("/networks/{id}")(with_context(ctx, _inspect))
+    routes.delete("/networks/{id}")(with_context(ctx, _remove))
+    routes.post("/networks/{id}/connect")(with_context(ctx, _connect))
+    routes.post("/networks/{id}/disconnect")(with_context(ctx, _disconnect))
 
 
 def lifespan(

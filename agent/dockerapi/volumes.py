@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from aiohttp import web
 
 from dockyard.agent.containers.errors import ApiError
 from dockyard.agent.containers.volumes import Volume
-from dockyard.agent.dockerapi.context import DockerApiContext
+from dockyard.agent.dockerapi.context import DockerApiContext, with_context
 from dockyard.agent.dockerapi.errors import bad_request, from_api_error
 from dockyard.agent.dockerapi.events import event_bus
 from dockyard.agent.dockerapi.filters import parse_filters, query_bool
@@ -182,21 +181,11 @@ async def _prune(request: web.Request, ctx: DockerApiContext) -> web.StreamRespo
 
 def add_routes(routes: web.RouteTableDef, ctx: DockerApiContext) -> None:
     """The volume endpoints."""
-    routes.get("/volumes")(_bind(ctx, _list_volumes))
-    routes.post("/volumes/create")(_bind(ctx, _create))
-    routes.get("/volumes/{name}")(_bind(ctx, _inspect))
-    routes.delete("/volumes/{name}")(_bind(ctx, _remove))
-    routes.post("/volumes/prune")(_bind(ctx, _prune))
-
-
-def _bind(
-    ctx: DockerApiContext,
-    handler: Callable[[web.Request, DockerApiContext], Awaitable[web.StreamResponse]],
-) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-    async def bound(request: web.Request) -> web.StreamResponse:
-        return await handler(request, ctx)
-
-    return bound
+    routes.get("/volumes")(with_context(ctx, _list_volumes))
+    routes.post("/volumes/create")(with_context(ctx, _create))
+    routes.get("/volumes/{name}")(with_context(ctx, _inspect))
+    routes.delete("/volumes/{name}")(with_context(ctx, _remove))
+    routes.post("/volumes/prune")(with_context(ctx, _prune))
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:

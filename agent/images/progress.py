@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
-__all__ = ["ProgressCallback", "ProgressEvent", "Status", "ignore_progress"]
+__all__ = ["ProgressCallback", "ProgressEvent", "QueuedProgress", "Status", "ignore_progress"]
 
 
 class Status(StrEnum):
@@ -66,3 +67,29 @@ class Throttle:
             self.last = now
             return True
         return False
+
+
+class QueuedProgress:
+    """A progress callback that queues events for a stream to send, passing byte counts
+    of one blob (statuses in `byte_statuses`) at most every `interval` seconds, and the
+    last one of a blob always."""
+
+    def __init__(self, interval: float, byte_statuses: Collection[Status]) -> None:
+        self.queue: asyncio.Queue[ProgressEvent] = asyncio.Queue()
+        self._interval = interval
+        self._byte_statuses = byte_statuses
+        self._last: dict[str, tuple[Status, float]] = {}
+
+    def __call__(self, event: ProgressEvent) -> None:
+        now = time.monotonic()
+        last = self._last.get(event.digest)
+        if (
+            last is not None
+            and event.status in self._byte_statuses
+            and last[0] == event.status
+            and now - last[1] < self._interval
+            and not (event.total and event.current >= event.total)
+        ):
+            return
+        self._last[event.digest] = (event.status, now)
+        self.queue.put_nowait(event)

@@ -22,7 +22,7 @@ from typing import Any
 import pexpect
 import pexpect.fdpexpect
 
-__all__ = ["PtyChild"]
+__all__ = ["PtyChild", "PtyChildren"]
 
 
 def _set_size(fd: int, rows: int, cols: int) -> None:
@@ -80,6 +80,19 @@ class PtyChild:
                 continue
         raise AssertionError(f"no prompt {prompt!r}; the terminal showed:\n{self.shown()}")
 
+    def until_shown(self, command: str, pattern: str, tries: int = 20) -> None:
+        """Run `command` until its output shows `pattern`: for what reaches the terminal
+        asynchronously (a resize travels CLI -> API -> conmon -> pty), however loaded the
+        machine; it still fails if `pattern` never comes."""
+        for _ in range(tries):
+            self.sendline(command)
+            try:
+                self.child.expect(pattern, timeout=1.5)
+                return
+            except pexpect.TIMEOUT:
+                continue
+        raise AssertionError(f"no {pattern!r}; the terminal showed:\n{self.shown()}")
+
     def sendline(self, text: str) -> None:
         self.child.send(text + "\r")
 
@@ -96,8 +109,34 @@ class PtyChild:
         return code
 
     def close(self) -> None:
+        """Kill and reap the command, close the master; a second call does nothing (the
+        master's number may belong to another file by then)."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        with contextlib.suppress(OSError):
-            os.close(self._master)
+        if self._master >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._master)
+            self._master = -1
+
+
+class PtyChildren:
+    """Starts PtyChilds and closes every one on exit, also when a test fails half-way
+    (an unclosed child is an unwaited Popen: a ResourceWarning in a later test)."""
+
+    def __init__(self) -> None:
+        self._children: list[PtyChild] = []
+
+    def start(
+        self, argv: Sequence[str], env: Mapping[str, str], rows: int = 24, cols: int = 80
+    ) -> PtyChild:
+        child = PtyChild(argv, env, rows, cols)
+        self._children.append(child)
+        return child
+
+    def __enter__(self) -> PtyChildren:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for child in self._children:
+            child.close()

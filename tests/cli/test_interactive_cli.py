@@ -9,14 +9,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from tests.conftest import BIN
 from tests.dockerapi.conftest import BUSYBOX, DockerAgent, image_registry, start_docker_agent
 from tests.network.conftest import have_network
-from tests.ptychild import PtyChild
+from tests.ptychild import PtyChild, PtyChildren
 
 pytest.importorskip("pexpect")
 
@@ -43,14 +43,25 @@ def agent(
         teardown()
 
 
-def spawn(agent: DockerAgent, *args: str, rows: int = 24, cols: int = 80) -> PtyChild:
+class Spawn(Protocol):
+    def __call__(self, *args: str, rows: int = 24, cols: int = 80) -> PtyChild: ...
+
+
+@pytest.fixture
+def spawn(agent: DockerAgent) -> Iterator[Spawn]:
+    """`dockyard -H AGENT ARGS` on a pty; every child is closed when the test ends."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
-    argv = [str(BIN / "dockyard"), "-H", agent.agent.address, *args]
-    return PtyChild(argv, env, rows, cols)
+    with PtyChildren() as children:
+
+        def start(*args: str, rows: int = 24, cols: int = 80) -> PtyChild:
+            argv = [str(BIN / "dockyard"), "-H", agent.agent.address, *args]
+            return children.start(argv, env, rows, cols)
+
+        yield start
 
 
-def test_run_it_types_a_command_and_exits_with_its_code(agent: DockerAgent) -> None:
-    child = spawn(agent, "run", "-it", "--rm", BUSYBOX, "sh", rows=31, cols=97)
+def test_run_it_types_a_command_and_exits_with_its_code(spawn: Spawn) -> None:
+    child = spawn("run", "-it", "--rm", BUSYBOX, "sh", rows=31, cols=97)
     child.expect("# ")
     child.sendline("echo typed-''here; stty size")
     child.expect("typed-here")
@@ -60,31 +71,30 @@ def test_run_it_types_a_command_and_exits_with_its_code(agent: DockerAgent) -> N
     child.close()
 
 
-def test_resize_follows_the_terminal(agent: DockerAgent) -> None:
-    child = spawn(agent, "run", "-it", "--rm", BUSYBOX, "sh")
+def test_resize_follows_the_terminal(spawn: Spawn) -> None:
+    child = spawn("run", "-it", "--rm", BUSYBOX, "sh")
     child.expect("# ")
     child.setwinsize(40, 120)  # SIGWINCH to the CLI
-    child.sendline("sleep 1; stty size")
-    child.expect("40 120")
+    child.until_shown("stty size", "40 120")
     child.sendline("exit 0")
     assert child.wait() == 0
     child.close()
 
 
-def test_exec_it_and_attach_then_detach(agent: DockerAgent) -> None:
+def test_exec_it_and_attach_then_detach(agent: DockerAgent, spawn: Spawn) -> None:
     name = f"itc{uuid.uuid4().hex[:8]}"
-    started = spawn(agent, "run", "-d", "-it", "--name", name, BUSYBOX, "sh")
+    started = spawn("run", "-d", "-it", "--name", name, BUSYBOX, "sh")
     assert started.wait() == 0
     started.close()
     try:
-        child = spawn(agent, "exec", "-it", name, "sh")
+        child = spawn("exec", "-it", name, "sh")
         child.expect("# ")
         child.sendline("echo in-''exec; exit 4")
         child.expect("in-exec")
         assert child.wait() == 4
         child.close()
 
-        child = spawn(agent, "attach", name)
+        child = spawn("attach", name)
         child.until_prompt()
         child.sendline("echo at''tached")
         child.expect("attached")

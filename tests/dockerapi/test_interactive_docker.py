@@ -6,33 +6,45 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from typing import Protocol
 
 import pytest
 
 from tests.dockerapi.conftest import BUSYBOX, DOCKER, DockerAgent
-from tests.ptychild import PtyChild
+from tests.ptychild import PtyChild, PtyChildren
 
 pytest.importorskip("pexpect")
 
 pytestmark = [pytest.mark.timeout(120)]
 
 
-def spawn(agent: DockerAgent, *args: str, rows: int = 24, cols: int = 80) -> PtyChild:
-    return PtyChild([DOCKER, "-H", agent.host, *args], agent.env(), rows, cols)
+class Spawn(Protocol):
+    def __call__(self, *args: str, rows: int = 24, cols: int = 80) -> PtyChild: ...
 
 
-def test_docker_run_it_shell(docker_agent: DockerAgent) -> None:
-    child = spawn(docker_agent, "run", "-it", "--rm", BUSYBOX, "sh", rows=27, cols=91)
+@pytest.fixture
+def spawn(docker_agent: DockerAgent) -> Iterator[Spawn]:
+    """`docker -H AGENT ARGS` on a pty; every child is closed when the test ends."""
+    with PtyChildren() as children:
+
+        def start(*args: str, rows: int = 24, cols: int = 80) -> PtyChild:
+            argv = [DOCKER, "-H", docker_agent.host, *args]
+            return children.start(argv, docker_agent.env(), rows, cols)
+
+        yield start
+
+
+def test_docker_run_it_shell(spawn: Spawn) -> None:
+    child = spawn("run", "-it", "--rm", BUSYBOX, "sh", rows=27, cols=91)
     child.expect("# ")
     child.sendline("echo from-''docker; stty size")
     child.expect("from-docker")
     child.expect("27 91")  # the CLI's resize after start reached the terminal
     child.setwinsize(33, 101)
-    child.sendline("sleep 1; stty size")
-    child.expect("33 101")
+    child.until_shown("stty size", "33 101")
     child.sendline("exit 6")
     assert child.wait() == 6
-    child.close()
 
 
 def test_docker_run_i_pipes_stdin_until_it_closes(docker_agent: DockerAgent) -> None:
@@ -41,18 +53,18 @@ def test_docker_run_i_pipes_stdin_until_it_closes(docker_agent: DockerAgent) -> 
     assert done.stdout == "piped\nlines\n"
 
 
-def test_docker_exec_it_and_attach_detach(docker_agent: DockerAgent) -> None:
+def test_docker_exec_it_and_attach_detach(docker_agent: DockerAgent, spawn: Spawn) -> None:
     name = f"dit{uuid.uuid4().hex[:8]}"
     docker_agent.ok("run", "-d", "-it", "--name", name, BUSYBOX, "sh")
     try:
-        child = spawn(docker_agent, "exec", "-it", name, "sh")
+        child = spawn("exec", "-it", name, "sh")
         child.expect("# ")
         child.sendline("echo in-''exec; exit 3")
         child.expect("in-exec")
         assert child.wait() == 3
         child.close()
 
-        child = spawn(docker_agent, "attach", name)
+        child = spawn("attach", name)
         child.until_prompt()
         child.sendline("echo at''tached")
         child.expect("attached")

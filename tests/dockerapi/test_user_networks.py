@@ -21,6 +21,9 @@ from tests.agent.conftest import ImageRegistry
 from tests.dockerapi.conftest import BUSYBOX, DockerAgent, start_docker_agent
 from tests.runtime.conftest import cleanup_network
 
+_MADE: set[str] = set()
+"""Bridges the tests saw made (deleted at the end if a removal left them)."""
+
 
 def _cleanup_local(agent: DockerAgent) -> None:
     """The user-defined networks' attachments, bridges and this agent's isolation table."""
@@ -28,6 +31,12 @@ def _cleanup_local(agent: DockerAgent) -> None:
     for spec_file in sorted(root.glob("*/network.json")) if root.is_dir() else []:
         bridge = json.loads(spec_file.read_text())["bridge"]
         cleanup_network(spec_file.parent, bridge)
+    records = agent.agent.state_dir / "dockerapi" / "networks.json"
+    known = json.loads(records.read_text())["networks"] if records.exists() else []
+    for bridge in _MADE | {r["bridge"] for r in known if r.get("bridge")}:
+        if _link_exists(bridge):  # a bridge its network's removal left behind
+            with IPRoute() as ipr:
+                ipr.link("del", index=ipr.link_lookup(ifname=bridge)[0])
     subprocess.run(
         ["nft", "delete", "table", "ip", f"dy-iso-{agent.bridge}"],
         capture_output=True,
@@ -98,6 +107,7 @@ def test_networks_have_own_bridges_are_isolated_and_resolve_within(
         assert not red_net.overlaps(blue_net) and not red_net.overlaps(node_net)
         assert not blue_net.overlaps(node_net)
         red_bridge = red["Options"]["com.docker.network.bridge.name"]
+        _MADE.update({red_bridge, blue["Options"]["com.docker.network.bridge.name"]})
         assert red_bridge.startswith("dyn-")
 
         red_ip = _server(agent, "red-web", "red")
@@ -135,6 +145,7 @@ def test_networks_and_their_containers_survive_an_agent_restart(
     agent.ok("network", "create", "kept")
     try:
         before = _inspect(agent, "network", "inspect", "kept")
+        _MADE.add(before["Options"]["com.docker.network.bridge.name"])
         kept_ip = _server(agent, "kept-web", "kept")
         agent.agent.terminate()
         agent.agent.start()

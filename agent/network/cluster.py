@@ -111,6 +111,7 @@ class ClusterNetwork:
             return
         await self.local.declare(networks)
         wanted = {n.network_id: _gateway(n.subnet) for n in networks}
+        internal = {n.network_id for n in networks if n.internal}
         for network_id in list(self._local_dns):
             if wanted.get(network_id) != self._local_dns[network_id][0]:
                 await self._local_dns.pop(network_id)[1].stop()
@@ -118,7 +119,10 @@ class ClusterNetwork:
         for network_id, gateway in wanted.items():
             if network_id in self._local_dns:
                 continue
-            server = ServiceDNS(timeout=UPSTREAM_TIMEOUT)
+            # An internal network's containers have no way out: nothing is forwarded
+            # upstream for them (unknown names: SERVFAIL), as for internal overlays.
+            upstreams: list[tuple[str, int]] | None = [] if network_id in internal else None
+            server = ServiceDNS(upstreams, timeout=UPSTREAM_TIMEOUT)
             try:
                 await server.start(gateway)
             except NetworkError as exc:

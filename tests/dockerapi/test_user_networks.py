@@ -17,9 +17,10 @@ from collections.abc import Iterator
 import pytest
 from pyroute2 import IPRoute
 
+from dockyard.agent.network.netns import list_netns
 from tests.agent.conftest import ImageRegistry
 from tests.dockerapi.conftest import BUSYBOX, DockerAgent, start_docker_agent
-from tests.runtime.conftest import cleanup_network
+from tests.runtime.conftest import cleanup_network, purge_iptables
 
 _MADE: set[str] = set()
 """Bridges the tests saw made (deleted at the end if a removal left them)."""
@@ -33,6 +34,10 @@ def _cleanup_local(agent: DockerAgent) -> None:
         cleanup_network(spec_file.parent, bridge)
     records = agent.agent.state_dir / "dockerapi" / "networks.json"
     known = json.loads(records.read_text())["networks"] if records.exists() else []
+    for netns in list_netns():  # one whose record a failed removal lost
+        if any(netns.startswith(f"dy-{bridge}-") for bridge in _MADE):
+            subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
+            purge_iptables([netns.rsplit("-", 1)[1]])
     for bridge in _MADE | {r["bridge"] for r in known if r.get("bridge")}:
         if _link_exists(bridge):  # a bridge its network's removal left behind
             with IPRoute() as ipr:

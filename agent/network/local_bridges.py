@@ -31,7 +31,7 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from dockyard.agent.network.attachments import Attachment
-from dockyard.agent.network.bridge import BridgeConfig, BridgeNetwork
+from dockyard.agent.network.bridge import LOCK_DIR, BridgeConfig, BridgeNetwork
 from dockyard.agent.network.errors import NetworkError
 from dockyard.agent.runtime.base import LocalBridge, NetworkInfo, PortMapping
 
@@ -201,6 +201,7 @@ class LocalBridges:
         bridge = self._networks.pop(network.network_id, None)
         if bridge is not None:
             await bridge.close()
+        (LOCK_DIR / f"{network.bridge}.lock").unlink(missing_ok=True)
         self.nameservers.pop(network.network_id, None)
         await asyncio.to_thread(_delete_link, network.bridge)
         await asyncio.to_thread(shutil.rmtree, self._dir(network.network_id), True)

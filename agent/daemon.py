@@ -233,6 +233,7 @@ class AgentDaemon:
             assigned_subnet,
         )
         from dockyard.agent.network.cluster import ClusterNetwork
+        from dockyard.agent.network.local_bridges import LocalBridges
         from dockyard.agent.network.overlays import OverlayManager
         from dockyard.agent.runtime.runc.runtime import RuncRuntime
         from dockyard.common.distribution.settings import registry_config
@@ -254,15 +255,16 @@ class AgentDaemon:
         bridge = BridgeConfig(bridge=config.bridge, subnet=subnet, cni_path=tuple(config.cni_path))
         network = BridgeNetwork(network_dir, bridge, subnet_fixed=bool(config.bridge_subnet))
         overlays = OverlayManager()
+        local = LocalBridges(network_dir, config.bridge, tuple(config.cni_path))
         self.cluster_network = ClusterNetwork(
-            network, route_peers=config.peer_routes, overlays=overlays
+            network, route_peers=config.peer_routes, overlays=overlays, local=local
         )
         runtime = RuncRuntime(config.state_dir / "runtime", cgroup_parent=config.cgroup_parent)
         manager = ContainerService(
             runtime,
             LocalImages(images),
             config.state_dir / "containers",
-            network=BridgeAttacher(network),
+            network=BridgeAttacher(network, local),
             overlays=overlays,
         )
         try:

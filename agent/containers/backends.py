@@ -25,7 +25,9 @@ from dockyard.agent.images.errors import ImageNotFound
 from dockyard.agent.images.reference import Reference
 from dockyard.agent.images.service import ImageService
 from dockyard.agent.network.bridge import BridgeNetwork
-from dockyard.agent.runtime.base import NetworkEndpoint, NetworkInfo, PortMapping
+from dockyard.agent.network.errors import NetworkError
+from dockyard.agent.network.local_bridges import LocalBridges
+from dockyard.agent.runtime.base import LocalBridge, NetworkEndpoint, NetworkInfo, PortMapping
 from dockyard.common.distribution.auth import Credentials
 
 __all__ = [
@@ -98,8 +100,14 @@ class NetworkAttacher(Protocol):
         """Raise ``PortInUse`` or ``NetworkError`` when the ports cannot be published now."""
         ...
 
-    async def attach(self, container_id: str, ports: Sequence[PortMapping]) -> NetworkEndpoint:
-        """Make the container's namespace, address and published ports."""
+    async def attach(
+        self,
+        container_id: str,
+        ports: Sequence[PortMapping],
+        local: LocalBridge | None = None,
+    ) -> NetworkEndpoint:
+        """Make the container's namespace, address and published ports (on the node's
+        user-defined network ``local``, when given)."""
         ...
 
     async def detach(self, container_id: str) -> None:
@@ -111,10 +119,13 @@ class NetworkAttacher(Protocol):
         ...
 
     async def recover(
-        self, keep: Mapping[str, Sequence[PortMapping]]
+        self,
+        keep: Mapping[str, Sequence[PortMapping]],
+        local: Mapping[str, LocalBridge] | None = None,
     ) -> dict[str, NetworkEndpoint]:
         """After an agent restart: release the attachments not in ``keep``, hold the
-        others again; the endpoints of those that changed (a reboot took them)."""
+        others again (those in ``local`` on their user-defined network); the endpoints
+        of those that changed (a reboot took them)."""
         ...
 
     async def close(self) -> None:
@@ -211,40 +222,79 @@ class EngineImages:
 
 
 class BridgeAttacher:
-    """The node's bridge (``dockyard.agent.network.bridge``) as the network step."""
+    """The node's bridge (``dockyard.agent.network.bridge``) as the network step, and
+    its user-defined networks (``local_bridges``), each a bridge of its own."""
 
-    def __init__(self, bridge: BridgeNetwork) -> None:
+    def __init__(self, bridge: BridgeNetwork, local: LocalBridges | None = None) -> None:
         self.bridge = bridge
+        self.local = local
 
     def check_ports(self, ports: Sequence[PortMapping]) -> None:
         self.bridge.check_ports(ports)
+        if self.local is not None:
+            self.local.check_ports(ports)
 
     def _endpoint(self, container_id: str) -> NetworkEndpoint | None:
-        attachment = self.bridge.get(container_id)
+        if self.local is not None and self.local.owns(container_id):
+            attachment = self.local.get(container_id)
+            nameserver = self.local.nameserver(container_id)
+        else:
+            attachment, nameserver = self.bridge.get(container_id), self.bridge.nameserver
         if attachment is None:
             return None
-        return NetworkEndpoint(attachment.netns_path, attachment.ip_address, self.bridge.nameserver)
+        return NetworkEndpoint(attachment.netns_path, attachment.ip_address, nameserver)
 
-    async def attach(self, container_id: str, ports: Sequence[PortMapping]) -> NetworkEndpoint:
-        attachment = await self.bridge.attach(container_id, ports)
-        return NetworkEndpoint(attachment.netns_path, attachment.ip_address, self.bridge.nameserver)
+    async def attach(
+        self,
+        container_id: str,
+        ports: Sequence[PortMapping],
+        local: LocalBridge | None = None,
+    ) -> NetworkEndpoint:
+        if local is None:
+            attachment = await self.bridge.attach(container_id, ports)
+            return NetworkEndpoint(
+                attachment.netns_path, attachment.ip_address, self.bridge.nameserver
+            )
+        if self.local is None:
+            raise NetworkError("this agent has no user-defined networks")
+        attachment = await self.local.attach(container_id, ports, local)
+        return NetworkEndpoint(
+            attachment.netns_path, attachment.ip_address, self.local.nameserver(container_id)
+        )
 
     async def detach(self, container_id: str) -> None:
+        if self.local is not None and self.local.owns(container_id):
+            await self.local.detach(container_id)
+            return
         await self.bridge.detach(container_id)
 
     def info(self, container_id: str) -> NetworkInfo:
-        attached = self.bridge.info(container_id)
+        if self.local is not None and self.local.owns(container_id):
+            attached = self.local.info(container_id)
+        else:
+            attached = self.bridge.info(container_id)
         return attached or NetworkInfo(mode="bridge", bridge=self.bridge.config.bridge)
 
     async def recover(
-        self, keep: Mapping[str, Sequence[PortMapping]]
+        self,
+        keep: Mapping[str, Sequence[PortMapping]],
+        local: Mapping[str, LocalBridge] | None = None,
     ) -> dict[str, NetworkEndpoint]:
-        changed = await self.bridge.recover(keep)
+        on_local = dict(local or {})
+        changed = await self.bridge.recover(
+            {cid: ports for cid, ports in keep.items() if cid not in on_local}
+        )
+        if self.local is not None:
+            changed |= await self.local.recover(
+                {cid: (keep[cid], spec) for cid, spec in on_local.items() if cid in keep}
+            )
         endpoints = {cid: self._endpoint(cid) for cid in changed}
         return {cid: endpoint for cid, endpoint in endpoints.items() if endpoint is not None}
 
     async def close(self) -> None:
         await self.bridge.close()
+        if self.local is not None:
+            await self.local.close()
 
 
 class EngineNetwork:
@@ -254,7 +304,12 @@ class EngineNetwork:
     def check_ports(self, ports: Sequence[PortMapping]) -> None:
         """The backend checks its ports when it creates the container."""
 
-    async def attach(self, container_id: str, ports: Sequence[PortMapping]) -> NetworkEndpoint:
+    async def attach(
+        self,
+        container_id: str,
+        ports: Sequence[PortMapping],
+        local: LocalBridge | None = None,
+    ) -> NetworkEndpoint:
         return NetworkEndpoint(netns_path="", ip_address="")
 
     async def detach(self, container_id: str) -> None:
@@ -264,7 +319,9 @@ class EngineNetwork:
         return NetworkInfo(mode="bridge")
 
     async def recover(
-        self, keep: Mapping[str, Sequence[PortMapping]]
+        self,
+        keep: Mapping[str, Sequence[PortMapping]],
+        local: Mapping[str, LocalBridge] | None = None,
     ) -> dict[str, NetworkEndpoint]:
         return {}
 

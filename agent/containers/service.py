@@ -165,7 +165,9 @@ class ContainerService:
         if self.network is None:
             return
         bridged = {i.id: i.config for i in infos if i.config.network == "bridge"}
-        changed = await self.network.recover({cid: s.ports for cid, s in bridged.items()})
+        keep = {cid: s.ports for cid, s in bridged.items()}
+        local = {cid: s.local_network for cid, s in bridged.items() if s.local_network}
+        changed = await (self.network.recover(keep, local) if local else self.network.recover(keep))
         for cid, endpoint in changed.items():
             if bridged[cid].endpoint != endpoint:
                 with contextlib.suppress(ContainerRuntimeError, OSError):
@@ -389,7 +391,10 @@ class ContainerService:
             if spec.network == "bridge":
                 assert self.network is not None  # _check_bridge refused it otherwise
                 attached = True
-                endpoint = await self.network.attach(spec.id, spec.ports)  # ports first
+                if spec.local_network is None:  # ports first
+                    endpoint = await self.network.attach(spec.id, spec.ports)
+                else:
+                    endpoint = await self.network.attach(spec.id, spec.ports, spec.local_network)
                 spec = replace(spec, endpoint=endpoint)
                 if spec.overlays:
                     await self._join_overlays(spec.id, endpoint, spec.overlays)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,6 +148,9 @@ async def _create(ctx: DockerApiContext, request: web.Request) -> web.StreamResp
     parsed = parse_create_body(body, name)
     try:
         checked = parse_create(parsed.request)
+        local = network.local_bridge() if network is not None else None
+        if local is not None:  # on the network's own bridge, not the node's
+            checked = replace(checked, spec=replace(checked.spec, local_network=local))
         ctx.admission.check(parsed.request)
         view = await service.create(checked)
     except ImageMissing:

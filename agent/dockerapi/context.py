@@ -64,6 +64,8 @@ class DockerApiContext:
     started_at: float = field(default_factory=time.time)
     cluster_network: ClusterNetwork | None = None
     start_waiters: dict[str, asyncio.Event] = field(default_factory=dict)
+    networks_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while a user-defined network is created or removed."""
     _networks: NetworkStore | None = field(default=None, repr=False)
 
     def network_store(self) -> NetworkStore:

@@ -1,11 +1,11 @@
-"""User-defined Docker networks on an agent that has one bridge: names over that bridge.
+"""User-defined Docker networks of an agent: their records and who is on them.
 
-A Dockyard agent attaches every `bridge` container to its one bridge (the cluster routes
-its subnet to the other nodes). `docker network create` and docker-compose's project
-network are kept here as records, each mapped onto that bridge: a container created on
-`myproject_default` runs on the bridge, and its name and aliases are served by the
-agent's DNS. What this does not give: isolation between such networks (they all share
-the bridge and its subnet) and their own subnets or drivers.
+`docker network create` and docker-compose's project network are records here, each with
+a subnet and a Linux bridge of its own (`agent/network/local_bridges.py` makes them and
+isolates them from each other): a container created on `myproject_default` runs on that
+network's bridge, and its name and aliases are served to that network's containers by
+the agent's DNS. A record from before networks had their own subnet (`subnet` empty) is
+still mapped onto the node's bridge, as it was.
 
 Records and endpoints (which container is on which network, with which aliases) live in
 one JSON file under the agent's state dir, written atomically.
@@ -23,6 +23,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from dockyard.agent.network.local_bridges import local_bridge_name
+from dockyard.agent.runtime.base import LocalBridge
 
 __all__ = [
     "BUILTIN",
@@ -62,6 +65,16 @@ class NetworkRecord:
     options: dict[str, str] = field(default_factory=dict)
     internal: bool = False
     attachable: bool = False
+    subnet: str = ""
+    """Its own subnet and Linux bridge (`local_bridges.py`); "" for a network recorded
+    before networks had their own (mapped onto the node's bridge, as then)."""
+    bridge: str = ""
+
+    def local_bridge(self) -> LocalBridge | None:
+        """The network as the agent's network step sees it (None: the node's bridge)."""
+        if not self.subnet or not self.bridge:
+            return None
+        return LocalBridge(self.id, self.bridge, self.subnet, self.internal)
 
 
 @dataclass
@@ -145,8 +158,9 @@ class NetworkStore:
         options: dict[str, str] | None = None,
         internal: bool = False,
         attachable: bool = False,
+        subnet: str = "",
     ) -> NetworkRecord:
-        """Record a network.
+        """Record a network (with ``subnet``: a bridge of its own, named after its id).
 
         Raises:
             NetworkStoreError: a bad or taken name (a predefined one included), too many.
@@ -157,14 +171,17 @@ class NetworkStore:
                 raise NetworkStoreError(f"network with name {name} already exists")
             if len(self.networks) >= MAX_NETWORKS:
                 raise NetworkStoreError(f"this agent keeps at most {MAX_NETWORKS} networks")
+            network_id = secrets.token_hex(32)
             record = NetworkRecord(
-                id=secrets.token_hex(32),
+                id=network_id,
                 name=name,
                 created=datetime.now(UTC).isoformat(),
                 labels=dict(labels or {}),
                 options=dict(options or {}),
                 internal=internal,
                 attachable=attachable,
+                subnet=subnet,
+                bridge=local_bridge_name(network_id) if subnet else "",
             )
             self.networks[record.id] = record
             self._save()

@@ -1,15 +1,17 @@
 """`/networks/...`: the agent's networks as Docker shows them, and user-defined networks
-(docker-compose's project network) mapped onto the agent's one bridge.
+(`docker network create`, docker-compose's project network), each a bridge of its own.
 
 The predefined `bridge`, `host` and `none` are the agent's own. A network made with
-`POST /networks/create` is a record (`network_store.py`): its containers run on the
-bridge, and while they run, their names and aliases on it resolve through the agent's
-DNS (the bridge's nameserver), as on a Docker user-defined network. The limits: such
-networks share the bridge's subnet and are not isolated from each other, and a name
-resolves from every bridge container of the node, not only from that network's.
+`POST /networks/create` gets a subnet of its own (`local_subnets.py`: from 10.77.0.0/16,
+or `IPAM.Config[0].Subnet`, never overlapping the node's bridge, the overlays, the other
+networks or a route of the host) and a Linux bridge (`dyn-<id>`), made at its first
+container and deleted by `DELETE /networks/{id}`; containers on different networks cannot
+reach each other (`local_bridges.py`). While they run, a network's containers resolve
+each other's names and aliases through a DNS server on their bridge's gateway, and only
+their network's names.
 
 Other modules (container create and inspect) read the memberships through
-:func:`runtime_network` and :func:`container_networks`.
+:func:`container_networks` and :func:`prepare_create`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ from dockyard.agent.dockerapi.network_store import (
 )
 from dockyard.agent.dockerapi.responses import json_response
 from dockyard.agent.events import Subscription
+from dockyard.agent.network.errors import NetworkError
+from dockyard.agent.network.local_subnets import SubnetError, choose_subnet, host_routes
 from dockyard.agent.runtime.base import ContainerStatus
 
 __all__ = [
@@ -137,7 +141,7 @@ def dns_records(ctx: DockerApiContext, views: list[ContainerView]) -> dict[str, 
         if info.state.status is not ContainerStatus.RUNNING or info.network is None:
             continue
         address = info.network.ip_address
-        memberships = store.of(info.id)
+        memberships = [(r, m) for r, m in store.of(info.id) if not r.subnet]
         if not address or not memberships:
             continue
         names = {info.name}
@@ -148,12 +152,38 @@ def dns_records(ctx: DockerApiContext, views: list[ContainerView]) -> dict[str, 
     return records
 
 
+def local_names(
+    ctx: DockerApiContext, views: list[ContainerView]
+) -> dict[str, dict[str, list[str]]]:
+    """Network id -> name -> addresses, for the networks with a bridge of their own: the
+    names and aliases of each one's running containers (a shared alias has them all)."""
+    store = ctx.network_store()
+    names: dict[str, dict[str, list[str]]] = {}
+    for view in views:
+        info = view.info
+        local = info.config.local_network
+        if info.state.status is not ContainerStatus.RUNNING or info.network is None:
+            continue
+        if local is None or not info.network.ip_address:
+            continue
+        memberships = [m for r, m in store.of(info.id) if r.id == local.network_id]
+        if not memberships:  # disconnected: it keeps its interface, not its names
+            continue
+        records = names.setdefault(local.network_id, {})
+        for name in sorted({info.name, *memberships[0].aliases}):
+            records.setdefault(name, []).append(info.network.ip_address)
+    return names
+
+
 def _network_json(
     ctx: DockerApiContext, name: str, record: NetworkRecord | None, views: list[ContainerView]
 ) -> dict[str, Any]:
     bridge = ctx.cluster_network.bridge.config if ctx.cluster_network is not None else None
     ipam: list[dict[str, str]] = []
-    if (name == "bridge" or record is not None) and bridge is not None:
+    local = record.local_bridge() if record is not None else None
+    if local is not None:
+        ipam = [{"Subnet": local.subnet, "Gateway": _gateway(local.subnet)}]
+    elif (name == "bridge" or record is not None) and bridge is not None:
         ipam = [{"Subnet": bridge.subnet, "Gateway": bridge.gateway}]
     members: dict[str, Any] = {}
     for view in views:
@@ -190,9 +220,20 @@ def _network_json(
         "ConfigFrom": {"Network": ""},
         "ConfigOnly": False,
         "Containers": members,
-        "Options": dict(record.options) if record is not None else options,
+        "Options": _options(record) if record is not None else options,
         "Labels": dict(record.labels) if record is not None else {},
     }
+
+
+def _options(record: NetworkRecord) -> dict[str, str]:
+    options = dict(record.options)
+    if record.bridge:
+        options["com.docker.network.bridge.name"] = record.bridge
+    return options
+
+
+def _gateway(subnet: str) -> str:
+    return str(next(ipaddress.IPv4Network(subnet).hosts()))
 
 
 async def _views(ctx: DockerApiContext) -> list[ContainerView]:
@@ -262,26 +303,117 @@ async def _create(request: web.Request, ctx: DockerApiContext) -> web.StreamResp
         raise bad_request(
             f"Driver {driver!r}: only 'bridge' networks (over the agent's bridge) are supported"
         )
-    ipam = body.get("IPAM") or {}
-    if isinstance(ipam, dict) and ipam.get("Config"):
-        raise bad_request("IPAM.Config: a network of its own subnet is not supported by dockyard")
     if body.get("EnableIPv6"):
         raise bad_request("EnableIPv6: IPv6 networks are not supported by dockyard")
     labels, options = body.get("Labels") or {}, body.get("Options") or {}
     if not _str_map(labels) or not _str_map(options):
         raise bad_request("Labels and Options: objects of strings")
-    try:
-        record = ctx.network_store().create(
-            name, labels, options, bool(body.get("Internal")), bool(body.get("Attachable"))
-        )
-    except NetworkStoreError as exc:
-        status = 409 if "already exists" in str(exc) else 400
-        raise DockerApiError(status, str(exc)) from None
+    requested = _requested_subnet(body.get("IPAM"))
+    store = ctx.network_store()
+    async with _networks_lock(ctx):
+        try:
+            subnet = choose_subnet(requested, await _taken_subnets(ctx))
+            record = store.create(
+                name,
+                labels,
+                options,
+                bool(body.get("Internal")),
+                bool(body.get("Attachable")),
+                subnet=subnet,
+            )
+        except (NetworkStoreError, SubnetError) as exc:
+            status = 409 if "already exists" in str(exc) else 400
+            raise DockerApiError(status, str(exc)) from None
+        try:
+            await _declare(ctx)
+        except NetworkError as exc:
+            store.remove(record)
+            raise DockerApiError(500, f"network {name}: {exc}") from None
     _publish(ctx, "create", record.id, name=record.name)
-    warning = ""
-    if record.internal:
-        warning = "internal networks are not isolated on dockyard: the bridge routes them"
-    return json_response({"Id": record.id, "Warning": warning}, status=201)
+    return json_response({"Id": record.id, "Warning": ""}, status=201)
+
+
+def _requested_subnet(ipam: Any) -> str:
+    """`IPAM.Config[0].Subnet` ("" when none); other IPAM settings are refused."""
+    if not ipam:
+        return ""
+    if not isinstance(ipam, dict):
+        raise bad_request("IPAM: an object")
+    if ipam.get("Driver") not in (None, "", "default"):
+        raise bad_request(f"IPAM.Driver {ipam.get('Driver')!r}: only 'default' is supported")
+    config = ipam.get("Config") or []
+    if not isinstance(config, list) or not all(isinstance(c, dict) for c in config):
+        raise bad_request("IPAM.Config: a list of objects")
+    if len(config) > 1:
+        raise bad_request("IPAM.Config: one subnet per network is supported by dockyard")
+    if not config:
+        return ""
+    entry = config[0]
+    for key in ("IPRange", "AuxiliaryAddresses"):
+        if entry.get(key):
+            raise bad_request(f"IPAM.Config.{key}: not supported by dockyard")
+    subnet = entry.get("Subnet") or ""
+    if not isinstance(subnet, str):
+        raise bad_request("IPAM.Config.Subnet: a string")
+    gateway = entry.get("Gateway") or ""
+    if gateway and subnet and gateway != _gateway(subnet):
+        raise bad_request(
+            f"IPAM.Config.Gateway {gateway}: a network's gateway is its subnet's first address"
+        )
+    return subnet
+
+
+async def _taken_subnets(ctx: DockerApiContext) -> list[tuple[str, str]]:
+    """What a new network's subnet may not overlap, each with what it is."""
+    taken: list[tuple[str, str]] = [
+        ("10.87.0.0/16", "the node subnet pool"),
+        ("10.112.0.0/12", "the overlay network pool"),
+    ]
+    cluster = ctx.cluster_network
+    if cluster is not None:
+        taken.append((cluster.bridge.config.subnet, "the node's bridge"))
+        taken += [(s, "an overlay network") for s in cluster.overlays.subnets()]
+    for record in ctx.network_store().networks.values():
+        if record.subnet:
+            taken.append((record.subnet, f"network {record.name}"))
+    own = {r.bridge for r in ctx.network_store().networks.values() if r.bridge}
+    for network, dev in await asyncio.to_thread(host_routes):
+        if dev not in own:
+            taken.append((str(network), f"the host's route to {network} (dev {dev or '?'})"))
+    return taken
+
+
+def _networks_lock(ctx: DockerApiContext) -> asyncio.Lock:
+    """One create or remove at a time (subnets are chosen from what the others hold)."""
+    return ctx.networks_lock
+
+
+async def _declare(ctx: DockerApiContext) -> None:
+    """Tell the node's network which user-defined networks exist (isolation, DNS)."""
+    if ctx.cluster_network is None:
+        return
+    local = [
+        spec
+        for record in ctx.network_store().networks.values()
+        if (spec := record.local_bridge()) is not None
+    ]
+    await ctx.cluster_network.set_local_networks(local)
+
+
+async def _drop_network(ctx: DockerApiContext, record: NetworkRecord) -> None:
+    """Delete a network's bridge, then its record (the caller checked it is unused)."""
+    local = record.local_bridge()
+    cluster = ctx.cluster_network
+    if local is not None and cluster is not None and cluster.local is not None:
+        try:
+            await cluster.local.remove(local)
+        except (NetworkError, OSError) as exc:
+            raise forbidden(f"error while removing network {record.name}: {exc}") from None
+    ctx.network_store().remove(record)
+    try:
+        await _declare(ctx)
+    except NetworkError as exc:
+        log.error("dockerapi.network_declare_failed", error=str(exc))
 
 
 async def _remove(request: web.Request, ctx: DockerApiContext) -> web.StreamResponse:
@@ -295,7 +427,8 @@ async def _remove(request: web.Request, ctx: DockerApiContext) -> web.StreamResp
             f"error while removing network: network {record.name} id {record.id} has active "
             f"endpoints ({', '.join(u[:12] for u in users)})"
         )
-    ctx.network_store().remove(record)
+    async with _networks_lock(ctx):
+        await _drop_network(ctx, record)
     _publish(ctx, "destroy", record.id, name=record.name)
     return web.Response(status=204)
 
@@ -328,6 +461,17 @@ async def _connect(request: web.Request, ctx: DockerApiContext) -> web.StreamRes
         raise not_implemented(
             f"connecting container {view.info.name} to network {name} is not supported by "
             "dockyard: a container has one network, chosen at create"
+        )
+    own = view.info.config.local_network
+    if record.subnet and (own is None or own.network_id != record.id):
+        raise not_implemented(
+            f"connecting container {view.info.name} to network {record.name} is not "
+            "supported by dockyard: a container is on the one network it was created on"
+        )
+    if own is not None and own.network_id != record.id:
+        raise not_implemented(
+            f"container {view.info.name} is on network {own.network_id[:12]}, a bridge of "
+            f"its own: it cannot join network {record.name} too"
         )
     if view.info.config.network != "bridge":
         raise forbidden(
@@ -374,7 +518,8 @@ async def _prune(request: web.Request, ctx: DockerApiContext) -> web.StreamRespo
         shown = _network_json(ctx, record.name, record, [])
         if store.users(record.id) or not _matches(shown, filters):
             continue
-        store.remove(record)
+        async with _networks_lock(ctx):
+            await _drop_network(ctx, record)
         deleted.append(record.name)
         _publish(ctx, "destroy", record.id, name=record.name)
     return json_response({"NetworksDeleted": deleted or None})
@@ -421,6 +566,10 @@ def lifespan(
         if bus is None or ctx.cluster_network is None:
             yield
             return
+        try:
+            await _declare(ctx)
+        except NetworkError as exc:
+            log.error("dockerapi.network_declare_failed", error=str(exc))
         await ctx.cluster_network.serve_dns()
         subscription = bus.subscribe()
         task = asyncio.create_task(_keep_names(ctx, subscription), name="dockerapi-dns")
@@ -448,12 +597,14 @@ async def _keep_names(ctx: DockerApiContext, subscription: Subscription) -> None
 
 async def _renew_names(ctx: DockerApiContext) -> None:
     assert ctx.cluster_network is not None
+    views = await _views(ctx)
     records = {
         name: addresses
-        for name, addresses in dns_records(ctx, await _views(ctx)).items()
+        for name, addresses in dns_records(ctx, views).items()
         if all(_is_ipv4(a) for a in addresses)
     }
     await ctx.cluster_network.set_local_records(records)
+    ctx.cluster_network.set_local_names(local_names(ctx, views))
     log.debug("dockerapi.dns_names", names=len(records))
 
 

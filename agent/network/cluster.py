@@ -18,6 +18,7 @@ the session.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from collections.abc import Mapping, Sequence
 
 import structlog
@@ -26,8 +27,10 @@ from dockyard.agent.network.bridge import BridgeNetwork
 from dockyard.agent.network.dns import ServiceDNS
 from dockyard.agent.network.errors import NetworkError
 from dockyard.agent.network.ingress_mesh import IngressMesh
+from dockyard.agent.network.local_bridges import LocalBridges
 from dockyard.agent.network.overlays import OverlayManager
 from dockyard.agent.network.routes import PeerRoute, PeerRoutes
+from dockyard.agent.runtime.base import LocalBridge
 from dockyard.v1.dispatcher_pb2 import NetworkMap
 
 __all__ = ["ClusterNetwork"]
@@ -55,8 +58,10 @@ class ClusterNetwork:
         dns: ServiceDNS | None = None,
         route_peers: bool = True,
         overlays: OverlayManager | None = None,
+        local: LocalBridges | None = None,
     ) -> None:
         self.bridge = bridge
+        self.local = local
         self.overlays = overlays or OverlayManager()
         self.routes = routes or PeerRoutes()
         self.route_peers = route_peers
@@ -67,6 +72,9 @@ class ClusterNetwork:
         self._wakeup = asyncio.Event()
         self._service_records: dict[str, list[str]] = {}
         self._local_records: dict[str, list[str]] = {}
+        self._local_names: dict[str, dict[str, list[str]]] = {}
+        self._local_dns: dict[str, tuple[str, ServiceDNS]] = {}
+        """User-defined network id -> its gateway and the DNS server there."""
 
     async def on_map(self, network_map: NetworkMap) -> None:
         """Take a map from the session: subnet and names now, routes soon (see :meth:`run`)."""
@@ -90,6 +98,52 @@ class ClusterNetwork:
     def scope_names(self) -> None:
         """Give the DNS server the names each overlay container may resolve."""
         self.dns.set_scoped(self.overlays.names_by_client(), self.overlays.isolated_clients())
+
+    async def set_local_networks(self, networks: Sequence[LocalBridge]) -> None:
+        """The node's user-defined networks are ``networks``: their isolation, and a DNS
+        server of each on its gateway (its containers' nameserver), which answers the
+        names of that network's containers only.
+
+        Raises:
+            NetworkError: nft refused the isolation table.
+        """
+        if self.local is None:
+            return
+        await self.local.declare(networks)
+        wanted = {n.network_id: _gateway(n.subnet) for n in networks}
+        internal = {n.network_id for n in networks if n.internal}
+        for network_id in list(self._local_dns):
+            if wanted.get(network_id) != self._local_dns[network_id][0]:
+                await self._local_dns.pop(network_id)[1].stop()
+                self.local.nameservers.pop(network_id, None)
+        for network_id, gateway in wanted.items():
+            if network_id in self._local_dns:
+                continue
+            # An internal network's containers have no way out: nothing is forwarded
+            # upstream for them (unknown names: SERVFAIL), as for internal overlays.
+            upstreams: list[tuple[str, int]] | None = [] if network_id in internal else None
+            server = ServiceDNS(upstreams, timeout=UPSTREAM_TIMEOUT)
+            try:
+                await server.start(gateway)
+            except NetworkError as exc:
+                log.error("cluster_network.local_dns_failed", error=str(exc))
+                continue
+            server.set_records(self._local_names.get(network_id, {}))
+            self._local_dns[network_id] = (gateway, server)
+            self.local.nameservers[network_id] = gateway
+
+    def set_local_names(self, names: Mapping[str, Mapping[str, Sequence[str]]]) -> None:
+        """Network id -> the names of its running containers (and their aliases), each
+        answered by that network's DNS server only."""
+        self._local_names = {
+            network_id: {name: list(addresses) for name, addresses in records.items()}
+            for network_id, records in names.items()
+        }
+        for network_id, (_, server) in self._local_dns.items():
+            try:
+                server.set_records(self._local_names.get(network_id, {}))
+            except ValueError as exc:
+                log.error("cluster_network.local_names_failed", error=str(exc))
 
     async def set_local_records(self, records: Mapping[str, Sequence[str]]) -> None:
         """Names of this node's own containers (Docker API networks: container names and
@@ -137,6 +191,9 @@ class ClusterNetwork:
         # Overlay devices stay, as routes do: running containers keep their networks
         # while the agent is down, and the next start finds the devices as they are.
         await self.dns.stop()
+        for _, server in self._local_dns.values():
+            await server.stop()
+        self._local_dns.clear()
         self._dns_address = self.bridge.nameserver = ""
         await self.mesh.close()
 
@@ -187,3 +244,7 @@ class ClusterNetwork:
             services=len(network_map.services),
             ingress=len(network_map.ingress),
         )
+
+
+def _gateway(subnet: str) -> str:
+    return str(next(ipaddress.IPv4Network(subnet).hosts()))

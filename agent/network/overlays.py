@@ -240,6 +240,11 @@ class OverlayManager:
         self._joined.pop(container_id, None)
         self._adopted.discard(container_id)
 
+    def subnets(self) -> list[str]:
+        """The subnets of the overlay networks of the latest map (a node's user-defined
+        networks must not overlap them)."""
+        return [m.network.subnet for m in self._maps.values() if m.network.subnet]
+
     def names_by_client(self) -> dict[str, dict[str, list[str]]]:
         """Bridge address of each local overlay container -> the names it may resolve
         (those of its networks only), for the node's DNS server."""

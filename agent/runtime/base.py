@@ -40,6 +40,7 @@ __all__ = [
     "ExitInfo",
     "InteractiveExec",
     "InvalidConfig",
+    "LocalBridge",
     "LogRecord",
     "NameConflict",
     "NetworkEndpoint",
@@ -185,6 +186,24 @@ class NetworkInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalBridge:
+    """A user-defined network of this node (``docker network create``): a Linux bridge
+    and subnet of its own, isolated from the node's bridge and the other such networks.
+
+    Attributes:
+        network_id: The network's id (the Docker API's record).
+        bridge: Its Linux bridge (``dyn-`` + 10 hex characters of the id).
+        subnet: Its IPv4 subnet; the first address is the bridge's (the gateway).
+        internal: No way out: traffic leaves only to the network's own containers.
+    """
+
+    network_id: str
+    bridge: str
+    subnet: str
+    internal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkEndpoint:
     """Where the network step put a ``bridge`` container, as plain values for the runtime.
 
@@ -237,6 +256,8 @@ class ContainerSpec:
             as asked; whether a container may be privileged is the caller's policy.
         overlays: ``(network id, address)`` of each cluster network a task's container
             joins (``bridge`` only: the bridge gives it its namespace first).
+        local_network: For ``bridge``, the user-defined network whose own bridge the
+            container is on instead of the node's (None: the node's bridge).
         endpoint: For ``bridge``, the namespace and address the service's network step
             attached (set by the service before ``create``); ``None`` otherwise.
         extra_hosts: Lines added to ``/etc/hosts`` (``"IP NAME"``).
@@ -281,6 +302,7 @@ class ContainerSpec:
     seccomp: SeccompMode = "default"
     privileged: bool = False
     endpoint: NetworkEndpoint | None = None
+    local_network: LocalBridge | None = None
     overlays: Sequence[tuple[str, str]] = ()
     extra_hosts: Sequence[str] = ()
     dns_servers: Sequence[str] = ()
@@ -302,6 +324,8 @@ class ContainerSpec:
             )
         if self.network not in ("none", "host", "bridge"):
             raise InvalidConfig(f"unknown network {self.network!r} (none, host or bridge)")
+        if self.local_network is not None and self.network != "bridge":
+            raise InvalidConfig(f"a user-defined network needs the bridge, not {self.network}")
         if self.ports and self.network != "bridge":
             raise InvalidConfig(f"published ports need the bridge network, not {self.network}")
 
@@ -359,6 +383,8 @@ class ContainerSpec:
         fields["ports"] = [PortMapping.from_dict(p) for p in fields.get("ports") or []]
         endpoint = fields.get("endpoint")
         fields["endpoint"] = NetworkEndpoint(**endpoint) if endpoint else None
+        local = fields.get("local_network")
+        fields["local_network"] = LocalBridge(**local) if local else None
         policy = fields.get("restart_policy") or {}
         fields["restart_policy"] = RestartPolicy(
             RestartPolicyName(policy.get("name", "no")), int(policy.get("max_retries", 0))

@@ -36,6 +36,32 @@ async def main() -> None:
 asyncio.run(main())
 """
 
+# The agent's user-defined Docker networks (agent/network/local_bridges.py): CNI DEL of
+# what is left on each, then its bridge, its lock and the agent's isolation table.
+RELEASE_LOCAL_NETWORKS = """
+import asyncio, json, subprocess, sys
+from pathlib import Path
+from dockyard.agent.network.bridge import LOCK_DIR, BridgeConfig, BridgeNetwork
+from dockyard.agent.network.local_bridges import table_name
+
+async def main() -> None:
+    for spec_file in sorted(Path(sys.argv[1]).glob("*/network.json")):
+        spec = json.loads(spec_file.read_text())
+        config = BridgeConfig(bridge=spec["bridge"], subnet=spec["subnet"])
+        network = BridgeNetwork(spec_file.parent, config, subnet_fixed=True)
+        try:
+            await network.recover({})
+        finally:
+            await network.close()
+        subprocess.run(["ip", "link", "delete", spec["bridge"]], capture_output=True)
+        (LOCK_DIR / f"{spec['bridge']}.lock").unlink(missing_ok=True)
+        print(spec["bridge"])
+    table = table_name(sys.argv[2])
+    subprocess.run(["nft", "delete", "table", "ip", table], capture_output=True)
+
+asyncio.run(main())
+"""
+
 
 def release_agent(
     agent_state: Path, bridge: str, python: str, in_host: tuple[str, ...] = ()
@@ -84,6 +110,22 @@ def release_agent(
             )
         else:
             print(f"released the network {name} left behind")
+    local = network / "local"
+    if any(local.glob("*/network.json")):
+        done = subprocess.run(
+            [*in_host, python, "-c", RELEASE_LOCAL_NETWORKS, str(local), bridge],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            print(
+                f"local-cluster: {name}'s Docker networks not fully removed: "
+                f"{done.stderr.strip()[-500:]}",
+                file=sys.stderr,
+            )
+        elif done.stdout.split():
+            print(f"removed the Docker networks {name} left: {' '.join(done.stdout.split())}")
     for netns in list_netns(f"dy-{bridge}-"):
         subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
     left = unmount_under(agent_state)

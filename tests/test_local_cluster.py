@@ -28,6 +28,7 @@ import pytest
 
 from dockyard.agent.network.netns import list_netns
 from tests.conftest import BIN
+from tests.dockerapi.conftest import DOCKER
 from tests.network.conftest import _subnet_lock, _used_subnets, have_network
 from tests.ports import _HIGH, _LOW, free_port
 from tests.runtime.conftest import bridge_links, cleanup_everything, cleanup_network
@@ -281,10 +282,14 @@ def test_down_after_a_killed_agent_and_up_after_a_stopped_controller(
         n["id"]: n["spec"]["name"] for n in json.loads(lc.cli("node", "ls", "-o", "json").stdout)
     }
     victim = nodes[next(t["node_id"] for t in tasks if t["status"]["state"] == "RUNNING")]
+    user_bridge = _docker_network_with_a_container(lc, victim)
     os.kill(lc.pid(victim), signal.SIGKILL)  # not restarted: its containers run on
 
     lc.ok("down")
     assert lc.leftovers() == []
+    assert not Path(f"/sys/class/net/{user_bridge}").exists()  # the Docker network's bridge
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert f"dy-iso-{lc.prefix}{victim}" not in tables
     assert not [b for b in lc.bridges if Path(f"/sys/class/net/{b}").exists()]
     with pytest.raises(OSError):
         _get(url)
@@ -302,6 +307,30 @@ def test_down_after_a_killed_agent_and_up_after_a_stopped_controller(
     assert not lc.state_dir.exists()
     assert lc.leftovers() == []
     assert not [b for b in lc.bridges if Path(f"/sys/class/net/{b}").exists()]
+
+
+def _docker_network_with_a_container(lc: LocalCluster, node: str) -> str:
+    """A user-defined network made through the node's Docker API, with a container on
+    it; its bridge's name."""
+    sock = lc.state_dir / "agents" / node / "docker.sock"
+    env = {"PATH": os.environ["PATH"], "DOCKER_CONFIG": str(lc.state_dir.parent / "docker")}
+
+    def docker(*args: str) -> str:
+        done = subprocess.run(
+            [DOCKER, "-H", f"unix://{sock}", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert done.returncode == 0, f"docker {' '.join(args)}: {done.stderr}"
+        return done.stdout.strip()
+
+    network_id = docker("network", "create", "lcnet")
+    docker("run", "-d", "--network", "lcnet", "busybox", "sleep", "600")
+    bridge = f"dyn-{network_id[:10]}"
+    assert Path(f"/sys/class/net/{bridge}").exists()
+    return bridge
 
 
 def _status(lc: LocalCluster) -> dict[str, str]:

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 __all__ = [
+    "drop_subnet_claims",
     "mount_points",
     "release_agent",
     "remove_bridges",
@@ -133,6 +134,20 @@ def release_agent(
         print(
             f"local-cluster: still mounted under {agent_state}: {', '.join(left)}", file=sys.stderr
         )
+
+
+def drop_subnet_claims(state_dir: Path, python: str) -> None:
+    """The host-wide claims of the agents' Docker networks' subnets, once their state is
+    purged (a plain `down` keeps them: the networks come back with `up`)."""
+    subprocess.run([python, "-c", DROP_CLAIMS, str(state_dir)], capture_output=True, check=False)
+
+
+DROP_CLAIMS = """
+import sys
+from pathlib import Path
+from dockyard.agent.network.subnet_claims import drop_claims_under
+drop_claims_under(Path(sys.argv[1]))
+"""
 
 
 def list_netns(prefix: str) -> list[str]:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from dockyard.agent.network.netns import list_netns
+from dockyard.agent.network.subnet_claims import CLAIMS_DIR
 from tests.conftest import BIN
 from tests.dockerapi.conftest import DOCKER
 from tests.network.conftest import _subnet_lock, _used_subnets, have_network
@@ -307,6 +308,8 @@ def test_down_after_a_killed_agent_and_up_after_a_stopped_controller(
     assert not lc.state_dir.exists()
     assert lc.leftovers() == []
     assert not [b for b in lc.bridges if Path(f"/sys/class/net/{b}").exists()]
+    claims = [p.read_text() for p in CLAIMS_DIR.glob("*.json")] if CLAIMS_DIR.is_dir() else []
+    assert not [c for c in claims if str(lc.state_dir) in c]  # the Docker network's subnet
 
 
 def _docker_network_with_a_container(lc: LocalCluster, node: str) -> str:

@@ -151,6 +151,22 @@ class NetworkStore:
         matches = [r for r in self.networks.values() if ref and r.id.startswith(ref)]
         return matches[0] if len(matches) == 1 else None
 
+    def check_new_name(self, name: str) -> None:
+        """Raise what `create` would for `name` (before a subnet is chosen for it).
+
+        Raises:
+            NetworkStoreError: a bad or taken name, too many networks.
+        """
+        with self._lock:
+            self._check_new_name(name)
+
+    def _check_new_name(self, name: str) -> None:
+        check_network_name(name)
+        if name in BUILTIN or any(r.name == name for r in self.networks.values()):
+            raise NetworkStoreError(f"network with name {name} already exists")
+        if len(self.networks) >= MAX_NETWORKS:
+            raise NetworkStoreError(f"this agent keeps at most {MAX_NETWORKS} networks")
+
     def create(
         self,
         name: str,
@@ -165,12 +181,8 @@ class NetworkStore:
         Raises:
             NetworkStoreError: a bad or taken name (a predefined one included), too many.
         """
-        check_network_name(name)
         with self._lock:
-            if name in BUILTIN or any(r.name == name for r in self.networks.values()):
-                raise NetworkStoreError(f"network with name {name} already exists")
-            if len(self.networks) >= MAX_NETWORKS:
-                raise NetworkStoreError(f"this agent keeps at most {MAX_NETWORKS} networks")
+            self._check_new_name(name)
             network_id = secrets.token_hex(32)
             record = NetworkRecord(
                 id=network_id,

@@ -48,6 +48,7 @@ from dockyard.agent.dockerapi.responses import json_response
 from dockyard.agent.events import Subscription
 from dockyard.agent.network.errors import NetworkError
 from dockyard.agent.network.local_subnets import SubnetError, choose_subnet, host_routes
+from dockyard.agent.network.subnet_claims import ClaimsBusyError, SubnetClaims
 from dockyard.agent.runtime.base import ContainerStatus
 
 __all__ = [
@@ -310,9 +311,15 @@ async def _create(request: web.Request, ctx: DockerApiContext) -> web.StreamResp
         raise bad_request("Labels and Options: objects of strings")
     requested = _requested_subnet(body.get("IPAM"))
     store = ctx.network_store()
+    claims = _claims(ctx)
     async with _networks_lock(ctx):
         try:
-            subnet = choose_subnet(requested, await _taken_subnets(ctx))
+            store.check_new_name(name)
+            subnet = await _claim_subnet(ctx, claims, requested, name)
+        except (NetworkStoreError, SubnetError) as exc:
+            status = 409 if "already exists" in str(exc) else 400
+            raise DockerApiError(status, str(exc)) from None
+        try:
             record = store.create(
                 name,
                 labels,
@@ -321,13 +328,15 @@ async def _create(request: web.Request, ctx: DockerApiContext) -> web.StreamResp
                 bool(body.get("Attachable")),
                 subnet=subnet,
             )
-        except (NetworkStoreError, SubnetError) as exc:
+        except NetworkStoreError as exc:
+            await asyncio.to_thread(claims.release, subnet)
             status = 409 if "already exists" in str(exc) else 400
             raise DockerApiError(status, str(exc)) from None
         try:
             await _declare(ctx)
         except NetworkError as exc:
             store.remove(record)
+            await asyncio.to_thread(claims.release, subnet)
             raise DockerApiError(500, f"network {name}: {exc}") from None
     _publish(ctx, "create", record.id, name=record.name)
     return json_response({"Id": record.id, "Warning": ""}, status=201)
@@ -383,6 +392,31 @@ async def _taken_subnets(ctx: DockerApiContext) -> list[tuple[str, str]]:
     return taken
 
 
+def _claims(ctx: DockerApiContext) -> SubnetClaims:
+    """This agent's claims on its networks' subnets, among the host's other agents."""
+    return SubnetClaims(ctx.network_store().path)
+
+
+async def _claim_subnet(
+    ctx: DockerApiContext, claims: SubnetClaims, requested: str, name: str
+) -> str:
+    """A subnet for network `name` that no other agent on this host holds: chosen and
+    claimed under the host-wide lock of the claims.
+
+    Raises:
+        SubnetError: what `choose_subnet` raises, or the lock was busy too long.
+    """
+    try:
+        async with claims.held():
+            taken = await _taken_subnets(ctx) + await asyncio.to_thread(claims.others)
+            subnet = choose_subnet(requested, taken)
+            if not await asyncio.to_thread(claims.claim, subnet, name):
+                raise SubnetError(f"{subnet}: held by another agent on this host")
+            return subnet
+    except ClaimsBusyError as exc:
+        raise SubnetError(f"network {name}: {exc}") from None
+
+
 def _networks_lock(ctx: DockerApiContext) -> asyncio.Lock:
     """One create or remove at a time (subnets are chosen from what the others hold)."""
     return ctx.networks_lock
@@ -410,6 +444,8 @@ async def _drop_network(ctx: DockerApiContext, record: NetworkRecord) -> None:
         except (NetworkError, OSError) as exc:
             raise forbidden(f"error while removing network {record.name}: {exc}") from None
     ctx.network_store().remove(record)
+    if record.subnet:
+        await asyncio.to_thread(_claims(ctx).release, record.subnet)
     try:
         await _declare(ctx)
     except NetworkError as exc:

@@ -259,6 +259,9 @@ def cleanup_network(
         from dockyard.agent.network.bridge import LOCK_DIR
 
         (LOCK_DIR / f"{bridge}.lock").unlink(missing_ok=True)
+    from dockyard.agent.network.subnet_claims import drop_claims_under
+
+    drop_claims_under(network_root.parent)  # its Docker networks' subnets
 
 
 @pytest.fixture

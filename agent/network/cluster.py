@@ -175,7 +175,7 @@ class ClusterNetwork:
             return
         routed = await self.routes.sync(self.bridge.config.subnet, peers)
         if not over_ingress:
-            # No ingress overlay here (overlays off on a loopback host address): the mesh
+            # No ingress overlay here (agents sharing a host, on a loopback address): the mesh
             # reaches other nodes' tasks over these routes, from the bridge's gateway
             # (agents sharing a host have no peer routes, and so no mesh).
             await self.mesh.apply(self.bridge.config.gateway, network_map.ingress)

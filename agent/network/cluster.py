@@ -135,7 +135,9 @@ class ClusterNetwork:
 
     async def close(self) -> None:
         # Overlay devices stay, as routes do: running containers keep their networks
-        # while the agent is down, and the next start finds the devices as they are.
+        # while the agent is down, and the next start finds the devices as they are
+        # (but for a shared host's bridges no container uses: OverlayManager.stop).
+        await self.overlays.stop()
         await self.dns.stop()
         self._dns_address = self.bridge.nameserver = ""
         await self.mesh.close()

@@ -317,14 +317,26 @@ class OverlayManager:
             await join_ingress(devices.netlink, network, address)
         return True
 
-    async def close(self) -> None:
-        """The agent stops: every overlay device goes (containers keep their namespace
-        ends until they are removed; the next start makes the devices again)."""
-        if self._devices is not None and self._devices.shared:
-            # Only this agent's networks, and only those no other agent uses.
+    async def stop(self) -> None:
+        """The agent stops. Devices stay (running containers keep their networks), but
+        on a shared host the bridges of this agent's networks that no container of any
+        agent uses any more go: no other agent would remove them."""
+        if self._devices is None or not self._devices.shared:
+            return
+        async with self._lock:
             for network in list(self._ready.values()):
-                await self._devices.remove(network)
-            log.info("overlay.closed", removed=sorted(self._ready))
+                try:
+                    await self._devices.remove(network)  # kept while a port is left
+                except RuntimeError as exc:
+                    log.warning("overlay.remove_failed", vni=network.vni, error=str(exc))
+            self._ready.clear()
+
+    async def close(self) -> None:
+        """The node leaves the cluster: every overlay device goes (containers keep their
+        namespace ends until they are removed; the next start makes the devices again).
+        On a shared host, only this agent's bridges that no container uses."""
+        if self._devices is not None and self._devices.shared:
+            await self.stop()
         elif self._devices is not None:
             removed = await self._devices.remove_all()
             log.info("overlay.closed", removed=removed)

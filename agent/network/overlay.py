@@ -19,7 +19,9 @@ remote entry pushed from the controller's view instead of learned or gossiped:
 addresses the controller sees as loopback: ``deploy/local-cluster`` without ``--hosts``)
 cannot each have a VXLAN device per VNI (the kernel takes one per VNI and UDP port in a
 namespace) and need none: every container of the network is in this namespace's reach.
-They share the bridge ``dyb-<vni>`` instead, with no VXLAN port and no remote entries:
+They share the bridge ``dys-<hash of the network's ID>`` instead (the ID, unique to the
+cluster, not the VNI: two clusters on one machine must not meet on one bridge), with no
+VXLAN port and no remote entries:
 each agent plugs its own containers' veths into it (making it when it is missing), so
 they meet at L2 as on one host of the VXLAN case. A bridge goes only once no container
 of any agent is plugged into it.

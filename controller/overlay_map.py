@@ -92,7 +92,12 @@ def _ingress_nodes(
 def _names(
     service: Service, aliases: Iterable[str], vip: str, addresses: list[str]
 ) -> list[OverlayName]:
-    names = [OverlayName(name=f"tasks.{service.spec.name}", addresses=addresses)]
+    # ``tasks.ALIAS`` too, as libnetwork's addServiceBinding does for a service's aliases
+    # (a stack's short names are aliases: ``tasks.db`` works under docker stack deploy).
+    names = [
+        OverlayName(name=f"tasks.{name}", addresses=addresses)
+        for name in (service.spec.name, *aliases)
+    ]
     for name in (service.spec.name, *aliases):
         if vip:
             names.append(OverlayName(name=name, addresses=[vip], vip=vip, backends=addresses))

@@ -19,6 +19,7 @@ __all__ = [
     "release_agent",
     "remove_bridges",
     "remove_secret_files",
+    "shared_bridges",
     "unmount_under",
 ]
 
@@ -171,6 +172,31 @@ def remove_secret_files(state_dir: Path) -> None:
             shutil.rmtree(root, ignore_errors=True)
     with contextlib.suppress(OSError):
         Path("/run/dockyard/secrets").rmdir()  # the last agent on this host
+
+
+SHARED_BRIDGES = """
+import sys
+from dockyard.agent.network.overlay import shared_bridge_name
+print("\\n".join(shared_bridge_name(network_id) for network_id in sys.argv[1:]))
+"""
+
+
+def shared_bridges(python: str, network_ids: list[str]) -> list[str]:
+    """The bridges agents sharing this host made for overlay networks: those of
+    ``network_ids`` (named by the agent's own rule, run by the project's Python), and
+    every other ``dys-*`` bridge with no port left (a network removed before `down`;
+    another cluster's agent makes its bridge again when it plugs a container in)."""
+    named: list[str] = []
+    if network_ids:
+        done = subprocess.run([python, "-c", SHARED_BRIDGES, *network_ids],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        named = done.stdout.split() if done.returncode == 0 else []
+    unused = [
+        bridge.name
+        for bridge in sorted(Path("/sys/class/net").glob("dys-*"))
+        if (bridge / "brif").is_dir() and not any((bridge / "brif").iterdir())
+    ]
+    return sorted(set(named) | set(unused))
 
 
 def remove_bridges(state_dir: Path, bridges: list[str]) -> None:

@@ -47,6 +47,8 @@ class Layout:
     # Separate hosts (`up --hosts N`): each agent in a network namespace on the LAN.
     hosts: bool = False
     lan: str = "10.209.0.0/24"
+    # `--segments S`: the LAN cut into S equal L2 segments joined by a router namespace.
+    segments: int = 1
 
     @property
     def machine_ip(self) -> str:
@@ -54,11 +56,24 @@ class Layout:
         the LAN's first address (the hosts reach this machine there)."""
         return str(next(ipaddress.IPv4Network(self.lan).hosts())) if self.hosts else "127.0.0.1"
 
+    def segment_networks(self) -> list[ipaddress.IPv4Network]:
+        """The LAN's segments: the LAN itself, or its S equal parts (`--segments S`)."""
+        lan = ipaddress.IPv4Network(self.lan)
+        if self.segments <= 1:
+            return [lan]
+        cut = (self.segments - 1).bit_length()
+        return list(lan.subnets(prefixlen_diff=cut))[: self.segments]
+
+    def segment_of(self, index: int) -> int:
+        """Node N's segment (1-based): the nodes take the segments in turn."""
+        return (index - 1) % max(self.segments, 1) + 1
+
     def node_ip(self, index: int) -> str:
-        """Node N's own address: the LAN's (10 + N)th with separate hosts."""
+        """Node N's own address: the (10 + N)th of its segment with separate hosts."""
         if not self.hosts:
             return "127.0.0.1"
-        return str(ipaddress.IPv4Network(self.lan).network_address + 10 + index)
+        segment = self.segment_networks()[self.segment_of(index) - 1]
+        return str(segment.network_address + 10 + index)
 
     def netns(self, name: str) -> str:
         """Node `name`'s host namespace (separate hosts only)."""
@@ -159,6 +174,7 @@ LAYOUT_FIELDS = (
     "etcd_members",
     "hosts",
     "lan",
+    "segments",
 )
 
 
@@ -237,6 +253,15 @@ def add_up_options(command: argparse.ArgumentParser) -> None:
         "first address, host N at its (10+N)th. First `up` only",
     )
     command.add_argument(
+        "--segments",
+        type=int,
+        default=None,
+        metavar="S",
+        help="with --hosts: cut the LAN into S L2 segments (1) joined by a "
+        "router namespace; the hosts take them in turn, so hosts on different "
+        "segments reach each other only through the router. First `up` only",
+    )
+    command.add_argument(
         "--etcd-members",
         type=int,
         default=None,
@@ -272,6 +297,7 @@ def apply_up_options(layout: Layout, args: argparse.Namespace, fresh: bool) -> N
         "etcd_members": members,
         "hosts": True if args.hosts is not None else None,
         "lan": args.lan,
+        "segments": args.segments,
     }
     for field, value in fixed.items():
         if value is None or value == getattr(layout, field):
@@ -320,6 +346,17 @@ def apply_up_options(layout: Layout, args: argparse.Namespace, fresh: bool) -> N
         raise ValueError(
             f"--lan {lan}: expected a network of at least 64 addresses apart "
             f"from --subnet-pool {pool}"
+        )
+    if not 1 <= layout.segments <= 4:
+        raise ValueError("--segments must be between 1 and 4")
+    if layout.segments > 1 and not layout.hosts:
+        raise ValueError("--segments needs --hosts (segments are the hosts' LAN)")
+    smallest = min(n.num_addresses for n in layout.segment_networks())
+    if layout.segments > 1 and 10 + layout.nodes + 2 > smallest - 2:
+        raise ValueError(
+            f"--lan {lan} cut into {layout.segments} segments of {smallest} addresses "
+            f"has no room for {layout.nodes} hosts (each segment's router address is "
+            "its last)"
         )
     if not 1 <= len(layout.bridge("node-50")) <= 15:
         raise ValueError("--bridge-prefix: a bridge name has at most 15 characters")

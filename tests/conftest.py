@@ -413,6 +413,12 @@ class Cluster:
                 bridge,
                 [subnet.rsplit(".", 1)[0] + "."] if subnet else [],
             )
+        # The overlay bridges runc agents sharing this host made (agent/network/overlay.py,
+        # shared): those with no container left (another test's agent makes its own
+        # again when it plugs one in).
+        for bridge in Path("/sys/class/net").glob("dys-*"):
+            if (bridge / "brif").is_dir() and not any((bridge / "brif").iterdir()):
+                subprocess.run(["ip", "link", "delete", bridge.name], check=False)
 
     def agent_address(self, name: str) -> str:
         args = self.agents[name].args

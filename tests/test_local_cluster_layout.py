@@ -54,9 +54,27 @@ def test_one_host_and_separate_hosts_addresses(
     assert layouts.read_layout(tmp_path).agent_address("node-1") == "10.77.5.11:7411"
 
 
+def test_segments_cut_the_lan_and_the_hosts_take_them_in_turn(
+    deploy_modules: tuple[ModuleType, ModuleType], tmp_path: Path
+) -> None:
+    layouts, _ = deploy_modules
+    layout = layouts.Layout(tmp_path)
+    args = parse(layouts, "--hosts", "3", "--segments", "2", "--lan", "10.77.5.0/24")
+    layouts.apply_up_options(layout, args, True)
+    assert [str(n) for n in layout.segment_networks()] == ["10.77.5.0/25", "10.77.5.128/25"]
+    assert [layout.segment_of(i) for i in (1, 2, 3)] == [1, 2, 1]
+    assert [layout.node_ip(i) for i in (1, 2, 3)] == ["10.77.5.11", "10.77.5.140", "10.77.5.13"]
+    assert layout.machine_ip == "10.77.5.1"
+    layouts.write_layout(layout)
+    assert layouts.read_layout(tmp_path).segments == 2
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
+        (["--segments", "2"], "--segments needs --hosts"),
+        (["--hosts", "2", "--segments", "5"], "--segments must be between 1 and 4"),
+        (["--hosts", "20", "--segments", "2", "--lan", "10.77.5.0/26"], "no room for 20 hosts"),
         (["--hosts", "2", "--nodes", "3"], "give --hosts or --nodes"),
         (["--hosts", "2", "--lan", "10.210.0.0/24"], "apart from --subnet-pool"),
         (["--hosts", "2", "--lan", "10.77.5.0/28"], "at least 64 addresses"),

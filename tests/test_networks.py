@@ -137,6 +137,31 @@ def test_tasks_get_addresses_and_the_service_a_vip_it_keeps(cluster: Cluster) ->
     )
 
 
+def test_services_scaled_in_one_round_get_distinct_addresses(cluster: Cluster) -> None:
+    """The orchestrator plans several services in one round and commits their tasks
+    together: each service's new tasks must not take the addresses another's just took
+    (found by tests/network/test_stack_segments.py: a stack's first two services had a
+    task each on 10.112.2.2)."""
+    cluster.cli("network", "create", "--subnet", "10.131.1.0/27", "shared")
+    for name in ("one", "two", "three"):
+        cluster.cli("service", "create", "-d", "--name", name, "--replicas", "0",
+                    "--network", "shared", "busybox", "sleep", "3600")  # fmt: skip
+    try:
+        cluster.cli("service", "scale", "-d", "one=3", "two=3", "three=3")
+        cluster.wait_for(
+            lambda: sum(len(task_addresses(cluster, n)) for n in ("one", "two", "three")) == 9,
+            timeout=20,
+            what="nine tasks with addresses",
+        )
+        held = [a for n in ("one", "two", "three") for a in task_addresses(cluster, n)]
+        assert len(set(held)) == 9, sorted(held)
+    finally:
+        cluster.cli("service", "rm", "one", "two", "three")
+    cluster.wait_for(
+        lambda: cluster.cli_ok("network", "rm", "shared"), timeout=20, what="shared removable"
+    )
+
+
 def service_vip(cluster: Cluster, name: str) -> str:
     service = json.loads(cluster.cli("service", "inspect", name).stdout)[0]
     return str(service["spec"]["task"]["networks"][0].get("vip", ""))

@@ -62,6 +62,7 @@ def test_each_node_gets_its_tasks_networks_with_every_endpoint_and_name() -> Non
         "web": (["10.112.0.254"], "10.112.0.254", ["10.112.0.2"]),  # running tasks only
         "www": (["10.112.0.254"], "10.112.0.254", ["10.112.0.2"]),
         "tasks.web": (["10.112.0.2"], "", []),
+        "tasks.www": (["10.112.0.2"], "", []),  # an alias's too, as libnetwork's
     }
     blue = next(m for m in node_overlays("n2", maps, members) if m.network.id == "blue")
     assert {n.name: list(n.addresses) for n in blue.names} == {

@@ -189,7 +189,9 @@ class ClusterNetwork:
 
     async def close(self) -> None:
         # Overlay devices stay, as routes do: running containers keep their networks
-        # while the agent is down, and the next start finds the devices as they are.
+        # while the agent is down, and the next start finds the devices as they are
+        # (but for a shared host's bridges no container uses: OverlayManager.stop).
+        await self.overlays.stop()
         await self.dns.stop()
         for _, server in self._local_dns.values():
             await server.stop()
@@ -232,7 +234,7 @@ class ClusterNetwork:
             return
         routed = await self.routes.sync(self.bridge.config.subnet, peers)
         if not over_ingress:
-            # No ingress overlay here (overlays off on a loopback host address): the mesh
+            # No ingress overlay here (agents sharing a host, on a loopback address): the mesh
             # reaches other nodes' tasks over these routes, from the bridge's gateway
             # (agents sharing a host have no peer routes, and so no mesh).
             await self.mesh.apply(self.bridge.config.gateway, network_map.ingress)

@@ -15,6 +15,17 @@ remote entry pushed from the controller's view instead of learned or gossiped:
 - For each local container on the network: a veth pair, one end a port of the bridge,
   the other moved into the container's namespace with its address on the network.
 
+**Agents sharing one namespace** (``shared``: several agents on one machine, whose
+addresses the controller sees as loopback: ``deploy/local-cluster`` without ``--hosts``)
+cannot each have a VXLAN device per VNI (the kernel takes one per VNI and UDP port in a
+namespace) and need none: every container of the network is in this namespace's reach.
+They share the bridge ``dys-<hash of the network's ID>`` instead (the ID, unique to the
+cluster, not the VNI: two clusters on one machine must not meet on one bridge), with no
+VXLAN port and no remote entries:
+each agent plugs its own containers' veths into it (making it when it is missing), so
+they meet at L2 as on one host of the VXLAN case. A bridge goes only once no container
+of any agent is plugged into it.
+
 Every call is netlink through pyroute2 (no ``ip`` output parsed); pyroute2 is blocking,
 so the async functions run it in a thread. The ``netlink`` factory is the node's own
 namespace in the agent, a "host" namespace (``pyroute2.NetNS``) in tests.
@@ -47,6 +58,7 @@ __all__ = [
     "OverlayNetwork",
     "Peer",
     "bridge_name",
+    "shared_bridge_name",
     "vxlan_name",
 ]
 
@@ -87,6 +99,13 @@ def bridge_name(vni: int) -> str:
     return f"dyb-{vni:06x}"
 
 
+def shared_bridge_name(network_id: str) -> str:
+    """A shared host's bridge of the network: named by its cluster-unique ID, not its
+    VNI, so two clusters' agents on one machine (each counting VNIs from 4096) never
+    meet on one bridge."""
+    return "dys-" + hashlib.sha256(network_id.encode()).hexdigest()[:11]
+
+
 def vxlan_name(vni: int) -> str:
     return f"dyv-{vni:06x}"
 
@@ -108,12 +127,17 @@ class OverlayDevices:
     underlay: This node's address other hosts reach it at (the VXLAN source).
     mtu: The underlay's MTU; the overlay's is VXLAN_OVERHEAD less.
     netlink: Opens a netlink socket in the node's namespace.
+    shared: Agents share this namespace: one bridge per network for all of them, no
+        VXLAN (see the module's docstring).
     """
 
-    def __init__(self, underlay: str, mtu: int = 1500, netlink: Netlink = IPRoute) -> None:
+    def __init__(
+        self, underlay: str, mtu: int = 1500, netlink: Netlink = IPRoute, shared: bool = False
+    ) -> None:
         self._underlay = str(ipaddress.IPv4Address(underlay))
         self._mtu = mtu - VXLAN_OVERHEAD
         self._netlink = netlink
+        self.shared = shared
 
     @property
     def netlink(self) -> Netlink:
@@ -146,7 +170,7 @@ class OverlayDevices:
 
     async def remove(self, network: OverlayNetwork) -> None:
         """Delete the network's VXLAN device and bridge (ports and entries go with them)."""
-        await asyncio.to_thread(_netlink_errors, self._remove, network.vni)
+        await asyncio.to_thread(_netlink_errors, self._remove, network)
 
     async def remove_all(self) -> list[int]:
         """Delete every overlay network of this node (the agent's stop); their VNIs."""
@@ -156,11 +180,9 @@ class OverlayDevices:
 
     def _ensure(self, network: OverlayNetwork) -> None:
         with self._netlink() as ipr:
-            bridge = _index(ipr, bridge_name(network.vni))
-            if bridge is None:
-                _create(ipr, ifname=bridge_name(network.vni), kind="bridge", mtu=self._mtu)
-                bridge = _index(ipr, bridge_name(network.vni))
-                log.info("overlay.bridge_created", vni=network.vni, network=network.network_id)
+            bridge = self._bridge(ipr, network)
+            if self.shared:
+                return
             vxlan = _index(ipr, vxlan_name(network.vni))
             if vxlan is None:
                 _create(
@@ -179,12 +201,32 @@ class OverlayDevices:
             ipr.link("set", index=vxlan, state="up")
             ipr.link("set", index=bridge, state="up")
 
+    def bridge_of(self, network: OverlayNetwork) -> str:
+        """The network's bridge on this node."""
+        return shared_bridge_name(network.network_id) if self.shared else bridge_name(network.vni)
+
+    def _bridge(self, ipr: Any, network: OverlayNetwork) -> int:
+        """The network's bridge, made (and up) when missing."""
+        name = self.bridge_of(network)
+        bridge = _index(ipr, name)
+        if bridge is None:
+            _create(ipr, ifname=name, kind="bridge", mtu=self._mtu)
+            bridge = _index(ipr, name)
+            if bridge is None:
+                raise RuntimeError(f"overlay network {network.network_id}: no bridge made")
+            log.info("overlay.bridge_created", vni=network.vni, network=network.network_id)
+        ipr.link("set", index=bridge, state="up")
+        return bridge
+
     def _attach(self, network: OverlayNetwork, netns: str, ifname: str, address: str) -> str:
         host_end = veth_name(netns, ifname)
         subnet = ipaddress.IPv4Network(network.subnet)
         mac = mac_for(address)
         with self._netlink() as ipr:
-            bridge = _index(ipr, bridge_name(network.vni))
+            # Shared: another agent may have removed the bridge it found unused meanwhile.
+            bridge = (
+                self._bridge(ipr, network) if self.shared else _index(ipr, bridge_name(network.vni))
+            )
             if bridge is None:
                 raise RuntimeError(f"overlay network {network.network_id} is not set up here")
             if _index(ipr, host_end) is None:
@@ -242,6 +284,8 @@ class OverlayDevices:
         return deleted
 
     def _set_peers(self, network: OverlayNetwork, peers: list[Peer]) -> None:
+        if self.shared:  # no VXLAN: the other agents' containers are on the same bridge
+            return
         wanted = {p.address: p for p in peers if p.host != self._underlay}
         with self._netlink() as ipr:
             vxlan = _index(ipr, vxlan_name(network.vni))
@@ -288,9 +332,16 @@ class OverlayDevices:
                     )
         log.debug("overlay.peers_set", network=network.network_id, peers=len(wanted))
 
-    def _remove(self, vni: int) -> None:
+    def _remove(self, network: OverlayNetwork) -> None:
+        vni = network.vni
         with self._netlink() as ipr:
-            for name in (vxlan_name(vni), bridge_name(vni)):
+            if self.shared and _has_ports(ipr, self.bridge_of(network)):
+                log.info("overlay.kept", vni=vni, reason="another agent's containers use it")
+                return
+            names = (
+                [self.bridge_of(network)] if self.shared else [vxlan_name(vni), bridge_name(vni)]
+            )
+            for name in names:
                 index = _index(ipr, name)
                 if index is not None:
                     _ignore_gone(ipr.link, "del", index=index)
@@ -301,7 +352,7 @@ class OverlayDevices:
             names = [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()]
         vnis = sorted(int(n[4:], 16) for n in names if n.startswith("dyb-"))
         for vni in vnis:
-            self._remove(vni)
+            self._remove(OverlayNetwork("", vni, "0.0.0.0/32"))
         return vnis
 
 
@@ -350,6 +401,13 @@ def _netlink_errors(action: Callable[..., T], *args: Any) -> T:
 def _index(ipr: Any, name: str) -> int | None:
     found = ipr.link_lookup(ifname=name)
     return int(found[0]) if found else None
+
+
+def _has_ports(ipr: Any, bridge: str) -> bool:
+    index = _index(ipr, bridge)
+    return index is not None and any(
+        link.get_attr("IFLA_MASTER") == index for link in ipr.get_links()
+    )
 
 
 def _create(ipr: Any, **attributes: Any) -> None:

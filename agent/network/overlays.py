@@ -67,7 +67,7 @@ class OverlayManager:
     def __init__(self, devices: OverlayDevices | None = None) -> None:
         self._devices = devices
         self._maps: dict[str, OverlayNetworkMap] = {}
-        self._ready: set[int] = set()
+        self._ready: dict[int, OverlayNetwork] = {}  # VNI -> its network, devices made
         self._joined: dict[str, Joined] = {}
         self._adopted: set[str] = set()  # recovered, not re-attached since the restart
         self._changed = asyncio.Condition()
@@ -79,17 +79,17 @@ class OverlayManager:
 
         A loopback address means the agent shares its host with the controller (and
         maybe other agents: tests, ``deploy/local-cluster`` without ``--hosts``): one
-        VXLAN device per VNI fits in a network namespace, so overlays stay off there and
-        tasks run on the node's bridge alone (logged once).
+        VXLAN device per VNI fits in a network namespace, so the agents of this host
+        share one bridge per network instead, with no VXLAN (``OverlayDevices(shared=
+        True)``; logged once). Containers of agents on other hosts are out of reach.
         """
         if not address or address == self.address:
             return
         self.address = address
-        if ipaddress.IPv4Address(address).is_loopback:
-            self._devices = None
-            log.warning("overlay.disabled", address=address, reason="loopback host address")
-        else:
-            self._devices = OverlayDevices(address)
+        shared = ipaddress.IPv4Address(address).is_loopback
+        self._devices = OverlayDevices(address, shared=shared)
+        if shared:
+            log.info("overlay.shared_host", address=address, reason="loopback host address")
 
     async def on_maps(self, maps: Sequence[OverlayNetworkMap]) -> None:
         """Apply the overlay part of a NetworkMap (see the module's docstring)."""
@@ -110,7 +110,7 @@ class OverlayManager:
             network = _network(overlay)
             if network.vni not in self._ready:
                 await self._devices.ensure(network)
-                self._ready.add(network.vni)
+                self._ready[network.vni] = network
             await self._devices.set_peers(network, _peers(overlay))
         await self._reattach_adopted()
         await self._remove_unused()
@@ -125,9 +125,8 @@ class OverlayManager:
             for network_id, _ in joined.networks
             if (vni := self._vni_of(network_id)) is not None
         }
-        for vni in sorted(self._ready - wanted - in_use):
-            await self._devices.remove(OverlayNetwork("", vni, "0.0.0.0/32"))
-            self._ready.discard(vni)
+        for vni in sorted(self._ready.keys() - wanted - in_use):
+            await self._devices.remove(self._ready.pop(vni))
 
     def _vni_of(self, network_id: str) -> int | None:
         overlay = self._maps.get(network_id)
@@ -158,7 +157,7 @@ class OverlayManager:
             async with self._lock:
                 if network.vni not in self._ready:
                     await self._devices.ensure(network)
-                    self._ready.add(network.vni)
+                    self._ready[network.vni] = network
                 await self._devices.attach(network, netns, f"eth{index}", address)
             joined.networks.append((network_id, address))
             attached.append(network)
@@ -312,7 +311,9 @@ class OverlayManager:
         """
         overlay = next((m for m in maps if m.network.spec.ingress), None)
         devices = self._devices
-        if overlay is None or not address or devices is None:
+        # Agents sharing a host would share one mesh table and one ingress bridge: the
+        # mesh keeps its host-gw fallback there.
+        if overlay is None or not address or devices is None or devices.shared:
             return False
         network = _network(overlay)
         async with self._lock:
@@ -321,10 +322,27 @@ class OverlayManager:
             await join_ingress(devices.netlink, network, address)
         return True
 
+    async def stop(self) -> None:
+        """The agent stops. Devices stay (running containers keep their networks), but
+        on a shared host the bridges of this agent's networks that no container of any
+        agent uses any more go: no other agent would remove them."""
+        if self._devices is None or not self._devices.shared:
+            return
+        async with self._lock:
+            for network in list(self._ready.values()):
+                try:
+                    await self._devices.remove(network)  # kept while a port is left
+                except RuntimeError as exc:
+                    log.warning("overlay.remove_failed", vni=network.vni, error=str(exc))
+            self._ready.clear()
+
     async def close(self) -> None:
-        """The agent stops: every overlay device goes (containers keep their namespace
-        ends until they are removed; the next start makes the devices again)."""
-        if self._devices is not None:
+        """The node leaves the cluster: every overlay device goes (containers keep their
+        namespace ends until they are removed; the next start makes the devices again).
+        On a shared host, only this agent's bridges that no container uses."""
+        if self._devices is not None and self._devices.shared:
+            await self.stop()
+        elif self._devices is not None:
             removed = await self._devices.remove_all()
             log.info("overlay.closed", removed=removed)
 

@@ -82,14 +82,18 @@ class Orchestrator:
 
     async def _round(self, service_ids: set[str]) -> None:
         now = wall_time()
-        ops: list[Op] = []
+        plans: list[Plan] = []
         for service_id in service_ids:
             await asyncio.sleep(0)  # a round over many services lets the API answer
             self._wake_at.pop(service_id, None)
             plan = self._plan(service_id, now)
             if plan.wake_at is not None:
                 self._wake_at[service_id] = plan.wake_at
-            ops.extend(self._ops(plan))
+            plans.append(plan)
+        # Once for the round: the tasks of every plan are committed together, so a
+        # service's new tasks must see the addresses another's just took.
+        self._addresses([t for plan in plans for t in plan.creates])
+        ops = [op for plan in plans for op in self._ops(plan)]
         if not ops:
             return
         results = await self._store.commit_each(ops)
@@ -119,7 +123,6 @@ class Orchestrator:
         return plan
 
     def _ops(self, plan: Plan) -> list[Op]:
-        self._addresses(plan.creates)
         ops = [self._store.put_op(TASKS, t.id, t, expect=0) for t in plan.creates]
         ops += [self._store.put_op(TASKS, t.id, t, expect=t.meta.version) for t in plan.updates]
         ops += [
@@ -136,7 +139,8 @@ class Orchestrator:
 
     def _addresses(self, creates: list[Task]) -> None:
         """Each new task's address on each of its networks (only the leader creates
-        tasks, and its view has every live task's: no two get one address)."""
+        tasks, and its view has every live task's, and ``creates`` is every task of the
+        round: no two get one address)."""
         state = self._state
         ingress = find_ingress(state.networks.values())
         meshed = ingress is not None and any(_meshed(t) for t in creates)

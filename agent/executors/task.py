@@ -135,6 +135,7 @@ def task_request(
         dns_servers=list(container.dns_servers),
         dns_search=list(container.dns_search),
         init=container.init,
+        tty=container.tty,
         ulimits=[(u.name, u.soft, u.hard) for u in container.ulimits],
         sysctls=dict(container.sysctls),
         stop_signal=container.stop_signal,

@@ -316,15 +316,16 @@ def _ulimit_texts(where: str, value: Any) -> list[str]:
 
 
 def _extras(where: str, service: Mapping[str, Any], values: dict[str, Any]) -> None:
-    """extra_hosts, dns, dns_search, init, ulimits, sysctls, stop_signal, logging."""
+    """extra_hosts, dns, dns_search, init, tty, ulimits, sysctls, stop_signal, logging."""
     if service.get("extra_hosts"):
         values["host"] = [f"{k}:{v}" for k, v in hosts_mapping(service["extra_hosts"]).items()]
     for key, flag in (("dns", "dns"), ("dns_search", "dns-search")):
         if service.get(key):
             found = service[key]
             values[flag] = [str(v) for v in ([found] if isinstance(found, str) else found)]
-    if "init" in service:
-        values["init"] = bool(service["init"])
+    for key in ("init", "tty"):
+        if key in service:
+            values[key] = bool(service[key])
     if service.get("ulimits"):
         values["ulimit"] = _ulimit_texts(f"{where}.ulimits", service["ulimits"])
     if service.get("sysctls"):

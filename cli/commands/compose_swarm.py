@@ -48,6 +48,7 @@ HONOURED: dict[str, Any] = {
             "dns",
             "dns_search",
             "init",
+            "tty",
             "stop_signal",
             "ulimits",
             "sysctls",

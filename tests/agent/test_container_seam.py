@@ -199,6 +199,7 @@ def test_the_engine_gets_a_pinned_image_and_the_spec_fields() -> None:
     assert body["HostConfig"]["Memory"] == 1 << 26 and body["Cmd"] == ["true"]
     assert body["HostConfig"]["RestartPolicy"] == {"Name": "no"} and "Entrypoint" not in body
     assert "ExtraHosts" not in body["HostConfig"] and "StopSignal" not in body
+    assert "Tty" not in body
 
 
 def test_the_engine_gets_the_service_fields_of_compose_files() -> None:
@@ -216,8 +217,10 @@ def test_the_engine_gets_the_service_fields_of_compose_files() -> None:
         stop_signal="SIGUSR1",
         log_max_size=1 << 20,
         log_max_files=2,
+        tty=True,
     )
     body = engine_body(spec)
+    assert body["Tty"] is True
     host = body["HostConfig"]
     assert (host["ExtraHosts"], host["Dns"], host["DnsSearch"], host["Init"]) == (
         ["db:10.0.0.5"],

@@ -283,7 +283,9 @@ class AgentDaemon:
             self._node_pki.channel_credentials if self._node_pki is not None else None
         )
         peer_pb2_grpc.add_PeerServicer_to_server(PeerServicer(images.store.blobs), server)
-        self._runc = TaskExecutor(manager, self._secret_files())
+        self._runc = TaskExecutor(
+            manager, self._secret_files(), meshes_ingress=lambda: overlays.meshes_ingress
+        )
         self._runc.node_hostname = self._node_name
         return self._runc
 

@@ -1,9 +1,11 @@
-"""Cluster-wide uniqueness of the routing mesh's published ports.
+"""Cluster-wide uniqueness of the routing mesh's published ports, and their allocation.
 
 A port published with `mode=ingress` is open on every node, so no other service may
-publish it (in either mode), as Swarm's port allocator refuses. The write compares that
-no service changed since the list the check read, so two controllers cannot both hand
-out one port.
+publish it (in either mode), as Swarm's port allocator refuses. An ingress port with no
+published port gets one here, as Swarm's: the lowest free one of 30000-32767 (or the one
+the service had for that target). The write compares that no service changed since the
+list the check read, so two controllers cannot both hand out one port; the port lives
+in the spec, so removing the service or the port releases it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,15 @@ from dockyard.controller.records import SERVICES
 from dockyard.controller.store import Op, Store
 from dockyard.v1.workloads_pb2 import PortConfig, Service, ServiceSpec
 
-__all__ = ["check_ingress_ports", "ingress_conflict"]
+__all__ = [
+    "AUTO_PORTS",
+    "allocate_ingress_ports",
+    "check_ingress_ports",
+    "ingress_conflict",
+]
+
+AUTO_PORTS = range(30000, 32768)
+"""Swarm's dynamic range for ingress ports given with no published port."""
 
 PortKey = tuple[int, str]
 
@@ -29,6 +39,55 @@ def _published(spec: ServiceSpec) -> dict[PortKey, str]:
     return {
         _key(port): port.publish_mode or "host" for port in spec.task.ports if port.published_port
     }
+
+
+def _wants_port(port: PortConfig) -> bool:
+    return port.publish_mode == "ingress" and not port.published_port
+
+
+def allocate_ingress_ports(
+    spec: ServiceSpec,
+    service_id: str,
+    services: Sequence[Service],
+    pool: range = AUTO_PORTS,
+) -> ServiceSpec:
+    """`spec` with a published port for each ingress port that has none: the port the
+    service (`service_id`, "" when new) had for that target and protocol, else the lowest
+    one of `pool` that no other service publishes.
+
+    Raises:
+        FailedPrecondition: every port of the pool is published (naming the port).
+    """
+    if not any(_wants_port(port) for port in spec.task.ports):
+        return spec
+    taken = {key for other in services if other.id != service_id for key in _published(other.spec)}
+    taken |= set(_published(spec))
+    had = {
+        (p.target_port, (p.protocol or "tcp").lower()): p.published_port
+        for s in services
+        if s.id == service_id
+        for p in s.spec.task.ports
+        if p.publish_mode == "ingress" and p.published_port in pool
+    }
+    out = ServiceSpec()
+    out.CopyFrom(spec)
+    for port in out.task.ports:
+        if not _wants_port(port):
+            continue
+        protocol = (port.protocol or "tcp").lower()
+        previous = had.get((port.target_port, protocol), 0)
+        if previous and (previous, protocol) not in taken:
+            port.published_port = previous
+        else:
+            port.published_port = next((n for n in pool if (n, protocol) not in taken), 0)
+        if not port.published_port:
+            raise FailedPrecondition(
+                f"spec.task.ports: no free port in {pool.start}-{pool.stop - 1} for target "
+                f"port {port.target_port}/{protocol} (every one is published): give a "
+                "published port, or remove a service that holds one"
+            )
+        taken.add((port.published_port, protocol))
+    return out
 
 
 def ingress_conflict(spec: ServiceSpec, service_id: str, services: Sequence[Service]) -> str | None:
@@ -53,16 +112,20 @@ def ingress_conflict(spec: ServiceSpec, service_id: str, services: Sequence[Serv
     return None
 
 
-async def check_ingress_ports(store: Store, spec: ServiceSpec, service_id: str = "") -> list[Op]:
-    """Raise FailedPrecondition on a clash; the compare that keeps the answer true."""
-    if not any(port.published_port for port in spec.task.ports):
-        return []
+async def check_ingress_ports(
+    store: Store, spec: ServiceSpec, service_id: str = ""
+) -> tuple[ServiceSpec, list[Op]]:
+    """`spec` with its ingress ports allocated, and the compare that keeps the answer
+    true. Raise FailedPrecondition on a clash or when no port is free."""
+    if not any(port.published_port or _wants_port(port) for port in spec.task.ports):
+        return spec, []
     services, revision = await store.list_all(SERVICES)
+    spec = allocate_ingress_ports(spec, service_id, services)
     why = ingress_conflict(spec, service_id, services)
     if why is not None:
         raise FailedPrecondition(why)
     # Only a spec taking an ingress port fences the write: host ports never clash with
     # each other, and a host port raced by a new ingress one is that write's to refuse.
     if any(port.publish_mode == "ingress" for port in spec.task.ports):
-        return [store.unchanged_op(SERVICES, revision)]
-    return []
+        return spec, [store.unchanged_op(SERVICES, revision)]
+    return spec, []

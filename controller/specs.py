@@ -432,10 +432,6 @@ def _check_ports(task: TaskSpec) -> None:
             raise ValidationError("spec.task.ports.protocol", "must be tcp or udp")
         if port.publish_mode not in ("", "host", "ingress"):
             raise ValidationError("spec.task.ports.publish_mode", "must be ingress or host")
-        if port.publish_mode == "ingress" and not port.published_port:
-            raise ValidationError(
-                "spec.task.ports.published_port", "mode ingress needs a published port"
-            )
         key = (port.published_port, port.protocol or "tcp")
         if port.published_port and key in seen:
             raise ValidationError("spec.task.ports", f"port {port.published_port} published twice")

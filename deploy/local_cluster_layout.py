@@ -143,10 +143,12 @@ class Layout:
         return str(next(itertools.islice(pool.subnets(new_prefix=24), index, None)))
 
     def published(self) -> list[str]:
-        """`hello`: one replica publishing `sample_port`. A published port is a port of
-        the host, and all the agents here share one host: only one task on it can
-        publish it. So `web` (3 replicas) stays unpublished, and `hello` publishes on
-        the node that runs it: `curl http://127.0.0.1:8080/`."""
+        """`hello`: one replica publishing `sample_port` (the routing mesh's, Swarm's
+        default). With `--hosts` it answers on every host's address. Without, the agents
+        share one host (loopback addresses, no overlays, no mesh): an ingress port is
+        then published on the node that runs its task, as `mode=host`, so only one task
+        can publish it: `web` (3 replicas) stays unpublished, and `curl
+        http://127.0.0.1:8080/` reaches `hello`."""
         return [
             "--name",
             "hello",

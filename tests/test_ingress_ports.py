@@ -1,11 +1,13 @@
-"""Cluster-wide uniqueness of ingress (routing mesh) ports, and their spec checks."""
+"""Cluster-wide uniqueness of ingress (routing mesh) ports, their allocation (30000-32767)
+and their spec checks."""
 
 from __future__ import annotations
 
 import pytest
 
 from dockyard.common.validation import ValidationError
-from dockyard.controller.ingress_ports import ingress_conflict
+from dockyard.controller.errors import FailedPrecondition
+from dockyard.controller.ingress_ports import allocate_ingress_ports, ingress_conflict
 from dockyard.controller.specs import check_service_spec
 from dockyard.v1.workloads_pb2 import PortConfig, Service, ServiceSpec
 
@@ -56,13 +58,49 @@ def test_a_service_keeps_its_own_port_on_update() -> None:
     assert ingress_conflict(spec("web", (8080, "tcp", "ingress")), "a", EXISTING) is None
 
 
-@pytest.mark.parametrize(
-    ("mode", "published", "message"),
-    [("mesh", 8080, "must be ingress or host"), ("ingress", 0, "needs a published port")],
-)
-def test_spec_checks(mode: str, published: int, message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
-        check_service_spec(spec("x", (published, "tcp", mode)))
+def test_spec_checks() -> None:
+    with pytest.raises(ValidationError, match="must be ingress or host"):
+        check_service_spec(spec("x", (8080, "tcp", "mesh")))
+    check_service_spec(spec("x", (0, "tcp", "ingress")))  # the controller allocates one
+
+
+def published(spec: ServiceSpec) -> list[tuple[int, str]]:
+    return [(p.published_port, p.protocol) for p in spec.task.ports]
+
+
+def test_an_ingress_port_with_none_published_gets_the_lowest_free_one() -> None:
+    others = [
+        service("a", "web", (30000, "tcp", "ingress")),
+        service("b", "dns", (30001, "tcp", "host")),  # any mode holds it
+        service("c", "udp", (30002, "udp", "ingress")),  # another protocol does not
+    ]
+    new = spec("x", (0, "tcp", "ingress"), (0, "tcp", "ingress"), (0, "udp", "ingress"))
+    got = allocate_ingress_ports(new, "", others)
+    assert published(got) == [(30002, "tcp"), (30003, "tcp"), (30000, "udp")]
+    assert published(new) == [(0, "tcp")] * 2 + [(0, "udp")]  # the input is left alone
+    host = spec("y", (0, "tcp", "host"))  # a host port with none: the node picks
+    assert allocate_ingress_ports(host, "", others) is host
+
+
+def test_an_update_keeps_the_port_the_service_had_for_its_target() -> None:
+    current = service("x", "x", (30005, "tcp", "ingress"))
+    others = [service("a", "web", (30000, "tcp", "ingress")), current]
+    again = allocate_ingress_ports(spec("x", (0, "tcp", "ingress")), "x", others)
+    assert published(again) == [(30005, "tcp")]
+    # removed (the service, or its port): the next service may have it
+    assert published(allocate_ingress_ports(spec("n", (0, "tcp", "ingress")), "", others[:1])) == [
+        (30001, "tcp")
+    ]
+
+
+def test_a_full_range_is_refused_naming_it() -> None:
+    others = [service("a", "a", (40000, "tcp", "ingress")), service("b", "b", (40001, "tcp", ""))]
+    one = spec("x", (0, "tcp", "ingress"))
+    with pytest.raises(FailedPrecondition, match="no free port in 40000-40001 for target port 80"):
+        allocate_ingress_ports(one, "", others, range(40000, 40002))
+    assert published(allocate_ingress_ports(one, "", others[:1], range(40000, 40002))) == [
+        (40001, "tcp")
+    ]
 
 
 def test_the_map_lists_ingress_ports_with_their_running_tasks() -> None:

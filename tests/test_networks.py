@@ -188,9 +188,11 @@ def test_an_ingress_port_is_unique_in_the_cluster(cluster: Cluster) -> None:
         assert "port 18080/tcp is already published by service mesh1 (ingress mode)" in (
             taken.stderr
         )
-        assert create("mesh3", "18081-18082:80-81").returncode == 0  # host mode, a range
+        range_ = "published=18081-18082,target=80-81,mode=host"
+        assert create("mesh3", range_).returncode == 0  # host mode, a range
         made.append("mesh3")
-        assert create("mesh4", "18081:80").returncode == 0  # host next to host: allowed
+        host = "published=18081,target=80,mode=host"
+        assert create("mesh4", host).returncode == 0  # host next to host: allowed
         made.append("mesh4")
         refused = create("mesh5", "published=18082,target=80,mode=ingress")
         assert "already published by service mesh3 (host mode)" in refused.stderr
@@ -199,6 +201,40 @@ def test_an_ingress_port_is_unique_in_the_cluster(cluster: Cluster) -> None:
         spec = json.loads(cluster.cli("service", "inspect", "mesh1").stdout)[0]["spec"]
         (port,) = spec["task"]["ports"]
         assert (port["published_port"], port["publish_mode"]) == (18080, "ingress")
+    finally:
+        for name in made:
+            cluster.cli("service", "rm", name, check=False)
+
+
+def test_an_ingress_port_without_a_published_one_gets_one_and_frees_it(
+    cluster: Cluster,
+) -> None:
+    """`-p 80` (the mesh's by default, as in Swarm) gets a port from 30000-32767, unique in
+    the cluster, shown by `service inspect` and `service ls`, kept across updates,
+    and released by `--publish-rm` and `service rm`."""
+
+    def port_of(name: str) -> tuple[int, str]:
+        spec = json.loads(cluster.cli("service", "inspect", name).stdout)[0]["spec"]
+        (port,) = spec["task"]["ports"]
+        return port["published_port"], port["publish_mode"]
+
+    made = ["auto1", "auto2"]
+    try:
+        for name in made:
+            cluster.cli("service", "create", "-d", "--name", name, "-p", "80", "busybox")
+        first, second = port_of("auto1"), port_of("auto2")
+        assert first[1] == second[1] == "ingress"
+        assert 30000 <= first[0] < second[0] <= 32767
+        listed = cluster.cli("service", "ls").stdout
+        assert f"*:{first[0]}->80/tcp" in listed and f"*:{second[0]}->80/tcp" in listed
+        cluster.cli("service", "update", "-d", "--env-add", "A=1", "auto1")
+        assert port_of("auto1") == first
+        cluster.cli("service", "update", "-d", "--publish-rm", "80", "auto1")  # by target
+        spec = json.loads(cluster.cli("service", "inspect", "auto1").stdout)[0]["spec"]
+        assert not spec["task"].get("ports")
+        cluster.cli("service", "create", "-d", "--name", "auto3", "-p", "target=81", "busybox")
+        made.append("auto3")
+        assert port_of("auto3") == first  # released, handed out again
     finally:
         for name in made:
             cluster.cli("service", "rm", name, check=False)

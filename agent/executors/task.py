@@ -79,15 +79,21 @@ def _mounts(
 
 
 def task_request(
-    task: Task, secrets: Sequence[SecretMount] = (), node_hostname: str = ""
+    task: Task,
+    secrets: Sequence[SecretMount] = (),
+    node_hostname: str = "",
+    meshes_ingress: bool = False,
 ) -> ContainerRequest:
     """The container the task runs: its spec, its name and labels, restart policy `no`.
 
     The controller's restart policy replaces failed tasks, so a container is never
     restarted by the node. The task's published ports (swarm's `mode=host` publishing:
     on the node that runs it) go on the agent's bridge: `published_port` on the node to
-    `target_port` in the container, 0 for a port the agent picks. `secrets` are the
-    task's secret files (`dockyard.agent.secret_files`), bind-mounted read-only.
+    `target_port` in the container, 0 for a port the agent picks. Its ingress ports go
+    there too unless `meshes_ingress` (the node's routing mesh reaches the task over the
+    ingress network: the port is the mesh's, so several tasks may publish it on one
+    node). `secrets` are the task's secret files (`dockyard.agent.secret_files`),
+    bind-mounted read-only.
 
     Raises:
         InvalidArgument: naming the first bad field.
@@ -97,6 +103,7 @@ def task_request(
     ports = [
         PortMapping(p.target_port, (p.protocol or "tcp").lower(), p.published_port)
         for p in task.spec.ports
+        if not (meshes_ingress and p.publish_mode == "ingress")
     ]
     spec = ContainerSpec(
         id="",
@@ -128,6 +135,7 @@ def task_request(
         dns_servers=list(container.dns_servers),
         dns_search=list(container.dns_search),
         init=container.init,
+        tty=container.tty,
         ulimits=[(u.name, u.soft, u.hard) for u in container.ulimits],
         sysctls=dict(container.sysctls),
         stop_signal=container.stop_signal,
@@ -141,9 +149,15 @@ def task_request(
 class TaskExecutor:
     """Implements `dockyard.agent.executor.Executor` over a `ContainerService`."""
 
-    def __init__(self, service: ContainerService, secrets: SecretFiles | None = None) -> None:
+    def __init__(
+        self,
+        service: ContainerService,
+        secrets: SecretFiles | None = None,
+        meshes_ingress: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.service = service
         self.secrets = secrets
+        self._meshes_ingress = meshes_ingress
         self.node_hostname = ""
         """The node's name, for `{{.Node.Hostname}}` in service templates."""
         self.image_sources: dict[str, tuple[str, ...]] = {}
@@ -166,7 +180,7 @@ class TaskExecutor:
             mounts = self.secrets.write(task) if self.secrets is not None else []
         except (SecretFileError, OSError) as exc:
             raise ExecutorError(f"secrets: {exc}") from exc
-        request = task_request(task, mounts, self.node_hostname)
+        request = task_request(task, mounts, self.node_hostname, self._meshes_ingress())
         try:
             await self._create(request, progress, self._credentials(task))
         except AlreadyExists:

@@ -91,6 +91,14 @@ class OverlayManager:
         if shared:
             log.info("overlay.shared_host", address=address, reason="loopback host address")
 
+    @property
+    def meshes_ingress(self) -> bool:
+        """Whether this node runs the routing mesh over the ingress overlay (its address
+        is known and not loopback: the controller's scheduler decides alike,
+        `controller/scheduler/nodeinfo.meshes_ingress`). Its tasks' ingress ports then
+        take no port of the node; else they are published on it, as `mode=host`."""
+        return self._devices is not None and bool(self.address)
+
     async def on_maps(self, maps: Sequence[OverlayNetworkMap]) -> None:
         """Apply the overlay part of a NetworkMap (see the module's docstring)."""
         async with self._lock:

@@ -110,8 +110,8 @@ def stack_from_documents(
         raise SpecError("the compose files define no `services:`")
     result.ignored = ignored_keys(merged)
     result.networks = dict(merged.get("networks") or {})
-    result.secrets = top_objects(stack, "secrets", merged.get("secrets"))
-    result.configs = top_objects(stack, "configs", merged.get("configs"))
+    result.secrets = top_objects(stack, "secrets", merged.get("secrets"), env)
+    result.configs = top_objects(stack, "configs", merged.get("configs"), env)
     for name, raw_service in merged["services"].items():
         service = dict(raw_service or {})
         spec = service_spec(stack, str(name), service, result.secrets, result.configs)

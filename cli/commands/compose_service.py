@@ -10,6 +10,7 @@ checked by the same code. Top-level `secrets:` and `configs:` are either `extern
 from __future__ import annotations
 
 import hashlib
+import os
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,29 +29,58 @@ MAX_PORT_RANGE = 1000
 @dataclass(frozen=True)
 class StackObject:
     """A top-level secret or config: the cluster object it is, and the file that makes it
-    (None for an external one)."""
+    or its data (`environment:`, `content:`); neither for an external one."""
 
     key: str
     name: str
     file: str | None = None
+    data: bytes | None = None
 
 
-def top_objects(stack: str, kind: str, value: Any) -> dict[str, StackObject]:
+_SOURCES = ("file", "environment", "content")
+
+
+def _inline(where: str, entry: Mapping[str, Any], environ: Mapping[str, str]) -> bytes:
+    """The data of an `environment:` (the deploying shell's variable) or `content:`
+    (inline, interpolated as the rest of the file) source."""
+    if "content" in entry:
+        text = entry["content"]
+        if not isinstance(text, str):
+            raise SpecError(f"{where}.content: must be a string")
+        return text.encode()
+    variable = str(entry["environment"])
+    if variable not in environ:
+        raise SpecError(f"{where}.environment: the variable {variable} is not set")
+    return environ[variable].encode()
+
+
+def top_objects(
+    stack: str, kind: str, value: Any, environ: Mapping[str, str] | None = None
+) -> dict[str, StackObject]:
+    """The top-level `secrets:` or `configs:`: external ones, and the stack's own (made
+    as `STACK_KEY` from `file:`, `environment:` or `content:`, as docker does)."""
     found: dict[str, StackObject] = {}
     for key, raw in (value or {}).items():
         entry = raw or {}
         where = f"{kind}.{key}"
         external = entry.get("external")
+        sources = [s for s in _SOURCES if s in entry]
+        if len(sources) > 1 or (external and sources):
+            given = ", ".join(sources + (["external"] if external else []))
+            raise SpecError(f"{where}: give one source, not {given}")
+        name = str(entry.get("name") or f"{stack}_{key}")
         if external:  # `external: {name: N}` is the older form of `name: N`
             named = external.get("name") if isinstance(external, Mapping) else None
             found[str(key)] = StackObject(str(key), str(entry.get("name") or named or key))
-        elif entry.get("file"):
-            name = str(entry.get("name") or f"{stack}_{key}")
+        elif sources == ["file"] and entry["file"]:
             found[str(key)] = StackObject(str(key), name, str(entry["file"]))
+        elif sources in (["environment"], ["content"]):
+            data = _inline(where, entry, os.environ if environ is None else environ)
+            found[str(key)] = StackObject(str(key), name, data=data)
         else:
             raise SpecError(
-                f"{where}: give a `file:` to create it from, or `external: true` for an "
-                "existing one (`environment:` and `content:` are not supported)"
+                f"{where}: give a `file:`, `environment:` or `content:` to create it from, "
+                "or `external: true` for an existing one"
             )
     return found
 
@@ -316,15 +346,16 @@ def _ulimit_texts(where: str, value: Any) -> list[str]:
 
 
 def _extras(where: str, service: Mapping[str, Any], values: dict[str, Any]) -> None:
-    """extra_hosts, dns, dns_search, init, ulimits, sysctls, stop_signal, logging."""
+    """extra_hosts, dns, dns_search, init, tty, ulimits, sysctls, stop_signal, logging."""
     if service.get("extra_hosts"):
         values["host"] = [f"{k}:{v}" for k, v in hosts_mapping(service["extra_hosts"]).items()]
     for key, flag in (("dns", "dns"), ("dns_search", "dns-search")):
         if service.get(key):
             found = service[key]
             values[flag] = [str(v) for v in ([found] if isinstance(found, str) else found)]
-    if "init" in service:
-        values["init"] = bool(service["init"])
+    for key in ("init", "tty"):
+        if key in service:
+            values[key] = bool(service[key])
     if service.get("ulimits"):
         values["ulimit"] = _ulimit_texts(f"{where}.ulimits", service["ulimits"])
     if service.get("sysctls"):

@@ -48,6 +48,7 @@ HONOURED: dict[str, Any] = {
             "dns",
             "dns_search",
             "init",
+            "tty",
             "stop_signal",
             "ulimits",
             "sysctls",
@@ -84,7 +85,13 @@ HONOURED: dict[str, Any] = {
         "placement": {"constraints": True, "preferences": True, "max_replicas_per_node": True},
     },
 }
-_EXTERNAL_OR_FILE = {"file": True, "external": True, "name": True}
+_EXTERNAL_OR_FILE = {
+    "file": True,
+    "environment": True,
+    "content": True,
+    "external": True,
+    "name": True,
+}
 TOP_HONOURED: dict[str, Any] = {
     "version": True,  # obsolete, and nothing to do
     "name": True,  # the stack's name comes from the command line, as with docker

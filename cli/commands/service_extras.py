@@ -1,5 +1,5 @@
 """The container settings Swarm services have beyond the first table: configs, env files,
-/etc/hosts entries, DNS, an init, ulimits, sysctls, the stop signal and log rotation.
+/etc/hosts entries, DNS, an init, a terminal, ulimits, sysctls, the stop signal and log rotation.
 `service_spec.SETTINGS` takes them from `extra_settings()`; compose keys map onto the
 same flags (compose_service.py).
 """
@@ -288,6 +288,14 @@ def extra_settings() -> list[Setting]:
             "Run an init as PID 1 that forwards signals and reaps zombies.",
             is_bool=True,
             apply=_flag("init"),
+        ),
+        Setting(
+            "tty",
+            "",
+            "Give the tasks' process a pseudo-terminal (its logs are one stream).",
+            short="t",
+            is_bool=True,
+            apply=_flag("tty"),
         ),
         Setting(
             "ulimit",

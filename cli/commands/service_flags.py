@@ -61,6 +61,7 @@ def _options(setting: Setting, where: str) -> list[Callable[[F], F]]:
     if setting.is_bool and where == "update" and not setting.flag.startswith("no-"):
         return [
             click.option(
+                *([f"-{setting.short}"] if setting.short else []),
                 f"--{setting.flag}/--no-{setting.flag}",
                 _dest(setting),
                 default=None,

@@ -1,7 +1,9 @@
 """`--publish` of services: the short form with ranges and the long form with `mode`.
 
 One flag value can stand for several ports (a range), so it parses to a list; each item
-is one `PortConfig` of the spec.
+is one `PortConfig` of the spec. As docker's CLI, a port given with no mode is the
+routing mesh's (`ingress`), and an ingress port with no published port gets one from the
+leader (30000-32767); `mode=host` publishes on the node that runs the task.
 """
 
 from __future__ import annotations
@@ -9,12 +11,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from dockyard.cli.commands.service_parse import SpecError, invalid
+from dockyard.cli.commands.service_parse import invalid
 
-__all__ = ["MAX_PORT_RANGE", "PUBLISH_MODES", "PublishedPort", "parse_publish"]
+__all__ = ["DEFAULT_MODE", "MAX_PORT_RANGE", "PUBLISH_MODES", "PublishedPort", "parse_publish"]
 
 MAX_PORT_RANGE = 1000
 PUBLISH_MODES = ("ingress", "host")
+DEFAULT_MODE = "ingress"
+"""Swarm's default: a port given with no mode is the routing mesh's."""
 _SHORT = re.compile(r"^(?:(\d+(?:-\d+)?):)?(\d+(?:-\d+)?)(?:/([a-z]+))?$")
 _LONG_KEYS = {
     "published": "published",
@@ -26,12 +30,13 @@ _LONG_KEYS = {
 
 @dataclass(frozen=True)
 class PublishedPort:
-    """One port of a service: `published` 0 lets the node pick; `mode` "" is the default."""
+    """One port of a service: `published` 0 lets the leader (ingress) or the node (host)
+    pick one."""
 
     published: int
     target: int
     protocol: str = "tcp"
-    mode: str = ""
+    mode: str = DEFAULT_MODE
 
     @property
     def key(self) -> str:
@@ -64,7 +69,7 @@ def _long(label: str, text: str) -> tuple[str, str, str, str]:
         found.get("published", ""),
         found["target"],
         found.get("protocol", "tcp"),
-        found.get("mode", ""),
+        found.get("mode") or DEFAULT_MODE,
     )
 
 
@@ -81,10 +86,10 @@ def parse_publish(label: str, text: str) -> list[PublishedPort]:
                 label, text, "use PUBLISHED:TARGET[/tcp|udp] (ranges too) or target=T,..."
             )
         published, target, protocol = match.group(1) or "", match.group(2), match.group(3)
-        protocol, mode = protocol or "tcp", ""
+        protocol, mode = protocol or "tcp", DEFAULT_MODE
     if protocol not in ("tcp", "udp"):
         raise invalid(label, text, "the protocol must be tcp or udp")
-    if mode and mode not in PUBLISH_MODES:
+    if mode not in PUBLISH_MODES:
         raise invalid(label, text, "the mode must be ingress or host")
     if not re.fullmatch(r"\d+(-\d+)?", target) or not re.fullmatch(r"(\d+(-\d+)?)?", published):
         raise invalid(label, text, "ports are numbers or ranges LOW-HIGH")
@@ -96,6 +101,4 @@ def parse_publish(label: str, text: str) -> list[PublishedPort]:
         targets = targets * len(publisheds)  # docker: 8000-8002:80 publishes three ports
     if any(not 0 < t < 65536 for t in targets) or any(not 0 <= p < 65536 for p in publisheds):
         raise invalid(label, text, "ports must be between 1 and 65535")
-    if mode == "ingress" and 0 in publisheds:
-        raise SpecError(f"invalid {label} {text!r}: mode=ingress needs a published port")
     return [PublishedPort(p, t, protocol, mode) for p, t in zip(publisheds, targets, strict=True)]

@@ -520,8 +520,9 @@ SETTINGS: list[Setting] = [
     Setting(
         "publish",
         "[PUBLISHED:]TARGET[/udp]|published=P,target=T[,protocol=udp][,mode=ingress|host]",
-        "Publish a port (ranges: 8080-8081:80-81); mode=host on the task's node, "
-        "mode=ingress on every node (the routing mesh).",
+        "Publish a port (ranges: 8080-8081:80-81); mode=ingress (the default) on every "
+        "node (the routing mesh; no published port: one from 30000-32767), mode=host on "
+        "the task's node.",
         short="p",
         where=SERVICE,
         item=_port_item,
@@ -649,7 +650,7 @@ def apply_list_edits(spec: Any, flag: str, add: Iterable[str], remove: Iterable[
         if isinstance(target, MutableMapping):
             target.pop(key, None)
         else:
-            kept = [v for v in target if _key(setting, v) != key]
+            kept = [v for v in target if not _removes(setting, v, key)]
             del target[:]
             target.extend(kept)
     for text in add:
@@ -662,6 +663,14 @@ def apply_list_edits(spec: Any, flag: str, add: Iterable[str], remove: Iterable[
         target.extend(kept)
         if value is not None:
             target.append(value)
+
+
+def _removes(setting: Setting, stored: Any, key: str) -> bool:
+    """Whether `--FLAG-rm` naming `key` removes `stored`: a port goes by its published
+    port or, as docker's `--publish-rm`, by its target (an allocated port's only name)."""
+    if setting.flag == "publish" and key == f"{stored.target_port}/{stored.protocol or 'tcp'}":
+        return True
+    return _key(setting, stored) == key
 
 
 def _key(setting: Setting, stored: Any) -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "TASK_HEADERS",
     "current_state",
     "mode_name",
+    "ports_text",
     "replicas_text",
     "service_row",
     "state_name",
@@ -24,7 +25,7 @@ __all__ = [
     "update_state",
 ]
 
-SERVICE_HEADERS = ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "UPDATE STATE"]
+SERVICE_HEADERS = ["ID", "NAME", "MODE", "REPLICAS", "IMAGE", "UPDATE STATE", "PORTS"]
 TASK_HEADERS = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR", "EXIT"]
 ERROR_WIDTH = 40
 # TaskStatus.Health, as `docker ps` shows it (NO_HEALTHCHECK shows nothing).
@@ -63,6 +64,17 @@ def update_state(service: Any) -> str:
     return UpdateStatus.State.Name(state).lower() if state else ""
 
 
+def ports_text(spec: Any) -> str:
+    """The PORTS column, as `docker service ls`: `*:30000->80/tcp` for the routing mesh's
+    (every node), `8080->80/tcp` for a host-mode port (the task's node)."""
+    out = []
+    for port in spec.task.ports:
+        published = port.published_port or ""
+        where = "*:" if port.publish_mode == "ingress" else ""
+        out.append(f"{where}{published}->{port.target_port}/{port.protocol or 'tcp'}")
+    return ", ".join(out)
+
+
 def service_row(summary: Any, no_trunc: bool = False) -> list[str]:
     service = summary.service
     return [
@@ -74,6 +86,7 @@ def service_row(summary: Any, no_trunc: bool = False) -> list[str]:
         if no_trunc
         else service.spec.task.container.image.split("@", 1)[0],
         update_state(service),
+        ports_text(service.spec),
     ]
 
 

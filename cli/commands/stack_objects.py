@@ -1,5 +1,5 @@
-"""The secrets and configs a stack makes from files, made before its services and
-removed with the stack, as `docker stack deploy` does.
+"""The secrets and configs a stack makes (from files, variables or inline content), made
+before its services and removed with the stack, as `docker stack deploy` does.
 
 An object of the stack's is labelled `com.docker.stack.namespace=<stack>`; one that
 exists already is kept as it is (secrets and configs cannot change: rename the object
@@ -54,9 +54,15 @@ KINDS = {
 
 
 def read_objects(objects: Mapping[str, StackObject]) -> dict[str, bytes]:
-    """The data of every object made from a file, read before the first request."""
+    """The data of every object the stack makes (from a file, read before the first
+    request; from a variable or inline content, as loaded)."""
     found: dict[str, bytes] = {}
     for obj in objects.values():
+        if obj.data is not None:
+            if not obj.data or len(obj.data) > MAX_OBJECT_BYTES:
+                raise CliError(f"{obj.key}: its data must hold 1 byte to 500 KiB")
+            found[obj.name] = obj.data
+            continue
         if obj.file is None:
             continue
         try:

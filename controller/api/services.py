@@ -92,7 +92,7 @@ class ServicesAPI:
         compares that keep them."""
         spec, object_checks = await self._secrets.resolve(spec)
         spec, network_checks = await self._networks.resolve(spec, current)
-        port_checks = await check_ingress_ports(
+        spec, port_checks = await check_ingress_ports(
             self._store, spec, current.id if current is not None else ""
         )
         if publishes_ingress(spec):

@@ -148,18 +148,21 @@ class ConstraintFilter:
 
 
 class HostPortFilter:
-    """None of the ports the task publishes on the host is taken on the node."""
+    """None of the ports the task publishes on the host is taken on the node. Ingress
+    ports count only on a node that does not mesh them (`NodeInfo.meshed`)."""
 
     def __init__(self) -> None:
         self._ports: list[HostPort] = []
+        self._meshed: list[HostPort] = []
 
     def set_task(self, task: Task) -> bool:
         self._ports = task_host_ports(task)
+        self._meshed = task_host_ports(task, meshed=True)
         return bool(self._ports)
 
     def check(self, info: NodeInfo) -> bool:
         used = info.host_ports
-        return not any(port in used for port in self._ports)
+        return not any(port in used for port in (self._meshed if info.meshed else self._ports))
 
     def explain(self, n_nodes: int) -> str:
         ports = ", ".join(f"{port}/{protocol}" for protocol, port in self._ports)

@@ -9,13 +9,21 @@ adopts the result.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from dockyard.v1.types_pb2 import Node, NodeSpec, NodeStatus, TaskStatus
 from dockyard.v1.workloads_pb2 import Task
 
-__all__ = ["Amount", "NodeInfo", "holds_resources", "task_host_ports", "task_reservation"]
+__all__ = [
+    "Amount",
+    "NodeInfo",
+    "holds_resources",
+    "meshes_ingress",
+    "task_host_ports",
+    "task_reservation",
+]
 
 HostPort = tuple[str, int]  # (protocol, published port)
 
@@ -47,12 +55,25 @@ def task_reservation(task: Task) -> Amount:
     return Amount(reservations.nano_cpus, reservations.memory_bytes)
 
 
-def task_host_ports(task: Task) -> list[HostPort]:
-    """The (protocol, port) pairs `task` publishes on its node's host."""
+def meshes_ingress(node: Node) -> bool:
+    """Whether the node runs the routing mesh over the ingress overlay: its address (as
+    the controller sees it) is not loopback. An agent on a loopback address shares its
+    host (overlays off there, `agent/network/overlays.py`) and publishes an ingress port
+    on the node of its task instead, as `mode=host`."""
+    try:
+        return not ipaddress.ip_address(node.network.address).is_loopback
+    except ValueError:  # no address yet: as the agent, which publishes it on the node
+        return False
+
+
+def task_host_ports(task: Task, meshed: bool = False) -> list[HostPort]:
+    """The (protocol, port) pairs `task` publishes on its node's host: its host-mode
+    ports, and its ingress ports unless the node meshes them (`meshed`: they take no
+    port of the node then, so several tasks publishing one may share a node)."""
     return [
         ((port.protocol or "tcp").lower(), port.published_port)
         for port in task.spec.ports
-        if port.published_port
+        if port.published_port and not (meshed and port.publish_mode == "ingress")
     ]
 
 
@@ -85,6 +106,7 @@ class NodeInfo:
     free: Amount = field(init=False)
     ready: bool = field(init=False)
     active: bool = field(init=False)
+    meshed: bool = field(init=False)
 
     def __post_init__(self) -> None:
         node = self.node
@@ -94,6 +116,7 @@ class NodeInfo:
         self.free = self.total - self.reserved
         self.ready = node.status.state == NodeStatus.READY
         self.active = node.spec.availability == NodeSpec.ACTIVE
+        self.meshed = meshes_ingress(node)
 
     @classmethod
     def from_node(
@@ -119,7 +142,7 @@ class NodeInfo:
         needs = task_reservation(task)
         self.reserved = self.reserved + needs
         self.free = self.free - needs
-        for port in task_host_ports(task):
+        for port in task_host_ports(task, self.meshed):
             self.host_ports[port] = self.host_ports.get(port, 0) + 1
         service = task.service_id
         self.service_tasks[service] = self.service_tasks.get(service, 0) + 1
@@ -133,7 +156,7 @@ class NodeInfo:
         needs = task_reservation(task)
         self.reserved = self.reserved - needs
         self.free = self.free + needs
-        for port in task_host_ports(task):
+        for port in task_host_ports(task, self.meshed):
             left = self.host_ports.get(port, 0) - 1
             if left > 0:
                 self.host_ports[port] = left

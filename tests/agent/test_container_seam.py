@@ -89,6 +89,17 @@ def test_a_task_becomes_a_spec_without_the_local_api() -> None:
     assert "containers_pb2" not in (AGENT / "executors" / "task.py").read_text()
 
 
+def test_ingress_ports_take_no_node_port_where_the_node_meshes_them() -> None:
+    task = make_task("t1", ["sleep", "1"])
+    task.spec.ports.add(target_port=80, published_port=30000, publish_mode="ingress")
+    task.spec.ports.add(target_port=81, published_port=8081, publish_mode="host")
+    task.networks.add(network_id="ing", address="10.255.0.3")  # the ingress network's
+    meshed = task_request(task, meshes_ingress=True).spec
+    assert meshed.ports == [PortMapping(81, "tcp", 8081)] and meshed.network == "bridge"
+    alone = task_request(task).spec  # overlays off here: published on the node, as host
+    assert alone.ports == [PortMapping(80, "tcp", 30000), PortMapping(81, "tcp", 8081)]
+
+
 def test_a_bad_task_names_its_field() -> None:
     task = make_task("t2", ["true"])
     task.spec.container.env.append("NO_EQUALS")
@@ -188,6 +199,7 @@ def test_the_engine_gets_a_pinned_image_and_the_spec_fields() -> None:
     assert body["HostConfig"]["Memory"] == 1 << 26 and body["Cmd"] == ["true"]
     assert body["HostConfig"]["RestartPolicy"] == {"Name": "no"} and "Entrypoint" not in body
     assert "ExtraHosts" not in body["HostConfig"] and "StopSignal" not in body
+    assert "Tty" not in body
 
 
 def test_the_engine_gets_the_service_fields_of_compose_files() -> None:
@@ -205,8 +217,10 @@ def test_the_engine_gets_the_service_fields_of_compose_files() -> None:
         stop_signal="SIGUSR1",
         log_max_size=1 << 20,
         log_max_files=2,
+        tty=True,
     )
     body = engine_body(spec)
+    assert body["Tty"] is True
     host = body["HostConfig"]
     assert (host["ExtraHosts"], host["Dns"], host["DnsSearch"], host["Init"]) == (
         ["db:10.0.0.5"],

@@ -76,6 +76,28 @@ def test_service_logs_flags_and_fan_out(
     )
 
 
+def test_a_tty_service_has_a_terminal_and_its_logs(
+    runc_cluster: Cluster, image_registry: ImageRegistry
+) -> None:
+    """`service create -t`: the task's process has a terminal (conmon's pty), and its
+    output (one stream, with the terminal's CRLF) still reaches `service logs`."""
+    cluster = runc_cluster
+    script = "if [ -t 0 ] && [ -t 1 ]; then echo has-tty; else echo no-tty; fi; sleep 300"
+    cluster.cli(
+        "service", "create", "-t", "--name", "term", "--timeout", "60s",
+        image_registry.busybox, "sh", "-c", script, timeout=90,
+    )  # fmt: skip
+
+    def logs() -> list[str]:
+        out = cluster.cli("service", "logs", "--raw", "term").stdout
+        return [line.rstrip("\r") for line in out.splitlines()]
+
+    deadline = time.monotonic() + 20
+    while not logs() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert logs() == ["has-tty"]
+
+
 def test_image_pull_on_every_node(runc_cluster: Cluster, image_registry: ImageRegistry) -> None:
     cluster = runc_cluster
     pulled = cluster.cli("image", "pull", "--all-nodes", image_registry.busybox, timeout=120)

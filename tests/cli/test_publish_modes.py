@@ -29,11 +29,11 @@ def test_short_form_ranges_and_long_form_modes() -> None:
         },
     )
     assert ports_of(spec) == [
-        (8080, 80, "tcp", ""),
-        (8081, 81, "tcp", ""),
+        (8080, 80, "tcp", "ingress"),
+        (8081, 81, "tcp", "ingress"),
         (9000, 90, "udp", "host"),
         (9100, 91, "tcp", "ingress"),
-        (0, 53, "udp", ""),
+        (0, 53, "udp", "ingress"),
     ]
 
 
@@ -49,7 +49,6 @@ def test_update_adds_and_removes_ranges() -> None:
         ("8080-8082:80-81", "the two ranges differ in length"),
         ("published=8080,target=80,mode=mesh", "the mode must be ingress or host"),
         ("published=8080,mode=host", "target= is required"),
-        ("target=80,mode=ingress", "mode=ingress needs a published port"),
         ("published=80,target=80,ip=1.2.3.4", "unknown or empty option 'ip'"),
         ("8090-8080:80", "a range goes up"),
         ("70000:80", "between 1 and 65535"),
@@ -76,5 +75,28 @@ def test_compose_long_form_mode_reaches_the_spec() -> None:
         (8080, 80, "tcp", "host"),
         (8081, 80, "tcp", "host"),
         (8443, 443, "tcp", "ingress"),
-        (9000, 90, "tcp", ""),
+        (9000, 90, "tcp", "ingress"),
     ]
+
+
+def test_no_mode_is_the_routing_mesh_as_in_swarm() -> None:
+    """`-p 8080:80`, `-p 80` and `target=80` are ingress ports; `published` 0 asks the
+    leader for one (30000-32767); compose's `ports: ["80"]` too."""
+    spec = apply_settings(new_spec("busybox"), {"publish": ["8080:80", "81", "target=82", "83-84"]})
+    assert ports_of(spec) == [
+        (8080, 80, "tcp", "ingress"),
+        (0, 81, "tcp", "ingress"),
+        (0, 82, "tcp", "ingress"),
+        (0, 83, "tcp", "ingress"),
+        (0, 84, "tcp", "ingress"),
+    ]
+    values, _ = service_values("services.web", {"image": "busybox", "ports": ["80"]}, {}, {})
+    assert ports_of(apply_settings(new_spec("busybox"), values)) == [(0, 80, "tcp", "ingress")]
+
+
+def test_publish_rm_names_an_allocated_port_by_its_target() -> None:
+    spec = apply_settings(
+        new_spec("busybox"), {"publish": ["8080:80", "published=30001,target=81"]}
+    )
+    apply_list_edits(spec, "publish", [], ["81"])
+    assert ports_of(spec) == [(8080, 80, "tcp", "ingress")]

@@ -74,8 +74,9 @@ def test_compose_secrets_map_to_existing_secrets() -> None:
 @pytest.mark.parametrize(
     ("top", "message"),
     [
-        ({"db": {"environment": "DB"}}, "give a `file:`"),
-        ({"db": {}}, "external: true"),
+        ({"db": {"environment": "DB"}}, "secrets.db.environment: the variable DB is not set"),
+        ({"db": {"file": "./x", "environment": "DB"}}, "give one source, not file, environment"),
+        ({"db": {}}, "give a `file:`, `environment:` or `content:`"),
         ({}, "not declared"),
     ],
 )
@@ -94,6 +95,31 @@ def test_compose_secrets_from_files_are_the_stacks() -> None:
     assert stack.secrets["db"].name == "shop_db"
     assert stack.secrets["db"].file == "/srv/app/db.txt"
     assert refs(stack.specs["web"]) == [("shop_db", "db", 0, 0, 0o444)]
+
+
+def test_compose_objects_from_a_variable_or_inline_content_are_the_stacks() -> None:
+    """`environment: VAR` takes the deploying shell's variable, `content:` (configs) is
+    inline; both become STACK_KEY objects, as `file:` does, with their data."""
+    from dockyard.cli.commands.stack_objects import read_objects
+
+    doc = {
+        "services": {"web": {"image": "busybox", "secrets": ["db"], "configs": ["app", "env"]}},
+        "secrets": {"db": {"environment": "DB_PASSWORD"}},
+        "configs": {
+            "app": {"content": "debug=${DEBUG}\n"},
+            "env": {"environment": "APP_CONF", "name": "app_conf_v2"},
+        },
+    }
+    environ = {"DB_PASSWORD": "s3cret", "DEBUG": "1", "APP_CONF": "x=1"}
+    stack = stack_from_documents("shop", [("c.yml", doc)], environ)
+    assert refs(stack.specs["web"]) == [("shop_db", "db", 0, 0, 0o444)]
+    assert read_objects(stack.secrets) == {"shop_db": b"s3cret"}
+    assert read_objects(stack.configs) == {"shop_app": b"debug=1\n", "app_conf_v2": b"x=1"}
+    assert [c.config_name for c in stack.specs["web"].task.container.configs] == [
+        "shop_app",
+        "app_conf_v2",
+    ]
+    assert stack.ignored == []
 
 
 def test_external_objects_by_their_name() -> None:

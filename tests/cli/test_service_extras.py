@@ -29,6 +29,7 @@ def test_every_flag_lands_in_its_field(tmp_path: Path) -> None:
             "dns": ["1.1.1.1"],
             "dns-search": ["corp.example"],
             "init": True,
+            "tty": True,
             "ulimit": ["nofile=1024:2048", "core=-1"],
             "sysctl": ["net.core.somaxconn=1024"],
             "stop-signal": "usr1",
@@ -47,7 +48,7 @@ def test_every_flag_lands_in_its_field(tmp_path: Path) -> None:
         ["1.1.1.1"],
         ["corp.example"],
     )
-    assert container.init
+    assert container.init and container.tty
     assert [(u.name, u.soft, u.hard) for u in container.ulimits] == [
         ("nofile", 1024, 2048),
         ("core", -1, -1),
@@ -82,3 +83,41 @@ def test_every_flag_lands_in_its_field(tmp_path: Path) -> None:
 def test_bad_values_name_the_flag(flag: str, value: object, message: str) -> None:
     with pytest.raises(SpecError, match=message.replace("(", r"\(")):
         apply_settings(new_spec("busybox"), {flag: value})
+
+
+def test_tty_from_the_command_line_and_compose() -> None:
+    """`service create -t`, `service update --no-tty`, compose `tty: true`; the task's
+    container gets the terminal (the agent's ContainerSpec.tty)."""
+    from click.testing import CliRunner
+
+    from dockyard.agent.executors.task import task_request
+    from dockyard.cli.commands.compose_service import service_values
+    from dockyard.cli.commands.service_flags import PREFIX, setting_options
+    from dockyard.v1.workloads_pb2 import Task
+
+    seen: dict[str, object] = {}
+
+    def command(where: str) -> object:
+        import click
+
+        @click.command()
+        @setting_options(where)
+        def run(**values: object) -> None:
+            seen.update(values)
+
+        return run
+
+    runner = CliRunner()
+    assert runner.invoke(command("create"), ["-t"]).exit_code == 0  # type: ignore[arg-type]
+    assert seen[PREFIX + "tty"] is True
+    assert runner.invoke(command("update"), ["--no-tty"]).exit_code == 0  # type: ignore[arg-type]
+    assert seen[PREFIX + "tty"] is False
+    assert runner.invoke(command("update"), ["-t"]).exit_code == 0  # type: ignore[arg-type]
+    assert seen[PREFIX + "tty"] is True
+    values, _ = service_values("services.app", {"image": "busybox", "tty": True}, {}, {})
+    spec = finish_spec(apply_settings(new_spec("busybox"), values))
+    assert spec.task.container.tty
+    task = Task(id="t1", service_id="s1", service_name="app", slot=1)
+    task.spec.CopyFrom(spec.task)
+    assert task_request(task).spec.tty
+    assert not apply_settings(new_spec("busybox"), {"tty": False}).task.container.tty

@@ -717,6 +717,7 @@ def test_ls_and_ps_print_tables_json_and_yaml(control: FakeControl) -> None:
         "IMAGE",
         "UPDATE",
         "STATE",
+        "PORTS",
     ]
     assert out.splitlines()[1].split() == ["s" * 12, "web", "replicated", "1/2", "busybox"]
     listed = json.loads(invoke("service", "ls", "-o", "json")[1])

@@ -7,6 +7,7 @@ import io
 from dockyard.cli.commands.service_logs import log_prefix
 from dockyard.cli.commands.service_view import (
     current_state,
+    ports_text,
     progress_line,
     service_row,
     task_rows,
@@ -129,7 +130,13 @@ def test_service_rows_by_mode() -> None:
         "3/5",
         "nginx:1.25",
         "updating",
+        "",
     ]
+    web.spec.task.ports.add(published_port=30000, target_port=80, publish_mode="ingress")
+    web.spec.task.ports.add(
+        published_port=8080, target_port=81, protocol="udp", publish_mode="host"
+    )
+    assert ports_text(web.spec) == "*:30000->80/tcp, 8080->81/udp"
     agent = Service(id="b" * 24, spec=ServiceSpec(name="agent"))
     agent.spec.__getattribute__("global").SetInParent()
     row = service_row(ServiceSummary(service=agent, running=2, desired=3))

@@ -36,9 +36,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
             shutil.copytree(lc.state_dir / "logs", tmp_path / "logs", dirs_exist_ok=True)
 
 
-def answer(address: str) -> str:
+def answer(address: str, port: int = PORT) -> str:
     try:
-        with urllib.request.urlopen(f"http://{address}:{PORT}/", timeout=3) as response:
+        with urllib.request.urlopen(f"http://{address}:{port}/", timeout=3) as response:
             return str(response.read().decode().strip())
     except OSError as exc:
         return f"error: {exc}"
@@ -101,3 +101,30 @@ def test_an_ingress_port_answers_on_every_host(cluster: LocalCluster) -> None:
 
     ok(lc, "service", "rm", "meshweb")
     wait(lambda: answer(without).startswith("error"), "the port closed with its service")
+
+
+def test_a_port_with_no_mode_is_the_mesh_and_its_replicas_share_hosts(
+    cluster: LocalCluster,
+) -> None:
+    """`-p 80` (no mode, no published port): the routing mesh, on a port the leader picks
+    from 30000-32767; three replicas on two hosts run (an ingress port takes no host
+    port), and every host's address reaches them all."""
+    lc = cluster
+    hosts = [n["network"]["address"] for n in json.loads(ok(lc, "node", "ls", "-o", "json"))]
+    ok(lc, "service", "create", "-d", "--name", "auto", "--replicas", "3",
+       "-p", "80", "busybox", "sh", "-c", WEB)  # fmt: skip
+    try:
+        spec = json.loads(ok(lc, "service", "inspect", "auto"))[0]["spec"]
+        (port,) = spec["task"]["ports"]
+        published = port["published_port"]
+        assert port["publish_mode"] == "ingress" and 30000 <= published <= 32767
+        assert f"*:{published}->80/tcp" in ok(lc, "service", "ls")
+        wait(lambda: running(lc, "auto", 3), "three replicas on two hosts")
+        for address in hosts:
+            wait(
+                lambda a=address: len({answer(a, published) for _ in range(30)}) == 3,
+                f"all three tasks behind {address}:{published}",
+                explain=lambda a=address: str({answer(a, published) for _ in range(30)}),
+            )
+    finally:
+        lc.cli("service", "rm", "auto")

@@ -54,7 +54,7 @@ def test_a_published_service_port_answers_on_the_node(
         "--name",
         "hello",
         "--publish",
-        f"{port}:8080",
+        f"published={port},target=8080,mode=host",
         image_registry.busybox,
         *web_command("hello-service", 8080),
     )

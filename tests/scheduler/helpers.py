@@ -24,6 +24,7 @@ def make_node(
     name: str | None = None,
     os: str = "linux",
     arch: str = "amd64",
+    address: str = "",
 ) -> Node:
     node = Node(id=node_id)
     node.spec.name = name if name is not None else f"name-{node_id}"
@@ -35,6 +36,7 @@ def make_node(
     node.description.resources.nano_cpus = int(cpus * CPU)
     node.description.resources.memory_bytes = memory
     node.status.state = NodeStatus.READY if ready else NodeStatus.DOWN
+    node.network.address = address  # not loopback: the node meshes ingress ports
     return node
 
 
@@ -54,6 +56,7 @@ def make_task(
     max_replicas: int = 0,
     ports: Iterable[int] = (),
     image: str = "nginx:latest",
+    mode: str = "",
 ) -> Task:
     task = Task(id=task_id, service_id=service, service_name=service)
     task.spec.container.image = image
@@ -64,7 +67,8 @@ def make_task(
         task.spec.placement.preferences.add(spread=label)
     task.spec.placement.max_replicas_per_node = max_replicas
     task.spec.ports.extend(
-        PortConfig(target_port=port, published_port=port, protocol="tcp") for port in ports
+        PortConfig(target_port=port, published_port=port, protocol="tcp", publish_mode=mode)
+        for port in ports
     )
     return task
 

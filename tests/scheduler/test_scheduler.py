@@ -88,6 +88,37 @@ def test_host_ports_and_max_replicas_limit_each_node() -> None:
     }
 
 
+@pytest.mark.parametrize("mode", ["", "host"])
+def test_a_host_mode_port_keeps_two_replicas_off_one_node(mode: str) -> None:
+    infos = [make_info("n1", address="192.0.2.1")]
+    result = Scheduler().schedule(infos, make_tasks(2, ports=[80], mode=mode))
+    assert list(per_node(result).values()) == [1]
+    assert set(result.pending.values()) == {"no suitable node: host port 80/tcp in use on 1 node"}
+
+
+def test_ingress_replicas_share_a_node_that_meshes_them() -> None:
+    """An ingress port takes no port of a meshing node (the mesh's DNAT reaches every
+    task): two replicas land on one node, beside a host-mode user of another port."""
+    meshed = make_info(
+        "n1", [make_task("h", "other", ports=[81], mode="host")], address="192.0.2.1"
+    )
+    result = Scheduler().schedule([meshed], make_tasks(2, ports=[80], mode="ingress"))
+    assert result.pending == {} and per_node(result) == {"n1": 2}
+    # host-mode ports still count there
+    result = Scheduler().schedule([meshed], [make_task("x", "web", ports=[81], mode="host")])
+    assert "host port 81/tcp in use" in result.pending["x"]
+
+
+def test_ingress_ports_are_host_ports_where_the_node_cannot_mesh() -> None:
+    """A loopback (or unknown) node address: the agent publishes the port on the task's
+    node, so one task per node publishes it."""
+    for address in ("127.0.0.1", ""):
+        infos = [make_info("n1", address=address)]
+        result = Scheduler().schedule(infos, make_tasks(2, ports=[80], mode="ingress"))
+        assert list(per_node(result).values()) == [1]
+        assert "host port 80/tcp in use on 1 node" in next(iter(result.pending.values()))
+
+
 def test_pending_reason_names_every_filter_that_removed_nodes() -> None:
     infos = [
         make_info("n1", memory=GIB, labels={"zone": "eu"}),

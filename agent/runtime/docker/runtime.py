@@ -139,8 +139,10 @@ def engine_body(spec: ContainerSpec) -> dict[str, Any]:
 
 
 def _service_extras(spec: ContainerSpec, body: dict[str, Any], host: dict[str, Any]) -> None:
-    """--host, --dns, --dns-search, --init, --ulimit, --sysctl, --stop-signal and the log
-    rotation, in the engine's own fields."""
+    """--host, --dns, --dns-search, --init, --tty, --ulimit, --sysctl, --stop-signal and
+    the log rotation, in the engine's own fields."""
+    if spec.tty:
+        body["Tty"] = True
     if spec.init:
         host["Init"] = True
     if spec.extra_hosts:  # "IP NAME" -> the engine's "NAME:IP"

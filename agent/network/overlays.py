@@ -96,8 +96,9 @@ class OverlayManager:
         """Whether this node runs the routing mesh over the ingress overlay (its address
         is known and not loopback: the controller's scheduler decides alike,
         `controller/scheduler/nodeinfo.meshes_ingress`). Its tasks' ingress ports then
-        take no port of the node; else they are published on it, as `mode=host`."""
-        return self._devices is not None and bool(self.address)
+        take no port of the node; else they are published on it, as `mode=host`. Agents
+        sharing a host have overlays over shared bridges, but no mesh (one nft table)."""
+        return self._devices is not None and bool(self.address) and not self._devices.shared
 
     async def on_maps(self, maps: Sequence[OverlayNetworkMap]) -> None:
         """Apply the overlay part of a NetworkMap (see the module's docstring)."""

@@ -58,8 +58,9 @@ def task_reservation(task: Task) -> Amount:
 def meshes_ingress(node: Node) -> bool:
     """Whether the node runs the routing mesh over the ingress overlay: its address (as
     the controller sees it) is not loopback. An agent on a loopback address shares its
-    host (overlays off there, `agent/network/overlays.py`) and publishes an ingress port
-    on the node of its task instead, as `mode=host`."""
+    host (its overlays are bridges shared with the host's other agents, without the mesh:
+    `agent/network/overlays.py`) and publishes an ingress port on the node of its task
+    instead, as `mode=host`."""
     try:
         return not ipaddress.ip_address(node.network.address).is_loopback
     except ValueError:  # no address yet: as the agent, which publishes it on the node

@@ -24,6 +24,7 @@ from dockyard.agent.network.overlay import (
     shared_bridge_name,
     vxlan_name,
 )
+from dockyard.agent.network.overlays import OverlayManager
 from tests.network.overlay_topology import Topology, unavailable
 
 RED = OverlayNetwork("red0000000000000000000001", 4096, "10.243.1.0/24")
@@ -96,3 +97,14 @@ async def test_two_clusters_networks_with_one_vni_do_not_meet(machine: Topology)
     await ours.attach(RED, mine, "eth1", "10.243.1.2")
     await theirs.attach(OTHER_RED, other, "eth1", "10.243.1.3")
     assert not machine.reaches(mine, "10.243.1.3")
+
+
+def test_agents_sharing_a_host_do_not_mesh_ingress_ports() -> None:
+    """They have overlays (shared bridges) but no routing mesh: an ingress port is then
+    published on its task's node, as the scheduler expects of a loopback node."""
+    shared, alone = OverlayManager(), OverlayManager()
+    assert not shared.meshes_ingress and not alone.meshes_ingress  # no map yet
+    shared.set_address("127.0.0.1")
+    alone.set_address("10.20.30.40")
+    assert not shared.meshes_ingress
+    assert alone.meshes_ingress

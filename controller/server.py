@@ -133,6 +133,7 @@ class Controller:
             self.leadership.leader_address,
             lambda: self.term,
             self.ca.is_revoked if self.ca is not None else lambda serial: False,
+            self.leadership.await_leader,
         )
         identity = self._identify(cluster.id, controller_id, endpoints)
         nodes_api, services_api = self._add_servicers(server, store, registry, identity)

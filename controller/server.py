@@ -52,11 +52,13 @@ from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.peers import ControllerDirectory
+from dockyard.controller.read_server import ReadServer
 from dockyard.controller.registration import Registration
 from dockyard.controller.scheduler.constraints import parse_constraints
 from dockyard.controller.scheduler.loop import SchedulingLoop
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.sessions import Post, SessionRegistry
+from dockyard.controller.snapshot import SnapshotBoard
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, NotFound, Store
 from dockyard.controller.subnets import protected_address
@@ -103,6 +105,9 @@ class Controller:
         self.failed = asyncio.Event()
         """Set when a background job (leadership, registration, revocations) failed."""
         self.state: ClusterState | None = None
+        self.board = SnapshotBoard()  # the leader's view's snapshots, for the read API
+        self.read_server: ReadServer | None = None
+        self.read_port = 0
         self.scheduling: SchedulingLoop | None = None
         self.metrics = ControllerMetrics(package_version())
         self.http: HttpServer | None = None
@@ -141,6 +146,7 @@ class Controller:
         if self.join_server is not None:
             await self.join_server.start()
         await self._start_http(identity, nodes_api, services_api)
+        self._start_read_api(nodes_api, store)
         leadership = self.leadership
         self._jobs.insert(0, ("leadership", lambda: leadership.run(self._lead)))
         self._register(controller_id, advertise)
@@ -262,6 +268,31 @@ class Controller:
             self.ca.on_change = self._revocations_changed
             self._jobs.append(("revocations", self.ca.watch_revocations))
         return nodes_api, services_api
+
+    def _start_read_api(self, nodes: NodesAPI, store: Store) -> None:
+        """The list reads on --read-listen, off the event loop (controller/read_server.py)."""
+        config, leadership = self.config, self.leadership
+        if not config.read_listen:
+            return
+        assert leadership is not None
+        self.read_server = ReadServer(
+            self.board,
+            lambda: store.last_revision,
+            nodes.with_live_heartbeat,
+            leadership.leader_address,
+            self.ca.is_revoked if self.ca is not None else lambda serial: False,
+        )
+        credentials = None
+        if self._client_tls is not None:
+            ca_pem, key, cert = self._client_tls
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert + ca_pem)], root_certificates=ca_pem, require_client_auth=True
+            )
+        self.read_port = self.read_server.start(config.read_listen, credentials)
+        if self.read_port == 0:
+            raise ControllerStartError(
+                f"cannot listen on {config.read_listen} (--read-listen): address in use or invalid"
+            )
 
     def _identify(
         self, cluster_id: str, controller_id: str, endpoints: list[str]
@@ -436,7 +467,7 @@ class Controller:
         became_leader = time.monotonic()
         store = self.store.fenced(fence)
         self.metrics.leadership_changes.labels("leader").inc()
-        state = ClusterState(store)
+        state = ClusterState(store, self.board)
         try:
             await schema.migrate(store)
             await state.load()
@@ -519,6 +550,7 @@ class Controller:
         self.sessions.close_all()
         if self.state is state:
             self.state = None
+            self.board.publish(None)
 
     def _revocations_changed(self) -> None:
         """When leading, send every agent the new revocation list (in its network map)."""
@@ -533,6 +565,9 @@ class Controller:
             self.leadership.close()
         await self._stop_jobs()  # leadership's term ends, its lease is given back
         self.sessions.close_all()
+        if self.read_server is not None:
+            await asyncio.to_thread(self.read_server.stop, grace)
+            self.read_server = None
         if self.join_server is not None:
             await self.join_server.stop(grace)
         if self.server is not None:

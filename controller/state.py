@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from dockyard.controller.snapshot import ReadSnapshot, SnapshotBoard
 from dockyard.controller.store import (
     CONFIGS,
     NETWORKS,
@@ -63,8 +64,11 @@ class ChangeTracker:
 
 
 class ClusterState:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, board: SnapshotBoard | None = None) -> None:
+        """`board`: where a snapshot for the read API is published per applied watch
+        response (controller/snapshot.py)."""
         self._store = store
+        self.board = board or SnapshotBoard()
         self.nodes: dict[str, Node] = {}
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
@@ -165,6 +169,7 @@ class ClusterState:
             for record in records:
                 self._put(kind, table, record.id, record)
         self.revision = self._watch_from = revision
+        self._publish()
 
     async def watch(self) -> None:
         """Apply etcd's changes to the view until cancelled, from where it last was
@@ -195,10 +200,22 @@ class ClusterState:
 
     async def _advance(self, revision: int, changed: bool = True) -> None:
         self.revision = max(self.revision, revision)
+        self._publish()
         for event in self._subscribers if changed else ():
             event.set()
         async with self._caught_up:
             self._caught_up.notify_all()
+
+    def _publish(self) -> None:
+        self.board.publish(
+            ReadSnapshot.of(
+                self.revision,
+                self.nodes,
+                self.services,
+                self.running_by_service,
+                self.succeeded_by_service,
+            )
+        )
 
     def track(self, status_changes: bool = True) -> ChangeTracker:
         """A tracker of what changes from now on, for one loop."""

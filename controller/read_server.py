@@ -8,8 +8,9 @@ read first waits (at most OWN_WRITE_WAIT) for the snapshot to hold this controll
 own last write, so a caller sees what it just wrote through this controller; others'
 writes are seen as far as the view has got. It does not ask etcd for its current
 revision (the main port does, waiting READ_WAIT for it): that round trip would run
-on the loop. A controller that does not lead has no snapshot and answers UNAVAILABLE
-naming the leader (its main port answers from etcd).
+on the loop. Every controller keeps a view (a follower too, so that a new term
+carries on from it), so a follower's read port answers from its own view; until the
+view's first list it answers UNAVAILABLE naming the leader.
 
 grpc.aio runs every handler (sync ones too, through its executor) on its event
 loop's turns, and one port belongs to one server: hence a second port, with grpc's
@@ -147,7 +148,7 @@ class ReadServer:
     def _not_leading(self) -> str:
         leader = self._leader_address()
         where = f"the leader is at {leader}" if leader else "no leader is elected yet"
-        return f"not the leader: {where} (this read port serves the leader's view only)"
+        return f"not the leader: {where} (this controller's view is not loaded yet)"
 
     def _authorize(self, method: str, context: grpc.ServicerContext) -> None:
         """The caller's certificate, checked as the main port's AuthInterceptor does."""

@@ -76,6 +76,8 @@ log = structlog.get_logger(__name__)
 # The largest request the API takes (and answer it sends): a bigger one gets
 # RESOURCE_EXHAUSTED before it is parsed.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Seconds a new term waits for the view to reach etcd's revision before its loops start.
+TERM_CATCH_UP = 60.0
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", -1),
@@ -105,7 +107,10 @@ class Controller:
         self.failed = asyncio.Event()
         """Set when a background job (leadership, registration, revocations) failed."""
         self.state: ClusterState | None = None
-        self.board = SnapshotBoard()  # the leader's view's snapshots, for the read API
+        self.board = SnapshotBoard()  # the view's snapshots, for the read API
+        self.view: ClusterState | None = None
+        """This controller's view, kept by a watch whether it leads or not: a term starts
+        from it (`state` is it while this controller leads, None otherwise)."""
         self.read_server: ReadServer | None = None
         self.read_port = 0
         self.scheduling: SchedulingLoop | None = None
@@ -127,6 +132,8 @@ class Controller:
         cluster = await _load_or_create_cluster(store)
         registry = NodeRegistry(store, self.config.subnets, lambda: self._own_addresses(endpoints))
         server = await self._listen(controller_id)
+        view = self.view = ClusterState(store, self.board)
+        self._jobs.append(("view", lambda: Supervisor().supervise("view", view.follow)))
         advertise = config.advertise or _with_port(config.listen, self.port)
         self.leadership = Leadership(store, controller_id, advertise, config.leader_ttl)
         self.dispatcher = Dispatcher(
@@ -467,10 +474,13 @@ class Controller:
         became_leader = time.monotonic()
         store = self.store.fenced(fence)
         self.metrics.leadership_changes.labels("leader").inc()
-        state = ClusterState(store, self.board)
+        state = self.view
+        assert state is not None
         try:
             await schema.migrate(store)
-            await state.load()
+            # The view is kept across terms: it need only reach etcd's revision now (every
+            # write of the last term is older than this term's fence), not list again.
+            await state.wait_for_revision(await store.current_revision(), TERM_CATCH_UP)
             self.state = state
             loops = self._term_loops(store, state, became_leader)
             await self._greet_sessions(state)
@@ -510,7 +520,6 @@ class Controller:
         )
         self.term = Term(writer, NodeRegistry(store, config.subnets), assigner, mapper)
         return [
-            ("view", state.watch),
             ("nodemonitor", monitor.run),
             ("assigner", assigner.run),
             ("taskstatus", writer.run),
@@ -543,14 +552,13 @@ class Controller:
         return post
 
     def _end_term(self, state: ClusterState) -> None:
-        """Unhook the loops, close every agent session (they reconnect to the new
-        leader) and drop the view."""
+        """Unhook the loops and close every agent session (they reconnect to the new
+        leader); the view carries on, for the next term."""
         self.metrics.leadership_changes.labels("follower").inc()
         self.term = None
         self.sessions.close_all()
         if self.state is state:
             self.state = None
-            self.board.publish(None)
 
     def _revocations_changed(self) -> None:
         """When leading, send every agent the new revocation list (in its network map)."""

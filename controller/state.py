@@ -95,6 +95,20 @@ class ClusterState:
         (the leader runs it among its supervised loops)."""
         await self._relist()
 
+    async def follow(self) -> None:
+        """List (once), then watch until cancelled: a controller's view kept across
+        terms (a new term carries on from it instead of listing every kind again). A
+        failed first list is retried; a restarted `follow` resumes its watch."""
+        while not self._watch_from:
+            try:
+                await self.load()
+            except StoreError as exc:
+                log.warning("state.load_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+            else:
+                await self._advance(self.revision)  # wakes a term waiting for the list
+        await self.watch()
+
     def subscribe(self) -> asyncio.Event:
         """An event set on every change; the subscriber clears it."""
         event = asyncio.Event()

@@ -17,8 +17,11 @@ from dockyard.common.backoff import Backoff
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.controller.config import ControllerConfig
 from dockyard.controller.server import Controller
+from dockyard.controller.state import ClusterState
+from dockyard.controller.store import SERVICES
 from dockyard.v1.dispatcher_pb2 import LeaderRequest
 from dockyard.v1.types_pb2 import NodeDescription
+from tests.orchestrators.helpers import service
 from tests.polling import wait_until
 
 TTL = 2
@@ -132,3 +135,31 @@ class _Aborted(Exception):
 class _Context:
     async def abort(self, code: object, details: str) -> None:
         raise _Aborted(details)
+
+
+async def test_a_new_term_carries_on_from_the_followers_view_without_a_relist(
+    controllers: list[Controller], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await wait_until(lambda: _leader(controllers) is not None, "a leader")
+    old = _leader(controllers)
+    assert old is not None and old.store is not None
+    new = next(c for c in controllers if c is not old)
+    view = new.view
+    assert view is not None and new.state is None  # a follower keeps a view
+    await wait_until(lambda: view.revision > 0, "the follower's view to load")
+    relists = 0
+    real_relist = ClusterState._relist
+
+    async def counted(self: ClusterState) -> None:
+        nonlocal relists
+        relists += 1
+        await real_relist(self)
+
+    monkeypatch.setattr(ClusterState, "_relist", counted)
+    web = service(replicas=1)
+    await old.store.create(SERVICES, web.id, web)
+    await wait_until(lambda: web.id in view.services, "the follower's view to see the service")
+    await old.stop(grace=0.5)
+    await wait_until(lambda: new.state is not None, "the new leader's term")
+    assert new.state is view
+    assert relists == 0

@@ -14,7 +14,9 @@ import pytest
 
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.controller.config import ControllerConfig
+from dockyard.controller.read_server import ReadServer
 from dockyard.controller.server import Controller
+from dockyard.controller.snapshot import SnapshotBoard
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import NODES, SERVICES
 from dockyard.v1 import control_pb2_grpc
@@ -134,11 +136,15 @@ async def test_a_bad_page_is_refused_naming_the_field(reads: Any) -> None:
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_without_a_view_the_read_port_names_the_leader(controller: Controller) -> None:
-    controller.board.publish(None)  # as a follower's: no view
-    with grpc.insecure_channel(f"127.0.0.1:{controller.read_port}") as channel:
-        stub = control_pb2_grpc.ControlStub(channel)
-        with pytest.raises(grpc.RpcError) as caught:
-            await asyncio.to_thread(stub.ListNodes, ListNodesRequest(), timeout=10)
+def test_without_a_view_the_read_port_names_the_leader() -> None:
+    server = ReadServer(SnapshotBoard(), lambda: 0, lambda n: n, lambda: "10.0.0.7:4242")
+    port = server.start("127.0.0.1:0", None)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = control_pb2_grpc.ControlStub(channel)
+            with pytest.raises(grpc.RpcError) as caught:
+                stub.ListNodes(ListNodesRequest(), timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert "not the leader" in (caught.value.details() or "")
+        assert "the leader is at 10.0.0.7:4242" in (caught.value.details() or "")
+    finally:
+        server.stop(0)

@@ -18,7 +18,7 @@ from dockyard.common.etcd_server import EtcdServer
 from dockyard.controller.config import ControllerConfig
 from dockyard.controller.server import Controller
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import SERVICES
+from dockyard.controller.store import SERVICES, Store
 from dockyard.v1.dispatcher_pb2 import LeaderRequest
 from dockyard.v1.types_pb2 import NodeDescription
 from tests.orchestrators.helpers import service
@@ -163,3 +163,28 @@ async def test_a_new_term_carries_on_from_the_followers_view_without_a_relist(
     await wait_until(lambda: new.state is not None, "the new leader's term")
     assert new.state is view
     assert relists == 0
+
+
+async def test_a_term_waiting_for_the_view_starts_once_its_first_list_is_in(
+    etcd: EtcdServer,
+) -> None:
+    """A controller elected while its view is still listing (just restarted) waits for
+    that list, not for the next write to the cluster (none may come)."""
+    store = Store([etcd.endpoint], "/loading")
+    await store.connect(5)
+    try:
+        web = service(replicas=1)
+        current = await store.create(SERVICES, web.id, web)
+        view = ClusterState(store)
+        waiting = asyncio.create_task(view.wait_for_revision(current, timeout=5))
+        await asyncio.sleep(0)  # the term waits before the view has listed
+        following = asyncio.create_task(view.follow())
+        try:
+            await waiting  # TimeoutError: the list did not wake the waiter
+            assert web.id in view.services
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+    finally:
+        await store.close()

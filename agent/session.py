@@ -134,6 +134,7 @@ class ControllerSession:
         while True:
             self.status.controller = target
             lost = target  # the leader this attempt lost ("" : it reached a follower)
+            hint: str | None = None  # where a follower said the leader is
             try:
                 await self._run_once(target)
                 self._backoff.reset()
@@ -155,7 +156,7 @@ class ControllerSession:
                 target, quick = leader, quick + 1
                 continue
             index = (index + 1) % len(self.controllers)
-            target = self.controllers[index]
+            target = hint or self.controllers[index]
             quick = 0
             await asyncio.sleep(self._backoff.next_delay())
 

@@ -5,12 +5,14 @@ loop, which the leader's control loops may keep busy for seconds under load.
 `dockyard.v1.Control/ListServices` and `/ListNodes` are served here exactly as on the
 main port (same messages, same pages, same roles: mutual TLS unless --insecure). A
 read first waits (at most OWN_WRITE_WAIT) for the snapshot to hold this controller's
-own last write, so a caller sees what it just wrote through this controller; others'
-writes are seen as far as the view has got. It does not ask etcd for its current
-revision (the main port does, waiting READ_WAIT for it): that round trip would run
-on the loop. Every controller keeps a view (a follower too, so that a new term
-carries on from it), so a follower's read port answers from its own view; until the
-view's first list it answers UNAVAILABLE naming the leader.
+own last write, so a caller sees what it just wrote through this controller; when the
+view lags behind it (a busy loop), the nodes and services are read from etcd on this
+thread (a blocking client), the task counts kept from the snapshot. Others' writes
+are seen as far as the view has got: it does not ask etcd for its current revision
+(the main port does, waiting READ_WAIT for it). Every controller keeps a view (a
+follower too, so that a new term carries on from it), so a follower's read port
+answers from its own view; until the view's first list it answers UNAVAILABLE naming
+the leader.
 
 grpc.aio runs every handler (sync ones too, through its executor) on its event
 loop's turns, and one port belongs to one server: hence a second port, with grpc's
@@ -19,9 +21,10 @@ synchronous server, whose polling and handler threads are its own.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import structlog
@@ -30,6 +33,7 @@ from google.protobuf.message import Message
 from dockyard.common.authz import allowed, peer_identity
 from dockyard.common.validation import ValidationError
 from dockyard.controller.snapshot import ReadSnapshot, SnapshotBoard, list_nodes, list_services
+from dockyard.controller.store import NODES, SERVICES, Kind, StoreError
 from dockyard.v1.control_pb2 import ListNodesRequest, ListServicesRequest
 from dockyard.v1.types_pb2 import Node
 
@@ -39,8 +43,9 @@ log = structlog.get_logger(__name__)
 
 SERVICE = "dockyard.v1.Control"
 READ_METHODS = (f"/{SERVICE}/ListServices", f"/{SERVICE}/ListNodes")
-# Seconds a read waits for the snapshot to hold this controller's own last write.
-OWN_WRITE_WAIT = 5.0
+# Seconds a read waits for the snapshot to hold this controller's own last write
+# before it reads the records from etcd itself.
+OWN_WRITE_WAIT = 0.05
 WORKERS = 4
 
 Request = TypeVar("Request", bound=Message)
@@ -55,6 +60,8 @@ class ReadServer:
         patch: applied to each listed node (the leader's live heartbeat).
         leader_address: None while this controller leads, else the leader's address.
         revoked: whether a certificate serial (hex) is revoked.
+        records: every record of a kind read from etcd now, blocking (used when the
+            snapshot lags this controller's own last write).
     """
 
     def __init__(
@@ -64,8 +71,11 @@ class ReadServer:
         patch: Callable[[Node], Node],
         leader_address: Callable[[], str | None],
         revoked: Callable[[str], bool] = lambda serial: False,
+        records: Callable[[Kind[Any]], tuple[list[Any], int]] | None = None,
     ) -> None:
         self._board = board
+        self._records = records
+        self._records_lock = threading.Lock()
         self._own_write = own_write
         self._patch = patch
         self._leader_address = leader_address
@@ -129,10 +139,13 @@ class ReadServer:
         def handle(request: Request, context: grpc.ServicerContext) -> Message:
             if self._tls:
                 self._authorize(method, context)
-            snapshot = self._board.wait_for(self._own_write(), OWN_WRITE_WAIT)
+            own_write = self._own_write()
+            snapshot = self._board.wait_for(own_write, OWN_WRITE_WAIT)
             if snapshot is None:
                 context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leading())
             assert snapshot is not None
+            if snapshot.revision < own_write and self._records is not None:
+                snapshot = self._fresh(snapshot, context)
             try:
                 return answer(request, snapshot)
             except ValidationError as exc:
@@ -143,6 +156,24 @@ class ReadServer:
             handle,
             request_deserializer=request_type.FromString,
             response_serializer=_serialize,
+        )
+
+    def _fresh(self, snapshot: ReadSnapshot, context: grpc.ServicerContext) -> ReadSnapshot:
+        """The snapshot with the nodes and services read from etcd now (this thread's
+        blocking client), its counts kept: the view lags this controller's own write."""
+        assert self._records is not None
+        try:
+            with self._records_lock:
+                (nodes, _), (services, revision) = self._records(NODES), self._records(SERVICES)
+        except StoreError as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            raise  # not reached: abort raises
+        return ReadSnapshot.of(
+            revision,
+            {n.id: n for n in nodes},
+            {s.id: s for s in services},
+            snapshot.running,
+            snapshot.succeeded,
         )
 
     def _not_leading(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -60,7 +61,7 @@ from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.sessions import Post, SessionRegistry
 from dockyard.controller.snapshot import SnapshotBoard
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, NotFound, Store
+from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, LeaseRenewer, NotFound, Store
 from dockyard.controller.subnets import protected_address
 from dockyard.controller.supervision import Supervisor
 from dockyard.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
@@ -112,6 +113,7 @@ class Controller:
         """This controller's view, kept by a watch whether it leads or not: a term starts
         from it (`state` is it while this controller leads, None otherwise)."""
         self.read_server: ReadServer | None = None
+        self._read_client: LeaseRenewer | None = None
         self.read_port = 0
         self.scheduling: SchedulingLoop | None = None
         self.metrics = ControllerMetrics(package_version())
@@ -282,12 +284,14 @@ class Controller:
         if not config.read_listen:
             return
         assert leadership is not None
+        self._read_client = store.renewer()  # blocking: the read threads' etcd client
         self.read_server = ReadServer(
             self.board,
             lambda: store.last_revision,
             nodes.with_live_heartbeat,
             leadership.leader_address,
             self.ca.is_revoked if self.ca is not None else lambda serial: False,
+            functools.partial(store.list_blocking, self._read_client),
         )
         credentials = None
         if self._client_tls is not None:
@@ -576,6 +580,9 @@ class Controller:
         if self.read_server is not None:
             await asyncio.to_thread(self.read_server.stop, grace)
             self.read_server = None
+        if self._read_client is not None:
+            self._read_client.close()
+            self._read_client = None
         if self.join_server is not None:
             await self.join_server.stop(grace)
         if self.server is not None:

@@ -5,6 +5,9 @@ pages. One controller runs in this process against a real etcd (insecure, no HTT
 from __future__ import annotations
 
 import asyncio
+import json
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 import grpc
 import pytest
 
-from dockyard.common.etcd_server import EtcdServer
+from dockyard.common.etcd_server import EtcdServer, free_port
 from dockyard.controller.config import ControllerConfig
 from dockyard.controller.read_server import ReadServer
 from dockyard.controller.server import Controller
@@ -38,7 +41,7 @@ async def controller(etcd: EtcdServer, tmp_path: Path) -> AsyncIterator[Controll
         etcd_endpoints=[etcd.endpoint],
         etcd_prefix="/reads",
         insecure=True,
-        http_listen="",
+        http_listen=f"127.0.0.1:{free_port()}",
         read_listen="127.0.0.1:0",
     )
     controller = Controller(config)
@@ -123,6 +126,33 @@ async def test_lists_come_in_pages_on_both_ports(controller: Controller, reads: 
         page = await main.ListNodes(ListNodesRequest(page_size=3), timeout=10)
         assert [n.id for n in page.nodes] == [n.id for n in first.nodes]
         assert page.next_page_token == first.next_page_token
+
+
+def _http_get(url: str) -> tuple[int, Any, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+
+# The HTTP server keys its request state by strings (controller/http/server.py): aiohttp
+# warns, and in this process (not a subprocess, as in test_http_api.py) that would fail.
+@pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
+async def test_the_http_api_pages_the_same_snapshot(controller: Controller) -> None:
+    assert controller.store is not None
+    for index in range(3):
+        await controller.store.create(NODES, f"node{index}", node(f"node{index}"))
+    base = f"http://{controller.config.http_listen}/v1/nodes"
+    status, first, headers = await asyncio.to_thread(_http_get, f"{base}?page_size=2")
+    assert status == 200 and [n["id"] for n in first] == ["node0", "node1"]
+    token = headers["X-Next-Page-Token"]
+    status, rest, headers = await asyncio.to_thread(
+        _http_get, f"{base}?page_size=2&page_token={token}"
+    )
+    assert [n["id"] for n in rest] == ["node2"] and "X-Next-Page-Token" not in headers
+    status, body, _ = await asyncio.to_thread(_http_get, f"{base}?page_size=lots")
+    assert status == 400 and "page_size" in json.dumps(body)
 
 
 async def test_a_bad_page_is_refused_naming_the_field(reads: Any) -> None:

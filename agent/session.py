@@ -1,13 +1,17 @@
 """The agent's one session to a controller: hello, heartbeats, assignments.
 
-The session reconnects by itself with exponential backoff and jitter, follows
-a "not the leader" answer to the leader, and gives up only when the controller
-refuses this node for good (its name is taken, its request is invalid).
+When a session ends, the agent asks every controller it knows where the leader is
+(`Dispatcher.Leader`, a long poll answered the moment a controller knows of a leader
+other than the one lost) and connects to the first answer at once; only when none
+answers does it back off (exponentially, with jitter) before trying the next. It
+follows a "not the leader" answer to the leader, and gives up only when the
+controller refuses this node for good (its name is taken, its request is invalid).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +31,7 @@ from dockyard.v1.dispatcher_pb2 import (
     AssignmentSet,
     DispatcherMessage,
     Heartbeat,
+    LeaderRequest,
     NetworkMap,
     SessionHello,
     TaskStatusReport,
@@ -52,6 +57,12 @@ PERMANENT_REFUSALS = {
     grpc.StatusCode.UNIMPLEMENTED,
 }
 LEADER_HINT = re.compile(r"the leader is at (\S+)")
+# How long a controller is asked to wait for a new leader (a few leases' worth).
+LEADER_WAIT = 15.0
+# Reconnections made at once (a leader found, a redirect followed) before backing off
+# again, should they keep failing without a session accepted.
+MAX_QUICK = 3
+NOT_LEADER = "not the leader"
 
 AssignmentHandler = Callable[[AssignmentSet], Awaitable[None]]
 NetworkHandler = Callable[[NetworkMap], Awaitable[None]]
@@ -119,21 +130,68 @@ class ControllerSession:
         """Stay connected until cancelled; raise SessionRefused on a final refusal."""
         index = 0
         target = self.controllers[0]
+        quick = 0  # reconnections made at once, without a session accepted in between
         while True:
             self.status.controller = target
+            lost = target  # the leader this attempt lost ("" : it reached a follower)
+            hint: str | None = None  # where a follower said the leader is
             try:
                 await self._run_once(target)
                 self._backoff.reset()
             except grpc.aio.AioRpcError as exc:
-                target, index = self._after_error(exc, target, index)
+                hint = self._after_error(exc, target)
+                if hint is not None and quick < MAX_QUICK:  # follow it at once
+                    target, quick = hint, quick + 1
+                    continue
+                if NOT_LEADER in (exc.details() or ""):
+                    lost = ""
             except (SessionLost, TimeoutError) as exc:
                 log.warning("session.lost", controller=target, reason=str(exc) or "timeout")
                 self._backoff.reset()
             finally:
-                self._mark_disconnected()
+                if self._mark_disconnected():
+                    quick = 0
+            if quick < MAX_QUICK and (leader := await self._find_leader(lost)):
+                log.info("session.leader_found", lost=lost or target, leader=leader)
+                target, quick = leader, quick + 1
+                continue
+            index = (index + 1) % len(self.controllers)
+            target = hint or self.controllers[index]
+            quick = 0
             await asyncio.sleep(self._backoff.next_delay())
 
-    def _after_error(self, exc: grpc.aio.AioRpcError, target: str, index: int) -> tuple[str, int]:
+    async def _find_leader(self, lost: str) -> str:
+        """Ask every known controller at once where the leader is, now that `lost`
+        failed: the first address answered ("" when none answers)."""
+        asked = [asyncio.ensure_future(self._ask_leader(a, lost)) for a in self.controllers]
+        try:
+            for answer in asyncio.as_completed(asked):
+                with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                    if address := await answer:
+                        return address
+            return ""
+        finally:
+            for task in asked:
+                task.cancel()
+            await asyncio.gather(*asked, return_exceptions=True)
+
+    async def _ask_leader(self, controller: str, lost: str) -> str:
+        async with self._channel(controller) as channel:
+            stub = dispatcher_pb2_grpc.DispatcherStub(channel)
+            answer = await stub.Leader(
+                LeaderRequest(not_address=lost, wait_seconds=LEADER_WAIT),
+                timeout=LEADER_WAIT + CONNECT_TIMEOUT,
+            )
+        return answer.address
+
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(target, self._credentials(), options=TLS_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
+    def _after_error(self, exc: grpc.aio.AioRpcError, target: str) -> str | None:
+        """The leader a controller pointed to (None: it did not); raise SessionRefused
+        on a final refusal."""
         details = exc.details() or ""
         if exc.code() in PERMANENT_REFUSALS:
             log.error("session.refused", controller=target, code=exc.code().name, reason=details)
@@ -148,11 +206,9 @@ class ControllerSession:
         hint = LEADER_HINT.search(details)
         if hint and hint.group(1) != target:
             log.info("session.redirect", controller=target, leader=hint.group(1))
-            self._backoff.reset()
-            return hint.group(1), index
+            return hint.group(1)
         log.warning("session.failed", controller=target, code=exc.code().name, reason=details)
-        index = (index + 1) % len(self.controllers)
-        return self.controllers[index], index
+        return None
 
     def report(self, report: TaskStatusReport) -> bool:
         """Queue a task status for the controller; False while disconnected."""
@@ -173,12 +229,7 @@ class ControllerSession:
             while True:
                 yield await outbox.get()
 
-        channel = (
-            grpc.aio.secure_channel(target, self._credentials(), options=TLS_OPTIONS)
-            if self._credentials is not None
-            else grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        )
-        async with channel:
+        async with self._channel(target) as channel:
             call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
             try:
                 first = await asyncio.wait_for(call.read(), CONNECT_TIMEOUT)
@@ -271,12 +322,15 @@ class ControllerSession:
         if period > 0:
             self.status.heartbeat_period = period
 
-    def _mark_disconnected(self) -> None:
-        if self.status.state == "connected":
+    def _mark_disconnected(self) -> bool:
+        """Mark the session down; whether it had been accepted."""
+        was_connected = self.status.state == "connected"
+        if was_connected:
             log.warning("session.disconnected", controller=self.status.controller)
         self.status.state = "disconnected"
         self.status.session_id = ""
         self.connected.clear()
+        return was_connected
 
 
 def _acceptable(assignments: AssignmentSet) -> bool:

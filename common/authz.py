@@ -44,6 +44,7 @@ log = structlog.get_logger(__name__)
 NODE_METHODS = frozenset(
     {
         "/dockyard.v1.Dispatcher/Session",
+        "/dockyard.v1.Dispatcher/Leader",
         "/dockyard.v1.NodeCA/RenewNodeCertificate",
         "/dockyard.v1.Peer/FetchBlob",  # served by agents: other nodes fetch image layers
     }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -32,6 +32,8 @@ from dockyard.v1.dispatcher_pb2 import (
     AgentMessage,
     DispatcherMessage,
     HeartbeatAck,
+    LeaderAnswer,
+    LeaderRequest,
     SessionAccepted,
     TaskStatusReport,
 )
@@ -42,6 +44,9 @@ __all__ = ["Dispatcher", "Term"]
 log = structlog.get_logger(__name__)
 
 HELLO_TIMEOUT = 10.0
+# The longest an agent's question for the leader is held open, and its address's bound.
+MAX_LEADER_WAIT = 30.0
+MAX_ADDRESS_LENGTH = 512
 
 
 @dataclass(frozen=True)
@@ -73,6 +78,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         leader_address: Callable[[], str | None],
         term: Callable[[], Term | None] = lambda: None,
         revoked: Callable[[str], bool] = lambda serial: False,
+        await_leader: Callable[[str, float], Awaitable[str]] | None = None,
     ) -> None:
         """
         Args:
@@ -82,6 +88,8 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             term: the current leader term's collaborators (None between terms:
                 reports are dropped, no set is sent).
             revoked: whether a certificate serial (hex) is revoked.
+            await_leader: the leader's address once one other than the given one is
+                known, waiting at most the given seconds (`Leadership.await_leader`).
         """
         self._registry = registry
         self._sessions = sessions
@@ -91,6 +99,29 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self._leader_address = leader_address
         self._term = term
         self._revoked = revoked
+        self._await_leader = await_leader
+
+    async def Leader(
+        self,
+        request: LeaderRequest,
+        context: grpc.aio.ServicerContext[LeaderRequest, LeaderAnswer],
+    ) -> LeaderAnswer:
+        """Where the leader is, once one other than `not_address` is known (a long
+        poll of at most MAX_LEADER_WAIT): agents ask it when their session ends."""
+        if not 0 <= request.wait_seconds <= MAX_LEADER_WAIT:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"wait_seconds: must be 0 to {MAX_LEADER_WAIT:g}",
+            )
+        if len(request.not_address) > MAX_ADDRESS_LENGTH:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"not_address: at most {MAX_ADDRESS_LENGTH} characters",
+            )
+        if self._await_leader is None:
+            return LeaderAnswer(address=self._leader_address() or "")
+        address = await self._await_leader(request.not_address, request.wait_seconds)
+        return LeaderAnswer(address=address)
 
     async def Session(
         self,

@@ -81,6 +81,7 @@ class Leadership:
         self._leader_revision = 0  # the revision the leader key was last read at
         self._key_lost = False  # the loop's renewer found the key not ours
         self._closed = False
+        self._changed = asyncio.Event()  # set (and replaced) when the leader changes
 
     def holds(self) -> bool:
         """Whether this controller leads and its lease is provably alive now (on this
@@ -100,6 +101,36 @@ class Leadership:
         if self.is_leader:
             return None
         return self.leader.api_address if self.leader else ""
+
+    def _leader_changed(self) -> None:
+        """Wake the `await_leader` calls (a leader was elected, found, or lost)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _known_leader(self) -> tuple[str, int]:
+        """The leader's address ("" : none known) and the revision its key was read at
+        (a new term of the same controller reads at a newer one)."""
+        if self.is_leader:
+            return self._record.api_address, self.fence.create_revision if self.fence else 0
+        return (self.leader.api_address if self.leader else ""), self._leader_revision
+
+    async def await_leader(self, not_address: str, timeout: float) -> str:
+        """The leader's address once one is known other than `not_address` (or a new
+        term of it, or this controller leading), waiting at most `timeout` seconds;
+        "" when none is by then: what the dispatcher tells an agent whose session ended
+        (agent/session.py), so it connects the moment a leader is elected."""
+        _, asked_at = self._known_leader()
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    address, revision = self._known_leader()
+                    if address and (
+                        self.is_leader or address != not_address or revision != asked_at
+                    ):
+                        return address
+                    await self._changed.wait()
+        except TimeoutError:
+            return ""
 
     async def run(self, lead: Lead) -> None:
         """Campaign; while elected run `lead` beside the lease keep-alive and cancel it
@@ -145,6 +176,7 @@ class Leadership:
         finally:
             self.is_leader = False
             self.fence = None
+            self._leader_changed()
         log.warning("leadership.lost", controller_id=self._record.controller_id, reason=reason)
         await self._resign()
 
@@ -176,11 +208,13 @@ class Leadership:
             await self._store.revoke_lease(self._lease)
             self._lease = 0
             self.leader, self._leader_revision = await self._read_leader()
+            self._leader_changed()
             return False
         # The key was created by this transaction: its create_revision is the txn's.
         self.fence = self._store.fence(LEADER, LEADER_KEY, revision)
         self.is_leader = True
         self.leader = self._record
+        self._leader_changed()
         log.info(
             "leadership.elected", controller_id=self._record.controller_id, fence_revision=revision
         )

@@ -151,6 +151,14 @@ def main() -> None:
     f'"" disables it [--listen host:{HTTP_PORT}].',
 )
 @click.option(
+    "--read-listen",
+    default="",
+    metavar="HOST:PORT",
+    help="Address of a port serving the Control API's list reads (ListServices, "
+    "ListNodes) from the leader's view on threads of their own, never waiting for "
+    'the control loops; the same TLS and roles as --listen. "" : none.',
+)
+@click.option(
     "--http-max-streams",
     default=64,
     show_default=True,
@@ -188,6 +196,7 @@ def run(
     resolve_timeout: float,
     http_listen: str | None,
     http_max_streams: int,
+    read_listen: str,
     log_level: str,
 ) -> None:
     """Run the controller until SIGTERM or SIGINT."""
@@ -210,6 +219,7 @@ def run(
         if http_listen is None:
             http_listen = f"{listen.rsplit(':', 1)[0]}:{HTTP_PORT}"
         http = normalize(http_listen, HTTP_PORT) if http_listen else ""
+        read = normalize(read_listen, CONTROLLER_PORT) if read_listen else ""
         subnets = SubnetPool(node_subnet_pool, node_subnet_size)
         credentials = etcd_credentials(
             endpoints, etcd_cacert, etcd_cert, etcd_key, etcd_server_name
@@ -237,6 +247,7 @@ def run(
         resolve_timeout=resolve_timeout,
         http_listen=http,
         http_max_streams=http_max_streams,
+        read_listen=read,
         subnets=subnets,
     )
     sys.exit(asyncio.run(_serve(config)))

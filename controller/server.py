@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -52,13 +53,15 @@ from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.peers import ControllerDirectory
+from dockyard.controller.read_server import ReadServer
 from dockyard.controller.registration import Registration
 from dockyard.controller.scheduler.constraints import parse_constraints
 from dockyard.controller.scheduler.loop import SchedulingLoop
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.sessions import Post, SessionRegistry
+from dockyard.controller.snapshot import SnapshotBoard
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, NotFound, Store
+from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, LeaseRenewer, NotFound, Store
 from dockyard.controller.subnets import protected_address
 from dockyard.controller.supervision import Supervisor
 from dockyard.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
@@ -74,6 +77,8 @@ log = structlog.get_logger(__name__)
 # The largest request the API takes (and answer it sends): a bigger one gets
 # RESOURCE_EXHAUSTED before it is parsed.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Seconds a new term waits for the view to reach etcd's revision before its loops start.
+TERM_CATCH_UP = 60.0
 SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", -1),
@@ -103,6 +108,13 @@ class Controller:
         self.failed = asyncio.Event()
         """Set when a background job (leadership, registration, revocations) failed."""
         self.state: ClusterState | None = None
+        self.board = SnapshotBoard()  # the view's snapshots, for the read API
+        self.view: ClusterState | None = None
+        """This controller's view, kept by a watch whether it leads or not: a term starts
+        from it (`state` is it while this controller leads, None otherwise)."""
+        self.read_server: ReadServer | None = None
+        self._read_client: LeaseRenewer | None = None
+        self.read_port = 0
         self.scheduling: SchedulingLoop | None = None
         self.metrics = ControllerMetrics(package_version())
         self.http: HttpServer | None = None
@@ -122,6 +134,8 @@ class Controller:
         cluster = await _load_or_create_cluster(store)
         registry = NodeRegistry(store, self.config.subnets, lambda: self._own_addresses(endpoints))
         server = await self._listen(controller_id)
+        view = self.view = ClusterState(store, self.board)
+        self._jobs.append(("view", lambda: Supervisor().supervise("view", view.follow)))
         advertise = config.advertise or _with_port(config.listen, self.port)
         self.leadership = Leadership(store, controller_id, advertise, config.leader_ttl)
         self.dispatcher = Dispatcher(
@@ -133,6 +147,7 @@ class Controller:
             self.leadership.leader_address,
             lambda: self.term,
             self.ca.is_revoked if self.ca is not None else lambda serial: False,
+            self.leadership.await_leader,
         )
         identity = self._identify(cluster.id, controller_id, endpoints)
         nodes_api, services_api = self._add_servicers(server, store, registry, identity)
@@ -140,6 +155,7 @@ class Controller:
         if self.join_server is not None:
             await self.join_server.start()
         await self._start_http(identity, nodes_api, services_api)
+        self._start_read_api(nodes_api, store)
         leadership = self.leadership
         self._jobs.insert(0, ("leadership", lambda: leadership.run(self._lead)))
         self._register(controller_id, advertise)
@@ -261,6 +277,33 @@ class Controller:
             self.ca.on_change = self._revocations_changed
             self._jobs.append(("revocations", self.ca.watch_revocations))
         return nodes_api, services_api
+
+    def _start_read_api(self, nodes: NodesAPI, store: Store) -> None:
+        """The list reads on --read-listen, off the event loop (controller/read_server.py)."""
+        config, leadership = self.config, self.leadership
+        if not config.read_listen:
+            return
+        assert leadership is not None
+        self._read_client = store.renewer()  # blocking: the read threads' etcd client
+        self.read_server = ReadServer(
+            self.board,
+            lambda: store.last_revision,
+            nodes.with_live_heartbeat,
+            leadership.leader_address,
+            self.ca.is_revoked if self.ca is not None else lambda serial: False,
+            functools.partial(store.list_blocking, self._read_client),
+        )
+        credentials = None
+        if self._client_tls is not None:
+            ca_pem, key, cert = self._client_tls
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert + ca_pem)], root_certificates=ca_pem, require_client_auth=True
+            )
+        self.read_port = self.read_server.start(config.read_listen, credentials)
+        if self.read_port == 0:
+            raise ControllerStartError(
+                f"cannot listen on {config.read_listen} (--read-listen): address in use or invalid"
+            )
 
     def _identify(
         self, cluster_id: str, controller_id: str, endpoints: list[str]
@@ -435,10 +478,13 @@ class Controller:
         became_leader = time.monotonic()
         store = self.store.fenced(fence)
         self.metrics.leadership_changes.labels("leader").inc()
-        state = ClusterState(store)
+        state = self.view
+        assert state is not None
         try:
             await schema.migrate(store)
-            await state.load()
+            # The view is kept across terms: it need only reach etcd's revision now (every
+            # write of the last term is older than this term's fence), not list again.
+            await state.wait_for_revision(await store.current_revision(), TERM_CATCH_UP)
             self.state = state
             loops = self._term_loops(store, state, became_leader)
             await self._greet_sessions(state)
@@ -478,7 +524,6 @@ class Controller:
         )
         self.term = Term(writer, NodeRegistry(store, config.subnets), assigner, mapper)
         return [
-            ("view", state.watch),
             ("nodemonitor", monitor.run),
             ("assigner", assigner.run),
             ("taskstatus", writer.run),
@@ -511,8 +556,8 @@ class Controller:
         return post
 
     def _end_term(self, state: ClusterState) -> None:
-        """Unhook the loops, close every agent session (they reconnect to the new
-        leader) and drop the view."""
+        """Unhook the loops and close every agent session (they reconnect to the new
+        leader); the view carries on, for the next term."""
         self.metrics.leadership_changes.labels("follower").inc()
         self.term = None
         self.sessions.close_all()
@@ -532,6 +577,12 @@ class Controller:
             self.leadership.close()
         await self._stop_jobs()  # leadership's term ends, its lease is given back
         self.sessions.close_all()
+        if self.read_server is not None:
+            await asyncio.to_thread(self.read_server.stop, grace)
+            self.read_server = None
+        if self._read_client is not None:
+            self._read_client.close()
+            self._read_client = None
         if self.join_server is not None:
             await self.join_server.stop(grace)
         if self.server is not None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import structlog
 
+from dockyard.controller.snapshot import ReadSnapshot, SnapshotBoard
 from dockyard.controller.store import (
     CONFIGS,
     NETWORKS,
@@ -63,8 +64,11 @@ class ChangeTracker:
 
 
 class ClusterState:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, board: SnapshotBoard | None = None) -> None:
+        """`board`: where a snapshot for the read API is published per applied watch
+        response (controller/snapshot.py)."""
         self._store = store
+        self.board = board or SnapshotBoard()
         self.nodes: dict[str, Node] = {}
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
@@ -90,6 +94,20 @@ class ClusterState:
         """List every kind once (the view's starting point); `watch` carries it on
         (the leader runs it among its supervised loops)."""
         await self._relist()
+
+    async def follow(self) -> None:
+        """List (once), then watch until cancelled: a controller's view kept across
+        terms (a new term carries on from it instead of listing every kind again). A
+        failed first list is retried; a restarted `follow` resumes its watch."""
+        while not self._watch_from:
+            try:
+                await self.load()
+            except StoreError as exc:
+                log.warning("state.load_failed", error=str(exc))
+                await asyncio.sleep(0.5)
+            else:
+                await self._advance(self.revision)  # wakes a term waiting for the list
+        await self.watch()
 
     def subscribe(self) -> asyncio.Event:
         """An event set on every change; the subscriber clears it."""
@@ -165,6 +183,7 @@ class ClusterState:
             for record in records:
                 self._put(kind, table, record.id, record)
         self.revision = self._watch_from = revision
+        self._publish()
 
     async def watch(self) -> None:
         """Apply etcd's changes to the view until cancelled, from where it last was
@@ -195,10 +214,22 @@ class ClusterState:
 
     async def _advance(self, revision: int, changed: bool = True) -> None:
         self.revision = max(self.revision, revision)
+        self._publish()
         for event in self._subscribers if changed else ():
             event.set()
         async with self._caught_up:
             self._caught_up.notify_all()
+
+    def _publish(self) -> None:
+        self.board.publish(
+            ReadSnapshot.of(
+                self.revision,
+                self.nodes,
+                self.services,
+                self.running_by_service,
+                self.succeeded_by_service,
+            )
+        )
 
     def track(self, status_changes: bool = True) -> ChangeTracker:
         """A tracker of what changes from now on, for one loop."""

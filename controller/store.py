@@ -198,6 +198,14 @@ class Store:
         own (controller/leadership.py's keeper)."""
         return LeaseRenewer(self.endpoints, self._credentials, self._tls_server_name)
 
+    def list_blocking(
+        self, renewer: LeaseRenewer, kind: Kind[M], timeout: float = 5.0
+    ) -> tuple[list[M], int]:
+        """Every record of a kind over a blocking client (`renewer`), for a thread that
+        must not wait for the event loop (controller/read_server.py)."""
+        kvs, revision = renewer.range_prefix(self._key(kind, ""), timeout)
+        return [self._decode(kind, kv) for kv in kvs], revision
+
     def fenced(self, fence: Fence) -> Store:
         """A view of this store whose every transaction also compares `fence`
         (the writes a leader makes because it leads), raising LeadershipLost
@@ -611,6 +619,12 @@ class Store:
             self.observe(op, time.perf_counter() - started)
 
 
+# The blocking client also lists nodes for the read API: more than gRPC's default 4 MiB.
+BLOCKING_OPTIONS: list[tuple[str, str | int]] = [
+    ("grpc.max_receive_message_length", 256 * 1024 * 1024)
+]
+
+
 class LeaseRenewer:
     """Lease renewals and the fence check over gRPC's blocking API, for a thread that
     must not depend on the controller's event loop (grpc.aio calls are served by the
@@ -654,6 +668,20 @@ class LeaseRenewer:
         kvs = response.kvs
         return bool(kvs) and int(kvs[0].create_revision) == fence.create_revision
 
+    def range_prefix(self, prefix: str, timeout: float) -> tuple[list[Any], int]:
+        """Every key-value under `prefix` and the revision read at (one request: for
+        the read API's few kinds, nodes and services); failures raise StoreUnavailable."""
+        kv = KVStub(self._open())
+        request = RangeRequest(key=prefix.encode(), range_end=prefix_range_end(prefix))
+        try:
+            future = kv.Range.future(request)
+            with _cancelled_after(future, timeout):
+                response = future.result()
+        except (grpc.RpcError, grpc.FutureCancelledError) as exc:
+            self._next()
+            raise StoreUnavailable(f"etcd range: {_short(exc)}") from exc
+        return list(response.kvs), int(response.header.revision)
+
     def close(self) -> None:
         if self._channel is not None:
             self._channel.close()
@@ -664,14 +692,14 @@ class LeaseRenewer:
             target = self._endpoints[self._index % len(self._endpoints)]
             ca_cert = self._credentials.get("ca_cert")
             if ca_cert is None:
-                self._channel = grpc.insecure_channel(target)
+                self._channel = grpc.insecure_channel(target, options=BLOCKING_OPTIONS)
             else:
                 credentials = grpc.ssl_channel_credentials(
                     root_certificates=ca_cert,
                     private_key=self._credentials.get("cert_key"),
                     certificate_chain=self._credentials.get("cert_chain"),
                 )
-                options = []
+                options: list[tuple[str, str | int]] = list(BLOCKING_OPTIONS)
                 if self._tls_server_name is not None:
                     options.append(("grpc.ssl_target_name_override", self._tls_server_name))
                 self._channel = grpc.secure_channel(target, credentials, options=options)

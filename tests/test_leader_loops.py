@@ -41,7 +41,6 @@ from tests.polling import wait_until
 
 # Every loop a term runs (controller/server.py, `_term_loops`).
 LEADER_LOOPS = (
-    "view",
     "nodemonitor",
     "assigner",
     "taskstatus",

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.sessions import SessionRegistry
+from dockyard.controller.snapshot import ReadSnapshot, list_nodes
 from dockyard.controller.state import ClusterState
 from dockyard.v1.control_pb2 import (
     ListNodesRequest,
@@ -36,20 +37,21 @@ class NodesAPI:
         self._last_write = last_write
 
     async def list(self, request: ListNodesRequest) -> ListNodesResponse:
+        """A page of nodes (controller/snapshot.py): from the view's latest snapshot on
+        the leader, from etcd on a follower."""
         view = self._view()
+        snapshot = None
         if view is not None:  # as ServicesAPI._fresh_view
             await view.settle_for_read(await self._revision(), self._last_write())
-            found = sorted(view.nodes.values(), key=lambda n: n.id)
-        else:
-            found = await self._registry.list_all()
-        # The response holds copies: the view's records are never changed here.
-        response = ListNodesResponse(nodes=[n for n in found if _matches(n, request)])
-        for node in response.nodes:
-            self._with_live_heartbeat(node)
-        return response
+            snapshot = view.board.latest
+        if snapshot is None:
+            nodes = {n.id: n for n in await self._registry.list_all()}
+            snapshot = ReadSnapshot.of(0, nodes, {}, {}, {})
+        # The response holds copies: the snapshot's records are never changed here.
+        return list_nodes(snapshot, request, self.with_live_heartbeat)
 
     async def get(self, ref: str) -> Node:
-        return self._with_live_heartbeat(await self._registry.find(ref))
+        return self.with_live_heartbeat(await self._registry.find(ref))
 
     async def update(self, request: UpdateNodeRequest) -> Node:
         return await self._registry.update_spec(request.node, request.version, request.spec)
@@ -62,7 +64,7 @@ class NodesAPI:
         self._sessions.close(node.id)
         return node
 
-    def _with_live_heartbeat(self, node: Node) -> Node:
+    def with_live_heartbeat(self, node: Node) -> Node:
         """Heartbeats are persisted coarsely; the leader knows the latest one."""
         seen = self._sessions.last_seen(node.id)
         if seen is not None:
@@ -74,15 +76,3 @@ class NodesAPI:
 
 async def _no_revision() -> int:
     return 0
-
-
-def _matches(node: Node, request: ListNodesRequest) -> bool:
-    if request.names and node.spec.name not in request.names and node.id not in request.names:
-        return False
-    if request.states and node.status.state not in request.states:
-        return False
-    for label in request.labels:
-        key, has_value, value = label.partition("=")
-        if key not in node.spec.labels or (has_value and node.spec.labels[key] != value):
-            return False
-    return True

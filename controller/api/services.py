@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable
 
 from dockyard.common.distribution.auth import Credentials
 from dockyard.common.states import TaskState
@@ -16,6 +16,7 @@ from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.secrets import ObjectRegistries, SecretRegistry
 from dockyard.controller.services import ServiceRegistry
+from dockyard.controller.snapshot import MODES, ReadSnapshot, list_services
 from dockyard.controller.specs import check_service_spec
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import TASKS, NotFound, Op, Store
@@ -25,14 +26,9 @@ from dockyard.v1.control_pb2 import (
     ListServicesResponse,
     ListTasksRequest,
     ListTasksResponse,
-    ServiceSummary,
     UpdateServiceRequest,
 )
-from dockyard.v1.types_pb2 import Node, NodeStatus
 from dockyard.v1.workloads_pb2 import RegistryAuth, Service, ServiceSpec, Task
-
-MODES = ("replicated", "global", "job")
-
 
 MAX_AUTH_FIELD = 64 * 1024
 MAX_REGISTRY_NAME = 255
@@ -174,27 +170,28 @@ class ServicesAPI:
         return len(wanted), running, pending
 
     async def list(self, request: ListServicesRequest) -> ListServicesResponse:
+        """A page of services (controller/snapshot.py): from the view's latest snapshot
+        on the leader, from etcd on a follower."""
         if request.mode not in ("", *MODES):
             raise ValidationError("mode", f"must be {', '.join(MODES)} or empty")
         view = await self._fresh_view()
-        if view is not None:  # the leader: no etcd read, no scan of every task
-            return _listing(
-                request,
-                sorted(view.services.values(), key=lambda s: s.id),
-                lambda service: _counted(service, view),
-                _ready(view.nodes.values()),
-            )
-        services = await self._services.list_all()
-        by_service: dict[str, list[Task]] = defaultdict(list)
+        snapshot = view.board.latest if view is not None else None
+        if snapshot is None:  # a follower: etcd answers
+            snapshot = await self._snapshot_from_store()
+        return list_services(snapshot, request)
+
+    async def _snapshot_from_store(self) -> ReadSnapshot:
+        """What a follower lists from: etcd's services, nodes and tasks counted."""
+        running: Counter[str] = Counter()
+        succeeded: Counter[str] = Counter()
         for task in await self._all_tasks():
-            by_service[task.service_id].append(task)
-        ready_nodes = _ready(await self._nodes.list_all())
-        return _listing(
-            request,
-            services,
-            lambda service: _scanned(service, by_service[service.id]),
-            ready_nodes,
-        )
+            if task.desired_state == TaskState.RUNNING and task.status.state == TaskState.RUNNING:
+                running[task.service_id] += 1
+            if task.status.state == TaskState.COMPLETE and task.status.exit_code == 0:
+                succeeded[task.service_id] += 1
+        services = {s.id: s for s in await self._services.list_all()}
+        nodes = {n.id: n for n in await self._nodes.list_all()}
+        return ReadSnapshot.of(0, nodes, services, running, succeeded)
 
     async def list_tasks(self, request: ListTasksRequest) -> ListTasksResponse:
         tasks = await self._all_tasks()
@@ -229,51 +226,3 @@ def _dropped_target(old: ServiceSpec, written: Service) -> list[str]:
         f"the previous spec is not kept for a rollback: the cluster's policy does not "
         f"allow privileged containers ({why})"
     ]
-
-
-def _ready(nodes: Iterable[Node]) -> int:
-    return sum(1 for n in nodes if n.status.state == NodeStatus.READY)
-
-
-def _listing(
-    request: ListServicesRequest,
-    services: Iterable[Service],
-    running: Callable[[Service], tuple[int, int]],
-    ready_nodes: int,
-) -> ListServicesResponse:
-    """The services the request names, each with (running, succeeded) from `running`."""
-    response = ListServicesResponse()
-    for service in services:
-        mode = service.spec.WhichOneof("mode") or ""
-        if request.names and service.spec.name not in request.names:
-            continue
-        if request.mode and request.mode != mode:
-            continue
-        response.services.append(_summary(service, *running(service), ready_nodes))
-    return response
-
-
-def _counted(service: Service, view: ClusterState) -> tuple[int, int]:
-    return view.running_by_service[service.id], view.succeeded_by_service[service.id]
-
-
-def _scanned(service: Service, tasks: list[Task]) -> tuple[int, int]:
-    running = sum(
-        1
-        for t in tasks
-        if t.desired_state == TaskState.RUNNING and t.status.state == TaskState.RUNNING
-    )
-    succeeded = sum(
-        1 for t in tasks if t.status.state == TaskState.COMPLETE and t.status.exit_code == 0
-    )
-    return running, succeeded
-
-
-def _summary(service: Service, running: int, succeeded: int, ready_nodes: int) -> ServiceSummary:
-    mode = service.spec.WhichOneof("mode")
-    if mode == "job":
-        return ServiceSummary(
-            service=service, running=succeeded, desired=service.spec.job.completions
-        )
-    desired = service.spec.replicated.replicas if mode == "replicated" else ready_nodes
-    return ServiceSummary(service=service, running=running, desired=desired)

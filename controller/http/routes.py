@@ -222,8 +222,11 @@ class Handlers:
                     f"state: expected ready, down or unknown, got {state[:64]!r}",
                 )
             query.states.append(NodeStatus.State.Value(state.upper()))
-        nodes = (await self._sources.nodes.list(query)).nodes
-        return await json_response(sorted(nodes, key=lambda n: n.spec.name))
+        query.page_size, query.page_token = _page_of(request)
+        listed = await self._sources.nodes.list(query)
+        if query.page_size:  # pages come in ID order
+            return _paged(await json_response(list(listed.nodes)), listed.next_page_token)
+        return await json_response(sorted(listed.nodes, key=lambda n: n.spec.name))
 
     async def get_node(self, request: web.Request) -> web.Response:
         return await json_response(await self._sources.nodes.get(request.match_info["ref"]))
@@ -232,8 +235,11 @@ class Handlers:
         query = ListServicesRequest(
             mode=request.query.get("mode", ""), names=_values(request, "name")
         )
-        summaries = (await self._sources.services.list(query)).services
-        return await json_response(sorted(summaries, key=lambda s: s.service.spec.name))
+        query.page_size, query.page_token = _page_of(request)
+        listed = await self._sources.services.list(query)
+        if query.page_size:  # pages come in ID order
+            return _paged(await json_response(list(listed.services)), listed.next_page_token)
+        return await json_response(sorted(listed.services, key=lambda s: s.service.spec.name))
 
     async def get_service(self, request: web.Request) -> web.Response:
         return await json_response(await self._sources.services.get(request.match_info["ref"]))
@@ -457,6 +463,21 @@ class Handlers:
         for subscriber in list(self._streams):
             subscriber.close()
         await self.hub.close()
+
+
+def _page_of(request: web.Request) -> tuple[int, str]:
+    """`?page_size=N&page_token=T` (controller/snapshot.py checks their ranges)."""
+    raw = request.query.get("page_size", "0") or "0"
+    if not raw.isdigit() or len(raw) > 9:
+        raise ApiError(400, "INVALID_ARGUMENT", f"page_size: expected a number, got {raw[:32]!r}")
+    return int(raw), request.query.get("page_token", "")
+
+
+def _paged(response: web.Response, next_page_token: str) -> web.Response:
+    """A page: the token of the next one in `X-Next-Page-Token` (none on the last)."""
+    if next_page_token:
+        response.headers["X-Next-Page-Token"] = next_page_token
+    return response
 
 
 def _values(request: web.Request, key: str) -> list[str]:

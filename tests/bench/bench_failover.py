@@ -7,7 +7,9 @@ Starts one etcd, three `dockyard-controller run` processes on it and a hollow fl
 of three agents that knows every controller. Each round finds the leader, SIGKILLs
 it, at once scales a service up by one through another controller, and measures the
 seconds from the kill until the new slot's task is placed (it has a node), read
-through that controller. The killed controller is started again (same state dir) and
+through that controller, and until every agent has a session to the new leader
+(`agent_sessions` of the leader's GetInfo, polled every 50 ms beside the scale-up).
+The killed controller is started again (same state dir) and
 the cluster left to settle before the next round. Prints p50/p99/max; `--baseline
 DIR` first runs the same rounds with PYTHONPATH=DIR (another tree of the code, such as
 main's) and prints the ratios. Each side runs with its own default lease unless
@@ -24,6 +26,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -189,10 +192,38 @@ def running(stub: Any, replicas: int) -> bool:
     return sum(1 for t in tasks if t.status.state == TaskStatus.RUNNING) >= replicas
 
 
-def run_rounds(rounds: int, leader_ttl: int | None) -> list[float]:
+AGENTS = 3
+
+
+class Reconnection(threading.Thread):
+    """Seconds from `since` until a live controller other than `killed` leads with every
+    agent's session (-1: not within the timeout)."""
+
+    def __init__(self, rig: Rig, killed: int, since: float, timeout: float = 120) -> None:
+        super().__init__(daemon=True)
+        self.rig, self.killed, self.since, self.timeout = rig, killed, since, timeout
+        self.took = -1.0
+
+    def run(self) -> None:
+        while time.monotonic() - self.since < self.timeout:
+            for index, stub in enumerate(self.rig.stubs):
+                if index == self.killed:
+                    continue
+                try:
+                    info = stub.GetInfo(GetInfoRequest(), timeout=2)
+                except grpc.RpcError:
+                    continue
+                if info.is_leader and info.agent_sessions >= AGENTS:
+                    self.took = time.monotonic() - self.since
+                    return
+            time.sleep(0.05)
+
+
+def run_rounds(rounds: int, leader_ttl: int | None) -> tuple[list[float], list[float]]:
     root = Path(tempfile.mkdtemp(prefix="dockyard-failover-"))
     rig = Rig(root, leader_ttl)
     times: list[float] = []
+    reconnects: list[float] = []
     try:
         rig.start()
         replicas = 3
@@ -202,30 +233,46 @@ def run_rounds(rounds: int, leader_ttl: int | None) -> list[float]:
         wait(lambda: running(rig.stubs[leader], replicas), "3 replicas RUNNING", 60)
         for index in range(rounds):
             replicas += 1
-            leader, took = one_round(rig, replicas)
+            leader, took, reconnected = one_round(rig, replicas)
             times.append(took)
-            print(f"  round {index + 1}: leader c{leader} killed, slot placed after {took:.2f} s")
+            reconnects.append(reconnected)
+            print(
+                f"  round {index + 1}: leader c{leader} killed, slot placed after {took:.2f} s, "
+                f"agents reconnected after {reconnected:.2f} s"
+            )
     finally:
         rig.close()
         shutil.rmtree(root, ignore_errors=True)
-    return times
+    return times, reconnects
 
 
-def one_round(rig: Rig, replicas: int) -> tuple[int, float]:
+def one_round(rig: Rig, replicas: int) -> tuple[int, float, float]:
     """Kill the leader, scale to `replicas` through the next controller; (the killed
-    controller, seconds from the kill to the new slot placed). Then let it settle."""
+    controller, seconds from the kill to the new slot placed, to every agent's session
+    on the new leader). Then let it settle."""
     leader = wait_leader(rig)
+    wait(lambda: all_connected(rig, leader), "every agent's session on the leader", 60)
     via = rig.stubs[(leader + 1) % 3]
     killed = time.monotonic()
     os.killpg(rig.controllers[leader].pid, signal.SIGKILL)
     rig.controllers[leader].wait()
+    reconnection = Reconnection(rig, leader, killed)
+    reconnection.start()
     wait(lambda: scale(via, replicas) or True, "the scale-up", 30)
     wait(lambda: placed(via, replicas), f"slot {replicas} placed", 120)
     took = time.monotonic() - killed
+    reconnection.join()
     rig.restart(leader)
     wait(lambda: running(via, replicas), "every replica RUNNING", 120)
     wait(lambda: all_answer(rig), "every controller answering", 60)
-    return leader, took
+    return leader, took, reconnection.took
+
+
+def all_connected(rig: Rig, leader: int) -> bool:
+    try:
+        return rig.stubs[leader].GetInfo(GetInfoRequest(), timeout=2).agent_sessions >= AGENTS
+    except grpc.RpcError:
+        return False
 
 
 def wait_leader(rig: Rig) -> int:
@@ -247,15 +294,19 @@ def all_answer(rig: Rig) -> bool:
     return True
 
 
-def summary(name: str, times: list[float]) -> dict[str, float]:
+def summary(name: str, measured: tuple[list[float], list[float]]) -> dict[str, float]:
+    times, reconnects = measured
     result = {
         "p50_s": round(percentile(times, 0.5), 2),
         "p99_s": round(percentile(times, 0.99), 2),
         "max_s": round(max(times), 2),
+        "reconnect_p50_s": round(percentile(reconnects, 0.5), 2),
+        "reconnect_p99_s": round(percentile(reconnects, 0.99), 2),
     }
     print(
         f"{name}: {len(times)} kills, kill to placed p50 {result['p50_s']} s, "
-        f"p99 {result['p99_s']} s, max {result['max_s']} s"
+        f"p99 {result['p99_s']} s, max {result['max_s']} s; kill to every agent on the "
+        f"new leader p50 {result['reconnect_p50_s']} s, p99 {result['reconnect_p99_s']} s"
     )
     return result
 
@@ -272,6 +323,7 @@ def main() -> None:
     parser.add_argument("--baseline", default="", help="PYTHONPATH of the code to compare with")
     args = parser.parse_args()
     print(f"load average {os.getloadavg()[0]:.2f}")
+    subprocess.run(["uptime"], check=False)
     baseline = None
     if args.baseline:
         print(f"baseline (PYTHONPATH={args.baseline}):")
@@ -281,8 +333,9 @@ def main() -> None:
         print("this tree:")
     result = summary("this tree", run_rounds(args.rounds, args.leader_ttl))
     if baseline is not None:
-        for key in ("p50_s", "p99_s"):
+        for key in ("p50_s", "p99_s", "reconnect_p50_s", "reconnect_p99_s"):
             print(f"  {key}: {result[key]} vs {baseline[key]} ({result[key] / baseline[key]:.2f}x)")
+    subprocess.run(["uptime"], check=False)
     print(json.dumps({"this_tree": result, "baseline": baseline}))
 
 

@@ -8,7 +8,8 @@ hollow` processes running N simulated agents between them (so the fleet's own CP
 does not bound the controller), creates the services, and reports: seconds until
 every task is placed, stored and reported RUNNING; tasks per second; the
 controller's peak RSS and CPU seconds (and etcd's, and the fleet's); p50/p99
-latency of ListServices and ListNodes while it runs. `--profile` records the
+latency of ListServices and ListNodes while it runs (on the controller's read port,
+`--read-listen`, when the code under test has one). `--profile` records the
 controller with py-spy during the run (raw folded stacks). `--baseline DIR` first
 runs the same scenario with PYTHONPATH=DIR (another tree of the code, such as
 main's) and prints the ratios. Cleans up every process and the temp dir, also on
@@ -93,6 +94,7 @@ class Sampler(threading.Thread):
     """Controller RSS and API latencies, sampled while the test runs."""
 
     def __init__(self, pid: int, stub: control_pb2_grpc.ControlStub) -> None:
+        """`stub`: where the reads are sent (the read port when the controller has one)."""
         super().__init__(daemon=True)
         self.process = psutil.Process(pid)
         self.stub = stub
@@ -134,10 +136,12 @@ def start_cluster(
     timeout: float,
     processes: list[subprocess.Popen[bytes]],
     fleet_processes: int = 1,
-) -> tuple[int, Any, list[int]]:
+) -> tuple[int, Any, list[int], Any]:
     """A controller and a hollow fleet of `nodes` agents in `fleet_processes`
-    processes, all READY; (controller pid, stub, the fleet's pids)."""
+    processes, all READY; (controller pid, stub, the fleet's pids, a stub for the
+    list reads: on --read-listen when the code under test has it)."""
     address = f"127.0.0.1:{free_port()}"
+    read_address = f"127.0.0.1:{free_port()}" if has_read_port() else ""
     controller = spawn(
         [
             str(BIN / "dockyard-controller"),
@@ -155,6 +159,7 @@ def start_cluster(
             "--insecure",
             "--resolve-image",
             "never",  # hollow agents: no registry holds the image
+            *(["--read-listen", read_address] if read_address else []),
         ],
         root / "controller.log",
     )
@@ -211,7 +216,27 @@ def start_cluster(
         timeout,
     )
     print(f"{nodes} hollow nodes READY after {joined:.1f} s")
-    return controller.pid, stub, [p.pid for p in fleet]
+    reads = stub
+    if read_address:
+        print(f"list reads sampled on the read port {read_address}")
+        reads = control_pb2_grpc.ControlStub(
+            grpc.insecure_channel(
+                read_address, options=[("grpc.max_receive_message_length", 512 * 1024 * 1024)]
+            )
+        )
+    return controller.pid, stub, [p.pid for p in fleet], reads
+
+
+def has_read_port() -> bool:
+    """Whether the controller under test (PYTHONPATH) has --read-listen."""
+    found = subprocess.run(
+        [str(BIN / "dockyard-controller"), "run", "--help"],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return "--read-listen" in found.stdout
 
 
 def create_and_wait(
@@ -293,11 +318,11 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     processes: list[subprocess.Popen[bytes]] = []
     profiler: subprocess.Popen[bytes] | None = None
     try:
-        pid, stub, fleet = start_cluster(
+        pid, stub, fleet, reads = start_cluster(
             root, args.nodes, args.timeout, processes, args.fleet_processes
         )
         etcd = [c.pid for c in psutil.Process(pid).children() if "etcd" in c.name()]
-        sampler = Sampler(pid, stub)
+        sampler = Sampler(pid, reads)
         sampler.start()
         if args.profile:
             profiler = subprocess.Popen(
@@ -339,6 +364,7 @@ def main() -> None:
     parser.add_argument("--profile", default="", help="py-spy's raw output for the controller")
     parser.add_argument("--baseline", default="", help="PYTHONPATH of the code to compare with")
     args = parser.parse_args()
+    subprocess.run(["uptime"], check=False)
     baseline = None
     if args.baseline:
         print(f"baseline (PYTHONPATH={args.baseline}):")
@@ -354,6 +380,7 @@ def main() -> None:
             print(f"  {key}: {result[key]} vs {baseline[key]} ({result[key] / baseline[key]:.2f}x)")
         for key in ("service_ls_p99_ms", "node_ls_p99_ms"):
             print(f"  {key}: {result[key]} vs {baseline[key]} ({result[key] / baseline[key]:.2f}x)")
+    subprocess.run(["uptime"], check=False)
 
 
 if __name__ == "__main__":

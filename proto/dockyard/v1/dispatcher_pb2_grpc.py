@@ -39,6 +39,11 @@ class DispatcherStub:
                 request_serializer=dockyard_dot_v1_dot_dispatcher__pb2.AgentMessage.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.DispatcherMessage.FromString,
                 _registered_method=True)
+        self.Leader = channel.unary_unary(
+                '/dockyard.v1.Dispatcher/Leader',
+                request_serializer=dockyard_dot_v1_dot_dispatcher__pb2.LeaderRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.LeaderAnswer.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -52,6 +57,16 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Leader(self, request, context):
+        """Where the leader is: answered once this controller knows a leader other than
+        `not_address` (or a new term of it), or after `wait_seconds`. An agent whose
+        session ended asks every controller it knows and connects to the first answer:
+        it learns of a new leader the moment one is elected, with no retry delay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +74,11 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.Session,
                     request_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.AgentMessage.FromString,
                     response_serializer=dockyard_dot_v1_dot_dispatcher__pb2.DispatcherMessage.SerializeToString,
+            ),
+            'Leader': grpc.unary_unary_rpc_method_handler(
+                    servicer.Leader,
+                    request_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.LeaderRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_dispatcher__pb2.LeaderAnswer.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +108,33 @@ class Dispatcher:
             '/dockyard.v1.Dispatcher/Session',
             dockyard_dot_v1_dot_dispatcher__pb2.AgentMessage.SerializeToString,
             dockyard_dot_v1_dot_dispatcher__pb2.DispatcherMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Leader(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Dispatcher/Leader',
+            dockyard_dot_v1_dot_dispatcher__pb2.LeaderRequest.SerializeToString,
+            dockyard_dot_v1_dot_dispatcher__pb2.LeaderAnswer.FromString,
             options,
             channel_credentials,
             insecure,

@@ -35,6 +35,12 @@ class DispatcherStub:
     """The first AgentMessage must be a hello. Heartbeats and task status go up;
     the session's acceptance, heartbeat acks and assignment sets come down.
     """
+    Leader: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.LeaderRequest, _dispatcher_pb2.LeaderAnswer]
+    """Where the leader is: answered once this controller knows a leader other than
+    `not_address` (or a new term of it), or after `wait_seconds`. An agent whose
+    session ended asks every controller it knows and connects to the first answer:
+    it learns of a new leader the moment one is elected, with no retry delay.
+    """
 
 @_typing.type_check_only
 class DispatcherAsyncStub(DispatcherStub):
@@ -42,6 +48,12 @@ class DispatcherAsyncStub(DispatcherStub):
     Session: _aio.StreamStreamMultiCallable[_dispatcher_pb2.AgentMessage, _dispatcher_pb2.DispatcherMessage]  # type: ignore[assignment]
     """The first AgentMessage must be a hello. Heartbeats and task status go up;
     the session's acceptance, heartbeat acks and assignment sets come down.
+    """
+    Leader: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.LeaderRequest, _dispatcher_pb2.LeaderAnswer]  # type: ignore[assignment]
+    """Where the leader is: answered once this controller knows a leader other than
+    `not_address` (or a new term of it), or after `wait_seconds`. An agent whose
+    session ended asks every controller it knows and connects to the first answer:
+    it learns of a new leader the moment one is elected, with no retry delay.
     """
 
 class DispatcherServicer(metaclass=_abc_1.ABCMeta):
@@ -53,6 +65,18 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_dispatcher_pb2.DispatcherMessage], _abc.AsyncIterator[_dispatcher_pb2.DispatcherMessage]]:
         """The first AgentMessage must be a hello. Heartbeats and task status go up;
         the session's acceptance, heartbeat acks and assignment sets come down.
+        """
+
+    @_abc_1.abstractmethod
+    def Leader(
+        self,
+        request: _dispatcher_pb2.LeaderRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatcher_pb2.LeaderAnswer, _abc.Awaitable[_dispatcher_pb2.LeaderAnswer]]:
+        """Where the leader is: answered once this controller knows a leader other than
+        `not_address` (or a new term of it), or after `wait_seconds`. An agent whose
+        session ended asks every controller it knows and connects to the first answer:
+        it learns of a new leader the moment one is elected, with no retry delay.
         """
 
 def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,55 @@
+"""The read port (`--read-listen`) over mutual TLS: the main port's roles, checked
+in its own handlers (a real controller process with the cluster's CA)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from dockyard.agent.certs import NodePKI
+from dockyard.common import pki
+from dockyard.v1 import control_pb2_grpc
+from dockyard.v1.control_pb2 import ListNodesRequest, ListServicesRequest
+from tests.conftest import Cluster
+from tests.ports import free_port
+
+TLS_NAME = [("grpc.ssl_target_name_override", pki.CONTROLLER_TLS_NAME)]
+
+
+def test_the_read_port_serves_admins_and_refuses_nodes_and_strangers(
+    cluster_factory: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    cluster = cluster_factory()
+    read_address = f"127.0.0.1:{free_port()}"
+    cluster.start_controller(["--read-listen", read_address])
+    with grpc.secure_channel(read_address, cluster.admin_credentials(), TLS_NAME) as channel:
+        stub = control_pb2_grpc.ControlStub(channel)
+        cluster.wait_for(lambda: _answers(stub), "the read port to answer")
+        assert stub.ListServices(ListServicesRequest(), timeout=10).services == []
+    cluster.join("reader-node", tmp_path / "node")
+    node = NodePKI.of(tmp_path / "node")
+    with grpc.secure_channel(read_address, node.channel_credentials(), TLS_NAME) as channel:
+        stub = control_pb2_grpc.ControlStub(channel)
+        try:
+            stub.ListNodes(ListNodesRequest(), timeout=10)
+            raise AssertionError("a node's certificate listed the nodes")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.PERMISSION_DENIED, exc
+    anonymous = grpc.ssl_channel_credentials((cluster.pki / "admin" / "ca.pem").read_bytes())
+    with grpc.secure_channel(read_address, anonymous, TLS_NAME) as channel:
+        stub = control_pb2_grpc.ControlStub(channel)
+        try:
+            stub.ListNodes(ListNodesRequest(), timeout=10)
+            raise AssertionError("a caller without a certificate listed the nodes")
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc  # the handshake fails
+
+
+def _answers(stub: control_pb2_grpc.ControlStub) -> bool:
+    try:
+        stub.ListNodes(ListNodesRequest(), timeout=5)
+        return True
+    except grpc.RpcError:
+        return False

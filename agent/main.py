@@ -6,7 +6,6 @@ import asyncio
 import signal
 import sys
 from collections.abc import Coroutine
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -368,18 +367,8 @@ def join(
         )
 
 
-_BLOCKING_THREADS = 32
-"""Threads for the agent's blocking calls (mounts, cgroup rmdirs, record writes). A cgroup
-rmdir waits for an RCU grace period (tens of ms): with asyncio's default of cpus + 4
-threads, a scale of 100 replicas queued every start's mount behind the stops' deletes."""
-
-
 async def _serve(config: AgentConfig) -> int:
     import structlog
-
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(_BLOCKING_THREADS, thread_name_prefix="agent-blocking")
-    )
 
     from dockyard.agent.daemon import AgentDaemon, AgentStartError, exception_leaves
     from dockyard.agent.session import SessionRefused

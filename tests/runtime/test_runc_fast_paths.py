@@ -99,10 +99,25 @@ def test_shim_is_rewritten_when_half_written_or_for_another_runc(tmp_path: Path)
     shim = tmp_path / SHIM_NAME
     shim.write_text(shim_text("/usr/sbin/runc")[:40])  # a crash mid-write of an old agent
     shim.chmod(0o755)
-    assert write_shim(tmp_path, "/usr/sbin/runc").read_text() == shim_text("/usr/sbin/runc")
-    assert write_shim(tmp_path, "/opt/runc").read_text() == shim_text("/opt/runc")
+    assert shim.read_text() != shim_text("/usr/sbin/runc")
+    assert write_shim(tmp_path, "/usr/sbin/runc") == shim
+    assert shim.read_text() == shim_text("/usr/sbin/runc")
+    assert write_shim(tmp_path, "/opt/runc") == shim
+    assert shim.read_text() == shim_text("/opt/runc")
     assert os.access(shim, os.X_OK)
     assert [p.name for p in tmp_path.iterdir()] == [SHIM_NAME]  # no temporary left
+
+
+def test_no_shim_on_a_noexec_state_dir(tmp_path: Path) -> None:
+    target = tmp_path / "noexec"
+    target.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "noexec,size=1m", "tmpfs", str(target)], check=True
+    )
+    try:
+        assert write_shim(target, "/usr/sbin/runc") is None  # starts keep create + start
+    finally:
+        subprocess.run(["umount", str(target)], check=True)
 
 
 def test_shim_turns_create_into_run_detached(tmp_path: Path) -> None:
@@ -110,6 +125,7 @@ def test_shim_turns_create_into_run_detached(tmp_path: Path) -> None:
     echo.write_text('#!/bin/sh\nprintf "%s|" "$@"\n')
     echo.chmod(0o755)
     shim = write_shim(tmp_path, str(echo))
+    assert shim is not None
     out = subprocess.run(
         [str(shim), "--root", "/r", "create", "--bundle", "/b c", "--pid-file", "p", "id"],
         check=True,

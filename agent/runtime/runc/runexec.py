@@ -41,11 +41,16 @@ exec {shlex.quote(runc)} "$@"
 """
 
 
-def write_shim(directory: Path, runc: str) -> Path:
+def write_shim(directory: Path, runc: str) -> Path | None:
     """Write (or keep, when it is already right) the shim under ``directory`` (blocking).
 
-    Written to a temporary name, made executable, then renamed over the old one.
+    Written to a temporary name, made executable, then renamed over the old one. None
+    when ``directory`` is on a ``noexec`` mount: conmon could not run it there, and
+    starts keep ``runc create`` + ``runc start``.
     """
+    directory.mkdir(parents=True, exist_ok=True)
+    if os.statvfs(directory).f_flag & os.ST_NOEXEC:
+        return None
     path = directory / SHIM_NAME
     text = shim_text(runc)
     try:
@@ -53,7 +58,6 @@ def write_shim(directory: Path, runc: str) -> Path:
             return path
     except OSError:
         pass
-    directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{SHIM_NAME}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)

@@ -248,6 +248,11 @@ class ContainerService:
     def _view(self, info: ContainerInfo) -> ContainerView:
         return ContainerView(info, self._meta.get(info.id) or ContainerMeta(info.id, ""))
 
+    async def by_name(self, name: str) -> ContainerView | None:
+        """The container called exactly `name` (None when there is none); no ID prefixes."""
+        info = await self._named(name)
+        return None if info is None else self._view(self._networked(info))
+
     async def inspect(self, ref: str) -> ContainerView:
         """One container by ID, unique ID prefix or name."""
         return self._view(await self._resolve(ref))
@@ -323,8 +328,28 @@ class ContainerService:
             meta.lease, ResolvedImage(meta.image_digest, lower_dirs=tuple(spec.lower_dirs))
         )
 
+    async def _named(self, name: str) -> ContainerInfo | None:
+        """The container called exactly `name`, without listing every container."""
+        try:
+            info = await self.runtime.inspect(name)
+        except ContainerNotFound:
+            return None
+        if info.name == name:
+            return info
+        # `name` is another container's ID: look among the names the slow way
+        return next((i for i in await self.runtime.list(all=True) if i.name == name), None)
+
     async def _take_name(self, wanted: str) -> str:
         """The container's name: `wanted`, or a generated one; reserved until released."""
+        if wanted:  # one lookup, not a list of every container (100 replicas: 100 lists)
+            named = await self._named(wanted)
+            if named is not None or wanted in self._creating:
+                raise AlreadyExists(
+                    f"container name {wanted!r} is already in use by container "
+                    f"{named.id[:12] if named else 'being created'}"
+                )
+            self._creating.add(wanted)
+            return wanted
         infos = await self.runtime.list(all=True)
         taken = {info.name for info in infos} | self._creating
         name = wanted or generate_name(taken)

@@ -168,8 +168,8 @@ class TaskExecutor:
 
     async def prepare(self, task: Task, progress: Progress) -> None:
         name = container_name(task)
-        with contextlib.suppress(NotFound):
-            view = await self.service.inspect(name)
+        view = await self.service.by_name(name)  # exact: no list of every container
+        if view is not None:
             if view.info.labels.get(LABEL_TASK_ID) == task.id:
                 return  # made before a restart
             raise ExecutorError(f"container name {name} is taken by another container")

@@ -90,6 +90,7 @@ class Bench:
             self.registry,
             self.cgroup_parent,
             self.cleanup,
+            log_level="debug" if self.args.phases else "warning",
         )
         self.channel = grpc.insecure_channel(self.agent)
         self.cleanup.add("grpc channel", self.channel.close)
@@ -191,14 +192,23 @@ class Bench:
         ours: list[float] = []
         raw: list[float] = []
         docker: list[float] = []
+        calls: dict[str, list[float]] = {"Create": [], "Start": [], "Wait": [], "Remove": []}
         # Interleaved, so that other load on the machine hits every side alike.
         for i in range(n + 1):  # the first round warms up
             start = time.perf_counter()
             cid = self.create("true")
+            t1 = time.perf_counter()
             self.containers.Start(ContainerRef(container=cid), timeout=60)
+            t2 = time.perf_counter()
             exit_info = self.containers.Wait(ContainerRef(container=cid), timeout=60)
+            t3 = time.perf_counter()
             self.containers.Remove(RemoveContainerRequest(container=cid), timeout=60)
             took = time.perf_counter() - start
+            if i:
+                for name, d in zip(
+                    calls, (t1 - start, t2 - t1, t3 - t2, start + took - t3), strict=True
+                ):
+                    calls[name].append(d)
             if exit_info.exit_code != 0:
                 raise RuntimeError(f"`true` exited {exit_info.exit_code}: {exit_info.error}")
             raw_took = self.raw_runc(rid=f"raw-true-{i}", bundle=bundle)
@@ -219,6 +229,9 @@ class Bench:
                 f"  docker run --rm --network none    {ms(m_docker)}   "
                 f"(reference; agent/docker {ratio(m_ours, m_docker)})"
             )
+        print("  per call: " + ", ".join(f"{k} {median(v) * 1e3:.1f} ms" for k, v in calls.items()))
+        if self.args.phases:
+            print_phases(self.root / "agents" / "bench-agent.log")
         self.results["run"] = {
             "agent_ms": m_ours * 1e3,
             "raw_runc_ms": m_raw * 1e3,
@@ -431,6 +444,23 @@ class Bench:
         print(line_ps)
 
 
+def print_phases(agent_log: Path) -> None:
+    """Medians of the runtime's `container.phases` debug lines (milliseconds per phase)."""
+    by_op: dict[str, dict[str, list[float]]] = {}
+    for line in agent_log.read_text(errors="replace").splitlines():
+        if '"container.phases"' not in line:
+            continue
+        entry = json.loads(line)
+        phases = by_op.setdefault(entry["op"], {})
+        for key, value in entry.items():
+            if isinstance(value, (int, float)) and key not in ("op",):
+                phases.setdefault(key, []).append(float(value))
+    print("  runtime phases (agent's container.phases, medians, ms):")
+    for op, phases in by_op.items():
+        parts = ", ".join(f"{k} {median(v):.1f}" for k, v in phases.items())
+        print(f"    {op:9} {parts}")
+
+
 def keep_logs(root: Path, target: Path) -> None:
     target.mkdir(exist_ok=True)
     for log in root.rglob("*.log"):
@@ -448,6 +478,11 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=900, help="global limit, seconds")
     parser.add_argument(
         "--skip", default="", help=f"comma-separated: {', '.join(SECTIONS)}, nodocker"
+    )
+    parser.add_argument(
+        "--phases",
+        action="store_true",
+        help="run the agent at debug and print the medians of its per-phase timings",
     )
     parser.add_argument(
         "--keep-logs",

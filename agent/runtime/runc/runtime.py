@@ -1,10 +1,12 @@
 """``RuncRuntime``: containers under runc, monitored by conmon, on overlayfs rootfs.
 
 ``create`` mounts the rootfs and writes the OCI bundle; ``start`` has conmon run
-``runc create`` (conmon keeps stdio, the log and the exit code, and survives the agent)
-then runs ``runc start``. A watcher task per running container waits for its conmon to
-exit, then records the exit (code from conmon's exit file, OOM from conmon's ``oom`` file
-or the cgroup's ``oom_kill`` counter), deletes the runc container and unmounts the rootfs.
+``runc run --detach`` through a shim (one runc per start, see ``runexec``; conmon keeps
+stdio, the log and the exit code, and survives the agent), or ``runc create`` then
+``runc start`` when an attach waits for the first output. A watcher task per running
+container waits for its conmon to exit, then records the exit (code from conmon's exit
+file, OOM from conmon's ``oom`` file or the cgroup's ``oom_kill`` counter), deletes the
+runc container and unmounts the rootfs.
 
 A leaf: a ``bridge`` container's namespace and address come in the spec's ``endpoint``
 (the container service's network step made them); the runtime only joins the namespace
@@ -53,10 +55,12 @@ from dockyard.agent.runtime.runc.conmon import (
     launch_conmon,
     wait_pid_exit,
 )
+from dockyard.agent.runtime.runc.direct import delete_stopped, parse_signal, signal_init
 from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec, write_exec_process
 from dockyard.agent.runtime.runc.interactive import PipeExec, PtyExec, start_interactive
 from dockyard.agent.runtime.runc.logrotate import LogPolicy, rotate_until
 from dockyard.agent.runtime.runc.logs import read_log
+from dockyard.agent.runtime.runc.phases import Phases
 from dockyard.agent.runtime.runc.records import (
     ContainerDir,
     ContainerRecord,
@@ -64,6 +68,7 @@ from dockyard.agent.runtime.runc.records import (
     save_record,
 )
 from dockyard.agent.runtime.runc.rootfs import ContainerLayer, mounted_under
+from dockyard.agent.runtime.runc.runexec import write_shim
 from dockyard.agent.runtime.runc.spec import (
     EtcFiles,
     build_spec,
@@ -111,6 +116,7 @@ class RuncRuntime:
         self._cpu_prev: dict[str, tuple[float, int]] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         self._pending_attach: dict[str, builtins.list[LateAttach]] = {}
+        self._run_shim: Path | None = None
         self._loaded = False
 
     # ----------------------------------------------------------------- helpers
@@ -167,6 +173,15 @@ class RuncRuntime:
             await self._runc("kill", container_id, "KILL", check=False)
             await self._runc("delete", container_id, check=False)
 
+    async def _signal(self, record: ContainerRecord, sig: int | str, check: bool = False) -> None:
+        """Signal the container's init directly (a pidfd), or through ``runc kill``."""
+        signum = parse_signal(sig)
+        if signum is not None and await asyncio.to_thread(
+            signal_init, record.state.pid, record.cgroups_path, signum
+        ):
+            return
+        await self._runc("kill", record.config.id, str(sig), check=check)
+
     async def _save(self, record: ContainerRecord) -> None:
         await save_record(self._dir(record.config.id), record)
 
@@ -218,24 +233,33 @@ class RuncRuntime:
         if config.network == "bridge" and config.endpoint is None:
             raise InvalidConfig(f"container {config.id}: a bridge container needs an endpoint")
         self._records[config.id] = record  # reserve id and name while we await
+        phases = Phases("create", config.id)
         try:
             await asyncio.to_thread(cdir.bundle.mkdir, parents=True, exist_ok=False)
+            phases.mark("mkdir")
             layer = ContainerLayer(config.lower_dirs, cdir.base)
             rootfs = await layer.mount()
+            phases.mark("mount")
             passwd, group = await asyncio.to_thread(files.read_user_db, rootfs)
             user = resolve_user(config.user or config.image_config.get("User"), passwd, group)
+            phases.mark("user")
             await self._write_etc(cdir, config)
+            phases.mark("etc")
             etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
             devices = await asyncio.to_thread(files.host_devices) if config.privileged else []
             netns = config.endpoint.netns_path if config.endpoint else None
             spec = build_spec(config, rootfs, user, etc, record.cgroups_path, devices, netns)
+            phases.mark("spec")
             await asyncio.to_thread(files.write_json, cdir.spec, spec)
+            phases.mark("write_spec")
             await self._save(record)
+            phases.mark("save")
         except BaseException:
             self._records.pop(config.id, None)
             await self._discard_dir(cdir, config.lower_dirs)
             raise
         self._event(config.id).clear()
+        phases.done()
         log.info("container.created", container_id=config.id, name=config.name)
         return self._info(record)
 
@@ -261,29 +285,40 @@ class RuncRuntime:
         """Run the container (again, counting a restart, if it had exited)."""
         record = await self._get(container_id)
         cid = record.config.id
+        phases = Phases("start", cid)
         async with self._lock(cid):
             if record.state.status is ContainerStatus.RUNNING:
                 return
+            phases.mark("lock")
             cdir = self._dir(cid)
             if record.state.status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
                 record.state.restart_count += 1
             await self._runc_delete_leftover(cid)  # of the previous run or a crash
+            phases.mark("leftover")
             await asyncio.to_thread(files.clear_exit_files, cdir, cid)
+            phases.mark("exit_files")
             await ContainerLayer(record.config.lower_dirs, cdir.base).mount()
+            phases.mark("mount")
             self._event(cid).clear()
+            # One runc (`run --detach`) unless an attach waits for this start: that one
+            # must be connected between create and start to see the first output.
+            one_exec = self._run_shim is not None and not self._pending_attach.get(cid)
             try:
                 config = record.config
                 pid, conmon_pid = await launch_conmon(
                     conmon=self.conmon,
-                    runc=self.runc,
+                    runc=str(self._run_shim) if one_exec else self.runc,
                     runc_root=self.runc_root,
                     container_id=cid,
                     paths=cdir.conmon_paths(),
                     stdio=StdioMode(config.tty, config.open_stdin, config.stdin_once),
                 )
                 record.conmon_pid = conmon_pid
-                await self._connect_pending(cid)
-                await self._runc("start", cid)
+                phases.mark("conmon_run" if one_exec else "conmon_create")
+                if not one_exec:
+                    await self._connect_pending(cid)
+                    await self._runc("start", cid)
+                    phases.mark("runc_start")
             except ContainerRuntimeError as exc:
                 await self._runc("kill", cid, "KILL", check=False)
                 await self._runc("delete", cid, check=False)
@@ -305,6 +340,8 @@ class RuncRuntime:
             )
             await self._save(record)
             self._watch(record)
+            phases.mark("save")
+        phases.done()
         log.info("container.started", container_id=cid, pid=pid)
 
     async def _connect_pending(self, cid: str) -> None:
@@ -340,9 +377,15 @@ class RuncRuntime:
         """Record how the container exited; delete the runc container; unmount."""
         cid = record.config.id
         cdir = self._dir(cid)
+        phases = Phases("finalize", cid)
         code, finished, oom_file = await asyncio.to_thread(files.read_exit, cdir, cid)
         oom = oom_file or await asyncio.to_thread(CgroupV1(record.cgroups_path).oom_killed)
-        await self._runc("delete", cid, check=False)
+        phases.mark("exit_files")
+        if code is None or not await asyncio.to_thread(
+            delete_stopped, self.runc_root / cid, CgroupV1(record.cgroups_path)
+        ):
+            await self._runc("delete", cid, check=False)
+        phases.mark("delete")
         if code is None:
             _, out = await self._runc("state", cid, check=False)
             if '"running"' in out:  # conmon is gone but the process is not: kill it
@@ -350,6 +393,7 @@ class RuncRuntime:
                 await self._runc("delete", cid, check=False)
         with contextlib.suppress(ContainerRuntimeError):
             await ContainerLayer(record.config.lower_dirs, cdir.base).unmount()
+        phases.mark("unmount")
         if code is None:
             record.state.status = ContainerStatus.DEAD
             record.state.exit_code = -1
@@ -363,6 +407,8 @@ class RuncRuntime:
         self._cpu_prev.pop(cid, None)
         if cid in self._records:
             await self._save(record)
+        phases.mark("save")
+        phases.done()
         self._event(cid).set()
         log.info("container.exited", container_id=cid, exit_code=code, oom_killed=oom)
 
@@ -394,12 +440,12 @@ class RuncRuntime:
         if record.state.status is not ContainerStatus.RUNNING:
             return None
         event = self._event(cid)
-        await self._runc("kill", cid, record.config.stop_signal or "TERM", check=False)
+        await self._signal(record, record.config.stop_signal or "TERM")
         try:
             await asyncio.wait_for(event.wait(), timeout)
         except TimeoutError:
             log.info("container.kill_after_grace", container_id=cid, timeout=timeout)
-            await self._runc("kill", cid, "KILL", check=False)
+            await self._signal(record, "KILL")
             await event.wait()
         return self._exit_info(record.state)
 
@@ -408,20 +454,22 @@ class RuncRuntime:
         record = await self._get(container_id)
         if record.state.status is not ContainerStatus.RUNNING:
             raise ContainerNotRunning(record.config.id, record.state.status.value)
-        await self._runc("kill", record.config.id, str(signal))
+        await self._signal(record, signal, check=True)
 
     async def remove(self, container_id: str, force: bool = False) -> None:
         """Delete the container, its writable layer and its state directory."""
         record = await self._get(container_id)
         cid = record.config.id
+        phases = Phases("remove", cid)
         async with self._lock(cid):
             if record.state.status is ContainerStatus.RUNNING:
                 if not force:
                     raise ContainerRuntimeError(
                         f"container {cid} is running: stop it first or remove with force"
                     )
-                await self._runc("kill", cid, "KILL", check=False)
+                await self._signal(record, "KILL")
                 await self._event(cid).wait()
+            phases.mark("kill")
             self._records.pop(cid, None)
             for late in self._pending_attach.pop(cid, []):
                 late.fail(ContainerNotFound(cid))
@@ -429,11 +477,15 @@ class RuncRuntime:
             if watcher is not None:
                 watcher.cancel()
             await self._runc_delete_leftover(cid)
+            phases.mark("leftover")
             cdir = self._dir(cid)
             cgroup = CgroupV1(record.cgroups_path)
             for path in await asyncio.to_thread(cgroup.controllers_present):
                 await asyncio.to_thread(rmdir_tree, path)
+            phases.mark("cgroups")
             await self._discard_dir(cdir, record.config.lower_dirs)
+            phases.mark("discard")
+        phases.done()
         self._locks.pop(cid, None)
         self._exited.pop(cid, None)
         log.info("container.removed", container_id=cid)
@@ -602,6 +654,7 @@ class RuncRuntime:
             self._spawn_cleanup(trash)  # layers a crash left half deleted
         await asyncio.to_thread(self.containers_root.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(self.runc_root.mkdir, parents=True, exist_ok=True)
+        self._run_shim = await asyncio.to_thread(write_shim, self.state_root, self.runc)
         entries = await asyncio.to_thread(lambda: sorted(self.containers_root.iterdir()))
         for base in entries:
             cid = base.name

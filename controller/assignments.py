@@ -38,6 +38,9 @@ from dockyard.v1.workloads_pb2 import Config, RegistryAuth, Secret, Task
 log = structlog.get_logger(__name__)
 
 FLUSH_INTERVAL = 0.1
+DEBOUNCE = 0.05
+"""Seconds the assigner lets changes gather before it looks: a scheduling round is
+written in many transactions, and a node touched by several is then rebuilt once."""
 
 
 def assigned_to_agent(task: Task) -> bool:
@@ -173,6 +176,7 @@ class Assigner:
         keys.reset()
         while True:
             await changed.wait()
+            await asyncio.sleep(DEBOUNCE)
             changed.clear()
             sources: dict[str, Holders] = {}
             for node_id in keys.update(tracker.take().task_ids or ()):

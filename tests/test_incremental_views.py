@@ -1,7 +1,7 @@
 """The structures patched per changed task equal a full recompute from every task, over
 random sequences of task puts and removals fed through the cluster view: the network
 map's names and overlays (NetworkMapper), and the assigner's per-node keys with the
-nodes it is told to look at."""
+nodes it is told to look at; the scheduler's holders of each node's resources."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from dockyard.controller.assignment_keys import AssignmentKeys, full_keys
 from dockyard.controller.assignments import _to_start, assigned_to_agent
 from dockyard.controller.network_map import NetworkMapper
 from dockyard.controller.overlay_map import overlays
+from dockyard.controller.scheduler.holders import Holders, full_holders
+from dockyard.controller.scheduler.nodeinfo import NodeInfo
 from dockyard.controller.service_names import full_names
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import NETWORKS, NODES, SERVICES, TASKS
@@ -124,9 +126,12 @@ def test_the_patched_views_equal_a_full_recompute(steps: list[tuple[object, ...]
     mapper = NetworkMapper(state, post=lambda node_id, message: True, sessions=lambda: ())
     keys = AssignmentKeys(state.tasks, needs_auth)
     keys.reset()
+    holders = Holders(state.tasks)
+    holders.reset()
     tracker = state.track(task_ids=True)
     seen = full_keys(state.tasks.values(), needs_auth)
     sent = fingerprints(list(state.tasks.values()))
+    held = full_holders(state.tasks.values())
     for step in [*steps, ("look",)]:
         if step[0] == "put":
             record = task(step)
@@ -142,7 +147,18 @@ def test_the_patched_views_equal_a_full_recompute(steps: list[tuple[object, ...]
             assert mapper._current_overlays() == overlays(
                 state.networks, services, tasks, state.nodes
             )
-            dirty = keys.update(tracker.take().task_ids or ())
+            changed = tracker.take().task_ids or set()
+            dirty = keys.update(changed)
+            rebuilt = holders.update(changed)
+            full_held = full_holders(tasks)
+            assert holders.by_node == full_held
+            for node_id, node in state.nodes.items():  # what a rebuilt NodeInfo holds
+                info = NodeInfo.from_node(node, state.tasks_of_node(node_id))
+                assert set(info.tasks) == holders.by_node.get(node_id, set())
+            assert rebuilt == {
+                n for n in set(full_held) | set(held) if full_held.get(n) != held.get(n)
+            }
+            held = full_held
             full = full_keys(tasks, needs_auth)
             assert keys.by_node == full
             moved = {n for n in set(full) | set(seen) if full.get(n) != seen.get(n)}

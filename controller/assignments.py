@@ -18,6 +18,7 @@ import structlog
 
 from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
+from dockyard.controller.assignment_keys import AssignmentKeys
 from dockyard.controller.image_sources import Holders, image_sources
 from dockyard.controller.orchestrators.tasks import is_terminal
 from dockyard.controller.sessions import Post
@@ -37,6 +38,9 @@ from dockyard.v1.workloads_pb2 import Config, RegistryAuth, Secret, Task
 log = structlog.get_logger(__name__)
 
 FLUSH_INTERVAL = 0.1
+DEBOUNCE = 0.05
+"""Seconds the assigner lets changes gather before it looks: a scheduling round is
+written in many transactions, and a node touched by several is then rebuilt once."""
 
 
 def assigned_to_agent(task: Task) -> bool:
@@ -158,15 +162,24 @@ class Assigner:
             self._sent[node_id] = _fingerprint(assignments)
 
     async def run(self) -> None:
-        with self._state.following() as (changed, tracker):
+        with self._state.following(task_ids=True) as (changed, tracker):
             await self._run(changed, tracker)
 
+    def _needs_auth(self, service_id: str) -> bool:
+        service = self._state.services.get(service_id)
+        return service is not None and bool(service.registry_auth) and self._store is not None
+
     async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
+        # Only nodes where what the agent acts on changed get their set rebuilt and
+        # compared with the last one sent (a task's progress report changes nothing).
+        keys = AssignmentKeys(self._state.tasks, self._needs_auth)
+        keys.reset()
         while True:
             await changed.wait()
+            await asyncio.sleep(DEBOUNCE)
             changed.clear()
             sources: dict[str, Holders] = {}
-            for node_id in tracker.take().task_nodes:
+            for node_id in keys.update(tracker.take().task_ids or ()):
                 assignments = await self.assignment_set(node_id, sources)
                 fingerprint = _fingerprint(assignments)
                 if self._sent.get(node_id) == fingerprint:

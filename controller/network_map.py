@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dockyard.common.states import TaskState
 from dockyard.controller.ingress_network import find_ingress
 from dockyard.controller.overlay_map import Overlays, node_overlays, overlays
+from dockyard.controller.service_names import Names, ServiceNames
 from dockyard.controller.sessions import Post
 from dockyard.controller.state import ClusterState
 from dockyard.v1.dispatcher_pb2 import (
@@ -36,7 +37,6 @@ SEND_INTERVAL = 0.5
 """Seconds between two looks at the cluster (and so between two maps sent to every node):
 a burst of task starts makes one map, not one per task (each map goes to every session)."""
 Routes = frozenset[tuple[str, str, str]]
-Names = tuple[tuple[str, tuple[str, ...]], ...]
 Revoked = tuple[str, ...]
 OverlayView = tuple[Overlays, dict[str, frozenset[str]]]
 Ingress = tuple[tuple[int, int, str, tuple[str, ...], tuple[str, ...]], ...]
@@ -67,6 +67,13 @@ class NetworkMapper:
         self._sessions = sessions
         self._revoked = revoked
         self._changed = state.subscribe()
+        # The names are patched per changed task rather than walked from every task.
+        self._tracker = state.track(task_ids=True)
+        self._service_names = ServiceNames(state.tasks)
+        self._service_names.reset()
+        # The tasks holding an address on a cluster network: the overlays' only input
+        # among the tasks (most tasks hold none, and walking all of them cost as much).
+        self._networked = {i for i, t in state.tasks.items() if t.networks}
         self._routes: Routes = frozenset()
         self._names: Names = ()
         self._revocations: Revoked = ()
@@ -135,8 +142,24 @@ class NetworkMapper:
             await asyncio.sleep(SEND_INTERVAL)
 
     def _current_overlays(self) -> OverlayView:
-        state = self._state
-        return overlays(state.networks, state.services.values(), state.tasks.values(), state.nodes)
+        self._absorb()
+        state, networked = self._state, self._networked
+        tasks = [state.tasks[i] for i in networked]
+        return overlays(state.networks, state.services.values(), tasks, state.nodes)
+
+    def _absorb(self) -> None:
+        """Take the tasks changed since the last look into the names and overlays."""
+        changed = self._tracker.take().task_ids or set()
+        if not changed:
+            return
+        self._service_names.update(changed)
+        tasks = self._state.tasks
+        for task_id in changed:
+            task = tasks.get(task_id)
+            if task is not None and task.networks:
+                self._networked.add(task_id)
+            else:
+                self._networked.discard(task_id)
 
     def _current_ingress(self) -> IngressView:
         state = self._state
@@ -159,15 +182,8 @@ class NetworkMapper:
 
     def _current_names(self) -> Names:
         """Every service's name with its running tasks' addresses, sorted."""
-        names = []
-        for service in self._state.services.values():
-            addresses = sorted(
-                t.status.address
-                for t in self._state.tasks_of_service(service.id)
-                if t.status.address and t.status.state == RUNNING and t.desired_state <= RUNNING
-            )
-            names.append((service.spec.name, tuple(addresses)))
-        return tuple(sorted(names))
+        self._absorb()
+        return self._service_names.names(self._state.services.values())
 
 
 def ingress_ports(

@@ -56,10 +56,17 @@ class ChangeTracker:
     """False: a task's status moving on between two live states (ASSIGNED to RUNNING,
     say) does not mark its service, unless the service is being updated (the
     orchestrator: nothing it plans depends on those steps but a rolling update's)."""
+    task_ids: set[str] | None = None
+    """The IDs of the tasks whose change (put or removal) marked their service, for a
+    loop that keeps its own per-task structures up to date; None: not collected."""
 
     def take(self) -> ChangeTracker:
-        taken = ChangeTracker(self.services, self.nodes, self.task_nodes, self.status_changes)
+        taken = ChangeTracker(
+            self.services, self.nodes, self.task_nodes, self.status_changes, self.task_ids
+        )
         self.services, self.nodes, self.task_nodes = set(), set(), set()
+        if self.task_ids is not None:
+            self.task_ids = set()
         return taken
 
 
@@ -231,9 +238,10 @@ class ClusterState:
             )
         )
 
-    def track(self, status_changes: bool = True) -> ChangeTracker:
-        """A tracker of what changes from now on, for one loop."""
-        tracker = ChangeTracker(status_changes=status_changes)
+    def track(self, status_changes: bool = True, task_ids: bool = False) -> ChangeTracker:
+        """A tracker of what changes from now on, for one loop (`task_ids`: also the
+        IDs of the tasks that changed)."""
+        tracker = ChangeTracker(status_changes=status_changes, task_ids=set() if task_ids else None)
         self._trackers.append(tracker)
         return tracker
 
@@ -243,10 +251,10 @@ class ClusterState:
 
     @contextlib.contextmanager
     def following(
-        self, status_changes: bool = True
+        self, status_changes: bool = True, task_ids: bool = False
     ) -> Iterator[tuple[asyncio.Event, ChangeTracker]]:
         """A loop's change event and tracker, let go of when the loop ends (or restarts)."""
-        changed, tracker = self.subscribe(), self.track(status_changes)
+        changed, tracker = self.subscribe(), self.track(status_changes, task_ids)
         try:
             yield changed, tracker
         finally:
@@ -260,6 +268,8 @@ class ClusterState:
             if kind is TASKS:
                 if not status_only or tracker.status_changes:
                     tracker.services.add(value.service_id)
+                    if tracker.task_ids is not None:
+                        tracker.task_ids.add(record_id)
                 if value.node_id:
                     tracker.task_nodes.add(value.node_id)
             elif kind is SERVICES:

@@ -25,12 +25,18 @@ from dockyard.controller.orchestrators.jobs import reconcile_job
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.controller.orchestrators.reaper import plan_reaping
 from dockyard.controller.orchestrators.replicated import reconcile_replicated
+from dockyard.controller.orchestrators.settled import (
+    Created,
+    created_only,
+    node_key,
+    own_writes_only,
+)
 from dockyard.controller.orchestrators.tasks import shut_down
 from dockyard.controller.orchestrators.updater import UpdateProgress
 from dockyard.controller.state import ChangeTracker, ClusterState
 from dockyard.controller.store import SERVICES, TASKS, Op, Store, StoreError
 from dockyard.v1.types_pb2 import TaskStatus
-from dockyard.v1.workloads_pb2 import Task
+from dockyard.v1.workloads_pb2 import Service, Task
 
 log = structlog.get_logger(__name__)
 
@@ -47,14 +53,20 @@ class Orchestrator:
         self._eligible = eligible
         self._progress: dict[str, UpdateProgress] = {}
         self._wake_at: dict[str, float] = {}
+        # Services whose last plan only created tasks, all written (controller/
+        # orchestrators/settled.py), and what planning last read of each node.
+        self._created: dict[str, Created] = {}
+        self._node_keys: dict[str, bytes] = {}
 
     async def run(self) -> None:
         """Reconcile until cancelled. A store error is retried here; LeadershipLost
         and anything else end the run (its supervisor restarts it or ends the term)."""
-        with self._state.following(status_changes=False) as (changed, tracker):
+        with self._state.following(status_changes=False, task_ids=True) as (changed, tracker):
             await self._run(changed, tracker)
 
     async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
+        self._created.clear()
+        self._node_keys = {i: node_key(n) for i, n in self._state.nodes.items()}
         dirty = set(self._state.services) | {t.service_id for t in self._state.tasks.values()}
         while True:
             try:
@@ -66,12 +78,47 @@ class Orchestrator:
             await asyncio.sleep(DEBOUNCE)
             changed.clear()
             changes = tracker.take()
-            dirty = changes.services
-            if changes.nodes:
+            dirty = self._unsettled(changes)
+            if self._nodes_changed(changes.nodes):
                 dirty |= set(self._state.services)
             now = wall_time()
             due = {sid for sid, at in self._wake_at.items() if at <= now}
             dirty |= due
+
+    def _unsettled(self, changes: ChangeTracker) -> set[str]:
+        """The changed services but those whose only changes are their last plan's
+        own creates (planning them again would plan nothing)."""
+        if not self._created:
+            return changes.services
+        tasks = self._state.tasks
+        by_service: dict[str, list[str]] = {}
+        for task_id in changes.task_ids or ():
+            task = tasks.get(task_id)
+            if task is None:  # removed: whose it was is not known any more
+                return changes.services
+            by_service.setdefault(task.service_id, []).append(task_id)
+        dirty = set()
+        for service_id in changes.services:
+            created = self._created.get(service_id)
+            service = self._state.services.get(service_id)
+            changed = by_service.get(service_id, ())
+            if created is None or not own_writes_only(created, service, changed, tasks):
+                dirty.add(service_id)
+        return dirty
+
+    def _nodes_changed(self, node_ids: set[str]) -> bool:
+        """Whether a node changed in what planning reads (not only its heartbeat)."""
+        changed = False
+        for node_id in node_ids:
+            node = self._state.nodes.get(node_id)
+            key = node_key(node) if node is not None else None
+            if self._node_keys.get(node_id) != key:
+                changed = True
+                if key is None:
+                    self._node_keys.pop(node_id, None)
+                else:
+                    self._node_keys[node_id] = key
+        return changed
 
     async def _sleep_until_change(self, changed: asyncio.Event) -> None:
         timeout = None
@@ -82,23 +129,34 @@ class Orchestrator:
 
     async def _round(self, service_ids: set[str]) -> None:
         now = wall_time()
-        plans: list[Plan] = []
+        # (the service as planned, its plan)
+        plans: list[tuple[Service | None, Plan]] = []
         for service_id in service_ids:
             await asyncio.sleep(0)  # a round over many services lets the API answer
             self._wake_at.pop(service_id, None)
+            self._created.pop(service_id, None)
             plan = self._plan(service_id, now)
             if plan.wake_at is not None:
                 self._wake_at[service_id] = plan.wake_at
-            plans.append(plan)
+            plans.append((self._state.services.get(service_id), plan))
         # Once for the round: the tasks of every plan are committed together, so a
         # service's new tasks must see the addresses another's just took.
-        self._addresses([t for plan in plans for t in plan.creates])
-        ops = [op for plan in plans for op in self._ops(plan)]
+        self._addresses([t for _, plan in plans for t in plan.creates])
+        ops: list[Op] = []
+        planned: list[tuple[Service | None, Plan, int, int]] = []  # and its ops' range
+        for service, plan in plans:
+            start = len(ops)
+            ops.extend(self._ops(plan))
+            planned.append((service, plan, start, len(ops)))
         if not ops:
             return
         results = await self._store.commit_each(ops)
         if not all(results):
             log.info("orchestrator.conflicts", failed=results.count(False), total=len(ops))
+        for service, plan, start, end in planned:
+            created = created_only(service, plan, all(results[start:end]))
+            if service is not None and created is not None:
+                self._created[service.id] = created
         await self._state.wait_for_revision(self._store.last_revision)
 
     def _plan(self, service_id: str, now: float) -> Plan:

@@ -17,6 +17,7 @@ import structlog
 
 from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.tasks import set_status
+from dockyard.controller.scheduler.holders import Holders
 from dockyard.controller.scheduler.nodeinfo import NodeInfo
 from dockyard.controller.scheduler.scheduler import Scheduler
 from dockyard.controller.scheduler.scorers import Strategy
@@ -48,16 +49,20 @@ class SchedulingLoop:
         self._state = state
         self._scheduler = Scheduler(strategy)
         self._infos: dict[str, NodeInfo] = {}
+        self._holders = Holders(state.tasks)
+        self._unwritten: set[str] = set()  # nodes of placements whose write failed
         self._on_round = on_round
         self.placed = 0
 
     async def run(self) -> None:
         """Schedule until cancelled. A store error is retried here; LeadershipLost
         and anything else end the run (its supervisor restarts it or ends the term)."""
-        with self._state.following() as (changed, tracker):
+        with self._state.following(task_ids=True) as (changed, tracker):
             await self._run(changed, tracker)
 
     async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
+        self._holders.reset()
+        self._unwritten.clear()
         self._infos = {node_id: self._build(node_id) for node_id in self._state.nodes}
         while True:
             more = False
@@ -73,7 +78,12 @@ class SchedulingLoop:
             self._refresh(tracker.take())
 
     def _refresh(self, changes: ChangeTracker) -> None:
-        for node_id in changes.nodes | changes.task_nodes:
+        """Rebuild the infos of the nodes whose record or holders changed (a task's
+        status moving on between ASSIGNED and RUNNING changes neither), and of those
+        whose placements were not written (the infos had adopted them)."""
+        moved = self._holders.update(changes.task_ids or ())
+        stale, self._unwritten = self._unwritten, set()
+        for node_id in changes.nodes | moved | stale:
             if node_id in self._state.nodes:
                 self._infos[node_id] = self._build(node_id)
             else:
@@ -107,14 +117,17 @@ class SchedulingLoop:
             results = await self._store.commit_each(ops)
             self.placed += sum(results)
             written = zip(results, assigning, strict=True)
-            assigned = sum(ok and is_assignment for ok, is_assignment in written)
+            assigned = sum(ok and bool(node_id) for ok, node_id in written)
+            for ok, node_id in zip(results, assigning, strict=True):
+                if not ok and node_id:
+                    self._unwritten.add(node_id)
         self._on_round(time.perf_counter() - started, assigned)
         if ops:
             await self._state.wait_for_revision(self._store.last_revision)
         return bool(ops)
 
-    def _decide(self, pending: list[Task]) -> tuple[list[Op], list[bool]]:
-        """The writes for ``pending``, and for each whether it assigns a node."""
+    def _decide(self, pending: list[Task]) -> tuple[list[Op], list[str]]:
+        """The writes for ``pending``, and for each the node it assigns ("": none)."""
         free = [t for t in pending if not t.node_id]
         pinned: dict[str, list[Task]] = defaultdict(list)  # global tasks name their node
         for task in pending:
@@ -139,8 +152,9 @@ class SchedulingLoop:
 
     def _ops(
         self, pending: list[Task], decisions: dict[str, str], reasons: dict[str, str]
-    ) -> tuple[list[Op], list[bool]]:
-        ops, assigning = [], []
+    ) -> tuple[list[Op], list[str]]:
+        ops: list[Op] = []
+        assigning: list[str] = []
         for task in pending:
             updated = Task()
             updated.CopyFrom(task)
@@ -152,5 +166,5 @@ class SchedulingLoop:
             else:
                 continue
             ops.append(self._store.put_op(TASKS, task.id, updated, expect=task.meta.version))
-            assigning.append(task.id in decisions)
+            assigning.append(decisions.get(task.id, ""))
         return ops, assigning

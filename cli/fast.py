@@ -1,8 +1,9 @@
 """`dockyard`'s entry point: the common reads served without click or grpcio.
 
-`dockyard ps` (and `-a`, `-q`, `--no-trunc`) for one target, named by -H, a context or
-the environment exactly as the full CLI names it, is asked over `grpc_lite` and printed
-with the full CLI's own table code. Everything else, and every answer this path does
+`dockyard ps` (and `-a`, `-q`, `--no-trunc`) and `dockyard node ls` (`-q`,
+`--no-trunc`) for one target, named by -H, a context or the environment exactly as the
+full CLI names it, are asked over `grpc_lite` and printed with the full CLI's own table
+code. Everything else, and every answer this path does
 not expect (an error status, a warning, a connection or TLS failure, more than one
 target), goes to the full CLI (`cli/main.py`), which then prints what it always
 prints: the fast path writes nothing until it has the whole answer.
@@ -24,6 +25,13 @@ from dockyard.cli.targets import Target, TargetError, TLSFiles, resolve_targets
 CONTROLLER_TLS_NAME = "dockyard-controller"
 """`pki.CONTROLLER_TLS_NAME` (a test keeps them equal; pki loads cryptography)."""
 NOT_FAST_EXIT = 3
+# `ps` asks ListTasks before it knows whether a controller or an agent answers: its
+# request, precompiled, spares an agent's `ps` loading the Control API's stubs (a test
+# keeps these equal to the generated code's).
+LIST_TASKS = "/dockyard.v1.Control/ListTasks"
+LIST_NODES = "/dockyard.v1.Control/ListNodes"
+LIST_TASKS_REQUEST = {False: b"", True: b"\x18\x01"}
+"""`ListTasksRequest(include_history=...)`, serialized."""
 DEFAULT_TIMEOUT = 15.0
 """`client.DEFAULT_TIMEOUT`: each call's deadline."""
 
@@ -46,6 +54,7 @@ _COMMANDS: dict[tuple[str, ...], dict[str, str]] = {
         "--quiet": "quiet",
         "--no-trunc": "no_trunc",
     },
+    ("node", "ls"): {"-q": "quiet", "--quiet": "quiet", "--no-trunc": "no_trunc"},
 }
 
 
@@ -119,17 +128,11 @@ def ps(target: Target, flags: frozenset[str]) -> str:
     import ssl
 
     from dockyard.cli import grpc_lite
-    from dockyard.v1 import control_pb2
 
-    tasks_request = control_pb2.ListTasksRequest(include_history="all" in flags)
+    calls = [(LIST_TASKS, LIST_TASKS_REQUEST["all" in flags]), (LIST_NODES, b"")]
     if target.tls is None:
         with _connect(target, "") as connection:
-            tasks, nodes = connection.calls(
-                [
-                    (_path(control_pb2, "Control", "ListTasks"), tasks_request.SerializeToString()),
-                    (_path(control_pb2, "Control", "ListNodes"), b""),
-                ]
-            )
+            tasks, nodes = connection.calls(calls)
             if tasks.status == grpc_lite.UNIMPLEMENTED:
                 return _containers(connection, flags)
         return _tasks(tasks, nodes, flags)
@@ -142,16 +145,31 @@ def ps(target: Target, flags: frozenset[str]) -> str:
         with _connect(target, target.server_name) as agent:
             return _containers(agent, flags)
     with connection:
-        tasks, nodes = connection.calls(
-            [
-                (_path(control_pb2, "Control", "ListTasks"), tasks_request.SerializeToString()),
-                (_path(control_pb2, "Control", "ListNodes"), b""),
-            ]
-        )
+        tasks, nodes = connection.calls(calls)
     return _tasks(tasks, nodes, flags)
 
 
 _HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
+
+
+def node_ls(target: Target, flags: frozenset[str]) -> str:
+    """`dockyard node ls`: a controller's nodes by name, with its version for the skew."""
+    from dockyard.cli.node_table import NODE_HEADERS, node_row
+    from dockyard.v1 import control_pb2, types_pb2
+
+    name = target.server_name or (CONTROLLER_TLS_NAME if target.tls is not None else "")
+    with _connect(target, name) as connection:
+        nodes_reply, version_reply = connection.calls(
+            [
+                (_path(control_pb2, "Control", "ListNodes"), b""),
+                (_path(control_pb2, "Control", "GetVersion"), b""),
+            ]
+        )
+    response = control_pb2.ListNodesResponse.FromString(_checked(nodes_reply))
+    version = str(types_pb2.VersionInfo.FromString(_checked(version_reply)).version)
+    nodes = sorted(response.nodes, key=lambda n: n.spec.name)
+    rows = [node_row(n, version, "no_trunc" in flags) for n in nodes]
+    return _listing(NODE_HEADERS, rows, [n.id for n in nodes], flags)
 
 
 def _connect(target: Target, server_name: str) -> Any:
@@ -213,7 +231,10 @@ def _listing(
     return table(headers, rows) + "\n"
 
 
-RUNNERS: dict[tuple[str, ...], Callable[[Target, frozenset[str]], str]] = {("ps",): ps}
+RUNNERS: dict[tuple[str, ...], Callable[[Target, frozenset[str]], str]] = {
+    ("ps",): ps,
+    ("node", "ls"): node_ls,
+}
 
 
 def serve(argv: Sequence[str]) -> str:

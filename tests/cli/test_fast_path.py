@@ -145,6 +145,17 @@ def test_ps_on_a_plaintext_agent_with_containers(agent: AgentUnderTest, busybox_
     assert len(outputs["ps -q"].split()) == 1
 
 
+NODE_LS_FORMS = [["node", "ls"], ["node", "ls", "-q"], ["node", "ls", "--no-trunc"]]
+
+
+@pytest.mark.parametrize("form", NODE_LS_FORMS, ids=" ".join)
+def test_node_ls(tls_cluster: Cluster, plain_cluster: Cluster, form: list[str]) -> None:
+    out = same_both_ways(tls_cluster, [*tls_cluster.tls_args(), "-H", tls_cluster.address, *form])
+    if form == ["node", "ls"]:
+        assert out.startswith("ID ") and " n1 " in out and " r1 " in out
+    same_both_ways(plain_cluster, ["-H", plain_cluster.address, *form])
+
+
 def test_ps_through_a_context_and_the_environment(tls_cluster: Cluster) -> None:
     """The target and TLS material come from where the full CLI takes them."""
     tls = tls_cluster.tls_args()
@@ -175,7 +186,12 @@ def test_what_the_fast_path_does_not_serve_goes_to_the_full_cli(tls_cluster: Clu
         full = run(tls_cluster, [*tls, *args], "1")
         assert full.returncode == 0 and full.stdout, (args, full.stderr)
     # An error on the way (no daemon there, no TLS to a TLS daemon): the full CLI's message.
-    for args in (["-H", "127.0.0.1:9", "ps"], ["-H", address, "ps"]):
+    agent = tls_cluster.agent_address("r1")
+    for args in (
+        ["-H", "127.0.0.1:9", "ps"],
+        ["-H", address, "ps"],
+        [*tls, "-H", agent, "node", "ls"],
+    ):
         assert run(tls_cluster, args, "only").returncode == FAST_ONLY_EXIT
         both = [run(tls_cluster, args, mode) for mode in ("1", "0")]
         assert both[0].returncode == both[1].returncode == 1
@@ -188,11 +204,25 @@ def test_the_fast_entry_point_loads_neither_click_nor_grpc() -> None:
 
     code = (
         "import sys, dockyard.cli.fast, dockyard.cli.grpc_lite, dockyard.cli.container_table, "
-        "dockyard.cli.commands.service_view, dockyard.v1.control_pb2, dockyard.v1.containers_pb2; "
+        "dockyard.cli.commands.service_view, dockyard.cli.node_table, dockyard.common.skew, "
+        "dockyard.v1.control_pb2, dockyard.v1.containers_pb2; "
         "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith(('grpc', 'click'))}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_precompiled_requests_are_the_generated_codes() -> None:
+    from dockyard.cli import fast
+    from dockyard.v1 import control_pb2
+
+    for history in (False, True):
+        request = control_pb2.ListTasksRequest(include_history=history)
+        assert request.SerializeToString() == fast.LIST_TASKS_REQUEST[history]
+    service = control_pb2.DESCRIPTOR.services_by_name["Control"]
+    paths = {f"/{service.full_name}/{method.name}" for method in service.methods}
+    assert {fast.LIST_TASKS, fast.LIST_NODES} <= paths
+    assert fast.LIST_TASKS.endswith("/ListTasks") and fast.LIST_NODES.endswith("/ListNodes")
 
 
 def test_the_controller_tls_name_is_pkis() -> None:

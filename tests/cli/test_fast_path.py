@@ -16,6 +16,12 @@ from tests.cli.conftest import AgentUnderTest, have_runc
 from tests.conftest import BIN, Cluster
 
 FAST_ONLY_EXIT = 3
+CURRENT = ["ps", "--format", "{{.CurrentState}}"]
+
+
+def full_cli(cluster: Cluster, args: list[str]) -> subprocess.CompletedProcess[str]:
+    """`args` on the full CLI (the fixtures never depend on the fast path)."""
+    return run(cluster, [*cluster.tls_args(), "-H", cluster.address, *args], "0")
 
 
 def _start(cluster: Cluster, runc: bool = False) -> Cluster:
@@ -27,7 +33,7 @@ def _start(cluster: Cluster, runc: bool = False) -> Cluster:
     cluster.cli("service", "create", "--name", "web", "--replicas", "2", "busybox", "sleep", "3600")
     cluster.cli("service", "update", "--env-add", "V=2", "web")  # gives web task history
     cluster.wait_for(
-        lambda: cluster.cli("ps", "--format", "{{.CurrentState}}").stdout.count("Running") == 2,
+        lambda: full_cli(cluster, CURRENT).stdout.count("Running") == 2,
         "web's two tasks running",
     )
     return cluster

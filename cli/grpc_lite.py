@@ -14,14 +14,16 @@ certificate, TLS 1.2 at least, and the server must agree to speak HTTP/2 (ALPN h
 from __future__ import annotations
 
 import socket
-import ssl
 import struct
 import time
 from dataclasses import dataclass, field
 from types import TracebackType
-from urllib.parse import unquote
+from typing import TYPE_CHECKING
 
 from dockyard.cli.targets import TLSFiles
+
+if TYPE_CHECKING:  # ssl loads only for a TLS target
+    import ssl
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, CONTINUATION = (
@@ -71,6 +73,8 @@ def host_of(address: str) -> str:
 
 
 def tls_context(tls: TLSFiles) -> ssl.SSLContext:
+    import ssl
+
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(tls.cert, tls.key)
@@ -237,6 +241,8 @@ def _reply(stream: _Stream) -> Reply:
         raise ProtocolError(f"{stream.path}: no grpc-status")
     status = int(values["grpc-status"])
     if status != OK:
+        from urllib.parse import unquote
+
         return Reply(status, unquote(values.get("grpc-message", "")), b"", metadata)
     data = bytes(stream.data)
     if len(data) < 5 or data[0] != 0:

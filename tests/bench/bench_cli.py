@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -46,13 +47,17 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and CPU time (user + system) of one whole process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed: {done.stderr.decode(errors='replace')}")
-    return elapsed
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return elapsed, cpu
 
 
 def main() -> int:
@@ -121,13 +126,18 @@ def run(args: argparse.Namespace, root: Path, cleanup: Cleanup) -> int:
     if have_docker:
         runs["docker ps (private dockerd)"] = (["docker", "ps"], docker.env)
     times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, (argv, run_env) in runs.items():
-            times[name].append(timed(argv, run_env))
+            wall, used = timed(argv, run_env)
+            times[name].append(wall)
+            cpu[name].append(used)
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"\nmedians of {args.rounds} interleaved runs, whole process:")
+    print(f"\nmedians of {args.rounds} interleaved runs, whole process: wall time, and the")
+    print("client process's CPU time (user + system; the daemon's is not counted):")
     for name, value in medians.items():
-        print(f"  {name:42} {value * 1000:8.1f} ms")
+        used = statistics.median(cpu[name])
+        print(f"  {name:42} {value * 1000:8.1f} ms   cpu {used * 1000:7.1f} ms")
     fast_ms = medians["dockyard -H AGENT ps (fast path)"]
     full_ms = medians["dockyard -H AGENT ps (DOCKYARD_FAST=0)"]
     print("\nratios:")

@@ -1,9 +1,9 @@
 """`dockyard`'s entry point: the common reads served without click or grpcio.
 
-`dockyard ps` (and `-a`, `-q`, `--no-trunc`) and `dockyard node ls` (`-q`,
-`--no-trunc`) for one target, named by -H, a context or the environment exactly as the
-full CLI names it, are asked over `grpc_lite` and printed with the full CLI's own table
-code. Everything else, and every answer this path does
+`dockyard ps` (and `-a`, `-q`, `--no-trunc`), `dockyard node ls` and `dockyard
+service ls` (`-q`, `--no-trunc`) for one target, named by -H, a context or the
+environment exactly as the full CLI names it, are asked over `grpc_lite` and printed
+with the full CLI's own table code. Everything else, and every answer this path does
 not expect (an error status, a warning, a connection or TLS failure, more than one
 target), goes to the full CLI (`cli/main.py`), which then prints what it always
 prints: the fast path writes nothing until it has the whole answer.
@@ -55,6 +55,7 @@ _COMMANDS: dict[tuple[str, ...], dict[str, str]] = {
         "--no-trunc": "no_trunc",
     },
     ("node", "ls"): {"-q": "quiet", "--quiet": "quiet", "--no-trunc": "no_trunc"},
+    ("service", "ls"): {"-q": "quiet", "--quiet": "quiet", "--no-trunc": "no_trunc"},
 }
 
 
@@ -172,6 +173,20 @@ def node_ls(target: Target, flags: frozenset[str]) -> str:
     return _listing(NODE_HEADERS, rows, [n.id for n in nodes], flags)
 
 
+def service_ls(target: Target, flags: frozenset[str]) -> str:
+    """`dockyard service ls`: a controller's services by name, with their replica counts."""
+    from dockyard.cli.commands.service_view import SERVICE_HEADERS, service_row
+    from dockyard.v1 import control_pb2
+
+    name = target.server_name or (CONTROLLER_TLS_NAME if target.tls is not None else "")
+    with _connect(target, name) as connection:
+        [reply] = connection.calls([(_path(control_pb2, "Control", "ListServices"), b"")])
+    summaries = control_pb2.ListServicesResponse.FromString(_checked(reply)).services
+    kept = sorted(summaries, key=lambda s: s.service.spec.name)
+    rows = [service_row(s, "no_trunc" in flags) for s in kept]
+    return _listing(SERVICE_HEADERS, rows, [s.service.id for s in kept], flags)
+
+
 def _connect(target: Target, server_name: str) -> Any:
     from dockyard.cli import grpc_lite
 
@@ -234,6 +249,7 @@ def _listing(
 RUNNERS: dict[tuple[str, ...], Callable[[Target, frozenset[str]], str]] = {
     ("ps",): ps,
     ("node", "ls"): node_ls,
+    ("service", "ls"): service_ls,
 }
 
 

@@ -151,14 +151,20 @@ def test_ps_on_a_plaintext_agent_with_containers(agent: AgentUnderTest, busybox_
     assert len(outputs["ps -q"].split()) == 1
 
 
-NODE_LS_FORMS = [["node", "ls"], ["node", "ls", "-q"], ["node", "ls", "--no-trunc"]]
+LS_FORMS = [
+    [group, "ls", *flags] for group in ("node", "service") for flags in ([], ["-q"], ["--no-trunc"])
+]
 
 
-@pytest.mark.parametrize("form", NODE_LS_FORMS, ids=" ".join)
-def test_node_ls(tls_cluster: Cluster, plain_cluster: Cluster, form: list[str]) -> None:
+@pytest.mark.parametrize("form", LS_FORMS, ids=" ".join)
+def test_node_ls_and_service_ls(
+    tls_cluster: Cluster, plain_cluster: Cluster, form: list[str]
+) -> None:
     out = same_both_ways(tls_cluster, [*tls_cluster.tls_args(), "-H", tls_cluster.address, *form])
     if form == ["node", "ls"]:
         assert out.startswith("ID ") and " n1 " in out and " r1 " in out
+    if form == ["service", "ls"]:
+        assert out.startswith("ID ") and " web " in out and " 2/2 " in out
     same_both_ways(plain_cluster, ["-H", plain_cluster.address, *form])
 
 

@@ -28,14 +28,16 @@ def _start(cluster: Cluster, runc: bool = False) -> Cluster:
     cluster.root.mkdir(parents=True)
     cluster.start_controller()
     cluster.start_hollow_nodes(("n1", "n2"))
-    if runc:  # hollow agents serve no Containers API: `ps` on one fails both ways
-        cluster.start_agent("r1", runtime="runc")
     cluster.cli("service", "create", "--name", "web", "--replicas", "2", "busybox", "sleep", "3600")
     cluster.cli("service", "update", "--env-add", "V=2", "web")  # gives web task history
     cluster.wait_for(
         lambda: full_cli(cluster, CURRENT).stdout.count("Running") == 2,
         "web's two tasks running",
     )
+    if runc:  # hollow agents serve no Containers API: `ps` on one fails both ways.
+        # Started after web is placed: its tasks stay on the hollow nodes (no image pull).
+        cluster.start_agent("r1", runtime="runc")
+        cluster.wait_for(lambda: cluster.node_state("r1") == "READY", "r1 READY")
     return cluster
 
 

@@ -1,11 +1,10 @@
 """Output in one place: tables for people, JSON and YAML for programs.
 
-click loads only to print: the fast path (`cli/fast.py`) uses `table` without it.
+click and json load only to print: the fast path (`cli/fast.py`) uses `table` without them.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +36,8 @@ def emit_data(value: Any, output: str) -> None:
 
         click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
     else:
+        import json
+
         click.echo(json.dumps(data, indent=2))
 
 

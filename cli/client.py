@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from dockyard.cli.deadline import remaining
-from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
-from dockyard.common.contexts import Context, ContextError, ContextStore
+from dockyard.cli.targets import Target, TargetError, TLSFiles
+from dockyard.cli.targets import resolve_targets as _resolve
 from dockyard.common.metadata import WARNING_KEY
 
 if TYPE_CHECKING:  # grpc loads in the commands that call a daemon, not at startup
     import grpc
+
+__all__ = [
+    "CliError",
+    "TLSFiles",
+    "Target",
+    "call",
+    "channel",
+    "describe_rpc_error",
+    "is_not_a_controller",
+    "is_unimplemented",
+    "resolve_targets",
+    "rpc_code",
+    "stream",
+    "tls_files",
+]
 
 T = TypeVar("T")
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
@@ -31,73 +43,12 @@ class CliError(click.ClickException):
         click.echo(f"dockyard: {self.message}", err=True)
 
 
-@dataclass(frozen=True)
-class TLSFiles:
-    """PEM files for mutual TLS: the cluster CA, this client's certificate and key."""
-
-    ca: str
-    cert: str
-    key: str
-
-    @classmethod
-    def from_values(
-        cls, ca: str | None, cert: str | None, key: str | None, what: str
-    ) -> TLSFiles | None:
-        if not (ca or cert or key):
-            return None
-        if not (ca and cert and key):
-            raise CliError(f"{what}: TLS needs all three of the CA, the certificate and the key")
-        return cls(ca, cert, key)
-
-    def credentials(self) -> Any:
-        import grpc
-
-        try:
-            return grpc.ssl_channel_credentials(
-                Path(self.ca).read_bytes(),
-                Path(self.key).read_bytes(),
-                Path(self.cert).read_bytes(),
-            )
-        except OSError as exc:
-            raise CliError(f"cannot read TLS material: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class Target:
-    address: str
-    origin: str  # "-H", "DOCKYARD_HOST" or the context's name
-    tls: TLSFiles | None = None
-    server_name: str = ""
-    """Over TLS, the name the server's certificate must carry instead of the address (a
-    node's ID, when the controller said which node is at the address)."""
-    fallbacks: tuple[str, ...] = ()
-    """The other controllers of a context that names several: a call goes to the next
-    when the one before cannot be reached or says it is not the leader."""
-
-    @property
-    def label(self) -> str:
-        """How output names this target: its context's name, else its address."""
-        return self.address if self.origin in ("-H", "DOCKYARD_HOST") else self.origin
-
-    def candidates(self) -> list[Target]:
-        """This target, then one per fallback address (the order calls try them)."""
-        return [self, *(replace(self, address=a, fallbacks=()) for a in self.fallbacks)]
-
-
-def tls_from_env() -> TLSFiles | None:
-    """DOCKYARD_TLS_CACERT/CERT/KEY, or DOCKYARD_CERT_PATH holding ca.pem, cert.pem, key.pem."""
-    cert_path = os.environ.get("DOCKYARD_CERT_PATH")
-    defaults = (
-        [str(Path(cert_path) / name) for name in ("ca.pem", "cert.pem", "key.pem")]
-        if cert_path
-        else [None, None, None]
-    )
-    return TLSFiles.from_values(
-        os.environ.get("DOCKYARD_TLS_CACERT") or defaults[0],
-        os.environ.get("DOCKYARD_TLS_CERT") or defaults[1],
-        os.environ.get("DOCKYARD_TLS_KEY") or defaults[2],
-        "DOCKYARD_TLS_*",
-    )
+def tls_files(ca: str | None, cert: str | None, key: str | None, what: str) -> TLSFiles | None:
+    """`TLSFiles.from_values`, its error as a CliError."""
+    try:
+        return TLSFiles.from_values(ca, cert, key, what)
+    except TargetError as exc:
+        raise CliError(exc.message) from exc
 
 
 def resolve_targets(
@@ -106,65 +57,13 @@ def resolve_targets(
     tls: TLSFiles | None = None,
     all_contexts: bool = False,
 ) -> list[Target]:
-    """-H wins, then DOCKYARD_HOST, then --context / DOCKYARD_CONTEXT / the current context.
-
-    TLS material: the --tls* flags, then DOCKYARD_TLS_* / DOCKYARD_CERT_PATH, then the
-    context's. As with docker, -H (or DOCKYARD_HOST) does not consult the current
-    context: it could be another cluster's (and an --insecure daemon would then be
-    dialled with TLS). A context named with --context or DOCKYARD_CONTEXT lends its
-    TLS material to -H (`dockyard -c local -H AGENT info`: one agent of that cluster).
-    Several contexts (`--context a,b`, a group, `--all-contexts`) give one target each.
-    """
-    if all_contexts and (hosts or context_name):
-        raise click.UsageError("--all-contexts addresses every context: give no -H or --context")
-    tls = tls or tls_from_env()
-    addresses: list[tuple[str, str]] = []
+    """`targets.resolve_targets`, its errors as click's (see there for the rules)."""
     try:
-        if hosts:
-            addresses = [(normalize(h, CONTROLLER_PORT), "-H") for h in hosts]
-        elif not all_contexts:
-            env_host = os.environ.get("DOCKYARD_HOST")
-            if env_host and not context_name:
-                addresses = [(normalize(env_host, CONTROLLER_PORT), "DOCKYARD_HOST")]
-    except AddressError as exc:
-        raise CliError(f"-H: {exc}") from exc
-    named = None if all_contexts else context_name or os.environ.get("DOCKYARD_CONTEXT")
-    if addresses and (tls is not None or not named):
-        return [Target(address, origin, tls) for address, origin in addresses]
-    store = ContextStore()
-    try:
-        if all_contexts:
-            contexts = store.every()
-        else:
-            names = [n.strip() for n in (named or store.current()).split(",") if n.strip()]
-            if not names:
-                raise ContextError(f"--context {named!r}: expected a context name")
-            contexts = store.expand(names)
-    except ContextError as exc:
-        raise CliError(str(exc)) from exc
-    if addresses:
-        if len(contexts) != 1:
-            raise click.UsageError("-H takes its TLS material from one context, not several")
-        tls = tls or _context_tls(contexts[0])
-        return [Target(address, origin, tls) for address, origin in addresses]
-    targets = []
-    for context in contexts:
-        first, *others = context.hosts or [context.host]
-        targets.append(
-            Target(first, context.name, tls or _context_tls(context), fallbacks=tuple(others))
-        )
-    return targets
-
-
-def _context_tls(context: Context) -> TLSFiles | None:
-    if not context.tls:
-        return None
-    return TLSFiles.from_values(
-        context.tls.get("ca"),
-        context.tls.get("cert"),
-        context.tls.get("key"),
-        f"context {context.name}",
-    )
+        return _resolve(hosts, context_name, tls, all_contexts)
+    except TargetError as exc:
+        if exc.usage:
+            raise click.UsageError(exc.message) from exc
+        raise CliError(exc.message) from exc
 
 
 def describe_rpc_error(exc: grpc.RpcError, target: Target, what: str) -> str:
@@ -227,7 +126,11 @@ def channel(target: Target, controller: bool = True) -> Iterator[grpc.Channel]:
         with grpc.insecure_channel(target.address, options=options) as chan:
             yield chan
     else:
-        with grpc.secure_channel(target.address, target.tls.credentials(), options) as chan:
+        try:
+            credentials = target.tls.credentials()
+        except TargetError as exc:
+            raise CliError(exc.message) from exc
+        with grpc.secure_channel(target.address, credentials, options) as chan:
             yield chan
 
 

@@ -25,9 +25,9 @@ def _target(
     tlscert: str | None,
     tlskey: str | None,
 ) -> Any:
-    from dockyard.cli.client import TLSFiles, resolve_targets
+    from dockyard.cli.client import resolve_targets, tls_files
 
-    tls = TLSFiles.from_values(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
+    tls = tls_files(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
     return resolve_targets((host,) if host else (), context_name, tls)[0]
 
 

@@ -168,9 +168,9 @@ def cli(
     tlskey: str | None,
 ) -> None:
     """Dockyard: run containers across many Linux hosts."""
-    from dockyard.cli.client import TLSFiles
+    from dockyard.cli.client import tls_files
 
-    tls = TLSFiles.from_values(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
+    tls = tls_files(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
     ctx.obj = GlobalOptions(
         hosts, context_name, output, tls, all_contexts, target_timeout, concurrency
     )

@@ -1,12 +1,12 @@
-"""Output in one place: tables for people, JSON and YAML for programs."""
+"""Output in one place: tables for people, JSON and YAML for programs.
+
+click and json load only to print: the fast path (`cli/fast.py`) uses `table` without them.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
-
-import click
 
 FORMATS = ("table", "json", "yaml")
 
@@ -28,12 +28,16 @@ def to_data(value: Any) -> Any:
 
 
 def emit_data(value: Any, output: str) -> None:
+    import click
+
     data = to_data(value)
     if output == "yaml":
         import yaml
 
         click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
     else:
+        import json
+
         click.echo(json.dumps(data, indent=2))
 
 
@@ -49,6 +53,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def emit_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    import click
+
     click.echo(table(headers, rows))
 
 

@@ -19,8 +19,6 @@ from dockyard.cli.render import emit_data, table
 if TYPE_CHECKING:
     from dockyard.cli.listing import Listing
 
-COMMAND_WIDTH = 20
-
 
 @click.group("container")
 def container() -> None:
@@ -136,63 +134,8 @@ def remove(options: GlobalOptions, force: bool, refs: tuple[str, ...]) -> None:
     )
 
 
-def command_text(record: Any) -> str:
-    """The COMMAND column: entrypoint and command, quoted, cut to 20 characters."""
-    from dockyard.cli.humanize import truncate
-
-    words = [*record.config.entrypoint, *record.config.command]
-    return f'"{truncate(" ".join(words), COMMAND_WIDTH)}"'
-
-
-def port_text(port: Any) -> str:
-    """`127.0.0.1:8080->80/tcp`, as docker shows a published port."""
-    return (
-        f"{port.host_ip or '0.0.0.0'}:{port.host_port}->{port.container_port}/"
-        f"{port.protocol or 'tcp'}"
-    )
-
-
-def ports_text(record: Any) -> str:
-    """The PORTS column: every published port, as bound."""
-    return ", ".join(port_text(p) for p in record.network.ports)
-
-
-def container_rows(
-    records: list[Any], now: float | None = None, ports: bool = False
-) -> list[list[str]]:
-    """`docker ps` rows; `ports` adds the PORTS column (before NAMES)."""
-    from dockyard.cli.humanize import container_status, created_ago, short_id
-
-    return [
-        [
-            short_id(r.id),
-            r.image,
-            command_text(r),
-            created_ago(r.created_at, now),
-            container_status(r.state, now),
-            *([ports_text(r)] if ports else []),
-            r.name,
-        ]
-        for r in records
-    ]
-
-
-CONTAINER_HEADERS = ["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
-CONTAINER_HEADERS_PORTS = [
-    "CONTAINER ID",
-    "IMAGE",
-    "COMMAND",
-    "CREATED",
-    "STATUS",
-    "PORTS",
-    "NAMES",
-]
-
-
 CONTAINER_FILTERS = ("id", "name", "status", "label", "ancestor", "exited")
 CONTAINER_STATUSES = ("created", "running", "restarting", "exited", "dead")
-CONTAINER_FIELDS = ["ID", "Image", "Command", "RunningFor", "Status", "Names"]
-CONTAINER_FIELDS_PORTS = ["ID", "Image", "Command", "RunningFor", "Status", "Ports", "Names"]
 
 
 @container.command("ls")
@@ -227,8 +170,8 @@ def container_listing(
     target: Target, show_all: bool, filters: Sequence[str] = (), no_trunc: bool = False
 ) -> Listing:
     """`docker ps` of one agent (PORTS only when something is published)."""
+    from dockyard.cli.container_table import container_table, newest_first
     from dockyard.cli.filters import Filters
-    from dockyard.cli.humanize import short_id
     from dockyard.cli.listing import Listing
     from dockyard.v1.containers_pb2 import ListContainersRequest
 
@@ -243,23 +186,8 @@ def container_listing(
     response = call(
         target, containers_stub, "List", ListContainersRequest(all=everything), what=AGENT
     )
-    records = sorted(
-        (r for r in response.containers if _keep(r, wanted)),
-        key=lambda r: (-r.created_at.seconds, -r.created_at.nanos),
-    )
-    ports = any(r.network.ports for r in records)
-    rows = container_rows(records, ports=ports)
-    if no_trunc:
-        for row, record in zip(rows, records, strict=True):
-            row[0] = record.id
-            row[2] = '"' + " ".join([*record.config.entrypoint, *record.config.command]) + '"'
-    return Listing(
-        CONTAINER_HEADERS_PORTS if ports else CONTAINER_HEADERS,
-        rows,
-        records,
-        [r.id if no_trunc else short_id(r.id) for r in records],
-        CONTAINER_FIELDS_PORTS if ports else CONTAINER_FIELDS,
-    )
+    records = newest_first(r for r in response.containers if _keep(r, wanted))
+    return Listing(*container_table(records, no_trunc))
 
 
 def _keep(record: Any, wanted: Any) -> bool:

@@ -56,7 +56,7 @@ def create(
     group of contexts (--member)."""
     import os
 
-    from dockyard.cli.client import TLSFiles
+    from dockyard.cli.client import tls_files
 
     if bool(hosts) == bool(members):
         raise click.UsageError("give --host (an endpoint) or --member (a group), not both")
@@ -72,7 +72,7 @@ def create(
             raise CliError(str(exc)) from exc
         click.echo(name)
         return
-    files = TLSFiles.from_values(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
+    files = tls_files(tlscacert, tlscert, tlskey, "--tlscacert/--tlscert/--tlskey")
     tls = (
         {
             "ca": os.path.abspath(files.ca),

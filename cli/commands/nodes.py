@@ -10,36 +10,11 @@ from dockyard.cli.client import CliError, Target, call
 from dockyard.cli.commands.tasks import list_tasks, task_list_options
 from dockyard.cli.filters import Filters, filter_option
 from dockyard.cli.listing import Listing, show_listing, show_records
+from dockyard.cli.node_table import NODE_FIELDS, NODE_HEADERS, node_row
 from dockyard.cli.options import GlobalOptions, format_option, output_option, pass_options
 
 AVAILABILITIES = ("active", "pause", "drain")
 UPDATE_RETRIES = 5
-NODE_HEADERS = [
-    "ID",
-    "NAME",
-    "STATUS",
-    "AVAILABILITY",
-    "CPUS",
-    "MEMORY",
-    "LABELS",
-    "SUBNET",
-    "RUNTIME",
-    "VERSION",
-    "LAST HEARTBEAT",
-]
-NODE_FIELDS = [
-    "ID",
-    "Hostname",
-    "Status",
-    "Availability",
-    "CPUs",
-    "Memory",
-    "Labels",
-    "Subnet",
-    "Runtime",
-    "EngineVersion",
-    "LastHeartbeat",
-]
 NODE_FILTERS = ("id", "name", "label", "node.label", "state", "availability", "role")
 
 
@@ -99,7 +74,7 @@ def list_nodes(
         version = _controller_version(target)
         return Listing(
             NODE_HEADERS,
-            [_row(n, version, no_trunc) for n in nodes],
+            [node_row(n, version, no_trunc) for n in nodes],
             list(nodes),
             [n.id for n in nodes],
             NODE_FIELDS,
@@ -112,35 +87,6 @@ def _controller_version(target: Target) -> str:
     from dockyard.v1.types_pb2 import GetVersionRequest
 
     return str(call(target, _stub, "GetVersion", GetVersionRequest()).version)
-
-
-def _row(n: Any, controller_version: str, no_trunc: bool = False) -> list[str]:
-    from dockyard.common.skew import agent_skew, short
-    from dockyard.common.timestamps import human_age
-    from dockyard.v1.types_pb2 import NodeSpec, NodeStatus
-
-    labels = ",".join(f"{k}={v}" if v else k for k, v in sorted(n.spec.labels.items()))
-    resources = n.description.resources
-    return [
-        n.id if no_trunc else n.id[:12],
-        n.spec.name,
-        NodeStatus.State.Name(n.status.state),
-        NodeSpec.Availability.Name(n.spec.availability).lower(),
-        f"{resources.nano_cpus / 1e9:g}",
-        f"{resources.memory_bytes / 1024**3:.1f}GiB",
-        labels or "-",
-        n.network.subnet or "-",
-        n.description.runtime,
-        _version_cell(
-            n.description.agent_version,
-            short(agent_skew(controller_version, n.description.agent_version)),
-        ),
-        human_age(n.status.last_heartbeat),
-    ]
-
-
-def _version_cell(version: str, skew: str) -> str:
-    return f"{version} (skew: {skew})" if skew else version
 
 
 @node.command("inspect")

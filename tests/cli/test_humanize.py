@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from dockyard.cli.commands.containers import command_text, container_rows, stats_row
+from dockyard.cli.commands.containers import stats_row
+from dockyard.cli.container_table import command_text, container_rows
 from dockyard.cli.humanize import (
     bytes_size,
     container_status,

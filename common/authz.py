@@ -44,6 +44,10 @@ log = structlog.get_logger(__name__)
 NODE_METHODS = frozenset(
     {
         "/dockyard.v1.Dispatcher/Session",
+        # A node's standalone containers on attachable networks (its own only).
+        "/dockyard.v1.Dispatcher/AttachNetwork",
+        "/dockyard.v1.Dispatcher/DetachNetwork",
+        "/dockyard.v1.Dispatcher/PruneAttachments",
         "/dockyard.v1.NodeCA/RenewNodeCertificate",
         "/dockyard.v1.Peer/FetchBlob",  # served by agents: other nodes fetch image layers
     }

@@ -136,7 +136,13 @@ class NetworkMapper:
 
     def _current_overlays(self) -> OverlayView:
         state = self._state
-        return overlays(state.networks, state.services.values(), state.tasks.values(), state.nodes)
+        return overlays(
+            state.networks,
+            state.services.values(),
+            state.tasks.values(),
+            state.nodes,
+            state.attachments.values(),
+        )
 
     def _current_ingress(self) -> IngressView:
         state = self._state

@@ -28,7 +28,7 @@ from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
 from dockyard.v1 import workloads_pb2 as dockyard_dot_v1_dot_workloads__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ockyard/v1/dispatcher.proto\x12\x0b\x64ockyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x64ockyard/v1/networks.proto\x1a\x17\x64ockyard/v1/types.proto\x1a\x1b\x64ockyard/v1/workloads.proto\"\xa8\x01\n\x0c\x41gentMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.dockyard.v1.SessionHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.dockyard.v1.HeartbeatH\x00\x12\x34\n\x0btask_status\x18\x03 \x01(\x0b\x32\x1d.dockyard.v1.TaskStatusReportH\x00\x42\t\n\x07message\"`\n\x0cSessionHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\"J\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x10TaskStatusReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\"\xe3\x01\n\x11\x44ispatcherMessage\x12\x30\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1c.dockyard.v1.SessionAcceptedH\x00\x12\x32\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x19.dockyard.v1.HeartbeatAckH\x00\x12\x31\n\x0b\x61ssignments\x18\x03 \x01(\x0b\x32\x1a.dockyard.v1.AssignmentSetH\x00\x12*\n\x07network\x18\x04 \x01(\x0b\x32\x17.dockyard.v1.NetworkMapH\x00\x42\t\n\x07message\"l\n\x0fSessionAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12 \n\x18heartbeat_period_seconds\x18\x04 \x01(\x01\"B\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12 \n\x18heartbeat_period_seconds\x18\x02 \x01(\x01\"\xf0\x02\n\rAssignmentSet\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x18\n\x10removed_task_ids\x18\x03 \x03(\t\x12$\n\x07secrets\x18\x04 \x03(\x0b\x32\x13.dockyard.v1.Secret\x12\x30\n\rimage_sources\x18\x05 \x03(\x0b\x32\x19.dockyard.v1.ImageSources\x12\x45\n\x0eregistry_auths\x18\x06 \x03(\x0b\x32-.dockyard.v1.AssignmentSet.RegistryAuthsEntry\x12%\n\x07\x63onfigs\x18\x96\x01 \x03(\x0b\x32\x13.dockyard.v1.Config\x1aO\n\x12RegistryAuthsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.dockyard.v1.RegistryAuth:\x02\x38\x01\"4\n\x0cImageSources\x12\r\n\x05image\x18\x01 \x01(\t\x12\x15\n\rapi_addresses\x18\x02 \x03(\t\"\x98\x02\n\nNetworkMap\x12\x0e\n\x06subnet\x18\x01 \x01(\t\x12\'\n\x05peers\x18\x02 \x03(\x0b\x32\x18.dockyard.v1.PeerNetwork\x12/\n\x08services\x18\x03 \x03(\x0b\x32\x1d.dockyard.v1.ServiceAddresses\x12\x17\n\x0frevoked_serials\x18\x04 \x03(\t\x12\x30\n\x08overlays\x18\x64 \x03(\x0b\x32\x1e.dockyard.v1.OverlayNetworkMap\x12\x0f\n\x07\x61\x64\x64ress\x18\x65 \x01(\t\x12*\n\x07ingress\x18\x90\x03 \x03(\x0b\x32\x18.dockyard.v1.IngressPort\x12\x18\n\x0fingress_address\x18\xc2\x03 \x01(\t\"y\n\x0bIngressPort\x12\x16\n\x0epublished_port\x18\x01 \x01(\x05\x12\x13\n\x0btarget_port\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x04 \x03(\t\x12\x19\n\x10ingress_backends\x18\xc2\x03 \x03(\t\"3\n\x10ServiceAddresses\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\"?\n\x0bPeerNetwork\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06subnet\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t2V\n\nDispatcher\x12H\n\x07Session\x12\x19.dockyard.v1.AgentMessage\x1a\x1e.dockyard.v1.DispatcherMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ockyard/v1/dispatcher.proto\x12\x0b\x64ockyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x64ockyard/v1/networks.proto\x1a\x17\x64ockyard/v1/types.proto\x1a\x1b\x64ockyard/v1/workloads.proto\"w\n\x14\x41ttachNetworkRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x04 \x01(\t\x12\x0f\n\x07\x61liases\x18\x05 \x03(\t\"f\n\x15\x41ttachNetworkResponse\x12%\n\x07network\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Network\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rattachment_id\x18\x03 \x01(\t\"N\n\x14\x44\x65tachNetworkRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\")\n\x15\x44\x65tachNetworkResponse\x12\x10\n\x08\x64\x65tached\x18\x01 \x01(\r\"A\n\x17PruneAttachmentsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rcontainer_ids\x18\x02 \x03(\t\"\xa8\x01\n\x0c\x41gentMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.dockyard.v1.SessionHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.dockyard.v1.HeartbeatH\x00\x12\x34\n\x0btask_status\x18\x03 \x01(\x0b\x32\x1d.dockyard.v1.TaskStatusReportH\x00\x42\t\n\x07message\"`\n\x0cSessionHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\"J\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x10TaskStatusReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\"\xe3\x01\n\x11\x44ispatcherMessage\x12\x30\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1c.dockyard.v1.SessionAcceptedH\x00\x12\x32\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x19.dockyard.v1.HeartbeatAckH\x00\x12\x31\n\x0b\x61ssignments\x18\x03 \x01(\x0b\x32\x1a.dockyard.v1.AssignmentSetH\x00\x12*\n\x07network\x18\x04 \x01(\x0b\x32\x17.dockyard.v1.NetworkMapH\x00\x42\t\n\x07message\"l\n\x0fSessionAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12 \n\x18heartbeat_period_seconds\x18\x04 \x01(\x01\"B\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12 \n\x18heartbeat_period_seconds\x18\x02 \x01(\x01\"\xf0\x02\n\rAssignmentSet\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x18\n\x10removed_task_ids\x18\x03 \x03(\t\x12$\n\x07secrets\x18\x04 \x03(\x0b\x32\x13.dockyard.v1.Secret\x12\x30\n\rimage_sources\x18\x05 \x03(\x0b\x32\x19.dockyard.v1.ImageSources\x12\x45\n\x0eregistry_auths\x18\x06 \x03(\x0b\x32-.dockyard.v1.AssignmentSet.RegistryAuthsEntry\x12%\n\x07\x63onfigs\x18\x96\x01 \x03(\x0b\x32\x13.dockyard.v1.Config\x1aO\n\x12RegistryAuthsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.dockyard.v1.RegistryAuth:\x02\x38\x01\"4\n\x0cImageSources\x12\r\n\x05image\x18\x01 \x01(\t\x12\x15\n\rapi_addresses\x18\x02 \x03(\t\"\x98\x02\n\nNetworkMap\x12\x0e\n\x06subnet\x18\x01 \x01(\t\x12\'\n\x05peers\x18\x02 \x03(\x0b\x32\x18.dockyard.v1.PeerNetwork\x12/\n\x08services\x18\x03 \x03(\x0b\x32\x1d.dockyard.v1.ServiceAddresses\x12\x17\n\x0frevoked_serials\x18\x04 \x03(\t\x12\x30\n\x08overlays\x18\x64 \x03(\x0b\x32\x1e.dockyard.v1.OverlayNetworkMap\x12\x0f\n\x07\x61\x64\x64ress\x18\x65 \x01(\t\x12*\n\x07ingress\x18\x90\x03 \x03(\x0b\x32\x18.dockyard.v1.IngressPort\x12\x18\n\x0fingress_address\x18\xc2\x03 \x01(\t\"y\n\x0bIngressPort\x12\x16\n\x0epublished_port\x18\x01 \x01(\x05\x12\x13\n\x0btarget_port\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x04 \x03(\t\x12\x19\n\x10ingress_backends\x18\xc2\x03 \x03(\t\"3\n\x10ServiceAddresses\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\"?\n\x0bPeerNetwork\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06subnet\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t2\xe4\x02\n\nDispatcher\x12H\n\x07Session\x12\x19.dockyard.v1.AgentMessage\x1a\x1e.dockyard.v1.DispatcherMessage(\x01\x30\x01\x12V\n\rAttachNetwork\x12!.dockyard.v1.AttachNetworkRequest\x1a\".dockyard.v1.AttachNetworkResponse\x12V\n\rDetachNetwork\x12!.dockyard.v1.DetachNetworkRequest\x1a\".dockyard.v1.DetachNetworkResponse\x12\\\n\x10PruneAttachments\x12$.dockyard.v1.PruneAttachmentsRequest\x1a\".dockyard.v1.DetachNetworkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,34 +37,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ASSIGNMENTSET_REGISTRYAUTHSENTRY']._loaded_options = None
   _globals['_ASSIGNMENTSET_REGISTRYAUTHSENTRY']._serialized_options = b'8\001'
-  _globals['_AGENTMESSAGE']._serialized_start=161
-  _globals['_AGENTMESSAGE']._serialized_end=329
-  _globals['_SESSIONHELLO']._serialized_start=331
-  _globals['_SESSIONHELLO']._serialized_end=427
-  _globals['_HEARTBEAT']._serialized_start=429
-  _globals['_HEARTBEAT']._serialized_end=503
-  _globals['_TASKSTATUSREPORT']._serialized_start=505
-  _globals['_TASKSTATUSREPORT']._serialized_end=581
-  _globals['_DISPATCHERMESSAGE']._serialized_start=584
-  _globals['_DISPATCHERMESSAGE']._serialized_end=811
-  _globals['_SESSIONACCEPTED']._serialized_start=813
-  _globals['_SESSIONACCEPTED']._serialized_end=921
-  _globals['_HEARTBEATACK']._serialized_start=923
-  _globals['_HEARTBEATACK']._serialized_end=989
-  _globals['_ASSIGNMENTSET']._serialized_start=992
-  _globals['_ASSIGNMENTSET']._serialized_end=1360
-  _globals['_ASSIGNMENTSET_REGISTRYAUTHSENTRY']._serialized_start=1281
-  _globals['_ASSIGNMENTSET_REGISTRYAUTHSENTRY']._serialized_end=1360
-  _globals['_IMAGESOURCES']._serialized_start=1362
-  _globals['_IMAGESOURCES']._serialized_end=1414
-  _globals['_NETWORKMAP']._serialized_start=1417
-  _globals['_NETWORKMAP']._serialized_end=1697
-  _globals['_INGRESSPORT']._serialized_start=1699
-  _globals['_INGRESSPORT']._serialized_end=1820
-  _globals['_SERVICEADDRESSES']._serialized_start=1822
-  _globals['_SERVICEADDRESSES']._serialized_end=1873
-  _globals['_PEERNETWORK']._serialized_start=1875
-  _globals['_PEERNETWORK']._serialized_end=1938
-  _globals['_DISPATCHER']._serialized_start=1940
-  _globals['_DISPATCHER']._serialized_end=2026
+  _globals['_ATTACHNETWORKREQUEST']._serialized_start=160
+  _globals['_ATTACHNETWORKREQUEST']._serialized_end=279
+  _globals['_ATTACHNETWORKRESPONSE']._serialized_start=281
+  _globals['_ATTACHNETWORKRESPONSE']._serialized_end=383
+  _globals['_DETACHNETWORKREQUEST']._serialized_start=385
+  _globals['_DETACHNETWORKREQUEST']._serialized_end=463
+  _globals['_DETACHNETWORKRESPONSE']._serialized_start=465
+  _globals['_DETACHNETWORKRESPONSE']._serialized_end=506
+  _globals['_PRUNEATTACHMENTSREQUEST']._serialized_start=508
+  _globals['_PRUNEATTACHMENTSREQUEST']._serialized_end=573
+  _globals['_AGENTMESSAGE']._serialized_start=576
+  _globals['_AGENTMESSAGE']._serialized_end=744
+  _globals['_SESSIONHELLO']._serialized_start=746
+  _globals['_SESSIONHELLO']._serialized_end=842
+  _globals['_HEARTBEAT']._serialized_start=844
+  _globals['_HEARTBEAT']._serialized_end=918
+  _globals['_TASKSTATUSREPORT']._serialized_start=920
+  _globals['_TASKSTATUSREPORT']._serialized_end=996
+  _globals['_DISPATCHERMESSAGE']._serialized_start=999
+  _globals['_DISPATCHERMESSAGE']._serialized_end=1226
+  _globals['_SESSIONACCEPTED']._serialized_start=1228
+  _globals['_SESSIONACCEPTED']._serialized_end=1336
+  _globals['_HEARTBEATACK']._serialized_start=1338
+  _globals['_HEARTBEATACK']._serialized_end=1404
+  _globals['_ASSIGNMENTSET']._serialized_start=1407
+  _globals['_ASSIGNMENTSET']._serialized_end=1775
+  _globals['_ASSIGNMENTSET_REGISTRYAUTHSENTRY']._serialized_start=1696
+  _globals['_ASSIGNMENTSET_REGISTRYAUTHSENTRY']._serialized_end=1775
+  _globals['_IMAGESOURCES']._serialized_start=1777
+  _globals['_IMAGESOURCES']._serialized_end=1829
+  _globals['_NETWORKMAP']._serialized_start=1832
+  _globals['_NETWORKMAP']._serialized_end=2112
+  _globals['_INGRESSPORT']._serialized_start=2114
+  _globals['_INGRESSPORT']._serialized_end=2235
+  _globals['_SERVICEADDRESSES']._serialized_start=2237
+  _globals['_SERVICEADDRESSES']._serialized_end=2288
+  _globals['_PEERNETWORK']._serialized_start=2290
+  _globals['_PEERNETWORK']._serialized_end=2353
+  _globals['_DISPATCHER']._serialized_start=2356
+  _globals['_DISPATCHER']._serialized_end=2712
 # @@protoc_insertion_point(module_scope)

@@ -10,7 +10,8 @@ overlapping subnets or one VNI twice: the second write fails and is tried again.
 A service names its networks in ``TaskSpec.networks``; the controller resolves each to
 the network's ID when the spec is written, comparing the network's revision (as for
 secrets), so a network removed at the same moment makes the service write fail. A removal
-is refused while a service's spec or previous spec, or a task that has not ended, uses it.
+is refused while a service's spec or previous spec, or a task that has not ended, uses it,
+or a standalone container is attached to it (controller/attachments.py).
 """
 
 from __future__ import annotations

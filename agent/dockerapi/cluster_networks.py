@@ -76,8 +76,9 @@ def cluster_network_of(
 ) -> tuple[Any, ClusterJoin | None]:
     """A create body naming a cluster network: the body on ``bridge`` and the join to
     make; other bodies (and agents without a controller session) pass unchanged."""
-    if ctx.attacher is None or not isinstance(body, dict):
-        return body, None
+    connected = ctx.connected is None or ctx.connected.is_set()
+    if ctx.attacher is None or not connected or not isinstance(body, dict):
+        return body, None  # no leader to ask now: create's own "network N not found"
     host = body.get("HostConfig")
     mode = host.get("NetworkMode") if isinstance(host, dict) else None
     if not isinstance(mode, str) or mode in _PREDEFINED or ":" in mode or is_local(mode):
@@ -106,7 +107,13 @@ def _docker_error(network: str, exc: AttachError) -> DockerApiError:
     if exc.code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
         # 400, not Docker's 404: the docker CLI takes any 404 of a create for a missing image
         return bad_request(f"network {network} not found: {exc}")
-    return DockerApiError(503, f"Could not attach to network {network}: {exc}")
+    if exc.code not in (None, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return DockerApiError(500, f"Could not attach to network {network}: {exc}")
+    # still "not found" for the docker CLI's sake, saying why nothing more is known
+    return bad_request(
+        f"network {network} not found: it is none of this node's networks, and the "
+        f"leader could not be asked about the cluster's ({exc})"
+    )
 
 
 async def release(ctx: DockerApiContext, container_id: str) -> None:

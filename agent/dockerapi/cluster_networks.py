@@ -66,6 +66,13 @@ class ClusterJoin:
         )
         return replace(spec, overlays=((attached.network_id, attached.address),))
 
+    def joined(self) -> None:
+        """The container is on the network: the node's DNS server answers it the
+        network's names from now on (a task gets them with the next map, which its
+        RUNNING state brings; nothing else would bring one here)."""
+        if self._ctx.cluster_network is not None:
+            self._ctx.cluster_network.scope_names()
+
     async def undo(self) -> None:
         if self.container_id:
             await release(self._ctx, self.container_id)

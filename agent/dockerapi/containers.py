@@ -167,6 +167,8 @@ async def _create(ctx: DockerApiContext, request: web.Request) -> web.StreamResp
         if join is not None and not created:  # maybe attached before it failed
             await asyncio.shield(join.undo())
     networks.join_created(ctx, view.info.id, network, aliases)
+    if join is not None:
+        join.joined()
     log.info("dockerapi.container_created", container_id=view.info.id, name=view.info.name)
     return json_response({"Id": view.info.id, "Warnings": []}, status=201)
 

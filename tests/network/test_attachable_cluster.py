@@ -90,20 +90,25 @@ def test_a_standalone_container_joins_an_attachable_network(
         assert ipaddress.ip_address(address) in subnet
         assert inside(task_netns, "ping", "-c", "1", "-W", "3", address).returncode == 0
 
-        def reaches_the_vip() -> bool:
-            got = docker(lc, "node-1", "exec", "solo", "wget", "-qO-", "-T", "3", "http://attweb/")
-            return got.returncode == 0 and bool(got.stdout.strip())
+        solo = netns_of(address)  # looked at from inside, as a task is (its eth0: the bridge)
 
-        wait(reaches_the_vip, "solo reaching attweb by name")
-        served = {
-            docker(lc, "node-1", "exec", "solo", "wget", "-qO-", f"http://{vip}/").stdout.strip()
-            for _ in range(12)
-        }
+        def resolves_the_vip() -> bool:
+            return lookup(solo, "attweb") == [vip]
+
+        wait(resolves_the_vip, "solo resolving attweb to its VIP")
+        assert lookup(solo, "tasks.attweb") == sorted(
+            n["address"]
+            for t in tasks(lc, "attweb")
+            for n in t["networks"]  # type: ignore[attr-defined]
+        )
+        served = {inside(solo, "wget", "-qO-", f"http://{vip}/").stdout.strip() for _ in range(12)}
         assert len(served) == 2, served  # both tasks, one on each host
 
         os.kill(lc.pid("node-1"), signal.SIGKILL)  # the container runs on; up restarts it
         lc.up("--hosts", "2", "--lan", lan, "--no-sample")
-        wait(reaches_the_vip, "solo on the network again after the agent's restart")
+        wait(resolves_the_vip, "solo on the network again after the agent's restart")
+        served = {inside(solo, "wget", "-qO-", f"http://{vip}/").stdout.strip() for _ in range(12)}
+        assert len(served) == 2, served
         assert inside(task_netns, "ping", "-c", "1", "-W", "3", address).returncode == 0
 
         ok(lc, "service", "rm", "attweb")

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from dockyard.agent.images.service import ImageService
     from dockyard.agent.metrics.http import MetricsServer
     from dockyard.agent.metrics.source import ContainerRef
+    from dockyard.agent.network.attacher import NetworkAttacher
     from dockyard.agent.network.cluster import ClusterNetwork
     from dockyard.agent.runtime.docker import DockerRuntime
     from dockyard.agent.runtime.hollow import HollowRuntime
@@ -359,6 +360,8 @@ class AgentDaemon:
             session=self.session.status,
             controllers=list(self._controllers),
             cluster_network=self.cluster_network,
+            attacher=self._attacher(),
+            connected=self.session.connected,
         )
         tls = None
         if self._node_pki is not None and config.docker_api_listen:
@@ -404,6 +407,15 @@ class AgentDaemon:
             )
             for i in (view.info for view in await self.containers.list(all=True))
         ]
+
+    def _attacher(self) -> NetworkAttacher | None:
+        """Attaches the Docker API's containers to cluster networks (runc: the one
+        runtime whose containers join overlays)."""
+        from dockyard.agent.network.attacher import NetworkAttacher
+
+        if self.session is None or self.containers is None or self.containers.overlays is None:
+            return None
+        return NetworkAttacher(self._node_id, self.session.channel)
 
     def _secret_files(self) -> SecretFiles:
         """Where this agent's tasks' secret files go (a tmpfs, mounted on first use)."""

@@ -210,6 +210,14 @@ class ControllerSession:
         log.warning("session.failed", controller=target, code=exc.code().name, reason=details)
         return None
 
+    def channel(self) -> grpc.aio.Channel:
+        """A new channel to the controller the session talks to (the leader, once
+        connected), with the session's credentials; the caller closes it."""
+        target = self.status.controller or self.controllers[0]
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(target, self._credentials(), options=TLS_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+
     def report(self, report: TaskStatusReport) -> bool:
         """Queue a task status for the controller; False while disconnected."""
         if self._outbox is None:

@@ -45,6 +45,10 @@ NODE_METHODS = frozenset(
     {
         "/dockyard.v1.Dispatcher/Session",
         "/dockyard.v1.Dispatcher/Leader",
+        # A node's standalone containers on attachable networks (its own only).
+        "/dockyard.v1.Dispatcher/AttachNetwork",
+        "/dockyard.v1.Dispatcher/DetachNetwork",
+        "/dockyard.v1.Dispatcher/PruneAttachments",
         "/dockyard.v1.NodeCA/RenewNodeCertificate",
         "/dockyard.v1.Peer/FetchBlob",  # served by agents: other nodes fetch image layers
     }

@@ -13,6 +13,7 @@ import asyncio
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import structlog
@@ -22,6 +23,7 @@ from dockyard.common.pki import NODE
 from dockyard.common.session_limits import status_report_problem
 from dockyard.common.validation import MAX_REF_LENGTH
 from dockyard.controller.assignments import Assigner, StatusWriter
+from dockyard.controller.attachments import AttachmentRegistry, NotAttachable
 from dockyard.controller.errors import details_for, status_for
 from dockyard.controller.network_map import NetworkMapper
 from dockyard.controller.nodes import NodeRegistry
@@ -30,10 +32,15 @@ from dockyard.controller.store import LeadershipLost
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
     AgentMessage,
+    AttachNetworkRequest,
+    AttachNetworkResponse,
+    DetachNetworkRequest,
+    DetachNetworkResponse,
     DispatcherMessage,
     HeartbeatAck,
     LeaderAnswer,
     LeaderRequest,
+    PruneAttachmentsRequest,
     SessionAccepted,
     TaskStatusReport,
 )
@@ -59,12 +66,14 @@ class Term:
             dispatcher's own, unfenced).
         assigner: sends a node its whole set when its session opens.
         network_mapper: sends a node its network map when its session opens.
+        attachments: records standalone containers on attachable networks.
     """
 
     status_writer: StatusWriter
     registry: NodeRegistry | None = None
     assigner: Assigner | None = None
     network_mapper: NetworkMapper | None = None
+    attachments: AttachmentRegistry | None = None
 
 
 class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
@@ -150,6 +159,80 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                 if term is not None and term.assigner is not None:
                     term.assigner.forget(session.node_id)
             log.info("session.closed", node_id=session.node_id, session_id=session.session_id)
+
+    async def AttachNetwork(
+        self,
+        request: AttachNetworkRequest,
+        context: grpc.aio.ServicerContext[AttachNetworkRequest, AttachNetworkResponse],
+    ) -> AttachNetworkResponse:
+        registry = await self._attachments(request.node_id, context)
+        try:
+            network, record = await registry.attach(
+                request.node_id,
+                request.network,
+                request.container_id,
+                request.container_name,
+                list(request.aliases),
+            )
+        except NotAttachable as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except Exception as exc:
+            await self._abort_for(exc, context)
+        return AttachNetworkResponse(
+            network=network, address=record.address, attachment_id=record.id
+        )
+
+    async def DetachNetwork(
+        self,
+        request: DetachNetworkRequest,
+        context: grpc.aio.ServicerContext[DetachNetworkRequest, DetachNetworkResponse],
+    ) -> DetachNetworkResponse:
+        registry = await self._attachments(request.node_id, context)
+        try:
+            count = await registry.detach(request.node_id, request.container_id, request.network)
+        except Exception as exc:
+            await self._abort_for(exc, context)
+        return DetachNetworkResponse(detached=count)
+
+    async def PruneAttachments(
+        self,
+        request: PruneAttachmentsRequest,
+        context: grpc.aio.ServicerContext[PruneAttachmentsRequest, DetachNetworkResponse],
+    ) -> DetachNetworkResponse:
+        registry = await self._attachments(request.node_id, context)
+        try:
+            count = await registry.prune(request.node_id, list(request.container_ids))
+        except Exception as exc:
+            await self._abort_for(exc, context)
+        return DetachNetworkResponse(detached=count)
+
+    async def _attachments(
+        self, node_id: str, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AttachmentRegistry:
+        """The term's attachment registry, for a caller that is ``node_id`` (or the
+        admin); aborts the call otherwise, or when this controller does not lead."""
+        leader = self._leader_address()
+        term = self._term()
+        if leader is not None or term is None or term.attachments is None:
+            where = f"the leader is at {leader}" if leader else "no leader is ready yet"
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader: {where}")
+        identity = peer_identity(context)
+        if identity is not None and identity.role == NODE and identity.id != node_id:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this certificate is node {identity.id}'s; it cannot attach containers "
+                f"of node {node_id[:MAX_REF_LENGTH]}",
+            )
+        assert term is not None and term.attachments is not None
+        return term.attachments
+
+    async def _abort_for(self, exc: Exception, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if isinstance(exc, LeadershipLost):
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not the leader any more: {exc}")
+        code = status_for(exc)
+        if code is None:
+            raise exc
+        await context.abort(code, details_for(exc))
 
     def _accepted(self, session: AgentSession) -> DispatcherMessage:
         return DispatcherMessage(

@@ -3,7 +3,9 @@
 A network's first address is its gateway (kept free, as Docker keeps it); tasks take
 addresses from the bottom up, virtual IPs from the top down, so the two writers (the
 leader creating tasks, any controller writing a service spec) meet only when a network
-is nearly full, and each also skips what the other already holds.
+is nearly full, and each also skips what the other already holds. Standalone
+containers on attachable networks (controller/attachments.py) take theirs from the top
+down too, comparing every service as VIPs are written (and VIPs compare them).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Iterator
 
-from dockyard.v1.networks_pb2 import Network
+from dockyard.v1.networks_pb2 import Network, NetworkAttachmentRecord
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Service, Task
 
@@ -37,9 +39,13 @@ def live(task: Task) -> bool:
     return task.status.state not in _ENDED
 
 
-def used_addresses(services: Iterable[Service], tasks: Iterable[Task]) -> dict[str, set[str]]:
-    """Network ID -> every address held there: VIPs (spec and previous spec) and the
-    addresses of tasks that have not ended."""
+def used_addresses(
+    services: Iterable[Service],
+    tasks: Iterable[Task],
+    attachments: Iterable[NetworkAttachmentRecord] = (),
+) -> dict[str, set[str]]:
+    """Network ID -> every address held there: VIPs (spec and previous spec), the
+    addresses of tasks that have not ended and those of standalone containers."""
     used: dict[str, set[str]] = {}
     for service in services:
         for spec in (service.spec, service.previous_spec):
@@ -50,6 +56,8 @@ def used_addresses(services: Iterable[Service], tasks: Iterable[Task]) -> dict[s
         if live(task):
             for held in task.networks:
                 used.setdefault(held.network_id, set()).add(held.address)
+    for attached in attachments:
+        used.setdefault(attached.network_id, set()).add(attached.address)
     return used
 
 

@@ -145,7 +145,13 @@ class NetworkMapper:
         self._absorb()
         state, networked = self._state, self._networked
         tasks = [state.tasks[i] for i in networked]
-        return overlays(state.networks, state.services.values(), tasks, state.nodes)
+        return overlays(
+            state.networks,
+            state.services.values(),
+            tasks,
+            state.nodes,
+            state.attachments.values(),
+        )
 
     def _absorb(self) -> None:
         """Take the tasks changed since the last look into the names and overlays."""

@@ -10,7 +10,8 @@ overlapping subnets or one VNI twice: the second write fails and is tried again.
 A service names its networks in ``TaskSpec.networks``; the controller resolves each to
 the network's ID when the spec is written, comparing the network's revision (as for
 secrets), so a network removed at the same moment makes the service write fail. A removal
-is refused while a service's spec or previous spec, or a task that has not ended, uses it.
+is refused while a service's spec or previous spec, or a task that has not ended, uses it,
+or a standalone container is attached to it (controller/attachments.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from dockyard.controller.network_pool import (
     next_vni,
 )
 from dockyard.controller.store import (
+    NETWORK_ATTACHMENTS,
     NETWORK_NAMES,
     NETWORKS,
     NODES,
@@ -239,7 +241,13 @@ class NetworkRegistry:
         network = await self.find(ref)
         services, revision = await self._store.list_all(SERVICES)
         tasks, _ = await self._store.list_all(TASKS)
+        attachments, _ = await self._store.list_all(NETWORK_ATTACHMENTS, at_revision=revision)
         users = network_users(network.id, services, tasks)
+        users += sorted(
+            f"container {a.container_name or a.container_id[:12]} (on node {a.node_id[:12]})"
+            for a in attachments
+            if a.network_id == network.id
+        )
         if network.spec.ingress:
             users += [
                 f"service {s.spec.name} (a port published with mode=ingress)"
@@ -249,12 +257,13 @@ class NetworkRegistry:
         if users:
             raise FailedPrecondition(
                 f"network {network.spec.name} is in use by {'; '.join(users)}: remove the "
-                "services (or `service update --network-rm`) first"
+                "services (or `service update --network-rm`) and containers first"
             )
         ops = [
             self._store.raw_op(NETWORKS, network.id, None, expect=network.meta.version),
             self._store.raw_op(NETWORK_NAMES, network.spec.name, None, expect=None),
             self._store.unchanged_op(SERVICES, revision),
+            self._store.unchanged_op(NETWORK_ATTACHMENTS, revision),
         ]
         try:
             await self._store.commit(ops)
@@ -336,11 +345,15 @@ class NetworkRegistry:
             return []
         services, revision = await self._store.list_all(SERVICES)
         tasks, _ = await self._store.list_all(TASKS)
-        used = used_addresses(services, tasks)
+        attached, _ = await self._store.list_all(NETWORK_ATTACHMENTS, at_revision=revision)
+        used = used_addresses(services, tasks, attached)
         for attachment in missing:
             network = networks[attachment.network_id]
             try:
                 attachment.vip = next_vip(network, used.setdefault(network.id, set()))
             except AddressExhausted as exc:
                 raise FailedPrecondition(str(exc)) from exc
-        return [self._store.unchanged_op(SERVICES, revision)]
+        return [
+            self._store.unchanged_op(SERVICES, revision),
+            self._store.unchanged_op(NETWORK_ATTACHMENTS, revision),
+        ]

@@ -5,7 +5,9 @@ and its node's underlay address: the forwarding entries the other nodes write) a
 names (a service's name with its VIP and the running tasks behind it, or the tasks'
 addresses for ``dnsrr``; ``tasks.NAME``; each alias). A node gets the networks its own
 live tasks are on, and every node the ``ingress`` network (the routing mesh's) once it
-has an address there, with every node's address on it as an endpoint. Containers are
+has an address there, with every node's address on it as an endpoint. A standalone
+container on an attachable network (controller/attachments.py) is an endpoint there, its
+node a member, and its name and aliases names on it. Task containers are
 listed from ASSIGNED on, so a container's entries are on the other nodes before it
 starts; names list RUNNING tasks only.
 """
@@ -16,7 +18,13 @@ from collections.abc import Iterable, Mapping
 
 from dockyard.common.states import TaskState
 from dockyard.controller.network_addresses import live
-from dockyard.v1.networks_pb2 import Network, OverlayEndpoint, OverlayName, OverlayNetworkMap
+from dockyard.v1.networks_pb2 import (
+    Network,
+    NetworkAttachmentRecord,
+    OverlayEndpoint,
+    OverlayName,
+    OverlayNetworkMap,
+)
 from dockyard.v1.types_pb2 import Node
 from dockyard.v1.workloads_pb2 import Service, Task
 
@@ -31,8 +39,10 @@ def overlays(
     services: Iterable[Service],
     tasks: Iterable[Task],
     nodes: Mapping[str, Node],
+    attachments: Iterable[NetworkAttachmentRecord] = (),
 ) -> tuple[Overlays, dict[str, frozenset[str]]]:
-    """Every used network's map, and node ID -> the networks its live tasks are on."""
+    """Every used network's map, and node ID -> the networks its live tasks (and its
+    standalone containers) are on."""
     maps: dict[str, OverlayNetworkMap] = {}
     running: dict[tuple[str, str], list[str]] = {}  # (service, network) -> addresses
     members: dict[str, set[str]] = {}
@@ -55,6 +65,7 @@ def overlays(
             if task.status.state == TaskState.RUNNING:
                 running.setdefault((task.service_id, network.id), []).append(held.address)
     _ingress_nodes(networks, nodes, maps, members)
+    _attached(networks, nodes, attachments, maps, members)
     for service in services:
         for attachment in service.spec.task.networks:
             named = maps.get(attachment.network_id)
@@ -87,6 +98,34 @@ def _ingress_nodes(
             continue
         members.setdefault(node_id, set()).add(ingress.id)
         overlay.endpoints.append(OverlayEndpoint(address=address, host=node.network.address))
+
+
+def _attached(
+    networks: Mapping[str, Network],
+    nodes: Mapping[str, Node],
+    attachments: Iterable[NetworkAttachmentRecord],
+    maps: dict[str, OverlayNetworkMap],
+    members: dict[str, set[str]],
+) -> None:
+    """Each standalone container: an endpoint on its network, and its name and aliases
+    names there (as Swarm's attachment tasks are resolved by container name)."""
+    for attached in attachments:
+        network = networks.get(attached.network_id)
+        node = nodes.get(attached.node_id)
+        if network is None or node is None or not node.network.address:
+            continue
+        overlay = maps.setdefault(network.id, OverlayNetworkMap(network=network))
+        members.setdefault(node.id, set()).add(network.id)
+        overlay.endpoints.append(
+            OverlayEndpoint(
+                address=attached.address,
+                host=node.network.address,
+                container_id=attached.container_id,
+            )
+        )
+        for name in (attached.container_name, *attached.aliases):
+            if name:
+                overlay.names.append(OverlayName(name=name, addresses=[attached.address]))
 
 
 def _names(

@@ -85,6 +85,10 @@ REGISTRY_AUTHS: Kind[workloads_pb2.RegistryAuth] = Kind("registryauth", workload
 # Cluster networks (overlay) and their name index (controller/networks.py).
 NETWORKS: Kind[networks_pb2.Network] = Kind("networks", networks_pb2.Network)
 NETWORK_NAMES: Kind[networks_pb2.Network] = Kind("names/networks", networks_pb2.Network)
+# Standalone containers on attachable networks (controller/attachments.py).
+NETWORK_ATTACHMENTS: Kind[networks_pb2.NetworkAttachmentRecord] = Kind(
+    "netattachments", networks_pb2.NetworkAttachmentRecord
+)
 # Security: the cluster CA (one record, "root"), join tokens keyed by token id,
 # the certificates the CA issued and the revocation list, both keyed by serial.
 ROOT_CA: Kind[types_pb2.RootCA] = Kind("pki/ca", types_pb2.RootCA)

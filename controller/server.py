@@ -28,6 +28,7 @@ from dockyard.controller.api.control import ControllerIdentity, ControlServicer,
 from dockyard.controller.api.nodes import NodesAPI
 from dockyard.controller.api.services import ServicesAPI
 from dockyard.controller.assignments import Assigner, StatusWriter
+from dockyard.controller.attachments import AttachmentRegistry
 from dockyard.controller.ca import (
     CAMismatch,
     ClusterCA,
@@ -522,7 +523,13 @@ class Controller:
             self.sessions.node_ids,
             ca.unexpired_revocations if ca is not None else lambda now: (),
         )
-        self.term = Term(writer, NodeRegistry(store, config.subnets), assigner, mapper)
+        self.term = Term(
+            writer,
+            NodeRegistry(store, config.subnets),
+            assigner,
+            mapper,
+            AttachmentRegistry(store, state),
+        )
         return [
             ("nodemonitor", monitor.run),
             ("assigner", assigner.run),

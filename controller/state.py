@@ -21,6 +21,7 @@ import structlog
 from dockyard.controller.snapshot import ReadSnapshot, SnapshotBoard
 from dockyard.controller.store import (
     CONFIGS,
+    NETWORK_ATTACHMENTS,
     NETWORKS,
     NODES,
     SECRETS,
@@ -31,7 +32,7 @@ from dockyard.controller.store import (
     Store,
     StoreError,
 )
-from dockyard.v1.networks_pb2 import Network
+from dockyard.v1.networks_pb2 import Network, NetworkAttachmentRecord
 from dockyard.v1.types_pb2 import Node, TaskStatus
 from dockyard.v1.workloads_pb2 import Config, Secret, Service, Task, UpdateStatus
 
@@ -82,6 +83,7 @@ class ClusterState:
         self.secrets: dict[str, Secret] = {}  # records only: the data is never listed
         self.networks: dict[str, Network] = {}
         self.configs: dict[str, Config] = {}  # records only, as secrets
+        self.attachments: dict[str, NetworkAttachmentRecord] = {}  # standalone containers
         self.tasks_by_service: dict[str, set[str]] = defaultdict(set)
         self.tasks_by_node: dict[str, set[str]] = defaultdict(set)
         self.pending_task_ids: set[str] = set()  # status PENDING: the scheduler's input
@@ -178,6 +180,7 @@ class ClusterState:
             (SECRETS, self.secrets),
             (NETWORKS, self.networks),
             (CONFIGS, self.configs),
+            (NETWORK_ATTACHMENTS, self.attachments),
         ]
 
     async def _relist(self) -> None:
@@ -262,7 +265,7 @@ class ClusterState:
             self.untrack(tracker)
 
     def _mark(self, kind: Kind[Any], record_id: str, value: Any, status_only: bool = False) -> None:
-        if kind in (SECRETS, CONFIGS, NETWORKS):  # tasks change with their service
+        if kind in (SECRETS, CONFIGS, NETWORKS, NETWORK_ATTACHMENTS):  # no service's or node's
             return
         for tracker in self._trackers:
             if kind is TASKS:

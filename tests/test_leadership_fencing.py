@@ -15,12 +15,15 @@ import pytest
 
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.states import TaskState
+from dockyard.controller.attachments import AttachmentRegistry
 from dockyard.controller.leadership import LEADER_KEY, Leadership
+from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.orchestrators.tasks import new_task
 from dockyard.controller.scheduler.loop import SchedulingLoop
 from dockyard.controller.store import (
     LEADER,
+    NETWORK_ATTACHMENTS,
     NODES,
     SERVICES,
     TASKS,
@@ -30,6 +33,7 @@ from dockyard.controller.store import (
     NotFound,
     Store,
 )
+from dockyard.v1.networks_pb2 import NetworkSpec
 from tests.orchestrators.helpers import node, service
 from tests.polling import wait_until
 from tests.views import watched_view
@@ -184,3 +188,29 @@ async def test_a_cancel_that_arrives_while_a_term_ends_stops_the_campaign(
     finally:
         campaign.cancel()
         await asyncio.gather(campaign, return_exceptions=True)
+
+
+async def test_a_deposed_leaders_network_attachment_is_not_written(
+    stores: tuple[Store, Store],
+) -> None:
+    """A standalone container's attachment (controller/attachments.py) is written through
+    the term's fenced store: after the term, the attach fails whole, no address held."""
+    store, _ = stores
+    term = Term(store, "a")
+    try:
+        first = await term.start()
+        fenced = store.fenced(first)
+        await NetworkRegistry(fenced).create(NetworkSpec(name="att", attachable=True))
+        async with watched_view(fenced) as view:
+            registry = AttachmentRegistry(fenced, view)
+            _, held = await registry.attach("n1", "att", "c" * 64, "solo")
+            assert held.address
+            await store.delete(LEADER, LEADER_KEY)  # the key is lost: the term is over
+            with pytest.raises(LeadershipLost):
+                await registry.attach("n1", "att", "d" * 64, "late")
+            with pytest.raises(LeadershipLost):
+                await registry.detach("n1", "c" * 64)
+        attachments, _ = await store.list_all(NETWORK_ATTACHMENTS)
+        assert [a.container_name for a in attachments] == ["solo"]
+    finally:
+        await term.stop()

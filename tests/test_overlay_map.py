@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dockyard.common.states import TaskState
 from dockyard.controller.overlay_map import node_overlays, overlays
-from dockyard.v1.networks_pb2 import Network, NetworkAttachmentConfig
+from dockyard.v1.networks_pb2 import Network, NetworkAttachmentConfig, NetworkAttachmentRecord
 from dockyard.v1.types_pb2 import Node
 from dockyard.v1.workloads_pb2 import Service, Task
 
@@ -69,3 +69,28 @@ def test_each_node_gets_its_tasks_networks_with_every_endpoint_and_name() -> Non
         "db": ["10.112.1.2"],  # dnsrr: the tasks themselves
         "tasks.db": ["10.112.1.2"],
     }
+
+
+def test_a_standalone_container_is_an_endpoint_and_a_name_on_its_network() -> None:
+    nodes = {"n1": node("n1", "192.0.2.1"), "n2": node("n2", "192.0.2.2")}
+    services = [service("web", NetworkAttachmentConfig(network_id="red", vip="10.112.0.254"))]
+    tasks = [task("t1", "web", "n1", TaskState.RUNNING, ("red", "10.112.0.2"))]
+    attached = NetworkAttachmentRecord(
+        id="a1",
+        network_id="red",
+        node_id="n2",
+        container_id="c" * 64,
+        container_name="probe",
+        aliases=["checker"],
+        address="10.112.0.253",
+    )
+    maps, members = overlays({"red": RED}, services, tasks, nodes, [attached])
+    assert members == {"n1": frozenset({"red"}), "n2": frozenset({"red"})}  # n2: no task
+    (red,) = node_overlays("n1", maps, members)
+    assert [(e.address, e.host, e.container_id) for e in red.endpoints] == [
+        ("10.112.0.2", "192.0.2.1", ""),
+        ("10.112.0.253", "192.0.2.2", "c" * 64),
+    ]
+    names = {n.name: list(n.addresses) for n in red.names}
+    assert names["probe"] == ["10.112.0.253"] and names["checker"] == ["10.112.0.253"]
+    assert names["web"] == ["10.112.0.254"]  # the service is still its VIP there

@@ -18,7 +18,7 @@ import contextlib
 import math
 import secrets
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -372,8 +372,14 @@ class ContainerService:
         ]
         return resolve_binds(volumes, self._own_dirs)
 
-    async def create(self, request: ContainerRequest) -> ContainerView:
-        """Create a container from a local image (nothing runs yet)."""
+    async def create(
+        self,
+        request: ContainerRequest,
+        prepare: Callable[[ContainerSpec], Awaitable[ContainerSpec]] | None = None,
+    ) -> ContainerView:
+        """Create a container from a local image (nothing runs yet). ``prepare`` may
+        change the spec once its ID and name are chosen (the Docker API attaches it to
+        a cluster network then)."""
         image = await self._image(request.image, request.spec.image)
         if request.spec.network == "bridge":
             await self._check_bridge(request.spec.ports)
@@ -391,6 +397,8 @@ class ContainerService:
             )
             if image.config is not None:  # else only the backend knows the image's command
                 _check_command(spec)
+            if prepare is not None:
+                spec = await prepare(spec)
             meta = ContainerMeta(spec.id, image.digest, request.auto_remove)
             info = await self._create(spec, meta)
             made.clear()  # created: its volumes stay

@@ -30,6 +30,7 @@ from dockyard.agent.containers.errors import (
 from dockyard.agent.containers.request import parse_create
 from dockyard.agent.containers.service import ContainerView
 from dockyard.agent.dockerapi import networks
+from dockyard.agent.dockerapi.cluster_networks import cluster_network_of
 from dockyard.agent.dockerapi.container_config import parse_create_body
 from dockyard.agent.dockerapi.container_view import (
     inspect_body,
@@ -145,21 +146,29 @@ async def _create(ctx: DockerApiContext, request: web.Request) -> web.StreamResp
     service = ctx.require_containers()
     name = request.query.get("name", "")
     body, network, aliases = networks.prepare_create(ctx, await _json_body(request))
+    body, join = cluster_network_of(ctx, body, lambda ref: networks.is_local(ctx, ref))
     parsed = parse_create_body(body, name)
+    created = False
     try:
         checked = parse_create(parsed.request)
         local = network.local_bridge() if network is not None else None
         if local is not None:  # on the network's own bridge, not the node's
             checked = replace(checked, spec=replace(checked.spec, local_network=local))
         ctx.admission.check(parsed.request)
-        view = await service.create(checked)
+        view = await service.create(checked, join.prepare if join is not None else None)
+        created = True
     except ImageMissing:
         raise DockerApiError(404, f"No such image: {parsed.request.image}") from None
     except PermissionDenied as exc:
         raise DockerApiError(403, str(exc)) from exc
     except ApiError as exc:
         raise docker_error(exc, name) from exc
+    finally:
+        if join is not None and not created:  # maybe attached before it failed
+            await asyncio.shield(join.undo())
     networks.join_created(ctx, view.info.id, network, aliases)
+    if join is not None:
+        join.joined()
     log.info("dockerapi.container_created", container_id=view.info.id, name=view.info.name)
     return json_response({"Id": view.info.id, "Warnings": []}, status=201)
 

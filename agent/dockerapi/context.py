@@ -23,6 +23,7 @@ from dockyard.agent.dockerapi.network_store import NetworkStore
 if TYPE_CHECKING:
     from dockyard.agent.containers.service import ContainerService
     from dockyard.agent.images.service import ImageService
+    from dockyard.agent.network.attacher import NetworkAttacher
     from dockyard.agent.network.cluster import ClusterNetwork
     from dockyard.agent.session import SessionStatus
     from dockyard.v1.types_pb2 import NodeDescription
@@ -49,6 +50,9 @@ class DockerApiContext:
         cluster_network: The node's bridge and DNS (None: a runtime without a bridge).
         start_waiters: Per container id, an event the next start through this API sets
             (``wait?condition=next-exit`` on an exited container waits for it).
+        attacher: Attaches containers to cluster networks through the leader (None:
+            no controller session, or no overlays on this runtime).
+        attached: The containers on cluster networks (released when destroyed).
     """
 
     node_id: str
@@ -64,6 +68,10 @@ class DockerApiContext:
     started_at: float = field(default_factory=time.time)
     cluster_network: ClusterNetwork | None = None
     start_waiters: dict[str, asyncio.Event] = field(default_factory=dict)
+    attacher: NetworkAttacher | None = None
+    connected: asyncio.Event | None = None
+    """Set once the controller session is up (the attacher's calls need it)."""
+    attached: set[str] = field(default_factory=set)
     networks_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held while a user-defined network is created or removed."""
     _networks: NetworkStore | None = field(default=None, repr=False)

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from dockyard.agent.containers.errors import ApiError
 from dockyard.agent.containers.service import ContainerView
+from dockyard.agent.dockerapi import cluster_networks
 from dockyard.agent.dockerapi.context import DockerApiContext, with_context
 from dockyard.agent.dockerapi.errors import (
     DockerApiError,
@@ -81,6 +82,15 @@ def resolve_network(ctx: DockerApiContext, ref: str) -> tuple[str, NetworkRecord
     if record is None:
         raise not_found(f"network {ref} not found")
     return record.name, record
+
+
+def is_local(ctx: DockerApiContext, ref: str) -> bool:
+    """Whether ``ref`` names a predefined network or one of this node's user-defined ones."""
+    try:
+        resolve_network(ctx, ref)
+    except DockerApiError:
+        return False
+    return True
 
 
 def runtime_network(ctx: DockerApiContext, mode: str) -> tuple[str, NetworkRecord | None]:
@@ -609,12 +619,14 @@ def lifespan(
         await ctx.cluster_network.serve_dns()
         subscription = bus.subscribe()
         task = asyncio.create_task(_keep_names(ctx, subscription), name="dockerapi-dns")
+        pruning = asyncio.create_task(cluster_networks.release_gone(ctx), name="dockerapi-prune")
         try:
             yield
         finally:
             subscription.close()
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            pruning.cancel()
+            await asyncio.gather(task, pruning, return_exceptions=True)
 
     return serve
 
@@ -628,6 +640,7 @@ async def _keep_names(ctx: DockerApiContext, subscription: Subscription) -> None
             continue
         if event.type == "container" and event.action == "destroy":
             ctx.network_store().forget_container(event.actor_id)
+            await cluster_networks.on_destroy(ctx, event.actor_id)
         await _renew_names(ctx)
 
 

@@ -204,7 +204,9 @@ class Orchestrator:
         meshed = ingress is not None and any(_meshed(t) for t in creates)
         if not meshed and not any(t.spec.networks for t in creates):
             return
-        used = used_addresses(state.services.values(), state.tasks.values())
+        used = used_addresses(
+            state.services.values(), state.tasks.values(), state.attachments.values()
+        )
         if ingress is not None:  # the nodes' own addresses there
             used.setdefault(ingress.id, set()).update(ingress.node_addresses.values())
         for task in creates:

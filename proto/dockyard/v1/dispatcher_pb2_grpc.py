@@ -44,6 +44,21 @@ class DispatcherStub:
                 request_serializer=dockyard_dot_v1_dot_dispatcher__pb2.LeaderRequest.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.LeaderAnswer.FromString,
                 _registered_method=True)
+        self.AttachNetwork = channel.unary_unary(
+                '/dockyard.v1.Dispatcher/AttachNetwork',
+                request_serializer=dockyard_dot_v1_dot_dispatcher__pb2.AttachNetworkRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.AttachNetworkResponse.FromString,
+                _registered_method=True)
+        self.DetachNetwork = channel.unary_unary(
+                '/dockyard.v1.Dispatcher/DetachNetwork',
+                request_serializer=dockyard_dot_v1_dot_dispatcher__pb2.DetachNetworkRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.DetachNetworkResponse.FromString,
+                _registered_method=True)
+        self.PruneAttachments = channel.unary_unary(
+                '/dockyard.v1.Dispatcher/PruneAttachments',
+                request_serializer=dockyard_dot_v1_dot_dispatcher__pb2.PruneAttachmentsRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.DetachNetworkResponse.FromString,
+                _registered_method=True)
 
 
 class DispatcherServicer:
@@ -67,6 +82,28 @@ class DispatcherServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AttachNetwork(self, request, context):
+        """A standalone container joins an attachable overlay network (Swarm's `docker run
+        --network N` on a node): the leader records it with an address on the network.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DetachNetwork(self, request, context):
+        """The container is gone: its attachments (all, or one network's) are released.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PruneAttachments(self, request, context):
+        """After an agent restart: release the node's attachments of containers not listed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DispatcherServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +116,21 @@ def add_DispatcherServicer_to_server(servicer, server):
                     servicer.Leader,
                     request_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.LeaderRequest.FromString,
                     response_serializer=dockyard_dot_v1_dot_dispatcher__pb2.LeaderAnswer.SerializeToString,
+            ),
+            'AttachNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.AttachNetwork,
+                    request_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.AttachNetworkRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_dispatcher__pb2.AttachNetworkResponse.SerializeToString,
+            ),
+            'DetachNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.DetachNetwork,
+                    request_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.DetachNetworkRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_dispatcher__pb2.DetachNetworkResponse.SerializeToString,
+            ),
+            'PruneAttachments': grpc.unary_unary_rpc_method_handler(
+                    servicer.PruneAttachments,
+                    request_deserializer=dockyard_dot_v1_dot_dispatcher__pb2.PruneAttachmentsRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_dispatcher__pb2.DetachNetworkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +187,87 @@ class Dispatcher:
             '/dockyard.v1.Dispatcher/Leader',
             dockyard_dot_v1_dot_dispatcher__pb2.LeaderRequest.SerializeToString,
             dockyard_dot_v1_dot_dispatcher__pb2.LeaderAnswer.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Dispatcher/AttachNetwork',
+            dockyard_dot_v1_dot_dispatcher__pb2.AttachNetworkRequest.SerializeToString,
+            dockyard_dot_v1_dot_dispatcher__pb2.AttachNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DetachNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Dispatcher/DetachNetwork',
+            dockyard_dot_v1_dot_dispatcher__pb2.DetachNetworkRequest.SerializeToString,
+            dockyard_dot_v1_dot_dispatcher__pb2.DetachNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PruneAttachments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.v1.Dispatcher/PruneAttachments',
+            dockyard_dot_v1_dot_dispatcher__pb2.PruneAttachmentsRequest.SerializeToString,
+            dockyard_dot_v1_dot_dispatcher__pb2.DetachNetworkResponse.FromString,
             options,
             channel_credentials,
             insecure,

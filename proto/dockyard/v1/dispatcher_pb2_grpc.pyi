@@ -41,6 +41,14 @@ class DispatcherStub:
     session ended asks every controller it knows and connects to the first answer:
     it learns of a new leader the moment one is elected, with no retry delay.
     """
+    AttachNetwork: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.AttachNetworkRequest, _dispatcher_pb2.AttachNetworkResponse]
+    """A standalone container joins an attachable overlay network (Swarm's `docker run
+    --network N` on a node): the leader records it with an address on the network.
+    """
+    DetachNetwork: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.DetachNetworkRequest, _dispatcher_pb2.DetachNetworkResponse]
+    """The container is gone: its attachments (all, or one network's) are released."""
+    PruneAttachments: _grpc.UnaryUnaryMultiCallable[_dispatcher_pb2.PruneAttachmentsRequest, _dispatcher_pb2.DetachNetworkResponse]
+    """After an agent restart: release the node's attachments of containers not listed."""
 
 @_typing.type_check_only
 class DispatcherAsyncStub(DispatcherStub):
@@ -55,6 +63,14 @@ class DispatcherAsyncStub(DispatcherStub):
     session ended asks every controller it knows and connects to the first answer:
     it learns of a new leader the moment one is elected, with no retry delay.
     """
+    AttachNetwork: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.AttachNetworkRequest, _dispatcher_pb2.AttachNetworkResponse]  # type: ignore[assignment]
+    """A standalone container joins an attachable overlay network (Swarm's `docker run
+    --network N` on a node): the leader records it with an address on the network.
+    """
+    DetachNetwork: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.DetachNetworkRequest, _dispatcher_pb2.DetachNetworkResponse]  # type: ignore[assignment]
+    """The container is gone: its attachments (all, or one network's) are released."""
+    PruneAttachments: _aio.UnaryUnaryMultiCallable[_dispatcher_pb2.PruneAttachmentsRequest, _dispatcher_pb2.DetachNetworkResponse]  # type: ignore[assignment]
+    """After an agent restart: release the node's attachments of containers not listed."""
 
 class DispatcherServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -78,5 +94,31 @@ class DispatcherServicer(metaclass=_abc_1.ABCMeta):
         session ended asks every controller it knows and connects to the first answer:
         it learns of a new leader the moment one is elected, with no retry delay.
         """
+
+    @_abc_1.abstractmethod
+    def AttachNetwork(
+        self,
+        request: _dispatcher_pb2.AttachNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatcher_pb2.AttachNetworkResponse, _abc.Awaitable[_dispatcher_pb2.AttachNetworkResponse]]:
+        """A standalone container joins an attachable overlay network (Swarm's `docker run
+        --network N` on a node): the leader records it with an address on the network.
+        """
+
+    @_abc_1.abstractmethod
+    def DetachNetwork(
+        self,
+        request: _dispatcher_pb2.DetachNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatcher_pb2.DetachNetworkResponse, _abc.Awaitable[_dispatcher_pb2.DetachNetworkResponse]]:
+        """The container is gone: its attachments (all, or one network's) are released."""
+
+    @_abc_1.abstractmethod
+    def PruneAttachments(
+        self,
+        request: _dispatcher_pb2.PruneAttachmentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_dispatcher_pb2.DetachNetworkResponse, _abc.Awaitable[_dispatcher_pb2.DetachNetworkResponse]]:
+        """After an agent restart: release the node's attachments of containers not listed."""
 
 def add_DispatcherServicer_to_server(servicer: DispatcherServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -30,12 +30,20 @@ from dockyard.v1.dispatcher_pb2 import (
 from dockyard.v1.types_pb2 import Node
 from dockyard.v1.workloads_pb2 import Service, Task
 
-__all__ = ["NetworkMapper", "ingress_ports"]
+__all__ = ["NetworkMapper", "ingress_ports", "quiet_pause"]
 
 RUNNING = TaskState.RUNNING  # looked up once: an enum attribute costs on every task
 SEND_INTERVAL = 0.5
 """Seconds between two looks at the cluster (and so between two maps sent to every node):
 a burst of task starts makes one map, not one per task (each map goes to every session)."""
+LOOK_SHARE = 0.1
+"""After a look that sent nothing, the pause before the next is so long that looking takes
+at most this share of the time (at least QUIET_PAUSE, at most SEND_INTERVAL). Looking costs
+a walk over every task, and a scale-up's burst of new tasks changes no map; but the write
+that matters often follows one that does not (`service scale` writes the service, then the
+tasks' desired states): a fixed SEND_INTERVAL after the first would leave a removed task's
+address in the VIPs and DNS for that long after its agent stopped it."""
+QUIET_PAUSE = 0.02
 Routes = frozenset[tuple[str, str, str]]
 Revoked = tuple[str, ...]
 OverlayView = tuple[Overlays, dict[str, frozenset[str]]]
@@ -116,6 +124,7 @@ class NetworkMapper:
         while True:
             await changed.wait()
             changed.clear()
+            started = time.monotonic()
             current = (
                 self._current_routes(),
                 self._current_names(),
@@ -137,9 +146,9 @@ class NetworkMapper:
                     if node is not None:
                         message = DispatcherMessage(network=_network_map(node, *current))
                         self._post(node.id, message)
-            # Looking costs a walk over every task: a burst of changes (a scale-up writes
-            # thousands) is looked at once per interval, whether or not a map went out.
-            await asyncio.sleep(SEND_INTERVAL)
+                await asyncio.sleep(SEND_INTERVAL)  # a burst of changes makes one map
+            else:
+                await asyncio.sleep(quiet_pause(time.monotonic() - started))
 
     def _current_overlays(self) -> OverlayView:
         self._absorb()
@@ -190,6 +199,11 @@ class NetworkMapper:
         """Every service's name with its running tasks' addresses, sorted."""
         self._absorb()
         return self._service_names.names(self._state.services.values())
+
+
+def quiet_pause(look_seconds: float) -> float:
+    """Seconds to wait after a look that took ``look_seconds`` and sent nothing."""
+    return min(SEND_INTERVAL, max(QUIET_PAUSE, look_seconds / LOOK_SHARE))
 
 
 def ingress_ports(

@@ -15,7 +15,7 @@ from dockyard.common.states import TaskState
 from dockyard.controller import network_map
 from dockyard.controller.network_map import NetworkMapper, quiet_pause
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import Store
+from dockyard.controller.store import TASKS, Store
 from dockyard.v1.dispatcher_pb2 import DispatcherMessage
 from dockyard.v1.types_pb2 import Node
 from dockyard.v1.workloads_pb2 import Service, Task
@@ -66,7 +66,10 @@ async def test_a_removal_right_after_a_change_that_sent_nothing_goes_out_at_once
         changed(state)
         await asyncio.sleep(0.05)  # looked at: nothing any node needs
         assert posted.empty()
-        state.tasks["t2"].desired_state = TaskState.SHUTDOWN  # then the removed task's
+        removed = Task()
+        removed.CopyFrom(state.tasks["t2"])
+        removed.desired_state = TaskState.SHUTDOWN  # then the removed task's, as the watch
+        state._put(TASKS, state.tasks, "t2", removed)  # applies it (the trackers see it)
         changed(state)
         message = await asyncio.wait_for(posted.get(), timeout=10)
         assert names(message) == {"web": ["10.210.1.2"]}

@@ -718,7 +718,11 @@ def join_created(
 
 def decorate(ctx: DockerApiContext, view: ContainerView, body: dict[str, Any]) -> dict[str, Any]:
     """An inspect body or a list row with the container's user-defined networks in
-    `NetworkSettings.Networks` and `HostConfig.NetworkMode`."""
+    `NetworkSettings.Networks` and `HostConfig.NetworkMode` (its cluster networks in
+    their place for a container attached to them)."""
+    attached = cluster_networks.endpoints(ctx, view)
+    if attached:
+        return _show_networks(body, attached)
     memberships = ctx.network_store().of(view.info.id)
     if not memberships:
         return body
@@ -728,4 +732,14 @@ def decorate(ctx: DockerApiContext, view: ContainerView, body: dict[str, Any]) -
     host = body.get("HostConfig")
     if isinstance(host, dict):
         host["NetworkMode"] = memberships[0][0].name
+    return body
+
+
+def _show_networks(body: dict[str, Any], networks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    settings = body.get("NetworkSettings")
+    if isinstance(settings, dict):
+        settings["Networks"] = networks
+    host = body.get("HostConfig")
+    if isinstance(host, dict):
+        host["NetworkMode"] = next(iter(networks))
     return body

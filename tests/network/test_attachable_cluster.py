@@ -75,6 +75,13 @@ def shown_on_att(
     (member,) = json.loads(ok(lc, "network", "inspect", "att"))[0]["containers"]
     assert (member["name"], member["address"]) == ("solo", address)
     assert member["container_id"] == shown["Id"] and member["node"]
+    # joined at create, left when removed: connect and disconnect say so
+    again = docker(lc, "node-1", "network", "connect", "att", "solo")
+    assert again.returncode != 0
+    assert "endpoint with name solo already exists in network att" in again.stderr
+    leave = docker(lc, "node-1", "network", "disconnect", "att", "solo")
+    assert leave.returncode != 0
+    assert "a container leaves a cluster network when it is removed" in leave.stderr
 
 
 def test_a_standalone_container_joins_an_attachable_network(

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from dockyard.agent.metrics.source import ContainerRef
     from dockyard.agent.network.attacher import NetworkAttacher
     from dockyard.agent.network.cluster import ClusterNetwork
+    from dockyard.agent.network.detach_queue import DetachQueue
     from dockyard.agent.runtime.docker import DockerRuntime
     from dockyard.agent.runtime.hollow import HollowRuntime
     from dockyard.agent.runtime.runc.runtime import RuncRuntime
@@ -76,6 +77,8 @@ class AgentDaemon:
         self.metrics: MetricsServer | None = None
         self.docker_api: DockerApiServer | None = None
         self._admission: Admission | None = None
+        self._detaches: DetachQueue | None = None
+        """Releases of cluster-network attachments not yet made (Docker API, runc)."""
         self._pulls = PullMetrics()
         self._revoked: frozenset[str] = frozenset()
         """Serials of the cluster's revoked certificates (from the network map): the API
@@ -348,6 +351,8 @@ class AgentDaemon:
 
         config = self.config
         assert self.session is not None
+        attacher = self._attacher()
+        self._detaches = await self._detach_queue(attacher)
         context = DockerApiContext(
             node_id=self._node_id,
             node_name=node_name,
@@ -360,7 +365,8 @@ class AgentDaemon:
             session=self.session.status,
             controllers=list(self._controllers),
             cluster_network=self.cluster_network,
-            attacher=self._attacher(),
+            attacher=attacher,
+            detaches=self._detaches,
             connected=self.session.connected,
         )
         tls = None
@@ -417,6 +423,22 @@ class AgentDaemon:
             return None
         return NetworkAttacher(self._node_id, self.session.channel)
 
+    async def _detach_queue(self, attacher: NetworkAttacher | None) -> DetachQueue | None:
+        """The releases the attacher could not make yet (recorded in the state dir)."""
+        from dockyard.agent.network.detach_queue import DetachQueue
+
+        session = self.session
+        if attacher is None or session is None:
+            return None
+        queue = DetachQueue(
+            attacher,
+            self.config.state_dir / "dockerapi" / "pending-detaches.json",
+            session.connected,
+            lambda: session.status.session_id,
+        )
+        await queue.load()
+        return queue
+
     def _secret_files(self) -> SecretFiles:
         """Where this agent's tasks' secret files go (a tmpfs, mounted on first use)."""
         return SecretFiles(SECRETS_ROOT / self._node_id)
@@ -457,6 +479,8 @@ class AgentDaemon:
                     group.create_task(self.worker.wait(), name="worker")
                 if self.docker_api is not None:
                     group.create_task(self.docker_api.refresh_tls(), name="docker-api-tls")
+                if self._detaches is not None:
+                    group.create_task(self._detaches.run(), name="network-detaches")
         except Exception as exc:
             for error in exception_leaves(exc):
                 if not isinstance(error, SessionRefused):

@@ -48,7 +48,12 @@ from dockyard.controller.store import (
     Store,
 )
 from dockyard.controller.subnets import Protected, protected_address
-from dockyard.v1.networks_pb2 import Network, NetworkAttachmentConfig, NetworkSpec
+from dockyard.v1.networks_pb2 import (
+    Network,
+    NetworkAttachmentConfig,
+    NetworkContainer,
+    NetworkSpec,
+)
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task
 
@@ -234,6 +239,28 @@ class NetworkRegistry:
             taken.append(("the node subnet pool", ipaddress.IPv4Network(self._node_pool)))
         hosts = [protected_address(f"node {n.id[:12]}", n.network.address) for n in nodes]
         return taken, [p for p in hosts if p is not None]
+
+    async def inspect(self, ref: str) -> Network:
+        """The network with the standalone containers attached to it (``containers``)."""
+        network = await self.find(ref)
+        attachments, revision = await self._store.list_all(NETWORK_ATTACHMENTS)
+        nodes, _ = await self._store.list_all(NODES, at_revision=revision)
+        hostnames = {n.id: n.spec.name or n.description.hostname for n in nodes}
+        shown = Network()
+        shown.CopyFrom(network)
+        shown.containers.extend(
+            NetworkContainer(
+                container_id=a.container_id,
+                name=a.container_name,
+                node_id=a.node_id,
+                node=hostnames.get(a.node_id, ""),
+                address=a.address,
+                aliases=list(a.aliases),
+            )
+            for a in sorted(attachments, key=lambda a: (a.container_name, a.container_id))
+            if a.network_id == network.id
+        )
+        return shown
 
     async def remove(self, ref: str) -> Network:
         """Delete the network unless a service's spec or previous spec, or a task that

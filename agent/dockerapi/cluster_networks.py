@@ -8,14 +8,16 @@ a controller session: the container runs on the node's bridge (its way out and t
 node's DNS server, as Docker's ``docker_gwbridge``) plus the overlay network, named by
 its container name (and ``--network-alias``es) there. A network that is not
 ``--attachable`` is refused with Docker's message. The attachment is released when the
-container is destroyed, however (``rm``, ``--rm``), and after an agent restart for the
-containers that are gone.
+container is destroyed, however (``rm``, ``--rm``): recorded in the state dir and asked
+of the leader until it is made (agent/network/detach_queue.py), and after an agent
+restart for the containers that are gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -28,10 +30,18 @@ from dockyard.agent.dockerapi.errors import DockerApiError, bad_request, forbidd
 from dockyard.agent.network.attacher import AttachError
 
 if TYPE_CHECKING:
+    from dockyard.agent.containers.service import ContainerView
     from dockyard.agent.dockerapi.context import DockerApiContext
     from dockyard.agent.runtime.base import ContainerSpec
 
-__all__ = ["ClusterJoin", "cluster_network_of", "on_destroy", "release", "release_gone"]
+__all__ = [
+    "ClusterJoin",
+    "cluster_network_of",
+    "endpoints",
+    "on_destroy",
+    "release",
+    "release_gone",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -124,9 +134,12 @@ def _docker_error(network: str, exc: AttachError) -> DockerApiError:
 
 
 async def release(ctx: DockerApiContext, container_id: str) -> None:
-    """Release the container's attachments (logged, not raised, when the controller
-    cannot be reached: the agent's next restart prunes them)."""
+    """Release the container's attachments: recorded first, and asked again until made
+    when the controller cannot be reached now (``DetachQueue``)."""
     ctx.attached.discard(container_id)
+    if ctx.detaches is not None:
+        await ctx.detaches.release(container_id)
+        return
     if ctx.attacher is None:
         return
     try:
@@ -167,3 +180,47 @@ async def on_destroy(ctx: DockerApiContext, container_id: str) -> None:
     if container_id in ctx.attached:
         with contextlib.suppress(Exception):
             await release(ctx, container_id)
+
+
+def endpoints(ctx: DockerApiContext, view: ContainerView) -> dict[str, dict[str, Any]]:
+    """``NetworkSettings.Networks`` of a standalone container on cluster networks: each
+    one by its name, with the container's address and aliases there (the node's bridge,
+    its way out, is not listed, as Docker lists no ``docker_gwbridge``); empty for other
+    containers."""
+    info = view.info
+    if not info.config.overlays or is_task(info):
+        return {}
+    overlays = ctx.cluster_network.overlays if ctx.cluster_network is not None else None
+    found: dict[str, dict[str, Any]] = {}
+    for network_id, address in info.config.overlays:
+        overlay = overlays.network_map(network_id) if overlays is not None else None
+        name, prefix, aliases = network_id, 0, []
+        if overlay is not None:
+            name = overlay.network.spec.name or network_id
+            if overlay.network.subnet:
+                prefix = ipaddress.IPv4Network(overlay.network.subnet).prefixlen
+            aliases = sorted(
+                {
+                    n.name
+                    for n in overlay.names
+                    if n.name != info.name and not n.vip and list(n.addresses) == [address]
+                }
+            )
+        short_id = info.id[:12]
+        found[name] = {
+            "IPAMConfig": {"IPv4Address": address},
+            "Links": None,
+            "Aliases": [*aliases, short_id],
+            "MacAddress": "",
+            "DriverOpts": None,
+            "NetworkID": network_id,
+            "EndpointID": network_id[:32] + info.id[:32],
+            "Gateway": "",
+            "IPAddress": address,
+            "IPPrefixLen": prefix,
+            "IPv6Gateway": "",
+            "GlobalIPv6Address": "",
+            "GlobalIPv6PrefixLen": 0,
+            "DNSNames": [info.name, *aliases, short_id],
+        }
+    return found

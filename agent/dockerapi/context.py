@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from dockyard.agent.images.service import ImageService
     from dockyard.agent.network.attacher import NetworkAttacher
     from dockyard.agent.network.cluster import ClusterNetwork
+    from dockyard.agent.network.detach_queue import DetachQueue
     from dockyard.agent.session import SessionStatus
     from dockyard.v1.types_pb2 import NodeDescription
 
@@ -52,6 +53,7 @@ class DockerApiContext:
             (``wait?condition=next-exit`` on an exited container waits for it).
         attacher: Attaches containers to cluster networks through the leader (None:
             no controller session, or no overlays on this runtime).
+        detaches: Releases of their attachments, made durably (asked again until made).
         attached: The containers on cluster networks (released when destroyed).
     """
 
@@ -69,6 +71,7 @@ class DockerApiContext:
     cluster_network: ClusterNetwork | None = None
     start_waiters: dict[str, asyncio.Event] = field(default_factory=dict)
     attacher: NetworkAttacher | None = None
+    detaches: DetachQueue | None = None
     connected: asyncio.Event | None = None
     """Set once the controller session is up (the attacher's calls need it)."""
     attached: set[str] = field(default_factory=set)

@@ -497,9 +497,35 @@ async def _container(ctx: DockerApiContext, ref: str) -> ContainerView:
         raise from_api_error(exc, f"No such container: {ref}") from None
 
 
+async def _cluster_refusal(
+    ctx: DockerApiContext, ref: str, body: dict[str, Any], action: str
+) -> DockerApiError | None:
+    """What ``connect``/``disconnect`` answer for a network that is none of this node's
+    (a cluster network: a container joins it at create, and leaves it when removed);
+    None for the node's own networks (or an agent without a controller session)."""
+    if ctx.attacher is None or is_local(ctx, ref):
+        return None
+    view = await _container(ctx, str(body.get("Container") or ""))
+    name = view.info.name
+    if ref in cluster_networks.endpoints(ctx, view) and action == "connect":
+        return forbidden(f"endpoint with name {name} already exists in network {ref}")
+    if action == "connect":
+        return not_implemented(
+            f"connecting container {name} to network {ref} is not supported by dockyard: "
+            f"it is none of this node's networks, and a container joins a cluster network "
+            f"at create (docker run --network {ref})"
+        )
+    return not_implemented(
+        f"disconnecting container {name} from network {ref} is not supported by dockyard: "
+        "a container leaves a cluster network when it is removed"
+    )
+
+
 async def _connect(request: web.Request, ctx: DockerApiContext) -> web.StreamResponse:
-    name, record = resolve_network(ctx, request.match_info["id"])
     body = await _json_body(request)
+    if refusal := await _cluster_refusal(ctx, request.match_info["id"], body, "connect"):
+        raise refusal
+    name, record = resolve_network(ctx, request.match_info["id"])
     view = await _container(ctx, str(body.get("Container") or ""))
     if record is None:
         if view.info.config.network == name and not ctx.network_store().of(view.info.id):
@@ -539,8 +565,10 @@ async def _connect(request: web.Request, ctx: DockerApiContext) -> web.StreamRes
 
 
 async def _disconnect(request: web.Request, ctx: DockerApiContext) -> web.StreamResponse:
-    name, record = resolve_network(ctx, request.match_info["id"])
     body = await _json_body(request)
+    if refusal := await _cluster_refusal(ctx, request.match_info["id"], body, "disconnect"):
+        raise refusal
+    name, record = resolve_network(ctx, request.match_info["id"])
     view = await _container(ctx, str(body.get("Container") or ""))
     if record is None:
         raise not_implemented(
@@ -718,7 +746,11 @@ def join_created(
 
 def decorate(ctx: DockerApiContext, view: ContainerView, body: dict[str, Any]) -> dict[str, Any]:
     """An inspect body or a list row with the container's user-defined networks in
-    `NetworkSettings.Networks` and `HostConfig.NetworkMode`."""
+    `NetworkSettings.Networks` and `HostConfig.NetworkMode` (its cluster networks in
+    their place for a container attached to them)."""
+    attached = cluster_networks.endpoints(ctx, view)
+    if attached:
+        return _show_networks(body, attached)
     memberships = ctx.network_store().of(view.info.id)
     if not memberships:
         return body
@@ -728,4 +760,14 @@ def decorate(ctx: DockerApiContext, view: ContainerView, body: dict[str, Any]) -
     host = body.get("HostConfig")
     if isinstance(host, dict):
         host["NetworkMode"] = memberships[0][0].name
+    return body
+
+
+def _show_networks(body: dict[str, Any], networks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    settings = body.get("NetworkSettings")
+    if isinstance(settings, dict):
+        settings["Networks"] = networks
+    host = body.get("HostConfig")
+    if isinstance(host, dict):
+        host["NetworkMode"] = next(iter(networks))
     return body

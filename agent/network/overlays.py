@@ -248,6 +248,10 @@ class OverlayManager:
         self._joined.pop(container_id, None)
         self._adopted.discard(container_id)
 
+    def network_map(self, network_id: str) -> OverlayNetworkMap | None:
+        """The latest map of one overlay network (None: not on this node's map)."""
+        return self._maps.get(network_id)
+
     def subnets(self) -> list[str]:
         """The subnets of the overlay networks of the latest map (a node's user-defined
         networks must not overlap them)."""

@@ -356,7 +356,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
 
     @grpc_errors
     async def GetNetwork(self, request: GetNetworkRequest, context: Context) -> Network:
-        return await self._networks.find(request.network)
+        return await self._networks.inspect(request.network)
 
     @grpc_errors
     async def ListNetworks(

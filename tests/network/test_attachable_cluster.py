@@ -59,6 +59,31 @@ def docker(lc: LocalCluster, node: str, *args: str) -> subprocess.CompletedProce
     )
 
 
+def shown_on_att(
+    lc: LocalCluster, address: str, subnet: ipaddress.IPv4Network | ipaddress.IPv6Network
+) -> None:
+    """docker inspect and ps show solo on the cluster network `att`, as Docker shows a
+    container on an overlay; `dockyard network inspect att` lists it."""
+    shown = json.loads(docker(lc, "node-1", "inspect", "solo").stdout)[0]
+    assert list(shown["NetworkSettings"]["Networks"]) == ["att"]
+    endpoint = shown["NetworkSettings"]["Networks"]["att"]
+    assert (endpoint["IPAddress"], endpoint["IPPrefixLen"]) == (address, subnet.prefixlen)
+    assert "soloalias" in endpoint["Aliases"]
+    assert shown["HostConfig"]["NetworkMode"] == "att"
+    listed = docker(lc, "node-1", "ps", "--filter", "name=solo", "--format", "{{.Networks}}")
+    assert listed.stdout.strip() == "att"
+    (member,) = json.loads(ok(lc, "network", "inspect", "att"))[0]["containers"]
+    assert (member["name"], member["address"]) == ("solo", address)
+    assert member["container_id"] == shown["Id"] and member["node"]
+    # joined at create, left when removed: connect and disconnect say so
+    again = docker(lc, "node-1", "network", "connect", "att", "solo")
+    assert again.returncode != 0
+    assert "endpoint with name solo already exists in network att" in again.stderr
+    leave = docker(lc, "node-1", "network", "disconnect", "att", "solo")
+    assert leave.returncode != 0
+    assert "a container leaves a cluster network when it is removed" in leave.stderr
+
+
 def test_a_standalone_container_joins_an_attachable_network(
     cluster: tuple[LocalCluster, str],
 ) -> None:
@@ -81,13 +106,14 @@ def test_a_standalone_container_joins_an_attachable_network(
     ) in refused.stderr
 
     made = docker(lc, "node-1", "run", "-d", "--name", "solo", "--network", "att",
-                  "busybox", "sleep", "3600")  # fmt: skip
+                  "--network-alias", "soloalias", "busybox", "sleep", "3600")  # fmt: skip
     assert made.returncode == 0, made.stderr
     try:
         task_netns = netns_of(tasks(lc, "attweb")[0]["networks"][0]["address"])  # type: ignore[index]
         wait(lambda: len(lookup(task_netns, "solo")) == 1, "solo's name in a task's DNS")
         (address,) = lookup(task_netns, "solo")
         assert ipaddress.ip_address(address) in subnet
+        shown_on_att(lc, address, subnet)
         assert inside(task_netns, "ping", "-c", "1", "-W", "3", address).returncode == 0
 
         solo = netns_of(address)  # looked at from inside, as a task is (its eth0: the bridge)
@@ -120,3 +146,40 @@ def test_a_standalone_container_joins_an_attachable_network(
     assert removed.returncode == 0, removed.stderr
     wait(lambda: lc.cli("network", "rm", "att").returncode == 0, "att removable once solo is gone")
     ok(lc, "network", "rm", "closed")
+
+
+def attached_names(lc: LocalCluster, network: str) -> list[str] | None:
+    """The containers `network inspect` lists (None: the controller does not answer)."""
+    shown = lc.cli("network", "inspect", network)
+    if shown.returncode != 0:
+        return None
+    return [c["name"] for c in json.loads(shown.stdout)[0].get("containers", [])]
+
+
+def test_a_container_removed_while_the_leader_is_away_frees_its_address(
+    cluster: tuple[LocalCluster, str],
+) -> None:
+    lc, lan = cluster
+    ok(lc, "network", "create", "--attachable", "away")
+    made = docker(lc, "node-1", "run", "-d", "--name", "lone", "--network", "away",
+                  "busybox", "sleep", "3600")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    agent = lc.pid("node-1")
+    try:
+        assert attached_names(lc, "away") == ["lone"]
+        os.kill(lc.pid("controller"), signal.SIGTERM)  # the leader gone
+        wait(lambda: lc.cli("info").returncode != 0, "the controller down")
+        removed = docker(lc, "node-1", "rm", "-f", "lone")
+        assert removed.returncode == 0, removed.stderr
+        pending = lc.state_dir / "agents" / "node-1" / "dockerapi" / "pending-detaches.json"
+        wait(
+            lambda: pending.exists() and made.stdout.strip() in pending.read_text(),
+            "the release recorded",
+        )
+        lc.up("--hosts", "2", "--lan", lan, "--no-sample")  # the controller back
+        wait(lambda: attached_names(lc, "away") == [], "the release made once it answers")
+        assert lc.pid("node-1") == agent  # without the agent's restart
+        assert json.loads(pending.read_text()) == {"containers": []}
+    finally:
+        docker(lc, "node-1", "rm", "-f", "lone")
+    wait(lambda: lc.cli("network", "rm", "away").returncode == 0, "away removable")

@@ -116,6 +116,7 @@ class Network(_message.Message):
     GATEWAY_FIELD_NUMBER: _builtins.int
     VNI_FIELD_NUMBER: _builtins.int
     NODE_ADDRESSES_FIELD_NUMBER: _builtins.int
+    CONTAINERS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     subnet: _builtins.str
     """the allocated subnet (spec.subnet when given)"""
@@ -133,6 +134,12 @@ class Network(_message.Message):
         mesh's source; the leader allocates them, from the top down).
         """
 
+    @_builtins.property
+    def containers(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkContainer]:
+        """GetNetwork's answer only (never stored): the standalone containers attached to it,
+        as `docker network inspect` lists its Containers.
+        """
+
     def __init__(
         self,
         *,
@@ -143,14 +150,52 @@ class Network(_message.Message):
         gateway: _builtins.str = ...,
         vni: _builtins.int = ...,
         node_addresses: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        containers: _abc.Iterable[Global___NetworkContainer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["meta", b"meta", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway", "id", b"id", "meta", b"meta", "node_addresses", b"node_addresses", "spec", b"spec", "subnet", b"subnet", "vni", b"vni"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["containers", b"containers", "gateway", b"gateway", "id", b"id", "meta", b"meta", "node_addresses", b"node_addresses", "spec", b"spec", "subnet", b"subnet", "vni", b"vni"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Network: _TypeAlias = Network  # noqa: Y015
+
+@_typing.final
+class NetworkContainer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    ALIASES_FIELD_NUMBER: _builtins.int
+    container_id: _builtins.str
+    name: _builtins.str
+    node_id: _builtins.str
+    node: _builtins.str
+    """the node's name (as `node ls` shows it)"""
+    address: _builtins.str
+    """IPv4, no prefix (the network's)"""
+    @_builtins.property
+    def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        container_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        node_id: _builtins.str = ...,
+        node: _builtins.str = ...,
+        address: _builtins.str = ...,
+        aliases: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "aliases", b"aliases", "container_id", b"container_id", "name", b"name", "node", b"node", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkContainer: _TypeAlias = NetworkContainer  # noqa: Y015
 
 @_typing.final
 class NetworkAttachmentConfig(_message.Message):

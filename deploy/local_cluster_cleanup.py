@@ -55,6 +55,8 @@ async def main() -> None:
             await network.recover({})
         finally:
             await network.close()
+        for netns in Path("/run/netns").glob(f"dy-{spec['bridge']}-*"):
+            subprocess.run(["ip", "netns", "delete", netns.name], capture_output=True)
         subprocess.run(["ip", "link", "delete", spec["bridge"]], capture_output=True)
         (LOCK_DIR / f"{spec['bridge']}.lock").unlink(missing_ok=True)
         print(spec["bridge"])

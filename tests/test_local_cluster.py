@@ -289,6 +289,7 @@ def test_down_after_a_killed_agent_and_up_after_a_stopped_controller(
     lc.ok("down")
     assert lc.leftovers() == []
     assert not Path(f"/sys/class/net/{user_bridge}").exists()  # the Docker network's bridge
+    assert not [n for n in list_netns() if n.startswith(f"dy-{user_bridge}-")]  # its container's
     tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
     assert f"dy-iso-{lc.prefix}{victim}" not in tables
     assert not [b for b in lc.bridges if Path(f"/sys/class/net/{b}").exists()]

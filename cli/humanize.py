@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from dockyard.common.sizes import parse_duration
@@ -123,6 +122,8 @@ def parse_since(text: str, now: float | None = None) -> float:
     ago ('10m', '1h30m'). Returns seconds since the epoch; raises ValueError."""
     stripped = text.strip()
     if _RFC3339.match(stripped):
+        from datetime import UTC, datetime
+
         parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from google.protobuf.timestamp_pb2 import Timestamp
+if TYPE_CHECKING:  # the CLI's fast path reads ages without loading protobuf
+    from google.protobuf.timestamp_pb2 import Timestamp
 
 # Linux: the monotonic clock that also counts time suspended (else the monotonic clock).
 _STEADY = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
@@ -29,6 +31,8 @@ def wall_time() -> float:
 
 
 def now_timestamp() -> Timestamp:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
     stamp = Timestamp()
     stamp.FromNanoseconds(wall_time_ns())
     return stamp

@@ -172,11 +172,11 @@ def huffman_decode(data: bytes) -> bytes:
         for shift in range(7, -1, -1):
             code = (code << 1) | ((byte >> shift) & 1)
             length += 1
-            symbol = _DECODING.get((length, code))
-            if symbol is not None:
-                if symbol == EOS:
+            found = _DECODING.get((length, code))
+            if found is not None:
+                if found == EOS:
                     raise HpackError("EOS in a Huffman-coded string")
-                out.append(symbol)
+                out.append(found)
                 code = length = 0
             elif length > 30:
                 raise HpackError("not a Huffman code")

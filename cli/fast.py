@@ -17,11 +17,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:  # targets loads dataclasses and the contexts: only when needed
+    from typing import Any
+
     from dockyard.cli.targets import Target
 
 CONTROLLER_TLS_NAME = "dockyard-controller"

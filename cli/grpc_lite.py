@@ -17,10 +17,10 @@ import socket
 import struct
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from dockyard.cli import hpack_lite
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 if TYPE_CHECKING:  # ssl loads only for a TLS target; targets (dataclasses) not at all
     import ssl
 

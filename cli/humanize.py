@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
 
 from dockyard.common.sizes import parse_duration
 from dockyard.common.timestamps import is_set, to_seconds
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "bytes_size",

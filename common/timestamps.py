@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
 
 if TYPE_CHECKING:  # the CLI's fast path reads ages without loading protobuf
     from google.protobuf.timestamp_pb2 import Timestamp

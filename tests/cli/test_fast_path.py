@@ -255,15 +255,15 @@ def test_the_console_script_is_the_fast_entry_point() -> None:
 
 def test_an_agents_ps_loads_neither_protobuf_nor_hpack_nor_targets() -> None:
     """What `dockyard -H AGENT ps` imports: no protobuf runtime, no hpack, no dataclasses
-    (nor the context store), no ssl for a plaintext agent."""
+    (nor the context store), no typing, no ssl for a plaintext agent."""
     import sys
 
     code = (
         "import sys; from dockyard.cli import fast, grpc_lite, wire, container_table, render; "
         "fast.quick_target(fast.parse(['-H', '127.0.0.1:1', 'ps'])); "
         "print(sorted({m.split('.')[0] for m in sys.modules "
-        "if m.startswith(('google', 'hpack', 'dataclasses', 'ssl', 'dockyard.common.contexts', "
-        "'dockyard.cli.targets'))}))"
+        "if m.startswith(('google', 'hpack', 'dataclasses', 'ssl', 'typing', "
+        "'dockyard.common.contexts', 'dockyard.cli.targets'))}))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKYARD_")}
     out = subprocess.run(

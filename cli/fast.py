@@ -195,11 +195,14 @@ def ps(target: Target | QuickTarget, flags: frozenset[str]) -> str:
     from dockyard.cli import grpc_lite
 
     calls = [(LIST_TASKS, LIST_TASKS_REQUEST["all" in flags]), (LIST_NODES, b"")]
+    containers = (LIST_CONTAINERS, LIST_CONTAINERS_REQUEST["all" in flags])
     if target.tls is None:
+        # Plaintext: a controller or an agent, told apart by which calls it implements;
+        # all three asked at once spare an agent's `ps` a second round trip.
         with _connect(target, "") as connection:
-            tasks, nodes = connection.calls(calls)
-            if tasks.status == grpc_lite.UNIMPLEMENTED:
-                return _containers(connection, flags)
+            tasks, nodes, listed = connection.calls([*calls, containers])
+        if tasks.status == grpc_lite.UNIMPLEMENTED:
+            return _containers(listed, flags)
         return _tasks(tasks, nodes, flags)
     import ssl  # only for a TLS target
 
@@ -210,7 +213,8 @@ def ps(target: Target | QuickTarget, flags: frozenset[str]) -> str:
         if exc.verify_code != _HOSTNAME_MISMATCH:
             raise
         with _connect(target, target.server_name) as agent:
-            return _containers(agent, flags)
+            [listed] = agent.calls([containers])
+        return _containers(listed, flags)
     with connection:
         tasks, nodes = connection.calls(calls)
     return _tasks(tasks, nodes, flags)
@@ -286,12 +290,10 @@ def _tasks(tasks_reply: Any, nodes_reply: Any, flags: frozenset[str]) -> str:
     return _listing(TASK_HEADERS, rows, [t.id for t in tasks], flags)
 
 
-def _containers(connection: Any, flags: frozenset[str]) -> str:
+def _containers(reply: Any, flags: frozenset[str]) -> str:
     from dockyard.cli import wire
     from dockyard.cli.container_table import container_table, newest_first
 
-    request = LIST_CONTAINERS_REQUEST["all" in flags]
-    [reply] = connection.calls([(LIST_CONTAINERS, request)])
     response: Any = wire.decode(_checked(reply), wire.LIST_CONTAINERS_RESPONSE)
     headers, rows, _, ids, _ = container_table(
         newest_first(response.containers), "no_trunc" in flags

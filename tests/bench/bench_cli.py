@@ -13,7 +13,10 @@ after, since the machine is shared):
 Before timing it checks that both dockyard forms print the same and that the fast path
 served the command (`DOCKYARD_FAST=only`).
 
-    python tests/bench/bench_cli.py [--rounds 9] [--containers 3]
+- with `--baseline-bin PATH`, that other install's `dockyard -H AGENT ps` too (e.g. main's
+  tree, `/work/main/.venv/bin/dockyard`: the fast path before a change), interleaved.
+
+    python tests/bench/bench_cli.py [--rounds 9] [--containers 3] [--baseline-bin PATH]
 """
 
 from __future__ import annotations
@@ -60,11 +63,26 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
     return elapsed, cpu
 
 
+def interleaved(
+    runs: dict[str, tuple[list[str], dict[str, str]]], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Each run's wall and CPU times, `rounds` times, one of each in turn."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, (argv, run_env) in runs.items():
+            wall, used = timed(argv, run_env)
+            times[name].append(wall)
+            cpu[name].append(used)
+    return times, cpu
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--containers", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=900, help="global limit, seconds")
+    parser.add_argument("--baseline-bin", help="another install's dockyard, timed alongside")
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("runc") is None or shutil.which("conmon") is None:
         print("bench_cli needs root, runc and conmon", file=sys.stderr)
@@ -125,13 +143,12 @@ def run(args: argparse.Namespace, root: Path, cleanup: Cleanup) -> int:
     }
     if have_docker:
         runs["docker ps (private dockerd)"] = (["docker", "ps"], docker.env)
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    cpu: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(args.rounds):
-        for name, (argv, run_env) in runs.items():
-            wall, used = timed(argv, run_env)
-            times[name].append(wall)
-            cpu[name].append(used)
+    if args.baseline_bin:
+        runs["baseline install: dockyard -H AGENT ps"] = (
+            [args.baseline_bin, "-H", agent, "ps"],
+            env,
+        )
+    times, cpu = interleaved(runs, args.rounds)
     medians = {name: statistics.median(values) for name, values in times.items()}
     print(f"\nmedians of {args.rounds} interleaved runs, whole process: wall time, and the")
     print("client process's CPU time (user + system; the daemon's is not counted):")
@@ -147,6 +164,9 @@ def run(args: argparse.Namespace, root: Path, cleanup: Cleanup) -> int:
         print(f"  fast / docker ps       {fast_ms / medians['docker ps (private dockerd)']:.2f}x")
     else:
         print(f"  docker ps: not measured ({docker.why_not})")
+    if args.baseline_bin:
+        before = medians["baseline install: dockyard -H AGENT ps"]
+        print(f"  fast / baseline install ({args.baseline_bin})  {fast_ms / before:.2f}x")
     print(f"\nend: {uptime()}")
     return 0
 

@@ -260,6 +260,7 @@ def test_an_agents_ps_loads_neither_protobuf_nor_hpack_nor_targets() -> None:
 
     code = (
         "import sys; from dockyard.cli import fast, grpc_lite, wire, container_table, render; "
+        "from dockyard.cli import humanize; "
         "fast.quick_target(fast.parse(['-H', '127.0.0.1:1', 'ps'])); "
         "print(sorted({m.split('.')[0] for m in sys.modules "
         "if m.startswith(('google', 'hpack', 'dataclasses', 'ssl', 'typing', "

@@ -7,7 +7,10 @@ Free of click and grpc: the full CLI (`container ls`, `ps`) and the fast path
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 COMMAND_WIDTH = 20
 

@@ -17,10 +17,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from dockyard.cli.targets import Target, TargetError, TLSFiles, resolve_targets
+from dockyard.common.addresses import CONTROLLER_PORT, AddressError, normalize
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:  # targets loads dataclasses and the contexts: only when needed
+    from typing import Any
+
+    from dockyard.cli.targets import Target
 
 CONTROLLER_TLS_NAME = "dockyard-controller"
 """`pki.CONTROLLER_TLS_NAME` (a test keeps them equal; pki loads cryptography)."""
@@ -32,6 +36,9 @@ LIST_TASKS = "/dockyard.v1.Control/ListTasks"
 LIST_NODES = "/dockyard.v1.Control/ListNodes"
 LIST_TASKS_REQUEST = {False: b"", True: b"\x18\x01"}
 """`ListTasksRequest(include_history=...)`, serialized."""
+LIST_CONTAINERS = "/dockyard.v1.Containers/List"
+LIST_CONTAINERS_REQUEST = {False: b"", True: b"\x08\x01"}
+"""`ListContainersRequest(all=...)`, serialized."""
 DEFAULT_TIMEOUT = 15.0
 """`client.DEFAULT_TIMEOUT`: each call's deadline."""
 
@@ -63,17 +70,70 @@ class NotFast(Exception):
     """This invocation is for the full CLI."""
 
 
-@dataclass
 class Invocation:
     """A command line the fast path can serve."""
 
-    command: tuple[str, ...]
-    flags: frozenset[str]
-    hosts: tuple[str, ...] = ()
-    context: str | None = None
-    tlscacert: str | None = None
-    tlscert: str | None = None
-    tlskey: str | None = None
+    def __init__(
+        self,
+        command: tuple[str, ...],
+        flags: frozenset[str],
+        hosts: tuple[str, ...] = (),
+        context: str | None = None,
+        tlscacert: str | None = None,
+        tlscert: str | None = None,
+        tlskey: str | None = None,
+    ) -> None:
+        self.command, self.flags, self.hosts, self.context = command, flags, hosts, context
+        self.tlscacert, self.tlscert, self.tlskey = tlscacert, tlscert, tlskey
+
+
+class QuickTLS:
+    """`targets.TLSFiles`'s three paths, without loading `targets`."""
+
+    __slots__ = ("ca", "cert", "key")
+
+    def __init__(self, ca: str, cert: str, key: str) -> None:
+        self.ca, self.cert, self.key = ca, cert, key
+
+
+class QuickTarget:
+    """The one `targets.Target` of `-H ADDRESS` (or DOCKYARD_HOST) when no context is
+    consulted: the address, the TLS material, no server name."""
+
+    __slots__ = ("address", "server_name", "tls")
+
+    def __init__(self, address: str, tls: QuickTLS | None) -> None:
+        self.address, self.tls, self.server_name = address, tls, ""
+
+
+def quick_target(invocation: Invocation) -> QuickTarget | None:
+    """`resolve_targets`' answer where it reads no context (its first return: an address
+    from -H or DOCKYARD_HOST, and TLS material from the flags or the environment or no
+    context named), else None: then `target_of` asks `resolve_targets` itself."""
+    env = os.environ
+    if env.get("DOCKYARD_CERT_PATH"):
+        return None
+    context = invocation.context or env.get("DOCKYARD_CONTEXT") or None
+    hosts = invocation.hosts
+    if not hosts:
+        env_host = env.get("DOCKYARD_HOST")
+        if not env_host or context:
+            return None
+        hosts = (env_host,)
+    files = (
+        invocation.tlscacert or env.get("DOCKYARD_TLS_CACERT") or None,
+        invocation.tlscert or env.get("DOCKYARD_TLS_CERT") or None,
+        invocation.tlskey or env.get("DOCKYARD_TLS_KEY") or None,
+    )
+    if len(hosts) != 1 or (any(files) and not all(files)) or (context and not any(files)):
+        return None
+    try:
+        address = normalize(hosts[0], CONTROLLER_PORT)
+    except AddressError:
+        return None
+    ca, cert, key = files
+    tls = QuickTLS(ca, cert, key) if ca and cert and key else None
+    return QuickTarget(address, tls)
 
 
 def parse(argv: Sequence[str]) -> Invocation:
@@ -105,8 +165,14 @@ def parse(argv: Sequence[str]) -> Invocation:
     raise NotFast(f"command {words[:2]}")
 
 
-def target_of(invocation: Invocation) -> Target:
-    """The one target the full CLI would address (NotFast if several, or on an error)."""
+def target_of(invocation: Invocation, quick: bool = True) -> Target | QuickTarget:
+    """The one target the full CLI would address (NotFast if several, or on an error);
+    `quick`: `quick_target`'s when it has one."""
+    found = quick_target(invocation) if quick else None
+    if found is not None:
+        return found
+    from dockyard.cli.targets import TargetError, TLSFiles, resolve_targets
+
     env = os.environ
     try:
         tls = TLSFiles.from_values(
@@ -124,19 +190,22 @@ def target_of(invocation: Invocation) -> Target:
     return targets[0]
 
 
-def ps(target: Target, flags: frozenset[str]) -> str:
+def ps(target: Target | QuickTarget, flags: frozenset[str]) -> str:
     """`dockyard ps`: the tasks of a controller, else the containers of an agent."""
-    import ssl
-
     from dockyard.cli import grpc_lite
 
     calls = [(LIST_TASKS, LIST_TASKS_REQUEST["all" in flags]), (LIST_NODES, b"")]
+    containers = (LIST_CONTAINERS, LIST_CONTAINERS_REQUEST["all" in flags])
     if target.tls is None:
+        # Plaintext: a controller or an agent, told apart by which calls it implements;
+        # all three asked at once spare an agent's `ps` a second round trip.
         with _connect(target, "") as connection:
-            tasks, nodes = connection.calls(calls)
-            if tasks.status == grpc_lite.UNIMPLEMENTED:
-                return _containers(connection, flags)
+            tasks, nodes, listed = connection.calls([*calls, containers])
+        if tasks.status == grpc_lite.UNIMPLEMENTED:
+            return _containers(listed, flags)
         return _tasks(tasks, nodes, flags)
+    import ssl  # only for a TLS target
+
     try:
         connection = _connect(target, target.server_name or CONTROLLER_TLS_NAME)
     except ssl.SSLCertVerificationError as exc:
@@ -144,7 +213,8 @@ def ps(target: Target, flags: frozenset[str]) -> str:
         if exc.verify_code != _HOSTNAME_MISMATCH:
             raise
         with _connect(target, target.server_name) as agent:
-            return _containers(agent, flags)
+            [listed] = agent.calls([containers])
+        return _containers(listed, flags)
     with connection:
         tasks, nodes = connection.calls(calls)
     return _tasks(tasks, nodes, flags)
@@ -153,7 +223,7 @@ def ps(target: Target, flags: frozenset[str]) -> str:
 _HOSTNAME_MISMATCH = 62  # X509_V_ERR_HOSTNAME_MISMATCH
 
 
-def node_ls(target: Target, flags: frozenset[str]) -> str:
+def node_ls(target: Target | QuickTarget, flags: frozenset[str]) -> str:
     """`dockyard node ls`: a controller's nodes by name, with its version for the skew."""
     from dockyard.cli.node_table import NODE_HEADERS, node_row
     from dockyard.v1 import control_pb2, types_pb2
@@ -173,7 +243,7 @@ def node_ls(target: Target, flags: frozenset[str]) -> str:
     return _listing(NODE_HEADERS, rows, [n.id for n in nodes], flags)
 
 
-def service_ls(target: Target, flags: frozenset[str]) -> str:
+def service_ls(target: Target | QuickTarget, flags: frozenset[str]) -> str:
     """`dockyard service ls`: a controller's services by name, with their replica counts."""
     from dockyard.cli.commands.service_view import SERVICE_HEADERS, service_row
     from dockyard.v1 import control_pb2
@@ -187,7 +257,7 @@ def service_ls(target: Target, flags: frozenset[str]) -> str:
     return _listing(SERVICE_HEADERS, rows, [s.service.id for s in kept], flags)
 
 
-def _connect(target: Target, server_name: str) -> Any:
+def _connect(target: Target | QuickTarget, server_name: str) -> Any:
     from dockyard.cli import grpc_lite
 
     name = server_name or grpc_lite.host_of(target.address)
@@ -220,15 +290,11 @@ def _tasks(tasks_reply: Any, nodes_reply: Any, flags: frozenset[str]) -> str:
     return _listing(TASK_HEADERS, rows, [t.id for t in tasks], flags)
 
 
-def _containers(connection: Any, flags: frozenset[str]) -> str:
+def _containers(reply: Any, flags: frozenset[str]) -> str:
+    from dockyard.cli import wire
     from dockyard.cli.container_table import container_table, newest_first
-    from dockyard.v1 import containers_pb2
 
-    request = containers_pb2.ListContainersRequest(all="all" in flags)
-    [reply] = connection.calls(
-        [(_path(containers_pb2, "Containers", "List"), request.SerializeToString())]
-    )
-    response = containers_pb2.ListContainersResponse.FromString(_checked(reply))
+    response: Any = wire.decode(_checked(reply), wire.LIST_CONTAINERS_RESPONSE)
     headers, rows, _, ids, _ = container_table(
         newest_first(response.containers), "no_trunc" in flags
     )
@@ -246,7 +312,7 @@ def _listing(
     return table(headers, rows) + "\n"
 
 
-RUNNERS: dict[tuple[str, ...], Callable[[Target, frozenset[str]], str]] = {
+RUNNERS: dict[tuple[str, ...], Callable[[Target | QuickTarget, frozenset[str]], str]] = {
     ("ps",): ps,
     ("node", "ls"): node_ls,
     ("service", "ls"): service_ls,

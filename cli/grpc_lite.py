@@ -16,14 +16,16 @@ from __future__ import annotations
 import socket
 import struct
 import time
-from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING
 
-from dockyard.cli.targets import TLSFiles
+from dockyard.cli import hpack_lite
 
-if TYPE_CHECKING:  # ssl loads only for a TLS target
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:  # ssl loads only for a TLS target; targets (dataclasses) not at all
     import ssl
+
+    from dockyard.cli.fast import QuickTLS
+    from dockyard.cli.targets import TLSFiles
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, CONTINUATION = (
@@ -40,6 +42,7 @@ END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY = 0x1, 0x1, 0x4, 0x8, 0x20
 MAX_WINDOW = 2**31 - 1
 DEFAULT_WINDOW = 65_535
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024
+MAX_HEADER_BYTES = 64 * 1024
 OK, UNIMPLEMENTED = 0, 12
 
 
@@ -47,23 +50,31 @@ class ProtocolError(Exception):
     """The server answered in a way this client does not handle."""
 
 
-@dataclass
 class Reply:
     """One call's answer: its gRPC status, its message (if OK) and its metadata."""
 
-    status: int
-    message: str = ""
-    payload: bytes = b""
-    metadata: list[tuple[str, str]] = field(default_factory=list)
+    __slots__ = ("message", "metadata", "payload", "status")
+
+    def __init__(
+        self,
+        status: int,
+        message: str = "",
+        payload: bytes = b"",
+        metadata: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.status, self.message, self.payload = status, message, payload
+        self.metadata = metadata if metadata is not None else []
 
 
-@dataclass
 class _Stream:
-    path: str
-    blocks: list[list[tuple[str, str]]] = field(default_factory=list)
-    pending: bytearray = field(default_factory=bytearray)
-    data: bytearray = field(default_factory=bytearray)
-    ended: bool = False
+    __slots__ = ("blocks", "data", "ended", "path", "pending")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.blocks: list[list[tuple[str, str]]] = []
+        self.pending = bytearray()
+        self.data = bytearray()
+        self.ended = False
 
 
 def host_of(address: str) -> str:
@@ -72,7 +83,7 @@ def host_of(address: str) -> str:
     return host[1:-1] if host.startswith("[") else host
 
 
-def tls_context(tls: TLSFiles) -> ssl.SSLContext:
+def tls_context(tls: TLSFiles | QuickTLS) -> ssl.SSLContext:
     import ssl
 
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca)
@@ -86,10 +97,8 @@ class Connection:
     """One HTTP/2 connection to `address`; `calls` sends unary requests on it."""
 
     def __init__(
-        self, address: str, tls: TLSFiles | None, server_name: str, timeout: float
+        self, address: str, tls: TLSFiles | QuickTLS | None, server_name: str, timeout: float
     ) -> None:
-        import hpack
-
         self.authority = server_name if tls is not None else address
         self.deadline = time.monotonic() + timeout
         self.timeout = timeout
@@ -109,8 +118,7 @@ class Connection:
             raw.close()
             raise
         self.scheme = "https" if tls is not None else "http"
-        self.encoder = hpack.Encoder()
-        self.decoder = hpack.Decoder()
+        self.decoder = hpack_lite.Decoder()
         self.buffer = bytearray()
         self.next_id = 1
 
@@ -147,19 +155,17 @@ class Connection:
 
     def _headers(self, path: str) -> bytes:
         left = max(1, int((self.deadline - time.monotonic()) * 1000))
-        return bytes(
-            self.encoder.encode(
-                [
-                    (":method", "POST"),
-                    (":scheme", self.scheme),
-                    (":path", path),
-                    (":authority", self.authority),
-                    ("te", "trailers"),
-                    ("content-type", "application/grpc"),
-                    ("grpc-timeout", f"{left}m"),
-                    ("user-agent", "dockyard-cli-fast"),
-                ]
-            )
+        return hpack_lite.encode(
+            [
+                (":method", "POST"),
+                (":scheme", self.scheme),
+                (":path", path),
+                (":authority", self.authority),
+                ("te", "trailers"),
+                ("content-type", "application/grpc"),
+                ("grpc-timeout", f"{left}m"),
+                ("user-agent", "dockyard-cli-fast"),
+            ]
         )
 
     def _read_exactly(self, count: int) -> bytes:
@@ -205,9 +211,13 @@ class Connection:
             if kind == HEADERS and flags & PRIORITY:
                 block = block[5:]
             stream.pending += block
+            if len(stream.pending) > MAX_HEADER_BYTES:
+                raise ProtocolError("header block too large")
             if flags & END_HEADERS:
-                decoded = self.decoder.decode(bytes(stream.pending))
-                stream.blocks.append([(str(k), str(v)) for k, v in decoded])
+                try:
+                    stream.blocks.append(self.decoder.decode(bytes(stream.pending)))
+                except hpack_lite.HpackError as exc:
+                    raise ProtocolError(f"header block: {exc}") from exc
                 stream.pending.clear()
         elif kind not in (0x8, 0x2):
             raise ProtocolError(f"frame type {kind} on a stream")

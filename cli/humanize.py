@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import UTC, datetime
-from typing import Any
 
 from dockyard.common.sizes import parse_duration
 from dockyard.common.timestamps import is_set, to_seconds
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "bytes_size",
@@ -123,6 +125,8 @@ def parse_since(text: str, now: float | None = None) -> float:
     ago ('10m', '1h30m'). Returns seconds since the epoch; raises ValueError."""
     stripped = text.strip()
     if _RFC3339.match(stripped):
+        from datetime import UTC, datetime
+
         parsed = datetime.fromisoformat(stripped.replace("Z", "+00:00"))
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)

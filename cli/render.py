@@ -6,7 +6,10 @@ click and json load only to print: the fast path (`cli/fast.py`) uses `table` wi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+if TYPE_CHECKING:
+    from typing import Any
 
 FORMATS = ("table", "json", "yaml")
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import time
 
-from google.protobuf.timestamp_pb2 import Timestamp
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (start-up)
+
+if TYPE_CHECKING:  # the CLI's fast path reads ages without loading protobuf
+    from google.protobuf.timestamp_pb2 import Timestamp
 
 # Linux: the monotonic clock that also counts time suspended (else the monotonic clock).
 _STEADY = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
@@ -29,6 +32,8 @@ def wall_time() -> float:
 
 
 def now_timestamp() -> Timestamp:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
     stamp = Timestamp()
     stamp.FromNanoseconds(wall_time_ns())
     return stamp

@@ -114,3 +114,7 @@ class ContainerLayer:
     async def unmount(self) -> None:
         """Unmount the overlay if mounted (the writable layer stays)."""
         await asyncio.to_thread(_unmount, self.target)
+
+    def unmount_blocking(self) -> None:
+        """``unmount`` for a caller already in a worker thread."""
+        _unmount(self.target)

@@ -378,22 +378,19 @@ class RuncRuntime:
         cid = record.config.id
         cdir = self._dir(cid)
         phases = Phases("finalize", cid)
-        code, finished, oom_file = await asyncio.to_thread(files.read_exit, cdir, cid)
-        oom = oom_file or await asyncio.to_thread(CgroupV1(record.cgroups_path).oom_killed)
-        phases.mark("exit_files")
-        if code is None or not await asyncio.to_thread(
-            delete_stopped, self.runc_root / cid, CgroupV1(record.cgroups_path)
-        ):
+        # The common case (an exit code, an empty cgroup) in one thread hop.
+        code, finished, oom, done = await asyncio.to_thread(self._exit_cleanup, record)
+        phases.mark("cleanup")
+        if not done:
             await self._runc("delete", cid, check=False)
-        phases.mark("delete")
-        if code is None:
-            _, out = await self._runc("state", cid, check=False)
-            if '"running"' in out:  # conmon is gone but the process is not: kill it
-                await self._runc("kill", cid, "KILL", check=False)
-                await self._runc("delete", cid, check=False)
-        with contextlib.suppress(ContainerRuntimeError):
-            await ContainerLayer(record.config.lower_dirs, cdir.base).unmount()
-        phases.mark("unmount")
+            if code is None:
+                _, out = await self._runc("state", cid, check=False)
+                if '"running"' in out:  # conmon is gone but the process is not: kill it
+                    await self._runc("kill", cid, "KILL", check=False)
+                    await self._runc("delete", cid, check=False)
+            with contextlib.suppress(ContainerRuntimeError):
+                await ContainerLayer(record.config.lower_dirs, cdir.base).unmount()
+            phases.mark("runc_delete")
         if code is None:
             record.state.status = ContainerStatus.DEAD
             record.state.exit_code = -1
@@ -411,6 +408,26 @@ class RuncRuntime:
         phases.done()
         self._event(cid).set()
         log.info("container.exited", container_id=cid, exit_code=code, oom_killed=oom)
+
+    def _exit_cleanup(
+        self, record: ContainerRecord
+    ) -> tuple[int | None, datetime | None, bool, bool]:
+        """conmon's exit code, when, and whether OOM-killed; then, with a code, the cgroups
+        and runc's state removed and the rootfs unmounted (blocking).
+
+        The last value is False when that was not done (no exit code, or processes left
+        in a cgroup): runc's own ``delete`` finishes then.
+        """
+        cid = record.config.id
+        cdir = self._dir(cid)
+        code, finished, oom_file = files.read_exit(cdir, cid)
+        cgroup = CgroupV1(record.cgroups_path)
+        oom = oom_file or cgroup.oom_killed()
+        done = code is not None and delete_stopped(self.runc_root / cid, cgroup)
+        if done:
+            with contextlib.suppress(ContainerRuntimeError):
+                ContainerLayer(record.config.lower_dirs, cdir.base).unmount_blocking()
+        return code, finished, oom, done
 
     @staticmethod
     def _exit_info(state: ContainerState) -> ExitInfo:

@@ -1,0 +1,217 @@
+"""Where a container start's process executions go: conmon and its runtime shim against raw runc.
+
+    python tests/bench/bench_start_paths.py [--runs 30] [--timeout 600]
+
+Run as root. Builds a one-binary rootfs (the host's static busybox, `true`) and times,
+for each path, from the first exec until the container's process has been started
+(raw `runc run`: until it has also exited and been deleted, the floor the agent's
+`run true` is compared with):
+
+  runc run              raw `runc run` of `true` (create + start + wait + delete)
+  runc run --detach     raw, one runc, no monitor
+  runc create + start   raw, two runc processes (what conmon + `runc start` did)
+  conmon + sh shim      the agent's launch (agent/runtime/runc/conmon.py) with the sh shim
+  conmon + C shim       the same with the compiled shim (when `cc` is installed)
+
+The paths are interleaved per iteration (path 1, 2, ..., 1, 2, ...), so load bursts of
+this shared machine hit every path alike; medians, quartiles, ratios to raw `runc run`
+and `uptime` are printed. Everything is made under a temp dir and its own cgroup
+parent, and removed at the end, also on Ctrl-C and when --timeout runs out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import (
+    BenchTimeout,
+    Cleanup,
+    install_limits,
+    kill_processes_mentioning,
+    remove_cgroup,
+    umount_under,
+)
+
+from dockyard.agent.runtime.runc.conmon import ConmonPaths, launch_conmon, wait_pid_exit
+from dockyard.agent.runtime.runc.runexec import write_shim
+
+Path_ = Callable[[str], Awaitable[float]]
+
+
+class Paths:
+    """The start paths, each timed for one container id."""
+
+    def __init__(self, root: Path, runc: str, cgroup: str) -> None:
+        self.root = root
+        self.runc = runc
+        self.state = root / "runc"
+        self.bundle = root / "bundle"
+        self.cgroup = cgroup
+        self.sh_shim = write_shim(root / "sh", runc, compiler=None)
+        self.c_shim = write_shim(root / "c", runc) if shutil.which("cc") else None
+
+    def make_bundle(self) -> None:
+        rootfs = self.bundle / "rootfs" / "bin"
+        rootfs.mkdir(parents=True)
+        busybox = shutil.which("busybox")
+        if busybox is None:
+            raise SystemExit("needs a static busybox on the host")
+        shutil.copy2(busybox, rootfs / "busybox")
+        (rootfs / "true").symlink_to("busybox")
+        subprocess.run([self.runc, "spec"], cwd=self.bundle, check=True)
+        config = json.loads((self.bundle / "config.json").read_text())
+        config["process"]["terminal"] = False
+        config["process"]["args"] = ["/bin/true"]
+        config["root"]["readonly"] = True
+        config["linux"]["cgroupsPath"] = f"/{self.cgroup}/bench"
+        (self.bundle / "config.json").write_text(json.dumps(config))
+
+    def all(self) -> dict[str, Path_]:
+        paths: dict[str, Path_] = {
+            "runc run": self.raw_run,
+            "runc run --detach": self.raw_detach,
+            "runc create + start": self.raw_create_start,
+        }
+        if self.sh_shim is not None:
+            paths["conmon + sh shim"] = lambda cid: self.conmon(str(self.sh_shim), cid)
+        if self.c_shim is not None:
+            paths["conmon + C shim"] = lambda cid: self.conmon(str(self.c_shim), cid)
+        return paths
+
+    async def _runc(self, *args: str) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            self.runc,
+            "--root",
+            str(self.state),
+            *args,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        if await proc.wait() != 0:
+            raise RuntimeError(f"runc {' '.join(args)} failed")
+
+    async def raw_run(self, cid: str) -> float:
+        t = time.perf_counter()
+        await self._runc("run", "--bundle", str(self.bundle), cid)
+        return time.perf_counter() - t
+
+    async def raw_detach(self, cid: str) -> float:
+        t = time.perf_counter()
+        pid_file = str(self.root / f"{cid}.pid")
+        await self._runc("run", "--detach", "--pid-file", pid_file, "-b", str(self.bundle), cid)
+        return time.perf_counter() - t
+
+    async def raw_create_start(self, cid: str) -> float:
+        t = time.perf_counter()
+        pid_file = str(self.root / f"{cid}.pid")
+        await self._runc("create", "--pid-file", pid_file, "-b", str(self.bundle), cid)
+        await self._runc("start", cid)
+        return time.perf_counter() - t
+
+    async def conmon(self, runtime: str, cid: str) -> float:
+        c = self.root / "conmon" / cid
+        paths = ConmonPaths(
+            bundle=self.bundle,
+            log=c / "log",
+            exit_dir=c / "exit",
+            persist_dir=c / "persist",
+            pid_file=c / "pid",
+            conmon_pid_file=c / "conmon.pid",
+            socket_dir=c / "sock",
+            conmon_log=c / "conmon.log",
+        )
+        c.mkdir(parents=True)
+        t = time.perf_counter()
+        _, conmon_pid = await launch_conmon(
+            conmon="conmon",
+            runc=runtime,
+            runc_root=self.state,
+            container_id=cid,
+            paths=paths,
+        )
+        took = time.perf_counter() - t
+        await wait_pid_exit(conmon_pid)
+        return took
+
+    def delete(self, cid: str) -> None:
+        subprocess.run(
+            [self.runc, "--root", str(self.state), "delete", "--force", cid],
+            capture_output=True,
+            check=False,
+        )
+
+
+async def measure(paths: Paths, runs: int) -> dict[str, list[float]]:
+    chosen = paths.all()
+    times: dict[str, list[float]] = {name: [] for name in chosen}
+    for i in range(runs):
+        for j, (name, run) in enumerate(chosen.items()):
+            cid = f"sp{j}-{i}"
+            try:
+                times[name].append(await run(cid) * 1000)
+            finally:
+                await asyncio.to_thread(paths.delete, cid)
+    return times
+
+
+def report(times: dict[str, list[float]]) -> None:
+    floor = statistics.median(times["runc run"])
+    for name, values in times.items():
+        q1, q2, q3 = statistics.quantiles(values, n=4)
+        print(
+            f"  {name:22s} median {q2:7.1f} ms  (p25 {q1:6.1f}, p75 {q3:6.1f})"
+            f"  ratio to runc run {q2 / floor:5.2f}x"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--timeout", type=float, default=600)
+    args = parser.parse_args()
+    runc = shutil.which("runc")
+    if runc is None or shutil.which("conmon") is None:
+        raise SystemExit("needs runc and conmon")
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+    cleanup = Cleanup()
+    root = Path(tempfile.mkdtemp(prefix="dockyard-bench-start-"))
+    cgroup = root.name
+    cleanup.add("temp dir", lambda: shutil.rmtree(root, ignore_errors=True))
+    cleanup.add("cgroup", lambda: remove_cgroup(cgroup))
+    cleanup.add("mounts", lambda: umount_under(root))
+    cleanup.add("processes", lambda: kill_processes_mentioning(str(root)))
+    install_limits(args.timeout)
+    started = time.monotonic()
+    try:
+        print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+        paths = Paths(root, runc, cgroup)
+        paths.make_bundle()
+        times = asyncio.run(measure(paths, args.runs))
+        print(f"\nstart paths, interleaved, {args.runs} runs each:")
+        report(times)
+        print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
+    except BenchTimeout:
+        print(f"timed out after {args.timeout}s", file=sys.stderr)
+    finally:
+        cleanup.run()
+        print(f"total {time.monotonic() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -11,7 +11,6 @@ for each path, from the first exec until the container's process has been starte
   runc run --detach     raw, one runc, no monitor
   runc create + start   raw, two runc processes (what conmon + `runc start` did)
   conmon + sh shim      the agent's launch (agent/runtime/runc/conmon.py) with the sh shim
-  conmon + C shim       the same with the compiled shim (when `cc` is installed)
 
 The paths are interleaved per iteration (path 1, 2, ..., 1, 2, ...), so load bursts of
 this shared machine hit every path alike; medians, quartiles, ratios to raw `runc run`
@@ -62,8 +61,7 @@ class Paths:
         self.state = root / "runc"
         self.bundle = root / "bundle"
         self.cgroup = cgroup
-        self.sh_shim = write_shim(root / "sh", runc, compiler=None)
-        self.c_shim = write_shim(root / "c", runc) if shutil.which("cc") else None
+        self.sh_shim = write_shim(root / "sh", runc)
 
     def make_bundle(self) -> None:
         rootfs = self.bundle / "rootfs" / "bin"
@@ -89,8 +87,6 @@ class Paths:
         }
         if self.sh_shim is not None:
             paths["conmon + sh shim"] = lambda cid: self.conmon(str(self.sh_shim), cid)
-        if self.c_shim is not None:
-            paths["conmon + C shim"] = lambda cid: self.conmon(str(self.c_shim), cid)
         return paths
 
     async def _runc(self, *args: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.states import TaskState
+from dockyard.common.timestamps import wall_time
 from dockyard.controller.assignments import StatusWriter
 from dockyard.controller.orchestrators.tasks import (
     new_task,
@@ -76,9 +77,11 @@ async def test_a_state_change_is_stamped_on_the_controllers_clock(store: Store) 
         writer = StatusWriter(store, state)
         async with asyncio.TaskGroup() as group:
             runner = group.create_task(writer.run())
-            before = time.time()
+            # The controller's clock (the process's step-free wall clock), not time.time():
+            # the system clock may be stepped while the suite runs (a loaded VM's was).
+            before = wall_time()
             started = await report(state, writer, "t1", TaskState.RUNNING, "started")
-            after = time.time()
+            after = wall_time()
             assert before - 1 <= observed_at(started) <= after + 1
             assert started.status.timestamp.seconds > after + HOUR / 2  # the agent's own
             same = await report(state, writer, "t1", TaskState.RUNNING, "still running")

@@ -25,7 +25,9 @@ def runc_status(agent: Agent, container_id: str) -> str:
 def test_container_survives_agent_sigkill(agent_factory, image_registry: ImageRegistry) -> None:
     first: Agent = agent_factory().start()
     first.pull(image_registry.busybox)
-    script = "echo before; sleep 2; echo after; exit 7"
+    # Runs until told (a fixed sleep raced the second agent's start on a loaded machine):
+    # the exit happens under the second agent, which records it.
+    script = "trap 'echo after; exit 7' TERM; echo before; sleep 600 & wait"
     record = first.containers.Create(
         cpb.CreateContainerRequest(
             image=image_registry.busybox, name="survivor", command=["sh", "-c", script]
@@ -39,6 +41,7 @@ def test_container_survives_agent_sigkill(agent_factory, image_registry: ImageRe
         state_dir=first.state_dir, port=first.port, cgroup_parent=first.cgroup_parent
     ).start()
     assert second.inspect("survivor").state.status == "running"
+    second.containers.Kill(cpb.KillContainerRequest(container="survivor", signal="TERM"))
     exit_info = second.containers.Wait(cpb.ContainerRef(container="survivor"), timeout=30)
     assert exit_info.exit_code == 7
     assert second.logs(record.id) == b"before\nafter\n"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
-import json
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from typing import Any
 import structlog
 from pyroute2 import NetlinkError
 
-from dockyard.agent.network.netns import netns_path
+from dockyard.agent.network.nft import run_nft
 from dockyard.agent.network.overlay import Netlink, OverlayNetwork, bridge_name, mac_for
 
 __all__ = [
@@ -51,7 +50,6 @@ log = structlog.get_logger(__name__)
 
 TABLE = "dockyard-ingress"
 MAX_BACKENDS = 4096
-_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -182,27 +180,6 @@ def _rule(chain: str, expr: list[dict[str, Any]]) -> dict[str, Any]:
     return {"add": {"rule": {"family": "ip", "table": TABLE, "chain": chain, "expr": expr}}}
 
 
-async def _nft(netns: str | None, ruleset: dict[str, Any]) -> tuple[int, str]:
-    enter = ["nsenter", f"--net={netns_path(netns)}"] if netns else []
-    proc = await asyncio.create_subprocess_exec(
-        *enter,
-        "nft",
-        "-j",
-        "-f",
-        "-",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(json.dumps(ruleset).encode()), _TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"nft did not answer in {_TIMEOUT:g} s") from None
-    return proc.returncode or 0, stderr.decode(errors="replace").strip()[:500]
-
-
 async def apply_ingress(
     source: str, ports: Iterable[IngressPort], netns: str | None = None
 ) -> None:
@@ -214,7 +191,7 @@ async def apply_ingress(
         RuntimeError: nft refused the ruleset or did not answer (its message).
     """
     ports = list(ports)
-    code, message = await _nft(netns, ingress_ruleset(source, ports))
+    code, message = await run_nft(ingress_ruleset(source, ports), netns)
     if code != 0:
         raise RuntimeError(f"nft ({TABLE}): {message}")
     log.info("ingress.applied", source=source, ports=[f"{p.published}/{p.protocol}" for p in ports])
@@ -222,7 +199,7 @@ async def apply_ingress(
 
 async def remove_ingress(netns: str | None = None) -> None:
     """Delete the mesh's table (the node leaves the mesh); absent is no error."""
-    code, message = await _nft(netns, {"nftables": [{"delete": {"table": _TABLE_REF}}]})
+    code, message = await run_nft({"nftables": [{"delete": {"table": _TABLE_REF}}]}, netns)
     if code != 0 and "No such file or directory" not in message:
         raise RuntimeError(f"nft ({TABLE}): {message}")
     log.info("ingress.removed")

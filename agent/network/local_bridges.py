@@ -33,6 +33,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from dockyard.agent.network.attachments import Attachment
 from dockyard.agent.network.bridge import LOCK_DIR, BridgeConfig, BridgeNetwork
 from dockyard.agent.network.errors import NetworkError
+from dockyard.agent.network.nft import run_nft
 from dockyard.agent.runtime.base import LocalBridge, NetworkInfo, PortMapping
 
 __all__ = ["LocalBridges", "isolation_ruleset", "local_bridge_name"]
@@ -40,7 +41,6 @@ __all__ = ["LocalBridges", "isolation_ruleset", "local_bridge_name"]
 log = structlog.get_logger(__name__)
 
 SPEC_FILE = "network.json"
-_NFT_TIMEOUT = 10.0
 
 
 def local_bridge_name(network_id: str) -> str:
@@ -118,25 +118,12 @@ def _drop(table: Mapping[str, str], *matches: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _nft(ruleset: dict[str, Any]) -> None:
-    proc = await asyncio.create_subprocess_exec(
-        "nft",
-        "-j",
-        "-f",
-        "-",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
     try:
-        _, stderr = await asyncio.wait_for(
-            proc.communicate(json.dumps(ruleset).encode()), _NFT_TIMEOUT
-        )
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise NetworkError(f"nft did not answer in {_NFT_TIMEOUT:g} s") from None
-    if proc.returncode != 0:
-        raise NetworkError(f"nft: {stderr.decode(errors='replace').strip()[:500]}")
+        code, message = await run_nft(ruleset)
+    except RuntimeError as exc:
+        raise NetworkError(str(exc)) from None
+    if code != 0:
+        raise NetworkError(f"nft: {message}")
 
 
 def _delete_link(name: str) -> None:

@@ -22,16 +22,14 @@ input is the same schema they take. It runs as ``nsenter --net=<netns> nft -j -f
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from dockyard.agent.network.netns import netns_path
+from dockyard.agent.network.nft import run_nft
 
 __all__ = ["TABLE", "VirtualIP", "apply_vips", "vip_ruleset"]
 
@@ -39,7 +37,6 @@ log = structlog.get_logger(__name__)
 
 TABLE = "dockyard-vip"
 MAX_BACKENDS = 4096
-_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -104,24 +101,7 @@ async def apply_vips(netns: str, vips: Iterable[VirtualIP]) -> None:
     Raises:
         RuntimeError: nft refused the ruleset or did not answer (its message).
     """
-    ruleset = json.dumps(vip_ruleset(vips)).encode()
-    proc = await asyncio.create_subprocess_exec(
-        "nsenter",
-        f"--net={netns_path(netns)}",
-        "nft",
-        "-j",
-        "-f",
-        "-",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        _, stderr = await asyncio.wait_for(proc.communicate(ruleset), _TIMEOUT)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"nft in {netns} did not answer in {_TIMEOUT:g} s") from None
-    if proc.returncode != 0:
-        raise RuntimeError(f"nft in {netns}: {stderr.decode(errors='replace').strip()[:500]}")
+    code, message = await run_nft(vip_ruleset(vips), netns)
+    if code != 0:
+        raise RuntimeError(f"nft in {netns}: {message}")
     log.debug("vip.applied", netns=netns)

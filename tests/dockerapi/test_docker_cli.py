@@ -4,6 +4,7 @@ lifecycle, logs, inspect, ps, stats, top, port, errors."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -314,8 +315,14 @@ def test_cp_out_of_an_exited_container(docker_agent: DockerAgent, tmp_path) -> N
     docker_agent.ok("cp", f"{name}:/out", str(tmp_path / "result"))
     assert (tmp_path / "result").read_text() == "result\n"
     container_id = docker_agent.ok("inspect", "-f", "{{.Id}}", name).strip()
-    wait_for(  # mounted for the copy only (the exit's own unmount may still be under way)
-        lambda: f"{container_id}/rootfs" not in Path("/proc/self/mountinfo").read_text(),
-        "the rootfs unmounted",
-    )
+    rootfs = docker_agent.agent.state_dir / "runtime" / "containers" / container_id / "rootfs"
+    try:
+        wait_for(  # mounted for the copy only (the exit's own unmount may still be under way)
+            lambda: not os.path.ismount(rootfs), "the rootfs unmounted"
+        )
+    except AssertionError:
+        mounts = Path("/proc/self/mountinfo").read_text().splitlines()
+        raise AssertionError(
+            f"{rootfs} still mounted: {[m for m in mounts if container_id in m]}"
+        ) from None
     docker_agent.ok("rm", name)

@@ -101,35 +101,16 @@ def release_agent(
         print(f"removed {len(killed)} containers {name} left behind")
     network = agent_state / "network"
     if any(network.glob("containers/*.json")):
-        done = subprocess.run(
-            [*in_host, python, "-c", RELEASE_NETWORK, str(network), bridge],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            print(
-                f"local-cluster: {name}'s network not fully released: {done.stderr.strip()[-500:]}",
-                file=sys.stderr,
-            )
-        else:
+        released = _release(in_host, python, RELEASE_NETWORK, network, bridge, f"{name}'s network")
+        if released is not None:
             print(f"released the network {name} left behind")
     local = network / "local"
     if any(local.glob("*/network.json")):
-        done = subprocess.run(
-            [*in_host, python, "-c", RELEASE_LOCAL_NETWORKS, str(local), bridge],
-            capture_output=True,
-            text=True,
-            check=False,
+        removed = _release(
+            in_host, python, RELEASE_LOCAL_NETWORKS, local, bridge, f"{name}'s Docker networks"
         )
-        if done.returncode != 0:
-            print(
-                f"local-cluster: {name}'s Docker networks not fully removed: "
-                f"{done.stderr.strip()[-500:]}",
-                file=sys.stderr,
-            )
-        elif done.stdout.split():
-            print(f"removed the Docker networks {name} left: {' '.join(done.stdout.split())}")
+        if removed:
+            print(f"removed the Docker networks {name} left: {' '.join(removed)}")
     for netns in list_netns(f"dy-{bridge}-"):
         subprocess.run(["ip", "netns", "delete", netns], capture_output=True, check=False)
     left = unmount_under(agent_state)
@@ -137,6 +118,26 @@ def release_agent(
         print(
             f"local-cluster: still mounted under {agent_state}: {', '.join(left)}", file=sys.stderr
         )
+
+
+def _release(
+    in_host: tuple[str, ...], python: str, script: str, root: Path, bridge: str, what: str
+) -> list[str] | None:
+    """Run a release `script` with the agent's own code (in its host namespace); the
+    words it printed, or None (and the reason on stderr) when it failed."""
+    done = subprocess.run(
+        [*in_host, python, "-c", script, str(root), bridge],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        print(
+            f"local-cluster: {what} not fully released: {done.stderr.strip()[-500:]}",
+            file=sys.stderr,
+        )
+        return None
+    return done.stdout.split()
 
 
 def drop_subnet_claims(state_dir: Path, python: str) -> None:

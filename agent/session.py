@@ -41,7 +41,14 @@ from dockyard.v1.types_pb2 import NodeDescription
 log = structlog.get_logger(__name__)
 
 # An assignment set carries the data of the secrets its tasks use (500 KiB each at most).
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", MAX_SESSION_MESSAGE_BYTES)]
+# Each attempt's channel has subchannels of its own: in gRPC's process-wide pool a new
+# channel would share another channel's connection to the same address, still backing
+# off (up to minutes) after the controller was down, and fail at once with its stale
+# "connection refused" although the controller is back.
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_SESSION_MESSAGE_BYTES),
+    ("grpc.use_local_subchannel_pool", 1),
+]
 # Over TLS the controller's certificate must name the controller role, whatever address
 # was dialled: a node's certificate (which names its own address) is refused.
 TLS_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", CONTROLLER_TLS_NAME)]
@@ -125,6 +132,7 @@ class ControllerSession:
         self._sent: dict[int, float] = {}
         self.status = SessionStatus()
         self.connected = asyncio.Event()
+        self._terms: dict[str, int] = {}  # controller address -> term of its last session
 
     async def run(self) -> None:
         """Stay connected until cancelled; raise SessionRefused on a final refusal."""
@@ -176,10 +184,13 @@ class ControllerSession:
             await asyncio.gather(*asked, return_exceptions=True)
 
     async def _ask_leader(self, controller: str, lost: str) -> str:
+        request = LeaderRequest(
+            not_address=lost, wait_seconds=LEADER_WAIT, lost_term=self._terms.get(lost, 0)
+        )
         async with self._channel(controller) as channel:
             stub = dispatcher_pb2_grpc.DispatcherStub(channel)
             answer = await stub.Leader(
-                LeaderRequest(not_address=lost, wait_seconds=LEADER_WAIT),
+                request,
                 timeout=LEADER_WAIT + CONNECT_TIMEOUT,
             )
         return answer.address
@@ -209,6 +220,10 @@ class ControllerSession:
             return hint.group(1)
         log.warning("session.failed", controller=target, code=exc.code().name, reason=details)
         return None
+
+    def leader_terms(self) -> dict[str, int]:
+        """The term of each controller's last session with this agent, by address."""
+        return dict(self._terms)
 
     def channel(self) -> grpc.aio.Channel:
         """A new channel to the controller the session talks to (the leader, once
@@ -274,6 +289,7 @@ class ControllerSession:
         self.status.state = "connected"
         self.status.session_id = accepted.session_id
         self.status.heartbeat_period = accepted.heartbeat_period_seconds
+        self._terms[target] = accepted.leader_term
         self.connected.set()
         log.info(
             "session.connected",

@@ -87,7 +87,8 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         leader_address: Callable[[], str | None],
         term: Callable[[], Term | None] = lambda: None,
         revoked: Callable[[str], bool] = lambda serial: False,
-        await_leader: Callable[[str, float], Awaitable[str]] | None = None,
+        await_leader: Callable[[str, float, int], Awaitable[str]] | None = None,
+        leader_term: Callable[[], int] = lambda: 0,
     ) -> None:
         """
         Args:
@@ -97,8 +98,11 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             term: the current leader term's collaborators (None between terms:
                 reports are dropped, no set is sent).
             revoked: whether a certificate serial (hex) is revoked.
-            await_leader: the leader's address once one other than the given one is
-                known, waiting at most the given seconds (`Leadership.await_leader`).
+            await_leader: the leader's address once one other than the given one (in
+                the given term) is known, waiting at most the given seconds
+                (`Leadership.await_leader`).
+            leader_term: this controller's term while it leads (told to each agent
+                whose session it accepts, which names it when it asks for a leader).
         """
         self._registry = registry
         self._sessions = sessions
@@ -109,6 +113,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self._term = term
         self._revoked = revoked
         self._await_leader = await_leader
+        self._leader_term = leader_term
 
     async def Leader(
         self,
@@ -129,7 +134,9 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             )
         if self._await_leader is None:
             return LeaderAnswer(address=self._leader_address() or "")
-        address = await self._await_leader(request.not_address, request.wait_seconds)
+        address = await self._await_leader(
+            request.not_address, request.wait_seconds, request.lost_term
+        )
         return LeaderAnswer(address=address)
 
     async def Session(
@@ -241,6 +248,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                 node_id=session.node_id,
                 cluster_id=self._cluster_id,
                 heartbeat_period_seconds=self.heartbeat_period,
+                leader_term=self._leader_term(),
             )
         )
 

@@ -78,7 +78,9 @@ class Leadership:
         self._lease = 0
         self._expires = 0.0  # monotonic time by which the lease may have expired
         self._keeper: LeaseKeeper | None = None
-        self._leader_revision = 0  # the revision the leader key was last read at
+        # The revision the leader key was last read at: its term (the key is written
+        # once per term, so its mod_revision is its create_revision).
+        self._leader_revision = 0
         self._key_lost = False  # the loop's renewer found the key not ours
         self._closed = False
         self._changed = asyncio.Event()  # set (and replaced) when the leader changes
@@ -100,7 +102,17 @@ class Leadership:
         """None while this controller leads; else the leader's address or ""."""
         if self.is_leader:
             return None
-        return self.leader.api_address if self.leader else ""
+        other = self._other_leader()
+        return other.api_address if other else ""
+
+    def _other_leader(self) -> LeaderRecord | None:
+        """The leader last read, unless it is this controller's own record: a term that
+        is ending (the flag already down) or a key left by an earlier run of this
+        controller. Agents are not sent back to a controller that does not lead."""
+        leader = self.leader
+        if leader is None or leader.controller_id == self._record.controller_id:
+            return None
+        return leader
 
     def _leader_changed(self) -> None:
         """Wake the `await_leader` calls (a leader was elected, found, or lost)."""
@@ -112,21 +124,30 @@ class Leadership:
         (a new term of the same controller reads at a newer one)."""
         if self.is_leader:
             return self._record.api_address, self.fence.create_revision if self.fence else 0
-        return (self.leader.api_address if self.leader else ""), self._leader_revision
+        other = self._other_leader()
+        return (other.api_address, self._leader_revision) if other else ("", 0)
 
-    async def await_leader(self, not_address: str, timeout: float) -> str:
-        """The leader's address once one is known other than `not_address` (or a new
-        term of it, or this controller leading), waiting at most `timeout` seconds;
-        "" when none is by then: what the dispatcher tells an agent whose session ended
-        (agent/session.py), so it connects the moment a leader is elected."""
-        _, asked_at = self._known_leader()
+    @property
+    def term(self) -> int:
+        """This controller's term while it leads (its fence revision), else 0."""
+        return self.fence.create_revision if self.is_leader and self.fence else 0
+
+    async def await_leader(self, not_address: str, timeout: float, lost_term: int = 0) -> str:
+        """The leader's address once one is known other than `not_address` in its term
+        `lost_term` (so a new term of the same address, or this controller leading),
+        waiting at most `timeout` seconds; "" when none is by then: what the dispatcher
+        tells an agent whose session ended (agent/session.py), so it connects the
+        moment a leader is elected. `lost_term` 0: the term known now is the one lost.
+
+        The term matters when a controller is restarted and re-elected at the address
+        the agent lost: asked after the new term began, a follower would otherwise wait
+        for a change that already happened."""
+        lost = lost_term or self._known_leader()[1]
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     address, revision = self._known_leader()
-                    if address and (
-                        self.is_leader or address != not_address or revision != asked_at
-                    ):
+                    if address and (self.is_leader or address != not_address or revision != lost):
                         return address
                     await self._changed.wait()
         except TimeoutError:

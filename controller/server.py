@@ -138,7 +138,9 @@ class Controller:
         view = self.view = ClusterState(store, self.board)
         self._jobs.append(("view", lambda: Supervisor().supervise("view", view.follow)))
         advertise = config.advertise or _with_port(config.listen, self.port)
-        self.leadership = Leadership(store, controller_id, advertise, config.leader_ttl)
+        leadership = self.leadership = Leadership(
+            store, controller_id, advertise, config.leader_ttl
+        )
         self.dispatcher = Dispatcher(
             registry,
             self.sessions,
@@ -149,6 +151,7 @@ class Controller:
             lambda: self.term,
             self.ca.is_revoked if self.ca is not None else lambda serial: False,
             self.leadership.await_leader,
+            lambda: leadership.term,
         )
         identity = self._identify(cluster.id, controller_id, endpoints)
         nodes_api, services_api = self._add_servicers(server, store, registry, identity)
@@ -157,7 +160,6 @@ class Controller:
             await self.join_server.start()
         await self._start_http(identity, nodes_api, services_api)
         self._start_read_api(nodes_api, store)
-        leadership = self.leadership
         self._jobs.insert(0, ("leadership", lambda: leadership.run(self._lead)))
         self._register(controller_id, advertise)
         self._background = asyncio.create_task(self._run_jobs(), name="controller.jobs")

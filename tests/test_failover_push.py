@@ -88,6 +88,9 @@ async def test_an_agent_follows_the_new_leader_without_waiting_for_its_backoff(
             ),
             "the agent's session to the first leader",
         )
+        assert old.leadership is not None
+        # The term it will name when it asks where the leader went.
+        assert session.leader_terms() == {_address(old): old.leadership.term}
         await old.stop(grace=0.5)  # resigns: the other controller is elected
         await wait_until(
             lambda: (
@@ -121,6 +124,21 @@ async def test_a_follower_answers_where_the_leader_is_and_waits_for_a_new_one(
     # Not the one lost: the follower waits (no other leader comes), then says none.
     answer = await follower.dispatcher.Leader(
         LeaderRequest(not_address=_address(leader), wait_seconds=0.5),
+        context,  # type: ignore[arg-type]
+    )
+    assert answer.address == ""
+    # A term of that address older than the one the follower knows was lost: the
+    # leader there now (a restarted controller, re-elected) is the answer, at once.
+    assert leader.leadership is not None
+    term = leader.leadership.term
+    assert term > 0
+    answer = await follower.dispatcher.Leader(
+        LeaderRequest(not_address=_address(leader), wait_seconds=5, lost_term=term - 1),
+        context,  # type: ignore[arg-type]
+    )
+    assert answer.address == _address(leader)
+    answer = await follower.dispatcher.Leader(
+        LeaderRequest(not_address=_address(leader), wait_seconds=0.5, lost_term=term),
         context,  # type: ignore[arg-type]
     )
     assert answer.address == ""

@@ -28,19 +28,26 @@ class LeaderRequest(_message.Message):
 
     NOT_ADDRESS_FIELD_NUMBER: _builtins.int
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    LOST_TERM_FIELD_NUMBER: _builtins.int
     not_address: _builtins.str
     """the leader the agent lost ("" : any leader will do)"""
     wait_seconds: _builtins.float
     """how long to wait for one (at most 30)"""
+    lost_term: _builtins.int
+    """The term (SessionAccepted.leader_term) of `not_address` that the agent lost: a new
+    term at the same address (a restarted controller re-elected) answers at once.
+    0: the term the asked controller knows now is the one lost.
+    """
     def __init__(
         self,
         *,
         not_address: _builtins.str = ...,
         wait_seconds: _builtins.float = ...,
+        lost_term: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["not_address", b"not_address", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lost_term", b"lost_term", "not_address", b"not_address", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -345,10 +352,13 @@ class SessionAccepted(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    LEADER_TERM_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     node_id: _builtins.str
     cluster_id: _builtins.str
     heartbeat_period_seconds: _builtins.float
+    leader_term: _builtins.int
+    """the accepting leader's term (its fence revision)"""
     def __init__(
         self,
         *,
@@ -356,10 +366,11 @@ class SessionAccepted(_message.Message):
         node_id: _builtins.str = ...,
         cluster_id: _builtins.str = ...,
         heartbeat_period_seconds: _builtins.float = ...,
+        leader_term: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "heartbeat_period_seconds", b"heartbeat_period_seconds", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "heartbeat_period_seconds", b"heartbeat_period_seconds", "leader_term", b"leader_term", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

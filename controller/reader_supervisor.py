@@ -22,7 +22,7 @@ import structlog
 from dockyard.controller.reader import ReaderSetup
 from dockyard.controller.revision_cell import RevisionCell
 
-__all__ = ["ReaderProcess", "ReaderStartError"]
+__all__ = ["ReaderProcess", "ReaderStartError", "setup_for"]
 
 log = structlog.get_logger(__name__)
 

@@ -5,6 +5,7 @@ dies, and it never outlives the controller. A real controller process on a real 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,8 @@ import psutil
 import pytest
 
 from dockyard.common.etcd_server import EtcdServer
+from dockyard.controller.reader_supervisor import ReaderProcess, setup_for
+from dockyard.controller.revision_cell import RevisionCell
 from dockyard.controller.store import NODES, Store
 from dockyard.v1 import control_pb2_grpc
 from dockyard.v1.control_pb2 import CreateServiceRequest, ListNodesRequest, ListServicesRequest
@@ -91,6 +94,51 @@ def reading(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reading]:
         loop.close()
 
 
+@dataclass
+class Alone:
+    """A reader process started by the test (no controller: its own-write revision
+    stays 0, so every answer is its view's, never an etcd read), its stderr in `log`."""
+
+    process: ReaderProcess
+    read_address: str
+    log: Path
+
+    def reads(self) -> Any:
+        return control_pb2_grpc.ControlStub(grpc.insecure_channel(self.read_address))
+
+    def events(self, event: str) -> int:
+        return _events(self.log.read_text(errors="replace"), event, "reader")
+
+
+@pytest.fixture(scope="module")
+def alone(reading: Reading, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Alone]:
+    log = tmp_path_factory.mktemp("alone") / "reader.log"
+    cell = RevisionCell.create()
+    setup = setup_for(
+        "127.0.0.1:0", [reading.etcd.endpoint], PREFIX, {}, None, 10.0, None, cell, "info"
+    )
+    process = ReaderProcess(setup, cell)
+    with open(log, "ab") as stderr, _stderr_to(stderr.fileno()):
+        port = reading.loop.run(process.start())
+    try:
+        yield Alone(process, f"127.0.0.1:{port}", log)
+    finally:
+        reading.loop.run(process.stop())
+        cell.close()
+
+
+@contextlib.contextmanager
+def _stderr_to(fd: int) -> Iterator[None]:
+    """This process's fd 2 is `fd` while a child is started (it inherits it)."""
+    saved = os.dup(2)
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _answers(stub: Any) -> bool:
     try:
         stub.ListNodes(ListNodesRequest(), timeout=5)
@@ -130,8 +178,8 @@ def test_a_process_of_its_own_serves_reads_and_sees_my_writes(reading: Reading) 
         control.close()
 
 
-def test_the_reader_follows_writes_made_elsewhere(reading: Reading) -> None:
-    reads = reading.reads()
+def test_the_reader_follows_writes_made_elsewhere(reading: Reading, alone: Alone) -> None:
+    reads = alone.reads()
     reading.cluster.wait_for(lambda: _answers(reads), "the read port to answer")
     reading.loop.run(reading.store.create(NODES, "elsewhere1", node("elsewhere1")))
     reading.cluster.wait_for(
@@ -160,18 +208,16 @@ def test_a_killed_reader_is_restarted_on_the_same_port(reading: Reading) -> None
     assert _events(reading.cluster.controller.log(), "reader.exited", "controller") >= 1
 
 
-def test_a_reader_behind_a_compaction_lists_again(reading: Reading) -> None:
+def test_a_reader_behind_a_compaction_lists_again(reading: Reading, alone: Alone) -> None:
     """A reader whose watch fell behind what etcd compacted away lists everything again
     (and misses neither a create nor a delete made meanwhile)."""
-    reads = reading.reads()
+    reads = alone.reads()
     reading.cluster.wait_for(lambda: _answers(reads), "the read port to answer")
     reading.loop.run(reading.store.create(NODES, "doomed", node("doomed")))
     reading.cluster.wait_for(lambda: "doomed" in _node_ids(reads), "the reader to see it")
-    pid = reading.reader_pid()
+    pid = alone.process.pid
     assert pid is not None
-    controller = reading.cluster.controller
-    assert controller is not None
-    relists = _events(controller.log(), "state.relist", "reader")
+    relists = alone.events("state.relist")
     os.kill(pid, signal.SIGSTOP)  # it cannot read while etcd restarts: its watch breaks
     try:
         reading.loop.run(reading.etcd.stop())
@@ -185,10 +231,9 @@ def test_a_reader_behind_a_compaction_lists_again(reading: Reading) -> None:
         60,
     )
     reading.cluster.wait_for(
-        lambda: _events(controller.log(), "state.relist", "reader") > relists,
-        "the reader's relist in its log",
+        lambda: alone.events("state.relist") > relists, "the reader's relist in its log"
     )
-    assert reading.reader_pid() == pid  # the same process, not a restart
+    assert alone.process.pid == pid  # the same process, not a restart
 
 
 async def _write_and_compact(store: Store) -> None:

@@ -246,14 +246,16 @@ async def _write_and_compact(store: Store) -> None:
 
 
 def test_the_reader_dies_with_its_controller(
-    cluster_factory: Callable[..., Cluster], tmp_path: Path
+    cluster_factory: Callable[..., Cluster], reading: Reading
 ) -> None:
-    cluster = cluster_factory(insecure=True)
+    # An etcd of its own (not the controller's embedded one, which dies with it too).
+    cluster = cluster_factory(insecure=True, etcd_endpoints=[reading.etcd.endpoint])
     read_address = f"127.0.0.1:{free_port()}"
-    cluster.start_controller(["--read-listen", read_address])
+    cluster.start_controller(["--read-listen", read_address, "--etcd-prefix", "/readerdies"])
     assert cluster.controller is not None and cluster.controller.process is not None
     controller = cluster.controller.process.pid
-    cluster.wait_for(lambda: _reader_of(controller) is not None, "the reader process")
+    reads = control_pb2_grpc.ControlStub(grpc.insecure_channel(read_address))
+    cluster.wait_for(lambda: _answers(reads), "the reader to serve")
     reader = _reader_of(controller)
     assert reader is not None
     try:
@@ -273,15 +275,19 @@ def _alive(pid: int) -> bool:
 
 
 def test_the_reader_stops_with_a_stopped_controller(
-    cluster_factory: Callable[..., Cluster],
+    cluster_factory: Callable[..., Cluster], reading: Reading
 ) -> None:
-    cluster = cluster_factory(insecure=True)
-    cluster.start_controller(["--read-listen", f"127.0.0.1:{free_port()}"])
+    cluster = cluster_factory(insecure=True, etcd_endpoints=[reading.etcd.endpoint])
+    read_address = f"127.0.0.1:{free_port()}"
+    cluster.start_controller(["--read-listen", read_address, "--etcd-prefix", "/readerstops"])
     assert cluster.controller is not None and cluster.controller.process is not None
     controller = cluster.controller.process.pid
-    cluster.wait_for(lambda: _reader_of(controller) is not None, "the reader process")
+    reads = control_pb2_grpc.ControlStub(grpc.insecure_channel(read_address))
+    cluster.wait_for(lambda: _answers(reads), "the reader to serve")
     reader = _reader_of(controller)
     assert reader is not None
     os.kill(controller, signal.SIGTERM)
     cluster.controller.process.wait(15)
     assert not _alive(reader), "the reader outlived a controller that stopped"
+    # It was told, and stopped in order (not killed with the controller).
+    assert _events(cluster.controller.log(), "reader.stopped", "reader") == 1

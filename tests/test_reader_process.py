@@ -291,3 +291,16 @@ def test_the_reader_stops_with_a_stopped_controller(
     assert not _alive(reader), "the reader outlived a controller that stopped"
     # It was told, and stopped in order (not killed with the controller).
     assert _events(cluster.controller.log(), "reader.stopped", "reader") == 1
+
+
+def test_the_shared_revision_only_moves_forward_and_is_seen_through_its_fd() -> None:
+    cell = RevisionCell.create()
+    seen = RevisionCell.attach(os.dup(cell.fd))
+    try:
+        assert seen.get() == 0
+        cell.set(41)
+        cell.set(7)  # an older commit's revision, reported late
+        assert seen.get() == 41
+    finally:
+        seen.close()
+        cell.close()

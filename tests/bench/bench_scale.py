@@ -19,6 +19,7 @@ Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -71,6 +72,40 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+# The floor for a read on this machine at this moment: a gRPC server in a process of
+# its own that answers an empty message, sampled beside the reads (same client, same
+# thread, same load): what a read costs before any of the controller's work.
+FLOOR_SERVER = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import grpc
+handler = grpc.method_handlers_generic_handler(
+    "floor.Floor", {"Ping": grpc.unary_unary_rpc_method_handler(lambda request, context: b"")}
+)
+server = grpc.server(ThreadPoolExecutor(max_workers=4), handlers=[handler])
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+server.wait_for_termination()
+"""
+
+
+def start_floor(root: Path, processes: list[subprocess.Popen[bytes]]) -> Any:
+    """The floor server, and a call to it."""
+    port = free_port()
+    processes.append(spawn([sys.executable, "-c", FLOOR_SERVER, str(port)], root / "floor.log"))
+    ping = grpc.insecure_channel(f"127.0.0.1:{port}").unary_unary("/floor.Floor/Ping")
+    wait(lambda: _pings(ping), "the floor server", 30, 0.2)
+    return ping
+
+
+def _pings(ping: Any) -> bool:
+    try:
+        ping(b"", timeout=2)
+        return True
+    except grpc.RpcError:
+        return False
+
+
 def reader_pids(controller: int) -> list[int]:
     """The controller's reader process (controller/reader.py), when it has one."""
     return [
@@ -111,6 +146,7 @@ class Sampler(threading.Thread):
         self.stub = stub
         self.peak_rss = 0
         self.latencies: dict[str, list[float]] = {"service ls": [], "node ls": []}
+        self.floor: Any = None  # a call to the floor server (FLOOR_SERVER)
         self.errors: dict[str, int] = {}
         self.done = threading.Event()
 
@@ -121,6 +157,8 @@ class Sampler(threading.Thread):
                 ("service ls", lambda: self.stub.ListServices(ListServicesRequest(), timeout=60)),
                 ("node ls", lambda: self.stub.ListNodes(ListNodesRequest(), timeout=60)),
             ]
+            if self.floor is not None:
+                calls.append(("floor", functools.partial(self.floor, b"", timeout=60)))
             for name, call in calls:
                 start = time.perf_counter()
                 try:
@@ -334,6 +372,8 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         )
         etcd = [c.pid for c in psutil.Process(pid).children() if "etcd" in c.name()]
         sampler = Sampler(pid, reads, args.read_interval)
+        sampler.floor = start_floor(root, processes)
+        sampler.latencies["floor"] = []
         sampler.start()
         if args.profile:
             profiler = subprocess.Popen(
@@ -414,6 +454,8 @@ def main() -> None:
         "service_ls_p99_ms",
         "node_ls_p50_ms",
         "node_ls_p99_ms",
+        "floor_p50_ms",
+        "floor_p99_ms",
     )
     print(f"medians of {args.rounds} round(s):")
     for key in (*keys, "reader_cpu_seconds"):

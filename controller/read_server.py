@@ -1,22 +1,22 @@
 """The Control API's list reads on a port of their own (`--read-listen`), answered by
-a thread pool from the view's published snapshot: a read never waits for the event
-loop, which the leader's control loops may keep busy for seconds under load.
+a thread pool from a view's published snapshot: a read never waits for an event loop.
+The controller runs it in its reader process (controller/reader.py), whose own etcd
+watch keeps the view, so that no read shares a GIL with the leader's control loops.
 
 `dockyard.v1.Control/ListServices` and `/ListNodes` are served here exactly as on the
 main port (same messages, same pages, same roles: mutual TLS unless --insecure). A
-read first waits (at most OWN_WRITE_WAIT) for the snapshot to hold this controller's
-own last write, so a caller sees what it just wrote through this controller; when the
-view lags behind it (a busy loop), the nodes and services are read from etcd on this
-thread (a blocking client), the task counts kept from the snapshot. Others' writes
-are seen as far as the view has got: it does not ask etcd for its current revision
-(the main port does, waiting READ_WAIT for it). Every controller keeps a view (a
-follower too, so that a new term carries on from it), so a follower's read port
-answers from its own view; until the view's first list it answers UNAVAILABLE naming
-the leader.
+read first waits (at most OWN_WRITE_WAIT) for the snapshot to hold the controller's
+own last write (`own_write`: shared with the reader process), so a caller sees what it
+just wrote through that controller; when the view lags behind it, the nodes and
+services are read from etcd on this thread (a blocking client), the task counts kept
+from the snapshot. Others' writes are seen as far as the view has got: it does not
+ask etcd for its current revision (the main port does, waiting READ_WAIT for it).
+Until the view's first list it answers UNAVAILABLE.
 
 grpc.aio runs every handler (sync ones too, through its executor) on its event
-loop's turns, and one port belongs to one server: hence a second port, with grpc's
-synchronous server, whose polling and handler threads are its own.
+loop's turns, and one port belongs to one server: hence a port of its own, with
+grpc's synchronous server, whose polling and handler threads are its own; calls
+beyond MAX_CONCURRENT_CALLS are refused at once (no queue grows).
 """
 
 from __future__ import annotations

@@ -46,8 +46,9 @@ class ControllerConfig:
     # The HTTP side: HTTPS with client certificates unless insecure; "" disables it.
     http_listen: str = f"127.0.0.1:{HTTP_PORT}"
     http_max_streams: int = 64  # concurrent /v1/events streams
-    # The list reads on a port of their own, off the event loop (controller/read_server.py);
-    # "" : none.
+    # The list reads on a port of their own, served by a reader process with its own
+    # watch (controller/reader.py); "" : none.
     read_listen: str = ""
+    log_level: str = "info"  # also the reader process's
     subnets: SubnetPool = field(default_factory=SubnetPool)  # the nodes' bridge subnets
     networks: NetworkPool = field(default_factory=NetworkPool)  # the overlay networks' subnets

@@ -155,8 +155,9 @@ def main() -> None:
     default="",
     metavar="HOST:PORT",
     help="Address of a port serving the Control API's list reads (ListServices, "
-    "ListNodes) from the leader's view on threads of their own, never waiting for "
-    'the control loops; the same TLS and roles as --listen. "" : none.',
+    "ListNodes) from a reader process of the controller's, with its own etcd watch and "
+    "view: never waiting for the control loops; the same TLS and roles as --listen; "
+    'restarted if it dies, gone with the controller. "" : none.',
 )
 @click.option(
     "--http-max-streams",
@@ -248,6 +249,7 @@ def run(
         http_listen=http,
         http_max_streams=http_max_streams,
         read_listen=read,
+        log_level=log_level,
         subnets=subnets,
     )
     sys.exit(asyncio.run(_serve(config)))

@@ -1,27 +1,28 @@
 """The Control API's list reads on a port of their own (`--read-listen`), answered by
-a thread pool from the view's published snapshot: a read never waits for the event
-loop, which the leader's control loops may keep busy for seconds under load.
+a thread pool from a view's published snapshot: a read never waits for an event loop.
+The controller runs it in its reader process (controller/reader.py), whose own etcd
+watch keeps the view, so that no read shares a GIL with the leader's control loops.
 
 `dockyard.v1.Control/ListServices` and `/ListNodes` are served here exactly as on the
 main port (same messages, same pages, same roles: mutual TLS unless --insecure). A
-read first waits (at most OWN_WRITE_WAIT) for the snapshot to hold this controller's
-own last write, so a caller sees what it just wrote through this controller; when the
-view lags behind it (a busy loop), the nodes and services are read from etcd on this
-thread (a blocking client), the task counts kept from the snapshot. Others' writes
-are seen as far as the view has got: it does not ask etcd for its current revision
-(the main port does, waiting READ_WAIT for it). Every controller keeps a view (a
-follower too, so that a new term carries on from it), so a follower's read port
-answers from its own view; until the view's first list it answers UNAVAILABLE naming
-the leader.
+read first waits (at most OWN_WRITE_WAIT) for the snapshot to hold the controller's
+own last write (`own_write`: shared with the reader process), so a caller sees what it
+just wrote through that controller; when the view lags behind it, the nodes and
+services are read from etcd on this thread (a blocking client), the task counts kept
+from the snapshot. Others' writes are seen as far as the view has got: it does not
+ask etcd for its current revision (the main port does, waiting READ_WAIT for it).
+Until the view's first list it answers UNAVAILABLE.
 
 grpc.aio runs every handler (sync ones too, through its executor) on its event
-loop's turns, and one port belongs to one server: hence a second port, with grpc's
-synchronous server, whose polling and handler threads are its own.
+loop's turns, and one port belongs to one server: hence a port of its own, with
+grpc's synchronous server, whose polling and handler threads are its own; calls
+beyond MAX_CONCURRENT_CALLS are refused at once (no queue grows).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -47,6 +48,12 @@ READ_METHODS = (f"/{SERVICE}/ListServices", f"/{SERVICE}/ListNodes")
 # before it reads the records from etcd itself.
 OWN_WRITE_WAIT = 0.05
 WORKERS = 4
+# A read slower than this (seconds, in the handler) is logged with where its time went.
+SLOW_READ = 0.1
+# Calls in progress (running or waiting for a worker) before more are refused.
+MAX_CONCURRENT_CALLS = 64
+# A list request is a few filters: anything bigger is refused before it is parsed.
+MAX_REQUEST_BYTES = 64 * 1024
 
 Request = TypeVar("Request", bound=Message)
 
@@ -58,7 +65,8 @@ class ReadServer:
         board: where the leader's view publishes its snapshots.
         own_write: this controller's last write's revision (read-your-writes).
         patch: applied to each listed node (the leader's live heartbeat).
-        leader_address: None while this controller leads, else the leader's address.
+        leader_address: the leader's address ("": none elected), named when no view is
+            loaded yet; None when this process cannot tell (the reader process).
         revoked: whether a certificate serial (hex) is revoked.
         records: every record of a kind read from etcd now, blocking (used when the
             snapshot lags this controller's own last write).
@@ -89,7 +97,13 @@ class ReadServer:
         server = grpc.server(
             ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="read-api"),
             handlers=[self._handlers()],
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            ],
+            # Calls beyond these get RESOURCE_EXHAUSTED at once: no queue of waiting
+            # calls grows, however many clients (or slow ones) there are.
+            maximum_concurrent_rpcs=MAX_CONCURRENT_CALLS,
         )
         self._tls = credentials is not None
         try:
@@ -137,6 +151,7 @@ class ReadServer:
         method = f"/{SERVICE}/{name}"
 
         def handle(request: Request, context: grpc.ServicerContext) -> Message:
+            started = time.perf_counter()
             if self._tls:
                 self._authorize(method, context)
             own_write = self._own_write()
@@ -144,13 +159,27 @@ class ReadServer:
             if snapshot is None:
                 context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leading())
             assert snapshot is not None
-            if snapshot.revision < own_write and self._records is not None:
+            waited = time.perf_counter()
+            from_etcd = snapshot.revision < own_write and self._records is not None
+            if from_etcd:
                 snapshot = self._fresh(snapshot, context)
+            fresh = time.perf_counter()
             try:
                 return answer(request, snapshot)
             except ValidationError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 raise  # not reached: abort raises
+            finally:
+                done = time.perf_counter()
+                if done - started > SLOW_READ:
+                    log.warning(
+                        "read_api.slow",
+                        method=name,
+                        seconds=round(done - started, 3),
+                        waiting_for_own_write=round(waited - started, 3),
+                        from_etcd=round(fresh - waited, 3) if from_etcd else None,
+                        answering=round(done - fresh, 3),
+                    )
 
         return grpc.unary_unary_rpc_method_handler(
             handle,
@@ -178,6 +207,8 @@ class ReadServer:
 
     def _not_leading(self) -> str:
         leader = self._leader_address()
+        if leader is None:  # the reader process: its own view's first list
+            return "this controller's read view is not loaded yet: retry, or use the main port"
         where = f"the leader is at {leader}" if leader else "no leader is elected yet"
         return f"not the leader: {where} (this controller's view is not loaded yet)"
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import functools
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -54,15 +53,16 @@ from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.peers import ControllerDirectory
-from dockyard.controller.read_server import ReadServer
+from dockyard.controller.reader_supervisor import ReaderProcess, ReaderStartError, setup_for
 from dockyard.controller.registration import Registration
+from dockyard.controller.revision_cell import RevisionCell
 from dockyard.controller.scheduler.constraints import parse_constraints
 from dockyard.controller.scheduler.loop import SchedulingLoop
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.sessions import Post, SessionRegistry
 from dockyard.controller.snapshot import SnapshotBoard
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, LeaseRenewer, NotFound, Store
+from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, NotFound, Store
 from dockyard.controller.subnets import protected_address
 from dockyard.controller.supervision import Supervisor
 from dockyard.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
@@ -113,8 +113,9 @@ class Controller:
         self.view: ClusterState | None = None
         """This controller's view, kept by a watch whether it leads or not: a term starts
         from it (`state` is it while this controller leads, None otherwise)."""
-        self.read_server: ReadServer | None = None
-        self._read_client: LeaseRenewer | None = None
+        self.reader: ReaderProcess | None = None
+        """The read port's process (--read-listen), controller/reader_supervisor.py."""
+        self._own_writes: RevisionCell | None = None
         self.read_port = 0
         self.scheduling: SchedulingLoop | None = None
         self.metrics = ControllerMetrics(package_version())
@@ -159,7 +160,7 @@ class Controller:
         if self.join_server is not None:
             await self.join_server.start()
         await self._start_http(identity, nodes_api, services_api)
-        self._start_read_api(nodes_api, store)
+        await self._start_reader(store)
         self._jobs.insert(0, ("leadership", lambda: leadership.run(self._lead)))
         self._register(controller_id, advertise)
         self._background = asyncio.create_task(self._run_jobs(), name="controller.jobs")
@@ -281,32 +282,35 @@ class Controller:
             self._jobs.append(("revocations", self.ca.watch_revocations))
         return nodes_api, services_api
 
-    def _start_read_api(self, nodes: NodesAPI, store: Store) -> None:
-        """The list reads on --read-listen, off the event loop (controller/read_server.py)."""
-        config, leadership = self.config, self.leadership
+    async def _start_reader(self, store: Store) -> None:
+        """The list reads on --read-listen, served by a process of its own with its own
+        watch and view (controller/reader.py), restarted when it dies."""
+        config = self.config
         if not config.read_listen:
             return
-        assert leadership is not None
-        self._read_client = store.renewer()  # blocking: the read threads' etcd client
-        self.read_server = ReadServer(
-            self.board,
-            lambda: store.last_revision,
-            nodes.with_live_heartbeat,
-            leadership.leader_address,
-            self.ca.is_revoked if self.ca is not None else lambda serial: False,
-            functools.partial(store.list_blocking, self._read_client),
+        self._own_writes = cell = RevisionCell.create()
+        cell.set(store.last_revision)
+        store.committed = cell.set
+        credentials, server_name = store.client_settings()
+        reader = self.reader = ReaderProcess(
+            setup_for(
+                config.read_listen,
+                store.endpoints,
+                store.prefix,
+                credentials,
+                server_name,
+                config.etcd_timeout,
+                self._client_tls,
+                cell,
+                config.log_level,
+            ),
+            cell,
         )
-        credentials = None
-        if self._client_tls is not None:
-            ca_pem, key, cert = self._client_tls
-            credentials = grpc.ssl_server_credentials(
-                [(key, cert + ca_pem)], root_certificates=ca_pem, require_client_auth=True
-            )
-        self.read_port = self.read_server.start(config.read_listen, credentials)
-        if self.read_port == 0:
-            raise ControllerStartError(
-                f"cannot listen on {config.read_listen} (--read-listen): address in use or invalid"
-            )
+        try:
+            self.read_port = await reader.start()
+        except ReaderStartError as exc:
+            raise ControllerStartError(str(exc)) from exc
+        self._jobs.append(("reader", reader.run))
 
     def _identify(
         self, cluster_id: str, controller_id: str, endpoints: list[str]
@@ -586,12 +590,14 @@ class Controller:
             self.leadership.close()
         await self._stop_jobs()  # leadership's term ends, its lease is given back
         self.sessions.close_all()
-        if self.read_server is not None:
-            await asyncio.to_thread(self.read_server.stop, grace)
-            self.read_server = None
-        if self._read_client is not None:
-            self._read_client.close()
-            self._read_client = None
+        if self.reader is not None:
+            await self.reader.stop(grace)
+            self.reader = None
+        if self._own_writes is not None:
+            if self.store is not None:
+                self.store.committed = lambda revision: None
+            self._own_writes.close()
+            self._own_writes = None
         if self.join_server is not None:
             await self.join_server.stop(grace)
         if self.server is not None:

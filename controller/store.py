@@ -173,6 +173,9 @@ class Store:
         self.observe: Callable[[str, float], None] = lambda op, seconds: None
         """Called with each etcd request's kind (get, range, txn, lease) and duration,
         failed ones included (the controller's metrics)."""
+        self.committed: Callable[[int], None] = lambda revision: None
+        """Called with `last_revision` after each transaction this client commits (not
+        a fenced view's): the controller shares it with its reader process."""
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -194,6 +197,11 @@ class Store:
             f"cannot reach etcd at {', '.join(self.endpoints)} after {timeout:g} s: "
             f"{_short(last_error)}"
         )
+
+    def client_settings(self) -> tuple[dict[str, bytes | None], str | None]:
+        """This client's TLS material (CA, key, chain) and etcd's expected server name,
+        for another process's client of the same etcd (the reader process)."""
+        return dict(self._credentials), self._tls_server_name
 
     def renewer(self) -> LeaseRenewer:
         """A blocking client for lease renewals on the same etcd, for a thread of its
@@ -217,6 +225,7 @@ class Store:
         view._fence = fence
         view._connected = False
         view.last_revision = 0
+        view.committed = lambda revision: None
         return view
 
     def fence(self, kind: Kind[M], record_id: str, create_revision: int) -> Fence:
@@ -418,6 +427,7 @@ class Store:
                 )
             )
         self.last_revision = max(self.last_revision, int(response.header.revision))
+        self.committed(self.last_revision)
         return int(response.header.revision)
 
     def _check_fence(self, response: Any) -> None:

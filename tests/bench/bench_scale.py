@@ -19,6 +19,7 @@ Ctrl-C.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -71,6 +72,49 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+# The floor for a read on this machine at this moment: a gRPC server in a process of
+# its own that answers an empty message, sampled beside the reads (same client, same
+# thread, same load): what a read costs before any of the controller's work.
+FLOOR_SERVER = """
+import sys
+from concurrent.futures import ThreadPoolExecutor
+import grpc
+handler = grpc.method_handlers_generic_handler(
+    "floor.Floor", {"Ping": grpc.unary_unary_rpc_method_handler(lambda request, context: b"")}
+)
+server = grpc.server(ThreadPoolExecutor(max_workers=4), handlers=[handler])
+server.add_insecure_port("127.0.0.1:" + sys.argv[1])
+server.start()
+server.wait_for_termination()
+"""
+
+
+def start_floor(root: Path, processes: list[subprocess.Popen[bytes]]) -> Any:
+    """The floor server, and a call to it."""
+    port = free_port()
+    processes.append(spawn([sys.executable, "-c", FLOOR_SERVER, str(port)], root / "floor.log"))
+    ping = grpc.insecure_channel(f"127.0.0.1:{port}").unary_unary("/floor.Floor/Ping")
+    wait(lambda: _pings(ping), "the floor server", 30, 0.2)
+    return ping
+
+
+def _pings(ping: Any) -> bool:
+    try:
+        ping(b"", timeout=2)
+        return True
+    except grpc.RpcError:
+        return False
+
+
+def reader_pids(controller: int) -> list[int]:
+    """The controller's reader process (controller/reader.py), when it has one."""
+    return [
+        child.pid
+        for child in psutil.Process(controller).children()
+        if "dockyard.controller.reader" in " ".join(child.cmdline())
+    ]
+
+
 def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
@@ -93,13 +137,16 @@ def wait(predicate: object, what: str, timeout: float, interval: float = 0.5) ->
 class Sampler(threading.Thread):
     """Controller RSS and API latencies, sampled while the test runs."""
 
-    def __init__(self, pid: int, stub: control_pb2_grpc.ControlStub) -> None:
-        """`stub`: where the reads are sent (the read port when the controller has one)."""
+    def __init__(self, pid: int, stub: control_pb2_grpc.ControlStub, interval: float = 1.0) -> None:
+        """`stub`: where the reads are sent (the read port when the controller has one);
+        `interval`: seconds between two rounds of reads."""
         super().__init__(daemon=True)
+        self.interval = interval
         self.process = psutil.Process(pid)
         self.stub = stub
         self.peak_rss = 0
         self.latencies: dict[str, list[float]] = {"service ls": [], "node ls": []}
+        self.floor: Any = None  # a call to the floor server (FLOOR_SERVER)
         self.errors: dict[str, int] = {}
         self.done = threading.Event()
 
@@ -110,6 +157,8 @@ class Sampler(threading.Thread):
                 ("service ls", lambda: self.stub.ListServices(ListServicesRequest(), timeout=60)),
                 ("node ls", lambda: self.stub.ListNodes(ListNodesRequest(), timeout=60)),
             ]
+            if self.floor is not None:
+                calls.append(("floor", functools.partial(self.floor, b"", timeout=60)))
             for name, call in calls:
                 start = time.perf_counter()
                 try:
@@ -118,7 +167,7 @@ class Sampler(threading.Thread):
                     self.errors[name] = self.errors.get(name, 0) + 1
                     print(f"  {name} failed: {exc.code().name}")
                 self.latencies[name].append(time.perf_counter() - start)
-            self.done.wait(1.0)
+            self.done.wait(self.interval)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -322,7 +371,9 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
             root, args.nodes, args.timeout, processes, args.fleet_processes
         )
         etcd = [c.pid for c in psutil.Process(pid).children() if "etcd" in c.name()]
-        sampler = Sampler(pid, reads)
+        sampler = Sampler(pid, reads, args.read_interval)
+        sampler.floor = start_floor(root, processes)
+        sampler.latencies["floor"] = []
         sampler.start()
         if args.profile:
             profiler = subprocess.Popen(
@@ -333,14 +384,20 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
+        reader = reader_pids(pid)
         before = {"controller": cpu_seconds([pid]), "etcd": cpu_seconds(etcd)}
         before["fleet"] = cpu_seconds(fleet)
+        before["reader"] = cpu_seconds(reader)
         per_service = args.tasks // args.services
         placed, took = create_and_wait(stub, args.services, per_service, args.timeout)
         cpu = {"controller": cpu_seconds([pid]), "etcd": cpu_seconds(etcd)}
         cpu["fleet"] = cpu_seconds(fleet)
+        cpu["reader"] = cpu_seconds(reader)
         cpu = {name: seconds - before[name] for name, seconds in cpu.items()}
-        cpu["controller"] -= cpu["etcd"]  # etcd is the controller's child
+        # etcd and the reader process (when the code has one) are the controller's children
+        cpu["controller"] -= cpu["etcd"] + cpu["reader"]
+        if not reader:
+            cpu.pop("reader")
         sampler.done.set()
         sampler.join(5)
         return report(args.nodes, per_service * args.services, placed, took, sampler, cpu)
@@ -350,6 +407,10 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
             profiler.wait(30)
         for process in reversed(processes):
             stop(process)
+        if args.keep_logs:
+            kept = Path(args.keep_logs) / f"controller-{time.time():.0f}.log"
+            shutil.copy(root / "controller.log", kept)
+            print(f"controller log kept in {kept}")
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -363,24 +424,53 @@ def main() -> None:
     parser.add_argument("--fleet-processes", type=int, default=4)
     parser.add_argument("--profile", default="", help="py-spy's raw output for the controller")
     parser.add_argument("--baseline", default="", help="PYTHONPATH of the code to compare with")
+    parser.add_argument(
+        "--read-interval", type=float, default=1.0, help="seconds between two rounds of reads"
+    )
+    parser.add_argument("--keep-logs", default="", help="a directory to copy the logs to")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="baseline and this tree, alternating; medians"
+    )
     args = parser.parse_args()
     subprocess.run(["uptime"], check=False)
-    baseline = None
-    if args.baseline:
-        print(f"baseline (PYTHONPATH={args.baseline}):")
-        ENV["PYTHONPATH"] = args.baseline
-        profile, args.profile = args.profile, ""
-        baseline = run_once(args)
-        ENV.pop("PYTHONPATH")
-        args.profile = profile
-        print("this tree:")
-    result = run_once(args)
-    if baseline is not None:
-        for key in ("seconds_to_placed", "seconds_to_running", "controller_cpu_seconds"):
-            print(f"  {key}: {result[key]} vs {baseline[key]} ({result[key] / baseline[key]:.2f}x)")
-        for key in ("service_ls_p99_ms", "node_ls_p99_ms"):
-            print(f"  {key}: {result[key]} vs {baseline[key]} ({result[key] / baseline[key]:.2f}x)")
-    subprocess.run(["uptime"], check=False)
+    baselines: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for _ in range(args.rounds):
+        if args.baseline:
+            print(f"baseline (PYTHONPATH={args.baseline}):")
+            ENV["PYTHONPATH"] = args.baseline
+            profile, args.profile = args.profile, ""
+            baselines.append(run_once(args))
+            ENV.pop("PYTHONPATH")
+            args.profile = profile
+            print("this tree:")
+        results.append(run_once(args))
+        subprocess.run(["uptime"], check=False)
+    keys = (
+        "seconds_to_placed",
+        "seconds_to_running",
+        "controller_cpu_seconds",
+        "service_ls_p50_ms",
+        "service_ls_p99_ms",
+        "node_ls_p50_ms",
+        "node_ls_p99_ms",
+        "floor_p50_ms",
+        "floor_p99_ms",
+    )
+    print(f"medians of {args.rounds} round(s):")
+    for key in (*keys, "reader_cpu_seconds"):
+        mine = _median(results, key)
+        if not baselines:
+            print(f"  {key}: {mine}")
+            continue
+        base = _median(baselines, key)
+        ratio = f" ({mine / base:.2f}x)" if base else ""
+        print(f"  {key}: {mine} vs {base}{ratio}")
+
+
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    values = [run[key] for run in runs if key in run]
+    return round(statistics.median(values), 1) if values else 0.0
 
 
 if __name__ == "__main__":

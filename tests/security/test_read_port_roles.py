@@ -53,3 +53,38 @@ def _answers(stub: control_pb2_grpc.ControlStub) -> bool:
         return True
     except grpc.RpcError:
         return False
+
+
+def test_a_revoked_certificate_is_refused_by_the_reader_process(
+    cluster_factory: Callable[..., Cluster],
+) -> None:
+    """The reader process follows the revocations itself (its own watch): a revoked
+    admin's next read on the read port is refused, as on the main port."""
+    from tests.security.test_revocation import admin, make_user
+
+    cluster = cluster_factory()
+    read_address = f"127.0.0.1:{free_port()}"
+    cluster.start_controller(["--read-listen", read_address])
+    eve, serial = make_user(cluster, "eve", "admin")
+    credentials = grpc.ssl_channel_credentials(
+        (eve / "ca.pem").read_bytes(),
+        (eve / "key.pem").read_bytes(),
+        (eve / "cert.pem").read_bytes(),
+    )
+    with grpc.secure_channel(read_address, credentials, TLS_NAME) as channel:
+        stub = control_pb2_grpc.ControlStub(channel)
+        cluster.wait_for(lambda: _answers(stub), "the read port to answer eve")
+        cluster.run_tool("dockyard-controller", "cert", "revoke", serial, *admin(cluster))
+        cluster.wait_for(lambda: _refused(stub), "the read port to refuse eve's certificate")
+    with grpc.secure_channel(read_address, cluster.admin_credentials(), TLS_NAME) as channel:
+        assert _answers(control_pb2_grpc.ControlStub(channel))  # the other admin is untouched
+
+
+def _refused(stub: control_pb2_grpc.ControlStub) -> bool:
+    try:
+        stub.ListNodes(ListNodesRequest(), timeout=5)
+        return False
+    except grpc.RpcError as exc:
+        return exc.code() == grpc.StatusCode.UNAUTHENTICATED and "is revoked" in (
+            exc.details() or ""
+        )

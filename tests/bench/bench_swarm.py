@@ -242,7 +242,18 @@ class Dockyard:
         up = time.monotonic() - start
         if profile is not None:
             service = self.control.GetService(GetServiceRequest(service=name), timeout=30)
-            print(json.dumps(profile.end(self.tasks(name), service)), flush=True)
+            report = profile.end(self.tasks(name), service)
+            phases = report["phases"]
+            print(
+                f"    profile ({profile.out}/{name}.json): cpu {report['cpu_s']}; "
+                f"at most {report['processes'].get('runc_max')} runc at once; all "
+                + ", ".join(
+                    f"{p} at {phases[p + '_at']['last']} s"
+                    for p in ("created", "accepted", "starting", "running", "stored")
+                    if p + "_at" in phases
+                ),
+                flush=True,
+            )
         start = time.monotonic()
         self.cli("service", "scale", "-d", f"{name}=0")
         wait_for(

@@ -43,7 +43,8 @@ class SavedTask:
 @dataclass(frozen=True)
 class Snapshot:
     sequence: int
-    data: dict[str, Any]
+    data: bytes
+    """The file's content (JSON)."""
 
 
 class StateFile:
@@ -55,30 +56,33 @@ class StateFile:
         self._sequence = 0
         self._written = 0
         self._lock = threading.Lock()  # a cancelled save may still be writing
+        # by task ID: (task, status) serialized, the container ID, the entry's JSON
+        self._entries: dict[str, tuple[bytes, bytes, str, str]] = {}
 
     def snapshot(self, tasks: Iterable[SavedTask]) -> Snapshot:
+        """The tasks as `write` will save them, encoded. A task's entry is encoded once
+        per change (what changed is told by its serialized messages, which cost far less
+        than the JSON conversion), so a burst of status changes over 100 tasks does not
+        convert all 100 on the event loop at every save."""
         self._sequence += 1
-        data = {
-            "version": VERSION,
-            "sequence": self._sequence,
-            "tasks": [
-                {
-                    "task": json_format.MessageToDict(saved.task),
-                    "status": json_format.MessageToDict(saved.status),
-                    "container_id": saved.container_id,
-                }
-                for saved in tasks
-            ],
-        }
-        return Snapshot(self._sequence, data)
+        entries: dict[str, tuple[bytes, bytes, str, str]] = {}
+        for saved in tasks:
+            task, status = saved.task.SerializeToString(), saved.status.SerializeToString()
+            cached = self._entries.get(saved.task.id)
+            if cached is None or cached[:3] != (task, status, saved.container_id):
+                cached = (task, status, saved.container_id, _encode(saved))
+            entries[saved.task.id] = cached
+        self._entries = entries
+        head = f'{{"version":{VERSION},"sequence":{self._sequence},"tasks":['
+        body = head + ",".join(entry[3] for entry in entries.values()) + "]}"
+        return Snapshot(self._sequence, body.encode())
 
     def write(self, snapshot: Snapshot) -> None:
         """Write `snapshot` unless a newer one is on disk already."""
         with self._lock:
             if snapshot.sequence < self._written:
                 return
-            encoded = json.dumps(snapshot.data, separators=(",", ":")).encode()
-            write_atomically(self.path, encoded)
+            write_atomically(self.path, snapshot.data)
             self._written = snapshot.sequence
 
     def load(self) -> list[SavedTask]:
@@ -92,6 +96,15 @@ class StateFile:
             log.error("worker.state_unreadable", path=str(self.path), error=str(exc))
             return []
         return [_parse(entry) for entry in entries]
+
+
+def _encode(saved: SavedTask) -> str:
+    entry = {
+        "task": json_format.MessageToDict(saved.task),
+        "status": json_format.MessageToDict(saved.status),
+        "container_id": saved.container_id,
+    }
+    return json.dumps(entry, separators=(",", ":"))
 
 
 def _parse(entry: dict[str, Any]) -> SavedTask:

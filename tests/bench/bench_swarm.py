@@ -1,6 +1,7 @@
 """Workloads benchmark: 100 replicas of busybox `sleep 3600` on real runc, dockyard vs Docker Swarm.
 
     python tests/bench/bench_swarm.py [--replicas 100] [--runs 3] [--agents 1] [--timeout 1800]
+                                      [--profile DIR] [--baseline PYTHONPATH]
 
 Run as root. Starts a private docker-registry with busybox pushed to it, a
 dockyard controller (embedded etcd) and --agents runc agents (separate
@@ -19,6 +20,12 @@ Per run, each side measures:
   gone  ... and to no containers at all (dockyard: `Containers.List(all)` empty on every agent;
         docker: `docker ps -a` empty)
 The service is then removed and the next run starts from an empty node.
+With --baseline PYTHONPATH (a directory holding another tree's `dockyard` package,
+e.g. main's), a second controller + agent run that code, and each run measures
+this tree, the baseline and Swarm one after another (ratios of each are printed).
+With --profile DIR, each dockyard up is profiled (tests/bench/upprofile.py: py-spy of
+the agent and the controller, processes at once, CPU per process, per-task phases); the
+agent then logs at info level.
 Prints the medians, ratios dockyard/docker, and cleans up everything
 (swarm left, dockerd stopped if started here), also on Ctrl-C and --timeout.
 """
@@ -35,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -55,14 +63,21 @@ from benchlib import (
     stop_process,
     wait_for,
 )
+from upprofile import UpProfile
 
 POLL = 0.25
 
 
 class Dockyard:
     def __init__(
-        self, args: argparse.Namespace, root: Path, registry: str, cleanup: Cleanup
+        self,
+        args: argparse.Namespace,
+        root: Path,
+        registry: str,
+        cleanup: Cleanup,
+        pythonpath: str = "",
     ) -> None:
+        self.pythonpath = pythonpath
         self.args = args
         self.root = root
         self.registry = registry
@@ -70,6 +85,19 @@ class Dockyard:
         self.image = f"{registry}/library/busybox:latest"
 
     def start(self) -> None:
+        """Start the controller and the agents (with `pythonpath`'s code, if given)."""
+        saved = os.environ.get("PYTHONPATH")
+        if self.pythonpath:
+            os.environ["PYTHONPATH"] = self.pythonpath
+        try:
+            self._start()
+        finally:
+            if saved is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = saved
+
+    def _start(self) -> None:
         import grpc
 
         from dockyard.v1 import containers_pb2_grpc, control_pb2_grpc, images_pb2_grpc
@@ -79,7 +107,7 @@ class Dockyard:
 
         self.controller = f"127.0.0.1:{free_port()}"
         (self.root / "logs").mkdir(parents=True)
-        proc = spawn(
+        self.controller_proc = proc = spawn(
             [
                 str(BIN / "dockyard-controller"),
                 "run",
@@ -116,15 +144,18 @@ class Dockyard:
         self.cgroup_parent = f"dockyard-bench-swarm-{secrets.token_hex(3)}"
         self.cleanup.add("cgroup parent", lambda: remove_cgroup(self.cgroup_parent))
         self.agents = []
+        self.agent_dirs = []
         for index in range(self.args.agents):
-            address, _ = start_agent(
+            address, state = start_agent(
                 self.root / "agents",
                 f"bench-node-{index + 1}",
                 self.controller,
                 self.registry,
                 f"{self.cgroup_parent}/node{index + 1}",
                 self.cleanup,
+                log_level="info" if self.args.profile else "warning",
             )
+            self.agent_dirs.append(state)
             channel = grpc.insecure_channel(address)
             self.cleanup.add("agent channel", channel.close)
             self.agents.append(containers_pb2_grpc.ContainersStub(channel))
@@ -141,7 +172,11 @@ class Dockyard:
             capture_output=True,
             timeout=120,
             stdin=subprocess.DEVNULL,
-            env=dict(os.environ, DOCKYARD_CONFIG=str(self.root / "cli")),
+            env=dict(
+                os.environ,
+                DOCKYARD_CONFIG=str(self.root / "cli"),
+                **({"PYTHONPATH": self.pythonpath} if self.pythonpath else {}),
+            ),
         )
 
     def containers(self) -> tuple[int, int]:
@@ -161,7 +196,27 @@ class Dockyard:
         summaries = self.control.ListServices(ListServicesRequest(names=[name]), timeout=30)
         return sum(s.running for s in summaries.services)
 
+    def profiler(self) -> UpProfile | None:
+        if not self.args.profile:
+            return None
+        return UpProfile(
+            Path(self.args.profile) / self.root.name,
+            {"agent": _pid_of(self.agent_dirs[0]), "controller": self.controller_proc.pid},
+            self.agent_dirs[0].parent / f"{self.agent_dirs[0].name}.log",
+            self.cgroup_parent,
+        )
+
+    def tasks(self, name: str) -> list[Any]:
+        from dockyard.v1.control_pb2 import ListTasksRequest
+
+        return list(self.control.ListTasks(ListTasksRequest(services=[name]), timeout=30).tasks)
+
     def run_once(self, name: str, replicas: int, limit: float) -> dict[str, float]:
+        from dockyard.v1.control_pb2 import GetServiceRequest
+
+        profile = self.profiler()
+        if profile is not None:
+            profile.begin(name)
         start = time.monotonic()
         grace = self.args.stop_grace
         self.cli(
@@ -185,6 +240,20 @@ class Dockyard:
             POLL,
         )
         up = time.monotonic() - start
+        if profile is not None:
+            service = self.control.GetService(GetServiceRequest(service=name), timeout=30)
+            report = profile.end(self.tasks(name), service)
+            phases = report["phases"]
+            print(
+                f"    profile ({profile.out}/{name}.json): cpu {report['cpu_s']}; "
+                f"at most {report['processes'].get('runc_max')} runc at once; all "
+                + ", ".join(
+                    f"{p} at {phases[p + '_at']['last']} s"
+                    for p in ("created", "accepted", "starting", "running", "stored")
+                    if p + "_at" in phases
+                ),
+                flush=True,
+            )
         start = time.monotonic()
         self.cli("service", "scale", "-d", f"{name}=0")
         wait_for(
@@ -198,6 +267,19 @@ class Dockyard:
         gone = time.monotonic() - start
         self.cli("service", "rm", name)
         return {"up": up, "down": down, "gone": gone}
+
+
+def _pid_of(state_dir: Path) -> int:
+    """The agent process whose command line names its state dir."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if str(state_dir).encode() in cmdline and any(b"dockyard-agent" in a for a in cmdline):
+                return int(entry.name)
+    raise RuntimeError(f"no agent process for {state_dir}")
 
 
 class Swarm:
@@ -292,6 +374,10 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         help="--stop-grace-period on both sides (a duration: 0s, 1s, ...)",
     )
     parser.add_argument("--no-docker", action="store_true", help="skip the Docker baseline")
+    parser.add_argument("--profile", default="", help="profile each dockyard up into this dir")
+    parser.add_argument(
+        "--baseline", default="", help="PYTHONPATH of a tree to compare with (e.g. main's)"
+    )
     args = parser.parse_args()
     if os.geteuid() != 0 or shutil.which("runc") is None or shutil.which("conmon") is None:
         print("bench_swarm needs root, runc and conmon", file=sys.stderr)
@@ -306,6 +392,11 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         build_and_push("busybox", f"{registry}/library/busybox:latest", root / "build.log")
         dockyard = Dockyard(args, root / "dockyard", registry, cleanup)
         dockyard.start()
+        base = None
+        if args.baseline:
+            base = Dockyard(args, root / "baseline", registry, cleanup, args.baseline)
+            base.start()
+            print(f"baseline: a second controller + agent with PYTHONPATH={args.baseline}")
         docker = Docker(root / "docker", registry, cleanup)
         swarm = None
         if args.no_docker:
@@ -320,21 +411,24 @@ def main() -> int:  # noqa: PLR0915 - one linear script
             f"--stop-grace-period {args.stop_grace} on both sides, "
             f"{args.runs} runs each"
         )
-        results: dict[str, list[dict[str, float]]] = {"dockyard": [], "swarm": []}
+        results: dict[str, list[dict[str, float]]] = {"dockyard": [], "baseline": [], "swarm": []}
         for run in range(args.runs):
-            r = dockyard.run_once(f"bench{run}", args.replicas, args.wait_timeout)
-            results["dockyard"].append(r)
-            print(
-                f"  run {run + 1} dockyard: up {r['up']:.1f} s, down {r['down']:.1f} s, "
-                f"gone {r['gone']:.1f} s",
-                flush=True,
-            )
+            for key, side in (("dockyard", dockyard), ("baseline", base)):
+                if side is None:
+                    continue
+                r = side.run_once(f"bench{run}", args.replicas, args.wait_timeout)
+                results[key].append(r)
+                print(
+                    f"  run {run + 1} {key}: up {r['up']:.1f} s, down {r['down']:.1f} s, "
+                    f"gone {r['gone']:.1f} s   [{os.getloadavg()[0]:.1f}]",
+                    flush=True,
+                )
             if swarm is not None:
                 r = swarm.run_once(f"bench{run}", args.replicas, args.wait_timeout)
                 results["swarm"].append(r)
                 print(
                     f"  run {run + 1} swarm:    up {r['up']:.1f} s, down {r['down']:.1f} s, "
-                    f"gone {r['gone']:.1f} s",
+                    f"gone {r['gone']:.1f} s   [{os.getloadavg()[0]:.1f}]",
                     flush=True,
                 )
         print(f"\nmedians of {args.runs} ({args.replicas} replicas):")
@@ -346,13 +440,20 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         ):
             ours = median([r[phase] for r in results["dockyard"]])
             base = median([r[phase] for r in results["swarm"]])
+            old = median([r[phase] for r in results["baseline"]])
             summary[phase] = {
                 "dockyard_s": round(ours, 2),
                 "swarm_s": round(base, 2) if results["swarm"] else None,
+                "baseline_s": round(old, 2) if results["baseline"] else None,
             }
             line = f"  {text:26} dockyard {ours:6.1f} s"
             if results["swarm"]:
                 line += f"   docker swarm {base:6.1f} s   ratio {ratio(ours, base)}"
+            if results["baseline"]:
+                line += f"   baseline {old:6.1f} s"
+                if results["swarm"]:
+                    line += f" ({ratio(old, base)} of swarm)"
+                line += f"   dockyard/baseline {ratio(ours, old)}"
             print(line)
         print(json.dumps({"agents": args.agents, "replicas": args.replicas, **summary}))
         print(f"total {time.monotonic() - started:.0f} s")

@@ -480,10 +480,11 @@ class Docker:
 
     @staticmethod
     def _bridges() -> dict[str, list[str]]:
-        """Docker's bridges on this host (docker0, br-*) and the veths on each."""
+        """Docker's bridges on this host (docker0, docker_gwbridge of swarm mode, br-*) and
+        the veths on each."""
         found = {}
         for link in Path("/sys/class/net").iterdir():
-            if link.name == "docker0" or link.name.startswith("br-"):
+            if link.name in ("docker0", "docker_gwbridge") or link.name.startswith("br-"):
                 brif = link / "brif"
                 found[link.name] = sorted(p.name for p in brif.iterdir()) if brif.is_dir() else []
         return found

@@ -83,3 +83,25 @@ def test_an_unreadable_file_is_logged_and_holds_no_task(tmp_path: Path) -> None:
     path.write_text("[]")  # JSON, but not the shape
     assert StateFile(path).load() == []
     assert StateFile(tmp_path / "missing.json").load() == []
+
+
+def test_each_snapshot_has_every_change_since_the_last(tmp_path: Path) -> None:
+    """Entries are encoded once per change: a status replaced, one changed in place, a
+    new container alone, a task gone and one added all reach the next snapshot."""
+    state = StateFile(tmp_path / STATE_FILE)
+    first, second = saved("t1"), saved("t2")
+    third = SavedTask(make_task("t3"), TaskStatus(state=TaskStatus.RUNNING), "c-t3")
+    state.write(state.snapshot([first, second, third, saved("t5")]))
+    second.status.exit_code = 7  # changed in place: the same message object
+    replaced = SavedTask(first.task, TaskStatus(state=TaskStatus.COMPLETE), "c-other")
+    moved = SavedTask(third.task, third.status, "c-t3-new")  # only the container changed
+    state.write(state.snapshot([replaced, second, moved, saved("t4")]))
+    loaded = {s.task.id: s for s in StateFile(tmp_path / STATE_FILE).load()}
+    assert sorted(loaded) == ["t1", "t2", "t3", "t4"]
+    assert (loaded["t1"].status.state, loaded["t1"].container_id) == (
+        TaskStatus.COMPLETE,
+        "c-other",
+    )
+    assert loaded["t2"].status.exit_code == 7
+    assert loaded["t3"].container_id == "c-t3-new"
+    assert loaded["t4"].status.state == TaskStatus.RUNNING

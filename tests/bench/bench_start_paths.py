@@ -10,7 +10,9 @@ for each path, from the first exec until the container's process has been starte
   runc run              raw `runc run` of `true` (create + start + wait + delete)
   runc run --detach     raw, one runc, no monitor
   runc create + start   raw, two runc processes (what conmon + `runc start` did)
-  conmon + sh shim      the agent's launch (agent/runtime/runc/conmon.py) with the sh shim
+  conmon + sh shim      conmon double-forking away (the launch before start3), the sh shim
+  conmon --sync + shim  the agent's launch (agent/runtime/runc/conmon.py): conmon stays our
+                        child (one fork fewer, no pid file), its answer read on the loop
 
 The paths are interleaved per iteration (path 1, 2, ..., 1, 2, ...), so load bursts of
 this shared machine hit every path alike; medians, quartiles, ratios to raw `runc run`
@@ -46,7 +48,12 @@ from benchlib import (
     umount_under,
 )
 
-from dockyard.agent.runtime.runc.conmon import ConmonPaths, launch_conmon, wait_pid_exit
+from dockyard.agent.runtime.runc.conmon import (
+    ConmonPaths,
+    launch_conmon,
+    reap_conmon,
+    wait_pid_exit,
+)
 from dockyard.agent.runtime.runc.runexec import write_shim
 
 Path_ = Callable[[str], Awaitable[float]]
@@ -86,7 +93,9 @@ class Paths:
             "runc create + start": self.raw_create_start,
         }
         if self.sh_shim is not None:
-            paths["conmon + sh shim"] = lambda cid: self.conmon(str(self.sh_shim), cid)
+            shim = str(self.sh_shim)
+            paths["conmon + sh shim"] = lambda cid: self.conmon(shim, cid, daemonize=True)
+            paths["conmon --sync + shim"] = lambda cid: self.conmon(shim, cid, daemonize=False)
         return paths
 
     async def _runc(self, *args: str) -> None:
@@ -120,7 +129,7 @@ class Paths:
         await self._runc("start", cid)
         return time.perf_counter() - t
 
-    async def conmon(self, runtime: str, cid: str) -> float:
+    async def conmon(self, runtime: str, cid: str, daemonize: bool) -> float:
         c = self.root / "conmon" / cid
         paths = ConmonPaths(
             bundle=self.bundle,
@@ -140,9 +149,11 @@ class Paths:
             runc_root=self.state,
             container_id=cid,
             paths=paths,
+            daemonize=daemonize,
         )
         took = time.perf_counter() - t
         await wait_pid_exit(conmon_pid)
+        reap_conmon(conmon_pid)
         return took
 
     def delete(self, cid: str) -> None:

@@ -8,6 +8,7 @@ fallback by the case that needs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -16,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from dockyard.agent.runtime.runc.cgroups import CgroupV1
+from dockyard.agent.runtime.base import ContainerRuntimeError, ContainerStatus
+from dockyard.agent.runtime.runc.cgroups import CgroupV1, rmdir_tree
 from dockyard.agent.runtime.runc.direct import delete_stopped, parse_signal, signal_init
+from dockyard.agent.runtime.runc.records import ContainerDir, load_record
 from dockyard.agent.runtime.runc.runexec import SHIM_NAME, shim_text, write_shim
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
 from tests.runtime.conftest import Env
@@ -173,3 +176,62 @@ def test_delete_stopped_leaves_a_busy_cgroup_to_runc(
     assert delete_stopped(runc_state, cgroup)
     assert not runc_state.exists()
     assert not pids.exists()
+
+
+def _ppid_and_state(pid: int) -> tuple[int, str] | None:
+    """A process's parent and state letter (``Z``: an unreaped zombie); None once gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[1]), fields[0]
+
+
+def _our_zombie_conmons() -> list[int]:
+    """conmons this process started that exited and were not reaped."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _ppid_and_state(int(entry.name)) == (os.getpid(), "Z"):
+            with contextlib.suppress(OSError):  # reaped meanwhile
+                if (entry / "comm").read_text().strip() == "conmon":
+                    found.append(int(entry.name))
+    return found
+
+
+async def test_conmon_is_our_child_once_and_reaped_after_the_exit(env: Env) -> None:
+    info = await env.runtime.create(env.config("sleep", "30"))
+    await env.runtime.start(info.id)
+    record = await asyncio.to_thread(
+        load_record, ContainerDir(env.state_root / "containers" / info.id)
+    )
+    assert record is not None and record.conmon_pid > 0
+    # --sync: no double fork, conmon is the process we started (and we know its pid).
+    parent_and_state = _ppid_and_state(record.conmon_pid)
+    assert parent_and_state is not None and parent_and_state[0] == os.getpid()
+    await env.runtime.kill(info.id, "KILL")
+    assert (await env.runtime.wait(info.id)).exit_code == 137  # conmon's exit code, as before
+    assert _ppid_and_state(record.conmon_pid) is None  # reaped, not a zombie
+    await env.runtime.remove(info.id)
+
+
+async def test_a_failed_start_reports_runc_and_leaves_no_zombie(env: Env) -> None:
+    info = await env.runtime.create(env.config("/no/such/binary"))
+    before = await asyncio.to_thread(_our_zombie_conmons)  # other tests' leftovers
+    with pytest.raises(ContainerRuntimeError, match="no/such/binary"):
+        await env.runtime.start(info.id)
+    assert (await env.runtime.inspect(info.id)).state.status is ContainerStatus.DEAD
+    assert set(await asyncio.to_thread(_our_zombie_conmons)) - set(before) == set()
+    await env.runtime.remove(info.id)
+
+
+def test_rmdir_tree_removes_child_cgroups_too(state_root: tuple[Path, str]) -> None:
+    _, cg = state_root
+    parent = Path("/sys/fs/cgroup/pids", cg, "nested")
+    (parent / "child" / "grandchild").mkdir(parents=True)
+    try:
+        rmdir_tree(parent)  # one rmdir when there is no child; a walk when there is
+        assert not parent.exists()
+    finally:
+        for d in (parent / "child" / "grandchild", parent / "child", parent):
+            with contextlib.suppress(OSError):
+                d.rmdir()

@@ -81,8 +81,13 @@ class CgroupV1:
 
 def rmdir_tree(path: Path) -> None:
     """Remove an (empty of tasks) cgroup directory and its children, deepest first."""
-    if not path.is_dir():
+    try:
+        path.rmdir()  # the common case: no child cgroups (no walk over the control files)
         return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
     for child in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         with contextlib.suppress(OSError):
             child.rmdir()

@@ -1,12 +1,12 @@
 """``RuncRuntime``: containers under runc, monitored by conmon, on overlayfs rootfs.
 
-``create`` mounts the rootfs and writes the OCI bundle; ``start`` has conmon run
-``runc run --detach`` through a shim (one runc per start, see ``runexec``; conmon keeps
-stdio, the log and the exit code, and survives the agent), or ``runc create`` then
-``runc start`` when an attach waits for the first output. A watcher task per running
-container waits for its conmon to exit, then records the exit (code from conmon's exit
-file, OOM from conmon's ``oom`` file or the cgroup's ``oom_kill`` counter), deletes the
-runc container and unmounts the rootfs.
+``create`` mounts the rootfs and writes the OCI bundle; ``start`` has conmon (``--sync``:
+our child, no double fork) run ``runc run --detach`` through a shim (one runc per start,
+see ``runexec``; conmon keeps stdio, the log and the exit code, and survives the
+agent), or ``runc create`` then ``runc start`` when an attach waits for the first
+output. A watcher task per running container waits for its conmon to exit (and reaps
+it), then records the exit (code from conmon's exit file, OOM from conmon's ``oom`` file
+or the cgroup's ``oom_kill`` counter), deletes the runc container and unmounts the rootfs.
 
 A leaf: a ``bridge`` container's namespace and address come in the spec's ``endpoint``
 (the container service's network step made them); the runtime only joins the namespace
@@ -53,6 +53,7 @@ from dockyard.agent.runtime.runc.conmon import (
     StdioMode,
     conmon_alive,
     launch_conmon,
+    reap_conmon,
     wait_pid_exit,
 )
 from dockyard.agent.runtime.runc.direct import delete_stopped, parse_signal, signal_init
@@ -365,6 +366,7 @@ class RuncRuntime:
                 cdir.bundle / "ctl",
                 container_log_policy(self.log_policy, record.config),
             )
+            reap_conmon(record.conmon_pid)  # our child unless an earlier agent started it
             await self._finalize(record)
 
         task = asyncio.create_task(watcher(), name=f"runc-watch-{cid}")

@@ -17,7 +17,7 @@ import structlog
 
 from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.tasks import set_status
-from dockyard.controller.scheduler.holders import Holders
+from dockyard.controller.scheduler.holders import Holders, patch_infos
 from dockyard.controller.scheduler.nodeinfo import NodeInfo
 from dockyard.controller.scheduler.scheduler import Scheduler
 from dockyard.controller.scheduler.scorers import Strategy
@@ -78,12 +78,13 @@ class SchedulingLoop:
             self._refresh(tracker.take())
 
     def _refresh(self, changes: ChangeTracker) -> None:
-        """Rebuild the infos of the nodes whose record or holders changed (a task's
-        status moving on between ASSIGNED and RUNNING changes neither), and of those
-        whose placements were not written (the infos had adopted them)."""
-        moved = self._holders.update(changes.task_ids or ())
+        """Rebuild the infos of the nodes whose record changed, and of those whose
+        placements were not written (the infos had adopted them); patch the others by
+        the tasks that came to hold or let go of their resources (a task's status
+        moving on between ASSIGNED and RUNNING does neither)."""
+        patch_infos(self._infos, self._holders.moves(changes.task_ids or ()), self._state.tasks)
         stale, self._unwritten = self._unwritten, set()
-        for node_id in changes.nodes | moved | stale:
+        for node_id in changes.nodes | stale:
             if node_id in self._state.nodes:
                 self._infos[node_id] = self._build(node_id)
             else:

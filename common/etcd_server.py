@@ -69,8 +69,6 @@ class EtcdServer:
     name: str = "dockyard"
     log_path: Path | None = None
     tls: EtcdTLS | None = None
-    max_txn_ops: int = 128
-    """etcd's --max-txn-ops (the controller raises it for its embedded etcd)."""
     _process: asyncio.subprocess.Process | None = field(default=None, init=False)
 
     @property
@@ -122,7 +120,6 @@ class EtcdServer:
             "--initial-cluster-state=new",
             "--auto-compaction-mode=revision",
             "--auto-compaction-retention=10000",
-            f"--max-txn-ops={self.max_txn_ops}",
             *_tls_args(self.tls),
         ]
         with open(log_path, "ab") as log_file:  # noqa: ASYNC230 - opening a log is instant

@@ -62,15 +62,7 @@ from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.sessions import Post, SessionRegistry
 from dockyard.controller.snapshot import SnapshotBoard
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import (
-    CLUSTER,
-    EMBEDDED_MAX_TXN_OPS,
-    MAX_TXN_OPS,
-    AlreadyExists,
-    Fence,
-    NotFound,
-    Store,
-)
+from dockyard.controller.store import CLUSTER, AlreadyExists, Fence, NotFound, Store
 from dockyard.controller.subnets import protected_address
 from dockyard.controller.supervision import Supervisor
 from dockyard.v1 import ca_pb2_grpc, control_pb2_grpc, dispatcher_pb2_grpc
@@ -195,13 +187,11 @@ class Controller:
                 config.state_dir / "etcd" / "data",
                 log_path=config.state_dir / "etcd.log",
                 tls=tls,
-                max_txn_ops=EMBEDDED_MAX_TXN_OPS,
             )
             await self.etcd.start()
             endpoints = [self.etcd.endpoint]
             credentials = tls.store_credentials()
-        max_txn_ops = EMBEDDED_MAX_TXN_OPS if self.etcd is not None else MAX_TXN_OPS
-        self.store = Store(endpoints, config.etcd_prefix, max_txn_ops=max_txn_ops, **credentials)
+        self.store = Store(endpoints, config.etcd_prefix, **credentials)
         self.store.observe = self.metrics.observe_etcd
         await self.store.connect(config.etcd_timeout)
         return self.store, endpoints

@@ -116,10 +116,7 @@ T = TypeVar("T")
 
 # etcd refuses transactions with more operations than --max-txn-ops (128 by default).
 MAX_TXN_OPS = 128
-# The embedded etcd is started with a higher limit (common/etcd_server.py): a scheduling
-# round of 2,048 placements is 2 transactions instead of 16.
-EMBEDDED_MAX_TXN_OPS = 1024
-# And with requests larger than --max-request-bytes (1.5 MiB by default) refused, a
+# With requests larger than --max-request-bytes (1.5 MiB by default) refused, a
 # transaction of `commit_each` holds at most about this many bytes of keys and values.
 MAX_TXN_BYTES = 1024 * 1024
 # How often a blocking call's monotonic deadline is looked at (LeaseRenewer).
@@ -158,12 +155,8 @@ class Store:
         cert_key: bytes | None = None,
         cert_chain: bytes | None = None,
         tls_server_name: str | None = None,
-        max_txn_ops: int = MAX_TXN_OPS,
     ) -> None:
-        """``max_txn_ops``: the etcd's --max-txn-ops (EMBEDDED_MAX_TXN_OPS for the
-        controller's embedded etcd)."""
         self.endpoints = list(endpoints)
-        self._max_txn_ops = max_txn_ops
         self.prefix = prefix.rstrip("/")
         self._credentials = {"ca_cert": ca_cert, "cert_key": cert_key, "cert_chain": cert_chain}
         self._tls_server_name = tls_server_name
@@ -245,7 +238,7 @@ class Store:
     @property
     def max_ops(self) -> int:
         """The most ops one `commit` takes (the fence takes one of etcd's compares)."""
-        return self._max_txn_ops - (1 if self._fence is not None else 0)
+        return MAX_TXN_OPS - (1 if self._fence is not None else 0)
 
     async def close(self) -> None:
         if self._connected:

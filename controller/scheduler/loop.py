@@ -78,17 +78,21 @@ class SchedulingLoop:
             self._refresh(tracker.take())
 
     def _refresh(self, changes: ChangeTracker) -> None:
-        """Rebuild the infos of the nodes whose record changed, and of those whose
-        placements were not written (the infos had adopted them); patch the others by
-        the tasks that came to hold or let go of their resources (a task's status
-        moving on between ASSIGNED and RUNNING does neither)."""
+        """Patch the infos by the tasks that came to hold or let go of their node's
+        resources (a task's status moving on between ASSIGNED and RUNNING does
+        neither), take a changed node record into its info, and rebuild the infos of
+        the nodes whose placements were not written (the infos had adopted them)."""
         patch_infos(self._infos, self._holders.moves(changes.task_ids or ()), self._state.tasks)
         stale, self._unwritten = self._unwritten, set()
         for node_id in changes.nodes | stale:
-            if node_id in self._state.nodes:
-                self._infos[node_id] = self._build(node_id)
-            else:
+            node = self._state.nodes.get(node_id)
+            info = self._infos.get(node_id)
+            if node is None:
                 self._infos.pop(node_id, None)
+            elif info is None or node_id in stale:
+                self._infos[node_id] = self._build(node_id)
+            else:  # only the record changed (a heartbeat, a status): the sums stay
+                self._infos[node_id] = info.with_node(node)
 
     def _build(self, node_id: str) -> NodeInfo:
         return NodeInfo.from_node(self._state.nodes[node_id], self._state.tasks_of_node(node_id))

@@ -10,17 +10,20 @@ from dockyard.common.states import TaskState
 from dockyard.controller.scheduler.holders import Holders, patch_infos
 from dockyard.controller.scheduler.nodeinfo import NodeInfo
 from dockyard.controller.store import TASKS
+from dockyard.v1.types_pb2 import Node, NodeStatus
 from dockyard.v1.workloads_pb2 import Task
 from tests.test_incremental_views import SETTINGS, cluster, events, moved_on, task
 
 
 def with_resources(record: Task) -> Task:
-    """The task with a reservation and a host port of its own (fixed for its life)."""
+    """The task with a reservation and ports of its own (fixed for its life)."""
     number = int(record.id[1:])
     record.spec.resources.reservations.nano_cpus = (number + 1) * 100_000_000
     record.spec.resources.reservations.memory_bytes = (number + 1) * 2**20
     if number % 2:
         record.spec.ports.add(published_port=8000 + number % 3, publish_mode="host")
+    if number % 3 == 0:  # takes a port of its node unless the node meshes ingress
+        record.spec.ports.add(published_port=9000, publish_mode="ingress")
     return record
 
 
@@ -63,3 +66,26 @@ def test_patched_infos_equal_rebuilt_ones(steps: list[tuple[object, ...]]) -> No
             for node_id, node in state.nodes.items():
                 rebuilt = NodeInfo.from_node(node, state.tasks_of_node(node_id))
                 assert summary(infos[node_id]) == summary(rebuilt), node_id
+
+
+@SETTINGS
+@given(steps=events)
+def test_a_changed_node_record_keeps_the_sums_a_rebuild_gives(
+    steps: list[tuple[object, ...]],
+) -> None:
+    state = cluster()
+    for step in steps:
+        if step[0] == "put":
+            record = with_resources(task(step))
+            state._put(TASKS, state.tasks, record.id, record)
+    for node_id, node in state.nodes.items():
+        info = NodeInfo.from_node(node, state.tasks_of_node(node_id))
+        for address in ("192.168.0.9", "127.0.0.1"):  # the ingress meshing may change too
+            changed = Node()
+            changed.CopyFrom(node)
+            changed.network.address = address
+            changed.status.state = NodeStatus.DOWN
+            rebuilt = NodeInfo.from_node(changed, state.tasks_of_node(node_id))
+            swapped = info.with_node(changed)
+            assert summary(swapped) == summary(rebuilt)
+            assert (swapped.ready, swapped.meshed) == (rebuilt.ready, rebuilt.meshed)

@@ -5,7 +5,8 @@ for a full set otherwise).
 
 Over random task changes, random deliveries and random lost messages: every set the
 agent holds is exactly one the controller meant at some moment (never a mixture that
-lacks a task), and once everything is delivered it is the node's current set.
+lacks a task), and once everything is delivered (after a new session for a node that
+lost a message with none after it, as a broken stream gives) it is the node's current set.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ class Cluster:
         self.agents = {node_id: Agent(node_id) for node_id in NODES}
         self.assigner = Assigner(self.state, self.post, takes_deltas=lambda node_id: True)
         self.meant: dict[int, Held] = {}  # version -> what that set meant the node to hold
+        self.lost: set[str] = set()  # nodes a message to which was lost
         self.tracker = self.state.track(task_ids=True)
         self.keys = AssignmentKeys(self.state.tasks, lambda service_id: False)
         self.keys.reset()
@@ -104,12 +106,22 @@ class Cluster:
         message = await outbox.get()
         assert message is not None
         agent = self.agents[node_id]
-        if not lose:
+        if lose:
+            self.lost.add(node_id)
+        else:
             await agent.take(message.assignments)
             if agent.versions and agent.versions[-1] == message.assignments.version:
                 assert agent.held == self.meant[agent.versions[-1]], "a set never meant"
         if agent.asked_for_full_set():
             await self.assigner.send_now(node_id)
+
+    async def reconnect(self, node_id: str) -> None:
+        """A new session (what a lost message means on a real stream: the stream broke)."""
+        session = self.agents[node_id].session
+        session._held_version, session._resync_asked = 0, False
+        self.outboxes[node_id] = Outbox()
+        self.assigner.forget(node_id)
+        await self.assigner.send_now(node_id)
 
     async def look(self) -> None:
         await self.assigner.round(self.keys, self.tracker.take().task_ids or ())
@@ -143,6 +155,13 @@ def run(coroutine: Callable[[], Awaitable[None]]) -> None:
         ("deliver", "n1"),
     ]
 )
+@example(  # the last message lost, nothing after it: the agent waits for a new session
+    steps=[
+        ("put", "t0", "s1", "n1", TaskState.ASSIGNED, TaskState.RUNNING, "", False, 1),
+        ("look",),
+        ("lose", "n1"),
+    ]
+)
 def test_the_agent_holds_only_sets_the_controller_meant(steps: list[tuple[object, ...]]) -> None:
     async def scenario() -> None:
         world = Cluster()
@@ -151,6 +170,8 @@ def test_the_agent_holds_only_sets_the_controller_meant(steps: list[tuple[object
         for step in steps:
             await play(world, step)
         await world.look()
+        for node_id in world.lost:  # a lost message with none after it: only a new
+            await world.reconnect(node_id)  # session brings the agent up to date
         for _ in range(4):  # deliver everything, answering each request for a full set
             for node_id in NODES:
                 while len(world.outboxes[node_id]):

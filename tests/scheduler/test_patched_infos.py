@@ -16,8 +16,10 @@ from tests.test_incremental_views import SETTINGS, cluster, events, moved_on, ta
 
 
 def with_resources(record: Task) -> Task:
-    """The task with a reservation and ports of its own (fixed for its life)."""
+    """The task with a service, a reservation and ports of its own: fixed for a task's
+    life (a spec change makes new tasks), so one task ID always gets the same."""
     number = int(record.id[1:])
+    record.service_id = f"s{number % 3 + 1}"
     record.spec.resources.reservations.nano_cpus = (number + 1) * 100_000_000
     record.spec.resources.reservations.memory_bytes = (number + 1) * 2**20
     if number % 2:

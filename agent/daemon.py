@@ -175,13 +175,20 @@ class AgentDaemon:
         )
 
     async def _on_assignments(self, assignments: AssignmentSet) -> None:
-        if self._runc is not None:
-            self._runc.image_sources = {
-                s.image: tuple(s.api_addresses) for s in assignments.image_sources
-            }
-            self._runc.registry_auths = dict(assignments.registry_auths)
+        if self._runc is not None:  # a delta adds to what the last sets gave
+            sources = {s.image: tuple(s.api_addresses) for s in assignments.image_sources}
+            auths = dict(assignments.registry_auths)
+            if not assignments.full:
+                sources = {**self._runc.image_sources, **sources}
+                auths = {**self._runc.registry_auths, **auths}
+            self._runc.image_sources = sources
+            self._runc.registry_auths = auths
         if self.worker is not None:
             await self.worker.on_assignments(assignments)
+            if self._runc is not None and not assignments.full:  # only its tasks' services
+                held = self.worker.service_ids()
+                auths = self._runc.registry_auths
+                self._runc.registry_auths = {i: a for i, a in auths.items() if i in held}
         else:
             log.warning(
                 "agent.assignments_ignored",

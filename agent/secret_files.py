@@ -80,6 +80,20 @@ class SecretFiles:
         self._data = {s.id: bytes(s.spec.data) for s in secrets}
         self._data.update({c.id: bytes(c.spec.data) for c in configs})
 
+    def merge(
+        self, secrets: Iterable[Secret], configs: Iterable[Config], tasks: Iterable[Task]
+    ) -> None:
+        """A delta set: add its secrets and configs, then keep only those the node's
+        tasks (``tasks``, after the delta) reference."""
+        self._data.update({s.id: bytes(s.spec.data) for s in secrets})
+        self._data.update({c.id: bytes(c.spec.data) for c in configs})
+        wanted: set[str] = set()
+        for task in tasks:
+            container = task.spec.container
+            wanted.update(ref.secret_id for ref in container.secrets)
+            wanted.update(ref.config_id for ref in container.configs)
+        self._data = {i: data for i, data in self._data.items() if i in wanted}
+
     def held(self) -> set[str]:
         return set(self._data)
 

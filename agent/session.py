@@ -29,6 +29,7 @@ from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
     AgentMessage,
     AssignmentSet,
+    AssignmentsResync,
     DispatcherMessage,
     Heartbeat,
     LeaderRequest,
@@ -130,6 +131,8 @@ class ControllerSession:
         self._credentials = credentials
         self._outbox: asyncio.Queue[AgentMessage] | None = None
         self._sent: dict[int, float] = {}
+        self._held_version = 0  # of the set applied on this session (0: none yet)
+        self._resync_asked = False
         self.status = SessionStatus()
         self.connected = asyncio.Event()
         self._terms: dict[str, int] = {}  # controller address -> term of its last session
@@ -244,7 +247,10 @@ class ControllerSession:
         self.status.state = "connecting"
         outbox: asyncio.Queue[AgentMessage] = asyncio.Queue()
         hello = SessionHello(
-            node_id=self.identity.node_id, name=self.identity.name, description=self._describe()
+            node_id=self.identity.node_id,
+            name=self.identity.name,
+            description=self._describe(),
+            accepts_deltas=True,
         )
         outbox.put_nowait(AgentMessage(hello=hello))
 
@@ -261,6 +267,7 @@ class ControllerSession:
                 self._accepted(first, target)
                 self._outbox = outbox
                 self._sent.clear()
+                self._held_version, self._resync_asked = 0, False  # a new session: full first
                 await self._converse(call, outbox)
             finally:
                 self._outbox = None
@@ -321,17 +328,45 @@ class ControllerSession:
                     message.heartbeat_ack.sequence, message.heartbeat_ack.heartbeat_period_seconds
                 )
             elif kind == "assignments" and self._on_assignments is not None:
-                assignments = message.assignments
-                log.debug(
-                    "session.assignments",
-                    tasks=len(assignments.tasks),
-                    secrets=sorted(s.id for s in assignments.secrets),
-                    bytes=assignments.ByteSize(),
-                )  # never the data
-                if _acceptable(assignments):
-                    await _handle(kind, self._on_assignments(assignments))
+                await self._take(message.assignments, self._on_assignments)
             elif kind == "network" and self._on_network is not None:
                 await _handle(kind, self._on_network(message.network))
+
+    async def _take(self, assignments: AssignmentSet, handler: AssignmentHandler) -> None:
+        log.debug(
+            "session.assignments",
+            full=assignments.full,
+            version=assignments.version,
+            tasks=len(assignments.tasks),
+            removed=len(assignments.removed_task_ids),
+            secrets=sorted(s.id for s in assignments.secrets),
+            bytes=assignments.ByteSize(),
+        )  # never the data
+        if self._follows(assignments) and _acceptable(assignments):
+            applied = await _handle("assignments", handler(assignments))
+            self._held_version = assignments.version if applied else 0
+            self._resync_asked = self._resync_asked and not assignments.full
+
+    def _follows(self, assignments: AssignmentSet) -> bool:
+        """Whether to apply a set: a full one always; a delta only on top of exactly the
+        set it was computed against, else a full set is asked for (once until it comes)
+        and the delta dropped, so a lost or reordered delta never stops a task."""
+        if assignments.full:
+            return True
+        held = self._held_version
+        if held and assignments.base_version == held:
+            return True
+        log.warning(
+            "session.assignments_gap",
+            held_version=held,
+            base_version=assignments.base_version,
+            version=assignments.version,
+        )
+        if not self._resync_asked and self._outbox is not None:
+            self._resync_asked = True
+            resync = AssignmentsResync(held_version=held)
+            self._outbox.put_nowait(AgentMessage(resync_assignments=resync))
+        return False
 
     def _acked(self, sequence: int, period: float) -> None:
         sent = self._sent.pop(sequence, None)
@@ -367,10 +402,11 @@ def _acceptable(assignments: AssignmentSet) -> bool:
     return False
 
 
-async def _handle(kind: str, handling: Awaitable[None]) -> None:
+async def _handle(kind: str, handling: Awaitable[None]) -> bool:
     """Apply what the controller sent; a failure to apply it (a full state disk, say) is
     logged and the session goes on: the agent keeps heartbeating and reporting, and
-    the next message of the kind (each carries the whole set) is applied afresh. Not
+    the next message of the kind is applied afresh (a failed set makes the next delta
+    ask for a full set). Not
     caught, it would end the session task, and with it the agent."""
     try:
         await handling
@@ -378,3 +414,5 @@ async def _handle(kind: str, handling: Awaitable[None]) -> None:
         log.error(
             "session.apply_failed", kind=kind, error=str(exc) or type(exc).__name__, exc_info=True
         )
+        return False
+    return True

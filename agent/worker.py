@@ -1,9 +1,11 @@
 """The worker: the controller's assignment set becomes one task controller per task.
 
-The worker reconciles each set (always the whole set) against its running task
-controllers (`dockyard.agent.tasks.controller`): a new task gets a controller, a changed
-one is updated, a task that left the set has its controller remove its container. A
-container of no assigned task is removed (an orphan sweep after each set). Every status
+The worker reconciles each full set against its running task controllers
+(`dockyard.agent.tasks.controller`): a new task gets a controller, a changed one is
+updated, a task that left the set has its controller remove its container. A delta set
+(which the session applies only on top of the set it follows) does the same for the
+tasks it names. A container of no assigned task is removed (an orphan sweep after each
+full set). Every status
 goes to the controller through the session (`dockyard.agent.tasks.reporting`), and the
 set with the statuses is kept in `<state dir>/worker.json`
 (`dockyard.agent.tasks.persistence`), so after an agent restart the worker goes on
@@ -137,6 +139,10 @@ class Worker:
         finally:
             self._group = None
 
+    def service_ids(self) -> set[str]:
+        """The services of the tasks this node holds."""
+        return {c.task.service_id for c in self._controllers.values()}
+
     def statuses(self) -> dict[str, TaskStatus]:
         """The latest status of every assigned task."""
         return {task_id: c.status for task_id, c in self._controllers.items()}
@@ -144,8 +150,12 @@ class Worker:
     # --------------------------------------------------------------- assignments
 
     async def on_assignments(self, assignments: AssignmentSet) -> None:
-        """Reconcile with a set from the controller: it replaces everything."""
+        """Reconcile with a set from the controller: a full set replaces everything, a
+        delta adds, changes and removes the tasks it names."""
         if not self._takes(assignments):
+            return
+        if not assignments.full:
+            self._patch(assignments)
             return
         if self.secrets is not None:
             self.secrets.update(assignments.secrets, assignments.configs)
@@ -153,22 +163,34 @@ class Worker:
         for task_id in [t for t in self._controllers if t not in incoming]:
             self._controllers.pop(task_id).remove()
         for task in incoming.values():
-            controller = self._controllers.get(task.id)
-            if controller is not None:
-                controller.update(task)
-                continue
-            status = TaskStatus()  # new to this node: what the controller knows of it
-            status.CopyFrom(task.status)
-            self._spawn(task, status, "")
+            self._take(task)
         self._dirty.set()
         self.reporter.resync()
         self._sweep_wanted.set()
 
+    def _patch(self, delta: AssignmentSet) -> None:
+        for task_id in delta.removed_task_ids:
+            controller = self._controllers.pop(task_id, None)
+            if controller is not None:
+                controller.remove()
+        for task in delta.tasks:
+            self._take(task)
+        if self.secrets is not None:
+            held = [c.task for c in self._controllers.values()]
+            self.secrets.merge(delta.secrets, delta.configs, held)
+        self._dirty.set()
+
+    def _take(self, task: Task) -> None:
+        controller = self._controllers.get(task.id)
+        if controller is not None:
+            controller.update(task)
+            return
+        status = TaskStatus()  # new to this node: what the controller knows of it
+        status.CopyFrom(task.status)
+        self._spawn(task, status, "")
+
     def _takes(self, assignments: AssignmentSet) -> bool:
         if self._closed:
-            return False
-        if not assignments.full:  # the controller sends whole sets only
-            log.warning("worker.assignments_refused", reason="not a full set")
             return False
         if self._group is None:
             log.error(

@@ -1,8 +1,9 @@
 """Hands each node the tasks it must act on, and takes their status back.
 
-The assigner sends a node its whole set whenever one of its tasks changes
-(or its session opens): tasks meant to run there, and tasks it must still stop,
-with the data of exactly the secrets those tasks reference (and no other).
+The assigner sends a node its whole set when its session opens: tasks meant to run
+there, and tasks it must still stop, with the data of exactly the secrets those tasks
+reference (and no other). When some of its tasks change, an agent that takes deltas
+gets only those (controller/assignment_delta.py), any other its whole set again.
 The status writer batches what agents report into few etcd transactions, and
 only accepts a report for a task assigned to the reporting node.
 """
@@ -11,14 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable, Mapping
+import itertools
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import structlog
 
 from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
-from dockyard.controller.assignment_keys import AssignmentKeys
+from dockyard.controller.assignment_keys import AssignmentKeys, TaskKey, task_key
 from dockyard.controller.image_sources import Holders, image_sources
 from dockyard.controller.orchestrators.tasks import is_terminal
 from dockyard.controller.sessions import Post
@@ -50,30 +52,64 @@ def assigned_to_agent(task: Task) -> bool:
     return task.desired_state <= TaskState.RUNNING or not is_terminal(task)
 
 
+@dataclass
+class _Sent:
+    """What a node's session was last sent: the set's version, its fingerprint (full
+    sets), and the key of each task in it (what a delta is computed against)."""
+
+    version: int
+    fingerprint: frozenset[tuple[str, int, int]] | None  # None: deltas were sent since
+    keys: dict[str, TaskKey]
+
+
 class Assigner:
-    def __init__(self, state: ClusterState, post: Post, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        state: ClusterState,
+        post: Post,
+        store: Store | None = None,
+        takes_deltas: Callable[[str], bool] = lambda node_id: False,
+    ) -> None:
         """`post` queues a set on a node's outbox (controller/sessions.py); `store` is
-        where secrets' data is read (None: no secret is ever sent)."""
+        where secrets' data is read (None: no secret is ever sent); `takes_deltas`:
+        whether a node's session applies delta sets (its agent said so in its hello)."""
         self._state = state
         self._post = post
         self._store = store
-        self._sent: dict[str, frozenset[tuple[str, int, int]]] = {}
+        self._takes_deltas = takes_deltas
+        self._sent: dict[str, _Sent] = {}
+        self._versions = itertools.count(1)  # one sequence for every node: never reused
         self._secret_data: dict[str, bytes] = {}  # secrets are immutable: read once
         # service ID -> (the service record's version it was read at, its credentials)
         self._auths: dict[str, tuple[int, RegistryAuth | None]] = {}
+        self.deltas_sent = 0
+        self.full_sets_sent = 0
 
     async def assignment_set(
         self, node_id: str, sources: dict[str, Holders] | None = None
     ) -> AssignmentSet:
-        """``sources``: image holders found for other nodes in the same round."""
+        """The node's whole set. ``sources``: image holders found for other nodes in the
+        same round."""
         tasks = [t for t in self._state.tasks_of_node(node_id) if assigned_to_agent(t)]
+        return await self._set_of(node_id, tasks, sources, AssignmentSet(full=True))
+
+    async def _set_of(
+        self,
+        node_id: str,
+        tasks: list[Task],
+        sources: dict[str, Holders] | None,
+        assignments: AssignmentSet,
+    ) -> AssignmentSet:
+        """``assignments`` (a full set, or a delta's head) with ``tasks`` and what they
+        need: the secrets and configs they reference, image sources, credentials."""
+        assignments.tasks.extend(tasks)
         wanted: dict[str, str] = {}  # id -> name, each secret once
         for task in tasks:
             for ref in task.spec.container.secrets:
                 wanted.setdefault(ref.secret_id, ref.secret_name)
         secrets = [s for s in [await self._secret(i, n) for i, n in wanted.items()] if s]
-        found = image_sources(self._state, node_id, tasks, sources)
-        assignments = AssignmentSet(full=True, tasks=tasks, secrets=secrets, image_sources=found)
+        assignments.secrets.extend(secrets)
+        assignments.image_sources.extend(image_sources(self._state, node_id, tasks, sources))
         configs: dict[str, str] = {}
         for task in tasks:
             for config_ref in task.spec.container.configs:
@@ -156,10 +192,21 @@ class Assigner:
         return config
 
     async def send_now(self, node_id: str) -> None:
-        """Send the whole set to a node (its session just opened)."""
+        """Send the whole set to a node (its session just opened, or its agent asked for
+        it: a delta did not follow the set it holds)."""
         assignments = await self.assignment_set(node_id)
+        assignments.version = next(self._versions)
         if self._post(node_id, DispatcherMessage(assignments=assignments)):
-            self._sent[node_id] = _fingerprint(assignments)
+            self._sent_full(node_id, assignments)
+
+    def _sent_full(self, node_id: str, assignments: AssignmentSet) -> None:
+        self.full_sets_sent += 1
+        keys = {t.id: task_key(t, self._needs_auth) for t in assignments.tasks}
+        self._sent[node_id] = _Sent(
+            assignments.version,
+            _fingerprint(assignments),
+            {task_id: key for task_id, key in keys.items() if key is not None},
+        )
 
     async def run(self) -> None:
         with self._state.following(task_ids=True) as (changed, tracker):
@@ -170,22 +217,76 @@ class Assigner:
         return service is not None and bool(service.registry_auth) and self._store is not None
 
     async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
-        # Only nodes where what the agent acts on changed get their set rebuilt and
-        # compared with the last one sent (a task's progress report changes nothing).
+        # Only nodes where what the agent acts on changed are looked at (a task's
+        # progress report changes nothing); a node whose agent takes deltas gets the
+        # tasks whose key changed since the last set, any other its whole set.
         keys = AssignmentKeys(self._state.tasks, self._needs_auth)
         keys.reset()
         while True:
             await changed.wait()
             await asyncio.sleep(DEBOUNCE)
             changed.clear()
-            sources: dict[str, Holders] = {}
-            for node_id in keys.update(tracker.take().task_ids or ()):
-                assignments = await self.assignment_set(node_id, sources)
-                fingerprint = _fingerprint(assignments)
-                if self._sent.get(node_id) == fingerprint:
-                    continue
-                if self._post(node_id, DispatcherMessage(assignments=assignments)):
-                    self._sent[node_id] = fingerprint
+            await self.round(keys, tracker.take().task_ids or ())
+
+    async def round(self, keys: AssignmentKeys, task_ids: Iterable[str]) -> None:
+        """Send what changed to the nodes of these tasks (``keys`` kept by the caller)."""
+        sources: dict[str, Holders] = {}
+        for node_id in keys.update(task_ids):
+            sent = self._sent.get(node_id)
+            if sent is not None and self._takes_deltas(node_id):
+                await self._send_delta(node_id, sent, keys.by_node.get(node_id, {}), sources)
+            else:
+                await self._send_full(node_id, sent, sources)
+
+    async def _send_full(
+        self, node_id: str, sent: _Sent | None, sources: dict[str, Holders]
+    ) -> None:
+        assignments = await self.assignment_set(node_id, sources)
+        if sent is not None and sent.fingerprint == _fingerprint(assignments):
+            return
+        if self._sent.get(node_id) is not sent:
+            return  # a set went meanwhile (send_now) or the session ended: it is newer
+        assignments.version = next(self._versions)
+        if self._post(node_id, DispatcherMessage(assignments=assignments)):
+            self._sent_full(node_id, assignments)
+
+    async def _send_delta(
+        self,
+        node_id: str,
+        sent: _Sent,
+        current: Mapping[str, TaskKey],
+        sources: dict[str, Holders],
+    ) -> None:
+        """The tasks whose key changed since ``sent``, and those gone, as a delta on it."""
+        keys = dict(sent.keys)
+        removed = [task_id for task_id in sent.keys if task_id not in current]
+        tasks: list[Task] = []
+        for task_id, key in current.items():
+            if sent.keys.get(task_id) == key:
+                continue
+            task = self._state.tasks.get(task_id)  # the view may be ahead of the keys
+            fresh = None
+            if task is not None and task.node_id == node_id:
+                fresh = task_key(task, self._needs_auth)
+            if fresh is not None and task is not None:
+                tasks.append(task)
+                keys[task_id] = fresh
+            elif task_id in sent.keys:
+                removed.append(task_id)
+        if not tasks and not removed:
+            return
+        for task_id in removed:
+            del keys[task_id]
+        head = AssignmentSet(full=False, base_version=sent.version, removed_task_ids=removed)
+        delta = await self._set_of(node_id, tasks, sources, head)
+        if self._sent.get(node_id) is not sent:
+            return  # a full set went meanwhile (send_now), or the session ended
+        delta.version = next(self._versions)
+        if self._post(node_id, DispatcherMessage(assignments=delta)):
+            self.deltas_sent += 1
+            self._sent[node_id] = _Sent(delta.version, None, keys)
+        else:
+            self._sent.pop(node_id, None)  # its next session starts with a full set
 
     def forget(self, node_id: str) -> None:
         self._sent.pop(node_id, None)

@@ -328,7 +328,9 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             )
             await context.abort(code, details_for(exc))
         serial = identity.serial if identity is not None else ""
-        session = AgentSession(secrets.token_hex(8), node.id, remote, serial=serial)
+        session = AgentSession(
+            secrets.token_hex(8), node.id, remote, serial=serial, deltas=hello.accepts_deltas
+        )
         self._sessions.open(session)
         if serial and self._revoked(serial):  # revoked while it registered: no session
             session.close()
@@ -355,6 +357,14 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         if rejected is not None and rejected.reason != "unknown task":
             session.refuse(rejected.task_id, rejected.reason)
 
+    async def _resync(self, session: AgentSession, held_version: int) -> None:
+        """The agent could not apply a delta: its whole set again (none before the
+        term's loops are ready: the term's greeting sends it then)."""
+        term = self._term()
+        log.info("session.resync", node_id=session.node_id, held_version=held_version)
+        if term is not None and term.assigner is not None and not session.outbox.closed:
+            await term.assigner.send_now(session.node_id)
+
     async def _read(self, session: AgentSession, requests: AsyncIterator[AgentMessage]) -> None:
         try:
             async for message in requests:
@@ -371,6 +381,8 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                     )
                 elif kind == "task_status":
                     self._take_status(session, message.task_status)
+                elif kind == "resync_assignments":
+                    await self._resync(session, message.resync_assignments.held_version)
         except grpc.aio.AioRpcError:
             pass  # the stream broke: the session ends
         finally:

@@ -6,12 +6,15 @@ heartbeat ack answers the newest beat. So the outbox keeps one message per kind,
 and a node that stops reading costs the controller at most one of each, however
 long it stays connected. This is swarmkit's choice: its dispatcher sends state,
 not events, and folds every change made while a send is blocked into the next.
+A delta assignment set is folded into the set still waiting (`compose`), so the
+versions the agent sees follow on without a gap.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from dockyard.controller.assignment_delta import compose
 from dockyard.v1.dispatcher_pb2 import DispatcherMessage
 
 __all__ = ["Outbox"]
@@ -21,7 +24,8 @@ class Outbox:
     """Messages waiting for one session's stream, at most one per kind.
 
     A message of a kind already waiting replaces it in place (its turn is kept,
-    so a network map queued before a set still goes first).
+    so a network map queued before a set still goes first); a delta set is merged
+    into the set waiting.
     """
 
     def __init__(self) -> None:
@@ -43,8 +47,13 @@ class Outbox:
         if self._closed:
             return
         kind = message.WhichOneof("message") or ""
-        if kind in self._waiting:
+        waiting = self._waiting.get(kind)
+        if waiting is not None:
             self.superseded += 1
+            if kind == "assignments" and not message.assignments.full:
+                merged = compose(waiting.assignments, message.assignments)
+                if merged is not None:  # else the agent finds the gap and asks again
+                    message = DispatcherMessage(assignments=merged)
         self._waiting[kind] = message
         self._ready.set()
 

@@ -516,7 +516,7 @@ class Controller:
             term_started=became_leader,
         )
         post = self._leader_post()
-        assigner = Assigner(state, post, store)
+        assigner = Assigner(state, post, store, self.sessions.takes_deltas)
         transitions = self.metrics.task_transitions
         writer = StatusWriter(store, state, lambda state: transitions.labels(state).inc())
         self.scheduling = SchedulingLoop(

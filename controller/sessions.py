@@ -41,6 +41,8 @@ class AgentSession:
     opened_at: float = field(default_factory=time.monotonic)
     refused: int = 0
     """Status reports refused (oversized, or on another node's task)."""
+    deltas: bool = False
+    """The agent applies delta assignment sets (it said so in its hello)."""
 
     def refuse(self, task_id: str, reason: str) -> None:
         """Count a refused report; log the 1st, 2nd, 4th, 8th, ... of the session, so a
@@ -99,6 +101,11 @@ class SessionRegistry:
             return False
         del self._sessions[session.node_id]
         return True
+
+    def takes_deltas(self, node_id: str) -> bool:
+        """Whether the node's session takes delta assignment sets."""
+        session = self._sessions.get(node_id)
+        return session is not None and session.deltas
 
     def beat(self, node_id: str) -> None:
         self._seen[node_id] = Liveness(time.monotonic(), wall_time())

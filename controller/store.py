@@ -116,6 +116,9 @@ T = TypeVar("T")
 
 # etcd refuses transactions with more operations than --max-txn-ops (128 by default).
 MAX_TXN_OPS = 128
+# With requests larger than --max-request-bytes (1.5 MiB by default) refused, a
+# transaction of `commit_each` holds at most about this many bytes of keys and values.
+MAX_TXN_BYTES = 1024 * 1024
 # How often a blocking call's monotonic deadline is looked at (LeaseRenewer).
 POLL_SECONDS = 0.05
 # Transactions `commit_each` keeps in flight at once.
@@ -447,15 +450,14 @@ class Store:
     async def commit_each(self, ops: Sequence[Op]) -> list[bool]:
         """Apply independent ops in as few transactions as possible.
 
-        Ops without a compare go in batches of `max_ops`, up to COMMIT_CONCURRENCY
+        Ops go in batches of `max_ops` (and about MAX_TXN_BYTES), up to COMMIT_CONCURRENCY
         transactions in flight at once (etcd batches concurrent proposals into one raft
         round). Each compared op goes with the batch but a failed compare only drops
         that op: the batch is retried without it. Returns per-op success. A failed fence
         is not a compare to drop: LeadershipLost ends the call, nothing more written.
         """
         results = [False] * len(ops)
-        size = self.max_ops
-        batches = [list(range(i, min(i + size, len(ops)))) for i in range(0, len(ops), size)]
+        batches = self._batches(ops)
         if len(batches) == 1:
             await self._commit_batch(ops, batches[0], results)
             return results
@@ -472,6 +474,22 @@ class Store:
         except BaseExceptionGroup as failed:  # as the caller would get it sequentially
             raise failed.exceptions[0] from None
         return results
+
+    def _batches(self, ops: Sequence[Op]) -> list[list[int]]:
+        """The ops' indexes in batches of at most `max_ops` ops and about MAX_TXN_BYTES."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        size = 0
+        for index, op in enumerate(ops):
+            cost = len(op.key) + len(op.value or b"") + 16
+            if current and (len(current) >= self.max_ops or size + cost > MAX_TXN_BYTES):
+                batches.append(current)
+                current, size = [], 0
+            current.append(index)
+            size += cost
+        if current:
+            batches.append(current)
+        return batches
 
     async def _commit_batch(self, ops: Sequence[Op], batch: list[int], results: list[bool]) -> None:
         while batch:

@@ -4,17 +4,20 @@ A scheduler's NodeInfo depends on its node's record and on the tasks that hold t
 node's resources (placed there, not yet reported stopped): their reservations, host
 ports and services, fixed for a task's life. A task's status moving on from ASSIGNED to
 RUNNING changes none of that, so only the nodes whose set of holders changed need their
-NodeInfo rebuilt.
+NodeInfo changed, and only by the tasks that came or went (`patch_infos`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from dockyard.controller.scheduler.nodeinfo import holds_resources
+from dockyard.controller.scheduler.nodeinfo import NodeInfo, holds_resources
 from dockyard.v1.workloads_pb2 import Task
 
-__all__ = ["Holders", "full_holders"]
+__all__ = ["Holders", "Move", "full_holders", "patch_infos"]
+
+Move = tuple[str, str, str]
+"""(task ID, the node whose resources it held before or "", the node it holds now or "")."""
 
 
 class Holders:
@@ -38,6 +41,14 @@ class Holders:
     def update(self, task_ids: Iterable[str]) -> set[str]:
         """Take the current state of these tasks; return the nodes whose holders changed."""
         changed: set[str] = set()
+        for _, old, new in self.moves(task_ids):
+            changed.update(n for n in (old, new) if n)
+        return changed
+
+    def moves(self, task_ids: Iterable[str]) -> list[Move]:
+        """Take the current state of these tasks; return each one whose holding changed:
+        (task ID, the node it held before or "", the node it holds now or "")."""
+        moved: list[Move] = []
         for task_id in task_ids:
             task = self._tasks.get(task_id)
             new = task.node_id if task is not None and _holds(task) else ""
@@ -50,12 +61,23 @@ class Holders:
                 held.discard(task_id)
                 if not held:
                     del self.by_node[old]
-                changed.add(old)
             if new:
                 self._node_of[task_id] = new
                 self.by_node.setdefault(new, set()).add(task_id)
-                changed.add(new)
-        return changed
+            moved.append((task_id, old, new))
+        return moved
+
+
+def patch_infos(
+    infos: Mapping[str, NodeInfo], moves: Iterable[Move], tasks: Mapping[str, Task]
+) -> None:
+    """Apply ``moves`` to the node infos in place: a task that left a node gives back
+    its resources there, one that arrived takes them (what a rebuild would hold)."""
+    for task_id, old, new in moves:
+        if old and (info := infos.get(old)) is not None:
+            info.remove_task(task_id)
+        if new and (info := infos.get(new)) is not None:
+            info.add_task(tasks[task_id])
 
 
 def _holds(task: Task) -> bool:

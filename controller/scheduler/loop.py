@@ -17,7 +17,7 @@ import structlog
 
 from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.tasks import set_status
-from dockyard.controller.scheduler.holders import Holders
+from dockyard.controller.scheduler.holders import Holders, patch_infos
 from dockyard.controller.scheduler.nodeinfo import NodeInfo
 from dockyard.controller.scheduler.scheduler import Scheduler
 from dockyard.controller.scheduler.scorers import Strategy
@@ -78,16 +78,21 @@ class SchedulingLoop:
             self._refresh(tracker.take())
 
     def _refresh(self, changes: ChangeTracker) -> None:
-        """Rebuild the infos of the nodes whose record or holders changed (a task's
-        status moving on between ASSIGNED and RUNNING changes neither), and of those
-        whose placements were not written (the infos had adopted them)."""
-        moved = self._holders.update(changes.task_ids or ())
+        """Patch the infos by the tasks that came to hold or let go of their node's
+        resources (a task's status moving on between ASSIGNED and RUNNING does
+        neither), take a changed node record into its info, and rebuild the infos of
+        the nodes whose placements were not written (the infos had adopted them)."""
+        patch_infos(self._infos, self._holders.moves(changes.task_ids or ()), self._state.tasks)
         stale, self._unwritten = self._unwritten, set()
-        for node_id in changes.nodes | moved | stale:
-            if node_id in self._state.nodes:
-                self._infos[node_id] = self._build(node_id)
-            else:
+        for node_id in changes.nodes | stale:
+            node = self._state.nodes.get(node_id)
+            info = self._infos.get(node_id)
+            if node is None:
                 self._infos.pop(node_id, None)
+            elif info is None or node_id in stale:
+                self._infos[node_id] = self._build(node_id)
+            else:  # only the record changed (a heartbeat, a status): the sums stay
+                self._infos[node_id] = info.with_node(node)
 
     def _build(self, node_id: str) -> NodeInfo:
         return NodeInfo.from_node(self._state.nodes[node_id], self._state.tasks_of_node(node_id))

@@ -171,6 +171,21 @@ class NodeInfo:
             self.service_tasks.pop(service, None)
         return True
 
+    def with_node(self, node: Node) -> NodeInfo:
+        """The record for a changed Node of the same node, keeping the tasks' sums (a
+        node's heartbeat or status changing changes none of them); rebuilt from the
+        tasks when the node's ingress meshing, which counts ports, changed."""
+        if meshes_ingress(node) != self.meshed:
+            return NodeInfo.from_node(node, self.tasks.values(), self.images)
+        return NodeInfo(
+            node=node,
+            tasks=dict(self.tasks),
+            reserved=self.reserved,
+            host_ports=dict(self.host_ports),
+            service_tasks=dict(self.service_tasks),
+            images=self.images,
+        )
+
     def tasks_of(self, service_id: str) -> int:
         """How many tasks of the service are on this node."""
         return self.service_tasks.get(service_id, 0)

@@ -362,6 +362,20 @@ def report(
     return result
 
 
+def terms_lost(log: Path) -> int:
+    """How often the controller lost its lease (a new term re-plans everything: a run
+    with one is not comparable with a run without)."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return -1
+    for line in [line for line in lines if "leadership.lost" in line or "refresh_failed" in line][
+        :6
+    ]:
+        print(f"  {line[:300]}")
+    return sum("leadership.lost" in line for line in lines)
+
+
 def run_once(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="dockyard-scale-"))
     processes: list[subprocess.Popen[bytes]] = []
@@ -400,7 +414,10 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
             cpu.pop("reader")
         sampler.done.set()
         sampler.join(5)
-        return report(args.nodes, per_service * args.services, placed, took, sampler, cpu)
+        result = report(args.nodes, per_service * args.services, placed, took, sampler, cpu)
+        result["terms_lost"] = terms_lost(root / "controller.log")
+        print(f"leader terms lost during the run: {result['terms_lost']}")
+        return result
     finally:
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)

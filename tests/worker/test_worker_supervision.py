@@ -52,17 +52,18 @@ async def test_a_failed_stop_on_shutdown_is_tried_again(
     assert executor.named("stop") == ["c-t1", "c-t1"]
 
 
-async def test_a_set_that_is_not_full_is_refused(
+async def test_a_delta_set_changes_only_the_tasks_it_names(
     executor_and_worker: tuple[FakeExecutor, Worker], session: FakeSession
 ) -> None:
     executor, worker = executor_and_worker
-    await worker.on_assignments(full_set(make_task("t1")))
-    await until(lambda: session.states("t1")[-1:] == ["RUNNING"], "RUNNING")
-    with structlog.testing.capture_logs() as logs:
-        await worker.on_assignments(AssignmentSet(full=False, removed_task_ids=["t1"]))
-    assert [e["event"] for e in logs] == ["worker.assignments_refused"]
-    await asyncio.sleep(0.05)
-    assert set(worker.statuses()) == {"t1"} and executor.named("remove") == []
+    await worker.on_assignments(full_set(make_task("t1"), make_task("t2")))
+    await until(lambda: session.states("t2")[-1:] == ["RUNNING"], "RUNNING")
+    delta = AssignmentSet(full=False, tasks=[make_task("t3")], removed_task_ids=["t1"])
+    await worker.on_assignments(delta)
+    await until(lambda: session.states("t3")[-1:] == ["RUNNING"], "t3 RUNNING")
+    await until(lambda: "t1" not in worker.statuses(), "t1 removed")
+    assert set(worker.statuses()) == {"t2", "t3"}
+    assert executor.named("remove") == ["c-t1"]
 
 
 class BrokenSession(FakeSession):

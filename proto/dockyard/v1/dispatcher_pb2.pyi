@@ -213,28 +213,54 @@ class AgentMessage(_message.Message):
     HELLO_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     TASK_STATUS_FIELD_NUMBER: _builtins.int
+    RESYNC_ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___SessionHello: ...
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
     def task_status(self) -> Global___TaskStatusReport: ...
+    @_builtins.property
+    def resync_assignments(self) -> Global___AssignmentsResync:
+        """The agent cannot apply a delta (its base is not the set it holds): send a full set."""
+
     def __init__(
         self,
         *,
         hello: Global___SessionHello | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         task_status: Global___TaskStatusReport | None = ...,
+        resync_assignments: Global___AssignmentsResync | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "task_status", b"task_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "resync_assignments", b"resync_assignments", "task_status", b"task_status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "task_status", b"task_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "resync_assignments", b"resync_assignments", "task_status", b"task_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "task_status"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "task_status", "resync_assignments"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class AssignmentsResync(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELD_VERSION_FIELD_NUMBER: _builtins.int
+    held_version: _builtins.int
+    """the version of the set the agent holds (0: none)"""
+    def __init__(
+        self,
+        *,
+        held_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_version", b"held_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignmentsResync: _TypeAlias = AssignmentsResync  # noqa: Y015
 
 @_typing.final
 class SessionHello(_message.Message):
@@ -243,10 +269,15 @@ class SessionHello(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
+    ACCEPTS_DELTAS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """persisted by the agent in its state dir"""
     name: _builtins.str
     """requested node name"""
+    accepts_deltas: _builtins.bool
+    """The agent applies delta sets (AssignmentSet.full = false) and asks for a full set
+    when one does not follow the set it holds; an agent without it gets full sets only.
+    """
     @_builtins.property
     def description(self) -> _types_pb2.NodeDescription: ...
     def __init__(
@@ -255,10 +286,11 @@ class SessionHello(_message.Message):
         node_id: _builtins.str = ...,
         name: _builtins.str = ...,
         description: _types_pb2.NodeDescription | None = ...,
+        accepts_deltas: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_deltas", b"accepts_deltas", "description", b"description", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -401,7 +433,11 @@ Global___HeartbeatAck: _TypeAlias = HeartbeatAck  # noqa: Y015
 
 @_typing.final
 class AssignmentSet(_message.Message):
-    """`full` replaces everything the agent holds; otherwise it is a delta."""
+    """`full` replaces everything the agent holds; otherwise it is a delta: `tasks` added or
+    changed and `removed_task_ids` gone, against the set of `base_version` (sent on the
+    same session). An agent applies a delta only on top of exactly that set, else asks
+    for a full set (AssignmentsResync): a lost or reordered delta never removes a task.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -433,7 +469,12 @@ class AssignmentSet(_message.Message):
     IMAGE_SOURCES_FIELD_NUMBER: _builtins.int
     REGISTRY_AUTHS_FIELD_NUMBER: _builtins.int
     CONFIGS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
     full: _builtins.bool
+    version: _builtins.int
+    """This set's version (per node and session, increasing); a delta's base."""
+    base_version: _builtins.int
     @_builtins.property
     def tasks(self) -> _containers.RepeatedCompositeFieldContainer[_workloads_pb2.Task]: ...
     @_builtins.property
@@ -468,10 +509,12 @@ class AssignmentSet(_message.Message):
         image_sources: _abc.Iterable[Global___ImageSources] | None = ...,
         registry_auths: _abc.Mapping[_builtins.str, _workloads_pb2.RegistryAuth] | None = ...,
         configs: _abc.Iterable[_workloads_pb2.Config] | None = ...,
+        version: _builtins.int = ...,
+        base_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["configs", b"configs", "full", b"full", "image_sources", b"image_sources", "registry_auths", b"registry_auths", "removed_task_ids", b"removed_task_ids", "secrets", b"secrets", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_version", b"base_version", "configs", b"configs", "full", b"full", "image_sources", b"image_sources", "registry_auths", b"registry_auths", "removed_task_ids", b"removed_task_ids", "secrets", b"secrets", "tasks", b"tasks", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -245,22 +246,30 @@ async def _write_and_compact(store: Store) -> None:
     await store._client.kv.compact(revision)
 
 
+def _controller_serving_reads(
+    cluster_factory: Callable[..., Cluster], reading: Reading, prefix: str
+) -> tuple[Cluster, subprocess.Popen[bytes], int]:
+    """A controller with a read port (on an etcd of its own, not an embedded one, which
+    would die with it too), once its reader serves: the cluster, the controller's
+    process and the reader's pid."""
+    cluster = cluster_factory(insecure=True, etcd_endpoints=[reading.etcd.endpoint])
+    read_address = f"127.0.0.1:{free_port()}"
+    cluster.start_controller(["--read-listen", read_address, "--etcd-prefix", prefix])
+    assert cluster.controller is not None and cluster.controller.process is not None
+    reads = control_pb2_grpc.ControlStub(grpc.insecure_channel(read_address))
+    cluster.wait_for(lambda: _answers(reads), "the reader to serve")
+    reader = _reader_of(cluster.controller.process.pid)
+    assert reader is not None
+    return cluster, cluster.controller.process, reader
+
+
 def test_the_reader_dies_with_its_controller(
     cluster_factory: Callable[..., Cluster], reading: Reading
 ) -> None:
-    # An etcd of its own (not the controller's embedded one, which dies with it too).
-    cluster = cluster_factory(insecure=True, etcd_endpoints=[reading.etcd.endpoint])
-    read_address = f"127.0.0.1:{free_port()}"
-    cluster.start_controller(["--read-listen", read_address, "--etcd-prefix", "/readerdies"])
-    assert cluster.controller is not None and cluster.controller.process is not None
-    controller = cluster.controller.process.pid
-    reads = control_pb2_grpc.ControlStub(grpc.insecure_channel(read_address))
-    cluster.wait_for(lambda: _answers(reads), "the reader to serve")
-    reader = _reader_of(controller)
-    assert reader is not None
+    cluster, controller, reader = _controller_serving_reads(cluster_factory, reading, "/readerdies")
     try:
-        os.kill(controller, signal.SIGKILL)  # only the controller: not its process group
-        cluster.controller.process.wait(15)
+        os.kill(controller.pid, signal.SIGKILL)  # only the controller: not its process group
+        controller.wait(15)
         cluster.wait_for(lambda: not _alive(reader), "the reader to die with the controller")
     finally:
         if _alive(reader):
@@ -277,19 +286,14 @@ def _alive(pid: int) -> bool:
 def test_the_reader_stops_with_a_stopped_controller(
     cluster_factory: Callable[..., Cluster], reading: Reading
 ) -> None:
-    cluster = cluster_factory(insecure=True, etcd_endpoints=[reading.etcd.endpoint])
-    read_address = f"127.0.0.1:{free_port()}"
-    cluster.start_controller(["--read-listen", read_address, "--etcd-prefix", "/readerstops"])
-    assert cluster.controller is not None and cluster.controller.process is not None
-    controller = cluster.controller.process.pid
-    reads = control_pb2_grpc.ControlStub(grpc.insecure_channel(read_address))
-    cluster.wait_for(lambda: _answers(reads), "the reader to serve")
-    reader = _reader_of(controller)
-    assert reader is not None
-    os.kill(controller, signal.SIGTERM)
-    cluster.controller.process.wait(15)
+    cluster, controller, reader = _controller_serving_reads(
+        cluster_factory, reading, "/readerstops"
+    )
+    os.kill(controller.pid, signal.SIGTERM)
+    controller.wait(15)
     assert not _alive(reader), "the reader outlived a controller that stopped"
     # It was told, and stopped in order (not killed with the controller).
+    assert cluster.controller is not None
     assert _events(cluster.controller.log(), "reader.stopped", "reader") == 1
 
 

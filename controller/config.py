@@ -49,6 +49,9 @@ class ControllerConfig:
     # The list reads on a port of their own, served by a reader process with its own
     # watch (controller/reader.py); "" : none.
     read_listen: str = ""
+    # The HTTP JSON reads of nodes and services, served by the same reader process
+    # (controller/read_http.py); "" : none.
+    read_http_listen: str = ""
     log_level: str = "info"  # also the reader process's
     subnets: SubnetPool = field(default_factory=SubnetPool)  # the nodes' bridge subnets
     networks: NetworkPool = field(default_factory=NetworkPool)  # the overlay networks' subnets

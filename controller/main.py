@@ -160,6 +160,14 @@ def main() -> None:
     'restarted if it dies, gone with the controller. "" : none.',
 )
 @click.option(
+    "--read-http-listen",
+    default="",
+    metavar="HOST:PORT",
+    help="Address of a port serving the HTTP side's JSON reads of nodes and services "
+    "(GET /v1/nodes, /v1/services: the same JSON and pages) from the reader process "
+    '(as --read-listen); the same TLS and roles as --http-listen. "" : none.',
+)
+@click.option(
     "--http-max-streams",
     default=64,
     show_default=True,
@@ -198,6 +206,7 @@ def run(
     http_listen: str | None,
     http_max_streams: int,
     read_listen: str,
+    read_http_listen: str,
     log_level: str,
 ) -> None:
     """Run the controller until SIGTERM or SIGINT."""
@@ -221,6 +230,7 @@ def run(
             http_listen = f"{listen.rsplit(':', 1)[0]}:{HTTP_PORT}"
         http = normalize(http_listen, HTTP_PORT) if http_listen else ""
         read = normalize(read_listen, CONTROLLER_PORT) if read_listen else ""
+        read_http = normalize(read_http_listen, HTTP_PORT) if read_http_listen else ""
         subnets = SubnetPool(node_subnet_pool, node_subnet_size)
         credentials = etcd_credentials(
             endpoints, etcd_cacert, etcd_cert, etcd_key, etcd_server_name
@@ -249,6 +259,7 @@ def run(
         http_listen=http,
         http_max_streams=http_max_streams,
         read_listen=read,
+        read_http_listen=read_http,
         log_level=log_level,
         subnets=subnets,
     )

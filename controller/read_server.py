@@ -38,7 +38,15 @@ from dockyard.controller.store import NODES, SERVICES, Kind, StoreError
 from dockyard.v1.control_pb2 import ListNodesRequest, ListServicesRequest
 from dockyard.v1.types_pb2 import Node
 
-__all__ = ["OWN_WRITE_WAIT", "READ_METHODS", "ReadServer"]
+__all__ = [
+    "MAX_CONCURRENT_CALLS",
+    "OWN_WRITE_WAIT",
+    "READ_METHODS",
+    "WORKERS",
+    "ReadServer",
+    "ReadUnavailable",
+    "slow_read",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -154,15 +162,11 @@ class ReadServer:
             started = time.perf_counter()
             if self._tls:
                 self._authorize(method, context)
-            own_write = self._own_write()
-            snapshot = self._board.wait_for(own_write, OWN_WRITE_WAIT)
-            if snapshot is None:
-                context.abort(grpc.StatusCode.UNAVAILABLE, self._not_leading())
-            assert snapshot is not None
-            waited = time.perf_counter()
-            from_etcd = snapshot.revision < own_write and self._records is not None
-            if from_etcd:
-                snapshot = self._fresh(snapshot, context)
+            try:
+                snapshot, from_etcd = self.current()
+            except ReadUnavailable as exc:
+                context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+                raise  # not reached: abort raises
             fresh = time.perf_counter()
             try:
                 return answer(request, snapshot)
@@ -170,16 +174,7 @@ class ReadServer:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
                 raise  # not reached: abort raises
             finally:
-                done = time.perf_counter()
-                if done - started > SLOW_READ:
-                    log.warning(
-                        "read_api.slow",
-                        method=name,
-                        seconds=round(done - started, 3),
-                        waiting_for_own_write=round(waited - started, 3),
-                        from_etcd=round(fresh - waited, 3) if from_etcd else None,
-                        answering=round(done - fresh, 3),
-                    )
+                slow_read(name, started, fresh, from_etcd)
 
         return grpc.unary_unary_rpc_method_handler(
             handle,
@@ -187,7 +182,19 @@ class ReadServer:
             response_serializer=_serialize,
         )
 
-    def _fresh(self, snapshot: ReadSnapshot, context: grpc.ServicerContext) -> ReadSnapshot:
+    def current(self) -> tuple[ReadSnapshot, bool]:
+        """The snapshot a read answers from (blocking: call it on a read thread), and
+        whether its nodes and services were read from etcd (the view lags this
+        controller's own last write). ReadUnavailable before the view's first list, or
+        when etcd cannot be read. Also the reader's HTTP port's (controller/read_http.py)."""
+        own_write = self._own_write()
+        snapshot = self._board.wait_for(own_write, OWN_WRITE_WAIT)
+        if snapshot is None:
+            raise ReadUnavailable(self._not_leading())
+        from_etcd = snapshot.revision < own_write and self._records is not None
+        return (self._fresh(snapshot) if from_etcd else snapshot), from_etcd
+
+    def _fresh(self, snapshot: ReadSnapshot) -> ReadSnapshot:
         """The snapshot with the nodes and services read from etcd now (this thread's
         blocking client), its counts kept: the view lags this controller's own write."""
         assert self._records is not None
@@ -195,8 +202,7 @@ class ReadServer:
             with self._records_lock:
                 (nodes, _), (services, revision) = self._records(NODES), self._records(SERVICES)
         except StoreError as exc:
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
-            raise  # not reached: abort raises
+            raise ReadUnavailable(str(exc)) from exc
         return ReadSnapshot.of(
             revision,
             {n.id: n for n in nodes},
@@ -231,6 +237,24 @@ class ReadServer:
                 grpc.StatusCode.PERMISSION_DENIED,
                 f"{identity.role} {identity.id!r} may not call {method.rsplit('/', 1)[-1]}",
             )
+
+
+class ReadUnavailable(Exception):
+    """No snapshot to answer from (the view is not loaded, or etcd cannot be read)."""
+
+
+def slow_read(method: str, started: float, fresh: float, from_etcd: bool) -> None:
+    """Log a read slower than SLOW_READ with where its time went."""
+    done = time.perf_counter()
+    if done - started > SLOW_READ:
+        log.warning(
+            "read_api.slow",
+            method=method,
+            seconds=round(done - started, 3),
+            snapshot=round(fresh - started, 3),
+            from_etcd=from_etcd,
+            answering=round(done - fresh, 3),
+        )
 
 
 def _serialize(message: Message) -> bytes:

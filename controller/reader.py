@@ -1,5 +1,6 @@
-"""The reader process: the read port (`--read-listen`) served by a process of its own,
-with its own etcd watch and view, so that a list read shares no GIL with the leader's
+"""The reader process: the read port (`--read-listen`) and the HTTP JSON reads' port
+(`--read-http-listen`, controller/read_http.py) served by a process of its own, with
+its own etcd watch and view, so that a list read shares no GIL with the leader's
 control loops.
 
 `python -m dockyard.controller.reader` is started by the controller
@@ -7,10 +8,11 @@ control loops.
 `ReaderSetup`) and keeps that pipe open: the reader exits when it reads EOF (the
 controller stopped or died) and, in case the pipe outlives it, asks the kernel for
 SIGKILL when its parent dies (PR_SET_PDEATHSIG). Once listening it writes
-`{"port": N}` on its stdout. Its view is the controller's own `ClusterState` (list,
-then a watch resumed from its revision, a relist when etcd compacted it away),
-publishing snapshots that `ReadServer` answers from; a read waits (bounded) for the
-controller's own last write, shared in a `RevisionCell`.
+`{"port": N, "http_port": M}` on its stdout (0: not asked for). Its view is the
+controller's own `ClusterState` (list, then a watch resumed from its revision, a
+relist when etcd compacted it away), publishing snapshots that `ReadServer` (and
+`ReadHttpServer`) answer from; a read waits (bounded) for the controller's own last
+write, shared in a `RevisionCell`.
 """
 
 from __future__ import annotations
@@ -22,14 +24,20 @@ import functools
 import json
 import os
 import signal
+import ssl
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 import structlog
 
 from dockyard.common import logging as dlogging
+from dockyard.common.pki import write_private
+from dockyard.controller.http.server import server_tls
+from dockyard.controller.read_http import ReadHttpServer
 from dockyard.controller.read_server import ReadServer
 from dockyard.controller.revision_cell import RevisionCell
 from dockyard.controller.snapshot import SnapshotBoard
@@ -58,6 +66,7 @@ class ReaderSetup:
     etcd_timeout: float = 10.0
     tls: dict[str, str] | None = None  # ca, key, cert
     log_level: str = "info"
+    http_address: str = ""  # the JSON reads' port (controller/read_http.py); "": none
 
     def to_line(self) -> bytes:
         return json.dumps(asdict(self)).encode() + b"\n"
@@ -121,12 +130,18 @@ async def _serve(setup: ReaderSetup) -> int:
         revoked.has,
         functools.partial(store.list_blocking, blocking),
     )
-    port = server.start(setup.address, _server_credentials(setup.tls))
-    if not port:
-        log.error("reader.cannot_listen", address=setup.address)
+    port = server.start(setup.address, _server_credentials(setup.tls)) if setup.address else 0
+    http = ReadHttpServer(server, revoked.has, _http_tls(setup.tls))
+    http_port = http.start(setup.http_address) if setup.http_address else 0
+    if (setup.address and not port) or (setup.http_address and not http_port):
+        log.error("reader.cannot_listen", address=setup.address, http=setup.http_address)
+        server.stop(0)
+        http.stop(0)
         return 2
-    _announce(port)
-    log.info("reader.started", address=setup.address, port=port, pid=os.getpid())
+    _announce(port, http_port)
+    log.info(
+        "reader.started", address=setup.address, port=port, http_port=http_port, pid=os.getpid()
+    )
     try:
         async with asyncio.TaskGroup() as group:
             group.create_task(Supervisor().supervise("reader_view", view.follow))
@@ -138,6 +153,7 @@ async def _serve(setup: ReaderSetup) -> int:
         pass
     finally:
         await asyncio.to_thread(server.stop, 1.0)
+        await asyncio.to_thread(http.stop, 1.0)
         blocking.close()
         await store.close()
         log.info("reader.stopped")
@@ -148,10 +164,10 @@ class _Stop(Exception):
     """Ends the reader's task group."""
 
 
-def _announce(port: int) -> None:
-    """Tell the controller the bound port, then let stdout be stderr (nothing else may
+def _announce(port: int, http_port: int) -> None:
+    """Tell the controller the bound ports, then let stdout be stderr (nothing else may
     fill a pipe that nobody reads)."""
-    os.write(1, json.dumps({"port": port}).encode() + b"\n")
+    os.write(1, json.dumps({"port": port, "http_port": http_port}).encode() + b"\n")
     os.dup2(2, 1)
 
 
@@ -212,6 +228,19 @@ def _server_credentials(tls: dict[str, Any] | None) -> grpc.ServerCredentials | 
     return grpc.ssl_server_credentials(
         [(key, cert + ca)], root_certificates=ca, require_client_auth=True
     )
+
+
+def _http_tls(tls: dict[str, Any] | None) -> ssl.SSLContext | None:
+    """The HTTP side's TLS (controller/http/server.py's server_tls) from the PEMs: the
+    key and certificate pass through a private temporary directory (ssl loads files)."""
+    if tls is None:
+        return None
+    ca, key, cert = (base64.b64decode(tls[name]) for name in ("ca", "key", "cert"))
+    with tempfile.TemporaryDirectory(prefix="dockyard-reader-") as directory:
+        cert_file, key_file = Path(directory, "cert.pem"), Path(directory, "key.pem")
+        cert_file.write_bytes(cert)
+        write_private(key_file, key)
+        return server_tls(cert_file, key_file, ca)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class ReaderProcess:
         self._cell = cell
         self._process: asyncio.subprocess.Process | None = None
         self.port = 0
+        self.http_port = 0
         self.restarts = 0
 
     @property
@@ -63,7 +64,8 @@ class ReaderProcess:
         return process.pid if process is not None and process.returncode is None else None
 
     async def start(self) -> int:
-        """Start the reader and wait until it listens; its port."""
+        """Start the reader and wait until it listens; its gRPC port (0: none asked for;
+        the HTTP one is `http_port`)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -79,21 +81,29 @@ class ReaderProcess:
         try:
             await process.stdin.drain()
             line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT)
-            port = int(json.loads(line)["port"]) if line else 0
-        except (TimeoutError, ValueError, KeyError, ConnectionError) as exc:
+            ports = json.loads(line) if line else {}
+            port, http_port = int(ports["port"]), int(ports.get("http_port", 0))
+        except (TimeoutError, ValueError, KeyError, TypeError, ConnectionError) as exc:
             log.error("reader.start_failed", error=f"{type(exc).__name__}: {exc}")
-            port = 0
-        if not port:
+            port = http_port = 0
+        setup = self._setup
+        if (setup.address and not port) or (setup.http_address and not http_port):
             await self._kill(process)
             raise ReaderStartError(
-                f"the reader process could not serve {self._setup.address} "
-                "(--read-listen): address in use or invalid, or etcd unreachable"
+                f"the reader process could not serve {setup.address or setup.http_address} "
+                "(--read-listen, --read-http-listen): address in use or invalid, or etcd "
+                "unreachable"
             )
-        if not self.port:
-            host = self._setup.address.rsplit(":", 1)[0]
-            self._setup = dataclasses.replace(self._setup, address=f"{host}:{port}")
-        self.port = port
-        log.info("reader.running", pid=process.pid, port=port)
+        # Its restarts bind the ports the first one bound (an address may say port 0).
+        if setup.address:
+            setup = dataclasses.replace(setup, address=_with_port(setup.address, port))
+        if setup.http_address:
+            setup = dataclasses.replace(
+                setup, http_address=_with_port(setup.http_address, http_port)
+            )
+        self._setup = setup
+        self.port, self.http_port = port, http_port
+        log.info("reader.running", pid=process.pid, port=port, http_port=http_port)
         return port
 
     async def run(self) -> None:
@@ -135,6 +145,10 @@ class ReaderProcess:
         await process.wait()
 
 
+def _with_port(address: str, port: int) -> str:
+    return f"{address.rsplit(':', 1)[0]}:{port}"
+
+
 def setup_for(
     address: str,
     endpoints: list[str],
@@ -145,6 +159,7 @@ def setup_for(
     tls: tuple[bytes, bytes, bytes] | None,
     cell: RevisionCell,
     log_level: str,
+    http_address: str = "",
 ) -> ReaderSetup:
     """The reader's setup from the controller's own settings (`tls`: CA, key, cert)."""
     from dockyard.controller.reader import encode
@@ -164,4 +179,5 @@ def setup_for(
             else None
         ),
         log_level=log_level,
+        http_address=http_address,
     )

@@ -117,6 +117,7 @@ class Controller:
         """The read port's process (--read-listen), controller/reader_supervisor.py."""
         self._own_writes: RevisionCell | None = None
         self.read_port = 0
+        self.read_http_port = 0
         self.scheduling: SchedulingLoop | None = None
         self.metrics = ControllerMetrics(package_version())
         self.http: HttpServer | None = None
@@ -286,7 +287,7 @@ class Controller:
         """The list reads on --read-listen, served by a process of its own with its own
         watch and view (controller/reader.py), restarted when it dies."""
         config = self.config
-        if not config.read_listen:
+        if not config.read_listen and not config.read_http_listen:
             return
         self._own_writes = cell = RevisionCell.create()
         cell.set(store.last_revision)
@@ -303,11 +304,13 @@ class Controller:
                 self._client_tls,
                 cell,
                 config.log_level,
+                config.read_http_listen,
             ),
             cell,
         )
         try:
             self.read_port = await reader.start()
+            self.read_http_port = reader.http_port
         except ReaderStartError as exc:
             raise ControllerStartError(str(exc)) from exc
         self._jobs.append(("reader", reader.run))
@@ -415,7 +418,9 @@ class Controller:
             pki.CONTROLLER,
             controller_id,
             validity=dt.timedelta(days=365),
-            sans=pki.controller_sans(config.listen, config.advertise, config.http_listen),
+            sans=pki.controller_sans(
+                config.listen, config.advertise, config.http_listen, config.read_http_listen
+            ),
         )
         (pki_dir(config.state_dir) / "controller.pem").write_bytes(cert)
         pki.write_private(pki_dir(config.state_dir) / "controller-key.pem", key)

@@ -6,10 +6,12 @@ dies, and it never outlives the controller. A real controller process on a real 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
 import subprocess
+import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from dockyard.v1.workloads_pb2 import ServiceSpec
 from tests.conftest import Cluster, LoopThread
 from tests.orchestrators.helpers import node
 from tests.ports import free_port
+from tests.test_http_api import Reply, fetch
 
 PREFIX = "/readerproc"
 READER = "dockyard.controller.reader"
@@ -41,9 +44,14 @@ class Reading:
     loop: LoopThread
     store: Store  # another writer on the same etcd (not through the controller)
     read_address: str
+    read_http: str  # the reader's HTTP port's URL (--read-http-listen)
 
     def reads(self) -> Any:
         return control_pb2_grpc.ControlStub(grpc.insecure_channel(self.read_address))
+
+    def http(self) -> str:
+        """The controller's own HTTP API's URL (--http-listen)."""
+        return f"http://127.0.0.1:{self.cluster.http_port}"
 
     def reader_pid(self) -> int | None:
         assert self.cluster.controller is not None and self.cluster.controller.process
@@ -84,10 +92,20 @@ def reading(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reading]:
     cluster = Cluster(root / "cluster", insecure=True, etcd_endpoints=[etcd.endpoint])
     cluster.root.mkdir(parents=True)
     read_address = f"127.0.0.1:{free_port()}"
+    read_http = f"127.0.0.1:{free_port()}"
     try:
         loop.run(store.connect())
-        cluster.start_controller(["--read-listen", read_address, "--etcd-prefix", PREFIX])
-        yield Reading(cluster, etcd, loop, store, read_address)
+        cluster.start_controller(
+            [
+                "--read-listen",
+                read_address,
+                "--read-http-listen",
+                read_http,
+                "--etcd-prefix",
+                PREFIX,
+            ]
+        )
+        yield Reading(cluster, etcd, loop, store, read_address, f"http://{read_http}")
     finally:
         cluster.stop()
         loop.run(store.close())
@@ -179,6 +197,69 @@ def test_a_process_of_its_own_serves_reads_and_sees_my_writes(reading: Reading) 
         control.close()
 
 
+def _get(url: str) -> Reply:
+    return fetch(url, timeout=10)
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return _get(url).status == 200
+    except OSError:
+        return False
+
+
+def _same(one: str, other: str) -> bool:
+    return _get(one).body == _get(other).body
+
+
+def _pages(url: str, size: int) -> list[list[Any]]:
+    """Every page of a paged list, following X-Next-Page-Token."""
+    pages, token = [], ""
+    while True:
+        query = f"?page_size={size}" + (f"&page_token={urllib.parse.quote(token)}" if token else "")
+        reply = _get(url + query)
+        assert reply.status == 200, reply.body[:300]
+        pages.append(reply.json())
+        token = reply.headers.get("X-Next-Page-Token") or ""
+        if not token:
+            return pages
+
+
+def test_the_reader_serves_the_http_json_reads_as_the_http_api_does(reading: Reading) -> None:
+    """GET /v1/nodes and /v1/services on the reader's HTTP port (--read-http-listen):
+    the same JSON, in the same order, the same pages and headers as --http-listen."""
+    control = reading.cluster.control()
+    try:
+        for index in range(5):
+            name = f"http{index}"
+            reading.loop.run(reading.store.create(NODES, name, node(name)))
+            _create(control, f"httpsvc{index}")
+    finally:
+        control.close()
+    ours, theirs = reading.read_http, reading.http()
+    reading.cluster.wait_for(lambda: _http_ok(ours + "/v1/nodes"), "the HTTP reads to answer")
+    for path in ("/v1/nodes", "/v1/services", "/v1/nodes?name=http3", "/v1/services?mode=job"):
+        reading.cluster.wait_for(
+            functools.partial(_same, ours + path, theirs + path),
+            f"{path} on the reader's HTTP port to equal the HTTP API's",
+        )
+        reply = _get(ours + path)
+        assert reply.headers["Content-Type"].startswith("application/json")
+    assert len(_get(ours + "/v1/services").json()) >= 5
+    for path in ("/v1/nodes", "/v1/services"):
+        pages = _pages(ours + path, 2)
+        assert pages == _pages(theirs + path, 2)
+        assert len(pages) >= 3 and all(len(page) <= 2 for page in pages)
+        whole = _get(ours + path).json()
+        assert sorted(json.dumps(r) for page in pages for r in page) == sorted(
+            json.dumps(r) for r in whole
+        )
+    bad = _get(ours + "/v1/nodes?state=sleepy")
+    assert bad.status == 400 and bad.json()["code"] == "INVALID_ARGUMENT"
+    assert bad.json() == _get(theirs + "/v1/nodes?state=sleepy").json()
+    assert _get(ours + "/v1/tasks").status == 404  # nodes and services only
+
+
 def test_the_reader_follows_writes_made_elsewhere(reading: Reading, alone: Alone) -> None:
     reads = alone.reads()
     reading.cluster.wait_for(lambda: _answers(reads), "the read port to answer")
@@ -204,6 +285,11 @@ def test_a_killed_reader_is_restarted_on_the_same_port(reading: Reading) -> None
     )
     reading.cluster.wait_for(lambda: _answers(reads), "the restarted reader to answer", 30)
     assert set(_service_ids(reads)) == before
+    # Its HTTP port too, on the same port.
+    reading.cluster.wait_for(
+        lambda: _http_ok(reading.read_http + "/v1/services"), "the HTTP reads to answer", 30
+    )
+    assert {s["service"]["id"] for s in _get(reading.read_http + "/v1/services").json()} == before
     assert reading.cluster.controller is not None and reading.cluster.controller.process
     assert reading.cluster.controller.process.poll() is None
     assert _events(reading.cluster.controller.log(), "reader.exited", "controller") >= 1

@@ -20,7 +20,6 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from google.protobuf.message import Message
 
 from dockyard.common.pki import Identity
 from dockyard.controller.api.nodes import NodesAPI
@@ -31,9 +30,18 @@ from dockyard.controller.http.events import (
     Subscriber,
     parse_position,
     pump_from_etcd,
-    record_json,
 )
 from dockyard.controller.http.metrics import ControllerMetrics
+from dockyard.controller.http.reads import (
+    ApiError,
+    nodes_query,
+    nodes_records,
+    paged,
+    services_query,
+    services_records,
+    to_json,
+    values,
+)
 from dockyard.controller.http.sd import agent_targets, parse_port
 from dockyard.controller.http.stats import (
     LABEL_SERVICE_ID,
@@ -47,10 +55,9 @@ from dockyard.controller.store import Store, StoreError
 from dockyard.v1.control_pb2 import (
     ClusterInfo,
     ListNodesRequest,
-    ListServicesRequest,
     ListTasksRequest,
 )
-from dockyard.v1.types_pb2 import NodeStatus, TaskStatus
+from dockyard.v1.types_pb2 import TaskStatus
 
 log = structlog.get_logger(__name__)
 
@@ -67,39 +74,6 @@ DASHBOARD_CSP = (
 )
 KEEPALIVE_SECONDS = 15.0
 WRITE_TIMEOUT = 10.0  # seconds a client may take to accept one chunk of events
-MAX_QUERY_VALUES = 64  # repeated ?service=&node= filters
-
-
-class ApiError(Exception):
-    """An answer other than 200, with its JSON error body."""
-
-    def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.headers = headers or {}
-
-
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.json_response(
-        {"error": message, "code": code},
-        status=status,
-        headers=headers,
-        dumps=lambda data: json.dumps(data, separators=(",", ":")),
-    )
-
-
-def to_json(value: Any) -> bytes:
-    """A record, or a list of records, as JSON bytes."""
-    if isinstance(value, Message):
-        value = record_json(value)
-    elif isinstance(value, list):
-        value = [record_json(v) if isinstance(v, Message) else v for v in value]
-    return json.dumps(value, separators=(",", ":")).encode()
 
 
 async def json_response(value: Any) -> web.Response:
@@ -213,33 +187,19 @@ class Handlers:
         return await json_response(await self._sources.info())
 
     async def list_nodes(self, request: web.Request) -> web.Response:
-        query = ListNodesRequest(names=_values(request, "name"), labels=_values(request, "label"))
-        for state in _values(request, "state"):
-            if state.upper() not in ("READY", "DOWN", "UNKNOWN"):
-                raise ApiError(
-                    400,
-                    "INVALID_ARGUMENT",
-                    f"state: expected ready, down or unknown, got {state[:64]!r}",
-                )
-            query.states.append(NodeStatus.State.Value(state.upper()))
-        query.page_size, query.page_token = _page_of(request)
+        query = nodes_query(request)
         listed = await self._sources.nodes.list(query)
-        if query.page_size:  # pages come in ID order
-            return _paged(await json_response(list(listed.nodes)), listed.next_page_token)
-        return await json_response(sorted(listed.nodes, key=lambda n: n.spec.name))
+        records = list(nodes_records(query, listed))
+        return paged(await json_response(records), listed.next_page_token)
 
     async def get_node(self, request: web.Request) -> web.Response:
         return await json_response(await self._sources.nodes.get(request.match_info["ref"]))
 
     async def list_services(self, request: web.Request) -> web.Response:
-        query = ListServicesRequest(
-            mode=request.query.get("mode", ""), names=_values(request, "name")
-        )
-        query.page_size, query.page_token = _page_of(request)
+        query = services_query(request)
         listed = await self._sources.services.list(query)
-        if query.page_size:  # pages come in ID order
-            return _paged(await json_response(list(listed.services)), listed.next_page_token)
-        return await json_response(sorted(listed.services, key=lambda s: s.service.spec.name))
+        records = list(services_records(query, listed))
+        return paged(await json_response(records), listed.next_page_token)
 
     async def get_service(self, request: web.Request) -> web.Response:
         return await json_response(await self._sources.services.get(request.match_info["ref"]))
@@ -249,8 +209,8 @@ class Handlers:
         if history not in ("", "0", "1", "true", "false"):
             raise ApiError(400, "INVALID_ARGUMENT", "history: expected 1 or 0")
         query = ListTasksRequest(
-            services=_values(request, "service"),
-            nodes=_values(request, "node"),
+            services=values(request, "service"),
+            nodes=values(request, "node"),
             include_history=history in ("1", "true"),
         )
         tasks = (await self._sources.services.list_tasks(query)).tasks
@@ -463,25 +423,3 @@ class Handlers:
         for subscriber in list(self._streams):
             subscriber.close()
         await self.hub.close()
-
-
-def _page_of(request: web.Request) -> tuple[int, str]:
-    """`?page_size=N&page_token=T` (controller/snapshot.py checks their ranges)."""
-    raw = request.query.get("page_size", "0") or "0"
-    if not raw.isdigit() or len(raw) > 9:
-        raise ApiError(400, "INVALID_ARGUMENT", f"page_size: expected a number, got {raw[:32]!r}")
-    return int(raw), request.query.get("page_token", "")
-
-
-def _paged(response: web.Response, next_page_token: str) -> web.Response:
-    """A page: the token of the next one in `X-Next-Page-Token` (none on the last)."""
-    if next_page_token:
-        response.headers["X-Next-Page-Token"] = next_page_token
-    return response
-
-
-def _values(request: web.Request, key: str) -> list[str]:
-    values = [v for v in request.query.getall(key, []) if v]
-    if len(values) > MAX_QUERY_VALUES:
-        raise ApiError(400, "INVALID_ARGUMENT", f"{key}: at most {MAX_QUERY_VALUES} values")
-    return values

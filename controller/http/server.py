@@ -32,11 +32,21 @@ from dockyard.controller.ca import pki_dir
 from dockyard.controller.config import ControllerConfig
 from dockyard.controller.errors import details_for, status_for
 from dockyard.controller.http.metrics import ControllerMetrics
-from dockyard.controller.http.routes import ApiError, Handlers, ReadSources, error_response
+from dockyard.controller.http.reads import ApiError, error_response
+from dockyard.controller.http.routes import Handlers, ReadSources
 
 log = structlog.get_logger(__name__)
 
-__all__ = ["HttpListenError", "HttpServer", "ReadSources", "server_tls", "start_http"]
+__all__ = [
+    "HttpListenError",
+    "HttpServer",
+    "ReadSources",
+    "authorize",
+    "common_headers",
+    "peer_identity",
+    "server_tls",
+    "start_http",
+]
 
 READERS = frozenset({pki.ADMIN, pki.READ_ONLY, pki.CONTROLLER})
 PUBLIC_ROUTES = frozenset({"healthz"})  # any certificate of the cluster, any role
@@ -149,7 +159,7 @@ class HttpServer:
         await self.handlers.load_static()
         app = web.Application(middlewares=[self._middleware])
         self.handlers.add_to(app)
-        app.on_response_prepare.append(_common_headers)
+        app.on_response_prepare.append(common_headers)
         # handler_cancellation: a client that goes away ends its handler at once (an
         # event stream frees its slot without waiting for its next write).
         runner = web.AppRunner(
@@ -193,7 +203,8 @@ class HttpServer:
         identity = peer_identity(request)
         request["identity"] = identity
         try:
-            self._authorize(identity, route)
+            if self._tls is not None:
+                authorize(identity, route, self._sources.revoked)
             response = await handler(request)
         except asyncio.CancelledError:  # the client went away (or the server stops)
             log.debug(
@@ -242,25 +253,28 @@ class HttpServer:
             log.debug("http.request", **fields)
         return response
 
-    def _authorize(self, identity: pki.Identity | None, route: str) -> None:
-        if self._tls is None or route in PUBLIC_ROUTES:
-            return
-        if identity is None:  # not reached with CERT_REQUIRED; kept as a second lock
-            raise ApiError(
-                401, "UNAUTHENTICATED", "a client certificate from this cluster's CA is required"
-            )
-        if self._sources.revoked(identity.serial):
-            raise ApiError(
-                403,
-                "PERMISSION_DENIED",
-                f"certificate {identity.serial} ({identity.role} {identity.id}) is revoked",
-            )
-        if identity.role not in READERS:
-            raise ApiError(
-                403,
-                "PERMISSION_DENIED",
-                f"{identity.role} {identity.id!r} may not read the cluster API",
-            )
+
+def authorize(identity: pki.Identity | None, route: str, revoked: Callable[[str], bool]) -> None:
+    """The HTTP side's roles (TLS only): an ApiError unless `identity` may read `route`
+    (also the reader process's HTTP port's check, controller/read_http.py)."""
+    if route in PUBLIC_ROUTES:
+        return
+    if identity is None:  # not reached with CERT_REQUIRED; kept as a second lock
+        raise ApiError(
+            401, "UNAUTHENTICATED", "a client certificate from this cluster's CA is required"
+        )
+    if revoked(identity.serial):
+        raise ApiError(
+            403,
+            "PERMISSION_DENIED",
+            f"certificate {identity.serial} ({identity.role} {identity.id}) is revoked",
+        )
+    if identity.role not in READERS:
+        raise ApiError(
+            403,
+            "PERMISSION_DENIED",
+            f"{identity.role} {identity.id!r} may not read the cluster API",
+        )
 
 
 def _peer_name(identity: pki.Identity | None) -> str:
@@ -275,7 +289,7 @@ def _error_for(exc: Exception, request: web.Request) -> web.Response:
     return error_response(HTTP_STATUS.get(code.name, 500), code.name, details_for(exc))
 
 
-async def _common_headers(request: web.Request, response: web.StreamResponse) -> None:
+async def common_headers(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = "dockyard-controller"
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers.setdefault("Cache-Control", "no-store")

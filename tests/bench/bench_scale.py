@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,7 @@ class Sampler(threading.Thread):
         self.latencies: dict[str, list[float]] = {"service ls": [], "node ls": []}
         self.floor: Any = None  # a call to the floor server (FLOOR_SERVER)
         self.errors: dict[str, int] = {}
+        self.http: list[tuple[str, str]] = []  # (name, URL) of HTTP reads, alternated
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -159,6 +161,9 @@ class Sampler(threading.Thread):
             ]
             if self.floor is not None:
                 calls.append(("floor", functools.partial(self.floor, b"", timeout=60)))
+            rounds = len(self.latencies["node ls"])
+            http = self.http if rounds % 2 == 0 else self.http[::-1]  # neither always first
+            calls.extend((name, functools.partial(http_get, url)) for name, url in http)
             for name, call in calls:
                 start = time.perf_counter()
                 try:
@@ -166,8 +171,20 @@ class Sampler(threading.Thread):
                 except grpc.RpcError as exc:  # counted, with the time it took to fail
                     self.errors[name] = self.errors.get(name, 0) + 1
                     print(f"  {name} failed: {exc.code().name}")
+                except OSError as exc:  # an HTTP read
+                    self.errors[name] = self.errors.get(name, 0) + 1
+                    print(f"  {name} failed: {exc}")
                 self.latencies[name].append(time.perf_counter() - start)
             self.done.wait(self.interval)
+
+
+HTTP_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str) -> None:
+    """One HTTP read, its whole body read (an error status is an OSError)."""
+    with HTTP_OPENER.open(url, timeout=60) as response:
+        response.read()
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -185,18 +202,29 @@ def start_cluster(
     timeout: float,
     processes: list[subprocess.Popen[bytes]],
     fleet_processes: int = 1,
+    http_reads: dict[str, str] | None = None,
 ) -> tuple[int, Any, list[int], Any]:
     """A controller and a hollow fleet of `nodes` agents in `fleet_processes`
     processes, all READY; (controller pid, stub, the fleet's pids, a stub for the
-    list reads: on --read-listen when the code under test has it)."""
+    list reads: on --read-listen when the code under test has it). `http_reads`, when
+    given, is filled with the URLs of GET /v1/services on --http-listen and, when the
+    code has it, on the reader's --read-http-listen."""
     address = f"127.0.0.1:{free_port()}"
     read_address = f"127.0.0.1:{free_port()}" if has_read_port() else ""
+    http_flags: list[str] = ["--http-listen", ""]
+    if http_reads is not None:
+        http_address = f"127.0.0.1:{free_port()}"
+        http_flags = ["--http-listen", http_address]
+        http_reads["http services (controller)"] = f"http://{http_address}/v1/services"
+        if has_read_port("--read-http-listen"):
+            reader_http = f"127.0.0.1:{free_port()}"
+            http_flags += ["--read-http-listen", reader_http]
+            http_reads["http services (reader)"] = f"http://{reader_http}/v1/services"
     controller = spawn(
         [
             str(BIN / "dockyard-controller"),
             "run",
-            "--http-listen",
-            "",
+            *http_flags,
             "--listen",
             address,
             "--state-dir",
@@ -276,8 +304,8 @@ def start_cluster(
     return controller.pid, stub, [p.pid for p in fleet], reads
 
 
-def has_read_port() -> bool:
-    """Whether the controller under test (PYTHONPATH) has --read-listen."""
+def has_read_port(flag: str = "--read-listen") -> bool:
+    """Whether the controller under test (PYTHONPATH) has `flag`."""
     found = subprocess.run(
         [str(BIN / "dockyard-controller"), "run", "--help"],
         env=ENV,
@@ -285,7 +313,7 @@ def has_read_port() -> bool:
         text=True,
         check=False,
     )
-    return "--read-listen" in found.stdout
+    return flag in found.stdout
 
 
 def create_and_wait(
@@ -381,13 +409,17 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
     processes: list[subprocess.Popen[bytes]] = []
     profiler: subprocess.Popen[bytes] | None = None
     try:
+        http_reads: dict[str, str] | None = {} if args.http_reads else None
         pid, stub, fleet, reads = start_cluster(
-            root, args.nodes, args.timeout, processes, args.fleet_processes
+            root, args.nodes, args.timeout, processes, args.fleet_processes, http_reads
         )
         etcd = [c.pid for c in psutil.Process(pid).children() if "etcd" in c.name()]
         sampler = Sampler(pid, reads, args.read_interval)
         sampler.floor = start_floor(root, processes)
         sampler.latencies["floor"] = []
+        for name, url in (http_reads or {}).items():
+            sampler.http.append((name, url))
+            sampler.latencies[name] = []
         sampler.start()
         if args.profile:
             profiler = subprocess.Popen(
@@ -446,6 +478,12 @@ def main() -> None:
     )
     parser.add_argument("--keep-logs", default="", help="a directory to copy the logs to")
     parser.add_argument(
+        "--http-reads",
+        action="store_true",
+        help="also time GET /v1/services on --http-listen and on the reader's "
+        "--read-http-listen (when the code has it), alternating, in the same run",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1, help="baseline and this tree, alternating; medians"
     )
     args = parser.parse_args()
@@ -473,6 +511,10 @@ def main() -> None:
         "node_ls_p99_ms",
         "floor_p50_ms",
         "floor_p99_ms",
+        "http_services_(controller)_p50_ms",
+        "http_services_(controller)_p99_ms",
+        "http_services_(reader)_p50_ms",
+        "http_services_(reader)_p99_ms",
     )
     print(f"medians of {args.rounds} round(s):")
     for key in (*keys, "reader_cpu_seconds"):
@@ -483,6 +525,14 @@ def main() -> None:
         base = _median(baselines, key)
         ratio = f" ({mine / base:.2f}x)" if base else ""
         print(f"  {key}: {mine} vs {base}{ratio}")
+    for q in ("p50", "p99"):  # the reader's HTTP port against --http-listen, same runs
+        reader = _median(results, f"http_services_(reader)_{q}_ms")
+        controller = _median(results, f"http_services_(controller)_{q}_ms")
+        if reader and controller:
+            print(
+                f"  GET /v1/services {q}: reader {reader} ms vs --http-listen {controller} ms "
+                f"({reader / controller:.2f}x)"
+            )
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:

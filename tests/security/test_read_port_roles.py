@@ -3,6 +3,7 @@ in its own handlers (a real controller process with the cluster's CA)."""
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable
 from pathlib import Path
 
@@ -88,3 +89,43 @@ def _refused(stub: control_pb2_grpc.ControlStub) -> bool:
         return exc.code() == grpc.StatusCode.UNAUTHENTICATED and "is revoked" in (
             exc.details() or ""
         )
+
+
+def test_the_reader_http_port_serves_readers_and_refuses_nodes_and_strangers(
+    cluster_factory: Callable[..., Cluster], tmp_path: Path
+) -> None:
+    """The reader process's HTTP port (--read-http-listen): HTTPS requiring a client
+    certificate of the cluster CA, and the HTTP side's roles."""
+    from tests.test_http_api import fetch, refused, tls_context
+
+    cluster = cluster_factory()
+    address = f"127.0.0.1:{free_port()}"
+    cluster.start_controller(["--read-http-listen", address])
+    url, ca = f"https://{address}/v1/services", cluster.pki / "admin" / "ca.pem"
+    admin = tls_context(cluster.pki / "admin", ca)
+    cluster.wait_for(lambda: _http_ok(url, admin), "the reader's HTTP port to answer")
+    assert fetch(url, admin).json() == []
+    assert refused(url, tls_context(None, ca))  # no client certificate
+    other = pki.CertificateAuthority.create("other")
+    cert, key = other.issue_pair(pki.ADMIN, "intruder")
+    (tmp_path / "stranger").mkdir()
+    (tmp_path / "stranger" / "cert.pem").write_bytes(cert)
+    (tmp_path / "stranger" / "key.pem").write_bytes(key)
+    assert refused(url, tls_context(tmp_path / "stranger", ca))  # another CA's admin
+    assert refused(url.replace("https", "http"), tls_context(None, ca))  # plaintext
+    cluster.join("http-reader-node", tmp_path / "node")
+    node = ssl.create_default_context(cafile=str(ca))
+    joined = NodePKI.of(tmp_path / "node")
+    node.load_cert_chain(str(joined.directory / "node.pem"), str(joined.directory / "node-key.pem"))
+    denied = fetch(url, node)
+    assert denied.status == 403 and denied.json()["code"] == "PERMISSION_DENIED"
+    assert fetch(f"https://{address}/healthz", node).status == 200
+
+
+def _http_ok(url: str, context: ssl.SSLContext) -> bool:
+    from tests.test_http_api import fetch
+
+    try:
+        return fetch(url, context, timeout=5).status == 200
+    except OSError:
+        return False

@@ -91,9 +91,8 @@ def release_agent(
                 check=False,
             )
             killed.append(entry.name)
-    for pid_file in (agent_state / "runtime").glob("containers/*/conmon.pid"):
-        with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text())
+    for pid in _conmon_pids(agent_state / "runtime"):
+        with contextlib.suppress(OSError):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             if b"conmon" in cmdline and str(agent_state).encode() in cmdline:
                 os.kill(pid, signal.SIGKILL)
@@ -118,6 +117,20 @@ def release_agent(
         print(
             f"local-cluster: still mounted under {agent_state}: {', '.join(left)}", file=sys.stderr
         )
+
+
+def _conmon_pids(runtime: Path) -> list[int]:
+    """The conmon of each container record (`conmon_pid` in its container.json; an older
+    agent's double-forked conmon wrote a conmon.pid file instead)."""
+    pids = []
+    for base in runtime.glob("containers/*"):
+        with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+            pid = int(json.loads((base / "container.json").read_text()).get("conmon_pid", 0))
+            if not pid and (base / "conmon.pid").is_file():
+                pid = int((base / "conmon.pid").read_text())
+            if pid > 0:
+                pids.append(pid)
+    return pids
 
 
 def _release(

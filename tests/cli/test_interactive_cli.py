@@ -4,6 +4,7 @@ CLI's exit code, the terminal size follows ours, ctrl-p ctrl-q detaches."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -126,7 +127,7 @@ def test_run_i_pipes_stdin_and_ends_with_it(agent: DockerAgent) -> None:
 
 def _conmon_sockets(agent: DockerAgent, container_id: str) -> int:
     base = agent.agent.state_dir / "runtime" / "containers" / container_id
-    pid = int((base / "conmon.pid").read_text())
+    pid = int(json.loads((base / "container.json").read_text())["conmon_pid"])
     count = 0
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:

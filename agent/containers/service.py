@@ -589,7 +589,8 @@ class ContainerService:
                 f"container {info.name} ({info.id[:12]}) is running: stop it first or "
                 "remove it with force"
             )
-        await self._mark_stopped(info.id)
+        if info.state.status is ContainerStatus.RUNNING:  # else its record goes next
+            await self._mark_stopped(info.id)
         await self._remove(info.id, force)
         self._publish("destroy", info)
         return info.id

@@ -11,6 +11,7 @@ from dockyard.agent.containers.admission import Admission
 from dockyard.agent.containers.convert import container_record, log_line, stats_message
 from dockyard.agent.containers.errors import InvalidArgument
 from dockyard.agent.containers.request import parse_create
+from dockyard.agent.containers.run_call import run_container
 from dockyard.agent.containers.service import ContainerService
 from dockyard.agent.containers.status import Context, streaming, unary
 from dockyard.agent.containers.stdio_stream import serve_attach, serve_exec
@@ -86,6 +87,16 @@ class ContainersServicer(containers_pb2_grpc.ContainersServicer):
         )
         async for line in lines:
             yield log_line(line)
+
+    @streaming
+    async def Run(
+        self, request: pb.CreateContainerRequest, context: Context
+    ) -> AsyncIterator[pb.RunOutput]:
+        request.auto_remove = True  # as `run --rm`: a restart policy is refused
+        parsed = parse_create(request)
+        self._admission.check(request)
+        async for item in run_container(self._manager, parsed):
+            yield item
 
     @streaming
     async def Exec(self, request: pb.ExecRequest, context: Context) -> AsyncIterator[pb.ExecOutput]:

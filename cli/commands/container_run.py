@@ -602,6 +602,10 @@ def run(options: GlobalOptions, /, detach: bool, detach_keys: str, **kwargs: Any
     flags = _flags(kwargs)
     if (flags.interactive or flags.tty) and not detach:
         sys.exit(run_interactive(options, flags, detach_keys))
+    if flags.rm and not detach:
+        code = run_rm_call(options, flags)
+        if code is not None:
+            sys.exit(code)
     # Attached, the CLI removes the container after Wait: the agent removing it
     # on exit could win the race with Logs and Wait, and the exit code be lost.
     attached_rm = flags.rm and not detach
@@ -616,6 +620,79 @@ def run(options: GlobalOptions, /, detach: bool, detach_keys: str, **kwargs: Any
         click.echo(record.id)
         return
     sys.exit(attach(target, record.id, remove=attached_rm))
+
+
+def run_rm_call(options: GlobalOptions, flags: RunFlags) -> int | None:
+    """`run --rm` attached, without -it: one `Run` call (create, start, output, exit,
+    removal); the agent removes the container also when this process goes away.
+    None: the agent has no `Run` (an older agent); use the separate calls."""
+    request = build_request(flags)  # before any request: bad flags never reach the agent
+    target = options.target()
+    if flags.pull == "always":
+        ensure_image(target, flags.image, flags.pull)
+    for attempt in range(2):
+        try:
+            return _run_stream(target, request)
+        except _NoImage as exc:
+            if attempt or flags.pull != "missing":
+                raise RunError(str(exc)) from None
+            ensure_image(target, flags.image, flags.pull)  # "Unable to find image", pull
+        except _Unimplemented:
+            return None
+    raise AssertionError("unreachable")
+
+
+class _NoImage(Exception):
+    """`Run` refused before creating: the image is not on the agent."""
+
+
+class _Unimplemented(Exception):
+    """The agent has no `Run`."""
+
+
+def _run_stream(target: Target, request: Any) -> int:
+    import grpc
+
+    from dockyard.v1.containers_pb2 import RemoveContainerRequest
+
+    created = ""
+    result = None
+    try:
+        for answer in stream(target, containers_stub, "Run", request, what=AGENT):
+            kind = answer.WhichOneof("kind")
+            if kind == "created":
+                created = answer.created.id
+            elif kind == "output":
+                write_output(answer.output.stream, answer.output.data)
+            elif kind == "exit":
+                result = answer.exit
+    except KeyboardInterrupt:
+        if not created:
+            raise CliError("interrupted") from None
+        # The agent removes it when the call goes away; this makes sure of it.
+        try:
+            call(
+                target,
+                containers_stub,
+                "Remove",
+                RemoveContainerRequest(container=created, force=True),
+                what=AGENT,
+            )
+        except CliError as exc:
+            if rpc_code(exc) != grpc.StatusCode.NOT_FOUND:
+                raise
+        raise CliError(f"interrupted: removed {created[:12]}") from None
+    except CliError as exc:
+        if not created and rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
+            raise _NoImage(exc.message) from exc
+        if not created and rpc_code(exc) == grpc.StatusCode.UNIMPLEMENTED:
+            raise _Unimplemented from exc
+        raise RunError(exc.message) from exc
+    if result is None:
+        raise RunError("the agent ended the run without the container's exit")
+    if result.error:
+        click.echo(f"dockyard: {result.error}", err=True)
+    return int(result.exit_code)
 
 
 def run_interactive(options: GlobalOptions, flags: RunFlags, detach_keys: str) -> int:

@@ -121,6 +121,29 @@ class Bench:
             ).id
         )
 
+    run_marks: dict[str, list[float]]
+
+    def run_call(self, *command: str) -> float:
+        """One `Containers.Run` (create, start, output, exit, removal); its seconds."""
+        from dockyard.v1.containers_pb2 import CreateContainerRequest
+
+        start = time.perf_counter()
+        request = CreateContainerRequest(image=self.busybox, command=list(command))
+        answers = []
+        marks: dict[str, float] = {}
+        for answer in self.containers.Run(request, timeout=60):
+            answers.append(answer)
+            marks[answer.WhichOneof("kind")] = time.perf_counter()
+        took = time.perf_counter() - start
+        # what the one call's answers split it into, as the four calls' medians are
+        previous = start
+        for name in ("created", "exit", "removed"):
+            self.run_marks.setdefault(name, []).append(marks[name] - previous)
+            previous = marks[name]
+        if answers[-2].exit.exit_code != 0 or not answers[-1].removed:
+            raise RuntimeError(f"Run of {command}: {answers[-2:]}")
+        return took
+
     def remove(self, cid: str) -> None:
         from dockyard.v1.containers_pb2 import RemoveContainerRequest
 
@@ -193,6 +216,8 @@ class Bench:
         raw: list[float] = []
         docker: list[float] = []
         calls: dict[str, list[float]] = {"Create": [], "Start": [], "Wait": [], "Remove": []}
+        one_call: list[float] = []  # `Containers.Run`: the four in one streaming call
+        self.run_marks = {}
         # Interleaved, so that other load on the machine hits every side alike.
         for i in range(n + 1):  # the first round warms up
             start = time.perf_counter()
@@ -215,6 +240,10 @@ class Bench:
             if i:
                 ours.append(took)
                 raw.append(raw_took)
+            if hasattr(self.containers, "Run"):  # absent in a baseline tree
+                took = self.run_call("true")
+                if i:
+                    one_call.append(took)
             if self.docker.available:
                 start = time.perf_counter()
                 self.docker.docker("run", "--rm", "--network", "none", self.busybox, "true")
@@ -229,6 +258,14 @@ class Bench:
                 f"  docker run --rm --network none    {ms(m_docker)}   "
                 f"(reference; agent/docker {ratio(m_ours, m_docker)})"
             )
+        if one_call:
+            m_one = median(one_call)
+            print(f"  agent API Run (one call)           {ms(m_one)}   ratio {ratio(m_one, m_raw)}")
+            print(
+                "  Run's answers after the previous one: "
+                + ", ".join(f"{k} {median(v[1:]) * 1e3:.1f} ms" for k, v in self.run_marks.items())
+            )
+            self.results["run_call"] = {"agent_ms": m_one * 1e3, "ratio_vs_runc": m_one / m_raw}
         print("  per call: " + ", ".join(f"{k} {median(v) * 1e3:.1f} ms" for k, v in calls.items()))
         if self.args.phases:
             print_phases(self.root / "agents" / "bench-agent.log")
@@ -426,10 +463,16 @@ class Bench:
         env = dict(os.environ, DOCKYARD_CONFIG=str(self.root / "cli-config"))
         help_ours = timed(dockyard, "--help", env=env)
         ps_ours = timed(dockyard, "-H", self.agent, "ps", env=env)
+        run_ours = timed(dockyard, "-H", self.agent, "run", "--rm", self.busybox, "true", env=env)
         print(f"\n(e) CLI wall time, median of {n}:")
         line_help = f"  dockyard --help                   {ms(help_ours)}"
         line_ps = f"  dockyard -H AGENT ps              {ms(ps_ours)}"
-        self.results["cli"] = {"help_ms": help_ours * 1e3, "ps_ms": ps_ours * 1e3}
+        self.results["cli"] = {
+            "help_ms": help_ours * 1e3,
+            "ps_ms": ps_ours * 1e3,
+            "run_rm_ms": run_ours * 1e3,
+        }
+        print(f"  dockyard -H AGENT run --rm IMAGE true {ms(run_ours)}")
         if self.docker.available:
             help_docker = timed("docker", "--help", env=self.docker.env)
             ps_docker = timed("docker", "ps", env=self.docker.env)

@@ -209,3 +209,31 @@ def test_rotation_keeps_the_newest_files(tmp_path: Path) -> None:
     assert not rotate_if_due(log, tmp_path / "no-conmon-ctl", policy)
     with pytest.raises(ValueError, match="at least 4096 bytes"):
         LogPolicy(max_size=10)
+
+
+async def test_a_follower_ends_when_the_container_exits_not_at_its_next_poll(
+    tmp_path: Path,
+) -> None:
+    """`run --rm` follows the log until the exit: the exit event wakes the follower,
+    which would otherwise sleep out its poll (here an hour) before seeing it."""
+    log = tmp_path / "ctr.log"
+    write_log(log, [("stdout", "F", b"hi")], datetime(2026, 1, 1, tzinfo=UTC))
+    exited = asyncio.Event()
+    state = {"done": False}
+
+    async def finished() -> bool:
+        return state["done"]
+
+    async def exit_soon() -> None:
+        await asyncio.sleep(0.2)
+        with log.open("ab") as f:  # the last words, written before the exit
+            f.write(b"2026-01-01T00:00:01Z stdout F bye\n")
+        state["done"] = True
+        exited.set()
+
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(exit_soon())
+        lines = await asyncio.wait_for(
+            collect(log, follow=True, finished=finished, poll=3600, exited=exited), 30
+        )
+    assert [r.data for r in lines] == [b"hi\n", b"bye\n"]

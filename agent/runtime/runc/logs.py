@@ -16,6 +16,7 @@ from the end, in growing steps, only as much as its last N lines need.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -293,6 +294,15 @@ def _present(record: LogRecord, since: datetime | None, timestamps: bool) -> Log
     return record if timestamps else record._replace(timestamp=None)
 
 
+async def _pause(poll: float, exited: asyncio.Event | None) -> None:
+    """`poll` seconds, or until `exited` is set (one already set: the full poll)."""
+    if exited is None or exited.is_set():
+        await asyncio.sleep(poll)
+        return
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(exited.wait(), poll)
+
+
 async def read_log(
     path: Path,
     *,
@@ -302,8 +312,13 @@ async def read_log(
     timestamps: bool = False,
     finished: Callable[[], Awaitable[bool]] | None = None,
     poll: float = 0.1,
+    exited: asyncio.Event | None = None,
 ) -> AsyncIterator[LogRecord]:
     """Yield the log's lines; with ``follow`` keep polling until ``finished()`` is true.
+
+    ``exited``, set when the container exits, ends a poll's wait early, so that a
+    follower (`run --rm`, `Containers.Run`) ends with the container, not up to
+    ``poll`` later.
 
     ``tail`` keeps the last N lines of what is already written; ``since`` drops lines
     older than it; the timestamp is only filled in with ``timestamps``.
@@ -329,7 +344,7 @@ async def read_log(
                 continue
             if done:
                 break
-            await asyncio.sleep(poll)
+            await _pause(poll, exited)
         if tail != 0:
             for record in parser.flush():
                 shown = _present(record, since, timestamps)

@@ -547,6 +547,7 @@ class RuncRuntime:
             since=since,
             timestamps=timestamps,
             finished=finished,
+            exited=self._event(cid) if follow else None,
         ):
             yield line
 

@@ -624,6 +624,46 @@ class ContainerRecord(_message.Message):
 Global___ContainerRecord: _TypeAlias = ContainerRecord  # noqa: Y015
 
 @_typing.final
+class RunOutput(_message.Message):
+    """One answer of Run: exactly one field is set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATED_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    EXIT_FIELD_NUMBER: _builtins.int
+    REMOVED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.str
+    """the last answer: the removed container's ID"""
+    @_builtins.property
+    def created(self) -> Global___ContainerRecord:
+        """the first answer"""
+
+    @_builtins.property
+    def output(self) -> Global___LogLine: ...
+    @_builtins.property
+    def exit(self) -> Global___ContainerExit:
+        """the container exited (it is removed next)"""
+
+    def __init__(
+        self,
+        *,
+        created: Global___ContainerRecord | None = ...,
+        output: Global___LogLine | None = ...,
+        exit: Global___ContainerExit | None = ...,
+        removed: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "exit", b"exit", "kind", b"kind", "output", b"output", "removed", b"removed"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "exit", b"exit", "kind", b"kind", "output", b"output", "removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["created", "output", "exit", "removed"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___RunOutput: _TypeAlias = RunOutput  # noqa: Y015
+
+@_typing.final
 class ContainerExit(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -104,6 +104,11 @@ class ContainersStub:
                 request_serializer=dockyard_dot_v1_dot_containers__pb2.ContainerRef.SerializeToString,
                 response_deserializer=dockyard_dot_v1_dot_containers__pb2.ContainerStats.FromString,
                 _registered_method=True)
+        self.Run = channel.unary_stream(
+                '/dockyard.v1.Containers/Run',
+                request_serializer=dockyard_dot_v1_dot_containers__pb2.CreateContainerRequest.SerializeToString,
+                response_deserializer=dockyard_dot_v1_dot_containers__pb2.RunOutput.FromString,
+                _registered_method=True)
 
 
 class ContainersServicer:
@@ -204,6 +209,17 @@ class ContainersServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Run(self, request, context):
+        """`run --rm` without -d/-it in one call: create, start, the container's output
+        (as Logs with follow), its exit, then its removal. Answers `created` first; an
+        error before it is the create's (NOT_FOUND: the image is not here). The
+        container is removed whatever happens after its create, also when the client
+        goes away (as docker's --rm: the daemon removes it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContainersServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -276,6 +292,11 @@ def add_ContainersServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=dockyard_dot_v1_dot_containers__pb2.ContainerRef.FromString,
                     response_serializer=dockyard_dot_v1_dot_containers__pb2.ContainerStats.SerializeToString,
+            ),
+            'Run': grpc.unary_stream_rpc_method_handler(
+                    servicer.Run,
+                    request_deserializer=dockyard_dot_v1_dot_containers__pb2.CreateContainerRequest.FromString,
+                    response_serializer=dockyard_dot_v1_dot_containers__pb2.RunOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -656,6 +677,33 @@ class Containers:
             '/dockyard.v1.Containers/Stats',
             dockyard_dot_v1_dot_containers__pb2.ContainerRef.SerializeToString,
             dockyard_dot_v1_dot_containers__pb2.ContainerStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Run(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dockyard.v1.Containers/Run',
+            dockyard_dot_v1_dot_containers__pb2.CreateContainerRequest.SerializeToString,
+            dockyard_dot_v1_dot_containers__pb2.RunOutput.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,13 @@ class ContainersStub:
     Resize: _grpc.UnaryUnaryMultiCallable[_containers_pb2.ResizeRequest, _containers_pb2.ContainerRecord]
     """Resize a running container's terminal (`docker resize`)."""
     Stats: _grpc.UnaryUnaryMultiCallable[_containers_pb2.ContainerRef, _containers_pb2.ContainerStats]
+    Run: _grpc.UnaryStreamMultiCallable[_containers_pb2.CreateContainerRequest, _containers_pb2.RunOutput]
+    """`run --rm` without -d/-it in one call: create, start, the container's output
+    (as Logs with follow), its exit, then its removal. Answers `created` first; an
+    error before it is the create's (NOT_FOUND: the image is not here). The
+    container is removed whatever happens after its create, also when the client
+    goes away (as docker's --rm: the daemon removes it).
+    """
 
 @_typing.type_check_only
 class ContainersAsyncStub(ContainersStub):
@@ -89,6 +96,13 @@ class ContainersAsyncStub(ContainersStub):
     Resize: _aio.UnaryUnaryMultiCallable[_containers_pb2.ResizeRequest, _containers_pb2.ContainerRecord]  # type: ignore[assignment]
     """Resize a running container's terminal (`docker resize`)."""
     Stats: _aio.UnaryUnaryMultiCallable[_containers_pb2.ContainerRef, _containers_pb2.ContainerStats]  # type: ignore[assignment]
+    Run: _aio.UnaryStreamMultiCallable[_containers_pb2.CreateContainerRequest, _containers_pb2.RunOutput]  # type: ignore[assignment]
+    """`run --rm` without -d/-it in one call: create, start, the container's output
+    (as Logs with follow), its exit, then its removal. Answers `created` first; an
+    error before it is the create's (NOT_FOUND: the image is not here). The
+    container is removed whatever happens after its create, also when the client
+    goes away (as docker's --rm: the daemon removes it).
+    """
 
 class ContainersServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -201,6 +215,19 @@ class ContainersServicer(metaclass=_abc_1.ABCMeta):
         request: _containers_pb2.ContainerRef,
         context: _ServicerContext,
     ) -> _typing.Union[_containers_pb2.ContainerStats, _abc.Awaitable[_containers_pb2.ContainerStats]]: ...
+
+    @_abc_1.abstractmethod
+    def Run(
+        self,
+        request: _containers_pb2.CreateContainerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_containers_pb2.RunOutput], _abc.AsyncIterator[_containers_pb2.RunOutput]]:
+        """`run --rm` without -d/-it in one call: create, start, the container's output
+        (as Logs with follow), its exit, then its removal. Answers `created` first; an
+        error before it is the create's (NOT_FOUND: the image is not here). The
+        container is removed whatever happens after its create, also when the client
+        goes away (as docker's --rm: the daemon removes it).
+        """
 
 def add_ContainersServicer_to_server(servicer: ContainersServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -24,6 +24,7 @@ import structlog
 
 from dockyard.common.lookup import match_reference
 from dockyard.common.validation import ValidationError, check_labels, check_name, check_ref
+from dockyard.controller.conflicts import retry_conflicts
 from dockyard.controller.errors import FailedPrecondition
 from dockyard.controller.ingress_network import publishes_ingress
 from dockyard.controller.network_addresses import AddressExhausted, next_vip, used_addresses
@@ -264,7 +265,10 @@ class NetworkRegistry:
 
     async def remove(self, ref: str) -> Network:
         """Delete the network unless a service's spec or previous spec, or a task that
-        may still run, uses it."""
+        may still run, uses it (checked again if a service changed meanwhile)."""
+        return await retry_conflicts(lambda: self._remove_once(ref))
+
+    async def _remove_once(self, ref: str) -> Network:
         network = await self.find(ref)
         services, revision = await self._store.list_all(SERVICES)
         tasks, _ = await self._store.list_all(TASKS)

@@ -32,6 +32,7 @@ import structlog
 
 from dockyard.common.lookup import match_reference
 from dockyard.common.validation import ValidationError, check_labels, check_name, check_ref
+from dockyard.controller.conflicts import retry_conflicts
 from dockyard.controller.errors import FailedPrecondition
 from dockyard.controller.store import (
     CONFIG_DATA,
@@ -226,7 +227,11 @@ class SecretRegistry:
 
     async def remove(self, ref: str) -> Any:
         """Delete the record, unless a service's spec or previous spec (its rollback
-        target), or a task that may still run, uses it."""
+        target), or a task that may still run, uses it (checked again if a service
+        changed meanwhile)."""
+        return await retry_conflicts(lambda: self._remove_once(ref))
+
+    async def _remove_once(self, ref: str) -> Any:
         kind = self.kind
         record = await self.find(ref)
         services, revision = await self._store.list_all(SERVICES)

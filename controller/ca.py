@@ -396,7 +396,7 @@ class ClusterCA:
                 records, revision = await self.store.list_all(REVOKED_CERTS)
                 self.revoked = {r.serial: _expiry(r.not_after) for r in records}
                 self.on_change()
-                async for event in self.store.watch(REVOKED_CERTS, revision + 1):
+                async for event in self.store.watch(REVOKED_CERTS, revision):
                     if event.deleted:
                         self.revoked.pop(event.id, None)
                         self.on_change()

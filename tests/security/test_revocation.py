@@ -6,6 +6,7 @@ identity's next call, or its open session, ends. Real etcd, real controller and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import subprocess
@@ -69,6 +70,40 @@ async def test_a_renewal_after_rm_is_refused_and_none_before_it_stays_valid(
         await cluster_ca.issue(csr(), pki.NODE, NODE_ID, [], "127.0.0.1")
     assert await unrevoked(cluster_ca, NODE_ID) == []
     assert cluster_ca.is_revoked(pki.identity_of(first.cert_pem).serial)
+
+
+async def test_another_controllers_revocation_right_after_the_list_is_seen(
+    cluster_ca: ClusterCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The watch carries on from the listed revision: a revocation written at the very
+    next revision (after the list, before the watch opened) is not skipped."""
+    issued = await cluster_ca.issue(csr(), pki.NODE, NODE_ID, [], "127.0.0.1")
+    serial = pki.identity_of(issued.cert_pem).serial
+    listed_at = await cluster_ca.store.current_revision()
+    await cluster_ca.revoke_serial(serial, "revoked by another controller")
+    watcher = ClusterCA(
+        cluster_ca.store, cluster_ca.ca, dt.timedelta(days=1), lambda: ["127.0.0.1:7390"]
+    )
+    list_all = cluster_ca.store.list_all
+
+    async def listed_before_the_revocation(kind: object, at_revision: int = 0) -> object:
+        if kind is REVOKED_CERTS:
+            return [], listed_at
+        return await list_all(kind, at_revision)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cluster_ca.store, "list_all", listed_before_the_revocation)
+    changed = asyncio.Event()
+    watcher.on_change = changed.set
+    watching = asyncio.create_task(watcher.watch_revocations())
+    try:
+        async with asyncio.timeout(10):
+            while not watcher.is_revoked(serial):
+                await changed.wait()
+                changed.clear()
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watching
 
 
 async def test_renewals_racing_with_rm_leave_no_valid_certificate(

@@ -45,7 +45,7 @@ from dockyard.controller.state import ClusterState
 from dockyard.controller.store import REVOKED_CERTS, Compacted, Store, StoreError
 from dockyard.controller.supervision import Supervisor
 
-__all__ = ["ReaderSetup", "main"]
+__all__ = ["ReaderSetup", "encode", "main"]
 
 log = structlog.get_logger(__name__)
 

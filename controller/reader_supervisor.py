@@ -19,7 +19,7 @@ import time
 
 import structlog
 
-from dockyard.controller.reader import ReaderSetup
+from dockyard.controller.reader import ReaderSetup, encode
 from dockyard.controller.revision_cell import RevisionCell
 
 __all__ = ["ReaderProcess", "ReaderStartError", "setup_for"]
@@ -162,8 +162,6 @@ def setup_for(
     http_address: str = "",
 ) -> ReaderSetup:
     """The reader's setup from the controller's own settings (`tls`: CA, key, cert)."""
-    from dockyard.controller.reader import encode
-
     return ReaderSetup(
         address=address,
         parent=os.getpid(),

@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from dockyard.common.task_refs import referenced
 from dockyard.v1.workloads_pb2 import Config, Secret, Task
 
 __all__ = ["CONTAINER_DIR", "DEFAULT_ROOT", "SecretFileError", "SecretFiles", "SecretMount"]
@@ -87,11 +88,8 @@ class SecretFiles:
         tasks (``tasks``, after the delta) reference."""
         self._data.update({s.id: bytes(s.spec.data) for s in secrets})
         self._data.update({c.id: bytes(c.spec.data) for c in configs})
-        wanted: set[str] = set()
-        for task in tasks:
-            container = task.spec.container
-            wanted.update(ref.secret_id for ref in container.secrets)
-            wanted.update(ref.config_id for ref in container.configs)
+        secret_ids, config_ids = referenced(tasks)
+        wanted = secret_ids | config_ids
         self._data = {i: data for i, data in self._data.items() if i in wanted}
 
     def held(self) -> set[str]:

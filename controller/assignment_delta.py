@@ -10,12 +10,10 @@ keeps one message of each kind), so the chain of versions the agent sees has no 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
+from dockyard.common.task_refs import referenced
 from dockyard.v1.dispatcher_pb2 import AssignmentSet
-from dockyard.v1.workloads_pb2 import Task
 
-__all__ = ["compose", "referenced"]
+__all__ = ["compose"]
 
 
 def compose(older: AssignmentSet, newer: AssignmentSet) -> AssignmentSet | None:
@@ -46,14 +44,3 @@ def compose(older: AssignmentSet, newer: AssignmentSet) -> AssignmentSet | None:
     for service_id, auth in [*older.registry_auths.items(), *newer.registry_auths.items()]:
         merged.registry_auths[service_id].CopyFrom(auth)
     return merged
-
-
-def referenced(tasks: Iterable[Task]) -> tuple[set[str], set[str]]:
-    """The IDs of the secrets and of the configs these tasks reference."""
-    secret_ids: set[str] = set()
-    config_ids: set[str] = set()
-    for task in tasks:
-        container = task.spec.container
-        secret_ids.update(ref.secret_id for ref in container.secrets)
-        config_ids.update(ref.config_id for ref in container.configs)
-    return secret_ids, config_ids

@@ -653,8 +653,6 @@ class _Unimplemented(Exception):
 def _run_stream(target: Target, request: Any) -> int:
     import grpc
 
-    from dockyard.v1.containers_pb2 import RemoveContainerRequest
-
     created = ""
     result = None
     try:
@@ -670,17 +668,7 @@ def _run_stream(target: Target, request: Any) -> int:
         if not created:
             raise CliError("interrupted") from None
         # The agent removes it when the call goes away; this makes sure of it.
-        try:
-            call(
-                target,
-                containers_stub,
-                "Remove",
-                RemoveContainerRequest(container=created, force=True),
-                what=AGENT,
-            )
-        except CliError as exc:
-            if rpc_code(exc) != grpc.StatusCode.NOT_FOUND:
-                raise
+        _force_remove(target, created, missing_ok=True)
         raise CliError(f"interrupted: removed {created[:12]}") from None
     except CliError as exc:
         if not created and rpc_code(exc) == grpc.StatusCode.NOT_FOUND:
@@ -690,6 +678,30 @@ def _run_stream(target: Target, request: Any) -> int:
         raise RunError(exc.message) from exc
     if result is None:
         raise RunError("the agent ended the run without the container's exit")
+    return _exit_code(result)
+
+
+def _force_remove(target: Target, container_id: str, missing_ok: bool = False) -> None:
+    """Remove the container, running or not (`missing_ok`: one already gone is fine)."""
+    import grpc
+
+    from dockyard.v1.containers_pb2 import RemoveContainerRequest
+
+    try:
+        call(
+            target,
+            containers_stub,
+            "Remove",
+            RemoveContainerRequest(container=container_id, force=True),
+            what=AGENT,
+        )
+    except CliError as exc:
+        if not missing_ok or rpc_code(exc) != grpc.StatusCode.NOT_FOUND:
+            raise
+
+
+def _exit_code(result: Any) -> int:
+    """The container's exit code, its exit error (if any) told on stderr."""
     if result.error:
         click.echo(f"dockyard: {result.error}", err=True)
     return int(result.exit_code)
@@ -738,7 +750,7 @@ def write_output(stream_name: str, data: bytes) -> None:
 
 def attach(target: Target, container_id: str, *, remove: bool) -> int:
     """Follow the logs until the container exits; return its exit code."""
-    from dockyard.v1.containers_pb2 import ContainerRef, LogsRequest, RemoveContainerRequest
+    from dockyard.v1.containers_pb2 import ContainerRef, LogsRequest
 
     try:
         for line in stream(
@@ -759,23 +771,10 @@ def attach(target: Target, container_id: str, *, remove: bool) -> int:
         )
     except KeyboardInterrupt:
         if remove:
-            call(
-                target,
-                containers_stub,
-                "Remove",
-                RemoveContainerRequest(container=container_id, force=True),
-                what=AGENT,
-            )
+            _force_remove(target, container_id)
             raise CliError(f"interrupted: removed {container_id[:12]}") from None
         raise CliError(f"detached from {container_id[:12]}; it keeps running") from None
-    if result.error:
-        click.echo(f"dockyard: {result.error}", err=True)
+    code = _exit_code(result)
     if remove:
-        call(
-            target,
-            containers_stub,
-            "Remove",
-            RemoveContainerRequest(container=container_id, force=True),
-            what=AGENT,
-        )
-    return int(result.exit_code)
+        _force_remove(target, container_id)
+    return code

@@ -1,6 +1,7 @@
 """What the container service keeps per container beside the runtime's record.
 
-The image digest (so an image in use is not removed), ``--rm``, and whether the user
+The image digest (so an image in use is not removed), ``--rm`` (or removal by a
+`Containers.Run` call), and whether the user
 stopped the container (restart policies skip it then). One JSON file per container,
 written atomically (or none: a hollow agent keeps them in memory).
 """
@@ -25,6 +26,9 @@ class ContainerMeta:
     image_digest: str
     auto_remove: bool = False
     """Removed once it exits (`--rm`)."""
+    removed_by_call: bool = False
+    """A `Containers.Run` call removes it: if the agent restarts meanwhile, the call is
+    gone and the container is `--rm` (`auto_remove`) from then on."""
     manually_stopped: bool = False
     lease: contextlib.ExitStack = field(default_factory=contextlib.ExitStack, compare=False)
 
@@ -35,6 +39,7 @@ class ContainerMeta:
             "image_digest": self.image_digest,
             "manually_stopped": self.manually_stopped,
             "auto_remove": self.auto_remove,
+            "removed_by_call": self.removed_by_call,
         }
 
     @classmethod
@@ -46,6 +51,7 @@ class ContainerMeta:
             image_digest=str(data.get("image_digest", "")),
             auto_remove=bool(auto_remove),
             manually_stopped=bool(data.get("manually_stopped", False)),
+            removed_by_call=bool(data.get("removed_by_call", False)),
         )
 
 

@@ -57,11 +57,14 @@ class ContainerRequest:
             a named volume's mount has ``volume`` set and its directory not yet known.
         image: The parsed image reference (``spec.image`` is the text, for display).
         auto_remove: ``--rm``: removed once it exits.
+        removed_by_call: A `Containers.Run` call removes it; should the agent die first,
+            the restarted agent removes it once it has exited (``--rm`` from then on).
     """
 
     spec: ContainerSpec
     image: Reference
     auto_remove: bool = False
+    removed_by_call: bool = False
 
 
 def parse_image_ref(field: str, text: str) -> Reference:

@@ -4,7 +4,8 @@ What `dockyard run --rm` (without -d/-it) made four to six calls for (image insp
 Create, Start, Logs, Wait, Remove). The lifecycle runs in its own task, which
 removes the container whatever ends it: the exit, an error, or the client going
 away (the handler's end cancels the task). A container whose create succeeded is
-never left behind, as docker's `--rm` has the daemon remove it.
+never left behind, as docker's `--rm` has the daemon remove it; not even by an agent that
+dies meanwhile: the restarted agent removes it once it has exited.
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ async def run_container(
     """Yield `created`, the output, `exit`, then `removed`; errors raise."""
     queue: asyncio.Queue[pb.RunOutput] = asyncio.Queue(maxsize=_QUEUE)
     # The agent must not remove it on exit as well (the supervisor's auto-remove):
-    # this call removes it after reading its exit, as the CLI did after Wait.
-    task = asyncio.create_task(_lifecycle(manager, replace(request, auto_remove=False), queue))
+    # this call removes it after reading its exit, as the CLI did after Wait. Should the
+    # agent die first, its restart removes it (`removed_by_call`).
+    own = replace(request, auto_remove=False, removed_by_call=True)
+    task = asyncio.create_task(_lifecycle(manager, own, queue))
     getter: asyncio.Future[pb.RunOutput] | None = None
     try:
         while True:

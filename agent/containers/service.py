@@ -140,7 +140,8 @@ class ContainerService:
 
         Running ones get a supervisor again; exited ones whose policy is `always`, or
         `unless-stopped` and not stopped by the user, are started again (as dockerd
-        does); exited `--rm` ones are removed.
+        does); exited `--rm` ones are removed, as are those of a `Containers.Run` call
+        that the previous agent process took with it (the running ones once they exit).
         """
         infos = await self.runtime.recover()
         self._meta.update(await asyncio.to_thread(self._metas.load_all))  # the supervisor reads it
@@ -154,6 +155,8 @@ class ContainerService:
             if meta is None:  # created by something else in this runtime root
                 meta = ContainerMeta(info.id, "")
                 self._meta[info.id] = meta
+            # its Run call died with the previous agent process: nobody else removes it
+            meta.auto_remove = meta.auto_remove or meta.removed_by_call
             self._hold_image(meta, info.config)
             await self._resume(info, meta)
         log.info("containers.recovered", containers=len(infos))
@@ -399,7 +402,9 @@ class ContainerService:
                 _check_command(spec)
             if prepare is not None:
                 spec = await prepare(spec)
-            meta = ContainerMeta(spec.id, image.digest, request.auto_remove)
+            meta = ContainerMeta(
+                spec.id, image.digest, request.auto_remove, request.removed_by_call
+            )
             info = await self._create(spec, meta)
             made.clear()  # created: its volumes stay
         except NameConflict as exc:

@@ -104,3 +104,25 @@ def test_cli_run_rm_interrupted_removes_the_container(
     assert cli.returncode != 0
     assert "interrupted: removed" in stderr
     _wait_for(lambda: _no_containers(agent), "the container removed")
+
+
+def test_run_call_containers_are_removed_by_the_restarted_agent(
+    agent: AgentUnderTest, busybox_ref: str
+) -> None:
+    """An agent SIGKILLed during two `Run` calls: the container that exited while it was
+    down is removed when it starts again, the one still running once it exits."""
+    agent.ok("image", "pull", busybox_ref)
+    with grpc.insecure_channel(agent.address) as channel:
+        stub = containers_pb2_grpc.ContainersStub(channel)
+        quick = stub.Run(pb.CreateContainerRequest(image=busybox_ref, command=["sleep", "1"]))
+        slow = stub.Run(pb.CreateContainerRequest(image=busybox_ref, command=["sleep", "6"]))
+        created = {next(quick).created.id, next(slow).created.id}
+        _wait_for(lambda: len(agent.ok("ps", "-q").stdout.split()) == 2, "both running")
+        agent.daemon.kill()
+    time.sleep(2)  # `sleep 1` exits while no agent runs
+    agent.daemon.start()
+    _wait_for(lambda: agent.cli("ps", timeout=10).returncode == 0, "the agent back")
+    left = agent.ok("ps", "-a", "-q", "--no-trunc").stdout.split()
+    assert len(left) <= 1 and set(left) <= created, left  # at most the running one
+    _wait_for(lambda: _no_containers(agent), "both removed", timeout=30)
+    assert agent.daemon.log().count("container.auto_removed") >= 2

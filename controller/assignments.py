@@ -30,6 +30,7 @@ from dockyard.controller.store import (
     REGISTRY_AUTHS,
     SECRET_DATA,
     TASKS,
+    Op,
     Store,
     StoreError,
 )
@@ -388,21 +389,9 @@ class StatusWriter:
 
     async def _write(self, reports: dict[str, TaskStatusReport]) -> None:
         for _ in range(5):
-            tasks = []
-            for task_id, report in reports.items():
-                task = self._state.tasks.get(task_id)
-                if task is None or not _newer(report, task):
-                    continue
-                updated = Task()
-                updated.CopyFrom(task)
-                updated.status.CopyFrom(report.status)
-                if report.status.state != task.status.state:
-                    # On this controller's clock: planners never compare the agent's.
-                    updated.observed_at.CopyFrom(now_timestamp())
-                tasks.append(updated)
+            tasks, ops = self._updated(reports)
             if not tasks:
                 return
-            ops = [self._store.put_op(TASKS, t.id, t, expect=t.meta.version) for t in tasks]
             before = {t.id: self._state.tasks[t.id].status.state for t in tasks}
             results = await self._store.commit_each(ops)
             self._count_transitions(tasks, results, before)
@@ -410,6 +399,28 @@ class StatusWriter:
             reports = {t.id: reports[t.id] for t, ok in zip(tasks, results, strict=True) if not ok}
             if not reports:
                 return
+
+    def _updated(self, reports: Mapping[str, TaskStatusReport]) -> tuple[list[Task], list[Op]]:
+        """The tasks these reports move on, each copied once with its new status and
+        stamped with one time for the batch, and their writes."""
+        now = now_timestamp()  # this controller's clock: planners never compare the agent's
+        tasks: list[Task] = []
+        ops: list[Op] = []
+        for task_id, report in reports.items():
+            task = self._state.tasks.get(task_id)
+            if task is None or not _newer(report, task):
+                continue
+            updated = Task()
+            updated.CopyFrom(task)
+            updated.status.CopyFrom(report.status)
+            if report.status.state != task.status.state:
+                updated.observed_at.CopyFrom(now)
+            version = task.meta.version
+            ops.append(
+                self._store.put_op(TASKS, task_id, updated, expect=version, owned=True, now=now)
+            )
+            tasks.append(updated)
+        return tasks, ops
 
     def _count_transitions(
         self, tasks: list[Task], written: list[bool], before: Mapping[str, int]

@@ -25,6 +25,7 @@ from etcd3aio import Etcd3Client, EtcdError
 from etcd3aio._protobuf import KVStub, LeaseKeepAliveRequest, LeaseStub, RangeRequest
 from etcd3aio.kv import KVService, prefix_range_end
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.etcd_members import EtcdAccess, EtcdMember, etcd_members
@@ -347,14 +348,27 @@ class Store:
 
     # -- writes ------------------------------------------------------------
 
-    def put_op(self, kind: Kind[M], record_id: str, value: M, *, expect: int | None) -> Op:
-        """An Op that writes `value`, stamping meta times; `meta.version` is not stored."""
-        stored = type(value)()
-        stored.CopyFrom(value)
+    def put_op(
+        self,
+        kind: Kind[M],
+        record_id: str,
+        value: M,
+        *,
+        expect: int | None,
+        owned: bool = False,
+        now: Timestamp | None = None,
+    ) -> Op:
+        """An Op that writes `value`, stamping meta times (`now`, else the clock's);
+        `meta.version` is not stored. `owned`: the caller made `value` for this write
+        and gives it up, so it is stamped in place instead of copied."""
+        stored = value
+        if not owned:
+            stored = type(value)()
+            stored.CopyFrom(value)
         if "meta" in stored.DESCRIPTOR.fields_by_name:
             meta: Any = getattr(stored, "meta")  # noqa: B009 - not every kind has one
             meta.version = 0
-            meta.updated_at.CopyFrom(now_timestamp())
+            meta.updated_at.CopyFrom(now if now is not None else now_timestamp())
             if expect == 0 or not meta.created_at.seconds:
                 meta.created_at.CopyFrom(meta.updated_at)
         return Op(self._key(kind, record_id), stored.SerializeToString(), expect)

@@ -330,12 +330,15 @@ class StatusWriter:
     as it can costs one waiting report per task it runs and one etcd write per task
     per batch, however many it sends.
 
-    ``on_transition`` is told the new state's name of every task whose state a write
-    changed (the metrics count them).
+    ``on_transition`` is told, per batch, the new state's name and how many tasks a
+    write moved to it (the metrics count them).
     """
 
     def __init__(
-        self, store: Store, state: ClusterState, on_transition: Callable[[str], None] | None = None
+        self,
+        store: Store,
+        state: ClusterState,
+        on_transition: Callable[[str, int], None] | None = None,
     ) -> None:
         self._store = store
         self._state = state
@@ -427,9 +430,13 @@ class StatusWriter:
     ) -> None:
         if self._on_transition is None:
             return
+        counts: dict[TaskStatus.State.ValueType, int] = {}
         for task, ok in zip(tasks, written, strict=True):
-            if ok and task.status.state != before[task.id]:
-                self._on_transition(TaskStatus.State.Name(task.status.state))
+            new = task.status.state
+            if ok and new != before[task.id]:
+                counts[new] = counts.get(new, 0) + 1
+        for new, count in counts.items():  # one call per state, not per task
+            self._on_transition(TaskStatus.State.Name(new), count)
 
 
 def _newer(report: TaskStatusReport, task: Task) -> bool:

@@ -331,7 +331,8 @@ class StatusWriter:
     per batch, however many it sends.
 
     ``on_transition`` is told, per batch, the new state's name and how many tasks a
-    write moved to it (the metrics count them).
+    write moved to it, and ``on_taken`` how many reports the batch took (the metrics
+    count them).
     """
 
     def __init__(
@@ -339,10 +340,13 @@ class StatusWriter:
         store: Store,
         state: ClusterState,
         on_transition: Callable[[str, int], None] | None = None,
+        on_taken: Callable[[int], None] | None = None,
     ) -> None:
         self._store = store
         self._state = state
         self._on_transition = on_transition
+        self._on_taken = on_taken
+        self._counted = 0  # of `accepted`, told to on_taken
         self._pending: dict[str, TaskStatusReport] = {}
         self._wakeup = asyncio.Event()
         self.accepted = 0
@@ -374,6 +378,9 @@ class StatusWriter:
             await asyncio.sleep(FLUSH_INTERVAL)
             self._wakeup.clear()
             reports, self._pending = self._pending, {}
+            if self._on_taken is not None:
+                self._on_taken(self.accepted - self._counted)
+                self._counted = self.accepted
             try:
                 await self._write(reports)
             except StoreError as exc:

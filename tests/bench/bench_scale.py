@@ -318,6 +318,12 @@ def status_writes(tasks: int) -> dict[str, float]:
         print(f"no /metrics: {exc}")
         return {}
     written: dict[str, float] = {}
+    reports = [
+        line for line in text.splitlines() if line.startswith("dockyard_task_status_reports_total ")
+    ]
+    if reports:  # the code under test counts them
+        taken = float(reports[0].rsplit(" ", 1)[1])
+        print(f"status reports taken: {taken:.0f} ({taken / max(tasks, 1):.2f} per task)")
     for line in text.splitlines():
         if line.startswith("dockyard_task_transitions_total{"):
             state = line.split('state="', 1)[1].split('"', 1)[0]

@@ -61,9 +61,9 @@ async def test_steps_within_the_window_fold_into_the_newest(
     held: tuple[CallingSession, dict[str, TaskStatus], StatusReporter],
 ) -> None:
     session, statuses, reporter = held
-    step(reporter, statuses, "quiet", State.ACCEPTED)  # after a quiet window: sent at once
+    step(reporter, statuses, "quiet", State.RUNNING)  # after a quiet window: sent at once
     await asyncio.sleep(0.01)
-    assert session.calls == [["quiet:ACCEPTED"]]
+    assert session.calls == [["quiet:RUNNING"]]
     for task_id in ("t1", "t2", "t3"):  # three tasks start within the window
         for state in (State.ACCEPTED, State.PREPARING, State.STARTING, State.RUNNING):
             step(reporter, statuses, task_id, state)
@@ -71,6 +71,33 @@ async def test_steps_within_the_window_fold_into_the_newest(
     await asyncio.sleep(2 * WINDOW)
     assert session.calls[1:] == [["t1:RUNNING", "t2:RUNNING", "t3:RUNNING"]]
     assert reporter.folded == 9
+
+
+async def test_a_step_before_running_waits_for_a_newer_one_then_goes_anyway() -> None:
+    session = CallingSession()
+    session.connect()
+    statuses: dict[str, TaskStatus] = {}
+    reporter = StatusReporter(session, lambda: statuses, window=0.05, progress_wait=0.5)
+    running = asyncio.create_task(reporter.run())
+    try:
+        step(reporter, statuses, "quick", State.ACCEPTED)
+        step(reporter, statuses, "slow", State.ACCEPTED)
+        await asyncio.sleep(0.1)
+        step(reporter, statuses, "quick", State.PREPARING)
+        step(reporter, statuses, "slow", State.PREPARING)  # pulling, say
+        await asyncio.sleep(0.1)
+        assert session.calls == []  # steps before RUNNING wait
+        step(reporter, statuses, "quick", State.RUNNING)
+        await asyncio.sleep(0.15)
+        assert session.calls == [["quick:RUNNING"]]  # ACCEPTED, PREPARING folded away
+        for _ in range(50):
+            if session.states("slow"):
+                break
+            await asyncio.sleep(0.05)
+        assert session.states("slow") == ["PREPARING"]  # sent anyway, once it waited
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
 
 
 async def test_a_terminal_status_is_never_folded_away(

@@ -13,6 +13,8 @@ import grpc
 import pytest
 import structlog
 
+from dockyard.agent.identity import NodeIdentity
+from dockyard.agent.session import ControllerSession
 from dockyard.common import session_limits
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.session_limits import MAX_STATUS_TEXT
@@ -30,7 +32,7 @@ from dockyard.v1.dispatcher_pb2 import (
     TaskStatusBatch,
     TaskStatusReport,
 )
-from dockyard.v1.types_pb2 import TaskStatus
+from dockyard.v1.types_pb2 import NodeDescription, TaskStatus
 from dockyard.v1.workloads_pb2 import Task
 from tests.ports import free_port
 from tests.views import watched_view
@@ -173,3 +175,44 @@ async def test_a_batch_over_its_bounds_is_refused_whole(
         reasons = [e["reason"] for e in logs if e["event"] == "task.status_rejected"]
         assert reasons == ["3 reports, at most 2 in one batch"]
         call.cancel()
+
+
+@pytest.mark.parametrize("batches", [True, False])
+async def test_an_agent_sends_batches_only_to_a_controller_that_takes_them(
+    served: Served, monkeypatch: pytest.MonkeyPatch, batches: bool
+) -> None:
+    if not batches:  # an older controller: its acceptance does not say it takes them
+        accepted = Dispatcher._accepted
+
+        def older(self: Dispatcher, session: object) -> DispatcherMessage:
+            message = accepted(self, session)  # type: ignore[arg-type]
+            message.accepted.ClearField("accepts_status_batches")
+            return message
+
+        monkeypatch.setattr(Dispatcher, "_accepted", older)
+    taken: list[str] = []  # what the dispatcher read
+    single, batch = Dispatcher._take_status, Dispatcher._take_statuses
+    monkeypatch.setattr(
+        Dispatcher,
+        "_take_status",
+        lambda self, s, r: (taken.append("single"), single(self, s, r))[1],
+    )
+    monkeypatch.setattr(
+        Dispatcher,
+        "_take_statuses",
+        lambda self, s, b: (taken.append("batch"), batch(self, s, b))[1],
+    )
+    session = ControllerSession([served.address], NodeIdentity(MINE, "mine"), NodeDescription)
+    running = asyncio.create_task(session.run())
+    try:
+        await asyncio.wait_for(session.connected.wait(), 10)
+        assert session.status.accepts_status_batches is batches
+        assert session.report_many([report("mine1"), report("mine3", TaskStatus.FAILED)])
+        stored = await until_stored(
+            served.store, lambda s: s["mine1"] == "RUNNING" and s["mine3"] == "FAILED"
+        )
+        assert (stored["mine1"], stored["mine3"]) == ("RUNNING", "FAILED")
+        assert taken == (["batch"] if batches else ["single", "single"])
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

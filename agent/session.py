@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -24,7 +24,11 @@ from dockyard.agent.identity import NodeIdentity
 from dockyard.common.authz import not_a_controller
 from dockyard.common.backoff import Backoff
 from dockyard.common.pki import CONTROLLER_TLS_NAME
-from dockyard.common.session_limits import MAX_SESSION_MESSAGE_BYTES, assignment_set_problem
+from dockyard.common.session_limits import (
+    MAX_SESSION_MESSAGE_BYTES,
+    assignment_set_problem,
+    status_batches,
+)
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
     AgentMessage,
@@ -90,6 +94,7 @@ class SessionStatus:
     controller: str = ""
     session_id: str = ""
     heartbeat_period: float = 0.0
+    accepts_status_batches: bool = False  # the controller said so when it accepted
     last_ack_wall: float = 0.0
     rtt_seconds: float = 0.0
     rtts: list[float] = field(default_factory=list)  # recent round trips, for benchmarks
@@ -238,9 +243,20 @@ class ControllerSession:
 
     def report(self, report: TaskStatusReport) -> bool:
         """Queue a task status for the controller; False while disconnected."""
+        return self.report_many([report])
+
+    def report_many(self, reports: Sequence[TaskStatusReport]) -> bool:
+        """Queue task statuses for the controller: in bounded batches when it takes
+        them (`SessionAccepted.accepts_status_batches`), else one message each; False
+        while disconnected."""
         if self._outbox is None:
             return False
-        self._outbox.put_nowait(AgentMessage(task_status=report))
+        if not self.status.accepts_status_batches:
+            for report in reports:
+                self._outbox.put_nowait(AgentMessage(task_status=report))
+            return True
+        for batch in status_batches(reports):
+            self._outbox.put_nowait(AgentMessage(task_statuses=batch))
         return True
 
     async def _run_once(self, target: str) -> None:
@@ -296,6 +312,7 @@ class ControllerSession:
         self.status.state = "connected"
         self.status.session_id = accepted.session_id
         self.status.heartbeat_period = accepted.heartbeat_period_seconds
+        self.status.accepts_status_batches = accepted.accepts_status_batches
         self._terms[target] = accepted.leader_term
         self.connected.set()
         log.info(

@@ -31,7 +31,7 @@ from dockyard.agent.secret_files import SecretFiles
 from dockyard.agent.tasks.controller import TaskController
 from dockyard.agent.tasks.disposal import DEFAULT_STOP_GRACE, Disposer
 from dockyard.agent.tasks.persistence import STATE_FILE, SavedTask, StateFile
-from dockyard.agent.tasks.reporting import SessionLike, StatusReporter
+from dockyard.agent.tasks.reporting import FOLD_WINDOW, SessionLike, StatusReporter
 from dockyard.v1.dispatcher_pb2 import AssignmentSet
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
@@ -49,14 +49,16 @@ class Worker:
 
     Args:
         executor: The backend that makes and runs containers.
-        session: Where statuses go (`ControllerSession`); `report` returns False while
-            disconnected.
+        session: Where statuses go (`ControllerSession`); `report_many` returns False
+            while disconnected.
         state_dir: Where `worker.json` is kept (the agent's state dir).
         persist: False keeps no worker.json: for simulated agents, whose containers do
             not outlive the process anyway.
         secrets: The secrets the sets deliver, in memory only (worker.json keeps tasks'
             references, never data), and the executor's files of them (removed with
             each task's container).
+        report_window: Seconds within which a task's statuses fold into its newest
+            (`StatusReporter`); 0 reports every step as it comes.
     """
 
     def __init__(
@@ -66,12 +68,13 @@ class Worker:
         state_dir: Path,
         persist: bool = True,
         secrets: SecretFiles | None = None,
+        report_window: float = FOLD_WINDOW,
     ) -> None:
         self.executor = executor
         self.session = session
         self.secrets = secrets
         self.state = StateFile(state_dir / STATE_FILE) if persist else None
-        self.reporter = StatusReporter(session, self.statuses)
+        self.reporter = StatusReporter(session, self.statuses, report_window)
         self._disposer = Disposer(executor, secrets)
         self._controllers: dict[str, TaskController] = {}
         self._dirty = asyncio.Event()  # worker.json is behind

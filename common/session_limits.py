@@ -7,17 +7,23 @@ report always fits in the etcd transaction that records it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 from dockyard.common.validation import MAX_REF_LENGTH
-from dockyard.v1.dispatcher_pb2 import AssignmentSet, TaskStatusReport
+from dockyard.v1.dispatcher_pb2 import AssignmentSet, TaskStatusBatch, TaskStatusReport
 from dockyard.v1.types_pb2 import TaskStatus
 
 __all__ = [
     "MAX_ASSIGNED_TASKS",
     "MAX_SESSION_MESSAGE_BYTES",
+    "MAX_STATUS_BATCH_BYTES",
+    "MAX_STATUS_BATCH_REPORTS",
     "MAX_STATUS_TEXT",
     "assignment_set_problem",
     "clip_status",
     "clip_text",
+    "status_batch_problem",
+    "status_batches",
     "status_report_problem",
 ]
 
@@ -29,6 +35,13 @@ MAX_ASSIGNED_TASKS = 10_000
 MAX_STATUS_TEXT = 4096
 """Characters of a status's message or error (an agent clips longer ones)."""
 _MAX_ADDRESS = 64  # an IPv6 address with a zone fits
+MAX_STATUS_BATCH_REPORTS = 1024
+"""The most reports one TaskStatusBatch may hold (the controller refuses more, whole)."""
+MAX_STATUS_BATCH_BYTES = 1024 * 1024
+"""About the most bytes an agent puts in one TaskStatusBatch: a quarter of what the
+controller's server receives (4 MiB), and a report bounded as `status_report_problem`
+says (at most about 33 KiB) always fits."""
+_REPORT_OVERHEAD = 4  # a repeated field's tag and length prefix, at most
 
 
 def clip_text(text: str, limit: int = MAX_STATUS_TEXT) -> str:
@@ -64,4 +77,32 @@ def status_report_problem(report: TaskStatusReport) -> str | None:
     ):
         if len(value) > limit:
             return f"{name}: {len(value)} characters, at most {limit}"
+    return None
+
+
+def status_batches(
+    reports: Sequence[TaskStatusReport],
+    max_reports: int = MAX_STATUS_BATCH_REPORTS,
+    max_bytes: int = MAX_STATUS_BATCH_BYTES,
+) -> Iterator[TaskStatusBatch]:
+    """`reports` in order, cut into batches of at most `max_reports` reports and
+    `max_bytes` bytes (a report larger than that alone goes alone)."""
+    chunk: list[TaskStatusReport] = []
+    size = 0
+    for report in reports:
+        cost = report.ByteSize() + _REPORT_OVERHEAD
+        if chunk and (len(chunk) >= max_reports or size + cost > max_bytes):
+            yield TaskStatusBatch(reports=chunk)
+            chunk, size = [], 0
+        chunk.append(report)
+        size += cost
+    if chunk:
+        yield TaskStatusBatch(reports=chunk)
+
+
+def status_batch_problem(batch: TaskStatusBatch) -> str | None:
+    """Why the controller must refuse a batch whole, or None to take its reports (each
+    still checked by `status_report_problem`)."""
+    if len(batch.reports) > MAX_STATUS_BATCH_REPORTS:
+        return f"{len(batch.reports)} reports, at most {MAX_STATUS_BATCH_REPORTS} in one batch"
     return None

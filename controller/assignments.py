@@ -30,6 +30,7 @@ from dockyard.controller.store import (
     REGISTRY_AUTHS,
     SECRET_DATA,
     TASKS,
+    Op,
     Store,
     StoreError,
 )
@@ -329,16 +330,23 @@ class StatusWriter:
     as it can costs one waiting report per task it runs and one etcd write per task
     per batch, however many it sends.
 
-    ``on_transition`` is told the new state's name of every task whose state a write
-    changed (the metrics count them).
+    ``on_transition`` is told, per batch, the new state's name and how many tasks a
+    write moved to it, and ``on_taken`` how many reports the batch took (the metrics
+    count them).
     """
 
     def __init__(
-        self, store: Store, state: ClusterState, on_transition: Callable[[str], None] | None = None
+        self,
+        store: Store,
+        state: ClusterState,
+        on_transition: Callable[[str, int], None] | None = None,
+        on_taken: Callable[[int], None] | None = None,
     ) -> None:
         self._store = store
         self._state = state
         self._on_transition = on_transition
+        self._on_taken = on_taken
+        self._counted = 0  # of `accepted`, told to on_taken
         self._pending: dict[str, TaskStatusReport] = {}
         self._wakeup = asyncio.Event()
         self.accepted = 0
@@ -370,6 +378,9 @@ class StatusWriter:
             await asyncio.sleep(FLUSH_INTERVAL)
             self._wakeup.clear()
             reports, self._pending = self._pending, {}
+            if self._on_taken is not None:
+                self._on_taken(self.accepted - self._counted)
+                self._counted = self.accepted
             try:
                 await self._write(reports)
             except StoreError as exc:
@@ -388,21 +399,9 @@ class StatusWriter:
 
     async def _write(self, reports: dict[str, TaskStatusReport]) -> None:
         for _ in range(5):
-            tasks = []
-            for task_id, report in reports.items():
-                task = self._state.tasks.get(task_id)
-                if task is None or not _newer(report, task):
-                    continue
-                updated = Task()
-                updated.CopyFrom(task)
-                updated.status.CopyFrom(report.status)
-                if report.status.state != task.status.state:
-                    # On this controller's clock: planners never compare the agent's.
-                    updated.observed_at.CopyFrom(now_timestamp())
-                tasks.append(updated)
+            tasks, ops = self._updated(reports)
             if not tasks:
                 return
-            ops = [self._store.put_op(TASKS, t.id, t, expect=t.meta.version) for t in tasks]
             before = {t.id: self._state.tasks[t.id].status.state for t in tasks}
             results = await self._store.commit_each(ops)
             self._count_transitions(tasks, results, before)
@@ -411,14 +410,40 @@ class StatusWriter:
             if not reports:
                 return
 
+    def _updated(self, reports: Mapping[str, TaskStatusReport]) -> tuple[list[Task], list[Op]]:
+        """The tasks these reports move on, each copied once with its new status and
+        stamped with one time for the batch, and their writes."""
+        now = now_timestamp()  # this controller's clock: planners never compare the agent's
+        tasks: list[Task] = []
+        ops: list[Op] = []
+        for task_id, report in reports.items():
+            task = self._state.tasks.get(task_id)
+            if task is None or not _newer(report, task):
+                continue
+            updated = Task()
+            updated.CopyFrom(task)
+            updated.status.CopyFrom(report.status)
+            if report.status.state != task.status.state:
+                updated.observed_at.CopyFrom(now)
+            version = task.meta.version
+            ops.append(
+                self._store.put_op(TASKS, task_id, updated, expect=version, owned=True, now=now)
+            )
+            tasks.append(updated)
+        return tasks, ops
+
     def _count_transitions(
         self, tasks: list[Task], written: list[bool], before: Mapping[str, int]
     ) -> None:
         if self._on_transition is None:
             return
+        counts: dict[TaskStatus.State.ValueType, int] = {}
         for task, ok in zip(tasks, written, strict=True):
-            if ok and task.status.state != before[task.id]:
-                self._on_transition(TaskStatus.State.Name(task.status.state))
+            new = task.status.state
+            if ok and new != before[task.id]:
+                counts[new] = counts.get(new, 0) + 1
+        for new, count in counts.items():  # one call per state, not per task
+            self._on_transition(TaskStatus.State.Name(new), count)
 
 
 def _newer(report: TaskStatusReport, task: Task) -> bool:

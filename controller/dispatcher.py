@@ -20,7 +20,7 @@ import structlog
 
 from dockyard.common.authz import peer_identity
 from dockyard.common.pki import NODE
-from dockyard.common.session_limits import status_report_problem
+from dockyard.common.session_limits import status_batch_problem, status_report_problem
 from dockyard.common.validation import MAX_REF_LENGTH
 from dockyard.controller.assignments import Assigner, StatusWriter
 from dockyard.controller.attachments import AttachmentRegistry, NotAttachable
@@ -42,6 +42,7 @@ from dockyard.v1.dispatcher_pb2 import (
     LeaderRequest,
     PruneAttachmentsRequest,
     SessionAccepted,
+    TaskStatusBatch,
     TaskStatusReport,
 )
 from dockyard.v1.types_pb2 import Node
@@ -249,6 +250,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                 cluster_id=self._cluster_id,
                 heartbeat_period_seconds=self.heartbeat_period,
                 leader_term=self._leader_term(),
+                accepts_status_batches=True,
             )
         )
 
@@ -345,10 +347,27 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         return term.registry if term is not None and term.registry is not None else self._registry
 
     def _take_status(self, session: AgentSession, report: TaskStatusReport) -> None:
+        """One report (an agent that sends no batches: older, or to an older leader)."""
+        term = self._term()
+        if term is not None:
+            self._take_report(session, term.status_writer, report)
+
+    def _take_statuses(self, session: AgentSession, batch: TaskStatusBatch) -> None:
+        """A batch of reports, each checked and taken (or refused) on its own; one over
+        the batch bounds is refused whole."""
         term = self._term()
         if term is None:
             return
+        problem = status_batch_problem(batch)
+        if problem is not None:
+            session.refuse("", problem)
+            return
         writer = term.status_writer
+        for report in batch.reports:
+            self._take_report(session, writer, report)
+
+    @staticmethod
+    def _take_report(session: AgentSession, writer: StatusWriter, report: TaskStatusReport) -> None:
         problem = status_report_problem(report)
         if problem is not None:  # over the session's bounds (so over the etcd write's)
             session.refuse(report.task_id, problem)
@@ -379,6 +398,8 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                             )
                         )
                     )
+                elif kind == "task_statuses":
+                    self._take_statuses(session, message.task_statuses)
                 elif kind == "task_status":
                     self._take_status(session, message.task_status)
                 elif kind == "resync_assignments":

@@ -523,7 +523,12 @@ class Controller:
         post = self._leader_post()
         assigner = Assigner(state, post, store, self.sessions.takes_deltas)
         transitions = self.metrics.task_transitions
-        writer = StatusWriter(store, state, lambda state: transitions.labels(state).inc())
+        writer = StatusWriter(
+            store,
+            state,
+            lambda state, n: transitions.labels(state).inc(n),
+            self.metrics.task_reports.inc,
+        )
         self.scheduling = SchedulingLoop(
             store, state, config.strategy, self.metrics.observe_scheduling_round
         )

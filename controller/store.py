@@ -25,6 +25,7 @@ from etcd3aio import Etcd3Client, EtcdError
 from etcd3aio._protobuf import KVStub, LeaseKeepAliveRequest, LeaseStub, RangeRequest
 from etcd3aio.kv import KVService, prefix_range_end
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.etcd_members import EtcdAccess, EtcdMember, etcd_members
@@ -347,14 +348,27 @@ class Store:
 
     # -- writes ------------------------------------------------------------
 
-    def put_op(self, kind: Kind[M], record_id: str, value: M, *, expect: int | None) -> Op:
-        """An Op that writes `value`, stamping meta times; `meta.version` is not stored."""
-        stored = type(value)()
-        stored.CopyFrom(value)
+    def put_op(
+        self,
+        kind: Kind[M],
+        record_id: str,
+        value: M,
+        *,
+        expect: int | None,
+        owned: bool = False,
+        now: Timestamp | None = None,
+    ) -> Op:
+        """An Op that writes `value`, stamping meta times (`now`, else the clock's);
+        `meta.version` is not stored. `owned`: the caller made `value` for this write
+        and gives it up, so it is stamped in place instead of copied."""
+        stored = value
+        if not owned:
+            stored = type(value)()
+            stored.CopyFrom(value)
         if "meta" in stored.DESCRIPTOR.fields_by_name:
             meta: Any = getattr(stored, "meta")  # noqa: B009 - not every kind has one
             meta.version = 0
-            meta.updated_at.CopyFrom(now_timestamp())
+            meta.updated_at.CopyFrom(now if now is not None else now_timestamp())
             if expect == 0 or not meta.created_at.seconds:
                 meta.created_at.CopyFrom(meta.updated_at)
         return Op(self._key(kind, record_id), stored.SerializeToString(), expect)
@@ -587,8 +601,8 @@ class Store:
         records of the prefix too (watched, not decoded), so that a reader waiting for
         etcd's current revision is not held up by a write to the leader key."""
         assert self._client.watch is not None
-        by_prefix = [(self._key(kind, ""), kind) for kind in kinds]
-        start = by_prefix[0][0] if len(kinds) == 1 else self.prefix + "/"
+        by_prefix = {self._key(kind, ""): kind for kind in kinds}
+        start = self._key(kinds[0], "") if len(kinds) == 1 else self.prefix + "/"
         stream = self._client.watch.watch(
             start, prefix_range_end(start), start_revision=start_revision + 1
         )
@@ -600,9 +614,11 @@ class Store:
                     raise StoreUnavailable(f"etcd canceled the watch: {response.cancel_reason}")
                 events = []
                 for event in response.events:
-                    kind = _kind_of(bytes(event.kv.key).decode(), by_prefix)
+                    # A kind's record is "<kind's prefix><ID>", the ID without a "/".
+                    head, _, record_id = bytes(event.kv.key).decode().rpartition("/")
+                    kind = by_prefix.get(head + "/")
                     if kind is not None:
-                        events.append(self._event(kind, event))
+                        events.append(self._event(kind, record_id, event))
                 if response.events:
                     yield events, int(response.events[-1].kv.mod_revision)
         finally:
@@ -630,9 +646,8 @@ class Store:
             meta.version = int(kv.mod_revision)
         return record
 
-    def _event(self, kind: Kind[M], event: Any) -> WatchEvent[M]:
+    def _event(self, kind: Kind[M], record_id: str, event: Any) -> WatchEvent[M]:
         kv = event.kv
-        record_id = bytes(kv.key).decode().removeprefix(self._key(kind, ""))
         deleted = event.type == 1  # mvccpb.Event.DELETE
         value = None if deleted else self._decode(kind, kv)
         return WatchEvent(kind.name, record_id, deleted, value, int(kv.mod_revision))
@@ -794,14 +809,6 @@ def _too_large(exc: BaseException | None) -> bool:
     return (
         isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     )
-
-
-def _kind_of(key: str, by_prefix: Sequence[tuple[str, Kind[Any]]]) -> Kind[Any] | None:
-    """The kind whose records include `key` (not a deeper key such as an index)."""
-    for prefix, kind in by_prefix:
-        if key.startswith(prefix) and "/" not in key[len(prefix) :]:
-            return kind
-    return None
 
 
 def _compare(op: Op) -> Any:

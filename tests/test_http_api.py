@@ -529,6 +529,8 @@ def test_metrics_parse_and_match_the_cluster(api: Http) -> None:
             up
         )
     assert found[("dockyard_task_transitions_total", (("state", "RUNNING"),))] >= running > 0
+    # each RUNNING came in a report (several steps may fold into one)
+    assert found[("dockyard_task_status_reports_total", ())] >= running
     # Every task ever assigned went through the scheduler of this (the only) leader.
     assigned = found[("dockyard_scheduler_assigned_tasks_total", ())]
     assert assigned >= sum(1 for t in tasks if t["node_id"]) > 0

@@ -266,6 +266,12 @@ class ControllerMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.task_reports = Counter(
+            "dockyard_task_status_reports",
+            "Task status reports taken from agents (on the leader; an agent folds a task's "
+            "quick steps into one).",
+            registry=self.registry,
+        )
         self.scrape_errors = Counter(
             "dockyard_metrics_refresh_errors",
             "Scrapes whose cluster gauges failed.",

@@ -13,7 +13,7 @@ import contextlib
 
 import structlog
 
-from dockyard.common.timestamps import wall_time
+from dockyard.common.timestamps import now_timestamp, wall_time
 from dockyard.controller.ingress_network import find_ingress
 from dockyard.controller.network_addresses import (
     AddressExhausted,
@@ -181,8 +181,10 @@ class Orchestrator:
         return plan
 
     def _ops(self, plan: Plan) -> list[Op]:
-        ops = [self._store.put_op(TASKS, t.id, t, expect=0) for t in plan.creates]
-        ops += [self._store.put_op(TASKS, t.id, t, expect=t.meta.version) for t in plan.updates]
+        now = now_timestamp()  # one stamp for the round's writes (a clock read costs)
+        put = self._store.put_op
+        ops = [put(TASKS, t.id, t, expect=0, now=now) for t in plan.creates]
+        ops += [put(TASKS, t.id, t, expect=t.meta.version, now=now) for t in plan.updates]
         ops += [
             self._store.raw_op(TASKS, task_id, None, expect=version)
             for task_id, version in plan.deletes

@@ -211,10 +211,11 @@ def start_cluster(
     code has it, on the reader's --read-http-listen."""
     address = f"127.0.0.1:{free_port()}"
     read_address = f"127.0.0.1:{free_port()}" if has_read_port() else ""
-    http_flags: list[str] = ["--http-listen", ""]
+    # The HTTP port always: its /metrics gives the status writes per task at the end.
+    http_address = f"127.0.0.1:{free_port()}"
+    http_flags: list[str] = ["--http-listen", http_address]
+    METRICS_URL[0] = f"http://{http_address}/metrics"
     if http_reads is not None:
-        http_address = f"127.0.0.1:{free_port()}"
-        http_flags = ["--http-listen", http_address]
         http_reads["http services (controller)"] = f"http://{http_address}/v1/services"
         if has_read_port("--read-http-listen"):
             reader_http = f"127.0.0.1:{free_port()}"
@@ -302,6 +303,35 @@ def start_cluster(
             )
         )
     return controller.pid, stub, [p.pid for p in fleet], reads
+
+
+METRICS_URL = [""]  # the controller's /metrics, once started
+
+
+def status_writes(tasks: int) -> dict[str, float]:
+    """The task state changes the controller wrote from the agents' reports, by state
+    (`dockyard_task_transitions_total`), and their number per task."""
+    try:
+        with urllib.request.urlopen(METRICS_URL[0], timeout=10) as answer:
+            text = answer.read().decode()
+    except OSError as exc:
+        print(f"no /metrics: {exc}")
+        return {}
+    written: dict[str, float] = {}
+    reports = [
+        line for line in text.splitlines() if line.startswith("dockyard_task_status_reports_total ")
+    ]
+    if reports:  # the code under test counts them
+        taken = float(reports[0].rsplit(" ", 1)[1])
+        print(f"status reports taken: {taken:.0f} ({taken / max(tasks, 1):.2f} per task)")
+    for line in text.splitlines():
+        if line.startswith("dockyard_task_transitions_total{"):
+            state = line.split('state="', 1)[1].split('"', 1)[0]
+            written[state] = float(line.rsplit(" ", 1)[1])
+    total = sum(written.values())
+    steps = ", ".join(f"{state} {count:.0f}" for state, count in sorted(written.items()))
+    print(f"status changes written: {total:.0f} ({total / max(tasks, 1):.2f} per task): {steps}")
+    return {"status_writes_per_task": round(total / max(tasks, 1), 2)}
 
 
 def has_read_port(flag: str = "--read-listen") -> bool:
@@ -447,6 +477,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         sampler.done.set()
         sampler.join(5)
         result = report(args.nodes, per_service * args.services, placed, took, sampler, cpu)
+        result.update(status_writes(per_service * args.services))
         result["terms_lost"] = terms_lost(root / "controller.log")
         print(f"leader terms lost during the run: {result['terms_lost']}")
         return result
@@ -505,6 +536,7 @@ def main() -> None:
         "seconds_to_placed",
         "seconds_to_running",
         "controller_cpu_seconds",
+        "status_writes_per_task",
         "service_ls_p50_ms",
         "service_ls_p99_ms",
         "node_ls_p50_ms",

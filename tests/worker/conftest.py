@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, TaskStatusReport
@@ -40,6 +40,9 @@ class FakeSession:
             return False
         self.reports.append(report)
         return True
+
+    def report_many(self, reports: Sequence[TaskStatusReport]) -> bool:
+        return all([self.report(r) for r in reports])
 
     def states(self, task_id: str) -> list[str]:
         return [State.Name(r.status.state) for r in self.reports if r.task_id == task_id]

@@ -57,7 +57,7 @@ async def node(state: tuple[Path, str]) -> AsyncIterator[Node]:
     await manager.start()
     session = FakeSession()
     session.connect()
-    worker = Worker(TaskExecutor(manager), session, root)
+    worker = Worker(TaskExecutor(manager), session, root, report_window=0)  # every step
     await worker.start()
     try:
         yield Node(manager, worker, session)

@@ -38,7 +38,8 @@ def session() -> FakeSession:
 async def worker(
     tmp_path: Path, runtime: HollowRuntime, session: FakeSession
 ) -> AsyncIterator[Worker]:
-    made = Worker(hollow_executor(runtime), session, tmp_path)
+    # every step reported as it comes: these tests read the steps (folding: test_reporting.py)
+    made = Worker(hollow_executor(runtime), session, tmp_path, report_window=0)
     await made.start()
     try:
         yield made
@@ -187,7 +188,7 @@ async def test_a_new_worker_on_the_same_state_dir_resumes_the_tasks(
 ) -> None:
     session = FakeSession()
     session.connect()
-    first = Worker(hollow_executor(runtime), session, tmp_path)
+    first = Worker(hollow_executor(runtime), session, tmp_path, report_window=0)
     await first.start()
     task = make_task("t1", ["serve"])
     await first.on_assignments(full_set(task, make_task("t2", ["true"])))
@@ -200,7 +201,7 @@ async def test_a_new_worker_on_the_same_state_dir_resumes_the_tasks(
 
     # the agent restarts with no controller: the container keeps running
     offline = FakeSession()
-    second = Worker(hollow_executor(runtime), offline, tmp_path)
+    second = Worker(hollow_executor(runtime), offline, tmp_path, report_window=0)
     await second.start()
     try:
         await asyncio.sleep(0.1)

@@ -214,6 +214,7 @@ class AgentMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     TASK_STATUS_FIELD_NUMBER: _builtins.int
     RESYNC_ASSIGNMENTS_FIELD_NUMBER: _builtins.int
+    TASK_STATUSES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___SessionHello: ...
     @_builtins.property
@@ -224,6 +225,12 @@ class AgentMessage(_message.Message):
     def resync_assignments(self) -> Global___AssignmentsResync:
         """The agent cannot apply a delta (its base is not the set it holds): send a full set."""
 
+    @_builtins.property
+    def task_statuses(self) -> Global___TaskStatusBatch:
+        """Many tasks' newest statuses in one message; sent only to a controller whose
+        SessionAccepted says `accepts_status_batches` (any other gets `task_status`).
+        """
+
     def __init__(
         self,
         *,
@@ -231,16 +238,42 @@ class AgentMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         task_status: Global___TaskStatusReport | None = ...,
         resync_assignments: Global___AssignmentsResync | None = ...,
+        task_statuses: Global___TaskStatusBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "resync_assignments", b"resync_assignments", "task_status", b"task_status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "resync_assignments", b"resync_assignments", "task_status", b"task_status", "task_statuses", b"task_statuses"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "resync_assignments", b"resync_assignments", "task_status", b"task_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "resync_assignments", b"resync_assignments", "task_status", b"task_status", "task_statuses", b"task_statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "task_status", "resync_assignments"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "task_status", "resync_assignments", "task_statuses"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class TaskStatusBatch(_message.Message):
+    """Statuses of many tasks, each the task's newest (steps that came within the agent's
+    folding window are not in it): at most MAX_STATUS_BATCH_REPORTS reports and about
+    MAX_STATUS_BATCH_BYTES (common/session_limits.py); a larger batch is refused whole.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reports(self) -> _containers.RepeatedCompositeFieldContainer[Global___TaskStatusReport]: ...
+    def __init__(
+        self,
+        *,
+        reports: _abc.Iterable[Global___TaskStatusReport] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reports", b"reports"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TaskStatusBatch: _TypeAlias = TaskStatusBatch  # noqa: Y015
 
 @_typing.final
 class AssignmentsResync(_message.Message):
@@ -385,12 +418,17 @@ class SessionAccepted(_message.Message):
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     HEARTBEAT_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
     LEADER_TERM_FIELD_NUMBER: _builtins.int
+    ACCEPTS_STATUS_BATCHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     node_id: _builtins.str
     cluster_id: _builtins.str
     heartbeat_period_seconds: _builtins.float
     leader_term: _builtins.int
     """the accepting leader's term (its fence revision)"""
+    accepts_status_batches: _builtins.bool
+    """The controller takes TaskStatusBatch messages; an agent sends single reports to
+    one that does not say so (an older controller).
+    """
     def __init__(
         self,
         *,
@@ -399,10 +437,11 @@ class SessionAccepted(_message.Message):
         cluster_id: _builtins.str = ...,
         heartbeat_period_seconds: _builtins.float = ...,
         leader_term: _builtins.int = ...,
+        accepts_status_batches: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_id", b"cluster_id", "heartbeat_period_seconds", b"heartbeat_period_seconds", "leader_term", b"leader_term", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_status_batches", b"accepts_status_batches", "cluster_id", b"cluster_id", "heartbeat_period_seconds", b"heartbeat_period_seconds", "leader_term", b"leader_term", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

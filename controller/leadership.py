@@ -327,6 +327,7 @@ class Leadership:
             asked = time.monotonic()
             left = self._lease_expiry() - EXPIRY_MARGIN - asked
             if left <= 0:
+                log.warning("leadership.loop_renewer_late", late=round(-left, 3))
                 continue  # the term is ending (`_watch_lease`)
             try:
                 async with asyncio.timeout(left):
@@ -399,7 +400,10 @@ class LeaseKeeper:
         try:
             while not self._stop.is_set():
                 left = self.expires - EXPIRY_MARGIN - time.monotonic()
-                self._sleep(max(0.0, min(self._ttl / 3, left)))
+                wake = time.monotonic() + max(0.0, min(self._ttl / 3, left))
+                self._sleep(wake - time.monotonic())
+                if (overslept := time.monotonic() - wake) > HOLD_CHECK:
+                    log.warning("leadership.keeper_overslept", seconds=round(overslept, 3))
                 if self._stop.is_set() or not self._refresh():
                     return
         finally:
@@ -422,16 +426,33 @@ class LeaseKeeper:
             return False
         left = self.expires - EXPIRY_MARGIN - asked
         if left <= 0:
+            log.warning("leadership.keeper_late", late=round(-left, 3), slept_past="window")
             return False
         try:
             alive = self._renewer.refresh_lease(self._lease, left)
-            left = self.expires - EXPIRY_MARGIN - time.monotonic()
+            renewed = time.monotonic()
+            left = self.expires - EXPIRY_MARGIN - renewed
             ours = alive and left > 0 and self._renewer.fence_holds(self._fence, left)
         except Exception as exc:  # any failure is a missed refresh
-            log.warning("leadership.refresh_failed", error=_describe(exc))
+            log.warning(
+                "leadership.refresh_failed",
+                error=_describe(exc),
+                took=round(time.monotonic() - asked, 3),
+                window=round(self.expires - EXPIRY_MARGIN - asked, 3),
+            )
             return True
+        took = time.monotonic() - asked
+        if took > self._ttl / 6:
+            log.warning(
+                "leadership.refresh_slow",
+                took=round(took, 3),
+                keep_alive=round(renewed - asked, 3),
+                window=round(self.expires - EXPIRY_MARGIN - asked, 3),
+                ok=ours,
+            )
         if not ours:
             if time.monotonic() >= self.expires - EXPIRY_MARGIN:
+                log.warning("leadership.keeper_late", late=round(took, 3), slept_past="answer")
                 return False
             log.warning("leadership.key_lost", lease_alive=alive)
             self.lost = "leadership.key_lost"

@@ -43,6 +43,7 @@ class Rig:
     window: float = 0.0  # the documented extra-replica window of the scenario
     controller_host: str = "127.0.0.1"  # where controllers listen (gRPC)
     controller_env: dict[str, str] = field(default_factory=dict)  # added to their environment
+    lease: int = LEASE  # --leader-ttl
     etcd: EtcdCluster = field(init=False)
     controllers: list[Cluster] = field(default_factory=list)
     checker: InvariantChecker | None = None
@@ -69,7 +70,7 @@ class Rig:
             self.controllers.append(cluster)
             with _environment(self.controller_env):
                 cluster.start_controller(
-                    ["--leader-ttl", str(LEASE), "--node-down-grace", str(self.down_grace)]
+                    ["--leader-ttl", str(self.lease), "--node-down-grace", str(self.down_grace)]
                 )
         self.wait_for(lambda: self.leader() is not None, "a leader", 30)
 

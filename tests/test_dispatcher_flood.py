@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import grpc
 import pytest
 import structlog
 
 from dockyard.common.etcd_server import EtcdServer
-from dockyard.controller.assignments import StatusWriter
-from dockyard.controller.dispatcher import Dispatcher, Term
-from dockyard.controller.nodes import NodeRegistry
-from dockyard.controller.server import SERVER_OPTIONS
-from dockyard.controller.sessions import SessionRegistry
 from dockyard.controller.store import TASKS, Store
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
@@ -31,21 +25,12 @@ from dockyard.v1.dispatcher_pb2 import (
 )
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
-from tests.ports import free_port
-from tests.views import watched_view
+from tests.served_dispatcher import Served, served_dispatcher
 
 FLOOD, CALM = "f" * 20, "c" * 20
 FLOOD_TASK, CALM_TASK = "a" * 24, "b" * 24
 REPORTS = 50_000
 FOREIGN = 5_000  # reports on the other node's task: each one refused
-
-
-@dataclass
-class Served:
-    dispatcher: Dispatcher
-    writer: StatusWriter
-    address: str
-    store: Store
 
 
 @pytest.fixture
@@ -63,32 +48,8 @@ async def served(etcd: EtcdServer) -> AsyncIterator[Served]:
                 status=TaskStatus(state=TaskStatus.ASSIGNED),
             ),
         )
-    async with watched_view(store) as state:
-        sessions = SessionRegistry()
-        writer = StatusWriter(store, state)
-        term = Term(writer)
-        dispatcher = Dispatcher(
-            NodeRegistry(store),
-            sessions,
-            "cluster",
-            heartbeat_period=5.0,
-            grace=30.0,
-            leader_address=lambda: None,
-            term=lambda: term,
-        )
-        writing = asyncio.create_task(writer.run())
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
-        address = f"127.0.0.1:{free_port()}"
-        server.add_insecure_port(address)
-        await server.start()
-        try:
-            yield Served(dispatcher, writer, address, store)
-        finally:
-            sessions.close_all()
-            await server.stop(None)
-            writing.cancel()
-            await asyncio.gather(writing, return_exceptions=True)
+    async with served_dispatcher(store) as served:
+        yield served
     await store.close()
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -18,11 +17,7 @@ from dockyard.agent.session import ControllerSession
 from dockyard.common import session_limits
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.session_limits import MAX_STATUS_TEXT
-from dockyard.controller.assignments import StatusWriter
-from dockyard.controller.dispatcher import Dispatcher, Term
-from dockyard.controller.nodes import NodeRegistry
-from dockyard.controller.server import SERVER_OPTIONS
-from dockyard.controller.sessions import SessionRegistry
+from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.store import TASKS, Store
 from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
@@ -34,18 +29,11 @@ from dockyard.v1.dispatcher_pb2 import (
 )
 from dockyard.v1.types_pb2 import NodeDescription, TaskStatus
 from dockyard.v1.workloads_pb2 import Task
-from tests.ports import free_port
-from tests.views import watched_view
+from tests.served_dispatcher import Served, served_dispatcher
 
 MINE = "m" * 20
 OTHER = "o" * 20
 TASK_IDS = {"mine1": MINE, "mine2": MINE, "mine3": MINE, "theirs": OTHER}
-
-
-@dataclass
-class Served:
-    address: str
-    store: Store
 
 
 @pytest.fixture
@@ -62,31 +50,8 @@ async def served(etcd: EtcdServer) -> AsyncIterator[Served]:
             status=TaskStatus(state=TaskStatus.ASSIGNED),
         )
         await store.create(TASKS, task_id, task)
-    async with watched_view(store) as state:
-        sessions = SessionRegistry()
-        term = Term(StatusWriter(store, state))
-        dispatcher = Dispatcher(
-            NodeRegistry(store),
-            sessions,
-            "cluster",
-            heartbeat_period=5.0,
-            grace=30.0,
-            leader_address=lambda: None,
-            term=lambda: term,
-        )
-        writing = asyncio.create_task(term.status_writer.run())
-        server = grpc.aio.server(options=SERVER_OPTIONS)
-        dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
-        address = f"127.0.0.1:{free_port()}"
-        server.add_insecure_port(address)
-        await server.start()
-        try:
-            yield Served(address, store)
-        finally:
-            sessions.close_all()
-            await server.stop(None)
-            writing.cancel()
-            await asyncio.gather(writing, return_exceptions=True)
+    async with served_dispatcher(store) as served:
+        yield served
     await store.close()
 
 

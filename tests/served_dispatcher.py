@@ -1,0 +1,63 @@
+"""The controller's dispatcher on a real gRPC server (the controller's options), with its
+status writer on a cluster state fed by a real etcd: what the session tests talk to."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+
+from dockyard.controller.assignments import StatusWriter
+from dockyard.controller.dispatcher import Dispatcher, Term
+from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.server import SERVER_OPTIONS
+from dockyard.controller.sessions import SessionRegistry
+from dockyard.controller.store import Store
+from dockyard.v1 import dispatcher_pb2_grpc
+from tests.ports import free_port
+from tests.views import watched_view
+
+__all__ = ["Served", "served_dispatcher"]
+
+
+@dataclass
+class Served:
+    dispatcher: Dispatcher
+    sessions: SessionRegistry
+    writer: StatusWriter
+    address: str
+    store: Store
+
+
+@contextlib.asynccontextmanager
+async def served_dispatcher(store: Store) -> AsyncIterator[Served]:
+    """Serve until the block ends (`store` connected; the caller closes it)."""
+    async with watched_view(store) as state:
+        sessions = SessionRegistry()
+        writer = StatusWriter(store, state)
+        term = Term(writer)
+        dispatcher = Dispatcher(
+            NodeRegistry(store),
+            sessions,
+            "cluster",
+            heartbeat_period=5.0,
+            grace=30.0,
+            leader_address=lambda: None,
+            term=lambda: term,
+        )
+        writing = asyncio.create_task(writer.run())
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        dispatcher_pb2_grpc.add_DispatcherServicer_to_server(dispatcher, server)
+        address = f"127.0.0.1:{free_port()}"
+        server.add_insecure_port(address)
+        await server.start()
+        try:
+            yield Served(dispatcher, sessions, writer, address, store)
+        finally:
+            sessions.close_all()
+            await server.stop(None)
+            writing.cancel()
+            await asyncio.gather(writing, return_exceptions=True)

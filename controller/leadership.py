@@ -354,9 +354,10 @@ class Leadership:
 
 
 class LeaseKeeper:
-    """Renews one leader lease every TTL/3 from a thread of its own, over gRPC's
-    blocking API (`Store.renewer`), and checks the key is still the term's: nothing it
-    does waits on the controller's event loop.
+    """Renews one leader lease every TTL/3 from a thread of its own, over etcd's
+    HTTP/JSON gateway (`Store.renewer`, controller/etcd_gateway.py: one blocking request
+    read on this thread, not a gRPC call's several GIL-bound threads), and checks the
+    key is still the term's: nothing it does waits on the controller's event loop.
 
     `expires` is the monotonic time by which the lease may have expired (the time the
     last successful refresh was asked, plus the TTL); `lost` names why the keeper gave

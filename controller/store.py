@@ -22,12 +22,13 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 from etcd3aio import Etcd3Client, EtcdError
-from etcd3aio._protobuf import KVStub, LeaseKeepAliveRequest, LeaseStub, RangeRequest
+from etcd3aio._protobuf import KVStub, RangeRequest
 from etcd3aio.kv import KVService, prefix_range_end
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from dockyard.common.timestamps import now_timestamp
+from dockyard.controller.etcd_gateway import GatewayClient
 from dockyard.controller.etcd_members import EtcdAccess, EtcdMember, etcd_members
 from dockyard.controller.records import (
     CLUSTER,
@@ -671,9 +672,12 @@ BLOCKING_OPTIONS: list[tuple[str, str | int]] = [
 
 
 class LeaseRenewer:
-    """Lease renewals and the fence check over gRPC's blocking API, for a thread that
-    must not depend on the controller's event loop (grpc.aio calls are served by the
-    loop that made them). Tries the endpoints in turn."""
+    """Lease renewals and the fence check for a thread that must not depend on the
+    controller's event loop (grpc.aio calls are served by the loop that made them):
+    both over etcd's HTTP/JSON gateway (`GatewayClient`), one blocking request read on
+    the calling thread, which a busy process answers sooner than a blocking gRPC call
+    (several threads, each waiting for the GIL). The reader's listing
+    (`range_prefix`) stays on gRPC's blocking API. Tries the endpoints in turn."""
 
     def __init__(
         self,
@@ -686,32 +690,16 @@ class LeaseRenewer:
         self._tls_server_name = tls_server_name
         self._index = 0
         self._channel: grpc.Channel | None = None
+        self._gateway: GatewayClient | None = None
 
     def refresh_lease(self, lease_id: int, timeout: float) -> bool:
-        """Renew once; False when the lease has expired. Failures raise StoreUnavailable."""
-        lease = LeaseStub(self._open())
-        request = LeaseKeepAliveRequest(ID=lease_id)
-        try:
-            replies = lease.LeaseKeepAlive(iter([request]))
-            with _cancelled_after(replies, timeout):
-                for reply in replies:
-                    return int(reply.TTL) > 0
-        except grpc.RpcError as exc:
-            self._next()
-            raise StoreUnavailable(f"etcd lease keep-alive: {_short(exc)}") from exc
-        return False
+        """Renew once; False when the lease has expired. Failures (no endpoint answered
+        within `timeout` seconds) raise StoreUnavailable."""
+        return self._http().keep_alive(lease_id, timeout)
 
     def fence_holds(self, fence: Fence, timeout: float) -> bool:
-        kv = KVStub(self._open())
-        try:
-            future = kv.Range.future(RangeRequest(key=fence.key.encode()))
-            with _cancelled_after(future, timeout):
-                response = future.result()
-        except (grpc.RpcError, grpc.FutureCancelledError) as exc:
-            self._next()
-            raise StoreUnavailable(f"etcd range: {_short(exc)}") from exc
-        kvs = response.kvs
-        return bool(kvs) and int(kvs[0].create_revision) == fence.create_revision
+        revision = self._http().create_revision(fence.key, timeout)
+        return revision == fence.create_revision
 
     def range_prefix(self, prefix: str, timeout: float) -> tuple[list[Any], int]:
         """Every key-value under `prefix` and the revision read at (one request: for
@@ -728,9 +716,17 @@ class LeaseRenewer:
         return list(response.kvs), int(response.header.revision)
 
     def close(self) -> None:
+        if self._gateway is not None:
+            self._gateway.close()
+            self._gateway = None
         if self._channel is not None:
             self._channel.close()
             self._channel = None
+
+    def _http(self) -> GatewayClient:
+        if self._gateway is None:
+            self._gateway = GatewayClient(self._endpoints, self._credentials, self._tls_server_name)
+        return self._gateway
 
     def _open(self) -> grpc.Channel:
         if self._channel is None:

@@ -191,17 +191,21 @@ class Rig:
         )
 
     def close(self) -> None:
-        for cleanup in reversed(self.cleanups):
-            cleanup()
+        """Stop the daemons, then run the cleanups (a runc agent still running would
+        start replacements for the containers a cleanup kills), then etcd."""
         if self.checker is not None:
             self.checker.close()
         for cluster in self.controllers:
             daemon = cluster.controller
             if daemon is not None and daemon.process is not None and daemon.process.poll() is None:
                 os.killpg(daemon.process.pid, signal.SIGCONT)
-        for cluster in self.controllers:
-            cluster.stop()
-        self.etcd.close()
+        try:
+            for cluster in self.controllers:
+                cluster.stop()
+        finally:
+            for cleanup in reversed(self.cleanups):
+                cleanup()
+            self.etcd.close()
 
 
 @contextmanager

@@ -110,13 +110,13 @@ def cleanup_everything(state_root: Path, cgroup_parent: str) -> None:
                     capture_output=True,
                     check=False,
                 )
-    # conmon processes of this state root
-    for pid_file in state_root.glob("containers/*/conmon.pid"):
+    # conmon processes of this state root (found by their command line: conmon keeps
+    # no pid file since --sync)
+    for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError, ValueError):
-            pid = int(pid_file.read_text())
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"conmon" in cmd and str(state_root).encode() in cmd:
-                os.kill(pid, 9)
+            cmd = (proc / "cmdline").read_bytes()
+            if cmd.split(b"\0", 1)[0].endswith(b"conmon") and str(state_root).encode() in cmd:
+                os.kill(int(proc.name), 9)
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         mounts = [line.split()[4] for line in f]
     for mount in sorted(

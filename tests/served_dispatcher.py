@@ -1,12 +1,14 @@
 """The controller's dispatcher on a real gRPC server (the controller's options), with its
-status writer on a cluster state fed by a real etcd: what the session tests talk to."""
+status writer on a cluster state fed by a real etcd, and a node's Session call made by
+hand (no agent code): what the session tests talk to."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -17,10 +19,16 @@ from dockyard.controller.server import SERVER_OPTIONS
 from dockyard.controller.sessions import SessionRegistry
 from dockyard.controller.store import Store
 from dockyard.v1 import dispatcher_pb2_grpc
+from dockyard.v1.dispatcher_pb2 import (
+    AgentMessage,
+    DispatcherMessage,
+    SessionAccepted,
+    SessionHello,
+)
 from tests.ports import free_port
 from tests.views import watched_view
 
-__all__ = ["Served", "served_dispatcher"]
+__all__ = ["NodeCall", "Served", "node_session", "served_dispatcher"]
 
 
 @dataclass
@@ -61,3 +69,35 @@ async def served_dispatcher(store: Store) -> AsyncIterator[Served]:
             await server.stop(None)
             writing.cancel()
             await asyncio.gather(writing, return_exceptions=True)
+
+
+@dataclass
+class NodeCall:
+    """A node's open Session call: what the test queues in `outgoing` is sent in order."""
+
+    call: Any  # grpc.aio.StreamStreamCall[AgentMessage, DispatcherMessage]
+    outgoing: asyncio.Queue[AgentMessage]
+    accepted: SessionAccepted
+
+
+@contextlib.asynccontextmanager
+async def node_session(
+    address: str, node_id: str, name: str, options: Sequence[tuple[str, Any]] = ()
+) -> AsyncIterator[NodeCall]:
+    """Open a Session as node `node_id`: its hello sent and the controller's acceptance
+    read; the call is cancelled when the block ends."""
+    outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
+    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=node_id, name=name)))
+
+    async def requests() -> AsyncIterator[AgentMessage]:
+        while True:
+            yield await outgoing.get()
+
+    async with grpc.aio.insecure_channel(address, options=list(options)) as channel:
+        call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
+        first = await asyncio.wait_for(call.read(), 10)
+        assert isinstance(first, DispatcherMessage) and first.HasField("accepted"), first
+        try:
+            yield NodeCall(call, outgoing, first.accepted)
+        finally:
+            call.cancel()

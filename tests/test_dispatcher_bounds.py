@@ -38,7 +38,7 @@ from dockyard.v1.dispatcher_pb2 import (
 )
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
-from tests.served_dispatcher import Served, served_dispatcher
+from tests.served_dispatcher import Served, node_session, served_dispatcher
 
 MiB = 1024 * 1024
 MUTE = "a" * 20
@@ -74,25 +74,15 @@ def waiting(outbox: Any) -> int:
 
 
 async def test_a_node_that_never_reads_costs_one_message_of_each_kind(served: Served) -> None:
-    outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
-    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=MUTE, name="mute")))
-
-    async def requests() -> AsyncIterator[AgentMessage]:
-        while True:
-            yield await outgoing.get()
-
-    async with grpc.aio.insecure_channel(
-        served.address, options=[("grpc.max_receive_message_length", 64 * MiB)]
-    ) as channel:
-        call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
-        accepted = await asyncio.wait_for(call.read(), 10)
-        assert isinstance(accepted, DispatcherMessage)
-        node_id = accepted.accepted.node_id
+    async with node_session(
+        served.address, MUTE, "mute", [("grpc.max_receive_message_length", 64 * MiB)]
+    ) as node:
+        node_id = node.accepted.node_id
         session = served.sessions.get(node_id)
         assert session is not None
         # From now on the node reads nothing, and sends a heartbeat flood.
         for sequence in range(1, 5001):
-            outgoing.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=sequence)))
+            node.outgoing.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=sequence)))
         for index in range(60):  # 60 whole sets of 1 MiB each
             assert served.sessions.post(node_id, big_set(index, MiB))
             await asyncio.sleep(0)
@@ -102,50 +92,32 @@ async def test_a_node_that_never_reads_costs_one_message_of_each_kind(served: Se
         # When it reads again, the newest set arrives, and not sixty.
         sets = []
         while not sets or sets[-1] != "t59":
-            message = await asyncio.wait_for(call.read(), 10)
+            message = await asyncio.wait_for(node.call.read(), 10)
             assert isinstance(message, DispatcherMessage)
             if message.HasField("assignments"):
                 sets.append(message.assignments.tasks[0].id)
         assert len(sets) < 60
-        call.cancel()
 
 
 async def test_a_message_larger_than_a_node_takes_is_not_sent(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sessions_module, "MAX_SESSION_MESSAGE_BYTES", MiB)
-    outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
-    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id="b" * 20, name="small")))
-
-    async def requests() -> AsyncIterator[AgentMessage]:
-        while True:
-            yield await outgoing.get()
-
-    async with grpc.aio.insecure_channel(served.address) as channel:
-        call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
-        accepted = await asyncio.wait_for(call.read(), 10)
-        assert isinstance(accepted, DispatcherMessage)
-        node_id = accepted.accepted.node_id
+    async with node_session(served.address, "b" * 20, "small") as node:
+        node_id = node.accepted.node_id
         with structlog.testing.capture_logs() as logs:
             assert not served.sessions.post(node_id, big_set(0, 2 * MiB))
         session = served.sessions.get(node_id)
         assert session is not None and waiting(session.outbox) == 0
         assert next(e for e in logs if e["event"] == "session.message_too_large")["limit"] == MiB
         assert served.sessions.post(node_id, big_set(1, MiB // 2))
-        message = await asyncio.wait_for(call.read(), 10)
+        message = await asyncio.wait_for(node.call.read(), 10)
         assert isinstance(message, DispatcherMessage)
         assert message.assignments.tasks[0].id == "t1"
-        call.cancel()
 
 
 async def test_oversized_reports_and_messages_from_a_node_write_nothing(served: Served) -> None:
-    outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
-    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=MUTE, name="mute")))
     task_id = "t" * 24
-
-    async def requests() -> AsyncIterator[AgentMessage]:
-        while True:
-            yield await outgoing.get()
 
     def report(**status: Any) -> AgentMessage:
         return AgentMessage(
@@ -154,13 +126,13 @@ async def test_oversized_reports_and_messages_from_a_node_write_nothing(served: 
             )
         )
 
-    async with grpc.aio.insecure_channel(served.address) as channel:
-        call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
-        assert isinstance(await asyncio.wait_for(call.read(), 10), DispatcherMessage)
+    async with node_session(served.address, MUTE, "mute") as node:
         with structlog.testing.capture_logs() as logs:
-            outgoing.put_nowait(report(error="e" * (MAX_STATUS_TEXT + 1)))
-            outgoing.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=1)))
-            assert isinstance(await asyncio.wait_for(call.read(), 10), DispatcherMessage)  # ack
+            node.outgoing.put_nowait(report(error="e" * (MAX_STATUS_TEXT + 1)))
+            node.outgoing.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=1)))
+            assert isinstance(
+                await asyncio.wait_for(node.call.read(), 10), DispatcherMessage
+            )  # ack
             await asyncio.sleep(0.5)  # the writer's batch interval, and more
         stored = await served.store.get(TASKS, task_id)
         assert stored.status.state == TaskStatus.ASSIGNED  # nothing written
@@ -168,7 +140,7 @@ async def test_oversized_reports_and_messages_from_a_node_write_nothing(served: 
         assert rejected[0]["reason"] == (
             f"status.error: {MAX_STATUS_TEXT + 1} characters, at most {MAX_STATUS_TEXT}"
         )
-        outgoing.put_nowait(report(error="e" * MAX_STATUS_TEXT))  # at the bound: taken
+        node.outgoing.put_nowait(report(error="e" * MAX_STATUS_TEXT))  # at the bound: taken
         for _ in range(50):
             await asyncio.sleep(0.1)
             stored = await served.store.get(TASKS, task_id)
@@ -176,10 +148,10 @@ async def test_oversized_reports_and_messages_from_a_node_write_nothing(served: 
                 break
         assert stored.status.state == TaskStatus.RUNNING
         # A message over the controller's 4 MiB receive limit ends the stream.
-        outgoing.put_nowait(report(message="m" * (5 * MiB)))
+        node.outgoing.put_nowait(report(message="m" * (5 * MiB)))
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             while True:
-                await asyncio.wait_for(call.read(), 10)
+                await asyncio.wait_for(node.call.read(), 10)
         assert ended.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     for _ in range(50):
         if MUTE not in served.sessions:

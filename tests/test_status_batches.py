@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-import grpc
 import pytest
 import structlog
 
@@ -19,17 +18,15 @@ from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.session_limits import MAX_STATUS_TEXT
 from dockyard.controller.dispatcher import Dispatcher
 from dockyard.controller.store import TASKS, Store
-from dockyard.v1 import dispatcher_pb2_grpc
 from dockyard.v1.dispatcher_pb2 import (
     AgentMessage,
     DispatcherMessage,
-    SessionHello,
     TaskStatusBatch,
     TaskStatusReport,
 )
 from dockyard.v1.types_pb2 import NodeDescription, TaskStatus
 from dockyard.v1.workloads_pb2 import Task
-from tests.served_dispatcher import Served, served_dispatcher
+from tests.served_dispatcher import Served, node_session, served_dispatcher
 
 MINE = "m" * 20
 OTHER = "o" * 20
@@ -76,18 +73,8 @@ async def until_stored(store: Store, done: Callable[[dict[str, str]], bool]) -> 
 
 
 async def test_a_batch_is_taken_report_by_report_and_singles_still_work(served: Served) -> None:
-    outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
-    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=MINE, name="mine")))
-
-    async def requests() -> AsyncIterator[AgentMessage]:
-        while True:
-            yield await outgoing.get()
-
-    async with grpc.aio.insecure_channel(served.address) as channel:
-        call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
-        accepted = await asyncio.wait_for(call.read(), 10)
-        assert isinstance(accepted, DispatcherMessage)
-        assert accepted.accepted.accepts_status_batches
+    async with node_session(served.address, MINE, "mine") as node:
+        assert node.accepted.accepts_status_batches
         with structlog.testing.capture_logs() as logs:
             batch = [
                 report("mine1"),
@@ -95,7 +82,7 @@ async def test_a_batch_is_taken_report_by_report_and_singles_still_work(served: 
                 report("mine2", error="e" * (MAX_STATUS_TEXT + 1)),  # over the bounds
                 report("mine3", TaskStatus.FAILED, error="exit 1"),
             ]
-            outgoing.put_nowait(AgentMessage(task_statuses=TaskStatusBatch(reports=batch)))
+            node.outgoing.put_nowait(AgentMessage(task_statuses=TaskStatusBatch(reports=batch)))
             stored = await until_stored(
                 served.store, lambda s: s["mine1"] == "RUNNING" and s["mine3"] == "FAILED"
             )
@@ -109,37 +96,26 @@ async def test_a_batch_is_taken_report_by_report_and_singles_still_work(served: 
         assert reasons["theirs"] == "task is not assigned to this node"
         assert reasons["mine2"].startswith("status.error:")
         # An older agent's single report: taken as before.
-        outgoing.put_nowait(AgentMessage(task_status=report("mine2")))
+        node.outgoing.put_nowait(AgentMessage(task_status=report("mine2")))
         stored = await until_stored(served.store, lambda s: s["mine2"] == "RUNNING")
         assert stored["mine2"] == "RUNNING"
-        call.cancel()
 
 
 async def test_a_batch_over_its_bounds_is_refused_whole(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(session_limits, "MAX_STATUS_BATCH_REPORTS", 2)
-    outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
-    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=MINE, name="mine")))
-
-    async def requests() -> AsyncIterator[AgentMessage]:
-        while True:
-            yield await outgoing.get()
-
-    async with grpc.aio.insecure_channel(served.address) as channel:
-        call = dispatcher_pb2_grpc.DispatcherStub(channel).Session(requests())
-        assert isinstance(await asyncio.wait_for(call.read(), 10), DispatcherMessage)
+    async with node_session(served.address, MINE, "mine") as node:
         with structlog.testing.capture_logs() as logs:
             over = [report("mine1"), report("mine2"), report("mine3")]
-            outgoing.put_nowait(AgentMessage(task_statuses=TaskStatusBatch(reports=over)))
+            node.outgoing.put_nowait(AgentMessage(task_statuses=TaskStatusBatch(reports=over)))
             within = [report("mine1", TaskStatus.STARTING)]
-            outgoing.put_nowait(AgentMessage(task_statuses=TaskStatusBatch(reports=within)))
+            node.outgoing.put_nowait(AgentMessage(task_statuses=TaskStatusBatch(reports=within)))
             stored = await until_stored(served.store, lambda s: s["mine1"] != "ASSIGNED")
         assert stored["mine1"] == "STARTING"  # the batch within its bounds only
         assert stored["mine2"] == stored["mine3"] == "ASSIGNED"
         reasons = [e["reason"] for e in logs if e["event"] == "task.status_rejected"]
         assert reasons == ["3 reports, at most 2 in one batch"]
-        call.cancel()
 
 
 @pytest.mark.parametrize("batches", [True, False])

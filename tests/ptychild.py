@@ -93,6 +93,23 @@ class PtyChild:
                 continue
         raise AssertionError(f"no {pattern!r}; the terminal showed:\n{self.shown()}")
 
+    def until_resized(self, rows: int, cols: int, tries: int = 20) -> None:
+        """Resize the terminal until `stty size` in the container shows it. The resize is
+        sent again on every try: a client installs its SIGWINCH handler only once its first
+        resize call returned (Docker's CLI does, after start), and the kernel drops a
+        SIGWINCH that comes before it; a resize that never arrives still fails."""
+        for attempt in range(tries):
+            if attempt:
+                _set_size(self._master, rows, cols + 1)  # the kernel signals changes only
+            _set_size(self._master, rows, cols)
+            self.sendline("stty size")
+            try:
+                self.child.expect(f"{rows} {cols}", timeout=1.5)
+                return
+            except pexpect.TIMEOUT:
+                continue
+        raise AssertionError(f"no '{rows} {cols}'; the terminal showed:\n{self.shown()}")
+
     def sendline(self, text: str) -> None:
         self.child.send(text + "\r")
 

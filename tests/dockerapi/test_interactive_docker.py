@@ -41,8 +41,7 @@ def test_docker_run_it_shell(spawn: Spawn) -> None:
     child.sendline("echo from-''docker; stty size")
     child.expect("from-docker")
     child.expect("27 91")  # the CLI's resize after start reached the terminal
-    child.setwinsize(33, 101)
-    child.until_shown("stty size", "33 101")
+    child.until_resized(33, 101)
     child.sendline("exit 6")
     assert child.wait() == 6
 

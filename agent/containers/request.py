@@ -20,6 +20,7 @@ from dockyard.agent.images.errors import InvalidReference
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.runtime.base import (
     ContainerSpec,
+    InvalidConfig,
     NetworkMode,
     PortMapping,
     RestartPolicy,
@@ -27,6 +28,7 @@ from dockyard.agent.runtime.base import (
     TmpfsMount,
     VolumeMount,
 )
+from dockyard.agent.runtime.runc.attach import check_size
 from dockyard.common.privilege import parse_capability
 from dockyard.common.validation import MAX_MOUNTS, MAX_TMPFS_BYTES
 from dockyard.v1.containers_pb2 import CreateContainerRequest
@@ -371,6 +373,19 @@ def parse_create(request: CreateContainerRequest) -> ContainerRequest:
         tty=request.tty,
         open_stdin=request.open_stdin,
         stdin_once=request.stdin_once and request.open_stdin,
+        console_size=_console_size_of(request),
     )
     check_spec(spec)
     return ContainerRequest(spec, ref, request.auto_remove)
+
+
+def _console_size_of(request: CreateContainerRequest) -> tuple[int, int]:
+    """The terminal's starting size; it matters only with a tty (as dockerd ignores it)."""
+    if not request.tty or not request.HasField("console_size"):
+        return (0, 0)
+    size = request.console_size
+    try:
+        check_size(size.height, size.width)
+    except InvalidConfig as exc:
+        raise InvalidArgument("console_size", str(exc)) from None
+    return (size.height, size.width)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dockyard.agent.dockerapi.errors import bad_request
+from dockyard.agent.runtime.runc.attach import MAX_TERMINAL_SIZE
 from dockyard.v1 import containers_pb2 as pb
 
 __all__ = ["DockerCreate", "parse_create_body"]
@@ -94,6 +95,27 @@ def _bool(body: Mapping[str, Any], key: str) -> bool:
     if not isinstance(value, bool):
         raise bad_request(f"{key}: expected true or false")
     return value
+
+
+def _console_size(host: Mapping[str, Any]) -> pb.TerminalSize | None:
+    """``HostConfig.ConsoleSize``: ``[height, width]``, which Docker's CLI sends at create
+    (API 1.42+) so that a ``-t`` process starts at the terminal's size."""
+    value = host.get("ConsoleSize")
+    if value is None:
+        return None
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise bad_request("HostConfig.ConsoleSize: expected [height, width], two integers")
+    height, width = value
+    if not (0 <= height <= MAX_TERMINAL_SIZE and 0 <= width <= MAX_TERMINAL_SIZE):
+        raise bad_request(
+            f"HostConfig.ConsoleSize: height and width must be 0..{MAX_TERMINAL_SIZE},"
+            f" got {height}x{width}"
+        )
+    return pb.TerminalSize(height=height, width=width) if height or width else None
 
 
 RESERVED_LABEL_PREFIX = "dockyard.task."
@@ -308,6 +330,7 @@ def parse_create_body(body: Any, name: str) -> DockerCreate:
         tty=_bool(body, "Tty"),
         open_stdin=_bool(body, "OpenStdin"),
         stdin_once=_bool(body, "StdinOnce"),
+        console_size=_console_size(host),
     )
     if request.network == "host" and request.ports:  # docker drops them with a warning
         del request.ports[:]

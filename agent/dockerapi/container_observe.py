@@ -18,7 +18,7 @@ from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError, bad_request, conflict
 from dockyard.agent.dockerapi.lookup import docker_errors, find_container
 from dockyard.agent.dockerapi.responses import JSON, json_response
-from dockyard.agent.dockerapi.stream import MULTIPLEXED, frame, stream_id
+from dockyard.agent.dockerapi.stream import MULTIPLEXED, RAW_STREAM, frame, stream_id
 from dockyard.agent.runtime.base import ContainerStatus, Stats
 
 __all__ = ["add_routes"]
@@ -64,7 +64,10 @@ async def _logs(ctx: DockerApiContext, request: web.Request) -> web.StreamRespon
         since=_since(request.query.get("since", "")),
         timestamps=timestamps,
     )
-    response = web.StreamResponse(status=200, headers={"Content-Type": MULTIPLEXED})
+    tty = view.info.config.tty  # a terminal's output is one stream: sent raw, as dockerd does
+    response = web.StreamResponse(
+        status=200, headers={"Content-Type": RAW_STREAM if tty else MULTIPLEXED}
+    )
     await response.prepare(request)
     wanted = {"stdout": stdout, "stderr": stderr}
     with docker_errors(ref):
@@ -74,7 +77,7 @@ async def _logs(ctx: DockerApiContext, request: web.Request) -> web.StreamRespon
             data = line.data
             if timestamps:
                 data = docker_time(line.timestamp).encode() + b" " + data
-            await response.write(frame(stream_id(line.stream), data))
+            await response.write(data if tty else frame(stream_id(line.stream), data))
     await response.write_eof()
     return response
 

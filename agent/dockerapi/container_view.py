@@ -243,7 +243,7 @@ def _host_config(spec: ContainerSpec, auto_remove: bool) -> dict[str, Any]:
         "Runtime": "runc",
         "Isolation": "",
         "Mounts": None,
-        "ConsoleSize": [0, 0],
+        "ConsoleSize": list(spec.console_size),
     }
 
 

@@ -274,6 +274,9 @@ class ContainerSpec:
         open_stdin: Keep the process's stdin open for attach clients (Docker's ``-i``).
         stdin_once: Close the process's stdin when the first attach client that had it
             goes away (Docker's ``StdinOnce``, which ``run -i`` sets).
+        console_size: ``(height, width)`` of the terminal from the process's start, with
+            ``tty`` (Docker's ``ConsoleSize``, which its CLI sends at create so that the
+            first prompt is sized before any resize); ``(0, 0)``: the runtime's default.
     """
 
     id: str
@@ -316,6 +319,7 @@ class ContainerSpec:
     tty: bool = False
     open_stdin: bool = False
     stdin_once: bool = False
+    console_size: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         if self.seccomp not in ("default", "unconfined"):
@@ -354,6 +358,7 @@ class ContainerSpec:
         for key in ("env", "cap_add", "cap_drop", "extra_hosts", "dns_servers", "dns_search"):
             data[key] = list(data[key])
         data["ulimits"] = [list(u) for u in self.ulimits]
+        data["console_size"] = list(self.console_size)
         data["overlays"] = [list(o) for o in self.overlays]
         data["sysctls"] = dict(self.sysctls)
         data["labels"] = dict(self.labels)
@@ -380,6 +385,8 @@ class ContainerSpec:
         ]
         fields["ulimits"] = [(str(n), int(s), int(h)) for n, s, h in fields.get("ulimits") or []]
         fields["overlays"] = tuple((str(n), str(a)) for n, a in fields.get("overlays") or [])
+        height, width = fields.get("console_size") or (0, 0)
+        fields["console_size"] = (int(height), int(width))
         fields["ports"] = [PortMapping.from_dict(p) for p in fields.get("ports") or []]
         endpoint = fields.get("endpoint")
         fields["endpoint"] = NetworkEndpoint(**endpoint) if endpoint else None

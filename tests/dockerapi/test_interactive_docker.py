@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Protocol
 
+import docker.errors
 import pytest
 
 from tests.dockerapi.conftest import BUSYBOX, DOCKER, DockerAgent
@@ -74,6 +75,38 @@ def test_docker_exec_it_and_attach_detach(docker_agent: DockerAgent, spawn: Spaw
         child.close()
         state = docker_agent.ok("inspect", "-f", "{{.State.Running}} {{.Config.Tty}}", name)
         assert state.split() == ["true", "true"]
+    finally:
+        docker_agent.docker("rm", "-f", name)
+
+
+def test_console_size_at_create_sizes_the_terminal_from_the_start(
+    docker_agent: DockerAgent,
+) -> None:
+    """Docker's CLI (API 1.42+) sends HostConfig.ConsoleSize at create: the process must
+    start at that size, before (and without) any resize call."""
+    api = docker_agent.client().api
+    created = api.create_container(
+        BUSYBOX, ["stty", "size"], tty=True, host_config={"ConsoleSize": [33, 101]}
+    )
+    try:
+        assert api.inspect_container(created["Id"])["HostConfig"]["ConsoleSize"] == [33, 101]
+        api.start(created["Id"])
+        assert api.wait(created["Id"], timeout=30)["StatusCode"] == 0
+        assert api.logs(created["Id"]).strip() == b"33 101"
+    finally:
+        api.remove_container(created["Id"], force=True)
+    with pytest.raises(docker.errors.APIError, match="ConsoleSize"):
+        api.create_container(BUSYBOX, ["true"], tty=True, host_config={"ConsoleSize": [1, -2]})
+
+
+def test_docker_logs_of_a_tty_container_are_its_raw_output(docker_agent: DockerAgent) -> None:
+    """A terminal's output is one stream: dockerd sends it raw, and the CLI prints it as
+    it comes (a multiplexed frame's header would show up as bytes on the screen)."""
+    name = f"dlt{uuid.uuid4().hex[:8]}"
+    docker_agent.ok("run", "-d", "-t", "--name", name, BUSYBOX, "echo", "tty-out")
+    try:
+        assert docker_agent.ok("wait", name).strip() == "0"
+        assert docker_agent.ok("logs", name).replace("\r\n", "\n") == "tty-out\n"
     finally:
         docker_agent.docker("rm", "-f", name)
 

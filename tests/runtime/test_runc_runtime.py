@@ -218,7 +218,8 @@ async def test_stats(env: Any) -> None:
     await asyncio.sleep(0.5)
     stats = await env.runtime.stats(info.id)
     assert stats.cpu_usage_ns > 0
-    assert 20 < stats.cpu_percent < 80  # limited to half a CPU
+    # limited to half a CPU; a loaded machine may give the loop much less (never more)
+    assert 0 < stats.cpu_percent < 80
     await env.runtime.remove(info.id, force=True)
 
 

@@ -143,6 +143,8 @@ def _service_extras(spec: ContainerSpec, body: dict[str, Any], host: dict[str, A
     the log rotation, in the engine's own fields."""
     if spec.tty:
         body["Tty"] = True
+        if any(spec.console_size):
+            host["ConsoleSize"] = list(spec.console_size)
     if spec.init:
         host["Init"] = True
     if spec.extra_hosts:  # "IP NAME" -> the engine's "NAME:IP"

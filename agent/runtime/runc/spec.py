@@ -423,6 +423,9 @@ def build_spec(
         nofile=default_nofile(),
         terminal=config.tty,
     )
+    if config.tty and any(config.console_size):
+        height, width = config.console_size
+        process["consoleSize"] = {"height": height, "width": width}
     if config.ulimits:
         process["rlimits"] = rlimits(config.ulimits, process["rlimits"])
     namespaces: list[dict[str, str]] = [{"type": t} for t in ("pid", "mount", "uts", "ipc")]

@@ -377,6 +377,7 @@ class CreateContainerRequest(_message.Message):
     TTY_FIELD_NUMBER: _builtins.int
     OPEN_STDIN_FIELD_NUMBER: _builtins.int
     STDIN_ONCE_FIELD_NUMBER: _builtins.int
+    CONSOLE_SIZE_FIELD_NUMBER: _builtins.int
     image: _builtins.str
     """image reference; must be present on the agent"""
     name: _builtins.str
@@ -431,6 +432,10 @@ class CreateContainerRequest(_message.Message):
     def tmpfs(self) -> _containers.RepeatedCompositeFieldContainer[Global___TmpfsSpec]:
         """--tmpfs: noexec,nosuid,nodev, gone with the container"""
 
+    @_builtins.property
+    def console_size(self) -> Global___TerminalSize:
+        """with tty: the terminal's size from the start (Docker's ConsoleSize)"""
+
     def __init__(
         self,
         *,
@@ -461,10 +466,11 @@ class CreateContainerRequest(_message.Message):
         tty: _builtins.bool = ...,
         open_stdin: _builtins.bool = ...,
         stdin_once: _builtins.bool = ...,
+        console_size: Global___TerminalSize | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["restart_policy", b"restart_policy"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["console_size", b"console_size", "restart_policy", b"restart_policy"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "clear_entrypoint", b"clear_entrypoint", "command", b"command", "entrypoint", b"entrypoint", "env", b"env", "hostname", b"hostname", "image", b"image", "labels", b"labels", "memory_bytes", b"memory_bytes", "name", b"name", "nano_cpus", b"nano_cpus", "network", b"network", "open_stdin", b"open_stdin", "pids_limit", b"pids_limit", "ports", b"ports", "privileged", b"privileged", "read_only", b"read_only", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "stdin_once", b"stdin_once", "tmpfs", b"tmpfs", "tty", b"tty", "user", b"user", "volumes", b"volumes", "workdir", b"workdir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_remove", b"auto_remove", "cap_add", b"cap_add", "cap_drop", b"cap_drop", "clear_entrypoint", b"clear_entrypoint", "command", b"command", "console_size", b"console_size", "entrypoint", b"entrypoint", "env", b"env", "hostname", b"hostname", "image", b"image", "labels", b"labels", "memory_bytes", b"memory_bytes", "name", b"name", "nano_cpus", b"nano_cpus", "network", b"network", "open_stdin", b"open_stdin", "pids_limit", b"pids_limit", "ports", b"ports", "privileged", b"privileged", "read_only", b"read_only", "restart_policy", b"restart_policy", "seccomp", b"seccomp", "stdin_once", b"stdin_once", "tmpfs", b"tmpfs", "tty", b"tty", "user", b"user", "volumes", b"volumes", "workdir", b"workdir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

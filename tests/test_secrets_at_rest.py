@@ -134,9 +134,14 @@ def test_init_makes_a_private_key_file_and_run_refuses_a_loose_one(
         "atrest",
         "--encryption-key-file",
         str(key_file),
+        "--settings-file",
+        str(tmp_path / "settings"),
+        "--no-start",
     )
     assert str(key_file) in made.stdout, made.stdout
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    # the unit runs with it
+    assert f"--encryption-key-file {key_file}" in (tmp_path / "settings").read_text()
     [key_id] = [
         line.split()[0] for line in key_tool(cluster, "ls", str(key_file)).stdout.splitlines()
     ]

@@ -147,7 +147,18 @@ class Assigner:
                 "assignments.registry_auth_unreadable", service_id=service_id, error=str(exc)
             )
             return None
-        auth = RegistryAuth.FromString(raw[0]) if raw is not None else None
+        auth = None
+        if raw is not None:
+            try:
+                stored = self._cipher.open(data_record(REGISTRY_AUTHS, service_id), raw[0])
+            except SealedDataError as exc:  # the node pulls with its own credentials
+                log.error(
+                    "assignments.registry_auth_undecryptable",
+                    service_id=service_id,
+                    error=str(exc),
+                )
+                return None
+            auth = RegistryAuth.FromString(stored)
         self._auths[service_id] = (service.meta.version, auth)
         return auth
 

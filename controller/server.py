@@ -255,7 +255,7 @@ class Controller:
         )
         services_api = ServicesAPI(
             store,
-            ServiceRegistry(store),
+            ServiceRegistry(store, self.cipher),
             registry,
             cluster_record,
             resolver,

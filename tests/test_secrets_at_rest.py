@@ -13,13 +13,15 @@ from typing import Any
 import pytest
 
 from dockyard.controller.at_rest import MAGIC, sealed_key_id
-from dockyard.controller.store import SECRET_DATA, Store
+from dockyard.controller.store import REGISTRY_AUTHS, SECRET_DATA, Kind, Store
 from dockyard.v1.control_pb2 import CreateSecretRequest, CreateServiceRequest
-from dockyard.v1.workloads_pb2 import SecretReference, SecretSpec, ServiceSpec
+from dockyard.v1.dispatcher_pb2 import AssignmentSet
+from dockyard.v1.workloads_pb2 import RegistryAuth, SecretReference, SecretSpec, ServiceSpec
 from tests.conftest import Cluster
 from tests.served_dispatcher import node_session
 
 DATA = b"at-rest-Pa55word-\x00\xff-plaintext-marker"
+PASSWORD = "registry-pa55-at-rest"
 NODE_ID = "atrestnode0123456789"
 # No heartbeats are sent by the hand-made session: the node must stay READY meanwhile.
 SLOW_NODES = ["--node-grace", "120", "--node-down-grace", "600"]
@@ -41,8 +43,11 @@ def key_tool(cluster: Cluster, *args: str, check: bool = True) -> Any:
     return cluster.run_tool("dockyard-controller", "encryption-key", *args, check=check)
 
 
-def raw_data(cluster: Cluster, secret_id: str, value: bytes | None = None) -> bytes:
-    """The value of `secretdata/<id>` in etcd as it is stored (with `value`: write it)."""
+def raw_data(
+    cluster: Cluster, secret_id: str, value: bytes | None = None, kind: Kind[Any] = SECRET_DATA
+) -> bytes:
+    """The value of `secretdata/<id>` (or another kind's) in etcd as it is stored (with
+    `value`: write it)."""
     tls = cluster.etcd_tls
     assert tls is not None
 
@@ -51,8 +56,8 @@ def raw_data(cluster: Cluster, secret_id: str, value: bytes | None = None) -> by
         await store.connect(10)
         try:
             if value is not None:
-                await store.commit([store.raw_op(SECRET_DATA, secret_id, value, expect=None)])
-            found = await store.get_raw(SECRET_DATA, secret_id)
+                await store.commit([store.raw_op(kind, secret_id, value, expect=None)])
+            found = await store.get_raw(kind, secret_id)
             assert found is not None
             return found[0]
         finally:
@@ -80,7 +85,9 @@ def create_secret(cluster: Cluster, name: str, data: bytes = DATA) -> str:
         control.close()
 
 
-def create_service(cluster: Cluster, name: str, secret: str) -> None:
+def create_service(cluster: Cluster, name: str, secret: str, password: str = "") -> None:
+    """A service of one task on the hand-made node, with the secret (and `password`:
+    registry credentials)."""
     spec = ServiceSpec(name=name)
     spec.task.container.image = "busybox"
     spec.task.container.secrets.append(SecretReference(secret_name=secret))
@@ -88,19 +95,23 @@ def create_service(cluster: Cluster, name: str, secret: str) -> None:
     spec.replicated.replicas = 1
     control = cluster.control()
     try:
-        control.CreateService(CreateServiceRequest(spec=spec))
+        request = CreateServiceRequest(spec=spec)
+        if password:
+            request.registry_auth.CopyFrom(
+                RegistryAuth(registry="registry.example:5000", username="u", password=password)
+            )
+        control.CreateService(request)
     finally:
         control.close()
 
 
-def node_receives(
+def assignments_with(
     cluster: Cluster, secret_id: str, then: Callable[[], None] | None = None
-) -> bytes | None:
+) -> AssignmentSet:
     """Open the node's session (`then` runs once it is open: e.g. create the service),
-    and wait for an assignment set with a task that uses the secret: the secret's data
-    in that set, or None when the set came without it."""
+    and wait for an assignment set with a task that uses the secret."""
 
-    async def run() -> bytes | None:
+    async def run() -> AssignmentSet:
         async with node_session(cluster.address, NODE_ID, "vault") as node:
             if then is not None:
                 await asyncio.to_thread(then)
@@ -108,17 +119,23 @@ def node_receives(
                 message = await asyncio.wait_for(node.call.read(), 30)
                 if not message.HasField("assignments"):
                     continue
-                uses = [
-                    t
+                if any(
+                    r.secret_id == secret_id
                     for t in message.assignments.tasks
-                    if any(r.secret_id == secret_id for r in t.spec.container.secrets)
-                ]
-                if not uses:
-                    continue
-                sent = [s for s in message.assignments.secrets if s.id == secret_id]
-                return bytes(sent[0].spec.data) if sent else None
+                    for r in t.spec.container.secrets
+                ):
+                    return message.assignments
 
     return asyncio.run(run())
+
+
+def node_receives(
+    cluster: Cluster, secret_id: str, then: Callable[[], None] | None = None
+) -> bytes | None:
+    """The secret's data in the node's first set with a task that uses it; None when the
+    set came without it."""
+    sent = [s for s in assignments_with(cluster, secret_id, then).secrets if s.id == secret_id]
+    return bytes(sent[0].spec.data) if sent else None
 
 
 def test_init_makes_a_private_key_file_and_run_refuses_a_loose_one(
@@ -175,8 +192,15 @@ def test_secret_data_is_ciphertext_in_etcd_and_plaintext_on_its_node(
     # two writes of one value never look alike (a fresh nonce each)
     other = raw_data(cluster, create_secret(cluster, "same_bytes"))
     assert other[-len(DATA) :] != stored[-len(DATA) :]
-    got = node_receives(cluster, secret_id, lambda: create_service(cluster, "db", "db_password"))
-    assert got == DATA
+    got = assignments_with(
+        cluster, secret_id, lambda: create_service(cluster, "db", "db_password", PASSWORD)
+    )
+    assert [s.spec.data for s in got.secrets] == [DATA]
+    # the service's registry credentials too: ciphertext in etcd, plaintext to the node
+    [(service_id, auth)] = got.registry_auths.items()
+    assert auth.password == PASSWORD
+    stored_auth = raw_data(cluster, service_id, kind=REGISTRY_AUTHS)
+    assert PASSWORD.encode() not in stored_auth and sealed_key_id(stored_auth) == key_id
 
 
 def test_a_ciphertext_moved_to_another_secret_is_not_sent(cluster: Cluster, tmp_path: Path) -> None:
@@ -201,7 +225,11 @@ def test_plaintext_records_are_read_then_reencrypted_and_rotated(
     start(cluster, None)
     secret_id = create_secret(cluster, "api_key")
     assert raw_data(cluster, secret_id) == DATA
-    assert node_receives(cluster, secret_id, lambda: create_service(cluster, "api", "api_key"))
+    got = assignments_with(
+        cluster, secret_id, lambda: create_service(cluster, "api", "api_key", PASSWORD)
+    )
+    [service_id] = got.registry_auths
+    assert PASSWORD.encode() in raw_data(cluster, service_id, kind=REGISTRY_AUTHS)
     # turned on: the old plaintext record is still sent, and the leader re-encrypts it
     key_file = tmp_path / "cluster.keys"
     [first] = key_tool(cluster, "create", str(key_file)).stdout.split()
@@ -211,6 +239,9 @@ def test_plaintext_records_are_read_then_reencrypted_and_rotated(
         lambda: sealed_key_id(raw_data(cluster, secret_id)) == first, "the record re-encrypted"
     )
     assert DATA not in raw_data(cluster, secret_id)
+    assert sealed_key_id(raw_data(cluster, service_id, kind=REGISTRY_AUTHS)) == first
+    [auth] = assignments_with(cluster, secret_id).registry_auths.values()
+    assert auth.password == PASSWORD
     # rotation: a second key (decrypts only), then promoted: the leader re-encrypts
     [second] = key_tool(cluster, "add", str(key_file)).stdout.split()
     key_tool(cluster, "promote", str(key_file), second)

@@ -13,10 +13,20 @@ from typing import Any
 import pytest
 
 from dockyard.controller.at_rest import MAGIC, sealed_key_id
-from dockyard.controller.store import REGISTRY_AUTHS, SECRET_DATA, Kind, Store
-from dockyard.v1.control_pb2 import CreateSecretRequest, CreateServiceRequest
+from dockyard.controller.store import CONFIG_DATA, REGISTRY_AUTHS, SECRET_DATA, Kind, Store
+from dockyard.v1.control_pb2 import (
+    CreateConfigRequest,
+    CreateSecretRequest,
+    CreateServiceRequest,
+)
 from dockyard.v1.dispatcher_pb2 import AssignmentSet
-from dockyard.v1.workloads_pb2 import RegistryAuth, SecretReference, SecretSpec, ServiceSpec
+from dockyard.v1.workloads_pb2 import (
+    ConfigSpec,
+    RegistryAuth,
+    SecretReference,
+    SecretSpec,
+    ServiceSpec,
+)
 from tests.conftest import Cluster
 from tests.served_dispatcher import node_session
 
@@ -189,6 +199,15 @@ def test_secret_data_is_ciphertext_in_etcd_and_plaintext_on_its_node(
     stored = raw_data(cluster, secret_id)
     assert DATA not in stored and stored.startswith(MAGIC)
     assert sealed_key_id(stored) == key_id
+    # configs are not secrets: plaintext, as before
+    control = cluster.control()
+    try:
+        config = control.CreateConfig(
+            CreateConfigRequest(spec=ConfigSpec(name="app_conf", data=b"plain config"))
+        )
+    finally:
+        control.close()
+    assert raw_data(cluster, config.id, kind=CONFIG_DATA) == b"plain config"
     # two writes of one value never look alike (a fresh nonce each)
     other = raw_data(cluster, create_secret(cluster, "same_bytes"))
     assert other[-len(DATA) :] != stored[-len(DATA) :]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,40 @@ def etcd_credentials(
         raise click.BadParameter(f"cannot read etcd TLS material: {exc}") from exc
 
 
+def _key_file_option(help_text: str) -> Callable[[Any], Any]:
+    def add(command: Any) -> Any:
+        return click.option(
+            "--encryption-key-file",
+            default=None,
+            metavar="FILE",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help=help_text,
+        )(command)
+
+    return add
+
+
+def _ensure_key_file(path: Path | None, *, create: bool) -> None:
+    """Check (or, with `create`, make if missing) the secrets' key file of `run`."""
+    from dockyard.controller.encryption_keys import (
+        KeyFileError,
+        create_key_file,
+        load_key_file,
+    )
+
+    if path is None:
+        return
+    try:
+        if create and not path.exists():
+            ring = create_key_file(path)
+            click.echo(f"secrets' encryption key {ring.write_key.id}: {path} (0600)")
+        else:
+            ring = load_key_file(path)
+            click.echo(f"secrets' encryption keys {', '.join(ring.ids)}: {path}")
+    except (KeyFileError, OSError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--encryption-key-file") from exc
+
+
 def _etcd_options(command: Any) -> Any:
     for option in reversed(
         [
@@ -245,6 +280,10 @@ def _write_controller(
     "there; an etcd that already holds a cluster is joined with `join`).",
 )
 @_etcd_options
+@_key_file_option(
+    "Encrypt secrets at rest with the keys of FILE: made (one generated key, 0600) when "
+    "it does not exist; `run` is then given --encryption-key-file FILE."
+)
 @service_options("dockyard-controller")
 def init(
     state_dir: Path,
@@ -258,6 +297,7 @@ def init(
     etcd_cert: Path | None,
     etcd_key: Path | None,
     etcd_server_name: str | None,
+    encryption_key_file: Path | None,
     service: HostService,
 ) -> None:
     """Create the cluster CA, the controller's certificate and an admin identity."""
@@ -266,6 +306,7 @@ def init(
 
     listen, advertise, endpoints = _addresses(listen, advertise, etcd_endpoints)
     credentials = etcd_credentials(endpoints, etcd_cacert, etcd_cert, etcd_key, etcd_server_name)
+    _ensure_key_file(encryption_key_file, create=True)
     if _initialized(state_dir):
         return
     directory = pki_dir(state_dir)
@@ -309,8 +350,12 @@ def init(
         endpoints,
         etcd_prefix,
         (etcd_cacert, etcd_cert, etcd_key, etcd_server_name),
+        encryption_key_file,
     )
-    run_first = "" if started else f"dockyard-controller run --state-dir {state_dir}, then "
+    key_flag = f" --encryption-key-file {encryption_key_file}" if encryption_key_file else ""
+    run_first = (
+        "" if started else f"dockyard-controller run --state-dir {state_dir}{key_flag}, then "
+    )
     click.echo(f"next: {run_first}dockyard-controller token create --role agent")
 
 
@@ -333,6 +378,10 @@ def init(
     help="The cluster's etcd (repeat for several endpoints).",
 )
 @_etcd_options
+@_key_file_option(
+    "The cluster's secrets key file (a copy of the other controllers', 0600): checked, "
+    "and `run` is given --encryption-key-file FILE."
+)
 @service_options("dockyard-controller")
 def join(
     address: str,
@@ -348,6 +397,7 @@ def join(
     etcd_cert: Path | None,
     etcd_key: Path | None,
     etcd_server_name: str | None,
+    encryption_key_file: Path | None,
     service: HostService,
 ) -> None:
     """Join a running cluster as one more controller.
@@ -365,6 +415,7 @@ def join(
         address = normalize(address, JOIN_PORT)
     except AddressError as exc:
         raise click.BadParameter(str(exc)) from exc
+    _ensure_key_file(encryption_key_file, create=False)
     if _initialized(state_dir):
         return
     hosts = [h for h in (listen, advertise) if h]
@@ -403,9 +454,12 @@ def join(
         endpoints,
         etcd_prefix,
         (etcd_cacert, etcd_cert, etcd_key, etcd_server_name),
+        encryption_key_file,
     ):
+        key_flag = f" --encryption-key-file {encryption_key_file}" if encryption_key_file else ""
         click.echo(
             f"next: dockyard-controller run --state-dir {state_dir} --etcd {','.join(endpoints)}"
+            + key_flag
         )
 
 
@@ -417,20 +471,17 @@ def _settle(
     endpoints: list[str],
     etcd_prefix: str,
     tls: tuple[Path | None, Path | None, Path | None, str | None],
+    key_file: Path | None = None,
 ) -> bool:
     """The unit's settings and its start (common/host_service.py); whether it started."""
     from dockyard.common.host_service import ServiceError, controller_settings
 
     flags = ("--etcd-cacert", "--etcd-cert", "--etcd-key", "--etcd-server-name")
+    paths: dict[str, Path | str | None] = dict(zip(flags, tls, strict=True))
+    paths["--encryption-key-file"] = key_file
     try:
         settings = controller_settings(
-            service,
-            state_dir,
-            listen,
-            advertise,
-            endpoints,
-            etcd_prefix,
-            dict(zip(flags, tls, strict=True)),
+            service, state_dir, listen, advertise, endpoints, etcd_prefix, paths
         )
         started = service.settle(state_dir, settings)
     except (OSError, ValueError, ServiceError) as exc:

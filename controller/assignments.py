@@ -21,6 +21,7 @@ import structlog
 from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.assignment_keys import AssignmentKeys, TaskKey, task_key
+from dockyard.controller.at_rest import SealedDataError, SecretCipher, data_record
 from dockyard.controller.image_sources import Holders, image_sources
 from dockyard.controller.orchestrators.tasks import is_terminal
 from dockyard.controller.sessions import Post
@@ -70,14 +71,17 @@ class Assigner:
         post: Post,
         store: Store | None = None,
         takes_deltas: Callable[[str], bool] = lambda node_id: False,
+        cipher: SecretCipher | None = None,
     ) -> None:
         """`post` queues a set on a node's outbox (controller/sessions.py); `store` is
         where secrets' data is read (None: no secret is ever sent); `takes_deltas`:
-        whether a node's session applies delta sets (its agent said so in its hello)."""
+        whether a node's session applies delta sets (its agent said so in its hello);
+        `cipher` opens secrets' data encrypted at rest (controller/at_rest.py)."""
         self._state = state
         self._post = post
         self._store = store
         self._takes_deltas = takes_deltas
+        self._cipher = cipher or SecretCipher()
         self._sent: dict[str, _Sent] = {}
         self._versions = itertools.count(1)  # one sequence for every node: never reused
         self._secret_data: dict[str, bytes] = {}  # secrets are immutable: read once
@@ -143,7 +147,18 @@ class Assigner:
                 "assignments.registry_auth_unreadable", service_id=service_id, error=str(exc)
             )
             return None
-        auth = RegistryAuth.FromString(raw[0]) if raw is not None else None
+        auth = None
+        if raw is not None:
+            try:
+                stored = self._cipher.open(data_record(REGISTRY_AUTHS, service_id), raw[0])
+            except SealedDataError as exc:  # the node pulls with its own credentials
+                log.error(
+                    "assignments.registry_auth_undecryptable",
+                    service_id=service_id,
+                    error=str(exc),
+                )
+                return None
+            auth = RegistryAuth.FromString(stored)
         self._auths[service_id] = (service.meta.version, auth)
         return auth
 
@@ -158,13 +173,27 @@ class Assigner:
                 log.warning("assignments.secret_unreadable", secret_id=secret_id, error=str(exc))
                 return None
             if raw is not None:
-                data = self._secret_data[secret_id] = raw[0]
+                data = self._open_secret(secret_id, name, raw[0])
+                if data is None:
+                    return None
+                self._secret_data[secret_id] = data
         if data is None:
             log.warning("assignments.secret_missing", secret_id=secret_id, name=name)
             return None
         secret = Secret(id=secret_id, size_bytes=len(data))
         secret.spec.name, secret.spec.data = name, data
         return secret
+
+    def _open_secret(self, secret_id: str, name: str, stored: bytes) -> bytes | None:
+        """The data of a secret as stored in etcd, opened; None (the task is rejected:
+        the data is not sent) when this controller cannot decrypt it."""
+        try:
+            return self._cipher.open(data_record(SECRET_DATA, secret_id), stored)
+        except SealedDataError as exc:
+            log.error(
+                "assignments.secret_undecryptable", secret_id=secret_id, name=name, error=str(exc)
+            )
+            return None
 
     def _drop_stale(self) -> None:
         state = self._state

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT
 from dockyard.common.distribution.registry import RegistryConfig
+from dockyard.controller.encryption_keys import KeyRing
 from dockyard.controller.http import HTTP_PORT
 from dockyard.controller.network_pool import NetworkPool
 from dockyard.controller.subnets import SubnetPool
@@ -55,3 +56,6 @@ class ControllerConfig:
     log_level: str = "info"  # also the reader process's
     subnets: SubnetPool = field(default_factory=SubnetPool)  # the nodes' bridge subnets
     networks: NetworkPool = field(default_factory=NetworkPool)  # the overlay networks' subnets
+    # --encryption-key-file: secrets' data is encrypted at rest with the first key, and
+    # the leader re-encrypts what is not (controller/at_rest.py); None: plaintext.
+    secret_keys: KeyRing | None = None

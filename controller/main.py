@@ -175,6 +175,15 @@ def main() -> None:
     help="Concurrent /v1/events streams; more get 503.",
 )
 @click.option(
+    "--encryption-key-file",
+    default=None,
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Encrypt secrets' data in etcd (AES-256-GCM) with the first key of FILE (0600, "
+    "`ID BASE64` lines; `init --encryption-key-file` makes one); every key decrypts. "
+    "The same file on every controller. None: secrets are stored in plaintext.",
+)
+@click.option(
     "--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"])
 )
 def run(
@@ -207,6 +216,7 @@ def run(
     http_max_streams: int,
     read_listen: str,
     read_http_listen: str,
+    encryption_key_file: Path | None,
     log_level: str,
 ) -> None:
     """Run the controller until SIGTERM or SIGINT."""
@@ -215,6 +225,7 @@ def run(
     from dockyard.common.sizes import parse_duration
     from dockyard.controller.admin import days_as_hours, etcd_credentials
     from dockyard.controller.config import ControllerConfig
+    from dockyard.controller.encryption_keys import KeyFileError, load_key_file
     from dockyard.controller.subnets import SubnetPool
     from dockyard.v1.control_pb2 import ResolveImage
 
@@ -237,6 +248,10 @@ def run(
         )
     except (AddressError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
+    try:
+        secret_keys = load_key_file(encryption_key_file) if encryption_key_file else None
+    except KeyFileError as exc:
+        raise click.BadParameter(str(exc), param_hint="--encryption-key-file") from exc
     config = ControllerConfig(
         state_dir=state_dir,
         listen=listen,
@@ -262,6 +277,7 @@ def run(
         read_http_listen=read_http,
         log_level=log_level,
         subnets=subnets,
+        secret_keys=secret_keys,
     )
     sys.exit(asyncio.run(_serve(config)))
 
@@ -298,7 +314,9 @@ async def _serve(config: ControllerConfig) -> int:
 
 def _add_admin_commands() -> None:
     from dockyard.controller.admin import init, join, user
+    from dockyard.controller.key_admin import encryption_key
 
+    main.add_command(encryption_key)
     main.add_command(init)
     main.add_command(join)
     main.add_command(user)

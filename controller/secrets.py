@@ -18,7 +18,8 @@ Only the node that runs a task gets the data, in its assignment set
 
 Configs (docs/configs.md) are kept, resolved, guarded and delivered by the same code:
 an `ObjectKind` names the keys, messages and reference field of each. Unlike a
-secret's, a config's data is returned by Get.
+secret's, a config's data is returned by Get, and is never encrypted at rest; a
+secret's is when the controller has an `--encryption-key-file` (controller/at_rest.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import structlog
 
 from dockyard.common.lookup import match_reference
 from dockyard.common.validation import ValidationError, check_labels, check_name, check_ref
+from dockyard.controller.at_rest import MAGIC, SecretCipher, data_record
 from dockyard.controller.conflicts import retry_conflicts
 from dockyard.controller.errors import FailedPrecondition
 from dockyard.controller.store import (
@@ -93,6 +95,7 @@ class ObjectKind:
     name_field: str
     default_target: Callable[[str], str]  # the target of a reference that names none
     rm_flag: str
+    sealed: bool  # its data is encrypted at rest when the controller has keys
 
 
 SECRET_KIND = ObjectKind(
@@ -106,6 +109,7 @@ SECRET_KIND = ObjectKind(
     "secret_name",
     lambda name: name,
     "--secret-rm",
+    True,
 )
 CONFIG_KIND = ObjectKind(
     "config",
@@ -118,10 +122,12 @@ CONFIG_KIND = ObjectKind(
     "config_name",
     lambda name: f"/{name}",
     "--config-rm",
+    False,
 )
 
 
-def check_secret_spec(spec: SecretSpec | ConfigSpec) -> None:
+def check_secret_spec(spec: SecretSpec | ConfigSpec, sealed: bool = False) -> None:
+    """`sealed`: a secret's, whose data must not pass for an encrypted value."""
     check_name("spec.name", spec.name)
     check_labels("spec.labels", dict(spec.labels))
     if not spec.data:
@@ -129,6 +135,10 @@ def check_secret_spec(spec: SecretSpec | ConfigSpec) -> None:
     if len(spec.data) > MAX_SECRET_BYTES:
         raise ValidationError(
             "spec.data", f"is {len(spec.data)} bytes, at most {MAX_SECRET_BYTES} (500 KiB)"
+        )
+    if sealed and spec.data.startswith(MAGIC):
+        raise ValidationError(
+            "spec.data", f"starts with {MAGIC!r}, the mark of data encrypted at rest"
         )
 
 
@@ -176,9 +186,14 @@ def secret_users(
 class SecretRegistry:
     """The secrets (or, with CONFIG_KIND, the configs) of the cluster."""
 
-    def __init__(self, store: Store, kind: ObjectKind = SECRET_KIND) -> None:
+    def __init__(
+        self, store: Store, kind: ObjectKind = SECRET_KIND, cipher: SecretCipher | None = None
+    ) -> None:
+        """`cipher` seals a secret's data at rest (the default: none, plaintext writes;
+        encrypted values are still recognised). A config's data is never sealed."""
         self._store = store
         self.kind = kind
+        self._cipher = cipher or SecretCipher()
 
     async def list_all(self) -> list[Any]:
         """Every record (no data)."""
@@ -199,7 +214,11 @@ class SecretRegistry:
     async def data(self, record_id: str) -> bytes:
         """The data of a record (configs show it; a secret's is only ever dispatched)."""
         raw = await self._store.get_raw(self.kind.data, record_id)
-        return b"" if raw is None else bytes(raw[0])
+        if raw is None:
+            return b""
+        if not self.kind.sealed:
+            return bytes(raw[0])
+        return self._cipher.open(data_record(self.kind.data, record_id), bytes(raw[0]))
 
     async def list_named(self, names: Sequence[str]) -> list[Any]:
         for index, name in enumerate(names):
@@ -208,14 +227,17 @@ class SecretRegistry:
         return sorted(found, key=lambda s: s.spec.name)
 
     async def create(self, spec: SecretSpec | ConfigSpec) -> Any:
-        check_secret_spec(spec)
         kind = self.kind
+        check_secret_spec(spec, kind.sealed)
         record = kind.record(id=token_source.token_hex(12), size_bytes=len(spec.data))
         record.spec.CopyFrom(spec)
         record.spec.ClearField("data")
+        data = bytes(spec.data)
+        if kind.sealed:
+            data = self._cipher.seal(data_record(kind.data, record.id), data)
         ops = [
             self._store.put_op(kind.records, record.id, record, expect=0),
-            self._store.raw_op(kind.data, record.id, bytes(spec.data), expect=0),
+            self._store.raw_op(kind.data, record.id, data, expect=0),
             self._store.raw_op(kind.names, spec.name, record.id.encode(), expect=0),
         ]
         try:

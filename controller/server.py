@@ -27,6 +27,7 @@ from dockyard.controller.api.control import ControllerIdentity, ControlServicer,
 from dockyard.controller.api.nodes import NodesAPI
 from dockyard.controller.api.services import ServicesAPI
 from dockyard.controller.assignments import Assigner, StatusWriter
+from dockyard.controller.at_rest import SecretCipher
 from dockyard.controller.attachments import AttachmentRegistry
 from dockyard.controller.ca import (
     CAMismatch,
@@ -58,6 +59,7 @@ from dockyard.controller.registration import Registration
 from dockyard.controller.revision_cell import RevisionCell
 from dockyard.controller.scheduler.constraints import parse_constraints
 from dockyard.controller.scheduler.loop import SchedulingLoop
+from dockyard.controller.secret_rewrap import SecretRewrapper
 from dockyard.controller.services import ServiceRegistry
 from dockyard.controller.sessions import Post, SessionRegistry
 from dockyard.controller.snapshot import SnapshotBoard
@@ -123,6 +125,8 @@ class Controller:
         self.http: HttpServer | None = None
         self.directory: ControllerDirectory | None = None
         self._client_tls: tuple[bytes, bytes, bytes] | None = None  # CA, key, certificate
+        self.cipher = SecretCipher(config.secret_keys)
+        """Seals and opens secrets' data at rest (plaintext without a key file)."""
 
     async def start(self) -> None:
         config = self.config
@@ -175,6 +179,7 @@ class Controller:
             tls=not config.insecure,
             join=config.join_listen if self.join_server is not None else "",
             ca_fingerprint=self.ca.ca.fingerprint if self.ca else "",
+            secret_key_id=config.secret_keys.write_key.id if config.secret_keys else "",
         )
 
     async def _connect_store(self) -> tuple[Store, list[str]]:
@@ -250,7 +255,7 @@ class Controller:
         )
         services_api = ServicesAPI(
             store,
-            ServiceRegistry(store),
+            ServiceRegistry(store, self.cipher),
             registry,
             cluster_record,
             resolver,
@@ -269,6 +274,7 @@ class Controller:
                 self.ca,
                 self.directory,
                 networks,
+                self.cipher,
             ),
             server,
         )
@@ -521,7 +527,7 @@ class Controller:
             term_started=became_leader,
         )
         post = self._leader_post()
-        assigner = Assigner(state, post, store, self.sessions.takes_deltas)
+        assigner = Assigner(state, post, store, self.sessions.takes_deltas, self.cipher)
         transitions = self.metrics.task_transitions
         writer = StatusWriter(
             store,
@@ -554,7 +560,15 @@ class Controller:
             ("orchestrator", orchestrator.run),
             ("networkmap", mapper.run),
             ("ingressaddresses", NodeAddresses(store, state).run),
+            *self._rewrap_loop(store),
         ]
+
+    def _rewrap_loop(self, store: Store) -> list[tuple[str, Callable[[], Awaitable[None]]]]:
+        """With an --encryption-key-file: the term's pass that re-encrypts secrets' data
+        under its first key (plaintext ones, and those of a rotated key)."""
+        if not self.cipher.enabled:
+            return []
+        return [("secretrewrap", SecretRewrapper(store, self.cipher).run)]
 
     async def _greet_sessions(self, state: ClusterState) -> None:
         """Sessions opened as the term began (before the loops were hooked) get their

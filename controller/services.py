@@ -14,6 +14,7 @@ import structlog
 from dockyard.common.lookup import match_reference
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.validation import ValidationError, check_ref
+from dockyard.controller.at_rest import SecretCipher, data_record
 from dockyard.controller.cluster import Policy
 from dockyard.controller.errors import FailedPrecondition
 from dockyard.controller.specs import check_service_spec
@@ -74,8 +75,11 @@ def apply_defaults(spec: ServiceSpec) -> ServiceSpec:
 
 
 class ServiceRegistry:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, cipher: SecretCipher | None = None) -> None:
+        """`cipher` encrypts the services' registry credentials at rest, as secrets'
+        data (controller/at_rest.py); default: plaintext."""
         self._store = store
+        self._cipher = cipher or SecretCipher()
 
     async def list_all(self) -> list[Service]:
         services, _ = await self._store.list_all(SERVICES)
@@ -121,9 +125,10 @@ class ServiceRegistry:
         """Write (or, with None, nothing) a service's registry credentials."""
         if auth is None:
             return []
-        return [
-            self._store.raw_op(REGISTRY_AUTHS, service_id, auth.SerializeToString(), expect=None)
-        ]
+        sealed = self._cipher.seal(
+            data_record(REGISTRY_AUTHS, service_id), auth.SerializeToString()
+        )
+        return [self._store.raw_op(REGISTRY_AUTHS, service_id, sealed, expect=None)]
 
     async def update(
         self,

@@ -116,6 +116,11 @@ class Layout:
     def etcd_pki(self) -> Path:
         return self.state_dir / "etcd" / "pki"
 
+    @property
+    def encryption_keys(self) -> Path:
+        """The key file every controller encrypts secrets at rest with (0600)."""
+        return self.state_dir / "encryption-keys"
+
     def controller_ports(self) -> list[int]:
         return [
             p

@@ -280,28 +280,42 @@ def test_controller_join_writes_the_etcd_flags_and_starts_the_unit(
         env, log = fake_systemctl(tmp_path)
         settings = tmp_path / "dockyard-controller"
         state = tmp_path / "controller-2"
-        joined = run(
-            first,
-            "dockyard-controller",
-            "join",
-            "--token",
-            token,
-            first.join_address,
-            "--state-dir",
-            str(state),
-            "--listen",
-            "127.0.0.1:7491",
-            "--etcd",
-            etcd.endpoint,
-            "--etcd-prefix",
-            "/dockyard",
-            "--context",
-            "second",
-            "--settings-file",
-            str(settings),
-            "--start",
-            env=env,
-        )
+        # the cluster's secrets key file, copied: a loose copy is refused before anything
+        keys = tmp_path / "encryption-keys"
+        first.run_tool("dockyard-controller", "encryption-key", "create", str(keys))
+        keys.chmod(0o644)
+
+        def join() -> subprocess.CompletedProcess[str]:
+            return run(
+                first,
+                "dockyard-controller",
+                "join",
+                "--token",
+                token,
+                first.join_address,
+                "--state-dir",
+                str(state),
+                "--listen",
+                "127.0.0.1:7491",
+                "--etcd",
+                etcd.endpoint,
+                "--etcd-prefix",
+                "/dockyard",
+                "--context",
+                "second",
+                "--settings-file",
+                str(settings),
+                "--encryption-key-file",
+                str(keys),
+                "--start",
+                env=env,
+            )
+
+        refused = join()
+        assert refused.returncode == 2 and "chmod 600" in refused.stderr, refused.stderr
+        assert not state.exists() and not settings.exists()
+        keys.chmod(0o600)
+        joined = join()
         assert joined.returncode == 0, joined.stderr
         assert "joined as controller" in joined.stdout
         assert "journalctl -fu dockyard-controller" in joined.stdout
@@ -309,7 +323,8 @@ def test_controller_join_writes_the_etcd_flags_and_starts_the_unit(
         values = settings_of(settings)
         assert values["DOCKYARD_LISTEN"] == "127.0.0.1:7491"
         assert values["DOCKYARD_CONTROLLER_OPTS"] == (
-            f"--state-dir {state.resolve()} --etcd {etcd.endpoint}"
+            f"--state-dir {state.resolve()} --etcd {etcd.endpoint} "
+            f"--encryption-key-file {keys.resolve()}"
         )
     finally:
         first.stop()

@@ -8,6 +8,7 @@ missed."""
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import json
 import os
@@ -38,6 +39,7 @@ pytestmark = [pytest.mark.runc, pytest.mark.registry]
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "deploy" / "local-cluster"
+SECRET = b"local-cluster-secret-8d1f"
 
 
 def _free(port: int) -> bool:
@@ -363,6 +365,15 @@ def test_three_controllers_on_three_etcd_members_survive_the_leaders_death(
                 f"https://127.0.0.1:{lc.port + 90 + 2 * member}/health", timeout=3, context=trusting
             )
 
+    # The controllers share one key file: a secret is ciphertext in etcd, and each
+    # controller that leads opens it for the nodes.
+    assert (lc.state_dir / "encryption-keys").stat().st_mode & 0o777 == 0o600
+    (lc.state_dir.parent / "pw").write_bytes(SECRET)
+    made = lc.cli("secret", "create", "pw", str(lc.state_dir.parent / "pw"))
+    assert made.returncode == 0, made.stderr
+    stored = _etcd_value(lc, f"/dockyard/secretdata/{made.stdout.strip()}")
+    assert stored.startswith(b"\x00dky:enc:") and SECRET not in stored
+
     created = lc.cli(
         "service",
         "create",
@@ -370,6 +381,8 @@ def test_three_controllers_on_three_etcd_members_survive_the_leaders_death(
         "web",
         "--replicas",
         "1",
+        "--secret",
+        "pw",
         "busybox",
         "httpd",
         "-f",
@@ -396,6 +409,29 @@ def test_three_controllers_on_three_etcd_members_survive_the_leaders_death(
     lc.ok("down", "--purge")
     assert not lc.state_dir.exists()
     assert lc.leftovers() == []
+
+
+def _etcd_value(lc: LocalCluster, key: str) -> bytes:
+    pki = lc.state_dir / "etcd" / "pki"
+    got = subprocess.run(
+        [
+            "etcdctl",
+            f"--endpoints=https://localhost:{lc.port + 90 + 2}",
+            f"--cacert={pki / 'ca.pem'}",
+            f"--cert={pki / 'client.pem'}",
+            f"--key={pki / 'client-key.pem'}",
+            "get",
+            key,
+            "-w",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+        timeout=20,
+        check=True,
+    )
+    return base64.b64decode(json.loads(got.stdout)["kvs"][0]["value"])
 
 
 def _running(lc: LocalCluster, service: str) -> int:

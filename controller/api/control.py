@@ -13,6 +13,7 @@ from dockyard.common.metadata import WARNING_KEY
 from dockyard.common.version import version_info
 from dockyard.controller.api.nodes import NodesAPI
 from dockyard.controller.api.services import ServicesAPI
+from dockyard.controller.at_rest import SecretCipher
 from dockyard.controller.ca import ClusterCA
 from dockyard.controller.cluster import ClusterRecord
 from dockyard.controller.errors import FailedPrecondition, grpc_errors
@@ -201,7 +202,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         ca: ClusterCA | None = None,
         directory: ControllerDirectory | None = None,
         networks: NetworkRegistry | None = None,
+        cipher: SecretCipher | None = None,
     ) -> None:
+        """`cipher`: how secrets' data is sealed at rest (default: not; controller/at_rest.py)."""
         self._identity = identity
         self._store = store
         self._nodes = nodes
@@ -211,7 +214,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._cluster = cluster
         self._ca = ca
         self._directory = directory
-        self._secrets = SecretRegistry(store)
+        self._secrets = SecretRegistry(store, cipher=cipher)
         self._networks = networks or NetworkRegistry(store)
         self._configs = SecretRegistry(store, CONFIG_KIND)
 

@@ -44,6 +44,7 @@ from yarl import URL
 from dockyard.agent.dockerapi import (
     archive,
     attach,
+    commit,
     container_observe,
     containers,
     disk_usage,
@@ -83,6 +84,7 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     disk_usage,
     attach,
     exec_routes,
+    commit,
     # one line per module, each with `add_routes(routes, ctx)`
 )
 

@@ -44,6 +44,7 @@ from yarl import URL
 from dockyard.agent.dockerapi import (
     archive,
     attach,
+    build,
     commit,
     container_observe,
     containers,
@@ -85,6 +86,7 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     attach,
     exec_routes,
     commit,
+    build,
     # one line per module, each with `add_routes(routes, ctx)`
 )
 

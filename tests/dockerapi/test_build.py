@@ -1,0 +1,197 @@
+"""`docker build` (the legacy builder's `POST /build`) against a runc agent's Docker API,
+with clients we did not write: Docker's Python SDK (`images.build`) and Debian's docker
+CLI with `DOCKER_BUILDKIT=0`. Hostile contexts (a symlink to /etc/shadow, a `../`
+member, an absolute member) are refused or never read through, and a failed build
+leaves no container and no intermediate image behind."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+import pytest
+
+from tests.dockerapi.conftest import BUSYBOX, DOCKER, DockerAgent
+
+pytestmark = [pytest.mark.runc]
+
+DOCKERFILE = """\
+ARG BASE=busybox
+FROM ${BASE}:latest AS first
+ARG GREETING=hello
+ENV TARGET=world \\
+    EXTRA="two words"
+WORKDIR /app
+COPY --chown=65534:65534 files/ ./files/
+COPY top.txt glob-*.txt /app/
+RUN echo "$GREETING $TARGET" > /app/greeting && rm /etc/group \\
+    && echo built-output
+RUN ["sh", "-c", "echo exec form > /app/exec"]
+LABEL purpose="a test" stage=one
+EXPOSE 8080/tcp
+USER nobody
+CMD ["cat", "/app/greeting"]
+"""
+
+
+def _tar(files: dict[str, bytes], extra: list[tarfile.TarInfo] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+        for info in extra or []:
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+def _context() -> dict[str, bytes]:
+    return {
+        "Dockerfile": DOCKERFILE.encode(),
+        "files/a.txt": b"a\n",
+        "files/sub/b.txt": b"b\n",
+        "top.txt": b"top\n",
+        "glob-1.txt": b"1\n",
+        "glob-2.txt": b"2\n",
+    }
+
+
+def _build_error(client: Any, context: bytes) -> str:
+    """The error line of a failing build, the whole stream read (the SDK's high-level
+    build leaves the response open when it raises)."""
+    chunks = list(client.api.build(fileobj=io.BytesIO(context), custom_context=True, decode=True))
+    errors = [c["error"] for c in chunks if "error" in c]
+    assert errors, chunks
+    return str(errors[-1])
+
+
+def _leftovers(agent: DockerAgent) -> tuple[str, str]:
+    containers = agent.ok("ps", "-aq", "--filter", "label=dockyard.build")
+    dangling = agent.ok("images", "-q", "--filter", "dangling=true")
+    return containers.strip(), dangling.strip()
+
+
+def test_sdk_build_runs_every_instruction(docker_agent: DockerAgent) -> None:
+    client = docker_agent.client()
+    tag = f"built/sdk-{uuid.uuid4().hex[:8]}:v1"
+    before = _leftovers(docker_agent)
+    try:
+        image, logs = client.images.build(
+            fileobj=io.BytesIO(_tar(_context())),
+            custom_context=True,
+            encoding="gzip",
+            tag=tag,
+            buildargs={"GREETING": "hi"},
+            labels={"from.sdk": "yes"},
+        )
+        text = "".join(chunk.get("stream", "") for chunk in logs)
+        assert "Step 1/" in text and "built-output" in text
+        assert f"Successfully tagged {tag}" in text
+        assert tag in image.tags
+        config = image.attrs["Config"]
+        assert config["Cmd"] == ["cat", "/app/greeting"]
+        assert config["User"] == "nobody"
+        assert config["WorkingDir"] == "/app"
+        assert "EXTRA=two words" in config["Env"]
+        assert config["Labels"] == {"purpose": "a test", "stage": "one", "from.sdk": "yes"}
+        assert "8080/tcp" in config["ExposedPorts"]
+        assert client.containers.run(tag, remove=True) == b"hi world\n"
+        listing = client.containers.run(
+            tag,
+            [
+                "sh",
+                "-c",
+                "cat files/a.txt files/sub/b.txt top.txt glob-1.txt glob-2.txt exec; "
+                "stat -c %u files/a.txt; test ! -e /etc/group && echo gone",
+            ],
+            remove=True,
+        )
+        assert listing == b"a\nb\ntop\n1\n2\nexec form\n65534\ngone\n"
+        assert _leftovers(docker_agent) == before
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()
+
+
+def test_cli_build_with_legacy_builder(docker_agent: DockerAgent, tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox AS base\n"
+        "RUN echo from-base > /base.txt\n"
+        "FROM busybox\n"
+        "COPY --from=base /base.txt /copied.txt\n"
+        "ADD layer.tar.gz /unpacked/\n"
+        'CMD ["sh", "-c", "cat /copied.txt /unpacked/inner.txt"]\n'
+    )
+    (tmp_path / "layer.tar.gz").write_bytes(_tar({"inner.txt": b"inner\n"}))
+    tag = f"built/cli-{uuid.uuid4().hex[:8]}"
+    env = docker_agent.env() | {"DOCKER_BUILDKIT": "0"}
+    done = subprocess.run(
+        [DOCKER, "-H", docker_agent.host, "build", "-t", tag, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+    try:
+        assert done.returncode == 0, done.stderr + done.stdout + docker_agent.agent.log()
+        assert "Successfully built" in done.stdout
+        assert docker_agent.ok("run", "--rm", tag) == "from-base\ninner\n"
+    finally:
+        docker_agent.docker("rmi", tag)
+
+
+def test_failed_run_reports_the_step_and_cleans_up(docker_agent: DockerAgent) -> None:
+    client = docker_agent.client()
+    before = _leftovers(docker_agent)
+    context = {"Dockerfile": b"FROM busybox\nRUN touch /x\nRUN echo failing; exit 3\n"}
+    assert "returned a non-zero code: 3" in _build_error(client, _tar(context))
+    assert _leftovers(docker_agent) == before
+    client.close()
+
+
+def test_symlink_to_host_file_is_never_read(docker_agent: DockerAgent) -> None:
+    """A context symlink to /etc/shadow is copied as a link: the image never holds the
+    host's file (COPY of it names a link, not its content)."""
+    link = tarfile.TarInfo("secret")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
+    up = tarfile.TarInfo("dir/up")
+    up.type, up.linkname = tarfile.SYMTYPE, "../../../../etc"
+    context = {"Dockerfile": b"FROM busybox\nCOPY secret /secret\nCOPY dir/ /dir/\n"}
+    client = docker_agent.client()
+    tag = f"built/link-{uuid.uuid4().hex[:8]}"
+    try:
+        client.images.build(
+            fileobj=io.BytesIO(_tar(context, [link, up])), custom_context=True, tag=tag
+        )
+        out = client.containers.run(
+            tag,
+            ["sh", "-c", "readlink /secret; readlink /dir/up; ls /dir/up/ | head -1"],
+            remove=True,
+        )
+        lines = out.decode().splitlines()
+        assert lines[:2] == ["/etc/shadow", "../../../../etc"]  # links, inside the image
+        host_shadow = Path("/etc/shadow").read_bytes()
+        assert host_shadow not in out
+        via = {"Dockerfile": b"FROM busybox\nCOPY dir/up/shadow /stolen\n"}
+        assert "no such file" in _build_error(client, _tar(via, [up]))
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "/abs.txt", "a/../../escape.txt"])
+def test_context_member_outside_is_refused(docker_agent: DockerAgent, name: str) -> None:
+    context = _tar({"Dockerfile": b"FROM busybox\n", name: b"x\n"})
+    client = docker_agent.client()
+    with pytest.raises(docker.errors.APIError) as raised:
+        client.images.build(fileobj=io.BytesIO(context), custom_context=True)
+    assert "build context" in str(raised.value)
+    client.close()
+    assert BUSYBOX  # the agent still serves
+    assert docker_agent.ok("images", "-q", BUSYBOX)

@@ -161,7 +161,7 @@ def test_symlink_to_host_file_is_never_read(docker_agent: DockerAgent) -> None:
     link = tarfile.TarInfo("secret")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/shadow"
     up = tarfile.TarInfo("dir/up")
-    up.type, up.linkname = tarfile.SYMTYPE, "../../../../etc"
+    up.type, up.linkname = tarfile.SYMTYPE, "../" * 40 + "etc"  # the host's /etc
     context = {"Dockerfile": b"FROM busybox\nCOPY secret /secret\nCOPY dir/ /dir/\n"}
     client = docker_agent.client()
     tag = f"built/link-{uuid.uuid4().hex[:8]}"
@@ -175,7 +175,7 @@ def test_symlink_to_host_file_is_never_read(docker_agent: DockerAgent) -> None:
             remove=True,
         )
         lines = out.decode().splitlines()
-        assert lines[:2] == ["/etc/shadow", "../../../../etc"]  # links, inside the image
+        assert lines[:2] == ["/etc/shadow", "../" * 40 + "etc"]  # links, inside the image
         host_shadow = Path("/etc/shadow").read_bytes()
         assert host_shadow not in out
         via = {"Dockerfile": b"FROM busybox\nCOPY dir/up/shadow /stolen\n"}

@@ -286,7 +286,7 @@ class Builder:
             yield view.info.id
         finally:
             await asyncio.shield(self._remove(view.info.id))
-            await self.say(f"Removing intermediate container {view.info.id[:12]}\n")
+        await self.say(f"Removing intermediate container {view.info.id[:12]}\n")
 
     async def _remove(self, container_id: str) -> None:
         try:

@@ -91,11 +91,14 @@ async def _build(request: web.Request, ctx: DockerApiContext) -> web.StreamRespo
     scratch = await asyncio.to_thread(scratch_dir, ctx.state_dir / "tmp")
     try:
         upload = scratch / "context.tar"
+        limit = images.store.limits.max_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise DockerApiError(413, f"the build context is larger than {limit} bytes")
         await _receive(request, upload)
         context = scratch / "context"
         await asyncio.to_thread(context.mkdir, 0o755)
         try:
-            await asyncio.to_thread(unpack_into, upload, context)
+            await asyncio.to_thread(unpack_into, upload, context, images.store.limits)
         except ContextError as exc:
             raise bad_request(f"the build context: {exc}") from None
         await asyncio.to_thread(upload.unlink)
@@ -111,6 +114,9 @@ async def _build(request: web.Request, ctx: DockerApiContext) -> web.StreamRespo
         except BuildFailed as exc:
             log.info("dockerapi.build_failed", error=str(exc))
             await response.write(error_line(str(exc)))
+        except Exception as exc:  # the stream has started: an error line, not a 500
+            log.exception("dockerapi.build_error")
+            await response.write(error_line(f"the build failed: {exc}"))
         else:
             await emit({"aux": {"ID": image.id}})
             if options.quiet:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import subprocess
 import tarfile
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -195,3 +196,54 @@ def test_context_member_outside_is_refused(docker_agent: DockerAgent, name: str)
     client.close()
     assert BUSYBOX  # the agent still serves
     assert docker_agent.ok("images", "-q", BUSYBOX)
+
+
+def test_run_step_is_not_privileged(docker_agent: DockerAgent) -> None:
+    """RUN runs like any container of the agent: no CAP_SYS_ADMIN, so no mount."""
+    client = docker_agent.client()
+    context = {"Dockerfile": b"FROM busybox\nRUN mkdir -p /m && mount -t tmpfs none /m\n"}
+    assert "returned a non-zero code" in _build_error(client, _tar(context))
+    client.close()
+
+
+def _build_dirs(agent: DockerAgent) -> list[str]:
+    tmp = agent.agent.state_dir / "tmp"
+    return sorted(p.name for p in tmp.glob("build-*")) if tmp.is_dir() else []
+
+
+def test_client_gone_mid_run_cleans_up(docker_agent: DockerAgent, tmp_path: Path) -> None:
+    """The CLI killed while a RUN step runs: its container, the intermediate images
+    and the build's directory go."""
+    before = _leftovers(docker_agent)
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox\nCOPY Dockerfile /x\nRUN echo started && sleep 120\n"
+    )
+    env = docker_agent.env() | {"DOCKER_BUILDKIT": "0"}
+    cli = subprocess.Popen(
+        [DOCKER, "-H", docker_agent.host, "build", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert cli.stdout is not None
+        seen = []
+        for row in cli.stdout:
+            seen.append(row)
+            if row.strip() == "started":
+                break
+        assert any("Running in" in row for row in seen), seen
+        running = docker_agent.ok("ps", "-q", "--filter", "label=dockyard.build").strip()
+        assert running
+    finally:
+        cli.kill()
+        cli.communicate()
+    for _ in range(300):
+        if _leftovers(docker_agent) == before and not _build_dirs(docker_agent):
+            break
+        time.sleep(0.1)
+    assert _leftovers(docker_agent) == before
+    assert _build_dirs(docker_agent) == []
+    mounts = Path("/proc/self/mountinfo").read_text()
+    assert str(docker_agent.agent.state_dir / "tmp") not in mounts

@@ -247,3 +247,41 @@ def test_client_gone_mid_run_cleans_up(docker_agent: DockerAgent, tmp_path: Path
     assert _build_dirs(docker_agent) == []
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(docker_agent.agent.state_dir / "tmp") not in mounts
+
+
+COMPOSE = "/usr/bin/docker-compose"
+
+
+@pytest.mark.skipif(not Path(COMPOSE).exists(), reason="needs Debian's docker-compose")
+def test_compose_build(docker_agent: DockerAgent, tmp_path: Path) -> None:
+    """docker-compose 1.29's `build:` (with args) through the legacy builder's API."""
+    (tmp_path / "app").mkdir()
+    (tmp_path / "app" / "Dockerfile").write_text(
+        'FROM busybox\nARG WORD=unset\nRUN echo "$WORD" > /word\nCMD ["cat", "/word"]\n'
+    )
+    (tmp_path / "docker-compose.yml").write_text(
+        'version: "3.7"\nservices:\n  app:\n    build:\n      context: ./app\n'
+        "      args:\n        WORD: composed\n"
+    )
+    name = f"dyb{uuid.uuid4().hex[:6]}"
+    env = {**docker_agent.env(), "DOCKER_HOST": docker_agent.host, "DOCKER_BUILDKIT": "0"}
+
+    def compose(*args: str) -> str:
+        done = subprocess.run(
+            [COMPOSE, "--no-ansi", "-p", name, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout + done.stderr
+
+    try:
+        assert "Successfully built" in compose("build")
+        assert docker_agent.ok("run", "--rm", f"{name}_app") == "composed\n"
+    finally:
+        compose("down", "--rmi", "local")
+    assert f"{name}_app" not in docker_agent.ok("images", "--format", "{{.Repository}}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import posixpath
 import shutil
 import tempfile
@@ -26,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from dockyard.agent.build.cache import BuildCache, chain, sources_digest
 from dockyard.agent.build.commit import upper_dir
 from dockyard.agent.build.config_steps import (
     CONFIG_INSTRUCTIONS,
@@ -73,6 +75,7 @@ class BuildOptions:
     labels: Mapping[str, str] = field(default_factory=dict)
     quiet: bool = False
     target: str = ""
+    no_cache: bool = False
 
 
 @dataclass
@@ -80,7 +83,13 @@ class _Stage:
     name: str
     draft: ImageDraft
     image: Image | None
+    key: str
     state: ConfigState = field(default_factory=ConfigState)
+
+    def step_key(self, step: Instruction, *extra: str) -> str:
+        """The cache key of ``step`` in this stage."""
+        args = json.dumps(sorted(self.state.args.items()))
+        return chain(self.key, step.original, args, *extra)
 
 
 def _is_url(text: str) -> bool:
@@ -96,6 +105,7 @@ class Builder:
         admission: The agent's privilege policy (RUN containers go through it).
         scratch: A private directory for this build (mounts, tars); the caller removes it.
         emit: Sends one JSON message to the client.
+        cache: Earlier steps' results (None: no cache).
     """
 
     def __init__(
@@ -105,6 +115,7 @@ class Builder:
         admission: Admission,
         scratch: Path,
         emit: Emit,
+        cache: BuildCache | None = None,
     ) -> None:
         self.images = images
         self.store = images.store
@@ -112,6 +123,7 @@ class Builder:
         self.admission = admission
         self.scratch = scratch
         self.emit = emit
+        self.cache = cache
         self.made: list[str] = []  # manifest digests of images this build stored
         self.stages: dict[str, Image] = {}
         self.global_args: dict[str, str] = {}
@@ -138,6 +150,8 @@ class Builder:
         if not any(s.cmd == "FROM" for s in steps):
             raise BuildFailed("the Dockerfile has no FROM instruction")
         image: Image | None = None
+        if self.cache is not None:
+            await asyncio.to_thread(self.cache.load)
         try:
             image = await self._run(context, steps)
             for ref in options.tags:
@@ -145,6 +159,8 @@ class Builder:
         finally:
             keep = image.digest if image is not None else None
             await asyncio.shield(self._drop_intermediates(keep))
+            if self.cache is not None:
+                await asyncio.shield(asyncio.to_thread(self.cache.save))
         return image
 
     async def _run(self, context: Path, steps: list[Instruction]) -> Image:
@@ -197,10 +213,11 @@ class Builder:
             raise DockerfileError("FROM takes an image and an optional AS name")
         name = words[2].lower() if len(words) == 3 else str(len(self.stages))
         if words[0].lower() == "scratch":
-            return _Stage(name, ImageDraft.scratch(self.images.registry.platform), None)
+            draft = ImageDraft.scratch(self.images.registry.platform)
+            return _Stage(name, draft, None, chain("scratch"))
         base = await self._image(words[0])
         draft = await ImageDraft.from_image(self.store, base)
-        return _Stage(name, draft, base)
+        return _Stage(name, draft, base, chain(base.id))
 
     async def _image(self, text: str) -> Image:
         if text.lower() in self.stages:
@@ -229,11 +246,13 @@ class Builder:
         if step.cmd == "ARG":
             self._arg(step, stage.state.args, env)
             stage.draft.add_history(f"ARG {' '.join(step.values)}", True)
+            stage.key = stage.step_key(step)
         elif step.cmd in CONFIG_INSTRUCTIONS:
             apply_config(step, stage.draft.runtime, stage.state, env)
             if step.cmd == "MAINTAINER":
                 stage.draft.config["author"] = " ".join(step.values)
             stage.draft.add_history(f"/bin/sh -c #(nop) {step.original}", True)
+            stage.key = stage.step_key(step)
         elif step.cmd == "RUN":
             await self._run_step(stage, step)
         elif step.cmd in ("COPY", "ADD"):
@@ -244,9 +263,28 @@ class Builder:
 
     # ----- RUN -------------------------------------------------------------------
 
+    async def _cached(self, stage: _Stage, key: str) -> bool:
+        """Take the step's result from the cache when it is there."""
+        if self.cache is None or self.options.no_cache:
+            return False
+        found = self.cache.get(key, self.store.blobs)
+        if found is None:
+            return False
+        stage.draft, stage.key = found, key
+        await self.say(" ---> Using cache\n")
+        return True
+
+    def _remember(self, stage: _Stage, key: str) -> None:
+        stage.key = key
+        if self.cache is not None:
+            self.cache.put(key, stage.draft)
+
     async def _run_step(self, stage: _Stage, step: Instruction) -> None:
         if step.flags:
             raise DockerfileError(f"RUN {step.flags[0]} is not supported (BuildKit only)")
+        key = stage.step_key(step)
+        if await self._cached(stage, key):
+            return
         image = await self._checkpoint(stage)
         runtime = stage.draft.runtime
         shell = runtime.get("Shell") or DEFAULT_SHELL
@@ -278,6 +316,7 @@ class Builder:
             )
         stage.draft.add_layer(layer)
         stage.draft.add_history(" ".join(command), False)
+        self._remember(stage, key)
 
     @contextlib.asynccontextmanager
     async def _container(self, checked: Any) -> AsyncIterator[str]:
@@ -358,6 +397,10 @@ class Builder:
             sources: list[Source] = []
             for text in sources_text:
                 sources += await asyncio.to_thread(find_sources, source_root, text)
+            content = await asyncio.to_thread(sources_digest, source_root, sources)
+            key = stage.step_key(step, content)
+            if await self._cached(stage, key):
+                return
             base = await stack.enter_async_context(self._mounted(image))
             rootfs = base / "rootfs"
             dest_is_dir = (
@@ -377,6 +420,7 @@ class Builder:
             layer = await asyncio.to_thread(layer_from_upper, self.store.blobs, base / "upper")
         stage.draft.add_layer(layer)
         stage.draft.add_history(f"/bin/sh -c #(nop) {step.original}", False)
+        self._remember(stage, key)
 
     # ----- cleanup -----------------------------------------------------------------
 

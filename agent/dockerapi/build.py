@@ -25,6 +25,7 @@ from dockyard.agent.build.builder import (
     remove_scratch,
     scratch_dir,
 )
+from dockyard.agent.build.cache import BuildCache
 from dockyard.agent.build.context import ContextError, unpack_into
 from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError, bad_request
@@ -79,6 +80,7 @@ def parse_options(request: web.Request) -> BuildOptions:
         labels=_json_map(request, "labels"),
         quiet=query_bool(request.query.get("q")),
         target=request.query.get("target", ""),
+        no_cache=query_bool(request.query.get("nocache")),
     )
 
 
@@ -108,7 +110,8 @@ async def _build(request: web.Request, ctx: DockerApiContext) -> web.StreamRespo
         async def emit(message: dict[str, Any]) -> None:
             await response.write(line(message))
 
-        builder = Builder(images, containers, ctx.admission, scratch, emit)
+        cache = BuildCache(ctx.state_dir / "build-cache.json")
+        builder = Builder(images, containers, ctx.admission, scratch, emit, cache)
         try:
             image = await builder.build(context, options)
         except BuildFailed as exc:

@@ -285,3 +285,40 @@ def test_compose_build(docker_agent: DockerAgent, tmp_path: Path) -> None:
     finally:
         compose("down", "--rmi", "local")
     assert f"{name}_app" not in docker_agent.ok("images", "--format", "{{.Repository}}")
+
+
+def test_layer_cache(docker_agent: DockerAgent) -> None:
+    """A second build reuses RUN and COPY steps (`Using cache`, RUN not run again); a
+    changed file runs COPY and what follows again; nocache runs everything."""
+    client = docker_agent.client()
+    tag = f"built/cache-{uuid.uuid4().hex[:8]}"
+    dockerfile = (
+        b"FROM busybox\nENV A=1\nRUN echo ran\"\"-first; cat /proc/sys/kernel/random/uuid > /id\n"
+        b"COPY data.txt /data.txt\nRUN echo ran\"\"-second; cat /data.txt > /copy\n"
+    )
+
+    def build(data: bytes, **kwargs: Any) -> tuple[str, bytes]:
+        context = _tar({"Dockerfile": dockerfile, "data.txt": data})
+        _, logs = client.images.build(
+            fileobj=io.BytesIO(context), custom_context=True, tag=tag, **kwargs
+        )
+        text = "".join(chunk.get("stream", "") for chunk in logs)
+        return text, client.containers.run(tag, ["cat", "/id", "/copy"], remove=True)
+
+    try:
+        first, out1 = build(b"one\n")
+        assert "ran-first" in first and "Using cache" not in first
+        second, out2 = build(b"one\n")
+        assert second.count("Using cache") == 3, second
+        assert "ran-first" not in second and "ran-second" not in second
+        assert out2 == out1
+        third, out3 = build(b"two\n")
+        assert third.count("Using cache") == 1, third
+        assert "ran-second" in third and "ran-first" not in third
+        assert out3.splitlines()[0] == out1.splitlines()[0]
+        assert out3.splitlines()[1] == b"two"
+        fourth, _ = build(b"two\n", nocache=True)
+        assert "Using cache" not in fourth and "ran-first" in fourth
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()

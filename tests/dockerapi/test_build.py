@@ -293,8 +293,8 @@ def test_layer_cache(docker_agent: DockerAgent) -> None:
     client = docker_agent.client()
     tag = f"built/cache-{uuid.uuid4().hex[:8]}"
     dockerfile = (
-        b"FROM busybox\nENV A=1\nRUN echo ran\"\"-first; cat /proc/sys/kernel/random/uuid > /id\n"
-        b"COPY data.txt /data.txt\nRUN echo ran\"\"-second; cat /data.txt > /copy\n"
+        b'FROM busybox\nENV A=1\nRUN echo ran""-first; cat /proc/sys/kernel/random/uuid > /id\n'
+        b'COPY data.txt /data.txt\nRUN echo ran""-second; cat /data.txt > /copy\n'
     )
 
     def build(data: bytes, **kwargs: Any) -> tuple[str, bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,7 @@ CONFIG_INSTRUCTIONS = frozenset(
         "SHELL",
         "MAINTAINER",
         "ONBUILD",
+        "HEALTHCHECK",
     }
 )
 COMMIT_CHANGES = frozenset(
@@ -149,9 +151,50 @@ def apply_config(
         case "MAINTAINER":
             pass  # the author, set by the caller
         case "ONBUILD":
-            runtime["OnBuild"] = [*(runtime.get("OnBuild") or []), " ".join(step.values)]
+            trigger = step.original.split(None, 1)[1] if " " in step.original else ""
+            runtime["OnBuild"] = [*(runtime.get("OnBuild") or []), trigger]
+        case "HEALTHCHECK":
+            runtime["Healthcheck"] = _healthcheck(step)
         case _:
             raise DockerfileError(f"{step.where()}: {step.cmd} is not a config instruction")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)")
+_UNIT_NS = {"ns": 1, "us": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+_HEALTH_FLAGS = {
+    "interval": "Interval",
+    "timeout": "Timeout",
+    "start-period": "StartPeriod",
+    "start-interval": "StartInterval",
+}
+
+
+def _duration(step: Instruction, text: str) -> int:
+    """A Go duration (``30s``, ``1m30s``) in nanoseconds."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise DockerfileError(f"{step.where()}: invalid duration {text!r}")
+    return int(sum(float(n) * _UNIT_NS[u] for n, u in parts))
+
+
+def _healthcheck(step: Instruction) -> dict[str, Any]:
+    if not step.values:
+        raise DockerfileError(f"{step.where()}: HEALTHCHECK needs CMD or NONE")
+    kind, rest = step.values[0].upper(), list(step.values[1:])
+    if kind == "NONE":
+        return {"Test": ["NONE"]}
+    if kind != "CMD" or not rest:
+        raise DockerfileError(f"{step.where()}: HEALTHCHECK needs CMD or NONE")
+    check: dict[str, Any] = {"Test": ["CMD", *rest] if step.json else ["CMD-SHELL", *rest]}
+    for flag in step.flags:
+        name, _, value = flag.removeprefix("--").partition("=")
+        if name in _HEALTH_FLAGS:
+            check[_HEALTH_FLAGS[name]] = _duration(step, value)
+        elif name == "retries" and value.isdigit():
+            check["Retries"] = int(value)
+        else:
+            raise DockerfileError(f"{step.where()}: unknown flag {flag}")
+    return check
 
 
 def _one(step: Instruction, words: list[str]) -> str:

@@ -104,3 +104,23 @@ def test_commit_changes() -> None:
         apply_changes(["RUN rm -rf /"], runtime)
     with pytest.raises(DockerfileError, match="invalid port"):
         apply_changes(["EXPOSE eighty"], runtime)
+
+
+def test_healthcheck_and_onbuild() -> None:
+    runtime: dict[str, Any] = {}
+    _apply(
+        "HEALTHCHECK --interval=1m30s --timeout=500ms --retries=3 CMD wget -q x || exit 1\n"
+        "ONBUILD RUN echo later\n",
+        runtime,
+    )
+    assert runtime["Healthcheck"] == {
+        "Test": ["CMD-SHELL", "wget -q x || exit 1"],
+        "Interval": 90 * 10**9,
+        "Timeout": 500 * 10**6,
+        "Retries": 3,
+    }
+    assert runtime["OnBuild"] == ["RUN echo later"]
+    _apply("HEALTHCHECK NONE\n", runtime)
+    assert runtime["Healthcheck"] == {"Test": ["NONE"]}
+    with pytest.raises(DockerfileError, match="invalid duration"):
+        _apply("HEALTHCHECK --interval=5 CMD true\n", runtime)

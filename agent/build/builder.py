@@ -76,6 +76,7 @@ class BuildOptions:
     quiet: bool = False
     target: str = ""
     no_cache: bool = False
+    network: str = "bridge"
 
 
 @dataclass
@@ -149,6 +150,9 @@ class Builder:
             raise BuildFailed(str(exc)) from None
         if not any(s.cmd == "FROM" for s in steps):
             raise BuildFailed("the Dockerfile has no FROM instruction")
+        names = {s.values[2].lower() for s in steps if s.cmd == "FROM" and len(s.values) == 3}
+        if options.target and options.target.lower() not in names:
+            raise BuildFailed(f"failed to reach build target {options.target} in Dockerfile")
         image: Image | None = None
         if self.cache is not None:
             await asyncio.to_thread(self.cache.load)
@@ -170,7 +174,7 @@ class Builder:
             try:
                 if step.cmd == "FROM":
                     if stage is not None:
-                        if stage.name == self.options.target:
+                        if stage.name == self.options.target.lower():
                             break
                         self.stages[stage.name] = await self._checkpoint(stage)
                         self.stages[str(len(self.stages))] = self.stages[stage.name]
@@ -298,7 +302,7 @@ class Builder:
             env=build_env,
             workdir=runtime.get("WorkingDir") or "",
             user=runtime.get("User") or "",
-            network="bridge" if self.containers.network is not None else "none",
+            network=self._network(),
             labels={BUILD_LABEL: "run"},
         )
         checked = parse_create(request)
@@ -317,6 +321,13 @@ class Builder:
         stage.draft.add_layer(layer)
         stage.draft.add_history(" ".join(command), False)
         self._remember(stage, key)
+
+    def _network(self) -> str:
+        """RUN's network: the build's ``networkmode`` (``bridge`` only when the node has one)."""
+        wanted = self.options.network
+        if wanted == "bridge" and self.containers.network is None:
+            return "none"
+        return wanted
 
     @contextlib.asynccontextmanager
     async def _container(self, checked: Any) -> AsyncIterator[str]:

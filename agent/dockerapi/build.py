@@ -69,6 +69,14 @@ def _tags(request: web.Request) -> list[Reference]:
     return refs
 
 
+def _network(mode: str) -> str:
+    if mode in ("", "default", "bridge"):
+        return "bridge"
+    if mode in ("none", "host"):
+        return mode  # host: the agent's privilege policy decides
+    raise bad_request(f"networkmode: {mode!r} is not supported by dockyard (bridge, host, none)")
+
+
 def parse_options(request: web.Request) -> BuildOptions:
     """The query of ``POST /build``; 400 naming a malformed parameter."""
     if request.query.get("remote"):
@@ -81,6 +89,7 @@ def parse_options(request: web.Request) -> BuildOptions:
         quiet=query_bool(request.query.get("q")),
         target=request.query.get("target", ""),
         no_cache=query_bool(request.query.get("nocache")),
+        network=_network(request.query.get("networkmode", "")),
     )
 
 

@@ -63,10 +63,12 @@ def _context() -> dict[str, bytes]:
     }
 
 
-def _build_error(client: Any, context: bytes) -> str:
+def _build_error(client: Any, context: bytes, **kwargs: Any) -> str:
     """The error line of a failing build, the whole stream read (the SDK's high-level
     build leaves the response open when it raises)."""
-    chunks = list(client.api.build(fileobj=io.BytesIO(context), custom_context=True, decode=True))
+    chunks = list(
+        client.api.build(fileobj=io.BytesIO(context), custom_context=True, decode=True, **kwargs)
+    )
     errors = [c["error"] for c in chunks if "error" in c]
     assert errors, chunks
     return str(errors[-1])
@@ -319,6 +321,30 @@ def test_layer_cache(docker_agent: DockerAgent) -> None:
         assert out3.splitlines()[1] == b"two"
         fourth, _ = build(b"two\n", nocache=True)
         assert "Using cache" not in fourth and "ran-first" in fourth
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()
+
+
+def test_target_and_scratch_stage(docker_agent: DockerAgent) -> None:
+    """`target` stops at a stage; a `scratch` stage holds only what was copied in."""
+    client = docker_agent.client()
+    tag = f"built/target-{uuid.uuid4().hex[:8]}"
+    dockerfile = (
+        b"FROM busybox AS tools\nRUN echo tools > /tools.txt\n"
+        b"FROM scratch AS bare\nCOPY --from=tools /tools.txt /bin/busybox /\n"
+        b'CMD ["/busybox", "cat", "/tools.txt"]\n'
+        b"FROM busybox\nRUN echo final > /final.txt\n"
+    )
+    try:
+        context = _tar({"Dockerfile": dockerfile})
+        image, _ = client.images.build(
+            fileobj=io.BytesIO(context), custom_context=True, tag=tag, target="bare"
+        )
+        assert len(image.attrs["RootFS"]["Layers"]) == 1
+        assert client.containers.run(tag, remove=True) == b"tools\n"
+        missing = _build_error(client, _tar({"Dockerfile": b"FROM busybox\n"}), target="nope")
+        assert "failed to reach build target nope" in missing
     finally:
         client.images.remove(tag, force=True)
         client.close()

@@ -184,15 +184,16 @@ class Builder:
                     continue
                 else:
                     await self._step(stage, step, context)
-                image = await self._checkpoint(stage)
+                image_id = stage.image.id if stage.image is not None else stage.draft.image_id()
             except (DockerfileError, ContextError, ImageError, ApiError, OSError) as exc:
                 raise BuildFailed(f"{step.cmd} (line {step.line}): {exc}") from None
-            await self.say(f" ---> {image.id[7:19]}\n")
+            await self.say(f" ---> {image_id[7:19]}\n")
         assert stage is not None
         if self.options.labels:
             labels = dict(stage.draft.runtime.get("Labels") or {})
             labels.update(self.options.labels)
             stage.draft.runtime["Labels"] = labels
+            stage.draft.touch()
             stage.image = None
         return await self._checkpoint(stage)
 
@@ -250,12 +251,14 @@ class Builder:
         if step.cmd == "ARG":
             self._arg(step, stage.state.args, env)
             stage.draft.add_history(f"ARG {' '.join(step.values)}", True)
+            stage.draft.touch()
             stage.key = stage.step_key(step)
         elif step.cmd in CONFIG_INSTRUCTIONS:
             apply_config(step, stage.draft.runtime, stage.state, env)
             if step.cmd == "MAINTAINER":
                 stage.draft.config["author"] = " ".join(step.values)
             stage.draft.add_history(f"/bin/sh -c #(nop) {step.original}", True)
+            stage.draft.touch()
             stage.key = stage.step_key(step)
         elif step.cmd == "RUN":
             await self._run_step(stage, step)
@@ -279,6 +282,7 @@ class Builder:
         return True
 
     def _remember(self, stage: _Stage, key: str) -> None:
+        stage.draft.touch()
         stage.key = key
         if self.cache is not None:
             self.cache.put(key, stage.draft)
@@ -396,7 +400,6 @@ class Builder:
             raise DockerfileError(f"{step.cmd}: flag {(unknown or ['--from'])[0]} not supported")
         workdir = stage.draft.runtime.get("WorkingDir") or "/"
         dest_abs = posixpath.normpath(posixpath.join("/", workdir, dest))
-        image = await self._checkpoint(stage)
         async with contextlib.AsyncExitStack() as stack:
             source_root = context
             from_text = step.flag("from")
@@ -412,6 +415,7 @@ class Builder:
             key = stage.step_key(step, content)
             if await self._cached(stage, key):
                 return
+            image = await self._checkpoint(stage)
             base = await stack.enter_async_context(self._mounted(image))
             rootfs = base / "rootfs"
             dest_is_dir = (
@@ -436,12 +440,13 @@ class Builder:
     # ----- cleanup -----------------------------------------------------------------
 
     async def _drop_intermediates(self, keep: str | None) -> None:
-        for digest in self.made:
-            if digest != keep and not self.store.is_tagged(digest):
-                with contextlib.suppress(Exception):
-                    await self.store.delete(digest)
-        with contextlib.suppress(Exception):
-            await self.store.gc()
+        dropped = [d for d in self.made if d != keep and not self.store.is_tagged(d)]
+        for digest in dropped:
+            with contextlib.suppress(Exception):
+                await self.store.delete(digest)
+        if dropped:
+            with contextlib.suppress(Exception):
+                await self.store.gc()
 
 
 def scratch_dir(root: Path) -> Path:

@@ -98,6 +98,7 @@ async def commit_container(
         draft.config["author"] = request.author
     if request.comment:
         draft.config["comment"] = request.comment
+    draft.touch()
     image = await draft.store(store, request.refs)
     log.info(
         "image.committed",

@@ -10,13 +10,16 @@ unpacks the new layers into snapshots, so a container can run on it at once).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from dockyard.agent.images.content import canonical_json, parse_json
+from dockyard.agent.images.errors import ImageNotFound
 from dockyard.agent.images.image_store import ImageStore
 from dockyard.agent.images.models import Image, Layer
 from dockyard.agent.images.reference import Reference
@@ -57,6 +60,7 @@ class ImageDraft:
             "config": {"Env": []},
             "rootfs": {"type": "layers", "diff_ids": []},
             "history": [],
+            "created": now(),
         }
         if platform.variant:
             config["variant"] = platform.variant
@@ -89,9 +93,17 @@ class ImageDraft:
         """Put ``layer`` on top."""
         self.layers.append(layer)
 
+    def touch(self) -> None:
+        """The draft changed: its config's ``created`` is now."""
+        self.config["created"] = now()
+
+    def image_id(self) -> str:
+        """The id the draft gets when stored (the digest of its config)."""
+        return "sha256:" + hashlib.sha256(self._config_bytes()).hexdigest()
+
     def _config_bytes(self) -> bytes:
         config = copy.deepcopy(self.config)
-        config["created"] = now()
+        config.setdefault("created", "1970-01-01T00:00:00Z")
         config["rootfs"] = {"type": "layers", "diff_ids": [x.diff_id for x in self.layers]}
         config.pop("container", None)  # dockerd's, naming the container it came from
         config.pop("container_config", None)
@@ -118,7 +130,14 @@ class ImageDraft:
                     for x in self.layers
                 ],
             }
-            digest = await asyncio.to_thread(_put, store, canonical_json(manifest))
+            manifest_bytes = canonical_json(manifest)
+            digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
+            with contextlib.suppress(ImageNotFound):
+                found = store.get(digest)  # the same image again (a build from the cache)
+                for ref in refs:
+                    await store.tag(found, ref)
+                return store.get(digest)
+            digest = await asyncio.to_thread(_put, store, manifest_bytes)
             lease.add(digest)
             return await store.commit(digest, list(refs))
 

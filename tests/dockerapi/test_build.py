@@ -348,3 +348,24 @@ def test_target_and_scratch_stage(docker_agent: DockerAgent) -> None:
     finally:
         client.images.remove(tag, force=True)
         client.close()
+
+
+def test_sdk_build_from_path_with_dockerignore(docker_agent: DockerAgent, tmp_path: Path) -> None:
+    """`images.build(path=...)`: the SDK tars the directory itself (its .dockerignore
+    applied); ADD of a URL is refused with a message naming the step."""
+    (tmp_path / "Dockerfile").write_text('FROM busybox\nCOPY . /ctx/\nCMD ["ls", "/ctx"]\n')
+    (tmp_path / ".dockerignore").write_text("secret.txt\n")
+    (tmp_path / "kept.txt").write_text("kept\n")
+    (tmp_path / "secret.txt").write_text("secret\n")
+    client = docker_agent.client()
+    tag = f"built/path-{uuid.uuid4().hex[:8]}"
+    try:
+        client.images.build(path=str(tmp_path), tag=tag)
+        listed = client.containers.run(tag, ["ls", "-A", "/ctx"], remove=True).split()
+        assert b"kept.txt" in listed and b"Dockerfile" in listed
+        assert b"secret.txt" not in listed
+        url = _tar({"Dockerfile": b"FROM busybox\nADD https://example.com/x /x\n"})
+        assert "ADD from a URL is not supported" in _build_error(client, url)
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()

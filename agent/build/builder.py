@@ -49,10 +49,18 @@ from dockyard.agent.images.errors import ImageError, ImageNotFound
 from dockyard.agent.images.models import Image
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.service import ImageService
-from dockyard.agent.runtime.runc.rootfs import ContainerLayer
+from dockyard.agent.runtime.runc.rootfs import ContainerLayer, mounted_under
 from dockyard.v1 import containers_pb2 as pb
 
-__all__ = ["BuildFailed", "BuildOptions", "Builder", "Emit"]
+__all__ = [
+    "BuildFailed",
+    "BuildOptions",
+    "Builder",
+    "Emit",
+    "recover",
+    "remove_scratch",
+    "scratch_dir",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -455,11 +463,32 @@ def scratch_dir(root: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="build-", dir=root))
 
 
-def remove_scratch(path: Path) -> None:
-    """Remove a build's scratch directory, never through a mount left in it (blocking)."""
-    from dockyard.agent.runtime.runc.rootfs import mounted_under
+def remove_scratch(path: Path, unmount: bool = False) -> None:
+    """Remove a build's scratch directory, never through a mount left in it (blocking).
 
+    ``unmount``: first unmount the overlays a build left there (an agent that died
+    mid-build); without it such a directory is kept and logged."""
+    if unmount:
+        for target in mounted_under(path):
+            try:  # the builder's overlays are always <scratch>/mount-N/rootfs
+                ContainerLayer([target], target.parent).unmount_blocking()
+            except Exception as exc:
+                log.error("build.unmount_failed", path=str(target), error=str(exc))
     if mounted_under(path):
         log.error("build.scratch_still_mounted", path=str(path))
         return
     shutil.rmtree(path, ignore_errors=True)
+
+
+async def recover(tmp: Path, containers: ContainerService) -> None:
+    """After an agent restart: what builds left behind (RUN containers, scratch
+    directories and their mounts) is removed."""
+    for view in await containers.list(all=True):
+        if view.info.labels.get(BUILD_LABEL):
+            with contextlib.suppress(Exception):
+                await containers.remove(view.info.id, force=True)
+                log.info("build.container_recovered", container_id=view.info.id)
+    leftovers = await asyncio.to_thread(lambda: sorted(tmp.glob("build-*")))
+    for path in leftovers:
+        await asyncio.to_thread(remove_scratch, path, True)
+        log.info("build.scratch_recovered", path=str(path))

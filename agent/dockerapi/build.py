@@ -12,7 +12,9 @@ containers and mounts are gone when the request ends, also when the client goes 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
@@ -22,6 +24,7 @@ from dockyard.agent.build.builder import (
     Builder,
     BuildFailed,
     BuildOptions,
+    recover,
     remove_scratch,
     scratch_dir,
 )
@@ -35,7 +38,7 @@ from dockyard.agent.dockerapi.pull_progress import error_line, line
 from dockyard.agent.images.errors import InvalidReference
 from dockyard.agent.images.reference import Reference, parse_reference
 
-__all__ = ["add_routes", "parse_options"]
+__all__ = ["add_routes", "lifespan", "parse_options"]
 
 log = structlog.get_logger(__name__)
 
@@ -142,6 +145,23 @@ async def _build(request: web.Request, ctx: DockerApiContext) -> web.StreamRespo
         return response
     finally:
         await asyncio.shield(asyncio.to_thread(remove_scratch, scratch))
+
+
+def lifespan(
+    ctx: DockerApiContext,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """At start: what builds of an agent that died mid-build left is removed."""
+
+    @contextlib.asynccontextmanager
+    async def clean(app: web.Application) -> AsyncIterator[None]:
+        if ctx.containers is not None and ctx.images is not None and ctx.runtime == "runc":
+            try:
+                await recover(ctx.state_dir / "tmp", ctx.containers)
+            except Exception as exc:
+                log.error("dockerapi.build_recovery_failed", error=str(exc))
+        yield
+
+    return clean
 
 
 def add_routes(routes: web.RouteTableDef, ctx: DockerApiContext) -> None:

@@ -369,3 +369,38 @@ def test_sdk_build_from_path_with_dockerignore(docker_agent: DockerAgent, tmp_pa
     finally:
         client.images.remove(tag, force=True)
         client.close()
+
+
+def test_agent_restart_mid_build_cleans_up(docker_agent: DockerAgent, tmp_path: Path) -> None:
+    """The agent killed while a RUN step runs (its container lives on with conmon, the
+    build's directory stays): the restarted agent removes both."""
+    (tmp_path / "Dockerfile").write_text(
+        "FROM busybox\nCOPY Dockerfile /x\nRUN echo started && sleep 120\n"
+    )
+    env = docker_agent.env() | {"DOCKER_BUILDKIT": "0"}
+    cli = subprocess.Popen(
+        [DOCKER, "-H", docker_agent.host, "build", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
+    try:
+        assert cli.stdout is not None
+        for row in cli.stdout:
+            if row.strip() == "started":
+                break
+        assert _build_dirs(docker_agent)
+        docker_agent.agent.crash()
+    finally:
+        cli.kill()
+        cli.communicate()
+    docker_agent.agent.start()
+    for _ in range(300):
+        if not _build_dirs(docker_agent) and not _leftovers(docker_agent)[0]:
+            break
+        time.sleep(0.1)
+    assert _leftovers(docker_agent)[0] == ""
+    assert _build_dirs(docker_agent) == []
+    assert str(docker_agent.agent.state_dir / "tmp") not in Path("/proc/self/mountinfo").read_text()
+    docker_agent.ok("image", "prune", "-f")

@@ -255,6 +255,8 @@ class Builder:
         return {**stage.state.args, **env_map(stage.draft.runtime)}
 
     async def _step(self, stage: _Stage, step: Instruction, context: Path) -> None:
+        if step.heredocs:
+            raise DockerfileError("heredocs (<<EOF) are not supported by dockyard's builder")
         env = self._env(stage)
         if step.cmd == "ARG":
             self._arg(step, stage.state.args, env)

@@ -43,6 +43,7 @@ class Instruction:
     json: bool
     original: str
     line: int
+    heredocs: bool = False
 
     def where(self) -> str:
         """``line 3: RUN false`` for error messages."""
@@ -77,6 +78,7 @@ def parse(text: str) -> list[Instruction]:
             json=bool(c.json),
             original=c.original,
             line=c.start_line,
+            heredocs=bool(c.heredocs),
         )
         for c in commands
     ]

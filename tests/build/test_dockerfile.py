@@ -124,3 +124,8 @@ def test_healthcheck_and_onbuild() -> None:
     assert runtime["Healthcheck"] == {"Test": ["NONE"]}
     with pytest.raises(DockerfileError, match="invalid duration"):
         _apply("HEALTHCHECK --interval=5 CMD true\n", runtime)
+
+
+def test_heredocs_are_marked() -> None:
+    steps = parse("FROM busybox\nRUN <<EOF\necho a\necho b\nEOF\nRUN echo c\n")
+    assert [s.heredocs for s in steps] == [False, True, False]

@@ -85,6 +85,7 @@ class BuildOptions:
     target: str = ""
     no_cache: bool = False
     network: str = "bridge"
+    pull: bool = False
 
 
 @dataclass
@@ -228,17 +229,16 @@ class Builder:
         if words[0].lower() == "scratch":
             draft = ImageDraft.scratch(self.images.registry.platform)
             return _Stage(name, draft, None, chain("scratch"))
-        base = await self._image(words[0])
+        base = await self._image(words[0], self.options.pull)
         draft = await ImageDraft.from_image(self.store, base)
         return _Stage(name, draft, base, chain(base.id))
 
-    async def _image(self, text: str) -> Image:
+    async def _image(self, text: str, pull: bool = False) -> Image:
         if text.lower() in self.stages:
             return self.stages[text.lower()]
-        try:
-            return self.store.resolve(text)
-        except ImageNotFound:
-            pass
+        if not pull:
+            with contextlib.suppress(ImageNotFound):
+                return self.store.resolve(text)
         ref = parse_reference(text)
         await self.say(f"Pulling {ref.familiar()}\n")
         return await self.images.pull(ref)

@@ -93,6 +93,7 @@ def parse_options(request: web.Request) -> BuildOptions:
         target=request.query.get("target", ""),
         no_cache=query_bool(request.query.get("nocache")),
         network=_network(request.query.get("networkmode", "")),
+        pull=query_bool(request.query.get("pull")),
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import docker.errors
 import pytest
 
+from tests.agent.conftest import ImageRegistry
 from tests.dockerapi.conftest import BUSYBOX, DOCKER, DockerAgent
 
 pytestmark = [pytest.mark.runc]
@@ -28,7 +29,7 @@ ARG GREETING=hello
 ENV TARGET=world \\
     EXTRA="two words"
 WORKDIR /app
-COPY --chown=65534:65534 files/ ./files/
+COPY --chown=nobody:nobody files/ ./files/
 COPY top.txt glob-*.txt /app/
 RUN echo "$GREETING $TARGET" > /app/greeting && rm /etc/group \\
     && echo built-output
@@ -404,3 +405,26 @@ def test_agent_restart_mid_build_cleans_up(docker_agent: DockerAgent, tmp_path: 
     assert _build_dirs(docker_agent) == []
     assert str(docker_agent.agent.state_dir / "tmp") not in Path("/proc/self/mountinfo").read_text()
     docker_agent.ok("image", "prune", "-f")
+
+
+def test_from_pulls_a_missing_image(
+    docker_agent: DockerAgent, image_registry: ImageRegistry
+) -> None:
+    """FROM an image the store lacks pulls it (`pull=1` pulls one it has)."""
+    client = docker_agent.client()
+    ref = image_registry.busybox
+    tag = f"built/pulled-{uuid.uuid4().hex[:8]}"
+    try:
+        docker_agent.docker("rmi", ref)  # busybox:latest keeps the content
+        context = _tar({"Dockerfile": f"FROM {ref}\nRUN echo pulled > /p\n".encode()})
+        _, logs = client.images.build(fileobj=io.BytesIO(context), custom_context=True, tag=tag)
+        assert any("Pulling" in chunk.get("stream", "") for chunk in logs)
+        assert ref in docker_agent.ok("images", "--format", "{{.Repository}}:{{.Tag}}")
+        _, logs = client.images.build(
+            fileobj=io.BytesIO(context), custom_context=True, tag=tag, pull=True
+        )
+        assert any("Pulling" in chunk.get("stream", "") for chunk in logs)
+        assert client.containers.run(tag, ["cat", "/p"], remove=True) == b"pulled\n"
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()

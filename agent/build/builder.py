@@ -21,7 +21,7 @@ import posixpath
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from dockyard.agent.build.config_steps import (
     apply_config,
     env_map,
 )
-from dockyard.agent.build.context import ContextError, Source, find_sources, read_dockerfile
+from dockyard.agent.build.context import Source, find_sources, read_dockerfile
 from dockyard.agent.build.copy_step import CopyPlan, copy_into, is_dir_in, resolve_owner
 from dockyard.agent.build.dockerfile import DockerfileError, Instruction, expand, parse
 from dockyard.agent.build.image import ImageDraft
@@ -49,6 +49,7 @@ from dockyard.agent.images.errors import ImageError, ImageNotFound
 from dockyard.agent.images.models import Image
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.service import ImageService
+from dockyard.agent.runtime.base import ContainerRuntimeError
 from dockyard.agent.runtime.runc.rootfs import ContainerLayer, mounted_under
 from dockyard.v1 import containers_pb2 as pb
 
@@ -91,6 +92,7 @@ class BuildOptions:
 @dataclass
 class _Stage:
     name: str
+    index: int
     draft: ImageDraft
     image: Image | None
     key: str
@@ -139,6 +141,7 @@ class Builder:
         self.global_args: dict[str, str] = {}
         self.options = BuildOptions()
         self.counter = 0
+        self.stage_count = 0
 
     async def say(self, text: str) -> None:
         """One ``stream`` line (unless quiet)."""
@@ -160,6 +163,7 @@ class Builder:
         if not any(s.cmd == "FROM" for s in steps):
             raise BuildFailed("the Dockerfile has no FROM instruction")
         names = {s.values[2].lower() for s in steps if s.cmd == "FROM" and len(s.values) == 3}
+        self.options = replace(options, target=options.target.lower())
         if options.target and options.target.lower() not in names:
             raise BuildFailed(f"failed to reach build target {options.target} in Dockerfile")
         image: Image | None = None
@@ -179,14 +183,16 @@ class Builder:
     async def _run(self, context: Path, steps: list[Instruction]) -> Image:
         stage: _Stage | None = None
         for number, step in enumerate(steps, 1):
+            if step.cmd == "FROM" and stage is not None and stage.name == self.options.target:
+                break
             await self.say(f"Step {number}/{len(steps)} : {step.original}\n")
             try:
                 if step.cmd == "FROM":
                     if stage is not None:
-                        if stage.name == self.options.target.lower():
-                            break
-                        self.stages[stage.name] = await self._checkpoint(stage)
-                        self.stages[str(len(self.stages))] = self.stages[stage.name]
+                        finished = await self._checkpoint(stage)
+                        self.stages[str(stage.index)] = finished
+                        if stage.name:
+                            self.stages[stage.name] = finished
                     stage = await self._from(step)
                 elif stage is None:
                     self._global_arg(step)
@@ -194,7 +200,7 @@ class Builder:
                 else:
                     await self._step(stage, step, context)
                 image_id = stage.image.id if stage.image is not None else stage.draft.image_id()
-            except (DockerfileError, ContextError, ImageError, ApiError, OSError) as exc:
+            except (ValueError, ImageError, ApiError, ContainerRuntimeError, OSError) as exc:
                 raise BuildFailed(f"{step.cmd} (line {step.line}): {exc}") from None
             await self.say(f" ---> {image_id[7:19]}\n")
         assert stage is not None
@@ -225,13 +231,15 @@ class Builder:
         words = [expand(v, self.global_args) for v in step.values]
         if len(words) not in (1, 3) or (len(words) == 3 and words[1].upper() != "AS"):
             raise DockerfileError("FROM takes an image and an optional AS name")
-        name = words[2].lower() if len(words) == 3 else str(len(self.stages))
+        name = words[2].lower() if len(words) == 3 else ""
+        index = self.stage_count
+        self.stage_count += 1
         if words[0].lower() == "scratch":
             draft = ImageDraft.scratch(self.images.registry.platform)
-            return _Stage(name, draft, None, chain("scratch"))
+            return _Stage(name, index, draft, None, chain("scratch"))
         base = await self._image(words[0], self.options.pull)
         draft = await ImageDraft.from_image(self.store, base)
-        return _Stage(name, draft, base, chain(base.id))
+        return _Stage(name, index, draft, base, chain(base.id))
 
     async def _image(self, text: str, pull: bool = False) -> Image:
         if text.lower() in self.stages:

@@ -129,8 +129,9 @@ def test_cli_build_with_legacy_builder(docker_agent: DockerAgent, tmp_path: Path
         "RUN echo from-base > /base.txt\n"
         "FROM busybox\n"
         "COPY --from=base /base.txt /copied.txt\n"
+        "COPY --from=0 /base.txt /by-index.txt\n"
         "ADD layer.tar.gz /unpacked/\n"
-        'CMD ["sh", "-c", "cat /copied.txt /unpacked/inner.txt"]\n'
+        'CMD ["sh", "-c", "cat /copied.txt /by-index.txt /unpacked/inner.txt"]\n'
     )
     (tmp_path / "layer.tar.gz").write_bytes(_tar({"inner.txt": b"inner\n"}))
     tag = f"built/cli-{uuid.uuid4().hex[:8]}"
@@ -145,7 +146,7 @@ def test_cli_build_with_legacy_builder(docker_agent: DockerAgent, tmp_path: Path
     try:
         assert done.returncode == 0, done.stderr + done.stdout + docker_agent.agent.log()
         assert "Successfully built" in done.stdout
-        assert docker_agent.ok("run", "--rm", tag) == "from-base\ninner\n"
+        assert docker_agent.ok("run", "--rm", tag) == "from-base\nfrom-base\ninner\n"
     finally:
         docker_agent.docker("rmi", tag)
 

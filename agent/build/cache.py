@@ -3,7 +3,7 @@ build arguments and (COPY/ADD) the same file content, is not run again.
 
 Keys chain as the steps do: a stage starts from its base image's id (or ``scratch``),
 and each instruction folds its text, the build arguments in scope and, for COPY and
-ADD, a digest of the sources (names, modes, owners, link targets, bytes) into the key of
+ADD, a digest of the sources (names, modes, link targets, bytes; each length-framed) into the key of
 the next step, so timestamps in the configs never break the chain. A hit gives back the
 image config and layers the step made then, used only while all its layer blobs are
 still in the store. Entries live in ``<state dir>/build-cache.json`` (written
@@ -37,17 +37,22 @@ MAX_ENTRIES = 512
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+def _framed(data: bytes) -> bytes:
+    """``data`` with its length first: a sequence of them reads back one way only."""
+    return len(data).to_bytes(8, "big") + data
+
+
 def chain(parent: str, *parts: str) -> str:
-    """The next key: ``parent`` with ``parts`` folded in."""
-    digest = hashlib.sha256(parent.encode())
+    """The next key: ``parent`` with ``parts`` folded in (each length-prefixed)."""
+    digest = hashlib.sha256(_framed(parent.encode()))
     for part in parts:
-        digest.update(b"\0" + part.encode())
+        digest.update(_framed(part.encode()))
     return digest.hexdigest()
 
 
 def _hash_entry(digest: Any, parent: int, name: str, arcname: str) -> None:
     found = os.lstat(name, dir_fd=parent)
-    digest.update(f"{arcname}\0{found.st_mode:o}\0".encode())
+    digest.update(_framed(f"{arcname}\0{found.st_mode:o}".encode()))
     if stat.S_ISDIR(found.st_mode):
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         try:
@@ -56,12 +61,14 @@ def _hash_entry(digest: Any, parent: int, name: str, arcname: str) -> None:
         finally:
             os.close(fd)
     elif stat.S_ISLNK(found.st_mode):
-        digest.update(os.readlink(name, dir_fd=parent).encode())
-    elif stat.S_ISREG(found.st_mode):
+        digest.update(_framed(os.readlink(name, dir_fd=parent).encode()))
+    elif stat.S_ISREG(found.st_mode):  # the content's own digest: a fixed length
+        content = hashlib.sha256()
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
         with os.fdopen(fd, "rb") as f:
             while chunk := f.read(1 << 20):
-                digest.update(chunk)
+                content.update(chunk)
+        digest.update(content.digest())
 
 
 def sources_digest(root: Path, sources: Sequence[Source]) -> str:

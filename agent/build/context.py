@@ -54,6 +54,10 @@ class TarUnpacker(_Unpacker):
     def whiteout(self, parent: int, target: str, name: str) -> None:
         raise UnsafePath(f"{name!r}: names starting with .wh. are not accepted")
 
+    def special(self, member: tarfile.TarInfo, parent: int, base: str, mode: int) -> None:
+        # a fifo would block whoever opens it; a device node would reach the host's device
+        raise UnsafePath(f"{member.name!r}: devices and fifos are not accepted")
+
 
 def unpack_into(tar_path: Path, dest: Path, limits: UnpackLimits | None = None) -> None:
     """Unpack the tar at ``tar_path`` (plain, gzip or zstd) into the directory ``dest``.
@@ -94,6 +98,8 @@ def read_dockerfile(context: Path, name: str) -> str:
     root_fd = os.open(context, _DIR_FLAGS)
     try:
         with Beneath(root_fd).directory(parts[:-1]) as parent:
+            if not stat.S_ISREG(os.lstat(parts[-1], dir_fd=parent).st_mode):
+                raise DockerfileError(f"the Dockerfile {name} is not a regular file")
             fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             with os.fdopen(fd, "rb") as f:
                 if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -170,7 +170,8 @@ def copy_into(plan: CopyPlan, rootfs: Path, scratch: Path) -> None:
                         os.close(fd)
                     continue
                 base = source.parts[-1]
-                if plan.extract_archives and plan.dest_is_dir:
+                regular = stat.S_ISREG(os.lstat(name, dir_fd=parent).st_mode)
+                if plan.extract_archives and plan.dest_is_dir and regular:  # never a fifo
                     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
                     try:
                         if stat.S_ISREG(os.fstat(fd).st_mode) and _is_archive(fd):

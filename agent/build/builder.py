@@ -46,7 +46,8 @@ from dockyard.agent.containers.errors import ApiError
 from dockyard.agent.containers.request import parse_create
 from dockyard.agent.containers.service import ContainerService
 from dockyard.agent.images.errors import ImageError, ImageNotFound
-from dockyard.agent.images.models import Image
+from dockyard.agent.images.image_store import Lease
+from dockyard.agent.images.models import Image, Layer
 from dockyard.agent.images.reference import Reference, parse_reference
 from dockyard.agent.images.service import ImageService
 from dockyard.agent.runtime.base import ContainerRuntimeError
@@ -141,6 +142,7 @@ class Builder:
         self.global_args: dict[str, str] = {}
         self.options = BuildOptions()
         self.counter = 0
+        self.lease = Lease()
         self.stage_count = 0
 
     async def say(self, text: str) -> None:
@@ -170,7 +172,8 @@ class Builder:
         if self.cache is not None:
             await asyncio.to_thread(self.cache.load)
         try:
-            image = await self._run(context, steps)
+            with self.store.lease() as self.lease:  # gc keeps the layers made and reused
+                image = await self._run(context, steps)
             for ref in options.tags:
                 await self.store.tag(image, ref)
         finally:
@@ -238,6 +241,7 @@ class Builder:
             draft = ImageDraft.scratch(self.images.registry.platform)
             return _Stage(name, index, draft, None, chain("scratch"))
         base = await self._image(words[0], self.options.pull)
+        self._hold(base.layers)
         draft = await ImageDraft.from_image(self.store, base)
         return _Stage(name, index, draft, base, chain(base.id))
 
@@ -296,8 +300,15 @@ class Builder:
         if found is None:
             return False
         stage.draft, stage.key = found, key
+        self._hold(found.layers)
         await self.say(" ---> Using cache\n")
         return True
+
+    def _hold(self, layers: Sequence[Layer]) -> None:
+        """Keep ``layers`` through a concurrent gc until the build ends (they are in no
+        image record until a later step stores one)."""
+        for layer in layers:
+            self.lease.add(layer.digest, layer.diff_id)
 
     def _remember(self, stage: _Stage, key: str) -> None:
         stage.draft.touch()
@@ -340,6 +351,7 @@ class Builder:
             layer = await asyncio.to_thread(
                 layer_from_upper, self.store.blobs, upper_dir(view.info)
             )
+            self._hold([layer])
         stage.draft.add_layer(layer)
         stage.draft.add_history(" ".join(command), False)
         self._remember(stage, key)
@@ -423,6 +435,7 @@ class Builder:
             from_text = step.flag("from")
             if from_text is not None:
                 source_image = await self._image(expand(from_text, env))
+                self._hold(source_image.layers)
                 source_root = (await stack.enter_async_context(self._mounted(source_image))) / (
                     "rootfs"
                 )
@@ -451,6 +464,7 @@ class Builder:
             plan = CopyPlan(source_root, sources, dest_abs, dest_is_dir, owner, step.cmd == "ADD")
             await asyncio.to_thread(copy_into, plan, rootfs, base)
             layer = await asyncio.to_thread(layer_from_upper, self.store.blobs, base / "upper")
+            self._hold([layer])
         stage.draft.add_layer(layer)
         stage.draft.add_history(f"/bin/sh -c #(nop) {step.original}", False)
         self._remember(stage, key)

@@ -22,7 +22,7 @@ from dockyard.agent.build.config_steps import apply_changes, env_map
 from dockyard.agent.build.image import ImageDraft
 from dockyard.agent.build.upper import layer_from_upper
 from dockyard.agent.images.image_store import ImageStore
-from dockyard.agent.images.models import Image
+from dockyard.agent.images.models import Image, Layer
 from dockyard.agent.images.reference import Reference
 from dockyard.agent.runtime.base import ContainerInfo, ContainerSpec
 
@@ -90,16 +90,10 @@ async def commit_container(
     draft.config["config"] = container_runtime_config(info.config, draft.runtime)
     apply_changes(list(request.changes), draft.runtime)
     upper = upper_dir(info)
-    layer = await asyncio.to_thread(layer_from_upper, store.blobs, upper)
-    draft.add_layer(layer)
-    command = shlex.join(info.config.command or info.config.entrypoint or [])
-    draft.add_history(command, False, request.author, request.comment)
-    if request.author:
-        draft.config["author"] = request.author
-    if request.comment:
-        draft.config["comment"] = request.comment
-    draft.touch()
-    image = await draft.store(store, request.refs)
+    with store.lease() as lease:  # a concurrent gc keeps the new layer until it is recorded
+        layer = await asyncio.to_thread(layer_from_upper, store.blobs, upper)
+        lease.add(layer.digest, layer.diff_id)
+        image = await _finish(store, draft, layer, info, request)
     log.info(
         "image.committed",
         container_id=info.id,
@@ -108,3 +102,17 @@ async def commit_container(
         refs=[str(r) for r in request.refs],
     )
     return image
+
+
+async def _finish(
+    store: ImageStore, draft: ImageDraft, layer: Layer, info: ContainerInfo, request: CommitRequest
+) -> Image:
+    draft.add_layer(layer)
+    command = shlex.join(info.config.command or info.config.entrypoint or [])
+    draft.add_history(command, False, request.author, request.comment)
+    if request.author:
+        draft.config["author"] = request.author
+    if request.comment:
+        draft.config["comment"] = request.comment
+    draft.touch()
+    return await draft.store(store, request.refs)

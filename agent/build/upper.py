@@ -20,11 +20,13 @@ from dockyard.agent.images.authoring import LayerWriter
 from dockyard.agent.images.blobs import BlobStore
 from dockyard.agent.images.models import Layer
 
-__all__ = ["RUNTIME_FILES", "layer_from_upper"]
+__all__ = ["RUNTIME_FILES", "UnsupportedUpper", "layer_from_upper"]
 
 RUNTIME_FILES = frozenset({"etc/hosts", "etc/resolv.conf", "etc/hostname"})
 """Files the runtime bind-mounts over; their mount points are not committed."""
 OPAQUE_XATTR = "trusted.overlay.opaque"
+METACOPY_XATTR = "trusted.overlay.metacopy"
+REDIRECT_XATTR = "trusted.overlay.redirect"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -33,6 +35,23 @@ def _is_opaque(fd: int) -> bool:
         return os.getxattr(fd, OPAQUE_XATTR) == b"y"
     except OSError:
         return False
+
+
+class UnsupportedUpper(ValueError):
+    """An upper dir written with overlayfs features whose entries are not the content
+    (``metacopy``: a file's data stays below; ``redirect_dir``: a renamed directory)."""
+
+
+def _check_plain(fd: int, arcname: str) -> None:
+    for name in (METACOPY_XATTR, REDIRECT_XATTR):
+        try:
+            os.getxattr(fd, name)
+        except OSError:
+            continue
+        raise UnsupportedUpper(
+            f"{arcname}: the container's layer uses overlayfs {name.rsplit('.', 1)[-1]} "
+            "(mount option metacopy or redirect_dir on this host); it cannot be committed"
+        )
 
 
 class _Walk:
@@ -68,6 +87,7 @@ class _Walk:
             self.tar.addfile(info)
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             try:
+                _check_plain(fd, arcname)
                 if _is_opaque(fd):
                     self.tar.addfile(tarfile.TarInfo(f"{arcname}/.wh..wh..opq"))
                 self.directory(fd, f"{arcname}/")
@@ -85,6 +105,7 @@ class _Walk:
         if stat.S_ISREG(mode):
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             with os.fdopen(fd, "rb") as source:
+                _check_plain(fd, arcname)
                 info.size = os.fstat(source.fileno()).st_size
                 self.tar.addfile(info, source)
         elif stat.S_ISLNK(mode):

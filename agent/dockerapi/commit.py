@@ -7,6 +7,7 @@ from aiohttp import web
 from dockyard.agent.build.commit import CommitRequest, commit_container
 from dockyard.agent.build.config_steps import parse_changes
 from dockyard.agent.build.dockerfile import DockerfileError
+from dockyard.agent.build.upper import UnsupportedUpper
 from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError, bad_request, conflict
 from dockyard.agent.dockerapi.events import event_bus
@@ -56,6 +57,8 @@ async def _commit(request: web.Request, ctx: DockerApiContext) -> web.StreamResp
         image = await commit_container(images.store, base, view.info, commit)
     except DockerfileError as exc:
         raise bad_request(str(exc)) from None
+    except UnsupportedUpper as exc:
+        raise conflict(str(exc)) from None
     bus = event_bus(ctx)
     if bus is not None:
         bus.publish("container", "commit", view.info.id, {"name": view.info.name})

@@ -10,7 +10,9 @@ import stat
 import tarfile
 from pathlib import Path
 
-from dockyard.agent.build.upper import layer_from_upper
+import pytest
+
+from dockyard.agent.build.upper import UnsupportedUpper, layer_from_upper
 from dockyard.agent.images.blobs import BlobStore
 from tests.images.test_unpack_hostile import needs_root
 
@@ -53,3 +55,15 @@ def test_upper_dir_to_layer(tmp_path: Path) -> None:
     assert members["hard"].islnk() and members["hard"].linkname == "file"
     assert members["link"].issym() and members["link"].linkname == "/etc/shadow"
     assert layer.diff_id.startswith("sha256:")
+
+
+@needs_root
+def test_metacopy_upper_is_refused(tmp_path: Path) -> None:
+    """A metacopy file's data is in a lower layer: committing the empty upper file
+    would lose it, so the commit is refused."""
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    (upper / "chowned").write_text("")
+    os.setxattr(upper / "chowned", "trusted.overlay.metacopy", b"")
+    with pytest.raises(UnsupportedUpper, match="metacopy"):
+        layer_from_upper(BlobStore(tmp_path / "store"), upper)

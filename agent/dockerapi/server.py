@@ -44,6 +44,8 @@ from yarl import URL
 from dockyard.agent.dockerapi import (
     archive,
     attach,
+    build,
+    commit,
     container_observe,
     containers,
     disk_usage,
@@ -83,6 +85,8 @@ ROUTE_MODULES: tuple[ModuleType, ...] = (
     disk_usage,
     attach,
     exec_routes,
+    commit,
+    build,
     # one line per module, each with `add_routes(routes, ctx)`
 )
 

@@ -480,6 +480,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         result.update(status_writes(per_service * args.services))
         result["terms_lost"] = terms_lost(root / "controller.log")
         print(f"leader terms lost during the run: {result['terms_lost']}")
+        result["samples"] = sampler.latencies  # after the JSON line: for the pooled percentiles
         return result
     finally:
         if profiler is not None:
@@ -557,6 +558,10 @@ def main() -> None:
         base = _median(baselines, key)
         ratio = f" ({mine / base:.2f}x)" if base else ""
         print(f"  {key}: {mine} vs {base}{ratio}")
+    print(f"every round's reads pooled ({args.rounds} round(s)):")
+    if baselines:
+        print_pooled(baselines, "baseline ")
+    print_pooled(results, "")
     for q in ("p50", "p99"):  # the reader's HTTP port against --http-listen, same runs
         reader = _median(results, f"http_services_(reader)_{q}_ms")
         controller = _median(results, f"http_services_(controller)_{q}_ms")
@@ -565,6 +570,25 @@ def main() -> None:
                 f"  GET /v1/services {q}: reader {reader} ms vs --http-listen {controller} ms "
                 f"({reader / controller:.2f}x)"
             )
+
+
+def pooled(runs: list[dict[str, Any]], name: str) -> tuple[float, float, int]:
+    """p50 and p99 (ms) of the reads `name` over every round's samples, and their
+    number: a round of a few seconds, sampled once a second, gives a handful of reads,
+    and the p99 of a handful is its slowest read."""
+    values = [v for run in runs for v in run.get("samples", {}).get(name, [])]
+    return (
+        round(percentile(values, 0.5) * 1000, 1),
+        round(percentile(values, 0.99) * 1000, 1),
+        len(values),
+    )
+
+
+def print_pooled(runs: list[dict[str, Any]], label: str) -> None:
+    names = sorted({name for run in runs for name in run.get("samples", {})})
+    for name in names:
+        p50, p99, count = pooled(runs, name)
+        print(f"  {label}{name}: p50 {p50} ms, p99 {p99} ms over {count} reads")
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> float:

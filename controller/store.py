@@ -589,7 +589,7 @@ class Store:
         records of the prefix too (watched, not decoded), so that a reader waiting for
         etcd's current revision is not held up by a write to the leader key."""
         assert self._client.watch is not None
-        by_prefix = {self._key(kind, ""): kind for kind in kinds}
+        by_prefix = {self._key(kind, "").encode(): kind for kind in kinds}
         start = self._key(kinds[0], "") if len(kinds) == 1 else self.prefix + "/"
         stream = self._client.watch.watch(
             start, prefix_range_end(start), start_revision=start_revision + 1
@@ -603,10 +603,10 @@ class Store:
                 events = []
                 for event in response.events:
                     # A kind's record is "<kind's prefix><ID>", the ID without a "/".
-                    head, _, record_id = bytes(event.kv.key).decode().rpartition("/")
-                    kind = by_prefix.get(head + "/")
+                    head, _, record_id = event.kv.key.rpartition(b"/")
+                    kind = by_prefix.get(head + b"/")
                     if kind is not None:
-                        events.append(self._event(kind, record_id, event))
+                        events.append(self._event(kind, record_id.decode(), event))
                 if response.events:
                     yield events, int(response.events[-1].kv.mod_revision)
         finally:

@@ -31,12 +31,22 @@ def wall_time() -> float:
     return wall_time_ns() / 1e9
 
 
-def now_timestamp() -> Timestamp:
-    from google.protobuf.timestamp_pb2 import Timestamp
+# protobuf's Timestamp class once the first stamp imported it (importing it here would
+# load protobuf in the CLI's fast path; importing it in the function costs 0.7 µs a call).
+_TIMESTAMP: list[type[Timestamp]] = []
 
-    stamp = Timestamp()
-    stamp.FromNanoseconds(wall_time_ns())
-    return stamp
+
+def now_timestamp() -> Timestamp:
+    """Now on the step-free wall clock. Split here rather than by protobuf's
+    `Timestamp.FromNanoseconds` (pure Python in every protobuf build) and with the class
+    imported once: 0.7 µs against 1.6, and the controller stamps every task it creates
+    or updates."""
+    if not _TIMESTAMP:
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        _TIMESTAMP.append(Timestamp)
+    seconds, nanos = divmod(wall_time_ns(), 1_000_000_000)
+    return _TIMESTAMP[0](seconds=seconds, nanos=nanos)
 
 
 def to_seconds(stamp: Timestamp) -> float:

@@ -90,13 +90,17 @@ class Assigner:
         self.deltas_sent = 0
         self.full_sets_sent = 0
 
-    async def assignment_set(
+    async def _full_message(
         self, node_id: str, sources: dict[str, Holders] | None = None
-    ) -> AssignmentSet:
-        """The node's whole set. ``sources``: image holders found for other nodes in the
-        same round."""
+    ) -> DispatcherMessage:
+        """The node's whole set, built in the message that carries it (a set built apart
+        would be copied into it whole, every task again). ``sources``: image holders
+        found for other nodes in the same round."""
+        message = DispatcherMessage()
+        message.assignments.full = True
         tasks = [t for t in self._state.tasks_of_node(node_id) if assigned_to_agent(t)]
-        return await self._set_of(node_id, tasks, sources, AssignmentSet(full=True))
+        await self._set_of(node_id, tasks, sources, message.assignments)
+        return message
 
     async def _set_of(
         self,
@@ -109,16 +113,16 @@ class Assigner:
         need: the secrets and configs they reference, image sources, credentials."""
         assignments.tasks.extend(tasks)
         wanted: dict[str, str] = {}  # id -> name, each secret once
+        configs: dict[str, str] = {}
         for task in tasks:
-            for ref in task.spec.container.secrets:
+            container = task.spec.container
+            for ref in container.secrets:
                 wanted.setdefault(ref.secret_id, ref.secret_name)
+            for config_ref in container.configs:
+                configs.setdefault(config_ref.config_id, config_ref.config_name)
         secrets = [s for s in [await self._secret(i, n) for i, n in wanted.items()] if s]
         assignments.secrets.extend(secrets)
         assignments.image_sources.extend(image_sources(self._state, node_id, tasks, sources))
-        configs: dict[str, str] = {}
-        for task in tasks:
-            for config_ref in task.spec.container.configs:
-                configs.setdefault(config_ref.config_id, config_ref.config_name)
         for config_id, name in configs.items():
             config = await self._config(config_id, name)
             if config is not None:
@@ -224,10 +228,10 @@ class Assigner:
     async def send_now(self, node_id: str) -> None:
         """Send the whole set to a node (its session just opened, or its agent asked for
         it: a delta did not follow the set it holds)."""
-        assignments = await self.assignment_set(node_id)
-        assignments.version = next(self._versions)
-        if self._post(node_id, DispatcherMessage(assignments=assignments)):
-            self._sent_full(node_id, assignments)
+        message = await self._full_message(node_id)
+        message.assignments.version = next(self._versions)
+        if self._post(node_id, message):
+            self._sent_full(node_id, message.assignments)
 
     def _sent_full(self, node_id: str, assignments: AssignmentSet) -> None:
         self.full_sets_sent += 1
@@ -271,13 +275,14 @@ class Assigner:
     async def _send_full(
         self, node_id: str, sent: _Sent | None, sources: dict[str, Holders]
     ) -> None:
-        assignments = await self.assignment_set(node_id, sources)
+        message = await self._full_message(node_id, sources)
+        assignments = message.assignments
         if sent is not None and sent.fingerprint == _fingerprint(assignments):
             return
         if self._sent.get(node_id) is not sent:
             return  # a set went meanwhile (send_now) or the session ended: it is newer
         assignments.version = next(self._versions)
-        if self._post(node_id, DispatcherMessage(assignments=assignments)):
+        if self._post(node_id, message):
             self._sent_full(node_id, assignments)
 
     async def _send_delta(
@@ -307,12 +312,15 @@ class Assigner:
             return
         for task_id in removed:
             del keys[task_id]
-        head = AssignmentSet(full=False, base_version=sent.version, removed_task_ids=removed)
-        delta = await self._set_of(node_id, tasks, sources, head)
+        message = DispatcherMessage()  # the delta built in place: no copy of its tasks
+        delta = message.assignments
+        delta.full, delta.base_version = False, sent.version
+        delta.removed_task_ids.extend(removed)
+        await self._set_of(node_id, tasks, sources, delta)
         if self._sent.get(node_id) is not sent:
             return  # a full set went meanwhile (send_now), or the session ended
         delta.version = next(self._versions)
-        if self._post(node_id, DispatcherMessage(assignments=delta)):
+        if self._post(node_id, message):
             self.deltas_sent += 1
             self._sent[node_id] = _Sent(delta.version, None, keys)
         else:

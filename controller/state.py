@@ -43,6 +43,9 @@ READ_WAIT = 0.05
 
 # A service in these update states watches its tasks' every step (a rolling update).
 _UPDATING = (UpdateStatus.UPDATING, UpdateStatus.ROLLBACK_STARTED)
+# The kinds whose records mark no service or node for the loops (by name: a Kind is a
+# dataclass, and comparing one with a tuple of them costs one __eq__ call each).
+_UNMARKED = frozenset(kind.name for kind in (SECRETS, CONFIGS, NETWORKS, NETWORK_ATTACHMENTS))
 
 
 @dataclass
@@ -198,18 +201,18 @@ class ClusterState:
     async def watch(self) -> None:
         """Apply etcd's changes to the view until cancelled, from where it last was
         (so a restarted watch resumes), relisting when etcd compacted that away."""
-        tables = dict(self._kinds())
-        by_name = {kind.name: kind for kind in tables}
+        kinds = self._kinds()
+        by_name = {kind.name: (kind, table) for kind, table in kinds}
         while True:
             try:
-                watch = self._store.watch_batches(list(tables), self._watch_from)
+                watch = self._store.watch_batches([kind for kind, _ in kinds], self._watch_from)
                 async for events, revision in watch:
                     for event in events:
-                        kind = by_name[event.kind]
+                        kind, table = by_name[event.kind]
                         if event.deleted:
-                            self._remove(kind, tables[kind], event.id)
+                            self._remove(kind, table, event.id)
                         else:
-                            self._put(kind, tables[kind], event.id, event.value)
+                            self._put(kind, table, event.id, event.value)
                     # A response holds whole revisions: resume after its last one. The
                     # waiters are woken once per response, not once per record.
                     self._watch_from = revision
@@ -265,33 +268,58 @@ class ClusterState:
             self.untrack(tracker)
 
     def _mark(self, kind: Kind[Any], record_id: str, value: Any, status_only: bool = False) -> None:
-        if kind in (SECRETS, CONFIGS, NETWORKS, NETWORK_ATTACHMENTS):  # no service's or node's
+        if kind.name in _UNMARKED:  # no service's or node's
             return
-        for tracker in self._trackers:
-            if kind is TASKS:
+        if kind is TASKS:
+            service_id, node_id = value.service_id, value.node_id
+            for tracker in self._trackers:
                 if not status_only or tracker.status_changes:
-                    tracker.services.add(value.service_id)
+                    tracker.services.add(service_id)
                     if tracker.task_ids is not None:
                         tracker.task_ids.add(record_id)
-                if value.node_id:
-                    tracker.task_nodes.add(value.node_id)
-            elif kind is SERVICES:
+                if node_id:
+                    tracker.task_nodes.add(node_id)
+            return
+        for tracker in self._trackers:
+            if kind is SERVICES:
                 tracker.services.add(record_id)
             else:
                 tracker.nodes.add(record_id)
 
     def _put(self, kind: Kind[Any], table: dict[str, Any], record_id: str, value: Any) -> None:
-        status_only = kind is TASKS and self._status_only(table.get(record_id), value)
-        self._mark(kind, record_id, value, status_only)
         if kind is TASKS:
-            self._unindex(record_id)
-            self.tasks_by_service[value.service_id].add(record_id)
-            if value.node_id:
-                self.tasks_by_node[value.node_id].add(record_id)
-            if value.status.state == TaskStatus.PENDING:
-                self.pending_task_ids.add(record_id)
-            self._count(value, 1)
+            self._put_task(record_id, value)
+            return
+        self._mark(kind, record_id, value)
         table[record_id] = value
+
+    def _put_task(self, task_id: str, task: Task) -> None:
+        """A task put: the trackers marked, the indexes and counts moved from the task's
+        old record to this one (a status report changes neither its service nor, most
+        often, its node: those sets are left as they are)."""
+        old = self.tasks.get(task_id)
+        self._mark(TASKS, task_id, task, self._status_only(old, task))
+        service_id, node_id = task.service_id, task.node_id
+        if old is None:
+            self.tasks_by_service[service_id].add(task_id)
+            if node_id:
+                self.tasks_by_node[node_id].add(task_id)
+        else:
+            self._count(old, -1)
+            if old.service_id != service_id:
+                self.tasks_by_service[old.service_id].discard(task_id)
+                self.tasks_by_service[service_id].add(task_id)
+            if old.node_id != node_id:
+                if old.node_id:
+                    self.tasks_by_node[old.node_id].discard(task_id)
+                if node_id:
+                    self.tasks_by_node[node_id].add(task_id)
+        if task.status.state == TaskStatus.PENDING:
+            self.pending_task_ids.add(task_id)
+        else:
+            self.pending_task_ids.discard(task_id)
+        self._count(task, 1)
+        self.tasks[task_id] = task
 
     def _status_only(self, old: Task | None, new: Task) -> bool:
         """Whether a task's change only moves its status on between two live states,

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import grpc
 import structlog
 from etcd3aio import Etcd3Client, EtcdError
-from etcd3aio._protobuf import KVStub, RangeRequest
+from etcd3aio._protobuf import Compare, KVStub, RangeRequest, TxnRequest
 from etcd3aio.kv import KVService, prefix_range_end
 from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -421,21 +421,8 @@ class Store:
             raise ValueError("commit needs at least one op")
         if len(ops) > self.max_ops:
             raise ValueError(f"at most {self.max_ops} ops in one transaction, got {len(ops)}")
-        compares = [_compare(op) for op in ops if op.expect is not None]
-        requests = [
-            KVService.txn_op_delete(op.key)
-            if op.value is None
-            else KVService.txn_op_put(op.key, op.value, lease=op.lease)
-            for op in ops
-            if not op.check_only
-        ]
-        failure = []
-        if self._fence is not None:
-            compares.append(
-                KVService.txn_compare_create_revision(self._fence.key, self._fence.create_revision)
-            )
-            failure.append(KVService.txn_op_get(self._fence.key))  # why it failed, same txn
-        response = await self._call("txn", self._kv.txn(compares, requests, failure, timeout=5.0))
+        request = _txn_request(ops, self._fence)
+        response = await self._call("txn", _send_txn(self._kv, request, timeout=5.0))
         if not response.succeeded:
             self._check_fence(response)
             raise Conflict(
@@ -602,7 +589,7 @@ class Store:
         records of the prefix too (watched, not decoded), so that a reader waiting for
         etcd's current revision is not held up by a write to the leader key."""
         assert self._client.watch is not None
-        by_prefix = {self._key(kind, ""): kind for kind in kinds}
+        by_prefix = {self._key(kind, "").encode(): kind for kind in kinds}
         start = self._key(kinds[0], "") if len(kinds) == 1 else self.prefix + "/"
         stream = self._client.watch.watch(
             start, prefix_range_end(start), start_revision=start_revision + 1
@@ -616,10 +603,10 @@ class Store:
                 events = []
                 for event in response.events:
                     # A kind's record is "<kind's prefix><ID>", the ID without a "/".
-                    head, _, record_id = bytes(event.kv.key).decode().rpartition("/")
-                    kind = by_prefix.get(head + "/")
+                    head, _, record_id = event.kv.key.rpartition(b"/")
+                    kind = by_prefix.get(head + b"/")
                     if kind is not None:
-                        events.append(self._event(kind, record_id, event))
+                        events.append(self._event(kind, record_id.decode(), event))
                 if response.events:
                     yield events, int(response.events[-1].kv.mod_revision)
         finally:
@@ -807,17 +794,56 @@ def _too_large(exc: BaseException | None) -> bool:
     )
 
 
-def _compare(op: Op) -> Any:
-    """create_revision == 0 for "absent", else mod_revision == expected."""
+def _txn_request(ops: Sequence[Op], fence: Fence | None) -> TxnRequest:
+    """One transaction: the ops' compares then the fence's (its failure branch reads the
+    fence key, to tell why it failed), and the ops' puts and deletes, in order.
+
+    The messages are built in place in the request: etcd3aio's builders
+    (`KVService.txn_op_put`, `txn_compare_create_revision`) make each one apart, and
+    its `txn` copies each into a new request, about 5 µs per op against about 1 µs."""
+    request = TxnRequest()
+    add_compare, add_request = request.compare.add, request.success.add
+    for op in ops:
+        key = op.key.encode()
+        if op.expect is not None:
+            _add_compare(add_compare, key, op)
+        if op.check_only:
+            continue
+        if op.value is None:
+            add_request().request_delete_range.key = key
+            continue
+        put = add_request().request_put
+        put.key = key
+        put.value = op.value
+        if op.lease:
+            put.lease = op.lease
+    if fence is not None:
+        add_compare(
+            key=fence.key.encode(), target=Compare.CREATE, create_revision=fence.create_revision
+        )
+        request.failure.add().request_range.key = fence.key.encode()
+    return request
+
+
+def _add_compare(add: Callable[..., Any], key: bytes, op: Op) -> None:
+    """create_revision == 0 for "absent", else mod_revision == expected; over a range
+    (`unchanged_op`), every key's mod_revision <= expected."""
     assert op.expect is not None
     if op.range_end is not None:
-        compare = KVService.txn_compare_create_revision(op.key, 0, range_end=op.range_end)
-        compare.target = compare.MOD
-        compare.result = compare.LESS
-        compare.mod_revision = op.expect + 1
-        return compare
-    compare = KVService.txn_compare_create_revision(op.key, 0)
-    if op.expect != 0:
-        compare.target = compare.MOD
-        compare.mod_revision = op.expect
-    return compare
+        add(
+            key=key,
+            range_end=op.range_end.encode(),
+            target=Compare.MOD,
+            result=Compare.LESS,
+            mod_revision=op.expect + 1,
+        )
+    elif op.expect == 0:
+        add(key=key, target=Compare.CREATE, create_revision=0)
+    else:
+        add(key=key, target=Compare.MOD, mod_revision=op.expect)
+
+
+def _send_txn(kv: KVService, request: TxnRequest, timeout: float) -> Awaitable[Any]:
+    """etcd3aio's own transaction call (its retries of UNAVAILABLE, its errors) with a
+    request built whole: `KVService.txn` takes lists of messages and copies each."""
+    return kv._rpc(kv._stub.Txn, request, operation="KV.Txn", timeout=timeout)

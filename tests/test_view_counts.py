@@ -5,10 +5,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import SERVICES, TASKS
-from dockyard.v1.types_pb2 import TaskStatus
-from dockyard.v1.workloads_pb2 import Service, Task, UpdateStatus
+from dockyard.controller.store import (
+    CONFIGS,
+    NETWORK_ATTACHMENTS,
+    NETWORKS,
+    NODES,
+    SECRETS,
+    SERVICES,
+    TASKS,
+)
+from dockyard.v1.networks_pb2 import Network, NetworkAttachmentRecord
+from dockyard.v1.types_pb2 import Node, TaskStatus
+from dockyard.v1.workloads_pb2 import Config, Secret, Service, Task, UpdateStatus
 
 
 def view() -> ClusterState:
@@ -72,3 +84,71 @@ def test_a_service_being_updated_sees_every_step() -> None:
     orchestrator = state.track(status_changes=False)
     put(state, task("t1", TaskStatus.RUNNING, node_id="n1"))
     assert orchestrator.take().services == {"s1"}
+
+
+STATES = [s for s in TaskStatus.State.values() if s != TaskStatus.STATE_UNSPECIFIED]
+task_puts = st.tuples(
+    st.just("put"),
+    st.sampled_from(["t1", "t2", "t3", "t4"]),
+    st.sampled_from(["s1", "s2"]),  # a record may even name another service
+    st.sampled_from(["", "n1", "n2"]),  # placed, moved, unplaced
+    st.sampled_from(STATES),
+    st.sampled_from([TaskStatus.RUNNING, TaskStatus.SHUTDOWN]),
+    st.sampled_from([0, 1]),  # exit code
+)
+task_removals = st.tuples(st.just("remove"), st.sampled_from(["t1", "t2", "t3", "t4"]))
+
+
+def recomputed(state: ClusterState) -> tuple[Any, ...]:
+    """The view's indexes and counts computed again from every task it holds."""
+    fresh = view()
+    for record in state.tasks.values():
+        put(fresh, record)
+    return indexes(fresh)
+
+
+def indexes(state: ClusterState) -> tuple[Any, ...]:
+    return (
+        {k: v for k, v in state.tasks_by_service.items() if v},
+        {k: v for k, v in state.tasks_by_node.items() if v},
+        state.pending_task_ids,
+        +state.task_counts,
+        +state.running_by_service,
+        +state.succeeded_by_service,
+    )
+
+
+@given(st.lists(st.one_of(task_puts, task_removals), max_size=40))
+@settings(max_examples=300, deadline=None, database=None, print_blob=True)
+def test_the_indexes_and_counts_equal_a_recompute(steps: list[tuple[Any, ...]]) -> None:
+    """A task's put moves it between the indexes (service, node, pending) and counts as
+    its record changes, whatever changed; a removal takes it out of all of them."""
+    state = view()
+    for step in steps:
+        if step[0] == "remove":
+            state._remove(TASKS, state.tasks, step[1])
+        else:
+            _, task_id, service_id, node_id, status, desired, exit_code = step
+            record = task(task_id, status, service_id, node_id)
+            record.desired_state = desired
+            record.status.exit_code = exit_code
+            put(state, record)
+        assert indexes(state) == recomputed(state)
+
+
+def test_what_each_kind_of_record_marks() -> None:
+    """A service's record marks the service, a node's the node, a task's its service and
+    node; secrets, configs, networks and standalone attachments mark nothing."""
+    state = view()
+    tracker = state.track()
+    state._put(SECRETS, state.secrets, "x1", Secret(id="x1"))
+    state._put(CONFIGS, state.configs, "c1", Config(id="c1"))
+    state._put(NETWORKS, state.networks, "net1", Network(id="net1"))
+    state._put(NETWORK_ATTACHMENTS, state.attachments, "a1", NetworkAttachmentRecord(id="a1"))
+    seen = tracker.take()
+    assert (seen.services, seen.nodes, seen.task_nodes) == (set(), set(), set())
+    state._put(NODES, state.nodes, "n1", Node(id="n1"))
+    put(state, Service(id="s1"))
+    put(state, task("t1", TaskStatus.RUNNING, "s2", "n2"))
+    seen = tracker.take()
+    assert (seen.services, seen.nodes, seen.task_nodes) == ({"s1", "s2"}, {"n1"}, {"n2"})

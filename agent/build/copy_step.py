@@ -2,9 +2,11 @@
 
 The sources (``context.find_sources``) are written into a tar with their names at the
 destination and their owner (``--chown``, else root), then unpacked into the root
-filesystem by the layer unpacker beneath the root (no symlink of the image followed: a
-destination through one is refused). ADD of a local tar archive (plain, gzip, zstd)
-unpacks it at the destination; ADD of a URL is refused. Blocking: run in a thread.
+filesystem by the layer unpacker beneath the root. The caller resolves the destination
+first (``in_root.resolve_in_root``: the image's symlinks followed inside its root, as
+Docker does), so the unpacker, which follows no symlink, finds real directories. ADD
+of a local tar archive (plain, gzip, zstd) unpacks it at the destination; ADD of a
+URL is refused. Blocking: run in a thread.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ def resolve_owner(rootfs: Path, chown: str) -> tuple[int, int]:
 
 
 def is_dir_in(rootfs: Path, path: str) -> bool:
-    """Whether ``path`` is a directory (not through a symlink) in the root filesystem."""
+    """Whether ``path`` (resolved: ``in_root``) is a directory in the root filesystem."""
     parts = split_name(path.strip("/")) if path.strip("/") else ()
     root_fd = os.open(rootfs, _DIR_FLAGS)
     try:

@@ -190,6 +190,50 @@ def test_symlink_to_host_file_is_never_read(docker_agent: DockerAgent) -> None:
         client.close()
 
 
+def test_destination_through_an_image_symlink(docker_agent: DockerAgent) -> None:
+    """A usr-merged image (`/lnk -> usr/lib/real`, as Debian's `/lib -> usr/lib`): COPY to
+    `/lnk/x`, to `/lnk`, and under `WORKDIR /lnk/app` land in `/usr/lib/real`; a link
+    `/evil -> /../../../../etc` leads to the image's /etc, never the host's."""
+    marker = f"dockyard-{uuid.uuid4().hex[:8]}"
+    dockerfile = (
+        "FROM busybox\n"
+        "RUN mkdir -p /usr/lib/real && ln -s usr/lib/real /lnk && ln -s /../../../../etc /evil\n"
+        "COPY one /lnk/one\n"
+        "COPY two /lnk\n"
+        "WORKDIR /lnk/app\n"
+        "COPY three .\n"
+        f"COPY one /evil/{marker}\n"
+    )
+    context = {"Dockerfile": dockerfile.encode(), "one": b"1\n", "two": b"2\n", "three": b"3\n"}
+    client = docker_agent.client()
+    tag = f"built/usrmerge-{uuid.uuid4().hex[:8]}"
+    try:
+        client.images.build(fileobj=io.BytesIO(_tar(context)), custom_context=True, tag=tag)
+        out = client.containers.run(
+            tag,
+            [
+                "sh",
+                "-c",
+                f"cat /usr/lib/real/one /usr/lib/real/two /usr/lib/real/app/three /etc/{marker}"
+                "; readlink /lnk; readlink /evil; ls",
+            ],
+            remove=True,
+        )
+        assert out.decode().splitlines() == [
+            "1",
+            "2",
+            "3",
+            "1",
+            "usr/lib/real",  # the links stay links
+            "/../../../../etc",
+            "three",  # the working dir, /lnk/app
+        ]
+        assert not Path("/etc", marker).exists()
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()
+
+
 @pytest.mark.parametrize("name", ["../escape.txt", "/abs.txt", "a/../../escape.txt"])
 def test_context_member_outside_is_refused(docker_agent: DockerAgent, name: str) -> None:
     context = _tar({"Dockerfile": b"FROM busybox\n", name: b"x\n"})

@@ -234,6 +234,20 @@ def test_destination_through_an_image_symlink(docker_agent: DockerAgent) -> None
         client.close()
 
 
+def test_too_deep_run_tree_fails_naming_it(docker_agent: DockerAgent) -> None:
+    """A RUN that makes 300 nested directories, more than a layer may hold (the image
+    store unpacks at most 256 levels): the build fails naming the path and the limit,
+    and leaves nothing behind. (Not deeper: the runtime's removal of the container's
+    directory is itself recursive, see tests/build/test_upper.py for 1200 levels.)"""
+    client = docker_agent.client()
+    before = _leftovers(docker_agent)
+    deep = "RUN mkdir -p $(printf 'd/%.0s' $(seq 300))\n"
+    error = _build_error(client, _tar({"Dockerfile": b"FROM busybox\n" + deep.encode()}))
+    assert "d/d/d/" in error and "at most 256" in error, error
+    assert _leftovers(docker_agent) == before
+    client.close()
+
+
 @pytest.mark.parametrize("name", ["../escape.txt", "/abs.txt", "a/../../escape.txt"])
 def test_context_member_outside_is_refused(docker_agent: DockerAgent, name: str) -> None:
     context = _tar({"Dockerfile": b"FROM busybox\n", name: b"x\n"})

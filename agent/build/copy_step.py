@@ -1,7 +1,8 @@
 """COPY and ADD: context files into an image's root filesystem (mounted by the caller).
 
 The sources (``context.find_sources``) are written into a tar with their names at the
-destination and their owner (``--chown``, else root), then unpacked into the root
+destination, their owner (``--chown``, else root), and their file capabilities and
+``user.*`` xattrs (``xattrs.py``; the context's unpacker kept them), then unpacked into the root
 filesystem by the layer unpacker beneath the root. The caller resolves the destination
 first (``in_root.resolve_in_root``: the image's symlinks followed inside its root, as
 Docker does), so the unpacker, which follows no symlink, finds real directories. ADD
@@ -25,6 +26,7 @@ from dockyard.agent.build.context import (
     TarUnpacker,
     opened,
 )
+from dockyard.agent.build.xattrs import pax_xattrs
 from dockyard.agent.images.confine import run_confined
 from dockyard.agent.images.errors import LayerError
 from dockyard.agent.images.safe_fs import Beneath, UnsafePath, split_name
@@ -108,9 +110,10 @@ class _TarWriter:
         info.mtime = int(found.st_mtime)
         if stat.S_ISDIR(found.st_mode):
             info.type = tarfile.DIRTYPE
-            self.tar.addfile(info)
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             try:
+                info.pax_headers = pax_xattrs(fd)
+                self.tar.addfile(info)
                 self.contents(fd, arcname)
             finally:
                 os.close(fd)
@@ -118,6 +121,7 @@ class _TarWriter:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             with os.fdopen(fd, "rb") as source:
                 info.size = os.fstat(fd).st_size
+                info.pax_headers = pax_xattrs(fd)
                 self.tar.addfile(info, source)
         elif stat.S_ISLNK(found.st_mode):  # copied as a link, never read through
             info.type = tarfile.SYMTYPE

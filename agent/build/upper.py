@@ -3,7 +3,8 @@
 What the container changed is its upper dir: new and changed files as they are, a
 deleted lower entry as a 0/0 character device, a directory that hides everything below
 it with the ``trusted.overlay.opaque=y`` xattr. The layer carries them the OCI way:
-``.wh.NAME`` for a deletion, ``DIR/.wh..wh..opq`` for an opaque directory. The walk
+``.wh.NAME`` for a deletion, ``DIR/.wh..wh..opq`` for an opaque directory; file
+capabilities and ``user.*`` xattrs as PAX ``SCHILY.xattr.*`` records (``xattrs.py``). The walk
 uses directory fds on an explicit stack (no recursion: any depth) and never follows a
 symlink (the container wrote this tree); a name deeper or longer than the image store
 unpacks fails the commit naming it.
@@ -18,6 +19,7 @@ import stat
 import tarfile
 from pathlib import Path
 
+from dockyard.agent.build.xattrs import pax_xattrs
 from dockyard.agent.images.authoring import LayerWriter
 from dockyard.agent.images.blobs import BlobStore
 from dockyard.agent.images.models import Layer
@@ -123,10 +125,11 @@ class _Walk:
     def _directory(self, parent: int, name: str, info: tarfile.TarInfo) -> int:
         """Write a directory's entry; returns its fd (the caller walks and closes it)."""
         info.type = tarfile.DIRTYPE
-        self.tar.addfile(info)
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         try:
             _check_plain(fd, info.name)
+            info.pax_headers = pax_xattrs(fd)
+            self.tar.addfile(info)
             if _is_opaque(fd):
                 self.tar.addfile(tarfile.TarInfo(f"{info.name}/.wh..wh..opq"))
         except BaseException:
@@ -168,6 +171,7 @@ class _Walk:
             with os.fdopen(fd, "rb") as source:
                 _check_plain(fd, info.name)
                 info.size = os.fstat(source.fileno()).st_size
+                info.pax_headers = pax_xattrs(fd)
                 self.tar.addfile(info, source)
         elif stat.S_ISLNK(mode):
             info.type = tarfile.SYMTYPE

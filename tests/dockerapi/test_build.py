@@ -7,6 +7,8 @@ leaves no container and no intermediate image behind."""
 from __future__ import annotations
 
 import io
+import os
+import struct
 import subprocess
 import tarfile
 import time
@@ -246,6 +248,42 @@ def test_too_deep_run_tree_fails_naming_it(docker_agent: DockerAgent) -> None:
     assert "d/d/d/" in error and "at most 256" in error, error
     assert _leftovers(docker_agent) == before
     client.close()
+
+
+def test_copy_keeps_file_capabilities(docker_agent: DockerAgent) -> None:
+    """A context file with a file capability and a user xattr (PAX `SCHILY.xattr.*`, as
+    docker's CLI sends `setcap`'d files): COPY carries both through the context, the copy
+    and the layer, and the image store's snapshot of the layer has them."""
+    name = f"tool-{uuid.uuid4().hex[:8]}"
+    capability = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)  # net_bind_service
+    tool = tarfile.TarInfo(name)
+    tool.size, tool.mode = 5, 0o755
+    tool.pax_headers = {
+        "SCHILY.xattr.security.capability": capability.decode("utf-8", "surrogateescape"),
+        "SCHILY.xattr.user.origin": "context",
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        dockerfile = f"FROM busybox\nCOPY {name} /usr/local/bin/\n".encode()
+        header = tarfile.TarInfo("Dockerfile")
+        header.size = len(dockerfile)
+        tar.addfile(header, io.BytesIO(dockerfile))
+        tar.addfile(tool, io.BytesIO(b"tool\n"))
+    client = docker_agent.client()
+    tag = f"built/caps-{uuid.uuid4().hex[:8]}"
+    try:
+        client.images.build(fileobj=io.BytesIO(buffer.getvalue()), custom_context=True, tag=tag)
+        assert client.containers.run(tag, ["cat", f"/usr/local/bin/{name}"], remove=True) == (
+            b"tool\n"
+        )
+        snapshots = docker_agent.agent.state_dir / "images" / "snapshots"
+        found = list(snapshots.glob(f"*/usr/local/bin/{name}"))
+        assert len(found) == 1, found
+        assert os.getxattr(found[0], "security.capability") == capability
+        assert os.getxattr(found[0], "user.origin") == b"context"
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()
 
 
 @pytest.mark.parametrize("name", ["../escape.txt", "/abs.txt", "a/../../escape.txt"])

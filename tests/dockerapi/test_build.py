@@ -237,17 +237,22 @@ def test_destination_through_an_image_symlink(docker_agent: DockerAgent) -> None
 
 
 def test_too_deep_run_tree_fails_naming_it(docker_agent: DockerAgent) -> None:
-    """A RUN that makes 300 nested directories, more than a layer may hold (the image
-    store unpacks at most 256 levels): the build fails naming the path and the limit,
-    and leaves nothing behind. (Not deeper: the runtime's removal of the container's
-    directory is itself recursive, see tests/build/test_upper.py for 1200 levels.)"""
+    """A RUN that makes 1200 nested directories (past Python's recursion limit, past the
+    256 levels the image store unpacks): the build fails naming the path and the limit,
+    and leaves nothing behind, the container's deep tree included."""
     client = docker_agent.client()
     before = _leftovers(docker_agent)
-    deep = "RUN mkdir -p $(printf 'd/%.0s' $(seq 300))\n"
+    deep = "RUN mkdir -p $(printf 'd/%.0s' $(seq 1200))\n"
     error = _build_error(client, _tar({"Dockerfile": b"FROM busybox\n" + deep.encode()}))
     assert "d/d/d/" in error and "at most 256" in error, error
     assert _leftovers(docker_agent) == before
     client.close()
+    trash = docker_agent.agent.state_dir / "runtime" / "trash"
+    for _ in range(100):  # the removed container's directory goes in the background
+        if not trash.is_dir() or not any(trash.iterdir()):
+            break
+        time.sleep(0.1)
+    assert not trash.is_dir() or not any(trash.iterdir())
 
 
 def test_copy_keeps_file_capabilities(docker_agent: DockerAgent) -> None:

@@ -443,7 +443,10 @@ class Builder:
                 )
             sources: list[Source] = []
             for text in sources_text:
-                sources += await asyncio.to_thread(find_sources, source_root, text)
+                pattern = text
+                if from_text is not None:  # an image's symlinks (/lib -> usr/lib) on the way
+                    pattern = await asyncio.to_thread(_resolve_source, source_root, text)
+                sources += await asyncio.to_thread(find_sources, source_root, pattern)
             content = await asyncio.to_thread(sources_digest, source_root, sources)
             key = stage.step_key(step, content)
             if await self._cached(stage, key):
@@ -488,6 +491,18 @@ def _names_dir(dest: str) -> bool:
     """A destination written as a directory: ``dir/``, or ``.`` (the working dir, which
     Docker's WORKDIR has made) and ``..``."""
     return dest.endswith("/") or posixpath.basename(dest) in (".", "..")
+
+
+def _resolve_source(rootfs: Path, pattern: str) -> str:
+    """A ``COPY --from`` source with the directories on its way resolved inside the
+    image's root (its last name, maybe a glob, is matched as it is)."""
+    head, _, last = posixpath.normpath("/" + pattern).rpartition("/")
+    if not last:
+        return pattern
+    try:
+        return posixpath.join(resolve_in_root(rootfs, head or "/"), last)
+    except UnsafePath as exc:
+        raise ContextError(f"{pattern}: {exc}") from None
 
 
 def _resolve_dest(rootfs: Path, dest: str) -> str:

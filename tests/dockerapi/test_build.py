@@ -194,13 +194,17 @@ def test_symlink_to_host_file_is_never_read(docker_agent: DockerAgent) -> None:
 
 def test_destination_through_an_image_symlink(docker_agent: DockerAgent) -> None:
     """A usr-merged image (`/lnk -> usr/lib/real`, as Debian's `/lib -> usr/lib`): COPY to
-    `/lnk/x`, to `/lnk`, and under `WORKDIR /lnk/app` land in `/usr/lib/real`; a link
-    `/evil -> /../../../../etc` leads to the image's /etc, never the host's."""
+    `/lnk/x`, to `/lnk`, and under `WORKDIR /lnk/app` land in `/usr/lib/real`, `COPY
+    --from` reads through it; a link `/evil -> /../../../../etc` leads to the image's
+    /etc, never the host's."""
     marker = f"dockyard-{uuid.uuid4().hex[:8]}"
     dockerfile = (
+        "FROM busybox AS links\n"
+        "RUN mkdir /real && echo src > /real/src && ln -s /real /lnk\n"
         "FROM busybox\n"
         "RUN mkdir -p /usr/lib/real && ln -s usr/lib/real /lnk && ln -s /../../../../etc /evil\n"
         "COPY one /lnk/one\n"
+        "COPY --from=links /lnk/src /from-image\n"
         "COPY two /lnk\n"
         "WORKDIR /lnk/app\n"
         "COPY three .\n"
@@ -216,12 +220,14 @@ def test_destination_through_an_image_symlink(docker_agent: DockerAgent) -> None
             [
                 "sh",
                 "-c",
-                f"cat /usr/lib/real/one /usr/lib/real/two /usr/lib/real/app/three /etc/{marker}"
+                "cat /from-image /usr/lib/real/one /usr/lib/real/two /usr/lib/real/app/three "
+                f"/etc/{marker}"
                 "; readlink /lnk; readlink /evil; ls",
             ],
             remove=True,
         )
         assert out.decode().splitlines() == [
+            "src",  # COPY --from through the other image's link
             "1",
             "2",
             "3",

@@ -5,11 +5,11 @@ Keys chain as the steps do: a stage starts from its base image's id (or ``scratc
 and each instruction folds its text, the build arguments in scope and, for COPY and
 ADD, a digest of the sources (names, modes, link targets, bytes, the xattrs COPY
 carries; each length-framed) into the key of the next step, so timestamps in the
-configs never break the chain. A hit gives back the
-image config and layers the step made then, used only while all its layer blobs are
-still in the store. Entries live in ``<state dir>/build-cache.json`` (written
-atomically, at most :data:`MAX_ENTRIES`, the oldest dropped first); the file is a cache,
-so one build's entries may overwrite a concurrent one's.
+configs never break the chain. A hit gives back the image config and layers the step
+made then, used only while all its layer blobs are still in the store. Entries live
+in ``<state dir>/build-cache.json`` (written atomically, at most :data:`MAX_ENTRIES`,
+the oldest dropped first); the file is a cache, so one build's entries may overwrite a
+concurrent one's.
 """
 
 from __future__ import annotations

@@ -2,12 +2,12 @@
 
 The sources (``context.find_sources``) are written into a tar with their names at the
 destination, their owner (``--chown``, else root), and their file capabilities and
-``user.*`` xattrs (``xattrs.py``; the context's unpacker kept them), then unpacked into the root
-filesystem by the layer unpacker beneath the root. The caller resolves the destination
-first (``in_root.resolve_in_root``: the image's symlinks followed inside its root, as
-Docker does), so the unpacker, which follows no symlink, finds real directories. ADD
-of a local tar archive (plain, gzip, zstd) unpacks it at the destination; ADD of a
-URL is refused. Blocking: run in a thread.
+``user.*`` xattrs (``xattrs.py``; the context's unpacker kept them), then unpacked into
+the root filesystem by the layer unpacker beneath the root. The caller resolves the
+destination first (``in_root.resolve_in_root``: the image's symlinks followed inside
+its root, as Docker does), so the unpacker, which follows no symlink, finds real
+directories. ADD of a local tar archive (plain, gzip, zstd) unpacks it at the
+destination; ADD of a URL is refused. Blocking: run in a thread.
 """
 
 from __future__ import annotations

@@ -4,12 +4,12 @@ What the container changed is its upper dir: new and changed files as they are, 
 deleted lower entry as a 0/0 character device, a directory that hides everything below
 it with the ``trusted.overlay.opaque=y`` xattr. The layer carries them the OCI way:
 ``.wh.NAME`` for a deletion, ``DIR/.wh..wh..opq`` for an opaque directory; file
-capabilities and ``user.*`` xattrs as PAX ``SCHILY.xattr.*`` records (``xattrs.py``). The walk
-uses directory fds on an explicit stack (no recursion: any depth) and never follows a
-symlink (the container wrote this tree); a name deeper or longer than the image store
-unpacks fails the commit naming it.
-Mount points the runtime made (``/etc/hosts``, ``/etc/resolv.conf``, ``/etc/hostname``)
-are not content, as Docker's init layer is not. Blocking: run in a thread.
+capabilities and ``user.*`` xattrs as PAX ``SCHILY.xattr.*`` records (``xattrs.py``).
+The walk uses directory fds on an explicit stack (no recursion: any depth) and never
+follows a symlink (the container wrote this tree); a name deeper or longer than the
+image store unpacks fails the commit naming it. Mount points the runtime made
+(``/etc/hosts``, ``/etc/resolv.conf``, ``/etc/hostname``) are not content, as Docker's
+init layer is not. Blocking: run in a thread.
 """
 
 from __future__ import annotations

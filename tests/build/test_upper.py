@@ -98,8 +98,11 @@ def test_deep_tree_within_the_limit(tmp_path: Path) -> None:
     upper.mkdir()
     _deep(upper, MAX_DEPTH - 1)
     blobs = BlobStore(tmp_path / "store")
-    with _recursion_limit(200):
-        layer = layer_from_upper(blobs, upper)
+    try:
+        with _recursion_limit(200):
+            layer = layer_from_upper(blobs, upper)
+    finally:
+        subprocess.run(["rm", "-rf", "--", str(upper)], check=True)
     with gzip.open(blobs.path(layer.digest)) as raw, tarfile.open(fileobj=raw) as tar:
         names = tar.getnames()
     assert len(names) == MAX_DEPTH

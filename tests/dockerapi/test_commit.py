@@ -143,3 +143,17 @@ def test_commit_keeps_file_capabilities(docker_agent: DockerAgent) -> None:
     finally:
         docker_agent.docker("rm", "-f", name)
         docker_agent.docker("rmi", image)
+
+
+def test_commit_of_a_too_deep_tree_is_409(docker_agent: DockerAgent) -> None:
+    """A container that made 1200 nested directories: commit answers 409 naming the path
+    and the limit (the image store unpacks at most 256 levels), not a 500."""
+    name = _name("deep")
+    script = "mkdir -p $(printf 'd/%.0s' $(seq 1200))"
+    docker_agent.ok("run", "--name", name, BUSYBOX, "sh", "-c", script)
+    try:
+        done = docker_agent.docker("commit", name, f"committed/{name}:v1")
+        assert done.returncode != 0
+        assert "at most 256" in done.stderr and "d/d/d/" in done.stderr, done.stderr
+    finally:
+        docker_agent.docker("rm", "-f", name)

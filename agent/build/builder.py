@@ -36,10 +36,11 @@ from dockyard.agent.build.config_steps import (
     apply_config,
     env_map,
 )
-from dockyard.agent.build.context import Source, find_sources, read_dockerfile
+from dockyard.agent.build.context import ContextError, Source, find_sources, read_dockerfile
 from dockyard.agent.build.copy_step import CopyPlan, copy_into, is_dir_in, resolve_owner
 from dockyard.agent.build.dockerfile import DockerfileError, Instruction, expand, parse
 from dockyard.agent.build.image import ImageDraft
+from dockyard.agent.build.in_root import resolve_in_root
 from dockyard.agent.build.upper import layer_from_upper
 from dockyard.agent.containers.admission import Admission
 from dockyard.agent.containers.errors import ApiError
@@ -49,6 +50,7 @@ from dockyard.agent.images.errors import ImageError, ImageNotFound
 from dockyard.agent.images.image_store import Lease
 from dockyard.agent.images.models import Image, Layer
 from dockyard.agent.images.reference import Reference, parse_reference
+from dockyard.agent.images.safe_fs import UnsafePath
 from dockyard.agent.images.service import ImageService
 from dockyard.agent.runtime.base import ContainerRuntimeError
 from dockyard.agent.runtime.runc.rootfs import ContainerLayer, mounted_under
@@ -441,7 +443,10 @@ class Builder:
                 )
             sources: list[Source] = []
             for text in sources_text:
-                sources += await asyncio.to_thread(find_sources, source_root, text)
+                pattern = text
+                if from_text is not None:  # an image's symlinks (/lib -> usr/lib) on the way
+                    pattern = await asyncio.to_thread(_resolve_source, source_root, text)
+                sources += await asyncio.to_thread(find_sources, source_root, pattern)
             content = await asyncio.to_thread(sources_digest, source_root, sources)
             key = stage.step_key(step, content)
             if await self._cached(stage, key):
@@ -449,8 +454,9 @@ class Builder:
             image = await self._checkpoint(stage)
             base = await stack.enter_async_context(self._mounted(image))
             rootfs = base / "rootfs"
+            dest_abs = await asyncio.to_thread(_resolve_dest, rootfs, dest_abs)
             dest_is_dir = (
-                dest.endswith("/")
+                _names_dir(dest)
                 or any(s.is_dir for s in sources)
                 or await asyncio.to_thread(is_dir_in, rootfs, dest_abs)
             )
@@ -479,6 +485,32 @@ class Builder:
         if dropped:
             with contextlib.suppress(Exception):
                 await self.store.gc()
+
+
+def _names_dir(dest: str) -> bool:
+    """A destination written as a directory: ``dir/``, or ``.`` (the working dir, which
+    Docker's WORKDIR has made) and ``..``."""
+    return dest.endswith("/") or posixpath.basename(dest) in (".", "..")
+
+
+def _resolve_source(rootfs: Path, pattern: str) -> str:
+    """A ``COPY --from`` source with the directories on its way resolved inside the
+    image's root (its last name, maybe a glob, is matched as it is)."""
+    head, _, last = posixpath.normpath("/" + pattern).rpartition("/")
+    if not last:
+        return pattern
+    try:
+        return posixpath.join(resolve_in_root(rootfs, head or "/"), last)
+    except UnsafePath as exc:
+        raise ContextError(f"{pattern}: {exc}") from None
+
+
+def _resolve_dest(rootfs: Path, dest: str) -> str:
+    """A COPY/ADD destination with the image's symlinks followed inside its root."""
+    try:
+        return resolve_in_root(rootfs, dest)
+    except UnsafePath as exc:
+        raise ContextError(f"cannot copy to {dest}: {exc}") from None
 
 
 def scratch_dir(root: Path) -> Path:

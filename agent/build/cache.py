@@ -3,12 +3,13 @@ build arguments and (COPY/ADD) the same file content, is not run again.
 
 Keys chain as the steps do: a stage starts from its base image's id (or ``scratch``),
 and each instruction folds its text, the build arguments in scope and, for COPY and
-ADD, a digest of the sources (names, modes, link targets, bytes; each length-framed) into the key of
-the next step, so timestamps in the configs never break the chain. A hit gives back the
-image config and layers the step made then, used only while all its layer blobs are
-still in the store. Entries live in ``<state dir>/build-cache.json`` (written
-atomically, at most :data:`MAX_ENTRIES`, the oldest dropped first); the file is a cache,
-so one build's entries may overwrite a concurrent one's.
+ADD, a digest of the sources (names, modes, link targets, bytes, the xattrs COPY
+carries; each length-framed) into the key of the next step, so timestamps in the
+configs never break the chain. A hit gives back the image config and layers the step
+made then, used only while all its layer blobs are still in the store. Entries live
+in ``<state dir>/build-cache.json`` (written atomically, at most :data:`MAX_ENTRIES`,
+the oldest dropped first); the file is a cache, so one build's entries may overwrite a
+concurrent one's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import structlog
 
 from dockyard.agent.build.context import Source, opened
 from dockyard.agent.build.image import ImageDraft
+from dockyard.agent.build.xattrs import pax_xattrs
 from dockyard.agent.images.blobs import BlobStore
 from dockyard.agent.images.content import parse_json, write_json_atomic
 from dockyard.agent.images.models import Layer
@@ -50,12 +52,22 @@ def chain(parent: str, *parts: str) -> str:
     return digest.hexdigest()
 
 
+def _hash_xattrs(digest: Any, fd: int) -> None:
+    """The xattrs COPY carries (``xattrs.py``), when there are any: keys of sources
+    without them are what they were before xattrs were carried."""
+    records = pax_xattrs(fd)
+    if records:  # a leading NUL: no entry's name frame starts so
+        text = "".join(f"\0{k}\0{v}" for k, v in sorted(records.items()))
+        digest.update(_framed(text.encode("utf-8", "surrogateescape")))
+
+
 def _hash_entry(digest: Any, parent: int, name: str, arcname: str) -> None:
     found = os.lstat(name, dir_fd=parent)
     digest.update(_framed(f"{arcname}\0{found.st_mode:o}".encode()))
     if stat.S_ISDIR(found.st_mode):
         fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
         try:
+            _hash_xattrs(digest, fd)
             for child in sorted(os.listdir(fd)):
                 _hash_entry(digest, fd, child, f"{arcname}/{child}")
         finally:
@@ -68,7 +80,8 @@ def _hash_entry(digest: Any, parent: int, name: str, arcname: str) -> None:
         with os.fdopen(fd, "rb") as f:
             while chunk := f.read(1 << 20):
                 content.update(chunk)
-        digest.update(content.digest())
+            digest.update(content.digest())
+            _hash_xattrs(digest, fd)
 
 
 def sources_digest(root: Path, sources: Sequence[Source]) -> str:

@@ -1,10 +1,13 @@
 """COPY and ADD: context files into an image's root filesystem (mounted by the caller).
 
 The sources (``context.find_sources``) are written into a tar with their names at the
-destination and their owner (``--chown``, else root), then unpacked into the root
-filesystem by the layer unpacker beneath the root (no symlink of the image followed: a
-destination through one is refused). ADD of a local tar archive (plain, gzip, zstd)
-unpacks it at the destination; ADD of a URL is refused. Blocking: run in a thread.
+destination, their owner (``--chown``, else root), and their file capabilities and
+``user.*`` xattrs (``xattrs.py``; the context's unpacker kept them), then unpacked into
+the root filesystem by the layer unpacker beneath the root. The caller resolves the
+destination first (``in_root.resolve_in_root``: the image's symlinks followed inside
+its root, as Docker does), so the unpacker, which follows no symlink, finds real
+directories. ADD of a local tar archive (plain, gzip, zstd) unpacks it at the
+destination; ADD of a URL is refused. Blocking: run in a thread.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from dockyard.agent.build.context import (
     TarUnpacker,
     opened,
 )
+from dockyard.agent.build.xattrs import pax_xattrs
 from dockyard.agent.images.confine import run_confined
 from dockyard.agent.images.errors import LayerError
 from dockyard.agent.images.safe_fs import Beneath, UnsafePath, split_name
@@ -81,7 +85,7 @@ def resolve_owner(rootfs: Path, chown: str) -> tuple[int, int]:
 
 
 def is_dir_in(rootfs: Path, path: str) -> bool:
-    """Whether ``path`` is a directory (not through a symlink) in the root filesystem."""
+    """Whether ``path`` (resolved: ``in_root``) is a directory in the root filesystem."""
     parts = split_name(path.strip("/")) if path.strip("/") else ()
     root_fd = os.open(rootfs, _DIR_FLAGS)
     try:
@@ -106,9 +110,10 @@ class _TarWriter:
         info.mtime = int(found.st_mtime)
         if stat.S_ISDIR(found.st_mode):
             info.type = tarfile.DIRTYPE
-            self.tar.addfile(info)
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
             try:
+                info.pax_headers = pax_xattrs(fd)
+                self.tar.addfile(info)
                 self.contents(fd, arcname)
             finally:
                 os.close(fd)
@@ -116,6 +121,7 @@ class _TarWriter:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             with os.fdopen(fd, "rb") as source:
                 info.size = os.fstat(fd).st_size
+                info.pax_headers = pax_xattrs(fd)
                 self.tar.addfile(info, source)
         elif stat.S_ISLNK(found.st_mode):  # copied as a link, never read through
             info.type = tarfile.SYMTYPE

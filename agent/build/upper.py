@@ -3,10 +3,13 @@
 What the container changed is its upper dir: new and changed files as they are, a
 deleted lower entry as a 0/0 character device, a directory that hides everything below
 it with the ``trusted.overlay.opaque=y`` xattr. The layer carries them the OCI way:
-``.wh.NAME`` for a deletion, ``DIR/.wh..wh..opq`` for an opaque directory. The walk
-uses directory fds and never follows a symlink (the container wrote this tree).
-Mount points the runtime made (``/etc/hosts``, ``/etc/resolv.conf``, ``/etc/hostname``)
-are not content, as Docker's init layer is not. Blocking: run in a thread.
+``.wh.NAME`` for a deletion, ``DIR/.wh..wh..opq`` for an opaque directory; file
+capabilities and ``user.*`` xattrs as PAX ``SCHILY.xattr.*`` records (``xattrs.py``).
+The walk uses directory fds on an explicit stack (no recursion: any depth) and never
+follows a symlink (the container wrote this tree); a name deeper or longer than the
+image store unpacks fails the commit naming it. Mount points the runtime made
+(``/etc/hosts``, ``/etc/resolv.conf``, ``/etc/hostname``) are not content, as Docker's
+init layer is not. Blocking: run in a thread.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import stat
 import tarfile
 from pathlib import Path
 
+from dockyard.agent.build.xattrs import pax_xattrs
 from dockyard.agent.images.authoring import LayerWriter
 from dockyard.agent.images.blobs import BlobStore
 from dockyard.agent.images.models import Layer
+from dockyard.agent.images.safe_fs import MAX_DEPTH, MAX_NAME_BYTES
 
 __all__ = ["RUNTIME_FILES", "UnsupportedUpper", "layer_from_upper"]
 
@@ -38,8 +43,10 @@ def _is_opaque(fd: int) -> bool:
 
 
 class UnsupportedUpper(ValueError):
-    """An upper dir written with overlayfs features whose entries are not the content
-    (``metacopy``: a file's data stays below; ``redirect_dir``: a renamed directory)."""
+    """An upper dir that cannot be committed as it is: written with overlayfs features
+    whose entries are not the content (``metacopy``: a file's data stays below;
+    ``redirect_dir``: a renamed directory), or with a name the image store's unpacker
+    refuses (deeper than ``MAX_DEPTH`` levels, longer than ``MAX_NAME_BYTES``)."""
 
 
 def _check_plain(fd: int, arcname: str) -> None:
@@ -54,7 +61,29 @@ def _check_plain(fd: int, arcname: str) -> None:
         )
 
 
+def _children(fd: int) -> list[str]:
+    """A directory's names, last first (popped from the end: in sorted order)."""
+    return sorted(os.listdir(fd), reverse=True)
+
+
+def _check_name(arcname: str) -> None:
+    """A name the image store would refuse to unpack fails the commit here, naming it."""
+    depth = arcname.count("/") + 1
+    if depth > MAX_DEPTH:
+        raise UnsupportedUpper(
+            f"{arcname[:60]}...: {depth} directory levels deep; "
+            f"a layer holds at most {MAX_DEPTH}, it cannot be committed"
+        )
+    if len(os.fsencode(arcname)) > MAX_NAME_BYTES:
+        raise UnsupportedUpper(
+            f"{arcname[:60]}...: a path longer than {MAX_NAME_BYTES} bytes cannot be committed"
+        )
+
+
 class _Walk:
+    """Depth first, in sorted order, with an explicit stack of directory fds (at most
+    ``MAX_DEPTH`` open): no recursion, so no tree is too deep for Python's stack."""
+
     def __init__(self, tar: tarfile.TarFile) -> None:
         self.tar = tar
         self.links: dict[tuple[int, int], str] = {}
@@ -66,13 +95,53 @@ class _Walk:
         info.mtime = int(found.st_mtime)
         return info
 
-    def directory(self, fd: int, prefix: str) -> None:
-        for child in sorted(os.listdir(fd)):
-            self.entry(fd, child, f"{prefix}{child}")
+    def run(self, root_fd: int) -> None:
+        stack: list[tuple[int, list[str], str]] = []
+        top = os.dup(root_fd)
+        try:
+            stack.append((top, _children(top), ""))
+        except BaseException:
+            os.close(top)
+            raise
+        try:
+            while stack:
+                fd, children, prefix = stack[-1]
+                if not children:
+                    stack.pop()
+                    os.close(fd)
+                    continue
+                name = children.pop()
+                opened = self.entry(fd, name, f"{prefix}{name}")
+                if opened is not None:
+                    try:
+                        stack.append((opened, _children(opened), f"{prefix}{name}/"))
+                    except BaseException:
+                        os.close(opened)
+                        raise
+        finally:
+            for fd, _, _ in stack:
+                os.close(fd)
 
-    def entry(self, parent: int, name: str, arcname: str) -> None:
+    def _directory(self, parent: int, name: str, info: tarfile.TarInfo) -> int:
+        """Write a directory's entry; returns its fd (the caller walks and closes it)."""
+        info.type = tarfile.DIRTYPE
+        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        try:
+            _check_plain(fd, info.name)
+            info.pax_headers = pax_xattrs(fd)
+            self.tar.addfile(info)
+            if _is_opaque(fd):
+                self.tar.addfile(tarfile.TarInfo(f"{info.name}/.wh..wh..opq"))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def entry(self, parent: int, name: str, arcname: str) -> int | None:
+        """Write one entry; a directory's fd is returned, to be walked."""
         if arcname in RUNTIME_FILES:
-            return
+            return None
+        _check_name(arcname)
         found = os.lstat(name, dir_fd=parent)
         mode = found.st_mode
         if stat.S_ISCHR(mode) and found.st_rdev == os.makedev(0, 0):
@@ -80,33 +149,29 @@ class _Walk:
             whiteout = tarfile.TarInfo(f"{head}/.wh.{base}" if head else f".wh.{base}")
             whiteout.mtime = int(found.st_mtime)
             self.tar.addfile(whiteout)
-            return
+            return None
         info = self._info(arcname, found)
         if stat.S_ISDIR(mode):
-            info.type = tarfile.DIRTYPE
-            self.tar.addfile(info)
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-            try:
-                _check_plain(fd, arcname)
-                if _is_opaque(fd):
-                    self.tar.addfile(tarfile.TarInfo(f"{arcname}/.wh..wh..opq"))
-                self.directory(fd, f"{arcname}/")
-            finally:
-                os.close(fd)
-            return
+            return self._directory(parent, name, info)
         key = (found.st_dev, found.st_ino)
-        if not stat.S_ISDIR(mode) and found.st_nlink > 1 and key in self.links:
+        if found.st_nlink > 1 and key in self.links:
             info.type = tarfile.LNKTYPE
             info.linkname = self.links[key]
             self.tar.addfile(info)
-            return
+            return None
         if found.st_nlink > 1:
             self.links[key] = arcname
+        self._other(parent, name, info, found)
+        return None
+
+    def _other(self, parent: int, name: str, info: tarfile.TarInfo, found: os.stat_result) -> None:
+        mode = found.st_mode
         if stat.S_ISREG(mode):
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
             with os.fdopen(fd, "rb") as source:
-                _check_plain(fd, arcname)
+                _check_plain(fd, info.name)
                 info.size = os.fstat(source.fileno()).st_size
+                info.pax_headers = pax_xattrs(fd)
                 self.tar.addfile(info, source)
         elif stat.S_ISLNK(mode):
             info.type = tarfile.SYMTYPE
@@ -128,7 +193,7 @@ def layer_from_upper(blobs: BlobStore, upper: Path) -> Layer:
     try:
         fd = os.open(upper, _DIR_FLAGS)
         try:
-            _Walk(writer.tar).directory(fd, "")
+            _Walk(writer.tar).run(fd)
         finally:
             os.close(fd)
     except BaseException:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 import threading
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from dockyard.agent.containers.errors import InvalidArgument, NotFound
+from dockyard.common.remove_tree import remove_tree
 from dockyard.common.validation import VOLUME_NAME_PATTERN
 
 __all__ = ["Volume", "VolumeStore", "check_volume_name"]
@@ -100,4 +100,4 @@ class VolumeStore:
         with self._lock:
             trash = self.root / f".removing.{name}"
             os.rename(volume.mountpoint.parent, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+            remove_tree(trash)  # any depth: a container wrote it

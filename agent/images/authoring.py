@@ -84,6 +84,10 @@ class LayerWriter:
 
     def discard(self) -> None:
         """Abandon the layer; nothing is stored."""
+        if self._tar is not None:  # its stream would write its end blocks when collected
+            stream = self._tar.fileobj
+            for left in (self._tar, stream) if stream is not None else (self._tar,):
+                setattr(left, "closed", True)  # noqa: B010 - tarfile cannot abandon a stream
         self._sink.discard()
 
 

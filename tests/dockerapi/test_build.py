@@ -7,6 +7,8 @@ leaves no container and no intermediate image behind."""
 from __future__ import annotations
 
 import io
+import os
+import struct
 import subprocess
 import tarfile
 import time
@@ -185,6 +187,111 @@ def test_symlink_to_host_file_is_never_read(docker_agent: DockerAgent) -> None:
         assert host_shadow not in out
         via = {"Dockerfile": b"FROM busybox\nCOPY dir/up/shadow /stolen\n"}
         assert "no such file" in _build_error(client, _tar(via, [up]))
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()
+
+
+def test_destination_through_an_image_symlink(docker_agent: DockerAgent) -> None:
+    """A usr-merged image (`/lnk -> usr/lib/real`, as Debian's `/lib -> usr/lib`): COPY to
+    `/lnk/x`, to `/lnk`, and under `WORKDIR /lnk/app` land in `/usr/lib/real`, `COPY
+    --from` reads through it; a link `/evil -> /../../../../etc` leads to the image's
+    /etc, never the host's."""
+    marker = f"dockyard-{uuid.uuid4().hex[:8]}"
+    dockerfile = (
+        "FROM busybox AS links\n"
+        "RUN mkdir /real && echo src > /real/src && ln -s /real /lnk\n"
+        "FROM busybox\n"
+        "RUN mkdir -p /usr/lib/real && ln -s usr/lib/real /lnk && ln -s /../../../../etc /evil\n"
+        "COPY one /lnk/one\n"
+        "COPY --from=links /lnk/src /from-image\n"
+        "COPY two /lnk\n"
+        "WORKDIR /lnk/app\n"
+        "COPY three .\n"
+        f"COPY one /evil/{marker}\n"
+    )
+    context = {"Dockerfile": dockerfile.encode(), "one": b"1\n", "two": b"2\n", "three": b"3\n"}
+    client = docker_agent.client()
+    tag = f"built/usrmerge-{uuid.uuid4().hex[:8]}"
+    try:
+        client.images.build(fileobj=io.BytesIO(_tar(context)), custom_context=True, tag=tag)
+        out = client.containers.run(
+            tag,
+            [
+                "sh",
+                "-c",
+                "cat /from-image /usr/lib/real/one /usr/lib/real/two /usr/lib/real/app/three "
+                f"/etc/{marker}"
+                "; readlink /lnk; readlink /evil; ls",
+            ],
+            remove=True,
+        )
+        assert out.decode().splitlines() == [
+            "src",  # COPY --from through the other image's link
+            "1",
+            "2",
+            "3",
+            "1",
+            "usr/lib/real",  # the links stay links
+            "/../../../../etc",
+            "three",  # the working dir, /lnk/app
+        ]
+        assert not Path("/etc", marker).exists()
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()
+
+
+def test_too_deep_run_tree_fails_naming_it(docker_agent: DockerAgent) -> None:
+    """A RUN that makes 1200 nested directories (past Python's recursion limit, past the
+    256 levels the image store unpacks): the build fails naming the path and the limit,
+    and leaves nothing behind, the container's deep tree included."""
+    client = docker_agent.client()
+    before = _leftovers(docker_agent)
+    deep = "RUN mkdir -p $(printf 'd/%.0s' $(seq 1200))\n"
+    error = _build_error(client, _tar({"Dockerfile": b"FROM busybox\n" + deep.encode()}))
+    assert "d/d/d/" in error and "at most 256" in error, error
+    assert _leftovers(docker_agent) == before
+    client.close()
+    trash = docker_agent.agent.state_dir / "runtime" / "trash"
+    for _ in range(100):  # the removed container's directory goes in the background
+        if not trash.is_dir() or not any(trash.iterdir()):
+            break
+        time.sleep(0.1)
+    assert not trash.is_dir() or not any(trash.iterdir())
+
+
+def test_copy_keeps_file_capabilities(docker_agent: DockerAgent) -> None:
+    """A context file with a file capability and a user xattr (PAX `SCHILY.xattr.*`, as
+    docker's CLI sends `setcap`'d files): COPY carries both through the context, the copy
+    and the layer, and the image store's snapshot of the layer has them."""
+    name = f"tool-{uuid.uuid4().hex[:8]}"
+    capability = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)  # net_bind_service
+    tool = tarfile.TarInfo(name)
+    tool.size, tool.mode = 5, 0o755
+    tool.pax_headers = {
+        "SCHILY.xattr.security.capability": capability.decode("utf-8", "surrogateescape"),
+        "SCHILY.xattr.user.origin": "context",
+    }
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        dockerfile = f"FROM busybox\nCOPY {name} /usr/local/bin/\n".encode()
+        header = tarfile.TarInfo("Dockerfile")
+        header.size = len(dockerfile)
+        tar.addfile(header, io.BytesIO(dockerfile))
+        tar.addfile(tool, io.BytesIO(b"tool\n"))
+    client = docker_agent.client()
+    tag = f"built/caps-{uuid.uuid4().hex[:8]}"
+    try:
+        client.images.build(fileobj=io.BytesIO(buffer.getvalue()), custom_context=True, tag=tag)
+        assert client.containers.run(tag, ["cat", f"/usr/local/bin/{name}"], remove=True) == (
+            b"tool\n"
+        )
+        snapshots = docker_agent.agent.state_dir / "images" / "snapshots"
+        found = list(snapshots.glob(f"*/usr/local/bin/{name}"))
+        assert len(found) == 1, found
+        assert os.getxattr(found[0], "security.capability") == capability
+        assert os.getxattr(found[0], "user.origin") == b"context"
     finally:
         client.images.remove(tag, force=True)
         client.close()

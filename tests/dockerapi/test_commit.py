@@ -4,6 +4,8 @@ opaque directory) becomes a layer of a new image that `docker run` runs."""
 
 from __future__ import annotations
 
+import os
+import struct
 import uuid
 
 import pytest
@@ -112,5 +114,46 @@ def test_commit_refuses_bad_changes(docker_agent: DockerAgent) -> None:
         done = docker_agent.docker("commit", "--change", "RUN echo no", name, "committed/bad:x")
         assert done.returncode != 0
         assert "RUN is not a valid change command" in done.stderr
+    finally:
+        docker_agent.docker("rm", "-f", name)
+
+
+def test_commit_keeps_file_capabilities(docker_agent: DockerAgent) -> None:
+    """What `setcap` leaves on a file the container wrote (set here from the host on the
+    container's upper dir: busybox has no setcap) is in the committed image's layer and
+    in the image store's snapshot of it."""
+    name = _name("caps")
+    image = f"committed/{name}:v1"
+    tool = f"tool-{name}"
+    capability = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)  # net_bind_service
+    docker_agent.ok("run", "--name", name, BUSYBOX, "sh", "-c", f"echo tool > /{tool}")
+    try:
+        cid = docker_agent.ok("inspect", "--format", "{{.Id}}", name).strip()
+        uppers = list((docker_agent.agent.state_dir / "runtime").glob(f"**/{cid}/upper"))
+        assert len(uppers) == 1, uppers
+        os.setxattr(uppers[0] / tool, "security.capability", capability)
+        os.setxattr(uppers[0] / tool, "user.note", b"kept")
+        docker_agent.ok("commit", name, image)
+        assert docker_agent.ok("run", "--rm", image, "cat", f"/{tool}") == "tool\n"
+        snapshots = docker_agent.agent.state_dir / "images" / "snapshots"
+        found = list(snapshots.glob(f"*/{tool}"))
+        assert len(found) == 1, found
+        assert os.getxattr(found[0], "security.capability") == capability
+        assert os.getxattr(found[0], "user.note") == b"kept"
+    finally:
+        docker_agent.docker("rm", "-f", name)
+        docker_agent.docker("rmi", image)
+
+
+def test_commit_of_a_too_deep_tree_is_409(docker_agent: DockerAgent) -> None:
+    """A container that made 1200 nested directories: commit answers 409 naming the path
+    and the limit (the image store unpacks at most 256 levels), not a 500."""
+    name = _name("deep")
+    script = "mkdir -p $(printf 'd/%.0s' $(seq 1200))"
+    docker_agent.ok("run", "--name", name, BUSYBOX, "sh", "-c", script)
+    try:
+        done = docker_agent.docker("commit", name, f"committed/{name}:v1")
+        assert done.returncode != 0
+        assert "at most 256" in done.stderr and "d/d/d/" in done.stderr, done.stderr
     finally:
         docker_agent.docker("rm", "-f", name)

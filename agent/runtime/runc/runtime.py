@@ -75,6 +75,7 @@ from dockyard.agent.runtime.runc.spec import (
     build_spec,
     resolve_user,
 )
+from dockyard.common.remove_tree import remove_tree
 
 __all__ = ["RuncRuntime"]
 
@@ -278,7 +279,7 @@ class RuncRuntime:
         self._spawn_cleanup(trash)
 
     def _spawn_cleanup(self, path: Path) -> None:
-        task = asyncio.create_task(asyncio.to_thread(shutil.rmtree, path, True))
+        task = asyncio.create_task(asyncio.to_thread(remove_tree, path))  # any depth
         self._cleanups.add(task)
         task.add_done_callback(self._cleanups.discard)
 

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from dockyard.agent.images.authoring import oci_manifest, put_blob
 from dockyard.agent.images.content import canonical_json, parse_json
 from dockyard.agent.images.errors import ImageNotFound
 from dockyard.agent.images.image_store import ImageStore
 from dockyard.agent.images.models import Image, Layer
 from dockyard.agent.images.reference import Reference
-from dockyard.common.distribution.media import OCI_CONFIG, OCI_MANIFEST
 from dockyard.common.distribution.platform import Platform
 
 __all__ = ["ImageDraft", "now"]
@@ -115,21 +115,9 @@ class ImageDraft:
         with store.lease() as lease:
             for layer in self.layers:
                 lease.add(layer.digest, layer.diff_id)
-            config_digest = await asyncio.to_thread(_put, store, config_bytes)
+            config_digest = await asyncio.to_thread(put_blob, store.blobs, config_bytes)
             lease.add(config_digest)
-            manifest = {
-                "schemaVersion": 2,
-                "mediaType": OCI_MANIFEST,
-                "config": {
-                    "mediaType": OCI_CONFIG,
-                    "digest": config_digest,
-                    "size": len(config_bytes),
-                },
-                "layers": [
-                    {"mediaType": x.media_type, "digest": x.digest, "size": x.size}
-                    for x in self.layers
-                ],
-            }
+            manifest = oci_manifest(config_digest, len(config_bytes), self.layers)
             manifest_bytes = canonical_json(manifest)
             digest = "sha256:" + hashlib.sha256(manifest_bytes).hexdigest()
             with contextlib.suppress(ImageNotFound):
@@ -137,16 +125,6 @@ class ImageDraft:
                 for ref in refs:
                     await store.tag(found, ref)
                 return store.get(digest)
-            digest = await asyncio.to_thread(_put, store, manifest_bytes)
+            digest = await asyncio.to_thread(put_blob, store.blobs, manifest_bytes)
             lease.add(digest)
             return await store.commit(digest, list(refs))
-
-
-def _put(store: ImageStore, data: bytes) -> str:
-    sink = store.blobs.sink(what="image content")
-    try:
-        sink.write(data)
-        return sink.commit()
-    except BaseException:
-        sink.discard()
-        raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,15 @@ from dockyard.common.distribution.media import (
 )
 from dockyard.common.distribution.platform import Platform
 
-__all__ = ["Compression", "ImageSpec", "LayerWriter", "layer_from_tar", "write_image"]
+__all__ = [
+    "Compression",
+    "ImageSpec",
+    "LayerWriter",
+    "layer_from_tar",
+    "oci_manifest",
+    "put_blob",
+    "write_image",
+]
 
 Compression = Literal["gzip", "none"]
 
@@ -151,23 +160,28 @@ def write_image(
         config["variant"] = spec.platform.variant
     config_bytes = canonical_json(config)
     held = held if held is not None else set()
-    config_digest = _put(blobs, config_bytes)
+    config_digest = put_blob(blobs, config_bytes)
     held.add(config_digest)
-    manifest = {
+    digest = put_blob(blobs, canonical_json(oci_manifest(config_digest, len(config_bytes), layers)))
+    held.add(digest)
+    return digest
+
+
+def oci_manifest(config_digest: str, config_size: int, layers: Sequence[Layer]) -> dict[str, Any]:
+    """An OCI image manifest of a config blob and `layers`, bottom layer first."""
+    return {
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": len(config_bytes)},
+        "config": {"mediaType": OCI_CONFIG, "digest": config_digest, "size": config_size},
         "layers": [
             {"mediaType": layer.media_type, "digest": layer.digest, "size": layer.size}
             for layer in layers
         ],
     }
-    digest = _put(blobs, canonical_json(manifest))
-    held.add(digest)
-    return digest
 
 
-def _put(blobs: BlobStore, data: bytes) -> str:
+def put_blob(blobs: BlobStore, data: bytes) -> str:
+    """Store `data` as a blob (an image's config or manifest); its digest."""
     sink = blobs.sink(what="image content")
     try:
         sink.write(data)

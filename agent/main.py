@@ -21,6 +21,7 @@ from dockyard.common.addresses import (
     normalize,
 )
 from dockyard.common.distribution.settings import check_registry_flags, registry_options
+from dockyard.common.gc_settle import settle_gc
 from dockyard.common.host_service import HostService, service_options
 from dockyard.common.sizes import parse_size
 from dockyard.common.version import package_version
@@ -381,6 +382,7 @@ async def _serve(config: AgentConfig) -> int:
     except AgentStartError as exc:
         click.echo(f"dockyard-agent: {exc}", err=True)
         return 1
+    settle_gc()
     code = 0
     try:
         await _run_until(stop, daemon.run())
@@ -495,6 +497,7 @@ def hollow(
 
 async def _serve_fleet(fleet: HollowFleet) -> int:
     stop = _stop_on_signals()
+    settle_gc()
     try:
         await _run_until(stop, fleet.start())
     finally:

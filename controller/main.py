@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import click
 
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT, AddressError, normalize
 from dockyard.common.distribution.settings import check_registry_flags, registry_options
+from dockyard.common.gc_settle import settle_gc
 from dockyard.common.version import package_version
 from dockyard.controller.http import HTTP_PORT
 
@@ -303,7 +303,7 @@ async def _serve(config: ControllerConfig) -> int:
         await controller.stop()
         click.echo(f"dockyard-controller: {exc}", err=True)
         return 1
-    _settle_gc()
+    settle_gc()
     async with asyncio.TaskGroup() as group:  # until a signal, or a background job fails
         waits = [group.create_task(stop.wait()), group.create_task(controller.failed.wait())]
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -312,25 +312,6 @@ async def _serve(config: ControllerConfig) -> int:
     log.info("controller.stopping")
     await controller.stop()
     return 1 if controller.failed.is_set() else 0
-
-
-# Allocations (of objects the cyclic GC tracks, net of frees) between two young
-# collections once the controller runs: Python's default is 700.
-GC_YOUNG_THRESHOLD = 7000
-
-
-def _settle_gc() -> None:
-    """Once started: what start-up made (modules, classes, the clients, about 65,000
-    objects) goes to the GC's permanent generation (`gc.freeze`), so that no collection
-    walks it again, and young collections come ten times less often (the older
-    generations are counted in young ones: they come ten times less often too).
-    Measured with `gc.callbacks` during `bench_scale.py --nodes 300 --tasks 9000`: the
-    controller's collections took 0.45 CPU-s (393 young, 36 middle, 4 full), now 0.18
-    (165, 15, 2). A cycle left by start-up is never freed (one-time and small); every
-    object made later is collected as before."""
-    gc.freeze()
-    _, middle, old = gc.get_threshold()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def _add_admin_commands() -> None:

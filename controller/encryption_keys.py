@@ -16,8 +16,11 @@ import os
 import re
 import secrets as token_source
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from dockyard.common.pki import write_private
 
 KEY_BYTES = 32  # AES-256
 KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
@@ -149,33 +152,16 @@ def _line(key: DataKey) -> str:
     return f"{key.id} {base64.b64encode(key.secret).decode()}\n"
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write atomically, 0600 from the first byte (a temporary file, then rename)."""
-    temporary = path.with_name(f".{path.name}.{token_source.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+def _write_keys(path: Path, keys: Sequence[DataKey]) -> None:
+    write_private(path, (HEADER + "".join(_line(k) for k in keys)).encode("ascii"))
 
 
 def create_key_file(path: Path) -> KeyRing:
     """A new key file with one generated key; KeyFileError if `path` exists."""
     if path.exists() or path.is_symlink():
         raise KeyFileError(f"{path}: already exists")
-    path.parent.mkdir(parents=True, exist_ok=True)
     key = DataKey(new_key_id(), token_source.token_bytes(KEY_BYTES))
-    _write_private(path, HEADER + _line(key))
+    _write_keys(path, (key,))
     return KeyRing((key,), str(path))
 
 
@@ -187,7 +173,7 @@ def add_key(path: Path, *, first: bool) -> DataKey:
     while ring.find(key.id) is not None:
         key = DataKey(new_key_id(), key.secret)
     keys = (key, *ring.keys) if first else (*ring.keys, key)
-    _write_private(path, HEADER + "".join(_line(k) for k in keys))
+    _write_keys(path, keys)
     return key
 
 
@@ -198,7 +184,7 @@ def promote_key(path: Path, key_id: str) -> None:
     if key is None:
         raise KeyFileError(f"{path}: no key {key_id!r} (it holds {', '.join(ring.ids)})")
     keys = (key, *(k for k in ring.keys if k.id != key_id))
-    _write_private(path, HEADER + "".join(_line(k) for k in keys))
+    _write_keys(path, keys)
 
 
 def remove_key(path: Path, key_id: str) -> None:
@@ -209,4 +195,4 @@ def remove_key(path: Path, key_id: str) -> None:
     if ring.write_key.id == key_id:
         raise KeyFileError(f"{path}: {key_id!r} is the key that encrypts: promote another first")
     keys = [k for k in ring.keys if k.id != key_id]
-    _write_private(path, HEADER + "".join(_line(k) for k in keys))
+    _write_keys(path, keys)

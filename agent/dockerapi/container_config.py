@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dockyard.agent.dockerapi.errors import bad_request
-from dockyard.agent.runtime.runc.attach import MAX_TERMINAL_SIZE
+from dockyard.agent.runtime.base import InvalidConfig
+from dockyard.agent.runtime.runc.attach import check_size
 from dockyard.v1 import containers_pb2 as pb
 
 __all__ = ["DockerCreate", "parse_create_body"]
@@ -110,11 +111,10 @@ def _console_size(host: Mapping[str, Any]) -> pb.TerminalSize | None:
     ):
         raise bad_request("HostConfig.ConsoleSize: expected [height, width], two integers")
     height, width = value
-    if not (0 <= height <= MAX_TERMINAL_SIZE and 0 <= width <= MAX_TERMINAL_SIZE):
-        raise bad_request(
-            f"HostConfig.ConsoleSize: height and width must be 0..{MAX_TERMINAL_SIZE},"
-            f" got {height}x{width}"
-        )
+    try:
+        check_size(height, width)
+    except InvalidConfig as exc:
+        raise bad_request(f"HostConfig.ConsoleSize: {exc}") from None
     return pb.TerminalSize(height=height, width=width) if height or width else None
 
 

@@ -322,28 +322,41 @@ def _build_dirs(agent: DockerAgent) -> list[str]:
     return sorted(p.name for p in tmp.glob("build-*")) if tmp.is_dir() else []
 
 
-def test_client_gone_mid_run_cleans_up(docker_agent: DockerAgent, tmp_path: Path) -> None:
-    """The CLI killed while a RUN step runs: its container, the intermediate images
-    and the build's directory go."""
-    before = _leftovers(docker_agent)
+def _build_until_its_run_started(
+    agent: DockerAgent, tmp_path: Path
+) -> tuple[subprocess.Popen[str], list[str]]:
+    """`docker build` (legacy builder) of a RUN step that sleeps, read until the step
+    printed "started": the CLI process (running; the caller kills it) and its lines."""
     (tmp_path / "Dockerfile").write_text(
         "FROM busybox\nCOPY Dockerfile /x\nRUN echo started && sleep 120\n"
     )
-    env = docker_agent.env() | {"DOCKER_BUILDKIT": "0"}
     cli = subprocess.Popen(
-        [DOCKER, "-H", docker_agent.host, "build", str(tmp_path)],
+        [DOCKER, "-H", agent.host, "build", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=env,
+        env=agent.env() | {"DOCKER_BUILDKIT": "0"},
     )
+    seen = []
     try:
         assert cli.stdout is not None
-        seen = []
         for row in cli.stdout:
             seen.append(row)
             if row.strip() == "started":
                 break
+    except BaseException:
+        cli.kill()
+        cli.communicate()
+        raise
+    return cli, seen
+
+
+def test_client_gone_mid_run_cleans_up(docker_agent: DockerAgent, tmp_path: Path) -> None:
+    """The CLI killed while a RUN step runs: its container, the intermediate images
+    and the build's directory go."""
+    before = _leftovers(docker_agent)
+    cli, seen = _build_until_its_run_started(docker_agent, tmp_path)
+    try:
         assert any("Running in" in row for row in seen), seen
         running = docker_agent.ok("ps", "-q", "--filter", "label=dockyard.build").strip()
         assert running
@@ -483,22 +496,8 @@ def test_sdk_build_from_path_with_dockerignore(docker_agent: DockerAgent, tmp_pa
 def test_agent_restart_mid_build_cleans_up(docker_agent: DockerAgent, tmp_path: Path) -> None:
     """The agent killed while a RUN step runs (its container lives on with conmon, the
     build's directory stays): the restarted agent removes both."""
-    (tmp_path / "Dockerfile").write_text(
-        "FROM busybox\nCOPY Dockerfile /x\nRUN echo started && sleep 120\n"
-    )
-    env = docker_agent.env() | {"DOCKER_BUILDKIT": "0"}
-    cli = subprocess.Popen(
-        [DOCKER, "-H", docker_agent.host, "build", str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
+    cli, _ = _build_until_its_run_started(docker_agent, tmp_path)
     try:
-        assert cli.stdout is not None
-        for row in cli.stdout:
-            if row.strip() == "started":
-                break
         assert _build_dirs(docker_agent)
         docker_agent.agent.crash()
     finally:

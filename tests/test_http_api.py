@@ -672,7 +672,8 @@ def test_insecure_is_plain_http_and_says_so(tmp_path: Path, loop_thread: LoopThr
         cluster.start_controller(["--http-listen", f"127.0.0.1:{port}"])
         url = f"http://127.0.0.1:{port}"
         assert fetch(url + "/v1/nodes").json() == []
-        assert fetch(url + "/readyz").json()["ready"] is True
+        # readiness follows once the new leader's view is loaded ("view": "loading" before)
+        wait_until(lambda: fetch(url + "/readyz").json()["ready"] is True, "readyz ready", 10)
         assert cluster.controller is not None
         warnings = [
             json.loads(line)

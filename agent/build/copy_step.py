@@ -26,7 +26,7 @@ from dockyard.agent.build.context import (
     TarUnpacker,
     opened,
 )
-from dockyard.agent.build.xattrs import pax_xattrs
+from dockyard.agent.build.tree_tar import TreeTar
 from dockyard.agent.images.confine import run_confined
 from dockyard.agent.images.errors import LayerError
 from dockyard.agent.images.safe_fs import Beneath, UnsafePath, split_name
@@ -97,43 +97,6 @@ def is_dir_in(rootfs: Path, path: str) -> bool:
         os.close(root_fd)
 
 
-class _TarWriter:
-    def __init__(self, tar: tarfile.TarFile, owner: tuple[int, int] | None) -> None:
-        self.tar = tar
-        self.owner = owner
-
-    def add(self, parent: int, name: str, arcname: str) -> None:
-        found = os.lstat(name, dir_fd=parent)
-        info = tarfile.TarInfo(arcname)
-        info.mode = found.st_mode & 0o7777
-        info.uid, info.gid = self.owner or (0, 0)
-        info.mtime = int(found.st_mtime)
-        if stat.S_ISDIR(found.st_mode):
-            info.type = tarfile.DIRTYPE
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-            try:
-                info.pax_headers = pax_xattrs(fd)
-                self.tar.addfile(info)
-                self.contents(fd, arcname)
-            finally:
-                os.close(fd)
-        elif stat.S_ISREG(found.st_mode):
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-            with os.fdopen(fd, "rb") as source:
-                info.size = os.fstat(fd).st_size
-                info.pax_headers = pax_xattrs(fd)
-                self.tar.addfile(info, source)
-        elif stat.S_ISLNK(found.st_mode):  # copied as a link, never read through
-            info.type = tarfile.SYMTYPE
-            info.linkname = os.readlink(name, dir_fd=parent)
-            self.tar.addfile(info)
-        # devices, fifos and sockets of a context are not copied
-
-    def contents(self, fd: int, prefix: str) -> None:
-        for child in sorted(os.listdir(fd)):
-            self.add(fd, child, f"{prefix}/{child}" if prefix else child)
-
-
 def _is_archive(fd: int) -> bool:
     head = os.pread(fd, 512, 0)
     if head[:2] == b"\x1f\x8b" or head[:4] == b"\x28\xb5\x2f\xfd":
@@ -152,6 +115,36 @@ def _unpack_at(tar_path: Path, root_fd: int, parts: tuple[str, ...]) -> None:
                 run_confined(target, TarUnpacker(tar, Beneath(target), budget, "copy").run)
 
 
+def _write_sources(plan: CopyPlan, writer: TreeTar) -> list[Path]:
+    """Every source of ``plan`` into the writer's tar; returns the local archives that
+    ADD unpacks instead (Docker's ADD of a local tar)."""
+    dest_parts = split_name(plan.dest.strip("/")) if plan.dest.strip("/") else ()
+    archives: list[Path] = []
+    for source in plan.sources:
+        with opened(plan.context, source.parts) as (parent, name):
+            if source.is_dir:
+                fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+                try:
+                    writer.contents(fd)
+                finally:
+                    os.close(fd)
+                continue
+            base = source.parts[-1]
+            regular = stat.S_ISREG(os.lstat(name, dir_fd=parent).st_mode)
+            if plan.extract_archives and plan.dest_is_dir and regular:  # never a fifo
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+                try:
+                    if stat.S_ISREG(os.fstat(fd).st_mode) and _is_archive(fd):
+                        archives.append(plan.context.joinpath(*source.parts))
+                        continue
+                finally:
+                    os.close(fd)
+            if not plan.dest_is_dir and not dest_parts:
+                raise ContextError("cannot copy a file over the root directory")
+            writer.add(parent, name, base if plan.dest_is_dir else dest_parts[-1])
+    return archives
+
+
 def copy_into(plan: CopyPlan, rootfs: Path, scratch: Path) -> None:
     """Carry out ``plan`` into the mounted ``rootfs``; ``scratch`` holds the tar.
 
@@ -160,34 +153,14 @@ def copy_into(plan: CopyPlan, rootfs: Path, scratch: Path) -> None:
     """
     dest_parts = split_name(plan.dest.strip("/")) if plan.dest.strip("/") else ()
     tar_path = scratch / "copy.tar"
-    archives: list[Path] = []
     with (
         tar_path.open("wb") as out,
         tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
-        writer = _TarWriter(tar, plan.owner)
-        for source in plan.sources:
-            with opened(plan.context, source.parts) as (parent, name):
-                if source.is_dir:
-                    fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-                    try:
-                        writer.contents(fd, "")
-                    finally:
-                        os.close(fd)
-                    continue
-                base = source.parts[-1]
-                regular = stat.S_ISREG(os.lstat(name, dir_fd=parent).st_mode)
-                if plan.extract_archives and plan.dest_is_dir and regular:  # never a fifo
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-                    try:
-                        if stat.S_ISREG(os.fstat(fd).st_mode) and _is_archive(fd):
-                            archives.append(plan.context.joinpath(*source.parts))
-                            continue
-                    finally:
-                        os.close(fd)
-                if not plan.dest_is_dir and not dest_parts:
-                    raise ContextError("cannot copy a file over the root directory")
-                writer.add(parent, name, base if plan.dest_is_dir else dest_parts[-1])
+        try:
+            archives = _write_sources(plan, TreeTar(tar, owner=plan.owner or (0, 0), xattrs=True))
+        except UnsafePath as exc:  # a source tree deeper than the image store unpacks
+            raise ContextError(f"cannot copy to {plan.dest}: {exc}") from None
     root_fd = os.open(rootfs, _DIR_FLAGS)
     try:
         target = dest_parts if plan.dest_is_dir else dest_parts[:-1]

@@ -29,6 +29,7 @@ from typing import IO, Any, cast
 import structlog
 from aiohttp import web
 
+from dockyard.agent.build.tree_tar import TreeTar
 from dockyard.agent.containers.service import ContainerView
 from dockyard.agent.dockerapi.context import DockerApiContext
 from dockyard.agent.dockerapi.errors import DockerApiError, bad_request, not_found
@@ -119,36 +120,6 @@ class _Budget:
             )
 
 
-def _add(tar: tarfile.TarFile, parent: int, name: str, arcname: str, budget: _Budget) -> None:
-    """`name` in the directory `parent` into `tar`, never following a symlink (blocking)."""
-    found = os.lstat(name, dir_fd=parent)
-    info = tarfile.TarInfo(arcname)
-    info.mode, info.uid, info.gid = found.st_mode & 0o7777, found.st_uid, found.st_gid
-    info.mtime = int(found.st_mtime)
-    if stat.S_ISDIR(found.st_mode):
-        budget.spend(0)
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
-        fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
-        try:
-            for child in sorted(os.listdir(fd)):
-                _add(tar, fd, child, f"{arcname}/{child}", budget)
-        finally:
-            os.close(fd)
-    elif stat.S_ISREG(found.st_mode):
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-        with os.fdopen(fd, "rb") as source:
-            info.size = os.fstat(fd).st_size
-            budget.spend(info.size)
-            tar.addfile(info, source)
-    elif stat.S_ISLNK(found.st_mode):
-        budget.spend(0)
-        info.type = tarfile.SYMTYPE
-        info.linkname = os.readlink(name, dir_fd=parent)
-        tar.addfile(info)
-    # devices, fifos and sockets are not copied (docker cp makes them; nobody needs them)
-
-
 class _QueueWriter:
     """A file tarfile writes to; the chunks go to the event loop through a bounded queue."""
 
@@ -178,11 +149,11 @@ def _write_tar(root_fd: int, target: _Target, chunks: queue.Queue[bytes | None])
                 fileobj=cast(IO[bytes], writer), mode="w|", format=tarfile.PAX_FORMAT
             ) as tar,
         ):
+            tree = TreeTar(tar, spend=_Budget().spend)
             if target.name:
-                _add(tar, parent, target.name, target.name, _Budget())
+                tree.add(parent, target.name, target.name)
             else:
-                for child in sorted(os.listdir(parent)):
-                    _add(tar, parent, child, child, _Budget())
+                tree.contents(parent)
         writer.flush()
     finally:
         chunks.put(None)
@@ -249,7 +220,7 @@ async def _head_or_get(ctx: DockerApiContext, request: web.Request) -> web.Strea
         except BaseException:
             while not writer.done():  # unblock the thread: drain what it still puts
                 with contextlib.suppress(queue.Empty):
-                    chunks.get(timeout=0.1)
+                    await asyncio.to_thread(chunks.get, timeout=0.1)
             with contextlib.suppress(BaseException):
                 await writer
             raise

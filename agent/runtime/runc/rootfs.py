@@ -125,7 +125,7 @@ def release_mount_root(root: Path) -> bool:
         return False
     if entries[0][3] == "/" or not str(root).endswith(entries[0][3]):
         return False  # a filesystem of its own, or not our bind of root: not ours to undo
-    return _libc.umount2(str(root).encode(), 0) == 0
+    return bool(_libc.umount2(str(root).encode(), 0) == 0)
 
 
 def is_mounted(path: Path) -> bool:

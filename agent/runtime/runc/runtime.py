@@ -124,6 +124,7 @@ class RuncRuntime:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._pending_attach: dict[str, builtins.list[LateAttach]] = {}
         self._run_shim: Path | None = None
+        self._x32 = True  # the seccomp filter's x32 ABI: recover() asks the kernel
         self._loaded = False
 
     # ----------------------------------------------------------------- helpers
@@ -255,7 +256,9 @@ class RuncRuntime:
             etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
             devices = await asyncio.to_thread(files.host_devices) if config.privileged else []
             netns = config.endpoint.netns_path if config.endpoint else None
-            spec = build_spec(config, rootfs, user, etc, record.cgroups_path, devices, netns)
+            spec = build_spec(
+                config, rootfs, user, etc, record.cgroups_path, devices, netns, self._x32
+            )
             phases.mark("spec")
             await asyncio.to_thread(files.write_json, cdir.spec, spec)
             phases.mark("write_spec")
@@ -682,6 +685,7 @@ class RuncRuntime:
         await asyncio.to_thread(self.containers_root.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(self.runc_root.mkdir, parents=True, exist_ok=True)
         self._run_shim = await asyncio.to_thread(write_shim, self.state_root, self.runc)
+        self._x32 = await asyncio.to_thread(files.kernel_runs_x32)
         entries = await asyncio.to_thread(lambda: sorted(self.containers_root.iterdir()))
         for base in entries:
             cid = base.name

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import platform
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from dockyard.agent.runtime.base import ContainerSpec, InvalidConfig
-from dockyard.agent.runtime.runc.files import host_devices
+from dockyard.agent.runtime.runc.files import host_devices, kernel_runs_x32
 from dockyard.agent.runtime.runc.seccomp import CLONE_NAMESPACE_FLAGS, default_profile
 from dockyard.agent.runtime.runc.spec import (
     ALL_CAPABILITIES,
@@ -117,6 +119,41 @@ def test_architectures() -> None:
         default_profile([], "riscv64")
 
 
+def test_x32_left_out_where_the_kernel_does_not_run_it() -> None:
+    """x32 costs libseccomp a third of the filter's build in every ``runc init``; a kernel
+    without the x32 ABI refuses those syscalls whatever the filter says."""
+    assert default_profile([], "x86_64", x32=False)["architectures"] == [
+        "SCMP_ARCH_X86_64",
+        "SCMP_ARCH_X86",
+    ]
+    assert default_profile([], "arm64", x32=False)["architectures"] == [
+        "SCMP_ARCH_AARCH64",
+        "SCMP_ARCH_ARM",
+    ]
+    spec = build_spec(_config(), Path("/rootfs"), ResolvedUser(0, 0), ETC, "/cg/c1", x32=False)
+    assert "SCMP_ARCH_X32" not in spec["linux"]["seccomp"]["architectures"]
+    assert "SCMP_ARCH_X32" in _spec()["linux"]["seccomp"]["architectures"] or (
+        platform.machine() != "x86_64"
+    )
+
+
+def _kernel_config_x32() -> bool | None:
+    """CONFIG_X86_X32_ABI from /proc/config.gz, None when the kernel does not publish it."""
+    path = Path("/proc/config.gz")
+    if not path.exists():
+        return None
+    return "CONFIG_X86_X32_ABI=y" in gzip.decompress(path.read_bytes()).decode()
+
+
+def test_the_x32_probe_matches_the_kernel() -> None:
+    built_in = _kernel_config_x32()
+    if built_in is None or platform.machine() != "x86_64":
+        pytest.skip("no /proc/config.gz on an x86_64 host to compare with")
+    if built_in:
+        pytest.skip("x32 built in: on or off at boot (syscall.x32), either answer is right")
+    assert kernel_runs_x32() is False
+
+
 @pytest.mark.parametrize(
     ("cap", "names"),
     [
@@ -191,6 +228,8 @@ async def test_default_profile_runs_ordinary_commands(env: Any) -> None:
         (env.state_root / "containers").glob("*/bundle/config.json").__next__().read_text()
     )
     assert spec["linux"]["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
+    x32 = "SCMP_ARCH_X32" in spec["linux"]["seccomp"]["architectures"]
+    assert x32 == (kernel_runs_x32() and platform.machine() == "x86_64")
 
 
 @pytest.mark.runc

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import platform
 import stat
+import subprocess
+import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +24,7 @@ __all__ = [
     "bridge_resolv_conf",
     "clear_exit_files",
     "host_devices",
+    "kernel_runs_x32",
     "read_exit",
     "read_json",
     "read_user_db",
@@ -173,6 +178,38 @@ _SKIP_DEVICES = frozenset(
     }
 )
 _SKIP_DEVICE_DIRS = ("/dev/pts", "/dev/shm", "/dev/mqueue")
+
+# getpid(2) through the x32 ABI (its number with __X32_SYSCALL_BIT): the pid where the
+# kernel runs x32, ENOSYS where it does not (not built, or off at boot).
+_X32_PROBE = (
+    "import ctypes, sys\n"
+    "r = ctypes.CDLL(None, use_errno=True).syscall(0x40000000 | 39)\n"
+    "sys.exit(0 if r > 0 else 3 if ctypes.get_errno() == 38 else 4)\n"
+)
+
+
+@functools.cache
+def kernel_runs_x32() -> bool:
+    """Whether this kernel runs x32 syscalls (blocking, once per process).
+
+    Probed in a child process: a seccomp filter above the agent (a container, systemd's
+    ``SystemCallArchitectures=native``) may kill the caller of an x32 syscall. False only
+    when the kernel answered ENOSYS, or the probe was killed (a filter above us already
+    refuses x32, for the containers too); any other outcome keeps x32 in the filter.
+    """
+    if platform.machine() != "x86_64":
+        return False
+    try:
+        rc = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _X32_PROBE],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+        ).returncode
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    return not (rc == 3 or rc < 0)
 
 
 def host_devices(root: str = "/dev") -> list[dict[str, Any]]:

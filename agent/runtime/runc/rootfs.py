@@ -4,6 +4,11 @@ container's own writable upper layer.
 The image's lower dirs are never written: every change lands in ``upper``, which belongs
 to this container alone and is deleted with it. Mounting goes through libc ``mount(2)`` in
 a worker thread (no subprocess per container).
+
+The containers' directory is a private mount of its own (``private_mount_root``, as
+moby's graph drivers do with their home): where the host's ``/`` is shared (systemd),
+an overlay mounted below it would otherwise propagate to every peer and slave mount
+namespace of the host, one more mount in each for every container.
 """
 
 from __future__ import annotations
@@ -20,11 +25,21 @@ import structlog
 
 from dockyard.agent.runtime.base import ContainerRuntimeError, InvalidConfig
 
-__all__ = ["ContainerLayer", "is_mounted", "mounted_under"]
+__all__ = [
+    "ContainerLayer",
+    "is_mounted",
+    "mounted_under",
+    "private_mount_root",
+    "propagation",
+    "release_mount_root",
+]
 
 log = structlog.get_logger(__name__)
 
 _MNT_DETACH = 2
+_MS_BIND = 0x1000
+_MS_REC = 0x4000
+_MS_PRIVATE = 1 << 18
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.mount.argtypes = [
     ctypes.c_char_p,
@@ -46,6 +61,71 @@ def _unescape(field: str) -> str:
 def _mount_points() -> list[str]:
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         return [_unescape(line.split(" ", 5)[4]) for line in f]
+
+
+def _entries_at(path: Path) -> list[list[str]]:
+    """The mountinfo lines (split) of the mounts at exactly ``path``, bottom first."""
+    target = str(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        return [fields for line in f if _unescape((fields := line.split())[4]) == target]
+
+
+def propagation(fields: Sequence[str]) -> str:
+    """``shared``, ``slave`` or ``private`` from one mountinfo line's optional fields."""
+    optional = fields[6 : fields.index("-")]
+    if any(tag.startswith("shared:") for tag in optional):
+        return "shared"
+    if any(tag.startswith("master:") for tag in optional):
+        return "slave"
+    return "private"
+
+
+def _mount_call(source: str | None, target: Path, flags: int) -> None:
+    src = source.encode() if source is not None else None
+    if _libc.mount(src, str(target).encode(), None, flags, None) != 0:
+        err = ctypes.get_errno()
+        raise ContainerRuntimeError(f"mount {target} (flags {flags:#x}): {os.strerror(err)}")
+
+
+def private_mount_root(root: Path) -> str:
+    """Make ``root`` a mount point with private propagation (blocking; idempotent).
+
+    Not yet a mount point: bound onto itself, then made private. Already one (an earlier
+    agent's bind, or the admin's own filesystem): made private (with what is below it,
+    all inside ``root``) unless it is already; never a second bind. Returns what was
+    done: ``bound``, ``made-private``, ``already`` or ``busy`` (nothing: not a mount
+    point, but mounts below it, e.g. running containers of an agent that predates this;
+    a bind would hide them).
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    root = root.resolve()
+    entries = _entries_at(root)
+    if entries:
+        if propagation(entries[-1]) == "private":
+            return "already"
+        _mount_call(None, root, _MS_PRIVATE | _MS_REC)
+        return "made-private"
+    if mounted_under(root):
+        return "busy"
+    _mount_call(str(root), root, _MS_BIND)
+    _mount_call(None, root, _MS_PRIVATE)
+    return "bound"
+
+
+def release_mount_root(root: Path) -> bool:
+    """Unmount ``root``'s own bind when nothing is mounted below it (blocking).
+
+    Only our bind (a mount whose source is ``root`` itself on the same filesystem) is
+    undone; with containers' rootfs still mounted below, it stays (the next agent start
+    finds it). Returns whether it was unmounted.
+    """
+    root = root.resolve()
+    entries = _entries_at(root)
+    if len(entries) != 1 or mounted_under(root) != [root]:
+        return False
+    if entries[0][3] == "/" or not str(root).endswith(entries[0][3]):
+        return False  # a filesystem of its own, or not our bind of root: not ours to undo
+    return bool(_libc.umount2(str(root).encode(), 0) == 0)
 
 
 def is_mounted(path: Path) -> bool:

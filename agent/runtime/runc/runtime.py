@@ -68,7 +68,12 @@ from dockyard.agent.runtime.runc.records import (
     load_record,
     save_record,
 )
-from dockyard.agent.runtime.runc.rootfs import ContainerLayer, mounted_under
+from dockyard.agent.runtime.runc.rootfs import (
+    ContainerLayer,
+    mounted_under,
+    private_mount_root,
+    release_mount_root,
+)
 from dockyard.agent.runtime.runc.runexec import write_shim
 from dockyard.agent.runtime.runc.spec import (
     EtcFiles,
@@ -119,6 +124,7 @@ class RuncRuntime:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._pending_attach: dict[str, builtins.list[LateAttach]] = {}
         self._run_shim: Path | None = None
+        self._x32 = True  # the seccomp filter's x32 ABI: recover() asks the kernel
         self._loaded = False
 
     # ----------------------------------------------------------------- helpers
@@ -250,7 +256,9 @@ class RuncRuntime:
             etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
             devices = await asyncio.to_thread(files.host_devices) if config.privileged else []
             netns = config.endpoint.netns_path if config.endpoint else None
-            spec = build_spec(config, rootfs, user, etc, record.cgroups_path, devices, netns)
+            spec = build_spec(
+                config, rootfs, user, etc, record.cgroups_path, devices, netns, self._x32
+            )
             phases.mark("spec")
             await asyncio.to_thread(files.write_json, cdir.spec, spec)
             phases.mark("write_spec")
@@ -670,12 +678,14 @@ class RuncRuntime:
         as they are (a running container's rootfs is still mounted).
         """
         self._loaded = True
+        await self._private_mount_root()
         trash = self.state_root / "trash"
         if await asyncio.to_thread(trash.is_dir):
             self._spawn_cleanup(trash)  # layers a crash left half deleted
         await asyncio.to_thread(self.containers_root.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(self.runc_root.mkdir, parents=True, exist_ok=True)
         self._run_shim = await asyncio.to_thread(write_shim, self.state_root, self.runc)
+        self._x32 = await asyncio.to_thread(files.kernel_runs_x32)
         entries = await asyncio.to_thread(lambda: sorted(self.containers_root.iterdir()))
         for base in entries:
             cid = base.name
@@ -722,14 +732,29 @@ class RuncRuntime:
         await self._save(record)
         await self._write_etc(self._dir(record.config.id), record.config)
 
+    async def _private_mount_root(self) -> None:
+        """The state root as a private mount of its own (the rootfs mounts, runc's state and
+        the trash inside it, so renames stay within one mount): no container's overlay
+        propagates to the host's other mount namespaces."""
+        try:
+            done = await asyncio.to_thread(private_mount_root, self.state_root)
+        except ContainerRuntimeError as exc:  # e.g. no CAP_SYS_ADMIN: work as before
+            log.warning("runtime.mount_root_failed", path=str(self.state_root), error=str(exc))
+            return
+        event = "runtime.mount_root_busy" if done == "busy" else "runtime.mount_root"
+        (log.warning if done == "busy" else log.debug)(event, path=str(self.state_root), done=done)
+
     async def close(self) -> None:
-        """Stop watching (containers keep running under conmon)."""
+        """Stop watching (containers keep running under conmon); the state root's own
+        mount is undone when no container's rootfs is mounted below it."""
         tasks = list(self._watchers.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._watchers.clear()
         await asyncio.gather(*self._cleanups, return_exceptions=True)
+        if self._loaded:
+            await asyncio.to_thread(release_mount_root, self.state_root)
 
 
 def container_log_policy(default: LogPolicy, config: ContainerSpec) -> LogPolicy:

@@ -256,11 +256,13 @@ def container_capabilities(config: ContainerSpec) -> list[str]:
     return capabilities(config.cap_add, config.cap_drop)
 
 
-def seccomp_section(config: ContainerSpec, caps: Sequence[str]) -> dict[str, Any] | None:
+def seccomp_section(
+    config: ContainerSpec, caps: Sequence[str], x32: bool = True
+) -> dict[str, Any] | None:
     """The OCI ``linux.seccomp`` object, or ``None`` (privileged or ``unconfined``)."""
     if config.privileged or config.seccomp == "unconfined":
         return None
-    return default_profile(caps)
+    return default_profile(caps, x32=x32)
 
 
 def default_nofile() -> int:
@@ -398,12 +400,14 @@ def build_spec(
     cgroups_path: str,
     host_devices: Sequence[Mapping[str, Any]] = (),
     netns_path: str | None = None,
+    x32: bool = True,
 ) -> dict[str, Any]:
     """The whole OCI runtime spec for ``config`` with its rootfs mounted at ``rootfs``.
 
     ``host_devices`` (OCI ``linux.devices`` entries, see ``files.host_devices``) are
     created in a privileged container's ``/dev``; they are ignored otherwise.
     ``netns_path`` is the named network namespace a ``bridge`` container joins.
+    ``x32=False``: the seccomp filter leaves the x32 ABI out (``seccomp.architectures``).
     """
     image: Mapping[str, Any] = config.image_config
     env = merge_env(list(image.get("Env") or []), list(config.env))
@@ -471,7 +475,7 @@ def build_spec(
     else:
         linux["maskedPaths"] = list(MASKED_PATHS)
         linux["readonlyPaths"] = list(READONLY_PATHS)
-    seccomp = seccomp_section(config, caps)
+    seccomp = seccomp_section(config, caps, x32)
     if seccomp is not None:
         linux["seccomp"] = seccomp
     return {

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from dockyard.agent.runtime.base import ContainerStatus, NetworkEndpoint
+from dockyard.agent.runtime.base import ContainerSpec, ContainerStatus, NetworkEndpoint
 from dockyard.agent.runtime.runc.records import ContainerDir, load_record
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
 from tests.runtime.conftest import Env
@@ -162,3 +162,49 @@ async def test_create_and_start_prepare_in_one_thread_hop_each(env: Env, hops: l
     assert not {"exists", "clear_exit_files", "_mount_overlay"} & set(hops)
     assert (await env.runtime.wait(info.id)).exit_code == 0
     await env.runtime.remove(info.id)
+
+
+async def test_no_directory_is_made_on_the_event_loop(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_loop: list[str] = []
+    real_mkdir = Path.mkdir
+
+    def mkdir(self: Path, *args: Any, **kwargs: Any) -> None:
+        if threading.current_thread() is threading.main_thread():
+            on_loop.append(self.name)
+        real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    info = await env.runtime.create(env.config("true"))
+    await env.runtime.start(info.id)
+    assert (await env.runtime.wait(info.id)).exit_code == 0
+    await env.runtime.start(info.id)  # a restart: the directories exist
+    assert (await env.runtime.wait(info.id)).exit_code == 0
+    assert on_loop == []
+    await env.runtime.remove(info.id)
+
+
+async def test_the_config_is_encoded_once_per_config_object(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded: list[str] = []
+    real_to_dict = ContainerSpec.to_dict
+
+    def to_dict(self: ContainerSpec) -> dict[str, Any]:
+        encoded.append(self.name)
+        return real_to_dict(self)
+
+    monkeypatch.setattr(ContainerSpec, "to_dict", to_dict)
+    rt = env.runtime
+    info = await rt.create(env.config("true", name="first"))
+    await rt.start(info.id)  # a save at the start and one at the exit
+    assert (await rt.wait(info.id)).exit_code == 0
+    assert encoded == ["first"]
+    await rt.rename(info.id, "second")  # a new config object: encoded again
+    assert encoded == ["first", "second"]
+    cdir = ContainerDir(env.state_root / "containers" / info.id)
+    record = load_record(cdir)
+    assert record is not None and record.config.name == "second"
+    assert record.state.status is ContainerStatus.EXITED and record.state.exit_code == 0
+    await rt.remove(info.id)

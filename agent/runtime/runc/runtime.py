@@ -54,6 +54,7 @@ from dockyard.agent.runtime.runc.conmon import (
     StdioMode,
     conmon_alive,
     launch_conmon,
+    make_conmon_dirs,
     reap_conmon,
     wait_pid_exit,
 )
@@ -302,6 +303,7 @@ class RuncRuntime:
                     container_id=cid,
                     paths=cdir.conmon_paths(),
                     stdio=StdioMode(config.tty, config.open_stdin, config.stdin_once),
+                    make_dirs=False,
                 )
                 record.conmon_pid = conmon_pid
                 phases.mark("conmon_run" if one_exec else "conmon_create")
@@ -801,11 +803,13 @@ def _prepare_start(
     leftover: Path | None, cdir: ContainerDir, cid: str, layer: ContainerLayer
 ) -> bool:
     """Before a start, in one thread hop (blocking): True, doing nothing, when runc's state
-    ``leftover`` exists; else the previous run's exit files cleared and the rootfs mounted."""
+    ``leftover`` exists; else the previous run's exit files cleared, the rootfs mounted
+    and conmon's directories made."""
     if leftover is not None and leftover.exists():
         return True
     files.clear_exit_files(cdir, cid)
     layer.mount_blocking()
+    make_conmon_dirs(cdir.conmon_paths())
     return False
 
 

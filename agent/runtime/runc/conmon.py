@@ -32,6 +32,7 @@ __all__ = [
     "StdioMode",
     "conmon_alive",
     "launch_conmon",
+    "make_conmon_dirs",
     "reap_conmon",
     "wait_pid_exit",
 ]
@@ -161,13 +162,15 @@ async def launch_conmon(
     stdio: StdioMode | None = None,
     timeout: float = 30.0,
     daemonize: bool = False,
+    make_dirs: bool = True,
 ) -> tuple[int, int]:
     """Start conmon for ``container_id`` and wait until runc has created the container.
 
     ``stdio`` asks for a terminal (conmon's console socket receives the pty's master
     from runc) and an open stdin fed from conmon's ``attach`` socket. ``daemonize``
     lets conmon double-fork away from us as it does without ``--sync`` (the start path
-    before; kept for ``tests/bench/bench_start_paths.py`` to compare).
+    before; kept for ``tests/bench/bench_start_paths.py`` to compare). ``make_dirs``
+    False: the caller made conmon's directories (``make_conmon_dirs``) off the loop.
 
     Returns:
         ``(container_pid, conmon_pid)``.
@@ -175,8 +178,8 @@ async def launch_conmon(
     Raises:
         ContainerRuntimeError: conmon or runc failed; the message has runc's.
     """
-    for d in (paths.exit_dir, paths.persist_dir, paths.socket_dir):
-        d.mkdir(parents=True, exist_ok=True)
+    if make_dirs:
+        make_conmon_dirs(paths)
     args = _conmon_args(
         conmon, runc, runc_root, container_id, paths, stdio or StdioMode(), daemonize
     )
@@ -217,6 +220,12 @@ async def launch_conmon(
     conmon_pid = int(paths.conmon_pid_file.read_text().strip()) if daemonize else proc.pid
     log.debug("conmon.started", container_id=container_id, pid=pid, conmon_pid=conmon_pid)
     return pid, conmon_pid
+
+
+def make_conmon_dirs(paths: ConmonPaths) -> None:
+    """The directories conmon writes in (blocking)."""
+    for d in (paths.exit_dir, paths.persist_dir, paths.socket_dir):
+        d.mkdir(parents=True, exist_ok=True)
 
 
 def _spawn(args: list[str], sync_fd: int, cwd: Path, errlog_path: Path) -> subprocess.Popen[bytes]:

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,9 @@ from dockyard.agent.runtime.runc.records import ContainerDir, write_atomic
 from dockyard.agent.runtime.runc.spec import EtcFiles, ResolvedUser
 
 __all__ = [
+    "EtcExtras",
     "ResolvedUser",
     "agent_resolv_conf",
-    "apply_etc_extras",
     "bridge_resolv_conf",
     "clear_exit_files",
     "host_devices",
@@ -31,6 +32,7 @@ __all__ = [
     "user_from_spec",
     "write_etc_files",
     "write_json",
+    "write_new",
 ]
 
 
@@ -96,27 +98,20 @@ def agent_resolv_conf(host_text: str, nameserver: str) -> str:
     return "\n".join([f"nameserver {nameserver}", *kept]) + "\n"
 
 
-def apply_etc_extras(
-    etc: EtcFiles,
-    extra_hosts: Sequence[str] = (),
-    dns_servers: Sequence[str] = (),
-    dns_search: Sequence[str] = (),
-    agent_nameserver: str = "",
-) -> None:
-    """Docker's --host, --dns and --dns-search over the files write_etc_files wrote.
+def _hosts_with(hosts: str, extra_hosts: Sequence[str]) -> str:
+    if not extra_hosts:
+        return hosts
+    lines = ["\t".join(line.split(" ", 1)) for line in extra_hosts]
+    return hosts.rstrip("\n") + "\n" + "\n".join(lines) + "\n"
 
-    `extra_hosts` lines ("IP NAME") are appended to /etc/hosts. `dns_servers` replace the
-    nameservers of resolv.conf, after the agent's own when it runs one (service names
-    must still resolve); `dns_search` replaces its search domains.
-    """
-    if extra_hosts:
-        hosts = _read_text(etc.hosts)
-        lines = ["\t".join(line.split(" ", 1)) for line in extra_hosts]
-        write_atomic(etc.hosts, (hosts.rstrip("\n") + "\n" + "\n".join(lines) + "\n").encode())
+
+def _resolv_with(
+    resolv: str, dns_servers: Sequence[str], dns_search: Sequence[str], agent_nameserver: str
+) -> str:
     if not dns_servers and not dns_search:
-        return
+        return resolv
     kept, servers, search = [], [], []
-    for line in _read_text(etc.resolv_conf).splitlines():
+    for line in resolv.splitlines():
         word = line.split()[:1]
         if word == ["nameserver"]:
             servers.append(line)
@@ -129,7 +124,33 @@ def apply_etc_extras(
         servers = own + [f"nameserver {s}" for s in dns_servers]
     if dns_search:
         search = [f"search {' '.join(dns_search)}"]
-    write_atomic(etc.resolv_conf, ("\n".join([*servers, *search, *kept]) + "\n").encode())
+    return "\n".join([*servers, *search, *kept]) + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class EtcExtras:
+    """Docker's --host, --dns and --dns-search over the generated files.
+
+    `extra_hosts` lines ("IP NAME") are appended to /etc/hosts. `dns_servers` replace the
+    nameservers of resolv.conf, after the agent's own when it runs one (service names
+    must still resolve); `dns_search` replaces its search domains.
+    """
+
+    extra_hosts: Sequence[str] = ()
+    dns_servers: Sequence[str] = ()
+    dns_search: Sequence[str] = ()
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Write ``path`` in place: one open, no temporary, no rename (blocking).
+
+    Only for files of a container that has no record yet (its create): a crash cuts the
+    create before ``container.json`` exists, and recovery discards such a directory
+    whole, so a half-written file here is never used.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    with open(fd, "wb") as f:
+        f.write(data)
 
 
 def write_etc_files(
@@ -139,13 +160,20 @@ def write_etc_files(
     address: str = "",
     name: str = "",
     nameserver: str = "",
+    extras: EtcExtras | None = None,
+    fresh: bool = False,
 ) -> None:
     """The container's /etc/hosts, /etc/resolv.conf and /etc/hostname.
 
     On the bridge, ``address`` (the container's) resolves to its host name and name, and
     ``nameserver`` (the agent's DNS server, when it runs one) is the only nameserver.
+    ``extras`` are applied before the files are written (each file written once).
+    ``fresh``: the container has no record yet (its create), and ``etc``'s directory
+    exists: the files are written in place (:func:`write_new`), else each one is replaced
+    atomically (a running container may be reading it).
     """
-    etc.hosts.parent.mkdir(parents=True, exist_ok=True)
+    if not fresh:
+        etc.hosts.parent.mkdir(parents=True, exist_ok=True)
     resolv = _read_text(Path("/etc/resolv.conf"))
     if network == "host":
         hosts = _read_text(Path("/etc/hosts"))
@@ -159,9 +187,13 @@ def write_etc_files(
         resolv = agent_resolv_conf(resolv, nameserver)
     elif network == "bridge":
         resolv = bridge_resolv_conf(resolv, _read_text(SYSTEMD_RESOLV_CONF))
-    write_atomic(etc.hosts, hosts.encode())
-    write_atomic(etc.resolv_conf, resolv.encode())
-    write_atomic(etc.hostname, f"{hostname}\n".encode())
+    if extras is not None:
+        hosts = _hosts_with(hosts, extras.extra_hosts)
+        resolv = _resolv_with(resolv, extras.dns_servers, extras.dns_search, nameserver)
+    write = write_new if fresh else write_atomic
+    write(etc.hosts, hosts.encode())
+    write(etc.resolv_conf, resolv.encode())
+    write(etc.hostname, f"{hostname}\n".encode())
 
 
 # runc creates these itself (or they are their own filesystems in the container).

@@ -24,7 +24,14 @@ from dockyard.agent.runtime.base import (
 )
 from dockyard.agent.runtime.runc.conmon import ConmonPaths
 
-__all__ = ["ContainerDir", "ContainerRecord", "load_record", "save_record"]
+__all__ = [
+    "ContainerDir",
+    "ContainerRecord",
+    "encode_record",
+    "load_record",
+    "save_record",
+    "write_atomic",
+]
 
 
 class ContainerDir:
@@ -69,6 +76,8 @@ class ContainerRecord:
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     cgroups_path: str = ""
     conmon_pid: int = 0
+    config_json: tuple[ContainerSpec, str] | None = field(default=None, repr=False, compare=False)
+    """``config`` encoded, with the object it was encoded from (see :func:`encode_record`)."""
 
     def info(self, log_path: Path, network: NetworkInfo | None = None) -> ContainerInfo:
         """A snapshot for callers (state copied so they cannot change ours)."""
@@ -113,10 +122,30 @@ def write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def encode_record(record: ContainerRecord) -> bytes:
+    """``container.json``'s content, the same as ``record.to_dict()`` as JSON.
+
+    Compact, which keeps ``json`` on its C encoder (an ``indent`` makes it encode in
+    Python). The config (most of the record, and ``asdict`` is slow) is encoded once per
+    config object: a :class:`ContainerSpec` is frozen and replaced whole when it changes
+    (``rename``, ``set_endpoint``), so a start's and an exit's saves encode only the rest.
+    """
+    cached = record.config_json
+    if cached is None or cached[0] is not record.config:
+        cached = (record.config, json.dumps(record.config.to_dict(), separators=(",", ":")))
+        record.config_json = cached
+    rest = {
+        "state": record.state.to_dict(),
+        "created_at": record.created_at.isoformat(),
+        "cgroups_path": record.cgroups_path,
+        "conmon_pid": record.conmon_pid,
+    }
+    return f'{{"config":{cached[1]},{json.dumps(rest, separators=(",", ":"))[1:]}'.encode()
+
+
 async def save_record(cdir: ContainerDir, record: ContainerRecord) -> None:
     """Persist ``record`` atomically."""
-    payload = json.dumps(record.to_dict(), indent=1).encode()
-    await asyncio.to_thread(write_atomic, cdir.record, payload)
+    await asyncio.to_thread(write_atomic, cdir.record, encode_record(record))
 
 
 def load_record(cdir: ContainerDir) -> ContainerRecord | None:

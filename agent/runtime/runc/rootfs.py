@@ -191,6 +191,11 @@ class ContainerLayer:
         await asyncio.to_thread(_mount_overlay, self.lower_dirs, self.upper, self.work, self.target)
         return self.target
 
+    def mount_blocking(self) -> Path:
+        """``mount`` for a caller already in a worker thread."""
+        _mount_overlay(self.lower_dirs, self.upper, self.work, self.target)
+        return self.target
+
     async def unmount(self) -> None:
         """Unmount the overlay if mounted (the writable layer stays)."""
         await asyncio.to_thread(_unmount, self.target)

@@ -19,6 +19,7 @@ import asyncio
 import builtins
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import secrets
@@ -53,6 +54,7 @@ from dockyard.agent.runtime.runc.conmon import (
     StdioMode,
     conmon_alive,
     launch_conmon,
+    make_conmon_dirs,
     reap_conmon,
     wait_pid_exit,
 )
@@ -65,8 +67,10 @@ from dockyard.agent.runtime.runc.phases import Phases
 from dockyard.agent.runtime.runc.records import (
     ContainerDir,
     ContainerRecord,
+    encode_record,
     load_record,
     save_record,
+    write_atomic,
 )
 from dockyard.agent.runtime.runc.rootfs import (
     ContainerLayer,
@@ -197,26 +201,8 @@ class RuncRuntime:
         return record.info(self._dir(record.config.id).log, NetworkInfo(mode=record.config.network))
 
     async def _write_etc(self, cdir: ContainerDir, spec: ContainerSpec) -> None:
-        endpoint = spec.endpoint
-        etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
-        await asyncio.to_thread(
-            files.write_etc_files,
-            etc,
-            spec.hostname or spec.id[:12],
-            spec.network,
-            endpoint.ip_address if endpoint else "",
-            spec.name,
-            endpoint.nameserver if endpoint else "",
-        )
-        if spec.extra_hosts or spec.dns_servers or spec.dns_search:
-            await asyncio.to_thread(
-                files.apply_etc_extras,
-                etc,
-                spec.extra_hosts,
-                spec.dns_servers,
-                spec.dns_search,
-                endpoint.nameserver if endpoint else "",
-            )
+        """Rewrite a recorded container's /etc files (each replaced atomically)."""
+        await asyncio.to_thread(_write_etc_blocking, cdir, spec, False)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -243,26 +229,19 @@ class RuncRuntime:
         self._records[config.id] = record  # reserve id and name while we await
         phases = Phases("create", config.id)
         try:
-            await asyncio.to_thread(cdir.bundle.mkdir, parents=True, exist_ok=False)
-            phases.mark("mkdir")
             layer = ContainerLayer(config.lower_dirs, cdir.base)
-            rootfs = await layer.mount()
-            phases.mark("mount")
-            passwd, group = await asyncio.to_thread(files.read_user_db, rootfs)
+            rootfs, passwd, group = await asyncio.to_thread(_lay_out, cdir, layer, config)
+            phases.mark("layout")
             user = resolve_user(config.user or config.image_config.get("User"), passwd, group)
-            phases.mark("user")
-            await self._write_etc(cdir, config)
-            phases.mark("etc")
-            etc = EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
+            etc = _etc_files(cdir)
             devices = await asyncio.to_thread(files.host_devices) if config.privileged else []
             netns = config.endpoint.netns_path if config.endpoint else None
             spec = build_spec(
                 config, rootfs, user, etc, record.cgroups_path, devices, netns, self._x32
             )
+            payload = encode_record(record)
             phases.mark("spec")
-            await asyncio.to_thread(files.write_json, cdir.spec, spec)
-            phases.mark("write_spec")
-            await self._save(record)
+            await asyncio.to_thread(_write_bundle, cdir, spec, payload)
             phases.mark("save")
         except BaseException:
             self._records.pop(config.id, None)
@@ -303,12 +282,14 @@ class RuncRuntime:
             cdir = self._dir(cid)
             if record.state.status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
                 record.state.restart_count += 1
-            await self._runc_delete_leftover(cid)  # of the previous run or a crash
-            phases.mark("leftover")
-            await asyncio.to_thread(files.clear_exit_files, cdir, cid)
-            phases.mark("exit_files")
-            await ContainerLayer(record.config.lower_dirs, cdir.base).mount()
-            phases.mark("mount")
+            layer = ContainerLayer(record.config.lower_dirs, cdir.base)
+            leftover = self.runc_root / cid
+            if await asyncio.to_thread(_prepare_start, leftover, cdir, cid, layer):
+                # runc still has the previous run's (or a crash's) container: delete it
+                # first, then clear what its end may have written.
+                await self._runc_delete_leftover(cid)
+                await asyncio.to_thread(_prepare_start, None, cdir, cid, layer)
+            phases.mark("prepare")
             self._event(cid).clear()
             # One runc (`run --detach`) unless an attach waits for this start: that one
             # must be connected between create and start to see the first output.
@@ -322,6 +303,7 @@ class RuncRuntime:
                     container_id=cid,
                     paths=cdir.conmon_paths(),
                     stdio=StdioMode(config.tty, config.open_stdin, config.stdin_once),
+                    make_dirs=False,
                 )
                 record.conmon_pid = conmon_pid
                 phases.mark("conmon_run" if one_exec else "conmon_create")
@@ -766,6 +748,69 @@ def container_log_policy(default: LogPolicy, config: ContainerSpec) -> LogPolicy
         max_size=max(4096, config.log_max_size or default.max_size),
         max_files=config.log_max_files or default.max_files,
     )
+
+
+def _etc_files(cdir: ContainerDir) -> EtcFiles:
+    return EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
+
+
+def _write_etc_blocking(cdir: ContainerDir, spec: ContainerSpec, fresh: bool) -> None:
+    endpoint = spec.endpoint
+    files.write_etc_files(
+        _etc_files(cdir),
+        spec.hostname or spec.id[:12],
+        spec.network,
+        endpoint.ip_address if endpoint else "",
+        spec.name,
+        endpoint.nameserver if endpoint else "",
+        files.EtcExtras(spec.extra_hosts, spec.dns_servers, spec.dns_search),
+        fresh=fresh,
+    )
+
+
+def _lay_out(
+    cdir: ContainerDir, layer: ContainerLayer, config: ContainerSpec
+) -> tuple[Path, str, str]:
+    """A new container's directories, its rootfs mounted and its /etc files, in one
+    thread hop (blocking); returns the rootfs and its passwd and group text.
+
+    Fails when the directory exists (an id in use). Each directory made once, without
+    ``parents`` probing: the containers' directory exists (``recover``).
+    """
+    try:
+        os.mkdir(cdir.base)
+    except FileNotFoundError:  # the containers' directory removed under us
+        cdir.base.mkdir(parents=True)
+    os.mkdir(cdir.bundle)
+    os.mkdir(cdir.etc)
+    rootfs = layer.mount_blocking()
+    passwd, group = files.read_user_db(rootfs)
+    _write_etc_blocking(cdir, config, fresh=True)
+    return rootfs, passwd, group
+
+
+def _write_bundle(cdir: ContainerDir, spec: dict[str, object], record: bytes) -> None:
+    """config.json, then the record that makes the container exist (blocking).
+
+    config.json in place (:func:`files.write_new`): no record exists yet, so a crash
+    before the record's rename leaves a directory that recovery discards whole.
+    """
+    files.write_new(cdir.spec, json.dumps(spec).encode())
+    write_atomic(cdir.record, record)
+
+
+def _prepare_start(
+    leftover: Path | None, cdir: ContainerDir, cid: str, layer: ContainerLayer
+) -> bool:
+    """Before a start, in one thread hop (blocking): True, doing nothing, when runc's state
+    ``leftover`` exists; else the previous run's exit files cleared, the rootfs mounted
+    and conmon's directories made."""
+    if leftover is not None and leftover.exists():
+        return True
+    files.clear_exit_files(cdir, cid)
+    layer.mount_blocking()
+    make_conmon_dirs(cdir.conmon_paths())
+    return False
 
 
 def _move_aside(source: Path, destination: Path) -> None:

@@ -52,6 +52,7 @@ from dockyard.controller.network_map import NetworkMapper
 from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.orchestrators.carry import PlanningCarry
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.peers import ControllerDirectory
 from dockyard.controller.reader_supervisor import ReaderProcess, ReaderStartError, setup_for
@@ -113,6 +114,9 @@ class Controller:
         self.state: ClusterState | None = None
         self.board = SnapshotBoard()  # the view's snapshots, for the read API
         self.view: ClusterState | None = None
+        # What the orchestrator of this controller's last term left to plan (kept, as
+        # the view is, for its next term).
+        self._planning: PlanningCarry | None = None
         """This controller's view, kept by a watch whether it leads or not: a term starts
         from it (`state` is it while this controller leads, None otherwise)."""
         self.reader: ReaderProcess | None = None
@@ -545,7 +549,9 @@ class Controller:
         self.scheduling = SchedulingLoop(
             store, state, config.strategy, self.metrics.observe_scheduling_round
         )
-        orchestrator = Orchestrator(store, state, config.node_down_grace, _eligible)
+        if self._planning is None or self._planning.state is not state:
+            self._planning = PlanningCarry(state)
+        orchestrator = Orchestrator(store, state, config.node_down_grace, _eligible, self._planning)
         mapper = NetworkMapper(
             state,
             post,

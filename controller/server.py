@@ -114,11 +114,11 @@ class Controller:
         self.state: ClusterState | None = None
         self.board = SnapshotBoard()  # the view's snapshots, for the read API
         self.view: ClusterState | None = None
+        """This controller's view, kept by a watch whether it leads or not: a term starts
+        from it (`state` is it while this controller leads, None otherwise)."""
         # What the orchestrator of this controller's last term left to plan (kept, as
         # the view is, for its next term).
         self._planning: PlanningCarry | None = None
-        """This controller's view, kept by a watch whether it leads or not: a term starts
-        from it (`state` is it while this controller leads, None otherwise)."""
         self.reader: ReaderProcess | None = None
         """The read port's process (--read-listen), controller/reader_supervisor.py."""
         self._own_writes: RevisionCell | None = None

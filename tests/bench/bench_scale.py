@@ -362,7 +362,7 @@ class TermLoss:
         self.old_revision = 0
         self.cpu_at_loss = 0.0
         self.next_term = 0.0
-        self.placed_at_term = -1
+        self.placed_at_loss = -1
         self.first_placement = 0.0
         self.on_loss: Callable[[], object] = lambda: None
 
@@ -388,12 +388,16 @@ class TermLoss:
             if placed >= self.after:
                 self._lose(now)
             return
+        if self.placed_at_loss < 0:
+            # The first count after the revocation: the old term's writes are fenced
+            # from it on, so a placement after it (once a new term is) is the new term's.
+            self.placed_at_loss = placed
+            return
         if not self.next_term:
             revision, _ = self._leader()
             if revision and revision != self.old_revision:
                 self.next_term = now - self.lost_at
-                self.placed_at_term = placed
-        elif not self.first_placement and placed > self.placed_at_term:
+        if self.next_term and not self.first_placement and placed > self.placed_at_loss:
             self.first_placement = now - self.lost_at
 
     def _lose(self, now: float) -> None:

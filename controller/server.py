@@ -52,6 +52,7 @@ from dockyard.controller.network_map import NetworkMapper
 from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
+from dockyard.controller.orchestrators.carry import PlanningCarry
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.peers import ControllerDirectory
 from dockyard.controller.reader_supervisor import ReaderProcess, ReaderStartError, setup_for
@@ -115,6 +116,9 @@ class Controller:
         self.view: ClusterState | None = None
         """This controller's view, kept by a watch whether it leads or not: a term starts
         from it (`state` is it while this controller leads, None otherwise)."""
+        # What the orchestrator of this controller's last term left to plan (kept, as
+        # the view is, for its next term).
+        self._planning: PlanningCarry | None = None
         self.reader: ReaderProcess | None = None
         """The read port's process (--read-listen), controller/reader_supervisor.py."""
         self._own_writes: RevisionCell | None = None
@@ -527,7 +531,14 @@ class Controller:
             term_started=became_leader,
         )
         post = self._leader_post()
-        assigner = Assigner(state, post, store, self.sessions.takes_deltas, self.cipher)
+        assigner = Assigner(
+            state,
+            post,
+            store,
+            self.sessions.takes_deltas,
+            self.cipher,
+            connected=self.sessions.is_open,
+        )
         transitions = self.metrics.task_transitions
         writer = StatusWriter(
             store,
@@ -538,7 +549,9 @@ class Controller:
         self.scheduling = SchedulingLoop(
             store, state, config.strategy, self.metrics.observe_scheduling_round
         )
-        orchestrator = Orchestrator(store, state, config.node_down_grace, _eligible)
+        if self._planning is None or self._planning.state is not state:
+            self._planning = PlanningCarry(state)
+        orchestrator = Orchestrator(store, state, config.node_down_grace, _eligible, self._planning)
         mapper = NetworkMapper(
             state,
             post,
@@ -572,10 +585,11 @@ class Controller:
 
     async def _greet_sessions(self, state: ClusterState) -> None:
         """Sessions opened as the term began (before the loops were hooked) get their
-        network map and full assignment set now."""
+        network map and full assignment set now (not those the last term closed, still
+        ending: their agents' next sessions are greeted)."""
         term = self.term
         assert term is not None and term.assigner is not None
-        for node_id in self.sessions.node_ids():
+        for node_id in self.sessions.open_node_ids():
             if term.network_mapper is not None and (node := state.nodes.get(node_id)):
                 term.network_mapper.send_now(node)
             await term.assigner.send_now(node_id)

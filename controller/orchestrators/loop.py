@@ -20,6 +20,7 @@ from dockyard.controller.network_addresses import (
     next_task_address,
     used_addresses,
 )
+from dockyard.controller.orchestrators.carry import PlanningCarry
 from dockyard.controller.orchestrators.global_mode import Eligible, reconcile_global
 from dockyard.controller.orchestrators.jobs import reconcile_job
 from dockyard.controller.orchestrators.plan import Plan
@@ -34,7 +35,7 @@ from dockyard.controller.orchestrators.settled import (
 from dockyard.controller.orchestrators.tasks import shut_down
 from dockyard.controller.orchestrators.updater import UpdateProgress
 from dockyard.controller.state import ChangeTracker, ClusterState
-from dockyard.controller.store import SERVICES, TASKS, Op, Store, StoreError
+from dockyard.controller.store import SERVICES, TASKS, LeadershipLost, Op, Store, StoreError
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Service, Task
 
@@ -45,9 +46,17 @@ DEBOUNCE = 0.05
 
 class Orchestrator:
     def __init__(
-        self, store: Store, state: ClusterState, down_grace: float, eligible: Eligible
+        self,
+        store: Store,
+        state: ClusterState,
+        down_grace: float,
+        eligible: Eligible,
+        carry: PlanningCarry | None = None,
     ) -> None:
+        """`carry`: what the controller's last term left to plan (orchestrators/carry.py);
+        None: every run plans every service first."""
         self._store = store
+        self._carry = carry
         self._state = state
         self._down_grace = down_grace
         self._eligible = eligible
@@ -61,19 +70,37 @@ class Orchestrator:
     async def run(self) -> None:
         """Reconcile until cancelled. A store error is retried here; LeadershipLost
         and anything else end the run (its supervisor restarts it or ends the term)."""
-        with self._state.following(status_changes=False, task_ids=True) as (changed, tracker):
-            await self._run(changed, tracker)
+        carry = self._carry or PlanningCarry(self._state)
+        changed = self._state.subscribe()
+        try:
+            await self._run(changed, carry)
+        except Exception as exc:
+            if not isinstance(exc, LeadershipLost):
+                carry.forget()  # a crash: what was planned is not known
+            raise
+        finally:
+            self._state.unsubscribe(changed)
+            carry.taken(set(self._wake_at))  # due re-plans: the next term's
+            if self._carry is None:
+                carry.close()
 
-    async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
-        self._created.clear()
-        self._node_keys = {i: node_key(n) for i, n in self._state.nodes.items()}
-        dirty = set(self._state.services) | {t.service_id for t in self._state.tasks.values()}
+    async def _run(self, changed: asyncio.Event, carry: PlanningCarry) -> None:
+        tracker, dirty, since = carry.begin()
+        # Both updated in place: the next term reads them.
+        self._node_keys, self._created = carry.node_keys, carry.created
+        if since is not None:
+            dirty |= self._unsettled(since)
+            if self._nodes_changed(since.nodes):
+                dirty |= set(self._state.services)
         while True:
+            carry.taken(dirty)
             try:
                 await self._round(dirty)
             except StoreError as exc:
                 log.warning("orchestrator.store_error", error=str(exc))
                 await asyncio.sleep(0.5)
+            else:
+                carry.planned(dirty)
             await self._sleep_until_change(changed)
             await asyncio.sleep(DEBOUNCE)
             changed.clear()

@@ -68,10 +68,13 @@ def own_writes_only(
 
 
 def node_key(node: Node) -> bytes:
-    """What planning reads of a node: its record but for the heartbeat time and the
-    record's own version and stamps (persisted heartbeats then plan nothing again)."""
+    """What planning reads of a node: its record but for the heartbeat time, the
+    session's remote address and the record's own version and stamps (persisted
+    heartbeats then plan nothing again, nor does an agent's new session: at a new term
+    every agent registers again, from a new port)."""
     copy = Node()
     copy.CopyFrom(node)
     copy.ClearField("meta")
     copy.status.ClearField("last_heartbeat")
+    copy.status.ClearField("remote_address")
     return copy.SerializeToString(deterministic=True)

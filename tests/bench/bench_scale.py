@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -346,8 +347,94 @@ def has_read_port(flag: str = "--read-listen") -> bool:
     return flag in found.stdout
 
 
+class TermLoss:
+    """`--lose-term-after N`: once N tasks are placed, the leader's lease is revoked in
+    etcd (the leader key goes with it: the term ends as on a lost renewal, and the
+    controller campaigns again). Times, from the loss: the next term (the leader key
+    created again), that term's first placement, all RUNNING; and the controller's CPU
+    from the loss to all RUNNING."""
+
+    def __init__(self, after: int, etcdctl: list[str], cpu: Callable[[], float]) -> None:
+        self.after = after
+        self.etcdctl = etcdctl
+        self.cpu = cpu
+        self.lost_at = 0.0
+        self.old_revision = 0
+        self.cpu_at_loss = 0.0
+        self.next_term = 0.0
+        self.placed_at_loss = -1
+        self.first_placement = 0.0
+        self.on_loss: Callable[[], object] = lambda: None
+
+    def _leader(self) -> tuple[int, int]:
+        """The leader key's (create revision, lease), (0, 0) when absent."""
+        found = subprocess.run(
+            [*self.etcdctl, "get", "/dockyard/leader/current", "-w", "json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        kvs = json.loads(found.stdout).get("kvs", [])
+        if not kvs:
+            return 0, 0
+        return int(kvs[0].get("create_revision", 0)), int(kvs[0].get("lease", 0))
+
+    def poll(self, placed: int) -> None:
+        """Called with the number of placed tasks at each poll of the run."""
+        if not self.after:
+            return
+        now = time.monotonic()
+        if not self.lost_at:
+            if placed >= self.after:
+                self._lose(now)
+            return
+        if self.placed_at_loss < 0:
+            # The first count after the revocation: the old term's writes are fenced
+            # from it on, so a placement after it (once a new term is) is the new term's.
+            self.placed_at_loss = placed
+            return
+        if not self.next_term:
+            revision, _ = self._leader()
+            if revision and revision != self.old_revision:
+                self.next_term = now - self.lost_at
+        if self.next_term and not self.first_placement and placed > self.placed_at_loss:
+            self.first_placement = now - self.lost_at
+
+    def _lose(self, now: float) -> None:
+        revision, lease = self._leader()
+        if not lease:
+            return  # no leader at this moment: try at the next poll
+        self.old_revision = revision
+        self.cpu_at_loss = self.cpu()
+        subprocess.run(
+            [*self.etcdctl, "lease", "revoke", f"{lease:x}"],
+            capture_output=True,
+            check=True,
+        )
+        self.lost_at = now
+        self.on_loss()
+        print(f"  the leader's lease {lease:x} revoked with {self.after}+ tasks placed")
+
+    def result(self, end: float) -> dict[str, float]:
+        if not self.lost_at:
+            return {}
+        found = {
+            "loss_to_term_s": round(self.next_term, 2),
+            "loss_to_first_placement_s": round(self.first_placement, 2),
+            "loss_to_running_s": round(end - self.lost_at, 2),
+            "loss_controller_cpu_s": round(self.cpu() - self.cpu_at_loss, 1),
+        }
+        print(
+            f"term lost: next term after {found['loss_to_term_s']} s, its first placement "
+            f"after {found['loss_to_first_placement_s']} s, all RUNNING after "
+            f"{found['loss_to_running_s']} s; controller CPU since the loss "
+            f"{found['loss_controller_cpu_s']} s"
+        )
+        return found
+
+
 def create_and_wait(
-    stub: Any, services: int, per_service: int, timeout: float
+    stub: Any, services: int, per_service: int, timeout: float, loss: TermLoss | None = None
 ) -> tuple[float, float]:
     """Seconds until every task is placed and stored, and until all run."""
     start = time.monotonic()
@@ -368,6 +455,8 @@ def create_and_wait(
             return False
         if not placed_at and info.tasks_total >= total and info.tasks_pending == 0:
             placed_at.append(time.monotonic() - start)
+        if loss is not None:
+            loss.poll(info.tasks_total - info.tasks_pending)
         return bool(info.tasks_running >= total)
 
     wait(all_running, f"{total} tasks RUNNING", timeout, interval=0.2)
@@ -434,10 +523,58 @@ def terms_lost(log: Path) -> int:
     return sum("leadership.lost" in line for line in lines)
 
 
+def profile(pid: int, output: str) -> subprocess.Popen[bytes]:
+    """py-spy recording the controller, raw folded stacks, until SIGINT."""
+    return subprocess.Popen(
+        [
+            *(str(BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "50"),
+            *("--nonblocking", "--format", "raw", "--output", output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def etcdctl(etcd: list[int]) -> list[str]:
+    """etcdctl's command for the embedded etcd: its client URL and, with TLS, the client
+    certificate beside its CA (from etcd's command line; common/etcd_pki.py's names)."""
+    command = ["etcdctl"]
+    for pid in etcd:
+        for arg in psutil.Process(pid).cmdline():
+            if arg.startswith("--listen-client-urls="):
+                command += ["--endpoints", arg.split("=", 1)[1]]
+            if arg.startswith("--trusted-ca-file="):
+                ca = Path(arg.split("=", 1)[1])
+                command += [f"--cacert={ca}", f"--cert={ca.parent / 'client.pem'}"]
+                command += [f"--key={ca.parent / 'client-key.pem'}"]
+    return command
+
+
+def term_loss(
+    args: argparse.Namespace,
+    pid: int,
+    etcd: list[int],
+    reader: list[int],
+    profiling: list[subprocess.Popen[bytes]],
+) -> TermLoss:
+    """The run's term loss (none without --lose-term-after); `--profile` starts now, or
+    with a loss at the loss (the new term's time only)."""
+    loss = TermLoss(
+        args.lose_term_after,
+        etcdctl(etcd),
+        lambda: cpu_seconds([pid]) - cpu_seconds(etcd) - cpu_seconds(reader),
+    )
+    if args.profile and args.lose_term_after:
+        loss.on_loss = lambda: profiling.append(profile(pid, args.profile))
+    elif args.profile:
+        profiling.append(profile(pid, args.profile))
+    return loss
+
+
 def run_once(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="dockyard-scale-"))
     processes: list[subprocess.Popen[bytes]] = []
-    profiler: subprocess.Popen[bytes] | None = None
+    profiling: list[subprocess.Popen[bytes]] = []
     try:
         http_reads: dict[str, str] | None = {} if args.http_reads else None
         pid, stub, fleet, reads = start_cluster(
@@ -451,21 +588,14 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
             sampler.http.append((name, url))
             sampler.latencies[name] = []
         sampler.start()
-        if args.profile:
-            profiler = subprocess.Popen(
-                [
-                    *(str(BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "50"),
-                    *("--nonblocking", "--format", "raw", "--output", args.profile),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
         reader = reader_pids(pid)
+        loss = term_loss(args, pid, etcd, reader, profiling)
         before = {"controller": cpu_seconds([pid]), "etcd": cpu_seconds(etcd)}
         before["fleet"] = cpu_seconds(fleet)
         before["reader"] = cpu_seconds(reader)
         per_service = args.tasks // args.services
-        placed, took = create_and_wait(stub, args.services, per_service, args.timeout)
+        placed, took = create_and_wait(stub, args.services, per_service, args.timeout, loss)
+        end = time.monotonic()
         cpu = {"controller": cpu_seconds([pid]), "etcd": cpu_seconds(etcd)}
         cpu["fleet"] = cpu_seconds(fleet)
         cpu["reader"] = cpu_seconds(reader)
@@ -478,12 +608,13 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         sampler.join(5)
         result = report(args.nodes, per_service * args.services, placed, took, sampler, cpu)
         result.update(status_writes(per_service * args.services))
+        result.update(loss.result(end))
         result["terms_lost"] = terms_lost(root / "controller.log")
         print(f"leader terms lost during the run: {result['terms_lost']}")
         result["samples"] = sampler.latencies  # after the JSON line: for the pooled percentiles
         return result
     finally:
-        if profiler is not None:
+        for profiler in profiling:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
         for process in reversed(processes):
@@ -516,6 +647,13 @@ def main() -> None:
         "--read-http-listen (when the code has it), alternating, in the same run",
     )
     parser.add_argument(
+        "--lose-term-after",
+        type=int,
+        default=0,
+        help="revoke the leader's lease once this many tasks are placed (a lost term), "
+        "and time the next term's first placement and all RUNNING from the loss",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1, help="baseline and this tree, alternating; medians"
     )
     args = parser.parse_args()
@@ -537,6 +675,10 @@ def main() -> None:
         "seconds_to_placed",
         "seconds_to_running",
         "controller_cpu_seconds",
+        "loss_to_term_s",
+        "loss_to_first_placement_s",
+        "loss_to_running_s",
+        "loss_controller_cpu_s",
         "status_writes_per_task",
         "service_ls_p50_ms",
         "service_ls_p99_ms",

@@ -150,3 +150,16 @@ def test_a_persisted_heartbeat_does_not_change_what_planning_reads_of_a_node() -
     assert node_key(beat) == node_key(before)
     drained = node("a", availability=NodeSpec.DRAIN)
     assert node_key(drained) != node_key(before)
+
+
+def test_a_reconnection_does_not_change_what_planning_reads_of_a_node() -> None:
+    """A new term closes every session; each agent's next one registers from a new
+    port. Planning never reads it: 1,000 reconnections must not re-plan every service."""
+    before = node("a")
+    before.status.remote_address = "ipv4:10.0.0.5:40112"
+    again = node("a")
+    again.status.remote_address = "ipv4:10.0.0.5:51877"
+    assert node_key(again) == node_key(before)
+    moved = node("a")
+    moved.status.message = "node is down"
+    assert node_key(moved) != node_key(before)

@@ -1,7 +1,7 @@
 """What a new leader term costs when the view is current (`bench_scale.py
 --lose-term-after`): at a term's start every agent's session is closed and opens again,
-so the new term must not pay for the nodes that have not reconnected yet, and must not
-take the reconnections for changes to plan."""
+so the new term must not take the reconnections for changes to plan, and plans only
+what the last term left and what changed since."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from dockyard.common.etcd_server import EtcdServer
+from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators.carry import PlanningCarry
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.state import ClusterState
@@ -19,6 +20,13 @@ from dockyard.v1.workloads_pb2 import Service, Task, UpdateStatus
 from tests.orchestrators.helpers import is_live, node, service
 from tests.polling import wait_until
 from tests.views import watched_view
+
+
+def placed(task_id: str, node_id: str) -> Task:
+    record = Task(id=task_id, service_id="s1", node_id=node_id)
+    record.status.state = TaskState.ASSIGNED
+    record.desired_state = TaskState.RUNNING
+    return record
 
 
 def services_view(*service_ids: str) -> ClusterState:

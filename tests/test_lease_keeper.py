@@ -248,9 +248,9 @@ class Store:
 
 keeper = LeaseKeeper(Store(), %d, Fence(%r, %d), %d, time.monotonic() + %f, LeaderRecord())
 keeper.start()
-# The keeper's pipe outlives this process (a sleeper holds it): only the kernel's
+# The keeper's pipes outlive this process (a sleeper holds them): only the kernel's
 # PR_SET_PDEATHSIG ends the keeper when this process dies.
-holder = subprocess.Popen(["sleep", "60"], pass_fds=(keeper._ticks,))
+holder = subprocess.Popen(["sleep", "60"], pass_fds=(keeper._ticks, keeper._reports))
 print(keeper.pid, holder.pid, flush=True)
 while True:
     keeper.tick()

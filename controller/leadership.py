@@ -101,6 +101,12 @@ class Leadership:
             return False
         return time.monotonic() < self._lease_expiry() - EXPIRY_MARGIN
 
+    @property
+    def keeper_pid(self) -> int | None:
+        """The term's lease keeper process (None: no term, or none started)."""
+        keeper = self._keeper
+        return keeper.pid if keeper is not None else None
+
     def _lease_expiry(self) -> float:
         keeper = self._keeper
         return max(self._expires, keeper.expires) if keeper is not None else self._expires

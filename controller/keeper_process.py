@@ -29,6 +29,7 @@ import os
 import select
 import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -41,6 +42,8 @@ EXPIRY_MARGIN = 1.0
 # Logged when the keeper woke this much later than it meant to (the host was starved).
 OVERSLEPT = 0.1
 TICK = b"."
+# Renewals asked and not yet answered, at most (each has its own connection).
+ASKS_IN_FLIGHT = 3
 _PR_SET_PDEATHSIG = 1
 
 
@@ -72,44 +75,56 @@ def encode(pem: bytes | None) -> str | None:
 
 
 class Keeper:
-    """Renews the lease while the controller ticks, reporting each success."""
+    """Renews the lease while the controller ticks, reporting each success.
 
-    def __init__(self, setup: KeeperSetup, client: GatewayClient, ticks: int, out: int) -> None:
+    An ask every (TTL - margin)/3, timed from the previous ask (not from its answer), and
+    the asks overlap: each runs on a thread of its own with its own connection (up to
+    ASKS_IN_FLIGHT), and may take until its own renewal would be worth nothing (asked +
+    TTL - margin), so one late answer does not leave the next ask only the rest of the
+    window. An answer counts only while the window (the latest expiry less the margin)
+    is still open when it comes; the expiry it gives is its ask's time plus the TTL.
+    """
+
+    def __init__(
+        self, setup: KeeperSetup, clients: list[GatewayClient], ticks: int, out: int
+    ) -> None:
         self._setup = setup
         self._log = _Log(lease=f"{setup.lease:x}")
-        self._client = client
+        self._idle = list(clients)
         self._ticks = ticks
         self._out = out
         self._poller = select.epoll()
         self._poller.register(ticks, select.EPOLLIN)
+        self._lock = threading.Lock()
+        self._done = threading.Event()  # the key is not ours: no more asks
         self.expires = setup.expires
         self.ticked = time.monotonic()
 
     def run(self) -> None:
-        """Renew at once (the term's grant was asked before this process started, which
-        may have taken a while on a loaded host), then TTL/3 after each answer."""
-        ttl = self._setup.ttl
-        pause = 0.0
-        while True:
-            left = self.expires - EXPIRY_MARGIN - time.monotonic()
-            wake = time.monotonic() + max(0.0, min(pause, left))
-            pause = ttl / 3
+        """Ask at once (the term's grant was asked before this process started, which
+        may have taken a while on a loaded host), then every (TTL - margin)/3."""
+        period = (self._setup.ttl - EXPIRY_MARGIN) / 3
+        wake = time.monotonic()
+        while not self._done.is_set():
             if not self._wait(wake):
                 return
-            if (overslept := time.monotonic() - wake) > OVERSLEPT:
-                self._log.warning("leadership.keeper_overslept", seconds=round(overslept, 3))
-            if not self._refresh():
+            now = time.monotonic()
+            if now - wake > OVERSLEPT:
+                self._log.warning("leadership.keeper_overslept", seconds=round(now - wake, 3))
+            if not self._ask(now):
                 return
+            wake = max(wake + period, now)
 
     def _wait(self, until: float) -> bool:
         """Read the controller's ticks until `until` (relative epoll timeouts: they
-        follow the monotonic clock); False when its pipe ended."""
-        while True:
-            left = max(0.0, until - time.monotonic())
+        follow the monotonic clock); False when its pipe ended or the term is over."""
+        while not self._done.is_set():
+            left = max(0.0, min(until - time.monotonic(), OVERSLEPT))
             if self._poller.poll(left) and not self._read_ticks():
                 return False
             if time.monotonic() >= until:
                 return True
+        return False
 
     def _read_ticks(self) -> bool:
         try:
@@ -121,23 +136,33 @@ class Keeper:
         self.ticked = time.monotonic()
         return True
 
-    def _refresh(self) -> bool:
-        """One renewal; False when the keeper is done (the key is not ours, the
-        controller's loop hung, or the lease's time is up)."""
-        asked = time.monotonic()
+    def _ask(self, asked: float) -> bool:
+        """Start one renewal; False when the keeper is done (the controller's loop hung,
+        or the lease's time is up)."""
         if asked - self.ticked > self._setup.stall_limit:
             self._report(lost="leadership.loop_stalled")
             return False
-        left = self.expires - EXPIRY_MARGIN - asked
+        with self._lock:
+            left = self.expires - EXPIRY_MARGIN - asked
+            client = self._idle.pop() if self._idle else None
         if left <= 0:
             self._log.warning("leadership.keeper_late", late=round(-left, 3), slept_past="window")
             return False
+        if client is None:
+            self._log.warning("leadership.asks_in_flight", count=ASKS_IN_FLIGHT)
+            return True
+        threading.Thread(target=self._renew, args=(client, asked), daemon=True).start()
+        return True
+
+    def _renew(self, client: GatewayClient, asked: float) -> None:
+        """One renewal and key check, on a thread of its own, until the ask's own
+        renewal would be worth nothing (asked + TTL - margin)."""
         setup = self._setup
+        deadline = asked + setup.ttl - EXPIRY_MARGIN
         try:
-            alive = self._client.keep_alive(setup.lease, left)
+            alive = client.keep_alive(setup.lease, deadline - time.monotonic())
             renewed = time.monotonic()
-            left = self.expires - EXPIRY_MARGIN - renewed
-            ours = alive and left > 0 and self._holds(left)
+            ours = alive and self._holds(client, deadline)
         except Exception as exc:  # any failure is a missed refresh
             self._log.warning(
                 "leadership.refresh_failed",
@@ -145,35 +170,47 @@ class Keeper:
                 took=round(time.monotonic() - asked, 3),
                 window=round(self.expires - EXPIRY_MARGIN - asked, 3),
             )
-            return True
-        took = time.monotonic() - asked
+            return
+        finally:
+            with self._lock:
+                self._idle.append(client)
+        self._answered(asked, renewed, alive, ours)
+
+    def _answered(self, asked: float, renewed: float, alive: bool, ours: bool) -> None:
+        """Count an answer that came while the window is open; a lease or key found
+        gone in time ends the term."""
+        setup = self._setup
+        with self._lock:
+            took = time.monotonic() - asked
+            window = self.expires - EXPIRY_MARGIN
+            in_time = time.monotonic() < window
+            if ours and in_time:
+                self.expires = max(self.expires, asked + setup.ttl)
+                self._report(expires=self.expires, took=round(took, 4))
         if took > setup.ttl / 6:
             self._log.warning(
                 "leadership.refresh_slow",
                 took=round(took, 3),
                 keep_alive=round(renewed - asked, 3),
-                window=round(self.expires - EXPIRY_MARGIN - asked, 3),
-                ok=ours,
+                window=round(window - asked, 3),
+                ok=ours and in_time,
             )
-        if not ours:
-            if time.monotonic() >= self.expires - EXPIRY_MARGIN:
-                self._log.warning(
-                    "leadership.keeper_late", late=round(took, 3), slept_past="answer"
-                )
-                return False
+        if not in_time:
+            self._log.warning("leadership.keeper_late", late=round(took, 3), slept_past="answer")
+        elif not ours:
             self._log.warning("leadership.key_lost", lease_alive=alive)
             self._report(lost="leadership.key_lost")
-            return False
-        self.expires = asked + setup.ttl
-        self._report(expires=self.expires, took=round(took, 4))
-        return True
+            self._done.set()
 
-    def _holds(self, timeout: float) -> bool:
-        revision = self._client.create_revision(self._setup.fence_key, timeout)
+    def _holds(self, client: GatewayClient, deadline: float) -> bool:
+        revision = client.create_revision(self._setup.fence_key, deadline - time.monotonic())
         return revision == self._setup.fence_revision
 
     def _report(self, **fields: object) -> None:
-        os.write(self._out, json.dumps(fields).encode() + b"\n")
+        try:
+            os.write(self._out, json.dumps(fields).encode() + b"\n")
+        except BrokenPipeError:  # the controller stopped reading: its term is over
+            self._done.set()
 
 
 def main() -> None:
@@ -184,17 +221,16 @@ def main() -> None:
     setup = KeeperSetup.from_line(setup_line)
     _die_with_parent(setup.parent)
     credentials = {k: _decode(v) for k, v in setup.etcd_credentials.items()}
-    client = GatewayClient(setup.etcd_endpoints, credentials, setup.etcd_server_name)
+    clients = [
+        GatewayClient(setup.etcd_endpoints, credentials, setup.etcd_server_name)
+        for _ in range(ASKS_IN_FLIGHT)
+    ]
     os.set_blocking(0, False)
-    keeper = Keeper(setup, client, 0, 1)
+    keeper = Keeper(setup, clients, 0, 1)
     if ticks:
         keeper.ticked = time.monotonic()
-    try:
-        keeper.run()
-    except BrokenPipeError:
-        pass  # the controller stopped reading: its term is over
-    finally:
-        client.close()
+    keeper.run()
+    # The asks still in flight are daemon threads: they end with the process.
 
 
 class _Log:

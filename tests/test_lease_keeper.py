@@ -39,6 +39,7 @@ SAMPLE = 0.02  # how often the test looks at what the keeper claims
 # The lease is granted this much longer than TTL: time for the keeper's process to start
 # on a loaded host (a term's loop renewer covers that time in the controller).
 GRACE = 3.0
+HANG = 3 * TTL  # how late a hung renewal is answered
 FENCE = Fence("/dockyard/leader/current", 7)
 LEASE = 0x1234
 
@@ -48,6 +49,7 @@ class SlowEtcd:
     """A lease in a fake etcd whose renewals are answered `delay` seconds after asked."""
 
     delay: float
+    hang: int = -1  # this renewal (counted from 0) is answered only after HANG seconds
     ttl: float = TTL
     expires: float = field(default_factory=lambda: time.monotonic() + TTL + GRACE)
     renewals: list[float] = field(default_factory=list)  # when each one was handled
@@ -87,7 +89,8 @@ class FakeGateway:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                with contextlib.suppress(OSError):  # a hung answer's asker is gone
+                    self.wfile.write(data)
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -101,8 +104,10 @@ class FakeGateway:
     def answer(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         if path == "/v3/lease/keepalive":
             asked = time.monotonic()
+            hung = len(self.etcd.renewals) == self.etcd.hang
             alive = self.etcd.handle(asked)
-            time.sleep(max(0.0, asked + self.etcd.delay - time.monotonic()))
+            delay = HANG if hung else self.etcd.delay
+            time.sleep(max(0.0, asked + delay - time.monotonic()))
             ttl = str(int(self.etcd.ttl)) if alive and int(body["ID"]) == LEASE else "0"
             return {"result": {"ID": body["ID"], "TTL": ttl}}
         key = base64.b64decode(body["key"]).decode()
@@ -153,8 +158,10 @@ def _watch(etcd: SlowEtcd, keeper: LeaseKeeper, seconds: float) -> tuple[float, 
     return stopped, unsafe
 
 
-def _keeper(gateway: FakeGateway, delay: float, stall_limit: float = 30.0) -> LeaseKeeper:
-    gateway.etcd = SlowEtcd(delay=delay)
+def _keeper(
+    gateway: FakeGateway, delay: float, stall_limit: float = 30.0, hang: int = -1
+) -> LeaseKeeper:
+    gateway.etcd = SlowEtcd(delay=delay, hang=hang)
     store = FakeStore([gateway.endpoint])
     keeper = LeaseKeeper(
         store,  # type: ignore[arg-type]
@@ -177,6 +184,21 @@ def test_prompt_answers_keep_the_term(gateway: FakeGateway) -> None:
         assert not unsafe
         assert not stopped, "the keeper let a promptly renewed lease go"
         assert keeper.renewals and keeper.lost is None
+    finally:
+        asyncio.run(keeper.stop())
+
+
+def test_one_hung_ask_does_not_cost_the_term(gateway: FakeGateway) -> None:
+    """One keep-alive among prompt ones never answered in time: the asks are timed from
+    the previous ask and overlap, so the next ones renew the lease meanwhile (a keeper
+    that waits for each answer before it asks again waited out the window on it and
+    the term was lost)."""
+    keeper = _keeper(gateway, delay=0.0, hang=4)
+    try:
+        stopped, unsafe = _watch(gateway.etcd, keeper, GRACE + 3 * TTL)
+        assert not unsafe
+        assert len(gateway.etcd.renewals) > 4, "the hung ask was not reached"
+        assert not stopped, "one hung ask cost the term"
     finally:
         asyncio.run(keeper.stop())
 

@@ -31,8 +31,11 @@ BUSY_SLICE = 0.05
 
 
 async def _probe(endpoint: str, seconds: float, ttl: int) -> dict[str, Any]:
+    from dockyard.common import logging as dlogging
     from dockyard.controller.leadership import Leadership, LeaseKeeper
     from dockyard.controller.store import Store
+
+    dlogging.configure("warning", json=True)  # on stderr: the terms' losses, read after
 
     took: list[float] = []
     if not _keeper_reports(LeaseKeeper):

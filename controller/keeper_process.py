@@ -1,11 +1,13 @@
 """The lease keeper's process: the leader's lease renewed, and its key checked, from a
 process of its own, so that no renewal waits for the controller's GIL.
 
-`python -m dockyard.controller.keeper_process` is started by the leader's term
-(`LeaseKeeper`, controller/leadership.py), which writes one JSON line on its stdin (the
-`KeeperSetup`) and then one byte each time its event loop runs its lease check (a
-tick). The keeper renews the lease over etcd's HTTP gateway (controller/etcd_gateway.py)
-and writes one JSON line on its stdout for each thing the controller must know:
+`python -m dockyard.controller.keeper_process PARENT_PID` is started by the controller
+ahead of a term (`KeeperProcess`, controller/leadership.py: a spare waits, so that a
+term does not wait for a Python process to start on a loaded host); when a term begins
+the controller writes one JSON line on its stdin (the `KeeperSetup`) and then one byte
+each time its event loop runs its lease check (a tick). The keeper renews the lease
+over etcd's HTTP gateway (controller/etcd_gateway.py) and writes one JSON line on its
+stdout for each thing the controller must know:
 
 - `{"expires": T, "took": S}`: a renewal was asked at T - TTL (the controller's
   monotonic clock: CLOCK_MONOTONIC is the host's, shared by both processes) and the key
@@ -42,6 +44,8 @@ EXPIRY_MARGIN = 1.0
 # Logged when the keeper woke this much later than it meant to (the host was starved).
 OVERSLEPT = 0.1
 TICK = b"."
+# The keeper's nice value (when the controller may lower it: root, CAP_SYS_NICE).
+KEEPER_NICE = -10
 # Renewals asked and not yet answered, at most (each has its own connection).
 ASKS_IN_FLIGHT = 3
 _PR_SET_PDEATHSIG = 1
@@ -51,7 +55,6 @@ _PR_SET_PDEATHSIG = 1
 class KeeperSetup:
     """What the leader's term tells its keeper (PEMs base64-encoded)."""
 
-    parent: int
     lease: int
     fence_key: str
     fence_revision: int
@@ -215,11 +218,13 @@ class Keeper:
 
 def main() -> None:
     """The keeper process's entry point."""
+    _die_with_parent(int(sys.argv[1]))
+    _raise_priority()
+    # A spare keeper waits here until its controller is elected.
     setup_line, ticks = _read_setup(0)
     if setup_line is None:
         sys.exit(0)  # the controller went away before it said anything
     setup = KeeperSetup.from_line(setup_line)
-    _die_with_parent(setup.parent)
     credentials = {k: _decode(v) for k, v in setup.etcd_credentials.items()}
     clients = [
         GatewayClient(setup.etcd_endpoints, credentials, setup.etcd_server_name)
@@ -267,6 +272,14 @@ def _die_with_parent(parent: int) -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # it died before the request took effect
         os._exit(0)
+
+
+def _raise_priority() -> None:
+    """Ask for a CPU before the host's other work when a renewal is due: the keeper
+    needs little, but on a loaded host it woke 0.1-0.4 s late at nice 0 (a process of
+    its own shares no GIL, so this priority delays no thread of the controller's)."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, KEEPER_NICE)
 
 
 def _decode(value: str | None) -> bytes | None:

@@ -28,6 +28,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -85,6 +86,7 @@ class Leadership:
         self._lease = 0
         self._expires = 0.0  # monotonic time by which the lease may have expired
         self._keeper: LeaseKeeper | None = None
+        self._spare: KeeperProcess | None = None  # the next term's keeper, started ahead
         # The revision the leader key was last read at: its term (the key is written
         # once per term, so its mod_revision is its create_revision).
         self._leader_revision = 0
@@ -169,6 +171,7 @@ class Leadership:
     async def run(self, lead: Lead) -> None:
         """Campaign; while elected run `lead` beside the lease keep-alive and cancel it
         the moment the term is over; campaign again; until cancelled."""
+        self._start_spare()
         try:
             while not self._closed:
                 try:
@@ -184,7 +187,20 @@ class Leadership:
                 if not self._closed and elected:
                     await asyncio.sleep(self._ttl / 3)
         finally:
-            await self._resign()
+            try:
+                await self._resign()
+            finally:
+                spare, self._spare = self._spare, None
+                if spare is not None:
+                    await spare.stop()
+
+    def _start_spare(self) -> None:
+        """Start the next term's keeper process now, while nothing waits for it."""
+        if self._spare is None and not self._closed:
+            try:
+                self._spare = KeeperProcess.spawn()
+            except OSError as exc:  # the term will try again
+                log.error("leadership.keeper_start_failed", error=_describe(exc))
 
     def close(self) -> None:
         """Campaign no more: `run` returns after the current term, even if its
@@ -308,8 +324,9 @@ class Leadership:
         )
         self._keeper = keeper
         self._key_lost = False
+        spare, self._spare = self._spare, None
         try:
-            keeper.start()
+            keeper.start(spare)
         except OSError as exc:
             log.error("leadership.keeper_start_failed", error=_describe(exc))
         try:
@@ -321,6 +338,7 @@ class Leadership:
             self._expires = self._lease_expiry()
             self._keeper = None
             await keeper.stop()
+            self._start_spare()
 
     async def _watch_lease(self, keeper: LeaseKeeper) -> None:
         while True:
@@ -370,6 +388,51 @@ class Leadership:
                     await self._store.revoke_lease(lease)
 
 
+@dataclass(frozen=True)
+class KeeperProcess:
+    """A lease keeper process (controller/keeper_process.py) and the controller's ends
+    of its pipes; it waits for its term's setup on its stdin."""
+
+    process: subprocess.Popen[bytes]
+    ticks: int  # the write end of its stdin
+    reports: int  # the read end of its stdout
+
+    @classmethod
+    def spawn(cls) -> KeeperProcess:
+        """Start one. Called on the event loop's thread (as asyncio starts its own
+        subprocesses): its PR_SET_PDEATHSIG follows the thread that started it, which
+        must live as long as the controller."""
+        ticks_read, ticks = os.pipe()
+        reports, reports_write = os.pipe()
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dockyard.controller.keeper_process", str(os.getpid())],
+                stdin=ticks_read,
+                stdout=reports_write,
+                close_fds=True,
+            )
+        except OSError:
+            os.close(ticks)
+            os.close(reports)
+            raise
+        finally:
+            os.close(ticks_read)
+            os.close(reports_write)
+        os.set_blocking(ticks, False)
+        os.set_blocking(reports, False)
+        return cls(process, ticks, reports)
+
+    async def stop(self) -> None:
+        """Kill it (it renews no more once this returns), reap it, close the pipes."""
+        for fd in (self.ticks, self.reports):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        # Reaped even if this task is cancelled meanwhile (a term ends in a cancel).
+        await asyncio.shield(asyncio.to_thread(self.process.wait))
+
+
 class LeaseKeeper:
     """Renews one leader lease every TTL/3 from a process of its own
     (controller/keeper_process.py), over etcd's HTTP/JSON gateway, and checks the key is
@@ -396,7 +459,6 @@ class LeaseKeeper:
     ) -> None:
         credentials, server_name = store.client_settings()
         self._setup = KeeperSetup(
-            parent=os.getpid(),
             lease=lease,
             fence_key=fence.key,
             fence_revision=fence.create_revision,
@@ -431,24 +493,11 @@ class LeaseKeeper:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    def start(self) -> None:
-        """Start the keeper process. Called on the event loop's thread (as asyncio's own
-        subprocesses are started): the keeper's PR_SET_PDEATHSIG follows the thread that
-        started it, which must live as long as the controller."""
-        ticks_read, self._ticks = os.pipe()
-        self._reports, reports_write = os.pipe()
-        try:
-            self._process = subprocess.Popen(
-                [sys.executable, "-m", "dockyard.controller.keeper_process"],
-                stdin=ticks_read,
-                stdout=reports_write,
-                close_fds=True,
-            )
-        finally:
-            os.close(ticks_read)
-            os.close(reports_write)
-        os.set_blocking(self._ticks, False)
-        os.set_blocking(self._reports, False)
+    def start(self, spare: KeeperProcess | None = None) -> None:
+        """Give the term to a keeper process: `spare`, started ahead (so the term does
+        not wait for a Python process to start on a loaded host), or a new one."""
+        process = spare if spare is not None else KeeperProcess.spawn()
+        self._process, self._ticks, self._reports = process.process, process.ticks, process.reports
         self._send(self._setup.to_line())
 
     def tick(self) -> None:
@@ -457,15 +506,9 @@ class LeaseKeeper:
     async def stop(self) -> None:
         """End the keeper (it renews no more once this returns) and reap it."""
         process, self._process = self._process, None
-        for fd in (self._ticks, self._reports):
-            if fd >= 0:
-                os.close(fd)
+        if process is not None:
+            await KeeperProcess(process, self._ticks, self._reports).stop()
         self._ticks = self._reports = -1
-        if process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await asyncio.to_thread(process.wait)
 
     def _send(self, data: bytes) -> None:
         if self._ticks < 0:

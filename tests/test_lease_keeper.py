@@ -239,13 +239,13 @@ def test_a_loop_that_stops_ticking_loses_the_term(gateway: FakeGateway) -> None:
 def test_the_keeper_stops_when_its_pipe_ends(gateway: FakeGateway) -> None:
     """The keeper's stdin ending (the term is over, the controller gone) ends it."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "dockyard.controller.keeper_process"],
+        [sys.executable, "-m", "dockyard.controller.keeper_process", str(os.getpid())],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
     )
     try:
         assert process.stdin is not None
-        process.stdin.write(_setup(gateway, os.getpid()).to_line())
+        process.stdin.write(_setup(gateway).to_line())
         process.stdin.flush()
         _wait_for(lambda: len(gateway.etcd.renewals) >= 2, "the keeper to renew", 4 * TTL)
         process.stdin.close()
@@ -308,9 +308,8 @@ def test_a_keeper_whose_controller_dies_stops_renewing(gateway: FakeGateway) -> 
             _kill(pid)
 
 
-def _setup(gateway: FakeGateway, parent: int) -> KeeperSetup:
+def _setup(gateway: FakeGateway) -> KeeperSetup:
     return KeeperSetup(
-        parent=parent,
         lease=LEASE,
         fence_key=FENCE.key,
         fence_revision=FENCE.create_revision,

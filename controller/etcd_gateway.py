@@ -21,10 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-
-class GatewayUnavailable(Exception):
-    """No endpoint answered within the caller's timeout (the Store's callers see it as
-    StoreUnavailable; this module imports nothing of grpc, for the keeper's process)."""
+from dockyard.controller.records import StoreUnavailable
 
 
 class GatewayClient:
@@ -45,11 +42,11 @@ class GatewayClient:
 
     def keep_alive(self, lease_id: int, timeout: float) -> bool:
         """Renew the lease once; False when etcd says it is gone (no TTL in the answer).
-        Raises GatewayUnavailable when no endpoint answered within `timeout` seconds."""
+        Raises StoreUnavailable when no endpoint answered within `timeout` seconds."""
         reply = self._post("/v3/lease/keepalive", {"ID": str(lease_id)}, timeout)
         result = reply.get("result")
         if not isinstance(result, dict):
-            raise GatewayUnavailable(f"etcd lease keep-alive: {_error(reply)}")
+            raise StoreUnavailable(f"etcd lease keep-alive: {_error(reply)}")
         return int(result.get("TTL", 0)) > 0
 
     def create_revision(self, key: str, timeout: float) -> int | None:
@@ -80,7 +77,7 @@ class GatewayClient:
             self._index = index
             return reply
         self._index += 1
-        raise GatewayUnavailable(f"etcd gateway {path}: {'; '.join(errors)}")
+        raise StoreUnavailable(f"etcd gateway {path}: {'; '.join(errors)}")
 
     def _exchange(
         self, index: int, path: str, body: dict[str, Any], deadline: float
@@ -204,4 +201,4 @@ def _error(reply: dict[str, Any]) -> str:
     return f"unexpected answer {reply!r}"[:200]
 
 
-__all__ = ["GatewayClient", "GatewayUnavailable"]
+__all__ = ["GatewayClient"]

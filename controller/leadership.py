@@ -5,10 +5,9 @@ alive; when the leader dies its lease expires and another controller takes
 the key. A controller that restarts with the same ID takes its own stale key
 back at once instead of waiting for the lease to expire.
 
-The lease is kept alive from a process of its own (`LeaseKeeper`,
-controller/keeper_process.py), so a busy event loop (tens of thousands of tasks to plan)
-cannot starve the renewals, not even for the GIL; a follower watches the leader key and
-campaigns the moment it goes.
+The lease is kept alive from a thread of its own (`LeaseKeeper`: its own event loop and
+etcd client), so a busy event loop (tens of thousands of tasks to plan) cannot starve
+the renewals; a follower watches the leader key and campaigns the moment it goes.
 
 Leadership is a fence, not a flag: a term is the leader key as created at one
 revision (`Fence`). The term's loops write through a store fenced with it, so
@@ -21,20 +20,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import subprocess
-import sys
+import threading
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from dockyard.common.timestamps import now_timestamp
-from dockyard.controller.keeper_process import EXPIRY_MARGIN, TICK, KeeperSetup, encode
 from dockyard.controller.store import (
     LEADER,
     Conflict,
@@ -43,25 +35,25 @@ from dockyard.controller.store import (
     NotFound,
     Store,
     StoreError,
+    relative_sleep,
 )
 from dockyard.v1.types_pb2 import LeaderRecord
 
 log = structlog.get_logger(__name__)
 
 LEADER_KEY = "current"
-# EXPIRY_MARGIN (controller/keeper_process.py): a lease is given up this long before
-# etcd could expire it, so the loops have stopped before another controller is elected.
+# A lease is given up this long before etcd could expire it, so the loops have
+# stopped before another controller can be elected.
+EXPIRY_MARGIN = 1.0
 # Bound on giving a lease back when a term ends (etcd may be unreachable).
 RESIGN_TIMEOUT = 2.0
 # The default lease: short, as its renewals run on their own thread.
 DEFAULT_TTL = 3
-# How often the term's task looks at what the keeper process reported.
+# How often the term's task looks at what the keeper thread found.
 HOLD_CHECK = 0.1
 # The keeper stops renewing when the controller's event loop has not run for this long
 # (hung, not merely busy): the lease then expires and another controller leads.
 LOOP_STALL_LIMIT = 30.0
-# The keeper's renewal times kept (`LeaseKeeper.renewals`).
-RENEWALS_KEPT = 1000
 
 Lead = Callable[[Fence], Awaitable[None]]
 """Runs one term's loops, writing through a store fenced with the given Fence, until
@@ -86,7 +78,6 @@ class Leadership:
         self._lease = 0
         self._expires = 0.0  # monotonic time by which the lease may have expired
         self._keeper: LeaseKeeper | None = None
-        self._spare: KeeperProcess | None = None  # the next term's keeper, started ahead
         # The revision the leader key was last read at: its term (the key is written
         # once per term, so its mod_revision is its create_revision).
         self._leader_revision = 0
@@ -102,12 +93,6 @@ class Leadership:
         if not self.is_leader:
             return False
         return time.monotonic() < self._lease_expiry() - EXPIRY_MARGIN
-
-    @property
-    def keeper_pid(self) -> int | None:
-        """The term's lease keeper process (None: no term, or none started)."""
-        keeper = self._keeper
-        return keeper.pid if keeper is not None else None
 
     def _lease_expiry(self) -> float:
         keeper = self._keeper
@@ -171,7 +156,6 @@ class Leadership:
     async def run(self, lead: Lead) -> None:
         """Campaign; while elected run `lead` beside the lease keep-alive and cancel it
         the moment the term is over; campaign again; until cancelled."""
-        self._start_spare()
         try:
             while not self._closed:
                 try:
@@ -187,20 +171,7 @@ class Leadership:
                 if not self._closed and elected:
                     await asyncio.sleep(self._ttl / 3)
         finally:
-            try:
-                await self._resign()
-            finally:
-                spare, self._spare = self._spare, None
-                if spare is not None:
-                    await spare.stop()
-
-    def _start_spare(self) -> None:
-        """Start the next term's keeper process now, while nothing waits for it."""
-        if self._spare is None and not self._closed:
-            try:
-                self._spare = KeeperProcess.spawn()
-            except OSError as exc:  # the term will try again
-                log.error("leadership.keeper_start_failed", error=_describe(exc))
+            await self._resign()
 
     def close(self) -> None:
         """Campaign no more: `run` returns after the current term, even if its
@@ -310,13 +281,12 @@ class Leadership:
         """Keep the lease alive; return when it is lost or the key is not ours.
 
         Two renewers extend the same lease, and the lease holds while either succeeds:
-        the keeper's process (so a busy event loop, or the GIL, cannot starve it) and,
+        the keeper's thread (blocking gRPC, so a busy event loop cannot starve it) and,
         as before, a task on the loop (asyncio's relative timeouts, so a wall clock that
-        jumps cannot stall it). A failed refresh, whatever the error, is retried until
-        the lease could have expired, less a margin. This task reads the keeper's
-        reports every HOLD_CHECK and ends the term when the lease's time is up or either
-        renewer found the key gone. A keeper that could not start or died leaves the
-        term to the loop's renewer (as a keeper thread that stopped did).
+        jumps cannot stall it: blocking gRPC's deadlines and timed thread waits follow
+        the wall clock). A failed refresh, whatever the error, is retried until the
+        lease could have expired, less a margin. This task looks every HOLD_CHECK and
+        ends the term when the lease's time is up or either renewer found the key gone.
         """
         assert self.fence is not None
         keeper = LeaseKeeper(
@@ -324,11 +294,7 @@ class Leadership:
         )
         self._keeper = keeper
         self._key_lost = False
-        spare, self._spare = self._spare, None
-        try:
-            keeper.start(spare)
-        except OSError as exc:
-            log.error("leadership.keeper_start_failed", error=_describe(exc))
+        keeper.start()
         try:
             async with asyncio.TaskGroup() as group:
                 renewing = group.create_task(self._renew_on_loop(self.fence))
@@ -338,7 +304,6 @@ class Leadership:
             self._expires = self._lease_expiry()
             self._keeper = None
             await keeper.stop()
-            self._start_spare()
 
     async def _watch_lease(self, keeper: LeaseKeeper) -> None:
         while True:
@@ -388,63 +353,17 @@ class Leadership:
                     await self._store.revoke_lease(lease)
 
 
-@dataclass(frozen=True)
-class KeeperProcess:
-    """A lease keeper process (controller/keeper_process.py) and the controller's ends
-    of its pipes; it waits for its term's setup on its stdin."""
-
-    process: subprocess.Popen[bytes]
-    ticks: int  # the write end of its stdin
-    reports: int  # the read end of its stdout
-
-    @classmethod
-    def spawn(cls) -> KeeperProcess:
-        """Start one. Called on the event loop's thread (as asyncio starts its own
-        subprocesses): its PR_SET_PDEATHSIG follows the thread that started it, which
-        must live as long as the controller."""
-        ticks_read, ticks = os.pipe()
-        reports, reports_write = os.pipe()
-        try:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "dockyard.controller.keeper_process", str(os.getpid())],
-                stdin=ticks_read,
-                stdout=reports_write,
-                close_fds=True,
-            )
-        except OSError:
-            os.close(ticks)
-            os.close(reports)
-            raise
-        finally:
-            os.close(ticks_read)
-            os.close(reports_write)
-        os.set_blocking(ticks, False)
-        os.set_blocking(reports, False)
-        return cls(process, ticks, reports)
-
-    async def stop(self) -> None:
-        """Kill it (it renews no more once this returns), reap it, close the pipes."""
-        for fd in (self.ticks, self.reports):
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        with contextlib.suppress(ProcessLookupError):
-            self.process.kill()
-        # Reaped even if this task is cancelled meanwhile (a term ends in a cancel).
-        await asyncio.shield(asyncio.to_thread(self.process.wait))
-
-
 class LeaseKeeper:
-    """Renews one leader lease every TTL/3 from a process of its own
-    (controller/keeper_process.py), over etcd's HTTP/JSON gateway, and checks the key is
-    still the term's: nothing it does waits for the controller's event loop or its GIL.
+    """Renews one leader lease every TTL/3 from a thread of its own, over etcd's
+    HTTP/JSON gateway (`Store.renewer`, controller/etcd_gateway.py: one blocking request
+    read on this thread, not a gRPC call's several GIL-bound threads), and checks the
+    key is still the term's: nothing it does waits on the controller's event loop.
 
     `expires` is the monotonic time by which the lease may have expired (the time the
-    last successful refresh was asked, plus the TTL), as the keeper last reported it;
-    `lost` names why the keeper gave up (the key is not ours, the event loop hung). The
-    controller's loop calls `tick` while it runs: a loop that has not for `stall_limit`
-    seconds gets no more renewals. The keeper's reports are read (without blocking)
-    each time `expires` or `lost` is looked at, so what the loop checks is what the
-    keeper knew then, however long the loop was busy before.
+    last successful refresh was asked, plus the TTL); `lost` names why the keeper gave
+    up (the key is not ours, the event loop hung). The controller's loop calls `tick`
+    while it runs: a loop that has not for LOOP_STALL_LIMIT seconds gets no more
+    renewals.
     """
 
     def __init__(
@@ -455,89 +374,92 @@ class LeaseKeeper:
         ttl: int,
         expires: float,
         record: LeaderRecord,
-        stall_limit: float = LOOP_STALL_LIMIT,
     ) -> None:
-        credentials, server_name = store.client_settings()
-        self._setup = KeeperSetup(
-            lease=lease,
-            fence_key=fence.key,
-            fence_revision=fence.create_revision,
-            ttl=ttl,
-            expires=expires,
-            stall_limit=stall_limit,
-            etcd_endpoints=list(store.endpoints),
-            etcd_credentials={k: encode(v) for k, v in credentials.items()},
-            etcd_server_name=server_name,
+        self._renewer = store.renewer()
+        self._lease = lease
+        self._fence = fence
+        self._ttl = ttl
+        self.expires = expires
+        self.lost: str | None = None
+        self._ticked = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"lease-keeper-{lease:x}", daemon=True
         )
-        self._expires = expires
-        self._lost: str | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._ticks = -1  # the write end of the keeper's stdin
-        self._reports = -1  # the read end of its stdout
-        self._pending = b""
-        self.exited = False  # its stdout ended: it renews no more
-        # How long the last renewals took, as the keeper saw them.
-        self.renewals: deque[float] = deque(maxlen=RENEWALS_KEPT)
 
-    @property
-    def expires(self) -> float:
-        self._read_reports()
-        return self._expires
-
-    @property
-    def lost(self) -> str | None:
-        self._read_reports()
-        return self._lost
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
-
-    def start(self, spare: KeeperProcess | None = None) -> None:
-        """Give the term to a keeper process: `spare`, started ahead (so the term does
-        not wait for a Python process to start on a loaded host), or a new one."""
-        process = spare if spare is not None else KeeperProcess.spawn()
-        self._process, self._ticks, self._reports = process.process, process.ticks, process.reports
-        self._send(self._setup.to_line())
+    def start(self) -> None:
+        self._thread.start()
 
     def tick(self) -> None:
-        self._send(TICK)
+        self._ticked = time.monotonic()
 
     async def stop(self) -> None:
-        """End the keeper (it renews no more once this returns) and reap it."""
-        process, self._process = self._process, None
-        if process is not None:
-            await KeeperProcess(process, self._ticks, self._reports).stop()
-        self._ticks = self._reports = -1
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join, 10.0)
 
-    def _send(self, data: bytes) -> None:
-        if self._ticks < 0:
-            return
-        with contextlib.suppress(BlockingIOError, BrokenPipeError):
-            os.write(self._ticks, data)
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                left = self.expires - EXPIRY_MARGIN - time.monotonic()
+                wake = time.monotonic() + max(0.0, min(self._ttl / 3, left))
+                self._sleep(wake - time.monotonic())
+                if (overslept := time.monotonic() - wake) > HOLD_CHECK:
+                    log.warning("leadership.keeper_overslept", seconds=round(overslept, 3))
+                if self._stop.is_set() or not self._refresh():
+                    return
+        finally:
+            self._renewer.close()
 
-    def _read_reports(self) -> None:
-        while self._reports >= 0 and not self.exited:
-            try:
-                data = os.read(self._reports, 65536)
-            except BlockingIOError:
-                return
-            if not data:
-                self.exited = True
-                if self._lost is None:
-                    log.warning("leadership.keeper_exited", pid=self.pid)
-                return
-            lines = (self._pending + data).split(b"\n")
-            self._pending = lines.pop()
-            for line in lines:
-                self._take(json.loads(line))
+    def _sleep(self, seconds: float) -> None:
+        """Short relative sleeps (`relative_sleep`), not a timed `Event.wait`: a timed
+        wait may follow the wall clock (under libfaketime it waited out a jump of the
+        clock back by an hour) and the lease would go unrenewed."""
+        until = time.monotonic() + seconds
+        while not self._stop.is_set() and (left := until - time.monotonic()) > 0:
+            relative_sleep(min(HOLD_CHECK, left))
 
-    def _take(self, report: dict[str, Any]) -> None:
-        if "expires" in report:
-            self._expires = max(self._expires, float(report["expires"]))
-            self.renewals.append(float(report.get("took", 0.0)))
-        if "lost" in report:
-            self._lost = str(report["lost"])
+    def _refresh(self) -> bool:
+        """One renewal; False when the keeper is done (the key is not ours, the
+        controller's loop hung, or the lease's time is up)."""
+        asked = time.monotonic()
+        if asked - self._ticked > LOOP_STALL_LIMIT:
+            self.lost = "leadership.loop_stalled"
+            return False
+        left = self.expires - EXPIRY_MARGIN - asked
+        if left <= 0:
+            log.warning("leadership.keeper_late", late=round(-left, 3), slept_past="window")
+            return False
+        try:
+            alive = self._renewer.refresh_lease(self._lease, left)
+            renewed = time.monotonic()
+            left = self.expires - EXPIRY_MARGIN - renewed
+            ours = alive and left > 0 and self._renewer.fence_holds(self._fence, left)
+        except Exception as exc:  # any failure is a missed refresh
+            log.warning(
+                "leadership.refresh_failed",
+                error=_describe(exc),
+                took=round(time.monotonic() - asked, 3),
+                window=round(self.expires - EXPIRY_MARGIN - asked, 3),
+            )
+            return True
+        took = time.monotonic() - asked
+        if took > self._ttl / 6:
+            log.warning(
+                "leadership.refresh_slow",
+                took=round(took, 3),
+                keep_alive=round(renewed - asked, 3),
+                window=round(self.expires - EXPIRY_MARGIN - asked, 3),
+                ok=ours,
+            )
+        if not ours:
+            if time.monotonic() >= self.expires - EXPIRY_MARGIN:
+                log.warning("leadership.keeper_late", late=round(took, 3), slept_past="answer")
+                return False
+            log.warning("leadership.key_lost", lease_alive=alive)
+            self.lost = "leadership.key_lost"
+            return False
+        self.expires = asked + self._ttl
+        return True
 
 
 def _reasons(group: BaseExceptionGroup[BaseException]) -> str:

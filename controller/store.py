@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from dockyard.common.timestamps import now_timestamp
-from dockyard.controller.etcd_gateway import GatewayClient, GatewayUnavailable
+from dockyard.controller.etcd_gateway import GatewayClient
 from dockyard.controller.etcd_members import EtcdAccess, EtcdMember, etcd_members
 from dockyard.controller.records import (
     CLUSTER,
@@ -682,16 +682,10 @@ class LeaseRenewer:
     def refresh_lease(self, lease_id: int, timeout: float) -> bool:
         """Renew once; False when the lease has expired. Failures (no endpoint answered
         within `timeout` seconds) raise StoreUnavailable."""
-        try:
-            return self._http().keep_alive(lease_id, timeout)
-        except GatewayUnavailable as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return self._http().keep_alive(lease_id, timeout)
 
     def fence_holds(self, fence: Fence, timeout: float) -> bool:
-        try:
-            revision = self._http().create_revision(fence.key, timeout)
-        except GatewayUnavailable as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        revision = self._http().create_revision(fence.key, timeout)
         return revision == fence.create_revision
 
     def range_prefix(self, prefix: str, timeout: float) -> tuple[list[Any], int]:

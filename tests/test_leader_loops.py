@@ -4,9 +4,7 @@ per term. Controllers run in this process against a real etcd (insecure, no HTTP
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,9 +15,7 @@ import pytest
 import structlog
 
 from dockyard.common.etcd_server import EtcdServer
-from dockyard.controller import leadership as leadership_module
 from dockyard.controller.config import ControllerConfig
-from dockyard.controller.keeper_process import KeeperSetup
 from dockyard.controller.leadership import LEADER_KEY
 from dockyard.controller.nodemonitor import NodeMonitor
 from dockyard.controller.nodes import NodeRegistry
@@ -34,13 +30,14 @@ from dockyard.controller.store import (
     SERVICES,
     TASKS,
     LeadershipLost,
+    LeaseRenewer,
     Store,
+    StoreUnavailable,
 )
 from dockyard.controller.supervision import LoopsFailing, Supervisor
 from dockyard.v1.types_pb2 import NodeStatus
 from tests.orchestrators.helpers import node, service
 from tests.polling import wait_until
-from tests.ports import free_port
 
 # Every loop a term runs (controller/server.py, `_term_loops`).
 LEADER_LOOPS = (
@@ -139,7 +136,7 @@ async def test_a_keep_alive_error_ends_the_term_and_the_controller_leads_again(
     assert controller.store is not None and controller.leadership is not None
     broken = True
     real_refresh = Store.refresh_lease
-    dead = f"127.0.0.1:{free_port()}"
+    real_renew = LeaseRenewer.refresh_lease
 
     async def refresh(self: Store, lease_id: int) -> bool:
         if broken:
@@ -151,18 +148,15 @@ async def test_a_keep_alive_error_ends_the_term_and_the_controller_leads_again(
             )
         return await real_refresh(self, lease_id)
 
-    def keeper_setup(**fields: Any) -> KeeperSetup:
-        # The lease keeper's process (controller/keeper_process.py) renews over etcd's
-        # gateway: while broken, a new term's keeper is sent to an endpoint that is down.
-        return KeeperSetup(**(fields | {"etcd_endpoints": [dead]} if broken else fields))
+    def renew(self: LeaseRenewer, lease_id: int, timeout: float) -> bool:
+        if broken:
+            raise StoreUnavailable("keep-alive stream broken (injected)")
+        return real_renew(self, lease_id, timeout)
 
-    # The controller's own record and the loop's renewer refresh on its loop (Store);
-    # the term's keeper now running is killed (its term goes on with the loop's renewer).
+    # The controller's own record is refreshed on its loop (Store); the leader lease by
+    # the keeper's thread (LeaseRenewer, controller/leadership.py).
     monkeypatch.setattr(Store, "refresh_lease", refresh)
-    monkeypatch.setattr(leadership_module, "KeeperSetup", keeper_setup)
-    keeper = controller.leadership.keeper_pid
-    assert keeper is not None
-    os.kill(keeper, signal.SIGKILL)
+    monkeypatch.setattr(LeaseRenewer, "refresh_lease", renew)
     first_fence = controller.leadership.fence
     await wait_until(lambda: term_over(controller), "the term to end", timeout=4 * TTL)
     broken = False
@@ -233,35 +227,38 @@ async def test_a_new_term_gives_every_node_a_fresh_grace(store: Store) -> None:
 
 
 async def test_a_leader_paused_past_its_lease_sends_and_writes_nothing(
-    controller: Controller, store: Store
+    controller: Controller, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The whole controller stops (a GC pause, SIGSTOP) for longer than the lease: etcd
+    """The whole process stops (a GC pause, SIGSTOP) for longer than the lease: etcd
     expires it. On waking, before its keep-alive has run, the old term neither sends
     to agents nor writes, and the controller is then elected again. The pause is the
-    event loop's and the lease keeper process's at once (SIGSTOP)."""
+    event loop's and the lease keeper thread's at once (it renews from its own)."""
     leadership, base = controller.leadership, controller.store
     assert leadership is not None and base is not None and leadership.fence is not None
     term_store = base.fenced(leadership.fence)
     await term_store.create(NODES, "early", node("early"))
     assert leadership.holds()
-    keeper = leadership.keeper_pid
-    assert keeper is not None
-    os.kill(keeper, signal.SIGSTOP)
-    try:
-        time.sleep(TTL + 1.5)  # noqa: ASYNC251 - the pause under test blocks the event loop
-        assert not leadership.holds()
-        with pytest.raises(LeadershipLost):
-            await term_store.create(NODES, "late", node("late"))
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(keeper, signal.SIGCONT)
+    paused = threading.Event()
+    real_renew = LeaseRenewer.refresh_lease
+
+    def frozen(self: LeaseRenewer, lease_id: int, timeout: float) -> bool:
+        paused.wait(TTL + 3)  # blocks the keeper's thread, as a paused process would
+        return real_renew(self, lease_id, timeout)
+
+    monkeypatch.setattr(LeaseRenewer, "refresh_lease", frozen)
+    time.sleep(TTL + 1.5)  # noqa: ASYNC251 - the pause under test blocks the event loop
+    assert not leadership.holds()
+    with pytest.raises(LeadershipLost):
+        await term_store.create(NODES, "late", node("late"))
+    paused.set()
+    monkeypatch.setattr(LeaseRenewer, "refresh_lease", real_renew)
     assert [n.id for n in (await store.list_all(NODES))[0]] == ["early"]
     await wait_until(lambda: leading(controller), "a new term", timeout=6 * TTL)
 
 
 async def test_a_busy_event_loop_keeps_the_lease(controller: Controller, store: Store) -> None:
     """The event loop blocked for longer than the lease (tens of thousands of tasks to
-    plan): the keeper process renews the lease meanwhile, so the term goes on and its
+    plan): the keeper thread renews the lease meanwhile, so the term goes on and its
     writes land (main's keep-alive ran on the loop and lost the term here)."""
     leadership, base = controller.leadership, controller.store
     assert leadership is not None and base is not None and leadership.fence is not None

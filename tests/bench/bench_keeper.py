@@ -9,7 +9,10 @@ as tens of thousands of tasks to plan would), for `--seconds`. What it reports: 
 keeper's renewal times (ask to the key checked, as the keeper measured them: p50, p99,
 max), the renewals it counted, and the terms lost (`Leadership.terms` - 1). With
 `--baseline DIR` the runs alternate with that tree's code (`PYTHONPATH=DIR`), same
-etcd; load is what the host has (run `stress-ng --cpu 3` beside it).
+etcd; load is what the host has (run `stress-ng --cpu 3` beside it). A keeper thread
+(main's `LeaseKeeper`) is timed around its successful `_refresh` calls; a keeper that
+keeps `renewals` (the keeper process tried in docs/reliability.md, "The lease keeper in
+a process of its own") reports its own times.
 """
 
 from __future__ import annotations

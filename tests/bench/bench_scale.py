@@ -437,7 +437,7 @@ def terms_lost(log: Path) -> int:
 def run_once(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="dockyard-scale-"))
     processes: list[subprocess.Popen[bytes]] = []
-    profiler: subprocess.Popen[bytes] | None = None
+    profilers: list[subprocess.Popen[bytes]] = []
     try:
         http_reads: dict[str, str] | None = {} if args.http_reads else None
         pid, stub, fleet, reads = start_cluster(
@@ -452,14 +452,9 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
             sampler.latencies[name] = []
         sampler.start()
         if args.profile:
-            profiler = subprocess.Popen(
-                [
-                    *(str(BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "50"),
-                    *("--nonblocking", "--format", "raw", "--output", args.profile),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
+            profilers.append(start_profiler(pid, args.profile))
+        if args.profile_fleet:  # one fleet process: the others run the same code
+            profilers.append(start_profiler(fleet[0], args.profile_fleet))
         reader = reader_pids(pid)
         before = {"controller": cpu_seconds([pid]), "etcd": cpu_seconds(etcd)}
         before["fleet"] = cpu_seconds(fleet)
@@ -483,7 +478,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         result["samples"] = sampler.latencies  # after the JSON line: for the pooled percentiles
         return result
     finally:
-        if profiler is not None:
+        for profiler in profilers:
             profiler.send_signal(signal.SIGINT)
             profiler.wait(30)
         for process in reversed(processes):
@@ -495,6 +490,18 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def start_profiler(pid: int, output: str) -> subprocess.Popen[bytes]:
+    """py-spy on `pid` for the whole run, its folded stacks written to `output`."""
+    return subprocess.Popen(
+        [
+            *(str(BIN / "py-spy"), "record", "--pid", str(pid), "--rate", "50"),
+            *("--nonblocking", "--format", "raw", "--output", output),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` cleans up
     parser = argparse.ArgumentParser(description=__doc__)
@@ -504,6 +511,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--fleet-processes", type=int, default=4)
     parser.add_argument("--profile", default="", help="py-spy's raw output for the controller")
+    parser.add_argument(
+        "--profile-fleet", default="", help="py-spy's raw output for the first fleet process"
+    )
     parser.add_argument("--baseline", default="", help="PYTHONPATH of the code to compare with")
     parser.add_argument(
         "--read-interval", type=float, default=1.0, help="seconds between two rounds of reads"
@@ -526,10 +536,11 @@ def main() -> None:
         if args.baseline:
             print(f"baseline (PYTHONPATH={args.baseline}):")
             ENV["PYTHONPATH"] = args.baseline
-            profile, args.profile = args.profile, ""
+            profiles = args.profile, args.profile_fleet
+            args.profile = args.profile_fleet = ""
             baselines.append(run_once(args))
             ENV.pop("PYTHONPATH")
-            args.profile = profile
+            args.profile, args.profile_fleet = profiles
             print("this tree:")
         results.append(run_once(args))
         subprocess.run(["uptime"], check=False)

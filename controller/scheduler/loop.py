@@ -59,6 +59,7 @@ class SchedulingLoop:
         self._holders = Holders(state.tasks)
         self._unwritten: set[str] = set()  # nodes of placements whose write failed
         self._in_flight: set[str] = set()  # IDs of tasks in a batch being written
+        self._writing = 0  # batches being written
         self._writes = asyncio.Semaphore(PIPELINE_DEPTH)
         self._on_round = on_round
         self.placed = 0
@@ -79,17 +80,15 @@ class SchedulingLoop:
         self._holders.reset()
         self._unwritten.clear()
         self._in_flight.clear()
+        self._writing = 0
         self._writes = asyncio.Semaphore(PIPELINE_DEPTH)
         self._infos = {node_id: self._build(node_id) for node_id in self._state.nodes}
         while True:
-            more = await self._round(changed, writers)
+            more = await self._round(changed, tracker, writers)
             if not more:
                 await changed.wait()
                 await asyncio.sleep(DEBOUNCE)
             changed.clear()
-            if self._unwritten:
-                await self._drain()  # a rebuild from the view must see every write
-            self._refresh(tracker.take())
 
     async def _drain(self) -> None:
         """Wait until no batch is being written."""
@@ -104,7 +103,9 @@ class SchedulingLoop:
         neither), take a changed node record into its info, and rebuild the infos of
         the nodes whose placements were not written (the infos had adopted them)."""
         patch_infos(self._infos, self._holders.moves(changes.task_ids or ()), self._state.tasks)
-        stale, self._unwritten = self._unwritten, set()
+        stale: set[str] = set()
+        if not self._writing:  # a rebuild from the view must see every placement
+            stale, self._unwritten = self._unwritten, set()
         for node_id in changes.nodes | stale:
             node = self._state.nodes.get(node_id)
             info = self._infos.get(node_id)
@@ -118,10 +119,17 @@ class SchedulingLoop:
     def _build(self, node_id: str) -> NodeInfo:
         return NodeInfo.from_node(self._state.nodes[node_id], self._state.tasks_of_node(node_id))
 
-    async def _round(self, changed: asyncio.Event, writers: asyncio.TaskGroup) -> bool:
-        """Decide the pending tasks not being written MAX_ROUND_TASKS at a time, each
-        batch written in the background (at most PIPELINE_DEPTH at once), until a batch
-        writes something; True when tasks are left for the next round."""
+    async def _round(
+        self, changed: asyncio.Event, tracker: ChangeTracker, writers: asyncio.TaskGroup
+    ) -> bool:
+        """Take a write slot (at most PIPELINE_DEPTH batches are written at once), take
+        the view's changes into the infos, then decide the pending tasks not being
+        written MAX_ROUND_TASKS at a time until a batch has writes, which go on in the
+        background; True when tasks are left for the next round."""
+        if self._unwritten:
+            await self._drain()  # their nodes are rebuilt: let every write land first
+        await self._writes.acquire()
+        self._refresh(tracker.take())
         tasks, in_flight = self._state.tasks, self._in_flight
         pending = [
             tasks[task_id]
@@ -129,17 +137,19 @@ class SchedulingLoop:
             if task_id not in in_flight and tasks[task_id].desired_state <= TaskState.RUNNING
         ]
         for start in range(0, len(pending), MAX_ROUND_TASKS):
-            await self._writes.acquire()  # a slot first: decide on the newest infos
+            if start:
+                await asyncio.sleep(0)
             started = time.perf_counter()
             batch = pending[start : start + MAX_ROUND_TASKS]
             ops, assigning = self._decide(batch)
             if not ops:
-                self._writes.release()
                 continue
             ids = [task.id for task in batch]
             in_flight.update(ids)
+            self._writing += 1
             writers.create_task(self._write(ops, assigning, ids, started, changed))
             return start + MAX_ROUND_TASKS < len(pending)
+        self._writes.release()
         return False
 
     async def _write(
@@ -171,6 +181,7 @@ class SchedulingLoop:
             await asyncio.sleep(0.5)
         finally:
             self._in_flight.difference_update(task_ids)
+            self._writing -= 1
             self._writes.release()
             changed.set()
 

@@ -18,6 +18,7 @@ from dockyard.controller.scheduler.loop import PIPELINE_DEPTH, SchedulingLoop
 from dockyard.controller.scheduler.nodeinfo import NodeInfo
 from dockyard.controller.state import ClusterState
 from dockyard.controller.store import NODES, TASKS, Op, Store
+from dockyard.v1.types_pb2 import NodeSpec
 from tests.polling import wait_until
 from tests.scheduler.helpers import make_node, make_task
 from tests.views import watched_view
@@ -138,3 +139,25 @@ async def test_a_failed_write_in_the_pipeline_is_decided_again(
             await view.wait_for_revision(store.last_revision)
             check_settled(loop, view, ids)
     assert loop.placed == len(ids)
+
+
+async def test_a_batch_waiting_for_a_slot_is_decided_on_the_newest_view(
+    store: GatedStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node drained while the next batch waits for a write slot takes none of it: the
+    loop takes the view's changes after it has a slot, not before."""
+    monkeypatch.setattr(scheduler_loop, "MAX_ROUND_TASKS", BATCH)
+    ids = await add_pending(store, BATCH * (PIPELINE_DEPTH + 1))
+    async with watched_view(store) as view:
+        loop = SchedulingLoop(store, view)
+        async with running(loop):
+            await wait_until(lambda: store.waiting == PIPELINE_DEPTH, "batches in flight", 10)
+            decided = BATCH * PIPELINE_DEPTH // len(NODE_IDS)  # each node's share so far
+            drained = make_node(NODE_IDS[0], availability=NodeSpec.DRAIN)
+            drained.meta.version = view.nodes[NODE_IDS[0]].meta.version
+            await store.update(NODES, drained.id, drained)
+            await view.wait_for_revision(store.last_revision)
+            store.gate.set()
+            await wait_until(lambda: assigned(view, ids), "every task assigned")
+    on_drained = [i for i in ids if view.tasks[i].node_id == NODE_IDS[0]]
+    assert len(on_drained) == decided

@@ -365,6 +365,15 @@ class ContainerService:
         self._creating.add(name)
         return name
 
+    async def _resolved_mounts(
+        self, spec: ContainerSpec, made: builtins.list[str]
+    ) -> builtins.list[VolumeMount]:
+        """`_mounts` in a thread; a spec without mounts has nothing to resolve, and does
+        not pay a thread's round trip (a hollow fleet creates thousands a second)."""
+        if not spec.volumes:
+            return []
+        return await asyncio.to_thread(self._mounts, spec, made)
+
     def _mounts(self, spec: ContainerSpec, made: builtins.list[str]) -> builtins.list[VolumeMount]:
         """The spec's mounts with named volumes' directories (blocking: run in a thread)."""
         volumes = [
@@ -396,7 +405,7 @@ class ContainerService:
                 image=image.runtime_ref or request.spec.image,
                 lower_dirs=image.lower_dirs,
                 image_config=image.config or {},
-                volumes=await asyncio.to_thread(self._mounts, request.spec, made),
+                volumes=await self._resolved_mounts(request.spec, made),
             )
             if image.config is not None:  # else only the backend knows the image's command
                 _check_command(spec)
@@ -419,12 +428,20 @@ class ContainerService:
         self._publish("create", info)
         return ContainerView(info, meta)
 
+    async def _save_meta(self, meta: ContainerMeta) -> None:
+        """Save a record: in a thread when it goes to a file; an in-memory store (no
+        root: the hollow and docker backends) writes nothing and takes no thread."""
+        if self._metas.root is None:
+            self._metas.save(meta)
+            return
+        await asyncio.to_thread(self._metas.save, meta)
+
     async def _create(self, spec: ContainerSpec, meta: ContainerMeta) -> ContainerInfo:
         """Record, attach the network, have the runtime create; all undone on failure."""
         self._hold_image(meta, spec)
         attached = False
         try:
-            await asyncio.to_thread(self._metas.save, meta)
+            await self._save_meta(meta)
             self._meta[spec.id] = meta
             if spec.network == "bridge":
                 assert self.network is not None  # _check_bridge refused it otherwise

@@ -4,6 +4,11 @@ The loop keeps one NodeInfo per node, fed by the cluster view's changes, so a
 round costs what changed plus the batch, not the whole cluster. Decisions are
 written in as few etcd transactions as possible; a task that cannot be placed
 keeps PENDING with the pipeline's explanation as its message.
+
+Batches are pipelined: the next batch is decided while up to PIPELINE_DEPTH earlier
+ones are still being written and watched back (their placements are in the
+NodeInfos already, and their tasks are left out of the next batches until the view
+shows them placed), so etcd's round trips overlap instead of adding up.
 """
 
 from __future__ import annotations
@@ -28,9 +33,11 @@ from dockyard.v1.workloads_pb2 import Task
 log = structlog.get_logger(__name__)
 
 DEBOUNCE = 0.02
-# Tasks decided in one round: a bigger backlog is placed over several rounds, each
-# written before the next is decided, so no round holds the event loop for long.
+# Tasks decided in one batch: a bigger backlog is placed over several batches, so no
+# decision holds the event loop for long.
 MAX_ROUND_TASKS = 2048
+# Batches being written (committed, then watched back) while the next is decided.
+PIPELINE_DEPTH = 3
 
 
 RoundObserver = Callable[[float, int], None]
@@ -51,6 +58,9 @@ class SchedulingLoop:
         self._infos: dict[str, NodeInfo] = {}
         self._holders = Holders(state.tasks)
         self._unwritten: set[str] = set()  # nodes of placements whose write failed
+        self._in_flight: set[str] = set()  # IDs of tasks in a batch being written
+        self._writing = 0  # batches being written
+        self._writes = asyncio.Semaphore(PIPELINE_DEPTH)
         self._on_round = on_round
         self.placed = 0
 
@@ -58,24 +68,34 @@ class SchedulingLoop:
         """Schedule until cancelled. A store error is retried here; LeadershipLost
         and anything else end the run (its supervisor restarts it or ends the term)."""
         with self._state.following(task_ids=True) as (changed, tracker):
-            await self._run(changed, tracker)
+            try:
+                async with asyncio.TaskGroup() as writers:
+                    await self._run(changed, tracker, writers)
+            except BaseExceptionGroup as failed:  # as a write in the loop itself would
+                raise failed.exceptions[0] from None
 
-    async def _run(self, changed: asyncio.Event, tracker: ChangeTracker) -> None:
+    async def _run(
+        self, changed: asyncio.Event, tracker: ChangeTracker, writers: asyncio.TaskGroup
+    ) -> None:
         self._holders.reset()
         self._unwritten.clear()
+        self._in_flight.clear()
+        self._writing = 0
+        self._writes = asyncio.Semaphore(PIPELINE_DEPTH)
         self._infos = {node_id: self._build(node_id) for node_id in self._state.nodes}
         while True:
-            more = False
-            try:
-                more = await self._round()
-            except StoreError as exc:
-                log.warning("scheduler.store_error", error=str(exc))
-                await asyncio.sleep(0.5)
+            more = await self._round(changed, tracker, writers)
             if not more:
                 await changed.wait()
                 await asyncio.sleep(DEBOUNCE)
             changed.clear()
-            self._refresh(tracker.take())
+
+    async def _drain(self) -> None:
+        """Wait until no batch is being written."""
+        for _ in range(PIPELINE_DEPTH):
+            await self._writes.acquire()
+        for _ in range(PIPELINE_DEPTH):
+            self._writes.release()
 
     def _refresh(self, changes: ChangeTracker) -> None:
         """Patch the infos by the tasks that came to hold or let go of their node's
@@ -83,7 +103,9 @@ class SchedulingLoop:
         neither), take a changed node record into its info, and rebuild the infos of
         the nodes whose placements were not written (the infos had adopted them)."""
         patch_infos(self._infos, self._holders.moves(changes.task_ids or ()), self._state.tasks)
-        stale, self._unwritten = self._unwritten, set()
+        stale: set[str] = set()
+        if not self._writing:  # a rebuild from the view must see every placement
+            stale, self._unwritten = self._unwritten, set()
         for node_id in changes.nodes | stale:
             node = self._state.nodes.get(node_id)
             info = self._infos.get(node_id)
@@ -97,39 +119,71 @@ class SchedulingLoop:
     def _build(self, node_id: str) -> NodeInfo:
         return NodeInfo.from_node(self._state.nodes[node_id], self._state.tasks_of_node(node_id))
 
-    async def _round(self) -> bool:
-        """Decide and write the pending tasks MAX_ROUND_TASKS at a time, until a batch
-        writes something; True when tasks are left for the next round."""
-        tasks = self._state.tasks
+    async def _round(
+        self, changed: asyncio.Event, tracker: ChangeTracker, writers: asyncio.TaskGroup
+    ) -> bool:
+        """Take a write slot (at most PIPELINE_DEPTH batches are written at once), take
+        the view's changes into the infos, then decide the pending tasks not being
+        written MAX_ROUND_TASKS at a time until a batch has writes, which go on in the
+        background; True when tasks are left for the next round."""
+        if self._unwritten:
+            await self._drain()  # their nodes are rebuilt: let every write land first
+        await self._writes.acquire()
+        self._refresh(tracker.take())
+        tasks, in_flight = self._state.tasks, self._in_flight
         pending = [
             tasks[task_id]
             for task_id in self._state.pending_task_ids
-            if tasks[task_id].desired_state <= TaskState.RUNNING
+            if task_id not in in_flight and tasks[task_id].desired_state <= TaskState.RUNNING
         ]
         for start in range(0, len(pending), MAX_ROUND_TASKS):
             if start:
                 await asyncio.sleep(0)
-            if await self._place(pending[start : start + MAX_ROUND_TASKS]):
-                return start + MAX_ROUND_TASKS < len(pending)
+            started = time.perf_counter()
+            batch = pending[start : start + MAX_ROUND_TASKS]
+            ops, assigning = self._decide(batch)
+            if not ops:
+                continue
+            ids = [task.id for task in batch]
+            in_flight.update(ids)
+            self._writing += 1
+            writers.create_task(self._write(ops, assigning, ids, started, changed))
+            return start + MAX_ROUND_TASKS < len(pending)
+        self._writes.release()
         return False
 
-    async def _place(self, pending: list[Task]) -> bool:
-        """Decide and write one batch; whether it wrote anything."""
-        started = time.perf_counter()
-        ops, assigning = self._decide(pending)
+    async def _write(
+        self,
+        ops: list[Op],
+        assigning: list[str],
+        task_ids: list[str],
+        started: float,
+        changed: asyncio.Event,
+    ) -> None:
+        """Write one batch and wait until the view shows it; then its tasks may be
+        decided again (a failed write leaves them PENDING) and the loop looks again.
+        A store error is logged (its nodes' infos are rebuilt from the view); anything
+        else (LeadershipLost) ends the loop."""
         assigned = 0
-        if ops:
+        try:
             results = await self._store.commit_each(ops)
             self.placed += sum(results)
-            written = zip(results, assigning, strict=True)
-            assigned = sum(ok and bool(node_id) for ok, node_id in written)
             for ok, node_id in zip(results, assigning, strict=True):
-                if not ok and node_id:
+                if ok and node_id:
+                    assigned += 1
+                elif node_id:
                     self._unwritten.add(node_id)
-        self._on_round(time.perf_counter() - started, assigned)
-        if ops:
+            self._on_round(time.perf_counter() - started, assigned)
             await self._state.wait_for_revision(self._store.last_revision)
-        return bool(ops)
+        except StoreError as exc:
+            log.warning("scheduler.store_error", error=str(exc))
+            self._unwritten.update(node_id for node_id in assigning if node_id)
+            await asyncio.sleep(0.5)
+        finally:
+            self._in_flight.difference_update(task_ids)
+            self._writing -= 1
+            self._writes.release()
+            changed.set()
 
     def _decide(self, pending: list[Task]) -> tuple[list[Op], list[str]]:
         """The writes for ``pending``, and for each the node it assigns ("": none)."""

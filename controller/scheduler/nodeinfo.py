@@ -191,13 +191,16 @@ class NodeInfo:
         return self.service_tasks.get(service_id, 0)
 
     def copy(self) -> NodeInfo:
-        """An independent copy (the Node and Task messages are shared, not copied)."""
-        clone = NodeInfo(
-            node=self.node,
-            tasks=dict(self.tasks),
-            reserved=self.reserved,
-            host_ports=dict(self.host_ports),
-            service_tasks=dict(self.service_tasks),
-            images=self.images,
-        )
+        """An independent copy (the Node and Task messages are shared, not copied).
+
+        What the record reads from its Node is taken over, not read again: a batch
+        copies every node it places on, and the ingress check parses an address."""
+        clone = object.__new__(NodeInfo)
+        clone.node, clone.images = self.node, self.images
+        clone.tasks = dict(self.tasks)
+        clone.reserved, clone.free, clone.total = self.reserved, self.free, self.total
+        clone.host_ports = dict(self.host_ports)
+        clone.service_tasks = dict(self.service_tasks)
+        clone.id, clone.ready, clone.active = self.id, self.ready, self.active
+        clone.meshed = self.meshed
         return clone

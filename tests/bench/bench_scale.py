@@ -588,6 +588,8 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
             sampler.http.append((name, url))
             sampler.latencies[name] = []
         sampler.start()
+        if args.profile_fleet:  # one fleet process: the others run the same code
+            profiling.append(profile(fleet[0], args.profile_fleet))
         reader = reader_pids(pid)
         loss = term_loss(args, pid, etcd, reader, profiling)
         before = {"controller": cpu_seconds([pid]), "etcd": cpu_seconds(etcd)}
@@ -635,6 +637,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--fleet-processes", type=int, default=4)
     parser.add_argument("--profile", default="", help="py-spy's raw output for the controller")
+    parser.add_argument(
+        "--profile-fleet", default="", help="py-spy's raw output for the first fleet process"
+    )
     parser.add_argument("--baseline", default="", help="PYTHONPATH of the code to compare with")
     parser.add_argument(
         "--read-interval", type=float, default=1.0, help="seconds between two rounds of reads"
@@ -664,10 +669,11 @@ def main() -> None:
         if args.baseline:
             print(f"baseline (PYTHONPATH={args.baseline}):")
             ENV["PYTHONPATH"] = args.baseline
-            profile, args.profile = args.profile, ""
+            profiles = args.profile, args.profile_fleet
+            args.profile = args.profile_fleet = ""
             baselines.append(run_once(args))
             ENV.pop("PYTHONPATH")
-            args.profile = profile
+            args.profile, args.profile_fleet = profiles
             print("this tree:")
         results.append(run_once(args))
         subprocess.run(["uptime"], check=False)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from dockyard.controller.scheduler import Amount, NodeInfo
-from dockyard.v1.types_pb2 import TaskStatus
+from dockyard.v1.types_pb2 import NodeSpec, TaskStatus
 
 from .helpers import CPU, GIB, make_node, make_task
 
@@ -41,3 +43,20 @@ def test_copy_is_independent() -> None:
     clone.add_task(make_task("a", cpus=1))
     assert info.tasks == {} and info.reserved == Amount()
     assert clone.images == info.images
+
+
+def test_copy_holds_every_field() -> None:
+    """A copy equals its original in every field (what it reads from its Node too), its
+    dicts its own, also for a node that meshes ingress ports and one that is not ready."""
+    tasks = [make_task("a", cpus=1, ports=[80]), make_task("b", "other", memory=GIB)]
+    for node in (
+        make_node("n1", address="10.0.0.5"),
+        make_node("n2", availability=NodeSpec.DRAIN),
+        make_node("n3", ready=False),
+    ):
+        info = NodeInfo.from_node(node, tasks, images=["nginx:latest"])
+        clone = info.copy()
+        for field in dataclasses.fields(NodeInfo):
+            assert getattr(clone, field.name) == getattr(info, field.name), field.name
+        for name in ("tasks", "host_ports", "service_tasks"):
+            assert getattr(clone, name) is not getattr(info, name), name

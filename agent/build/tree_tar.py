@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dockyard.agent.build.xattrs import pax_xattrs
 from dockyard.agent.images.safe_fs import MAX_DEPTH, UnsafePath
 
-__all__ = ["TreeTar"]
+__all__ = ["TreeTar", "walk_tree"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -32,6 +32,40 @@ def _free(size: int) -> None:
 def _children(fd: int) -> list[str]:
     """A directory's names, last first (popped from the end: in sorted order)."""
     return sorted(os.listdir(fd), reverse=True)
+
+
+Entry = Callable[[int, str, str], int | None]
+"""Handles one name (its directory's fd, the name, its path in the archive); returns the
+fd of a directory to walk into (the walk closes it), or None."""
+
+
+def walk_tree(top: int, prefix: str, entry: Entry) -> None:
+    """Every name under the directory ``top`` (closed here) to ``entry``, depth first in
+    sorted order, with an explicit stack of directory fds (no recursion)."""
+    stack: list[tuple[int, list[str], str]] = []
+    try:
+        stack.append((top, _children(top), prefix))
+    except BaseException:
+        os.close(top)
+        raise
+    try:
+        while stack:
+            fd, children, at = stack[-1]
+            if not children:
+                stack.pop()
+                os.close(fd)
+                continue
+            name = children.pop()
+            opened = entry(fd, name, f"{at}{name}")
+            if opened is not None:
+                try:
+                    stack.append((opened, _children(opened), f"{at}{name}/"))
+                except BaseException:
+                    os.close(opened)
+                    raise
+    finally:
+        for fd, _, _ in stack:
+            os.close(fd)
 
 
 class TreeTar:
@@ -67,31 +101,7 @@ class TreeTar:
         self._walk(os.dup(fd), prefix)
 
     def _walk(self, top: int, prefix: str) -> None:
-        """Every entry under the directory ``top`` (closed here)."""
-        stack: list[tuple[int, list[str], str]] = []
-        try:
-            stack.append((top, _children(top), prefix))
-        except BaseException:
-            os.close(top)
-            raise
-        try:
-            while stack:
-                fd, children, at = stack[-1]
-                if not children:
-                    stack.pop()
-                    os.close(fd)
-                    continue
-                name = children.pop()
-                opened = self._entry(fd, name, f"{at}{name}")
-                if opened is not None:
-                    try:
-                        stack.append((opened, _children(opened), f"{at}{name}/"))
-                    except BaseException:
-                        os.close(opened)
-                        raise
-        finally:
-            for fd, _, _ in stack:
-                os.close(fd)
+        walk_tree(top, prefix, self._entry)
 
     def _entry(self, parent: int, name: str, arcname: str) -> int | None:
         """Write one entry; a directory's fd is returned open for the walk."""

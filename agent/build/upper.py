@@ -19,6 +19,7 @@ import stat
 import tarfile
 from pathlib import Path
 
+from dockyard.agent.build.tree_tar import walk_tree
 from dockyard.agent.build.xattrs import pax_xattrs
 from dockyard.agent.images.authoring import LayerWriter
 from dockyard.agent.images.blobs import BlobStore
@@ -61,11 +62,6 @@ def _check_plain(fd: int, arcname: str) -> None:
         )
 
 
-def _children(fd: int) -> list[str]:
-    """A directory's names, last first (popped from the end: in sorted order)."""
-    return sorted(os.listdir(fd), reverse=True)
-
-
 def _check_name(arcname: str) -> None:
     """A name the image store would refuse to unpack fails the commit here, naming it."""
     depth = arcname.count("/") + 1
@@ -96,31 +92,7 @@ class _Walk:
         return info
 
     def run(self, root_fd: int) -> None:
-        stack: list[tuple[int, list[str], str]] = []
-        top = os.dup(root_fd)
-        try:
-            stack.append((top, _children(top), ""))
-        except BaseException:
-            os.close(top)
-            raise
-        try:
-            while stack:
-                fd, children, prefix = stack[-1]
-                if not children:
-                    stack.pop()
-                    os.close(fd)
-                    continue
-                name = children.pop()
-                opened = self.entry(fd, name, f"{prefix}{name}")
-                if opened is not None:
-                    try:
-                        stack.append((opened, _children(opened), f"{prefix}{name}/"))
-                    except BaseException:
-                        os.close(opened)
-                        raise
-        finally:
-            for fd, _, _ in stack:
-                os.close(fd)
+        walk_tree(os.dup(root_fd), "", self.entry)
 
     def _directory(self, parent: int, name: str, info: tarfile.TarInfo) -> int:
         """Write a directory's entry; returns its fd (the caller walks and closes it)."""

@@ -25,6 +25,7 @@ from dockyard.common.joining import (
     JoinError,
     request_certificate,
 )
+from dockyard.common.statedir import write_private
 
 log = structlog.get_logger(__name__)
 
@@ -126,7 +127,7 @@ class NodePKI:
     ) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.ca.write_bytes(ca_pem)
-        pki.write_private(self.key, key_pem)  # the key first: the cert's mtime marks a change
+        write_private(self.key, key_pem)  # the key first: the cert's mtime marks a change
         tmp = self.cert.with_name("node.pem.tmp")
         tmp.write_bytes(cert_pem)
         tmp.replace(self.cert)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dockyard.common import pki
-from dockyard.common.statedir import ensure_private_dir
+from dockyard.common.statedir import ensure_private_dir, write_private
 
 __all__ = ["EtcdTLS", "make_etcd_pki"]
 
@@ -84,5 +84,5 @@ def make_etcd_pki(directory: Path) -> EtcdTLS:
         (tls.client_cert, client_cert),
         (tls.client_key, client_key),
     ):
-        pki.write_private(path, data)
+        write_private(path, data)
     return tls

@@ -24,7 +24,6 @@ import datetime as dt
 import hashlib
 import hmac
 import ipaddress
-import os
 import secrets
 import socket
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from dockyard.common.statedir import write_private
 
 __all__ = [
     "ADMIN",
@@ -65,7 +66,6 @@ __all__ = [
     "parse_token",
     "role_host",
     "same_hash",
-    "write_private",
 ]
 
 ADMIN = "admin"
@@ -187,29 +187,6 @@ def controller_sans(*addresses: str) -> list[str]:
         if host and host not in ("0.0.0.0", "::") and host not in names:
             names.append(host)
     return names
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file readable by its owner only: 0600 from the first byte (a new
-    temporary file of its own, then a rename), synced with its directory, so that a
-    crash leaves the old file or the new one whole; the temporary goes on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
 
 
 def _san_entries(names: list[str]) -> list[x509.GeneralName]:

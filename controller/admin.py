@@ -32,7 +32,7 @@ state_dir_option = click.option(
 
 
 def _write_identity(directory: Path, ca_pem: bytes, cert: bytes, key: bytes) -> dict[str, str]:
-    from dockyard.common.pki import write_private
+    from dockyard.common.statedir import write_private
 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "ca.pem").write_bytes(ca_pem)
@@ -253,14 +253,14 @@ def _write_controller(
 ) -> None:
     """The CA, this controller's certificate, an admin identity and its CLI context."""
     from dockyard.common import pki
-    from dockyard.common.statedir import ensure_private_dir
+    from dockyard.common.statedir import ensure_private_dir, write_private
     from dockyard.controller.ca import pki_dir
 
     ensure_private_dir(state_dir)
     directory = pki_dir(state_dir)
     ca.save(directory)
     (directory / "controller.pem").write_bytes(cert)
-    pki.write_private(directory / "controller-key.pem", key)
+    write_private(directory / "controller-key.pem", key)
     (directory / "cluster.json").write_text(json.dumps({"address": host}) + "\n")
     tls = _write_identity(directory / "admin", ca.cert_pem, *ca.issue_pair(pki.ADMIN, "admin"))
     _make_context(context_name, host, tls, f"admin of the cluster in {state_dir}")

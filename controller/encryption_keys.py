@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dockyard.common.pki import write_private
+from dockyard.common.statedir import write_private
 
 KEY_BYTES = 32  # AES-256
 KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

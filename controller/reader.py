@@ -35,7 +35,7 @@ import grpc
 import structlog
 
 from dockyard.common import logging as dlogging
-from dockyard.common.pki import write_private
+from dockyard.common.statedir import write_private
 from dockyard.controller.http.server import server_tls
 from dockyard.controller.read_http import ReadHttpServer
 from dockyard.controller.read_server import ReadServer

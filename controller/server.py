@@ -19,7 +19,7 @@ from dockyard.common.authz import AuthInterceptor
 from dockyard.common.etcd_pki import make_etcd_pki
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.listen import bind_port
-from dockyard.common.statedir import ensure_private_dir
+from dockyard.common.statedir import ensure_private_dir, write_private
 from dockyard.common.timestamps import now_timestamp
 from dockyard.common.version import package_version
 from dockyard.controller import schema
@@ -433,7 +433,7 @@ class Controller:
             ),
         )
         (pki_dir(config.state_dir) / "controller.pem").write_bytes(cert)
-        pki.write_private(pki_dir(config.state_dir) / "controller-key.pem", key)
+        write_private(pki_dir(config.state_dir) / "controller-key.pem", key)
         await self.ca.record_offline(config.state_dir)  # this one, init's and users'
         chain = cert + ca.cert_pem  # the CA goes along, so a joining host can pin it
         self._client_tls = (ca.cert_pem, key, cert)

@@ -23,8 +23,8 @@ import grpc
 import structlog
 
 from dockyard.agent.network.attacher import AttachError
-from dockyard.agent.tasks.persistence import write_atomically
 from dockyard.common.backoff import Backoff
+from dockyard.common.statedir import write_private
 
 __all__ = ["DetachQueue", "Detacher"]
 
@@ -146,7 +146,7 @@ class DetachQueue:
 
     async def _save(self) -> None:
         data = json.dumps({"containers": list(self._pending)}).encode()
-        await asyncio.to_thread(write_atomically, self._path, data)
+        await asyncio.to_thread(write_private, self._path, data)
 
 
 def _load(path: Path) -> list[str]:

@@ -9,10 +9,7 @@ an older snapshot never replaces a newer one.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -22,10 +19,11 @@ from typing import Any
 import structlog
 from google.protobuf import json_format
 
+from dockyard.common.statedir import write_private
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
 
-__all__ = ["STATE_FILE", "SavedTask", "Snapshot", "StateFile", "write_atomically"]
+__all__ = ["STATE_FILE", "SavedTask", "Snapshot", "StateFile"]
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +80,7 @@ class StateFile:
         with self._lock:
             if snapshot.sequence < self._written:
                 return
-            write_atomically(self.path, snapshot.data)
+            write_private(self.path, snapshot.data)
             self._written = snapshot.sequence
 
     def load(self) -> list[SavedTask]:
@@ -115,24 +113,3 @@ def _parse(entry: dict[str, Any]) -> SavedTask:
     if entry.get("container_id") and not status.container_id:
         status.container_id = entry["container_id"]
     return SavedTask(task, status, status.container_id)
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: the old content or the new, never a part of either."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(directory)  # the rename itself survives a power cut
-    finally:
-        os.close(directory)

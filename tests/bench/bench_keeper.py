@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import tree_env
+
 BUSY_SLICE = 0.05
 
 
@@ -89,11 +91,7 @@ def _time_thread_keeper(keeper_class: Any, took: list[float]) -> None:
 
 
 def _one(endpoint: str, seconds: float, ttl: int, pythonpath: str) -> dict[str, Any]:
-    env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    else:
-        env.pop("PYTHONPATH", None)
+    env = tree_env(pythonpath)
     out = subprocess.run(
         [sys.executable, __file__, "--child", endpoint, str(seconds), str(ttl)],
         env=env,

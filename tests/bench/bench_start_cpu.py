@@ -26,6 +26,8 @@ import time
 import uuid
 from pathlib import Path
 
+from benchlib import tree_env
+
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = ("create", "start", "remove")
 
@@ -76,11 +78,7 @@ async def _child(n: int) -> dict[str, float]:
 
 
 def _run(pythonpath: str, n: int) -> dict[str, float]:
-    env = dict(os.environ)
-    if pythonpath:
-        env["PYTHONPATH"] = pythonpath
-    else:
-        env.pop("PYTHONPATH", None)
+    env = tree_env(pythonpath)
     out = subprocess.run(
         [sys.executable, __file__, "--child", str(n)],
         env=env,

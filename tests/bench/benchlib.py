@@ -54,6 +54,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def tree_env(pythonpath: str) -> dict[str, str]:
+    """This process's environment for a child that runs the tree at ``pythonpath`` (a
+    `--baseline` tree), or this tree when it is empty (no inherited PYTHONPATH)."""
+    env = dict(os.environ)
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    else:
+        env.pop("PYTHONPATH", None)
+    return env
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 

@@ -21,7 +21,7 @@ from dockyard.controller.store import NODES, TASKS, Op, Store
 from dockyard.v1.types_pb2 import NodeSpec
 from tests.polling import wait_until
 from tests.scheduler.helpers import make_node, make_task
-from tests.views import watched_view
+from tests.views import background, watched_view
 
 BATCH = 4
 NODE_IDS = [f"n{i}" for i in range(4)]
@@ -58,17 +58,6 @@ async def store(etcd: EtcdServer) -> AsyncIterator[GatedStore]:
         await gated.close()
 
 
-@contextlib.asynccontextmanager
-async def running(loop: SchedulingLoop) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(loop.run(), name="test:scheduler")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
 async def add_pending(store: Store, count: int) -> list[str]:
     ids = []
     for index in range(count):
@@ -98,21 +87,31 @@ def check_settled(loop: SchedulingLoop, view: ClusterState, ids: list[str]) -> N
         assert info.reserved == rebuilt.reserved
 
 
+@contextlib.asynccontextmanager
+async def full_pipeline(
+    store: GatedStore, monkeypatch: pytest.MonkeyPatch, batches: int
+) -> AsyncIterator[tuple[list[str], ClusterState, SchedulingLoop]]:
+    """``batches`` batches of pending tasks and a loop placing them, entered once
+    PIPELINE_DEPTH batches wait at the store's gate."""
+    monkeypatch.setattr(scheduler_loop, "MAX_ROUND_TASKS", BATCH)
+    ids = await add_pending(store, BATCH * batches)
+    async with watched_view(store) as view:
+        loop = SchedulingLoop(store, view)
+        async with background(loop.run(), "test:scheduler"):
+            await wait_until(lambda: store.waiting == PIPELINE_DEPTH, "batches in flight", 10)
+            yield ids, view, loop
+
+
 async def test_batches_are_decided_while_earlier_ones_are_written(
     store: GatedStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scheduler_loop, "MAX_ROUND_TASKS", BATCH)
-    ids = await add_pending(store, BATCH * (PIPELINE_DEPTH + 1))
-    async with watched_view(store) as view:
-        loop = SchedulingLoop(store, view)
-        async with running(loop):
-            await wait_until(lambda: store.waiting == PIPELINE_DEPTH, "batches in flight", 10)
-            await asyncio.sleep(0.3)  # the loop had time to start one more: it must not
-            assert store.waiting == PIPELINE_DEPTH
-            store.gate.set()
-            await wait_until(lambda: assigned(view, ids), "every task assigned")
-            await view.wait_for_revision(store.last_revision)
-            check_settled(loop, view, ids)
+    async with full_pipeline(store, monkeypatch, PIPELINE_DEPTH + 1) as (ids, view, loop):
+        await asyncio.sleep(0.3)  # the loop had time to start one more: it must not
+        assert store.waiting == PIPELINE_DEPTH
+        store.gate.set()
+        await wait_until(lambda: assigned(view, ids), "every task assigned")
+        await view.wait_for_revision(store.last_revision)
+        check_settled(loop, view, ids)
     assert store.most_waiting == PIPELINE_DEPTH
     assert loop.placed == len(ids)
 
@@ -123,21 +122,16 @@ async def test_a_failed_write_in_the_pipeline_is_decided_again(
     """A task changed while its placement waits (the compare fails): it stays PENDING,
     is decided again once its batch is done, and the node that had adopted it is
     rebuilt only when no other batch is being written."""
-    monkeypatch.setattr(scheduler_loop, "MAX_ROUND_TASKS", BATCH)
-    ids = await add_pending(store, BATCH * PIPELINE_DEPTH)
-    async with watched_view(store) as view:
-        loop = SchedulingLoop(store, view)
-        async with running(loop):
-            await wait_until(lambda: store.waiting == PIPELINE_DEPTH, "batches in flight", 10)
-            changed = view.tasks[ids[0]]
-            copy = type(changed)()
-            copy.CopyFrom(changed)
-            copy.status.message = "changed meanwhile"
-            await store.update(TASKS, copy.id, copy)
-            store.gate.set()
-            await wait_until(lambda: assigned(view, ids), "every task assigned")
-            await view.wait_for_revision(store.last_revision)
-            check_settled(loop, view, ids)
+    async with full_pipeline(store, monkeypatch, PIPELINE_DEPTH) as (ids, view, loop):
+        changed = view.tasks[ids[0]]
+        copy = type(changed)()
+        copy.CopyFrom(changed)
+        copy.status.message = "changed meanwhile"
+        await store.update(TASKS, copy.id, copy)
+        store.gate.set()
+        await wait_until(lambda: assigned(view, ids), "every task assigned")
+        await view.wait_for_revision(store.last_revision)
+        check_settled(loop, view, ids)
     assert loop.placed == len(ids)
 
 
@@ -146,18 +140,13 @@ async def test_a_batch_waiting_for_a_slot_is_decided_on_the_newest_view(
 ) -> None:
     """A node drained while the next batch waits for a write slot takes none of it: the
     loop takes the view's changes after it has a slot, not before."""
-    monkeypatch.setattr(scheduler_loop, "MAX_ROUND_TASKS", BATCH)
-    ids = await add_pending(store, BATCH * (PIPELINE_DEPTH + 1))
-    async with watched_view(store) as view:
-        loop = SchedulingLoop(store, view)
-        async with running(loop):
-            await wait_until(lambda: store.waiting == PIPELINE_DEPTH, "batches in flight", 10)
-            decided = BATCH * PIPELINE_DEPTH // len(NODE_IDS)  # each node's share so far
-            drained = make_node(NODE_IDS[0], availability=NodeSpec.DRAIN)
-            drained.meta.version = view.nodes[NODE_IDS[0]].meta.version
-            await store.update(NODES, drained.id, drained)
-            await view.wait_for_revision(store.last_revision)
-            store.gate.set()
-            await wait_until(lambda: assigned(view, ids), "every task assigned")
+    async with full_pipeline(store, monkeypatch, PIPELINE_DEPTH + 1) as (ids, view, _):
+        decided = BATCH * PIPELINE_DEPTH // len(NODE_IDS)  # each node's share so far
+        drained = make_node(NODE_IDS[0], availability=NodeSpec.DRAIN)
+        drained.meta.version = view.nodes[NODE_IDS[0]].meta.version
+        await store.update(NODES, drained.id, drained)
+        await view.wait_for_revision(store.last_revision)
+        store.gate.set()
+        await wait_until(lambda: assigned(view, ids), "every task assigned")
     on_drained = [i for i in ids if view.tasks[i].node_id == NODE_IDS[0]]
     assert len(on_drained) == decided

@@ -507,3 +507,18 @@ def control(cluster: Cluster) -> Iterator[Any]:
     stub = cluster.control()
     yield stub
     stub.close()
+
+
+@pytest.fixture
+def thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the functions run through ``asyncio.to_thread`` during the test, in
+    order (a spy: each still runs in its thread)."""
+    names: list[str] = []
+    real = asyncio.to_thread
+
+    async def spy(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        names.append(getattr(func, "__name__", repr(func)))
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", spy)
+    return names

@@ -137,29 +137,17 @@ async def test_a_create_cut_before_its_record_is_discarded(env: Env) -> None:
     await fresh.remove(info.id)
 
 
-@pytest.fixture
-def hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the functions the test's code ran through ``asyncio.to_thread``."""
-    names: list[str] = []
-    real = asyncio.to_thread
-
-    async def spy(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        names.append(getattr(func, "__name__", repr(func)))
-        return await real(func, *args, **kwargs)
-
-    monkeypatch.setattr(asyncio, "to_thread", spy)
-    return names
-
-
-async def test_create_and_start_prepare_in_one_thread_hop_each(env: Env, hops: list[str]) -> None:
+async def test_create_and_start_prepare_in_one_thread_hop_each(
+    env: Env, thread_hops: list[str]
+) -> None:
     info = await env.runtime.create(env.config("true", **EXTRAS))
     # directories, mount, user db and /etc files; then config.json and the record
-    assert hops == ["_lay_out", "_write_bundle"]
-    hops.clear()
+    assert thread_hops == ["_lay_out", "_write_bundle"]
+    thread_hops.clear()
     await env.runtime.start(info.id)
     # runc's leftover probe, the exit files and the mount: one hop before conmon
-    assert hops[0] == "_prepare_start"
-    assert not {"exists", "clear_exit_files", "_mount_overlay"} & set(hops)
+    assert thread_hops[0] == "_prepare_start"
+    assert not {"exists", "clear_exit_files", "_mount_overlay"} & set(thread_hops)
     assert (await env.runtime.wait(info.id)).exit_code == 0
     await env.runtime.remove(info.id)
 

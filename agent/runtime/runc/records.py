@@ -92,19 +92,9 @@ class ContainerRecord:
             network=network,
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "config": self.config.to_dict(),
-            "state": self.state.to_dict(),
-            "created_at": self.created_at.isoformat(),
-            "cgroups_path": self.cgroups_path,
-            "conmon_pid": self.conmon_pid,
-        }
-
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ContainerRecord:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :func:`encode_record` (its JSON, decoded)."""
         return cls(
             config=ContainerSpec.from_dict(data["config"]),
             state=ContainerState.from_dict(data["state"]),
@@ -123,7 +113,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def encode_record(record: ContainerRecord) -> bytes:
-    """``container.json``'s content, the same as ``record.to_dict()`` as JSON.
+    """``container.json``'s content: the config, state, creation time, cgroups path and
+    conmon's pid (what :meth:`ContainerRecord.from_dict` reads).
 
     Compact, which keeps ``json`` on its C encoder (an ``indent`` makes it encode in
     Python). The config (most of the record, and ``asdict`` is slow) is encoded once per

@@ -19,6 +19,7 @@ import grpc
 import structlog
 
 from dockyard.common import pki
+from dockyard.common.atomic_file import write_atomic
 from dockyard.common.joining import (
     CONTROLLER_OPTIONS,
     JOIN_TIMEOUT,
@@ -77,9 +78,7 @@ class NodePKI:
 
     def save_revoked(self, serials: frozenset[str]) -> None:
         """Kept so the agent's API refuses them from its start, before a session opens."""
-        tmp = self.revoked.with_name("revoked.json.tmp")
-        tmp.write_text(json.dumps(sorted(serials)) + "\n")
-        tmp.replace(self.revoked)
+        write_atomic(self.revoked, (json.dumps(sorted(serials)) + "\n").encode())
 
     def identity(self) -> pki.Identity:
         return pki.identity_of(self.cert.read_bytes())
@@ -126,13 +125,12 @@ class NodePKI:
         self, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, controllers: list[str] | None = None
     ) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.ca.write_bytes(ca_pem)
+        write_atomic(self.ca, ca_pem)
         write_private(self.key, key_pem)  # the key first: the cert's mtime marks a change
-        tmp = self.cert.with_name("node.pem.tmp")
-        tmp.write_bytes(cert_pem)
-        tmp.replace(self.cert)
+        write_atomic(self.cert, cert_pem)
         if controllers is not None:
-            self.joined.write_text(json.dumps({"controllers": controllers}, indent=2) + "\n")
+            joined = json.dumps({"controllers": controllers}, indent=2) + "\n"
+            write_atomic(self.joined, joined.encode())
 
 
 async def join(address: str, token_text: str, node_pki: NodePKI, hosts: list[str]) -> pki.Identity:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+
+from dockyard.common.atomic_file import write_atomic
 
 IDENTITY_FILE = "node.json"
 
@@ -42,7 +43,4 @@ def save(state_dir: Path, identity: NodeIdentity) -> None:
 
 
 def _write_atomically(path: Path, data: dict[str, str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(data, indent=2) + "\n").encode())

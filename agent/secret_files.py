@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from dockyard.common.atomic_file import write_atomic
 from dockyard.common.task_refs import referenced
 from dockyard.v1.workloads_pb2 import Config, Secret, Task
 
@@ -139,15 +140,8 @@ class SecretFiles:
     def _write_file(directory: Path, name: str, data: bytes, ref: Any) -> Path:
         """One file, written whole then renamed, with the reference's owner and mode."""
         path = directory / name
-        tmp = directory / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, data)
-            os.fchown(fd, ref.uid, ref.gid)
-            os.fchmod(fd, ref.mode or 0o444)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        # On a tmpfs (never on disk): nothing to sync.
+        write_atomic(path, data, mode=ref.mode or 0o444, owner=(ref.uid, ref.gid), durable=False)
         return path
 
     def remove(self, task_id: str) -> None:

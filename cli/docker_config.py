@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dockyard.common.atomic_file import write_atomic
+
 DOCKER_HUB_SERVER = "https://index.docker.io/v1/"
 HELPER_TIMEOUT = 30.0
 MAX_HELPER_OUTPUT = 64 * 1024
@@ -68,16 +70,9 @@ def read_config(path: Path | None = None) -> dict[str, Any]:
 def write_config(data: dict[str, Any], path: Path | None = None) -> None:
     path = path or config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent="\t")
-            out.flush()
-            os.fsync(out.fileno())
-        tmp.replace(path)
+        write_atomic(path, json.dumps(data, indent="\t").encode(), mode=0o600)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise CredentialsError(f"cannot write {path}: {exc}") from exc
 
 

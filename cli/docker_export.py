@@ -7,10 +7,10 @@ the cluster's admin certificate (``agent/dockerapi/listen.py``).
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
+
+from dockyard.common.atomic_file import write_atomic
 
 __all__ = ["export_docker_certs"]
 
@@ -30,11 +30,5 @@ def export_docker_certs(tls: Mapping[str, str], directory: str) -> Path:
     target = Path(directory).absolute()
     target.mkdir(mode=0o700, parents=True, exist_ok=True)
     for key, name, mode in FILES:
-        destination = target / name
-        temporary = destination.with_name(f".{name}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-        with os.fdopen(fd, "wb") as out, open(tls[key], "rb") as source:
-            shutil.copyfileobj(source, out)
-        os.chmod(temporary, mode)
-        os.replace(temporary, destination)
+        write_atomic(target / name, Path(tls[key]).read_bytes(), mode=mode)
     return target

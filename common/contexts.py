@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dockyard.common.addresses import CONTROLLER_PORT, normalize
+from dockyard.common.atomic_file import write_atomic
 from dockyard.common.validation import ValidationError, check_name
 
 DEFAULT_CONTEXT = "default"
@@ -69,11 +70,7 @@ class ContextStore:
     def _write(self, data: dict[str, object]) -> None:
         import yaml
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(yaml.safe_dump(data, sort_keys=True))
-        tmp.chmod(0o600)
-        tmp.replace(self.path)
+        write_atomic(self.path, yaml.safe_dump(data, sort_keys=True).encode(), mode=0o600)
 
     def _contexts(self, data: dict[str, object]) -> dict[str, dict[str, object]]:
         contexts = data["contexts"]

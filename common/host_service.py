@@ -9,18 +9,18 @@ state dir (the local cluster's, the tests') touches neither /etc nor systemd.
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+
+from dockyard.common.atomic_file import write_atomic
 
 __all__ = [
     "HostService",
@@ -136,18 +136,7 @@ def write_settings(path: Path, values: dict[str, str]) -> None:
         if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name) or "\n" in value:
             raise ValueError(f"setting {name}={value!r}: expected NAME=one line")
     current = path.read_text() if path.exists() else ""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(render_settings(current, values))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomic(path, render_settings(current, values).encode())
 
 
 def start_unit(unit: str) -> None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from pathlib import Path
 
 import structlog
+
+from dockyard.common.atomic_file import write_atomic
 
 __all__ = ["PRIVATE_MODE", "ensure_private_dir", "write_private"]
 
@@ -46,23 +47,6 @@ def ensure_private_dir(path: Path) -> None:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a secret file readable by its owner only: 0600 from the first byte (a new
-    temporary file of its own, then a rename), synced with its directory, so that a
-    crash leaves the old file or the new one whole; the temporary goes on failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    """Write a secret file readable by its owner only: 0600 from the first byte, synced
+    with its directory, so that a crash leaves the old file or the new one whole."""
+    write_atomic(path, data, mode=0o600)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import tempfile
 import threading
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +24,7 @@ from typing import Any
 
 from dockyard.agent.network.local_bridges import local_bridge_name
 from dockyard.agent.runtime.base import LocalBridge
+from dockyard.common.atomic_file import write_atomic
 
 __all__ = [
     "BUILTIN",
@@ -130,16 +129,7 @@ class NetworkStore:
             },
         }
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(data, out, indent=1, sort_keys=True)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(name, self.path)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode(), mode=0o600)
 
     # ----- networks -----------------------------------------------------------------
 

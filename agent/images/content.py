@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from dockyard.agent.images.blobs import fsync_dir, store_error
+from dockyard.agent.images.blobs import store_error
 from dockyard.agent.images.errors import ImageStoreError
 from dockyard.agent.images.models import Image, ImageConfig, Layer
+from dockyard.common.atomic_file import write_atomic
 from dockyard.common.distribution.media import INDEX_TYPES, MANIFEST_TYPES, OCI_MANIFEST
 from dockyard.common.distribution.platform import Platform
 
@@ -99,16 +98,6 @@ def write_json_atomic(path: Path, value: Any) -> None:
     """Write JSON to `path` atomically (temp file, fsync, rename, fsync dir); blocking."""
     data = json.dumps(value, indent=1, sort_keys=True).encode()
     try:
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        write_atomic(path, data, mode=0o600, make_parent=False)
     except OSError as exc:
-        raise store_error(exc, str(path)) from exc
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(name, path)
-        fsync_dir(path.parent)
-    except OSError as exc:
-        Path(name).unlink(missing_ok=True)
         raise store_error(exc, str(path)) from exc

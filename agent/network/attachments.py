@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dockyard.agent.runtime.base import NetworkInfo, PortMapping
+from dockyard.common.atomic_file import write_atomic
 
 __all__ = ["ATTACHED", "ATTACHING", "STALE", "Attachment", "AttachmentStore"]
 
@@ -135,11 +135,10 @@ class AttachmentStore:
 
     def save(self, attachment: Attachment) -> None:
         """Write one record (a temp file, then a rename)."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self._path(attachment.container_id)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(attachment.to_dict()))
-        os.replace(tmp, path)
+        # Not synced (one per container start): a record a power cut lost is not loaded,
+        # and `recover` gives its container a new attachment.
+        data = json.dumps(attachment.to_dict()).encode()
+        write_atomic(self._path(attachment.container_id), data, durable=False)
 
     def delete(self, container_id: str) -> None:
         """Forget one record."""

@@ -38,6 +38,7 @@ from dockyard.agent.network.errors import CniError, NetworkError
 from dockyard.agent.network.netns import create_netns, delete_netns, ip_command, netns_path
 from dockyard.agent.network.ports import PortReservations
 from dockyard.agent.runtime.base import ContainerRuntimeError, NetworkInfo, PortMapping
+from dockyard.common.atomic_file import write_atomic
 from dockyard.common.validation import check_subnet
 
 __all__ = [
@@ -188,11 +189,7 @@ class BridgeNetwork:
         return True
 
     def _remember_subnet(self, subnet: str) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / ASSIGNED_SUBNET_FILE
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(f"{subnet}\n")
-        tmp.replace(path)
+        write_atomic(self.root / ASSIGNED_SUBNET_FILE, f"{subnet}\n".encode())
 
     async def _remove_idle_bridge(self) -> None:
         """Delete this agent's bridge (nothing is attached to it) so that the plugin makes

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -35,6 +33,7 @@ from dockyard.agent.network.bridge import LOCK_DIR, BridgeConfig, BridgeNetwork
 from dockyard.agent.network.errors import NetworkError
 from dockyard.agent.network.nft import run_nft
 from dockyard.agent.runtime.base import LocalBridge, NetworkInfo, PortMapping
+from dockyard.common.atomic_file import write_atomic
 
 __all__ = ["LocalBridges", "isolation_ruleset", "local_bridge_name"]
 
@@ -207,18 +206,8 @@ class LocalBridges:
 
     def _remember(self, spec: LocalBridge) -> None:
         """Write ``network.json`` atomically (blocking)."""
-        directory = self._dir(spec.network_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=directory, prefix=f".{SPEC_FILE}.")
-        try:
-            with os.fdopen(fd, "w") as out:
-                json.dump(asdict(spec), out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(name, directory / SPEC_FILE)
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
+        path = self._dir(spec.network_id) / SPEC_FILE
+        write_atomic(path, json.dumps(asdict(spec)).encode(), mode=0o600)
 
     # -------------------------------------------------------------- containers
 

@@ -22,6 +22,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from dockyard.common.atomic_file import write_atomic
+
 __all__ = ["CLAIMS_DIR", "ClaimsBusyError", "SubnetClaims", "drop_claims_under"]
 
 CLAIMS_DIR = Path("/run/dockyard/local-subnets")
@@ -137,6 +139,4 @@ def _try_lock(fd: int) -> bool:
 
 
 def _replace(path: Path, body: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    temporary.write_text(body)
-    os.replace(temporary, path)
+    write_atomic(path, body.encode())

@@ -21,6 +21,29 @@ VOLUME_NAME_PATTERN = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}\Z")
 # Mounts of one container, and the largest tmpfs: the controller and the agent agree.
 MAX_MOUNTS = 64
 MAX_TMPFS_BYTES = 1 << 40
+# setrlimit's resources by Docker's names (`--ulimit nofile=...`).
+ULIMIT_NAMES = frozenset(
+    {
+        "as",
+        "core",
+        "cpu",
+        "data",
+        "fsize",
+        "locks",
+        "memlock",
+        "msgqueue",
+        "nice",
+        "nofile",
+        "nproc",
+        "rss",
+        "rtprio",
+        "rttime",
+        "sigpending",
+        "stack",
+    }
+)
+# The namespaced sysctls a container may set (`--sysctl`): Docker's list.
+SYSCTL_KEY_PATTERN = re.compile(r"(kernel\.(msg|sem|shm)\w*|fs\.mqueue\.[\w.]+|net\.[\w.\-/]+)\Z")
 
 
 class ValidationError(ValueError):

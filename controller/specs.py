@@ -15,6 +15,8 @@ from dockyard.common.reference import InvalidReference, parse_reference
 from dockyard.common.validation import (
     MAX_MOUNTS,
     MAX_TMPFS_BYTES,
+    SYSCTL_KEY_PATTERN,
+    ULIMIT_NAMES,
     VOLUME_NAME_PATTERN,
     ValidationError,
     check_labels,
@@ -207,30 +209,9 @@ def untemplated(text: str) -> str:
 
 
 MAX_EXTRA_ITEMS = 64
-_SYSCTL_KEY = re.compile(r"(kernel\.(msg|sem|shm)\w*|fs\.mqueue\.[\w.]+|net\.[\w.\-/]+)\Z")
 _HOSTS_LINE = re.compile(r"[0-9a-fA-F:.]+( [a-zA-Z0-9][a-zA-Z0-9._-]{0,252})+\Z")
 _DOMAIN = re.compile(r"(\.|[a-zA-Z0-9][a-zA-Z0-9._-]{0,252})\Z")
 _SIGNAL = re.compile(r"(SIG[A-Z0-9]{2,10}(\+[0-9]{1,2})?|[0-9]{1,2})\Z")
-_ULIMITS = frozenset(
-    [
-        "as",
-        "core",
-        "cpu",
-        "data",
-        "fsize",
-        "locks",
-        "memlock",
-        "msgqueue",
-        "nice",
-        "nofile",
-        "nproc",
-        "rss",
-        "rtprio",
-        "rttime",
-        "sigpending",
-        "stack",
-    ]
-)
 
 
 def _check_extras(container: ContainerSpec) -> None:
@@ -256,10 +237,10 @@ def _check_extras(container: ContainerSpec) -> None:
             raise ValidationError(
                 f"{where}.dns_servers[{index}]", f"not an IP address: {server[:80]!r}"
             ) from None
-    if len(container.ulimits) > len(_ULIMITS):
+    if len(container.ulimits) > len(ULIMIT_NAMES):
         raise ValidationError(f"{where}.ulimits", "one entry per resource")
     for index, ulimit in enumerate(container.ulimits):
-        if ulimit.name not in _ULIMITS or ulimit.soft < -1 or ulimit.hard < -1:
+        if ulimit.name not in ULIMIT_NAMES or ulimit.soft < -1 or ulimit.hard < -1:
             raise ValidationError(
                 f"{where}.ulimits[{index}]", f"not a ulimit: {ulimit.name[:40]!r}"
             )
@@ -268,7 +249,7 @@ def _check_extras(container: ContainerSpec) -> None:
     if len(container.sysctls) > MAX_EXTRA_ITEMS:
         raise ValidationError(f"{where}.sysctls", f"at most {MAX_EXTRA_ITEMS} entries")
     for key, value in container.sysctls.items():
-        if not _SYSCTL_KEY.match(key) or len(value) > 256 or "\n" in value:
+        if not SYSCTL_KEY_PATTERN.match(key) or len(value) > 256 or "\n" in value:
             raise ValidationError(f"{where}.sysctls", f"not a namespaced sysctl: {key[:80]!r}")
     if container.stop_signal and not _SIGNAL.match(container.stop_signal):
         raise ValidationError(

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dockyard.cli.commands.service_parse import SpecError, invalid, parse_bytes, parse_count
+from dockyard.common.validation import SYSCTL_KEY_PATTERN, ULIMIT_NAMES
 
 if TYPE_CHECKING:
     from dockyard.cli.commands.service_spec import Setting
 
 __all__ = [
-    "ULIMITS",
     "expand_env_files",
     "extra_settings",
     "parse_config",
@@ -28,30 +28,8 @@ __all__ = [
     "parse_ulimit",
 ]
 
-# setrlimit's resources by docker's names (`--ulimit nofile=...`).
-ULIMITS = frozenset(
-    {
-        "as",
-        "core",
-        "cpu",
-        "data",
-        "fsize",
-        "locks",
-        "memlock",
-        "msgqueue",
-        "nice",
-        "nofile",
-        "nproc",
-        "rss",
-        "rtprio",
-        "rttime",
-        "sigpending",
-        "stack",
-    }
-)
 _CONFIG_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
 _HOST_NAME = re.compile(r"[a-zA-Z0-9]([a-zA-Z0-9._-]{0,252})")
-_SYSCTL = re.compile(r"(kernel\.(msg|sem|shm)\w*|fs\.mqueue\.[\w.]+|net\.[\w.\-/]+)")
 _CONFIG_KEYS = ("source", "src", "target", "uid", "gid", "mode")
 
 
@@ -123,9 +101,9 @@ def parse_ulimit(label: str, text: str) -> tuple[str, int, int]:
     """`nofile=1024[:2048]` -> (name, soft, hard); -1 is unlimited."""
     name, eq, values = text.partition("=")
     name = name.strip().lower()
-    if not eq or name not in ULIMITS:
+    if not eq or name not in ULIMIT_NAMES:
         raise invalid(
-            label, text, f"use NAME=SOFT[:HARD], NAME one of {', '.join(sorted(ULIMITS))}"
+            label, text, f"use NAME=SOFT[:HARD], NAME one of {', '.join(sorted(ULIMIT_NAMES))}"
         )
     soft_text, _, hard_text = values.partition(":")
     try:
@@ -157,7 +135,7 @@ def parse_stop_signal(label: str, text: str) -> str:
 def _sysctl(label: str, text: str) -> tuple[str, str]:
     key, eq, value = text.partition("=")
     key = key.strip()
-    if not eq or not _SYSCTL.fullmatch(key):
+    if not eq or not SYSCTL_KEY_PATTERN.match(key):
         raise invalid(
             label,
             text,

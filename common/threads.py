@@ -32,7 +32,8 @@ async def to_thread_to_end(call: Callable[[], T], undo: Callable[[T], object] | 
         return await asyncio.shield(job)
     except asyncio.CancelledError:
         await asyncio.wait([job])
-        if undo is not None and not job.cancelled() and job.exception() is None:
+        # exception() before undo: a failed call's error is retrieved, not logged at GC
+        if not job.cancelled() and job.exception() is None and undo is not None:
             result = job.result()
             await to_thread_to_end(lambda: undo(result))
         raise

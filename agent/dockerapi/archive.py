@@ -40,6 +40,7 @@ from dockyard.agent.images.safe_fs import Beneath, UnsafePath, split_name
 from dockyard.agent.images.unpack import BoundedTarInfo, _HashingReader, _Unpacker
 from dockyard.agent.images.unpack_limits import UnpackLimits
 from dockyard.agent.runtime.base import ContainerStatus
+from dockyard.common.threads import to_thread_to_end
 
 __all__ = ["MAX_ARCHIVE_BYTES", "add_routes"]
 
@@ -174,17 +175,20 @@ class _Rootfs:
         from dockyard.agent.runtime.runc.rootfs import ContainerLayer
 
         layer = ContainerLayer(self.view.info.config.lower_dirs, self.base)
-        mounted_here = self.view.info.state.status in (ContainerStatus.EXITED, ContainerStatus.DEAD)
-        if mounted_here:
-            await layer.mount()
+        stopped = self.view.info.state.status in (ContainerStatus.EXITED, ContainerStatus.DEAD)
+        mounted = False
         try:
-            fd = await asyncio.to_thread(os.open, str(layer.target), _DIR_FLAGS)
+            # Only a mount this copy made is undone by it (not one a start made meanwhile).
+            # Both ends run to completion when the handler is cancelled: aiohttp cancels
+            # it when docker cp hangs up, right after reading the archive.
+            mounted = stopped and await layer.mount()
+            fd = await to_thread_to_end(lambda: os.open(layer.target, _DIR_FLAGS), os.close)
             try:
                 yield fd
             finally:
                 os.close(fd)
         finally:
-            if mounted_here:
+            if mounted:
                 with contextlib.suppress(Exception):
                     await layer.unmount()
 

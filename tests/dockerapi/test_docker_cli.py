@@ -317,7 +317,7 @@ def test_cp_out_of_an_exited_container(docker_agent: DockerAgent, tmp_path) -> N
     container_id = docker_agent.ok("inspect", "-f", "{{.Id}}", name).strip()
     rootfs = docker_agent.agent.state_dir / "runtime" / "containers" / container_id / "rootfs"
     try:
-        wait_for(  # mounted for the copy only (the exit's own unmount may still be under way)
+        wait_for(  # mounted for the copy only: unmounted after its response has gone out
             lambda: not os.path.ismount(rootfs), "the rootfs unmounted"
         )
     except AssertionError:

@@ -13,7 +13,6 @@ namespace of the host, one more mount in each for every container.
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import errno
@@ -24,6 +23,7 @@ from pathlib import Path
 import structlog
 
 from dockyard.agent.runtime.base import ContainerRuntimeError, InvalidConfig
+from dockyard.common.threads import to_thread_to_end
 
 __all__ = [
     "ContainerLayer",
@@ -144,14 +144,15 @@ def mounted_under(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
-def _mount_overlay(lower: Sequence[Path], upper: Path, work: Path, target: Path) -> None:
+def _mount_overlay(lower: Sequence[Path], upper: Path, work: Path, target: Path) -> bool:
+    """Mount unless mounted already; whether this call mounted it (blocking)."""
     for d in (upper, work, target):
         d.mkdir(parents=True, exist_ok=True)
     for d in lower:
         if not d.is_dir():
             raise InvalidConfig(f"image layer directory {d} does not exist")
     if is_mounted(target):
-        return
+        return False
     options = f"lowerdir={':'.join(str(d) for d in lower)},upperdir={upper},workdir={work}"
     if len(options) >= os.sysconf("SC_PAGE_SIZE"):
         raise ContainerRuntimeError(
@@ -161,6 +162,7 @@ def _mount_overlay(lower: Sequence[Path], upper: Path, work: Path, target: Path)
     if rc != 0:
         err = ctypes.get_errno()
         raise ContainerRuntimeError(f"mount overlay on {target} failed: {os.strerror(err)}")
+    return True
 
 
 def _unmount(target: Path) -> None:
@@ -186,10 +188,16 @@ class ContainerLayer:
         self.work = base / "work"
         self.target = base / "rootfs"
 
-    async def mount(self) -> Path:
-        """Mount the overlay unless it is already mounted; return the mount point."""
-        await asyncio.to_thread(_mount_overlay, self.lower_dirs, self.upper, self.work, self.target)
-        return self.target
+    async def mount(self) -> bool:
+        """Mount the overlay unless it is already mounted; whether this call mounted it.
+
+        A cancelled caller cannot know of a mount: cancelled, the mount still finishes
+        and one this call made is undone before the cancellation goes on.
+        """
+        return await to_thread_to_end(
+            lambda: _mount_overlay(self.lower_dirs, self.upper, self.work, self.target),
+            lambda mounted: _unmount(self.target) if mounted else None,
+        )
 
     def mount_blocking(self) -> Path:
         """``mount`` for a caller already in a worker thread."""
@@ -197,8 +205,9 @@ class ContainerLayer:
         return self.target
 
     async def unmount(self) -> None:
-        """Unmount the overlay if mounted (the writable layer stays)."""
-        await asyncio.to_thread(_unmount, self.target)
+        """Unmount the overlay if mounted (the writable layer stays); done also when the
+        caller is cancelled meanwhile (a plain ``to_thread`` could drop it)."""
+        await to_thread_to_end(lambda: _unmount(self.target))
 
     def unmount_blocking(self) -> None:
         """``unmount`` for a caller already in a worker thread."""

@@ -10,9 +10,13 @@ for each path, from the first exec until the container's process has been starte
   runc run              raw `runc run` of `true` (create + start + wait + delete)
   runc run --detach     raw, one runc, no monitor
   runc create + start   raw, two runc processes (what conmon + `runc start` did)
-  conmon + sh shim      conmon double-forking away (the launch before start3), the sh shim
-  conmon --sync + shim  the agent's launch (agent/runtime/runc/conmon.py): conmon stays our
-                        child (one fork fewer, no pid file), its answer read on the loop
+  conmon + sh shim      conmon double-forking away (the launch before start3), an sh shim
+                        turning conmon's `create` into `run --detach` (the agents before upall)
+  conmon --sync + shim  conmon stays our child (one fork fewer, no pid file), its answer
+                        read on the loop, the same shim
+  conmon --sync + fifo  the agent's launch (agent/runtime/runc/conmon.py): conmon runs
+                        `runc create`, the agent releases the init through runc's exec fifo
+                        (direct.start_created): no shell, one runc
 
 The paths are interleaved per iteration (path 1, 2, ..., 1, 2, ...), so load bursts of
 this shared machine hit every path alike; medians, quartiles, ratios to raw `runc run`
@@ -54,9 +58,33 @@ from dockyard.agent.runtime.runc.conmon import (
     reap_conmon,
     wait_pid_exit,
 )
-from dockyard.agent.runtime.runc.runexec import write_shim
+from dockyard.agent.runtime.runc.direct import start_created
 
 Path_ = Callable[[str], Awaitable[float]]
+
+# The agents before upall: conmon runs `RUNTIME [flags] create [flags] ID`, this shim
+# runs `runc [flags] run --detach [flags] ID` (one runc, one shell per start).
+SH_SHIM = """#!/bin/sh
+swapped=
+for arg do
+    shift
+    if [ -z "$swapped" ] && [ "$arg" = create ]; then
+        swapped=1
+        set -- "$@" run --detach
+    else
+        set -- "$@" "$arg"
+    fi
+done
+exec {runc} "$@"
+"""
+
+
+def write_shim(directory: Path, runc: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "runc-run-detached"
+    path.write_text(SH_SHIM.format(runc=runc))
+    path.chmod(0o755)
+    return path
 
 
 class Paths:
@@ -92,10 +120,12 @@ class Paths:
             "runc run --detach": self.raw_detach,
             "runc create + start": self.raw_create_start,
         }
-        if self.sh_shim is not None:
-            shim = str(self.sh_shim)
-            paths["conmon + sh shim"] = lambda cid: self.conmon(shim, cid, daemonize=True)
-            paths["conmon --sync + shim"] = lambda cid: self.conmon(shim, cid, daemonize=False)
+        shim = str(self.sh_shim)
+        paths["conmon + sh shim"] = lambda cid: self.conmon(shim, cid, daemonize=True)
+        paths["conmon --sync + shim"] = lambda cid: self.conmon(shim, cid, daemonize=False)
+        paths["conmon --sync + fifo"] = lambda cid: self.conmon(
+            self.runc, cid, daemonize=False, release=True
+        )
         return paths
 
     async def _runc(self, *args: str) -> None:
@@ -129,7 +159,7 @@ class Paths:
         await self._runc("start", cid)
         return time.perf_counter() - t
 
-    async def conmon(self, runtime: str, cid: str, daemonize: bool) -> float:
+    async def conmon(self, runtime: str, cid: str, daemonize: bool, release: bool = False) -> float:
         c = self.root / "conmon" / cid
         paths = ConmonPaths(
             bundle=self.bundle,
@@ -143,7 +173,7 @@ class Paths:
         )
         c.mkdir(parents=True)
         t = time.perf_counter()
-        _, conmon_pid = await launch_conmon(
+        pid, conmon_pid = await launch_conmon(
             conmon="conmon",
             runc=runtime,
             runc_root=self.state,
@@ -151,6 +181,8 @@ class Paths:
             paths=paths,
             daemonize=daemonize,
         )
+        if release and not await start_created(self.state / cid, pid):
+            raise RuntimeError("runc left no exec fifo")
         took = time.perf_counter() - t
         await wait_pid_exit(conmon_pid)
         reap_conmon(conmon_pid)

@@ -254,6 +254,15 @@ class Dockyard:
                 ),
                 flush=True,
             )
+            print(
+                "    timeline (from the create, every 0.5 s: machine busy % / agent CPUs / "
+                "runc processes): "
+                + " ".join(
+                    f"{t:.1f}:{100 * m:.0f}/{a:.2f}/{r}"
+                    for t, m, a, r in report["processes"].get("timeline", [])
+                ),
+                flush=True,
+            )
         start = time.monotonic()
         self.cli("service", "scale", "-d", f"{name}=0")
         wait_for(

@@ -302,3 +302,18 @@ async def test_start_created_reads_the_init_byte_and_removes_the_fifo(tmp_path: 
         init.kill()
         await init.wait()
     assert not await start_created(tmp_path, 1)  # no fifo: the caller runs `runc start`
+
+
+async def test_start_created_returns_once_the_init_closed_its_end(tmp_path: Path) -> None:
+    # runc init's end of the fifo is closed when it execs the user's process: the start
+    # returns after that, so a stop right after it signals that process, not runc init.
+    fifo, marker = tmp_path / EXEC_FIFO, tmp_path / "closing"
+    await asyncio.to_thread(os.mkfifo, fifo)
+    script = f"exec 3>{fifo}; printf 0 >&3; sleep 0.3; : > {marker}; exec 3>&-; sleep 30"
+    init = await asyncio.create_subprocess_exec("sh", "-c", script)
+    try:
+        assert await asyncio.wait_for(start_created(tmp_path, init.pid), 20)
+        assert await asyncio.to_thread(marker.exists)
+    finally:
+        init.kill()
+        await init.wait()

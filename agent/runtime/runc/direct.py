@@ -10,9 +10,11 @@ work itself and falls back to runc for the rest:
 - starting a created container: ``runc create`` leaves its init blocked opening runc's
   ``exec.fifo`` for writing; ``runc start`` opens the fifo, reads the byte the init
   writes (which lets it exec the user's process) and removes the fifo (runc then
-  reports the container running). The agent does the same three steps, and watches the
-  init's pidfd meanwhile: an init that dies before writing fails the start as it does
-  ``runc start`` (which polls it every 100 ms). A runc without that fifo: ``runc start``;
+  reports the container running). The agent does the same three steps, waits until the
+  init has exec'd the user's process (its end of the fifo is closed on exec), and
+  watches the init's pidfd meanwhile: an init that dies before writing fails the start
+  as it does ``runc start`` (which polls it every 100 ms). A runc without that fifo:
+  ``runc start``;
 - deleting a container whose init has exited: remove its cgroup directories (they are
   empty once the pid namespace is gone) and runc's state directory. A cgroup that still
   holds processes (a shared pid namespace) is left to ``runc delete``, which kills them.
@@ -128,24 +130,33 @@ async def start_created(runc_state: Path, pid: int) -> bool:
 
 
 async def _read_unless_exited(fd: int, pid: int) -> bytes:
-    """What the init writes on the fifo ``fd``; b"" if process ``pid`` exits first."""
+    """What the init writes on the fifo ``fd`` until it closes its end, or b"" if process
+    ``pid`` exits first without writing.
+
+    The init's end is close-on-exec: the end of file comes when the init has exec'd the
+    user's process (or died), so a signal sent once the start returns reaches that
+    process, not runc's Go init (``runc start`` returns as soon as the byte is read).
+    """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[bytes] = loop.create_future()
+    data = bytearray()
 
     def readable() -> None:
-        with contextlib.suppress(BlockingIOError):
+        try:
             chunk = os.read(fd, 16)
-            if not done.done():
-                done.set_result(chunk)
+        except BlockingIOError:
+            return
+        data.extend(chunk)
+        if not chunk and not done.done():
+            done.set_result(bytes(data))
 
     def exited() -> None:
-        # The init may have written its byte and exec'd a process that exited at once:
-        # what it wrote is still in the fifo.
+        # It may have written its byte and exec'd a process that exited at once: what
+        # it wrote is still in the fifo.
+        with contextlib.suppress(BlockingIOError):
+            data.extend(os.read(fd, 16))
         if not done.done():
-            try:
-                done.set_result(os.read(fd, 16))
-            except BlockingIOError:
-                done.set_result(b"")
+            done.set_result(bytes(data))
 
     try:
         pidfd = os.pidfd_open(pid)

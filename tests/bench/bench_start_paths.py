@@ -10,13 +10,19 @@ for each path, from the first exec until the container's process has been starte
   runc run              raw `runc run` of `true` (create + start + wait + delete)
   runc run --detach     raw, one runc, no monitor
   runc create + start   raw, two runc processes (what conmon + `runc start` did)
-  conmon + sh shim      conmon double-forking away (the launch before start3), the sh shim
-  conmon --sync + shim  the agent's launch (agent/runtime/runc/conmon.py): conmon stays our
-                        child (one fork fewer, no pid file), its answer read on the loop
+  conmon + sh shim      conmon double-forking away (the launch before start3), an sh shim
+                        turning conmon's `create` into `run --detach` (the agents before upall)
+  conmon --sync + shim  conmon stays our child (one fork fewer, no pid file), its answer
+                        read on the loop, the same shim
+  conmon --sync + fifo  the agent's launch (agent/runtime/runc/conmon.py): conmon runs
+                        `runc create`, the agent releases the init through runc's exec fifo
+                        (direct.start_created): no shell, one runc
 
-The paths are interleaved per iteration (path 1, 2, ..., 1, 2, ...), so load bursts of
-this shared machine hit every path alike; medians, quartiles, ratios to raw `runc run`
-and `uptime` are printed. Everything is made under a temp dir and its own cgroup
+Each path's CPU is printed too: this process's own cpuacct cgroup (Python, conmon, the
+shim, runc's parent) plus the container's cgroup (`runc init`; not for raw `runc run`,
+which deletes it). The paths are interleaved per iteration (path 1, 2, ..., 1, 2, ...),
+so load bursts of this shared machine hit every path alike; medians, quartiles, ratios
+to raw `runc run` and `uptime` are printed. Everything is made under a temp dir and its own cgroup
 parent, and removed at the end, also on Ctrl-C and when --timeout runs out.
 """
 
@@ -39,6 +45,7 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_mounts import OwnCgroup
 from benchlib import (
     BenchTimeout,
     Cleanup,
@@ -54,9 +61,33 @@ from dockyard.agent.runtime.runc.conmon import (
     reap_conmon,
     wait_pid_exit,
 )
-from dockyard.agent.runtime.runc.runexec import write_shim
+from dockyard.agent.runtime.runc.direct import start_created
 
 Path_ = Callable[[str], Awaitable[float]]
+
+# The agents before upall: conmon runs `RUNTIME [flags] create [flags] ID`, this shim
+# runs `runc [flags] run --detach [flags] ID` (one runc, one shell per start).
+SH_SHIM = """#!/bin/sh
+swapped=
+for arg do
+    shift
+    if [ -z "$swapped" ] && [ "$arg" = create ]; then
+        swapped=1
+        set -- "$@" run --detach
+    else
+        set -- "$@" "$arg"
+    fi
+done
+exec {runc} "$@"
+"""
+
+
+def write_shim(directory: Path, runc: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "runc-run-detached"
+    path.write_text(SH_SHIM.format(runc=runc))
+    path.chmod(0o755)
+    return path
 
 
 class Paths:
@@ -92,10 +123,12 @@ class Paths:
             "runc run --detach": self.raw_detach,
             "runc create + start": self.raw_create_start,
         }
-        if self.sh_shim is not None:
-            shim = str(self.sh_shim)
-            paths["conmon + sh shim"] = lambda cid: self.conmon(shim, cid, daemonize=True)
-            paths["conmon --sync + shim"] = lambda cid: self.conmon(shim, cid, daemonize=False)
+        shim = str(self.sh_shim)
+        paths["conmon + sh shim"] = lambda cid: self.conmon(shim, cid, daemonize=True)
+        paths["conmon --sync + shim"] = lambda cid: self.conmon(shim, cid, daemonize=False)
+        paths["conmon --sync + fifo"] = lambda cid: self.conmon(
+            self.runc, cid, daemonize=False, release=True
+        )
         return paths
 
     async def _runc(self, *args: str) -> None:
@@ -129,7 +162,7 @@ class Paths:
         await self._runc("start", cid)
         return time.perf_counter() - t
 
-    async def conmon(self, runtime: str, cid: str, daemonize: bool) -> float:
+    async def conmon(self, runtime: str, cid: str, daemonize: bool, release: bool = False) -> float:
         c = self.root / "conmon" / cid
         paths = ConmonPaths(
             bundle=self.bundle,
@@ -143,7 +176,7 @@ class Paths:
         )
         c.mkdir(parents=True)
         t = time.perf_counter()
-        _, conmon_pid = await launch_conmon(
+        pid, conmon_pid = await launch_conmon(
             conmon="conmon",
             runc=runtime,
             runc_root=self.state,
@@ -151,6 +184,8 @@ class Paths:
             paths=paths,
             daemonize=daemonize,
         )
+        if release and not await start_created(self.state / cid, pid):
+            raise RuntimeError("runc left no exec fifo")
         took = time.perf_counter() - t
         await wait_pid_exit(conmon_pid)
         reap_conmon(conmon_pid)
@@ -164,26 +199,43 @@ class Paths:
         )
 
 
-async def measure(paths: Paths, runs: int) -> dict[str, list[float]]:
+def _container_cpu_ms(cgroup: str) -> float:
+    """CPU of the bench container's cgroup (`runc init` once it joined it, the process)."""
+    usage = Path(f"/sys/fs/cgroup/cpuacct/{cgroup}/bench/cpuacct.usage")
+    try:
+        return int(usage.read_text()) / 1e6
+    except OSError:  # `runc run` deleted it with the container
+        return 0.0
+
+
+async def measure(
+    paths: Paths, runs: int, own: OwnCgroup
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall ms and CPU ms (this process and its children: Python, conmon, the shim,
+    runc; plus the container's cgroup) of each path, interleaved."""
     chosen = paths.all()
     times: dict[str, list[float]] = {name: [] for name in chosen}
+    cpu: dict[str, list[float]] = {name: [] for name in chosen}
     for i in range(runs):
         for j, (name, run) in enumerate(chosen.items()):
             cid = f"sp{j}-{i}"
+            before = own.cpu_ms()
             try:
                 times[name].append(await run(cid) * 1000)
+                cpu[name].append(own.cpu_ms() - before + _container_cpu_ms(paths.cgroup))
             finally:
                 await asyncio.to_thread(paths.delete, cid)
-    return times
+    return times, cpu
 
 
-def report(times: dict[str, list[float]]) -> None:
+def report(times: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
     floor = statistics.median(times["runc run"])
     for name, values in times.items():
         q1, q2, q3 = statistics.quantiles(values, n=4)
+        used = statistics.median(cpu[name])
         print(
             f"  {name:22s} median {q2:7.1f} ms  (p25 {q1:6.1f}, p75 {q3:6.1f})"
-            f"  ratio to runc run {q2 / floor:5.2f}x"
+            f"  ratio to runc run {q2 / floor:5.2f}x   CPU median {used:5.1f} ms"
         )
 
 
@@ -209,9 +261,10 @@ def main() -> None:
         print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
         paths = Paths(root, runc, cgroup)
         paths.make_bundle()
-        times = asyncio.run(measure(paths, args.runs))
+        with OwnCgroup() as own:
+            times, cpu = asyncio.run(measure(paths, args.runs, own))
         print(f"\nstart paths, interleaved, {args.runs} runs each:")
-        report(times)
+        report(times, cpu)
         print("uptime:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
     except BenchTimeout:
         print(f"timed out after {args.timeout}s", file=sys.stderr)

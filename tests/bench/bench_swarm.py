@@ -22,7 +22,8 @@ Per run, each side measures:
 The service is then removed and the next run starts from an empty node.
 With --baseline PYTHONPATH (a directory holding another tree's `dockyard` package,
 e.g. main's), a second controller + agent run that code, and each run measures
-this tree, the baseline and Swarm one after another (ratios of each are printed).
+this tree and the baseline (in turn first and second) then Swarm, one after another
+(ratios of each are printed).
 With --profile DIR, each dockyard up is profiled (tests/bench/upprofile.py: py-spy of
 the agent and the controller, processes at once, CPU per process, per-task phases); the
 agent then logs at info level.
@@ -254,6 +255,15 @@ class Dockyard:
                 ),
                 flush=True,
             )
+            print(
+                "    timeline (from the create, every 0.5 s: machine busy % / agent CPUs / "
+                "runc processes): "
+                + " ".join(
+                    f"{t:.1f}:{100 * m:.0f}/{a:.2f}/{r}"
+                    for t, m, a, r in report["processes"].get("timeline", [])
+                ),
+                flush=True,
+            )
         start = time.monotonic()
         self.cli("service", "scale", "-d", f"{name}=0")
         wait_for(
@@ -413,7 +423,11 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         )
         results: dict[str, list[dict[str, float]]] = {"dockyard": [], "baseline": [], "swarm": []}
         for run in range(args.runs):
-            for key, side in (("dockyard", dockyard), ("baseline", base)):
+            # This tree and the baseline swap places every run: the first one runs
+            # right after Swarm's teardown (containerd still cleaning up) and the load
+            # of a shared machine drifts.
+            sides = (("dockyard", dockyard), ("baseline", base))
+            for key, side in sides if run % 2 == 0 else sides[::-1]:
                 if side is None:
                     continue
                 r = side.run_once(f"bench{run}", args.replicas, args.wait_timeout)

@@ -100,18 +100,28 @@ def processes() -> list[tuple[int, str, str]]:
 
 
 class Sampler(threading.Thread):
-    """Counts runc, conmon and runnable processes every `interval` seconds."""
+    """Counts runc, conmon and runnable processes every `interval` seconds, and how busy
+    the machine's CPUs and the agent were since the sample before (fractions of all
+    CPUs / of one CPU): an up that waits shows idle CPUs."""
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.1, agent: int = 0) -> None:
         super().__init__(daemon=True)
         self.interval = interval
-        self.samples: list[tuple[float, int, int, int]] = []  # t, runc, conmon, running
+        self.agent = agent
+        # t, runc, conmon, running, machine busy (0..1 of all CPUs), agent (CPUs)
+        self.samples: list[tuple[float, int, int, int, float, float]] = []
         self._halt = threading.Event()
         self.waits: collections.Counter[str] = collections.Counter()  # comm state wchan
 
     def run(self) -> None:
-        start = time.monotonic()
+        start = last = time.monotonic()
+        busy, agent, cpus = machine_busy(), self._agent_cpu(), os.cpu_count() or 1
         while not self._halt.wait(self.interval):
+            now = time.monotonic()
+            busy2, agent2 = machine_busy(), self._agent_cpu()
+            span = max(now - last, 1e-3)
+            load = (round((busy2 - busy) / span / cpus, 2), round((agent2 - agent) / span, 2))
+            last, busy, agent = now, busy2, agent2
             runc = conmon = running = 0
             for pid, comm, state in processes():
                 runc += comm.startswith("runc")
@@ -119,7 +129,26 @@ class Sampler(threading.Thread):
                 running += state == "R"
                 if comm.startswith("runc") or (comm == "conmon" and state != "S"):
                     self.waits[f"{comm} {state} {_wchan(pid)}"] += 1
-            self.samples.append((time.monotonic() - start, runc, conmon, running))
+            self.samples.append((now - start, runc, conmon, running, *load))
+
+    def _agent_cpu(self) -> float:
+        return cpu_seconds(self.agent) if self.agent else 0.0
+
+    def timeline(self, step: float = 0.5) -> list[tuple[float, float, float, int]]:
+        """Per `step` seconds: (start, machine busy 0..1, agent CPUs, most runc at once)."""
+        rows: list[tuple[float, float, float, int]] = []
+        for i in range(int(self.samples[-1][0] / step) + 1 if self.samples else 0):
+            part = [s for s in self.samples if i * step < s[0] <= (i + 1) * step]
+            if part:
+                rows.append(
+                    (
+                        i * step,
+                        round(sum(s[4] for s in part) / len(part), 2),
+                        round(sum(s[5] for s in part) / len(part), 2),
+                        max(s[1] for s in part),
+                    )
+                )
+        return rows
 
     def stop(self) -> None:
         self._halt.set()
@@ -138,6 +167,7 @@ class Sampler(threading.Thread):
             "running_mean": round(sum(run) / len(run), 1),
             "conmon_end": self.samples[-1][2],
             "runc_waits": self.waits.most_common(12),
+            "timeline": self.timeline(),
         }
 
 
@@ -196,7 +226,7 @@ class UpProfile:
                         stderr=open(self.out / f"{name}.{key}.spy.log", "wb"),  # noqa: SIM115
                     )
                 )
-        self.sampler = Sampler()
+        self.sampler = Sampler(agent=self.pids["agent"])
         self.sampler.start()
 
     def end(self, tasks: list[Any], service: Any) -> dict[str, Any]:

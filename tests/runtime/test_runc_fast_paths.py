@@ -18,10 +18,17 @@ from pathlib import Path
 import pytest
 
 from dockyard.agent.runtime.base import ContainerRuntimeError, ContainerStatus
+from dockyard.agent.runtime.runc import direct as direct_module
+from dockyard.agent.runtime.runc import runtime as runtime_module
 from dockyard.agent.runtime.runc.cgroups import CgroupV1, rmdir_tree
-from dockyard.agent.runtime.runc.direct import delete_stopped, parse_signal, signal_init
+from dockyard.agent.runtime.runc.direct import (
+    EXEC_FIFO,
+    delete_stopped,
+    parse_signal,
+    signal_init,
+    start_created,
+)
 from dockyard.agent.runtime.runc.records import ContainerDir, load_record
-from dockyard.agent.runtime.runc.runexec import SHIM_NAME, shim_text, write_shim
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
 from tests.runtime.conftest import Env
 
@@ -62,8 +69,8 @@ async def test_a_start_runs_runc_once(logged: tuple[Env, Path]) -> None:
     assert (await env.runtime.wait(info.id)).exit_code == 0
     assert [r.data async for r in env.runtime.logs(info.id)] == [b"hello\n"]
     await env.runtime.remove(info.id)
-    # create+start in one `run --detach`; the exited container deleted without runc.
-    assert _verbs(calls) == ["run --detach"]
+    # `runc create` only (no shell, no `runc start`); the exit deleted without runc.
+    assert _verbs(calls) == ["create"]
 
 
 async def test_stop_and_exit_need_no_runc(logged: tuple[Env, Path]) -> None:
@@ -73,7 +80,7 @@ async def test_stop_and_exit_need_no_runc(logged: tuple[Env, Path]) -> None:
     await asyncio.sleep(0.2)  # the trap set
     exit_info = await env.runtime.stop(info.id, timeout=10)
     assert exit_info is not None and exit_info.exit_code == 7  # TERM reached it
-    assert _verbs(calls) == ["run --detach"]  # no `kill`, no `delete`
+    assert _verbs(calls) == ["create"]  # no `kill`, no `delete`
     assert not await asyncio.to_thread((env.state_root / "runc" / info.id).exists)
     for controller in ("memory", "pids"):
         path = Path("/sys/fs/cgroup", controller, env.cgroup_parent, info.id)
@@ -81,10 +88,10 @@ async def test_stop_and_exit_need_no_runc(logged: tuple[Env, Path]) -> None:
     # and it starts again from there (runc state and cgroups made anew)
     await env.runtime.start(info.id)
     await env.runtime.remove(info.id, force=True)
-    assert _verbs(calls) == ["run --detach", "run --detach"]
+    assert _verbs(calls) == ["create", "create"]
 
 
-async def test_an_attach_waiting_for_the_start_keeps_create_then_start(
+async def test_an_attach_waiting_for_the_start_sees_the_first_output(
     logged: tuple[Env, Path],
 ) -> None:
     env, calls = logged
@@ -95,47 +102,7 @@ async def test_an_attach_waiting_for_the_start_keeps_create_then_start(
     chunks = [c.data async for c in session.output()]
     assert b"".join(chunks) == b"first\n"  # the first output reached the attach
     await env.runtime.remove(info.id)
-    assert _verbs(calls) == ["create", "start"]
-
-
-def test_shim_is_rewritten_when_half_written_or_for_another_runc(tmp_path: Path) -> None:
-    shim = tmp_path / SHIM_NAME
-    shim.write_text(shim_text("/usr/sbin/runc")[:40])  # a crash mid-write of an old agent
-    shim.chmod(0o755)
-    assert shim.read_text() != shim_text("/usr/sbin/runc")
-    assert write_shim(tmp_path, "/usr/sbin/runc") == shim
-    assert shim.read_text() == shim_text("/usr/sbin/runc")
-    assert write_shim(tmp_path, "/opt/runc") == shim
-    assert shim.read_text() == shim_text("/opt/runc")
-    assert os.access(shim, os.X_OK)
-    assert [p.name for p in tmp_path.iterdir()] == [SHIM_NAME]  # no temporary left
-
-
-def test_no_shim_on_a_noexec_state_dir(tmp_path: Path) -> None:
-    target = tmp_path / "noexec"
-    target.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "noexec,size=1m", "tmpfs", str(target)], check=True
-    )
-    try:
-        assert write_shim(target, "/usr/sbin/runc") is None  # starts keep create + start
-    finally:
-        subprocess.run(["umount", str(target)], check=True)
-
-
-def test_shim_turns_create_into_run_detached(tmp_path: Path) -> None:
-    echo = tmp_path / "echo-args"
-    echo.write_text('#!/bin/sh\nprintf "%s|" "$@"\n')
-    echo.chmod(0o755)
-    shim = write_shim(tmp_path, str(echo))
-    assert shim is not None
-    out = subprocess.run(
-        [str(shim), "--root", "/r", "create", "--bundle", "/b c", "--pid-file", "p", "id"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    assert out == "--root|/r|run|--detach|--bundle|/b c|--pid-file|p|id|"
+    assert _verbs(calls) == ["create"]  # connected before the release, no `runc start`
 
 
 def test_parse_signal() -> None:
@@ -235,3 +202,118 @@ def test_rmdir_tree_removes_child_cgroups_too(state_root: tuple[Path, str]) -> N
         for d in (parent / "child" / "grandchild", parent / "child", parent):
             with contextlib.suppress(OSError):
                 d.rmdir()
+
+
+async def test_the_start_releases_the_created_init_without_runc_start(
+    logged: tuple[Env, Path],
+) -> None:
+    env, calls = logged
+    info = await env.runtime.create(env.config("sleep", "30"))
+    await env.runtime.start(info.id)
+    fifo = env.state_root / "runc" / info.id / EXEC_FIFO
+    assert not await asyncio.to_thread(fifo.exists)  # released as `runc start` does
+    state = (
+        await asyncio.to_thread(
+            subprocess.run,
+            ["runc", "--root", str(env.state_root / "runc"), "state", info.id],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    ).stdout
+    assert '"status": "running"' in state  # runc itself sees it started
+    await env.runtime.remove(info.id, force=True)
+    assert _verbs(calls) == ["create"]
+
+
+async def test_an_init_dead_before_its_release_fails_the_start(
+    logged: tuple[Env, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, _ = logged
+    real = runtime_module.start_created
+
+    async def killed_first(runc_state: Path, pid: int) -> bool:
+        os.kill(pid, signal.SIGKILL)
+        return await real(runc_state, pid)
+
+    monkeypatch.setattr(runtime_module, "start_created", killed_first)
+    info = await env.runtime.create(env.config("sleep", "30"))
+    before = await asyncio.to_thread(_our_zombie_conmons)
+    with pytest.raises(ContainerRuntimeError, match="exited"):
+        await asyncio.wait_for(env.runtime.start(info.id), 20)  # no wait for a release
+    assert (await env.runtime.inspect(info.id)).state.status is ContainerStatus.DEAD
+    assert not await asyncio.to_thread((env.state_root / "runc" / info.id).exists)
+    assert set(await asyncio.to_thread(_our_zombie_conmons)) - set(before) == set()
+    monkeypatch.setattr(runtime_module, "start_created", real)
+    await env.runtime.start(info.id)  # and it starts again from there
+    await env.runtime.remove(info.id, force=True)
+
+
+async def test_a_runc_without_an_exec_fifo_is_started_by_runc_start(
+    logged: tuple[Env, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env, calls = logged
+    monkeypatch.setattr(direct_module, "EXEC_FIFO", "no-such-fifo")
+    info = await env.runtime.create(env.config("sh", "-c", "echo started"))
+    await env.runtime.start(info.id)
+    assert (await env.runtime.wait(info.id)).exit_code == 0
+    assert [r.data async for r in env.runtime.logs(info.id)] == [b"started\n"]
+    await env.runtime.remove(info.id)
+    assert _verbs(calls) == ["create", "start"]
+
+
+async def test_the_shim_of_an_earlier_agent_is_removed(state_root: tuple[Path, str]) -> None:
+    root, cg = state_root
+    shim = root / "runc-run-detached"
+    await asyncio.to_thread(root.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(shim.write_text, "#!/bin/sh\n")
+    runtime = RuncRuntime(root, cgroup_parent=cg)
+    await runtime.recover()
+    try:
+        assert not await asyncio.to_thread(shim.exists)
+    finally:
+        await runtime.close()
+
+
+async def test_start_created_gives_up_when_the_init_exits_unreleased(tmp_path: Path) -> None:
+    # An init that exits while the agent waits on the fifo (it never wrote): the start
+    # fails then, it does not wait for a writer that will never come.
+    await asyncio.to_thread(os.mkfifo, tmp_path / EXEC_FIFO)
+    init = await asyncio.create_subprocess_exec("sleep", "0.3")
+    try:
+        with pytest.raises(ContainerRuntimeError, match="exited"):
+            await asyncio.wait_for(start_created(tmp_path, init.pid), 20)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            init.kill()
+        await init.wait()
+
+
+async def test_start_created_reads_the_init_byte_and_removes_the_fifo(tmp_path: Path) -> None:
+    fifo = tmp_path / EXEC_FIFO
+    await asyncio.to_thread(os.mkfifo, fifo)
+    # what runc init does: open for writing (waits for the reader), write "0", go on
+    init = await asyncio.create_subprocess_exec("sh", "-c", f"printf 0 > {fifo}; sleep 30")
+    try:
+        assert await asyncio.wait_for(start_created(tmp_path, init.pid), 20)
+        assert not await asyncio.to_thread(fifo.exists)
+        assert init.returncode is None  # released, still running
+    finally:
+        init.kill()
+        await init.wait()
+    assert not await start_created(tmp_path, 1)  # no fifo: the caller runs `runc start`
+
+
+async def test_start_created_returns_once_the_init_closed_its_end(tmp_path: Path) -> None:
+    # runc init's end of the fifo is closed when it execs the user's process: the start
+    # returns after that, so a stop right after it signals that process, not runc init.
+    fifo, marker = tmp_path / EXEC_FIFO, tmp_path / "closing"
+    await asyncio.to_thread(os.mkfifo, fifo)
+    script = f"exec 3>{fifo}; printf 0 >&3; sleep 0.3; : > {marker}; exec 3>&-; sleep 30"
+    init = await asyncio.create_subprocess_exec("sh", "-c", script)
+    try:
+        assert await asyncio.wait_for(start_created(tmp_path, init.pid), 20)
+        assert await asyncio.to_thread(marker.exists)
+    finally:
+        init.kill()
+        await init.wait()

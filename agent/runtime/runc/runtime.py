@@ -1,12 +1,13 @@
 """``RuncRuntime``: containers under runc, monitored by conmon, on overlayfs rootfs.
 
 ``create`` mounts the rootfs and writes the OCI bundle; ``start`` has conmon (``--sync``:
-our child, no double fork) run ``runc run --detach`` through a shim (one runc per start,
-see ``runexec``; conmon keeps stdio, the log and the exit code, and survives the
-agent), or ``runc create`` then ``runc start`` when an attach waits for the first
-output. A watcher task per running container waits for its conmon to exit (and reaps
-it), then records the exit (code from conmon's exit file, OOM from conmon's ``oom`` file
-or the cgroup's ``oom_kill`` counter), deletes the runc container and unmounts the rootfs.
+our child, no double fork) run ``runc create`` (conmon keeps stdio, the log and the exit
+code, and survives the agent), then releases the created init through runc's exec fifo
+itself (``direct.start_created``: one runc execution per start, attaches that waited for
+the start connected before the release). A watcher task per running container waits for
+its conmon to exit (and reaps it), then records the exit (code from conmon's exit file,
+OOM from conmon's ``oom`` file or the cgroup's ``oom_kill`` counter), deletes the runc
+container and unmounts the rootfs.
 
 A leaf: a ``bridge`` container's namespace and address come in the spec's ``endpoint``
 (the container service's network step made them); the runtime only joins the namespace
@@ -58,7 +59,12 @@ from dockyard.agent.runtime.runc.conmon import (
     reap_conmon,
     wait_pid_exit,
 )
-from dockyard.agent.runtime.runc.direct import delete_stopped, parse_signal, signal_init
+from dockyard.agent.runtime.runc.direct import (
+    delete_stopped,
+    parse_signal,
+    signal_init,
+    start_created,
+)
 from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec, write_exec_process
 from dockyard.agent.runtime.runc.interactive import PipeExec, PtyExec, start_interactive
 from dockyard.agent.runtime.runc.logrotate import LogPolicy, rotate_until
@@ -78,7 +84,6 @@ from dockyard.agent.runtime.runc.rootfs import (
     private_mount_root,
     release_mount_root,
 )
-from dockyard.agent.runtime.runc.runexec import write_shim
 from dockyard.agent.runtime.runc.spec import (
     EtcFiles,
     build_spec,
@@ -127,7 +132,6 @@ class RuncRuntime:
         self._cpu_prev: dict[str, tuple[float, int]] = {}
         self._cleanups: set[asyncio.Task[None]] = set()
         self._pending_attach: dict[str, builtins.list[LateAttach]] = {}
-        self._run_shim: Path | None = None
         self._x32 = True  # the seccomp filter's x32 ABI: recover() asks the kernel
         self._loaded = False
 
@@ -291,14 +295,12 @@ class RuncRuntime:
                 await asyncio.to_thread(_prepare_start, None, cdir, cid, layer)
             phases.mark("prepare")
             self._event(cid).clear()
-            # One runc (`run --detach`) unless an attach waits for this start: that one
-            # must be connected between create and start to see the first output.
-            one_exec = self._run_shim is not None and not self._pending_attach.get(cid)
+            conmon_pid = 0
             try:
                 config = record.config
                 pid, conmon_pid = await launch_conmon(
                     conmon=self.conmon,
-                    runc=str(self._run_shim) if one_exec else self.runc,
+                    runc=self.runc,
                     runc_root=self.runc_root,
                     container_id=cid,
                     paths=cdir.conmon_paths(),
@@ -306,13 +308,19 @@ class RuncRuntime:
                     make_dirs=False,
                 )
                 record.conmon_pid = conmon_pid
-                phases.mark("conmon_run" if one_exec else "conmon_create")
-                if not one_exec:
-                    await self._connect_pending(cid)
+                phases.mark("conmon_create")
+                # Attaches that waited for this start see its first output: connected
+                # while the init still waits to be released.
+                await self._connect_pending(cid)
+                if not await start_created(self.runc_root / cid, pid):
                     await self._runc("start", cid)
-                    phases.mark("runc_start")
+                phases.mark("release")
             except ContainerRuntimeError as exc:
                 await self._runc("kill", cid, "KILL", check=False)
+                if conmon_pid:  # created, not released: conmon exits with the init
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wait_pid_exit(conmon_pid), 10)
+                    reap_conmon(conmon_pid)
                 await self._runc("delete", cid, check=False)
                 record.state = ContainerState(
                     status=ContainerStatus.DEAD,
@@ -666,7 +674,8 @@ class RuncRuntime:
             self._spawn_cleanup(trash)  # layers a crash left half deleted
         await asyncio.to_thread(self.containers_root.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(self.runc_root.mkdir, parents=True, exist_ok=True)
-        self._run_shim = await asyncio.to_thread(write_shim, self.state_root, self.runc)
+        # The `run --detach` shim of earlier agents (starts release runc's exec fifo now).
+        await asyncio.to_thread((self.state_root / "runc-run-detached").unlink, missing_ok=True)
         self._x32 = await asyncio.to_thread(files.kernel_runs_x32)
         entries = await asyncio.to_thread(lambda: sorted(self.containers_root.iterdir()))
         for base in entries:

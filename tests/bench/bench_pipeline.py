@@ -18,6 +18,7 @@ import asyncio
 import gc
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,6 +124,7 @@ async def _run(workers: int, per_worker: int) -> dict[str, Any]:
     gc.callbacks.remove(on_gc)
     for worker in started:
         await worker.close()
+    shutil.rmtree(root, ignore_errors=True)
     collected.pop("at")
     return {"tasks": total, "cpu_us_per_task": 1e6 * cpu / total, "wall_s": wall, "gc": collected}
 

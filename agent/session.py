@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -335,8 +336,9 @@ class ControllerSession:
         self, call: grpc.aio.StreamStreamCall[AgentMessage, DispatcherMessage]
     ) -> None:
         while True:
-            timeout = max(1.0, self.status.heartbeat_period * MISSED_ACKS)
-            message = await asyncio.wait_for(call.read(), timeout)
+            # a deadline on the read itself: `wait_for` would wrap each read in a task
+            async with asyncio.timeout(max(1.0, self.status.heartbeat_period * MISSED_ACKS)):
+                message = await call.read()
             if not isinstance(message, DispatcherMessage):
                 raise SessionLost("controller ended the session")
             kind = message.WhichOneof("message")
@@ -350,15 +352,16 @@ class ControllerSession:
                 await _handle(kind, self._on_network(message.network))
 
     async def _take(self, assignments: AssignmentSet, handler: AssignmentHandler) -> None:
-        log.debug(
-            "session.assignments",
-            full=assignments.full,
-            version=assignments.version,
-            tasks=len(assignments.tasks),
-            removed=len(assignments.removed_task_ids),
-            secrets=sorted(s.id for s in assignments.secrets),
-            bytes=assignments.ByteSize(),
-        )  # never the data
+        if log.is_enabled_for(logging.DEBUG):  # its fields cost a walk of the set
+            log.debug(
+                "session.assignments",
+                full=assignments.full,
+                version=assignments.version,
+                tasks=len(assignments.tasks),
+                removed=len(assignments.removed_task_ids),
+                secrets=sorted(s.id for s in assignments.secrets),
+                bytes=assignments.ByteSize(),
+            )  # never the data
         if self._follows(assignments) and _acceptable(assignments):
             applied = await _handle("assignments", handler(assignments))
             self._held_version = assignments.version if applied else 0

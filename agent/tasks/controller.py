@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import structlog
@@ -44,6 +45,42 @@ STOP_RETRY_DELAY = 1.0
 
 class _Interrupted(Exception):
     """The task changed while a step waited."""
+
+
+class _Interruptible:
+    """A block that a change of the task cuts short (`TaskController._interruptible`).
+
+    The block runs in a timeout scope with no deadline; `_wake` moves the deadline to
+    now, which cancels the block where it waits, and `_Interrupted` is raised. A class
+    rather than a generator-based context manager: every task enters two."""
+
+    __slots__ = ("_controller", "_scope")
+
+    def __init__(self, controller: TaskController) -> None:
+        self._controller = controller
+        self._scope = asyncio.timeout(None)
+
+    async def __aenter__(self) -> None:
+        if self._controller._changed.is_set():
+            raise _Interrupted
+        await self._scope.__aenter__()
+        self._controller._interrupt = self._scope
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._controller._interrupt = None
+        try:
+            await self._scope.__aexit__(exc_type, exc, traceback)
+        except TimeoutError:
+            if self._scope.expired():
+                raise _Interrupted from None
+            raise
+        if exc_type is not None and issubclass(exc_type, TimeoutError) and self._scope.expired():
+            raise _Interrupted from None  # the block's own timeout, cut short anyway
 
 
 class TaskController:
@@ -172,24 +209,31 @@ class TaskController:
                     TaskState.FAILED, "failed", error="task: container not found on this node"
                 )
                 return
-        ended: ExitInfo | Exception | None = None
-        async with asyncio.TaskGroup() as group:
-            probe = self._health_probe()
-            guard = group.create_task(self._guard(probe)) if probe is not None else None
-            try:
-                async with self._interruptible():
-                    ended = await self.executor.wait(self.container_id)
-            except _Interrupted:
-                ended = None
-            except Exception as exc:  # whatever the backend says
-                ended = exc
-            finally:
-                if guard is not None:
+        probe = self._health_probe()
+        if probe is None:  # nothing beside the wait: no task group held while it runs
+            ended = await self._wait_exit()
+        else:
+            async with asyncio.TaskGroup() as group:
+                guard = group.create_task(self._guard(probe))
+                try:
+                    ended = await self._wait_exit()
+                finally:
                     guard.cancel()
         if isinstance(ended, Exception):
             self._report(TaskState.FAILED, "failed", error=_text(ended))
         elif ended is not None:
             self._report_exit(ended)
+
+    async def _wait_exit(self) -> ExitInfo | Exception | None:
+        """How the container ended: its exit, the backend's error, or None when the task
+        changed first."""
+        try:
+            async with self._interruptible():
+                return await self.executor.wait(self.container_id)
+        except _Interrupted:
+            return None
+        except Exception as exc:  # whatever the backend says
+            return exc
 
     async def _shutdown(self) -> None:
         fields: dict[str, Any] = {}
@@ -239,25 +283,9 @@ class TaskController:
 
     # ------------------------------------------------------------------- helpers
 
-    @contextlib.asynccontextmanager
-    async def _interruptible(self) -> AsyncIterator[None]:
-        """Run the block unless the task changes first (then raise `_Interrupted`).
-
-        The block runs in a timeout scope with no deadline; `_wake` moves the deadline
-        to now, which cancels the block where it waits."""
-        if self._changed.is_set():
-            raise _Interrupted
-        try:
-            async with asyncio.timeout(None) as scope:
-                self._interrupt = scope
-                try:
-                    yield
-                finally:
-                    self._interrupt = None
-        except TimeoutError:
-            if scope.expired():
-                raise _Interrupted from None
-            raise  # the backend's own timeout
+    def _interruptible(self) -> _Interruptible:
+        """Run the block unless the task changes first (then raise `_Interrupted`)."""
+        return _Interruptible(self)
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, or less when the task changes."""

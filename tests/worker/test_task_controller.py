@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from dockyard.agent.executor import ExecutorError
+from dockyard.agent.executor import ExecutorError, ExitInfo
 from dockyard.agent.tasks.controller import TaskController
 from dockyard.agent.tasks.disposal import Disposer
 from dockyard.v1.types_pb2 import TaskStatus
@@ -120,6 +120,45 @@ async def test_the_exit_decides_complete_or_failed(
     assert recorder.states() == [*UP_TO_RUNNING, state]
     assert recorder.last().exit_code == code and recorder.last().oom_killed is oom
     assert recorder.last().error == error
+
+
+async def test_a_backends_own_timeout_is_an_error_not_a_change(executor: FakeExecutor) -> None:
+    """A TimeoutError the backend raises (a pull that timed out) rejects or fails the
+    task; only a change of the task cuts a step short."""
+    executor.prepare_error = TimeoutError("pull timed out")
+    controller, recorder = controller_for(executor, make_task("t1"))
+    async with driving(controller):
+        await until(lambda: recorder.states()[-1:] == ["REJECTED"], "REJECTED")
+    assert recorder.last().error == "pull timed out"
+
+    class TimingOut(FakeExecutor):
+        async def wait(self, container_id: str) -> ExitInfo:
+            raise TimeoutError("runtime did not answer")
+
+    timing_out = TimingOut()
+    controller, recorder = controller_for(timing_out, make_task("t2"))
+    async with driving(controller):
+        await until(lambda: recorder.states()[-1:] == ["FAILED"], "FAILED")
+    assert recorder.states() == [*UP_TO_RUNNING, "FAILED"]
+    assert recorder.last().error == "runtime did not answer"
+
+
+async def test_a_change_while_running_cuts_the_wait_short(executor: FakeExecutor) -> None:
+    task = make_task("t1")
+    controller, recorder = controller_for(executor, task)
+    async with driving(controller) as job:
+        await until(lambda: recorder.states() == UP_TO_RUNNING, "RUNNING")
+        waits = len(executor.named("wait"))
+        changed = Task()
+        changed.CopyFrom(task)
+        changed.spec.container.image = "busybox:2"  # not a new desired state: no interrupt
+        controller.update(changed)
+        await asyncio.sleep(0.05)
+        assert len(executor.named("wait")) == waits
+        controller.remove()  # the task left the set: the wait ends, the container goes
+        await asyncio.wait_for(asyncio.shield(job), 5)
+    assert executor.named("remove") == ["c-t1"]
+    assert recorder.states() == UP_TO_RUNNING
 
 
 async def test_shutdown_while_preparing_cancels_the_prepare(executor: FakeExecutor) -> None:

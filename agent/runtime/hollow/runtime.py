@@ -107,7 +107,7 @@ def _int(text: str) -> int:
 
 
 class _Container:
-    __slots__ = ("config", "created_at", "event", "state", "timer")
+    __slots__ = ("config", "created_at", "event", "snapshot", "state", "timer")
 
     def __init__(self, config: ContainerSpec) -> None:
         self.config = config
@@ -115,16 +115,23 @@ class _Container:
         self.state = ContainerState()
         self.event: asyncio.Event | None = None
         self.timer: asyncio.TimerHandle | None = None
+        self.snapshot: ContainerInfo | None = None
 
     def info(self) -> ContainerInfo:
-        return ContainerInfo(
-            self.config.id,
-            self.config.name,
-            self.config.image,
-            self.created_at,
-            self.config,
-            replace(self.state),
-        )
+        """The container as callers see it: one snapshot (its state a copy of ours) per
+        change, shared by every inspect until the next change (`changed`), as a runtime
+        keeping its records in memory would: a task's pipeline inspects its container
+        several times between two changes."""
+        if self.snapshot is None:
+            config = self.config
+            self.snapshot = ContainerInfo(
+                config.id, config.name, config.image, self.created_at, config, replace(self.state)
+            )
+        return self.snapshot
+
+    def changed(self) -> None:
+        """Its state or config changed: the next `info` is a new snapshot."""
+        self.snapshot = None
 
     def exit_info(self) -> ExitInfo:
         state = self.state
@@ -183,7 +190,8 @@ class HollowRuntime:
             raise NameConflict(config.name, self._names[config.name][:12])
         if not config.image:
             raise InvalidConfig("no image")
-        config = replace(config, id=config.id or secrets.token_hex(32))
+        if not config.id:  # the service names its containers: no copy of the spec then
+            config = replace(config, id=secrets.token_hex(32))
         container = _Container(config)
         self._containers[config.id] = container
         self._names[config.name] = config.id
@@ -205,6 +213,7 @@ class HollowRuntime:
         state.exit_code = None
         state.started_at = datetime.now(UTC)
         state.finished_at = None
+        container.changed()
         if container.event is not None and container.event.is_set():
             container.event = None
         config = container.config
@@ -225,6 +234,7 @@ class HollowRuntime:
         container.state.pid = 0
         container.state.exit_code = exit_code
         container.state.finished_at = datetime.now(UTC)
+        container.changed()
         if container.event is not None:
             container.event.set()
 
@@ -338,6 +348,7 @@ class HollowRuntime:
             raise NameConflict(name, holder[:12])
         self._names.pop(container.config.name, None)
         container.config = replace(container.config, name=name)
+        container.changed()
         self._names[name] = container.config.id
 
     async def set_endpoint(self, container_id: str, endpoint: NetworkEndpoint) -> None:

@@ -1,0 +1,68 @@
+"""The agent's side of the session stream: what it does with each message it reads, and
+that a controller gone silent ends the session (after `MISSED_ACKS` heartbeat periods)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from dockyard.agent.identity import NodeIdentity
+from dockyard.agent.session import ControllerSession, SessionLost
+from dockyard.v1.dispatcher_pb2 import (
+    AssignmentSet,
+    DispatcherMessage,
+    HeartbeatAck,
+)
+from dockyard.v1.types_pb2 import NodeDescription
+
+
+class _Call:
+    """A stream whose reads return the queued messages, then wait (the controller went
+    silent) or end (`None`: the controller closed it)."""
+
+    def __init__(self, *messages: Any) -> None:
+        self._messages = list(messages)
+
+    async def read(self) -> Any:
+        if not self._messages:
+            await asyncio.Event().wait()
+        return self._messages.pop(0)
+
+
+def _session(received: list[AssignmentSet]) -> ControllerSession:
+    async def on_assignments(assignments: AssignmentSet) -> None:
+        received.append(assignments)
+
+    session = ControllerSession(
+        ["127.0.0.1:1"], NodeIdentity("n" * 20, "node"), NodeDescription, on_assignments
+    )
+    session.status.heartbeat_period = 0.1  # a silent controller is given max(1 s, 3 periods)
+    return session
+
+
+async def test_a_silent_controller_ends_the_session_after_its_deadline() -> None:
+    received: list[AssignmentSet] = []
+    session = _session(received)
+    session._sent[1] = 0.0
+    call = _Call(
+        DispatcherMessage(heartbeat_ack=HeartbeatAck(sequence=1)),
+        DispatcherMessage(assignments=AssignmentSet(full=True, version=3)),
+    )
+    async with asyncio.timeout(10):  # the session's own deadline is 1 s
+        with pytest.raises(TimeoutError):
+            await session._receive(call)  # type: ignore[arg-type]
+    assert [a.version for a in received] == [3]
+    assert session._held_version == 3 and session.status.rtt_seconds > 0
+    assert 1 not in session._sent  # acked
+
+
+async def test_a_closed_stream_ends_the_session() -> None:
+    received: list[AssignmentSet] = []
+    session = _session(received)
+    call = _Call(DispatcherMessage(assignments=AssignmentSet(full=True, version=1)), None)
+    async with asyncio.timeout(10):
+        with pytest.raises(SessionLost):
+            await session._receive(call)  # type: ignore[arg-type]
+    assert [a.version for a in received] == [1]

@@ -90,7 +90,11 @@ class NetworkMapper:
         # The tasks holding an address on a cluster network: the overlays' only input
         # among the tasks (most tasks hold none, and walking all of them cost as much).
         self._networked = {i for i, t in state.tasks.items() if t.networks}
+        # The routes are walked from every node only after a node's record changed
+        # (the tracker says so): a look during a scale-up finds none changed.
+        self._nodes_changed = True
         self._routes: Routes = frozenset()
+        self._walked_routes: Routes = frozenset()
         self._names: Names = ()
         self._revocations: Revoked = ()
         self._overlays: OverlayView = ({}, {})
@@ -177,8 +181,12 @@ class NetworkMapper:
         )
 
     def _absorb(self) -> None:
-        """Take the tasks changed since the last look into the names and overlays."""
-        changed = self._tracker.take().task_ids or set()
+        """Take the tasks changed since the last look into the names and overlays, and
+        note whether a node's record changed (the routes)."""
+        taken = self._tracker.take()
+        if taken.nodes:
+            self._nodes_changed = True
+        changed = taken.task_ids or set()
         if not changed:
             return
         self._service_names.update(changed)
@@ -203,11 +211,16 @@ class NetworkMapper:
         return tuple(sorted(self._revoked(time.time())))
 
     def _current_routes(self) -> Routes:
-        return frozenset(
+        self._absorb()
+        if not self._nodes_changed:
+            return self._walked_routes
+        self._nodes_changed = False
+        self._walked_routes = frozenset(
             (n.id, n.network.subnet, n.network.address)
             for n in self._state.nodes.values()
             if n.network.subnet and n.network.address
         )
+        return self._walked_routes
 
     def _current_names(self) -> Names:
         """Every service's name with its running tasks' addresses, sorted."""

@@ -18,7 +18,7 @@ from dockyard.controller.network_map import (
 )
 from dockyard.controller.overlay_map import node_overlays
 from dockyard.controller.state import ClusterState
-from dockyard.controller.store import TASKS, Store
+from dockyard.controller.store import NODES, TASKS, Store
 from dockyard.v1.dispatcher_pb2 import (
     DispatcherMessage,
     IngressPort,
@@ -197,3 +197,30 @@ def test_a_greeting_has_the_revocations_of_its_moment() -> None:
     assert list(posted["n1"].network.revoked_serials) == ["0a"]
     assert list(posted["n2"].network.revoked_serials) == ["0a", "0c"]
     assert posted["n2"].SerializeToString(deterministic=True) == expected(mapper, state.nodes["n2"])
+
+
+def test_the_routes_follow_every_node_change() -> None:
+    """The routes are walked again only after a node's record changed: each change (a
+    new address, a node gone, one added) is in the next look, none is missed."""
+    state = cluster()
+    mapper = NetworkMapper(state, lambda node_id, message: True, lambda: ())
+
+    def walked() -> Routes:
+        return frozenset(
+            (n.id, n.network.subnet, n.network.address)
+            for n in state.nodes.values()
+            if n.network.subnet and n.network.address
+        )
+
+    assert mapper._current_routes() == walked()
+    moved = Node()
+    moved.CopyFrom(state.nodes["n2"])
+    moved.network.address = "192.0.2.99"
+    state._put(NODES, state.nodes, "n2", moved)
+    assert ("n2", "10.210.2.0/24", "192.0.2.99") in mapper._current_routes()
+    assert mapper._current_routes() == walked()
+    state._remove(NODES, state.nodes, "n3")
+    assert mapper._current_routes() == walked()
+    state._put(NODES, state.nodes, "n9", make_node(9))
+    assert mapper._current_routes() == walked()
+    assert len(walked()) == 6

@@ -45,6 +45,15 @@ FLUSH_INTERVAL = 0.1
 DEBOUNCE = 0.05
 """Seconds the assigner lets changes gather before it looks: a scheduling round is
 written in many transactions, and a node touched by several is then rebuilt once."""
+BACKLOG_TASKS = 1_000
+BACKLOG_GATHER = 0.5
+"""While at least BACKLOG_TASKS tasks wait for the scheduler (a scale-up's burst), the
+assigner lets changes gather for up to BACKLOG_GATHER seconds, looking again every
+DEBOUNCE: a spread batch touches every node, written in transactions that each touch
+another hundred or so, and a node then gets one delta for several of them instead of
+one each (a message costs the controller, gRPC and the agent about the same whatever it
+holds). Once fewer wait, the gathered changes go out at the
+next DEBOUNCE: the last batches of a burst are not held back."""
 
 
 def assigned_to_agent(task: Task) -> bool:
@@ -258,9 +267,18 @@ class Assigner:
         keys.reset()
         while True:
             await changed.wait()
-            await asyncio.sleep(DEBOUNCE)
+            await self._gather()
             changed.clear()
             await self.round(keys, tracker.take().task_ids or ())
+
+    async def _gather(self) -> None:
+        """Let changes gather: DEBOUNCE, longer while the scheduler has a backlog."""
+        waited = 0.0
+        while True:
+            await asyncio.sleep(DEBOUNCE)
+            waited += DEBOUNCE
+            if waited >= BACKLOG_GATHER or len(self._state.pending_task_ids) < BACKLOG_TASKS:
+                return
 
     async def round(self, keys: AssignmentKeys, task_ids: Iterable[str]) -> None:
         """Send what changed to the nodes of these tasks (``keys`` kept by the caller)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from dockyard.common.states import TaskState
 from dockyard.controller.ingress_network import find_ingress
@@ -30,7 +31,14 @@ from dockyard.v1.dispatcher_pb2 import (
 from dockyard.v1.types_pb2 import Node
 from dockyard.v1.workloads_pb2 import Service, Task
 
-__all__ = ["NetworkMapper", "ingress_ports", "quiet_pause"]
+__all__ = [
+    "NetworkMapper",
+    "SharedMap",
+    "ingress_ports",
+    "node_message",
+    "quiet_pause",
+    "shared_map",
+]
 
 RUNNING = TaskState.RUNNING  # looked up once: an enum attribute costs on every task
 SEND_INTERVAL = 0.5
@@ -82,7 +90,11 @@ class NetworkMapper:
         # The tasks holding an address on a cluster network: the overlays' only input
         # among the tasks (most tasks hold none, and walking all of them cost as much).
         self._networked = {i for i, t in state.tasks.items() if t.networks}
+        # The routes are walked from every node only after a node's record changed
+        # (the tracker says so): a look during a scale-up finds none changed.
+        self._nodes_changed = True
         self._routes: Routes = frozenset()
+        self._walked_routes: Routes = frozenset()
         self._names: Names = ()
         self._revocations: Revoked = ()
         self._overlays: OverlayView = ({}, {})
@@ -92,9 +104,11 @@ class NetworkMapper:
         # loop sends every session the newer map when the cluster changed since.
         self._greeting: tuple[Routes, Names, OverlayView, IngressView] | None = None
         self._greeting_at = 0.0
+        self._greeting_map: tuple[Revoked, SharedMap] | None = None
 
-    def network_map(self, node: Node) -> NetworkMap:
-        """``node``'s map (its record as just registered: the view may not have it yet)."""
+    def _greeting_message(self, node: Node) -> DispatcherMessage:
+        """``node``'s map in its message (its record as just registered: the view may not
+        have it yet)."""
         now = time.monotonic()
         if self._greeting is None or now - self._greeting_at >= SEND_INTERVAL:
             self._greeting = (
@@ -104,12 +118,16 @@ class NetworkMapper:
                 self._current_ingress(),
             )
             self._greeting_at = now
-        routes, names, overlays, ingress = self._greeting
-        return _network_map(node, routes, names, self._current_revocations(), overlays, ingress)
+            self._greeting_map = None
+        revoked = self._current_revocations()
+        if self._greeting_map is None or self._greeting_map[0] != revoked:
+            routes, names, overlays, ingress = self._greeting
+            self._greeting_map = revoked, shared_map(routes, names, revoked, overlays, ingress)
+        return node_message(node, self._greeting_map[1])
 
     def send_now(self, node: Node) -> None:
         """Send ``node`` its map (its session just opened)."""
-        self._post(node.id, DispatcherMessage(network=self.network_map(node)))
+        self._post(node.id, self._greeting_message(node))
 
     def revocations_changed(self) -> None:
         """A certificate was revoked: send every node the new list."""
@@ -141,11 +159,11 @@ class NetworkMapper:
                     self._overlays,
                     self._ingress,
                 ) = current
-                for node_id in list(self._sessions()):  # the view computed once for them all
+                shared = shared_map(*current)  # built once for every session
+                for node_id in list(self._sessions()):
                     node = self._state.nodes.get(node_id)
                     if node is not None:
-                        message = DispatcherMessage(network=_network_map(node, *current))
-                        self._post(node.id, message)
+                        self._post(node.id, node_message(node, shared))
                 await asyncio.sleep(SEND_INTERVAL)  # a burst of changes makes one map
             else:
                 await asyncio.sleep(quiet_pause(time.monotonic() - started))
@@ -163,8 +181,12 @@ class NetworkMapper:
         )
 
     def _absorb(self) -> None:
-        """Take the tasks changed since the last look into the names and overlays."""
-        changed = self._tracker.take().task_ids or set()
+        """Take the tasks changed since the last look into the names and overlays, and
+        note whether a node's record changed (the routes)."""
+        taken = self._tracker.take()
+        if taken.nodes:
+            self._nodes_changed = True
+        changed = taken.task_ids or set()
         if not changed:
             return
         self._service_names.update(changed)
@@ -189,11 +211,16 @@ class NetworkMapper:
         return tuple(sorted(self._revoked(time.time())))
 
     def _current_routes(self) -> Routes:
-        return frozenset(
+        self._absorb()
+        if not self._nodes_changed:
+            return self._walked_routes
+        self._nodes_changed = False
+        self._walked_routes = frozenset(
             (n.id, n.network.subnet, n.network.address)
             for n in self._state.nodes.values()
             if n.network.subnet and n.network.address
         )
+        return self._walked_routes
 
     def _current_names(self) -> Names:
         """Every service's name with its running tasks' addresses, sorted."""
@@ -241,27 +268,35 @@ def ingress_ports(
     return tuple(sorted(ports))
 
 
-def _network_map(
-    node: Node,
+@dataclass(frozen=True)
+class SharedMap:
+    """What every node's map holds alike, built once per send: a map with every peer,
+    the names, the revoked serials and the mesh's ports; a node's own map is a copy of
+    it (in C, not a Python object per peer) without its own peer, plus its own fields."""
+
+    template: NetworkMap
+    peer_index: dict[str, int]
+    """Node ID -> its position in ``template.peers``."""
+    overlays: OverlayView
+    ingress_addresses: dict[str, str]
+
+
+def shared_map(
     routes: Routes,
     names: Names,
     revoked: Revoked,
     overlay: OverlayView,
     ingress: IngressView,
-) -> NetworkMap:
-    peers = [
-        PeerNetwork(node_id=node_id, subnet=subnet, address=address)
-        for node_id, subnet, address in sorted(routes)
-        if node_id != node.id
-    ]
-    services = [ServiceAddresses(name=name, addresses=addresses) for name, addresses in names]
-    return NetworkMap(
-        subnet=node.network.subnet,
-        peers=peers,
-        services=services,
+) -> SharedMap:
+    """The part of every node's map that does not depend on the node."""
+    ordered = sorted(routes)
+    template = NetworkMap(
+        peers=[
+            PeerNetwork(node_id=node_id, subnet=subnet, address=address)
+            for node_id, subnet, address in ordered
+        ],
+        services=[ServiceAddresses(name=name, addresses=addresses) for name, addresses in names],
         revoked_serials=revoked,
-        overlays=node_overlays(node.id, *overlay),
-        address=node.network.address,
         ingress=[
             IngressPort(
                 published_port=published,
@@ -272,5 +307,33 @@ def _network_map(
             )
             for published, target, protocol, backends, overlay in ingress[0]
         ],
-        ingress_address=dict(ingress[1]).get(node.id, ""),
     )
+    index = {node_id: i for i, (node_id, _, _) in enumerate(ordered)}
+    return SharedMap(template, index, overlay, dict(ingress[1]))
+
+
+def node_message(node: Node, shared: SharedMap) -> DispatcherMessage:
+    """``node``'s map, in the message that carries it (built in place: no second copy)."""
+    message = DispatcherMessage()
+    network = message.network
+    network.CopyFrom(shared.template)
+    own = shared.peer_index.get(node.id)
+    if own is not None:
+        del network.peers[own]
+    network.subnet = node.network.subnet
+    network.overlays.extend(node_overlays(node.id, *shared.overlays))
+    network.address = node.network.address
+    network.ingress_address = shared.ingress_addresses.get(node.id, "")
+    return message
+
+
+def _network_map(
+    node: Node,
+    routes: Routes,
+    names: Names,
+    revoked: Revoked,
+    overlay: OverlayView,
+    ingress: IngressView,
+) -> NetworkMap:
+    """One node's map (what `node_message` carries), built alone."""
+    return node_message(node, shared_map(routes, names, revoked, overlay, ingress)).network

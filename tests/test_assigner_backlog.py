@@ -1,0 +1,107 @@
+"""The assigner gathers changes for longer while the scheduler has a backlog
+(controller/assignments.py, BACKLOG_TASKS and BACKLOG_GATHER): a scale-up's batches,
+each touching every node, then reach a node in one delta instead of one per batch; with
+no backlog, or once it is placed, a change goes out after DEBOUNCE as before."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from dockyard.common.states import TaskState
+from dockyard.controller import assignments
+from dockyard.controller.assignments import Assigner
+from dockyard.controller.state import ClusterState
+from dockyard.controller.store import TASKS
+from dockyard.v1.dispatcher_pb2 import DispatcherMessage
+from dockyard.v1.workloads_pb2 import Task
+from tests.test_incremental_views import cluster
+
+
+def put(state: ClusterState, task_id: str, node_id: str = "n1") -> None:
+    """A task the scheduler placed (ASSIGNED on ``node_id``), or one still waiting
+    (PENDING, no node: ``node_id`` "")."""
+    record = Task(id=task_id, service_id="s1", node_id=node_id)
+    record.desired_state = TaskState.RUNNING
+    record.status.state = TaskState.ASSIGNED if node_id else TaskState.PENDING  # type: ignore[assignment]
+    state._put(TASKS, state.tasks, task_id, record)
+    for event in state._subscribers:  # what the view's watch does once it applied them
+        event.set()
+
+
+class Sent:
+    """What the assigner posts to n1 (the node the tests place on)."""
+
+    def __init__(self) -> None:
+        self.messages: asyncio.Queue[DispatcherMessage] = asyncio.Queue()
+
+    def post(self, node_id: str, message: DispatcherMessage) -> bool:
+        if node_id == "n1":
+            self.messages.put_nowait(message)
+        return True
+
+    def tasks(self) -> list[list[str]]:
+        """The task IDs of each message sent so far."""
+        found = []
+        while not self.messages.empty():
+            found.append([t.id for t in self.messages.get_nowait().assignments.tasks])
+        return found
+
+
+@pytest.fixture
+def gather(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(assignments, "DEBOUNCE", 0.02)
+    monkeypatch.setattr(assignments, "BACKLOG_TASKS", 3)
+    monkeypatch.setattr(assignments, "BACKLOG_GATHER", 60.0)
+
+
+async def started(state: ClusterState, sent: Sent) -> tuple[Assigner, asyncio.Task[None]]:
+    assigner = Assigner(state, sent.post, takes_deltas=lambda node_id: True)
+    await assigner.send_now("n1")  # the session's full set: deltas follow it
+    running = asyncio.create_task(assigner.run())
+    await asyncio.sleep(0.05)
+    assert sent.tasks() == [[]]
+    return assigner, running
+
+
+async def stopped(running: asyncio.Task[None]) -> None:
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+
+
+@pytest.mark.usefixtures("gather")
+async def test_with_a_backlog_two_batches_go_in_one_delta() -> None:
+    state = cluster()
+    for i in range(3):
+        put(state, f"waiting{i}", node_id="")
+    sent = Sent()
+    _, running = await started(state, sent)
+    try:
+        put(state, "a")
+        await asyncio.sleep(0.1)  # five debounces: without the backlog, "a" went alone
+        put(state, "b")
+        await asyncio.sleep(0.1)
+        assert sent.tasks() == []
+        for i in range(3):
+            put(state, f"waiting{i}", node_id="n2")  # placed: the backlog is gone
+        first = await asyncio.wait_for(sent.messages.get(), timeout=10)
+        assert sorted(t.id for t in first.assignments.tasks) == ["a", "b"]
+    finally:
+        await stopped(running)
+
+
+@pytest.mark.usefixtures("gather")
+async def test_without_a_backlog_each_change_goes_after_the_debounce() -> None:
+    state = cluster()
+    put(state, "waiting0", node_id="")  # fewer than BACKLOG_TASKS waiting
+    sent = Sent()
+    _, running = await started(state, sent)
+    try:
+        put(state, "a")
+        first = await asyncio.wait_for(sent.messages.get(), timeout=10)
+        put(state, "b")
+        second = await asyncio.wait_for(sent.messages.get(), timeout=10)
+        assert [[t.id for t in m.assignments.tasks] for m in (first, second)] == [["a"], ["b"]]
+    finally:
+        await stopped(running)

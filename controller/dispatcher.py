@@ -55,6 +55,9 @@ HELLO_TIMEOUT = 10.0
 # The longest an agent's question for the leader is held open, and its address's bound.
 MAX_LEADER_WAIT = 30.0
 MAX_ADDRESS_LENGTH = 512
+FENCED_KINDS = frozenset({"assignments", "network"})
+"""What a node acts on, sent only while the leader's lease is provably held (heartbeat
+acks are not: a leader late at renewing is still the session's peer)."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         revoked: Callable[[str], bool] = lambda serial: False,
         await_leader: Callable[[str, float, int], Awaitable[str]] | None = None,
         leader_term: Callable[[], int] = lambda: 0,
+        lease_proven: Callable[[], bool] = lambda: True,
     ) -> None:
         """
         Args:
@@ -104,6 +108,9 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                 (`Leadership.await_leader`).
             leader_term: this controller's term while it leads (told to each agent
                 whose session it accepts, which names it when it asks for a leader).
+            lease_proven: whether this leader's lease is provably alive now
+                (`Leadership.holds`): assignment sets and network maps have no etcd
+                fence, so they leave only while it is.
         """
         self._registry = registry
         self._sessions = sessions
@@ -115,6 +122,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         self._revoked = revoked
         self._await_leader = await_leader
         self._leader_term = leader_term
+        self._lease_proven = lease_proven
 
     async def Leader(
         self,
@@ -157,7 +165,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                 reader = group.create_task(self._read(session, request_iterator))
                 yield self._accepted(session)
                 await self._greet(session, node)
-                while (message := await session.outbox.get()) is not None:
+                while (message := await session.outbox.get(self._sendable)) is not None:
                     yield message
                 reader.cancel()
         finally:
@@ -253,6 +261,14 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                 accepts_status_batches=True,
             )
         )
+
+    def _sendable(self, kind: str) -> bool:
+        """Whether a message of this kind may leave now. Sets and maps wait while the
+        lease is not provably held (a keeper late under load, a paused process) rather
+        than being dropped: the loop that posted one counts it as sent and may have
+        nothing more for this node. A term that ends closes the session, and with it
+        what waits."""
+        return kind not in FENCED_KINDS or self._lease_proven()
 
     async def _greet(self, session: AgentSession, node: Node) -> None:
         """The node's network map, then its whole set, into its outbox. A full set

@@ -13,11 +13,16 @@ versions the agent sees follow on without a gap.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 from dockyard.controller.assignment_delta import compose
 from dockyard.v1.dispatcher_pb2 import DispatcherMessage
 
-__all__ = ["Outbox"]
+__all__ = ["HELD_POLL", "Outbox"]
+
+HELD_POLL = 0.05
+"""Seconds between two looks at whether a held kind may go (the leader's lease)."""
 
 
 class Outbox:
@@ -63,12 +68,21 @@ class Outbox:
         self._waiting.clear()
         self._ready.set()
 
-    async def get(self) -> DispatcherMessage | None:
-        """The oldest waiting message; None once closed."""
-        while not self._waiting:
+    async def get(
+        self, sendable: Callable[[str], bool] = lambda kind: True
+    ) -> DispatcherMessage | None:
+        """The oldest waiting message of a kind `sendable` now; None once closed. While
+        only other kinds wait, `sendable` is asked again every HELD_POLL seconds."""
+        while True:
             if self._closed:
                 return None
+            for kind in self._waiting:
+                if sendable(kind):
+                    return self._waiting.pop(kind)
             self._ready.clear()
-            await self._ready.wait()
-        kind = next(iter(self._waiting))
-        return self._waiting.pop(kind)
+            if not self._waiting:
+                await self._ready.wait()
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(HELD_POLL):
+                    await self._ready.wait()

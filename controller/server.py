@@ -162,6 +162,7 @@ class Controller:
             self.ca.is_revoked if self.ca is not None else lambda serial: False,
             self.leadership.await_leader,
             lambda: leadership.term,
+            leadership.holds,
         )
         identity = self._identify(cluster.id, controller_id, endpoints)
         nodes_api, services_api = self._add_servicers(server, store, registry, identity)
@@ -587,16 +588,13 @@ class Controller:
             await term.assigner.send_now(node_id)
 
     def _leader_post(self) -> Post:
-        """Posting to a node's outbox, silent unless the lease is provably held: agents
-        get nothing from a leader that was paused past its lease (messages are not
-        fenced by etcd; this is their fence)."""
-        leadership, sessions = self.leadership, self.sessions
-        assert leadership is not None
-
-        def post(node_id: str, message: DispatcherMessage) -> bool:
-            return leadership.holds() and sessions.post(node_id, message)
-
-        return post
+        """Posting to a node's outbox while this controller leads. What is posted leaves
+        only while the lease is provably held (the dispatcher's `lease_proven`: messages
+        are not fenced by etcd, that is their fence), so agents get nothing from a
+        leader paused past its lease, and a set posted while the lease is unproven for a
+        moment waits in the outbox rather than being lost (the assigner counts it as
+        sent: dropped, it stranded tasks ASSIGNED on a connected node)."""
+        return leader_post(self.leadership, self.sessions)
 
     def _end_term(self, state: ClusterState) -> None:
         """Unhook the loops and close every agent session (they reconnect to the new
@@ -674,6 +672,16 @@ async def _load_or_create_cluster(store: Store) -> Cluster:
         return cluster
     except AlreadyExists:
         return await store.get(CLUSTER, CLUSTER_ID)
+
+
+def leader_post(leadership: Leadership | None, sessions: SessionRegistry) -> Post:
+    """`SessionRegistry.post` while `leadership` leads (see `Controller._leader_post`)."""
+    assert leadership is not None
+
+    def post(node_id: str, message: DispatcherMessage) -> bool:
+        return leadership.is_leader and sessions.post(node_id, message)
+
+    return post
 
 
 def _with_port(listen: str, port: int) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,8 +41,11 @@ class Served:
 
 
 @contextlib.asynccontextmanager
-async def served_dispatcher(store: Store) -> AsyncIterator[Served]:
-    """Serve until the block ends (`store` connected; the caller closes it)."""
+async def served_dispatcher(
+    store: Store, lease_proven: Callable[[], bool] = lambda: True
+) -> AsyncIterator[Served]:
+    """Serve until the block ends (`store` connected; the caller closes it);
+    `lease_proven`: the leader's lease as the dispatcher sees it."""
     async with watched_view(store) as state:
         sessions = SessionRegistry()
         writer = StatusWriter(store, state)
@@ -55,6 +58,7 @@ async def served_dispatcher(store: Store) -> AsyncIterator[Served]:
             grace=30.0,
             leader_address=lambda: None,
             term=lambda: term,
+            lease_proven=lease_proven,
         )
         writing = asyncio.create_task(writer.run())
         server = grpc.aio.server(options=SERVER_OPTIONS)

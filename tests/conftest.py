@@ -17,13 +17,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 from dockyard.common.etcd_pki import EtcdTLS
 from dockyard.common.etcd_server import EtcdServer
+from tests.busy_worker import BusyWorker
 from tests.ports import free_port
+
+if TYPE_CHECKING:
+    from dockyard.agent.runtime.runc.rootfs import ContainerLayer
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -522,3 +526,29 @@ def thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(asyncio, "to_thread", spy)
     return names
+
+
+@pytest.fixture
+async def busy() -> AsyncIterator[BusyWorker]:
+    """The test loop's thread pool cut to one worker (`tests/busy_worker.py`)."""
+    worker = BusyWorker()
+    worker.install()
+    try:
+        yield worker
+    finally:
+        worker.close()
+
+
+@pytest.fixture
+def overlay_layer(tmp_path: Path) -> Iterator[ContainerLayer]:
+    """A container's overlay over one lower dir holding `out` (not mounted yet); left
+    unmounted at the end, however often the test mounted it."""
+    from dockyard.agent.runtime.runc.rootfs import ContainerLayer, is_mounted
+
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "out").write_text("result\n")
+    made = ContainerLayer([lower], tmp_path / "container")
+    yield made
+    while is_mounted(made.target):
+        made.unmount_blocking()

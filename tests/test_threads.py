@@ -5,22 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 
 import pytest
 
 from dockyard.common.threads import to_thread_to_end
 from tests.busy_worker import BusyWorker, settle
-
-
-@pytest.fixture
-async def busy() -> AsyncIterator[BusyWorker]:
-    worker = BusyWorker()
-    worker.install()
-    try:
-        yield worker
-    finally:
-        worker.close()
 
 
 async def test_a_queued_call_still_runs_for_a_cancelled_caller(busy: BusyWorker) -> None:

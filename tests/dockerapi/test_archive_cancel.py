@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -24,27 +22,6 @@ from tests.busy_worker import BusyWorker, settle
 pytestmark = [pytest.mark.runc, pytest.mark.timeout(60)]
 
 
-@pytest.fixture
-async def busy() -> AsyncIterator[BusyWorker]:
-    worker = BusyWorker()
-    worker.install()
-    try:
-        yield worker
-    finally:
-        worker.close()
-
-
-@pytest.fixture
-def layer(tmp_path: Path) -> Iterator[ContainerLayer]:
-    lower = tmp_path / "lower"
-    lower.mkdir()
-    (lower / "out").write_text("result\n")
-    made = ContainerLayer([lower], tmp_path / "container")
-    yield made
-    while is_mounted(made.target):
-        made.unmount_blocking()
-
-
 def stopped_view(layer: ContainerLayer) -> Any:
     """What ``_Rootfs`` reads of a container view: an exited runc container's."""
     info = SimpleNamespace(
@@ -56,20 +33,20 @@ def stopped_view(layer: ContainerLayer) -> Any:
 
 
 async def test_the_copy_unmounts_also_when_cancelled_as_it_ends(
-    layer: ContainerLayer, busy: BusyWorker
+    overlay_layer: ContainerLayer, busy: BusyWorker
 ) -> None:
     inside, leave = asyncio.Event(), asyncio.Event()
     seen: list[list[str]] = []
 
     async def copy_out() -> None:  # the GET handler's use of the rootfs
-        async with _Rootfs(stopped_view(layer), "runc").open() as root_fd:
+        async with _Rootfs(stopped_view(overlay_layer), "runc").open() as root_fd:
             seen.append(os.listdir(root_fd))
             inside.set()
             await leave.wait()
 
     handler = asyncio.create_task(copy_out())
     await inside.wait()
-    assert seen == [["out"]] and is_mounted(layer.target)
+    assert seen == [["out"]] and is_mounted(overlay_layer.target)
     async with busy.hold():
         leave.set()  # the archive is sent; the handler goes on to unmount...
         await settle()
@@ -77,11 +54,11 @@ async def test_the_copy_unmounts_also_when_cancelled_as_it_ends(
         await settle()
     with pytest.raises(asyncio.CancelledError):
         await handler
-    assert not is_mounted(layer.target)
+    assert not is_mounted(overlay_layer.target)
 
 
-async def test_a_copy_leaves_a_mount_it_did_not_make(layer: ContainerLayer) -> None:
-    await layer.mount()  # e.g. a start that mounted it while the copy began
-    async with _Rootfs(stopped_view(layer), "runc").open() as root_fd:
+async def test_a_copy_leaves_a_mount_it_did_not_make(overlay_layer: ContainerLayer) -> None:
+    await overlay_layer.mount()  # e.g. a start that mounted it while the copy began
+    async with _Rootfs(stopped_view(overlay_layer), "runc").open() as root_fd:
         assert os.listdir(root_fd) == ["out"]
-    assert is_mounted(layer.target)
+    assert is_mounted(overlay_layer.target)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,43 +18,22 @@ from tests.busy_worker import BusyWorker, settle
 pytestmark = [pytest.mark.runc, pytest.mark.timeout(60)]
 
 
-@pytest.fixture
-async def busy() -> AsyncIterator[BusyWorker]:
-    worker = BusyWorker()
-    worker.install()
-    try:
-        yield worker
-    finally:
-        worker.close()
-
-
-@pytest.fixture
-def layer(tmp_path: Path) -> Iterator[ContainerLayer]:
-    lower = tmp_path / "lower"
-    lower.mkdir()
-    (lower / "out").write_text("result\n")
-    made = ContainerLayer([lower], tmp_path / "container")
-    yield made
-    while is_mounted(made.target):
-        made.unmount_blocking()
-
-
 async def test_an_unmount_queued_for_a_worker_happens_when_cancelled(
-    layer: ContainerLayer, busy: BusyWorker
+    overlay_layer: ContainerLayer, busy: BusyWorker
 ) -> None:
-    assert await layer.mount()
+    assert await overlay_layer.mount()
     async with busy.hold():
-        caller = asyncio.create_task(layer.unmount())
+        caller = asyncio.create_task(overlay_layer.unmount())
         await settle()
         caller.cancel()
         await settle()
     with pytest.raises(asyncio.CancelledError):
         await caller
-    assert not is_mounted(layer.target)
+    assert not is_mounted(overlay_layer.target)
 
 
 async def test_a_mount_made_for_a_cancelled_caller_is_undone(
-    layer: ContainerLayer, busy: BusyWorker, monkeypatch: pytest.MonkeyPatch
+    overlay_layer: ContainerLayer, busy: BusyWorker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loop = asyncio.get_running_loop()
     in_mount, go_on = asyncio.Event(), threading.Event()
@@ -66,7 +44,7 @@ async def test_a_mount_made_for_a_cancelled_caller_is_undone(
         return is_mounted(path)
 
     monkeypatch.setattr(rootfs, "is_mounted", slow_is_mounted)
-    caller = asyncio.create_task(layer.mount())
+    caller = asyncio.create_task(overlay_layer.mount())
     await in_mount.wait()
     caller.cancel()
     await settle()
@@ -74,11 +52,11 @@ async def test_a_mount_made_for_a_cancelled_caller_is_undone(
     with pytest.raises(asyncio.CancelledError):
         await caller
     await asyncio.to_thread(lambda: None)  # the one worker is done with the mount
-    assert not is_mounted(layer.target)
+    assert not is_mounted(overlay_layer.target)
 
 
-async def test_mount_says_whether_it_mounted(layer: ContainerLayer) -> None:
-    assert await layer.mount() is True
-    assert await layer.mount() is False  # mounted already: not this call's
-    await layer.unmount()
-    assert not is_mounted(layer.target)
+async def test_mount_says_whether_it_mounted(overlay_layer: ContainerLayer) -> None:
+    assert await overlay_layer.mount() is True
+    assert await overlay_layer.mount() is False  # mounted already: not this call's
+    await overlay_layer.unmount()
+    assert not is_mounted(overlay_layer.target)

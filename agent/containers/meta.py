@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from dockyard.common.atomic_file import write_atomic
 
 __all__ = ["ContainerMeta", "MetaStore"]
 
@@ -78,11 +79,9 @@ class MetaStore:
         """Write one record atomically."""
         if self.root is None:
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"{meta.id}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(meta.to_dict()))
-        os.replace(tmp, path)
+        # Not synced (one per create): a record a power cut lost is not loaded.
+        data = json.dumps(meta.to_dict()).encode()
+        write_atomic(self.root / f"{meta.id}.json", data, durable=False)
 
     def delete(self, container_id: str) -> None:
         """Forget one container."""

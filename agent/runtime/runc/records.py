@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from dockyard.agent.runtime.base import (
     NetworkInfo,
 )
 from dockyard.agent.runtime.runc.conmon import ConmonPaths
+from dockyard.common.atomic_file import write_atomic as write_file_atomic
 
 __all__ = [
     "ContainerDir",
@@ -105,11 +105,11 @@ class ContainerRecord:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` in one rename (blocking)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    """Replace ``path`` with ``data`` in one rename (blocking), 0644, in a directory that
+    must exist (a removed container's is never made again). Not synced: it is on the
+    start path; a power cut may lose the last write (a container dir left without its
+    record is discarded by `recover`)."""
+    write_file_atomic(path, data, durable=False, make_parent=False)
 
 
 def encode_record(record: ContainerRecord) -> bytes:

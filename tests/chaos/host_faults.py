@@ -165,6 +165,8 @@ def start_agent_in(rig: Rig, host: HostNamespace, name: str) -> Daemon:
         "--log-level",
         "debug",
         "--insecure",
+        "--docker-api-socket",  # not the host's /run/dockyard/docker.sock
+        "",
     ]
     daemon = Daemon(name, args, rig.root / f"agent-{name}.log").start()
     rig.agents[name] = daemon  # stopped with the first controller's cluster

@@ -101,6 +101,8 @@ def agent(tmp_path: Path) -> Iterator[AgentUnderTest]:
         "debug",
         "--insecure",
         "--allow-privileged",
+        "--docker-api-socket",  # not the host's /run/dockyard/docker.sock
+        "",
     ]
     daemon = Daemon("agent", args, tmp_path / "agent.log")
     under_test = AgentUnderTest(address, daemon, tmp_path / "cli-config")

@@ -101,6 +101,8 @@ def run(tmp: Path, runs: int, seconds: float) -> None:
             subnet,
             "--log-level",
             "warning",
+            "--docker-api-socket",  # not the host's /run/dockyard/docker.sock
+            "",
         ],
         stdout=log,
         stderr=log,

@@ -169,6 +169,8 @@ def start_agent(cluster: Cluster, host: Host, controller_ip: str) -> None:
         "--insecure",
         "--log-level",
         "debug",
+        "--docker-api-socket",  # not the host's /run/dockyard/docker.sock (two agents here)
+        "",
     ]
     cluster.agents[host.name] = Daemon(host.name, args, cluster.root / f"agent-{host.name}.log")
     cluster.agents[host.name].start()

@@ -325,15 +325,3 @@ def node_message(node: Node, shared: SharedMap) -> DispatcherMessage:
     network.address = node.network.address
     network.ingress_address = shared.ingress_addresses.get(node.id, "")
     return message
-
-
-def _network_map(
-    node: Node,
-    routes: Routes,
-    names: Names,
-    revoked: Revoked,
-    overlay: OverlayView,
-    ingress: IngressView,
-) -> NetworkMap:
-    """One node's map (what `node_message` carries), built alone."""
-    return node_message(node, shared_map(routes, names, revoked, overlay, ingress)).network

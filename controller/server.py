@@ -531,7 +531,7 @@ class Controller:
             view=lambda: self.state,
             term_started=became_leader,
         )
-        post = self._leader_post()
+        post = leader_post(self.leadership, self.sessions)
         assigner = Assigner(state, post, store, self.sessions.takes_deltas, self.cipher)
         transitions = self.metrics.task_transitions
         writer = StatusWriter(
@@ -586,15 +586,6 @@ class Controller:
             if term.network_mapper is not None and (node := state.nodes.get(node_id)):
                 term.network_mapper.send_now(node)
             await term.assigner.send_now(node_id)
-
-    def _leader_post(self) -> Post:
-        """Posting to a node's outbox while this controller leads. What is posted leaves
-        only while the lease is provably held (the dispatcher's `lease_proven`: messages
-        are not fenced by etcd, that is their fence), so agents get nothing from a
-        leader paused past its lease, and a set posted while the lease is unproven for a
-        moment waits in the outbox rather than being lost (the assigner counts it as
-        sent: dropped, it stranded tasks ASSIGNED on a connected node)."""
-        return leader_post(self.leadership, self.sessions)
 
     def _end_term(self, state: ClusterState) -> None:
         """Unhook the loops and close every agent session (they reconnect to the new
@@ -675,7 +666,12 @@ async def _load_or_create_cluster(store: Store) -> Cluster:
 
 
 def leader_post(leadership: Leadership | None, sessions: SessionRegistry) -> Post:
-    """`SessionRegistry.post` while `leadership` leads (see `Controller._leader_post`)."""
+    """Posting to a node's outbox while this controller leads. What is posted leaves
+    only while the lease is provably held (the dispatcher's `lease_proven`: messages are
+    not fenced by etcd, that is their fence), so agents get nothing from a leader paused
+    past its lease, and a set posted while the lease is unproven for a moment waits in
+    the outbox rather than being lost (the assigner counts it as sent: dropped, it
+    stranded tasks ASSIGNED on a connected node)."""
     assert leadership is not None
 
     def post(node_id: str, message: DispatcherMessage) -> bool:

@@ -13,7 +13,7 @@ from dockyard.controller.ingress_network import (
     publishes_ingress,
 )
 from dockyard.controller.network_addresses import AddressExhausted
-from dockyard.controller.network_map import _network_map, ingress_ports
+from dockyard.controller.network_map import ingress_ports, node_message, shared_map
 from dockyard.controller.overlay_map import node_overlays, overlays
 from dockyard.v1.networks_pb2 import Network, NetworkSpec
 from dockyard.v1.types_pb2 import Node
@@ -90,7 +90,8 @@ def test_every_node_is_on_the_ingress_network_and_its_map_names_the_tasks_there(
 
     ports = ingress_ports(services, lambda sid: tasks if sid == "web" else [], "ing")
     view = (ports, tuple(sorted(network.node_addresses.items())))
-    sent = _network_map(nodes["n3"], frozenset(), (), (), (maps, members), view)
+    shared = shared_map(frozenset(), (), (), (maps, members), view)
+    sent = node_message(nodes["n3"], shared).network
     assert sent.ingress_address == "10.113.0.4"
     assert [(p.published_port, list(p.ingress_backends)) for p in sent.ingress] == [
         (8080, ["10.113.0.2"])

@@ -6,7 +6,9 @@ its tasks ASSIGNED for good."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import grpc
 import pytest
@@ -22,7 +24,8 @@ from dockyard.v1.dispatcher_pb2 import (
     Heartbeat,
 )
 from tests.polling import wait_until
-from tests.served_dispatcher import NodeCall, node_session, served_dispatcher
+from tests.served_dispatcher import NodeCall, Served, node_session, served_dispatcher
+from tests.views import background
 
 
 class Lease:
@@ -59,55 +62,63 @@ async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
     await store.close()
 
 
-async def _read_all(node: NodeCall, into: list[DispatcherMessage]) -> None:
-    """Every message the controller sends the node, until its stream ends."""
+@dataclass
+class Received:
+    """What the controller sent the node, and whether its stream has ended."""
+
+    messages: list[DispatcherMessage] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def kinds(self) -> list[str]:
+        return [m.WhichOneof("message") or "" for m in self.messages]
+
+
+async def _read_all(node: NodeCall, into: Received) -> None:
     try:
         while isinstance(message := await node.call.read(), DispatcherMessage):
-            into.append(message)
-    except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            into.messages.append(message)
+    except grpc.aio.AioRpcError:
         pass
+    finally:
+        into.ended.set()
 
 
-def kinds(messages: list[DispatcherMessage]) -> list[str]:
-    return [m.WhichOneof("message") or "" for m in messages]
+@contextlib.asynccontextmanager
+async def gated_node(
+    store: Store, lease: Lease, node_id: str
+) -> AsyncIterator[tuple[Served, str, NodeCall, Received]]:
+    """A dispatcher under `lease`, and a node's session on it read in the background."""
+    received = Received()
+    async with (
+        served_dispatcher(store, lease.holds) as served,
+        node_session(served.address, node_id, "gated") as node,
+        background(_read_all(node, received), "read"),
+    ):
+        yield served, node.accepted.node_id, node, received
 
 
 async def test_a_set_leaves_once_the_lease_is_proven_and_acks_never_wait(store: Store) -> None:
     lease = Lease()
-    async with (
-        served_dispatcher(store, lease.holds) as served,
-        node_session(served.address, "g" * 20, "gated") as node,
-    ):
-        got: list[DispatcherMessage] = []
-        reading = asyncio.create_task(_read_all(node, got))
-        try:
-            assert served.sessions.post(node.accepted.node_id, a_set(7))
-            node.outgoing.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=1)))
-            await wait_until(lambda: "heartbeat_ack" in kinds(got), "the ack", timeout=10)
-            await asyncio.sleep(0.5)
-            assert "assignments" not in kinds(got)  # held while the lease is unproven
-            lease.proven = True
-            await wait_until(lambda: "assignments" in kinds(got), "the set", timeout=10)
-            assert [m.assignments.version for m in got if m.HasField("assignments")] == [7]
-        finally:
-            reading.cancel()
-            await asyncio.gather(reading, return_exceptions=True)
+    async with gated_node(store, lease, "g" * 20) as (served, node_id, node, got):
+        assert served.sessions.post(node_id, a_set(7))
+        node.outgoing.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=1)))
+        await wait_until(lambda: "heartbeat_ack" in got.kinds(), "the ack", timeout=10)
+        await asyncio.sleep(0.5)
+        assert "assignments" not in got.kinds()  # held while the lease is unproven
+        lease.proven = True
+        await wait_until(lambda: "assignments" in got.kinds(), "the set", timeout=10)
+        sets = [m.assignments.version for m in got.messages if m.HasField("assignments")]
+        assert sets == [7]
 
 
 async def test_a_set_waiting_for_the_lease_goes_nowhere_once_the_session_closes(
     store: Store,
 ) -> None:
     lease = Lease()
-    async with (
-        served_dispatcher(store, lease.holds) as served,
-        node_session(served.address, "h" * 20, "ended") as node,
-    ):
-        got: list[DispatcherMessage] = []
-        reading = asyncio.create_task(_read_all(node, got))
-        node_id = node.accepted.node_id
+    async with gated_node(store, lease, "h" * 20) as (served, node_id, _, got):
         assert served.sessions.post(node_id, a_set(3))
         await asyncio.sleep(0.2)
         served.sessions.close(node_id)  # the term ended meanwhile
         lease.proven = True
-        await asyncio.wait_for(reading, 10)  # the stream ended
-        assert "assignments" not in kinds(got)
+        await asyncio.wait_for(got.ended.wait(), 10)  # the stream ended
+        assert "assignments" not in got.kinds()

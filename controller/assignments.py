@@ -81,15 +81,19 @@ class Assigner:
         store: Store | None = None,
         takes_deltas: Callable[[str], bool] = lambda node_id: False,
         cipher: SecretCipher | None = None,
+        connected: Callable[[str], bool] = lambda node_id: True,
     ) -> None:
         """`post` queues a set on a node's outbox (controller/sessions.py); `store` is
         where secrets' data is read (None: no secret is ever sent); `takes_deltas`:
         whether a node's session applies delta sets (its agent said so in its hello);
-        `cipher` opens secrets' data encrypted at rest (controller/at_rest.py)."""
+        `cipher` opens secrets' data encrypted at rest (controller/at_rest.py);
+        `connected`: whether a node has a session (none is built a set: its session's
+        greeting sends the whole set when it opens)."""
         self._state = state
         self._post = post
         self._store = store
         self._takes_deltas = takes_deltas
+        self._connected = connected
         self._cipher = cipher or SecretCipher()
         self._sent: dict[str, _Sent] = {}
         self._versions = itertools.count(1)  # one sequence for every node: never reused
@@ -284,6 +288,11 @@ class Assigner:
         """Send what changed to the nodes of these tasks (``keys`` kept by the caller)."""
         sources: dict[str, Holders] = {}
         for node_id in keys.update(task_ids):
+            if not self._connected(node_id):
+                # Its set is posted nowhere (at a new term, until its agent reconnects:
+                # hundreds of nodes, each rebuilt in every round); its greeting sends it.
+                self._sent.pop(node_id, None)
+                continue
             sent = self._sent.get(node_id)
             if sent is not None and self._takes_deltas(node_id):
                 await self._send_delta(node_id, sent, keys.by_node.get(node_id, {}), sources)

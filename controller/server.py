@@ -532,7 +532,14 @@ class Controller:
             term_started=became_leader,
         )
         post = leader_post(self.leadership, self.sessions)
-        assigner = Assigner(state, post, store, self.sessions.takes_deltas, self.cipher)
+        assigner = Assigner(
+            state,
+            post,
+            store,
+            self.sessions.takes_deltas,
+            self.cipher,
+            connected=self.sessions.is_open,
+        )
         transitions = self.metrics.task_transitions
         writer = StatusWriter(
             store,
@@ -579,10 +586,11 @@ class Controller:
 
     async def _greet_sessions(self, state: ClusterState) -> None:
         """Sessions opened as the term began (before the loops were hooked) get their
-        network map and full assignment set now."""
+        network map and full assignment set now (not those the last term closed, still
+        ending: their agents' next sessions are greeted)."""
         term = self.term
         assert term is not None and term.assigner is not None
-        for node_id in self.sessions.node_ids():
+        for node_id in self.sessions.open_node_ids():
             if term.network_mapper is not None and (node := state.nodes.get(node_id)):
                 term.network_mapper.send_now(node)
             await term.assigner.send_now(node_id)

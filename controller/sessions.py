@@ -88,6 +88,16 @@ class SessionRegistry:
         """The nodes with an open session now."""
         return list(self._sessions)
 
+    def is_open(self, node_id: str) -> bool:
+        """Whether the node has a session that takes messages (a closed one stays here
+        until its stream ends: at a term's end every session is closed at once)."""
+        session = self._sessions.get(node_id)
+        return session is not None and not session.outbox.closed
+
+    def open_node_ids(self) -> list[str]:
+        """The nodes whose session takes messages now."""
+        return [i for i, s in self._sessions.items() if not s.outbox.closed]
+
     def get(self, node_id: str) -> AgentSession | None:
         return self._sessions.get(node_id)
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dockyard.common.validation import ValidationError, check_subnet
-from dockyard.controller.subnets import Protected
+from dockyard.controller.subnets import Protected, check_pool, first_covered
 
 __all__ = [
     "DEFAULT_NETWORK_POOL",
@@ -58,15 +58,7 @@ class NetworkPool:
     size: int = DEFAULT_NETWORK_SIZE
 
     def __post_init__(self) -> None:
-        try:
-            network = ipaddress.IPv4Network(self.pool, strict=True)
-        except ValueError as exc:
-            raise ValueError(f"--network-pool {self.pool!r}: {exc}") from None
-        if not network.prefixlen <= self.size <= 29:
-            raise ValueError(
-                f"--network-size {self.size}: must be between the pool's "
-                f"prefix (/{network.prefixlen}) and /29"
-            )
+        check_pool(self.pool, self.size, "--network-pool", "--network-size")
 
     def allocate(
         self, taken: Iterable[Taken], protected: Iterable[Protected] = ()
@@ -79,7 +71,7 @@ class NetworkPool:
         """
         held, guarded = list(taken), list(protected)
         for block in ipaddress.IPv4Network(self.pool).subnets(new_prefix=self.size):
-            if _holder(block, held) is None and _covered(block, guarded) is None:
+            if _holder(block, held) is None and first_covered(block, guarded) is None:
                 return block
         raise PoolExhausted(
             f"no free /{self.size} left in the network pool {self.pool} "
@@ -105,7 +97,7 @@ def check_requested(
     holder = _holder(network, list(taken))
     if holder is not None:
         raise ValidationError(field, f"{text} overlaps {holder[0]} ({holder[1]})")
-    covered = _covered(network, list(protected))
+    covered = first_covered(network, list(protected))
     if covered is not None:
         raise ValidationError(field, f"{text} covers the address {covered[1]} of {covered[0]}")
     return network
@@ -128,7 +120,3 @@ def next_vni(used: Iterable[int]) -> int:
 
 def _holder(network: ipaddress.IPv4Network, taken: list[Taken]) -> Taken | None:
     return next((item for item in taken if item[1].overlaps(network)), None)
-
-
-def _covered(network: ipaddress.IPv4Network, guarded: list[Protected]) -> Protected | None:
-    return next((item for item in guarded if item[1] in network), None)

@@ -31,6 +31,8 @@ __all__ = [
     "CoversAddress",
     "Protected",
     "SubnetPool",
+    "check_pool",
+    "first_covered",
     "host_of_peer",
     "protected_address",
 ]
@@ -71,15 +73,7 @@ class SubnetPool:
     size: int = DEFAULT_SIZE
 
     def __post_init__(self) -> None:
-        try:
-            network = ipaddress.IPv4Network(self.pool, strict=True)
-        except ValueError as exc:
-            raise ValueError(f"--node-subnet-pool {self.pool!r}: {exc}") from None
-        if not network.prefixlen <= self.size <= 29:
-            raise ValueError(
-                f"--node-subnet-size {self.size}: must be between the pool's "
-                f"prefix (/{network.prefixlen}) and /29"
-            )
+        check_pool(self.pool, self.size, "--node-subnet-pool", "--node-subnet-size")
 
     def assign(
         self,
@@ -114,7 +108,7 @@ class SubnetPool:
         if (
             current.subnet
             and not _overlapping(ipaddress.IPv4Network(current.subnet), taken)
-            and not _covered(ipaddress.IPv4Network(current.subnet), guarded)
+            and not first_covered(ipaddress.IPv4Network(current.subnet), guarded)
         ):
             return NodeNetwork(subnet=current.subnet)
         block = self._free_block(taken, guarded)
@@ -130,7 +124,7 @@ class SubnetPool:
         self, taken: list[tuple[str, ipaddress.IPv4Network]], guarded: list[Protected]
     ) -> ipaddress.IPv4Network | None:
         for block in ipaddress.IPv4Network(self.pool).subnets(new_prefix=self.size):
-            if not _overlapping(block, taken) and not _covered(block, guarded):
+            if not _overlapping(block, taken) and not first_covered(block, guarded):
                 return block
         return None
 
@@ -144,7 +138,7 @@ def _fixed(
         network = check_subnet(subnet)
     except ValueError as exc:
         return NodeNetwork(message=f"the agent's bridge subnet is not usable: {exc}")
-    covered = _covered(network, guarded)
+    covered = first_covered(network, guarded)
     if covered is not None:
         who, ip = covered
         raise CoversAddress(
@@ -169,7 +163,24 @@ def _overlapping(
     return next((node for node, other in taken if other.overlaps(network)), "")
 
 
-def _covered(network: ipaddress.IPv4Network, guarded: list[Protected]) -> Protected | None:
+def check_pool(pool: str, size: int, pool_flag: str, size_flag: str) -> None:
+    """Refuse a pool that is not an IPv4 network, or a block size outside its prefix
+    and /29, naming the flag.
+
+    Raises:
+        ValueError: which flag is wrong and why.
+    """
+    try:
+        network = ipaddress.IPv4Network(pool, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{pool_flag} {pool!r}: {exc}") from None
+    if not network.prefixlen <= size <= 29:
+        raise ValueError(
+            f"{size_flag} {size}: must be between the pool's prefix (/{network.prefixlen}) and /29"
+        )
+
+
+def first_covered(network: ipaddress.IPv4Network, guarded: list[Protected]) -> Protected | None:
     """The first protected address inside ``network``."""
     return next((item for item in guarded if item[1] in network), None)
 

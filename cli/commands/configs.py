@@ -30,7 +30,7 @@ def config() -> None:
 
 
 @config.command("create")
-@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Secret label.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="Config label.")
 @click.argument("name")
 @click.argument("file", metavar="FILE|-")
 @pass_options

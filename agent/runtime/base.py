@@ -46,6 +46,7 @@ __all__ = [
     "NetworkEndpoint",
     "NetworkInfo",
     "NetworkMode",
+    "NoInteractiveStdio",
     "PortMapping",
     "RestartPolicy",
     "RestartPolicyName",
@@ -602,6 +603,36 @@ class InteractiveExec(StdioSession, Protocol):
     async def kill(self) -> None:
         """Kill the process (its caller went away)."""
         ...
+
+
+class NoInteractiveStdio:
+    """``attach``, ``resize`` and ``exec_interactive`` for a runtime without them (only
+    runc has a container's stdio to connect to): each refuses, naming the runtime."""
+
+    runtime_name = "this"
+
+    def _refuse(self, what: str) -> ContainerRuntimeError:
+        return ContainerRuntimeError(
+            f"{what} is not supported by the {self.runtime_name} runtime (use runc)"
+        )
+
+    async def attach(self, container_id: str) -> StdioSession:
+        raise self._refuse("attach")
+
+    async def resize(self, container_id: str, height: int, width: int) -> None:
+        raise self._refuse("resize")
+
+    async def exec_interactive(
+        self,
+        container_id: str,
+        cmd: Sequence[str],
+        *,
+        env: Sequence[str] = (),
+        workdir: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+    ) -> InteractiveExec:
+        raise self._refuse("interactive exec")
 
 
 @runtime_checkable

@@ -4,7 +4,14 @@ it changes nothing of the runtime's)."""
 
 from __future__ import annotations
 
-from dockyard.agent.runtime.base import ContainerSpec, ContainerStatus
+import pytest
+
+from dockyard.agent.runtime.base import (
+    ContainerRuntime,
+    ContainerRuntimeError,
+    ContainerSpec,
+    ContainerStatus,
+)
 from dockyard.agent.runtime.hollow import HollowRuntime
 
 
@@ -69,3 +76,16 @@ async def test_a_container_keeps_the_id_it_is_given_or_gets_one() -> None:
     assert given.id == "f" * 64 and given.config.id == "f" * 64
     assert len(made.id) == 64 and made.config.id == made.id and made.id != given.id
     await runtime.close()
+
+
+async def test_interactive_stdio_is_refused_naming_the_runtime() -> None:
+    runtime = HollowRuntime(start_delay=0)
+    assert isinstance(runtime, ContainerRuntime)
+    cid = (await runtime.create(_spec())).id
+    await runtime.start(cid)
+    with pytest.raises(ContainerRuntimeError, match=r"^attach is not supported by the hollow"):
+        await runtime.attach(cid)
+    with pytest.raises(ContainerRuntimeError, match=r"^resize is not supported by the hollow"):
+        await runtime.resize(cid, 24, 80)
+    with pytest.raises(ContainerRuntimeError, match=r"^interactive exec is not supported by the"):
+        await runtime.exec_interactive(cid, ["sh"])

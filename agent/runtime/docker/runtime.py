@@ -32,16 +32,15 @@ from dockyard.agent.runtime.base import (
     ExecChunk,
     ExecResult,
     ExitInfo,
-    InteractiveExec,
     InvalidConfig,
     LogRecord,
     NameConflict,
     NetworkEndpoint,
     NetworkInfo,
     NetworkMode,
+    NoInteractiveStdio,
     PortMapping,
     Stats,
-    StdioSession,
     Stream,
     VolumeMount,
 )
@@ -279,7 +278,7 @@ class DockerExecSession:
             await self._stream.close()
 
 
-class DockerRuntime:
+class DockerRuntime(NoInteractiveStdio):
     """The Docker engine's containers that carry `owner_label` (implements
     `ContainerRuntime`).
 
@@ -287,6 +286,8 @@ class DockerRuntime:
         host: The engine's API address (`unix:///var/run/docker.sock`, `tcp://...`).
         owner_label: The label of the containers this runtime owns.
     """
+
+    runtime_name = "docker"
 
     def __init__(self, host: str = DEFAULT_HOST, owner_label: str = "dockyard.task.id") -> None:
         self.host = host
@@ -468,29 +469,6 @@ class DockerRuntime:
                 f"exec in {container_id[:12]} failed: {exc.message}"
             ) from exc
         return DockerExecSession(execution)
-
-    async def attach(self, container_id: str) -> StdioSession:
-        """Not supported: interactive containers need the runc runtime."""
-        raise ContainerRuntimeError("attach is not supported by the docker runtime (use runc)")
-
-    async def resize(self, container_id: str, height: int, width: int) -> None:
-        """Not supported: interactive containers need the runc runtime."""
-        raise ContainerRuntimeError("resize is not supported by the docker runtime (use runc)")
-
-    async def exec_interactive(
-        self,
-        container_id: str,
-        cmd: Sequence[str],
-        *,
-        env: Sequence[str] = (),
-        workdir: str | None = None,
-        user: str | None = None,
-        tty: bool = False,
-    ) -> InteractiveExec:
-        """Not supported: interactive exec needs the runc runtime."""
-        raise ContainerRuntimeError(
-            "interactive exec is not supported by the docker runtime (use runc)"
-        )
 
     async def stats(self, container_id: str) -> Stats:
         found = await self._found(container_id)

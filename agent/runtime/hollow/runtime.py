@@ -19,20 +19,18 @@ from dockyard.agent.runtime.base import (
     ContainerInfo,
     ContainerNotFound,
     ContainerNotRunning,
-    ContainerRuntimeError,
     ContainerSpec,
     ContainerState,
     ContainerStatus,
     ExecChunk,
     ExecResult,
     ExitInfo,
-    InteractiveExec,
     InvalidConfig,
     LogRecord,
     NameConflict,
     NetworkEndpoint,
+    NoInteractiveStdio,
     Stats,
-    StdioSession,
 )
 
 __all__ = ["HollowExecSession", "HollowRuntime", "Outcome", "simulate"]
@@ -165,13 +163,15 @@ class HollowExecSession:
         self._killed.set()
 
 
-class HollowRuntime:
+class HollowRuntime(NoInteractiveStdio):
     """Simulated containers (implements `ContainerRuntime`).
 
     Args:
         start_delay: Seconds `start` takes.
         exit_delay: Seconds before `true`, `false` and `exit N` end.
     """
+
+    runtime_name = "hollow"
 
     def __init__(self, start_delay: float = 0.05, exit_delay: float = 0.1) -> None:
         self.start_delay = start_delay
@@ -310,29 +310,6 @@ class HollowRuntime:
         if outcome.seconds is None and cmd and os.path.basename(cmd[0]) not in _SHELLS:
             outcome = Outcome(0.0, 0)  # an unknown probe: it "works"
         return HollowExecSession(outcome)
-
-    async def attach(self, container_id: str) -> StdioSession:
-        """Not supported: interactive containers need the runc runtime."""
-        raise ContainerRuntimeError("attach is not supported by the hollow runtime (use runc)")
-
-    async def resize(self, container_id: str, height: int, width: int) -> None:
-        """Not supported: interactive containers need the runc runtime."""
-        raise ContainerRuntimeError("resize is not supported by the hollow runtime (use runc)")
-
-    async def exec_interactive(
-        self,
-        container_id: str,
-        cmd: Sequence[str],
-        *,
-        env: Sequence[str] = (),
-        workdir: str | None = None,
-        user: str | None = None,
-        tty: bool = False,
-    ) -> InteractiveExec:
-        """Not supported: interactive exec needs the runc runtime."""
-        raise ContainerRuntimeError(
-            "interactive exec is not supported by the hollow runtime (use runc)"
-        )
 
     async def stats(self, container_id: str) -> Stats:
         container = self._get(container_id)

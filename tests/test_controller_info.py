@@ -184,6 +184,42 @@ def test_each_etcd_member_s_health_and_a_dead_one(
     assert victim.name in cluster.cli("info").stdout
 
 
+def test_info_answers_without_quorum_with_each_member_s_health(
+    cluster_factory: Callable[..., Cluster], etcd_cluster: EtcdCluster
+) -> None:
+    """Two of three members dead: `info` still answers, says why nodes, tasks and
+    controllers are missing, and lists every member with the one that is alive."""
+    cluster = cluster_factory()
+    cluster.etcd_endpoints = etcd_cluster.endpoints
+    cluster.start_controller()
+    cluster.wait_for(
+        lambda: [m["reachable"] for m in info(cluster)["etcd_members"]] == [True] * 3,
+        "three reachable members",
+    )
+    assert not info(cluster).get("state_error")
+    survivor, *victims = etcd_cluster.members
+    for member in victims:
+        member.kill()
+
+    def unreadable() -> dict[str, Any] | None:
+        data = info(cluster)
+        return data if data.get("state_error") else None
+
+    cluster.wait_for(lambda: unreadable() is not None, "info without quorum", timeout=60)
+    data = unreadable()
+    assert data is not None
+    assert data["state_error"].startswith("the cluster's state cannot be read: ")
+    members = {m["name"]: m for m in data["etcd_members"]}
+    assert sorted(members) == ["m0", "m1", "m2"]
+    assert members[survivor.name]["reachable"]
+    assert not any(members[m.name]["reachable"] for m in victims)
+    assert all(members[m.name]["error"] for m in victims)
+    text = cluster.cli("info", timeout=60).stdout
+    assert "State:" in text and "the cluster's state cannot be read" in text
+    assert "Nodes:" in text and "unknown (see State)" in text
+    assert "etcd members:" in text and all(m.name in text for m in victims)
+
+
 async def test_an_unreachable_etcd_is_reported_per_endpoint(etcd: EtcdServer) -> None:
     store = Store([etcd.endpoint])
     await store.connect()

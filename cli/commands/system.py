@@ -195,20 +195,25 @@ def info(options: GlobalOptions) -> None:
 
 
 def _cluster_text(target: Target, info: Any) -> str:
+    unread = "unknown (see State)" if info.state_error else ""
     return key_values(
         [
             ("Controller", f"{target.address} ({info.controller_id[:12]})"),
             ("Cluster ID", info.cluster_id),
             ("Leader", "this controller" if info.is_leader else (info.leader_address or "none")),
+            *([("State", info.state_error)] if info.state_error else []),
             (
                 "Nodes",
-                f"{info.nodes_total} ({info.nodes_ready} ready, {info.nodes_down} down, "
+                unread
+                or f"{info.nodes_total} ({info.nodes_ready} ready, {info.nodes_down} down, "
                 f"{info.nodes_unknown} unknown)",
             ),
             ("Agent sessions", info.agent_sessions),
             (
                 "Tasks",
-                f"{info.tasks_total} ({info.tasks_running} running, {info.tasks_pending} pending)",
+                unread
+                or f"{info.tasks_total} ({info.tasks_running} running, "
+                f"{info.tasks_pending} pending)",
             ),
             (
                 "Heartbeat",

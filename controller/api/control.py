@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -22,7 +23,7 @@ from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.peers import ControllerDirectory, PeerStatus
 from dockyard.controller.secrets import CONFIG_KIND, SecretRegistry, without_data
 from dockyard.controller.sessions import SessionRegistry
-from dockyard.controller.store import EtcdMember, Store, StoreError
+from dockyard.controller.store import EtcdMember, Store, StoreUnavailable
 from dockyard.v1 import control_pb2_grpc
 from dockyard.v1.control_pb2 import (
     ClusterInfo,
@@ -78,6 +79,8 @@ from dockyard.v1.workloads_pb2 import Config, Secret, Service, Task
 
 Context = grpc.aio.ServicerContext[object, object]
 
+T = TypeVar("T")
+
 
 def _send_warnings(context: Context, warnings: Sequence[str]) -> None:
     if warnings:  # metadata values are ASCII
@@ -108,18 +111,16 @@ async def cluster_info(
     directory: ControllerDirectory | None = None,
 ) -> ClusterInfo:
     """The cluster summary `dockyard info` shows (GetInfo; the HTTP API's /v1/info):
-    with `directory`, every controller and every etcd member too."""
-    nodes = (await nodes_api.list(ListNodesRequest())).nodes
-    states = [n.status.state for n in nodes]
+    with `directory`, every controller and every etcd member too.
+
+    When etcd cannot answer (quorum lost) the summary still comes, with `state_error`
+    saying why the nodes, tasks and controllers are missing: the members' health is
+    what an operator needs most then, and it is asked of each member on its own."""
     info = ClusterInfo(
         cluster_id=identity.cluster_id,
         controller_id=identity.controller_id,
         is_leader=bool(leadership and leadership.is_leader),
         leader_address=(leadership.leader.api_address if leadership and leadership.leader else ""),
-        nodes_total=len(nodes),
-        nodes_ready=states.count(NodeStatus.READY),
-        nodes_down=states.count(NodeStatus.DOWN),
-        nodes_unknown=len(nodes) - states.count(NodeStatus.READY) - states.count(NodeStatus.DOWN),
         etcd_endpoints=list(identity.etcd_endpoints),
         etcd_embedded=identity.etcd_embedded,
         version=version_info("dockyard-controller"),
@@ -129,26 +130,49 @@ async def cluster_info(
         agent_sessions=len(sessions),
         http_address=identity.http_address,
     )
-    info.tasks_total, info.tasks_running, info.tasks_pending = await services.task_counts()
-    try:
-        info.etcd_version = await store.server_version()
-    except StoreError:
-        info.etcd_version = "unreachable"
-    if directory is not None:
-        await _add_peers(info, directory, store)
+    async with asyncio.TaskGroup() as group:
+        counted = group.create_task(_unavailable(_add_counts(info, nodes_api, services)))
+        versioned = group.create_task(_unavailable(store.server_version()))
+        if directory is not None:
+            listed = group.create_task(_unavailable(_add_controllers(info, directory)))
+            group.create_task(_add_members(info, store))
+    version = versioned.result()
+    info.etcd_version = "unreachable" if isinstance(version, Unreadable) else version
+    failed = [counted.result(), listed.result() if directory is not None else None]
+    if why := next((f for f in failed if isinstance(f, Unreadable)), None):
+        info.state_error = f"the cluster's state cannot be read: {why}"
     return info
 
 
-async def _add_peers(info: ClusterInfo, directory: ControllerDirectory, store: Store) -> None:
-    """Every controller and etcd member: the dials and the members' Status at once."""
+class Unreadable(str):
+    """Why etcd could not answer one part of the summary."""
+
+
+async def _unavailable(read: Awaitable[T]) -> T | Unreadable:
+    """`read`'s result, or why etcd could not answer it (any other error is raised)."""
     try:
-        async with asyncio.TaskGroup() as group:
-            peers = group.create_task(directory.controllers())
-            members = group.create_task(store.etcd_members())
-    except* StoreError as failed:  # as the caller would get it without the group
-        raise failed.exceptions[0] from None
-    info.controllers.extend(_controller_info(p) for p in peers.result())
-    info.etcd_members.extend(_member_info(m) for m in members.result())
+        return await read
+    except StoreUnavailable as exc:
+        return Unreadable(str(exc))
+
+
+async def _add_counts(info: ClusterInfo, nodes_api: NodesAPI, services: ServicesAPI) -> None:
+    nodes = (await nodes_api.list(ListNodesRequest())).nodes
+    states = [n.status.state for n in nodes]
+    info.nodes_total = len(nodes)
+    info.nodes_ready = states.count(NodeStatus.READY)
+    info.nodes_down = states.count(NodeStatus.DOWN)
+    info.nodes_unknown = len(nodes) - info.nodes_ready - info.nodes_down
+    info.tasks_total, info.tasks_running, info.tasks_pending = await services.task_counts()
+
+
+async def _add_controllers(info: ClusterInfo, directory: ControllerDirectory) -> None:
+    info.controllers.extend(_controller_info(p) for p in await directory.controllers())
+
+
+async def _add_members(info: ClusterInfo, store: Store) -> None:
+    """Every etcd member, each asked on its own (this answers without quorum)."""
+    info.etcd_members.extend(_member_info(m) for m in await store.etcd_members())
 
 
 def _controller_info(peer: PeerStatus) -> ControllerInfo:

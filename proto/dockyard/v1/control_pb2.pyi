@@ -460,6 +460,7 @@ class ClusterInfo(_message.Message):
     HTTP_ADDRESS_FIELD_NUMBER: _builtins.int
     CONTROLLERS_FIELD_NUMBER: _builtins.int
     ETCD_MEMBERS_FIELD_NUMBER: _builtins.int
+    STATE_ERROR_FIELD_NUMBER: _builtins.int
     cluster_id: _builtins.str
     controller_id: _builtins.str
     is_leader: _builtins.bool
@@ -481,6 +482,10 @@ class ClusterInfo(_message.Message):
     """not placed yet (see `dockyard service ps` for why)"""
     http_address: _builtins.str
     """the HTTP side (JSON API, /v1/events, /metrics); "": off"""
+    state_error: _builtins.str
+    """Set when etcd could not answer (quorum lost): why nodes, tasks and controllers are
+    missing; the etcd members are still listed, each asked on its own.
+    """
     @_builtins.property
     def etcd_endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -520,10 +525,11 @@ class ClusterInfo(_message.Message):
         http_address: _builtins.str = ...,
         controllers: _abc.Iterable[Global___ControllerInfo] | None = ...,
         etcd_members: _abc.Iterable[Global___EtcdMemberInfo] | None = ...,
+        state_error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_sessions", b"agent_sessions", "cluster_id", b"cluster_id", "controller_id", b"controller_id", "controllers", b"controllers", "etcd_embedded", b"etcd_embedded", "etcd_endpoints", b"etcd_endpoints", "etcd_members", b"etcd_members", "etcd_version", b"etcd_version", "heartbeat_period_seconds", b"heartbeat_period_seconds", "http_address", b"http_address", "is_leader", b"is_leader", "leader_address", b"leader_address", "node_grace_seconds", b"node_grace_seconds", "nodes_down", b"nodes_down", "nodes_ready", b"nodes_ready", "nodes_total", b"nodes_total", "nodes_unknown", b"nodes_unknown", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_total", b"tasks_total", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_sessions", b"agent_sessions", "cluster_id", b"cluster_id", "controller_id", b"controller_id", "controllers", b"controllers", "etcd_embedded", b"etcd_embedded", "etcd_endpoints", b"etcd_endpoints", "etcd_members", b"etcd_members", "etcd_version", b"etcd_version", "heartbeat_period_seconds", b"heartbeat_period_seconds", "http_address", b"http_address", "is_leader", b"is_leader", "leader_address", b"leader_address", "node_grace_seconds", b"node_grace_seconds", "nodes_down", b"nodes_down", "nodes_ready", b"nodes_ready", "nodes_total", b"nodes_total", "nodes_unknown", b"nodes_unknown", "state_error", b"state_error", "tasks_pending", b"tasks_pending", "tasks_running", b"tasks_running", "tasks_total", b"tasks_total", "uptime_seconds", b"uptime_seconds", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

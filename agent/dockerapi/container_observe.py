@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,7 @@ from dockyard.agent.dockerapi.errors import DockerApiError, bad_request, conflic
 from dockyard.agent.dockerapi.lookup import docker_errors, find_container
 from dockyard.agent.dockerapi.responses import JSON, json_response
 from dockyard.agent.dockerapi.stream import MULTIPLEXED, RAW_STREAM, frame, stream_id
+from dockyard.agent.metrics.netdev import InterfaceCounters, read_net_dev
 from dockyard.agent.runtime.base import ContainerStatus, Stats
 
 __all__ = ["add_routes"]
@@ -107,17 +109,27 @@ def _cpu(stats: Stats | None, system_ns: int, online: int) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One read of a container for ``/stats``: its cgroup counters, the host's CPU time
+    (the base of docker's CPU %) and its own network namespace's interfaces."""
+
+    stats: Stats
+    system_ns: int
+    interfaces: list[InterfaceCounters] = field(default_factory=list)
+
+
 def stats_body(
     view_id: str,
     name: str,
-    stats: Stats,
-    system_ns: int,
-    previous: tuple[Stats, int] | None,
+    sample: Sample,
+    previous: Sample | None,
     host_memory: int,
 ) -> dict[str, Any]:
     """One ``/stats`` object (``precpu_stats`` from the previous sample)."""
     online = os.cpu_count() or 1
-    pre_stats, pre_system = previous if previous is not None else (None, 0)
+    stats, system_ns = sample.stats, sample.system_ns
+    pre_stats, pre_system = (previous.stats, previous.system_ns) if previous else (None, 0)
     return {
         "read": docker_time(stats.read_at),
         "preread": docker_time(pre_stats.read_at if pre_stats else None),
@@ -137,13 +149,35 @@ def stats_body(
             "limit": stats.memory_limit if 0 < stats.memory_limit < host_memory else host_memory,
             "stats": {},
         },
-        "networks": {},
+        "networks": {i.interface: _interface(i) for i in sample.interfaces},
     }
 
 
-async def _sample(ctx: DockerApiContext, container_id: str) -> tuple[Stats, int]:
-    stats = await ctx.require_containers().stats(container_id)
-    return stats, await asyncio.to_thread(_system_cpu_ns)
+def _interface(counters: InterfaceCounters) -> dict[str, int]:
+    return {
+        "rx_bytes": counters.receive_bytes,
+        "rx_packets": counters.receive_packets,
+        "rx_errors": counters.receive_errors,
+        "rx_dropped": counters.receive_dropped,
+        "tx_bytes": counters.transmit_bytes,
+        "tx_packets": counters.transmit_packets,
+        "tx_errors": counters.transmit_errors,
+        "tx_dropped": counters.transmit_dropped,
+    }
+
+
+async def _sample(ctx: DockerApiContext, container_id: str) -> Sample:
+    containers = ctx.require_containers()
+    stats = await containers.stats(container_id)
+    info = (await containers.inspect(container_id)).info
+    # A host-network container's namespace is the host's: docker shows no interfaces.
+    pid = info.state.pid if info.config.network != "host" else 0
+    return await asyncio.to_thread(_host_reads, stats, pid)
+
+
+def _host_reads(stats: Stats, pid: int) -> Sample:
+    """The host's CPU time and `pid`'s interfaces (blocking: run in a thread)."""
+    return Sample(stats, _system_cpu_ns(), read_net_dev(pid) if pid > 0 else [])
 
 
 async def _stats(ctx: DockerApiContext, request: web.Request) -> web.StreamResponse:
@@ -152,8 +186,8 @@ async def _stats(ctx: DockerApiContext, request: web.Request) -> web.StreamRespo
     info = view.info
     host_memory = psutil.virtual_memory().total
     if info.state.status is not ContainerStatus.RUNNING:  # docker shows zeros then
-        stopped = Stats(datetime.now(UTC), 0, 0.0, 0, 0, 0)
-        return json_response(stats_body(info.id, info.name, stopped, 0, None, host_memory))
+        stopped = Sample(Stats(datetime.now(UTC), 0, 0.0, 0, 0, 0), 0)
+        return json_response(stats_body(info.id, info.name, stopped, None, host_memory))
     stream = flag(request, "stream", True)
     one_shot = flag(request, "one-shot")
     with docker_errors(ref):
@@ -162,18 +196,16 @@ async def _stats(ctx: DockerApiContext, request: web.Request) -> web.StreamRespo
             if not stream:
                 if one_shot:
                     return json_response(
-                        stats_body(info.id, info.name, previous[0], previous[1], None, host_memory)
+                        stats_body(info.id, info.name, previous, None, host_memory)
                     )
                 await asyncio.sleep(ONE_SHOT_GAP)
                 current = await _sample(ctx, info.id)
-                return json_response(
-                    stats_body(info.id, info.name, current[0], current[1], previous, host_memory)
-                )
+                return json_response(stats_body(info.id, info.name, current, previous, host_memory))
         except FailedPrecondition:
             raise conflict(f"container {info.name} is not running") from None
         response = web.StreamResponse(status=200, headers={"Content-Type": JSON})
         await response.prepare(request)
-        first = stats_body(info.id, info.name, previous[0], previous[1], None, host_memory)
+        first = stats_body(info.id, info.name, previous, None, host_memory)
         await response.write(json.dumps(first).encode() + b"\n")
         while True:
             await asyncio.sleep(STATS_INTERVAL)
@@ -181,7 +213,7 @@ async def _stats(ctx: DockerApiContext, request: web.Request) -> web.StreamRespo
                 current = await _sample(ctx, info.id)
             except (FailedPrecondition, DockerApiError):
                 break
-            body = stats_body(info.id, info.name, current[0], current[1], previous, host_memory)
+            body = stats_body(info.id, info.name, current, previous, host_memory)
             await response.write(json.dumps(body).encode() + b"\n")
             previous = current
     await response.write_eof()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import time
 import uuid
 
 import docker
@@ -98,3 +99,28 @@ def test_stats_top_rename_archive_and_port(client) -> None:
             assert member is not None and member.read() == b"hello\n"
     finally:
         container.remove(force=True)
+
+
+def test_stats_count_the_container_s_own_interfaces(client) -> None:
+    """`docker stats` NET I/O: the interfaces of the container's network namespace (its
+    pings to the gateway of the test agent's bridge), loopback left out as docker does."""
+    pinging = client.containers.run(
+        BUSYBOX,
+        ["sh", "-c", "ping -c 3 -W 1 $(ip route | awk '/default/ {print $3}'); sleep 300"],
+        detach=True,
+    )
+    alone = client.containers.run(BUSYBOX, ["sleep", "300"], detach=True, network_mode="none")
+    try:
+        for _ in range(50):
+            networks = pinging.stats(stream=False)["networks"]
+            if networks.get("eth0", {}).get("rx_packets", 0) >= 3:
+                break
+            time.sleep(0.1)
+        assert list(networks) == ["eth0"], networks
+        eth0 = networks["eth0"]
+        assert eth0["tx_packets"] >= 3 and eth0["rx_packets"] >= 3, eth0
+        assert eth0["tx_bytes"] >= 3 * 84 and eth0["rx_bytes"] >= 3 * 84, eth0
+        assert alone.stats(stream=False)["networks"] == {}
+    finally:
+        pinging.remove(force=True)
+        alone.remove(force=True)

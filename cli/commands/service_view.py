@@ -30,6 +30,7 @@ TASK_HEADERS = ["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE",
 ERROR_WIDTH = 40
 # TaskStatus.Health, as `docker ps` shows it (NO_HEALTHCHECK shows nothing).
 _HEALTH = {1: "health: starting", 2: "healthy", 3: "unhealthy"}
+_HEALTH_SHOWN = (6, 7)  # STARTING, RUNNING: an ended task's last health is not news
 # States after which a task's container has stopped: an exit code means something.
 _FINAL = ("COMPLETE", "FAILED", "SHUTDOWN", "REJECTED", "ORPHANED")
 
@@ -95,7 +96,8 @@ def current_state(status: Any, now: float | None = None) -> str:
     import time
 
     name = state_name(status.state)
-    health = f" ({_HEALTH[status.health]})" if status.health in _HEALTH else ""
+    live = status.state in _HEALTH_SHOWN
+    health = f" ({_HEALTH[status.health]})" if live and status.health in _HEALTH else ""
     if not is_set(status.timestamp):
         return name + health
     ago = max(0.0, (time.time() if now is None else now) - to_seconds(status.timestamp))

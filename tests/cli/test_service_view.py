@@ -60,6 +60,9 @@ def test_current_state_says_state_and_age() -> None:
     assert current_state(healthy, NOW) == "Running 2 minutes ago (healthy)"
     waiting = TaskStatus(state=TaskStatus.STARTING, health=TaskStatus.HEALTH_STARTING)
     assert current_state(waiting, NOW) == "Starting (health: starting)"
+    ended = task(1, TaskStatus.SHUTDOWN).status
+    ended.health = TaskStatus.HEALTHY
+    assert current_state(ended, NOW) == "Shutdown 2 minutes ago"
 
 
 def test_task_rows_name_nodes_and_mark_history() -> None:

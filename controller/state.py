@@ -271,20 +271,22 @@ class ClusterState:
         if kind.name in _UNMARKED:  # no service's or node's
             return
         if kind is TASKS:
-            service_id, node_id = value.service_id, value.node_id
-            for tracker in self._trackers:
-                if not status_only or tracker.status_changes:
-                    tracker.services.add(service_id)
-                    if tracker.task_ids is not None:
-                        tracker.task_ids.add(record_id)
-                if node_id:
-                    tracker.task_nodes.add(node_id)
+            self._mark_task(record_id, value.service_id, value.node_id, status_only)
             return
         for tracker in self._trackers:
             if kind is SERVICES:
                 tracker.services.add(record_id)
             else:
                 tracker.nodes.add(record_id)
+
+    def _mark_task(self, task_id: str, service_id: str, node_id: str, status_only: bool) -> None:
+        for tracker in self._trackers:
+            if not status_only or tracker.status_changes:
+                tracker.services.add(service_id)
+                if tracker.task_ids is not None:
+                    tracker.task_ids.add(task_id)
+            if node_id:
+                tracker.task_nodes.add(node_id)
 
     def _put(self, kind: Kind[Any], table: dict[str, Any], record_id: str, value: Any) -> None:
         if kind is TASKS:
@@ -298,8 +300,8 @@ class ClusterState:
         old record to this one (a status report changes neither its service nor, most
         often, its node: those sets are left as they are)."""
         old = self.tasks.get(task_id)
-        self._mark(TASKS, task_id, task, self._status_only(old, task))
         service_id, node_id = task.service_id, task.node_id
+        self._mark_task(task_id, service_id, node_id, self._status_only(old, task))
         if old is None:
             self.tasks_by_service[service_id].add(task_id)
             if node_id:
@@ -314,11 +316,12 @@ class ClusterState:
                     self.tasks_by_node[old.node_id].discard(task_id)
                 if node_id:
                     self.tasks_by_node[node_id].add(task_id)
-        if task.status.state == TaskStatus.PENDING:
+        state = task.status.state
+        if state == TaskStatus.PENDING:
             self.pending_task_ids.add(task_id)
         else:
             self.pending_task_ids.discard(task_id)
-        self._count(task, 1)
+        self._count(task, 1, state)
         self.tasks[task_id] = task
 
     def _status_only(self, old: Task | None, new: Task) -> bool:
@@ -346,8 +349,10 @@ class ClusterState:
             self._unindex(record_id)
         table.pop(record_id, None)
 
-    def _count(self, task: Task, sign: int) -> None:
-        state = task.status.state
+    def _count(self, task: Task, sign: int, state: int | None = None) -> None:
+        """Count the task in (`sign` 1) or out (-1); `state`: its status's, when read."""
+        if state is None:
+            state = task.status.state
         if task.desired_state == TaskStatus.RUNNING:
             self.task_counts["wanted"] += sign
             if state == TaskStatus.RUNNING:

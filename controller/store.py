@@ -366,7 +366,7 @@ class Store:
         if not owned:
             stored = type(value)()
             stored.CopyFrom(value)
-        if "meta" in stored.DESCRIPTOR.fields_by_name:
+        if _has_meta(type(stored)):
             meta: Any = getattr(stored, "meta")  # noqa: B009 - not every kind has one
             meta.version = 0
             meta.updated_at.CopyFrom(now if now is not None else now_timestamp())
@@ -623,22 +623,24 @@ class Store:
     def _key(self, kind: Kind[M], record_id: str) -> str:
         return f"{self.prefix}/{kind.name}/{record_id}"
 
-    def _decode(self, kind: Kind[M], kv: Any) -> M:
-        record = kind.message()
+    def _decode(self, kind: Kind[M], kv: Any, revision: int | None = None) -> M:
+        """The record in `kv`, its `meta.version` set to `revision` (else the kv's)."""
+        message = kind.message
         try:
-            record.ParseFromString(kv.value)
+            record = message.FromString(kv.value)
         except DecodeError as exc:
             raise StoreError(f"corrupt {kind.name} record at {kv.key!r}") from exc
-        meta = getattr(record, "meta", None)
-        if meta is not None:
-            meta.version = int(kv.mod_revision)
+        if _has_meta(message):
+            meta: Any = getattr(record, "meta")  # noqa: B009 - not every kind has one
+            meta.version = int(kv.mod_revision) if revision is None else revision
         return record
 
     def _event(self, kind: Kind[M], record_id: str, event: Any) -> WatchEvent[M]:
         kv = event.kv
-        deleted = event.type == 1  # mvccpb.Event.DELETE
-        value = None if deleted else self._decode(kind, kv)
-        return WatchEvent(kind.name, record_id, deleted, value, int(kv.mod_revision))
+        revision = int(kv.mod_revision)
+        if event.type == 1:  # mvccpb.Event.DELETE
+            return WatchEvent(kind.name, record_id, True, None, revision)
+        return WatchEvent(kind.name, record_id, False, self._decode(kind, kv, revision), revision)
 
     async def _call(self, op: str, awaitable: Awaitable[T]) -> T:
         started = time.perf_counter()
@@ -779,6 +781,18 @@ class _Etcd3Client(Etcd3Client):
     def __init__(self, endpoints: Sequence[str], **kwargs: Any) -> None:
         super().__init__(endpoints, **kwargs)
         self._manager.grpc_options.append(("grpc.max_receive_message_length", MAX_RECEIVE_BYTES))
+
+
+_HAS_META: dict[type[Message], bool] = {}
+
+
+def _has_meta(message: type[Message]) -> bool:
+    """Whether records of this type carry `meta` (read from the descriptor once a type:
+    writes and decodes ask it for every record)."""
+    has = _HAS_META.get(message)
+    if has is None:
+        has = _HAS_META[message] = "meta" in message.DESCRIPTOR.fields_by_name
+    return has
 
 
 def _page_records(kvs: Sequence[Any]) -> int:

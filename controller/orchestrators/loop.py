@@ -210,7 +210,8 @@ class Orchestrator:
     def _ops(self, plan: Plan) -> list[Op]:
         now = now_timestamp()  # one stamp for the round's writes (a clock read costs)
         put = self._store.put_op
-        ops = [put(TASKS, t.id, t, expect=0, now=now) for t in plan.creates]
+        # A new task is the plan's own (made for this write): stamped in place, not copied.
+        ops = [put(TASKS, t.id, t, expect=0, owned=True, now=now) for t in plan.creates]
         ops += [put(TASKS, t.id, t, expect=t.meta.version, now=now) for t in plan.updates]
         ops += [
             self._store.raw_op(TASKS, task_id, None, expect=version)

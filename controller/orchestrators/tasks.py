@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from dockyard.common.reference import pinned_digest
 from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp, to_seconds
 from dockyard.controller.orchestrators.plan import Plan
 from dockyard.v1.workloads_pb2 import Service, Task
+
+if TYPE_CHECKING:
+    from google.protobuf.timestamp_pb2 import Timestamp
 
 TERMINAL = frozenset(
     {
@@ -82,11 +86,18 @@ def new_task(service: Service, slot: int, node_id: str = "", attempt: int = 0) -
     return task
 
 
-def set_status(task: Task, state: TaskState.ValueType, message: str, error: str = "") -> None:
+def set_status(
+    task: Task,
+    state: TaskState.ValueType,
+    message: str,
+    error: str = "",
+    now: Timestamp | None = None,
+) -> None:
+    """Move the task's status to `state`, stamped `now` (else the clock's)."""
     task.status.state = state
     task.status.message = message
     task.status.error = error
-    task.status.timestamp.CopyFrom(now_timestamp())
+    task.status.timestamp.CopyFrom(now if now is not None else now_timestamp())
     task.observed_at.CopyFrom(task.status.timestamp)
 
 

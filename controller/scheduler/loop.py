@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import structlog
 
 from dockyard.common.states import TaskState
+from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.orchestrators.tasks import set_status
 from dockyard.controller.scheduler.holders import Holders, patch_infos
 from dockyard.controller.scheduler.nodeinfo import NodeInfo
@@ -38,6 +39,24 @@ DEBOUNCE = 0.02
 MAX_ROUND_TASKS = 2048
 # Batches being written (committed, then watched back) while the next is decided.
 PIPELINE_DEPTH = 3
+
+
+def by_service(tasks: Iterable[Task]) -> list[Task]:
+    """The tasks with those of one service side by side, the services in the order they
+    first appear. A batch then holds the groups of a few services rather than a share of
+    every one: the scheduler's work per group is over every node (filters, scores, the
+    preference tree), so a backlog of many services cut into batches in the view's set
+    order paid it once per service in every batch."""
+    services: dict[str, list[Task]] = {}
+    for task in tasks:
+        group = services.get(task.service_id)
+        if group is None:
+            services[task.service_id] = [task]
+        else:
+            group.append(task)
+    if len(services) == 1:
+        return next(iter(services.values()))
+    return [task for group in services.values() for task in group]
 
 
 RoundObserver = Callable[[float, int], None]
@@ -131,11 +150,11 @@ class SchedulingLoop:
         await self._writes.acquire()
         self._refresh(tracker.take())
         tasks, in_flight = self._state.tasks, self._in_flight
-        pending = [
+        pending = by_service(
             tasks[task_id]
             for task_id in self._state.pending_task_ids
             if task_id not in in_flight and tasks[task_id].desired_state <= TaskState.RUNNING
-        ]
+        )
         for start in range(0, len(pending), MAX_ROUND_TASKS):
             if start:
                 await asyncio.sleep(0)
@@ -212,18 +231,21 @@ class SchedulingLoop:
     def _ops(
         self, pending: list[Task], decisions: dict[str, str], reasons: dict[str, str]
     ) -> tuple[list[Op], list[str]]:
+        """Each task's write (its copy stamped in place: one clock read for the batch)."""
         ops: list[Op] = []
         assigning: list[str] = []
+        now = now_timestamp()
+        put = self._store.put_op
         for task in pending:
             updated = Task()
             updated.CopyFrom(task)
             if task.id in decisions:
                 updated.node_id = decisions[task.id]
-                set_status(updated, TaskState.ASSIGNED, "scheduled")
+                set_status(updated, TaskState.ASSIGNED, "scheduled", now=now)
             elif reasons.get(task.id, task.status.message) != task.status.message:
                 updated.status.message = reasons[task.id]
             else:
                 continue
-            ops.append(self._store.put_op(TASKS, task.id, updated, expect=task.meta.version))
+            ops.append(put(TASKS, task.id, updated, expect=task.meta.version, owned=True, now=now))
             assigning.append(decisions.get(task.id, ""))
         return ops, assigning

@@ -18,6 +18,7 @@ from dockyard.v1.workloads_pb2 import Task
 
 __all__ = [
     "Amount",
+    "Footprint",
     "NodeInfo",
     "holds_resources",
     "meshes_ingress",
@@ -78,6 +79,26 @@ def task_host_ports(task: Task, meshed: bool = False) -> list[HostPort]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class Footprint:
+    """What a task takes from its node: its reservation, and the host ports it publishes
+    on a node that does not mesh ingress and on one that does. Every task of one spec
+    has the same, so a batch reads it once per group (from the group's first task)
+    instead of from every task it places."""
+
+    needs: Amount
+    ports: tuple[HostPort, ...]
+    meshed_ports: tuple[HostPort, ...]
+
+    @classmethod
+    def of(cls, task: Task) -> Footprint:
+        return cls(
+            task_reservation(task),
+            tuple(task_host_ports(task)),
+            tuple(task_host_ports(task, meshed=True)),
+        )
+
+
 _DONE = TaskStatus.RUNNING
 
 
@@ -135,15 +156,22 @@ class NodeInfo:
                 info.add_task(task)
         return info
 
-    def add_task(self, task: Task) -> bool:
-        """Account for `task` on this node; False (and no change) when already there."""
+    def add_task(self, task: Task, footprint: Footprint | None = None) -> bool:
+        """Account for `task` on this node; False (and no change) when already there.
+        `footprint`: the task's, when the caller has it (else read from the task)."""
         if task.id in self.tasks:
             return False
         self.tasks[task.id] = task
-        needs = task_reservation(task)
-        self.reserved = self.reserved + needs
-        self.free = self.free - needs
-        for port in task_host_ports(task, self.meshed):
+        if footprint is None:
+            needs = task_reservation(task)
+            ports: Iterable[HostPort] = task_host_ports(task, self.meshed)
+        else:
+            needs = footprint.needs
+            ports = footprint.meshed_ports if self.meshed else footprint.ports
+        if needs:
+            self.reserved = self.reserved + needs
+            self.free = self.free - needs
+        for port in ports:
             self.host_ports[port] = self.host_ports.get(port, 0) + 1
         service = task.service_id
         self.service_tasks[service] = self.service_tasks.get(service, 0) + 1

@@ -27,7 +27,7 @@ from dockyard.v1.workloads_pb2 import Task
 
 from .constraints import ConstraintError, node_label, spread_label
 from .filters import Filter
-from .nodeinfo import NodeInfo
+from .nodeinfo import Footprint, NodeInfo
 from .pipeline import Pipeline
 from .scorers import ScoreBoard, Strategy, Weighted, strategy_scorers
 
@@ -124,6 +124,7 @@ class _Run:
         self._service = ""
         self._board: ScoreBoard | None = None
         self._used: set[str] = set()  # nodes that took a task of it: re-check them
+        self._footprint: Footprint | None = None  # what each of its tasks takes
 
     def place_group(self, group: list[Task]) -> None:
         """Place every task of one group (same service, same spec)."""
@@ -142,6 +143,7 @@ class _Run:
         self._service = first.service_id
         self._board = ScoreBoard(self._scorers, first, candidates)
         self._used = set()
+        self._footprint = Footprint.of(first)  # one spec: the same for every task
         root = self._tree(labels, candidates)
         for index, task in enumerate(group):
             if not self._place(root, task):
@@ -206,7 +208,7 @@ class _Run:
             if node_id in self._used and not self._pipeline.process(self._infos[node_id]):
                 continue  # full for this group: its usage only grows during the batch
             info = self._writable(node_id)
-            info.add_task(task)
+            info.add_task(task, self._footprint)
             self._used.add(node_id)
             heapq.heappush(heap, self._entry(info, index))
             self.result.assignments[task.id] = node_id

@@ -628,6 +628,14 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def _candidate(path: str) -> None:
+    """The daemons of "this tree" import from `path` (none: the installed tree)."""
+    if path:
+        ENV["PYTHONPATH"] = path
+    else:
+        ENV.pop("PYTHONPATH", None)
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # so that `finally` cleans up
     parser = argparse.ArgumentParser(description=__doc__)
@@ -641,6 +649,12 @@ def main() -> None:
         "--profile-fleet", default="", help="py-spy's raw output for the first fleet process"
     )
     parser.add_argument("--baseline", default="", help="PYTHONPATH of the code to compare with")
+    parser.add_argument(
+        "--candidate",
+        default="",
+        help="PYTHONPATH of the code measured as this tree (default: the installed tree; "
+        "a copy lets the tree be edited while a run goes on)",
+    )
     parser.add_argument(
         "--read-interval", type=float, default=1.0, help="seconds between two rounds of reads"
     )
@@ -665,6 +679,7 @@ def main() -> None:
     subprocess.run(["uptime"], check=False)
     baselines: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
+    _candidate(args.candidate)
     for _ in range(args.rounds):
         if args.baseline:
             print(f"baseline (PYTHONPATH={args.baseline}):")
@@ -672,7 +687,7 @@ def main() -> None:
             profiles = args.profile, args.profile_fleet
             args.profile = args.profile_fleet = ""
             baselines.append(run_once(args))
-            ENV.pop("PYTHONPATH")
+            _candidate(args.candidate)
             args.profile, args.profile_fleet = profiles
             print("this tree:")
         results.append(run_once(args))

@@ -12,12 +12,12 @@ the daemon's own task group sees it. `close()` cancels every item and awaits the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any, TypeVar, cast
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 
-__all__ = ["ScopeClosed", "TaskScope"]
+__all__ = ["ScopeClosed", "TaskScope", "run_to_end"]
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +98,7 @@ class TaskScope:
         task = self.spawn(_deliver(work, outcome), name)
         task.add_done_callback(lambda _: outcome.cancel())  # nothing if it has an outcome
         task.add_done_callback(lambda _: work.close())
-        return cast("asyncio.Task[None]", task), outcome
+        return task, outcome
 
     async def wait(self) -> None:
         """Return when the scope is closed; raise the item's error that ended it."""
@@ -138,6 +138,27 @@ class TaskScope:
             if self.fatal:
                 raise
             return None
+
+
+async def run_to_end(work: Awaitable[T]) -> T:
+    """Await `work` to its end even when the caller is cancelled (then re-raise that).
+
+    Unlike ``asyncio.shield``, whose inner task goes on unowned once the caller has left,
+    this caller stays until `work` is over, however often it is cancelled: an owner that
+    cancels and awaits its tasks (`TaskScope.close`) knows that `work` is done too.
+    """
+    job = asyncio.ensure_future(work)
+    cancelled = False
+    while not job.done():
+        try:
+            await asyncio.wait([job])
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        if not job.cancelled():
+            job.exception()  # retrieved (the work logs its own failures): no GC warning
+        raise asyncio.CancelledError
+    return job.result()
 
 
 async def _deliver(work: Coroutine[Any, Any, T], outcome: asyncio.Future[T]) -> None:

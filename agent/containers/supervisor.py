@@ -69,6 +69,10 @@ class Supervisor:
             )
         )
 
+    def _drop(self, container_id: str) -> None:
+        if self._watchers.get(container_id) is asyncio.current_task():
+            del self._watchers[container_id]
+
     async def forget(self, container_id: str) -> None:
         """Stop watching the container (unless this is its own watcher calling)."""
         task = self._watchers.pop(container_id, None)
@@ -96,6 +100,9 @@ class Supervisor:
             if meta is None:
                 return
             if meta.auto_remove:
+                # Not watched any more: the removal's forget() must not wait for this
+                # watcher, which waits for the removal (close() still does).
+                self._drop(container_id)
                 await run_to_end(self._auto_remove(container_id))
                 return
             state = info.state

@@ -112,3 +112,16 @@ async def test_a_removal_cancelled_halfway_still_deletes_the_container(
     assert not base.exists()  # main: left in place, with its record, for the next start
     await env.runtime.close()  # waits for the trash's removal
     assert list((env.state_root / "trash").iterdir()) == []
+
+
+async def test_close_leaves_no_task_of_the_runtime_pending(env: Any) -> None:
+    """The exit watchers and the trash's removals are the runtime's tasks, ended by
+    `close` (the containers keep running under conmon)."""
+    before = asyncio.all_tasks()
+    info = await env.runtime.create(env.config("sleep", "30"))
+    await env.runtime.start(info.id)  # watched
+    removed = await env.runtime.create(env.config("true"))
+    await env.runtime.remove(removed.id)  # its layer goes to the trash, removed in a task
+    await env.runtime.close()
+    assert {t.get_name() for t in asyncio.all_tasks() - before if not t.done()} == set()
+    # the container still runs: the fixture's clean-up kills it

@@ -510,6 +510,8 @@ class AgentDaemon:
             await self.cluster_network.close()
         if self.containers is not None:  # containers keep running (live restore)
             await self.containers.close()
+        if self._images is not None:  # pulls under way are cancelled
+            await self._images.close()
         if self._docker is not None:  # the engine keeps its containers
             await self._docker.close()
         if self._hollow is not None:  # its watchers (the simulated containers end here)

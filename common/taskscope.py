@@ -42,6 +42,7 @@ class TaskScope:
         self.fatal = fatal
         self._group: asyncio.TaskGroup | None = None
         self._holder: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
         self._items: set[asyncio.Task[Any]] = set()
 
     @property
@@ -54,14 +55,17 @@ class TaskScope:
         return set(self._items)
 
     async def open(self) -> None:
-        """Start holding the group (nothing if open already)."""
-        if self._holder is not None and not self._holder.done():
+        """Start holding the group (nothing if open already; if opening, wait for it)."""
+        if self._group is not None:
             return
-        ready = asyncio.Event()
-        self._holder = asyncio.create_task(self._hold(ready), name=f"scope-{self.name}")
-        waiting = asyncio.ensure_future(ready.wait())
-        await asyncio.wait({waiting, self._holder}, return_when=asyncio.FIRST_COMPLETED)
-        waiting.cancel()
+        if self._holder is None or self._holder.done():
+            self._ready = asyncio.Event()
+            self._holder = asyncio.create_task(self._hold(self._ready), name=f"scope-{self.name}")
+        waiting = asyncio.ensure_future(self._ready.wait())
+        try:
+            await asyncio.wait({waiting, self._holder}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
 
     def spawn(self, work: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T | None]:
         """Start `work` as an item of the scope.

@@ -125,3 +125,17 @@ async def test_close_leaves_no_task_pending() -> None:
     assert asyncio.all_tasks() == before
     with pytest.raises(ScopeClosed):
         scope.spawn(_forever(started, "late"), "late")
+
+
+async def test_callers_opening_at_once_can_all_spawn() -> None:
+    scope = TaskScope("t")
+    started: list[str] = []
+
+    async def open_and_spawn(name: str) -> asyncio.Task[None]:
+        await scope.open()  # the second caller: while the first one's holder starts
+        return scope.spawn(_forever(started, name), name)
+
+    await asyncio.gather(open_and_spawn("one"), open_and_spawn("two"))
+    await asyncio.sleep(0)
+    assert started == ["one", "two"]
+    await scope.close()

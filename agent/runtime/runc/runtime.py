@@ -358,7 +358,9 @@ class RuncRuntime:
         tty = self._records[cid].config.tty
         for late in pending:
             try:
-                late.connect(await connect_attach(self._dir(cid).bundle, tty))
+                session = await connect_attach(self._dir(cid).bundle, tty)
+                if not late.connect(session):  # closed meanwhile: nobody reads it
+                    await session.close()
             except ContainerRuntimeError as exc:
                 log.warning("container.attach_failed", container_id=cid, error=str(exc))
 

@@ -125,13 +125,15 @@ class TaskScope:
         await asyncio.gather(holder, return_exceptions=True)
 
     async def _hold(self, ready: asyncio.Event) -> None:
+        group = asyncio.TaskGroup()
         try:
-            async with asyncio.TaskGroup() as group:
+            async with group:
                 self._group = group
                 ready.set()
                 await asyncio.Future()  # until close() cancels it
         finally:
-            self._group = None
+            if self._group is group:  # not a group opened again meanwhile
+                self._group = None
 
     async def _guarded(self, work: Coroutine[Any, Any, T], name: str) -> T | None:
         try:

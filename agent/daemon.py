@@ -69,6 +69,7 @@ class AgentDaemon:
         self._images: ImageService | None = None
         self.worker: Worker | None = None
         self._docker: TaskExecutor | None = None
+        self._hollow: TaskExecutor | None = None
         self._runc: TaskExecutor | None = None
         self.cluster_network: ClusterNetwork | None = None
         self._controllers: list[str] = []
@@ -151,7 +152,7 @@ class AgentDaemon:
         elif config.runtime == "hollow":
             from dockyard.agent.runtime.hollow import HollowRuntime
 
-            executor = hollow_executor(HollowRuntime())
+            executor = self._hollow = hollow_executor(HollowRuntime())
         if config.metrics_listen:  # before the worker: a port in use stops the start
             self.metrics = await self._start_metrics(identity.name)
         if config.docker_api_socket is not None or config.docker_api_listen:
@@ -509,8 +510,12 @@ class AgentDaemon:
             await self.cluster_network.close()
         if self.containers is not None:  # containers keep running (live restore)
             await self.containers.close()
+        if self._images is not None:  # pulls under way are cancelled
+            await self._images.close()
         if self._docker is not None:  # the engine keeps its containers
             await self._docker.close()
+        if self._hollow is not None:  # its watchers (the simulated containers end here)
+            await self._hollow.close()
         log.info("agent.stopped")
 
 

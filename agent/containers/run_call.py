@@ -1,11 +1,13 @@
 """`Containers.Run`: create, start, output, exit and removal in one streaming call.
 
 What `dockyard run --rm` (without -d/-it) made four to six calls for (image inspect,
-Create, Start, Logs, Wait, Remove). The lifecycle runs in its own task, which
-removes the container whatever ends it: the exit, an error, or the client going
-away (the handler's end cancels the task). A container whose create succeeded is
-never left behind, as docker's `--rm` has the daemon remove it; not even by an agent that
-dies meanwhile: the restarted agent removes it once it has exited.
+Create, Start, Logs, Wait, Remove). The lifecycle runs in its own task, an item of the
+service's `calls` scope (`ContainerService.close` cancels and awaits it), which removes
+the container whatever ends it: the exit, an error, or the client going away (the
+handler's end cancels the task, which then still awaits the removal). A container
+whose create succeeded is never left behind, as docker's `--rm` has the daemon remove
+it; not even by an agent that dies meanwhile: the restarted agent removes it once it
+has exited.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 import structlog
 
@@ -20,6 +23,7 @@ from dockyard.agent.containers.convert import container_record, log_line
 from dockyard.agent.containers.errors import NotFound
 from dockyard.agent.containers.request import ContainerRequest
 from dockyard.agent.containers.service import ContainerService
+from dockyard.common.taskscope import run_to_end
 from dockyard.v1 import containers_pb2 as pb
 
 __all__ = ["run_container"]
@@ -27,7 +31,6 @@ __all__ = ["run_container"]
 log = structlog.get_logger(__name__)
 
 _QUEUE = 256  # answers in flight; the container's output waits when the client is slow
-_tasks: set[asyncio.Task[None]] = set()  # lifecycles whose client went away, removing
 
 
 async def run_container(
@@ -39,12 +42,14 @@ async def run_container(
     # this call removes it after reading its exit, as the CLI did after Wait. Should the
     # agent die first, its restart removes it (`removed_by_call`).
     own = replace(request, auto_remove=False, removed_by_call=True)
-    task = asyncio.create_task(_lifecycle(manager, own, queue))
+    await manager.calls.open()  # nothing once open (ContainerService.start opens it)
+    task, outcome = manager.calls.submit(_lifecycle(manager, own, queue), "run-call")
     getter: asyncio.Future[pb.RunOutput] | None = None
     try:
         while True:
             getter = asyncio.ensure_future(queue.get())
-            await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+            either: set[asyncio.Future[Any]] = {getter, outcome}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if getter.done():
                 yield getter.result()
                 continue
@@ -52,14 +57,12 @@ async def run_container(
             while not queue.empty():
                 yield queue.get_nowait()
             break
-        await task  # its error, if any, is the call's
+        await outcome  # its error, if any, is the call's
     finally:
         if getter is not None:
             getter.cancel()
         if not task.done():  # the client went away: the task removes the container
             task.cancel()
-            _tasks.add(task)
-            task.add_done_callback(_tasks.discard)
 
 
 async def _lifecycle(
@@ -83,7 +86,7 @@ async def _lifecycle(
             )
         )
     finally:
-        await asyncio.shield(_remove(manager, cid))
+        await run_to_end(_remove(manager, cid))
     await queue.put(pb.RunOutput(removed=cid))
 
 

@@ -71,6 +71,7 @@ from dockyard.agent.runtime.base import (
     process_args,
 )
 from dockyard.common.lookup import match_reference
+from dockyard.common.taskscope import TaskScope
 
 if TYPE_CHECKING:
     from dockyard.agent.network.overlays import OverlayManager
@@ -129,6 +130,8 @@ class ContainerService:
         self._supervisor = Supervisor(
             runtime, self._meta.get, self._auto_remove, on_exit=self._on_exit
         )
+        self.calls = TaskScope("run-calls")
+        """`Containers.Run` lifecycles: they outlive a client that went away."""
         self._removed: OrderedDict[str, tuple[str, ExitInfo]] = OrderedDict()
         self._creating: set[str] = set()
         self._own_dirs = (str(state_dir.absolute()),) if state_dir else ()  # the agent's
@@ -143,6 +146,7 @@ class ContainerService:
         does); exited `--rm` ones are removed, as are those of a `Containers.Run` call
         that the previous agent process took with it (the running ones once they exit).
         """
+        await self.calls.open()
         infos = await self.runtime.recover()
         self._meta.update(await asyncio.to_thread(self._metas.load_all))  # the supervisor reads it
         known = {info.id for info in infos}
@@ -185,7 +189,7 @@ class ContainerService:
     async def _resume(self, info: ContainerInfo, meta: ContainerMeta) -> None:
         status = info.state.status
         if status is ContainerStatus.RUNNING:
-            self._supervisor.watch(info.id)
+            await self._supervisor.watch(info.id)
         elif status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
             policy = info.config.restart_policy.name
             if meta.auto_remove:
@@ -196,10 +200,12 @@ class ContainerService:
                 log.info("container.restarting_after_agent_restart", container_id=info.id)
                 with contextlib.suppress(ContainerRuntimeError):
                     await self.runtime.start(info.id)
-                self._supervisor.watch(info.id)
+                await self._supervisor.watch(info.id)
 
     async def close(self) -> None:
-        """Stop supervising; the containers keep running (live restore)."""
+        """Stop supervising; the containers keep running (live restore). A `Containers.Run`
+        call's lifecycle is cancelled and its removal awaited (or left to the next start)."""
+        await self.calls.close()
         await self._supervisor.close()
         await self.runtime.close()
         if self.network is not None:
@@ -519,7 +525,7 @@ class ContainerService:
         try:
             await self.runtime.start(info.id)
         finally:
-            self._supervisor.watch(info.id)  # applies --rm and the restart policy on exit
+            await self._supervisor.watch(info.id)  # applies --rm and the restart policy on exit
         self._publish("start", info)
         return await self.inspect(info.id)
 

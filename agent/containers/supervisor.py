@@ -1,8 +1,10 @@
 """`Supervisor`: one watcher per started container that applies `--rm` and the restart
 policy each time it exits (dockerd's restart manager), with Docker's backoff.
 
-Each watcher is cancelled on its own (a user's start or removal replaces or ends it), so
-they are kept by container id rather than in a task group; one that fails is logged.
+The watchers are items of one `TaskScope` (one task group from the first watch to
+`close`), kept by container id too: each is cancelled on its own (a user's start or
+removal replaces or ends it). One that fails is logged (`task.failed`) and the others go
+on: a bug in one container's restart handling does not end the agent.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from dockyard.agent.runtime.base import (
     ContainerRuntimeError,
     ExitInfo,
 )
+from dockyard.common.taskscope import TaskScope, run_to_end
 
 __all__ = ["Supervisor"]
 
@@ -49,25 +52,26 @@ class Supervisor:
         self._meta_of = meta_of
         self._auto_remove = auto_remove
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        self._scope = TaskScope("container-supervisor")
 
-    def watch(self, container_id: str) -> None:
+    async def watch(self, container_id: str) -> None:
         """Watch the container (nothing if it is watched already)."""
         if container_id in self._watchers:
             return
-        task = asyncio.create_task(self._watch(container_id), name=f"supervise-{container_id[:12]}")
+        await self._scope.open()  # at the first watch (nothing after)
+        if container_id in self._watchers:  # watched while the scope opened
+            return
+        task = self._scope.spawn(self._watch(container_id), f"supervise-{container_id[:12]}")
         self._watchers[container_id] = task
+        task.add_done_callback(
+            lambda t: (
+                self._watchers.pop(container_id) if self._watchers.get(container_id) is t else None
+            )
+        )
 
-        def done(t: asyncio.Task[None]) -> None:
-            if self._watchers.get(container_id) is t:
-                del self._watchers[container_id]
-            if not t.cancelled() and t.exception() is not None:
-                log.error(
-                    "container.supervisor_failed",
-                    container_id=container_id,
-                    error=repr(t.exception()),
-                )
-
-        task.add_done_callback(done)
+    def _drop(self, container_id: str) -> None:
+        if self._watchers.get(container_id) is asyncio.current_task():
+            del self._watchers[container_id]
 
     async def forget(self, container_id: str) -> None:
         """Stop watching the container (unless this is its own watcher calling)."""
@@ -77,11 +81,8 @@ class Supervisor:
             await asyncio.gather(task, return_exceptions=True)
 
     async def close(self) -> None:
-        """Stop every watcher; the containers keep running."""
-        tasks = list(self._watchers.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        """Stop every watcher and wait for them; the containers keep running."""
+        await self._scope.close()
         self._watchers.clear()
 
     async def _watch(self, container_id: str) -> None:
@@ -99,7 +100,10 @@ class Supervisor:
             if meta is None:
                 return
             if meta.auto_remove:
-                await asyncio.shield(self._auto_remove(container_id))
+                # Not watched any more: the removal's forget() must not wait for this
+                # watcher, which waits for the removal (close() still does).
+                self._drop(container_id)
+                await run_to_end(self._auto_remove(container_id))
                 return
             state = info.state
             ran = 0.0
@@ -122,6 +126,6 @@ class Supervisor:
             if meta.manually_stopped or self._meta_of(container_id) is None:
                 return
             try:
-                await asyncio.shield(self._runtime.start(container_id))
+                await run_to_end(self._runtime.start(container_id))
             except ContainerRuntimeError as exc:
                 log.warning("container.restart_failed", container_id=container_id, error=str(exc))

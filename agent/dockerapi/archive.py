@@ -39,7 +39,6 @@ from dockyard.agent.images.errors import LayerError
 from dockyard.agent.images.safe_fs import Beneath, UnsafePath, split_name
 from dockyard.agent.images.unpack import BoundedTarInfo, _HashingReader, _Unpacker
 from dockyard.agent.images.unpack_limits import UnpackLimits
-from dockyard.agent.runtime.base import ContainerStatus
 from dockyard.common.threads import to_thread_to_end
 
 __all__ = ["MAX_ARCHIVE_BYTES", "add_routes"]
@@ -161,36 +160,31 @@ def _write_tar(root_fd: int, target: _Target, chunks: queue.Queue[bytes | None])
 
 
 class _Rootfs:
-    """The container's root filesystem, mounted for the copy when the container is not."""
+    """The container's root filesystem, held mounted for the copy (the runc runtime's
+    count of its holders: a start or an exit meanwhile does not unmount it from under
+    the copy, nor the copy from under a container started meanwhile)."""
 
-    def __init__(self, view: ContainerView, runtime: str) -> None:
-        log_path = view.info.log_path
-        if runtime != "runc" or log_path is None:
-            raise DockerApiError(501, f"docker cp is not supported by dockyard's {runtime} runtime")
-        self.base = log_path.parent
+    def __init__(self, view: ContainerView, ctx: DockerApiContext) -> None:
+        from dockyard.agent.runtime.runc.runtime import RuncRuntime
+
+        runtime = ctx.containers.runtime if ctx.containers is not None else None
+        if ctx.runtime != "runc" or not isinstance(runtime, RuncRuntime):
+            raise DockerApiError(
+                501, f"docker cp is not supported by dockyard's {ctx.runtime} runtime"
+            )
+        self.runtime = runtime
         self.view = view
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[int]:
-        from dockyard.agent.runtime.runc.rootfs import ContainerLayer
-
-        layer = ContainerLayer(self.view.info.config.lower_dirs, self.base)
-        stopped = self.view.info.state.status in (ContainerStatus.EXITED, ContainerStatus.DEAD)
-        mounted = False
-        try:
-            # Only a mount this copy made is undone by it (not one a start made meanwhile).
-            # Both ends run to completion when the handler is cancelled: aiohttp cancels
-            # it when docker cp hangs up, right after reading the archive.
-            mounted = stopped and await layer.mount()
-            fd = await to_thread_to_end(lambda: os.open(layer.target, _DIR_FLAGS), os.close)
+        # Both ends run to completion when the handler is cancelled: aiohttp cancels it
+        # when docker cp hangs up, right after reading the archive.
+        async with self.runtime.rootfs(self.view.info.id) as target:
+            fd = await to_thread_to_end(lambda: os.open(target, _DIR_FLAGS), os.close)
             try:
                 yield fd
             finally:
                 os.close(fd)
-        finally:
-            if mounted:
-                with contextlib.suppress(Exception):
-                    await layer.unmount()
 
 
 def _stat_header(info: dict[str, Any]) -> str:
@@ -201,7 +195,7 @@ async def _head_or_get(ctx: DockerApiContext, request: web.Request) -> web.Strea
     ref = request.match_info["id"]
     target = _target(request.query.get("path", ""))
     view = await find_container(ctx, ref)
-    async with _Rootfs(view, ctx.runtime).open() as root_fd:
+    async with _Rootfs(view, ctx).open() as root_fd:
         try:
             path_stat = await asyncio.to_thread(_path_stat, root_fd, target)
         except (FileNotFoundError, UnsafePath) as exc:
@@ -275,7 +269,7 @@ async def _put(ctx: DockerApiContext, request: web.Request) -> web.StreamRespons
         raise DockerApiError(403, f"container {view.info.name}'s root filesystem is read-only")
     parts = (*target.parent, target.name) if target.name else ()
     body = _StreamReader(request, asyncio.get_running_loop())
-    async with _Rootfs(view, ctx.runtime).open() as root_fd:
+    async with _Rootfs(view, ctx).open() as root_fd:
         try:
             await asyncio.to_thread(_unpack, root_fd, parts, body)
         except UnsafePath as exc:

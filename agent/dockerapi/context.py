@@ -19,6 +19,7 @@ from aiohttp import web
 from dockyard.agent.containers.admission import Admission
 from dockyard.agent.dockerapi.errors import DockerApiError
 from dockyard.agent.dockerapi.network_store import NetworkStore
+from dockyard.common.taskscope import TaskScope
 
 if TYPE_CHECKING:
     from dockyard.agent.containers.service import ContainerService
@@ -77,6 +78,8 @@ class DockerApiContext:
     attached: set[str] = field(default_factory=set)
     networks_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held while a user-defined network is created or removed."""
+    background: TaskScope = field(default_factory=lambda: TaskScope("dockerapi"))
+    """Work that outlives its request (a detached exec's drain); closed with the app."""
     _networks: NetworkStore | None = field(default=None, repr=False)
 
     def network_store(self) -> NetworkStore:

@@ -14,8 +14,8 @@ import asyncio
 import contextlib
 import secrets
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,7 +30,7 @@ from dockyard.agent.dockerapi.lookup import docker_errors, find_container
 from dockyard.agent.dockerapi.responses import json_response
 from dockyard.agent.runtime.base import ContainerRuntimeError, ContainerStatus, InteractiveExec
 
-__all__ = ["MAX_EXECS", "ExecRecord", "ExecStore", "add_routes"]
+__all__ = ["MAX_EXECS", "ExecRecord", "ExecStore", "add_routes", "lifespan"]
 
 log = structlog.get_logger(__name__)
 
@@ -57,7 +57,6 @@ class ExecRecord:
     running: bool = False
     exit_code: int | None = None
     started: bool = False
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def inspect(self) -> dict[str, Any]:
         """Docker's ``ExecInspect``."""
@@ -203,9 +202,8 @@ async def _start(
         with contextlib.suppress(ContainerRuntimeError):
             await session.resize(size[0], size[1])
     if body.get("Detach"):
-        task = asyncio.create_task(_drain(record, session))  # outlives this request
-        record.tasks.add(task)
-        task.add_done_callback(record.tasks.discard)
+        await ctx.background.open()  # nothing once open
+        ctx.background.spawn(_drain(record, session), f"exec-drain-{record.id[:12]}")
         return web.Response(status=200)
     try:
         response, conn = await hijack(request, tty)
@@ -244,6 +242,20 @@ async def _resize(store: ExecStore, request: web.Request, exec_id: str) -> web.S
     with contextlib.suppress(ContainerRuntimeError):
         await record.session.resize(height, width)
     return web.Response(status=201)
+
+
+def lifespan(
+    ctx: DockerApiContext,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    """At the app's end: the drains of detached execs (``ctx.background``) cancelled and
+    awaited (the processes go on in their containers)."""
+
+    @contextlib.asynccontextmanager
+    async def close(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await ctx.background.close()
+
+    return close
 
 
 def add_routes(routes: web.RouteTableDef, ctx: DockerApiContext) -> None:

@@ -51,6 +51,7 @@ from dockyard.agent.network.errors import NetworkError
 from dockyard.agent.network.local_subnets import SubnetError, choose_subnet, host_routes
 from dockyard.agent.network.subnet_claims import ClaimsBusyError, SubnetClaims
 from dockyard.agent.runtime.base import ContainerStatus
+from dockyard.common.taskscope import TaskScope
 
 __all__ = [
     "add_routes",
@@ -646,15 +647,15 @@ def lifespan(
             log.error("dockerapi.network_declare_failed", error=str(exc))
         await ctx.cluster_network.serve_dns()
         subscription = bus.subscribe()
-        task = asyncio.create_task(_keep_names(ctx, subscription), name="dockerapi-dns")
-        pruning = asyncio.create_task(cluster_networks.release_gone(ctx), name="dockerapi-prune")
+        loops = TaskScope("dockerapi-networks")  # a loop that fails is logged (task.failed)
+        await loops.open()
+        loops.spawn(_keep_names(ctx, subscription), "dockerapi-dns")
+        loops.spawn(cluster_networks.release_gone(ctx), "dockerapi-prune")
         try:
             yield
         finally:
             subscription.close()
-            task.cancel()
-            pruning.cancel()
-            await asyncio.gather(task, pruning, return_exceptions=True)
+            await loops.close()
 
     return serve
 

@@ -22,6 +22,7 @@ from dockyard.agent.images.transfer import BlobObserver, pull_image, push_image
 from dockyard.agent.images.unpack_limits import UnpackLimits
 from dockyard.common.distribution.auth import Credentials
 from dockyard.common.distribution.registry import RegistryClient, RegistryConfig
+from dockyard.common.taskscope import TaskScope
 
 __all__ = ["ImageService"]
 
@@ -53,6 +54,7 @@ class ImageService:
         self._on_blob = on_blob
         self.registry = registry or RegistryConfig()
         self._pulls: dict[str, _SharedPull] = {}
+        self._transfers = TaskScope("image-pulls")  # the shared pulls, until close()
         self.peer_fetcher: PeerFetcher | None = None
         """Fetches blobs from other nodes (set by an agent in a cluster)."""
 
@@ -80,17 +82,18 @@ class ImageService:
             f"|{registry}=" + hashlib.sha256(f"{c.username}\0{c.password}".encode()).hexdigest()
             for registry, c in sorted((credentials or {}).items())
         )
-        shared = self._pulls.get(key)
+        if key not in self._pulls:
+            await self._transfers.open()  # nothing once open
+        shared = self._pulls.get(key)  # another caller's, maybe started meanwhile
         if shared is None:
             sources = self.peer_fetcher.sources(peers) if self.peer_fetcher else None
-            shared = _SharedPull(
-                asyncio.create_task(self._pull(reference, progress, sources, credentials))
-            )
+            work = self._pull(reference, progress, sources, credentials)
+            shared = _SharedPull(*self._transfers.submit(work, f"pull-{reference}"))
             self._pulls[key] = shared
             shared.task.add_done_callback(lambda _: self._pulls.pop(key, None))
         shared.waiters += 1
         try:
-            return await asyncio.shield(shared.task)
+            return await asyncio.shield(shared.outcome)
         except asyncio.CancelledError:
             if shared.waiters == 1 and not shared.task.done():
                 shared.task.cancel()  # the last caller gave up: stop and clean up
@@ -98,6 +101,10 @@ class ImageService:
             raise
         finally:
             shared.waiters -= 1
+
+    async def close(self) -> None:
+        """Cancel the pulls under way and wait for them (their callers get cancelled)."""
+        await self._transfers.close()
 
     async def _pull(
         self,
@@ -216,7 +223,8 @@ class ImageService:
 
 @dataclass
 class _SharedPull:
-    task: asyncio.Task[Image]
+    task: asyncio.Task[None]
+    outcome: asyncio.Future[Image]
     waiters: int = 0
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import structlog
 from google.protobuf.json_format import MessageToDict
 
+from dockyard.common.taskscope import TaskScope
 from dockyard.controller.store import (
     CLUSTER,
     NODES,
@@ -170,7 +171,10 @@ class EventHub:
     """The shared watch and its subscribers.
 
     The watch starts with the first subscriber and stops `idle_stop` seconds
-    after the last one leaves (its history goes with it).
+    after the last one leaves (its history goes with it). It is an item of the
+    hub's task scope (`close` ends it): should it fail (a bug: etcd's errors are
+    retried), the failure is logged (`task.failed`) and every stream ends, so the
+    clients resume from their last id, on a new watch; the server goes on.
     """
 
     def __init__(
@@ -195,6 +199,7 @@ class EventHub:
         self.floor = Position(0, WHOLE)
         self.position = Position(0, WHOLE)  # the last event broadcast
         self._task: asyncio.Task[None] | None = None
+        self._scope = TaskScope("event-hub")
         self._starting = asyncio.Lock()
         self._idle: asyncio.TimerHandle | None = None
         self.events_seen = 0
@@ -235,6 +240,7 @@ class EventHub:
             subscriber.close()
         self._subscribers.clear()
         await self._stop()
+        await self._scope.close()
 
     # -- internals ------------------------------------------------------------
 
@@ -245,7 +251,8 @@ class EventHub:
             revision = await current_revision(self._store)
             self.floor = self.position = Position(revision, WHOLE)
             self._history.clear()
-            self._task = asyncio.create_task(self._run())
+            await self._scope.open()
+            self._task = self._scope.spawn(self._watch(), "events-watch")
             log.debug("events.watch_started", revision=revision)
 
     def _stop_idle(self) -> None:
@@ -265,6 +272,15 @@ class EventHub:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+    async def _watch(self) -> None:
+        try:
+            await self._run()
+        except Exception:
+            self._task = None  # the next subscriber starts a new watch
+            self._history.clear()
+            self._reset_all("the event watch failed")  # they resume from their last id
+            raise  # logged by the scope
 
     async def _run(self) -> None:
         while True:

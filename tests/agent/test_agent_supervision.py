@@ -87,3 +87,28 @@ async def test_run_until_waits_for_stop_after_work_that_ends() -> None:
     asyncio.get_running_loop().call_later(0.05, stop.set)
     await asyncio.wait_for(agent_main._run_until(stop, asyncio.sleep(0)), 5)
     assert stop.is_set()
+
+
+async def test_no_task_is_left_pending_after_the_agent_stops(tmp_path: Path) -> None:
+    """Every background task of the agent is owned and ended by `stop` (asyncio's own
+    tasks aside): a hollow agent with a watched container and a run that ended."""
+    from dockyard.agent.containers.request import ContainerRequest
+    from dockyard.agent.daemon import AgentDaemon
+    from dockyard.agent.images.reference import parse_reference
+    from dockyard.agent.runtime.base import ContainerSpec
+
+    before = asyncio.all_tasks()
+    daemon = AgentDaemon(hollow_config(tmp_path))
+    await daemon.start()
+    assert daemon.worker is not None
+    service = daemon.worker.executor.service  # type: ignore[attr-defined]
+    spec = ContainerSpec(id="", name="c", image="busybox", lower_dirs=(), command=["sleep", "60"])
+    view = await service.create(ContainerRequest(spec, parse_reference("busybox")))
+    await service.start_container(view.info.id)  # its supervisor watches it
+    running = asyncio.create_task(daemon.run())
+    await asyncio.sleep(0.1)
+    running.cancel()
+    await asyncio.gather(running, return_exceptions=True)
+    await daemon.stop()
+    left = {t for t in asyncio.all_tasks() - before if not t.done()}
+    assert {t.get_name() for t in left} == set()

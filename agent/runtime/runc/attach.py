@@ -161,12 +161,13 @@ class LateAttach:
         self._forget = forget
         self._connected: asyncio.Future[ConmonAttach] = asyncio.get_running_loop().create_future()
 
-    def connect(self, session: ConmonAttach) -> None:
-        """The container started: hand over its attach socket."""
+    def connect(self, session: ConmonAttach) -> bool:
+        """The container started: hand over its attach socket; False when this attach
+        was closed meanwhile (the caller closes `session`)."""
         if self._connected.done():
-            asyncio.get_running_loop().create_task(session.close())
-        else:
-            self._connected.set_result(session)
+            return False
+        self._connected.set_result(session)
+        return True
 
     def fail(self, error: Exception) -> None:
         """The container went away before it started: the attach ends with `error`."""

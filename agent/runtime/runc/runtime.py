@@ -66,6 +66,7 @@ from dockyard.agent.runtime.runc.direct import (
     start_created,
 )
 from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec, write_exec_process
+from dockyard.agent.runtime.runc.holds import RootfsHolds
 from dockyard.agent.runtime.runc.interactive import PipeExec, PtyExec, start_interactive
 from dockyard.agent.runtime.runc.logrotate import LogPolicy, rotate_until
 from dockyard.agent.runtime.runc.logs import read_log
@@ -90,6 +91,8 @@ from dockyard.agent.runtime.runc.spec import (
     resolve_user,
 )
 from dockyard.common.remove_tree import remove_tree
+from dockyard.common.taskscope import TaskScope, run_to_end
+from dockyard.common.threads import to_thread_to_end
 
 __all__ = ["RuncRuntime"]
 
@@ -128,9 +131,11 @@ class RuncRuntime:
         self._records: dict[str, ContainerRecord] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._watchers: dict[str, asyncio.Task[None]] = {}
+        # The exit watchers and the trash's removals: one task group, recover() to close().
+        self._tasks = TaskScope("runc")
         self._locks: dict[str, asyncio.Lock] = {}
+        self._holds = RootfsHolds()  # copies out of a container that hold its rootfs
         self._cpu_prev: dict[str, tuple[float, int]] = {}
-        self._cleanups: set[asyncio.Task[None]] = set()
         self._pending_attach: dict[str, builtins.list[LateAttach]] = {}
         self._x32 = True  # the seccomp filter's x32 ABI: recover() asks the kernel
         self._loaded = False
@@ -266,13 +271,16 @@ class RuncRuntime:
         # Deleting a writable layer can take long: move it aside (one rename) and
         # delete it in the background; recover() finishes what a crash left there.
         trash = self.state_root / "trash" / f"{cdir.base.name}.{secrets.token_hex(4)}"
-        await asyncio.to_thread(_move_aside, cdir.base, trash)
-        self._spawn_cleanup(trash)
+        try:  # the move happens (and the trash goes) also for a cancelled caller
+            await to_thread_to_end(lambda: _move_aside(cdir.base, trash))
+        finally:
+            self._spawn_cleanup(trash)
 
     def _spawn_cleanup(self, path: Path) -> None:
-        task = asyncio.create_task(asyncio.to_thread(remove_tree, path))  # any depth
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+        if not self._tasks.is_open:  # closed: the next recover() removes the trash
+            return
+        # any depth; close() cancels it, and waits for the thread's removal to end
+        self._tasks.spawn(to_thread_to_end(lambda: remove_tree(path)), f"runc-trash-{path.name}")
 
     async def start(self, container_id: str) -> None:
         """Run the container (again, counting a restart, if it had exited)."""
@@ -350,7 +358,9 @@ class RuncRuntime:
         tty = self._records[cid].config.tty
         for late in pending:
             try:
-                late.connect(await connect_attach(self._dir(cid).bundle, tty))
+                session = await connect_attach(self._dir(cid).bundle, tty)
+                if not late.connect(session):  # closed meanwhile: nobody reads it
+                    await session.close()
             except ContainerRuntimeError as exc:
                 log.warning("container.attach_failed", container_id=cid, error=str(exc))
 
@@ -368,7 +378,7 @@ class RuncRuntime:
             reap_conmon(record.conmon_pid)  # our child unless an earlier agent started it
             await self._finalize(record)
 
-        task = asyncio.create_task(watcher(), name=f"runc-watch-{cid}")
+        task = self._tasks.spawn(watcher(), f"runc-watch-{cid}")
         self._watchers[cid] = task
         task.add_done_callback(
             lambda t: self._watchers.pop(cid, None) if self._watchers.get(cid) is t else None
@@ -379,26 +389,29 @@ class RuncRuntime:
         cid = record.config.id
         cdir = self._dir(cid)
         phases = Phases("finalize", cid)
-        # The common case (an exit code, an empty cgroup) in one thread hop.
-        code, finished, oom, done = await asyncio.to_thread(self._exit_cleanup, record)
-        phases.mark("cleanup")
-        if not done:
-            await self._runc("delete", cid, check=False)
+        async with self._holds.lock(cid):  # a copy holding the rootfs keeps it mounted
+            unmount = not self._holds.held(cid)
+            # The common case (an exit code, an empty cgroup) in one thread hop.
+            code, finished, oom, done = await asyncio.to_thread(self._exit_cleanup, record, unmount)
+            phases.mark("cleanup")
+            if not done:
+                await self._runc("delete", cid, check=False)
+                if code is None:
+                    _, out = await self._runc("state", cid, check=False)
+                    if '"running"' in out:  # conmon is gone but the process is not: kill it
+                        await self._runc("kill", cid, "KILL", check=False)
+                        await self._runc("delete", cid, check=False)
+                if unmount:
+                    with contextlib.suppress(ContainerRuntimeError):
+                        await ContainerLayer(record.config.lower_dirs, cdir.base).unmount()
+                phases.mark("runc_delete")
             if code is None:
-                _, out = await self._runc("state", cid, check=False)
-                if '"running"' in out:  # conmon is gone but the process is not: kill it
-                    await self._runc("kill", cid, "KILL", check=False)
-                    await self._runc("delete", cid, check=False)
-            with contextlib.suppress(ContainerRuntimeError):
-                await ContainerLayer(record.config.lower_dirs, cdir.base).unmount()
-            phases.mark("runc_delete")
-        if code is None:
-            record.state.status = ContainerStatus.DEAD
-            record.state.exit_code = -1
-            record.state.error = "container monitor (conmon) exited without an exit code"
-        else:
-            record.state.status = ContainerStatus.EXITED
-            record.state.exit_code = code
+                record.state.status = ContainerStatus.DEAD
+                record.state.exit_code = -1
+                record.state.error = "container monitor (conmon) exited without an exit code"
+            else:
+                record.state.status = ContainerStatus.EXITED
+                record.state.exit_code = code
         record.state.oom_killed = oom
         record.state.pid = 0
         record.state.finished_at = finished or datetime.now(UTC)
@@ -411,10 +424,11 @@ class RuncRuntime:
         log.info("container.exited", container_id=cid, exit_code=code, oom_killed=oom)
 
     def _exit_cleanup(
-        self, record: ContainerRecord
+        self, record: ContainerRecord, unmount: bool = True
     ) -> tuple[int | None, datetime | None, bool, bool]:
         """conmon's exit code, when, and whether OOM-killed; then, with a code, the cgroups
-        and runc's state removed and the rootfs unmounted (blocking).
+        and runc's state removed and the rootfs unmounted (with ``unmount``: not while
+        a copy holds it) (blocking).
 
         The last value is False when that was not done (no exit code, or processes left
         in a cgroup): runc's own ``delete`` finishes then.
@@ -425,7 +439,7 @@ class RuncRuntime:
         cgroup = CgroupV1(record.cgroups_path)
         oom = oom_file or cgroup.oom_killed()
         done = code is not None and delete_stopped(self.runc_root / cid, cgroup)
-        if done:
+        if done and unmount:
             with contextlib.suppress(ContainerRuntimeError):
                 ContainerLayer(record.config.lower_dirs, cdir.base).unmount_blocking()
         return code, finished, oom, done
@@ -494,19 +508,55 @@ class RuncRuntime:
             watcher = self._watchers.pop(cid, None)
             if watcher is not None:
                 watcher.cancel()
-            await self._runc_delete_leftover(cid)
-            phases.mark("leftover")
-            cdir = self._dir(cid)
-            cgroup = CgroupV1(record.cgroups_path)
-            for path in await asyncio.to_thread(cgroup.controllers_present):
-                await asyncio.to_thread(rmdir_tree, path)
-            phases.mark("cgroups")
-            await self._discard_dir(cdir, record.config.lower_dirs)
-            phases.mark("discard")
+            # Gone from the records: what is left to delete is deleted whole, also for a
+            # caller cancelled meanwhile (a `docker rm` client that hung up).
+            await run_to_end(self._tear_down(record, phases))
         phases.done()
         self._locks.pop(cid, None)
+        self._holds.forget(cid)
         self._exited.pop(cid, None)
         log.info("container.removed", container_id=cid)
+
+    async def _tear_down(self, record: ContainerRecord, phases: Phases) -> None:
+        """A removed container's runc state, cgroups, mounts and directory deleted."""
+        cid = record.config.id
+        await self._runc_delete_leftover(cid)
+        phases.mark("leftover")
+        cgroup = CgroupV1(record.cgroups_path)
+        for path in await asyncio.to_thread(cgroup.controllers_present):
+            await asyncio.to_thread(rmdir_tree, path)
+        phases.mark("cgroups")
+        await self._discard_dir(self._dir(cid), record.config.lower_dirs)
+        phases.mark("discard")
+
+    @contextlib.asynccontextmanager
+    async def rootfs(self, container_id: str) -> AsyncIterator[Path]:
+        """The container's root filesystem, mounted while the caller holds it (``docker
+        cp``): a stopped container's is mounted for its first holder and unmounted after
+        its last, unless it runs by then; an exit leaves it mounted while it is held
+        (`RootfsHolds`). The release happens also for a caller cancelled meanwhile."""
+        record = await self._get(container_id)
+        cid = record.config.id
+        layer = ContainerLayer(record.config.lower_dirs, self._dir(cid).base)
+        async with self._lock(cid):  # not halfway through a start or a removal
+            if self._records.get(cid) is not record:
+                raise ContainerNotFound(container_id)
+            await self._holds.take(cid, layer)
+        try:
+            yield layer.target
+        finally:
+            await run_to_end(self._release_rootfs(record, layer))
+
+    async def _release_rootfs(self, record: ContainerRecord, layer: ContainerLayer) -> None:
+        cid = record.config.id
+
+        def running() -> bool:  # its exit unmounts it (asked under the mount lock)
+            return (
+                self._records.get(cid) is record and record.state.status is ContainerStatus.RUNNING
+            )
+
+        async with self._lock(cid):  # not halfway through a start
+            await self._holds.release(cid, layer, running)
 
     # ------------------------------------------------------------------ queries
 
@@ -668,6 +718,7 @@ class RuncRuntime:
         as they are (a running container's rootfs is still mounted).
         """
         self._loaded = True
+        await self._tasks.open()
         await self._private_mount_root()
         trash = self.state_root / "trash"
         if await asyncio.to_thread(trash.is_dir):
@@ -738,12 +789,8 @@ class RuncRuntime:
     async def close(self) -> None:
         """Stop watching (containers keep running under conmon); the state root's own
         mount is undone when no container's rootfs is mounted below it."""
-        tasks = list(self._watchers.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()  # the watchers cancelled; the trash's removals finished
         self._watchers.clear()
-        await asyncio.gather(*self._cleanups, return_exceptions=True)
         if self._loaded:
             await asyncio.to_thread(release_mount_root, self.state_root)
 

@@ -5,7 +5,9 @@ address to route it through, every service's name with the addresses of its runn
 tasks (what the node's DNS server answers), and the cluster's revoked certificates that
 have not expired (which the agent's own API must refuse: a removed node's). The whole map
 goes out when a session opens and to every session whenever any of that changes; agents
-replace what they had.
+replace what they had. An agent that takes deltas (its hello says so) is sent, after its
+session's first map, only what changed since the map it holds
+(controller/network_map_delta.py); it asks for a full map when a delta does not follow.
 """
 
 from __future__ import annotations
@@ -17,13 +19,24 @@ from dataclasses import dataclass
 
 from dockyard.common.states import TaskState
 from dockyard.controller.ingress_network import find_ingress
-from dockyard.controller.overlay_map import Overlays, node_overlays, overlays
+from dockyard.controller.network_map_delta import (
+    Ingress,
+    IngressView,
+    MapState,
+    OverlayView,
+    Revoked,
+    Routes,
+    SharedDelta,
+    ingress_entries,
+    node_delta,
+    shared_delta,
+)
+from dockyard.controller.overlay_map import node_overlays, overlays
 from dockyard.controller.service_names import Names, ServiceNames
 from dockyard.controller.sessions import Post
 from dockyard.controller.state import ClusterState
 from dockyard.v1.dispatcher_pb2 import (
     DispatcherMessage,
-    IngressPort,
     NetworkMap,
     PeerNetwork,
     ServiceAddresses,
@@ -52,14 +65,6 @@ that matters often follows one that does not (`service scale` writes the service
 tasks' desired states): a fixed SEND_INTERVAL after the first would leave a removed task's
 address in the VIPs and DNS for that long after its agent stopped it."""
 QUIET_PAUSE = 0.02
-Routes = frozenset[tuple[str, str, str]]
-Revoked = tuple[str, ...]
-OverlayView = tuple[Overlays, dict[str, frozenset[str]]]
-Ingress = tuple[tuple[int, int, str, tuple[str, ...], tuple[str, ...]], ...]
-"""(published, target, protocol, the RUNNING tasks' cluster-network addresses, and their
-ingress-network addresses) of each mode=ingress port."""
-IngressView = tuple[Ingress, tuple[tuple[str, str], ...]]
-"""The ports, and (node ID, its ingress address) of every node that has one."""
 
 
 class NetworkMapper:
@@ -69,6 +74,7 @@ class NetworkMapper:
     sessions: The nodes with an open session now.
     revoked: The revoked certificate serials that have not expired, given the time now
         (epoch seconds); call ``revocations_changed`` when they change.
+    takes_deltas: Whether a node's session takes delta maps (its hello said so).
     """
 
     def __init__(
@@ -77,11 +83,13 @@ class NetworkMapper:
         post: Post,
         sessions: Callable[[], Iterable[str]],
         revoked: Callable[[float], Iterable[str]] = lambda now: (),
+        takes_deltas: Callable[[str], bool] = lambda node_id: False,
     ) -> None:
         self._state = state
         self._post = post
         self._sessions = sessions
         self._revoked = revoked
+        self._takes_deltas = takes_deltas
         self._changed = state.subscribe()
         # The names are patched per changed task rather than walked from every task.
         self._tracker = state.track(task_ids=True)
@@ -104,11 +112,14 @@ class NetworkMapper:
         # loop sends every session the newer map when the cluster changed since.
         self._greeting: tuple[Routes, Names, OverlayView, IngressView] | None = None
         self._greeting_at = 0.0
-        self._greeting_map: tuple[Revoked, SharedMap] | None = None
+        self._greeting_map: tuple[MapState, SharedMap] | None = None
+        self._version = 0  # of the last map posted (to any node): versions never repeat
+        self._held: dict[str, tuple[int, MapState]] = {}
+        """Node ID -> the version of the last map posted to its session and the state it
+        was built from (the base of its next delta)."""
 
-    def _greeting_message(self, node: Node) -> DispatcherMessage:
-        """``node``'s map in its message (its record as just registered: the view may not
-        have it yet)."""
+    def _greeting_map_now(self) -> tuple[MapState, SharedMap]:
+        """The state a greeting is built from now, and its shared part."""
         now = time.monotonic()
         if self._greeting is None or now - self._greeting_at >= SEND_INTERVAL:
             self._greeting = (
@@ -120,14 +131,32 @@ class NetworkMapper:
             self._greeting_at = now
             self._greeting_map = None
         revoked = self._current_revocations()
-        if self._greeting_map is None or self._greeting_map[0] != revoked:
+        if self._greeting_map is None or self._greeting_map[0][2] != revoked:
             routes, names, overlays, ingress = self._greeting
-            self._greeting_map = revoked, shared_map(routes, names, revoked, overlays, ingress)
-        return node_message(node, self._greeting_map[1])
+            state: MapState = (routes, names, revoked, overlays, ingress)
+            self._greeting_map = state, shared_map(*state)
+        return self._greeting_map
 
     def send_now(self, node: Node) -> None:
-        """Send ``node`` its map (its session just opened)."""
-        self._post(node.id, self._greeting_message(node))
+        """Send ``node`` its full map (its session just opened, or its agent could not
+        apply a delta); its record as just registered (the view may not have it yet)."""
+        state, shared = self._greeting_map_now()
+        self._send(node, node_message(node, shared), state)
+
+    def resend(self, node_id: str) -> None:
+        """Send ``node_id`` a full map (its agent asked: a delta did not follow)."""
+        node = self._state.nodes.get(node_id)
+        if node is not None:
+            self.send_now(node)
+
+    def _send(self, node: Node, message: DispatcherMessage, state: MapState) -> None:
+        self._version += 1
+        if self._takes_deltas(node.id):  # an older agent is sent the map it knows
+            message.network.version = self._version
+        if self._post(node.id, message):
+            self._held[node.id] = self._version, state
+        else:
+            self._held.pop(node.id, None)
 
     def revocations_changed(self) -> None:
         """A certificate was revoked: send every node the new list."""
@@ -143,30 +172,53 @@ class NetworkMapper:
             await changed.wait()
             changed.clear()
             started = time.monotonic()
-            current = (
-                self._current_routes(),
-                self._current_names(),
-                self._current_revocations(),
-                self._current_overlays(),
-                self._current_ingress(),
-            )
-            last = (self._routes, self._names, self._revocations, self._overlays, self._ingress)
-            if current != last:
-                (
-                    self._routes,
-                    self._names,
-                    self._revocations,
-                    self._overlays,
-                    self._ingress,
-                ) = current
-                shared = shared_map(*current)  # built once for every session
-                for node_id in list(self._sessions()):
-                    node = self._state.nodes.get(node_id)
-                    if node is not None:
-                        self._post(node.id, node_message(node, shared))
+            if self.look():
                 await asyncio.sleep(SEND_INTERVAL)  # a burst of changes makes one map
             else:
                 await asyncio.sleep(quiet_pause(time.monotonic() - started))
+
+    def look(self) -> bool:
+        """Send every session its map if the cluster network changed since the last
+        send; whether it did."""
+        current = (
+            self._current_routes(),
+            self._current_names(),
+            self._current_revocations(),
+            self._current_overlays(),
+            self._current_ingress(),
+        )
+        last = (self._routes, self._names, self._revocations, self._overlays, self._ingress)
+        if current == last:
+            return False
+        self._routes, self._names, self._revocations, self._overlays, self._ingress = current
+        self._send_all(current)
+        return True
+
+    def _send_all(self, current: MapState) -> None:
+        """Every session its map of ``current``: a delta on the map it holds when it takes
+        them, else the whole map. The parts alike for every node are built once (per
+        base, for the deltas; most sessions hold the last send's)."""
+        held, self._held = self._held, {}
+        full: SharedMap | None = None
+        deltas: dict[int, SharedDelta | None] = {}
+        for node_id in list(self._sessions()):
+            node = self._state.nodes.get(node_id)
+            if node is None:
+                continue
+            base = held.get(node_id)
+            delta: SharedDelta | None = None
+            if base is not None and self._takes_deltas(node_id):
+                key = id(base[1])  # the bases are shared objects, alive in ``held``
+                if key not in deltas:
+                    deltas[key] = shared_delta(base[1], current)
+                delta = deltas[key]
+            if base is not None and delta is not None:
+                message = node_delta(node, delta)
+                message.network.base_version = base[0]
+            else:
+                full = full or shared_map(*current)
+                message = node_message(node, full)
+            self._send(node, message, current)
 
     def _current_overlays(self) -> OverlayView:
         self._absorb()
@@ -297,16 +349,7 @@ def shared_map(
         ],
         services=[ServiceAddresses(name=name, addresses=addresses) for name, addresses in names],
         revoked_serials=revoked,
-        ingress=[
-            IngressPort(
-                published_port=published,
-                target_port=target,
-                protocol=protocol,
-                backends=backends,
-                ingress_backends=overlay,
-            )
-            for published, target, protocol, backends, overlay in ingress[0]
-        ],
+        ingress=ingress_entries(ingress[0]),
     )
     index = {node_id: i for i, (node_id, _, _) in enumerate(ordered)}
     return SharedMap(template, index, overlay, dict(ingress[1]))

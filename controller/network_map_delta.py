@@ -1,0 +1,157 @@
+"""A node's network map as a delta on the map it holds (common/map_delta.py says what a
+delta holds and how the agent applies it).
+
+The mapper keeps, per session, the state of the cluster network the node's last map was
+built from (an object shared by every node sent the same send: no copy per node). A send
+compares that state with the new one once per distinct base (``shared_delta``: peers,
+names, revoked serials and the mesh's ports, alike for every node), and each node's
+message is a copy of it without its own peer, plus its own fields and its overlays that
+changed (``node_delta``). What a delta carries grows with what changed, not with the
+cluster: one task starting changes one service's addresses, not 1,000 peers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dockyard.controller.overlay_map import Overlays
+from dockyard.controller.service_names import Names
+from dockyard.v1.dispatcher_pb2 import (
+    DispatcherMessage,
+    IngressPort,
+    NetworkMap,
+    PeerNetwork,
+    ServiceAddresses,
+)
+from dockyard.v1.networks_pb2 import OverlayNetworkMap
+from dockyard.v1.types_pb2 import Node
+
+__all__ = [
+    "Ingress",
+    "IngressView",
+    "MapState",
+    "OverlayView",
+    "Revoked",
+    "Routes",
+    "SharedDelta",
+    "ingress_entries",
+    "node_delta",
+    "shared_delta",
+]
+
+Routes = frozenset[tuple[str, str, str]]
+Revoked = tuple[str, ...]
+OverlayView = tuple[Overlays, dict[str, frozenset[str]]]
+Ingress = tuple[tuple[int, int, str, tuple[str, ...], tuple[str, ...]], ...]
+"""(published, target, protocol, the RUNNING tasks' cluster-network addresses, and their
+ingress-network addresses) of each mode=ingress port."""
+IngressView = tuple[Ingress, tuple[tuple[str, str], ...]]
+"""The ports, and (node ID, its ingress address) of every node that has one."""
+MapState = tuple[Routes, Names, Revoked, OverlayView, IngressView]
+"""What every node's map is built from (one send's, or one greeting's)."""
+
+
+@dataclass(frozen=True)
+class SharedDelta:
+    """What every node's delta on the same base holds alike, built once per send and
+    base; a node's delta is a copy of ``template`` without its own peer, plus its own
+    fields and overlays."""
+
+    template: NetworkMap
+    peer_index: dict[str, int]
+    """Node ID -> its position in ``template.peers``."""
+    removed_index: dict[str, int]
+    """Node ID -> its position in ``template.removed_peers``."""
+    base: OverlayView
+    current: OverlayView
+    changed_overlays: frozenset[str]
+    """The networks whose map differs from the base's (new ones included)."""
+    ingress_addresses: dict[str, str]
+
+
+def ingress_entries(ingress: Ingress) -> list[IngressPort]:
+    return [
+        IngressPort(
+            published_port=published,
+            target_port=target,
+            protocol=protocol,
+            backends=backends,
+            ingress_backends=overlay,
+        )
+        for published, target, protocol, backends, overlay in ingress
+    ]
+
+
+def shared_delta(base: MapState, current: MapState) -> SharedDelta | None:
+    """The part of every node's delta from ``base`` to ``current`` that does not depend on
+    the node; None when the services' names or the serials repeat (keys the agent could
+    not tell apart): those nodes get a full map."""
+    routes, names, revoked, overlays, ingress = current
+    if _repeats(name for name, _ in names) or _repeats(revoked):
+        return None
+    base_routes, base_names, base_revoked, base_overlays, base_ingress = base
+    changed_routes = sorted(routes - base_routes)
+    changed_ids = {node_id for node_id, _, _ in changed_routes}
+    removed_peers = sorted({r[0] for r in base_routes - routes} - changed_ids)
+    held_names = dict(base_names)
+    template = NetworkMap(
+        peers=[PeerNetwork(node_id=i, subnet=s, address=a) for i, s, a in changed_routes],
+        removed_peers=removed_peers,
+        services=[
+            ServiceAddresses(name=name, addresses=addresses)
+            for name, addresses in names
+            if held_names.get(name) != addresses
+        ],
+        removed_services=sorted(held_names.keys() - {name for name, _ in names}),
+        revoked_serials=sorted(set(revoked) - set(base_revoked)),
+        unrevoked_serials=sorted(set(base_revoked) - set(revoked)),
+    )
+    if ingress[0] != base_ingress[0]:
+        template.ingress_replaced = True
+        template.ingress.extend(ingress_entries(ingress[0]))
+    maps, base_maps = overlays[0], base_overlays[0]
+    return SharedDelta(
+        template,
+        {node_id: i for i, (node_id, _, _) in enumerate(changed_routes)},
+        {node_id: i for i, node_id in enumerate(removed_peers)},
+        base_overlays,
+        overlays,
+        frozenset(nid for nid, data in maps.items() if base_maps.get(nid) != data),
+        dict(ingress[1]),
+    )
+
+
+def node_delta(node: Node, shared: SharedDelta) -> DispatcherMessage:
+    """``node``'s delta, in the message that carries it (versions not set yet)."""
+    message = DispatcherMessage()
+    network = message.network
+    network.CopyFrom(shared.template)
+    own = shared.peer_index.get(node.id)
+    if own is not None:
+        del network.peers[own]
+    own = shared.removed_index.get(node.id)
+    if own is not None:
+        del network.removed_peers[own]
+    network.subnet = node.network.subnet
+    network.address = node.network.address
+    network.ingress_address = shared.ingress_addresses.get(node.id, "")
+    (base_maps, base_members), (maps, members) = shared.base, shared.current
+    before = {nid for nid in base_members.get(node.id, ()) if nid in base_maps}
+    now = {nid for nid in members.get(node.id, ()) if nid in maps}
+    network.overlays.extend(
+        OverlayNetworkMap.FromString(maps[nid])
+        for nid in sorted(now)
+        if nid not in before or nid in shared.changed_overlays
+    )
+    network.removed_overlays.extend(sorted(before - now))
+    return message
+
+
+def _repeats(keys: Iterable[str]) -> bool:
+    seen: set[str] = set()
+    for key in keys:
+        if key in seen:
+            return True
+        seen.add(key)
+    return False

@@ -405,14 +405,18 @@ class ControllerSession:
             self._map, self._map_resync_asked = network_map, False
             return network_map
         if held is not None and held.version == network_map.base_version:
-            self._map = apply_map_delta(held, network_map)
-            return self._map
-        log.warning(
-            "session.network_map_gap",
-            held_version=held.version if held is not None else 0,
-            base_version=network_map.base_version,
-            version=network_map.version,
-        )
+            try:
+                self._map = apply_map_delta(held, network_map)
+                return self._map
+            except ValueError as exc:  # not made on this map after all
+                log.error("session.network_map_refused", reason=str(exc))
+        else:
+            log.warning(
+                "session.network_map_gap",
+                held_version=held.version if held is not None else 0,
+                base_version=network_map.base_version,
+                version=network_map.version,
+            )
         if not self._map_resync_asked and self._outbox is not None:
             self._map_resync_asked = True
             resync = NetworkMapResync(held_version=held.version if held is not None else 0)

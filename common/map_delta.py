@@ -38,7 +38,12 @@ def is_delta(network_map: NetworkMap) -> bool:
 
 def apply_map_delta(held: NetworkMap, delta: NetworkMap) -> NetworkMap:
     """The full map ``delta`` makes of ``held`` (a new message: ``held`` is not changed).
-    The caller checked that ``delta.base_version`` is ``held.version``."""
+    The caller checked that ``delta.base_version`` is ``held.version``.
+
+    Raises:
+        ValueError: the delta patches the addresses of a service ``held`` does not have
+            (it was not made on this map): nothing is applied.
+    """
     result = NetworkMap()
     result.CopyFrom(held)  # in C; only the sections the delta touches are rebuilt
     result.version = delta.version
@@ -50,7 +55,7 @@ def apply_map_delta(held: NetworkMap, delta: NetworkMap) -> NetworkMap:
         del result.peers[:]
         result.peers.extend(peers)
     if delta.services or delta.removed_services:
-        services = _merged(held.services, delta.removed_services, delta.services, _service_key)
+        services = _merged_services(held.services, delta.removed_services, delta.services)
         del result.services[:]
         result.services.extend(services)
     if delta.overlays or delta.removed_overlays:
@@ -79,13 +84,8 @@ def compose_maps(older: NetworkMap, newer: NetworkMap) -> NetworkMap | None:
     merged.CopyFrom(newer)
     merged.base_version = older.base_version
     _fold(older.peers, older.removed_peers, merged.peers, merged.removed_peers, _peer_key)
-    _fold(
-        older.services,
-        older.removed_services,
-        merged.services,
-        merged.removed_services,
-        _service_key,
-    )
+    if not _fold_services(older, merged):
+        return None
     _fold(
         older.overlays,
         older.removed_overlays,
@@ -116,6 +116,62 @@ def _merged(
     return [by_key[k] for k in sorted(by_key)]
 
 
+def _merged_services(
+    held: Iterable[ServiceAddresses],
+    removed: Iterable[str],
+    changed: Iterable[ServiceAddresses],
+) -> list[ServiceAddresses]:
+    """As ``_merged``, a patch's addresses added to and taken from the held entry's."""
+    by_name = {entry.name: entry for entry in held}
+    for gone in removed:
+        by_name.pop(gone, None)
+    for entry in changed:
+        if not entry.patch:
+            by_name[entry.name] = entry
+            continue
+        base = by_name.get(entry.name)
+        if base is None:
+            raise ValueError(f"a patch of the addresses of {entry.name[:200]!r}, not held")
+        by_name[entry.name] = _patched(base, entry)
+    return [by_name[k] for k in sorted(by_name)]
+
+
+def _patched(base: ServiceAddresses, patch: ServiceAddresses) -> ServiceAddresses:
+    """``base`` (a whole entry or a patch) then ``patch``, as one entry of base's kind."""
+    added = set(patch.addresses)
+    if not base.patch:
+        kept = set(base.addresses) - set(patch.removed_addresses)
+        return ServiceAddresses(name=base.name, addresses=sorted(kept | added))
+    added |= set(base.addresses) - set(patch.removed_addresses)
+    removed = (set(base.removed_addresses) | set(patch.removed_addresses)) - added
+    return ServiceAddresses(
+        name=base.name, addresses=sorted(added), removed_addresses=sorted(removed), patch=True
+    )
+
+
+def _fold_services(older: NetworkMap, merged: NetworkMap) -> bool:
+    """Fold an older delta's services into a newer one's (``merged``, changed in place);
+    False when the newer patches a service the older removed (not made on it)."""
+    newer = {entry.name: entry for entry in merged.services}
+    newer_removed = set(merged.removed_services)
+    kept: list[ServiceAddresses] = []
+    for entry in older.services:
+        later = newer.get(entry.name)
+        if entry.name in newer_removed:
+            continue
+        if later is None:
+            kept.append(entry)
+        elif later.patch:
+            newer[entry.name] = _patched(entry, later)
+    if any(e.patch and e.name in older.removed_services for e in newer.values()):
+        return False
+    gone = dict.fromkeys([*older.removed_services, *merged.removed_services])
+    del merged.services[:]
+    merged.services.extend([*newer.values(), *kept])
+    merged.removed_services[:] = [name for name in gone if name not in newer]
+    return True
+
+
 def _fold(
     older: Iterable[M],
     older_removed: Iterable[str],
@@ -135,10 +191,6 @@ def _fold(
 
 def _peer_key(peer: PeerNetwork) -> str:
     return peer.node_id
-
-
-def _service_key(service: ServiceAddresses) -> str:
-    return service.name
 
 
 def _overlay_key(overlay: OverlayNetworkMap) -> str:

@@ -99,7 +99,7 @@ def shared_delta(base: MapState, current: MapState) -> SharedDelta | None:
         peers=[PeerNetwork(node_id=i, subnet=s, address=a) for i, s, a in changed_routes],
         removed_peers=removed_peers,
         services=[
-            ServiceAddresses(name=name, addresses=addresses)
+            _service_entry(name, held_names.get(name), addresses)
             for name, addresses in names
             if held_names.get(name) != addresses
         ],
@@ -146,6 +146,23 @@ def node_delta(node: Node, shared: SharedDelta) -> DispatcherMessage:
     )
     network.removed_overlays.extend(sorted(before - now))
     return message
+
+
+def _service_entry(
+    name: str, held: tuple[str, ...] | None, addresses: tuple[str, ...]
+) -> ServiceAddresses:
+    """A changed service's entry: a patch of the addresses the agent holds when that is
+    smaller (a task started or stopped among many), else the whole list. Never a patch
+    when an address repeats (a patch adds and removes addresses as a set)."""
+    if held is None or _repeats(held) or _repeats(addresses):
+        return ServiceAddresses(name=name, addresses=addresses)
+    now, before = set(addresses), set(held)
+    added, removed = now - before, before - now
+    if len(added) + len(removed) >= len(addresses):
+        return ServiceAddresses(name=name, addresses=addresses)
+    return ServiceAddresses(
+        name=name, addresses=sorted(added), removed_addresses=sorted(removed), patch=True
+    )
 
 
 def _repeats(keys: Iterable[str]) -> bool:

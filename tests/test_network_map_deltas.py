@@ -46,7 +46,7 @@ task_event = st.tuples(
     st.sampled_from(["", "n1", "n2", "n3", "n7", "n8"]),
     st.sampled_from([TaskState.RUNNING, TaskState.ASSIGNED, TaskState.FAILED]),
     st.sampled_from([TaskState.RUNNING, TaskState.SHUTDOWN]),
-    st.sampled_from(["", "10.210.1.5", "10.210.2.6", "10.210.3.7"]),
+    st.sampled_from(["", "a", "b", "shared"]),  # a task's own addresses, or one of many
     st.sampled_from([(), ("green",), ("ing",), ("green", "ing")]),
 )
 other_events = st.one_of(
@@ -179,7 +179,10 @@ def change(world: World, step: tuple[object, ...]) -> None:
         record = Task(id=str(task_id), service_id=str(service_id), node_id=str(node_id))
         record.status.state = status  # type: ignore[assignment]
         record.desired_state = desired  # type: ignore[assignment]
-        record.status.address = str(address)
+        number = str(task_id)[1:]
+        record.status.address = {"a": f"10.5.1.{number}", "b": f"10.5.2.{number}"}.get(
+            str(address), "10.210.9.9" if address == "shared" else ""
+        )
         for network_id in held:  # type: ignore[attr-defined]
             record.networks.add(network_id=network_id, address=f"10.11.0.{str(task_id)[1:]}")
         state._put(TASKS, state.tasks, record.id, record)
@@ -211,7 +214,9 @@ def change_node(state: ClusterState, node_id: str, how: str) -> None:
         state._remove(NODES, state.nodes, node_id)
     elif how == "put":
         state._put(NODES, state.nodes, node_id, make_node(index))
-    elif how == "move" and node_id in state.nodes:
+    elif how == "move" and node_id in state.nodes and state.nodes[node_id].network.subnet:
+        # (a node without a subnet has no route: its new address alone sends no map,
+        # on main as here)
         moved = Node()
         moved.CopyFrom(state.nodes[node_id])
         elsewhere = f"192.0.3.{index}"
@@ -264,7 +269,7 @@ def run(coroutine: Callable[[], Awaitable[None]]) -> None:
 @example(  # a delta lost on the way: the next one does not follow, a full map comes
     steps=[
         ("deliver", "n1"),
-        ("task", "t5", "s1", "n2", TaskState.RUNNING, TaskState.RUNNING, "10.210.2.6", ()),
+        ("task", "t5", "s1", "n2", TaskState.RUNNING, TaskState.RUNNING, "a", ()),
         ("look",),
         ("lose", "n1"),
         ("node", "n4", "move"),
@@ -286,6 +291,26 @@ def run(coroutine: Callable[[], Awaitable[None]]) -> None:
         ("unrevoke", "0a"),
         ("look",),
         ("deliver", "n3"),
+    ]
+)
+@example(  # a service's addresses patched: one added, then one removed, then both folded
+    steps=[
+        ("task", "t5", "s1", "n2", TaskState.RUNNING, TaskState.RUNNING, "a", ()),
+        ("task", "t6", "s1", "n3", TaskState.RUNNING, TaskState.RUNNING, "a", ()),
+        ("look",),
+        ("deliver", "n1"),
+        ("deliver", "n1"),
+        ("remove_task", "t5"),
+        ("look",),
+        ("deliver", "n1"),
+        ("remove_task", "t6"),
+        ("look",),
+        ("task", "t7", "s1", "n3", TaskState.RUNNING, TaskState.RUNNING, "b", ()),
+        ("look",),
+        ("remove_task", "t7"),
+        ("task", "t5", "s1", "n2", TaskState.RUNNING, TaskState.RUNNING, "b", ()),
+        ("look",),
+        ("deliver", "n1"),
     ]
 )
 def test_the_agent_holds_exactly_the_full_map(steps: list[tuple[object, ...]]) -> None:
@@ -317,7 +342,7 @@ def delta_world() -> tuple[World, Agent]:
     world = World()
     world.greet("n1")
     asyncio.run(world.deliver("n1"))
-    change(world, ("task", "t5", "s1", "n2", TaskState.RUNNING, TaskState.RUNNING, "10.9.9.9", ()))
+    change(world, ("task", "t5", "s1", "n2", TaskState.RUNNING, TaskState.RUNNING, "a", ()))
     world.mapper.look()
     return world, world.agents["n1"]
 
@@ -327,9 +352,11 @@ def test_a_send_after_the_first_map_is_a_delta_with_only_the_change() -> None:
     message = world.outboxes["n1"]._waiting["network"].network
     assert message.base_version != 0
     assert [s.name for s in message.services] == ["web"]  # db's addresses did not change
+    web = message.services[0]  # a patch: the one address added, not web's three
+    assert web.patch and list(web.addresses) == ["10.5.1.5"] and not web.removed_addresses
     assert not message.peers and not message.overlays and not message.revoked_serials
     assert message.ingress_replaced  # web's port: a new backend on the mesh
-    assert "10.9.9.9" in message.ingress[0].backends
+    assert "10.5.1.5" in message.ingress[0].backends
     assert message.subnet == "10.210.1.0/24" and message.address == "192.0.2.1"
 
 
@@ -353,7 +380,7 @@ def test_a_delta_on_another_base_is_refused_whole_then_healed_by_a_full_map() ->
     healed = agent.session._map
     assert healed is not None and healed.version > delta.version
     assert healed == world.meant[healed.version]
-    assert "10.9.9.9" in str(healed.services)
+    assert "10.5.1.5" in str(healed.services)
     assert not world.outboxes["n1"]._waiting
 
 
@@ -409,3 +436,15 @@ def test_composed_deltas_equal_the_deltas_applied_in_turn() -> None:
     in_turn = apply_map_delta(apply_map_delta(first, deltas[0]), deltas[1])
     assert apply_map_delta(first, composed) == in_turn == world.meant[in_turn.version]
     assert compose_maps(deltas[1], deltas[0]) is None  # out of order: not folded
+
+
+def test_a_patch_of_a_service_not_held_is_refused_whole() -> None:
+    """On the right base, but not made on this map: nothing of it is applied."""
+    _, agent = delta_world()
+    held = agent.session._map
+    assert held is not None
+    odd = NetworkMap(version=held.version + 1, base_version=held.version)
+    odd.removed_peers.append("n2")  # would apply, were the rest sound
+    odd.services.add(name="nowhere", addresses=["10.0.0.1"], patch=True)
+    agent.take(odd)
+    assert agent.session._map is held and agent.asked_for_full_map()

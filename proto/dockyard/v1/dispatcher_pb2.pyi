@@ -627,7 +627,8 @@ class NetworkMap(_message.Message):
 
     A delta (`base_version` set; only to an agent whose hello says `accepts_map_deltas`)
     holds what changed since the map of `base_version` sent on the same session: `peers`,
-    `services` and `overlays` added or changed (keyed by node ID, name and network ID),
+    `services` and `overlays` added or changed (keyed by node ID, name and network ID; a
+    service's entry may be a `patch` of its addresses),
     `removed_*` gone, `revoked_serials` added and `unrevoked_serials` gone, `ingress` only
     when `ingress_replaced`; `subnet`, `address` and `ingress_address` as in a full map.
     The agent applies it only on exactly that map, else asks for a full one
@@ -775,18 +776,29 @@ class ServiceAddresses(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ADDRESSES_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    REMOVED_ADDRESSES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    patch: _builtins.bool
+    """Only in a delta map: `addresses` are added to the service's addresses the agent
+    holds and `removed_addresses` taken from them (a task started, one stopped), rather
+    than the entry replacing them.
+    """
     @_builtins.property
     def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def removed_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         addresses: _abc.Iterable[_builtins.str] | None = ...,
+        patch: _builtins.bool = ...,
+        removed_addresses: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "name", b"name", "patch", b"patch", "removed_addresses", b"removed_addresses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

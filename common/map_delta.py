@@ -13,7 +13,7 @@ agent sees follow on without a gap.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 from google.protobuf.internal.containers import (
@@ -50,18 +50,20 @@ def apply_map_delta(held: NetworkMap, delta: NetworkMap) -> NetworkMap:
     result.subnet = delta.subnet
     result.address = delta.address
     result.ingress_address = delta.ingress_address
-    if delta.peers or delta.removed_peers:
-        peers = _merged(held.peers, delta.removed_peers, delta.peers, _peer_key)
+    peers, gone_peers = delta.peers, delta.removed_peers
+    if (peers or gone_peers) and not _changed_in_place(result.peers, gone_peers, peers, _peer_key):
         del result.peers[:]
-        result.peers.extend(peers)
-    if delta.services or delta.removed_services:
-        services = _merged_services(held.services, delta.removed_services, delta.services)
+        result.peers.extend(_merged(held.peers, gone_peers, peers, _peer_key))
+    services, gone = delta.services, delta.removed_services
+    if (services or gone) and not _changed_in_place(
+        result.services, gone, services, _service_key, _patched
+    ):
         del result.services[:]
-        result.services.extend(services)
-    if delta.overlays or delta.removed_overlays:
-        overlays = _merged(held.overlays, delta.removed_overlays, delta.overlays, _overlay_key)
+        result.services.extend(_merged_services(held.services, gone, services))
+    overlays, gone = delta.overlays, delta.removed_overlays
+    if (overlays or gone) and not _changed_in_place(result.overlays, gone, overlays, _overlay_key):
         del result.overlays[:]
-        result.overlays.extend(overlays)
+        result.overlays.extend(_merged(held.overlays, gone, overlays, _overlay_key))
     if delta.revoked_serials or delta.unrevoked_serials:
         revoked = set(held.revoked_serials) - set(delta.unrevoked_serials)
         result.revoked_serials[:] = sorted(revoked | set(delta.revoked_serials))
@@ -116,6 +118,27 @@ def _merged(
     return [by_key[k] for k in sorted(by_key)]
 
 
+def _changed_in_place(
+    section: RepeatedCompositeFieldContainer[M],
+    removed: Sequence[str],
+    changed: Sequence[M],
+    key: Callable[[M], str],
+    combine: Callable[[M, M], M] | None = None,
+) -> bool:
+    """Put ``changed`` into ``section`` entry by entry when each replaces one there and
+    none is removed (the order by key stays), rather than rebuilding it (a copy of every
+    entry: every address of every service); False, nothing done, otherwise."""
+    if removed:
+        return False
+    index = {key(entry): i for i, entry in enumerate(section)}
+    if any(key(entry) not in index for entry in changed):
+        return False
+    for entry in changed:
+        at = section[index[key(entry)]]
+        at.CopyFrom(combine(at, entry) if combine is not None else entry)
+    return True
+
+
 def _merged_services(
     held: Iterable[ServiceAddresses],
     removed: Iterable[str],
@@ -137,7 +160,10 @@ def _merged_services(
 
 
 def _patched(base: ServiceAddresses, patch: ServiceAddresses) -> ServiceAddresses:
-    """``base`` (a whole entry or a patch) then ``patch``, as one entry of base's kind."""
+    """``base`` (a whole entry or a patch) then ``patch`` (a patch or a whole entry,
+    which replaces it), as one entry of base's kind."""
+    if not patch.patch:
+        return patch
     added = set(patch.addresses)
     if not base.patch:
         kept = set(base.addresses) - set(patch.removed_addresses)
@@ -191,6 +217,10 @@ def _fold(
 
 def _peer_key(peer: PeerNetwork) -> str:
     return peer.node_id
+
+
+def _service_key(service: ServiceAddresses) -> str:
+    return service.name
 
 
 def _overlay_key(overlay: OverlayNetworkMap) -> str:

@@ -101,12 +101,9 @@ class NetworkMapper:
         # The routes are walked from every node only after a node's record changed
         # (the tracker says so): a look during a scale-up finds none changed.
         self._nodes_changed = True
-        self._routes: Routes = frozenset()
         self._walked_routes: Routes = frozenset()
-        self._names: Names = ()
-        self._revocations: Revoked = ()
-        self._overlays: OverlayView = ({}, {})
-        self._ingress: IngressView = ((), ())
+        self._sent: MapState = (frozenset(), (), (), ({}, {}), ((), ()))
+        """The state the last send was built from (every session's map but greetings')."""
         # What a newly opened session is sent: computed at most once per SEND_INTERVAL
         # (1,000 sessions opening at once would each walk every task otherwise); the run
         # loop sends every session the newer map when the cluster changed since.
@@ -117,6 +114,7 @@ class NetworkMapper:
         self._held: dict[str, tuple[int, MapState]] = {}
         """Node ID -> the version of the last map posted to its session and the state it
         was built from (the base of its next delta)."""
+        self._stale: set[str] = set()  # greeted since the last send
 
     def _greeting_map_now(self) -> tuple[MapState, SharedMap]:
         """The state a greeting is built from now, and its shared part."""
@@ -142,6 +140,10 @@ class NetworkMapper:
         apply a delta); its record as just registered (the view may not have it yet)."""
         state, shared = self._greeting_map_now()
         self._send(node, node_message(node, shared), state)
+        # The greeting's view is not the last send's (older or newer): the next look
+        # brings the node to the cluster's map if it differs (else nothing is sent).
+        self._stale.add(node.id)
+        self._changed.set()
 
     def resend(self, node_id: str) -> None:
         """Send ``node_id`` a full map (its agent asked: a delta did not follow)."""
@@ -164,10 +166,7 @@ class NetworkMapper:
 
     async def run(self) -> None:
         changed = self._changed
-        self._routes, self._names = self._current_routes(), self._current_names()
-        self._revocations = self._current_revocations()
-        self._overlays = self._current_overlays()
-        self._ingress = self._current_ingress()
+        self._sent = self._current_state()
         while True:
             await changed.wait()
             changed.clear()
@@ -180,45 +179,66 @@ class NetworkMapper:
     def look(self) -> bool:
         """Send every session its map if the cluster network changed since the last
         send; whether it did."""
-        current = (
+        current = self._current_state()
+        stale, self._stale = self._stale, set()
+        sessions = list(self._sessions())
+        if current == self._sent:
+            return self._catch_up(self._sent, [n for n in sessions if n in stale])
+        self._sent = current
+        live = set(sessions)
+        self._held = {node_id: held for node_id, held in self._held.items() if node_id in live}
+        self._send_maps(current, sessions)
+        return True
+
+    def _catch_up(self, current: MapState, greeted: list[str]) -> bool:
+        """Send the greeted sessions whose map is not of ``current`` theirs; whether any."""
+        behind = []
+        for node_id in greeted:
+            held = self._held.get(node_id)
+            if held is None or held[1] is current:
+                continue
+            if held[1] == current:  # the same maps: the next send's base is the shared one
+                self._held[node_id] = held[0], current
+            else:
+                behind.append(node_id)
+        self._send_maps(current, behind)
+        return bool(behind)
+
+    def _send_maps(self, current: MapState, node_ids: Iterable[str]) -> None:
+        """Each of ``node_ids`` its map of ``current``: a delta on the map it holds when
+        it takes them, else the whole map. The parts alike for every node are built once
+        (per base, for the deltas; most sessions hold the last send's)."""
+        full: SharedMap | None = None
+        # base state's id -> (the state, kept alive so that the id stays its own; its delta)
+        deltas: dict[int, tuple[MapState, SharedDelta | None]] = {}
+        for node_id in node_ids:
+            node = self._state.nodes.get(node_id)
+            if node is None:
+                self._held.pop(node_id, None)
+                continue
+            held = self._held.get(node_id)
+            delta: SharedDelta | None = None
+            if held is not None and self._takes_deltas(node_id):
+                base = held[1]
+                if id(base) not in deltas:
+                    deltas[id(base)] = base, shared_delta(base, current)
+                delta = deltas[id(base)][1]
+            if held is not None and delta is not None:
+                message = node_delta(node, delta)
+                message.network.base_version = held[0]
+            else:
+                full = full or shared_map(*current)
+                message = node_message(node, full)
+            self._send(node, message, current)
+
+    def _current_state(self) -> MapState:
+        return (
             self._current_routes(),
             self._current_names(),
             self._current_revocations(),
             self._current_overlays(),
             self._current_ingress(),
         )
-        last = (self._routes, self._names, self._revocations, self._overlays, self._ingress)
-        if current == last:
-            return False
-        self._routes, self._names, self._revocations, self._overlays, self._ingress = current
-        self._send_all(current)
-        return True
-
-    def _send_all(self, current: MapState) -> None:
-        """Every session its map of ``current``: a delta on the map it holds when it takes
-        them, else the whole map. The parts alike for every node are built once (per
-        base, for the deltas; most sessions hold the last send's)."""
-        held, self._held = self._held, {}
-        full: SharedMap | None = None
-        deltas: dict[int, SharedDelta | None] = {}
-        for node_id in list(self._sessions()):
-            node = self._state.nodes.get(node_id)
-            if node is None:
-                continue
-            base = held.get(node_id)
-            delta: SharedDelta | None = None
-            if base is not None and self._takes_deltas(node_id):
-                key = id(base[1])  # the bases are shared objects, alive in ``held``
-                if key not in deltas:
-                    deltas[key] = shared_delta(base[1], current)
-                delta = deltas[key]
-            if base is not None and delta is not None:
-                message = node_delta(node, delta)
-                message.network.base_version = base[0]
-            else:
-                full = full or shared_map(*current)
-                message = node_message(node, full)
-            self._send(node, message, current)
 
     def _current_overlays(self) -> OverlayView:
         self._absorb()

@@ -313,6 +313,15 @@ def run(coroutine: Callable[[], Awaitable[None]]) -> None:
         ("deliver", "n1"),
     ]
 )
+@example(  # a greeting newer than the last send, then the change undone: caught up
+    steps=[
+        ("unrevoke", "0a"),
+        ("look",),
+        ("revoke", "0a"),
+        ("reconnect", "n1"),
+        ("unrevoke", "0a"),
+    ]
+)
 def test_the_agent_holds_exactly_the_full_map(steps: list[tuple[object, ...]]) -> None:
     async def scenario() -> None:
         world = World()

@@ -104,13 +104,16 @@ class NetworkMapper:
         self._walked_routes: Routes = frozenset()
         self._sent: MapState = (frozenset(), (), (), ({}, {}), ((), ()))
         """The state the last send was built from (every session's map but greetings')."""
+        self._sent_at = 0.0
         # What a newly opened session is sent: computed at most once per SEND_INTERVAL
         # (1,000 sessions opening at once would each walk every task otherwise); the run
         # loop sends every session the newer map when the cluster changed since.
         self._greeting: tuple[Routes, Names, OverlayView, IngressView] | None = None
         self._greeting_at = 0.0
         self._greeting_map: tuple[MapState, SharedMap] | None = None
-        self._version = 0  # of the last map posted (to any node): versions never repeat
+        # The version of the last map posted (to any node): versions never repeat, and
+        # start from the clock so that no other mapper's (an earlier term's) can match.
+        self._version = time.time_ns()
         self._held: dict[str, tuple[int, MapState]] = {}
         """Node ID -> the version of the last map posted to its session and the state it
         was built from (the base of its next delta)."""
@@ -128,10 +131,17 @@ class NetworkMapper:
             )
             self._greeting_at = now
             self._greeting_map = None
+        elif self._sent_at > self._greeting_at:  # a send since: its view is the newer
+            routes, names, _, overlays, ingress = self._sent
+            self._greeting = routes, names, overlays, ingress
+            self._greeting_at = self._sent_at
+            self._greeting_map = None
         revoked = self._current_revocations()
         if self._greeting_map is None or self._greeting_map[0][2] != revoked:
             routes, names, overlays, ingress = self._greeting
             state: MapState = (routes, names, revoked, overlays, ingress)
+            if state == self._sent:  # the base most sessions hold: one delta for all
+                state = self._sent
             self._greeting_map = state, shared_map(*state)
         return self._greeting_map
 
@@ -184,7 +194,7 @@ class NetworkMapper:
         sessions = list(self._sessions())
         if current == self._sent:
             return self._catch_up(self._sent, [n for n in sessions if n in stale])
-        self._sent = current
+        self._sent, self._sent_at = current, time.monotonic()
         live = set(sessions)
         self._held = {node_id: held for node_id, held in self._held.items() if node_id in live}
         self._send_maps(current, sessions)

@@ -1,7 +1,7 @@
 """Network map sends at full size: bytes and CPU per send when one task changes.
 
     python tests/bench/bench_network_map.py [--nodes 1000] [--tasks 30000]
-        [--services 30] [--overlay-services 0] [--sends 5] [--rounds 3]
+        [--services 30] [--overlay-services 0 [--move-overlay]] [--sends 5] [--rounds 3]
         [--baseline PYTHONPATH]
 
 Builds the leader's view in memory (no etcd, no agents): N nodes with routes, M
@@ -108,8 +108,10 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
             posted.clear()
             done.clear()
             moved = Task()
-            moved.CopyFrom(state.tasks[f"task-{rng.randrange(args.tasks):06d}"])
+            moved.CopyFrom(state.tasks[f"task-{moved_task(args, rng):06d}"])
             moved.status.address = f"10.99.{n // 250}.{2 + n % 250}"  # restarted elsewhere
+            for held_address in moved.networks:
+                held_address.address = f"10.101.{n // 250}.{2 + n % 250}"
             started = time.process_time()
             state._put(TASKS, state.tasks, moved.id, moved)
             for event in state._subscribers:  # as the view's watch does after a response
@@ -125,6 +127,15 @@ async def child(args: argparse.Namespace) -> dict[str, Any]:
     result["first_map_bytes"] = greeting_bytes
     result["held_services"] = len(held.services)
     return result
+
+
+def moved_task(args: argparse.Namespace, rng: random.Random) -> int:
+    """The number of the task that moves: any, or with ``--move-overlay`` one of a
+    service on the overlay network."""
+    while True:
+        number = rng.randrange(args.tasks)
+        if not args.move_overlay or number % args.services < args.overlay_services:
+            return number
 
 
 def measure_send(posted: dict[str, Any], watched: str, held: Any) -> tuple[dict[str, float], Any]:
@@ -179,6 +190,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=30000)
     parser.add_argument("--services", type=int, default=30)
     parser.add_argument("--overlay-services", type=int, default=0)
+    parser.add_argument(
+        "--move-overlay", action="store_true", help="the task that moves is on the overlay"
+    )
     parser.add_argument("--sends", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--baseline", default="", help="PYTHONPATH of the code to compare with")

@@ -23,7 +23,7 @@ from google.protobuf.internal.containers import (
 from google.protobuf.message import Message
 
 from dockyard.v1.dispatcher_pb2 import NetworkMap, PeerNetwork, ServiceAddresses
-from dockyard.v1.networks_pb2 import OverlayNetworkMap
+from dockyard.v1.networks_pb2 import OverlayEndpoint, OverlayName, OverlayNetworkMap
 
 __all__ = ["apply_map_delta", "compose_maps", "is_delta"]
 
@@ -41,8 +41,8 @@ def apply_map_delta(held: NetworkMap, delta: NetworkMap) -> NetworkMap:
     The caller checked that ``delta.base_version`` is ``held.version``.
 
     Raises:
-        ValueError: the delta patches the addresses of a service ``held`` does not have
-            (it was not made on this map): nothing is applied.
+        ValueError: the delta patches a service's addresses or an overlay's entries that
+            ``held`` does not have (it was not made on this map): nothing is applied.
     """
     result = NetworkMap()
     result.CopyFrom(held)  # in C; only the sections the delta touches are rebuilt
@@ -59,11 +59,17 @@ def apply_map_delta(held: NetworkMap, delta: NetworkMap) -> NetworkMap:
         result.services, gone, services, _service_key, _patched
     ):
         del result.services[:]
-        result.services.extend(_merged_services(held.services, gone, services))
+        result.services.extend(
+            _merged_patched(held.services, gone, services, _service_key, _patched)
+        )
     overlays, gone = delta.overlays, delta.removed_overlays
-    if (overlays or gone) and not _changed_in_place(result.overlays, gone, overlays, _overlay_key):
+    if (overlays or gone) and not _changed_in_place(
+        result.overlays, gone, overlays, _overlay_key, _patched_overlay
+    ):
         del result.overlays[:]
-        result.overlays.extend(_merged(held.overlays, gone, overlays, _overlay_key))
+        result.overlays.extend(
+            _merged_patched(held.overlays, gone, overlays, _overlay_key, _patched_overlay)
+        )
     if delta.revoked_serials or delta.unrevoked_serials:
         revoked = set(held.revoked_serials) - set(delta.unrevoked_serials)
         result.revoked_serials[:] = sorted(revoked | set(delta.revoked_serials))
@@ -86,15 +92,22 @@ def compose_maps(older: NetworkMap, newer: NetworkMap) -> NetworkMap | None:
     merged.CopyFrom(newer)
     merged.base_version = older.base_version
     _fold(older.peers, older.removed_peers, merged.peers, merged.removed_peers, _peer_key)
-    if not _fold_services(older, merged):
-        return None
-    _fold(
+    if not _fold_patched(
+        older.services,
+        older.removed_services,
+        merged.services,
+        merged.removed_services,
+        _service_key,
+        _patched,
+    ) or not _fold_patched(
         older.overlays,
         older.removed_overlays,
         merged.overlays,
         merged.removed_overlays,
         _overlay_key,
-    )
+        _patched_overlay,
+    ):
+        return None
     added = set(older.revoked_serials) - set(newer.unrevoked_serials)
     added |= set(newer.revoked_serials)
     gone = (set(older.unrevoked_serials) | set(newer.unrevoked_serials)) - added
@@ -139,24 +152,27 @@ def _changed_in_place(
     return True
 
 
-def _merged_services(
-    held: Iterable[ServiceAddresses],
+def _merged_patched(
+    held: Iterable[M],
     removed: Iterable[str],
-    changed: Iterable[ServiceAddresses],
-) -> list[ServiceAddresses]:
-    """As ``_merged``, a patch's addresses added to and taken from the held entry's."""
-    by_name = {entry.name: entry for entry in held}
+    changed: Iterable[M],
+    key: Callable[[M], str],
+    combine: Callable[[M, M], M],
+) -> list[M]:
+    """As ``_merged``, a patch entry combined with the held entry of its key."""
+    by_key = {key(entry): entry for entry in held}
     for gone in removed:
-        by_name.pop(gone, None)
+        by_key.pop(gone, None)
     for entry in changed:
-        if not entry.patch:
-            by_name[entry.name] = entry
+        k = key(entry)
+        if not _is_patch(entry):
+            by_key[k] = entry
             continue
-        base = by_name.get(entry.name)
+        base = by_key.get(k)
         if base is None:
-            raise ValueError(f"a patch of the addresses of {entry.name[:200]!r}, not held")
-        by_name[entry.name] = _patched(base, entry)
-    return [by_name[k] for k in sorted(by_name)]
+            raise ValueError(f"a patch of {k[:200]!r}, which the map does not hold")
+        by_key[k] = combine(base, entry)
+    return [by_key[k] for k in sorted(by_key)]
 
 
 def _patched(base: ServiceAddresses, patch: ServiceAddresses) -> ServiceAddresses:
@@ -175,26 +191,55 @@ def _patched(base: ServiceAddresses, patch: ServiceAddresses) -> ServiceAddresse
     )
 
 
-def _fold_services(older: NetworkMap, merged: NetworkMap) -> bool:
-    """Fold an older delta's services into a newer one's (``merged``, changed in place);
-    False when the newer patches a service the older removed (not made on it)."""
-    newer = {entry.name: entry for entry in merged.services}
-    newer_removed = set(merged.removed_services)
-    kept: list[ServiceAddresses] = []
-    for entry in older.services:
-        later = newer.get(entry.name)
-        if entry.name in newer_removed:
+def _patched_overlay(base: OverlayNetworkMap, patch: OverlayNetworkMap) -> OverlayNetworkMap:
+    """``base`` (a whole entry or a patch) then ``patch`` (a patch or a whole entry,
+    which replaces it), as one entry of base's kind."""
+    if not patch.patch:
+        return patch
+    result = OverlayNetworkMap(network=patch.network, patch=base.patch)
+    result.endpoints.extend(
+        _merged(base.endpoints, patch.removed_endpoints, patch.endpoints, _endpoint_key)
+    )
+    result.names.extend(_merged(base.names, patch.removed_names, patch.names, _name_key))
+    if base.patch:
+        put = {e.address for e in patch.endpoints}
+        gone = dict.fromkeys([*base.removed_endpoints, *patch.removed_endpoints])
+        result.removed_endpoints.extend(k for k in gone if k not in put)
+        put = {n.name for n in patch.names}
+        gone = dict.fromkeys([*base.removed_names, *patch.removed_names])
+        result.removed_names.extend(k for k in gone if k not in put)
+    return result
+
+
+def _fold_patched(
+    older: Iterable[M],
+    older_removed: Sequence[str],
+    entries: RepeatedCompositeFieldContainer[M],
+    removed: RepeatedScalarFieldContainer[str],
+    key: Callable[[M], str],
+    combine: Callable[[M, M], M],
+) -> bool:
+    """As ``_fold``, a newer patch combined with the older entry of its key; False when
+    the newer patches an entry the older removed (it was not made on it)."""
+    newer: dict[str, M] = {key(entry): entry for entry in entries}
+    newer_removed = set(removed)
+    kept: list[M] = []
+    for entry in older:
+        k = key(entry)
+        if k in newer_removed:
             continue
+        later = newer.get(k)
         if later is None:
             kept.append(entry)
-        elif later.patch:
-            newer[entry.name] = _patched(entry, later)
-    if any(e.patch and e.name in older.removed_services for e in newer.values()):
+        elif _is_patch(later):
+            newer[k] = combine(entry, later)
+    if any(_is_patch(later) and k in older_removed for k, later in newer.items()):
         return False
-    gone = dict.fromkeys([*older.removed_services, *merged.removed_services])
-    del merged.services[:]
-    merged.services.extend([*newer.values(), *kept])
-    merged.removed_services[:] = [name for name in gone if name not in newer]
+    folded = [*newer.values(), *kept]  # (upb keeps an entry deleted from its container)
+    gone = dict.fromkeys([*older_removed, *removed])
+    del entries[:]
+    entries.extend(folded)
+    removed[:] = [k for k in gone if k not in newer]
     return True
 
 
@@ -215,6 +260,11 @@ def _fold(
     removed[:] = [k for k in gone if k not in newer_keys]
 
 
+def _is_patch(entry: Message) -> bool:
+    """Whether a service's or an overlay's entry is a patch (of the entry held)."""
+    return bool(getattr(entry, "patch", False))
+
+
 def _peer_key(peer: PeerNetwork) -> str:
     return peer.node_id
 
@@ -225,3 +275,11 @@ def _service_key(service: ServiceAddresses) -> str:
 
 def _overlay_key(overlay: OverlayNetworkMap) -> str:
     return overlay.network.id
+
+
+def _endpoint_key(endpoint: OverlayEndpoint) -> str:
+    return endpoint.address
+
+
+def _name_key(name: OverlayName) -> str:
+    return name.name

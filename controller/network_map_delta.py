@@ -65,8 +65,9 @@ class SharedDelta:
     """Node ID -> its position in ``template.removed_peers``."""
     base: OverlayView
     current: OverlayView
-    changed_overlays: frozenset[str]
-    """The networks whose map differs from the base's (new ones included)."""
+    changed_overlays: dict[str, OverlayNetworkMap]
+    """The networks whose map differs from the base's and that the base had: the entry
+    a node holding the base's is sent (a patch when that is smaller)."""
     ingress_addresses: dict[str, str]
 
 
@@ -111,13 +112,18 @@ def shared_delta(base: MapState, current: MapState) -> SharedDelta | None:
         template.ingress_replaced = True
         template.ingress.extend(ingress_entries(ingress[0]))
     maps, base_maps = overlays[0], base_overlays[0]
+    changed = {
+        nid: _overlay_entry(base_maps[nid], data)
+        for nid, data in maps.items()
+        if nid in base_maps and base_maps[nid] != data
+    }
     return SharedDelta(
         template,
         {node_id: i for i, (node_id, _, _) in enumerate(changed_routes)},
         {node_id: i for i, node_id in enumerate(removed_peers)},
         base_overlays,
         overlays,
-        frozenset(nid for nid, data in maps.items() if base_maps.get(nid) != data),
+        changed,
         dict(ingress[1]),
     )
 
@@ -139,10 +145,11 @@ def node_delta(node: Node, shared: SharedDelta) -> DispatcherMessage:
     (base_maps, base_members), (maps, members) = shared.base, shared.current
     before = {nid for nid in base_members.get(node.id, ()) if nid in base_maps}
     now = {nid for nid in members.get(node.id, ()) if nid in maps}
+    changed = shared.changed_overlays
     network.overlays.extend(
-        OverlayNetworkMap.FromString(maps[nid])
+        OverlayNetworkMap.FromString(maps[nid]) if nid not in before else changed[nid]
         for nid in sorted(now)
-        if nid not in before or nid in shared.changed_overlays
+        if nid not in before or nid in changed
     )
     network.removed_overlays.extend(sorted(before - now))
     return message
@@ -163,6 +170,33 @@ def _service_entry(
     return ServiceAddresses(
         name=name, addresses=sorted(added), removed_addresses=sorted(removed), patch=True
     )
+
+
+def _overlay_entry(before: bytes, now: bytes) -> OverlayNetworkMap:
+    """A changed overlay's entry for a node that holds ``before``: its endpoints and names
+    added, changed and gone (by address, by name) when that is smaller than the whole
+    map, and never when an address or a name repeats (the agent keys them)."""
+    held, current = OverlayNetworkMap.FromString(before), OverlayNetworkMap.FromString(now)
+    held_endpoints = {e.address: e for e in held.endpoints}
+    endpoints = {e.address: e for e in current.endpoints}
+    held_names = {n.name: n for n in held.names}
+    names = {n.name: n for n in current.names}
+    if (
+        len(held_endpoints) != len(held.endpoints)
+        or len(endpoints) != len(current.endpoints)
+        or len(held_names) != len(held.names)
+        or len(names) != len(current.names)
+    ):
+        return current
+    patch = OverlayNetworkMap(
+        network=current.network,
+        patch=True,
+        endpoints=[e for a, e in endpoints.items() if held_endpoints.get(a) != e],
+        removed_endpoints=sorted(held_endpoints.keys() - endpoints.keys()),
+        names=[n for k, n in names.items() if held_names.get(k) != n],
+        removed_names=sorted(held_names.keys() - names.keys()),
+    )
+    return patch if patch.ByteSize() < len(now) else current
 
 
 def _repeats(keys: Iterable[str]) -> bool:

@@ -322,6 +322,32 @@ def run(coroutine: Callable[[], Awaitable[None]]) -> None:
         ("unrevoke", "0a"),
     ]
 )
+@example(  # an overlay's entries patched: an endpoint gone, then one added, folded
+    steps=[
+        ("service", "publish"),
+        ("task", "t5", "s2", "n2", TaskState.RUNNING, TaskState.RUNNING, "a", ("green",)),
+        ("look",),
+        ("deliver", "n3"),
+        ("remove_task", "t5"),
+        ("look",),
+        ("task", "t6", "s2", "n2", TaskState.RUNNING, TaskState.RUNNING, "a", ("green",)),
+        ("look",),
+        ("deliver", "n3"),
+    ]
+)
+@example(  # an overlay's names gone in one patch, an endpoint added in the next: folded
+    steps=[
+        ("service", "publish"),
+        ("task", "t5", "s2", "n2", TaskState.RUNNING, TaskState.RUNNING, "a", ("green",)),
+        ("look",),
+        ("deliver", "n3"),
+        ("service", "unpublish"),
+        ("look",),
+        ("task", "t6", "s1", "n2", TaskState.RUNNING, TaskState.RUNNING, "a", ("green",)),
+        ("look",),
+        ("deliver", "n3"),
+    ]
+)
 def test_the_agent_holds_exactly_the_full_map(steps: list[tuple[object, ...]]) -> None:
     async def scenario() -> None:
         world = World()
@@ -457,3 +483,32 @@ def test_a_patch_of_a_service_not_held_is_refused_whole() -> None:
     odd.services.add(name="nowhere", addresses=["10.0.0.1"], patch=True)
     agent.take(odd)
     assert agent.session._map is held and agent.asked_for_full_map()
+
+
+def test_a_patch_of_an_overlay_not_held_is_refused_whole() -> None:
+    _, agent = delta_world()
+    held = agent.session._map
+    assert held is not None
+    odd = NetworkMap(version=held.version + 1, base_version=held.version)
+    odd.services.add(name="web", addresses=["10.0.0.1"])  # would apply, were the rest sound
+    odd.overlays.add(network=Network(id="elsewhere"), patch=True, removed_names=["x"])
+    agent.take(odd)
+    assert agent.session._map is held and agent.asked_for_full_map()
+
+
+def test_a_task_on_an_overlay_sends_its_members_a_patch_of_that_overlay() -> None:
+    world = World()
+    world.greet("n3")  # n3 runs a task on green
+    asyncio.run(world.deliver("n3"))
+    record = Task(id="t5", service_id="s2", node_id="n2")
+    record.status.state = TaskState.RUNNING  # type: ignore[assignment]
+    record.desired_state = TaskState.RUNNING
+    record.networks.add(network_id="green", address="10.114.0.77")
+    world.state._put(TASKS, world.state.tasks, record.id, record)
+    world.mapper.look()
+    delta = world.outboxes["n3"]._waiting["network"].network
+    [green] = [o for o in delta.overlays if o.network.id == "green"]
+    assert green.patch and [e.address for e in green.endpoints] == ["10.114.0.77"]
+    asyncio.run(world.deliver("n3"))
+    held = world.agents["n3"].session._map
+    assert held is not None and held == world.meant[held.version]

@@ -267,22 +267,37 @@ class OverlayNetworkMap(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     NAMES_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    REMOVED_ENDPOINTS_FIELD_NUMBER: _builtins.int
+    REMOVED_NAMES_FIELD_NUMBER: _builtins.int
+    patch: _builtins.bool
+    """Only in a delta map (NetworkMap.base_version set): `endpoints` and `names` are added
+    to or replace (by address, by name) those of the map the agent holds for this
+    network, and `removed_endpoints` (addresses) and `removed_names` are taken from it.
+    """
     @_builtins.property
     def network(self) -> Global___Network: ...
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlayEndpoint]: ...
     @_builtins.property
     def names(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlayName]: ...
+    @_builtins.property
+    def removed_endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def removed_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         network: Global___Network | None = ...,
         endpoints: _abc.Iterable[Global___OverlayEndpoint] | None = ...,
         names: _abc.Iterable[Global___OverlayName] | None = ...,
+        patch: _builtins.bool = ...,
+        removed_endpoints: _abc.Iterable[_builtins.str] | None = ...,
+        removed_names: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "names", b"names", "network", b"network"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "names", b"names", "network", b"network", "patch", b"patch", "removed_endpoints", b"removed_endpoints", "removed_names", b"removed_names"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,6 +82,13 @@ def apply_map_delta(held: NetworkMap, delta: NetworkMap) -> NetworkMap:
 def compose_maps(older: NetworkMap, newer: NetworkMap) -> NetworkMap | None:
     """``older`` then ``newer`` as one map (a full one if ``older`` is full); None when
     ``newer`` is a delta that does not follow ``older`` (the agent then asks again)."""
+    try:
+        return _composed(older, newer)
+    except ValueError:  # a patch of what the older lacks: not made on it
+        return None
+
+
+def _composed(older: NetworkMap, newer: NetworkMap) -> NetworkMap | None:
     if not is_delta(newer):
         return newer
     if newer.base_version != older.version:
@@ -200,15 +207,56 @@ def _patched_overlay(base: OverlayNetworkMap, patch: OverlayNetworkMap) -> Overl
     result.endpoints.extend(
         _merged(base.endpoints, patch.removed_endpoints, patch.endpoints, _endpoint_key)
     )
-    result.names.extend(_merged(base.names, patch.removed_names, patch.names, _name_key))
-    if base.patch:
-        put = {e.address for e in patch.endpoints}
-        gone = dict.fromkeys([*base.removed_endpoints, *patch.removed_endpoints])
-        result.removed_endpoints.extend(k for k in gone if k not in put)
-        put = {n.name for n in patch.names}
-        gone = dict.fromkeys([*base.removed_names, *patch.removed_names])
-        result.removed_names.extend(k for k in gone if k not in put)
+    if not base.patch:
+        result.names.extend(
+            _merged_patched(base.names, patch.removed_names, patch.names, _name_key, _patched_name)
+        )
+        return result
+    put = {e.address for e in patch.endpoints}
+    gone = dict.fromkeys([*base.removed_endpoints, *patch.removed_endpoints])
+    result.removed_endpoints.extend(k for k in gone if k not in put)
+    result.names.extend(patch.names)
+    result.removed_names.extend(patch.removed_names)
+    if not _fold_patched(
+        base.names, base.removed_names, result.names, result.removed_names, _name_key, _patched_name
+    ):
+        raise ValueError(f"a patch of a name the overlay {patch.network.id[:200]!r} lost")
     return result
+
+
+def _patched_name(base: OverlayName, patch: OverlayName) -> OverlayName:
+    """``base`` (a whole name or a patch) then ``patch`` (a patch or a whole name,
+    which replaces it), as one name of base's kind."""
+    if not patch.patch:
+        return patch
+    if not base.patch:
+        return OverlayName(
+            name=base.name,
+            vip=patch.vip,
+            addresses=sorted(
+                _set_patched(base.addresses, patch.removed_addresses, patch.addresses)
+            ),
+            backends=sorted(_set_patched(base.backends, patch.removed_backends, patch.backends)),
+        )
+    added = _set_patched(base.addresses, patch.removed_addresses, patch.addresses)
+    backends = _set_patched(base.backends, patch.removed_backends, patch.backends)
+    return OverlayName(
+        name=base.name,
+        vip=patch.vip,
+        patch=True,
+        addresses=sorted(added),
+        removed_addresses=sorted(
+            (set(base.removed_addresses) | set(patch.removed_addresses)) - added
+        ),
+        backends=sorted(backends),
+        removed_backends=sorted(
+            (set(base.removed_backends) | set(patch.removed_backends)) - backends
+        ),
+    )
+
+
+def _set_patched(held: Iterable[str], removed: Iterable[str], added: Iterable[str]) -> set[str]:
+    return (set(held) - set(removed)) | set(added)
 
 
 def _fold_patched(

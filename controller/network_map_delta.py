@@ -24,7 +24,7 @@ from dockyard.v1.dispatcher_pb2 import (
     PeerNetwork,
     ServiceAddresses,
 )
-from dockyard.v1.networks_pb2 import OverlayNetworkMap
+from dockyard.v1.networks_pb2 import OverlayName, OverlayNetworkMap
 from dockyard.v1.types_pb2 import Node
 
 __all__ = [
@@ -193,10 +193,30 @@ def _overlay_entry(before: bytes, now: bytes) -> OverlayNetworkMap:
         patch=True,
         endpoints=[e for a, e in endpoints.items() if held_endpoints.get(a) != e],
         removed_endpoints=sorted(held_endpoints.keys() - endpoints.keys()),
-        names=[n for k, n in names.items() if held_names.get(k) != n],
+        names=[
+            _name_entry(held_names.get(k), n) for k, n in names.items() if held_names.get(k) != n
+        ],
         removed_names=sorted(held_names.keys() - names.keys()),
     )
     return patch if patch.ByteSize() < len(now) else current
+
+
+def _name_entry(held: OverlayName | None, name: OverlayName) -> OverlayName:
+    """A changed name's entry: a patch of its addresses and backends when smaller (a task
+    started or stopped among many), never when an address repeats."""
+    lists = (name.addresses, name.backends)
+    if held is None or any(_repeats(x) for x in (*lists, held.addresses, held.backends)):
+        return name
+    patch = OverlayName(
+        name=name.name,
+        vip=name.vip,
+        patch=True,
+        addresses=sorted(set(name.addresses) - set(held.addresses)),
+        removed_addresses=sorted(set(held.addresses) - set(name.addresses)),
+        backends=sorted(set(name.backends) - set(held.backends)),
+        removed_backends=sorted(set(held.backends) - set(name.backends)),
+    )
+    return patch if patch.ByteSize() < name.ByteSize() else name
 
 
 def _repeats(keys: Iterable[str]) -> bool:

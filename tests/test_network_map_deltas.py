@@ -235,7 +235,7 @@ def change_service(state: ClusterState, how: str) -> None:
         db.spec.task.ports.append(
             PortConfig(published_port=9090, target_port=90, publish_mode="ingress")
         )
-        db.spec.task.networks.add(network_id="green", aliases=["data"])
+        db.spec.task.networks.add(network_id="green", aliases=["data"], vip="10.114.0.250")
     elif how == "unpublish":
         del db.spec.task.ports[:]
         del db.spec.task.networks[:]
@@ -344,6 +344,20 @@ def run(coroutine: Callable[[], Awaitable[None]]) -> None:
         ("service", "unpublish"),
         ("look",),
         ("task", "t6", "s1", "n2", TaskState.RUNNING, TaskState.RUNNING, "a", ("green",)),
+        ("look",),
+        ("deliver", "n3"),
+    ]
+)
+@example(  # a name's addresses patched: one gone, then one added, folded
+    steps=[
+        ("service", "publish"),
+        ("task", "t5", "s2", "n2", TaskState.RUNNING, TaskState.RUNNING, "a", ("green",)),
+        ("task", "t6", "s2", "n2", TaskState.RUNNING, TaskState.RUNNING, "a", ("green",)),
+        ("look",),
+        ("deliver", "n3"),
+        ("remove_task", "t5"),
+        ("look",),
+        ("task", "t7", "s2", "n3", TaskState.RUNNING, TaskState.RUNNING, "a", ("green",)),
         ("look",),
         ("deliver", "n3"),
     ]
@@ -512,3 +526,13 @@ def test_a_task_on_an_overlay_sends_its_members_a_patch_of_that_overlay() -> Non
     asyncio.run(world.deliver("n3"))
     held = world.agents["n3"].session._map
     assert held is not None and held == world.meant[held.version]
+
+
+def test_a_patch_of_a_name_the_older_delta_removed_is_not_folded() -> None:
+    """Not made on the older delta: the outbox keeps the newer alone (the agent asks)."""
+    older = NetworkMap(version=2, base_version=1)
+    older.overlays.add(network=Network(id="g"), patch=True, removed_names=["x"])
+    newer = NetworkMap(version=3, base_version=2)
+    overlay = newer.overlays.add(network=Network(id="g"), patch=True)
+    overlay.names.add(name="x", patch=True, addresses=["10.0.0.1"])
+    assert compose_maps(older, newer) is None

@@ -392,14 +392,25 @@ class OverlayName(_message.Message):
     ADDRESSES_FIELD_NUMBER: _builtins.int
     VIP_FIELD_NUMBER: _builtins.int
     BACKENDS_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    REMOVED_ADDRESSES_FIELD_NUMBER: _builtins.int
+    REMOVED_BACKENDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     vip: _builtins.str
+    patch: _builtins.bool
+    """Only in an overlay's patch (OverlayNetworkMap.patch): `addresses` and `backends`
+    are added to the name's that the agent holds and these taken from them; `vip` set.
+    """
     @_builtins.property
     def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the VIP's running tasks' addresses"""
 
+    @_builtins.property
+    def removed_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def removed_backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -407,10 +418,13 @@ class OverlayName(_message.Message):
         addresses: _abc.Iterable[_builtins.str] | None = ...,
         vip: _builtins.str = ...,
         backends: _abc.Iterable[_builtins.str] | None = ...,
+        patch: _builtins.bool = ...,
+        removed_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        removed_backends: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "backends", b"backends", "name", b"name", "vip", b"vip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "backends", b"backends", "name", b"name", "patch", b"patch", "removed_addresses", b"removed_addresses", "removed_backends", b"removed_backends", "vip", b"vip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

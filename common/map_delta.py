@@ -1,8 +1,10 @@
 """Network map deltas: applying one to the map an agent holds, and folding two into one.
 
 A delta map (``NetworkMap.base_version`` set) holds what changed since the map of
-``base_version``: peers, services and overlays added or changed (whole entries, keyed
-by node ID, name and network ID) and the keys of those gone, revoked serials added and
+``base_version``: peers, services and overlays added or changed (keyed by node ID, name
+and network ID; a service's or an overlay's entry, and an overlay's name, may be a
+``patch`` of the one held: what it adds and what it takes) and the keys of those gone,
+revoked serials added and
 gone, the mesh's ports when they changed (``ingress_replaced``), and the node's own
 fields (subnet, address, ingress address) always. The agent applies one only on exactly
 that map (agent/session.py), and the result is field-equal to the full map of the same

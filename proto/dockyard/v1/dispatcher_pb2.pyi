@@ -628,7 +628,7 @@ class NetworkMap(_message.Message):
     A delta (`base_version` set; only to an agent whose hello says `accepts_map_deltas`)
     holds what changed since the map of `base_version` sent on the same session: `peers`,
     `services` and `overlays` added or changed (keyed by node ID, name and network ID; a
-    service's entry may be a `patch` of its addresses),
+    service's or an overlay's entry may be a `patch` of the one held),
     `removed_*` gone, `revoked_serials` added and `unrevoked_serials` gone, `ingress` only
     when `ingress_replaced`; `subnet`, `address` and `ingress_address` as in a full map.
     The agent applies it only on exactly that map, else asks for a full one

@@ -24,6 +24,7 @@ import structlog
 from dockyard.agent.identity import NodeIdentity
 from dockyard.common.authz import not_a_controller
 from dockyard.common.backoff import Backoff
+from dockyard.common.map_delta import apply_map_delta, is_delta
 from dockyard.common.pki import CONTROLLER_TLS_NAME
 from dockyard.common.session_limits import (
     MAX_SESSION_MESSAGE_BYTES,
@@ -39,6 +40,7 @@ from dockyard.v1.dispatcher_pb2 import (
     Heartbeat,
     LeaderRequest,
     NetworkMap,
+    NetworkMapResync,
     SessionHello,
     TaskStatusReport,
 )
@@ -139,6 +141,8 @@ class ControllerSession:
         self._sent: dict[int, float] = {}
         self._held_version = 0  # of the set applied on this session (0: none yet)
         self._resync_asked = False
+        self._map: NetworkMap | None = None  # the map held on this session (None: none yet)
+        self._map_resync_asked = False
         self.status = SessionStatus()
         self.connected = asyncio.Event()
         self._terms: dict[str, int] = {}  # controller address -> term of its last session
@@ -268,6 +272,7 @@ class ControllerSession:
             name=self.identity.name,
             description=self._describe(),
             accepts_deltas=True,
+            accepts_map_deltas=True,
         )
         outbox.put_nowait(AgentMessage(hello=hello))
 
@@ -285,6 +290,7 @@ class ControllerSession:
                 self._outbox = outbox
                 self._sent.clear()
                 self._held_version, self._resync_asked = 0, False  # a new session: full first
+                self._map, self._map_resync_asked = None, False
                 await self._converse(call, outbox)
             finally:
                 self._outbox = None
@@ -349,7 +355,9 @@ class ControllerSession:
             elif kind == "assignments" and self._on_assignments is not None:
                 await self._take(message.assignments, self._on_assignments)
             elif kind == "network" and self._on_network is not None:
-                await _handle(kind, self._on_network(message.network))
+                network_map = self._whole_map(message.network)
+                if network_map is not None:
+                    await _handle(kind, self._on_network(network_map))
 
     async def _take(self, assignments: AssignmentSet, handler: AssignmentHandler) -> None:
         if log.is_enabled_for(logging.DEBUG):  # its fields cost a walk of the set
@@ -387,6 +395,33 @@ class ControllerSession:
             resync = AssignmentsResync(held_version=held)
             self._outbox.put_nowait(AgentMessage(resync_assignments=resync))
         return False
+
+    def _whole_map(self, network_map: NetworkMap) -> NetworkMap | None:
+        """The whole map a map from the controller makes: a full one as it is, a delta
+        applied to the map held only if that is exactly its base (else None, the delta
+        dropped whole and a full map asked for, once until one comes)."""
+        held = self._map
+        if not is_delta(network_map):
+            self._map, self._map_resync_asked = network_map, False
+            return network_map
+        if held is not None and held.version == network_map.base_version:
+            try:
+                self._map = apply_map_delta(held, network_map)
+                return self._map
+            except ValueError as exc:  # not made on this map after all
+                log.error("session.network_map_refused", reason=str(exc))
+        else:
+            log.warning(
+                "session.network_map_gap",
+                held_version=held.version if held is not None else 0,
+                base_version=network_map.base_version,
+                version=network_map.version,
+            )
+        if not self._map_resync_asked and self._outbox is not None:
+            self._map_resync_asked = True
+            resync = NetworkMapResync(held_version=held.version if held is not None else 0)
+            self._outbox.put_nowait(AgentMessage(resync_network=resync))
+        return None
 
     def _acked(self, sequence: int, period: float) -> None:
         sent = self._sent.pop(sequence, None)

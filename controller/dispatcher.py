@@ -347,7 +347,12 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             await context.abort(code, details_for(exc))
         serial = identity.serial if identity is not None else ""
         session = AgentSession(
-            secrets.token_hex(8), node.id, remote, serial=serial, deltas=hello.accepts_deltas
+            secrets.token_hex(8),
+            node.id,
+            remote,
+            serial=serial,
+            deltas=hello.accepts_deltas,
+            map_deltas=hello.accepts_map_deltas,
         )
         self._sessions.open(session)
         if serial and self._revoked(serial):  # revoked while it registered: no session
@@ -400,6 +405,14 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
         if term is not None and term.assigner is not None and not session.outbox.closed:
             await term.assigner.send_now(session.node_id)
 
+    def _resync_network(self, session: AgentSession, held_version: int) -> None:
+        """The agent could not apply a delta map: its whole map again (none before the
+        term's loops are ready: the term's greeting sends it then)."""
+        term = self._term()
+        log.info("session.resync_network", node_id=session.node_id, held_version=held_version)
+        if term is not None and term.network_mapper is not None and not session.outbox.closed:
+            term.network_mapper.resend(session.node_id)
+
     async def _read(self, session: AgentSession, requests: AsyncIterator[AgentMessage]) -> None:
         try:
             async for message in requests:
@@ -420,6 +433,8 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                     self._take_status(session, message.task_status)
                 elif kind == "resync_assignments":
                     await self._resync(session, message.resync_assignments.held_version)
+                elif kind == "resync_network":
+                    self._resync_network(session, message.resync_network.held_version)
         except grpc.aio.AioRpcError:
             pass  # the stream broke: the session ends
         finally:

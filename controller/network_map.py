@@ -5,7 +5,9 @@ address to route it through, every service's name with the addresses of its runn
 tasks (what the node's DNS server answers), and the cluster's revoked certificates that
 have not expired (which the agent's own API must refuse: a removed node's). The whole map
 goes out when a session opens and to every session whenever any of that changes; agents
-replace what they had.
+replace what they had. An agent that takes deltas (its hello says so) is sent, after its
+session's first map, only what changed since the map it holds
+(controller/network_map_delta.py); it asks for a full map when a delta does not follow.
 """
 
 from __future__ import annotations
@@ -17,13 +19,24 @@ from dataclasses import dataclass
 
 from dockyard.common.states import TaskState
 from dockyard.controller.ingress_network import find_ingress
-from dockyard.controller.overlay_map import Overlays, node_overlays, overlays
+from dockyard.controller.network_map_delta import (
+    Ingress,
+    IngressView,
+    MapState,
+    OverlayView,
+    Revoked,
+    Routes,
+    SharedDelta,
+    ingress_entries,
+    node_delta,
+    shared_delta,
+)
+from dockyard.controller.overlay_map import node_overlays, overlays
 from dockyard.controller.service_names import Names, ServiceNames
 from dockyard.controller.sessions import Post
 from dockyard.controller.state import ClusterState
 from dockyard.v1.dispatcher_pb2 import (
     DispatcherMessage,
-    IngressPort,
     NetworkMap,
     PeerNetwork,
     ServiceAddresses,
@@ -52,14 +65,6 @@ that matters often follows one that does not (`service scale` writes the service
 tasks' desired states): a fixed SEND_INTERVAL after the first would leave a removed task's
 address in the VIPs and DNS for that long after its agent stopped it."""
 QUIET_PAUSE = 0.02
-Routes = frozenset[tuple[str, str, str]]
-Revoked = tuple[str, ...]
-OverlayView = tuple[Overlays, dict[str, frozenset[str]]]
-Ingress = tuple[tuple[int, int, str, tuple[str, ...], tuple[str, ...]], ...]
-"""(published, target, protocol, the RUNNING tasks' cluster-network addresses, and their
-ingress-network addresses) of each mode=ingress port."""
-IngressView = tuple[Ingress, tuple[tuple[str, str], ...]]
-"""The ports, and (node ID, its ingress address) of every node that has one."""
 
 
 class NetworkMapper:
@@ -69,6 +74,7 @@ class NetworkMapper:
     sessions: The nodes with an open session now.
     revoked: The revoked certificate serials that have not expired, given the time now
         (epoch seconds); call ``revocations_changed`` when they change.
+    takes_deltas: Whether a node's session takes delta maps (its hello said so).
     """
 
     def __init__(
@@ -77,11 +83,13 @@ class NetworkMapper:
         post: Post,
         sessions: Callable[[], Iterable[str]],
         revoked: Callable[[float], Iterable[str]] = lambda now: (),
+        takes_deltas: Callable[[str], bool] = lambda node_id: False,
     ) -> None:
         self._state = state
         self._post = post
         self._sessions = sessions
         self._revoked = revoked
+        self._takes_deltas = takes_deltas
         self._changed = state.subscribe()
         # The names are patched per changed task rather than walked from every task.
         self._tracker = state.track(task_ids=True)
@@ -93,22 +101,26 @@ class NetworkMapper:
         # The routes are walked from every node only after a node's record changed
         # (the tracker says so): a look during a scale-up finds none changed.
         self._nodes_changed = True
-        self._routes: Routes = frozenset()
         self._walked_routes: Routes = frozenset()
-        self._names: Names = ()
-        self._revocations: Revoked = ()
-        self._overlays: OverlayView = ({}, {})
-        self._ingress: IngressView = ((), ())
+        self._sent: MapState = (frozenset(), (), (), ({}, {}), ((), ()))
+        """The state the last send was built from (every session's map but greetings')."""
+        self._sent_at = 0.0
         # What a newly opened session is sent: computed at most once per SEND_INTERVAL
         # (1,000 sessions opening at once would each walk every task otherwise); the run
         # loop sends every session the newer map when the cluster changed since.
         self._greeting: tuple[Routes, Names, OverlayView, IngressView] | None = None
         self._greeting_at = 0.0
-        self._greeting_map: tuple[Revoked, SharedMap] | None = None
+        self._greeting_map: tuple[MapState, SharedMap] | None = None
+        # The version of the last map posted (to any node): versions never repeat, and
+        # start from the clock so that no other mapper's (an earlier term's) can match.
+        self._version = time.time_ns()
+        self._held: dict[str, tuple[int, MapState]] = {}
+        """Node ID -> the version of the last map posted to its session and the state it
+        was built from (the base of its next delta)."""
+        self._stale: set[str] = set()  # greeted since the last send
 
-    def _greeting_message(self, node: Node) -> DispatcherMessage:
-        """``node``'s map in its message (its record as just registered: the view may not
-        have it yet)."""
+    def _greeting_map_now(self) -> tuple[MapState, SharedMap]:
+        """The state a greeting is built from now, and its shared part."""
         now = time.monotonic()
         if self._greeting is None or now - self._greeting_at >= SEND_INTERVAL:
             self._greeting = (
@@ -119,15 +131,44 @@ class NetworkMapper:
             )
             self._greeting_at = now
             self._greeting_map = None
+        elif self._sent_at > self._greeting_at:  # a send since: its view is the newer
+            routes, names, _, overlays, ingress = self._sent
+            self._greeting = routes, names, overlays, ingress
+            self._greeting_at = self._sent_at
+            self._greeting_map = None
         revoked = self._current_revocations()
-        if self._greeting_map is None or self._greeting_map[0] != revoked:
+        if self._greeting_map is None or self._greeting_map[0][2] != revoked:
             routes, names, overlays, ingress = self._greeting
-            self._greeting_map = revoked, shared_map(routes, names, revoked, overlays, ingress)
-        return node_message(node, self._greeting_map[1])
+            state: MapState = (routes, names, revoked, overlays, ingress)
+            if state == self._sent:  # the base most sessions hold: one delta for all
+                state = self._sent
+            self._greeting_map = state, shared_map(*state)
+        return self._greeting_map
 
     def send_now(self, node: Node) -> None:
-        """Send ``node`` its map (its session just opened)."""
-        self._post(node.id, self._greeting_message(node))
+        """Send ``node`` its full map (its session just opened, or its agent could not
+        apply a delta); its record as just registered (the view may not have it yet)."""
+        state, shared = self._greeting_map_now()
+        self._send(node, node_message(node, shared), state)
+        # The greeting's view is not the last send's (older or newer): the next look
+        # brings the node to the cluster's map if it differs (else nothing is sent).
+        self._stale.add(node.id)
+        self._changed.set()
+
+    def resend(self, node_id: str) -> None:
+        """Send ``node_id`` a full map (its agent asked: a delta did not follow)."""
+        node = self._state.nodes.get(node_id)
+        if node is not None:
+            self.send_now(node)
+
+    def _send(self, node: Node, message: DispatcherMessage, state: MapState) -> None:
+        self._version += 1
+        if self._takes_deltas(node.id):  # an older agent is sent the map it knows
+            message.network.version = self._version
+        if self._post(node.id, message):
+            self._held[node.id] = self._version, state
+        else:
+            self._held.pop(node.id, None)
 
     def revocations_changed(self) -> None:
         """A certificate was revoked: send every node the new list."""
@@ -135,38 +176,79 @@ class NetworkMapper:
 
     async def run(self) -> None:
         changed = self._changed
-        self._routes, self._names = self._current_routes(), self._current_names()
-        self._revocations = self._current_revocations()
-        self._overlays = self._current_overlays()
-        self._ingress = self._current_ingress()
+        self._sent = self._current_state()
         while True:
             await changed.wait()
             changed.clear()
             started = time.monotonic()
-            current = (
-                self._current_routes(),
-                self._current_names(),
-                self._current_revocations(),
-                self._current_overlays(),
-                self._current_ingress(),
-            )
-            last = (self._routes, self._names, self._revocations, self._overlays, self._ingress)
-            if current != last:
-                (
-                    self._routes,
-                    self._names,
-                    self._revocations,
-                    self._overlays,
-                    self._ingress,
-                ) = current
-                shared = shared_map(*current)  # built once for every session
-                for node_id in list(self._sessions()):
-                    node = self._state.nodes.get(node_id)
-                    if node is not None:
-                        self._post(node.id, node_message(node, shared))
+            if self.look():
                 await asyncio.sleep(SEND_INTERVAL)  # a burst of changes makes one map
             else:
                 await asyncio.sleep(quiet_pause(time.monotonic() - started))
+
+    def look(self) -> bool:
+        """Send every session its map if the cluster network changed since the last
+        send; whether it did."""
+        current = self._current_state()
+        stale, self._stale = self._stale, set()
+        sessions = list(self._sessions())
+        if current == self._sent:
+            return self._catch_up(self._sent, [n for n in sessions if n in stale])
+        self._sent, self._sent_at = current, time.monotonic()
+        live = set(sessions)
+        self._held = {node_id: held for node_id, held in self._held.items() if node_id in live}
+        self._send_maps(current, sessions)
+        return True
+
+    def _catch_up(self, current: MapState, greeted: list[str]) -> bool:
+        """Send the greeted sessions whose map is not of ``current`` theirs; whether any."""
+        behind = []
+        for node_id in greeted:
+            held = self._held.get(node_id)
+            if held is None or held[1] is current:
+                continue
+            if held[1] == current:  # the same maps: the next send's base is the shared one
+                self._held[node_id] = held[0], current
+            else:
+                behind.append(node_id)
+        self._send_maps(current, behind)
+        return bool(behind)
+
+    def _send_maps(self, current: MapState, node_ids: Iterable[str]) -> None:
+        """Each of ``node_ids`` its map of ``current``: a delta on the map it holds when
+        it takes them, else the whole map. The parts alike for every node are built once
+        (per base, for the deltas; most sessions hold the last send's)."""
+        full: SharedMap | None = None
+        # base state's id -> (the state, kept alive so that the id stays its own; its delta)
+        deltas: dict[int, tuple[MapState, SharedDelta | None]] = {}
+        for node_id in node_ids:
+            node = self._state.nodes.get(node_id)
+            if node is None:
+                self._held.pop(node_id, None)
+                continue
+            held = self._held.get(node_id)
+            delta: SharedDelta | None = None
+            if held is not None and self._takes_deltas(node_id):
+                base = held[1]
+                if id(base) not in deltas:
+                    deltas[id(base)] = base, shared_delta(base, current)
+                delta = deltas[id(base)][1]
+            if held is not None and delta is not None:
+                message = node_delta(node, delta)
+                message.network.base_version = held[0]
+            else:
+                full = full or shared_map(*current)
+                message = node_message(node, full)
+            self._send(node, message, current)
+
+    def _current_state(self) -> MapState:
+        return (
+            self._current_routes(),
+            self._current_names(),
+            self._current_revocations(),
+            self._current_overlays(),
+            self._current_ingress(),
+        )
 
     def _current_overlays(self) -> OverlayView:
         self._absorb()
@@ -297,16 +379,7 @@ def shared_map(
         ],
         services=[ServiceAddresses(name=name, addresses=addresses) for name, addresses in names],
         revoked_serials=revoked,
-        ingress=[
-            IngressPort(
-                published_port=published,
-                target_port=target,
-                protocol=protocol,
-                backends=backends,
-                ingress_backends=overlay,
-            )
-            for published, target, protocol, backends, overlay in ingress[0]
-        ],
+        ingress=ingress_entries(ingress[0]),
     )
     index = {node_id: i for i, (node_id, _, _) in enumerate(ordered)}
     return SharedMap(template, index, overlay, dict(ingress[1]))

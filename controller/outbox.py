@@ -6,8 +6,9 @@ heartbeat ack answers the newest beat. So the outbox keeps one message per kind,
 and a node that stops reading costs the controller at most one of each, however
 long it stays connected. This is swarmkit's choice: its dispatcher sends state,
 not events, and folds every change made while a send is blocked into the next.
-A delta assignment set is folded into the set still waiting (`compose`), so the
-versions the agent sees follow on without a gap.
+A delta assignment set is folded into the set still waiting (`compose`), and a
+delta network map into the map still waiting (`compose_maps`), so the versions
+the agent sees follow on without a gap.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+from dockyard.common.map_delta import compose_maps, is_delta
 from dockyard.controller.assignment_delta import compose
 from dockyard.v1.dispatcher_pb2 import DispatcherMessage
 
@@ -59,6 +61,10 @@ class Outbox:
                 merged = compose(waiting.assignments, message.assignments)
                 if merged is not None:  # else the agent finds the gap and asks again
                     message = DispatcherMessage(assignments=merged)
+            elif kind == "network" and is_delta(message.network):
+                folded = compose_maps(waiting.network, message.network)
+                if folded is not None:
+                    message = DispatcherMessage(network=folded)
         self._waiting[kind] = message
         self._ready.set()
 

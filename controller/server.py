@@ -558,6 +558,7 @@ class Controller:
             post,
             self.sessions.node_ids,
             ca.unexpired_revocations if ca is not None else lambda now: (),
+            self.sessions.takes_map_deltas,
         )
         self.term = Term(
             writer,

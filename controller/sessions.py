@@ -43,6 +43,8 @@ class AgentSession:
     """Status reports refused (oversized, or on another node's task)."""
     deltas: bool = False
     """The agent applies delta assignment sets (it said so in its hello)."""
+    map_deltas: bool = False
+    """The agent applies delta network maps (it said so in its hello)."""
 
     def refuse(self, task_id: str, reason: str) -> None:
         """Count a refused report; log the 1st, 2nd, 4th, 8th, ... of the session, so a
@@ -116,6 +118,11 @@ class SessionRegistry:
         """Whether the node's session takes delta assignment sets."""
         session = self._sessions.get(node_id)
         return session is not None and session.deltas
+
+    def takes_map_deltas(self, node_id: str) -> bool:
+        """Whether the node's session takes delta network maps."""
+        session = self._sessions.get(node_id)
+        return session is not None and session.map_deltas
 
     def beat(self, node_id: str) -> None:
         self._seen[node_id] = Liveness(time.monotonic(), wall_time())

@@ -14,6 +14,7 @@ import grpc
 
 from dockyard.controller.assignments import StatusWriter
 from dockyard.controller.dispatcher import Dispatcher, Term
+from dockyard.controller.network_map import NetworkMapper
 from dockyard.controller.nodes import NodeRegistry
 from dockyard.controller.server import SERVER_OPTIONS
 from dockyard.controller.sessions import SessionRegistry
@@ -38,18 +39,25 @@ class Served:
     writer: StatusWriter
     address: str
     store: Store
+    mapper: NetworkMapper | None = None
 
 
 @contextlib.asynccontextmanager
 async def served_dispatcher(
-    store: Store, lease_proven: Callable[[], bool] = lambda: True
+    store: Store, lease_proven: Callable[[], bool] = lambda: True, maps: bool = False
 ) -> AsyncIterator[Served]:
     """Serve until the block ends (`store` connected; the caller closes it);
-    `lease_proven`: the leader's lease as the dispatcher sees it."""
+    `lease_proven`: the leader's lease as the dispatcher sees it; `maps`: the term has a
+    network mapper (its loop not run: the test calls `look`)."""
     async with watched_view(store) as state:
         sessions = SessionRegistry()
         writer = StatusWriter(store, state)
-        term = Term(writer)
+        mapper = None
+        if maps:
+            mapper = NetworkMapper(
+                state, sessions.post, sessions.node_ids, takes_deltas=sessions.takes_map_deltas
+            )
+        term = Term(writer, network_mapper=mapper)
         dispatcher = Dispatcher(
             NodeRegistry(store),
             sessions,
@@ -67,7 +75,7 @@ async def served_dispatcher(
         server.add_insecure_port(address)
         await server.start()
         try:
-            yield Served(dispatcher, sessions, writer, address, store)
+            yield Served(dispatcher, sessions, writer, address, store, mapper)
         finally:
             sessions.close_all()
             await server.stop(None)
@@ -86,12 +94,17 @@ class NodeCall:
 
 @contextlib.asynccontextmanager
 async def node_session(
-    address: str, node_id: str, name: str, options: Sequence[tuple[str, Any]] = ()
+    address: str,
+    node_id: str,
+    name: str,
+    options: Sequence[tuple[str, Any]] = (),
+    map_deltas: bool = False,
 ) -> AsyncIterator[NodeCall]:
     """Open a Session as node `node_id`: its hello sent and the controller's acceptance
     read; the call is cancelled when the block ends."""
     outgoing: asyncio.Queue[AgentMessage] = asyncio.Queue()
-    outgoing.put_nowait(AgentMessage(hello=SessionHello(node_id=node_id, name=name)))
+    hello = SessionHello(node_id=node_id, name=name, accepts_map_deltas=map_deltas)
+    outgoing.put_nowait(AgentMessage(hello=hello))
 
     async def requests() -> AsyncIterator[AgentMessage]:
         while True:

@@ -28,7 +28,7 @@ from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
 from dockyard.v1 import workloads_pb2 as dockyard_dot_v1_dot_workloads__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ockyard/v1/dispatcher.proto\x12\x0b\x64ockyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x64ockyard/v1/networks.proto\x1a\x17\x64ockyard/v1/types.proto\x1a\x1b\x64ockyard/v1/workloads.proto\"N\n\rLeaderRequest\x12\x13\n\x0bnot_address\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\x12\x12\n\tlost_term\x18\xe4\x05 \x01(\x03\"\x1f\n\x0cLeaderAnswer\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"w\n\x14\x41ttachNetworkRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x04 \x01(\t\x12\x0f\n\x07\x61liases\x18\x05 \x03(\t\"f\n\x15\x41ttachNetworkResponse\x12%\n\x07network\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Network\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rattachment_id\x18\x03 \x01(\t\"N\n\x14\x44\x65tachNetworkRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\")\n\x15\x44\x65tachNetworkResponse\x12\x10\n\x08\x64\x65tached\x18\x01 \x01(\r\"A\n\x17PruneAttachmentsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rcontainer_ids\x18\x02 \x03(\t\"\x9f\x02\n\x0c\x41gentMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.dockyard.v1.SessionHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.dockyard.v1.HeartbeatH\x00\x12\x34\n\x0btask_status\x18\x03 \x01(\x0b\x32\x1d.dockyard.v1.TaskStatusReportH\x00\x12=\n\x12resync_assignments\x18\xa8\x05 \x01(\x0b\x32\x1e.dockyard.v1.AssignmentsResyncH\x00\x12\x36\n\rtask_statuses\x18\xa0\x06 \x01(\x0b\x32\x1c.dockyard.v1.TaskStatusBatchH\x00\x42\t\n\x07message\"A\n\x0fTaskStatusBatch\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.dockyard.v1.TaskStatusReport\")\n\x11\x41ssignmentsResync\x12\x14\n\x0cheld_version\x18\x01 \x01(\x04\"y\n\x0cSessionHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\x12\x17\n\x0e\x61\x63\x63\x65pts_deltas\x18\xa9\x05 \x01(\x08\"J\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x10TaskStatusReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\"\xe3\x01\n\x11\x44ispatcherMessage\x12\x30\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1c.dockyard.v1.SessionAcceptedH\x00\x12\x32\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x19.dockyard.v1.HeartbeatAckH\x00\x12\x31\n\x0b\x61ssignments\x18\x03 \x01(\x0b\x32\x1a.dockyard.v1.AssignmentSetH\x00\x12*\n\x07network\x18\x04 \x01(\x0b\x32\x17.dockyard.v1.NetworkMapH\x00\x42\t\n\x07message\"\xa3\x01\n\x0fSessionAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12 \n\x18heartbeat_period_seconds\x18\x04 \x01(\x01\x12\x14\n\x0bleader_term\x18\xe4\x05 \x01(\x03\x12\x1f\n\x16\x61\x63\x63\x65pts_status_batches\x18\xa1\x06 \x01(\x08\"B\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12 \n\x18heartbeat_period_seconds\x18\x02 \x01(\x01\"\x99\x03\n\rAssignmentSet\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x18\n\x10removed_task_ids\x18\x03 \x03(\t\x12$\n\x07secrets\x18\x04 \x03(\x0b\x32\x13.dockyard.v1.Secret\x12\x30\n\rimage_sources\x18\x05 \x03(\x0b\x32\x19.dockyard.v1.ImageSources\x12\x45\n\x0eregistry_auths\x18\x06 \x03(\x0b\x32-.dockyard.v1.AssignmentSet.RegistryAuthsEntry\x12%\n\x07\x63onfigs\x18\x96\x01 \x03(\x0b\x32\x13.dockyard.v1.Config\x12\x10\n\x07version\x18\xaa\x05 \x01(\x04\x12\x15\n\x0c\x62\x61se_version\x18\xab\x05 \x01(\x04\x1aO\n\x12RegistryAuthsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.dockyard.v1.RegistryAuth:\x02\x38\x01\"4\n\x0cImageSources\x12\r\n\x05image\x18\x01 \x01(\t\x12\x15\n\rapi_addresses\x18\x02 \x03(\t\"\x98\x02\n\nNetworkMap\x12\x0e\n\x06subnet\x18\x01 \x01(\t\x12\'\n\x05peers\x18\x02 \x03(\x0b\x32\x18.dockyard.v1.PeerNetwork\x12/\n\x08services\x18\x03 \x03(\x0b\x32\x1d.dockyard.v1.ServiceAddresses\x12\x17\n\x0frevoked_serials\x18\x04 \x03(\t\x12\x30\n\x08overlays\x18\x64 \x03(\x0b\x32\x1e.dockyard.v1.OverlayNetworkMap\x12\x0f\n\x07\x61\x64\x64ress\x18\x65 \x01(\t\x12*\n\x07ingress\x18\x90\x03 \x03(\x0b\x32\x18.dockyard.v1.IngressPort\x12\x18\n\x0fingress_address\x18\xc2\x03 \x01(\t\"y\n\x0bIngressPort\x12\x16\n\x0epublished_port\x18\x01 \x01(\x05\x12\x13\n\x0btarget_port\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x04 \x03(\t\x12\x19\n\x10ingress_backends\x18\xc2\x03 \x03(\t\"3\n\x10ServiceAddresses\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\"?\n\x0bPeerNetwork\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06subnet\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t2\xa5\x03\n\nDispatcher\x12H\n\x07Session\x12\x19.dockyard.v1.AgentMessage\x1a\x1e.dockyard.v1.DispatcherMessage(\x01\x30\x01\x12?\n\x06Leader\x12\x1a.dockyard.v1.LeaderRequest\x1a\x19.dockyard.v1.LeaderAnswer\x12V\n\rAttachNetwork\x12!.dockyard.v1.AttachNetworkRequest\x1a\".dockyard.v1.AttachNetworkResponse\x12V\n\rDetachNetwork\x12!.dockyard.v1.DetachNetworkRequest\x1a\".dockyard.v1.DetachNetworkResponse\x12\\\n\x10PruneAttachments\x12$.dockyard.v1.PruneAttachmentsRequest\x1a\".dockyard.v1.DetachNetworkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x64ockyard/v1/dispatcher.proto\x12\x0b\x64ockyard.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1a\x64ockyard/v1/networks.proto\x1a\x17\x64ockyard/v1/types.proto\x1a\x1b\x64ockyard/v1/workloads.proto\"N\n\rLeaderRequest\x12\x13\n\x0bnot_address\x18\x01 \x01(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\x12\x12\n\tlost_term\x18\xe4\x05 \x01(\x03\"\x1f\n\x0cLeaderAnswer\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"w\n\x14\x41ttachNetworkRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07network\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x04 \x01(\t\x12\x0f\n\x07\x61liases\x18\x05 \x03(\t\"f\n\x15\x41ttachNetworkResponse\x12%\n\x07network\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Network\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x15\n\rattachment_id\x18\x03 \x01(\t\"N\n\x14\x44\x65tachNetworkRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\x0f\n\x07network\x18\x03 \x01(\t\")\n\x15\x44\x65tachNetworkResponse\x12\x10\n\x08\x64\x65tached\x18\x01 \x01(\r\"A\n\x17PruneAttachmentsRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x15\n\rcontainer_ids\x18\x02 \x03(\t\"\xd9\x02\n\x0c\x41gentMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.dockyard.v1.SessionHelloH\x00\x12+\n\theartbeat\x18\x02 \x01(\x0b\x32\x16.dockyard.v1.HeartbeatH\x00\x12\x34\n\x0btask_status\x18\x03 \x01(\x0b\x32\x1d.dockyard.v1.TaskStatusReportH\x00\x12=\n\x12resync_assignments\x18\xa8\x05 \x01(\x0b\x32\x1e.dockyard.v1.AssignmentsResyncH\x00\x12\x36\n\rtask_statuses\x18\xa0\x06 \x01(\x0b\x32\x1c.dockyard.v1.TaskStatusBatchH\x00\x12\x38\n\x0eresync_network\x18\xef\x06 \x01(\x0b\x32\x1d.dockyard.v1.NetworkMapResyncH\x00\x42\t\n\x07message\")\n\x10NetworkMapResync\x12\x15\n\x0cheld_version\x18\xe6\x06 \x01(\x04\"A\n\x0fTaskStatusBatch\x12.\n\x07reports\x18\x01 \x03(\x0b\x32\x1d.dockyard.v1.TaskStatusReport\")\n\x11\x41ssignmentsResync\x12\x14\n\x0cheld_version\x18\x01 \x01(\x04\"\x96\x01\n\x0cSessionHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x31\n\x0b\x64\x65scription\x18\x03 \x01(\x0b\x32\x1c.dockyard.v1.NodeDescription\x12\x17\n\x0e\x61\x63\x63\x65pts_deltas\x18\xa9\x05 \x01(\x08\x12\x1b\n\x12\x61\x63\x63\x65pts_map_deltas\x18\xee\x06 \x01(\x08\"J\n\tHeartbeat\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12+\n\x07sent_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"L\n\x10TaskStatusReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.dockyard.v1.TaskStatus\"\xe3\x01\n\x11\x44ispatcherMessage\x12\x30\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1c.dockyard.v1.SessionAcceptedH\x00\x12\x32\n\rheartbeat_ack\x18\x02 \x01(\x0b\x32\x19.dockyard.v1.HeartbeatAckH\x00\x12\x31\n\x0b\x61ssignments\x18\x03 \x01(\x0b\x32\x1a.dockyard.v1.AssignmentSetH\x00\x12*\n\x07network\x18\x04 \x01(\x0b\x32\x17.dockyard.v1.NetworkMapH\x00\x42\t\n\x07message\"\xa3\x01\n\x0fSessionAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12 \n\x18heartbeat_period_seconds\x18\x04 \x01(\x01\x12\x14\n\x0bleader_term\x18\xe4\x05 \x01(\x03\x12\x1f\n\x16\x61\x63\x63\x65pts_status_batches\x18\xa1\x06 \x01(\x08\"B\n\x0cHeartbeatAck\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12 \n\x18heartbeat_period_seconds\x18\x02 \x01(\x01\"\x99\x03\n\rAssignmentSet\x12\x0c\n\x04\x66ull\x18\x01 \x01(\x08\x12 \n\x05tasks\x18\x02 \x03(\x0b\x32\x11.dockyard.v1.Task\x12\x18\n\x10removed_task_ids\x18\x03 \x03(\t\x12$\n\x07secrets\x18\x04 \x03(\x0b\x32\x13.dockyard.v1.Secret\x12\x30\n\rimage_sources\x18\x05 \x03(\x0b\x32\x19.dockyard.v1.ImageSources\x12\x45\n\x0eregistry_auths\x18\x06 \x03(\x0b\x32-.dockyard.v1.AssignmentSet.RegistryAuthsEntry\x12%\n\x07\x63onfigs\x18\x96\x01 \x03(\x0b\x32\x13.dockyard.v1.Config\x12\x10\n\x07version\x18\xaa\x05 \x01(\x04\x12\x15\n\x0c\x62\x61se_version\x18\xab\x05 \x01(\x04\x1aO\n\x12RegistryAuthsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x05value\x18\x02 \x01(\x0b\x32\x19.dockyard.v1.RegistryAuth:\x02\x38\x01\"4\n\x0cImageSources\x12\r\n\x05image\x18\x01 \x01(\t\x12\x15\n\rapi_addresses\x18\x02 \x03(\t\"\xc6\x03\n\nNetworkMap\x12\x0e\n\x06subnet\x18\x01 \x01(\t\x12\'\n\x05peers\x18\x02 \x03(\x0b\x32\x18.dockyard.v1.PeerNetwork\x12/\n\x08services\x18\x03 \x03(\x0b\x32\x1d.dockyard.v1.ServiceAddresses\x12\x17\n\x0frevoked_serials\x18\x04 \x03(\t\x12\x30\n\x08overlays\x18\x64 \x03(\x0b\x32\x1e.dockyard.v1.OverlayNetworkMap\x12\x0f\n\x07\x61\x64\x64ress\x18\x65 \x01(\t\x12*\n\x07ingress\x18\x90\x03 \x03(\x0b\x32\x18.dockyard.v1.IngressPort\x12\x18\n\x0fingress_address\x18\xc2\x03 \x01(\t\x12\x10\n\x07version\x18\xe7\x06 \x01(\x04\x12\x15\n\x0c\x62\x61se_version\x18\xe8\x06 \x01(\x04\x12\x16\n\rremoved_peers\x18\xe9\x06 \x03(\t\x12\x19\n\x10removed_services\x18\xea\x06 \x03(\t\x12\x19\n\x10removed_overlays\x18\xeb\x06 \x03(\t\x12\x1a\n\x11unrevoked_serials\x18\xec\x06 \x03(\t\x12\x19\n\x10ingress_replaced\x18\xed\x06 \x01(\x08\"y\n\x0bIngressPort\x12\x16\n\x0epublished_port\x18\x01 \x01(\x05\x12\x13\n\x0btarget_port\x18\x02 \x01(\x05\x12\x10\n\x08protocol\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x04 \x03(\t\x12\x19\n\x10ingress_backends\x18\xc2\x03 \x03(\t\"_\n\x10ServiceAddresses\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x0e\n\x05patch\x18\xe6\x06 \x01(\x08\x12\x1a\n\x11removed_addresses\x18\xe7\x06 \x03(\t\"?\n\x0bPeerNetwork\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06subnet\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t2\xa5\x03\n\nDispatcher\x12H\n\x07Session\x12\x19.dockyard.v1.AgentMessage\x1a\x1e.dockyard.v1.DispatcherMessage(\x01\x30\x01\x12?\n\x06Leader\x12\x1a.dockyard.v1.LeaderRequest\x1a\x19.dockyard.v1.LeaderAnswer\x12V\n\rAttachNetwork\x12!.dockyard.v1.AttachNetworkRequest\x1a\".dockyard.v1.AttachNetworkResponse\x12V\n\rDetachNetwork\x12!.dockyard.v1.DetachNetworkRequest\x1a\".dockyard.v1.DetachNetworkResponse\x12\\\n\x10PruneAttachments\x12$.dockyard.v1.PruneAttachmentsRequest\x1a\".dockyard.v1.DetachNetworkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,37 +52,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRUNEATTACHMENTSREQUEST']._serialized_start=621
   _globals['_PRUNEATTACHMENTSREQUEST']._serialized_end=686
   _globals['_AGENTMESSAGE']._serialized_start=689
-  _globals['_AGENTMESSAGE']._serialized_end=976
-  _globals['_TASKSTATUSBATCH']._serialized_start=978
-  _globals['_TASKSTATUSBATCH']._serialized_end=1043
-  _globals['_ASSIGNMENTSRESYNC']._serialized_start=1045
-  _globals['_ASSIGNMENTSRESYNC']._serialized_end=1086
-  _globals['_SESSIONHELLO']._serialized_start=1088
-  _globals['_SESSIONHELLO']._serialized_end=1209
-  _globals['_HEARTBEAT']._serialized_start=1211
-  _globals['_HEARTBEAT']._serialized_end=1285
-  _globals['_TASKSTATUSREPORT']._serialized_start=1287
-  _globals['_TASKSTATUSREPORT']._serialized_end=1363
-  _globals['_DISPATCHERMESSAGE']._serialized_start=1366
-  _globals['_DISPATCHERMESSAGE']._serialized_end=1593
-  _globals['_SESSIONACCEPTED']._serialized_start=1596
-  _globals['_SESSIONACCEPTED']._serialized_end=1759
-  _globals['_HEARTBEATACK']._serialized_start=1761
-  _globals['_HEARTBEATACK']._serialized_end=1827
-  _globals['_ASSIGNMENTSET']._serialized_start=1830
-  _globals['_ASSIGNMENTSET']._serialized_end=2239
-  _globals['_ASSIGNMENTSET_REGISTRYAUTHSENTRY']._serialized_start=2160
-  _globals['_ASSIGNMENTSET_REGISTRYAUTHSENTRY']._serialized_end=2239
-  _globals['_IMAGESOURCES']._serialized_start=2241
-  _globals['_IMAGESOURCES']._serialized_end=2293
-  _globals['_NETWORKMAP']._serialized_start=2296
-  _globals['_NETWORKMAP']._serialized_end=2576
-  _globals['_INGRESSPORT']._serialized_start=2578
-  _globals['_INGRESSPORT']._serialized_end=2699
-  _globals['_SERVICEADDRESSES']._serialized_start=2701
-  _globals['_SERVICEADDRESSES']._serialized_end=2752
-  _globals['_PEERNETWORK']._serialized_start=2754
-  _globals['_PEERNETWORK']._serialized_end=2817
-  _globals['_DISPATCHER']._serialized_start=2820
-  _globals['_DISPATCHER']._serialized_end=3241
+  _globals['_AGENTMESSAGE']._serialized_end=1034
+  _globals['_NETWORKMAPRESYNC']._serialized_start=1036
+  _globals['_NETWORKMAPRESYNC']._serialized_end=1077
+  _globals['_TASKSTATUSBATCH']._serialized_start=1079
+  _globals['_TASKSTATUSBATCH']._serialized_end=1144
+  _globals['_ASSIGNMENTSRESYNC']._serialized_start=1146
+  _globals['_ASSIGNMENTSRESYNC']._serialized_end=1187
+  _globals['_SESSIONHELLO']._serialized_start=1190
+  _globals['_SESSIONHELLO']._serialized_end=1340
+  _globals['_HEARTBEAT']._serialized_start=1342
+  _globals['_HEARTBEAT']._serialized_end=1416
+  _globals['_TASKSTATUSREPORT']._serialized_start=1418
+  _globals['_TASKSTATUSREPORT']._serialized_end=1494
+  _globals['_DISPATCHERMESSAGE']._serialized_start=1497
+  _globals['_DISPATCHERMESSAGE']._serialized_end=1724
+  _globals['_SESSIONACCEPTED']._serialized_start=1727
+  _globals['_SESSIONACCEPTED']._serialized_end=1890
+  _globals['_HEARTBEATACK']._serialized_start=1892
+  _globals['_HEARTBEATACK']._serialized_end=1958
+  _globals['_ASSIGNMENTSET']._serialized_start=1961
+  _globals['_ASSIGNMENTSET']._serialized_end=2370
+  _globals['_ASSIGNMENTSET_REGISTRYAUTHSENTRY']._serialized_start=2291
+  _globals['_ASSIGNMENTSET_REGISTRYAUTHSENTRY']._serialized_end=2370
+  _globals['_IMAGESOURCES']._serialized_start=2372
+  _globals['_IMAGESOURCES']._serialized_end=2424
+  _globals['_NETWORKMAP']._serialized_start=2427
+  _globals['_NETWORKMAP']._serialized_end=2881
+  _globals['_INGRESSPORT']._serialized_start=2883
+  _globals['_INGRESSPORT']._serialized_end=3004
+  _globals['_SERVICEADDRESSES']._serialized_start=3006
+  _globals['_SERVICEADDRESSES']._serialized_end=3101
+  _globals['_PEERNETWORK']._serialized_start=3103
+  _globals['_PEERNETWORK']._serialized_end=3166
+  _globals['_DISPATCHER']._serialized_start=3169
+  _globals['_DISPATCHER']._serialized_end=3590
 # @@protoc_insertion_point(module_scope)

@@ -215,6 +215,7 @@ class AgentMessage(_message.Message):
     TASK_STATUS_FIELD_NUMBER: _builtins.int
     RESYNC_ASSIGNMENTS_FIELD_NUMBER: _builtins.int
     TASK_STATUSES_FIELD_NUMBER: _builtins.int
+    RESYNC_NETWORK_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___SessionHello: ...
     @_builtins.property
@@ -231,6 +232,12 @@ class AgentMessage(_message.Message):
         SessionAccepted says `accepts_status_batches` (any other gets `task_status`).
         """
 
+    @_builtins.property
+    def resync_network(self) -> Global___NetworkMapResync:
+        """The agent cannot apply a network map delta (its base is not the map it holds):
+        send a full map.
+        """
+
     def __init__(
         self,
         *,
@@ -239,16 +246,37 @@ class AgentMessage(_message.Message):
         task_status: Global___TaskStatusReport | None = ...,
         resync_assignments: Global___AssignmentsResync | None = ...,
         task_statuses: Global___TaskStatusBatch | None = ...,
+        resync_network: Global___NetworkMapResync | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "resync_assignments", b"resync_assignments", "task_status", b"task_status", "task_statuses", b"task_statuses"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "resync_assignments", b"resync_assignments", "resync_network", b"resync_network", "task_status", b"task_status", "task_statuses", b"task_statuses"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "resync_assignments", b"resync_assignments", "task_status", b"task_status", "task_statuses", b"task_statuses"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "resync_assignments", b"resync_assignments", "resync_network", b"resync_network", "task_status", b"task_status", "task_statuses", b"task_statuses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "task_status", "resync_assignments", "task_statuses"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "heartbeat", "task_status", "resync_assignments", "task_statuses", "resync_network"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class NetworkMapResync(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELD_VERSION_FIELD_NUMBER: _builtins.int
+    held_version: _builtins.int
+    """the version of the map the agent holds (0: none)"""
+    def __init__(
+        self,
+        *,
+        held_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["held_version", b"held_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkMapResync: _TypeAlias = NetworkMapResync  # noqa: Y015
 
 @_typing.final
 class TaskStatusBatch(_message.Message):
@@ -303,6 +331,7 @@ class SessionHello(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     ACCEPTS_DELTAS_FIELD_NUMBER: _builtins.int
+    ACCEPTS_MAP_DELTAS_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """persisted by the agent in its state dir"""
     name: _builtins.str
@@ -310,6 +339,10 @@ class SessionHello(_message.Message):
     accepts_deltas: _builtins.bool
     """The agent applies delta sets (AssignmentSet.full = false) and asks for a full set
     when one does not follow the set it holds; an agent without it gets full sets only.
+    """
+    accepts_map_deltas: _builtins.bool
+    """The agent applies network map deltas (NetworkMap.base_version set) and asks for a
+    full map when one does not follow the map it holds; without it: full maps only.
     """
     @_builtins.property
     def description(self) -> _types_pb2.NodeDescription: ...
@@ -320,10 +353,11 @@ class SessionHello(_message.Message):
         name: _builtins.str = ...,
         description: _types_pb2.NodeDescription | None = ...,
         accepts_deltas: _builtins.bool = ...,
+        accepts_map_deltas: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_deltas", b"accepts_deltas", "description", b"description", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_deltas", b"accepts_deltas", "accepts_map_deltas", b"accepts_map_deltas", "description", b"description", "name", b"name", "node_id", b"node_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -589,7 +623,16 @@ Global___ImageSources: _TypeAlias = ImageSources  # noqa: Y015
 class NetworkMap(_message.Message):
     """The cluster network as this node must see it: its own bridge subnet and every other
     node's, with the host address to route it through. Sent when the session opens and
-    whenever a node's subnet or address changes; each map replaces the last.
+    whenever a node's subnet or address changes; each full map replaces the last.
+
+    A delta (`base_version` set; only to an agent whose hello says `accepts_map_deltas`)
+    holds what changed since the map of `base_version` sent on the same session: `peers`,
+    `services` and `overlays` added or changed (keyed by node ID, name and network ID; a
+    service's or an overlay's entry may be a `patch` of the one held),
+    `removed_*` gone, `revoked_serials` added and `unrevoked_serials` gone, `ingress` only
+    when `ingress_replaced`; `subnet`, `address` and `ingress_address` as in a full map.
+    The agent applies it only on exactly that map, else asks for a full one
+    (NetworkMapResync). The full map is ordered by those keys (revoked: by serial).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -602,6 +645,13 @@ class NetworkMap(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     INGRESS_FIELD_NUMBER: _builtins.int
     INGRESS_ADDRESS_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    BASE_VERSION_FIELD_NUMBER: _builtins.int
+    REMOVED_PEERS_FIELD_NUMBER: _builtins.int
+    REMOVED_SERVICES_FIELD_NUMBER: _builtins.int
+    REMOVED_OVERLAYS_FIELD_NUMBER: _builtins.int
+    UNREVOKED_SERIALS_FIELD_NUMBER: _builtins.int
+    INGRESS_REPLACED_FIELD_NUMBER: _builtins.int
     subnet: _builtins.str
     """this node's bridge subnet ("": keep the one it has)"""
     address: _builtins.str
@@ -611,6 +661,12 @@ class NetworkMap(_message.Message):
     mesh reaches the tasks' ``ingress_backends`` over the VXLAN, from this address.
     "": no ingress network (yet); the mesh uses the host-gw routes and ``backends``.
     """
+    version: _builtins.int
+    """this map's version (per node, increasing); a delta's base"""
+    base_version: _builtins.int
+    """0: a full map; else a delta on the map of this version"""
+    ingress_replaced: _builtins.bool
+    """a delta's `ingress` replaces the agent's (else kept)"""
     @_builtins.property
     def peers(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerNetwork]: ...
     @_builtins.property
@@ -635,6 +691,22 @@ class NetworkMap(_message.Message):
         addresses of its service's RUNNING tasks (on any node): open on every node.
         """
 
+    @_builtins.property
+    def removed_peers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """node IDs"""
+
+    @_builtins.property
+    def removed_services(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """service names"""
+
+    @_builtins.property
+    def removed_overlays(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """network IDs"""
+
+    @_builtins.property
+    def unrevoked_serials(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """serials no longer listed (expired)"""
+
     def __init__(
         self,
         *,
@@ -646,10 +718,17 @@ class NetworkMap(_message.Message):
         address: _builtins.str = ...,
         ingress: _abc.Iterable[Global___IngressPort] | None = ...,
         ingress_address: _builtins.str = ...,
+        version: _builtins.int = ...,
+        base_version: _builtins.int = ...,
+        removed_peers: _abc.Iterable[_builtins.str] | None = ...,
+        removed_services: _abc.Iterable[_builtins.str] | None = ...,
+        removed_overlays: _abc.Iterable[_builtins.str] | None = ...,
+        unrevoked_serials: _abc.Iterable[_builtins.str] | None = ...,
+        ingress_replaced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "ingress", b"ingress", "ingress_address", b"ingress_address", "overlays", b"overlays", "peers", b"peers", "revoked_serials", b"revoked_serials", "services", b"services", "subnet", b"subnet"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "base_version", b"base_version", "ingress", b"ingress", "ingress_address", b"ingress_address", "ingress_replaced", b"ingress_replaced", "overlays", b"overlays", "peers", b"peers", "removed_overlays", b"removed_overlays", "removed_peers", b"removed_peers", "removed_services", b"removed_services", "revoked_serials", b"revoked_serials", "services", b"services", "subnet", b"subnet", "unrevoked_serials", b"unrevoked_serials", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -697,18 +776,29 @@ class ServiceAddresses(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     ADDRESSES_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    REMOVED_ADDRESSES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    patch: _builtins.bool
+    """Only in a delta map: `addresses` are added to the service's addresses the agent
+    holds and `removed_addresses` taken from them (a task started, one stopped), rather
+    than the entry replacing them.
+    """
     @_builtins.property
     def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def removed_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         addresses: _abc.Iterable[_builtins.str] | None = ...,
+        patch: _builtins.bool = ...,
+        removed_addresses: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "name", b"name", "patch", b"patch", "removed_addresses", b"removed_addresses"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

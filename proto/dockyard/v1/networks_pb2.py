@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from dockyard.v1 import types_pb2 as dockyard_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64ockyard/v1/networks.proto\x12\x0b\x64ockyard.v1\x1a\x17\x64ockyard/v1/types.proto\"\xd7\x01\n\x0bNetworkSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x0e\n\x06subnet\x18\x03 \x01(\t\x12\x10\n\x08internal\x18\x04 \x01(\x08\x12\x12\n\nattachable\x18\x05 \x01(\x08\x12\x34\n\x06labels\x18\x06 \x03(\x0b\x32$.dockyard.v1.NetworkSpec.LabelsEntry\x12\x0f\n\x07ingress\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb8\x02\n\x07Network\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1f\n\x04meta\x18\x02 \x01(\x0b\x32\x11.dockyard.v1.Meta\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.dockyard.v1.NetworkSpec\x12\x0e\n\x06subnet\x18\x04 \x01(\t\x12\x0f\n\x07gateway\x18\x05 \x01(\t\x12\x0b\n\x03vni\x18\x06 \x01(\r\x12@\n\x0enode_addresses\x18\xc2\x03 \x03(\x0b\x32\'.dockyard.v1.Network.NodeAddressesEntry\x12\x32\n\ncontainers\x18\x80\x05 \x03(\x0b\x32\x1d.dockyard.v1.NetworkContainer\x1a\x34\n\x12NodeAddressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x10NetworkContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x0f\n\x07\x61liases\x18\x06 \x03(\t\"[\n\x17NetworkAttachmentConfig\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x12\n\nnetwork_id\x18\x03 \x01(\t\x12\x0b\n\x03vip\x18\x04 \x01(\t\"8\n\x11NetworkAttachment\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\x94\x01\n\x11OverlayNetworkMap\x12%\n\x07network\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Network\x12/\n\tendpoints\x18\x02 \x03(\x0b\x32\x1c.dockyard.v1.OverlayEndpoint\x12\'\n\x05names\x18\x03 \x03(\x0b\x32\x18.dockyard.v1.OverlayName\"\xbb\x01\n\x17NetworkAttachmentRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1f\n\x04meta\x18\x02 \x01(\x0b\x32\x11.dockyard.v1.Meta\x12\x12\n\nnetwork_id\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x06 \x01(\t\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\"X\n\x0fOverlayEndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x15\n\x0c\x63ontainer_id\x18\x88\x04 \x01(\t\"M\n\x0bOverlayName\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x0b\n\x03vip\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x04 \x03(\t\">\n\x14\x43reateNetworkRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.dockyard.v1.NetworkSpec\"$\n\x11GetNetworkRequest\x12\x0f\n\x07network\x18\x01 \x01(\t\"$\n\x13ListNetworksRequest\x12\r\n\x05names\x18\x01 \x03(\t\">\n\x14ListNetworksResponse\x12&\n\x08networks\x18\x01 \x03(\x0b\x32\x14.dockyard.v1.Network\"\'\n\x14RemoveNetworkRequest\x12\x0f\n\x07network\x18\x01 \x01(\t\"\x17\n\x15RemoveNetworkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x64ockyard/v1/networks.proto\x12\x0b\x64ockyard.v1\x1a\x17\x64ockyard/v1/types.proto\"\xd7\x01\n\x0bNetworkSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x0e\n\x06subnet\x18\x03 \x01(\t\x12\x10\n\x08internal\x18\x04 \x01(\x08\x12\x12\n\nattachable\x18\x05 \x01(\x08\x12\x34\n\x06labels\x18\x06 \x03(\x0b\x32$.dockyard.v1.NetworkSpec.LabelsEntry\x12\x0f\n\x07ingress\x18\x07 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb8\x02\n\x07Network\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1f\n\x04meta\x18\x02 \x01(\x0b\x32\x11.dockyard.v1.Meta\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.dockyard.v1.NetworkSpec\x12\x0e\n\x06subnet\x18\x04 \x01(\t\x12\x0f\n\x07gateway\x18\x05 \x01(\t\x12\x0b\n\x03vni\x18\x06 \x01(\r\x12@\n\x0enode_addresses\x18\xc2\x03 \x03(\x0b\x32\'.dockyard.v1.Network.NodeAddressesEntry\x12\x32\n\ncontainers\x18\x80\x05 \x03(\x0b\x32\x1d.dockyard.v1.NetworkContainer\x1a\x34\n\x12NodeAddressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"w\n\x10NetworkContainer\x12\x14\n\x0c\x63ontainer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\x12\x0c\n\x04node\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x0f\n\x07\x61liases\x18\x06 \x03(\t\"[\n\x17NetworkAttachmentConfig\x12\x0e\n\x06target\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x12\n\nnetwork_id\x18\x03 \x01(\t\x12\x0b\n\x03vip\x18\x04 \x01(\t\"8\n\x11NetworkAttachment\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\xd8\x01\n\x11OverlayNetworkMap\x12%\n\x07network\x18\x01 \x01(\x0b\x32\x14.dockyard.v1.Network\x12/\n\tendpoints\x18\x02 \x03(\x0b\x32\x1c.dockyard.v1.OverlayEndpoint\x12\'\n\x05names\x18\x03 \x03(\x0b\x32\x18.dockyard.v1.OverlayName\x12\x0e\n\x05patch\x18\xe6\x06 \x01(\x08\x12\x1a\n\x11removed_endpoints\x18\xe7\x06 \x03(\t\x12\x16\n\rremoved_names\x18\xe8\x06 \x03(\t\"\xbb\x01\n\x17NetworkAttachmentRecord\x12\n\n\x02id\x18\x01 \x01(\t\x12\x1f\n\x04meta\x18\x02 \x01(\x0b\x32\x11.dockyard.v1.Meta\x12\x12\n\nnetwork_id\x18\x03 \x01(\t\x12\x0f\n\x07node_id\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x05 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x06 \x01(\t\x12\x0f\n\x07\x61liases\x18\x07 \x03(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x08 \x01(\t\"X\n\x0fOverlayEndpoint\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x0c\n\x04host\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x15\n\x0c\x63ontainer_id\x18\x88\x04 \x01(\t\"\x94\x01\n\x0bOverlayName\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\taddresses\x18\x02 \x03(\t\x12\x0b\n\x03vip\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61\x63kends\x18\x04 \x03(\t\x12\x0e\n\x05patch\x18\xe6\x06 \x01(\x08\x12\x1a\n\x11removed_addresses\x18\xe7\x06 \x03(\t\x12\x19\n\x10removed_backends\x18\xe8\x06 \x03(\t\">\n\x14\x43reateNetworkRequest\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.dockyard.v1.NetworkSpec\"$\n\x11GetNetworkRequest\x12\x0f\n\x07network\x18\x01 \x01(\t\"$\n\x13ListNetworksRequest\x12\r\n\x05names\x18\x01 \x03(\t\">\n\x14ListNetworksResponse\x12&\n\x08networks\x18\x01 \x03(\x0b\x32\x14.dockyard.v1.Network\"\'\n\x14RemoveNetworkRequest\x12\x0f\n\x07network\x18\x01 \x01(\t\"\x17\n\x15RemoveNetworkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,23 +51,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NETWORKATTACHMENT']._serialized_start=815
   _globals['_NETWORKATTACHMENT']._serialized_end=871
   _globals['_OVERLAYNETWORKMAP']._serialized_start=874
-  _globals['_OVERLAYNETWORKMAP']._serialized_end=1022
-  _globals['_NETWORKATTACHMENTRECORD']._serialized_start=1025
-  _globals['_NETWORKATTACHMENTRECORD']._serialized_end=1212
-  _globals['_OVERLAYENDPOINT']._serialized_start=1214
-  _globals['_OVERLAYENDPOINT']._serialized_end=1302
-  _globals['_OVERLAYNAME']._serialized_start=1304
-  _globals['_OVERLAYNAME']._serialized_end=1381
-  _globals['_CREATENETWORKREQUEST']._serialized_start=1383
-  _globals['_CREATENETWORKREQUEST']._serialized_end=1445
-  _globals['_GETNETWORKREQUEST']._serialized_start=1447
-  _globals['_GETNETWORKREQUEST']._serialized_end=1483
-  _globals['_LISTNETWORKSREQUEST']._serialized_start=1485
-  _globals['_LISTNETWORKSREQUEST']._serialized_end=1521
-  _globals['_LISTNETWORKSRESPONSE']._serialized_start=1523
-  _globals['_LISTNETWORKSRESPONSE']._serialized_end=1585
-  _globals['_REMOVENETWORKREQUEST']._serialized_start=1587
-  _globals['_REMOVENETWORKREQUEST']._serialized_end=1626
-  _globals['_REMOVENETWORKRESPONSE']._serialized_start=1628
-  _globals['_REMOVENETWORKRESPONSE']._serialized_end=1651
+  _globals['_OVERLAYNETWORKMAP']._serialized_end=1090
+  _globals['_NETWORKATTACHMENTRECORD']._serialized_start=1093
+  _globals['_NETWORKATTACHMENTRECORD']._serialized_end=1280
+  _globals['_OVERLAYENDPOINT']._serialized_start=1282
+  _globals['_OVERLAYENDPOINT']._serialized_end=1370
+  _globals['_OVERLAYNAME']._serialized_start=1373
+  _globals['_OVERLAYNAME']._serialized_end=1521
+  _globals['_CREATENETWORKREQUEST']._serialized_start=1523
+  _globals['_CREATENETWORKREQUEST']._serialized_end=1585
+  _globals['_GETNETWORKREQUEST']._serialized_start=1587
+  _globals['_GETNETWORKREQUEST']._serialized_end=1623
+  _globals['_LISTNETWORKSREQUEST']._serialized_start=1625
+  _globals['_LISTNETWORKSREQUEST']._serialized_end=1661
+  _globals['_LISTNETWORKSRESPONSE']._serialized_start=1663
+  _globals['_LISTNETWORKSRESPONSE']._serialized_end=1725
+  _globals['_REMOVENETWORKREQUEST']._serialized_start=1727
+  _globals['_REMOVENETWORKREQUEST']._serialized_end=1766
+  _globals['_REMOVENETWORKRESPONSE']._serialized_start=1768
+  _globals['_REMOVENETWORKRESPONSE']._serialized_end=1791
 # @@protoc_insertion_point(module_scope)

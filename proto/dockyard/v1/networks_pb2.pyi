@@ -267,22 +267,37 @@ class OverlayNetworkMap(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     ENDPOINTS_FIELD_NUMBER: _builtins.int
     NAMES_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    REMOVED_ENDPOINTS_FIELD_NUMBER: _builtins.int
+    REMOVED_NAMES_FIELD_NUMBER: _builtins.int
+    patch: _builtins.bool
+    """Only in a delta map (NetworkMap.base_version set): `endpoints` and `names` are added
+    to or replace (by address, by name) those of the map the agent holds for this
+    network, and `removed_endpoints` (addresses) and `removed_names` are taken from it.
+    """
     @_builtins.property
     def network(self) -> Global___Network: ...
     @_builtins.property
     def endpoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlayEndpoint]: ...
     @_builtins.property
     def names(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverlayName]: ...
+    @_builtins.property
+    def removed_endpoints(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def removed_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         network: Global___Network | None = ...,
         endpoints: _abc.Iterable[Global___OverlayEndpoint] | None = ...,
         names: _abc.Iterable[Global___OverlayName] | None = ...,
+        patch: _builtins.bool = ...,
+        removed_endpoints: _abc.Iterable[_builtins.str] | None = ...,
+        removed_names: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["network", b"network"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "names", b"names", "network", b"network"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoints", b"endpoints", "names", b"names", "network", b"network", "patch", b"patch", "removed_endpoints", b"removed_endpoints", "removed_names", b"removed_names"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -377,14 +392,25 @@ class OverlayName(_message.Message):
     ADDRESSES_FIELD_NUMBER: _builtins.int
     VIP_FIELD_NUMBER: _builtins.int
     BACKENDS_FIELD_NUMBER: _builtins.int
+    PATCH_FIELD_NUMBER: _builtins.int
+    REMOVED_ADDRESSES_FIELD_NUMBER: _builtins.int
+    REMOVED_BACKENDS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     vip: _builtins.str
+    patch: _builtins.bool
+    """Only in an overlay's patch (OverlayNetworkMap.patch): `addresses` and `backends`
+    are added to the name's that the agent holds and these taken from them; `vip` set.
+    """
     @_builtins.property
     def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the VIP's running tasks' addresses"""
 
+    @_builtins.property
+    def removed_addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def removed_backends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
@@ -392,10 +418,13 @@ class OverlayName(_message.Message):
         addresses: _abc.Iterable[_builtins.str] | None = ...,
         vip: _builtins.str = ...,
         backends: _abc.Iterable[_builtins.str] | None = ...,
+        patch: _builtins.bool = ...,
+        removed_addresses: _abc.Iterable[_builtins.str] | None = ...,
+        removed_backends: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "backends", b"backends", "name", b"name", "vip", b"vip"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "backends", b"backends", "name", b"name", "patch", b"patch", "removed_addresses", b"removed_addresses", "removed_backends", b"removed_backends", "vip", b"vip"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

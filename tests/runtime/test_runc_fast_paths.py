@@ -232,9 +232,9 @@ async def test_an_init_dead_before_its_release_fails_the_start(
     env, _ = logged
     real = runtime_module.start_created
 
-    async def killed_first(runc_state: Path, pid: int) -> bool:
+    async def killed_first(runc_state: Path, pid: int, remove_fifo: bool = True) -> bool:
         os.kill(pid, signal.SIGKILL)
-        return await real(runc_state, pid)
+        return await real(runc_state, pid, remove_fifo)
 
     monkeypatch.setattr(runtime_module, "start_created", killed_first)
     info = await env.runtime.create(env.config("sleep", "30"))

@@ -137,17 +137,17 @@ async def test_a_create_cut_before_its_record_is_discarded(env: Env) -> None:
     await fresh.remove(info.id)
 
 
-async def test_create_and_start_prepare_in_one_thread_hop_each(
+async def test_a_create_in_one_thread_hop_and_a_start_in_two(
     env: Env, thread_hops: list[str]
 ) -> None:
     info = await env.runtime.create(env.config("true", **EXTRAS))
-    # directories, mount, user db and /etc files; then config.json and the record
-    assert thread_hops == ["_lay_out", "_write_bundle"]
+    # directories, mount, user db, /etc files, config.json and the record: one hop
+    assert thread_hops == ["_create_blocking"]
     thread_hops.clear()
     await env.runtime.start(info.id)
-    # runc's leftover probe, the exit files and the mount: one hop before conmon
-    assert thread_hops[0] == "_prepare_start"
-    assert not {"exists", "clear_exit_files", "_mount_overlay"} & set(thread_hops)
+    # runc's leftover probe, conmon's directories, the exit files and the mount: one hop
+    # before conmon; runc's exec fifo removed and the record saved: one after the release
+    assert thread_hops == ["_prepare_start", "_released"]
     assert (await env.runtime.wait(info.id)).exit_code == 0
     await env.runtime.remove(info.id)
 

@@ -222,10 +222,18 @@ async def launch_conmon(
     return pid, conmon_pid
 
 
-def make_conmon_dirs(paths: ConmonPaths) -> None:
-    """The directories conmon writes in (blocking)."""
+def make_conmon_dirs(paths: ConmonPaths) -> bool:
+    """The directories conmon writes in (blocking); whether they were all made by this
+    call (none existed: no conmon ever wrote there)."""
+    made = True
     for d in (paths.exit_dir, paths.persist_dir, paths.socket_dir):
-        d.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(d)
+        except FileExistsError:
+            made = False
+        except FileNotFoundError:  # a parent missing (a fresh bundle of a benchmark)
+            d.mkdir(parents=True, exist_ok=True)
+    return made
 
 
 def _spawn(args: list[str], sync_fd: int, cwd: Path, errlog_path: Path) -> subprocess.Popen[bytes]:

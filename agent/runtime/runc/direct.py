@@ -101,9 +101,10 @@ def delete_stopped(runc_state: Path, cgroup: CgroupV1) -> bool:
     return True
 
 
-async def start_created(runc_state: Path, pid: int) -> bool:
+async def start_created(runc_state: Path, pid: int, remove_fifo: bool = True) -> bool:
     """``runc start`` of the container ``runc create`` made with init ``pid``: the
-    init released through runc's exec fifo in ``runc_state``, the fifo removed.
+    init released through runc's exec fifo in ``runc_state``, the fifo removed (with
+    ``remove_fifo`` False, by the caller: in its own next thread hop).
 
     Returns False, having done nothing, when there is no fifo to open (a runc that
     starts containers differently): the caller then runs ``runc start``.
@@ -125,7 +126,8 @@ async def start_created(runc_state: Path, pid: int) -> bool:
         os.close(fd)
     if not data:
         raise ContainerRuntimeError(f"runc start: the container process (pid {pid}) exited")
-    await asyncio.to_thread(fifo.unlink, missing_ok=True)
+    if remove_fifo:
+        await asyncio.to_thread(fifo.unlink, missing_ok=True)
     return True
 
 

@@ -60,6 +60,7 @@ from dockyard.agent.runtime.runc.conmon import (
     wait_pid_exit,
 )
 from dockyard.agent.runtime.runc.direct import (
+    EXEC_FIFO,
     delete_stopped,
     parse_signal,
     signal_init,
@@ -96,6 +97,8 @@ __all__ = ["RuncRuntime"]
 log = structlog.get_logger(__name__)
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_USER_DBS_KEPT = 64
+"""Images whose passwd and group text a runtime keeps."""
 
 
 class RuncRuntime:
@@ -133,9 +136,17 @@ class RuncRuntime:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._pending_attach: dict[str, builtins.list[LateAttach]] = {}
         self._x32 = True  # the seccomp filter's x32 ABI: recover() asks the kernel
+        # An image's /etc/passwd and /etc/group text, by its lower dirs (immutable layers:
+        # a fresh container sees the same files), read through the first one's rootfs.
+        self._user_dbs: dict[tuple[Path, ...], tuple[str, str]] = {}
         self._loaded = False
 
     # ----------------------------------------------------------------- helpers
+
+    def _remember_user_db(self, key: tuple[Path, ...], user_db: tuple[str, str]) -> None:
+        if key not in self._user_dbs and len(self._user_dbs) >= _USER_DBS_KEPT:
+            self._user_dbs.pop(next(iter(self._user_dbs)))  # the oldest image's
+        self._user_dbs[key] = user_db
 
     def _dir(self, container_id: str) -> ContainerDir:
         return ContainerDir(self.containers_root / container_id)
@@ -234,19 +245,12 @@ class RuncRuntime:
         phases = Phases("create", config.id)
         try:
             layer = ContainerLayer(config.lower_dirs, cdir.base)
-            rootfs, passwd, group = await asyncio.to_thread(_lay_out, cdir, layer, config)
-            phases.mark("layout")
-            user = resolve_user(config.user or config.image_config.get("User"), passwd, group)
-            etc = _etc_files(cdir)
-            devices = await asyncio.to_thread(files.host_devices) if config.privileged else []
-            netns = config.endpoint.netns_path if config.endpoint else None
-            spec = build_spec(
-                config, rootfs, user, etc, record.cgroups_path, devices, netns, self._x32
+            key = tuple(config.lower_dirs)
+            user_db = await asyncio.to_thread(
+                _create_blocking, cdir, layer, record, self._user_dbs.get(key), self._x32
             )
-            payload = encode_record(record)
-            phases.mark("spec")
-            await asyncio.to_thread(_write_bundle, cdir, spec, payload)
-            phases.mark("save")
+            self._remember_user_db(key, user_db)
+            phases.mark("bundle")
         except BaseException:
             self._records.pop(config.id, None)
             await self._discard_dir(cdir, config.lower_dirs)
@@ -312,7 +316,8 @@ class RuncRuntime:
                 # Attaches that waited for this start see its first output: connected
                 # while the init still waits to be released.
                 await self._connect_pending(cid)
-                if not await start_created(self.runc_root / cid, pid):
+                released = await start_created(self.runc_root / cid, pid, remove_fifo=False)
+                if not released:
                     await self._runc("start", cid)
                 phases.mark("release")
             except ContainerRuntimeError as exc:
@@ -338,7 +343,11 @@ class RuncRuntime:
                 started_at=datetime.now(UTC),
                 restart_count=record.state.restart_count,
             )
-            await self._save(record)
+            if released:
+                fifo = self.runc_root / cid / EXEC_FIFO
+                await asyncio.to_thread(_released, fifo, cdir, encode_record(record))
+            else:
+                await self._save(record)
             self._watch(record)
             phases.mark("save")
         phases.done()
@@ -777,49 +786,65 @@ def _write_etc_blocking(cdir: ContainerDir, spec: ContainerSpec, fresh: bool) ->
     )
 
 
-def _lay_out(
-    cdir: ContainerDir, layer: ContainerLayer, config: ContainerSpec
-) -> tuple[Path, str, str]:
-    """A new container's directories, its rootfs mounted and its /etc files, in one
-    thread hop (blocking); returns the rootfs and its passwd and group text.
+def _create_blocking(
+    cdir: ContainerDir,
+    layer: ContainerLayer,
+    record: ContainerRecord,
+    user_db: tuple[str, str] | None,
+    x32: bool,
+) -> tuple[str, str]:
+    """A new container, whole, in one thread hop (blocking): its directories, the rootfs
+    mounted, the /etc files, config.json, then the record that makes it exist. Returns
+    the image's passwd and group text (``user_db`` when given, else read in the rootfs).
 
     Fails when the directory exists (an id in use). Each directory made once, without
-    ``parents`` probing: the containers' directory exists (``recover``).
+    ``parents`` probing: the containers' directory exists (``recover``). config.json in
+    place (:func:`files.write_new`): no record exists yet, so a crash before the
+    record's rename leaves a directory that recovery discards whole.
     """
+    config = record.config
     try:
         os.mkdir(cdir.base)
     except FileNotFoundError:  # the containers' directory removed under us
         cdir.base.mkdir(parents=True)
     os.mkdir(cdir.bundle)
     os.mkdir(cdir.etc)
-    rootfs = layer.mount_blocking()
-    passwd, group = files.read_user_db(rootfs)
+    rootfs = layer.mount_blocking(fresh=True)
+    passwd, group = user_db if user_db is not None else files.read_user_db(rootfs)
     _write_etc_blocking(cdir, config, fresh=True)
-    return rootfs, passwd, group
-
-
-def _write_bundle(cdir: ContainerDir, spec: dict[str, object], record: bytes) -> None:
-    """config.json, then the record that makes the container exist (blocking).
-
-    config.json in place (:func:`files.write_new`): no record exists yet, so a crash
-    before the record's rename leaves a directory that recovery discards whole.
-    """
+    user = resolve_user(config.user or config.image_config.get("User"), passwd, group)
+    devices = files.host_devices() if config.privileged else []
+    netns = config.endpoint.netns_path if config.endpoint else None
+    spec = build_spec(
+        config, rootfs, user, _etc_files(cdir), record.cgroups_path, devices, netns, x32
+    )
     files.write_new(cdir.spec, json.dumps(spec).encode())
-    write_atomic(cdir.record, record)
+    write_atomic(cdir.record, encode_record(record))
+    return passwd, group
 
 
 def _prepare_start(
     leftover: Path | None, cdir: ContainerDir, cid: str, layer: ContainerLayer
 ) -> bool:
     """Before a start, in one thread hop (blocking): True, doing nothing, when runc's state
-    ``leftover`` exists; else the previous run's exit files cleared, the rootfs mounted
-    and conmon's directories made."""
-    if leftover is not None and leftover.exists():
+    ``leftover`` exists; else conmon's directories made, the previous run's exit files
+    cleared and the rootfs mounted (a create's mount is found as it is).
+
+    A first start makes conmon's directories: no conmon ever ran there, so there are no
+    exit files to clear."""
+    if leftover is not None and os.path.lexists(leftover):
         return True
-    files.clear_exit_files(cdir, cid)
+    if not make_conmon_dirs(cdir.conmon_paths()):
+        files.clear_exit_files(cdir, cid)
     layer.mount_blocking()
-    make_conmon_dirs(cdir.conmon_paths())
     return False
+
+
+def _released(fifo: Path, cdir: ContainerDir, record: bytes) -> None:
+    """After the init's release, in one thread hop (blocking): runc's exec fifo removed
+    (runc then reports the container running), then the record saved."""
+    fifo.unlink(missing_ok=True)
+    write_atomic(cdir.record, record)
 
 
 def _move_aside(source: Path, destination: Path) -> None:

@@ -1,0 +1,161 @@
+"""The work a container's create and start do besides runc's, on real runc: what is
+known is not probed again. A start after its create finds the create's mount without
+making or checking a directory, a first start clears no exit files (no conmon ever
+wrote there), and an image's passwd and group are read once per runtime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dockyard.agent.runtime.runc import files
+from dockyard.agent.runtime.runc import runtime as runtime_module
+from dockyard.agent.runtime.runc.rootfs import ContainerLayer, is_mounted
+from tests.runtime.conftest import Env, make_busybox_rootfs
+
+pytestmark = [pytest.mark.runc, pytest.mark.timeout(60)]
+
+
+class MkdirSpy:
+    """The names of the directories ``os.mkdir`` and ``Path.mkdir`` were asked to make
+    (made or not) while ``on`` is set."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        self.on = False
+        lock = threading.Lock()
+        real_os: Callable[..., None] = os.mkdir
+        real_path = Path.mkdir
+
+        def os_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+            if self.on:
+                with lock:
+                    self.names.append(Path(path).name)
+            real_os(path, *args, **kwargs)
+
+        def path_mkdir(path: Path, *args: Any, **kwargs: Any) -> None:
+            if self.on:
+                with lock:
+                    self.names.append(f"{path.name} (Path)")
+            self.on, was = False, self.on  # Path.mkdir calls os.mkdir: counted once
+            try:
+                real_path(path, *args, **kwargs)
+            finally:
+                self.on = was
+
+        monkeypatch.setattr(os, "mkdir", os_mkdir)
+        monkeypatch.setattr(Path, "mkdir", path_mkdir)
+
+
+async def test_a_start_after_its_create_makes_only_conmons_directories(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spy = MkdirSpy(monkeypatch)
+    info = await env.runtime.create(env.config("true"))
+    spy.on = True
+    await env.runtime.start(info.id)
+    spy.on = False
+    # the create's overlay is found mounted: no upper, work or rootfs probed again
+    assert sorted(spy.names) == ["exit", "persist", "sock"]
+    assert (await env.runtime.wait(info.id)).exit_code == 0
+    await env.runtime.remove(info.id)
+
+
+async def test_a_restart_mounts_the_rootfs_again_after_the_exit(env: Env) -> None:
+    info = await env.runtime.create(env.config("sh", "-c", "cat /kept 2>/dev/null; echo x >/kept"))
+    rootfs = env.state_root / "containers" / info.id / "rootfs"
+    await env.runtime.start(info.id)
+    assert (await env.runtime.wait(info.id)).exit_code == 0
+    assert not is_mounted(rootfs)  # the exit unmounted it
+    await env.runtime.start(info.id)
+    assert (await env.runtime.wait(info.id)).exit_code == 0
+    assert (env.state_root / "containers" / info.id / "upper" / "kept").read_text() == "x\n"
+    await env.runtime.remove(info.id)
+
+
+async def test_only_a_restart_clears_the_exit_files(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cleared: list[str] = []
+    real = files.clear_exit_files
+
+    def spy(cdir: Any, cid: str) -> None:
+        cleared.append(cid)
+        real(cdir, cid)
+
+    monkeypatch.setattr(files, "clear_exit_files", spy)
+    info = await env.runtime.create(env.config("sh", "-c", "exit 3"))
+    await env.runtime.start(info.id)
+    assert cleared == []  # conmon's directories were new: nothing to clear
+    assert (await env.runtime.wait(info.id)).exit_code == 3
+    await env.runtime.start(info.id)
+    assert cleared == [info.id]
+    assert (await env.runtime.wait(info.id)).exit_code == 3
+    await env.runtime.remove(info.id)
+
+
+def _uid(env: Env, cid: str) -> int:
+    spec = json.loads((env.state_root / "containers" / cid / "bundle" / "config.json").read_text())
+    return int(spec["process"]["user"]["uid"])
+
+
+async def test_an_images_users_are_read_once(
+    env: Env, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    read: list[str] = []
+    real = files.read_user_db
+
+    def spy(rootfs: Path) -> tuple[str, str]:
+        read.append(rootfs.parent.name)
+        return real(rootfs)
+
+    monkeypatch.setattr(files, "read_user_db", spy)
+    first = await env.runtime.create(env.config("true", user="nobody"))
+    second = await env.runtime.create(env.config("true", user="nobody"))
+    assert read == [first.id]
+    assert _uid(env, first.id) == _uid(env, second.id) == 65534
+    # another image (other lower dirs) has users of its own
+    other = make_busybox_rootfs(tmp_path / "other")
+    (other / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nnobody:x:99:99::/:/bin/sh\n")
+    config = dataclasses.replace(env.config("true", user="nobody"), lower_dirs=[other])
+    third = await env.runtime.create(config)
+    assert read == [first.id, third.id]
+    assert _uid(env, third.id) == 99
+    for info in (first, second, third):
+        await env.runtime.remove(info.id)
+
+
+async def test_a_runtime_keeps_the_users_of_a_bounded_number_of_images(env: Env) -> None:
+    rt = env.runtime
+    for i in range(runtime_module._USER_DBS_KEPT + 5):
+        rt._remember_user_db((Path(f"/layers/{i}"),), ("", ""))
+    assert len(rt._user_dbs) == runtime_module._USER_DBS_KEPT
+    assert (Path("/layers/0"),) not in rt._user_dbs  # the oldest went first
+    assert (Path(f"/layers/{runtime_module._USER_DBS_KEPT + 4}"),) in rt._user_dbs
+
+
+def test_is_mounted(overlay_layer: ContainerLayer, tmp_path: Path) -> None:
+    overlay_layer.mount_blocking()
+    target = overlay_layer.target
+    assert is_mounted(target)
+    assert is_mounted(Path("/"))  # the same inode as its parent
+    assert not is_mounted(overlay_layer.upper)  # a plain directory
+    assert not is_mounted(tmp_path / "missing")
+    assert not is_mounted(overlay_layer.lower_dirs[0] / "out")  # a file
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert not is_mounted(link)  # a symlink is no mount point
+    parent_link = tmp_path / "parent-link"
+    parent_link.symlink_to(target.parent)
+    assert is_mounted(parent_link / "rootfs")  # reached through a symlinked parent
+    assert not is_mounted(parent_link / "upper")
+    overlay_layer.unmount_blocking()
+    assert not is_mounted(target)

@@ -348,7 +348,7 @@ class RuncRuntime:
                 await asyncio.to_thread(_released, fifo, cdir, encode_record(record))
             else:
                 await self._save(record)
-            self._watch(record)
+            self._watch(record, started=True)
             phases.mark("save")
         phases.done()
         log.info("container.started", container_id=cid, pid=pid)
@@ -363,7 +363,9 @@ class RuncRuntime:
             except ContainerRuntimeError as exc:
                 log.warning("container.attach_failed", container_id=cid, error=str(exc))
 
-    def _watch(self, record: ContainerRecord) -> None:
+    def _watch(self, record: ContainerRecord, started: bool = False) -> None:
+        """Watch the container's conmon until it exits; ``started``: this agent just
+        started it (its log's first size check waits one interval)."""
         cid = record.config.id
 
         async def watcher() -> None:
@@ -373,6 +375,7 @@ class RuncRuntime:
                 cdir.log,
                 cdir.bundle / "ctl",
                 container_log_policy(self.log_policy, record.config),
+                check_now=not started,
             )
             reap_conmon(record.conmon_pid)  # our child unless an earlier agent started it
             await self._finalize(record)

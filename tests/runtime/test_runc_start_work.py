@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from dockyard.agent.runtime.runc import files
-from dockyard.agent.runtime.runc import runtime as runtime_module
 from dockyard.agent.runtime.runc.rootfs import ContainerLayer, is_mounted
 from tests.runtime.conftest import Env, make_busybox_rootfs
 
@@ -133,13 +132,18 @@ async def test_an_images_users_are_read_once(
         await env.runtime.remove(info.id)
 
 
-async def test_a_runtime_keeps_the_users_of_a_bounded_number_of_images(env: Env) -> None:
-    rt = env.runtime
-    for i in range(runtime_module._USER_DBS_KEPT + 5):
-        rt._remember_user_db((Path(f"/layers/{i}"),), ("", ""))
-    assert len(rt._user_dbs) == runtime_module._USER_DBS_KEPT
-    assert (Path("/layers/0"),) not in rt._user_dbs  # the oldest went first
-    assert (Path(f"/layers/{runtime_module._USER_DBS_KEPT + 4}"),) in rt._user_dbs
+def test_the_users_of_a_bounded_number_of_images_are_kept(tmp_path: Path) -> None:
+    rootfs = tmp_path / "rootfs"
+    (rootfs / "etc").mkdir(parents=True)
+    (rootfs / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    kept = files.UserDbs(kept=3)
+    for i in range(5):
+        assert kept.read([Path(f"/layers/{i}")], rootfs)[0] == "root:x:0:0::/root:/bin/sh\n"
+    assert len(kept) == 3
+    assert (Path("/layers/1"),) not in kept  # the oldest went first
+    assert (Path("/layers/4"),) in kept
+    (rootfs / "etc" / "passwd").write_text("changed\n")
+    assert kept.read([Path("/layers/4")], rootfs)[0] == "root:x:0:0::/root:/bin/sh\n"
 
 
 def test_is_mounted(overlay_layer: ContainerLayer, tmp_path: Path) -> None:

@@ -97,8 +97,6 @@ __all__ = ["RuncRuntime"]
 log = structlog.get_logger(__name__)
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-_USER_DBS_KEPT = 64
-"""Images whose passwd and group text a runtime keeps."""
 
 
 class RuncRuntime:
@@ -136,17 +134,10 @@ class RuncRuntime:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._pending_attach: dict[str, builtins.list[LateAttach]] = {}
         self._x32 = True  # the seccomp filter's x32 ABI: recover() asks the kernel
-        # An image's /etc/passwd and /etc/group text, by its lower dirs (immutable layers:
-        # a fresh container sees the same files), read through the first one's rootfs.
-        self._user_dbs: dict[tuple[Path, ...], tuple[str, str]] = {}
+        self._user_dbs = files.UserDbs()
         self._loaded = False
 
     # ----------------------------------------------------------------- helpers
-
-    def _remember_user_db(self, key: tuple[Path, ...], user_db: tuple[str, str]) -> None:
-        if key not in self._user_dbs and len(self._user_dbs) >= _USER_DBS_KEPT:
-            self._user_dbs.pop(next(iter(self._user_dbs)))  # the oldest image's
-        self._user_dbs[key] = user_db
 
     def _dir(self, container_id: str) -> ContainerDir:
         return ContainerDir(self.containers_root / container_id)
@@ -245,11 +236,9 @@ class RuncRuntime:
         phases = Phases("create", config.id)
         try:
             layer = ContainerLayer(config.lower_dirs, cdir.base)
-            key = tuple(config.lower_dirs)
-            user_db = await asyncio.to_thread(
-                _create_blocking, cdir, layer, record, self._user_dbs.get(key), self._x32
+            await asyncio.to_thread(
+                _create_blocking, cdir, layer, record, self._user_dbs, self._x32
             )
-            self._remember_user_db(key, user_db)
             phases.mark("bundle")
         except BaseException:
             self._records.pop(config.id, None)
@@ -793,12 +782,12 @@ def _create_blocking(
     cdir: ContainerDir,
     layer: ContainerLayer,
     record: ContainerRecord,
-    user_db: tuple[str, str] | None,
+    user_dbs: files.UserDbs,
     x32: bool,
-) -> tuple[str, str]:
+) -> None:
     """A new container, whole, in one thread hop (blocking): its directories, the rootfs
-    mounted, the /etc files, config.json, then the record that makes it exist. Returns
-    the image's passwd and group text (``user_db`` when given, else read in the rootfs).
+    mounted, the /etc files, config.json, then the record that makes it exist. The
+    image's passwd and group come from ``user_dbs`` (read in this rootfs the first time).
 
     Fails when the directory exists (an id in use). Each directory made once, without
     ``parents`` probing: the containers' directory exists (``recover``). config.json in
@@ -813,7 +802,7 @@ def _create_blocking(
     os.mkdir(cdir.bundle)
     os.mkdir(cdir.etc)
     rootfs = layer.mount_blocking(fresh=True)
-    passwd, group = user_db if user_db is not None else files.read_user_db(rootfs)
+    passwd, group = user_dbs.read(config.lower_dirs, rootfs)
     _write_etc_blocking(cdir, config, fresh=True)
     user = resolve_user(config.user or config.image_config.get("User"), passwd, group)
     devices = files.host_devices() if config.privileged else []
@@ -823,7 +812,6 @@ def _create_blocking(
     )
     files.write_new(cdir.spec, json.dumps(spec).encode())
     write_atomic(cdir.record, encode_record(record))
-    return passwd, group
 
 
 def _prepare_start(

@@ -30,7 +30,7 @@ import signal
 from pathlib import Path
 
 from dockyard.agent.runtime.base import ContainerRuntimeError
-from dockyard.agent.runtime.runc.cgroups import CgroupV1, rmdir_tree
+from dockyard.agent.runtime.runc.cgroups import CgroupV1
 
 __all__ = ["EXEC_FIFO", "delete_stopped", "parse_signal", "signal_init", "start_created"]
 
@@ -92,9 +92,7 @@ def delete_stopped(runc_state: Path, cgroup: CgroupV1) -> bool:
     Returns False when a cgroup directory could not be removed (processes are left in
     it): runc's state is then kept for ``runc delete`` to finish the job.
     """
-    for path in cgroup.controllers_present():
-        rmdir_tree(path)
-    if cgroup.controllers_present():
+    if not cgroup.remove():
         return False
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(runc_state)

@@ -50,7 +50,7 @@ from dockyard.agent.runtime.base import (
 )
 from dockyard.agent.runtime.runc import files
 from dockyard.agent.runtime.runc.attach import LateAttach, connect_attach, write_resize
-from dockyard.agent.runtime.runc.cgroups import CgroupV1, rmdir_tree
+from dockyard.agent.runtime.runc.cgroups import CgroupV1
 from dockyard.agent.runtime.runc.conmon import (
     StdioMode,
     conmon_alive,
@@ -499,8 +499,7 @@ class RuncRuntime:
             phases.mark("leftover")
             cdir = self._dir(cid)
             cgroup = CgroupV1(record.cgroups_path)
-            for path in await asyncio.to_thread(cgroup.controllers_present):
-                await asyncio.to_thread(rmdir_tree, path)
+            await asyncio.to_thread(cgroup.remove)
             phases.mark("cgroups")
             await self._discard_dir(cdir, record.config.lower_dirs)
             phases.mark("discard")

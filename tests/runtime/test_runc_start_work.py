@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
+from dockyard.agent.runtime.base import ContainerStatus
 from dockyard.agent.runtime.runc import files
+from dockyard.agent.runtime.runc.records import ContainerDir, load_record
 from dockyard.agent.runtime.runc.rootfs import ContainerLayer, is_mounted
 from tests.runtime.conftest import Env, make_busybox_rootfs
 
@@ -163,3 +165,28 @@ def test_is_mounted(overlay_layer: ContainerLayer, tmp_path: Path) -> None:
     assert not is_mounted(parent_link / "upper")
     overlay_layer.unmount_blocking()
     assert not is_mounted(target)
+
+
+async def test_an_exit_is_recorded_in_one_thread_hop_and_a_remove_in_two(
+    env: Env, thread_hops: list[str]
+) -> None:
+    info = await env.runtime.create(env.config("sh", "-c", "sleep 0.3; exit 4"))
+    await env.runtime.start(info.id)
+    thread_hops.clear()
+    assert (await env.runtime.wait(info.id)).exit_code == 4
+    # exit code, cgroups, runc's state, unmount and the record saved: one hop
+    assert thread_hops == ["_exit_cleanup"]
+    record = load_record(ContainerDir(env.state_root / "containers" / info.id))
+    assert record is not None
+    assert (record.state.status, record.state.exit_code, record.state.pid) == (
+        ContainerStatus.EXITED,
+        4,
+        0,
+    )
+    assert record.state.finished_at is not None
+    thread_hops.clear()
+    await env.runtime.remove(info.id)
+    # runc's leftover probe; then cgroups, unmounts and the move to the trash (the
+    # trash is emptied in the background)
+    assert [h for h in thread_hops if h != "remove_tree"] == ["exists", "<lambda>"]
+    assert not (env.state_root / "containers" / info.id).exists()

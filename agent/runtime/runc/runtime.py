@@ -91,6 +91,7 @@ from dockyard.agent.runtime.runc.spec import (
     resolve_user,
 )
 from dockyard.common.remove_tree import remove_tree
+from dockyard.common.threads import to_thread_to_end
 
 __all__ = ["RuncRuntime"]
 
@@ -249,17 +250,16 @@ class RuncRuntime:
         log.info("container.created", container_id=config.id, name=config.name)
         return self._info(record)
 
-    async def _discard_dir(self, cdir: ContainerDir, lower_dirs: Sequence[Path]) -> None:
-        if lower_dirs:
-            with contextlib.suppress(ContainerRuntimeError, InvalidConfig):
-                await ContainerLayer(lower_dirs, cdir.base).unmount()
-        for mount in await asyncio.to_thread(mounted_under, cdir.base):
-            with contextlib.suppress(ContainerRuntimeError):
-                await ContainerLayer([mount], mount.parent).unmount()
+    async def _discard_dir(
+        self, cdir: ContainerDir, lower_dirs: Sequence[Path], cgroup: CgroupV1 | None = None
+    ) -> None:
+        """Remove the container's ``cgroup`` (when given), unmount what is mounted in its
+        directory and move that to the trash, in one thread hop run to its end (also when
+        the caller is cancelled); the trash is emptied in the background."""
         # Deleting a writable layer can take long: move it aside (one rename) and
         # delete it in the background; recover() finishes what a crash left there.
         trash = self.state_root / "trash" / f"{cdir.base.name}.{secrets.token_hex(4)}"
-        await asyncio.to_thread(_move_aside, cdir.base, trash)
+        await to_thread_to_end(lambda: _discard_blocking(cdir, lower_dirs, trash, cgroup))
         self._spawn_cleanup(trash)
 
     def _spawn_cleanup(self, path: Path) -> None:
@@ -380,10 +380,13 @@ class RuncRuntime:
         cid = record.config.id
         cdir = self._dir(cid)
         phases = Phases("finalize", cid)
-        # The common case (an exit code, an empty cgroup) in one thread hop.
-        code, finished, oom, done = await asyncio.to_thread(self._exit_cleanup, record)
+        # The common case (an exit code, an empty cgroup) in one thread hop, the record
+        # saved in it too (unless the container is being removed).
+        code, finished, oom, state = await asyncio.to_thread(
+            self._exit_cleanup, record, cid in self._records
+        )
         phases.mark("cleanup")
-        if not done:
+        if state is None:
             await self._runc("delete", cid, check=False)
             if code is None:
                 _, out = await self._runc("state", cid, check=False)
@@ -393,31 +396,25 @@ class RuncRuntime:
             with contextlib.suppress(ContainerRuntimeError):
                 await ContainerLayer(record.config.lower_dirs, cdir.base).unmount()
             phases.mark("runc_delete")
-        if code is None:
-            record.state.status = ContainerStatus.DEAD
-            record.state.exit_code = -1
-            record.state.error = "container monitor (conmon) exited without an exit code"
+            record.state = _exited_state(record.state, code, finished, oom)
+            if cid in self._records:
+                await self._save(record)
         else:
-            record.state.status = ContainerStatus.EXITED
-            record.state.exit_code = code
-        record.state.oom_killed = oom
-        record.state.pid = 0
-        record.state.finished_at = finished or datetime.now(UTC)
+            record.state = state
         self._cpu_prev.pop(cid, None)
-        if cid in self._records:
-            await self._save(record)
         phases.mark("save")
         phases.done()
         self._event(cid).set()
         log.info("container.exited", container_id=cid, exit_code=code, oom_killed=oom)
 
     def _exit_cleanup(
-        self, record: ContainerRecord
-    ) -> tuple[int | None, datetime | None, bool, bool]:
+        self, record: ContainerRecord, save: bool
+    ) -> tuple[int | None, datetime | None, bool, ContainerState | None]:
         """conmon's exit code, when, and whether OOM-killed; then, with a code, the cgroups
-        and runc's state removed and the rootfs unmounted (blocking).
+        and runc's state removed, the rootfs unmounted and (``save``) the record saved
+        with the state after the exit, which is returned (blocking).
 
-        The last value is False when that was not done (no exit code, or processes left
+        The last value is None when that was not done (no exit code, or processes left
         in a cgroup): runc's own ``delete`` finishes then.
         """
         cid = record.config.id
@@ -425,11 +422,14 @@ class RuncRuntime:
         code, finished, oom_file = files.read_exit(cdir, cid)
         cgroup = CgroupV1(record.cgroups_path)
         oom = oom_file or cgroup.oom_killed()
-        done = code is not None and delete_stopped(self.runc_root / cid, cgroup)
-        if done:
-            with contextlib.suppress(ContainerRuntimeError):
-                ContainerLayer(record.config.lower_dirs, cdir.base).unmount_blocking()
-        return code, finished, oom, done
+        if code is None or not delete_stopped(self.runc_root / cid, cgroup):
+            return code, finished, oom, None
+        with contextlib.suppress(ContainerRuntimeError):
+            ContainerLayer(record.config.lower_dirs, cdir.base).unmount_blocking()
+        state = _exited_state(record.state, code, finished, oom)
+        if save:
+            write_atomic(cdir.record, encode_record(dataclasses.replace(record, state=state)))
+        return code, finished, oom, state
 
     @staticmethod
     def _exit_info(state: ContainerState) -> ExitInfo:
@@ -497,11 +497,8 @@ class RuncRuntime:
                 watcher.cancel()
             await self._runc_delete_leftover(cid)
             phases.mark("leftover")
-            cdir = self._dir(cid)
             cgroup = CgroupV1(record.cgroups_path)
-            await asyncio.to_thread(cgroup.remove)
-            phases.mark("cgroups")
-            await self._discard_dir(cdir, record.config.lower_dirs)
+            await self._discard_dir(self._dir(cid), record.config.lower_dirs, cgroup)
             phases.mark("discard")
         phases.done()
         self._locks.pop(cid, None)
@@ -835,6 +832,44 @@ def _released(fifo: Path, cdir: ContainerDir, record: bytes) -> None:
     (runc then reports the container running), then the record saved."""
     fifo.unlink(missing_ok=True)
     write_atomic(cdir.record, record)
+
+
+def _exited_state(
+    state: ContainerState, code: int | None, finished: datetime | None, oom: bool
+) -> ContainerState:
+    """The state after an exit with conmon's ``code`` (None: it wrote none, DEAD)."""
+    if code is None:
+        status, error = (
+            ContainerStatus.DEAD,
+            "container monitor (conmon) exited without an exit code",
+        )
+    else:
+        status, error = ContainerStatus.EXITED, state.error
+    return dataclasses.replace(
+        state,
+        status=status,
+        exit_code=-1 if code is None else code,
+        error=error,
+        oom_killed=oom,
+        pid=0,
+        finished_at=finished or datetime.now(UTC),
+    )
+
+
+def _discard_blocking(
+    cdir: ContainerDir, lower_dirs: Sequence[Path], trash: Path, cgroup: CgroupV1 | None
+) -> None:
+    """The cgroup removed (when given), the rootfs and any mount left below the
+    container's directory unmounted, then the directory moved to ``trash`` (blocking)."""
+    if cgroup is not None:
+        cgroup.remove()
+    if lower_dirs:
+        with contextlib.suppress(ContainerRuntimeError, InvalidConfig):
+            ContainerLayer(lower_dirs, cdir.base).unmount_blocking()
+    for mount in mounted_under(cdir.base):
+        with contextlib.suppress(ContainerRuntimeError):
+            ContainerLayer([mount], mount.parent).unmount_blocking()
+    _move_aside(cdir.base, trash)
 
 
 def _move_aside(source: Path, destination: Path) -> None:

@@ -56,7 +56,7 @@ class MkdirSpy:
         monkeypatch.setattr(Path, "mkdir", path_mkdir)
 
 
-async def test_a_start_after_its_create_makes_only_conmons_directories(
+async def test_a_start_after_its_create_makes_only_conmons_socket_directory(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = MkdirSpy(monkeypatch)
@@ -64,8 +64,9 @@ async def test_a_start_after_its_create_makes_only_conmons_directories(
     spy.on = True
     await env.runtime.start(info.id)
     spy.on = False
-    # the create's overlay is found mounted: no upper, work or rootfs probed again
-    assert sorted(spy.names) == ["exit", "persist", "sock"]
+    # the create's overlay is found mounted: no upper, work or rootfs probed again;
+    # conmon writes its exit code and OOM marker in the bundle: only its socket dir
+    assert spy.names == ["sock"]
     assert (await env.runtime.wait(info.id)).exit_code == 0
     await env.runtime.remove(info.id)
 
@@ -190,3 +191,30 @@ async def test_an_exit_is_recorded_in_one_thread_hop_and_a_remove_in_two(
     # trash is emptied in the background)
     assert [h for h in thread_hops if h != "remove_tree"] == ["exists", "<lambda>"]
     assert not (env.state_root / "containers" / info.id).exists()
+
+
+async def test_conmon_writes_its_exit_code_in_the_bundle(env: Env) -> None:
+    info = await env.runtime.create(env.config("sh", "-c", "exit 5"))
+    await env.runtime.start(info.id)
+    assert (await env.runtime.wait(info.id)).exit_code == 5
+    cdir = ContainerDir(env.state_root / "containers" / info.id)
+    assert cdir.bundle.joinpath("exit").read_text() == "5"
+    assert not cdir.exit_dir.exists() and not cdir.persist.exists()
+    await env.runtime.remove(info.id)
+
+
+@pytest.mark.parametrize("where", ["exit-dir", "persist"])
+def test_an_earlier_agents_exit_files_are_read_and_cleared(tmp_path: Path, where: str) -> None:
+    """A container started by an earlier agent: its conmon writes exit/<id> and
+    persist/exit (and persist/oom) while this agent runs."""
+    cdir = ContainerDir(tmp_path / "c1")
+    cdir.bundle.mkdir(parents=True)
+    cdir.exit_dir.mkdir()
+    cdir.persist.mkdir()
+    path = cdir.exit_dir / "c1" if where == "exit-dir" else cdir.persist / "exit"
+    path.write_text("137")
+    (cdir.persist / "oom").write_text("")
+    code, finished, oom = files.read_exit(cdir, "c1")
+    assert (code, oom) == (137, True) and finished is not None
+    files.clear_exit_files(cdir, "c1")
+    assert files.read_exit(cdir, "c1") == (None, None, False)

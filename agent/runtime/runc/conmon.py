@@ -50,7 +50,8 @@ class ConmonPaths:
 
     bundle: Path
     log: Path
-    exit_dir: Path
+    exit_dir: Path | None
+    """``--exit-dir`` (conmon writes the exit code to ``<it>/<id>``); None: not given."""
     persist_dir: Path
     pid_file: Path
     conmon_pid_file: Path
@@ -133,8 +134,7 @@ def _conmon_args(
         # written, also after the agent rotated it (see logrotate), and lines are lost.
         "-l",
         f"k8s-file:{paths.log}",
-        "--exit-dir",
-        str(paths.exit_dir),
+        *(["--exit-dir", str(paths.exit_dir)] if paths.exit_dir is not None else []),
         "-0",
         str(paths.persist_dir),
         "--socket-dir-path",
@@ -227,6 +227,8 @@ def make_conmon_dirs(paths: ConmonPaths) -> bool:
     call (none existed: no conmon ever wrote there)."""
     made = True
     for d in (paths.exit_dir, paths.persist_dir, paths.socket_dir):
+        if d is None or d == paths.bundle:
+            continue
         try:
             os.mkdir(d)
         except FileExistsError:

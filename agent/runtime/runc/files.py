@@ -320,19 +320,14 @@ def read_json(path: Path) -> Any:
 
 def clear_exit_files(cdir: ContainerDir, container_id: str) -> None:
     """Forget the previous run's exit and OOM markers."""
-    for path in (
-        cdir.exit_file(container_id),
-        cdir.persist / "exit",
-        cdir.persist / "oom",
-        cdir.bundle / "oom",
-    ):
+    for path in (*cdir.exit_files(container_id), *cdir.oom_files()):
         path.unlink(missing_ok=True)
 
 
 def read_exit(cdir: ContainerDir, container_id: str) -> tuple[int | None, datetime | None, bool]:
     """conmon's exit code (``None`` if it wrote none), when it was written, and OOM flag."""
-    oom = (cdir.persist / "oom").exists() or (cdir.bundle / "oom").exists()
-    for path in (cdir.exit_file(container_id), cdir.persist / "exit"):
+    oom = any(path.exists() for path in cdir.oom_files())
+    for path in cdir.exit_files(container_id):
         try:
             text = path.read_text().strip()
             finished = datetime.fromtimestamp(path.stat().st_mtime, UTC)

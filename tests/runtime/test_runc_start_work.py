@@ -56,7 +56,7 @@ class MkdirSpy:
         monkeypatch.setattr(Path, "mkdir", path_mkdir)
 
 
-async def test_a_start_after_its_create_makes_only_conmons_socket_directory(
+async def test_a_start_after_its_create_makes_no_directory(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spy = MkdirSpy(monkeypatch)
@@ -65,8 +65,8 @@ async def test_a_start_after_its_create_makes_only_conmons_socket_directory(
     await env.runtime.start(info.id)
     spy.on = False
     # the create's overlay is found mounted: no upper, work or rootfs probed again;
-    # conmon writes its exit code and OOM marker in the bundle: only its socket dir
-    assert spy.names == ["sock"]
+    # conmon writes its exit code, OOM marker and attach socket in the bundle
+    assert spy.names == []
     assert (await env.runtime.wait(info.id)).exit_code == 0
     await env.runtime.remove(info.id)
 
@@ -80,27 +80,6 @@ async def test_a_restart_mounts_the_rootfs_again_after_the_exit(env: Env) -> Non
     await env.runtime.start(info.id)
     assert (await env.runtime.wait(info.id)).exit_code == 0
     assert (env.state_root / "containers" / info.id / "upper" / "kept").read_text() == "x\n"
-    await env.runtime.remove(info.id)
-
-
-async def test_only_a_restart_clears_the_exit_files(
-    env: Env, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cleared: list[str] = []
-    real = files.clear_exit_files
-
-    def spy(cdir: Any, cid: str) -> None:
-        cleared.append(cid)
-        real(cdir, cid)
-
-    monkeypatch.setattr(files, "clear_exit_files", spy)
-    info = await env.runtime.create(env.config("sh", "-c", "exit 3"))
-    await env.runtime.start(info.id)
-    assert cleared == []  # conmon's directories were new: nothing to clear
-    assert (await env.runtime.wait(info.id)).exit_code == 3
-    await env.runtime.start(info.id)
-    assert cleared == [info.id]
-    assert (await env.runtime.wait(info.id)).exit_code == 3
     await env.runtime.remove(info.id)
 
 
@@ -199,7 +178,14 @@ async def test_conmon_writes_its_exit_code_in_the_bundle(env: Env) -> None:
     assert (await env.runtime.wait(info.id)).exit_code == 5
     cdir = ContainerDir(env.state_root / "containers" / info.id)
     assert cdir.bundle.joinpath("exit").read_text() == "5"
-    assert not cdir.exit_dir.exists() and not cdir.persist.exists()
+    # no exit/, persist/ or sock/ directory; no symlink to the bundle for the socket
+    assert sorted(p.name for p in cdir.base.iterdir() if p.is_dir()) == [
+        "bundle",
+        "etc",
+        "rootfs",
+        "upper",
+        "work",
+    ]
     await env.runtime.remove(info.id)
 
 

@@ -55,7 +55,9 @@ class ConmonPaths:
     persist_dir: Path
     pid_file: Path
     conmon_pid_file: Path
-    socket_dir: Path
+    socket_dir: Path | None
+    """``--socket-dir-path`` (a symlink to the bundle per container); None: the attach
+    socket is named in the bundle itself (``--full-attach``)."""
     conmon_log: Path
 
 
@@ -137,8 +139,11 @@ def _conmon_args(
         *(["--exit-dir", str(paths.exit_dir)] if paths.exit_dir is not None else []),
         "-0",
         str(paths.persist_dir),
-        "--socket-dir-path",
-        str(paths.socket_dir),
+        *(
+            ["--socket-dir-path", str(paths.socket_dir)]
+            if paths.socket_dir is not None
+            else ["--full-attach"]
+        ),
         "--runtime-arg",
         "--root",
         "--runtime-arg",
@@ -222,20 +227,11 @@ async def launch_conmon(
     return pid, conmon_pid
 
 
-def make_conmon_dirs(paths: ConmonPaths) -> bool:
-    """The directories conmon writes in (blocking); whether they were all made by this
-    call (none existed: no conmon ever wrote there)."""
-    made = True
+def make_conmon_dirs(paths: ConmonPaths) -> None:
+    """The directories conmon writes in, other than the bundle (blocking)."""
     for d in (paths.exit_dir, paths.persist_dir, paths.socket_dir):
-        if d is None or d == paths.bundle:
-            continue
-        try:
-            os.mkdir(d)
-        except FileExistsError:
-            made = False
-        except FileNotFoundError:  # a parent missing (a fresh bundle of a benchmark)
+        if d is not None and d != paths.bundle:
             d.mkdir(parents=True, exist_ok=True)
-    return made
 
 
 def _spawn(args: list[str], sync_fd: int, cwd: Path, errlog_path: Path) -> subprocess.Popen[bytes]:

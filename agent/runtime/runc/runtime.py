@@ -55,7 +55,6 @@ from dockyard.agent.runtime.runc.conmon import (
     StdioMode,
     conmon_alive,
     launch_conmon,
-    make_conmon_dirs,
     reap_conmon,
     wait_pid_exit,
 )
@@ -814,15 +813,12 @@ def _prepare_start(
     leftover: Path | None, cdir: ContainerDir, cid: str, layer: ContainerLayer
 ) -> bool:
     """Before a start, in one thread hop (blocking): True, doing nothing, when runc's state
-    ``leftover`` exists; else conmon's directories made, the previous run's exit files
-    cleared and the rootfs mounted (a create's mount is found as it is).
-
-    A first start makes conmon's directories: no conmon ever ran there, so there are no
-    exit files to clear."""
+    ``leftover`` exists; else the previous run's exit files cleared and the rootfs
+    mounted (a create's mount is found as it is). conmon writes in the bundle: no
+    directory to make (``ContainerDir.conmon_paths``)."""
     if leftover is not None and os.path.lexists(leftover):
         return True
-    if not make_conmon_dirs(cdir.conmon_paths()):
-        files.clear_exit_files(cdir, cid)
+    files.clear_exit_files(cdir, cid)
     layer.mount_blocking()
     return False
 

@@ -178,10 +178,9 @@ async def test_conmon_writes_its_exit_code_in_the_bundle(env: Env) -> None:
     assert (await env.runtime.wait(info.id)).exit_code == 5
     cdir = ContainerDir(env.state_root / "containers" / info.id)
     assert cdir.bundle.joinpath("exit").read_text() == "5"
-    # no exit/, persist/ or sock/ directory; no symlink to the bundle for the socket
+    # no etc/, exit/, persist/ or sock/ directory; no symlink to the bundle for the socket
     assert sorted(p.name for p in cdir.base.iterdir() if p.is_dir()) == [
         "bundle",
-        "etc",
         "rootfs",
         "upper",
         "work",

@@ -45,9 +45,10 @@ class ContainerDir:
         self.spec = base / "bundle" / "config.json"
         self.rootfs = base / "rootfs"
         self.log = base / "ctr.log"
+        # Where earlier agents kept the /etc files (this one: in the bundle) and where
+        # their conmons wrote (a container they started may still run): exit/<id>
+        # (--exit-dir) and persist/exit, persist/oom (--persist-dir).
         self.etc = base / "etc"
-        # Where the conmons of earlier agents wrote (a container they started may still
-        # run): exit/<id> (--exit-dir) and persist/exit, persist/oom (--persist-dir).
         self.exit_dir = base / "exit"
         self.persist = base / "persist"
 

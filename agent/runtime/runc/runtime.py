@@ -755,14 +755,19 @@ def container_log_policy(default: LogPolicy, config: ContainerSpec) -> LogPolicy
     )
 
 
-def _etc_files(cdir: ContainerDir) -> EtcFiles:
-    return EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
+def _etc_files(cdir: ContainerDir, fresh: bool = True) -> EtcFiles:
+    """The container's hosts, resolv.conf and hostname: in its bundle (no directory of
+    their own to make), or in ``etc/`` for a container an earlier agent created (its
+    config.json binds them from there), which only a recorded one (not ``fresh``) can be.
+    """
+    where = cdir.etc if not fresh and cdir.etc.is_dir() else cdir.bundle
+    return EtcFiles(where / "hosts", where / "resolv.conf", where / "hostname")
 
 
 def _write_etc_blocking(cdir: ContainerDir, spec: ContainerSpec, fresh: bool) -> None:
     endpoint = spec.endpoint
     files.write_etc_files(
-        _etc_files(cdir),
+        _etc_files(cdir, fresh),
         spec.hostname or spec.id[:12],
         spec.network,
         endpoint.ip_address if endpoint else "",
@@ -795,7 +800,6 @@ def _create_blocking(
     except FileNotFoundError:  # the containers' directory removed under us
         cdir.base.mkdir(parents=True)
     os.mkdir(cdir.bundle)
-    os.mkdir(cdir.etc)
     rootfs = layer.mount_blocking(fresh=True)
     passwd, group = user_dbs.read(config.lower_dirs, rootfs)
     _write_etc_blocking(cdir, config, fresh=True)

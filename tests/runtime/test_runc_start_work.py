@@ -168,7 +168,8 @@ async def test_an_exit_is_recorded_in_one_thread_hop_and_a_remove_in_two(
     await env.runtime.remove(info.id)
     # runc's leftover probe; then cgroups, unmounts and the move to the trash (the
     # trash is emptied in the background)
-    assert [h for h in thread_hops if h != "remove_tree"] == ["exists", "<lambda>"]
+    assert thread_hops[:2] == ["exists", "<lambda>"]
+    assert len(thread_hops) <= 3  # and the trash's removal, in the background
     assert not (env.state_root / "containers" / info.id).exists()
 
 

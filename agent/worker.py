@@ -42,6 +42,13 @@ log = structlog.get_logger(__name__)
 
 SAVE_DELAY = 0.05
 """Seconds status changes are gathered before `worker.json` is written once for all."""
+SAVE_GAP = 0.5
+"""Seconds at least between the ends of two writes of `worker.json` while changes keep
+coming (a scale-up of 100 tasks: every task's four statuses over a few seconds). Each
+write is the whole file (every task), synced twice: at SAVE_DELAY alone, a burst wrote
+it up to 20 times a second. A change is on disk at most SAVE_GAP + SAVE_DELAY after it
+is made (a restarted agent resumes from an older status: each step is idempotent), and
+at once when the worker closes."""
 
 
 class Worker:
@@ -242,7 +249,8 @@ class Worker:
     # ---------------------------------------------------------------- persistence
 
     async def _save_loop(self) -> None:
-        """Write worker.json once per burst of changes (SAVE_DELAY gathers them)."""
+        """Write worker.json once per burst of changes (SAVE_DELAY gathers them), at
+        most once per SAVE_GAP while they keep coming."""
         assert self.state is not None
         while True:
             await self._dirty.wait()
@@ -253,6 +261,7 @@ class Worker:
                 await asyncio.to_thread(self.state.write, snapshot)
             except OSError as exc:  # a full disk: the next change tries again
                 log.error("worker.save_failed", path=str(self.state.path), error=str(exc))
+            await asyncio.sleep(SAVE_GAP)
 
     def _saved(self) -> list[SavedTask]:
         return [SavedTask(c.task, c.status, c.container_id) for c in self._controllers.values()]

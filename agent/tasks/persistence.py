@@ -56,21 +56,32 @@ class StateFile:
         self._lock = threading.Lock()  # a cancelled save may still be writing
         # by task ID: (task, status) serialized, the container ID, the entry's JSON
         self._entries: dict[str, tuple[bytes, bytes, str, str]] = {}
+        # by task ID: the task serialized and its JSON (the larger half of an entry)
+        self._tasks: dict[str, tuple[bytes, str]] = {}
 
     def snapshot(self, tasks: Iterable[SavedTask]) -> Snapshot:
         """The tasks as `write` will save them, encoded. A task's entry is encoded once
         per change (what changed is told by its serialized messages, which cost far less
         than the JSON conversion), so a burst of status changes over 100 tasks does not
-        convert all 100 on the event loop at every save."""
+        convert all 100 on the event loop at every save; and a status change converts
+        only the status (a task goes through four or more of them, its spec stays)."""
         self._sequence += 1
         entries: dict[str, tuple[bytes, bytes, str, str]] = {}
+        task_jsons: dict[str, tuple[bytes, str]] = {}
         for saved in tasks:
+            task_id = saved.task.id
             task, status = saved.task.SerializeToString(), saved.status.SerializeToString()
-            cached = self._entries.get(saved.task.id)
+            cached = self._entries.get(task_id)
+            task_json = self._tasks.get(task_id)
+            if task_json is None or task_json[0] != task:
+                task_json = (task, _to_json(saved.task))
+            task_jsons[task_id] = task_json
             if cached is None or cached[:3] != (task, status, saved.container_id):
-                cached = (task, status, saved.container_id, _encode(saved))
-            entries[saved.task.id] = cached
+                entry = _entry(task_json[1], _to_json(saved.status), saved.container_id)
+                cached = (task, status, saved.container_id, entry)
+            entries[task_id] = cached
         self._entries = entries
+        self._tasks = task_jsons
         head = f'{{"version":{VERSION},"sequence":{self._sequence},"tasks":['
         body = head + ",".join(entry[3] for entry in entries.values()) + "]}"
         return Snapshot(self._sequence, body.encode())
@@ -96,13 +107,15 @@ class StateFile:
         return [_parse(entry) for entry in entries]
 
 
-def _encode(saved: SavedTask) -> str:
-    entry = {
-        "task": json_format.MessageToDict(saved.task),
-        "status": json_format.MessageToDict(saved.status),
-        "container_id": saved.container_id,
-    }
-    return json.dumps(entry, separators=(",", ":"))
+def _to_json(message: Task | TaskStatus) -> str:
+    return json.dumps(json_format.MessageToDict(message), separators=(",", ":"))
+
+
+def _entry(task_json: str, status_json: str, container_id: str) -> str:
+    """One task's entry, as ``json.dumps`` of its dict with compact separators."""
+    return (
+        f'{{"task":{task_json},"status":{status_json},"container_id":{json.dumps(container_id)}}}'
+    )
 
 
 def _parse(entry: dict[str, Any]) -> SavedTask:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,9 +233,9 @@ async def test_an_init_dead_before_its_release_fails_the_start(
     env, _ = logged
     real = runtime_module.start_created
 
-    async def killed_first(runc_state: Path, pid: int) -> bool:
+    async def killed_first(runc_state: Path, pid: int, remove_fifo: bool = True) -> bool:
         os.kill(pid, signal.SIGKILL)
-        return await real(runc_state, pid)
+        return await real(runc_state, pid, remove_fifo)
 
     monkeypatch.setattr(runtime_module, "start_created", killed_first)
     info = await env.runtime.create(env.config("sleep", "30"))
@@ -317,3 +318,45 @@ async def test_start_created_returns_once_the_init_closed_its_end(tmp_path: Path
     finally:
         init.kill()
         await init.wait()
+
+
+def test_a_cgroup_is_removed_without_probing_its_directories(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One rmdir per hierarchy: gone already, empty, or with a child cgroup (a walk)."""
+    root = tmp_path / "cgroup"
+    for controller in ("cpu", "memory", "pids", "freezer"):
+        (root / controller / "dockyard").mkdir(parents=True)
+    (root / "cpu" / "dockyard" / "c1").mkdir()
+    (root / "memory" / "dockyard" / "c1" / "child").mkdir(parents=True)
+    (root / "pids" / "dockyard" / "c1").mkdir()
+    cgroup = CgroupV1("/dockyard/c1", root)
+    probed: list[str] = []
+    real_is_dir, real_isdir = Path.is_dir, os.path.isdir
+
+    def is_dir(self: Path) -> bool:
+        if str(self).startswith(str(root)):
+            probed.append(self.relative_to(root).parts[0])
+        return real_is_dir(self)
+
+    def isdir(path: Any) -> bool:
+        if str(path).startswith(str(root)):
+            probed.append(Path(path).relative_to(root).parts[0])
+        return real_isdir(path)
+
+    monkeypatch.setattr(Path, "is_dir", is_dir)
+    monkeypatch.setattr(os.path, "isdir", isdir)
+    assert cgroup.remove()
+    monkeypatch.undo()
+    assert set(probed) == {"memory"}  # only where a child cgroup made it walk
+    assert not any(p.name == "c1" for p in root.rglob("*"))  # freezer: never made
+
+
+def test_a_cgroup_with_something_left_in_it_stays(tmp_path: Path) -> None:
+    root = tmp_path / "cgroup"
+    (root / "cpu" / "dockyard" / "c1").mkdir(parents=True)
+    (root / "pids" / "dockyard" / "c1").mkdir(parents=True)
+    (root / "pids" / "dockyard" / "c1" / "busy").write_text("")  # rmdir fails: not empty
+    assert not CgroupV1("/dockyard/c1", root).remove()
+    assert not (root / "cpu" / "dockyard" / "c1").exists()
+    assert (root / "pids" / "dockyard" / "c1").is_dir()

@@ -237,3 +237,34 @@ async def test_a_follower_ends_when_the_container_exits_not_at_its_next_poll(
             collect(log, follow=True, finished=finished, poll=3600, exited=exited), 30
         )
     assert [r.data for r in lines] == [b"hi\n", b"bye\n"]
+
+
+async def test_a_started_containers_log_is_first_checked_after_an_interval(
+    make_env: MakeEnv, thread_hops: list[str]
+) -> None:
+    env = await make_env(LogPolicy(interval=0.3))
+    info = await env.runtime.create(env.config("sleep", "30"))
+    await env.runtime.start(info.id)
+    thread_hops.clear()
+    await asyncio.sleep(0.1)
+    assert "rotate_if_due" not in thread_hops  # conmon has only begun its log
+    await asyncio.sleep(0.5)
+    assert "rotate_if_due" in thread_hops
+    await env.runtime.remove(info.id, force=True)
+
+
+async def test_a_recovered_containers_log_is_checked_at_once(
+    make_env: MakeEnv, thread_hops: list[str]
+) -> None:
+    first = await make_env(LogPolicy(interval=30))
+    info = await first.runtime.create(first.config("sleep", "30"))
+    await first.runtime.start(info.id)
+    await first.runtime.close()  # the container runs on under its conmon
+    thread_hops.clear()
+    second = await make_env(LogPolicy(interval=30))  # a new agent: it recovers
+    for _ in range(100):
+        if "rotate_if_due" in thread_hops:
+            break
+        await asyncio.sleep(0.02)
+    assert "rotate_if_due" in thread_hops  # not after 30 s: the log grew meanwhile
+    await second.runtime.remove(info.id, force=True)

@@ -53,12 +53,12 @@ def replaced() -> Iterator[list[str]]:
 
 
 def _etc(env: Env, cid: str) -> dict[str, str]:
-    etc = env.state_root / "containers" / cid / "etc"
+    etc = env.state_root / "containers" / cid / "bundle"
     return {name: (etc / name).read_text() for name in ("hosts", "resolv.conf", "hostname")}
 
 
 def _modes(env: Env, cid: str) -> set[int]:
-    etc = env.state_root / "containers" / cid / "etc"
+    etc = env.state_root / "containers" / cid / "bundle"
     return {stat.S_IMODE(os.stat(etc / n).st_mode) for n in ("hosts", "resolv.conf", "hostname")}
 
 
@@ -72,11 +72,17 @@ def _check_etc(files: dict[str, str]) -> None:
 
 async def test_a_create_renames_only_its_record(env: Env, replaced: list[str]) -> None:
     info = await env.runtime.create(env.config("true", **EXTRAS))
-    # hosts, resolv.conf, hostname and config.json: written once each, in place.
+    # hosts, resolv.conf, hostname and config.json: written once each, in place, in the
+    # bundle.
     assert replaced == ["container.json"]
     base = env.state_root / "containers" / info.id
-    assert sorted(p.name for p in (base / "etc").iterdir()) == ["hostname", "hosts", "resolv.conf"]
-    assert sorted(p.name for p in (base / "bundle").iterdir()) == ["config.json"]
+    assert sorted(p.name for p in (base / "bundle").iterdir()) == [
+        "config.json",
+        "hostname",
+        "hosts",
+        "resolv.conf",
+    ]
+    assert not (base / "etc").exists()  # no directory of their own
     await env.runtime.remove(info.id)
 
 
@@ -123,7 +129,7 @@ async def test_a_create_cut_before_its_record_is_discarded(env: Env) -> None:
     base = env.state_root / "containers" / config.id
     (base / "container.json").unlink()
     (base / "bundle" / "config.json").write_text('{"ociVersion": "1.')
-    (base / "etc" / "hosts").write_text("127.0.0.1\tloc")
+    (base / "bundle" / "hosts").write_text("127.0.0.1\tloc")
     await rt.close()
     fresh = RuncRuntime(env.state_root, cgroup_parent=env.cgroup_parent)
     env.runtime = fresh
@@ -137,17 +143,17 @@ async def test_a_create_cut_before_its_record_is_discarded(env: Env) -> None:
     await fresh.remove(info.id)
 
 
-async def test_create_and_start_prepare_in_one_thread_hop_each(
+async def test_a_create_in_one_thread_hop_and_a_start_in_two(
     env: Env, thread_hops: list[str]
 ) -> None:
     info = await env.runtime.create(env.config("true", **EXTRAS))
-    # directories, mount, user db and /etc files; then config.json and the record
-    assert thread_hops == ["_lay_out", "_write_bundle"]
+    # directories, mount, user db, /etc files, config.json and the record: one hop
+    assert thread_hops == ["_create_blocking"]
     thread_hops.clear()
     await env.runtime.start(info.id)
-    # runc's leftover probe, the exit files and the mount: one hop before conmon
-    assert thread_hops[0] == "_prepare_start"
-    assert not {"exists", "clear_exit_files", "_mount_overlay"} & set(thread_hops)
+    # runc's leftover probe, conmon's directories, the exit files and the mount: one hop
+    # before conmon; runc's exec fifo removed and the record saved: one after the release
+    assert thread_hops == ["_prepare_start", "_released"]
     assert (await env.runtime.wait(info.id)).exit_code == 0
     await env.runtime.remove(info.id)
 
@@ -195,4 +201,26 @@ async def test_the_config_is_encoded_once_per_config_object(
     record = load_record(cdir)
     assert record is not None and record.config.name == "second"
     assert record.state.status is ContainerStatus.EXITED and record.state.exit_code == 0
+    await rt.remove(info.id)
+
+
+async def test_a_container_of_an_earlier_agent_keeps_its_etc_directory(env: Env) -> None:
+    """Earlier agents kept the /etc files in ``<container>/etc`` and bound them from
+    there: a rewrite (``set_endpoint``) goes there, not into the bundle."""
+    rt = env.runtime
+    info = await rt.create(env.config("cat", "/etc/hosts", **EXTRAS))
+    base = env.state_root / "containers" / info.id
+    (base / "etc").mkdir()  # the earlier layout: the files and the binds in etc/
+    for name in ("hosts", "resolv.conf", "hostname"):
+        os.replace(base / "bundle" / name, base / "etc" / name)
+    spec_path = base / "bundle" / "config.json"
+    spec = spec_path.read_text().replace(f"{base}/bundle/h", f"{base}/etc/h")
+    spec_path.write_text(spec.replace(f"{base}/bundle/resolv", f"{base}/etc/resolv"))
+    await rt.set_endpoint(info.id, NetworkEndpoint(netns_path="", ip_address="10.0.0.7"))
+    assert "10.0.0.7\tweb\n" in (base / "etc" / "hosts").read_text()
+    assert not (base / "bundle" / "hosts").exists()
+    await rt.start(info.id)
+    assert (await rt.wait(info.id)).exit_code == 0
+    seen = b"".join([r.data async for r in rt.logs(info.id)]).decode()
+    assert "10.0.0.7\tweb" in seen
     await rt.remove(info.id)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import pytest
 import structlog
+from google.protobuf import json_format
 
 from dockyard.agent.tasks.persistence import STATE_FILE, SavedTask, StateFile
 from dockyard.v1.types_pb2 import TaskStatus
@@ -105,3 +109,30 @@ def test_each_snapshot_has_every_change_since_the_last(tmp_path: Path) -> None:
     assert loaded["t2"].status.exit_code == 7
     assert loaded["t3"].container_id == "c-t3-new"
     assert loaded["t4"].status.state == TaskStatus.RUNNING
+
+
+def test_a_status_change_converts_only_the_status(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task goes through four or more statuses; its spec (most of an entry) is
+    converted to JSON once per change of the task, not at every status."""
+    converted: list[str] = []
+    real = json_format.MessageToDict
+
+    def spy(message: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        converted.append(type(message).__name__)
+        return real(message, *args, **kwargs)
+
+    monkeypatch.setattr(json_format, "MessageToDict", spy)
+    state = StateFile(tmp_path / STATE_FILE)
+    task = make_task("t1")
+    for step in (TaskStatus.ACCEPTED, TaskStatus.PREPARING, TaskStatus.STARTING):
+        state.write(state.snapshot([SavedTask(task, TaskStatus(state=step), "")]))
+    running = TaskStatus(state=TaskStatus.RUNNING, container_id="c-t1")
+    state.write(state.snapshot([SavedTask(task, running, "c-t1")]))
+    assert converted == ["Task"] + ["TaskStatus"] * 4
+    task.desired_state = TaskStatus.SHUTDOWN  # the task changed (in place): again
+    state.write(state.snapshot([SavedTask(task, running, "c-t1")]))
+    assert converted[5:] == ["Task", "TaskStatus"]
+    saved_json = json.loads((tmp_path / STATE_FILE).read_text())["tasks"]
+    assert saved_json == [{"task": real(task), "status": real(running), "container_id": "c-t1"}]

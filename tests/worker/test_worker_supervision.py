@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,7 +11,8 @@ import pytest
 import structlog
 
 from dockyard.agent.executor import ExecutorError
-from dockyard.agent.worker import Worker
+from dockyard.agent.tasks.persistence import Snapshot
+from dockyard.agent.worker import SAVE_GAP, Worker
 from dockyard.v1.dispatcher_pb2 import AssignmentSet, TaskStatusReport
 from dockyard.v1.types_pb2 import TaskStatus
 from tests.worker.conftest import FakeSession, full_set, make_task, until
@@ -140,3 +142,37 @@ def _saved_desired(worker: Worker) -> int:
     assert worker.state is not None
     saved = worker.state.load()
     return saved[0].task.desired_state if saved else -1
+
+
+async def test_a_burst_of_changes_writes_worker_json_once_per_gap(
+    executor_and_worker: tuple[FakeExecutor, Worker], session: FakeSession
+) -> None:
+    """Each write is the whole file, synced: a scale-up's statuses (one new task every
+    50 ms for a second here) are saved at most once per SAVE_GAP, and the last is saved."""
+    _, worker = executor_and_worker
+    assert worker.state is not None
+    writes: list[int] = []
+    write = worker.state.write
+
+    def counted(snapshot: Snapshot) -> None:
+        writes.append(snapshot.sequence)
+        write(snapshot)
+
+    worker.state.write = counted  # type: ignore[method-assign]
+    tasks = []
+    started = time.monotonic()
+    while time.monotonic() - started < 1.0:
+        tasks.append(make_task(f"t{len(tasks)}"))
+        await worker.on_assignments(full_set(*tasks))
+        await asyncio.sleep(0.05)
+    last = tasks[-1].id
+    await until(lambda: session.states(last)[-1:] == ["RUNNING"], "the last task RUNNING")
+    await until(
+        lambda: (
+            [s.status.state for s in worker.state.load() if s.task.id == last]  # type: ignore[union-attr]
+            == [TaskStatus.RUNNING]
+        ),
+        "the last status saved",
+    )
+    elapsed = time.monotonic() - started
+    assert len(writes) <= elapsed / SAVE_GAP + 1

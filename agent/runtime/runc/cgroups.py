@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,18 +66,28 @@ class CgroupV1:
                 return int(value) > 0
         return False
 
-    def controllers_present(self) -> list[Path]:
-        """Directories of this cgroup that still exist."""
-        found = []
+    def remove(self) -> bool:
+        """Remove this cgroup's directory in every hierarchy (blocking); whether none is
+        left (one that still holds processes stays).
+
+        One ``rmdir`` per hierarchy in the common case (no child cgroup, or gone
+        already), without first probing which directories exist."""
         try:
             controllers = [p.name for p in self.root.iterdir()]
         except OSError:
-            return []
+            return True
+        left = False
         for controller in controllers:
-            p = self.path(controller)
-            if p.is_dir():
-                found.append(p)
-        return found
+            path = self.path(controller)
+            try:
+                os.rmdir(path)
+                continue
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError:  # child cgroups (a walk), or processes in it (it stays)
+                rmdir_tree(path)
+            left = left or os.path.isdir(path)
+        return not left
 
 
 def rmdir_tree(path: Path) -> None:

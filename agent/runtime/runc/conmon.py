@@ -50,11 +50,14 @@ class ConmonPaths:
 
     bundle: Path
     log: Path
-    exit_dir: Path
+    exit_dir: Path | None
+    """``--exit-dir`` (conmon writes the exit code to ``<it>/<id>``); None: not given."""
     persist_dir: Path
     pid_file: Path
     conmon_pid_file: Path
-    socket_dir: Path
+    socket_dir: Path | None
+    """``--socket-dir-path`` (a symlink to the bundle per container); None: the attach
+    socket is named in the bundle itself (``--full-attach``)."""
     conmon_log: Path
 
 
@@ -133,12 +136,14 @@ def _conmon_args(
         # written, also after the agent rotated it (see logrotate), and lines are lost.
         "-l",
         f"k8s-file:{paths.log}",
-        "--exit-dir",
-        str(paths.exit_dir),
+        *(["--exit-dir", str(paths.exit_dir)] if paths.exit_dir is not None else []),
         "-0",
         str(paths.persist_dir),
-        "--socket-dir-path",
-        str(paths.socket_dir),
+        *(
+            ["--socket-dir-path", str(paths.socket_dir)]
+            if paths.socket_dir is not None
+            else ["--full-attach"]
+        ),
         "--runtime-arg",
         "--root",
         "--runtime-arg",
@@ -223,9 +228,10 @@ async def launch_conmon(
 
 
 def make_conmon_dirs(paths: ConmonPaths) -> None:
-    """The directories conmon writes in (blocking)."""
+    """The directories conmon writes in, other than the bundle (blocking)."""
     for d in (paths.exit_dir, paths.persist_dir, paths.socket_dir):
-        d.mkdir(parents=True, exist_ok=True)
+        if d is not None and d != paths.bundle:
+            d.mkdir(parents=True, exist_ok=True)
 
 
 def _spawn(args: list[str], sync_fd: int, cwd: Path, errlog_path: Path) -> subprocess.Popen[bytes]:

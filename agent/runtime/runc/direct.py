@@ -30,7 +30,7 @@ import signal
 from pathlib import Path
 
 from dockyard.agent.runtime.base import ContainerRuntimeError
-from dockyard.agent.runtime.runc.cgroups import CgroupV1, rmdir_tree
+from dockyard.agent.runtime.runc.cgroups import CgroupV1
 
 __all__ = ["EXEC_FIFO", "delete_stopped", "parse_signal", "signal_init", "start_created"]
 
@@ -92,18 +92,17 @@ def delete_stopped(runc_state: Path, cgroup: CgroupV1) -> bool:
     Returns False when a cgroup directory could not be removed (processes are left in
     it): runc's state is then kept for ``runc delete`` to finish the job.
     """
-    for path in cgroup.controllers_present():
-        rmdir_tree(path)
-    if cgroup.controllers_present():
+    if not cgroup.remove():
         return False
     with contextlib.suppress(FileNotFoundError):
         shutil.rmtree(runc_state)
     return True
 
 
-async def start_created(runc_state: Path, pid: int) -> bool:
+async def start_created(runc_state: Path, pid: int, remove_fifo: bool = True) -> bool:
     """``runc start`` of the container ``runc create`` made with init ``pid``: the
-    init released through runc's exec fifo in ``runc_state``, the fifo removed.
+    init released through runc's exec fifo in ``runc_state``, the fifo removed (with
+    ``remove_fifo`` False, by the caller: in its own next thread hop).
 
     Returns False, having done nothing, when there is no fifo to open (a runc that
     starts containers differently): the caller then runs ``runc start``.
@@ -125,7 +124,8 @@ async def start_created(runc_state: Path, pid: int) -> bool:
         os.close(fd)
     if not data:
         raise ContainerRuntimeError(f"runc start: the container process (pid {pid}) exited")
-    await asyncio.to_thread(fifo.unlink, missing_ok=True)
+    if remove_fifo:
+        await asyncio.to_thread(fifo.unlink, missing_ok=True)
     return True
 
 

@@ -9,6 +9,7 @@ import platform
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,6 +22,7 @@ from dockyard.agent.runtime.runc.spec import EtcFiles, ResolvedUser
 __all__ = [
     "EtcExtras",
     "ResolvedUser",
+    "UserDbs",
     "agent_resolv_conf",
     "bridge_resolv_conf",
     "clear_exit_files",
@@ -49,6 +51,40 @@ def _read_text(path: Path) -> str:
 def read_user_db(rootfs: Path) -> tuple[str, str]:
     """The rootfs's ``/etc/passwd`` and ``/etc/group`` text ("" when missing)."""
     return _read_text(rootfs / "etc" / "passwd"), _read_text(rootfs / "etc" / "group")
+
+
+class UserDbs:
+    """Images' ``/etc/passwd`` and ``/etc/group`` text, by their lower dirs: read in the
+    rootfs of the first container of each image, then kept (the layers are immutable, so
+    every fresh container of the image sees the same files). Thread-safe: creates ask in
+    their worker threads, several at once during a scale-up."""
+
+    def __init__(self, kept: int = 64) -> None:
+        """Keep the text of at most ``kept`` images (the oldest read goes first)."""
+        self._kept = kept
+        self._texts: dict[tuple[Path, ...], tuple[str, str]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def read(self, lower_dirs: Sequence[Path], rootfs: Path) -> tuple[str, str]:
+        """The image's passwd and group text; ``rootfs``: a fresh container's, mounted
+        over ``lower_dirs``, where they are read the first time (blocking)."""
+        key = tuple(lower_dirs)
+        with self._lock:
+            found = self._texts.get(key)
+        if found is not None:
+            return found
+        found = read_user_db(rootfs)
+        with self._lock:
+            if key not in self._texts and len(self._texts) >= self._kept:
+                del self._texts[next(iter(self._texts))]
+            self._texts[key] = found
+        return found
+
+    def __contains__(self, lower_dirs: object) -> bool:
+        return lower_dirs in self._texts
 
 
 SYSTEMD_RESOLV_CONF = Path("/run/systemd/resolve/resolv.conf")
@@ -284,19 +320,14 @@ def read_json(path: Path) -> Any:
 
 def clear_exit_files(cdir: ContainerDir, container_id: str) -> None:
     """Forget the previous run's exit and OOM markers."""
-    for path in (
-        cdir.exit_file(container_id),
-        cdir.persist / "exit",
-        cdir.persist / "oom",
-        cdir.bundle / "oom",
-    ):
+    for path in (*cdir.exit_files(container_id), *cdir.oom_files()):
         path.unlink(missing_ok=True)
 
 
 def read_exit(cdir: ContainerDir, container_id: str) -> tuple[int | None, datetime | None, bool]:
     """conmon's exit code (``None`` if it wrote none), when it was written, and OOM flag."""
-    oom = (cdir.persist / "oom").exists() or (cdir.bundle / "oom").exists()
-    for path in (cdir.exit_file(container_id), cdir.persist / "exit"):
+    oom = any(path.exists() for path in cdir.oom_files())
+    for path in cdir.exit_files(container_id):
         try:
             text = path.read_text().strip()
             finished = datetime.fromtimestamp(path.stat().st_mtime, UTC)

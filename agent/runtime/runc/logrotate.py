@@ -97,11 +97,19 @@ def _reopen(ctl_fifo: Path) -> None:
 
 
 async def rotate_until(
-    done: Awaitable[None], log_path: Path, ctl_fifo: Path, policy: LogPolicy
+    done: Awaitable[None],
+    log_path: Path,
+    ctl_fifo: Path,
+    policy: LogPolicy,
+    check_now: bool = True,
 ) -> None:
-    """Check and rotate the log every `policy.interval` until `done` completes."""
+    """Check and rotate the log every `policy.interval` until `done` completes; the
+    first check at once, or with `check_now` False after the first interval (a container
+    this agent just started: no thread hop for a log conmon has only begun)."""
     async with asyncio.TaskGroup() as group:
         finished = group.create_task(_wait(done))
+        if not check_now:
+            await asyncio.wait([finished], timeout=policy.interval)
         while not finished.done():
             try:
                 await asyncio.to_thread(rotate_if_due, log_path, ctl_fifo, policy)

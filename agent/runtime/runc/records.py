@@ -45,26 +45,38 @@ class ContainerDir:
         self.spec = base / "bundle" / "config.json"
         self.rootfs = base / "rootfs"
         self.log = base / "ctr.log"
+        # Where earlier agents kept the /etc files (this one: in the bundle) and where
+        # their conmons wrote (a container they started may still run): exit/<id>
+        # (--exit-dir) and persist/exit, persist/oom (--persist-dir).
+        self.etc = base / "etc"
         self.exit_dir = base / "exit"
         self.persist = base / "persist"
-        self.etc = base / "etc"
 
     def conmon_paths(self) -> ConmonPaths:
-        """Where conmon reads and writes."""
+        """Where conmon reads and writes: the bundle, which exists. Its persist dir is the
+        bundle, where it writes ``oom`` anyway (its working directory), so ``exit`` and
+        ``oom`` land there; no ``--exit-dir`` (the same code again, by container ID: one
+        more file); its attach socket in the bundle without a symlink to it from a socket
+        dir (``--full-attach``). A start makes no directory (earlier agents made three,
+        and conmon two more files: each inode costs about 0.1 ms of CPU on a busy ext4)."""
         return ConmonPaths(
             bundle=self.bundle,
             log=self.log,
-            exit_dir=self.exit_dir,
-            persist_dir=self.persist,
+            exit_dir=None,
+            persist_dir=self.bundle,
             pid_file=self.base / "pid",
             conmon_pid_file=self.base / "conmon.pid",
-            socket_dir=self.base / "sock",
+            socket_dir=None,
             conmon_log=self.base / "conmon.log",
         )
 
-    def exit_file(self, container_id: str) -> Path:
-        """conmon's exit code file."""
-        return self.exit_dir / container_id
+    def exit_files(self, container_id: str) -> tuple[Path, ...]:
+        """conmon's exit code files, this agent's first, then earlier agents'."""
+        return (self.bundle / "exit", self.exit_dir / container_id, self.persist / "exit")
+
+    def oom_files(self) -> tuple[Path, ...]:
+        """conmon's OOM markers (its working directory, then earlier agents' persist dir)."""
+        return (self.bundle / "oom", self.persist / "oom")
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,12 +130,25 @@ def release_mount_root(root: Path) -> bool:
 
 
 def is_mounted(path: Path) -> bool:
-    """Whether ``path`` is a mount point (blocking: call from a thread).
+    """Whether the directory ``path`` is a mount point (blocking: call from a thread).
 
-    An overlay has its own device number, so ``ismount`` answers without
-    reading the whole of /proc/self/mountinfo (which grows with every container).
+    ``os.path.ismount``'s test (another device than its parent's, or the same inode: a
+    bind of the filesystem's root) without its ``realpath``, which ``lstat``s every
+    component of the path in Python: the kernel resolves ``path/..`` to the real
+    parent itself. Anything but a directory (a symlink: never a mount point) is left
+    to ``ismount``. No read of /proc/self/mountinfo (which grows with every container).
     """
-    return os.path.ismount(path)
+    try:
+        own = os.lstat(path)
+    except (OSError, ValueError):
+        return False
+    if not stat.S_ISDIR(own.st_mode):
+        return os.path.ismount(path)
+    try:
+        parent = os.lstat(os.path.join(path, ".."))
+    except OSError:
+        return False
+    return own.st_dev != parent.st_dev or own.st_ino == parent.st_ino
 
 
 def mounted_under(root: Path) -> list[Path]:
@@ -144,15 +158,25 @@ def mounted_under(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
-def _mount_overlay(lower: Sequence[Path], upper: Path, work: Path, target: Path) -> bool:
-    """Mount unless mounted already; whether this call mounted it (blocking)."""
+def _mount_overlay(
+    lower: Sequence[Path], upper: Path, work: Path, target: Path, fresh: bool = False
+) -> bool:
+    """Mount unless mounted already; whether this call mounted it (blocking).
+
+    A mounted ``target`` is found first, before any directory is made or layer checked
+    (a start after its create finds the create's mount). ``fresh``: the container's
+    directory was just made, so none of the three exists and nothing is mounted there.
+    """
+    if not fresh and is_mounted(target):
+        return False
     for d in (upper, work, target):
-        d.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            os.mkdir(d)
+        else:
+            d.mkdir(parents=True, exist_ok=True)
     for d in lower:
         if not d.is_dir():
             raise InvalidConfig(f"image layer directory {d} does not exist")
-    if is_mounted(target):
-        return False
     options = f"lowerdir={':'.join(str(d) for d in lower)},upperdir={upper},workdir={work}"
     if len(options) >= os.sysconf("SC_PAGE_SIZE"):
         raise ContainerRuntimeError(
@@ -199,9 +223,10 @@ class ContainerLayer:
             lambda mounted: _unmount(self.target) if mounted else None,
         )
 
-    def mount_blocking(self) -> Path:
-        """``mount`` for a caller already in a worker thread."""
-        _mount_overlay(self.lower_dirs, self.upper, self.work, self.target)
+    def mount_blocking(self, fresh: bool = False) -> Path:
+        """``mount`` for a caller already in a worker thread (``fresh``: the layer's
+        directory was just made, see ``_mount_overlay``)."""
+        _mount_overlay(self.lower_dirs, self.upper, self.work, self.target, fresh)
         return self.target
 
     async def unmount(self) -> None:

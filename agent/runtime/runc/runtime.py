@@ -50,16 +50,16 @@ from dockyard.agent.runtime.base import (
 )
 from dockyard.agent.runtime.runc import files
 from dockyard.agent.runtime.runc.attach import LateAttach, connect_attach, write_resize
-from dockyard.agent.runtime.runc.cgroups import CgroupV1, rmdir_tree
+from dockyard.agent.runtime.runc.cgroups import CgroupV1
 from dockyard.agent.runtime.runc.conmon import (
     StdioMode,
     conmon_alive,
     launch_conmon,
-    make_conmon_dirs,
     reap_conmon,
     wait_pid_exit,
 )
 from dockyard.agent.runtime.runc.direct import (
+    EXEC_FIFO,
     delete_stopped,
     parse_signal,
     signal_init,
@@ -138,6 +138,7 @@ class RuncRuntime:
         self._cpu_prev: dict[str, tuple[float, int]] = {}
         self._pending_attach: dict[str, builtins.list[LateAttach]] = {}
         self._x32 = True  # the seccomp filter's x32 ABI: recover() asks the kernel
+        self._user_dbs = files.UserDbs()
         self._loaded = False
 
     # ----------------------------------------------------------------- helpers
@@ -239,19 +240,10 @@ class RuncRuntime:
         phases = Phases("create", config.id)
         try:
             layer = ContainerLayer(config.lower_dirs, cdir.base)
-            rootfs, passwd, group = await asyncio.to_thread(_lay_out, cdir, layer, config)
-            phases.mark("layout")
-            user = resolve_user(config.user or config.image_config.get("User"), passwd, group)
-            etc = _etc_files(cdir)
-            devices = await asyncio.to_thread(files.host_devices) if config.privileged else []
-            netns = config.endpoint.netns_path if config.endpoint else None
-            spec = build_spec(
-                config, rootfs, user, etc, record.cgroups_path, devices, netns, self._x32
+            await asyncio.to_thread(
+                _create_blocking, cdir, layer, record, self._user_dbs, self._x32
             )
-            payload = encode_record(record)
-            phases.mark("spec")
-            await asyncio.to_thread(_write_bundle, cdir, spec, payload)
-            phases.mark("save")
+            phases.mark("bundle")
         except BaseException:
             self._records.pop(config.id, None)
             await self._discard_dir(cdir, config.lower_dirs)
@@ -261,18 +253,17 @@ class RuncRuntime:
         log.info("container.created", container_id=config.id, name=config.name)
         return self._info(record)
 
-    async def _discard_dir(self, cdir: ContainerDir, lower_dirs: Sequence[Path]) -> None:
-        if lower_dirs:
-            with contextlib.suppress(ContainerRuntimeError, InvalidConfig):
-                await ContainerLayer(lower_dirs, cdir.base).unmount()
-        for mount in await asyncio.to_thread(mounted_under, cdir.base):
-            with contextlib.suppress(ContainerRuntimeError):
-                await ContainerLayer([mount], mount.parent).unmount()
+    async def _discard_dir(
+        self, cdir: ContainerDir, lower_dirs: Sequence[Path], cgroup: CgroupV1 | None = None
+    ) -> None:
+        """Remove the container's ``cgroup`` (when given), unmount what is mounted in its
+        directory and move that to the trash, in one thread hop run to its end (also when
+        the caller is cancelled); the trash is emptied in the background."""
         # Deleting a writable layer can take long: move it aside (one rename) and
         # delete it in the background; recover() finishes what a crash left there.
         trash = self.state_root / "trash" / f"{cdir.base.name}.{secrets.token_hex(4)}"
         try:  # the move happens (and the trash goes) also for a cancelled caller
-            await to_thread_to_end(lambda: _move_aside(cdir.base, trash))
+            await to_thread_to_end(lambda: _discard_blocking(cdir, lower_dirs, trash, cgroup))
         finally:
             self._spawn_cleanup(trash)
 
@@ -320,7 +311,8 @@ class RuncRuntime:
                 # Attaches that waited for this start see its first output: connected
                 # while the init still waits to be released.
                 await self._connect_pending(cid)
-                if not await start_created(self.runc_root / cid, pid):
+                released = await start_created(self.runc_root / cid, pid, remove_fifo=False)
+                if not released:
                     await self._runc("start", cid)
                 phases.mark("release")
             except ContainerRuntimeError as exc:
@@ -346,8 +338,12 @@ class RuncRuntime:
                 started_at=datetime.now(UTC),
                 restart_count=record.state.restart_count,
             )
-            await self._save(record)
-            self._watch(record)
+            if released:
+                fifo = self.runc_root / cid / EXEC_FIFO
+                await asyncio.to_thread(_released, fifo, cdir, encode_record(record))
+            else:
+                await self._save(record)
+            self._watch(record, started=True)
             phases.mark("save")
         phases.done()
         log.info("container.started", container_id=cid, pid=pid)
@@ -364,7 +360,9 @@ class RuncRuntime:
             except ContainerRuntimeError as exc:
                 log.warning("container.attach_failed", container_id=cid, error=str(exc))
 
-    def _watch(self, record: ContainerRecord) -> None:
+    def _watch(self, record: ContainerRecord, started: bool = False) -> None:
+        """Watch the container's conmon until it exits; ``started``: this agent just
+        started it (its log's first size check waits one interval)."""
         cid = record.config.id
 
         async def watcher() -> None:
@@ -374,6 +372,7 @@ class RuncRuntime:
                 cdir.log,
                 cdir.bundle / "ctl",
                 container_log_policy(self.log_policy, record.config),
+                check_now=not started,
             )
             reap_conmon(record.conmon_pid)  # our child unless an earlier agent started it
             await self._finalize(record)
@@ -391,10 +390,13 @@ class RuncRuntime:
         phases = Phases("finalize", cid)
         async with self._holds.lock(cid):  # a copy holding the rootfs keeps it mounted
             unmount = not self._holds.held(cid)
-            # The common case (an exit code, an empty cgroup) in one thread hop.
-            code, finished, oom, done = await asyncio.to_thread(self._exit_cleanup, record, unmount)
+            # The common case (an exit code, an empty cgroup) in one thread hop, the
+            # record saved in it too (unless the container is being removed).
+            code, finished, oom, state = await asyncio.to_thread(
+                self._exit_cleanup, record, cid in self._records, unmount
+            )
             phases.mark("cleanup")
-            if not done:
+            if state is None:
                 await self._runc("delete", cid, check=False)
                 if code is None:
                     _, out = await self._runc("state", cid, check=False)
@@ -405,32 +407,26 @@ class RuncRuntime:
                     with contextlib.suppress(ContainerRuntimeError):
                         await ContainerLayer(record.config.lower_dirs, cdir.base).unmount()
                 phases.mark("runc_delete")
-            if code is None:
-                record.state.status = ContainerStatus.DEAD
-                record.state.exit_code = -1
-                record.state.error = "container monitor (conmon) exited without an exit code"
+                record.state = _exited_state(record.state, code, finished, oom)
+                if cid in self._records:
+                    await self._save(record)
             else:
-                record.state.status = ContainerStatus.EXITED
-                record.state.exit_code = code
-        record.state.oom_killed = oom
-        record.state.pid = 0
-        record.state.finished_at = finished or datetime.now(UTC)
+                record.state = state
         self._cpu_prev.pop(cid, None)
-        if cid in self._records:
-            await self._save(record)
         phases.mark("save")
         phases.done()
         self._event(cid).set()
         log.info("container.exited", container_id=cid, exit_code=code, oom_killed=oom)
 
     def _exit_cleanup(
-        self, record: ContainerRecord, unmount: bool = True
-    ) -> tuple[int | None, datetime | None, bool, bool]:
+        self, record: ContainerRecord, save: bool, unmount: bool = True
+    ) -> tuple[int | None, datetime | None, bool, ContainerState | None]:
         """conmon's exit code, when, and whether OOM-killed; then, with a code, the cgroups
-        and runc's state removed and the rootfs unmounted (with ``unmount``: not while
-        a copy holds it) (blocking).
+        and runc's state removed, the rootfs unmounted (with ``unmount``: not while a
+        copy holds it) and (``save``) the record saved with the state after the exit,
+        which is returned (blocking).
 
-        The last value is False when that was not done (no exit code, or processes left
+        The last value is None when that was not done (no exit code, or processes left
         in a cgroup): runc's own ``delete`` finishes then.
         """
         cid = record.config.id
@@ -438,11 +434,15 @@ class RuncRuntime:
         code, finished, oom_file = files.read_exit(cdir, cid)
         cgroup = CgroupV1(record.cgroups_path)
         oom = oom_file or cgroup.oom_killed()
-        done = code is not None and delete_stopped(self.runc_root / cid, cgroup)
-        if done and unmount:
+        if code is None or not delete_stopped(self.runc_root / cid, cgroup):
+            return code, finished, oom, None
+        if unmount:
             with contextlib.suppress(ContainerRuntimeError):
                 ContainerLayer(record.config.lower_dirs, cdir.base).unmount_blocking()
-        return code, finished, oom, done
+        state = _exited_state(record.state, code, finished, oom)
+        if save:
+            write_atomic(cdir.record, encode_record(dataclasses.replace(record, state=state)))
+        return code, finished, oom, state
 
     @staticmethod
     def _exit_info(state: ContainerState) -> ExitInfo:
@@ -523,10 +523,7 @@ class RuncRuntime:
         await self._runc_delete_leftover(cid)
         phases.mark("leftover")
         cgroup = CgroupV1(record.cgroups_path)
-        for path in await asyncio.to_thread(cgroup.controllers_present):
-            await asyncio.to_thread(rmdir_tree, path)
-        phases.mark("cgroups")
-        await self._discard_dir(self._dir(cid), record.config.lower_dirs)
+        await self._discard_dir(self._dir(cid), record.config.lower_dirs, cgroup)
         phases.mark("discard")
 
     @contextlib.asynccontextmanager
@@ -806,14 +803,19 @@ def container_log_policy(default: LogPolicy, config: ContainerSpec) -> LogPolicy
     )
 
 
-def _etc_files(cdir: ContainerDir) -> EtcFiles:
-    return EtcFiles(cdir.etc / "hosts", cdir.etc / "resolv.conf", cdir.etc / "hostname")
+def _etc_files(cdir: ContainerDir, fresh: bool = True) -> EtcFiles:
+    """The container's hosts, resolv.conf and hostname: in its bundle (no directory of
+    their own to make), or in ``etc/`` for a container an earlier agent created (its
+    config.json binds them from there), which only a recorded one (not ``fresh``) can be.
+    """
+    where = cdir.etc if not fresh and cdir.etc.is_dir() else cdir.bundle
+    return EtcFiles(where / "hosts", where / "resolv.conf", where / "hostname")
 
 
 def _write_etc_blocking(cdir: ContainerDir, spec: ContainerSpec, fresh: bool) -> None:
     endpoint = spec.endpoint
     files.write_etc_files(
-        _etc_files(cdir),
+        _etc_files(cdir, fresh),
         spec.hostname or spec.id[:12],
         spec.network,
         endpoint.ip_address if endpoint else "",
@@ -824,49 +826,98 @@ def _write_etc_blocking(cdir: ContainerDir, spec: ContainerSpec, fresh: bool) ->
     )
 
 
-def _lay_out(
-    cdir: ContainerDir, layer: ContainerLayer, config: ContainerSpec
-) -> tuple[Path, str, str]:
-    """A new container's directories, its rootfs mounted and its /etc files, in one
-    thread hop (blocking); returns the rootfs and its passwd and group text.
+def _create_blocking(
+    cdir: ContainerDir,
+    layer: ContainerLayer,
+    record: ContainerRecord,
+    user_dbs: files.UserDbs,
+    x32: bool,
+) -> None:
+    """A new container, whole, in one thread hop (blocking): its directories, the rootfs
+    mounted, the /etc files, config.json, then the record that makes it exist. The
+    image's passwd and group come from ``user_dbs`` (read in this rootfs the first time).
 
     Fails when the directory exists (an id in use). Each directory made once, without
-    ``parents`` probing: the containers' directory exists (``recover``).
+    ``parents`` probing: the containers' directory exists (``recover``). config.json in
+    place (:func:`files.write_new`): no record exists yet, so a crash before the
+    record's rename leaves a directory that recovery discards whole.
     """
+    config = record.config
     try:
         os.mkdir(cdir.base)
     except FileNotFoundError:  # the containers' directory removed under us
         cdir.base.mkdir(parents=True)
     os.mkdir(cdir.bundle)
-    os.mkdir(cdir.etc)
-    rootfs = layer.mount_blocking()
-    passwd, group = files.read_user_db(rootfs)
+    rootfs = layer.mount_blocking(fresh=True)
+    passwd, group = user_dbs.read(config.lower_dirs, rootfs)
     _write_etc_blocking(cdir, config, fresh=True)
-    return rootfs, passwd, group
-
-
-def _write_bundle(cdir: ContainerDir, spec: dict[str, object], record: bytes) -> None:
-    """config.json, then the record that makes the container exist (blocking).
-
-    config.json in place (:func:`files.write_new`): no record exists yet, so a crash
-    before the record's rename leaves a directory that recovery discards whole.
-    """
+    user = resolve_user(config.user or config.image_config.get("User"), passwd, group)
+    devices = files.host_devices() if config.privileged else []
+    netns = config.endpoint.netns_path if config.endpoint else None
+    spec = build_spec(
+        config, rootfs, user, _etc_files(cdir), record.cgroups_path, devices, netns, x32
+    )
     files.write_new(cdir.spec, json.dumps(spec).encode())
-    write_atomic(cdir.record, record)
+    write_atomic(cdir.record, encode_record(record))
 
 
 def _prepare_start(
     leftover: Path | None, cdir: ContainerDir, cid: str, layer: ContainerLayer
 ) -> bool:
     """Before a start, in one thread hop (blocking): True, doing nothing, when runc's state
-    ``leftover`` exists; else the previous run's exit files cleared, the rootfs mounted
-    and conmon's directories made."""
-    if leftover is not None and leftover.exists():
+    ``leftover`` exists; else the previous run's exit files cleared and the rootfs
+    mounted (a create's mount is found as it is). conmon writes in the bundle: no
+    directory to make (``ContainerDir.conmon_paths``)."""
+    if leftover is not None and os.path.lexists(leftover):
         return True
     files.clear_exit_files(cdir, cid)
     layer.mount_blocking()
-    make_conmon_dirs(cdir.conmon_paths())
     return False
+
+
+def _released(fifo: Path, cdir: ContainerDir, record: bytes) -> None:
+    """After the init's release, in one thread hop (blocking): runc's exec fifo removed
+    (runc then reports the container running), then the record saved."""
+    fifo.unlink(missing_ok=True)
+    write_atomic(cdir.record, record)
+
+
+def _exited_state(
+    state: ContainerState, code: int | None, finished: datetime | None, oom: bool
+) -> ContainerState:
+    """The state after an exit with conmon's ``code`` (None: it wrote none, DEAD)."""
+    if code is None:
+        status, error = (
+            ContainerStatus.DEAD,
+            "container monitor (conmon) exited without an exit code",
+        )
+    else:
+        status, error = ContainerStatus.EXITED, state.error
+    return dataclasses.replace(
+        state,
+        status=status,
+        exit_code=-1 if code is None else code,
+        error=error,
+        oom_killed=oom,
+        pid=0,
+        finished_at=finished or datetime.now(UTC),
+    )
+
+
+def _discard_blocking(
+    cdir: ContainerDir, lower_dirs: Sequence[Path], trash: Path, cgroup: CgroupV1 | None
+) -> None:
+    """The cgroup removed (when given), the rootfs and any mount left below the
+    container's directory unmounted, then the directory moved to ``trash`` (blocking)."""
+    if cgroup is not None:
+        cgroup.remove()
+    if lower_dirs:
+        with contextlib.suppress(ContainerRuntimeError, InvalidConfig):
+            ContainerLayer(lower_dirs, cdir.base).unmount_blocking()
+    for mount in mounted_under(cdir.base):
+        with contextlib.suppress(ContainerRuntimeError):
+            ContainerLayer([mount], mount.parent).unmount_blocking()
+    _move_aside(cdir.base, trash)
 
 
 def _move_aside(source: Path, destination: Path) -> None:

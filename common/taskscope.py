@@ -121,8 +121,15 @@ class TaskScope:
         holder, self._holder = self._holder, None
         if holder is None:
             return
+        self._group = None  # from now on spawn() refuses, and open() starts a new holder
         holder.cancel()
         await asyncio.gather(holder, return_exceptions=True)
+
+    async def close_if_idle(self) -> None:
+        """`close()` when no item is left (an owner whose items come in bursts keeps no
+        holder task between them; `open()` starts a new one)."""
+        if all(task.done() for task in self._items):  # done ones leave at their callback
+            await self.close()
 
     async def _hold(self, ready: asyncio.Event) -> None:
         group = asyncio.TaskGroup()

@@ -101,6 +101,12 @@ class ImageService:
             raise
         finally:
             shared.waiters -= 1
+            if shared.task.done() and self._pulls.get(key) is shared:
+                del self._pulls[key]  # its done callback may not have run yet
+            if not self._pulls:
+                # No transfer under way: no holder task left pending for a service that
+                # is dropped without close() (the next pull opens the scope again).
+                await self._transfers.close_if_idle()
 
     async def close(self) -> None:
         """Cancel the pulls under way and wait for them (their callers get cancelled)."""

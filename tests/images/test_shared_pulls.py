@@ -95,3 +95,29 @@ async def test_close_cancels_the_transfers_under_way(
     with pytest.raises(asyncio.CancelledError):
         await caller
     assert _others() == set()
+
+
+async def test_no_task_is_left_between_pulls(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service dropped without close() leaves nothing pending once its pulls are done,
+    and a pull that starts while the last one's scope is closing runs in a new one."""
+    transfer = FakeTransfer()
+    service = _service(tmp_path, transfer, monkeypatch)
+    first = asyncio.create_task(service.pull("busybox"))
+    await settle()
+    transfer.go.set()
+    assert await first == "image"
+    assert _others() == set()
+    transfer.go.clear()
+    second = asyncio.create_task(service.pull("busybox"))
+    await settle()
+    closing = asyncio.create_task(service._transfers.close())  # as an idle close does
+    third = asyncio.create_task(service.pull("alpine"))
+    await settle()
+    transfer.go.set()
+    assert await third == "image"
+    await closing
+    with pytest.raises(asyncio.CancelledError):
+        await second  # the close cancelled the transfer it held, not the new scope's
+    assert _others() == set()

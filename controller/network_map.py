@@ -29,6 +29,7 @@ from dockyard.controller.network_map_delta import (
     SharedDelta,
     ingress_entries,
     node_delta,
+    own_copy,
     shared_delta,
 )
 from dockyard.controller.overlay_map import node_overlays, overlays
@@ -387,14 +388,6 @@ def shared_map(
 
 def node_message(node: Node, shared: SharedMap) -> DispatcherMessage:
     """``node``'s map, in the message that carries it (built in place: no second copy)."""
-    message = DispatcherMessage()
-    network = message.network
-    network.CopyFrom(shared.template)
-    own = shared.peer_index.get(node.id)
-    if own is not None:
-        del network.peers[own]
-    network.subnet = node.network.subnet
-    network.overlays.extend(node_overlays(node.id, *shared.overlays))
-    network.address = node.network.address
-    network.ingress_address = shared.ingress_addresses.get(node.id, "")
+    message = own_copy(node, shared.template, shared.peer_index, shared.ingress_addresses)
+    message.network.overlays.extend(node_overlays(node.id, *shared.overlays))
     return message

@@ -37,6 +37,7 @@ __all__ = [
     "SharedDelta",
     "ingress_entries",
     "node_delta",
+    "own_copy",
     "shared_delta",
 ]
 
@@ -128,20 +129,31 @@ def shared_delta(base: MapState, current: MapState) -> SharedDelta | None:
     )
 
 
-def node_delta(node: Node, shared: SharedDelta) -> DispatcherMessage:
-    """``node``'s delta, in the message that carries it (versions not set yet)."""
+def own_copy(
+    node: Node, template: NetworkMap, peer_index: dict[str, int], ingress: dict[str, str]
+) -> DispatcherMessage:
+    """A message holding ``template`` copied in C, without ``node``'s own entry in its
+    peers (at ``peer_index``), with ``node``'s subnet, address and ingress address:
+    what a full map and a delta share of being made per node."""
     message = DispatcherMessage()
     network = message.network
-    network.CopyFrom(shared.template)
-    own = shared.peer_index.get(node.id)
+    network.CopyFrom(template)
+    own = peer_index.get(node.id)
     if own is not None:
         del network.peers[own]
+    network.subnet = node.network.subnet
+    network.address = node.network.address
+    network.ingress_address = ingress.get(node.id, "")
+    return message
+
+
+def node_delta(node: Node, shared: SharedDelta) -> DispatcherMessage:
+    """``node``'s delta, in the message that carries it (versions not set yet)."""
+    message = own_copy(node, shared.template, shared.peer_index, shared.ingress_addresses)
+    network = message.network
     own = shared.removed_index.get(node.id)
     if own is not None:
         del network.removed_peers[own]
-    network.subnet = node.network.subnet
-    network.address = node.network.address
-    network.ingress_address = shared.ingress_addresses.get(node.id, "")
     (base_maps, base_members), (maps, members) = shared.base, shared.current
     before = {nid for nid in base_members.get(node.id, ()) if nid in base_maps}
     now = {nid for nid in members.get(node.id, ()) if nid in maps}

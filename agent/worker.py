@@ -32,6 +32,7 @@ from dockyard.agent.tasks.controller import TaskController
 from dockyard.agent.tasks.disposal import DEFAULT_STOP_GRACE, Disposer
 from dockyard.agent.tasks.persistence import STATE_FILE, SavedTask, StateFile
 from dockyard.agent.tasks.reporting import FOLD_WINDOW, SessionLike, StatusReporter
+from dockyard.common.taskscope import wait_for_owned
 from dockyard.v1.dispatcher_pb2 import AssignmentSet
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
@@ -115,13 +116,7 @@ class Worker:
         """Return when the worker is closed; raise what broke it (a bug) if it broke."""
         root = self._root
         assert root is not None, "start() first"
-        try:
-            await asyncio.shield(root)  # whoever waits does not stop the worker
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if root.cancelled() and current is not None and not current.cancelling():
-                return  # closed
-            raise
+        await wait_for_owned(root)  # whoever waits does not stop the worker
 
     async def close(self) -> None:
         """Stop driving tasks and write the state; the containers keep running."""

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-__all__ = ["ScopeClosed", "TaskScope", "run_to_end"]
+__all__ = ["ScopeClosed", "TaskScope", "run_to_end", "wait_for_owned"]
 
 log = structlog.get_logger(__name__)
 
@@ -108,13 +108,7 @@ class TaskScope:
         """Return when the scope is closed; raise the item's error that ended it."""
         holder = self._holder
         assert holder is not None, "open() first"
-        try:
-            await asyncio.shield(holder)  # whoever waits does not close the scope
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if holder.cancelled() and current is not None and not current.cancelling():
-                return  # closed
-            raise
+        await wait_for_owned(holder)
 
     async def close(self) -> None:
         """Cancel every item and wait for them all (a fatal error was logged already)."""
@@ -151,6 +145,18 @@ class TaskScope:
             if self.fatal:
                 raise
             return None
+
+
+async def wait_for_owned(task: asyncio.Task[Any]) -> None:
+    """Return when `task` ends or its owner cancels it; raise the error it ended with.
+    The waiter does not own it: cancelling the waiter leaves `task` running."""
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if task.cancelled() and current is not None and not current.cancelling():
+            return  # its owner closed it
+        raise
 
 
 async def run_to_end(work: Awaitable[T]) -> T:

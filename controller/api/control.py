@@ -23,7 +23,7 @@ from dockyard.controller.networks import NetworkRegistry
 from dockyard.controller.peers import ControllerDirectory, PeerStatus
 from dockyard.controller.secrets import CONFIG_KIND, SecretRegistry, without_data
 from dockyard.controller.sessions import SessionRegistry
-from dockyard.controller.store import EtcdMember, Store, StoreUnavailable
+from dockyard.controller.store import EtcdMember, Store, StoreError, StoreUnavailable
 from dockyard.v1 import control_pb2_grpc
 from dockyard.v1.control_pb2 import (
     ClusterInfo,
@@ -130,16 +130,20 @@ async def cluster_info(
         agent_sessions=len(sessions),
         http_address=identity.http_address,
     )
-    async with asyncio.TaskGroup() as group:
-        counted = group.create_task(_unavailable(_add_counts(info, nodes_api, services)))
-        versioned = group.create_task(_unavailable(store.server_version()))
-        if directory is not None:
-            listed = group.create_task(_unavailable(_add_controllers(info, directory)))
-            group.create_task(_add_members(info, store))
+    reads = [_add_counts(info, nodes_api, services)]
+    if directory is not None:
+        reads.append(_add_controllers(info, directory))
+    try:
+        async with asyncio.TaskGroup() as group:
+            versioned = group.create_task(_unavailable(store.server_version()))
+            if directory is not None:
+                group.create_task(_add_members(info, store))
+            read = [group.create_task(_unavailable(r)) for r in reads]
+    except* StoreError as failed:  # as the caller would get it without the group
+        raise failed.exceptions[0] from None
     version = versioned.result()
     info.etcd_version = "unreachable" if isinstance(version, Unreadable) else version
-    failed = [counted.result(), listed.result() if directory is not None else None]
-    if why := next((f for f in failed if isinstance(f, Unreadable)), None):
+    if why := next((r.result() for r in read if isinstance(r.result(), Unreadable)), None):
         info.state_error = f"the cluster's state cannot be read: {why}"
     return info
 

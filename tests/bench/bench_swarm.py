@@ -20,6 +20,10 @@ Per run, each side measures:
   gone  ... and to no containers at all (dockyard: `Containers.List(all)` empty on every agent;
         docker: `docker ps -a` empty)
 The service is then removed and the next run starts from an empty node.
+Before each side's up the bench waits (up to --settle seconds, 30 by default) for the
+machine's CPUs to be under 25 % busy over a second, so that no side starts while the
+side before it is still tearing down (Swarm's clean-up goes on after `docker ps -a` is
+empty).
 With --baseline PYTHONPATH (a directory holding another tree's `dockyard` package,
 e.g. main's), a second controller + agent run that code, and each run measures
 this tree and the baseline (in turn first and second) then Swarm, one after another
@@ -64,7 +68,7 @@ from benchlib import (
     stop_process,
     wait_for,
 )
-from upprofile import UpProfile
+from upprofile import UpProfile, wait_for_quiet
 
 POLL = 0.25
 
@@ -367,6 +371,15 @@ class Swarm:
         return {"up": up, "down": down, "gone": gone}
 
 
+def settle(args: argparse.Namespace) -> None:
+    """Start each side's timed up on a machine the side before has finished with."""
+    if args.settle <= 0:
+        return
+    waited, busy = wait_for_quiet(limit=args.settle)
+    if waited > 1.5:
+        print(f"    (waited {waited:.1f} s for a quiet machine: {busy:.0%} busy)", flush=True)
+
+
 def main() -> int:  # noqa: PLR0915 - one linear script
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -382,6 +395,13 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         "--stop-grace",
         default="0s",
         help="--stop-grace-period on both sides (a duration: 0s, 1s, ...)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=30,
+        help="before each side's up, wait up to this many seconds for the CPUs to be under "
+        "25%% busy over 1 s (0: do not wait)",
     )
     parser.add_argument("--no-docker", action="store_true", help="skip the Docker baseline")
     parser.add_argument("--profile", default="", help="profile each dockyard up into this dir")
@@ -430,6 +450,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
             for key, side in sides if run % 2 == 0 else sides[::-1]:
                 if side is None:
                     continue
+                settle(args)
                 r = side.run_once(f"bench{run}", args.replicas, args.wait_timeout)
                 results[key].append(r)
                 print(
@@ -438,6 +459,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
                     flush=True,
                 )
             if swarm is not None:
+                settle(args)
                 r = swarm.run_once(f"bench{run}", args.replicas, args.wait_timeout)
                 results["swarm"].append(r)
                 print(

@@ -73,6 +73,26 @@ def machine_busy() -> float:
     return (sum(values[:8]) - idle) / TICKS
 
 
+def wait_for_quiet(
+    busy_below: float = 0.25, window: float = 1.0, limit: float = 30.0
+) -> tuple[float, float]:
+    """Wait until the machine's CPUs were less than `busy_below` busy over `window` s.
+
+    A timed up or down that starts while the last side's teardown still runs (Swarm's
+    containerd and network clean-up go on after its containers are gone) pays for it.
+    Returns (seconds waited, the last window's busy share); gives up after `limit`.
+    """
+    cpus = os.cpu_count() or 1
+    started = time.monotonic()
+    while True:
+        before = machine_busy()
+        time.sleep(window)
+        busy = (machine_busy() - before) / (window * cpus)
+        waited = time.monotonic() - started
+        if busy < busy_below or waited >= limit:
+            return waited, busy
+
+
 def child_pids(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():

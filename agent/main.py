@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dockyard.common import event_loop
 from dockyard.common.addresses import (
     AGENT_METRICS_PORT as METRICS_PORT,
 )
@@ -274,7 +275,7 @@ def run(
         docker_api_listen=docker_api_listen,
         docker_api_insecure=docker_api_insecure,
     )
-    sys.exit(asyncio.run(_serve(config)))
+    sys.exit(event_loop.run(_serve(config)))
 
 
 @main.command()
@@ -492,7 +493,7 @@ def hollow(
     except (AddressError, ValidationError, ValueError) as exc:
         raise click.BadParameter(str(exc)) from exc
     fleet = HollowFleet(targets, count, state_dir, name_prefix, resources, stagger, start_delay)
-    sys.exit(asyncio.run(_serve_fleet(fleet)))
+    sys.exit(event_loop.run(_serve_fleet(fleet)))
 
 
 async def _serve_fleet(fleet: HollowFleet) -> int:

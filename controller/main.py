@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from dockyard.common import event_loop
 from dockyard.common.addresses import CONTROLLER_PORT, JOIN_PORT, AddressError, normalize
 from dockyard.common.distribution.settings import check_registry_flags, registry_options
 from dockyard.common.gc_settle import settle_gc
@@ -280,7 +281,7 @@ def run(
         subnets=subnets,
         secret_keys=secret_keys,
     )
-    sys.exit(asyncio.run(_serve(config)))
+    sys.exit(event_loop.run(_serve(config)))
 
 
 async def _serve(config: ControllerConfig) -> int:

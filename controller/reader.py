@@ -34,6 +34,7 @@ from typing import Any
 import grpc
 import structlog
 
+from dockyard.common import event_loop
 from dockyard.common import logging as dlogging
 from dockyard.common.statedir import write_private
 from dockyard.controller.http.server import server_tls
@@ -93,7 +94,7 @@ def main() -> None:
     _die_with_parent(setup.parent)
     dlogging.configure(setup.log_level)
     structlog.contextvars.bind_contextvars(process="reader")  # its lines in the controller's log
-    sys.exit(asyncio.run(_serve(setup)))
+    sys.exit(event_loop.run(_serve(setup)))
 
 
 def _die_with_parent(parent: int) -> None:

@@ -38,6 +38,10 @@ def test_nodes_join_and_report_their_host(cluster_factory: Callable[..., Cluster
     assert "READY" in table and "n2" in table and "LAST HEARTBEAT" in table
     record = json.loads(cluster.cli("node", "inspect", "n1", "-o", "json").stdout)
     assert record[0]["id"] == nodes["n1"]["id"]
+    # Both daemons run on uvloop (common/event_loop.py), the loop the benchmarks measured.
+    assert cluster.controller is not None
+    for daemon in (cluster.controller, cluster.agents["n1"]):
+        assert "uvloop.Loop" in daemon.log(), daemon.log()[-2000:]
 
 
 def test_killed_agent_goes_down_and_comes_back_as_the_same_node(

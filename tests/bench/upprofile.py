@@ -30,7 +30,19 @@ from pathlib import Path
 from typing import Any
 
 TICKS = os.sysconf("SC_CLK_TCK")
-PHASES = ("created", "accepted", "preparing", "starting", "running", "stored")
+PHASES = (
+    "created",
+    "accepted",
+    "preparing",
+    "made",
+    "starting",
+    "released",
+    "running",
+    "stored",
+)
+# The runtime's own log lines, as phases: the container made (bundle, rootfs), and
+# started (conmon's `runc create` answered, the init released).
+_RUNTIME_EVENTS = {b'"container.created"': "made", b'"container.started"': "released"}
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -188,7 +200,18 @@ class Sampler(threading.Thread):
             "conmon_end": self.samples[-1][2],
             "runc_waits": self.waits.most_common(12),
             "timeline": self.timeline(),
+            "first_runc_at": next((s[0] for s in self.samples if s[1]), None),
+            "idle_cpu_s": self.idle_cpu_seconds(),
         }
+
+    def idle_cpu_seconds(self) -> float:
+        """CPU seconds the machine left idle over the samples (all CPUs): what an up
+        that waits instead of working leaves unused."""
+        cpus, idle, last = os.cpu_count() or 1, 0.0, 0.0
+        for sample in self.samples:
+            idle += max(0.0, 1.0 - sample[4]) * cpus * (sample[0] - last)
+            last = sample[0]
+        return round(idle, 2)
 
 
 def _wchan(pid: int) -> str:
@@ -293,16 +316,31 @@ class UpProfile:
             times[task.id]["created"] = task.meta.created_at.ToNanoseconds() / 1e9
             if task.status.state == 7:  # RUNNING: observed_at is when it was stored
                 times[task.id]["stored"] = task.observed_at.ToNanoseconds() / 1e9
-        with open(self.agent_log, "rb") as log:
+        by_prefix = {task_id[:12]: task_id for task_id in times}
+        names: dict[str, str] = {}  # container id -> task id
+        with (
+            open(self.agent_log, "rb") as log,
+            open(self.out / f"{self.name}.agent.log", "wb") as copy,
+        ):
             log.seek(self._log_offset)
             for line in log:
-                if b'"task.status"' not in line:
-                    continue
+                copy.write(line)
                 with contextlib.suppress(ValueError, KeyError):
-                    entry = json.loads(line)
-                    if entry["task_id"] in times:
+                    if b'"task.status"' in line:
+                        entry = json.loads(line)
+                        task_id, phase = entry["task_id"], entry["state"].lower()
+                    elif (phase := _runtime_phase(line)) is not None:
+                        entry = json.loads(line)
+                        if "name" in entry:
+                            names[entry["container_id"]] = by_prefix.get(
+                                entry["name"].rsplit(".", 1)[-1], ""
+                            )
+                        task_id = names.get(entry["container_id"], "")
+                    else:
+                        continue
+                    if task_id in times:
                         when = datetime.datetime.fromisoformat(entry["timestamp"]).timestamp()
-                        times[entry["task_id"]].setdefault(entry["state"].lower(), when)
+                        times[task_id].setdefault(phase, when)
         result: dict[str, Any] = {}
         for phase in PHASES:  # when the tasks reached it, from the create command
             at = sorted(t[phase] - self._wall for t in times.values() if phase in t)
@@ -324,6 +362,10 @@ class UpProfile:
                     "max": round(spent[-1], 3),
                 }
         return result
+
+
+def _runtime_phase(line: bytes) -> str | None:
+    return next((phase for key, phase in _RUNTIME_EVENTS.items() if key in line), None)
 
 
 def top_entries(raw: Path, count: int = 15) -> dict[str, list[tuple[str, float]]]:

@@ -1,13 +1,16 @@
 """A container start takes its blocking steps in the runtime's own threads: it does not
 queue behind the creates a scale-up puts in asyncio's default executor all at once (with
-that executor's only worker held busy here, deterministically), and no step of it runs
-on the event loop's thread.
+that executor's only worker held busy here, deterministically), no step of it runs on
+the event loop's thread, and it creates no file there (conmon's stderr file is made by
+the create, in its thread).
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextvars
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -51,6 +54,40 @@ async def test_a_start_does_not_wait_for_the_default_executor(
     for info in (first, second):
         await env.runtime.stop(info.id, 0)
         await env.runtime.remove(info.id)
+
+
+@pytest.mark.runc
+async def test_a_start_creates_no_file_on_the_loop(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[str] = []  # files created by the loop's thread while `on`
+    loop_thread, on = threading.get_ident(), False
+    real_open, real_os_open = builtins.open, os.open
+
+    def note(path: Any, creates: bool) -> None:
+        if not (on and creates and threading.get_ident() == loop_thread):
+            return
+        if isinstance(path, str | bytes | os.PathLike) and not os.path.lexists(path):
+            made.append(os.fsdecode(path).rsplit("/", 1)[-1])
+
+    def spy_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        note(file, any(c in mode for c in "wax"))
+        return real_open(file, mode, *args, **kwargs)
+
+    def spy_os_open(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        note(path, bool(flags & os.O_CREAT))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", spy_open)
+    monkeypatch.setattr(os, "open", spy_os_open)
+    info = await env.runtime.create(env.config("sleep", "60"))
+    on = True
+    await env.runtime.start(info.id)
+    on = False
+    monkeypatch.undo()
+    assert made == []
+    await env.runtime.stop(info.id, 0)
+    await env.runtime.remove(info.id)
 
 
 async def test_the_lane_runs_calls_in_its_threads_with_the_callers_context() -> None:

@@ -3,7 +3,8 @@
 For each dockyard up it records, into DIR:
   - py-spy (raw, collapsed stacks) of the agent and the controller, when py-spy is
     installed (`pip install py-spy`); the top entries (own and cumulative) are printed;
-  - the processes at once, sampled every 0.1 s: runc, conmon, and all in state R;
+  - the processes at once, sampled every 0.1 s: runc, conmon, and those in state R,
+    among the agent's descendants (other benchmarks on the machine run their own);
   - the CPU seconds of the agent, the controller, its etcd, the conmons of the
     service (with their reaped children: the shim and `runc run`), the containers'
     cgroups (`runc init`'s work before the exec) and the machine's;
@@ -115,9 +116,11 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
-def processes() -> list[tuple[int, str, str]]:
-    """(pid, comm, state) of every process."""
+def processes(root: int = 0) -> list[tuple[int, str, str]]:
+    """(pid, comm, state) of every process; with `root`, only of its descendants (other
+    benchmarks on a shared machine run their own runc and conmon processes)."""
     found = []
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -128,13 +131,27 @@ def processes() -> list[tuple[int, str, str]]:
         fields = _stat(int(entry.name))
         if fields is not None:
             found.append((int(entry.name), comm, fields[0]))
-    return found
+            parents[int(entry.name)] = int(fields[1])
+    if not root:
+        return found
+    return [p for p in found if _descends(p[0], root, parents)]
+
+
+def _descends(pid: int, root: int, parents: dict[int, int]) -> bool:
+    for _ in range(8):  # agent -> conmon -> runc -> runc init: a few levels
+        pid = parents.get(pid, 0)
+        if pid == root:
+            return True
+        if pid <= 1:
+            return False
+    return False
 
 
 class Sampler(threading.Thread):
-    """Counts runc, conmon and runnable processes every `interval` seconds, and how busy
-    the machine's CPUs and the agent were since the sample before (fractions of all
-    CPUs / of one CPU): an up that waits shows idle CPUs."""
+    """Counts runc, conmon and runnable processes (the agent's descendants, when `agent`
+    is given) every `interval` seconds, and how busy the machine's CPUs and the agent
+    were since the sample before (fractions of all CPUs / of one CPU): an up that waits
+    shows idle CPUs."""
 
     def __init__(self, interval: float = 0.1, agent: int = 0) -> None:
         super().__init__(daemon=True)
@@ -155,7 +172,7 @@ class Sampler(threading.Thread):
             load = (round((busy2 - busy) / span / cpus, 2), round((agent2 - agent) / span, 2))
             last, busy, agent = now, busy2, agent2
             runc = conmon = running = 0
-            for pid, comm, state in processes():
+            for pid, comm, state in processes(self.agent):
                 runc += comm.startswith("runc")
                 conmon += comm == "conmon"
                 running += state == "R"
@@ -279,7 +296,7 @@ class UpProfile:
         assert self.sampler is not None
         self.sampler.stop()
         cpu = {k: round(cpu_seconds(p) - self._cpu[k], 2) for k, p in self.pids.items()}
-        conmons = [p for p, comm, _ in processes() if comm == "conmon"]
+        conmons = [p for p, comm, _ in processes(self.pids["agent"]) if comm == "conmon"]
         cpu["conmons+children"] = round(sum(cpu_seconds(p, True) for p in conmons), 2)
         cpu["containers"] = round(cgroup_cpu_seconds(self.cgroup) - self._containers, 2)
         cpu["machine"] = round(machine_busy() - self._busy, 2)

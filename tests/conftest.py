@@ -515,16 +515,25 @@ def control(cluster: Cluster) -> Iterator[Any]:
 
 @pytest.fixture
 def thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The names of the functions run through ``asyncio.to_thread`` during the test, in
-    order (a spy: each still runs in its thread)."""
+    """The names of the functions run through ``asyncio.to_thread`` or a thread lane of
+    the runc runtime (its starts' own threads) during the test, in order (a spy: each
+    still runs in its thread)."""
+    from dockyard.agent.runtime.runc.lane import ThreadLane
+
     names: list[str] = []
     real = asyncio.to_thread
+    real_lane = ThreadLane.run
 
     async def spy(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         names.append(getattr(func, "__name__", repr(func)))
         return await real(func, *args, **kwargs)
 
+    async def lane_spy(lane: ThreadLane, func: Callable[..., Any], *args: Any) -> Any:
+        names.append(getattr(func, "__name__", repr(func)))
+        return await real_lane(lane, func, *args)
+
     monkeypatch.setattr(asyncio, "to_thread", spy)
+    monkeypatch.setattr(ThreadLane, "run", lane_spy)
     return names
 
 

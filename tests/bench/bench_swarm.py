@@ -68,7 +68,7 @@ from benchlib import (
     stop_process,
     wait_for,
 )
-from upprofile import UpProfile, wait_for_quiet
+from upprofile import PHASES, UpProfile, wait_for_quiet
 
 POLL = 0.25
 
@@ -251,10 +251,12 @@ class Dockyard:
             phases = report["phases"]
             print(
                 f"    profile ({profile.out}/{name}.json): cpu {report['cpu_s']}; "
-                f"at most {report['processes'].get('runc_max')} runc at once; all "
+                f"at most {report['processes'].get('runc_max')} runc at once, the first at "
+                f"{report['processes'].get('first_runc_at')} s; "
+                f"{report['processes'].get('idle_cpu_s')} CPU-s idle; tasks (first-last s) "
                 + ", ".join(
-                    f"{p} at {phases[p + '_at']['last']} s"
-                    for p in ("created", "accepted", "starting", "running", "stored")
+                    f"{p} {phases[p + '_at']['first']}-{phases[p + '_at']['last']}"
+                    for p in PHASES
                     if p + "_at" in phases
                 ),
                 flush=True,

@@ -3,7 +3,8 @@
 For each dockyard up it records, into DIR:
   - py-spy (raw, collapsed stacks) of the agent and the controller, when py-spy is
     installed (`pip install py-spy`); the top entries (own and cumulative) are printed;
-  - the processes at once, sampled every 0.1 s: runc, conmon, and all in state R;
+  - the processes at once, sampled every 0.1 s: runc, conmon, and those in state R,
+    among the agent's descendants (other benchmarks on the machine run their own);
   - the CPU seconds of the agent, the controller, its etcd, the conmons of the
     service (with their reaped children: the shim and `runc run`), the containers'
     cgroups (`runc init`'s work before the exec) and the machine's;
@@ -30,7 +31,19 @@ from pathlib import Path
 from typing import Any
 
 TICKS = os.sysconf("SC_CLK_TCK")
-PHASES = ("created", "accepted", "preparing", "starting", "running", "stored")
+PHASES = (
+    "created",
+    "accepted",
+    "preparing",
+    "made",
+    "starting",
+    "released",
+    "running",
+    "stored",
+)
+# The runtime's own log lines, as phases: the container made (bundle, rootfs), and
+# started (conmon's `runc create` answered, the init released).
+_RUNTIME_EVENTS = {b'"container.created"': "made", b'"container.started"': "released"}
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -103,9 +116,11 @@ def child_pids(pid: int) -> list[int]:
     return found
 
 
-def processes() -> list[tuple[int, str, str]]:
-    """(pid, comm, state) of every process."""
+def processes(root: int = 0) -> list[tuple[int, str, str]]:
+    """(pid, comm, state) of every process; with `root`, only of its descendants (other
+    benchmarks on a shared machine run their own runc and conmon processes)."""
     found = []
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -116,13 +131,27 @@ def processes() -> list[tuple[int, str, str]]:
         fields = _stat(int(entry.name))
         if fields is not None:
             found.append((int(entry.name), comm, fields[0]))
-    return found
+            parents[int(entry.name)] = int(fields[1])
+    if not root:
+        return found
+    return [p for p in found if _descends(p[0], root, parents)]
+
+
+def _descends(pid: int, root: int, parents: dict[int, int]) -> bool:
+    for _ in range(8):  # agent -> conmon -> runc -> runc init: a few levels
+        pid = parents.get(pid, 0)
+        if pid == root:
+            return True
+        if pid <= 1:
+            return False
+    return False
 
 
 class Sampler(threading.Thread):
-    """Counts runc, conmon and runnable processes every `interval` seconds, and how busy
-    the machine's CPUs and the agent were since the sample before (fractions of all
-    CPUs / of one CPU): an up that waits shows idle CPUs."""
+    """Counts runc, conmon and runnable processes (the agent's descendants, when `agent`
+    is given) every `interval` seconds, and how busy the machine's CPUs and the agent
+    were since the sample before (fractions of all CPUs / of one CPU): an up that waits
+    shows idle CPUs."""
 
     def __init__(self, interval: float = 0.1, agent: int = 0) -> None:
         super().__init__(daemon=True)
@@ -143,7 +172,7 @@ class Sampler(threading.Thread):
             load = (round((busy2 - busy) / span / cpus, 2), round((agent2 - agent) / span, 2))
             last, busy, agent = now, busy2, agent2
             runc = conmon = running = 0
-            for pid, comm, state in processes():
+            for pid, comm, state in processes(self.agent):
                 runc += comm.startswith("runc")
                 conmon += comm == "conmon"
                 running += state == "R"
@@ -188,7 +217,18 @@ class Sampler(threading.Thread):
             "conmon_end": self.samples[-1][2],
             "runc_waits": self.waits.most_common(12),
             "timeline": self.timeline(),
+            "first_runc_at": next((s[0] for s in self.samples if s[1]), None),
+            "idle_cpu_s": self.idle_cpu_seconds(),
         }
+
+    def idle_cpu_seconds(self) -> float:
+        """CPU seconds the machine left idle over the samples (all CPUs): what an up
+        that waits instead of working leaves unused."""
+        cpus, idle, last = os.cpu_count() or 1, 0.0, 0.0
+        for sample in self.samples:
+            idle += max(0.0, 1.0 - sample[4]) * cpus * (sample[0] - last)
+            last = sample[0]
+        return round(idle, 2)
 
 
 def _wchan(pid: int) -> str:
@@ -256,7 +296,7 @@ class UpProfile:
         assert self.sampler is not None
         self.sampler.stop()
         cpu = {k: round(cpu_seconds(p) - self._cpu[k], 2) for k, p in self.pids.items()}
-        conmons = [p for p, comm, _ in processes() if comm == "conmon"]
+        conmons = [p for p, comm, _ in processes(self.pids["agent"]) if comm == "conmon"]
         cpu["conmons+children"] = round(sum(cpu_seconds(p, True) for p in conmons), 2)
         cpu["containers"] = round(cgroup_cpu_seconds(self.cgroup) - self._containers, 2)
         cpu["machine"] = round(machine_busy() - self._busy, 2)
@@ -293,16 +333,31 @@ class UpProfile:
             times[task.id]["created"] = task.meta.created_at.ToNanoseconds() / 1e9
             if task.status.state == 7:  # RUNNING: observed_at is when it was stored
                 times[task.id]["stored"] = task.observed_at.ToNanoseconds() / 1e9
-        with open(self.agent_log, "rb") as log:
+        by_prefix = {task_id[:12]: task_id for task_id in times}
+        names: dict[str, str] = {}  # container id -> task id
+        with (
+            open(self.agent_log, "rb") as log,
+            open(self.out / f"{self.name}.agent.log", "wb") as copy,
+        ):
             log.seek(self._log_offset)
             for line in log:
-                if b'"task.status"' not in line:
-                    continue
+                copy.write(line)
                 with contextlib.suppress(ValueError, KeyError):
-                    entry = json.loads(line)
-                    if entry["task_id"] in times:
+                    if b'"task.status"' in line:
+                        entry = json.loads(line)
+                        task_id, phase = entry["task_id"], entry["state"].lower()
+                    elif (phase := _runtime_phase(line)) is not None:
+                        entry = json.loads(line)
+                        if "name" in entry:
+                            names[entry["container_id"]] = by_prefix.get(
+                                entry["name"].rsplit(".", 1)[-1], ""
+                            )
+                        task_id = names.get(entry["container_id"], "")
+                    else:
+                        continue
+                    if task_id in times:
                         when = datetime.datetime.fromisoformat(entry["timestamp"]).timestamp()
-                        times[entry["task_id"]].setdefault(entry["state"].lower(), when)
+                        times[task_id].setdefault(phase, when)
         result: dict[str, Any] = {}
         for phase in PHASES:  # when the tasks reached it, from the create command
             at = sorted(t[phase] - self._wall for t in times.values() if phase in t)
@@ -324,6 +379,10 @@ class UpProfile:
                     "max": round(spent[-1], 3),
                 }
         return result
+
+
+def _runtime_phase(line: bytes) -> str | None:
+    return next((phase for key, phase in _RUNTIME_EVENTS.items() if key in line), None)
 
 
 def top_entries(raw: Path, count: int = 15) -> dict[str, list[tuple[str, float]]]:

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dockyard.agent.containers.backends import LocalImages
+from dockyard.agent.containers.request import parse_image_ref
 from dockyard.agent.containers.service import ContainerService
 from dockyard.agent.executors.task import TaskExecutor
 from dockyard.agent.images.service import ImageService
 from dockyard.agent.runtime.base import ContainerStatus
+from dockyard.agent.runtime.runc import runtime as runtime_module
 from dockyard.agent.runtime.runc.runtime import RuncRuntime
 from dockyard.agent.worker import Worker
 from dockyard.common.distribution.registry import RegistryConfig
@@ -99,3 +104,55 @@ async def test_runc_tasks_pull_run_fail_and_stop(node: Node, image_registry: Ima
             break
         await asyncio.sleep(0.05)
     assert await node.manager.list(all=True) == []
+
+
+SLOW_CREATE = 0.2
+"""Seconds each create of the set below sleeps in its thread (a loaded disk)."""
+
+
+async def test_a_set_starts_containers_while_its_other_tasks_are_prepared(
+    node: Node, image_registry: ImageRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scale-up's tasks arrive at once and queue their creates in the default executor
+    together; the first conmon (`runc create`) must not wait for all of them. Here the
+    executor has 4 workers and 24 slow creates: 6 rounds. A start queued behind the
+    creates ran after the last round; its own lane lets it run after the first."""
+    image = image_registry.busybox
+    await node.manager.images.pull(parse_image_ref("image", image))
+    made: list[float] = []
+    launched: list[float] = []
+    real_create = runtime_module._create_blocking
+    real_launch = runtime_module.launch_conmon
+
+    def slow_create(*args: Any) -> None:
+        time.sleep(SLOW_CREATE)
+        real_create(*args)
+        made.append(time.monotonic())
+
+    async def launch(**kwargs: Any) -> tuple[int, int]:
+        launched.append(time.monotonic())
+        return await real_launch(**kwargs)
+
+    monkeypatch.setattr(runtime_module, "_create_blocking", slow_create)
+    monkeypatch.setattr(runtime_module, "launch_conmon", launch)
+    loop = asyncio.get_running_loop()
+    saved = loop._default_executor  # made by the fixture; put back for its teardown
+    assert isinstance(saved, ThreadPoolExecutor)
+    pool = ThreadPoolExecutor(4, thread_name_prefix="four-workers")
+    loop.set_default_executor(pool)
+    tasks = [
+        make_task(f"ramp{i:04d}task0", ["sleep", "600"], image=image, slot=i + 1) for i in range(24)
+    ]
+    try:
+        await node.worker.on_assignments(full_set(*tasks))
+        await until(
+            lambda: all(node.session.states(t.id)[-1:] == ["RUNNING"] for t in tasks),
+            "24 tasks RUNNING",
+            180,
+        )
+    finally:
+        loop.set_default_executor(saved)
+        pool.shutdown(wait=False)
+    assert len(made) == len(launched) == 24
+    # the first container went to runc before half of the set was even prepared
+    assert launched[0] < sorted(made)[len(made) // 2]

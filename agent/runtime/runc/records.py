@@ -45,6 +45,7 @@ class ContainerDir:
         self.spec = base / "bundle" / "config.json"
         self.rootfs = base / "rootfs"
         self.log = base / "ctr.log"
+        self.conmon_log = base / "conmon.log"  # conmon's stderr (its own errors)
         # Where earlier agents kept the /etc files (this one: in the bundle) and where
         # their conmons wrote (a container they started may still run): exit/<id>
         # (--exit-dir) and persist/exit, persist/oom (--persist-dir).
@@ -67,7 +68,7 @@ class ContainerDir:
             pid_file=self.base / "pid",
             conmon_pid_file=self.base / "conmon.pid",
             socket_dir=None,
-            conmon_log=self.base / "conmon.log",
+            conmon_log=self.conmon_log,
         )
 
     def exit_files(self, container_id: str) -> tuple[Path, ...]:

@@ -68,6 +68,7 @@ from dockyard.agent.runtime.runc.direct import (
 from dockyard.agent.runtime.runc.exec import RuncExecSession, start_exec, write_exec_process
 from dockyard.agent.runtime.runc.holds import RootfsHolds
 from dockyard.agent.runtime.runc.interactive import PipeExec, PtyExec, start_interactive
+from dockyard.agent.runtime.runc.lane import ThreadLane
 from dockyard.agent.runtime.runc.logrotate import LogPolicy, rotate_until
 from dockyard.agent.runtime.runc.logs import read_log
 from dockyard.agent.runtime.runc.phases import Phases
@@ -139,6 +140,8 @@ class RuncRuntime:
         self._pending_attach: dict[str, builtins.list[LateAttach]] = {}
         self._x32 = True  # the seccomp filter's x32 ABI: recover() asks the kernel
         self._user_dbs = files.UserDbs()
+        # A start's blocking steps: not behind the creates queued in the default executor
+        self._start_lane = ThreadLane("runc-start")
         self._loaded = False
 
     # ----------------------------------------------------------------- helpers
@@ -287,11 +290,11 @@ class RuncRuntime:
                 record.state.restart_count += 1
             layer = ContainerLayer(record.config.lower_dirs, cdir.base)
             leftover = self.runc_root / cid
-            if await asyncio.to_thread(_prepare_start, leftover, cdir, cid, layer):
+            if await self._start_lane.run(_prepare_start, leftover, cdir, cid, layer):
                 # runc still has the previous run's (or a crash's) container: delete it
                 # first, then clear what its end may have written.
                 await self._runc_delete_leftover(cid)
-                await asyncio.to_thread(_prepare_start, None, cdir, cid, layer)
+                await self._start_lane.run(_prepare_start, None, cdir, cid, layer)
             phases.mark("prepare")
             self._event(cid).clear()
             conmon_pid = 0
@@ -340,7 +343,7 @@ class RuncRuntime:
             )
             if released:
                 fifo = self.runc_root / cid / EXEC_FIFO
-                await asyncio.to_thread(_released, fifo, cdir, encode_record(record))
+                await self._start_lane.run(_released, fifo, cdir, encode_record(record))
             else:
                 await self._save(record)
             self._watch(record, started=True)
@@ -788,6 +791,7 @@ class RuncRuntime:
         mount is undone when no container's rootfs is mounted below it."""
         await self._tasks.close()  # the watchers cancelled; the trash's removals finished
         self._watchers.clear()
+        self._start_lane.close()
         if self._loaded:
             await asyncio.to_thread(release_mount_root, self.state_root)
 
@@ -837,7 +841,8 @@ def _create_blocking(
     mounted, the /etc files, config.json, then the record that makes it exist. The
     image's passwd and group come from ``user_dbs`` (read in this rootfs the first time).
 
-    Fails when the directory exists (an id in use). Each directory made once, without
+    Fails when the directory exists (an id in use). conmon's stderr file is made here
+    too (the start opens it on the loop). Each directory made once, without
     ``parents`` probing: the containers' directory exists (``recover``). config.json in
     place (:func:`files.write_new`): no record exists yet, so a crash before the
     record's rename leaves a directory that recovery discards whole.
@@ -858,6 +863,9 @@ def _create_blocking(
         config, rootfs, user, _etc_files(cdir), record.cgroups_path, devices, netns, x32
     )
     files.write_new(cdir.spec, json.dumps(spec).encode())
+    # conmon's stderr file, made here: the start opens it on the event loop to hand it to
+    # conmon, and a new inode there is the loop's time (~0.1 ms on a busy ext4)
+    files.write_new(cdir.conmon_log, b"")
     write_atomic(cdir.record, encode_record(record))
 
 

@@ -99,9 +99,9 @@ REVOKED_CERTS: Kind[types_pb2.RevokedCert] = Kind("pki/revoked", types_pb2.Revok
 REMOVED_SUBJECTS: Kind[types_pb2.RevokedCert] = Kind("pki/removed", types_pb2.RevokedCert)
 
 
-@dataclass(frozen=True)
-class Op:
-    """One write in a transaction.
+class Op(NamedTuple):
+    """One write in a transaction (a tuple: every task's write makes one, 0.8 µs
+    against a frozen dataclass's 2.8).
 
     `expect` is the compare: None for none, 0 for "must not exist yet",
     a revision for "must still be at this mod_revision".

@@ -59,13 +59,13 @@ class TaskScope:
         if self._group is not None:
             return
         if self._holder is None or self._holder.done():
-            self._ready = asyncio.Event()
-            self._holder = asyncio.create_task(self._hold(self._ready), name=f"scope-{self.name}")
-        waiting = asyncio.ensure_future(self._ready.wait())
-        try:
-            await asyncio.wait({waiting, self._holder}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiting.cancel()
+            ready = self._ready = asyncio.Event()
+            self._holder = asyncio.create_task(self._hold(ready), name=f"scope-{self.name}")
+            # A holder that ends before its group is ready (closed meanwhile) lets its
+            # openers go too. One event for every opener: a burst of first callers (a
+            # node's first containers, each watched) waits with no task of its own.
+            self._holder.add_done_callback(lambda _: ready.set())
+        await self._ready.wait()
 
     def spawn(self, work: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T | None]:
         """Start `work` as an item of the scope.

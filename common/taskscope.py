@@ -12,6 +12,7 @@ the daemon's own task group sees it. `close()` cancels every item and awaits the
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
@@ -83,9 +84,14 @@ class TaskScope:
             work.close()
             raise ScopeClosed(f"{self.name}: {exc}") from None
         self._items.add(task)
-        task.add_done_callback(self._items.discard)
-        task.add_done_callback(lambda _: work.close())  # cancelled before it ran: no warning
+        # One callback, not two: each held its own copy of the context for as long as
+        # the item runs (a watcher per running container).
+        task.add_done_callback(functools.partial(self._item_done, work))
         return task
+
+    def _item_done(self, work: Coroutine[Any, Any, Any], task: asyncio.Task[Any]) -> None:
+        self._items.discard(task)
+        work.close()  # cancelled before it ran: no "never awaited" warning
 
     def submit(
         self, work: Coroutine[Any, Any, T], name: str

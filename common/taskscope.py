@@ -12,6 +12,7 @@ the daemon's own task group sees it. `close()` cancels every item and awaits the
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
@@ -59,13 +60,13 @@ class TaskScope:
         if self._group is not None:
             return
         if self._holder is None or self._holder.done():
-            self._ready = asyncio.Event()
-            self._holder = asyncio.create_task(self._hold(self._ready), name=f"scope-{self.name}")
-        waiting = asyncio.ensure_future(self._ready.wait())
-        try:
-            await asyncio.wait({waiting, self._holder}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiting.cancel()
+            ready = self._ready = asyncio.Event()
+            self._holder = asyncio.create_task(self._hold(ready), name=f"scope-{self.name}")
+            # A holder that ends before its group is ready (closed meanwhile) lets its
+            # openers go too. One event for every opener: a burst of first callers (a
+            # node's first containers, each watched) waits with no task of its own.
+            self._holder.add_done_callback(lambda _: ready.set())
+        await self._ready.wait()
 
     def spawn(self, work: Coroutine[Any, Any, T], name: str) -> asyncio.Task[T | None]:
         """Start `work` as an item of the scope.
@@ -83,9 +84,14 @@ class TaskScope:
             work.close()
             raise ScopeClosed(f"{self.name}: {exc}") from None
         self._items.add(task)
-        task.add_done_callback(self._items.discard)
-        task.add_done_callback(lambda _: work.close())  # cancelled before it ran: no warning
+        # One callback, not two: each held its own copy of the context for as long as
+        # the item runs (a watcher per running container).
+        task.add_done_callback(functools.partial(self._item_done, work))
         return task
+
+    def _item_done(self, work: Coroutine[Any, Any, Any], task: asyncio.Task[Any]) -> None:
+        self._items.discard(task)
+        work.close()  # cancelled before it ran: no "never awaited" warning
 
     def submit(
         self, work: Coroutine[Any, Any, T], name: str

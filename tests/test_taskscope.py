@@ -139,3 +139,25 @@ async def test_callers_opening_at_once_can_all_spawn() -> None:
     await asyncio.sleep(0)
     assert started == ["one", "two"]
     await scope.close()
+
+
+async def test_callers_opening_at_once_wait_without_a_task_each() -> None:
+    scope = TaskScope("t")
+    before = asyncio.all_tasks()
+    callers = [asyncio.create_task(scope.open()) for _ in range(20)]
+    await asyncio.sleep(0)  # every caller waits; the holder has not run yet
+    assert len(asyncio.all_tasks() - before) == len(callers) + 1  # + the holder
+    await asyncio.gather(*callers)
+    assert scope.is_open
+    await scope.close()
+
+
+async def test_callers_opening_go_when_the_scope_closes_first() -> None:
+    scope = TaskScope("t")
+    opening = asyncio.create_task(scope.open())
+    await asyncio.sleep(0)  # waiting for the holder
+    await scope.close()
+    await asyncio.wait_for(opening, 5)
+    assert not scope.is_open
+    with pytest.raises(ScopeClosed):
+        scope.spawn(_forever([], "late"), "late")

@@ -373,11 +373,11 @@ class ContainerService:
 
     async def _resolved_mounts(
         self, spec: ContainerSpec, made: builtins.list[str]
-    ) -> builtins.list[VolumeMount]:
+    ) -> Sequence[VolumeMount]:
         """`_mounts` in a thread; a spec without mounts has nothing to resolve, and does
         not pay a thread's round trip (a hollow fleet creates thousands a second)."""
         if not spec.volumes:
-            return []
+            return ()
         return await asyncio.to_thread(self._mounts, spec, made)
 
     def _mounts(self, spec: ContainerSpec, made: builtins.list[str]) -> builtins.list[VolumeMount]:

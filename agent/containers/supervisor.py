@@ -61,13 +61,10 @@ class Supervisor:
         await self._scope.open()  # at the first watch (nothing after)
         if container_id in self._watchers:  # watched while the scope opened
             return
+        # The watcher drops its own entry as it ends (no done callback: each one held a
+        # closure and a copy of the context for as long as the container runs).
         task = self._scope.spawn(self._watch(container_id), f"supervise-{container_id[:12]}")
         self._watchers[container_id] = task
-        task.add_done_callback(
-            lambda t: (
-                self._watchers.pop(container_id) if self._watchers.get(container_id) is t else None
-            )
-        )
 
     def _drop(self, container_id: str) -> None:
         if self._watchers.get(container_id) is asyncio.current_task():
@@ -86,46 +83,51 @@ class Supervisor:
         self._watchers.clear()
 
     async def _watch(self, container_id: str) -> None:
-        backoff = Backoff()
-        restarts = 0
-        while True:
-            try:
-                exit_info = await self._runtime.wait(container_id)
-                info = await self._runtime.inspect(container_id)
-            except ContainerNotFound:
-                return
-            if self._on_exit is not None:
-                self._on_exit(info, exit_info)
-            meta = self._meta_of(container_id)
-            if meta is None:
-                return
-            if meta.auto_remove:
-                # Not watched any more: the removal's forget() must not wait for this
-                # watcher, which waits for the removal (close() still does).
-                self._drop(container_id)
-                await run_to_end(self._auto_remove(container_id))
-                return
-            state = info.state
-            ran = 0.0
-            if state.started_at and state.finished_at:
-                ran = (state.finished_at - state.started_at).total_seconds()
-            delay = backoff.next(ran)
-            policy = info.config.restart_policy
-            if not should_restart(policy, exit_info.exit_code, meta.manually_stopped, restarts):
-                return
-            restarts += 1
-            log.info(
-                "container.restarting",
-                container_id=container_id,
-                policy=policy.name,
-                exit_code=exit_info.exit_code,
-                delay=delay,
-                restarts=restarts,
-            )
-            await asyncio.sleep(delay)
-            if meta.manually_stopped or self._meta_of(container_id) is None:
-                return
-            try:
-                await run_to_end(self._runtime.start(container_id))
-            except ContainerRuntimeError as exc:
-                log.warning("container.restart_failed", container_id=container_id, error=str(exc))
+        try:
+            backoff = Backoff()
+            restarts = 0
+            while True:
+                try:
+                    exit_info = await self._runtime.wait(container_id)
+                    info = await self._runtime.inspect(container_id)
+                except ContainerNotFound:
+                    return
+                if self._on_exit is not None:
+                    self._on_exit(info, exit_info)
+                meta = self._meta_of(container_id)
+                if meta is None:
+                    return
+                if meta.auto_remove:
+                    # Not watched any more: the removal's forget() must not wait for this
+                    # watcher, which waits for the removal (close() still does).
+                    self._drop(container_id)
+                    await run_to_end(self._auto_remove(container_id))
+                    return
+                state = info.state
+                ran = 0.0
+                if state.started_at and state.finished_at:
+                    ran = (state.finished_at - state.started_at).total_seconds()
+                delay = backoff.next(ran)
+                policy = info.config.restart_policy
+                if not should_restart(policy, exit_info.exit_code, meta.manually_stopped, restarts):
+                    return
+                restarts += 1
+                log.info(
+                    "container.restarting",
+                    container_id=container_id,
+                    policy=policy.name,
+                    exit_code=exit_info.exit_code,
+                    delay=delay,
+                    restarts=restarts,
+                )
+                await asyncio.sleep(delay)
+                if meta.manually_stopped or self._meta_of(container_id) is None:
+                    return
+                try:
+                    await run_to_end(self._runtime.start(container_id))
+                except ContainerRuntimeError as exc:
+                    log.warning(
+                        "container.restart_failed", container_id=container_id, error=str(exc)
+                    )
+        finally:
+            self._drop(container_id)  # ended: not watched (a new watcher may be by now)

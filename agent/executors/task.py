@@ -64,7 +64,9 @@ def _network(task: Task, published: bool) -> NetworkMode:
 
 def _mounts(
     task: Task, secrets: Sequence[SecretMount], expand: Callable[[str], str] = str
-) -> list[VolumeMount]:
+) -> tuple[VolumeMount, ...]:
+    if not task.spec.container.mounts and not secrets:
+        return ()
     mounts = [
         VolumeMount(
             Path("/") if m.type == "volume" else Path(expand(m.source)),
@@ -75,7 +77,7 @@ def _mounts(
         for m in task.spec.container.mounts
         if m.type in ("bind", "volume")
     ]
-    return mounts + [VolumeMount(Path(s.host_path), s.container_path, True) for s in secrets]
+    return (*mounts, *(VolumeMount(Path(s.host_path), s.container_path, True) for s in secrets))
 
 
 def task_request(
@@ -100,19 +102,22 @@ def task_request(
     """
     container, limits = task.spec.container, task.spec.resources.limits
     expand = expander(task, node_hostname)
-    ports = [
+    ports = tuple(
         PortMapping(p.target_port, (p.protocol or "tcp").lower(), p.published_port)
         for p in task.spec.ports
         if not (meshes_ingress and p.publish_mode == "ingress")
-    ]
+    )
+    # Tuples rather than lists: an empty one is not even allocated, and a filled one
+    # of strings leaves the cyclic GC's sight after one pass, while every running task
+    # holds its spec (about a dozen lists a task were walked by every collection).
     spec = ContainerSpec(
         id="",
         name=container_name(task),
         image=container.image,
         lower_dirs=(),
-        command=list(container.command) or None,
-        entrypoint=list(container.entrypoint) or None,
-        env=[expand(e) for e in container.env],
+        command=tuple(container.command) or None,
+        entrypoint=tuple(container.entrypoint) or None,
+        env=tuple(expand(e) for e in container.env),
         workdir=container.workdir or None,
         user=container.user or None,
         memory_bytes=limits.memory_bytes,
@@ -120,23 +125,23 @@ def task_request(
         pids_limit=max(0, task.spec.resources.pids_limit),
         read_only=container.read_only,
         volumes=_mounts(task, secrets, expand),
-        tmpfs=[
+        tmpfs=tuple(
             TmpfsMount(m.target, m.tmpfs_size_bytes) for m in container.mounts if m.type == "tmpfs"
-        ],
+        ),
         network=_network(task, bool(ports)),
         ports=ports,
         labels=task_labels(task),
-        cap_add=list(container.cap_add),
-        cap_drop=list(container.cap_drop),
+        cap_add=tuple(container.cap_add),
+        cap_drop=tuple(container.cap_drop),
         hostname=expand(container.hostname) or None,
         privileged=container.privileged,  # the controller checked the cluster's policy
         overlays=tuple((n.network_id, n.address) for n in task.networks),
-        extra_hosts=list(container.extra_hosts),
-        dns_servers=list(container.dns_servers),
-        dns_search=list(container.dns_search),
+        extra_hosts=tuple(container.extra_hosts),
+        dns_servers=tuple(container.dns_servers),
+        dns_search=tuple(container.dns_search),
         init=container.init,
         tty=container.tty,
-        ulimits=[(u.name, u.soft, u.hard) for u in container.ulimits],
+        ulimits=tuple((u.name, u.soft, u.hard) for u in container.ulimits),
         sysctls=dict(container.sysctls),
         stop_signal=container.stop_signal,
         log_max_size=container.log_max_size_bytes,

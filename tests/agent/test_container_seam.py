@@ -80,7 +80,7 @@ def test_a_task_becomes_a_spec_without_the_local_api() -> None:
     spec = request.spec
     assert request.image.digest == "sha256:" + "a" * 64  # parsed once, here
     assert spec.name == "web.1.t1" and spec.labels["dockyard.task.id"] == "t1"
-    assert spec.network == "bridge" and spec.ports == [PortMapping(80, "tcp", 8080)]
+    assert spec.network == "bridge" and spec.ports == (PortMapping(80, "tcp", 8080),)
     assert [(v.volume, v.container, v.read_only) for v in spec.volumes] == [
         ("data", "/data", False),
         ("", "/run/secrets/x", True),
@@ -95,9 +95,9 @@ def test_ingress_ports_take_no_node_port_where_the_node_meshes_them() -> None:
     task.spec.ports.add(target_port=81, published_port=8081, publish_mode="host")
     task.networks.add(network_id="ing", address="10.255.0.3")  # the ingress network's
     meshed = task_request(task, meshes_ingress=True).spec
-    assert meshed.ports == [PortMapping(81, "tcp", 8081)] and meshed.network == "bridge"
+    assert meshed.ports == (PortMapping(81, "tcp", 8081),) and meshed.network == "bridge"
     alone = task_request(task).spec  # overlays off here: published on the node, as host
-    assert alone.ports == [PortMapping(80, "tcp", 30000), PortMapping(81, "tcp", 8081)]
+    assert alone.ports == (PortMapping(80, "tcp", 30000), PortMapping(81, "tcp", 8081))
 
 
 def test_a_bad_task_names_its_field() -> None:

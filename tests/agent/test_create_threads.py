@@ -30,7 +30,7 @@ def request(volumes: list[VolumeMount] | None = None) -> ContainerRequest:
 async def test_a_create_without_mounts_takes_no_thread(thread_hops: list[str]) -> None:
     service = ContainerService(HollowRuntime(start_delay=0), EngineImages(), None, None, None)
     view = await service.create(request())
-    assert view.info.config.volumes == []
+    assert view.info.config.volumes == ()
     assert thread_hops == []
     await service.close()
 

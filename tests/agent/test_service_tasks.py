@@ -111,3 +111,24 @@ async def test_a_run_calls_removal_is_awaited_by_close(monkeypatch: pytest.Monke
     await closing
     assert _others() == set()
     assert await _gone(service, created.created.id)
+
+
+async def test_a_watcher_drops_its_own_entry_as_it_ends() -> None:
+    """A container that exits (no restart policy) or fails its watcher is not watched any
+    more; a running one, and one started again after its exit, is."""
+    runtime = HollowRuntime(start_delay=0, exit_delay=0.01)
+    service = _service(runtime)
+    watchers = service._supervisor._watchers
+    quick = await service.create(_request("quick", "true"))
+    long = await service.create(_request("long", "sleep", "30"))
+    await service.start_container(quick.info.id)
+    await service.start_container(long.info.id)
+    await wait_until(lambda: quick.info.id not in watchers, "the exited one dropped")
+    assert long.info.id in watchers
+    await service.start_container(quick.info.id)  # started again: a new watcher
+    assert quick.info.id in watchers
+    await wait_until(lambda: quick.info.id not in watchers, "dropped again")
+    await service.stop(long.info.id, 0)
+    await wait_until(lambda: long.info.id not in watchers, "the stopped one dropped")
+    await service.close()
+    assert _others() == set()

@@ -124,8 +124,8 @@ def engine_body(spec: ContainerSpec) -> dict[str, Any]:
         "HostConfig": host,
     }
     optional = {
-        "Cmd": spec.command,
-        "Entrypoint": spec.entrypoint,
+        "Cmd": list(spec.command or ()),  # JSON arrays, whatever sequence the spec holds
+        "Entrypoint": list(spec.entrypoint or ()),
         "WorkingDir": spec.workdir,
         "User": spec.user,
         "Hostname": spec.hostname,

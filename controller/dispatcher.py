@@ -263,6 +263,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                 heartbeat_period_seconds=self.heartbeat_period,
                 leader_term=self._leader_term(),
                 accepts_status_batches=True,
+                beats_on_any_message=True,
             )
         )
 
@@ -434,6 +435,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                         )
                     )
                 elif kind == "task_statuses":
+                    self._sessions.heard(session.node_id)  # the agent may skip a beat
                     self._take_statuses(session, message.task_statuses)
                 elif kind == "task_status":
                     self._take_status(session, message.task_status)

@@ -137,6 +137,11 @@ class SessionRegistry:
         self._seen[node_id] = Liveness(time.monotonic(), wall_time())
         self.heartbeats_received += 1
 
+    def heard(self, node_id: str) -> None:
+        """The node sent something other than a heartbeat, which counts as one (its
+        session said `beats_on_any_message`): seen now, not counted as a heartbeat."""
+        self._seen[node_id] = Liveness(time.monotonic(), wall_time())
+
     def last_seen(self, node_id: str) -> Liveness | None:
         return self._seen.get(node_id)
 

@@ -98,6 +98,8 @@ class SessionStatus:
     session_id: str = ""
     heartbeat_period: float = 0.0
     accepts_status_batches: bool = False  # the controller said so when it accepted
+    beats_on_any_message: bool = False  # the controller said so: beats may be skipped
+    heartbeats_skipped: int = 0  # skipped while other messages flowed both ways
     last_ack_wall: float = 0.0
     rtt_seconds: float = 0.0
     rtts: list[float] = field(default_factory=list)  # recent round trips, for benchmarks
@@ -139,6 +141,10 @@ class ControllerSession:
         self._credentials = credentials
         self._outbox: asyncio.Queue[AgentMessage] | None = None
         self._sent: dict[int, float] = {}
+        # Since the last heartbeat: whether the agent sent another message, and received
+        # one (then the next beat may be skipped: each side heard the other).
+        self._sent_other = False
+        self._received = False
         self._held_version = 0  # of the set applied on this session (0: none yet)
         self._resync_asked = False
         self._map: NetworkMap | None = None  # the map held on this session (None: none yet)
@@ -262,6 +268,7 @@ class ControllerSession:
             return True
         for batch in status_batches(reports):
             self._outbox.put_nowait(AgentMessage(task_statuses=batch))
+            self._sent_other = True
         return True
 
     async def _run_once(self, target: str) -> None:
@@ -320,6 +327,7 @@ class ControllerSession:
         self.status.session_id = accepted.session_id
         self.status.heartbeat_period = accepted.heartbeat_period_seconds
         self.status.accepts_status_batches = accepted.accepts_status_batches
+        self.status.beats_on_any_message = accepted.beats_on_any_message
         self._terms[target] = accepted.leader_term
         self.connected.set()
         log.info(
@@ -331,11 +339,20 @@ class ControllerSession:
         )
 
     async def _heartbeats(self, outbox: asyncio.Queue[AgentMessage]) -> None:
+        """A heartbeat each period, but none when, since the last, this agent sent a
+        status batch and received a message, to a controller that takes any message as
+        a beat (the controller heard the agent, the agent the controller: the beat and
+        its ack would tell neither anything new)."""
         sequence = 0
+        self._sent_other = self._received = False
         while True:
-            sequence += 1
-            self._sent[sequence] = time.monotonic()
-            outbox.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=sequence)))
+            if self.status.beats_on_any_message and self._sent_other and self._received:
+                self.status.heartbeats_skipped += 1
+            else:
+                sequence += 1
+                self._sent[sequence] = time.monotonic()
+                outbox.put_nowait(AgentMessage(heartbeat=Heartbeat(sequence=sequence)))
+            self._sent_other = self._received = False
             await asyncio.sleep(self.status.heartbeat_period)
 
     async def _receive(
@@ -347,6 +364,7 @@ class ControllerSession:
                 message = await call.read()
             if not isinstance(message, DispatcherMessage):
                 raise SessionLost("controller ended the session")
+            self._received = True
             kind = message.WhichOneof("message")
             if kind == "heartbeat_ack":
                 self._acked(

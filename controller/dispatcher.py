@@ -163,9 +163,13 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
             # The reader's failure ends the stream with it, instead of being lost.
             async with asyncio.TaskGroup() as group:
                 reader = group.create_task(self._read(session, request_iterator))
+                self._sessions.count("in", "hello")
+                self._sessions.count("out", "accepted")
                 yield self._accepted(session)
                 await self._greet(session, node)
+                count = self._sessions.count
                 while (message := await session.outbox.get(self._sendable)) is not None:
+                    count("out", message.WhichOneof("message") or "")
                     yield message
                 reader.cancel()
         finally:
@@ -259,6 +263,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                 heartbeat_period_seconds=self.heartbeat_period,
                 leader_term=self._leader_term(),
                 accepts_status_batches=True,
+                beats_on_any_message=True,
             )
         )
 
@@ -415,8 +420,10 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
 
     async def _read(self, session: AgentSession, requests: AsyncIterator[AgentMessage]) -> None:
         try:
+            count = self._sessions.count
             async for message in requests:
                 kind = message.WhichOneof("message")
+                count("in", kind or "")
                 if kind == "heartbeat":
                     self._sessions.beat(session.node_id)
                     session.outbox.put(
@@ -428,6 +435,7 @@ class Dispatcher(dispatcher_pb2_grpc.DispatcherServicer):
                         )
                     )
                 elif kind == "task_statuses":
+                    self._sessions.heard(session.node_id)  # the agent may skip a beat
                     self._take_statuses(session, message.task_statuses)
                 elif kind == "task_status":
                     self._take_status(session, message.task_status)

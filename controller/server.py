@@ -126,6 +126,7 @@ class Controller:
         self.read_http_port = 0
         self.scheduling: SchedulingLoop | None = None
         self.metrics = ControllerMetrics(package_version())
+        self.metrics.count_session_messages(lambda: self.sessions.messages)
         self.http: HttpServer | None = None
         self.directory: ControllerDirectory | None = None
         self._client_tls: tuple[bytes, bytes, bytes] | None = None  # CA, key, certificate

@@ -79,6 +79,15 @@ class SessionRegistry:
         self._sessions: dict[str, AgentSession] = {}
         self._seen: dict[str, Liveness] = {}
         self.heartbeats_received = 0
+        self.messages: dict[tuple[str, str], int] = {}
+        """Session messages by (direction, kind): "in" from agents, "out" to them (the
+        metrics' `dockyard_session_messages_total`; a dict, not a Prometheus counter,
+        as it is counted once per message on the dispatcher's hot path)."""
+
+    def count(self, direction: str, kind: str) -> None:
+        """Count one session message of `kind` ("in": from an agent, "out": to one)."""
+        key = (direction, kind)
+        self.messages[key] = self.messages.get(key, 0) + 1
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -127,6 +136,11 @@ class SessionRegistry:
     def beat(self, node_id: str) -> None:
         self._seen[node_id] = Liveness(time.monotonic(), wall_time())
         self.heartbeats_received += 1
+
+    def heard(self, node_id: str) -> None:
+        """The node sent something other than a heartbeat, which counts as one (its
+        session said `beats_on_any_message`): seen now, not counted as a heartbeat."""
+        self._seen[node_id] = Liveness(time.monotonic(), wall_time())
 
     def last_seen(self, node_id: str) -> Liveness | None:
         return self._seen.get(node_id)

@@ -29,7 +29,7 @@ from prometheus_client import (
     Histogram,
     disable_created_metrics,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -40,7 +40,13 @@ from dockyard.controller.store import NODES, SERVICES, TASKS, Store, StoreError
 from dockyard.v1.types_pb2 import Node, NodeStatus, TaskStatus
 from dockyard.v1.workloads_pb2 import Service, Task
 
-__all__ = ["ClusterCollector", "ClusterSources", "ControllerMetrics", "GrpcMetricsInterceptor"]
+__all__ = [
+    "ClusterCollector",
+    "ClusterSources",
+    "ControllerMetrics",
+    "GrpcMetricsInterceptor",
+    "SessionMessages",
+]
 
 NODE_STATES = [
     name
@@ -189,6 +195,25 @@ def _service_tasks(services: list[Service], tasks: list[Task]) -> dict[str, tupl
     return {name: (desired[name], running[name]) for name in names.values()}
 
 
+class SessionMessages(Collector):
+    """`dockyard_session_messages_total{direction, kind}`: messages on the agents'
+    sessions, "in" from agents and "out" to them, by the message's kind."""
+
+    def __init__(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "dockyard_session_messages",
+            "Messages on the agents' sessions (on the leader), by direction (in: from "
+            "agents, out: to them) and kind.",
+            labels=["direction", "kind"],
+        )
+        for (direction, kind), count in sorted(self._counts().items()):
+            family.add_metric([direction, kind], count)
+        yield family
+
+
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
@@ -284,7 +309,15 @@ class ControllerMetrics:
             registry=self.registry,
         ).labels(version).set(1)
         self.cluster: ClusterCollector | None = None
+        self._messages: SessionMessages | None = None
         self._lock = asyncio.Lock()
+
+    def count_session_messages(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        """Expose the dispatcher's session messages, by direction and kind (`counts`
+        read at scrape time)."""
+        if self._messages is None:
+            self._messages = SessionMessages(counts)
+            self.registry.register(self._messages)
 
     def watch_cluster(self, sources: ClusterSources) -> None:
         self.cluster = ClusterCollector(sources)

@@ -309,6 +309,45 @@ def start_cluster(
 METRICS_URL = [""]  # the controller's /metrics, once started
 
 
+def session_messages() -> dict[str, float]:
+    """The controller's session messages so far by "direction kind"
+    (`dockyard_session_messages_total`; {} when the code under test has none)."""
+    try:
+        with urllib.request.urlopen(METRICS_URL[0], timeout=10) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return {}
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("dockyard_session_messages_total{"):
+            labels = dict(
+                part.split("=", 1) for part in line.split("{", 1)[1].split("}", 1)[0].split(",")
+            )
+            name = " ".join(labels[label].strip('"') for label in ("direction", "kind"))
+            counts[name] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def messages_per_task(before: dict[str, float], tasks: int) -> dict[str, float]:
+    """Session messages from `before` (a `session_messages()`) to now, per task."""
+    after = session_messages()
+    if not after:
+        return {}
+    sent = {name: count - before.get(name, 0.0) for name, count in after.items()}
+    each = ", ".join(
+        f"{name} {count:.0f} ({count / max(tasks, 1):.3f})"
+        for name, count in sorted(sent.items())
+        if count
+    )
+    total = sum(sent.values())
+    print(f"session messages: {total:.0f} ({total / max(tasks, 1):.3f} per task): {each}")
+    result = {"messages_per_task": round(total / max(tasks, 1), 3)}
+    for direction in ("in", "out"):
+        part = sum(c for name, c in sent.items() if name.startswith(direction + " "))
+        result[f"messages_{direction}_per_task"] = round(part / max(tasks, 1), 3)
+    return result
+
+
 def status_writes(tasks: int) -> dict[str, float]:
     """The task state changes the controller wrote from the agents' reports, by state
     (`dockyard_task_transitions_total`), and their number per task."""
@@ -595,6 +634,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         before = {"controller": cpu_seconds([pid]), "etcd": cpu_seconds(etcd)}
         before["fleet"] = cpu_seconds(fleet)
         before["reader"] = cpu_seconds(reader)
+        messages = session_messages()
         per_service = args.tasks // args.services
         placed, took = create_and_wait(stub, args.services, per_service, args.timeout, loss)
         end = time.monotonic()
@@ -610,6 +650,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         sampler.join(5)
         result = report(args.nodes, per_service * args.services, placed, took, sampler, cpu)
         result.update(status_writes(per_service * args.services))
+        result.update(messages_per_task(messages, per_service * args.services))
         result.update(loss.result(end))
         result["terms_lost"] = terms_lost(root / "controller.log")
         print(f"leader terms lost during the run: {result['terms_lost']}")
@@ -701,6 +742,10 @@ def main() -> None:
         "loss_to_running_s",
         "loss_controller_cpu_s",
         "status_writes_per_task",
+        "messages_per_task",
+        "messages_in_per_task",
+        "messages_out_per_task",
+        "fleet_cpu_seconds",
         "service_ls_p50_ms",
         "service_ls_p99_ms",
         "node_ls_p50_ms",

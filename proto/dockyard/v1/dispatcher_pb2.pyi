@@ -453,6 +453,7 @@ class SessionAccepted(_message.Message):
     HEARTBEAT_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
     LEADER_TERM_FIELD_NUMBER: _builtins.int
     ACCEPTS_STATUS_BATCHES_FIELD_NUMBER: _builtins.int
+    BEATS_ON_ANY_MESSAGE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     node_id: _builtins.str
     cluster_id: _builtins.str
@@ -463,6 +464,11 @@ class SessionAccepted(_message.Message):
     """The controller takes TaskStatusBatch messages; an agent sends single reports to
     one that does not say so (an older controller).
     """
+    beats_on_any_message: _builtins.bool
+    """Any message from the agent (a status batch too) counts as a heartbeat: the agent
+    may skip a heartbeat when, since the one before, it sent other messages and
+    received some (each side then knows the other is there without one).
+    """
     def __init__(
         self,
         *,
@@ -472,10 +478,11 @@ class SessionAccepted(_message.Message):
         heartbeat_period_seconds: _builtins.float = ...,
         leader_term: _builtins.int = ...,
         accepts_status_batches: _builtins.bool = ...,
+        beats_on_any_message: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_status_batches", b"accepts_status_batches", "cluster_id", b"cluster_id", "heartbeat_period_seconds", b"heartbeat_period_seconds", "leader_term", b"leader_term", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepts_status_batches", b"accepts_status_batches", "beats_on_any_message", b"beats_on_any_message", "cluster_id", b"cluster_id", "heartbeat_period_seconds", b"heartbeat_period_seconds", "leader_term", b"leader_term", "node_id", b"node_id", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

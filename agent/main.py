@@ -275,7 +275,7 @@ def run(
         docker_api_listen=docker_api_listen,
         docker_api_insecure=docker_api_insecure,
     )
-    sys.exit(event_loop.run(_serve(config)))
+    sys.exit(event_loop.run(_serve(config), libuv=False))  # see common/event_loop.py
 
 
 @main.command()

@@ -35,3 +35,8 @@ def test_run_returns_the_result_and_closes_its_loop(monkeypatch: pytest.MonkeyPa
 
     assert event_loop.run(answer()) == 42
     assert event_loop.run(_running_loop()).is_closed()
+
+
+def test_the_agent_asks_for_the_standard_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(event_loop.ENV, raising=False)
+    assert not isinstance(event_loop.run(_running_loop(), libuv=False), uvloop.Loop)

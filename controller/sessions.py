@@ -134,7 +134,7 @@ class SessionRegistry:
         return session is not None and session.map_deltas
 
     def beat(self, node_id: str) -> None:
-        self._seen[node_id] = Liveness(time.monotonic(), wall_time())
+        self.heard(node_id)
         self.heartbeats_received += 1
 
     def heard(self, node_id: str) -> None:

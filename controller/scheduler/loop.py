@@ -20,7 +20,6 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
-from dockyard.common.quiet_edge import after_quiet
 from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.orchestrators.tasks import set_status
@@ -106,7 +105,8 @@ class SchedulingLoop:
         while True:
             more = await self._round(changed, tracker, writers)
             if not more:
-                await after_quiet(changed.wait(), DEBOUNCE)
+                await changed.wait()
+                await asyncio.sleep(DEBOUNCE)
             changed.clear()
 
     async def _drain(self) -> None:

@@ -242,7 +242,7 @@ class RuncRuntime:
         self._records[config.id] = record  # reserve id and name while we await
         phases = Phases("create", config.id)
         try:
-            layer = ContainerLayer(config.lower_dirs, cdir.base)
+            layer = ContainerLayer(config.lower_dirs, cdir.base, config.ephemeral)
             await asyncio.to_thread(
                 _create_blocking, cdir, layer, record, self._user_dbs, self._x32
             )
@@ -288,7 +288,7 @@ class RuncRuntime:
             cdir = self._dir(cid)
             if record.state.status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
                 record.state.restart_count += 1
-            layer = ContainerLayer(record.config.lower_dirs, cdir.base)
+            layer = ContainerLayer(record.config.lower_dirs, cdir.base, record.config.ephemeral)
             leftover = self.runc_root / cid
             if await self._start_lane.run(_prepare_start, leftover, cdir, cid, layer):
                 # runc still has the previous run's (or a crash's) container: delete it
@@ -537,7 +537,9 @@ class RuncRuntime:
         (`RootfsHolds`). The release happens also for a caller cancelled meanwhile."""
         record = await self._get(container_id)
         cid = record.config.id
-        layer = ContainerLayer(record.config.lower_dirs, self._dir(cid).base)
+        layer = ContainerLayer(
+            record.config.lower_dirs, self._dir(cid).base, record.config.ephemeral
+        )
         async with self._lock(cid):  # not halfway through a start or a removal
             if self._records.get(cid) is not record:
                 raise ContainerNotFound(container_id)

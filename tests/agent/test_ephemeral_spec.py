@@ -1,8 +1,11 @@
 """Which containers the service marks one-run (`ContainerSpec.ephemeral`, a writable layer
 that need not survive a crash): those removed after their run (`--rm`, and
-`Containers.Run`'s), never one that lives on. Over the hollow runtime."""
+`Containers.Run`'s) and those asked so (a task's), never one that lives on. Over the
+hollow runtime."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import pytest
 
@@ -36,8 +39,10 @@ async def test_rm_and_run_call_containers_are_ephemeral_and_others_not() -> None
     try:
         await service.create(_request("kept"))
         await service.create(_request("rm", auto_remove=True))
+        asked = _request("task")
+        await service.create(replace(asked, spec=replace(asked.spec, ephemeral=True)))
         answers = [a async for a in run_container(service, _request("call"))]
         assert answers[-1].WhichOneof("kind") == "removed"
-        assert seen == {"kept": False, "rm": True, "call": True}
+        assert seen == {"kept": False, "rm": True, "task": True, "call": True}
     finally:
         await service.close()

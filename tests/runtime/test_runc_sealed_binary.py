@@ -20,8 +20,8 @@ pytestmark = [pytest.mark.runc, pytest.mark.timeout(60)]
 
 async def test_containers_run_through_a_sealed_copy_of_runc(env: Env) -> None:
     runc = env.runtime.runc
-    assert Path(runc).name == "runc" and Path(runc).is_symlink()
-    assert os.readlink(os.readlink(runc)).startswith("/memfd:runc")
+    assert Path(runc).name == "runc"
+    assert os.readlink(os.readlink(runc)).startswith("/memfd:runc")  # a link to the copy
     assert seals(runc) == RUNC_SEALS  # what runc's is_self_cloned accepts, exactly
     info = await env.runtime.create(env.config("sh", "-c", "exit 3"))
     await env.runtime.start(info.id)

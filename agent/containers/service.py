@@ -412,6 +412,7 @@ class ContainerService:
                 lower_dirs=image.lower_dirs,
                 image_config=image.config or {},
                 volumes=await self._resolved_mounts(request.spec, made),
+                ephemeral=request.spec.ephemeral or request.auto_remove or request.removed_by_call,
             )
             if image.config is not None:  # else only the backend knows the image's command
                 _check_command(spec)

@@ -89,7 +89,8 @@ def task_request(
     """The container the task runs: its spec, its name and labels, restart policy `no`.
 
     The controller's restart policy replaces failed tasks, so a container is never
-    restarted by the node. The task's published ports (swarm's `mode=host` publishing:
+    restarted by the node: it is one-run (`ephemeral`, a writable layer that need not
+    survive a host crash). The task's published ports (swarm's `mode=host` publishing:
     on the node that runs it) go on the agent's bridge: `published_port` on the node to
     `target_port` in the container, 0 for a port the agent picks. Its ingress ports go
     there too unless `meshes_ingress` (the node's routing mesh reaches the task over the
@@ -146,6 +147,7 @@ def task_request(
         stop_signal=container.stop_signal,
         log_max_size=container.log_max_size_bytes,
         log_max_files=container.log_max_files,
+        ephemeral=True,  # never started again: a failed task is replaced by a new one
     )
     check_spec(spec)
     return ContainerRequest(spec, parse_image_ref("image", container.image))

@@ -278,6 +278,9 @@ class ContainerSpec:
         console_size: ``(height, width)`` of the terminal from the process's start, with
             ``tty`` (Docker's ``ConsoleSize``, which its CLI sends at create so that the
             first prompt is sized before any resize); ``(0, 0)``: the runtime's default.
+        ephemeral: The container runs once and is deleted after it (``--rm``,
+            ``Containers.Run``): its writable layer need not survive a host crash (runc:
+            an overlay the kernel never syncs).
     """
 
     id: str
@@ -321,6 +324,7 @@ class ContainerSpec:
     open_stdin: bool = False
     stdin_once: bool = False
     console_size: tuple[int, int] = (0, 0)
+    ephemeral: bool = False
 
     def __post_init__(self) -> None:
         if self.seccomp not in ("default", "unconfined"):

@@ -86,6 +86,7 @@ def test_a_task_becomes_a_spec_without_the_local_api() -> None:
         ("", "/run/secrets/x", True),
     ]
     assert spec.restart_policy.name.value == "no" and spec.tmpfs[0].size_bytes == 1024
+    assert spec.ephemeral  # never started again: its layer need not survive a crash
     assert "containers_pb2" not in (AGENT / "executors" / "task.py").read_text()
 
 

@@ -239,6 +239,30 @@ async def test_a_follower_ends_when_the_container_exits_not_at_its_next_poll(
     assert [r.data for r in lines] == [b"hi\n", b"bye\n"]
 
 
+async def test_a_follower_ends_at_the_exit_after_one_thread_hop(
+    tmp_path: Path, thread_hops: list[str]
+) -> None:
+    """On `run --rm`'s path from the exit to its answer, the follower's last read (and
+    its check for a rotation) is one thread hop, and its files close without one."""
+    log = tmp_path / "ctr.log"
+    write_log(log, [("stdout", "F", b"hi")], datetime(2026, 1, 1, tzinfo=UTC))
+    exited = asyncio.Event()
+    state = {"done": False}
+
+    async def finished() -> bool:
+        return state["done"]
+
+    lines = read_log(log, follow=True, finished=finished, poll=3600, exited=exited)
+    assert (await anext(lines)).data == b"hi\n"
+    rest = asyncio.ensure_future(anext(lines, None))
+    await asyncio.sleep(0.1)  # in its poll's wait
+    thread_hops.clear()
+    state["done"] = True
+    exited.set()
+    assert await asyncio.wait_for(rest, 30) is None
+    assert thread_hops == ["read_on"]
+
+
 async def test_a_started_containers_log_is_first_checked_after_an_interval(
     make_env: MakeEnv, thread_hops: list[str]
 ) -> None:

@@ -139,6 +139,14 @@ class _Files:
             self.index += 1  # a rotated file is done (an unfinished last line is dropped)
         return b""
 
+    def read_on(self, follow: bool) -> bytes:
+        """``read``; at the end of the live file, when following, a rotation is followed
+        and the new file read in the same call (one thread hop for both)."""
+        data = self.read()
+        if not data and follow and self.follow_rotation():
+            return self.read()
+        return data
+
     def follow_rotation(self) -> bool:
         """At the end of the live file: when the log's path is another file now (it was
         rotated, or truncated by conmon's size limit), go on in that one from its start."""
@@ -334,14 +342,12 @@ async def read_log(
                     yield shown
         while True:
             done = not follow or finished is None or await finished()
-            while data := await asyncio.to_thread(files.read):
+            while data := await asyncio.to_thread(files.read_on, follow):
                 for line in data.splitlines():
                     fed = parser.feed(line)
                     shown = _present(fed, since, timestamps) if fed is not None else None
                     if shown is not None:
                         yield shown
-            if follow and await asyncio.to_thread(files.follow_rotation):
-                continue
             if done:
                 break
             await _pause(poll, exited)
@@ -351,4 +357,6 @@ async def read_log(
                 if shown is not None:
                     yield shown
     finally:
-        await asyncio.to_thread(files.close)
+        # Read-only descriptors of local files: their close writes nothing back, so it
+        # is done here rather than in a thread hop on `run --rm`'s path to its exit.
+        files.close()

@@ -17,6 +17,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import shutil
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from dockyard.agent.runtime.base import ContainerRuntimeError, InvalidConfig
 from dockyard.common.threads import to_thread_to_end
 
 __all__ = [
+    "VOLATILE_MARKER",
     "ContainerLayer",
     "is_mounted",
     "mounted_under",
@@ -36,6 +38,10 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+# What a volatile overlay leaves in its workdir (also after a clean unmount): the kernel
+# refuses to mount it again while it exists (Documentation/filesystems/overlayfs.rst).
+VOLATILE_MARKER = Path("work/incompat/volatile")
 
 _MNT_DETACH = 2
 _MS_BIND = 0x1000
@@ -159,13 +165,19 @@ def mounted_under(root: Path) -> list[Path]:
 
 
 def _mount_overlay(
-    lower: Sequence[Path], upper: Path, work: Path, target: Path, fresh: bool = False
+    lower: Sequence[Path],
+    upper: Path,
+    work: Path,
+    target: Path,
+    fresh: bool = False,
+    volatile: bool = False,
 ) -> bool:
     """Mount unless mounted already; whether this call mounted it (blocking).
 
     A mounted ``target`` is found first, before any directory is made or layer checked
     (a start after its create finds the create's mount). ``fresh``: the container's
     directory was just made, so none of the three exists and nothing is mounted there.
+    ``volatile``: see :class:`ContainerLayer`.
     """
     if not fresh and is_mounted(target):
         return False
@@ -178,15 +190,39 @@ def _mount_overlay(
         if not d.is_dir():
             raise InvalidConfig(f"image layer directory {d} does not exist")
     options = f"lowerdir={':'.join(str(d) for d in lower)},upperdir={upper},workdir={work}"
-    if len(options) >= os.sysconf("SC_PAGE_SIZE"):
+    if len(options) + len(",volatile") >= os.sysconf("SC_PAGE_SIZE"):
         raise ContainerRuntimeError(
             f"overlay options for {target} exceed one page ({len(options)} bytes): too many layers"
         )
-    rc = _libc.mount(b"overlay", str(target).encode(), b"overlay", 0, options.encode())
-    if rc != 0:
+    if volatile and _volatile.supported:
+        if not fresh:  # mounted volatile before: the kernel refuses its marker
+            shutil.rmtree(work / VOLATILE_MARKER, ignore_errors=True)
+        if _mount(target, options + ",volatile") == 0:
+            return True
+        if ctypes.get_errno() != errno.EINVAL or _mount(target, options) != 0:
+            raise ContainerRuntimeError(
+                f"mount overlay on {target} failed: {os.strerror(ctypes.get_errno())}"
+            )
+        _volatile.supported = False  # a kernel before 5.10: plain mounts from now on
+        log.warning("overlay.volatile_unsupported", kernel=os.uname().release)
+        return True
+    if _mount(target, options) != 0:
         err = ctypes.get_errno()
         raise ContainerRuntimeError(f"mount overlay on {target} failed: {os.strerror(err)}")
     return True
+
+
+def _mount(target: Path, options: str) -> int:
+    return int(_libc.mount(b"overlay", str(target).encode(), b"overlay", 0, options.encode()))
+
+
+class _VolatileSupport:
+    """Whether this kernel mounts overlays ``volatile`` (Linux 5.10+); found on first use."""
+
+    supported = True
+
+
+_volatile = _VolatileSupport()
 
 
 def _unmount(target: Path) -> None:
@@ -201,9 +237,16 @@ def _unmount(target: Path) -> None:
 
 
 class ContainerLayer:
-    """The rootfs mount of one container: ``lower`` (read-only) + ``upper``/``work``."""
+    """The rootfs mount of one container: ``lower`` (read-only) + ``upper``/``work``.
 
-    def __init__(self, lower_dirs: Sequence[Path], base: Path) -> None:
+    ``volatile``: the writable layer serves one run and is deleted after it (``--rm``,
+    ``Containers.Run``), so nothing in it must survive a host crash: the overlay is
+    mounted ``volatile`` and the kernel skips every sync of it. Without that, the
+    unmount after the exit syncs the whole filesystem the upper layer is on (overlayfs'
+    ``sync_fs``), which waits for every other writer's dirty data on the host.
+    """
+
+    def __init__(self, lower_dirs: Sequence[Path], base: Path, volatile: bool = False) -> None:
         """``base`` is the container's directory; the layer lives in it."""
         if not lower_dirs:
             raise InvalidConfig("a container needs at least one image layer directory")
@@ -211,6 +254,7 @@ class ContainerLayer:
         self.upper = base / "upper"
         self.work = base / "work"
         self.target = base / "rootfs"
+        self.volatile = volatile
 
     async def mount(self) -> bool:
         """Mount the overlay unless it is already mounted; whether this call mounted it.
@@ -219,14 +263,16 @@ class ContainerLayer:
         and one this call made is undone before the cancellation goes on.
         """
         return await to_thread_to_end(
-            lambda: _mount_overlay(self.lower_dirs, self.upper, self.work, self.target),
+            lambda: _mount_overlay(
+                self.lower_dirs, self.upper, self.work, self.target, volatile=self.volatile
+            ),
             lambda mounted: _unmount(self.target) if mounted else None,
         )
 
     def mount_blocking(self, fresh: bool = False) -> Path:
         """``mount`` for a caller already in a worker thread (``fresh``: the layer's
         directory was just made, see ``_mount_overlay``)."""
-        _mount_overlay(self.lower_dirs, self.upper, self.work, self.target, fresh)
+        _mount_overlay(self.lower_dirs, self.upper, self.work, self.target, fresh, self.volatile)
         return self.target
 
     async def unmount(self) -> None:

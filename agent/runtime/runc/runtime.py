@@ -86,6 +86,7 @@ from dockyard.agent.runtime.runc.rootfs import (
     private_mount_root,
     release_mount_root,
 )
+from dockyard.agent.runtime.runc.sealed_binary import SealedBinary, seal_binary
 from dockyard.agent.runtime.runc.spec import (
     EtcFiles,
     build_spec,
@@ -123,7 +124,8 @@ class RuncRuntime:
             log_policy: How much log each container keeps (size and count of files).
         """
         self.state_root = Path(state_root)
-        self.runc = shutil.which(runc_binary) or runc_binary
+        self._runc_binary = shutil.which(runc_binary) or runc_binary
+        self.runc = self._runc_binary  # a sealed copy of it once recovered
         self.conmon = shutil.which(conmon_binary) or conmon_binary
         self.runc_root = self.state_root / "runc"
         self.containers_root = self.state_root / "containers"
@@ -142,6 +144,7 @@ class RuncRuntime:
         self._user_dbs = files.UserDbs()
         # A start's blocking steps: not behind the creates queued in the default executor
         self._start_lane = ThreadLane("runc-start")
+        self._sealed_runc: SealedBinary | None = None
         self._loaded = False
 
     # ----------------------------------------------------------------- helpers
@@ -242,7 +245,7 @@ class RuncRuntime:
         self._records[config.id] = record  # reserve id and name while we await
         phases = Phases("create", config.id)
         try:
-            layer = ContainerLayer(config.lower_dirs, cdir.base)
+            layer = ContainerLayer(config.lower_dirs, cdir.base, config.ephemeral)
             await asyncio.to_thread(
                 _create_blocking, cdir, layer, record, self._user_dbs, self._x32
             )
@@ -288,7 +291,7 @@ class RuncRuntime:
             cdir = self._dir(cid)
             if record.state.status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
                 record.state.restart_count += 1
-            layer = ContainerLayer(record.config.lower_dirs, cdir.base)
+            layer = ContainerLayer(record.config.lower_dirs, cdir.base, record.config.ephemeral)
             leftover = self.runc_root / cid
             if await self._start_lane.run(_prepare_start, leftover, cdir, cid, layer):
                 # runc still has the previous run's (or a crash's) container: delete it
@@ -537,7 +540,9 @@ class RuncRuntime:
         (`RootfsHolds`). The release happens also for a caller cancelled meanwhile."""
         record = await self._get(container_id)
         cid = record.config.id
-        layer = ContainerLayer(record.config.lower_dirs, self._dir(cid).base)
+        layer = ContainerLayer(
+            record.config.lower_dirs, self._dir(cid).base, record.config.ephemeral
+        )
         async with self._lock(cid):  # not halfway through a start or a removal
             if self._records.get(cid) is not record:
                 raise ContainerNotFound(container_id)
@@ -728,6 +733,7 @@ class RuncRuntime:
         # The `run --detach` shim of earlier agents (starts release runc's exec fifo now).
         await asyncio.to_thread((self.state_root / "runc-run-detached").unlink, missing_ok=True)
         self._x32 = await asyncio.to_thread(files.kernel_runs_x32)
+        await self._seal_runc()
         entries = await asyncio.to_thread(lambda: sorted(self.containers_root.iterdir()))
         for base in entries:
             cid = base.name
@@ -786,12 +792,24 @@ class RuncRuntime:
         event = "runtime.mount_root_busy" if done == "busy" else "runtime.mount_root"
         (log.warning if done == "busy" else log.debug)(event, path=str(self.state_root), done=done)
 
+    async def _seal_runc(self) -> None:
+        """Run runc from a sealed copy from now on (``sealed_binary``: no copy of runc's
+        binary per container start)."""
+        if self._sealed_runc is None:
+            sealed = await asyncio.to_thread(seal_binary, self.runc, self.state_root / "bin")
+            if sealed is not None:
+                self._sealed_runc, self.runc = sealed, sealed.path
+                log.debug("runc.sealed_copy", binary=self._runc_binary, path=sealed.path)
+
     async def close(self) -> None:
         """Stop watching (containers keep running under conmon); the state root's own
         mount is undone when no container's rootfs is mounted below it."""
         await self._tasks.close()  # the watchers cancelled; the trash's removals finished
         self._watchers.clear()
         self._start_lane.close()
+        if self._sealed_runc is not None:
+            self._sealed_runc.close()
+            self._sealed_runc, self.runc = None, self._runc_binary
         if self._loaded:
             await asyncio.to_thread(release_mount_root, self.state_root)
 

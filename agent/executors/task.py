@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -27,11 +28,13 @@ from dockyard.agent.executor import (
     LABEL_TASK_ID,
     ExecutorError,
     Progress,
+    Started,
     container_name,
     task_labels,
 )
 from dockyard.agent.executors.templates import expander
 from dockyard.agent.runtime.base import (
+    ContainerInfo,
     ContainerRuntimeError,
     ContainerSpec,
     ContainerStatus,
@@ -151,6 +154,11 @@ def task_request(
     return ContainerRequest(spec, parse_image_ref("image", container.image))
 
 
+def _bridge_address(info: ContainerInfo) -> str:
+    network = info.network
+    return network.ip_address if network is not None and network.mode == "bridge" else ""
+
+
 class TaskExecutor:
     """Implements `dockyard.agent.executor.Executor` over a `ContainerService`."""
 
@@ -219,14 +227,16 @@ class TaskExecutor:
         """Close the service (its containers keep running)."""
         await self.service.close()
 
-    async def start(self, task: Task) -> str:
+    async def start(self, task: Task) -> Started:
         view = await self.service.inspect(container_name(task))
         if view.info.state.status is ContainerStatus.CREATED:
-            await self.service.start_container(view.info.id)
-        return view.info.id
+            view = await self.service.start_container(view.info.id)  # as it is now
+        return Started(view.info.id, _bridge_address(view.info))
 
-    async def wait(self, container_id: str) -> ExitInfo:
-        return await self.service.wait(container_id)
+    def wait(self, container_id: str) -> Coroutine[Any, Any, ExitInfo]:
+        """The service's own wait: no coroutine of this adapter's in the chain that every
+        running task holds while it waits."""
+        return self.service.wait(container_id)
 
     async def stop(self, container_id: str, grace: float) -> None:
         with contextlib.suppress(NotFound, FailedPrecondition):
@@ -251,9 +261,7 @@ class TaskExecutor:
 
     async def address(self, container_id: str) -> str:
         with contextlib.suppress(NotFound):
-            network = (await self.service.inspect(container_id)).info.network
-            if network is not None and network.mode == "bridge":
-                return network.ip_address
+            return _bridge_address((await self.service.inspect(container_id)).info)
         return ""
 
     async def task_containers(self) -> dict[str, str]:

@@ -42,6 +42,9 @@ log = structlog.get_logger(__name__)
 STOP_RETRY_DELAY = 1.0
 """Seconds before a failed stop (shutdown, or an unhealthy container) is tried again."""
 
+_STATE_NAMES = {number: name for name, number in TaskState.items()}
+"""For the `task.status` line, built on every report even when the level drops it."""
+
 
 class _Interrupted(Exception):
     """The task changed while a step waited."""
@@ -184,8 +187,7 @@ class TaskController:
         """Start the container. A task with a health check is RUNNING only once the check
         first passes (as in Swarm), so a rolling update waits for healthy tasks."""
         try:
-            self.container_id = await self.executor.start(self.task)
-            self.address = await self.executor.address(self.container_id)
+            self.container_id, self.address = await self.executor.start(self.task)
         except Exception as exc:  # whatever the backend says
             self._report(TaskState.FAILED, "starting failed", error=_text(exc))
             return
@@ -333,8 +335,8 @@ class TaskController:
         self.status = status
         log.info(
             "task.status",
-            task_id=self.task_id,
-            state=TaskState.Name(state),
+            task_id=self.task.id,
+            state=_STATE_NAMES[state],
             error=status.error or None,
         )
         self._on_status(self)

@@ -14,6 +14,7 @@ import pytest
 
 from dockyard.agent.daemon import hollow_executor
 from dockyard.agent.executors.task import task_request
+from dockyard.agent.runtime.base import ContainerInfo
 from dockyard.agent.runtime.hollow import HollowRuntime
 from dockyard.agent.worker import Worker
 from tests.worker.conftest import FakeSession, full_set, make_task, until
@@ -111,5 +112,36 @@ async def test_a_running_task_waits_through_a_short_chain(tmp_path: Path) -> Non
         chain = _chain(runs[0])
         assert len(chain) <= MAX_WAIT_CHAIN, chain
         assert chain[-1] == "HollowRuntime.wait"
+    finally:
+        await worker.close()
+
+
+MAX_INSPECTS = 6
+"""The runtime's inspects from a task's assignment to its wait: the name checks of
+prepare and create, the start's look-up by name, the service's start (its resolve and
+its view after), the wait's resolve (7 before: the address was a look-up of its own)."""
+
+
+async def test_a_task_inspects_its_container_few_times(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = HollowRuntime(start_delay=0)
+    inspects: list[str] = []
+    inspect_once = runtime.inspect
+
+    async def counted(ref: str) -> ContainerInfo:
+        inspects.append(ref)
+        return await inspect_once(ref)
+
+    monkeypatch.setattr(runtime, "inspect", counted)
+    session = FakeSession()
+    session.connect()
+    worker = Worker(hollow_executor(runtime), session, tmp_path, persist=False)
+    await worker.start()
+    try:
+        await worker.on_assignments(full_set(make_task("t1", ["serve"])))
+        await until(lambda: session.states("t1")[-1:] == ["RUNNING"], "t1 RUNNING")
+        await asyncio.sleep(0.01)  # the controller has reached its wait
+        assert len(inspects) <= MAX_INSPECTS, inspects
     finally:
         await worker.close()

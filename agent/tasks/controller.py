@@ -50,24 +50,39 @@ class _Interrupted(Exception):
     """The task changed while a step waited."""
 
 
+_CUT_SHORT = (asyncio.CancelledError, TimeoutError)
+
+
 class _Interruptible:
     """A block that a change of the task cuts short (`TaskController._interruptible`).
 
-    The block runs in a timeout scope with no deadline; `_wake` moves the deadline to
-    now, which cancels the block where it waits, and `_Interrupted` is raised. A class
-    rather than a generator-based context manager: every task enters two."""
+    `interrupt` cancels the task running the block where it waits, and the block ends
+    with `_Interrupted`: `asyncio.timeout`'s bookkeeping (`cancelling`, `uncancel`), so
+    a cancellation from elsewhere (the worker closing) stays a cancellation. One scope
+    per controller, entered again by each of its blocks, and no timer: every task enters
+    two blocks and holds one for as long as it runs."""
 
-    __slots__ = ("_controller", "_scope")
+    __slots__ = ("_cancelling", "_controller", "_interrupted", "_task")
 
     def __init__(self, controller: TaskController) -> None:
         self._controller = controller
-        self._scope = asyncio.timeout(None)
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._interrupted = False
 
     async def __aenter__(self) -> None:
         if self._controller._changed.is_set():
             raise _Interrupted
-        await self._scope.__aenter__()
-        self._controller._interrupt = self._scope
+        task = asyncio.current_task()
+        assert task is not None, "a block runs in a task"
+        self._task, self._cancelling, self._interrupted = task, task.cancelling(), False
+        self._controller._interrupt = self
+
+    def interrupt(self) -> None:
+        """Cancel the block where it waits (once)."""
+        if self._task is not None and not self._interrupted:
+            self._interrupted = True
+            self._task.cancel()
 
     async def __aexit__(
         self,
@@ -76,14 +91,15 @@ class _Interruptible:
         traceback: TracebackType | None,
     ) -> None:
         self._controller._interrupt = None
-        try:
-            await self._scope.__aexit__(exc_type, exc, traceback)
-        except TimeoutError:
-            if self._scope.expired():
-                raise _Interrupted from None
-            raise
-        if exc_type is not None and issubclass(exc_type, TimeoutError) and self._scope.expired():
-            raise _Interrupted from None  # the block's own timeout, cut short anyway
+        task, self._task = self._task, None
+        if not self._interrupted or task is None:
+            return
+        self._interrupted = False
+        # ours, unless someone else cancelled too; a TimeoutError is the block's own
+        # timeout, cut short anyway
+        cancelled_here = task.uncancel() <= self._cancelling
+        if cancelled_here and exc_type is not None and issubclass(exc_type, _CUT_SHORT):
+            raise _Interrupted from None
 
 
 class TaskController:
@@ -118,7 +134,8 @@ class TaskController:
         self._unhealthy: str | None = None
         self._removed = False
         self._changed = asyncio.Event()
-        self._interrupt: asyncio.Timeout | None = None
+        self._interrupt: _Interruptible | None = None
+        self._scope = _Interruptible(self)
 
     @property
     def task_id(self) -> str:
@@ -140,7 +157,7 @@ class TaskController:
     def _wake(self) -> None:
         self._changed.set()
         if self._interrupt is not None:  # cut the waiting step short now
-            self._interrupt.reschedule(asyncio.get_running_loop().time())
+            self._interrupt.interrupt()
 
     # --------------------------------------------------------------------- steps
 
@@ -256,7 +273,8 @@ class TaskController:
     # -------------------------------------------------------------- health checks
 
     def _health_command(self) -> list[str] | None:
-        return probe_command(self.task.spec.container.healthcheck)
+        check = self.task.spec.container.healthcheck
+        return probe_command(check) if check.test else None  # most tasks: no list built
 
     def _health_probe(self) -> HealthProbe | None:
         command = self._health_command()
@@ -287,7 +305,7 @@ class TaskController:
 
     def _interruptible(self) -> _Interruptible:
         """Run the block unless the task changes first (then raise `_Interrupted`)."""
-        return _Interruptible(self)
+        return self._scope
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, or less when the task changes."""

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -46,13 +46,15 @@ from dockyard.agent.runtime.base import (
 )
 from dockyard.agent.secret_files import SecretFileError, SecretFiles, SecretMount
 from dockyard.common.distribution.auth import Credentials
-from dockyard.v1.workloads_pb2 import RegistryAuth, Task
+from dockyard.v1.workloads_pb2 import Mount, RegistryAuth, Task
 
 __all__ = ["TaskExecutor", "task_request"]
 
 log = structlog.get_logger(__name__)
 
 _MAX_OUTPUT = 4096
+_T = TypeVar("_T")
+_U = TypeVar("_U")
 
 
 def _network(task: Task, published: bool) -> NetworkMode:
@@ -83,6 +85,26 @@ def _mounts(
     return (*mounts, *(VolumeMount(Path(s.host_path), s.container_path, True) for s in secrets))
 
 
+def _tuple(items: Sequence[_T], convert: Callable[[_T], _U]) -> tuple[_U, ...]:
+    return tuple(map(convert, items)) if items else ()
+
+
+def _ports(task: Task, meshes_ingress: bool) -> tuple[PortMapping, ...]:
+    if not task.spec.ports:
+        return ()
+    return tuple(
+        PortMapping(p.target_port, (p.protocol or "tcp").lower(), p.published_port)
+        for p in task.spec.ports
+        if not (meshes_ingress and p.publish_mode == "ingress")
+    )
+
+
+def _tmpfs(mounts: Sequence[Mount]) -> tuple[TmpfsMount, ...]:
+    if not mounts:
+        return ()
+    return tuple(TmpfsMount(m.target, m.tmpfs_size_bytes) for m in mounts if m.type == "tmpfs")
+
+
 def task_request(
     task: Task,
     secrets: Sequence[SecretMount] = (),
@@ -105,14 +127,11 @@ def task_request(
     """
     container, limits = task.spec.container, task.spec.resources.limits
     expand = expander(task, node_hostname)
-    ports = tuple(
-        PortMapping(p.target_port, (p.protocol or "tcp").lower(), p.published_port)
-        for p in task.spec.ports
-        if not (meshes_ingress and p.publish_mode == "ingress")
-    )
+    ports = _ports(task, meshes_ingress)
     # Tuples rather than lists: an empty one is not even allocated, and a filled one
     # of strings leaves the cyclic GC's sight after one pass, while every running task
     # holds its spec (about a dozen lists a task were walked by every collection).
+    # Most of a task's repeated fields are empty: `_tuple` makes no generator for them.
     spec = ContainerSpec(
         id="",
         name=container_name(task),
@@ -120,7 +139,7 @@ def task_request(
         lower_dirs=(),
         command=tuple(container.command) or None,
         entrypoint=tuple(container.entrypoint) or None,
-        env=tuple(expand(e) for e in container.env),
+        env=_tuple(container.env, expand),
         workdir=container.workdir or None,
         user=container.user or None,
         memory_bytes=limits.memory_bytes,
@@ -128,9 +147,7 @@ def task_request(
         pids_limit=max(0, task.spec.resources.pids_limit),
         read_only=container.read_only,
         volumes=_mounts(task, secrets, expand),
-        tmpfs=tuple(
-            TmpfsMount(m.target, m.tmpfs_size_bytes) for m in container.mounts if m.type == "tmpfs"
-        ),
+        tmpfs=_tmpfs(container.mounts),
         network=_network(task, bool(ports)),
         ports=ports,
         labels=task_labels(task),
@@ -138,14 +155,14 @@ def task_request(
         cap_drop=tuple(container.cap_drop),
         hostname=expand(container.hostname) or None,
         privileged=container.privileged,  # the controller checked the cluster's policy
-        overlays=tuple((n.network_id, n.address) for n in task.networks),
+        overlays=_tuple(task.networks, lambda n: (n.network_id, n.address)),
         extra_hosts=tuple(container.extra_hosts),
         dns_servers=tuple(container.dns_servers),
         dns_search=tuple(container.dns_search),
         init=container.init,
         tty=container.tty,
-        ulimits=tuple((u.name, u.soft, u.hard) for u in container.ulimits),
-        sysctls=dict(container.sysctls),
+        ulimits=_tuple(container.ulimits, lambda u: (u.name, u.soft, u.hard)),
+        sysctls=dict(container.sysctls) if container.sysctls else {},
         stop_signal=container.stop_signal,
         log_max_size=container.log_max_size_bytes,
         log_max_files=container.log_max_files,

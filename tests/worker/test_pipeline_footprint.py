@@ -22,10 +22,10 @@ from tests.worker.conftest import FakeSession, full_set, make_task, until
 TASKS = 40
 MAX_TRACKED_PER_TASK = 55
 """Objects the cyclic GC tracks, per running task (worker, task controller, executor,
-container service and its supervisor, hollow runtime): 54 on CPython 3.11; 58 before the
+container service and its supervisor, hollow runtime): 53 on CPython 3.11; 58 before the
 hollow runtime's waits were futures of their own (an `Event`, its deque and two
-`Event.wait` coroutines) and the task executor's wait handed over the service's
-coroutine; 78 before the spec held tuples (68 without), the supervisor's watchers
+`Event.wait` coroutines; 57 without), the task executor's wait handed over the service's
+coroutine and the task controller kept one interruptible scope; 78 before the spec held tuples (68 without), the supervisor's watchers
 dropped their own entry (64 without) and a scope's item had one done callback (61
 without)."""
 

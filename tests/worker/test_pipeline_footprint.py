@@ -24,10 +24,10 @@ MAX_TRACKED_PER_TASK = 55
 """Objects the cyclic GC tracks, per running task (worker, task controller, executor,
 container service and its supervisor, hollow runtime): 53 on CPython 3.11; 58 before the
 hollow runtime's waits were futures of their own (an `Event`, its deque and two
-`Event.wait` coroutines; 57 without), the task executor's wait handed over the service's
-coroutine and the task controller kept one interruptible scope; 78 before the spec held tuples (68 without), the supervisor's watchers
-dropped their own entry (64 without) and a scope's item had one done callback (61
-without)."""
+`Event.wait` coroutines; 56 without), the task executor's wait handed over the service's
+coroutine and the task controller kept one interruptible scope; 78 before the spec
+held tuples (68 without), the supervisor's watchers dropped their own entry (64 without)
+and a scope's item had one done callback (61 without)."""
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ talks to a runtime directly.
 
 Every call is idempotent per task, so a worker that restarts in the middle of a step can
 repeat it: `prepare` of a task whose container exists does nothing, `start` of a running
-container returns its id, `stop` and `remove` of a missing container succeed.
+container returns it, `stop` and `remove` of a missing container succeed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from dockyard.agent.runtime.base import ExitInfo
 from dockyard.v1.workloads_pb2 import Task
@@ -28,6 +28,7 @@ __all__ = [
     "ExecutorError",
     "ExitInfo",
     "Progress",
+    "Started",
     "container_name",
     "task_labels",
 ]
@@ -45,6 +46,14 @@ class ExecutorError(Exception):
     """A backend could not do what the worker asked; the message says why."""
 
 
+class Started(NamedTuple):
+    """A started task's container: its id, and its address on the node's bridge network
+    ("" when it has none), as the start saw it (no second look-up)."""
+
+    container_id: str
+    address: str
+
+
 @runtime_checkable
 class Executor(Protocol):
     """Runs the containers of one node's tasks."""
@@ -57,8 +66,8 @@ class Executor(Protocol):
         """
         ...
 
-    async def start(self, task: Task) -> str:
-        """Start the container `prepare` made (unless it runs already); its id."""
+    async def start(self, task: Task) -> Started:
+        """Start the container `prepare` made (unless it runs already); its id and address."""
         ...
 
     async def wait(self, container_id: str) -> ExitInfo:

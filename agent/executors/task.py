@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import structlog
 
@@ -27,11 +28,13 @@ from dockyard.agent.executor import (
     LABEL_TASK_ID,
     ExecutorError,
     Progress,
+    Started,
     container_name,
     task_labels,
 )
 from dockyard.agent.executors.templates import expander
 from dockyard.agent.runtime.base import (
+    ContainerInfo,
     ContainerRuntimeError,
     ContainerSpec,
     ContainerStatus,
@@ -43,13 +46,15 @@ from dockyard.agent.runtime.base import (
 )
 from dockyard.agent.secret_files import SecretFileError, SecretFiles, SecretMount
 from dockyard.common.distribution.auth import Credentials
-from dockyard.v1.workloads_pb2 import RegistryAuth, Task
+from dockyard.v1.workloads_pb2 import Mount, RegistryAuth, Task
 
 __all__ = ["TaskExecutor", "task_request"]
 
 log = structlog.get_logger(__name__)
 
 _MAX_OUTPUT = 4096
+_T = TypeVar("_T")
+_U = TypeVar("_U")
 
 
 def _network(task: Task, published: bool) -> NetworkMode:
@@ -80,6 +85,26 @@ def _mounts(
     return (*mounts, *(VolumeMount(Path(s.host_path), s.container_path, True) for s in secrets))
 
 
+def _tuple(items: Sequence[_T], convert: Callable[[_T], _U]) -> tuple[_U, ...]:
+    return tuple(map(convert, items)) if items else ()
+
+
+def _ports(task: Task, meshes_ingress: bool) -> tuple[PortMapping, ...]:
+    if not task.spec.ports:
+        return ()
+    return tuple(
+        PortMapping(p.target_port, (p.protocol or "tcp").lower(), p.published_port)
+        for p in task.spec.ports
+        if not (meshes_ingress and p.publish_mode == "ingress")
+    )
+
+
+def _tmpfs(mounts: Sequence[Mount]) -> tuple[TmpfsMount, ...]:
+    if not mounts:
+        return ()
+    return tuple(TmpfsMount(m.target, m.tmpfs_size_bytes) for m in mounts if m.type == "tmpfs")
+
+
 def task_request(
     task: Task,
     secrets: Sequence[SecretMount] = (),
@@ -103,14 +128,11 @@ def task_request(
     """
     container, limits = task.spec.container, task.spec.resources.limits
     expand = expander(task, node_hostname)
-    ports = tuple(
-        PortMapping(p.target_port, (p.protocol or "tcp").lower(), p.published_port)
-        for p in task.spec.ports
-        if not (meshes_ingress and p.publish_mode == "ingress")
-    )
+    ports = _ports(task, meshes_ingress)
     # Tuples rather than lists: an empty one is not even allocated, and a filled one
     # of strings leaves the cyclic GC's sight after one pass, while every running task
     # holds its spec (about a dozen lists a task were walked by every collection).
+    # Most of a task's repeated fields are empty: `_tuple` makes no generator for them.
     spec = ContainerSpec(
         id="",
         name=container_name(task),
@@ -118,7 +140,7 @@ def task_request(
         lower_dirs=(),
         command=tuple(container.command) or None,
         entrypoint=tuple(container.entrypoint) or None,
-        env=tuple(expand(e) for e in container.env),
+        env=_tuple(container.env, expand),
         workdir=container.workdir or None,
         user=container.user or None,
         memory_bytes=limits.memory_bytes,
@@ -126,9 +148,7 @@ def task_request(
         pids_limit=max(0, task.spec.resources.pids_limit),
         read_only=container.read_only,
         volumes=_mounts(task, secrets, expand),
-        tmpfs=tuple(
-            TmpfsMount(m.target, m.tmpfs_size_bytes) for m in container.mounts if m.type == "tmpfs"
-        ),
+        tmpfs=_tmpfs(container.mounts),
         network=_network(task, bool(ports)),
         ports=ports,
         labels=task_labels(task),
@@ -136,14 +156,14 @@ def task_request(
         cap_drop=tuple(container.cap_drop),
         hostname=expand(container.hostname) or None,
         privileged=container.privileged,  # the controller checked the cluster's policy
-        overlays=tuple((n.network_id, n.address) for n in task.networks),
+        overlays=_tuple(task.networks, lambda n: (n.network_id, n.address)),
         extra_hosts=tuple(container.extra_hosts),
         dns_servers=tuple(container.dns_servers),
         dns_search=tuple(container.dns_search),
         init=container.init,
         tty=container.tty,
-        ulimits=tuple((u.name, u.soft, u.hard) for u in container.ulimits),
-        sysctls=dict(container.sysctls),
+        ulimits=_tuple(container.ulimits, lambda u: (u.name, u.soft, u.hard)),
+        sysctls=dict(container.sysctls) if container.sysctls else {},
         stop_signal=container.stop_signal,
         log_max_size=container.log_max_size_bytes,
         log_max_files=container.log_max_files,
@@ -151,6 +171,11 @@ def task_request(
     )
     check_spec(spec)
     return ContainerRequest(spec, parse_image_ref("image", container.image))
+
+
+def _bridge_address(info: ContainerInfo) -> str:
+    network = info.network
+    return network.ip_address if network is not None and network.mode == "bridge" else ""
 
 
 class TaskExecutor:
@@ -221,14 +246,16 @@ class TaskExecutor:
         """Close the service (its containers keep running)."""
         await self.service.close()
 
-    async def start(self, task: Task) -> str:
+    async def start(self, task: Task) -> Started:
         view = await self.service.inspect(container_name(task))
         if view.info.state.status is ContainerStatus.CREATED:
-            await self.service.start_container(view.info.id)
-        return view.info.id
+            view = await self.service.start_container(view.info.id)  # as it is now
+        return Started(view.info.id, _bridge_address(view.info))
 
-    async def wait(self, container_id: str) -> ExitInfo:
-        return await self.service.wait(container_id)
+    def wait(self, container_id: str) -> Coroutine[Any, Any, ExitInfo]:
+        """The service's own wait: no coroutine of this adapter's in the chain that every
+        running task holds while it waits."""
+        return self.service.wait(container_id)
 
     async def stop(self, container_id: str, grace: float) -> None:
         with contextlib.suppress(NotFound, FailedPrecondition):
@@ -253,9 +280,7 @@ class TaskExecutor:
 
     async def address(self, container_id: str) -> str:
         with contextlib.suppress(NotFound):
-            network = (await self.service.inspect(container_id)).info.network
-            if network is not None and network.mode == "bridge":
-                return network.ip_address
+            return _bridge_address((await self.service.inspect(container_id)).info)
         return ""
 
     async def task_containers(self) -> dict[str, str]:

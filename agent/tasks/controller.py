@@ -42,29 +42,47 @@ log = structlog.get_logger(__name__)
 STOP_RETRY_DELAY = 1.0
 """Seconds before a failed stop (shutdown, or an unhealthy container) is tried again."""
 
+_STATE_NAMES = {number: name for name, number in TaskState.items()}
+"""For the `task.status` line, built on every report even when the level drops it."""
+
 
 class _Interrupted(Exception):
     """The task changed while a step waited."""
 
 
+_CUT_SHORT = (asyncio.CancelledError, TimeoutError)
+
+
 class _Interruptible:
     """A block that a change of the task cuts short (`TaskController._interruptible`).
 
-    The block runs in a timeout scope with no deadline; `_wake` moves the deadline to
-    now, which cancels the block where it waits, and `_Interrupted` is raised. A class
-    rather than a generator-based context manager: every task enters two."""
+    `interrupt` cancels the task running the block where it waits, and the block ends
+    with `_Interrupted`: `asyncio.timeout`'s bookkeeping (`cancelling`, `uncancel`), so
+    a cancellation from elsewhere (the worker closing) stays a cancellation. One scope
+    per controller, entered again by each of its blocks, and no timer: every task enters
+    two blocks and holds one for as long as it runs."""
 
-    __slots__ = ("_controller", "_scope")
+    __slots__ = ("_cancelling", "_controller", "_interrupted", "_task")
 
     def __init__(self, controller: TaskController) -> None:
         self._controller = controller
-        self._scope = asyncio.timeout(None)
+        self._task: asyncio.Task[Any] | None = None
+        self._cancelling = 0
+        self._interrupted = False
 
     async def __aenter__(self) -> None:
         if self._controller._changed.is_set():
             raise _Interrupted
-        await self._scope.__aenter__()
-        self._controller._interrupt = self._scope
+        task = asyncio.current_task()
+        assert task is not None, "a block runs in a task"
+        self._task, self._cancelling, self._interrupted = task, task.cancelling(), False
+        self._controller._interrupt = self
+
+    def interrupt(self) -> None:
+        """Cancel the block where it waits (once)."""
+        if self._task is not None and not self._interrupted:
+            self._interrupted = True
+            self._task.cancel()
 
     async def __aexit__(
         self,
@@ -73,14 +91,15 @@ class _Interruptible:
         traceback: TracebackType | None,
     ) -> None:
         self._controller._interrupt = None
-        try:
-            await self._scope.__aexit__(exc_type, exc, traceback)
-        except TimeoutError:
-            if self._scope.expired():
-                raise _Interrupted from None
-            raise
-        if exc_type is not None and issubclass(exc_type, TimeoutError) and self._scope.expired():
-            raise _Interrupted from None  # the block's own timeout, cut short anyway
+        task, self._task = self._task, None
+        if not self._interrupted or task is None:
+            return
+        self._interrupted = False
+        # ours, unless someone else cancelled too; a TimeoutError is the block's own
+        # timeout, cut short anyway
+        cancelled_here = task.uncancel() <= self._cancelling
+        if cancelled_here and exc_type is not None and issubclass(exc_type, _CUT_SHORT):
+            raise _Interrupted from None
 
 
 class TaskController:
@@ -115,7 +134,8 @@ class TaskController:
         self._unhealthy: str | None = None
         self._removed = False
         self._changed = asyncio.Event()
-        self._interrupt: asyncio.Timeout | None = None
+        self._interrupt: _Interruptible | None = None
+        self._scope = _Interruptible(self)
 
     @property
     def task_id(self) -> str:
@@ -137,7 +157,7 @@ class TaskController:
     def _wake(self) -> None:
         self._changed.set()
         if self._interrupt is not None:  # cut the waiting step short now
-            self._interrupt.reschedule(asyncio.get_running_loop().time())
+            self._interrupt.interrupt()
 
     # --------------------------------------------------------------------- steps
 
@@ -184,8 +204,7 @@ class TaskController:
         """Start the container. A task with a health check is RUNNING only once the check
         first passes (as in Swarm), so a rolling update waits for healthy tasks."""
         try:
-            self.container_id = await self.executor.start(self.task)
-            self.address = await self.executor.address(self.container_id)
+            self.container_id, self.address = await self.executor.start(self.task)
         except Exception as exc:  # whatever the backend says
             self._report(TaskState.FAILED, "starting failed", error=_text(exc))
             return
@@ -254,7 +273,8 @@ class TaskController:
     # -------------------------------------------------------------- health checks
 
     def _health_command(self) -> list[str] | None:
-        return probe_command(self.task.spec.container.healthcheck)
+        check = self.task.spec.container.healthcheck
+        return probe_command(check) if check.test else None  # most tasks: no list built
 
     def _health_probe(self) -> HealthProbe | None:
         command = self._health_command()
@@ -285,7 +305,7 @@ class TaskController:
 
     def _interruptible(self) -> _Interruptible:
         """Run the block unless the task changes first (then raise `_Interrupted`)."""
-        return _Interruptible(self)
+        return self._scope
 
     async def _pause(self, seconds: float) -> None:
         """Sleep, or less when the task changes."""
@@ -333,8 +353,8 @@ class TaskController:
         self.status = status
         log.info(
             "task.status",
-            task_id=self.task_id,
-            state=TaskState.Name(state),
+            task_id=self.task.id,
+            state=_STATE_NAMES[state],
             error=status.error or None,
         )
         self._on_status(self)

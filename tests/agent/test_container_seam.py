@@ -19,7 +19,7 @@ from dockyard.agent.containers.meta import ContainerMeta
 from dockyard.agent.containers.names import NAME_RE
 from dockyard.agent.containers.request import ContainerRequest, parse_create
 from dockyard.agent.containers.service import ContainerService
-from dockyard.agent.executors.task import task_request
+from dockyard.agent.executors.task import TaskExecutor, task_request
 from dockyard.agent.images.reference import parse_reference
 from dockyard.agent.runtime.base import (
     ContainerRuntime,
@@ -174,6 +174,26 @@ async def test_the_service_attaches_before_the_runtime_and_detaches_after() -> N
     assert (await service.inspect("web")).info.network == NetworkInfo("bridge", "10.0.0.2")
     await service.remove(cid, force=True)
     assert network.calls == [("attach", cid), ("detach", cid)]
+    await service.close()
+
+
+async def test_a_started_task_has_its_bridge_address_from_the_start() -> None:
+    """`Executor.start` gives the address the start saw: a task that publishes a port
+    is on the bridge, one that does not has none; a second start of a running task
+    gives the same, and starts nothing."""
+    network = RecordingNetwork()
+    service = ContainerService(HollowRuntime(start_delay=0), EngineImages(), None, None, network)
+    executor = TaskExecutor(service)
+    published = make_task("t1", ["sleep", "60"])
+    published.spec.ports.add(target_port=80)
+    plain = make_task("t2", ["sleep", "60"], slot=2)
+    for task in (published, plain):
+        await executor.prepare(task, lambda line: None)
+    started = await executor.start(published)
+    assert started.address == "10.0.0.2"
+    assert (await service.inspect(started.container_id)).info.state.status.value == "running"
+    assert await executor.start(published) == started
+    assert (await executor.start(plain)).address == ""
     await service.close()
 
 

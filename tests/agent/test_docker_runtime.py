@@ -149,7 +149,7 @@ async def test_the_executor_runs_tasks_on_the_engine(
         await executor.prepare(failing, progress.append)
         await executor.prepare(failing, progress.append)  # again after a restart: no-op
         assert progress == [f"pulling {image_registry.busybox}", f"pulled {image_registry.busybox}"]
-        container = await executor.start(failing)
+        container, _ = await executor.start(failing)
         ended = await asyncio.wait_for(executor.wait(container), 30)
         assert (ended.exit_code, ended.oom_killed) == (3, False) and ended.finished_at
         assert (await executor.task_containers())[failing.id] == container
@@ -167,8 +167,8 @@ async def test_the_executor_runs_tasks_on_the_engine(
         pinned = f"{image_registry.busybox}@{image_registry.digest}"
         sleeper = task(pinned, "sleep", "300", task_id="t0000000000000000000000b")
         await executor.prepare(sleeper, progress.append)
-        container = await executor.start(sleeper)
-        assert await executor.start(sleeper) == container  # running: not started twice
+        container, _ = await executor.start(sleeper)
+        assert (await executor.start(sleeper)).container_id == container  # not started twice
         code, output = await executor.exec(container, ["sh", "-c", "echo out; exit 4"], 10)
         assert (code, output.strip()) == (4, "out")
         started = time.monotonic()

@@ -4,6 +4,8 @@ it changes nothing of the runtime's)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from dockyard.agent.runtime.base import (
@@ -89,3 +91,42 @@ async def test_interactive_stdio_is_refused_naming_the_runtime() -> None:
         await runtime.resize(cid, 24, 80)
     with pytest.raises(ContainerRuntimeError, match=r"^interactive exec is not supported by the"):
         await runtime.exec_interactive(cid, ["sh"])
+
+
+async def test_every_waiter_wakes_on_exit_and_a_cancelled_one_leaves_the_rest() -> None:
+    """Waits are futures of the container's current run: all wake on its exit, one that
+    is cancelled leaves the others waiting, and a wait after a restart waits for the
+    next exit (not the last one)."""
+    runtime = HollowRuntime(start_delay=0)
+    cid = (await runtime.create(_spec())).id
+    await runtime.start(cid)
+    first, second, gone = (asyncio.create_task(runtime.wait(cid)) for _ in range(3))
+    await asyncio.sleep(0)
+    gone.cancel()
+    await asyncio.sleep(0)
+    assert not first.done() and not second.done()
+    await runtime.stop(cid, 5.0)
+    assert [(await t).exit_code for t in (first, second)] == [143, 143]
+    assert gone.cancelled()
+
+    await runtime.start(cid)
+    again = asyncio.create_task(runtime.wait(cid))
+    await asyncio.sleep(0.01)
+    assert not again.done()  # the last run's exit is not this run's
+    await runtime.kill(cid)
+    assert (await again).exit_code == 137
+    await runtime.close()
+
+
+async def test_a_cancelled_wait_is_dropped_from_its_container() -> None:
+    """A cancelled wait holds nothing in the runtime (a task that left the set)."""
+    runtime = HollowRuntime(start_delay=0)
+    cid = (await runtime.create(_spec())).id
+    await runtime.start(cid)
+    waits = [asyncio.create_task(runtime.wait(cid)) for _ in range(5)]
+    await asyncio.sleep(0)
+    for wait in waits:
+        wait.cancel()
+    await asyncio.gather(*waits, return_exceptions=True)
+    assert not runtime._containers[cid].waiters
+    await runtime.close()

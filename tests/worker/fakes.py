@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dockyard.agent.executor import ExecutorError, ExitInfo, Progress
+from dockyard.agent.executor import ExecutorError, ExitInfo, Progress, Started
 from dockyard.v1.workloads_pb2 import Task
 
 
@@ -50,13 +50,13 @@ class FakeExecutor:
             raise self.prepare_error
         self.containers.setdefault(task.id, f"c-{task.id}")
 
-    async def start(self, task: Task) -> str:
+    async def start(self, task: Task) -> Started:
         self.calls.append(("start", task.id))
         if self.start_error is not None:
             raise self.start_error
         container_id = self.containers[task.id]
         self.running.add(container_id)
-        return container_id
+        return Started(container_id, await self.address(container_id))
 
     async def wait(self, container_id: str) -> ExitInfo:
         self.calls.append(("wait", container_id))

@@ -304,3 +304,34 @@ async def test_a_restart_while_starting_with_a_check_does_not_report_starting_ag
         await until(lambda: recorder.states() == ["RUNNING"], "RUNNING")
     assert recorder.last().health == TaskStatus.HEALTHY
     assert executor.named("prepare") == [] and executor.named("start") == ["t1"]
+
+
+async def test_a_cancellation_beside_an_interruption_stays_a_cancellation(
+    executor: FakeExecutor,
+) -> None:
+    """The worker closing (its group cancels the controller) while a change cuts the
+    wait short: the controller ends cancelled, it does not go on to remove the
+    container; and a controller interrupted twice (prepare, then its wait) is cut short
+    both times."""
+    executor.prepare_gate = asyncio.Event()
+    task = make_task("t1")
+    controller, recorder = controller_for(executor, task)
+    job = asyncio.create_task(controller.run())
+    await until(lambda: executor.named("prepare") == ["t1"], "prepare called")
+    executor.prepare_gate.set()
+    await until(lambda: recorder.states() == UP_TO_RUNNING, "RUNNING")
+    controller.remove()  # the change cuts the wait short...
+    job.cancel()  # ...and the worker closes at once
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert executor.named("remove") == []
+
+    executor.prepare_gate = asyncio.Event()
+    again, recorder = controller_for(executor, make_task("t2"))
+    job = asyncio.create_task(again.run())
+    await until(lambda: executor.named("prepare")[-1:] == ["t2"], "prepare called")
+    again.update(shutdown(again.task))  # cuts the prepare short
+    await until(lambda: recorder.states()[-1:] == ["SHUTDOWN"], "SHUTDOWN")
+    again.remove()
+    await asyncio.wait_for(job, 5)
+    assert executor.prepares_cancelled == 1

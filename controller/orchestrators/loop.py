@@ -13,6 +13,7 @@ import contextlib
 
 import structlog
 
+from dockyard.common.quiet_edge import after_quiet
 from dockyard.common.timestamps import now_timestamp, wall_time
 from dockyard.controller.ingress_network import find_ingress
 from dockyard.controller.network_addresses import (
@@ -107,8 +108,7 @@ class Orchestrator:
                 await asyncio.sleep(0.5)
             else:
                 carry.planned(dirty - conflicted)
-            await self._sleep_until_change(changed)
-            await asyncio.sleep(DEBOUNCE)
+            await after_quiet(self._sleep_until_change(changed), DEBOUNCE)
             changed.clear()
             changes = tracker.take()
             dirty = self._unsettled(changes)

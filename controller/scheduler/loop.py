@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
+from dockyard.common.quiet_edge import after_quiet
 from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.orchestrators.tasks import set_status
@@ -105,8 +106,7 @@ class SchedulingLoop:
         while True:
             more = await self._round(changed, tracker, writers)
             if not more:
-                await changed.wait()
-                await asyncio.sleep(DEBOUNCE)
+                await after_quiet(changed.wait(), DEBOUNCE)
             changed.clear()
 
     async def _drain(self) -> None:

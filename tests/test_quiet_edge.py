@@ -1,0 +1,54 @@
+"""The control loops' debounce (common/quiet_edge.py): the first change after a quiet
+time is taken at once, a burst's later changes gather."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from dockyard.common import quiet_edge
+
+PERIOD = 0.05
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(quiet_edge, "time", clock)
+    monkeypatch.setattr(quiet_edge, "asyncio", types.SimpleNamespace(sleep=clock.sleep))
+    return clock
+
+
+def change_after(clock: Clock, seconds: float) -> object:
+    async def wait() -> None:
+        clock.now += seconds
+
+    return wait()
+
+
+async def test_a_change_after_a_quiet_time_goes_at_once(clock: Clock) -> None:
+    await quiet_edge.after_quiet(change_after(clock, 2.0), PERIOD)
+    await quiet_edge.after_quiet(change_after(clock, PERIOD * 1.5), PERIOD)
+    assert clock.sleeps == []
+
+
+async def test_a_change_of_a_burst_gathers(clock: Clock) -> None:
+    """A change already there when the loop looks (it came during the last round), or
+    one right after: the burst's others gather for the period."""
+    await quiet_edge.after_quiet(change_after(clock, 0.0), PERIOD)
+    await quiet_edge.after_quiet(change_after(clock, PERIOD / 2), PERIOD)
+    assert clock.sleeps == [PERIOD, PERIOD]

@@ -14,13 +14,19 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
-__all__ = ["after_quiet"]
+__all__ = ["after_quiet", "ended_quiet"]
+
+
+async def ended_quiet(wait: Awaitable[object], period: float) -> bool:
+    """Await `wait` (the next change); whether the wait lasted at least `period` (the
+    change ended a quiet time), for a loop that decides itself how long to gather."""
+    started = time.monotonic()
+    await wait
+    return time.monotonic() - started >= period
 
 
 async def after_quiet(wait: Awaitable[object], period: float) -> None:
     """Await `wait` (the next change); then let changes gather for `period` unless the
     wait itself lasted that long (the change ended a quiet time: go at once)."""
-    started = time.monotonic()
-    await wait
-    if time.monotonic() - started < period:
+    if not await ended_quiet(wait, period):
         await asyncio.sleep(period)

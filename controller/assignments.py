@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from dockyard.common.quiet_edge import ended_quiet
 from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.assignment_keys import AssignmentKeys, TaskKey, task_key
@@ -270,13 +271,18 @@ class Assigner:
         keys = AssignmentKeys(self._state.tasks, self._needs_auth)
         keys.reset()
         while True:
-            await changed.wait()
-            await self._gather()
+            quiet = await ended_quiet(changed.wait(), DEBOUNCE)
+            await self._gather(quiet)
             changed.clear()
             await self.round(keys, tracker.take().task_ids or ())
 
-    async def _gather(self) -> None:
-        """Let changes gather: DEBOUNCE, longer while the scheduler has a backlog."""
+    async def _gather(self, quiet: bool) -> None:
+        """Let changes gather: DEBOUNCE, longer while the scheduler has a backlog; not at
+        all for a change that ended a quiet time with no backlog (a single create's
+        placement goes out at once; a burst's later changes come while the assigner is
+        busy or within DEBOUNCE of its last look, and gather)."""
+        if quiet and len(self._state.pending_task_ids) < BACKLOG_TASKS:
+            return
         waited = 0.0
         while True:
             await asyncio.sleep(DEBOUNCE)

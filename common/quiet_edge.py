@@ -4,8 +4,15 @@ The control loops let a burst of changes gather before they look (a scale-up is 
 in many transactions; one round over all of them is cheaper than one per transaction).
 A plain debounce also holds back the first change after a quiet time, which is the
 whole latency of a single `service create` (each loop's wait adds to the next's). Here
-a change that ends a wait of at least `period` is taken at once; one that came while
-the loop was busy (the wait returns at once) is one of a burst and gathers for `period`.
+a change that comes at least `period` after the loop's last round with work is taken at
+once; one that comes sooner (one of a burst: it came while the loop was busy, or right
+after) gathers for `period`.
+
+A round that found nothing to do does not count: every loop wakes on every change of
+the view, and one loop's change comes before the next's input (the service's record
+before its task, the task before its placement): had those rounds counted, each loop's
+input would come right after a look and wait the whole period. Such a round is cheap,
+which bounds what a string of them costs.
 """
 
 from __future__ import annotations
@@ -14,19 +21,30 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
-__all__ = ["after_quiet", "ended_quiet"]
+__all__ = ["QuietEdge"]
 
 
-async def ended_quiet(wait: Awaitable[object], period: float) -> bool:
-    """Await `wait` (the next change); whether the wait lasted at least `period` (the
-    change ended a quiet time), for a loop that decides itself how long to gather."""
-    started = time.monotonic()
-    await wait
-    return time.monotonic() - started >= period
+class QuietEdge:
+    """One loop's debounce. Args: period: seconds a burst's changes gather."""
 
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._worked = float("-inf")  # when the last round with work ended
 
-async def after_quiet(wait: Awaitable[object], period: float) -> None:
-    """Await `wait` (the next change); then let changes gather for `period` unless the
-    wait itself lasted that long (the change ended a quiet time: go at once)."""
-    if not await ended_quiet(wait, period):
-        await asyncio.sleep(period)
+    def worked(self) -> None:
+        """A round had work (it planned, placed or sent something): changes that come
+        within `period` of now are one burst's and gather."""
+        self._worked = time.monotonic()
+
+    def quiet(self) -> bool:
+        """Whether a change now ends a quiet time (no round had work for `period`)."""
+        return time.monotonic() - self._worked >= self.period
+
+    async def wait(self, change: Awaitable[object]) -> bool:
+        """Await `change`; then let changes gather for `period` unless it ended a quiet
+        time. Returns whether it did (the loop went at once)."""
+        await change
+        if self.quiet():
+            return True
+        await asyncio.sleep(self.period)
+        return False

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from dockyard.common.quiet_edge import ended_quiet
+from dockyard.common.quiet_edge import QuietEdge
 from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.assignment_keys import AssignmentKeys, TaskKey, task_key
@@ -270,17 +270,20 @@ class Assigner:
         # tasks whose key changed since the last set, any other its whole set.
         keys = AssignmentKeys(self._state.tasks, self._needs_auth)
         keys.reset()
+        edge = QuietEdge(DEBOUNCE)
         while True:
-            quiet = await ended_quiet(changed.wait(), DEBOUNCE)
-            await self._gather(quiet)
+            await changed.wait()
+            await self._gather(edge.quiet())
             changed.clear()
-            await self.round(keys, tracker.take().task_ids or ())
+            if await self.round(keys, tracker.take().task_ids or ()):
+                edge.worked()
 
     async def _gather(self, quiet: bool) -> None:
         """Let changes gather: DEBOUNCE, longer while the scheduler has a backlog; not at
         all for a change that ended a quiet time with no backlog (a single create's
         placement goes out at once; a burst's later changes come while the assigner is
-        busy or within DEBOUNCE of its last look, and gather)."""
+        busy or within DEBOUNCE of its last round with work, and gather:
+        common/quiet_edge.py)."""
         if quiet and len(self._state.pending_task_ids) < BACKLOG_TASKS:
             return
         waited = 0.0
@@ -290,10 +293,12 @@ class Assigner:
             if waited >= BACKLOG_GATHER or len(self._state.pending_task_ids) < BACKLOG_TASKS:
                 return
 
-    async def round(self, keys: AssignmentKeys, task_ids: Iterable[str]) -> None:
-        """Send what changed to the nodes of these tasks (``keys`` kept by the caller)."""
+    async def round(self, keys: AssignmentKeys, task_ids: Iterable[str]) -> bool:
+        """Send what changed to the nodes of these tasks (``keys`` kept by the caller);
+        whether any node's tasks changed."""
         sources: dict[str, Holders] = {}
-        for node_id in keys.update(task_ids):
+        nodes = keys.update(task_ids)
+        for node_id in nodes:
             if not self._connected(node_id):
                 # Its set is posted nowhere (at a new term, until its agent reconnects:
                 # hundreds of nodes, each rebuilt in every round); its greeting sends it.
@@ -304,6 +309,7 @@ class Assigner:
                 await self._send_delta(node_id, sent, keys.by_node.get(node_id, {}), sources)
             else:
                 await self._send_full(node_id, sent, sources)
+        return bool(nodes)
 
     async def _send_full(
         self, node_id: str, sent: _Sent | None, sources: dict[str, Holders]

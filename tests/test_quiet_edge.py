@@ -41,14 +41,31 @@ def change_after(clock: Clock, seconds: float) -> object:
 
 
 async def test_a_change_after_a_quiet_time_goes_at_once(clock: Clock) -> None:
-    await quiet_edge.after_quiet(change_after(clock, 2.0), PERIOD)
-    await quiet_edge.after_quiet(change_after(clock, PERIOD * 1.5), PERIOD)
+    edge = quiet_edge.QuietEdge(PERIOD)
+    assert await edge.wait(change_after(clock, 0.0))  # no round had work yet
+    edge.worked()
+    assert await edge.wait(change_after(clock, 2.0))
+    edge.worked()
+    assert await edge.wait(change_after(clock, PERIOD * 1.5))
     assert clock.sleeps == []
 
 
 async def test_a_change_of_a_burst_gathers(clock: Clock) -> None:
-    """A change already there when the loop looks (it came during the last round), or
-    one right after: the burst's others gather for the period."""
-    await quiet_edge.after_quiet(change_after(clock, 0.0), PERIOD)
-    await quiet_edge.after_quiet(change_after(clock, PERIOD / 2), PERIOD)
+    """A change already there when the loop looks (it came during its last round with
+    work), or one right after: the burst's others gather for the period."""
+    edge = quiet_edge.QuietEdge(PERIOD)
+    edge.worked()
+    assert not await edge.wait(change_after(clock, 0.0))
+    edge.worked()
+    assert not await edge.wait(change_after(clock, PERIOD / 2))
     assert clock.sleeps == [PERIOD, PERIOD]
+
+
+async def test_a_round_without_work_does_not_end_the_quiet_time(clock: Clock) -> None:
+    """The loops wake on each other's changes (the service's record comes before its
+    task): a change right after a round that found nothing to do still goes at once."""
+    edge = quiet_edge.QuietEdge(PERIOD)
+    edge.worked()
+    assert await edge.wait(change_after(clock, 2.0))  # a round with nothing to do
+    assert await edge.wait(change_after(clock, PERIOD / 10))  # its input, right after
+    assert clock.sleeps == []

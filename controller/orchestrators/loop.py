@@ -13,7 +13,7 @@ import contextlib
 
 import structlog
 
-from dockyard.common.quiet_edge import after_quiet
+from dockyard.common.quiet_edge import QuietEdge
 from dockyard.common.timestamps import now_timestamp, wall_time
 from dockyard.controller.ingress_network import find_ingress
 from dockyard.controller.network_addresses import (
@@ -99,6 +99,7 @@ class Orchestrator:
             dirty |= self._unsettled(since)
             if self._nodes_changed(since.nodes):
                 dirty |= set(self._state.services)
+        edge = QuietEdge(DEBOUNCE)
         while True:
             carry.taken(dirty)
             try:
@@ -108,7 +109,9 @@ class Orchestrator:
                 await asyncio.sleep(0.5)
             else:
                 carry.planned(dirty - conflicted)
-            await after_quiet(self._sleep_until_change(changed), DEBOUNCE)
+            if dirty:
+                edge.worked()
+            await edge.wait(self._sleep_until_change(changed))
             changed.clear()
             changes = tracker.take()
             dirty = self._unsettled(changes)

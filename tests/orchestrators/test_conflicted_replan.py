@@ -4,6 +4,7 @@ which marks no service, so nothing else would bring the service back to be plann
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -13,7 +14,7 @@ from dockyard.common.states import TaskState
 from dockyard.controller.orchestrators import loop as orchestrator_loop
 from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.orchestrators.tasks import new_task, set_status
-from dockyard.controller.store import NODES, SERVICES, TASKS, Op, Store
+from dockyard.controller.store import NODES, SERVICES, TASKS, LeadershipLost, Op, Store
 from dockyard.v1.workloads_pb2 import Task
 from tests.orchestrators.helpers import is_live, node, service
 from tests.polling import wait_until
@@ -143,3 +144,22 @@ async def test_a_service_that_keeps_conflicting_is_retried_with_a_backoff(
         assert await orchestrator._round({"svc"}) == set()
         assert "svc" not in orchestrator._wake_at
         assert not orchestrator._conflicts
+
+
+class Fenced(AlwaysConflicting):
+    """A deposed leader's store: its fence fails, nothing is written."""
+
+    async def commit_each(self, ops: Sequence[Op]) -> list[bool]:
+        raise LeadershipLost("the leader key is gone: nothing was written")
+
+
+async def test_a_fenced_write_is_not_a_conflict_to_retry(store: Store) -> None:
+    """LeadershipLost ends the run (the term is over), nothing is set to be planned
+    again by this orchestrator."""
+    await a_slot_with_a_duplicate(store)
+    async with watched_view(store) as view:
+        orchestrator = Orchestrator(Fenced(store), view, 10.0, lambda s, n: True)  # type: ignore[arg-type]
+        with pytest.raises(LeadershipLost):
+            await asyncio.wait_for(orchestrator.run(), 20)
+        assert not orchestrator._conflicts
+        assert "svc" not in orchestrator._wake_at

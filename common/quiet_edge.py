@@ -11,8 +11,11 @@ after) gathers for `period`.
 A round that found nothing to do does not count: every loop wakes on every change of
 the view, and one loop's change comes before the next's input (the service's record
 before its task, the task before its placement): had those rounds counted, each loop's
-input would come right after a look and wait the whole period. Such a round is cheap,
-which bounds what a string of them costs.
+input would come right after a look and wait the whole period. But at most
+`AT_ONCE` wakes in a period go at once: a stream of changes that are no loop's work
+(heartbeats, status reports) would otherwise wake it once per change (the orchestrator
+spun hundreds of empty rounds a second in a full-size burst); after those, it waits the
+period as a plain debounce does.
 """
 
 from __future__ import annotations
@@ -21,7 +24,11 @@ import asyncio
 import time
 from collections.abc import Awaitable
 
-__all__ = ["QuietEdge"]
+__all__ = ["AT_ONCE", "QuietEdge"]
+
+AT_ONCE = 3
+"""Wakes in one period that may go at once (a single create's chain: the service's
+record, its task, the task's placement)."""
 
 
 class QuietEdge:
@@ -30,6 +37,8 @@ class QuietEdge:
     def __init__(self, period: float) -> None:
         self.period = period
         self._worked = float("-inf")  # when the last round with work ended
+        self._window = float("-inf")  # when the period of the first wake at once began
+        self._at_once = 0  # wakes at once since then
 
     def worked(self) -> None:
         """A round had work (it planned, placed or sent something): changes that come
@@ -37,8 +46,17 @@ class QuietEdge:
         self._worked = time.monotonic()
 
     def quiet(self) -> bool:
-        """Whether a change now ends a quiet time (no round had work for `period`)."""
-        return time.monotonic() - self._worked >= self.period
+        """Whether a change now ends a quiet time (no round had work for `period`, and
+        fewer than AT_ONCE wakes went at once in this period); if so, it is counted."""
+        now = time.monotonic()
+        if now - self._worked < self.period:
+            return False
+        if now - self._window >= self.period:
+            self._window, self._at_once = now, 0
+        if self._at_once >= AT_ONCE:
+            return False
+        self._at_once += 1
+        return True
 
     async def wait(self, change: Awaitable[object]) -> bool:
         """Await `change`; then let changes gather for `period` unless it ended a quiet

@@ -69,3 +69,12 @@ async def test_a_round_without_work_does_not_end_the_quiet_time(clock: Clock) ->
     assert await edge.wait(change_after(clock, 2.0))  # a round with nothing to do
     assert await edge.wait(change_after(clock, PERIOD / 10))  # its input, right after
     assert clock.sleeps == []
+
+
+async def test_a_stream_of_changes_without_work_is_debounced(clock: Clock) -> None:
+    """Changes that are no loop's work (heartbeats, status reports), one every ms: after
+    AT_ONCE wakes at once in a period, each waits the period."""
+    edge = quiet_edge.QuietEdge(PERIOD)
+    went = [await edge.wait(change_after(clock, 0.001)) for _ in range(6)]
+    assert went == [True] * quiet_edge.AT_ONCE + [False, True, True]
+    assert clock.sleeps == [PERIOD]

@@ -280,11 +280,11 @@ class Assigner:
 
     async def _gather(self, quiet: bool) -> None:
         """Let changes gather: DEBOUNCE, longer while the scheduler has a backlog; not at
-        all for a change that ended a quiet time with no backlog (a single create's
-        placement goes out at once; a burst's later changes come while the assigner is
-        busy or within DEBOUNCE of its last round with work, and gather:
-        common/quiet_edge.py)."""
-        if quiet and len(self._state.pending_task_ids) < BACKLOG_TASKS:
+        all for a change that ended a quiet time with no task left to place (a single
+        create's placement goes out at once; a burst's first placements, others still
+        pending, and its later changes, within DEBOUNCE of the last round with work,
+        gather: common/quiet_edge.py)."""
+        if quiet and not self._state.pending_task_ids:
             return
         waited = 0.0
         while True:

@@ -138,3 +138,23 @@ async def test_a_change_after_a_quiet_time_goes_without_the_debounce(
         assert [t.id for t in first.assignments.tasks] == ["a"]
     finally:
         await stopped(running)
+
+
+async def test_a_change_after_a_quiet_time_gathers_while_tasks_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst's first placement (another task still waiting for the scheduler, fewer
+    than BACKLOG_TASKS) gathers the debounce, even after a quiet time: the burst's next
+    placements go in the same set."""
+    monkeypatch.setattr(assignments, "DEBOUNCE", 30.0)
+    monkeypatch.setattr(quiet_edge, "time", _Later(30.0))  # the assigner's wait: quiet
+    state = cluster()
+    put(state, "waiting0", node_id="")
+    sent = Sent()
+    _, running = await started(state, sent)
+    try:
+        put(state, "a")
+        await asyncio.sleep(0.5)  # it went at once if anything was sent by now
+        assert sent.tasks() == []
+    finally:
+        await stopped(running)

@@ -11,6 +11,7 @@ only accepts a report for a task assigned to the reporting node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Mapping
@@ -273,20 +274,28 @@ class Assigner:
         edge = QuietEdge(DEBOUNCE)
         while True:
             await changed.wait()
-            await self._gather(edge.quiet())
+            await self._gather(edge.quiet(), changed)
             changed.clear()
             if await self.round(keys, tracker.take().task_ids or ()):
                 edge.worked()
 
-    async def _gather(self, quiet: bool) -> None:
-        """Let changes gather: DEBOUNCE, longer while the scheduler has a backlog; not at
-        all for a change that ended a quiet time with no task left to place (a single
-        create's placement goes out at once; a burst's first placements, others still
-        pending, and its later changes, within DEBOUNCE of the last round with work,
-        gather: common/quiet_edge.py)."""
-        if quiet and not self._state.pending_task_ids:
-            return
+    async def _gather(self, quiet: bool, changed: asyncio.Event) -> None:
+        """Let changes gather: DEBOUNCE, longer while the scheduler has a backlog. A
+        change that ended a quiet time goes as soon as no task is left to place, within
+        DEBOUNCE (a single create's task, then its placement, goes out at once; a burst's
+        first placements, others still pending, and its later changes, within DEBOUNCE
+        of the last round with work, gather: common/quiet_edge.py)."""
         waited = 0.0
+        if quiet:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DEBOUNCE):
+                    while self._state.pending_task_ids:
+                        changed.clear()  # the caller's tracker keeps what changed
+                        await changed.wait()
+                    return
+            waited = DEBOUNCE
+            if len(self._state.pending_task_ids) < BACKLOG_TASKS:
+                return
         while True:
             await asyncio.sleep(DEBOUNCE)
             waited += DEBOUNCE

@@ -158,3 +158,24 @@ async def test_a_change_after_a_quiet_time_gathers_while_tasks_wait(
         assert sent.tasks() == []
     finally:
         await stopped(running)
+
+
+async def test_a_single_creates_placement_goes_at_once_after_its_pending_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A single create: its task comes PENDING (no node: nothing to send), then placed.
+    After a quiet time the placement goes out as soon as nothing is pending, well within
+    a debounce of 30 s."""
+    monkeypatch.setattr(assignments, "DEBOUNCE", 30.0)
+    monkeypatch.setattr(quiet_edge, "time", _Later(30.0))  # the assigner's wait: quiet
+    state = cluster()
+    sent = Sent()
+    _, running = await started(state, sent)
+    try:
+        put(state, "a", node_id="")
+        await asyncio.sleep(0.1)
+        put(state, "a")
+        first = await asyncio.wait_for(sent.messages.get(), timeout=10)
+        assert [t.id for t in first.assignments.tasks] == ["a"]
+    finally:
+        await stopped(running)

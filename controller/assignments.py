@@ -11,6 +11,7 @@ only accepts a report for a task assigned to the reporting node.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 from collections.abc import Callable, Iterable, Mapping
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from dockyard.common.quiet_edge import QuietEdge
 from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.assignment_keys import AssignmentKeys, TaskKey, task_key
@@ -269,25 +271,43 @@ class Assigner:
         # tasks whose key changed since the last set, any other its whole set.
         keys = AssignmentKeys(self._state.tasks, self._needs_auth)
         keys.reset()
+        edge = QuietEdge(DEBOUNCE)
         while True:
             await changed.wait()
-            await self._gather()
+            await self._gather(edge.quiet(), changed)
             changed.clear()
-            await self.round(keys, tracker.take().task_ids or ())
+            if await self.round(keys, tracker.take().task_ids or ()):
+                edge.worked()
 
-    async def _gather(self) -> None:
-        """Let changes gather: DEBOUNCE, longer while the scheduler has a backlog."""
+    async def _gather(self, quiet: bool, changed: asyncio.Event) -> None:
+        """Let changes gather: DEBOUNCE, longer while the scheduler has a backlog. A
+        change that ended a quiet time goes as soon as no task is left to place, within
+        DEBOUNCE (a single create's task, then its placement, goes out at once; a burst's
+        first placements, others still pending, and its later changes, within DEBOUNCE
+        of the last round with work, gather: common/quiet_edge.py)."""
         waited = 0.0
+        if quiet:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(DEBOUNCE):
+                    while self._state.pending_task_ids:
+                        changed.clear()  # the caller's tracker keeps what changed
+                        await changed.wait()
+                    return
+            waited = DEBOUNCE
+            if len(self._state.pending_task_ids) < BACKLOG_TASKS:
+                return
         while True:
             await asyncio.sleep(DEBOUNCE)
             waited += DEBOUNCE
             if waited >= BACKLOG_GATHER or len(self._state.pending_task_ids) < BACKLOG_TASKS:
                 return
 
-    async def round(self, keys: AssignmentKeys, task_ids: Iterable[str]) -> None:
-        """Send what changed to the nodes of these tasks (``keys`` kept by the caller)."""
+    async def round(self, keys: AssignmentKeys, task_ids: Iterable[str]) -> bool:
+        """Send what changed to the nodes of these tasks (``keys`` kept by the caller);
+        whether any node's tasks changed."""
         sources: dict[str, Holders] = {}
-        for node_id in keys.update(task_ids):
+        nodes = keys.update(task_ids)
+        for node_id in nodes:
             if not self._connected(node_id):
                 # Its set is posted nowhere (at a new term, until its agent reconnects:
                 # hundreds of nodes, each rebuilt in every round); its greeting sends it.
@@ -298,6 +318,7 @@ class Assigner:
                 await self._send_delta(node_id, sent, keys.by_node.get(node_id, {}), sources)
             else:
                 await self._send_full(node_id, sent, sources)
+        return bool(nodes)
 
     async def _send_full(
         self, node_id: str, sent: _Sent | None, sources: dict[str, Holders]

@@ -6,9 +6,11 @@ no backlog, or once it is placed, a change goes out after DEBOUNCE as before."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
+from dockyard.common import quiet_edge
 from dockyard.common.states import TaskState
 from dockyard.controller import assignments
 from dockyard.controller.assignments import Assigner
@@ -103,5 +105,77 @@ async def test_without_a_backlog_each_change_goes_after_the_debounce() -> None:
         put(state, "b")
         second = await asyncio.wait_for(sent.messages.get(), timeout=10)
         assert [[t.id for t in m.assignments.tasks] for m in (first, second)] == [["a"], ["b"]]
+    finally:
+        await stopped(running)
+
+
+class _Later:
+    """A monotonic clock `offset` seconds ahead at every read after the first: a wait
+    timed with it lasted at least `offset`."""
+
+    def __init__(self, offset: float) -> None:
+        self._offset = offset
+        self._reads = 0
+
+    def monotonic(self) -> float:
+        self._reads += 1
+        return time.monotonic() + (self._offset if self._reads > 1 else 0.0)
+
+
+async def test_a_change_after_a_quiet_time_goes_without_the_debounce(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With a debounce of 30 s (and the assigner's wait made to look 30 s long) a
+    placement after a quiet time, no backlog waiting, goes out well within it."""
+    monkeypatch.setattr(assignments, "DEBOUNCE", 30.0)
+    monkeypatch.setattr(quiet_edge, "time", _Later(30.0))  # the assigner's wait: quiet
+    state = cluster()
+    sent = Sent()
+    _, running = await started(state, sent)
+    try:
+        put(state, "a")
+        first = await asyncio.wait_for(sent.messages.get(), timeout=10)
+        assert [t.id for t in first.assignments.tasks] == ["a"]
+    finally:
+        await stopped(running)
+
+
+async def test_a_change_after_a_quiet_time_gathers_while_tasks_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A burst's first placement (another task still waiting for the scheduler, fewer
+    than BACKLOG_TASKS) gathers the debounce, even after a quiet time: the burst's next
+    placements go in the same set."""
+    monkeypatch.setattr(assignments, "DEBOUNCE", 30.0)
+    monkeypatch.setattr(quiet_edge, "time", _Later(30.0))  # the assigner's wait: quiet
+    state = cluster()
+    put(state, "waiting0", node_id="")
+    sent = Sent()
+    _, running = await started(state, sent)
+    try:
+        put(state, "a")
+        await asyncio.sleep(0.5)  # it went at once if anything was sent by now
+        assert sent.tasks() == []
+    finally:
+        await stopped(running)
+
+
+async def test_a_single_creates_placement_goes_at_once_after_its_pending_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A single create: its task comes PENDING (no node: nothing to send), then placed.
+    After a quiet time the placement goes out as soon as nothing is pending, well within
+    a debounce of 30 s."""
+    monkeypatch.setattr(assignments, "DEBOUNCE", 30.0)
+    monkeypatch.setattr(quiet_edge, "time", _Later(30.0))  # the assigner's wait: quiet
+    state = cluster()
+    sent = Sent()
+    _, running = await started(state, sent)
+    try:
+        put(state, "a", node_id="")
+        await asyncio.sleep(0.1)
+        put(state, "a")
+        first = await asyncio.wait_for(sent.messages.get(), timeout=10)
+        assert [t.id for t in first.assignments.tasks] == ["a"]
     finally:
         await stopped(running)

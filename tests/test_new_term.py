@@ -75,9 +75,9 @@ class Planned:
         self.rounds: list[set[str]] = []
         round_ = orchestrator._round
 
-        async def recorded(service_ids: set[str]) -> None:
+        async def recorded(service_ids: set[str]) -> set[str]:
             self.rounds.append(set(service_ids))
-            await round_(service_ids)
+            return await round_(service_ids)
 
         orchestrator._round = recorded  # type: ignore[method-assign]
 
@@ -150,7 +150,7 @@ async def test_a_round_cut_short_is_the_next_terms(error: Exception, left: set[s
     carry = PlanningCarry(state)
     orchestrator = Orchestrator(None, state, 10.0, lambda s, n: True, carry)  # type: ignore[arg-type]
 
-    async def cut_short(service_ids: set[str]) -> None:
+    async def cut_short(service_ids: set[str]) -> set[str]:
         raise error
 
     orchestrator._round = cut_short  # type: ignore[method-assign]

@@ -13,6 +13,7 @@ import contextlib
 
 import structlog
 
+from dockyard.common.quiet_edge import QuietEdge
 from dockyard.common.timestamps import now_timestamp, wall_time
 from dockyard.controller.ingress_network import find_ingress
 from dockyard.controller.network_addresses import (
@@ -42,6 +43,11 @@ from dockyard.v1.workloads_pb2 import Service, Task
 log = structlog.get_logger(__name__)
 
 DEBOUNCE = 0.05
+CONFLICT_PAUSE = 0.05
+"""Seconds before a service whose plan's write conflicted is planned again, doubled
+after each conflict in a row (as controller/conflicts.py's retries), up to
+CONFLICT_PAUSE_MAX."""
+CONFLICT_PAUSE_MAX = 5.0
 
 
 class Orchestrator:
@@ -62,6 +68,7 @@ class Orchestrator:
         self._eligible = eligible
         self._progress: dict[str, UpdateProgress] = {}
         self._wake_at: dict[str, float] = {}
+        self._conflicts: dict[str, int] = {}  # service ID -> its conflicted rounds in a row
         # Services whose last plan only created tasks, all written (controller/
         # orchestrators/settled.py), and what planning last read of each node.
         self._created: dict[str, Created] = {}
@@ -92,17 +99,19 @@ class Orchestrator:
             dirty |= self._unsettled(since)
             if self._nodes_changed(since.nodes):
                 dirty |= set(self._state.services)
+        edge = QuietEdge(DEBOUNCE)
         while True:
             carry.taken(dirty)
             try:
-                await self._round(dirty)
+                conflicted = await self._round(dirty)
             except StoreError as exc:
                 log.warning("orchestrator.store_error", error=str(exc))
                 await asyncio.sleep(0.5)
             else:
-                carry.planned(dirty)
-            await self._sleep_until_change(changed)
-            await asyncio.sleep(DEBOUNCE)
+                carry.planned(dirty - conflicted)
+            if dirty:
+                edge.worked()
+            await edge.wait(self._sleep_until_change(changed))
             changed.clear()
             changes = tracker.take()
             dirty = self._unsettled(changes)
@@ -154,10 +163,13 @@ class Orchestrator:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(changed.wait(), timeout)
 
-    async def _round(self, service_ids: set[str]) -> None:
+    async def _round(self, service_ids: set[str]) -> set[str]:
+        """Plan these services and write their plans; returns those whose writes
+        conflicted (each is planned again by itself, after a pause: `_retry`). A fenced
+        write (LeadershipLost) is not a conflict: it ends the round and the term."""
         now = wall_time()
-        # (the service as planned, its plan)
-        plans: list[tuple[Service | None, Plan]] = []
+        # (its ID, the service as planned, its plan)
+        plans: list[tuple[str, Service | None, Plan]] = []
         for service_id in service_ids:
             await asyncio.sleep(0)  # a round over many services lets the API answer
             self._wake_at.pop(service_id, None)
@@ -165,26 +177,52 @@ class Orchestrator:
             plan = self._plan(service_id, now)
             if plan.wake_at is not None:
                 self._wake_at[service_id] = plan.wake_at
-            plans.append((self._state.services.get(service_id), plan))
+            plans.append((service_id, self._state.services.get(service_id), plan))
         # Once for the round: the tasks of every plan are committed together, so a
         # service's new tasks must see the addresses another's just took.
-        self._addresses([t for _, plan in plans for t in plan.creates])
+        self._addresses([t for _, _, plan in plans for t in plan.creates])
         ops: list[Op] = []
-        planned: list[tuple[Service | None, Plan, int, int]] = []  # and its ops' range
-        for service, plan in plans:
+        planned: list[tuple[str, Service | None, Plan, int, int]] = []  # and its ops' range
+        for service_id, service, plan in plans:
             start = len(ops)
             ops.extend(self._ops(plan))
-            planned.append((service, plan, start, len(ops)))
+            planned.append((service_id, service, plan, start, len(ops)))
         if not ops:
-            return
+            self._retry(service_ids, set())
+            return set()
         results = await self._store.commit_each(ops)
-        if not all(results):
-            log.info("orchestrator.conflicts", failed=results.count(False), total=len(ops))
-        for service, plan, start, end in planned:
-            created = created_only(service, plan, all(results[start:end]))
+        conflicted: set[str] = set()
+        for service_id, service, plan, start, end in planned:
+            written = all(results[start:end])
+            if not written:
+                conflicted.add(service_id)
+            created = created_only(service, plan, written)
             if service is not None and created is not None:
                 self._created[service.id] = created
-        await self._state.wait_for_revision(self._store.last_revision)
+        revision = self._store.last_revision
+        if conflicted:
+            log.info("orchestrator.conflicts", failed=results.count(False), total=len(ops))
+            # The winning write may be newer than ours: the next plan must see it.
+            revision = max(revision, await self._store.current_revision())
+        self._retry(service_ids, conflicted)
+        await self._state.wait_for_revision(revision)
+        return conflicted
+
+    def _retry(self, service_ids: set[str], conflicted: set[str]) -> None:
+        """Have each conflicted service planned again after a pause that doubles with
+        each conflict in a row: the winning write may be one the orchestrator does not
+        plan for (the scheduler's placement of a task is a status-only change), so no
+        change event is sure to bring the service back."""
+        if self._conflicts:
+            for service_id in service_ids - conflicted:
+                self._conflicts.pop(service_id, None)
+        now = wall_time()
+        for service_id in conflicted:
+            count = self._conflicts.get(service_id, 0)
+            self._conflicts[service_id] = count + 1
+            pause = min(CONFLICT_PAUSE * 2**count, CONFLICT_PAUSE_MAX)
+            at = self._wake_at.get(service_id)
+            self._wake_at[service_id] = now + pause if at is None else min(at, now + pause)
 
     def _plan(self, service_id: str, now: float) -> Plan:
         state = self._state

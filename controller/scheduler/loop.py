@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 
 import structlog
 
+from dockyard.common.quiet_edge import QuietEdge
 from dockyard.common.states import TaskState
 from dockyard.common.timestamps import now_timestamp
 from dockyard.controller.orchestrators.tasks import set_status
@@ -80,6 +81,7 @@ class SchedulingLoop:
         self._in_flight: set[str] = set()  # IDs of tasks in a batch being written
         self._writing = 0  # batches being written
         self._writes = asyncio.Semaphore(PIPELINE_DEPTH)
+        self._edge = QuietEdge(DEBOUNCE)
         self._on_round = on_round
         self.placed = 0
 
@@ -102,11 +104,11 @@ class SchedulingLoop:
         self._writing = 0
         self._writes = asyncio.Semaphore(PIPELINE_DEPTH)
         self._infos = {node_id: self._build(node_id) for node_id in self._state.nodes}
+        self._edge = QuietEdge(DEBOUNCE)
         while True:
             more = await self._round(changed, tracker, writers)
             if not more:
-                await changed.wait()
-                await asyncio.sleep(DEBOUNCE)
+                await self._edge.wait(changed.wait())
             changed.clear()
 
     async def _drain(self) -> None:
@@ -155,6 +157,8 @@ class SchedulingLoop:
             for task_id in self._state.pending_task_ids
             if task_id not in in_flight and tasks[task_id].desired_state <= TaskState.RUNNING
         )
+        if pending:
+            self._edge.worked()
         for start in range(0, len(pending), MAX_ROUND_TASKS):
             if start:
                 await asyncio.sleep(0)

@@ -5,10 +5,12 @@ carry one time stamp."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
+from dockyard.common import quiet_edge
 from dockyard.common.etcd_server import EtcdServer
 from dockyard.common.states import TaskState
 from dockyard.controller.scheduler import loop as scheduler_loop
@@ -101,3 +103,38 @@ async def test_a_batchs_writes_carry_one_stamp(store: Store) -> None:
             assert task.status.timestamp == task.observed_at == task.meta.updated_at
             stamps.add(task.status.timestamp.SerializeToString())
     assert len(stamps) == 1
+
+
+async def test_a_task_after_a_quiet_time_is_placed_without_the_debounce(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first pending task after a quiet time is placed at once: with a debounce of
+    30 s (and the loop's wait made to look 30 s long) it is placed well within it (the
+    loop waited the debounce before every round)."""
+    monkeypatch.setattr(scheduler_loop, "DEBOUNCE", 30.0)
+    async with watched_view(store) as view:
+        loop = SchedulingLoop(store, view)
+        async with background(loop.run(), "test:scheduler"):
+            monkeypatch.setattr(quiet_edge, "time", _Later(30.0))  # the loop's wait: quiet
+            task = make_task("alone-0", "alone")
+            task.desired_state = TaskState.RUNNING
+            task.status.state = TaskState.PENDING
+            await store.create(TASKS, task.id, task)
+            await wait_until(
+                lambda: task.id in view.tasks and placed(view, [task.id]),
+                "the task assigned",
+                timeout=20,
+            )
+
+
+class _Later:
+    """A monotonic clock `offset` seconds ahead at every read after the first: a wait
+    timed with it lasted at least `offset`."""
+
+    def __init__(self, offset: float) -> None:
+        self._offset = offset
+        self._reads = 0
+
+    def monotonic(self) -> float:
+        self._reads += 1
+        return time.monotonic() + (self._offset if self._reads > 1 else 0.0)

@@ -279,8 +279,8 @@ class ContainerSpec:
             ``tty`` (Docker's ``ConsoleSize``, which its CLI sends at create so that the
             first prompt is sized before any resize); ``(0, 0)``: the runtime's default.
         ephemeral: The container runs once and is deleted after it (``--rm``,
-            ``Containers.Run``, a service's task): its writable layer need not survive a host crash (runc:
-            an overlay the kernel never syncs).
+            ``Containers.Run``, a service's task): its writable layer need not survive a
+            host crash (runc: an overlay the kernel never syncs).
     """
 
     id: str

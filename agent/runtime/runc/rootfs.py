@@ -240,9 +240,9 @@ class ContainerLayer:
     """The rootfs mount of one container: ``lower`` (read-only) + ``upper``/``work``.
 
     ``volatile``: the writable layer serves one run and is deleted after it (``--rm``,
-    ``Containers.Run``, a service's task), so nothing in it must survive a host crash: the overlay is
-    mounted ``volatile`` and the kernel skips every sync of it. Without that, the
-    unmount after the exit syncs the whole filesystem the upper layer is on (overlayfs'
+    ``Containers.Run``, a service's task), so nothing in it must survive a host crash:
+    the overlay is mounted ``volatile`` and the kernel skips every sync of it. Without
+    that, the unmount after the exit syncs the whole filesystem the upper layer is on (overlayfs'
     ``sync_fs``), which waits for every other writer's dirty data on the host.
     """
 

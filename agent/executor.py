@@ -94,10 +94,6 @@ class Executor(Protocol):
         """Every container on the node made for a task: task id -> container id."""
         ...
 
-    async def address(self, container_id: str) -> str:
-        """The container's address on the node's bridge network ("" when it has none)."""
-        ...
-
 
 def container_name(task: Task) -> str:
     """`<service_name>.<slot>.<task_id[:12]>`; a global task's slot part is its node id."""

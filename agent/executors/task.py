@@ -278,11 +278,6 @@ class TaskExecutor:
         output = (result.stdout + result.stderr).decode(errors="replace")
         return result.exit_code, output[-_MAX_OUTPUT:]
 
-    async def address(self, container_id: str) -> str:
-        with contextlib.suppress(NotFound):
-            return _bridge_address((await self.service.inspect(container_id)).info)
-        return ""
-
     async def task_containers(self) -> dict[str, str]:
         found: dict[str, str] = {}
         for view in await self.service.list(all=True):

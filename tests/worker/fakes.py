@@ -56,7 +56,7 @@ class FakeExecutor:
             raise self.start_error
         container_id = self.containers[task.id]
         self.running.add(container_id)
-        return Started(container_id, await self.address(container_id))
+        return Started(container_id, "10.87.0.2")
 
     async def wait(self, container_id: str) -> ExitInfo:
         self.calls.append(("wait", container_id))
@@ -84,9 +84,6 @@ class FakeExecutor:
 
     async def task_containers(self) -> dict[str, str]:
         return dict(self.containers)
-
-    async def address(self, container_id: str) -> str:
-        return "10.87.0.2"
 
     def _exit_of(self, container_id: str) -> asyncio.Future[ExitInfo]:
         if container_id not in self._exits:

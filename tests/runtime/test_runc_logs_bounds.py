@@ -211,30 +211,48 @@ def test_rotation_keeps_the_newest_files(tmp_path: Path) -> None:
         LogPolicy(max_size=10)
 
 
+class _Followed:
+    """A container's log (one line, `hi`) and its end, as a `run --rm` follower sees
+    them: `finished()` and the `exited` event, both set by `end()`."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.log = tmp_path / "ctr.log"
+        write_log(self.log, [("stdout", "F", b"hi")], datetime(2026, 1, 1, tzinfo=UTC))
+        self.exited = asyncio.Event()
+        self.done = False
+
+    async def finished(self) -> bool:
+        return self.done
+
+    def end(self) -> None:
+        self.done = True
+        self.exited.set()
+
+
 async def test_a_follower_ends_when_the_container_exits_not_at_its_next_poll(
     tmp_path: Path,
 ) -> None:
     """`run --rm` follows the log until the exit: the exit event wakes the follower,
     which would otherwise sleep out its poll (here an hour) before seeing it."""
-    log = tmp_path / "ctr.log"
-    write_log(log, [("stdout", "F", b"hi")], datetime(2026, 1, 1, tzinfo=UTC))
-    exited = asyncio.Event()
-    state = {"done": False}
-
-    async def finished() -> bool:
-        return state["done"]
+    followed = _Followed(tmp_path)
 
     async def exit_soon() -> None:
         await asyncio.sleep(0.2)
-        with log.open("ab") as f:  # the last words, written before the exit
+        with followed.log.open("ab") as f:  # the last words, written before the exit
             f.write(b"2026-01-01T00:00:01Z stdout F bye\n")
-        state["done"] = True
-        exited.set()
+        followed.end()
 
     async with asyncio.TaskGroup() as tg:
         tg.create_task(exit_soon())
         lines = await asyncio.wait_for(
-            collect(log, follow=True, finished=finished, poll=3600, exited=exited), 30
+            collect(
+                followed.log,
+                follow=True,
+                finished=followed.finished,
+                poll=3600,
+                exited=followed.exited,
+            ),
+            30,
         )
     assert [r.data for r in lines] == [b"hi\n", b"bye\n"]
 
@@ -244,21 +262,15 @@ async def test_a_follower_ends_at_the_exit_after_one_thread_hop(
 ) -> None:
     """On `run --rm`'s path from the exit to its answer, the follower's last read (and
     its check for a rotation) is one thread hop, and its files close without one."""
-    log = tmp_path / "ctr.log"
-    write_log(log, [("stdout", "F", b"hi")], datetime(2026, 1, 1, tzinfo=UTC))
-    exited = asyncio.Event()
-    state = {"done": False}
-
-    async def finished() -> bool:
-        return state["done"]
-
-    lines = read_log(log, follow=True, finished=finished, poll=3600, exited=exited)
+    followed = _Followed(tmp_path)
+    lines = read_log(
+        followed.log, follow=True, finished=followed.finished, poll=3600, exited=followed.exited
+    )
     assert (await anext(lines)).data == b"hi\n"
     rest = asyncio.ensure_future(anext(lines, None))
     await asyncio.sleep(0.1)  # in its poll's wait
     thread_hops.clear()
-    state["done"] = True
-    exited.set()
+    followed.end()
     assert await asyncio.wait_for(rest, 30) is None
     assert thread_hops == ["read_on"]
 

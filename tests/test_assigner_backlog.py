@@ -6,7 +6,6 @@ no backlog, or once it is placed, a change goes out after DEBOUNCE as before."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
@@ -18,6 +17,7 @@ from dockyard.controller.state import ClusterState
 from dockyard.controller.store import TASKS
 from dockyard.v1.dispatcher_pb2 import DispatcherMessage
 from dockyard.v1.workloads_pb2 import Task
+from tests.quiet_clock import LaterClock
 from tests.test_incremental_views import cluster
 
 
@@ -109,26 +109,19 @@ async def test_without_a_backlog_each_change_goes_after_the_debounce() -> None:
         await stopped(running)
 
 
-class _Later:
-    """A monotonic clock `offset` seconds ahead at every read after the first: a wait
-    timed with it lasted at least `offset`."""
-
-    def __init__(self, offset: float) -> None:
-        self._offset = offset
-        self._reads = 0
-
-    def monotonic(self) -> float:
-        self._reads += 1
-        return time.monotonic() + (self._offset if self._reads > 1 else 0.0)
+@pytest.fixture
+def quiet_with_a_long_debounce(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A debounce of 30 s, and every wait of the assigner made to look 30 s long (each
+    change ends a quiet time)."""
+    monkeypatch.setattr(assignments, "DEBOUNCE", 30.0)
+    monkeypatch.setattr(quiet_edge, "time", LaterClock(30.0))
 
 
 async def test_a_change_after_a_quiet_time_goes_without_the_debounce(
-    monkeypatch: pytest.MonkeyPatch,
+    quiet_with_a_long_debounce: None,
 ) -> None:
     """With a debounce of 30 s (and the assigner's wait made to look 30 s long) a
     placement after a quiet time, no backlog waiting, goes out well within it."""
-    monkeypatch.setattr(assignments, "DEBOUNCE", 30.0)
-    monkeypatch.setattr(quiet_edge, "time", _Later(30.0))  # the assigner's wait: quiet
     state = cluster()
     sent = Sent()
     _, running = await started(state, sent)
@@ -141,13 +134,11 @@ async def test_a_change_after_a_quiet_time_goes_without_the_debounce(
 
 
 async def test_a_change_after_a_quiet_time_gathers_while_tasks_wait(
-    monkeypatch: pytest.MonkeyPatch,
+    quiet_with_a_long_debounce: None,
 ) -> None:
     """A burst's first placement (another task still waiting for the scheduler, fewer
     than BACKLOG_TASKS) gathers the debounce, even after a quiet time: the burst's next
     placements go in the same set."""
-    monkeypatch.setattr(assignments, "DEBOUNCE", 30.0)
-    monkeypatch.setattr(quiet_edge, "time", _Later(30.0))  # the assigner's wait: quiet
     state = cluster()
     put(state, "waiting0", node_id="")
     sent = Sent()
@@ -161,13 +152,11 @@ async def test_a_change_after_a_quiet_time_gathers_while_tasks_wait(
 
 
 async def test_a_single_creates_placement_goes_at_once_after_its_pending_task(
-    monkeypatch: pytest.MonkeyPatch,
+    quiet_with_a_long_debounce: None,
 ) -> None:
     """A single create: its task comes PENDING (no node: nothing to send), then placed.
     After a quiet time the placement goes out as soon as nothing is pending, well within
     a debounce of 30 s."""
-    monkeypatch.setattr(assignments, "DEBOUNCE", 30.0)
-    monkeypatch.setattr(quiet_edge, "time", _Later(30.0))  # the assigner's wait: quiet
     state = cluster()
     sent = Sent()
     _, running = await started(state, sent)

@@ -5,7 +5,6 @@ carry one time stamp."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -21,6 +20,7 @@ from dockyard.controller.state import ClusterState
 from dockyard.controller.store import NODES, TASKS, Store
 from dockyard.v1.workloads_pb2 import Task
 from tests.polling import wait_until
+from tests.quiet_clock import LaterClock
 from tests.scheduler.helpers import make_node, make_task
 from tests.views import background, watched_view
 
@@ -115,7 +115,7 @@ async def test_a_task_after_a_quiet_time_is_placed_without_the_debounce(
     async with watched_view(store) as view:
         loop = SchedulingLoop(store, view)
         async with background(loop.run(), "test:scheduler"):
-            monkeypatch.setattr(quiet_edge, "time", _Later(30.0))  # the loop's wait: quiet
+            monkeypatch.setattr(quiet_edge, "time", LaterClock(30.0))  # the loop's wait: quiet
             task = make_task("alone-0", "alone")
             task.desired_state = TaskState.RUNNING
             task.status.state = TaskState.PENDING
@@ -125,16 +125,3 @@ async def test_a_task_after_a_quiet_time_is_placed_without_the_debounce(
                 "the task assigned",
                 timeout=20,
             )
-
-
-class _Later:
-    """A monotonic clock `offset` seconds ahead at every read after the first: a wait
-    timed with it lasted at least `offset`."""
-
-    def __init__(self, offset: float) -> None:
-        self._offset = offset
-        self._reads = 0
-
-    def monotonic(self) -> float:
-        self._reads += 1
-        return time.monotonic() + (self._offset if self._reads > 1 else 0.0)

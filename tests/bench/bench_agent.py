@@ -65,6 +65,8 @@ class Bench:
         self.root = root
         self.cleanup = cleanup
         self.results: dict[str, Any] = {}
+        self.raw_cgroup = f"dockyard-bench-raw-{secrets.token_hex(3)}"
+        cleanup.add("raw runc", self.raw_cleanup)
 
     # -- set-up ----------------------------------------------------------------
 
@@ -569,8 +571,6 @@ def main() -> int:
     if args.keep_logs:
         cleanup.add("logs", lambda: keep_logs(root, Path("bench-agent-logs")))
     bench = Bench(args, root, cleanup)
-    bench.raw_cgroup = f"dockyard-bench-raw-{secrets.token_hex(3)}"
-    cleanup.add("raw runc", bench.raw_cleanup)
     started = time.monotonic()
     try:
         bench.setup()

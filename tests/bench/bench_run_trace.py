@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import os
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -146,8 +145,6 @@ def main() -> int:
     bench = Bench(
         argparse.Namespace(skip={"pull", "nodocker"}, phases=False, runs=args.runs), root, cleanup
     )
-    bench.raw_cgroup = f"dockyard-bench-raw-{secrets.token_hex(3)}"
-    cleanup.add("raw runc", bench.raw_cleanup)
     try:
         bench.setup()
         bench.run_marks = {}

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from dockyard.controller.store import Conflict
 
-__all__ = ["ATTEMPTS", "retry_conflicts"]
+__all__ = ["ATTEMPTS", "PAUSE", "retry_conflicts"]
 
 T = TypeVar("T")
 

@@ -15,6 +15,7 @@ import structlog
 
 from dockyard.common.quiet_edge import QuietEdge
 from dockyard.common.timestamps import now_timestamp, wall_time
+from dockyard.controller.conflicts import PAUSE as CONFLICTED_WRITE_PAUSE
 from dockyard.controller.ingress_network import find_ingress
 from dockyard.controller.network_addresses import (
     AddressExhausted,
@@ -43,9 +44,9 @@ from dockyard.v1.workloads_pb2 import Service, Task
 log = structlog.get_logger(__name__)
 
 DEBOUNCE = 0.05
-CONFLICT_PAUSE = 0.05
+CONFLICT_PAUSE = CONFLICTED_WRITE_PAUSE
 """Seconds before a service whose plan's write conflicted is planned again, doubled
-after each conflict in a row (as controller/conflicts.py's retries), up to
+after each conflict in a row (controller/conflicts.py's pause), up to
 CONFLICT_PAUSE_MAX."""
 CONFLICT_PAUSE_MAX = 5.0
 

@@ -279,5 +279,6 @@ async def env(state_root: tuple[Path, str], busybox_layer: Path) -> AsyncIterato
     root, cg = state_root
     runtime = RuncRuntime(root, cgroup_parent=cg)
     await runtime.recover()
-    yield Env(runtime, busybox_layer, root, cg)
-    await runtime.close()
+    env = Env(runtime, busybox_layer, root, cg)
+    yield env
+    await env.runtime.close()  # a test may have started another (an agent's restart)

@@ -51,6 +51,18 @@ async def test_a_copy_mounts_a_stopped_containers_rootfs_and_unmounts_it(env: An
     assert not is_mounted(_target(env, cid))
 
 
+async def test_a_created_container_copied_from_mounts_again_at_its_start(env: Any) -> None:
+    """A start right after its create finds the create's mount (nothing to prepare),
+    unless a copy held the rootfs meanwhile: the copy's end unmounted it."""
+    info = await env.runtime.create(env.config("sh", "-c", "test -e /bin/sh"))
+    async with _copy(env, info.id).open():
+        pass
+    assert not is_mounted(_target(env, info.id))
+    await env.runtime.start(info.id)
+    assert (await env.runtime.wait(info.id)).exit_code == 0
+    await env.runtime.remove(info.id)
+
+
 async def test_a_start_during_a_copy_keeps_its_rootfs_after_the_copy(env: Any) -> None:
     cid = await _exited(env)
     async with _copy(env, cid).open():

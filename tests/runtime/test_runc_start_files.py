@@ -143,7 +143,7 @@ async def test_a_create_cut_before_its_record_is_discarded(env: Env) -> None:
     await fresh.remove(info.id)
 
 
-async def test_a_create_in_one_thread_hop_and_a_start_in_two(
+async def test_a_create_in_one_thread_hop_and_its_start_in_one(
     env: Env, thread_hops: list[str]
 ) -> None:
     info = await env.runtime.create(env.config("true", **EXTRAS))
@@ -151,8 +151,13 @@ async def test_a_create_in_one_thread_hop_and_a_start_in_two(
     assert thread_hops == ["_create_blocking"]
     thread_hops.clear()
     await env.runtime.start(info.id)
-    # runc's leftover probe, conmon's directories, the exit files and the mount: one hop
-    # before conmon; runc's exec fifo removed and the record saved: one after the release
+    # nothing to prepare after its own create (no runc state, no exit files, mounted);
+    # runc's exec fifo removed and the record saved: one hop after the release
+    assert thread_hops == ["_released"]
+    assert (await env.runtime.wait(info.id)).exit_code == 0
+    thread_hops.clear()
+    await env.runtime.start(info.id)
+    # a restart: runc's leftover probe, the exit files and the mount in one hop first
     assert thread_hops == ["_prepare_start", "_released"]
     assert (await env.runtime.wait(info.id)).exit_code == 0
     await env.runtime.remove(info.id)

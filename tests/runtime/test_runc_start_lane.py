@@ -46,6 +46,11 @@ async def test_a_start_does_not_wait_for_the_default_executor(
         monkeypatch.setattr(runtime_module, name, spy)
     first = await env.runtime.create(env.config("sleep", "60"))
     second = await env.runtime.create(env.config("sleep", "60"))
+    for info in (first, second):  # a restart prepares (a start right after a create not)
+        await env.runtime.start(info.id)
+        await env.runtime.stop(info.id, 0)
+    assert steps == [("_released", False)] * 2
+    steps.clear()
     async with busy.hold():  # the default executor's only worker: as if creates queued
         await asyncio.wait_for(env.runtime.start(first.id), LIVENESS)
         assert (await env.runtime.inspect(first.id)).state.status is ContainerStatus.RUNNING

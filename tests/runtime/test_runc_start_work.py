@@ -147,7 +147,7 @@ def test_is_mounted(overlay_layer: ContainerLayer, tmp_path: Path) -> None:
     assert not is_mounted(target)
 
 
-async def test_an_exit_is_recorded_in_one_thread_hop_and_a_remove_in_two(
+async def test_an_exit_is_recorded_in_one_thread_hop_and_a_remove_in_one(
     env: Env, thread_hops: list[str]
 ) -> None:
     info = await env.runtime.create(env.config("sh", "-c", "sleep 0.3; exit 4"))
@@ -166,10 +166,34 @@ async def test_an_exit_is_recorded_in_one_thread_hop_and_a_remove_in_two(
     assert record.state.finished_at is not None
     thread_hops.clear()
     await env.runtime.remove(info.id)
-    # runc's leftover probe; then cgroups, unmounts and the move to the trash (the
+    # runc's leftover probe, cgroups, unmounts and the move to the trash: one hop (the
     # trash is emptied in the background)
-    assert thread_hops[:2] == ["exists", "<lambda>"]
-    assert len(thread_hops) <= 3  # and the trash's removal, in the background
+    assert thread_hops[:1] == ["<lambda>"]
+    assert len(thread_hops) <= 2  # and the trash's removal, in the background
+    assert not (env.state_root / "containers" / info.id).exists()
+
+
+async def test_a_remove_deletes_what_runc_still_has_first(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """runc's state of the container left (a crash's): ``runc kill`` and ``runc delete``
+    before the directory goes."""
+    info = await env.runtime.create(env.config("true"))
+    await env.runtime.start(info.id)
+    assert (await env.runtime.wait(info.id)).exit_code == 0
+    leftover = env.state_root / "runc" / info.id
+    leftover.mkdir()
+    asked: list[tuple[str, ...]] = []
+
+    async def runc(*args: str, check: bool = True) -> tuple[int, str]:
+        asked.append(args)
+        if args[0] == "delete":
+            leftover.rmdir()
+        return 0, ""
+
+    monkeypatch.setattr(env.runtime, "_runc", runc)
+    await env.runtime.remove(info.id)
+    assert asked == [("kill", info.id, "KILL"), ("delete", info.id)]
     assert not (env.state_root / "containers" / info.id).exists()
 
 

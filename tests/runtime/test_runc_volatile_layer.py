@@ -14,6 +14,7 @@ import pytest
 
 from dockyard.agent.runtime.runc import rootfs
 from dockyard.agent.runtime.runc.rootfs import VOLATILE_MARKER, ContainerLayer, is_mounted
+from dockyard.agent.runtime.runc.runtime import RuncRuntime
 from tests.runtime.conftest import Env
 
 pytestmark = [pytest.mark.runc, pytest.mark.timeout(60)]
@@ -44,15 +45,19 @@ async def test_a_one_run_containers_layer_is_volatile_and_a_kept_ones_is_not(env
 
 
 async def test_a_one_run_container_mounted_again_starts(env: Env) -> None:
-    """Its create's mount gone (as after a host crash): the kernel's marker of the earlier
-    volatile mount would refuse the next one; the start clears it and runs."""
+    """Its create's mount gone (as after a host crash, the agent started again): the
+    kernel's marker of the earlier volatile mount would refuse the next one; the start
+    clears it and runs."""
     info = await env.runtime.create(
         dataclasses.replace(env.config("sh", "-c", "echo ran >/out"), ephemeral=True)
     )
     base = env.state_root / "containers" / info.id
     try:
         assert (base / "work" / VOLATILE_MARKER).is_dir()
+        await env.runtime.close()
         ContainerLayer(env.config("true").lower_dirs, base).unmount_blocking()
+        env.runtime = RuncRuntime(env.state_root, cgroup_parent=env.cgroup_parent)
+        await env.runtime.recover()
         await env.runtime.start(info.id)
         assert (await env.runtime.wait(info.id)).exit_code == 0
         assert (base / "upper" / "out").read_text() == "ran\n"

@@ -138,6 +138,9 @@ class RuncRuntime:
         self._tasks = TaskScope("runc")
         self._locks: dict[str, asyncio.Lock] = {}
         self._holds = RootfsHolds()  # copies out of a container that hold its rootfs
+        # Created here and never started since, with the create's mount in place: their
+        # start has nothing to prepare (no runc state, no exit files, mounted).
+        self._fresh: set[str] = set()
         self._cpu_prev: dict[str, tuple[float, int]] = {}
         self._pending_attach: dict[str, builtins.list[LateAttach]] = {}
         self._x32 = True  # the seccomp filter's x32 ABI: recover() asks the kernel
@@ -255,23 +258,34 @@ class RuncRuntime:
             await self._discard_dir(cdir, config.lower_dirs)
             raise
         self._event(config.id).clear()
+        self._fresh.add(config.id)
         phases.done()
         log.info("container.created", container_id=config.id, name=config.name)
         return self._info(record)
 
     async def _discard_dir(
-        self, cdir: ContainerDir, lower_dirs: Sequence[Path], cgroup: CgroupV1 | None = None
-    ) -> None:
+        self,
+        cdir: ContainerDir,
+        lower_dirs: Sequence[Path],
+        cgroup: CgroupV1 | None = None,
+        unless: Path | None = None,
+    ) -> bool:
         """Remove the container's ``cgroup`` (when given), unmount what is mounted in its
         directory and move that to the trash, in one thread hop run to its end (also when
-        the caller is cancelled); the trash is emptied in the background."""
+        the caller is cancelled); the trash is emptied in the background. False, having
+        done nothing, when the path ``unless`` exists (runc's state of the container)."""
         # Deleting a writable layer can take long: move it aside (one rename) and
         # delete it in the background; recover() finishes what a crash left there.
         trash = self.state_root / "trash" / f"{cdir.base.name}.{secrets.token_hex(4)}"
+        moved = True  # a cancelled caller's thread still ran to its end
         try:  # the move happens (and the trash goes) also for a cancelled caller
-            await to_thread_to_end(lambda: _discard_blocking(cdir, lower_dirs, trash, cgroup))
+            moved = await to_thread_to_end(
+                lambda: _discard_blocking(cdir, lower_dirs, trash, cgroup, unless)
+            )
+            return moved
         finally:
-            self._spawn_cleanup(trash)
+            if moved:
+                self._spawn_cleanup(trash)
 
     def _spawn_cleanup(self, path: Path) -> None:
         if not self._tasks.is_open:  # closed: the next recover() removes the trash
@@ -292,8 +306,9 @@ class RuncRuntime:
             if record.state.status in (ContainerStatus.EXITED, ContainerStatus.DEAD):
                 record.state.restart_count += 1
             layer = ContainerLayer(record.config.lower_dirs, cdir.base, record.config.ephemeral)
-            leftover = self.runc_root / cid
-            if await self._start_lane.run(_prepare_start, leftover, cdir, cid, layer):
+            if cid in self._fresh:
+                self._fresh.discard(cid)  # whatever happens next, it is no longer fresh
+            elif await self._start_lane.run(_prepare_start, self.runc_root / cid, cdir, cid, layer):
                 # runc still has the previous run's (or a crash's) container: delete it
                 # first, then clear what its end may have written.
                 await self._runc_delete_leftover(cid)
@@ -509,6 +524,7 @@ class RuncRuntime:
                 await self._event(cid).wait()
             phases.mark("kill")
             self._records.pop(cid, None)
+            self._fresh.discard(cid)
             for late in self._pending_attach.pop(cid, []):
                 late.fail(ContainerNotFound(cid))
             watcher = self._watchers.pop(cid, None)
@@ -526,10 +542,13 @@ class RuncRuntime:
     async def _tear_down(self, record: ContainerRecord, phases: Phases) -> None:
         """A removed container's runc state, cgroups, mounts and directory deleted."""
         cid = record.config.id
-        await self._runc_delete_leftover(cid)
-        phases.mark("leftover")
+        cdir, lower_dirs = self._dir(cid), record.config.lower_dirs
         cgroup = CgroupV1(record.cgroups_path)
-        await self._discard_dir(self._dir(cid), record.config.lower_dirs, cgroup)
+        # The common case (runc deleted the exited container) in one thread hop
+        if not await self._discard_dir(cdir, lower_dirs, cgroup, unless=self.runc_root / cid):
+            await self._runc_delete_leftover(cid)
+            phases.mark("leftover")
+            await self._discard_dir(cdir, lower_dirs, cgroup)
         phases.mark("discard")
 
     @contextlib.asynccontextmanager
@@ -546,6 +565,7 @@ class RuncRuntime:
         async with self._lock(cid):  # not halfway through a start or a removal
             if self._records.get(cid) is not record:
                 raise ContainerNotFound(container_id)
+            self._fresh.discard(cid)  # the last holder's release unmounts it
             await self._holds.take(cid, layer)
         try:
             yield layer.target
@@ -931,10 +951,17 @@ def _exited_state(
 
 
 def _discard_blocking(
-    cdir: ContainerDir, lower_dirs: Sequence[Path], trash: Path, cgroup: CgroupV1 | None
-) -> None:
+    cdir: ContainerDir,
+    lower_dirs: Sequence[Path],
+    trash: Path,
+    cgroup: CgroupV1 | None,
+    unless: Path | None = None,
+) -> bool:
     """The cgroup removed (when given), the rootfs and any mount left below the
-    container's directory unmounted, then the directory moved to ``trash`` (blocking)."""
+    container's directory unmounted, then the directory moved to ``trash`` (blocking).
+    False, having done nothing, when the path ``unless`` exists."""
+    if unless is not None and os.path.lexists(unless):
+        return False
     if cgroup is not None:
         cgroup.remove()
     if lower_dirs:
@@ -944,6 +971,7 @@ def _discard_blocking(
         with contextlib.suppress(ContainerRuntimeError):
             ContainerLayer([mount], mount.parent).unmount_blocking()
     _move_aside(cdir.base, trash)
+    return True
 
 
 def _move_aside(source: Path, destination: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import math
 import secrets
 from collections import OrderedDict
@@ -435,20 +436,20 @@ class ContainerService:
         self._publish("create", info)
         return ContainerView(info, meta)
 
-    async def _save_meta(self, meta: ContainerMeta) -> None:
-        """Save a record: in a thread when it goes to a file; an in-memory store (no
-        root: the hollow and docker backends) writes nothing and takes no thread."""
+    def _meta_writer(self, meta: ContainerMeta) -> Callable[[], None] | None:
+        """The blocking save of a new container's record, which the runtime makes in its
+        create's thread hop, before the container exists; None for an in-memory store
+        (no root: the hollow and docker backends), which writes nothing."""
         if self._metas.root is None:
-            self._metas.save(meta)
-            return
-        await asyncio.to_thread(self._metas.save, meta)
+            return None
+        return functools.partial(self._metas.save, meta)
 
     async def _create(self, spec: ContainerSpec, meta: ContainerMeta) -> ContainerInfo:
-        """Record, attach the network, have the runtime create; all undone on failure."""
+        """Attach the network, have the runtime record and create it; all undone on
+        failure."""
         self._hold_image(meta, spec)
         attached = False
         try:
-            await self._save_meta(meta)
             self._meta[spec.id] = meta
             if spec.network == "bridge":
                 assert self.network is not None  # _check_bridge refused it otherwise
@@ -460,7 +461,7 @@ class ContainerService:
                 spec = replace(spec, endpoint=endpoint)
                 if spec.overlays:
                     await self._join_overlays(spec.id, endpoint, spec.overlays)
-            info = await self.runtime.create(spec)
+            info = await self.runtime.create(spec, self._meta_writer(meta))
             if info.id != spec.id:  # the backend names its containers itself (docker)
                 await self._rekey(meta, info.id)
             return self._networked(info)

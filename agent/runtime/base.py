@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import builtins
 import enum
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -643,8 +643,15 @@ class NoInteractiveStdio:
 class ContainerRuntime(Protocol):
     """A node's container engine."""
 
-    async def create(self, config: ContainerSpec) -> ContainerInfo:
+    async def create(
+        self, config: ContainerSpec, record: Callable[[], None] | None = None
+    ) -> ContainerInfo:
         """Prepare a container (rootfs, bundle); nothing runs yet.
+
+        ``record``: the caller's own record of the container (blocking), written before
+        the container exists, and not at all when the create is refused before it
+        starts. A runtime that makes the container in a thread calls it first there
+        (one thread hop for both), the others in a thread of its own.
 
         Raises:
             NameConflict: the name is taken.

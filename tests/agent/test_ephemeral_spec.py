@@ -31,9 +31,9 @@ async def test_rm_and_run_call_containers_are_ephemeral_and_others_not() -> None
     seen: dict[str, bool] = {}
     create = runtime.create
 
-    async def spy(config: ContainerSpec):  # type: ignore[no-untyped-def]
+    async def spy(config: ContainerSpec, record=None):  # type: ignore[no-untyped-def]
         seen[config.name] = config.ephemeral
-        return await create(config)
+        return await create(config, record)
 
     runtime.create = spy  # type: ignore[method-assign]
     try:

@@ -163,6 +163,24 @@ async def test_a_create_in_one_thread_hop_and_its_start_in_one(
     await env.runtime.remove(info.id)
 
 
+async def test_the_callers_record_is_written_in_the_creates_hop_before_the_container(
+    env: Env, thread_hops: list[str]
+) -> None:
+    """The service's record of a new container (its meta file) goes in the runtime's own
+    create hop, first: one thread hop for both, and no container without its record."""
+    config = env.config("true")
+    seen: list[tuple[bool, bool]] = []  # (on the loop's thread, the container's dir made)
+
+    def record() -> None:
+        on_loop = threading.current_thread() is threading.main_thread()
+        seen.append((on_loop, (env.state_root / "containers" / config.id).exists()))
+
+    info = await env.runtime.create(config, record)
+    assert thread_hops == ["_create_blocking"]
+    assert seen == [(False, False)]
+    await env.runtime.remove(info.id)
+
+
 async def test_no_directory_is_made_on_the_event_loop(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:

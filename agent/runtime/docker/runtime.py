@@ -12,9 +12,10 @@ with aiodocker (aio-libs).
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -344,9 +345,13 @@ class DockerRuntime(NoInteractiveStdio):
             raise ContainerNotFound(ref)  # the host's own container: not ours
         return found
 
-    async def create(self, config: ContainerSpec) -> ContainerInfo:
+    async def create(
+        self, config: ContainerSpec, record: Callable[[], None] | None = None
+    ) -> ContainerInfo:
         if self.owner_label not in config.labels:
             raise InvalidConfig(f"container {config.name}: no {self.owner_label} label")
+        if record is not None:
+            await asyncio.to_thread(record)
         try:
             made = await self.docker.containers.create(engine_body(config), name=config.name)
         except aiodocker.DockerError as exc:

@@ -13,7 +13,7 @@ import operator
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime
 
@@ -198,11 +198,15 @@ class HollowRuntime(NoInteractiveStdio):
             raise ContainerNotFound(ref)
         return container
 
-    async def create(self, config: ContainerSpec) -> ContainerInfo:
+    async def create(
+        self, config: ContainerSpec, record: Callable[[], None] | None = None
+    ) -> ContainerInfo:
         if config.name in self._names:
             raise NameConflict(config.name, self._names[config.name][:12])
         if not config.image:
             raise InvalidConfig("no image")
+        if record is not None:
+            await asyncio.to_thread(record)
         if not config.id:  # the service names its containers: no copy of the spec then
             config = replace(config, id=secrets.token_hex(32))
         container = _Container(config)

@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -225,8 +225,11 @@ class RuncRuntime:
 
     # ---------------------------------------------------------------- lifecycle
 
-    async def create(self, config: ContainerSpec) -> ContainerInfo:
-        """Mount the rootfs, write the bundle and record the container as created."""
+    async def create(
+        self, config: ContainerSpec, record: Callable[[], None] | None = None
+    ) -> ContainerInfo:
+        """Mount the rootfs, write the bundle and record the container as created; the
+        caller's ``record`` first, in the same thread hop."""
         await self._ensure_loaded()
         if not _ID_RE.match(config.id):
             raise InvalidConfig(f"invalid container id {config.id!r}")
@@ -238,19 +241,19 @@ class RuncRuntime:
         if holder is not None:
             raise NameConflict(config.name, holder.config.id)
         cdir = self._dir(config.id)
-        record = ContainerRecord(
+        ours = ContainerRecord(
             config=config,
             state=ContainerState(),
             cgroups_path=f"/{self.cgroup_parent}/{config.id}",
         )
         if config.network == "bridge" and config.endpoint is None:
             raise InvalidConfig(f"container {config.id}: a bridge container needs an endpoint")
-        self._records[config.id] = record  # reserve id and name while we await
+        self._records[config.id] = ours  # reserve id and name while we await
         phases = Phases("create", config.id)
         try:
             layer = ContainerLayer(config.lower_dirs, cdir.base, config.ephemeral)
             await asyncio.to_thread(
-                _create_blocking, cdir, layer, record, self._user_dbs, self._x32
+                _create_blocking, cdir, layer, ours, self._user_dbs, self._x32, record
             )
             phases.mark("bundle")
         except BaseException:
@@ -261,7 +264,7 @@ class RuncRuntime:
         self._fresh.add(config.id)
         phases.done()
         log.info("container.created", container_id=config.id, name=config.name)
-        return self._info(record)
+        return self._info(ours)
 
     async def _discard_dir(
         self,
@@ -874,10 +877,12 @@ def _create_blocking(
     record: ContainerRecord,
     user_dbs: files.UserDbs,
     x32: bool,
+    caller_record: Callable[[], None] | None = None,
 ) -> None:
-    """A new container, whole, in one thread hop (blocking): its directories, the rootfs
-    mounted, the /etc files, config.json, then the record that makes it exist. The
-    image's passwd and group come from ``user_dbs`` (read in this rootfs the first time).
+    """A new container, whole, in one thread hop (blocking): the caller's record of it
+    first, its directories, the rootfs mounted, the /etc files, config.json, then the
+    record that makes it exist. The image's passwd and group come from ``user_dbs``
+    (read in this rootfs the first time).
 
     Fails when the directory exists (an id in use). conmon's stderr file is made here
     too (the start opens it on the loop). Each directory made once, without
@@ -886,6 +891,8 @@ def _create_blocking(
     record's rename leaves a directory that recovery discards whole.
     """
     config = record.config
+    if caller_record is not None:
+        caller_record()
     try:
         os.mkdir(cdir.base)
     except FileNotFoundError:  # the containers' directory removed under us

@@ -47,6 +47,7 @@ from benchlib import (
     median,
     ratio,
     remove_cgroup,
+    run_timed,
     smaps_rollup,
     start_agent,
     start_registry,
@@ -175,15 +176,7 @@ class Bench:
         spec = json.loads((bundle / "config.json").read_text())
         spec["linux"]["cgroupsPath"] = f"/{self.raw_cgroup}/{rid}"
         (bundle / "config.json").write_text(json.dumps(spec))
-        start = time.perf_counter()
-        subprocess.run(
-            ["runc", "--root", str(raw_root), "run", *args, "-b", str(bundle), rid],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            check=True,
-            timeout=60,
-        )
-        return time.perf_counter() - start
+        return run_timed(["runc", "--root", str(raw_root), "run", *args, "-b", str(bundle), rid])
 
     def raw_delete(self, rid: str) -> None:
         raw_root = self.root / "raw-runc"
@@ -247,10 +240,12 @@ class Bench:
                 if i:
                     one_call.append(took)
             if self.docker.available:
-                start = time.perf_counter()
-                self.docker.docker("run", "--rm", "--network", "none", self.busybox, "true")
+                took = run_timed(
+                    ["docker", "run", "--rm", "--network", "none", self.busybox, "true"],
+                    self.docker.env,
+                )
                 if i:
-                    docker.append(time.perf_counter() - start)
+                    docker.append(took)
         self.report_run(ours, raw, docker, one_call, calls)
 
     def report_run(
@@ -472,20 +467,8 @@ class Bench:
         dockyard = str(BIN / "dockyard")
 
         def timed(*cmd: str, env: dict[str, str] | None = None) -> float:
-            times = []
-            for i in range(n + 1):
-                start = time.perf_counter()
-                subprocess.run(
-                    cmd,
-                    check=True,
-                    capture_output=True,
-                    timeout=60,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                )
-                if i:
-                    times.append(time.perf_counter() - start)
-            return median(times)
+            times = [run_timed(cmd, env) for _ in range(n + 1)]
+            return median(times[1:])
 
         env = dict(os.environ, DOCKYARD_CONFIG=str(self.root / "cli-config"))
         help_ours = timed(dockyard, "--help", env=env)

@@ -48,6 +48,20 @@ def install_limits(seconds: float) -> None:
     signal.alarm(max(1, int(seconds)))
 
 
+def run_timed(argv: Sequence[str], env: dict[str, str] | None = None) -> float:
+    """Seconds from starting ``argv`` to its exit, exactly; its output is discarded and a
+    failure raises CalledProcessError. No timeout, on purpose: with one, ``Popen.wait``
+    polls the child with sleeps doubling from 1 to 50 ms, so that a 40 ms ``runc run``
+    measured 65 ms and a 25 ms one 33 ms. The bench's global limit (:func:`install_limits`)
+    stops a process that hangs."""
+    start = time.perf_counter()
+    subprocess.run(
+        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, check=True,
+    )  # fmt: skip
+    return time.perf_counter() - start
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

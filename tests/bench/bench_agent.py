@@ -74,7 +74,7 @@ class Bench:
     def setup(self) -> None:
         import grpc
 
-        from dockyard.v1 import containers_pb2_grpc, images_pb2_grpc
+        from dockyard.v1 import agent_pb2_grpc, containers_pb2_grpc, images_pb2_grpc
 
         self.registry = start_registry(self.root / "registry", self.cleanup)
         self.busybox = f"{self.registry}/library/busybox:latest"
@@ -99,6 +99,7 @@ class Bench:
         self.cleanup.add("grpc channel", self.channel.close)
         self.containers = containers_pb2_grpc.ContainersStub(self.channel)
         self.images = images_pb2_grpc.ImagesStub(self.channel)
+        self.agent_api = agent_pb2_grpc.AgentStub(self.channel)
         self.pull(self.busybox)
         self.docker = Docker(self.root / "docker", self.registry, self.cleanup)
         if "nodocker" in self.args.skip:
@@ -125,6 +126,14 @@ class Bench:
         )
 
     run_marks: dict[str, list[float]]
+
+    def version_call(self) -> float:
+        """One `Agent.GetVersion`: the seconds of a call that does no work."""
+        from dockyard.v1.types_pb2 import GetVersionRequest
+
+        start = time.perf_counter()
+        self.agent_api.GetVersion(GetVersionRequest(), timeout=60)
+        return time.perf_counter() - start
 
     def run_call(self, *command: str) -> float:
         """One `Containers.Run` (create, start, output, exit, removal); its seconds."""
@@ -212,6 +221,7 @@ class Bench:
         docker: list[float] = []
         calls: dict[str, list[float]] = {"Create": [], "Start": [], "Wait": [], "Remove": []}
         one_call: list[float] = []  # `Containers.Run`: the four in one streaming call
+        floor: list[float] = []  # a GetVersion call: the gRPC round trip alone
         self.run_marks = {}
         # Interleaved, so that other load on the machine hits every side alike.
         for i in range(n + 1):  # the first round warms up
@@ -239,6 +249,7 @@ class Bench:
                 took = self.run_call("true")
                 if i:
                     one_call.append(took)
+            floor.append(self.version_call())
             if self.docker.available:
                 took = run_timed(
                     ["docker", "run", "--rm", "--network", "none", self.busybox, "true"],
@@ -247,6 +258,7 @@ class Bench:
                 if i:
                     docker.append(took)
         self.report_run(ours, raw, docker, one_call, calls)
+        print(f"  a GetVersion call (the gRPC round trip alone) {ms(median(floor[1:]))}")
 
     def report_run(
         self,
@@ -261,9 +273,9 @@ class Bench:
         print(f"\n(a) run `true`, median of {n}:")
         print(f"  agent API Create+Start+Wait+Remove {ms(m_ours)}")
         print(f"  raw runc run (same rootfs)         {ms(m_raw)}   ratio {ratio(m_ours, m_raw)}")
-        # raw runc's own time swings ~2x with how idle the machine was just before
-        # (this VM's idle CPUs): each round's pair ran back to back, so its ratio is
-        # the fairer figure
+        # raw runc's own time swings with how idle the machine was just before (this
+        # VM's idle CPUs): each round's pair ran back to back, so its ratio is the
+        # fairer figure
         paired = median([o / r for o, r in zip(ours, raw, strict=True)])
         print(f"  ratio of each round's pair, median {paired:.2f}x")
         if docker:

@@ -354,7 +354,9 @@ class TaskController:
         stamp = status.timestamp  # by hand: `FromNanoseconds` is Python code, 3x the time
         stamp.seconds, stamp.nanos = divmod(time.time_ns(), _NANOS)
         self.status = status
-        log.info(
+        # `bind()` is what the lazy proxy's `__getattr__` calls for `log.info`, reached
+        # here without the failed attribute lookup before it: 0.64 -> 0.25 us a line
+        log.bind().info(
             "task.status",
             task_id=self.task.id,
             state=_STATE_NAMES[state],

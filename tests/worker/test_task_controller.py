@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+import structlog
 
 from dockyard.agent.executor import ExecutorError, ExitInfo
 from dockyard.agent.tasks.controller import TaskController
@@ -359,3 +360,21 @@ def test_a_report_clips_only_a_long_text_and_stamps_the_time() -> None:
     assert seen[1].message == "y" * MAX_STATUS_TEXT and not seen[1].error
     for status in seen:
         assert before <= status.timestamp.ToNanoseconds() <= after
+
+
+def test_every_report_logs_its_status() -> None:
+    controller = TaskController(
+        make_task("t1", ["true"]),
+        TaskStatus(),
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        lambda c: None,
+    )
+    with structlog.testing.capture_logs() as logs:
+        controller._report(TaskState.ACCEPTED, "accepted")
+        controller._report(TaskState.FAILED, "failed", error="boom")
+    lines = [(e["log_level"], e["event"], e["task_id"], e["state"], e["error"]) for e in logs]
+    assert lines == [
+        ("info", "task.status", "t1", "ACCEPTED", None),
+        ("info", "task.status", "t1", "FAILED", "boom"),
+    ]

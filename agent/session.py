@@ -396,7 +396,7 @@ class ControllerSession:
                     await _handle(kind, self._on_network(network_map))
 
     async def _take(self, assignments: AssignmentSet, handler: AssignmentHandler) -> None:
-        if log.is_enabled_for(logging.DEBUG):  # its fields cost a walk of the set
+        if log.bind().is_enabled_for(logging.DEBUG):  # its fields cost a walk of the set
             log.debug(
                 "session.assignments",
                 full=assignments.full,

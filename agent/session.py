@@ -358,10 +358,28 @@ class ControllerSession:
     async def _receive(
         self, call: grpc.aio.StreamStreamCall[AgentMessage, DispatcherMessage]
     ) -> None:
+        """Read and apply messages until the stream ends; a read that waits longer than
+        `_read_limit()` ends the session with TimeoutError (the time spent applying a
+        message does not count)."""
+        async with asyncio.timeout(None) as scope:
+            deadline = _ReadDeadline(scope, self._read_limit)
+            try:
+                await self._read_all(call, deadline)
+            finally:
+                deadline.close()
+
+    def _read_limit(self) -> float:
+        return max(1.0, self.status.heartbeat_period * MISSED_ACKS)
+
+    async def _read_all(
+        self,
+        call: grpc.aio.StreamStreamCall[AgentMessage, DispatcherMessage],
+        deadline: _ReadDeadline,
+    ) -> None:
         while True:
-            # a deadline on the read itself: `wait_for` would wrap each read in a task
-            async with asyncio.timeout(max(1.0, self.status.heartbeat_period * MISSED_ACKS)):
-                message = await call.read()
+            deadline.reading()
+            message = await call.read()
+            deadline.read()
             if not isinstance(message, DispatcherMessage):
                 raise SessionLost("controller ended the session")
             self._received = True
@@ -378,7 +396,7 @@ class ControllerSession:
                     await _handle(kind, self._on_network(network_map))
 
     async def _take(self, assignments: AssignmentSet, handler: AssignmentHandler) -> None:
-        if log.is_enabled_for(logging.DEBUG):  # its fields cost a walk of the set
+        if log.bind().is_enabled_for(logging.DEBUG):  # its fields cost a walk of the set
             log.debug(
                 "session.assignments",
                 full=assignments.full,
@@ -463,6 +481,42 @@ class ControllerSession:
         self.status.session_id = ""
         self.connected.clear()
         return was_connected
+
+
+class _ReadDeadline:
+    """A deadline on each read of the stream, with one timer for the whole session
+    rather than one per read (`asyncio.timeout` around each read scheduled and cancelled
+    a timer for every message): the timer is re-armed only when it fires, at the limit
+    after the read then waiting, and ends the enclosing `scope` (TimeoutError) when that
+    read has waited the limit. Between two reads (a message being applied) it waits."""
+
+    __slots__ = ("_limit", "_loop", "_scope", "_since", "_timer")
+
+    def __init__(self, scope: asyncio.Timeout, limit: Callable[[], float]) -> None:
+        self._scope = scope
+        self._limit = limit
+        self._loop = asyncio.get_running_loop()
+        self._since: float | None = None  # when the read now waiting began
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(limit(), self._check)
+
+    def reading(self) -> None:
+        self._since = self._loop.time()
+
+    def read(self) -> None:
+        self._since = None
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        now, limit, since = self._loop.time(), self._limit(), self._since
+        if since is not None and now - since >= limit:
+            self._timer = None
+            self._scope.reschedule(now)  # the read has waited too long: expire now
+            return
+        self._timer = self._loop.call_at((now if since is None else since) + limit, self._check)
 
 
 def _acceptable(assignments: AssignmentSet) -> bool:

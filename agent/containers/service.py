@@ -405,8 +405,7 @@ class ContainerService:
         name = await self._take_name(request.spec.name)
         made: builtins.list[str] = []  # volumes this create made: gone again if it fails
         try:
-            spec = replace(
-                request.spec,
+            spec = request.spec.replaced(
                 id=secrets.token_hex(32),
                 name=name,
                 image=image.runtime_ref or request.spec.image,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ from dockyard.agent.executor import (
     task_labels,
 )
 from dockyard.agent.executors.templates import expander
+from dockyard.agent.images.reference import Reference
 from dockyard.agent.runtime.base import (
     ContainerInfo,
     ContainerRuntimeError,
@@ -105,6 +107,13 @@ def _tmpfs(mounts: Sequence[Mount]) -> tuple[TmpfsMount, ...]:
     return tuple(TmpfsMount(m.target, m.tmpfs_size_bytes) for m in mounts if m.type == "tmpfs")
 
 
+@functools.lru_cache(maxsize=256)
+def _image_ref(text: str) -> Reference:
+    """An image reference parsed once per text: a node's tasks run a few images (each
+    parse is a few regular expressions). A bad one is not kept: it raises each time."""
+    return parse_image_ref("image", text)
+
+
 def task_request(
     task: Task,
     secrets: Sequence[SecretMount] = (),
@@ -170,7 +179,7 @@ def task_request(
         ephemeral=True,  # never started again: a failed task is replaced by a new one
     )
     check_spec(spec)
-    return ContainerRequest(spec, parse_image_ref("image", container.image))
+    return ContainerRequest(spec, _image_ref(container.image))
 
 
 def _bridge_address(info: ContainerInfo) -> str:

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import builtins
 import enum
+import operator
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, Protocol, runtime_checkable
@@ -338,6 +339,24 @@ class ContainerSpec:
         if self.ports and self.network != "bridge":
             raise InvalidConfig(f"published ports need the bridge network, not {self.network}")
 
+    def replaced(self, **changes: Any) -> ContainerSpec:
+        """`dataclasses.replace(self, **changes)` at under half its cost: the fields are
+        copied slot by slot instead of through the generated `__init__` (the container
+        service copies each spec it creates: a hollow fleet thousands a second). The
+        same checks (`__post_init__`); an unknown field is a TypeError too."""
+        if type(self) is not ContainerSpec:  # a subclass's fields: the general way
+            return replace(self, **changes)
+        unknown = changes.keys() - _SPEC_SETTERS.keys()
+        if unknown:
+            raise TypeError(f"ContainerSpec has no field {sorted(unknown)[0]!r}")
+        spec = object.__new__(ContainerSpec)
+        for set_field, value in zip(_SPEC_SETTERS.values(), _SPEC_VALUES(self), strict=True):
+            set_field(spec, value)
+        for name, value in changes.items():
+            _SPEC_SETTERS[name](spec, value)
+        spec.__post_init__()
+        return spec
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; :meth:`from_dict` reads it back."""
         data = asdict(self)
@@ -402,6 +421,14 @@ class ContainerSpec:
             RestartPolicyName(policy.get("name", "no")), int(policy.get("max_retries", 0))
         )
         return cls(**fields)
+
+
+_SPEC_SETTERS: dict[str, Callable[[Any, Any], None]] = {
+    f.name: getattr(ContainerSpec, f.name).__set__ for f in fields(ContainerSpec)
+}
+"""Each field's slot setter, in field order (they set a frozen instance's slots)."""
+_SPEC_VALUES = operator.attrgetter(*_SPEC_SETTERS)
+"""A spec's field values, in the same order, in one call."""
 
 
 def process_args(spec: ContainerSpec) -> list[str]:

@@ -30,7 +30,7 @@ import structlog
 from dockyard.agent.executor import Executor, ExitInfo
 from dockyard.agent.tasks.disposal import Disposer, stop_grace
 from dockyard.agent.tasks.health import HealthProbe, probe_command
-from dockyard.common.session_limits import clip_status
+from dockyard.common.session_limits import MAX_STATUS_TEXT, clip_status
 from dockyard.common.states import TaskState
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
@@ -42,6 +42,7 @@ log = structlog.get_logger(__name__)
 STOP_RETRY_DELAY = 1.0
 """Seconds before a failed stop (shutdown, or an unhealthy container) is tried again."""
 
+_NANOS = 1_000_000_000
 _STATE_NAMES = {number: name for name, number in TaskState.items()}
 """For the `task.status` line, built on every report even when the level drops it."""
 
@@ -348,10 +349,14 @@ class TaskController:
             address=self.address,
             **fields,
         )
-        clip_status(status)
-        status.timestamp.FromNanoseconds(time.time_ns())
+        if len(message) > MAX_STATUS_TEXT or len(status.error) > MAX_STATUS_TEXT:
+            clip_status(status)  # rarely: a short status is not rewritten
+        stamp = status.timestamp  # by hand: `FromNanoseconds` is Python code, 3x the time
+        stamp.seconds, stamp.nanos = divmod(time.time_ns(), _NANOS)
         self.status = status
-        log.info(
+        # `bind()` is what the lazy proxy's `__getattr__` calls for `log.info`, reached
+        # here without the failed attribute lookup before it: 0.64 -> 0.25 us a line
+        log.bind().info(
             "task.status",
             task_id=self.task.id,
             state=_STATE_NAMES[state],

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -268,3 +269,26 @@ def test_old_service_records_still_read() -> None:
     meta = ContainerMeta.from_dict(json.loads(json.dumps(old)))
     assert (meta.auto_remove, meta.manually_stopped) == (True, True)
     assert ContainerMeta.from_dict(meta.to_dict()).auto_remove
+
+
+def test_a_nodes_tasks_parse_each_image_reference_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node runs a few images: each text is parsed once, a bad one raises each time."""
+    from dockyard.agent.executors import task as task_module
+
+    parsed: list[str] = []
+
+    def parse(field: str, text: str) -> object:
+        parsed.append(text)
+        return parse_create_ref(field, text)
+
+    parse_create_ref = task_module.parse_image_ref
+    monkeypatch.setattr(task_module, "parse_image_ref", parse)
+    image = f"registry.local/once-{uuid.uuid4().hex[:8]}:1"  # not parsed before
+    first = task_request(make_task("t1", ["true"], image=image))
+    second = task_request(make_task("t2", ["true"], image=image))
+    assert first.image == second.image == parse_reference(image)
+    assert parsed == [image]
+    for _ in range(2):
+        with pytest.raises(InvalidArgument, match=r"^image: "):
+            task_request(make_task("t3", ["true"], image="Bad:Ref"))
+    assert parsed == [image, "Bad:Ref", "Bad:Ref"]

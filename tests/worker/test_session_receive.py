@@ -66,3 +66,46 @@ async def test_a_closed_stream_ends_the_session() -> None:
         with pytest.raises(SessionLost):
             await session._receive(call)  # type: ignore[arg-type]
     assert [a.version for a in received] == [1]
+
+
+async def test_reads_schedule_no_timer_each() -> None:
+    """One deadline timer for the session's reads, not one per message (a hollow fleet
+    reads thousands a second)."""
+    session = _session([])
+    acks = [DispatcherMessage(heartbeat_ack=HeartbeatAck(sequence=n)) for n in range(200)]
+    loop = asyncio.get_running_loop()
+    scheduled = 0
+    call_at = loop.call_at
+
+    def counting_call_at(*args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        nonlocal scheduled
+        scheduled += 1
+        return call_at(*args, **kwargs)
+
+    loop.call_at = counting_call_at  # type: ignore[method-assign]
+    try:
+        with pytest.raises(SessionLost):
+            await session._receive(_Call(*acks, None))  # type: ignore[arg-type]
+    finally:
+        del loop.call_at
+    assert scheduled <= 2
+
+
+async def test_applying_a_message_does_not_count_against_the_read_deadline() -> None:
+    """Only a read waits against the deadline: a set applied for longer than it (a
+    slow disk, say) does not end the session."""
+    received: list[AssignmentSet] = []
+
+    async def slow(assignments: AssignmentSet) -> None:
+        await asyncio.sleep(1.5)  # the deadline is 1 s
+        received.append(assignments)
+
+    session = ControllerSession(
+        ["127.0.0.1:1"], NodeIdentity("n" * 20, "node"), NodeDescription, slow
+    )
+    session.status.heartbeat_period = 0.1
+    call = _Call(DispatcherMessage(assignments=AssignmentSet(full=True, version=2)), None)
+    async with asyncio.timeout(10):
+        with pytest.raises(SessionLost):
+            await session._receive(call)  # type: ignore[arg-type]
+    assert [a.version for a in received] == [2]

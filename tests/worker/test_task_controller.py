@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+import structlog
 
 from dockyard.agent.executor import ExecutorError, ExitInfo
 from dockyard.agent.tasks.controller import TaskController
 from dockyard.agent.tasks.disposal import Disposer
+from dockyard.common.session_limits import MAX_STATUS_TEXT
+from dockyard.common.states import TaskState
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import HealthCheck, Task
 from tests.worker.conftest import make_task, until
@@ -335,3 +339,42 @@ async def test_a_cancellation_beside_an_interruption_stays_a_cancellation(
     again.remove()
     await asyncio.wait_for(job, 5)
     assert executor.prepares_cancelled == 1
+
+
+def test_a_report_clips_only_a_long_text_and_stamps_the_time() -> None:
+    """A status's message and error are clipped when too long (and only then), and the
+    report carries the time it was made, to the nanosecond."""
+    seen: list[TaskStatus] = []
+    controller = TaskController(
+        make_task("t1", ["true"]),
+        TaskStatus(),
+        None,
+        None,
+        lambda c: seen.append(c.status),  # type: ignore[arg-type]
+    )
+    before = time.time_ns()
+    controller._report(TaskState.FAILED, "failed", error="x" * (MAX_STATUS_TEXT + 10))
+    controller._report(TaskState.RUNNING, "y" * MAX_STATUS_TEXT)
+    after = time.time_ns()
+    assert len(seen[0].error) <= MAX_STATUS_TEXT and "characters cut" in seen[0].error
+    assert seen[1].message == "y" * MAX_STATUS_TEXT and not seen[1].error
+    for status in seen:
+        assert before <= status.timestamp.ToNanoseconds() <= after
+
+
+def test_every_report_logs_its_status() -> None:
+    controller = TaskController(
+        make_task("t1", ["true"]),
+        TaskStatus(),
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        lambda c: None,
+    )
+    with structlog.testing.capture_logs() as logs:
+        controller._report(TaskState.ACCEPTED, "accepted")
+        controller._report(TaskState.FAILED, "failed", error="boom")
+    lines = [(e["log_level"], e["event"], e["task_id"], e["state"], e["error"]) for e in logs]
+    assert lines == [
+        ("info", "task.status", "t1", "ACCEPTED", None),
+        ("info", "task.status", "t1", "FAILED", "boom"),
+    ]

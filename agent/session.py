@@ -504,6 +504,11 @@ class _ReadDeadline:
 
     def read(self) -> None:
         self._since = None
+        if self._scope.when() is not None:
+            # The check expired the scope in the loop's turn in which the read ended: the
+            # read made it, and the message must not be cut off while it is applied.
+            self._scope.reschedule(None)
+            self._timer = self._loop.call_later(self._limit(), self._check)
 
     def close(self) -> None:
         if self._timer is not None:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dockyard.agent.identity import NodeIdentity
-from dockyard.agent.session import ControllerSession, SessionLost
+from dockyard.agent.session import ControllerSession, SessionLost, _ReadDeadline
 from dockyard.v1.dispatcher_pb2 import (
     AssignmentSet,
     DispatcherMessage,
@@ -109,3 +109,19 @@ async def test_applying_a_message_does_not_count_against_the_read_deadline() -> 
         with pytest.raises(SessionLost):
             await session._receive(call)  # type: ignore[arg-type]
     assert [a.version for a in received] == [2]
+
+
+async def test_a_read_that_ends_as_its_deadline_fires_is_applied_to_its_end() -> None:
+    """The deadline's check found the read over its limit in the loop's turn in which the
+    read ended: the message is applied whole and the session goes on."""
+    applied = False
+    async with asyncio.timeout(None) as scope:
+        deadline = _ReadDeadline(scope, lambda: 1.0)
+        deadline.reading()
+        deadline._since = asyncio.get_running_loop().time() - 5  # waited past the limit
+        deadline._check()  # the timer fires ...
+        deadline.read()  # ... in the turn in which the read ended
+        await asyncio.sleep(0.01)  # the message being applied
+        applied = True
+        deadline.close()
+    assert applied

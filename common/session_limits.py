@@ -53,9 +53,12 @@ def clip_text(text: str, limit: int = MAX_STATUS_TEXT) -> str:
 
 
 def clip_status(status: TaskStatus) -> None:
-    """Clip a status's message and error in place (an agent reports them so)."""
-    status.message = clip_text(status.message)
-    status.error = clip_text(status.error)
+    """Clip a status's message and error in place (an agent reports them so); a text
+    within the limit is not rewritten (every report of a task goes through here)."""
+    if len(status.message) > MAX_STATUS_TEXT:
+        status.message = clip_text(status.message)
+    if len(status.error) > MAX_STATUS_TEXT:
+        status.error = clip_text(status.error)
 
 
 def assignment_set_problem(assignments: AssignmentSet) -> str | None:

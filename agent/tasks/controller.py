@@ -30,7 +30,7 @@ import structlog
 from dockyard.agent.executor import Executor, ExitInfo
 from dockyard.agent.tasks.disposal import Disposer, stop_grace
 from dockyard.agent.tasks.health import HealthProbe, probe_command
-from dockyard.common.session_limits import MAX_STATUS_TEXT, clip_status
+from dockyard.common.session_limits import clip_status
 from dockyard.common.states import TaskState
 from dockyard.v1.types_pb2 import TaskStatus
 from dockyard.v1.workloads_pb2 import Task
@@ -349,8 +349,7 @@ class TaskController:
             address=self.address,
             **fields,
         )
-        if len(message) > MAX_STATUS_TEXT or len(status.error) > MAX_STATUS_TEXT:
-            clip_status(status)  # rarely: a short status is not rewritten
+        clip_status(status)
         stamp = status.timestamp  # by hand: `FromNanoseconds` is Python code, 3x the time
         stamp.seconds, stamp.nanos = divmod(time.time_ns(), _NANOS)
         self.status = status

@@ -15,7 +15,7 @@ import structlog
 
 from dockyard.common.quiet_edge import QuietEdge
 from dockyard.common.timestamps import now_timestamp, wall_time
-from dockyard.controller.conflicts import PAUSE as CONFLICTED_WRITE_PAUSE
+from dockyard.controller.conflicts import PAUSE as CONFLICT_PAUSE
 from dockyard.controller.ingress_network import find_ingress
 from dockyard.controller.network_addresses import (
     AddressExhausted,
@@ -44,10 +44,8 @@ from dockyard.v1.workloads_pb2 import Service, Task
 log = structlog.get_logger(__name__)
 
 DEBOUNCE = 0.05
-CONFLICT_PAUSE = CONFLICTED_WRITE_PAUSE
-"""Seconds before a service whose plan's write conflicted is planned again, doubled
-after each conflict in a row (controller/conflicts.py's pause), up to
-CONFLICT_PAUSE_MAX."""
+# A service whose plan's write conflicted is planned again after CONFLICT_PAUSE
+# (controller/conflicts.py's pause), doubled after each conflict in a row, up to:
 CONFLICT_PAUSE_MAX = 5.0
 
 

@@ -36,6 +36,7 @@ from dockyard.controller.store import (
 )
 from dockyard.controller.supervision import LoopsFailing, Supervisor
 from dockyard.v1.types_pb2 import NodeStatus
+from tests.etcd_store import connected_store
 from tests.orchestrators.helpers import node, service
 from tests.polling import wait_until
 
@@ -54,12 +55,8 @@ TTL = 2
 
 @pytest.fixture
 async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
-    store = Store([etcd.endpoint], "/loops")
-    await store.connect(5)
-    try:
+    async with connected_store(etcd, "/loops") as store:
         yield store
-    finally:
-        await store.close()
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ from dockyard.v1.control_pb2 import (
 from dockyard.v1.dispatcher_pb2 import TaskStatusReport
 from dockyard.v1.workloads_pb2 import Service, ServiceSpec, Task
 from tests.conftest import Cluster, LoopThread
+from tests.etcd_store import connected_store
 from tests.orchestrators.helpers import is_live
 from tests.views import watched_view
 
@@ -43,12 +44,8 @@ HOUR = 3600.0
 
 @pytest.fixture
 async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
-    store = Store([etcd.endpoint], "/test")
-    await store.connect(5)
-    try:
+    async with connected_store(etcd, "/test") as store:
         yield store
-    finally:
-        await store.close()
 
 
 async def report(

@@ -17,6 +17,7 @@ from dockyard.controller.leadership import LEADER_KEY
 from dockyard.controller.store import LEADER, LeadershipLost, Store
 from dockyard.v1.types_pb2 import LeaderRecord
 from tests.conftest import BIN
+from tests.etcd_store import connected_store
 from tests.ports import free_port
 
 PREFIX = "/schema-test"
@@ -24,12 +25,8 @@ PREFIX = "/schema-test"
 
 @pytest.fixture
 async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
-    store = Store([etcd.endpoint], PREFIX)
-    await store.connect(5)
-    try:
+    async with connected_store(etcd, PREFIX) as store:
         yield store
-    finally:
-        await store.close()
 
 
 async def leader_store(store: Store) -> Store:

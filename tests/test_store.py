@@ -23,16 +23,13 @@ from dockyard.controller.store import (
     WatchEvent,
 )
 from dockyard.v1.types_pb2 import Node
+from tests.etcd_store import connected_store
 
 
 @pytest.fixture
 async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
-    store = Store([etcd.endpoint], "/test")
-    await store.connect(5)
-    try:
+    async with connected_store(etcd, "/test") as store:
         yield store
-    finally:
-        await store.close()
 
 
 def make_node(node_id: str, name: str = "") -> Node:

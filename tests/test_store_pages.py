@@ -11,16 +11,13 @@ from dockyard.common.etcd_server import EtcdServer
 from dockyard.controller import store as store_module
 from dockyard.controller.store import MAX_TXN_OPS, TASKS, Op, Store
 from dockyard.v1 import workloads_pb2
+from tests.etcd_store import connected_store
 
 
 @pytest.fixture
 async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
-    store = Store([etcd.endpoint], "/test")
-    await store.connect(5)
-    try:
+    async with connected_store(etcd, "/test") as store:
         yield store
-    finally:
-        await store.close()
 
 
 def task(index: int, size: int) -> workloads_pb2.Task:

@@ -14,18 +14,15 @@ from dockyard.common.states import TaskState
 from dockyard.controller.store import NODES, TASKS, Store
 from dockyard.v1.types_pb2 import Node
 from dockyard.v1.workloads_pb2 import Task
+from tests.etcd_store import connected_store
 from tests.scheduler.helpers import make_node, make_task
 from tests.views import watched_view
 
 
 @pytest.fixture
 async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
-    store = Store([etcd.endpoint], "/viewevents")
-    await store.connect(5)
-    try:
+    async with connected_store(etcd, "/viewevents") as store:
         yield store
-    finally:
-        await store.close()
 
 
 async def test_watched_records_carry_their_revision(store: Store) -> None:

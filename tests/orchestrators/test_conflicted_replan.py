@@ -16,6 +16,7 @@ from dockyard.controller.orchestrators.loop import Orchestrator
 from dockyard.controller.orchestrators.tasks import new_task, set_status
 from dockyard.controller.store import NODES, SERVICES, TASKS, LeadershipLost, Op, Store
 from dockyard.v1.workloads_pb2 import Task
+from tests.etcd_store import connected_store
 from tests.orchestrators.helpers import is_live, node, service
 from tests.polling import wait_until
 from tests.views import background, watched_view
@@ -23,12 +24,8 @@ from tests.views import background, watched_view
 
 @pytest.fixture
 async def store(etcd: EtcdServer) -> AsyncIterator[Store]:
-    store = Store([etcd.endpoint], "/replan")
-    await store.connect(5)
-    try:
+    async with connected_store(etcd, "/replan") as store:
         yield store
-    finally:
-        await store.close()
 
 
 async def a_slot_with_a_duplicate(store: Store) -> tuple[Task, Task]:

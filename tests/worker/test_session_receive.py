@@ -31,8 +31,12 @@ class _Call:
         return self._messages.pop(0)
 
 
-def _session(received: list[AssignmentSet]) -> ControllerSession:
+def _session(received: list[AssignmentSet], apply_seconds: float = 0.0) -> ControllerSession:
+    """A session whose sets go to `received`, each after `apply_seconds` (applying it)."""
+
     async def on_assignments(assignments: AssignmentSet) -> None:
+        if apply_seconds:
+            await asyncio.sleep(apply_seconds)
         received.append(assignments)
 
     session = ControllerSession(
@@ -58,16 +62,6 @@ async def test_a_silent_controller_ends_the_session_after_its_deadline() -> None
     assert 1 not in session._sent  # acked
 
 
-async def test_a_closed_stream_ends_the_session() -> None:
-    received: list[AssignmentSet] = []
-    session = _session(received)
-    call = _Call(DispatcherMessage(assignments=AssignmentSet(full=True, version=1)), None)
-    async with asyncio.timeout(10):
-        with pytest.raises(SessionLost):
-            await session._receive(call)  # type: ignore[arg-type]
-    assert [a.version for a in received] == [1]
-
-
 async def test_reads_schedule_no_timer_each() -> None:
     """One deadline timer for the session's reads, not one per message (a hollow fleet
     reads thousands a second)."""
@@ -91,19 +85,15 @@ async def test_reads_schedule_no_timer_each() -> None:
     assert scheduled <= 2
 
 
-async def test_applying_a_message_does_not_count_against_the_read_deadline() -> None:
-    """Only a read waits against the deadline: a set applied for longer than it (a
-    slow disk, say) does not end the session."""
+@pytest.mark.parametrize("apply_seconds", [0.0, 1.5])
+async def test_a_closed_stream_ends_the_session_after_its_set_is_applied(
+    apply_seconds: float,
+) -> None:
+    """A closed stream ends the session once the set before it is applied. Only a read
+    waits against the deadline: a set applied for longer than it (1.5 s against 1 s; a
+    slow disk, say) does not end the session first."""
     received: list[AssignmentSet] = []
-
-    async def slow(assignments: AssignmentSet) -> None:
-        await asyncio.sleep(1.5)  # the deadline is 1 s
-        received.append(assignments)
-
-    session = ControllerSession(
-        ["127.0.0.1:1"], NodeIdentity("n" * 20, "node"), NodeDescription, slow
-    )
-    session.status.heartbeat_period = 0.1
+    session = _session(received, apply_seconds)
     call = _Call(DispatcherMessage(assignments=AssignmentSet(full=True, version=2)), None)
     async with asyncio.timeout(10):
         with pytest.raises(SessionLost):
